@@ -1,0 +1,1 @@
+"""The edge node: gRPC servicers, serving process, command-line interface."""

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs of package edgewise.v1 (see scripts/gen_protos.py)."""

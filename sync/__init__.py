@@ -1,0 +1,1 @@
+"""Bundles (import, validation, export); later the control plane and the edge syncer."""
