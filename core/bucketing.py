@@ -1,0 +1,56 @@
+"""Deterministic experiment bucketing: MurmurHash3 x86_32 (seed 0) of "<salt>:<unit id>" mod 10,000.
+
+The same unit id gets the same bucket on every process, edge and channel, in any language that
+implements MurmurHash3 x86_32 over the UTF-8 bytes of the key.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["BUCKETS", "bucket", "murmur3_32"]
+
+BUCKETS: Final = 10_000
+
+_C1: Final = 0xCC9E2D51
+_C2: Final = 0x1B873593
+_MASK: Final = 0xFFFFFFFF
+
+
+def murmur3_32(data: bytes, seed: int = 0) -> int:
+    """MurmurHash3 x86_32 of `data` (Austin Appleby's reference algorithm), unsigned 32-bit result."""
+    h = seed & _MASK
+    n = len(data)
+    tail_start = n - (n & 3)
+    for i in range(0, tail_start, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * _C1) & _MASK
+        k = ((k << 15) | (k >> 17)) & _MASK
+        k = (k * _C2) & _MASK
+        h ^= k
+        h = ((h << 13) | (h >> 19)) & _MASK
+        h = (h * 5 + 0xE6546B64) & _MASK
+    k = 0
+    rem = n & 3
+    if rem == 3:
+        k ^= data[tail_start + 2] << 16
+    if rem >= 2:
+        k ^= data[tail_start + 1] << 8
+    if rem >= 1:
+        k ^= data[tail_start]
+        k = (k * _C1) & _MASK
+        k = ((k << 15) | (k >> 17)) & _MASK
+        k = (k * _C2) & _MASK
+        h ^= k
+    h ^= n
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK
+    h ^= h >> 16
+    return h
+
+
+def bucket(salt: str, unit_id: str) -> int:
+    """Bucket 0..9999 of a unit in the experiment salted `salt`."""
+    return murmur3_32(f"{salt}:{unit_id}".encode()) % BUCKETS

@@ -1,0 +1,126 @@
+"""What a decision is asked and what it answers: plain data, independent of gRPC and protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+__all__ = [
+    "Context",
+    "DecideInput",
+    "DecisionOutput",
+    "Explanation",
+    "Fallback",
+    "ItemOut",
+    "PlacementAsk",
+    "PlacementExplanation",
+    "PlacementOutput",
+    "RequestError",
+]
+
+PERSONALIZATION = "personalization"
+
+
+class Fallback(IntEnum):
+    """Why a placement got the default experience. Numbers match edgewise.v1.FallbackReason."""
+
+    NONE = 0
+    NO_CONSENT = 1
+    UNKNOWN_USER = 2
+    COLD_START = 3
+    MODEL_UNAVAILABLE = 4
+    BUDGET_EXCEEDED = 5
+    OVERLOADED = 6
+
+
+class RequestError(ValueError):
+    """A request the caller must fix; `field` names the offending field (proto path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    channel: str = ""
+    device: str = ""
+    language: str = ""
+    country: str = ""
+    region: str = ""
+    journey_stage: str = ""
+    page_type: str = ""
+    local_time: str = ""
+    url: str = ""
+    referrer: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementAsk:
+    placement_id: str
+    count: int = 0  # 0 = the placement's default
+    candidate_ids: tuple[str, ...] = ()
+    seed_item_ids: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+    filter: str = ""
+    filter_params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DecideInput:
+    user_id: str = ""
+    session_id: str = ""
+    context: Context = field(default_factory=Context)
+    consent: frozenset[str] = frozenset()
+    placements: tuple[PlacementAsk, ...] = ()
+    explain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOut:
+    id: str
+    score: float
+    reason: str
+    promoted: bool = False
+
+
+@dataclass(slots=True)
+class PlacementExplanation:
+    placement_id: str
+    strategy: str = ""
+    rule: str = ""
+    bucket: int = 0
+    unit_id: str = ""
+    candidates: int = 0
+    seed_item_ids: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Explanation:
+    user_known: bool = False
+    personalization_allowed: bool = False
+    segments: tuple[str, ...] = ()
+    features: dict[str, str] = field(default_factory=dict)
+    placements: list[PlacementExplanation] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PlacementOutput:
+    placement_id: str
+    items: list[ItemOut] = field(default_factory=list)
+    content_id: str = ""
+    experiment_id: str = ""
+    variant_id: str = ""
+    propensity: float = 1.0
+    strategy: str = ""
+    fallback: Fallback = Fallback.NONE
+
+
+@dataclass(slots=True)
+class DecisionOutput:
+    snapshot_version: int
+    placements: list[PlacementOutput]
+    explanation: Explanation | None = None

@@ -1,0 +1,198 @@
+"""Records and their codecs: what the store holds per namespace, encoded with msgpack or as raw arrays.
+
+Profiles, items and activity are msgpack maps with short keys and a schema version. Model arrays are
+raw little-endian arrays behind a fixed 16-byte header, so a reader maps them zero-copy out of LMDB:
+
+    offset 0  b"EWA1"                  magic
+    offset 4  dtype code (1 byte)      b"f" float32, b"i" int32
+    offset 5  ndim (1 byte)            1 or 2
+    offset 6  reserved (2 bytes)       zero
+    offset 8  shape (2 x uint32 LE)    rows, cols (cols = 1 for ndim 1)
+    offset 16 data                     C order, little-endian
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "PROFILE_SCHEMA",
+    "Activity",
+    "ItemRecord",
+    "ProfileRecord",
+    "RecordError",
+    "decode_activity",
+    "decode_array",
+    "decode_item",
+    "decode_profile",
+    "encode_activity",
+    "encode_array",
+    "encode_item",
+    "encode_profile",
+]
+
+PROFILE_SCHEMA: Final = 1
+ITEM_SCHEMA: Final = 1
+ACTIVITY_SCHEMA: Final = 1
+
+_ARRAY_MAGIC: Final = b"EWA1"
+_ARRAY_HEADER: Final = struct.Struct("<4sccxxII")
+_DTYPES: Final[Mapping[bytes, np.dtype[Any]]] = {b"f": np.dtype("<f4"), b"i": np.dtype("<i4")}
+
+
+class RecordError(ValueError):
+    """A stored record that cannot be decoded (corrupt, or written by an unknown schema)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRecord:
+    id: str
+    version: int
+    attributes: Mapping[str, Any]
+    consent: Mapping[str, int]  # purpose -> grant time (Unix ms)
+    embedding: bytes | None  # float32 little-endian, or None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    id: str
+    version: int
+    row: int  # row in the item model arrays of the same version
+    category: str
+    tags: tuple[str, ...]
+    price: float
+    regions: tuple[str, ...]
+    launch_date: str
+    flags: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Edge-local live activity of one user or session, most recent last."""
+
+    views: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms)
+    cart: tuple[str, ...] = ()
+    purchases: tuple[tuple[str, int], ...] = ()
+
+
+def encode_profile(record: ProfileRecord) -> bytes:
+    return msgpack.packb(
+        {
+            "s": PROFILE_SCHEMA,
+            "v": record.version,
+            "a": dict(record.attributes),
+            "c": dict(record.consent),
+            "e": record.embedding,
+        },
+        use_bin_type=True,
+    )
+
+
+def _unpack(buf: bytes | memoryview, what: str) -> dict[str, Any]:
+    try:
+        obj = msgpack.unpackb(buf, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
+        raise RecordError(f"corrupt {what} record: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise RecordError(f"corrupt {what} record: not a map")
+    return obj
+
+
+def decode_profile(user_id: str, buf: bytes | memoryview) -> ProfileRecord:
+    obj = _unpack(buf, "profile")
+    if obj.get("s") != PROFILE_SCHEMA:
+        raise RecordError(f"profile {user_id!r}: unknown schema {obj.get('s')!r}")
+    return ProfileRecord(user_id, obj["v"], obj["a"], obj["c"], obj["e"])
+
+
+def encode_item(record: ItemRecord) -> bytes:
+    return msgpack.packb(
+        {
+            "s": ITEM_SCHEMA,
+            "v": record.version,
+            "r": record.row,
+            "cat": record.category,
+            "tags": list(record.tags),
+            "p": record.price,
+            "reg": list(record.regions),
+            "ld": record.launch_date,
+            "f": dict(record.flags),
+        },
+        use_bin_type=True,
+    )
+
+
+def decode_item(item_id: str, buf: bytes | memoryview) -> ItemRecord:
+    obj = _unpack(buf, "item")
+    if obj.get("s") != ITEM_SCHEMA:
+        raise RecordError(f"item {item_id!r}: unknown schema {obj.get('s')!r}")
+    return ItemRecord(
+        item_id,
+        obj["v"],
+        obj["r"],
+        obj["cat"],
+        tuple(obj["tags"]),
+        obj["p"],
+        tuple(obj["reg"]),
+        obj["ld"],
+        obj["f"],
+    )
+
+
+def encode_activity(activity: Activity) -> bytes:
+    return msgpack.packb(
+        {
+            "s": ACTIVITY_SCHEMA,
+            "views": [list(v) for v in activity.views],
+            "cart": list(activity.cart),
+            "buy": [list(p) for p in activity.purchases],
+        },
+        use_bin_type=True,
+    )
+
+
+def decode_activity(buf: bytes | memoryview) -> Activity:
+    obj = _unpack(buf, "activity")
+    return Activity(
+        tuple((str(i), int(t)) for i, t in obj.get("views", ())),
+        tuple(obj.get("cart", ())),
+        tuple((str(i), int(t)) for i, t in obj.get("buy", ())),
+    )
+
+
+def encode_array(array: NDArray[Any]) -> bytes:
+    """Header + raw little-endian C-order data of a 1-D or 2-D float32/int32 array."""
+    if array.ndim not in (1, 2):
+        raise ValueError(f"model arrays are 1-D or 2-D, got {array.ndim}-D")
+    for code, dtype in _DTYPES.items():
+        if array.dtype == dtype:
+            break
+    else:
+        raise ValueError(f"model arrays are float32 or int32, got {array.dtype}")
+    rows = array.shape[0]
+    cols = array.shape[1] if array.ndim == 2 else 1
+    header = _ARRAY_HEADER.pack(_ARRAY_MAGIC, code, bytes([array.ndim]), rows, cols)
+    return header + np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def decode_array(buf: bytes | memoryview) -> NDArray[Any]:
+    """A read-only array over `buf` without copying. Valid only as long as `buf` is."""
+    if len(buf) < _ARRAY_HEADER.size:
+        raise RecordError("corrupt model array: shorter than its header")
+    magic, code, ndim_b, rows, cols = _ARRAY_HEADER.unpack_from(buf, 0)
+    if magic != _ARRAY_MAGIC or code not in _DTYPES:
+        raise RecordError("corrupt model array: bad magic or dtype")
+    dtype = _DTYPES[code]
+    ndim = ndim_b[0]
+    count = rows * cols
+    if len(buf) != _ARRAY_HEADER.size + count * dtype.itemsize:
+        raise RecordError(f"corrupt model array: {len(buf)} bytes for shape ({rows}, {cols})")
+    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=_ARRAY_HEADER.size)
+    return flat.reshape((rows, cols)) if ndim == 2 else flat

@@ -1,0 +1,221 @@
+"""The LMDB store: one environment, one named database per namespace (see ARCHITECTURE.md).
+
+Replicated namespaces (`profiles`, `items`, `models`, `rules`) change only through
+`Store.replace_replicated`, one write transaction that also records the new version in `meta`: a
+reader sees the old state or the new one, never a mix, and a crash mid-apply leaves the old one.
+Edge-local namespaces (`activity`, `events`, `outbox`) change through `Store.record_events`.
+
+Reads go through `Store.read()`: one short read transaction with `buffers=True`. Values are
+memoryviews into the map; `ReadView.array` returns arrays over them without copying, so nothing read
+from a view may be kept after its `with` block ends.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import lmdb
+import msgpack
+from numpy.typing import NDArray
+
+from edgewise.core.activity import ActivityLimits, TrackedEvent, activity_key, apply_event
+from edgewise.core.records import (
+    Activity,
+    ItemRecord,
+    ProfileRecord,
+    decode_activity,
+    decode_array,
+    decode_item,
+    decode_profile,
+    encode_activity,
+)
+
+__all__ = [
+    "EDGE_LOCAL",
+    "NAMESPACES",
+    "REPLICATED",
+    "ReadView",
+    "Store",
+    "StoreError",
+    "TrackResult",
+]
+
+REPLICATED: Final = ("profiles", "items", "models", "rules")
+EDGE_LOCAL: Final = ("activity", "events", "outbox")
+NAMESPACES: Final = (*REPLICATED, *EDGE_LOCAL, "meta")
+
+_VERSION_KEY: Final = b"version"
+_SNAPSHOT_KEY: Final = b"snapshot"
+_OUTBOX_SEQ_KEY: Final = b"outbox_seq"
+_U64: Final = struct.Struct("<Q")
+_GEN_VERSION: Final = struct.Struct("<QQ")
+_SEQ: Final = struct.Struct(">Q")  # big-endian so outbox keys sort by sequence
+
+DEFAULT_MAP_SIZE: Final = 8 << 30
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written (full map, permissions, corrupt file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrackResult:
+    accepted: int
+    duplicates: int
+
+
+class ReadView:
+    """A consistent view of the store for the length of one read transaction."""
+
+    __slots__ = ("_dbs", "_txn", "generation", "version")
+
+    def __init__(self, txn: Any, dbs: Mapping[str, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        raw = txn.get(_VERSION_KEY, db=dbs["meta"])
+        # (generation, version): the version says which data; the generation, bumped on every
+        # replace, tells two loads of the same version apart (a cache key never goes stale).
+        self.generation, self.version = _GEN_VERSION.unpack(raw) if raw is not None else (0, 0)
+
+    def profile(self, user_id: str) -> ProfileRecord | None:
+        buf = self._txn.get(user_id.encode(), db=self._dbs["profiles"])
+        return None if buf is None else decode_profile(user_id, buf)
+
+    def item(self, item_id: str) -> ItemRecord | None:
+        buf = self._txn.get(item_id.encode(), db=self._dbs["items"])
+        return None if buf is None else decode_item(item_id, buf)
+
+    def items(self) -> Iterator[ItemRecord]:
+        with self._txn.cursor(db=self._dbs["items"]) as cursor:
+            for key, buf in cursor:
+                yield decode_item(bytes(key).decode(), buf)
+
+    def activity(self, key: str) -> Activity | None:
+        buf = self._txn.get(key.encode(), db=self._dbs["activity"])
+        return None if buf is None else decode_activity(buf)
+
+    def array(self, name: str) -> NDArray[Any] | None:
+        """A model array, zero-copy: valid only inside this view's `with` block."""
+        buf = self._txn.get(name.encode(), db=self._dbs["models"])
+        return None if buf is None else decode_array(buf)
+
+    def rules_doc(self) -> Any:
+        buf = self._txn.get(b"rules", db=self._dbs["rules"])
+        return None if buf is None else msgpack.unpackb(buf, raw=False)
+
+    def snapshot_info(self) -> dict[str, Any]:
+        buf = self._txn.get(_SNAPSHOT_KEY, db=self._dbs["meta"])
+        return {} if buf is None else dict(msgpack.unpackb(buf, raw=False))
+
+    def count(self, namespace: str) -> int:
+        return int(self._txn.stat(self._dbs[namespace])["entries"])
+
+
+class Store:
+    """One LMDB environment holding every namespace of a node."""
+
+    def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(NAMESPACES) + 4,
+                max_readers=512,
+                readonly=readonly,
+                lock=True,  # readers must be visible to the writer (see ../shared/STYLE.md)
+                sync=True,
+                metasync=True,
+                readahead=False,
+            )
+            self._dbs = {name: self._env.open_db(name.encode(), create=not readonly) for name in NAMESPACES}
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def read(self) -> Iterator[ReadView]:
+        with self._env.begin(buffers=True) as txn:
+            yield ReadView(txn, self._dbs)
+
+    def has_snapshot(self) -> bool:
+        with self.read() as view:
+            return view.generation > 0
+
+    def version(self) -> int:
+        with self.read() as view:
+            return view.version
+
+    def snapshot_info(self) -> dict[str, Any]:
+        with self.read() as view:
+            return view.snapshot_info()
+
+    def replace_replicated(
+        self,
+        version: int,
+        records: Mapping[str, Iterable[tuple[bytes, bytes]]],
+        info: Mapping[str, Any],
+    ) -> None:
+        """Replace every replicated namespace with `records`, and record `version`, atomically."""
+        unknown = set(records) - set(REPLICATED)
+        if unknown:
+            raise ValueError(f"not replicated namespaces: {sorted(unknown)}")
+        try:
+            with self._env.begin(write=True) as txn:
+                for name in REPLICATED:
+                    txn.drop(self._dbs[name], delete=False)
+                    db = self._dbs[name]
+                    for key, value in records.get(name, ()):
+                        txn.put(key, value, db=db, dupdata=False, overwrite=True)
+                meta = self._dbs["meta"]
+                raw = txn.get(_VERSION_KEY, db=meta)
+                generation = _GEN_VERSION.unpack(raw)[0] + 1 if raw is not None else 1
+                txn.put(_VERSION_KEY, _GEN_VERSION.pack(generation, version), db=meta)
+                txn.put(_SNAPSHOT_KEY, msgpack.packb(dict(info), use_bin_type=True), db=meta)
+        except lmdb.MapFullError as exc:
+            raise StoreError(f"the store at {self.path} is full; raise its map size: {exc}") from exc
+
+    def record_events(
+        self, events: Sequence[TrackedEvent], limits: ActivityLimits, *, keep_outbox: bool = True
+    ) -> TrackResult:
+        """Store new events durably (dedupe by event id, outbox, live activity) in one transaction."""
+        accepted = duplicates = 0
+        events_db, outbox_db, activity_db = (self._dbs[n] for n in ("events", "outbox", "activity"))
+        meta = self._dbs["meta"]
+        with self._env.begin(write=True) as txn:
+            raw_seq = txn.get(_OUTBOX_SEQ_KEY, db=meta)
+            seq = _U64.unpack(raw_seq)[0] if raw_seq is not None else 0
+            touched: dict[str, Activity] = {}
+            for event in events:
+                key = event.event_id.encode()
+                if not txn.put(key, _U64.pack(event.timestamp_ms), db=events_db, overwrite=False):
+                    duplicates += 1
+                    continue
+                accepted += 1
+                if keep_outbox:
+                    seq += 1
+                    txn.put(_SEQ.pack(seq), event.encode(), db=outbox_db)
+                akey = activity_key(event.user_id, event.session_id)
+                if akey not in touched:
+                    buf = txn.get(akey.encode(), db=activity_db)
+                    touched[akey] = decode_activity(buf) if buf is not None else Activity()
+                touched[akey] = apply_event(touched[akey], event, limits)
+            for akey, activity in touched.items():
+                txn.put(akey.encode(), encode_activity(activity), db=activity_db)
+            txn.put(_OUTBOX_SEQ_KEY, _U64.pack(seq), db=meta)
+        return TrackResult(accepted, duplicates)

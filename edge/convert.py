@@ -1,0 +1,214 @@
+"""Protobuf <-> core conversion for the Personalizer service, with request validation at the boundary.
+
+Every violation raises `RequestError` naming the field (as a proto path) and the cap or rule, which the
+servicer returns as INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from edgewise.core.activity import TrackedEvent
+from edgewise.core.decisions import (
+    Context,
+    DecideInput,
+    DecisionOutput,
+    Explanation,
+    PlacementAsk,
+    RequestError,
+)
+from edgewise.v1 import personalizer_pb2 as _pb
+
+__all__ = ["Limits", "decide_input", "decide_response", "new_decision_id", "tracked_events"]
+
+_EVENT_TYPE: Final = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_CONTEXT_FIELDS: Final = (
+    "channel",
+    "device",
+    "language",
+    "country",
+    "region",
+    "journey_stage",
+    "page_type",
+    "local_time",
+    "url",
+    "referrer",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on what one call may carry (violations are INVALID_ARGUMENT naming the field and the cap)."""
+
+    max_placements: int = 16
+    max_ids: int = 500  # candidate_ids, exclude_ids per placement
+    max_seeds: int = 50
+    max_attributes: int = 64
+    max_id_length: int = 128  # user, session, item, event, placement ids
+    max_string_length: int = 2048  # url, referrer, attribute values, other strings
+    max_consents: int = 32
+    max_events: int = 500
+
+
+def _check_str(value: str, field: str, cap: int) -> str:
+    if len(value) > cap:
+        raise RequestError(field, f"is {len(value)} characters long, more than the cap of {cap}")
+    return value
+
+
+def _check_ids(values: Sequence[str], field: str, cap: int, limits: Limits) -> tuple[str, ...]:
+    if len(values) > cap:
+        raise RequestError(field, f"has {len(values)} entries, more than the cap of {cap}")
+    for j, value in enumerate(values):
+        _check_str(value, f"{field}[{j}]", limits.max_id_length)
+    return tuple(values)
+
+
+def _check_map(values: Mapping[str, str], field: str, limits: Limits) -> dict[str, str]:
+    if len(values) > limits.max_attributes:
+        raise RequestError(field, f"has {len(values)} entries, more than the cap of {limits.max_attributes}")
+    for key, value in values.items():
+        _check_str(key, f"{field}[{key[:32]!r}] (key)", limits.max_id_length)
+        _check_str(value, f"{field}[{key[:32]!r}]", limits.max_string_length)
+    return dict(values)
+
+
+def _context(ctx: _pb.Context, field: str, limits: Limits) -> Context:
+    values = {name: _check_str(getattr(ctx, name), f"{field}.{name}", limits.max_string_length) for name in _CONTEXT_FIELDS}
+    return Context(**values, attributes=_check_map(ctx.attributes, f"{field}.attributes", limits))
+
+
+def decide_input(request: _pb.DecideRequest, limits: Limits) -> DecideInput:
+    """Validate a DecideRequest and convert it; raise RequestError on the first violation."""
+    user_id = _check_str(request.user_id, "user_id", limits.max_id_length)
+    session_id = _check_str(request.session_id, "session_id", limits.max_id_length)
+    if len(request.placements) == 0:
+        raise RequestError("placements", "at least one placement is required")
+    if len(request.placements) > limits.max_placements:
+        raise RequestError(
+            "placements", f"has {len(request.placements)} entries, more than the cap of {limits.max_placements}"
+        )
+    consent = _check_ids(request.consent, "consent", limits.max_consents, limits)
+    asks = []
+    seen: set[str] = set()
+    for i, p in enumerate(request.placements):
+        field = f"placements[{i}]"
+        if not p.placement_id:
+            raise RequestError(f"{field}.placement_id", "is required")
+        _check_str(p.placement_id, f"{field}.placement_id", limits.max_id_length)
+        if p.placement_id in seen:
+            raise RequestError(f"{field}.placement_id", f"placement {p.placement_id!r} is asked for twice")
+        seen.add(p.placement_id)
+        asks.append(
+            PlacementAsk(
+                placement_id=p.placement_id,
+                count=p.count,
+                candidate_ids=_check_ids(p.candidate_ids, f"{field}.candidate_ids", limits.max_ids, limits),
+                seed_item_ids=_check_ids(p.seed_item_ids, f"{field}.seed_item_ids", limits.max_seeds, limits),
+                exclude_ids=_check_ids(p.exclude_ids, f"{field}.exclude_ids", limits.max_ids, limits),
+                filter=_check_str(p.filter, f"{field}.filter", limits.max_id_length),
+                filter_params=_check_map(p.filter_params, f"{field}.filter_params", limits),
+            )
+        )
+    return DecideInput(
+        user_id=user_id,
+        session_id=session_id,
+        context=_context(request.context, "context", limits),
+        consent=frozenset(consent),
+        placements=tuple(asks),
+        explain=request.explain,
+    )
+
+
+def new_decision_id() -> str:
+    """32 hex chars: 48-bit Unix ms then 80 random bits (sortable by time, unique without coordination)."""
+    return (int(time.time() * 1000).to_bytes(6, "big") + os.urandom(10)).hex()
+
+
+def _explanation(why: Explanation) -> _pb.Explanation:
+    return _pb.Explanation(
+        user_known=why.user_known,
+        personalization_allowed=why.personalization_allowed,
+        segments=list(why.segments),
+        features=why.features,
+        placements=[
+            _pb.PlacementExplanation(
+                placement_id=p.placement_id,
+                strategy=p.strategy,
+                rule=p.rule,
+                bucket=p.bucket,
+                unit_id=p.unit_id,
+                candidates=p.candidates,
+                seed_item_ids=list(p.seed_item_ids),
+                notes=p.notes,
+            )
+            for p in why.placements
+        ],
+    )
+
+
+def decide_response(decision: DecisionOutput, decision_id: str) -> _pb.DecideResponse:
+    response = _pb.DecideResponse(decision_id=decision_id, snapshot_version=decision.snapshot_version)
+    for p in decision.placements:
+        response.placements.append(
+            _pb.PlacementDecision(
+                placement_id=p.placement_id,
+                items=[_pb.ItemResult(id=i.id, score=i.score, reason=i.reason, promoted=i.promoted) for i in p.items],
+                content_id=p.content_id,
+                experiment_id=p.experiment_id,
+                variant_id=p.variant_id,
+                propensity=p.propensity,
+                strategy=p.strategy,
+                fallback_reason=_pb.FallbackReason.ValueType(int(p.fallback)),
+            )
+        )
+    if decision.explanation is not None:
+        response.explanation.CopyFrom(_explanation(decision.explanation))
+    return response
+
+
+def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> list[TrackedEvent]:
+    """Validate a TrackRequest's events and convert them; raise RequestError on the first violation."""
+    if len(request.events) == 0:
+        raise RequestError("events", "at least one event is required")
+    if len(request.events) > limits.max_events:
+        raise RequestError("events", f"has {len(request.events)} entries, more than the cap of {limits.max_events}")
+    _check_ids(request.consent, "consent", limits.max_consents, limits)
+    events = []
+    for i, e in enumerate(request.events):
+        field = f"events[{i}]"
+        if not e.event_id:
+            raise RequestError(f"{field}.event_id", "is required (it makes Track idempotent)")
+        if not _EVENT_TYPE.match(e.type):
+            raise RequestError(
+                f"{field}.type",
+                f"{e.type[:70]!r} is not an event type (lowercase, e.g. view, click, add_to_cart, purchase)",
+            )
+        if not e.user_id and not e.session_id:
+            raise RequestError(f"{field}.user_id", "user_id or session_id is required")
+        if not math.isfinite(e.value):
+            raise RequestError(f"{field}.value", f"must be a finite number, got {e.value}")
+        if e.timestamp_ms < 0:
+            raise RequestError(f"{field}.timestamp_ms", "must be >= 0 (0 = time of receipt)")
+        for name in ("event_id", "user_id", "session_id", "item_id", "decision_id", "placement_id"):
+            _check_str(getattr(e, name), f"{field}.{name}", limits.max_id_length)
+        events.append(
+            TrackedEvent(
+                event_id=e.event_id,
+                type=e.type,
+                user_id=e.user_id,
+                session_id=e.session_id,
+                item_id=e.item_id,
+                decision_id=e.decision_id,
+                placement_id=e.placement_id,
+                value=e.value,
+                timestamp_ms=e.timestamp_ms or now_ms,
+            )
+        )
+    return events
