@@ -1,0 +1,40 @@
+"""MurmurHash3 x86_32 and bucketing: reference vectors (also in docs/bucketing.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgewise.core.bucketing import BUCKETS, bucket, murmur3_32
+
+
+@pytest.mark.parametrize(
+    ("data", "seed", "expected"),
+    [
+        (b"", 0, 0x00000000),
+        (b"", 1, 0x514E28B7),
+        (b"\xff\xff\xff\xff", 0, 0x76293B50),
+        (b"\x21\x43\x65\x87", 0, 0xF55B516B),
+        (b"\x21\x43\x65", 0, 0x7E4A8634),
+        (b"\x21\x43", 0, 0xA0F7B07A),
+        (b"\x21", 0, 0x72661CF4),
+        (b"Hello, world!", 1234, 0xFAF6CDB3),
+        (b"The quick brown fox jumps over the lazy dog", 0, 0x2E4FF723),
+    ],
+)
+def test_murmur3_reference_vectors(data: bytes, seed: int, expected: int) -> None:
+    assert murmur3_32(data, seed) == expected
+
+
+@pytest.mark.parametrize(
+    ("salt", "unit", "expected"),
+    [("hero_test", "u1", 2202), ("hero_test", "u2", 3130), ("hero_test", "s-abc", 3001), ("exp", "ü-ñ", 4158)],
+)
+def test_bucket_vectors(salt: str, unit: str, expected: int) -> None:
+    assert bucket(salt, unit) == expected
+
+
+def test_buckets_are_uniform() -> None:
+    counts = [0] * 10
+    for n in range(20_000):
+        counts[bucket("uniformity", f"u{n}") * 10 // BUCKETS] += 1
+    assert all(1800 < c < 2200 for c in counts), counts

@@ -1,0 +1,162 @@
+"""The decision pipeline in-process, over a real store loaded with a synthetic bundle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, RequestError
+from edgewise.core.pipeline import Pipeline, SnapshotMissing
+from edgewise.core.records import ProfileRecord, encode_profile
+from edgewise.core.store import ReadView, Store
+from edgewise.sync.bundle import Bundle, load_bundle
+from edgewise.sync.snapshot import apply_bundle
+
+CONSENT = frozenset({"personalization"})
+ALL = (PlacementAsk("home", 10), PlacementAsk("pdp_similar", 5), PlacementAsk("hero_banner"))
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[tuple[Store, Bundle]]:
+    bundle = load_bundle(bundle_dir)
+    store = Store(tmp_path_factory.mktemp("store"), map_size=1 << 30)
+    apply_bundle(store, bundle)
+    # Two extra profiles: one without an embedding (cold start), one with a vector of the wrong size.
+    with store._env.begin(write=True) as txn:  # test-only direct write
+        db = store._dbs["profiles"]
+        for uid, emb in (("u-cold", None), ("u-bad-dim", np.ones(3, dtype="<f4").tobytes())):
+            txn.put(uid.encode(), encode_profile(ProfileRecord(uid, 1, {}, {"personalization": 1}, emb)), db=db)
+    yield store, bundle
+    store.close()
+
+
+def _decide(store: Store, request: DecideInput, pipeline: Pipeline | None = None) -> Any:
+    with store.read() as view:
+        return (pipeline or Pipeline()).decide(view, request)
+
+
+def test_empty_store_is_snapshot_missing(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 26) as store, pytest.raises(SnapshotMissing):
+        _decide(store, DecideInput(placements=ALL))
+
+
+def test_fallback_reasons(loaded: tuple[Store, Bundle]) -> None:
+    store, bundle = loaded
+    home = (PlacementAsk("home", 5),)
+    cases = {
+        "u-cold": Fallback.COLD_START,
+        "u-bad-dim": Fallback.MODEL_UNAVAILABLE,
+        "no-such-user": Fallback.UNKNOWN_USER,
+    }
+    for user, reason in cases.items():
+        out = _decide(store, DecideInput(user_id=user, consent=CONSENT, placements=home)).placements[0]
+        assert out.fallback == reason, user
+        assert out.strategy == "popular" and len(out.items) == 5
+    hero = _decide(store, DecideInput(placements=(PlacementAsk("hero_banner"),), consent=CONSENT)).placements[0]
+    assert hero.fallback == Fallback.UNKNOWN_USER and hero.content_id == "hero_default"
+
+
+def test_items_not_available_in_the_country_are_never_shown(loaded: tuple[Store, Bundle]) -> None:
+    store, bundle = loaded
+    regions = {i.id: i.regions for i in bundle.items}
+    restricted = [i for i, r in regions.items() if "*" not in r]
+    assert restricted, "the synthetic bundle should restrict some items"
+    for country in ("DE", "US", ""):
+        out = _decide(store, DecideInput(context=Context(country=country), placements=(PlacementAsk("home", 50),)))
+        for item in out.placements[0].items:
+            assert "*" in regions[item.id] or country in regions[item.id]
+
+
+def test_personalized_scores_match_a_numpy_computation(loaded: tuple[Store, Bundle]) -> None:
+    store, bundle = loaded
+    row = next(j for j, p in enumerate(bundle.profiles) if "personalization" in p.consent)
+    user = bundle.profiles[row].id
+    assert bundle.user_embeddings is not None
+    out = _decide(store, DecideInput(user_id=user, consent=CONSENT, placements=(PlacementAsk("home", 10),)))
+    scores = bundle.item_embeddings.astype(np.float64) @ bundle.user_embeddings[row].astype(np.float64)
+    everywhere = np.array(["*" in i.regions for i in bundle.items])
+    expected = np.sort(scores[everywhere])[::-1][:10]
+    got = [i.score for i in out.placements[0].items]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_explain_names_the_steps(loaded: tuple[Store, Bundle]) -> None:
+    store, bundle = loaded
+    user = next(p.id for p in bundle.profiles if "personalization" in p.consent)
+    out = _decide(store, DecideInput(user_id=user, consent=CONSENT, placements=ALL, explain=True,
+                                     context=Context(country="DE")))
+    why = out.explanation
+    assert why.user_known and why.personalization_allowed
+    assert why.features["context.country"] == "DE"
+    assert why.features["profile.embedding"].startswith("dim ")
+    by_id = {p.placement_id: p for p in why.placements}
+    assert by_id["hero_banner"].unit_id == f"user:{user}"
+    assert 0 <= by_id["hero_banner"].bucket < 10_000
+    assert by_id["home"].candidates > 0 and by_id["home"].strategy == "embedding"
+
+
+def test_request_errors_name_the_field(loaded: tuple[Store, Bundle]) -> None:
+    store, _ = loaded
+    with pytest.raises(RequestError) as err:
+        _decide(store, DecideInput(placements=(PlacementAsk("home"), PlacementAsk("nope"))))
+    assert err.value.field == "placements[1].placement_id"
+    assert "home" in str(err.value)  # lists the placements that exist
+
+
+class _SpyView:
+    """A ReadView that records which profile and activity keys were read."""
+
+    def __init__(self, view: ReadView) -> None:
+        self._view = view
+        self.reads: list[str] = []
+        self.version = view.version
+        self.generation = view.generation
+
+    def profile(self, user_id: str) -> Any:
+        self.reads.append(f"profile:{user_id}")
+        return self._view.profile(user_id)
+
+    def activity(self, key: str) -> Any:
+        self.reads.append(f"activity:{key}")
+        return self._view.activity(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+
+_ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+
+
+@settings(derandomize=True, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    user=st.one_of(st.just(""), _ids, st.sampled_from(["u0", "u1", "u2", "u3", "u-cold"])),
+    session=st.one_of(st.just(""), _ids),
+    consent=st.sets(st.sampled_from(["analytics", "marketing", "ads"])),
+    country=st.sampled_from(["", "DE", "FR", "US", "XX"]),
+    seeds=st.lists(st.sampled_from(["i1", "i2", "i3", "nope"]), max_size=2),
+)
+def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is_read(
+    loaded: tuple[Store, Bundle], user: str, session: str, consent: set[str], country: str, seeds: list[str]
+) -> None:
+    store, _ = loaded
+    pipeline = Pipeline()
+    placements = (PlacementAsk("home", 8), PlacementAsk("pdp_similar", 4, seed_item_ids=tuple(seeds)),
+                  PlacementAsk("hero_banner"))
+    ctx = Context(country=country)
+    with store.read() as raw:
+        spy = _SpyView(raw)
+        out = pipeline.decide(spy, DecideInput(user_id=user, session_id=session, consent=frozenset(consent),
+                                               context=ctx, placements=placements))  # type: ignore[arg-type]
+        anonymous = pipeline.decide(raw, DecideInput(context=ctx, placements=placements))
+    assert spy.reads == []
+    for mine, anon in zip(out.placements, anonymous.placements, strict=True):
+        assert [i.id for i in mine.items] == [i.id for i in anon.items]
+        assert (mine.content_id, mine.experiment_id, mine.variant_id) == (anon.content_id, "", "")
+        if mine.strategy != "similar":
+            assert mine.fallback == Fallback.NO_CONSENT

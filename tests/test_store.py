@@ -1,0 +1,143 @@
+"""The LMDB store: atomic snapshot replacement, zero-copy model arrays, durable idempotent events."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.records import RecordError, decode_array, encode_array
+from edgewise.core.store import Store
+from edgewise.sync.bundle import load_bundle
+from edgewise.sync.snapshot import apply_bundle
+
+
+def _event(event_id: str, kind: str = "view", item: str = "i1", user: str = "u1") -> TrackedEvent:
+    return TrackedEvent(event_id, kind, user, "", item, "", "", 0.0, 1_000)
+
+
+def test_array_codec_roundtrip_is_zero_copy() -> None:
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    buf = encode_array(a)
+    b = decode_array(memoryview(buf))
+    assert b.shape == (3, 4) and b.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not b.flags.writeable and not b.flags.owndata
+    with pytest.raises(RecordError):
+        decode_array(buf[:-4])
+    with pytest.raises(ValueError):
+        encode_array(np.zeros((2, 2, 2), dtype=np.float32))
+
+
+def test_apply_bundle_replaces_everything_and_records_the_version(tmp_path: Path, bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    with Store(tmp_path / "s", map_size=1 << 30) as store:
+        assert not store.has_snapshot()
+        apply_bundle(store, bundle)
+        with store.read() as view:
+            assert view.version == bundle.version
+            assert view.count("items") == len(bundle.items)
+            assert view.count("profiles") == len(bundle.profiles)
+            emb = view.array("item_embeddings")
+            assert emb is not None
+            np.testing.assert_array_equal(emb, bundle.item_embeddings)
+            profile = view.profile(bundle.profiles[0].id)
+            assert profile is not None and profile.consent == bundle.profiles[0].consent
+            generation = view.generation
+        apply_bundle(store, bundle)
+        with store.read() as view:
+            assert view.generation == generation + 1
+
+
+def test_a_reader_sees_old_or_new_snapshot_never_a_mix(tmp_path: Path, bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    with Store(tmp_path / "s", map_size=1 << 30) as store:
+        apply_bundle(store, bundle)
+        with store.read() as view:
+            before = view.version
+            n_items = view.count("items")
+            # A whole new snapshot commits while this read transaction is open ...
+            store.replace_replicated(99, {"items": iter([]), "profiles": iter([])}, {"version": 99})
+            # ... and this view still sees the old one, entirely.
+            assert view.version == before
+            assert view.count("items") == n_items
+            assert view.array("item_embeddings") is not None
+        with store.read() as view:
+            assert view.version == 99
+            assert view.count("items") == 0
+            assert view.array("item_embeddings") is None
+
+
+def _killed_mid_apply(path: str, bundle_path: str) -> None:
+    bundle = load_bundle(bundle_path)
+    store = Store(path, map_size=1 << 30)
+
+    def slow_items():  # type: ignore[no-untyped-def]
+        for n in range(10_000_000):
+            if n == 1000:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield f"x{n}".encode(), b"junk"
+
+    store.replace_replicated(bundle.version + 1, {"items": slow_items()}, {"version": bundle.version + 1})
+
+
+def test_kill_9_mid_apply_leaves_the_previous_snapshot(tmp_path: Path, bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    with Store(tmp_path / "s", map_size=1 << 30) as store:
+        apply_bundle(store, bundle)
+    proc = mp.get_context("spawn").Process(target=_killed_mid_apply, args=(str(tmp_path / "s"), str(bundle_dir)))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    with Store(tmp_path / "s", map_size=1 << 30) as store, store.read() as view:
+        assert view.version == bundle.version
+        assert view.count("items") == len(bundle.items)
+        assert view.item("x0") is None
+
+
+def test_record_events_dedupes_and_updates_activity(tmp_path: Path) -> None:
+    limits = ActivityLimits(max_views=3)
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        r = store.record_events([_event("e1", item="i1"), _event("e2", item="i2"), _event("e1", item="i9")], limits)
+        assert (r.accepted, r.duplicates) == (2, 1)
+        r = store.record_events([_event("e2"), _event("e3", "add_to_cart", "i5")], limits)
+        assert (r.accepted, r.duplicates) == (1, 1)
+        for n in range(4, 10):
+            store.record_events([_event(f"e{n}", item=f"i{n}")], limits)
+        with store.read() as view:
+            activity = view.activity("u:u1")
+            assert activity is not None
+            assert [v for v, _ in activity.views] == ["i7", "i8", "i9"]  # bounded, most recent last
+            assert activity.cart == ("i5",)
+            assert view.count("outbox") == 9
+            assert view.count("events") == 9
+        store.record_events([_event("e-buy", "purchase", "i5")], limits)
+        with store.read() as view:
+            activity = view.activity("u:u1")
+            assert activity is not None and activity.cart == () and activity.purchases[0][0] == "i5"
+
+
+def test_events_survive_kill_9_after_acknowledgement(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_record_then_hang, args=(str(tmp_path / "s"), ready))
+    proc.start()
+    assert ready.wait(30)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    with Store(tmp_path / "s", map_size=1 << 28) as store, store.read() as view:
+        assert view.count("events") == 200
+
+
+def _record_then_hang(path: str, ready: object) -> None:
+    with Store(path, map_size=1 << 28) as store:
+        for n in range(200):
+            store.record_events([_event(f"e{n}")], ActivityLimits())
+        ready.set()  # type: ignore[attr-defined]
+        time.sleep(60)
