@@ -1,0 +1,800 @@
+"""Bundles: read, validate and write the on-disk bundle format (docs/bundle-format.md).
+
+`load_bundle` validates every file of a bundle directory (manifest, checksums, schema, catalog,
+profiles, rules, model arrays) and returns an immutable in-memory `Bundle`, or raises `BundleError`
+on the first problem, naming the file, the record and the field. `write_bundle` writes a bundle
+directory (manifest last, atomically) and validates its own output with `load_bundle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+import numpy as np
+from edgewise.core.rules import RuleError, Ruleset, compile_rules
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "FORMAT_VERSION",
+    "OPTIONAL_FILES",
+    "PLAIN_PII_NAMES",
+    "REQUIRED_FILES",
+    "Bundle",
+    "BundleError",
+    "Item",
+    "Profile",
+    "bundle_summary",
+    "load_bundle",
+    "write_bundle",
+]
+
+BUNDLE_FORMAT: Final = "edgewise-bundle"
+FORMAT_VERSION: Final = 1
+MANIFEST: Final = "manifest.json"
+SCHEMA: Final = "schema.json"
+ITEMS: Final = "items.jsonl"
+PROFILES: Final = "profiles.jsonl"
+RULES: Final = "rules.json"
+ITEM_EMBEDDINGS: Final = "models/item_embeddings.npy"
+ITEM_POPULARITY: Final = "models/item_popularity.npy"
+USER_EMBEDDINGS: Final = "models/user_embeddings.npy"
+REQUIRED_FILES: Final = (SCHEMA, ITEMS, PROFILES, RULES, ITEM_EMBEDDINGS, ITEM_POPULARITY)
+OPTIONAL_FILES: Final = (USER_EMBEDDINGS,)
+KNOWN_FILES: Final = frozenset(REQUIRED_FILES + OPTIONAL_FILES)
+
+PLAIN_PII_NAMES: Final = frozenset(
+    {"email", "phone", "name", "first_name", "last_name", "address", "ip", "ip_address"}
+)
+FIELD_TYPES: Final = ("string", "number", "integer", "boolean", "string[]", "number[]")
+MAX_ID_LEN: Final = 128
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
+_DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+_ITEM_KEYS: Final = frozenset({"id", "category", "tags", "price", "regions", "launch_date", "flags"})
+_PROFILE_KEYS: Final = frozenset({"id", "attributes", "consent"})
+_SCHEMA_FIELD_KEYS: Final = frozenset({"type", "purpose", "pii", "description"})
+_HASH_CHUNK: Final = 1 << 20
+
+
+class BundleError(Exception):
+    """A bundle that is refused: `file` (relative to the bundle), `record`, `field` and `reason`."""
+
+    def __init__(
+        self, file: str, reason: str, *, record: str | None = None, field: str | None = None
+    ) -> None:
+        self.file = file
+        self.record = record
+        self.field = field
+        self.reason = reason
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        text = f"bundle refused: {self.file}"
+        if self.record is not None:
+            # "items.jsonl line 12 (...)", but "models/x.npy: row 40 (...)"
+            text += (" " if self.record.startswith("line ") else ": ") + self.record
+        if self.field is not None:
+            # a field inside a record is quoted; a dotted path in a whole-file document is not
+            text += f': field "{self.field}"' if self.record is not None else f": {self.field}"
+        return f"{text}: {self.reason}"
+
+    def __str__(self) -> str:
+        return self._render()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes despite keyword arguments
+        return (_rebuild_error, (self.file, self.reason, self.record, self.field))
+
+
+def _rebuild_error(file: str, reason: str, record: str | None, field: str | None) -> BundleError:
+    return BundleError(file, reason, record=record, field=field)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: str
+    category: str
+    tags: tuple[str, ...]
+    price: float
+    regions: tuple[str, ...]
+    launch_date: str
+    flags: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    id: str
+    attributes: dict[str, Any]
+    consent: dict[str, int]
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    path: Path
+    version: int
+    manifest: dict[str, Any]
+    schema: dict[str, Any]
+    items: list[Item]
+    profiles: list[Profile]
+    rules_doc: dict[str, Any]
+    rules: Ruleset
+    item_embeddings: NDArray[np.float32]  # [n_items, dim], C-contiguous
+    item_popularity: NDArray[np.float32]  # [n_items]
+    user_embeddings: NDArray[np.float32] | None  # [n_profiles, dim]
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension shared by item and user embeddings."""
+        return int(self.item_embeddings.shape[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A JSON-ish rendering of a bad value for messages (NaN stays NaN), cut to `limit` chars."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _line_record(line_no: int, record: Any) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"line {line_no} (id {_show(rid)})" if isinstance(rid, str) else f"line {line_no}"
+
+
+def _id_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, got {_type_name(value)}"
+    if not _ID_RE.fullmatch(value):
+        return f"must be 1..{MAX_ID_LEN} characters of [A-Za-z0-9_.:-], got {_show(value)}"
+    return None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_text(root: Path, name: str) -> str:
+    data = (root / name).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        raise BundleError(name, "not valid UTF-8", record=f"line {line_no}") from None
+
+
+def _read_json_doc(root: Path, name: str) -> dict[str, Any]:
+    text = _read_text(root, name)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BundleError(
+            name, f"invalid JSON: {err.msg} (column {err.colno})", record=f"line {err.lineno}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise BundleError(name, f"must be a JSON object, got {_type_name(doc)}")
+    return doc
+
+
+def _iter_jsonl(root: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each line; refuse blank lines, bad JSON and non-objects."""
+    text = _read_text(root, name)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    loads = json.loads
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise BundleError(name, "empty line (one JSON object per line)", record=f"line {line_no}")
+        try:
+            record = loads(line)
+        except json.JSONDecodeError as err:
+            raise BundleError(
+                name, f"invalid JSON: {err.msg} (column {err.colno})", record=f"line {line_no}"
+            ) from None
+        if not isinstance(record, dict):
+            raise BundleError(
+                name, f"must be a JSON object, got {_type_name(record)}", record=f"line {line_no}"
+            )
+        yield line_no, record
+
+
+# --------------------------------------------------------------------------------------------------
+# manifest and files
+
+
+def _check_manifest(root: Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise BundleError(str(root), "not a directory")
+    if not (root / MANIFEST).is_file():
+        raise BundleError(MANIFEST, f"missing: {root} is not an edgewise bundle")
+    manifest = _read_json_doc(root, MANIFEST)
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            MANIFEST, f"must be {_show(BUNDLE_FORMAT)}, got {_show(manifest.get('format'))}", field="format"
+        )
+    fmt_version = manifest.get("format_version")
+    if fmt_version != FORMAT_VERSION or isinstance(fmt_version, bool):
+        raise BundleError(
+            MANIFEST,
+            f"unsupported format version {_show(fmt_version)} (this edgewise reads {FORMAT_VERSION})",
+            field="format_version",
+        )
+    version = manifest.get("bundle_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(
+            MANIFEST, f"must be a positive integer, got {_show(version)}", field="bundle_version"
+        )
+    for key in ("created_at", "generator"):
+        if key in manifest and not isinstance(manifest[key], str):
+            raise BundleError(MANIFEST, f"must be a string, got {_type_name(manifest[key])}", field=key)
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(MANIFEST, f"must be an object, got {_type_name(files)}", field="files")
+    for name, entry in files.items():
+        _check_manifest_entry(name, entry)
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(MANIFEST, f"required file {_show(name)} is not listed", field="files")
+    return manifest
+
+
+def _check_manifest_entry(name: str, entry: Any) -> None:
+    path = f"files.{name}"
+    if name not in KNOWN_FILES:
+        known = ", ".join(sorted(KNOWN_FILES))
+        raise BundleError(MANIFEST, f"not a bundle file (known files: {known})", field=path)
+    if not isinstance(entry, dict):
+        raise BundleError(MANIFEST, f"must be an object, got {_type_name(entry)}", field=path)
+    sha = entry.get("sha256")
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+        raise BundleError(
+            MANIFEST, f"must be 64 lowercase hex digits, got {_show(sha)}", field=f"{path}.sha256"
+        )
+    size = entry.get("bytes")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BundleError(MANIFEST, f"must be an integer >= 0, got {_show(size)}", field=f"{path}.bytes")
+
+
+def _check_files(root: Path, files: Mapping[str, Any]) -> None:
+    """Every listed file present with its size and checksum; no unlisted (non-hidden) file."""
+    for name, entry in files.items():
+        path = root / name
+        if not path.is_file():
+            raise BundleError(name, "listed in manifest.json but missing from the bundle")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(
+                name, f"size mismatch: file has {size} bytes, manifest.json says {entry['bytes']}"
+            )
+        sha = _sha256_file(path)
+        if sha != entry["sha256"]:
+            raise BundleError(
+                name, f"checksum mismatch: file has sha256 {sha}, manifest.json says {entry['sha256']}"
+            )
+    for name in _bundle_dir_files(root):
+        if name != MANIFEST and name not in files:
+            raise BundleError(name, "file present in the bundle but not listed in manifest.json")
+
+
+def _bundle_dir_files(root: Path) -> list[str]:
+    """Relative posix paths of the regular files under `root`, skipping hidden files and folders."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for filename in sorted(filenames):
+            if not filename.startswith("."):
+                found.append((rel_dir / filename).as_posix())
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# schema.json
+
+
+def _check_schema(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    for key in doc:
+        if key != "profile_fields":
+            raise BundleError(SCHEMA, "unknown field (allowed: profile_fields)", field=key)
+    fields = doc.get("profile_fields")
+    if not isinstance(fields, dict):
+        raise BundleError(SCHEMA, f"must be an object, got {_type_name(fields)}", field="profile_fields")
+    for name, spec in fields.items():
+        path = f"profile_fields.{name}"
+        if not _ID_RE.fullmatch(name):
+            raise BundleError(SCHEMA, "field names must be 1..128 characters of [A-Za-z0-9_.:-]", field=path)
+        if not isinstance(spec, dict):
+            raise BundleError(SCHEMA, f"must be an object, got {_type_name(spec)}", field=path)
+        for key in spec:
+            if key not in _SCHEMA_FIELD_KEYS:
+                allowed = ", ".join(sorted(_SCHEMA_FIELD_KEYS))
+                raise BundleError(SCHEMA, f"unknown field (allowed: {allowed})", field=f"{path}.{key}")
+        if spec.get("type") not in FIELD_TYPES:
+            raise BundleError(
+                SCHEMA,
+                f"unknown type {_show(spec.get('type'))} (known: {', '.join(FIELD_TYPES)})",
+                field=f"{path}.type",
+            )
+        purpose = spec.get("purpose")
+        if not isinstance(purpose, str) or not purpose:
+            raise BundleError(
+                SCHEMA, f"must be a non-empty consent purpose, got {_show(purpose)}", field=f"{path}.purpose"
+            )
+        if "pii" in spec and not isinstance(spec["pii"], bool):
+            raise BundleError(SCHEMA, f"must be true or false, got {_show(spec['pii'])}", field=f"{path}.pii")
+    return fields
+
+
+# --------------------------------------------------------------------------------------------------
+# items.jsonl
+
+
+def _load_items(root: Path) -> list[Item]:
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for line_no, record in _iter_jsonl(root, ITEMS):
+        item = _check_item(line_no, record)
+        first = seen.setdefault(item.id, line_no)
+        if first != line_no:
+            raise BundleError(
+                ITEMS,
+                f"duplicate id (first on line {first})",
+                record=_line_record(line_no, record),
+                field="id",
+            )
+        items.append(item)
+    return items
+
+
+def _check_item(line_no: int, record: dict[str, Any]) -> Item:
+    where = _line_record(line_no, record)
+
+    def refuse(field: str, reason: str) -> BundleError:
+        return BundleError(ITEMS, reason, record=where, field=field)
+
+    for key in record:
+        if key not in _ITEM_KEYS:
+            raise refuse(key, f"unknown field (allowed: {', '.join(sorted(_ITEM_KEYS))})")
+    item_id = record.get("id")
+    problem = _id_problem(item_id)
+    if problem is not None:
+        raise refuse("id", problem)
+    category = record.get("category")
+    if not isinstance(category, str) or not category or any(not part for part in category.split("/")):
+        raise refuse("category", f'must be a "/"-separated path like "fashion/shoes", got {_show(category)}')
+    price: Any = record.get("price")
+    if not _is_finite_number(price) or price < 0:
+        raise refuse("price", f"must be a finite number >= 0, got {_show(price)}")
+    regions = _check_regions(record.get("regions"), refuse)
+    tags = record.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags):
+        raise refuse("tags", f"must be a list of non-empty strings, got {_show(tags)}")
+    launch_date = record.get("launch_date", "")
+    if launch_date != "" and not _is_iso_date(launch_date):
+        raise refuse("launch_date", f"must be an ISO date YYYY-MM-DD, got {_show(launch_date)}")
+    flags = record.get("flags", {})
+    if not isinstance(flags, dict):
+        raise refuse("flags", f"must be an object, got {_type_name(flags)}")
+    return Item(item_id, category, tuple(tags), float(price), regions, launch_date, flags)  # type: ignore[arg-type]
+
+
+def _check_regions(regions: Any, refuse: Callable[[str, str], BundleError]) -> tuple[str, ...]:
+    if not isinstance(regions, list) or not regions:
+        raise refuse("regions", f'must be a non-empty list of country codes or ["*"], got {_show(regions)}')
+    if regions == ["*"]:
+        return ("*",)
+    for region in regions:
+        if region == "*":
+            raise refuse("regions", '"*" (everywhere) must be the only entry')
+        if not isinstance(region, str) or not _COUNTRY_RE.fullmatch(region):
+            raise refuse("regions", f"must hold ISO 3166-1 alpha-2 codes like DE, got {_show(region)}")
+    return tuple(regions)
+
+
+def _is_iso_date(value: Any) -> bool:
+    if not isinstance(value, str) or not _DATE_RE.fullmatch(value):
+        return False
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# profiles.jsonl
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "number":
+        return _is_finite_number(value)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "string[]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "number[]":
+        return isinstance(value, list) and all(_is_finite_number(v) for v in value)
+    return False
+
+
+_TYPE_WORDS: Final = {
+    "string": "a string",
+    "number": "a finite number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "string[]": "a list of strings",
+    "number[]": "a list of finite numbers",
+}
+
+
+def _load_profiles(root: Path, fields: Mapping[str, Mapping[str, Any]]) -> list[Profile]:
+    kinds = {name: spec["type"] for name, spec in fields.items()}
+    pii = frozenset(name for name, spec in fields.items() if spec.get("pii") is True)
+    profiles: list[Profile] = []
+    seen: dict[str, int] = {}
+    for line_no, record in _iter_jsonl(root, PROFILES):
+        profile = _check_profile(line_no, record, kinds, pii)
+        first = seen.setdefault(profile.id, line_no)
+        if first != line_no:
+            raise BundleError(
+                PROFILES,
+                f"duplicate id (first on line {first})",
+                record=_line_record(line_no, record),
+                field="id",
+            )
+        profiles.append(profile)
+    return profiles
+
+
+def _check_profile(
+    line_no: int, record: dict[str, Any], kinds: Mapping[str, str], pii: frozenset[str]
+) -> Profile:
+    def refuse(field: str, reason: str) -> BundleError:
+        return BundleError(PROFILES, reason, record=_line_record(line_no, record), field=field)
+
+    for key in record:
+        if key not in _PROFILE_KEYS:
+            raise refuse(key, f"unknown field (allowed: {', '.join(sorted(_PROFILE_KEYS))})")
+    profile_id = record.get("id")
+    problem = _id_problem(profile_id)
+    if problem is not None:
+        raise refuse("id", problem)
+    attributes = record.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise refuse("attributes", f"must be an object, got {_type_name(attributes)}")
+    for name, value in attributes.items():
+        if name in pii:
+            raise refuse(
+                f"attributes.{name}", "PII-marked field (declared pii in schema.json) may not be carried"
+            )
+        if name.lower() in PLAIN_PII_NAMES:
+            raise refuse(f"attributes.{name}", "personal data (PII) may not be carried in a bundle")
+        kind = kinds.get(name)
+        if kind is None:
+            raise refuse(
+                f"attributes.{name}", "undeclared attribute (declare it in schema.json profile_fields)"
+            )
+        if not _type_ok(kind, value):
+            raise refuse(f"attributes.{name}", f"must be {_TYPE_WORDS[kind]} ({kind}), got {_show(value)}")
+    consent = record.get("consent", {})
+    if not isinstance(consent, dict):
+        raise refuse(
+            "consent", f"must be an object of purpose -> grant time (Unix ms), got {_type_name(consent)}"
+        )
+    for purpose, granted in consent.items():
+        if isinstance(granted, bool) or not isinstance(granted, int) or granted < 0:
+            raise refuse(
+                f"consent.{purpose}", f"must be a grant time in Unix ms (integer >= 0), got {_show(granted)}"
+            )
+    return Profile(profile_id, attributes, consent)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# models/*.npy
+
+
+def _load_npy(root: Path, name: str) -> NDArray[np.float32]:
+    """Read a little-endian float32, C-order .npy file (format 1.0/2.0), never unpickling anything."""
+    with (root / name).open("rb") as fh:
+        try:
+            major, minor = np.lib.format.read_magic(fh)
+            if (major, minor) == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif (major, minor) == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise BundleError(name, f"unsupported .npy format version {major}.{minor} (need 1.0 or 2.0)")
+        except (ValueError, EOFError) as err:
+            raise BundleError(name, f"not a valid .npy file: {err}") from None
+        if dtype != np.dtype("<f4"):
+            raise BundleError(name, f"dtype must be little-endian float32 ('<f4'), got {dtype.str!r}")
+        if fortran_order and len(shape) > 1:
+            raise BundleError(name, "array must be stored in C order, not Fortran order")
+        count = math.prod(shape)
+        data = np.fromfile(fh, dtype="<f4", count=count)
+        if data.size != count:
+            raise BundleError(name, f"truncated: header says shape {shape}, file holds {data.size} values")
+        if fh.read(1):
+            raise BundleError(name, f"trailing bytes after the {shape} array")
+    return data.astype(np.float32, copy=False).reshape(shape)
+
+
+def _first_bad_row(array: NDArray[np.float32]) -> int | None:
+    """Index of the first row holding NaN or inf, or None (vectorized; rows are found only on failure)."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    row_ok = finite if finite.ndim == 1 else finite.all(axis=1)
+    return int(np.argmin(row_ok))
+
+
+def _check_vectors(name: str, array: NDArray[np.float32], ids: list[str], kind: str) -> None:
+    row = _first_bad_row(array)
+    if row is not None:
+        what = "NaN" if np.isnan(array[row]).any() else "infinite value"
+        raise BundleError(name, f"{what} in vector", record=f"row {row} ({kind} {_show(ids[row])})")
+
+
+def _load_models(
+    root: Path, files: Mapping[str, Any], items: list[Item], profiles: list[Profile]
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32] | None]:
+    item_ids = [item.id for item in items]
+    item_emb = _load_npy(root, ITEM_EMBEDDINGS)
+    if item_emb.ndim != 2 or item_emb.shape[0] != len(items) or item_emb.shape[1] < 1:
+        raise BundleError(
+            ITEM_EMBEDDINGS,
+            f"shape must be [{len(items)} items, dim >= 1] (one row per line of {ITEMS}), "
+            f"got {list(item_emb.shape)}",
+        )
+    _check_vectors(ITEM_EMBEDDINGS, item_emb, item_ids, "item")
+
+    popularity = _load_npy(root, ITEM_POPULARITY)
+    if popularity.shape != (len(items),):
+        raise BundleError(
+            ITEM_POPULARITY,
+            f"shape must be [{len(items)}] (one value per line of {ITEMS}), got {list(popularity.shape)}",
+        )
+    bad = ~(np.isfinite(popularity) & (popularity >= 0))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise BundleError(
+            ITEM_POPULARITY,
+            f"popularity must be a finite number >= 0, got {float(popularity[row])}",
+            record=f"row {row} (item {_show(item_ids[row])})",
+        )
+
+    user_emb = None
+    if USER_EMBEDDINGS in files:
+        user_emb = _load_npy(root, USER_EMBEDDINGS)
+        if user_emb.ndim != 2 or user_emb.shape[0] != len(profiles):
+            raise BundleError(
+                USER_EMBEDDINGS,
+                f"shape must be [{len(profiles)} profiles, dim] (one row per line of "
+                f"{PROFILES}), got {list(user_emb.shape)}",
+            )
+        if user_emb.shape[1] != item_emb.shape[1]:
+            raise BundleError(
+                USER_EMBEDDINGS,
+                f"dim {user_emb.shape[1]} differs from the item embeddings' dim {item_emb.shape[1]}",
+            )
+        _check_vectors(USER_EMBEDDINGS, user_emb, [p.id for p in profiles], "profile")
+    return np.ascontiguousarray(item_emb), np.ascontiguousarray(popularity), user_emb
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Validate every file of the bundle at `path` and return it; raise BundleError on the first problem."""
+    root = Path(path)
+    manifest = _check_manifest(root)
+    files: dict[str, Any] = manifest["files"]
+    _check_files(root, files)
+    schema = _read_json_doc(root, SCHEMA)
+    fields = _check_schema(schema)
+    items = _load_items(root)
+    profiles = _load_profiles(root, fields)
+    rules_doc = _read_json_doc(root, RULES)
+    try:
+        rules = compile_rules(rules_doc)
+    except RuleError as err:
+        raise BundleError(RULES, err.reason, field=err.path) from None
+    item_emb, popularity, user_emb = _load_models(root, files, items, profiles)
+    return Bundle(
+        path=root,
+        version=manifest["bundle_version"],
+        manifest=manifest,
+        schema=schema,
+        items=items,
+        profiles=profiles,
+        rules_doc=rules_doc,
+        rules=rules,
+        item_embeddings=item_emb,
+        item_popularity=popularity,
+        user_embeddings=user_emb,
+    )
+
+
+def bundle_summary(bundle: Bundle) -> dict[str, Any]:
+    """JSON-ready overview of a loaded bundle (for `edgewise bundle validate`)."""
+    consented = sum(1 for p in bundle.profiles if "personalization" in p.consent)
+    return {
+        "path": str(bundle.path),
+        "version": bundle.version,
+        "created_at": bundle.manifest.get("created_at", ""),
+        "generator": bundle.manifest.get("generator", ""),
+        "items": len(bundle.items),
+        "profiles": len(bundle.profiles),
+        "profiles_with_personalization_consent": consented,
+        "categories": len({item.category for item in bundle.items}),
+        "dim": bundle.dim,
+        "user_embeddings": bundle.user_embeddings is not None,
+        "profile_fields": sorted(bundle.schema["profile_fields"]),
+        "placements": {pid: p.strategy for pid, p in bundle.rules.placements.items()},
+        "experiments": {
+            eid: {
+                "placement": exp.placement_id,
+                "variants": {v.id: v.bucket_end - v.bucket_start for v in exp.variants},
+            }
+            for eid, exp in bundle.rules.experiments.items()
+        },
+        "bytes": sum(int(entry["bytes"]) for entry in bundle.manifest["files"].values()),
+    }
+
+
+def _prepare_out_dir(root: Path) -> None:
+    """Create `root`, or clear an existing bundle in it; refuse anything else."""
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"cannot write a bundle to {root}: it exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    present = _bundle_dir_files(root)
+    if not present:
+        return
+    if MANIFEST not in present:
+        raise FileExistsError(
+            f"cannot write a bundle to {root}: directory is not empty and not an edgewise bundle"
+        )
+    strangers = [name for name in present if name != MANIFEST and name not in KNOWN_FILES]
+    if strangers:
+        raise FileExistsError(
+            f"cannot write a bundle to {root}: it holds files that are not bundle files: "
+            f"{', '.join(strangers)}"
+        )
+    # drop the manifest first: from here until the new manifest lands the directory is not a bundle
+    (root / MANIFEST).unlink()
+    for name in present:
+        if name != MANIFEST:
+            (root / name).unlink()
+
+
+def _write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_bytes(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    def write(fh: IO[bytes]) -> None:
+        dumps = json.dumps
+        batch: list[str] = []
+        for record in records:
+            batch.append(dumps(record, ensure_ascii=False, separators=(",", ":")))
+            if len(batch) >= 4096:
+                fh.write(("\n".join(batch) + "\n").encode("utf-8"))
+                batch.clear()
+        if batch:
+            fh.write(("\n".join(batch) + "\n").encode("utf-8"))
+
+    _write_file(path, write)
+
+
+def _write_npy(path: Path, array: ArrayLike) -> None:
+    data = np.ascontiguousarray(array, dtype="<f4")
+    _write_file(path, lambda fh: np.save(fh, data, allow_pickle=False))
+
+
+def write_bundle(
+    out: str | Path,
+    *,
+    version: int,
+    schema: Mapping[str, Any],
+    items: Iterable[Mapping[str, Any]],
+    profiles: Iterable[Mapping[str, Any]],
+    rules: Mapping[str, Any],
+    item_embeddings: ArrayLike,
+    item_popularity: ArrayLike,
+    user_embeddings: ArrayLike | None = None,
+    generator: str = "",
+    created_at: str | None = None,
+    validate: bool = True,
+) -> Path:
+    """Write a bundle directory at `out` and return its path.
+
+    Arrays are stored as little-endian float32. `out` is created if needed; an existing non-empty
+    directory is only accepted if it is an edgewise bundle, whose files are then replaced. The manifest
+    is written last (temp file + rename), so an interrupted write never leaves a valid-looking bundle.
+    With `validate` (the default) the result is read back with `load_bundle`, raising BundleError.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"bundle version must be a positive integer, got {version!r}")
+    root = Path(out)
+    _prepare_out_dir(root)
+    _write_file(root / SCHEMA, lambda fh: fh.write(_json_bytes(schema)))
+    _write_jsonl(root / ITEMS, items)
+    _write_jsonl(root / PROFILES, profiles)
+    _write_file(root / RULES, lambda fh: fh.write(_json_bytes(rules)))
+    _write_npy(root / ITEM_EMBEDDINGS, item_embeddings)
+    _write_npy(root / ITEM_POPULARITY, item_popularity)
+    names = list(REQUIRED_FILES)
+    if user_embeddings is not None:
+        _write_npy(root / USER_EMBEDDINGS, user_embeddings)
+        names.append(USER_EMBEDDINGS)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bundle_version": version,
+        "created_at": created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generator": generator,
+        "files": {
+            name: {"sha256": _sha256_file(root / name), "bytes": (root / name).stat().st_size}
+            for name in names
+        },
+    }
+    tmp = root / f".{MANIFEST}.tmp"
+    _write_file(tmp, lambda fh: fh.write(_json_bytes(manifest)))
+    os.replace(tmp, root / MANIFEST)
+    _fsync_dir(root)
+    if validate:
+        load_bundle(root)
+    return root
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
