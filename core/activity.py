@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgpack
-
 from edgewise.core.records import Activity
 
 __all__ = [
@@ -66,7 +65,6 @@ class TrackedEvent:
 def activity_key(user_id: str, session_id: str) -> str:
     """The activity record of a decision or event: the user's when known, else the session's."""
     return f"u:{user_id}" if user_id else f"s:{session_id}"
-
 
 
 def _push(seq: tuple[tuple[str, int], ...], entry: tuple[str, int], cap: int) -> tuple[tuple[str, int], ...]:

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from numpy.typing import NDArray
-
 from edgewise.core.activity import activity_key
 from edgewise.core.bucketing import bucket
 from edgewise.core.decisions import (
@@ -39,6 +37,7 @@ from edgewise.core.rules import Placement
 from edgewise.core.scoring import topk_dot_into, topk_scores_into
 from edgewise.core.store import ReadView
 from edgewise.core.version_state import VersionCache, VersionState
+from numpy.typing import NDArray
 
 __all__ = ["FILTERS", "Pipeline", "SnapshotMissing"]
 
@@ -107,7 +106,9 @@ class Pipeline:
         self._scratch.ensure(state.n_items, max_k, state.dim)
         outputs = []
         for ask, placement, count in asks:
-            pwhy = PlacementExplanation(ask.placement_id, unit_id=subject.unit_id) if why is not None else None
+            pwhy = (
+                PlacementExplanation(ask.placement_id, unit_id=subject.unit_id) if why is not None else None
+            )
             if placement.strategy == "content":
                 out = _content(state, placement, subject, pwhy)
             else:
@@ -197,7 +198,8 @@ def _resolve(state: VersionState, i: int, ask: PlacementAsk) -> tuple[Placement,
     if placement is None:
         known = ", ".join(sorted(state.rules.placements))
         raise RequestError(
-            f"placements[{i}].placement_id", f"unknown placement {ask.placement_id!r} (this snapshot has: {known})"
+            f"placements[{i}].placement_id",
+            f"unknown placement {ask.placement_id!r} (this snapshot has: {known})",
         )
     count = ask.count or placement.default_count
     if count > placement.max_count:
@@ -206,9 +208,13 @@ def _resolve(state: VersionState, i: int, ask: PlacementAsk) -> tuple[Placement,
             f"{count} is more than placement {placement.id!r} allows (max_count {placement.max_count})",
         )
     if ask.filter and ask.filter not in FILTERS:
-        raise RequestError(f"placements[{i}].filter", f"unknown filter {ask.filter!r} (known: {', '.join(FILTERS)})")
+        raise RequestError(
+            f"placements[{i}].filter", f"unknown filter {ask.filter!r} (known: {', '.join(FILTERS)})"
+        )
     if ask.filter == "category" and not ask.filter_params.get("category"):
-        raise RequestError(f"placements[{i}].filter_params", "filter 'category' needs filter_params['category']")
+        raise RequestError(
+            f"placements[{i}].filter_params", "filter 'category' needs filter_params['category']"
+        )
     if ask.filter == "price":
         for key in ("min", "max"):
             raw = ask.filter_params.get(key, "")

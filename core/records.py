@@ -171,11 +171,10 @@ def encode_array(array: NDArray[Any]) -> bytes:
     """Header + raw little-endian C-order data of a 1-D or 2-D float32/int32 array."""
     if array.ndim not in (1, 2):
         raise ValueError(f"model arrays are 1-D or 2-D, got {array.ndim}-D")
-    for code, dtype in _DTYPES.items():
-        if array.dtype == dtype:
-            break
-    else:
+    code = next((c for c, dtype in _DTYPES.items() if array.dtype == dtype), None)
+    if code is None:
         raise ValueError(f"model arrays are float32 or int32, got {array.dtype}")
+    dtype = _DTYPES[code]
     rows = array.shape[0]
     cols = array.shape[1] if array.ndim == 2 else 1
     header = _ARRAY_HEADER.pack(_ARRAY_MAGIC, code, bytes([array.ndim]), rows, cols)

@@ -123,7 +123,9 @@ def compile_rules(doc: Any) -> Ruleset:
         _known_keys(spec, {"strategy", "default_count", "max_count", "default_content", "experiment"}, path)
         strategy = _str(spec, "strategy", path)
         if strategy not in STRATEGIES:
-            raise RuleError(f"{path}.strategy", f"unknown strategy {strategy!r} (known: {sorted(STRATEGIES)})")
+            raise RuleError(
+                f"{path}.strategy", f"unknown strategy {strategy!r} (known: {sorted(STRATEGIES)})"
+            )
         max_count = _int(spec, "max_count", path, 50, 1, MAX_COUNT_CAP)
         default_count = _int(spec, "default_count", path, min(10, max_count), 1, max_count)
         default_content = _str(spec, "default_content", path, required=strategy == "content")

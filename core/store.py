@@ -21,8 +21,6 @@ from typing import Any, Final
 
 import lmdb
 import msgpack
-from numpy.typing import NDArray
-
 from edgewise.core.activity import ActivityLimits, TrackedEvent, activity_key, apply_event
 from edgewise.core.records import (
     Activity,
@@ -34,6 +32,7 @@ from edgewise.core.records import (
     decode_profile,
     encode_activity,
 )
+from numpy.typing import NDArray
 
 __all__ = [
     "EDGE_LOCAL",
@@ -80,7 +79,9 @@ class ReadView:
         raw = txn.get(_VERSION_KEY, db=dbs["meta"])
         # (generation, version): the version says which data; the generation, bumped on every
         # replace, tells two loads of the same version apart (a cache key never goes stale).
-        self.generation, self.version = _GEN_VERSION.unpack(raw) if raw is not None else (0, 0)
+        generation, version = _GEN_VERSION.unpack(raw) if raw is not None else (0, 0)
+        self.generation: int = generation
+        self.version: int = version
 
     def profile(self, user_id: str) -> ProfileRecord | None:
         buf = self._txn.get(user_id.encode(), db=self._dbs["profiles"])

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
-
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.store import ReadView
+from numpy.typing import NDArray
 
 __all__ = ["VersionCache", "VersionState", "build_state"]
 
@@ -51,7 +50,9 @@ class VersionState:
         if mask is None:
             stem = prefix.rstrip("/")
             mask = np.fromiter(
-                (c == stem or c.startswith(stem + "/") for c in self.categories), dtype=np.uint8, count=self.n_items
+                (c == stem or c.startswith(stem + "/") for c in self.categories),
+                dtype=np.uint8,
+                count=self.n_items,
             )
             with self._lock:
                 if len(self._category_masks) < 4096:

@@ -12,16 +12,23 @@ import time
 import uuid
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 __all__ = ["add_decide_arguments", "add_track_arguments", "run_decide", "run_track"]
 
 CONTEXT_FIELDS = (
-    "channel", "device", "language", "country", "region", "journey_stage", "page_type", "local_time", "url",
+    "channel",
+    "device",
+    "language",
+    "country",
+    "region",
+    "journey_stage",
+    "page_type",
+    "local_time",
+    "url",
     "referrer",
 )
 
@@ -30,7 +37,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", required=True, help="HOST:PORT of an edge node")
     parser.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
     parser.add_argument(
-        "--consent", action="append", default=[], metavar="PURPOSE",
+        "--consent",
+        action="append",
+        default=[],
+        metavar="PURPOSE",
         help="a granted purpose, e.g. personalization, analytics (repeatable; none = nothing granted)",
     )
 
@@ -40,22 +50,43 @@ def add_decide_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", default="", help="pseudonymous user id")
     parser.add_argument("--session", default="", help="session id (anonymous visitors)")
     parser.add_argument(
-        "--context", action="append", default=[], metavar="KEY=VALUE",
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help=f"request context (repeatable): one of {', '.join(CONTEXT_FIELDS)}; any other key becomes a "
         "custom attribute",
     )
     parser.add_argument(
-        "--placement", action="append", required=True, metavar="ID[:COUNT]",
+        "--placement",
+        action="append",
+        required=True,
+        metavar="ID[:COUNT]",
         help="placement to decide, e.g. home:5 (repeatable)",
     )
-    parser.add_argument("--seed-item", action="append", default=[], metavar="ITEM",
-                        help="seed item for similar items (repeatable; applies to every placement)")
+    parser.add_argument(
+        "--seed-item",
+        action="append",
+        default=[],
+        metavar="ITEM",
+        help="seed item for similar items (repeatable; applies to every placement)",
+    )
     parser.add_argument("--exclude", action="append", default=[], metavar="ITEM", help="item never to return")
-    parser.add_argument("--candidate", action="append", default=[], metavar="ITEM",
-                        help="rerank mode: score only these items (repeatable)")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="ITEM",
+        help="rerank mode: score only these items (repeatable)",
+    )
     parser.add_argument("--filter", default="", help="named filter: category, price")
-    parser.add_argument("--filter-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="filter parameter, e.g. category=fashion or min=10 (repeatable)")
+    parser.add_argument(
+        "--filter-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="filter parameter, e.g. category=fashion or min=10 (repeatable)",
+    )
     parser.add_argument("--explain", action="store_true", help="ask for the explanation of the decision")
 
 
@@ -112,8 +143,12 @@ def _call(args: argparse.Namespace, method: str, request: Message) -> int:
 
 def run_decide(args: argparse.Namespace) -> int:
     context = _pairs(args.context, "--context")
-    ctx = _pb.Context(**{k: v for k, v in context.items() if k in CONTEXT_FIELDS})
-    ctx.attributes.update({k: v for k, v in context.items() if k not in CONTEXT_FIELDS})
+    ctx = _pb.Context()
+    for key, value in context.items():
+        if key in CONTEXT_FIELDS:
+            setattr(ctx, key, value)
+        else:
+            ctx.attributes[key] = value
     params = _pairs(args.filter_param, "--filter-param")
     request = _pb.DecideRequest(
         user_id=args.user, session_id=args.session, context=ctx, consent=args.consent, explain=args.explain
@@ -121,8 +156,13 @@ def run_decide(args: argparse.Namespace) -> int:
     for pid, count in _placements(args.placement):
         request.placements.append(
             _pb.PlacementRequest(
-                placement_id=pid, count=count, seed_item_ids=args.seed_item, exclude_ids=args.exclude,
-                candidate_ids=args.candidate, filter=args.filter, filter_params=params,
+                placement_id=pid,
+                count=count,
+                seed_item_ids=args.seed_item,
+                exclude_ids=args.exclude,
+                candidate_ids=args.candidate,
+                filter=args.filter,
+                filter_params=params,
             )
         )
     return _call(args, "Decide", request)
@@ -130,8 +170,14 @@ def run_decide(args: argparse.Namespace) -> int:
 
 def run_track(args: argparse.Namespace) -> int:
     event = _pb.Event(
-        event_id=args.event_id or uuid.uuid4().hex, type=args.type, user_id=args.user, session_id=args.session,
-        item_id=args.item, decision_id=args.decision, placement_id=args.placement, value=args.value,
+        event_id=args.event_id or uuid.uuid4().hex,
+        type=args.type,
+        user_id=args.user,
+        session_id=args.session,
+        item_id=args.item,
+        decision_id=args.decision,
+        placement_id=args.placement,
+        value=args.value,
         timestamp_ms=int(time.time() * 1000),
     )
     return _call(args, "Track", _pb.TrackRequest(events=[event], consent=args.consent))

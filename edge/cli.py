@@ -1,9 +1,9 @@
 """The `edgewise` command: one console script, one subcommand per job.
 
-    edgewise demo                      build a synthetic bundle, serve it, show decisions change
-    edgewise edge serve ...            run a standalone edge node
-    edgewise call decide|track ...     call an edge's Personalizer service
-    edgewise bundle synth|validate ... make or check a bundle
+edgewise demo                      build a synthetic bundle, serve it, show decisions change
+edgewise edge serve ...            run a standalone edge node
+edgewise call decide|track ...     call an edge's Personalizer service
+edgewise bundle synth|validate ... make or check a bundle
 """
 
 from __future__ import annotations
@@ -60,44 +60,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="edgewise",
-        description="edgewise: an edge-deployed personalization worker (gRPC Decide/Track over LMDB snapshots).",
+        description="edgewise: an edge-deployed personalization worker (gRPC Decide/Track, LMDB snapshots).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with `edgewise demo`. Each subcommand has its own --help.",
     )
     parser.add_argument("--version", action="version", version=f"edgewise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("demo", help="run the end-to-end demo on temporary directories",
-                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo on temporary directories",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_arguments(p)
     p.set_defaults(handler=_demo)
 
-    edge = sub.add_parser("edge", help="run an edge node").add_subparsers(dest="edge_command", metavar="COMMAND",
-                                                                            required=True)
-    p = edge.add_parser("serve", help="serve Decide/Track from a data directory (and a bundle)",
-                        description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    edge = sub.add_parser("edge", help="run an edge node").add_subparsers(
+        dest="edge_command", metavar="COMMAND", required=True
+    )
+    p = edge.add_parser(
+        "serve",
+        help="serve Decide/Track from a data directory (and a bundle)",
+        description=serve.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_arguments(p)
     p.set_defaults(handler=_edge_serve)
 
     calls = sub.add_parser("call", help="call an edge from the command line").add_subparsers(
-        dest="call_command", metavar="COMMAND", required=True)
-    p = calls.add_parser("decide", help="send a DecideRequest, print the response as JSON",
-                         description=call.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        dest="call_command", metavar="COMMAND", required=True
+    )
+    p = calls.add_parser(
+        "decide",
+        help="send a DecideRequest, print the response as JSON",
+        description=call.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     call.add_decide_arguments(p)
     p.set_defaults(handler=_call_decide)
-    p = calls.add_parser("track", help="send one event, print the TrackResponse as JSON",
-                         description=call.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = calls.add_parser(
+        "track",
+        help="send one event, print the TrackResponse as JSON",
+        description=call.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     call.add_track_arguments(p)
     p.set_defaults(handler=_call_track)
 
     bundles = sub.add_parser("bundle", help="make and check bundles").add_subparsers(
-        dest="bundle_command", metavar="COMMAND", required=True)
-    p = bundles.add_parser("synth", help="write a realistic synthetic bundle",
-                           description=bundle_cli.SYNTH_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+        dest="bundle_command", metavar="COMMAND", required=True
+    )
+    p = bundles.add_parser(
+        "synth",
+        help="write a realistic synthetic bundle",
+        description=bundle_cli.SYNTH_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     bundle_cli.add_synth_arguments(p)
     p.set_defaults(handler=_bundle_synth)
-    p = bundles.add_parser("validate", help="validate a bundle and summarize it",
-                           description=bundle_cli.VALIDATE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bundles.add_parser(
+        "validate",
+        help="validate a bundle and summarize it",
+        description=bundle_cli.VALIDATE_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     bundle_cli.add_validate_arguments(p)
     p.set_defaults(handler=_bundle_validate)
     return parser

@@ -80,7 +80,10 @@ def _check_map(values: Mapping[str, str], field: str, limits: Limits) -> dict[st
 
 
 def _context(ctx: _pb.Context, field: str, limits: Limits) -> Context:
-    values = {name: _check_str(getattr(ctx, name), f"{field}.{name}", limits.max_string_length) for name in _CONTEXT_FIELDS}
+    values = {
+        name: _check_str(getattr(ctx, name), f"{field}.{name}", limits.max_string_length)
+        for name in _CONTEXT_FIELDS
+    }
     return Context(**values, attributes=_check_map(ctx.attributes, f"{field}.attributes", limits))
 
 
@@ -92,7 +95,8 @@ def decide_input(request: _pb.DecideRequest, limits: Limits) -> DecideInput:
         raise RequestError("placements", "at least one placement is required")
     if len(request.placements) > limits.max_placements:
         raise RequestError(
-            "placements", f"has {len(request.placements)} entries, more than the cap of {limits.max_placements}"
+            "placements",
+            f"has {len(request.placements)} entries, more than the cap of {limits.max_placements}",
         )
     consent = _check_ids(request.consent, "consent", limits.max_consents, limits)
     asks = []
@@ -159,7 +163,10 @@ def decide_response(decision: DecisionOutput, decision_id: str) -> _pb.DecideRes
         response.placements.append(
             _pb.PlacementDecision(
                 placement_id=p.placement_id,
-                items=[_pb.ItemResult(id=i.id, score=i.score, reason=i.reason, promoted=i.promoted) for i in p.items],
+                items=[
+                    _pb.ItemResult(id=i.id, score=i.score, reason=i.reason, promoted=i.promoted)
+                    for i in p.items
+                ],
                 content_id=p.content_id,
                 experiment_id=p.experiment_id,
                 variant_id=p.variant_id,
@@ -178,7 +185,9 @@ def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> li
     if len(request.events) == 0:
         raise RequestError("events", "at least one event is required")
     if len(request.events) > limits.max_events:
-        raise RequestError("events", f"has {len(request.events)} entries, more than the cap of {limits.max_events}")
+        raise RequestError(
+            "events", f"has {len(request.events)} entries, more than the cap of {limits.max_events}"
+        )
     _check_ids(request.consent, "consent", limits.max_consents, limits)
     events = []
     for i, e in enumerate(request.events):

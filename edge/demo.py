@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import grpc
-
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
@@ -40,7 +39,9 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], ready: Path, log_path: Path, timeout: float) -> dict[str, object]:
+def _wait_ready(
+    proc: subprocess.Popen[bytes], ready: Path, log_path: Path, timeout: float
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready.exists():
@@ -110,23 +111,37 @@ def _show(stub: _pb_grpc.PersonalizerStub, bundle_dir: Path) -> None:
 
     viewed = _items(first, "home")[0]
     _say(f"4. Track: {known} views {viewed} (the top home item)")
-    event = _pb.Event(event_id=uuid.uuid4().hex, type="view", user_id=known, item_id=viewed,
-                      decision_id=first.decision_id, placement_id="home")
+    event = _pb.Event(
+        event_id=uuid.uuid4().hex,
+        type="view",
+        user_id=known,
+        item_id=viewed,
+        decision_id=first.decision_id,
+        placement_id="home",
+    )
     ack: _pb.TrackResponse = stub.Track(_pb.TrackRequest(events=[event], consent=consent), timeout=5)
     again: _pb.TrackResponse = stub.Track(_pb.TrackRequest(events=[event], consent=consent), timeout=5)
-    _say(f"  accepted {ack.accepted}; the same event sent again: accepted {again.accepted}, "
-         f"duplicates {again.duplicates}")
+    _say(
+        f"  accepted {ack.accepted}; the same event sent again: accepted {again.accepted}, "
+        f"duplicates {again.duplicates}"
+    )
     after = _decide(stub, user_id=known, consent=consent)
     _table(f"next decision for {known}", after)
     gone = viewed not in _items(after, "home")
     seeds = [
-        s for p in _decide(stub, user_id=known, consent=consent, explain=True).explanation.placements
-        if p.placement_id == "pdp_similar" for s in p.seed_item_ids
+        s
+        for p in _decide(stub, user_id=known, consent=consent, explain=True).explanation.placements
+        if p.placement_id == "pdp_similar"
+        for s in p.seed_item_ids
     ]
-    _say(f"  {viewed} left home: {'yes' if gone else 'NO'}; pdp_similar now shows neighbours of: "
-         f"{', '.join(seeds) or 'nothing'}")
+    _say(
+        f"  {viewed} left home: {'yes' if gone else 'NO'}; pdp_similar now shows neighbours of: "
+        f"{', '.join(seeds) or 'nothing'}"
+    )
     repeat = [
-        p.variant_id for _ in range(3) for p in _decide(stub, user_id=known, consent=consent).placements
+        p.variant_id
+        for _ in range(3)
+        for p in _decide(stub, user_id=known, consent=consent).placements
         if p.placement_id == "hero_banner"
     ]
     _say(f"  hero_test variant for {known} on 3 more calls: {', '.join(repeat)}")
@@ -145,19 +160,37 @@ def run(args: argparse.Namespace) -> int:
         bundle_dir = tmp / "bundle"
         t0 = time.monotonic()
         synth_bundle(bundle_dir, users=args.users, items=args.items, seed=args.seed)
-        _say(f"1. Synthetic bundle: {args.users} users, {args.items} items -> {bundle_dir} "
-             f"({time.monotonic() - t0:.1f}s)")
+        _say(
+            f"1. Synthetic bundle: {args.users} users, {args.items} items -> {bundle_dir} "
+            f"({time.monotonic() - t0:.1f}s)"
+        )
         ready = tmp / "edge.ready"
         log_path = tmp / "edge.log"
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edgewise.edge.cli", "edge", "serve", "--data", str(tmp / "edge-data"),
-                 "--bundle", str(bundle_dir), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
-                stdout=log_file, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "edgewise.edge.cli",
+                    "edge",
+                    "serve",
+                    "--data",
+                    str(tmp / "edge-data"),
+                    "--bundle",
+                    str(bundle_dir),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--ready-file",
+                    str(ready),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
         info = _wait_ready(proc, ready, log_path, timeout=60)
-        _say(f"2. Edge started as pid {info['pid']}, serving {info['address']}, snapshot version "
-             f"{info['snapshot_version']} (logs: JSON lines in {log_path})")
+        _say(
+            f"2. Edge started as pid {info['pid']}, serving {info['address']}, snapshot version "
+            f"{info['snapshot_version']} (logs: JSON lines in {log_path})"
+        )
         _say()
         with grpc.insecure_channel(str(info["address"])) as channel:
             _show(_pb_grpc.PersonalizerStub(channel), bundle_dir)

@@ -40,14 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen", default="127.0.0.1:50051", help="HOST:PORT to serve gRPC on; port 0 picks a free port"
     )
     parser.add_argument("--threads", type=int, default=8, help="gRPC handler threads (default 8)")
-    parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain in-flight calls on shutdown")
     parser.add_argument(
-        "--map-size-mb", type=int, default=8192, help="LMDB map size in MiB (an upper bound, not an allocation)"
+        "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on shutdown"
+    )
+    parser.add_argument(
+        "--map-size-mb",
+        type=int,
+        default=8192,
+        help="LMDB map size in MiB (an upper bound, not an allocation)",
     )
     parser.add_argument(
         "--ready-file",
         type=Path,
-        help="once serving, write {address, port, pid, snapshot_version} as JSON here (for scripts and tests)",
+        help="once serving, write {address, port, pid, snapshot_version} as JSON here (for scripts)",
     )
 
 
@@ -70,14 +75,25 @@ def load_bundle_file(store: Store, bundle_dir: Path) -> bool:
         bundle = load_bundle(bundle_dir)
         info = apply_bundle(store, bundle, manifest_sha256=digest)
     except BundleError as exc:
-        log("bundle_refused", level="error", bundle=str(bundle_dir), error=str(exc),
-            serving_version=current.get("version"))
+        log(
+            "bundle_refused",
+            level="error",
+            bundle=str(bundle_dir),
+            error=str(exc),
+            serving_version=current.get("version"),
+        )
         return False
     except StoreError as exc:
         log("bundle_not_applied", level="error", bundle=str(bundle_dir), error=str(exc))
         return False
-    log("bundle_loaded", bundle=str(bundle_dir), version=info["version"], items=info["items"],
-        profiles=info["profiles"], seconds=round(time.monotonic() - started, 3))
+    log(
+        "bundle_loaded",
+        bundle=str(bundle_dir),
+        version=info["version"],
+        items=info["items"],
+        profiles=info["profiles"],
+        seconds=round(time.monotonic() - started, 3),
+    )
     return True
 
 
@@ -96,8 +112,12 @@ def run(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         load_bundle_file(store, args.bundle)
     if not store.has_snapshot():
-        log("no_snapshot", level="error", data=str(args.data),
-            error="nothing to serve: no snapshot in the data directory and no valid --bundle")
+        log(
+            "no_snapshot",
+            level="error",
+            data=str(args.data),
+            error="nothing to serve: no snapshot in the data directory and no valid --bundle",
+        )
         store.close()
         return 2
 
@@ -131,8 +151,10 @@ def run(args: argparse.Namespace) -> int:
     version = store.version()
     log("serving", address=address, snapshot_version=version, pid=os.getpid())
     if args.ready_file is not None:
-        _write_ready_file(args.ready_file, {"address": address, "port": edge.port, "pid": os.getpid(),
-                                            "snapshot_version": version})
+        _write_ready_file(
+            args.ready_file,
+            {"address": address, "port": edge.port, "pid": os.getpid(), "snapshot_version": version},
+        )
     while not stop.wait(0.2):
         if reload.is_set():
             reload.clear()

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from edgewise.edge.servicer import PersonalizerServicer
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 __all__ = ["PERSONALIZER_SERVICE", "EdgeServer", "build_server"]
 
@@ -28,7 +27,9 @@ class EdgeServer:
 
     def set_serving(self, serving: bool) -> None:
         """Health of the whole server ("") and of the Personalizer service."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", PERSONALIZER_SERVICE):
             self.health.set(service, status)
 

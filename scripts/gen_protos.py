@@ -28,7 +28,9 @@ def generate(out_dir: Path) -> list[Path]:
     protos = sorted(PACKAGE_DIR.glob("*.proto"))
     bin_dir = Path(sys.executable).parent
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
@@ -46,9 +48,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def committed_files() -> list[Path]:
-    return sorted(
-        p.relative_to(PROTO_ROOT) for p in PACKAGE_DIR.iterdir() if p.name.endswith(SUFFIXES)
-    )
+    return sorted(p.relative_to(PROTO_ROOT) for p in PACKAGE_DIR.iterdir() if p.name.endswith(SUFFIXES))
 
 
 def check() -> int:
@@ -76,7 +76,9 @@ def check() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on drift")
     args = parser.parse_args()
     if args.check:

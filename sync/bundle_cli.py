@@ -8,15 +8,22 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["SYNTH_DOC", "VALIDATE_DOC", "add_synth_arguments", "add_validate_arguments", "run_synth", "run_validate"]
+__all__ = [
+    "SYNTH_DOC",
+    "VALIDATE_DOC",
+    "add_synth_arguments",
+    "add_validate_arguments",
+    "run_synth",
+    "run_validate",
+]
 
-SYNTH_DOC = """Write a realistic synthetic bundle: Zipf item popularity, categories, user interests, countries,
-devices, ~10% of profiles without the personalization consent, item and user embeddings consistent
-with the interests. Ids are u<n> and i<n>. Placements: home, pdp_similar, hero_banner (experiment
+SYNTH_DOC = """Write a realistic synthetic bundle: Zipf item popularity, categories, user interests,
+countries, devices, ~10% of profiles without the personalization consent, item and user embeddings
+consistent with the interests. Ids are u<n> and i<n>. Placements: home, pdp_similar, hero_banner (experiment
 hero_test). Deterministic for a seed."""
 
-VALIDATE_DOC = """Validate a bundle exactly as an edge would before loading it, and summarize it. Exit status 1
-and a message naming the file, record and field when it is refused."""
+VALIDATE_DOC = """Validate a bundle exactly as an edge would before loading it, and summarize it. Exit
+status 1 and a message naming the file, record and field when it is refused."""
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +32,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--dim", type=int, default=32, help="embedding dimension (default 32)")
     parser.add_argument("--version", type=int, default=1, help="bundle_version to write (default 1)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (new, or an existing bundle)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output directory (new, or an existing bundle)"
+    )
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +56,23 @@ def run_synth(args: argparse.Namespace) -> int:
         print(f"\r  {message:<60}", end="", file=sys.stderr, flush=True)
 
     try:
-        out = synth_bundle(args.out, users=args.users, items=args.items, seed=args.seed, dim=args.dim,
-                           version=args.version, progress=progress)
+        out = synth_bundle(
+            args.out,
+            users=args.users,
+            items=args.items,
+            seed=args.seed,
+            dim=args.dim,
+            version=args.version,
+            progress=progress,
+        )
     except (BundleError, OSError, ValueError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     print(file=sys.stderr)
-    print(f"wrote bundle {out} (version {args.version}, {args.users} users, {args.items} items, "
-          f"dim {args.dim}) in {time.monotonic() - started:.1f}s")
+    print(
+        f"wrote bundle {out} (version {args.version}, {args.users} users, {args.items} items, "
+        f"dim {args.dim}) in {time.monotonic() - started:.1f}s"
+    )
     return 0
 
 

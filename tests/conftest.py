@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from edgewise.bench.synth import synth_bundle
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 
@@ -60,13 +59,29 @@ class EdgeProcess:
         return self.proc.wait(timeout=timeout)
 
 
-def start_edge(data: Path, bundle: Path | None, workdir: Path, *extra: str, timeout: float = 60) -> EdgeProcess:
+def start_edge(
+    data: Path, bundle: Path | None, workdir: Path, *extra: str, timeout: float = 60
+) -> EdgeProcess:
     """Start `edgewise edge serve` as a real process on port 0 and wait until it serves."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"ready-{time.monotonic_ns()}.json"
     log_path = workdir / f"edge-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "-m", "edgewise.edge.cli", "edge", "serve", "--data", str(data),
-           "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--grace", "2", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgewise.edge.cli",
+        "edge",
+        "serve",
+        "--data",
+        str(data),
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        str(ready),
+        "--grace",
+        "2",
+        *extra,
+    ]
     if bundle is not None:
         cmd += ["--bundle", str(bundle)]
     with open(log_path, "wb") as log_file:

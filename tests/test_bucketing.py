@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from edgewise.core.bucketing import BUCKETS, bucket, murmur3_32
 
 
@@ -27,7 +26,12 @@ def test_murmur3_reference_vectors(data: bytes, seed: int, expected: int) -> Non
 
 @pytest.mark.parametrize(
     ("salt", "unit", "expected"),
-    [("hero_test", "u1", 2202), ("hero_test", "u2", 3130), ("hero_test", "s-abc", 3001), ("exp", "ü-ñ", 4158)],
+    [
+        ("hero_test", "u1", 2202),
+        ("hero_test", "u2", 3130),
+        ("hero_test", "s-abc", 3001),
+        ("exp", "ü-ñ", 4158),
+    ],
 )
 def test_bucket_vectors(salt: str, unit: str, expected: int) -> None:
     assert bucket(salt, unit) == expected

@@ -11,19 +11,26 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EdgeProcess
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgewise.edge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgewise.edge.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["demo"], ["edge", "serve"], ["call", "decide"], ["call", "track"], ["bundle", "synth"],
-     ["bundle", "validate"]],
+    [
+        [],
+        ["demo"],
+        ["edge", "serve"],
+        ["call", "decide"],
+        ["call", "track"],
+        ["bundle", "synth"],
+        ["bundle", "validate"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = _run(*command, "--help")
@@ -33,9 +40,25 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 
 def test_call_decide_prints_canonical_json(edge: EdgeProcess, bundle_dir: Path) -> None:
-    result = _run("call", "decide", "--target", edge.address, "--user", "u0", "--consent", "personalization",
-                  "--context", "country=DE", "--context", "campaign=xmas", "--placement", "home:3",
-                  "--placement", "hero_banner", "--explain")
+    result = _run(
+        "call",
+        "decide",
+        "--target",
+        edge.address,
+        "--user",
+        "u0",
+        "--consent",
+        "personalization",
+        "--context",
+        "country=DE",
+        "--context",
+        "campaign=xmas",
+        "--placement",
+        "home:3",
+        "--placement",
+        "hero_banner",
+        "--explain",
+    )
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert body["snapshotVersion"] == "1"  # uint64 maps to a JSON string
@@ -46,12 +69,35 @@ def test_call_decide_prints_canonical_json(edge: EdgeProcess, bundle_dir: Path) 
 
 
 def test_call_track_then_decide_excludes_the_item(edge: EdgeProcess) -> None:
-    result = _run("call", "track", "--target", edge.address, "--type", "view", "--session", "s9", "--item", "i4",
-                  "--consent", "personalization")
+    result = _run(
+        "call",
+        "track",
+        "--target",
+        edge.address,
+        "--type",
+        "view",
+        "--session",
+        "s9",
+        "--item",
+        "i4",
+        "--consent",
+        "personalization",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"accepted": 1, "duplicates": 0}
-    result = _run("call", "decide", "--target", edge.address, "--session", "s9", "--consent", "personalization",
-                  "--placement", "pdp_similar:5", "--explain")
+    result = _run(
+        "call",
+        "decide",
+        "--target",
+        edge.address,
+        "--session",
+        "s9",
+        "--consent",
+        "personalization",
+        "--placement",
+        "pdp_similar:5",
+        "--explain",
+    )
     body = json.loads(result.stdout)
     assert body["explanation"]["placements"][0]["seedItemIds"] == ["i4"]
     assert "i4" not in [i["id"] for i in body["placements"][0]["items"]]
@@ -89,9 +135,13 @@ def test_demo_runs_end_to_end() -> None:
 
 
 def test_demo_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "edgewise.edge.cli", "demo", "--users", "30000", "--items",
-                             "3000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgewise.edge.cli", "demo", "--users", "30000", "--items", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     # Wait until the edge subprocess exists, then Ctrl-C the whole process group as a terminal would.
     deadline = time.monotonic() + 60
     children: list[int] = []

@@ -12,12 +12,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from conftest import EdgeProcess
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 CONSENT = ["personalization", "analytics"]
 ALL = ("home", "pdp_similar", "hero_banner")
@@ -34,10 +33,12 @@ def _user(bundle: Path, *, consent: bool) -> str:
     raise AssertionError("no such user in the bundle")
 
 
-def _decide(stub: pb_grpc.PersonalizerStub, placements: tuple[str, ...] = ALL, count: int = 5, **kw: object
-            ) -> pb.DecideResponse:
+def _decide(
+    stub: pb_grpc.PersonalizerStub, placements: tuple[str, ...] = ALL, count: int = 5, **kw: object
+) -> pb.DecideResponse:
     request = pb.DecideRequest(
-        placements=[pb.PlacementRequest(placement_id=p, count=count) for p in placements], **kw  # type: ignore[arg-type]
+        placements=[pb.PlacementRequest(placement_id=p, count=count) for p in placements],
+        **kw,  # type: ignore[arg-type]
     )
     response: pb.DecideResponse = stub.Decide(request, timeout=5)
     return response
@@ -81,8 +82,12 @@ def test_known_user_gets_personalized_items_and_a_variant(channel: grpc.Channel,
 def test_no_consent_user_gets_the_anonymous_default(channel: grpc.Channel, bundle_dir: Path) -> None:
     stub = pb_grpc.PersonalizerStub(channel)
     ctx = pb.Context(country="FR", device="desktop")
-    no_consent_profile = _by_id(_decide(stub, user_id=_user(bundle_dir, consent=False), consent=CONSENT, context=ctx))
-    no_consent_request = _by_id(_decide(stub, user_id=_user(bundle_dir, consent=True), consent=[], context=ctx))
+    no_consent_profile = _by_id(
+        _decide(stub, user_id=_user(bundle_dir, consent=False), consent=CONSENT, context=ctx)
+    )
+    no_consent_request = _by_id(
+        _decide(stub, user_id=_user(bundle_dir, consent=True), consent=[], context=ctx)
+    )
     anonymous = _by_id(_decide(stub, session_id="s-anon", consent=CONSENT, context=ctx))
     for placements in (no_consent_profile, no_consent_request):
         for pid in ALL:
@@ -125,8 +130,9 @@ def test_track_is_idempotent(channel: grpc.Channel) -> None:
     stub = pb_grpc.PersonalizerStub(channel)
     events = [pb.Event(event_id=f"e-{i}", type="click", user_id="u1", item_id=f"i{i}") for i in range(3)]
     first = stub.Track(pb.TrackRequest(events=events), timeout=5)
-    second = stub.Track(pb.TrackRequest(events=[*events, pb.Event(event_id="e-new", type="view", user_id="u1")]),
-                        timeout=5)
+    second = stub.Track(
+        pb.TrackRequest(events=[*events, pb.Event(event_id="e-new", type="view", user_id="u1")]), timeout=5
+    )
     assert (first.accepted, first.duplicates) == (3, 0)
     assert (second.accepted, second.duplicates) == (1, 3)
 
@@ -134,7 +140,8 @@ def test_track_is_idempotent(channel: grpc.Channel) -> None:
 def test_similar_items_from_explicit_seeds(channel: grpc.Channel, bundle_dir: Path) -> None:
     stub = pb_grpc.PersonalizerStub(channel)
     request = pb.DecideRequest(
-        session_id="s-x", placements=[pb.PlacementRequest(placement_id="pdp_similar", count=8, seed_item_ids=["i5"])]
+        session_id="s-x",
+        placements=[pb.PlacementRequest(placement_id="pdp_similar", count=8, seed_item_ids=["i5"])],
     )
     response = stub.Decide(request, timeout=5)
     similar = response.placements[0]
@@ -154,24 +161,34 @@ def test_rerank_exclude_and_filters(channel: grpc.Channel, bundle_dir: Path) -> 
     user = _user(bundle_dir, consent=True)
     candidates = ["i1", "i2", "i3", "i4", "unknown-item"]
     request = pb.DecideRequest(
-        user_id=user, consent=CONSENT,
-        placements=[pb.PlacementRequest(placement_id="home", count=10, candidate_ids=candidates, exclude_ids=["i2"])],
+        user_id=user,
+        consent=CONSENT,
+        placements=[
+            pb.PlacementRequest(placement_id="home", count=10, candidate_ids=candidates, exclude_ids=["i2"])
+        ],
     )
     home = stub.Decide(request, timeout=5).placements[0]
     assert set(_ids(home)) <= {"i1", "i3", "i4"}
     items = [json.loads(line) for line in (bundle_dir / "items.jsonl").read_text().splitlines()]
     category = items[0]["category"].split("/")[0]
     request = pb.DecideRequest(
-        user_id=user, consent=CONSENT,
-        placements=[pb.PlacementRequest(placement_id="home", count=10, filter="category",
-                                        filter_params={"category": category})],
+        user_id=user,
+        consent=CONSENT,
+        placements=[
+            pb.PlacementRequest(
+                placement_id="home", count=10, filter="category", filter_params={"category": category}
+            )
+        ],
     )
     home = stub.Decide(request, timeout=5).placements[0]
     cats = {i["id"]: i["category"] for i in items}
     assert home.items and all(cats[i].startswith(category + "/") for i in _ids(home))
     request = pb.DecideRequest(
-        placements=[pb.PlacementRequest(placement_id="home", count=10, filter="price",
-                                        filter_params={"min": "10", "max": "50"})],
+        placements=[
+            pb.PlacementRequest(
+                placement_id="home", count=10, filter="price", filter_params={"min": "10", "max": "50"}
+            )
+        ],
     )
     prices = {i["id"]: i["price"] for i in items}
     home = stub.Decide(request, timeout=5).placements[0]
@@ -185,11 +202,19 @@ def test_rerank_exclude_and_filters(channel: grpc.Channel, bundle_dir: Path) -> 
         ({"placements": [pb.PlacementRequest(placement_id="nope")]}, "placements[0].placement_id"),
         ({"placements": [pb.PlacementRequest(placement_id="home", count=10_000)]}, "placements[0].count"),
         ({"placements": [pb.PlacementRequest(placement_id="home", filter="magic")]}, "placements[0].filter"),
-        ({"placements": [pb.PlacementRequest(placement_id="home", filter="price", filter_params={"min": "x"})]},
-         "placements[0].filter_params"),
+        (
+            {
+                "placements": [
+                    pb.PlacementRequest(placement_id="home", filter="price", filter_params={"min": "x"})
+                ]
+            },
+            "placements[0].filter_params",
+        ),
         ({"user_id": "u" * 1000, "placements": [pb.PlacementRequest(placement_id="home")]}, "user_id"),
-        ({"placements": [pb.PlacementRequest(placement_id="home", exclude_ids=["i1"] * 10_000)]},
-         "placements[0].exclude_ids"),
+        (
+            {"placements": [pb.PlacementRequest(placement_id="home", exclude_ids=["i1"] * 10_000)]},
+            "placements[0].exclude_ids",
+        ),
         ({"placements": [pb.PlacementRequest(placement_id="home")] * 2}, "placements[1].placement_id"),
     ],
 )
@@ -226,13 +251,21 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
         status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                  timeout=5))
+    responses = list(
+        reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+    )
     names = {s.name for s in responses[0].list_services_response.service}
     assert {"edgewise.v1.Personalizer", "grpc.health.v1.Health"} <= names
-    responses = list(reflect.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="edgewise.v1.DecideRequest")]),
-        timeout=5))
+    responses = list(
+        reflect.ServerReflectionInfo(
+            iter(
+                [reflection_pb2.ServerReflectionRequest(file_containing_symbol="edgewise.v1.DecideRequest")]
+            ),
+            timeout=5,
+        )
+    )
     assert responses[0].file_descriptor_response.file_descriptor_proto
 
 
@@ -247,12 +280,24 @@ def test_same_user_same_variant_on_two_edge_processes(
     for edge in (a, b):
         with grpc.insecure_channel(edge.address) as ch:
             stub = pb_grpc.PersonalizerStub(ch)
-            variants.append({
-                u: _by_id(_decide(stub, ("hero_banner",), user_id=u, consent=CONSENT,
-                                  context=pb.Context(channel="web" if edge is a else "app")))["hero_banner"].variant_id
-                for u in users if _by_id(_decide(stub, ("hero_banner",), user_id=u, consent=CONSENT))[
-                    "hero_banner"].fallback_reason == pb.FALLBACK_REASON_NONE
-            })
+            variants.append(
+                {
+                    u: _by_id(
+                        _decide(
+                            stub,
+                            ("hero_banner",),
+                            user_id=u,
+                            consent=CONSENT,
+                            context=pb.Context(channel="web" if edge is a else "app"),
+                        )
+                    )["hero_banner"].variant_id
+                    for u in users
+                    if _by_id(_decide(stub, ("hero_banner",), user_id=u, consent=CONSENT))[
+                        "hero_banner"
+                    ].fallback_reason
+                    == pb.FALLBACK_REASON_NONE
+                }
+            )
     assert variants[0] == variants[1]
     assert len(set(variants[0].values())) > 1  # more than one arm is actually served
 
@@ -324,4 +369,3 @@ def _rewrite_manifest(bundle: Path, version: int) -> None:
         data = (bundle / name).read_bytes()
         manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-

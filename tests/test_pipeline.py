@@ -8,15 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, RequestError
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.records import ProfileRecord, encode_profile
 from edgewise.core.store import ReadView, Store
 from edgewise.sync.bundle import Bundle, load_bundle
 from edgewise.sync.snapshot import apply_bundle
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 CONSENT = frozenset({"personalization"})
 ALL = (PlacementAsk("home", 10), PlacementAsk("pdp_similar", 5), PlacementAsk("hero_banner"))
@@ -31,7 +30,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterat
     with store._env.begin(write=True) as txn:  # test-only direct write
         db = store._dbs["profiles"]
         for uid, emb in (("u-cold", None), ("u-bad-dim", np.ones(3, dtype="<f4").tobytes())):
-            txn.put(uid.encode(), encode_profile(ProfileRecord(uid, 1, {}, {"personalization": 1}, emb)), db=db)
+            txn.put(
+                uid.encode(), encode_profile(ProfileRecord(uid, 1, {}, {"personalization": 1}, emb)), db=db
+            )
     yield store, bundle
     store.close()
 
@@ -47,7 +48,7 @@ def test_empty_store_is_snapshot_missing(tmp_path: Path) -> None:
 
 
 def test_fallback_reasons(loaded: tuple[Store, Bundle]) -> None:
-    store, bundle = loaded
+    store, _ = loaded
     home = (PlacementAsk("home", 5),)
     cases = {
         "u-cold": Fallback.COLD_START,
@@ -58,7 +59,9 @@ def test_fallback_reasons(loaded: tuple[Store, Bundle]) -> None:
         out = _decide(store, DecideInput(user_id=user, consent=CONSENT, placements=home)).placements[0]
         assert out.fallback == reason, user
         assert out.strategy == "popular" and len(out.items) == 5
-    hero = _decide(store, DecideInput(placements=(PlacementAsk("hero_banner"),), consent=CONSENT)).placements[0]
+    hero = _decide(store, DecideInput(placements=(PlacementAsk("hero_banner"),), consent=CONSENT)).placements[
+        0
+    ]
     assert hero.fallback == Fallback.UNKNOWN_USER and hero.content_id == "hero_default"
 
 
@@ -68,7 +71,9 @@ def test_items_not_available_in_the_country_are_never_shown(loaded: tuple[Store,
     restricted = [i for i, r in regions.items() if "*" not in r]
     assert restricted, "the synthetic bundle should restrict some items"
     for country in ("DE", "US", ""):
-        out = _decide(store, DecideInput(context=Context(country=country), placements=(PlacementAsk("home", 50),)))
+        out = _decide(
+            store, DecideInput(context=Context(country=country), placements=(PlacementAsk("home", 50),))
+        )
         for item in out.placements[0].items:
             assert "*" in regions[item.id] or country in regions[item.id]
 
@@ -89,8 +94,12 @@ def test_personalized_scores_match_a_numpy_computation(loaded: tuple[Store, Bund
 def test_explain_names_the_steps(loaded: tuple[Store, Bundle]) -> None:
     store, bundle = loaded
     user = next(p.id for p in bundle.profiles if "personalization" in p.consent)
-    out = _decide(store, DecideInput(user_id=user, consent=CONSENT, placements=ALL, explain=True,
-                                     context=Context(country="DE")))
+    out = _decide(
+        store,
+        DecideInput(
+            user_id=user, consent=CONSENT, placements=ALL, explain=True, context=Context(country="DE")
+        ),
+    )
     why = out.explanation
     assert why.user_known and why.personalization_allowed
     assert why.features["context.country"] == "DE"
@@ -133,7 +142,12 @@ class _SpyView:
 _ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
 
 
-@settings(derandomize=True, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     user=st.one_of(st.just(""), _ids, st.sampled_from(["u0", "u1", "u2", "u3", "u-cold"])),
     session=st.one_of(st.just(""), _ids),
@@ -146,13 +160,24 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
 ) -> None:
     store, _ = loaded
     pipeline = Pipeline()
-    placements = (PlacementAsk("home", 8), PlacementAsk("pdp_similar", 4, seed_item_ids=tuple(seeds)),
-                  PlacementAsk("hero_banner"))
+    placements = (
+        PlacementAsk("home", 8),
+        PlacementAsk("pdp_similar", 4, seed_item_ids=tuple(seeds)),
+        PlacementAsk("hero_banner"),
+    )
     ctx = Context(country=country)
     with store.read() as raw:
         spy = _SpyView(raw)
-        out = pipeline.decide(spy, DecideInput(user_id=user, session_id=session, consent=frozenset(consent),
-                                               context=ctx, placements=placements))  # type: ignore[arg-type]
+        out = pipeline.decide(
+            spy,
+            DecideInput(
+                user_id=user,
+                session_id=session,
+                consent=frozenset(consent),
+                context=ctx,
+                placements=placements,
+            ),
+        )  # type: ignore[arg-type]
         anonymous = pipeline.decide(raw, DecideInput(context=ctx, placements=placements))
     assert spy.reads == []
     for mine, anon in zip(out.placements, anonymous.placements, strict=True):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.records import RecordError, decode_array, encode_array
 from edgewise.core.store import Store
@@ -91,7 +90,9 @@ def test_kill_9_mid_apply_leaves_the_previous_snapshot(tmp_path: Path, bundle_di
     bundle = load_bundle(bundle_dir)
     with Store(tmp_path / "s", map_size=1 << 30) as store:
         apply_bundle(store, bundle)
-    proc = mp.get_context("spawn").Process(target=_killed_mid_apply, args=(str(tmp_path / "s"), str(bundle_dir)))
+    proc = mp.get_context("spawn").Process(
+        target=_killed_mid_apply, args=(str(tmp_path / "s"), str(bundle_dir))
+    )
     proc.start()
     proc.join(60)
     assert proc.exitcode == -signal.SIGKILL
@@ -104,7 +105,9 @@ def test_kill_9_mid_apply_leaves_the_previous_snapshot(tmp_path: Path, bundle_di
 def test_record_events_dedupes_and_updates_activity(tmp_path: Path) -> None:
     limits = ActivityLimits(max_views=3)
     with Store(tmp_path / "s", map_size=1 << 28) as store:
-        r = store.record_events([_event("e1", item="i1"), _event("e2", item="i2"), _event("e1", item="i9")], limits)
+        r = store.record_events(
+            [_event("e1", item="i1"), _event("e2", item="i2"), _event("e1", item="i9")], limits
+        )
         assert (r.accepted, r.duplicates) == (2, 1)
         r = store.record_events([_event("e2"), _event("e3", "add_to_cart", "i5")], limits)
         assert (r.accepted, r.duplicates) == (1, 1)
