@@ -1,0 +1,30 @@
+# Scoring kernels: fused dot product + partial-heap top-k over a candidate mask.
+#
+# Declared `noexcept nogil` over typed memoryviews (as scikit-learn's sklearn/utils/_heap.pxd) so other
+# Cython modules can cimport and call them without the GIL and without a Python-level wrapper. Callers
+# guarantee the contract that edgewise.core.scoring checks for Python callers:
+#   matrix [n, d] C-contiguous, query [d], mask [n], out_idx and out_scores at least k long, k >= 0,
+#   n < 2**31, every value finite.
+# Order of the output: score descending, ties by lower row index first.
+
+from libc.stdint cimport int32_t, uint8_t
+
+
+cdef Py_ssize_t topk_dot_kernel(
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
+cdef Py_ssize_t topk_scores_kernel(
+    const float[::1] scores,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
+cdef float stream_sum_kernel(const float[::1] data) noexcept nogil

@@ -1,0 +1,25 @@
+# Type stub for the compiled module edgewise.core._scoring (core/_scoring.pyx).
+#
+# The entry points raise ValueError (or TypeError for a non-buffer) on any invalid argument, with terse
+# messages: callers go through edgewise.core.scoring, which says what is wrong. tests/test_scoring.py
+# checks that this stub and the module agree.
+
+import numpy as np
+from numpy.typing import NDArray
+
+def topk_dot_into(
+    matrix: NDArray[np.float32],
+    query: NDArray[np.float32],
+    mask: NDArray[np.uint8],
+    k: int,
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
+def topk_scores_into(
+    scores: NDArray[np.float32],
+    mask: NDArray[np.uint8],
+    k: int,
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
+def stream_sum(data: NDArray[np.float32]) -> float: ...

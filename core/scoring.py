@@ -1,0 +1,268 @@
+"""Top-k scoring: a fused dot-product + partial-heap kernel in Cython, with plain NumPy references.
+
+The decision pipeline scores candidates with `topk_dot_into` (item embeddings . user embedding over the
+candidate mask) and ranks popularity with `topk_scores_into`, once per request, into preallocated
+per-thread buffers. Both run the compiled kernel (`edgewise.core._scoring`) with the GIL released after
+its entry point has checked dtypes, shapes, contiguity and sizes; nothing is allocated on that path.
+Invalid arguments raise ValueError naming the argument.
+
+Contract shared by every function in this module (kernels and references alike):
+
+- `matrix` is float32 [n, d] C-contiguous, `query` float32 [d], `scores` float32 [n], `mask` uint8 [n]
+  (nonzero = candidate). Values must be finite: the caller validates arrays when they are loaded.
+- The result is the top min(k, number of candidates) candidates, highest score first; equal scores are
+  broken by the lower row index first.
+- k == 0 or an empty mask gives an empty result; k < 0 is an error.
+
+The kernel is compiled with -ffast-math, so a dot product of non-integer floats may differ from NumPy's
+in the last bits (summation order); integer-valued inputs give exact, identical results.
+
+`topk_dot_reference` and `topk_scores_reference` are the plain NumPy specification that the tests
+compare the kernel against; `topk_dot_numpy` is the fastest reasonable NumPy version (matmul +
+argpartition + sort), the benchmark's "numpy" baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+from edgewise.core import _scoring
+from numpy.typing import NDArray
+
+__all__ = [
+    "MAX_ROWS",
+    "topk_dot",
+    "topk_dot_into",
+    "topk_dot_numpy",
+    "topk_dot_reference",
+    "topk_scores",
+    "topk_scores_into",
+    "topk_scores_numpy",
+    "topk_scores_reference",
+]
+
+MAX_ROWS: Final = 2**31 - 1
+"""Row indices are returned as int32: at most this many rows."""
+
+_F32: Final = np.dtype(np.float32)
+_I32: Final = np.dtype(np.int32)
+_U8: Final = np.dtype(np.uint8)
+
+Float32Array = NDArray[np.float32]
+Int32Array = NDArray[np.int32]
+UInt8Array = NDArray[np.uint8]
+
+
+def _check_array(
+    name: str, a: object, dtype: np.dtype[np.generic], ndim: int, *, writable: bool = False
+) -> None:
+    # One condition for the common, valid case (this runs five times per request); messages after it.
+    if (
+        type(a) is np.ndarray
+        and a.dtype == dtype
+        and a.ndim == ndim
+        and a.flags.c_contiguous
+        and (a.flags.writeable or not writable)
+    ):
+        return
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        hint = " (view a bool mask with .view(np.uint8))" if a.dtype == np.bool_ else ""
+        raise ValueError(f"{name} must have dtype {dtype}, got {a.dtype}{hint}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+
+
+def _check_k(k: int) -> None:
+    if type(k) is int and k >= 0:
+        return
+    if not isinstance(k, (int, np.integer)) or isinstance(k, (bool, np.bool_)):
+        raise ValueError(f"k must be an int, got {type(k).__name__}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+
+
+def _check_mask_and_outputs(
+    n: int, mask: UInt8Array, k: int, out_idx: Int32Array, out_scores: Float32Array
+) -> None:
+    _check_array("mask", mask, _U8, 1)
+    if mask.shape[0] != n:
+        raise ValueError(f"mask has length {mask.shape[0]}, expected {n} (one entry per row)")
+    _check_k(k)
+    _check_array("out_idx", out_idx, _I32, 1, writable=True)
+    _check_array("out_scores", out_scores, _F32, 1, writable=True)
+    if out_idx.shape[0] < k:
+        raise ValueError(f"out_idx has length {out_idx.shape[0]}, needs at least k={k}")
+    if out_scores.shape[0] < k:
+        raise ValueError(f"out_scores has length {out_scores.shape[0]}, needs at least k={k}")
+    if n > MAX_ROWS:
+        raise ValueError(f"{n} rows: at most {MAX_ROWS} rows are supported (int32 indices)")
+
+
+def _validate_dot(
+    matrix: Float32Array,
+    query: Float32Array,
+    mask: UInt8Array,
+    k: int,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+) -> None:
+    _check_array("matrix", matrix, _F32, 2)
+    _check_array("query", query, _F32, 1)
+    n, d = matrix.shape
+    if query.shape[0] != d:
+        raise ValueError(f"query has length {query.shape[0]}, expected d={d} (matrix is {n} x {d})")
+    _check_mask_and_outputs(n, mask, k, out_idx, out_scores)
+
+
+def topk_dot_into(
+    matrix: Float32Array,
+    query: Float32Array,
+    mask: UInt8Array,
+    k: int,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+) -> int:
+    """Write the top-k candidate rows by dot(matrix[i], query) into out_idx/out_scores.
+
+    Returns how many were written, min(k, count of nonzero mask entries); out_idx[:written] holds the
+    row indices, best first (ties: lower index first), out_scores[:written] their scores. Entries past
+    `written` are left unspecified. Rows whose mask is 0 are not read. Releases the GIL while computing.
+    Raises ValueError naming the offending argument on a wrong dtype, shape, contiguity or size.
+    """
+    _check_k(k)
+    if type(mask) is not np.ndarray or mask.dtype is not _U8:
+        # The compiled entry point would take a bool mask (same bytes) or any buffer: keep to the contract.
+        _validate_dot(matrix, query, mask, k, out_idx, out_scores)
+    try:
+        # The compiled entry point checks everything (typed memoryviews and sizes) at C speed; on a
+        # failure the checks are run again here, in Python, to say which argument is wrong.
+        return _scoring.topk_dot_into(matrix, query, mask, k, out_idx, out_scores)
+    except (ValueError, TypeError, BufferError) as exc:
+        _validate_dot(matrix, query, mask, k, out_idx, out_scores)
+        raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+def topk_scores_into(
+    scores: Float32Array,
+    mask: UInt8Array,
+    k: int,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+) -> int:
+    """Write the top-k candidates of a precomputed score vector into out_idx/out_scores.
+
+    Same contract and output order as `topk_dot_into`, over `scores[i]` instead of a dot product.
+    """
+    _check_k(k)
+    if type(mask) is not np.ndarray or mask.dtype is not _U8:
+        _check_array("mask", mask, _U8, 1)
+    try:
+        return _scoring.topk_scores_into(scores, mask, k, out_idx, out_scores)
+    except (ValueError, TypeError, BufferError) as exc:
+        _check_array("scores", scores, _F32, 1)
+        _check_mask_and_outputs(scores.shape[0], mask, k, out_idx, out_scores)
+        raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+def topk_dot(
+    matrix: Float32Array, query: Float32Array, mask: UInt8Array, k: int
+) -> tuple[Int32Array, Float32Array]:
+    """`topk_dot_into` into fresh arrays, sliced to the number written: (indices, scores)."""
+    _check_k(k)
+    out_idx = np.empty(k, dtype=np.int32)
+    out_scores = np.empty(k, dtype=np.float32)
+    written = topk_dot_into(matrix, query, mask, k, out_idx, out_scores)
+    return out_idx[:written], out_scores[:written]
+
+
+def topk_scores(scores: Float32Array, mask: UInt8Array, k: int) -> tuple[Int32Array, Float32Array]:
+    """`topk_scores_into` into fresh arrays, sliced to the number written: (indices, scores)."""
+    _check_k(k)
+    out_idx = np.empty(k, dtype=np.int32)
+    out_scores = np.empty(k, dtype=np.float32)
+    written = topk_scores_into(scores, mask, k, out_idx, out_scores)
+    return out_idx[:written], out_scores[:written]
+
+
+# NumPy references: the specification the kernel is tested against. Plain and obviously right.
+
+
+def _check_reference_inputs(scores_len: int, mask: UInt8Array, k: int) -> None:
+    _check_array("mask", mask, _U8, 1)
+    if mask.shape[0] != scores_len:
+        raise ValueError(f"mask has length {mask.shape[0]}, expected {scores_len} (one entry per row)")
+    _check_k(k)
+
+
+def _rank_reference(scores: Float32Array, mask: UInt8Array, k: int) -> tuple[Int32Array, Float32Array]:
+    candidates = np.flatnonzero(mask)
+    cand_scores = scores[candidates]
+    # np.lexsort sorts by the last key first: score descending, then row index ascending.
+    order = np.lexsort((candidates, -cand_scores))[:k]
+    return candidates[order].astype(np.int32), cand_scores[order].astype(np.float32)
+
+
+def topk_dot_reference(
+    matrix: Float32Array, query: Float32Array, mask: UInt8Array, k: int
+) -> tuple[Int32Array, Float32Array]:
+    """NumPy reference for `topk_dot`: scores = matrix @ query, then order by (-score, index), take k."""
+    _check_array("matrix", matrix, _F32, 2)
+    _check_array("query", query, _F32, 1)
+    if query.shape[0] != matrix.shape[1]:
+        raise ValueError(f"query has length {query.shape[0]}, expected d={matrix.shape[1]}")
+    _check_reference_inputs(matrix.shape[0], mask, k)
+    scores: Float32Array = matrix @ query
+    return _rank_reference(scores, mask, k)
+
+
+def topk_scores_reference(scores: Float32Array, mask: UInt8Array, k: int) -> tuple[Int32Array, Float32Array]:
+    """NumPy reference for `topk_scores`: order the candidates by (-score, index), take k."""
+    _check_array("scores", scores, _F32, 1)
+    _check_reference_inputs(scores.shape[0], mask, k)
+    return _rank_reference(scores, mask, k)
+
+
+def topk_scores_numpy(scores: Float32Array, mask: UInt8Array, k: int) -> tuple[Int32Array, Float32Array]:
+    """Fast NumPy top-k (argpartition, then sort the k): the benchmark baseline. Same contract.
+
+    Candidates are compacted first (scores[mask]), so masked-out rows can never be returned; the
+    partition's k-th boundary is then widened to every candidate tied with it, so ties resolve by index
+    exactly as in the reference.
+    """
+    _check_array("scores", scores, _F32, 1)
+    _check_reference_inputs(scores.shape[0], mask, k)
+    candidates = np.flatnonzero(mask)
+    m = candidates.shape[0]
+    if k == 0 or m == 0:
+        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
+    cand_scores = scores[candidates]
+    if k < m:
+        part = np.argpartition(-cand_scores, k - 1)
+        kth = cand_scores[part[k - 1]]
+        # Everything strictly above the boundary, plus every candidate equal to it (ties go by index).
+        keep = np.flatnonzero(cand_scores >= kth) if np.count_nonzero(cand_scores == kth) > 1 else part[:k]
+    else:
+        keep = np.arange(m)
+    kept_scores = cand_scores[keep]
+    order = np.lexsort((keep, -kept_scores))[:k]
+    chosen = keep[order]
+    return candidates[chosen].astype(np.int32), cand_scores[chosen].astype(np.float32)
+
+
+def topk_dot_numpy(
+    matrix: Float32Array, query: Float32Array, mask: UInt8Array, k: int
+) -> tuple[Int32Array, Float32Array]:
+    """Fast NumPy `topk_dot` (matmul, argpartition, sort of the k): the benchmark baseline."""
+    _check_array("matrix", matrix, _F32, 2)
+    _check_array("query", query, _F32, 1)
+    if query.shape[0] != matrix.shape[1]:
+        raise ValueError(f"query has length {query.shape[0]}, expected d={matrix.shape[1]}")
+    scores: Float32Array = matrix @ query
+    return topk_scores_numpy(scores, mask, k)
