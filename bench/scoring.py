@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+
 from edgewise.core import _scoring
 from edgewise.core.scoring import topk_dot_into, topk_dot_numpy
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from edgewise.sync.bundle import load_bundle, write_bundle
 from numpy.typing import NDArray
+
+from edgewise.sync.bundle import load_bundle, write_bundle
 
 __all__ = ["CATEGORY_TREE", "COUNTRIES", "synth_bundle", "synth_rules", "synth_schema"]
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgpack
+
 from edgewise.core.records import Activity
 
 __all__ = [

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+from numpy.typing import NDArray
+
 from edgewise.core.activity import activity_key
 from edgewise.core.bucketing import bucket
 from edgewise.core.decisions import (
@@ -37,7 +39,6 @@ from edgewise.core.rules import Placement
 from edgewise.core.scoring import topk_dot_into, topk_scores_into
 from edgewise.core.store import ReadView
 from edgewise.core.version_state import VersionCache, VersionState
-from numpy.typing import NDArray
 
 __all__ = ["FILTERS", "Pipeline", "SnapshotMissing"]
 

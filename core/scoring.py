@@ -27,8 +27,9 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
-from edgewise.core import _scoring
 from numpy.typing import NDArray
+
+from edgewise.core import _scoring
 
 __all__ = [
     "MAX_ROWS",

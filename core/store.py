@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import lmdb
 import msgpack
+from numpy.typing import NDArray
+
 from edgewise.core.activity import ActivityLimits, TrackedEvent, activity_key, apply_event
 from edgewise.core.records import (
     Activity,
@@ -32,7 +34,6 @@ from edgewise.core.records import (
     decode_profile,
     encode_activity,
 )
-from numpy.typing import NDArray
 
 __all__ = [
     "EDGE_LOCAL",

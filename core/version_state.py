@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.store import ReadView
-from numpy.typing import NDArray
 
 __all__ = ["VersionCache", "VersionState", "build_state"]
 

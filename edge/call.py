@@ -12,10 +12,11 @@ import time
 import uuid
 
 import grpc
-from edgewise.v1 import personalizer_pb2 as _pb
-from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+from edgewise.v1 import personalizer_pb2 as _pb
+from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
 __all__ = ["add_decide_arguments", "add_track_arguments", "run_decide", "run_track"]
 

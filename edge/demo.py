@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from edgewise.edge.servicer import PersonalizerServicer
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 __all__ = ["PERSONALIZER_SERVICE", "EdgeServer", "build_server"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+
 from edgewise.core.activity import ActivityLimits
 from edgewise.core.decisions import RequestError
 from edgewise.core.pipeline import Pipeline, SnapshotMissing

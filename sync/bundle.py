@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import numpy as np
-from edgewise.core.rules import RuleError, Ruleset, compile_rules
 from numpy.typing import ArrayLike, NDArray
+
+from edgewise.core.rules import RuleError, Ruleset, compile_rules
 
 __all__ = [
     "BUNDLE_FORMAT",

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgpack
+
 from edgewise.core.records import ItemRecord, ProfileRecord, encode_array, encode_item, encode_profile
 from edgewise.core.store import Store
 from edgewise.sync.bundle import Bundle

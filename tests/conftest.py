@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from edgewise.bench.synth import synth_bundle
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 

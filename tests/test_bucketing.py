@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from edgewise.core.bucketing import BUCKETS, bucket, murmur3_32
 
 

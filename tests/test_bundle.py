@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from edgewise.bench.synth import synth_bundle
 from edgewise.sync.bundle import Bundle, BundleError, bundle_summary, load_bundle, write_bundle
 

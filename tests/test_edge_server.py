@@ -13,10 +13,11 @@ import grpc
 import numpy as np
 import pytest
 from conftest import EdgeProcess
-from edgewise.v1 import personalizer_pb2 as pb
-from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 
 CONSENT = ["personalization", "analytics"]
 ALL = ("home", "pdp_similar", "hero_banner")

@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, RequestError
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.records import ProfileRecord, encode_profile
 from edgewise.core.store import ReadView, Store
 from edgewise.sync.bundle import Bundle, load_bundle
 from edgewise.sync.snapshot import apply_bundle
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 CONSENT = frozenset({"personalization"})
 ALL = (PlacementAsk("home", 10), PlacementAsk("pdp_similar", 5), PlacementAsk("hero_banner"))

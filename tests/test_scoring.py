@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgewise.core import _scoring, scoring
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
+
+from edgewise.core import _scoring, scoring
 
 CORE = Path(scoring.__file__).resolve().parent
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.records import RecordError, decode_array, encode_array
 from edgewise.core.store import Store
