@@ -5,7 +5,7 @@ Pure functions over `Activity` records; the store applies them inside its write 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import msgpack
@@ -32,6 +32,7 @@ class ActivityLimits:
     max_views: int = 50
     max_cart: int = 50
     max_purchases: int = 50
+    max_impressions: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +69,16 @@ def activity_key(user_id: str, session_id: str) -> str:
     return f"u:{user_id}" if user_id else f"s:{session_id}"
 
 
-def _push(seq: tuple[tuple[str, int], ...], entry: tuple[str, int], cap: int) -> tuple[tuple[str, int], ...]:
-    return (*seq, entry)[-cap:]
+Pairs = tuple[tuple[str, int], ...]
+
+
+def _push(seq: Pairs, entry: tuple[str, int], cap: int) -> Pairs:
+    """Append `entry`, dropping an older entry of the same item, keeping the newest `cap`."""
+    return (*(e for e in seq if e[0] != entry[0]), entry)[-cap:]
+
+
+def _without(seq: Pairs, item: str) -> Pairs:
+    return tuple(e for e in seq if e[0] != item)
 
 
 def apply_event(activity: Activity, event: TrackedEvent, limits: ActivityLimits) -> Activity:
@@ -77,15 +86,23 @@ def apply_event(activity: Activity, event: TrackedEvent, limits: ActivityLimits)
     item, ts = event.item_id, event.timestamp_ms
     if not item:
         return activity
-    if event.type in ("view", "click"):
-        views = tuple(v for v in activity.views if v[0] != item)
-        return Activity(_push(views, (item, ts), limits.max_views), activity.cart, activity.purchases)
+    a = activity
+    if event.type == "view":
+        return replace(a, views=_push(a.views, (item, ts), limits.max_views))
+    if event.type == "click":
+        # A click is also a view, and resets the item's rotation count.
+        return replace(
+            a, views=_push(a.views, (item, ts), limits.max_views), impressions=_without(a.impressions, item)
+        )
+    if event.type == "impression":
+        shown = dict(a.impressions).get(item, 0) + 1
+        return replace(a, impressions=_push(a.impressions, (item, shown), limits.max_impressions))
     if event.type == "add_to_cart":
-        cart = (*tuple(i for i in activity.cart if i != item), item)[-limits.max_cart :]
-        return Activity(activity.views, cart, activity.purchases)
+        return replace(a, cart=_push(a.cart, (item, ts), limits.max_cart))
     if event.type == "remove_from_cart":
-        return Activity(activity.views, tuple(i for i in activity.cart if i != item), activity.purchases)
+        return replace(a, cart=_without(a.cart, item))
     if event.type == "purchase":
-        cart = tuple(i for i in activity.cart if i != item)
-        return Activity(activity.views, cart, _push(activity.purchases, (item, ts), limits.max_purchases))
-    return activity
+        return replace(
+            a, cart=_without(a.cart, item), purchases=_push(a.purchases, (item, ts), limits.max_purchases)
+        )
+    return a

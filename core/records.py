@@ -75,11 +75,15 @@ class ItemRecord:
 
 @dataclass(frozen=True, slots=True)
 class Activity:
-    """Edge-local live activity of one user or session, most recent last."""
+    """Edge-local live activity of one user or session; every sequence is most recent last."""
 
     views: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms)
-    cart: tuple[str, ...] = ()
-    purchases: tuple[tuple[str, int], ...] = ()
+    cart: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms it was added)
+    purchases: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms)
+    impressions: tuple[tuple[str, int], ...] = ()  # (item id, times shown since its last click)
+
+    def cart_items(self) -> tuple[str, ...]:
+        return tuple(item for item, _ in self.cart)
 
 
 def encode_profile(record: ProfileRecord) -> bytes:
@@ -151,8 +155,9 @@ def encode_activity(activity: Activity) -> bytes:
         {
             "s": ACTIVITY_SCHEMA,
             "views": [list(v) for v in activity.views],
-            "cart": list(activity.cart),
+            "cart": [list(c) for c in activity.cart],
             "buy": [list(p) for p in activity.purchases],
+            "imp": [list(i) for i in activity.impressions],
         },
         use_bin_type=True,
     )
@@ -162,8 +167,9 @@ def decode_activity(buf: bytes | memoryview) -> Activity:
     obj = _unpack(buf, "activity")
     return Activity(
         tuple((str(i), int(t)) for i, t in obj.get("views", ())),
-        tuple(obj.get("cart", ())),
+        tuple((str(i), int(t)) for i, t in obj.get("cart", ())),
         tuple((str(i), int(t)) for i, t in obj.get("buy", ())),
+        tuple((str(i), int(n)) for i, n in obj.get("imp", ())),
     )
 
 

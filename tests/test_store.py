@@ -118,7 +118,7 @@ def test_record_events_dedupes_and_updates_activity(tmp_path: Path) -> None:
             activity = view.activity("u:u1")
             assert activity is not None
             assert [v for v, _ in activity.views] == ["i7", "i8", "i9"]  # bounded, most recent last
-            assert activity.cart == ("i5",)
+            assert activity.cart_items() == ("i5",)
             assert view.count("outbox") == 9
             assert view.count("events") == 9
         store.record_events([_event("e-buy", "purchase", "i5")], limits)
