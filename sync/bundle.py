@@ -1,9 +1,10 @@
 """Bundles: read, validate and write the on-disk bundle format (docs/bundle-format.md).
 
 `load_bundle` validates every file of a bundle directory (manifest, checksums, schema, catalog,
-profiles, rules, model arrays) and returns an immutable in-memory `Bundle`, or raises `BundleError`
-on the first problem, naming the file, the record and the field. `write_bundle` writes a bundle
-directory (manifest last, atomically) and validates its own output with `load_bundle`.
+profiles, rules, model arrays, optional co-purchase neighbour lists) and returns an immutable
+in-memory `Bundle`, or raises `BundleError` on the first problem, naming the file, the record and
+the field. `write_bundle` writes a bundle directory (manifest last, atomically) and validates its
+own output with `load_bundle`.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ RULES: Final = "rules.json"
 ITEM_EMBEDDINGS: Final = "models/item_embeddings.npy"
 ITEM_POPULARITY: Final = "models/item_popularity.npy"
 USER_EMBEDDINGS: Final = "models/user_embeddings.npy"
+ITEM_NEIGHBORS: Final = "models/item_neighbors.npy"
+ITEM_NEIGHBOR_SCORES: Final = "models/item_neighbor_scores.npy"
 REQUIRED_FILES: Final = (SCHEMA, ITEMS, PROFILES, RULES, ITEM_EMBEDDINGS, ITEM_POPULARITY)
-OPTIONAL_FILES: Final = (USER_EMBEDDINGS,)
+OPTIONAL_FILES: Final = (USER_EMBEDDINGS, ITEM_NEIGHBORS, ITEM_NEIGHBOR_SCORES)
 KNOWN_FILES: Final = frozenset(REQUIRED_FILES + OPTIONAL_FILES)
 
 PLAIN_PII_NAMES: Final = frozenset(
@@ -132,6 +135,9 @@ class Bundle:
     item_embeddings: NDArray[np.float32]  # [n_items, dim], C-contiguous
     item_popularity: NDArray[np.float32]  # [n_items]
     user_embeddings: NDArray[np.float32] | None  # [n_profiles, dim]
+    # co-purchase neighbours: row indexes into items (-1 = padding) and their scores (0 where padded)
+    item_neighbors: NDArray[np.int32] | None = None  # [n_items, k]
+    item_neighbor_scores: NDArray[np.float32] | None = None  # [n_items, k]
 
     @property
     def dim(self) -> int:
@@ -530,30 +536,34 @@ def _check_profile(
 # models/*.npy
 
 
-def _load_npy(root: Path, name: str) -> NDArray[np.float32]:
-    """Read a little-endian float32, C-order .npy file (format 1.0/2.0), never unpickling anything."""
+_DTYPE_WORDS: Final = {"<f4": "little-endian float32 ('<f4')", "<i4": "little-endian int32 ('<i4')"}
+
+
+def _load_npy(root: Path, name: str, want: str = "<f4") -> NDArray[Any]:
+    """Read a C-order .npy file (format 1.0/2.0) of dtype `want` ('<f4' or '<i4'), never unpickling."""
     with (root / name).open("rb") as fh:
         try:
             major, minor = np.lib.format.read_magic(fh)
             if (major, minor) == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fh)
+                shape, fortran_order, found = np.lib.format.read_array_header_1_0(fh)
             elif (major, minor) == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fh)
+                shape, fortran_order, found = np.lib.format.read_array_header_2_0(fh)
             else:
                 raise BundleError(name, f"unsupported .npy format version {major}.{minor} (need 1.0 or 2.0)")
         except (ValueError, EOFError) as err:
             raise BundleError(name, f"not a valid .npy file: {err}") from None
-        if dtype != np.dtype("<f4"):
-            raise BundleError(name, f"dtype must be little-endian float32 ('<f4'), got {dtype.str!r}")
+        if found.str != want:
+            raise BundleError(name, f"dtype must be {_DTYPE_WORDS[want]}, got {found.str!r}")
         if fortran_order and len(shape) > 1:
             raise BundleError(name, "array must be stored in C order, not Fortran order")
         count = math.prod(shape)
-        data = np.fromfile(fh, dtype="<f4", count=count)
+        data = np.fromfile(fh, dtype=want, count=count)
         if data.size != count:
             raise BundleError(name, f"truncated: header says shape {shape}, file holds {data.size} values")
         if fh.read(1):
             raise BundleError(name, f"trailing bytes after the {shape} array")
-    return data.astype(np.float32, copy=False).reshape(shape)
+    native = np.float32 if want == "<f4" else np.int32
+    return data.astype(native, copy=False).reshape(shape)
 
 
 def _first_bad_row(array: NDArray[np.float32]) -> int | None:
@@ -570,6 +580,86 @@ def _check_vectors(name: str, array: NDArray[np.float32], ids: list[str], kind: 
     if row is not None:
         what = "NaN" if np.isnan(array[row]).any() else "infinite value"
         raise BundleError(name, f"{what} in vector", record=f"row {row} ({kind} {_show(ids[row])})")
+
+
+def _load_neighbors(
+    root: Path, files: Mapping[str, Any], item_ids: list[str]
+) -> tuple[NDArray[np.int32] | None, NDArray[np.float32] | None]:
+    """The optional co-purchase neighbour lists: both files or neither, checked row by row."""
+    has_rows, has_scores = ITEM_NEIGHBORS in files, ITEM_NEIGHBOR_SCORES in files
+    if not has_rows and not has_scores:
+        return None, None
+    if has_rows != has_scores:
+        present, absent = (
+            (ITEM_NEIGHBORS, ITEM_NEIGHBOR_SCORES) if has_rows else (ITEM_NEIGHBOR_SCORES, ITEM_NEIGHBORS)
+        )
+        raise BundleError(present, f"comes with {absent}, which the bundle lacks (both or neither)")
+    n_items = len(item_ids)
+    neighbors = _load_npy(root, ITEM_NEIGHBORS, "<i4")
+    if neighbors.ndim != 2 or neighbors.shape[0] != n_items or neighbors.shape[1] < 1:
+        raise BundleError(
+            ITEM_NEIGHBORS,
+            f"shape must be [{n_items} items, k >= 1] (one row per line of {ITEMS}), "
+            f"got {list(neighbors.shape)}",
+        )
+    scores = _load_npy(root, ITEM_NEIGHBOR_SCORES)
+    if scores.shape != neighbors.shape:
+        raise BundleError(
+            ITEM_NEIGHBOR_SCORES,
+            f"shape must match {ITEM_NEIGHBORS}'s {list(neighbors.shape)}, got {list(scores.shape)}",
+        )
+
+    def first(bad: NDArray[np.bool_]) -> tuple[int, int] | None:
+        if not bad.any():
+            return None
+        row, col = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        return int(row), int(col)
+
+    def where(row: int) -> str:
+        return f"row {row} (item {_show(item_ids[row])})"
+
+    padded = neighbors == -1
+    hit = first((neighbors < -1) | (neighbors >= n_items))
+    if hit is not None:
+        raise BundleError(
+            ITEM_NEIGHBORS,
+            f"neighbour {hit[1]}: {int(neighbors[hit])} is not an item row in [0, {n_items}) "
+            "nor -1 (padding)",
+            record=where(hit[0]),
+        )
+    hit = first(neighbors == np.arange(n_items, dtype=np.int32)[:, None])
+    if hit is not None:
+        raise BundleError(
+            ITEM_NEIGHBORS, f"neighbour {hit[1]}: an item is not its own neighbour", record=where(hit[0])
+        )
+    hit = first(padded[:, :-1] & ~padded[:, 1:])
+    if hit is not None:
+        raise BundleError(
+            ITEM_NEIGHBORS,
+            f"neighbour {hit[1] + 1} follows padding (-1 only at the end of a row)",
+            record=where(hit[0]),
+        )
+    ordered = np.sort(neighbors, axis=1)
+    hit = first((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0))
+    if hit is not None:
+        raise BundleError(
+            ITEM_NEIGHBORS, f"duplicate neighbour {int(ordered[hit[0], hit[1]])}", record=where(hit[0])
+        )
+    hit = first(~np.isfinite(scores))
+    if hit is not None:
+        raise BundleError(
+            ITEM_NEIGHBOR_SCORES,
+            f"score {hit[1]}: must be finite, got {float(scores[hit])}",
+            record=where(hit[0]),
+        )
+    hit = first(padded & (scores != 0))
+    if hit is not None:
+        raise BundleError(
+            ITEM_NEIGHBOR_SCORES,
+            f"score {hit[1]}: must be 0 where {ITEM_NEIGHBORS} is -1 (padding), got {float(scores[hit])}",
+            record=where(hit[0]),
+        )
+    return np.ascontiguousarray(neighbors), np.ascontiguousarray(scores)
 
 
 def _load_models(
@@ -638,6 +728,7 @@ def load_bundle(path: str | Path) -> Bundle:
     except RuleError as err:
         raise BundleError(RULES, err.reason, field=err.path) from None
     item_emb, popularity, user_emb = _load_models(root, files, items, profiles)
+    neighbors, neighbor_scores = _load_neighbors(root, files, [item.id for item in items])
     return Bundle(
         path=root,
         version=manifest["bundle_version"],
@@ -650,6 +741,8 @@ def load_bundle(path: str | Path) -> Bundle:
         item_embeddings=item_emb,
         item_popularity=popularity,
         user_embeddings=user_emb,
+        item_neighbors=neighbors,
+        item_neighbor_scores=neighbor_scores,
     )
 
 
@@ -667,6 +760,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "categories": len({item.category for item in bundle.items}),
         "dim": bundle.dim,
         "user_embeddings": bundle.user_embeddings is not None,
+        "item_neighbors": 0 if bundle.item_neighbors is None else int(bundle.item_neighbors.shape[1]),
         "profile_fields": sorted(bundle.schema["profile_fields"]),
         "placements": {pid: p.strategy for pid, p in bundle.rules.placements.items()},
         "experiments": {
@@ -732,8 +826,8 @@ def _write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     _write_file(path, write)
 
 
-def _write_npy(path: Path, array: ArrayLike) -> None:
-    data = np.ascontiguousarray(array, dtype="<f4")
+def _write_npy(path: Path, array: ArrayLike, dtype: str = "<f4") -> None:
+    data = np.ascontiguousarray(array, dtype=dtype)
     _write_file(path, lambda fh: np.save(fh, data, allow_pickle=False))
 
 
@@ -748,19 +842,24 @@ def write_bundle(
     item_embeddings: ArrayLike,
     item_popularity: ArrayLike,
     user_embeddings: ArrayLike | None = None,
+    item_neighbors: ArrayLike | None = None,
+    item_neighbor_scores: ArrayLike | None = None,
     generator: str = "",
     created_at: str | None = None,
     validate: bool = True,
 ) -> Path:
     """Write a bundle directory at `out` and return its path.
 
-    Arrays are stored as little-endian float32. `out` is created if needed; an existing non-empty
+    Arrays are stored as little-endian float32, `item_neighbors` as little-endian int32 (give it and
+    `item_neighbor_scores` together or neither). `out` is created if needed; an existing non-empty
     directory is only accepted if it is an edgewise bundle, whose files are then replaced. The manifest
     is written last (temp file + rename), so an interrupted write never leaves a valid-looking bundle.
     With `validate` (the default) the result is read back with `load_bundle`, raising BundleError.
     """
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"bundle version must be a positive integer, got {version!r}")
+    if (item_neighbors is None) != (item_neighbor_scores is None):
+        raise ValueError("item_neighbors and item_neighbor_scores go together: give both or neither")
     root = Path(out)
     _prepare_out_dir(root)
     _write_file(root / SCHEMA, lambda fh: fh.write(_json_bytes(schema)))
@@ -773,6 +872,10 @@ def write_bundle(
     if user_embeddings is not None:
         _write_npy(root / USER_EMBEDDINGS, user_embeddings)
         names.append(USER_EMBEDDINGS)
+    if item_neighbors is not None and item_neighbor_scores is not None:
+        _write_npy(root / ITEM_NEIGHBORS, item_neighbors, "<i4")
+        _write_npy(root / ITEM_NEIGHBOR_SCORES, item_neighbor_scores)
+        names += [ITEM_NEIGHBORS, ITEM_NEIGHBOR_SCORES]
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,

@@ -495,3 +495,129 @@ def test_bundle_error_survives_pickling() -> None:
     assert (again.file, again.record, again.field) == (err.file, err.record, err.field)
     assert again.reason == err.reason
     assert str(again) == str(err)
+
+
+# --------------------------------------------------------------------------------------------------
+# optional co-purchase neighbours (models/item_neighbors.npy + models/item_neighbor_scores.npy)
+
+NEIGHBORS_FILE = "models/item_neighbors.npy"
+SCORES_FILE = "models/item_neighbor_scores.npy"
+
+
+def _neighbor_arrays(n_items: int, k: int = 4) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Row i lists i+1 .. i+k (mod n), best first; row 5 is padded after two neighbours."""
+    rows = np.arange(n_items)
+    neighbors = np.stack([(rows + j) % n_items for j in range(1, k + 1)], axis=1).astype(np.int32)
+    scores = np.tile(np.linspace(1.0, 0.25, k, dtype=np.float32), (n_items, 1))
+    neighbors[5, 2:] = -1
+    scores[5, 2:] = 0.0
+    return neighbors, scores
+
+
+def _write_with_neighbors(bundle: Bundle, out: Path, neighbors: Any, scores: Any) -> Path:
+    return write_bundle(
+        out,
+        version=1,
+        schema=bundle.schema,
+        items=(_item_dict(item) for item in bundle.items),
+        profiles=({"id": p.id, "attributes": p.attributes, "consent": p.consent} for p in bundle.profiles),
+        rules=bundle.rules_doc,
+        item_embeddings=bundle.item_embeddings,
+        item_popularity=bundle.item_popularity,
+        item_neighbors=neighbors,
+        item_neighbor_scores=scores,
+    )
+
+
+@pytest.fixture
+def with_neighbors(good: Bundle, tmp_path: Path) -> Path:
+    return _write_with_neighbors(good, tmp_path / "nb", *_neighbor_arrays(len(good.items)))
+
+
+def test_neighbors_round_trip(with_neighbors: Path, good: Bundle) -> None:
+    loaded = load_bundle(with_neighbors)
+    expected_rows, expected_scores = _neighbor_arrays(len(good.items))
+    assert loaded.item_neighbors is not None and loaded.item_neighbor_scores is not None
+    assert loaded.item_neighbors.dtype == np.int32 and loaded.item_neighbor_scores.dtype == np.float32
+    np.testing.assert_array_equal(loaded.item_neighbors, expected_rows)
+    np.testing.assert_array_equal(loaded.item_neighbor_scores, expected_scores)
+    assert bundle_summary(loaded)["item_neighbors"] == 4
+    assert good.item_neighbors is None and good.item_neighbor_scores is None  # optional
+    assert bundle_summary(good)["item_neighbors"] == 0
+
+
+def test_write_bundle_wants_both_neighbor_arrays(good: Bundle, tmp_path: Path) -> None:
+    rows, _ = _neighbor_arrays(len(good.items))
+    with pytest.raises(ValueError, match="give both or neither"):
+        _write_with_neighbors(good, tmp_path / "nb", rows, None)
+
+
+def test_refuses_one_neighbor_file_without_the_other(with_neighbors: Path) -> None:
+    manifest = json.loads((with_neighbors / "manifest.json").read_text())
+    del manifest["files"][SCORES_FILE]
+    (with_neighbors / "manifest.json").write_text(json.dumps(manifest))
+    (with_neighbors / SCORES_FILE).unlink()
+    err = refusal(with_neighbors)
+    assert err.file == NEIGHBORS_FILE
+    assert "comes with models/item_neighbor_scores.npy" in err.reason
+
+
+def test_refuses_neighbors_of_the_wrong_dtype(with_neighbors: Path, good: Bundle) -> None:
+    rows, _ = _neighbor_arrays(len(good.items))
+    replace_npy(with_neighbors, NEIGHBORS_FILE, rows.astype(np.int64))
+    err = refusal(with_neighbors)
+    assert str(err) == (
+        "bundle refused: models/item_neighbors.npy: dtype must be little-endian int32 ('<i4'), got '<i8'"
+    )
+
+
+def test_refuses_neighbor_shape_mismatches(with_neighbors: Path, good: Bundle) -> None:
+    rows, scores = _neighbor_arrays(len(good.items))
+    replace_npy(with_neighbors, NEIGHBORS_FILE, rows[:-1])
+    err = refusal(with_neighbors)
+    assert err.file == NEIGHBORS_FILE
+    assert f"shape must be [{SMALL_ITEMS} items, k >= 1]" in err.reason
+    replace_npy(with_neighbors, NEIGHBORS_FILE, rows)
+    replace_npy(with_neighbors, SCORES_FILE, scores[:, :3].copy())
+    err = refusal(with_neighbors)
+    assert err.file == SCORES_FILE
+    assert (
+        f"shape must match models/item_neighbors.npy's [{SMALL_ITEMS}, 4], got [{SMALL_ITEMS}, 3]"
+        in err.reason
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "col", "value", "reason"),
+    [
+        (7, 1, SMALL_ITEMS, f"neighbour 1: {SMALL_ITEMS} is not an item row in [0, {SMALL_ITEMS})"),
+        (7, 1, -2, "neighbour 1: -2 is not an item row"),
+        (9, 0, 9, "neighbour 0: an item is not its own neighbour"),
+        (5, 3, 40, "neighbour 3 follows padding (-1 only at the end of a row)"),
+        (11, 2, 12, "duplicate neighbour 12"),
+    ],
+)
+def test_refuses_bad_neighbor_rows(
+    with_neighbors: Path, good: Bundle, row: int, col: int, value: int, reason: str
+) -> None:
+    rows, _ = _neighbor_arrays(len(good.items))
+    rows[row, col] = value
+    replace_npy(with_neighbors, NEIGHBORS_FILE, rows)
+    err = refusal(with_neighbors)
+    assert (err.file, err.record) == (NEIGHBORS_FILE, f'row {row} (item "i{row}")')
+    assert reason in err.reason
+
+
+def test_refuses_bad_neighbor_scores(with_neighbors: Path, good: Bundle) -> None:
+    _, scores = _neighbor_arrays(len(good.items))
+    scores[3, 1] = np.nan
+    replace_npy(with_neighbors, SCORES_FILE, scores)
+    err = refusal(with_neighbors)
+    assert (err.file, err.record) == (SCORES_FILE, 'row 3 (item "i3")')
+    assert "score 1: must be finite, got nan" in err.reason
+    _, scores = _neighbor_arrays(len(good.items))
+    scores[5, 3] = 0.5  # row 5 is padded from column 2
+    replace_npy(with_neighbors, SCORES_FILE, scores)
+    err = refusal(with_neighbors)
+    assert (err.file, err.record) == (SCORES_FILE, 'row 5 (item "i5")')
+    assert "score 3: must be 0 where models/item_neighbors.npy is -1 (padding), got 0.5" in err.reason
