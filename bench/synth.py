@@ -50,6 +50,8 @@ DEVICE_WEIGHTS: Final = (0.58, 0.32, 0.10)
 AGE_BANDS: Final = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 AGE_WEIGHTS: Final = (0.12, 0.26, 0.22, 0.18, 0.13, 0.09)
 NEEDS: Final = ("gift", "deal_seeker", "premium", "fast_delivery", "eco_conscious")
+# Consumables bought again and again: the replenishment campaign reminds after this many days.
+REPLENISH_DAYS: Final = {"beauty/skincare": 30, "beauty/makeup": 45, "home/kitchen": 60}
 
 POPULARITY_EXPONENT: Final = 1.1
 VIEWS_PER_USER_PER_DAY: Final = 2.0
@@ -84,32 +86,131 @@ def synth_schema() -> dict[str, Any]:
 
 
 def synth_rules() -> dict[str, Any]:
-    """rules.json of synthetic bundles: home, pdp_similar and an experimenting hero_banner."""
+    """rules.json of synthetic bundles (see docs/rules.md): segments of every kind, campaigns on the
+    placements home / pdp_similar / hero_banner / deals / promo_slot, an A/B test and a multivariate
+    test in one layer, an algorithm A/B test on home, a bandit, and a 2% global holdout."""
     return {
-        "placements": {
-            "home": {"strategy": "personalized", "default_count": 10, "max_count": 50},
-            "pdp_similar": {"strategy": "similar", "default_count": 8, "max_count": 50},
-            "hero_banner": {
-                "strategy": "content",
-                "default_content": "hero_default",
-                "experiment": "hero_test",
-            },
+        "segments": {
+            "cart_abandoners": {"behavior": {"cart_abandoned": {"idle_minutes": 30}}},
+            "replenishment_due": {"behavior": {"replenishment_due": {}}},
+            "fashion_browsers": {"behavior": {"viewed": {"category": "fashion", "min_count": 3, "within_days": 7}}},
+            "dach": {"condition": {"context.country": {"$in": ["DE", "AT", "CH"]}}},
+            "sports_fans": {"condition": {"profile.interests": {"$elemMatch": {"$regex": "^sports"}}}},
+            "mobile_app": {"condition": {"$or": [{"context.device": "mobile"}, {"profile.app_user": True}]}},
+            "young_adults": {"condition": {"profile.age_band": {"$in": ["18-24", "25-34"]}}},
+            "high_value": {"condition": {"profile.rfm_segment": {"$in": ["champions", "loyal"]}}},
+            "deal_seekers": {"condition": {"profile.needs": "deal_seeker"}},
         },
+        "holdout": {"salt": "global-holdout", "buckets": 200},
+        "layers": {"hero": {"salt": "layer-hero"}},
         "experiments": {
             "hero_test": {
-                "placement": "hero_banner",
                 "salt": "hero_test",
+                "layer": "hero",
+                "layer_range": [0, 8000],
+                "allow_forced": True,
                 "variants": [
-                    {"id": "control", "weight": 3400, "content_id": "hero_default"},
-                    {"id": "spring_sale", "weight": 3300, "content_id": "hero_spring_sale"},
-                    {"id": "new_arrivals", "weight": 3300, "content_id": "hero_new_arrivals"},
+                    {"id": "control", "weight": 34, "content_id": "hero_default"},
+                    {"id": "spring_sale", "weight": 33, "content_id": "hero_spring_sale"},
+                    {"id": "new_arrivals", "weight": 33, "content_id": "hero_new_arrivals"},
                 ],
+            },
+            "hero_mv": {
+                "layer": "hero",
+                "layer_range": [8000, 10000],
+                "factors": {"color": ["red", "blue"], "message": ["sale", "new"]},
+                "content_template": "hero_{color}_{message}",
+            },
+            "home_algo": {
+                "salt": "home_algo",
+                "traffic": 0.2,
+                "variants": [
+                    {"id": "embedding", "serve": {"strategy": "personalized"}},
+                    {"id": "diverse", "serve": {"strategy": "personalized", "diversity": {"max_per_category": 2}}},
+                ],
+            },
+        },
+        "bandits": {
+            "promo_bandit": {
+                "exploration_floor": 0.05,
+                "arms": [
+                    {"id": "free_shipping", "content_id": "promo_shipping", "alpha": 12, "beta": 300},
+                    {"id": "ten_off", "content_id": "promo_ten_off", "alpha": 18, "beta": 310},
+                    {"id": "gift_wrap", "content_id": "promo_gift_wrap", "alpha": 5, "beta": 150},
+                ],
+                "segments": {
+                    "deal_seekers": {
+                        "arms": [
+                            {"id": "free_shipping", "alpha": 4, "beta": 60},
+                            {"id": "ten_off", "alpha": 12, "beta": 50},
+                            {"id": "gift_wrap", "alpha": 1, "beta": 40},
+                        ]
+                    }
+                },
             }
+        },
+        "placements": {
+            "home": {
+                "kind": "items",
+                "default_count": 10,
+                "max_count": 50,
+                "default": {"strategy": "popular", "scope": "country"},
+                "campaigns": [
+                    {"id": "cart_reminder", "priority": 100, "audience": ["cart_abandoners"],
+                     "serve": {"strategy": "cart"}},
+                    {"id": "replenish", "priority": 90, "audience": ["replenishment_due"],
+                     "serve": {"strategy": "replenish"}},
+                    {"id": "home_algo_test", "priority": 20, "serve": {"experiment": "home_algo"}},
+                    {"id": "personal", "priority": 10,
+                     "serve": {"strategy": "personalized", "rotation": {"max_impressions": 8}}},
+                ],
+            },
+            "pdp_similar": {
+                "kind": "items",
+                "default_count": 8,
+                "max_count": 50,
+                "campaigns": [{"id": "similar", "serve": {"strategy": "similar"}}],
+            },
+            "hero_banner": {
+                "kind": "content",
+                "default_content": "hero_default",
+                "campaigns": [
+                    {"id": "hero_ab", "serve": {"experiment": "hero_test"}},
+                    {"id": "hero_multivariate", "serve": {"experiment": "hero_mv"}},
+                ],
+            },
+            "deals": {
+                "kind": "items",
+                "default_count": 6,
+                "max_count": 30,
+                "campaigns": [
+                    {"id": "deals_for_deal_seekers", "priority": 10, "audience": ["deal_seekers"],
+                     "serve": {"strategy": "personalized", "filters": [{"name": "flag", "params": {"flag": "sale"}}],
+                               "diversity": {"max_per_category": 2}}},
+                    {"id": "deals_popular", "priority": 0,
+                     "serve": {"strategy": "popular", "scope": "country", "boosts": [{"flag": "sale", "weight": 50}],
+                               "promotions": {"items": ["i0", "i1"], "share": 0.2},
+                               "diversity": {"max_per_category": 2}}},
+                ],
+            },
+            "promo_slot": {
+                "kind": "content",
+                "default_content": "promo_default",
+                "campaigns": [{"id": "promo", "serve": {"bandit": "promo_bandit"}}],
+            },
         },
         "contents": {
             "hero_default": {"title": "New season", "image": "hero/default.jpg", "link": "/new"},
             "hero_spring_sale": {"title": "Spring sale: 20% off", "image": "hero/sale.jpg", "link": "/sale"},
             "hero_new_arrivals": {"title": "Just landed", "image": "hero/new.jpg", "link": "/new-arrivals"},
+            "hero_red_sale": {"title": "Sale", "color": "red"},
+            "hero_red_new": {"title": "New in", "color": "red"},
+            "hero_blue_sale": {"title": "Sale", "color": "blue"},
+            "hero_blue_new": {"title": "New in", "color": "blue"},
+            "promo_default": {"text": "Free returns"},
+            "promo_shipping": {"text": "Free shipping today"},
+            "promo_ten_off": {"text": "10% off your basket"},
+            "promo_gift_wrap": {"text": "Free gift wrap"},
         },
         "cold_start_min_views": 1,
     }
@@ -182,6 +283,9 @@ def _item_records(
             flags["new"] = True
         if exclusive[i]:
             flags["exclusive"] = True
+        replenish = REPLENISH_DAYS.get(path)
+        if replenish is not None:
+            flags["replenish_days"] = replenish
         records.append(
             {
                 "id": f"i{i}",

@@ -12,6 +12,7 @@ __all__ = [
     "DecisionOutput",
     "Explanation",
     "Fallback",
+    "ItemExplanation",
     "ItemOut",
     "PlacementAsk",
     "PlacementExplanation",
@@ -32,6 +33,7 @@ class Fallback(IntEnum):
     MODEL_UNAVAILABLE = 4
     BUDGET_EXCEEDED = 5
     OVERLOADED = 6
+    HOLDOUT = 7
 
 
 class RequestError(ValueError):
@@ -76,6 +78,7 @@ class DecideInput:
     consent: frozenset[str] = frozenset()
     placements: tuple[PlacementAsk, ...] = ()
     explain: bool = False
+    now_ms: int = 0  # decision time (Unix ms), set by the caller: core never reads the clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,13 @@ class ItemOut:
     score: float
     reason: str
     promoted: bool = False
+
+
+@dataclass(slots=True)
+class ItemExplanation:
+    id: str
+    parts: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -96,6 +106,10 @@ class PlacementExplanation:
     candidates: int = 0
     seed_item_ids: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    campaign: str = ""
+    experiment_id: str = ""
+    variant_id: str = ""
+    items: list[ItemExplanation] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -1,87 +1,48 @@
 """The decision pipeline: one `DecideInput` and one read view in, one `DecisionOutput` out.
 
-Per placement: consent gate, profile + live activity, strategy (personalized embedding scores, similar
-items, popularity, content under an experiment), candidate mask, Cython top-k, fallback with a reason.
-A personalization miss is never an error: it is the placement's default plus a `Fallback`. Only a
-request the caller must fix raises `RequestError`.
-
-Hot path: candidates are a uint8 mask over item rows, built with NumPy into per-thread scratch
-buffers; scoring and top-k run in the Cython kernels; Python loops only touch the caller's own lists
-(seeds, excludes, candidates) and the k results.
+1. Resolve the placements against the snapshot's rules (bad input raises `RequestError`).
+2. Consent: without the `personalization` purpose (in the request and, for a known user, in the stored
+   consent) the profile and live activity are not read at all, experiments and bandits are skipped,
+   and the decision equals the anonymous one for the same context.
+3. Global holdout: a unit in it gets every placement's default experience (`Fallback.HOLDOUT`).
+4. Per placement, the first eligible campaign by priority wins: channel, schedule (UTC start/end, local
+   hours and days), audience segments (evaluated at most once per request, through a `FeatureView` that
+   enforces per-field consent). It serves fixed content, an experiment's variant, a bandit's arm, or an
+   item strategy (see `item_ranking`). No eligible campaign: the placement's default.
+5. A personalization miss is never an error: the default experience plus a `Fallback` saying why.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
-
-import numpy as np
-from numpy.typing import NDArray
+from datetime import datetime
 
 from edgewise.core.activity import activity_key
-from edgewise.core.bucketing import bucket
 from edgewise.core.decisions import (
     PERSONALIZATION,
     DecideInput,
     DecisionOutput,
     Explanation,
     Fallback,
-    ItemOut,
     PlacementAsk,
     PlacementExplanation,
     PlacementOutput,
     RequestError,
 )
+from edgewise.core.experiments import assign, in_holdout
+from edgewise.core.feature_view import FeatureView
+from edgewise.core.item_ranking import Scratch, Shopper, rank_items
 from edgewise.core.records import Activity, ProfileRecord
-from edgewise.core.rules import Placement
-from edgewise.core.scoring import topk_dot_into, topk_scores_into
+from edgewise.core.rules import Campaign, Placement
+from edgewise.core.segments import SegmentMemo
 from edgewise.core.store import ReadView
+from edgewise.core.strategies import Filter, StrategyError, compile_filter
 from edgewise.core.version_state import VersionCache, VersionState
 
-__all__ = ["FILTERS", "Pipeline", "SnapshotMissing"]
-
-FILTERS: Final = {
-    "category": "items whose category path is filter_params['category'] or below it",
-    "price": "items priced within filter_params['min'] .. filter_params['max'] (either may be omitted)",
-}
-SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbours of the last viewed item
+__all__ = ["Pipeline", "SnapshotMissing"]
 
 
 class SnapshotMissing(RuntimeError):
     """No snapshot is loaded yet: the node must not report SERVING."""
-
-
-class _Scratch(threading.local):
-    """Per-thread buffers reused by every request of the thread (resized when a version needs more)."""
-
-    def __init__(self) -> None:
-        self.mask: NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
-        self.idx: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
-        self.scores: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
-        self.query: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
-
-    def ensure(self, n_items: int, k: int, dim: int) -> None:
-        if self.mask.shape[0] != n_items:
-            self.mask = np.zeros(n_items, dtype=np.uint8)
-        if self.idx.shape[0] < k:
-            self.idx = np.zeros(k, dtype=np.int32)
-            self.scores = np.zeros(k, dtype=np.float32)
-        if self.query.shape[0] != dim:
-            self.query = np.zeros(dim, dtype=np.float32)
-
-
-@dataclass(slots=True)
-class _Subject:
-    """Who the decision is for, as far as consent lets us know."""
-
-    unit_id: str  # "user:<id>" / "session:<id>" / "" (bucketing unit, for explanations)
-    unit: str  # the raw id used for bucketing
-    allowed: bool  # personalization purpose granted (request and stored consent)
-    profile: ProfileRecord | None
-    activity: Activity | None
-    known: bool
 
 
 class Pipeline:
@@ -89,7 +50,7 @@ class Pipeline:
 
     def __init__(self) -> None:
         self._cache = VersionCache()
-        self._scratch = _Scratch()
+        self._scratch = Scratch()
 
     def state(self, view: ReadView) -> VersionState:
         if view.generation == 0:
@@ -98,109 +59,207 @@ class Pipeline:
 
     def decide(self, view: ReadView, request: DecideInput) -> DecisionOutput:
         state = self.state(view)
-        asks = [(ask, *_resolve(state, i, ask)) for i, ask in enumerate(request.placements)]
-        subject = _subject(view, request)
-        why = Explanation(subject.known, subject.allowed) if request.explain else None
-        if why is not None:
-            _explain_features(why, request, subject)
-        max_k = max((count for _, _, count in asks), default=0)
-        self._scratch.ensure(state.n_items, max_k, state.dim)
+        asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
+        unit = request.user_id or request.session_id
+        profile, activity, allowed = _consented_inputs(view, request)
+        features = FeatureView(
+            state=state,
+            context=request.context,
+            now_ms=request.now_ms,
+            user_id=request.user_id if allowed else "",
+            profile=profile,
+            activity=activity,
+            granted=request.consent if allowed else frozenset(),
+            record_reads=request.explain,
+        )
+        memo = SegmentMemo(state.rules.segments, features)
+        shopper = Shopper(allowed, profile is not None, profile, activity, "")
+        why = Explanation(profile is not None, allowed) if request.explain else None
+        holdout = allowed and bool(unit) and in_holdout(state.rules.holdout, unit)
+        self._scratch.ensure(state.n_items, max((count for _, count, _ in asks), default=0), state.dim)
+        local = _local_time(request)
         outputs = []
-        for ask, placement, count in asks:
-            pwhy = (
-                PlacementExplanation(ask.placement_id, unit_id=subject.unit_id) if why is not None else None
-            )
-            if placement.strategy == "content":
-                out = _content(state, placement, subject, pwhy)
-            else:
-                out = self._items(view, state, placement, ask, count, subject, request.context.country, pwhy)
-            if why is not None and pwhy is not None:
-                pwhy.strategy = out.strategy
+        for ask, (placement, count, request_filter) in zip(request.placements, asks, strict=True):
+            pwhy = None
+            if why is not None:
+                pwhy = PlacementExplanation(ask.placement_id, unit_id=_unit_label(request) if allowed else "")
                 why.placements.append(pwhy)
+            if holdout:
+                out = self._default(view, state, placement, ask, request_filter, count, shopper, request, pwhy)
+                out.fallback = Fallback.HOLDOUT
+                if pwhy is not None:
+                    pwhy.notes.append("unit is in the global holdout")
+            else:
+                out = self._placement(
+                    view, state, placement, ask, request_filter, count, shopper, memo, request, unit, local, pwhy
+                )
+            if pwhy is not None:
+                pwhy.strategy = out.strategy
             outputs.append(out)
+        if why is not None:
+            why.segments = tuple(sorted(memo.matched()))
+            if features.reads is not None:
+                why.features.update(features.reads)
         return DecisionOutput(view.version, outputs, why)
 
-    # -- item placements ---------------------------------------------------------------------------
-
-    def _items(
+    def _placement(
         self,
         view: ReadView,
         state: VersionState,
         placement: Placement,
         ask: PlacementAsk,
+        request_filter: Filter | None,
         count: int,
-        subject: _Subject,
-        country: str,
+        shopper: Shopper,
+        memo: SegmentMemo,
+        request: DecideInput,
+        unit: str,
+        local: datetime | None,
         why: PlacementExplanation | None,
     ) -> PlacementOutput:
-        out = PlacementOutput(ask.placement_id)
-        if why is not None:
-            why.rule = f"placement {placement.id} (strategy {placement.strategy})"
-        scratch = self._scratch
-        mask = scratch.mask
-        np.copyto(mask, state.availability(country))
-        _apply_filter(state, ask, mask)
-        if ask.candidate_ids:
-            _keep_only(state, ask.candidate_ids, mask, why)
-        _drop(state, ask.exclude_ids, mask)
-        viewed = [item for item, _ in subject.activity.views] if subject.activity is not None else []
-        if placement.strategy in ("personalized", "similar") and viewed:
-            _drop(state, viewed, mask)
+        skipped = Fallback.NONE
+        for campaign in placement.campaigns:
+            if not _eligible(campaign, request, memo, local):
+                continue
+            if (campaign.experiment_id or campaign.bandit_id) and not (shopper.allowed and unit):
+                if why is not None:
+                    why.notes.append(f"campaign {campaign.id}: skipped (needs consent and a user or session id)")
+                if skipped == Fallback.NONE:
+                    skipped = Fallback.NO_CONSENT if not shopper.allowed else Fallback.UNKNOWN_USER
+                continue
+            out = PlacementOutput(placement.id)
             if why is not None:
-                why.notes.append(f"excluded {len(viewed)} recently viewed item(s)")
-
-        embeddings = view.array("item_embeddings")
-        query: NDArray[np.float32] | None = None
-        fallback = Fallback.NONE
-        strategy = placement.strategy
-        if placement.strategy == "similar":
-            seeds = [s for s in ask.seed_item_ids if s in state.rows]
-            if not seeds and subject.allowed:
-                seeds = viewed[-SIMILAR_SEEDS_FROM_HISTORY:]
-            _drop(state, seeds, mask)
-            if why is not None:
-                why.seed_item_ids = tuple(seeds)
-            if seeds and embeddings is not None:
-                query = _mean_rows(state, embeddings, seeds, scratch.query)
-                strategy = "similar"
-            else:
-                fallback = _miss_reason(subject) if not seeds else Fallback.MODEL_UNAVAILABLE
-        elif placement.strategy == "personalized":
-            if not subject.allowed:
-                fallback = Fallback.NO_CONSENT
-            elif embeddings is None:
-                fallback = Fallback.MODEL_UNAVAILABLE
-            else:
-                query, fallback = _user_query(state, embeddings, subject, scratch.query, why)
-                strategy = "embedding"
-
-        if query is not None and embeddings is not None:
-            n = topk_dot_into(embeddings, query, mask, count, scratch.idx, scratch.scores)
-            reason = strategy
-        else:
-            popularity = view.array("item_popularity")
-            if popularity is None:
-                popularity = np.zeros(state.n_items, dtype=np.float32)
-                fallback = Fallback.MODEL_UNAVAILABLE
-            n = topk_scores_into(popularity, mask, count, scratch.idx, scratch.scores)
-            strategy = reason = "popular"
-        ids = state.item_ids
-        idx, scores = scratch.idx, scratch.scores
-        out.items = [ItemOut(ids[idx[j]], float(scores[j]), reason) for j in range(n)]
-        out.strategy = strategy
-        out.fallback = fallback
+                why.campaign = campaign.id
+                why.rule = f"campaign {campaign.id} (priority {campaign.priority})"
+            if campaign.experiment_id:
+                experiment = state.rules.experiments[campaign.experiment_id]
+                assignment = assign(experiment, unit, request.context.attributes)
+                if why is not None and assignment is not None:
+                    why.bucket = max(assignment.bucket, 0)
+                if assignment is None or assignment.variant is None:
+                    if why is not None:
+                        why.notes.append(f"campaign {campaign.id}: unit outside experiment {experiment.id}")
+                    continue
+                variant = assignment.variant
+                out.experiment_id, out.variant_id, out.propensity = experiment.id, variant.id, variant.propensity
+                if assignment.forced:
+                    out.propensity = 1.0
+                    if why is not None:
+                        why.notes.append(f"variant forced by context attribute for QA ({variant.id})")
+                if why is not None:
+                    why.experiment_id, why.variant_id = experiment.id, variant.id
+                if placement.kind == "content":
+                    out.content_id = variant.content_id
+                    out.strategy = "experiment"
+                    return out
+                serve = state.rules.variant_items[(experiment.id, variant.id)]
+                ranked = rank_items(view, state, self._scratch, ask, request_filter, count, serve,
+                                    placement.default_items, self._shopper(state, shopper, memo), request.context.country,
+                                    request.now_ms, why)
+                out.items, out.strategy, out.fallback = ranked.items, ranked.strategy, ranked.fallback
+                return out
+            if campaign.bandit_id:
+                policy = state.rules.bandits[campaign.bandit_id]
+                segment = next((s for s in policy.segment_ids if memo.matches(s)), None)
+                arm, propensity = policy.choose(self._scratch.rng, segment)
+                out.content_id = state.rules.bandit_contents[(campaign.bandit_id, arm.id)]
+                out.experiment_id, out.variant_id, out.propensity = campaign.bandit_id, arm.id, propensity
+                out.strategy = "bandit"
+                if why is not None:
+                    why.experiment_id, why.variant_id = campaign.bandit_id, arm.id
+                    why.notes.append(f"bandit {campaign.bandit_id}: posteriors of segment {segment or '(global)'}")
+                return out
+            if campaign.content_id:
+                out.content_id = campaign.content_id
+                out.strategy = "content"
+                return out
+            assert campaign.items is not None
+            ranked = rank_items(view, state, self._scratch, ask, request_filter, count, campaign.items,
+                                placement.default_items, self._shopper(state, shopper, memo), request.context.country,
+                                request.now_ms, why)
+            out.items, out.strategy, out.fallback = ranked.items, ranked.strategy, ranked.fallback
+            return out
+        out = self._default(view, state, placement, ask, request_filter, count, shopper, request, why)
+        out.fallback = skipped
         if why is not None:
-            why.candidates = int(np.count_nonzero(mask))
+            why.rule = "placement default"
+        return out
+
+    def _shopper(self, state: VersionState, shopper: Shopper, memo: SegmentMemo) -> Shopper:
+        """The shopper with the segment whose popularity a `scope: segment` strategy ranks by."""
+        if not shopper.scope_segment and state.popularity_scopes:
+            for scope in sorted(state.popularity_scopes):
+                if scope.startswith("segment:") and memo.matches(scope.removeprefix("segment:")):
+                    shopper.scope_segment = scope.removeprefix("segment:")
+                    break
+        return shopper
+
+    def _default(
+        self,
+        view: ReadView,
+        state: VersionState,
+        placement: Placement,
+        ask: PlacementAsk,
+        request_filter: Filter | None,
+        count: int,
+        shopper: Shopper,
+        request: DecideInput,
+        why: PlacementExplanation | None,
+    ) -> PlacementOutput:
+        out = PlacementOutput(placement.id, strategy="default")
+        if placement.kind == "content":
+            out.content_id = placement.default_content
+            return out
+        ranked = rank_items(view, state, self._scratch, ask, request_filter, count, placement.default_items,
+                            placement.default_items, shopper, request.context.country, request.now_ms, why)
+        out.items, out.strategy = ranked.items, ranked.strategy
         return out
 
 
-def _resolve(state: VersionState, i: int, ask: PlacementAsk) -> tuple[Placement, int]:
+def _consented_inputs(view: ReadView, request: DecideInput) -> tuple[ProfileRecord | None, Activity | None, bool]:
+    """(profile, activity, allowed): nothing about the user is read without the purpose."""
+    if PERSONALIZATION not in request.consent:
+        return None, None, False
+    profile = view.profile(request.user_id) if request.user_id else None
+    if profile is not None and PERSONALIZATION not in profile.consent:
+        return None, None, False
+    unit = request.user_id or request.session_id
+    activity = view.activity(activity_key(request.user_id, request.session_id)) if unit else None
+    return profile, activity, True
+
+
+def _eligible(campaign: Campaign, request: DecideInput, memo: SegmentMemo, local: datetime | None) -> bool:
+    if campaign.channels and request.context.channel not in campaign.channels:
+        return False
+    if campaign.schedule is not None and not campaign.schedule.active(request.now_ms, local):
+        return False
+    if not all(memo.matches(s) for s in campaign.audience):
+        return False
+    return not any(memo.matches(s) for s in campaign.exclude)
+
+
+def _local_time(request: DecideInput) -> datetime | None:
+    """The request's local time (context.local_time), else UTC decision time."""
+    if request.context.local_time:
+        try:
+            return datetime.fromisoformat(request.context.local_time.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return datetime.utcfromtimestamp(request.now_ms / 1000) if request.now_ms else None
+
+
+def _unit_label(request: DecideInput) -> str:
+    if request.user_id:
+        return f"user:{request.user_id}"
+    return f"session:{request.session_id}" if request.session_id else ""
+
+
+def _resolve(state: VersionState, i: int, ask: PlacementAsk) -> tuple[Placement, int, Filter | None]:
     placement = state.rules.placements.get(ask.placement_id)
     if placement is None:
         known = ", ".join(sorted(state.rules.placements))
         raise RequestError(
-            f"placements[{i}].placement_id",
-            f"unknown placement {ask.placement_id!r} (this snapshot has: {known})",
+            f"placements[{i}].placement_id", f"unknown placement {ask.placement_id!r} (this snapshot has: {known})"
         )
     count = ask.count or placement.default_count
     if count > placement.max_count:
@@ -208,154 +267,11 @@ def _resolve(state: VersionState, i: int, ask: PlacementAsk) -> tuple[Placement,
             f"placements[{i}].count",
             f"{count} is more than placement {placement.id!r} allows (max_count {placement.max_count})",
         )
-    if ask.filter and ask.filter not in FILTERS:
-        raise RequestError(
-            f"placements[{i}].filter", f"unknown filter {ask.filter!r} (known: {', '.join(FILTERS)})"
-        )
-    if ask.filter == "category" and not ask.filter_params.get("category"):
-        raise RequestError(
-            f"placements[{i}].filter_params", "filter 'category' needs filter_params['category']"
-        )
-    if ask.filter == "price":
-        for key in ("min", "max"):
-            raw = ask.filter_params.get(key, "")
-            try:
-                if raw and not np.isfinite(float(raw)):
-                    raise ValueError
-            except ValueError:
-                raise RequestError(
-                    f"placements[{i}].filter_params", f"filter 'price': {key} must be a number, got {raw!r}"
-                ) from None
-    return placement, count
-
-
-def _subject(view: ReadView, request: DecideInput) -> _Subject:
-    unit = request.user_id or request.session_id
-    unit_id = f"user:{request.user_id}" if request.user_id else (f"session:{unit}" if unit else "")
-    if PERSONALIZATION not in request.consent:
-        # The profile and activity are not read at all without the purpose.
-        return _Subject(unit_id, unit, False, None, None, False)
-    profile = view.profile(request.user_id) if request.user_id else None
-    if profile is not None and PERSONALIZATION not in profile.consent:
-        return _Subject(unit_id, unit, False, None, None, True)
-    activity = view.activity(activity_key(request.user_id, request.session_id)) if unit else None
-    return _Subject(unit_id, unit, True, profile, activity, profile is not None)
-
-
-def _miss_reason(subject: _Subject) -> Fallback:
-    if not subject.allowed:
-        return Fallback.NO_CONSENT
-    return Fallback.COLD_START if subject.known else Fallback.UNKNOWN_USER
-
-
-def _user_query(
-    state: VersionState,
-    embeddings: NDArray[np.float32],
-    subject: _Subject,
-    query: NDArray[np.float32],
-    why: PlacementExplanation | None,
-) -> tuple[NDArray[np.float32] | None, Fallback]:
-    """The user's vector: the profile embedding, else the mean of recently viewed items."""
-    profile = subject.profile
-    if profile is not None and profile.embedding:
-        vector = np.frombuffer(profile.embedding, dtype="<f4")
-        if vector.shape[0] != state.dim:
-            return None, Fallback.MODEL_UNAVAILABLE
-        np.copyto(query, vector)
-        if why is not None:
-            why.notes.append("user vector: profile embedding")
-        return query, Fallback.NONE
-    viewed = [item for item, _ in subject.activity.views] if subject.activity is not None else []
-    if len(viewed) >= max(1, state.rules.cold_start_min_views):
-        _mean_rows(state, embeddings, viewed, query)
-        if why is not None:
-            why.notes.append(f"user vector: mean of {len(viewed)} recently viewed item(s)")
-        return query, Fallback.NONE
-    return None, _miss_reason(subject)
-
-
-def _mean_rows(
-    state: VersionState, embeddings: NDArray[np.float32], item_ids: Sequence[str], out: NDArray[np.float32]
-) -> NDArray[np.float32]:
-    rows = [state.rows[i] for i in item_ids if i in state.rows]
-    np.mean(embeddings[rows], axis=0, out=out)
-    return out
-
-
-def _apply_filter(state: VersionState, ask: PlacementAsk, mask: NDArray[np.uint8]) -> None:
-    if ask.filter == "category":
-        np.bitwise_and(mask, state.category_mask(ask.filter_params["category"]), out=mask)
-    elif ask.filter == "price":
-        lo = ask.filter_params.get("min", "")
-        hi = ask.filter_params.get("max", "")
-        if lo:
-            mask[state.prices < np.float32(lo)] = 0
-        if hi:
-            mask[state.prices > np.float32(hi)] = 0
-
-
-def _rows(state: VersionState, item_ids: Sequence[str]) -> list[int]:
-    rows = state.rows
-    return [rows[i] for i in item_ids if i in rows]
-
-
-def _drop(state: VersionState, item_ids: Sequence[str], mask: NDArray[np.uint8]) -> None:
-    if item_ids:
-        mask[_rows(state, item_ids)] = 0
-
-
-def _keep_only(
-    state: VersionState, item_ids: Sequence[str], mask: NDArray[np.uint8], why: PlacementExplanation | None
-) -> None:
-    rows = _rows(state, item_ids)
-    keep = np.zeros_like(mask)
-    keep[rows] = mask[rows]
-    np.copyto(mask, keep)
-    if why is not None and len(rows) < len(item_ids):
-        why.notes.append(f"ignored {len(item_ids) - len(rows)} unknown candidate id(s)")
-
-
-def _content(
-    state: VersionState, placement: Placement, subject: _Subject, why: PlacementExplanation | None
-) -> PlacementOutput:
-    out = PlacementOutput(placement.id, content_id=placement.default_content, strategy="default")
-    if not placement.experiment_id:
-        out.strategy = "content"
-        return out
-    experiment = state.rules.experiments[placement.experiment_id]
-    if not subject.allowed:
-        out.fallback = Fallback.NO_CONSENT
-        return out
-    if not subject.unit:
-        out.fallback = Fallback.UNKNOWN_USER
-        return out
-    b = bucket(experiment.salt, subject.unit)
-    variant = experiment.variant_for_bucket(b)
-    if why is not None:
-        why.bucket = b
-        why.rule = f"experiment {experiment.id} (salt {experiment.salt!r})"
-    if variant is None:
-        out.propensity = 1.0 - sum(v.propensity for v in experiment.variants)
-        if why is not None:
-            why.notes.append("unit is outside the experiment's traffic allocation")
-        return out
-    out.content_id = variant.content_id
-    out.experiment_id = experiment.id
-    out.variant_id = variant.id
-    out.propensity = variant.propensity
-    out.strategy = "experiment"
-    return out
-
-
-def _explain_features(why: Explanation, request: DecideInput, subject: _Subject) -> None:
-    ctx = request.context
-    for name in ("channel", "device", "country", "page_type"):
-        value = getattr(ctx, name)
-        if value:
-            why.features[f"context.{name}"] = value
-    if subject.profile is not None:
-        embedding = subject.profile.embedding
-        why.features["profile.embedding"] = f"dim {len(embedding) // 4}" if embedding else "absent"
-    if subject.activity is not None:
-        why.features["activity.views"] = str(len(subject.activity.views))
-        why.features["activity.cart"] = str(len(subject.activity.cart))
+    request_filter = None
+    if ask.filter:
+        try:
+            request_filter = compile_filter(ask.filter, dict(ask.filter_params), f"placements[{i}].filter")
+        except StrategyError as exc:
+            field = f"placements[{i}].filter_params" if "params" in exc.path else f"placements[{i}].filter"
+            raise RequestError(field, exc.reason) from None
+    return placement, count, request_filter

@@ -110,6 +110,24 @@ class ReadView:
         buf = self._txn.get(b"rules", db=self._dbs["rules"])
         return None if buf is None else msgpack.unpackb(buf, raw=False)
 
+    def schema_doc(self) -> Any:
+        buf = self._txn.get(b"schema", db=self._dbs["rules"])
+        return None if buf is None else msgpack.unpackb(buf, raw=False)
+
+    def model_names(self, prefix: str = "") -> list[str]:
+        """Names of the model arrays starting with `prefix`."""
+        names = []
+        start = prefix.encode()
+        with self._txn.cursor(db=self._dbs["models"]) as cursor:
+            if not cursor.set_range(start):
+                return names
+            for key in cursor.iternext(keys=True, values=False):
+                name = bytes(key).decode()
+                if not name.startswith(prefix):
+                    break
+                names.append(name)
+        return names
+
     def snapshot_info(self) -> dict[str, Any]:
         buf = self._txn.get(_SNAPSHOT_KEY, db=self._dbs["meta"])
         return {} if buf is None else dict(msgpack.unpackb(buf, raw=False))

@@ -1,16 +1,17 @@
 """Decoded state of one snapshot version, built once when the version changes and shared by requests.
 
-Holds what is costly to derive per request: the item id <-> row index, per-item price and category
-arrays, availability masks per country, and the compiled rules. Model arrays are not held here: they
-are read zero-copy from each request's own read transaction.
+Holds what is costly to derive per request: the item id <-> row index, per-item price, category, tag
+and flag data, availability masks per country, masks and boost vectors derived from them (cached on
+first use), the compiled rules and the profile fields' consent purposes. Model arrays are not held
+here: they are read zero-copy from each request's own read transaction.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,8 +19,12 @@ from numpy.typing import NDArray
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.store import ReadView
+from edgewise.core.strategies import Boost
 
-__all__ = ["VersionCache", "VersionState", "build_state"]
+__all__ = ["POPULARITY_PREFIX", "VersionCache", "VersionState", "build_state"]
+
+POPULARITY_PREFIX: Final = "item_popularity@"  # item_popularity@country:DE, item_popularity@segment:vip
+_CACHE_CAP: Final = 4096
 
 
 @dataclass(slots=True)
@@ -30,11 +35,16 @@ class VersionState:
     rows: Mapping[str, int]
     prices: NDArray[np.float32]
     categories: tuple[str, ...]
+    tags: tuple[frozenset[str], ...]
+    flags: tuple[Mapping[str, Any], ...]
     everywhere: NDArray[np.uint8]  # items available in every country
     regions: Mapping[str, NDArray[np.uint8]]  # country -> availability mask (includes `everywhere`)
     rules: Ruleset
     dim: int
-    _category_masks: dict[str, NDArray[np.uint8]] = field(default_factory=dict)
+    field_purposes: Mapping[str, str]  # profile attribute -> consent purpose needed to read it
+    popularity_scopes: frozenset[str]  # e.g. {"country:DE", "segment:vip"}
+    daily_counts_end_ms: int  # the day the last column of item_daily_counts ends (0 = no such model)
+    _derived: dict[Hashable, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -45,20 +55,65 @@ class VersionState:
         """Items that may be shown in `country` (unknown or empty country: items available everywhere)."""
         return self.regions.get(country.upper(), self.everywhere)
 
-    def category_mask(self, prefix: str) -> NDArray[np.uint8]:
-        """Items whose category path is `prefix` or below it; cached per prefix."""
-        mask = self._category_masks.get(prefix)
-        if mask is None:
-            stem = prefix.rstrip("/")
-            mask = np.fromiter(
-                (c == stem or c.startswith(stem + "/") for c in self.categories),
-                dtype=np.uint8,
-                count=self.n_items,
-            )
+    def derived(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """A value derived from this version's data, built once per key (bounded cache)."""
+        value = self._derived.get(key)
+        if value is None:
+            value = build()
             with self._lock:
-                if len(self._category_masks) < 4096:
-                    self._category_masks[prefix] = mask
+                if len(self._derived) < _CACHE_CAP:
+                    self._derived[key] = value
+        return value
+
+    def category_mask(self, prefix: str) -> NDArray[np.uint8]:
+        """Items whose category path is `prefix` or below it."""
+
+        def build() -> NDArray[np.uint8]:
+            stem = prefix.rstrip("/")
+            return np.fromiter(
+                (c == stem or c.startswith(stem + "/") for c in self.categories), dtype=np.uint8, count=self.n_items
+            )
+
+        mask: NDArray[np.uint8] = self.derived(("category", prefix), build)
         return mask
+
+    def tag_mask(self, tag: str) -> NDArray[np.uint8]:
+        mask: NDArray[np.uint8] = self.derived(
+            ("tag", tag), lambda: np.fromiter((tag in t for t in self.tags), dtype=np.uint8, count=self.n_items)
+        )
+        return mask
+
+    def flag_mask(self, flag: str, value: str = "") -> NDArray[np.uint8]:
+        def build() -> NDArray[np.uint8]:
+            if value:
+                return np.fromiter(
+                    (str(f.get(flag, "")).lower() == value.lower() for f in self.flags), dtype=np.uint8, count=self.n_items
+                )
+            return np.fromiter((bool(f.get(flag)) for f in self.flags), dtype=np.uint8, count=self.n_items)
+
+        mask: NDArray[np.uint8] = self.derived(("flag", flag, value), build)
+        return mask
+
+    def boost_vector(self, boosts: tuple[Boost, ...]) -> NDArray[np.float32]:
+        """Per-item additive score boost of a strategy's boosts."""
+
+        def build() -> NDArray[np.float32]:
+            vector = np.zeros(self.n_items, dtype=np.float32)
+            for b in boosts:
+                if b.category:
+                    mask = self.category_mask(b.category)
+                elif b.flag:
+                    mask = self.flag_mask(b.flag)
+                else:
+                    mask = self.tag_mask(b.tag)
+                vector += np.float32(b.weight) * mask
+            return vector
+
+        vector: NDArray[np.float32] = self.derived(("boost", boosts), build)
+        return vector
+
+    def category_prefix(self, row: int, depth: int) -> str:
+        return "/".join(self.categories[row].split("/")[:depth])
 
 
 def build_state(view: ReadView) -> VersionState:
@@ -77,7 +132,10 @@ def build_state(view: ReadView) -> VersionState:
         regions[country] = mask
     embeddings = view.array("item_embeddings")
     dim = int(embeddings.shape[1]) if embeddings is not None and embeddings.ndim == 2 else 0
-    doc: Any = view.rules_doc()
+    schema: Any = view.schema_doc() or {}
+    fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
+    purposes = {name: str(spec.get("purpose", "")) for name, spec in fields.items() if isinstance(spec, dict)}
+    scopes = frozenset(name.removeprefix(POPULARITY_PREFIX) for name in view.model_names(POPULARITY_PREFIX))
     return VersionState(
         generation=view.generation,
         version=view.version,
@@ -85,15 +143,20 @@ def build_state(view: ReadView) -> VersionState:
         rows={item_id: i for i, item_id in enumerate(item_ids)},
         prices=np.fromiter((r.price for r in records), dtype=np.float32, count=n),
         categories=tuple(r.category for r in records),
+        tags=tuple(frozenset(r.tags) for r in records),
+        flags=tuple(r.flags for r in records),
         everywhere=everywhere,
         regions=regions,
-        rules=compile_rules(doc),
+        rules=compile_rules(view.rules_doc()),
         dim=dim,
+        field_purposes=purposes,
+        popularity_scopes=scopes,
+        daily_counts_end_ms=int(view.snapshot_info().get("daily_counts_end_ms", 0)),
     )
 
 
 class VersionCache:
-    """The state of the newest version seen; rebuilt once per version, shared by threads."""
+    """The state of the newest version seen; rebuilt once per store generation, shared by threads."""
 
     def __init__(self) -> None:
         self._state: VersionState | None = None

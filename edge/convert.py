@@ -87,7 +87,7 @@ def _context(ctx: _pb.Context, field: str, limits: Limits) -> Context:
     return Context(**values, attributes=_check_map(ctx.attributes, f"{field}.attributes", limits))
 
 
-def decide_input(request: _pb.DecideRequest, limits: Limits) -> DecideInput:
+def decide_input(request: _pb.DecideRequest, limits: Limits, now_ms: int) -> DecideInput:
     """Validate a DecideRequest and convert it; raise RequestError on the first violation."""
     user_id = _check_str(request.user_id, "user_id", limits.max_id_length)
     session_id = _check_str(request.session_id, "session_id", limits.max_id_length)
@@ -127,6 +127,7 @@ def decide_input(request: _pb.DecideRequest, limits: Limits) -> DecideInput:
         consent=frozenset(consent),
         placements=tuple(asks),
         explain=request.explain,
+        now_ms=now_ms,
     )
 
 
@@ -151,6 +152,10 @@ def _explanation(why: Explanation) -> _pb.Explanation:
                 candidates=p.candidates,
                 seed_item_ids=list(p.seed_item_ids),
                 notes=p.notes,
+                campaign=p.campaign,
+                experiment_id=p.experiment_id,
+                variant_id=p.variant_id,
+                items=[_pb.ItemExplanation(id=i.id, parts=i.parts, notes=i.notes) for i in p.items],
             )
             for p in why.placements
         ],

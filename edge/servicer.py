@@ -33,7 +33,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
 
     def Decide(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> _pb.DecideResponse:
         try:
-            ask = decide_input(request, self._limits)
+            ask = decide_input(request, self._limits, int(time.time() * 1000))
             with self._store.read() as view:
                 decision = self._pipeline.decide(view, ask)
         except RequestError as exc:

@@ -64,13 +64,14 @@ def apply_bundle(store: Store, bundle: Bundle, manifest_sha256: str = "") -> dic
     """Replace the store's replicated data with `bundle` in one write transaction; return its info."""
     info = snapshot_info(bundle, manifest_sha256)
     rules = msgpack.packb(bundle.rules_doc, use_bin_type=True)
+    schema = msgpack.packb(bundle.schema, use_bin_type=True)
     store.replace_replicated(
         bundle.version,
         {
             "items": _item_records(bundle),
             "profiles": _profile_records(bundle),
             "models": _model_records(bundle),
-            "rules": iter([(b"rules", rules)]),
+            "rules": iter([(b"rules", rules), (b"schema", schema)]),
         },
         info,
     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64gewise/v1/personalizer.proto\x12\x0b\x65\x64gewise.v1\"\xa7\x02\n\x07\x43ontext\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x15\n\rjourney_stage\x18\x06 \x01(\t\x12\x11\n\tpage_type\x18\x07 \x01(\t\x12\x12\n\nlocal_time\x18\x08 \x01(\t\x12\x0b\n\x03url\x18\t \x01(\t\x12\x10\n\x08referrer\x18\n \x01(\t\x12\x38\n\nattributes\x18\x0b \x03(\x0b\x32$.edgewise.v1.Context.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x02\n\x10PlacementRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x15\n\rcandidate_ids\x18\x03 \x03(\t\x12\x15\n\rseed_item_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12\x46\n\rfilter_params\x18\x07 \x03(\x0b\x32/.edgewise.v1.PlacementRequest.FilterParamsEntry\x1a\x33\n\x11\x46ilterParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x01\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12%\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x14.edgewise.v1.Context\x12\x0f\n\x07\x63onsent\x18\x04 \x03(\t\x12\x31\n\nplacements\x18\x05 \x03(\x0b\x32\x1d.edgewise.v1.PlacementRequest\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"I\n\nItemResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08promoted\x18\x04 \x01(\x08\"\xec\x01\n\x11PlacementDecision\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.edgewise.v1.ItemResult\x12\x12\n\ncontent_id\x18\x03 \x01(\t\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\x12\x12\n\nvariant_id\x18\x05 \x01(\t\x12\x12\n\npropensity\x18\x06 \x01(\x01\x12\x10\n\x08strategy\x18\x07 \x01(\t\x12\x34\n\x0f\x66\x61llback_reason\x18\x08 \x01(\x0e\x32\x1b.edgewise.v1.FallbackReason\"\xa7\x01\n\x14PlacementExplanation\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x04 \x01(\r\x12\x0f\n\x07unit_id\x18\x05 \x01(\t\x12\x12\n\ncandidates\x18\x06 \x01(\r\x12\x15\n\rseed_item_ids\x18\x07 \x03(\t\x12\r\n\x05notes\x18\x08 \x03(\t\"\xf6\x01\n\x0b\x45xplanation\x12\x12\n\nuser_known\x18\x01 \x01(\x08\x12\x1f\n\x17personalization_allowed\x18\x02 \x01(\x08\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x38\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32&.edgewise.v1.Explanation.FeaturesEntry\x12\x35\n\nplacements\x18\x05 \x03(\x0b\x32!.edgewise.v1.PlacementExplanation\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\x04\x12\x32\n\nplacements\x18\x03 \x03(\x0b\x32\x1e.edgewise.v1.PlacementDecision\x12-\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x18.edgewise.v1.Explanation\"\xd4\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07item_id\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x06 \x01(\t\x12\x14\n\x0cplacement_id\x18\x07 \x01(\t\x12\r\n\x05value\x18\x08 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x03\x12%\n\x07\x63ontext\x18\n \x01(\x0b\x32\x14.edgewise.v1.Context\"C\n\x0cTrackRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.edgewise.v1.Event\x12\x0f\n\x07\x63onsent\x18\x02 \x03(\t\"5\n\rTrackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r*\xf8\x01\n\x0e\x46\x61llbackReason\x12\x18\n\x14\x46\x41LLBACK_REASON_NONE\x10\x00\x12\x1e\n\x1a\x46\x41LLBACK_REASON_NO_CONSENT\x10\x01\x12 \n\x1c\x46\x41LLBACK_REASON_UNKNOWN_USER\x10\x02\x12\x1e\n\x1a\x46\x41LLBACK_REASON_COLD_START\x10\x03\x12%\n!FALLBACK_REASON_MODEL_UNAVAILABLE\x10\x04\x12#\n\x1f\x46\x41LLBACK_REASON_BUDGET_EXCEEDED\x10\x05\x12\x1e\n\x1a\x46\x41LLBACK_REASON_OVERLOADED\x10\x06\x32\x91\x01\n\x0cPersonalizer\x12\x41\n\x06\x44\x65\x63ide\x12\x1a.edgewise.v1.DecideRequest\x1a\x1b.edgewise.v1.DecideResponse\x12>\n\x05Track\x12\x19.edgewise.v1.TrackRequest\x1a\x1a.edgewise.v1.TrackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64gewise/v1/personalizer.proto\x12\x0b\x65\x64gewise.v1\"\xa7\x02\n\x07\x43ontext\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x15\n\rjourney_stage\x18\x06 \x01(\t\x12\x11\n\tpage_type\x18\x07 \x01(\t\x12\x12\n\nlocal_time\x18\x08 \x01(\t\x12\x0b\n\x03url\x18\t \x01(\t\x12\x10\n\x08referrer\x18\n \x01(\t\x12\x38\n\nattributes\x18\x0b \x03(\x0b\x32$.edgewise.v1.Context.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x02\n\x10PlacementRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x15\n\rcandidate_ids\x18\x03 \x03(\t\x12\x15\n\rseed_item_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12\x46\n\rfilter_params\x18\x07 \x03(\x0b\x32/.edgewise.v1.PlacementRequest.FilterParamsEntry\x1a\x33\n\x11\x46ilterParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x01\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12%\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x14.edgewise.v1.Context\x12\x0f\n\x07\x63onsent\x18\x04 \x03(\t\x12\x31\n\nplacements\x18\x05 \x03(\x0b\x32\x1d.edgewise.v1.PlacementRequest\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"I\n\nItemResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08promoted\x18\x04 \x01(\x08\"\xec\x01\n\x11PlacementDecision\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.edgewise.v1.ItemResult\x12\x12\n\ncontent_id\x18\x03 \x01(\t\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\x12\x12\n\nvariant_id\x18\x05 \x01(\t\x12\x12\n\npropensity\x18\x06 \x01(\x01\x12\x10\n\x08strategy\x18\x07 \x01(\t\x12\x34\n\x0f\x66\x61llback_reason\x18\x08 \x01(\x0e\x32\x1b.edgewise.v1.FallbackReason\"\x92\x01\n\x0fItemExplanation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x36\n\x05parts\x18\x02 \x03(\x0b\x32\'.edgewise.v1.ItemExplanation.PartsEntry\x12\r\n\x05notes\x18\x03 \x03(\t\x1a,\n\nPartsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x91\x02\n\x14PlacementExplanation\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x04 \x01(\r\x12\x0f\n\x07unit_id\x18\x05 \x01(\t\x12\x12\n\ncandidates\x18\x06 \x01(\r\x12\x15\n\rseed_item_ids\x18\x07 \x03(\t\x12\r\n\x05notes\x18\x08 \x03(\t\x12\x10\n\x08\x63\x61mpaign\x18\t \x01(\t\x12\x15\n\rexperiment_id\x18\n \x01(\t\x12\x12\n\nvariant_id\x18\x0b \x01(\t\x12+\n\x05items\x18\x0c \x03(\x0b\x32\x1c.edgewise.v1.ItemExplanation\"\xf6\x01\n\x0b\x45xplanation\x12\x12\n\nuser_known\x18\x01 \x01(\x08\x12\x1f\n\x17personalization_allowed\x18\x02 \x01(\x08\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x38\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32&.edgewise.v1.Explanation.FeaturesEntry\x12\x35\n\nplacements\x18\x05 \x03(\x0b\x32!.edgewise.v1.PlacementExplanation\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\x04\x12\x32\n\nplacements\x18\x03 \x03(\x0b\x32\x1e.edgewise.v1.PlacementDecision\x12-\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x18.edgewise.v1.Explanation\"\xd4\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07item_id\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x06 \x01(\t\x12\x14\n\x0cplacement_id\x18\x07 \x01(\t\x12\r\n\x05value\x18\x08 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x03\x12%\n\x07\x63ontext\x18\n \x01(\x0b\x32\x14.edgewise.v1.Context\"C\n\x0cTrackRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.edgewise.v1.Event\x12\x0f\n\x07\x63onsent\x18\x02 \x03(\t\"5\n\rTrackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r*\x95\x02\n\x0e\x46\x61llbackReason\x12\x18\n\x14\x46\x41LLBACK_REASON_NONE\x10\x00\x12\x1e\n\x1a\x46\x41LLBACK_REASON_NO_CONSENT\x10\x01\x12 \n\x1c\x46\x41LLBACK_REASON_UNKNOWN_USER\x10\x02\x12\x1e\n\x1a\x46\x41LLBACK_REASON_COLD_START\x10\x03\x12%\n!FALLBACK_REASON_MODEL_UNAVAILABLE\x10\x04\x12#\n\x1f\x46\x41LLBACK_REASON_BUDGET_EXCEEDED\x10\x05\x12\x1e\n\x1a\x46\x41LLBACK_REASON_OVERLOADED\x10\x06\x12\x1b\n\x17\x46\x41LLBACK_REASON_HOLDOUT\x10\x07\x32\x91\x01\n\x0cPersonalizer\x12\x41\n\x06\x44\x65\x63ide\x12\x1a.edgewise.v1.DecideRequest\x1a\x1b.edgewise.v1.DecideResponse\x12>\n\x05Track\x12\x19.edgewise.v1.TrackRequest\x1a\x1a.edgewise.v1.TrackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_PLACEMENTREQUEST_FILTERPARAMSENTRY']._loaded_options = None
   _globals['_PLACEMENTREQUEST_FILTERPARAMSENTRY']._serialized_options = b'8\001'
+  _globals['_ITEMEXPLANATION_PARTSENTRY']._loaded_options = None
+  _globals['_ITEMEXPLANATION_PARTSENTRY']._serialized_options = b'8\001'
   _globals['_EXPLANATION_FEATURESENTRY']._loaded_options = None
   _globals['_EXPLANATION_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_FALLBACKREASON']._serialized_start=2028
-  _globals['_FALLBACKREASON']._serialized_end=2276
+  _globals['_FALLBACKREASON']._serialized_start=2283
+  _globals['_FALLBACKREASON']._serialized_end=2560
   _globals['_CONTEXT']._serialized_start=48
   _globals['_CONTEXT']._serialized_end=343
   _globals['_CONTEXT_ATTRIBUTESENTRY']._serialized_start=294
@@ -54,20 +56,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMRESULT']._serialized_end=863
   _globals['_PLACEMENTDECISION']._serialized_start=866
   _globals['_PLACEMENTDECISION']._serialized_end=1102
-  _globals['_PLACEMENTEXPLANATION']._serialized_start=1105
-  _globals['_PLACEMENTEXPLANATION']._serialized_end=1272
-  _globals['_EXPLANATION']._serialized_start=1275
-  _globals['_EXPLANATION']._serialized_end=1521
-  _globals['_EXPLANATION_FEATURESENTRY']._serialized_start=1474
-  _globals['_EXPLANATION_FEATURESENTRY']._serialized_end=1521
-  _globals['_DECIDERESPONSE']._serialized_start=1524
-  _globals['_DECIDERESPONSE']._serialized_end=1686
-  _globals['_EVENT']._serialized_start=1689
-  _globals['_EVENT']._serialized_end=1901
-  _globals['_TRACKREQUEST']._serialized_start=1903
-  _globals['_TRACKREQUEST']._serialized_end=1970
-  _globals['_TRACKRESPONSE']._serialized_start=1972
-  _globals['_TRACKRESPONSE']._serialized_end=2025
-  _globals['_PERSONALIZER']._serialized_start=2279
-  _globals['_PERSONALIZER']._serialized_end=2424
+  _globals['_ITEMEXPLANATION']._serialized_start=1105
+  _globals['_ITEMEXPLANATION']._serialized_end=1251
+  _globals['_ITEMEXPLANATION_PARTSENTRY']._serialized_start=1207
+  _globals['_ITEMEXPLANATION_PARTSENTRY']._serialized_end=1251
+  _globals['_PLACEMENTEXPLANATION']._serialized_start=1254
+  _globals['_PLACEMENTEXPLANATION']._serialized_end=1527
+  _globals['_EXPLANATION']._serialized_start=1530
+  _globals['_EXPLANATION']._serialized_end=1776
+  _globals['_EXPLANATION_FEATURESENTRY']._serialized_start=1729
+  _globals['_EXPLANATION_FEATURESENTRY']._serialized_end=1776
+  _globals['_DECIDERESPONSE']._serialized_start=1779
+  _globals['_DECIDERESPONSE']._serialized_end=1941
+  _globals['_EVENT']._serialized_start=1944
+  _globals['_EVENT']._serialized_end=2156
+  _globals['_TRACKREQUEST']._serialized_start=2158
+  _globals['_TRACKREQUEST']._serialized_end=2225
+  _globals['_TRACKRESPONSE']._serialized_start=2227
+  _globals['_TRACKRESPONSE']._serialized_end=2280
+  _globals['_PERSONALIZER']._serialized_start=2563
+  _globals['_PERSONALIZER']._serialized_end=2708
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,8 @@ class _FallbackReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Fallba
     """too little of the caller's deadline was left"""
     FALLBACK_REASON_OVERLOADED: _FallbackReason.ValueType  # 6
     """shed under overload with the fast default"""
+    FALLBACK_REASON_HOLDOUT: _FallbackReason.ValueType  # 7
+    """the unit is in the global holdout: default experience by design"""
 
 class FallbackReason(_FallbackReason, metaclass=_FallbackReasonEnumTypeWrapper): ...
 
@@ -57,6 +59,8 @@ FALLBACK_REASON_BUDGET_EXCEEDED: FallbackReason.ValueType  # 5
 """too little of the caller's deadline was left"""
 FALLBACK_REASON_OVERLOADED: FallbackReason.ValueType  # 6
 """shed under overload with the fast default"""
+FALLBACK_REASON_HOLDOUT: FallbackReason.ValueType  # 7
+"""the unit is in the global holdout: default experience by design"""
 Global___FallbackReason: _TypeAlias = FallbackReason  # noqa: Y015
 
 @_typing.final
@@ -329,9 +333,60 @@ class PlacementDecision(_message.Message):
 Global___PlacementDecision: _TypeAlias = PlacementDecision  # noqa: Y015
 
 @_typing.final
-class PlacementExplanation(_message.Message):
+class ItemExplanation(_message.Message):
     """Only when `explain` was asked for."""
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PartsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    @_builtins.property
+    def parts(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """score parts, e.g. {"base": 0.61, "boost": 0.1}"""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. "promoted", "sunk by rotation" """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        parts: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "notes", b"notes", "parts", b"parts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemExplanation: _TypeAlias = ItemExplanation  # noqa: Y015
+
+@_typing.final
+class PlacementExplanation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PLACEMENT_ID_FIELD_NUMBER: _builtins.int
@@ -342,6 +397,10 @@ class PlacementExplanation(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     SEED_ITEM_IDS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
     placement_id: _builtins.str
     strategy: _builtins.str
     rule: _builtins.str
@@ -352,6 +411,10 @@ class PlacementExplanation(_message.Message):
     """the id used for bucketing ("user:<id>" or "session:<id>")"""
     candidates: _builtins.int
     """items that passed the filters"""
+    campaign: _builtins.str
+    """the campaign that won ("" = the placement default)"""
+    experiment_id: _builtins.str
+    variant_id: _builtins.str
     @_builtins.property
     def seed_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """seeds actually used (given, or recently viewed)"""
@@ -359,6 +422,10 @@ class PlacementExplanation(_message.Message):
     @_builtins.property
     def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """human-readable steps, e.g. "excluded 3 recently viewed" """
+
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemExplanation]:
+        """per-item score parts"""
 
     def __init__(
         self,
@@ -371,10 +438,14 @@ class PlacementExplanation(_message.Message):
         candidates: _builtins.int = ...,
         seed_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
+        campaign: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
+        variant_id: _builtins.str = ...,
+        items: _abc.Iterable[Global___ItemExplanation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "candidates", b"candidates", "notes", b"notes", "placement_id", b"placement_id", "rule", b"rule", "seed_item_ids", b"seed_item_ids", "strategy", b"strategy", "unit_id", b"unit_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "campaign", b"campaign", "candidates", b"candidates", "experiment_id", b"experiment_id", "items", b"items", "notes", b"notes", "placement_id", b"placement_id", "rule", b"rule", "seed_item_ids", b"seed_item_ids", "strategy", b"strategy", "unit_id", b"unit_id", "variant_id", b"variant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -412,7 +483,9 @@ class Explanation(_message.Message):
     user_known: _builtins.bool
     personalization_allowed: _builtins.bool
     @_builtins.property
-    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """segments evaluated for this decision that matched"""
+
     @_builtins.property
     def features(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """feature values read for this decision"""

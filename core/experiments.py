@@ -1,0 +1,278 @@
+"""Experiments: deterministic bucketing, traffic allocation, A/B/n and multivariate variants, mutually
+exclusive layers, a global holdout, and forced variants for QA.
+
+A unit (user id, else session id) is in experiment E when
+  1. it is not in the global holdout: bucket(holdout.salt, unit) >= holdout.buckets, and
+  2. if E is in a layer L: bucket(L.salt, unit) falls in E's `layer_range` (ranges of one layer never
+     overlap, so a unit is in at most one experiment of a layer), and
+  3. bucket(E.salt, unit) < E.traffic (the experiment's traffic allocation, in buckets).
+Its variant is the one whose slice of [0, E.traffic) holds that bucket; slices are proportional to the
+variants' weights. The propensity of a variant is the share of all units that get it.
+See docs/bucketing.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from edgewise.core.bucketing import BUCKETS, bucket
+
+__all__ = [
+    "FORCE_ATTRIBUTE_PREFIX",
+    "Assignment",
+    "Experiment",
+    "ExperimentError",
+    "Holdout",
+    "Layer",
+    "Variant",
+    "assign",
+    "compile_experiments",
+    "compile_holdout",
+    "in_holdout",
+]
+
+FORCE_ATTRIBUTE_PREFIX: Final = "edgewise.force."  # context.attributes["edgewise.force.<experiment>"] = variant
+_ID: Final = re.compile(r"^[A-Za-z0-9_.:=|-]{1,128}$")
+
+
+class ExperimentError(ValueError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    id: str
+    weight: float
+    bucket_start: int  # inclusive, in the experiment's own buckets
+    bucket_end: int  # exclusive
+    propensity: float  # share of all units that get this variant
+    content_id: str  # content placements
+    serve: Mapping[str, Any] | None  # item placements: the item strategy this arm serves (raw, compiled by rules)
+    factors: Mapping[str, str]  # multivariate: factor -> level
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    id: str
+    salt: str
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    id: str
+    salt: str
+    layer: Layer | None
+    layer_range: tuple[int, int]  # [start, end) of the layer's buckets; (0, BUCKETS) without a layer
+    traffic: int  # buckets of the experiment's own hash that are in the experiment
+    variants: tuple[Variant, ...]
+    allow_forced: bool
+
+    def variant(self, variant_id: str) -> Variant | None:
+        return next((v for v in self.variants if v.id == variant_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Holdout:
+    salt: str
+    buckets: int  # units whose holdout bucket is below this get the default experience everywhere
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    experiment: Experiment
+    variant: Variant | None  # None: the unit is outside the experiment's allocation
+    bucket: int
+    forced: bool = False
+
+
+def _obj(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ExperimentError(path, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _known(obj: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise ExperimentError(f"{path}.{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _int(value: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ExperimentError(path, f"must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _salt(spec: Mapping[str, Any], default: str, path: str) -> str:
+    salt = spec.get("salt", default)
+    if not isinstance(salt, str) or not salt:
+        raise ExperimentError(f"{path}.salt", "must be a non-empty string")
+    return salt
+
+
+def compile_holdout(doc: Any) -> Holdout | None:
+    if doc is None:
+        return None
+    spec = _obj(doc, "holdout")
+    _known(spec, {"salt", "buckets"}, "holdout")
+    return Holdout(_salt(spec, "global-holdout", "holdout"), _int(spec.get("buckets"), "holdout.buckets", 0, BUCKETS))
+
+
+def _layers(doc: Any) -> dict[str, Layer]:
+    layers: dict[str, Layer] = {}
+    for lid, body in _obj(doc, "layers").items():
+        spec = _obj(body, f"layers.{lid}")
+        _known(spec, {"salt", "description"}, f"layers.{lid}")
+        layers[lid] = Layer(lid, _salt(spec, f"layer:{lid}", f"layers.{lid}"))
+    return layers
+
+
+def _variant_specs(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+    """Explicit variants, or the full factorial of `factors` (multivariate)."""
+    if "factors" in spec:
+        if "variants" in spec:
+            raise ExperimentError(path, "give either variants or factors, not both")
+        factors = _obj(spec["factors"], f"{path}.factors")
+        if not factors:
+            raise ExperimentError(f"{path}.factors", "at least one factor is required")
+        for name, levels in factors.items():
+            if not isinstance(levels, list) or len(levels) < 2 or not all(isinstance(x, str) for x in levels):
+                raise ExperimentError(f"{path}.factors.{name}", "must list at least two string levels")
+        template = spec.get("content_template")
+        if not isinstance(template, str) or not template:
+            raise ExperimentError(f"{path}.content_template", "a multivariate experiment needs a content_template")
+        out = []
+        names = list(factors)
+        for combo in itertools.product(*(factors[n] for n in names)):
+            levels = dict(zip(names, combo, strict=True))
+            try:
+                content_id = template.format(**levels)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ExperimentError(f"{path}.content_template", f"cannot be filled from the factors: {exc}") from exc
+            vid = "|".join(f"{n}={v}" for n, v in levels.items())
+            out.append({"id": vid, "weight": 1, "content_id": content_id, "_factors": levels})
+        return out
+    variants = spec.get("variants")
+    if not isinstance(variants, list) or len(variants) < 1:
+        raise ExperimentError(f"{path}.variants", "must be a non-empty list")
+    return [_obj(v, f"{path}.variants[{i}]") for i, v in enumerate(variants)]
+
+
+def _compile_experiment(eid: str, spec: dict[str, Any], layers: Mapping[str, Layer], path: str) -> Experiment:
+    _known(
+        spec,
+        {"salt", "layer", "layer_range", "traffic", "variants", "factors", "content_template", "allow_forced",
+         "placement", "description"},
+        path,
+    )
+    layer: Layer | None = None
+    layer_range = (0, BUCKETS)
+    if "layer" in spec:
+        lid = spec["layer"]
+        if lid not in layers:
+            raise ExperimentError(f"{path}.layer", f"unknown layer {lid!r}")
+        layer = layers[lid]
+        raw = spec.get("layer_range")
+        if not (isinstance(raw, list) and len(raw) == 2):
+            raise ExperimentError(f"{path}.layer_range", "an experiment in a layer needs layer_range [start, end)")
+        start = _int(raw[0], f"{path}.layer_range[0]", 0, BUCKETS)
+        end = _int(raw[1], f"{path}.layer_range[1]", start + 1, BUCKETS)
+        layer_range = (start, end)
+    traffic_raw = spec.get("traffic", 1.0)
+    if isinstance(traffic_raw, bool) or not isinstance(traffic_raw, (int, float)) or not 0 < traffic_raw <= 1:
+        raise ExperimentError(f"{path}.traffic", f"must be a share in (0, 1], got {traffic_raw!r}")
+    traffic = round(traffic_raw * BUCKETS)
+    specs = _variant_specs(spec, path)
+    weights: list[float] = []
+    for i, v in enumerate(specs):
+        w = v.get("weight", 1)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            raise ExperimentError(f"{path}.variants[{i}].weight", f"must be a number >= 0, got {w!r}")
+        weights.append(float(w))
+    total = sum(weights)
+    if total <= 0:
+        raise ExperimentError(f"{path}.variants", "weights sum to 0")
+    layer_share = (layer_range[1] - layer_range[0]) / BUCKETS
+    variants: list[Variant] = []
+    seen: set[str] = set()
+    cumulative = 0.0
+    start = 0
+    for i, (v, w) in enumerate(zip(specs, weights, strict=True)):
+        vpath = f"{path}.variants[{i}]"
+        _known(v, {"id", "weight", "content_id", "serve", "_factors", "description"}, vpath)
+        vid = v.get("id")
+        if not isinstance(vid, str) or not _ID.match(vid):
+            raise ExperimentError(f"{vpath}.id", f"must be an id ([A-Za-z0-9_.:=|-], 1..128), got {vid!r}")
+        if vid in seen:
+            raise ExperimentError(f"{vpath}.id", f"duplicate variant id {vid!r}")
+        seen.add(vid)
+        cumulative += w
+        end = round(traffic * cumulative / total)
+        content_id = v.get("content_id", "")
+        serve = v.get("serve")
+        if not isinstance(content_id, str):
+            raise ExperimentError(f"{vpath}.content_id", "must be a string")
+        if serve is not None and not isinstance(serve, dict):
+            raise ExperimentError(f"{vpath}.serve", "must be an object (an item strategy)")
+        variants.append(
+            Variant(vid, w, start, end, layer_share * (end - start) / BUCKETS, content_id, serve, v.get("_factors", {}))
+        )
+        start = end
+    allow_forced = spec.get("allow_forced", False)
+    if not isinstance(allow_forced, bool):
+        raise ExperimentError(f"{path}.allow_forced", "must be true or false")
+    return Experiment(eid, _salt(spec, eid, path), layer, layer_range, traffic, tuple(variants), allow_forced)
+
+
+def compile_experiments(doc: Any, layers_doc: Any = None) -> dict[str, Experiment]:
+    """Compile the `experiments` (and `layers`) of a rules document; ranges of a layer may not overlap."""
+    layers = _layers(layers_doc if layers_doc is not None else {})
+    experiments = {
+        eid: _compile_experiment(eid, _obj(body, f"experiments.{eid}"), layers, f"experiments.{eid}")
+        for eid, body in _obj(doc, "experiments").items()
+    }
+    by_layer: dict[str, list[Experiment]] = {}
+    for e in experiments.values():
+        if e.layer is not None:
+            by_layer.setdefault(e.layer.id, []).append(e)
+    for lid, members in by_layer.items():
+        members.sort(key=lambda e: e.layer_range)
+        for a, b in itertools.pairwise(members):
+            if b.layer_range[0] < a.layer_range[1]:
+                raise ExperimentError(
+                    f"experiments.{b.id}.layer_range",
+                    f"overlaps experiment {a.id!r} in layer {lid!r} ({list(a.layer_range)} vs {list(b.layer_range)})",
+                )
+    return experiments
+
+
+def in_holdout(holdout: Holdout | None, unit: str) -> bool:
+    return holdout is not None and holdout.buckets > 0 and bucket(holdout.salt, unit) < holdout.buckets
+
+
+def assign(experiment: Experiment, unit: str, attributes: Mapping[str, str]) -> Assignment | None:
+    """The unit's variant (or None: the unit is not in the experiment's layer range)."""
+    if experiment.allow_forced:
+        forced = attributes.get(FORCE_ATTRIBUTE_PREFIX + experiment.id)
+        if forced:
+            variant = experiment.variant(forced)
+            if variant is not None:
+                return Assignment(experiment, variant, -1, forced=True)
+    if experiment.layer is not None:
+        layer_bucket = bucket(experiment.layer.salt, unit)
+        if not experiment.layer_range[0] <= layer_bucket < experiment.layer_range[1]:
+            return None
+    b = bucket(experiment.salt, unit)
+    if b >= experiment.traffic:
+        return Assignment(experiment, None, b)
+    for variant in experiment.variants:
+        if variant.bucket_start <= b < variant.bucket_end:
+            return Assignment(experiment, variant, b)
+    return Assignment(experiment, None, b)

@@ -1,0 +1,387 @@
+"""Ranking items for one placement: candidate mask, strategy scores, Cython top-k, post-processing.
+
+Candidates are a uint8 mask over item rows (availability in the request's country, filters, rerank
+candidates, exclusions), built with NumPy into per-thread scratch buffers. Scores come from the
+strategy: embedding dot products (fused with top-k in the kernel), co-purchase neighbours, popularity
+(global, per country, per segment), trending (daily counts with exponential time decay), the cart, or
+items due for replenishment. Boosts add a per-item vector; pinned promotions take a share of the slots;
+a diversity cap and rotation (items shown N times without a click sink) reorder the fetched top-k.
+Python loops touch only the caller's own lists, seeds, and the fetched results (a few times k).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgewise.core.decisions import Fallback, ItemExplanation, ItemOut, PlacementAsk, PlacementExplanation
+from edgewise.core.records import Activity, ProfileRecord
+from edgewise.core.scoring import topk_dot_into, topk_scores_into
+from edgewise.core.store import ReadView
+from edgewise.core.strategies import Filter, ItemServe
+from edgewise.core.version_state import POPULARITY_PREFIX, VersionState
+
+__all__ = ["Ranked", "Scratch", "Shopper", "rank_items"]
+
+DAY_MS: Final = 86_400_000
+SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbours of the last viewed item
+REPLENISH_OVERDUE_FACTOR: Final = 3.0
+
+
+class Scratch(threading.local):
+    """Per-thread buffers reused by every request of the thread (resized when a version needs more)."""
+
+    def __init__(self) -> None:
+        self.mask: NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
+        self.vec: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self.idx: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
+        self.scores: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self.query: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self.rng = np.random.default_rng()
+
+    def ensure(self, n_items: int, k: int, dim: int) -> None:
+        if self.mask.shape[0] != n_items:
+            self.mask = np.zeros(n_items, dtype=np.uint8)
+            self.vec = np.zeros(n_items, dtype=np.float32)
+        if self.idx.shape[0] < k:
+            self.idx = np.zeros(k, dtype=np.int32)
+            self.scores = np.zeros(k, dtype=np.float32)
+        if self.query.shape[0] != dim:
+            self.query = np.zeros(dim, dtype=np.float32)
+
+
+@dataclass(slots=True)
+class Shopper:
+    """What the decision may know about the user or session (all empty without consent)."""
+
+    allowed: bool
+    known: bool
+    profile: ProfileRecord | None
+    activity: Activity | None
+    scope_segment: str  # the first matched segment that has its own popularity ("" = none)
+
+
+@dataclass(slots=True)
+class Ranked:
+    items: list[ItemOut]
+    strategy: str
+    fallback: Fallback
+
+
+def miss_reason(shopper: Shopper) -> Fallback:
+    if not shopper.allowed:
+        return Fallback.NO_CONSENT
+    return Fallback.COLD_START if shopper.known else Fallback.UNKNOWN_USER
+
+
+def _rows(state: VersionState, item_ids: Sequence[str]) -> list[int]:
+    rows = state.rows
+    return [rows[i] for i in item_ids if i in rows]
+
+
+def _drop(state: VersionState, item_ids: Sequence[str], mask: NDArray[np.uint8]) -> None:
+    if item_ids:
+        mask[_rows(state, item_ids)] = 0
+
+
+def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shopper: Shopper) -> None:
+    p = f.params
+    if f.name == "category":
+        np.bitwise_and(mask, state.category_mask(p["category"]), out=mask)
+    elif f.name == "price":
+        if p.get("min", ""):
+            mask[state.prices < np.float32(p["min"])] = 0
+        if p.get("max", ""):
+            mask[state.prices > np.float32(p["max"])] = 0
+    elif f.name == "region":
+        np.bitwise_and(mask, state.availability(p["country"]), out=mask)
+    elif f.name == "flag":
+        np.bitwise_and(mask, state.flag_mask(p["flag"], p.get("value", "")), out=mask)
+    elif f.name == "tag":
+        np.bitwise_and(mask, state.tag_mask(p["tag"]), out=mask)
+    elif f.name == "exclude_purchased" and shopper.activity is not None:
+        _drop(state, [i for i, _ in shopper.activity.purchases], mask)
+    elif f.name == "exclude_viewed" and shopper.activity is not None:
+        _drop(state, [i for i, _ in shopper.activity.views], mask)
+
+
+def _popularity(view: ReadView, state: VersionState, scope: str, shopper: Shopper, country: str) -> NDArray[np.float32]:
+    names = []
+    if scope == "segment" and shopper.scope_segment:
+        names.append(f"segment:{shopper.scope_segment}")
+    if scope in ("segment", "country") and country:
+        names.append(f"country:{country.upper()}")
+    for name in names:
+        if name in state.popularity_scopes:
+            array = view.array(POPULARITY_PREFIX + name)
+            if array is not None:
+                return array
+    array = view.array("item_popularity")
+    return array if array is not None else np.zeros(state.n_items, dtype=np.float32)
+
+
+def _trending(view: ReadView, state: VersionState, half_life_days: float, now_ms: int) -> NDArray[np.float32] | None:
+    counts = view.array("item_daily_counts")
+    end_ms = state.daily_counts_end_ms
+    if counts is None or counts.ndim != 2 or not end_ms:
+        return None
+    today = now_ms // DAY_MS
+
+    def build() -> NDArray[np.float32]:
+        days = counts.shape[1]
+        # Column d counts the day ending `days - d` days before the snapshot's end day.
+        age = (today - end_ms // DAY_MS) + (days - 1 - np.arange(days, dtype=np.float64))
+        weights = np.power(0.5, np.maximum(age, 0.0) / half_life_days).astype(np.float32)
+        return np.ascontiguousarray(counts @ weights, dtype=np.float32)
+
+    trending: NDArray[np.float32] = state.derived(("trending", half_life_days, today), build)
+    return trending
+
+
+def _cooccurrence(
+    view: ReadView, state: VersionState, seeds: Sequence[int], out: NDArray[np.float32]
+) -> NDArray[np.float32] | None:
+    neighbors = view.array("item_neighbors")
+    weights = view.array("item_neighbor_scores")
+    if neighbors is None or weights is None:
+        return None
+    out[:] = 0
+    for row in seeds:
+        nb = neighbors[row]
+        valid = nb >= 0
+        np.add.at(out, nb[valid], weights[row][valid])
+    return out
+
+
+def _replenish_due(state: VersionState, activity: Activity | None, now_ms: int) -> list[int]:
+    if activity is None:
+        return []
+    due = []
+    for item, ts in activity.purchases:
+        row = state.rows.get(item)
+        if row is None:
+            continue
+        days = state.flags[row].get("replenish_days")
+        if isinstance(days, (int, float)) and days > 0:
+            elapsed = now_ms - ts
+            if days * DAY_MS <= elapsed <= REPLENISH_OVERDUE_FACTOR * days * DAY_MS:
+                due.append(row)
+    return due
+
+
+def _user_query(
+    state: VersionState,
+    embeddings: NDArray[np.float32],
+    shopper: Shopper,
+    query: NDArray[np.float32],
+    why: PlacementExplanation | None,
+) -> tuple[NDArray[np.float32] | None, Fallback]:
+    """The user's vector: the profile embedding, else the mean of recently viewed items."""
+    profile = shopper.profile
+    if profile is not None and profile.embedding:
+        vector = np.frombuffer(profile.embedding, dtype="<f4")
+        if vector.shape[0] != state.dim:
+            return None, Fallback.MODEL_UNAVAILABLE
+        np.copyto(query, vector)
+        if why is not None:
+            why.notes.append("user vector: profile embedding")
+        return query, Fallback.NONE
+    viewed = [item for item, _ in shopper.activity.views] if shopper.activity is not None else []
+    rows = _rows(state, viewed)
+    if rows and len(rows) >= max(1, state.rules.cold_start_min_views):
+        np.mean(embeddings[rows], axis=0, out=query)
+        if why is not None:
+            why.notes.append(f"user vector: mean of {len(rows)} recently viewed item(s)")
+        return query, Fallback.NONE
+    return None, miss_reason(shopper)
+
+
+def rank_items(
+    view: ReadView,
+    state: VersionState,
+    scratch: Scratch,
+    ask: PlacementAsk,
+    request_filter: Filter | None,
+    count: int,
+    serve: ItemServe,
+    default: ItemServe,
+    shopper: Shopper,
+    country: str,
+    now_ms: int,
+    why: PlacementExplanation | None,
+) -> Ranked:
+    """Rank up to `count` items for one placement with the strategy `serve`."""
+    mask = scratch.mask
+    np.copyto(mask, state.availability(country))
+    for f in (*((request_filter,) if request_filter is not None else ()), *serve.filters):
+        apply_filter(state, f, mask, shopper)
+    if ask.candidate_ids:
+        rows = _rows(state, ask.candidate_ids)
+        keep = np.zeros_like(mask)
+        keep[rows] = mask[rows]
+        np.copyto(mask, keep)
+        if why is not None and len(rows) < len(ask.candidate_ids):
+            why.notes.append(f"ignored {len(ask.candidate_ids) - len(rows)} unknown candidate id(s)")
+    _drop(state, ask.exclude_ids, mask)
+    activity = shopper.activity
+    if activity is not None and serve.exclude_viewed and activity.views:
+        _drop(state, [i for i, _ in activity.views], mask)
+        if why is not None:
+            why.notes.append(f"excluded {len(activity.views)} recently viewed item(s)")
+    if activity is not None and serve.exclude_purchased and activity.purchases:
+        _drop(state, [i for i, _ in activity.purchases], mask)
+
+    embeddings = view.array("item_embeddings")
+    query: NDArray[np.float32] | None = None
+    scores: NDArray[np.float32] | None = None
+    fallback = Fallback.NONE
+    strategy = serve.strategy
+    if strategy == "personalized":
+        if not shopper.allowed:
+            fallback = Fallback.NO_CONSENT
+        elif embeddings is None:
+            fallback = Fallback.MODEL_UNAVAILABLE
+        else:
+            query, fallback = _user_query(state, embeddings, shopper, scratch.query, why)
+            strategy = "embedding"
+    elif strategy == "similar":
+        seeds = _rows(state, ask.seed_item_ids)
+        if not seeds and shopper.allowed and activity is not None:
+            seeds = _rows(state, [i for i, _ in activity.views][-SIMILAR_SEEDS_FROM_HISTORY:])
+        if why is not None:
+            why.seed_item_ids = tuple(state.item_ids[r] for r in seeds)
+        mask[seeds] = 0
+        if not seeds:
+            fallback = miss_reason(shopper)
+        else:
+            if serve.method != "embedding":
+                scores = _cooccurrence(view, state, seeds, scratch.vec)
+                if scores is not None:
+                    np.bitwise_and(mask, scores > 0, out=mask)
+                    strategy = "cooccurrence"
+            if scores is None and serve.method != "cooccurrence" and embeddings is not None:
+                np.mean(embeddings[seeds], axis=0, out=scratch.query)
+                query = scratch.query
+                strategy = "similar"
+            if scores is None and query is None:
+                fallback = Fallback.MODEL_UNAVAILABLE
+    elif strategy == "popular":
+        scores = _popularity(view, state, serve.scope, shopper, country)
+    elif strategy == "trending":
+        scores = _trending(view, state, serve.half_life_days, now_ms)
+        if scores is None:
+            fallback = Fallback.MODEL_UNAVAILABLE
+    elif strategy in ("cart", "replenish"):
+        if strategy == "cart":
+            cart = activity.cart if activity is not None and shopper.allowed else ()
+            ranked = [(r, float(j + 1)) for j, r in enumerate(_rows(state, [i for i, _ in cart]))]  # newest first
+        else:
+            due = _replenish_due(state, activity, now_ms) if shopper.allowed else []
+            ranked = [(r, 1.0) for r in due]
+        ranked = [(r, s) for r, s in ranked if mask[r]]
+        if not ranked:
+            fallback = miss_reason(shopper)
+        else:
+            mask[:] = 0
+            scratch.vec[:] = 0
+            for r, s in ranked:
+                mask[r] = 1
+                scratch.vec[r] = s
+            scores = scratch.vec
+
+    if query is None and scores is None:
+        strategy = default.strategy
+        scores = (
+            _trending(view, state, default.half_life_days, now_ms) if default.strategy == "trending" else None
+        )
+        if scores is None:
+            strategy = "popular"
+            scores = _popularity(view, state, default.scope, shopper, country)
+        if fallback == Fallback.NONE:
+            fallback = Fallback.MODEL_UNAVAILABLE
+    return _top(state, scratch, mask, count, serve, shopper, query, scores, embeddings, strategy, fallback, why)
+
+
+def _top(
+    state: VersionState,
+    scratch: Scratch,
+    mask: NDArray[np.uint8],
+    count: int,
+    serve: ItemServe,
+    shopper: Shopper,
+    query: NDArray[np.float32] | None,
+    scores: NDArray[np.float32] | None,
+    embeddings: NDArray[np.float32] | None,
+    strategy: str,
+    fallback: Fallback,
+    why: PlacementExplanation | None,
+) -> Ranked:
+    pinned: list[int] = []
+    if serve.promotions is not None and count > 0:
+        slots = max(1, round(serve.promotions.share * count)) if serve.promotions.share > 0 else 0
+        for row in _rows(state, serve.promotions.items):
+            if len(pinned) >= slots:
+                break
+            if mask[row]:
+                pinned.append(row)
+        mask[pinned] = 0
+    sunk: set[int] = set()
+    if serve.max_impressions and shopper.activity is not None and shopper.activity.impressions:
+        sunk = {
+            state.rows[i] for i, n in shopper.activity.impressions if n >= serve.max_impressions and i in state.rows
+        }
+    organic = count - len(pinned)
+    fetch = organic + len(sunk) + (organic * 3 if serve.diversity is not None else 0)
+    fetch = max(0, min(fetch, state.n_items))
+    scratch.ensure(state.n_items, fetch, state.dim)
+    boost = state.boost_vector(serve.boosts) if serve.boosts else None
+    if query is not None and embeddings is not None and boost is None:
+        n = topk_dot_into(embeddings, query, mask, fetch, scratch.idx, scratch.scores)
+    else:
+        if query is not None and embeddings is not None:
+            scores = embeddings @ query
+        assert scores is not None
+        if boost is not None:
+            scores = scores + boost
+        n = topk_scores_into(np.ascontiguousarray(scores, dtype=np.float32), mask, fetch, scratch.idx, scratch.scores)
+    rows = [int(r) for r in scratch.idx[:n]]
+    values = [float(v) for v in scratch.scores[:n]]
+    if sunk:
+        order = sorted(range(n), key=lambda j: rows[j] in sunk)  # stable: sunk items move to the end
+        rows, values = [rows[j] for j in order], [values[j] for j in order]
+    if serve.diversity is not None:
+        rows, values = _diversify(state, rows, values, serve.diversity.max_per_category, serve.diversity.depth)
+    rows, values = rows[:organic], values[:organic]
+    reason = strategy
+    items = [ItemOut(state.item_ids[r], 0.0, "promotion", promoted=True) for r in pinned]
+    items += [ItemOut(state.item_ids[r], v, reason) for r, v in zip(rows, values, strict=True)]
+    if why is not None:
+        why.candidates = int(np.count_nonzero(mask)) + len(pinned)
+        for r in pinned:
+            why.items.append(ItemExplanation(state.item_ids[r], {}, ["promoted"]))
+        for r, v in zip(rows, values, strict=True):
+            parts = {"score": v}
+            if boost is not None:
+                parts["boost"] = float(boost[r])
+                parts["base"] = v - float(boost[r])
+            why.items.append(ItemExplanation(state.item_ids[r], parts, ["sunk by rotation"] if r in sunk else []))
+    return Ranked(items, strategy, fallback)
+
+
+def _diversify(
+    state: VersionState, rows: list[int], values: list[float], cap: int, depth: int
+) -> tuple[list[int], list[float]]:
+    taken: dict[str, int] = {}
+    out_rows, out_values = [], []
+    for r, v in zip(rows, values, strict=True):
+        key = state.category_prefix(r, depth)
+        if taken.get(key, 0) < cap:
+            taken[key] = taken.get(key, 0) + 1
+            out_rows.append(r)
+            out_values.append(v)
+    return out_rows, out_values
