@@ -93,7 +93,9 @@ def synth_rules() -> dict[str, Any]:
         "segments": {
             "cart_abandoners": {"behavior": {"cart_abandoned": {"idle_minutes": 30}}},
             "replenishment_due": {"behavior": {"replenishment_due": {}}},
-            "fashion_browsers": {"behavior": {"viewed": {"category": "fashion", "min_count": 3, "within_days": 7}}},
+            "fashion_browsers": {
+                "behavior": {"viewed": {"category": "fashion", "min_count": 3, "within_days": 7}}
+            },
             "dach": {"condition": {"context.country": {"$in": ["DE", "AT", "CH"]}}},
             "sports_fans": {"condition": {"profile.interests": {"$elemMatch": {"$regex": "^sports"}}}},
             "mobile_app": {"condition": {"$or": [{"context.device": "mobile"}, {"profile.app_user": True}]}},
@@ -126,7 +128,10 @@ def synth_rules() -> dict[str, Any]:
                 "traffic": 0.2,
                 "variants": [
                     {"id": "embedding", "serve": {"strategy": "personalized"}},
-                    {"id": "diverse", "serve": {"strategy": "personalized", "diversity": {"max_per_category": 2}}},
+                    {
+                        "id": "diverse",
+                        "serve": {"strategy": "personalized", "diversity": {"max_per_category": 2}},
+                    },
                 ],
             },
         },
@@ -156,13 +161,24 @@ def synth_rules() -> dict[str, Any]:
                 "max_count": 50,
                 "default": {"strategy": "popular", "scope": "country"},
                 "campaigns": [
-                    {"id": "cart_reminder", "priority": 100, "audience": ["cart_abandoners"],
-                     "serve": {"strategy": "cart"}},
-                    {"id": "replenish", "priority": 90, "audience": ["replenishment_due"],
-                     "serve": {"strategy": "replenish"}},
+                    {
+                        "id": "cart_reminder",
+                        "priority": 100,
+                        "audience": ["cart_abandoners"],
+                        "serve": {"strategy": "cart"},
+                    },
+                    {
+                        "id": "replenish",
+                        "priority": 90,
+                        "audience": ["replenishment_due"],
+                        "serve": {"strategy": "replenish"},
+                    },
                     {"id": "home_algo_test", "priority": 20, "serve": {"experiment": "home_algo"}},
-                    {"id": "personal", "priority": 10,
-                     "serve": {"strategy": "personalized", "rotation": {"max_impressions": 8}}},
+                    {
+                        "id": "personal",
+                        "priority": 10,
+                        "serve": {"strategy": "personalized", "rotation": {"max_impressions": 8}},
+                    },
                 ],
             },
             "pdp_similar": {
@@ -184,13 +200,27 @@ def synth_rules() -> dict[str, Any]:
                 "default_count": 6,
                 "max_count": 30,
                 "campaigns": [
-                    {"id": "deals_for_deal_seekers", "priority": 10, "audience": ["deal_seekers"],
-                     "serve": {"strategy": "personalized", "filters": [{"name": "flag", "params": {"flag": "sale"}}],
-                               "diversity": {"max_per_category": 2}}},
-                    {"id": "deals_popular", "priority": 0,
-                     "serve": {"strategy": "popular", "scope": "country", "boosts": [{"flag": "sale", "weight": 50}],
-                               "promotions": {"items": ["i0", "i1"], "share": 0.2},
-                               "diversity": {"max_per_category": 2}}},
+                    {
+                        "id": "deals_for_deal_seekers",
+                        "priority": 10,
+                        "audience": ["deal_seekers"],
+                        "serve": {
+                            "strategy": "personalized",
+                            "filters": [{"name": "flag", "params": {"flag": "sale"}}],
+                            "diversity": {"max_per_category": 2},
+                        },
+                    },
+                    {
+                        "id": "deals_popular",
+                        "priority": 0,
+                        "serve": {
+                            "strategy": "popular",
+                            "scope": "country",
+                            "boosts": [{"flag": "sale", "weight": 50}],
+                            "promotions": {"items": ["i0", "i1"], "share": 0.2},
+                            "diversity": {"max_per_category": 2},
+                        },
+                    },
                 ],
             },
             "promo_slot": {

@@ -35,7 +35,9 @@ __all__ = [
     "in_holdout",
 ]
 
-FORCE_ATTRIBUTE_PREFIX: Final = "edgewise.force."  # context.attributes["edgewise.force.<experiment>"] = variant
+FORCE_ATTRIBUTE_PREFIX: Final = (
+    "edgewise.force."  # context.attributes["edgewise.force.<experiment>"] = variant
+)
 _ID: Final = re.compile(r"^[A-Za-z0-9_.:=|-]{1,128}$")
 
 
@@ -54,7 +56,9 @@ class Variant:
     bucket_end: int  # exclusive
     propensity: float  # share of all units that get this variant
     content_id: str  # content placements
-    serve: Mapping[str, Any] | None  # item placements: the item strategy this arm serves (raw, compiled by rules)
+    serve: (
+        Mapping[str, Any] | None
+    )  # item placements: the item strategy this arm serves (raw, compiled by rules)
     factors: Mapping[str, str]  # multivariate: factor -> level
 
 
@@ -122,7 +126,9 @@ def compile_holdout(doc: Any) -> Holdout | None:
         return None
     spec = _obj(doc, "holdout")
     _known(spec, {"salt", "buckets"}, "holdout")
-    return Holdout(_salt(spec, "global-holdout", "holdout"), _int(spec.get("buckets"), "holdout.buckets", 0, BUCKETS))
+    return Holdout(
+        _salt(spec, "global-holdout", "holdout"), _int(spec.get("buckets"), "holdout.buckets", 0, BUCKETS)
+    )
 
 
 def _layers(doc: Any) -> dict[str, Layer]:
@@ -147,7 +153,9 @@ def _variant_specs(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
                 raise ExperimentError(f"{path}.factors.{name}", "must list at least two string levels")
         template = spec.get("content_template")
         if not isinstance(template, str) or not template:
-            raise ExperimentError(f"{path}.content_template", "a multivariate experiment needs a content_template")
+            raise ExperimentError(
+                f"{path}.content_template", "a multivariate experiment needs a content_template"
+            )
         out = []
         names = list(factors)
         for combo in itertools.product(*(factors[n] for n in names)):
@@ -155,7 +163,9 @@ def _variant_specs(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
             try:
                 content_id = template.format(**levels)
             except (KeyError, IndexError, ValueError) as exc:
-                raise ExperimentError(f"{path}.content_template", f"cannot be filled from the factors: {exc}") from exc
+                raise ExperimentError(
+                    f"{path}.content_template", f"cannot be filled from the factors: {exc}"
+                ) from exc
             vid = "|".join(f"{n}={v}" for n, v in levels.items())
             out.append({"id": vid, "weight": 1, "content_id": content_id, "_factors": levels})
         return out
@@ -168,8 +178,18 @@ def _variant_specs(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
 def _compile_experiment(eid: str, spec: dict[str, Any], layers: Mapping[str, Layer], path: str) -> Experiment:
     _known(
         spec,
-        {"salt", "layer", "layer_range", "traffic", "variants", "factors", "content_template", "allow_forced",
-         "placement", "description"},
+        {
+            "salt",
+            "layer",
+            "layer_range",
+            "traffic",
+            "variants",
+            "factors",
+            "content_template",
+            "allow_forced",
+            "placement",
+            "description",
+        },
         path,
     )
     layer: Layer | None = None
@@ -181,7 +201,9 @@ def _compile_experiment(eid: str, spec: dict[str, Any], layers: Mapping[str, Lay
         layer = layers[lid]
         raw = spec.get("layer_range")
         if not (isinstance(raw, list) and len(raw) == 2):
-            raise ExperimentError(f"{path}.layer_range", "an experiment in a layer needs layer_range [start, end)")
+            raise ExperimentError(
+                f"{path}.layer_range", "an experiment in a layer needs layer_range [start, end)"
+            )
         start = _int(raw[0], f"{path}.layer_range[0]", 0, BUCKETS)
         end = _int(raw[1], f"{path}.layer_range[1]", start + 1, BUCKETS)
         layer_range = (start, end)
@@ -222,7 +244,16 @@ def _compile_experiment(eid: str, spec: dict[str, Any], layers: Mapping[str, Lay
         if serve is not None and not isinstance(serve, dict):
             raise ExperimentError(f"{vpath}.serve", "must be an object (an item strategy)")
         variants.append(
-            Variant(vid, w, start, end, layer_share * (end - start) / BUCKETS, content_id, serve, v.get("_factors", {}))
+            Variant(
+                vid,
+                w,
+                start,
+                end,
+                layer_share * (end - start) / BUCKETS,
+                content_id,
+                serve,
+                v.get("_factors", {}),
+            )
         )
         start = end
     allow_forced = spec.get("allow_forced", False)
@@ -248,7 +279,8 @@ def compile_experiments(doc: Any, layers_doc: Any = None) -> dict[str, Experimen
             if b.layer_range[0] < a.layer_range[1]:
                 raise ExperimentError(
                     f"experiments.{b.id}.layer_range",
-                    f"overlaps experiment {a.id!r} in layer {lid!r} ({list(a.layer_range)} vs {list(b.layer_range)})",
+                    f"overlaps experiment {a.id!r} in layer {lid!r} "
+                    f"({list(a.layer_range)} vs {list(b.layer_range)})",
                 )
     return experiments
 

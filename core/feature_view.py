@@ -18,8 +18,18 @@ from edgewise.core.version_state import VersionState
 __all__ = ["CONTEXT_FIELDS", "FeatureView"]
 
 CONTEXT_FIELDS: Final = frozenset(
-    {"channel", "device", "language", "country", "region", "journey_stage", "page_type", "local_time", "url",
-     "referrer"}
+    {
+        "channel",
+        "device",
+        "language",
+        "country",
+        "region",
+        "journey_stage",
+        "page_type",
+        "local_time",
+        "url",
+        "referrer",
+    }
 )
 DENIED: Final = "<not readable: purpose not granted>"
 
@@ -36,7 +46,17 @@ def _walk(value: Any, rest: Path) -> Any:
 class FeatureView:
     """Implements `edgewise.core.features.FeatureSource` over one decision's inputs."""
 
-    __slots__ = ("_activity", "_context", "_granted", "_now_ms", "_profile", "_purposes", "_state", "_user_id", "reads")
+    __slots__ = (
+        "_activity",
+        "_context",
+        "_granted",
+        "_now_ms",
+        "_profile",
+        "_purposes",
+        "_state",
+        "_user_id",
+        "reads",
+    )
 
     def __init__(
         self,

@@ -110,7 +110,9 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
         _drop(state, [i for i, _ in shopper.activity.views], mask)
 
 
-def _popularity(view: ReadView, state: VersionState, scope: str, shopper: Shopper, country: str) -> NDArray[np.float32]:
+def _popularity(
+    view: ReadView, state: VersionState, scope: str, shopper: Shopper, country: str
+) -> NDArray[np.float32]:
     names = []
     if scope == "segment" and shopper.scope_segment:
         names.append(f"segment:{shopper.scope_segment}")
@@ -125,7 +127,9 @@ def _popularity(view: ReadView, state: VersionState, scope: str, shopper: Shoppe
     return array if array is not None else np.zeros(state.n_items, dtype=np.float32)
 
 
-def _trending(view: ReadView, state: VersionState, half_life_days: float, now_ms: int) -> NDArray[np.float32] | None:
+def _trending(
+    view: ReadView, state: VersionState, half_life_days: float, now_ms: int
+) -> NDArray[np.float32] | None:
     counts = view.array("item_daily_counts")
     end_ms = state.daily_counts_end_ms
     if counts is None or counts.ndim != 2 or not end_ms:
@@ -279,7 +283,9 @@ def rank_items(
     elif strategy in ("cart", "replenish"):
         if strategy == "cart":
             cart = activity.cart if activity is not None and shopper.allowed else ()
-            ranked = [(r, float(j + 1)) for j, r in enumerate(_rows(state, [i for i, _ in cart]))]  # newest first
+            ranked = [
+                (r, float(j + 1)) for j, r in enumerate(_rows(state, [i for i, _ in cart]))
+            ]  # newest first
         else:
             due = _replenish_due(state, activity, now_ms) if shopper.allowed else []
             ranked = [(r, 1.0) for r in due]
@@ -304,7 +310,9 @@ def rank_items(
             scores = _popularity(view, state, default.scope, shopper, country)
         if fallback == Fallback.NONE:
             fallback = Fallback.MODEL_UNAVAILABLE
-    return _top(state, scratch, mask, count, serve, shopper, query, scores, embeddings, strategy, fallback, why)
+    return _top(
+        state, scratch, mask, count, serve, shopper, query, scores, embeddings, strategy, fallback, why
+    )
 
 
 def _top(
@@ -333,7 +341,9 @@ def _top(
     sunk: set[int] = set()
     if serve.max_impressions and shopper.activity is not None and shopper.activity.impressions:
         sunk = {
-            state.rows[i] for i, n in shopper.activity.impressions if n >= serve.max_impressions and i in state.rows
+            state.rows[i]
+            for i, n in shopper.activity.impressions
+            if n >= serve.max_impressions and i in state.rows
         }
     organic = count - len(pinned)
     fetch = organic + len(sunk) + (organic * 3 if serve.diversity is not None else 0)
@@ -348,14 +358,18 @@ def _top(
         assert scores is not None
         if boost is not None:
             scores = scores + boost
-        n = topk_scores_into(np.ascontiguousarray(scores, dtype=np.float32), mask, fetch, scratch.idx, scratch.scores)
+        n = topk_scores_into(
+            np.ascontiguousarray(scores, dtype=np.float32), mask, fetch, scratch.idx, scratch.scores
+        )
     rows = [int(r) for r in scratch.idx[:n]]
     values = [float(v) for v in scratch.scores[:n]]
     if sunk:
         order = sorted(range(n), key=lambda j: rows[j] in sunk)  # stable: sunk items move to the end
         rows, values = [rows[j] for j in order], [values[j] for j in order]
     if serve.diversity is not None:
-        rows, values = _diversify(state, rows, values, serve.diversity.max_per_category, serve.diversity.depth)
+        rows, values = _diversify(
+            state, rows, values, serve.diversity.max_per_category, serve.diversity.depth
+        )
     rows, values = rows[:organic], values[:organic]
     reason = strategy
     items = [ItemOut(state.item_ids[r], 0.0, "promotion", promoted=True) for r in pinned]
@@ -369,7 +383,9 @@ def _top(
             if boost is not None:
                 parts["boost"] = float(boost[r])
                 parts["base"] = v - float(boost[r])
-            why.items.append(ItemExplanation(state.item_ids[r], parts, ["sunk by rotation"] if r in sunk else []))
+            why.items.append(
+                ItemExplanation(state.item_ids[r], parts, ["sunk by rotation"] if r in sunk else [])
+            )
     return Ranked(items, strategy, fallback)
 
 

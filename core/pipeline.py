@@ -85,19 +85,33 @@ class Pipeline:
                 pwhy = PlacementExplanation(ask.placement_id, unit_id=_unit_label(request) if allowed else "")
                 why.placements.append(pwhy)
             if holdout:
-                out = self._default(view, state, placement, ask, request_filter, count, shopper, request, pwhy)
+                out = self._default(
+                    view, state, placement, ask, request_filter, count, shopper, request, pwhy
+                )
                 out.fallback = Fallback.HOLDOUT
                 if pwhy is not None:
                     pwhy.notes.append("unit is in the global holdout")
             else:
                 out = self._placement(
-                    view, state, placement, ask, request_filter, count, shopper, memo, request, unit, local, pwhy
+                    view,
+                    state,
+                    placement,
+                    ask,
+                    request_filter,
+                    count,
+                    shopper,
+                    memo,
+                    request,
+                    unit,
+                    local,
+                    pwhy,
                 )
             if pwhy is not None:
                 pwhy.strategy = out.strategy
             outputs.append(out)
         if why is not None:
             why.segments = tuple(sorted(memo.matched()))
+            _explain_inputs(why, request, profile, activity)
             if features.reads is not None:
                 why.features.update(features.reads)
         return DecisionOutput(view.version, outputs, why)
@@ -123,7 +137,9 @@ class Pipeline:
                 continue
             if (campaign.experiment_id or campaign.bandit_id) and not (shopper.allowed and unit):
                 if why is not None:
-                    why.notes.append(f"campaign {campaign.id}: skipped (needs consent and a user or session id)")
+                    why.notes.append(
+                        f"campaign {campaign.id}: skipped (needs consent and a user or session id)"
+                    )
                 if skipped == Fallback.NONE:
                     skipped = Fallback.NO_CONSENT if not shopper.allowed else Fallback.UNKNOWN_USER
                 continue
@@ -141,7 +157,11 @@ class Pipeline:
                         why.notes.append(f"campaign {campaign.id}: unit outside experiment {experiment.id}")
                     continue
                 variant = assignment.variant
-                out.experiment_id, out.variant_id, out.propensity = experiment.id, variant.id, variant.propensity
+                out.experiment_id, out.variant_id, out.propensity = (
+                    experiment.id,
+                    variant.id,
+                    variant.propensity,
+                )
                 if assignment.forced:
                     out.propensity = 1.0
                     if why is not None:
@@ -153,30 +173,54 @@ class Pipeline:
                     out.strategy = "experiment"
                     return out
                 serve = state.rules.variant_items[(experiment.id, variant.id)]
-                ranked = rank_items(view, state, self._scratch, ask, request_filter, count, serve,
-                                    placement.default_items, self._shopper(state, shopper, memo), request.context.country,
-                                    request.now_ms, why)
+                ranked = rank_items(
+                    view,
+                    state,
+                    self._scratch,
+                    ask,
+                    request_filter,
+                    count,
+                    serve,
+                    placement.default_items,
+                    self._shopper(state, shopper, memo),
+                    request.context.country,
+                    request.now_ms,
+                    why,
+                )
                 out.items, out.strategy, out.fallback = ranked.items, ranked.strategy, ranked.fallback
                 return out
             if campaign.bandit_id:
                 policy = state.rules.bandits[campaign.bandit_id]
-                segment = next((s for s in policy.segment_ids if memo.matches(s)), None)
+                segment = next((s for s in sorted(policy.segments) if memo.matches(s)), None)
                 arm, propensity = policy.choose(self._scratch.rng, segment)
                 out.content_id = state.rules.bandit_contents[(campaign.bandit_id, arm.id)]
                 out.experiment_id, out.variant_id, out.propensity = campaign.bandit_id, arm.id, propensity
                 out.strategy = "bandit"
                 if why is not None:
                     why.experiment_id, why.variant_id = campaign.bandit_id, arm.id
-                    why.notes.append(f"bandit {campaign.bandit_id}: posteriors of segment {segment or '(global)'}")
+                    why.notes.append(
+                        f"bandit {campaign.bandit_id}: posteriors of segment {segment or '(global)'}"
+                    )
                 return out
             if campaign.content_id:
                 out.content_id = campaign.content_id
                 out.strategy = "content"
                 return out
             assert campaign.items is not None
-            ranked = rank_items(view, state, self._scratch, ask, request_filter, count, campaign.items,
-                                placement.default_items, self._shopper(state, shopper, memo), request.context.country,
-                                request.now_ms, why)
+            ranked = rank_items(
+                view,
+                state,
+                self._scratch,
+                ask,
+                request_filter,
+                count,
+                campaign.items,
+                placement.default_items,
+                self._shopper(state, shopper, memo),
+                request.context.country,
+                request.now_ms,
+                why,
+            )
             out.items, out.strategy, out.fallback = ranked.items, ranked.strategy, ranked.fallback
             return out
         out = self._default(view, state, placement, ask, request_filter, count, shopper, request, why)
@@ -210,13 +254,27 @@ class Pipeline:
         if placement.kind == "content":
             out.content_id = placement.default_content
             return out
-        ranked = rank_items(view, state, self._scratch, ask, request_filter, count, placement.default_items,
-                            placement.default_items, shopper, request.context.country, request.now_ms, why)
+        ranked = rank_items(
+            view,
+            state,
+            self._scratch,
+            ask,
+            request_filter,
+            count,
+            placement.default_items,
+            placement.default_items,
+            shopper,
+            request.context.country,
+            request.now_ms,
+            why,
+        )
         out.items, out.strategy = ranked.items, ranked.strategy
         return out
 
 
-def _consented_inputs(view: ReadView, request: DecideInput) -> tuple[ProfileRecord | None, Activity | None, bool]:
+def _consented_inputs(
+    view: ReadView, request: DecideInput
+) -> tuple[ProfileRecord | None, Activity | None, bool]:
     """(profile, activity, allowed): nothing about the user is read without the purpose."""
     if PERSONALIZATION not in request.consent:
         return None, None, False
@@ -226,6 +284,22 @@ def _consented_inputs(view: ReadView, request: DecideInput) -> tuple[ProfileReco
     unit = request.user_id or request.session_id
     activity = view.activity(activity_key(request.user_id, request.session_id)) if unit else None
     return profile, activity, True
+
+
+def _explain_inputs(
+    why: Explanation, request: DecideInput, profile: ProfileRecord | None, activity: Activity | None
+) -> None:
+    ctx = request.context
+    for name in ("channel", "device", "country", "page_type", "local_time"):
+        value = getattr(ctx, name)
+        if value:
+            why.features[f"context.{name}"] = value
+    if profile is not None:
+        embedding = profile.embedding
+        why.features["profile.embedding"] = f"dim {len(embedding) // 4}" if embedding else "absent"
+    if activity is not None:
+        why.features["activity.views"] = str(len(activity.views))
+        why.features["activity.cart"] = str(len(activity.cart))
 
 
 def _eligible(campaign: Campaign, request: DecideInput, memo: SegmentMemo, local: datetime | None) -> bool:
@@ -259,7 +333,8 @@ def _resolve(state: VersionState, i: int, ask: PlacementAsk) -> tuple[Placement,
     if placement is None:
         known = ", ".join(sorted(state.rules.placements))
         raise RequestError(
-            f"placements[{i}].placement_id", f"unknown placement {ask.placement_id!r} (this snapshot has: {known})"
+            f"placements[{i}].placement_id",
+            f"unknown placement {ask.placement_id!r} (this snapshot has: {known})",
         )
     count = ask.count or placement.default_count
     if count > placement.max_count:

@@ -160,7 +160,9 @@ def _schedule(doc: Any, path: str) -> Schedule:
     hours = None
     if "local_hours" in spec:
         raw = spec["local_hours"]
-        if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(h, int) and 0 <= h <= 24 for h in raw)):
+        if not (
+            isinstance(raw, list) and len(raw) == 2 and all(isinstance(h, int) and 0 <= h <= 24 for h in raw)
+        ):
             raise RuleError(f"{path}.local_hours", f"must be [from, to) hours in 0..24, got {raw!r}")
         if raw[0] == raw[1]:
             raise RuleError(f"{path}.local_hours", "from and to are equal: the window is empty")
@@ -197,7 +199,9 @@ def _legacy_placement(spec: dict[str, Any], pid: str) -> dict[str, Any]:
 
 def _campaign(doc: Any, path: str, kind: str, ctx: _Context) -> Campaign:
     spec = _obj(doc, path)
-    _known(spec, {"id", "priority", "audience", "exclude", "channels", "schedule", "serve", "description"}, path)
+    _known(
+        spec, {"id", "priority", "audience", "exclude", "channels", "schedule", "serve", "description"}, path
+    )
     cid = spec.get("id")
     if not isinstance(cid, str) or not _ID.match(cid):
         raise RuleError(f"{path}.id", f"must be an id ([A-Za-z0-9_.:-], 1..64), got {cid!r}")
@@ -269,11 +273,18 @@ def _placement(pid: str, body: Any, ctx: _Context) -> Placement:
     spec = _obj(body, path)
     if "strategy" in spec:
         if spec["strategy"] not in _LEGACY_STRATEGIES:
-            raise RuleError(f"{path}.strategy", f"unknown strategy {spec['strategy']!r} (known: {sorted(_LEGACY_STRATEGIES)})")
+            raise RuleError(
+                f"{path}.strategy",
+                f"unknown strategy {spec['strategy']!r} (known: {sorted(_LEGACY_STRATEGIES)})",
+            )
         if spec.get("experiment") and spec["experiment"] not in ctx.experiments:
             raise RuleError(f"{path}.experiment", f"unknown experiment {spec['experiment']!r}")
         spec = _legacy_placement(spec, pid)
-    _known(spec, {"kind", "default_count", "max_count", "default_content", "default", "campaigns", "description"}, path)
+    _known(
+        spec,
+        {"kind", "default_count", "max_count", "default_content", "default", "campaigns", "description"},
+        path,
+    )
     kind = spec.get("kind")
     if kind not in ("items", "content"):
         raise RuleError(f"{path}.kind", f"must be 'items' or 'content', got {kind!r}")
@@ -282,7 +293,9 @@ def _placement(pid: str, body: Any, ctx: _Context) -> Placement:
     default_content = spec.get("default_content", "")
     if kind == "content":
         ctx.require_content(default_content, f"{path}.default_content")
-    default_items = _items(spec.get("default", {"strategy": "popular", "scope": "country"}), f"{path}.default")
+    default_items = _items(
+        spec.get("default", {"strategy": "popular", "scope": "country"}), f"{path}.default"
+    )
     if default_items.strategy not in ("popular", "trending"):
         raise RuleError(f"{path}.default.strategy", "the default experience is popular or trending")
     raw = spec.get("campaigns", [])
@@ -303,11 +316,22 @@ def compile_rules(doc: Any) -> Ruleset:
     root = _obj(doc, "rules")
     _known(
         root,
-        {"placements", "experiments", "layers", "holdout", "bandits", "contents", "segments",
-         "cold_start_min_views", "description"},
+        {
+            "placements",
+            "experiments",
+            "layers",
+            "holdout",
+            "bandits",
+            "contents",
+            "segments",
+            "cold_start_min_views",
+            "description",
+        },
         "rules",
     )
-    contents = {cid: _obj(body, f"contents.{cid}") for cid, body in _obj(root.get("contents", {}), "contents").items()}
+    contents = {
+        cid: _obj(body, f"contents.{cid}") for cid, body in _obj(root.get("contents", {}), "contents").items()
+    }
     try:
         segments = compile_segments(root.get("segments", {}))
     except ConditionError as exc:

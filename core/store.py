@@ -116,7 +116,7 @@ class ReadView:
 
     def model_names(self, prefix: str = "") -> list[str]:
         """Names of the model arrays starting with `prefix`."""
-        names = []
+        names: list[str] = []
         start = prefix.encode()
         with self._txn.cursor(db=self._dbs["models"]) as cursor:
             if not cursor.set_range(start):

@@ -1,15 +1,15 @@
 """Item strategies as rule authors write them (`serve` of a campaign or experiment variant), compiled.
 
-    {"strategy": "personalized" | "similar" | "popular" | "trending" | "cart" | "replenish",
-     "method": "auto" | "embedding" | "cooccurrence",      similar items: how neighbours are found
-     "scope": "global" | "country" | "segment",            popular: which popularity to rank by
-     "half_life_days": 7,                                  trending: decay of daily counts
-     "filters": [{"name": "category", "params": {"category": "fashion"}}, ...],
-     "exclude_viewed": true, "exclude_purchased": false,
-     "boosts": [{"category": "sports", "weight": 0.2}, {"flag": "sale", "weight": 0.1}, {"tag": "new", ...}],
-     "promotions": {"items": ["i1", "i2"], "share": 0.2},  pinned items fill this share of the slots
-     "diversity": {"max_per_category": 3, "depth": 1},     at most N items per category (path prefix)
-     "rotation": {"max_impressions": 5}}                   items shown N times without a click sink
+{"strategy": "personalized" | "similar" | "popular" | "trending" | "cart" | "replenish",
+ "method": "auto" | "embedding" | "cooccurrence",      similar items: how neighbours are found
+ "scope": "global" | "country" | "segment",            popular: which popularity to rank by
+ "half_life_days": 7,                                  trending: decay of daily counts
+ "filters": [{"name": "category", "params": {"category": "fashion"}}, ...],
+ "exclude_viewed": true, "exclude_purchased": false,
+ "boosts": [{"category": "sports", "weight": 0.2}, {"flag": "sale", "weight": 0.1}, {"tag": "new", ...}],
+ "promotions": {"items": ["i1", "i2"], "share": 0.2},  pinned items fill this share of the slots
+ "diversity": {"max_per_category": 3, "depth": 1},     at most N items per category (path prefix)
+ "rotation": {"max_impressions": 5}}                   items shown N times without a click sink
 """
 
 from __future__ import annotations
@@ -43,7 +43,12 @@ FILTERS: Final[Mapping[str, str]] = {
     "exclude_purchased": "drop items the user bought (live activity)",
     "exclude_viewed": "drop items the user viewed recently (live activity)",
 }
-_REQUIRED_PARAMS: Final = {"category": ("category",), "region": ("country",), "flag": ("flag",), "tag": ("tag",)}
+_REQUIRED_PARAMS: Final = {
+    "category": ("category",),
+    "region": ("country",),
+    "flag": ("flag",),
+    "tag": ("tag",),
+}
 
 
 class StrategyError(ValueError):
@@ -127,7 +132,9 @@ def _bool(value: Any, path: str) -> bool:
 def compile_filter(name: Any, params: Any, path: str) -> Filter:
     """A named filter with its parameters (strings), validated."""
     if name not in FILTERS:
-        raise StrategyError(f"{path}.name" if path else "filter", f"unknown filter {name!r} (known: {', '.join(FILTERS)})")
+        raise StrategyError(
+            f"{path}.name" if path else "filter", f"unknown filter {name!r} (known: {', '.join(FILTERS)})"
+        )
     params = _obj(params if params is not None else {}, f"{path}.params")
     for key, value in params.items():
         if not isinstance(value, str):
@@ -144,7 +151,9 @@ def compile_filter(name: Any, params: Any, path: str) -> Filter:
                 if raw != "":
                     float(raw)
             except ValueError:
-                raise StrategyError(f"{path}.params", f"filter 'price': {key} must be a number, got {raw!r}") from None
+                raise StrategyError(
+                    f"{path}.params", f"filter 'price': {key} must be a number, got {raw!r}"
+                ) from None
     return Filter(str(name), dict(params))
 
 
@@ -152,8 +161,19 @@ def compile_item_serve(doc: Any, path: str) -> ItemServe:
     spec = _obj(doc, path)
     _known(
         spec,
-        {"strategy", "method", "scope", "half_life_days", "filters", "exclude_viewed", "exclude_purchased",
-         "boosts", "promotions", "diversity", "rotation"},
+        {
+            "strategy",
+            "method",
+            "scope",
+            "half_life_days",
+            "filters",
+            "exclude_viewed",
+            "exclude_purchased",
+            "boosts",
+            "promotions",
+            "diversity",
+            "rotation",
+        },
         path,
     )
     strategy = _choice(spec.get("strategy"), ITEM_STRATEGIES, f"{path}.strategy")
@@ -177,7 +197,11 @@ def compile_item_serve(doc: Any, path: str) -> ItemServe:
         keys = [k for k in ("category", "flag", "tag") if bspec.get(k)]
         if len(keys) != 1:
             raise StrategyError(bpath, "a boost names exactly one of category, flag, tag")
-        boosts.append(Boost(_number(bspec.get("weight"), f"{bpath}.weight", -100, 100), **{keys[0]: str(bspec[keys[0]])}))
+        boosts.append(
+            Boost(
+                _number(bspec.get("weight"), f"{bpath}.weight", -100, 100), **{keys[0]: str(bspec[keys[0]])}
+            )
+        )
     promotions = None
     if "promotions" in spec:
         ppath = f"{path}.promotions"
@@ -208,7 +232,9 @@ def compile_item_serve(doc: Any, path: str) -> ItemServe:
         scope=_choice(spec.get("scope", "global"), SCOPES, f"{path}.scope"),
         half_life_days=_number(spec.get("half_life_days", 7.0), f"{path}.half_life_days", 0.01, 3650),
         filters=tuple(filters),
-        exclude_viewed=_bool(spec.get("exclude_viewed", strategy in ("personalized", "similar")), f"{path}.exclude_viewed"),
+        exclude_viewed=_bool(
+            spec.get("exclude_viewed", strategy in ("personalized", "similar")), f"{path}.exclude_viewed"
+        ),
         exclude_purchased=_bool(spec.get("exclude_purchased", False), f"{path}.exclude_purchased"),
         boosts=tuple(boosts),
         promotions=promotions,

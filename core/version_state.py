@@ -71,7 +71,9 @@ class VersionState:
         def build() -> NDArray[np.uint8]:
             stem = prefix.rstrip("/")
             return np.fromiter(
-                (c == stem or c.startswith(stem + "/") for c in self.categories), dtype=np.uint8, count=self.n_items
+                (c == stem or c.startswith(stem + "/") for c in self.categories),
+                dtype=np.uint8,
+                count=self.n_items,
             )
 
         mask: NDArray[np.uint8] = self.derived(("category", prefix), build)
@@ -79,7 +81,8 @@ class VersionState:
 
     def tag_mask(self, tag: str) -> NDArray[np.uint8]:
         mask: NDArray[np.uint8] = self.derived(
-            ("tag", tag), lambda: np.fromiter((tag in t for t in self.tags), dtype=np.uint8, count=self.n_items)
+            ("tag", tag),
+            lambda: np.fromiter((tag in t for t in self.tags), dtype=np.uint8, count=self.n_items),
         )
         return mask
 
@@ -87,7 +90,9 @@ class VersionState:
         def build() -> NDArray[np.uint8]:
             if value:
                 return np.fromiter(
-                    (str(f.get(flag, "")).lower() == value.lower() for f in self.flags), dtype=np.uint8, count=self.n_items
+                    (str(f.get(flag, "")).lower() == value.lower() for f in self.flags),
+                    dtype=np.uint8,
+                    count=self.n_items,
                 )
             return np.fromiter((bool(f.get(flag)) for f in self.flags), dtype=np.uint8, count=self.n_items)
 

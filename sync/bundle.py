@@ -762,14 +762,16 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "user_embeddings": bundle.user_embeddings is not None,
         "item_neighbors": 0 if bundle.item_neighbors is None else int(bundle.item_neighbors.shape[1]),
         "profile_fields": sorted(bundle.schema["profile_fields"]),
-        "placements": {pid: p.strategy for pid, p in bundle.rules.placements.items()},
+        "placements": {
+            pid: {"kind": p.kind, "campaigns": [c.id for c in p.campaigns]}
+            for pid, p in bundle.rules.placements.items()
+        },
+        "segments": list(bundle.rules.segments.ids),
         "experiments": {
-            eid: {
-                "placement": exp.placement_id,
-                "variants": {v.id: v.bucket_end - v.bucket_start for v in exp.variants},
-            }
+            eid: {"variants": {v.id: round(v.propensity, 4) for v in exp.variants}}
             for eid, exp in bundle.rules.experiments.items()
         },
+        "bandits": sorted(bundle.rules.bandits),
         "bytes": sum(int(entry["bytes"]) for entry in bundle.manifest["files"].values()),
     }
 

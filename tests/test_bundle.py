@@ -182,13 +182,13 @@ def test_synth_reports_progress(tmp_path: Path) -> None:
 
 def test_placements_and_experiment(good: Bundle) -> None:
     placements = good.rules.placements
-    assert set(placements) == {"home", "pdp_similar", "hero_banner"}
-    assert (placements["home"].strategy, placements["home"].default_count) == ("personalized", 10)
-    assert (placements["pdp_similar"].strategy, placements["pdp_similar"].default_count) == ("similar", 8)
-    assert placements["hero_banner"].strategy == "content"
+    assert {"home", "pdp_similar", "hero_banner", "deals", "promo_slot"} <= set(placements)
+    assert (placements["home"].kind, placements["home"].default_count) == ("items", 10)
+    assert (placements["pdp_similar"].kind, placements["pdp_similar"].default_count) == ("items", 8)
+    assert placements["hero_banner"].kind == "content"
     assert placements["hero_banner"].default_content == "hero_default"
+    assert [c.experiment_id for c in placements["hero_banner"].campaigns] == ["hero_test", "hero_mv"]
     experiment = good.rules.experiments["hero_test"]
-    assert experiment.placement_id == "hero_banner"
     assert 2 <= len(experiment.variants) <= 3
     assert experiment.variants[-1].bucket_end == 10_000
 
@@ -198,12 +198,14 @@ def test_bundle_summary(good: Bundle) -> None:
     json.dumps(summary)  # JSON-ready
     assert summary["items"] == SMALL_ITEMS and summary["profiles"] == SMALL_USERS
     assert summary["dim"] == 32 and summary["version"] == 1
-    assert summary["placements"] == {
-        "home": "personalized",
-        "pdp_similar": "similar",
-        "hero_banner": "content",
+    assert summary["placements"]["home"]["kind"] == "items"
+    assert summary["placements"]["hero_banner"] == {
+        "kind": "content",
+        "campaigns": ["hero_ab", "hero_multivariate"],
     }
-    assert set(summary["experiments"]) == {"hero_test"}
+    assert set(summary["experiments"]) == {"hero_test", "hero_mv", "home_algo"}
+    assert summary["bandits"] == ["promo_bandit"]
+    assert "cart_abandoners" in summary["segments"]
 
 
 # --------------------------------------------------------------------------------------------------

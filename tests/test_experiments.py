@@ -30,8 +30,11 @@ def _variants(doc: dict[str, object], eid: str, attributes: dict[str, str] | Non
 
 
 def test_abn_split_follows_weights_and_propensities() -> None:
-    doc = {"experiments": {"e": {"variants": [{"id": "a", "weight": 1}, {"id": "b", "weight": 1},
-                                              {"id": "c", "weight": 2}]}}}
+    doc = {
+        "experiments": {
+            "e": {"variants": [{"id": "a", "weight": 1}, {"id": "b", "weight": 1}, {"id": "c", "weight": 2}]}
+        }
+    }
     counts = _variants(doc, "e")
     assert set(counts) == {"a", "b", "c"}
     assert abs(counts["c"] / len(UNITS) - 0.5) < 0.02
@@ -50,8 +53,14 @@ def test_traffic_allocation_leaves_units_outside() -> None:
 
 
 def test_multivariate_is_the_full_factorial() -> None:
-    doc = {"experiments": {"mv": {"factors": {"color": ["red", "blue"], "layout": ["grid", "list", "hero"]},
-                                  "content_template": "banner_{color}_{layout}"}}}
+    doc = {
+        "experiments": {
+            "mv": {
+                "factors": {"color": ["red", "blue"], "layout": ["grid", "list", "hero"]},
+                "content_template": "banner_{color}_{layout}",
+            }
+        }
+    }
     experiment = compile_experiments(doc["experiments"])["mv"]
     assert len(experiment.variants) == 6
     v = experiment.variants[0]
@@ -82,10 +91,13 @@ def test_experiments_in_one_layer_are_mutually_exclusive() -> None:
 
 
 def test_overlapping_layer_ranges_are_refused() -> None:
-    doc = {"layers": {"l": {}}, "experiments": {
-        "x": {"layer": "l", "layer_range": [0, 6000], "variants": [{"id": "a"}]},
-        "y": {"layer": "l", "layer_range": [5000, 10000], "variants": [{"id": "b"}]},
-    }}
+    doc = {
+        "layers": {"l": {}},
+        "experiments": {
+            "x": {"layer": "l", "layer_range": [0, 6000], "variants": [{"id": "a"}]},
+            "y": {"layer": "l", "layer_range": [5000, 10000], "variants": [{"id": "b"}]},
+        },
+    }
     with pytest.raises(ExperimentError, match=r"experiments\.y\.layer_range: overlaps experiment 'x'"):
         compile_experiments(doc["experiments"], doc["layers"])
 
@@ -117,7 +129,10 @@ def test_forced_variant_only_when_allowed() -> None:
         ({"e": {"traffic": 1.5, "variants": [{"id": "a"}]}}, r"experiments\.e\.traffic"),
         ({"e": {"layer": "nope", "variants": [{"id": "a"}]}}, r"experiments\.e\.layer: unknown layer"),
         ({"e": {"factors": {"c": ["x"]}, "content_template": "{c}"}}, r"factors\.c: must list at least two"),
-        ({"e": {"factors": {"c": ["x", "y"]}, "content_template": "{nope}"}}, r"content_template: cannot be filled"),
+        (
+            {"e": {"factors": {"c": ["x", "y"]}, "content_template": "{nope}"}},
+            r"content_template: cannot be filled",
+        ),
         ({"e": {"variants": [{"id": "a", "weight": -1}]}}, r"variants\[0\]\.weight"),
     ],
 )
