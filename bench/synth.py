@@ -101,7 +101,7 @@ def synth_rules() -> dict[str, Any]:
             "mobile_app": {"condition": {"$or": [{"context.device": "mobile"}, {"profile.app_user": True}]}},
             "young_adults": {"condition": {"profile.age_band": {"$in": ["18-24", "25-34"]}}},
             "high_value": {"condition": {"profile.rfm_segment": {"$in": ["champions", "loyal"]}}},
-            "deal_seekers": {"condition": {"profile.needs": "deal_seeker"}},
+            "deal_seekers": {"condition": {"profile.needs": {"$in": ["deal_seeker"]}}},
         },
         "holdout": {"salt": "global-holdout", "buckets": 200},
         "layers": {"hero": {"salt": "layer-hero"}},

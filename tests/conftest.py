@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,17 @@ from edgewise.bench.synth import synth_bundle
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def rewrite_manifest(bundle: Path, version: int | None = None) -> None:
+    """Recompute a bundle's checksums after a test edited its files (optionally with a new version)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if version is not None:
+        manifest["bundle_version"] = version
+    for name in manifest["files"]:
+        data = (bundle / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import EdgeProcess
+from conftest import EdgeProcess, rewrite_manifest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -312,7 +312,7 @@ def test_invalid_bundle_refused_previous_keeps_serving(
     emb = np.load(bundle_copy / "models" / "item_embeddings.npy")
     emb[7, 3] = np.nan
     np.save(bundle_copy / "models" / "item_embeddings.npy", emb)
-    _rewrite_manifest(bundle_copy, version=2)
+    rewrite_manifest(bundle_copy, version=2)
     edge.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while not any(e.get("event") == "bundle_refused" for e in edge.log_events()):
@@ -334,7 +334,7 @@ def test_invalid_bundle_refused_previous_keeps_serving(
     # A fixed bundle with a new version is picked up on SIGHUP without a restart.
     emb[7, 3] = 0.5
     np.save(bundle_copy / "models" / "item_embeddings.npy", emb)
-    _rewrite_manifest(bundle_copy, version=2)
+    rewrite_manifest(bundle_copy, version=2)
     edge.proc.send_signal(signal.SIGHUP)
     with grpc.insecure_channel(edge.address) as ch:
         stub = pb_grpc.PersonalizerStub(ch)
@@ -359,14 +359,3 @@ def test_sigterm_drains_and_exits_zero(edge: EdgeProcess) -> None:
     assert edge.stop(signal.SIGTERM) == 0
     events = [e["event"] for e in edge.log_events()]
     assert events[-2:] == ["stopping", "stopped"]
-
-
-def _rewrite_manifest(bundle: Path, version: int) -> None:
-    import hashlib
-
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["bundle_version"] = version
-    for name in manifest["files"]:
-        data = (bundle / name).read_bytes()
-        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    (bundle / "manifest.json").write_text(json.dumps(manifest))

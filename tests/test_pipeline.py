@@ -165,6 +165,8 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
         PlacementAsk("home", 8),
         PlacementAsk("pdp_similar", 4, seed_item_ids=tuple(seeds)),
         PlacementAsk("hero_banner"),
+        PlacementAsk("deals", 6),
+        PlacementAsk("promo_slot"),
     )
     ctx = Context(country=country)
     with store.read() as raw:
@@ -184,5 +186,12 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
     for mine, anon in zip(out.placements, anonymous.placements, strict=True):
         assert [i.id for i in mine.items] == [i.id for i in anon.items]
         assert (mine.content_id, mine.experiment_id, mine.variant_id) == (anon.content_id, "", "")
-        if mine.strategy != "similar":
+        assert (mine.strategy, mine.fallback, mine.propensity) == (
+            anon.strategy,
+            anon.fallback,
+            anon.propensity,
+        )
+        # Whatever needed the user fell back for lack of consent; nothing personal was served.
+        assert mine.fallback in (Fallback.NO_CONSENT, Fallback.NONE)
+        if mine.placement_id in ("home", "hero_banner", "promo_slot"):
             assert mine.fallback == Fallback.NO_CONSENT
