@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import rewrite_manifest
+
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, PlacementOutput
 from edgewise.core.experiments import FORCE_ATTRIBUTE_PREFIX, assign, in_holdout
