@@ -359,3 +359,42 @@ def test_sigterm_drains_and_exits_zero(edge: EdgeProcess) -> None:
     assert edge.stop(signal.SIGTERM) == 0
     events = [e["event"] for e in edge.log_events()]
     assert events[-2:] == ["stopping", "stopped"]
+
+
+def test_campaigns_through_a_real_edge(channel: grpc.Channel, bundle_dir: Path) -> None:
+    """Abandoned cart via Track with event times, a bandit slot and a promoted deal, over gRPC."""
+    from edgewise.core.experiments import assign, in_holdout
+    from edgewise.sync.bundle import load_bundle
+
+    stub = pb_grpc.PersonalizerStub(channel)
+    rules = load_bundle(bundle_dir).rules
+    user = next(
+        str(p["id"])
+        for p in _profiles(bundle_dir)
+        if "personalization" in p["consent"]  # type: ignore[operator]
+        and not in_holdout(rules.holdout, str(p["id"]))
+        and getattr(assign(rules.experiments["home_algo"], str(p["id"]), {}), "variant", None) is None
+    )
+    items = [json.loads(line) for line in (bundle_dir / "items.jsonl").read_text().splitlines()]
+    cart_item = next(i["id"] for i in items if i["regions"] == ["*"])
+    forty_minutes_ago = int(time.time() * 1000) - 40 * 60_000
+    event = pb.Event(
+        event_id=f"cart-{user}",
+        type="add_to_cart",
+        user_id=user,
+        item_id=cart_item,
+        timestamp_ms=forty_minutes_ago,
+    )
+    stub.Track(pb.TrackRequest(events=[event], consent=CONSENT), timeout=5)
+    response = _decide(stub, ("home", "promo_slot", "deals"), user_id=user, consent=CONSENT, explain=True)
+    placements = _by_id(response)
+    assert placements["home"].strategy == "cart" and _ids(placements["home"]) == [cart_item]
+    why = {p.placement_id: p for p in response.explanation.placements}
+    assert why["home"].campaign == "cart_reminder"
+    assert "cart_abandoners" in response.explanation.segments
+    slot = placements["promo_slot"]
+    assert slot.strategy == "bandit" and slot.content_id.startswith("promo_") and 0 < slot.propensity < 1
+    if why["deals"].campaign == "deals_popular":
+        assert placements["deals"].items[0].promoted
+    else:
+        assert why["deals"].campaign == "deals_for_deal_seekers"
