@@ -223,6 +223,19 @@ def synth_rules() -> dict[str, Any]:
                     },
                 ],
             },
+            "trending": {
+                "kind": "items",
+                "default_count": 10,
+                "max_count": 50,
+                "default": {"strategy": "trending", "half_life_days": 3},
+                "campaigns": [
+                    {
+                        "id": "sports_fans_popular",
+                        "audience": ["sports_fans"],
+                        "serve": {"strategy": "popular", "scope": "segment"},
+                    },
+                ],
+            },
             "promo_slot": {
                 "kind": "content",
                 "default_content": "promo_default",
@@ -441,6 +454,39 @@ class _Users:
                 progress(f"profiles {j + 1}/{self.n}")
 
 
+TRENDING_SHARE: Final = 0.05  # items whose views grow over the last weeks
+DAILY_DAYS: Final = 28
+
+
+def _daily_counts(rng: np.random.Generator, popularity: FloatArray) -> NDArray[np.float32]:
+    """Views per item per day over the last DAILY_DAYS days; a few items trend up, the rest are flat."""
+    n = popularity.shape[0]
+    growth = np.ones(n)
+    trending: NDArray[np.bool_] = rng.random(n) < TRENDING_SHARE
+    growth[trending] = rng.uniform(1.1, 1.3, int(np.count_nonzero(trending)))
+    days = np.arange(DAILY_DAYS) - (DAILY_DAYS - 1)  # -27 .. 0
+    rate = (
+        popularity[:, None]
+        * np.power(growth[:, None], days[None, :])
+        / np.power(growth, -DAILY_DAYS / 2)[:, None]
+    )
+    return rng.poisson(rate).astype(np.float32)
+
+
+def _scoped_popularity(
+    rng: np.random.Generator, popularity: FloatArray, items: list[dict[str, Any]]
+) -> dict[str, NDArray[np.float32]]:
+    """Popularity per country (local tastes) and for the sports_fans segment."""
+    out: dict[str, NDArray[np.float32]] = {}
+    for country in COUNTRIES:
+        taste = rng.lognormal(0.0, 0.5, popularity.shape[0])
+        available = np.array(["*" in i["regions"] or country in i["regions"] for i in items])
+        out[f"country:{country}"] = (popularity * taste * available).astype(np.float32)
+    sports = np.array([i["category"].startswith("sports/") for i in items])
+    out["segment:sports_fans"] = (popularity * np.where(sports, 5.0, 1.0)).astype(np.float32)
+    return out
+
+
 def synth_bundle(
     out: str | Path,
     *,
@@ -462,6 +508,9 @@ def synth_bundle(
         progress(f"items {items}/{items}")
     profiles = _Users(rng, catalog, users)
     user_emb = profiles.embeddings(rng, catalog, dim)
+    extra_rng = np.random.default_rng([seed, 1])  # a stream of its own: the data above stays as it was
+    daily = _daily_counts(extra_rng, popularity)
+    by_scope = _scoped_popularity(extra_rng, popularity, item_records)
     path = write_bundle(
         out,
         version=version,
@@ -472,6 +521,9 @@ def synth_bundle(
         item_embeddings=item_emb.astype(np.float32),
         item_popularity=popularity.astype(np.float32),
         user_embeddings=user_emb.astype(np.float32),
+        item_daily_counts=daily,
+        daily_counts_end=str(REFERENCE_DATE),
+        popularity_by_scope=by_scope,
         generator=f"edgewise bundle synth --users {users} --items {items} --seed {seed} --dim {dim}",
         validate=False,
     )

@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, Final
@@ -52,8 +52,12 @@ ITEM_POPULARITY: Final = "models/item_popularity.npy"
 USER_EMBEDDINGS: Final = "models/user_embeddings.npy"
 ITEM_NEIGHBORS: Final = "models/item_neighbors.npy"
 ITEM_NEIGHBOR_SCORES: Final = "models/item_neighbor_scores.npy"
+ITEM_DAILY_COUNTS: Final = "models/item_daily_counts.npy"
+# Popularity within a scope: models/popularity/country-DE.npy, models/popularity/segment-vip.npy
+POPULARITY_FILE: Final = re.compile(r"^models/popularity/(country|segment)-([A-Za-z0-9_.:-]{1,64})\.npy$")
+MAX_DAILY_COUNT_DAYS: Final = 400
 REQUIRED_FILES: Final = (SCHEMA, ITEMS, PROFILES, RULES, ITEM_EMBEDDINGS, ITEM_POPULARITY)
-OPTIONAL_FILES: Final = (USER_EMBEDDINGS, ITEM_NEIGHBORS, ITEM_NEIGHBOR_SCORES)
+OPTIONAL_FILES: Final = (USER_EMBEDDINGS, ITEM_NEIGHBORS, ITEM_NEIGHBOR_SCORES, ITEM_DAILY_COUNTS)
 KNOWN_FILES: Final = frozenset(REQUIRED_FILES + OPTIONAL_FILES)
 
 PLAIN_PII_NAMES: Final = frozenset(
@@ -138,6 +142,10 @@ class Bundle:
     # co-purchase neighbours: row indexes into items (-1 = padding) and their scores (0 where padded)
     item_neighbors: NDArray[np.int32] | None = None  # [n_items, k]
     item_neighbor_scores: NDArray[np.float32] | None = None  # [n_items, k]
+    # More model arrays by store name: "item_daily_counts" [n_items, days] (column -1 = the day
+    # `daily_counts_end_ms` falls in); "item_popularity@country:DE", "item_popularity@segment:<id>".
+    extra_models: dict[str, NDArray[np.float32]] = field(default_factory=dict)
+    daily_counts_end_ms: int = 0
 
     @property
     def dim(self) -> int:
@@ -279,8 +287,8 @@ def _check_manifest(root: Path) -> dict[str, Any]:
 
 def _check_manifest_entry(name: str, entry: Any) -> None:
     path = f"files.{name}"
-    if name not in KNOWN_FILES:
-        known = ", ".join(sorted(KNOWN_FILES))
+    if name not in KNOWN_FILES and not POPULARITY_FILE.match(name):
+        known = ", ".join(sorted(KNOWN_FILES)) + ", models/popularity/{country|segment}-<key>.npy"
         raise BundleError(MANIFEST, f"not a bundle file (known files: {known})", field=path)
     if not isinstance(entry, dict):
         raise BundleError(MANIFEST, f"must be an object, got {_type_name(entry)}", field=path)
@@ -708,6 +716,64 @@ def _load_models(
     return np.ascontiguousarray(item_emb), np.ascontiguousarray(popularity), user_emb
 
 
+def _nonnegative(name: str, array: NDArray[np.float32], item_ids: list[str]) -> None:
+    bad = ~(np.isfinite(array) & (array >= 0))
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=1))) if bad.ndim == 2 else int(np.argmax(bad))
+        raise BundleError(
+            name, "values must be finite numbers >= 0", record=f"row {row} (item {_show(item_ids[row])})"
+        )
+
+
+def _load_extra_models(
+    root: Path, manifest: Mapping[str, Any], items: list[Item], rules: Ruleset
+) -> tuple[dict[str, NDArray[np.float32]], int]:
+    """Optional arrays: daily counts (trending) and popularity per country or segment."""
+    files: Mapping[str, Any] = manifest["files"]
+    item_ids = [item.id for item in items]
+    extra: dict[str, NDArray[np.float32]] = {}
+    end_ms = 0
+    if ITEM_DAILY_COUNTS in files:
+        counts = _load_npy(root, ITEM_DAILY_COUNTS)
+        if (
+            counts.ndim != 2
+            or counts.shape[0] != len(items)
+            or not 1 <= counts.shape[1] <= MAX_DAILY_COUNT_DAYS
+        ):
+            raise BundleError(
+                ITEM_DAILY_COUNTS,
+                f"shape must be [{len(items)} items, days in 1..{MAX_DAILY_COUNT_DAYS}], "
+                f"got {list(counts.shape)}",
+            )
+        _nonnegative(ITEM_DAILY_COUNTS, counts, item_ids)
+        raw_end = manifest.get("daily_counts_end") or str(manifest.get("created_at", ""))[:10]
+        try:
+            end = date.fromisoformat(str(raw_end))
+        except ValueError:
+            raise BundleError(
+                MANIFEST, f"must be an ISO date (YYYY-MM-DD), got {_show(raw_end)}", field="daily_counts_end"
+            ) from None
+        end_ms = int(datetime(end.year, end.month, end.day, tzinfo=UTC).timestamp() * 1000)
+        extra["item_daily_counts"] = np.ascontiguousarray(counts)
+    for name in sorted(files):
+        match = POPULARITY_FILE.match(name)
+        if match is None:
+            continue
+        kind, key = match.groups()
+        if kind == "segment" and key not in rules.segments:
+            raise BundleError(
+                name, f"popularity for unknown segment {_show(key)} (not in rules.json segments)"
+            )
+        array = _load_npy(root, name)
+        if array.shape != (len(items),):
+            raise BundleError(
+                name, f"shape must be [{len(items)}] (one value per item), got {list(array.shape)}"
+            )
+        _nonnegative(name, array, item_ids)
+        extra[f"item_popularity@{kind}:{key}"] = np.ascontiguousarray(array)
+    return extra, end_ms
+
+
 # --------------------------------------------------------------------------------------------------
 # public API
 
@@ -729,6 +795,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(RULES, err.reason, field=err.path) from None
     item_emb, popularity, user_emb = _load_models(root, files, items, profiles)
     neighbors, neighbor_scores = _load_neighbors(root, files, [item.id for item in items])
+    extra, daily_end_ms = _load_extra_models(root, manifest, items, rules)
     return Bundle(
         path=root,
         version=manifest["bundle_version"],
@@ -743,6 +810,8 @@ def load_bundle(path: str | Path) -> Bundle:
         user_embeddings=user_emb,
         item_neighbors=neighbors,
         item_neighbor_scores=neighbor_scores,
+        extra_models=extra,
+        daily_counts_end_ms=daily_end_ms,
     )
 
 
@@ -788,7 +857,11 @@ def _prepare_out_dir(root: Path) -> None:
         raise FileExistsError(
             f"cannot write a bundle to {root}: directory is not empty and not an edgewise bundle"
         )
-    strangers = [name for name in present if name != MANIFEST and name not in KNOWN_FILES]
+    strangers = [
+        name
+        for name in present
+        if name != MANIFEST and name not in KNOWN_FILES and not POPULARITY_FILE.match(name)
+    ]
     if strangers:
         raise FileExistsError(
             f"cannot write a bundle to {root}: it holds files that are not bundle files: "
@@ -846,6 +919,9 @@ def write_bundle(
     user_embeddings: ArrayLike | None = None,
     item_neighbors: ArrayLike | None = None,
     item_neighbor_scores: ArrayLike | None = None,
+    item_daily_counts: ArrayLike | None = None,
+    daily_counts_end: str | None = None,
+    popularity_by_scope: Mapping[str, ArrayLike] | None = None,
     generator: str = "",
     created_at: str | None = None,
     validate: bool = True,
@@ -878,12 +954,24 @@ def write_bundle(
         _write_npy(root / ITEM_NEIGHBORS, item_neighbors, "<i4")
         _write_npy(root / ITEM_NEIGHBOR_SCORES, item_neighbor_scores)
         names += [ITEM_NEIGHBORS, ITEM_NEIGHBOR_SCORES]
-    manifest = {
+    if item_daily_counts is not None:
+        _write_npy(root / ITEM_DAILY_COUNTS, item_daily_counts)
+        names.append(ITEM_DAILY_COUNTS)
+    for scope, array in (popularity_by_scope or {}).items():
+        kind, _, key = scope.partition(":")
+        name = f"models/popularity/{kind}-{key}.npy"
+        if not POPULARITY_FILE.match(name):
+            raise ValueError(f"popularity scope must be country:<CC> or segment:<id>, got {scope!r}")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _write_npy(root / name, array)
+        names.append(name)
+    manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,
         "bundle_version": version,
         "created_at": created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "generator": generator,
+        **({"daily_counts_end": daily_counts_end} if daily_counts_end else {}),
         "files": {
             name: {"sha256": _sha256_file(root / name), "bytes": (root / name).stat().st_size}
             for name in names

@@ -42,6 +42,8 @@ def _profile_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
 def _model_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
     yield b"item_embeddings", encode_array(bundle.item_embeddings)
     yield b"item_popularity", encode_array(bundle.item_popularity)
+    for name, array in bundle.extra_models.items():
+        yield name.encode(), encode_array(array)
 
 
 def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
@@ -57,6 +59,8 @@ def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
         "items": len(bundle.items),
         "profiles": len(bundle.profiles),
         "dim": bundle.dim,
+        "daily_counts_end_ms": bundle.daily_counts_end_ms,
+        "models": ["item_embeddings", "item_popularity", *bundle.extra_models],
     }
 
 

@@ -24,7 +24,7 @@ from edgewise.core.version_state import VersionState
 from edgewise.sync.bundle import Bundle, BundleError, load_bundle
 from edgewise.sync.snapshot import apply_bundle
 
-NOW = 1_780_000_000_000  # a fixed decision time
+NOW = 1_795_000_000_000  # a fixed decision time (2026-11-18, after the synthetic data ends)
 MINUTE = 60_000
 DAY = 86_400_000
 CONSENT = frozenset({"personalization"})
@@ -377,3 +377,58 @@ def test_propensity_of_an_experiment_matches_the_share_of_units(
         if key.startswith("/"):
             continue  # the holdout
         assert abs(count / 4000 - props[key]) < 4 * np.sqrt(props[key] / 4000) + 0.003, key
+
+
+def test_trending_decays_daily_counts(engine: tuple[Store, Bundle, Pipeline]) -> None:
+    _, bundle, _ = engine
+    trending = _decide(engine, "trending")["trending"]
+    assert trending.strategy == "trending" and trending.fallback == Fallback.NONE
+    counts = bundle.extra_models["item_daily_counts"].astype(np.float64)
+    days = counts.shape[1]
+    age = (NOW // DAY - bundle.daily_counts_end_ms // DAY) + (days - 1 - np.arange(days))
+    expected = counts @ np.power(0.5, age / 3.0)
+    everywhere = np.array(["*" in i.regions for i in bundle.items])
+    expected[~everywhere] = -1
+    top = [bundle.items[j].id for j in np.argsort(-expected, kind="stable")[:10]]
+    assert [i.id for i in trending.items] == top
+
+
+def test_popularity_per_country_and_per_segment(engine: tuple[Store, Bundle, Pipeline]) -> None:
+    _, bundle, _ = engine
+    de = [i.id for i in _decide(engine, "home", context=Context(country="DE"))["home"].items]
+    fr = [i.id for i in _decide(engine, "home", context=Context(country="FR"))["home"].items]
+    assert de != fr
+    scores = bundle.extra_models["item_popularity@country:DE"]
+    assert [float(scores[_state(engine).rows[i]]) for i in de] == sorted(
+        (float(scores[_state(engine).rows[i]]) for i in de), reverse=True
+    )
+    fan = _user(engine, lambda a: any(i.startswith("sports") for i in a.get("interests", [])))
+    out = _decide(engine, "trending", user_id=fan, consent=CONSENT, explain=True)["trending"]
+    assert out.strategy == "popular"
+    segment = bundle.extra_models["item_popularity@segment:sports_fans"].astype(np.float64)
+    everywhere = np.array(["*" in i.regions for i in bundle.items])
+    segment[~everywhere] = -1
+    assert [i.id for i in out.items] == [bundle.items[j].id for j in np.argsort(-segment, kind="stable")[:10]]
+
+
+def test_extra_model_files_are_validated(bundle_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bad"
+    shutil.copytree(bundle_dir, out)
+    (out / "models" / "popularity" / "segment-nobody.npy").write_bytes(
+        (out / "models" / "popularity" / "segment-sports_fans.npy").read_bytes()
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["models/popularity/segment-nobody.npy"] = manifest["files"][
+        "models/popularity/segment-sports_fans.npy"
+    ]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(out)
+    with pytest.raises(BundleError, match=r"segment-nobody.npy: popularity for unknown segment"):
+        load_bundle(out)
+    (out / "models" / "popularity" / "segment-nobody.npy").unlink()
+    del manifest["files"]["models/popularity/segment-nobody.npy"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    np.save(out / "models" / "item_daily_counts.npy", np.ones((3, 5), dtype=np.float32))
+    rewrite_manifest(out)
+    with pytest.raises(BundleError, match=r"item_daily_counts.npy: shape must be"):
+        load_bundle(out)
