@@ -462,7 +462,7 @@ def _daily_counts(rng: np.random.Generator, popularity: FloatArray) -> NDArray[n
     """Views per item per day over the last DAILY_DAYS days; a few items trend up, the rest are flat."""
     n = popularity.shape[0]
     growth = np.ones(n)
-    trending: NDArray[np.bool_] = rng.random(n) < TRENDING_SHARE
+    trending = np.less(rng.random(n), TRENDING_SHARE)
     growth[trending] = rng.uniform(1.1, 1.3, int(np.count_nonzero(trending)))
     days = np.arange(DAILY_DAYS) - (DAILY_DAYS - 1)  # -27 .. 0
     rate = (
