@@ -25,7 +25,7 @@ from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
 __all__ = ["add_arguments", "run"]
 
-PLACEMENTS = ("home", "pdp_similar", "hero_banner")
+PLACEMENTS = ("home", "pdp_similar", "hero_banner", "deals", "promo_slot")
 REASONS = {v.number: v.name.removeprefix("FALLBACK_REASON_") for v in _pb.FallbackReason.DESCRIPTOR.values}
 
 
@@ -69,7 +69,9 @@ def _table(title: str, response: _pb.DecideResponse) -> None:
     _say(f"    {'placement':<12} {'strategy':<11} {'fallback':<13} result")
     for p in response.placements:
         if p.items:
-            result = "  ".join(f"{i.id}({i.score:.2f})" for i in p.items)
+            result = "  ".join(
+                f"{i.id}(promoted)" if i.promoted else f"{i.id}({i.score:.2f})" for i in p.items
+            )
         else:
             variant = f" [{p.experiment_id}/{p.variant_id}, p={p.propensity:.2f}]" if p.experiment_id else ""
             result = f"content {p.content_id}{variant}"
@@ -82,13 +84,18 @@ def _items(response: _pb.DecideResponse, placement: str) -> list[str]:
 
 
 def _pick_users(bundle_dir: Path) -> tuple[str, str]:
-    """A user with the personalization consent and one without, from the bundle's profiles."""
+    """A user with the personalization consent (outside the global holdout) and one without."""
+    from edgewise.core.experiments import in_holdout
+    from edgewise.core.rules import compile_rules
+
+    rules = compile_rules(json.loads((bundle_dir / "rules.json").read_text()))
     with_consent = without = ""
     with open(bundle_dir / "profiles.jsonl") as fh:
         for line in fh:
             record = json.loads(line)
             if "personalization" in record.get("consent", {}):
-                with_consent = with_consent or record["id"]
+                if not in_holdout(rules.holdout, record["id"]):
+                    with_consent = with_consent or record["id"]
             else:
                 without = without or record["id"]
             if with_consent and without:
@@ -148,6 +155,25 @@ def _show(stub: _pb_grpc.PersonalizerStub, bundle_dir: Path) -> None:
     _say(f"  hero_test variant for {known} on 3 more calls: {', '.join(repeat)}")
     _say()
 
+    cart_item = _items(after, "home")[0]
+    forty_minutes_ago = int(time.time() * 1000) - 40 * 60_000
+    _say(f"5. Track: {known} put {cart_item} in the cart 40 minutes ago and did not buy")
+    event = _pb.Event(
+        event_id=uuid.uuid4().hex,
+        type="add_to_cart",
+        user_id=known,
+        item_id=cart_item,
+        timestamp_ms=forty_minutes_ago,
+    )
+    stub.Track(_pb.TrackRequest(events=[event], consent=consent), timeout=5)
+    reminded = _decide(stub, user_id=known, consent=consent, explain=True)
+    home_why = next(p for p in reminded.explanation.placements if p.placement_id == "home")
+    _say(
+        f"  home now serves campaign {home_why.campaign!r} (segments matched: "
+        f"{', '.join(reminded.explanation.segments) or 'none'}): {', '.join(_items(reminded, 'home'))}"
+    )
+    _say()
+
 
 def run(args: argparse.Namespace) -> int:
     from edgewise.bench.synth import synth_bundle
@@ -197,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
             _show(_pb_grpc.PersonalizerStub(channel), bundle_dir)
         proc.terminate()
         code = proc.wait(timeout=30)
-        _say(f"5. Edge stopped on SIGTERM (health NOT_SERVING, drained), exit status {code}")
+        _say(f"6. Edge stopped on SIGTERM (health NOT_SERVING, drained), exit status {code}")
         _say(f"done in {time.monotonic() - started:.1f}s")
         return 0 if code == 0 else 1
     except KeyboardInterrupt:

@@ -130,6 +130,7 @@ def test_demo_runs_end_to_end() -> None:
     assert "anonymous default for home: yes" in out
     assert "left home: yes" in out
     assert "pdp_similar now shows neighbours of: i" in out
+    assert "home now serves campaign 'cart_reminder'" in out
     assert "exit status 0" in out
     assert time.monotonic() - started < 60
 
