@@ -1,0 +1,1093 @@
+"""In-process decision pipeline benchmark: one request for home + pdp_similar + hero_banner, no gRPC.
+
+Run from the repository root:
+
+    python -m bench.pipeline            # full run (10k items, 100k users; about 40 s after the first)
+    python -m bench.pipeline --quick    # a few seconds: a smoke test, not figures
+    python -m bench.pipeline --json     # machine-readable output
+
+Setup (not timed): a synthetic bundle (`edgewise.bench.synth.synth_bundle`, cached under the temp dir
+or in `--bundle DIR`) is validated (`load_bundle`) and applied to a real LMDB store in a fresh temp
+dir (`apply_bundle`). Live activity is recorded with `Store.record_events` for the users and sessions
+the requests will name: recent views, abandoned carts, purchases of replenishable items, impressions.
+
+Requests: Zipf-distributed user ids over the bundle's users (exponent 0.8), a few unknown users and
+anonymous sessions; the `personalization` purpose in ~90% of requests; the profile's country and device
+most of the time; a seed item for pdp_similar in ~60%; explain=false. Each request is decided inside
+its own `with store.read() as view:`, as the edge servicer does.
+
+Two passes over the same requests, interleaved in rounds:
+
+- whole request: the real, unmodified `Pipeline.decide` (`decide`), and the read transaction around
+  it (`request` = open the read transaction + decide + close it). These are the figures for the target.
+- stages: an instrumented copy of `Pipeline.decide`'s orchestration (`_staged_decide` below) that
+  calls the same functions (`Pipeline.state`, `_resolve`, `_consented_inputs`, `FeatureView`,
+  `SegmentMemo`, `in_holdout`, `Pipeline._placement`, `rank_items`, ...) with `time.perf_counter_ns`
+  between them, and timing wrappers around `assign`, segment evaluation, `rank_items`, the top-k
+  stage and the Cython kernel calls, installed only for this pass. Its decisions are checked against
+  the real pass, request by request. The wrappers cost a little: compare `staged request` with
+  `request`.
+
+GrowthBook (optional, bench-only: `pip install growthbook`): the same targeting condition and an
+equivalent experiment (same variants and weights, a layer <-> a namespace) evaluated per user by our
+compiled condition + `experiments.assign` and by the GrowthBook Python SDK, on the same users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Final
+
+import lmdb
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+import edgewise.bench.synth as synth_mod
+import edgewise.core.item_ranking as item_ranking_mod
+import edgewise.core.pipeline as pipeline_mod
+from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.conditions import compile_condition
+from edgewise.core.decisions import (
+    PERSONALIZATION,
+    Context,
+    DecideInput,
+    DecisionOutput,
+    Fallback,
+    PlacementAsk,
+    PlacementOutput,
+)
+from edgewise.core.experiments import Experiment, assign, compile_experiments, in_holdout
+from edgewise.core.feature_view import FeatureView
+from edgewise.core.item_ranking import Shopper
+from edgewise.core.pipeline import Pipeline, _consented_inputs, _local_time, _resolve
+from edgewise.core.records import ProfileRecord
+from edgewise.core.segments import SegmentMemo
+from edgewise.core.store import Store
+from edgewise.core.version_state import VersionState
+from edgewise.sync.bundle import Bundle, BundleError, load_bundle
+from edgewise.sync.snapshot import apply_bundle
+
+__all__ = ["main", "run"]
+
+PLACEMENTS: Final = ("home", "pdp_similar", "hero_banner")
+HOME_COUNT: Final = 10
+PDP_COUNT: Final = 8
+TARGET_P99_US: Final = 150.0
+TARGET_GB_RATIO: Final = 10.0
+GROWTHBOOK_INSTALL: Final = "pip install growthbook  (a bench-only dependency, not needed by edgewise)"
+
+ZIPF_EXPONENT: Final = 0.8  # user of popularity rank r: weight r**-0.8 (top user ~2% of requests)
+SHARE_UNKNOWN_USER: Final = 0.03
+SHARE_SESSION: Final = 0.05
+SHARE_CONSENT: Final = 0.90
+SHARE_SEED: Final = 0.60
+SHARE_PROFILE_COUNTRY: Final = 0.85
+SHARE_APP: Final = 0.35
+# Live activity of the users and sessions the requests name (shares of them)
+SHARE_VIEWS: Final = 0.60
+SHARE_CART: Final = 0.05
+SHARE_REPLENISH: Final = 0.03
+SHARE_IMPRESSIONS: Final = 0.15
+
+REFERENCE_MS: Final = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)  # synth's reference day
+NOW_MS: Final = REFERENCE_MS + 12 * 3_600_000
+HOUR_MS: Final = 3_600_000
+DAY_MS: Final = 24 * HOUR_MS
+UTC_OFFSET_HOURS: Final = {"GB": 0, "US": -5}  # everything else the synthetic bundle sells to: +1
+
+# The GrowthBook comparison: one targeting condition (GrowthBook's syntax, read by both engines from
+# the same nested attributes) and one experiment of three weighted variants in a layer / namespace.
+GB_CONDITION: Final[dict[str, Any]] = {
+    "context.country": {"$in": ["DE", "AT", "CH", "FR", "GB", "NL", "US"]},
+    "$or": [{"context.device": "mobile"}, {"profile.app_user": True}],
+    "profile.interests": {"$elemMatch": {"$regex": "^(fashion|sports|home|electronics)"}},
+}
+GB_EXPERIMENT: Final = "bench_hero"
+GB_VARIANTS: Final = ("control", "spring_sale", "new_arrivals")
+GB_WEIGHTS: Final = (34, 33, 33)
+GB_LAYER_SHARE: Final = 0.8  # the experiment owns buckets [0, 8000) of its layer
+OURS: Final = "ours: FeatureView + condition + assign"
+OURS_CONDITION: Final = "ours: condition only (FeatureView + compiled condition)"
+
+Clock = Callable[[], int]
+_clock: Final[Clock] = time.perf_counter_ns
+
+
+# --- setup ----------------------------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(f"[bench.pipeline] {message}", file=sys.stderr, flush=True)
+
+
+def default_bundle_dir(users: int, items: int, seed: int) -> Path:
+    """The cache dir of a synthetic bundle: keyed by its parameters and by the generator's source, so
+    a changed generator makes a new bundle."""
+    digest = hashlib.sha256(Path(synth_mod.__file__ or "synth.py").read_bytes()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / "edgewise-bench" / f"synth-u{users}-i{items}-s{seed}-{digest}"
+
+
+def prepare_bundle(bundle: Path | None, users: int, items: int, seed: int) -> tuple[Bundle, float, bool]:
+    """The bundle to benchmark: load a valid one, else generate a synthetic one (cache or empty dir)."""
+    explicit = bundle is not None
+    path = bundle if bundle is not None else default_bundle_dir(users, items, seed)
+    t0 = time.perf_counter()
+    generated = False
+    if (path / "manifest.json").exists():
+        try:
+            loaded = load_bundle(path)
+            return loaded, time.perf_counter() - t0, generated
+        except BundleError as exc:
+            if explicit:
+                raise SystemExit(f"--bundle {path}: not a valid bundle: {exc}") from None
+            _log(f"cached bundle {path} is invalid ({exc}); generating it again")
+    elif explicit and path.exists() and any(path.iterdir()):
+        raise SystemExit(f"--bundle {path}: exists, is not empty and is not a bundle")
+    _log(f"generating a synthetic bundle ({users} users x {items} items, seed {seed}) in {path}")
+    synth_mod.synth_bundle(path, users=users, items=items, seed=seed)
+    generated = True
+    return load_bundle(path), time.perf_counter() - t0, generated
+
+
+@dataclass
+class Population:
+    """Who the requests are about: Zipf-ranked user ids, the profiles' countries, devices, app use."""
+
+    user_ids: list[str]
+    countries: list[str]
+    devices: list[str]
+    app_users: list[bool]
+    zipf_order: NDArray[np.int64]  # rank -> user index
+    zipf_p: NDArray[np.float64]
+    item_ids: list[str]
+    item_p: NDArray[np.float64]  # popularity share per item (seeds and viewed items are drawn by it)
+    replenishable: list[tuple[str, int]]  # (item id, replenish_days)
+    countries_all: list[str]
+
+    @classmethod
+    def of(cls, bundle: Bundle, rng: np.random.Generator) -> Population:
+        n = len(bundle.profiles)
+        ranks = np.arange(1, n + 1, dtype=np.float64)
+        weights = ranks**-ZIPF_EXPONENT
+        popularity = np.asarray(bundle.item_popularity, dtype=np.float64)
+        popularity = np.maximum(popularity, 0.0) + 1e-12
+        countries_all = sorted({c for item in bundle.items for c in item.regions if c != "*"}) or ["DE"]
+        return cls(
+            user_ids=[p.id for p in bundle.profiles],
+            countries=[str(p.attributes.get("country", "")) for p in bundle.profiles],
+            devices=[str(p.attributes.get("device", "")) for p in bundle.profiles],
+            app_users=[bool(p.attributes.get("app_user", False)) for p in bundle.profiles],
+            zipf_order=rng.permutation(n),
+            zipf_p=weights / weights.sum(),
+            item_ids=[item.id for item in bundle.items],
+            item_p=popularity / popularity.sum(),
+            replenishable=[
+                (item.id, int(item.flags["replenish_days"]))
+                for item in bundle.items
+                if isinstance(item.flags.get("replenish_days"), int)
+            ],
+            countries_all=countries_all,
+        )
+
+
+def _local_time_text(now_ms: int, country: str) -> str:
+    offset = timezone(timedelta(hours=UTC_OFFSET_HOURS.get(country, 1)))
+    return datetime.fromtimestamp(now_ms / 1000, tz=offset).isoformat(timespec="seconds")
+
+
+def make_requests(pop: Population, n: int, rng: np.random.Generator) -> list[DecideInput]:
+    """`n` requests for the three placements, in the mix the module docstring describes."""
+    ranks = rng.choice(len(pop.zipf_p), size=n, p=pop.zipf_p)
+    seeds = rng.choice(len(pop.item_ids), size=n, p=pop.item_p)
+    u = rng.random((n, 8))
+    sessions = max(50, n // 20)
+    requests = []
+    for j in range(n):
+        now_ms = NOW_MS + j * 37
+        user_id = session_id = ""
+        country = pop.countries_all[int(u[j, 5] * len(pop.countries_all))]
+        device = "mobile" if u[j, 6] < 0.58 else "desktop" if u[j, 6] < 0.9 else "tablet"
+        app = u[j, 4] < SHARE_APP
+        if u[j, 0] < SHARE_SESSION:
+            session_id = f"s{int(u[j, 1] * sessions)}"
+        elif u[j, 0] < SHARE_SESSION + SHARE_UNKNOWN_USER:
+            user_id = f"u-unknown-{int(u[j, 1] * 1_000_000)}"
+        else:
+            index = int(pop.zipf_order[ranks[j]])
+            user_id = pop.user_ids[index]
+            if u[j, 3] < SHARE_PROFILE_COUNTRY and pop.countries[index]:
+                country = pop.countries[index]
+                device = pop.devices[index] or device
+                app = pop.app_users[index] and u[j, 4] < 0.8
+        consent = frozenset({PERSONALIZATION, "analytics"}) if u[j, 2] < SHARE_CONSENT else frozenset()
+        seed = (pop.item_ids[int(seeds[j])],) if u[j, 7] < SHARE_SEED else ()
+        context = Context(
+            channel="app" if app else "web",
+            device=device,
+            language="en",
+            country=country,
+            page_type="product" if seed else "home",
+            local_time=_local_time_text(now_ms, country),
+        )
+        requests.append(
+            DecideInput(
+                user_id=user_id,
+                session_id=session_id,
+                context=context,
+                consent=consent,
+                placements=(
+                    PlacementAsk("home", HOME_COUNT),
+                    PlacementAsk("pdp_similar", PDP_COUNT, seed_item_ids=seed),
+                    PlacementAsk("hero_banner"),
+                ),
+                explain=False,
+                now_ms=now_ms,
+            )
+        )
+    return requests
+
+
+def record_activity(
+    store: Store, pop: Population, requests: Sequence[DecideInput], rng: np.random.Generator
+) -> dict[str, int]:
+    """Live activity (through `Store.record_events`) for the users and sessions the requests name."""
+    units = sorted({(r.user_id, r.session_id) for r in requests if r.user_id or r.session_id})
+    events: list[TrackedEvent] = []
+    counts: Counter[str] = Counter()
+    n_items = len(pop.item_ids)
+
+    def event(kind: str, user: str, session: str, item: str, ts: int) -> None:
+        events.append(TrackedEvent(f"e{len(events)}", kind, user, session, item, "", "", 0.0, ts))
+        counts[kind] += 1
+
+    for user, session in units:
+        u = rng.random(4)
+        if u[0] < SHARE_VIEWS:
+            n_views = min(12, 1 + int(rng.poisson(3)))
+            for row in rng.choice(n_items, size=n_views, p=pop.item_p):
+                event(
+                    "view",
+                    user,
+                    session,
+                    pop.item_ids[int(row)],
+                    NOW_MS - int(rng.integers(60_000, 7 * DAY_MS)),
+                )
+        if u[1] < SHARE_CART:
+            for row in rng.choice(n_items, size=int(rng.integers(1, 4)), p=pop.item_p):
+                event(
+                    "add_to_cart",
+                    user,
+                    session,
+                    pop.item_ids[int(row)],
+                    NOW_MS - int(rng.integers(HOUR_MS, 48 * HOUR_MS)),
+                )
+        if u[2] < SHARE_REPLENISH and pop.replenishable:
+            item, days = pop.replenishable[int(rng.integers(len(pop.replenishable)))]
+            event("purchase", user, session, item, NOW_MS - int(days * DAY_MS * rng.uniform(1.05, 2.0)))
+        if u[3] < SHARE_IMPRESSIONS:
+            for row in rng.choice(n_items, size=int(rng.integers(1, 6)), p=pop.item_p):
+                for _ in range(int(rng.integers(1, 13))):
+                    event("impression", user, session, pop.item_ids[int(row)], NOW_MS - HOUR_MS)
+    limits = ActivityLimits()
+    for start in range(0, len(events), 20_000):
+        store.record_events(events[start : start + 20_000], limits, keep_outbox=False)
+    users = len({r.user_id for r in requests if r.user_id})
+    return {"distinct_users": users, "units": len(units), **dict(counts)}
+
+
+class GcWatch:
+    """Counts the cyclic garbage collector's runs by generation and their pauses (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.pauses_ns: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        self._start = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = _clock()
+        else:
+            self.pauses_ns[info["generation"]].append(_clock() - self._start)
+
+    @contextmanager
+    def watching(self) -> Iterator[GcWatch]:
+        gc.callbacks.append(self)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            f"gen{g}": {
+                "runs": len(p),
+                "total_ms": round(sum(p) / 1e6, 2),
+                "max_ms": round(max(p, default=0) / 1e6, 2),
+            }
+            for g, p in self.pauses_ns.items()
+        }
+
+
+# --- timing ---------------------------------------------------------------------------------------------
+
+
+class _Probe:
+    """Nanoseconds spent in the wrapped functions since the last reset (one thread)."""
+
+    __slots__ = ("assign", "kernel", "rank", "segments", "top")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.assign = self.kernel = self.rank = self.segments = self.top = 0
+
+
+_PROBE: Final = _Probe()
+
+
+class _TimedMemo(SegmentMemo):
+    """A SegmentMemo that adds the time of every `matches` call (memo hits included) to the probe."""
+
+    __slots__ = ()
+
+    def matches(self, segment_id: str) -> bool:
+        t0 = _clock()
+        result = super().matches(segment_id)
+        _PROBE.segments += _clock() - t0
+        return result
+
+
+@contextmanager
+def instrumented() -> Iterator[None]:
+    """Timing wrappers around the functions the pipeline calls, installed for the staged pass only."""
+    patches: list[tuple[Any, str, str]] = [
+        (pipeline_mod, "rank_items", "rank"),
+        (pipeline_mod, "assign", "assign"),
+        (item_ranking_mod, "_top", "top"),
+        (item_ranking_mod, "topk_dot_into", "kernel"),
+        (item_ranking_mod, "topk_scores_into", "kernel"),
+    ]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+
+    def wrap(fn: Callable[..., Any], slot: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = _clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                setattr(_PROBE, slot, getattr(_PROBE, slot) + _clock() - t0)
+
+        return timed
+
+    for (module, name, slot), (_, _, original) in zip(patches, saved, strict=True):
+        setattr(module, name, wrap(original, slot))
+    try:
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
+
+
+STAGES: Final = (
+    ("txn_state", "(a) read txn + version state + resolve placements"),
+    ("consent_inputs", "(b) consent gate + profile/activity read+decode"),
+    ("view_setup", "    feature view, memo, shopper, holdout, scratch"),
+    ("home.campaigns", "(c) home: campaigns (segments, experiment)"),
+    ("home.rank", "(d) home: rank_items"),
+    ("home.mask", "      mask + strategy + query"),
+    ("home.kernel", "      top-k kernel call"),
+    ("home.post", "      rest of top-k stage (rotation, ItemOut)"),
+    ("pdp_similar.campaigns", "(c) pdp_similar: campaigns"),
+    ("pdp_similar.rank", "(d) pdp_similar: rank_items"),
+    ("pdp_similar.mask", "      mask + seeds + query"),
+    ("pdp_similar.kernel", "      top-k kernel call"),
+    ("pdp_similar.post", "      rest of top-k stage (ItemOut)"),
+    ("hero_banner.content", "(e) hero_banner: content placement"),
+    ("txn_close", "    read txn close"),
+    ("segments", "    all placements: segment evaluation"),
+    ("assign", "    all placements: experiment assignment"),
+    ("rules_total", "(c)+(e) rules: campaigns + segments + experiments"),
+    ("stage_sum", "sum of the stages"),
+    ("staged_request", "staged request (instrumented, end to end)"),
+    ("decide", "decide: Pipeline.decide, unmodified"),
+    ("request", "request: read txn + Pipeline.decide"),
+)
+
+
+def _staged_decide(
+    pipeline: Pipeline, store: Store, request: DecideInput, out: dict[str, int]
+) -> DecisionOutput:
+    """`Pipeline.decide` (explain=false) with timers between its steps; same functions, same result."""
+    probe = _PROBE
+    t_start = _clock()
+    with store.read() as view:
+        state = pipeline.state(view)
+        asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
+        t_state = _clock()
+        unit = request.user_id or request.session_id
+        profile, activity, allowed = _consented_inputs(view, request)
+        t_inputs = _clock()
+        features = FeatureView(
+            state=state,
+            context=request.context,
+            now_ms=request.now_ms,
+            user_id=request.user_id if allowed else "",
+            profile=profile,
+            activity=activity,
+            granted=request.consent if allowed else frozenset(),
+            record_reads=request.explain,
+        )
+        memo = _TimedMemo(state.rules.segments, features)
+        shopper = Shopper(allowed, profile is not None, profile, activity, "")
+        holdout = allowed and bool(unit) and in_holdout(state.rules.holdout, unit)
+        pipeline._scratch.ensure(state.n_items, max((count for _, count, _ in asks), default=0), state.dim)
+        local = _local_time(request)
+        t_setup = _clock()
+        outputs: list[PlacementOutput] = []
+        segments = assigns = 0
+        for ask, (placement, count, request_filter) in zip(request.placements, asks, strict=True):
+            probe.reset()
+            t0 = _clock()
+            if holdout:
+                result = pipeline._default(
+                    view, state, placement, ask, request_filter, count, shopper, request, None
+                )
+                result.fallback = Fallback.HOLDOUT
+            else:
+                result = pipeline._placement(
+                    view,
+                    state,
+                    placement,
+                    ask,
+                    request_filter,
+                    count,
+                    shopper,
+                    memo,
+                    request,
+                    unit,
+                    local,
+                    None,
+                )
+            total = _clock() - t0
+            outputs.append(result)
+            pid = placement.id
+            segments += probe.segments
+            assigns += probe.assign
+            if placement.kind == "content":
+                out[f"{pid}.content"] = out.get(f"{pid}.content", 0) + total
+            else:
+                out[f"{pid}.campaigns"] = total - probe.rank
+                out[f"{pid}.rank"] = probe.rank
+                out[f"{pid}.mask"] = probe.rank - probe.top
+                out[f"{pid}.kernel"] = probe.kernel
+                out[f"{pid}.post"] = probe.top - probe.kernel
+        decision = DecisionOutput(view.version, outputs, None)
+        t_placed = _clock()
+    t_end = _clock()
+    out["txn_state"] = t_state - t_start
+    out["consent_inputs"] = t_inputs - t_state
+    out["view_setup"] = t_setup - t_inputs
+    out["txn_close"] = t_end - t_placed
+    out["segments"] = segments
+    out["assign"] = assigns
+    out["staged_request"] = t_end - t_start
+    return decision
+
+
+def _percentiles(values_ns: Sequence[int]) -> dict[str, float]:
+    arr = np.asarray(values_ns, dtype=np.float64) / 1e3
+    if arr.size == 0:
+        return {"median_us": 0.0, "p99_us": 0.0, "p999_us": 0.0, "max_us": 0.0, "mean_us": 0.0, "n": 0}
+    return {
+        "median_us": float(np.median(arr)),
+        "p99_us": float(np.percentile(arr, 99)),
+        "p999_us": float(np.percentile(arr, 99.9)),
+        "max_us": float(arr.max()),
+        "mean_us": float(arr.mean()),
+        "n": int(arr.size),
+    }
+
+
+def _digest(decision: DecisionOutput) -> int:
+    """A hash of everything a decision answers: compared between the passes without keeping the
+    decisions alive (kept objects would make the cyclic GC run more often than in a server)."""
+    return hash(
+        (
+            decision.snapshot_version,
+            tuple(
+                (
+                    p.placement_id,
+                    tuple((i.id, i.score, i.reason, i.promoted) for i in p.items),
+                    p.content_id,
+                    p.experiment_id,
+                    p.variant_id,
+                    p.propensity,
+                    p.strategy,
+                    int(p.fallback),
+                )
+                for p in decision.placements
+            ),
+        )
+    )
+
+
+def _count_mix(mix: dict[str, Counter[str]], request: DecideInput, decision: DecisionOutput) -> None:
+    for p in decision.placements:
+        label = p.strategy + (f" ({Fallback(p.fallback).name})" if p.fallback else "")
+        if p.variant_id:
+            label += f" [{p.variant_id}]" if p.placement_id == "hero_banner" else " [experiment]"
+        mix.setdefault(p.placement_id, Counter())[label] += 1
+    kind = "anonymous session" if request.session_id else "user"
+    if request.user_id.startswith("u-unknown-"):
+        kind = "unknown user"
+    counts = mix.setdefault("request", Counter())
+    counts[kind] += 1
+    if PERSONALIZATION in request.consent:
+        counts["with personalization consent"] += 1
+    if request.placements[1].seed_item_ids:
+        counts["with a seed item"] += 1
+
+
+_SUMMED: Final = (
+    "txn_state",
+    "consent_inputs",
+    "view_setup",
+    "home.campaigns",
+    "home.rank",
+    "pdp_similar.campaigns",
+    "pdp_similar.rank",
+    "hero_banner.content",
+    "txn_close",
+)
+
+
+@dataclass
+class PipelineResult:
+    samples: dict[str, list[int]] = field(default_factory=dict)
+    mismatches: int = 0
+    compared: int = 0
+    mix: dict[str, Counter[str]] = field(default_factory=dict)
+
+
+def measure_pipeline(
+    store: Store, requests: Sequence[DecideInput], warmup: int, rounds: int
+) -> PipelineResult:
+    """Time the real and the staged pass over `requests`, interleaved in `rounds` chunks."""
+    pipeline = Pipeline()
+    result = PipelineResult(samples={key: [] for key, _ in STAGES})
+    samples = result.samples
+    decide = pipeline.decide
+    for request in requests[:warmup]:  # first calls, version state, derived masks, caches
+        with store.read() as view:
+            decide(view, request)
+        with instrumented():
+            _staged_decide(pipeline, store, request, {})
+    measured = requests[warmup:]
+    chunk = max(1, -(-len(measured) // rounds))
+    decide_ns, request_ns = samples["decide"], samples["request"]
+    for r in range(rounds):
+        part = measured[r * chunk : (r + 1) * chunk]
+        if not part:
+            break
+        real: list[int] = []
+        staged: list[int] = []
+
+        def real_pass(part: Sequence[DecideInput] = part, real: list[int] = real) -> None:
+            for request in part:
+                t0 = _clock()
+                with store.read() as view:
+                    t1 = _clock()
+                    decision = decide(view, request)
+                    t2 = _clock()
+                t3 = _clock()
+                decide_ns.append(t2 - t1)
+                request_ns.append(t3 - t0)
+                real.append(_digest(decision))
+                _count_mix(result.mix, request, decision)
+
+        def staged_pass(part: Sequence[DecideInput] = part, staged: list[int] = staged) -> None:
+            with instrumented():
+                for request in part:
+                    stages: dict[str, int] = {}
+                    staged.append(_digest(_staged_decide(pipeline, store, request, stages)))
+                    for key, value in stages.items():
+                        samples[key].append(value)
+                    rules = stages["home.campaigns"] + stages["pdp_similar.campaigns"]
+                    samples["rules_total"].append(rules + stages["hero_banner.content"])
+                    samples["stage_sum"].append(sum(stages[k] for k in _SUMMED))
+
+        passes = (real_pass, staged_pass) if r % 2 == 0 else (staged_pass, real_pass)
+        for run_pass in passes:
+            run_pass()
+        result.compared += len(part)
+        result.mismatches += sum(a != b for a, b in zip(real, staged, strict=True))
+    return result
+
+
+# --- GrowthBook -----------------------------------------------------------------------------------------
+
+
+def load_growthbook() -> Any:
+    """The growthbook module, or None when it is not installed (a bench-only dependency)."""
+    try:
+        return importlib.import_module("growthbook")
+    except ImportError:
+        return None
+
+
+def gb_users(bundle: Bundle, n: int, rng: np.random.Generator) -> list[tuple[ProfileRecord, Context]]:
+    """`n` users with the personalization purpose, each with a request context (fixed per user)."""
+    consenting = [p for p in bundle.profiles if PERSONALIZATION in p.consent]
+    picked = rng.choice(len(consenting), size=min(n, len(consenting)), replace=False)
+    users = []
+    for j in picked:
+        p = consenting[int(j)]
+        device = str(p.attributes.get("device", "desktop"))
+        country = str(p.attributes.get("country", "DE"))
+        if rng.random() > SHARE_PROFILE_COUNTRY:
+            country = str(rng.choice(["DE", "FR", "GB", "US", "IT", "ES"]))
+        record = ProfileRecord(p.id, bundle.version, p.attributes, p.consent, None)
+        users.append((record, Context(channel="web", device=device, country=country)))
+    return users
+
+
+def _gb_attributes(profile: ProfileRecord, context: Context) -> dict[str, Any]:
+    return {
+        "id": profile.id,
+        "profile": profile.attributes,
+        "context": {"channel": context.channel, "device": context.device, "country": context.country},
+    }
+
+
+def measure_growthbook(
+    gb_module: Any, users: Sequence[tuple[ProfileRecord, Context]], state: VersionState, passes: int
+) -> dict[str, Any]:
+    """Our compiled condition + `assign` vs the GrowthBook SDK on the same users and condition."""
+    core = importlib.import_module("growthbook.core")
+    attrs = [_gb_attributes(p, c) for p, c in users]
+    granted = frozenset({PERSONALIZATION})
+
+    condition = compile_condition(GB_CONDITION)
+    experiment: Experiment = compile_experiments(
+        {
+            GB_EXPERIMENT: {
+                "salt": GB_EXPERIMENT,
+                "layer": "bench",
+                "layer_range": [0, round(GB_LAYER_SHARE * 10_000)],
+                "variants": [{"id": v, "weight": w} for v, w in zip(GB_VARIANTS, GB_WEIGHTS, strict=True)],
+            }
+        },
+        {"bench": {"salt": "layer-bench"}},
+    )[GB_EXPERIMENT]
+
+    def view(profile: ProfileRecord, context: Context) -> FeatureView:
+        return FeatureView(
+            state=state,
+            context=context,
+            now_ms=NOW_MS,
+            user_id=profile.id,
+            profile=profile,
+            activity=None,
+            granted=granted,
+        )
+
+    def ours(profile: ProfileRecord, context: Context) -> str | None:
+        if not condition(view(profile, context)):
+            return None
+        assignment = assign(experiment, profile.id, context.attributes)
+        if assignment is None or assignment.variant is None:
+            return None
+        return assignment.variant.id
+
+    weights = [w / sum(GB_WEIGHTS) for w in GB_WEIGHTS]
+    gb_experiment = gb_module.Experiment(
+        key=GB_EXPERIMENT,
+        variations=list(GB_VARIANTS),
+        weights=weights,
+        coverage=1.0,
+        condition=GB_CONDITION,
+        namespace=("bench", 0.0, GB_LAYER_SHARE),
+        hashAttribute="id",
+        hashVersion=2,
+        seed=GB_EXPERIMENT,
+    )
+    rule = {
+        "key": GB_EXPERIMENT,
+        "condition": GB_CONDITION,
+        "variations": list(GB_VARIANTS),
+        "weights": weights,
+        "coverage": 1.0,
+        "namespace": ["bench", 0.0, GB_LAYER_SHARE],
+        "hashAttribute": "id",
+        "hashVersion": 2,
+        "seed": GB_EXPERIMENT,
+    }
+    shared_run = gb_module.GrowthBook(attributes={})
+    shared_feature = gb_module.GrowthBook(
+        attributes={}, features={"hero": {"defaultValue": None, "rules": [rule]}}
+    )
+
+    def gb_run_shared(a: dict[str, Any]) -> str | None:
+        shared_run.set_attributes(a)
+        r = shared_run.run(gb_experiment)
+        return str(r.value) if r.inExperiment else None
+
+    def gb_run_new(a: dict[str, Any]) -> str | None:
+        r = gb_module.GrowthBook(attributes=a).run(gb_experiment)
+        return str(r.value) if r.inExperiment else None
+
+    def gb_feature(a: dict[str, Any]) -> str | None:
+        shared_feature.set_attributes(a)
+        r = shared_feature.eval_feature("hero")
+        return None if r.value is None else str(r.value)
+
+    # Equivalence: the condition's verdict per user, and the share of each variant, on both sides.
+    n = len(users)
+    matched = [condition(view(p, c)) for p, c in users]
+    agree = sum(m == bool(core.evalCondition(a, GB_CONDITION)) for m, a in zip(matched, attrs, strict=True))
+    shares: dict[str, Counter[str]] = {"ours": Counter(), "growthbook": Counter()}
+    gb_paths_agree = 0
+    for (p, c), a in zip(users, attrs, strict=True):
+        shares["ours"][str(ours(p, c))] += 1
+        variant = gb_run_shared(a)
+        shares["growthbook"][str(variant)] += 1
+        gb_paths_agree += variant == gb_run_new(a) == gb_feature(a)
+
+    contenders: dict[str, Callable[[int], object]] = {
+        OURS: lambda i: ours(*users[i]),
+        "growthbook: shared GrowthBook, set_attributes + run(Experiment)": lambda i: gb_run_shared(attrs[i]),
+        "growthbook: GrowthBook(attributes=...).run(Experiment)": lambda i: gb_run_new(attrs[i]),
+        "growthbook: shared GrowthBook, set_attributes + eval_feature": lambda i: gb_feature(attrs[i]),
+        OURS_CONDITION: lambda i: condition(view(*users[i])),
+        "growthbook: evalCondition only": lambda i: core.evalCondition(attrs[i], GB_CONDITION),
+        "ours: assign only (layer + experiment hash)": lambda i: assign(experiment, users[i][0].id, {}),
+        "growthbook: gbhash v2 only (one hash, no namespace)": lambda i: core.gbhash(
+            GB_EXPERIMENT, users[i][0].id, 2
+        ),
+    }
+    samples: dict[str, list[int]] = {name: [] for name in contenders}
+    by_match: dict[str, tuple[list[int], list[int]]] = {name: ([], []) for name in contenders}
+    for fn in contenders.values():  # warm-up
+        for i in range(min(n, 200)):
+            fn(i)
+    chunk = max(1, n // 4)
+    for _ in range(passes):
+        for start in range(0, n, chunk):
+            for name, fn in contenders.items():
+                out, (hit, miss) = samples[name], by_match[name]
+                for i in range(start, min(start + chunk, n)):
+                    t0 = _clock()
+                    fn(i)
+                    dt = _clock() - t0
+                    out.append(dt)
+                    (hit if matched[i] else miss).append(dt)
+    batch_ns = dict.fromkeys(contenders, 0)
+    for _ in range(passes):  # the same calls without a timer around each: no clock overhead per call
+        for start in range(0, n, chunk):
+            for name, fn in contenders.items():
+                stop = min(start + chunk, n)
+                t0 = _clock()
+                for i in range(start, stop):
+                    fn(i)
+                batch_ns[name] += _clock() - t0
+    timings = {
+        name: {
+            **_percentiles(values),
+            "batch_mean_us": batch_ns[name] / (passes * n) / 1e3,
+            "median_matched_us": _percentiles(by_match[name][0])["median_us"],
+            "median_unmatched_us": _percentiles(by_match[name][1])["median_us"],
+        }
+        for name, values in samples.items()
+    }
+    full = {name: t for name, t in timings.items() if name.startswith("growthbook:") and "only" not in name}
+    ratios = {name: t["median_us"] / timings[OURS]["median_us"] for name, t in full.items()}
+    ratios["growthbook: evalCondition only"] = (
+        timings["growthbook: evalCondition only"]["median_us"] / timings[OURS_CONDITION]["median_us"]
+    )
+    ratios["growthbook: gbhash v2 only (one hash, no namespace)"] = (
+        timings["growthbook: gbhash v2 only (one hash, no namespace)"]["median_us"]
+        / timings["ours: assign only (layer + experiment hash)"]["median_us"]
+    )
+    min_ratio = min(ratios[name] for name in full)
+    return {
+        "growthbook_version": importlib.import_module("importlib.metadata").version("growthbook"),
+        "users": n,
+        "evaluations_per_contender": passes * n,
+        "condition": GB_CONDITION,
+        "condition_match_rate": sum(matched) / n,
+        "condition_agreement": f"{agree}/{n}",
+        "variant_shares": {k: {v: c / n for v, c in sorted(cnt.items())} for k, cnt in shares.items()},
+        "growthbook_paths_agree": f"{gb_paths_agree}/{n}",
+        "timings": timings,
+        "ratio_vs_ours": ratios,
+        "min_ratio": min_ratio,
+        "target_ratio": TARGET_GB_RATIO,
+        "met": min_ratio >= TARGET_GB_RATIO,
+    }
+
+
+# --- run ------------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "loadavg_at_start": _loadavg(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "lmdb": getattr(lmdb, "__version__", "?"),
+        "msgpack": ".".join(str(x) for x in msgpack.version),
+    }
+
+
+@dataclass(frozen=True)
+class Config:
+    users: int
+    items: int
+    seed: int
+    requests: int
+    warmup: int
+    rounds: int
+    gb_users: int
+    gb_passes: int
+    growthbook: bool
+    bundle: Path | None
+    quick: bool
+
+
+def run(config: Config) -> dict[str, Any]:
+    t_run = time.perf_counter()
+    machine = _machine()
+    bundle, bundle_s, generated = prepare_bundle(config.bundle, config.users, config.items, config.seed)
+    rng = np.random.default_rng(config.seed)
+    pop = Population.of(bundle, rng)
+    requests = make_requests(pop, config.requests + config.warmup, rng)
+    setup: dict[str, Any] = {
+        "bundle": str(bundle.path),
+        "bundle_generated": generated,
+        "bundle_seconds": round(bundle_s, 2),
+        "profiles": len(bundle.profiles),
+        "items": len(bundle.items),
+        "dim": bundle.dim,
+    }
+    with tempfile.TemporaryDirectory(prefix="edgewise-bench-store-") as tmp:
+        store = Store(Path(tmp) / "store", map_size=4 << 30)
+        try:
+            t0 = time.perf_counter()
+            apply_bundle(store, bundle)
+            setup["apply_seconds"] = round(time.perf_counter() - t0, 2)
+            t0 = time.perf_counter()
+            setup["activity"] = record_activity(store, pop, requests, rng)
+            setup["activity_seconds"] = round(time.perf_counter() - t0, 2)
+            gb_module = load_growthbook() if config.growthbook else None
+            with store.read() as view:
+                state = Pipeline().state(view)
+            users = gb_users(bundle, config.gb_users, rng) if gb_module is not None else []
+            del bundle, pop  # a worker does not hold the bundle: keep it out of the GC's way
+            gc.collect()
+            _log(f"measuring {config.requests} requests (+{config.warmup} warm-up), {config.rounds} rounds")
+            setup["tracked_objects"] = len(gc.get_objects())
+            t0 = time.perf_counter()
+            with GcWatch().watching() as gc_watch:
+                measured = measure_pipeline(store, requests, config.warmup, config.rounds)
+            measure_s = time.perf_counter() - t0
+            if gb_module is None:
+                reason = "disabled (--no-growthbook)" if not config.growthbook else "growthbook not installed"
+                growthbook: dict[str, Any] = {"skipped": reason, "install": GROWTHBOOK_INSTALL}
+            else:
+                _log(f"growthbook comparison: {len(users)} users x {config.gb_passes} passes")
+                growthbook = measure_growthbook(gb_module, users, state, config.gb_passes)
+        finally:
+            store.close()
+    machine["loadavg_at_end"] = _loadavg()
+    stats = {key: _percentiles(measured.samples[key]) for key, _ in STAGES}
+    stages = {key: {"label": label.strip(), **stats[key]} for key, label in STAGES}
+    request_p99 = stats["request"]["p99_us"]
+    decide_p99 = stats["decide"]["p99_us"]
+    return {
+        "benchmark": "bench.pipeline",
+        "config": {
+            "users": setup["profiles"],
+            "items": setup["items"],
+            "seed": config.seed,
+            "requests": config.requests,
+            "warmup": config.warmup,
+            "rounds": config.rounds,
+            "quick": config.quick,
+            "placements": {"home": HOME_COUNT, "pdp_similar": PDP_COUNT, "hero_banner": 1},
+            "gc": "enabled (gc.collect() once after setup)",
+        },
+        "machine": machine,
+        "setup": setup,
+        "mix": {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in measured.mix.items()},
+        "gc_during_pipeline": gc_watch.summary(),
+        "staged_matches_real": f"{measured.compared - measured.mismatches}/{measured.compared}",
+        "stages": stages,
+        "target": {
+            "p99_us": TARGET_P99_US,
+            "request_p99_us": request_p99,
+            "decide_p99_us": decide_p99,
+            "met": request_p99 <= TARGET_P99_US,
+            "decide_met": decide_p99 <= TARGET_P99_US,
+        },
+        "growthbook": growthbook,
+        "seconds": {"measure": round(measure_s, 2), "total": round(time.perf_counter() - t_run, 2)},
+    }
+
+
+def _format(result: dict[str, Any]) -> str:
+    c, m, s = result["config"], result["machine"], result["setup"]
+    lines = [
+        f"bench.pipeline: in-process decide for home({HOME_COUNT}) + pdp_similar({PDP_COUNT}) + hero_banner, "
+        f"{c['items']} items x {c['users']} users (dim {s['dim']}), {c['requests']} requests "
+        f"(+{c['warmup']} warm-up) in {c['rounds']} interleaved rounds; GC {c['gc']}",
+        f"machine: {m['nproc']} cpus, {m['cpu']}; python {m['python']}, numpy {m['numpy']}, "
+        f"lmdb {m['lmdb']}, msgpack {m['msgpack']}; load average {m['loadavg_at_start']} at start, "
+        f"{m['loadavg_at_end']} at end",
+        f"setup: bundle {s['bundle']} ({'generated' if s['bundle_generated'] else 'cached'}, "
+        f"{s['bundle_seconds']} s), apply {s['apply_seconds']} s, activity {s['activity']} "
+        f"({s['activity_seconds']} s)",
+    ]
+    for key in ("request", *PLACEMENTS):
+        mix = result["mix"].get(key, {})
+        total = result["stages"]["decide"]["n"] or 1
+        lines.append(f"mix {key}: " + ", ".join(f"{k} {v / total:.1%}" for k, v in mix.items()))
+    lines.append(f"staged decisions equal to Pipeline.decide: {result['staged_matches_real']}")
+    gcs = result["gc_during_pipeline"]
+    lines.append(
+        "cyclic GC while measuring: "
+        + ", ".join(f"{g} {v['runs']} runs (max {v['max_ms']} ms)" for g, v in gcs.items())
+    )
+    lines.append("")
+    header = f"{'stage (us per request)':<52} {'median':>8} {'p99':>8} {'p99.9':>8} {'max':>9} {'mean':>8}"
+    lines += [header, "-" * len(header)]
+    for key, label in STAGES:
+        t = result["stages"][key]
+        if key in ("stage_sum", "decide"):
+            lines.append("-" * len(header))
+        lines.append(
+            f"{label:<52} {t['median_us']:>8.1f} {t['p99_us']:>8.1f} {t['p999_us']:>8.1f} "
+            f"{t['max_us']:>9.1f} {t['mean_us']:>8.1f}"
+        )
+    tg = result["target"]
+    lines.append("")
+    lines.append(
+        f"target p99 <= {tg['p99_us']:.0f} us for the whole request: "
+        f"request p99 {tg['request_p99_us']:.1f} us "
+        f"-> {'MET' if tg['met'] else 'NOT MET'} (decide alone p99 {tg['decide_p99_us']:.1f} us)"
+    )
+    gb = result["growthbook"]
+    lines.append("")
+    if "skipped" in gb:
+        lines.append(f"growthbook comparison skipped: {gb['skipped']} (install: {gb['install']})")
+    else:
+        lines.append(
+            f"rules + experiment vs GrowthBook {gb['growthbook_version']}: {gb['users']} users, "
+            f"{gb['evaluations_per_contender']} evaluations each; condition matches "
+            f"{gb['condition_match_rate']:.1%}, verdicts agree {gb['condition_agreement']}"
+        )
+        lines.append(f"condition: {json.dumps(gb['condition'])}")
+        lines.append(
+            f"experiment: 3 variants {list(GB_WEIGHTS)}, layer/namespace share {GB_LAYER_SHARE}; the three "
+            f"GrowthBook paths assign alike for {gb['growthbook_paths_agree']} users"
+        )
+        for side, shares in gb["variant_shares"].items():
+            lines.append(f"  variant shares {side}: " + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()))
+        hdr = (
+            f"{'per evaluation (us)':<64} {'median':>7} {'p99':>7} {'p99.9':>7} {'max':>7}"
+            f" {'med hit':>7} {'med miss':>8} {'batch':>6} {'ratio':>6}"
+        )
+        lines += [hdr, "-" * len(hdr)]
+        for name, t in gb["timings"].items():
+            ratio = gb["ratio_vs_ours"].get(name)
+            if name == "ours: condition only (FeatureView + compiled condition)":
+                lines.append("-" * len(hdr))
+            lines.append(
+                f"{name:<64} {t['median_us']:>7.2f} {t['p99_us']:>7.2f} {t['p999_us']:>7.1f}"
+                f" {t['max_us']:>7.1f}"
+                f" {t['median_matched_us']:>7.2f} {t['median_unmatched_us']:>8.2f} {t['batch_mean_us']:>6.2f}"
+                f" {'' if ratio is None else f'{ratio:.1f}x':>6}"
+            )
+        lines.append(
+            "ratio = growthbook median / ours (full paths vs ours full; evalCondition vs our condition; "
+            "gbhash vs our assign); med hit / miss = median over users the condition matches / does not; "
+            "batch = mean per call of an untimed loop"
+        )
+        lines.append(
+            f"target: ours >= {gb['target_ratio']:.0f}x faster (median, full paths) -> smallest ratio "
+            f"{gb['min_ratio']:.1f}x -> {'MET' if gb['met'] else 'NOT MET'}"
+        )
+    lines.append(f"time: measuring {result['seconds']['measure']} s, total {result['seconds']['total']} s")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="few requests: a smoke test, not figures")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--bundle", type=Path, help="bundle dir to use (a synthetic one is generated if empty)"
+    )
+    parser.add_argument("--users", type=int, default=100_000, help="synthetic profiles (default 100000)")
+    parser.add_argument("--items", type=int, default=10_000, help="synthetic items (default 10000)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--requests", type=int, help="measured requests (default 20000, quick 600)")
+    parser.add_argument("--no-growthbook", action="store_true", help="skip the GrowthBook comparison")
+    args = parser.parse_args(argv)
+    requests = args.requests if args.requests is not None else (600 if args.quick else 20_000)
+    config = Config(
+        users=args.users,
+        items=args.items,
+        seed=args.seed,
+        requests=requests,
+        warmup=200 if args.quick else 2_000,
+        rounds=2 if args.quick else 10,
+        gb_users=300 if args.quick else 5_000,
+        gb_passes=1 if args.quick else 4,
+        growthbook=not args.no_growthbook,
+        bundle=args.bundle,
+        quick=args.quick,
+    )
+    result = run(config)
+    print(json.dumps(result, indent=2) if args.json else _format(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
