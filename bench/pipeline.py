@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python -m bench.pipeline            # full run (10k items, 100k users; about 40 s after the first)
+    python -m bench.pipeline            # full run, 10k items x 100k users: about 25 s (+5 s to generate)
     python -m bench.pipeline --quick    # a few seconds: a smoke test, not figures
     python -m bench.pipeline --json     # machine-readable output
 
