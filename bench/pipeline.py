@@ -454,7 +454,7 @@ def _staged_decide(
             record_reads=request.explain,
         )
         memo = _TimedMemo(state.rules.segments, features)
-        shopper = Shopper(allowed, profile is not None, profile, activity, "")
+        shopper = Shopper(allowed, profile is not None, profile, activity, memo)
         holdout = allowed and bool(unit) and in_holdout(state.rules.holdout, unit)
         pipeline._scratch.ensure(state.n_items, max((count for _, count, _ in asks), default=0), state.dim)
         local = _local_time(request)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BUCKETS", "bucket", "murmur3_32"]
+from edgewise.core._hashing import murmur3_32 as _murmur3_32_compiled
+
+__all__ = ["BUCKETS", "bucket", "murmur3_32", "murmur3_32_reference"]
 
 BUCKETS: Final = 10_000
 
@@ -17,8 +19,10 @@ _C2: Final = 0x1B873593
 _MASK: Final = 0xFFFFFFFF
 
 
-def murmur3_32(data: bytes, seed: int = 0) -> int:
-    """MurmurHash3 x86_32 of `data` (Austin Appleby's reference algorithm), unsigned 32-bit result."""
+def murmur3_32_reference(data: bytes, seed: int = 0) -> int:
+    """MurmurHash3 x86_32 of `data` (Austin Appleby's reference algorithm), unsigned 32-bit result.
+
+    Plain Python: the specification the compiled `murmur3_32` is tested against."""
     h = seed & _MASK
     n = len(data)
     tail_start = n - (n & 3)
@@ -49,6 +53,10 @@ def murmur3_32(data: bytes, seed: int = 0) -> int:
     h = (h * 0xC2B2AE35) & _MASK
     h ^= h >> 16
     return h
+
+
+murmur3_32 = _murmur3_32_compiled
+"""MurmurHash3 x86_32, compiled (edgewise.core._hashing); same results as murmur3_32_reference."""
 
 
 def bucket(salt: str, unit_id: str) -> int:

@@ -81,7 +81,7 @@ class DecideInput:
     now_ms: int = 0  # decision time (Unix ms), set by the caller: core never reads the clock
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemOut:
     id: str
     score: float

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from edgewise.core.decisions import Fallback, ItemExplanation, ItemOut, PlacementAsk, PlacementExplanation
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.scoring import topk_dot_into, topk_scores_into
+from edgewise.core.segments import SegmentMemo
 from edgewise.core.store import ReadView
 from edgewise.core.strategies import Filter, ItemServe
 from edgewise.core.version_state import POPULARITY_PREFIX, VersionState
@@ -63,7 +64,11 @@ class Shopper:
     known: bool
     profile: ProfileRecord | None
     activity: Activity | None
-    scope_segment: str  # the first matched segment that has its own popularity ("" = none)
+    memo: SegmentMemo  # segments of this request, evaluated on first use
+
+    def scope_segment(self, state: VersionState) -> str:
+        """The first matched segment (by id) that has its own popularity, or ""."""
+        return next((s for s in state.segment_scopes if self.memo.matches(s)), "")
 
 
 @dataclass(slots=True)
@@ -114,8 +119,9 @@ def _popularity(
     view: ReadView, state: VersionState, scope: str, shopper: Shopper, country: str
 ) -> NDArray[np.float32]:
     names = []
-    if scope == "segment" and shopper.scope_segment:
-        names.append(f"segment:{shopper.scope_segment}")
+    segment = shopper.scope_segment(state) if scope == "segment" else ""
+    if segment:
+        names.append(f"segment:{segment}")
     if scope in ("segment", "country") and country:
         names.append(f"country:{country.upper()}")
     for name in names:
@@ -269,7 +275,10 @@ def rank_items(
                     np.bitwise_and(mask, scores > 0, out=mask)
                     strategy = "cooccurrence"
             if scores is None and serve.method != "cooccurrence" and embeddings is not None:
-                np.mean(embeddings[seeds], axis=0, out=scratch.query)
+                if len(seeds) == 1:
+                    np.copyto(scratch.query, embeddings[seeds[0]])
+                else:
+                    np.mean(embeddings[seeds], axis=0, out=scratch.query)
                 query = scratch.query
                 strategy = "similar"
             if scores is None and query is None:
@@ -361,8 +370,8 @@ def _top(
         n = topk_scores_into(
             np.ascontiguousarray(scores, dtype=np.float32), mask, fetch, scratch.idx, scratch.scores
         )
-    rows = [int(r) for r in scratch.idx[:n]]
-    values = [float(v) for v in scratch.scores[:n]]
+    rows: list[int] = scratch.idx[:n].tolist()
+    values: list[float] = scratch.scores[:n].tolist()
     if sunk:
         order = sorted(range(n), key=lambda j: rows[j] in sunk)  # stable: sunk items move to the end
         rows, values = [rows[j] for j in order], [values[j] for j in order]

@@ -73,7 +73,7 @@ class Pipeline:
             record_reads=request.explain,
         )
         memo = SegmentMemo(state.rules.segments, features)
-        shopper = Shopper(allowed, profile is not None, profile, activity, "")
+        shopper = Shopper(allowed, profile is not None, profile, activity, memo)
         why = Explanation(profile is not None, allowed) if request.explain else None
         holdout = allowed and bool(unit) and in_holdout(state.rules.holdout, unit)
         self._scratch.ensure(state.n_items, max((count for _, count, _ in asks), default=0), state.dim)
@@ -182,7 +182,7 @@ class Pipeline:
                     count,
                     serve,
                     placement.default_items,
-                    self._shopper(state, shopper, memo),
+                    shopper,
                     request.context.country,
                     request.now_ms,
                     why,
@@ -216,7 +216,7 @@ class Pipeline:
                 count,
                 campaign.items,
                 placement.default_items,
-                self._shopper(state, shopper, memo),
+                shopper,
                 request.context.country,
                 request.now_ms,
                 why,
@@ -228,15 +228,6 @@ class Pipeline:
         if why is not None:
             why.rule = "placement default"
         return out
-
-    def _shopper(self, state: VersionState, shopper: Shopper, memo: SegmentMemo) -> Shopper:
-        """The shopper with the segment whose popularity a `scope: segment` strategy ranks by."""
-        if not shopper.scope_segment and state.popularity_scopes:
-            for scope in sorted(state.popularity_scopes):
-                if scope.startswith("segment:") and memo.matches(scope.removeprefix("segment:")):
-                    shopper.scope_segment = scope.removeprefix("segment:")
-                    break
-        return shopper
 
     def _default(
         self,

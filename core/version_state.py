@@ -43,6 +43,7 @@ class VersionState:
     dim: int
     field_purposes: Mapping[str, str]  # profile attribute -> consent purpose needed to read it
     popularity_scopes: frozenset[str]  # e.g. {"country:DE", "segment:vip"}
+    segment_scopes: tuple[str, ...]  # segment ids with their own popularity, sorted
     daily_counts_end_ms: int  # the day the last column of item_daily_counts ends (0 = no such model)
     _derived: dict[Hashable, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,6 +157,7 @@ def build_state(view: ReadView) -> VersionState:
         dim=dim,
         field_purposes=purposes,
         popularity_scopes=scopes,
+        segment_scopes=tuple(sorted(s.removeprefix("segment:") for s in scopes if s.startswith("segment:"))),
         daily_counts_end_ms=int(view.snapshot_info().get("daily_counts_end_ms", 0)),
     )
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from edgewise.core.bucketing import BUCKETS, bucket, murmur3_32
+from edgewise.core.bucketing import BUCKETS, bucket, murmur3_32, murmur3_32_reference
 
 
 @pytest.mark.parametrize(
@@ -23,6 +25,15 @@ from edgewise.core.bucketing import BUCKETS, bucket, murmur3_32
 )
 def test_murmur3_reference_vectors(data: bytes, seed: int, expected: int) -> None:
     assert murmur3_32(data, seed) == expected
+    assert murmur3_32_reference(data, seed) == expected
+
+
+def test_compiled_hash_matches_the_reference_on_random_inputs() -> None:
+    rng = random.Random(20261125)
+    for _ in range(5000):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
+        seed = rng.randrange(2**32)
+        assert murmur3_32(data, seed) == murmur3_32_reference(data, seed), (data, seed)
 
 
 @pytest.mark.parametrize(

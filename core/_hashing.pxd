@@ -1,0 +1,7 @@
+# MurmurHash3 x86_32 (Austin Appleby's reference algorithm) over a byte buffer.
+# edgewise.core.bucketing holds the pure-Python reference it is tested against.
+
+from libc.stdint cimport uint32_t
+
+
+cdef uint32_t murmur3_32_kernel(const unsigned char* data, Py_ssize_t n, uint32_t seed) noexcept nogil
