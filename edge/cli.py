@@ -53,10 +53,22 @@ def _bundle_validate(args: argparse.Namespace) -> int:
     return bundle_cli.run_validate(args)
 
 
+def _bundle_from_retail(args: argparse.Namespace) -> int:
+    from edgewise.sync import retail_cli
+
+    return retail_cli.run_from_retail(args)
+
+
+def _eval_offline(args: argparse.Namespace) -> int:
+    from edgewise.sync import retail_cli
+
+    return retail_cli.run_eval_offline(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgewise import __version__
     from edgewise.edge import call, demo, serve
-    from edgewise.sync import bundle_cli
+    from edgewise.sync import bundle_cli, retail_cli
 
     parser = argparse.ArgumentParser(
         prog="edgewise",
@@ -127,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bundle_cli.add_validate_arguments(p)
     p.set_defaults(handler=_bundle_validate)
+    p = bundles.add_parser(
+        "from-retail",
+        help="turn an invoice export (Online Retail shape) into a bundle",
+        description=retail_cli.FROM_RETAIL_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retail_cli.add_from_retail_arguments(p)
+    p.set_defaults(handler=_bundle_from_retail)
+
+    evals = sub.add_parser("eval", help="evaluate recommendations offline").add_subparsers(
+        dest="eval_command", metavar="COMMAND", required=True
+    )
+    p = evals.add_parser(
+        "offline",
+        help="HR@k and NDCG@k of the retail bundle on a time split, served by the pipeline",
+        description=retail_cli.EVAL_OFFLINE_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retail_cli.add_eval_offline_arguments(p)
+    p.set_defaults(handler=_eval_offline)
     return parser
 
 

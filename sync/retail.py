@@ -665,30 +665,73 @@ def retail_schema() -> dict[str, Any]:
 
 
 def retail_rules() -> dict[str, Any]:
-    """rules.json of retail bundles: the synthetic bundles' placements with retail content."""
+    """rules.json of retail bundles (see docs/rules.md): value-based and needs-like segments from RFM
+    and purchase history, the synthetic bundles' placements with retail content."""
     return {
-        "placements": {
-            "home": {"strategy": "personalized", "default_count": 10, "max_count": 50},
-            "pdp_similar": {"strategy": "similar", "default_count": 8, "max_count": 50},
-            "hero_banner": {
-                "strategy": "content",
-                "default_content": "hero_default",
-                "experiment": "hero_test",
-            },
+        "segments": {
+            "champions": {"condition": {"profile.rfm_segment": {"$in": ["champions", "loyal"]}}},
+            "high_value": {"condition": {"profile.value_segment": "high"}},
+            "christmas_shoppers": {"condition": {"profile.top_categories": {"$in": ["seasonal/christmas"]}}},
+            "uk": {"condition": {"context.country": "GB"}},
         },
         "experiments": {
             "hero_test": {
-                "placement": "hero_banner",
                 "salt": "hero_test",
                 "variants": [
-                    {"id": "control", "weight": 5000, "content_id": "hero_default"},
-                    {"id": "gift_ideas", "weight": 5000, "content_id": "hero_gift_ideas"},
+                    {"id": "control", "weight": 1, "content_id": "hero_default"},
+                    {"id": "gift_ideas", "weight": 1, "content_id": "hero_gift_ideas"},
                 ],
             }
+        },
+        "placements": {
+            "home": {
+                "kind": "items",
+                "default_count": 10,
+                "max_count": 50,
+                "default": {"strategy": "popular", "scope": "global"},
+                "campaigns": [{"id": "personal", "serve": {"strategy": "personalized"}}],
+            },
+            "pdp_similar": {
+                "kind": "items",
+                "default_count": 8,
+                "max_count": 50,
+                # Embedding neighbours: on this data they beat the co-purchase lists (BENCHMARKS.md).
+                "campaigns": [{"id": "similar", "serve": {"strategy": "similar", "method": "embedding"}}],
+            },
+            "bought_together": {
+                "kind": "items",
+                "default_count": 8,
+                "max_count": 50,
+                "campaigns": [
+                    {"id": "co_purchase", "serve": {"strategy": "similar", "method": "cooccurrence"}}
+                ],
+            },
+            "hero_banner": {
+                "kind": "content",
+                "default_content": "hero_default",
+                "campaigns": [
+                    {
+                        "id": "vip_thanks",
+                        "priority": 10,
+                        "audience": ["champions", "high_value"],
+                        "serve": {"content": "hero_vip"},
+                    },
+                    {
+                        "id": "christmas",
+                        "priority": 5,
+                        "audience": ["christmas_shoppers"],
+                        "schedule": {"start": "2011-11-01T00:00:00Z", "end": "2011-12-26T00:00:00Z"},
+                        "serve": {"content": "hero_christmas"},
+                    },
+                    {"id": "hero_ab", "serve": {"experiment": "hero_test"}},
+                ],
+            },
         },
         "contents": {
             "hero_default": {"title": "New in: home and gifts", "link": "/new"},
             "hero_gift_ideas": {"title": "Gift ideas for every occasion", "link": "/gifts"},
+            "hero_vip": {"title": "Thank you: early access for our best customers", "link": "/vip"},
+            "hero_christmas": {"title": "Christmas decorations are back", "link": "/christmas"},
         },
         "cold_start_min_views": 1,
     }

@@ -42,6 +42,9 @@ def _profile_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
 def _model_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
     yield b"item_embeddings", encode_array(bundle.item_embeddings)
     yield b"item_popularity", encode_array(bundle.item_popularity)
+    if bundle.item_neighbors is not None and bundle.item_neighbor_scores is not None:
+        yield b"item_neighbors", encode_array(bundle.item_neighbors)
+        yield b"item_neighbor_scores", encode_array(bundle.item_neighbor_scores)
     for name, array in bundle.extra_models.items():
         yield name.encode(), encode_array(array)
 
@@ -60,7 +63,12 @@ def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
         "profiles": len(bundle.profiles),
         "dim": bundle.dim,
         "daily_counts_end_ms": bundle.daily_counts_end_ms,
-        "models": ["item_embeddings", "item_popularity", *bundle.extra_models],
+        "models": [
+            "item_embeddings",
+            "item_popularity",
+            *(["item_neighbors", "item_neighbor_scores"] if bundle.item_neighbors is not None else []),
+            *bundle.extra_models,
+        ],
     }
 
 

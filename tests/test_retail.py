@@ -105,8 +105,9 @@ def test_real_export_makes_a_valid_bundle(real: tuple[RetailImport, Bundle]) -> 
     assert imported.cancellation_lines > 500 and imported.pairs_netted_out > 0
     assert imported.lines_skipped_service > 0 and imported.lines_anonymous > 1_000
     assert bundle.dim == 32 and bundle.user_embeddings is not None
-    assert set(bundle.rules.placements) == {"home", "pdp_similar", "hero_banner"}
-    assert bundle.rules.experiments["hero_test"].placement_id == "hero_banner"
+    assert {"home", "pdp_similar", "hero_banner", "bought_together"} == set(bundle.rules.placements)
+    assert bundle.rules.placements["hero_banner"].campaigns[-1].experiment_id == "hero_test"
+    assert bundle.item_neighbors is not None
     for item in bundle.items:
         assert ID_RE.fullmatch(item.id) and item.id.startswith("p")
         assert item.price > 0 and item.regions == ("*",)
