@@ -454,6 +454,30 @@ class _Users:
                 progress(f"profiles {j + 1}/{self.n}")
 
 
+NEIGHBORS: Final = 50  # precomputed nearest neighbours per item (similar items without a catalog scan)
+
+
+def _embedding_neighbors(
+    embeddings: NDArray[np.float32], k: int, chunk: int = 1024
+) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """Each item's k most similar other items by dot product (rows padded with -1 / 0)."""
+    n = embeddings.shape[0]
+    k_eff = min(k, n - 1)
+    rows = np.full((n, k), -1, dtype=np.int32)
+    scores = np.zeros((n, k), dtype=np.float32)
+    if k_eff <= 0:
+        return rows, scores
+    for start in range(0, n, chunk):
+        block = embeddings[start : start + chunk] @ embeddings.T
+        block[np.arange(block.shape[0]), np.arange(start, start + block.shape[0])] = -np.inf  # no self
+        top = np.argpartition(-block, k_eff - 1, axis=1)[:, :k_eff]
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)
+        rows[start : start + block.shape[0], :k_eff] = np.take_along_axis(top, order, axis=1)
+        scores[start : start + block.shape[0], :k_eff] = np.take_along_axis(top_scores, order, axis=1)
+    return rows, scores
+
+
 TRENDING_SHARE: Final = 0.05  # items whose views grow over the last weeks
 DAILY_DAYS: Final = 28
 
@@ -510,6 +534,7 @@ def synth_bundle(
     user_emb = profiles.embeddings(rng, catalog, dim)
     extra_rng = np.random.default_rng([seed, 1])  # a stream of its own: the data above stays as it was
     daily = _daily_counts(extra_rng, popularity)
+    neighbors, neighbor_scores = _embedding_neighbors(item_emb.astype(np.float32), NEIGHBORS)
     by_scope = _scoped_popularity(extra_rng, popularity, item_records)
     path = write_bundle(
         out,
@@ -521,6 +546,8 @@ def synth_bundle(
         item_embeddings=item_emb.astype(np.float32),
         item_popularity=popularity.astype(np.float32),
         user_embeddings=user_emb.astype(np.float32),
+        item_neighbors=neighbors,
+        item_neighbor_scores=neighbor_scores,
         item_daily_counts=daily,
         daily_counts_end=str(REFERENCE_DATE),
         popularity_by_scope=by_scope,

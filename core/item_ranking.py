@@ -153,19 +153,28 @@ def _trending(
     return trending
 
 
-def _cooccurrence(
-    view: ReadView, state: VersionState, seeds: Sequence[int], out: NDArray[np.float32]
-) -> NDArray[np.float32] | None:
+Candidates = tuple[NDArray[np.int32], NDArray[np.float32]]  # rows and their scores, unordered
+
+
+def _neighbours(view: ReadView, seeds: Sequence[int], mask: NDArray[np.uint8]) -> Candidates | None:
+    """The seeds' precomputed neighbour lists (scores summed over seeds), restricted to the mask.
+
+    Touches only the seeds' rows of the neighbour arrays: no scan over the catalog."""
     neighbors = view.array("item_neighbors")
     weights = view.array("item_neighbor_scores")
     if neighbors is None or weights is None:
         return None
-    out[:] = 0
-    for row in seeds:
-        nb = neighbors[row]
-        valid = nb >= 0
-        np.add.at(out, nb[valid], weights[row][valid])
-    return out
+    rows = neighbors[seeds].ravel()
+    scores = weights[seeds].ravel()
+    valid = rows >= 0
+    rows, scores = rows[valid], scores[valid]
+    if len(seeds) > 1:
+        rows, inverse = np.unique(rows, return_inverse=True)
+        summed = np.zeros(rows.shape[0], dtype=np.float32)
+        np.add.at(summed, inverse, scores)
+        scores = summed
+    keep = mask[rows].astype(bool)
+    return rows[keep], scores[keep]
 
 
 def _replenish_due(state: VersionState, activity: Activity | None, now_ms: int) -> list[int]:
@@ -249,6 +258,7 @@ def rank_items(
     embeddings = view.array("item_embeddings")
     query: NDArray[np.float32] | None = None
     scores: NDArray[np.float32] | None = None
+    candidates: Candidates | None = None
     fallback = Fallback.NONE
     strategy = serve.strategy
     if strategy == "personalized":
@@ -270,18 +280,17 @@ def rank_items(
             fallback = miss_reason(shopper)
         else:
             if serve.method != "embedding":
-                scores = _cooccurrence(view, state, seeds, scratch.vec)
-                if scores is not None:
-                    np.bitwise_and(mask, scores > 0, out=mask)
-                    strategy = "cooccurrence"
-            if scores is None and serve.method != "cooccurrence" and embeddings is not None:
+                candidates = _neighbours(view, seeds, mask)
+                if candidates is not None and why is not None:
+                    why.notes.append(f"{candidates[0].shape[0]} neighbour(s) of the seeds pass the filters")
+            if serve.method != "cooccurrence" and embeddings is not None:
+                # The query ranks by embeddings, or fills up after the neighbour lists ("auto").
                 if len(seeds) == 1:
                     np.copyto(scratch.query, embeddings[seeds[0]])
                 else:
                     np.mean(embeddings[seeds], axis=0, out=scratch.query)
                 query = scratch.query
-                strategy = "similar"
-            if scores is None and query is None:
+            if candidates is None and query is None:
                 fallback = Fallback.MODEL_UNAVAILABLE
     elif strategy == "popular":
         scores = _popularity(view, state, serve.scope, shopper, country)
@@ -309,7 +318,7 @@ def rank_items(
                 scratch.vec[r] = s
             scores = scratch.vec
 
-    if query is None and scores is None:
+    if query is None and scores is None and candidates is None:
         strategy = default.strategy
         scores = (
             _trending(view, state, default.half_life_days, now_ms) if default.strategy == "trending" else None
@@ -320,7 +329,19 @@ def rank_items(
         if fallback == Fallback.NONE:
             fallback = Fallback.MODEL_UNAVAILABLE
     return _top(
-        state, scratch, mask, count, serve, shopper, query, scores, embeddings, strategy, fallback, why
+        state,
+        scratch,
+        mask,
+        count,
+        serve,
+        shopper,
+        query,
+        scores,
+        candidates,
+        embeddings,
+        strategy,
+        fallback,
+        why,
     )
 
 
@@ -333,11 +354,13 @@ def _top(
     shopper: Shopper,
     query: NDArray[np.float32] | None,
     scores: NDArray[np.float32] | None,
+    candidates: Candidates | None,
     embeddings: NDArray[np.float32] | None,
     strategy: str,
     fallback: Fallback,
     why: PlacementExplanation | None,
 ) -> Ranked:
+    considered = int(np.count_nonzero(mask)) if why is not None else 0
     pinned: list[int] = []
     if serve.promotions is not None and count > 0:
         slots = max(1, round(serve.promotions.share * count)) if serve.promotions.share > 0 else 0
@@ -359,9 +382,26 @@ def _top(
     fetch = max(0, min(fetch, state.n_items))
     scratch.ensure(state.n_items, fetch, state.dim)
     boost = state.boost_vector(serve.boosts) if serve.boosts else None
-    if query is not None and embeddings is not None and boost is None:
+    rows: list[int] = []
+    values: list[float] = []
+    if candidates is not None:
+        cand_rows, cand_scores = candidates
+        if pinned:
+            keep = mask[cand_rows].astype(bool)
+            cand_rows, cand_scores = cand_rows[keep], cand_scores[keep]
+        if boost is not None:
+            cand_scores = cand_scores + boost[cand_rows]
+        order = np.lexsort((cand_rows, -cand_scores))[:fetch]  # score descending, lower row first
+        rows, values = cand_rows[order].tolist(), cand_scores[order].tolist()
+        mask[cand_rows] = 0  # what follows only fills up
+        fetch -= len(rows)
+        if query is None:
+            fetch = 0
+    if fetch > 0 and query is not None and embeddings is not None and boost is None:
         n = topk_dot_into(embeddings, query, mask, fetch, scratch.idx, scratch.scores)
-    else:
+        rows += scratch.idx[:n].tolist()
+        values += scratch.scores[:n].tolist()
+    elif fetch > 0:
         if query is not None and embeddings is not None:
             scores = embeddings @ query
         assert scores is not None
@@ -370,8 +410,9 @@ def _top(
         n = topk_scores_into(
             np.ascontiguousarray(scores, dtype=np.float32), mask, fetch, scratch.idx, scratch.scores
         )
-    rows: list[int] = scratch.idx[:n].tolist()
-    values: list[float] = scratch.scores[:n].tolist()
+        rows += scratch.idx[:n].tolist()
+        values += scratch.scores[:n].tolist()
+    n = len(rows)
     if sunk:
         order = sorted(range(n), key=lambda j: rows[j] in sunk)  # stable: sunk items move to the end
         rows, values = [rows[j] for j in order], [values[j] for j in order]
@@ -384,7 +425,7 @@ def _top(
     items = [ItemOut(state.item_ids[r], 0.0, "promotion", promoted=True) for r in pinned]
     items += [ItemOut(state.item_ids[r], v, reason) for r, v in zip(rows, values, strict=True)]
     if why is not None:
-        why.candidates = int(np.count_nonzero(mask)) + len(pinned)
+        why.candidates = considered
         for r in pinned:
             why.items.append(ItemExplanation(state.item_ids[r], {}, ["promoted"]))
         for r, v in zip(rows, values, strict=True):

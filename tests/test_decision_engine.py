@@ -432,3 +432,30 @@ def test_extra_model_files_are_validated(bundle_dir: Path, tmp_path: Path) -> No
     rewrite_manifest(out)
     with pytest.raises(BundleError, match=r"item_daily_counts.npy: shape must be"):
         load_bundle(out)
+
+
+def test_similar_items_walk_the_neighbour_lists_then_fill(engine: tuple[Store, Bundle, Pipeline]) -> None:
+    store, bundle, pipeline = engine
+    assert bundle.item_neighbors is not None and bundle.item_neighbor_scores is not None
+    state = _state(engine)
+    seed = next(i.id for i in bundle.items if "*" in i.regions)
+    row = state.rows[seed]
+    everywhere = {i.id for i in bundle.items if "*" in i.regions}
+    expected = [bundle.items[r].id for r in bundle.item_neighbors[row] if r >= 0]
+    expected = [i for i in expected if i in everywhere][:8]
+
+    def similar(count: int, **ask: Any) -> PlacementOutput:
+        request = DecideInput(
+            placements=(PlacementAsk("pdp_similar", count, seed_item_ids=(seed,), **ask),),
+            now_ms=NOW,
+            explain=True,
+        )
+        with store.read() as view:
+            return pipeline.decide(view, request).placements[0]
+
+    out = similar(8)
+    assert out.strategy == "similar" and [i.id for i in out.items] == expected
+    # Excluding most neighbours: the list is filled up from embedding similarity, never short.
+    many = similar(8, exclude_ids=tuple(expected[:6]))
+    assert len(many.items) == 8 and not set(expected[:6]) & {i.id for i in many.items}
+    assert [i.id for i in many.items][:2] == expected[6:8]
