@@ -414,8 +414,8 @@ def _top(
         values += scratch.scores[:n].tolist()
     n = len(rows)
     if sunk:
-        order = sorted(range(n), key=lambda j: rows[j] in sunk)  # stable: sunk items move to the end
-        rows, values = [rows[j] for j in order], [values[j] for j in order]
+        moved = sorted(range(n), key=lambda j: rows[j] in sunk)  # stable: sunk items move to the end
+        rows, values = [rows[j] for j in moved], [values[j] for j in moved]
     if serve.diversity is not None:
         rows, values = _diversify(
             state, rows, values, serve.diversity.max_per_category, serve.diversity.depth
