@@ -15,14 +15,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 
 from edgewise.core.activity import activity_key
 from edgewise.core.decisions import (
     PERSONALIZATION,
+    Context,
     DecideInput,
     DecisionOutput,
     Explanation,
     Fallback,
+    ItemOut,
     PlacementAsk,
     PlacementExplanation,
     PlacementOutput,
@@ -30,6 +33,7 @@ from edgewise.core.decisions import (
 )
 from edgewise.core.experiments import assign, in_holdout
 from edgewise.core.feature_view import FeatureView
+from edgewise.core.features import MISSING
 from edgewise.core.item_ranking import Scratch, Shopper, rank_items
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.rules import Campaign, Placement
@@ -39,6 +43,25 @@ from edgewise.core.strategies import Filter, StrategyError, compile_filter
 from edgewise.core.version_state import VersionCache, VersionState
 
 __all__ = ["Pipeline", "SnapshotMissing"]
+
+
+class _NoFeatures:
+    """A feature source that knows nothing (for the anonymous fast default)."""
+
+    now_ms = 0
+    activity = None
+
+    def get(self, path: tuple[str, ...]) -> object:
+        return MISSING
+
+    def item_category(self, item_id: str) -> str | None:
+        return None
+
+    def item_flags(self, item_id: str) -> None:
+        return None
+
+
+_NO_FEATURES = _NoFeatures()
 
 
 class SnapshotMissing(RuntimeError):
@@ -115,6 +138,53 @@ class Pipeline:
             if features.reads is not None:
                 why.features.update(features.reads)
         return DecisionOutput(view.version, outputs, why)
+
+    def fast_default(self, view: ReadView, request: DecideInput, reason: Fallback) -> DecisionOutput:
+        """The default experience of every placement, as cheaply as possible (overload, blown budget).
+
+        Reads nothing about the user: popularity in the request's country, or the default content."""
+        state = self.state(view)
+        asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
+        outputs = []
+        for ask, (placement, count, _) in zip(request.placements, asks, strict=True):
+            out = PlacementOutput(placement.id, strategy="default", fallback=reason)
+            if placement.kind == "content":
+                out.content_id = placement.default_content
+            else:
+                top: list[ItemOut] = state.derived(
+                    ("fast_default", placement.id, request.context.country.upper()),
+                    partial(self._popular, view, state, placement, request.context.country),
+                )
+                excluded = set(ask.exclude_ids)
+                out.items = [i for i in top if i.id not in excluded][:count]
+                out.strategy = "popular"
+            outputs.append(out)
+        return DecisionOutput(view.version, outputs, None)
+
+    def _popular(
+        self, view: ReadView, state: VersionState, placement: Placement, country: str
+    ) -> list[ItemOut]:
+        request = DecideInput(
+            context=Context(country=country), placements=(PlacementAsk(placement.id, placement.max_count),)
+        )
+        shopper = Shopper(False, False, None, None, SegmentMemo(state.rules.segments, _NO_FEATURES))
+        ask = request.placements[0]
+        self._scratch.ensure(state.n_items, placement.max_count, state.dim)
+        ranked = rank_items(
+            view,
+            state,
+            self._scratch,
+            ask,
+            None,
+            placement.max_count,
+            placement.default_items,
+            placement.default_items,
+            shopper,
+            country,
+            0,
+            None,
+        )
+        return ranked.items
 
     def _placement(
         self,

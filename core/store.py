@@ -67,6 +67,7 @@ class StoreError(RuntimeError):
 class TrackResult:
     accepted: int
     duplicates: int
+    new: tuple[bool, ...] = ()  # per event, in order: True = stored now, False = a duplicate
 
 
 class ReadView:
@@ -215,6 +216,7 @@ class Store:
     ) -> TrackResult:
         """Store new events durably (dedupe by event id, outbox, live activity) in one transaction."""
         accepted = duplicates = 0
+        new: list[bool] = []
         events_db, outbox_db, activity_db = (self._dbs[n] for n in ("events", "outbox", "activity"))
         meta = self._dbs["meta"]
         with self._env.begin(write=True) as txn:
@@ -225,8 +227,10 @@ class Store:
                 key = event.event_id.encode()
                 if not txn.put(key, _U64.pack(event.timestamp_ms), db=events_db, overwrite=False):
                     duplicates += 1
+                    new.append(False)
                     continue
                 accepted += 1
+                new.append(True)
                 if keep_outbox:
                     seq += 1
                     txn.put(_SEQ.pack(seq), event.encode(), db=outbox_db)
@@ -238,4 +242,4 @@ class Store:
             for akey, activity in touched.items():
                 txn.put(akey.encode(), encode_activity(activity), db=activity_db)
             txn.put(_OUTBOX_SEQ_KEY, _U64.pack(seq), db=meta)
-        return TrackResult(accepted, duplicates)
+        return TrackResult(accepted, duplicates, tuple(new))

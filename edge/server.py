@@ -40,16 +40,27 @@ class EdgeServer:
         self.server.stop(grace).wait()
 
 
-def build_server(servicer: PersonalizerServicer, listen: str, *, threads: int = 8) -> EdgeServer:
-    """Bind `listen` (HOST:PORT, port 0 = any free port) and register every service; not started yet."""
+def build_server(
+    servicer: PersonalizerServicer,
+    listen: str,
+    *,
+    threads: int = 8,
+    reuse_port: bool = False,
+    max_concurrent_rpcs: int | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> EdgeServer:
+    """Bind `listen` (HOST:PORT, port 0 = any free port) and register every service; not started yet.
+
+    `reuse_port`: several worker processes share the port (SO_REUSEPORT, the kernel spreads
+    connections). `max_concurrent_rpcs`: calls past it are shed with RESOURCE_EXHAUSTED at once."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
         options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
         ],
-        maximum_concurrent_rpcs=threads * 16,
+        maximum_concurrent_rpcs=max_concurrent_rpcs or threads * 16,
     )
     _pb_grpc.add_PersonalizerServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

@@ -1,21 +1,39 @@
-"""PersonalizerServicer: the Decide and Track RPCs of an edge node over its store and pipeline."""
+"""PersonalizerServicer: the Decide and Track RPCs of an edge node over its store and pipeline.
+
+Decide answers with the fast default (`FALLBACK_REASON_BUDGET_EXCEEDED`) when less than
+`min_budget_ms` of the caller's deadline is left, and, in `overload = "default"` mode, with the fast
+default (`FALLBACK_REASON_OVERLOADED`) when more than `max_in_flight` calls are being handled. In
+`overload = "reject"` mode the gRPC server itself sheds calls past `max_in_flight` with
+RESOURCE_EXHAUSTED before they reach a thread.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 
 import grpc
 
 from edgewise.core.activity import ActivityLimits
-from edgewise.core.decisions import RequestError
+from edgewise.core.decisions import Fallback, RequestError
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.store import Store
 from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
+from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.logs import log
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
-__all__ = ["PersonalizerServicer"]
+__all__ = ["PersonalizerServicer", "ServingOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServingOptions:
+    max_in_flight: int = 64  # per worker
+    overload: str = "reject"  # "reject" (RESOURCE_EXHAUSTED) or "default" (fast default, OVERLOADED)
+    min_budget_ms: float = 2.0  # less of the caller's deadline left: the fast default
+    track_timeout_s: float = 10.0
 
 
 class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
@@ -25,17 +43,45 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         pipeline: Pipeline,
         limits: Limits | None = None,
         activity_limits: ActivityLimits | None = None,
+        *,
+        committer: GroupCommitter | None = None,
+        options: ServingOptions | None = None,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
         self._limits = limits or Limits()
         self._activity_limits = activity_limits or ActivityLimits()
+        self._committer = committer
+        self._options = options or ServingOptions()
+        self._in_flight = 0
+        self._lock = threading.Lock()
 
     def Decide(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> _pb.DecideResponse:
+        with self._lock:
+            self._in_flight += 1
+            busy = self._in_flight
+        try:
+            return self._decide(request, context, busy)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _decide(
+        self, request: _pb.DecideRequest, context: grpc.ServicerContext, busy: int
+    ) -> _pb.DecideResponse:
         try:
             ask = decide_input(request, self._limits, int(time.time() * 1000))
+            remaining = context.time_remaining()
+            shortcut = None
+            if remaining is not None and remaining * 1000 < self._options.min_budget_ms:
+                shortcut = Fallback.BUDGET_EXCEEDED
+            elif self._options.overload == "default" and busy > self._options.max_in_flight:
+                shortcut = Fallback.OVERLOADED
             with self._store.read() as view:
-                decision = self._pipeline.decide(view, ask)
+                if shortcut is not None:
+                    decision = self._pipeline.fast_default(view, ask, shortcut)
+                else:
+                    decision = self._pipeline.decide(view, ask)
         except RequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SnapshotMissing:
@@ -48,7 +94,12 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         except RequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
-            result = self._store.record_events(events, self._activity_limits)
+            if self._committer is not None:
+                result = self._committer.submit(events, timeout=self._options.track_timeout_s)
+            else:
+                result = self._store.record_events(events, self._activity_limits)
+        except CommitterClosed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "this edge is shutting down; retry on another")
         except Exception as exc:
             log("track_store_failed", level="error", error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored durably; retry")

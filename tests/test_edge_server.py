@@ -358,7 +358,8 @@ def test_sigterm_drains_and_exits_zero(edge: EdgeProcess) -> None:
         _decide(pb_grpc.PersonalizerStub(ch), session_id="s")
     assert edge.stop(signal.SIGTERM) == 0
     events = [e["event"] for e in edge.log_events()]
-    assert events[-2:] == ["stopping", "stopped"]
+    assert events[-1] == "stopped"
+    assert events.index("stopping") < events.index("worker_stopped") < events.index("stopped")
 
 
 def test_campaigns_through_a_real_edge(channel: grpc.Channel, bundle_dir: Path) -> None:

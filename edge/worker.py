@@ -1,0 +1,84 @@
+"""One worker process of an edge node: a sync gRPC server on the node's port (SO_REUSEPORT), reading
+the node's LMDB environment, writing Track events through its own group committer.
+
+Started by the supervisor with the multiprocessing `spawn` method (gRPC does not survive a fork), so
+everything here is created in the child. SIGTERM or SIGINT: health NOT_SERVING, drain in-flight calls
+for the grace period, exit 0. A worker whose supervisor died stops by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+
+from edgewise.core.activity import ActivityLimits
+from edgewise.core.pipeline import Pipeline
+from edgewise.core.store import Store
+from edgewise.edge.convert import Limits
+from edgewise.edge.group_commit import GroupCommitter
+from edgewise.edge.logs import log
+from edgewise.edge.server import build_server
+from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
+
+__all__ = ["WorkerSpec", "worker_main"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    data_dir: Path
+    map_size: int
+    listen: str  # HOST:PORT with a concrete port, shared by every worker
+    threads: int
+    grace: float
+    pin_cpu: int | None
+    options: ServingOptions
+    limits: Limits
+    activity_limits: ActivityLimits
+    group_commit_max_events: int
+
+
+def worker_main(spec: WorkerSpec, ready: Connection) -> None:
+    """Entry point of a worker process: serve until told to stop."""
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads; workers see the new version
+    if spec.pin_cpu is not None:
+        os.sched_setaffinity(0, {spec.pin_cpu})
+    parent = os.getppid()
+    store = Store(spec.data_dir, map_size=spec.map_size)
+    pipeline = Pipeline()
+    with store.read() as view:
+        pipeline.state(view)  # decode the snapshot before reporting SERVING
+    committer = GroupCommitter(store, spec.activity_limits, max_events=spec.group_commit_max_events)
+    servicer = PersonalizerServicer(store, pipeline, spec.limits, committer=committer, options=spec.options)
+    edge = build_server(
+        servicer,
+        spec.listen,
+        threads=spec.threads,
+        reuse_port=True,
+        max_concurrent_rpcs=spec.options.max_in_flight,
+    )
+    edge.server.start()
+    edge.set_serving(True)
+    log("worker_serving", worker=spec.index, pid=os.getpid(), address=spec.listen, cpu=spec.pin_cpu)
+    ready.send(("ready", os.getpid()))
+    ready.close()
+    while not stop.wait(0.2):
+        if os.getppid() != parent:
+            log("worker_orphaned", level="warning", worker=spec.index, error="the supervisor is gone")
+            break
+    edge.stop(spec.grace)
+    committer.close()
+    store.close()
+    log("worker_stopped", worker=spec.index, pid=os.getpid())
