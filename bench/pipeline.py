@@ -306,7 +306,7 @@ def record_activity(
                     event("impression", user, session, pop.item_ids[int(row)], NOW_MS - HOUR_MS)
     limits = ActivityLimits()
     for start in range(0, len(events), 20_000):
-        store.record_events(events[start : start + 20_000], limits, keep_outbox=False)
+        store.record_events(events[start : start + 20_000], limits)
     users = len({r.user_id for r in requests if r.user_id})
     return {"distinct_users": users, "units": len(units), **dict(counts)}
 

@@ -18,6 +18,7 @@ __all__ = [
     "TrackedEvent",
     "activity_key",
     "apply_event",
+    "expire",
 ]
 
 # Types with a built-in meaning. Other well-formed types are accepted and forwarded, and leave
@@ -33,6 +34,24 @@ class ActivityLimits:
     max_cart: int = 50
     max_purchases: int = 50
     max_impressions: int = 200
+    ttl_ms: int = 72 * 3_600_000  # views and cart entries older than this expire
+    purchases_ttl_ms: int = 400 * 86_400_000  # purchases are kept longer: replenishment needs them
+
+
+def expire(activity: Activity, now_ms: int, limits: ActivityLimits) -> Activity:
+    """The activity without views and cart entries older than the TTL, nor purchases older than theirs."""
+    cutoff = now_ms - limits.ttl_ms
+    bought_cutoff = now_ms - limits.purchases_ttl_ms
+    if all(ts >= cutoff for _, ts in (*activity.views, *activity.cart)) and all(
+        ts >= bought_cutoff for _, ts in activity.purchases
+    ):
+        return activity
+    return replace(
+        activity,
+        views=tuple(v for v in activity.views if v[1] >= cutoff),
+        cart=tuple(c for c in activity.cart if c[1] >= cutoff),
+        purchases=tuple(p for p in activity.purchases if p[1] >= bought_cutoff),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +65,10 @@ class TrackedEvent:
     placement_id: str
     value: float
     timestamp_ms: int
+    # What the caller's consent lets the node keep: the outbox (analytics) and live activity
+    # (personalization). The event id is always kept, for idempotency.
+    analytics: bool = True
+    personalization: bool = True
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -86,7 +109,7 @@ def apply_event(activity: Activity, event: TrackedEvent, limits: ActivityLimits)
     item, ts = event.item_id, event.timestamp_ms
     if not item:
         return activity
-    a = activity
+    a = expire(activity, ts, limits)
     if event.type == "view":
         return replace(a, views=_push(a.views, (item, ts), limits.max_views))
     if event.type == "click":

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import partial
 
-from edgewise.core.activity import activity_key
+from edgewise.core.activity import ActivityLimits, activity_key, expire
 from edgewise.core.decisions import (
     PERSONALIZATION,
     Context,
@@ -43,6 +43,9 @@ from edgewise.core.strategies import Filter, StrategyError, compile_filter
 from edgewise.core.version_state import VersionCache, VersionState
 
 __all__ = ["Pipeline", "SnapshotMissing"]
+
+
+ACTIVITY_LIMITS = ActivityLimits()  # TTLs applied when activity is read
 
 
 class _NoFeatures:
@@ -344,6 +347,8 @@ def _consented_inputs(
         return None, None, False
     unit = request.user_id or request.session_id
     activity = view.activity(activity_key(request.user_id, request.session_id)) if unit else None
+    if activity is not None and request.now_ms:
+        activity = expire(activity, request.now_ms, ACTIVITY_LIMITS)
     return profile, activity, True
 
 

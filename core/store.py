@@ -211,10 +211,9 @@ class Store:
         except lmdb.MapFullError as exc:
             raise StoreError(f"the store at {self.path} is full; raise its map size: {exc}") from exc
 
-    def record_events(
-        self, events: Sequence[TrackedEvent], limits: ActivityLimits, *, keep_outbox: bool = True
-    ) -> TrackResult:
-        """Store new events durably (dedupe by event id, outbox, live activity) in one transaction."""
+    def record_events(self, events: Sequence[TrackedEvent], limits: ActivityLimits) -> TrackResult:
+        """Store new events durably in one transaction: the event id (dedupe) always, the outbox entry
+        only with the analytics purpose, live activity only with the personalization purpose."""
         accepted = duplicates = 0
         new: list[bool] = []
         events_db, outbox_db, activity_db = (self._dbs[n] for n in ("events", "outbox", "activity"))
@@ -231,9 +230,11 @@ class Store:
                     continue
                 accepted += 1
                 new.append(True)
-                if keep_outbox:
+                if event.analytics:
                     seq += 1
                     txn.put(_SEQ.pack(seq), event.encode(), db=outbox_db)
+                if not event.personalization:
+                    continue
                 akey = activity_key(event.user_id, event.session_id)
                 if akey not in touched:
                     buf = txn.get(akey.encode(), db=activity_db)

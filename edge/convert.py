@@ -193,7 +193,8 @@ def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> li
         raise RequestError(
             "events", f"has {len(request.events)} entries, more than the cap of {limits.max_events}"
         )
-    _check_ids(request.consent, "consent", limits.max_consents, limits)
+    consent = frozenset(_check_ids(request.consent, "consent", limits.max_consents, limits))
+    analytics, personalization = "analytics" in consent, "personalization" in consent
     events = []
     for i, e in enumerate(request.events):
         field = f"events[{i}]"
@@ -223,6 +224,8 @@ def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> li
                 placement_id=e.placement_id,
                 value=e.value,
                 timestamp_ms=e.timestamp_ms or now_ms,
+                analytics=analytics,
+                personalization=personalization,
             )
         )
     return events

@@ -145,3 +145,35 @@ def _record_then_hang(path: str, ready: object) -> None:
             store.record_events([_event(f"e{n}")], ActivityLimits())
         ready.set()  # type: ignore[attr-defined]
         time.sleep(60)
+
+
+def test_what_is_kept_follows_the_event_s_consent(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        base = _event("e-none", item="i1", user="u-x")
+        store.record_events([replace(base, analytics=False, personalization=False)], ActivityLimits())
+        store.record_events([replace(base, event_id="e-an", personalization=False)], ActivityLimits())
+        store.record_events([replace(base, event_id="e-pe", analytics=False, item_id="i2")], ActivityLimits())
+        r = store.record_events([replace(base, analytics=False, personalization=False)], ActivityLimits())
+        assert (r.accepted, r.duplicates) == (0, 1)  # the id alone still makes Track idempotent
+        with store.read() as view:
+            assert view.count("events") == 3
+            assert view.count("outbox") == 1  # only the analytics one
+            activity = view.activity("u:u-x")
+            assert activity is not None and [i for i, _ in activity.views] == ["i2"]  # only personalization
+
+
+def test_activity_expires_after_its_ttl() -> None:
+    from edgewise.core.activity import apply_event, expire
+    from edgewise.core.records import Activity
+
+    limits = ActivityLimits(ttl_ms=1000, purchases_ttl_ms=10_000)
+    a = Activity()
+    a = apply_event(a, TrackedEvent("1", "view", "u", "", "i1", "", "", 0.0, 1_000), limits)
+    a = apply_event(a, TrackedEvent("2", "purchase", "u", "", "i2", "", "", 0.0, 1_500), limits)
+    a = apply_event(a, TrackedEvent("3", "view", "u", "", "i3", "", "", 0.0, 2_600), limits)
+    assert [i for i, _ in a.views] == ["i3"]  # i1 expired when i3 arrived
+    assert expire(a, 5_000, limits).views == ()
+    assert [i for i, _ in expire(a, 5_000, limits).purchases] == ["i2"]
+    assert expire(a, 20_000, limits).purchases == ()
