@@ -189,7 +189,12 @@ class TrackConfig:
         default=50, metadata=_meta("recent views kept per user or session", min=1, max=10_000)
     )
     activity_ttl_hours: float = field(
-        default=72.0, metadata=_meta("live activity expires after this many hours", above=0, max=24 * 365)
+        default=72.0,
+        metadata=_meta("recent views and cart entries expire after this many hours", above=0, max=24 * 365),
+    )
+    activity_purchases_ttl_days: float = field(
+        default=400.0,
+        metadata=_meta("purchases (for replenishment) expire after this many days", above=0, max=3650),
     )
 
 

@@ -240,10 +240,13 @@ def _read_metrics_file(path: Path) -> tuple[MetricsLayout, np.ndarray[Any, np.dt
             size = os.fstat(f.fileno()).st_size
             if layout.size != doc.get("slots") or size < offset + 8 * layout.size:
                 return None
-            # Read through a mapping: numpy copies aligned 8-byte words, so no value is torn by a
-            # concurrent writer (a plain read() may copy byte-wise).
-            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-                values = np.frombuffer(mm, dtype="<f8", count=layout.size, offset=offset).astype(np.float64)
+            # Read through a mapping, one aligned 8-byte load per value, so no value is torn by a
+            # concurrent writer (read() makes no such promise).
+            with (
+                mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm,
+                memoryview(mm)[offset : offset + 8 * layout.size].cast("d") as doubles,
+            ):
+                values = np.array(doubles.tolist(), dtype=np.float64)
             return layout, values
     except (OSError, ValueError, KeyError, TypeError):
         return None
