@@ -12,12 +12,14 @@ dies is restarted. SIGTERM / SIGINT: every worker turns health NOT_SERVING, drai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -26,9 +28,19 @@ from pathlib import Path
 from types import FrameType
 
 from edgewise.core.activity import ActivityLimits
+from edgewise.core.rules import compile_rules
 from edgewise.core.store import Store, StoreError
+from edgewise.edge.config import (
+    ConfigError,
+    EdgeConfig,
+    add_config_arguments,
+    flag_overrides,
+    format_config,
+    load_config,
+)
 from edgewise.edge.convert import Limits
 from edgewise.edge.logs import log
+from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serve_metrics
 from edgewise.edge.servicer import ServingOptions
 from edgewise.edge.worker import WorkerSpec, worker_main
 from edgewise.sync.bundle import BundleError, load_bundle
@@ -38,49 +50,11 @@ __all__ = ["add_arguments", "load_bundle_file", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="data directory of this node's LMDB store")
-    parser.add_argument(
-        "--bundle",
-        type=Path,
-        help="bundle directory to load at start and on SIGHUP (an invalid one is refused; the last good "
-        "snapshot keeps serving)",
-    )
-    parser.add_argument(
-        "--listen", default="127.0.0.1:50051", help="HOST:PORT to serve gRPC on; port 0 picks a free port"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=0, help="worker processes sharing the port (default: one per core)"
-    )
-    parser.add_argument("--pin", action="store_true", help="pin worker i to CPU i (of this process's CPUs)")
-    parser.add_argument("--threads", type=int, default=8, help="gRPC handler threads per worker (default 8)")
-    parser.add_argument(
-        "--max-in-flight", type=int, default=64, help="calls handled at once per worker before shedding (64)"
-    )
-    parser.add_argument(
-        "--overload",
-        choices=("reject", "default"),
-        default="reject",
-        help="past --max-in-flight: reject with RESOURCE_EXHAUSTED, or answer the fast default (OVERLOADED)",
-    )
-    parser.add_argument(
-        "--min-budget-ms",
-        type=float,
-        default=2.0,
-        help="with less of the caller's deadline left, answer the fast default (BUDGET_EXCEEDED)",
-    )
-    parser.add_argument(
-        "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on shutdown"
-    )
-    parser.add_argument(
-        "--map-size-mb",
-        type=int,
-        default=8192,
-        help="LMDB map size in MiB (an upper bound, not an allocation)",
-    )
+    add_config_arguments(parser)
     parser.add_argument(
         "--ready-file",
         type=Path,
-        help="once serving, write {address, port, pid, snapshot_version} as JSON here (for scripts)",
+        help="once serving, write {address, port, pid, snapshot_version, workers} as JSON here (for scripts)",
     )
 
 
@@ -181,6 +155,9 @@ class Supervisor:
         for slot in self.slots:
             self._start(slot, timeout)
 
+    def alive(self) -> int:
+        return sum(1 for slot in self.slots if slot.process is not None and slot.process.is_alive())
+
     def pids(self) -> list[int]:
         return [slot.process.pid or 0 for slot in self.slots if slot.process is not None]
 
@@ -227,71 +204,101 @@ class Supervisor:
                 slot.process.join(5)
 
 
-def _check_arguments(args: argparse.Namespace) -> str | None:
-    checks = [
-        (args.workers >= 0, "--workers must be >= 1 (0 = one per core)"),
-        (args.threads >= 1, "--threads must be >= 1"),
-        (args.max_in_flight >= 1, "--max-in-flight must be >= 1"),
-        (args.grace >= 0, "--grace must be >= 0"),
-        (args.min_budget_ms >= 0, "--min-budget-ms must be >= 0"),
-        (args.map_size_mb >= 1, "--map-size-mb must be >= 1"),
-    ]
-    return next((message for ok, message in checks if not ok), None)
-
-
 def run(args: argparse.Namespace) -> int:
-    problem = _check_arguments(args)
-    if problem is not None:
-        log("bad_arguments", level="error", error=problem)
-        return 2
     try:
-        store = Store(args.data, map_size=args.map_size_mb << 20)
+        config, sources = load_config(args.config, os.environ, flag_overrides(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(format_config(config, sources))
+        return 0
+    return serve(config, args.ready_file)
+
+
+def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
+    """Run the node until SIGTERM/SIGINT; return the exit status."""
+    server = config.server
+    try:
+        store = Store(config.data.dir, map_size=config.data.map_size_mb << 20)
     except StoreError as exc:
         log("store_unavailable", level="error", error=str(exc))
         return 2
-    if args.bundle is not None:
-        load_bundle_file(store, args.bundle)
+    if config.data.bundle is not None:
+        load_bundle_file(store, config.data.bundle)
     if not store.has_snapshot():
         log(
             "no_snapshot",
             level="error",
-            data=str(args.data),
+            data=str(config.data.dir),
             error="nothing to serve: no snapshot in the data directory and no valid --bundle",
         )
         store.close()
         return 2
+    with store.read() as view:
+        placements = tuple(compile_rules(view.rules_doc()).placements)
 
-    host, _, port_text = args.listen.rpartition(":")
+    host, _, port_text = server.listen.rpartition(":")
     reserved: socket.socket | None = None
     try:
         port = int(port_text)
         if port == 0:
             reserved, port = _reserve_port(host)
     except (ValueError, OSError) as exc:
-        log("listen_failed", level="error", error=f"cannot listen on {args.listen}: {exc}")
+        log("listen_failed", level="error", error=f"cannot listen on {server.listen}: {exc}")
         store.close()
         return 2
     address = f"{host}:{port}"
-    n_workers = args.workers or os.cpu_count() or 1
+
+    node_metrics: NodeMetrics | None = None
+    metrics_server = None
+    metrics_address = ""
+    if config.metrics.listen:
+        node_metrics = NodeMetrics(
+            make_run_dir(), MetricsLayout(placements), stale_after_seconds=config.health.stale_after_seconds
+        )
+        try:
+            metrics_server, _ = serve_metrics(config.metrics.listen, node_metrics)
+        except OSError as exc:
+            log(
+                "metrics_listen_failed",
+                level="error",
+                error=f"cannot listen on {config.metrics.listen}: {exc}",
+            )
+            store.close()
+            return 2
+        _note_snapshot(node_metrics, store)
+        metrics_host = config.metrics.listen.rpartition(":")[0]
+        metrics_address = f"{metrics_host}:{metrics_server.server_address[1]}"
+
     cpus = sorted(os.sched_getaffinity(0))
     options = ServingOptions(
-        max_in_flight=args.max_in_flight, overload=args.overload, min_budget_ms=args.min_budget_ms
+        max_in_flight=server.max_in_flight, overload=server.overload, min_budget_ms=server.min_budget_ms
+    )
+    limits = Limits(**{f.name: getattr(config.limits, f.name) for f in dataclasses.fields(Limits)})
+    activity = ActivityLimits(
+        max_views=config.track.activity_max_views,
+        ttl_ms=int(config.track.activity_ttl_hours * 3_600_000),
+        purchases_ttl_ms=int(config.track.activity_purchases_ttl_days * 86_400_000),
     )
     specs = [
         WorkerSpec(
             index=i,
-            data_dir=args.data,
-            map_size=args.map_size_mb << 20,
+            data_dir=config.data.dir,
+            map_size=config.data.map_size_mb << 20,
             listen=address,
-            threads=args.threads,
-            grace=args.grace,
-            pin_cpu=cpus[i % len(cpus)] if args.pin else None,
+            threads=server.threads,
+            grace=server.grace_seconds,
+            pin_cpu=cpus[i % len(cpus)] if server.pin else None,
             options=options,
-            limits=Limits(),
-            activity_limits=ActivityLimits(),
-            group_commit_max_events=256,
+            limits=limits,
+            activity_limits=activity,
+            group_commit_max_events=config.track.group_commit_max_events,
+            max_message_bytes=config.limits.max_message_bytes,
+            metrics_path=node_metrics.worker_path(i) if node_metrics is not None else None,
+            placements=placements,
         )
-        for i in range(n_workers)
+        for i in range(server.workers)
     ]
 
     stop = threading.Event()
@@ -315,31 +322,56 @@ def run(args: argparse.Namespace) -> int:
         supervisor.stop_all(0.0)
         store.close()
         return 2
+    if node_metrics is not None:
+        node_metrics.set_workers_alive(supervisor.alive())
     version = store.version()
-    log("serving", address=address, snapshot_version=version, pid=os.getpid(), workers=supervisor.pids())
-    if args.ready_file is not None:
+    log(
+        "serving",
+        address=address,
+        snapshot_version=version,
+        pid=os.getpid(),
+        workers=supervisor.pids(),
+        metrics=metrics_address or None,
+    )
+    if ready_file is not None:
         _write_ready_file(
-            args.ready_file,
+            ready_file,
             {
                 "address": address,
                 "port": port,
                 "pid": os.getpid(),
                 "snapshot_version": version,
                 "workers": supervisor.pids(),
+                "metrics": metrics_address,
             },
         )
     while not stop.wait(0.2):
         if reload.is_set():
             reload.clear()
-            if args.bundle is None:
+            if config.data.bundle is None:
                 log("reload_ignored", level="warning", error="SIGHUP without --bundle: nothing to reload")
             else:
-                load_bundle_file(store, args.bundle)
+                load_bundle_file(store, config.data.bundle)
+                if node_metrics is not None:
+                    _note_snapshot(node_metrics, store)
+        restarts = supervisor.restarts
         supervisor.check()
-    log("stopping", grace_seconds=args.grace)
-    supervisor.stop_all(args.grace)
+        if node_metrics is not None:
+            if supervisor.restarts > restarts:
+                node_metrics.worker_restarted(supervisor.restarts - restarts)
+            node_metrics.set_workers_alive(supervisor.alive())
+    log("stopping", grace_seconds=server.grace_seconds)
+    supervisor.stop_all(server.grace_seconds)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     if reserved is not None:
         reserved.close()
     store.close()
     log("stopped")
     return 0
+
+
+def _note_snapshot(node: NodeMetrics, store: Store) -> None:
+    info = store.snapshot_info()
+    loaded_ms = info.get("loaded_at_ms")
+    node.set_snapshot(int(info.get("version", 0)), loaded_ms / 1000 if loaded_ms else None)

@@ -22,6 +22,7 @@ from edgewise.core.store import Store
 from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.logs import log
+from edgewise.edge.metrics import WorkerMetrics
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
@@ -46,6 +47,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         *,
         committer: GroupCommitter | None = None,
         options: ServingOptions | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
@@ -53,18 +55,31 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         self._activity_limits = activity_limits or ActivityLimits()
         self._committer = committer
         self._options = options or ServingOptions()
+        self._metrics = metrics
         self._in_flight = 0
         self._lock = threading.Lock()
 
     def Decide(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> _pb.DecideResponse:
+        started = time.perf_counter()
         with self._lock:
             self._in_flight += 1
             busy = self._in_flight
+        code = "UNKNOWN"
         try:
-            return self._decide(request, context, busy)
+            response = self._decide(request, context, busy)
+            code = "OK"
+            if self._metrics is not None:
+                for p in response.placements:
+                    self._metrics.decision(p.placement_id, p.fallback_reason)
+            return response
+        except Exception:
+            code = _code_of(context)
+            raise
         finally:
             with self._lock:
                 self._in_flight -= 1
+            if self._metrics is not None:
+                self._metrics.observe_rpc("Decide", code, time.perf_counter() - started)
 
     def _decide(
         self, request: _pb.DecideRequest, context: grpc.ServicerContext, busy: int
@@ -77,6 +92,8 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
                 shortcut = Fallback.BUDGET_EXCEEDED
             elif self._options.overload == "default" and busy > self._options.max_in_flight:
                 shortcut = Fallback.OVERLOADED
+                if self._metrics is not None:
+                    self._metrics.shed()
             with self._store.read() as view:
                 if shortcut is not None:
                     decision = self._pipeline.fast_default(view, ask, shortcut)
@@ -89,6 +106,22 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         return decide_response(decision, new_decision_id())
 
     def Track(self, request: _pb.TrackRequest, context: grpc.ServicerContext) -> _pb.TrackResponse:
+        started = time.perf_counter()
+        code = "UNKNOWN"
+        try:
+            response = self._track(request, context)
+            code = "OK"
+            if self._metrics is not None:
+                self._metrics.track(response.accepted, response.duplicates)
+            return response
+        except Exception:
+            code = _code_of(context)
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_rpc("Track", code, time.perf_counter() - started)
+
+    def _track(self, request: _pb.TrackRequest, context: grpc.ServicerContext) -> _pb.TrackResponse:
         try:
             events = tracked_events(request, self._limits, int(time.time() * 1000))
         except RequestError as exc:
@@ -104,3 +137,9 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
             log("track_store_failed", level="error", error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored durably; retry")
         return _pb.TrackResponse(accepted=result.accepted, duplicates=result.duplicates)
+
+
+def _code_of(context: grpc.ServicerContext) -> str:
+    """The status code an aborted call ends with (UNKNOWN for an unexpected exception)."""
+    code = context.code() if hasattr(context, "code") else None
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"

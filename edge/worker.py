@@ -22,6 +22,7 @@ from edgewise.core.store import Store
 from edgewise.edge.convert import Limits
 from edgewise.edge.group_commit import GroupCommitter
 from edgewise.edge.logs import log
+from edgewise.edge.metrics import MetricsLayout, WorkerMetrics
 from edgewise.edge.server import build_server
 from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
 
@@ -41,6 +42,9 @@ class WorkerSpec:
     limits: Limits
     activity_limits: ActivityLimits
     group_commit_max_events: int
+    max_message_bytes: int
+    metrics_path: Path | None  # this worker's metrics file (None: metrics off)
+    placements: tuple[str, ...]  # placement ids for the metrics layout
 
 
 def worker_main(spec: WorkerSpec, ready: Connection) -> None:
@@ -61,13 +65,27 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     with store.read() as view:
         pipeline.state(view)  # decode the snapshot before reporting SERVING
     committer = GroupCommitter(store, spec.activity_limits, max_events=spec.group_commit_max_events)
-    servicer = PersonalizerServicer(store, pipeline, spec.limits, committer=committer, options=spec.options)
+    metrics = (
+        WorkerMetrics(spec.metrics_path, MetricsLayout(spec.placements))
+        if spec.metrics_path is not None
+        else None
+    )
+    servicer = PersonalizerServicer(
+        store,
+        pipeline,
+        spec.limits,
+        spec.activity_limits,
+        committer=committer,
+        options=spec.options,
+        metrics=metrics,
+    )
     edge = build_server(
         servicer,
         spec.listen,
         threads=spec.threads,
         reuse_port=True,
-        max_concurrent_rpcs=spec.options.max_in_flight,
+        max_concurrent_rpcs=spec.options.max_in_flight if spec.options.overload == "reject" else None,
+        max_message_bytes=spec.max_message_bytes,
     )
     edge.server.start()
     edge.set_serving(True)
@@ -80,5 +98,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
             break
     edge.stop(spec.grace)
     committer.close()
+    if metrics is not None:
+        metrics.close()
     store.close()
     log("worker_stopped", worker=spec.index, pid=os.getpid())

@@ -270,3 +270,84 @@ def test_bad_serving_arguments_are_refused(bundle_dir: Path, tmp_path: Path, bad
     )
     assert result.returncode == 2
     assert bad_args[0] in result.stderr or bad_args[1] in result.stderr, result.stderr
+
+
+def test_metrics_endpoint_counts_calls_of_every_worker(
+    edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    edge = edge_factory(tmp_path / "data", bundle_dir, "--workers", "2", "--metrics-listen", "127.0.0.1:0")
+    metrics_address = str(_ready(edge)["metrics"])
+    for n in range(20):
+        with grpc.insecure_channel(edge.address) as ch:  # new connections: both workers answer some
+            stub = pb_grpc.PersonalizerStub(ch)
+            _home(stub, session_id=f"s{n}")
+            event = pb.Event(event_id=f"m{n}", type="view", session_id=f"s{n}", item_id="i1")
+            stub.Track(pb.TrackRequest(events=[event, event]), timeout=5)
+            with contextlib.suppress(grpc.RpcError):
+                stub.Decide(pb.DecideRequest(), timeout=5)  # INVALID_ARGUMENT
+    body = urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5).read().decode()
+    values: dict[str, float] = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values['edgewise_rpc_total{rpc="Decide",code="OK"}'] == 20
+    assert values['edgewise_rpc_total{rpc="Decide",code="INVALID_ARGUMENT"}'] == 20
+    assert values['edgewise_track_events_total{result="accepted"}'] == 20
+    assert values['edgewise_track_events_total{result="duplicate"}'] == 20
+    assert values['edgewise_decisions_total{placement="home"}'] == 20
+    assert values["edgewise_workers_alive"] == 2
+    assert values["edgewise_snapshot_version"] == 1
+    assert 'edgewise_rpc_duration_seconds_count{rpc="Decide"}' in values
+    assert not any("u1" in name or "s1" in name for name in values)  # no user or session ids as labels
+
+
+def test_print_config_shows_values_and_sources(bundle_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[server]\nthreads = 4\n[data]\ndir = "{tmp_path / "d"}"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgewise.edge.cli",
+            "edge",
+            "serve",
+            "--config",
+            str(config),
+            "--workers",
+            "3",
+            "--print-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EDGEWISE_SERVER_GRACE_SECONDS": "7"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines() if " = " in line}
+    assert "flag:--workers" in lines["server.workers"] and "= 3" in lines["server.workers"]
+    assert f"file:{config}" in lines["server.threads"]
+    assert "env:EDGEWISE_SERVER_GRACE_SECONDS" in lines["server.grace_seconds"]
+    assert "default" in lines["server.max_in_flight"]
+    config.write_text("[server]\nthreds = 4\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgewise.edge.cli",
+            "edge",
+            "serve",
+            "--config",
+            str(config),
+            "--print-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "server.threds" in result.stderr
