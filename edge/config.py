@@ -183,7 +183,12 @@ class TrackConfig:
         default=256, metadata=_meta("events committed together at most", min=1, max=100_000)
     )
     group_commit_max_wait_ms: float = field(
-        default=2.0, metadata=_meta("longest a Track waits for others to share its commit", min=0, max=1000)
+        default=0.0,
+        metadata=_meta(
+            "extra wait for more Track calls to share a commit (0: none; calls queue during fsync anyway)",
+            min=0,
+            max=1000,
+        ),
     )
     activity_max_views: int = field(
         default=50, metadata=_meta("recent views kept per user or session", min=1, max=10_000)

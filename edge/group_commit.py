@@ -9,6 +9,7 @@ one fsync per call, and no call is answered before its events are on disk.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -31,10 +32,13 @@ class _Pending:
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, limits: ActivityLimits, *, max_events: int = 256) -> None:
+    def __init__(
+        self, store: Store, limits: ActivityLimits, *, max_events: int = 256, max_wait_s: float = 0.0
+    ) -> None:
         self._store = store
         self._limits = limits
         self._max_events = max_events
+        self._max_wait_s = max_wait_s
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -66,6 +70,13 @@ class GroupCommitter:
                 self._cond.wait()
             if not self._queue:
                 return None
+            if self._max_wait_s > 0 and not self._closed:
+                deadline = time.monotonic() + self._max_wait_s
+                while sum(len(p.events) for p in self._queue) < self._max_events and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
             batch: list[_Pending] = []
             size = 0
             while self._queue and (not batch or size + len(self._queue[0].events) <= self._max_events):

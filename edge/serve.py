@@ -39,7 +39,7 @@ from edgewise.edge.config import (
     load_config,
 )
 from edgewise.edge.convert import Limits
-from edgewise.edge.logs import log
+from edgewise.edge.logs import log, set_level
 from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serve_metrics
 from edgewise.edge.servicer import ServingOptions
 from edgewise.edge.worker import WorkerSpec, worker_main
@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     """Run the node until SIGTERM/SIGINT; return the exit status."""
+    set_level(config.log.level)
     server = config.server
     try:
         store = Store(config.data.dir, map_size=config.data.map_size_mb << 20)
@@ -294,6 +295,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             limits=limits,
             activity_limits=activity,
             group_commit_max_events=config.track.group_commit_max_events,
+            group_commit_max_wait_s=config.track.group_commit_max_wait_ms / 1000,
+            log_level=config.log.level,
             max_message_bytes=config.limits.max_message_bytes,
             metrics_path=node_metrics.worker_path(i) if node_metrics is not None else None,
             placements=placements,

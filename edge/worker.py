@@ -21,7 +21,7 @@ from edgewise.core.pipeline import Pipeline
 from edgewise.core.store import Store
 from edgewise.edge.convert import Limits
 from edgewise.edge.group_commit import GroupCommitter
-from edgewise.edge.logs import log
+from edgewise.edge.logs import log, set_level
 from edgewise.edge.metrics import MetricsLayout, WorkerMetrics
 from edgewise.edge.server import build_server
 from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
@@ -42,6 +42,8 @@ class WorkerSpec:
     limits: Limits
     activity_limits: ActivityLimits
     group_commit_max_events: int
+    group_commit_max_wait_s: float
+    log_level: str
     max_message_bytes: int
     metrics_path: Path | None  # this worker's metrics file (None: metrics off)
     placements: tuple[str, ...]  # placement ids for the metrics layout
@@ -64,7 +66,13 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     pipeline = Pipeline()
     with store.read() as view:
         pipeline.state(view)  # decode the snapshot before reporting SERVING
-    committer = GroupCommitter(store, spec.activity_limits, max_events=spec.group_commit_max_events)
+    set_level(spec.log_level)
+    committer = GroupCommitter(
+        store,
+        spec.activity_limits,
+        max_events=spec.group_commit_max_events,
+        max_wait_s=spec.group_commit_max_wait_s,
+    )
     metrics = (
         WorkerMetrics(spec.metrics_path, MetricsLayout(spec.placements))
         if spec.metrics_path is not None
