@@ -1,0 +1,295 @@
+"""The load generator: histogram precision, the floor server as real processes, open/closed loop runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgewise.bench import cli
+from edgewise.bench.histogram import Histogram, HistogramError
+from edgewise.bench.load import LoadConfig, LoadError, format_report, parse_mix, parse_placements, run_load
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+
+QS = (50.0, 90.0, 99.0, 99.9, 100.0)
+
+# -- histogram --------------------------------------------------------------------------------------
+
+
+def _nearest_rank(sorted_values: np.ndarray, q: float) -> int:
+    """Exact nearest-rank percentile (numpy's inverted_cdf without float rounding in the rank)."""
+    n = len(sorted_values)
+    rank = max(1, -(-Fraction(str(q)) * n // 100))  # ceil(q * n / 100)
+    return int(sorted_values[int(rank) - 1])
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda rng, n: rng.lognormal(12.0, 1.5, n),  # ~160 us median, heavy tail
+        lambda rng, n: rng.exponential(300_000.0, n),  # ~300 us mean
+        lambda rng, n: 10 ** rng.uniform(3, 10.7, n),  # log-uniform over the whole range, 1 us .. 50 s
+        lambda rng, n: rng.uniform(0, 3_000_000, n),  # the linear range and just above it
+    ],
+)
+def test_histogram_percentiles_match_numpy_within_the_precision(draw: object) -> None:
+    rng = np.random.default_rng(20260509)
+    n = 100_003  # q * n / 100 is never within float rounding of an integer, so numpy's rank is exact
+    values = np.asarray(draw(rng, n), dtype=np.float64).astype(np.int64)  # type: ignore[operator]
+    hist = Histogram()
+    hist.record_many(values.tolist())
+    ordered = np.sort(values)
+    got = hist.percentiles(QS)
+    for q in QS:
+        exact = _nearest_rank(ordered, q)
+        assert exact == int(np.percentile(values, q, method="inverted_cdf"))
+        bound = max(hist.unit_ns / 2, exact * hist.relative_precision) + 1
+        assert abs(got[q] - exact) <= bound, (q, got[q], exact, bound)
+    assert hist.count == n
+    assert hist.max_ns == int(values.max()) == got[100.0]
+    assert hist.min_ns == int(values.min())
+    assert hist.mean_ns == pytest.approx(float(values.mean()), rel=1e-12)
+    assert hist.relative_precision <= 1 / 2000  # 3 significant digits
+
+
+def test_histogram_merges_and_round_trips() -> None:
+    rng = np.random.default_rng(7)
+    values = rng.lognormal(13.0, 1.0, 20_000).astype(np.int64).tolist()
+    whole, a, b = Histogram(), Histogram(), Histogram()
+    whole.record_many(values)
+    a.record_many(values[:7_000])
+    b.record_many(values[7_000:])
+    merged = Histogram.from_bytes(a.to_bytes())
+    merged += Histogram.from_dict(json.loads(json.dumps(b.to_dict())))
+    assert merged == whole
+    assert merged.percentiles(QS) == whole.percentiles(QS)
+    assert Histogram().merge(Histogram()).count == 0
+    with pytest.raises(HistogramError, match="different layouts"):
+        whole.merge(Histogram(significant_digits=2))
+    with pytest.raises(HistogramError):
+        Histogram.from_bytes(b"nonsense")
+    with pytest.raises(HistogramError, match="percentile"):
+        whole.percentile(0)
+
+
+def test_histogram_clamps_out_of_range_values_and_keeps_exact_extremes() -> None:
+    hist = Histogram(highest_ns=1_000_000_000)
+    for v in (-5, 0, 999, 5_000_000_000):
+        hist.record(v)
+    assert hist.count == 4
+    assert hist.clamped == 1
+    assert hist.min_ns == 0
+    assert hist.max_ns == 5_000_000_000
+    assert hist.percentile(100) == 5_000_000_000
+    assert hist.percentile(50) < 1_000
+    assert Histogram().summary().count == 0
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+def test_mix_placements_and_config_errors_name_the_field() -> None:
+    assert parse_mix("decide=9,track=1") == {"Decide": 0.9, "Track": 0.1}
+    assert parse_mix("track=1") == {"Track": 1.0}
+    assert parse_placements("home:10, pdp_similar:8,hero_banner") == (
+        ("home", 10),
+        ("pdp_similar", 8),
+        ("hero_banner", 0),
+    )
+    with pytest.raises(LoadError, match="decide, track"):
+        parse_mix("search=1")
+    with pytest.raises(LoadError, match="weight"):
+        parse_mix("decide=-1")
+    with pytest.raises(LoadError, match="ID:COUNT"):
+        parse_placements("home:x")
+    with pytest.raises(LoadError, match="exactly one"):
+        LoadConfig(rate=10, concurrency=2).validated()
+    with pytest.raises(LoadError, match="exactly one"):
+        LoadConfig().validated()
+    with pytest.raises(LoadError, match="duration"):
+        LoadConfig(rate=10, duration=0).validated()
+    with pytest.raises(LoadError, match="target"):
+        LoadConfig(rate=10, target="nowhere").validated()
+    assert LoadConfig(concurrency=1, clients=4).validated().clients == 1
+
+
+# -- against a real floor server --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """`python -m edgewise.bench.cli floor-server` with 2 workers on port 0, as a real process."""
+    work = tmp_path_factory.mktemp("floor")
+    ready = work / "ready.json"
+    log = (work / "floor.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgewise.bench.cli",
+            "floor-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--grace",
+            "1",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"floor server did not start: {(work / 'floor.log').read_text()}")
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    info["proc"] = proc
+    yield info
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    log.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_floor_server_answers_like_a_personalizer(floor: dict[str, object]) -> None:
+    assert floor["workers"] == 2
+    pids = floor["worker_pids"]
+    assert isinstance(pids, list) and len(set(pids)) == 2 and all(_alive(p) for p in pids)
+    with grpc.insecure_channel(str(floor["address"])) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        decided = stub.Decide(
+            pb.DecideRequest(user_id="u1", placements=[pb.PlacementRequest(placement_id="home")]), timeout=5
+        )
+        assert len(decided.decision_id) == 32 and not decided.placements
+        tracked = stub.Track(
+            pb.TrackRequest(events=[pb.Event(event_id=str(i), type="view") for i in range(3)]), timeout=5
+        )
+        assert tracked.accepted == 3
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="edgewise.v1.Personalizer"), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_open_loop_run_reports_the_intended_rate(
+    floor: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_file = tmp_path / "report.json"
+    started = time.monotonic()
+    code = cli.main(
+        [
+            "load",
+            "--target",
+            str(floor["address"]),
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--clients",
+            "2",
+            "--json",
+            str(report_file),
+        ]
+    )
+    assert code == 0
+    assert time.monotonic() - started < 20
+    out = capsys.readouterr()
+    assert "p99.9" in out.out and "achieved" in out.out
+    assert "[" in out.err and "sent" in out.err  # the progress line
+    report = json.loads(report_file.read_text())
+    assert report["mode"] == "open"
+    assert report["intended_rate"] == 300
+    assert 600 - 3 <= report["overall"]["sent"] <= 600 + 3  # the schedule: rate x duration
+    assert report["errors_by_code"] == {}
+    assert report["overall"]["errors"] == 0
+    assert report["unsent"] == 0 and report["unfinished"] == 0
+    assert 0.9 * 300 <= report["achieved_rate"] <= 1.1 * 300
+    assert set(report["rpcs"]) == {"Decide", "Track"}
+    assert report["rpcs"]["Decide"]["sent"] > report["rpcs"]["Track"]["sent"] > 0
+    latency = report["overall"]["latency"]
+    assert set(latency) >= {"count", "mean_us", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us"}
+    assert latency["count"] == report["overall"]["ok"] == report["overall"]["sent"]
+    assert 0 < latency["p50_us"] <= latency["p90_us"] <= latency["p99_us"] <= latency["p99.9_us"]
+    assert latency["p99.9_us"] <= latency["max_us"] < 1_000_000
+    assert latency["p50_us"] < 100_000  # a no-op on loopback, even on a busy 2-core machine
+    assert len(report["clients"]) == 2 and all(0 < c["cpu"] <= 2 for c in report["clients"])
+    assert report["send_lag"]["count"] == report["overall"]["sent"]
+    assert report["machine"]["cpus"] >= 1
+
+
+def test_closed_loop_run_keeps_calls_in_flight(floor: dict[str, object]) -> None:
+    progress = io.StringIO()
+    report = run_load(
+        LoadConfig(
+            target=str(floor["address"]),
+            concurrency=4,
+            duration=1.5,
+            warmup=0.3,
+            clients=2,
+            mix=parse_mix("decide=1"),
+        ),
+        progress=progress,
+    )
+    assert report.config.mode == "closed"
+    assert report.errors == {}
+    assert set(report.rpcs) == {"Decide"}
+    assert report.overall.ok == report.overall.sent > 100
+    assert report.achieved_rate > 100
+    assert report.overall.latency.percentile(50) > 0
+    assert report.send_lag.count == 0  # no schedule in a closed loop
+    assert "completed" in progress.getvalue()
+    assert "closed loop, 4 in flight" in format_report(report)
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_dead_port_gives_unavailable_errors_without_hanging() -> None:
+    started = time.monotonic()
+    report = run_load(
+        LoadConfig(
+            target=f"127.0.0.1:{_dead_port()}",
+            rate=200,
+            duration=1.0,
+            warmup=0.0,
+            clients=1,
+            connections=2,
+            deadline_ms=500,
+        )
+    )
+    assert time.monotonic() - started < 20
+    assert report.overall.ok == 0
+    assert report.errors.get("UNAVAILABLE", 0) >= 0.9 * report.overall.sent > 0
+    assert report.unfinished == 0
+    assert "UNAVAILABLE" in report.error_examples
