@@ -114,22 +114,27 @@ def test_acknowledged_track_events_survive_kill_9_of_the_node(bundle_dir: Path, 
     cycles = int(os.environ.get("EDGEWISE_KILL_CYCLES", "20"))
     for cycle in range(cycles):
         edge = start_edge(data, bundle_dir, tmp_path / "run", "--workers", "1")
-        cycle_acked: list[str] = []
-        lock = threading.Lock()
-        threads = [
-            threading.Thread(target=_track_burst, args=(edge.address, f"c{cycle}", 25, cycle_acked, lock))
-            for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        # Right after the last acknowledgement: kill -9 the supervisor and its workers together.
-        workers = _ready(edge)["workers"]
-        for pid in [edge.proc.pid, *workers]:  # type: ignore[misc]
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        edge.proc.wait(10)
+        try:
+            cycle_acked: list[str] = []
+            lock = threading.Lock()
+            threads = [
+                threading.Thread(target=_track_burst, args=(edge.address, f"c{cycle}", 25, cycle_acked, lock))
+                for _ in range(4)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            # Right after the last acknowledgement: kill -9 the supervisor and its workers together.
+            workers = _ready(edge)["workers"]
+            for pid in [edge.proc.pid, *workers]:  # type: ignore[misc]
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            edge.proc.wait(10)
+        finally:  # a failure midway leaves no node behind (its workers stop when it is gone)
+            if edge.proc.poll() is None:
+                edge.proc.kill()
+                edge.proc.wait(10)
         assert len(cycle_acked) == 100
         acked += cycle_acked
     with Store(data, map_size=8 << 30) as store, store.read() as view:
