@@ -65,8 +65,21 @@ def _eval_offline(args: argparse.Namespace) -> int:
     return retail_cli.run_eval_offline(args)
 
 
+def _bench_load(args: argparse.Namespace) -> int:
+    from edgewise.bench import cli as bench_cli
+
+    return bench_cli.run_load_cli(args)
+
+
+def _bench_floor(args: argparse.Namespace) -> int:
+    from edgewise.bench import cli as bench_cli
+
+    return bench_cli.run_floor_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgewise import __version__
+    from edgewise.bench import cli as bench_cli
     from edgewise.edge import call, demo, serve
     from edgewise.sync import bundle_cli, retail_cli
 
@@ -159,6 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retail_cli.add_eval_offline_arguments(p)
     p.set_defaults(handler=_eval_offline)
+    benches = sub.add_parser("bench", help="load generation and the gRPC floor server").add_subparsers(
+        dest="bench_command", metavar="COMMAND", required=True
+    )
+    p = benches.add_parser(
+        "load",
+        help="drive an edge with Decide/Track, report HDR latency percentiles",
+        description=bench_cli.LOAD_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_cli.add_load_arguments(p)
+    p.set_defaults(handler=_bench_load)
+    p = benches.add_parser(
+        "floor-server",
+        help="serve a no-op Personalizer the way the edge serves (the gRPC floor)",
+        description=bench_cli.FLOOR_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_cli.add_floor_arguments(p)
+    p.set_defaults(handler=_bench_floor)
     return parser
 
 

@@ -30,6 +30,10 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         ["call", "track"],
         ["bundle", "synth"],
         ["bundle", "validate"],
+        ["bundle", "from-retail"],
+        ["eval", "offline"],
+        ["bench", "load"],
+        ["bench", "floor-server"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
