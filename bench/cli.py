@@ -52,8 +52,9 @@ the percentiles instead of slowing the client down (no coordinated omission). Cl
 
 Latency: HDR histograms (3 significant digits) of successful calls sent in the measured window,
 per RPC and overall: p50, p90, p99, p99.9, max. Errors are counted by gRPC status code. Also
-reported: the achieved vs intended rate, each client process's CPU use (100% = a full core: the
-client is then the bottleneck) and the send lag (how late calls left the client).
+reported: the achieved vs intended rate, each client process's CPU use (of one core; a Python gRPC
+client process saturates at about 75-80%, the GIL) and the send lag (how late calls left the
+client); a warning says when the client, not the server, may be what was measured.
 
 Typical use, the gRPC floor first and the edge next (same machine, same load):
 
@@ -138,7 +139,7 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.clients,
         metavar="N",
-        help=f"client processes (default {defaults.clients}); add more if a client shows ~100%% CPU",
+        help=f"client processes (default {defaults.clients}); add more if a client shows 70%% CPU or more",
     )
     parser.add_argument(
         "--connections",

@@ -96,6 +96,7 @@ DRAIN_EXTRA_S: Final = 2.0
 MAX_DURATION_S: Final = 3600.0
 START_DELAY_NS: Final = 200_000_000  # t0 is this far after the last client reported ready
 PR_SET_TIMERSLACK: Final = 29
+CLIENT_CPU_LIMIT: Final = 0.7  # of one core: a Python gRPC client process saturates about here (GIL)
 
 
 class LoadError(RuntimeError):
@@ -345,17 +346,19 @@ class LoadReport:
                 f"{self.unsent} call(s) due were never sent (more than 1 s behind schedule at the end); "
                 "they are in no percentile"
             )
-        if self.client_cpu > 0.9:
+        if self.client_cpu > CLIENT_CPU_LIMIT:
             out.append(
-                f"a client process used {self.client_cpu:.0%} of a core: the client may be the bottleneck "
-                "(more --clients)"
+                f"a client process used {self.client_cpu:.0%} of a core: a Python gRPC client saturates "
+                "at about 75-80% (the GIL), so the client may be the bottleneck (more --clients)"
             )
         if self.config.mode == "open" and self.send_lag.count:
             lag_p99 = self.send_lag.percentile(99)
-            if lag_p99 > 1_000_000:
+            latency_p99 = self.overall.latency.percentile(99) if self.overall.latency.count else 0
+            if lag_p99 > 1_000_000 and lag_p99 > 0.25 * latency_p99:
                 out.append(
-                    f"send lag p99 {lag_p99 / 1e6:.2f} ms: calls left the client late "
-                    "(counted in the latency, as it should; the client or the machine is saturated)"
+                    f"send lag p99 {lag_p99 / 1e6:.2f} ms (latency p99 {latency_p99 / 1e6:.2f} ms): calls "
+                    "left the client late; counted in the latency, as it should, but the client or the "
+                    "machine is a large part of it (more --clients, or fewer other processes)"
                 )
         if self.unfinished:
             out.append(f"{self.unfinished} call(s) were still open after the drain and were cancelled")
