@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
+from typing import Final
 
 __all__ = [
+    "CONTEXT_FIELDS",
     "Context",
     "DecideInput",
     "DecisionOutput",
@@ -57,6 +59,10 @@ class Context:
     url: str = ""
     referrer: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+CONTEXT_FIELDS: Final = tuple(f.name for f in fields(Context) if f.name != "attributes")
+"""The named fields of a request context (everything but the custom `attributes`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,27 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from edgewise.core.decisions import Context
+from edgewise.core.decisions import CONTEXT_FIELDS, Context
 from edgewise.core.features import MISSING, Path
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.version_state import VersionState
 
-__all__ = ["CONTEXT_FIELDS", "FeatureView"]
+__all__ = ["FeatureView"]
 
-CONTEXT_FIELDS: Final = frozenset(
-    {
-        "channel",
-        "device",
-        "language",
-        "country",
-        "region",
-        "journey_stage",
-        "page_type",
-        "local_time",
-        "url",
-        "referrer",
-    }
-)
+_CONTEXT_NAMES: Final = frozenset(CONTEXT_FIELDS)
 DENIED: Final = "<not readable: purpose not granted>"
 
 
@@ -117,7 +104,7 @@ class FeatureView:
         if head == "context":
             if len(path) >= 2 and path[1] == "attributes":
                 return _walk(self._context.attributes, path[2:])
-            if len(path) == 2 and path[1] in CONTEXT_FIELDS:
+            if len(path) == 2 and path[1] in _CONTEXT_NAMES:
                 value = getattr(self._context, path[1])
                 return value if value else MISSING
             return MISSING

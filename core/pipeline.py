@@ -39,7 +39,7 @@ from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.rules import Campaign, Placement
 from edgewise.core.segments import SegmentMemo
 from edgewise.core.store import ReadView
-from edgewise.core.strategies import Filter, StrategyError, compile_filter
+from edgewise.core.strategies import Filter, ItemServe, StrategyError, compile_filter
 from edgewise.core.version_state import VersionCache, VersionState
 
 __all__ = ["Pipeline", "SnapshotMissing"]
@@ -246,22 +246,9 @@ class Pipeline:
                     out.strategy = "experiment"
                     return out
                 serve = state.rules.variant_items[(experiment.id, variant.id)]
-                ranked = rank_items(
-                    view,
-                    state,
-                    self._scratch,
-                    ask,
-                    request_filter,
-                    count,
-                    serve,
-                    placement.default_items,
-                    shopper,
-                    request.context.country,
-                    request.now_ms,
-                    why,
+                return self._serve_items(
+                    view, state, placement, ask, request_filter, count, serve, shopper, request, why, out
                 )
-                out.items, out.strategy, out.fallback = ranked.items, ranked.strategy, ranked.fallback
-                return out
             if campaign.bandit_id:
                 policy = state.rules.bandits[campaign.bandit_id]
                 segment = next((s for s in sorted(policy.segments) if memo.matches(s)), None)
@@ -280,26 +267,44 @@ class Pipeline:
                 out.strategy = "content"
                 return out
             assert campaign.items is not None
-            ranked = rank_items(
-                view,
-                state,
-                self._scratch,
-                ask,
-                request_filter,
-                count,
-                campaign.items,
-                placement.default_items,
-                shopper,
-                request.context.country,
-                request.now_ms,
-                why,
+            return self._serve_items(
+                view, state, placement, ask, request_filter, count, campaign.items, shopper, request, why, out
             )
-            out.items, out.strategy, out.fallback = ranked.items, ranked.strategy, ranked.fallback
-            return out
         out = self._default(view, state, placement, ask, request_filter, count, shopper, request, why)
         out.fallback = skipped
         if why is not None:
             why.rule = "placement default"
+        return out
+
+    def _serve_items(
+        self,
+        view: ReadView,
+        state: VersionState,
+        placement: Placement,
+        ask: PlacementAsk,
+        request_filter: Filter | None,
+        count: int,
+        serve: ItemServe,
+        shopper: Shopper,
+        request: DecideInput,
+        why: PlacementExplanation | None,
+        out: PlacementOutput,
+    ) -> PlacementOutput:
+        ranked = rank_items(
+            view,
+            state,
+            self._scratch,
+            ask,
+            request_filter,
+            count,
+            serve,
+            placement.default_items,
+            shopper,
+            request.context.country,
+            request.now_ms,
+            why,
+        )
+        out.items, out.strategy, out.fallback = ranked.items, ranked.strategy, ranked.fallback
         return out
 
     def _default(

@@ -15,23 +15,11 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from edgewise.core.decisions import CONTEXT_FIELDS
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
 __all__ = ["add_decide_arguments", "add_track_arguments", "run_decide", "run_track"]
-
-CONTEXT_FIELDS = (
-    "channel",
-    "device",
-    "language",
-    "country",
-    "region",
-    "journey_stage",
-    "page_type",
-    "local_time",
-    "url",
-    "referrer",
-)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

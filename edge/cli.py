@@ -17,66 +17,6 @@ __all__ = ["build_parser", "main"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _edge_serve(args: argparse.Namespace) -> int:
-    from edgewise.edge import serve
-
-    return serve.run(args)
-
-
-def _call_decide(args: argparse.Namespace) -> int:
-    from edgewise.edge import call
-
-    return call.run_decide(args)
-
-
-def _call_track(args: argparse.Namespace) -> int:
-    from edgewise.edge import call
-
-    return call.run_track(args)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from edgewise.edge import demo
-
-    return demo.run(args)
-
-
-def _bundle_synth(args: argparse.Namespace) -> int:
-    from edgewise.sync import bundle_cli
-
-    return bundle_cli.run_synth(args)
-
-
-def _bundle_validate(args: argparse.Namespace) -> int:
-    from edgewise.sync import bundle_cli
-
-    return bundle_cli.run_validate(args)
-
-
-def _bundle_from_retail(args: argparse.Namespace) -> int:
-    from edgewise.sync import retail_cli
-
-    return retail_cli.run_from_retail(args)
-
-
-def _eval_offline(args: argparse.Namespace) -> int:
-    from edgewise.sync import retail_cli
-
-    return retail_cli.run_eval_offline(args)
-
-
-def _bench_load(args: argparse.Namespace) -> int:
-    from edgewise.bench import cli as bench_cli
-
-    return bench_cli.run_load_cli(args)
-
-
-def _bench_floor(args: argparse.Namespace) -> int:
-    from edgewise.bench import cli as bench_cli
-
-    return bench_cli.run_floor_cli(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from edgewise import __version__
     from edgewise.bench import cli as bench_cli
@@ -99,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_arguments(p)
-    p.set_defaults(handler=_demo)
+    p.set_defaults(handler=demo.run)
 
     edge = sub.add_parser("edge", help="run an edge node").add_subparsers(
         dest="edge_command", metavar="COMMAND", required=True
@@ -111,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_arguments(p)
-    p.set_defaults(handler=_edge_serve)
+    p.set_defaults(handler=serve.run)
 
     calls = sub.add_parser("call", help="call an edge from the command line").add_subparsers(
         dest="call_command", metavar="COMMAND", required=True
@@ -123,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     call.add_decide_arguments(p)
-    p.set_defaults(handler=_call_decide)
+    p.set_defaults(handler=call.run_decide)
     p = calls.add_parser(
         "track",
         help="send one event, print the TrackResponse as JSON",
@@ -131,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     call.add_track_arguments(p)
-    p.set_defaults(handler=_call_track)
+    p.set_defaults(handler=call.run_track)
 
     bundles = sub.add_parser("bundle", help="make and check bundles").add_subparsers(
         dest="bundle_command", metavar="COMMAND", required=True
@@ -143,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bundle_cli.add_synth_arguments(p)
-    p.set_defaults(handler=_bundle_synth)
+    p.set_defaults(handler=bundle_cli.run_synth)
     p = bundles.add_parser(
         "validate",
         help="validate a bundle and summarize it",
@@ -151,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bundle_cli.add_validate_arguments(p)
-    p.set_defaults(handler=_bundle_validate)
+    p.set_defaults(handler=bundle_cli.run_validate)
     p = bundles.add_parser(
         "from-retail",
         help="turn an invoice export (Online Retail shape) into a bundle",
@@ -159,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     retail_cli.add_from_retail_arguments(p)
-    p.set_defaults(handler=_bundle_from_retail)
+    p.set_defaults(handler=retail_cli.run_from_retail)
 
     evals = sub.add_parser("eval", help="evaluate recommendations offline").add_subparsers(
         dest="eval_command", metavar="COMMAND", required=True
@@ -171,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     retail_cli.add_eval_offline_arguments(p)
-    p.set_defaults(handler=_eval_offline)
+    p.set_defaults(handler=retail_cli.run_eval_offline)
     benches = sub.add_parser("bench", help="load generation and the gRPC floor server").add_subparsers(
         dest="bench_command", metavar="COMMAND", required=True
     )
@@ -182,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_cli.add_load_arguments(p)
-    p.set_defaults(handler=_bench_load)
+    p.set_defaults(handler=bench_cli.run_load_cli)
     p = benches.add_parser(
         "floor-server",
         help="serve a no-op Personalizer the way the edge serves (the gRPC floor)",
@@ -190,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_cli.add_floor_arguments(p)
-    p.set_defaults(handler=_bench_floor)
+    p.set_defaults(handler=bench_cli.run_floor_cli)
     return parser
 
 

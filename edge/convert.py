@@ -16,6 +16,7 @@ from typing import Final
 
 from edgewise.core.activity import TrackedEvent
 from edgewise.core.decisions import (
+    CONTEXT_FIELDS,
     Context,
     DecideInput,
     DecisionOutput,
@@ -28,18 +29,6 @@ from edgewise.v1 import personalizer_pb2 as _pb
 __all__ = ["Limits", "decide_input", "decide_response", "new_decision_id", "tracked_events"]
 
 _EVENT_TYPE: Final = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
-_CONTEXT_FIELDS: Final = (
-    "channel",
-    "device",
-    "language",
-    "country",
-    "region",
-    "journey_stage",
-    "page_type",
-    "local_time",
-    "url",
-    "referrer",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +71,7 @@ def _check_map(values: Mapping[str, str], field: str, limits: Limits) -> dict[st
 def _context(ctx: _pb.Context, field: str, limits: Limits) -> Context:
     values = {
         name: _check_str(getattr(ctx, name), f"{field}.{name}", limits.max_string_length)
-        for name in _CONTEXT_FIELDS
+        for name in CONTEXT_FIELDS
     }
     return Context(**values, attributes=_check_map(ctx.attributes, f"{field}.attributes", limits))
 
