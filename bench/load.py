@@ -18,8 +18,12 @@ closed loop one thread per call in flight; in open loop `max_in_flight` threads 
 free thread claims the next slot, sleeps until it is due, calls), so when all of them are busy the
 next call waits and the wait counts in its latency. Blocking calls rather than the future API: the
 future API runs a polling thread per channel, and several of those fighting over the GIL cost about
-three times the CPU per call; blocking calls poll in the calling thread. A call goes to the less busy
-of two random connections (power of two choices, as Envoy's least-request balancer). Requests are
+three times the CPU per call; blocking calls poll in the calling thread. A call goes to the less
+loaded of two random connections, load being calls in flight times the moving average of the
+connection's latency (power of two choices with peak EWMA, as Finagle and Linkerd balance): the
+kernel spreads connections over SO_REUSEPORT workers by hash, not evenly, and balancing on calls in
+flight alone would load a worker in proportion to its connections; on latency, both workers end up
+equally busy. Requests are
 pre-serialized where they can be, so the client spends its CPU on gRPC, not on building messages;
 each client reports its CPU use (1.0 = one core busy), the achieved vs intended rate and the send
 lag.
@@ -96,6 +100,8 @@ DRAIN_EXTRA_S: Final = 2.0
 MAX_DURATION_S: Final = 3600.0
 START_DELAY_NS: Final = 200_000_000  # t0 is this far after the last client reported ready
 PR_SET_TIMERSLACK: Final = 29
+EWMA_WEIGHT: Final = 0.1  # of the newest latency in a connection's moving average
+EXPLORE_SHARE: Final = 0.02  # calls sent to a random connection whatever its load
 CLIENT_CPU_LIMIT: Final = 0.7  # of one core: a Python gRPC client process saturates about here (GIL)
 
 
@@ -578,7 +584,7 @@ class _Recorder:
 class _Channel:
     """One gRPC channel (its own TCP connection) and the calls in flight on it."""
 
-    __slots__ = ("channel", "in_flight", "methods")
+    __slots__ = ("channel", "ewma_ns", "in_flight", "methods")
 
     def __init__(self, target: str, index: int) -> None:
         # A local subchannel pool: each channel gets a TCP connection of its own.
@@ -589,6 +595,11 @@ class _Channel:
             name: self.channel.unary_unary(f"/{SERVICE}/{name}") for name in RPCS
         }
         self.in_flight = 0
+        self.ewma_ns = 1_000_000.0  # moving average of this connection's latency
+
+    def cost(self) -> float:
+        """Peak-EWMA load estimate (as Finagle and Linkerd balance): expected wait of one more call."""
+        return (self.in_flight + 1) * self.ewma_ns
 
 
 def _connect(channels: Sequence[_Channel], timeout: float) -> None:
@@ -684,8 +695,10 @@ class _Client:
         if len(channels) == 1:
             return kind, payload, channels[0]
         a = channels[int(random.random() * len(channels))]
+        if random.random() < EXPLORE_SHARE:  # keeps every connection's average fresh
+            return kind, payload, a
         b = channels[int(random.random() * len(channels))]
-        return kind, payload, (a if a.in_flight <= b.in_flight else b)
+        return kind, payload, (a if a.cost() <= b.cost() else b)
 
     def _call(self, rec: _Recorder, intended: int, sent_at: int) -> None:
         kind, payload, ch = self._pick()
@@ -714,6 +727,7 @@ class _Client:
         now = time.monotonic_ns()
         with self.lock:
             ch.in_flight -= 1
+            ch.ewma_ns += EWMA_WEIGHT * (now - sent_at - ch.ewma_ns)
         with rec.lock:
             rec.completed += 1
             if self.warm_end <= now < self.end:
