@@ -779,7 +779,11 @@ class _Client:
             return 0
 
         def first_at_or_after(t: int) -> int:
-            return max(0, math.ceil((t - self.base) / self.interval_ns))
+            """The first slot whose intended time (computed as the senders do) is >= t."""
+            i = max(0, math.ceil((t - self.base) / self.interval_ns) - 2)
+            while self.base + int(i * self.interval_ns) < t:
+                i += 1
+            return i
 
         return first_at_or_after(min(self.end, self.halted_at)) - first_at_or_after(self.warm_end)
 
