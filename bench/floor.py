@@ -186,10 +186,10 @@ def _reserve_port(host: str) -> tuple[socket.socket, int]:
 
 @dataclass
 class FloorServer:
-    """Worker processes of a running floor server. Use as a context manager or call `stop()`.
+    """Worker processes of a running floor server. Use as a context manager or call `stop()`:
 
-    >>> with FloorServer.start(FloorConfig(listen="127.0.0.1:0", workers=2)) as floor:
-    ...     run_load(LoadConfig(target=floor.address, ...))
+    with FloorServer.start(FloorConfig(listen="127.0.0.1:0", workers=2)) as floor:
+        report = run_load(LoadConfig(target=floor.address, concurrency=32))
     """
 
     address: str
