@@ -86,8 +86,9 @@ def test_kill_9_one_worker_the_other_keeps_answering(
     for t in threads:
         t.join(10)
     assert ok[0] > 100
-    # At most the calls in flight on the dead worker fail (one per client at a time).
-    assert len(errors) <= clients, errors
+    # Only calls caught on the dead worker's connections fail: the one in flight per client, plus at
+    # most one more sent on that connection before the client saw it close. Never a stream of errors.
+    assert len(errors) <= 2 * clients, errors
     restarted = next(e for e in edge.log_events() if e.get("event") == "worker_restarted")
     assert restarted["pid"] != victim
     assert edge.stop() == 0
