@@ -76,10 +76,6 @@ class FeatureView:
     def activity(self) -> Activity | None:
         return self._activity
 
-    @property
-    def profile_known(self) -> bool:
-        return self._profile is not None
-
     def readable(self, attribute: str) -> bool:
         """Whether the profile attribute's purpose is granted (undeclared attributes never are)."""
         purpose = self._purposes.get(attribute)
