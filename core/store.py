@@ -12,8 +12,9 @@ from a view may be kept after its `with` block ends.
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,19 @@ class ReadView:
     def count(self, namespace: str) -> int:
         return int(self._txn.stat(self._dbs[namespace])["entries"])
 
+    def replicated_digest(self) -> str:
+        """SHA-256 over every replicated record in key order: equal on two nodes with the same data."""
+        h = hashlib.sha256()
+        for name in REPLICATED:
+            h.update(name.encode() + b"\0")
+            with self._txn.cursor(db=self._dbs[name]) as cursor:
+                for key, value in cursor:
+                    h.update(_U64.pack(len(key)))
+                    h.update(key)
+                    h.update(_U64.pack(len(value)))
+                    h.update(value)
+        return h.hexdigest()
+
 
 class Store:
     """One LMDB environment holding every namespace of a node."""
@@ -210,6 +224,53 @@ class Store:
                 txn.put(_SNAPSHOT_KEY, msgpack.packb(dict(info), use_bin_type=True), db=meta)
         except lmdb.MapFullError as exc:
             raise StoreError(f"the store at {self.path} is full; raise its map size: {exc}") from exc
+
+    def apply_sync(
+        self,
+        version: int,
+        changes: Iterable[tuple[str, bytes, bytes | None]],
+        *,
+        snapshot: bool,
+        info: Mapping[str, Any],
+        check: Callable[[ReadView], None] | None = None,
+    ) -> bool:
+        """Apply one synced commit in one write transaction and record `version`; return whether the
+        generation changed.
+
+        `changes` are (namespace, key, value) with value None for a delete. A `snapshot` replaces every
+        replicated namespace. The generation (the per-version cache key) is bumped when anything but
+        profiles changes, so profile-only deltas do not make workers rebuild their version state.
+        `check` sees the new state inside the transaction before it commits; if it raises, nothing of
+        the commit is applied and the exception propagates.
+        """
+        dbs = self._dbs
+        touched_shared = snapshot
+        try:
+            with self._env.begin(write=True) as txn:
+                if snapshot:
+                    for name in REPLICATED:
+                        txn.drop(dbs[name], delete=False)
+                for namespace, key, value in changes:
+                    if namespace not in REPLICATED:
+                        raise ValueError(f"not a replicated namespace: {namespace!r}")
+                    if namespace != "profiles":
+                        touched_shared = True
+                    if value is None:
+                        txn.delete(key, db=dbs[namespace])
+                    else:
+                        txn.put(key, value, db=dbs[namespace])
+                meta = dbs["meta"]
+                raw = txn.get(_VERSION_KEY, db=meta)
+                generation = _GEN_VERSION.unpack(raw)[0] if raw is not None else 0
+                if touched_shared or generation == 0:
+                    generation += 1
+                txn.put(_VERSION_KEY, _GEN_VERSION.pack(generation, version), db=meta)
+                txn.put(_SNAPSHOT_KEY, msgpack.packb(dict(info), use_bin_type=True), db=meta)
+                if check is not None:
+                    check(ReadView(txn, dbs))
+        except lmdb.MapFullError as exc:
+            raise StoreError(f"the store at {self.path} is full; raise its map size: {exc}") from exc
+        return touched_shared
 
     def record_events(self, events: Sequence[TrackedEvent], limits: ActivityLimits) -> TrackResult:
         """Store new events durably in one transaction: the event id (dedupe) always, the outbox entry

@@ -1,7 +1,9 @@
 """The `edgewise` command: one console script, one subcommand per job.
 
 edgewise demo                      build a synthetic bundle, serve it, show decisions change
-edgewise edge serve ...            run a standalone edge node
+edgewise edge serve ...            run an edge node (from a bundle, or following a control plane)
+edgewise control serve ...         run the control plane
+edgewise ctl --control ... CMD     push bundles/deltas, status, rollback, history
 edgewise call decide|track ...     call an edge's Personalizer service
 edgewise bundle synth|validate ... make or check a bundle
 """
@@ -21,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgewise import __version__
     from edgewise.bench import cli as bench_cli
     from edgewise.edge import call, demo, serve
-    from edgewise.sync import bundle_cli, retail_cli
+    from edgewise.sync import bundle_cli, control_cli, retail_cli
 
     parser = argparse.ArgumentParser(
         prog="edgewise",
@@ -52,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_arguments(p)
     p.set_defaults(handler=serve.run)
+
+    control = sub.add_parser("control", help="run the control plane").add_subparsers(
+        dest="control_command", metavar="COMMAND", required=True
+    )
+    p = control.add_parser(
+        "serve",
+        help="serve the ControlPlane service (push, subscribe, rollback) from its own LMDB store",
+        description=control_cli.CONTROL_SERVE_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    control_cli.add_control_serve_arguments(p)
+    p.set_defaults(handler=control_cli.run_control_serve)
+
+    p = sub.add_parser(
+        "ctl",
+        help="operate a control plane: push, push-delta, status, rollback, history",
+        description=control_cli.CTL_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    control_cli.add_ctl_arguments(p)
+    p.set_defaults(handler=control_cli.run_ctl)
 
     calls = sub.add_parser("call", help="call an edge from the command line").add_subparsers(
         dest="call_command", metavar="COMMAND", required=True

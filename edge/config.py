@@ -240,6 +240,58 @@ class HealthConfig:
     )
 
 
+def _check_shard(value: str) -> str | None:
+    from edgewise.sync.shard import ShardError, parse_shard
+
+    try:
+        parse_shard(value)
+    except ShardError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    control: str = field(
+        default="",
+        metadata=_meta(
+            "HOST:PORT of the control plane to follow (the syncer becomes the node's writer); empty: none",
+            check=_check_optional_address,
+            flag="--control",
+        ),
+    )
+    node_id: str = field(
+        default="",
+        metadata=_meta("this node's id at the control plane (empty: the host name)", flag="--node-id"),
+    )
+    shard: str = field(
+        default="all",
+        metadata=_meta(
+            "profiles this node holds: all, hash:LO-HI/SPACE or region:TAG,...",
+            check=_check_shard,
+            flag="--shard",
+        ),
+    )
+    token_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "file holding the edge's bearer token (else the EDGEWISE_EDGE_TOKEN variable)",
+            flag="--token-file",
+        ),
+    )
+    tls_ca: Path | None = field(
+        default=None,
+        metadata=_meta("CA certificate to verify the control plane with (TLS on)", flag="--tls-ca"),
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata=_meta("client certificate for mutual TLS", flag="--tls-cert")
+    )
+    tls_key: Path | None = field(default=None, metadata=_meta("client key for mutual TLS", flag="--tls-key"))
+    heartbeat_seconds: float = field(
+        default=5.0, metadata=_meta("seconds between heartbeats to the control plane", above=0, max=3600)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = field(
@@ -272,6 +324,7 @@ class EdgeConfig:
     track: TrackConfig
     limits: LimitsConfig
     health: HealthConfig
+    sync: SyncConfig
     metrics: MetricsConfig
     log: LogConfig
 
@@ -315,6 +368,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "track": TrackConfig,
     "limits": LimitsConfig,
     "health": HealthConfig,
+    "sync": SyncConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
 }
@@ -670,6 +724,14 @@ def load_config(
 
 
 def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
+    if config.sync.control and config.data.bundle is not None:
+        raise ConfigError(
+            "data.bundle and sync.control cannot both be set: with a control plane its syncer is the node's "
+            f"only writer of replicated data (data.bundle from {_origin(sources['data.bundle'])}, "
+            f"sync.control from {_origin(sources['sync.control'])})",
+            key="sync.control",
+            source=sources["sync.control"],
+        )
     listen, metrics = config.server.listen, config.metrics.listen
     if metrics:
         g_host, _, g_port = listen.rpartition(":")

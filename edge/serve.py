@@ -44,6 +44,8 @@ from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serv
 from edgewise.edge.servicer import ServingOptions
 from edgewise.edge.worker import WorkerSpec, worker_main
 from edgewise.sync.bundle import BundleError, load_bundle
+from edgewise.sync.edge_setup import SyncSetupError, start_syncer
+from edgewise.sync.edge_sync import EdgeSyncer
 from edgewise.sync.snapshot import apply_bundle
 
 __all__ = ["add_arguments", "load_bundle_file", "run"]
@@ -225,9 +227,36 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     except StoreError as exc:
         log("store_unavailable", level="error", error=str(exc))
         return 2
+    stop = threading.Event()
+    reload = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        reload.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
+
     if config.data.bundle is not None:
         load_bundle_file(store, config.data.bundle)
+    syncer: EdgeSyncer | None = None
+    if config.sync.control:
+        try:
+            syncer = start_syncer(store, config)
+        except SyncSetupError as exc:
+            log("sync_unavailable", level="error", error=str(exc))
+            store.close()
+            return 2
+        if not store.has_snapshot():
+            log("waiting_for_snapshot", control=config.sync.control)
+            while not stop.is_set() and not syncer.wait_for_version(lambda v: v > 0, 0.5):
+                pass
     if not store.has_snapshot():
+        if syncer is not None:
+            syncer.stop()
         log(
             "no_snapshot",
             level="error",
@@ -235,7 +264,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             error="nothing to serve: no snapshot in the data directory and no valid --bundle",
         )
         store.close()
-        return 2
+        return 2 if syncer is None else 0
     with store.read() as view:
         placements = tuple(compile_rules(view.rules_doc()).placements)
 
@@ -304,25 +333,14 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         for i in range(server.workers)
     ]
 
-    stop = threading.Event()
-    reload = threading.Event()
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    def on_reload(signum: int, frame: FrameType | None) -> None:
-        reload.set()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
-
     supervisor = Supervisor(specs)
     try:
         supervisor.start_all()
     except RuntimeError as exc:
         log("start_failed", level="error", error=str(exc))
         supervisor.stop_all(0.0)
+        if syncer is not None:
+            syncer.stop()
         store.close()
         return 2
     if node_metrics is not None:
@@ -357,6 +375,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 load_bundle_file(store, config.data.bundle)
                 if node_metrics is not None:
                     _note_snapshot(node_metrics, store)
+        if syncer is not None and node_metrics is not None:
+            _note_sync(node_metrics, store, syncer)
         restarts = supervisor.restarts
         supervisor.check()
         if node_metrics is not None:
@@ -365,6 +385,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             node_metrics.set_workers_alive(supervisor.alive())
     log("stopping", grace_seconds=server.grace_seconds)
     supervisor.stop_all(server.grace_seconds)
+    if syncer is not None:
+        syncer.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     if reserved is not None:
@@ -372,6 +394,13 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     store.close()
     log("stopped")
     return 0
+
+
+def _note_sync(node: NodeMetrics, store: Store, syncer: EdgeSyncer) -> None:
+    """With a control plane, staleness is the time since the last message from it."""
+    age = syncer.contact_age()
+    synced_at = time.time() - age if age is not None else None
+    node.set_snapshot(store.version(), synced_at)
 
 
 def _note_snapshot(node: NodeMetrics, store: Store) -> None:

@@ -15,11 +15,12 @@ from edgewise.sync.bundle import Bundle
 __all__ = ["apply_bundle", "snapshot_info"]
 
 
-def _item_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
+def _item_records(bundle: Bundle, version: int) -> Iterator[tuple[bytes, bytes]]:
+    """Item id -> encoded item record, each with record version `version`."""
     for row, item in enumerate(bundle.items):
         record = ItemRecord(
             item.id,
-            bundle.version,
+            version,
             row,
             item.category,
             item.tags,
@@ -31,15 +32,17 @@ def _item_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
         yield item.id.encode(), encode_item(record)
 
 
-def _profile_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
+def _profile_records(bundle: Bundle, version: int) -> Iterator[tuple[bytes, bytes]]:
+    """Profile id -> encoded profile record (with its user embedding), each with record version `version`."""
     users = bundle.user_embeddings
     for row, profile in enumerate(bundle.profiles):
         embedding = users[row].tobytes() if users is not None else None
-        record = ProfileRecord(profile.id, bundle.version, profile.attributes, profile.consent, embedding)
+        record = ProfileRecord(profile.id, version, profile.attributes, profile.consent, embedding)
         yield profile.id.encode(), encode_profile(record)
 
 
 def _model_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
+    """Model name -> encoded array; every array is per item (row = item row)."""
     yield b"item_embeddings", encode_array(bundle.item_embeddings)
     yield b"item_popularity", encode_array(bundle.item_popularity)
     if bundle.item_neighbors is not None and bundle.item_neighbor_scores is not None:
@@ -47,6 +50,12 @@ def _model_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
         yield b"item_neighbor_scores", encode_array(bundle.item_neighbor_scores)
     for name, array in bundle.extra_models.items():
         yield name.encode(), encode_array(array)
+
+
+def _rules_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
+    """The `rules` namespace: the rules document and the schema document, msgpack."""
+    yield b"rules", msgpack.packb(bundle.rules_doc, use_bin_type=True)
+    yield b"schema", msgpack.packb(bundle.schema, use_bin_type=True)
 
 
 def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
@@ -75,15 +84,13 @@ def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
 def apply_bundle(store: Store, bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
     """Replace the store's replicated data with `bundle` in one write transaction; return its info."""
     info = snapshot_info(bundle, manifest_sha256)
-    rules = msgpack.packb(bundle.rules_doc, use_bin_type=True)
-    schema = msgpack.packb(bundle.schema, use_bin_type=True)
     store.replace_replicated(
         bundle.version,
         {
-            "items": _item_records(bundle),
-            "profiles": _profile_records(bundle),
+            "items": _item_records(bundle, bundle.version),
+            "profiles": _profile_records(bundle, bundle.version),
             "models": _model_records(bundle),
-            "rules": iter([(b"rules", rules), (b"schema", schema)]),
+            "rules": _rules_records(bundle),
         },
         info,
     )

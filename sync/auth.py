@@ -1,0 +1,299 @@
+"""Authentication for the control plane: bearer tokens with two roles, and TLS credentials.
+
+Every call to `edgewise.v1.ControlPlane` carries `authorization: Bearer <token>` metadata
+(`bearer_metadata` builds it on the client). `TokenAuth`, a server interceptor, checks it before the
+handler runs:
+
+- no `authorization: Bearer ...` metadata: UNAUTHENTICATED "missing bearer token";
+- a token that is neither an edge nor an ops token: UNAUTHENTICATED "unknown token";
+- an edge token on an ops-only method (everything but Subscribe by default): PERMISSION_DENIED naming
+  the method and the role.
+
+Tokens are compared with `hmac.compare_digest` against every configured token (no early exit), and never
+appear in a log record, an error message or a `repr`. A server without any token configured runs
+without the interceptor (`make_interceptors` returns none), which is a deployment choice.
+
+TLS: `server_credentials` (mutual TLS when a client CA is given), `channel_credentials` and
+`open_channel` (TLS when a CA is given, else plaintext). A certificate or key file that cannot be read,
+is empty or is not PEM raises `AuthError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Callable, Collection, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+import grpc
+
+__all__ = [
+    "ALL_METHODS",
+    "AUTHORIZATION",
+    "CONTROL_PLANE_SERVICE",
+    "OPS_ONLY_METHODS",
+    "AuthError",
+    "TokenAuth",
+    "bearer_metadata",
+    "channel_credentials",
+    "load_token",
+    "make_interceptors",
+    "open_channel",
+    "server_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+CONTROL_PLANE_SERVICE: Final = "edgewise.v1.ControlPlane"
+ALL_METHODS: Final = tuple(
+    f"/{CONTROL_PLANE_SERVICE}/{name}" for name in ("Subscribe", "Push", "Rollback", "History", "Status")
+)
+OPS_ONLY_METHODS: Final = tuple(m for m in ALL_METHODS if not m.endswith("/Subscribe"))
+AUTHORIZATION: Final = "authorization"
+_BEARER: Final = "bearer"
+
+ROLE_EDGE: Final = "edge"
+ROLE_OPS: Final = "ops"
+
+
+class AuthError(ValueError):
+    """A token or TLS setting that cannot be used; the message names the file or setting, never a token."""
+
+
+# --- tokens -------------------------------------------------------------------------------------------
+
+
+def load_token(value: str | None, file: str | None, env: str) -> str | None:
+    """The token from a flag `value`, else from `file` (surrounding whitespace stripped), else from the
+    environment variable `env`; None when none of them is set (an empty variable counts as unset).
+
+    An empty flag value, or a file that cannot be read or holds only whitespace, raises `AuthError`
+    naming the flag or the file."""
+    if value is not None:
+        token = value.strip()
+        if not token:
+            raise AuthError("the token given on the command line is empty")
+        _check_token(token, "the token given on the command line")
+        return token
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise AuthError(f"cannot read token file {file}: {reason}") from None
+        token = text.strip()
+        if not token:
+            raise AuthError(f"token file {file} is empty")
+        _check_token(token, f"the token in {file}")
+        return token
+    token = os.environ.get(env, "").strip()
+    if not token:
+        return None
+    _check_token(token, f"the token in ${env}")
+    return token
+
+
+def _check_token(token: str, where: str) -> None:
+    # A token travels in an HTTP/2 header value: printable ASCII, no whitespace inside.
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise AuthError(f"{where} must be printable ASCII without whitespace")
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying `token` (`metadata=` on a call); empty without a token."""
+    if token is None:
+        return ()
+    return ((AUTHORIZATION, f"Bearer {token}"),)
+
+
+def _bearer_token(metadata: Iterable[Any] | None) -> str | None:
+    """The token of the first `authorization` metadata entry, if it is a Bearer one."""
+    for item in metadata or ():
+        key, value = item
+        if key != AUTHORIZATION:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        scheme, _, token = str(value).strip().partition(" ")
+        if scheme.lower() != _BEARER:
+            return None
+        return token.strip() or None
+    return None
+
+
+def _abort(code: grpc.StatusCode, details: str) -> Callable[[Any, grpc.ServicerContext], NoReturn]:
+    def behavior(request_or_iterator: Any, context: grpc.ServicerContext) -> NoReturn:
+        # The request (or request iterator) is not read: a refused call's payload is never parsed.
+        context.abort(code, details)
+
+    return behavior
+
+
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, details: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape as `handler` that aborts with `code` before reading anything."""
+    behavior = _abort(code, details)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behavior)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behavior)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behavior)
+    return grpc.unary_unary_rpc_method_handler(behavior)
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Checks the bearer token of every call; see the module docstring for the answers.
+
+    `ops_only_methods`: full method names (`/edgewise.v1.ControlPlane/Push`) an edge token may not call.
+    `public_methods`: full method names callable without a token (e.g. `/grpc.health.v1.Health/Check`
+    for a load balancer's probe); none by default. Every other method needs an edge or an ops token."""
+
+    def __init__(
+        self,
+        edge_tokens: Sequence[str],
+        ops_tokens: Sequence[str],
+        ops_only_methods: Collection[str] = OPS_ONLY_METHODS,
+        *,
+        public_methods: Collection[str] = (),
+    ) -> None:
+        if isinstance(edge_tokens, str) or isinstance(ops_tokens, str):
+            raise TypeError("edge_tokens and ops_tokens are sequences of tokens, not one string")
+        if not edge_tokens and not ops_tokens:
+            raise AuthError("no tokens configured (use make_interceptors, which then installs none)")
+        for role, tokens in ((ROLE_EDGE, edge_tokens), (ROLE_OPS, ops_tokens)):
+            for i, token in enumerate(tokens):
+                if not isinstance(token, str) or not token.strip():
+                    raise AuthError(f"{role} token #{i + 1} is empty")
+                _check_token(token, f"{role} token #{i + 1}")
+        if set(edge_tokens) & set(ops_tokens):
+            raise AuthError("a token is configured both as an edge and as an ops token")
+        self._tokens: tuple[tuple[bytes, str], ...] = tuple(
+            [(t.encode(), ROLE_EDGE) for t in edge_tokens] + [(t.encode(), ROLE_OPS) for t in ops_tokens]
+        )
+        self._ops_only = frozenset(ops_only_methods)
+        self._public = frozenset(public_methods)
+        self._counts = (len(edge_tokens), len(ops_tokens))
+
+    def __repr__(self) -> str:
+        edge, ops = self._counts
+        return (
+            f"TokenAuth(edge_tokens=<{edge}>, ops_tokens=<{ops}>, ops_only_methods={sorted(self._ops_only)})"
+        )
+
+    def role_of(self, token: str | None) -> str | None:
+        """`"edge"`, `"ops"` or None, in time independent of which token (if any) matches."""
+        if token is None:
+            return None
+        given = token.encode("utf-8", "surrogateescape")
+        role: str | None = None
+        for known, known_role in self._tokens:
+            # Every token is compared, so the time does not tell which one matched.
+            if hmac.compare_digest(given, known) and role is None:
+                role = known_role
+        return role
+
+    def check(self, method: str, metadata: Iterable[Any] | None) -> tuple[grpc.StatusCode, str] | None:
+        """The refusal (status code, details) for a call of `method` with `metadata`; None if allowed."""
+        if method in self._public:
+            return None
+        token = _bearer_token(metadata)
+        if token is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"
+        role = self.role_of(token)
+        if role is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "unknown token"
+        if role != ROLE_OPS and method in self._ops_only:
+            return grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an ops token; this is an {role} token"
+        return None
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        refusal = self.check(method, handler_call_details.invocation_metadata)
+        if refusal is None:
+            return handler
+        code, details = refusal
+        log.warning("refused call to %s: %s (%s)", method, details, code.name)
+        if handler is None:
+            # An unknown method: refuse with the auth status rather than reveal what exists.
+            return grpc.unary_unary_rpc_method_handler(_abort(code, details))
+        return _refusal(handler, code, details)
+
+
+def make_interceptors(edge_tokens: Sequence[str], ops_tokens: Sequence[str]) -> list[grpc.ServerInterceptor]:
+    """`[TokenAuth(...)]`, or no interceptor at all when no token is configured."""
+    if not edge_tokens and not ops_tokens:
+        return []
+    return [TokenAuth(edge_tokens, ops_tokens)]
+
+
+# --- TLS ----------------------------------------------------------------------------------------------
+
+
+def _read_pem(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise AuthError(f"cannot read TLS {what} file {os.fspath(path)}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise AuthError(f"TLS {what} file {os.fspath(path)} is empty")
+    if b"-----BEGIN " not in data:
+        raise AuthError(f"TLS {what} file {os.fspath(path)} is not PEM (no -----BEGIN line)")
+    return data
+
+
+def server_credentials(
+    cert: str | os.PathLike[str], key: str | os.PathLike[str], client_ca: str | os.PathLike[str] | None
+) -> grpc.ServerCredentials:
+    """TLS for a server from its certificate chain and key (PEM files); with `client_ca`, mutual TLS:
+    every client must present a certificate signed by that CA."""
+    chain = _read_pem(cert, "certificate")
+    private_key = _read_pem(key, "private key")
+    if client_ca is None:
+        return grpc.ssl_server_credentials([(private_key, chain)])
+    roots = _read_pem(client_ca, "client CA")
+    return grpc.ssl_server_credentials(
+        [(private_key, chain)], root_certificates=roots, require_client_auth=True
+    )
+
+
+def channel_credentials(
+    ca: str | os.PathLike[str] | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+) -> grpc.ChannelCredentials:
+    """TLS for a client: trust `ca` (None: the system roots); `cert` and `key` (both or neither) are the
+    client's certificate for mutual TLS."""
+    if (cert is None) != (key is None):
+        raise AuthError("a client certificate needs both the certificate and the key file")
+    roots = _read_pem(ca, "CA") if ca is not None else None
+    chain = _read_pem(cert, "client certificate") if cert is not None else None
+    private_key = _read_pem(key, "client key") if key is not None else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=private_key, certificate_chain=chain
+    )
+
+
+def open_channel(
+    target: str,
+    *,
+    ca: str | os.PathLike[str] | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to `target`: TLS trusting `ca` when it is given (with the client certificate `cert`/`key`
+    if given), else plaintext. A client certificate without a CA is refused rather than ignored."""
+    if ca is None:
+        if cert is not None or key is not None:
+            raise AuthError("a client certificate needs a CA file as well (TLS is on only with a CA)")
+        return grpc.insecure_channel(target, options=list(options))
+    return grpc.secure_channel(target, channel_credentials(ca, cert, key), options=list(options))

@@ -1,0 +1,419 @@
+"""`edgewise control serve` (the control plane) and `edgewise ctl ...` (its ops client)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgewise.edge.logs import log, set_level
+from edgewise.sync.auth import (
+    bearer_metadata,
+    load_token,
+    make_interceptors,
+    open_channel,
+    server_credentials,
+)
+from edgewise.sync.bundle import BundleError, load_bundle
+from edgewise.sync.control_server import ControlPlaneService
+from edgewise.sync.control_store import ControlStore, ControlStoreError
+from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+__all__ = [
+    "CONTROL_SERVE_DOC",
+    "CTL_DOC",
+    "add_control_serve_arguments",
+    "add_ctl_arguments",
+    "run_control_serve",
+    "run_ctl",
+]
+
+OPS_TOKEN_ENV: Final = "EDGEWISE_OPS_TOKEN"
+EDGE_TOKEN_ENV: Final = "EDGEWISE_EDGE_TOKEN"
+_UPLOAD_CHUNK: Final = 1 << 20
+SERVICE_NAME: Final = "edgewise.v1.ControlPlane"
+
+CONTROL_SERVE_DOC = """Run the control plane: its own LMDB store (current state per namespace, a change log
+with a sequence number per accepted change, tombstones, retained full snapshots for rollback) and the
+ControlPlane gRPC service edges subscribe to and ops push to (`edgewise ctl`).
+
+Tokens: edges present the edge token, ops the ops token (`authorization: Bearer ...`); an edge token can
+only subscribe. Without any token, authentication is off (a warning is logged): use that on loopback only.
+
+examples:
+  edgewise control serve --data /var/lib/edgewise-control --listen 0.0.0.0:50061 \\
+      --edge-token-file /etc/edgewise/edge.token --ops-token-file /etc/edgewise/ops.token
+  edgewise control serve --data ctl --listen 127.0.0.1:0 --ready-file ctl.json
+"""
+
+CTL_DOC = """Operate a control plane: push bundles and deltas, roll back, and see every edge's state.
+
+The ops token comes from --token-file or the EDGEWISE_OPS_TOKEN variable.
+
+examples:
+  edgewise ctl --control 127.0.0.1:50061 push ./bundle
+  edgewise ctl --control 127.0.0.1:50061 push-delta changes.jsonl
+  edgewise ctl --control 127.0.0.1:50061 status --json
+  edgewise ctl --control 127.0.0.1:50061 history
+  edgewise ctl --control 127.0.0.1:50061 rollback 1042
+"""
+
+_STATES: Final = {
+    sync_pb2.EDGE_STATE_UNSPECIFIED: "DISCONNECTED",
+    sync_pb2.EDGE_STATE_READY: "READY",
+    sync_pb2.EDGE_STATE_STALE: "STALE",
+    sync_pb2.EDGE_STATE_NOT_SERVING: "NOT_SERVING",
+}
+
+
+# --- control serve -----------------------------------------------------------------------------------
+
+
+def add_control_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="the control plane's LMDB directory"
+    )
+    p.add_argument(
+        "--listen", default="127.0.0.1:50061", metavar="HOST:PORT", help="gRPC address (port 0: any)"
+    )
+    p.add_argument("--edge-token-file", type=Path, help=f"edge bearer token (else ${EDGE_TOKEN_ENV})")
+    p.add_argument("--ops-token-file", type=Path, help=f"ops bearer token (else ${OPS_TOKEN_ENV})")
+    p.add_argument("--tls-cert", type=Path, help="server certificate (TLS on)")
+    p.add_argument("--tls-key", type=Path, help="server private key")
+    p.add_argument("--tls-ca", type=Path, help="CA that client certificates must chain to (mutual TLS)")
+    p.add_argument(
+        "--max-snapshots", type=int, default=2, help="full snapshots streaming at once (default 2)"
+    )
+    p.add_argument(
+        "--retain-snapshots", type=int, default=3, help="full snapshots kept for rollback (default 3)"
+    )
+    p.add_argument(
+        "--retain-log-changes",
+        type=int,
+        default=5_000_000,
+        help="changes the log keeps before compacting its oldest commits (default 5,000,000)",
+    )
+    p.add_argument(
+        "--heartbeat", type=float, default=5.0, help="seconds between heartbeats to edges (default 5)"
+    )
+    p.add_argument("--map-size-mb", type=int, default=65536, help="LMDB map size in MiB (default 65536)")
+    p.add_argument("--ready-file", type=Path, help="write {address, port, pid, version} here once serving")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _positive(name: str, value: float, minimum: float = 1) -> str | None:
+    return None if value >= minimum else f"{name} must be >= {minimum:g}, got {value:g}"
+
+
+def run_control_serve(args: argparse.Namespace) -> int:
+    set_level(args.log_level)
+    for problem in (
+        _positive("--max-snapshots", args.max_snapshots),
+        _positive("--retain-snapshots", args.retain_snapshots, 0),
+        _positive("--retain-log-changes", args.retain_log_changes),
+        _positive("--heartbeat", args.heartbeat, 0.05),
+    ):
+        if problem:
+            print(f"edgewise control serve: {problem}", file=sys.stderr)
+            return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("edgewise control serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        edge_token = load_token(
+            None, str(args.edge_token_file) if args.edge_token_file else None, EDGE_TOKEN_ENV
+        )
+        ops_token = load_token(None, str(args.ops_token_file) if args.ops_token_file else None, OPS_TOKEN_ENV)
+        credentials = (
+            server_credentials(
+                str(args.tls_cert), str(args.tls_key), str(args.tls_ca) if args.tls_ca else None
+            )
+            if args.tls_cert
+            else None
+        )
+        store = ControlStore(
+            args.data,
+            map_size=args.map_size_mb << 20,
+            retain_snapshots=args.retain_snapshots,
+            retain_log_changes=args.retain_log_changes,
+        )
+    except (ValueError, OSError, ControlStoreError) as exc:
+        print(f"edgewise control serve: {exc}", file=sys.stderr)
+        return 2
+    if edge_token is None and ops_token is None:
+        log("auth_off", level="warning", error="no edge or ops token configured: every caller is trusted")
+    elif ops_token is None:
+        log("ops_disabled", level="warning", error="no ops token configured: nobody can push")
+    service = ControlPlaneService(store, max_snapshots=args.max_snapshots, heartbeat_seconds=args.heartbeat)
+    interceptors = make_interceptors([edge_token] if edge_token else [], [ops_token] if ops_token else [])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="control"),
+        interceptors=interceptors,
+        options=(
+            ("grpc.max_receive_message_length", 8 << 20),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ),
+    )
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(args.listen, credentials)
+        else:
+            port = server.add_insecure_port(args.listen)
+    except RuntimeError as exc:
+        print(f"edgewise control serve: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        store.close()
+        return 2
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    address = f"{args.listen.rpartition(':')[0]}:{port}"
+    version = store.head_version()
+    log("control_serving", address=address, version=version, pid=os.getpid(), tls=credentials is not None)
+    if args.ready_file:
+        tmp = args.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"address": address, "port": port, "pid": os.getpid(), "version": version}))
+        os.replace(tmp, args.ready_file)
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    stop.wait()
+    log("control_stopping")
+    health_servicer.enter_graceful_shutdown()
+    server.stop(2.0).wait(5.0)
+    store.close()
+    log("control_stopped")
+    return 0
+
+
+# --- ctl ---------------------------------------------------------------------------------------------
+
+
+def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", required=True, metavar="HOST:PORT", help="the control plane's address")
+    p.add_argument("--token-file", type=Path, help=f"ops bearer token (else ${OPS_TOKEN_ENV})")
+    p.add_argument("--tls-ca", type=Path, help="CA to verify the control plane with (TLS on)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds before a call gives up (default 600)"
+    )
+    sub = p.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+    push = sub.add_parser("push", help="validate a bundle directory, upload it, print the new version")
+    push.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    push.add_argument("--description", default="", help="a note kept in the history")
+    push.add_argument("--quiet", action="store_true", help="no progress bar")
+    delta = sub.add_parser("push-delta", help="upload a delta file (JSON lines of upserts and deletes)")
+    delta.add_argument("file", type=Path, metavar="FILE", help="see docs/delta-format.md")
+    delta.add_argument("--description", default="")
+    delta.add_argument("--quiet", action="store_true", help="no progress bar")
+    status = sub.add_parser("status", help="every edge: shard, applied version, lag, last ACK/NACK, state")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    rollback = sub.add_parser("rollback", help="publish the state of an older version as a new version")
+    rollback.add_argument("version", type=int, metavar="VERSION")
+    history = sub.add_parser("history", help="the commits in the log, newest first")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--json", action="store_true", help="print JSON")
+
+
+class _Progress:
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total = max(total, 1)
+        self.sent = 0
+        self.quiet = quiet or not sys.stderr.isatty()
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.sent += n
+        now = time.monotonic()
+        if self.quiet or (now - self._last < 0.1 and self.sent < self.total):
+            return
+        self._last = now
+        width = 30
+        done = int(width * self.sent / self.total)
+        rate = self.sent / max(now - self._started, 1e-6) / (1 << 20)
+        sys.stderr.write(
+            f"\r[{'#' * done}{'.' * (width - done)}] "
+            f"{self.sent / (1 << 20):.1f}/{self.total / (1 << 20):.1f} MiB"
+            f" {rate:.1f} MiB/s"
+        )
+        if self.sent >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _bundle_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _upload(
+    kind: sync_pb2.PushKind.ValueType, root: Path, files: list[Path], description: str, progress: _Progress
+) -> Iterator[sync_pb2.PushChunk]:
+    first = True
+    for path in files:
+        rel = path.relative_to(root).as_posix() if path != root else path.name
+        with path.open("rb") as fh:
+            sent_any = False
+            while True:
+                data = fh.read(_UPLOAD_CHUNK)
+                if not data and sent_any:
+                    break
+                sent_any = True
+                chunk = sync_pb2.PushChunk(kind=kind, path=rel, data=data)
+                if first:
+                    chunk.description = description
+                    first = False
+                progress.add(len(data))
+                yield chunk
+                if not data:
+                    break
+
+
+def _fail(message: str) -> int:
+    print(f"edgewise ctl: {message}", file=sys.stderr)
+    return 1
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    try:
+        token = load_token(None, str(args.token_file) if args.token_file else None, OPS_TOKEN_ENV)
+        channel = open_channel(
+            args.control,
+            ca=str(args.tls_ca) if args.tls_ca else None,
+            cert=str(args.tls_cert) if args.tls_cert else None,
+            key=str(args.tls_key) if args.tls_key else None,
+            options=(("grpc.max_receive_message_length", 64 << 20),),
+        )
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    stub = sync_pb2_grpc.ControlPlaneStub(channel)
+    meta = bearer_metadata(token)
+    try:
+        return _run_command(args, stub, meta)
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "ERROR"
+        return _fail(f"{code}: {exc.details() if hasattr(exc, 'details') else exc}")
+    finally:
+        channel.close()
+
+
+def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str], ...]) -> int:
+    command = args.ctl_command
+    if command in ("push", "push-delta"):
+        if command == "push":
+            try:
+                bundle = load_bundle(args.bundle)  # validate here first: refuse before uploading anything
+            except BundleError as exc:
+                return _fail(f"push refused, nothing uploaded: {exc}")
+            root, files, kind = args.bundle, _bundle_files(args.bundle), sync_pb2.PUSH_KIND_BUNDLE
+            what = f"bundle {bundle.version} ({len(bundle.items)} items, {len(bundle.profiles)} profiles)"
+        else:
+            if not args.file.is_file():
+                return _fail(f"{args.file}: no such file")
+            root, files, kind = args.file, [args.file], sync_pb2.PUSH_KIND_DELTA
+            what = f"delta {args.file.name}"
+        progress = _Progress(sum(p.stat().st_size for p in files), args.quiet)
+        reply = stub.Push(
+            _upload(kind, root, files, args.description, progress), metadata=meta, timeout=args.timeout
+        )
+        print(f"pushed {what}: version {reply.version}, {reply.changes} changes ({reply.summary})")
+        return 0
+    if command == "rollback":
+        reply = stub.Rollback(
+            sync_pb2.RollbackRequest(version=args.version), metadata=meta, timeout=args.timeout
+        )
+        print(
+            f"rolled back to the state of version {args.version}: "
+            f"new version {reply.version}, {reply.changes} changes"
+        )
+        return 0
+    if command == "history":
+        hist = stub.History(sync_pb2.HistoryRequest(limit=args.limit), metadata=meta, timeout=args.timeout)
+        rows = [
+            {
+                "version": c.version,
+                "base_version": c.base_version,
+                "kind": c.kind,
+                "changes": c.changes,
+                "created_at_ms": c.created_at_ms,
+                "description": c.description,
+            }
+            for c in hist.commits
+        ]
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "head_version": hist.head_version,
+                        "log_start_version": hist.log_start_version,
+                        "snapshot_versions": list(hist.snapshot_versions),
+                        "commits": rows,
+                    },
+                    indent=2,
+                )
+            )
+            return 0
+        print(
+            f"head {hist.head_version}; log from {hist.log_start_version}; "
+            f"snapshots {', '.join(map(str, hist.snapshot_versions)) or '-'}"
+        )
+        print(f"{'version':>10} {'kind':<9} {'changes':>9}  {'created (UTC)':<19}  description")
+        for r in rows:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created_at_ms"] / 1000))
+            print(f"{r['version']:>10} {r['kind']:<9} {r['changes']:>9}  {created:<19}  {r['description']}")
+        return 0
+    status = stub.Status(sync_pb2.StatusRequest(), metadata=meta, timeout=args.timeout)
+    edges = [
+        {
+            "node_id": e.node_id,
+            "shard": e.shard,
+            "applied_version": e.applied_version,
+            "lag": e.lag,
+            "last_ack_version": e.last_ack_version,
+            "last_nack_version": e.last_nack_version,
+            "last_error": e.last_error,
+            "state": _STATES.get(e.state, "UNKNOWN"),
+            "connected": e.connected,
+            "last_seen_ms": e.last_seen_ms,
+            "peer": e.peer,
+        }
+        for e in status.edges
+    ]
+    if args.json:
+        print(json.dumps({"head_version": status.head_version, "edges": edges}, indent=2))
+        return 0
+    print(f"head version {status.head_version}; {len(edges)} edges")
+    print(
+        f"{'node':<20} {'shard':<16} {'applied':>9} {'lag':>6} {'ack':>9} {'nack':>9} "
+        f"{'state':<12} last error"
+    )
+    for e in edges:
+        print(
+            f"{e['node_id']:<20} {e['shard']:<16} {e['applied_version']:>9} {e['lag']:>6} "
+            f"{e['last_ack_version']:>9} "
+            f"{e['last_nack_version'] or '-':>9} {e['state']:<12} {e['last_error'] or '-'}"
+        )
+    return 0

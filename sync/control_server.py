@@ -1,0 +1,429 @@
+"""The control plane's gRPC service: pushes into the control store, subscriptions out of it.
+
+`Subscribe`: the edge says hello (node id, shard, last applied version). While the change log holds the
+commits after that version the edge gets them as deltas, else (or after the edge NACKs, or when its
+version is unknown here) a full snapshot of the head, then the tail. Every commit is framed by
+`sync.wire`. At most `max_snapshots` full snapshots stream at once; an edge over the cap gets
+RESOURCE_EXHAUSTED and retries with backoff. Heartbeats go both ways every `heartbeat_seconds`.
+
+`Push` takes a bundle directory (validated whole with `load_bundle`) or a delta file (validated whole
+against the current state with `parse_delta`) and commits it in one transaction; a refused push changes
+nothing and answers INVALID_ARGUMENT naming file, record and field.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+import grpc
+
+from edgewise.edge.logs import log
+from edgewise.sync.bundle import BundleError, load_bundle
+from edgewise.sync.changes import bundle_records, parse_delta
+from edgewise.sync.control_store import (
+    CommitInfo,
+    ControlStore,
+    ControlStoreError,
+    LogCompacted,
+    RecordChange,
+)
+from edgewise.sync.shard import Shard, ShardError
+from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
+from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+__all__ = ["ControlPlaneService", "Fleet"]
+
+_MAX_PUSH_BYTES: Final = 64 << 30
+_POLL_SECONDS: Final = 0.25  # how often a subscription looks for commits written by another process
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class EdgeEntry:
+    node_id: str
+    shard: str
+    peer: str
+    applied_version: int = 0
+    last_ack_version: int = 0
+    last_nack_version: int = 0
+    last_error: str = ""
+    state: sync_pb2.EdgeState.ValueType = sync_pb2.EDGE_STATE_NOT_SERVING
+    connected: bool = False
+    last_seen_ms: int = 0
+    stream: int = 0  # which subscription owns the entry (a reconnect replaces the old one)
+    nack_pending: bool = False
+
+
+class Fleet:
+    """What the control plane knows of every edge that subscribed since it started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._edges: dict[str, EdgeEntry] = {}
+        self._streams = 0
+
+    def connect(self, hello: sync_pb2.Hello, shard: Shard, peer: str) -> EdgeEntry:
+        with self._lock:
+            self._streams += 1
+            entry = self._edges.get(hello.node_id)
+            if entry is None:
+                entry = EdgeEntry(hello.node_id, shard.text(), peer)
+                self._edges[hello.node_id] = entry
+            entry.shard = shard.text()
+            entry.peer = peer
+            entry.applied_version = hello.last_version
+            entry.connected = True
+            entry.last_seen_ms = _now_ms()
+            entry.stream = self._streams
+            entry.nack_pending = False
+            return entry
+
+    def disconnect(self, entry: EdgeEntry, stream: int) -> None:
+        with self._lock:
+            if entry.stream == stream:
+                entry.connected = False
+
+    def on_request(self, entry: EdgeEntry, request: sync_pb2.SubscribeRequest) -> None:
+        with self._lock:
+            entry.last_seen_ms = _now_ms()
+            kind = request.WhichOneof("kind")
+            if kind == "ack":
+                entry.applied_version = request.ack.version
+                entry.last_ack_version = request.ack.version
+                entry.last_error = ""
+            elif kind == "nack":
+                entry.last_nack_version = request.nack.version
+                entry.last_error = request.nack.error[:2000]
+                entry.nack_pending = True
+            elif kind == "heartbeat":
+                entry.applied_version = request.heartbeat.version
+                entry.state = request.heartbeat.state
+
+    def take_nack(self, entry: EdgeEntry) -> int | None:
+        """The version the edge NACKed since the last call, if any."""
+        with self._lock:
+            if not entry.nack_pending:
+                return None
+            entry.nack_pending = False
+            return entry.last_nack_version
+
+    def status(self, head: int) -> list[sync_pb2.EdgeStatus]:
+        with self._lock:
+            return [
+                sync_pb2.EdgeStatus(
+                    node_id=e.node_id,
+                    shard=e.shard,
+                    applied_version=e.applied_version,
+                    lag=max(0, head - e.applied_version),
+                    last_ack_version=e.last_ack_version,
+                    last_nack_version=e.last_nack_version,
+                    last_error=e.last_error,
+                    state=e.state if e.connected else sync_pb2.EDGE_STATE_UNSPECIFIED,
+                    connected=e.connected,
+                    last_seen_ms=e.last_seen_ms,
+                    peer=e.peer,
+                )
+                for e in sorted(self._edges.values(), key=lambda e: e.node_id)
+            ]
+
+
+def _commit_proto(info: CommitInfo, *, snapshot: bool = False) -> sync_pb2.Commit:
+    return sync_pb2.Commit(
+        version=info.version,
+        base_version=0 if snapshot else info.base_version,
+        snapshot=snapshot,
+        kind=info.kind,
+        created_at_ms=info.created_at_ms,
+        description=info.description,
+    )
+
+
+class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
+    def __init__(
+        self,
+        store: ControlStore,
+        *,
+        max_snapshots: int = 2,
+        heartbeat_seconds: float = 5.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.store = store
+        self.fleet = Fleet()
+        self._snapshots = threading.BoundedSemaphore(max_snapshots)
+        self._heartbeat_seconds = heartbeat_seconds
+        self._chunk_bytes = chunk_bytes
+        self._changed = threading.Condition()
+        self._push_lock = threading.Lock()  # one push validates and commits at a time
+
+    # --- subscriptions -------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def Subscribe(
+        self, request_iterator: Iterator[sync_pb2.SubscribeRequest], context: grpc.ServicerContext
+    ) -> Iterator[sync_pb2.SyncMessage]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "hello":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a subscription must start with hello")
+        hello = first.hello
+        if not hello.node_id or len(hello.node_id) > 128:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.node_id must be 1-128 characters")
+        try:
+            shard = Shard.from_proto(hello.shard)
+        except ShardError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.shard: {exc}")
+        entry = self.fleet.connect(hello, shard, context.peer())
+        stream = entry.stream
+        log("edge_subscribed", node=hello.node_id, shard=shard.text(), version=hello.last_version)
+        reader = threading.Thread(
+            target=self._read_requests,
+            args=(request_iterator, entry),
+            name=f"sub-{hello.node_id}",
+            daemon=True,
+        )
+        reader.start()
+        try:
+            yield from self._stream(entry, shard, hello.last_version, context)
+        finally:
+            self.fleet.disconnect(entry, stream)
+            log("edge_unsubscribed", node=hello.node_id)
+
+    def _read_requests(self, requests: Iterator[sync_pb2.SubscribeRequest], entry: EdgeEntry) -> None:
+        try:
+            for request in requests:
+                self.fleet.on_request(entry, request)
+                if request.WhichOneof("kind") == "nack":
+                    log(
+                        "edge_nack",
+                        level="warning",
+                        node=entry.node_id,
+                        version=request.nack.version,
+                        error=request.nack.error[:500],
+                    )
+                    self._notify()
+        except grpc.RpcError:
+            pass  # the stream ended; Subscribe's generator notices through the context
+
+    def _stream(
+        self, entry: EdgeEntry, shard: Shard, sent: int, context: grpc.ServicerContext
+    ) -> Generator[sync_pb2.SyncMessage, None, None]:
+        head = self.store.head_version()
+        need_snapshot = sent == 0 or sent > head or sent < self.store.log_start_version()
+        # After a NACK the edge gets a full snapshot of the head, at once if there is a newer version,
+        # else after a backoff that doubles with every NACK in a row (a corrupted chunk heals on the
+        # retry; a commit the edge cannot apply is not resent in a tight loop).
+        retry_at = 0.0
+        nack_backoff = 0.5
+        last_beat = 0.0
+        while context.is_active():
+            nacked = self.fleet.take_nack(entry)
+            if nacked is not None:
+                need_snapshot = True
+                head = self.store.head_version()
+                retry_at = 0.0 if head > nacked else time.monotonic() + nack_backoff
+                nack_backoff = min(nack_backoff * 2, 60.0)
+            head = self.store.head_version()
+            if need_snapshot and head > 0 and time.monotonic() >= retry_at:
+                if not self._snapshots.acquire(timeout=1.0):
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "too many full snapshots streaming; retry with backoff",
+                    )
+                try:
+                    sent = yield from self._send_snapshot(shard)
+                finally:
+                    self._snapshots.release()
+                need_snapshot = False
+                last_beat = time.monotonic()
+                continue
+            if not need_snapshot and head > sent:
+                try:
+                    for info, changes in self.store.commits_after(sent):
+                        if not context.is_active() or self.fleet_nacked(entry):
+                            break
+                        yield from encode_commit(
+                            _commit_proto(info),
+                            _for_shard(shard, changes),
+                            chunk_bytes=self._chunk_bytes,
+                        )
+                        sent = info.version
+                except LogCompacted:
+                    need_snapshot = True
+                last_beat = time.monotonic()
+                continue
+            if time.monotonic() - last_beat >= self._heartbeat_seconds:
+                last_beat = time.monotonic()
+                yield sync_pb2.SyncMessage(heartbeat=sync_pb2.Heartbeat(version=head, sent_at_ms=_now_ms()))
+            with self._changed:
+                self._changed.wait(_POLL_SECONDS)
+
+    def fleet_nacked(self, entry: EdgeEntry) -> bool:
+        return entry.nack_pending
+
+    def _send_snapshot(self, shard: Shard) -> Generator[sync_pb2.SyncMessage, None, int]:
+        with self.store.read() as view:
+            version = view.version
+            info = next((c for c in self.store.history(1)), None)
+            commit = sync_pb2.Commit(
+                version=version,
+                snapshot=True,
+                kind="snapshot",
+                created_at_ms=info.created_at_ms if info else 0,
+                description=f"full snapshot at version {version}",
+            )
+
+            def records() -> Iterator[tuple[str, str, bytes | None]]:
+                for namespace in ("rules", "models", "items", "profiles"):
+                    for key, value in view.items(namespace):
+                        if namespace != "profiles" or shard.holds(key, value):
+                            yield namespace, key, value
+
+            yield from encode_commit(commit, records(), chunk_bytes=self._chunk_bytes)
+        return version
+
+    # --- ops -----------------------------------------------------------------------------------------
+
+    def Push(
+        self, request_iterator: Iterator[sync_pb2.PushChunk], context: grpc.ServicerContext
+    ) -> sync_pb2.PushReply:
+        staging = Path(tempfile.mkdtemp(prefix="edgewise-push-"))
+        try:
+            kind, description, files = self._receive(request_iterator, staging, context)
+            with self._push_lock:
+                try:
+                    if kind == sync_pb2.PUSH_KIND_BUNDLE:
+                        bundle = load_bundle(staging)
+                        info = self.store.replace_all(
+                            bundle_records(bundle),
+                            kind="push",
+                            description=description or f"bundle {bundle.version}",
+                        )
+                        summary = (
+                            f"bundle version {bundle.version}: {len(bundle.items)} items, "
+                            f"{len(bundle.profiles)} profiles"
+                        )
+                    else:
+                        if len(files) != 1:
+                            context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file"
+                            )
+                        name = files[0]
+                        with self.store.read() as view:
+                            text = (staging / name).read_text(encoding="utf-8")
+                            changes = parse_delta(text.splitlines(), view, file=name)
+                        info = self.store.commit(changes, kind="delta", description=description or name)
+                        summary = f"delta {name}: {len(changes)} changes"
+                except BundleError as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
+                except UnicodeDecodeError as exc:
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"push refused: the delta file is not UTF-8: {exc}"
+                    )
+                except ControlStoreError as exc:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._notify()
+        if info is None:
+            head = self.store.head_version()
+            log("push_unchanged", version=head, summary=summary)
+            return sync_pb2.PushReply(version=head, changes=0, summary=summary + " (no change)")
+        log("push_committed", version=info.version, changes=info.changes, kind=info.kind, summary=summary)
+        return sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
+
+    def _receive(
+        self, chunks: Iterator[sync_pb2.PushChunk], staging: Path, context: grpc.ServicerContext
+    ) -> tuple[int, str, list[str]]:
+        kind = sync_pb2.PUSH_KIND_UNSPECIFIED
+        description = ""
+        files: list[str] = []
+        total = 0
+        current: tuple[str, object] | None = None
+        handle = None
+        try:
+            for i, chunk in enumerate(chunks):
+                if i == 0:
+                    kind = chunk.kind
+                    description = chunk.description[:500]
+                    if kind not in (sync_pb2.PUSH_KIND_BUNDLE, sync_pb2.PUSH_KIND_DELTA):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first push chunk must set kind")
+                rel = PurePosixPath(chunk.path)
+                if not chunk.path or rel.is_absolute() or ".." in rel.parts or len(chunk.path) > 512:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad file path in push: {chunk.path!r}")
+                total += len(chunk.data)
+                if total > _MAX_PUSH_BYTES:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "push larger than 64 GiB")
+                if current is None or current[0] != chunk.path:
+                    if chunk.path in files:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"file {chunk.path} sent twice")
+                    if handle is not None:
+                        handle.close()
+                    target = staging / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    handle = target.open("wb")
+                    files.append(chunk.path)
+                    current = (chunk.path, handle)
+                assert handle is not None
+                handle.write(chunk.data)
+        finally:
+            if handle is not None:
+                handle.close()
+        if not files:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty push")
+        return kind, description, files
+
+    def Rollback(
+        self, request: sync_pb2.RollbackRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.PushReply:
+        with self._push_lock:
+            try:
+                info = self.store.rollback(request.version)
+            except ControlStoreError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"rollback refused: {exc}")
+        self._notify()
+        if info is None:
+            head = self.store.head_version()
+            return sync_pb2.PushReply(
+                version=head, changes=0, summary=f"version {request.version} equals the head"
+            )
+        log("rollback_committed", version=info.version, to=request.version, changes=info.changes)
+        return sync_pb2.PushReply(
+            version=info.version, changes=info.changes, summary=f"state of version {request.version}"
+        )
+
+    def History(
+        self, request: sync_pb2.HistoryRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.HistoryReply:
+        limit = request.limit or 50
+        return sync_pb2.HistoryReply(
+            commits=[_commit_proto(c) for c in self.store.history(min(limit, 10_000))],
+            head_version=self.store.head_version(),
+            log_start_version=self.store.log_start_version(),
+            snapshot_versions=self.store.snapshot_versions(),
+        )
+
+    def Status(self, request: sync_pb2.StatusRequest, context: grpc.ServicerContext) -> sync_pb2.StatusReply:
+        head = self.store.head_version()
+        return sync_pb2.StatusReply(head_version=head, edges=self.fleet.status(head))
+
+
+def _for_shard(shard: Shard, changes: list[RecordChange]) -> Iterator[tuple[str, str, bytes | None]]:
+    """A commit's changes as one shard's edge needs them: profiles outside the shard are left out, or
+    sent as deletes for region shards (a profile that moved to another region must leave the edge)."""
+    for c in changes:
+        if c.namespace != "profiles" or shard.everything or shard.holds(c.key, c.value):
+            yield c.namespace, c.key, c.value
+        elif shard.regions:
+            yield c.namespace, c.key, None

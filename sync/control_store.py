@@ -1,0 +1,697 @@
+"""The control plane's own LMDB store: the current replicated state, a log of every change, snapshots.
+
+Pure storage: no gRPC, no bundle parsing. Every accepted change gets a global, monotonically increasing
+sequence number starting at 1. A *commit* groups the changes accepted together (one push, one delta
+file, one rollback); its `version` is the sequence number of its last change and its `base_version` the
+head before it, so the commits form an unbroken chain 0 -> v1 -> v2 -> ... -> head. Deletes are
+tombstones in the log.
+
+Data layout (one LMDB environment, `sync=True`; every write is one write transaction, so it lands
+completely or not at all, and a reader sees a consistent state and version):
+
+- `state-profiles`, `state-items`, `state-models`, `state-rules`: record key (UTF-8) -> value bytes,
+  the current state.
+- `log`: 8-byte big-endian seq -> msgpack `[namespace, key, value or nil]` (nil = tombstone).
+- `commits`: 8-byte big-endian version -> msgpack map of the `CommitInfo` fields except `version`.
+- `snapshots`: 8-byte big-endian version + 1 namespace byte + key -> value, the full state at that
+  version.
+- `meta`: `layout` -> b"1"; `head` and `log_start` -> 8-byte big-endian; `snapshots` -> msgpack list of
+  the retained snapshot versions, ascending.
+
+The namespace byte of a snapshot key is the namespace's index in `REPLICATED` (append only: never
+reorder it). Keys are limited to `MAX_KEY_BYTES` of UTF-8 so that every key fits a snapshot key.
+
+The log holds the commits with `version > log_start` (`log_start` is 0 until `compact` drops the oldest
+ones); commit metadata is kept for every commit, so `history` covers the whole life of the store. An edge
+at version `v >= log_start` catches up with `commits_after(v)`; an edge below needs a full snapshot.
+`replace_all` (and `rollback`, which goes through it) also keeps a full snapshot of the new state; the
+newest `retain_snapshots` are kept. The state at an older version is rebuilt from the newest snapshot at
+or below it plus the logged changes after that snapshot.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import lmdb
+import msgpack
+
+__all__ = [
+    "KINDS",
+    "MAX_KEY_BYTES",
+    "REPLICATED",
+    "CommitInfo",
+    "ControlStore",
+    "ControlStoreError",
+    "ControlView",
+    "LogCompacted",
+    "RecordChange",
+]
+
+REPLICATED: Final = ("profiles", "items", "models", "rules")
+KINDS: Final = ("push", "delta", "rollback")
+
+_U64: Final = struct.Struct(">Q")  # big-endian: keys sort by number
+_LMDB_MAX_KEY: Final = 511  # LMDB's default compile-time key limit
+_SNAPSHOT_PREFIX_BYTES: Final = _U64.size + 1
+MAX_KEY_BYTES: Final = _LMDB_MAX_KEY - _SNAPSHOT_PREFIX_BYTES
+
+_LAYOUT: Final = b"1"
+_META_LAYOUT: Final = b"layout"
+_META_HEAD: Final = b"head"
+_META_LOG_START: Final = b"log_start"
+_META_SNAPSHOTS: Final = b"snapshots"
+
+
+class ControlStoreError(RuntimeError):
+    """The control store cannot do what was asked; the message says why and what to do."""
+
+
+class LogCompacted(ControlStoreError):
+    """Commits after a version were asked for, but the log no longer holds them: send a snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChange:
+    namespace: str
+    key: str
+    value: bytes | None  # None = delete (tombstone)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    version: int  # seq of the last change
+    base_version: int  # head before this commit
+    first_seq: int
+    changes: int
+    kind: str  # "push" | "delta" | "rollback"
+    created_at_ms: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Dbs:
+    state: dict[str, Any]
+    log: Any
+    commits: Any
+    snapshots: Any
+    meta: Any
+
+
+# -- encoding ------------------------------------------------------------------------------------------
+
+
+def _check_namespace(namespace: str) -> None:
+    if namespace not in REPLICATED:
+        raise ControlStoreError(
+            f"unknown namespace {namespace!r}: the replicated namespaces are {', '.join(REPLICATED)}"
+        )
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ControlStoreError(f"unknown commit kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
+def _encode_key(namespace: str, key: str) -> bytes:
+    """The LMDB key of a record, after checking the namespace and the key's size."""
+    _check_namespace(namespace)
+    if not isinstance(key, str):
+        raise ControlStoreError(f"key {key!r} in {namespace} must be a str, not {type(key).__name__}")
+    try:
+        raw = key.encode()
+    except UnicodeEncodeError as exc:
+        raise ControlStoreError(f"key {key!r} in {namespace} is not valid UTF-8 text: {exc}") from exc
+    if not 0 < len(raw) <= MAX_KEY_BYTES:
+        raise ControlStoreError(
+            f"key {key[:40]!r} in {namespace} is {len(raw)} bytes of UTF-8; keys must be 1 to "
+            f"{MAX_KEY_BYTES} bytes"
+        )
+    return raw
+
+
+def _check_value(namespace: str, key: str, value: object) -> None:
+    if value is not None and not isinstance(value, bytes):
+        raise ControlStoreError(
+            f"the value of {namespace}/{key} must be bytes or None, not {type(value).__name__}"
+        )
+
+
+def _pack_u64(number: int) -> bytes:
+    return _U64.pack(number)
+
+
+def _unpack_u64(raw: bytes) -> int:
+    return int(_U64.unpack(raw)[0])
+
+
+def _encode_change(namespace: str, key: str, value: bytes | None) -> bytes:
+    return msgpack.packb([namespace, key, value], use_bin_type=True)
+
+
+def _decode_change(raw: bytes) -> RecordChange:
+    namespace, key, value = msgpack.unpackb(raw, raw=False)
+    return RecordChange(str(namespace), str(key), None if value is None else bytes(value))
+
+
+def _encode_commit(info: CommitInfo) -> bytes:
+    return msgpack.packb(
+        {
+            "base_version": info.base_version,
+            "first_seq": info.first_seq,
+            "changes": info.changes,
+            "kind": info.kind,
+            "created_at_ms": info.created_at_ms,
+            "description": info.description,
+        },
+        use_bin_type=True,
+    )
+
+
+def _decode_commit(key: bytes, raw: bytes) -> CommitInfo:
+    fields = msgpack.unpackb(raw, raw=False)
+    return CommitInfo(
+        version=_unpack_u64(key),
+        base_version=int(fields["base_version"]),
+        first_seq=int(fields["first_seq"]),
+        changes=int(fields["changes"]),
+        kind=str(fields["kind"]),
+        created_at_ms=int(fields["created_at_ms"]),
+        description=str(fields["description"]),
+    )
+
+
+def _snapshot_prefix(version: int, namespace: str) -> bytes:
+    return _pack_u64(version) + bytes([REPLICATED.index(namespace)])
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- transaction helpers -------------------------------------------------------------------------------
+
+
+def _meta_u64(txn: Any, dbs: _Dbs, key: bytes) -> int:
+    raw = txn.get(key, db=dbs.meta)
+    return 0 if raw is None else _unpack_u64(raw)
+
+
+def _snapshot_list(txn: Any, dbs: _Dbs) -> list[int]:
+    raw = txn.get(_META_SNAPSHOTS, db=dbs.meta)
+    return [] if raw is None else [int(v) for v in msgpack.unpackb(raw)]
+
+
+def _get_commit(txn: Any, dbs: _Dbs, version: int) -> CommitInfo | None:
+    key = _pack_u64(version)
+    raw = txn.get(key, db=dbs.commits)
+    return None if raw is None else _decode_commit(key, raw)
+
+
+def _first_commit_after(txn: Any, dbs: _Dbs, version: int) -> CommitInfo | None:
+    """The oldest commit whose version is greater than `version`."""
+    with txn.cursor(db=dbs.commits) as cursor:
+        if not cursor.set_range(_pack_u64(version + 1)):
+            return None
+        return _decode_commit(cursor.key(), cursor.value())
+
+
+def _read_changes(txn: Any, dbs: _Dbs, info: CommitInfo) -> list[RecordChange]:
+    changes: list[RecordChange] = []
+    last = _pack_u64(info.version)
+    with txn.cursor(db=dbs.log) as cursor:
+        if cursor.set_range(_pack_u64(info.first_seq)):
+            for key, raw in cursor.iternext():
+                if key > last:
+                    break
+                changes.append(_decode_change(raw))
+    if len(changes) != info.changes:
+        raise ControlStoreError(
+            f"the log holds {len(changes)} of the {info.changes} changes of commit {info.version}; "
+            "the store is damaged: restore it from a backup"
+        )
+    return changes
+
+
+def _delete_range(txn: Any, db: Any, first: bytes, last: bytes) -> int:
+    """Delete every key in [first, last] of `db`; return how many were deleted."""
+    deleted = 0
+    with txn.cursor(db=db) as cursor:
+        if not cursor.set_range(first):
+            return 0
+        while cursor.key() and cursor.key() <= last:
+            cursor.delete()  # moves to the next key; key() is b"" past the end
+            deleted += 1
+    return deleted
+
+
+def _delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
+    deleted = 0
+    with txn.cursor(db=db) as cursor:
+        if not cursor.set_range(prefix):
+            return 0
+        while cursor.key().startswith(prefix):
+            cursor.delete()
+            deleted += 1
+    return deleted
+
+
+class _Batch:
+    """The changes of one commit, written inside one write transaction; no-ops are not logged."""
+
+    __slots__ = ("_dbs", "_txn", "base_version", "seq")
+
+    def __init__(self, txn: Any, dbs: _Dbs) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self.base_version = _meta_u64(txn, dbs, _META_HEAD)
+        self.seq = self.base_version
+
+    def put(self, namespace: str, key: str, raw_key: bytes, value: bytes) -> None:
+        db = self._dbs.state[namespace]
+        if self._txn.get(raw_key, db=db) == value:
+            return
+        self._txn.put(raw_key, value, db=db)
+        self._log(namespace, key, value)
+
+    def delete(self, namespace: str, key: str, raw_key: bytes) -> None:
+        if self._txn.delete(raw_key, db=self._dbs.state[namespace]):
+            self._log(namespace, key, None)
+
+    def delete_missing(self, namespace: str, keep: set[bytes]) -> None:
+        """Tombstone every key of `namespace` that is not in `keep`."""
+        with self._txn.cursor(db=self._dbs.state[namespace]) as cursor:
+            positioned = cursor.first()
+            while positioned:
+                raw_key = cursor.key()
+                if raw_key in keep:
+                    positioned = cursor.next()
+                    continue
+                cursor.delete()  # moves to the next key
+                self._log(namespace, raw_key.decode(), None)
+                positioned = bool(cursor.key())
+
+    def _log(self, namespace: str, key: str, value: bytes | None) -> None:
+        self.seq += 1
+        self._txn.put(
+            _pack_u64(self.seq), _encode_change(namespace, key, value), db=self._dbs.log, append=True
+        )
+
+    def finish(self, kind: str, description: str) -> CommitInfo | None:
+        """Record the commit and the new head; None (nothing written) when every change was a no-op."""
+        if self.seq == self.base_version:
+            return None
+        info = CommitInfo(
+            version=self.seq,
+            base_version=self.base_version,
+            first_seq=self.base_version + 1,
+            changes=self.seq - self.base_version,
+            kind=kind,
+            created_at_ms=_now_ms(),
+            description=description,
+        )
+        self._txn.put(_pack_u64(info.version), _encode_commit(info), db=self._dbs.commits, append=True)
+        self._txn.put(_META_HEAD, _pack_u64(info.version), db=self._dbs.meta)
+        return info
+
+
+def _collapse(changes: Iterable[RecordChange]) -> dict[tuple[str, str], tuple[bytes, bytes | None]]:
+    """Validate `changes` and keep the last change per key, ordered by that last change."""
+    pending: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
+    for change in changes:
+        raw_key = _encode_key(change.namespace, change.key)
+        _check_value(change.namespace, change.key, change.value)
+        ident = (change.namespace, change.key)
+        pending.pop(ident, None)
+        pending[ident] = (raw_key, change.value)
+    return pending
+
+
+# -- the view ------------------------------------------------------------------------------------------
+
+
+class ControlView:
+    """The current state as of one read transaction; use it only inside its `with` block."""
+
+    __slots__ = ("_dbs", "_txn", "version")
+
+    def __init__(self, txn: Any, dbs: _Dbs) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self.version: int = _meta_u64(txn, dbs, _META_HEAD)
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        value = self._txn.get(_encode_key(namespace, key), db=self._dbs.state[namespace])
+        return None if value is None else bytes(value)
+
+    def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
+        _check_namespace(namespace)
+        with self._txn.cursor(db=self._dbs.state[namespace]) as cursor:
+            for raw_key, value in cursor:
+                yield raw_key.decode(), bytes(value)
+
+    def count(self, namespace: str) -> int:
+        _check_namespace(namespace)
+        return int(self._txn.stat(self._dbs.state[namespace])["entries"])
+
+
+# -- the store -----------------------------------------------------------------------------------------
+
+
+class ControlStore:
+    """The control plane's LMDB environment: state, change log, commits and snapshots (see the module doc)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        map_size: int = 64 << 30,
+        retain_snapshots: int = 3,
+        retain_log_changes: int = 5_000_000,
+    ) -> None:
+        if retain_snapshots < 0 or retain_log_changes < 0:
+            raise ControlStoreError(
+                f"retain_snapshots ({retain_snapshots}) and retain_log_changes ({retain_log_changes}) "
+                "must be 0 or more"
+            )
+        self.path = Path(path)
+        self._map_size = map_size
+        self._retain_snapshots = retain_snapshots
+        self._retain_log_changes = retain_log_changes
+        self._env, self._dbs = self._open()
+        self._check_layout()
+
+    def _open(self) -> tuple[Any, _Dbs]:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            env = lmdb.open(
+                str(self.path),
+                map_size=self._map_size,
+                max_dbs=16,
+                max_readers=512,
+                lock=True,  # readers must be visible to the writer
+                sync=True,
+                metasync=True,
+                readahead=False,
+            )
+            dbs = _Dbs(
+                state={name: env.open_db(f"state-{name}".encode()) for name in REPLICATED},
+                log=env.open_db(b"log"),
+                commits=env.open_db(b"commits"),
+                snapshots=env.open_db(b"snapshots"),
+                meta=env.open_db(b"meta"),
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise ControlStoreError(f"cannot open the control store at {self.path}: {exc}") from exc
+        return env, dbs
+
+    def _check_layout(self) -> None:
+        with self._write() as txn:
+            layout = txn.get(_META_LAYOUT, db=self._dbs.meta)
+            if layout is None:
+                txn.put(_META_LAYOUT, _LAYOUT, db=self._dbs.meta)
+            elif layout != _LAYOUT:
+                raise ControlStoreError(
+                    f"the control store at {self.path} has layout {layout!r}, this code reads {_LAYOUT!r}: "
+                    "open it with a matching release"
+                )
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> ControlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One write transaction: committed when the block ends normally, aborted on any exception."""
+        try:
+            with self._env.begin(write=True) as txn:
+                yield txn
+        except lmdb.MapFullError as exc:
+            raise ControlStoreError(
+                f"the control store at {self.path} is full (map_size {self._map_size} bytes): "
+                "reopen it with a larger map_size"
+            ) from exc
+        except lmdb.Error as exc:
+            raise ControlStoreError(f"writing the control store at {self.path} failed: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[ControlView]:
+        """A consistent view of the current state (one read transaction; values are bytes)."""
+        with self._env.begin(buffers=False) as txn:
+            yield ControlView(txn, self._dbs)
+
+    # -- versions --------------------------------------------------------------------------------------
+
+    def head_version(self) -> int:
+        with self._env.begin() as txn:
+            return _meta_u64(txn, self._dbs, _META_HEAD)
+
+    def log_start_version(self) -> int:
+        with self._env.begin() as txn:
+            return _meta_u64(txn, self._dbs, _META_LOG_START)
+
+    def snapshot_versions(self) -> list[int]:
+        with self._env.begin() as txn:
+            return _snapshot_list(txn, self._dbs)
+
+    def history(self, limit: int = 50) -> list[CommitInfo]:
+        """The newest `limit` commits, newest first."""
+        found: list[CommitInfo] = []
+        if limit <= 0:
+            return found
+        with self._env.begin() as txn, txn.cursor(db=self._dbs.commits) as cursor:
+            if not cursor.last():
+                return found
+            for key, raw in cursor.iterprev():
+                found.append(_decode_commit(key, raw))
+                if len(found) >= limit:
+                    break
+        return found
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    def commit(
+        self, changes: Iterable[RecordChange], *, kind: str, description: str = ""
+    ) -> CommitInfo | None:
+        """Apply `changes` in one write transaction; None when all of them were no-ops."""
+        _check_kind(kind)
+        pending = _collapse(changes)
+        if not pending:
+            return None
+        with self._write() as txn:
+            batch = _Batch(txn, self._dbs)
+            for (namespace, key), (raw_key, value) in pending.items():
+                if value is None:
+                    batch.delete(namespace, key, raw_key)
+                else:
+                    batch.put(namespace, key, raw_key, value)
+            info = batch.finish(kind, description)
+            if info is not None:
+                self._compact_in(txn)
+        return info
+
+    def replace_all(
+        self, records: Iterable[RecordChange], *, kind: str, description: str = ""
+    ) -> CommitInfo | None:
+        """Make `records` the complete state in one write transaction, logging only real differences,
+        and keep a snapshot of it. Streams: memory grows with the number of keys, not value bytes."""
+        _check_kind(kind)
+        with self._write() as txn:
+            return self._replace_in(txn, records, kind, description)
+
+    def rollback(self, version: int, *, description: str | None = None) -> CommitInfo | None:
+        """Publish the state as of commit `version` as a new "rollback" commit (None if it is the head)."""
+        text = description if description is not None else f"rollback to version {version}"
+        with self._write() as txn:
+            head = _meta_u64(txn, self._dbs, _META_HEAD)
+            self._check_rollback_target(txn, version, head)
+            if version == head:
+                return None
+            base = self._reconstruction_base(txn, version)
+            overlay = self._log_overlay(txn, base, version)
+            records = self._state_at(txn, base, overlay)
+            return self._replace_in(txn, records, "rollback", text)
+
+    def compact(self) -> int:
+        """Drop the oldest whole commits from the log while it holds more than `retain_log_changes`
+        changes; return the number of changes dropped."""
+        with self._write() as txn:
+            return self._compact_in(txn)
+
+    def _replace_in(
+        self, txn: Any, records: Iterable[RecordChange], kind: str, description: str
+    ) -> CommitInfo | None:
+        batch = _Batch(txn, self._dbs)
+        seen: dict[str, set[bytes]] = {name: set() for name in REPLICATED}
+        for record in records:
+            raw_key = _encode_key(record.namespace, record.key)
+            if record.value is None:
+                raise ControlStoreError(
+                    f"replace_all got a delete of {record.namespace}/{record.key}: records are the "
+                    "complete new state, so leave a key out to delete it"
+                )
+            _check_value(record.namespace, record.key, record.value)
+            keys = seen[record.namespace]
+            if raw_key in keys:
+                raise ControlStoreError(
+                    f"replace_all got {record.namespace}/{record.key} twice: the new state must name each "
+                    "key once"
+                )
+            keys.add(raw_key)
+            batch.put(record.namespace, record.key, raw_key, record.value)
+        for name in REPLICATED:
+            batch.delete_missing(name, seen[name])
+            seen[name] = set()
+        info = batch.finish(kind, description)
+        if info is not None:
+            self._save_snapshot(txn, info.version)
+            self._compact_in(txn)
+        return info
+
+    def _save_snapshot(self, txn: Any, version: int) -> None:
+        """Copy the state into `snapshots` at `version`, then drop all but the newest retained ones."""
+        if self._retain_snapshots == 0:
+            return
+        with txn.cursor(db=self._dbs.snapshots) as out:
+            for name in REPLICATED:
+                prefix = _snapshot_prefix(version, name)
+                with txn.cursor(db=self._dbs.state[name]) as cursor:
+                    # `version` is newer than every stored snapshot, so its keys sort last: append.
+                    out.putmulti(((prefix + key, value) for key, value in cursor), append=True)
+        versions = [*_snapshot_list(txn, self._dbs), version]
+        keep = versions[-self._retain_snapshots :]
+        for old in versions[: -self._retain_snapshots]:
+            _delete_prefix(txn, self._dbs.snapshots, _pack_u64(old))
+        txn.put(_META_SNAPSHOTS, msgpack.packb(keep), db=self._dbs.meta)
+
+    def _compact_in(self, txn: Any) -> int:
+        log_start = _meta_u64(txn, self._dbs, _META_LOG_START)
+        remaining = int(txn.stat(self._dbs.log)["entries"])
+        dropped = 0
+        while remaining > self._retain_log_changes:
+            oldest = _first_commit_after(txn, self._dbs, log_start)
+            if oldest is None:
+                break
+            count = _delete_range(txn, self._dbs.log, _pack_u64(oldest.first_seq), _pack_u64(oldest.version))
+            remaining -= count
+            dropped += count
+            log_start = oldest.version
+        if dropped:
+            txn.put(_META_LOG_START, _pack_u64(log_start), db=self._dbs.meta)
+        return dropped
+
+    # -- rebuilding an older state ---------------------------------------------------------------------
+
+    def _check_rollback_target(self, txn: Any, version: int, head: int) -> None:
+        if version > head or version < 0:
+            raise ControlStoreError(f"cannot roll back to version {version}: the head is version {head}")
+        if _get_commit(txn, self._dbs, version) is None:
+            raise ControlStoreError(
+                f"cannot roll back to version {version}: it is not a commit version; pick one from history()"
+            )
+
+    def _reconstruction_base(self, txn: Any, version: int) -> int:
+        """The version to rebuild `version` from: the newest retained snapshot at or below it, or 0 (the
+        empty state); the log must hold every change between the base and `version`."""
+        snapshots = _snapshot_list(txn, self._dbs)
+        log_start = _meta_u64(txn, self._dbs, _META_LOG_START)
+        base = max((s for s in snapshots if s <= version), default=0)
+        if base == version or base >= log_start:
+            return base
+        listed = ", ".join(str(s) for s in snapshots)
+        if not snapshots:
+            why = "there are no retained snapshots"
+        elif base == 0:
+            why = f"it is older than every retained snapshot ({listed})"
+        else:
+            why = f"the newest retained snapshot at or below it is {base} (retained: {listed})"
+        raise ControlStoreError(
+            f"cannot roll back to version {version}: {why} and the log starts at {log_start}; "
+            "roll back to a retained snapshot or a later version"
+        )
+
+    def _log_overlay(self, txn: Any, base: int, version: int) -> dict[tuple[str, bytes], int]:
+        """For each key changed in (base, version]: the seq of its last change there."""
+        overlay: dict[tuple[str, bytes], int] = {}
+        last = _pack_u64(version)
+        with txn.cursor(db=self._dbs.log) as cursor:
+            if not cursor.set_range(_pack_u64(base + 1)):
+                return overlay
+            for key, raw in cursor.iternext():
+                if key > last:
+                    break
+                change = _decode_change(raw)
+                overlay[(change.namespace, change.key.encode())] = _unpack_u64(key)
+        return overlay
+
+    def _state_at(self, txn: Any, base: int, overlay: dict[tuple[str, bytes], int]) -> Iterator[RecordChange]:
+        """Stream the state at the target version: the base snapshot minus overlaid keys, then the last
+        logged value of every overlaid key that was not deleted."""
+        if base > 0:
+            for name in REPLICATED:
+                prefix = _snapshot_prefix(base, name)
+                with txn.cursor(db=self._dbs.snapshots) as cursor:
+                    if not cursor.set_range(prefix):
+                        continue
+                    for key, value in cursor.iternext():
+                        if not key.startswith(prefix):
+                            break
+                        raw_key = key[len(prefix) :]
+                        if (name, raw_key) not in overlay:
+                            yield RecordChange(name, raw_key.decode(), bytes(value))
+        for seq in overlay.values():
+            change = _decode_change(txn.get(_pack_u64(seq), db=self._dbs.log))
+            if change.value is not None:
+                yield change
+
+    # -- catching up -----------------------------------------------------------------------------------
+
+    def commits_after(self, version: int) -> Iterator[tuple[CommitInfo, list[RecordChange]]]:
+        """The commits with `base_version >= version` up to the head at the time of the call, oldest
+        first, each with its changes in seq order. Raises LogCompacted (now, not on first iteration) if
+        the log no longer holds them. Each commit is read in its own short read transaction."""
+        if version < 0:
+            raise ControlStoreError(f"version {version} is negative; versions start at 0")
+        with self._env.begin() as txn:
+            log_start = _meta_u64(txn, self._dbs, _META_LOG_START)
+            head = _meta_u64(txn, self._dbs, _META_HEAD)
+        if version < log_start:
+            raise LogCompacted(
+                f"version {version} is older than the start of the log ({log_start}): send a full snapshot"
+            )
+        return self._iter_commits(version, head)
+
+    def _iter_commits(self, version: int, head: int) -> Iterator[tuple[CommitInfo, list[RecordChange]]]:
+        position = version
+        while position < head:
+            found = self._read_next_commit(position, version)
+            if found is None or found[0].version > head:
+                return
+            position = found[0].version
+            yield found
+
+    def _read_next_commit(self, position: int, floor: int) -> tuple[CommitInfo, list[RecordChange]] | None:
+        with self._env.begin() as txn:
+            info = _first_commit_after(txn, self._dbs, position)
+            while info is not None and info.base_version < floor:
+                info = _first_commit_after(txn, self._dbs, info.version)
+            if info is None:
+                return None
+            log_start = _meta_u64(txn, self._dbs, _META_LOG_START)
+            if info.base_version < log_start:
+                raise LogCompacted(
+                    f"the log was compacted past version {info.base_version} while it was being read "
+                    f"(it now starts at {log_start}): send a full snapshot"
+                )
+            return info, _read_changes(txn, self._dbs, info)

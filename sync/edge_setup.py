@@ -1,0 +1,47 @@
+"""Building the edge's syncer from its configuration (`[sync]` section, `--control` and friends)."""
+
+from __future__ import annotations
+
+import socket
+
+from edgewise.core.store import Store
+from edgewise.edge.config import EdgeConfig
+from edgewise.sync.auth import load_token
+from edgewise.sync.edge_sync import EdgeSyncer, SyncTarget
+from edgewise.sync.shard import ShardError, parse_shard
+
+__all__ = ["EDGE_TOKEN_ENV", "SyncSetupError", "start_syncer", "sync_target"]
+
+EDGE_TOKEN_ENV = "EDGEWISE_EDGE_TOKEN"
+
+
+class SyncSetupError(RuntimeError):
+    pass
+
+
+def sync_target(config: EdgeConfig) -> SyncTarget:
+    sync = config.sync
+    try:
+        shard = parse_shard(sync.shard)
+        token = load_token(None, str(sync.token_file) if sync.token_file else None, EDGE_TOKEN_ENV)
+    except (ShardError, ValueError, OSError) as exc:
+        raise SyncSetupError(str(exc)) from exc
+    if (sync.tls_cert is None) != (sync.tls_key is None):
+        raise SyncSetupError("sync.tls_cert and sync.tls_key go together (mutual TLS needs both)")
+    return SyncTarget(
+        address=sync.control,
+        node_id=sync.node_id or socket.gethostname(),
+        shard=shard,
+        token=token,
+        tls_ca=str(sync.tls_ca) if sync.tls_ca else None,
+        tls_cert=str(sync.tls_cert) if sync.tls_cert else None,
+        tls_key=str(sync.tls_key) if sync.tls_key else None,
+        heartbeat_seconds=sync.heartbeat_seconds,
+        stale_after_seconds=config.health.stale_after_seconds,
+    )
+
+
+def start_syncer(store: Store, config: EdgeConfig) -> EdgeSyncer:
+    syncer = EdgeSyncer(store, sync_target(config))
+    syncer.start()
+    return syncer

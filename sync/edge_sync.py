@@ -1,0 +1,293 @@
+"""The edge's syncer: the node's single writer of replicated data when it follows a control plane.
+
+It subscribes with the node id, shard and the store's applied version, applies every commit that
+arrives in one LMDB write transaction (`Store.apply_sync`, which records the version) and ACKs it; a
+commit that does not arrive whole (digest, order, count) or does not make a valid state (records that
+do not decode, item rows or model arrays out of step, rules that do not compile) is NACKed with the
+reason and nothing of it is applied: the last good state keeps serving. On any stream error it
+reconnects with jittered exponential backoff (0.2 s doubling to 30 s). It keeps serving its last state
+through an outage of any length; `state()` reports READY, STALE (no contact for `stale_after` seconds)
+or NOT_SERVING (nothing applied yet).
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import grpc
+import msgpack
+
+from edgewise.core.records import decode_profile
+from edgewise.core.store import ReadView, Store
+from edgewise.core.version_state import build_state
+from edgewise.edge.logs import log
+from edgewise.sync.auth import bearer_metadata, open_channel
+from edgewise.sync.shard import Shard
+from edgewise.sync.wire import Assembler, FramingError
+from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+__all__ = ["EdgeSyncer", "SyncTarget"]
+
+_BACKOFF_START: Final = 0.2
+_BACKOFF_MAX: Final = 30.0
+KEEPALIVE_OPTIONS: Final = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 16 << 20),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTarget:
+    address: str
+    node_id: str
+    shard: Shard
+    token: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    heartbeat_seconds: float = 5.0
+    stale_after_seconds: float = 300.0
+
+
+class _Rejected(Exception):
+    """A commit that is NACKed."""
+
+
+def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) -> Callable[[ReadView], None]:
+    def check(view: ReadView) -> None:
+        for namespace, key, value in changes:
+            if namespace == "profiles" and value is not None:
+                decode_profile(key.decode(), value)
+        if rebuild:
+            build_state(view)
+
+    return check
+
+
+class EdgeSyncer:
+    def __init__(
+        self, store: Store, target: SyncTarget, on_applied: Callable[[int], None] | None = None
+    ) -> None:
+        self.store = store
+        self.target = target
+        self._on_applied = on_applied
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edge-sync", daemon=True)
+        self._outbox: queue.Queue[sync_pb2.SubscribeRequest | None] = queue.Queue()
+        self._call: Any = None
+        self._lock = threading.Lock()
+        self.last_contact = 0.0  # time.monotonic() of the last message from the control plane
+        self.applied = threading.Condition()
+        self.last_error = ""
+        self.connected = False
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+        self._outbox.put(None)
+        self._thread.join(timeout)
+
+    def state(self) -> sync_pb2.EdgeState.ValueType:
+        if not self.store.has_snapshot():
+            return sync_pb2.EDGE_STATE_NOT_SERVING
+        if self.last_contact and time.monotonic() - self.last_contact < self.target.stale_after_seconds:
+            return sync_pb2.EDGE_STATE_READY
+        return sync_pb2.EDGE_STATE_STALE
+
+    def contact_age(self) -> float | None:
+        return None if not self.last_contact else time.monotonic() - self.last_contact
+
+    def wait_for_version(self, predicate: Callable[[int], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.applied:
+            while not predicate(self.store.version()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return False
+                self.applied.wait(min(left, 0.5))
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_START
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._session()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                detail = exc.details() if hasattr(exc, "details") else str(exc)
+                if not self._stop.is_set():
+                    self.last_error = f"{code}: {detail}"
+                    log(
+                        "sync_disconnected",
+                        level="warning",
+                        control=self.target.address,
+                        error=self.last_error,
+                    )
+            except Exception as exc:
+                self.last_error = repr(exc)
+                log("sync_failed", level="error", control=self.target.address, error=self.last_error)
+            finally:
+                self.connected = False
+                with self._lock:
+                    self._call = None
+            if self._stop.is_set():
+                break
+            if time.monotonic() - started > 10:
+                backoff = _BACKOFF_START  # the session was healthy for a while: start over
+            delay = random.uniform(backoff / 2, backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+            self._stop.wait(delay)
+
+    def _requests(self, hello: sync_pb2.SubscribeRequest) -> Iterator[sync_pb2.SubscribeRequest]:
+        yield hello
+        while not self._stop.is_set():
+            try:
+                item = self._outbox.get(timeout=self.target.heartbeat_seconds)
+            except queue.Empty:
+                item = sync_pb2.SubscribeRequest(
+                    heartbeat=sync_pb2.Heartbeat(
+                        version=self.store.version(), sent_at_ms=int(time.time() * 1000), state=self.state()
+                    )
+                )
+            if item is None:
+                return
+            yield item
+
+    def _session(self) -> None:
+        target = self.target
+        channel = open_channel(
+            target.address,
+            ca=target.tls_ca,
+            cert=target.tls_cert,
+            key=target.tls_key,
+            options=KEEPALIVE_OPTIONS,
+        )
+        try:
+            while not self._outbox.empty():  # ACKs of a dead stream mean nothing to the next one
+                self._outbox.get_nowait()
+            stub = sync_pb2_grpc.ControlPlaneStub(channel)
+            hello = sync_pb2.SubscribeRequest(
+                hello=sync_pb2.Hello(
+                    node_id=target.node_id,
+                    shard=target.shard.to_proto(),
+                    last_version=self._resume_version(),
+                    edge_version="edgewise",
+                )
+            )
+            call = stub.Subscribe(self._requests(hello), metadata=bearer_metadata(target.token))
+            with self._lock:
+                self._call = call
+            assembler = Assembler()
+            for message in call:
+                self.last_contact = time.monotonic()
+                if not self.connected:
+                    self.connected = True
+                    log("sync_connected", control=target.address, version=self.store.version())
+                kind = message.WhichOneof("kind")
+                if kind == "chunk":
+                    try:
+                        assembler.add(message.chunk)
+                    except FramingError as exc:
+                        assembler.reset()
+                        self._nack(message.chunk.version, str(exc))
+                elif kind == "commit":
+                    self._on_commit(assembler, message.commit)
+        finally:
+            channel.close()
+
+    def _resume_version(self) -> int:
+        info = self.store.snapshot_info()
+        if info.get("source") != "control" or info.get("shard", "all") != self.target.shard.text():
+            return 0  # data from a bundle or another shard: start from a full snapshot
+        return self.store.version()
+
+    def _nack(self, version: int, error: str) -> None:
+        self.last_error = error
+        log("sync_nack", level="warning", version=version, error=error)
+        self._outbox.put(sync_pb2.SubscribeRequest(nack=sync_pb2.Nack(version=version, error=error)))
+
+    def _on_commit(self, assembler: Assembler, commit: sync_pb2.Commit) -> None:
+        try:
+            changes = assembler.finish(commit)
+        except FramingError as exc:
+            assembler.reset()
+            self._nack(commit.version, str(exc))
+            return
+        current = self.store.version()
+        if commit.version <= current and not commit.snapshot:
+            self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=current)))
+            return
+        if not commit.snapshot and commit.base_version != current:
+            self._nack(
+                commit.version,
+                f"commit {commit.version} applies on {commit.base_version}, this edge has {current}",
+            )
+            return
+        started = time.monotonic()
+        try:
+            info = self._info(commit, changes)
+            rebuild = commit.snapshot or any(ns != "profiles" for ns, _, _ in changes)
+            self.store.apply_sync(
+                commit.version,
+                changes,
+                snapshot=commit.snapshot,
+                info=info,
+                check=_check_state(changes, rebuild),
+            )
+        except Exception as exc:
+            self._nack(commit.version, f"commit {commit.version} refused, nothing applied: {exc}")
+            return
+        self.last_error = ""
+        self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=commit.version)))
+        log(
+            "sync_applied",
+            version=commit.version,
+            snapshot=commit.snapshot,
+            changes=len(changes),
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        with self.applied:
+            self.applied.notify_all()
+        if self._on_applied is not None:
+            self._on_applied(commit.version)
+
+    def _info(
+        self, commit: sync_pb2.Commit, changes: list[tuple[str, bytes, bytes | None]]
+    ) -> dict[str, Any]:
+        info = {} if commit.snapshot else dict(self.store.snapshot_info())
+        for namespace, key, value in changes:
+            if namespace == "rules" and key == b"manifest" and value is not None:
+                manifest = msgpack.unpackb(value, raw=False)
+                info["daily_counts_end_ms"] = int(manifest.get("daily_counts_end_ms", 0))
+                info["bundle_version"] = manifest.get("bundle_version", 0)
+        info.update(
+            {
+                "version": commit.version,
+                "source": "control",
+                "control": self.target.address,
+                "shard": self.target.shard.text(),
+                "loaded_at_ms": int(time.time() * 1000),
+                "commit_kind": commit.kind,
+            }
+        )
+        return info

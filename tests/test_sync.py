@@ -1,0 +1,216 @@
+"""Control plane and delta sync end to end: real control-plane and edge processes, `edgewise ctl`."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+from tests.conftest import EdgeProcess
+from tests.sync_support import (
+    ControlProcess,
+    ctl,
+    edge_state,
+    pushed_version,
+    start_control,
+    versions_reach,
+    wait_for,
+)
+
+OPS = {"EDGEWISE_OPS_TOKEN": "ops-secret-1"}
+EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-secret-1"}
+
+
+@pytest.fixture
+def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
+    started: list[ControlProcess] = []
+
+    def factory(data: Path | None = None, *extra: str, **kwargs: object) -> ControlProcess:
+        env = {**OPS, **EDGE, **kwargs.pop("env", {})}  # type: ignore[dict-item]
+        control = start_control(data or tmp_path / "control", tmp_path / "run", *extra, env=env, **kwargs)  # type: ignore[arg-type]
+        started.append(control)
+        return control
+
+    yield factory
+    for control in started:
+        if control.proc.poll() is None:
+            control.proc.kill()
+            control.proc.wait()
+
+
+def _edge(
+    edge_factory: Callable[..., EdgeProcess], data: Path, control: ControlProcess, node: str, *extra: str
+) -> EdgeProcess:
+    import os
+
+    os.environ.update(EDGE)  # the edge process inherits the environment
+    return edge_factory(data, None, "--control", control.address, "--node-id", node, "--workers", "1", *extra)
+
+
+def _decide(address: str, user: str) -> pb.DecideResponse:
+    with grpc.insecure_channel(address) as channel:
+        request = pb.DecideRequest(
+            user_id=user,
+            consent=["personalization", "analytics"],
+            placements=[pb.PlacementRequest(placement_id="home", count=5)],
+        )
+        return pb_grpc.PersonalizerStub(channel).Decide(request, timeout=10)
+
+
+def _status(control: ControlProcess) -> dict[str, object]:
+    return dict(json.loads(ctl(control.address, "status", "--json", env=OPS).stdout))
+
+
+def test_push_converges_two_edges_and_delta_reaches_both(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    assert version > 0
+    edges = [_edge(edge_factory, tmp_path / f"edge{i}", control, f"edge-{i}") for i in range(2)]
+    datas = [tmp_path / "edge0", tmp_path / "edge1"]
+    wait_for(versions_reach(datas, version), 20, "both edges at the pushed version")
+    (v0, d0), (v1, d1) = edge_state(datas[0]), edge_state(datas[1])
+    assert v0 == v1 == version and d0 == d1
+    a, b = (_decide(e.address, "u1") for e in edges)
+    assert a.snapshot_version == b.snapshot_version == version
+    assert [i.id for i in a.placements[0].items] == [i.id for i in b.placements[0].items]
+
+    delta = tmp_path / "delta.jsonl"
+    delta.write_text(
+        json.dumps(
+            {
+                "op": "upsert",
+                "item": {"id": "new-item-1", "category": "home/kitchen", "price": 9.5, "regions": ["*"]},
+                "popularity": 1e6,
+            }
+        )
+        + "\n"
+    )
+    v2 = pushed_version(ctl(control.address, "push-delta", str(delta), env=OPS))
+    assert v2 > version
+    wait_for(versions_reach(datas, v2), 10, "both edges at the delta's version")
+    assert edge_state(datas[0]) == edge_state(datas[1])
+    status = _status(control)
+    assert status["head_version"] == v2
+    rows = {e["node_id"]: e for e in status["edges"]}  # type: ignore[attr-defined]
+    assert set(rows) == {"edge-0", "edge-1"}
+    for row in rows.values():
+        assert row["applied_version"] == v2 and row["lag"] == 0 and row["connected"]
+    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
+    assert [c["kind"] for c in history["commits"][:2]] == ["delta", "push"]
+
+
+def test_invalid_push_changes_nothing_and_names_the_line(
+    control_factory: Callable[..., ControlProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    delta = tmp_path / "bad.jsonl"
+    delta.write_text(
+        json.dumps({"op": "delete", "item": "new-item-that-does-not-exist"})
+        + "\n"
+        + json.dumps({"op": "frobnicate", "item": "x"})
+        + "\n"
+    )
+    done = ctl(control.address, "push-delta", str(delta), env=OPS, check=False)
+    assert done.returncode == 1
+    assert "INVALID_ARGUMENT" in done.stderr and "line 1" in done.stderr
+    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
+    assert history["head_version"] == version
+
+
+def test_tokens_are_checked(
+    control_factory: Callable[..., ControlProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    control = control_factory()
+    no_token = ctl(control.address, "status", env={"EDGEWISE_OPS_TOKEN": ""}, check=False)
+    assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
+    wrong = ctl(control.address, "status", env={"EDGEWISE_OPS_TOKEN": "nope"}, check=False)
+    assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr
+    edge_token = ctl(
+        control.address,
+        "push",
+        str(bundle_dir),
+        env={"EDGEWISE_OPS_TOKEN": EDGE["EDGEWISE_EDGE_TOKEN"]},
+        check=False,
+    )
+    assert edge_token.returncode == 1 and "PERMISSION_DENIED" in edge_token.stderr
+    assert "ops-secret-1" not in control.logs() and "edge-secret-1" not in control.logs()
+
+
+def test_restarted_control_plane_resumes_edges_with_deltas(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-r")
+    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the pushed version")
+    control.stop(signal.SIGKILL)
+    # same port, so the edge's reconnects find it again
+    control2 = control_factory(control.data, listen=f"127.0.0.1:{control.port}")
+    delta = tmp_path / "d.jsonl"
+    delta.write_text(json.dumps({"op": "delete", "profile": "u1"}) + "\n")
+    v2 = pushed_version(ctl(control2.address, "push-delta", str(delta), env=OPS))
+    wait_for(versions_reach([tmp_path / "edge"], v2), 40, "edge at the delta after the restart")
+    applied = [e for e in edge.log_events() if e.get("event") == "sync_applied"]
+    assert applied[0]["snapshot"] is True
+    assert all(e["snapshot"] is False for e in applied[1:]) and applied[-1]["version"] == v2
+    # u1 is gone from the edge: Decide answers it as an unknown user
+    response = _decide(edge.address, "u1")
+    assert response.placements[0].fallback_reason == pb.FALLBACK_REASON_UNKNOWN_USER
+
+
+def test_edge_restart_serves_from_disk_and_resumes(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-s")
+    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the pushed version")
+    edge.stop(signal.SIGKILL)
+    control.stop(signal.SIGKILL)
+    # the control plane is down: the edge still starts and serves its last state from disk
+    edge2 = _edge(edge_factory, tmp_path / "edge", control, "edge-s")
+    assert _decide(edge2.address, "u2").snapshot_version == version
+
+
+def test_shard_holds_only_its_profiles(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from edgewise.core.store import Store
+    from edgewise.sync.shard import parse_shard
+
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-half", "--shard", "hash:0-50/100")
+    wait_for(versions_reach([tmp_path / "edge"], version), 20, "sharded edge at the pushed version")
+    shard = parse_shard("hash:0-50/100")
+    users = [f"u{i}" for i in range(400)]
+    with Store(tmp_path / "edge", readonly=True) as store, store.read() as view:
+        held = {u for u in users if view.profile(u) is not None}
+        assert view.count("items") == 300
+    assert held == {u for u in users if shard.holds(u, None)}
+    outside = next(u for u in users if u not in held)
+    response = _decide(edge.address, outside)
+    assert response.placements[0].fallback_reason == pb.FALLBACK_REASON_UNKNOWN_USER
+    rows = _status(control)["edges"]
+    assert rows[0]["shard"] == "hash:0-50/100"  # type: ignore[index]
