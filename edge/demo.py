@@ -1,15 +1,20 @@
 """`edgewise demo`: the whole loop on temporary directories, in well under a minute.
 
-Builds a synthetic bundle, starts a standalone edge as a real subprocess on a free loopback port,
-decides for a known user, an anonymous visitor and a user without consent, tracks a view and shows
-the next decision change (the viewed item leaves `home`, `pdp_similar` follows it), then shuts the
-edge down cleanly. Ctrl-C at any point stops the edge too.
+Builds a synthetic bundle, starts a control plane and two edge nodes as real subprocesses on free
+loopback ports (with bearer tokens), pushes the bundle, and shows both edges converge to the same
+version and give the same user the same decision. Then, on one edge: decisions for a known user, an
+anonymous visitor and a user without consent; a tracked view changing the next decision (the viewed
+item leaves `home`, `pdp_similar` follows it); an abandoned-cart campaign. Last, a delta (a new item and
+a changed campaign) is pushed and shown on both edges within a second. Everything is shut down
+cleanly; Ctrl-C at any point stops every process too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -106,7 +111,7 @@ def _pick_users(bundle_dir: Path) -> tuple[str, str]:
 def _show(stub: _pb_grpc.PersonalizerStub, bundle_dir: Path) -> None:
     consent = ["personalization", "analytics"]
     known, no_consent = _pick_users(bundle_dir)
-    _say("3. Decisions (context: web, mobile, DE)")
+    _say("3. Decisions on edge-a (context: web, mobile, DE)")
     first = _decide(stub, user_id=known, consent=consent)
     _table(f"known user {known} (consent: personalization, analytics)", first)
     anonymous = _decide(stub, session_id="s-demo-visitor", consent=consent)
@@ -175,12 +180,194 @@ def _show(stub: _pb_grpc.PersonalizerStub, bundle_dir: Path) -> None:
     _say()
 
 
+class _Procs:
+    """The demo's subprocesses: started with a ready file, stopped with SIGTERM at the end."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.tmp = tmp
+        self.env = env
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], dict[str, object], Path]:
+        ready = self.tmp / f"{name}.ready"
+        log_path = self.tmp / f"{name}.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgewise.edge.cli", *args, "--ready-file", str(ready)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        self.running.append((name, proc))
+        return proc, _wait_ready(proc, ready, log_path, timeout=60), log_path
+
+    def stop_all(self) -> list[tuple[str, int]]:
+        codes = []
+        for name, proc in reversed(self.running):
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                codes.append((name, proc.wait(timeout=30)))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append((name, proc.wait()))
+        self.running = []
+        return codes
+
+
+def _ctl(env: dict[str, str], control: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "edgewise.edge.cli", "ctl", "--control", control, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"edgewise ctl {args[0]} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def _edge_version(data: Path) -> int:
+    from edgewise.core.store import Store
+
+    try:
+        with Store(data, readonly=True) as store:
+            return store.version()
+    except Exception:  # not created yet
+        return 0
+
+
+def _digest(data: Path) -> str:
+    from edgewise.core.store import Store
+
+    with Store(data, readonly=True) as store, store.read() as view:
+        return view.replicated_digest()
+
+
+def _delta_file(path: Path, bundle_dir: Path) -> None:
+    rules = json.loads((bundle_dir / "rules.json").read_text())
+    hero = rules["placements"]["hero_banner"]
+    hero["campaigns"].insert(0, {"id": "hero_flash_sale", "serve": {"content": "hero_spring_sale"}})
+    lines = [
+        {
+            "op": "upsert",
+            "item": {"id": "demo-new-arrival", "category": "new/arrivals", "price": 19.9, "regions": ["*"]},
+            "popularity": 1e9,
+        },
+        {"op": "upsert", "rules": rules},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _fleet(env: dict[str, str], procs: _Procs, tmp: Path, bundle_dir: Path) -> None:
+    _, control, _ = procs.start(
+        "control", "control", "serve", "--data", str(tmp / "control-data"), "--listen", "127.0.0.1:0"
+    )
+    address = str(control["address"])
+    _say(f"2. Control plane started as pid {control['pid']}, serving {address} (bearer tokens on)")
+    _say(f"   $ edgewise ctl --control {address} push BUNDLE")
+    _say(f"   {_ctl(env, address, 'push', str(bundle_dir), '--quiet')}")
+    edges = {}
+    for name in ("edge-a", "edge-b"):
+        _, info, _ = procs.start(
+            name,
+            "edge",
+            "serve",
+            "--data",
+            str(tmp / f"{name}-data"),
+            "--control",
+            address,
+            "--node-id",
+            name,
+            "--workers",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        )
+        edges[name] = info
+        _say(f"   {name}: pid {info['pid']}, serving {info['address']}, version {info['snapshot_version']}")
+    digests = {name: _digest(tmp / f"{name}-data") for name in edges}
+    same_data = len(set(digests.values())) == 1
+    _say(
+        "   both edges hold identical data (SHA-256 of every replicated record): "
+        + ("yes" if same_data else "NO")
+    )
+    consent = ["personalization", "analytics"]
+    known, _ = _pick_users(bundle_dir)
+    answers = {}
+    for name, info in edges.items():
+        with grpc.insecure_channel(str(info["address"])) as channel:
+            answers[name] = _items(
+                _decide(_pb_grpc.PersonalizerStub(channel), user_id=known, consent=consent), "home"
+            )
+    same = answers["edge-a"] == answers["edge-b"]
+    _say(
+        f"   {known} gets the same home items on both edges: {'yes' if same else 'NO'} "
+        f"({', '.join(answers['edge-a'])})"
+    )
+    _say()
+
+    with grpc.insecure_channel(str(edges["edge-a"]["address"])) as channel:
+        _show(_pb_grpc.PersonalizerStub(channel), bundle_dir)
+
+    delta = tmp / "delta.jsonl"
+    _delta_file(delta, bundle_dir)
+    _say("6. Push a delta: a new item (demo-new-arrival, very popular) and a changed campaign (hero_banner")
+    _say("   now serves hero_flash_sale first)")
+    before = time.monotonic()
+    printed = _ctl(env, address, "push-delta", str(delta), "--quiet")
+    pushed = time.monotonic()
+    version = int(printed.split("version ")[1].split(",")[0])
+    _say(f"   {printed}")
+    datas = [tmp / f"{name}-data" for name in edges]
+    deadline = pushed + 10
+    while any(_edge_version(d) < version for d in datas) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    landed = time.monotonic()
+    _say(
+        f"   both edges at version {version} {1000 * (landed - pushed):.0f} ms after `ctl push-delta` returned "
+        f"({1000 * (landed - before):.0f} ms including the ctl command)"
+    )
+    for name, info in edges.items():
+        with grpc.insecure_channel(str(info["address"])) as channel:
+            response = _pb_grpc.PersonalizerStub(channel).Decide(
+                _pb.DecideRequest(
+                    session_id="s-after-delta",
+                    consent=consent,
+                    context=_pb.Context(channel="web", device="mobile"),
+                    placements=[
+                        _pb.PlacementRequest(placement_id="home", count=3),
+                        _pb.PlacementRequest(placement_id="hero_banner"),
+                    ],
+                ),
+                timeout=5,
+            )
+        top = _items(response, "home")
+        hero = next(p for p in response.placements if p.placement_id == "hero_banner")
+        _say(
+            f"   {name}: snapshot {response.snapshot_version}; "
+            f"anonymous home (no country) starts with {top[0] if top else '-'}; "
+            f"hero_banner shows {hero.content_id}"
+        )
+    _say(f"   $ edgewise ctl --control {address} status")
+    for line in _ctl(env, address, "status").splitlines():
+        _say(f"   {line}")
+    _say()
+
+
 def run(args: argparse.Namespace) -> int:
     from edgewise.bench.synth import synth_bundle
 
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="edgewise-demo-"))
-    proc: subprocess.Popen[bytes] | None = None
+    env = {
+        **os.environ,
+        "EDGEWISE_EDGE_TOKEN": secrets.token_urlsafe(24),
+        "EDGEWISE_OPS_TOKEN": secrets.token_urlsafe(24),
+    }
+    procs = _Procs(tmp, env)
     try:
         _say("edgewise demo")
         _say("=============")
@@ -191,55 +378,22 @@ def run(args: argparse.Namespace) -> int:
             f"1. Synthetic bundle: {args.users} users, {args.items} items -> {bundle_dir} "
             f"({time.monotonic() - t0:.1f}s)"
         )
-        ready = tmp / "edge.ready"
-        log_path = tmp / "edge.log"
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "edgewise.edge.cli",
-                    "edge",
-                    "serve",
-                    "--data",
-                    str(tmp / "edge-data"),
-                    "--bundle",
-                    str(bundle_dir),
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--ready-file",
-                    str(ready),
-                ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        info = _wait_ready(proc, ready, log_path, timeout=60)
+        _fleet(env, procs, tmp, bundle_dir)
+        codes = procs.stop_all()
         _say(
-            f"2. Edge started as pid {info['pid']}, serving {info['address']}, snapshot version "
-            f"{info['snapshot_version']} (logs: JSON lines in {log_path})"
+            "7. Stopped on SIGTERM (edges: health NOT_SERVING, drained): "
+            + ", ".join(f"{name} exit {code}" for name, code in reversed(codes))
         )
-        _say()
-        with grpc.insecure_channel(str(info["address"])) as channel:
-            _show(_pb_grpc.PersonalizerStub(channel), bundle_dir)
-        proc.terminate()
-        code = proc.wait(timeout=30)
-        _say(f"6. Edge stopped on SIGTERM (health NOT_SERVING, drained), exit status {code}")
         _say(f"done in {time.monotonic() - started:.1f}s")
-        return 0 if code == 0 else 1
+        return 0 if all(code == 0 for _, code in codes) else 1
     except KeyboardInterrupt:
-        _say("\ninterrupted: stopping the edge")
+        _say("\ninterrupted: stopping every process")
         return 130
     except (RuntimeError, grpc.RpcError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        procs.stop_all()
         if args.keep:
             _say(f"kept {tmp}")
         else:

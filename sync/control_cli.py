@@ -339,7 +339,7 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
         reply = stub.Push(
             _upload(kind, root, files, args.description, progress), metadata=meta, timeout=args.timeout
         )
-        print(f"pushed {what}: version {reply.version}, {reply.changes} changes ({reply.summary})")
+        print(f"pushed {what}: version {reply.version}, {reply.changes} changes")
         return 0
     if command == "rollback":
         reply = stub.Rollback(

@@ -101,6 +101,7 @@ class Fleet:
                 entry.applied_version = request.ack.version
                 entry.last_ack_version = request.ack.version
                 entry.last_error = ""
+                entry.state = sync_pb2.EDGE_STATE_READY  # it applied what we sent: it is in contact
             elif kind == "nack":
                 entry.last_nack_version = request.nack.version
                 entry.last_error = request.nack.error[:2000]

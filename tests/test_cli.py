@@ -135,7 +135,15 @@ def test_demo_runs_end_to_end() -> None:
     assert "left home: yes" in out
     assert "pdp_similar now shows neighbours of: i" in out
     assert "home now serves campaign 'cart_reminder'" in out
-    assert "exit status 0" in out
+    assert "both edges hold identical data (SHA-256 of every replicated record): yes" in out
+    assert "gets the same home items on both edges: yes" in out
+    assert (
+        out.count(
+            "anonymous home (no country) starts with demo-new-arrival; hero_banner shows hero_spring_sale"
+        )
+        == 2
+    )
+    assert "edge-a exit 0, edge-b exit 0" in out and "control exit 0" in out
     assert time.monotonic() - started < 60
 
 
