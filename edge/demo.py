@@ -327,7 +327,8 @@ def _fleet(env: dict[str, str], procs: _Procs, tmp: Path, bundle_dir: Path) -> N
         time.sleep(0.005)
     landed = time.monotonic()
     _say(
-        f"   both edges at version {version} {1000 * (landed - pushed):.0f} ms after `ctl push-delta` returned "
+        f"   both edges at version {version} {1000 * (landed - pushed):.0f} ms after `ctl push-delta` "
+        f"returned "
         f"({1000 * (landed - before):.0f} ms including the ctl command)"
     )
     for name, info in edges.items():
