@@ -214,3 +214,73 @@ def test_shard_holds_only_its_profiles(
     assert response.placements[0].fallback_reason == pb.FALLBACK_REASON_UNKNOWN_USER
     rows = _status(control)["edges"]
     assert rows[0]["shard"] == "hash:0-50/100"  # type: ignore[index]
+
+
+def test_rollback_publishes_the_old_state_and_edges_follow(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    v1 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    _edge(edge_factory, tmp_path / "edge", control, "edge-rb")
+    wait_for(versions_reach([tmp_path / "edge"], v1), 20, "edge at the first push")
+    _, digest_v1 = edge_state(tmp_path / "edge")
+    delta = tmp_path / "d.jsonl"
+    delta.write_text(
+        json.dumps({"op": "delete", "profile": "u3"})
+        + "\n"
+        + json.dumps(
+            {"op": "upsert", "item": {"id": "rb-item", "category": "x/y", "price": 1.0, "regions": ["*"]}}
+        )
+        + "\n"
+    )
+    v2 = pushed_version(ctl(control.address, "push-delta", str(delta), env=OPS))
+    wait_for(versions_reach([tmp_path / "edge"], v2), 10, "edge at the delta")
+    assert edge_state(tmp_path / "edge")[1] != digest_v1
+    done = ctl(control.address, "rollback", str(v1), env=OPS)
+    v3 = int(done.stdout.split("new version ")[1].split(",")[0])
+    assert v3 > v2
+    wait_for(versions_reach([tmp_path / "edge"], v3), 10, "edge at the rollback")
+    assert edge_state(tmp_path / "edge") == (v3, digest_v1)
+    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
+    assert [c["kind"] for c in history["commits"][:3]] == ["rollback", "delta", "push"]
+    assert v1 in history["snapshot_versions"]
+    refused = ctl(control.address, "rollback", "999999", env=OPS, check=False)
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+
+
+def test_bad_bundle_is_refused_before_upload_and_flags_conflict(
+    control_factory: Callable[..., ControlProcess], bundle_copy: Path, tmp_path: Path
+) -> None:
+    control = control_factory()
+    (bundle_copy / "items.jsonl").write_text('{"id": "a"}\n')
+    done = ctl(control.address, "push", str(bundle_copy), env=OPS, check=False)
+    assert done.returncode == 1 and "nothing uploaded" in done.stderr and "items.jsonl" in done.stderr
+    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
+    assert history["head_version"] == 0
+    import subprocess
+    import sys
+
+    both = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgewise.edge.cli",
+            "edge",
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--bundle",
+            str(bundle_copy),
+            "--control",
+            control.address,
+            "--print-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert both.returncode == 2 and "sync.control" in both.stderr
