@@ -94,6 +94,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         reuse_port=True,
         max_concurrent_rpcs=spec.options.max_in_flight if spec.options.overload == "reject" else None,
         max_message_bytes=spec.max_message_bytes,
+        on_shed=metrics.shed if metrics is not None else None,
     )
     edge.server.start()
     edge.set_serving(True)

@@ -220,8 +220,19 @@ def test_too_little_deadline_left_gets_the_fast_default(
 def test_overload_is_shed_with_resource_exhausted(
     edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
+    import urllib.request
+
     edge = edge_factory(
-        tmp_path / "data", bundle_dir, "--workers", "1", "--threads", "1", "--max-in-flight", "1"
+        tmp_path / "data",
+        bundle_dir,
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--max-in-flight",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
     )
     codes: list[str] = []
     lock = threading.Lock()
@@ -246,6 +257,13 @@ def test_overload_is_shed_with_resource_exhausted(
     assert len(codes) == 180
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
     assert "RESOURCE_EXHAUSTED" in codes and "OK" in codes
+    # Every call gRPC shed is counted in edgewise_shed_total.
+    metrics = str(_ready(edge)["metrics"])
+    body = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read().decode()
+    shed = next(
+        float(line.split()[-1]) for line in body.splitlines() if line.startswith("edgewise_shed_total")
+    )
+    assert shed == codes.count("RESOURCE_EXHAUSTED")
     # The node recovers when the load drops.
     with grpc.insecure_channel(edge.address) as ch:
         stub = pb_grpc.PersonalizerStub(ch)
