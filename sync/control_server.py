@@ -138,12 +138,12 @@ class Fleet:
             ]
 
 
-def _commit_proto(info: CommitInfo, *, snapshot: bool = False) -> sync_pb2.Commit:
+def _commit_proto(info: CommitInfo, lineage: str = "") -> sync_pb2.Commit:
     return sync_pb2.Commit(
         version=info.version,
-        base_version=0 if snapshot else info.base_version,
-        snapshot=snapshot,
+        base_version=info.base_version,
         kind=info.kind,
+        lineage=lineage,
         created_at_ms=info.created_at_ms,
         description=info.description,
     )
@@ -196,7 +196,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         )
         reader.start()
         try:
-            yield from self._stream(entry, shard, hello.last_version, context)
+            yield from self._stream(entry, shard, hello.last_version, hello.lineage, context)
         finally:
             self.fleet.disconnect(entry, stream)
             log("edge_unsubscribed", node=hello.node_id)
@@ -218,10 +218,12 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             pass  # the stream ended; Subscribe's generator notices through the context
 
     def _stream(
-        self, entry: EdgeEntry, shard: Shard, sent: int, context: grpc.ServicerContext
+        self, entry: EdgeEntry, shard: Shard, sent: int, lineage: str, context: grpc.ServicerContext
     ) -> Generator[sync_pb2.SyncMessage, None, None]:
         head = self.store.head_version()
-        need_snapshot = sent == 0 or sent > head or sent < self.store.log_start_version()
+        need_snapshot = (
+            sent == 0 or sent > head or sent < self.store.log_start_version() or lineage != self.store.lineage
+        )
         # After a NACK the edge gets a full snapshot of the head, at once if there is a newer version,
         # else after a backoff that doubles with every NACK in a row (a corrupted chunk heals on the
         # retry; a commit the edge cannot apply is not resent in a tight loop).
@@ -255,7 +257,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         if not context.is_active() or self.fleet_nacked(entry):
                             break
                         yield from encode_commit(
-                            _commit_proto(info),
+                            _commit_proto(info, self.store.lineage),
                             _for_shard(shard, changes),
                             chunk_bytes=self._chunk_bytes,
                         )
@@ -283,6 +285,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 kind="snapshot",
                 created_at_ms=info.created_at_ms if info else 0,
                 description=f"full snapshot at version {version}",
+                lineage=self.store.lineage,
             )
 
             def records() -> Iterator[tuple[str, str, bytes | None]]:

@@ -15,7 +15,9 @@ completely or not at all, and a reader sees a consistent state and version):
 - `commits`: 8-byte big-endian version -> msgpack map of the `CommitInfo` fields except `version`.
 - `snapshots`: 8-byte big-endian version + 1 namespace byte + key -> value, the full state at that
   version.
-- `meta`: `layout` -> b"1"; `head` and `log_start` -> 8-byte big-endian; `snapshots` -> msgpack list of
+- `meta`: `layout` -> b"1"; `lineage` -> a random id made when the store is created (versions are only
+  comparable within one lineage: an edge whose version came from another store gets a snapshot);
+  `head` and `log_start` -> 8-byte big-endian; `snapshots` -> msgpack list of
   the retained snapshot versions, ascending.
 
 The namespace byte of a snapshot key is the namespace's index in `REPLICATED` (append only: never
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import struct
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +68,7 @@ MAX_KEY_BYTES: Final = _LMDB_MAX_KEY - _SNAPSHOT_PREFIX_BYTES
 _LAYOUT: Final = b"1"
 _META_LAYOUT: Final = b"layout"
 _META_HEAD: Final = b"head"
+_META_LINEAGE: Final = b"lineage"
 _META_LOG_START: Final = b"log_start"
 _META_SNAPSHOTS: Final = b"snapshots"
 
@@ -386,6 +390,7 @@ class ControlStore:
         self._retain_log_changes = retain_log_changes
         self._env, self._dbs = self._open()
         self._check_layout()
+        self.lineage: str = self._lineage()
 
     def _open(self) -> tuple[Any, _Dbs]:
         try:
@@ -421,6 +426,14 @@ class ControlStore:
                     f"the control store at {self.path} has layout {layout!r}, this code reads {_LAYOUT!r}: "
                     "open it with a matching release"
                 )
+
+    def _lineage(self) -> str:
+        with self._write() as txn:
+            raw = txn.get(_META_LINEAGE, db=self._dbs.meta)
+            if raw is None:
+                raw = uuid.uuid4().hex.encode()
+                txn.put(_META_LINEAGE, raw, db=self._dbs.meta)
+        return bytes(raw).decode()
 
     def close(self) -> None:
         self._env.close()

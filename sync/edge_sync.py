@@ -191,6 +191,7 @@ class EdgeSyncer:
                     node_id=target.node_id,
                     shard=target.shard.to_proto(),
                     last_version=self._resume_version(),
+                    lineage=str(self.store.snapshot_info().get("lineage", "")),
                     edge_version="edgewise",
                 )
             )
@@ -236,6 +237,14 @@ class EdgeSyncer:
         current = self.store.version()
         if commit.version <= current and not commit.snapshot:
             self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=current)))
+            return
+        lineage = str(self.store.snapshot_info().get("lineage", ""))
+        if not commit.snapshot and commit.lineage != lineage:
+            self._nack(
+                commit.version,
+                f"commit {commit.version} is from control store {commit.lineage or '?'}, "
+                f"this edge's data from {lineage or 'a bundle'}",
+            )
             return
         if not commit.snapshot and commit.base_version != current:
             self._nack(
@@ -288,6 +297,7 @@ class EdgeSyncer:
                 "shard": self.target.shard.text(),
                 "loaded_at_ms": int(time.time() * 1000),
                 "commit_kind": commit.kind,
+                "lineage": commit.lineage,
             }
         )
         return info

@@ -284,3 +284,34 @@ def test_bad_bundle_is_refused_before_upload_and_flags_conflict(
         check=False,
     )
     assert both.returncode == 2 and "sync.control" in both.stderr
+
+
+def test_a_new_control_store_gets_a_snapshot_not_deltas(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Versions of another control store's history mean nothing: the edge is resent a full snapshot."""
+    control = control_factory(tmp_path / "control-a")
+    v1 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-l")
+    wait_for(versions_reach([tmp_path / "edge"], v1), 20, "edge at store A's version")
+    control.stop()
+    # store B, same address, same bundle: its head passes v1 with one more delta, so without the lineage
+    # check the edge would be sent "the commits after v1" of an unrelated history
+    control_b = control_factory(tmp_path / "control-b", listen=f"127.0.0.1:{control.port}")
+    assert pushed_version(ctl(control_b.address, "push", str(bundle_dir), env=OPS)) == v1
+    rows = (bundle_dir / "profiles.jsonl").read_text().splitlines()
+    delta = tmp_path / "d.jsonl"
+    delta.write_text(json.dumps({"op": "delete", "profile": "u5"}) + "\n")
+    v_b = pushed_version(ctl(control_b.address, "push-delta", str(delta), env=OPS))
+    assert v_b > v1
+    wait_for(versions_reach([tmp_path / "edge"], v_b), 30, "edge at store B's head")
+    applied = [e for e in edge.log_events() if e.get("event") == "sync_applied"]
+    assert applied[1]["snapshot"] is True  # the first commit from store B is a full snapshot
+    from edgewise.core.store import Store
+
+    with Store(tmp_path / "edge", readonly=True) as store, store.read() as view:
+        assert view.count("profiles") == len(rows) - 1
+        assert view.profile("u5") is None

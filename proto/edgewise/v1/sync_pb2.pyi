@@ -136,11 +136,14 @@ class Hello(_message.Message):
     SHARD_FIELD_NUMBER: _builtins.int
     LAST_VERSION_FIELD_NUMBER: _builtins.int
     EDGE_VERSION_FIELD_NUMBER: _builtins.int
+    LINEAGE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     last_version: _builtins.int
     """0: the edge has nothing"""
     edge_version: _builtins.str
     """software version, for status"""
+    lineage: _builtins.str
+    """the control store `last_version` came from ("" if none): versions of another"""
     @_builtins.property
     def shard(self) -> Global___ShardSelector: ...
     def __init__(
@@ -150,10 +153,11 @@ class Hello(_message.Message):
         shard: Global___ShardSelector | None = ...,
         last_version: _builtins.int = ...,
         edge_version: _builtins.str = ...,
+        lineage: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge_version", b"edge_version", "last_version", b"last_version", "node_id", b"node_id", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge_version", b"edge_version", "last_version", b"last_version", "lineage", b"lineage", "node_id", b"node_id", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -344,6 +348,7 @@ class Commit(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LINEAGE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     base_version: _builtins.int
     """the version this commit applies on (0 for a snapshot)"""
@@ -354,6 +359,8 @@ class Commit(_message.Message):
     """"push", "delta", "rollback" """
     created_at_ms: _builtins.int
     description: _builtins.str
+    lineage: _builtins.str
+    """the control store's lineage id"""
     def __init__(
         self,
         *,
@@ -365,10 +372,11 @@ class Commit(_message.Message):
         kind: _builtins.str = ...,
         created_at_ms: _builtins.int = ...,
         description: _builtins.str = ...,
+        lineage: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "changes", b"changes", "chunks", b"chunks", "created_at_ms", b"created_at_ms", "description", b"description", "kind", b"kind", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "changes", b"changes", "chunks", b"chunks", "created_at_ms", b"created_at_ms", "description", b"description", "kind", b"kind", "lineage", b"lineage", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
