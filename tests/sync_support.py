@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgewise.core.store import Store
+from tests.conftest import EdgeProcess
 
 
 @dataclass
@@ -120,3 +122,118 @@ def versions_reach(datas: list[Path], version: int) -> Callable[[], bool]:
             return False
 
     return check
+
+
+# --- helpers for the fault and security tests (test_sync_faults.py, test_sync_security.py) ---------------
+
+
+def spawn_edge(
+    data: Path, workdir: Path, *extra: str, env: Mapping[str, str] | None = None
+) -> tuple[EdgeProcess, Path]:
+    """Start `edgewise edge serve` without waiting for it to serve: (process, its ready file). The
+    returned EdgeProcess has no address until `edge_address(ready)` gives it one."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp = time.monotonic_ns()
+    ready = workdir / f"ready-{stamp}.json"
+    log_path = workdir / f"edge-{stamp}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgewise.edge.cli",
+        "edge",
+        "serve",
+        "--data",
+        str(data),
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        str(ready),
+        "--grace",
+        "1",
+        *extra,
+    ]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    return EdgeProcess(proc, "", log_path), ready
+
+
+def edge_address(edge: EdgeProcess, ready: Path, timeout: float = 30) -> str:
+    """Wait until a spawned edge wrote its ready file; set and return its address."""
+    wait_for(lambda: ready.exists() or edge.proc.poll() is not None, timeout, f"edge ready file {ready.name}")
+    if not ready.exists():
+        raise AssertionError(f"edge exited with {edge.proc.returncode}: {edge.logs()}")
+    edge.address = str(json.loads(ready.read_text())["address"])
+    return edge.address
+
+
+def kill_edge(edge: EdgeProcess, timeout: float = 10) -> None:
+    """SIGKILL an edge's supervisor (by pid) and reap it; its workers notice and stop by themselves."""
+    if edge.proc.poll() is None:
+        edge.proc.send_signal(signal.SIGKILL)
+    edge.proc.wait(timeout=timeout)
+
+
+def applied_events(edge: EdgeProcess) -> list[dict[str, object]]:
+    """The edge's `sync_applied` log lines, in order."""
+    return [e for e in edge.log_events() if e.get("event") == "sync_applied"]
+
+
+def check_applied_order(versions: list[int]) -> None:
+    """Commits were applied in increasing version order, none twice."""
+    assert len(versions) == len(set(versions)), f"a version was applied twice: {versions}"
+    assert versions == sorted(versions), f"versions applied out of order: {versions}"
+
+
+def push_delta_lines(
+    stub: Any, lines: list[dict[str, Any]], token: str | None, name: str = "d.jsonl", timeout: float = 30
+) -> int:
+    """Push one delta file (JSON lines) in-process through a ControlPlaneStub; return its version."""
+    from edgewise.v1 import sync_pb2
+
+    data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+    chunk = sync_pb2.PushChunk(kind=sync_pb2.PUSH_KIND_DELTA, path=name, data=data)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    reply = stub.Push(iter([chunk]), metadata=metadata, timeout=timeout)
+    return int(reply.version)
+
+
+def push_bundle_dir(stub: Any, bundle: Path, token: str | None, timeout: float = 120) -> int:
+    """Push a bundle directory in-process through a ControlPlaneStub (1 MiB chunks); return its version."""
+    from edgewise.v1 import sync_pb2
+
+    def chunks() -> Iterator[Any]:
+        for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+            rel = path.relative_to(bundle).as_posix()
+            with path.open("rb") as fh:
+                data = fh.read(1 << 20)
+                while True:
+                    yield sync_pb2.PushChunk(kind=sync_pb2.PUSH_KIND_BUNDLE, path=rel, data=data)
+                    data = fh.read(1 << 20)
+                    if not data:
+                        break
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    reply = stub.Push(chunks(), metadata=metadata, timeout=timeout)
+    return int(reply.version)
+
+
+def control_state_digest(store: Any) -> tuple[int, str]:
+    """(head version, digest) of a ControlStore's current state, computed like
+    `ReadView.replicated_digest` on an edge (same namespaces, key order and framing)."""
+    import hashlib
+    import struct
+
+    u64 = struct.Struct("<Q")  # as core/store.py frames lengths
+    h = hashlib.sha256()
+    with store.read() as view:
+        for name in ("profiles", "items", "models", "rules"):
+            h.update(name.encode() + b"\0")
+            for key, value in view.items(name):
+                raw = key.encode()
+                h.update(u64.pack(len(raw)))
+                h.update(raw)
+                h.update(u64.pack(len(value)))
+                h.update(value)
+        return int(view.version), h.hexdigest()

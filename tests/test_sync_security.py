@@ -1,0 +1,237 @@
+"""The control plane's security end to end, with real processes: mutual TLS for edges and `edgewise ctl`,
+bearer tokens with two roles, and tokens kept out of every log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+from tests.conftest import EdgeProcess
+from tests.sync_support import (
+    ControlProcess,
+    ctl,
+    edge_address,
+    edge_state,
+    pushed_version,
+    spawn_edge,
+    start_control,
+    versions_reach,
+    wait_for,
+)
+from tests.tls_certs import Certs, make_certs
+
+OPS_TOKEN = "ops-tls-secret-8f3a"
+EDGE_TOKEN = "edge-tls-secret-51c9"
+WRONG_TOKEN = "edge-wrong-secret-77d2"
+TOKENS = {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("tls"))
+
+
+class Nodes:
+    def __init__(self, tmp: Path, certs: Certs) -> None:
+        self.tmp = tmp
+        self.certs = certs
+        self.run = tmp / "run"
+        self.controls: list[ControlProcess] = []
+        self.edges: list[EdgeProcess] = []
+        self.outputs: list[str] = []  # everything ctl printed
+        self.ready: dict[str, Path] = {}
+
+    def control(self) -> ControlProcess:
+        c = self.certs
+        control = start_control(
+            self.tmp / "control",
+            self.run,
+            "--tls-cert",
+            str(c.server_cert),
+            "--tls-key",
+            str(c.server_key),
+            "--tls-ca",
+            str(c.ca),
+            env=TOKENS,
+        )
+        self.controls.append(control)
+        return control
+
+    def tls_flags(self) -> tuple[str, ...]:
+        c = self.certs
+        return ("--tls-ca", str(c.ca), "--tls-cert", str(c.client_cert), "--tls-key", str(c.client_key))
+
+    def ctl(
+        self,
+        control: ControlProcess,
+        *args: str,
+        tls: bool = True,
+        token: str = OPS_TOKEN,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        flags = self.tls_flags() if tls else ()
+        done = ctl(
+            control.address,
+            *flags,
+            "--timeout",
+            "15",
+            *args,
+            env={"EDGEWISE_OPS_TOKEN": token},
+            check=check,
+            timeout=60,
+        )
+        self.outputs += [done.stdout, done.stderr]
+        return done
+
+    def edge(
+        self, control: ControlProcess, node: str, *extra: str, env: dict[str, str] | None = None
+    ) -> tuple[EdgeProcess, Path]:
+        data = self.tmp / node
+        edge, self.ready[node] = spawn_edge(
+            data,
+            self.run,
+            "--control",
+            control.address,
+            "--node-id",
+            node,
+            "--workers",
+            "1",
+            *extra,
+            env={"EDGEWISE_EDGE_TOKEN": EDGE_TOKEN, **(env or {})},
+        )
+        self.edges.append(edge)
+        return edge, data
+
+    def status(self, control: ControlProcess) -> dict[str, object]:
+        return dict(json.loads(self.ctl(control, "status", "--json").stdout))
+
+    def close(self) -> None:
+        for proc in [e.proc for e in self.edges] + [c.proc for c in self.controls]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, certs: Certs) -> Iterator[Nodes]:
+    n = Nodes(tmp_path, certs)
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def _decide_version(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        request = pb.DecideRequest(
+            user_id="u1", consent=["personalization"], placements=[pb.PlacementRequest(placement_id="home")]
+        )
+        return int(pb_grpc.PersonalizerStub(channel).Decide(request, timeout=10).snapshot_version)
+
+
+def _events(edge: EdgeProcess, name: str) -> list[dict[str, object]]:
+    return [e for e in edge.log_events() if e.get("event") == name]
+
+
+def test_mutual_tls_edge_converges_and_ctl_works(nodes: Nodes, bundle_dir: Path, tmp_path: Path) -> None:
+    control = nodes.control()
+    assert _events_of(control.logs(), "control_serving")[0]["tls"] is True
+    version = pushed_version(nodes.ctl(control, "push", str(bundle_dir), "--quiet"))
+    edge, data = nodes.edge(control, "edge-tls", *nodes.tls_flags())
+    wait_for(versions_reach([data], version), 40, "the TLS edge at the pushed version")
+    rows = {r["node_id"]: r for r in nodes.status(control)["edges"]}  # type: ignore[attr-defined]
+    assert rows["edge-tls"]["applied_version"] == version and rows["edge-tls"]["connected"]
+    delta = tmp_path / "d.jsonl"
+    delta.write_text(json.dumps({"op": "delete", "profile": "u2"}) + "\n")
+    v2 = pushed_version(nodes.ctl(control, "push-delta", str(delta), "--quiet"))
+    assert v2 > version
+    wait_for(versions_reach([data], v2), 20, "the TLS edge at the delta")
+    assert json.loads(nodes.ctl(control, "history", "--json").stdout)["head_version"] == v2
+    assert [e["version"] for e in _events(edge, "sync_applied")] == [version, v2]
+    edge_address(edge, nodes.ready["edge-tls"])
+    assert _decide_version(edge.address) == v2
+
+
+def test_plaintext_clients_fail_cleanly_against_tls(nodes: Nodes, bundle_dir: Path) -> None:
+    control = nodes.control()
+    version = pushed_version(nodes.ctl(control, "push", str(bundle_dir), "--quiet"))
+    # ctl without any TLS flag: a plaintext channel to a TLS port
+    started = time.monotonic()
+    for args in (("status",), ("push", str(bundle_dir), "--quiet")):
+        done = nodes.ctl(control, *args, tls=False, check=False)
+        assert done.returncode == 1, done
+        assert done.stderr.startswith("edgewise ctl: UNAVAILABLE"), done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""
+    assert time.monotonic() - started < 40, "ctl gives up quickly instead of hanging"
+    # ctl that trusts the CA but shows no client certificate: mutual TLS refuses it
+    c = nodes.certs
+    done = ctl(control.address, "--tls-ca", str(c.ca), "--timeout", "15", "status", env=TOKENS, check=False)
+    nodes.outputs += [done.stdout, done.stderr]
+    assert done.returncode == 1 and done.stderr.startswith("edgewise ctl: UNAVAILABLE"), done.stderr
+    assert "Traceback" not in done.stderr
+    # an edge without TLS flags never gets data
+    edge, data = nodes.edge(control, "edge-plain")
+    wait_for(lambda: len(_events(edge, "sync_disconnected")) >= 2, 20, "the plaintext edge's failed tries")
+    assert edge.proc.poll() is None and not _events(edge, "sync_applied")
+    assert edge_state(data)[0] == 0
+    nodes_listed = [r["node_id"] for r in nodes.status(control)["edges"]]  # type: ignore[attr-defined]
+    assert "edge-plain" not in nodes_listed
+    assert json.loads(nodes.ctl(control, "history", "--json").stdout)["head_version"] == version
+
+
+def test_wrong_token_edge_gets_nothing_and_edge_token_cannot_push(
+    nodes: Nodes, bundle_dir: Path, tmp_path: Path
+) -> None:
+    control = nodes.control()
+    version = pushed_version(nodes.ctl(control, "push", str(bundle_dir), "--quiet"))
+    _, good_data = nodes.edge(control, "edge-good", *nodes.tls_flags())
+    token_file = tmp_path / "wrong.token"
+    token_file.write_text(WRONG_TOKEN + "\n")
+    wrong, wrong_data = nodes.edge(control, "edge-wrong", *nodes.tls_flags(), "--token-file", str(token_file))
+    wait_for(versions_reach([good_data], version), 40, "the edge with the right token at the version")
+    wait_for(
+        lambda: (
+            len([e for e in _events(wrong, "sync_disconnected") if "UNAUTHENTICATED" in str(e["error"])]) >= 2
+        ),
+        20,
+        "the wrong-token edge refused twice with UNAUTHENTICATED",
+    )
+    assert wrong.proc.poll() is None and not _events(wrong, "sync_applied")
+    assert edge_state(wrong_data)[0] == 0, "the wrong-token edge holds no data"
+    rows = {r["node_id"]: r for r in nodes.status(control)["edges"]}  # type: ignore[attr-defined]
+    assert set(rows) == {"edge-good"} and rows["edge-good"]["applied_version"] == version
+    assert "unknown token" in control.logs()
+
+    # the edge token is not an ops token: no push, no status
+    for args in (("push", str(bundle_dir), "--quiet"), ("status",)):
+        done = nodes.ctl(control, *args, token=EDGE_TOKEN, check=False)
+        assert done.returncode == 1 and done.stderr.startswith("edgewise ctl: PERMISSION_DENIED"), done.stderr
+    delta = tmp_path / "d.jsonl"
+    delta.write_text(json.dumps({"op": "delete", "profile": "u3"}) + "\n")
+    done = nodes.ctl(control, "push-delta", str(delta), token=EDGE_TOKEN, check=False)
+    assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr
+    done = nodes.ctl(control, "status", token=WRONG_TOKEN, check=False)
+    assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr
+    assert json.loads(nodes.ctl(control, "history", "--json").stdout)["head_version"] == version
+
+    # no token appears in any log file or ctl output
+    logs = sorted(nodes.run.glob("*.log"))
+    assert len(logs) >= 3
+    texts = [p.read_text(errors="replace") for p in logs] + nodes.outputs
+    for token in (OPS_TOKEN, EDGE_TOKEN, WRONG_TOKEN):
+        names = [*map(str, logs), *["ctl output"] * len(nodes.outputs)]
+        leaks = [name for name, text in zip(names, texts, strict=True) if token in text]
+        assert not leaks, f"a token leaked into {leaks}"
+
+
+def _events_of(text: str, name: str) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [e for e in events if e.get("event") == name]
