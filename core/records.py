@@ -28,6 +28,7 @@ __all__ = [
     "ItemRecord",
     "ProfileRecord",
     "RecordError",
+    "check_profile",
     "decode_activity",
     "decode_array",
     "decode_item",
@@ -114,6 +115,13 @@ def decode_profile(user_id: str, buf: bytes | memoryview) -> ProfileRecord:
     if obj.get("s") != PROFILE_SCHEMA:
         raise RecordError(f"profile {user_id!r}: unknown schema {obj.get('s')!r}")
     return ProfileRecord(user_id, obj["v"], obj["a"], obj["c"], obj["e"])
+
+
+def check_profile(user_id: str, buf: bytes | memoryview) -> None:
+    """Raise RecordError unless `buf` is a profile record this code reads (cheaper than decoding it)."""
+    obj = _unpack(buf, "profile")
+    if obj.get("s") != PROFILE_SCHEMA or not {"v", "a", "c", "e"} <= obj.keys():
+        raise RecordError(f"profile {user_id!r}: not a profile record of schema {PROFILE_SCHEMA}")
 
 
 def encode_item(record: ItemRecord) -> bytes:

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -157,6 +158,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         max_snapshots: int = 2,
         heartbeat_seconds: float = 5.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        cache_bytes: int = 256 << 20,
     ) -> None:
         self.store = store
         self.fleet = Fleet()
@@ -165,6 +167,11 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self._chunk_bytes = chunk_bytes
         self._changed = threading.Condition()
         self._push_lock = threading.Lock()  # one push validates and commits at a time
+        # encoded commits by (version, shard), newest last, bounded by the bytes of their changes
+        self._cache: OrderedDict[tuple[int, str], tuple[list[sync_pb2.SyncMessage], int]] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_budget = cache_bytes
+        self._cache_lock = threading.Lock()
 
     # --- subscriptions -------------------------------------------------------------------------------
 
@@ -256,11 +263,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     for info, changes in self.store.commits_after(sent):
                         if not context.is_active() or self.fleet_nacked(entry):
                             break
-                        yield from encode_commit(
-                            _commit_proto(info, self.store.lineage),
-                            _for_shard(shard, changes),
-                            chunk_bytes=self._chunk_bytes,
-                        )
+                        yield from self._encoded(info, changes, shard)
                         sent = info.version
                 except LogCompacted:
                     need_snapshot = True
@@ -271,6 +274,34 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 yield sync_pb2.SyncMessage(heartbeat=sync_pb2.Heartbeat(version=head, sent_at_ms=_now_ms()))
             with self._changed:
                 self._changed.wait(_POLL_SECONDS)
+
+    def _encoded(
+        self, info: CommitInfo, changes: list[RecordChange], shard: Shard
+    ) -> list[sync_pb2.SyncMessage]:
+        """A commit's messages for one shard, encoded once and shared by every subscriber that needs them
+        (protobuf messages are not changed after encoding; each stream serializes its own copy)."""
+        key = (info.version, shard.text())
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached[0]
+        messages = list(
+            encode_commit(
+                _commit_proto(info, self.store.lineage),
+                _for_shard(shard, changes),
+                chunk_bytes=self._chunk_bytes,
+            )
+        )
+        size = sum(len(c.key) + len(c.value or b"") + 32 for c in changes)
+        with self._cache_lock:
+            if key not in self._cache and size <= self._cache_budget:
+                self._cache[key] = (messages, size)
+                self._cache_bytes += size
+                while self._cache_bytes > self._cache_budget:
+                    _, (_, dropped) = self._cache.popitem(last=False)
+                    self._cache_bytes -= dropped
+        return messages
 
     def fleet_nacked(self, entry: EdgeEntry) -> bool:
         return entry.nack_pending

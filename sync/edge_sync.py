@@ -23,7 +23,7 @@ from typing import Any, Final
 import grpc
 import msgpack
 
-from edgewise.core.records import decode_profile
+from edgewise.core.records import check_profile
 from edgewise.core.store import ReadView, Store
 from edgewise.core.version_state import build_state
 from edgewise.edge.logs import log
@@ -66,7 +66,7 @@ def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) 
     def check(view: ReadView) -> None:
         for namespace, key, value in changes:
             if namespace == "profiles" and value is not None:
-                decode_profile(key.decode(), value)
+                check_profile(key.decode(), value)
         if rebuild:
             build_state(view)
 
@@ -89,6 +89,7 @@ class EdgeSyncer:
         self.applied = threading.Condition()
         self.last_error = ""
         self.connected = False
+        self._heard = False  # the current session received a message
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ class EdgeSyncer:
     def _run(self) -> None:
         backoff = _BACKOFF_START
         while not self._stop.is_set():
-            started = time.monotonic()
+            self._heard = False
             try:
                 self._session()
             except grpc.RpcError as exc:
@@ -152,8 +153,8 @@ class EdgeSyncer:
                     self._call = None
             if self._stop.is_set():
                 break
-            if time.monotonic() - started > 10:
-                backoff = _BACKOFF_START  # the session was healthy for a while: start over
+            if self._heard:
+                backoff = _BACKOFF_START  # the control plane answered: a new outage starts over
             delay = random.uniform(backoff / 2, backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
             self._stop.wait(delay)
@@ -199,19 +200,28 @@ class EdgeSyncer:
             with self._lock:
                 self._call = call
             assembler = Assembler()
+            failed = 0  # a commit NACKed for its framing: ignore the rest of its messages
             for message in call:
                 self.last_contact = time.monotonic()
+                self._heard = True
                 if not self.connected:
                     self.connected = True
                     log("sync_connected", control=target.address, version=self.store.version())
                 kind = message.WhichOneof("kind")
                 if kind == "chunk":
+                    if message.chunk.version == failed and message.chunk.index > 0:
+                        continue
+                    failed = 0
                     try:
                         assembler.add(message.chunk)
                     except FramingError as exc:
                         assembler.reset()
+                        failed = message.chunk.version
                         self._nack(message.chunk.version, str(exc))
                 elif kind == "commit":
+                    if message.commit.version == failed:
+                        failed = 0
+                        continue
                     self._on_commit(assembler, message.commit)
         finally:
             channel.close()

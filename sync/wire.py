@@ -37,7 +37,8 @@ NAMESPACE_IDS: Final = {
     "rules": sync_pb2.NAMESPACE_RULES,
 }
 NAMESPACE_NAMES: Final = {number: name for name, number in NAMESPACE_IDS.items()}
-_LEN: Final = struct.Struct(">I")
+_HEAD: Final = struct.Struct(">BI")  # namespace number, key length
+_FLAGS_LEN: Final = struct.Struct(">BI")  # flags, value length
 
 
 class FramingError(ValueError):
@@ -45,16 +46,16 @@ class FramingError(ValueError):
 
 
 def chunk_digest(changes: Iterable[sync_pb2.Change]) -> bytes:
-    h = hashlib.sha256()
+    parts: list[bytes] = []
+    append = parts.append
     for change in changes:
         key = change.key.encode()
-        h.update(bytes([change.namespace & 0xFF]))
-        h.update(_LEN.pack(len(key)))
-        h.update(key)
-        h.update(bytes([(1 if change.deleted else 0) | (2 if change.more else 0)]))
-        h.update(_LEN.pack(len(change.value)))
-        h.update(change.value)
-    return h.digest()
+        value = change.value
+        append(_HEAD.pack(change.namespace & 0xFF, len(key)))
+        append(key)
+        append(_FLAGS_LEN.pack((1 if change.deleted else 0) | (2 if change.more else 0), len(value)))
+        append(value)
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def encode_commit(
