@@ -188,6 +188,7 @@ class _Delta:
         self.profiles: dict[str, bytes | None] = {}  # id -> new value (None = deleted)
         self.rules: bytes | None = None
         self._schema: tuple[dict[str, str], frozenset[str]] | None = None
+        self._state_dim: int | None = None  # embedding dim of the stored state (items not loaded)
         # item tables, loaded by _load_items
         self.loaded = False
         self.row_ids: list[str] = []  # row -> item id
@@ -216,11 +217,16 @@ class _Delta:
         if self.loaded:
             emb = self.arrays.get(EMBEDDINGS)
             return int(emb.shape[1]) if emb is not None else 0
-        raw = self._get("models", EMBEDDINGS)
-        if raw is not None:
-            return int(decode_array(raw).shape[1])
-        manifest = self._get("rules", MANIFEST_KEY)
-        return int(msgpack.unpackb(manifest, raw=False).get("dim", 0)) if manifest is not None else 0
+        if self._state_dim is None:  # read once: the stored array is large, and nothing changed it yet
+            raw = self._get("models", EMBEDDINGS)
+            if raw is not None:
+                self._state_dim = int(decode_array(raw).shape[1])
+            else:
+                manifest = self._get("rules", MANIFEST_KEY)
+                self._state_dim = (
+                    int(msgpack.unpackb(manifest, raw=False).get("dim", 0)) if manifest is not None else 0
+                )
+        return self._state_dim
 
     def _load_items(self) -> None:
         if self.loaded:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -97,18 +98,27 @@ def start_edge(
     ]
     if bundle is not None:
         cmd += ["--bundle", str(bundle)]
+    proc, info = launch(cmd, ready, log_path, timeout, "edge")
+    return EdgeProcess(proc, info["address"], log_path)
+
+
+def launch(
+    cmd: list[str], ready: Path, log_path: Path, timeout: float, what: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start `cmd` (output to `log_path`) and wait until it writes its JSON ready file."""
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ})
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     deadline = time.monotonic() + timeout
     while not ready.exists():
         if proc.poll() is not None:
-            raise RuntimeError(f"edge exited with {proc.returncode}: {log_path.read_text()}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log_path.read_text()}")
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"edge not ready in {timeout}s: {log_path.read_text()}")
+            raise RuntimeError(f"{what} not ready in {timeout}s: {log_path.read_text()}")
         time.sleep(0.02)
-    info = json.loads(ready.read_text())
-    return EdgeProcess(proc, info["address"], log_path)
+    return proc, dict(json.loads(ready.read_text()))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.core.store import Store
-from tests.conftest import EdgeProcess
+from tests.conftest import EdgeProcess, launch
 
 
 @dataclass
@@ -63,19 +63,7 @@ def start_control(
         "0.5",
         *extra,
     ]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"control plane exited with {proc.returncode}: {log_path.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"control plane not ready in {timeout}s: {log_path.read_text()}")
-        time.sleep(0.02)
-    info = json.loads(ready.read_text())
+    proc, info = launch(cmd, ready, log_path, timeout, "control plane", dict(env or {}))
     return ControlProcess(proc, info["address"], int(info["port"]), log_path, data)
 
 

@@ -53,6 +53,21 @@ def _edge(
     return edge_factory(data, None, "--control", control.address, "--node-id", node, "--workers", "1", *extra)
 
 
+def _following_edge(
+    control: ControlProcess,
+    edge_factory: Callable[..., EdgeProcess],
+    bundle: Path,
+    data: Path,
+    node: str,
+    *extra: str,
+) -> tuple[int, EdgeProcess]:
+    """Push `bundle`, start an edge following `control`, wait until it applied the push."""
+    version = pushed_version(ctl(control.address, "push", str(bundle), env=OPS))
+    edge = _edge(edge_factory, data, control, node, *extra)
+    wait_for(versions_reach([data], version), 20, f"{node} at the pushed version")
+    return version, edge
+
+
 def _decide(address: str, user: str) -> pb.DecideResponse:
     with grpc.insecure_channel(address) as channel:
         request = pb.DecideRequest(
@@ -155,9 +170,7 @@ def test_restarted_control_plane_resumes_edges_with_deltas(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-r")
-    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the pushed version")
+    _, edge = _following_edge(control, edge_factory, bundle_dir, tmp_path / "edge", "edge-r")
     control.stop(signal.SIGKILL)
     # same port, so the edge's reconnects find it again
     control2 = control_factory(control.data, listen=f"127.0.0.1:{control.port}")
@@ -180,9 +193,7 @@ def test_edge_restart_serves_from_disk_and_resumes(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-s")
-    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the pushed version")
+    version, edge = _following_edge(control, edge_factory, bundle_dir, tmp_path / "edge", "edge-s")
     edge.stop(signal.SIGKILL)
     control.stop(signal.SIGKILL)
     # the control plane is down: the edge still starts and serves its last state from disk
@@ -200,9 +211,9 @@ def test_shard_holds_only_its_profiles(
     from edgewise.sync.shard import parse_shard
 
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-half", "--shard", "hash:0-50/100")
-    wait_for(versions_reach([tmp_path / "edge"], version), 20, "sharded edge at the pushed version")
+    _, edge = _following_edge(
+        control, edge_factory, bundle_dir, tmp_path / "edge", "edge-half", "--shard", "hash:0-50/100"
+    )
     shard = parse_shard("hash:0-50/100")
     users = [f"u{i}" for i in range(400)]
     with Store(tmp_path / "edge", readonly=True) as store, store.read() as view:
@@ -294,9 +305,7 @@ def test_a_new_control_store_gets_a_snapshot_not_deltas(
 ) -> None:
     """Versions of another control store's history mean nothing: the edge is resent a full snapshot."""
     control = control_factory(tmp_path / "control-a")
-    v1 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    edge = _edge(edge_factory, tmp_path / "edge", control, "edge-l")
-    wait_for(versions_reach([tmp_path / "edge"], v1), 20, "edge at store A's version")
+    v1, edge = _following_edge(control, edge_factory, bundle_dir, tmp_path / "edge", "edge-l")
     control.stop()
     # store B, same address, same bundle: its head passes v1 with one more delta, so without the lineage
     # check the edge would be sent "the commits after v1" of an unrelated history
