@@ -1,0 +1,97 @@
+"""The ControlPlane service in-process: the cap on concurrent full snapshots, and hello validation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgewise.sync.control_server import ControlPlaneService
+from edgewise.sync.control_store import ControlStore, RecordChange
+from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[ControlStore, str]]:
+    store = ControlStore(tmp_path / "control")
+    # a state far larger than HTTP/2 flow-control windows: a stream nobody reads stays mid-snapshot
+    store.commit(
+        (RecordChange("profiles", f"u{i}", bytes([i % 251]) * 2048) for i in range(20_000)), kind="delta"
+    )
+    service = ControlPlaneService(store, max_snapshots=1, heartbeat_seconds=0.5, chunk_bytes=64 << 10)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    _DONE.clear()
+    try:
+        yield store, f"127.0.0.1:{port}"
+    finally:
+        _DONE.set()
+        server.stop(0).wait()
+        store.close()
+
+
+_DONE = threading.Event()
+
+
+def _hello(node: str, version: int = 0, lineage: str = "") -> Iterator[sync_pb2.SubscribeRequest]:
+    yield sync_pb2.SubscribeRequest(hello=sync_pb2.Hello(node_id=node, last_version=version, lineage=lineage))
+    _DONE.wait(30)  # keep the request stream open, sending nothing more
+
+
+def test_a_second_full_snapshot_over_the_cap_is_refused_then_admitted(
+    served: tuple[ControlStore, str],
+) -> None:
+    store, address = served
+    with grpc.insecure_channel(address) as ch1, grpc.insecure_channel(address) as ch2:
+        first = sync_pb2_grpc.ControlPlaneStub(ch1).Subscribe(_hello("a"))
+        assert next(first).WhichOneof("kind") == "chunk"  # streaming its snapshot, then not read on
+        second = sync_pb2_grpc.ControlPlaneStub(ch2).Subscribe(_hello("b"), timeout=20)
+        with pytest.raises(grpc.RpcError) as refused:
+            for _ in second:
+                pass
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "retry with backoff" in (refused.value.details() or "")
+        # an edge that is current needs no snapshot and is not held back by the cap
+        current = sync_pb2_grpc.ControlPlaneStub(ch2).Subscribe(
+            _hello("c", store.head_version(), store.lineage), timeout=20
+        )
+        assert next(current).WhichOneof("kind") == "heartbeat"
+        current.cancel()
+        first.cancel()
+    with grpc.insecure_channel(address) as ch3:
+        third = sync_pb2_grpc.ControlPlaneStub(ch3).Subscribe(_hello("d"), timeout=20)
+        assert next(third).WhichOneof("kind") == "chunk"
+        third.cancel()
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=1)), "must start with hello"),
+        (sync_pb2.SubscribeRequest(hello=sync_pb2.Hello(node_id="")), "node_id"),
+        (
+            sync_pb2.SubscribeRequest(
+                hello=sync_pb2.Hello(
+                    node_id="x", shard=sync_pb2.ShardSelector(hash_space=10, hash_lo=5, hash_hi=2)
+                )
+            ),
+            "hello.shard",
+        ),
+    ],
+)
+def test_bad_hello_is_invalid_argument(
+    served: tuple[ControlStore, str], request_: sync_pb2.SubscribeRequest, message: str
+) -> None:
+    _, address = served
+    with grpc.insecure_channel(address) as ch:
+        call = sync_pb2_grpc.ControlPlaneStub(ch).Subscribe(iter([request_]), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(call)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (refused.value.details() or "")
