@@ -272,6 +272,33 @@ class Store:
             raise StoreError(f"the store at {self.path} is full; raise its map size: {exc}") from exc
         return touched_shared
 
+    def outbox_batch(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest `limit` outbox entries as (sequence, encoded event), oldest first."""
+        out: list[tuple[int, bytes]] = []
+        with self._env.begin() as txn, txn.cursor(db=self._dbs["outbox"]) as cursor:
+            for key, value in cursor:
+                out.append((_SEQ.unpack(key)[0], bytes(value)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def outbox_ack(self, upto: int) -> int:
+        """Delete the outbox entries with sequence <= `upto` (forwarded and acknowledged); return how many."""
+        dropped = 0
+        with self._env.begin(write=True) as txn, txn.cursor(db=self._dbs["outbox"]) as cursor:
+            cursor.first()
+            while True:
+                key = cursor.key()  # b"" once the cursor is past the last entry
+                if not key or _SEQ.unpack(key)[0] > upto:
+                    break
+                cursor.delete()  # moves to the next entry
+                dropped += 1
+        return dropped
+
+    def outbox_pending(self) -> int:
+        with self.read() as view:
+            return view.count("outbox")
+
     def record_events(self, events: Sequence[TrackedEvent], limits: ActivityLimits) -> TrackResult:
         """Store new events durably in one transaction: the event id (dedupe) always, the outbox entry
         only with the analytics purpose, live activity only with the personalization purpose."""

@@ -44,6 +44,7 @@ from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serv
 from edgewise.edge.servicer import ServingOptions
 from edgewise.edge.worker import WorkerSpec, worker_main
 from edgewise.sync.bundle import BundleError, load_bundle
+from edgewise.sync.edge_forward import OutboxForwarder
 from edgewise.sync.edge_setup import SyncSetupError, start_syncer
 from edgewise.sync.edge_sync import EdgeSyncer
 from edgewise.sync.snapshot import apply_bundle
@@ -243,9 +244,10 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     if config.data.bundle is not None:
         load_bundle_file(store, config.data.bundle)
     syncer: EdgeSyncer | None = None
+    forwarder: OutboxForwarder | None = None
     if config.sync.control:
         try:
-            syncer = start_syncer(store, config)
+            syncer, forwarder = start_syncer(store, config)
         except SyncSetupError as exc:
             log("sync_unavailable", level="error", error=str(exc))
             store.close()
@@ -257,6 +259,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     if not store.has_snapshot():
         if syncer is not None:
             syncer.stop()
+        if forwarder is not None:
+            forwarder.stop()
         log(
             "no_snapshot",
             level="error",
@@ -341,6 +345,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         supervisor.stop_all(0.0)
         if syncer is not None:
             syncer.stop()
+        if forwarder is not None:
+            forwarder.stop()
         store.close()
         return 2
     if node_metrics is not None:
@@ -387,6 +393,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     supervisor.stop_all(server.grace_seconds)
     if syncer is not None:
         syncer.stop()
+    if forwarder is not None:
+        forwarder.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     if reserved is not None:

@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 
 CONTROL_PLANE_SERVICE: Final = "edgewise.v1.ControlPlane"
 ALL_METHODS: Final = tuple(
-    f"/{CONTROL_PLANE_SERVICE}/{name}" for name in ("Subscribe", "Push", "Rollback", "History", "Status")
+    f"/{CONTROL_PLANE_SERVICE}/{name}"
+    for name in ("Subscribe", "Forward", "Push", "Rollback", "History", "Status")
 )
-OPS_ONLY_METHODS: Final = tuple(m for m in ALL_METHODS if not m.endswith("/Subscribe"))
+EDGE_METHODS: Final = (f"/{CONTROL_PLANE_SERVICE}/Subscribe", f"/{CONTROL_PLANE_SERVICE}/Forward")
+OPS_ONLY_METHODS: Final = tuple(m for m in ALL_METHODS if m not in EDGE_METHODS)
 AUTHORIZATION: Final = "authorization"
 _BEARER: Final = "bearer"
 

@@ -30,6 +30,7 @@ from edgewise.sync.auth import (
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, ControlStoreError
+from edgewise.sync.event_store import EventStore, EventStoreError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
 __all__ = [
@@ -157,7 +158,15 @@ def run_control_serve(args: argparse.Namespace) -> int:
         log("auth_off", level="warning", error="no edge or ops token configured: every caller is trusted")
     elif ops_token is None:
         log("ops_disabled", level="warning", error="no ops token configured: nobody can push")
-    service = ControlPlaneService(store, max_snapshots=args.max_snapshots, heartbeat_seconds=args.heartbeat)
+    try:
+        events = EventStore(args.data / "events", map_size=args.map_size_mb << 20)
+    except EventStoreError as exc:
+        print(f"edgewise control serve: {exc}", file=sys.stderr)
+        store.close()
+        return 2
+    service = ControlPlaneService(
+        store, max_snapshots=args.max_snapshots, heartbeat_seconds=args.heartbeat, events=events
+    )
     interceptors = make_interceptors([edge_token] if edge_token else [], [ops_token] if ops_token else [])
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="control"),
@@ -204,6 +213,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
     health_servicer.enter_graceful_shutdown()
     server.stop(2.0).wait(5.0)
     store.close()
+    events.close()
     log("control_stopped")
     return 0
 
@@ -399,13 +409,22 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
             "connected": e.connected,
             "last_seen_ms": e.last_seen_ms,
             "peer": e.peer,
+            "events_forwarded": e.events_forwarded,
         }
         for e in status.edges
     ]
     if args.json:
-        print(json.dumps({"head_version": status.head_version, "edges": edges}, indent=2))
+        print(
+            json.dumps(
+                {"head_version": status.head_version, "events_total": status.events_total, "edges": edges},
+                indent=2,
+            )
+        )
         return 0
-    print(f"head version {status.head_version}; {len(edges)} edges")
+    print(
+        f"head version {status.head_version}; {len(edges)} edges; "
+        f"{status.events_total} events stored upstream"
+    )
     print(
         f"{'node':<20} {'shard':<16} {'applied':>9} {'lag':>6} {'ack':>9} {'nack':>9} "
         f"{'state':<12} last error"

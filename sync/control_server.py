@@ -35,6 +35,7 @@ from edgewise.sync.control_store import (
     LogCompacted,
     RecordChange,
 )
+from edgewise.sync.event_store import EventStore, EventStoreError, event_id_of
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
@@ -42,6 +43,7 @@ from edgewise.v1 import sync_pb2, sync_pb2_grpc
 __all__ = ["ControlPlaneService", "Fleet"]
 
 _MAX_PUSH_BYTES: Final = 64 << 30
+MAX_FORWARD_RECORDS: Final = 5000
 _POLL_SECONDS: Final = 0.25  # how often a subscription looks for commits written by another process
 
 
@@ -62,6 +64,7 @@ class EdgeEntry:
     connected: bool = False
     last_seen_ms: int = 0
     stream: int = 0  # which subscription owns the entry (a reconnect replaces the old one)
+    events_forwarded: int = 0
     nack_pending: bool = False
 
 
@@ -111,6 +114,15 @@ class Fleet:
                 entry.applied_version = request.heartbeat.version
                 entry.state = request.heartbeat.state
 
+    def on_forward(self, node_id: str, accepted: int) -> None:
+        with self._lock:
+            entry = self._edges.get(node_id)
+            if entry is None:
+                entry = EdgeEntry(node_id, "", "")
+                self._edges[node_id] = entry
+            entry.events_forwarded += accepted
+            entry.last_seen_ms = _now_ms()
+
     def take_nack(self, entry: EdgeEntry) -> int | None:
         """The version the edge NACKed since the last call, if any."""
         with self._lock:
@@ -134,6 +146,7 @@ class Fleet:
                     connected=e.connected,
                     last_seen_ms=e.last_seen_ms,
                     peer=e.peer,
+                    events_forwarded=e.events_forwarded,
                 )
                 for e in sorted(self._edges.values(), key=lambda e: e.node_id)
             ]
@@ -159,8 +172,10 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         heartbeat_seconds: float = 5.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         cache_bytes: int = 256 << 20,
+        events: EventStore | None = None,
     ) -> None:
         self.store = store
+        self.events = events
         self.fleet = Fleet()
         self._snapshots = threading.BoundedSemaphore(max_snapshots)
         self._heartbeat_seconds = heartbeat_seconds
@@ -451,7 +466,43 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
     def Status(self, request: sync_pb2.StatusRequest, context: grpc.ServicerContext) -> sync_pb2.StatusReply:
         head = self.store.head_version()
-        return sync_pb2.StatusReply(head_version=head, edges=self.fleet.status(head))
+        total = self.events.count() if self.events is not None else 0
+        return sync_pb2.StatusReply(head_version=head, edges=self.fleet.status(head), events_total=total)
+
+    # --- events upstream -----------------------------------------------------------------------------
+
+    def Forward(
+        self, request: sync_pb2.ForwardRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.ForwardReply:
+        if self.events is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this control plane does not store events")
+        if not request.node_id or len(request.node_id) > 128:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id must be 1-128 characters")
+        if len(request.records) > MAX_FORWARD_RECORDS:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"records: {len(request.records)} in one call, at most {MAX_FORWARD_RECORDS}",
+            )
+        for i, record in enumerate(request.records):
+            if record.kind != "event":
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}].kind: {record.kind!r} is not event"
+                )
+            try:
+                event_id_of(record.payload)
+            except ValueError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}] (seq {record.seq}): {exc}")
+        try:
+            result = self.events.ingest(request.node_id, [r.payload for r in request.records])
+        except EventStoreError as exc:
+            log("events_not_stored", level="error", node=request.node_id, error=str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")
+        self.fleet.on_forward(request.node_id, result.accepted)
+        return sync_pb2.ForwardReply(
+            acked_seq=max((r.seq for r in request.records), default=0),
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+        )
 
 
 def _for_shard(shard: Shard, changes: list[RecordChange]) -> Iterator[tuple[str, str, bytes | None]]:

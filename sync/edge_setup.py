@@ -7,6 +7,7 @@ import socket
 from edgewise.core.store import Store
 from edgewise.edge.config import EdgeConfig
 from edgewise.sync.auth import load_token
+from edgewise.sync.edge_forward import OutboxForwarder
 from edgewise.sync.edge_sync import EdgeSyncer, SyncTarget
 from edgewise.sync.shard import ShardError, parse_shard
 
@@ -41,7 +42,11 @@ def sync_target(config: EdgeConfig) -> SyncTarget:
     )
 
 
-def start_syncer(store: Store, config: EdgeConfig) -> EdgeSyncer:
-    syncer = EdgeSyncer(store, sync_target(config))
+def start_syncer(store: Store, config: EdgeConfig) -> tuple[EdgeSyncer, OutboxForwarder]:
+    """The syncer (the node's writer of replicated data) and the outbox forwarder, both started."""
+    target = sync_target(config)
+    syncer = EdgeSyncer(store, target)
     syncer.start()
-    return syncer
+    forwarder = OutboxForwarder(store, target)
+    forwarder.start()
+    return syncer, forwarder

@@ -260,7 +260,8 @@ def test_public_and_custom_ops_methods() -> None:
 def test_default_ops_methods_match_the_proto() -> None:
     service = pb.DESCRIPTOR.services_by_name["ControlPlane"]
     assert set(ALL_METHODS) == {f"/{service.full_name}/{m.name}" for m in service.methods}
-    assert set(OPS_ONLY_METHODS) == set(ALL_METHODS) - {"/edgewise.v1.ControlPlane/Subscribe"}
+    edge_methods = {"/edgewise.v1.ControlPlane/Subscribe", "/edgewise.v1.ControlPlane/Forward"}
+    assert set(OPS_ONLY_METHODS) == set(ALL_METHODS) - edge_methods
 
 
 @pytest.mark.parametrize(

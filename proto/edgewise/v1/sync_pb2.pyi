@@ -543,6 +543,83 @@ class HistoryReply(_message.Message):
 Global___HistoryReply: _TypeAlias = HistoryReply  # noqa: Y015
 
 @_typing.final
+class OutboxRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """the edge's outbox sequence number"""
+    kind: _builtins.str
+    """"event" """
+    payload: _builtins.bytes
+    """the event as the edge stores it (msgpack map; docs/sync.md)"""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "payload", b"payload", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboxRecord: _TypeAlias = OutboxRecord  # noqa: Y015
+
+@_typing.final
+class ForwardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxRecord]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        records: _abc.Iterable[Global___OutboxRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardRequest: _TypeAlias = ForwardRequest  # noqa: Y015
+
+@_typing.final
+class ForwardReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKED_SEQ_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    acked_seq: _builtins.int
+    """every record up to this sequence is stored upstream"""
+    accepted: _builtins.int
+    duplicates: _builtins.int
+    def __init__(
+        self,
+        *,
+        acked_seq: _builtins.int = ...,
+        accepted: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "acked_seq", b"acked_seq", "duplicates", b"duplicates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardReply: _TypeAlias = ForwardReply  # noqa: Y015
+
+@_typing.final
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -572,6 +649,7 @@ class EdgeStatus(_message.Message):
     CONNECTED_FIELD_NUMBER: _builtins.int
     LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
+    EVENTS_FORWARDED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     shard: _builtins.str
     applied_version: _builtins.int
@@ -584,6 +662,8 @@ class EdgeStatus(_message.Message):
     connected: _builtins.bool
     last_seen_ms: _builtins.int
     peer: _builtins.str
+    events_forwarded: _builtins.int
+    """events this edge forwarded that were new upstream"""
     def __init__(
         self,
         *,
@@ -598,10 +678,11 @@ class EdgeStatus(_message.Message):
         connected: _builtins.bool = ...,
         last_seen_ms: _builtins.int = ...,
         peer: _builtins.str = ...,
+        events_forwarded: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "connected", b"connected", "lag", b"lag", "last_ack_version", b"last_ack_version", "last_error", b"last_error", "last_nack_version", b"last_nack_version", "last_seen_ms", b"last_seen_ms", "node_id", b"node_id", "peer", b"peer", "shard", b"shard", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "connected", b"connected", "events_forwarded", b"events_forwarded", "lag", b"lag", "last_ack_version", b"last_ack_version", "last_error", b"last_error", "last_nack_version", b"last_nack_version", "last_seen_ms", b"last_seen_ms", "node_id", b"node_id", "peer", b"peer", "shard", b"shard", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -613,7 +694,10 @@ class StatusReply(_message.Message):
 
     HEAD_VERSION_FIELD_NUMBER: _builtins.int
     EDGES_FIELD_NUMBER: _builtins.int
+    EVENTS_TOTAL_FIELD_NUMBER: _builtins.int
     head_version: _builtins.int
+    events_total: _builtins.int
+    """distinct events stored upstream"""
     @_builtins.property
     def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___EdgeStatus]: ...
     def __init__(
@@ -621,10 +705,11 @@ class StatusReply(_message.Message):
         *,
         head_version: _builtins.int = ...,
         edges: _abc.Iterable[Global___EdgeStatus] | None = ...,
+        events_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "head_version", b"head_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "events_total", b"events_total", "head_version", b"head_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

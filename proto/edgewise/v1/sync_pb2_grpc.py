@@ -40,6 +40,11 @@ class ControlPlaneStub:
                 request_serializer=edgewise_dot_v1_dot_sync__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=edgewise_dot_v1_dot_sync__pb2.SyncMessage.FromString,
                 _registered_method=True)
+        self.Forward = channel.unary_unary(
+                '/edgewise.v1.ControlPlane/Forward',
+                request_serializer=edgewise_dot_v1_dot_sync__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=edgewise_dot_v1_dot_sync__pb2.ForwardReply.FromString,
+                _registered_method=True)
         self.Push = channel.stream_unary(
                 '/edgewise.v1.ControlPlane/Push',
                 request_serializer=edgewise_dot_v1_dot_sync__pb2.PushChunk.SerializeToString,
@@ -68,6 +73,15 @@ class ControlPlaneServicer:
     def Subscribe(self, request_iterator, context):
         """Edge -> control plane: hello, then ACK/NACK and heartbeats. Control plane -> edge: chunks, commit
         markers, heartbeats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forward(self, request, context):
+        """Edge -> control plane: a batch of its outbox (Track events with the analytics purpose), oldest
+        first. At least once: the edge deletes a batch only after this returns; the control plane
+        de-duplicates by event id, so a batch sent again is counted once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +123,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=edgewise_dot_v1_dot_sync__pb2.SubscribeRequest.FromString,
                     response_serializer=edgewise_dot_v1_dot_sync__pb2.SyncMessage.SerializeToString,
+            ),
+            'Forward': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=edgewise_dot_v1_dot_sync__pb2.ForwardRequest.FromString,
+                    response_serializer=edgewise_dot_v1_dot_sync__pb2.ForwardReply.SerializeToString,
             ),
             'Push': grpc.stream_unary_rpc_method_handler(
                     servicer.Push,
@@ -158,6 +177,33 @@ class ControlPlane:
             '/edgewise.v1.ControlPlane/Subscribe',
             edgewise_dot_v1_dot_sync__pb2.SubscribeRequest.SerializeToString,
             edgewise_dot_v1_dot_sync__pb2.SyncMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgewise.v1.ControlPlane/Forward',
+            edgewise_dot_v1_dot_sync__pb2.ForwardRequest.SerializeToString,
+            edgewise_dot_v1_dot_sync__pb2.ForwardReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class ControlPlaneStub:
     """Edge -> control plane: hello, then ACK/NACK and heartbeats. Control plane -> edge: chunks, commit
     markers, heartbeats.
     """
+    Forward: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ForwardRequest, _sync_pb2.ForwardReply]
+    """Edge -> control plane: a batch of its outbox (Track events with the analytics purpose), oldest
+    first. At least once: the edge deletes a batch only after this returns; the control plane
+    de-duplicates by event id, so a batch sent again is counted once.
+    """
     Push: _grpc.StreamUnaryMultiCallable[_sync_pb2.PushChunk, _sync_pb2.PushReply]
     """Ops: upload a bundle directory (files in chunks) or a delta file (JSON lines); validated whole
     before anything changes. A refused push answers INVALID_ARGUMENT naming file, record and field.
@@ -65,6 +70,11 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     Subscribe: _aio.StreamStreamMultiCallable[_sync_pb2.SubscribeRequest, _sync_pb2.SyncMessage]  # type: ignore[assignment]
     """Edge -> control plane: hello, then ACK/NACK and heartbeats. Control plane -> edge: chunks, commit
     markers, heartbeats.
+    """
+    Forward: _aio.UnaryUnaryMultiCallable[_sync_pb2.ForwardRequest, _sync_pb2.ForwardReply]  # type: ignore[assignment]
+    """Edge -> control plane: a batch of its outbox (Track events with the analytics purpose), oldest
+    first. At least once: the edge deletes a batch only after this returns; the control plane
+    de-duplicates by event id, so a batch sent again is counted once.
     """
     Push: _aio.StreamUnaryMultiCallable[_sync_pb2.PushChunk, _sync_pb2.PushReply]  # type: ignore[assignment]
     """Ops: upload a bundle directory (files in chunks) or a delta file (JSON lines); validated whole
@@ -86,6 +96,17 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_sync_pb2.SyncMessage], _abc.AsyncIterator[_sync_pb2.SyncMessage]]:
         """Edge -> control plane: hello, then ACK/NACK and heartbeats. Control plane -> edge: chunks, commit
         markers, heartbeats.
+        """
+
+    @_abc_1.abstractmethod
+    def Forward(
+        self,
+        request: _sync_pb2.ForwardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.ForwardReply, _abc.Awaitable[_sync_pb2.ForwardReply]]:
+        """Edge -> control plane: a batch of its outbox (Track events with the analytics purpose), oldest
+        first. At least once: the edge deletes a batch only after this returns; the control plane
+        de-duplicates by event id, so a batch sent again is counted once.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,96 @@
+"""The edge's forwarder: drains the outbox (Track events with the analytics purpose) to the control plane.
+
+At least once, in order: it reads the oldest `batch` outbox entries, sends them with `Forward`, and
+deletes them only after the control plane acknowledged them (`acked_seq`); the control plane
+de-duplicates by event id, so a batch sent again after a crash or a lost reply is counted once. While
+the control plane is away the outbox keeps growing on disk (nothing is dropped) and the forwarder
+retries with jittered exponential backoff (0.2 s doubling to 30 s); an acknowledged batch resets it.
+Backpressure: one batch in flight at a time, and a full batch is followed at once by the next.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Final
+
+import grpc
+
+from edgewise.core.store import Store
+from edgewise.edge.logs import log
+from edgewise.sync.auth import bearer_metadata, open_channel
+from edgewise.sync.edge_sync import KEEPALIVE_OPTIONS, SyncTarget
+from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+__all__ = ["OutboxForwarder"]
+
+_BACKOFF_START: Final = 0.2
+_BACKOFF_MAX: Final = 30.0
+_IDLE_WAIT: Final = 0.1  # seconds between looks at an empty outbox
+
+
+class OutboxForwarder:
+    def __init__(self, store: Store, target: SyncTarget, *, batch: int = 500, timeout: float = 10.0) -> None:
+        self.store = store
+        self.target = target
+        self.batch = batch
+        self.timeout = timeout
+        self.forwarded = 0  # events acknowledged upstream by this process
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-forward", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_START
+        channel = open_channel(
+            self.target.address,
+            ca=self.target.tls_ca,
+            cert=self.target.tls_cert,
+            key=self.target.tls_key,
+            options=KEEPALIVE_OPTIONS,
+        )
+        stub = sync_pb2_grpc.ControlPlaneStub(channel)
+        metadata = bearer_metadata(self.target.token)
+        try:
+            while not self._stop.is_set():
+                try:
+                    entries = self.store.outbox_batch(self.batch)
+                    if not entries:
+                        self._stop.wait(_IDLE_WAIT)
+                        continue
+                    request = sync_pb2.ForwardRequest(
+                        node_id=self.target.node_id,
+                        records=[sync_pb2.OutboxRecord(seq=s, kind="event", payload=p) for s, p in entries],
+                    )
+                    reply = stub.Forward(request, timeout=self.timeout, metadata=metadata)
+                    self.store.outbox_ack(reply.acked_seq)
+                    self.forwarded += reply.accepted
+                    if self.last_error:
+                        log("outbox_forwarding", pending=self.store.outbox_pending())
+                    self.last_error = ""
+                    backoff = _BACKOFF_START
+                except grpc.RpcError as exc:
+                    code = exc.code() if hasattr(exc, "code") else None
+                    detail = exc.details() if hasattr(exc, "details") else str(exc)
+                    error = f"{code}: {detail}"
+                    if error != self.last_error:
+                        log(
+                            "outbox_forward_failed", level="warning", control=self.target.address, error=error
+                        )
+                    self.last_error = error
+                    self._stop.wait(random.uniform(backoff / 2, backoff))
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                except Exception as exc:
+                    self.last_error = repr(exc)
+                    log("outbox_forward_failed", level="error", error=self.last_error)
+                    self._stop.wait(min(backoff, _BACKOFF_MAX))
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+        finally:
+            channel.close()

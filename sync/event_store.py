@@ -1,0 +1,113 @@
+"""The control plane's store of events forwarded by edges: de-duplicated by event id, in arrival order.
+
+One LMDB environment (`<control data>/events`, `sync=True`), separate from the control store so that a
+busy event stream never holds up pushes:
+
+- `ids`: event id (UTF-8) -> 8-byte big-endian sequence number: the de-duplication index.
+- `log`: 8-byte big-endian sequence -> msgpack `{"node": node id, "kind": "event", "e": payload}` where
+  payload is the event as the edge stored it (`TrackedEvent.encode`).
+- `meta`: `seq` -> the last sequence number.
+
+`ingest` stores a batch in one write transaction: an acknowledged batch is on disk, and a batch sent
+again (the edge crashed before it deleted its outbox entries, or the reply was lost) is counted once.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import lmdb
+import msgpack
+
+__all__ = ["EventStore", "EventStoreError", "IngestResult"]
+
+_SEQ: Final = struct.Struct(">Q")
+_META_SEQ: Final = b"seq"
+MAX_ID_BYTES: Final = 400
+
+
+class EventStoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+def event_id_of(payload: bytes) -> str:
+    """The event id inside a forwarded payload; ValueError says what is wrong with it."""
+    try:
+        doc = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
+        raise ValueError(f"not a msgpack event: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError("not a msgpack map")
+    event_id = doc.get("id")
+    if not isinstance(event_id, str) or not event_id or len(event_id.encode()) > MAX_ID_BYTES:
+        raise ValueError(f"event id must be a string of 1-{MAX_ID_BYTES} bytes, got {event_id!r:.80}")
+    return event_id
+
+
+class EventStore:
+    def __init__(self, path: str | Path, *, map_size: int = 64 << 30) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, sync=True, metasync=True)
+            self._ids = self._env.open_db(b"ids")
+            self._log = self._env.open_db(b"log")
+            self._meta = self._env.open_db(b"meta")
+        except (OSError, lmdb.Error) as exc:
+            raise EventStoreError(f"cannot open the event store at {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ingest(self, node_id: str, payloads: Sequence[bytes]) -> IngestResult:
+        """Store the events not seen before, in one transaction. Payloads must be checked first
+        (`event_id_of`)."""
+        accepted = duplicates = 0
+        try:
+            with self._env.begin(write=True) as txn:
+                raw = txn.get(_META_SEQ, db=self._meta)
+                seq = _SEQ.unpack(raw)[0] if raw is not None else 0
+                for payload in payloads:
+                    key = event_id_of(payload).encode()
+                    if not txn.put(key, _SEQ.pack(seq + 1), db=self._ids, overwrite=False):
+                        duplicates += 1
+                        continue
+                    seq += 1
+                    accepted += 1
+                    record = msgpack.packb(
+                        {"node": node_id, "kind": "event", "e": payload}, use_bin_type=True
+                    )
+                    txn.put(_SEQ.pack(seq), record, db=self._log, append=True)
+                txn.put(_META_SEQ, _SEQ.pack(seq), db=self._meta)
+        except lmdb.MapFullError as exc:
+            raise EventStoreError(f"the event store at {self.path} is full: {exc}") from exc
+        return IngestResult(accepted, duplicates)
+
+    def count(self) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat(self._log)["entries"])
+
+    def events(self, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """(sequence, node id, decoded event) after sequence `after`, in arrival order."""
+        with self._env.begin() as txn, txn.cursor(db=self._log) as cursor:
+            if not cursor.set_range(_SEQ.pack(after + 1)):
+                return
+            for key, value in cursor:
+                record = msgpack.unpackb(value, raw=False)
+                yield _SEQ.unpack(key)[0], str(record["node"]), dict(msgpack.unpackb(record["e"], raw=False))

@@ -1,0 +1,138 @@
+"""Events upstream: edges forward their outbox to the control plane, at least once, counted once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgewise.core.store import Store
+from edgewise.sync.event_store import EventStore, event_id_of
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+from tests.conftest import EdgeProcess
+from tests.sync_support import ControlProcess, ctl, pushed_version, start_control, versions_reach, wait_for
+
+OPS = {"EDGEWISE_OPS_TOKEN": "ops-ev-1"}
+EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-ev-1"}
+
+
+@pytest.fixture
+def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
+    started: list[ControlProcess] = []
+
+    def factory(listen: str = "127.0.0.1:0") -> ControlProcess:
+        control = start_control(tmp_path / "control", tmp_path / "run", listen=listen, env={**OPS, **EDGE})
+        started.append(control)
+        return control
+
+    yield factory
+    for control in started:
+        if control.proc.poll() is None:
+            control.proc.kill()
+            control.proc.wait()
+
+
+def _edge(edge_factory: Callable[..., EdgeProcess], data: Path, address: str, node: str) -> EdgeProcess:
+    os.environ.update(EDGE)  # the edge process inherits the environment
+    return edge_factory(data, None, "--control", address, "--node-id", node, "--workers", "1")
+
+
+def _track(address: str, ids: list[str], consent: tuple[str, ...] = ("analytics", "personalization")) -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        accepted = 0
+        for start in range(0, len(ids), 50):
+            events = [
+                pb.Event(event_id=i, type="view", user_id=f"u{n % 50}", item_id=f"i{n % 30}")
+                for n, i in enumerate(ids[start : start + 50], start)
+            ]
+            accepted += stub.Track(pb.TrackRequest(events=events, consent=list(consent)), timeout=10).accepted
+        return accepted
+
+
+def _status(control: ControlProcess) -> dict[str, object]:
+    return dict(json.loads(ctl(control.address, "status", "--json", env=OPS).stdout))
+
+
+def _total(control: ControlProcess) -> Callable[[], int]:
+    """Distinct events stored upstream, asked through `ctl status` (truthy once any arrived)."""
+    return lambda: int(_status(control)["events_total"])  # type: ignore[call-overload]
+
+
+def test_tracked_events_reach_the_control_plane_once(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
+    b = _edge(edge_factory, tmp_path / "b", control.address, "edge-b")
+    wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")
+    ids = [f"ev-{n}" for n in range(300)]
+    assert _track(a.address, ids) == 300
+    assert _track(b.address, ids[:100] + [f"evb-{n}" for n in range(100)]) == 200  # 100 also sent to a
+    # without the analytics purpose an event is not forwarded
+    assert _track(b.address, [f"private-{n}" for n in range(20)], consent=("personalization",)) == 20
+    wait_for(lambda: _total(control)() == 400, 20, "400 distinct events upstream")
+    rows = {e["node_id"]: e for e in _status(control)["edges"]}  # type: ignore[attr-defined]
+    assert rows["edge-a"]["events_forwarded"] + rows["edge-b"]["events_forwarded"] == 400
+    for data in (tmp_path / "a", tmp_path / "b"):
+        with Store(data, readonly=True) as store, store.read() as view:
+            assert view.count("outbox") == 0
+    control.stop()
+    with EventStore(control.data / "events") as events:
+        stored = {e["id"] for _, _, e in events.events()}
+    assert stored == set(ids) | {f"evb-{n}" for n in range(100)}
+
+
+def test_outbox_survives_kill_9_on_both_sides(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    edge = _edge(edge_factory, tmp_path / "edge", control.address, "edge-k")
+    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    control.stop(signal.SIGKILL)  # the control plane is gone: acknowledged events wait in the outbox
+    assert _track(edge.address, [f"k-{n}" for n in range(500)]) == 500
+    edge.stop(signal.SIGKILL)
+    with Store(tmp_path / "edge", readonly=True) as store, store.read() as view:
+        assert view.count("outbox") == 500
+    control2 = control_factory(listen=f"127.0.0.1:{control.port}")
+    edge2 = _edge(edge_factory, tmp_path / "edge", control2.address, "edge-k")
+    # kill the control plane while the edge drains, twice; then let it finish
+    for _ in range(2):
+        wait_for(_total(control2), 20, "forwarding to start")
+        control2.stop(signal.SIGKILL)
+        control2 = control_factory(listen=f"127.0.0.1:{control.port}")
+    assert _track(edge2.address, [f"late-{n}" for n in range(10)]) == 10
+    wait_for(lambda: _total(control2)() == 510, 60, "every event upstream exactly once")
+    wait_for(lambda: _pending(tmp_path / "edge") == 0, 10, "outbox empty")
+
+
+def _pending(data: Path) -> int:
+    with Store(data, readonly=True) as store:
+        return store.outbox_pending()
+
+
+def test_event_store_dedupes_and_refuses_garbage(tmp_path: Path) -> None:
+    import msgpack
+
+    with EventStore(tmp_path / "ev") as events:
+        payload = msgpack.packb({"id": "e1", "t": "view"})
+        assert events.ingest("n", [payload, payload]).accepted == 1
+        assert events.ingest("m", [payload]).duplicates == 1
+        assert events.count() == 1
+    for bad in (b"\xc1", msgpack.packb([1]), msgpack.packb({"id": ""}), msgpack.packb({"t": "x"})):
+        with pytest.raises(ValueError):
+            event_id_of(bad)
