@@ -137,6 +137,7 @@ class PlacementOutput:
     propensity: float = 1.0
     strategy: str = ""
     fallback: Fallback = Fallback.NONE
+    campaign: str = ""  # the campaign that served, "" for the placement default
 
 
 @dataclass(slots=True)

@@ -216,7 +216,7 @@ class Pipeline:
                 if skipped == Fallback.NONE:
                     skipped = Fallback.NO_CONSENT if not shopper.allowed else Fallback.UNKNOWN_USER
                 continue
-            out = PlacementOutput(placement.id)
+            out = PlacementOutput(placement.id, campaign=campaign.id)
             if why is not None:
                 why.campaign = campaign.id
                 why.rule = f"campaign {campaign.id} (priority {campaign.priority})"

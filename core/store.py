@@ -299,7 +299,9 @@ class Store:
         with self.read() as view:
             return view.count("outbox")
 
-    def record_events(self, events: Sequence[TrackedEvent], limits: ActivityLimits) -> TrackResult:
+    def record_events(
+        self, events: Sequence[TrackedEvent], limits: ActivityLimits, exposures: Sequence[bytes] = ()
+    ) -> TrackResult:
         """Store new events durably in one transaction: the event id (dedupe) always, the outbox entry
         only with the analytics purpose, live activity only with the personalization purpose."""
         accepted = duplicates = 0
@@ -330,5 +332,8 @@ class Store:
                 touched[akey] = apply_event(touched[akey], event, limits)
             for akey, activity in touched.items():
                 txn.put(akey.encode(), encode_activity(activity), db=activity_db)
+            for record in exposures:  # exposure records (core/exposure.py) ride along to the outbox
+                seq += 1
+                txn.put(_SEQ.pack(seq), record, db=outbox_db)
             txn.put(_OUTBOX_SEQ_KEY, _U64.pack(seq), db=meta)
         return TrackResult(accepted, duplicates, tuple(new))

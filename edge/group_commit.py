@@ -4,6 +4,11 @@ Each `submit` queues its events and blocks until they are committed (fsync'd). O
 takes everything queued (up to `max_events`, whole calls only) into one transaction; calls arriving
 while it commits form the next batch. So throughput grows with concurrency instead of collapsing to
 one fsync per call, and no call is answered before its events are on disk.
+
+Exposure records of decisions (`note_exposures`, never blocking Decide) ride along in the next
+transaction; with no Track call to ride with, they are committed every `exposure_flush_s` at most.
+So a crash loses at most that window of exposures (never an acknowledged Track event). Past
+`max_exposures` waiting, new ones are dropped and counted (`exposures_dropped`).
 """
 
 from __future__ import annotations
@@ -33,13 +38,25 @@ class _Pending:
 
 class GroupCommitter:
     def __init__(
-        self, store: Store, limits: ActivityLimits, *, max_events: int = 256, max_wait_s: float = 0.0
+        self,
+        store: Store,
+        limits: ActivityLimits,
+        *,
+        max_events: int = 256,
+        max_wait_s: float = 0.0,
+        exposure_flush_s: float = 0.2,
+        max_exposures: int = 100_000,
     ) -> None:
         self._store = store
         self._limits = limits
         self._max_events = max_events
         self._max_wait_s = max_wait_s
         self._queue: list[_Pending] = []
+        self._exposures: list[bytes] = []
+        self._exposure_flush_s = exposure_flush_s
+        self._max_exposures = max_exposures
+        self._exposures_since = 0.0  # monotonic time the oldest waiting exposure arrived
+        self.exposures_dropped = 0
         self._cond = threading.Condition()
         self._closed = False
         self.batches = 0
@@ -57,6 +74,21 @@ class GroupCommitter:
             self._cond.notify()
         return pending.future.result(timeout)
 
+    def note_exposures(self, records: Sequence[bytes]) -> None:
+        """Queue exposure records for the outbox; returns at once."""
+        if not records:
+            return
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._exposures) + len(records) > self._max_exposures:
+                self.exposures_dropped += len(records)
+                return
+            if not self._exposures:
+                self._exposures_since = time.monotonic()
+                self._cond.notify()
+            self._exposures.extend(records)
+
     def close(self) -> None:
         """Commit what is queued, then stop the committer thread."""
         with self._cond:
@@ -64,12 +96,19 @@ class GroupCommitter:
             self._cond.notify()
         self._thread.join()
 
-    def _take(self) -> list[_Pending] | None:
+    def _take(self) -> tuple[list[_Pending], list[bytes]] | None:
         with self._cond:
             while not self._queue and not self._closed:
-                self._cond.wait()
+                if self._exposures:
+                    left = self._exposures_since + self._exposure_flush_s - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                else:
+                    self._cond.wait()
+            exposures, self._exposures = self._exposures, []
             if not self._queue:
-                return None
+                return ([], exposures) if exposures else None
             if self._max_wait_s > 0 and not self._closed:
                 deadline = time.monotonic() + self._max_wait_s
                 while sum(len(p.events) for p in self._queue) < self._max_events and not self._closed:
@@ -83,13 +122,14 @@ class GroupCommitter:
                 pending = self._queue.pop(0)
                 batch.append(pending)
                 size += len(pending.events)
-            return batch
+            return batch, exposures
 
     def _run(self) -> None:
-        while (batch := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            batch, exposures = taken
             events = [e for p in batch for e in p.events]
             try:
-                result = self._store.record_events(events, self._limits)
+                result = self._store.record_events(events, self._limits, exposures)
             except Exception as exc:
                 log("track_commit_failed", level="error", error=str(exc), events=len(events))
                 for p in batch:

@@ -17,6 +17,7 @@ import grpc
 
 from edgewise.core.activity import ActivityLimits
 from edgewise.core.decisions import Fallback, RequestError
+from edgewise.core.exposure import ANALYTICS, exposure_records
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.store import Store
 from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
@@ -103,7 +104,10 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SnapshotMissing:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge has no snapshot loaded yet; retry shortly")
-        return decide_response(decision, new_decision_id())
+        decision_id = new_decision_id()
+        if self._committer is not None and ANALYTICS in ask.consent:
+            self._committer.note_exposures(exposure_records(decision_id, ask, decision))
+        return decide_response(decision, decision_id)
 
     def Track(self, request: _pb.TrackRequest, context: grpc.ServicerContext) -> _pb.TrackResponse:
         started = time.perf_counter()

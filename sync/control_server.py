@@ -484,16 +484,17 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 f"records: {len(request.records)} in one call, at most {MAX_FORWARD_RECORDS}",
             )
         for i, record in enumerate(request.records):
-            if record.kind != "event":
+            if record.kind not in ("event", "exposure"):
                 context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}].kind: {record.kind!r} is not event"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"records[{i}].kind: {record.kind!r} is not event or exposure",
                 )
             try:
                 event_id_of(record.payload)
             except ValueError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}] (seq {record.seq}): {exc}")
         try:
-            result = self.events.ingest(request.node_id, [r.payload for r in request.records])
+            result = self.events.ingest(request.node_id, [(r.kind, r.payload) for r in request.records])
         except EventStoreError as exc:
             log("events_not_stored", level="error", node=request.node_id, error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")

@@ -15,7 +15,9 @@ import threading
 from typing import Final
 
 import grpc
+import msgpack
 
+from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.store import Store
 from edgewise.edge.logs import log
 from edgewise.sync.auth import bearer_metadata, open_channel
@@ -27,6 +29,12 @@ __all__ = ["OutboxForwarder"]
 _BACKOFF_START: Final = 0.2
 _BACKOFF_MAX: Final = 30.0
 _IDLE_WAIT: Final = 0.1  # seconds between looks at an empty outbox
+
+
+def _kind(payload: bytes) -> str:
+    """ "exposure" for exposure records (core/exposure.py), else "event" (a Track event)."""
+    doc = msgpack.unpackb(payload, raw=False)
+    return EXPOSURE_KIND if isinstance(doc, dict) and doc.get("k") == EXPOSURE_KIND else "event"
 
 
 class OutboxForwarder:
@@ -67,7 +75,7 @@ class OutboxForwarder:
                         continue
                     request = sync_pb2.ForwardRequest(
                         node_id=self.target.node_id,
-                        records=[sync_pb2.OutboxRecord(seq=s, kind="event", payload=p) for s, p in entries],
+                        records=[sync_pb2.OutboxRecord(seq=s, kind=_kind(p), payload=p) for s, p in entries],
                     )
                     reply = stub.Forward(request, timeout=self.timeout, metadata=metadata)
                     self.store.outbox_ack(reply.acked_seq)

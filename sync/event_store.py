@@ -4,8 +4,9 @@ One LMDB environment (`<control data>/events`, `sync=True`), separate from the c
 busy event stream never holds up pushes:
 
 - `ids`: event id (UTF-8) -> 8-byte big-endian sequence number: the de-duplication index.
-- `log`: 8-byte big-endian sequence -> msgpack `{"node": node id, "kind": "event", "e": payload}` where
-  payload is the event as the edge stored it (`TrackedEvent.encode`).
+- `log`: 8-byte big-endian sequence -> msgpack `{"node": node id, "kind": "event" | "exposure", "e":
+  payload}` where payload is the record as the edge stored it (`TrackedEvent.encode`, or an exposure
+  record of `core/exposure.py`, whose id is "<decision id>:<placement id>").
 - `meta`: `seq` -> the last sequence number.
 
 `ingest` stores a batch in one write transaction: an acknowledged batch is on disk, and a batch sent
@@ -75,7 +76,7 @@ class EventStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ingest(self, node_id: str, payloads: Sequence[bytes]) -> IngestResult:
+    def ingest(self, node_id: str, records: Sequence[tuple[str, bytes]]) -> IngestResult:
         """Store the events not seen before, in one transaction. Payloads must be checked first
         (`event_id_of`)."""
         accepted = duplicates = 0
@@ -83,16 +84,14 @@ class EventStore:
             with self._env.begin(write=True) as txn:
                 raw = txn.get(_META_SEQ, db=self._meta)
                 seq = _SEQ.unpack(raw)[0] if raw is not None else 0
-                for payload in payloads:
+                for kind, payload in records:
                     key = event_id_of(payload).encode()
                     if not txn.put(key, _SEQ.pack(seq + 1), db=self._ids, overwrite=False):
                         duplicates += 1
                         continue
                     seq += 1
                     accepted += 1
-                    record = msgpack.packb(
-                        {"node": node_id, "kind": "event", "e": payload}, use_bin_type=True
-                    )
+                    record = msgpack.packb({"node": node_id, "kind": kind, "e": payload}, use_bin_type=True)
                     txn.put(_SEQ.pack(seq), record, db=self._log, append=True)
                 txn.put(_META_SEQ, _SEQ.pack(seq), db=self._meta)
         except lmdb.MapFullError as exc:
@@ -104,7 +103,8 @@ class EventStore:
             return int(txn.stat(self._log)["entries"])
 
     def events(self, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]]]:
-        """(sequence, node id, decoded event) after sequence `after`, in arrival order."""
+        """(sequence, node id, decoded record) after sequence `after`, in arrival order: Track events, and
+        exposure records (their `k` is "exposure")."""
         with self._env.begin() as txn, txn.cursor(db=self._log) as cursor:
             if not cursor.set_range(_SEQ.pack(after + 1)):
                 return

@@ -130,9 +130,62 @@ def test_event_store_dedupes_and_refuses_garbage(tmp_path: Path) -> None:
 
     with EventStore(tmp_path / "ev") as events:
         payload = msgpack.packb({"id": "e1", "t": "view"})
-        assert events.ingest("n", [payload, payload]).accepted == 1
-        assert events.ingest("m", [payload]).duplicates == 1
+        assert events.ingest("n", [("event", payload), ("event", payload)]).accepted == 1
+        assert events.ingest("m", [("event", payload)]).duplicates == 1
         assert events.count() == 1
     for bad in (b"\xc1", msgpack.packb([1]), msgpack.packb({"id": ""}), msgpack.packb({"t": "x"})):
         with pytest.raises(ValueError):
             event_id_of(bad)
+
+
+def test_decisions_send_exposure_records_upstream(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    edge = _edge(edge_factory, tmp_path / "edge", control.address, "edge-x")
+    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    decision_ids = []
+    with grpc.insecure_channel(edge.address) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        placements = [pb.PlacementRequest(placement_id=p) for p in ("home", "hero_banner")]
+        for n in range(20):
+            consent = ["analytics", "personalization"] if n < 15 else ["personalization"]
+            response = stub.Decide(
+                pb.DecideRequest(
+                    user_id=f"u{n}",
+                    consent=consent,
+                    context=pb.Context(channel="web", country="DE"),
+                    placements=placements,
+                ),
+                timeout=10,
+            )
+            if n < 15:
+                decision_ids.append((response.decision_id, response))
+        click = pb.Event(
+            event_id="click-1",
+            type="click",
+            user_id="u0",
+            decision_id=decision_ids[0][0],
+            placement_id="home",
+            item_id=decision_ids[0][1].placements[0].items[0].id,
+        )
+        stub.Track(pb.TrackRequest(events=[click], consent=["analytics"]), timeout=10)
+    # 15 decisions with analytics x 2 placements, plus the click; none for the 5 without analytics
+    wait_for(lambda: _total(control)() == 31, 20, "31 records upstream")
+    control.stop()
+    with EventStore(control.data / "events") as events:
+        records = [e for _, _, e in events.events()]
+    exposures = [r for r in records if r.get("k") == "exposure"]
+    assert len(exposures) == 30
+    first = next(r for r in exposures if r["d"] == decision_ids[0][0] and r["p"] == "home")
+    response = decision_ids[0][1]
+    assert first["u"] == "u0" and first["ch"] == "web" and first["co"] == "DE"
+    assert first["sv"] == response.snapshot_version
+    assert first["i"] == [i.id for i in response.placements[0].items]
+    hero = next(r for r in exposures if r["d"] == decision_ids[0][0] and r["p"] == "hero_banner")
+    assert hero["ct"] == response.placements[1].content_id and hero["v"] == response.placements[1].variant_id
+    assert any(r.get("id") == "click-1" and r["d"] == decision_ids[0][0] for r in records)

@@ -1,0 +1,64 @@
+"""Exposure records: what one decision showed, as the outbox stores it and the control plane reads it.
+
+One record per placement of a decision, only when the caller granted the `analytics` purpose. A msgpack
+map with short keys (`EXPOSURE_KIND` in `k`; `id` is "<decision id>:<placement id>", unique, the
+de-duplication key upstream): decision id `d`, user `u`, session `s`, placement `p`, campaign `c`,
+experiment or bandit `x`, variant or arm `v`, propensity `pr`, strategy `st`, fallback reason `f`,
+items shown `i`, content `ct`, channel `ch`, country `co`, device `dv`, snapshot version `sv`, time `ts`
+(Unix ms).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgpack
+
+from edgewise.core.decisions import DecideInput, DecisionOutput
+
+__all__ = ["ANALYTICS", "EXPOSURE_KIND", "decode_exposure", "exposure_records"]
+
+ANALYTICS: Final = "analytics"
+EXPOSURE_KIND: Final = "exposure"
+
+
+def exposure_records(decision_id: str, request: DecideInput, decision: DecisionOutput) -> list[bytes]:
+    """The exposure records of a decision (none without the analytics purpose)."""
+    if ANALYTICS not in request.consent:
+        return []
+    context = request.context
+    pack = msgpack.packb
+    return [
+        pack(
+            {
+                "k": EXPOSURE_KIND,
+                "id": f"{decision_id}:{p.placement_id}",
+                "d": decision_id,
+                "u": request.user_id,
+                "s": request.session_id,
+                "p": p.placement_id,
+                "c": p.campaign,
+                "x": p.experiment_id,
+                "v": p.variant_id,
+                "pr": p.propensity,
+                "st": p.strategy,
+                "f": int(p.fallback),
+                "i": [item.id for item in p.items],
+                "ct": p.content_id,
+                "ch": context.channel,
+                "co": context.country,
+                "dv": context.device,
+                "sv": decision.snapshot_version,
+                "ts": request.now_ms,
+            },
+            use_bin_type=True,
+        )
+        for p in decision.placements
+    ]
+
+
+def decode_exposure(buf: bytes) -> dict[str, Any]:
+    doc = msgpack.unpackb(buf, raw=False)
+    if not isinstance(doc, dict) or doc.get("k") != EXPOSURE_KIND:
+        raise ValueError("not an exposure record")
+    return doc
