@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgewise import __version__
     from edgewise.bench import cli as bench_cli
     from edgewise.edge import call, demo, serve
-    from edgewise.sync import bundle_cli, control_cli, retail_cli
+    from edgewise.sync import bundle_cli, control_cli, ope_cli, retail_cli
 
     parser = argparse.ArgumentParser(
         prog="edgewise",
@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retail_cli.add_eval_offline_arguments(p)
     p.set_defaults(handler=retail_cli.run_eval_offline)
+    p = evals.add_parser(
+        "ope",
+        help="IPS, SNIPS and doubly robust estimates of a policy's CTR from Open Bandit Dataset logs",
+        description=ope_cli.OPE_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ope_cli.add_ope_arguments(p)
+    p.set_defaults(handler=ope_cli.run_ope)
     benches = sub.add_parser("bench", help="load generation and the gRPC floor server").add_subparsers(
         dest="bench_command", metavar="COMMAND", required=True
     )
