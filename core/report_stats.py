@@ -1,0 +1,797 @@
+"""Experiment report statistics: per-variant rates with intervals, lift against control, probability
+to beat control, sample ratio mismatch, holdout lift, grouping by a dimension and a time series.
+
+Pure functions over aggregates (no I/O); NumPy is used only for the Beta posterior Monte-Carlo. The
+special functions (normal CDF/quantile, Student t quantile, regularized incomplete gamma and beta) are
+implemented here with `math`, so the module needs no SciPy. See docs/reports.md for the formulas.
+
+Input: one `VariantCounts` per variant, or several per variant (one per time bucket and/or per value of
+a dimension such as segment, channel or country); `build_report` sums them per variant. Summing is only
+right when the slices partition the units (a unit is counted in the bucket of its first exposure and in
+one value of each dimension), which is how the aggregates are expected to be produced.
+
+Metrics: `conversion` and `ctr` are proportions per unit (`conversions / units`, each unit converted at
+most once); `revenue` is revenue per unit (`revenue_sum / units`, a mean, with `revenue_sq_sum` the sum
+over units of the squared per-unit revenue, needed for its variance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Final, Literal, get_args
+
+import numpy as np
+
+__all__ = [
+    "COLUMNS",
+    "SERIES_COLUMNS",
+    "SRM_THRESHOLD",
+    "Lift",
+    "Metric",
+    "RateEstimate",
+    "Report",
+    "ReportRow",
+    "SeriesPoint",
+    "SrmResult",
+    "VariantCounts",
+    "build_report",
+    "chi2_sf",
+    "combine",
+    "estimate",
+    "holdout_lift",
+    "lift",
+    "mean_interval",
+    "normal_cdf",
+    "normal_ppf",
+    "regularized_beta",
+    "regularized_gamma_q",
+    "report_rows_by",
+    "srm_test",
+    "student_t_cdf",
+    "student_t_ppf",
+    "time_series",
+    "welch_interval",
+    "wilson_interval",
+]
+
+Metric = Literal["conversion", "ctr", "revenue"]
+_METRICS: Final = frozenset(get_args(Metric))
+SRM_THRESHOLD: Final = 0.001
+"""A sample ratio mismatch is flagged when the chi-square p-value is below this."""
+
+_EPS: Final = 1e-15
+_TINY: Final = 1e-300
+_MAX_ITER: Final = 100_000
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input
+
+
+@dataclass(frozen=True, slots=True)
+class VariantCounts:
+    """Aggregates of one variant (optionally of one time bucket and one dimension slice).
+
+    `units`: units exposed; `conversions`: units that converted (clicked, for ctr); `revenue_sum` and
+    `revenue_sq_sum`: sum over units of the unit's revenue and of its square. `bucket_ms`: start of the
+    time bucket (None: not bucketed); `dimensions`: (name, value) pairs such as ("country", "DE").
+    """
+
+    variant: str
+    units: int
+    conversions: int = 0
+    revenue_sum: float = 0.0
+    revenue_sq_sum: float = 0.0
+    bucket_ms: int | None = None
+    dimensions: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.units < 0 or self.conversions < 0:
+            raise ValueError(f"{self.variant}: units and conversions must be >= 0")
+        if self.conversions > self.units:
+            raise ValueError(f"{self.variant}: conversions ({self.conversions}) > units ({self.units})")
+        if self.revenue_sq_sum < 0:
+            raise ValueError(f"{self.variant}: revenue_sq_sum must be >= 0")
+
+    def dimension(self, name: str) -> str | None:
+        return next((v for k, v in self.dimensions if k == name), None)
+
+
+def combine(counts: Iterable[VariantCounts], variant: str | None = None) -> VariantCounts:
+    """The sum of slices as one `VariantCounts` (named `variant`, else the first slice's variant)."""
+    units = conversions = 0
+    rsum = rsq = 0.0
+    name = variant
+    for c in counts:
+        if name is None:
+            name = c.variant
+        units += c.units
+        conversions += c.conversions
+        rsum += c.revenue_sum
+        rsq += c.revenue_sq_sum
+    return VariantCounts(name or "", units, conversions, rsum, rsq)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Special functions
+
+
+def normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+_A: Final = (
+    -3.969683028665376e01,
+    2.209460984245205e02,
+    -2.759285104469687e02,
+    1.383577518672690e02,
+    -3.066479806614716e01,
+    2.506628277459239e00,
+)
+_B: Final = (
+    -5.447609879822406e01,
+    1.615858368580409e02,
+    -1.556989798598866e02,
+    6.680131188771972e01,
+    -1.328068155288572e01,
+)
+_C: Final = (
+    -7.784894002430293e-03,
+    -3.223964580411365e-01,
+    -2.400758277161838e00,
+    -2.549732539343734e00,
+    4.374664141464968e00,
+    2.938163982698783e00,
+)
+_D: Final = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+
+
+def normal_ppf(p: float) -> float:
+    """The standard normal quantile (Acklam's rational approximation refined by two Halley steps)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.02425:
+        q = math.sqrt(-2.0 * math.log(p))
+        x = (((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]) / (
+            (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
+        )
+    elif p > 1.0 - 0.02425:
+        return -normal_ppf(1.0 - p)
+    else:
+        q = p - 0.5
+        r = q * q
+        x = (
+            (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5])
+            * q
+            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0)
+        )
+    for _ in range(2):
+        e = normal_cdf(x) - p
+        u = e * math.sqrt(2.0 * math.pi) * math.exp(x * x / 2.0)
+        x -= u / (1.0 + x * u / 2.0)
+    return x
+
+
+def _log_gamma_prefix(a: float, x: float) -> float:
+    return -x + a * math.log(x) - math.lgamma(a)
+
+
+def _gamma_p_series(a: float, x: float) -> float:
+    term = total = 1.0 / a
+    n = a
+    for _ in range(_MAX_ITER):
+        n += 1.0
+        term *= x / n
+        total += term
+        if abs(term) < abs(total) * _EPS:
+            break
+    return total * math.exp(_log_gamma_prefix(a, x))
+
+
+def _gamma_q_fraction(a: float, x: float) -> float:
+    # Modified Lentz evaluation of the continued fraction for Q(a, x) (Numerical Recipes 6.2).
+    b = x + 1.0 - a
+    c = 1.0 / _TINY
+    d = 1.0 / b
+    h = d
+    for i in range(1, _MAX_ITER):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        if abs(d) < _TINY:
+            d = _TINY
+        c = b + an / c
+        if abs(c) < _TINY:
+            c = _TINY
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < _EPS:
+            break
+    return math.exp(_log_gamma_prefix(a, x)) * h
+
+
+def regularized_gamma_q(a: float, x: float) -> float:
+    """Q(a, x) = Γ(a, x) / Γ(a), the regularized upper incomplete gamma function (a > 0, x >= 0)."""
+    if a <= 0.0:
+        raise ValueError(f"a must be > 0, got {a}")
+    if x < 0.0:
+        raise ValueError(f"x must be >= 0, got {x}")
+    if x == 0.0:
+        return 1.0
+    if math.isinf(x):
+        return 0.0
+    if x < a + 1.0:
+        return max(0.0, 1.0 - _gamma_p_series(a, x))
+    return min(1.0, _gamma_q_fraction(a, x))
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(X >= x) for X chi-square distributed with `dof` degrees of freedom."""
+    if dof < 1:
+        raise ValueError(f"dof must be >= 1, got {dof}")
+    if x <= 0.0:
+        return 1.0
+    return regularized_gamma_q(dof / 2.0, x / 2.0)
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    # Modified Lentz evaluation of the continued fraction for I_x(a, b) (Numerical Recipes 6.4).
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    if abs(d) < _TINY:
+        d = _TINY
+    d = 1.0 / d
+    h = d
+    for m in range(1, _MAX_ITER):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = _TINY if abs(d) < _TINY else d
+        c = 1.0 + aa / c
+        c = _TINY if abs(c) < _TINY else c
+        d = 1.0 / d
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = _TINY if abs(d) < _TINY else d
+        c = 1.0 + aa / c
+        c = _TINY if abs(c) < _TINY else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < _EPS:
+            break
+    return h
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function (a, b > 0, 0 <= x <= 1)."""
+    if a <= 0.0 or b <= 0.0:
+        raise ValueError("a and b must be > 0")
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    front = math.exp(log_front)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    if df <= 0:
+        raise ValueError(f"df must be > 0, got {df}")
+    tail = 0.5 * regularized_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def student_t_ppf(p: float, df: float) -> float:
+    """The Student t quantile, by bisection on `student_t_cdf` (normal quantile beyond df = 1e7)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if df > 1e7:
+        return normal_ppf(p)
+    if p < 0.5:
+        return -student_t_ppf(1.0 - p, df)
+    lo, hi = 0.0, max(1.0, normal_ppf(p))
+    while student_t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if student_t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+def _z(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return normal_ppf(0.5 + confidence / 2.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Intervals
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (successes out of n, n > 0)."""
+    if n <= 0:
+        raise ValueError("n must be > 0")
+    if not 0 <= successes <= n:
+        raise ValueError("successes must be in [0, n]")
+    z = _z(confidence)
+    p = successes / n
+    z2n = z * z / n
+    centre = (p + z2n / 2.0) / (1.0 + z2n)
+    half = z / (1.0 + z2n) * math.sqrt(p * (1.0 - p) / n + z2n / (4.0 * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _mean_var(n: int, total: float, sq_total: float) -> tuple[float, float]:
+    """Mean and sample variance (n - 1 denominator; 0 for n < 2) from a count, sum and sum of squares."""
+    mean = total / n
+    if n < 2:
+        return mean, 0.0
+    return mean, max(0.0, (sq_total - total * total / n) / (n - 1))
+
+
+def mean_interval(
+    n: int, total: float, sq_total: float, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, low, high): the normal interval mean ± z·s/√n of a mean from its sufficient statistics."""
+    if n <= 0:
+        raise ValueError("n must be > 0")
+    mean, var = _mean_var(n, total, sq_total)
+    half = _z(confidence) * math.sqrt(var / n)
+    return mean, mean - half, mean + half
+
+
+def welch_interval(
+    mean1: float,
+    var1: float,
+    n1: int,
+    mean2: float,
+    var2: float,
+    n2: int,
+    confidence: float = 0.95,
+) -> tuple[float, float, float, float]:
+    """(diff, low, high, df) for mean1 - mean2 with Welch's t interval (var: sample variances).
+
+    df is the Welch–Satterthwaite degrees of freedom; with both variances 0 the interval is the point.
+    """
+    if n1 < 2 or n2 < 2:
+        raise ValueError("Welch's interval needs at least 2 units per group")
+    v1, v2 = var1 / n1, var2 / n2
+    diff = mean1 - mean2
+    se2 = v1 + v2
+    if se2 <= 0.0:
+        return diff, diff, diff, math.inf
+    df = se2 * se2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1))
+    half = student_t_ppf(0.5 + confidence / 2.0, df) * math.sqrt(se2)
+    return diff, diff - half, diff + half, df
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-variant estimates and lift
+
+
+@dataclass(frozen=True, slots=True)
+class RateEstimate:
+    """A variant's metric value (rate or mean per unit) with its interval; None without units."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r} (known: {', '.join(sorted(_METRICS))})")
+
+
+def estimate(counts: VariantCounts, metric: Metric, confidence: float = 0.95) -> RateEstimate:
+    """Wilson interval for proportions, normal interval for revenue per unit."""
+    _check_metric(metric)
+    if counts.units == 0:
+        return RateEstimate(None, None, None)
+    if metric == "revenue":
+        if counts.units < 2:
+            return RateEstimate(counts.revenue_sum / counts.units, None, None)
+        return RateEstimate(
+            *mean_interval(counts.units, counts.revenue_sum, counts.revenue_sq_sum, confidence)
+        )
+    low, high = wilson_interval(counts.conversions, counts.units, confidence)
+    return RateEstimate(counts.conversions / counts.units, low, high)
+
+
+@dataclass(frozen=True, slots=True)
+class Lift:
+    """Treatment versus control. Absolute: treatment - control; relative: treatment / control - 1.
+
+    Fields are None where undefined (no units, control value 0 for the relative lift, fewer than 2
+    units per group for revenue).
+    """
+
+    absolute: float | None
+    absolute_low: float | None
+    absolute_high: float | None
+    relative: float | None
+    relative_low: float | None
+    relative_high: float | None
+    p_beat: float | None  # P(treatment's true value > control's)
+
+
+_NO_LIFT: Final = Lift(None, None, None, None, None, None, None)
+
+
+def _relative(
+    mt: float, vt: float, mc: float, vc: float, z: float
+) -> tuple[float | None, float | None, float | None]:
+    """Delta method for r = mt / mc - 1 with vt, vc the variances of the two estimates."""
+    if mc == 0.0:
+        return None, None, None
+    rel = mt / mc - 1.0
+    se = math.sqrt(vt + (mt / mc) ** 2 * vc) / abs(mc)
+    return rel, rel - z * se, rel + z * se
+
+
+def lift(
+    treatment: VariantCounts,
+    control: VariantCounts,
+    metric: Metric,
+    confidence: float = 0.95,
+    *,
+    draws: int = 100_000,
+    rng: np.random.Generator | None = None,
+    control_draws: np.ndarray | None = None,
+) -> Lift:
+    """Lift of `treatment` over `control` with intervals at `confidence` and P(beat control).
+
+    Proportions: difference of proportions (Wald) for the absolute lift, delta method for the relative
+    lift, P(beat) by Monte-Carlo from the Beta(1 + conversions, 1 + units - conversions) posteriors
+    (`rng`: a seeded Generator, default seed 0; `control_draws`: the control's posterior draws, so that
+    several treatments share them). Revenue: Welch's t interval, delta method, and the normal
+    approximation P(beat) = Φ(diff / se).
+    """
+    _check_metric(metric)
+    z = _z(confidence)
+    nt, nc = treatment.units, control.units
+    if metric == "revenue":
+        if nt < 2 or nc < 2:
+            return _NO_LIFT
+        mt, vart = _mean_var(nt, treatment.revenue_sum, treatment.revenue_sq_sum)
+        mc, varc = _mean_var(nc, control.revenue_sum, control.revenue_sq_sum)
+        diff, low, high, _ = welch_interval(mt, vart, nt, mc, varc, nc, confidence)
+        se = math.sqrt(vart / nt + varc / nc)
+        p_beat = (0.5 if diff == 0.0 else float(diff > 0.0)) if se == 0.0 else normal_cdf(diff / se)
+        return Lift(diff, low, high, *_relative(mt, vart / nt, mc, varc / nc, z), p_beat)
+    if nt == 0 or nc == 0:
+        return _NO_LIFT
+    pt, pc = treatment.conversions / nt, control.conversions / nc
+    vt, vc = pt * (1.0 - pt) / nt, pc * (1.0 - pc) / nc
+    diff = pt - pc
+    half = z * math.sqrt(vt + vc)
+    gen = rng if rng is not None else np.random.default_rng(0)
+    if control_draws is None:
+        control_draws = gen.beta(1 + control.conversions, 1 + nc - control.conversions, draws)
+    t_draws = gen.beta(1 + treatment.conversions, 1 + nt - treatment.conversions, len(control_draws))
+    p_beat = float(np.mean(t_draws > control_draws))
+    return Lift(diff, diff - half, diff + half, *_relative(pt, vt, pc, vc, z), p_beat)
+
+
+def holdout_lift(
+    personalized: VariantCounts | Iterable[VariantCounts],
+    holdout: VariantCounts | Iterable[VariantCounts],
+    metric: Metric,
+    confidence: float = 0.95,
+    *,
+    draws: int = 100_000,
+    seed: int = 0,
+) -> Lift:
+    """Lift of the personalized units (not in the global holdout) over the holdout's units."""
+    p = personalized if isinstance(personalized, VariantCounts) else combine(personalized, "personalized")
+    h = holdout if isinstance(holdout, VariantCounts) else combine(holdout, "holdout")
+    return lift(p, h, metric, confidence, draws=draws, rng=np.random.default_rng(seed))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sample ratio mismatch
+
+
+@dataclass(frozen=True, slots=True)
+class SrmResult:
+    chi2: float
+    dof: int
+    p_value: float
+    srm: bool  # p_value < threshold: the split does not follow the weights; do not trust the lift
+    observed: Mapping[str, int] = field(default_factory=dict)
+    expected: Mapping[str, float] = field(default_factory=dict)
+
+
+def srm_test(
+    units: Mapping[str, int], weights: Mapping[str, float], threshold: float = SRM_THRESHOLD
+) -> SrmResult:
+    """Chi-square goodness of fit of units per variant against the configured weights (k - 1 dof).
+
+    Every variant with units must have a weight. A variant with weight 0 but units makes the statistic
+    infinite (p = 0). Fewer than 2 weighted variants, or no units: p = 1, no SRM.
+    """
+    unknown = sorted(set(units) - set(weights))
+    if unknown:
+        raise ValueError(f"units for variants without a weight: {', '.join(unknown)}")
+    if any(w < 0 or not math.isfinite(w) for w in weights.values()):
+        raise ValueError("weights must be finite and >= 0")
+    total_w = sum(weights.values())
+    n = sum(units.get(v, 0) for v in weights)
+    observed = {v: units.get(v, 0) for v in weights}
+    if total_w <= 0 or n == 0:
+        return SrmResult(0.0, max(0, len(weights) - 1), 1.0, False, observed, {v: 0.0 for v in weights})
+    expected = {v: n * w / total_w for v, w in weights.items()}
+    chi2 = 0.0
+    for v, e in expected.items():
+        o = observed[v]
+        if e == 0.0:
+            if o > 0:
+                chi2 = math.inf
+            continue
+        chi2 += (o - e) ** 2 / e
+    dof = sum(1 for w in weights.values() if w > 0) - 1
+    p = 0.0 if math.isinf(chi2) else (chi2_sf(chi2, dof) if dof >= 1 else 1.0)
+    return SrmResult(chi2, max(dof, 0), p, p < threshold, observed, expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+
+
+Cell = str | int | float | bool | None
+
+COLUMNS: Final = (
+    "dimension",
+    "group",
+    "metric",
+    "variant",
+    "is_control",
+    "weight",
+    "units",
+    "share",
+    "expected_share",
+    "conversions",
+    "revenue_sum",
+    "value",
+    "value_low",
+    "value_high",
+    "lift",
+    "lift_low",
+    "lift_high",
+    "rel_lift",
+    "rel_lift_low",
+    "rel_lift_high",
+    "p_beat",
+    "srm_p",
+    "srm",
+)
+"""The keys of `Report.records()`, in table / csv column order."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    variant: str
+    is_control: bool
+    weight: float
+    units: int
+    share: float | None  # observed share of the report's units
+    expected_share: float  # weight / sum of weights
+    conversions: int
+    revenue_sum: float
+    estimate: RateEstimate
+    lift: Lift  # all None for the control
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    metric: Metric
+    control: str
+    confidence: float
+    rows: tuple[ReportRow, ...]
+    srm: SrmResult
+    dimension: str = ""  # "" for the overall report
+    group: str = ""  # the dimension's value
+
+    def row(self, variant: str) -> ReportRow:
+        for r in self.rows:
+            if r.variant == variant:
+                return r
+        raise KeyError(variant)
+
+    def records(self) -> list[dict[str, Cell]]:
+        """One flat dict per variant with the keys of `COLUMNS` (ready for a table, json or csv)."""
+        out: list[dict[str, Cell]] = []
+        for r in self.rows:
+            out.append(
+                {
+                    "dimension": self.dimension,
+                    "group": self.group,
+                    "metric": self.metric,
+                    "variant": r.variant,
+                    "is_control": r.is_control,
+                    "weight": r.weight,
+                    "units": r.units,
+                    "share": r.share,
+                    "expected_share": r.expected_share,
+                    "conversions": r.conversions,
+                    "revenue_sum": r.revenue_sum,
+                    "value": r.estimate.value,
+                    "value_low": r.estimate.low,
+                    "value_high": r.estimate.high,
+                    "lift": r.lift.absolute,
+                    "lift_low": r.lift.absolute_low,
+                    "lift_high": r.lift.absolute_high,
+                    "rel_lift": r.lift.relative,
+                    "rel_lift_low": r.lift.relative_low,
+                    "rel_lift_high": r.lift.relative_high,
+                    "p_beat": r.lift.p_beat,
+                    "srm_p": self.srm.p_value,
+                    "srm": self.srm.srm,
+                }
+            )
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready nested form (dataclasses as dicts)."""
+        return asdict(self)
+
+
+def build_report(
+    variants: Iterable[VariantCounts],
+    control: str,
+    weights: Mapping[str, float],
+    metric: Metric,
+    *,
+    confidence: float = 0.95,
+    draws: int = 100_000,
+    seed: int = 0,
+    srm_threshold: float = SRM_THRESHOLD,
+    dimension: str = "",
+    group: str = "",
+) -> Report:
+    """The report of one experiment: slices are summed per variant, rows follow the order of `weights`.
+
+    `weights`: the configured variant weights (any scale); `control` must be one of them. P(beat) is
+    deterministic for a given `seed`.
+    """
+    _check_metric(metric)
+    if control not in weights:
+        raise ValueError(f"control {control!r} is not one of the variants {sorted(weights)}")
+    by_variant: dict[str, list[VariantCounts]] = {v: [] for v in weights}
+    for c in variants:
+        if c.variant not in by_variant:
+            raise ValueError(f"counts for variant {c.variant!r}, which has no weight")
+        by_variant[c.variant].append(c)
+    totals = {v: combine(cs, v) for v, cs in by_variant.items()}
+    srm = srm_test({v: t.units for v, t in totals.items()}, weights, srm_threshold)
+    n = sum(t.units for t in totals.values())
+    total_w = sum(weights.values())
+    rng = np.random.default_rng(seed)
+    ctrl = totals[control]
+    control_draws = None
+    if metric != "revenue" and ctrl.units > 0:
+        control_draws = rng.beta(1 + ctrl.conversions, 1 + ctrl.units - ctrl.conversions, draws)
+    rows = []
+    for v, t in totals.items():
+        is_control = v == control
+        row_lift = (
+            _NO_LIFT
+            if is_control
+            else lift(t, ctrl, metric, confidence, draws=draws, rng=rng, control_draws=control_draws)
+        )
+        rows.append(
+            ReportRow(
+                variant=v,
+                is_control=is_control,
+                weight=float(weights[v]),
+                units=t.units,
+                share=t.units / n if n else None,
+                expected_share=weights[v] / total_w if total_w > 0 else 0.0,
+                conversions=t.conversions,
+                revenue_sum=t.revenue_sum,
+                estimate=estimate(t, metric, confidence),
+                lift=row_lift,
+            )
+        )
+    return Report(metric, control, confidence, tuple(rows), srm, dimension, group)
+
+
+def report_rows_by(
+    variants: Iterable[VariantCounts],
+    dimension: str,
+    control: str,
+    weights: Mapping[str, float],
+    metric: Metric,
+    *,
+    confidence: float = 0.95,
+    draws: int = 100_000,
+    seed: int = 0,
+    srm_threshold: float = SRM_THRESHOLD,
+    missing: str = "(none)",
+) -> list[Report]:
+    """One report per value of `dimension` (sorted by value; slices without it go to `missing`).
+
+    Each group has its own SRM test: a mismatch confined to one segment or channel shows there.
+    Records of all groups concatenate into one table (`[r for rep in reports for r in rep.records()]`).
+    """
+    groups: dict[str, list[VariantCounts]] = {}
+    for c in variants:
+        value = c.dimension(dimension)
+        groups.setdefault(missing if value is None else value, []).append(c)
+    return [
+        build_report(
+            groups[g],
+            control,
+            weights,
+            metric,
+            confidence=confidence,
+            draws=draws,
+            seed=seed,
+            srm_threshold=srm_threshold,
+            dimension=dimension,
+            group=g,
+        )
+        for g in sorted(groups)
+    ]
+
+
+SERIES_COLUMNS: Final = ("bucket_ms", "variant", "units", "value", "low", "high")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    bucket_ms: int
+    variant: str
+    units: int
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+def time_series(
+    variants: Iterable[VariantCounts],
+    metric: Metric,
+    *,
+    confidence: float = 0.95,
+    cumulative: bool = True,
+    variant_order: Sequence[str] | None = None,
+) -> list[SeriesPoint]:
+    """Per time bucket and variant, the metric with its interval (for a plot), sorted by bucket.
+
+    Slices without `bucket_ms` are ignored; slices of the same bucket (other dimensions) are summed.
+    `cumulative`: each point covers all buckets up to and including its own (the usual read-out: the
+    interval narrows as units accrue); otherwise each bucket stands alone.
+    """
+    _check_metric(metric)
+    cells: dict[tuple[int, str], list[VariantCounts]] = {}
+    for c in variants:
+        if c.bucket_ms is not None:
+            cells.setdefault((c.bucket_ms, c.variant), []).append(c)
+    buckets = sorted({b for b, _ in cells})
+    names = list(variant_order) if variant_order is not None else sorted({v for _, v in cells})
+    running = {v: VariantCounts(v, 0) for v in names}
+    out: list[SeriesPoint] = []
+    for b in buckets:
+        for v in names:
+            here = combine(cells.get((b, v), []), v)
+            if cumulative:
+                here = combine([running[v], here], v)
+                running[v] = here
+            est = estimate(here, metric, confidence)
+            out.append(SeriesPoint(b, v, here.units, est.value, est.low, est.high))
+    return out
