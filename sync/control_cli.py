@@ -243,6 +243,16 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     rollback = sub.add_parser("rollback", help="publish the state of an older version as a new version")
     rollback.add_argument("version", type=int, metavar="VERSION")
+    report = sub.add_parser(
+        "report",
+        help="an experiment's report: exposures, conversions, rates, lift vs control, P(beat), SRM, holdout",
+        description="Exposures and outcomes forwarded by the edges, attributed (docs/reports.md).",
+    )
+    report.add_argument("experiment", metavar="EXPERIMENT")
+    report.add_argument("--metric", choices=("ctr", "conversion", "revenue"), default="ctr")
+    report.add_argument("--by", choices=("channel", "country"), default="", help="also one table per value")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     history = sub.add_parser("history", help="the commits in the log, newest first")
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--json", action="store_true", help="print JSON")
@@ -360,6 +370,18 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
             f"new version {reply.version}, {reply.changes} changes"
         )
         return 0
+    if command == "report":
+        if not 0.5 <= args.confidence < 1:
+            return _fail(f"--confidence must be in [0.5, 1), got {args.confidence}")
+        reply = stub.Report(
+            sync_pb2.ReportRequest(
+                experiment=args.experiment, metric=args.metric, by=args.by, confidence=args.confidence
+            ),
+            metadata=meta,
+            timeout=args.timeout,
+        )
+        print_report(json.loads(reply.json), args.format)
+        return 0
     if command == "history":
         hist = stub.History(sync_pb2.HistoryRequest(limit=args.limit), metadata=meta, timeout=args.timeout)
         rows = [
@@ -436,3 +458,67 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
             f"{e['last_nack_version'] or '-':>9} {e['state']:<12} {e['last_error'] or '-'}"
         )
     return 0
+
+
+_REPORT_COLUMNS: Final = (
+    "group",
+    "variant",
+    "units",
+    "share",
+    "conversions",
+    "value",
+    "value_low",
+    "value_high",
+    "rel_lift",
+    "rel_lift_low",
+    "rel_lift_high",
+    "p_beat",
+)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_report(doc: dict[str, Any], fmt: str) -> None:
+    """Print a report document as a table, JSON or CSV (every row of the overall report and its slices)."""
+    if fmt == "json":
+        print(json.dumps(doc, indent=2))
+        return
+    rows = [dict(r, group=r.get("group") or "all") for r in doc["rows"] + doc["slices"]]
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(doc["rows"][0]) if doc["rows"] else ["variant"])
+        writer.writeheader()
+        for r in doc["rows"] + doc["slices"]:
+            writer.writerow(r)
+        return
+    srm = doc["srm"]
+    print(
+        f"experiment {doc['experiment']}: metric {doc['metric']}, control {doc['control']}, "
+        f"{doc['exposures']} exposures, {doc['outcomes']} outcomes ({doc['attributed']} attributed)"
+    )
+    if srm["srm"]:
+        print(
+            f"WARNING: SAMPLE RATIO MISMATCH (chi-square p = {srm['p_value']:.2g}): the split does not match "
+            "the configured weights; do not trust these numbers until the cause is found (docs/reports.md)"
+        )
+    widths = {
+        c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) if rows else len(c) for c in _REPORT_COLUMNS
+    }
+    print("  ".join(c.ljust(widths[c]) for c in _REPORT_COLUMNS))
+    for r in rows:
+        print("  ".join(_cell(r.get(c)).ljust(widths[c]) for c in _REPORT_COLUMNS))
+    holdout = doc.get("holdout")
+    if holdout:
+        print(
+            f"personalization vs global holdout: {holdout['personalized_units']} vs "
+            f"{holdout['holdout_units']} units, lift {_cell(holdout['lift'])} "
+            f"[{_cell(holdout['lift_low'])}, {_cell(holdout['lift_high'])}], "
+            f"P(beat) {_cell(holdout['p_beat'])}"
+        )

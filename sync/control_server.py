@@ -13,6 +13,7 @@ nothing and answers INVALID_ARGUMENT naming file, record and field.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -24,7 +25,10 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 
 import grpc
+import msgpack
 
+from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
+from edgewise.core.rules import compile_rules
 from edgewise.edge.logs import log
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
@@ -469,6 +473,36 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         total = self.events.count() if self.events is not None else 0
         return sync_pb2.StatusReply(head_version=head, edges=self.fleet.status(head), events_total=total)
 
+    def Report(self, request: sync_pb2.ReportRequest, context: grpc.ServicerContext) -> sync_pb2.ReportReply:
+        if self.events is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this control plane does not store events")
+        with self.store.read() as view:
+            raw = view.get("rules", "rules")
+        if raw is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "nothing pushed yet: no rules, no experiments")
+        experiments = compile_rules(msgpack.unpackb(raw, raw=False)).experiments
+        experiment = experiments.get(request.experiment)
+        if experiment is None:
+            known = ", ".join(sorted(experiments)) or "none"
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no experiment {request.experiment!r} in the rules (known: {known})",
+            )
+        weights = {v.id: v.weight for v in experiment.variants}
+        metric = request.metric or "ctr"
+        try:
+            report = experiment_report(
+                (record for _, _, record in self.events.events()),
+                request.experiment,
+                weights,
+                metric,  # type: ignore[arg-type]  # checked by experiment_report
+                by=request.by,
+                confidence=request.confidence or 0.95,
+            )
+        except ReportError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return sync_pb2.ReportReply(json=json.dumps(report_document(report)))
+
     # --- events upstream -----------------------------------------------------------------------------
 
     def Forward(
@@ -504,6 +538,39 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             accepted=result.accepted,
             duplicates=result.duplicates,
         )
+
+
+def report_document(report: ExperimentReport) -> dict[str, object]:
+    """The JSON document of `edgewise ctl report --format json` (docs/reports.md)."""
+    holdout = report.holdout
+    return {
+        "experiment": report.experiment,
+        "metric": report.overall.metric,
+        "control": report.overall.control,
+        "confidence": report.overall.confidence,
+        "exposures": report.exposures,
+        "outcomes": report.outcomes,
+        "attributed": report.attributed,
+        "mixed_units": report.mixed_units,
+        "srm": {
+            "chi2": report.overall.srm.chi2,
+            "p_value": report.overall.srm.p_value,
+            "srm": report.overall.srm.srm,
+        },
+        "rows": report.overall.records(),
+        "slices": [r for s in report.slices for r in s.records()],
+        "holdout": None
+        if holdout is None
+        else {
+            "personalized_units": report.holdout_units[0],
+            "holdout_units": report.holdout_units[1],
+            "lift": holdout.absolute,
+            "lift_low": holdout.absolute_low,
+            "lift_high": holdout.absolute_high,
+            "rel_lift": holdout.relative,
+            "p_beat": holdout.p_beat,
+        },
+    }
 
 
 def _for_shard(shard: Shard, changes: list[RecordChange]) -> Iterator[tuple[str, str, bytes | None]]:

@@ -65,6 +65,11 @@ class ControlPlaneStub:
                 request_serializer=edgewise_dot_v1_dot_sync__pb2.StatusRequest.SerializeToString,
                 response_deserializer=edgewise_dot_v1_dot_sync__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/edgewise.v1.ControlPlane/Report',
+                request_serializer=edgewise_dot_v1_dot_sync__pb2.ReportRequest.SerializeToString,
+                response_deserializer=edgewise_dot_v1_dot_sync__pb2.ReportReply.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -116,6 +121,13 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request, context):
+        """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +160,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=edgewise_dot_v1_dot_sync__pb2.StatusRequest.FromString,
                     response_serializer=edgewise_dot_v1_dot_sync__pb2.StatusReply.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=edgewise_dot_v1_dot_sync__pb2.ReportRequest.FromString,
+                    response_serializer=edgewise_dot_v1_dot_sync__pb2.ReportReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +329,33 @@ class ControlPlane:
             '/edgewise.v1.ControlPlane/Status',
             edgewise_dot_v1_dot_sync__pb2.StatusRequest.SerializeToString,
             edgewise_dot_v1_dot_sync__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgewise.v1.ControlPlane/Report',
+            edgewise_dot_v1_dot_sync__pb2.ReportRequest.SerializeToString,
+            edgewise_dot_v1_dot_sync__pb2.ReportReply.FromString,
             options,
             channel_credentials,
             insecure,

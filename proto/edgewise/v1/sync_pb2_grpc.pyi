@@ -63,6 +63,8 @@ class ControlPlaneStub:
     """Ops: the commits in the log, newest first."""
     Status: _grpc.UnaryUnaryMultiCallable[_sync_pb2.StatusRequest, _sync_pb2.StatusReply]
     """Ops: every edge the control plane knows of."""
+    Report: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ReportRequest, _sync_pb2.ReportReply]
+    """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -86,6 +88,8 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """Ops: the commits in the log, newest first."""
     Status: _aio.UnaryUnaryMultiCallable[_sync_pb2.StatusRequest, _sync_pb2.StatusReply]  # type: ignore[assignment]
     """Ops: every edge the control plane knows of."""
+    Report: _aio.UnaryUnaryMultiCallable[_sync_pb2.ReportRequest, _sync_pb2.ReportReply]  # type: ignore[assignment]
+    """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -142,5 +146,13 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sync_pb2.StatusReply, _abc.Awaitable[_sync_pb2.StatusReply]]:
         """Ops: every edge the control plane knows of."""
+
+    @_abc_1.abstractmethod
+    def Report(
+        self,
+        request: _sync_pb2.ReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.ReportReply, _abc.Awaitable[_sync_pb2.ReportReply]]:
+        """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

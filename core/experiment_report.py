@@ -1,0 +1,186 @@
+"""An experiment's report from the records edges forwarded: exposures and Track outcomes, attributed.
+
+Input: the records as the control plane stores them (exposure maps of `core/exposure.py`, Track events
+as `TrackedEvent.encode` maps). Exposures of the experiment give each unit its variant (a unit's first
+exposure decides; a unit seen in two variants is counted in its first and reported as `mixed_units`).
+Outcomes are attributed with `core/attribution.attribute` (decision id, else recency windows). Per
+variant: units exposed, units that converted (a click for `ctr`, a purchase for `conversion`), revenue
+per unit (purchase values, for `revenue`); then `core/report_stats.build_report` (intervals, lift vs
+control, P(beat), SRM against the configured weights). `by` slices by `channel` or `country` (of the
+unit's first exposure). The holdout's lift compares, over every exposure of every placement, units
+served personalized decisions with units in the global holdout.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from edgewise.core.attribution import Exposure, Outcome, attribute
+from edgewise.core.decisions import Fallback
+from edgewise.core.exposure import EXPOSURE_KIND
+from edgewise.core.report_stats import Lift, Metric, Report, VariantCounts, build_report, holdout_lift
+
+__all__ = ["DIMENSIONS", "ExperimentReport", "ReportError", "experiment_report"]
+
+DIMENSIONS: Final = {"channel": "ch", "country": "co"}
+_OUTCOME_OF: Final = {"ctr": "click", "conversion": "purchase", "revenue": "purchase"}
+
+
+class ReportError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentReport:
+    experiment: str
+    overall: Report
+    slices: tuple[Report, ...]
+    holdout: Lift | None
+    holdout_units: tuple[int, int]  # (personalized, holdout)
+    exposures: int
+    outcomes: int
+    attributed: int
+    mixed_units: int
+
+
+def _exposure(r: Mapping[str, Any]) -> Exposure:
+    return Exposure(
+        decision_id=str(r.get("d", "")),
+        unit=str(r.get("u") or r.get("s") or ""),
+        placement=str(r.get("p", "")),
+        campaign=str(r.get("c", "")),
+        experiment=str(r.get("x", "")),
+        variant=str(r.get("v", "")),
+        propensity=float(r.get("pr", 1.0)),
+        items=tuple(str(i) for i in r.get("i", ())),
+        timestamp_ms=int(r.get("ts", 0)),
+        session=str(r.get("s", "")),
+        content_id=str(r.get("ct", "")),
+    )
+
+
+def _outcome(r: Mapping[str, Any]) -> Outcome:
+    return Outcome(
+        event_id=str(r["id"]),
+        type=str(r.get("t", "")),
+        unit=str(r.get("u") or r.get("s") or ""),
+        decision_id=str(r.get("d", "")),
+        placement=str(r.get("p", "")),
+        item_id=str(r.get("i", "")),
+        value=float(r.get("v", 0.0) or 0.0),
+        timestamp_ms=int(r.get("ts", 0)),
+        session=str(r.get("s", "")),
+    )
+
+
+def experiment_report(
+    records: Iterable[Mapping[str, Any]],
+    experiment: str,
+    weights: Mapping[str, float],
+    metric: Metric,
+    *,
+    by: str = "",
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ExperimentReport:
+    """`weights`: the experiment's configured variant weights, control first."""
+    if metric not in _OUTCOME_OF:
+        raise ReportError(f"metric {metric!r} must be one of {', '.join(_OUTCOME_OF)}")
+    if by and by not in DIMENSIONS:
+        raise ReportError(f"--by {by!r}: reports can be sliced by {', '.join(DIMENSIONS)}")
+    if not weights:
+        raise ReportError(f"experiment {experiment!r} has no variants")
+    exposures: list[Exposure] = []
+    outcomes: list[Outcome] = []
+    slice_of: dict[str, str] = {}  # unit -> its first exposure's dimension value
+    all_units: dict[str, bool] = {}  # unit -> in the holdout (any exposure of any placement)
+    for r in records:
+        if r.get("k") == EXPOSURE_KIND:
+            e = _exposure(r)
+            if not e.unit:
+                continue
+            held = int(r.get("f", 0)) == int(Fallback.HOLDOUT)
+            all_units[e.unit] = all_units.get(e.unit, False) or held
+            exposures.append(e)
+            if e.experiment == experiment and by:
+                slice_of.setdefault(e.unit, str(r.get(DIMENSIONS[by], "")) or "(none)")
+        elif "t" in r and "id" in r:
+            outcomes.append(_outcome(r))
+    mine = sorted((e for e in exposures if e.experiment == experiment), key=lambda e: e.timestamp_ms)
+    variant_of: dict[str, str] = {}
+    mixed: set[str] = set()
+    for e in mine:
+        first = variant_of.setdefault(e.unit, e.variant)
+        if first != e.variant:
+            mixed.add(e.unit)
+    unknown = sorted({v for v in variant_of.values() if v not in weights})
+    if unknown:
+        raise ReportError(f"exposures name variants the experiment does not have: {', '.join(unknown[:5])}")
+    wanted = _OUTCOME_OF[metric]
+    converted: set[str] = set()
+    revenue: dict[str, float] = defaultdict(float)
+    attributed = 0
+    converted_any: set[str] = set()
+    for a in attribute([o for o in outcomes if o.type == wanted], exposures):
+        if a.exposure is None:
+            continue
+        converted_any.add(a.exposure.unit)
+        if a.exposure.experiment != experiment or a.exposure.unit not in variant_of:
+            continue
+        attributed += 1
+        converted.add(a.exposure.unit)
+        revenue[a.exposure.unit] += a.outcome.value
+    counts: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
+    for unit, variant in variant_of.items():
+        c = counts[(variant, slice_of.get(unit, ""))]
+        c[0] += 1
+        c[1] += unit in converted
+        c[2] += revenue.get(unit, 0.0)
+        c[3] += revenue.get(unit, 0.0) ** 2
+    cells = [
+        VariantCounts(v, int(c[0]), int(c[1]), c[2], c[3], dimensions=((by, g),) if by else ())
+        for (v, g), c in sorted(counts.items())
+    ]
+    control = next(iter(weights))
+    overall = build_report(cells, control, weights, metric, confidence=confidence, seed=seed)
+    slices: tuple[Report, ...] = ()
+    if by:
+        groups = sorted({g for _, g in counts})
+        slices = tuple(
+            build_report(
+                [c for c in cells if c.dimension(by) == g],
+                control,
+                weights,
+                metric,
+                confidence=confidence,
+                seed=seed,
+                dimension=by,
+                group=g,
+            )
+            for g in groups
+        )
+    personalized = [u for u, held in all_units.items() if not held]
+    holdout = [u for u, held in all_units.items() if held]
+    lift = None
+    if personalized and holdout:
+        lift = holdout_lift(
+            VariantCounts("personalized", len(personalized), sum(u in converted_any for u in personalized)),
+            VariantCounts("holdout", len(holdout), sum(u in converted_any for u in holdout)),
+            "conversion" if metric != "ctr" else "ctr",
+            confidence,
+            seed=seed,
+        )
+    return ExperimentReport(
+        experiment=experiment,
+        overall=overall,
+        slices=slices,
+        holdout=lift,
+        holdout_units=(len(personalized), len(holdout)),
+        exposures=len(mine),
+        outcomes=sum(o.type == wanted for o in outcomes),
+        attributed=attributed,
+        mixed_units=len(mixed),
+    )

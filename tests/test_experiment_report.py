@@ -1,0 +1,170 @@
+"""Experiment reports from forwarded records: a known lift is found, a biased split raises SRM, and
+`edgewise ctl report` counts what real edges served and tracked."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from edgewise.core.experiment_report import ReportError, experiment_report
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+from tests.conftest import EdgeProcess
+from tests.sync_support import ControlProcess, ctl, pushed_version, start_control, versions_reach, wait_for
+
+T0 = 1_780_000_000_000
+
+
+def _records(
+    units: int, shares: dict[str, float], rates: dict[str, float], seed: int, holdout_share: float = 0.0
+) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    names = list(shares)
+    picks = rng.choice(len(names), size=units, p=[shares[n] for n in names])
+    out: list[dict[str, Any]] = []
+    for u in range(units):
+        variant = names[picks[u]]
+        held = rng.random() < holdout_share
+        decision = f"d{u}"
+        country = "DE" if u % 2 else "FR"
+        out.append(
+            {
+                "k": "exposure",
+                "id": f"{decision}:hero",
+                "d": decision,
+                "u": f"u{u}",
+                "s": "",
+                "p": "hero",
+                "c": "camp",
+                "x": "" if held else "exp",
+                "v": "" if held else variant,
+                "pr": 0.5,
+                "f": 7 if held else 0,
+                "i": [],
+                "ch": "web",
+                "co": country,
+                "ts": T0 + u,
+            }
+        )
+        rate = 0.03 if held else rates[variant]
+        if rng.random() < rate:
+            out.append(
+                {
+                    "id": f"c{u}",
+                    "t": "click",
+                    "u": f"u{u}",
+                    "s": "",
+                    "i": "",
+                    "d": decision,
+                    "p": "hero",
+                    "v": 0.0,
+                    "ts": T0 + u + 1000,
+                }
+            )
+    return out
+
+
+def test_a_known_lift_is_detected() -> None:
+    records = _records(40_000, {"control": 0.5, "treat": 0.5}, {"control": 0.05, "treat": 0.065}, seed=1)
+    report = experiment_report(records, "exp", {"control": 1, "treat": 1}, "ctr")
+    treat = report.overall.row("treat")
+    assert treat.lift.absolute_low is not None and treat.lift.absolute_low > 0
+    assert treat.lift.p_beat is not None and treat.lift.p_beat > 0.99
+    assert not report.overall.srm.srm
+    assert report.exposures == 40_000 and report.attributed == report.outcomes
+
+
+def test_no_lift_is_not_claimed_and_a_biased_split_raises_srm() -> None:
+    fair = _records(20_000, {"control": 0.5, "treat": 0.5}, {"control": 0.05, "treat": 0.05}, seed=2)
+    report = experiment_report(fair, "exp", {"control": 1, "treat": 1}, "ctr")
+    row = report.overall.row("treat")
+    assert row.lift.absolute_low is not None and row.lift.absolute_high is not None
+    assert row.lift.absolute_low < 0 < row.lift.absolute_high
+    biased = _records(20_000, {"control": 0.53, "treat": 0.47}, {"control": 0.05, "treat": 0.05}, seed=3)
+    assert experiment_report(biased, "exp", {"control": 1, "treat": 1}, "ctr").overall.srm.srm
+
+
+def test_slices_and_the_holdout() -> None:
+    records = _records(
+        10_000, {"control": 0.5, "treat": 0.5}, {"control": 0.06, "treat": 0.06}, seed=4, holdout_share=0.1
+    )
+    report = experiment_report(records, "exp", {"control": 1, "treat": 1}, "ctr", by="country")
+    assert [s.group for s in report.slices] == ["DE", "FR"]
+    assert sum(r.units for s in report.slices for r in s.rows) == report.exposures
+    personalized, held = report.holdout_units
+    assert personalized + held == 10_000 and 800 < held < 1200
+    assert report.holdout is not None and report.holdout.absolute is not None
+    assert report.holdout.absolute_low is not None and report.holdout.absolute_low > 0  # 6% vs 3%
+    with pytest.raises(ReportError, match="sliced by"):
+        experiment_report(records, "exp", {"control": 1, "treat": 1}, "ctr", by="segment")
+
+
+OPS = {"EDGEWISE_OPS_TOKEN": "ops-rep-1"}
+EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-rep-1"}
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[ControlProcess]:
+    process = start_control(tmp_path / "control", tmp_path / "run", env={**OPS, **EDGE})
+    yield process
+    if process.proc.poll() is None:
+        process.proc.kill()
+        process.proc.wait()
+
+
+def test_ctl_report_counts_what_the_edges_served(
+    control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    os.environ.update(EDGE)
+    edge = edge_factory(
+        tmp_path / "edge", None, "--control", control.address, "--node-id", "e1", "--workers", "1"
+    )
+    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    served: dict[str, str] = {}
+    clicks = 0
+    with grpc.insecure_channel(edge.address) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        for n in range(60):
+            response = stub.Decide(
+                pb.DecideRequest(
+                    session_id=f"s{n}",
+                    consent=["analytics", "personalization"],
+                    context=pb.Context(channel="web", country="DE"),
+                    placements=[pb.PlacementRequest(placement_id="hero_banner")],
+                ),
+                timeout=10,
+            )
+            hero = response.placements[0]
+            if hero.experiment_id != "hero_test":
+                continue
+            served[f"s{n}"] = hero.variant_id
+            if n % 3 == 0:
+                clicks += 1
+                event = pb.Event(
+                    event_id=f"click-{n}",
+                    type="click",
+                    session_id=f"s{n}",
+                    decision_id=response.decision_id,
+                    placement_id="hero_banner",
+                )
+                stub.Track(pb.TrackRequest(events=[event], consent=["analytics"]), timeout=10)
+    assert len(served) > 20
+    status = lambda: json.loads(ctl(control.address, "status", "--json", env=OPS).stdout)["events_total"]  # noqa: E731
+    wait_for(lambda: status() >= 60 + clicks, 20, "exposures and clicks upstream")
+    doc = json.loads(ctl(control.address, "report", "hero_test", "--format", "json", env=OPS).stdout)
+    assert doc["exposures"] == len(served) and doc["attributed"] == clicks
+    units = {r["variant"]: r["units"] for r in doc["rows"]}
+    for variant in set(served.values()):
+        assert units[variant] == sum(v == variant for v in served.values())
+    table = ctl(control.address, "report", "hero_test", env=OPS).stdout
+    assert "experiment hero_test" in table and "p_beat" in table
+    missing = ctl(control.address, "report", "nope", env=OPS, check=False)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr and "hero_test" in missing.stderr
