@@ -19,6 +19,7 @@ __all__ = [
     "activity_key",
     "apply_event",
     "expire",
+    "merge_activity",
 ]
 
 # Types with a built-in meaning. Other well-formed types are accepted and forwarded, and leave
@@ -82,9 +83,34 @@ class TrackedEvent:
                 "p": self.placement_id,
                 "v": self.value,
                 "ts": self.timestamp_ms,
+                "pz": self.personalization,  # whether it may shape the user's activity (fleet-wide too)
             },
             use_bin_type=True,
         )
+
+
+def merge_activity(local: Activity | None, fleet: Activity | None, limits: ActivityLimits) -> Activity | None:
+    """This edge's live activity and the fleet-wide one folded into the profile, as one: per item the
+    newest entry wins, each sequence most recent last and capped. Cart: the newer side's cart wins for
+    an item both know (a removal on one edge is not seen in the other's list, so the union is kept)."""
+    if fleet is None:
+        return local
+    if local is None:
+        return fleet
+
+    def union(a: Pairs, b: Pairs, cap: int) -> Pairs:
+        newest: dict[str, int] = {}
+        for item, ts in (*a, *b):
+            if ts >= newest.get(item, -1):
+                newest[item] = ts
+        return tuple(sorted(newest.items(), key=lambda e: e[1]))[-cap:]
+
+    return Activity(
+        views=union(local.views, fleet.views, limits.max_views),
+        cart=union(local.cart, fleet.cart, limits.max_cart),
+        purchases=union(local.purchases, fleet.purchases, limits.max_purchases),
+        impressions=local.impressions,  # rotation counts stay per edge
+    )
 
 
 def activity_key(user_id: str, session_id: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import partial
 
-from edgewise.core.activity import ActivityLimits, activity_key, expire
+from edgewise.core.activity import ActivityLimits, activity_key, expire, merge_activity
 from edgewise.core.decisions import (
     PERSONALIZATION,
     Context,
@@ -352,6 +352,8 @@ def _consented_inputs(
         return None, None, False
     unit = request.user_id or request.session_id
     activity = view.activity(activity_key(request.user_id, request.session_id)) if unit else None
+    if profile is not None and profile.activity is not None:
+        activity = merge_activity(activity, profile.activity, ACTIVITY_LIMITS)
     if activity is not None and request.now_ms:
         activity = expire(activity, request.now_ms, ACTIVITY_LIMITS)
     return profile, activity, True

@@ -53,12 +53,28 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Activity:
+    """Edge-local live activity of one user or session; every sequence is most recent last."""
+
+    views: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms)
+    cart: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms it was added)
+    purchases: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms)
+    impressions: tuple[tuple[str, int], ...] = ()  # (item id, times shown since its last click)
+
+    def cart_items(self) -> tuple[str, ...]:
+        return tuple(item for item, _ in self.cart)
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileRecord:
     id: str
     version: int
     attributes: Mapping[str, Any]
     consent: Mapping[str, int]  # purpose -> grant time (Unix ms)
     embedding: bytes | None  # float32 little-endian, or None
+    # Fleet-wide activity the control plane folded from every edge's events (None: none yet); merged
+    # with the edge's own live activity when deciding.
+    activity: Activity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,30 +90,17 @@ class ItemRecord:
     flags: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Activity:
-    """Edge-local live activity of one user or session; every sequence is most recent last."""
-
-    views: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms)
-    cart: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms it was added)
-    purchases: tuple[tuple[str, int], ...] = ()  # (item id, Unix ms)
-    impressions: tuple[tuple[str, int], ...] = ()  # (item id, times shown since its last click)
-
-    def cart_items(self) -> tuple[str, ...]:
-        return tuple(item for item, _ in self.cart)
-
-
 def encode_profile(record: ProfileRecord) -> bytes:
-    return msgpack.packb(
-        {
-            "s": PROFILE_SCHEMA,
-            "v": record.version,
-            "a": dict(record.attributes),
-            "c": dict(record.consent),
-            "e": record.embedding,
-        },
-        use_bin_type=True,
-    )
+    doc: dict[str, Any] = {
+        "s": PROFILE_SCHEMA,
+        "v": record.version,
+        "a": dict(record.attributes),
+        "c": dict(record.consent),
+        "e": record.embedding,
+    }
+    if record.activity is not None:  # absent, not null: profiles without it encode as before
+        doc["act"] = _activity_doc(record.activity)
+    return msgpack.packb(doc, use_bin_type=True)
 
 
 def _unpack(buf: bytes | memoryview, what: str) -> dict[str, Any]:
@@ -114,7 +117,9 @@ def decode_profile(user_id: str, buf: bytes | memoryview) -> ProfileRecord:
     obj = _unpack(buf, "profile")
     if obj.get("s") != PROFILE_SCHEMA:
         raise RecordError(f"profile {user_id!r}: unknown schema {obj.get('s')!r}")
-    return ProfileRecord(user_id, obj["v"], obj["a"], obj["c"], obj["e"])
+    act = obj.get("act")
+    activity = _activity_of(act) if isinstance(act, dict) else None
+    return ProfileRecord(user_id, obj["v"], obj["a"], obj["c"], obj["e"], activity)
 
 
 def check_profile(user_id: str, buf: bytes | memoryview) -> None:
@@ -158,21 +163,25 @@ def decode_item(item_id: str, buf: bytes | memoryview) -> ItemRecord:
     )
 
 
+def _activity_doc(activity: Activity) -> dict[str, Any]:
+    return {
+        "s": ACTIVITY_SCHEMA,
+        "views": [list(v) for v in activity.views],
+        "cart": [list(c) for c in activity.cart],
+        "buy": [list(p) for p in activity.purchases],
+        "imp": [list(i) for i in activity.impressions],
+    }
+
+
 def encode_activity(activity: Activity) -> bytes:
-    return msgpack.packb(
-        {
-            "s": ACTIVITY_SCHEMA,
-            "views": [list(v) for v in activity.views],
-            "cart": [list(c) for c in activity.cart],
-            "buy": [list(p) for p in activity.purchases],
-            "imp": [list(i) for i in activity.impressions],
-        },
-        use_bin_type=True,
-    )
+    return msgpack.packb(_activity_doc(activity), use_bin_type=True)
 
 
 def decode_activity(buf: bytes | memoryview) -> Activity:
-    obj = _unpack(buf, "activity")
+    return _activity_of(_unpack(buf, "activity"))
+
+
+def _activity_of(obj: Mapping[str, Any]) -> Activity:
     return Activity(
         tuple((str(i), int(t)) for i, t in obj.get("views", ())),
         tuple((str(i), int(t)) for i, t in obj.get("cart", ())),

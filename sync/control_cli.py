@@ -192,6 +192,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
         store.close()
         return 2
     server.start()
+    service.start_background()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{args.listen.rpartition(':')[0]}:{port}"
@@ -212,6 +213,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
     log("control_stopping")
     health_servicer.enter_graceful_shutdown()
     server.stop(2.0).wait(5.0)
+    service.stop_background()
     store.close()
     events.close()
     log("control_stopped")

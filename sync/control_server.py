@@ -19,8 +19,8 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -28,6 +28,7 @@ import grpc
 import msgpack
 
 from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
+from edgewise.core.records import Activity, decode_profile, encode_profile
 from edgewise.core.rules import compile_rules
 from edgewise.edge.logs import log
 from edgewise.sync.bundle import BundleError, load_bundle
@@ -40,6 +41,7 @@ from edgewise.sync.control_store import (
     RecordChange,
 )
 from edgewise.sync.event_store import EventStore, EventStoreError, event_id_of
+from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
@@ -180,6 +182,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     ) -> None:
         self.store = store
         self.events = events
+
         self.fleet = Fleet()
         self._snapshots = threading.BoundedSemaphore(max_snapshots)
         self._heartbeat_seconds = heartbeat_seconds
@@ -191,6 +194,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self._cache_bytes = 0
         self._cache_budget = cache_bytes
         self._cache_lock = threading.Lock()
+        self.folder = (
+            ProfileFolder(store, events, self._push_lock, self._notify) if events is not None else None
+        )
 
     # --- subscriptions -------------------------------------------------------------------------------
 
@@ -322,6 +328,26 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     self._cache_bytes -= dropped
         return messages
 
+    def start_background(self) -> None:
+        """Start folding forwarded events into profiles (when this control plane stores events)."""
+        if self.folder is not None:
+            self.folder.start()
+
+    def stop_background(self) -> None:
+        if self.folder is not None:
+            self.folder.stop()
+
+    def _fleet_activity(self) -> dict[str, Activity]:
+        """The folded activity of every profile that has some (kept across bundle pushes)."""
+        out: dict[str, Activity] = {}
+        with self.store.read() as view:
+            for key, value in view.items("profiles"):
+                if b"act" in value:  # cheap filter; decode only candidates
+                    activity = decode_profile(key, value).activity
+                    if activity is not None:
+                        out[key] = activity
+        return out
+
     def fleet_nacked(self, entry: EdgeEntry) -> bool:
         return entry.nack_pending
 
@@ -360,7 +386,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     if kind == sync_pb2.PUSH_KIND_BUNDLE:
                         bundle = load_bundle(staging)
                         info = self.store.replace_all(
-                            bundle_records(bundle),
+                            _keep_fleet_activity(bundle_records(bundle), self._fleet_activity()),
                             kind="push",
                             description=description or f"bundle {bundle.version}",
                         )
@@ -571,6 +597,20 @@ def report_document(report: ExperimentReport) -> dict[str, object]:
             "p_beat": holdout.p_beat,
         },
     }
+
+
+def _keep_fleet_activity(
+    records: Iterable[RecordChange], activity: Mapping[str, Activity]
+) -> Iterator[RecordChange]:
+    """A bundle's profiles with the fleet-wide activity folded so far (a bundle does not carry it)."""
+    for record in records:
+        folded = activity.get(record.key) if record.namespace == "profiles" else None
+        if folded is not None and record.value is not None:
+            profile = decode_profile(record.key, record.value)
+            record = RecordChange(
+                record.namespace, record.key, encode_profile(replace(profile, activity=folded))
+            )
+        yield record
 
 
 def _for_shard(shard: Shard, changes: list[RecordChange]) -> Iterator[tuple[str, str, bytes | None]]:

@@ -98,6 +98,16 @@ class EventStore:
             raise EventStoreError(f"the event store at {self.path} is full: {exc}") from exc
         return IngestResult(accepted, duplicates)
 
+    def cursor(self, name: str) -> int:
+        """A consumer's position (the last sequence it processed; 0 at first)."""
+        with self._env.begin() as txn:
+            raw = txn.get(b"cursor:" + name.encode(), db=self._meta)
+        return _SEQ.unpack(raw)[0] if raw is not None else 0
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(b"cursor:" + name.encode(), _SEQ.pack(seq), db=self._meta)
+
     def count(self) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._log)["entries"])

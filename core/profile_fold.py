@@ -1,0 +1,63 @@
+"""Folding forwarded Track events into profiles: the fleet-wide half of live activity.
+
+Pure: given the stored profile record (or None) of a user and that user's new events, in arrival
+order, the new profile record. Only events the caller gave the `personalization` purpose (`pz` in the
+forwarded record) count, as on the edge; an event of a user without a profile creates one whose stored
+consent is that purpose, granted at the event's time (the user just used the site with it). Views,
+cart and purchases follow `core/activity.apply_event` with the same limits, so folding an event twice
+changes nothing more than folding it once (each sequence keeps one entry per item).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from edgewise.core.activity import ActivityLimits, TrackedEvent, apply_event
+from edgewise.core.records import Activity, ProfileRecord, decode_profile, encode_profile
+
+__all__ = ["ACTIVITY_EVENT_TYPES", "fold_profile", "tracked_event"]
+
+ACTIVITY_EVENT_TYPES: Final = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase"})
+_PERSONALIZATION: Final = "personalization"
+
+
+def tracked_event(record: Mapping[str, Any]) -> TrackedEvent:
+    """A forwarded Track event (`TrackedEvent.encode` as a map) back as a TrackedEvent."""
+    return TrackedEvent(
+        event_id=str(record["id"]),
+        type=str(record.get("t", "")),
+        user_id=str(record.get("u", "")),
+        session_id=str(record.get("s", "")),
+        item_id=str(record.get("i", "")),
+        decision_id=str(record.get("d", "")),
+        placement_id=str(record.get("p", "")),
+        value=float(record.get("v", 0.0) or 0.0),
+        timestamp_ms=int(record.get("ts", 0)),
+        personalization=bool(record.get("pz", False)),
+    )
+
+
+def fold_profile(
+    user_id: str, current: bytes | None, events: Iterable[TrackedEvent], limits: ActivityLimits
+) -> bytes | None:
+    """The user's profile record after `events`, or None when nothing changes."""
+    useful = [e for e in events if e.personalization and e.type in ACTIVITY_EVENT_TYPES and e.item_id]
+    if not useful:
+        return None
+    if current is None:
+        first = min(e.timestamp_ms for e in useful)
+        profile = ProfileRecord(user_id, 0, {}, {_PERSONALIZATION: first}, None)
+    else:
+        profile = decode_profile(user_id, current)
+        if _PERSONALIZATION not in profile.consent:
+            return None  # the stored consent says no: the profile is not shaped by activity
+    activity = profile.activity or Activity()
+    for event in sorted(useful, key=lambda e: (e.timestamp_ms, e.event_id)):
+        activity = apply_event(activity, event, limits)
+    if activity == profile.activity:
+        return None
+    updated = ProfileRecord(
+        profile.id, profile.version, profile.attributes, profile.consent, profile.embedding, activity
+    )
+    return encode_profile(updated)

@@ -1,0 +1,99 @@
+"""The control plane's profile folder: forwarded Track events become profile deltas for the fleet.
+
+A thread that, every `interval` seconds, reads the events stored since its cursor (up to `batch`),
+folds each user's events into that user's profile (`core/profile_fold.py`) and commits the changed
+profiles as one commit of kind "delta" (so every edge gets them like any other delta), then moves its
+cursor. The commit and the cursor are two transactions: after a crash between them the same events are
+folded again, which changes nothing more (folding is idempotent per item). It holds the service's push
+lock while it reads and commits, so a push never interleaves with a fold.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from itertools import islice
+from typing import Final
+
+from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.exposure import EXPOSURE_KIND
+from edgewise.core.profile_fold import fold_profile, tracked_event
+from edgewise.edge.logs import log
+from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
+from edgewise.sync.event_store import EventStore
+
+__all__ = ["CURSOR", "ProfileFolder"]
+
+CURSOR: Final = "profiles"
+
+
+class ProfileFolder:
+    def __init__(
+        self,
+        store: ControlStore,
+        events: EventStore,
+        lock: AbstractContextManager[object],
+        on_commit: Callable[[], None],
+        *,
+        interval: float = 0.1,
+        batch: int = 20_000,
+        limits: ActivityLimits | None = None,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self._lock = lock
+        self._on_commit = on_commit
+        self.interval = interval
+        self.batch = batch
+        self.limits = limits or ActivityLimits()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="profile-fold", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                while self.fold_once() is not None and not self._stop.is_set():
+                    pass
+            except Exception as exc:
+                log("profile_fold_failed", level="error", error=repr(exc))
+
+    def fold_once(self) -> CommitInfo | int | None:
+        """Fold the next batch: its commit, the last sequence folded when no profile changed, or None
+        when there was nothing new."""
+        after = self.events.cursor(CURSOR)
+        rows = list(islice(self.events.events(after), self.batch))
+        if not rows:
+            return None
+        by_user: dict[str, list[TrackedEvent]] = {}
+        for _, _, record in rows:
+            if record.get("k") == EXPOSURE_KIND:
+                continue
+            event = tracked_event(record)
+            if event.user_id:
+                by_user.setdefault(event.user_id, []).append(event)
+        last = rows[-1][0]
+        info: CommitInfo | None = None
+        with self._lock:
+            with self.store.read() as view:
+                changes = [
+                    RecordChange("profiles", user, new)
+                    for user, events in by_user.items()
+                    if (new := fold_profile(user, view.get("profiles", user), events, self.limits))
+                    is not None
+                ]
+            if changes:
+                info = self.store.commit(changes, kind="delta", description=f"events folded up to {last}")
+        self.events.set_cursor(CURSOR, last)
+        if info is not None:
+            log("profiles_folded", version=info.version, profiles=info.changes, events_to=last)
+            self._on_commit()
+            return info
+        return last
