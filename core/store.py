@@ -51,6 +51,9 @@ EDGE_LOCAL: Final = ("activity", "events", "outbox")
 NAMESPACES: Final = (*REPLICATED, *EDGE_LOCAL, "meta")
 
 _VERSION_KEY: Final = b"version"
+FORGOTTEN_KEY: Final = (
+    b"forgotten"  # ("rules", "forgotten"): users forgotten fleet-wide (sync/control_store.py)
+)
 _SNAPSHOT_KEY: Final = b"snapshot"
 _OUTBOX_SEQ_KEY: Final = b"outbox_seq"
 _U64: Final = struct.Struct("<Q")
@@ -69,6 +72,25 @@ class TrackResult:
     accepted: int
     duplicates: int
     new: tuple[bool, ...] = ()  # per event, in order: True = stored now, False = a duplicate
+
+
+def _forget_users(txn: Any, dbs: Mapping[str, Any], users: Sequence[str]) -> None:
+    """Purge this node's own copies of forgotten users: profile, live activity, queued outbox entries."""
+    if not users:
+        return
+    wanted = set(users)
+    for user in users:
+        txn.delete(user.encode(), db=dbs["profiles"])
+        txn.delete(activity_key(user, "").encode(), db=dbs["activity"])
+    with txn.cursor(db=dbs["outbox"]) as cursor:
+        positioned = cursor.first()
+        while positioned:
+            record = msgpack.unpackb(cursor.value(), raw=False)
+            if isinstance(record, dict) and record.get("u") in wanted:
+                cursor.delete()
+                positioned = bool(cursor.key())
+            else:
+                positioned = cursor.next()
 
 
 class ReadView:
@@ -245,8 +267,18 @@ class Store:
         """
         dbs = self._dbs
         touched_shared = snapshot
+        changes = list(changes)
+        forgotten = next(
+            (v for ns, k, v in changes if ns == "rules" and k == FORGOTTEN_KEY and v is not None), None
+        )
         try:
             with self._env.begin(write=True) as txn:
+                if forgotten is not None:
+                    old = txn.get(FORGOTTEN_KEY, db=dbs["rules"])
+                    known = set(msgpack.unpackb(old, raw=False)) if old is not None else set()
+                    _forget_users(
+                        txn, dbs, [u for u in msgpack.unpackb(forgotten, raw=False) if u not in known]
+                    )
                 if snapshot:
                     for name in REPLICATED:
                         txn.drop(dbs[name], delete=False)

@@ -49,7 +49,17 @@ log = logging.getLogger(__name__)
 CONTROL_PLANE_SERVICE: Final = "edgewise.v1.ControlPlane"
 ALL_METHODS: Final = tuple(
     f"/{CONTROL_PLANE_SERVICE}/{name}"
-    for name in ("Subscribe", "Forward", "Push", "Rollback", "History", "Status", "Report")
+    for name in (
+        "Subscribe",
+        "Forward",
+        "Push",
+        "Rollback",
+        "History",
+        "Status",
+        "Report",
+        "Forget",
+        "ForgetStatus",
+    )
 )
 EDGE_METHODS: Final = (f"/{CONTROL_PLANE_SERVICE}/Subscribe", f"/{CONTROL_PLANE_SERVICE}/Forward")
 OPS_ONLY_METHODS: Final = tuple(m for m in ALL_METHODS if m not in EDGE_METHODS)

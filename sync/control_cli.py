@@ -255,6 +255,14 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
     report.add_argument("--by", choices=("channel", "country"), default="", help="also one table per value")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    forget = sub.add_parser(
+        "forget",
+        help="forget a user everywhere (profile, activity, outbox, stored events), or --status",
+        description="Right to be forgotten: a tombstone no later push or rollback undoes (docs/sync.md).",
+    )
+    forget.add_argument("user_id", nargs="?", metavar="USER_ID")
+    forget.add_argument("--status", action="store_true", help="which edges confirmed each forget")
+    forget.add_argument("--json", action="store_true", help="print JSON (with --status)")
     history = sub.add_parser("history", help="the commits in the log, newest first")
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--json", action="store_true", help="print JSON")
@@ -370,6 +378,39 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
         print(
             f"rolled back to the state of version {args.version}: "
             f"new version {reply.version}, {reply.changes} changes"
+        )
+        return 0
+    if command == "forget":
+        if args.status:
+            users = stub.ForgetStatus(
+                sync_pb2.ForgetStatusRequest(), metadata=meta, timeout=args.timeout
+            ).users
+            rows = [
+                {
+                    "user_id": u.user_id,
+                    "version": u.version,
+                    "confirmed": list(u.confirmed),
+                    "pending": list(u.pending),
+                }
+                for u in users
+            ]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in rows:
+                    print(
+                        f"{r['user_id']}: version {r['version']}; "
+                        f"confirmed by {', '.join(r['confirmed']) or '-'}; "
+                        f"pending on {', '.join(r['pending']) or '-'}"
+                    )
+            return 0
+        if not args.user_id:
+            return _fail("forget needs a USER_ID (or --status)")
+        done = stub.Forget(sync_pb2.ForgetRequest(user_id=args.user_id), metadata=meta, timeout=args.timeout)
+        print(
+            f"forgot {args.user_id}: version {done.version} "
+            f"({done.events_removed} stored events removed upstream); "
+            "edges purge it when they apply that version (see forget --status)"
         )
         return 0
     if command == "report":

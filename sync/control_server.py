@@ -529,6 +529,38 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return sync_pb2.ReportReply(json=json.dumps(report_document(report)))
 
+    def Forget(self, request: sync_pb2.ForgetRequest, context: grpc.ServicerContext) -> sync_pb2.ForgetReply:
+        user = request.user_id
+        if not user or len(user.encode()) > 400:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-400 bytes")
+        with self._push_lock:
+            try:
+                info = self.store.forget(user)
+            except ControlStoreError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"forget not applied: {exc}")
+            removed = self.events.forget(user) if self.events is not None else 0
+        self._notify()
+        version = info.version if info is not None else self.store.forgotten().get(user, 0)
+        log("user_forgotten", version=version, events_removed=removed)  # never the user id in logs
+        return sync_pb2.ForgetReply(version=version, events_removed=removed)
+
+    def ForgetStatus(
+        self, request: sync_pb2.ForgetStatusRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.ForgetStatusReply:
+        edges = self.fleet.status(self.store.head_version())
+        users = []
+        for user, version in sorted(self.store.forgotten().items()):
+            done = [e.node_id for e in edges if e.applied_version >= version]
+            users.append(
+                sync_pb2.ForgottenUser(
+                    user_id=user,
+                    version=version,
+                    confirmed=done,
+                    pending=[e.node_id for e in edges if e.node_id not in done],
+                )
+            )
+        return sync_pb2.ForgetStatusReply(users=users)
+
     # --- events upstream -----------------------------------------------------------------------------
 
     def Forward(

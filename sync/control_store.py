@@ -15,6 +15,8 @@ completely or not at all, and a reader sees a consistent state and version):
 - `commits`: 8-byte big-endian version -> msgpack map of the `CommitInfo` fields except `version`.
 - `snapshots`: 8-byte big-endian version + 1 namespace byte + key -> value, the full state at that
   version.
+- `forgotten`: profile key -> 8-byte version of its forget commit: users `forget` removed; their profile is
+  never written again and `("rules", "forgotten")` lists them for the edges.
 - `meta`: `layout` -> b"1"; `lineage` -> a random id made when the store is created (versions are only
   comparable within one lineage: an edge whose version came from another store gets a snapshot);
   `head` and `log_start` -> 8-byte big-endian; `snapshots` -> msgpack list of
@@ -58,7 +60,8 @@ __all__ = [
 ]
 
 REPLICATED: Final = ("profiles", "items", "models", "rules")
-KINDS: Final = ("push", "delta", "rollback")
+KINDS: Final = ("push", "delta", "rollback", "forget")
+FORGOTTEN_KEY: Final = "forgotten"  # ("rules", "forgotten"): msgpack list of forgotten user ids
 
 _U64: Final = struct.Struct(">Q")  # big-endian: keys sort by number
 _LMDB_MAX_KEY: Final = 511  # LMDB's default compile-time key limit
@@ -106,6 +109,7 @@ class _Dbs:
     commits: Any
     snapshots: Any
     meta: Any
+    forgotten: Any
 
 
 # -- encoding ------------------------------------------------------------------------------------------
@@ -189,6 +193,24 @@ def _decode_commit(key: bytes, raw: bytes) -> CommitInfo:
         created_at_ms=int(fields["created_at_ms"]),
         description=str(fields["description"]),
     )
+
+
+def _purge_profile(txn: Any, dbs: _Dbs, user_id: str, raw_key: bytes) -> None:
+    """Remove every logged value and every snapshot copy of one profile (for forget). A logged upsert
+    becomes a tombstone (the commit keeps its number of changes; replaying it now deletes the profile)."""
+    redacted = _encode_change("profiles", user_id, None)
+    with txn.cursor(db=dbs.log) as cursor:
+        hits = [
+            bytes(key)
+            for key, raw in cursor
+            if (change := _decode_change(raw)).namespace == "profiles"
+            and change.key == user_id
+            and change.value is not None
+        ]
+    for key in hits:
+        txn.put(key, redacted, db=dbs.log)
+    for version in _snapshot_list(txn, dbs):
+        txn.delete(_snapshot_prefix(version, "profiles") + raw_key, db=dbs.snapshots)
 
 
 def _snapshot_prefix(version: int, namespace: str) -> bytes:
@@ -277,7 +299,18 @@ class _Batch:
         self.base_version = _meta_u64(txn, dbs, _META_HEAD)
         self.seq = self.base_version
 
+    def _owned(self, namespace: str, key: str, raw_key: bytes) -> bool:
+        """Keys only `forget` writes: a forgotten profile, and the list of forgotten users."""
+        if namespace == "profiles":
+            return self._txn.get(raw_key, db=self._dbs.forgotten) is not None
+        return namespace == "rules" and key == FORGOTTEN_KEY
+
     def put(self, namespace: str, key: str, raw_key: bytes, value: bytes) -> None:
+        if self._owned(namespace, key, raw_key):
+            return
+        self.put_owned(namespace, key, raw_key, value)
+
+    def put_owned(self, namespace: str, key: str, raw_key: bytes, value: bytes) -> None:
         db = self._dbs.state[namespace]
         if self._txn.get(raw_key, db=db) == value:
             return
@@ -285,6 +318,8 @@ class _Batch:
         self._log(namespace, key, value)
 
     def delete(self, namespace: str, key: str, raw_key: bytes) -> None:
+        if namespace == "rules" and key == FORGOTTEN_KEY:
+            return
         if self._txn.delete(raw_key, db=self._dbs.state[namespace]):
             self._log(namespace, key, None)
 
@@ -294,7 +329,7 @@ class _Batch:
             positioned = cursor.first()
             while positioned:
                 raw_key = cursor.key()
-                if raw_key in keep:
+                if raw_key in keep or (namespace == "rules" and raw_key == FORGOTTEN_KEY.encode()):
                     positioned = cursor.next()
                     continue
                 cursor.delete()  # moves to the next key
@@ -410,6 +445,7 @@ class ControlStore:
                 log=env.open_db(b"log"),
                 commits=env.open_db(b"commits"),
                 snapshots=env.open_db(b"snapshots"),
+                forgotten=env.open_db(b"forgotten"),
                 meta=env.open_db(b"meta"),
             )
         except (OSError, lmdb.Error) as exc:
@@ -535,6 +571,34 @@ class ControlStore:
             overlay = self._log_overlay(txn, base, version)
             records = self._state_at(txn, base, overlay)
             return self._replace_in(txn, records, "rollback", text)
+
+    def forget(self, user_id: str) -> CommitInfo | None:
+        """Forget a user in one write transaction: the profile is deleted (a tombstone edges apply), and
+        every copy of it in the change log and the retained snapshots is purged; the user joins the
+        forgotten list (`("rules", "forgotten")`, which edges apply by purging their own copies), and
+        no later push, delta or rollback can bring the profile back."""
+        raw_key = _encode_key("profiles", user_id)
+        with self._write() as txn:
+            dbs = self._dbs
+            already = txn.get(raw_key, db=dbs.forgotten) is not None
+            if not already:
+                txn.put(raw_key, _pack_u64(0), db=dbs.forgotten)  # the commit's version, below
+            _purge_profile(txn, dbs, user_id, raw_key)
+            batch = _Batch(txn, dbs)
+            if txn.delete(raw_key, db=dbs.state["profiles"]):
+                batch._log("profiles", user_id, None)
+            if not already:
+                ids = [bytes(k).decode() for k, _ in txn.cursor(db=dbs.forgotten)]
+                batch.put_owned("rules", FORGOTTEN_KEY, FORGOTTEN_KEY.encode(), msgpack.packb(ids))
+            info = batch.finish("forget", f"forget {user_id}")
+            if info is not None:
+                txn.put(raw_key, _pack_u64(info.version), db=dbs.forgotten)
+            return info
+
+    def forgotten(self) -> dict[str, int]:
+        """Forgotten user id -> the version of its forget commit."""
+        with self._env.begin() as txn:
+            return {bytes(k).decode(): _unpack_u64(v) for k, v in txn.cursor(db=self._dbs.forgotten)}
 
     def compact(self) -> int:
         """Drop the oldest whole commits from the log while it holds more than `retain_log_changes`

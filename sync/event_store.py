@@ -108,6 +108,23 @@ class EventStore:
         with self._env.begin(write=True) as txn:
             txn.put(b"cursor:" + name.encode(), _SEQ.pack(seq), db=self._meta)
 
+    def forget(self, user_id: str) -> int:
+        """Delete every stored record (events and exposures) of one user, and their ids; return how many."""
+        removed = 0
+        with self._env.begin(write=True) as txn, txn.cursor(db=self._log) as cursor:
+            positioned = cursor.first()
+            while positioned:
+                record = msgpack.unpackb(cursor.value(), raw=False)
+                payload = msgpack.unpackb(record["e"], raw=False)
+                if isinstance(payload, dict) and payload.get("u") == user_id:
+                    txn.delete(str(payload.get("id", "")).encode(), db=self._ids)
+                    cursor.delete()
+                    removed += 1
+                    positioned = bool(cursor.key())
+                else:
+                    positioned = cursor.next()
+        return removed
+
     def count(self) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._log)["entries"])

@@ -65,6 +65,16 @@ class ControlPlaneStub:
                 request_serializer=edgewise_dot_v1_dot_sync__pb2.StatusRequest.SerializeToString,
                 response_deserializer=edgewise_dot_v1_dot_sync__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/edgewise.v1.ControlPlane/Forget',
+                request_serializer=edgewise_dot_v1_dot_sync__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=edgewise_dot_v1_dot_sync__pb2.ForgetReply.FromString,
+                _registered_method=True)
+        self.ForgetStatus = channel.unary_unary(
+                '/edgewise.v1.ControlPlane/ForgetStatus',
+                request_serializer=edgewise_dot_v1_dot_sync__pb2.ForgetStatusRequest.SerializeToString,
+                response_deserializer=edgewise_dot_v1_dot_sync__pb2.ForgetStatusReply.FromString,
+                _registered_method=True)
         self.Report = channel.unary_unary(
                 '/edgewise.v1.ControlPlane/Report',
                 request_serializer=edgewise_dot_v1_dot_sync__pb2.ReportRequest.SerializeToString,
@@ -121,6 +131,20 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forget(self, request, context):
+        """Ops: forget a user on the control plane and every edge (a tombstone no push or rollback undoes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetStatus(self, request, context):
+        """Ops: which edges confirmed each forget (applied its version).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Report(self, request, context):
         """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md).
         """
@@ -160,6 +184,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=edgewise_dot_v1_dot_sync__pb2.StatusRequest.FromString,
                     response_serializer=edgewise_dot_v1_dot_sync__pb2.StatusReply.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=edgewise_dot_v1_dot_sync__pb2.ForgetRequest.FromString,
+                    response_serializer=edgewise_dot_v1_dot_sync__pb2.ForgetReply.SerializeToString,
+            ),
+            'ForgetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetStatus,
+                    request_deserializer=edgewise_dot_v1_dot_sync__pb2.ForgetStatusRequest.FromString,
+                    response_serializer=edgewise_dot_v1_dot_sync__pb2.ForgetStatusReply.SerializeToString,
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
@@ -329,6 +363,60 @@ class ControlPlane:
             '/edgewise.v1.ControlPlane/Status',
             edgewise_dot_v1_dot_sync__pb2.StatusRequest.SerializeToString,
             edgewise_dot_v1_dot_sync__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgewise.v1.ControlPlane/Forget',
+            edgewise_dot_v1_dot_sync__pb2.ForgetRequest.SerializeToString,
+            edgewise_dot_v1_dot_sync__pb2.ForgetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgewise.v1.ControlPlane/ForgetStatus',
+            edgewise_dot_v1_dot_sync__pb2.ForgetStatusRequest.SerializeToString,
+            edgewise_dot_v1_dot_sync__pb2.ForgetStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,10 @@ class ControlPlaneStub:
     """Ops: the commits in the log, newest first."""
     Status: _grpc.UnaryUnaryMultiCallable[_sync_pb2.StatusRequest, _sync_pb2.StatusReply]
     """Ops: every edge the control plane knows of."""
+    Forget: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ForgetRequest, _sync_pb2.ForgetReply]
+    """Ops: forget a user on the control plane and every edge (a tombstone no push or rollback undoes)."""
+    ForgetStatus: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ForgetStatusRequest, _sync_pb2.ForgetStatusReply]
+    """Ops: which edges confirmed each forget (applied its version)."""
     Report: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ReportRequest, _sync_pb2.ReportReply]
     """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
 
@@ -88,6 +92,10 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """Ops: the commits in the log, newest first."""
     Status: _aio.UnaryUnaryMultiCallable[_sync_pb2.StatusRequest, _sync_pb2.StatusReply]  # type: ignore[assignment]
     """Ops: every edge the control plane knows of."""
+    Forget: _aio.UnaryUnaryMultiCallable[_sync_pb2.ForgetRequest, _sync_pb2.ForgetReply]  # type: ignore[assignment]
+    """Ops: forget a user on the control plane and every edge (a tombstone no push or rollback undoes)."""
+    ForgetStatus: _aio.UnaryUnaryMultiCallable[_sync_pb2.ForgetStatusRequest, _sync_pb2.ForgetStatusReply]  # type: ignore[assignment]
+    """Ops: which edges confirmed each forget (applied its version)."""
     Report: _aio.UnaryUnaryMultiCallable[_sync_pb2.ReportRequest, _sync_pb2.ReportReply]  # type: ignore[assignment]
     """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
 
@@ -146,6 +154,22 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sync_pb2.StatusReply, _abc.Awaitable[_sync_pb2.StatusReply]]:
         """Ops: every edge the control plane knows of."""
+
+    @_abc_1.abstractmethod
+    def Forget(
+        self,
+        request: _sync_pb2.ForgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.ForgetReply, _abc.Awaitable[_sync_pb2.ForgetReply]]:
+        """Ops: forget a user on the control plane and every edge (a tombstone no push or rollback undoes)."""
+
+    @_abc_1.abstractmethod
+    def ForgetStatus(
+        self,
+        request: _sync_pb2.ForgetStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.ForgetStatusReply, _abc.Awaitable[_sync_pb2.ForgetStatusReply]]:
+        """Ops: which edges confirmed each forget (applied its version)."""
 
     @_abc_1.abstractmethod
     def Report(

@@ -1,0 +1,120 @@
+"""Right to be forgotten: `edgewise ctl forget USER_ID` removes the user from the control plane and every
+edge (profile, live activity, outbox, stored events), and no rollback or push brings it back."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import msgpack
+import pytest
+
+from edgewise.core.store import Store
+from edgewise.sync.control_store import ControlStore
+from edgewise.sync.event_store import EventStore
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+from tests.conftest import EdgeProcess
+from tests.sync_support import ControlProcess, ctl, pushed_version, start_control, versions_reach, wait_for
+
+OPS = {"EDGEWISE_OPS_TOKEN": "ops-fg-1"}
+EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-fg-1"}
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[ControlProcess]:
+    process = start_control(tmp_path / "control", tmp_path / "run", env={**OPS, **EDGE})
+    yield process
+    if process.proc.poll() is None:
+        process.proc.kill()
+        process.proc.wait()
+
+
+def _edge(edge_factory: Callable[..., EdgeProcess], data: Path, address: str, node: str) -> EdgeProcess:
+    os.environ.update(EDGE)
+    return edge_factory(data, None, "--control", address, "--node-id", node, "--workers", "1")
+
+
+def _holds(data: Path, user: str) -> list[str]:
+    """What an edge's store still holds of `user`."""
+    found = []
+    with Store(data, readonly=True) as store, store.read() as view:
+        if view.profile(user) is not None:
+            found.append("profile")
+        if view.activity(f"u:{user}") is not None:
+            found.append("activity")
+    for _, payload in Store(data, readonly=True).outbox_batch(1_000_000):
+        if msgpack.unpackb(payload, raw=False).get("u") == user:
+            found.append("outbox")
+            break
+    return found
+
+
+def test_forget_removes_the_user_everywhere_and_rollback_does_not_bring_it_back(
+    control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    v1 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    datas = [tmp_path / "a", tmp_path / "b"]
+    a = _edge(edge_factory, datas[0], control.address, "edge-a")
+    b = _edge(edge_factory, datas[1], control.address, "edge-b")
+    wait_for(versions_reach(datas, v1), 20, "edges at the push")
+    profiles = [json.loads(line) for line in (bundle_dir / "profiles.jsonl").read_text().splitlines()]
+    user = next(p["id"] for p in profiles if "personalization" in p["consent"])
+    with grpc.insecure_channel(a.address) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        events = [pb.Event(event_id=f"fg-{n}", type="view", user_id=user, item_id=f"i{n}") for n in range(5)]
+        stub.Track(pb.TrackRequest(events=events, consent=["analytics", "personalization"]), timeout=10)
+        stub.Decide(
+            pb.DecideRequest(
+                user_id=user,
+                consent=["analytics", "personalization"],
+                placements=[pb.PlacementRequest(placement_id="home")],
+            ),
+            timeout=10,
+        )
+    status = lambda: json.loads(ctl(control.address, "status", "--json", env=OPS).stdout)  # noqa: E731
+    wait_for(lambda: status()["events_total"] >= 6, 20, "events and the exposure upstream")
+    assert "activity" in _holds(datas[0], user)
+
+    done = ctl(control.address, "forget", user, env=OPS)
+    version = int(done.stdout.split("version ")[1].split(" ")[0])
+    assert "stored events removed upstream" in done.stdout
+    wait_for(versions_reach(datas, version), 20, "edges at the forget")
+    for data in datas:
+        assert _holds(data, user) == []
+    forgotten = json.loads(ctl(control.address, "forget", "--status", "--json", env=OPS).stdout)
+    assert forgotten == [
+        {"user_id": user, "version": version, "confirmed": ["edge-a", "edge-b"], "pending": []}
+    ]
+    with grpc.insecure_channel(b.address) as channel:
+        response = pb_grpc.PersonalizerStub(channel).Decide(
+            pb.DecideRequest(
+                user_id=user,
+                consent=["personalization"],
+                placements=[pb.PlacementRequest(placement_id="home")],
+            ),
+            timeout=10,
+        )
+    assert response.placements[0].fallback_reason == pb.FALLBACK_REASON_UNKNOWN_USER
+
+    # a rollback to before the forget and a new push of the same bundle do not bring the profile back
+    ctl(control.address, "rollback", str(v1), env=OPS)
+    v3 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    head = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)["head_version"]
+    wait_for(versions_reach(datas, head), 20, "edges at the rollback and push")
+    for data in datas:
+        assert _holds(data, user) == []
+    assert v3 >= version  # both changed nothing: the forgotten profile was not brought back
+    control.stop()
+    with ControlStore(control.data) as store:
+        with store.read() as view:
+            assert view.get("profiles", user) is None
+        for _, changes in store.commits_after(0):
+            assert all(c.value is None for c in changes if c.namespace == "profiles" and c.key == user)
+        assert store.snapshot_versions()  # retained snapshots exist (the rollback above used one)
+        assert user in store.forgotten()
+    with EventStore(control.data / "events") as events:
+        assert all(e.get("u") != user for _, _, e in events.events())
