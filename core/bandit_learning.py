@@ -1,0 +1,699 @@
+"""Bandit learning: posteriors updated from attributed rewards, published as new rules documents.
+
+Pure: no I/O, no clock (the caller passes counts and times). The control plane feeds a `BanditStats`
+with the bandit exposures the edges forward and the outcomes attributed to them
+(`edgewise.core.attribution`); when a `LearningSchedule` says so it takes the counts gathered since the
+last publish (`BanditStats.take`), folds them into the rules document (`update_rules_doc`) and pushes
+that document to the edges (a delta line `{"op": "upsert", "rules": ...}`, see docs/delta-format.md;
+`rules_delta_line`). The edges compile it like any rules document, so the new posteriors and their
+propensities take effect with the next version.
+
+Counting. The unit of learning is one exposure: one placement of one decision that served a bandit arm
+(the exposure record's `id` "<decision id>:<placement>", experiment `x` = bandit id, variant `v` = arm
+id). Counts are kept per (bandit id, segment or None, arm id):
+
+- impressions: each exposure counts once, however often it is delivered (de-duplicated by its id);
+- rewards: an exposure is rewarded when at least one outcome of a reward type (`reward_types`, default
+  just "click") is attributed to it; it counts at most once however many such outcomes arrive (a
+  repeated click, a duplicated event, a click and a purchase), so rewards never exceed impressions and
+  the reward stays Bernoulli, as the Beta posteriors assume. Per reward type, each exposure is also
+  counted at most once (`rewards_by_type`, for reporting).
+
+A reward may arrive after its exposure was already counted and published (as a non-reward); the next
+batch then carries one more reward and no new impression for that arm, so alpha gains 1 and beta loses 1
+and the cumulative posterior is exactly what counting everything at once would give (without decay).
+
+The segment of an exposure is the segment whose posteriors served it: the edge uses the first segment of
+the bandit (in sorted order) that the request matched, else the global posteriors. Exposure records do
+not carry it, so the caller passes it (None: the global posteriors). Counts under a segment the bandit
+does not have in the document being updated go to the global posteriors, which are what served them.
+
+Memory: the stats remember every exposure id they counted (to de-duplicate exposures and rewards), at
+most `max_exposures` of them, oldest first out. A reward for an exposure no longer remembered is not
+counted (`add_reward`), so the bound must cover the exposures of at least the longest attribution window.
+
+Updating (`update_bandit_doc`), per arm and per set of posteriors (global, each segment), with
+prior (a0, b0), the previous document's (alpha, beta) and the new counts (n impressions, r rewards):
+
+    alpha' = a0 + decay * (alpha - a0) + r
+    beta'  = b0 + decay * (beta - b0) + (n - r)
+
+With decay = 1 and a document that started at the prior this is alpha = a0 + all rewards,
+beta = b0 + all non-rewarded impressions. decay < 1 forgets exponentially per publish (the previous
+evidence counts decay^k after k more publishes), so a posterior follows an arm whose rate changes; the
+effective memory is about 1 / (1 - decay) publishes, which depends on how often one publishes. Results
+outside [MIN_SHAPE, max_shape] are brought inside: when alpha or beta exceeds max_shape both are scaled
+down by the same factor (the posterior mean is kept), then each is raised to at least MIN_SHAPE.
+
+`simulate` closes the loop with the real policy (`compile_bandit`, `BanditPolicy.choose`) against known
+arm rates and reports regret; `python -m edgewise.core.bandit_learning` prints the benchmark table
+quoted in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from edgewise.core.attribution import Attributed, Exposure
+from edgewise.core.bandits import MAX_SHAPE, MIN_SHAPE, BanditError, compile_bandit
+
+__all__ = [
+    "DEFAULT_REWARD_TYPES",
+    "ArmCounts",
+    "ArmKey",
+    "BanditCounts",
+    "BanditStats",
+    "LearningSchedule",
+    "SimulationResult",
+    "exposure_id",
+    "posterior_means",
+    "rules_delta_line",
+    "simulate",
+    "update_bandit_doc",
+    "update_rules_doc",
+]
+
+DEFAULT_REWARD_TYPES: Final = frozenset({"click"})
+
+ArmKey = tuple[str, str | None, str]
+"""(bandit id, segment or None for the global posteriors, arm id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmCounts:
+    """Impressions and rewards of one arm. In a batch taken after late rewards, `rewards` may exceed
+    `impressions` (the impressions were counted in an earlier batch)."""
+
+    impressions: int = 0
+    rewards: int = 0
+
+
+_ZERO: Final = ArmCounts()
+
+
+@dataclass(frozen=True)
+class BanditCounts:
+    """Counts per (bandit id, segment, arm id): what `update_bandit_doc` folds into the posteriors."""
+
+    arms: Mapping[ArmKey, ArmCounts] = field(default_factory=dict)
+
+    def get(self, bandit_id: str, segment: str | None, arm_id: str) -> ArmCounts:
+        return self.arms.get((bandit_id, segment, arm_id), _ZERO)
+
+    @property
+    def impressions(self) -> int:
+        return sum(c.impressions for c in self.arms.values())
+
+    @property
+    def rewards(self) -> int:
+        return sum(c.rewards for c in self.arms.values())
+
+    def bandits(self) -> frozenset[str]:
+        return frozenset(key[0] for key in self.arms)
+
+    def __iter__(self) -> Iterator[tuple[ArmKey, ArmCounts]]:
+        return iter(sorted(self.arms.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])))
+
+
+class _Seen:
+    """What the stats remember of one counted exposure."""
+
+    __slots__ = ("key", "rewarded", "types")
+
+    def __init__(self, key: ArmKey) -> None:
+        self.key = key
+        self.rewarded = False
+        self.types: set[str] = set()
+
+
+def exposure_id(exposure: Exposure) -> str:
+    """The de-duplication id of an exposure, as in exposure records: "<decision id>:<placement>"."""
+    return f"{exposure.decision_id}:{exposure.placement}"
+
+
+class BanditStats:
+    """Impressions and rewards per (bandit, segment, arm), each exposure and each reward counted once.
+
+    `bandit_ids`: when given, only exposures of these bandits count (an exposure's experiment id may be an
+    experiment's, not a bandit's). `reward_types`: the outcome types that reward an exposure. Counts
+    accumulate until `take` (the batch since the last publish) and into the running totals (`totals`).
+    """
+
+    def __init__(
+        self,
+        *,
+        reward_types: Collection[str] = DEFAULT_REWARD_TYPES,
+        bandit_ids: Collection[str] | None = None,
+        max_exposures: int = 1_000_000,
+    ) -> None:
+        if not reward_types:
+            raise ValueError("reward_types must name at least one outcome type")
+        if max_exposures < 1:
+            raise ValueError("max_exposures must be >= 1")
+        self.reward_types: Final = frozenset(reward_types)
+        self.bandit_ids: Final = None if bandit_ids is None else frozenset(bandit_ids)
+        self.max_exposures: Final = max_exposures
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._pending: dict[ArmKey, list[int]] = {}
+        self._totals: dict[ArmKey, list[int]] = {}
+        self._by_type: dict[tuple[ArmKey, str], int] = {}
+        self.new_exposures = 0
+        """Exposures counted since the last `take`."""
+        self.new_rewards = 0
+        """Rewards counted since the last `take`."""
+
+    # --- input -----------------------------------------------------------------------------------
+
+    def add_exposure(self, exposure_id: str, bandit_id: str, arm_id: str, segment: str | None = None) -> bool:
+        """Count one impression of `arm_id`; False (nothing counted) for an id already counted or a bandit
+        outside `bandit_ids`."""
+        if not exposure_id or not bandit_id or not arm_id:
+            raise ValueError("exposure_id, bandit_id and arm_id must be non-empty")
+        if exposure_id in self._seen or (self.bandit_ids is not None and bandit_id not in self.bandit_ids):
+            return False
+        key: ArmKey = (bandit_id, segment or None, arm_id)
+        self._seen[exposure_id] = _Seen(key)
+        if len(self._seen) > self.max_exposures:
+            self._seen.popitem(last=False)
+        self._count(key, 0)
+        self.new_exposures += 1
+        return True
+
+    def add_reward(self, exposure_id: str, outcome_type: str = "click") -> bool:
+        """Count an outcome of `outcome_type` attributed to the exposure `exposure_id`.
+
+        True when it rewarded the exposure for the first time. False for a type outside `reward_types`, an
+        exposure not counted (or no longer remembered) and an exposure already rewarded (a second type
+        still counts in `rewards_by_type`).
+        """
+        if outcome_type not in self.reward_types:
+            return False
+        seen = self._seen.get(exposure_id)
+        if seen is None or outcome_type in seen.types:
+            return False
+        seen.types.add(outcome_type)
+        by_type = (seen.key, outcome_type)
+        self._by_type[by_type] = self._by_type.get(by_type, 0) + 1
+        if seen.rewarded:
+            return False
+        seen.rewarded = True
+        self._count(seen.key, 1)
+        self.new_rewards += 1
+        return True
+
+    def add_exposure_record(self, record: Mapping[str, Any], segment: str | None = None) -> bool:
+        """Count a decoded exposure record (`edgewise.core.exposure.decode_exposure`) if it served a bandit:
+        strategy `st` "bandit" (when present), bandit `x`, arm `v`, id `id`."""
+        if record.get("st", "bandit") != "bandit":
+            return False
+        rid, bandit_id, arm_id = record.get("id"), record.get("x"), record.get("v")
+        if not (isinstance(rid, str) and isinstance(bandit_id, str) and isinstance(arm_id, str)):
+            return False
+        if not (rid and bandit_id and arm_id):
+            return False
+        return self.add_exposure(rid, bandit_id, arm_id, segment)
+
+    def add_attributed(self, attributed: Attributed, segment: str | None = None) -> bool:
+        """Count an attributed outcome as a reward of its exposure (True when it rewarded it now).
+
+        An exposure not yet counted is counted first (with `segment`) when its experiment id is one of
+        `bandit_ids`; without `bandit_ids` the exposure must have been added before. Unattributed outcomes
+        count nothing.
+        """
+        exposure = attributed.exposure
+        if exposure is None:
+            return False
+        eid = exposure_id(exposure)
+        if eid not in self._seen and self.bandit_ids is not None and exposure.experiment in self.bandit_ids:
+            self.add_exposure(eid, exposure.experiment, exposure.variant, segment)
+        return self.add_reward(eid, attributed.outcome.type)
+
+    def _count(self, key: ArmKey, reward: int) -> None:
+        for table in (self._pending, self._totals):
+            counts = table.get(key)
+            if counts is None:
+                counts = table[key] = [0, 0]
+            if reward:
+                counts[1] += 1
+            else:
+                counts[0] += 1
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def pending(self) -> BanditCounts:
+        """The counts since the last `take`, without resetting them."""
+        return BanditCounts({k: ArmCounts(n, r) for k, (n, r) in self._pending.items()})
+
+    def take(self) -> BanditCounts:
+        """The counts since the last `take`, then reset them (the exposures stay remembered, so a late
+        reward of an exposure counted before still counts, and a repeated exposure still does not)."""
+        out = self.pending()
+        self._pending = {}
+        self.new_exposures = 0
+        self.new_rewards = 0
+        return out
+
+    def totals(self) -> BanditCounts:
+        """All counts since the stats were created."""
+        return BanditCounts({k: ArmCounts(n, r) for k, (n, r) in self._totals.items()})
+
+    def rewards_by_type(self) -> dict[tuple[ArmKey, str], int]:
+        """Exposures rewarded by each outcome type (each exposure at most once per type), since creation."""
+        return dict(self._by_type)
+
+    def exposures_held(self) -> int:
+        return len(self._seen)
+
+
+# --- updating documents ----------------------------------------------------------------------------
+
+
+def _number(body: Mapping[str, Any], key: str, path: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BanditError(f"{path}.{key}", f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _arms_of(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+    arms = spec.get("arms")
+    if not isinstance(arms, list) or not arms:
+        raise BanditError(f"{path}.arms", "must be a non-empty list")
+    for i, arm in enumerate(arms):
+        if not isinstance(arm, dict) or not isinstance(arm.get("id"), str):
+            raise BanditError(f"{path}.arms[{i}]", "must be an object with a string id")
+    return arms
+
+
+def _check_params(prior: tuple[float, float], decay: float, max_shape: float) -> None:
+    if not (MIN_SHAPE <= max_shape <= MAX_SHAPE):
+        raise ValueError(f"max_shape must be in [{MIN_SHAPE}, {MAX_SHAPE:g}], got {max_shape}")
+    if len(prior) != 2 or not all(MIN_SHAPE <= p <= max_shape for p in prior):
+        raise ValueError(f"prior must be (alpha, beta), each in [{MIN_SHAPE}, {max_shape:g}], got {prior}")
+    if not (0.0 <= decay <= 1.0):
+        raise ValueError(f"decay must be in [0, 1], got {decay}")
+
+
+def _posterior(
+    alpha: float, beta: float, counts: ArmCounts, prior: tuple[float, float], decay: float, max_shape: float
+) -> tuple[float, float]:
+    a0, b0 = prior
+    a = a0 + decay * (alpha - a0) + counts.rewards
+    b = b0 + decay * (beta - b0) + (counts.impressions - counts.rewards)
+    a, b = max(a, 0.0), max(b, 0.0)
+    top = max(a, b)
+    if top > max_shape:
+        a, b = a * max_shape / top, b * max_shape / top
+    return min(max(a, MIN_SHAPE), max_shape), min(max(b, MIN_SHAPE), max_shape)
+
+
+def _as_counts(stats: BanditCounts | BanditStats) -> BanditCounts:
+    return stats.pending() if isinstance(stats, BanditStats) else stats
+
+
+def update_bandit_doc(
+    bandit_doc: Mapping[str, Any],
+    stats: BanditCounts | BanditStats,
+    *,
+    bandit_id: str,
+    prior: tuple[float, float] = (1.0, 1.0),
+    decay: float = 1.0,
+    max_shape: float = MAX_SHAPE,
+) -> dict[str, Any]:
+    """The bandit document (rules-document shape, see `edgewise.core.bandits`) with its posteriors
+    updated from `stats` (the counts since this document was published; a `BanditStats` is read with
+    `pending()`). Returns a new document; the input is not modified. Fields other than alpha/beta are
+    kept. See the module docstring for the update rule and the segment mapping.
+    """
+    _check_params(prior, decay, max_shape)
+    if not isinstance(bandit_doc, Mapping):
+        raise BanditError(f"bandits.{bandit_id}", "must be an object")
+    counts = _as_counts(stats)
+    path = f"bandits.{bandit_id}"
+    doc: dict[str, Any] = copy.deepcopy(dict(bandit_doc))
+    segments_doc = doc.get("segments") or {}
+    if not isinstance(segments_doc, dict):
+        raise BanditError(f"{path}.segments", "must be an object")
+
+    # New counts per (target posteriors, arm): a segment the document does not have was served globally.
+    merged: dict[tuple[str | None, str], list[int]] = {}
+    for (bid, segment, arm_id), c in counts.arms.items():
+        if bid != bandit_id:
+            continue
+        target = segment if segment in segments_doc else None
+        slot = merged.setdefault((target, arm_id), [0, 0])
+        slot[0] += c.impressions
+        slot[1] += c.rewards
+
+    def update(arms: list[dict[str, Any]], segment: str | None, apath: str) -> None:
+        for i, arm in enumerate(arms):
+            n, r = merged.get((segment, arm["id"]), (0, 0))
+            alpha = _number(arm, "alpha", f"{apath}[{i}]")
+            beta = _number(arm, "beta", f"{apath}[{i}]")
+            arm["alpha"], arm["beta"] = _posterior(alpha, beta, ArmCounts(n, r), prior, decay, max_shape)
+
+    update(_arms_of(doc, path), None, f"{path}.arms")
+    for name, seg_body in segments_doc.items():
+        spath = f"{path}.segments.{name}"
+        if not isinstance(seg_body, dict):
+            raise BanditError(spath, "must be an object")
+        update(_arms_of(seg_body, spath), name, f"{spath}.arms")
+    return doc
+
+
+def update_rules_doc(
+    rules_doc: Mapping[str, Any],
+    stats: BanditCounts | BanditStats,
+    *,
+    prior: tuple[float, float] = (1.0, 1.0),
+    decay: float = 1.0,
+    max_shape: float = MAX_SHAPE,
+    bandits: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """A new rules document with every bandit's posteriors updated by `update_bandit_doc` (only those in
+    `bandits` when given). The input document is not modified; the rest of it is copied unchanged."""
+    counts = _as_counts(stats)
+    doc: dict[str, Any] = copy.deepcopy(dict(rules_doc))
+    section = doc.get("bandits") or {}
+    if not isinstance(section, dict):
+        raise BanditError("bandits", "must be an object")
+    for bid in list(section):
+        if bandits is not None and bid not in bandits:
+            continue
+        section[bid] = update_bandit_doc(
+            section[bid], counts, bandit_id=bid, prior=prior, decay=decay, max_shape=max_shape
+        )
+    return doc
+
+
+def rules_delta_line(rules_doc: Mapping[str, Any]) -> str:
+    """The delta-file line that publishes a rules document (docs/delta-format.md)."""
+    return json.dumps({"op": "upsert", "rules": rules_doc}, sort_keys=True, separators=(",", ":"))
+
+
+def posterior_means(bandit_doc: Mapping[str, Any], segment: str | None = None) -> dict[str, float]:
+    """alpha / (alpha + beta) per arm id, of the global posteriors or of one segment's."""
+    spec = bandit_doc if segment is None else bandit_doc["segments"][segment]
+    return {arm["id"]: arm["alpha"] / (arm["alpha"] + arm["beta"]) for arm in spec["arms"]}
+
+
+# --- when to publish -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LearningSchedule:
+    """When to publish new posteriors: after `every_rewards` new rewards, or `every_exposures` new
+    exposures, or `every_seconds` since the last publish (if anything new arrived), whichever comes
+    first; never sooner than `min_seconds` after the last publish. None disables a trigger."""
+
+    every_rewards: int | None = None
+    every_exposures: int | None = None
+    every_seconds: float | None = 300.0
+    min_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("every_rewards", "every_exposures"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.every_seconds is not None and not self.every_seconds > 0:
+            raise ValueError(f"every_seconds must be > 0 or None, got {self.every_seconds}")
+        if not self.min_seconds >= 0:
+            raise ValueError(f"min_seconds must be >= 0, got {self.min_seconds}")
+        if self.every_rewards is None and self.every_exposures is None and self.every_seconds is None:
+            raise ValueError("a schedule needs at least one trigger")
+
+    def due(
+        self, *, new_rewards: int, new_exposures: int, now: float, last_publish: float | None
+    ) -> str | None:
+        """Why a publish is due now ("rewards", "exposures", "time"), or None. `now` and `last_publish`
+        are in seconds on the same clock; `last_publish` None means never published."""
+        if new_rewards <= 0 and new_exposures <= 0:
+            return None
+        elapsed = math.inf if last_publish is None else now - last_publish
+        if elapsed < self.min_seconds:
+            return None
+        if self.every_rewards is not None and new_rewards >= self.every_rewards:
+            return "rewards"
+        if self.every_exposures is not None and new_exposures >= self.every_exposures:
+            return "exposures"
+        if self.every_seconds is not None and elapsed >= self.every_seconds:
+            return "time"
+        return None
+
+
+# --- closed-loop simulation ------------------------------------------------------------------------
+
+Rates = Sequence[float] | Mapping[str, Sequence[float]]
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Outcome of `simulate`. Regret is pseudo-regret: best rate minus the chosen arm's rate, per pull,
+    against the rates in force for the pull's segment at that round."""
+
+    pulls: int
+    rounds: int
+    batch: int
+    rewards: int
+    cumulative_regret: float
+    regret_per_pull: float
+    uniform_regret_per_pull: float  # expected regret per pull of choosing uniformly at random
+    regret_per_pull_by_decile: tuple[float, ...]  # per tenth of the rounds, in order
+    best_arm_share_last_10pct: float  # share of pulls of the (then) best arm in the last 10% of rounds
+    best_arm_share_last_10pct_by_segment: Mapping[str | None, float]
+    final_means: Mapping[str | None, tuple[float, ...]]  # posterior means per segment (None: global)
+    final_doc: Mapping[str, Any]
+    seconds: float
+
+
+def _rate_table(rates: Rates) -> dict[str | None, tuple[float, ...]]:
+    table: dict[str | None, tuple[float, ...]] = (
+        {name: tuple(float(r) for r in seq) for name, seq in rates.items()}
+        if isinstance(rates, Mapping)
+        else {None: tuple(float(r) for r in rates)}
+    )
+    sizes = {len(seq) for seq in table.values()}
+    if not table or len(sizes) != 1 or min(sizes) < 1:
+        raise ValueError("arm rates: every segment needs the same, non-zero number of arms")
+    if any(not 0.0 <= r <= 1.0 for seq in table.values() for r in seq):
+        raise ValueError("arm rates must be in [0, 1]")
+    return table
+
+
+def simulate(
+    arm_rates: Rates,
+    rounds: int,
+    batch: int,
+    seed: int,
+    *,
+    decay: float = 1.0,
+    prior: tuple[float, float] = (1.0, 1.0),
+    exploration_floor: float = 0.0,
+    rates_after: Rates | None = None,
+    change_round: int | None = None,
+    max_shape: float = MAX_SHAPE,
+) -> SimulationResult:
+    """Closed loop: per round, serve `batch` decisions with the compiled policy (`compile_bandit`,
+    `BanditPolicy.choose`), draw Bernoulli rewards from the known rates, count them in a `BanditStats`
+    (exposure, then attributed click), and publish: `update_bandit_doc` with the batch's counts and a
+    freshly compiled policy.
+
+    `arm_rates`: one rate per arm, or a mapping segment -> rates (the bandit then has those segments, and
+    each request belongs to one of them uniformly at random). From round `change_round` on, the rates are
+    `rates_after` (same shape): a non-stationary problem.
+    """
+    if rounds < 1 or batch < 1:
+        raise ValueError("rounds and batch must be >= 1")
+    before = _rate_table(arm_rates)
+    after = _rate_table(rates_after) if rates_after is not None else before
+    if set(after) != set(before) or len(next(iter(after.values()))) != len(next(iter(before.values()))):
+        raise ValueError("rates_after must have the shape of arm_rates")
+    if rates_after is not None and change_round is None:
+        raise ValueError("rates_after needs change_round")
+    k = len(next(iter(before.values())))
+    segment_names = list(before)
+    arm_ids = [f"arm{i}" for i in range(k)]
+    a0, b0 = prior
+    doc: dict[str, Any] = {
+        "arms": [{"id": a, "content_id": f"content_{a}", "alpha": a0, "beta": b0} for a in arm_ids],
+        "exploration_floor": exploration_floor,
+    }
+    if segment_names != [None]:
+        doc["segments"] = {
+            str(s): {"arms": [{"id": a, "alpha": a0, "beta": b0} for a in arm_ids]} for s in segment_names
+        }
+    bandit_id = "sim"
+    started = time.perf_counter()
+    policy = compile_bandit(doc, f"bandits.{bandit_id}")
+    stats = BanditStats(bandit_ids={bandit_id}, max_exposures=max(4 * batch, 1024))
+    streams = np.random.SeedSequence(seed).spawn(3)
+    choose_rng, reward_rng, segment_rng = (np.random.default_rng(s) for s in streams)
+    index = {a: i for i, a in enumerate(arm_ids)}
+
+    regret_by_round = np.zeros(rounds)
+    pulls_last = {s: 0 for s in segment_names}
+    best_last = {s: 0 for s in segment_names}
+    last_start = rounds - max(1, math.ceil(rounds / 10))
+    uniform_regret = 0.0
+    total_rewards = 0
+    decision = 0
+    for rnd in range(rounds):
+        table = after if change_round is not None and rnd >= change_round else before
+        best = {s: max(table[s]) for s in segment_names}
+        best_index = {s: table[s].index(best[s]) for s in segment_names}
+        uniform = {s: best[s] - sum(table[s]) / k for s in segment_names}
+        draws = reward_rng.random(batch)
+        seg_draws = segment_rng.integers(len(segment_names), size=batch) if len(segment_names) > 1 else None
+        round_regret = 0.0
+        for j in range(batch):
+            seg = segment_names[int(seg_draws[j])] if seg_draws is not None else None
+            arm, _ = policy.choose(choose_rng, seg)
+            i = index[arm.id]
+            rate = table[seg][i]
+            round_regret += best[seg] - rate
+            uniform_regret += uniform[seg]
+            if rnd >= last_start:
+                pulls_last[seg] += 1
+                best_last[seg] += i == best_index[seg]
+            eid = f"d{decision}:hero"
+            decision += 1
+            stats.add_exposure(eid, bandit_id, arm.id, seg)
+            if draws[j] < rate and stats.add_reward(eid, "click"):
+                total_rewards += 1
+        regret_by_round[rnd] = round_regret
+        doc = update_bandit_doc(
+            doc, stats.take(), bandit_id=bandit_id, prior=prior, decay=decay, max_shape=max_shape
+        )
+        policy = compile_bandit(doc, f"bandits.{bandit_id}")
+
+    pulls = rounds * batch
+    deciles = [chunk for chunk in np.array_split(regret_by_round, 10) if chunk.size]
+    final_means: dict[str | None, tuple[float, ...]] = {
+        s: tuple(posterior_means(doc, s).values()) for s in segment_names
+    }
+    last_pulls = sum(pulls_last.values())
+    return SimulationResult(
+        pulls=pulls,
+        rounds=rounds,
+        batch=batch,
+        rewards=total_rewards,
+        cumulative_regret=float(regret_by_round.sum()),
+        regret_per_pull=float(regret_by_round.sum()) / pulls,
+        uniform_regret_per_pull=uniform_regret / pulls,
+        regret_per_pull_by_decile=tuple(float(c.sum()) / (c.size * batch) for c in deciles),
+        best_arm_share_last_10pct=sum(best_last.values()) / last_pulls,
+        best_arm_share_last_10pct_by_segment={
+            s: best_last[s] / pulls_last[s] if pulls_last[s] else math.nan for s in segment_names
+        },
+        final_means=final_means,
+        final_doc=doc,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# --- benchmark table -------------------------------------------------------------------------------
+
+_THREE: Final = (0.02, 0.035, 0.05)
+_TEN: Final = tuple(round(0.01 + 0.004 * i, 4) for i in range(10))  # 0.010 .. 0.046
+
+
+@dataclass(frozen=True)
+class _Config:
+    name: str
+    rates: tuple[float, ...]
+    decay: float
+    rates_after: tuple[float, ...] | None = None
+
+
+_CONFIGS: Final = (
+    _Config("3 arms", _THREE, 1.0),
+    _Config("3 arms, decay 0.99", _THREE, 0.99),
+    _Config("10 arms", _TEN, 1.0),
+    _Config("10 arms, decay 0.99", _TEN, 0.99),
+    _Config("3 arms, best changes at 1/2", _THREE, 1.0, _THREE[::-1]),
+    _Config("3 arms, best changes at 1/2, decay 0.99", _THREE, 0.99, _THREE[::-1]),
+)
+
+
+def _benchmark(rounds: int, batch: int, seeds: int) -> list[dict[str, Any]]:
+    rows = []
+    for cfg in _CONFIGS:
+        results = [
+            simulate(
+                cfg.rates,
+                rounds,
+                batch,
+                seed,
+                decay=cfg.decay,
+                rates_after=cfg.rates_after,
+                change_round=rounds // 2 if cfg.rates_after is not None else None,
+            )
+            for seed in range(seeds)
+        ]
+        ratio = [r.regret_per_pull / r.uniform_regret_per_pull for r in results]
+        share = [r.best_arm_share_last_10pct for r in results]
+        rows.append(
+            {
+                "config": cfg.name,
+                "pulls": rounds * batch,
+                "regret_per_pull": statistics.fmean(r.regret_per_pull for r in results),
+                "uniform_regret_per_pull": statistics.fmean(r.uniform_regret_per_pull for r in results),
+                "regret_vs_uniform": statistics.fmean(ratio),
+                "regret_vs_uniform_min": min(ratio),
+                "regret_vs_uniform_max": max(ratio),
+                "first_decile_regret": statistics.fmean(r.regret_per_pull_by_decile[0] for r in results),
+                "last_decile_regret": statistics.fmean(r.regret_per_pull_by_decile[-1] for r in results),
+                "best_share_last_10pct": statistics.fmean(share),
+                "best_share_min": min(share),
+                "seconds_per_run": statistics.fmean(r.seconds for r in results),
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m edgewise.core.bandit_learning",
+        description="Closed-loop Thompson-sampling learning against known arm rates: regret and convergence.",
+    )
+    parser.add_argument("--rounds", type=int, default=500, help="publishes per run (default 500)")
+    parser.add_argument("--batch", type=int, default=100, help="decisions per publish (default 100)")
+    parser.add_argument("--seeds", type=int, default=5, help="runs per configuration (default 5)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    rows = _benchmark(args.rounds, args.batch, args.seeds)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.rounds} publishes x {args.batch} decisions, {args.seeds} seeds per configuration")
+    print(
+        "| configuration | pulls | regret/pull | uniform regret/pull | regret vs uniform (min-max) "
+        "| regret/pull 1st / last decile | best-arm share, last 10% (min) | s/run |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['pulls']:,} | {r['regret_per_pull']:.5f} | "
+            f"{r['uniform_regret_per_pull']:.5f} | {r['regret_vs_uniform']:.3f} "
+            f"({r['regret_vs_uniform_min']:.3f}-{r['regret_vs_uniform_max']:.3f}) | "
+            f"{r['first_decile_regret']:.5f} / {r['last_decile_regret']:.5f} | "
+            f"{r['best_share_last_10pct']:.3f} ({r['best_share_min']:.3f}) | {r['seconds_per_run']:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
