@@ -23,7 +23,14 @@ from edgewise.core.decisions import Fallback
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.report_stats import Lift, Metric, Report, VariantCounts, build_report, holdout_lift
 
-__all__ = ["DIMENSIONS", "ExperimentReport", "ReportError", "experiment_report"]
+__all__ = [
+    "DIMENSIONS",
+    "ExperimentReport",
+    "ReportError",
+    "experiment_report",
+    "exposure_from_record",
+    "outcome_from_record",
+]
 
 DIMENSIONS: Final = {"channel": "ch", "country": "co"}
 _OUTCOME_OF: Final = {"ctr": "click", "conversion": "purchase", "revenue": "purchase"}
@@ -46,7 +53,7 @@ class ExperimentReport:
     mixed_units: int
 
 
-def _exposure(r: Mapping[str, Any]) -> Exposure:
+def exposure_from_record(r: Mapping[str, Any]) -> Exposure:
     return Exposure(
         decision_id=str(r.get("d", "")),
         unit=str(r.get("u") or r.get("s") or ""),
@@ -62,7 +69,7 @@ def _exposure(r: Mapping[str, Any]) -> Exposure:
     )
 
 
-def _outcome(r: Mapping[str, Any]) -> Outcome:
+def outcome_from_record(r: Mapping[str, Any]) -> Outcome:
     return Outcome(
         event_id=str(r["id"]),
         type=str(r.get("t", "")),
@@ -99,7 +106,7 @@ def experiment_report(
     all_units: dict[str, bool] = {}  # unit -> in the holdout (any exposure of any placement)
     for r in records:
         if r.get("k") == EXPOSURE_KIND:
-            e = _exposure(r)
+            e = exposure_from_record(r)
             if not e.unit:
                 continue
             held = int(r.get("f", 0)) == int(Fallback.HOLDOUT)
@@ -108,7 +115,7 @@ def experiment_report(
             if e.experiment == experiment and by:
                 slice_of.setdefault(e.unit, str(r.get(DIMENSIONS[by], "")) or "(none)")
         elif "t" in r and "id" in r:
-            outcomes.append(_outcome(r))
+            outcomes.append(outcome_from_record(r))
     mine = sorted((e for e in exposures if e.experiment == experiment), key=lambda e: e.timestamp_ms)
     variant_of: dict[str, str] = {}
     mixed: set[str] = set()

@@ -343,6 +343,11 @@ class Store:
         with self._env.begin(write=True) as txn:
             raw_seq = txn.get(_OUTBOX_SEQ_KEY, db=meta)
             seq = _U64.unpack(raw_seq)[0] if raw_seq is not None else 0
+            # Exposure records (core/exposure.py) go to the outbox first: the decisions they record came
+            # before any outcome tracked in the same batch, and upstream attribution reads in order.
+            for record in exposures:
+                seq += 1
+                txn.put(_SEQ.pack(seq), record, db=outbox_db)
             touched: dict[str, Activity] = {}
             for event in events:
                 key = event.event_id.encode()
@@ -364,8 +369,5 @@ class Store:
                 touched[akey] = apply_event(touched[akey], event, limits)
             for akey, activity in touched.items():
                 txn.put(akey.encode(), encode_activity(activity), db=activity_db)
-            for record in exposures:  # exposure records (core/exposure.py) ride along to the outbox
-                seq += 1
-                txn.put(_SEQ.pack(seq), record, db=outbox_db)
             txn.put(_OUTBOX_SEQ_KEY, _U64.pack(seq), db=meta)
         return TrackResult(accepted, duplicates, tuple(new))

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.edge.logs import log, set_level
 from edgewise.sync.auth import (
     bearer_metadata,
@@ -108,6 +109,18 @@ def add_control_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="changes the log keeps before compacting its oldest commits (default 5,000,000)",
     )
     p.add_argument(
+        "--bandit-every-rewards",
+        type=int,
+        default=100,
+        help="publish new bandit posteriors after this many new rewards (default 100)",
+    )
+    p.add_argument(
+        "--bandit-every-seconds",
+        type=float,
+        default=60.0,
+        help="... or this long after the last publish, if anything new arrived (default 60)",
+    )
+    p.add_argument(
         "--heartbeat", type=float, default=5.0, help="seconds between heartbeats to edges (default 5)"
     )
     p.add_argument("--map-size-mb", type=int, default=65536, help="LMDB map size in MiB (default 65536)")
@@ -126,6 +139,8 @@ def run_control_serve(args: argparse.Namespace) -> int:
         _positive("--retain-snapshots", args.retain_snapshots, 0),
         _positive("--retain-log-changes", args.retain_log_changes),
         _positive("--heartbeat", args.heartbeat, 0.05),
+        _positive("--bandit-every-rewards", args.bandit_every_rewards),
+        _positive("--bandit-every-seconds", args.bandit_every_seconds, 0.1),
     ):
         if problem:
             print(f"edgewise control serve: {problem}", file=sys.stderr)
@@ -165,7 +180,15 @@ def run_control_serve(args: argparse.Namespace) -> int:
         store.close()
         return 2
     service = ControlPlaneService(
-        store, max_snapshots=args.max_snapshots, heartbeat_seconds=args.heartbeat, events=events
+        store,
+        max_snapshots=args.max_snapshots,
+        heartbeat_seconds=args.heartbeat,
+        events=events,
+        bandit_schedule=LearningSchedule(
+            every_rewards=args.bandit_every_rewards,
+            every_exposures=None,
+            every_seconds=args.bandit_every_seconds,
+        ),
     )
     interceptors = make_interceptors([edge_token] if edge_token else [], [ops_token] if ops_token else [])
     server = grpc.server(

@@ -27,10 +27,12 @@ from typing import Final
 import grpc
 import msgpack
 
+from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
 from edgewise.core.records import Activity, decode_profile, encode_profile
 from edgewise.core.rules import compile_rules
 from edgewise.edge.logs import log
+from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
 from edgewise.sync.control_store import (
@@ -179,6 +181,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         cache_bytes: int = 256 << 20,
         events: EventStore | None = None,
+        bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
     ) -> None:
         self.store = store
         self.events = events
@@ -196,6 +199,11 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self._cache_lock = threading.Lock()
         self.folder = (
             ProfileFolder(store, events, self._push_lock, self._notify) if events is not None else None
+        )
+        self.learner = (
+            BanditLearner(store, events, self._push_lock, self._notify, schedule=bandit_schedule)
+            if events is not None
+            else None
         )
 
     # --- subscriptions -------------------------------------------------------------------------------
@@ -329,13 +337,18 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         return messages
 
     def start_background(self) -> None:
-        """Start folding forwarded events into profiles (when this control plane stores events)."""
+        """Start folding forwarded events into profiles and learning bandit posteriors from them (when this
+        control plane stores events)."""
         if self.folder is not None:
             self.folder.start()
+        if self.learner is not None:
+            self.learner.start()
 
     def stop_background(self) -> None:
         if self.folder is not None:
             self.folder.stop()
+        if self.learner is not None:
+            self.learner.stop()
 
     def _fleet_activity(self) -> dict[str, Activity]:
         """The folded activity of every profile that has some (kept across bundle pushes)."""
