@@ -456,7 +456,8 @@ def lift(
 ) -> Lift:
     """Lift of `treatment` over `control` with intervals at `confidence` and P(beat control).
 
-    Proportions: difference of proportions (Wald) for the absolute lift, delta method for the relative
+    Proportions: Newcombe's hybrid score interval (from the two Wilson intervals; unlike Wald it stays
+    honest for small samples and rates near 0 or 1) for the absolute lift, delta method for the relative
     lift, P(beat) by Monte-Carlo from the Beta(1 + conversions, 1 + units - conversions) posteriors
     (`rng`: a seeded Generator, default seed 0; `control_draws`: the control's posterior draws, so that
     several treatments share them). Revenue: Welch's t interval, delta method, and the normal
@@ -479,13 +480,16 @@ def lift(
     pt, pc = treatment.conversions / nt, control.conversions / nc
     vt, vc = pt * (1.0 - pt) / nt, pc * (1.0 - pc) / nc
     diff = pt - pc
-    half = z * math.sqrt(vt + vc)
+    lt, ut = wilson_interval(treatment.conversions, nt, confidence)
+    lc, uc = wilson_interval(control.conversions, nc, confidence)
+    low = diff - math.sqrt((pt - lt) ** 2 + (uc - pc) ** 2)
+    high = diff + math.sqrt((ut - pt) ** 2 + (pc - lc) ** 2)
     gen = rng if rng is not None else np.random.default_rng(0)
     if control_draws is None:
         control_draws = gen.beta(1 + control.conversions, 1 + nc - control.conversions, draws)
     t_draws = gen.beta(1 + treatment.conversions, 1 + nt - treatment.conversions, len(control_draws))
     p_beat = float(np.mean(t_draws > control_draws))
-    return Lift(diff, diff - half, diff + half, *_relative(pt, vt, pc, vc, z), p_beat)
+    return Lift(diff, low, high, *_relative(pt, vt, pc, vc, z), p_beat)
 
 
 def holdout_lift(

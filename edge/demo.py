@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -249,7 +250,9 @@ def _digest(data: Path) -> str:
 def _delta_file(path: Path, bundle_dir: Path) -> None:
     rules = json.loads((bundle_dir / "rules.json").read_text())
     hero = rules["placements"]["hero_banner"]
-    hero["campaigns"].insert(0, {"id": "hero_flash_sale", "serve": {"content": "hero_spring_sale"}})
+    hero["campaigns"].insert(
+        0, {"id": "hero_flash_sale", "channels": ["app"], "serve": {"content": "hero_spring_sale"}}
+    )
     lines = [
         {
             "op": "upsert",
@@ -315,7 +318,7 @@ def _fleet(env: dict[str, str], procs: _Procs, tmp: Path, bundle_dir: Path) -> N
     delta = tmp / "delta.jsonl"
     _delta_file(delta, bundle_dir)
     _say("6. Push a delta: a new item (demo-new-arrival, very popular) and a changed campaign (hero_banner")
-    _say("   now serves hero_flash_sale first)")
+    _say("   now serves hero_flash_sale first in the app)")
     before = time.monotonic()
     printed = _ctl(env, address, "push-delta", str(delta), "--quiet")
     pushed = time.monotonic()
@@ -337,7 +340,7 @@ def _fleet(env: dict[str, str], procs: _Procs, tmp: Path, bundle_dir: Path) -> N
                 _pb.DecideRequest(
                     session_id="s-after-delta",
                     consent=consent,
-                    context=_pb.Context(channel="web", device="mobile"),
+                    context=_pb.Context(channel="app", device="mobile"),
                     placements=[
                         _pb.PlacementRequest(placement_id="home", count=3),
                         _pb.PlacementRequest(placement_id="hero_banner"),
@@ -349,12 +352,105 @@ def _fleet(env: dict[str, str], procs: _Procs, tmp: Path, bundle_dir: Path) -> N
         hero = next(p for p in response.placements if p.placement_id == "hero_banner")
         _say(
             f"   {name}: snapshot {response.snapshot_version}; "
-            f"anonymous home (no country) starts with {top[0] if top else '-'}; "
+            f"app visitor's home (no country) starts with {top[0] if top else '-'}; "
             f"hero_banner shows {hero.content_id}"
         )
     _say(f"   $ edgewise ctl --control {address} status")
     for line in _ctl(env, address, "status").splitlines():
         _say(f"   {line}")
+    _say()
+    _loop(env, address, edges, tmp, bundle_dir)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until `predicate` held (polled every 10 ms), or None after `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.01)
+    return None
+
+
+def _hero_session(stub: _pb_grpc.PersonalizerStub, session: str) -> _pb.DecideResponse:
+    return stub.Decide(
+        _pb.DecideRequest(
+            session_id=session,
+            consent=["personalization", "analytics"],
+            context=_pb.Context(channel="web", device="mobile", country="DE"),
+            placements=[_pb.PlacementRequest(placement_id="hero_banner")],
+        ),
+        timeout=5,
+    )
+
+
+def _seeds(stub: _pb_grpc.PersonalizerStub, user: str) -> list[str]:
+    response = _decide(stub, user_id=user, consent=["personalization"], explain=True)
+    return [
+        s for p in response.explanation.placements if p.placement_id == "pdp_similar" for s in p.seed_item_ids
+    ]
+
+
+def _loop(
+    env: dict[str, str], address: str, edges: dict[str, dict[str, object]], tmp: Path, bundle_dir: Path
+) -> None:
+    """Closing the loop: exposures and clicks reach the report, a view on edge-a shapes edge-b, forget."""
+    consent = ["personalization", "analytics"]
+    a_address, b_address = (str(edges[name]["address"]) for name in ("edge-a", "edge-b"))
+    _say("7. Closing the loop: 300 web visitors see hero_banner on edge-a; new_arrivals gets more clicks")
+    with grpc.insecure_channel(a_address) as channel:
+        stub = _pb_grpc.PersonalizerStub(channel)
+        clicks = exposed = 0
+        for n in range(300):
+            hero = _hero_session(stub, f"demo-visitor-{n}")
+            p = hero.placements[0]
+            if p.experiment_id != "hero_test":
+                continue
+            exposed += 1
+            if n % (3 if p.variant_id == "new_arrivals" else 6) == 0:
+                clicks += 1
+                click = _pb.Event(
+                    event_id=f"demo-click-{n}",
+                    type="click",
+                    session_id=f"demo-visitor-{n}",
+                    decision_id=hero.decision_id,
+                    placement_id="hero_banner",
+                )
+                stub.Track(_pb.TrackRequest(events=[click], consent=consent), timeout=5)
+
+    def reported() -> bool:
+        doc = json.loads(_ctl(env, address, "report", "hero_test", "--format", "json"))
+        return bool(doc["exposures"] >= exposed and doc["attributed"] >= clicks)
+
+    _wait(reported, 10)
+    _say(f"   $ edgewise ctl --control {address} report hero_test")
+    for line in _ctl(env, address, "report", "hero_test").splitlines():
+        _say(f"   {line}")
+
+    known, _ = _pick_users(bundle_dir)
+    with grpc.insecure_channel(a_address) as a_channel, grpc.insecure_channel(b_address) as b_channel:
+        a_stub, b_stub = _pb_grpc.PersonalizerStub(a_channel), _pb_grpc.PersonalizerStub(b_channel)
+        item = next(i for i in _items(_decide(b_stub, session_id="s-pick", consent=consent), "home"))
+        _say(f"8. {known} views {item} on edge-a; edge-b's pdp_similar follows it (fleet-wide profile)")
+        view = _pb.Event(event_id=uuid.uuid4().hex, type="view", user_id=known, item_id=item)
+        a_stub.Track(_pb.TrackRequest(events=[view], consent=consent), timeout=5)
+        took = _wait(lambda: item in _seeds(b_stub, known), 10)
+        shown = f"after {1000 * took:.0f} ms" if took is not None else "NOT within 10 s"
+        _say(f"   edge-b's pdp_similar seeds for {known} include {item} {shown}")
+
+        _say(f"9. Forget {known}: $ edgewise ctl --control {address} forget {known}")
+        _say(f"   {_ctl(env, address, 'forget', known)}")
+        gone = _wait(
+            lambda: all(
+                _decide(s, user_id=known, consent=consent).placements[0].fallback_reason
+                == _pb.FALLBACK_REASON_UNKNOWN_USER
+                for s in (a_stub, b_stub)
+            ),
+            10,
+        )
+        _say(f"   both edges now answer {known} as an unknown user: {'yes' if gone is not None else 'NO'}")
+        for line in _ctl(env, address, "forget", "--status").splitlines():
+            _say(f"   {line}")
     _say()
 
 
@@ -382,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
         _fleet(env, procs, tmp, bundle_dir)
         codes = procs.stop_all()
         _say(
-            "7. Stopped on SIGTERM (edges: health NOT_SERVING, drained): "
+            "10. Stopped on SIGTERM (edges: health NOT_SERVING, drained): "
             + ", ".join(f"{name} exit {code}" for name, code in reversed(codes))
         )
         _say(f"done in {time.monotonic() - started:.1f}s")

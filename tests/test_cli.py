@@ -139,10 +139,13 @@ def test_demo_runs_end_to_end() -> None:
     assert "gets the same home items on both edges: yes" in out
     assert (
         out.count(
-            "anonymous home (no country) starts with demo-new-arrival; hero_banner shows hero_spring_sale"
+            "app visitor's home (no country) starts with demo-new-arrival; hero_banner shows hero_spring_sale"
         )
         == 2
     )
+    assert "experiment hero_test: metric ctr" in out and "personalization vs global holdout" in out
+    assert "edge-b's pdp_similar seeds for" in out and "NOT within" not in out
+    assert "both edges now answer" in out and "as an unknown user: yes" in out
     assert "edge-a exit 0, edge-b exit 0" in out and "control exit 0" in out
     assert time.monotonic() - started < 60
 

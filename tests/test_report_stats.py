@@ -134,7 +134,15 @@ def test_estimate_and_relative_lift_delta_method() -> None:
     got = lift(t, c, "conversion")
     assert got.absolute == pytest.approx(0.01)
     se = math.sqrt(0.05 * 0.95 / 1e4 + 0.06 * 0.94 / 1e4)
-    assert got.absolute_high == pytest.approx(0.01 + 1.959963984540054 * se)
+    # Newcombe's interval: close to Wald at this size, but built from the two Wilson intervals
+    assert got.absolute_high == pytest.approx(0.01 + 1.959963984540054 * se, rel=2e-3)
+    lt, ut = wilson_interval(600, 10_000)
+    lc, uc = wilson_interval(500, 10_000)
+    assert got.absolute_low == pytest.approx(0.01 - math.sqrt((0.06 - lt) ** 2 + (uc - 0.05) ** 2))
+    assert got.absolute_high == pytest.approx(0.01 + math.sqrt((ut - 0.06) ** 2 + (0.05 - lc) ** 2))
+    # small samples: 0 of 7 vs 20 of 100 is not "certainly better" (Wald would give [0.12, 0.28])
+    small = lift(VariantCounts("t", 100, 20), VariantCounts("c", 7, 0), "conversion")
+    assert small.absolute_low is not None and small.absolute_low < 0.05
     se_rel = math.sqrt(0.06 * 0.94 / 1e4 + (0.06 / 0.05) ** 2 * 0.05 * 0.95 / 1e4) / 0.05
     assert got.relative == pytest.approx(0.2)
     assert got.relative_low == pytest.approx(0.2 - 1.959963984540054 * se_rel)
