@@ -13,6 +13,7 @@ import msgpack
 from edgewise.core.records import Activity
 
 __all__ = [
+    "CONSENT_EVENT",
     "EVENT_TYPES",
     "ActivityLimits",
     "TrackedEvent",
@@ -22,10 +23,15 @@ __all__ = [
     "merge_activity",
 ]
 
+# A consent change: the TrackRequest's `consent` lists the purposes the user grants from now on. It is
+# forwarded upstream even without the analytics purpose, and the control plane updates the stored
+# consent of the user's profile fleet-wide (core/profile_fold.py).
+CONSENT_EVENT: Final = "consent"
+
 # Types with a built-in meaning. Other well-formed types are accepted and forwarded, and leave
 # activity unchanged.
 EVENT_TYPES: Final = frozenset(
-    {"view", "click", "add_to_cart", "remove_from_cart", "purchase", "impression", "dismiss"}
+    {"view", "click", "add_to_cart", "remove_from_cart", "purchase", "impression", "dismiss", "consent"}
 )
 
 
@@ -84,6 +90,7 @@ class TrackedEvent:
                 "v": self.value,
                 "ts": self.timestamp_ms,
                 "pz": self.personalization,  # whether it may shape the user's activity (fleet-wide too)
+                "an": self.analytics,
             },
             use_bin_type=True,
         )

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent, apply_event
+from edgewise.core.activity import CONSENT_EVENT, ActivityLimits, TrackedEvent, apply_event
 from edgewise.core.records import Activity, ProfileRecord, decode_profile, encode_profile
 
 __all__ = ["ACTIVITY_EVENT_TYPES", "fold_profile", "tracked_event"]
 
 ACTIVITY_EVENT_TYPES: Final = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase"})
 _PERSONALIZATION: Final = "personalization"
+_ANALYTICS: Final = "analytics"
 
 
 def tracked_event(record: Mapping[str, Any]) -> TrackedEvent:
@@ -35,29 +36,52 @@ def tracked_event(record: Mapping[str, Any]) -> TrackedEvent:
         value=float(record.get("v", 0.0) or 0.0),
         timestamp_ms=int(record.get("ts", 0)),
         personalization=bool(record.get("pz", False)),
+        analytics=bool(record.get("an", True)),
     )
 
 
 def fold_profile(
     user_id: str, current: bytes | None, events: Iterable[TrackedEvent], limits: ActivityLimits
 ) -> bytes | None:
-    """The user's profile record after `events`, or None when nothing changes."""
-    useful = [e for e in events if e.personalization and e.type in ACTIVITY_EVENT_TYPES and e.item_id]
-    if not useful:
+    """The user's profile record after `events`, or None when nothing changes.
+
+    Consent events (`CONSENT_EVENT`) set the stored consent: each purpose granted in the event keeps
+    its earlier grant time (else the event's time), a purpose not granted is removed; revoking
+    `personalization` also drops the folded activity. Activity events then count only while the stored
+    consent (after the consent events before them) has `personalization`."""
+    ordered = sorted(
+        (e for e in events if e.type == CONSENT_EVENT or (e.type in ACTIVITY_EVENT_TYPES and e.item_id)),
+        key=lambda e: (e.timestamp_ms, e.event_id),
+    )
+    if not any(e.type == CONSENT_EVENT or e.personalization for e in ordered):
         return None
     if current is None:
-        first = min(e.timestamp_ms for e in useful)
-        profile = ProfileRecord(user_id, 0, {}, {_PERSONALIZATION: first}, None)
+        profile = ProfileRecord(user_id, 0, {}, {}, None)
     else:
         profile = decode_profile(user_id, current)
-        if _PERSONALIZATION not in profile.consent:
-            return None  # the stored consent says no: the profile is not shaped by activity
-    activity = profile.activity or Activity()
-    for event in sorted(useful, key=lambda e: (e.timestamp_ms, e.event_id)):
-        activity = apply_event(activity, event, limits)
-    if activity == profile.activity:
+    consent = dict(profile.consent)
+    activity = profile.activity
+    for event in ordered:
+        if event.type == CONSENT_EVENT:
+            granted = {_PERSONALIZATION: event.personalization, _ANALYTICS: event.analytics}
+            for purpose, now in granted.items():
+                if now:
+                    consent.setdefault(purpose, event.timestamp_ms)
+                else:
+                    consent.pop(purpose, None)
+            if _PERSONALIZATION not in consent:
+                activity = None
+            continue
+        if not event.personalization:
+            continue
+        if _PERSONALIZATION not in consent:
+            if current is not None or consent:
+                continue  # the stored consent says no: activity does not shape the profile
+            consent[_PERSONALIZATION] = event.timestamp_ms  # a new user, seen with the purpose
+        activity = apply_event(activity or Activity(), event, limits)
+    if consent == dict(profile.consent) and activity == profile.activity:
         return None
     updated = ProfileRecord(
-        profile.id, profile.version, profile.attributes, profile.consent, profile.embedding, activity
+        profile.id, profile.version, profile.attributes, consent, profile.embedding, activity
     )
     return encode_profile(updated)

@@ -24,7 +24,7 @@ import lmdb
 import msgpack
 from numpy.typing import NDArray
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent, activity_key, apply_event
+from edgewise.core.activity import CONSENT_EVENT, ActivityLimits, TrackedEvent, activity_key, apply_event
 from edgewise.core.records import (
     Activity,
     ItemRecord,
@@ -357,9 +357,16 @@ class Store:
                     continue
                 accepted += 1
                 new.append(True)
-                if event.analytics:
+                consent_change = event.type == CONSENT_EVENT and bool(event.user_id)
+                if event.analytics or consent_change:  # a consent change always goes upstream
                     seq += 1
                     txn.put(_SEQ.pack(seq), event.encode(), db=outbox_db)
+                if consent_change and not event.personalization:
+                    # revoked: the live activity built under the purpose goes (here now, fleet-wide
+                    # when the control plane folds the event)
+                    akey = activity_key(event.user_id, "")
+                    touched.pop(akey, None)
+                    txn.delete(akey.encode(), db=activity_db)
                 if not event.personalization:
                     continue
                 akey = activity_key(event.user_id, event.session_id)

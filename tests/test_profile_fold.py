@@ -47,3 +47,15 @@ def test_forwarded_record_round_trip_and_merge() -> None:
     assert merged.views == (("i1", 20), ("i3", 25), ("i2", 30))
     assert merged.cart == (("i5", 5),) and merged.impressions == (("i9", 2),)
     assert merge_activity(None, fleet, LIMITS) is fleet and merge_activity(local, None, LIMITS) is local
+
+
+def test_consent_events_set_the_stored_consent_and_revocation_drops_activity() -> None:
+    base = encode_profile(ProfileRecord("u1", 0, {}, {"personalization": 5, "analytics": 5}, None))
+    viewed = fold_profile("u1", base, [_event(1)], LIMITS)
+    assert viewed is not None
+    revoke = TrackedEvent("c1", "consent", "u1", "", "", "", "", 0.0, 2_000, False, False)
+    after = decode_profile("u1", fold_profile("u1", viewed, [revoke, _event(3000)], LIMITS) or b"")
+    assert after.consent == {} and after.activity is None  # and the later view did not count
+    grant = TrackedEvent("c2", "consent", "u1", "", "", "", "", 0.0, 4_000, True, True)
+    again = decode_profile("u1", fold_profile("u1", encode_profile(after), [grant], LIMITS) or b"")
+    assert again.consent == {"personalization": 4_000, "analytics": 4_000}

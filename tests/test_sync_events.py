@@ -234,3 +234,43 @@ def test_a_view_on_edge_a_shapes_decisions_on_edge_b(
     v2 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
     assert v2 >= version
     assert "i7" in _seeds(b.address, user)
+
+
+def test_a_consent_change_on_edge_a_takes_effect_on_edge_b(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
+    b = _edge(edge_factory, tmp_path / "b", control.address, "edge-b")
+    wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")
+    profiles = [json.loads(line) for line in (bundle_dir / "profiles.jsonl").read_text().splitlines()]
+    user = next(p["id"] for p in profiles if "personalization" in p["consent"])
+
+    def home_reason() -> int:
+        with grpc.insecure_channel(b.address) as channel:
+            response = pb_grpc.PersonalizerStub(channel).Decide(
+                pb.DecideRequest(
+                    user_id=user,
+                    consent=["personalization"],  # the request says yes; the stored consent decides
+                    placements=[pb.PlacementRequest(placement_id="home")],
+                ),
+                timeout=10,
+            )
+        return int(response.placements[0].fallback_reason)
+
+    def change(n: int, consent: list[str]) -> None:
+        with grpc.insecure_channel(a.address) as channel:
+            event = pb.Event(event_id=f"consent-{n}", type="consent", user_id=user)
+            pb_grpc.PersonalizerStub(channel).Track(
+                pb.TrackRequest(events=[event], consent=consent), timeout=10
+            )
+
+    assert home_reason() != pb.FALLBACK_REASON_NO_CONSENT
+    change(1, [])  # revoked everything: forwarded even without the analytics purpose
+    wait_for(lambda: home_reason() == pb.FALLBACK_REASON_NO_CONSENT, 10, "edge b to see the revocation")
+    change(2, ["personalization"])
+    wait_for(lambda: home_reason() != pb.FALLBACK_REASON_NO_CONSENT, 10, "edge b to see the new grant")
