@@ -497,7 +497,7 @@ def _staged_decide(
                 out[f"{pid}.mask"] = probe.rank - probe.top
                 out[f"{pid}.kernel"] = probe.kernel
                 out[f"{pid}.post"] = probe.top - probe.kernel
-        decision = DecisionOutput(view.version, outputs, None)
+        decision = DecisionOutput(view.version, outputs, None, tuple(sorted(memo.matched())))
         t_placed = _clock()
     t_end = _clock()
     out["txn_state"] = t_state - t_start

@@ -145,3 +145,4 @@ class DecisionOutput:
     snapshot_version: int
     placements: list[PlacementOutput]
     explanation: Explanation | None = None
+    segments: tuple[str, ...] = ()  # the segments the decision evaluated that matched, sorted

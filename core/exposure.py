@@ -4,8 +4,8 @@ One record per placement of a decision, only when the caller granted the `analyt
 map with short keys (`EXPOSURE_KIND` in `k`; `id` is "<decision id>:<placement id>", unique, the
 de-duplication key upstream): decision id `d`, user `u`, session `s`, placement `p`, campaign `c`,
 experiment or bandit `x`, variant or arm `v`, propensity `pr`, strategy `st`, fallback reason `f`,
-items shown `i`, content `ct`, channel `ch`, country `co`, device `dv`, snapshot version `sv`, time `ts`
-(Unix ms).
+items shown `i`, content `ct`, channel `ch`, country `co`, device `dv`, snapshot version `sv`, matched
+segments `sg` (those the decision evaluated), time `ts` (Unix ms).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def exposure_records(decision_id: str, request: DecideInput, decision: DecisionO
                 "co": context.country,
                 "dv": context.device,
                 "sv": decision.snapshot_version,
+                "sg": list(decision.segments),
                 "ts": request.now_ms,
             },
             use_bin_type=True,

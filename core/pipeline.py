@@ -140,7 +140,7 @@ class Pipeline:
             _explain_inputs(why, request, profile, activity)
             if features.reads is not None:
                 why.features.update(features.reads)
-        return DecisionOutput(view.version, outputs, why)
+        return DecisionOutput(view.version, outputs, why, tuple(sorted(memo.matched())))
 
     def fast_default(self, view: ReadView, request: DecideInput, reason: Fallback) -> DecisionOutput:
         """The default experience of every placement, as cheaply as possible (overload, blown budget).
