@@ -9,6 +9,12 @@ per unit (purchase values, for `revenue`); then `core/report_stats.build_report`
 control, P(beat), SRM against the configured weights). `by` slices by `channel` or `country` (of the
 unit's first exposure). The holdout's lift compares, over every exposure of every placement, units
 served personalized decisions with units in the global holdout.
+
+Over time: each unit is also counted in the time bucket of its first exposure to the experiment (its
+conversion and revenue go with it), and `series` is `core/report_stats.time_series` over those buckets:
+per bucket and variant, the cumulative units and the metric with its interval, what `edgewise ctl
+report --plot` draws. The bucket size is `bucket_ms`, or by default the first of 1 hour, 3 hours, 6
+hours, 12 hours, 1 day and 1 week that gives at most 100 buckets over the experiment's exposures.
 """
 
 from __future__ import annotations
@@ -21,19 +27,35 @@ from typing import Any, Final
 from edgewise.core.attribution import Exposure, Outcome, attribute
 from edgewise.core.decisions import Fallback
 from edgewise.core.exposure import EXPOSURE_KIND
-from edgewise.core.report_stats import Lift, Metric, Report, VariantCounts, build_report, holdout_lift
+from edgewise.core.report_stats import (
+    Lift,
+    Metric,
+    Report,
+    SeriesPoint,
+    VariantCounts,
+    build_report,
+    holdout_lift,
+    time_series,
+)
 
 __all__ = [
+    "BUCKET_SIZES_MS",
     "DIMENSIONS",
+    "MAX_BUCKETS",
     "ExperimentReport",
     "ReportError",
+    "bucket_size",
     "experiment_report",
     "exposure_from_record",
     "outcome_from_record",
 ]
 
-DIMENSIONS: Final = {"channel": "ch", "country": "co"}
+DIMENSIONS: Final = {"channel": "ch", "country": "co", "segment": "sg"}  # segment: a unit may be in several
 _OUTCOME_OF: Final = {"ctr": "click", "conversion": "purchase", "revenue": "purchase"}
+_HOUR: Final = 3_600_000
+BUCKET_SIZES_MS: Final = (_HOUR, 3 * _HOUR, 6 * _HOUR, 12 * _HOUR, 24 * _HOUR, 7 * 24 * _HOUR)
+"""The automatic bucket sizes, smallest first: the first giving at most `MAX_BUCKETS` buckets is used."""
+MAX_BUCKETS: Final = 100
 
 
 class ReportError(ValueError):
@@ -51,6 +73,16 @@ class ExperimentReport:
     outcomes: int
     attributed: int
     mixed_units: int
+    bucket_ms: int = _HOUR  # the size of the series' time buckets
+    series: tuple[SeriesPoint, ...] = ()  # cumulative, per bucket (start, UTC-aligned) and variant
+
+
+def bucket_size(first_ms: int, last_ms: int) -> int:
+    """The automatic bucket size for exposures from `first_ms` to `last_ms` (see `BUCKET_SIZES_MS`)."""
+    for size in BUCKET_SIZES_MS:
+        if last_ms // size - first_ms // size + 1 <= MAX_BUCKETS:
+            return size
+    return BUCKET_SIZES_MS[-1]
 
 
 def exposure_from_record(r: Mapping[str, Any]) -> Exposure:
@@ -83,6 +115,13 @@ def outcome_from_record(r: Mapping[str, Any]) -> Outcome:
     )
 
 
+def _groups(value: Any) -> tuple[str, ...]:
+    """A dimension's value(s) in an exposure record: a string, or a list (segments)."""
+    if isinstance(value, list):
+        return tuple(str(v) for v in value) or ("(none)",)
+    return (str(value) if value else "(none)",)
+
+
 def experiment_report(
     records: Iterable[Mapping[str, Any]],
     experiment: str,
@@ -92,17 +131,21 @@ def experiment_report(
     by: str = "",
     confidence: float = 0.95,
     seed: int = 0,
+    bucket_ms: int | None = None,
 ) -> ExperimentReport:
-    """`weights`: the experiment's configured variant weights, control first."""
+    """`weights`: the experiment's configured variant weights, control first. `bucket_ms`: the size of
+    the series' time buckets (None: chosen from the span of the exposures, see `bucket_size`)."""
     if metric not in _OUTCOME_OF:
         raise ReportError(f"metric {metric!r} must be one of {', '.join(_OUTCOME_OF)}")
     if by and by not in DIMENSIONS:
         raise ReportError(f"--by {by!r}: reports can be sliced by {', '.join(DIMENSIONS)}")
     if not weights:
         raise ReportError(f"experiment {experiment!r} has no variants")
+    if bucket_ms is not None and bucket_ms <= 0:
+        raise ReportError(f"the bucket size must be > 0 ms, got {bucket_ms}")
     exposures: list[Exposure] = []
     outcomes: list[Outcome] = []
-    slice_of: dict[str, str] = {}  # unit -> its first exposure's dimension value
+    slice_of: dict[str, tuple[str, ...]] = {}  # unit -> its first exposure's dimension value(s)
     all_units: dict[str, bool] = {}  # unit -> in the holdout (any exposure of any placement)
     for r in records:
         if r.get("k") == EXPOSURE_KIND:
@@ -113,13 +156,15 @@ def experiment_report(
             all_units[e.unit] = all_units.get(e.unit, False) or held
             exposures.append(e)
             if e.experiment == experiment and by:
-                slice_of.setdefault(e.unit, str(r.get(DIMENSIONS[by], "")) or "(none)")
+                slice_of.setdefault(e.unit, _groups(r.get(DIMENSIONS[by])))
         elif "t" in r and "id" in r:
             outcomes.append(outcome_from_record(r))
     mine = sorted((e for e in exposures if e.experiment == experiment), key=lambda e: e.timestamp_ms)
     variant_of: dict[str, str] = {}
+    first_ms: dict[str, int] = {}  # unit -> its first exposure to the experiment
     mixed: set[str] = set()
     for e in mine:
+        first_ms.setdefault(e.unit, e.timestamp_ms)
         first = variant_of.setdefault(e.unit, e.variant)
         if first != e.variant:
             mixed.add(e.unit)
@@ -140,25 +185,34 @@ def experiment_report(
         attributed += 1
         converted.add(a.exposure.unit)
         revenue[a.exposure.unit] += a.outcome.value
-    counts: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
+    size = bucket_ms or (bucket_size(mine[0].timestamp_ms, mine[-1].timestamp_ms) if mine else _HOUR)
+    counts: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
+    by_group: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
     for unit, variant in variant_of.items():
-        c = counts[(variant, slice_of.get(unit, ""))]
-        c[0] += 1
-        c[1] += unit in converted
-        c[2] += revenue.get(unit, 0.0)
-        c[3] += revenue.get(unit, 0.0) ** 2
+        value = revenue.get(unit, 0.0)
+        targets = [counts[(variant, first_ms[unit] // size * size)]]
+        targets += [by_group[(variant, g)] for g in slice_of.get(unit, ())]
+        for c in targets:
+            c[0] += 1
+            c[1] += unit in converted
+            c[2] += value
+            c[3] += value**2
     cells = [
-        VariantCounts(v, int(c[0]), int(c[1]), c[2], c[3], dimensions=((by, g),) if by else ())
-        for (v, g), c in sorted(counts.items())
+        VariantCounts(v, int(c[0]), int(c[1]), c[2], c[3], bucket_ms=b)
+        for (v, b), c in sorted(counts.items())
+    ]
+    group_cells = [
+        VariantCounts(v, int(c[0]), int(c[1]), c[2], c[3], dimensions=((by, g),))
+        for (v, g), c in sorted(by_group.items())
     ]
     control = next(iter(weights))
     overall = build_report(cells, control, weights, metric, confidence=confidence, seed=seed)
     slices: tuple[Report, ...] = ()
     if by:
-        groups = sorted({g for _, g in counts})
+        groups = sorted({g for _, g in by_group})
         slices = tuple(
             build_report(
-                [c for c in cells if c.dimension(by) == g],
+                [c for c in group_cells if c.dimension(by) == g],
                 control,
                 weights,
                 metric,
@@ -190,4 +244,6 @@ def experiment_report(
         outcomes=sum(o.type == wanted for o in outcomes),
         attributed=attributed,
         mixed_units=len(mixed),
+        bucket_ms=size,
+        series=tuple(time_series(cells, metric, confidence=confidence, variant_order=list(weights))),
     )

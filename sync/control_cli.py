@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgewise.core.bandit_learning import LearningSchedule
+from edgewise.core.plot_png import plot_series
 from edgewise.edge.logs import log, set_level
 from edgewise.sync.auth import (
     bearer_metadata,
@@ -275,9 +277,20 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
     )
     report.add_argument("experiment", metavar="EXPERIMENT")
     report.add_argument("--metric", choices=("ctr", "conversion", "revenue"), default="ctr")
-    report.add_argument("--by", choices=("channel", "country"), default="", help="also one table per value")
+    report.add_argument(
+        "--by",
+        choices=("channel", "country", "segment"),
+        default="",
+        help="also one table per value (segment: a unit counts in every segment it matched)",
+    )
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    report.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also write a PNG of each variant's cumulative rate with its interval over time",
+    )
     forget = sub.add_parser(
         "forget",
         help="forget a user everywhere (profile, activity, outbox, stored events), or --status",
@@ -446,7 +459,17 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
             metadata=meta,
             timeout=args.timeout,
         )
-        print_report(json.loads(reply.json), args.format)
+        doc = json.loads(reply.json)
+        if args.plot is not None:
+            if "series" not in doc:
+                return _fail("--plot: this control plane sends no time series; upgrade it")
+            try:
+                args.plot.write_bytes(report_plot(doc))
+            except OSError as exc:
+                return _fail(f"--plot: cannot write {args.plot}: {exc.strerror or exc}")
+        print_report(doc, args.format)
+        if args.plot is not None:  # on stderr when stdout is JSON or CSV, to keep it parseable
+            print(f"wrote {args.plot}", file=sys.stdout if args.format == "table" else sys.stderr)
         return 0
     if command == "history":
         hist = stub.History(sync_pb2.HistoryRequest(limit=args.limit), metadata=meta, timeout=args.timeout)
@@ -548,6 +571,32 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def report_plot(doc: dict[str, Any]) -> bytes:
+    """The PNG of `ctl report --plot`: per variant, the cumulative rate with its interval per time bucket
+    of the report document's "series" (the server sends the numbers, the client draws)."""
+    points = doc.get("series") or []
+    size = int(doc.get("bucket_size_ms") or 3_600_000)
+    day = 86_400_000
+    unit_ms, unit = (day, "days") if size >= day // 2 else (3_600_000, "hours")
+    start = min((int(p["bucket_ms"]) for p in points), default=0)
+    series: dict[str, list[tuple[float, float | None, float | None, float | None]]] = {
+        r["variant"]: [] for r in doc.get("rows", [])
+    }
+    for p in points:
+        x = (int(p["bucket_ms"]) - start) / unit_ms
+        series.setdefault(p["variant"], []).append((x, p["value"], p["low"], p["high"]))
+    metric = str(doc.get("metric", ""))
+    since = datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    confidence = float(doc.get("confidence", 0.95)) * 100
+    return plot_series(
+        series,
+        f"{doc.get('experiment', '')}: {metric}, cumulative, {confidence:g}% interval",
+        f"{unit} since {since} (buckets of {size / 3_600_000:g} h, by first exposure)",
+        "revenue per unit" if metric == "revenue" else metric,
+        y_percent=metric != "revenue",
+    )
 
 
 def print_report(doc: dict[str, Any], fmt: str) -> None:

@@ -641,6 +641,18 @@ def report_document(report: ExperimentReport) -> dict[str, object]:
             "rel_lift": holdout.relative,
             "p_beat": holdout.p_beat,
         },
+        "bucket_size_ms": report.bucket_ms,
+        "series": [
+            {
+                "bucket_ms": p.bucket_ms,
+                "variant": p.variant,
+                "units": p.units,
+                "value": p.value,
+                "low": p.low,
+                "high": p.high,
+            }
+            for p in report.series
+        ],
     }
 
 
