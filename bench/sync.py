@@ -1,12 +1,14 @@
-"""Control plane -> edge sync benchmark: propagation latency, bootstrap of an empty edge, delta apply rate.
+"""Control plane <-> edge sync benchmark: propagation, bootstrap, delta apply rate, events upstream.
 
 Run from the repository root:
 
     python -m bench.sync            # full run: 10 edges x 200 deltas, a 1M-profile bootstrap, 3 x 50k
-                                    # upserts; several minutes (+ about 2 min the first time, to generate
-                                    # the 1M-profile bundle, cached in the temp dir)
-    python -m bench.sync --quick    # under a minute: a smoke test (2 edges, 10k profiles, 20 deltas)
+                                    # upserts, 2 x 100k events; several minutes (+ about 2 min the first
+                                    # time, to generate the 1M-profile bundle, cached in the temp dir)
+    python -m bench.sync --quick    # under a minute: a smoke test (2 edges, 10k profiles, 20 deltas,
+                                    # 5k events)
     python -m bench.sync --json     # machine-readable output
+    python -m bench.sync --stages events   # one stage (or a comma-separated list): fleet, bootstrap, events
 
 Everything runs as real processes on loopback, as in tests/test_sync.py: `edgewise control serve` with
 an edge and an ops token, and `edgewise edge serve --control ADDR --workers 1 --node-id e<i>` edges
@@ -43,6 +45,23 @@ Stages:
    existing ids on the bootstrap edge), on the lone bootstrap edge (1M-profile state) and on the fleet
    (all edges applying at once on this machine's cores). Rate = upserts / the edge's `ms` (apply inside
    the edge), and end to end = upserts / (applied ts - Push returned).
+4. Events upstream (`--stages events`; a control plane of its own holding the fleet bundle): edges
+   forward their outbox of Track events to the control plane, which stores them and folds them into
+   profiles (published as deltas). `--events` view events (random users and items) in Track calls of
+   100 with analytics + personalization consent, from `--track-clients` threads, each call as soon as
+   the last returned. With one edge (`--workers 1`):
+   (b) steady state: tracking at full speed with the control plane up; events stored upstream per
+       second (the Status RPC's `events_total`) while tracking, and the edge's outbox backlog (its LMDB,
+       read-only) when tracking ended;
+   (a) drain: the control plane is stopped, the edge takes `--events` events into its outbox, the
+       control plane is started again on the same port; events/s from its process start to
+       `events_total` + N (Status polled every 10 ms), split at the edge's first forward after the
+       restart (its `outbox_forwarding` log line: the forwarder's retry backoff ends there).
+   Then event -> fleet-wide profile: a second edge B; for `--event-users` users (personalization consent,
+   not in a holdout) one view of a new item on edge A, then B's Decide (explain, pdp_similar, whose seed
+   is the profile's last view) every 5 ms until it shows the item (bounded: 10 s). Latency = when that
+   Decide returned - when A's Track returned; split by the control plane's `profiles_folded` and B's
+   `sync_applied` log lines. No target is given for these (issue 6): they are printed as figures.
 """
 
 from __future__ import annotations
@@ -58,8 +77,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -72,6 +93,8 @@ from edgewise.bench.pipeline import default_bundle_dir
 from edgewise.bench.synth import synth_bundle
 from edgewise.core.store import REPLICATED, Store
 from edgewise.sync.auth import bearer_metadata, open_channel
+from edgewise.v1 import personalizer_pb2 as pb
+from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
 __all__ = ["main", "run"]
@@ -79,6 +102,8 @@ __all__ = ["main", "run"]
 TARGET_PROPAGATION_P99_MS: Final = 50.0
 TARGET_BOOTSTRAP_S: Final = 30.0
 TARGET_UPSERTS_PER_S: Final = 50_000.0
+
+STAGES: Final = ("fleet", "bootstrap", "events")
 
 OPS_TOKEN: Final = "bench-sync-ops-token"
 EDGE_TOKEN: Final = "bench-sync-edge-token"
@@ -206,8 +231,10 @@ def _wait_ready(procs: Sequence[Proc], timeout: float) -> list[dict[str, Any]]:
     return [found[p.name] for p in procs]
 
 
-def start_control(procs: Procs, name: str, data: Path, max_snapshots: int) -> tuple[Proc, str]:
-    p = procs.spawn(
+def spawn_control(
+    procs: Procs, name: str, data: Path, max_snapshots: int, listen: str = "127.0.0.1:0"
+) -> Proc:
+    return procs.spawn(
         name,
         [
             "control",
@@ -215,13 +242,17 @@ def start_control(procs: Procs, name: str, data: Path, max_snapshots: int) -> tu
             "--data",
             str(data),
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--max-snapshots",
             str(max_snapshots),
             "--retain-snapshots",
             "1",
         ],
     )
+
+
+def start_control(procs: Procs, name: str, data: Path, max_snapshots: int) -> tuple[Proc, str]:
+    p = spawn_control(procs, name, data, max_snapshots)
     (info,) = _wait_ready([p], 60)
     return p, str(info["address"])
 
@@ -268,6 +299,7 @@ class LogTail:
     applied: dict[int, Applied] = field(default_factory=dict)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # first line of each other event
     committed: dict[int, float] = field(default_factory=dict)  # control plane: version -> push_committed ts
+    folded: dict[int, float] = field(default_factory=dict)  # control plane: version -> profiles_folded ts
     nacks: list[dict[str, Any]] = field(default_factory=list)
     _offset: int = 0
     _partial: bytes = b""
@@ -299,6 +331,8 @@ class LogTail:
                 )
             elif event == "push_committed":
                 self.committed[int(doc["version"])] = float(doc["ts"])
+            elif event == "profiles_folded":
+                self.folded[int(doc["version"])] = float(doc["ts"])
             elif event == "sync_nack":
                 self.nacks.append(doc)
             if isinstance(event, str) and event not in self.events:
@@ -407,6 +441,16 @@ class Control:
     def head(self) -> int:
         reply = self.stub.History(sync_pb2.HistoryRequest(limit=1), metadata=self.meta, timeout=30)
         return int(reply.head_version)
+
+    def status(self) -> sync_pb2.StatusReply:
+        reply: sync_pb2.StatusReply = self.stub.Status(
+            sync_pb2.StatusRequest(), metadata=self.meta, timeout=10
+        )
+        return reply
+
+    def events_total(self) -> int:
+        """Distinct events stored upstream (the Status RPC: a count of the control plane's event log)."""
+        return int(self.status().events_total)
 
 
 # --- deltas -------------------------------------------------------------------------------------------
@@ -568,6 +612,10 @@ class Config:
     bundle: Path | None
     quick: bool
     stage_timeout: float
+    stages: tuple[str, ...] = STAGES
+    events: int = 100_000
+    event_users: int = 50
+    track_clients: int = 4
 
 
 def _rate_rows(
@@ -791,9 +839,428 @@ def stage_bootstrap(config: Config, procs: Procs, root: Path, bundle: Path) -> d
         procs.stop_all()
 
 
+# --- events upstream ----------------------------------------------------------------------------------
+
+EVENT_BATCH: Final = 100  # events per Track call
+EVENT_CONSENT: Final = ("analytics", "personalization")
+STATUS_POLL_S: Final = 0.01  # Status RPC polling while an outbox drains
+SAMPLE_S: Final = 0.25  # events_total + outbox backlog samples while tracking at full speed
+SEEDS_POLL_S: Final = 0.005  # edge B's Decide polling for a view made on edge A
+FOLD_WAIT_S: Final = 10.0  # bound on the wait for one view to show on edge B
+
+
+def _consenting_users(bundle: Path) -> tuple[list[str], list[str]]:
+    """(every profile id, the ids whose consent has the personalization purpose), in bundle order."""
+    every: list[str] = []
+    consenting: list[str] = []
+    with (bundle / "profiles.jsonl").open("rb") as fh:
+        for line in fh:
+            doc = json.loads(line)
+            every.append(str(doc["id"]))
+            if "personalization" in doc.get("consent", {}):
+                consenting.append(str(doc["id"]))
+    return every, consenting
+
+
+def track_requests(
+    prefix: str, count: int, users: Sequence[str], items: int, seed: int
+) -> list[pb.TrackRequest]:
+    """`count` view events (ids `<prefix>-<n>`, random users and items) in Track calls of EVENT_BATCH."""
+    rng = random.Random(seed)
+    out = []
+    for start in range(0, count, EVENT_BATCH):
+        events = [
+            pb.Event(
+                event_id=f"{prefix}-{n}",
+                type="view",
+                user_id=users[rng.randrange(len(users))],
+                item_id=f"i{rng.randrange(items)}",
+            )
+            for n in range(start, min(start + EVENT_BATCH, count))
+        ]
+        out.append(pb.TrackRequest(events=events, consent=list(EVENT_CONSENT)))
+    return out
+
+
+@dataclass
+class Tracked:
+    events: int
+    accepted: int
+    started: float  # perf_counter
+    ended: float
+    client_cpu_s: float  # the bench process's CPU time while sending (all its threads)
+    call_ms: list[float]
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "accepted": self.accepted,
+            "seconds": round(self.seconds, 2),
+            "track_per_s": round(self.events / max(self.seconds, 1e-6)),
+            "track_call_ms": _percentiles(self.call_ms),
+            "client_cpu_s": round(self.client_cpu_s, 2),
+        }
+
+
+def track_all(address: str, requests: Sequence[pb.TrackRequest], clients: int) -> Tracked:
+    """Send `requests` from `clients` threads, each with a channel (a connection) of its own, each call
+    as soon as the previous one returned. The gRPC calls release the GIL while they wait, and the
+    requests are built beforehand, so a thread costs little CPU per call (`client_cpu_s` shows it)."""
+    channels = [grpc.insecure_channel(address) for _ in range(clients)]
+    try:
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        stubs = [pb_grpc.PersonalizerStub(c) for c in channels]
+        times: list[list[float]] = [[] for _ in range(clients)]
+
+        def send(k: int) -> int:
+            accepted = 0
+            for request in requests[k::clients]:
+                t0 = time.perf_counter()
+                accepted += stubs[k].Track(request, timeout=60).accepted
+                times[k].append((time.perf_counter() - t0) * 1000)
+            return accepted
+
+        cpu0 = time.process_time()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="track") as pool:
+            accepted = sum(pool.map(send, range(clients)))
+        ended = time.perf_counter()
+        cpu = time.process_time() - cpu0
+    finally:
+        for channel in channels:
+            channel.close()
+    events = sum(len(r.events) for r in requests)
+    if accepted != events:
+        raise BenchError(f"Track accepted {accepted} of {events} events (duplicate ids?)")
+    return Tracked(events, accepted, started, ended, cpu, [t for ts in times for t in ts])
+
+
+def _outbox_pending(data: Path) -> int:
+    with Store(data, readonly=True) as store:
+        return store.outbox_pending()
+
+
+class _Sampler:
+    """Every SAMPLE_S: (seconds since start, events stored upstream, the edge's outbox backlog)."""
+
+    def __init__(self, control: Control, data: Path) -> None:
+        self.control = control
+        self.data = data
+        self.samples: list[tuple[float, int, int]] = []
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            with contextlib.suppress(grpc.RpcError, lmdb.Error):
+                total = self.control.events_total()
+                self.samples.append((time.perf_counter() - self.t0, total, _outbox_pending(self.data)))
+
+
+def _wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float) -> float:
+    """Poll `check` every `interval` s; the time.time() at which it first held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return time.time()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def _log_lines(path: Path, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.startswith(b"{") and f'"event":"{event}"'.encode() in line:
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(dict(json.loads(line)))
+    return out
+
+
+def _pdp_similar(stub: pb_grpc.PersonalizerStub, user: str) -> tuple[list[str], bool]:
+    """`user`'s pdp_similar seed items (from the profile's activity: the last view) in an explained
+    decision, and whether the user is in a holdout (whose decisions ignore the activity)."""
+    response = stub.Decide(
+        pb.DecideRequest(
+            user_id=user,
+            consent=["personalization"],
+            placements=[pb.PlacementRequest(placement_id="pdp_similar")],
+            explain=True,
+        ),
+        timeout=10,
+    )
+    placements = response.explanation.placements
+    holdout = any("holdout" in note for p in placements for note in p.notes)
+    return [s for p in placements for s in p.seed_item_ids], holdout
+
+
+def _seeds(stub: pb_grpc.PersonalizerStub, user: str) -> list[str]:
+    return _pdp_similar(stub, user)[0]
+
+
+def _settle(control: Control, tails: Sequence[LogTail], edges: Sequence[Proc], timeout: float) -> int:
+    """Until the control plane's head stayed put for 1 s (the folder is done) and every edge applied it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        head = control.head()
+        _wait_applied(tails, edges, head, timeout)
+        time.sleep(1.0)
+        if control.head() == head:
+            return head
+        if time.monotonic() > deadline:
+            raise BenchError(f"the control plane's head kept moving for {timeout:.0f} s")
+
+
+def stage_events(config: Config, procs: Procs, root: Path, bundle: Path) -> dict[str, Any]:
+    """Events upstream: outbox forwarding rates with one edge, then view on edge A -> edge B's decisions."""
+    first = len(procs.started)
+    data = root / "control-events"
+    control_proc, address = start_control(procs, "control-events", data, 2)
+    control_log = LogTail(control_proc.log_path)
+    port = int(address.rsplit(":", 1)[1])
+    control = Control(address)
+    n = config.events
+    try:
+        base = control.push_bundle(bundle)
+        a_data = root / "edge-events-a"
+        a = spawn_edge(procs, "ea", a_data, address)
+        (a_info,) = _wait_ready([a], 120)
+        a_tail = LogTail(a.log_path)
+        _wait_applied([a_tail], [a], base.version, config.stage_timeout)
+        a_address = str(a_info["address"])
+        every, consenting = _consenting_users(bundle)
+        # the users viewing an item on A: with personalization consent, and not in a holdout (their
+        # decisions ignore the activity, so the seeds never show it); none of the load events are theirs
+        view_users: list[str] = []
+        with grpc.insecure_channel(a_address) as channel:
+            stub = pb_grpc.PersonalizerStub(channel)
+            for user in consenting:
+                if len(view_users) == config.event_users:
+                    break
+                if not _pdp_similar(stub, user)[1]:
+                    view_users.append(user)
+        if len(view_users) < config.event_users:
+            raise BenchError(f"{bundle} has {len(view_users)} users with consent and not in a holdout")
+        skip = set(view_users)
+        load_users = [u for u in every if u not in skip]
+        steady_requests = track_requests("steady", n, load_users, FLEET_ITEMS, config.seed)
+        drain_requests = track_requests("drain", n, load_users, FLEET_ITEMS, config.seed + 1)
+        time.sleep(0.5)
+
+        # (b) steady state: Track at full speed, forwarding on
+        _log(
+            f"events: steady state, {n} events in Track calls of {EVENT_BATCH} "
+            f"from {config.track_clients} clients"
+        )
+        before = control.events_total()
+        sampler = _Sampler(control, a_data)
+        sampler.start()
+        try:
+            tracked = track_all(a_address, steady_requests, config.track_clients)
+            stored_at_end = control.events_total() - before
+            backlog_at_end = _outbox_pending(a_data)
+            done_wall = _wait_until(
+                lambda: control.events_total() - before >= n,
+                config.stage_timeout,
+                "steady events upstream",
+                0.02,
+            )
+        finally:
+            sampler.stop()
+        track_end_wall = time.time() - (time.perf_counter() - tracked.ended)
+        drained_after = done_wall - track_end_wall
+        total_s = tracked.seconds + drained_after
+        steady = {
+            **tracked.row(),
+            "stored_upstream_at_track_end": stored_at_end,
+            "upstream_per_s_while_tracking": round(stored_at_end / max(tracked.seconds, 1e-6)),
+            "backlog_at_track_end": backlog_at_end,
+            "backlog_max": max([backlog_at_end, *(b for _, _, b in sampler.samples)]),
+            "drained_after_track_end_s": round(drained_after, 2),
+            "upstream_per_s_first_track_to_all_stored": round(n / max(total_s, 1e-6)),
+            "samples": [
+                {"s": round(t, 2), "stored": total - before, "backlog": pending}
+                for t, total, pending in sampler.samples
+            ],
+        }
+        _log(
+            f"events: steady: Track {steady['track_per_s']:,}/s, stored upstream "
+            f"{steady['upstream_per_s_while_tracking']:,}/s while tracking, "
+            f"backlog {backlog_at_end} at the end, "
+            f"drained {drained_after:.2f} s later"
+        )
+        _wait_until(lambda: _outbox_pending(a_data) == 0, 30, "edge A's outbox empty", 0.05)
+
+        # (a) drain: the control plane is down while the edge takes N events; then it comes back
+        control.close()
+        procs.stop([control_proc])
+        down_wall = time.time()
+        _log(f"events: control plane down; Track {n} events on the edge (they wait in its outbox)")
+        down_tracked = track_all(a_address, drain_requests, config.track_clients)
+        pending = _outbox_pending(a_data)
+        if pending != n:
+            raise BenchError(f"the edge's outbox holds {pending} entries, expected {n}")
+        before_drain = before + n
+        restart = spawn_control(procs, "control-events-2", data, 2, listen=f"127.0.0.1:{port}")
+        _wait_ready([restart], 60)
+        control = Control(address)
+        control_log = LogTail(restart.log_path)
+        target = before_drain + n
+        first_seen: list[float] = []
+
+        def drained() -> bool:
+            total = control.events_total()
+            if total > before_drain and not first_seen:
+                first_seen.append(time.time())
+            return total >= target
+
+        done_wall = _wait_until(drained, config.stage_timeout, "the outbox drained upstream", STATUS_POLL_S)
+        start_wall = restart.started_wall
+        serving = [float(d["ts"]) for d in _log_lines(restart.log_path, "control_serving")]
+        resumed = [
+            float(d["ts"])
+            for d in _log_lines(a.log_path, "outbox_forwarding")
+            if float(d["ts"]) >= start_wall
+        ]
+        first_forward = resumed[0] if resumed else first_seen[0]
+        all_s = done_wall - start_wall
+        drain = {
+            **down_tracked.row(),
+            "outbox_before": pending,
+            "control_down_s": round(start_wall - down_wall, 2),
+            "start_to_serving_s": round(serving[0] - start_wall, 2) if serving else None,
+            "start_to_first_forward_s": round(first_forward - start_wall, 2),
+            "start_to_all_stored_s": round(all_s, 2),
+            "per_s_from_control_start": round(n / max(all_s, 1e-6)),
+            "per_s_from_first_forward": round(n / max(done_wall - first_forward, 1e-6)),
+            "first_forward_from": "edge log outbox_forwarding" if resumed else "Status poll",
+        }
+        _wait_until(lambda: _outbox_pending(a_data) == 0, 30, "edge A's outbox empty", 0.05)
+        drain["outbox_empty"] = True
+        _log(
+            f"events: drain: {n} events upstream {all_s:.2f} s after the control plane started "
+            f"({drain['per_s_from_control_start']:,}/s; "
+            f"first forward after {drain['start_to_first_forward_s']} s, "
+            f"{drain['per_s_from_first_forward']:,}/s from there)"
+        )
+
+        # 2. event -> fleet-wide profile: a view on edge A, seen in edge B's pdp_similar seeds
+        b = spawn_edge(procs, "eb", root / "edge-events-b", address)
+        (b_info,) = _wait_ready([b], 120)
+        b_tail = LogTail(b.log_path)
+        head = _settle(control, [a_tail, b_tail], [a, b], config.stage_timeout)
+        _log(f"events: edges A and B at version {head}; {len(view_users)} users view an item on A")
+        fleet = _fleet_views(config, a_address, str(b_info["address"]), view_users, control_log, b_tail)
+        return {
+            "events": n,
+            "batch": EVENT_BATCH,
+            "clients": config.track_clients,
+            "consent": list(EVENT_CONSENT),
+            "users": len(load_users),
+            "items": FLEET_ITEMS,
+            "steady": steady,
+            "drain": drain,
+            "fleet_profile": fleet,
+        }
+    finally:
+        control.close()
+        procs.stop(procs.started[first:][::-1])
+
+
+def _fleet_views(
+    config: Config,
+    a_address: str,
+    b_address: str,
+    users: Sequence[str],
+    control_log: LogTail,
+    b_tail: LogTail,
+) -> dict[str, Any]:
+    rng = random.Random(config.seed)
+    from_returned: list[float] = []
+    from_sent: list[float] = []
+    to_fold: list[float] = []
+    fold_to_b: list[float] = []
+    decide_ms: list[float] = []
+    polls: list[int] = []
+    missed = 0
+    with grpc.insecure_channel(a_address) as a_channel, grpc.insecure_channel(b_address) as b_channel:
+        a_stub, b_stub = pb_grpc.PersonalizerStub(a_channel), pb_grpc.PersonalizerStub(b_channel)
+        for j, user in enumerate(users):
+            seeds = set(_seeds(b_stub, user))
+            item = next(i for i in (f"i{rng.randrange(FLEET_ITEMS)}" for _ in range(1000)) if i not in seeds)
+            view = pb.Event(event_id=f"fleet-view-{j}", type="view", user_id=user, item_id=item)
+            request = pb.TrackRequest(events=[view], consent=list(EVENT_CONSENT))
+            sent_wall = time.time()
+            sent = time.perf_counter()
+            a_stub.Track(request, timeout=10)
+            returned = time.perf_counter()
+            returned_wall = sent_wall + (returned - sent)
+            deadline = returned + FOLD_WAIT_S
+            count = 0
+            while True:
+                t0 = time.perf_counter()
+                shown = item in _seeds(b_stub, user)
+                t1 = time.perf_counter()
+                count += 1
+                decide_ms.append((t1 - t0) * 1000)
+                if shown:
+                    from_returned.append((t1 - returned) * 1000)
+                    from_sent.append((t1 - sent) * 1000)
+                    polls.append(count)
+                    break
+                if t1 > deadline:
+                    missed += 1
+                    _log(f"events: the view of {user} on {item} not in edge B's seeds in {FOLD_WAIT_S:g} s")
+                    break
+                time.sleep(max(0.0, SEEDS_POLL_S - (t1 - t0)))
+            control_log.poll()
+            b_tail.poll()
+            folds = [v for v, ts in control_log.folded.items() if ts >= returned_wall - 0.001]
+            if folds and shown:
+                version = min(folds)
+                to_fold.append((control_log.folded[version] - returned_wall) * 1000)
+                if version in b_tail.applied or any(v >= version for v in b_tail.applied):
+                    fold_to_b.append((_applied_at(b_tail, version).ts - control_log.folded[version]) * 1000)
+            time.sleep(rng.uniform(*GAP_MS) / 1000)
+    stats = _percentiles(from_returned)
+    _log(
+        f"events: view on A -> in B's seeds: p50 {stats.get('p50')} ms, p99 {stats.get('p99')} ms, "
+        f"max {stats.get('max')} ms ({missed} missed)"
+    )
+    return {
+        "users": len(users),
+        "poll_ms": SEEDS_POLL_S * 1000,
+        "wait_bound_s": FOLD_WAIT_S,
+        "from_track_returned_ms": stats,
+        "from_track_sent_ms": _percentiles(from_sent),
+        "track_returned_to_fold_commit_ms": _percentiles(to_fold),
+        "fold_commit_to_applied_on_b_ms": _percentiles(fold_to_b),
+        "decide_ms": _percentiles(decide_ms),
+        "polls": _percentiles(polls),
+        "missed": missed,
+    }
+
+
 def run(config: Config) -> dict[str, Any]:
     t_run = time.perf_counter()
     machine = _machine()
+    fleet: dict[str, Any] | None = None
+    boot: dict[str, Any] | None = None
+    events: dict[str, Any] | None = None
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgewise-bench-sync-") as tmp:
         root = Path(tmp)
         procs = Procs(root / "run")
@@ -801,7 +1268,9 @@ def run(config: Config) -> dict[str, Any]:
             fleet_bundle, fleet_synth_s, _ = _bundle(
                 root / "fleet-bundle", FLEET_USERS, FLEET_ITEMS, config.seed
             )
-            if config.bundle is not None:
+            if "bootstrap" not in config.stages:
+                pass
+            elif config.bundle is not None:
                 big = config.bundle
                 if not (big / "manifest.json").exists():
                     big, big_synth_s, big_generated = _bundle(big, config.profiles, config.items, config.seed)
@@ -816,62 +1285,27 @@ def run(config: Config) -> dict[str, Any]:
                     config.items,
                     config.seed,
                 )
-            fleet = stage_fleet(config, procs, root, fleet_bundle)
-            boot = stage_bootstrap(config, procs, root, big)
+            if "fleet" in config.stages:
+                t0 = time.perf_counter()
+                fleet = stage_fleet(config, procs, root, fleet_bundle)
+                seconds["fleet"] = round(time.perf_counter() - t0, 1)
+            if "bootstrap" in config.stages:
+                t0 = time.perf_counter()
+                boot = stage_bootstrap(config, procs, root, big)
+                seconds["bootstrap"] = round(time.perf_counter() - t0, 1)
+            if "events" in config.stages:
+                t0 = time.perf_counter()
+                events = stage_events(config, procs, root, fleet_bundle)
+                seconds["events"] = round(time.perf_counter() - t0, 1)
         finally:
             procs.stop_all()
     machine["loadavg_at_end"] = _loadavg()
-    boot["bootstrap"]["bundle"] = str(big)
-    boot["bootstrap"]["bundle_generated_s"] = round(big_synth_s, 1) if big_generated else None
-    prop, alone, fleet_rate = fleet["propagation"], boot["alone_rate"], fleet["fleet_rate"]
-    b = boot["bootstrap"]
-    targets = [
-        {
-            "name": f"propagation p99, push accepted -> applied on all {prop['edges']} edges",
-            "figure": prop["from_push_returned_ms"]["p99"],
-            "unit": "ms",
-            "target": f"< {TARGET_PROPAGATION_P99_MS:g} ms",
-            "met": prop["met"],
-        },
-        {
-            "name": f"bootstrap of an empty edge, {b['profiles']} profiles: start -> snapshot applied",
-            "figure": b["start_to_applied_s"],
-            "unit": "s",
-            "target": f"< {TARGET_BOOTSTRAP_S:g} s",
-            "met": b["met"],
-        },
-        {
-            "name": "delta apply, upserts/s in the edge (1 edge, median)",
-            "figure": alone["in_edge_per_s"]["median"],
-            "unit": "/s",
-            "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
-            "met": alone["in_edge_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
-        },
-        {
-            "name": "delta apply, upserts/s push accepted -> applied (1 edge, median)",
-            "figure": alone["end_to_end_per_s"]["median"],
-            "unit": "/s",
-            "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
-            "met": alone["end_to_end_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
-        },
-        {
-            "name": f"delta apply, upserts/s per edge in the edge ({fleet_rate['edges']} edges at once)",
-            "figure": fleet_rate["in_edge_per_s"]["median"],
-            "unit": "/s",
-            "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
-            "met": fleet_rate["in_edge_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
-        },
-        {
-            "name": f"delta apply, upserts/s per edge push -> applied ({fleet_rate['edges']} edges, median)",
-            "figure": fleet_rate["end_to_end_per_s"]["median"],
-            "unit": "/s",
-            "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
-            "met": fleet_rate["end_to_end_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
-        },
-    ]
-    return {
+    targets: list[dict[str, Any]] = []
+    figures: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
         "benchmark": "bench.sync",
         "config": {
+            "stages": list(config.stages),
             "edges": config.edges,
             "deltas": config.deltas,
             "delta_upserts": config.delta_upserts,
@@ -879,18 +1313,121 @@ def run(config: Config) -> dict[str, Any]:
             "bootstrap_bundle": {"profiles": config.profiles, "items": config.items},
             "bulk_upserts": config.upserts,
             "rounds": config.rounds,
+            "events": config.events,
+            "event_users": config.event_users,
+            "track_clients": config.track_clients,
             "seed": config.seed,
             "quick": config.quick,
             "edge": "edgewise edge serve --control ADDR --workers 1 --node-id e<i>",
         },
         "machine": machine,
         "detection": DETECTION,
-        "propagation": prop,
-        "bootstrap": b,
-        "throughput": {"alone": alone, "fleet": fleet_rate, "target_per_s": TARGET_UPSERTS_PER_S},
-        "targets": targets,
-        "seconds": {"total": round(time.perf_counter() - t_run, 1)},
     }
+    if fleet is not None:
+        prop, fleet_rate = fleet["propagation"], fleet["fleet_rate"]
+        result["propagation"] = prop
+        result.setdefault("throughput", {"target_per_s": TARGET_UPSERTS_PER_S})["fleet"] = fleet_rate
+        targets.append(
+            {
+                "name": f"propagation p99, push accepted -> applied on all {prop['edges']} edges",
+                "figure": prop["from_push_returned_ms"]["p99"],
+                "unit": "ms",
+                "target": f"< {TARGET_PROPAGATION_P99_MS:g} ms",
+                "met": prop["met"],
+            }
+        )
+    if boot is not None:
+        b, alone = boot["bootstrap"], boot["alone_rate"]
+        b["bundle"] = str(big)
+        b["bundle_generated_s"] = round(big_synth_s, 1) if big_generated else None
+        result["bootstrap"] = b
+        result.setdefault("throughput", {"target_per_s": TARGET_UPSERTS_PER_S})["alone"] = alone
+        targets += [
+            {
+                "name": f"bootstrap of an empty edge, {b['profiles']} profiles: start -> snapshot applied",
+                "figure": b["start_to_applied_s"],
+                "unit": "s",
+                "target": f"< {TARGET_BOOTSTRAP_S:g} s",
+                "met": b["met"],
+            },
+            {
+                "name": "delta apply, upserts/s in the edge (1 edge, median)",
+                "figure": alone["in_edge_per_s"]["median"],
+                "unit": "/s",
+                "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
+                "met": alone["in_edge_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
+            },
+            {
+                "name": "delta apply, upserts/s push accepted -> applied (1 edge, median)",
+                "figure": alone["end_to_end_per_s"]["median"],
+                "unit": "/s",
+                "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
+                "met": alone["end_to_end_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
+            },
+        ]
+    if fleet is not None:
+        fleet_rate = fleet["fleet_rate"]
+        targets += [
+            {
+                "name": f"delta apply, upserts/s per edge in the edge ({fleet_rate['edges']} edges at once)",
+                "figure": fleet_rate["in_edge_per_s"]["median"],
+                "unit": "/s",
+                "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
+                "met": fleet_rate["in_edge_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
+            },
+            {
+                "name": (
+                    f"delta apply, upserts/s per edge push -> applied ({fleet_rate['edges']} edges, median)"
+                ),
+                "figure": fleet_rate["end_to_end_per_s"]["median"],
+                "unit": "/s",
+                "target": f">= {TARGET_UPSERTS_PER_S:,.0f}/s",
+                "met": fleet_rate["end_to_end_per_s"]["median"] >= TARGET_UPSERTS_PER_S,
+            },
+        ]
+    if events is not None:
+        result["events_upstream"] = events
+        figures += _event_figures(events)
+    result["targets"] = targets
+    result["figures"] = figures  # no target for these (issue 6): figures only
+    result["seconds"] = {**seconds, "total": round(time.perf_counter() - t_run, 1)}
+    return result
+
+
+def _event_figures(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    d, st, fp = ev["drain"], ev["steady"], ev["fleet_profile"]["from_track_returned_ms"]
+    users = ev["fleet_profile"]["users"]
+    n = ev["events"]
+    return [
+        {
+            "name": f"events upstream, outbox of {n} drained: control plane start -> all stored",
+            "figure": d["per_s_from_control_start"],
+            "unit": "/s",
+        },
+        {
+            "name": f"events upstream, outbox of {n} drained: first forward -> all stored",
+            "figure": d["per_s_from_first_forward"],
+            "unit": "/s",
+        },
+        {
+            "name": f"events upstream, steady: stored upstream while tracking {n} at full speed",
+            "figure": st["upstream_per_s_while_tracking"],
+            "unit": "/s",
+        },
+        {
+            "name": "events upstream, steady: edge outbox backlog when tracking ended",
+            "figure": st["backlog_at_track_end"],
+            "unit": "events",
+        },
+        *(
+            {
+                "name": f"view on edge A -> in edge B's pdp_similar seeds, {q} ({users} users)",
+                "figure": fp.get(q, 0.0),
+                "unit": "ms",
+            }
+            for q in ("p50", "p99", "max")
+        ),
+    ]
 
 
 # --- output -------------------------------------------------------------------------------------------
@@ -903,47 +1440,53 @@ def _fmt_figure(value: float, unit: str) -> str:
 
 
 def format_report(result: dict[str, Any]) -> str:
-    c, m, p, b, t = (
-        result["config"],
-        result["machine"],
-        result["propagation"],
-        result["bootstrap"],
-        result["throughput"],
-    )
-    r, s = p["from_push_returned_ms"], p["from_push_sent_ms"]
-    k = p.get("from_control_commit_ms", {"n": 0})
+    c, m = result["config"], result["machine"]
     lines = [
-        f"bench.sync: control plane + {c['edges']} edges ({c['edge']}) as processes on loopback"
-        + (" [--quick: a smoke test, not figures]" if c["quick"] else ""),
+        f"bench.sync: control plane + edges ({c['edge']}) as processes on loopback; "
+        f"stages: {', '.join(c['stages'])}" + (" [--quick: a smoke test, not figures]" if c["quick"] else ""),
         f"machine: {m['nproc']} cpus, {m['cpu']}; python {m['python']}, grpc {m['grpc']}, lmdb {m['lmdb']}; "
         f"load average {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end",
         f"applied detected from: {result['detection']}",
         "",
-        f"propagation: {p['deltas']} deltas of {p['upserts_per_delta']} profile upserts, one at a time, "
-        f"{p['gap_ms'][0]:g}-{p['gap_ms'][1]:g} ms apart, to {p['edges']} edges "
-        f"({c['fleet_bundle']['profiles']} profiles x {c['fleet_bundle']['items']} items); "
-        f"converged (LMDB version + digest): {p['converged']}",
-        f"  push accepted -> applied on all edges: p50 {r['p50']} ms, p90 {r['p90']} ms, p99 {r['p99']} ms, "
-        f"max {r['max']} ms (min {r['min']})",
-        f"  control plane committed (its push_committed log ts) -> applied on all edges: "
-        f"p50 {k.get('p50')} ms, p99 {k.get('p99')} ms, max {k.get('max')} ms (n {k['n']})",
-        f"  push sent -> applied on all edges:     p50 {s['p50']} ms, p99 {s['p99']} ms, max {s['max']} ms; "
-        f"Push RPC p50 {p['push_rpc_ms']['p50']} ms, p99 {p['push_rpc_ms']['p99']} ms",
-        f"  per edge (push accepted -> applied):   p50 {p['per_edge_from_push_returned_ms']['p50']} ms, "
-        f"p99 {p['per_edge_from_push_returned_ms']['p99']} ms; apply inside the edge p50 "
-        f"{p['edge_apply_ms']['p50']} ms, p99 {p['edge_apply_ms']['p99']} ms",
-        "",
-        f"bootstrap: empty edge, control plane at {b['profiles']} profiles + {b['items']} items "
-        f"({b['records']} records, {b['record_mb']} MB of record keys + values sent; "
-        f"bundle {b['bundle_mb']} MB, pushed in {b['push_seconds']} s)",
-        f"  process start -> snapshot applied {b['start_to_applied_s']} s = "
-        f"start -> first chunk (sync_connected) "
-        f"{b['split_s']['start_to_connected']} s + control plane read/frame, transfer, reassembly "
-        f"{b['split_s']['connected_to_commit_received']} s + edge apply {b['split_s']['edge_apply']} s; "
-        f"serving (worker up) at {b['start_to_serving_s']} s; LMDB version ok: {b['version_ok']}",
-        "",
     ]
+    if "propagation" in result:
+        p = result["propagation"]
+        r, s = p["from_push_returned_ms"], p["from_push_sent_ms"]
+        k = p.get("from_control_commit_ms", {"n": 0})
+        lines += [
+            f"propagation: {p['deltas']} deltas of {p['upserts_per_delta']} profile upserts, one at a time, "
+            f"{p['gap_ms'][0]:g}-{p['gap_ms'][1]:g} ms apart, to {p['edges']} edges "
+            f"({c['fleet_bundle']['profiles']} profiles x {c['fleet_bundle']['items']} items); "
+            f"converged (LMDB version + digest): {p['converged']}",
+            f"  push accepted -> applied on all edges: p50 {r['p50']} ms, p90 {r['p90']} ms, "
+            f"p99 {r['p99']} ms, max {r['max']} ms (min {r['min']})",
+            f"  control plane committed (its push_committed log ts) -> applied on all edges: "
+            f"p50 {k.get('p50')} ms, p99 {k.get('p99')} ms, max {k.get('max')} ms (n {k['n']})",
+            f"  push sent -> applied on all edges:     p50 {s['p50']} ms, p99 {s['p99']} ms, "
+            f"max {s['max']} ms; "
+            f"Push RPC p50 {p['push_rpc_ms']['p50']} ms, p99 {p['push_rpc_ms']['p99']} ms",
+            f"  per edge (push accepted -> applied):   p50 {p['per_edge_from_push_returned_ms']['p50']} ms, "
+            f"p99 {p['per_edge_from_push_returned_ms']['p99']} ms; apply inside the edge p50 "
+            f"{p['edge_apply_ms']['p50']} ms, p99 {p['edge_apply_ms']['p99']} ms",
+            "",
+        ]
+    if "bootstrap" in result:
+        b = result["bootstrap"]
+        lines += [
+            f"bootstrap: empty edge, control plane at {b['profiles']} profiles + {b['items']} items "
+            f"({b['records']} records, {b['record_mb']} MB of record keys + values sent; "
+            f"bundle {b['bundle_mb']} MB, pushed in {b['push_seconds']} s)",
+            f"  process start -> snapshot applied {b['start_to_applied_s']} s = "
+            f"start -> first chunk (sync_connected) "
+            f"{b['split_s']['start_to_connected']} s + control plane read/frame, transfer, reassembly "
+            f"{b['split_s']['connected_to_commit_received']} s + edge apply {b['split_s']['edge_apply']} s; "
+            f"serving (worker up) at {b['start_to_serving_s']} s; LMDB version ok: {b['version_ok']}",
+            "",
+        ]
+    t = result.get("throughput", {})
     for key in ("alone", "fleet"):
+        if key not in t:
+            continue
         row = t[key]
         lines.append(
             f"delta apply, {row['label']}: {row['deltas']} deltas x {row['upserts_per_delta']} "
@@ -953,17 +1496,55 @@ def format_report(result: dict[str, Any]) -> str:
             f"end to end {row['end_to_end_per_s']['median']:,}/s (min {row['end_to_end_per_s']['min']:,}); "
             f"Push RPC (upload + validate + commit) {row['push_rpc_s']} s"
         )
-    lines.append("")
-    width = max(len(x["name"]) for x in result["targets"])
+    if t:
+        lines.append("")
+    if "events_upstream" in result:
+        lines += [*_events_lines(result["events_upstream"]), ""]
+    rows = [(x, f"{'MET' if x['met'] else 'NOT MET'}", x["target"]) for x in result["targets"]]
+    rows += [(x, "figure", "none given") for x in result.get("figures", [])]
+    width = max(len(x["name"]) for x, _, _ in rows)
     header = f"{'measure':<{width}}  {'figure':>12}  {'target':>14}  verdict"
     lines += [header, "-" * len(header)]
-    for x in result["targets"]:
+    for x, verdict, target in rows:
         lines.append(
-            f"{x['name']:<{width}}  {_fmt_figure(x['figure'], x['unit']):>12}  {x['target']:>14}  "
-            f"{'MET' if x['met'] else 'NOT MET'}"
+            f"{x['name']:<{width}}  {_fmt_figure(x['figure'], x['unit']):>12}  {target:>14}  {verdict}"
         )
     lines.append(f"time: {result['seconds']['total']} s")
     return "\n".join(lines)
+
+
+def _events_lines(ev: dict[str, Any]) -> list[str]:
+    st, d, f = ev["steady"], ev["drain"], ev["fleet_profile"]
+    r, split_fold, split_b = (
+        f["from_track_returned_ms"],
+        f["track_returned_to_fold_commit_ms"],
+        f["fold_commit_to_applied_on_b_ms"],
+    )
+    return [
+        f"events upstream: 1 edge (--workers 1) forwarding its outbox to the control plane; "
+        f"{ev['events']} view events in Track calls of {ev['batch']} from {ev['clients']} client threads, "
+        f"consent {'+'.join(ev['consent'])}, {ev['users']} users x {ev['items']} items "
+        f"(the control plane folds them)",
+        f"  steady, control plane up: Track {st['track_per_s']:,}/s at the edge ({st['seconds']} s, "
+        f"call p50 {st['track_call_ms']['p50']} ms, client CPU {st['client_cpu_s']} s); stored upstream "
+        f"{st['upstream_per_s_while_tracking']:,}/s while tracking "
+        f"({st['stored_upstream_at_track_end']} stored when tracking ended); outbox backlog at the end "
+        f"{st['backlog_at_track_end']} (max sampled {st['backlog_max']}), drained "
+        f"{st['drained_after_track_end_s']} s later; first Track -> all stored "
+        f"{st['upstream_per_s_first_track_to_all_stored']:,}/s",
+        f"  drain, control plane down while the edge took {d['events']} events "
+        f"(Track {d['track_per_s']:,}/s), down {d['control_down_s']} s: control plane start -> serving "
+        f"{d['start_to_serving_s']} s -> first batch forwarded {d['start_to_first_forward_s']} s "
+        f"(the forwarder's retry backoff) -> all {d['outbox_before']} stored {d['start_to_all_stored_s']} s: "
+        f"{d['per_s_from_control_start']:,}/s from the control plane's start, "
+        f"{d['per_s_from_first_forward']:,}/s from the first forward",
+        f"  event -> fleet-wide profile: {f['users']} users, one view each on edge A, edge B's Decide "
+        f"(explain, pdp_similar seeds) polled every {f['poll_ms']:g} ms: Track returned -> seen on B "
+        f"p50 {r.get('p50')} ms, p99 {r.get('p99')} ms, max {r.get('max')} ms "
+        f"(missed within {f['wait_bound_s']:g} s: {f['missed']}); split p50: Track returned -> fold "
+        f"committed {split_fold.get('p50')} ms, -> applied on B {split_b.get('p50')} ms; "
+        f"B's Decide p50 {f['decide_ms'].get('p50')} ms",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -992,12 +1573,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="bootstrap bundle dir (generated there if empty; default: a cache in the temp dir)",
     )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated stages to run, of {', '.join(STAGES)} (default: all)",
+    )
+    parser.add_argument(
+        "--events", type=int, help="events stage: events tracked per phase (default 100000, quick 5000)"
+    )
+    parser.add_argument(
+        "--event-users",
+        type=int,
+        help="events stage: users viewing an item on edge A, seen on edge B (default 50, quick 10)",
+    )
+    parser.add_argument(
+        "--track-clients", type=int, default=4, help="events stage: client threads calling Track (default 4)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--stage-timeout", type=float, default=600.0, help="seconds to wait for one commit to land"
     )
     args = parser.parse_args(argv)
     q = args.quick
+    stages = tuple(dict.fromkeys(x.strip() for x in args.stages.split(",") if x.strip()))
+    unknown = [x for x in stages if x not in STAGES]
+    if unknown or not stages:
+        parser.error(f"--stages: {', '.join(unknown) or 'none given'}; choose from {', '.join(STAGES)}")
     config = Config(
         edges=args.edges or (2 if q else 10),
         deltas=args.deltas or (20 if q else 200),
@@ -1010,13 +1611,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle=args.bundle,
         quick=q,
         stage_timeout=args.stage_timeout,
+        stages=tuple(x for x in STAGES if x in stages),
+        events=args.events or (5_000 if q else 100_000),
+        event_users=args.event_users or (10 if q else 50),
+        track_clients=args.track_clients,
     )
-    for name in ("edges", "deltas", "delta_upserts", "profiles", "items", "upserts", "rounds"):
+    names = ("edges", "deltas", "delta_upserts", "profiles", "items", "upserts", "rounds")
+    for name in (*names, "events", "event_users", "track_clients"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     _log(
-        f"{config.edges} edges, {config.deltas} deltas; bootstrap {config.profiles} profiles; "
-        f"{config.rounds} x {config.upserts} upserts"
+        f"stages {', '.join(config.stages)}: {config.edges} edges, {config.deltas} deltas; bootstrap "
+        f"{config.profiles} profiles; {config.rounds} x {config.upserts} upserts; events {config.events}, "
+        f"{config.event_users} users viewing on edge A"
     )
     try:
         result = run(config)
