@@ -55,10 +55,7 @@ def fold_profile(
     )
     if not any(e.type == CONSENT_EVENT or e.personalization for e in ordered):
         return None
-    if current is None:
-        profile = ProfileRecord(user_id, 0, {}, {}, None)
-    else:
-        profile = decode_profile(user_id, current)
+    profile = ProfileRecord(user_id, 0, {}, {}, None) if current is None else decode_profile(user_id, current)
     consent = dict(profile.consent)
     activity = profile.activity
     for event in ordered:
