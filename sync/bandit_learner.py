@@ -15,11 +15,9 @@ rules). Segments are not known from exposure records, so rewards update the glob
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from itertools import islice
 from typing import Final
 
 import msgpack
@@ -31,6 +29,7 @@ from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.edge.logs import log
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
+from edgewise.sync.periodic import Periodic
 
 __all__ = ["CURSOR", "BanditLearner"]
 
@@ -55,34 +54,26 @@ class BanditLearner:
         self._lock = lock
         self._on_commit = on_commit
         self.schedule = schedule
-        self.interval = interval
         self.batch = batch
         self.stats = BanditStats()
         self.attributor = Attributor()
         self.last_publish: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bandit-learn", daemon=True)
+        self._loop = Periodic("bandit-learn", interval, self._tick, "bandit_learning_failed")
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                while self.read_once() and not self._stop.is_set():
-                    pass
-                self.publish_if_due(time.monotonic())
-            except Exception as exc:
-                log("bandit_learning_failed", level="error", error=repr(exc))
+    def _tick(self) -> None:
+        while self.read_once() and not self._loop.stopping:
+            pass
+        self.publish_if_due(time.monotonic())
 
     def read_once(self) -> int:
         """Count the next batch of stored records; return how many were read."""
-        after = self.events.cursor(CURSOR)
-        rows = list(islice(self.events.events(after), self.batch))
+        rows = self.events.batch_after(CURSOR, self.batch)
         for _, _, record in rows:
             if record.get("k") == EXPOSURE_KIND:
                 if record.get("st") == "bandit":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -124,6 +125,10 @@ class EventStore:
                 else:
                     positioned = cursor.next()
         return removed
+
+    def batch_after(self, cursor: str, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The next `limit` records after a consumer's cursor (the consumer moves it with `set_cursor`)."""
+        return list(islice(self.events(self.cursor(cursor)), limit))
 
     def count(self) -> int:
         with self._env.begin() as txn:

@@ -10,10 +10,8 @@ lock while it reads and commits, so a push never interleaves with a fold.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from itertools import islice
 from typing import Final
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
@@ -22,6 +20,7 @@ from edgewise.core.profile_fold import fold_profile, tracked_event
 from edgewise.edge.logs import log
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
+from edgewise.sync.periodic import Periodic
 
 __all__ = ["CURSOR", "ProfileFolder"]
 
@@ -44,32 +43,24 @@ class ProfileFolder:
         self.events = events
         self._lock = lock
         self._on_commit = on_commit
-        self.interval = interval
         self.batch = batch
         self.limits = limits or ActivityLimits()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="profile-fold", daemon=True)
+        self._loop = Periodic("profile-fold", interval, self._tick, "profile_fold_failed")
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                while self.fold_once() is not None and not self._stop.is_set():
-                    pass
-            except Exception as exc:
-                log("profile_fold_failed", level="error", error=repr(exc))
+    def _tick(self) -> None:
+        while self.fold_once() is not None and not self._loop.stopping:
+            pass
 
     def fold_once(self) -> CommitInfo | int | None:
         """Fold the next batch: its commit, the last sequence folded when no profile changed, or None
         when there was nothing new."""
-        after = self.events.cursor(CURSOR)
-        rows = list(islice(self.events.events(after), self.batch))
+        rows = self.events.batch_after(CURSOR, self.batch)
         if not rows:
             return None
         by_user: dict[str, list[TrackedEvent]] = {}
