@@ -73,7 +73,7 @@ class BanditLearner:
 
     def read_once(self) -> int:
         """Count the next batch of stored records; return how many were read."""
-        rows = self.events.batch_after(CURSOR, self.batch)
+        rows = self.events.batch_after(self.events.cursor(CURSOR), self.batch)
         for _, _, record in rows:
             if record.get("k") == EXPOSURE_KIND:
                 if record.get("st") == "bandit":

@@ -72,6 +72,7 @@ _LAYOUT: Final = b"1"
 _META_LAYOUT: Final = b"layout"
 _META_HEAD: Final = b"head"
 _META_LINEAGE: Final = b"lineage"
+_META_CURSOR: Final = b"cursor:"  # + consumer name -> 8-byte position in its input (commit_at)
 _META_LOG_START: Final = b"log_start"
 _META_SNAPSHOTS: Final = b"snapshots"
 
@@ -534,9 +535,23 @@ class ControlStore:
         self, changes: Iterable[RecordChange], *, kind: str, description: str = ""
     ) -> CommitInfo | None:
         """Apply `changes` in one write transaction; None when all of them were no-ops."""
+        return self.commit_at(changes, kind=kind, description=description)
+
+    def commit_at(
+        self,
+        changes: Iterable[RecordChange],
+        *,
+        kind: str,
+        description: str = "",
+        cursor: str = "",
+        position: int = 0,
+    ) -> CommitInfo | None:
+        """`commit`, and, in the same transaction, set the named `cursor` to `position`: a consumer that
+        turns an input stream into commits (the profile folder) moves its place in that stream exactly
+        when its commit lands, so after a crash it neither loses nor repeats any input."""
         _check_kind(kind)
         pending = _collapse(changes)
-        if not pending:
+        if not pending and not cursor:
             return None
         with self._write() as txn:
             batch = _Batch(txn, self._dbs)
@@ -548,7 +563,15 @@ class ControlStore:
             info = batch.finish(kind, description)
             if info is not None:
                 self._compact_in(txn)
+            if cursor:
+                txn.put(_META_CURSOR + cursor.encode(), _pack_u64(position), db=self._dbs.meta)
         return info
+
+    def cursor(self, name: str) -> int:
+        """A consumer's position set by `commit_at` (0 at first)."""
+        with self._env.begin() as txn:
+            raw = txn.get(_META_CURSOR + name.encode(), db=self._dbs.meta)
+        return _unpack_u64(raw) if raw is not None else 0
 
     def replace_all(
         self, records: Iterable[RecordChange], *, kind: str, description: str = ""

@@ -126,9 +126,9 @@ class EventStore:
                     positioned = cursor.next()
         return removed
 
-    def batch_after(self, cursor: str, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
-        """The next `limit` records after a consumer's cursor (the consumer moves it with `set_cursor`)."""
-        return list(islice(self.events(self.cursor(cursor)), limit))
+    def batch_after(self, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The next `limit` records after sequence `after` (a consumer's position)."""
+        return list(islice(self.events(after), limit))
 
     def count(self) -> int:
         with self._env.begin() as txn:

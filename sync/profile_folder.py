@@ -3,9 +3,9 @@
 A thread that, every `interval` seconds, reads the events stored since its cursor (up to `batch`),
 folds each user's events into that user's profile (`core/profile_fold.py`) and commits the changed
 profiles as one commit of kind "delta" (so every edge gets them like any other delta), then moves its
-cursor. The commit and the cursor are two transactions: after a crash between them the same events are
-folded again, which changes nothing more (folding is idempotent per item). It holds the service's push
-lock while it reads and commits, so a push never interleaves with a fold.
+cursor in the same transaction (`ControlStore.commit_at`, the cursor kept in the control store), so
+every event is folded exactly once, also across crashes (order and value counts are not idempotent).
+It holds the service's push lock while it reads and commits, so a push never interleaves with a fold.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class ProfileFolder:
     def fold_once(self) -> CommitInfo | int | None:
         """Fold the next batch: its commit, the last sequence folded when no profile changed, or None
         when there was nothing new."""
-        rows = self.events.batch_after(CURSOR, self.batch)
+        rows = self.events.batch_after(self.store.cursor(CURSOR), self.batch)
         if not rows:
             return None
         by_user: dict[str, list[TrackedEvent]] = {}
@@ -71,7 +71,6 @@ class ProfileFolder:
             if event.user_id:
                 by_user.setdefault(event.user_id, []).append(event)
         last = rows[-1][0]
-        info: CommitInfo | None = None
         with self._lock:
             with self.store.read() as view:
                 changes = [
@@ -80,9 +79,9 @@ class ProfileFolder:
                     if (new := fold_profile(user, view.get("profiles", user), events, self.limits))
                     is not None
                 ]
-            if changes:
-                info = self.store.commit(changes, kind="delta", description=f"events folded up to {last}")
-        self.events.set_cursor(CURSOR, last)
+            info = self.store.commit_at(
+                changes, kind="delta", description=f"events folded up to {last}", cursor=CURSOR, position=last
+            )
         if info is not None:
             log("profiles_folded", version=info.version, profiles=info.changes, events_to=last)
             self._on_commit()

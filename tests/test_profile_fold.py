@@ -59,3 +59,22 @@ def test_consent_events_set_the_stored_consent_and_revocation_drops_activity() -
     grant = TrackedEvent("c2", "consent", "u1", "", "", "", "", 0.0, 4_000, True, True)
     again = decode_profile("u1", fold_profile("u1", encode_profile(after), [grant], LIMITS) or b"")
     assert again.consent == {"personalization": 4_000, "analytics": 4_000}
+
+
+def test_purchases_update_orders_ltv_and_rfm() -> None:
+    from edgewise.core.profile_fold import rfm_segment
+
+    base = encode_profile(
+        ProfileRecord("u1", 0, {"orders": 3, "ltv": 480.0, "rfm_segment": "potential"}, {}, None)
+    )
+    buys = [
+        TrackedEvent(f"p{n}", "purchase", "u1", "", f"i{n}", "", "", 30.0, 5_000 + n, True, False)
+        for n in range(5)
+    ]
+    after = decode_profile("u1", fold_profile("u1", base, buys, LIMITS) or b"")
+    assert after.attributes["orders"] == 8 and after.attributes["ltv"] == 630.0
+    assert after.attributes["rfm_segment"] == "champions" and after.attributes["last_order_ms"] == 5_004
+    assert (
+        after.activity is None and after.consent == {}
+    )  # no personalization: no activity, no consent change
+    assert [rfm_segment(o, v) for o, v in ((1, 10.0), (4, 50.0), (3, 50.0))] == ["new", "loyal", "potential"]

@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -274,3 +275,43 @@ def test_a_consent_change_on_edge_a_takes_effect_on_edge_b(
     wait_for(lambda: home_reason() == pb.FALLBACK_REASON_NO_CONSENT, 10, "edge b to see the revocation")
     change(2, ["personalization"])
     wait_for(lambda: home_reason() != pb.FALLBACK_REASON_NO_CONSENT, 10, "edge b to see the new grant")
+
+
+def test_purchases_fold_into_profile_aggregates_exactly_once(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
+    _edge(edge_factory, tmp_path / "b", control.address, "edge-b")
+    wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")
+    user = "u7"
+
+    def attributes() -> dict[str, Any]:
+        with Store(tmp_path / "b", readonly=True) as store, store.read() as view:
+            profile = view.profile(user)
+            assert profile is not None
+            return dict(profile.attributes)
+
+    before = attributes()
+    with grpc.insecure_channel(a.address) as channel:
+        events = [
+            pb.Event(event_id=f"buy-{n}", type="purchase", user_id=user, item_id=f"i{n}", value=12.5)
+            for n in range(4)
+        ]
+        pb_grpc.PersonalizerStub(channel).Track(
+            pb.TrackRequest(events=events, consent=["analytics"]), timeout=10
+        )
+    want_orders = int(before.get("orders", 0)) + 4
+    wait_for(lambda: attributes().get("orders") == want_orders, 10, "the purchases in edge b's profile")
+    assert attributes()["ltv"] == round(float(before.get("ltv", 0.0)) + 50.0, 2)
+    # a control plane killed and restarted does not fold the same purchases again
+    control.stop(signal.SIGKILL)
+    control_factory(listen=f"127.0.0.1:{control.port}")
+    import time
+
+    time.sleep(1.5)
+    assert attributes()["orders"] == want_orders
