@@ -3,7 +3,7 @@
 edgewise demo                      build a synthetic bundle, serve it, show decisions change
 edgewise edge serve ...            run an edge node (from a bundle, or following a control plane)
 edgewise control serve ...         run the control plane
-edgewise ctl --control ... CMD     push bundles/deltas, status, rollback, history
+edgewise ctl --control ... CMD     push bundles/deltas, status, rollback, history, report, forget
 edgewise call decide|track ...     call an edge's Personalizer service
 edgewise bundle synth|validate ... make or check a bundle
 """
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "ctl",
-        help="operate a control plane: push, push-delta, status, rollback, history",
+        help="operate a control plane: push, push-delta, status, rollback, history, report, forget",
         description=control_cli.CTL_DOC,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -63,7 +63,8 @@ examples:
   edgewise control serve --data ctl --listen 127.0.0.1:0 --ready-file ctl.json
 """
 
-CTL_DOC = """Operate a control plane: push bundles and deltas, roll back, and see every edge's state.
+CTL_DOC = """Operate a control plane: push bundles and deltas, roll back, see every edge's state, report
+experiments and forget users.
 
 The ops token comes from --token-file or the EDGEWISE_OPS_TOKEN variable.
 
@@ -73,6 +74,8 @@ examples:
   edgewise ctl --control 127.0.0.1:50061 status --json
   edgewise ctl --control 127.0.0.1:50061 history
   edgewise ctl --control 127.0.0.1:50061 rollback 1042
+  edgewise ctl --control 127.0.0.1:50061 report hero_test --by country --plot hero.png
+  edgewise ctl --control 127.0.0.1:50061 forget u123 && edgewise ctl --control 127.0.0.1:50061 forget --status
 """
 
 _STATES: Final = {
