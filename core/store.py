@@ -44,6 +44,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TrackResult",
+    "replicated_digest",
 ]
 
 REPLICATED: Final = ("profiles", "items", "models", "rules")
@@ -51,9 +52,8 @@ EDGE_LOCAL: Final = ("activity", "events", "outbox")
 NAMESPACES: Final = (*REPLICATED, *EDGE_LOCAL, "meta")
 
 _VERSION_KEY: Final = b"version"
-FORGOTTEN_KEY: Final = (
-    b"forgotten"  # ("rules", "forgotten"): users forgotten fleet-wide (sync/control_store.py)
-)
+# ("rules", "forgotten"): the users forgotten fleet-wide (sync/control_store.py `forget`)
+FORGOTTEN_KEY: Final = b"forgotten"
 _SNAPSHOT_KEY: Final = b"snapshot"
 _OUTBOX_SEQ_KEY: Final = b"outbox_seq"
 _U64: Final = struct.Struct("<Q")
@@ -91,6 +91,20 @@ def _forget_users(txn: Any, dbs: Mapping[str, Any], users: Sequence[str]) -> Non
                 positioned = bool(cursor.key())
             else:
                 positioned = cursor.next()
+
+
+def replicated_digest(records: Callable[[str], Iterable[tuple[bytes, bytes]]]) -> str:
+    """SHA-256 over the replicated namespaces' (key, value) records, each namespace in key order:
+    `ReadView.replicated_digest`, and the control plane's state computed the same way."""
+    h = hashlib.sha256()
+    for name in REPLICATED:
+        h.update(name.encode() + b"\0")
+        for key, value in records(name):
+            h.update(_U64.pack(len(key)))
+            h.update(key)
+            h.update(_U64.pack(len(value)))
+            h.update(value)
+    return h.hexdigest()
 
 
 class ReadView:
@@ -161,16 +175,12 @@ class ReadView:
 
     def replicated_digest(self) -> str:
         """SHA-256 over every replicated record in key order: equal on two nodes with the same data."""
-        h = hashlib.sha256()
-        for name in REPLICATED:
-            h.update(name.encode() + b"\0")
+
+        def records(name: str) -> Iterator[tuple[bytes, bytes]]:
             with self._txn.cursor(db=self._dbs[name]) as cursor:
-                for key, value in cursor:
-                    h.update(_U64.pack(len(key)))
-                    h.update(key)
-                    h.update(_U64.pack(len(value)))
-                    h.update(value)
-        return h.hexdigest()
+                yield from cursor
+
+        return replicated_digest(records)
 
 
 class Store:

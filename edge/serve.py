@@ -44,8 +44,7 @@ from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serv
 from edgewise.edge.servicer import ServingOptions
 from edgewise.edge.worker import WorkerSpec, worker_main
 from edgewise.sync.bundle import BundleError, load_bundle
-from edgewise.sync.edge_forward import OutboxForwarder
-from edgewise.sync.edge_setup import SyncSetupError, start_syncer
+from edgewise.sync.edge_setup import NodeSync, SyncSetupError, start_syncer
 from edgewise.sync.edge_sync import EdgeSyncer
 from edgewise.sync.snapshot import apply_bundle
 
@@ -243,24 +242,21 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
 
     if config.data.bundle is not None:
         load_bundle_file(store, config.data.bundle)
-    syncer: EdgeSyncer | None = None
-    forwarder: OutboxForwarder | None = None
+    sync: NodeSync | None = None
     if config.sync.control:
         try:
-            syncer, forwarder = start_syncer(store, config)
+            sync = start_syncer(store, config)
         except SyncSetupError as exc:
             log("sync_unavailable", level="error", error=str(exc))
             store.close()
             return 2
         if not store.has_snapshot():
             log("waiting_for_snapshot", control=config.sync.control)
-            while not stop.is_set() and not syncer.wait_for_version(lambda v: v > 0, 0.5):
+            while not stop.is_set() and not sync.syncer.wait_for_version(lambda v: v > 0, 0.5):
                 pass
     if not store.has_snapshot():
-        if syncer is not None:
-            syncer.stop()
-        if forwarder is not None:
-            forwarder.stop()
+        if sync is not None:
+            sync.stop()
         log(
             "no_snapshot",
             level="error",
@@ -268,7 +264,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             error="nothing to serve: no snapshot in the data directory and no valid --bundle",
         )
         store.close()
-        return 2 if syncer is None else 0
+        return 2 if sync is None else 0
     with store.read() as view:
         placements = tuple(compile_rules(view.rules_doc()).placements)
 
@@ -343,10 +339,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     except RuntimeError as exc:
         log("start_failed", level="error", error=str(exc))
         supervisor.stop_all(0.0)
-        if syncer is not None:
-            syncer.stop()
-        if forwarder is not None:
-            forwarder.stop()
+        if sync is not None:
+            sync.stop()
         store.close()
         return 2
     if node_metrics is not None:
@@ -381,8 +375,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 load_bundle_file(store, config.data.bundle)
                 if node_metrics is not None:
                     _note_snapshot(node_metrics, store)
-        if syncer is not None and node_metrics is not None:
-            _note_sync(node_metrics, store, syncer)
+        if sync is not None and node_metrics is not None:
+            _note_sync(node_metrics, store, sync.syncer)
         restarts = supervisor.restarts
         supervisor.check()
         if node_metrics is not None:
@@ -391,10 +385,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             node_metrics.set_workers_alive(supervisor.alive())
     log("stopping", grace_seconds=server.grace_seconds)
     supervisor.stop_all(server.grace_seconds)
-    if syncer is not None:
-        syncer.stop()
-    if forwarder is not None:
-        forwarder.stop()
+    if sync is not None:
+        sync.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     if reserved is not None:

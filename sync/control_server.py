@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import BinaryIO, Final
 
 import grpc
 import msgpack
@@ -271,13 +271,12 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         nack_backoff = 0.5
         last_beat = 0.0
         while context.is_active():
+            head = self.store.head_version()
             nacked = self.fleet.take_nack(entry)
             if nacked is not None:
                 need_snapshot = True
-                head = self.store.head_version()
                 retry_at = 0.0 if head > nacked else time.monotonic() + nack_backoff
                 nack_backoff = min(nack_backoff * 2, 60.0)
-            head = self.store.head_version()
             if need_snapshot and head > 0 and time.monotonic() >= retry_at:
                 if not self._snapshots.acquire(timeout=1.0):
                     context.abort(
@@ -294,7 +293,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             if not need_snapshot and head > sent:
                 try:
                     for info, changes in self.store.commits_after(sent):
-                        if not context.is_active() or self.fleet_nacked(entry):
+                        if not context.is_active() or entry.nack_pending:
                             break
                         yield from self._encoded(info, changes, shard)
                         sent = info.version
@@ -360,9 +359,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     if activity is not None:
                         out[key] = activity
         return out
-
-    def fleet_nacked(self, entry: EdgeEntry) -> bool:
-        return entry.nack_pending
 
     def _send_snapshot(self, shard: Shard) -> Generator[sync_pb2.SyncMessage, None, int]:
         with self.store.read() as view:
@@ -443,8 +439,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         description = ""
         files: list[str] = []
         total = 0
-        current: tuple[str, object] | None = None
-        handle = None
+        handle: BinaryIO | None = None  # the file being written: files[-1]
         try:
             for i, chunk in enumerate(chunks):
                 if i == 0:
@@ -458,7 +453,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 total += len(chunk.data)
                 if total > _MAX_PUSH_BYTES:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "push larger than 64 GiB")
-                if current is None or current[0] != chunk.path:
+                if not files or files[-1] != chunk.path:
                     if chunk.path in files:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"file {chunk.path} sent twice")
                     if handle is not None:
@@ -467,7 +462,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     handle = target.open("wb")
                     files.append(chunk.path)
-                    current = (chunk.path, handle)
                 assert handle is not None
                 handle.write(chunk.data)
         finally:
@@ -588,6 +582,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"records: {len(request.records)} in one call, at most {MAX_FORWARD_RECORDS}",
             )
+        checked: list[tuple[str, str, bytes]] = []  # (kind, id, payload): each payload decoded once
         for i, record in enumerate(request.records):
             if record.kind not in ("event", "exposure"):
                 context.abort(
@@ -595,11 +590,11 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     f"records[{i}].kind: {record.kind!r} is not event or exposure",
                 )
             try:
-                event_id_of(record.payload)
+                checked.append((record.kind, event_id_of(record.payload), record.payload))
             except ValueError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}] (seq {record.seq}): {exc}")
         try:
-            result = self.events.ingest(request.node_id, [(r.kind, r.payload) for r in request.records])
+            result = self.events.ingest(request.node_id, checked)
         except EventStoreError as exc:
             log("events_not_stored", level="error", node=request.node_id, error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")

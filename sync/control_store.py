@@ -608,8 +608,7 @@ class ControlStore:
                 txn.put(raw_key, _pack_u64(0), db=dbs.forgotten)  # the commit's version, below
             _purge_profile(txn, dbs, user_id, raw_key)
             batch = _Batch(txn, dbs)
-            if txn.delete(raw_key, db=dbs.state["profiles"]):
-                batch._log("profiles", user_id, None)
+            batch.delete("profiles", user_id, raw_key)
             if not already:
                 ids = [bytes(k).decode() for k, _ in txn.cursor(db=dbs.forgotten)]
                 batch.put_owned("rules", FORGOTTEN_KEY, FORGOTTEN_KEY.encode(), msgpack.packb(ids))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 
 from edgewise.core.store import Store
 from edgewise.edge.config import EdgeConfig
@@ -11,7 +12,7 @@ from edgewise.sync.edge_forward import OutboxForwarder
 from edgewise.sync.edge_sync import EdgeSyncer, SyncTarget
 from edgewise.sync.shard import ShardError, parse_shard
 
-__all__ = ["EDGE_TOKEN_ENV", "SyncSetupError", "start_syncer", "sync_target"]
+__all__ = ["EDGE_TOKEN_ENV", "NodeSync", "SyncSetupError", "start_syncer", "sync_target"]
 
 EDGE_TOKEN_ENV = "EDGEWISE_EDGE_TOKEN"
 
@@ -42,11 +43,24 @@ def sync_target(config: EdgeConfig) -> SyncTarget:
     )
 
 
-def start_syncer(store: Store, config: EdgeConfig) -> tuple[EdgeSyncer, OutboxForwarder]:
-    """The syncer (the node's writer of replicated data) and the outbox forwarder, both started."""
+@dataclass(frozen=True, slots=True)
+class NodeSync:
+    """A node's two links to its control plane: the syncer (its writer of replicated data) and the
+    outbox forwarder."""
+
+    syncer: EdgeSyncer
+    forwarder: OutboxForwarder
+
+    def stop(self) -> None:
+        self.syncer.stop()
+        self.forwarder.stop()
+
+
+def start_syncer(store: Store, config: EdgeConfig) -> NodeSync:
+    """The syncer and the outbox forwarder of `config.sync`, both started."""
     target = sync_target(config)
     syncer = EdgeSyncer(store, target)
     syncer.start()
     forwarder = OutboxForwarder(store, target)
     forwarder.start()
-    return syncer, forwarder
+    return NodeSync(syncer, forwarder)

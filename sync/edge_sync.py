@@ -16,7 +16,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,10 +58,6 @@ class SyncTarget:
     stale_after_seconds: float = 300.0
 
 
-class _Rejected(Exception):
-    """A commit that is NACKed."""
-
-
 def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) -> Callable[[ReadView], None]:
     def check(view: ReadView) -> None:
         for namespace, key, value in changes:
@@ -74,12 +70,9 @@ def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) 
 
 
 class EdgeSyncer:
-    def __init__(
-        self, store: Store, target: SyncTarget, on_applied: Callable[[int], None] | None = None
-    ) -> None:
+    def __init__(self, store: Store, target: SyncTarget) -> None:
         self.store = store
         self.target = target
-        self._on_applied = on_applied
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-sync", daemon=True)
         self._outbox: queue.Queue[sync_pb2.SubscribeRequest | None] = queue.Queue()
@@ -88,8 +81,7 @@ class EdgeSyncer:
         self.last_contact = 0.0  # time.monotonic() of the last message from the control plane
         self.applied = threading.Condition()
         self.last_error = ""
-        self.connected = False
-        self._heard = False  # the current session received a message
+        self._heard = False  # the current session received a message from the control plane
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -148,7 +140,6 @@ class EdgeSyncer:
                 self.last_error = repr(exc)
                 log("sync_failed", level="error", control=self.target.address, error=self.last_error)
             finally:
-                self.connected = False
                 with self._lock:
                     self._call = None
             if self._stop.is_set():
@@ -203,9 +194,8 @@ class EdgeSyncer:
             failed = 0  # a commit NACKed for its framing: ignore the rest of its messages
             for message in call:
                 self.last_contact = time.monotonic()
-                self._heard = True
-                if not self.connected:
-                    self.connected = True
+                if not self._heard:
+                    self._heard = True
                     log("sync_connected", control=target.address, version=self.store.version())
                 kind = message.WhichOneof("kind")
                 if kind == "chunk":
@@ -245,10 +235,11 @@ class EdgeSyncer:
             self._nack(commit.version, str(exc))
             return
         current = self.store.version()
+        stored = self.store.snapshot_info()
         if commit.version <= current and not commit.snapshot:
             self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=current)))
             return
-        lineage = str(self.store.snapshot_info().get("lineage", ""))
+        lineage = str(stored.get("lineage", ""))
         if not commit.snapshot and commit.lineage != lineage:
             self._nack(
                 commit.version,
@@ -264,7 +255,7 @@ class EdgeSyncer:
             return
         started = time.monotonic()
         try:
-            info = self._info(commit, changes)
+            info = self._info(commit, changes, {} if commit.snapshot else stored)
             rebuild = commit.snapshot or any(ns != "profiles" for ns, _, _ in changes)
             self.store.apply_sync(
                 commit.version,
@@ -287,13 +278,15 @@ class EdgeSyncer:
         )
         with self.applied:
             self.applied.notify_all()
-        if self._on_applied is not None:
-            self._on_applied(commit.version)
 
     def _info(
-        self, commit: sync_pb2.Commit, changes: list[tuple[str, bytes, bytes | None]]
+        self,
+        commit: sync_pb2.Commit,
+        changes: list[tuple[str, bytes, bytes | None]],
+        previous: Mapping[str, Any],
     ) -> dict[str, Any]:
-        info = {} if commit.snapshot else dict(self.store.snapshot_info())
+        """The snapshot info recorded with the commit: the previous one (none for a snapshot), updated."""
+        info = dict(previous)
         for namespace, key, value in changes:
             if namespace == "rules" and key == b"manifest" and value is not None:
                 manifest = msgpack.unpackb(value, raw=False)

@@ -77,16 +77,16 @@ class EventStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ingest(self, node_id: str, records: Sequence[tuple[str, bytes]]) -> IngestResult:
-        """Store the events not seen before, in one transaction. Payloads must be checked first
-        (`event_id_of`)."""
+    def ingest(self, node_id: str, records: Sequence[tuple[str, str, bytes]]) -> IngestResult:
+        """Store the records not seen before, in one transaction. `records` are (kind, id, payload) with
+        the id `event_id_of(payload)` returned when the caller checked the payload."""
         accepted = duplicates = 0
         try:
             with self._env.begin(write=True) as txn:
                 raw = txn.get(_META_SEQ, db=self._meta)
                 seq = _SEQ.unpack(raw)[0] if raw is not None else 0
-                for kind, payload in records:
-                    key = event_id_of(payload).encode()
+                for kind, event_id, payload in records:
+                    key = event_id.encode()
                     if not txn.put(key, _SEQ.pack(seq + 1), db=self._ids, overwrite=False):
                         duplicates += 1
                         continue

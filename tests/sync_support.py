@@ -210,18 +210,8 @@ def push_bundle_dir(stub: Any, bundle: Path, token: str | None, timeout: float =
 def control_state_digest(store: Any) -> tuple[int, str]:
     """(head version, digest) of a ControlStore's current state, computed like
     `ReadView.replicated_digest` on an edge (same namespaces, key order and framing)."""
-    import hashlib
-    import struct
+    from edgewise.core.store import replicated_digest
 
-    u64 = struct.Struct("<Q")  # as core/store.py frames lengths
-    h = hashlib.sha256()
     with store.read() as view:
-        for name in ("profiles", "items", "models", "rules"):
-            h.update(name.encode() + b"\0")
-            for key, value in view.items(name):
-                raw = key.encode()
-                h.update(u64.pack(len(raw)))
-                h.update(raw)
-                h.update(u64.pack(len(value)))
-                h.update(value)
-        return int(view.version), h.hexdigest()
+        digest = replicated_digest(lambda name: ((k.encode(), v) for k, v in view.items(name)))
+        return int(view.version), digest

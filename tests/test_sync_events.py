@@ -131,8 +131,8 @@ def test_event_store_dedupes_and_refuses_garbage(tmp_path: Path) -> None:
 
     with EventStore(tmp_path / "ev") as events:
         payload = msgpack.packb({"id": "e1", "t": "view"})
-        assert events.ingest("n", [("event", payload), ("event", payload)]).accepted == 1
-        assert events.ingest("m", [("event", payload)]).duplicates == 1
+        assert events.ingest("n", [("event", "e1", payload), ("event", "e1", payload)]).accepted == 1
+        assert events.ingest("m", [("event", "e1", payload)]).duplicates == 1
         assert events.count() == 1
     for bad in (b"\xc1", msgpack.packb([1]), msgpack.packb({"id": ""}), msgpack.packb({"t": "x"})):
         with pytest.raises(ValueError):
