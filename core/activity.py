@@ -5,8 +5,9 @@ Pure functions over `Activity` records; the store applies them inside its write 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 
@@ -76,6 +77,24 @@ class TrackedEvent:
     # (personalization). The event id is always kept, for idempotency.
     analytics: bool = True
     personalization: bool = True
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrackedEvent:
+        """The event back from its `encode`d map (as the control plane reads forwarded events). Records
+        from before the purposes were encoded count as analytics without personalization."""
+        return cls(
+            event_id=str(record["id"]),
+            type=str(record.get("t", "")),
+            user_id=str(record.get("u", "")),
+            session_id=str(record.get("s", "")),
+            item_id=str(record.get("i", "")),
+            decision_id=str(record.get("d", "")),
+            placement_id=str(record.get("p", "")),
+            value=float(record.get("v", 0.0) or 0.0),
+            timestamp_ms=int(record.get("ts", 0)),
+            analytics=bool(record.get("an", True)),
+            personalization=bool(record.get("pz", False)),
+        )
 
     def encode(self) -> bytes:
         return msgpack.packb(

@@ -24,9 +24,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from edgewise.core.activity import TrackedEvent
 from edgewise.core.attribution import Exposure, Outcome, attribute
 from edgewise.core.decisions import Fallback
-from edgewise.core.exposure import EXPOSURE_KIND
+from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
 from edgewise.core.report_stats import (
     Lift,
     Metric,
@@ -46,7 +47,6 @@ __all__ = [
     "ReportError",
     "bucket_size",
     "experiment_report",
-    "exposure_from_record",
     "outcome_from_record",
 ]
 
@@ -85,33 +85,19 @@ def bucket_size(first_ms: int, last_ms: int) -> int:
     return BUCKET_SIZES_MS[-1]
 
 
-def exposure_from_record(r: Mapping[str, Any]) -> Exposure:
-    return Exposure(
-        decision_id=str(r.get("d", "")),
-        unit=str(r.get("u") or r.get("s") or ""),
-        placement=str(r.get("p", "")),
-        campaign=str(r.get("c", "")),
-        experiment=str(r.get("x", "")),
-        variant=str(r.get("v", "")),
-        propensity=float(r.get("pr", 1.0)),
-        items=tuple(str(i) for i in r.get("i", ())),
-        timestamp_ms=int(r.get("ts", 0)),
-        session=str(r.get("s", "")),
-        content_id=str(r.get("ct", "")),
-    )
-
-
 def outcome_from_record(r: Mapping[str, Any]) -> Outcome:
+    """A forwarded Track event as an outcome to attribute (its unit: the user, else the session)."""
+    e = TrackedEvent.from_record(r)
     return Outcome(
-        event_id=str(r["id"]),
-        type=str(r.get("t", "")),
-        unit=str(r.get("u") or r.get("s") or ""),
-        decision_id=str(r.get("d", "")),
-        placement=str(r.get("p", "")),
-        item_id=str(r.get("i", "")),
-        value=float(r.get("v", 0.0) or 0.0),
-        timestamp_ms=int(r.get("ts", 0)),
-        session=str(r.get("s", "")),
+        event_id=e.event_id,
+        type=e.type,
+        unit=e.user_id or e.session_id,
+        decision_id=e.decision_id,
+        placement=e.placement_id,
+        item_id=e.item_id,
+        value=e.value,
+        timestamp_ms=e.timestamp_ms,
+        session=e.session_id,
     )
 
 

@@ -10,13 +10,15 @@ segments `sg` (those the decision evaluated), time `ts` (Unix ms).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgpack
 
+from edgewise.core.attribution import Exposure
 from edgewise.core.decisions import DecideInput, DecisionOutput
 
-__all__ = ["ANALYTICS", "EXPOSURE_KIND", "decode_exposure", "exposure_records"]
+__all__ = ["ANALYTICS", "EXPOSURE_KIND", "decode_exposure", "exposure_from_record", "exposure_records"]
 
 ANALYTICS: Final = "analytics"
 EXPOSURE_KIND: Final = "exposure"
@@ -63,3 +65,20 @@ def decode_exposure(buf: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("k") != EXPOSURE_KIND:
         raise ValueError("not an exposure record")
     return doc
+
+
+def exposure_from_record(r: Mapping[str, Any]) -> Exposure:
+    """A decoded exposure record as an attribution `Exposure` (its unit: the user, else the session)."""
+    return Exposure(
+        decision_id=str(r.get("d", "")),
+        unit=str(r.get("u") or r.get("s") or ""),
+        placement=str(r.get("p", "")),
+        campaign=str(r.get("c", "")),
+        experiment=str(r.get("x", "")),
+        variant=str(r.get("v", "")),
+        propensity=float(r.get("pr", 1.0)),
+        items=tuple(str(i) for i in r.get("i", ())),
+        timestamp_ms=int(r.get("ts", 0)),
+        session=str(r.get("s", "")),
+        content_id=str(r.get("ct", "")),
+    )

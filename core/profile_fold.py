@@ -10,34 +10,17 @@ changes nothing more than folding it once (each sequence keeps one entry per ite
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Final
 
 from edgewise.core.activity import CONSENT_EVENT, ActivityLimits, TrackedEvent, apply_event
 from edgewise.core.records import Activity, ProfileRecord, decode_profile, encode_profile
 
-__all__ = ["ACTIVITY_EVENT_TYPES", "fold_profile", "rfm_segment", "tracked_event"]
+__all__ = ["ACTIVITY_EVENT_TYPES", "fold_profile", "rfm_segment"]
 
 ACTIVITY_EVENT_TYPES: Final = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase"})
 _PERSONALIZATION: Final = "personalization"
 _ANALYTICS: Final = "analytics"
-
-
-def tracked_event(record: Mapping[str, Any]) -> TrackedEvent:
-    """A forwarded Track event (`TrackedEvent.encode` as a map) back as a TrackedEvent."""
-    return TrackedEvent(
-        event_id=str(record["id"]),
-        type=str(record.get("t", "")),
-        user_id=str(record.get("u", "")),
-        session_id=str(record.get("s", "")),
-        item_id=str(record.get("i", "")),
-        decision_id=str(record.get("d", "")),
-        placement_id=str(record.get("p", "")),
-        value=float(record.get("v", 0.0) or 0.0),
-        timestamp_ms=int(record.get("ts", 0)),
-        personalization=bool(record.get("pz", False)),
-        analytics=bool(record.get("an", True)),
-    )
 
 
 def fold_profile(

@@ -24,8 +24,8 @@ import msgpack
 
 from edgewise.core.attribution import Attributor
 from edgewise.core.bandit_learning import BanditStats, LearningSchedule, exposure_id, update_rules_doc
-from edgewise.core.experiment_report import exposure_from_record, outcome_from_record
-from edgewise.core.exposure import EXPOSURE_KIND
+from edgewise.core.experiment_report import outcome_from_record
+from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
 from edgewise.edge.logs import log
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore

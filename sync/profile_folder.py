@@ -16,7 +16,7 @@ from typing import Final
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.exposure import EXPOSURE_KIND
-from edgewise.core.profile_fold import fold_profile, tracked_event
+from edgewise.core.profile_fold import fold_profile
 from edgewise.edge.logs import log
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
@@ -67,7 +67,7 @@ class ProfileFolder:
         for _, _, record in rows:
             if record.get("k") == EXPOSURE_KIND:
                 continue
-            event = tracked_event(record)
+            event = TrackedEvent.from_record(record)
             if event.user_id:
                 by_user.setdefault(event.user_id, []).append(event)
         last = rows[-1][0]

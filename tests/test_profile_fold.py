@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent, merge_activity
-from edgewise.core.profile_fold import fold_profile, tracked_event
+from edgewise.core.profile_fold import fold_profile
 from edgewise.core.records import Activity, ProfileRecord, decode_profile, encode_profile
 
 LIMITS = ActivityLimits()
@@ -39,7 +39,7 @@ def test_forwarded_record_round_trip_and_merge() -> None:
     import msgpack
 
     event = _event(7, "purchase", "i4")
-    assert tracked_event(msgpack.unpackb(event.encode())) == event
+    assert TrackedEvent.from_record(msgpack.unpackb(event.encode())) == event
     local = Activity(views=(("i1", 10), ("i2", 30)), impressions=(("i9", 2),))
     fleet = Activity(views=(("i1", 20), ("i3", 25)), cart=(("i5", 5),))
     merged = merge_activity(local, fleet, LIMITS)
