@@ -214,8 +214,8 @@ class BanditStats:
         return True
 
     def add_exposure_record(self, record: Mapping[str, Any], segment: str | None = None) -> bool:
-        """Count a decoded exposure record (`edgewise.core.exposure.decode_exposure`) if it served a bandit:
-        strategy `st` "bandit" (when present), bandit `x`, arm `v`, id `id`."""
+        """Count a decoded exposure record (`edgewise.core.exposure`, as the control plane stores it) if
+        it served a bandit: strategy `st` "bandit" (when present), bandit `x`, arm `v`, id `id`."""
         if record.get("st", "bandit") != "bandit":
             return False
         rid, bandit_id, arm_id = record.get("id"), record.get("x"), record.get("v")

@@ -18,7 +18,7 @@ import msgpack
 from edgewise.core.attribution import Exposure
 from edgewise.core.decisions import DecideInput, DecisionOutput
 
-__all__ = ["ANALYTICS", "EXPOSURE_KIND", "decode_exposure", "exposure_from_record", "exposure_records"]
+__all__ = ["ANALYTICS", "EXPOSURE_KIND", "exposure_from_record", "exposure_records"]
 
 ANALYTICS: Final = "analytics"
 EXPOSURE_KIND: Final = "exposure"
@@ -58,13 +58,6 @@ def exposure_records(decision_id: str, request: DecideInput, decision: DecisionO
         )
         for p in decision.placements
     ]
-
-
-def decode_exposure(buf: bytes) -> dict[str, Any]:
-    doc = msgpack.unpackb(buf, raw=False)
-    if not isinstance(doc, dict) or doc.get("k") != EXPOSURE_KIND:
-        raise ValueError("not an exposure record")
-    return doc
 
 
 def exposure_from_record(r: Mapping[str, Any]) -> Exposure:

@@ -33,7 +33,9 @@ __all__ = [
     "ALL_METHODS",
     "AUTHORIZATION",
     "CONTROL_PLANE_SERVICE",
+    "EDGE_TOKEN_ENV",
     "OPS_ONLY_METHODS",
+    "OPS_TOKEN_ENV",
     "AuthError",
     "TokenAuth",
     "bearer_metadata",
@@ -47,6 +49,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CONTROL_PLANE_SERVICE: Final = "edgewise.v1.ControlPlane"
+EDGE_TOKEN_ENV: Final = "EDGEWISE_EDGE_TOKEN"  # the edge token, when no token file is given
+OPS_TOKEN_ENV: Final = "EDGEWISE_OPS_TOKEN"  # the ops token, likewise
 ALL_METHODS: Final = tuple(
     f"/{CONTROL_PLANE_SERVICE}/{name}"
     for name in (

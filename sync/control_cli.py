@@ -24,6 +24,8 @@ from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.plot_png import plot_series
 from edgewise.edge.logs import log, set_level
 from edgewise.sync.auth import (
+    EDGE_TOKEN_ENV,
+    OPS_TOKEN_ENV,
     bearer_metadata,
     load_token,
     make_interceptors,
@@ -45,8 +47,6 @@ __all__ = [
     "run_ctl",
 ]
 
-OPS_TOKEN_ENV: Final = "EDGEWISE_OPS_TOKEN"
-EDGE_TOKEN_ENV: Final = "EDGEWISE_EDGE_TOKEN"
 _UPLOAD_CHUNK: Final = 1 << 20
 SERVICE_NAME: Final = "edgewise.v1.ControlPlane"
 

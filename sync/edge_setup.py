@@ -7,14 +7,12 @@ from dataclasses import dataclass
 
 from edgewise.core.store import Store
 from edgewise.edge.config import EdgeConfig
-from edgewise.sync.auth import load_token
+from edgewise.sync.auth import EDGE_TOKEN_ENV, load_token
 from edgewise.sync.edge_forward import OutboxForwarder
 from edgewise.sync.edge_sync import EdgeSyncer, SyncTarget
 from edgewise.sync.shard import ShardError, parse_shard
 
-__all__ = ["EDGE_TOKEN_ENV", "NodeSync", "SyncSetupError", "start_syncer", "sync_target"]
-
-EDGE_TOKEN_ENV = "EDGEWISE_EDGE_TOKEN"
+__all__ = ["NodeSync", "SyncSetupError", "start_syncer", "sync_target"]
 
 
 class SyncSetupError(RuntimeError):
