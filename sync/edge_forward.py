@@ -10,7 +10,6 @@ Backpressure: one batch in flight at a time, and a full batch is followed at onc
 
 from __future__ import annotations
 
-import random
 import threading
 from typing import Final
 
@@ -21,13 +20,11 @@ from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.store import Store
 from edgewise.edge.logs import log
 from edgewise.sync.auth import bearer_metadata, open_channel
-from edgewise.sync.edge_sync import KEEPALIVE_OPTIONS, SyncTarget
+from edgewise.sync.edge_sync import KEEPALIVE_OPTIONS, Backoff, SyncTarget, rpc_error_text
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
 __all__ = ["OutboxForwarder"]
 
-_BACKOFF_START: Final = 0.2
-_BACKOFF_MAX: Final = 30.0
 _IDLE_WAIT: Final = 0.1  # seconds between looks at an empty outbox
 
 
@@ -56,7 +53,7 @@ class OutboxForwarder:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        backoff = _BACKOFF_START
+        backoff = Backoff()
         channel = open_channel(
             self.target.address,
             ca=self.target.tls_ca,
@@ -83,22 +80,18 @@ class OutboxForwarder:
                     if self.last_error:
                         log("outbox_forwarding", pending=self.store.outbox_pending())
                     self.last_error = ""
-                    backoff = _BACKOFF_START
+                    backoff.reset()
                 except grpc.RpcError as exc:
-                    code = exc.code() if hasattr(exc, "code") else None
-                    detail = exc.details() if hasattr(exc, "details") else str(exc)
-                    error = f"{code}: {detail}"
+                    error = rpc_error_text(exc)
                     if error != self.last_error:
                         log(
                             "outbox_forward_failed", level="warning", control=self.target.address, error=error
                         )
                     self.last_error = error
-                    self._stop.wait(random.uniform(backoff / 2, backoff))
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    self._stop.wait(backoff.next())
                 except Exception as exc:
                     self.last_error = repr(exc)
                     log("outbox_forward_failed", level="error", error=self.last_error)
-                    self._stop.wait(min(backoff, _BACKOFF_MAX))
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    self._stop.wait(backoff.next())
         finally:
             channel.close()

@@ -32,10 +32,34 @@ from edgewise.sync.shard import Shard
 from edgewise.sync.wire import Assembler, FramingError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
-__all__ = ["EdgeSyncer", "SyncTarget"]
+__all__ = ["Backoff", "EdgeSyncer", "SyncTarget", "rpc_error_text"]
 
-_BACKOFF_START: Final = 0.2
-_BACKOFF_MAX: Final = 30.0
+
+class Backoff:
+    """Jittered exponential backoff: each delay uniform in [d/2, d], d doubling from `start` to `cap`;
+    `reset` after a success starts over."""
+
+    def __init__(self, start: float = 0.2, cap: float = 30.0) -> None:
+        self.start = start
+        self.cap = cap
+        self._next = start
+
+    def next(self) -> float:
+        delay = random.uniform(self._next / 2, self._next)
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.start
+
+
+def rpc_error_text(exc: grpc.RpcError) -> str:
+    """ "CODE: details" of a failed call, for logs and status."""
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    return f"{code}: {detail}"
+
+
 KEEPALIVE_OPTIONS: Final = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -120,16 +144,14 @@ class EdgeSyncer:
     # --- the loop ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = _BACKOFF_START
+        backoff = Backoff()
         while not self._stop.is_set():
             self._heard = False
             try:
                 self._session()
             except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
-                detail = exc.details() if hasattr(exc, "details") else str(exc)
                 if not self._stop.is_set():
-                    self.last_error = f"{code}: {detail}"
+                    self.last_error = rpc_error_text(exc)
                     log(
                         "sync_disconnected",
                         level="warning",
@@ -145,10 +167,8 @@ class EdgeSyncer:
             if self._stop.is_set():
                 break
             if self._heard:
-                backoff = _BACKOFF_START  # the control plane answered: a new outage starts over
-            delay = random.uniform(backoff / 2, backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
-            self._stop.wait(delay)
+                backoff.reset()  # the control plane answered: a new outage starts over
+            self._stop.wait(backoff.next())
 
     def _requests(self, hello: sync_pb2.SubscribeRequest) -> Iterator[sync_pb2.SubscribeRequest]:
         yield hello
