@@ -363,12 +363,12 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def _send_snapshot(self, shard: Shard) -> Generator[sync_pb2.SyncMessage, None, int]:
         with self.store.read() as view:
             version = view.version
-            info = next((c for c in self.store.history(1)), None)
+            newest = self.store.history(1)
             commit = sync_pb2.Commit(
                 version=version,
                 snapshot=True,
                 kind="snapshot",
-                created_at_ms=info.created_at_ms if info else 0,
+                created_at_ms=newest[0].created_at_ms if newest else 0,
                 description=f"full snapshot at version {version}",
                 lineage=self.store.lineage,
             )
