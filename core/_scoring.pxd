@@ -7,7 +7,7 @@
 #   n < 2**31, every value finite.
 # Order of the output: score descending, ties by lower row index first.
 
-from libc.stdint cimport int32_t, uint8_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t
 
 
 cdef Py_ssize_t topk_dot_kernel(
@@ -22,6 +22,39 @@ cdef Py_ssize_t topk_dot_kernel(
 cdef Py_ssize_t topk_scores_kernel(
     const float[::1] scores,
     const uint8_t[::1] mask,
+    Py_ssize_t k,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
+cdef Py_ssize_t topk_half_kernel(
+    const uint16_t[:, :, ::1] blocks,
+    const float[::1] col_absmax,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
+cdef Py_ssize_t neighbour_candidates_kernel(
+    const int32_t[:, ::1] neighbors,
+    const float[:, ::1] weights,
+    const int32_t[::1] seeds,
+    const uint8_t[::1] mask,
+    int32_t[::1] slot,
+    int32_t[::1] cand,
+    float[::1] cand_scores,
+) noexcept nogil
+
+cdef Py_ssize_t topk_pairs_kernel(
+    const int32_t[::1] rows,
+    const float[::1] scores,
+    Py_ssize_t count,
+    uint8_t[::1] mask,
     Py_ssize_t k,
     int32_t[::1] out_idx,
     float[::1] out_scores,

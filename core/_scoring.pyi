@@ -22,4 +22,35 @@ def topk_scores_into(
     out_idx: NDArray[np.int32],
     out_scores: NDArray[np.float32],
 ) -> int: ...
+def topk_half_into(
+    blocks: NDArray[np.uint16],
+    col_absmax: NDArray[np.float32],
+    matrix: NDArray[np.float32],
+    query: NDArray[np.float32],
+    mask: NDArray[np.uint8],
+    k: int,
+    work: NDArray[np.float32],
+    cand: NDArray[np.int32],
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
+def neighbour_candidates_into(
+    neighbors: NDArray[np.int32],
+    weights: NDArray[np.float32],
+    seeds: NDArray[np.int32],
+    mask: NDArray[np.uint8],
+    slot: NDArray[np.int32],
+    cand: NDArray[np.int32],
+    cand_scores: NDArray[np.float32],
+) -> int: ...
+def topk_pairs_into(
+    rows: NDArray[np.int32],
+    scores: NDArray[np.float32],
+    count: int,
+    mask: NDArray[np.uint8],
+    k: int,
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
+def set_portable(portable: bool) -> bool: ...
 def stream_sum(data: NDArray[np.float32]) -> float: ...

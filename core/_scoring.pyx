@@ -14,7 +14,8 @@
 # ranks strictly better: score > root score, or an equal score with a lower index. The heap lives in the
 # caller's out buffers (no allocation) and is heap-sorted in place at the end: score desc, index asc.
 
-from libc.stdint cimport int32_t, uint8_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t
+from libc.math cimport INFINITY, fabsf
 
 cdef extern from *:
     """
@@ -25,6 +26,141 @@ cdef extern from *:
     #endif
     """
     void EDGEWISE_PREFETCH(const void* p) noexcept nogil
+
+# Half-precision blocked scan (edgewise.core.scoring.half_index): rows are grouped 8 at a time and each
+# group is stored dimension-major in IEEE binary16, [n_blocks, d, 8], so one group's 8 scores are the 8
+# lanes of one vector: per dimension, convert 8 halves to floats and multiply-add them by query[j], with
+# no horizontal sums. Four groups go through the loop together, each with two partial sums (even and odd
+# j): eight independent multiply-add chains hide the instruction latency. The scan reads half the bytes
+# of the float32 matrix, which matters because the matrix rarely stays in L2 between requests. On
+# x86-64 CPUs with AVX2, FMA and F16C (checked once at run time) an intrinsics version runs; elsewhere a
+# portable one converts halves in software. `ew_ge8` compares 8 scores with a threshold and returns one
+# bit per lane: top-k scans skip whole groups of 8 that cannot enter the heap with one test.
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC diagnostic ignored "-Wpsabi"
+    #endif
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef float ew_v8 __attribute__((vector_size(32)));
+    typedef int32_t ew_i8 __attribute__((vector_size(32)));
+    static inline __attribute__((always_inline)) ew_v8 ew_load8(const float* p) { ew_v8 v; memcpy(&v, p, sizeof v); return v; }
+    static inline __attribute__((always_inline)) void ew_store8(float* p, ew_v8 v) { memcpy(p, &v, sizeof v); }
+
+    static inline unsigned ew_ge8(const float* s, float thr) {
+        ew_v8 v = ew_load8(s);
+        ew_v8 t = {thr, thr, thr, thr, thr, thr, thr, thr};
+        ew_i8 ge = (ew_i8)(v >= t);
+        unsigned bits = 0;
+        for (int l = 0; l < 8; l++) bits |= (ge[l] != 0) << l;
+        return bits;
+    }
+    #else
+    static inline unsigned ew_ge8(const float* s, float thr) {
+        unsigned bits = 0;
+        for (int l = 0; l < 8; l++) bits |= (s[l] >= thr) << l;
+        return bits;
+    }
+    #endif
+
+    /* Half-precision blocked scores: the same [n_blocks, d, 8] layout holding IEEE binary16 bits. */
+    static inline float ew_h2f(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+        float out;
+        if (exp == 0) {
+            out = (float)man * (1.0f / 16777216.0f);  /* zero or subnormal: man * 2^-24 */
+            memcpy(&bits, &out, 4);
+            bits |= sign;
+        } else if (exp == 31) {
+            bits = sign | 0x7f800000u | (man << 13);
+        } else {
+            bits = sign | ((exp + 112u) << 23) | (man << 13);
+        }
+        memcpy(&out, &bits, 4);
+        return out;
+    }
+
+    static void ew_half_scores_generic(const uint16_t* blocks, const float* q, Py_ssize_t d,
+                                       Py_ssize_t n_blocks, float* out) {
+        for (Py_ssize_t b = 0; b < n_blocks; b++) {
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            const uint16_t* p = blocks + b * d * 8;
+            for (Py_ssize_t j = 0; j < d; j++)
+                for (int l = 0; l < 8; l++) acc[l] += ew_h2f(p[j * 8 + l]) * q[j];
+            memcpy(out + b * 8, acc, sizeof acc);
+        }
+    }
+
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(EDGEWISE_NO_CLONES)
+    #include <immintrin.h>
+    #include <cpuid.h>
+    #define EW_HAVE_V3 1
+    __attribute__((target("avx2,fma,f16c")))
+    static void ew_half_scores_v3(const uint16_t* blocks, const float* q, Py_ssize_t d,
+                                  Py_ssize_t n_blocks, float* out) {
+        const Py_ssize_t stride = d * 8;
+        Py_ssize_t b = 0, j;
+        #define EW_H8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p)))
+        for (; b + 4 <= n_blocks; b += 4) {
+            const uint16_t* p0 = blocks + b * stride;
+            const uint16_t* p1 = p0 + stride;
+            const uint16_t* p2 = p1 + stride;
+            const uint16_t* p3 = p2 + stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+            for (j = 0; j + 2 <= d; j += 2) {
+                const __m256 qa = _mm256_set1_ps(q[j]), qb = _mm256_set1_ps(q[j + 1]);
+                a0 = _mm256_fmadd_ps(EW_H8(p0 + j * 8), qa, a0); c0 = _mm256_fmadd_ps(EW_H8(p0 + j * 8 + 8), qb, c0);
+                a1 = _mm256_fmadd_ps(EW_H8(p1 + j * 8), qa, a1); c1 = _mm256_fmadd_ps(EW_H8(p1 + j * 8 + 8), qb, c1);
+                a2 = _mm256_fmadd_ps(EW_H8(p2 + j * 8), qa, a2); c2 = _mm256_fmadd_ps(EW_H8(p2 + j * 8 + 8), qb, c2);
+                a3 = _mm256_fmadd_ps(EW_H8(p3 + j * 8), qa, a3); c3 = _mm256_fmadd_ps(EW_H8(p3 + j * 8 + 8), qb, c3);
+            }
+            if (j < d) {
+                const __m256 qa = _mm256_set1_ps(q[j]);
+                a0 = _mm256_fmadd_ps(EW_H8(p0 + j * 8), qa, a0); a1 = _mm256_fmadd_ps(EW_H8(p1 + j * 8), qa, a1);
+                a2 = _mm256_fmadd_ps(EW_H8(p2 + j * 8), qa, a2); a3 = _mm256_fmadd_ps(EW_H8(p3 + j * 8), qa, a3);
+            }
+            _mm256_storeu_ps(out + b * 8, _mm256_add_ps(a0, c0));
+            _mm256_storeu_ps(out + b * 8 + 8, _mm256_add_ps(a1, c1));
+            _mm256_storeu_ps(out + b * 8 + 16, _mm256_add_ps(a2, c2));
+            _mm256_storeu_ps(out + b * 8 + 24, _mm256_add_ps(a3, c3));
+        }
+        for (; b < n_blocks; b++) {
+            const uint16_t* p0 = blocks + b * stride;
+            __m256 a0 = _mm256_setzero_ps();
+            for (j = 0; j < d; j++) a0 = _mm256_fmadd_ps(EW_H8(p0 + j * 8), _mm256_set1_ps(q[j]), a0);
+            _mm256_storeu_ps(out + b * 8, a0);
+        }
+        #undef EW_H8
+    }
+
+    static int ew_v3_supported(void) {
+        static int known = -1;  /* a benign race: every thread computes the same answer */
+        if (known < 0) {
+            unsigned a, b, c, d;
+            int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+            __builtin_cpu_init();
+            known = f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        }
+        return known;
+    }
+    #endif
+
+    static int ew_portable_only = 0;  /* set by set_portable(True): tests and benchmarks */
+    static void ew_half_scores(const uint16_t* blocks, const float* q, Py_ssize_t d,
+                               Py_ssize_t n_blocks, float* out) {
+    #ifdef EW_HAVE_V3
+        if (!ew_portable_only && ew_v3_supported()) { ew_half_scores_v3(blocks, q, d, n_blocks, out); return; }
+    #endif
+        ew_half_scores_generic(blocks, q, d, n_blocks, out);
+    }
+    """
+    int ew_portable_only
+    void ew_half_scores(const uint16_t* blocks, const float* q, Py_ssize_t d, Py_ssize_t n_blocks,
+                        float* out) noexcept nogil
+    unsigned ew_ge8(const float* s, float thr) noexcept nogil
 
 cdef enum:
     # Rows per block of the dot-product loop: four rows share every load of the query, which keeps the
@@ -215,6 +351,35 @@ cdef Py_ssize_t topk_dot_kernel(
     return size
 
 
+cdef inline Py_ssize_t _topk_of_scores(
+    const float* s, const uint8_t* m, Py_ssize_t n, Py_ssize_t k, float* hs, int32_t* hi
+) noexcept nogil:
+    """Heap of the top k of s[i] over m[i] != 0 (unsorted); returns its size."""
+    cdef Py_ssize_t size = 0
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t end
+    cdef unsigned bits
+    while i < n:
+        if size == k and i + 8 <= n:
+            # Heap full: a group of 8 can only matter if some score reaches the worst entry kept
+            # (an equal score may still enter with a lower index, so >= and not >).
+            bits = ew_ge8(s + i, hs[0])
+            if bits == 0:
+                i += 8
+                continue
+            end = i + 8
+            while i < end:
+                if (bits & 1) and m[i]:
+                    size = _offer(hs, hi, size, k, s[i], <int32_t>i)
+                bits >>= 1
+                i += 1
+            continue
+        if m[i]:
+            size = _offer(hs, hi, size, k, s[i], <int32_t>i)
+        i += 1
+    return size
+
+
 cdef Py_ssize_t topk_scores_kernel(
     const float[::1] scores,
     const uint8_t[::1] mask,
@@ -225,16 +390,157 @@ cdef Py_ssize_t topk_scores_kernel(
     cdef Py_ssize_t n = scores.shape[0]
     if k <= 0 or n == 0:
         return 0
-    cdef const float* s = &scores[0]
-    cdef const uint8_t* m = &mask[0]
+    cdef Py_ssize_t size = _topk_of_scores(&scores[0], &mask[0], n, k, &out_scores[0], &out_idx[0])
+    _sort_heap(&out_scores[0], &out_idx[0], size)
+    return size
+
+
+cdef Py_ssize_t topk_half_kernel(
+    const uint16_t[:, :, ::1] blocks,
+    const float[::1] col_absmax,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil:
+    # Exact top-k by dot(matrix[i], query) that reads the matrix only for a few rows:
+    # 1. approximate scores of every row from the half-precision blocked copy (half the bytes);
+    # 2. the k-th best approximate score A among the candidates;
+    # 3. every candidate whose approximate score is >= A - 2 * bound, where bound limits
+    #    |approximate - exact| for any row (half rounding, 2^-11 relative, or 2^-25 absolute below the
+    #    normal range, plus both float sums' rounding), doubled for margin;
+    # 4. those rows scored exactly from the float32 matrix, top k with the usual order.
+    # Every row of the exact top k is collected in 3: its approximate score is at least its exact
+    # score - bound >= (exact k-th best) - bound >= A - 2 * bound.
+    cdef Py_ssize_t n = matrix.shape[0]
+    cdef Py_ssize_t d = matrix.shape[1]
+    if k <= 0 or n == 0:
+        return 0
     cdef float* hs = &out_scores[0]
     cdef int32_t* hi = &out_idx[0]
+    cdef const uint8_t* m = &mask[0]
+    cdef const float* q
+    cdef const float* base
+    cdef float* w = &work[0]
+    cdef int32_t* c = &cand[0]
+    cdef Py_ssize_t i, j, size, found = 0
+    cdef float spread = 0, qsum = 0, thr
+    cdef unsigned bits
+    if d == 0:
+        for i in range(n):
+            w[i] = 0
+        size = _topk_of_scores(w, m, n, k, hs, hi)
+        _sort_heap(hs, hi, size)
+        return size
+    q = &query[0]
+    base = &matrix[0, 0]
+    ew_half_scores(&blocks[0, 0, 0], q, d, blocks.shape[0], w)
+    size = _topk_of_scores(w, m, n, k, hs, hi)
+    if size < k:
+        thr = -INFINITY  # fewer candidates than k: all of them are the answer
+    else:
+        for j in range(d):
+            spread += fabsf(q[j]) * col_absmax[j]
+            qsum += fabsf(q[j])
+        thr = hs[0] - 2 * (2 * ((1.0 / 2048 + d / 4194304.0) * spread + qsum / 33554432.0))
+    i = 0
+    while i < n:
+        if i + 8 <= n:
+            bits = ew_ge8(w + i, thr)
+            if bits == 0:
+                i += 8
+                continue
+            for j in range(8):
+                if (bits >> j) & 1 and m[i + j]:
+                    c[found] = <int32_t>(i + j)
+                    found += 1
+            i += 8
+            continue
+        if m[i] and w[i] >= thr:
+            c[found] = <int32_t>i
+            found += 1
+        i += 1
+    size = 0
+    for j in range(found):
+        i = c[j]
+        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
+    _sort_heap(hs, hi, size)
+    return size
+
+
+cdef Py_ssize_t neighbour_candidates_kernel(
+    const int32_t[:, ::1] neighbors,
+    const float[:, ::1] weights,
+    const int32_t[::1] seeds,
+    const uint8_t[::1] mask,
+    int32_t[::1] slot,
+    int32_t[::1] cand,
+    float[::1] cand_scores,
+) noexcept nogil:
+    # The seeds' precomputed neighbour lists merged: each row once, its weights summed over the seeds in
+    # seed order, rows in order of first appearance; then only the rows the mask keeps. `slot` maps a
+    # row to its position + 1 while merging (all zero on entry, restored to zero on exit).
+    cdef Py_ssize_t n = mask.shape[0]
+    cdef Py_ssize_t rows_n = neighbors.shape[0]
+    cdef Py_ssize_t width = neighbors.shape[1]
+    cdef Py_ssize_t found = 0
+    cdef Py_ssize_t kept = 0
+    cdef Py_ssize_t si, j, i
+    cdef int32_t seed, r, pos
+    for si in range(seeds.shape[0]):
+        seed = seeds[si]
+        if seed < 0 or seed >= rows_n:
+            continue
+        for j in range(width):
+            r = neighbors[seed, j]
+            if r < 0 or r >= n:
+                continue
+            pos = slot[r]
+            if pos == 0:
+                cand[found] = r
+                cand_scores[found] = weights[seed, j]
+                found += 1
+                slot[r] = <int32_t>found
+            else:
+                cand_scores[pos - 1] += weights[seed, j]
+    for i in range(found):
+        r = cand[i]
+        slot[r] = 0
+        if mask[r]:
+            cand[kept] = r
+            cand_scores[kept] = cand_scores[i]
+            kept += 1
+    return kept
+
+
+cdef Py_ssize_t topk_pairs_kernel(
+    const int32_t[::1] rows,
+    const float[::1] scores,
+    Py_ssize_t count,
+    uint8_t[::1] mask,
+    Py_ssize_t k,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil:
+    # Top k of explicit (row, score) pairs among rows the mask keeps, then every given row is cleared in
+    # the mask (so a following scan of the mask only fills up). Rows are in [0, mask length).
+    cdef float* hs = &out_scores[0] if k > 0 else NULL
+    cdef int32_t* hi = &out_idx[0] if k > 0 else NULL
     cdef Py_ssize_t size = 0
     cdef Py_ssize_t i
-    for i in range(n):
-        if m[i]:
-            size = _offer(hs, hi, size, k, s[i], <int32_t>i)
-    _sort_heap(hs, hi, size)
+    cdef int32_t r
+    if k > 0:
+        for i in range(count):
+            r = rows[i]
+            if mask[r]:
+                size = _offer(hs, hi, size, k, scores[i], r)
+        _sort_heap(hs, hi, size)
+    for i in range(count):
+        mask[rows[i]] = 0
     return size
 
 
@@ -303,6 +609,104 @@ def topk_scores_into(
     with nogil:
         written = topk_scores_kernel(scores, mask, k, out_idx, out_scores)
     return written
+
+
+def topk_half_into(
+    const uint16_t[:, :, ::1] blocks,
+    const float[::1] col_absmax,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+):
+    """Exact top-k by dot(matrix[i], query) among mask != 0, scanning the half-precision blocked copy."""
+    cdef Py_ssize_t n = matrix.shape[0]
+    cdef Py_ssize_t d = matrix.shape[1]
+    if (
+        blocks.shape[2] != 8
+        or blocks.shape[1] != d
+        or blocks.shape[0] != (n + 7) // 8
+        or col_absmax.shape[0] != d
+        or query.shape[0] != d
+        or work.shape[0] < blocks.shape[0] * 8
+        or cand.shape[0] < n
+    ):
+        raise ValueError(
+            "invalid sizes: blocks [ceil(n/8), d, 8], col_absmax [d], query [d], "
+            "work >= n_blocks * 8, cand >= n"
+        )
+    _check_sizes(n, mask.shape[0], k, out_idx.shape[0], out_scores.shape[0])
+    cdef Py_ssize_t written
+    with nogil:
+        written = topk_half_kernel(
+            blocks, col_absmax, matrix, query, mask, k, work, cand, out_idx, out_scores
+        )
+    return written
+
+
+def neighbour_candidates_into(
+    const int32_t[:, ::1] neighbors,
+    const float[:, ::1] weights,
+    const int32_t[::1] seeds,
+    const uint8_t[::1] mask,
+    int32_t[::1] slot,
+    int32_t[::1] cand,
+    float[::1] cand_scores,
+):
+    """Merge the seeds' neighbour lists (weights summed) into cand/cand_scores; returns how many the mask keeps."""
+    cdef Py_ssize_t n = mask.shape[0]
+    if (
+        weights.shape[0] != neighbors.shape[0]
+        or weights.shape[1] != neighbors.shape[1]
+        or slot.shape[0] != n
+        or cand.shape[0] < n
+        or cand_scores.shape[0] < n
+    ):
+        raise ValueError(
+            "invalid sizes: weights like neighbors, slot [n], cand and cand_scores at least n long"
+        )
+    cdef Py_ssize_t kept
+    with nogil:
+        kept = neighbour_candidates_kernel(neighbors, weights, seeds, mask, slot, cand, cand_scores)
+    return kept
+
+
+def topk_pairs_into(
+    const int32_t[::1] rows,
+    const float[::1] scores,
+    Py_ssize_t count,
+    uint8_t[::1] mask,
+    Py_ssize_t k,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+):
+    """Top k of rows[:count] by scores[:count] among mask != 0, then clear those rows in mask; returns the count."""
+    cdef Py_ssize_t n = mask.shape[0]
+    cdef Py_ssize_t i
+    if count < 0 or count > rows.shape[0] or count > scores.shape[0]:
+        raise ValueError("invalid sizes: 0 <= count <= len(rows), len(scores)")
+    _check_sizes(n, n, k, out_idx.shape[0], out_scores.shape[0])
+    for i in range(count):
+        if rows[i] < 0 or rows[i] >= n:
+            raise ValueError("invalid rows: every row must be in [0, len(mask))")
+    cdef Py_ssize_t written
+    with nogil:
+        written = topk_pairs_kernel(rows, scores, count, mask, k, out_idx, out_scores)
+    return written
+
+
+def set_portable(bint portable):
+    """Use only the portable half-precision scan (True) or the fastest this CPU runs (False, default).
+
+    For tests and benchmarks: both must give the same results. Returns the previous setting."""
+    global ew_portable_only
+    previous = ew_portable_only != 0
+    ew_portable_only = 1 if portable else 0
+    return previous
 
 
 def stream_sum(const float[::1] data):

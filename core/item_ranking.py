@@ -21,7 +21,14 @@ from numpy.typing import NDArray
 
 from edgewise.core.decisions import Fallback, ItemExplanation, ItemOut, PlacementAsk, PlacementExplanation
 from edgewise.core.records import Activity, ProfileRecord
-from edgewise.core.scoring import topk_dot_into, topk_scores_into
+from edgewise.core.scoring import (
+    BLOCK,
+    neighbour_candidates_into,
+    topk_dot_into,
+    topk_half_into,
+    topk_pairs_into,
+    topk_scores_into,
+)
 from edgewise.core.segments import SegmentMemo
 from edgewise.core.store import ReadView
 from edgewise.core.strategies import Filter, ItemServe
@@ -39,7 +46,12 @@ class Scratch(threading.local):
 
     def __init__(self) -> None:
         self.mask: NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
-        self.vec: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self.padded: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self.vec: NDArray[np.float32] = self.padded  # padded[:n_items]
+        self.cand: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
+        self.pair_rows: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
+        self.pair_scores: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self.slot: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
         self.idx: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
         self.scores: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self.query: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
@@ -48,7 +60,13 @@ class Scratch(threading.local):
     def ensure(self, n_items: int, k: int, dim: int) -> None:
         if self.mask.shape[0] != n_items:
             self.mask = np.zeros(n_items, dtype=np.uint8)
-            self.vec = np.zeros(n_items, dtype=np.float32)
+            padded = -(-n_items // BLOCK) * BLOCK  # topk_half_into scores whole blocks of 8
+            self.padded = np.zeros(padded, dtype=np.float32)
+            self.vec = self.padded[:n_items]
+            self.cand = np.zeros(n_items, dtype=np.int32)
+            self.pair_rows = np.zeros(n_items, dtype=np.int32)
+            self.pair_scores = np.zeros(n_items, dtype=np.float32)
+            self.slot = np.zeros(n_items, dtype=np.int32)  # all zero between calls
         if self.idx.shape[0] < k:
             self.idx = np.zeros(k, dtype=np.int32)
             self.scores = np.zeros(k, dtype=np.float32)
@@ -156,25 +174,27 @@ def _trending(
 Candidates = tuple[NDArray[np.int32], NDArray[np.float32]]  # rows and their scores, unordered
 
 
-def _neighbours(view: ReadView, seeds: Sequence[int], mask: NDArray[np.uint8]) -> Candidates | None:
+def _neighbours(
+    view: ReadView, scratch: Scratch, seeds: Sequence[int], mask: NDArray[np.uint8]
+) -> Candidates | None:
     """The seeds' precomputed neighbour lists (scores summed over seeds), restricted to the mask.
 
-    Touches only the seeds' rows of the neighbour arrays: no scan over the catalog."""
+    Touches only the seeds' rows of the neighbour arrays: no scan over the catalog. The result is a pair
+    of views into the thread's scratch buffers."""
     neighbors = view.array("item_neighbors")
     weights = view.array("item_neighbor_scores")
     if neighbors is None or weights is None:
         return None
-    rows = neighbors[seeds].ravel()
-    scores = weights[seeds].ravel()
-    valid = rows >= 0
-    rows, scores = rows[valid], scores[valid]
-    if len(seeds) > 1:
-        rows, inverse = np.unique(rows, return_inverse=True)
-        summed = np.zeros(rows.shape[0], dtype=np.float32)
-        np.add.at(summed, inverse, scores)
-        scores = summed
-    keep = mask[rows].astype(bool)
-    return rows[keep], scores[keep]
+    found = neighbour_candidates_into(
+        neighbors,
+        weights,
+        np.array(seeds, dtype=np.int32),
+        mask,
+        scratch.slot,
+        scratch.pair_rows,
+        scratch.pair_scores,
+    )
+    return scratch.pair_rows[:found], scratch.pair_scores[:found]
 
 
 def _replenish_due(state: VersionState, activity: Activity | None, now_ms: int) -> list[int]:
@@ -280,7 +300,7 @@ def rank_items(
             fallback = miss_reason(shopper)
         else:
             if serve.method != "embedding":
-                candidates = _neighbours(view, seeds, mask)
+                candidates = _neighbours(view, scratch, seeds, mask)
                 if candidates is not None and why is not None:
                     why.notes.append(f"{candidates[0].shape[0]} neighbour(s) of the seeds pass the filters")
             if serve.method != "cooccurrence" and embeddings is not None:
@@ -386,30 +406,44 @@ def _top(
     values: list[float] = []
     if candidates is not None:
         cand_rows, cand_scores = candidates
-        if pinned:
-            keep = mask[cand_rows].astype(bool)
-            cand_rows, cand_scores = cand_rows[keep], cand_scores[keep]
         if boost is not None:
-            cand_scores = cand_scores + boost[cand_rows]
-        order = np.lexsort((cand_rows, -cand_scores))[:fetch]  # score descending, lower row first
-        rows, values = cand_rows[order].tolist(), cand_scores[order].tolist()
-        mask[cand_rows] = 0  # what follows only fills up
-        fetch -= len(rows)
+            cand_scores += boost[cand_rows]  # in place: the scratch buffer of this request
+        # Top `fetch` of the candidates still in the mask (pinned rows left it), then all of them leave
+        # the mask: what follows only fills up.
+        n = topk_pairs_into(
+            cand_rows, cand_scores, cand_rows.shape[0], mask, fetch, scratch.idx, scratch.scores
+        )
+        rows, values = scratch.idx[:n].tolist(), scratch.scores[:n].tolist()
+        fetch -= n
         if query is None:
             fetch = 0
-    if fetch > 0 and query is not None and embeddings is not None and boost is None:
-        n = topk_dot_into(embeddings, query, mask, fetch, scratch.idx, scratch.scores)
-        rows += scratch.idx[:n].tolist()
-        values += scratch.scores[:n].tolist()
-    elif fetch > 0:
-        if query is not None and embeddings is not None:
-            scores = embeddings @ query
-        assert scores is not None
+    if fetch > 0 and query is not None and embeddings is not None:
         if boost is not None:
-            scores = scores + boost
-        n = topk_scores_into(
-            np.ascontiguousarray(scores, dtype=np.float32), mask, fetch, scratch.idx, scratch.scores
-        )
+            scores = embeddings @ query + boost
+        else:
+            half = state.half_embeddings
+            if half is not None:
+                n = topk_half_into(
+                    half,
+                    embeddings,
+                    query,
+                    mask,
+                    fetch,
+                    scratch.padded,
+                    scratch.cand,
+                    scratch.idx,
+                    scratch.scores,
+                )
+            else:  # no half-precision copy (values beyond binary16's range): scan the float32 matrix
+                n = topk_dot_into(embeddings, query, mask, fetch, scratch.idx, scratch.scores)
+            rows += scratch.idx[:n].tolist()
+            values += scratch.scores[:n].tolist()
+            fetch = 0
+    if fetch > 0:
+        assert scores is not None
+        if scores.dtype != np.float32 or not scores.flags.c_contiguous:
+            scores = np.ascontiguousarray(scores, dtype=np.float32)
+        n = topk_scores_into(scores, mask, fetch, scratch.idx, scratch.scores)
         rows += scratch.idx[:n].tolist()
         values += scratch.scores[:n].tolist()
     n = len(rows)

@@ -24,6 +24,7 @@ argpartition + sort), the benchmark's "numpy" baseline.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -32,11 +33,21 @@ from numpy.typing import NDArray
 from edgewise.core import _scoring
 
 __all__ = [
+    "BLOCK",
+    "HALF_MAX",
     "MAX_ROWS",
+    "HalfIndex",
+    "block_rows",
+    "half_index",
+    "neighbour_candidates_into",
+    "neighbour_candidates_reference",
     "topk_dot",
     "topk_dot_into",
     "topk_dot_numpy",
     "topk_dot_reference",
+    "topk_half_into",
+    "topk_pairs_into",
+    "topk_pairs_reference",
     "topk_scores",
     "topk_scores_into",
     "topk_scores_numpy",
@@ -45,6 +56,9 @@ __all__ = [
 
 MAX_ROWS: Final = 2**31 - 1
 """Row indices are returned as int32: at most this many rows."""
+
+BLOCK: Final = 8
+"""Rows per group of the blocked layout (`block_rows`): one 8-lane vector of scores per group."""
 
 _F32: Final = np.dtype(np.float32)
 _I32: Final = np.dtype(np.int32)
@@ -170,6 +184,166 @@ def topk_scores_into(
         _check_array("scores", scores, _F32, 1)
         _check_mask_and_outputs(scores.shape[0], mask, k, out_idx, out_scores)
         raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+def block_rows(matrix: Float32Array) -> Float32Array:
+    """The blocked layout of a float32 [n, d] matrix: [ceil(n / 8), d, 8], rows padded with zeros.
+
+    Block b holds rows 8b..8b+7 dimension-major, so the kernel computes 8 scores as one vector per
+    dimension (`half_index` stores this layout in half precision).
+    """
+    _check_array("matrix", matrix, _F32, 2)
+    n, d = matrix.shape
+    n_blocks = -(-n // BLOCK)
+    padded = np.zeros((n_blocks * BLOCK, d), dtype=np.float32)
+    padded[:n] = matrix
+    return np.ascontiguousarray(padded.reshape(n_blocks, BLOCK, d).transpose(0, 2, 1))
+
+
+HALF_MAX: Final = 60_000.0
+"""Matrices with a larger absolute value get no half-precision index (binary16 tops out at 65,504)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HalfIndex:
+    """A half-precision copy of an embedding matrix in `block_rows` layout, for `topk_half_into`."""
+
+    blocks: NDArray[np.uint16]  # [ceil(n / 8), d, 8] IEEE binary16 bit patterns
+    col_absmax: Float32Array  # [d] largest |value| of each column (bounds the rounding error)
+    rows: int
+
+
+def half_index(matrix: Float32Array) -> HalfIndex | None:
+    """The half-precision index of `matrix`, or None when a value does not fit binary16 (|x| > HALF_MAX)."""
+    _check_array("matrix", matrix, _F32, 2)
+    n, d = matrix.shape
+    col_absmax = np.abs(matrix).max(axis=0).astype(np.float32) if n else np.zeros(d, dtype=np.float32)
+    if d and float(col_absmax.max()) > HALF_MAX:
+        return None
+    blocks = block_rows(matrix).astype(np.float16).view(np.uint16)
+    return HalfIndex(np.ascontiguousarray(blocks), np.ascontiguousarray(col_absmax), n)
+
+
+def topk_half_into(
+    index: HalfIndex,
+    matrix: Float32Array,
+    query: Float32Array,
+    mask: UInt8Array,
+    k: int,
+    work: Float32Array,
+    cand: Int32Array,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+) -> int:
+    """`topk_dot_into`'s result (same contract and order), reading half the bytes for the scan.
+
+    Scores every row approximately from `index` (binary16), keeps every candidate that may still be in
+    the top k given a bound on the rounding error, and scores only those exactly from `matrix` (the
+    float32 matrix `index` was built from). `work` (at least n_blocks * 8 floats) and `cand` (at least
+    n ints) are scratch buffers.
+    """
+    _check_k(k)
+    try:
+        return _scoring.topk_half_into(
+            index.blocks, index.col_absmax, matrix, query, mask, k, work, cand, out_idx, out_scores
+        )
+    except (ValueError, TypeError, BufferError) as exc:
+        _validate_dot(matrix, query, mask, k, out_idx, out_scores)
+        if index.rows != matrix.shape[0] or index.blocks.shape[1] != matrix.shape[1]:
+            raise ValueError(
+                f"index was built for {index.rows} x {index.blocks.shape[1]}, matrix is {matrix.shape}"
+            ) from exc
+        _check_array("work", work, _F32, 1, writable=True)
+        _check_array("cand", cand, _I32, 1, writable=True)
+        if work.shape[0] < index.blocks.shape[0] * BLOCK or cand.shape[0] < matrix.shape[0]:
+            raise ValueError(
+                f"work needs {index.blocks.shape[0] * BLOCK} floats and cand {matrix.shape[0]} ints"
+            ) from exc
+        raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+def neighbour_candidates_into(
+    neighbors: Int32Array,
+    weights: Float32Array,
+    seeds: Int32Array,
+    mask: UInt8Array,
+    slot: Int32Array,
+    cand: Int32Array,
+    cand_scores: Float32Array,
+) -> int:
+    """Merge the seed rows' precomputed neighbour lists into cand / cand_scores; returns how many.
+
+    `neighbors` [n_items, width] int32 holds neighbour rows (-1 = none), `weights` the same shape their
+    scores. Each row appears once, its weights summed over the seeds (in seed order), in order of first
+    appearance, and only if mask[row] != 0. Rows outside [0, len(mask)) and seeds outside
+    [0, n_items) are skipped. `slot` [len(mask)] int32 must be all zero; it is zero again on return.
+    `cand` and `cand_scores` need len(mask) entries.
+    """
+    try:
+        return _scoring.neighbour_candidates_into(neighbors, weights, seeds, mask, slot, cand, cand_scores)
+    except (ValueError, TypeError, BufferError) as exc:
+        _check_array("neighbors", neighbors, _I32, 2)
+        _check_array("weights", weights, _F32, 2)
+        _check_array("seeds", seeds, _I32, 1)
+        _check_array("mask", mask, _U8, 1)
+        for name, a, dtype in (
+            ("slot", slot, _I32),
+            ("cand", cand, _I32),
+            ("cand_scores", cand_scores, _F32),
+        ):
+            _check_array(name, a, dtype, 1, writable=True)
+        raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+def neighbour_candidates_reference(
+    neighbors: Int32Array, weights: Float32Array, seeds: Int32Array, mask: UInt8Array
+) -> tuple[Int32Array, Float32Array]:
+    """NumPy reference for `neighbour_candidates_into`: (rows, summed weights) in first-appearance order."""
+    n = mask.shape[0]
+    valid_seeds = seeds[(seeds >= 0) & (seeds < neighbors.shape[0])]
+    rows = neighbors[valid_seeds].ravel()
+    scores = weights[valid_seeds].ravel()
+    ok = (rows >= 0) & (rows < n)
+    rows, scores = rows[ok], scores[ok]
+    unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    summed = np.zeros(unique.shape[0], dtype=np.float32)
+    np.add.at(summed, inverse, scores)
+    order = np.argsort(first, kind="stable")
+    unique, summed = unique[order], summed[order]
+    keep = mask[unique] != 0
+    return unique[keep].astype(np.int32), summed[keep]
+
+
+def topk_pairs_into(
+    rows: Int32Array,
+    scores: Float32Array,
+    count: int,
+    mask: UInt8Array,
+    k: int,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+) -> int:
+    """Top k of the pairs (rows[i], scores[i]), i < count, whose mask entry is nonzero; then zero
+    mask[rows[:count]]. Same output order as `topk_scores_into`; returns how many were written."""
+    _check_k(k)
+    try:
+        return _scoring.topk_pairs_into(rows, scores, count, mask, k, out_idx, out_scores)
+    except (ValueError, TypeError, BufferError) as exc:
+        _check_array("rows", rows, _I32, 1)
+        _check_array("scores", scores, _F32, 1)
+        _check_array("mask", mask, _U8, 1, writable=True)
+        _check_mask_and_outputs(mask.shape[0], mask, k, out_idx, out_scores)
+        raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+def topk_pairs_reference(
+    rows: Int32Array, scores: Float32Array, mask: UInt8Array, k: int
+) -> tuple[Int32Array, Float32Array]:
+    """NumPy reference for `topk_pairs_into` (without the mask update): order by (-score, row), take k."""
+    keep = mask[rows] != 0
+    rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order].astype(np.int32), scores[order].astype(np.float32)
 
 
 def topk_dot(

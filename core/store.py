@@ -110,11 +110,12 @@ def replicated_digest(records: Callable[[str], Iterable[tuple[bytes, bytes]]]) -
 class ReadView:
     """A consistent view of the store for the length of one read transaction."""
 
-    __slots__ = ("_dbs", "_txn", "generation", "version")
+    __slots__ = ("_arrays", "_dbs", "_txn", "generation", "version")
 
     def __init__(self, txn: Any, dbs: Mapping[str, Any]) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._arrays: dict[str, NDArray[Any] | None] = {}  # decoded once per view (i.e. per transaction)
         raw = txn.get(_VERSION_KEY, db=dbs["meta"])
         # (generation, version): the version says which data; the generation, bumped on every
         # replace, tells two loads of the same version apart (a cache key never goes stale).
@@ -140,9 +141,15 @@ class ReadView:
         return None if buf is None else decode_activity(buf)
 
     def array(self, name: str) -> NDArray[Any] | None:
-        """A model array, zero-copy: valid only inside this view's `with` block."""
+        """A model array, zero-copy: valid only inside this view's `with` block (decoded once per view)."""
+        try:
+            return self._arrays[name]
+        except KeyError:
+            pass
         buf = self._txn.get(name.encode(), db=self._dbs["models"])
-        return None if buf is None else decode_array(buf)
+        array = None if buf is None else decode_array(buf)
+        self._arrays[name] = array
+        return array
 
     def rules_doc(self) -> Any:
         buf = self._txn.get(b"rules", db=self._dbs["rules"])

@@ -2,8 +2,11 @@
 
 Holds what is costly to derive per request: the item id <-> row index, per-item price, category, tag
 and flag data, availability masks per country, masks and boost vectors derived from them (cached on
-first use), the compiled rules and the profile fields' consent purposes. Model arrays are not held
-here: they are read zero-copy from each request's own read transaction.
+first use), the compiled rules and the profile fields' consent purposes. Model arrays are read
+zero-copy from each request's own read transaction, with one addition: a half-precision copy of the
+item embeddings in the blocked layout the scoring kernel scans (`edgewise.core.scoring.half_index`,
+half the size of the matrix, made once per version). The personalized scan reads it instead of the
+float32 matrix and rescoring a few rows exactly from the matrix, so results are the float32 ones.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from numpy.typing import NDArray
 
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
+from edgewise.core.scoring import HalfIndex, half_index
 from edgewise.core.store import ReadView
 from edgewise.core.strategies import Boost
 
@@ -45,6 +49,7 @@ class VersionState:
     popularity_scopes: frozenset[str]  # e.g. {"country:DE", "segment:vip"}
     segment_scopes: tuple[str, ...]  # segment ids with their own popularity, sorted
     daily_counts_end_ms: int  # the day the last column of item_daily_counts ends (0 = no such model)
+    half_embeddings: HalfIndex | None  # item_embeddings, half precision, blocked (None: none or too large)
     _derived: dict[Hashable, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -137,7 +142,9 @@ def build_state(view: ReadView) -> VersionState:
         mask[[i for i, r in enumerate(records) if country in r.regions]] = 1
         regions[country] = mask
     embeddings = view.array("item_embeddings")
+    valid = embeddings is not None and embeddings.ndim == 2 and embeddings.dtype == np.float32
     dim = int(embeddings.shape[1]) if embeddings is not None and embeddings.ndim == 2 else 0
+    half = half_index(np.ascontiguousarray(embeddings)) if valid and embeddings is not None else None
     schema: Any = view.schema_doc() or {}
     fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
     purposes = {name: str(spec.get("purpose", "")) for name, spec in fields.items() if isinstance(spec, dict)}
@@ -159,6 +166,7 @@ def build_state(view: ReadView) -> VersionState:
         popularity_scopes=scopes,
         segment_scopes=tuple(sorted(s.removeprefix("segment:") for s in scopes if s.startswith("segment:"))),
         daily_counts_end_ms=int(view.snapshot_info().get("daily_counts_end_ms", 0)),
+        half_embeddings=half if half is not None and half.rows == n else None,
     )
 
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -366,5 +367,193 @@ def test_pxd_declarations_match_the_pyx(tmp_path: Path) -> None:
     # Paired with its .pxd, the module exports the kernels for cimport (a C-API table).
     c_source = (tmp_path / "_scoring.c").read_text()
     assert "__Pyx_ExportFunction(" in c_source
-    for kernel in ("topk_dot_kernel", "topk_scores_kernel", "stream_sum_kernel"):
+    kernels = (
+        "topk_dot_kernel",
+        "topk_scores_kernel",
+        "topk_half_kernel",
+        "topk_pairs_kernel",
+        "stream_sum_kernel",
+    )
+    for kernel in (*kernels, "neighbour_candidates_kernel"):
         assert kernel in c_source
+
+
+# The half-precision scan (half_index + topk_half_into): approximate scores, exact rescoring, so the result
+# is the float32 one. Run with the CPU's fastest code path and with the portable one.
+
+
+@pytest.fixture(params=[False, True], ids=["fastest", "portable"])
+def portable(request: pytest.FixtureRequest) -> Iterator[bool]:
+    previous = _scoring.set_portable(request.param)
+    yield request.param
+    _scoring.set_portable(previous)
+
+
+def _run_half(
+    matrix: NDArray[np.float32], query: NDArray[np.float32], mask: NDArray[np.uint8], k: int
+) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    index = scoring.half_index(matrix)
+    assert index is not None
+    n = matrix.shape[0]
+    work = np.full(index.blocks.shape[0] * scoring.BLOCK, -7.0, dtype=np.float32)
+    cand = np.zeros(n, dtype=np.int32)
+    out_idx, out_scores = _buffers(k, 2)
+    written = scoring.topk_half_into(index, matrix, query, mask, k, work, cand, out_idx, out_scores)
+    assert written == min(k, int(np.count_nonzero(mask)))
+    assert (out_idx[written:] == -7).all()
+    return out_idx[:written], out_scores[:written]
+
+
+@stable
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 120),
+    d=st.integers(0, 20),
+    k=st.integers(0, 130),
+    p=st.sampled_from([0.0, 0.3, 0.9, 1.0]),
+    portable_only=st.booleans(),
+)
+def test_half_matches_reference_on_exact_inputs(
+    seed: int, n: int, d: int, k: int, p: float, portable_only: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    matrix = _int_matrix(rng, n, d)
+    query = _int_matrix(rng, 1, d)[0]
+    mask = _mask(rng, n, p)
+    previous = _scoring.set_portable(portable_only)
+    try:
+        got = _run_half(matrix, query, mask, k)
+    finally:
+        _scoring.set_portable(previous)
+    _assert_same(got, scoring.topk_dot_reference(matrix, query, mask, k))
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-2, 1.0, 300.0])
+def test_half_is_exact_where_half_precision_cannot_tell_rows_apart(portable: bool, scale: float) -> None:
+    # Rows that differ by 1e-4 relative: binary16 (11 bits) rounds many of them to the same value, so the
+    # approximate scan sees long runs of ties; the exact rescoring must still return the float32 order.
+    rng = np.random.default_rng(3)
+    n, d = 4_003, 24
+    base = rng.standard_normal(d).astype(np.float32)
+    steps = 1.0 + 1e-4 * rng.permutation(n).astype(np.float32)
+    matrix = (np.outer(steps, base) * scale).astype(np.float32)
+    query = base.copy()
+    mask = _mask(rng, n, 0.9)
+    for k in (1, 10, 50):
+        idx, got = _run_half(matrix, query, mask, k)
+        ref_idx, ref = scoring.topk_dot_reference(matrix, query, mask, k)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "d"), [(10_000, 32), (3_001, 33), (7, 5)])
+def test_half_float_inputs_at_benchmark_sizes(portable: bool, n: int, d: int) -> None:
+    rng = np.random.default_rng(n + d)
+    matrix = rng.standard_normal((n, d), dtype=np.float32)
+    query = rng.standard_normal(d, dtype=np.float32)
+    mask = _mask(rng, n, 0.8)
+    idx, got = _run_half(matrix, query, mask, 30)
+    _check_float_result(matrix, query, mask, 30, idx, got)
+    # And the same rows as the float32 fused kernel.
+    np.testing.assert_array_equal(idx, _run_dot(matrix, query, mask, 30)[0])
+
+
+def test_half_index_refuses_values_beyond_binary16() -> None:
+    matrix = np.ones((4, 3), dtype=np.float32)
+    assert scoring.half_index(matrix) is not None
+    matrix[2, 1] = 70_000.0
+    assert scoring.half_index(matrix) is None
+    empty = scoring.half_index(np.zeros((0, 3), dtype=np.float32))
+    assert empty is not None and empty.blocks.shape == (0, 3, 8)
+
+
+def test_half_bad_arguments_are_named() -> None:
+    rng = np.random.default_rng(5)
+    matrix = rng.standard_normal((20, 4), dtype=np.float32)
+    index = scoring.half_index(matrix)
+    assert index is not None
+    query = np.ones(4, dtype=np.float32)
+    mask = np.ones(20, dtype=np.uint8)
+    idx, sc = _buffers(5)
+    work, cand = np.zeros(24, dtype=np.float32), np.zeros(20, dtype=np.int32)
+    with pytest.raises(ValueError, match="index was built for 20 x 4"):
+        scoring.topk_half_into(index, matrix[:10], query, mask[:10], 5, work, cand, idx, sc)
+    with pytest.raises(ValueError, match="work needs 24 floats and cand 20 ints"):
+        scoring.topk_half_into(index, matrix, query, mask, 5, work[:16], cand, idx, sc)
+    with pytest.raises(ValueError, match="query has length 3"):
+        scoring.topk_half_into(index, matrix, query[:3], mask, 5, work, cand, idx, sc)
+
+
+# Neighbour lists: merge (neighbour_candidates_into) and top-k of explicit pairs (topk_pairs_into).
+
+
+@stable
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 60),
+    width=st.integers(0, 12),
+    n_seeds=st.integers(0, 5),
+    p=st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_neighbour_candidates_match_reference(seed: int, n: int, width: int, n_seeds: int, p: float) -> None:
+    rng = np.random.default_rng(seed)
+    # Some -1 (no neighbour) and out-of-range rows; seeds may repeat or be out of range too.
+    neighbors = rng.integers(-1, n + 2, size=(n, width)).astype(np.int32)
+    weights = rng.integers(-4, 5, size=(n, width)).astype(np.float32) / 4
+    seeds = rng.integers(-1, n + 1, size=n_seeds).astype(np.int32)
+    mask = _mask(rng, n, p)
+    slot = np.zeros(n, dtype=np.int32)
+    cand = np.full(n, -7, dtype=np.int32)
+    cand_scores = np.full(n, -7.0, dtype=np.float32)
+    found = scoring.neighbour_candidates_into(neighbors, weights, seeds, mask, slot, cand, cand_scores)
+    want_rows, want_scores = scoring.neighbour_candidates_reference(neighbors, weights, seeds, mask)
+    np.testing.assert_array_equal(cand[:found], want_rows)
+    np.testing.assert_array_equal(cand_scores[:found], want_scores)
+    assert not slot.any()  # ready for the next call
+
+
+@stable
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 80),
+    count=st.integers(0, 60),
+    k=st.integers(0, 70),
+    p=st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_topk_pairs_match_reference_and_clear_the_mask(
+    seed: int, n: int, count: int, k: int, p: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(n)[: min(count, n)].astype(np.int32)
+    scores = rng.integers(-3, 4, size=rows.shape[0]).astype(np.float32)  # many ties
+    mask = _mask(rng, n, p)
+    before = mask.copy()
+    out_idx, out_scores = _buffers(k, 1)
+    written = scoring.topk_pairs_into(rows, scores, rows.shape[0], mask, k, out_idx, out_scores)
+    want = scoring.topk_pairs_reference(rows, scores, before, k)
+    _assert_same((out_idx[:written], out_scores[:written]), want)
+    assert (out_idx[written:] == -7).all()
+    assert not mask[rows].any()
+    untouched = np.setdiff1d(np.arange(n), rows)
+    np.testing.assert_array_equal(mask[untouched], before[untouched])
+
+
+def test_neighbour_kernels_refuse_bad_arguments() -> None:
+    neighbors = np.zeros((4, 3), dtype=np.int32)
+    weights = np.zeros((4, 3), dtype=np.float32)
+    mask = np.ones(4, dtype=np.uint8)
+    seeds = np.array([0], dtype=np.int32)
+    slot, cand, cand_scores = np.zeros(4, np.int32), np.zeros(4, np.int32), np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="weights must have dtype float32"):
+        scoring.neighbour_candidates_into(neighbors, neighbors, seeds, mask, slot, cand, cand_scores)
+    with pytest.raises(ValueError, match="invalid arguments"):
+        scoring.neighbour_candidates_into(neighbors, weights[:2], seeds, mask, slot, cand, cand_scores)
+    out_idx, out_scores = _buffers(2)
+    with pytest.raises(ValueError, match=r"invalid arguments.*every row must be in"):
+        scoring.topk_pairs_into(
+            np.array([5], np.int32), np.ones(1, np.float32), 1, mask, 2, out_idx, out_scores
+        )
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        scoring.topk_pairs_into(
+            np.array([1], np.int32), np.ones(1, np.float32), 1, mask, -1, out_idx, out_scores
+        )
