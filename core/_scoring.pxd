@@ -60,4 +60,14 @@ cdef Py_ssize_t topk_pairs_kernel(
     float[::1] out_scores,
 ) noexcept nogil
 
+cdef Py_ssize_t topk_sorted_kernel(
+    const int32_t[::1] order,
+    const float[::1] scores,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t limit,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
 cdef float stream_sum_kernel(const float[::1] data) noexcept nogil

@@ -52,5 +52,14 @@ def topk_pairs_into(
     out_idx: NDArray[np.int32],
     out_scores: NDArray[np.float32],
 ) -> int: ...
+def topk_sorted_into(
+    order: NDArray[np.int32],
+    scores: NDArray[np.float32],
+    mask: NDArray[np.uint8],
+    k: int,
+    limit: int,
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
 def set_portable(portable: bool) -> bool: ...
 def stream_sum(data: NDArray[np.float32]) -> float: ...

@@ -544,6 +544,38 @@ cdef Py_ssize_t topk_pairs_kernel(
     return size
 
 
+cdef Py_ssize_t topk_sorted_kernel(
+    const int32_t[::1] order,
+    const float[::1] scores,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t limit,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil:
+    # `order` lists rows by (score descending, row ascending): the first k rows the mask keeps are the
+    # top k. Walks at most `limit` entries; returns -1 when that was not enough to decide (or an entry
+    # is not a row).
+    cdef Py_ssize_t n = order.shape[0]
+    cdef Py_ssize_t end = limit if limit < n else n
+    cdef Py_ssize_t found = 0
+    cdef Py_ssize_t i
+    cdef int32_t r
+    if k <= 0:
+        return 0
+    for i in range(end):
+        r = order[i]
+        if r < 0 or r >= n:
+            return -1  # not a valid order: the caller scans instead
+        if mask[r]:
+            out_idx[found] = r
+            out_scores[found] = scores[r]
+            found += 1
+            if found == k:
+                return found
+    return found if end == n else -1
+
+
 cdef float stream_sum_kernel(const float[::1] data) noexcept nogil:
     # 32 lanes of independent partial sums (eight SSE vectors in the portable build): the loop is bound by loads, not by the
     # latency of one add chain, so it measures how fast one core can stream the array.
@@ -696,6 +728,26 @@ def topk_pairs_into(
     cdef Py_ssize_t written
     with nogil:
         written = topk_pairs_kernel(rows, scores, count, mask, k, out_idx, out_scores)
+    return written
+
+
+def topk_sorted_into(
+    const int32_t[::1] order,
+    const float[::1] scores,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t limit,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+):
+    """Top k of scores among mask != 0 by walking a precomputed order; -1 if `limit` entries did not decide."""
+    cdef Py_ssize_t n = scores.shape[0]
+    _check_sizes(n, mask.shape[0], k, out_idx.shape[0], out_scores.shape[0])
+    if order.shape[0] != n:
+        raise ValueError("invalid sizes: order must list every row once")
+    cdef Py_ssize_t written
+    with nogil:
+        written = topk_sorted_kernel(order, scores, mask, k, limit, out_idx, out_scores)
     return written
 
 

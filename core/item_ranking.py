@@ -24,10 +24,12 @@ from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.scoring import (
     BLOCK,
     neighbour_candidates_into,
+    score_order,
     topk_dot_into,
     topk_half_into,
     topk_pairs_into,
     topk_scores_into,
+    topk_sorted_into,
 )
 from edgewise.core.segments import SegmentMemo
 from edgewise.core.store import ReadView
@@ -39,6 +41,7 @@ __all__ = ["Ranked", "Scratch", "Shopper", "rank_items"]
 DAY_MS: Final = 86_400_000
 SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbours of the last viewed item
 REPLENISH_OVERDUE_FACTOR: Final = 3.0
+_SORTED_WALK: Final = 2048  # rows of a precomputed order walked before falling back to a full scan
 
 
 class Scratch(threading.local):
@@ -133,9 +136,20 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
         _drop(state, [i for i, _ in shopper.activity.views], mask)
 
 
-def _popularity(
-    view: ReadView, state: VersionState, scope: str, shopper: Shopper, country: str
-) -> NDArray[np.float32]:
+Scored = tuple[NDArray[np.float32], NDArray[np.int32] | None]  # scores per row, rows best first (or None)
+
+
+def _ordered(state: VersionState, key: str, scores: NDArray[np.float32]) -> Scored:
+    """`scores` with its rows by (score desc, row asc), built once per version (None: not a score vector)."""
+    if scores.dtype != np.float32 or scores.ndim != 1 or scores.shape[0] != state.n_items:
+        return scores, None
+    order: NDArray[np.int32] = state.derived(
+        ("order", key), lambda: score_order(np.ascontiguousarray(scores))
+    )
+    return scores, order
+
+
+def _popularity(view: ReadView, state: VersionState, scope: str, shopper: Shopper, country: str) -> Scored:
     names = []
     segment = shopper.scope_segment(state) if scope == "segment" else ""
     if segment:
@@ -146,28 +160,29 @@ def _popularity(
         if name in state.popularity_scopes:
             array = view.array(POPULARITY_PREFIX + name)
             if array is not None:
-                return array
+                return _ordered(state, POPULARITY_PREFIX + name, array)
     array = view.array("item_popularity")
-    return array if array is not None else np.zeros(state.n_items, dtype=np.float32)
+    if array is None:
+        return np.zeros(state.n_items, dtype=np.float32), None
+    return _ordered(state, "item_popularity", array)
 
 
-def _trending(
-    view: ReadView, state: VersionState, half_life_days: float, now_ms: int
-) -> NDArray[np.float32] | None:
+def _trending(view: ReadView, state: VersionState, half_life_days: float, now_ms: int) -> Scored | None:
     counts = view.array("item_daily_counts")
     end_ms = state.daily_counts_end_ms
     if counts is None or counts.ndim != 2 or not end_ms:
         return None
     today = now_ms // DAY_MS
 
-    def build() -> NDArray[np.float32]:
+    def build() -> Scored:
         days = counts.shape[1]
         # Column d counts the day ending `days - d` days before the snapshot's end day.
         age = (today - end_ms // DAY_MS) + (days - 1 - np.arange(days, dtype=np.float64))
         weights = np.power(0.5, np.maximum(age, 0.0) / half_life_days).astype(np.float32)
-        return np.ascontiguousarray(counts @ weights, dtype=np.float32)
+        scores = np.ascontiguousarray(counts @ weights, dtype=np.float32)
+        return scores, score_order(scores) if scores.shape[0] == state.n_items else None
 
-    trending: NDArray[np.float32] = state.derived(("trending", half_life_days, today), build)
+    trending: Scored = state.derived(("trending", half_life_days, today), build)
     return trending
 
 
@@ -278,6 +293,7 @@ def rank_items(
     embeddings = view.array("item_embeddings")
     query: NDArray[np.float32] | None = None
     scores: NDArray[np.float32] | None = None
+    order: NDArray[np.int32] | None = None  # rows of `scores` best first, when known
     candidates: Candidates | None = None
     fallback = Fallback.NONE
     strategy = serve.strategy
@@ -313,11 +329,13 @@ def rank_items(
             if candidates is None and query is None:
                 fallback = Fallback.MODEL_UNAVAILABLE
     elif strategy == "popular":
-        scores = _popularity(view, state, serve.scope, shopper, country)
+        scores, order = _popularity(view, state, serve.scope, shopper, country)
     elif strategy == "trending":
-        scores = _trending(view, state, serve.half_life_days, now_ms)
-        if scores is None:
+        scored = _trending(view, state, serve.half_life_days, now_ms)
+        if scored is None:
             fallback = Fallback.MODEL_UNAVAILABLE
+        else:
+            scores, order = scored
     elif strategy in ("cart", "replenish"):
         if strategy == "cart":
             cart = activity.cart if activity is not None and shopper.allowed else ()
@@ -340,12 +358,13 @@ def rank_items(
 
     if query is None and scores is None and candidates is None:
         strategy = default.strategy
-        scores = (
+        scored = (
             _trending(view, state, default.half_life_days, now_ms) if default.strategy == "trending" else None
         )
-        if scores is None:
+        if scored is None:
             strategy = "popular"
-            scores = _popularity(view, state, default.scope, shopper, country)
+            scored = _popularity(view, state, default.scope, shopper, country)
+        scores, order = scored
         if fallback == Fallback.NONE:
             fallback = Fallback.MODEL_UNAVAILABLE
     return _top(
@@ -357,6 +376,7 @@ def rank_items(
         shopper,
         query,
         scores,
+        order,
         candidates,
         embeddings,
         strategy,
@@ -374,6 +394,7 @@ def _top(
     shopper: Shopper,
     query: NDArray[np.float32] | None,
     scores: NDArray[np.float32] | None,
+    order: NDArray[np.int32] | None,
     candidates: Candidates | None,
     embeddings: NDArray[np.float32] | None,
     strategy: str,
@@ -443,7 +464,11 @@ def _top(
         assert scores is not None
         if scores.dtype != np.float32 or not scores.flags.c_contiguous:
             scores = np.ascontiguousarray(scores, dtype=np.float32)
-        n = topk_scores_into(scores, mask, fetch, scratch.idx, scratch.scores)
+        if order is not None and boost is None and query is None:
+            # Popularity and trending: walk the version's precomputed order instead of scanning every row.
+            n = topk_sorted_into(order, scores, mask, fetch, scratch.idx, scratch.scores, limit=_SORTED_WALK)
+        else:
+            n = topk_scores_into(scores, mask, fetch, scratch.idx, scratch.scores)
         rows += scratch.idx[:n].tolist()
         values += scratch.scores[:n].tolist()
     n = len(rows)

@@ -41,6 +41,7 @@ __all__ = [
     "half_index",
     "neighbour_candidates_into",
     "neighbour_candidates_reference",
+    "score_order",
     "topk_dot",
     "topk_dot_into",
     "topk_dot_numpy",
@@ -52,6 +53,7 @@ __all__ = [
     "topk_scores_into",
     "topk_scores_numpy",
     "topk_scores_reference",
+    "topk_sorted_into",
 ]
 
 MAX_ROWS: Final = 2**31 - 1
@@ -344,6 +346,43 @@ def topk_pairs_reference(
     rows, scores = rows[keep], scores[keep]
     order = np.lexsort((rows, -scores))[:k]
     return rows[order].astype(np.int32), scores[order].astype(np.float32)
+
+
+def score_order(scores: Float32Array) -> Int32Array:
+    """Rows by (score descending, row ascending): the order `topk_sorted_into` walks."""
+    _check_array("scores", scores, _F32, 1)
+    n = scores.shape[0]
+    order: Int32Array = np.lexsort((np.arange(n), -scores)).astype(np.int32)
+    return order
+
+
+def topk_sorted_into(
+    order: Int32Array,
+    scores: Float32Array,
+    mask: UInt8Array,
+    k: int,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+    *,
+    limit: int | None = None,
+) -> int:
+    """`topk_scores_into`'s result from a precomputed `score_order(scores)`: the first k rows the mask
+    keeps. Touches about k / (share of rows kept) entries instead of all of them. Walks at most `limit`
+    entries (default: all) and then falls back to the full scan, so a sparse mask costs at most a walk of
+    `limit` plus a scan."""
+    _check_k(k)
+    n = scores.shape[0]
+    walk = n if limit is None else limit
+    try:
+        written = _scoring.topk_sorted_into(order, scores, mask, k, walk, out_idx, out_scores)
+    except (ValueError, TypeError, BufferError) as exc:
+        _check_array("order", order, _I32, 1)
+        _check_array("scores", scores, _F32, 1)
+        _check_mask_and_outputs(n, mask, k, out_idx, out_scores)
+        raise ValueError(f"invalid arguments: {exc}") from exc
+    if written >= 0:
+        return written
+    return topk_scores_into(scores, mask, k, out_idx, out_scores)
 
 
 def topk_dot(

@@ -557,3 +557,36 @@ def test_neighbour_kernels_refuse_bad_arguments() -> None:
         scoring.topk_pairs_into(
             np.array([1], np.int32), np.ones(1, np.float32), 1, mask, -1, out_idx, out_scores
         )
+
+
+# A precomputed order (score_order + topk_sorted_into) gives the scan's result.
+
+
+@stable
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 200),
+    k=st.integers(0, 60),
+    p=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
+    limit=st.sampled_from([None, 0, 1, 16, 1000]),
+)
+def test_sorted_walk_matches_reference(seed: int, n: int, k: int, p: float, limit: int | None) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 4, size=n).astype(np.float32)  # many ties: broken by row
+    scores[rng.random(n) < 0.1] = -0.0  # -0.0 ties with 0.0
+    mask = _mask(rng, n, p)
+    order = scoring.score_order(scores)
+    out_idx, out_scores = _buffers(k, 1)
+    written = scoring.topk_sorted_into(order, scores, mask, k, out_idx, out_scores, limit=limit)
+    _assert_same((out_idx[:written], out_scores[:written]), scoring.topk_scores_reference(scores, mask, k))
+
+
+def test_sorted_walk_with_a_bad_order_falls_back_to_the_scan() -> None:
+    scores = np.array([3, 1, 2, 5], dtype=np.float32)
+    mask = np.ones(4, dtype=np.uint8)
+    out_idx, out_scores = _buffers(2)
+    bad = np.array([9, 0, 1, 2], dtype=np.int32)  # not a row: never read past the arrays
+    assert scoring.topk_sorted_into(bad, scores, mask, 2, out_idx, out_scores) == 2
+    assert out_idx.tolist() == [3, 0]
+    with pytest.raises(ValueError, match="order must list every row once"):
+        scoring.topk_sorted_into(bad[:3], scores, mask, 2, out_idx, out_scores)
