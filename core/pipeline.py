@@ -380,9 +380,13 @@ def _eligible(campaign: Campaign, request: DecideInput, memo: SegmentMemo, local
         return False
     if campaign.schedule is not None and not campaign.schedule.active(request.now_ms, local):
         return False
-    if not all(memo.matches(s) for s in campaign.audience):
-        return False
-    return not any(memo.matches(s) for s in campaign.exclude)
+    for segment in campaign.audience:  # plain loops: no generator per call on the hot path
+        if not memo.matches(segment):
+            return False
+    for segment in campaign.exclude:  # noqa: SIM110 (a loop, not all(): no generator per call)
+        if memo.matches(segment):
+            return False
+    return True
 
 
 def _local_time(request: DecideInput) -> datetime | None:

