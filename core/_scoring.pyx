@@ -50,6 +50,7 @@ cdef extern from *:
     static inline __attribute__((always_inline)) ew_v8 ew_load8(const float* p) { ew_v8 v; memcpy(&v, p, sizeof v); return v; }
     static inline __attribute__((always_inline)) void ew_store8(float* p, ew_v8 v) { memcpy(p, &v, sizeof v); }
 
+    #define ew_ctz(x) ((Py_ssize_t)__builtin_ctz(x))
     static inline unsigned ew_ge8(const float* s, float thr) {
         ew_v8 v = ew_load8(s);
         ew_v8 t = {thr, thr, thr, thr, thr, thr, thr, thr};
@@ -59,6 +60,7 @@ cdef extern from *:
         return bits;
     }
     #else
+    static inline Py_ssize_t ew_ctz(unsigned x) { Py_ssize_t n = 0; while (!(x & 1u)) { x >>= 1; n++; } return n; }
     static inline unsigned ew_ge8(const float* s, float thr) {
         unsigned bits = 0;
         for (int l = 0; l < 8; l++) bits |= (s[l] >= thr) << l;
@@ -161,6 +163,7 @@ cdef extern from *:
     void ew_half_scores(const uint16_t* blocks, const float* q, Py_ssize_t d, Py_ssize_t n_blocks,
                         float* out) noexcept nogil
     unsigned ew_ge8(const float* s, float thr) noexcept nogil
+    Py_ssize_t ew_ctz(unsigned x) noexcept nogil
 
 cdef enum:
     # Rows per block of the dot-product loop: four rows share every load of the query, which keeps the
@@ -172,6 +175,8 @@ cdef enum:
     _PREFETCH_AHEAD = 2048
     _LINE_FLOATS = 16
     _STREAM_LANES = 32
+    # Groups of 8 rows scored per call of the half-precision scan: 1 KB of scores, stays in L1.
+    _HALF_CHUNK = 32
 
 
 cdef inline bint _worse(float s_a, int32_t i_a, float s_b, int32_t i_b) noexcept nogil:
@@ -407,15 +412,18 @@ cdef Py_ssize_t topk_half_kernel(
     int32_t[::1] out_idx,
     float[::1] out_scores,
 ) noexcept nogil:
-    # Exact top-k by dot(matrix[i], query) that reads the matrix only for a few rows:
-    # 1. approximate scores of every row from the half-precision blocked copy (half the bytes);
-    # 2. the k-th best approximate score A among the candidates;
-    # 3. every candidate whose approximate score is >= A - 2 * bound, where bound limits
-    #    |approximate - exact| for any row (half rounding, 2^-11 relative, or 2^-25 absolute below the
-    #    normal range, plus both float sums' rounding), doubled for margin;
-    # 4. those rows scored exactly from the float32 matrix, top k with the usual order.
-    # Every row of the exact top k is collected in 3: its approximate score is at least its exact
-    # score - bound >= (exact k-th best) - bound >= A - 2 * bound.
+    # Exact top-k by dot(matrix[i], query) that reads the float32 matrix only for a few rows.
+    # `bound` limits |approximate - exact| for any row: binary16 rounding (2^-11 relative, or 2^-25
+    # absolute below the normal range) plus both float sums' rounding, doubled for margin.
+    # 1. One pass over the half-precision blocked copy, _HALF_CHUNK groups of 8 rows at a time scored
+    #    into a buffer that stays in L1. A heap keeps the k best approximate scores; every candidate
+    #    whose approximate score reaches (the heap's worst - 2 * bound) is noted with that score
+    #    (all of them while the heap is not full).
+    # 2. The notes are filtered again with the final heap's worst A: approximate >= A - 2 * bound.
+    #    The heap's worst only grows, so every row that passes this was noted in 1.
+    # 3. Those rows are scored exactly from the float32 matrix; top k with the usual order.
+    # Every row of the exact top k passes 2: its approximate score is at least its exact score - bound
+    # >= (exact k-th best) - bound >= A - 2 * bound (k rows have approximate >= A, so exact >= A - bound).
     cdef Py_ssize_t n = matrix.shape[0]
     cdef Py_ssize_t d = matrix.shape[1]
     if k <= 0 or n == 0:
@@ -425,47 +433,52 @@ cdef Py_ssize_t topk_half_kernel(
     cdef const uint8_t* m = &mask[0]
     cdef const float* q
     cdef const float* base
-    cdef float* w = &work[0]
-    cdef int32_t* c = &cand[0]
-    cdef Py_ssize_t i, j, size, found = 0
-    cdef float spread = 0, qsum = 0, thr
+    cdef float* w = &work[0]  # approximate scores of the noted rows
+    cdef int32_t* c = &cand[0]  # the noted rows
+    cdef float local[_HALF_CHUNK * 8]
+    cdef Py_ssize_t n_blocks = blocks.shape[0]
+    cdef Py_ssize_t b0, g, nb, i, j, size = 0, found = 0, kept = 0
+    cdef float spread = 0, qsum = 0, margin, limit, sc
     cdef unsigned bits
     if d == 0:
         for i in range(n):
-            w[i] = 0
-        size = _topk_of_scores(w, m, n, k, hs, hi)
+            if m[i]:
+                size = _offer(hs, hi, size, k, 0, <int32_t>i)
         _sort_heap(hs, hi, size)
         return size
     q = &query[0]
     base = &matrix[0, 0]
-    ew_half_scores(&blocks[0, 0, 0], q, d, blocks.shape[0], w)
-    size = _topk_of_scores(w, m, n, k, hs, hi)
-    if size < k:
-        thr = -INFINITY  # fewer candidates than k: all of them are the answer
-    else:
-        for j in range(d):
-            spread += fabsf(q[j]) * col_absmax[j]
-            qsum += fabsf(q[j])
-        thr = hs[0] - 2 * (2 * ((1.0 / 2048 + d / 4194304.0) * spread + qsum / 33554432.0))
-    i = 0
-    while i < n:
-        if i + 8 <= n:
-            bits = ew_ge8(w + i, thr)
-            if bits == 0:
-                i += 8
-                continue
-            for j in range(8):
-                if (bits >> j) & 1 and m[i + j]:
-                    c[found] = <int32_t>(i + j)
+    for j in range(d):
+        spread += fabsf(q[j]) * col_absmax[j]
+        qsum += fabsf(q[j])
+    margin = 2 * (2 * ((1.0 / 2048 + d / 4194304.0) * spread + qsum / 33554432.0))
+    b0 = 0
+    while b0 < n_blocks:
+        nb = n_blocks - b0 if n_blocks - b0 < _HALF_CHUNK else _HALF_CHUNK
+        ew_half_scores(&blocks[b0, 0, 0], q, d, nb, local)
+        for g in range(nb):
+            limit = hs[0] - margin if size == k else -INFINITY
+            bits = ew_ge8(local + g * 8, limit)
+            while bits:
+                j = ew_ctz(bits)
+                bits &= bits - 1
+                i = (b0 + g) * 8 + j
+                if i >= n:
+                    break  # padding rows of the last group
+                if m[i]:
+                    sc = local[g * 8 + j]
+                    c[found] = <int32_t>i
+                    w[found] = sc
                     found += 1
-            i += 8
-            continue
-        if m[i] and w[i] >= thr:
-            c[found] = <int32_t>i
-            found += 1
-        i += 1
-    size = 0
+                    size = _offer(hs, hi, size, k, sc, <int32_t>i)
+        b0 += nb
+    limit = hs[0] - margin if size == k else -INFINITY
     for j in range(found):
+        if w[j] >= limit:
+            c[kept] = c[j]
+            kept += 1
+    size = 0
+    for j in range(kept):
         i = c[j]
         size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
     _sort_heap(hs, hi, size)
