@@ -142,13 +142,25 @@ def _decide_input_fast(request: _pb.DecideRequest, limits: Limits, now_ms: int) 
             )
         )
     ctx = request.context
-    named = [getattr(ctx, name) for name in CONTEXT_FIELDS]
-    if not _fits(named, limits.max_string_length):
+    context = Context(
+        ctx.channel,
+        ctx.device,
+        ctx.language,
+        ctx.country,
+        ctx.region,
+        ctx.journey_stage,
+        ctx.page_type,
+        ctx.local_time,
+        ctx.url,
+        ctx.referrer,
+        _fast_map(ctx.attributes, limits),
+    )
+    if not _fits([getattr(context, name) for name in CONTEXT_FIELDS], limits.max_string_length):
         raise _Recheck
     return DecideInput(
         user_id,
         session_id,
-        Context(*named, attributes=_fast_map(ctx.attributes, limits)),
+        context,
         frozenset(consent),
         tuple(asks),
         request.explain,
