@@ -887,6 +887,7 @@ class Config:
     growthbook: bool
     bundle: Path | None
     quick: bool
+    growthbook_only: bool = False  # skip the pipeline measurement: only the GrowthBook comparison
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -919,11 +920,15 @@ def run(config: Config) -> dict[str, Any]:
             users = gb_users(bundle, config.gb_users, rng) if gb_module is not None else []
             del bundle, pop  # a worker does not hold the bundle: keep it out of the GC's way
             gc.collect()
-            _log(f"measuring {config.requests} requests (+{config.warmup} warm-up), {config.rounds} rounds")
             setup["tracked_objects"] = len(gc.get_objects())
+            measured: PipelineResult | None = None
             t0 = time.perf_counter()
-            with GcWatch().watching() as gc_watch:
-                measured = measure_pipeline(store, requests, config.warmup, config.rounds)
+            if not config.growthbook_only:
+                _log(
+                    f"measuring {config.requests} requests (+{config.warmup} warm-up), {config.rounds} rounds"
+                )
+                with GcWatch().watching() as gc_watch:
+                    measured = measure_pipeline(store, requests, config.warmup, config.rounds)
             measure_s = time.perf_counter() - t0
             if gb_module is None:
                 reason = "disabled (--no-growthbook)" if not config.growthbook else "growthbook not installed"
@@ -934,6 +939,15 @@ def run(config: Config) -> dict[str, Any]:
         finally:
             store.close()
     machine["loadavg_at_end"] = _loadavg()
+    if measured is None:  # --growthbook-only
+        return {
+            "benchmark": "bench.pipeline",
+            "config": {"users": setup["profiles"], "items": setup["items"], "seed": config.seed},
+            "machine": machine,
+            "setup": setup,
+            "growthbook": growthbook,
+            "seconds": {"measure": round(measure_s, 2), "total": round(time.perf_counter() - t_run, 2)},
+        }
     stats = {key: _percentiles(measured.samples[key]) for key, _ in STAGES}
     stages = {key: {"label": label.strip(), **stats[key]} for key, label in STAGES}
     request_p99 = stats["request"]["p99_us"]
@@ -969,49 +983,8 @@ def run(config: Config) -> dict[str, Any]:
     }
 
 
-def _format(result: dict[str, Any]) -> str:
-    c, m, s = result["config"], result["machine"], result["setup"]
-    lines = [
-        f"bench.pipeline: in-process decide for home({HOME_COUNT}) + pdp_similar({PDP_COUNT}) + hero_banner, "
-        f"{c['items']} items x {c['users']} users (dim {s['dim']}), {c['requests']} requests "
-        f"(+{c['warmup']} warm-up) in {c['rounds']} interleaved rounds; GC {c['gc']}",
-        f"machine: {m['nproc']} cpus, {m['cpu']}; python {m['python']}, numpy {m['numpy']}, "
-        f"lmdb {m['lmdb']}, msgpack {m['msgpack']}; load average {m['loadavg_at_start']} at start, "
-        f"{m['loadavg_at_end']} at end",
-        f"setup: bundle {s['bundle']} ({'generated' if s['bundle_generated'] else 'cached'}, "
-        f"{s['bundle_seconds']} s), apply {s['apply_seconds']} s, activity {s['activity']} "
-        f"({s['activity_seconds']} s)",
-    ]
-    for key in ("request", *PLACEMENTS):
-        mix = result["mix"].get(key, {})
-        total = result["stages"]["decide"]["n"] or 1
-        lines.append(f"mix {key}: " + ", ".join(f"{k} {v / total:.1%}" for k, v in mix.items()))
-    lines.append(f"staged decisions equal to Pipeline.decide: {result['staged_matches_real']}")
-    gcs = result["gc_during_pipeline"]
-    lines.append(
-        "cyclic GC while measuring: "
-        + ", ".join(f"{g} {v['runs']} runs (max {v['max_ms']} ms)" for g, v in gcs.items())
-    )
-    lines.append("")
-    header = f"{'stage (us per request)':<52} {'median':>8} {'p99':>8} {'p99.9':>8} {'max':>9} {'mean':>8}"
-    lines += [header, "-" * len(header)]
-    for key, label in STAGES:
-        t = result["stages"][key]
-        if key in ("stage_sum", "decide"):
-            lines.append("-" * len(header))
-        lines.append(
-            f"{label:<52} {t['median_us']:>8.1f} {t['p99_us']:>8.1f} {t['p999_us']:>8.1f} "
-            f"{t['max_us']:>9.1f} {t['mean_us']:>8.1f}"
-        )
-    tg = result["target"]
-    lines.append("")
-    lines.append(
-        f"target p99 <= {tg['p99_us']:.0f} us for the whole request: "
-        f"request p99 {tg['request_p99_us']:.1f} us "
-        f"-> {'MET' if tg['met'] else 'NOT MET'} (decide alone p99 {tg['decide_p99_us']:.1f} us)"
-    )
-    gb = result["growthbook"]
-    lines.append("")
+def _format_growthbook(gb: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if "skipped" in gb:
         lines.append(f"growthbook comparison skipped: {gb['skipped']} (install: {gb['install']})")
     else:
@@ -1051,6 +1024,62 @@ def _format(result: dict[str, Any]) -> str:
             f"target: ours >= {gb['target_ratio']:.0f}x faster (median, full paths) -> smallest ratio "
             f"{gb['min_ratio']:.1f}x -> {'MET' if gb['met'] else 'NOT MET'}"
         )
+    return lines
+
+
+def _format(result: dict[str, Any]) -> str:
+    c, m, s = result["config"], result["machine"], result["setup"]
+    if "stages" not in result:  # --growthbook-only
+        lines = [
+            f"bench.pipeline --growthbook-only: {c['items']} items x {c['users']} users; "
+            f"machine: {m['nproc']} cpus, {m['cpu']}; python {m['python']}; load average "
+            f"{m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end",
+            "",
+            *_format_growthbook(result["growthbook"]),
+            f"time: total {result['seconds']['total']} s",
+        ]
+        return "\n".join(lines)
+    lines = [
+        f"bench.pipeline: in-process decide for home({HOME_COUNT}) + pdp_similar({PDP_COUNT}) + hero_banner, "
+        f"{c['items']} items x {c['users']} users (dim {s['dim']}), {c['requests']} requests "
+        f"(+{c['warmup']} warm-up) in {c['rounds']} interleaved rounds; GC {c['gc']}",
+        f"machine: {m['nproc']} cpus, {m['cpu']}; python {m['python']}, numpy {m['numpy']}, "
+        f"lmdb {m['lmdb']}, msgpack {m['msgpack']}; load average {m['loadavg_at_start']} at start, "
+        f"{m['loadavg_at_end']} at end",
+        f"setup: bundle {s['bundle']} ({'generated' if s['bundle_generated'] else 'cached'}, "
+        f"{s['bundle_seconds']} s), apply {s['apply_seconds']} s, activity {s['activity']} "
+        f"({s['activity_seconds']} s)",
+    ]
+    for key in ("request", *PLACEMENTS):
+        mix = result["mix"].get(key, {})
+        total = result["stages"]["decide"]["n"] or 1
+        lines.append(f"mix {key}: " + ", ".join(f"{k} {v / total:.1%}" for k, v in mix.items()))
+    lines.append(f"staged decisions equal to Pipeline.decide: {result['staged_matches_real']}")
+    gcs = result["gc_during_pipeline"]
+    lines.append(
+        "cyclic GC while measuring: "
+        + ", ".join(f"{g} {v['runs']} runs (max {v['max_ms']} ms)" for g, v in gcs.items())
+    )
+    lines.append("")
+    header = f"{'stage (us per request)':<52} {'median':>8} {'p99':>8} {'p99.9':>8} {'max':>9} {'mean':>8}"
+    lines += [header, "-" * len(header)]
+    for key, label in STAGES:
+        t = result["stages"][key]
+        if key in ("stage_sum", "decide"):
+            lines.append("-" * len(header))
+        lines.append(
+            f"{label:<52} {t['median_us']:>8.1f} {t['p99_us']:>8.1f} {t['p999_us']:>8.1f} "
+            f"{t['max_us']:>9.1f} {t['mean_us']:>8.1f}"
+        )
+    tg = result["target"]
+    lines.append("")
+    lines.append(
+        f"target p99 <= {tg['p99_us']:.0f} us for the whole request: "
+        f"request p99 {tg['request_p99_us']:.1f} us "
+        f"-> {'MET' if tg['met'] else 'NOT MET'} (decide alone p99 {tg['decide_p99_us']:.1f} us)"
+    )
+    lines.append("")
+    lines += _format_growthbook(result["growthbook"])
     lines.append(f"time: measuring {result['seconds']['measure']} s, total {result['seconds']['total']} s")
     return "\n".join(lines)
 
@@ -1069,6 +1098,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--requests", type=int, help="measured requests (default 20000, quick 600)")
     parser.add_argument("--no-growthbook", action="store_true", help="skip the GrowthBook comparison")
+    parser.add_argument(
+        "--growthbook-only",
+        action="store_true",
+        help="only the GrowthBook comparison (skip the pipeline measurement)",
+    )
     args = parser.parse_args(argv)
     requests = args.requests if args.requests is not None else (600 if args.quick else 20_000)
     config = Config(
@@ -1083,6 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         growthbook=not args.no_growthbook,
         bundle=args.bundle,
         quick=args.quick,
+        growthbook_only=args.growthbook_only,
     )
     result = run(config)
     print(json.dumps(result, indent=2) if args.json else _format(result))

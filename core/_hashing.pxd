@@ -5,3 +5,4 @@ from libc.stdint cimport uint32_t
 
 
 cdef uint32_t murmur3_32_kernel(const unsigned char* data, Py_ssize_t n, uint32_t seed) noexcept nogil
+cdef int salted_bucket(str salt, str unit) except -1

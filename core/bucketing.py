@@ -2,15 +2,19 @@
 
 The same unit id gets the same bucket on every process, edge and channel, in any language that
 implements MurmurHash3 x86_32 over the UTF-8 bytes of the key.
+
+`bucket` is compiled (edgewise.core._hashing): one call hashes the key in place, without building the
+joined string or its bytes; `bucket_reference` is the same computation spelled out in Python.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from edgewise.core._hashing import bucket as _bucket_compiled
 from edgewise.core._hashing import murmur3_32 as _murmur3_32_compiled
 
-__all__ = ["BUCKETS", "bucket", "murmur3_32", "murmur3_32_reference"]
+__all__ = ["BUCKETS", "bucket", "bucket_reference", "murmur3_32", "murmur3_32_reference"]
 
 BUCKETS: Final = 10_000
 
@@ -59,6 +63,10 @@ murmur3_32 = _murmur3_32_compiled
 """MurmurHash3 x86_32, compiled (edgewise.core._hashing); same results as murmur3_32_reference."""
 
 
-def bucket(salt: str, unit_id: str) -> int:
-    """Bucket 0..9999 of a unit in the experiment salted `salt`."""
-    return murmur3_32(f"{salt}:{unit_id}".encode()) % BUCKETS
+bucket = _bucket_compiled
+"""bucket(salt, unit_id): bucket 0..9999 of a unit in the experiment salted `salt` (compiled)."""
+
+
+def bucket_reference(salt: str, unit_id: str) -> int:
+    """Bucket 0..9999 of a unit in the experiment salted `salt`: the specification of `bucket`."""
+    return murmur3_32_reference(f"{salt}:{unit_id}".encode()) % BUCKETS

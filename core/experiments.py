@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from edgewise.core._hashing import layered_bucket
 from edgewise.core.bucketing import BUCKETS, bucket
 
 __all__ = [
@@ -77,9 +78,24 @@ class Experiment:
     traffic: int  # buckets of the experiment's own hash that are in the experiment
     variants: tuple[Variant, ...]
     allow_forced: bool
+    # `assign`'s answers by bucket, filled as units arrive: an Assignment is immutable and depends only
+    # on (experiment, bucket), so each of the BUCKETS possible ones is built once (a frozen dataclass
+    # costs more to build than the two hashes that pick it).
+    _by_bucket: list[Assignment | None] = field(
+        default_factory=lambda: [None] * BUCKETS, init=False, repr=False, compare=False
+    )
 
     def variant(self, variant_id: str) -> Variant | None:
         return next((v for v in self.variants if v.id == variant_id), None)
+
+    def variant_at(self, experiment_bucket: int) -> Variant | None:
+        """The variant whose slice holds `experiment_bucket` (None: outside the traffic allocation)."""
+        if experiment_bucket >= self.traffic:
+            return None
+        for variant in self.variants:
+            if variant.bucket_start <= experiment_bucket < variant.bucket_end:
+                return variant
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,14 +313,14 @@ def assign(experiment: Experiment, unit: str, attributes: Mapping[str, str]) -> 
             variant = experiment.variant(forced)
             if variant is not None:
                 return Assignment(experiment, variant, -1, forced=True)
-    if experiment.layer is not None:
-        layer_bucket = bucket(experiment.layer.salt, unit)
-        if not experiment.layer_range[0] <= layer_bucket < experiment.layer_range[1]:
-            return None
-    b = bucket(experiment.salt, unit)
-    if b >= experiment.traffic:
-        return Assignment(experiment, None, b)
-    for variant in experiment.variants:
-        if variant.bucket_start <= b < variant.bucket_end:
-            return Assignment(experiment, variant, b)
-    return Assignment(experiment, None, b)
+    layer = experiment.layer
+    start, end = experiment.layer_range
+    # One compiled call: the layer bucket (range check) and then the experiment's own bucket.
+    b = layered_bucket(None if layer is None else layer.salt, start, end, experiment.salt, unit)
+    if b < 0:
+        return None
+    assignment = experiment._by_bucket[b]
+    if assignment is None:
+        assignment = Assignment(experiment, experiment.variant_at(b), b)
+        experiment._by_bucket[b] = assignment
+    return assignment

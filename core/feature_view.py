@@ -3,19 +3,32 @@
 Consent is enforced here, not by convention: a profile attribute is readable only when the purpose its
 schema declares is granted both by the request and by the profile's stored consent. Every read can be
 recorded (for `explain`), including the ones consent refused.
+
+A view is built for every request, so building one only stores its inputs: nothing is derived until a
+read needs it (a profile read checks its one purpose against the request's grant and the profile's
+stored consent, two set lookups; no per-view set of granted purposes is built).
+
+Compiled conditions (edgewise.core.conditions) read a view without going through `get`: for a path that
+`inline_read` knows, they evaluate the Python expression it returns, which reads the view's slots
+directly and applies the same consent rule. They do so only when the view records no reads (so
+`explain` always goes through `get`, which records every read, denied ones included). `inline_read` is
+the single place that knows both this class's layout and the path syntax; tests check that it answers
+exactly like `get` for every kind of path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from edgewise.core.decisions import CONTEXT_FIELDS, Context
 from edgewise.core.features import MISSING, Path
 from edgewise.core.records import Activity, ProfileRecord
-from edgewise.core.version_state import VersionState
 
-__all__ = ["FeatureView"]
+if TYPE_CHECKING:  # version_state compiles rules, whose conditions import this module
+    from edgewise.core.version_state import VersionState
+
+__all__ = ["DENIED", "FeatureView", "inline_read"]
 
 _CONTEXT_NAMES: Final = frozenset(CONTEXT_FIELDS)
 DENIED: Final = "<not readable: purpose not granted>"
@@ -23,7 +36,7 @@ DENIED: Final = "<not readable: purpose not granted>"
 
 def _walk(value: Any, rest: Path) -> Any:
     for name in rest:
-        if isinstance(value, Mapping) and name in value:
+        if (value.__class__ is dict or isinstance(value, Mapping)) and name in value:
             value = value[name]
         else:
             return MISSING
@@ -39,7 +52,6 @@ class FeatureView:
         "_granted",
         "_now_ms",
         "_profile",
-        "_purposes",
         "_state",
         "_user_id",
         "reads",
@@ -63,9 +75,8 @@ class FeatureView:
         self._user_id = user_id
         self._profile = profile
         self._activity = activity
-        # Purposes granted by the request and, for a known profile, by its stored consent too.
-        self._granted = granted if profile is None else granted & frozenset(profile.consent)
-        self._purposes = state.field_purposes
+        # Purposes granted by the request; a profile's own stored consent is checked per read.
+        self._granted = granted
         self.reads: dict[str, str] | None = {} if record_reads else None
 
     @property
@@ -77,9 +88,12 @@ class FeatureView:
         return self._activity
 
     def readable(self, attribute: str) -> bool:
-        """Whether the profile attribute's purpose is granted (undeclared attributes never are)."""
-        purpose = self._purposes.get(attribute)
-        return purpose is not None and purpose in self._granted
+        """Whether the profile attribute's purpose is granted by the request and, for a known profile, by
+        its stored consent too (undeclared attributes never are)."""
+        purpose = self._state.field_purposes.get(attribute)
+        if purpose is None or purpose not in self._granted:
+            return False
+        return self._profile is None or purpose in self._profile.consent
 
     def get(self, path: Path) -> Any:
         value = self._lookup(path)
@@ -88,36 +102,36 @@ class FeatureView:
         return MISSING if value is _DENIED else value
 
     def _lookup(self, path: Path) -> Any:
-        if not path:
+        if len(path) < 2:
             return MISSING
-        head = path[0]
+        head, name = path[0], path[1]
         if head == "profile":
-            if self._profile is None or len(path) < 2:
+            if self._profile is None:
                 return MISSING
-            if not self.readable(path[1]):
+            if not self.readable(name):
                 return _DENIED
             return _walk(self._profile.attributes, path[1:])
         if head == "context":
-            if len(path) >= 2 and path[1] == "attributes":
+            if name == "attributes":
                 return _walk(self._context.attributes, path[2:])
-            if len(path) == 2 and path[1] in _CONTEXT_NAMES:
-                value = getattr(self._context, path[1])
+            if len(path) == 2 and name in _CONTEXT_NAMES:
+                value = getattr(self._context, name)
                 return value if value else MISSING
             return MISSING
         if head == "activity":
             if self._activity is None or len(path) != 2:
                 return MISSING
-            if path[1] == "views":
+            if name == "views":
                 return [item for item, _ in self._activity.views]
-            if path[1] == "cart":
+            if name == "cart":
                 return list(self._activity.cart_items())
-            if path[1] == "purchases":
+            if name == "purchases":
                 return [item for item, _ in self._activity.purchases]
             return MISSING
         if head == "user" and len(path) == 2:
-            if path[1] == "id":
+            if name == "id":
                 return self._user_id or MISSING
-            if path[1] == "known":
+            if name == "known":
                 return self._profile is not None
         return MISSING
 
@@ -128,6 +142,42 @@ class FeatureView:
     def item_flags(self, item_id: str) -> Mapping[str, Any] | None:
         row = self._state.rows.get(item_id)
         return None if row is None else self._state.flags[row]
+
+
+def inline_read(path: Path, const: Callable[[Any], str]) -> str | None:
+    """A Python expression over a local `src` (a FeatureView that records no reads) whose value is what
+    `src.get(path)` returns, except that MISSING (absent or not readable) is None; or None when the path
+    has no inline form (the caller then calls `get`).
+
+    The expression is built from fixed text only: names from the path become constants through
+    `const(value) -> identifier` (the caller binds the identifier to the value); a context field name is
+    spelled out only after it matched one of `CONTEXT_FIELDS`, and then in that tuple's own spelling.
+    Profile reads apply `readable`'s rule: the attribute's purpose must be in the request's grant and in
+    the profile's stored consent.
+    """
+    if len(path) < 2:
+        return None
+    head, name = path[0], path[1]
+    if head == "profile" and len(path) == 2:
+        key = const(name)
+        return (
+            f"(_p.attributes.get({key}) if (_p := src._profile) is not None"
+            f" and (_u := src._state.field_purposes.get({key})) in src._granted and _u in _p.consent"
+            " else None)"
+        )
+    if head == "context":
+        if name == "attributes" and len(path) == 3:
+            return f"src._context.attributes.get({const(path[2])})"
+        if len(path) == 2 and name in _CONTEXT_NAMES:
+            field = next(f for f in CONTEXT_FIELDS if f == name)  # the fixed spelling, not the input's
+            return f"(src._context.{field} or None)"
+        return None
+    if head == "user" and len(path) == 2:
+        if name == "id":
+            return "(src._user_id or None)"
+        if name == "known":
+            return "(src._profile is not None)"
+    return None
 
 
 class _Denied:

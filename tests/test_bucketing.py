@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from edgewise.core.bucketing import BUCKETS, bucket, murmur3_32, murmur3_32_reference
+from edgewise.core._hashing import layered_bucket
+from edgewise.core.bucketing import BUCKETS, bucket, bucket_reference, murmur3_32, murmur3_32_reference
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,36 @@ def test_compiled_hash_matches_the_reference_on_random_inputs() -> None:
 )
 def test_bucket_vectors(salt: str, unit: str, expected: int) -> None:
     assert bucket(salt, unit) == expected
+    assert bucket_reference(salt, unit) == expected
+
+
+def test_compiled_bucket_matches_the_reference_on_random_keys() -> None:
+    rng = random.Random(20261126)
+    alphabet = "ab-_:.0123456789üñ€😀\u0800\U0010ffff"
+    for _ in range(3000):
+        salt = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        unit = "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 3, 7, 20, 100, 300])))
+        assert bucket(salt, unit) == bucket_reference(salt, unit), (salt, unit)
+    long_key = ("s" * 255, "u" * 1000)  # longer than the compiled bucket's stack buffer
+    assert bucket(*long_key) == bucket_reference(*long_key)
+
+
+def test_bucket_refuses_what_utf8_cannot_encode() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        bucket_reference("exp", "\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        bucket("exp", "\ud800")
+    with pytest.raises(TypeError):
+        bucket("exp", None)  # type: ignore[arg-type]
+
+
+def test_layered_bucket_checks_the_layer_range_first() -> None:
+    for n in range(2000):
+        unit = f"u{n}"
+        layer = bucket_reference("layer-x", unit)
+        expected = bucket_reference("x", unit) if 2000 <= layer < 5000 else -1
+        assert layered_bucket("layer-x", 2000, 5000, "x", unit) == expected
+        assert layered_bucket(None, 0, 0, "x", unit) == bucket_reference("x", unit)  # no layer
 
 
 def test_buckets_are_uniform() -> None:

@@ -7,9 +7,10 @@ from collections import Counter
 
 import pytest
 
-from edgewise.core.bucketing import BUCKETS
+from edgewise.core.bucketing import BUCKETS, bucket_reference
 from edgewise.core.experiments import (
     FORCE_ATTRIBUTE_PREFIX,
+    Experiment,
     ExperimentError,
     assign,
     compile_experiments,
@@ -153,3 +154,52 @@ def test_same_unit_same_variant_in_other_processes() -> None:
         there = pool.map(_assign_in_child, [units, units])
     assert there == [here, here]
     assert BUCKETS == 10_000
+
+
+def _reference_assign(experiment: Experiment, unit: str) -> tuple[str, int] | None:
+    """docs/bucketing.md spelled out with the pure-Python hash: (variant id or "", bucket) or None."""
+    if experiment.layer is not None:
+        layer_bucket = bucket_reference(experiment.layer.salt, unit)
+        if not experiment.layer_range[0] <= layer_bucket < experiment.layer_range[1]:
+            return None
+    b = bucket_reference(experiment.salt, unit)
+    for variant in experiment.variants:
+        if b < experiment.traffic and variant.bucket_start <= b < variant.bucket_end:
+            return variant.id, b
+    return "", b
+
+
+def test_assign_follows_the_specification() -> None:
+    doc = {
+        "layers": {"hero": {"salt": "layer-hero"}},
+        "experiments": {
+            "x": {
+                "layer": "hero",
+                "layer_range": [1000, 7000],
+                "traffic": 0.8,
+                "variants": [{"id": "a", "weight": 1}, {"id": "b", "weight": 2}, {"id": "c", "weight": 0}],
+            },
+            "free": {"salt": "ünï-salt", "variants": [{"id": "a"}, {"id": "b"}]},
+        },
+    }
+    compiled = compile_experiments(doc["experiments"], doc["layers"])
+    units = [*UNITS[:3000], "", "ü-ñ", "x" * 400, "🙂"]
+    for experiment in compiled.values():
+        for unit in units:
+            a = assign(experiment, unit, {})
+            got = None if a is None else (a.variant.id if a.variant else "", a.bucket)
+            assert got == _reference_assign(experiment, unit), (experiment.id, unit)
+            assert a is None or (a.experiment is experiment and not a.forced)
+
+
+def test_assignments_are_built_once_per_bucket_and_do_not_change_experiments() -> None:
+    doc = {"e": {"traffic": 0.5, "variants": [{"id": "a"}, {"id": "b"}]}}
+    experiment = compile_experiments(doc)["e"]
+    first = [assign(experiment, u, {}) for u in UNITS[:500]]
+    again = [assign(experiment, u, {}) for u in UNITS[:500]]
+    assert all(x is y for x, y in zip(first, again, strict=True))  # immutable, shared per bucket
+    assert experiment == compile_experiments(doc)["e"]  # the per-bucket memo is not part of equality
+    assert "_by_bucket" not in repr(experiment)
+    forced = compile_experiments({"e": {**doc["e"], "allow_forced": True}})["e"]
+    pick = assign(forced, "u1", {FORCE_ATTRIBUTE_PREFIX + "e": "b"})
+    assert pick is not None and pick.forced and pick.bucket == -1 and pick is not assign(forced, "u1", {})
