@@ -381,7 +381,10 @@ def instrumented() -> Iterator[None]:
         (pipeline_mod, "assign", "assign"),
         (item_ranking_mod, "_top", "top"),
         (item_ranking_mod, "topk_dot_into", "kernel"),
+        (item_ranking_mod, "topk_half_into", "kernel"),
         (item_ranking_mod, "topk_scores_into", "kernel"),
+        (item_ranking_mod, "topk_sorted_into", "kernel"),
+        (item_ranking_mod, "topk_pairs_into", "kernel"),
     ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
 
@@ -416,7 +419,7 @@ STAGES: Final = (
     ("pdp_similar.campaigns", "(c) pdp_similar: campaigns"),
     ("pdp_similar.rank", "(d) pdp_similar: rank_items"),
     ("pdp_similar.mask", "      mask + seeds + query"),
-    ("pdp_similar.kernel", "      top-k kernel call"),
+    ("pdp_similar.kernel", "      top-k kernel calls (neighbours, fill-up)"),
     ("pdp_similar.post", "      rest of top-k stage (ItemOut)"),
     ("hero_banner.content", "(e) hero_banner: content placement"),
     ("txn_close", "    read txn close"),
@@ -920,6 +923,7 @@ def run(config: Config) -> dict[str, Any]:
             users = gb_users(bundle, config.gb_users, rng) if gb_module is not None else []
             del bundle, pop  # a worker does not hold the bundle: keep it out of the GC's way
             gc.collect()
+            gc.freeze()  # as edge workers do once their state is built (edge/worker.py)
             setup["tracked_objects"] = len(gc.get_objects())
             measured: PipelineResult | None = None
             t0 = time.perf_counter()
@@ -963,7 +967,7 @@ def run(config: Config) -> dict[str, Any]:
             "rounds": config.rounds,
             "quick": config.quick,
             "placements": {"home": HOME_COUNT, "pdp_similar": PDP_COUNT, "hero_banner": 1},
-            "gc": "enabled (gc.collect() once after setup)",
+            "gc": "enabled (gc.collect() and gc.freeze() once after setup, as workers do)",
         },
         "machine": machine,
         "setup": setup,
