@@ -43,7 +43,7 @@ from typing import Any, Final
 import numpy as np
 
 from edgewise.core import _scoring
-from edgewise.core.scoring import topk_dot_into, topk_dot_numpy
+from edgewise.core.scoring import half_index, topk_dot_into, topk_dot_numpy, topk_half_into
 
 __all__ = ["main", "run"]
 
@@ -217,8 +217,25 @@ def bench_size(n: int, d: int, reps: int, dram_bw: float, blas: Blas, seed: int 
     if written != len(ref_idx) or not np.allclose(out_scores[:written], ref_scores, rtol=1e-4, atol=1e-4):
         raise AssertionError(f"kernel and numpy disagree at n={n} d={d}")
 
+    # The half-precision scan the pipeline runs (its index is built once per snapshot version).
+    half = half_index(matrix)
+    assert half is not None
+    work = np.empty(half.blocks.shape[0] * 8, dtype=np.float32)
+    cand = np.empty(n, dtype=np.int32)
+    half_idx = np.empty(K, dtype=np.int32)
+    half_scores = np.empty(K, dtype=np.float32)
+    if (
+        topk_half_into(half, matrix, query, mask, K, work, cand, half_idx, half_scores) != written
+        or not (half_idx[:written] == out_idx[:written]).all()
+    ):
+        raise AssertionError(f"half-precision scan and kernel disagree at n={n} d={d}")
+
     contenders: dict[str, Contender] = {
         "kernel": (lambda: topk_dot_into(matrix, query, mask, K, out_idx, out_scores), nullcontext),
+        "half scan": (
+            lambda: topk_half_into(half, matrix, query, mask, K, work, cand, half_idx, half_scores),
+            nullcontext,
+        ),
         "raw": (lambda: _scoring.topk_dot_into(matrix, query, mask, K, out_idx, out_scores), nullcontext),
         "numpy": (lambda: topk_dot_numpy(matrix, query, mask, K), nullcontext),
     }
@@ -235,6 +252,7 @@ def bench_size(n: int, d: int, reps: int, dram_bw: float, blas: Blas, seed: int 
         row.ratios["numpy1t/kernel"] = row.timings["numpy 1t"].median_us / kernel
     row.ratios["kernel/hot"] = kernel / row.timings["hot read"].median_us
     row.ratios["kernel/dram"] = kernel / row.dram_bound_us
+    row.ratios["kernel/half"] = kernel / row.timings["half scan"].median_us
     return row
 
 
@@ -274,10 +292,11 @@ def _format(result: dict[str, Any]) -> str:
         "times in us: median / p99 over interleaved rounds; ratios from medians",
         "",
     ]
-    names = ["kernel", "raw", "numpy", "numpy 1t", "hot read"]
+    names = ["kernel", "half scan", "raw", "numpy", "numpy 1t", "hot read"]
     present = [name for name in names if name in result["rows"][0]["timings"]]
     header = f"{'n':>7} {'d':>3} {'MB':>6} |" + "".join(f" {name:>17}" for name in present)
     header += f" {'DRAM bound':>10} | {'np/kern':>7} {'np1t/kern':>9} {'kern/hot':>8} {'kern/DRAM':>9}"
+    header += f" {'kern/half':>9}"
     lines.append(header)
     lines.append("-" * len(header))
     for row in result["rows"]:
@@ -290,6 +309,7 @@ def _format(result: dict[str, Any]) -> str:
         lines.append(
             f"{row['n']:>7} {row['d']:>3} {row['matrix_mb']:>6.2f} |{cells} {row['dram_bound_us']:>10.1f}"
             f" | {r['numpy/kernel']:>7.2f} {np1t} {r['kernel/hot']:>8.2f} {r['kernel/dram']:>9.2f}"
+            f" {r.get('kernel/half', float('nan')):>9.2f}"
         )
     return "\n".join(lines)
 
