@@ -103,9 +103,9 @@ def encode_profile(record: ProfileRecord) -> bytes:
     return msgpack.packb(doc, use_bin_type=True)
 
 
-def _unpack(buf: bytes | memoryview, what: str) -> dict[str, Any]:
+def _unpack(buf: bytes | memoryview, what: str, *, use_list: bool = True) -> dict[str, Any]:
     try:
-        obj = msgpack.unpackb(buf, raw=False)
+        obj = msgpack.unpackb(buf, raw=False, use_list=use_list)
     except Exception as exc:  # msgpack raises several unrelated types on corrupt input
         raise RecordError(f"corrupt {what} record: {exc}") from exc
     if not isinstance(obj, dict):
@@ -178,15 +178,25 @@ def encode_activity(activity: Activity) -> bytes:
 
 
 def decode_activity(buf: bytes | memoryview) -> Activity:
-    return _activity_of(_unpack(buf, "activity"))
+    # Arrays as tuples: the pairs come out in the shape Activity holds (read on every personalized Decide).
+    return _activity_of(_unpack(buf, "activity", use_list=False))
+
+
+def _pairs(value: Any) -> tuple[tuple[str, int], ...]:
+    """(item, number) pairs as Activity holds them; tuples of the right types are taken as they are."""
+    if type(value) is tuple and all(
+        type(p) is tuple and len(p) == 2 and type(p[0]) is str and type(p[1]) is int for p in value
+    ):
+        return value
+    return tuple((str(i), int(t)) for i, t in value)
 
 
 def _activity_of(obj: Mapping[str, Any]) -> Activity:
     return Activity(
-        tuple((str(i), int(t)) for i, t in obj.get("views", ())),
-        tuple((str(i), int(t)) for i, t in obj.get("cart", ())),
-        tuple((str(i), int(t)) for i, t in obj.get("buy", ())),
-        tuple((str(i), int(n)) for i, n in obj.get("imp", ())),
+        _pairs(obj.get("views", ())),
+        _pairs(obj.get("cart", ())),
+        _pairs(obj.get("buy", ())),
+        _pairs(obj.get("imp", ())),
     )
 
 

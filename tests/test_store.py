@@ -8,11 +8,19 @@ import signal
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
-from edgewise.core.records import RecordError, decode_array, encode_array
+from edgewise.core.records import (
+    Activity,
+    RecordError,
+    decode_activity,
+    decode_array,
+    encode_activity,
+    encode_array,
+)
 from edgewise.core.store import Store
 from edgewise.sync.bundle import load_bundle
 from edgewise.sync.snapshot import apply_bundle
@@ -177,3 +185,14 @@ def test_activity_expires_after_its_ttl() -> None:
     assert expire(a, 5_000, limits).views == ()
     assert [i for i, _ in expire(a, 5_000, limits).purchases] == ["i2"]
     assert expire(a, 20_000, limits).purchases == ()
+
+
+def test_activity_pairs_of_other_types_are_converted() -> None:
+    # Our encoder writes (str, int) pairs, taken as they are; anything else is converted as before.
+    activity = Activity((("i1", 5), ("i2", 7)), (), (("i3", 9),), (("i1", 2),))
+    assert decode_activity(encode_activity(activity)) == activity
+    odd = msgpack.packb({"views": [[1, 5.0], ["i2", 7]], "imp": [["i1", True]]})
+    decoded = decode_activity(odd)
+    assert decoded.views == (("1", 5), ("i2", 7))
+    assert decoded.impressions == (("i1", 1),)
+    assert decoded.cart == () and decoded.purchases == ()
