@@ -25,7 +25,7 @@ argpartition + sort), the benchmark's "numpy" baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -66,6 +66,7 @@ _F32: Final = np.dtype(np.float32)
 _I32: Final = np.dtype(np.int32)
 _U8: Final = np.dtype(np.uint8)
 
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 Float32Array = NDArray[np.float32]
 Int32Array = NDArray[np.int32]
 UInt8Array = NDArray[np.uint8]
@@ -188,18 +189,20 @@ def topk_scores_into(
         raise ValueError(f"invalid arguments: {exc}") from exc
 
 
-def block_rows(matrix: Float32Array) -> Float32Array:
-    """The blocked layout of a float32 [n, d] matrix: [ceil(n / 8), d, 8], rows padded with zeros.
+def block_rows(matrix: NDArray[_Scalar]) -> NDArray[_Scalar]:
+    """The blocked layout of an [n, d] matrix: [ceil(n / 8), d, 8] of the same dtype, rows padded with zeros.
 
     Block b holds rows 8b..8b+7 dimension-major, so the kernel computes 8 scores as one vector per
     dimension (`half_index` stores this layout in half precision).
     """
-    _check_array("matrix", matrix, _F32, 2)
+    if not isinstance(matrix, np.ndarray) or matrix.ndim != 2:
+        raise ValueError("matrix must be a 2-dimensional numpy.ndarray")
     n, d = matrix.shape
     n_blocks = -(-n // BLOCK)
-    padded = np.zeros((n_blocks * BLOCK, d), dtype=np.float32)
+    padded = np.zeros((n_blocks * BLOCK, d), dtype=matrix.dtype)
     padded[:n] = matrix
-    return np.ascontiguousarray(padded.reshape(n_blocks, BLOCK, d).transpose(0, 2, 1))
+    blocked: NDArray[_Scalar] = np.ascontiguousarray(padded.reshape(n_blocks, BLOCK, d).transpose(0, 2, 1))
+    return blocked
 
 
 HALF_MAX: Final = 60_000.0
@@ -222,7 +225,8 @@ def half_index(matrix: Float32Array) -> HalfIndex | None:
     col_absmax = np.abs(matrix).max(axis=0).astype(np.float32) if n else np.zeros(d, dtype=np.float32)
     if d and float(col_absmax.max()) > HALF_MAX:
         return None
-    blocks = block_rows(matrix).astype(np.float16).view(np.uint16)
+    # Converted first, then blocked: the transient copies are half-size (this runs once per version).
+    blocks = block_rows(matrix.astype(np.float16)).view(np.uint16)
     return HalfIndex(np.ascontiguousarray(blocks), np.ascontiguousarray(col_absmax), n)
 
 
