@@ -41,6 +41,7 @@ __all__ = ["Ranked", "Scratch", "Shopper", "rank_items"]
 DAY_MS: Final = 86_400_000
 SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbours of the last viewed item
 REPLENISH_OVERDUE_FACTOR: Final = 3.0
+_NEIGHBOUR_ARRAYS: Final = frozenset({"item_neighbors", "item_neighbor_scores"})
 _SORTED_WALK: Final = 2048  # rows of a precomputed order walked before falling back to a full scan
 
 
@@ -190,20 +191,29 @@ Candidates = tuple[NDArray[np.int32], NDArray[np.float32]]  # rows and their sco
 
 
 def _neighbours(
-    view: ReadView, scratch: Scratch, seeds: Sequence[int], mask: NDArray[np.uint8]
+    view: ReadView, state: VersionState, scratch: Scratch, seeds: Sequence[int], mask: NDArray[np.uint8]
 ) -> Candidates | None:
     """The seeds' precomputed neighbour lists (scores summed over seeds), restricted to the mask.
 
-    Touches only the seeds' rows of the neighbour arrays: no scan over the catalog. The result is a pair
-    of views into the thread's scratch buffers."""
-    neighbors = view.array("item_neighbors")
-    weights = view.array("item_neighbor_scores")
+    Reads only the seeds' rows of the neighbour arrays (from their row chunks when the store has them:
+    no scan, and no touch of every page of the 2 x n x width arrays). The result is a pair of views
+    into the thread's scratch buffers."""
+    neighbors: NDArray[np.int32] | None = None
+    weights: NDArray[np.float32] | None = None
+    rows = np.arange(len(seeds), dtype=np.int32)  # with row chunks: the seeds' own rows, in seed order
+    if state.chunked_models >= _NEIGHBOUR_ARRAYS:
+        neighbors = view.rows("item_neighbors", seeds)
+        weights = view.rows("item_neighbor_scores", seeds)
+    if neighbors is None or weights is None:
+        neighbors = view.array("item_neighbors")
+        weights = view.array("item_neighbor_scores")
+        rows = np.array(seeds, dtype=np.int32)
     if neighbors is None or weights is None:
         return None
     found = neighbour_candidates_into(
         neighbors,
         weights,
-        np.array(seeds, dtype=np.int32),
+        rows,
         mask,
         scratch.slot,
         scratch.pair_rows,
@@ -316,7 +326,7 @@ def rank_items(
             fallback = miss_reason(shopper)
         else:
             if serve.method != "embedding":
-                candidates = _neighbours(view, scratch, seeds, mask)
+                candidates = _neighbours(view, state, scratch, seeds, mask)
                 if candidates is not None and why is not None:
                     why.notes.append(f"{candidates[0].shape[0]} neighbour(s) of the seeds pass the filters")
             if serve.method != "cooccurrence" and embeddings is not None:

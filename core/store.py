@@ -4,6 +4,11 @@ Replicated namespaces (`profiles`, `items`, `models`, `rules`) change only throu
 `Store.replace_replicated`, one write transaction that also records the new version in `meta`: a
 reader sees the old state or the new one, never a mix, and a crash mid-apply leaves the old one.
 Edge-local namespaces (`activity`, `events`, `outbox`) change through `Store.record_events`.
+The derived namespace `model_rows` holds row chunks of the large model arrays that requests read a few
+rows of (`ROW_CHUNKED`), rebuilt from `models` in the same write transaction that changes them: py-lmdb
+touches every 4 KB page of a value it returns (to take page faults without the GIL), so reading a few
+rows of a 2 MB array through `ReadView.array` costs hundreds of page touches, through
+`ReadView.rows` a few.
 
 Reads go through `Store.read()`: one short read transaction with `buffers=True`. Values are
 memoryviews into the map; `ReadView.array` returns arrays over them without copying, so nothing read
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,7 @@ from typing import Any, Final
 
 import lmdb
 import msgpack
+import numpy as np
 from numpy.typing import NDArray
 
 from edgewise.core.activity import CONSENT_EVENT, ActivityLimits, TrackedEvent, activity_key, apply_event
@@ -28,17 +35,21 @@ from edgewise.core.records import (
     Activity,
     ItemRecord,
     ProfileRecord,
+    RecordError,
     decode_activity,
     decode_array,
     decode_item,
     decode_profile,
     encode_activity,
+    encode_array,
 )
 
 __all__ = [
+    "DERIVED",
     "EDGE_LOCAL",
     "NAMESPACES",
     "REPLICATED",
+    "ROW_CHUNKED",
     "ReadView",
     "Store",
     "StoreError",
@@ -48,7 +59,13 @@ __all__ = [
 
 REPLICATED: Final = ("profiles", "items", "models", "rules")
 EDGE_LOCAL: Final = ("activity", "events", "outbox")
-NAMESPACES: Final = (*REPLICATED, *EDGE_LOCAL, "meta")
+DERIVED: Final = ("model_rows",)  # rebuilt from replicated records in the transaction that changes them
+NAMESPACES: Final = (*REPLICATED, *EDGE_LOCAL, *DERIVED, "meta")
+ROW_CHUNKED: Final = frozenset({"item_neighbors", "item_neighbor_scores"})
+"""Model arrays also stored as row chunks in `model_rows`, for `ReadView.rows`."""
+ROWS_PER_CHUNK: Final = 64
+_CHUNK_INDEX: Final = struct.Struct(">I")
+_ROWS_META: Final = struct.Struct("<QI")  # (size, crc32) of the models record the chunks were cut from
 
 _VERSION_KEY: Final = b"version"
 # ("rules", "forgotten"): the users forgotten fleet-wide (sync/control_store.py `forget`)
@@ -71,6 +88,34 @@ class TrackResult:
     accepted: int
     duplicates: int
     new: tuple[bool, ...] = ()  # per event, in order: True = stored now, False = a duplicate
+
+
+def _chunk_prefix(name: str) -> bytes:
+    return name.encode() + b"\0"
+
+
+def _rebuild_model_rows(txn: Any, dbs: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Re-cut the row chunks of the `ROW_CHUNKED` arrays among `names` from their `models` records."""
+    rows_db, models = dbs["model_rows"], dbs["models"]
+    for name in sorted(set(names) & ROW_CHUNKED):
+        prefix = _chunk_prefix(name)
+        with txn.cursor(db=rows_db) as cursor:
+            found = cursor.set_range(prefix)
+            while found and bytes(cursor.key()).startswith(prefix):
+                found = cursor.delete()
+        buf = txn.get(name.encode(), db=models)
+        if buf is None:
+            continue
+        try:
+            array = decode_array(buf)
+        except RecordError:
+            continue  # not readable as an array: nothing to cut (readers fall back to the record)
+        if array.ndim != 2:
+            continue
+        for chunk, start in enumerate(range(0, array.shape[0], ROWS_PER_CHUNK)):
+            value = encode_array(array[start : start + ROWS_PER_CHUNK])
+            txn.put(prefix + _CHUNK_INDEX.pack(chunk), value, db=rows_db)
+        txn.put(prefix + b"meta", _ROWS_META.pack(len(buf), zlib.crc32(buf)), db=rows_db)
 
 
 def _forget_users(txn: Any, dbs: Mapping[str, Any], users: Sequence[str]) -> None:
@@ -149,6 +194,50 @@ class ReadView:
         array = None if buf is None else decode_array(buf)
         self._arrays[name] = array
         return array
+
+    def rows(self, name: str, rows: Sequence[int]) -> NDArray[Any] | None:
+        """`rows` of the row-chunked model array `name` ([len(rows), width]: a view into this
+        transaction's data for one row, a copy for several), or None when the store has no chunks for it
+        or a row is out of range (read the whole array instead).
+
+        Only for arrays `chunks_match` confirmed for this version: chunks are rebuilt with their record,
+        but a store written by an older edgewise may hold none."""
+        prefix = _chunk_prefix(name)
+        out: NDArray[Any] | None = None
+        db = self._dbs.get("model_rows")
+        if db is None:  # a read-only store written before model_rows existed
+            return None
+        if len(rows) == 1:  # the common case (one seed): a view of the chunk, no copy
+            chunk, offset = divmod(rows[0], ROWS_PER_CHUNK)
+            buf = self._txn.get(prefix + _CHUNK_INDEX.pack(chunk), db=db) if rows[0] >= 0 else None
+            if buf is None:
+                return None
+            block = decode_array(buf)
+            return block[offset : offset + 1] if block.ndim == 2 and offset < block.shape[0] else None
+        for j, row in enumerate(rows):
+            chunk, offset = divmod(row, ROWS_PER_CHUNK)
+            buf = self._txn.get(prefix + _CHUNK_INDEX.pack(chunk), db=db) if row >= 0 else None
+            if buf is None:
+                return None
+            block = decode_array(buf)
+            if offset >= block.shape[0] or block.ndim != 2:
+                return None
+            if out is None:
+                out = np.empty((len(rows), block.shape[1]), dtype=block.dtype)
+            out[j] = block[offset]
+        return out
+
+    def chunks_match(self, name: str) -> bool:
+        """Whether `model_rows` holds chunks cut from the current `models` record `name` (checked by
+        size and CRC-32 of the record: run once per version, not per request)."""
+        if "model_rows" not in self._dbs:
+            return False
+        meta = self._txn.get(_chunk_prefix(name) + b"meta", db=self._dbs["model_rows"])
+        record = self._txn.get(name.encode(), db=self._dbs["models"])
+        if meta is None or record is None:
+            return False
+        size, crc = _ROWS_META.unpack(bytes(meta))
+        return bool(size == len(record) and crc == zlib.crc32(record))
 
     def rules_doc(self) -> Any:
         buf = self._txn.get(b"rules", db=self._dbs["rules"])
@@ -231,7 +320,13 @@ class Store:
                 metasync=True,
                 readahead=False,
             )
-            self._dbs = {name: self._env.open_db(name.encode(), create=not readonly) for name in NAMESPACES}
+            self._dbs = {}
+            for name in NAMESPACES:
+                try:
+                    self._dbs[name] = self._env.open_db(name.encode(), create=not readonly)
+                except lmdb.NotFoundError:
+                    if name not in DERIVED:  # a read-only open of a store written before DERIVED existed
+                        raise
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
 
@@ -277,6 +372,8 @@ class Store:
                     db = self._dbs[name]
                     for key, value in records.get(name, ()):
                         txn.put(key, value, db=db, dupdata=False, overwrite=True)
+                txn.drop(self._dbs["model_rows"], delete=False)
+                _rebuild_model_rows(txn, self._dbs, ROW_CHUNKED)
                 meta = self._dbs["meta"]
                 raw = txn.get(_VERSION_KEY, db=meta)
                 generation = _GEN_VERSION.unpack(raw)[0] + 1 if raw is not None else 1
@@ -320,15 +417,20 @@ class Store:
                 if snapshot:
                     for name in REPLICATED:
                         txn.drop(dbs[name], delete=False)
+                    txn.drop(dbs["model_rows"], delete=False)
+                models_changed: set[str] = set(ROW_CHUNKED) if snapshot else set()
                 for namespace, key, value in changes:
                     if namespace not in REPLICATED:
                         raise ValueError(f"not a replicated namespace: {namespace!r}")
                     if namespace != "profiles":
                         touched_shared = True
+                    if namespace == "models":
+                        models_changed.add(bytes(key).decode(errors="replace"))
                     if value is None:
                         txn.delete(key, db=dbs[namespace])
                     else:
                         txn.put(key, value, db=dbs[namespace])
+                _rebuild_model_rows(txn, dbs, models_changed)
                 meta = dbs["meta"]
                 raw = txn.get(_VERSION_KEY, db=meta)
                 generation = _GEN_VERSION.unpack(raw)[0] if raw is not None else 0

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.scoring import HalfIndex, half_index
-from edgewise.core.store import ReadView
+from edgewise.core.store import ROW_CHUNKED, ReadView
 from edgewise.core.strategies import Boost
 
 __all__ = ["POPULARITY_PREFIX", "VersionCache", "VersionState", "build_state"]
@@ -50,6 +50,7 @@ class VersionState:
     segment_scopes: tuple[str, ...]  # segment ids with their own popularity, sorted
     daily_counts_end_ms: int  # the day the last column of item_daily_counts ends (0 = no such model)
     half_embeddings: HalfIndex | None  # item_embeddings, half precision, blocked (None: none or too large)
+    chunked_models: frozenset[str]  # model arrays whose row chunks match their record (ReadView.rows)
     _derived: dict[Hashable, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -167,6 +168,7 @@ def build_state(view: ReadView) -> VersionState:
         segment_scopes=tuple(sorted(s.removeprefix("segment:") for s in scopes if s.startswith("segment:"))),
         daily_counts_end_ms=int(view.snapshot_info().get("daily_counts_end_ms", 0)),
         half_embeddings=half if half is not None and half.rows == n else None,
+        chunked_models=frozenset(name for name in ROW_CHUNKED if view.chunks_match(name)),
     )
 
 
