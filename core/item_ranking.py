@@ -169,13 +169,17 @@ def _popularity(view: ReadView, state: VersionState, scope: str, shopper: Shoppe
 
 
 def _trending(view: ReadView, state: VersionState, half_life_days: float, now_ms: int) -> Scored | None:
-    counts = view.array("item_daily_counts")
     end_ms = state.daily_counts_end_ms
-    if counts is None or counts.ndim != 2 or not end_ms:
+    if not end_ms:
         return None
     today = now_ms // DAY_MS
 
-    def build() -> Scored:
+    def build() -> Scored | None:
+        # Read only when today's scores are not cached yet: the counts array is large, and py-lmdb
+        # touches every page of a value it returns.
+        counts = view.array("item_daily_counts")
+        if counts is None or counts.ndim != 2:
+            return None
         days = counts.shape[1]
         # Column d counts the day ending `days - d` days before the snapshot's end day.
         age = (today - end_ms // DAY_MS) + (days - 1 - np.arange(days, dtype=np.float64))
@@ -183,7 +187,7 @@ def _trending(view: ReadView, state: VersionState, half_life_days: float, now_ms
         scores = np.ascontiguousarray(counts @ weights, dtype=np.float32)
         return scores, score_order(scores) if scores.shape[0] == state.n_items else None
 
-    trending: Scored = state.derived(("trending", half_life_days, today), build)
+    trending: Scored | None = state.derived(("trending", half_life_days, today), build)
     return trending
 
 
