@@ -2,11 +2,13 @@
 
 Candidates are a uint8 mask over item rows (availability in the request's country, filters, rerank
 candidates, exclusions), built with NumPy into per-thread scratch buffers. Scores come from the
-strategy: embedding dot products (fused with top-k in the kernel), co-purchase neighbours, popularity
-(global, per country, per segment), trending (daily counts with exponential time decay), the cart, or
-items due for replenishment. Boosts add a per-item vector; pinned promotions take a share of the slots;
-a diversity cap and rotation (items shown N times without a click sink) reorder the fetched top-k.
-Python loops touch only the caller's own lists, seeds, and the fetched results (a few times k).
+strategy: embedding dot products (the half-precision scan with exact rescoring, `topk_half_into`),
+co-purchase neighbours (the seeds' rows merged and ranked in the kernel), popularity (global, per
+country, per segment) and trending (daily counts with exponential time decay), both ranked by walking
+a per-version order, the cart, or items due for replenishment. Boosts add a per-item vector; pinned
+promotions take a share of the slots; a diversity cap and rotation (items shown N times without a
+click sink) reorder the fetched top-k. Python loops touch only the caller's own lists, seeds, and the
+fetched results (a few times k).
 """
 
 from __future__ import annotations
