@@ -115,3 +115,22 @@ def test_read_only_open_of_a_store_without_model_rows(tmp_path: Path) -> None:
     with Store(path, readonly=True) as store, store.read() as view:
         assert not view.chunks_match("item_neighbors")
         assert view.rows("item_neighbors", [0]) is None
+
+
+def test_a_synced_snapshot_cuts_the_chunks(tmp_path: Path, bundle_dir: Path) -> None:
+    # The edge's syncer applies a control plane snapshot with apply_sync(snapshot=True).
+    with _applied(tmp_path, bundle_dir) as source, source.read() as view:
+        changes = []
+        for namespace in REPLICATED:
+            with view._txn.cursor(db=view._dbs[namespace]) as cursor:
+                changes += [(namespace, bytes(k), bytes(v)) for k, v in cursor]
+        whole = view.array("item_neighbors")
+        assert whole is not None
+        expected = np.array(whole[[1, 2, 3]])
+    with Store(tmp_path / "edge", map_size=1 << 30) as edge:
+        edge.apply_sync(7, changes, snapshot=True, info={})
+        with edge.read() as view:
+            assert build_state(view).chunked_models == ROW_CHUNKED
+            got = view.rows("item_neighbors", [1, 2, 3])
+            assert got is not None
+            np.testing.assert_array_equal(got, expected)
