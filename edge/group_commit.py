@@ -16,8 +16,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.store import Store, TrackResult
@@ -30,10 +28,32 @@ class CommitterClosed(RuntimeError):
     """The node is shutting down: the events were not stored."""
 
 
-@dataclass(slots=True)
 class _Pending:
-    events: Sequence[TrackedEvent]
-    future: Future[TrackResult]
+    """One submitted call: its events, and a lock the committer releases once they are committed.
+
+    A bare lock, not a concurrent.futures.Future: the committer thread wakes every waiting call of a
+    batch, and Future.set_result's condition bookkeeping in Python was most of its time."""
+
+    __slots__ = ("_done", "error", "events", "result")
+
+    def __init__(self, events: Sequence[TrackedEvent]) -> None:
+        self.events = events
+        self.result: TrackResult | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def finish(self, result: TrackResult | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self._done.release()
+
+    def wait(self, timeout: float | None) -> TrackResult:
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"events not committed within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class GroupCommitter:
@@ -66,13 +86,13 @@ class GroupCommitter:
 
     def submit(self, events: Sequence[TrackedEvent], timeout: float | None = None) -> TrackResult:
         """Store `events` durably; return once committed (raises on failure or shutdown)."""
-        pending = _Pending(events, Future())
+        pending = _Pending(events)
         with self._cond:
             if self._closed:
                 raise CommitterClosed("shutting down")
             self._queue.append(pending)
             self._cond.notify()
-        return pending.future.result(timeout)
+        return pending.wait(timeout)
 
     def note_exposures(self, records: Sequence[bytes]) -> None:
         """Queue exposure records for the outbox; returns at once."""
@@ -133,7 +153,7 @@ class GroupCommitter:
             except Exception as exc:
                 log("track_commit_failed", level="error", error=str(exc), events=len(events))
                 for p in batch:
-                    p.future.set_exception(exc)
+                    p.finish(error=exc)
                 continue
             self.batches += 1
             self.events += len(events)
@@ -142,4 +162,4 @@ class GroupCommitter:
                 flags = result.new[offset : offset + len(p.events)]
                 offset += len(p.events)
                 accepted = sum(flags)
-                p.future.set_result(TrackResult(accepted, len(flags) - accepted, flags))
+                p.finish(TrackResult(accepted, len(flags) - accepted, flags))

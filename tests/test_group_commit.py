@@ -1,0 +1,78 @@
+"""Group commit for Track: concurrent submitters share transactions and each gets its own result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.store import Store, TrackResult
+from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
+
+
+def _event(event_id: str, user: str = "u1") -> TrackedEvent:
+    return TrackedEvent(event_id, "view", user, "", "i1", "", "", 0.0, 1_000)
+
+
+def test_concurrent_submitters_each_get_their_result(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        committer = GroupCommitter(store, ActivityLimits())
+        results: dict[int, TrackResult] = {}
+
+        def submit(i: int) -> None:
+            # Every caller sends one new event and one it shares with caller 0 (a duplicate for all but one).
+            results[i] = committer.submit([_event(f"e{i}", f"u{i}"), _event("shared")], timeout=10)
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        committer.close()
+        assert sorted(results) == list(range(24))
+        assert sum(r.accepted for r in results.values()) == 24 + 1
+        assert sum(r.duplicates for r in results.values()) == 24 - 1
+        assert all(r.new[0] for r in results.values())  # each caller's own event is new
+        assert committer.events == 48 and committer.batches <= 24
+        with pytest.raises(CommitterClosed):
+            committer.submit([_event("late")])
+
+
+def test_a_failed_commit_reaches_every_caller_of_the_batch(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        committer = GroupCommitter(store, ActivityLimits())
+        original = store.record_events
+
+        def failing(*args: object, **kwargs: object) -> TrackResult:
+            raise OSError("disk gone")
+
+        store.record_events = failing  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="disk gone"):
+            committer.submit([_event("e1")], timeout=10)
+        store.record_events = original  # type: ignore[method-assign]
+        assert committer.submit([_event("e2")], timeout=10).accepted == 1
+        committer.close()
+
+
+def test_a_caller_that_waits_too_long_gets_a_timeout(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        committer = GroupCommitter(store, ActivityLimits())
+        original = store.record_events
+        release = threading.Event()
+
+        def slow(*args: object, **kwargs: object) -> TrackResult:
+            release.wait(10)
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+        store.record_events = slow  # type: ignore[method-assign]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            committer.submit([_event("e1")], timeout=0.2)
+        assert time.monotonic() - started < 5
+        release.set()
+        committer.close()  # the slow commit still completes: the event is stored
+        with store.read() as view:
+            assert view.count("events") == 1
