@@ -22,17 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from edgewise.bench.pipeline import prepare_bundle
+from edgewise.bench.sync import Procs, wait_ready
 
 TARGET_DECIDE_PER_S: Final = 8_000
 TARGET_P99_RATIO: Final = 1.3
@@ -49,30 +48,15 @@ def _edgewise() -> list[str]:
 
 
 @contextmanager
-def _server(argv: Sequence[str], ready: Path, log_path: Path) -> Iterator[str]:
-    """Start a server process, wait for its ready file, yield its address; SIGTERM and wait at the end."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([*argv, "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not ready.exists():
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{' '.join(argv[3:5])} exited with {proc.returncode}: {log_path.read_text()[-2000:]}"
-                    )
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{' '.join(argv[3:5])} not ready after {START_TIMEOUT_S:.0f} s")
-                time.sleep(0.1)
-            yield str(json.loads(ready.read_text())["address"])
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            ready.unlink(missing_ok=True)
+def _server(procs: Procs, name: str, args: Sequence[str]) -> Iterator[str]:
+    """Start `edgewise ARGS` (its own process group, see bench.sync), yield its address once ready,
+    stop it (SIGTERM to the group, SIGKILL to stragglers) at the end."""
+    proc = procs.spawn(name, args)
+    try:
+        (info,) = wait_ready([proc], START_TIMEOUT_S)
+        yield str(info["address"])
+    finally:
+        procs.stop([proc])
 
 
 def _load(target: str, args: Sequence[str], out: Path) -> dict[str, Any]:
@@ -120,8 +104,8 @@ def run(duration: float, concurrency: int, clients: int, quick: bool) -> dict[st
     }
     with tempfile.TemporaryDirectory(prefix="edgewise-bench-node-") as tmp_name:
         tmp = Path(tmp_name)
+        procs = Procs(tmp / "procs")
         floor_cmd = [
-            *_edgewise(),
             "bench",
             "floor-server",
             "--listen",
@@ -131,7 +115,6 @@ def run(duration: float, concurrency: int, clients: int, quick: bool) -> dict[st
             "--pin",
         ]
         edge_cmd = [
-            *_edgewise(),
             "edge",
             "serve",
             "--data",
@@ -144,12 +127,12 @@ def run(duration: float, concurrency: int, clients: int, quick: bool) -> dict[st
             "2",
             "--pin",
         ]
-        with _server(floor_cmd, tmp / "floor.json", tmp / "floor.log") as floor:
+        with _server(procs, "floor", floor_cmd) as floor:
             _log(f"floor server at {floor}")
             results["floor_capacity"] = _figures(
                 _load(floor, [*decide, "--concurrency", str(concurrency)], tmp / "l1.json")
             )
-        with _server(edge_cmd, tmp / "edge.json", tmp / "edge.log") as edge:
+        with _server(procs, "edge", edge_cmd) as edge:
             _log(f"edge node at {edge}")
             capacity = _figures(_load(edge, [*decide, "--concurrency", str(concurrency)], tmp / "l2.json"))
             results["edge_capacity"] = capacity
@@ -161,7 +144,7 @@ def run(duration: float, concurrency: int, clients: int, quick: bool) -> dict[st
             batched = _figures(_load(edge, [*track, "--track-batch", "50"], tmp / "l5.json"))
             results["track_single"] = {**single, "events_per_s": single["ok_per_s"]}
             results["track_batch50"] = {**batched, "events_per_s": round(batched["ok_per_s"] * 50, 1)}
-        with _server(floor_cmd, tmp / "floor2.json", tmp / "floor2.log") as floor:
+        with _server(procs, "floor2", floor_cmd) as floor:
             results["floor_open"] = _figures(_load(floor, [*decide, "--rate", str(rate)], tmp / "l6.json"))
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     edge_p99 = results["edge_open"]["p99_ms"]

@@ -213,7 +213,7 @@ class Procs:
         self.stop(self.started[::-1])
 
 
-def _wait_ready(procs: Sequence[Proc], timeout: float) -> list[dict[str, Any]]:
+def wait_ready(procs: Sequence[Proc], timeout: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     found: dict[str, dict[str, Any]] = {}
     while len(found) < len(procs):
@@ -253,7 +253,7 @@ def spawn_control(
 
 def start_control(procs: Procs, name: str, data: Path, max_snapshots: int) -> tuple[Proc, str]:
     p = spawn_control(procs, name, data, max_snapshots)
-    (info,) = _wait_ready([p], 60)
+    (info,) = wait_ready([p], 60)
     return p, str(info["address"])
 
 
@@ -695,7 +695,7 @@ def stage_fleet(config: Config, procs: Procs, root: Path, bundle: Path) -> dict[
         _log(f"fleet: starting {config.edges} edges (each: supervisor + syncer + 1 worker)")
         t0 = time.perf_counter()
         edges = [spawn_edge(procs, f"e{i}", root / f"edge-{i}", address) for i in range(config.edges)]
-        _wait_ready(edges, max(120.0, 15.0 * config.edges))
+        wait_ready(edges, max(120.0, 15.0 * config.edges))
         tails = [LogTail(e.log_path) for e in edges]
         _wait_applied(tails, edges, base.version, config.stage_timeout)
         start_s = time.perf_counter() - t0
@@ -796,7 +796,7 @@ def stage_bootstrap(config: Config, procs: Procs, root: Path, bundle: Path) -> d
         edge = spawn_edge(procs, "eboot", data, address)
         tail = LogTail(edge.log_path)
         _wait_applied([tail], [edge], pushed.version, config.stage_timeout)
-        _wait_ready([edge], 120)
+        wait_ready([edge], 120)
         tail.poll()
         applied = _applied_at(tail, pushed.version)
         if not applied.snapshot:
@@ -1037,7 +1037,7 @@ def stage_events(config: Config, procs: Procs, root: Path, bundle: Path) -> dict
         base = control.push_bundle(bundle)
         a_data = root / "edge-events-a"
         a = spawn_edge(procs, "ea", a_data, address)
-        (a_info,) = _wait_ready([a], 120)
+        (a_info,) = wait_ready([a], 120)
         a_tail = LogTail(a.log_path)
         _wait_applied([a_tail], [a], base.version, config.stage_timeout)
         a_address = str(a_info["address"])
@@ -1115,7 +1115,7 @@ def stage_events(config: Config, procs: Procs, root: Path, bundle: Path) -> dict
             raise BenchError(f"the edge's outbox holds {pending} entries, expected {n}")
         before_drain = before + n
         restart = spawn_control(procs, "control-events-2", data, 2, listen=f"127.0.0.1:{port}")
-        _wait_ready([restart], 60)
+        wait_ready([restart], 60)
         control = Control(address)
         control_log = LogTail(restart.log_path)
         target = before_drain + n
@@ -1159,7 +1159,7 @@ def stage_events(config: Config, procs: Procs, root: Path, bundle: Path) -> dict
 
         # 2. event -> fleet-wide profile: a view on edge A, seen in edge B's pdp_similar seeds
         b = spawn_edge(procs, "eb", root / "edge-events-b", address)
-        (b_info,) = _wait_ready([b], 120)
+        (b_info,) = wait_ready([b], 120)
         b_tail = LogTail(b.log_path)
         head = _settle(control, [a_tail, b_tail], [a, b], config.stage_timeout)
         _log(f"events: edges A and B at version {head}; {len(view_users)} users view an item on A")
