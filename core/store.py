@@ -202,30 +202,24 @@ class ReadView:
 
         Only for arrays `chunks_match` confirmed for this version: chunks are rebuilt with their record,
         but a store written by an older edgewise may hold none."""
-        prefix = _chunk_prefix(name)
-        out: NDArray[Any] | None = None
         db = self._dbs.get("model_rows")
         if db is None:  # a read-only store written before model_rows existed
             return None
-        if len(rows) == 1:  # the common case (one seed): a view of the chunk, no copy
-            chunk, offset = divmod(rows[0], ROWS_PER_CHUNK)
-            buf = self._txn.get(prefix + _CHUNK_INDEX.pack(chunk), db=db) if rows[0] >= 0 else None
-            if buf is None:
-                return None
-            block = decode_array(buf)
-            return block[offset : offset + 1] if block.ndim == 2 and offset < block.shape[0] else None
-        for j, row in enumerate(rows):
+        prefix = _chunk_prefix(name)
+        parts: list[NDArray[Any]] = []
+        for row in rows:
             chunk, offset = divmod(row, ROWS_PER_CHUNK)
             buf = self._txn.get(prefix + _CHUNK_INDEX.pack(chunk), db=db) if row >= 0 else None
             if buf is None:
                 return None
             block = decode_array(buf)
-            if offset >= block.shape[0] or block.ndim != 2:
+            if block.ndim != 2 or offset >= block.shape[0]:
                 return None
-            if out is None:
-                out = np.empty((len(rows), block.shape[1]), dtype=block.dtype)
-            out[j] = block[offset]
-        return out
+            parts.append(block[offset : offset + 1])
+        if not parts:
+            return None
+        # One row (the common case, one seed): a view of its chunk, no copy.
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def chunks_match(self, name: str) -> bool:
         """Whether `model_rows` holds chunks cut from the current `models` record `name` (checked by
