@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -206,14 +207,13 @@ def _seeds(address: str, user: str) -> list[str]:
     return [s for p in response.explanation.placements for s in p.seed_item_ids]
 
 
-def test_a_view_on_edge_a_shapes_decisions_on_edge_b(
+def _two_edges(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
     bundle_dir: Path,
     tmp_path: Path,
-) -> None:
-    import time
-
+) -> tuple[ControlProcess, int, EdgeProcess, EdgeProcess, str]:
+    """A control plane with the bundle pushed, edges a and b at that version, and a consenting user."""
     control = control_factory()
     version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
     a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
@@ -221,6 +221,16 @@ def test_a_view_on_edge_a_shapes_decisions_on_edge_b(
     wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")
     profiles = [json.loads(line) for line in (bundle_dir / "profiles.jsonl").read_text().splitlines()]
     user = next(p["id"] for p in profiles if "personalization" in p["consent"])
+    return control, version, a, b, user
+
+
+def test_a_view_on_edge_a_shapes_decisions_on_edge_b(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control, version, a, b, user = _two_edges(control_factory, edge_factory, bundle_dir, tmp_path)
     assert "i7" not in _seeds(b.address, user)
     with grpc.insecure_channel(a.address) as channel:
         view = pb.Event(event_id="fleet-view-1", type="view", user_id=user, item_id="i7")
@@ -243,13 +253,7 @@ def test_a_consent_change_on_edge_a_takes_effect_on_edge_b(
     bundle_dir: Path,
     tmp_path: Path,
 ) -> None:
-    control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
-    b = _edge(edge_factory, tmp_path / "b", control.address, "edge-b")
-    wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")
-    profiles = [json.loads(line) for line in (bundle_dir / "profiles.jsonl").read_text().splitlines()]
-    user = next(p["id"] for p in profiles if "personalization" in p["consent"])
+    _, _, a, b, user = _two_edges(control_factory, edge_factory, bundle_dir, tmp_path)
 
     def home_reason() -> int:
         with grpc.insecure_channel(b.address) as channel:
@@ -311,7 +315,5 @@ def test_purchases_fold_into_profile_aggregates_exactly_once(
     # a control plane killed and restarted does not fold the same purchases again
     control.stop(signal.SIGKILL)
     control_factory(listen=f"127.0.0.1:{control.port}")
-    import time
-
     time.sleep(1.5)
     assert attributes()["orders"] == want_orders
