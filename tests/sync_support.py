@@ -34,6 +34,20 @@ class ControlProcess:
         return self.proc.wait(timeout=timeout)
 
 
+def following_edge(
+    edge_factory: Callable[..., EdgeProcess],
+    data: Path,
+    address: str,
+    node: str,
+    token_env: Mapping[str, str],
+    *extra: str,
+) -> EdgeProcess:
+    """An edge (one worker) following the control plane at `address`; its edge token goes into the
+    environment the edge process inherits."""
+    os.environ.update(token_env)
+    return edge_factory(data, None, "--control", address, "--node-id", node, "--workers", "1", *extra)
+
+
 def start_control(
     data: Path,
     workdir: Path,

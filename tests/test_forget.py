@@ -4,7 +4,6 @@ edge (profile, live activity, outbox, stored events), and no rollback or push br
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,15 @@ from edgewise.sync.event_store import EventStore
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
-from tests.sync_support import ControlProcess, ctl, pushed_version, start_control, versions_reach, wait_for
+from tests.sync_support import (
+    ControlProcess,
+    ctl,
+    following_edge,
+    pushed_version,
+    start_control,
+    versions_reach,
+    wait_for,
+)
 
 OPS = {"EDGEWISE_OPS_TOKEN": "ops-fg-1"}
 EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-fg-1"}
@@ -34,8 +41,7 @@ def control(tmp_path: Path) -> Iterator[ControlProcess]:
 
 
 def _edge(edge_factory: Callable[..., EdgeProcess], data: Path, address: str, node: str) -> EdgeProcess:
-    os.environ.update(EDGE)
-    return edge_factory(data, None, "--control", address, "--node-id", node, "--workers", "1")
+    return following_edge(edge_factory, data, address, node, EDGE)
 
 
 def _holds(data: Path, user: str) -> list[str]:

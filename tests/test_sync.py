@@ -17,6 +17,7 @@ from tests.sync_support import (
     ControlProcess,
     ctl,
     edge_state,
+    following_edge,
     pushed_version,
     start_control,
     versions_reach,
@@ -47,10 +48,7 @@ def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
 def _edge(
     edge_factory: Callable[..., EdgeProcess], data: Path, control: ControlProcess, node: str, *extra: str
 ) -> EdgeProcess:
-    import os
-
-    os.environ.update(EDGE)  # the edge process inherits the environment
-    return edge_factory(data, None, "--control", control.address, "--node-id", node, "--workers", "1", *extra)
+    return following_edge(edge_factory, data, control.address, node, EDGE, *extra)
 
 
 def _following_edge(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,15 @@ from edgewise.sync.event_store import EventStore, event_id_of
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
-from tests.sync_support import ControlProcess, ctl, pushed_version, start_control, versions_reach, wait_for
+from tests.sync_support import (
+    ControlProcess,
+    ctl,
+    following_edge,
+    pushed_version,
+    start_control,
+    versions_reach,
+    wait_for,
+)
 
 OPS = {"EDGEWISE_OPS_TOKEN": "ops-ev-1"}
 EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-ev-1"}
@@ -41,8 +48,7 @@ def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
 
 
 def _edge(edge_factory: Callable[..., EdgeProcess], data: Path, address: str, node: str) -> EdgeProcess:
-    os.environ.update(EDGE)  # the edge process inherits the environment
-    return edge_factory(data, None, "--control", address, "--node-id", node, "--workers", "1")
+    return following_edge(edge_factory, data, address, node, EDGE)
 
 
 def _track(address: str, ids: list[str], consent: tuple[str, ...] = ("analytics", "personalization")) -> int:
