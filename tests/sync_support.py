@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,30 @@ class ControlProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
+
+
+@contextmanager
+def control_planes(tmp_path: Path, env: Mapping[str, str]) -> Iterator[Callable[..., ControlProcess]]:
+    """A starter of control planes (`start(data=None, *extra, listen=..., timeout=...)`, data defaulting
+    to tmp_path/"control", tokens from `env`); every one still running at the end is killed."""
+    started: list[ControlProcess] = []
+
+    def start(
+        data: Path | None = None, *extra: str, listen: str = "127.0.0.1:0", timeout: float = 30
+    ) -> ControlProcess:
+        control = start_control(
+            data or tmp_path / "control", tmp_path / "run", *extra, listen=listen, env=env, timeout=timeout
+        )
+        started.append(control)
+        return control
+
+    try:
+        yield start
+    finally:
+        for control in started:
+            if control.proc.poll() is None:
+                control.proc.kill()
+                control.proc.wait()
 
 
 def following_edge(

@@ -15,7 +15,14 @@ from edgewise.core.store import Store
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
-from tests.sync_support import ControlProcess, ctl, pushed_version, start_control, versions_reach, wait_for
+from tests.sync_support import (
+    ControlProcess,
+    control_planes,
+    ctl,
+    pushed_version,
+    versions_reach,
+    wait_for,
+)
 
 OPS = {"EDGEWISE_OPS_TOKEN": "ops-bl-1"}
 EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-bl-1"}
@@ -23,19 +30,8 @@ EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-bl-1"}
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[ControlProcess]:
-    process = start_control(
-        tmp_path / "control",
-        tmp_path / "run",
-        "--bandit-every-rewards",
-        "5",
-        "--bandit-every-seconds",
-        "0.5",
-        env={**OPS, **EDGE},
-    )
-    yield process
-    if process.proc.poll() is None:
-        process.proc.kill()
-        process.proc.wait()
+    with control_planes(tmp_path, {**OPS, **EDGE}) as start:
+        yield start(None, "--bandit-every-rewards", "5", "--bandit-every-seconds", "0.5")
 
 
 def _arms(data: Path) -> dict[str, tuple[float, float]]:

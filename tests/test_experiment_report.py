@@ -19,7 +19,14 @@ from edgewise.sync.control_server import report_document
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
-from tests.sync_support import ControlProcess, ctl, pushed_version, start_control, versions_reach, wait_for
+from tests.sync_support import (
+    ControlProcess,
+    control_planes,
+    ctl,
+    pushed_version,
+    versions_reach,
+    wait_for,
+)
 from tests.test_plot_png import read_png
 
 T0 = 1_780_000_000_000
@@ -181,11 +188,8 @@ EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-rep-1"}
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[ControlProcess]:
-    process = start_control(tmp_path / "control", tmp_path / "run", env={**OPS, **EDGE})
-    yield process
-    if process.proc.poll() is None:
-        process.proc.kill()
-        process.proc.wait()
+    with control_planes(tmp_path, {**OPS, **EDGE}) as start:
+        yield start()
 
 
 def test_ctl_report_counts_what_the_edges_served(

@@ -19,10 +19,10 @@ from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
 from tests.sync_support import (
     ControlProcess,
+    control_planes,
     ctl,
     following_edge,
     pushed_version,
-    start_control,
     versions_reach,
     wait_for,
 )
@@ -33,11 +33,8 @@ EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-fg-1"}
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[ControlProcess]:
-    process = start_control(tmp_path / "control", tmp_path / "run", env={**OPS, **EDGE})
-    yield process
-    if process.proc.poll() is None:
-        process.proc.kill()
-        process.proc.wait()
+    with control_planes(tmp_path, {**OPS, **EDGE}) as start:
+        yield start()
 
 
 def _edge(edge_factory: Callable[..., EdgeProcess], data: Path, address: str, node: str) -> EdgeProcess:

@@ -15,11 +15,11 @@ from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
 from tests.sync_support import (
     ControlProcess,
+    control_planes,
     ctl,
     edge_state,
     following_edge,
     pushed_version,
-    start_control,
     versions_reach,
     wait_for,
 )
@@ -30,19 +30,8 @@ EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-secret-1"}
 
 @pytest.fixture
 def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
-    started: list[ControlProcess] = []
-
-    def factory(data: Path | None = None, *extra: str, **kwargs: object) -> ControlProcess:
-        env = {**OPS, **EDGE, **kwargs.pop("env", {})}  # type: ignore[dict-item]
-        control = start_control(data or tmp_path / "control", tmp_path / "run", *extra, env=env, **kwargs)  # type: ignore[arg-type]
-        started.append(control)
-        return control
-
-    yield factory
-    for control in started:
-        if control.proc.poll() is None:
-            control.proc.kill()
-            control.proc.wait()
+    with control_planes(tmp_path, {**OPS, **EDGE}) as start:
+        yield start
 
 
 def _edge(

@@ -19,10 +19,10 @@ from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
 from tests.sync_support import (
     ControlProcess,
+    control_planes,
     ctl,
     following_edge,
     pushed_version,
-    start_control,
     versions_reach,
     wait_for,
 )
@@ -33,18 +33,8 @@ EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-ev-1"}
 
 @pytest.fixture
 def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
-    started: list[ControlProcess] = []
-
-    def factory(listen: str = "127.0.0.1:0") -> ControlProcess:
-        control = start_control(tmp_path / "control", tmp_path / "run", listen=listen, env={**OPS, **EDGE})
-        started.append(control)
-        return control
-
-    yield factory
-    for control in started:
-        if control.proc.poll() is None:
-            control.proc.kill()
-            control.proc.wait()
+    with control_planes(tmp_path, {**OPS, **EDGE}) as start:
+        yield start
 
 
 def _edge(edge_factory: Callable[..., EdgeProcess], data: Path, address: str, node: str) -> EdgeProcess:
