@@ -446,15 +446,15 @@ def _staged_decide(
         unit = request.user_id or request.session_id
         profile, activity, allowed = _consented_inputs(view, request)
         t_inputs = _clock()
-        features = FeatureView(
-            state=state,
-            context=request.context,
-            now_ms=request.now_ms,
-            user_id=request.user_id if allowed else "",
-            profile=profile,
-            activity=activity,
-            granted=request.consent if allowed else frozenset(),
-            record_reads=request.explain,
+        features = FeatureView(  # positional, as Pipeline.decide calls it
+            state,
+            request.context,
+            request.now_ms,
+            request.user_id if allowed else "",
+            profile,
+            activity,
+            request.consent if allowed else frozenset(),
+            request.explain,
         )
         memo = _TimedMemo(state.rules.segments, features)
         shopper = Shopper(allowed, profile is not None, profile, activity, memo)
@@ -700,15 +700,7 @@ def measure_growthbook(
     )[GB_EXPERIMENT]
 
     def view(profile: ProfileRecord, context: Context) -> FeatureView:
-        return FeatureView(
-            state=state,
-            context=context,
-            now_ms=NOW_MS,
-            user_id=profile.id,
-            profile=profile,
-            activity=None,
-            granted=granted,
-        )
+        return FeatureView(state, context, NOW_MS, profile.id, profile, None, granted)  # as the pipeline
 
     def ours(profile: ProfileRecord, context: Context) -> str | None:
         if not condition(view(profile, context)):

@@ -57,9 +57,8 @@ class FeatureView:
         "reads",
     )
 
-    def __init__(
+    def __init__(  # positional on the hot path: keyword arguments cost CPython about 0.3 us per call
         self,
-        *,
         state: VersionState,
         context: Context,
         now_ms: int,

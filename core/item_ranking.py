@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,6 +46,9 @@ SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbours of t
 REPLENISH_OVERDUE_FACTOR: Final = 3.0
 _NEIGHBOUR_ARRAYS: Final = frozenset({"item_neighbors", "item_neighbor_scores"})
 _SORTED_WALK: Final = 2048  # rows of a precomputed order walked before falling back to a full scan
+_FIRST_ROWS: Final = np.arange(64, dtype=np.int32)  # 0..63, sliced per request instead of np.arange
+_FIRST_ROWS.flags.writeable = False
+_NO_ROWS: Final[frozenset[int]] = frozenset()
 
 
 class Scratch(threading.local):
@@ -206,7 +210,8 @@ def _neighbours(
     into the thread's scratch buffers."""
     neighbors: NDArray[np.int32] | None = None
     weights: NDArray[np.float32] | None = None
-    rows = np.arange(len(seeds), dtype=np.int32)  # with row chunks: the seeds' own rows, in seed order
+    n = len(seeds)  # with row chunks: the seeds' own rows 0..n-1, in seed order
+    rows = _FIRST_ROWS[:n] if n <= _FIRST_ROWS.shape[0] else np.arange(n, dtype=np.int32)
     if state.chunked_models >= _NEIGHBOUR_ARRAYS:
         neighbors = view.rows("item_neighbors", seeds)
         weights = view.rows("item_neighbor_scores", seeds)
@@ -306,7 +311,7 @@ def rank_items(
     if activity is not None and serve.exclude_purchased and activity.purchases:
         _drop(state, [i for i, _ in activity.purchases], mask)
 
-    embeddings = view.array("item_embeddings")
+    embeddings: NDArray[np.float32] | None = None  # read only by the strategies that use it
     query: NDArray[np.float32] | None = None
     scores: NDArray[np.float32] | None = None
     order: NDArray[np.int32] | None = None  # rows of `scores` best first, when known
@@ -316,7 +321,7 @@ def rank_items(
     if strategy == "personalized":
         if not shopper.allowed:
             fallback = Fallback.NO_CONSENT
-        elif embeddings is None:
+        elif (embeddings := view.array("item_embeddings")) is None:
             fallback = Fallback.MODEL_UNAVAILABLE
         else:
             query, fallback = _user_query(state, embeddings, shopper, scratch.query, why)
@@ -335,7 +340,9 @@ def rank_items(
                 candidates = _neighbours(view, state, scratch, seeds, mask)
                 if candidates is not None and why is not None:
                     why.notes.append(f"{candidates[0].shape[0]} neighbour(s) of the seeds pass the filters")
-            if serve.method != "cooccurrence" and embeddings is not None:
+            if serve.method != "cooccurrence":
+                embeddings = view.array("item_embeddings")
+            if embeddings is not None:
                 # The query ranks by embeddings, or fills up after the neighbour lists ("auto").
                 if len(seeds) == 1:
                     np.copyto(scratch.query, embeddings[seeds[0]])
@@ -427,7 +434,7 @@ def _top(
             if mask[row]:
                 pinned.append(row)
         mask[pinned] = 0
-    sunk: set[int] = set()
+    sunk: AbstractSet[int] = _NO_ROWS
     if serve.max_impressions and shopper.activity is not None and shopper.activity.impressions:
         sunk = {
             state.rows[i]
@@ -437,7 +444,8 @@ def _top(
     organic = count - len(pinned)
     fetch = organic + len(sunk) + (organic * 3 if serve.diversity is not None else 0)
     fetch = max(0, min(fetch, state.n_items))
-    scratch.ensure(state.n_items, fetch, state.dim)
+    if scratch.idx.shape[0] < fetch:
+        scratch.ensure(state.n_items, fetch, state.dim)
     boost = state.boost_vector(serve.boosts) if serve.boosts else None
     rows: list[int] = []
     values: list[float] = []

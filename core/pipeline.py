@@ -65,6 +65,7 @@ class _NoFeatures:
 
 
 _NO_FEATURES = _NoFeatures()
+_NOTHING: frozenset[str] = frozenset()  # the purposes granted without consent
 
 
 class SnapshotMissing(RuntimeError):
@@ -88,15 +89,15 @@ class Pipeline:
         asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
         unit = request.user_id or request.session_id
         profile, activity, allowed = _consented_inputs(view, request)
-        features = FeatureView(
-            state=state,
-            context=request.context,
-            now_ms=request.now_ms,
-            user_id=request.user_id if allowed else "",
-            profile=profile,
-            activity=activity,
-            granted=request.consent if allowed else frozenset(),
-            record_reads=request.explain,
+        features = FeatureView(  # state, context, now_ms, user_id, profile, activity, granted, record_reads
+            state,
+            request.context,
+            request.now_ms,
+            request.user_id if allowed else "",
+            profile,
+            activity,
+            request.consent if allowed else _NOTHING,
+            request.explain,
         )
         memo = SegmentMemo(state.rules.segments, features)
         shopper = Shopper(allowed, profile is not None, profile, activity, memo)

@@ -17,6 +17,7 @@ from a view may be kept after its `with` block ends.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import zlib
@@ -90,6 +91,7 @@ class TrackResult:
     new: tuple[bool, ...] = ()  # per event, in order: True = stored now, False = a duplicate
 
 
+@functools.cache  # a handful of array names, looked up per request
 def _chunk_prefix(name: str) -> bytes:
     return name.encode() + b"\0"
 
@@ -206,20 +208,28 @@ class ReadView:
         if db is None:  # a read-only store written before model_rows existed
             return None
         prefix = _chunk_prefix(name)
+        if len(rows) == 1:  # the common case, one seed: a view of its chunk, no copy
+            return self._row(db, prefix, rows[0])
         parts: list[NDArray[Any]] = []
         for row in rows:
-            chunk, offset = divmod(row, ROWS_PER_CHUNK)
-            buf = self._txn.get(prefix + _CHUNK_INDEX.pack(chunk), db=db) if row >= 0 else None
-            if buf is None:
+            part = self._row(db, prefix, row)
+            if part is None:
                 return None
-            block = decode_array(buf)
-            if block.ndim != 2 or offset >= block.shape[0]:
-                return None
-            parts.append(block[offset : offset + 1])
-        if not parts:
+            parts.append(part)
+        return np.concatenate(parts) if parts else None
+
+    def _row(self, db: Any, prefix: bytes, row: int) -> NDArray[Any] | None:
+        """Row `row` ([1, width], a view into its chunk) of the chunked array with key `prefix`."""
+        if row < 0:
             return None
-        # One row (the common case, one seed): a view of its chunk, no copy.
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        chunk, offset = divmod(row, ROWS_PER_CHUNK)
+        buf = self._txn.get(prefix + _CHUNK_INDEX.pack(chunk), db=db)
+        if buf is None:
+            return None
+        block = decode_array(buf)
+        if block.ndim != 2 or offset >= block.shape[0]:
+            return None
+        return block[offset : offset + 1]
 
     def chunks_match(self, name: str) -> bool:
         """Whether `model_rows` holds chunks cut from the current `models` record `name` (checked by
