@@ -93,6 +93,17 @@ class Shopper:
     profile: ProfileRecord | None
     activity: Activity | None
     memo: SegmentMemo  # segments of this request, evaluated on first use
+    _viewed_rows: NDArray[np.intp] | None = None  # viewed_rows, once per request
+
+    def viewed_rows(self, state: VersionState) -> NDArray[np.intp]:
+        """Rows of the recently viewed items this version knows, oldest first (looked up once per
+        request: every placement that excludes viewed items or averages them reuses it)."""
+        rows = self._viewed_rows
+        if rows is None:
+            views = self.activity.views if self.activity is not None else ()
+            rows = np.array(_rows(state, [item for item, _ in views]), dtype=np.intp)
+            self._viewed_rows = rows
+        return rows
 
     def scope_segment(self, state: VersionState) -> str:
         """The first matched segment (by id) that has its own popularity, or ""."""
@@ -140,7 +151,7 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
     elif f.name == "exclude_purchased" and shopper.activity is not None:
         _drop(state, [i for i, _ in shopper.activity.purchases], mask)
     elif f.name == "exclude_viewed" and shopper.activity is not None:
-        _drop(state, [i for i, _ in shopper.activity.views], mask)
+        mask[shopper.viewed_rows(state)] = 0
 
 
 Scored = tuple[NDArray[np.float32], NDArray[np.int32] | None]  # scores per row, rows best first (or None)
@@ -266,9 +277,8 @@ def _user_query(
         if why is not None:
             why.notes.append("user vector: profile embedding")
         return query, Fallback.NONE
-    viewed = [item for item, _ in shopper.activity.views] if shopper.activity is not None else []
-    rows = _rows(state, viewed)
-    if rows and len(rows) >= max(1, state.rules.cold_start_min_views):
+    rows = shopper.viewed_rows(state)
+    if rows.shape[0] >= max(1, state.rules.cold_start_min_views):
         np.mean(embeddings[rows], axis=0, out=query)
         if why is not None:
             why.notes.append(f"user vector: mean of {len(rows)} recently viewed item(s)")
@@ -305,7 +315,7 @@ def rank_items(
     _drop(state, ask.exclude_ids, mask)
     activity = shopper.activity
     if activity is not None and serve.exclude_viewed and activity.views:
-        _drop(state, [i for i, _ in activity.views], mask)
+        mask[shopper.viewed_rows(state)] = 0
         if why is not None:
             why.notes.append(f"excluded {len(activity.views)} recently viewed item(s)")
     if activity is not None and serve.exclude_purchased and activity.purchases:
