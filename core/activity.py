@@ -62,11 +62,11 @@ def expire(activity: Activity, now_ms: int, limits: ActivityLimits) -> Activity:
         and (not bought or min(map(_timestamp, bought)) >= bought_cutoff)
     ):
         return activity
-    return replace(
-        activity,
-        views=tuple(v for v in activity.views if v[1] >= cutoff),
-        cart=tuple(c for c in activity.cart if c[1] >= cutoff),
-        purchases=tuple(p for p in activity.purchases if p[1] >= bought_cutoff),
+    return Activity(  # the constructor, not dataclasses.replace (which inspects the fields every call)
+        tuple([v for v in views if v[1] >= cutoff]),
+        tuple([c for c in cart if c[1] >= cutoff]),
+        tuple([p for p in bought if p[1] >= bought_cutoff]),
+        activity.impressions,
     )
 
 
