@@ -4,7 +4,9 @@ At least once, in order: it reads the oldest `batch` outbox entries, sends them 
 deletes them only after the control plane acknowledged them (`acked_seq`); the control plane
 de-duplicates by event id, so a batch sent again after a crash or a lost reply is counted once. While
 the control plane is away the outbox keeps growing on disk (nothing is dropped) and the forwarder
-retries with jittered exponential backoff (0.2 s doubling to 30 s); an acknowledged batch resets it.
+retries with jittered exponential backoff (0.2 s doubling to 30 s); an acknowledged batch resets it,
+and so does `wake` (the node's syncer calls it when it hears from the control plane again), so after a
+long outage draining starts when the sync does, not up to 30 s later.
 Backpressure: one batch in flight at a time, and a full batch is followed at once by the next.
 """
 
@@ -43,6 +45,7 @@ class OutboxForwarder:
         self.forwarded = 0  # events acknowledged upstream by this process
         self.last_error = ""
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by wake() and stop(): ends a backoff wait early
         self._thread = threading.Thread(target=self._run, name="outbox-forward", daemon=True)
 
     def start(self) -> None:
@@ -50,7 +53,18 @@ class OutboxForwarder:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Retry now with a fresh backoff: the control plane answers again (the syncer heard from it)."""
+        self._wake.set()
+
+    def _pause(self, backoff: Backoff) -> None:
+        """Wait out the next backoff delay, or less if woken (which starts the backoff over)."""
+        if self._wake.wait(backoff.next()):
+            self._wake.clear()
+            backoff.reset()
 
     def _run(self) -> None:
         backoff = Backoff()
@@ -88,10 +102,10 @@ class OutboxForwarder:
                             "outbox_forward_failed", level="warning", control=self.target.address, error=error
                         )
                     self.last_error = error
-                    self._stop.wait(backoff.next())
+                    self._pause(backoff)
                 except Exception as exc:
                     self.last_error = repr(exc)
                     log("outbox_forward_failed", level="error", error=self.last_error)
-                    self._stop.wait(backoff.next())
+                    self._pause(backoff)
         finally:
             channel.close()

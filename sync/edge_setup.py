@@ -57,8 +57,9 @@ class NodeSync:
 def start_syncer(store: Store, config: EdgeConfig) -> NodeSync:
     """The syncer and the outbox forwarder of `config.sync`, both started."""
     target = sync_target(config)
-    syncer = EdgeSyncer(store, target)
-    syncer.start()
     forwarder = OutboxForwarder(store, target)
+    # The control plane answering the syncer again ends the forwarder's backoff too.
+    syncer = EdgeSyncer(store, target, on_connected=forwarder.wake)
+    syncer.start()
     forwarder.start()
     return NodeSync(syncer, forwarder)

@@ -94,9 +94,12 @@ def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) 
 
 
 class EdgeSyncer:
-    def __init__(self, store: Store, target: SyncTarget) -> None:
+    def __init__(
+        self, store: Store, target: SyncTarget, *, on_connected: Callable[[], None] | None = None
+    ) -> None:
         self.store = store
         self.target = target
+        self._on_connected = on_connected  # called when a session hears from the control plane
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-sync", daemon=True)
         self._outbox: queue.Queue[sync_pb2.SubscribeRequest | None] = queue.Queue()
@@ -217,6 +220,8 @@ class EdgeSyncer:
                 if not self._heard:
                     self._heard = True
                     log("sync_connected", control=target.address, version=self.store.version())
+                    if self._on_connected is not None:
+                        self._on_connected()
                 kind = message.WhichOneof("kind")
                 if kind == "chunk":
                     if message.chunk.version == failed and message.chunk.index > 0:

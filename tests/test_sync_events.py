@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,8 +13,12 @@ from typing import Any
 import grpc
 import pytest
 
+from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.store import Store
+from edgewise.sync.edge_forward import OutboxForwarder
+from edgewise.sync.edge_sync import SyncTarget
 from edgewise.sync.event_store import EventStore, event_id_of
+from edgewise.sync.shard import Shard
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
@@ -116,6 +121,64 @@ def test_outbox_survives_kill_9_on_both_sides(
     assert _track(edge2.address, [f"late-{n}" for n in range(10)]) == 10
     wait_for(lambda: _total(control2)() == 510, 60, "every event upstream exactly once")
     wait_for(lambda: _pending(tmp_path / "edge") == 0, 10, "outbox empty")
+
+
+def test_forwarding_resumes_with_the_sync_after_a_long_outage(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    control = control_factory()
+    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    edge = _edge(edge_factory, tmp_path / "edge", control.address, "edge-w")
+    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    control.stop(signal.SIGKILL)
+    assert _track(edge.address, [f"w-{n}" for n in range(50)]) == 50
+    time.sleep(8)  # long enough for the forwarder's own backoff to reach 3.2-6.4 s
+    outage_end = time.time()
+    control2 = control_factory(control.data, listen=f"127.0.0.1:{control.port}")
+    wait_for(lambda: _total(control2)() == 50, 40, "the outbox drained upstream")
+
+    def first(event: str) -> float | None:
+        times = [float(str(e["ts"])) for e in edge.log_events() if e["event"] == event]
+        return next((t for t in times if t >= outage_end), None)
+
+    wait_for(lambda: first("sync_connected") is not None, 40, "the syncer back in contact")
+    connected, resumed = first("sync_connected"), first("outbox_forwarding")
+    assert connected is not None and resumed is not None
+    # The syncer hearing from the control plane wakes the forwarder: it does not wait out its own
+    # backoff (up to 6.4 s by now) after the sync is back. (Its own retry may also come first.)
+    assert resumed <= connected + 1.5, (connected, resumed)
+
+
+def test_a_woken_forwarder_retries_at_once(
+    control_factory: Callable[..., ControlProcess], tmp_path: Path
+) -> None:
+    # A forwarder failing against an address where nothing listens yet, long enough for its backoff to
+    # reach seconds; then the control plane comes up there and the forwarder is woken: it sends at once
+    # instead of finishing its wait (3.2-6.4 s at that point).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Store(tmp_path / "edge") as store:
+        events = [TrackedEvent(f"wake-{n}", "view", "u1", "", "i1", "", "", 0.0, 1_000) for n in range(5)]
+        store.record_events(events, ActivityLimits())
+        target = SyncTarget(f"127.0.0.1:{port}", "edge-wake", Shard(), token=EDGE["EDGEWISE_EDGE_TOKEN"])
+        forwarder = OutboxForwarder(store, target, timeout=2.0)
+        forwarder.start()
+        try:
+            wait_for(lambda: forwarder.last_error != "", 10, "the forwarder failing")
+            time.sleep(5)
+            control = control_factory(listen=f"127.0.0.1:{port}")
+            woken = time.monotonic()
+            forwarder.wake()
+            wait_for(lambda: store.outbox_pending() == 0, 10, "the outbox drained")
+            assert time.monotonic() - woken < 1.5
+            assert forwarder.forwarded == 5 and forwarder.last_error == ""
+        finally:
+            forwarder.stop()
+    assert _total(control)() == 5
 
 
 def _pending(data: Path) -> int:
