@@ -43,6 +43,7 @@ __all__ = [
     "BUCKET_SIZES_MS",
     "DIMENSIONS",
     "MAX_BUCKETS",
+    "MAX_CHOSEN_BUCKETS",
     "ExperimentReport",
     "ReportError",
     "bucket_size",
@@ -56,6 +57,8 @@ _HOUR: Final = 3_600_000
 BUCKET_SIZES_MS: Final = (_HOUR, 3 * _HOUR, 6 * _HOUR, 12 * _HOUR, 24 * _HOUR, 7 * 24 * _HOUR)
 """The automatic bucket sizes, smallest first: the first giving at most `MAX_BUCKETS` buckets is used."""
 MAX_BUCKETS: Final = 100
+MAX_CHOSEN_BUCKETS: Final = 10_000
+"""The most buckets a bucket size chosen by the caller may give over the experiment's exposures."""
 
 
 class ReportError(ValueError):
@@ -172,6 +175,13 @@ def experiment_report(
         converted.add(a.exposure.unit)
         revenue[a.exposure.unit] += a.outcome.value
     size = bucket_ms or (bucket_size(mine[0].timestamp_ms, mine[-1].timestamp_ms) if mine else _HOUR)
+    if bucket_ms and mine:
+        n = mine[-1].timestamp_ms // size - mine[0].timestamp_ms // size + 1
+        if n > MAX_CHOSEN_BUCKETS:
+            raise ReportError(
+                f"a bucket size of {bucket_ms} ms gives {n} buckets over the experiment's exposures "
+                f"(at most {MAX_CHOSEN_BUCKETS}): choose a larger one"
+            )
     counts: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
     by_group: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
     for unit, variant in variant_of.items():

@@ -289,6 +289,14 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     report.add_argument(
+        "--bucket",
+        type=duration_ms,
+        default=0,
+        metavar="DURATION",
+        help="size of the time buckets of the series and the plot: a number and a unit, s m h d w "
+        "(e.g. 30m, 6h, 1d; default: the first of 1h 3h 6h 12h 1d 1w giving at most 100 buckets)",
+    )
+    report.add_argument(
         "--plot",
         type=Path,
         metavar="FILE.png",
@@ -359,6 +367,26 @@ def _upload(
                 yield chunk
                 if not data:
                     break
+
+
+_UNIT_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def duration_ms(text: str) -> int:
+    """A duration such as "90s", "30m", "1.5h", "1d" or "2w" in milliseconds (argparse type)."""
+    value, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if unit not in _UNIT_MS or not (0 < number < 1e9):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: a positive number and a unit, s m h d or w (e.g. 30m, 6h, 1d)"
+        )
+    ms = round(number * _UNIT_MS[unit])
+    if ms < 1_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is shorter than one second")
+    return ms
 
 
 def _fail(message: str) -> int:
@@ -457,7 +485,11 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
             return _fail(f"--confidence must be in [0.5, 1), got {args.confidence}")
         reply = stub.Report(
             sync_pb2.ReportRequest(
-                experiment=args.experiment, metric=args.metric, by=args.by, confidence=args.confidence
+                experiment=args.experiment,
+                metric=args.metric,
+                by=args.by,
+                confidence=args.confidence,
+                bucket_ms=args.bucket,
             ),
             metadata=meta,
             timeout=args.timeout,

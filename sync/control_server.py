@@ -531,6 +531,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 metric,  # type: ignore[arg-type]  # checked by experiment_report
                 by=request.by,
                 confidence=request.confidence or 0.95,
+                bucket_ms=request.bucket_ms or None,
             )
         except ReportError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgewise.core.experiment_report import ReportError, bucket_size, experiment_report
-from edgewise.sync.control_cli import report_plot
+from edgewise.sync.control_cli import duration_ms, report_plot
 from edgewise.sync.control_server import report_document
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
@@ -167,6 +168,8 @@ def test_the_series_is_cumulative_per_bucket_of_first_exposure() -> None:
     assert bucket_size(T0, T0 + 400 * 24 * HOUR) == 7 * 24 * HOUR
     with pytest.raises(ReportError, match="bucket size"):
         experiment_report(records, "exp", {"control": 1, "treat": 1}, "ctr", bucket_ms=0)
+    with pytest.raises(ReportError, match=r"gives 179941 buckets .* \(at most 10000\)"):  # 1 s over 2,999 min
+        experiment_report(records, "exp", {"control": 1, "treat": 1}, "ctr", bucket_ms=1_000)
 
     doc = json.loads(json.dumps(report_document(report)))
     assert doc["bucket_size_ms"] == HOUR and len(doc["series"]) == 2 * 51
@@ -247,5 +250,25 @@ def test_ctl_report_counts_what_the_edges_served(
     assert "experiment hero_test" in table and "p_beat" in table and f"wrote {tmp_path / 't.png'}" in table
     unwritable = ctl(control.address, "report", "hero_test", "--plot", str(tmp_path), env=OPS, check=False)
     assert unwritable.returncode == 1 and f"cannot write {tmp_path}" in unwritable.stderr
+    daily = json.loads(
+        ctl(control.address, "report", "hero_test", "--bucket", "1d", "--format", "json", env=OPS).stdout
+    )
+    assert daily["bucket_size_ms"] == 86_400_000 and daily["rows"] == doc["rows"]
+    bad = ctl(control.address, "report", "hero_test", "--bucket", "5x", env=OPS, check=False)
+    assert bad.returncode == 2 and "'5x' is not a duration" in bad.stderr
     missing = ctl(control.address, "report", "nope", env=OPS, check=False)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr and "hero_test" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("90s", 90_000), ("30m", 1_800_000), ("1.5h", 5_400_000), ("1d", 86_400_000), ("2W", 1_209_600_000)],
+)
+def test_report_bucket_durations(text: str, ms: int) -> None:
+    assert duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "h", "6", "5x", "-1h", "0m", "nanh", "0.5s"])
+def test_report_bucket_durations_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration_ms(text)

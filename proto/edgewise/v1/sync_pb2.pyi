@@ -737,6 +737,7 @@ class ReportRequest(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     BY_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    BUCKET_MS_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     metric: _builtins.str
     """"ctr" (default), "conversion", "revenue" """
@@ -744,6 +745,8 @@ class ReportRequest(_message.Message):
     """"", "channel", "country" """
     confidence: _builtins.float
     """0: 0.95"""
+    bucket_ms: _builtins.int
+    """size of the series' time buckets; 0: chosen from the span of the exposures"""
     def __init__(
         self,
         *,
@@ -751,10 +754,11 @@ class ReportRequest(_message.Message):
         metric: _builtins.str = ...,
         by: _builtins.str = ...,
         confidence: _builtins.float = ...,
+        bucket_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "confidence", b"confidence", "experiment", b"experiment", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ms", b"bucket_ms", "by", b"by", "confidence", b"confidence", "experiment", b"experiment", "metric", b"metric"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
