@@ -60,22 +60,29 @@ class OutboxForwarder:
         """Retry now with a fresh backoff: the control plane answers again (the syncer heard from it)."""
         self._wake.set()
 
-    def _pause(self, backoff: Backoff) -> None:
-        """Wait out the next backoff delay, or less if woken (which starts the backoff over)."""
-        if self._wake.wait(backoff.next()):
-            self._wake.clear()
-            backoff.reset()
+    def _pause(self, backoff: Backoff) -> bool:
+        """Wait out the next backoff delay, or less if woken (which starts the backoff over); returns
+        whether it was woken."""
+        if not self._wake.wait(backoff.next()):
+            return False
+        self._wake.clear()
+        backoff.reset()
+        return True
 
-    def _run(self) -> None:
-        backoff = Backoff()
+    def _connect(self) -> tuple[grpc.Channel, sync_pb2_grpc.ControlPlaneStub]:
         channel = open_channel(
             self.target.address,
             ca=self.target.tls_ca,
             cert=self.target.tls_cert,
             key=self.target.tls_key,
-            options=KEEPALIVE_OPTIONS,
+            # Its own subchannels: a new channel must not inherit the reconnect backoff of a shared one.
+            options=(*KEEPALIVE_OPTIONS, ("grpc.use_local_subchannel_pool", 1)),
         )
-        stub = sync_pb2_grpc.ControlPlaneStub(channel)
+        return channel, sync_pb2_grpc.ControlPlaneStub(channel)
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        channel, stub = self._connect()
         metadata = bearer_metadata(self.target.token)
         try:
             while not self._stop.is_set():
@@ -102,7 +109,11 @@ class OutboxForwarder:
                             "outbox_forward_failed", level="warning", control=self.target.address, error=error
                         )
                     self.last_error = error
-                    self._pause(backoff)
+                    if self._pause(backoff):
+                        # A channel that failed to connect waits out gRPC's own reconnect backoff (up to
+                        # minutes) and fails calls fast meanwhile: a new one connects now.
+                        channel.close()
+                        channel, stub = self._connect()
                 except Exception as exc:
                     self.last_error = repr(exc)
                     log("outbox_forward_failed", level="error", error=self.last_error)
