@@ -195,7 +195,9 @@ class EdgeSyncer:
             ca=target.tls_ca,
             cert=target.tls_cert,
             key=target.tls_key,
-            options=KEEPALIVE_OPTIONS,
+            # A fresh connection per session: with the shared subchannel pool a new channel can inherit
+            # gRPC's own reconnect backoff (up to minutes) from an earlier channel to the same address.
+            options=(*KEEPALIVE_OPTIONS, ("grpc.use_local_subchannel_pool", 1)),
         )
         try:
             while not self._outbox.empty():  # ACKs of a dead stream mean nothing to the next one
