@@ -8,17 +8,22 @@ arm that was shown, each once (`core/bandit_learning.BanditStats`). When the `sc
 every bandit's Beta posteriors in the current rules document (`update_rules_doc`) and commits the new
 document as a delta, so every edge serves with the new posteriors and their propensities.
 
-The counts since the last publish live in memory: after a restart the learner starts from its cursor
-with fresh counts (what it had counted but not published is lost; published posteriors are kept in the
-rules). Segments are not known from exposure records, so rewards update the global posteriors.
+Nothing counted is lost or counted twice across a crash. The counts since the last publish live in
+memory, and the learner's cursor (the last record its published counts include) is kept in the control
+store and set in the same transaction as the rules commit that publishes them (`commit_at`). So after a
+restart it counts again from there. First it re-reads the `replay` records before that cursor without
+counting them: their exposures and rewards rebuild the memory that attribution and the
+count-each-once rule need (a late click on an exposure published before the crash still rewards it,
+and a reward already published is not counted again). Segments are not known from exposure records,
+so rewards update the global posteriors.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 
@@ -34,6 +39,9 @@ from edgewise.sync.periodic import Periodic
 __all__ = ["CURSOR", "BanditLearner"]
 
 CURSOR: Final = "bandits"
+REPLAY_RECORDS: Final = 200_000
+"""Records before the published cursor re-read at start (the attributor remembers at most 200,000
+decisions and event ids, so older records no longer change what it attributes)."""
 DEFAULT_SCHEDULE: Final = LearningSchedule(every_rewards=100, every_exposures=5_000, every_seconds=60.0)
 
 
@@ -48,6 +56,7 @@ class BanditLearner:
         schedule: LearningSchedule = DEFAULT_SCHEDULE,
         interval: float = 0.5,
         batch: int = 20_000,
+        replay: int = REPLAY_RECORDS,
     ) -> None:
         self.store = store
         self.events = events
@@ -58,7 +67,30 @@ class BanditLearner:
         self.stats = BanditStats()
         self.attributor = Attributor()
         self.last_publish: float | None = None
+        self.replay = replay
+        self._position = self._resume()  # the last record read (and counted)
         self._loop = Periodic("bandit-learn", interval, self._tick, "bandit_learning_failed")
+
+    @property
+    def position(self) -> int:
+        """The sequence number of the last stored record read."""
+        return self._position
+
+    def _resume(self) -> int:
+        """The published cursor, after re-reading the `replay` records before it without counting them.
+        A store written before the cursor moved into the control store has it in the event store."""
+        published = self.store.cursor(CURSOR) or self.events.cursor(CURSOR)
+        position = max(0, published - self.replay)
+        while position < published:
+            rows = [r for r in self.events.batch_after(position, self.batch) if r[0] <= published]
+            if not rows:
+                break
+            self._count(rows)
+            position = rows[-1][0]
+        self.stats.take()  # these were published before: only the memory of them stays
+        if published:
+            log("bandits_resumed", position=published, replayed=published - max(0, published - self.replay))
+        return published
 
     def start(self) -> None:
         self._loop.start()
@@ -73,7 +105,13 @@ class BanditLearner:
 
     def read_once(self) -> int:
         """Count the next batch of stored records; return how many were read."""
-        rows = self.events.batch_after(self.events.cursor(CURSOR), self.batch)
+        rows = self.events.batch_after(self._position, self.batch)
+        self._count(rows)
+        if rows:
+            self._position = rows[-1][0]
+        return len(rows)
+
+    def _count(self, rows: Sequence[tuple[int, str, Mapping[str, Any]]]) -> None:
         for _, _, record in rows:
             if record.get("k") == EXPOSURE_KIND:
                 if record.get("st") == "bandit":
@@ -83,9 +121,6 @@ class BanditLearner:
                 attributed = self.attributor.add_outcome(outcome_from_record(record))
                 if attributed is not None and attributed.exposure is not None:
                     self.stats.add_reward(exposure_id(attributed.exposure), attributed.outcome.type)
-        if rows:
-            self.events.set_cursor(CURSOR, rows[-1][0])
-        return len(rows)
 
     def publish_if_due(self, now: float) -> CommitInfo | None:
         reason = self.schedule.due(
@@ -104,13 +139,16 @@ class BanditLearner:
                 raw = view.get("rules", "rules")
             if raw is None:
                 return None
-            counts = self.stats.take()
+            counts, position = self.stats.take(), self._position
             rules = update_rules_doc(msgpack.unpackb(raw, raw=False), counts)
             value = msgpack.packb(rules, use_bin_type=True)
-            info = self.store.commit(
+            # The cursor moves with the posteriors: after a crash, counting starts again exactly here.
+            info = self.store.commit_at(
                 [RecordChange("rules", "rules", value)],
                 kind="delta",
                 description=f"bandit posteriors ({reason})",
+                cursor=CURSOR,
+                position=position,
             )
         self.last_publish = now
         if info is not None:
