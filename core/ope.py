@@ -44,6 +44,7 @@ slots, over `n_sim` draws.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -52,9 +53,11 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "Z95",
+    "CellMeans",
     "Estimate",
     "bernoulli_ts_action_dist",
     "cross_fit_cell_means",
+    "cross_fit_cell_model",
     "doubly_robust",
     "empirical_action_dist",
     "importance_weights",
@@ -66,6 +69,10 @@ __all__ = [
 
 Z95: Final = 1.959963984540054
 _BOOTSTRAP_CELLS: Final = 1 << 22  # resample indices generated per chunk (bounded memory)
+_CHUNK_ROUNDS: Final = 1 << 15
+"""Rounds read at a time from the evaluation policy and the reward model: memory stays bounded by this
+many rows of actions (a broadcast (n, A, P) view, the usual layout for a context-free policy, is never
+materialized whole)."""
 _SUM_TOL: Final = 1e-6
 
 FloatArray = NDArray[np.float64]
@@ -126,14 +133,10 @@ def _int_vector(values: ArrayLike, name: str) -> IntArray:
     return arr.astype(np.int64, copy=False)
 
 
-def _prepare(
-    actions: ArrayLike,
-    rewards: ArrayLike,
-    propensities: ArrayLike,
-    action_dist: ArrayLike,
-    positions: ArrayLike | None,
-) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
-    """Validate the log and return (actions, rewards, propensities, pi_e at each round (n, A))."""
+def _log(
+    actions: ArrayLike, rewards: ArrayLike, propensities: ArrayLike
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Validate the log: (actions, rewards, propensities)."""
     a = _int_vector(actions, "actions")
     r = np.asarray(rewards, dtype=np.float64)
     p0 = np.asarray(propensities, dtype=np.float64)
@@ -146,14 +149,63 @@ def _prepare(
         raise ValueError("rewards must be finite")
     if not np.all((p0 > 0.0) & (p0 <= 1.0)):
         raise ValueError("logged propensities must lie in (0, 1]")
-    pi = policy_at(action_dist, positions)
-    if pi.shape[0] != n:
-        raise ValueError(f"action_dist has {pi.shape[0]} rounds, the log {n}")
-    if a.min() < 0 or a.max() >= pi.shape[1]:
-        raise ValueError(f"actions must lie in [0, {pi.shape[1]})")
-    if np.any(pi < 0.0) or not np.allclose(pi.sum(axis=1), 1.0, rtol=0.0, atol=_SUM_TOL):
-        raise ValueError("the evaluation policy's probabilities must be >= 0 and sum to 1 per round")
-    return a, r, p0, pi
+    return a, r, p0
+
+
+Reader = Callable[[slice], FloatArray]
+"""The per-round values of a policy or reward model for a block of rounds, as a (rounds, A) array."""
+
+
+def _reader(values: ArrayLike, positions: ArrayLike | None, n: int, name: str) -> tuple[Reader, int]:
+    """A reader of `values` ((n, A), or (n, A, P) read at the rounds' positions) and the number of
+    actions, checking shapes and positions without materializing the rounds (a broadcast view stays a
+    view until a block of it is read)."""
+    dist = np.asarray(values)
+    if dist.ndim == 2:
+        if positions is not None:
+            raise ValueError(f"positions given but {name} has no position axis (expected (n, A, P))")
+        if dist.shape[0] != n:
+            raise ValueError(f"{name} has {dist.shape[0]} rounds, the log {n}")
+        return (lambda sl: np.asarray(dist[sl], dtype=np.float64)), dist.shape[1]
+    if dist.ndim != 3:
+        raise ValueError(f"{name} must be (n, A) or (n, A, P), got shape {dist.shape}")
+    if positions is None:
+        raise ValueError(f"{name} has a position axis (n, A, P): positions are required")
+    pos = _int_vector(positions, "positions")
+    if pos.shape[0] != dist.shape[0]:
+        raise ValueError(f"positions has {pos.shape[0]} rounds, {name} {dist.shape[0]}")
+    if pos.size and (pos.min() < 0 or pos.max() >= dist.shape[2]):
+        raise ValueError(f"positions must lie in [0, {dist.shape[2]})")
+    if dist.shape[0] != n:
+        raise ValueError(f"{name} has {dist.shape[0]} rounds, the log {n}")
+
+    def read(sl: slice) -> FloatArray:
+        block = dist[sl]
+        return np.asarray(block[np.arange(block.shape[0]), :, pos[sl]], dtype=np.float64)
+
+    return read, dist.shape[1]
+
+
+def _blocks(n: int) -> list[slice]:
+    return [slice(start, min(n, start + _CHUNK_ROUNDS)) for start in range(0, n, _CHUNK_ROUNDS)]
+
+
+def _weights(
+    a: IntArray, p0: FloatArray, action_dist: ArrayLike, positions: ArrayLike | None
+) -> tuple[FloatArray, Reader]:
+    """w_i for every round, reading the evaluation policy block by block and checking each block (the
+    actions within its action set; probabilities >= 0 summing to 1 per round); and its reader."""
+    n = a.shape[0]
+    read, n_actions = _reader(action_dist, positions, n, "action_dist")
+    if a.min() < 0 or a.max() >= n_actions:
+        raise ValueError(f"actions must lie in [0, {n_actions})")
+    w = np.empty(n, dtype=np.float64)
+    for sl in _blocks(n):
+        pi = read(sl)
+        if np.any(pi < 0.0) or not np.allclose(pi.sum(axis=1), 1.0, rtol=0.0, atol=_SUM_TOL):
+            raise ValueError("the evaluation policy's probabilities must be >= 0 and sum to 1 per round")
+        w[sl] = pi[np.arange(pi.shape[0]), a[sl]] / p0[sl]
+    return w, read
 
 
 def importance_weights(
@@ -164,8 +216,8 @@ def importance_weights(
 ) -> FloatArray:
     """w_i = pi_e(a_i | x_i, p_i) / pi_0(a_i | x_i, p_i)."""
     a = _int_vector(actions, "actions")
-    _, _, p0, pi = _prepare(a, np.zeros(a.shape[0]), propensities, action_dist, positions)
-    return pi[np.arange(a.shape[0]), a] / p0
+    _, _, p0 = _log(a, np.zeros(a.shape[0]), propensities)
+    return _weights(a, p0, action_dist, positions)[0]
 
 
 def _normal(name: str, value: float, contributions: FloatArray) -> Estimate:
@@ -216,8 +268,8 @@ def ips(
 ) -> Estimate:
     """Inverse propensity scoring: (1/n) sum_i w_i r_i (see the module docstring)."""
     _check_resamples(bootstrap)
-    a, r, p0, pi = _prepare(actions, rewards, propensities, action_dist, positions)
-    contributions = pi[np.arange(a.shape[0]), a] / p0 * r
+    a, r, p0 = _log(actions, rewards, propensities)
+    contributions = _weights(a, p0, action_dist, positions)[0] * r
     value = float(contributions.mean())
     if bootstrap:
         return _bootstrap("IPS", value, contributions, None, bootstrap, seed)
@@ -236,8 +288,8 @@ def snips(
 ) -> Estimate:
     """Self-normalized IPS: sum_i w_i r_i / sum_i w_i (see the module docstring)."""
     _check_resamples(bootstrap)
-    a, r, p0, pi = _prepare(actions, rewards, propensities, action_dist, positions)
-    w = pi[np.arange(a.shape[0]), a] / p0
+    a, r, p0 = _log(actions, rewards, propensities)
+    w = _weights(a, p0, action_dist, positions)[0]
     total = float(w.sum())
     if total <= 0.0:
         raise ValueError(
@@ -254,7 +306,7 @@ def doubly_robust(
     rewards: ArrayLike,
     propensities: ArrayLike,
     action_dist: ArrayLike,
-    q_hat: ArrayLike,
+    q_hat: ArrayLike | CellMeans,
     positions: ArrayLike | None = None,
     *,
     bootstrap: int = 0,
@@ -263,16 +315,26 @@ def doubly_robust(
     """Doubly robust: (1/n) sum_i [sum_a pi_e(a) q_i(a) + w_i (r_i - q_i(a_i))].
 
     `q_hat` has the layout of `action_dist` ((n, A) or (n, A, P)): the reward model's prediction for
-    every action (and slot) of every round, fitted without that round (cross-fitted).
+    every action (and slot) of every round, fitted without that round (cross-fitted); or a `CellMeans`
+    (`cross_fit_cell_model`), which gives the same values without an (n, A, P) array.
     """
     _check_resamples(bootstrap)
-    a, r, p0, pi = _prepare(actions, rewards, propensities, action_dist, positions)
-    q = policy_at(q_hat, positions)
-    if q.shape != pi.shape:
-        raise ValueError(f"q_hat has shape {q.shape} at the rounds' positions, action_dist {pi.shape}")
-    rows = np.arange(a.shape[0])
-    w = pi[rows, a] / p0
-    contributions = (pi * q).sum(axis=1) + w * (r - q[rows, a])
+    a, r, p0 = _log(actions, rewards, propensities)
+    n = a.shape[0]
+    w, read_pi = _weights(a, p0, action_dist, positions)
+    if isinstance(q_hat, CellMeans):
+        read_q, q_actions = q_hat.reader(positions, n)
+    else:
+        read_q, q_actions = _reader(q_hat, positions, n, "q_hat")
+    contributions = np.empty(n, dtype=np.float64)
+    for sl in _blocks(n):
+        pi, q = read_pi(sl), read_q(sl)
+        if q.shape != pi.shape:
+            raise ValueError(
+                f"q_hat has {q_actions} actions at the rounds' positions, action_dist {pi.shape[1]}"
+            )
+        rows = np.arange(pi.shape[0])
+        contributions[sl] = (pi * q).sum(axis=1) + w[sl] * (r[sl] - q[rows, a[sl]])
     value = float(contributions.mean())
     if bootstrap:
         return _bootstrap("DR", value, contributions, None, bootstrap, seed)
@@ -291,6 +353,26 @@ def on_policy(rewards: ArrayLike, *, bootstrap: int = 0, seed: int = 0) -> Estim
     return _normal("on-policy", value, r)
 
 
+@dataclass(frozen=True, slots=True)
+class CellMeans:
+    """A cross-fitted cell-mean reward model: `tables[k]` is the (A, P) model fitted without fold k, and
+    round i is predicted by the table of its own fold `fold[i]`."""
+
+    tables: FloatArray  # (folds, A, P)
+    fold: IntArray  # (n,)
+
+    def reader(self, positions: ArrayLike | None, n: int) -> tuple[Reader, int]:
+        """A block reader of q_i(.) at the rounds' positions, as `doubly_robust` reads it."""
+        if self.fold.shape[0] != n:
+            raise ValueError(f"the reward model has {self.fold.shape[0]} rounds, the log {n}")
+        if positions is None:
+            raise ValueError("the cell-mean model has a position axis: positions are required")
+        pos = _int_vector(positions, "positions")
+        if pos.shape[0] != n or (pos.size and (pos.min() < 0 or pos.max() >= self.tables.shape[2])):
+            raise ValueError(f"positions must be n={n} values in [0, {self.tables.shape[2]})")
+        return (lambda sl: self.tables[self.fold[sl], :, pos[sl]]), self.tables.shape[1]
+
+
 def cross_fit_cell_means(
     actions: ArrayLike,
     rewards: ArrayLike,
@@ -302,13 +384,33 @@ def cross_fit_cell_means(
     smoothing: float = 100.0,
     seed: int = 0,
 ) -> FloatArray:
+    """`cross_fit_cell_model` as an (n, n_actions, n_positions) array q_hat (n x A x P floats: for a
+    large log pass the model itself to `doubly_robust`)."""
+    model = cross_fit_cell_model(
+        actions, rewards, positions, n_actions, n_positions, folds=folds, smoothing=smoothing, seed=seed
+    )
+    return model.tables[model.fold]
+
+
+def cross_fit_cell_model(
+    actions: ArrayLike,
+    rewards: ArrayLike,
+    positions: ArrayLike,
+    n_actions: int,
+    n_positions: int,
+    *,
+    folds: int = 2,
+    smoothing: float = 100.0,
+    seed: int = 0,
+) -> CellMeans:
     """A cross-fitted reward model q(a, p): the mean reward per (action, position) cell.
 
     Rounds are split into `folds` random folds (seeded). For the rounds of fold k the model is fitted
     on the other folds only: q_k(a, p) = (sum of rewards in cell (a, p) + m * mu_p) / (rows in the
     cell + m), with mu_p the mean reward at position p in those folds and m = `smoothing`
     (pseudo-rows that shrink sparse cells toward their position's mean). `positions` can be any
-    discrete context (use zeros for a single slot). Returns q_hat of shape (n, n_actions, n_positions).
+    discrete context (use zeros for a single slot). Returns the per-fold tables and each round's fold;
+    `cross_fit_cell_means` gives the same as an (n, n_actions, n_positions) array.
     """
     a = _int_vector(actions, "actions")
     pos = _int_vector(positions, "positions")
@@ -336,7 +438,7 @@ def cross_fit_cell_means(
         mu = np.where(col_rows > 0, s.sum(axis=0) / np.where(col_rows > 0, col_rows, 1.0), 0.0)
         denom = c + smoothing
         tables[k] = np.where(denom > 0, (s + smoothing * mu) / np.where(denom > 0, denom, 1.0), mu)
-    return tables[fold]
+    return CellMeans(tables, fold)
 
 
 def bernoulli_ts_action_dist(

@@ -382,7 +382,7 @@ def evaluate_ope(
     action_dist = np.broadcast_to(dist, (n, n_actions, LEN_LIST))
     weights = ope.importance_weights(log.actions, log.propensities, action_dist, log.positions)
     say(f"fitting the cross-fitted reward model ({folds} folds)")
-    q_hat = ope.cross_fit_cell_means(
+    q_hat = ope.cross_fit_cell_model(  # per-fold tables: no (n, A, P) array
         log.actions,
         log.rewards,
         log.positions,

@@ -240,3 +240,62 @@ def test_ips_on_the_full_random_log_matches_a_direct_computation() -> None:
     direct = float(np.mean(dist[log.actions, log.positions] / log.propensities * log.rewards))
     assert report.estimates[0].value == pytest.approx(direct)
     assert report.truth.value == pytest.approx(load_obd_log(BTS_LOG).rewards.mean())
+
+
+def _slot_log(seed: int, n: int, actions: int, slots: int):
+    """A log over `slots` positions with one context-free evaluation policy per slot, (A, P)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, actions, size=n)
+    pos = rng.integers(0, slots, size=n)
+    r = (rng.random(n) < 0.05 + 0.2 * (a % 3 == 0)).astype(np.float64)
+    p0 = np.full(n, 1.0 / actions)
+    dist = rng.dirichlet(np.ones(actions), size=slots).T  # (A, P), each column sums to 1
+    return a, r, p0, pos, dist
+
+
+def test_estimators_read_the_rounds_in_blocks_with_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Blocks of 7 rounds against one block of every round; the cell-mean model object against its
+    # (n, A, P) array; a broadcast (n, A, P) view of one (A, P) policy against a full copy.
+    a, r, p0, pos, dist = _slot_log(3, 1001, 6, 3)
+    n = a.shape[0]
+    view = np.broadcast_to(dist, (n, *dist.shape))
+    model = ope.cross_fit_cell_model(a, r, pos, 6, 3, seed=4)
+    array = ope.cross_fit_cell_means(a, r, pos, 6, 3, seed=4)
+    assert np.array_equal(array, model.tables[model.fold])
+
+    def run(q: object, d: np.ndarray) -> list[ope.Estimate]:
+        return [
+            ope.ips(a, r, p0, d, pos),
+            ope.snips(a, r, p0, d, pos),
+            ope.doubly_robust(a, r, p0, d, q, pos),  # type: ignore[arg-type]
+            ope.doubly_robust(a, r, p0, d, q, pos, bootstrap=20, seed=5),  # type: ignore[arg-type]
+        ]
+
+    whole = run(array, np.array(view))
+    monkeypatch.setattr(ope, "_CHUNK_ROUNDS", 7)
+    for q, d in ((array, view), (model, view), (model, np.array(view))):
+        assert run(q, d) == whole
+    # and the blocks are checked like the whole: a round whose policy does not sum to 1 is refused
+    bad = np.array(view)
+    bad[500, :, :] *= 2
+    with pytest.raises(ValueError, match="sum to 1"):
+        ope.ips(a, r, p0, bad, pos)
+
+
+def test_doubly_robust_on_a_large_log_stays_within_bounded_memory() -> None:
+    # 1,000,000 rounds x 80 actions x 3 slots: the old path built (n, A) policy and model arrays and an
+    # (n, A, P) q_hat, several GB; in blocks, with the model object and a broadcast policy, it stays
+    # within a few rows of actions plus the per-round vectors.
+    import tracemalloc
+
+    a, r, p0, pos, dist = _slot_log(9, 1_000_000, 80, 3)
+    model = ope.cross_fit_cell_model(a, r, pos, 80, 3, seed=1)
+    view = np.broadcast_to(dist, (a.shape[0], 80, 3))
+    tracemalloc.start()
+    try:
+        estimate = ope.doubly_robust(a, r, p0, view, model, pos)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.0 < estimate.value < 1.0 and estimate.n == 1_000_000
+    assert peak < 150 << 20, f"peak {peak / 2**20:.0f} MiB"
