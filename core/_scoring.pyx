@@ -263,6 +263,19 @@ cdef inline void _sort_heap(float* hs, int32_t* hi, Py_ssize_t size) noexcept no
         _sift_down(hs, hi, end, 0)
 
 
+cdef inline Py_ssize_t _topk_no_dims(
+    const uint8_t* m, Py_ssize_t n, Py_ssize_t k, float* hs, int32_t* hi
+) noexcept nogil:
+    """The top k of vectors with no dimensions: every candidate scores 0, lowest rows first (sorted)."""
+    cdef Py_ssize_t size = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        if m[i]:
+            size = _offer(hs, hi, size, k, 0, <int32_t>i)
+    _sort_heap(hs, hi, size)
+    return size
+
+
 cdef inline float _dot(const float* row, const float* q, Py_ssize_t d) noexcept nogil:
     cdef float acc = 0
     cdef Py_ssize_t j
@@ -324,11 +337,7 @@ cdef Py_ssize_t topk_dot_kernel(
     cdef const float* pf = base
     cdef const float* pf_end
     if d == 0:
-        for i in range(n):
-            if m[i]:
-                size = _offer(hs, hi, size, k, 0, <int32_t>i)
-        _sort_heap(hs, hi, size)
-        return size
+        return _topk_no_dims(m, n, k, hs, hi)
     while i < n:
         # Keep the prefetch front _PREFETCH_AHEAD floats past the next row (masked-out rows included: the
         # front moves through the matrix in order, so each line is requested once).
@@ -453,11 +462,7 @@ cdef Py_ssize_t topk_half_kernel(
     cdef float spread = 0, qsum = 0, margin, limit, sc
     cdef unsigned bits
     if d == 0:
-        for i in range(n):
-            if m[i]:
-                size = _offer(hs, hi, size, k, 0, <int32_t>i)
-        _sort_heap(hs, hi, size)
-        return size
+        return _topk_no_dims(m, n, k, hs, hi)
     q = &query[0]
     base = &matrix[0, 0]
     for j in range(d):
