@@ -107,21 +107,9 @@ class Estimate:
 
 def policy_at(action_dist: ArrayLike, positions: ArrayLike | None = None) -> FloatArray:
     """pi_e(. | x_i, p_i) per round as an (n, A) array, from (n, A) or (n, A, P) plus positions."""
-    dist = np.asarray(action_dist, dtype=np.float64)
-    if dist.ndim == 2:
-        if positions is not None:
-            raise ValueError("positions given but action_dist has no position axis (expected (n, A, P))")
-        return dist
-    if dist.ndim != 3:
-        raise ValueError(f"action_dist must be (n, A) or (n, A, P), got shape {dist.shape}")
-    if positions is None:
-        raise ValueError("action_dist has a position axis (n, A, P): positions are required")
-    pos = _int_vector(positions, "positions")
-    if pos.shape[0] != dist.shape[0]:
-        raise ValueError(f"positions has {pos.shape[0]} rounds, action_dist {dist.shape[0]}")
-    if pos.size and (pos.min() < 0 or pos.max() >= dist.shape[2]):
-        raise ValueError(f"positions must lie in [0, {dist.shape[2]})")
-    return dist[np.arange(dist.shape[0]), :, pos]
+    dist = np.asarray(action_dist)
+    read, _ = _reader(dist, positions, dist.shape[0] if dist.ndim else 0, "action_dist")
+    return read(slice(None))
 
 
 def _int_vector(values: ArrayLike, name: str) -> IntArray:
