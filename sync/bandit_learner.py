@@ -80,7 +80,7 @@ class BanditLearner:
         """The published cursor, after re-reading the `replay` records before it without counting them.
         A store written before the cursor moved into the control store has it in the event store."""
         published = self.store.cursor(CURSOR) or self.events.cursor(CURSOR)
-        position = max(0, published - self.replay)
+        position = start = max(0, published - self.replay)
         while position < published:
             rows = [r for r in self.events.batch_after(position, self.batch) if r[0] <= published]
             if not rows:
@@ -89,7 +89,7 @@ class BanditLearner:
             position = rows[-1][0]
         self.stats.take()  # these were published before: only the memory of them stays
         if published:
-            log("bandits_resumed", position=published, replayed=published - max(0, published - self.replay))
+            log("bandits_resumed", position=published, replayed=published - start)
         return published
 
     def start(self) -> None:
