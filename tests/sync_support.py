@@ -73,6 +73,24 @@ def following_edge(
     return edge_factory(data, None, "--control", address, "--node-id", node, "--workers", "1", *extra)
 
 
+def pushed_edge(
+    control_address: str,
+    edge_factory: Callable[..., EdgeProcess],
+    bundle: Path,
+    data: Path,
+    node: str,
+    ops_env: Mapping[str, str],
+    edge_env: Mapping[str, str],
+    *extra: str,
+) -> tuple[int, EdgeProcess]:
+    """Push `bundle` to the control plane at `control_address`, start an edge following it
+    (`following_edge`) and wait until it applied the push; the pushed version and the edge."""
+    version = pushed_version(ctl(control_address, "push", str(bundle), env=ops_env))
+    edge = following_edge(edge_factory, data, control_address, node, edge_env, *extra)
+    wait_for(versions_reach([data], version), 20, f"{node} at the pushed version")
+    return version, edge
+
+
 def start_control(
     data: Path,
     workdir: Path,

@@ -3,7 +3,6 @@ new posteriors, and the edge serves with them."""
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +19,7 @@ from tests.sync_support import (
     ControlProcess,
     control_planes,
     ctl,
-    pushed_version,
-    versions_reach,
+    pushed_edge,
     wait_for,
 )
 
@@ -96,20 +94,10 @@ def _learned_exactly(
     return check
 
 
-def _following_edge(
-    control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, data: Path
-) -> EdgeProcess:
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    os.environ.update(EDGE)
-    edge = edge_factory(data, None, "--control", control.address, "--node-id", "e1", "--workers", "1")
-    wait_for(versions_reach([data], version), 20, "edge at the push")
-    return edge
-
-
 def test_clicks_on_one_arm_raise_its_posterior_on_the_edge(
     control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
-    edge = _following_edge(control, edge_factory, bundle_dir, tmp_path / "edge")
+    _, edge = pushed_edge(control.address, edge_factory, bundle_dir, tmp_path / "edge", "e1", OPS, EDGE)
     before = _arms(tmp_path / "edge")
     served: dict[str, int] = {}
     clicked: dict[str, int] = {}
@@ -138,7 +126,7 @@ def test_learning_resumes_exactly_after_kill_9_of_the_control_plane(
     # posteriors (re-reading the records before it without counting them), so the edge's posteriors end
     # with every impression and click exactly once. (A crash with counts not yet published: the
     # in-process test in tests/test_bandit_learner.py, which can stop a learner at that point.)
-    edge = _following_edge(control, edge_factory, bundle_dir, tmp_path / "edge")
+    _, edge = pushed_edge(control.address, edge_factory, bundle_dir, tmp_path / "edge", "e1", OPS, EDGE)
     before = _arms(tmp_path / "edge")
     served: dict[str, int] = {}
     clicked: dict[str, int] = {}

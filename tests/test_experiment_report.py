@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,7 @@ from tests.sync_support import (
     ControlProcess,
     control_planes,
     ctl,
-    pushed_version,
-    versions_reach,
+    pushed_edge,
     wait_for,
 )
 from tests.test_plot_png import read_png
@@ -198,12 +196,7 @@ def control(tmp_path: Path) -> Iterator[ControlProcess]:
 def test_ctl_report_counts_what_the_edges_served(
     control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    os.environ.update(EDGE)
-    edge = edge_factory(
-        tmp_path / "edge", None, "--control", control.address, "--node-id", "e1", "--workers", "1"
-    )
-    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    _, edge = pushed_edge(control.address, edge_factory, bundle_dir, tmp_path / "edge", "e1", OPS, EDGE)
     served: dict[str, str] = {}
     clicks = 0
     with grpc.insecure_channel(edge.address) as channel:

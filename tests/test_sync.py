@@ -19,6 +19,7 @@ from tests.sync_support import (
     ctl,
     edge_state,
     following_edge,
+    pushed_edge,
     pushed_version,
     versions_reach,
     wait_for,
@@ -49,10 +50,7 @@ def _following_edge(
     *extra: str,
 ) -> tuple[int, EdgeProcess]:
     """Push `bundle`, start an edge following `control`, wait until it applied the push."""
-    version = pushed_version(ctl(control.address, "push", str(bundle), env=OPS))
-    edge = _edge(edge_factory, data, control, node, *extra)
-    wait_for(versions_reach([data], version), 20, f"{node} at the pushed version")
-    return version, edge
+    return pushed_edge(control.address, edge_factory, bundle, data, node, OPS, EDGE, *extra)
 
 
 def _decide(address: str, user: str) -> pb.DecideResponse:

@@ -27,6 +27,7 @@ from tests.sync_support import (
     control_planes,
     ctl,
     following_edge,
+    pushed_edge,
     pushed_version,
     versions_reach,
     wait_for,
@@ -103,9 +104,7 @@ def test_outbox_survives_kill_9_on_both_sides(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    edge = _edge(edge_factory, tmp_path / "edge", control.address, "edge-k")
-    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    _, edge = pushed_edge(control.address, edge_factory, bundle_dir, tmp_path / "edge", "edge-k", OPS, EDGE)
     control.stop(signal.SIGKILL)  # the control plane is gone: acknowledged events wait in the outbox
     assert _track(edge.address, [f"k-{n}" for n in range(500)]) == 500
     edge.stop(signal.SIGKILL)
@@ -130,9 +129,7 @@ def test_forwarding_resumes_with_the_sync_after_a_long_outage(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    edge = _edge(edge_factory, tmp_path / "edge", control.address, "edge-w")
-    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    _, edge = pushed_edge(control.address, edge_factory, bundle_dir, tmp_path / "edge", "edge-w", OPS, EDGE)
     control.stop(signal.SIGKILL)
     assert _track(edge.address, [f"w-{n}" for n in range(50)]) == 50
     time.sleep(8)  # long enough for the forwarder's own backoff to reach 3.2-6.4 s
@@ -206,9 +203,7 @@ def test_decisions_send_exposure_records_upstream(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    edge = _edge(edge_factory, tmp_path / "edge", control.address, "edge-x")
-    wait_for(versions_reach([tmp_path / "edge"], version), 20, "edge at the push")
+    _, edge = pushed_edge(control.address, edge_factory, bundle_dir, tmp_path / "edge", "edge-x", OPS, EDGE)
     decision_ids = []
     with grpc.insecure_channel(edge.address) as channel:
         stub = pb_grpc.PersonalizerStub(channel)
