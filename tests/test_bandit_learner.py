@@ -87,26 +87,31 @@ def _read_all(learner: BanditLearner) -> None:
         pass
 
 
+def _feed(learner: BanditLearner, events: EventStore, records: list[tuple[str, str, bytes]]) -> None:
+    """Store `records` upstream and let the learner count every record stored."""
+    events.ingest("edge-a", records)
+    _read_all(learner)
+
+
+def _first_published(root: Path) -> tuple[ControlStore, EventStore, BanditLearner]:
+    """Stores under `root` and a learner that has counted and published FIRST."""
+    store, events = _stores(root)
+    learner = _learner(store, events)
+    _feed(learner, events, FIRST)
+    learner.publish(0.0)
+    return store, events, learner
+
+
 def test_a_crash_between_publishes_loses_and_repeats_nothing(tmp_path: Path) -> None:
     # Reference: one learner, publishing after FIRST and after SECOND.
-    store, events = _stores(tmp_path / "reference")
-    learner = _learner(store, events)
-    events.ingest("edge-a", FIRST)
-    _read_all(learner)
-    learner.publish(0.0)
-    events.ingest("edge-a", SECOND)
-    _read_all(learner)
+    store, events, learner = _first_published(tmp_path / "reference")
+    _feed(learner, events, SECOND)
     learner.publish(1.0)
     expected = _arms(store)
 
     # The same, but the learner dies after counting SECOND and before publishing it.
-    store2, events2 = _stores(tmp_path / "crash")
-    first = _learner(store2, events2)
-    events2.ingest("edge-a", FIRST)
-    _read_all(first)
-    first.publish(0.0)
-    events2.ingest("edge-a", SECOND)
-    _read_all(first)
+    store2, events2, first = _first_published(tmp_path / "crash")
+    _feed(first, events2, SECOND)
     assert first.stats.new_rewards > 0 and store2.cursor(CURSOR) == len(FIRST)
     del first  # killed: its unpublished counts are gone with it
 
@@ -117,24 +122,12 @@ def test_a_crash_between_publishes_loses_and_repeats_nothing(tmp_path: Path) -> 
     second.publish(1.0)
     assert _arms(store2) == expected
     assert store2.cursor(CURSOR) == len(FIRST) + len(SECOND)
-    assert expected != _arms_after_first_only(tmp_path / "first-only")  # SECOND changed the posteriors
-
-
-def _arms_after_first_only(root: Path) -> Any:
-    store, events = _stores(root)
-    learner = _learner(store, events)
-    events.ingest("edge-a", FIRST)
-    _read_all(learner)
-    learner.publish(0.0)
-    return _arms(store)
+    # SECOND changed the posteriors
+    assert expected != _arms(_first_published(tmp_path / "first-only")[0])
 
 
 def test_a_restart_without_new_records_publishes_nothing_new(tmp_path: Path) -> None:
-    store, events = _stores(tmp_path)
-    learner = _learner(store, events)
-    events.ingest("edge-a", FIRST)
-    _read_all(learner)
-    learner.publish(0.0)
+    store, events, _ = _first_published(tmp_path)
     published = _arms(store)
     again = _learner(store, events)
     _read_all(again)
