@@ -157,13 +157,7 @@ def _reader(values: ArrayLike, positions: ArrayLike | None, n: int, name: str) -
         return (lambda sl: np.asarray(dist[sl], dtype=np.float64)), dist.shape[1]
     if dist.ndim != 3:
         raise ValueError(f"{name} must be (n, A) or (n, A, P), got shape {dist.shape}")
-    if positions is None:
-        raise ValueError(f"{name} has a position axis (n, A, P): positions are required")
-    pos = _int_vector(positions, "positions")
-    if pos.shape[0] != dist.shape[0]:
-        raise ValueError(f"positions has {pos.shape[0]} rounds, {name} {dist.shape[0]}")
-    if pos.size and (pos.min() < 0 or pos.max() >= dist.shape[2]):
-        raise ValueError(f"positions must lie in [0, {dist.shape[2]})")
+    pos = _positions(positions, dist.shape[0], dist.shape[2], name)
     if dist.shape[0] != n:
         raise ValueError(f"{name} has {dist.shape[0]} rounds, the log {n}")
 
@@ -172,6 +166,18 @@ def _reader(values: ArrayLike, positions: ArrayLike | None, n: int, name: str) -
         return np.asarray(block[np.arange(block.shape[0]), :, pos[sl]], dtype=np.float64)
 
     return read, dist.shape[1]
+
+
+def _positions(positions: ArrayLike | None, rounds: int, slots: int, name: str) -> IntArray:
+    """The rounds' positions, required by `name` (which has `rounds` rounds and `slots` positions)."""
+    if positions is None:
+        raise ValueError(f"{name} has a position axis (n, A, P): positions are required")
+    pos = _int_vector(positions, "positions")
+    if pos.shape[0] != rounds:
+        raise ValueError(f"positions has {pos.shape[0]} rounds, {name} {rounds}")
+    if pos.size and (pos.min() < 0 or pos.max() >= slots):
+        raise ValueError(f"positions must lie in [0, {slots})")
+    return pos
 
 
 def _blocks(n: int) -> list[slice]:
@@ -353,11 +359,7 @@ class CellMeans:
         """A block reader of q_i(.) at the rounds' positions, as `doubly_robust` reads it."""
         if self.fold.shape[0] != n:
             raise ValueError(f"the reward model has {self.fold.shape[0]} rounds, the log {n}")
-        if positions is None:
-            raise ValueError("the cell-mean model has a position axis: positions are required")
-        pos = _int_vector(positions, "positions")
-        if pos.shape[0] != n or (pos.size and (pos.min() < 0 or pos.max() >= self.tables.shape[2])):
-            raise ValueError(f"positions must be n={n} values in [0, {self.tables.shape[2]})")
+        pos = _positions(positions, n, self.tables.shape[2], "the cell-mean model")
         return (lambda sl: self.tables[self.fold[sl], :, pos[sl]]), self.tables.shape[1]
 
 
