@@ -24,9 +24,10 @@ batch then carries one more reward and no new impression for that arm, so alpha 
 and the cumulative posterior is exactly what counting everything at once would give (without decay).
 
 The segment of an exposure is the segment whose posteriors served it: the edge uses the first segment of
-the bandit (in sorted order) that the request matched, else the global posteriors. Exposure records do
-not carry it, so the caller passes it (None: the global posteriors). Counts under a segment the bandit
-does not have in the document being updated go to the global posteriors, which are what served them.
+the bandit (in sorted order) that the request matched, else the global posteriors, and writes it in the
+exposure record (`bs`, "" for the global posteriors; `edgewise.core.exposure`). A record without it
+(from an edge before that field) counts for the global posteriors. Counts under a segment the bandit
+does not have in the document being updated (a segment removed since) go to the global posteriors.
 
 Memory: the stats remember every exposure id they counted (to de-duplicate exposures and rewards), at
 most `max_exposures` of them, oldest first out. A reward for an exposure no longer remembered is not
@@ -213,9 +214,10 @@ class BanditStats:
         self.new_rewards += 1
         return True
 
-    def add_exposure_record(self, record: Mapping[str, Any], segment: str | None = None) -> bool:
+    def add_exposure_record(self, record: Mapping[str, Any]) -> bool:
         """Count a decoded exposure record (`edgewise.core.exposure`, as the control plane stores it) if
-        it served a bandit: strategy `st` "bandit" (when present), bandit `x`, arm `v`, id `id`."""
+        it served a bandit: strategy `st` "bandit" (when present), bandit `x`, arm `v`, id `id`, under
+        the posteriors of segment `bs` (absent or "": the global posteriors)."""
         if record.get("st", "bandit") != "bandit":
             return False
         rid, bandit_id, arm_id = record.get("id"), record.get("x"), record.get("v")
@@ -223,7 +225,8 @@ class BanditStats:
             return False
         if not (rid and bandit_id and arm_id):
             return False
-        return self.add_exposure(rid, bandit_id, arm_id, segment)
+        segment = record.get("bs")
+        return self.add_exposure(rid, bandit_id, arm_id, segment if isinstance(segment, str) else None)
 
     def add_attributed(self, attributed: Attributed, segment: str | None = None) -> bool:
         """Count an attributed outcome as a reward of its exposure (True when it rewarded it now).

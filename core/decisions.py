@@ -138,6 +138,7 @@ class PlacementOutput:
     strategy: str = ""
     fallback: Fallback = Fallback.NONE
     campaign: str = ""  # the campaign that served, "" for the placement default
+    bandit_segment: str = ""  # the segment whose bandit posteriors served, "" for the global ones
 
 
 @dataclass(slots=True)

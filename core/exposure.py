@@ -5,7 +5,8 @@ map with short keys (`EXPOSURE_KIND` in `k`; `id` is "<decision id>:<placement i
 de-duplication key upstream): decision id `d`, user `u`, session `s`, placement `p`, campaign `c`,
 experiment or bandit `x`, variant or arm `v`, propensity `pr`, strategy `st`, fallback reason `f`,
 items shown `i`, content `ct`, channel `ch`, country `co`, device `dv`, snapshot version `sv`, matched
-segments `sg` (those the decision evaluated), time `ts` (Unix ms).
+segments `sg` (those the decision evaluated), time `ts` (Unix ms), and the segment whose bandit
+posteriors served `bs` ("" for the global posteriors and for placements that served no bandit).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def exposure_records(decision_id: str, request: DecideInput, decision: DecisionO
                 "sv": decision.snapshot_version,
                 "sg": list(decision.segments),
                 "ts": request.now_ms,
+                "bs": p.bandit_segment,
             },
             use_bin_type=True,
         )

@@ -257,6 +257,7 @@ class Pipeline:
                 out.content_id = state.rules.bandit_contents[(campaign.bandit_id, arm.id)]
                 out.experiment_id, out.variant_id, out.propensity = campaign.bandit_id, arm.id, propensity
                 out.strategy = "bandit"
+                out.bandit_segment = segment or ""
                 if why is not None:
                     why.experiment_id, why.variant_id = campaign.bandit_id, arm.id
                     why.notes.append(

@@ -14,8 +14,8 @@ store and set in the same transaction as the rules commit that publishes them (`
 restart it counts again from there. First it re-reads the `replay` records before that cursor without
 counting them: their exposures and rewards rebuild the memory that attribution and the
 count-each-once rule need (a late click on an exposure published before the crash still rewards it,
-and a reward already published is not counted again). Segments are not known from exposure records,
-so rewards update the global posteriors.
+and a reward already published is not counted again). Each exposure counts for the posteriors that
+served it: the segment's named in its record (`bs`), else the global ones.
 """
 
 from __future__ import annotations

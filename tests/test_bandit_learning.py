@@ -150,11 +150,15 @@ def test_attributed_reward_registers_its_exposure_once() -> None:
 def test_exposure_records() -> None:
     stats = BanditStats()
     record = {"k": "exposure", "id": "d1:promo_slot", "x": "promo", "v": "ship", "st": "bandit", "pr": 0.4}
-    assert stats.add_exposure_record(record, "deal_seekers")
-    assert not stats.add_exposure_record(record, "deal_seekers")
+    # The segment whose posteriors served (bs) picks the posteriors counted; "" or absent: the global ones.
+    assert stats.add_exposure_record({**record, "bs": "deal_seekers"})
+    assert not stats.add_exposure_record({**record, "bs": "deal_seekers"})
+    assert stats.add_exposure_record({**record, "id": "d4:promo_slot", "bs": ""})
+    assert stats.add_exposure_record({**record, "id": "d5:promo_slot"})
     assert not stats.add_exposure_record({**record, "id": "d2:promo_slot", "st": "experiment"})
     assert not stats.add_exposure_record({**record, "id": "d3:promo_slot", "x": ""})
     assert stats.pending().get("promo", "deal_seekers", "ship") == ArmCounts(1, 0)
+    assert stats.pending().get("promo", None, "ship") == ArmCounts(2, 0)
 
 
 def test_take_resets_the_batch_but_remembers_exposures() -> None:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from edgewise.core.store import Store
+from edgewise.sync.bundle import load_bundle
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
@@ -41,20 +42,31 @@ def control(control_factory: Callable[..., ControlProcess]) -> ControlProcess:
     return control_factory(None, *LEARN_FAST)
 
 
-def _arms(data: Path) -> dict[str, tuple[float, float]]:
+def _arms(data: Path, segment: str | None = None) -> dict[str, tuple[float, float]]:
+    """The edge's posteriors of promo_bandit: the global ones, or those of `segment`."""
     with Store(data, readonly=True) as store, store.read() as view:
         doc: Any = view.rules_doc()
-    return {a["id"]: (a["alpha"], a["beta"]) for a in doc["bandits"]["promo_bandit"]["arms"]}
+    bandit = doc["bandits"]["promo_bandit"]
+    arms = bandit["arms"] if segment is None else bandit["segments"][segment]["arms"]
+    return {a["id"]: (a["alpha"], a["beta"]) for a in arms}
 
 
-def _serve_and_click(address: str, numbers: range, served: dict[str, int], clicked: dict[str, int]) -> None:
-    """Bandit decisions for the sessions `numbers`, and a click on every gift_wrap (it always converts)
-    and on every tenth decision; counts what was served and clicked per arm."""
+def _serve_and_click(
+    address: str,
+    numbers: range,
+    served: dict[str, int],
+    clicked: dict[str, int],
+    users: list[str] | None = None,
+) -> None:
+    """Bandit decisions for the sessions `numbers` (anonymous, or as `users[n % len(users)]`), and a
+    click on every gift_wrap (it always converts) and on every tenth decision; counts what was served
+    and clicked per arm."""
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.PersonalizerStub(channel)
         for n in numbers:
             response = stub.Decide(
                 pb.DecideRequest(
+                    user_id=users[n % len(users)] if users else "",
                     session_id=f"bl-{n}",
                     consent=["analytics", "personalization"],
                     placements=[pb.PlacementRequest(placement_id="promo_slot")],
@@ -79,12 +91,16 @@ def _serve_and_click(address: str, numbers: range, served: dict[str, int], click
 
 
 def _learned_exactly(
-    data: Path, before: dict[str, tuple[float, float]], served: dict[str, int], clicked: dict[str, int]
+    data: Path,
+    before: dict[str, tuple[float, float]],
+    served: dict[str, int],
+    clicked: dict[str, int],
+    segment: str | None = None,
 ) -> Callable[[], bool]:
-    """Whether the edge's posteriors hold every impression and click, each once."""
+    """Whether the edge's posteriors (global, or `segment`'s) hold every impression and click, each once."""
 
     def check() -> bool:
-        after = _arms(data)
+        after = _arms(data, segment)
         return all(
             after[arm][0] - before[arm][0] == clicked.get(arm, 0)
             and after[arm][1] - before[arm][1] == served.get(arm, 0) - clicked.get(arm, 0)
@@ -142,3 +158,31 @@ def test_learning_resumes_exactly_after_kill_9_of_the_control_plane(
             current.stop(signal.SIGKILL)
             current = control_factory(control.data, *LEARN_FAST, listen=f"127.0.0.1:{control.port}")
             assert "bandits_resumed" in current.logs()
+
+
+def test_a_segment_s_posteriors_learn_from_the_decisions_they_served(
+    control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    # promo_bandit has posteriors of its own for deal_seekers (profile.needs has "deal_seeker"). Decisions
+    # for deal seekers are served from those, anonymous ones from the global posteriors: each set must
+    # learn exactly the impressions and clicks of the decisions it served, and nothing of the others'.
+    seekers = [
+        p.id
+        for p in load_bundle(bundle_dir).profiles
+        if "deal_seeker" in p.attributes.get("needs", []) and "personalization" in p.consent
+    ]
+    assert len(seekers) >= 5
+    _, edge = pushed_edge(control.address, edge_factory, bundle_dir, tmp_path / "edge", "e1", OPS, EDGE)
+    data = tmp_path / "edge"
+    before = {None: _arms(data), "deal_seekers": _arms(data, "deal_seekers")}
+    served: dict[str | None, dict[str, int]] = {None: {}, "deal_seekers": {}}
+    clicked: dict[str | None, dict[str, int]] = {None: {}, "deal_seekers": {}}
+    _serve_and_click(edge.address, range(0, 60), served["deal_seekers"], clicked["deal_seekers"], seekers)
+    _serve_and_click(edge.address, range(60, 120), served[None], clicked[None])
+    assert sum(served["deal_seekers"].values()) > 40 and sum(served[None].values()) > 40
+    for segment in (None, "deal_seekers"):
+        wait_for(
+            _learned_exactly(data, before[segment], served[segment], clicked[segment], segment),
+            30,
+            f"every impression and click of the {segment or 'global'} posteriors' decisions in them, once",
+        )

@@ -199,6 +199,7 @@ def test_bandit_propensities_are_the_policy_s(engine: tuple[Store, Bundle, Pipel
         for _ in range(3000):
             slot = _decide(engine, "promo_slot", user_id=who, consent=CONSENT)["promo_slot"]
             assert slot.strategy == "bandit" and slot.experiment_id == "promo_bandit"
+            assert slot.bandit_segment == (segment or "")  # what the exposure record names for learning
             assert slot.propensity == pytest.approx(expected[slot.variant_id])
             counts[slot.variant_id] += 1
         for arm, p in expected.items():

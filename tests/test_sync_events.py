@@ -244,6 +244,7 @@ def test_decisions_send_exposure_records_upstream(
     assert first["i"] == [i.id for i in response.placements[0].items]
     hero = next(r for r in exposures if r["d"] == decision_ids[0][0] and r["p"] == "hero_banner")
     assert hero["ct"] == response.placements[1].content_id and hero["v"] == response.placements[1].variant_id
+    assert first["bs"] == hero["bs"] == ""  # no bandit served them
     assert any(r.get("id") == "click-1" and r["d"] == decision_ids[0][0] for r in records)
 
 
