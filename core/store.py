@@ -49,6 +49,7 @@ __all__ = [
     "DERIVED",
     "EDGE_LOCAL",
     "NAMESPACES",
+    "PER_USER",
     "REPLICATED",
     "ROW_CHUNKED",
     "ReadView",
@@ -58,7 +59,9 @@ __all__ = [
     "replicated_digest",
 ]
 
-REPLICATED: Final = ("profiles", "items", "models", "rules")
+REPLICATED: Final = ("profiles", "items", "models", "rules", "forgotten")
+PER_USER: Final = frozenset({"profiles", "forgotten"})
+"""Replicated namespaces whose changes leave the per-version state alone (no new generation)."""
 EDGE_LOCAL: Final = ("activity", "events", "outbox")
 DERIVED: Final = ("model_rows",)  # rebuilt from replicated records in the transaction that changes them
 NAMESPACES: Final = (*REPLICATED, *EDGE_LOCAL, *DERIVED, "meta")
@@ -69,8 +72,9 @@ _CHUNK_INDEX: Final = struct.Struct(">I")
 _ROWS_META: Final = struct.Struct("<QI")  # (size, crc32) of the models record the chunks were cut from
 
 _VERSION_KEY: Final = b"version"
-# ("rules", "forgotten"): the users forgotten fleet-wide (sync/control_store.py `forget`)
-FORGOTTEN_KEY: Final = b"forgotten"
+# ("rules", "forgotten"): the list of users forgotten fleet-wide, from a control plane before the
+# `forgotten` namespace (sync/control_store.py `forget`); still applied, by purging the users new in it.
+LEGACY_FORGOTTEN_KEY: Final = b"forgotten"
 _SNAPSHOT_KEY: Final = b"snapshot"
 _OUTBOX_SEQ_KEY: Final = b"outbox_seq"
 _U64: Final = struct.Struct("<Q")
@@ -270,13 +274,17 @@ class ReadView:
         return {} if buf is None else dict(msgpack.unpackb(buf, raw=False))
 
     def count(self, namespace: str) -> int:
-        return int(self._txn.stat(self._dbs[namespace])["entries"])
+        db = self._dbs.get(namespace)  # None: a namespace a read-only open of an older store lacks
+        return 0 if db is None else int(self._txn.stat(db)["entries"])
 
     def replicated_digest(self) -> str:
         """SHA-256 over every replicated record in key order: equal on two nodes with the same data."""
 
         def records(name: str) -> Iterator[tuple[bytes, bytes]]:
-            with self._txn.cursor(db=self._dbs[name]) as cursor:
+            db = self._dbs.get(name)  # None: a namespace a read-only open of an older store lacks
+            if db is None:
+                return
+            with self._txn.cursor(db=db) as cursor:
                 yield from cursor
 
         return replicated_digest(records)
@@ -329,7 +337,8 @@ class Store:
                 try:
                     self._dbs[name] = self._env.open_db(name.encode(), create=not readonly)
                 except lmdb.NotFoundError:
-                    if name not in DERIVED:  # a read-only open of a store written before DERIVED existed
+                    # a read-only open of a store written before these existed: read them as empty
+                    if name not in (*DERIVED, "forgotten"):
                         raise
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
@@ -400,24 +409,32 @@ class Store:
 
         `changes` are (namespace, key, value) with value None for a delete. A `snapshot` replaces every
         replicated namespace. The generation (the per-version cache key) is bumped when anything but
-        profiles changes, so profile-only deltas do not make workers rebuild their version state.
+        per-user records change (`PER_USER`: profiles, forgotten users), so a profile delta or a forget
+        does not make workers rebuild their version state. Users with a new `forgotten` record (or new
+        in a legacy forgotten list) have their profile, live activity and queued outbox entries purged.
         `check` sees the new state inside the transaction before it commits; if it raises, nothing of
         the commit is applied and the exception propagates.
         """
         dbs = self._dbs
         touched_shared = snapshot
         changes = list(changes)
-        forgotten = next(
-            (v for ns, k, v in changes if ns == "rules" and k == FORGOTTEN_KEY and v is not None), None
+        legacy = next(
+            (v for ns, k, v in changes if ns == "rules" and k == LEGACY_FORGOTTEN_KEY and v is not None), None
         )
         try:
             with self._env.begin(write=True) as txn:
-                if forgotten is not None:
-                    old = txn.get(FORGOTTEN_KEY, db=dbs["rules"])
+                # Users forgotten by this commit: their records are new here (a snapshot lists them all).
+                forgotten_db = dbs["forgotten"]
+                users = [
+                    bytes(k).decode()
+                    for ns, k, v in changes
+                    if ns == "forgotten" and v is not None and txn.get(k, db=forgotten_db) is None
+                ]
+                if legacy is not None:
+                    old = txn.get(LEGACY_FORGOTTEN_KEY, db=dbs["rules"])
                     known = set(msgpack.unpackb(old, raw=False)) if old is not None else set()
-                    _forget_users(
-                        txn, dbs, [u for u in msgpack.unpackb(forgotten, raw=False) if u not in known]
-                    )
+                    users += [u for u in msgpack.unpackb(legacy, raw=False) if u not in known]
+                _forget_users(txn, dbs, users)
                 if snapshot:
                     for name in REPLICATED:
                         txn.drop(dbs[name], delete=False)
@@ -426,7 +443,7 @@ class Store:
                 for namespace, key, value in changes:
                     if namespace not in REPLICATED:
                         raise ValueError(f"not a replicated namespace: {namespace!r}")
-                    if namespace != "profiles":
+                    if namespace not in PER_USER:
                         touched_shared = True
                     if namespace == "models":
                         models_changed.add(bytes(key).decode(errors="replace"))

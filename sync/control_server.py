@@ -374,7 +374,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             )
 
             def records() -> Iterator[tuple[str, str, bytes | None]]:
-                for namespace in ("rules", "models", "items", "profiles"):
+                for namespace in ("rules", "models", "items", "profiles", "forgotten"):
                     for key, value in view.items(namespace):
                         if namespace != "profiles" or shard.holds(key, value):
                             yield namespace, key, value
@@ -548,7 +548,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"forget not applied: {exc}")
             removed = self.events.forget(user) if self.events is not None else 0
         self._notify()
-        version = info.version if info is not None else self.store.forgotten().get(user, 0)
+        version = info.version if info is not None else (self.store.forgotten_version(user) or 0)
         log("user_forgotten", version=version, events_removed=removed)  # never the user id in logs
         return sync_pb2.ForgetReply(version=version, events_removed=removed)
 

@@ -9,15 +9,21 @@ tombstones in the log.
 Data layout (one LMDB environment, `sync=True`; every write is one write transaction, so it lands
 completely or not at all, and a reader sees a consistent state and version):
 
-- `state-profiles`, `state-items`, `state-models`, `state-rules`: record key (UTF-8) -> value bytes,
-  the current state.
+- `state-profiles`, `state-items`, `state-models`, `state-rules`, `state-forgotten`: record key (UTF-8)
+  -> value bytes, the current state. `forgotten` holds one record per forgotten user (key: the user id,
+  value: the 8-byte forget time in Unix ms), written only by `forget` and never deleted: edges purge
+  their own copies of a user when its record arrives.
 - `log`: 8-byte big-endian seq -> msgpack `[namespace, key, value or nil]` (nil = tombstone).
 - `commits`: 8-byte big-endian version -> msgpack map of the `CommitInfo` fields except `version`.
 - `snapshots`: 8-byte big-endian version + 1 namespace byte + key -> value, the full state at that
   version.
+- `profile-log`: profile key -> the 8-byte seqs of its logged upserts (sorted duplicates): what `forget`
+  redacts, without reading the whole log. Entries leave with the log entries `compact` drops.
 - `forgotten`: profile key -> 8-byte version of its forget commit: users `forget` removed; their profile is
-  never written again and `("rules", "forgotten")` lists them for the edges.
-- `meta`: `layout` -> b"1"; `lineage` -> a random id made when the store is created (versions are only
+  never written again.
+- `meta`: `layout` -> b"2" (a layout-1 store is upgraded when opened: its profile-log index is built, and
+  its forgotten list, one `("rules", "forgotten")` record, becomes one `forgotten` record per user, in a
+  "forget" commit); `lineage` -> a random id made when the store is created (versions are only
   comparable within one lineage: an edge whose version came from another store gets a snapshot);
   `head` and `log_start` -> 8-byte big-endian; `snapshots` -> msgpack list of
   the retained snapshot versions, ascending.
@@ -59,16 +65,19 @@ __all__ = [
     "RecordChange",
 ]
 
-REPLICATED: Final = ("profiles", "items", "models", "rules")
+REPLICATED: Final = ("profiles", "items", "models", "rules", "forgotten")
 KINDS: Final = ("push", "delta", "rollback", "forget")
-FORGOTTEN_KEY: Final = "forgotten"  # ("rules", "forgotten"): msgpack list of forgotten user ids
+LEGACY_FORGOTTEN_KEY: Final = "forgotten"
+"""("rules", "forgotten"): layout 1's msgpack list of every forgotten user, rewritten by each forget. Still
+reserved: a rollback to a version that had it does not bring it back."""
 
 _U64: Final = struct.Struct(">Q")  # big-endian: keys sort by number
 _LMDB_MAX_KEY: Final = 511  # LMDB's default compile-time key limit
 _SNAPSHOT_PREFIX_BYTES: Final = _U64.size + 1
 MAX_KEY_BYTES: Final = _LMDB_MAX_KEY - _SNAPSHOT_PREFIX_BYTES
 
-_LAYOUT: Final = b"1"
+_LAYOUT: Final = b"2"
+_LAYOUT_1: Final = b"1"
 _META_LAYOUT: Final = b"layout"
 _META_HEAD: Final = b"head"
 _META_LINEAGE: Final = b"lineage"
@@ -111,6 +120,7 @@ class _Dbs:
     snapshots: Any
     meta: Any
     forgotten: Any
+    profile_log: Any
 
 
 # -- encoding ------------------------------------------------------------------------------------------
@@ -198,20 +208,70 @@ def _decode_commit(key: bytes, raw: bytes) -> CommitInfo:
 
 def _purge_profile(txn: Any, dbs: _Dbs, user_id: str, raw_key: bytes) -> None:
     """Remove every logged value and every snapshot copy of one profile (for forget). A logged upsert
-    becomes a tombstone (the commit keeps its number of changes; replaying it now deletes the profile)."""
+    becomes a tombstone (the commit keeps its number of changes; replaying it now deletes the profile).
+    The profile-log index names the log entries to redact, so this reads only the profile's own."""
     redacted = _encode_change("profiles", user_id, None)
-    with txn.cursor(db=dbs.log) as cursor:
-        hits = [
-            bytes(key)
-            for key, raw in cursor
-            if (change := _decode_change(raw)).namespace == "profiles"
-            and change.key == user_id
-            and change.value is not None
-        ]
-    for key in hits:
-        txn.put(key, redacted, db=dbs.log)
+    with txn.cursor(db=dbs.profile_log) as cursor:
+        seqs = [bytes(seq) for seq in cursor.iternext_dup(keys=False)] if cursor.set_key(raw_key) else []
+        if seqs and cursor.set_key(raw_key):  # iternext_dup leaves the cursor past the last one
+            cursor.delete(dupdata=True)
+    for seq in seqs:
+        raw = txn.get(seq, db=dbs.log)
+        if raw is None:
+            continue
+        change = _decode_change(raw)
+        if change.namespace == "profiles" and change.key == user_id and change.value is not None:
+            txn.put(seq, redacted, db=dbs.log)
     for version in _snapshot_list(txn, dbs):
         txn.delete(_snapshot_prefix(version, "profiles") + raw_key, db=dbs.snapshots)
+
+
+def _index_profile_log(txn: Any, dbs: _Dbs, seq: bytes, change: RecordChange) -> None:
+    """Add one logged change to the profile-log index (profile upserts only)."""
+    if change.namespace == "profiles" and change.value is not None:
+        txn.put(change.key.encode(), seq, db=dbs.profile_log, dupdata=True)
+
+
+def _upgrade_layout_1(txn: Any, dbs: _Dbs) -> None:
+    """Layout 1 -> 2, in the opening write transaction: index the logged profile upserts, and turn the
+    forgotten list into one `forgotten` record per user (its forget commit's time), published in a
+    "forget" commit with the list's tombstone. Edges purge those users once more: nothing is left."""
+    with txn.cursor(db=dbs.log) as cursor:
+        for seq, raw in cursor:
+            _index_profile_log(txn, dbs, bytes(seq), _decode_change(raw))
+    legacy = LEGACY_FORGOTTEN_KEY.encode()
+    if txn.get(legacy, db=dbs.state["rules"]) is None:
+        return
+    batch = _Batch(txn, dbs)
+    with txn.cursor(db=dbs.forgotten) as cursor:
+        forgotten = [(bytes(key), _unpack_u64(value)) for key, value in cursor]
+    for raw_key, version in forgotten:
+        commit = _get_commit(txn, dbs, version)
+        at = commit.created_at_ms if commit is not None else _now_ms()
+        batch.put_owned("forgotten", raw_key.decode(), raw_key, _pack_u64(at))
+    batch.retire_legacy_forgotten()
+    batch.finish("forget", f"{len(forgotten)} forgotten users, one record each (store layout 2)")
+
+
+def _drop_log_range(txn: Any, dbs: _Dbs, first: bytes, last: bytes) -> int:
+    """Delete the log entries with seq in [first, last] and their profile-log index entries; return how
+    many log entries were deleted."""
+    deleted = 0
+    with txn.cursor(db=dbs.log) as cursor, txn.cursor(db=dbs.profile_log) as index:
+        if not cursor.set_range(first):
+            return 0
+        while cursor.key() and cursor.key() <= last:
+            seq = bytes(cursor.key())
+            change = _decode_change(cursor.value())
+            if (
+                change.namespace == "profiles"
+                and change.value is not None
+                and index.set_key_dup(change.key.encode(), seq)
+            ):
+                index.delete()
+            cursor.delete()  # moves to the next key; key() is b"" past the end
+            deleted += 1
+    return deleted
 
 
 def _snapshot_prefix(version: int, namespace: str) -> bytes:
@@ -266,18 +326,6 @@ def _read_changes(txn: Any, dbs: _Dbs, info: CommitInfo) -> list[RecordChange]:
     return changes
 
 
-def _delete_range(txn: Any, db: Any, first: bytes, last: bytes) -> int:
-    """Delete every key in [first, last] of `db`; return how many were deleted."""
-    deleted = 0
-    with txn.cursor(db=db) as cursor:
-        if not cursor.set_range(first):
-            return 0
-        while cursor.key() and cursor.key() <= last:
-            cursor.delete()  # moves to the next key; key() is b"" past the end
-            deleted += 1
-    return deleted
-
-
 def _delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
     deleted = 0
     with txn.cursor(db=db) as cursor:
@@ -301,10 +349,11 @@ class _Batch:
         self.seq = self.base_version
 
     def _owned(self, namespace: str, key: str, raw_key: bytes) -> bool:
-        """Keys only `forget` writes: a forgotten profile, and the list of forgotten users."""
+        """Keys only `forget` writes: a forgotten profile, the forgotten users' records (and layout 1's
+        list of them)."""
         if namespace == "profiles":
             return self._txn.get(raw_key, db=self._dbs.forgotten) is not None
-        return namespace == "rules" and key == FORGOTTEN_KEY
+        return namespace == "forgotten" or (namespace == "rules" and key == LEGACY_FORGOTTEN_KEY)
 
     def put(self, namespace: str, key: str, raw_key: bytes, value: bytes) -> None:
         if self._owned(namespace, key, raw_key):
@@ -319,18 +368,25 @@ class _Batch:
         self._log(namespace, key, value)
 
     def delete(self, namespace: str, key: str, raw_key: bytes) -> None:
-        if namespace == "rules" and key == FORGOTTEN_KEY:
+        if namespace == "forgotten" or (namespace == "rules" and key == LEGACY_FORGOTTEN_KEY):
             return
         if self._txn.delete(raw_key, db=self._dbs.state[namespace]):
             self._log(namespace, key, None)
 
+    def retire_legacy_forgotten(self) -> None:
+        """Delete (and log the tombstone of) layout 1's forgotten list (`_upgrade_layout_1`)."""
+        if self._txn.delete(LEGACY_FORGOTTEN_KEY.encode(), db=self._dbs.state["rules"]):
+            self._log("rules", LEGACY_FORGOTTEN_KEY, None)
+
     def delete_missing(self, namespace: str, keep: set[bytes]) -> None:
-        """Tombstone every key of `namespace` that is not in `keep`."""
+        """Tombstone every key of `namespace` that is not in `keep` (forgotten users' records stay)."""
+        if namespace == "forgotten":
+            return
         with self._txn.cursor(db=self._dbs.state[namespace]) as cursor:
             positioned = cursor.first()
             while positioned:
                 raw_key = cursor.key()
-                if raw_key in keep or (namespace == "rules" and raw_key == FORGOTTEN_KEY.encode()):
+                if raw_key in keep or (namespace == "rules" and raw_key == LEGACY_FORGOTTEN_KEY.encode()):
                     positioned = cursor.next()
                     continue
                 cursor.delete()  # moves to the next key
@@ -339,9 +395,10 @@ class _Batch:
 
     def _log(self, namespace: str, key: str, value: bytes | None) -> None:
         self.seq += 1
-        self._txn.put(
-            _pack_u64(self.seq), _encode_change(namespace, key, value), db=self._dbs.log, append=True
-        )
+        seq = _pack_u64(self.seq)
+        self._txn.put(seq, _encode_change(namespace, key, value), db=self._dbs.log, append=True)
+        if namespace == "profiles" and value is not None:
+            self._txn.put(key.encode(), seq, db=self._dbs.profile_log, dupdata=True)
 
     def finish(self, kind: str, description: str) -> CommitInfo | None:
         """Record the commit and the new head; None (nothing written) when every change was a no-op."""
@@ -448,6 +505,7 @@ class ControlStore:
                 snapshots=env.open_db(b"snapshots"),
                 forgotten=env.open_db(b"forgotten"),
                 meta=env.open_db(b"meta"),
+                profile_log=env.open_db(b"profile-log", dupsort=True),
             )
         except (OSError, lmdb.Error) as exc:
             raise ControlStoreError(f"cannot open the control store at {self.path}: {exc}") from exc
@@ -457,6 +515,9 @@ class ControlStore:
         with self._write() as txn:
             layout = txn.get(_META_LAYOUT, db=self._dbs.meta)
             if layout is None:
+                txn.put(_META_LAYOUT, _LAYOUT, db=self._dbs.meta)
+            elif layout == _LAYOUT_1:
+                _upgrade_layout_1(txn, self._dbs)
                 txn.put(_META_LAYOUT, _LAYOUT, db=self._dbs.meta)
             elif layout != _LAYOUT:
                 raise ControlStoreError(
@@ -597,9 +658,10 @@ class ControlStore:
 
     def forget(self, user_id: str) -> CommitInfo | None:
         """Forget a user in one write transaction: the profile is deleted (a tombstone edges apply), and
-        every copy of it in the change log and the retained snapshots is purged; the user joins the
-        forgotten list (`("rules", "forgotten")`, which edges apply by purging their own copies), and
-        no later push, delta or rollback can bring the profile back."""
+        every copy of it in the change log and the retained snapshots is purged; the user gets a record
+        in the `forgotten` namespace (edges purge their own copies when it arrives), and no later push,
+        delta or rollback can bring the profile back. Its cost does not grow with the number of users
+        forgotten before or with the length of the log."""
         raw_key = _encode_key("profiles", user_id)
         with self._write() as txn:
             dbs = self._dbs
@@ -610,8 +672,7 @@ class ControlStore:
             batch = _Batch(txn, dbs)
             batch.delete("profiles", user_id, raw_key)
             if not already:
-                ids = [bytes(k).decode() for k, _ in txn.cursor(db=dbs.forgotten)]
-                batch.put_owned("rules", FORGOTTEN_KEY, FORGOTTEN_KEY.encode(), msgpack.packb(ids))
+                batch.put_owned("forgotten", user_id, raw_key, _pack_u64(_now_ms()))
             info = batch.finish("forget", f"forget {user_id}")
             if info is not None:
                 txn.put(raw_key, _pack_u64(info.version), db=dbs.forgotten)
@@ -621,6 +682,12 @@ class ControlStore:
         """Forgotten user id -> the version of its forget commit."""
         with self._env.begin() as txn:
             return {bytes(k).decode(): _unpack_u64(v) for k, v in txn.cursor(db=self._dbs.forgotten)}
+
+    def forgotten_version(self, user_id: str) -> int | None:
+        """The version of the commit that forgot `user_id`, or None if it was not forgotten."""
+        with self._env.begin() as txn:
+            raw = txn.get(_encode_key("profiles", user_id), db=self._dbs.forgotten)
+        return None if raw is None else _unpack_u64(raw)
 
     def compact(self) -> int:
         """Drop the oldest whole commits from the log while it holds more than `retain_log_changes`
@@ -682,7 +749,7 @@ class ControlStore:
             oldest = _first_commit_after(txn, self._dbs, log_start)
             if oldest is None:
                 break
-            count = _delete_range(txn, self._dbs.log, _pack_u64(oldest.first_seq), _pack_u64(oldest.version))
+            count = _drop_log_range(txn, self._dbs, _pack_u64(oldest.first_seq), _pack_u64(oldest.version))
             remaining -= count
             dropped += count
             log_start = oldest.version

@@ -24,7 +24,7 @@ import grpc
 import msgpack
 
 from edgewise.core.records import check_profile
-from edgewise.core.store import ReadView, Store
+from edgewise.core.store import PER_USER, ReadView, Store
 from edgewise.core.version_state import build_state
 from edgewise.edge.logs import log
 from edgewise.sync.auth import bearer_metadata, open_channel
@@ -285,7 +285,7 @@ class EdgeSyncer:
         started = time.monotonic()
         try:
             info = self._info(commit, changes, {} if commit.snapshot else stored)
-            rebuild = commit.snapshot or any(ns != "profiles" for ns, _, _ in changes)
+            rebuild = commit.snapshot or any(ns not in PER_USER for ns, _, _ in changes)
             self.store.apply_sync(
                 commit.version,
                 changes,

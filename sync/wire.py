@@ -35,6 +35,7 @@ NAMESPACE_IDS: Final = {
     "items": sync_pb2.NAMESPACE_ITEMS,
     "models": sync_pb2.NAMESPACE_MODELS,
     "rules": sync_pb2.NAMESPACE_RULES,
+    "forgotten": sync_pb2.NAMESPACE_FORGOTTEN,
 }
 NAMESPACE_NAMES: Final = {number: name for name, number in NAMESPACE_IDS.items()}
 _HEAD: Final = struct.Struct(">BI")  # namespace number, key length

@@ -56,6 +56,11 @@ def _holds(data: Path, user: str) -> list[str]:
     return found
 
 
+def _generation(data: Path) -> int:
+    with Store(data, readonly=True) as store, store.read() as view:
+        return view.generation
+
+
 def test_forget_removes_the_user_everywhere_and_rollback_does_not_bring_it_back(
     control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -82,12 +87,15 @@ def test_forget_removes_the_user_everywhere_and_rollback_does_not_bring_it_back(
     wait_for(lambda: status()["events_total"] >= 6, 20, "events and the exposure upstream")
     assert "activity" in _holds(datas[0], user)
 
+    generations = [_generation(data) for data in datas]
     done = ctl(control.address, "forget", user, env=OPS)
     version = int(done.stdout.split("version ")[1].split(" ")[0])
     assert "stored events removed upstream" in done.stdout
     wait_for(versions_reach(datas, version), 20, "edges at the forget")
     for data in datas:
         assert _holds(data, user) == []
+    # A forget changes per-user records only: the edges' workers keep their compiled version state.
+    assert [_generation(data) for data in datas] == generations
     forgotten = json.loads(ctl(control.address, "forget", "--status", "--json", env=OPS).stdout)
     assert forgotten == [
         {"user_id": user, "version": version, "confirmed": ["edge-a", "edge-b"], "pending": []}

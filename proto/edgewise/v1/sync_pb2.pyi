@@ -43,6 +43,8 @@ class _NamespaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Namespace.V
     NAMESPACE_ITEMS: _Namespace.ValueType  # 2
     NAMESPACE_MODELS: _Namespace.ValueType  # 3
     NAMESPACE_RULES: _Namespace.ValueType  # 4
+    NAMESPACE_FORGOTTEN: _Namespace.ValueType  # 5
+    """One record per forgotten user (key: the user id): the edge purges its own copies of that user."""
 
 class Namespace(_Namespace, metaclass=_NamespaceEnumTypeWrapper):
     """Replicated namespaces, the same as the edge store's."""
@@ -52,6 +54,8 @@ NAMESPACE_PROFILES: Namespace.ValueType  # 1
 NAMESPACE_ITEMS: Namespace.ValueType  # 2
 NAMESPACE_MODELS: Namespace.ValueType  # 3
 NAMESPACE_RULES: Namespace.ValueType  # 4
+NAMESPACE_FORGOTTEN: Namespace.ValueType  # 5
+"""One record per forgotten user (key: the user id): the edge purges its own copies of that user."""
 Global___Namespace: _TypeAlias = Namespace  # noqa: Y015
 
 class _EdgeState:
