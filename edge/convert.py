@@ -98,8 +98,13 @@ def _fast_map(values: Mapping[str, str], limits: Limits) -> dict[str, str]:
 
 def _decide_input_fast(request: _pb.DecideRequest, limits: Limits, now_ms: int) -> DecideInput:
     """`decide_input` for a request within every cap, without building field names (this runs on every
-    Decide); raises _Recheck at the first doubt, and `_decide_input_checked` then names the field."""
+    Decide); raises _Recheck at the first doubt, and `_decide_input_checked` then names the field.
+
+    Cheap on upb messages: an empty repeated field becomes `()` without `tuple()` (0.5 us on an empty
+    container), and the context's ten strings are accepted when their total length is within the cap
+    (then each one is; otherwise the checked path looks at each)."""
     id_cap = limits.max_id_length
+    max_ids = limits.max_ids
     user_id, session_id = request.user_id, request.session_id
     placements = request.placements
     consent = request.consent
@@ -115,18 +120,18 @@ def _decide_input_fast(request: _pb.DecideRequest, limits: Limits, now_ms: int) 
     seen: set[str] = set()
     for p in placements:
         pid = p.placement_id
-        candidates, seeds, excluded = p.candidate_ids, p.seed_item_ids, p.exclude_ids
+        candidates, seeds, excluded, params = p.candidate_ids, p.seed_item_ids, p.exclude_ids, p.filter_params
         if (
             not pid
             or len(pid) > id_cap
             or pid in seen
-            or len(candidates) > limits.max_ids
+            or len(candidates) > max_ids
             or len(seeds) > limits.max_seeds
-            or len(excluded) > limits.max_ids
+            or len(excluded) > max_ids
+            or len(p.filter) > id_cap
             or not _fits(candidates, id_cap)
             or not _fits(seeds, id_cap)
             or not _fits(excluded, id_cap)
-            or len(p.filter) > id_cap
         ):
             raise _Recheck
         seen.add(pid)
@@ -134,29 +139,56 @@ def _decide_input_fast(request: _pb.DecideRequest, limits: Limits, now_ms: int) 
             PlacementAsk(
                 pid,
                 p.count,
-                tuple(candidates),
-                tuple(seeds),
-                tuple(excluded),
+                tuple(candidates) if candidates else (),
+                tuple(seeds) if seeds else (),
+                tuple(excluded) if excluded else (),
                 p.filter,
-                _fast_map(p.filter_params, limits),
+                _fast_map(params, limits) if params else {},
             )
         )
     ctx = request.context
-    context = Context(
+    channel, device, language, country, region = (
         ctx.channel,
         ctx.device,
         ctx.language,
         ctx.country,
         ctx.region,
+    )
+    stage, page, local_time, url, referrer = (
         ctx.journey_stage,
         ctx.page_type,
         ctx.local_time,
         ctx.url,
         ctx.referrer,
-        _fast_map(ctx.attributes, limits),
     )
-    if not _fits([getattr(context, name) for name in CONTEXT_FIELDS], limits.max_string_length):
+    if (
+        len(channel)
+        + len(device)
+        + len(language)
+        + len(country)
+        + len(region)
+        + len(stage)
+        + len(page)
+        + len(local_time)
+        + len(url)
+        + len(referrer)
+        > limits.max_string_length
+    ):
         raise _Recheck
+    attributes = ctx.attributes
+    context = Context(
+        channel,
+        device,
+        language,
+        country,
+        region,
+        stage,
+        page,
+        local_time,
+        url,
+        referrer,
+        _fast_map(attributes, limits) if attributes else {},
+    )
     return DecideInput(
         user_id,
         session_id,
@@ -252,23 +284,33 @@ def _explanation(why: Explanation) -> _pb.Explanation:
 
 
 def decide_response(decision: DecisionOutput, decision_id: str) -> _pb.DecideResponse:
+    """The DecideResponse of a decision. Sub-messages are built in place with `add()` (a list of
+    messages passed to a constructor is copied), and fields are set one by one, defaults left unset: on
+    upb that is about a third cheaper than keyword arguments (18 items: 5.1 vs 7.6 us), with the same
+    message (proto3 fields without presence)."""
     response = _pb.DecideResponse(decision_id=decision_id, snapshot_version=decision.snapshot_version)
     add_placement = response.placements.add
     for p in decision.placements:
-        # add() builds each message in place: passing a list of messages to a constructor copies them
-        # (half the cost of this function with 20 items).
-        out = add_placement(
-            placement_id=p.placement_id,
-            content_id=p.content_id,
-            experiment_id=p.experiment_id,
-            variant_id=p.variant_id,
-            propensity=p.propensity,
-            strategy=p.strategy,
-            fallback_reason=_pb.FallbackReason.ValueType(int(p.fallback)),
-        )
+        out = add_placement()
+        out.placement_id = p.placement_id
+        if p.content_id:
+            out.content_id = p.content_id
+        if p.experiment_id:
+            out.experiment_id = p.experiment_id
+        if p.variant_id:
+            out.variant_id = p.variant_id
+        out.propensity = p.propensity
+        out.strategy = p.strategy
+        if p.fallback:
+            out.fallback_reason = _pb.FallbackReason.ValueType(int(p.fallback))
         add_item = out.items.add
         for i in p.items:
-            add_item(id=i.id, score=i.score, reason=i.reason, promoted=i.promoted)
+            item = add_item()
+            item.id = i.id
+            item.score = i.score
+            item.reason = i.reason
+            if i.promoted:
+                item.promoted = True
     if decision.explanation is not None:
         response.explanation.CopyFrom(_explanation(decision.explanation))
     return response
