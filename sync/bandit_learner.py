@@ -11,11 +11,12 @@ document as a delta, so every edge serves with the new posteriors and their prop
 Nothing counted is lost or counted twice across a crash. The counts since the last publish live in
 memory, and the learner's cursor (the last record its published counts include) is kept in the control
 store and set in the same transaction as the rules commit that publishes them (`commit_at`). So after a
-restart it counts again from there. First it re-reads the `replay` records before that cursor without
-counting them: their exposures and rewards rebuild the memory that attribution and the
-count-each-once rule need (a late click on an exposure published before the crash still rewards it,
-and a reward already published is not counted again). Each exposure counts for the posteriors that
-served it: the segment's named in its record (`bs`), else the global ones.
+restart it counts again from there. First, on its own thread (the control plane serves meanwhile), it
+re-reads the `replay` records before that cursor without counting them: their exposures and rewards
+rebuild the memory that attribution and the count-each-once rule need (a late click on an exposure
+published before the crash still rewards it, and a reward already published is not counted again).
+Each exposure counts for the posteriors that served it: the segment's named in its record (`bs`), else
+the global ones.
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ class BanditLearner:
         self.attributor = Attributor()
         self.last_publish: float | None = None
         self.replay = replay
-        self._position = self._resume()  # the last record read (and counted)
+        # The published cursor: the last record read (and counted). The records before it are re-read
+        # by the first read or publish (`_resume`, on the learner's thread once started), not here: the
+        # control plane starts serving without waiting for them.
+        self._position = store.cursor(CURSOR) or events.cursor(CURSOR)
+        self._resumed = False
         self._loop = Periodic("bandit-learn", interval, self._tick, "bandit_learning_failed")
 
     @property
@@ -76,10 +81,12 @@ class BanditLearner:
         """The sequence number of the last stored record read."""
         return self._position
 
-    def _resume(self) -> int:
-        """The published cursor, after re-reading the `replay` records before it without counting them.
-        A store written before the cursor moved into the control store has it in the event store."""
-        published = self.store.cursor(CURSOR) or self.events.cursor(CURSOR)
+    def _resume(self) -> None:
+        """Re-read the `replay` records before the published cursor without counting them (once). A store
+        written before the cursor moved into the control store has it in the event store."""
+        if self._resumed:
+            return
+        published = self._position
         position = start = max(0, published - self.replay)
         while position < published:
             rows = [r for r in self.events.batch_after(position, self.batch) if r[0] <= published]
@@ -88,9 +95,9 @@ class BanditLearner:
             self._count(rows)
             position = rows[-1][0]
         self.stats.take()  # these were published before: only the memory of them stays
+        self._resumed = True
         if published:
             log("bandits_resumed", position=published, replayed=published - start)
-        return published
 
     def start(self) -> None:
         self._loop.start()
@@ -105,6 +112,7 @@ class BanditLearner:
 
     def read_once(self) -> int:
         """Count the next batch of stored records; return how many were read."""
+        self._resume()
         rows = self.events.batch_after(self._position, self.batch)
         self._count(rows)
         if rows:
@@ -134,6 +142,7 @@ class BanditLearner:
         return self.publish(now, reason)
 
     def publish(self, now: float, reason: str = "asked") -> CommitInfo | None:
+        self._resume()
         with self._lock:
             with self.store.read() as view:
                 raw = view.get("rules", "rules")

@@ -157,7 +157,7 @@ def test_learning_resumes_exactly_after_kill_9_of_the_control_plane(
         if part < 2:
             current.stop(signal.SIGKILL)
             current = control_factory(control.data, *LEARN_FAST, listen=f"127.0.0.1:{control.port}")
-            assert "bandits_resumed" in current.logs()
+            wait_for(lambda c=current: "bandits_resumed" in c.logs(), 20, "the learner resumed")
 
 
 def test_a_segment_s_posteriors_learn_from_the_decisions_they_served(
