@@ -42,7 +42,7 @@ from edgewise.sync.control_store import (
     LogCompacted,
     RecordChange,
 )
-from edgewise.sync.event_store import EventStore, EventStoreError, event_id_of
+from edgewise.sync.event_store import EventStore, EventStoreError, forwarded_keys
 from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
@@ -192,6 +192,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self._chunk_bytes = chunk_bytes
         self._changed = threading.Condition()
         self._push_lock = threading.Lock()  # one push validates and commits at a time
+        self._forget_lock = threading.Lock()  # a forget's two stores vs a Forward's check and ingest
         # encoded commits by (version, shard), newest last, bounded by the bytes of their changes
         self._cache: OrderedDict[tuple[int, str], tuple[list[sync_pb2.SyncMessage], int]] = OrderedDict()
         self._cache_bytes = 0
@@ -541,7 +542,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         user = request.user_id
         if not user or len(user.encode()) > 400:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-400 bytes")
-        with self._push_lock:
+        with self._push_lock, self._forget_lock:
             try:
                 info = self.store.forget(user)
             except ControlStoreError as exc:
@@ -584,6 +585,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 f"records: {len(request.records)} in one call, at most {MAX_FORWARD_RECORDS}",
             )
         checked: list[tuple[str, str, bytes]] = []  # (kind, id, payload): each payload decoded once
+        users: list[str] = []
         for i, record in enumerate(request.records):
             if record.kind not in ("event", "exposure"):
                 context.abort(
@@ -591,11 +593,19 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     f"records[{i}].kind: {record.kind!r} is not event or exposure",
                 )
             try:
-                checked.append((record.kind, event_id_of(record.payload), record.payload))
+                event_id, user = forwarded_keys(record.payload)
             except ValueError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}] (seq {record.seq}): {exc}")
+            checked.append((record.kind, event_id, record.payload))
+            users.append(user)
         try:
-            result = self.events.ingest(request.node_id, checked)
+            # Records of forgotten users are dropped, not stored again: an edge that has not applied the
+            # forget yet still forwards what it queued. Under the forget lock, so a forget in progress
+            # (control store, then event store) cannot slip between this check and the ingest.
+            with self._forget_lock:
+                forgotten = self.store.forgotten_among(users)
+                kept = [c for c, u in zip(checked, users, strict=True) if u not in forgotten]
+                result = self.events.ingest(request.node_id, kept)
         except EventStoreError as exc:
             log("events_not_stored", level="error", node=request.node_id, error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")
@@ -604,6 +614,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             acked_seq=max((r.seq for r in request.records), default=0),
             accepted=result.accepted,
             duplicates=result.duplicates,
+            forgotten=len(checked) - len(kept),
         )
 
 

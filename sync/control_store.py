@@ -683,6 +683,17 @@ class ControlStore:
         with self._env.begin() as txn:
             return {bytes(k).decode(): _unpack_u64(v) for k, v in txn.cursor(db=self._dbs.forgotten)}
 
+    def forgotten_among(self, user_ids: Iterable[str]) -> set[str]:
+        """The users of `user_ids` that were forgotten (one read transaction)."""
+        with self._env.begin() as txn:
+            return {
+                user
+                for user in set(user_ids)
+                if user
+                and 0 < len(raw := user.encode()) <= MAX_KEY_BYTES
+                and txn.get(raw, db=self._dbs.forgotten) is not None
+            }
+
     def forgotten_version(self, user_id: str) -> int | None:
         """The version of the commit that forgot `user_id`, or None if it was not forgotten."""
         with self._env.begin() as txn:

@@ -44,6 +44,12 @@ class IngestResult:
 
 def event_id_of(payload: bytes) -> str:
     """The event id inside a forwarded payload; ValueError says what is wrong with it."""
+    return forwarded_keys(payload)[0]
+
+
+def forwarded_keys(payload: bytes) -> tuple[str, str]:
+    """The event id and the user id ("" for none) inside a forwarded payload (an event or an exposure
+    record); ValueError says what is wrong with it."""
     try:
         doc = msgpack.unpackb(payload, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types on corrupt input
@@ -53,7 +59,8 @@ def event_id_of(payload: bytes) -> str:
     event_id = doc.get("id")
     if not isinstance(event_id, str) or not event_id or len(event_id.encode()) > MAX_ID_BYTES:
         raise ValueError(f"event id must be a string of 1-{MAX_ID_BYTES} bytes, got {event_id!r:.80}")
-    return event_id
+    user = doc.get("u")
+    return event_id, user if isinstance(user, str) else ""
 
 
 class EventStore:

@@ -1,4 +1,5 @@
-"""The ControlPlane service in-process: the cap on concurrent full snapshots, and hello validation."""
+"""The ControlPlane service in-process: the cap on concurrent full snapshots, hello validation, and
+records of forgotten users forwarded after the forget."""
 
 from __future__ import annotations
 
@@ -95,3 +96,46 @@ def test_bad_hello_is_invalid_argument(
             next(call)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in (refused.value.details() or "")
+
+
+def test_records_of_a_forgotten_user_forwarded_after_the_forget_are_dropped(tmp_path: Path) -> None:
+    # An edge that has not applied a forget yet still forwards what it queued for that user: the control
+    # plane acknowledges those records (so the edge drops them) and does not store them again.
+    from edgewise.core.activity import TrackedEvent
+    from edgewise.sync.event_store import EventStore
+
+    store = ControlStore(tmp_path / "control")
+    events = EventStore(tmp_path / "events", map_size=64 << 20)
+    store.commit([RecordChange("profiles", u, b"\x80") for u in ("u1", "u2")], kind="delta")
+    service = ControlPlaneService(store, events=events)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    def batch(tag: str, first_seq: int) -> sync_pb2.ForwardRequest:
+        """Three events: u1, u2, u1 (each with its own id)."""
+        users = ("u1", "u2", "u1")
+        records = [
+            sync_pb2.OutboxRecord(
+                seq=first_seq + n,
+                kind="event",
+                payload=TrackedEvent(f"{tag}-{n}", "view", user, "", "i1", "", "", 0.0, 1_000).encode(),
+            )
+            for n, user in enumerate(users)
+        ]
+        return sync_pb2.ForwardRequest(node_id="edge-a", records=records)
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = sync_pb2_grpc.ControlPlaneStub(channel)
+            before = stub.Forward(batch("a", 1), timeout=10)
+            assert (before.accepted, before.forgotten) == (3, 0)
+            assert stub.Forget(sync_pb2.ForgetRequest(user_id="u1"), timeout=10).events_removed == 2
+            after = stub.Forward(batch("b", 4), timeout=10)
+            assert (after.acked_seq, after.accepted, after.duplicates, after.forgotten) == (6, 1, 0, 2)
+        assert sorted(e["u"] for _, _, e in events.events()) == ["u2", "u2"]
+    finally:
+        server.stop(0).wait()
+        events.close()
+        store.close()
