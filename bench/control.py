@@ -12,6 +12,10 @@ one profile each, so the log holds every one), then 20 users are forgotten one a
 `forget` is timed (its write transaction, redaction of the user's logged values and the commit
 included). Also reported: the changes in each forget commit.
 
+Event store forget: an `EventStore` with R records (bandit exposures and a click for every tenth,
+ingested 20,000 at a time with their user ids, as `Forward` passes them), then 20 users forgotten one
+at a time (`EventStore.forget`, the control plane's second step of a forget), each timed.
+
 Learner resume: an `EventStore` with R bandit exposures (and a click for every tenth), the learner's
 published cursor at the end; timed are building the `BanditLearner` (what the control plane does
 before it serves) and its first read (the re-read of up to `REPLAY_RECORDS` records before the
@@ -113,6 +117,32 @@ class _NoLock:
         return None
 
 
+def measure_event_forget(exposures: int, root: Path) -> dict[str, Any]:
+    """Ingest `exposures` exposures (+10% clicks), then time FORGETS `EventStore.forget` calls."""
+    with EventStore(root / f"event-forget-{exposures}", map_size=4 << 30) as events:
+        records = _records(exposures)
+        users = [str(msgpack.unpackb(payload)["u"]) for _, _, payload in records]
+        started = time.perf_counter()
+        for start in range(0, len(records), COMMIT_SIZE):
+            stop = start + COMMIT_SIZE
+            events.ingest("edge-a", records[start:stop], users[start:stop])
+        ingest_s = time.perf_counter() - started
+        step = max(1, exposures // FORGETS)
+        times: list[float] = []
+        removed: list[int] = []
+        for n in range(0, step * FORGETS, step):
+            t0 = time.perf_counter()
+            removed.append(events.forget(f"u{n}"))
+            times.append(time.perf_counter() - t0)
+        return {
+            "stored_records": events.count() + sum(removed),
+            "ingest_records_per_s": round(len(records) / ingest_s),
+            "forget_ms_median": round(statistics.median(times) * 1000, 2),
+            "forget_ms_max": round(max(times) * 1000, 2),
+            "records_per_forget": sorted(set(removed)),
+        }
+
+
 def measure_learner_resume(exposures: int, root: Path) -> dict[str, Any]:
     """Build a learner over `exposures` stored exposures (+10% clicks) with its cursor at the end."""
     store = ControlStore(root / f"learner-{exposures}", map_size=4 << 30)
@@ -149,9 +179,11 @@ def run(log_sizes: Sequence[int], exposures: int) -> dict[str, Any]:
         for size in log_sizes:
             print(f"[bench.control] forget over a log of {size:,} changes", file=sys.stderr)
             forget.append(measure_forget(size, root))
+        print(f"[bench.control] event store forget over {exposures:,} exposures", file=sys.stderr)
+        event_forget = measure_event_forget(exposures, root)
         print(f"[bench.control] learner resume over {exposures:,} exposures", file=sys.stderr)
         learner = measure_learner_resume(exposures, root)
-    return {"forget": forget, "learner_resume": learner}
+    return {"forget": forget, "event_forget": event_forget, "learner_resume": learner}
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -162,6 +194,13 @@ def _print(result: dict[str, Any]) -> None:
             f"{row['log_changes']:>12,} {row['write_seconds']:>8} {row['forget_ms_median']:>10} "
             f"{row['forget_ms_max']:>8}  {row['changes_per_forget']}"
         )
+    e = result["event_forget"]
+    print()
+    print(
+        f"event store over {e['stored_records']:,} records (ingested at {e['ingest_records_per_s']:,}/s): "
+        f"forget median {e['forget_ms_median']} ms, max {e['forget_ms_max']} ms, "
+        f"records per forget {e['records_per_forget']}"
+    )
     r = result["learner_resume"]
     print()
     print(

@@ -604,8 +604,8 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             # (control store, then event store) cannot slip between this check and the ingest.
             with self._forget_lock:
                 forgotten = self.store.forgotten_among(users)
-                kept = [c for c, u in zip(checked, users, strict=True) if u not in forgotten]
-                result = self.events.ingest(request.node_id, kept)
+                kept = [(c, u) for c, u in zip(checked, users, strict=True) if u not in forgotten]
+                result = self.events.ingest(request.node_id, [c for c, _ in kept], [u for _, u in kept])
         except EventStoreError as exc:
             log("events_not_stored", level="error", node=request.node_id, error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")

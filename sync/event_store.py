@@ -7,6 +7,9 @@ busy event stream never holds up pushes:
 - `log`: 8-byte big-endian sequence -> msgpack `{"node": node id, "kind": "event" | "exposure", "e":
   payload}` where payload is the record as the edge stored it (`TrackedEvent.encode`, or an exposure
   record of `core/exposure.py`, whose id is "<decision id>:<placement id>").
+- `users`: user id (UTF-8) -> the 8-byte sequences of that user's records (sorted duplicates): what
+  `forget` deletes, without reading the whole log. A store from before it is indexed when opened
+  (`meta` `users_indexed` marks it done).
 - `meta`: `seq` -> the last sequence number.
 
 `ingest` stores a batch in one write transaction: an acknowledged batch is on disk, and a batch sent
@@ -29,6 +32,7 @@ __all__ = ["EventStore", "EventStoreError", "IngestResult"]
 
 _SEQ: Final = struct.Struct(">Q")
 _META_SEQ: Final = b"seq"
+_META_USERS_INDEXED: Final = b"users_indexed"
 MAX_ID_BYTES: Final = 400
 
 
@@ -63,17 +67,38 @@ def forwarded_keys(payload: bytes) -> tuple[str, str]:
     return event_id, user if isinstance(user, str) else ""
 
 
+def _user_of(payload: bytes) -> str:
+    """The user id inside a stored payload ("" when it has none or is not a map)."""
+    doc = msgpack.unpackb(payload, raw=False)
+    user = doc.get("u") if isinstance(doc, dict) else None
+    return user if isinstance(user, str) else ""
+
+
 class EventStore:
     def __init__(self, path: str | Path, *, map_size: int = 64 << 30) -> None:
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, sync=True, metasync=True)
+            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=5, sync=True, metasync=True)
             self._ids = self._env.open_db(b"ids")
             self._log = self._env.open_db(b"log")
             self._meta = self._env.open_db(b"meta")
+            self._users = self._env.open_db(b"users", dupsort=True)
+            self._index_users()
         except (OSError, lmdb.Error) as exc:
             raise EventStoreError(f"cannot open the event store at {self.path}: {exc}") from exc
+
+    def _index_users(self) -> None:
+        """Build the `users` index of a store written before it (once, in one write transaction)."""
+        with self._env.begin(write=True) as txn:
+            if txn.get(_META_USERS_INDEXED, db=self._meta) is not None:
+                return
+            with txn.cursor(db=self._log) as cursor:
+                for key, value in cursor:
+                    user = _user_of(msgpack.unpackb(value, raw=False)["e"])
+                    if user:
+                        txn.put(user.encode(), bytes(key), db=self._users, dupdata=True)
+            txn.put(_META_USERS_INDEXED, b"1", db=self._meta)
 
     def close(self) -> None:
         self._env.close()
@@ -84,15 +109,20 @@ class EventStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ingest(self, node_id: str, records: Sequence[tuple[str, str, bytes]]) -> IngestResult:
+    def ingest(
+        self, node_id: str, records: Sequence[tuple[str, str, bytes]], users: Sequence[str] | None = None
+    ) -> IngestResult:
         """Store the records not seen before, in one transaction. `records` are (kind, id, payload) with
-        the id `event_id_of(payload)` returned when the caller checked the payload."""
+        the id `event_id_of(payload)` returned when the caller checked the payload; `users` the user id
+        of each (`forwarded_keys`), else read from the payloads."""
+        if users is None:
+            users = [_user_of(payload) for _, _, payload in records]
         accepted = duplicates = 0
         try:
             with self._env.begin(write=True) as txn:
                 raw = txn.get(_META_SEQ, db=self._meta)
                 seq = _SEQ.unpack(raw)[0] if raw is not None else 0
-                for kind, event_id, payload in records:
+                for (kind, event_id, payload), user in zip(records, users, strict=True):
                     key = event_id.encode()
                     if not txn.put(key, _SEQ.pack(seq + 1), db=self._ids, overwrite=False):
                         duplicates += 1
@@ -101,6 +131,8 @@ class EventStore:
                     accepted += 1
                     record = msgpack.packb({"node": node_id, "kind": kind, "e": payload}, use_bin_type=True)
                     txn.put(_SEQ.pack(seq), record, db=self._log, append=True)
+                    if user:
+                        txn.put(user.encode(), _SEQ.pack(seq), db=self._users, dupdata=True)
                 txn.put(_META_SEQ, _SEQ.pack(seq), db=self._meta)
         except lmdb.MapFullError as exc:
             raise EventStoreError(f"the event store at {self.path} is full: {exc}") from exc
@@ -117,20 +149,25 @@ class EventStore:
             txn.put(b"cursor:" + name.encode(), _SEQ.pack(seq), db=self._meta)
 
     def forget(self, user_id: str) -> int:
-        """Delete every stored record (events and exposures) of one user, and their ids; return how many."""
+        """Delete every stored record (events and exposures) of one user, and their ids; return how many.
+        Reads only that user's records (the `users` index)."""
         removed = 0
-        with self._env.begin(write=True) as txn, txn.cursor(db=self._log) as cursor:
-            positioned = cursor.first()
-            while positioned:
-                record = msgpack.unpackb(cursor.value(), raw=False)
-                payload = msgpack.unpackb(record["e"], raw=False)
+        raw_user = user_id.encode()
+        if not 0 < len(raw_user) <= MAX_ID_BYTES:
+            return 0
+        with self._env.begin(write=True) as txn, txn.cursor(db=self._users) as index:
+            seqs = [bytes(seq) for seq in index.iternext_dup(keys=False)] if index.set_key(raw_user) else []
+            if seqs and index.set_key(raw_user):  # iternext_dup leaves the cursor past the last one
+                index.delete(dupdata=True)
+            for seq in seqs:
+                raw = txn.get(seq, db=self._log)
+                if raw is None:
+                    continue
+                payload = msgpack.unpackb(msgpack.unpackb(raw, raw=False)["e"], raw=False)
                 if isinstance(payload, dict) and payload.get("u") == user_id:
                     txn.delete(str(payload.get("id", "")).encode(), db=self._ids)
-                    cursor.delete()
+                    txn.delete(seq, db=self._log)
                     removed += 1
-                    positioned = bool(cursor.key())
-                else:
-                    positioned = cursor.next()
         return removed
 
     def batch_after(self, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:

@@ -1,6 +1,6 @@
-"""Forget in the two stores: the control store's per-user `forgotten` records and its profile-log index
-(what a forget redacts), the upgrade of a layout-1 store, and an edge store purging a user when the
-user's record arrives. The whole flow over real processes: tests/test_forget.py."""
+"""Forget in the stores: the control store's per-user `forgotten` records and its profile-log index (what
+a forget redacts), the upgrade of a layout-1 store, the event store's per-user index, and an edge store
+purging a user when the user's record arrives. The whole flow over real processes: tests/test_forget.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.records import ProfileRecord, encode_profile
 from edgewise.core.store import Store
 from edgewise.sync.control_store import ControlStore, RecordChange
+from edgewise.sync.event_store import EventStore
 
 MAP_SIZE = 1 << 28
 U64 = struct.Struct(">Q")
@@ -182,3 +183,33 @@ def test_an_edge_purges_a_user_when_the_record_arrives_without_a_new_generation(
         store.apply_sync(3, snapshot, snapshot=True, info={"version": 3})
         assert _holds(store, "u2") == []
         assert _holds(store, "u3") == ["profile", "activity", "outbox"]
+
+
+def _stored_users(events: EventStore) -> list[str]:
+    return sorted(str(e.get("u", "")) for _, _, e in events.events())
+
+
+def test_the_event_store_forgets_a_user_by_its_index_and_indexes_an_older_store(tmp_path: Path) -> None:
+    path = tmp_path / "events"
+    records = [
+        ("event", f"e{n}", TrackedEvent(f"e{n}", "view", f"u{n % 3}", "", "i1", "", "", 0.0, n).encode())
+        for n in range(30)
+    ]
+    records.append(("event", "anon", TrackedEvent("anon", "view", "", "s1", "i1", "", "", 0.0, 99).encode()))
+    with EventStore(path, map_size=MAP_SIZE) as events:
+        events.ingest("edge-a", records[:20])
+        events.ingest("edge-b", records[20:], [str(msgpack.unpackb(p)["u"]) for _, _, p in records[20:]])
+        assert events.forget("u1") == 10
+        assert _stored_users(events) == [""] + ["u0"] * 10 + ["u2"] * 10
+        assert events.forget("u1") == 0
+    # A store written before the index: it is built when the store is opened.
+    with lmdb.open(str(path), max_dbs=5, map_size=MAP_SIZE) as env:
+        users, meta = env.open_db(b"users", dupsort=True), env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            txn.drop(users, delete=False)
+            txn.delete(b"users_indexed", db=meta)
+    with EventStore(path, map_size=MAP_SIZE) as events:
+        assert events.forget("u2") == 10
+        assert _stored_users(events) == [""] + ["u0"] * 10
+        # forgotten ids are free again (a Forward of them is dropped by the control plane's check)
+        assert events.ingest("edge-a", [records[2]]).accepted == 1
