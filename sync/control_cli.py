@@ -33,7 +33,7 @@ from edgewise.sync.auth import (
     server_credentials,
 )
 from edgewise.sync.bundle import BundleError, load_bundle
-from edgewise.sync.control_server import ControlPlaneService
+from edgewise.sync.control_server import FORGET_STATUS_DEFAULT, FORGET_STATUS_MAX, ControlPlaneService
 from edgewise.sync.control_store import ControlStore, ControlStoreError
 from edgewise.sync.event_store import EventStore, EventStoreError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
@@ -308,7 +308,18 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
         description="Right to be forgotten: a tombstone no later push or rollback undoes (docs/sync.md).",
     )
     forget.add_argument("user_id", nargs="?", metavar="USER_ID")
-    forget.add_argument("--status", action="store_true", help="which edges confirmed each forget")
+    forget.add_argument(
+        "--status",
+        action="store_true",
+        help="which edges confirmed each forget: USER_ID's, else the newest --limit forgets",
+    )
+    forget.add_argument(
+        "--limit",
+        type=status_limit,
+        default=FORGET_STATUS_DEFAULT,
+        metavar="N",
+        help=f"with --status: at most N users (1-{FORGET_STATUS_MAX}; default {FORGET_STATUS_DEFAULT})",
+    )
     forget.add_argument("--json", action="store_true", help="print JSON (with --status)")
     history = sub.add_parser("history", help="the commits in the log, newest first")
     history.add_argument("--limit", type=int, default=20)
@@ -370,6 +381,17 @@ def _upload(
 
 
 _UNIT_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def status_limit(text: str) -> int:
+    """`--limit` of `forget --status`: an integer in 1..FORGET_STATUS_MAX."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= FORGET_STATUS_MAX:
+        raise argparse.ArgumentTypeError(f"must be 1-{FORGET_STATUS_MAX}, got {value}")
+    return value
 
 
 def duration_ms(text: str) -> int:
@@ -449,9 +471,12 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
         return 0
     if command == "forget":
         if args.status:
-            users = stub.ForgetStatus(
-                sync_pb2.ForgetStatusRequest(), metadata=meta, timeout=args.timeout
-            ).users
+            status = stub.ForgetStatus(
+                sync_pb2.ForgetStatusRequest(user_id=args.user_id or "", limit=args.limit),
+                metadata=meta,
+                timeout=args.timeout,
+            )
+            users = status.users
             rows = [
                 {
                     "user_id": u.user_id,
@@ -464,6 +489,10 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
+                if args.user_id and not rows:
+                    print(f"{args.user_id} was not forgotten ({status.total} users forgotten in all)")
+                elif not args.user_id:
+                    print(f"{status.total} users forgotten; the newest {len(rows)}:")
                 for r in rows:
                     print(
                         f"{r['user_id']}: version {r['version']}; "

@@ -171,6 +171,10 @@ def _commit_proto(info: CommitInfo, lineage: str = "") -> sync_pb2.Commit:
     )
 
 
+FORGET_STATUS_DEFAULT: Final = 100
+FORGET_STATUS_MAX: Final = 1_000  # users per ForgetStatus reply (each lists every edge)
+
+
 class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def __init__(
         self,
@@ -557,8 +561,20 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self, request: sync_pb2.ForgetStatusRequest, context: grpc.ServicerContext
     ) -> sync_pb2.ForgetStatusReply:
         edges = self.fleet.status(self.store.head_version())
+        limit = request.limit or FORGET_STATUS_DEFAULT
+        if limit > FORGET_STATUS_MAX:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"limit: {limit} is over the cap of {FORGET_STATUS_MAX}",
+            )
+        if len(request.user_id.encode()) > 400:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id must be at most 400 bytes")
+        forgotten, total = self.store.forgotten_newest(0 if request.user_id else limit)
+        if request.user_id:
+            version = self.store.forgotten_version(request.user_id)
+            forgotten = [] if version is None else [(request.user_id, version)]
         users = []
-        for user, version in sorted(self.store.forgotten().items()):
+        for user, version in forgotten:
             done = [e.node_id for e in edges if e.applied_version >= version]
             users.append(
                 sync_pb2.ForgottenUser(
@@ -568,7 +584,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     pending=[e.node_id for e in edges if e.node_id not in done],
                 )
             )
-        return sync_pb2.ForgetStatusReply(users=users)
+        return sync_pb2.ForgetStatusReply(users=users, total=total)
 
     # --- events upstream -----------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ or below it plus the logged changes after that snapshot.
 
 from __future__ import annotations
 
+import heapq
 import struct
 import time
 import uuid
@@ -682,6 +683,17 @@ class ControlStore:
         """Forgotten user id -> the version of its forget commit."""
         with self._env.begin() as txn:
             return {bytes(k).decode(): _unpack_u64(v) for k, v in txn.cursor(db=self._dbs.forgotten)}
+
+    def forgotten_newest(self, limit: int) -> tuple[list[tuple[str, int]], int]:
+        """The `limit` most recently forgotten users as (user id, version of the forget), newest first,
+        and the number of forgotten users in all."""
+        with self._env.begin() as txn:
+            total = int(txn.stat(self._dbs.forgotten)["entries"])
+            with txn.cursor(db=self._dbs.forgotten) as cursor:
+                newest = heapq.nlargest(
+                    limit, ((_unpack_u64(v), bytes(k).decode()) for k, v in cursor), key=lambda vu: vu
+                )
+        return [(user, version) for version, user in newest], total
 
     def forgotten_among(self, user_ids: Iterable[str]) -> set[str]:
         """The users of `user_ids` that were forgotten (one read transaction)."""

@@ -1,5 +1,5 @@
-"""The ControlPlane service in-process: the cap on concurrent full snapshots, hello validation, and
-records of forgotten users forwarded after the forget."""
+"""The ControlPlane service in-process: the cap on concurrent full snapshots, hello validation, records
+of forgotten users forwarded after the forget, and the forget status's limits."""
 
 from __future__ import annotations
 
@@ -138,4 +138,40 @@ def test_records_of_a_forgotten_user_forwarded_after_the_forget_are_dropped(tmp_
     finally:
         server.stop(0).wait()
         events.close()
+        store.close()
+
+
+def test_forget_status_lists_the_newest_forgets_or_one_user_within_a_cap(tmp_path: Path) -> None:
+    store = ControlStore(tmp_path / "control")
+    store.commit([RecordChange("profiles", f"u{n}", b"\x80") for n in range(5)], kind="delta")
+    service = ControlPlaneService(store)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = sync_pb2_grpc.ControlPlaneStub(channel)
+            versions = {
+                u: stub.Forget(sync_pb2.ForgetRequest(user_id=u), timeout=10).version
+                for u in ("u3", "u0", "u4", "u1")
+            }
+            newest = stub.ForgetStatus(sync_pb2.ForgetStatusRequest(limit=2), timeout=10)
+            assert newest.total == 4
+            assert [(u.user_id, u.version) for u in newest.users] == [
+                ("u1", versions["u1"]),
+                ("u4", versions["u4"]),
+            ]
+            one = stub.ForgetStatus(sync_pb2.ForgetStatusRequest(user_id="u0"), timeout=10)
+            assert [(u.user_id, u.version) for u in one.users] == [("u0", versions["u0"])] and one.total == 4
+            assert not stub.ForgetStatus(sync_pb2.ForgetStatusRequest(user_id="u2"), timeout=10).users
+            assert (
+                len(stub.ForgetStatus(sync_pb2.ForgetStatusRequest(), timeout=10).users) == 4
+            )  # default 100
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ForgetStatus(sync_pb2.ForgetStatusRequest(limit=5_000), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "5000 is over the cap of 1000" in str(refused.value.details())
+    finally:
+        server.stop(0).wait()
         store.close()

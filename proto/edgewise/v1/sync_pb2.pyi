@@ -674,12 +674,21 @@ Global___ForgetReply: _TypeAlias = ForgetReply  # noqa: Y015
 class ForgetStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """only this user ("": every forgotten user, newest forget first)"""
+    limit: _builtins.int
+    """at most this many users (0: 100; at most 1,000)"""
     def __init__(
         self,
+        *,
+        user_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -722,16 +731,22 @@ class ForgetStatusReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USERS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """users forgotten in all"""
     @_builtins.property
-    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForgottenUser]: ...
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForgottenUser]:
+        """newest forget first"""
+
     def __init__(
         self,
         *,
         users: _abc.Iterable[Global___ForgottenUser] | None = ...,
+        total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["total", b"total", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
