@@ -35,6 +35,7 @@ from edgewise.sync.auth import (
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.control_server import FORGET_STATUS_DEFAULT, FORGET_STATUS_MAX, ControlPlaneService
 from edgewise.sync.control_store import ControlStore, ControlStoreError
+from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import EventStore, EventStoreError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
@@ -126,6 +127,14 @@ def add_control_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="... or this long after the last publish, if anything new arrived (default 60)",
     )
     p.add_argument(
+        "--retain-events",
+        type=retention_ms,
+        default=DEFAULT_RETAIN_MS,
+        metavar="DURATION",
+        help="delete stored events and exposures older than this, once folded into profiles (e.g. 30d, "
+        "12w; 0 keeps them all; default 90d)",
+    )
+    p.add_argument(
         "--heartbeat", type=float, default=5.0, help="seconds between heartbeats to edges (default 5)"
     )
     p.add_argument("--map-size-mb", type=int, default=65536, help="LMDB map size in MiB (default 65536)")
@@ -194,6 +203,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
             every_exposures=None,
             every_seconds=args.bandit_every_seconds,
         ),
+        retain_events_ms=args.retain_events,
     )
     interceptors = make_interceptors([edge_token] if edge_token else [], [ops_token] if ops_token else [])
     server = grpc.server(
@@ -392,6 +402,11 @@ def status_limit(text: str) -> int:
     if not 1 <= value <= FORGET_STATUS_MAX:
         raise argparse.ArgumentTypeError(f"must be 1-{FORGET_STATUS_MAX}, got {value}")
     return value
+
+
+def retention_ms(text: str) -> int:
+    """`--retain-events`: a duration (`duration_ms`), or 0 to keep everything."""
+    return 0 if text.strip() == "0" else duration_ms(text)
 
 
 def duration_ms(text: str) -> int:

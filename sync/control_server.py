@@ -42,6 +42,7 @@ from edgewise.sync.control_store import (
     LogCompacted,
     RecordChange,
 )
+from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore, EventStoreError, forwarded_keys
 from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.sync.shard import Shard, ShardError
@@ -186,6 +187,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         cache_bytes: int = 256 << 20,
         events: EventStore | None = None,
         bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
+        retain_events_ms: int = DEFAULT_RETAIN_MS,
     ) -> None:
         self.store = store
         self.events = events
@@ -208,6 +210,11 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self.learner = (
             BanditLearner(store, events, self._push_lock, self._notify, schedule=bandit_schedule)
             if events is not None
+            else None
+        )
+        self.retention = (  # retain_events_ms 0: keep every stored event
+            EventRetention(store, events, retain_events_ms)
+            if events is not None and retain_events_ms
             else None
         )
 
@@ -341,18 +348,16 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         return messages
 
     def start_background(self) -> None:
-        """Start folding forwarded events into profiles and learning bandit posteriors from them (when this
-        control plane stores events)."""
-        if self.folder is not None:
-            self.folder.start()
-        if self.learner is not None:
-            self.learner.start()
+        """Start folding forwarded events into profiles, learning bandit posteriors from them and expiring
+        old ones (when this control plane stores events)."""
+        for job in (self.folder, self.learner, self.retention):
+            if job is not None:
+                job.start()
 
     def stop_background(self) -> None:
-        if self.folder is not None:
-            self.folder.stop()
-        if self.learner is not None:
-            self.learner.stop()
+        for job in (self.folder, self.learner, self.retention):
+            if job is not None:
+                job.stop()
 
     def _fleet_activity(self) -> dict[str, Activity]:
         """The folded activity of every profile that has some (kept across bundle pushes)."""

@@ -170,6 +170,32 @@ class EventStore:
                     removed += 1
         return removed
 
+    def expire(self, older_than_ms: int, upto_seq: int, limit: int = 20_000) -> int:
+        """Delete, oldest first, the records with sequence <= `upto_seq` whose time (`ts`, Unix ms) is
+        before `older_than_ms`, with their ids and index entries; stop at the first record that is newer
+        (the log is in arrival order) or after `limit` (one write transaction). Return how many."""
+        removed = 0
+        with self._env.begin(write=True) as txn, txn.cursor(db=self._log) as cursor:
+            positioned = cursor.first()
+            while positioned and removed < limit:
+                seq = bytes(cursor.key())
+                if _SEQ.unpack(seq)[0] > upto_seq:
+                    break
+                payload = msgpack.unpackb(msgpack.unpackb(cursor.value(), raw=False)["e"], raw=False)
+                doc = payload if isinstance(payload, dict) else {}
+                ts = doc.get("ts")
+                if isinstance(ts, int | float) and not isinstance(ts, bool) and ts >= older_than_ms:
+                    break
+                event_id, user = doc.get("id"), doc.get("u")
+                if isinstance(event_id, str) and event_id:
+                    txn.delete(event_id.encode(), db=self._ids)
+                if isinstance(user, str) and user:
+                    txn.delete(user.encode(), seq, db=self._users)
+                cursor.delete()  # moves to the next record
+                removed += 1
+                positioned = bool(cursor.key())
+        return removed
+
     def batch_after(self, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
         """The next `limit` records after sequence `after` (a consumer's position)."""
         return list(islice(self.events(after), limit))
