@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,14 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.core.activity import CONSENT_EVENT, ActivityLimits, TrackedEvent, activity_key, apply_event
+from edgewise.core.activity import (
+    CONSENT_EVENT,
+    ActivityLimits,
+    TrackedEvent,
+    activity_key,
+    apply_event,
+    expire,
+)
 from edgewise.core.records import (
     Activity,
     ItemRecord,
@@ -55,6 +63,7 @@ __all__ = [
     "ReadView",
     "Store",
     "StoreError",
+    "SweepResult",
     "TrackResult",
     "replicated_digest",
 ]
@@ -86,6 +95,16 @@ DEFAULT_MAP_SIZE: Final = 8 << 30
 
 class StoreError(RuntimeError):
     """The store cannot be opened or written (full map, permissions, corrupt file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one `Store.sweep` step deleted, and where the next step starts in each namespace."""
+
+    event_ids: int
+    activities: int
+    next_event_key: bytes  # b"": the next step starts over from the first key
+    next_activity_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +160,30 @@ def _forget_users(txn: Any, dbs: Mapping[str, Any], users: Sequence[str]) -> Non
                 positioned = bool(cursor.key())
             else:
                 positioned = cursor.next()
+
+
+def _sweep_keys(
+    txn: Any, db: Any, after: bytes, max_keys: int, stale: Callable[[bytes], bool]
+) -> tuple[int, bytes]:
+    """Delete the stale entries among the `max_keys` keys after `after` (b"": from the first); return
+    how many were deleted and the last key looked at (b"" when the end was reached)."""
+    deleted = 0
+    last = b""
+    with txn.cursor(db=db) as cursor:
+        positioned = cursor.set_range(after) if after else cursor.first()
+        if positioned and after and cursor.key() == after:
+            positioned = cursor.next()
+        for _ in range(max_keys):
+            if not positioned:
+                return deleted, b""
+            last = bytes(cursor.key())
+            if stale(bytes(cursor.value())):
+                cursor.delete()  # moves to the next key; key() is b"" past the end
+                deleted += 1
+                positioned = bool(cursor.key())
+            else:
+                positioned = cursor.next()
+    return deleted, last if positioned else b""
 
 
 def replicated_digest(records: Callable[[str], Iterable[tuple[bytes, bytes]]]) -> str:
@@ -475,6 +518,37 @@ class Store:
                     break
         return out
 
+    def sweep(
+        self,
+        now_ms: int,
+        dedupe_window_ms: int,
+        limits: ActivityLimits,
+        *,
+        after_event: bytes = b"",
+        after_activity: bytes = b"",
+        max_keys: int = 5_000,
+    ) -> SweepResult:
+        """One bounded step of housekeeping, in one write transaction: of the next `max_keys` event ids
+        after `after_event`, delete those that arrived more than `dedupe_window_ms` before `now_ms` (a
+        Track retried later than that counts again); of the next `max_keys` live activities after
+        `after_activity`, delete those with nothing left once expired (`core.activity.expire`: no recent
+        views, cart entries or purchases; impression counts for rotation go with them). Called repeatedly
+        with the returned keys it walks both namespaces round and round, so their size stays bounded by
+        what the window and the TTLs keep."""
+        events_db, activity_db = self._dbs["events"], self._dbs["activity"]
+        cutoff = now_ms - dedupe_window_ms
+        with self._env.begin(write=True) as txn:
+            ids, next_event = _sweep_keys(
+                txn, events_db, after_event, max_keys, lambda value: _U64.unpack(value)[0] < cutoff
+            )
+
+            def empty(value: bytes) -> bool:
+                left = expire(decode_activity(value), now_ms, limits)
+                return not (left.views or left.cart or left.purchases)
+
+            activities, next_activity = _sweep_keys(txn, activity_db, after_activity, max_keys, empty)
+        return SweepResult(ids, activities, next_event, next_activity)
+
     def outbox_ack(self, upto: int) -> int:
         """Delete the outbox entries with sequence <= `upto` (forwarded and acknowledged); return how many."""
         dropped = 0
@@ -493,10 +567,17 @@ class Store:
             return view.count("outbox")
 
     def record_events(
-        self, events: Sequence[TrackedEvent], limits: ActivityLimits, exposures: Sequence[bytes] = ()
+        self,
+        events: Sequence[TrackedEvent],
+        limits: ActivityLimits,
+        exposures: Sequence[bytes] = (),
+        now_ms: int | None = None,
     ) -> TrackResult:
-        """Store new events durably in one transaction: the event id (dedupe) always, the outbox entry
-        only with the analytics purpose, live activity only with the personalization purpose."""
+        """Store new events durably in one transaction: the event id (dedupe) always, with the time it
+        arrived (`now_ms`, default the clock: `sweep` forgets it a dedupe window later, whatever the
+        event's own time), the outbox entry only with the analytics purpose, live activity only with the
+        personalization purpose."""
+        arrived = _U64.pack(now_ms if now_ms is not None else time.time_ns() // 1_000_000)
         accepted = duplicates = 0
         new: list[bool] = []
         events_db, outbox_db, activity_db = (self._dbs[n] for n in ("events", "outbox", "activity"))
@@ -512,7 +593,7 @@ class Store:
             touched: dict[str, Activity] = {}
             for event in events:
                 key = event.event_id.encode()
-                if not txn.put(key, _U64.pack(event.timestamp_ms), db=events_db, overwrite=False):
+                if not txn.put(key, arrived, db=events_db, overwrite=False):
                     duplicates += 1
                     new.append(False)
                     continue

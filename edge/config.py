@@ -201,6 +201,14 @@ class TrackConfig:
         default=400.0,
         metadata=_meta("purchases (for replenishment) expire after this many days", above=0, max=3650),
     )
+    dedupe_window_hours: float = field(
+        default=72.0,
+        metadata=_meta(
+            "event ids are remembered this long for idempotency (a retry later than that counts again)",
+            above=0,
+            max=24 * 3650,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
+import lmdb
+
 from edgewise.core.activity import ActivityLimits
+from edgewise.core.records import RecordError
 from edgewise.core.rules import compile_rules
 from edgewise.core.store import Store, StoreError
 from edgewise.edge.config import (
@@ -39,6 +42,7 @@ from edgewise.edge.config import (
     load_config,
 )
 from edgewise.edge.convert import Limits
+from edgewise.edge.housekeeping import Housekeeper
 from edgewise.edge.logs import log, set_level
 from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serve_metrics
 from edgewise.edge.servicer import ServingOptions
@@ -49,6 +53,8 @@ from edgewise.sync.edge_sync import EdgeSyncer
 from edgewise.sync.snapshot import apply_bundle
 
 __all__ = ["add_arguments", "load_bundle_file", "run"]
+
+HOUSEKEEPING_SECONDS = 1.0  # between two bounded housekeeping steps (edge/housekeeping.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -366,7 +372,15 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 "metrics": metrics_address,
             },
         )
+    housekeeper = Housekeeper(store, int(config.track.dedupe_window_hours * 3_600_000), activity)
+    next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
     while not stop.wait(0.2):
+        if time.monotonic() >= next_housekeeping:
+            next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+            try:
+                housekeeper.step()
+            except (StoreError, lmdb.Error, RecordError, ValueError) as exc:
+                log("housekeeping_failed", level="error", error=str(exc))
         if reload.is_set():
             reload.clear()
             if config.data.bundle is None:
