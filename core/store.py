@@ -71,7 +71,10 @@ __all__ = [
 REPLICATED: Final = ("profiles", "items", "models", "rules", "forgotten")
 PER_USER: Final = frozenset({"profiles", "forgotten"})
 """Replicated namespaces whose changes leave the per-version state alone (no new generation)."""
-EDGE_LOCAL: Final = ("activity", "events", "outbox")
+EDGE_LOCAL: Final = ("activity", "events", "outbox", "event_times")
+"""`events`: event id -> 8-byte arrival time (Unix ms), Track's de-duplication; `event_times`: arrival
+time (8 bytes, big-endian) + event id -> b"", the same ids in arrival order, so `sweep` deletes those
+past the dedupe window oldest first without reading the others."""
 DERIVED: Final = ("model_rows",)  # rebuilt from replicated records in the transaction that changes them
 NAMESPACES: Final = (*REPLICATED, *EDGE_LOCAL, *DERIVED, "meta")
 ROW_CHUNKED: Final = frozenset({"item_neighbors", "item_neighbor_scores"})
@@ -85,6 +88,8 @@ _VERSION_KEY: Final = b"version"
 # `forgotten` namespace (sync/control_store.py `forget`); still applied, by purging the users new in it.
 LEGACY_FORGOTTEN_KEY: Final = b"forgotten"
 _SNAPSHOT_KEY: Final = b"snapshot"
+_EVENT_TIMES_BUILT: Final = b"event_times_built"
+_ARRIVAL: Final = struct.Struct(">Q")  # big-endian: `event_times` keys sort by arrival
 _OUTBOX_SEQ_KEY: Final = b"outbox_seq"
 _U64: Final = struct.Struct("<Q")
 _GEN_VERSION: Final = struct.Struct("<QQ")
@@ -103,8 +108,7 @@ class SweepResult:
 
     event_ids: int
     activities: int
-    next_event_key: bytes  # b"": the next step starts over from the first key
-    next_activity_key: bytes
+    next_activity_key: bytes  # b"": the next step starts over from the first activity
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,10 +385,24 @@ class Store:
                     self._dbs[name] = self._env.open_db(name.encode(), create=not readonly)
                 except lmdb.NotFoundError:
                     # a read-only open of a store written before these existed: read them as empty
-                    if name not in (*DERIVED, "forgotten"):
+                    if name not in (*DERIVED, "forgotten", "event_times"):
                         raise
+            if not readonly:
+                self._index_event_times()
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    def _index_event_times(self) -> None:
+        """Index the event ids of a store written before `event_times` (once; their stored times were
+        the events' own, taken as arrival times)."""
+        meta, events_db, times_db = self._dbs["meta"], self._dbs["events"], self._dbs["event_times"]
+        with self._env.begin(write=True) as txn:
+            if txn.get(_EVENT_TIMES_BUILT, db=meta) is not None:
+                return
+            with txn.cursor(db=events_db) as cursor:
+                for key, value in cursor:
+                    txn.put(_ARRIVAL.pack(_U64.unpack(value)[0]) + bytes(key), b"", db=times_db)
+            txn.put(_EVENT_TIMES_BUILT, b"1", db=meta)
 
     def close(self) -> None:
         self._env.close()
@@ -524,30 +542,42 @@ class Store:
         dedupe_window_ms: int,
         limits: ActivityLimits,
         *,
-        after_event: bytes = b"",
         after_activity: bytes = b"",
-        max_keys: int = 5_000,
+        max_keys: int = 1_000,
     ) -> SweepResult:
-        """One bounded step of housekeeping, in one write transaction: of the next `max_keys` event ids
-        after `after_event`, delete those that arrived more than `dedupe_window_ms` before `now_ms` (a
-        Track retried later than that counts again); of the next `max_keys` live activities after
-        `after_activity`, delete those with nothing left once expired (`core.activity.expire`: no recent
-        views, cart entries or purchases; impression counts for rotation go with them). Called repeatedly
-        with the returned keys it walks both namespaces round and round, so their size stays bounded by
-        what the window and the TTLs keep."""
-        events_db, activity_db = self._dbs["events"], self._dbs["activity"]
-        cutoff = now_ms - dedupe_window_ms
+        """One bounded step of housekeeping, in one write transaction. Event ids: up to `max_keys` of
+        those that arrived more than `dedupe_window_ms` before `now_ms` are deleted, oldest first (a
+        Track retried later than that counts again), read from `event_times` without touching the
+        others. Live activities: of the next `max_keys` after `after_activity`, those with nothing left
+        once expired (`core.activity.expire`: no recent views, cart entries or purchases; impression
+        counts for rotation go with them) are deleted. Called repeatedly with the returned key, it walks
+        the activities round and round; so both namespaces stay bounded by what the window and the TTLs
+        keep."""
+        events_db, times_db, activity_db = (
+            self._dbs["events"],
+            self._dbs["event_times"],
+            self._dbs["activity"],
+        )
+        cutoff = _ARRIVAL.pack(max(0, now_ms - dedupe_window_ms))
+        ids = 0
         with self._env.begin(write=True) as txn:
-            ids, next_event = _sweep_keys(
-                txn, events_db, after_event, max_keys, lambda value: _U64.unpack(value)[0] < cutoff
-            )
+            with txn.cursor(db=times_db) as cursor:
+                positioned = cursor.first()
+                while positioned and ids < max_keys:
+                    key = bytes(cursor.key())
+                    if key[: _ARRIVAL.size] >= cutoff:
+                        break
+                    txn.delete(key[_ARRIVAL.size :], db=events_db)
+                    cursor.delete()  # moves to the next key; key() is b"" past the end
+                    ids += 1
+                    positioned = bool(cursor.key())
 
             def empty(value: bytes) -> bool:
                 left = expire(decode_activity(value), now_ms, limits)
                 return not (left.views or left.cart or left.purchases)
 
             activities, next_activity = _sweep_keys(txn, activity_db, after_activity, max_keys, empty)
-        return SweepResult(ids, activities, next_event, next_activity)
+        return SweepResult(ids, activities, next_activity)
 
     def outbox_ack(self, upto: int) -> int:
         """Delete the outbox entries with sequence <= `upto` (forwarded and acknowledged); return how many."""
@@ -577,7 +607,9 @@ class Store:
         arrived (`now_ms`, default the clock: `sweep` forgets it a dedupe window later, whatever the
         event's own time), the outbox entry only with the analytics purpose, live activity only with the
         personalization purpose."""
-        arrived = _U64.pack(now_ms if now_ms is not None else time.time_ns() // 1_000_000)
+        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        arrived, arrival_prefix = _U64.pack(now), _ARRIVAL.pack(now)
+        times_db = self._dbs["event_times"]
         accepted = duplicates = 0
         new: list[bool] = []
         events_db, outbox_db, activity_db = (self._dbs[n] for n in ("events", "outbox", "activity"))
@@ -597,6 +629,7 @@ class Store:
                     duplicates += 1
                     new.append(False)
                     continue
+                txn.put(arrival_prefix + key, b"", db=times_db)
                 accepted += 1
                 new.append(True)
                 consent_change = event.type == CONSENT_EVENT and bool(event.user_id)

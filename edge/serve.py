@@ -54,7 +54,7 @@ from edgewise.sync.snapshot import apply_bundle
 
 __all__ = ["add_arguments", "load_bundle_file", "run"]
 
-HOUSEKEEPING_SECONDS = 1.0  # between two bounded housekeeping steps (edge/housekeeping.py)
+HOUSEKEEPING_SECONDS = 0.2  # between two bounded housekeeping steps (edge/housekeeping.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

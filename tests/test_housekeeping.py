@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import lmdb
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.store import Store
@@ -70,3 +71,17 @@ def test_a_real_edge_forgets_event_ids_after_its_dedupe_window(
         while stub.Track(request, timeout=10).duplicates == 1:  # the id is swept within about 3 s
             assert time.monotonic() < deadline, "the event id was never swept"
             time.sleep(0.5)
+
+
+def test_the_event_ids_of_an_older_store_are_indexed_when_it_is_opened(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with Store(path, map_size=1 << 28) as store:
+        store.record_events([_event(n, NOW) for n in range(10)], LIMITS, now_ms=NOW - 100 * HOUR)
+    with lmdb.open(str(path), max_dbs=32, map_size=1 << 28) as env:  # as a store from before the index
+        times, meta = env.open_db(b"event_times"), env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            txn.drop(times, delete=False)
+            txn.delete(b"event_times_built", db=meta)
+    with Store(path, map_size=1 << 28) as store:
+        assert store.sweep(NOW, 72 * HOUR, LIMITS).event_ids == 10
+        assert _keys(store, "events") == []
