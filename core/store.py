@@ -544,8 +544,9 @@ class Store:
         *,
         after_activity: bytes = b"",
         max_keys: int = 1_000,
+        max_ids: int = 10_000,
     ) -> SweepResult:
-        """One bounded step of housekeeping, in one write transaction. Event ids: up to `max_keys` of
+        """One bounded step of housekeeping, in one write transaction. Event ids: up to `max_ids` of
         those that arrived more than `dedupe_window_ms` before `now_ms` are deleted, oldest first (a
         Track retried later than that counts again), read from `event_times` without touching the
         others. Live activities: of the next `max_keys` after `after_activity`, those with nothing left
@@ -563,7 +564,7 @@ class Store:
         with self._env.begin(write=True) as txn:
             with txn.cursor(db=times_db) as cursor:
                 positioned = cursor.first()
-                while positioned and ids < max_keys:
+                while positioned and ids < max_ids:
                     key = bytes(cursor.key())
                     if key[: _ARRIVAL.size] >= cutoff:
                         break

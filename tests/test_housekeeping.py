@@ -40,7 +40,7 @@ def test_sweep_steps_walk_both_namespaces_and_delete_only_what_aged_out(tmp_path
         # The ids of e000-e039 arrived 73 h ago, those of e040-e044 an hour ago (the event times differ)
         store.record_events([*old, *fresh], LIMITS, now_ms=NOW - 73 * HOUR)
         store.record_events(bought, LIMITS, now_ms=NOW - HOUR)
-        keeper = Housekeeper(store, 72 * HOUR, LIMITS, keys_per_step=7, clock_ms=lambda: NOW)
+        keeper = Housekeeper(store, 72 * HOUR, LIMITS, keys_per_step=7, ids_per_step=7, clock_ms=lambda: NOW)
         for _ in range(7):  # 45 keys in steps of 7: one full pass over each namespace
             keeper.step()
         assert keeper.deleted_ids == 40 and keeper.deleted_activities == 25
