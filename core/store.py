@@ -577,7 +577,11 @@ class Store:
                 left = expire(decode_activity(value), now_ms, limits)
                 return not (left.views or left.cart or left.purchases)
 
-            activities, next_activity = _sweep_keys(txn, activity_db, after_activity, max_keys, empty)
+            activities, next_activity = (
+                _sweep_keys(txn, activity_db, after_activity, max_keys, empty)
+                if max_keys > 0
+                else (0, after_activity)
+            )
         return SweepResult(ids, activities, next_activity)
 
     def outbox_ack(self, upto: int) -> int:

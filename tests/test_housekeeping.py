@@ -40,19 +40,34 @@ def test_sweep_steps_walk_both_namespaces_and_delete_only_what_aged_out(tmp_path
         # The ids of e000-e039 arrived 73 h ago, those of e040-e044 an hour ago (the event times differ)
         store.record_events([*old, *fresh], LIMITS, now_ms=NOW - 73 * HOUR)
         store.record_events(bought, LIMITS, now_ms=NOW - HOUR)
-        keeper = Housekeeper(store, 72 * HOUR, LIMITS, keys_per_step=7, ids_per_step=7, clock_ms=lambda: NOW)
-        for _ in range(7):  # 45 keys in steps of 7: one full pass over each namespace
+        mono = [0.0]
+        keeper = Housekeeper(
+            store,
+            72 * HOUR,
+            LIMITS,
+            keys_per_step=7,
+            ids_per_step=7,
+            clock_ms=lambda: NOW,
+            monotonic=lambda: mono[0],
+        )
+        for _ in range(7):  # 45 activities in steps of 7: one pass; 40 expired ids, 7 a step
             keeper.step()
-        assert keeper.deleted_ids == 40 and keeper.deleted_activities == 25
+        assert keeper.deleted_ids == 40 and keeper.deleted_activities == 25 and keeper.passes == 1
         assert _keys(store, "events") == [f"e{n:03d}" for n in range(40, 45)]
         assert _keys(store, "activity") == [f"u:u{n:03d}" for n in range(25, 45)]
         # A retry of a forgotten id counts again, and its id is kept a window from its new arrival,
         # although the event itself is 100 h old.
         assert store.record_events([old[0]], LIMITS, now_ms=NOW).accepted == 1
         assert store.record_events([bought[0]], LIMITS, now_ms=NOW).duplicates == 1
-        for _ in range(8):
+        for _ in range(8):  # the walk over the activities rests for a minute after a pass
             keeper.step()
         assert _keys(store, "events") == ["e000", *(f"e{n:03d}" for n in range(40, 45))]
+        assert keeper.passes == 1
+        mono[0] = 61.0
+        for _ in range(3):
+            keeper.step()
+        # the second pass: u000's activity, rebuilt by the retried view, has only that 100 h old view
+        assert keeper.passes == 2 and keeper.deleted_activities == 26
 
 
 def test_a_real_edge_forgets_event_ids_after_its_dedupe_window(
