@@ -397,6 +397,9 @@ class NodeMetrics:
         self._synced_at: float | None = None
         self._workers_alive = 0
         self._restarts = 0
+        self._outbox_entries = 0
+        self._forwarded = 0
+        self._housekept = {"event_ids": 0, "activities": 0}
         run_dir.mkdir(parents=True, exist_ok=True)
         if clear:
             for path in run_dir.glob(f"{_FILE_PREFIX}*"):
@@ -421,6 +424,16 @@ class NodeMetrics:
         with self._lock:
             self._restarts += count
 
+    def set_outbox(self, entries: int, forwarded: int) -> None:
+        """Records waiting in the outbox, and records the control plane accepted since start."""
+        with self._lock:
+            self._outbox_entries, self._forwarded = entries, forwarded
+
+    def set_housekeeping(self, event_ids: int, activities: int) -> None:
+        """Expired event ids and live activities housekeeping deleted since start."""
+        with self._lock:
+            self._housekept = {"event_ids": event_ids, "activities": activities}
+
     def totals(self) -> tuple[dict[Series, float], list[str]]:
         """Summed values by series over all worker files, and placements seen beyond the node layout."""
         totals: dict[Series, float] = {}
@@ -441,6 +454,7 @@ class NodeMetrics:
         with self._lock:
             version, synced_at = self._snapshot_version, self._synced_at
             alive, restarts = self._workers_alive, self._restarts
+            outbox, forwarded, housekept = self._outbox_entries, self._forwarded, dict(self._housekept)
         age = math.nan if synced_at is None else max(0.0, self._clock() - synced_at)
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
@@ -499,6 +513,17 @@ class NodeMetrics:
         sample("edgewise_workers_alive", {}, alive)
         family("edgewise_stale", "gauge", "1 when the last sync is older than the staleness threshold.")
         sample("edgewise_stale", {}, 1.0 if stale else 0.0)
+        family("edgewise_outbox_entries", "gauge", "Events and exposure records waiting to go upstream.")
+        sample("edgewise_outbox_entries", {}, outbox)
+        family("edgewise_forwarded_total", "counter", "Records the control plane accepted from this node.")
+        sample("edgewise_forwarded_total", {}, forwarded)
+        family(
+            "edgewise_housekeeping_deleted_total",
+            "counter",
+            "Expired event ids and live activities deleted by housekeeping, by kind.",
+        )
+        for kind, count in housekept.items():
+            sample("edgewise_housekeeping_deleted_total", {"kind": kind}, count)
         return "".join(out)
 
 

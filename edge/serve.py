@@ -389,6 +389,10 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 load_bundle_file(store, config.data.bundle)
                 if node_metrics is not None:
                     _note_snapshot(node_metrics, store)
+        if node_metrics is not None:
+            forwarded = sync.forwarder.forwarded if sync is not None else 0
+            node_metrics.set_outbox(store.outbox_pending(), forwarded)
+            node_metrics.set_housekeeping(housekeeper.deleted_ids, housekeeper.deleted_activities)
         if sync is not None and node_metrics is not None:
             _note_sync(node_metrics, store, sync.syncer)
         restarts = supervisor.restarts

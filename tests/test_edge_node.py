@@ -326,6 +326,19 @@ def test_metrics_endpoint_counts_calls_of_every_worker(
     assert values["edgewise_snapshot_version"] == 1
     assert 'edgewise_rpc_duration_seconds_count{rpc="Decide"}' in values
     assert not any("u1" in name or "s1" in name for name in values)  # no user or session ids as labels
+    # Without a control plane, events with the analytics purpose wait in the outbox: the gauge shows them.
+    with grpc.insecure_channel(edge.address) as ch:
+        events = [pb.Event(event_id=f"ob{n}", type="view", session_id="ob", item_id="i1") for n in range(3)]
+        pb_grpc.PersonalizerStub(ch).Track(pb.TrackRequest(events=events, consent=["analytics"]), timeout=5)
+    deadline = time.monotonic() + 10
+    while True:
+        body = urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5).read().decode()
+        lines = body.splitlines()
+        outbox = next(float(line.split()[-1]) for line in lines if line.startswith("edgewise_outbox_"))
+        if outbox >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert outbox >= 3 and "edgewise_forwarded_total 0" in body
 
 
 def test_print_config_shows_values_and_sources(bundle_dir: Path, tmp_path: Path) -> None:

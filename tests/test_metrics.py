@@ -431,6 +431,9 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
                 "edgewise_worker_restarts_total",
                 "edgewise_workers_alive",
                 "edgewise_stale",
+                "edgewise_outbox_entries",
+                "edgewise_forwarded_total",
+                "edgewise_housekeeping_deleted_total",
             }
             assert set(families) == expected_families
             assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 100
@@ -461,3 +464,17 @@ def test_serve_metrics_refuses_a_bad_or_busy_address(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_node_outbox_forwarding_and_housekeeping_series(tmp_path: Path) -> None:
+    node = NodeMetrics(tmp_path, MetricsLayout(PLACEMENTS))
+    families = parse_exposition(node.render())
+    assert value(families, "edgewise_outbox_entries") == 0
+    assert value(families, "edgewise_forwarded_total") == 0
+    node.set_outbox(17, 250)
+    node.set_housekeeping(1_000, 3)
+    families = parse_exposition(node.render())
+    assert value(families, "edgewise_outbox_entries") == 17
+    assert value(families, "edgewise_forwarded_total") == 250
+    assert value(families, "edgewise_housekeeping_deleted_total", kind="event_ids") == 1_000
+    assert value(families, "edgewise_housekeeping_deleted_total", kind="activities") == 3
