@@ -426,6 +426,10 @@ def duration_ms(text: str) -> int:
     return ms
 
 
+def _users(count: int) -> str:
+    return f"{count:,} user" if count == 1 else f"{count:,} users"
+
+
 def _fail(message: str) -> int:
     print(f"edgewise ctl: {message}", file=sys.stderr)
     return 1
@@ -505,9 +509,9 @@ def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str
                 print(json.dumps(rows, indent=2))
             else:
                 if args.user_id and not rows:
-                    print(f"{args.user_id} was not forgotten ({status.total} users forgotten in all)")
+                    print(f"{args.user_id} was not forgotten ({_users(status.total)} forgotten in all)")
                 elif not args.user_id:
-                    print(f"{status.total} users forgotten; the newest {len(rows)}:")
+                    print(f"{_users(status.total)} forgotten; the newest {len(rows)}:")
                 for r in rows:
                     print(
                         f"{r['user_id']}: version {r['version']}; "

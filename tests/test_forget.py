@@ -103,7 +103,7 @@ def test_forget_removes_the_user_everywhere_and_rollback_does_not_bring_it_back(
     one = ctl(control.address, "forget", "--status", user, "--json", env=OPS).stdout
     assert json.loads(one) == forgotten
     nobody = ctl(control.address, "forget", "--status", "nobody", env=OPS).stdout
-    assert nobody.startswith("nobody was not forgotten (1 users forgotten in all)")
+    assert nobody.startswith("nobody was not forgotten (1 user forgotten in all)")
     refused = ctl(control.address, "forget", "--status", "--limit", "0", env=OPS, check=False)
     assert refused.returncode == 2 and "--limit: must be 1-1000, got 0" in refused.stderr
     with grpc.insecure_channel(b.address) as channel:
