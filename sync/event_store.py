@@ -67,6 +67,13 @@ def forwarded_keys(payload: bytes) -> tuple[str, str]:
     return event_id, user if isinstance(user, str) else ""
 
 
+def _index_key(user: str) -> bytes | None:
+    """The `users` index key of a user id; None for none, and for ids longer than an LMDB key allows
+    (their records are found by a full scan)."""
+    raw = user.encode()
+    return raw if 0 < len(raw) <= MAX_ID_BYTES else None
+
+
 def _user_of(payload: bytes) -> str:
     """The user id inside a stored payload ("" when it has none or is not a map)."""
     doc = msgpack.unpackb(payload, raw=False)
@@ -95,9 +102,9 @@ class EventStore:
                 return
             with txn.cursor(db=self._log) as cursor:
                 for key, value in cursor:
-                    user = _user_of(msgpack.unpackb(value, raw=False)["e"])
-                    if user:
-                        txn.put(user.encode(), bytes(key), db=self._users, dupdata=True)
+                    index_key = _index_key(_user_of(msgpack.unpackb(value, raw=False)["e"]))
+                    if index_key is not None:
+                        txn.put(index_key, bytes(key), db=self._users, dupdata=True)
             txn.put(_META_USERS_INDEXED, b"1", db=self._meta)
 
     def close(self) -> None:
@@ -131,8 +138,9 @@ class EventStore:
                     accepted += 1
                     record = msgpack.packb({"node": node_id, "kind": kind, "e": payload}, use_bin_type=True)
                     txn.put(_SEQ.pack(seq), record, db=self._log, append=True)
-                    if user:
-                        txn.put(user.encode(), _SEQ.pack(seq), db=self._users, dupdata=True)
+                    index_key = _index_key(user)
+                    if index_key is not None:
+                        txn.put(index_key, _SEQ.pack(seq), db=self._users, dupdata=True)
                 txn.put(_META_SEQ, _SEQ.pack(seq), db=self._meta)
         except lmdb.MapFullError as exc:
             raise EventStoreError(f"the event store at {self.path} is full: {exc}") from exc
@@ -151,14 +159,20 @@ class EventStore:
     def forget(self, user_id: str) -> int:
         """Delete every stored record (events and exposures) of one user, and their ids; return how many.
         Reads only that user's records (the `users` index)."""
-        removed = 0
-        raw_user = user_id.encode()
-        if not 0 < len(raw_user) <= MAX_ID_BYTES:
+        if not user_id:
             return 0
+        removed = 0
+        index_key = _index_key(user_id)
         with self._env.begin(write=True) as txn, txn.cursor(db=self._users) as index:
-            seqs = [bytes(seq) for seq in index.iternext_dup(keys=False)] if index.set_key(raw_user) else []
-            if seqs and index.set_key(raw_user):  # iternext_dup leaves the cursor past the last one
+            if index_key is None:  # not indexed: every record is read
+                with txn.cursor(db=self._log) as cursor:
+                    seqs = [bytes(key) for key, _ in cursor]
+            elif index.set_key(index_key):
+                seqs = [bytes(seq) for seq in index.iternext_dup(keys=False)]
+                index.set_key(index_key)  # iternext_dup leaves the cursor past the last one
                 index.delete(dupdata=True)
+            else:
+                seqs = []
             for seq in seqs:
                 raw = txn.get(seq, db=self._log)
                 if raw is None:
@@ -189,8 +203,9 @@ class EventStore:
                 event_id, user = doc.get("id"), doc.get("u")
                 if isinstance(event_id, str) and event_id:
                     txn.delete(event_id.encode(), db=self._ids)
-                if isinstance(user, str) and user:
-                    txn.delete(user.encode(), seq, db=self._users)
+                index_key = _index_key(user) if isinstance(user, str) else None
+                if index_key is not None:
+                    txn.delete(index_key, seq, db=self._users)
                 cursor.delete()  # moves to the next record
                 removed += 1
                 positioned = bool(cursor.key())

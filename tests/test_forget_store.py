@@ -213,3 +213,17 @@ def test_the_event_store_forgets_a_user_by_its_index_and_indexes_an_older_store(
         assert _stored_users(events) == [""] + ["u0"] * 10
         # forgotten ids are free again (a Forward of them is dropped by the control plane's check)
         assert events.ingest("edge-a", [records[2]]).accepted == 1
+
+
+def test_event_store_user_ids_too_long_for_an_index_key_are_stored_and_forgotten(tmp_path: Path) -> None:
+    # Not indexed (over 400 bytes; over 511, LMDB refuses the key): ingested anyway, forgotten by a scan.
+    long_user, longer_user = "x" * 450, "y" * 600
+    records = [
+        ("event", f"l{n}", TrackedEvent(f"l{n}", "view", user, "", "i1", "", "", 0.0, n).encode())
+        for n, user in enumerate((long_user, "u1", long_user, "", longer_user))
+    ]
+    with EventStore(tmp_path / "events", map_size=MAP_SIZE) as events:
+        assert events.ingest("edge-a", records).accepted == 5
+        assert events.forget("") == 0  # no user: nothing (the anonymous record stays)
+        assert events.forget(long_user) == 2 and events.forget(longer_user) == 1
+        assert _stored_users(events) == ["", "u1"]
