@@ -29,6 +29,11 @@ from edgewise.v1 import personalizer_pb2 as _pb
 __all__ = ["Limits", "decide_input", "decide_response", "new_decision_id", "tracked_events"]
 
 _EVENT_TYPE: Final = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+MAX_KEY_ID_BYTES: Final = 400
+"""User, session and event ids become LMDB keys (profiles, activity, event ids; upstream too): at most
+this many bytes of UTF-8 whatever `max_id_length` allows in characters (LMDB keys end at 511 bytes, and
+the control plane's event store takes event ids of up to 400)."""
+_FAST_KEY_ID_CHARS: Final = MAX_KEY_ID_BYTES // 4  # at most 4 bytes of UTF-8 per character
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,14 @@ class Limits:
 def _check_str(value: str, field: str, cap: int) -> str:
     if len(value) > cap:
         raise RequestError(field, f"is {len(value)} characters long, more than the cap of {cap}")
+    return value
+
+
+def _check_key_id(value: str, field: str, limits: Limits) -> str:
+    """An id that becomes an LMDB key: the character cap, then `MAX_KEY_ID_BYTES` of UTF-8."""
+    _check_str(value, field, limits.max_id_length)
+    if len(value) > _FAST_KEY_ID_CHARS and (size := len(value.encode())) > MAX_KEY_ID_BYTES:
+        raise RequestError(field, f"is {size} bytes of UTF-8, more than the cap of {MAX_KEY_ID_BYTES}")
     return value
 
 
@@ -103,7 +116,7 @@ def _decide_input_fast(request: _pb.DecideRequest, limits: Limits, now_ms: int) 
     Cheap on upb messages: an empty repeated field becomes `()` without `tuple()` (0.5 us on an empty
     container), and the context's ten strings are accepted when their total length is within the cap
     (then each one is; otherwise the checked path looks at each)."""
-    id_cap = limits.max_id_length
+    id_cap = min(limits.max_id_length, _FAST_KEY_ID_CHARS)  # longer ids: the checked path counts bytes
     max_ids = limits.max_ids
     user_id, session_id = request.user_id, request.session_id
     placements = request.placements
@@ -210,8 +223,8 @@ def decide_input(request: _pb.DecideRequest, limits: Limits, now_ms: int) -> Dec
 
 def _decide_input_checked(request: _pb.DecideRequest, limits: Limits, now_ms: int) -> DecideInput:
     """The field-by-field validation: the same result as the fast path, or the RequestError to send."""
-    user_id = _check_str(request.user_id, "user_id", limits.max_id_length)
-    session_id = _check_str(request.session_id, "session_id", limits.max_id_length)
+    user_id = _check_key_id(request.user_id, "user_id", limits)
+    session_id = _check_key_id(request.session_id, "session_id", limits)
     if len(request.placements) == 0:
         raise RequestError("placements", "at least one placement is required")
     if len(request.placements) > limits.max_placements:
@@ -342,7 +355,9 @@ def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> li
             raise RequestError(f"{field}.value", f"must be a finite number, got {e.value}")
         if e.timestamp_ms < 0:
             raise RequestError(f"{field}.timestamp_ms", "must be >= 0 (0 = time of receipt)")
-        for name in ("event_id", "user_id", "session_id", "item_id", "decision_id", "placement_id"):
+        for name in ("event_id", "user_id", "session_id"):
+            _check_key_id(getattr(e, name), f"{field}.{name}", limits)
+        for name in ("item_id", "decision_id", "placement_id"):
             _check_str(getattr(e, name), f"{field}.{name}", limits.max_id_length)
         events.append(
             TrackedEvent(

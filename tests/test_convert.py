@@ -47,3 +47,31 @@ def test_fast_path_takes_a_typical_request() -> None:
         ],
     )
     assert _decide_input_fast(request, LIMITS, 7) == _decide_input_checked(request, LIMITS, 7)
+
+
+def test_ids_that_become_keys_are_capped_in_bytes_of_utf8() -> None:
+    # 128 characters pass max_id_length, but 128 four-byte characters are 512 bytes: more than an LMDB
+    # key holds. Such a Track used to fail at commit with UNAVAILABLE ("retry"), forever.
+    from edgewise.edge.convert import MAX_KEY_ID_BYTES, tracked_events
+
+    wide, fits = "😀" * 128, "😀" * 100  # 512 and 400 bytes
+    placements = [pb.PlacementRequest(placement_id="home")]
+    for field in ("user_id", "session_id"):
+        request = pb.DecideRequest(placements=placements, **{field: wide})
+        assert _outcome(decide_input, request) == (
+            "error",
+            f"{field}: is 512 bytes of UTF-8, more than the cap of {MAX_KEY_ID_BYTES}",
+        )
+        assert not isinstance(
+            _outcome(decide_input, pb.DecideRequest(placements=placements, **{field: fits})), tuple
+        )
+    for field in ("event_id", "user_id", "session_id"):
+        event = pb.Event(event_id="e1", type="view", session_id="s1", item_id="i1")
+        setattr(event, field, wide)
+        try:
+            tracked_events(pb.TrackRequest(events=[event]), LIMITS, 7)
+            raise AssertionError(f"{field} of 512 bytes accepted")
+        except RequestError as exc:
+            assert str(exc) == f"events[0].{field}: is 512 bytes of UTF-8, more than the cap of 400"
+        setattr(event, field, fits)
+        assert len(tracked_events(pb.TrackRequest(events=[event]), LIMITS, 7)) == 1

@@ -236,6 +236,9 @@ def test_bad_decide_requests_are_invalid_argument(
         (pb.Event(event_id="e", type="View It", user_id="u1"), "events[0].type"),
         (pb.Event(event_id="e", type="view"), "events[0].user_id"),
         (pb.Event(event_id="e", type="purchase", user_id="u1", value=float("nan")), "events[0].value"),
+        # 128 characters (the cap) of 4 bytes each: too long for an LMDB key (once UNAVAILABLE, "retry")
+        (pb.Event(event_id="😀" * 128, type="view", user_id="u1"), "events[0].event_id"),
+        (pb.Event(event_id="e", type="view", user_id="😀" * 128), "events[0].user_id"),
     ],
 )
 def test_bad_track_requests_are_invalid_argument(channel: grpc.Channel, event: pb.Event, field: str) -> None:
