@@ -607,16 +607,24 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             )
         checked: list[tuple[str, str, bytes]] = []  # (kind, id, payload): each payload decoded once
         users: list[str] = []
-        for i, record in enumerate(request.records):
-            if record.kind not in ("event", "exposure"):
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"records[{i}].kind: {record.kind!r} is not event or exposure",
-                )
+        rejected = 0
+        for record in request.records:
+            # A record that can never be stored is acknowledged and dropped, with a log line: refusing
+            # the whole call would have the edge send it again forever, its outbox stuck behind it.
             try:
+                if record.kind not in ("event", "exposure"):
+                    raise ValueError(f"kind {record.kind!r} is not event or exposure")
                 event_id, user = forwarded_keys(record.payload)
             except ValueError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}] (seq {record.seq}): {exc}")
+                rejected += 1
+                log(
+                    "forward_record_rejected",
+                    level="warning",
+                    node=request.node_id,
+                    seq=record.seq,
+                    error=str(exc),
+                )
+                continue
             checked.append((record.kind, event_id, record.payload))
             users.append(user)
         try:
@@ -636,6 +644,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             accepted=result.accepted,
             duplicates=result.duplicates,
             forgotten=len(checked) - len(kept),
+            rejected=rejected,
         )
 
 

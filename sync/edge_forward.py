@@ -105,6 +105,8 @@ class OutboxForwarder:
                     reply = stub.Forward(request, timeout=self.timeout, metadata=metadata)
                     self.store.outbox_ack(reply.acked_seq)
                     self.forwarded += reply.accepted
+                    if reply.rejected:  # records the control plane can never store: dropped there
+                        log("outbox_records_rejected", level="warning", records=reply.rejected)
                     if self.last_error:
                         log("outbox_forwarding", pending=self.store.outbox_pending())
                     self.last_error = ""

@@ -175,3 +175,34 @@ def test_forget_status_lists_the_newest_forgets_or_one_user_within_a_cap(tmp_pat
     finally:
         server.stop(0).wait()
         store.close()
+
+
+def test_a_record_that_can_never_be_stored_is_acked_and_dropped_not_refused_forever(tmp_path: Path) -> None:
+    # The edge's forwarder sends a refused batch again and again: one bad record must not stop the rest.
+    from edgewise.core.activity import TrackedEvent
+    from edgewise.sync.event_store import EventStore
+
+    store = ControlStore(tmp_path / "control")
+    events = EventStore(tmp_path / "events", map_size=64 << 20)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store, events=events), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    good = TrackedEvent("g1", "view", "u1", "", "i1", "", "", 0.0, 1_000).encode()
+    records = [
+        sync_pb2.OutboxRecord(seq=1, kind="event", payload=b"\xc1 not msgpack"),
+        sync_pb2.OutboxRecord(seq=2, kind="event", payload=good),
+        sync_pb2.OutboxRecord(seq=3, kind="weird", payload=good),
+        sync_pb2.OutboxRecord(seq=4, kind="exposure", payload=b"\x80"),  # a map without an id
+    ]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = sync_pb2_grpc.ControlPlaneStub(channel).Forward(
+                sync_pb2.ForwardRequest(node_id="edge-a", records=records), timeout=10
+            )
+        assert (reply.acked_seq, reply.accepted, reply.rejected) == (4, 1, 3)
+        assert [e["id"] for _, _, e in events.events()] == ["g1"]
+    finally:
+        server.stop(0).wait()
+        events.close()
+        store.close()

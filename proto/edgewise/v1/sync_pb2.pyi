@@ -605,12 +605,15 @@ class ForwardReply(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
     FORGOTTEN_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     acked_seq: _builtins.int
     """every record up to this sequence is stored upstream (or dropped, below)"""
     accepted: _builtins.int
     duplicates: _builtins.int
     forgotten: _builtins.int
     """records of users forgotten fleet-wide: dropped, never stored"""
+    rejected: _builtins.int
+    """records that can never be stored (no event id, not msgpack, ...): dropped, logged"""
     def __init__(
         self,
         *,
@@ -618,10 +621,11 @@ class ForwardReply(_message.Message):
         accepted: _builtins.int = ...,
         duplicates: _builtins.int = ...,
         forgotten: _builtins.int = ...,
+        rejected: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "acked_seq", b"acked_seq", "duplicates", b"duplicates", "forgotten", b"forgotten"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "acked_seq", b"acked_seq", "duplicates", b"duplicates", "forgotten", b"forgotten", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
