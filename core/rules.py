@@ -269,6 +269,8 @@ class _Context:
 
 
 def _placement(pid: str, body: Any, ctx: _Context) -> Placement:
+    if not _ID.match(pid):  # it is in every exposure record's id, and in metrics labels
+        raise RuleError(f"placements.{pid[:80]}", "a placement id must be an id ([A-Za-z0-9_.:-], 1..64)")
     path = f"placements.{pid}"
     spec = _obj(body, path)
     if "strategy" in spec:

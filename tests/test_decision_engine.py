@@ -354,6 +354,10 @@ def test_channels_and_local_time_schedule(bundle_dir: Path, tmp_path: Path) -> N
             lambda r: r["experiments"]["hero_mv"].update(layer_range=[7000, 10000]),
             "experiments.hero_mv.layer_range",
         ),
+        (  # a placement id goes into every exposure record's id: an id, 1..64 characters
+            lambda r: r["placements"].update({"home page": r["placements"]["home"]}),
+            "placements.home page",
+        ),
     ],
 )
 def test_rules_that_do_not_compile_refuse_the_bundle(
