@@ -7,7 +7,8 @@ one fsync per call, and no call is answered before its events are on disk.
 
 Exposure records of decisions (`note_exposures`, never blocking Decide) ride along in the next
 transaction; with no Track call to ride with, they are committed every `exposure_flush_s` at most.
-So a crash loses at most that window of exposures (never an acknowledged Track event). Past
+So a crash loses at most that window of exposures (never an acknowledged Track event). A commit that
+fails fails its Track calls (they are sent again) and puts its exposures back in the queue. Past
 `max_exposures` waiting, new ones are dropped and counted (`exposures_dropped`).
 """
 
@@ -116,6 +117,20 @@ class GroupCommitter:
             self._cond.notify()
         self._thread.join()
 
+    def _requeue(self, exposures: list[bytes]) -> None:
+        """Put the exposures of a failed commit back in front of the queue (within `max_exposures`; the
+        newest beyond are dropped and counted), to be committed `exposure_flush_s` later at the latest."""
+        if not exposures:
+            return
+        with self._cond:
+            waiting = exposures + self._exposures
+            if len(waiting) > self._max_exposures:
+                self.exposures_dropped += len(waiting) - self._max_exposures
+                waiting = waiting[: self._max_exposures]
+            if not self._exposures:
+                self._exposures_since = time.monotonic()
+            self._exposures = waiting
+
     def _take(self) -> tuple[list[_Pending], list[bytes]] | None:
         with self._cond:
             while not self._queue and not self._closed:
@@ -153,7 +168,8 @@ class GroupCommitter:
             except Exception as exc:
                 log("track_commit_failed", level="error", error=str(exc), events=len(events))
                 for p in batch:
-                    p.finish(error=exc)
+                    p.finish(error=exc)  # the callers are told (UNAVAILABLE) and send them again
+                self._requeue(exposures)  # no caller waits for these: they go with the next commit
                 continue
             self.batches += 1
             self.events += len(events)

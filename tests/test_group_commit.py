@@ -76,3 +76,17 @@ def test_a_caller_that_waits_too_long_gets_a_timeout(tmp_path: Path) -> None:
         committer.close()  # the slow commit still completes: the event is stored
         with store.read() as view:
             assert view.count("events") == 1
+
+
+def test_exposures_of_a_failed_commit_go_with_the_next_one(tmp_path: Path) -> None:
+    # A real LMDB failure: an event id too long for a key (the servicer refuses those; the committer is
+    # called directly here). Its Track call fails; the exposures waiting with it are not lost.
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        committer = GroupCommitter(store, ActivityLimits(), exposure_flush_s=60.0)
+        committer.note_exposures([b"\x81\xa1k\xa8exposure", b"\x81\xa1k\xa8exposure"])
+        with pytest.raises(Exception, match="MDB_BAD_VALSIZE"):
+            committer.submit([_event("x" * 600)], timeout=10)
+        assert store.outbox_pending() == 0
+        assert committer.submit([_event("e1")], timeout=10).accepted == 1  # the next commit takes them
+        assert store.outbox_pending() == 2 + 1 and committer.exposures_dropped == 0
+        committer.close()
