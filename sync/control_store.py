@@ -227,10 +227,18 @@ def _purge_profile(txn: Any, dbs: _Dbs, user_id: str, raw_key: bytes) -> None:
         txn.delete(_snapshot_prefix(version, "profiles") + raw_key, db=dbs.snapshots)
 
 
-def _index_profile_log(txn: Any, dbs: _Dbs, seq: bytes, change: RecordChange) -> None:
+def _profile_log_key(namespace: str, key: str, value: bytes | None) -> bytes | None:
+    """The profile-log index key of a logged change: the profile key of an upsert, None otherwise."""
+    return key.encode() if namespace == "profiles" and value is not None else None
+
+
+def _index_profile_log(
+    txn: Any, dbs: _Dbs, seq: bytes, namespace: str, key: str, value: bytes | None
+) -> None:
     """Add one logged change to the profile-log index (profile upserts only)."""
-    if change.namespace == "profiles" and change.value is not None:
-        txn.put(change.key.encode(), seq, db=dbs.profile_log, dupdata=True)
+    index_key = _profile_log_key(namespace, key, value)
+    if index_key is not None:
+        txn.put(index_key, seq, db=dbs.profile_log, dupdata=True)
 
 
 def _upgrade_layout_1(txn: Any, dbs: _Dbs) -> None:
@@ -239,7 +247,8 @@ def _upgrade_layout_1(txn: Any, dbs: _Dbs) -> None:
     "forget" commit with the list's tombstone. Edges purge those users once more: nothing is left."""
     with txn.cursor(db=dbs.log) as cursor:
         for seq, raw in cursor:
-            _index_profile_log(txn, dbs, bytes(seq), _decode_change(raw))
+            change = _decode_change(raw)
+            _index_profile_log(txn, dbs, bytes(seq), change.namespace, change.key, change.value)
     legacy = LEGACY_FORGOTTEN_KEY.encode()
     if txn.get(legacy, db=dbs.state["rules"]) is None:
         return
@@ -264,11 +273,8 @@ def _drop_log_range(txn: Any, dbs: _Dbs, first: bytes, last: bytes) -> int:
         while cursor.key() and cursor.key() <= last:
             seq = bytes(cursor.key())
             change = _decode_change(cursor.value())
-            if (
-                change.namespace == "profiles"
-                and change.value is not None
-                and index.set_key_dup(change.key.encode(), seq)
-            ):
+            index_key = _profile_log_key(change.namespace, change.key, change.value)
+            if index_key is not None and index.set_key_dup(index_key, seq):
                 index.delete()
             cursor.delete()  # moves to the next key; key() is b"" past the end
             deleted += 1
@@ -398,8 +404,7 @@ class _Batch:
         self.seq += 1
         seq = _pack_u64(self.seq)
         self._txn.put(seq, _encode_change(namespace, key, value), db=self._dbs.log, append=True)
-        if namespace == "profiles" and value is not None:
-            self._txn.put(key.encode(), seq, db=self._dbs.profile_log, dupdata=True)
+        _index_profile_log(self._txn, self._dbs, seq, namespace, key, value)
 
     def finish(self, kind: str, description: str) -> CommitInfo | None:
         """Record the commit and the new head; None (nothing written) when every change was a no-op."""
