@@ -54,8 +54,6 @@ from edgewise.sync.snapshot import apply_bundle
 
 __all__ = ["add_arguments", "load_bundle_file", "run"]
 
-HOUSEKEEPING_SECONDS = 0.2  # between two bounded housekeeping steps (edge/housekeeping.py)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
@@ -373,14 +371,11 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             },
         )
     housekeeper = Housekeeper(store, int(config.track.dedupe_window_hours * 3_600_000), activity)
-    next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
     while not stop.wait(0.2):
-        if time.monotonic() >= next_housekeeping:
-            next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
-            try:
-                housekeeper.step()
-            except (StoreError, lmdb.Error, RecordError, ValueError) as exc:
-                log("housekeeping_failed", level="error", error=str(exc))
+        try:
+            housekeeper.step()  # one bounded step each tick (edge/housekeeping.py)
+        except (StoreError, lmdb.Error, RecordError, ValueError) as exc:
+            log("housekeeping_failed", level="error", error=str(exc))
         if reload.is_set():
             reload.clear()
             if config.data.bundle is None:
