@@ -43,7 +43,7 @@ from edgewise.sync.control_store import (
     RecordChange,
 )
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
-from edgewise.sync.event_store import EventStore, EventStoreError, forwarded_keys
+from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, forwarded_keys
 from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
@@ -549,8 +549,8 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
     def Forget(self, request: sync_pb2.ForgetRequest, context: grpc.ServicerContext) -> sync_pb2.ForgetReply:
         user = request.user_id
-        if not user or len(user.encode()) > 400:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-400 bytes")
+        if not user or len(user.encode()) > MAX_ID_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be 1-{MAX_ID_BYTES} bytes")
         with self._push_lock, self._forget_lock:
             try:
                 info = self.store.forget(user)
@@ -572,8 +572,8 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"limit: {limit} is over the cap of {FORGET_STATUS_MAX}",
             )
-        if len(request.user_id.encode()) > 400:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id must be at most 400 bytes")
+        if len(request.user_id.encode()) > MAX_ID_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be at most {MAX_ID_BYTES} bytes")
         forgotten, total = self.store.forgotten_newest(0 if request.user_id else limit)
         if request.user_id:
             version = self.store.forgotten_version(request.user_id)
