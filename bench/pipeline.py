@@ -16,10 +16,15 @@ anonymous sessions; the `personalization` purpose in ~90% of requests; the profi
 most of the time; a seed item for pdp_similar in ~60%; explain=false. Each request is decided inside
 its own `with store.read() as view:`, as the edge servicer does.
 
-Two passes over the same requests, interleaved in rounds:
+Passes over the same requests, interleaved in rounds:
 
 - whole request: the real, unmodified `Pipeline.decide` (`decide`), and the read transaction around
   it (`request` = open the read transaction + decide + close it). These are the figures for the target.
+- the same real pass twice more (REPEATS = 3 in all), for context: `request_min` is each request's best
+  time over the three, so its p99 is the tail of the work itself (which requests cost more), with most
+  of the machine's interference removed; after each request of the second pass, `noise` times a fixed
+  Python loop (`noise_probe`), whose p99 / median says what this machine adds to identical work. On a
+  shared VM that ratio is far from 1, and it multiplies every p99 here.
 - stages: an instrumented copy of `Pipeline.decide`'s orchestration (`_staged_decide` below) that
   calls the same functions (`Pipeline.state`, `_resolve`, `_consented_inputs`, `FeatureView`,
   `SegmentMemo`, `in_holdout`, `Pipeline._placement`, `rank_items`, ...) with `time.perf_counter_ns`
@@ -89,6 +94,8 @@ PLACEMENTS: Final = ("home", "pdp_similar", "hero_banner")
 HOME_COUNT: Final = 10
 PDP_COUNT: Final = 8
 TARGET_P99_US: Final = 150.0
+REPEATS: Final = 3  # real passes over the measured requests (each request's best of them: its own tail)
+NOISE_LOOPS: Final = 4_000  # iterations of noise_probe's loop: about 100 us on the 2026 test machine
 TARGET_GB_RATIO: Final = 10.0
 GROWTHBOOK_INSTALL: Final = "pip install growthbook  (a bench-only dependency, not needed by edgewise)"
 
@@ -430,6 +437,8 @@ STAGES: Final = (
     ("staged_request", "staged request (instrumented, end to end)"),
     ("decide", "decide: Pipeline.decide, unmodified"),
     ("request", "request: read txn + Pipeline.decide"),
+    ("request_min", "request, each one's best of its passes"),
+    ("noise", "machine noise: a fixed Python loop"),
 )
 
 
@@ -588,10 +597,21 @@ class PipelineResult:
     mix: dict[str, Counter[str]] = field(default_factory=dict)
 
 
+def noise_probe(loops: int = NOISE_LOOPS) -> int:
+    """Fixed work with nothing to miss in any cache: a Python integer loop. Its spread between runs is
+    the machine's (other tenants, interrupts, frequency), not the code's."""
+    total = 0
+    for i in range(loops):
+        total += i
+    return total
+
+
 def measure_pipeline(
-    store: Store, requests: Sequence[DecideInput], warmup: int, rounds: int
+    store: Store, requests: Sequence[DecideInput], warmup: int, rounds: int, repeats: int = REPEATS
 ) -> PipelineResult:
-    """Time the real and the staged pass over `requests`, interleaved in `rounds` chunks."""
+    """Time the real pass (`repeats` times) and the staged pass over `requests`, interleaved in `rounds`
+    chunks. `decide` and `request` come from the first real pass; `request_min` is each request's best
+    over the real passes; `noise` times `noise_probe` after each request of the second real pass."""
     pipeline = Pipeline()
     result = PipelineResult(samples={key: [] for key, _ in STAGES})
     samples = result.samples
@@ -603,7 +623,7 @@ def measure_pipeline(
             _staged_decide(pipeline, store, request, {})
     measured = requests[warmup:]
     chunk = max(1, -(-len(measured) // rounds))
-    decide_ns, request_ns = samples["decide"], samples["request"]
+    decide_ns, request_ns, noise_ns = samples["decide"], samples["request"], samples["noise"]
     for r in range(rounds):
         part = measured[r * chunk : (r + 1) * chunk]
         if not part:
@@ -611,8 +631,12 @@ def measure_pipeline(
         real: list[int] = []
         staged: list[int] = []
 
-        def real_pass(part: Sequence[DecideInput] = part, real: list[int] = real) -> None:
-            for request in part:
+        best = [0] * len(part)
+
+        def real_pass(
+            part: Sequence[DecideInput] = part, real: list[int] = real, best: list[int] = best
+        ) -> None:
+            for j, request in enumerate(part):
                 t0 = _clock()
                 with store.read() as view:
                     t1 = _clock()
@@ -621,8 +645,24 @@ def measure_pipeline(
                 t3 = _clock()
                 decide_ns.append(t2 - t1)
                 request_ns.append(t3 - t0)
+                best[j] = t3 - t0
                 real.append(_digest(decision))
                 _count_mix(result.mix, request, decision)
+
+        def repeat_pass(
+            part: Sequence[DecideInput] = part, best: list[int] = best, probe: bool = False
+        ) -> None:
+            for j, request in enumerate(part):
+                t0 = _clock()
+                with store.read() as view:
+                    decide(view, request)
+                t1 = _clock()
+                if t1 - t0 < best[j]:
+                    best[j] = t1 - t0
+                if probe:
+                    t2 = _clock()
+                    noise_probe()
+                    noise_ns.append(_clock() - t2)
 
         def staged_pass(part: Sequence[DecideInput] = part, staged: list[int] = staged) -> None:
             with instrumented():
@@ -638,6 +678,14 @@ def measure_pipeline(
         passes = (real_pass, staged_pass) if r % 2 == 0 else (staged_pass, real_pass)
         for run_pass in passes:
             run_pass()
+        for k in range(1, repeats):  # after the first real pass: `best` holds its times
+            repeat_pass(probe=k == 1)
+        if repeats < 2:
+            for _ in part:
+                t2 = _clock()
+                noise_probe()
+                noise_ns.append(_clock() - t2)
+        samples["request_min"].extend(best)
         result.compared += len(part)
         result.mismatches += sum(a != b for a, b in zip(real, staged, strict=True))
     return result
@@ -948,6 +996,7 @@ def run(config: Config) -> dict[str, Any]:
     stages = {key: {"label": label.strip(), **stats[key]} for key, label in STAGES}
     request_p99 = stats["request"]["p99_us"]
     decide_p99 = stats["decide"]["p99_us"]
+    noise = stats["noise"]
     return {
         "benchmark": "bench.pipeline",
         "config": {
@@ -973,6 +1022,10 @@ def run(config: Config) -> dict[str, Any]:
             "decide_p99_us": decide_p99,
             "met": request_p99 <= TARGET_P99_US,
             "decide_met": decide_p99 <= TARGET_P99_US,
+            # Context, not the target: the tail of the work itself, and what this machine adds to any work.
+            "request_min_p99_us": stats["request_min"]["p99_us"],
+            "repeats": REPEATS,
+            "noise_p99_over_median": noise["p99_us"] / noise["median_us"] if noise["median_us"] else 0.0,
         },
         "growthbook": growthbook,
         "seconds": {"measure": round(measure_s, 2), "total": round(time.perf_counter() - t_run, 2)},
@@ -1073,6 +1126,11 @@ def _format(result: dict[str, Any]) -> str:
         f"target p99 <= {tg['p99_us']:.0f} us for the whole request: "
         f"request p99 {tg['request_p99_us']:.1f} us "
         f"-> {'MET' if tg['met'] else 'NOT MET'} (decide alone p99 {tg['decide_p99_us']:.1f} us)"
+    )
+    lines.append(
+        f"context: p99 of each request's best of {tg['repeats']} passes {tg['request_min_p99_us']:.1f} us "
+        "(the work's own tail, most of the machine's interference removed); the fixed Python loop's "
+        f"p99 is {tg['noise_p99_over_median']:.2f}x its median (what this machine adds to identical work)"
     )
     lines.append("")
     lines += _format_growthbook(result["growthbook"])

@@ -40,6 +40,10 @@ def test_quick_run_reports_every_stage(bundle_dir: Path, capsys: pytest.CaptureF
         assert stats["n"] == 300, key
         assert 0 <= stats["median_us"] <= stats["p99_us"] <= stats["p999_us"] <= stats["max_us"], key
     assert stages["decide"]["median_us"] > 0 and stages["request"]["median_us"] > 0
+    # Each request's best over the real passes is at most its first-pass time, so every percentile is too.
+    for stat in ("median_us", "p99_us", "max_us"):
+        assert stages["request_min"][stat] <= stages["request"][stat], stat
+    assert stages["noise"]["median_us"] > 0
     # The instrumented copy of the orchestration decides exactly as the real pipeline does: if this
     # fails, core/pipeline.py changed and bench/pipeline.py's _staged_decide needs the same change.
     assert result["staged_matches_real"] == "300/300"
@@ -47,6 +51,8 @@ def test_quick_run_reports_every_stage(bundle_dir: Path, capsys: pytest.CaptureF
     target = result["target"]
     assert target["p99_us"] == 150.0
     assert target["met"] == (target["request_p99_us"] <= 150.0)
+    assert target["repeats"] == 3 and target["request_min_p99_us"] == stages["request_min"]["p99_us"]
+    assert target["noise_p99_over_median"] >= 1.0
     assert set(result["gc_during_pipeline"]) == {"gen0", "gen1", "gen2"}
     gb = result["growthbook"]
     if not HAS_GROWTHBOOK:
