@@ -537,8 +537,9 @@ def _diversify(
 ) -> tuple[list[int], list[float]]:
     taken: dict[str, int] = {}
     out_rows, out_values = [], []
+    prefixes = state.category_prefixes(depth)
     for r, v in zip(rows, values, strict=True):
-        key = state.category_prefix(r, depth)
+        key = prefixes[r]
         if taken.get(key, 0) < cap:
             taken[key] = taken.get(key, 0) + 1
             out_rows.append(r)

@@ -63,13 +63,19 @@ class VersionState:
         return self.regions.get(country.upper(), self.everywhere)
 
     def derived(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        """A value derived from this version's data, built once per key (bounded cache)."""
+        """A value derived from this version's data, built once per key.
+
+        At most _CACHE_CAP values are kept. Some keys come from requests (a request's category, tag or
+        flag filter, its country), so a full cache starts over instead of refusing new keys: refusing
+        would rebuild every later key (tomorrow's trending scores, a new rule's mask) on every request
+        for the rest of the version. After a clear, each value in use is rebuilt once."""
         value = self._derived.get(key)
         if value is None:
             value = build()
             with self._lock:
-                if len(self._derived) < _CACHE_CAP:
-                    self._derived[key] = value
+                if len(self._derived) >= _CACHE_CAP:
+                    self._derived.clear()
+                self._derived[key] = value
         return value
 
     def category_mask(self, prefix: str) -> NDArray[np.uint8]:
@@ -125,7 +131,17 @@ class VersionState:
         return vector
 
     def category_prefix(self, row: int, depth: int) -> str:
-        return "/".join(self.categories[row].split("/")[:depth])
+        return self.category_prefixes(depth)[row]
+
+    def category_prefixes(self, depth: int) -> tuple[str, ...]:
+        """Every row's category cut to its first `depth` levels (built once per version and depth: the
+        diversity cap reads one per fetched row)."""
+
+        def build() -> tuple[str, ...]:
+            return tuple("/".join(c.split("/")[:depth]) for c in self.categories)
+
+        prefixes: tuple[str, ...] = self.derived(("category_prefixes", depth), build)
+        return prefixes
 
 
 def build_state(view: ReadView) -> VersionState:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import rewrite_manifest
 
+from edgewise.core import version_state
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, PlacementOutput
 from edgewise.core.experiments import FORCE_ATTRIBUTE_PREFIX, assign, in_holdout
@@ -227,6 +228,33 @@ def test_deals_promotions_boosts_and_diversity(engine: tuple[Store, Bundle, Pipe
     for item_id, part in parts.items():
         sale = bool(state.flags[state.rows[item_id]].get("sale"))
         assert part["boost"] == (50.0 if sale else 0.0)
+
+
+def test_request_filters_past_the_derived_cache_cap_leave_it_caching(
+    engine: tuple[Store, Bundle, Pipeline],
+) -> None:
+    """A request's category filter becomes a cached mask of the version state. Once as many distinct
+    filters as the cache holds have been asked for, the cache must still keep new values (tomorrow's
+    trending scores, a diversity cap's category prefixes): it used to stop caching, so every later key
+    was rebuilt on every request for the rest of the version."""
+    store, _, pipeline = engine
+    state = _state(engine)
+    for n in range(version_state._CACHE_CAP + 10):
+        ask = PlacementAsk("home", 3, filter="category", filter_params={"category": f"no-such-category/{n}"})
+        with store.read() as view:
+            out = pipeline.decide(view, DecideInput(placements=(ask,), now_ms=NOW))
+        assert out.placements[0].items == []  # nothing in that category: no items, no error
+    builds: list[str] = []
+
+    def build() -> str:
+        builds.append("built")
+        return "value"
+
+    assert state.derived(("test", "after the cap"), build) == "value"
+    assert state.derived(("test", "after the cap"), build) == "value"
+    assert builds == ["built"]
+    assert state.category_prefixes(1) is state.category_prefixes(1)
+    assert len(state._derived) <= version_state._CACHE_CAP
 
 
 def test_rotation_sinks_items_shown_too_often(engine: tuple[Store, Bundle, Pipeline]) -> None:
