@@ -14,6 +14,8 @@ supervisor runs them:
 - ids: `max_ids` expired ids deleted per step, no activities read;
 - activities: `max_keys` activities read (and deleted) per step, no ids due;
 - idle: a step when nothing is due and the activity walk rests (the first-key check of the ids);
+- outbox: `max_outbox` of the oldest outbox entries deleted per step (the events went to the outbox
+  too: they carry the analytics purpose), as when the outbox is over `data.outbox_max_mb`;
 - record: `record_events` per event (50 per call, each call one commit with fsync), for scale.
 
 Medians of the steps; one step holds the store's write lock for its whole duration.
@@ -82,13 +84,23 @@ def run(n: int, step_sizes: Sequence[int]) -> dict[str, Any]:
                     t0 = time.perf_counter()
                     store.sweep(NOW, WINDOW, limits, max_keys=0)
                     idle.append(time.perf_counter() - t0)
+                outbox: list[float] = []
+                while True:  # a limit of 1 byte: every entry is over it
+                    t0 = time.perf_counter()
+                    result = store.sweep(
+                        NOW, WINDOW, limits, max_keys=0, max_ids=0, outbox_max_bytes=1, max_outbox=size
+                    )
+                    if result.outbox_dropped < size:
+                        break
+                    outbox.append(time.perf_counter() - t0)
             rows.append(
                 {
                     "keys_per_step": size,
                     "ids_step_ms": _ms(ids),
                     "activities_step_ms": _ms(activities),
                     "idle_step_ms": _ms(idle),
-                    "steps": [len(ids), len(activities)],
+                    "outbox_step_ms": _ms(outbox),
+                    "steps": [len(ids), len(activities), len(outbox)],
                 }
             )
     return {"events": n, "record_us_per_event": round(record_us, 1), "rows": rows}
@@ -109,11 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result['events']:,} event ids and activities, all aged out; record_events "
         f"{result['record_us_per_event']} us per event ({PER_CALL} per call)"
     )
-    print(f"{'keys per step':>14} {'ids step ms':>12} {'activities step ms':>19} {'idle step ms':>13}")
+    print(
+        f"{'keys per step':>14} {'ids step ms':>12} {'activities step ms':>19} {'idle step ms':>13} "
+        f"{'outbox step ms':>15}"
+    )
     for row in result["rows"]:
         print(
             f"{row['keys_per_step']:>14,} {row['ids_step_ms']:>12} {row['activities_step_ms']:>19} "
-            f"{row['idle_step_ms']:>13}"
+            f"{row['idle_step_ms']:>13} {row['outbox_step_ms']:>15}"
         )
     return 0
 

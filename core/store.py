@@ -109,6 +109,7 @@ class SweepResult:
     event_ids: int
     activities: int
     next_activity_key: bytes  # b"": the next step starts over from the first activity
+    outbox_dropped: int = 0  # oldest outbox entries deleted unsent: the outbox was over its limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,32 @@ def _rebuild_model_rows(txn: Any, dbs: Mapping[str, Any], names: Iterable[str]) 
             value = encode_array(array[start : start + ROWS_PER_CHUNK])
             txn.put(prefix + _CHUNK_INDEX.pack(chunk), value, db=rows_db)
         txn.put(prefix + b"meta", _ROWS_META.pack(len(buf), zlib.crc32(buf)), db=rows_db)
+
+
+def _db_usage(txn: Any, db: Any) -> tuple[int, int]:
+    """(entries, bytes of its branch, leaf and overflow pages) of a named database: LMDB keeps both."""
+    st = txn.stat(db)
+    return int(st["entries"]), int(st["psize"]) * (
+        int(st["branch_pages"]) + int(st["leaf_pages"]) + int(st["overflow_pages"])
+    )
+
+
+def _trim_outbox(txn: Any, db: Any, max_bytes: int, max_entries: int) -> int:
+    """Delete the oldest outbox entries (at most `max_entries`) until the outbox's pages come to about
+    `max_bytes` (0: no limit): the excess over the mean entry size. Returns how many were deleted."""
+    if max_bytes <= 0 or max_entries <= 0:
+        return 0
+    entries, used = _db_usage(txn, db)
+    if used <= max_bytes or entries == 0:
+        return 0
+    want = min(max_entries, entries, -(-(used - max_bytes) * entries // used))
+    deleted = 0
+    with txn.cursor(db=db) as cursor:
+        cursor.first()
+        while deleted < want and cursor.key():
+            cursor.delete()  # moves to the next (newer) entry
+            deleted += 1
+    return deleted
 
 
 def _forget_users(txn: Any, dbs: Mapping[str, Any], users: Sequence[str]) -> None:
@@ -554,6 +581,8 @@ class Store:
         after_activity: bytes = b"",
         max_keys: int = 1_000,
         max_ids: int = 10_000,
+        outbox_max_bytes: int = 0,
+        max_outbox: int = 10_000,
     ) -> SweepResult:
         """One bounded step of housekeeping, in one write transaction. Event ids: up to `max_ids` of
         those that arrived more than `dedupe_window_ms` before `now_ms` are deleted, oldest first (a
@@ -562,7 +591,9 @@ class Store:
         once expired (`core.activity.expire`: no recent views, cart entries or purchases; impression
         counts for rotation go with them) are deleted. Called repeatedly with the returned key, it walks
         the activities round and round; so both namespaces stay bounded by what the window and the TTLs
-        keep."""
+        keep. Outbox: while it takes more than `outbox_max_bytes` of the map (0: no limit), up to
+        `max_outbox` of its oldest entries are deleted unsent, so that a node nobody drains (no control
+        plane, or one unreachable for hours) keeps accepting Track instead of filling its map."""
         events_db, times_db, activity_db = (
             self._dbs["events"],
             self._dbs["event_times"],
@@ -591,7 +622,13 @@ class Store:
                 if max_keys > 0
                 else (0, after_activity)
             )
-        return SweepResult(ids, activities, next_activity)
+            dropped = _trim_outbox(txn, self._dbs["outbox"], outbox_max_bytes, max_outbox)
+        return SweepResult(ids, activities, next_activity, dropped)
+
+    def outbox_usage(self) -> tuple[int, int]:
+        """(entries, bytes of the map's pages) of the outbox."""
+        with self._env.begin() as txn:
+            return _db_usage(txn, self._dbs["outbox"])
 
     def outbox_ack(self, upto: int) -> int:
         """Delete the outbox entries with sequence <= `upto` (forwarded and acknowledged); return how many."""

@@ -47,6 +47,7 @@ __all__ = [
     "flag_overrides",
     "format_config",
     "load_config",
+    "outbox_max_bytes",
 ]
 
 ENV_PREFIX: Final = "EDGEWISE_"
@@ -175,6 +176,22 @@ class DataConfig:
             flag="--map-size-mb",
         ),
     )
+    outbox_max_mb: int = field(
+        default=0,
+        metadata=_meta(
+            "MiB the outbox (events and exposures waiting to go upstream) may take before housekeeping "
+            "deletes its oldest entries unsent (0: a quarter of data.map_size_mb)",
+            min=0,
+            max=1 << 24,
+            flag="--outbox-max-mb",
+        ),
+    )
+
+
+def outbox_max_bytes(data: DataConfig) -> int:
+    """The outbox's limit in bytes: `data.outbox_max_mb`, or a quarter of the map when it is 0."""
+    mb = data.outbox_max_mb or max(1, data.map_size_mb // 4)
+    return mb << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -732,6 +749,15 @@ def load_config(
 
 
 def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
+    if config.data.outbox_max_mb >= config.data.map_size_mb:
+        raise ConfigError(
+            f"data.outbox_max_mb = {config.data.outbox_max_mb} "
+            f"(from {_origin(sources['data.outbox_max_mb'])}) "
+            f"must be less than data.map_size_mb = {config.data.map_size_mb} "
+            f"(from {_origin(sources['data.map_size_mb'])}): the rest of the store needs room too",
+            key="data.outbox_max_mb",
+            source=sources["data.outbox_max_mb"],
+        )
     if config.sync.control and config.data.bundle is not None:
         raise ConfigError(
             "data.bundle and sync.control cannot both be set: with a control plane its syncer is the node's "

@@ -9,6 +9,13 @@ next `keys_per_step` live activities are read and those with nothing left after 
 the ids' first-key check. So the store does not grow without bound with every event id and every
 visitor ever seen. At the end of a pass, if anything was deleted since the last one, it logs
 `housekeeping_pass` with the counts.
+
+The outbox (events and exposure records waiting to go upstream) is drained by the forwarder, when there
+is a control plane to forward to. Without one, or while it is unreachable, it would grow until the map
+is full, and from then on every Track would fail. So each step also deletes its oldest entries, up to
+`OUTBOX_PER_STEP`, while it takes more than `outbox_max_bytes` of the map (`data.outbox_max_mb`): those
+records are lost for upstream, counted in `outbox_dropped` and logged as `outbox_over_limit` (a warning,
+at most once every `OUTBOX_LOG_EVERY_S` seconds, with the count since the last one).
 """
 
 from __future__ import annotations
@@ -21,11 +28,20 @@ from edgewise.core.activity import ActivityLimits
 from edgewise.core.store import Store
 from edgewise.edge.logs import log
 
-__all__ = ["IDS_PER_STEP", "KEYS_PER_STEP", "PASS_PAUSE_S", "Housekeeper"]
+__all__ = [
+    "IDS_PER_STEP",
+    "KEYS_PER_STEP",
+    "OUTBOX_LOG_EVERY_S",
+    "OUTBOX_PER_STEP",
+    "PASS_PAUSE_S",
+    "Housekeeper",
+]
 
 KEYS_PER_STEP: Final = 1_000  # activities read per step: about 5 ms of write lock
 IDS_PER_STEP: Final = 10_000  # expired event ids deleted per step at most: about 13 ms (50,000 a second)
 PASS_PAUSE_S: Final = 60.0  # between the end of a pass over the activities and the next
+OUTBOX_PER_STEP: Final = 10_000  # oldest outbox entries deleted per step at most, over the limit
+OUTBOX_LOG_EVERY_S: Final = 60.0  # outbox_over_limit warnings at most this often
 
 
 class Housekeeper:
@@ -38,6 +54,8 @@ class Housekeeper:
         keys_per_step: int = KEYS_PER_STEP,
         ids_per_step: int = IDS_PER_STEP,
         pass_pause_s: float = PASS_PAUSE_S,
+        outbox_max_bytes: int = 0,
+        outbox_per_step: int = OUTBOX_PER_STEP,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -47,6 +65,8 @@ class Housekeeper:
         self.keys_per_step = keys_per_step
         self.ids_per_step = ids_per_step
         self.pass_pause_s = pass_pause_s
+        self.outbox_max_bytes = outbox_max_bytes
+        self.outbox_per_step = outbox_per_step
         self._clock_ms = clock_ms
         self._monotonic = monotonic
         self._after_activity = b""
@@ -56,6 +76,9 @@ class Housekeeper:
         self.deleted_ids = 0  # since start
         self.deleted_activities = 0
         self.passes = 0  # full passes over the activities
+        self.outbox_dropped = 0  # outbox entries deleted unsent, since start
+        self._unlogged_outbox = 0
+        self._outbox_logged_at: float | None = None
 
     def step(self) -> None:
         walking = self._after_activity != b"" or self._monotonic() >= self._activities_due
@@ -66,7 +89,25 @@ class Housekeeper:
             after_activity=self._after_activity,
             max_keys=self.keys_per_step if walking else 0,
             max_ids=self.ids_per_step,
+            outbox_max_bytes=self.outbox_max_bytes,
+            max_outbox=self.outbox_per_step,
         )
+        if result.outbox_dropped:
+            self.outbox_dropped += result.outbox_dropped
+            self._unlogged_outbox += result.outbox_dropped
+        if self._unlogged_outbox and (
+            self._outbox_logged_at is None or self._monotonic() - self._outbox_logged_at >= OUTBOX_LOG_EVERY_S
+        ):
+            log(
+                "outbox_over_limit",
+                level="warning",
+                dropped=self._unlogged_outbox,
+                limit_mb=round(self.outbox_max_bytes / (1 << 20), 1),
+                error="the oldest events and exposures waiting to go upstream were deleted unsent: "
+                "no control plane drains this node's outbox (none configured, or unreachable)",
+            )
+            self._unlogged_outbox = 0
+            self._outbox_logged_at = self._monotonic()
         self.deleted_ids += result.event_ids
         self.deleted_activities += result.activities
         self._pass_ids += result.event_ids

@@ -398,6 +398,8 @@ class NodeMetrics:
         self._workers_alive = 0
         self._restarts = 0
         self._outbox_entries = 0
+        self._outbox_bytes = 0
+        self._outbox_dropped = 0
         self._forwarded = 0
         self._housekept = {"event_ids": 0, "activities": 0}
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -424,10 +426,12 @@ class NodeMetrics:
         with self._lock:
             self._restarts += count
 
-    def set_outbox(self, entries: int, forwarded: int) -> None:
-        """Records waiting in the outbox, and records the control plane accepted since start."""
+    def set_outbox(self, entries: int, forwarded: int, size_bytes: int = 0, dropped: int = 0) -> None:
+        """Records waiting in the outbox and the bytes of its pages, records the control plane accepted
+        since start, and records deleted unsent since start (the outbox was over its limit)."""
         with self._lock:
             self._outbox_entries, self._forwarded = entries, forwarded
+            self._outbox_bytes, self._outbox_dropped = size_bytes, dropped
 
     def set_housekeeping(self, event_ids: int, activities: int) -> None:
         """Expired event ids and live activities housekeeping deleted since start."""
@@ -455,6 +459,7 @@ class NodeMetrics:
             version, synced_at = self._snapshot_version, self._synced_at
             alive, restarts = self._workers_alive, self._restarts
             outbox, forwarded, housekept = self._outbox_entries, self._forwarded, dict(self._housekept)
+            outbox_bytes, outbox_dropped = self._outbox_bytes, self._outbox_dropped
         age = math.nan if synced_at is None else max(0.0, self._clock() - synced_at)
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
@@ -515,6 +520,14 @@ class NodeMetrics:
         sample("edgewise_stale", {}, 1.0 if stale else 0.0)
         family("edgewise_outbox_entries", "gauge", "Events and exposure records waiting to go upstream.")
         sample("edgewise_outbox_entries", {}, outbox)
+        family("edgewise_outbox_bytes", "gauge", "Bytes of the store's pages the outbox takes.")
+        sample("edgewise_outbox_bytes", {}, outbox_bytes)
+        family(
+            "edgewise_outbox_dropped_total",
+            "counter",
+            "Oldest outbox records deleted unsent because the outbox was over data.outbox_max_mb.",
+        )
+        sample("edgewise_outbox_dropped_total", {}, outbox_dropped)
         family("edgewise_forwarded_total", "counter", "Records the control plane accepted from this node.")
         sample("edgewise_forwarded_total", {}, forwarded)
         family(

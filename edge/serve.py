@@ -40,6 +40,7 @@ from edgewise.edge.config import (
     flag_overrides,
     format_config,
     load_config,
+    outbox_max_bytes,
 )
 from edgewise.edge.convert import Limits
 from edgewise.edge.housekeeping import Housekeeper
@@ -370,7 +371,12 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 "metrics": metrics_address,
             },
         )
-    housekeeper = Housekeeper(store, int(config.track.dedupe_window_hours * 3_600_000), activity)
+    housekeeper = Housekeeper(
+        store,
+        int(config.track.dedupe_window_hours * 3_600_000),
+        activity,
+        outbox_max_bytes=outbox_max_bytes(config.data),
+    )
     while not stop.wait(0.2):
         try:
             housekeeper.step()  # one bounded step each tick (edge/housekeeping.py)
@@ -386,7 +392,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                     _note_snapshot(node_metrics, store)
         if node_metrics is not None:
             forwarded = sync.forwarder.forwarded if sync is not None else 0
-            node_metrics.set_outbox(store.outbox_pending(), forwarded)
+            entries, size_bytes = store.outbox_usage()
+            node_metrics.set_outbox(entries, forwarded, size_bytes, housekeeper.outbox_dropped)
             node_metrics.set_housekeeping(housekeeper.deleted_ids, housekeeper.deleted_activities)
         if sync is not None and node_metrics is not None:
             _note_sync(node_metrics, store, sync.syncer)

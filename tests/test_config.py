@@ -18,6 +18,7 @@ from edgewise.edge.config import (
     flag_overrides,
     format_config,
     load_config,
+    outbox_max_bytes,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,6 +229,20 @@ def test_metrics_port_must_differ_from_the_grpc_port(tmp_path: Path) -> None:
         data__dir="/srv",
         server__listen="127.0.0.1:0",
     )
+
+
+def test_outbox_limit_must_leave_room_in_the_map(tmp_path: Path) -> None:
+    message = _error(
+        tmp_path, env={"EDGEWISE_DATA_OUTBOX_MAX_MB": "512"}, data__dir="/srv", data__map_size_mb=512
+    )
+    assert message == (
+        "config error: data.outbox_max_mb = 512 (from EDGEWISE_DATA_OUTBOX_MAX_MB) must be less than "
+        "data.map_size_mb = 512 (from --map-size-mb): the rest of the store needs room too"
+    )
+    config, _ = _load(tmp_path, data__dir="/srv", data__map_size_mb=1000)
+    assert config.data.outbox_max_mb == 0 and outbox_max_bytes(config.data) == 250 << 20  # a quarter
+    config, _ = _load(tmp_path, env={"EDGEWISE_DATA_OUTBOX_MAX_MB": "64"}, data__dir="/srv")
+    assert outbox_max_bytes(config.data) == 64 << 20
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ in a real LMDB store and in a real edge process."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,3 +101,94 @@ def test_the_event_ids_of_an_older_store_are_indexed_when_it_is_opened(tmp_path:
     with Store(path, map_size=1 << 28) as store:
         assert store.sweep(NOW, 72 * HOUR, LIMITS).event_ids == 10
         assert _keys(store, "events") == []
+
+
+def _outbox_seqs(store: Store) -> list[int]:
+    with store._env.begin() as txn, txn.cursor(db=store._dbs["outbox"]) as cursor:
+        return [int.from_bytes(bytes(k), "big") for k, _ in cursor]
+
+
+def test_an_outbox_over_its_limit_loses_its_oldest_entries_in_bounded_steps(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        for batch in range(20):  # 4,000 analytics events: the outbox keeps them for upstream
+            store.record_events([_event(batch * 200 + n, NOW) for n in range(200)], LIMITS, now_ms=NOW)
+        entries, used = store.outbox_usage()
+        assert entries == 4_000 and used > 0
+        first, last = _outbox_seqs(store)[0], _outbox_seqs(store)[-1]
+        unlimited = Housekeeper(store, 72 * HOUR, LIMITS, clock_ms=lambda: NOW)
+        unlimited.step()  # no limit (0): nothing leaves the outbox
+        assert unlimited.outbox_dropped == 0 and store.outbox_usage()[0] == 4_000
+        within = Housekeeper(store, 72 * HOUR, LIMITS, outbox_max_bytes=used, clock_ms=lambda: NOW)
+        within.step()
+        assert within.outbox_dropped == 0
+        keeper = Housekeeper(
+            store, 72 * HOUR, LIMITS, outbox_max_bytes=used // 2, outbox_per_step=300, clock_ms=lambda: NOW
+        )
+        keeper.step()
+        assert keeper.outbox_dropped == 300  # bounded per step
+        for _ in range(20):
+            keeper.step()
+        entries_after, used_after = store.outbox_usage()
+        assert used_after <= used // 2
+        assert 1_000 <= entries_after <= 2_200  # about half the entries, the page accounting aside
+        assert keeper.outbox_dropped == 4_000 - entries_after
+        # the oldest went: what is left is the newest entries, in order, up to the last one
+        assert _outbox_seqs(store) == list(range(last - entries_after + 1, last + 1))
+        assert first < last - entries_after + 1
+        dropped = keeper.outbox_dropped
+        keeper.step()  # under the limit now: nothing more goes
+        assert keeper.outbox_dropped == dropped
+
+
+def _metric(address: str, name: str) -> float:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in the metrics")
+
+
+def test_a_real_edge_with_nothing_to_drain_its_outbox_keeps_it_under_the_limit(
+    edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    """A standalone edge (no control plane) queues analytics events for upstream that nobody forwards:
+    past data.outbox_max_mb the oldest are deleted, Track keeps working, and the loss is counted and
+    logged."""
+    edge = edge_factory(
+        tmp_path / "data",
+        bundle_dir,
+        "--workers",
+        "1",
+        "--outbox-max-mb",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    )
+    serving = next(e for e in edge.log_events() if e.get("event") == "serving")
+    metrics = str(serving["metrics"])
+    url = "https://example.com/" + "p" * 200
+    with grpc.insecure_channel(edge.address) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        for call in range(30):  # 15,000 events of about 300 bytes: several times the 1 MiB limit
+            events = [
+                pb.Event(
+                    event_id=f"ob-{call}-{n}",
+                    type="view",
+                    user_id=f"u{n}",
+                    item_id="i1",
+                    context=pb.Context(url=url),
+                )
+                for n in range(500)
+            ]
+            request = pb.TrackRequest(events=events, consent=["analytics"])
+            assert stub.Track(request, timeout=30).accepted == 500
+    deadline = time.monotonic() + 30
+    while _metric(metrics, "edgewise_outbox_dropped_total") == 0:
+        assert time.monotonic() < deadline, "nothing was ever deleted from the outbox"
+        time.sleep(0.2)
+    while _metric(metrics, "edgewise_outbox_bytes") > 1 << 20:
+        assert time.monotonic() < deadline, "the outbox was never brought under its limit"
+        time.sleep(0.2)
+    assert 0 < _metric(metrics, "edgewise_outbox_entries") < 15_000
+    warnings = [e for e in edge.log_events() if e.get("event") == "outbox_over_limit"]
+    assert warnings and warnings[0]["level"] == "warning" and int(str(warnings[0]["dropped"])) > 0

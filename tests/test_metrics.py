@@ -432,6 +432,8 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
                 "edgewise_workers_alive",
                 "edgewise_stale",
                 "edgewise_outbox_entries",
+                "edgewise_outbox_bytes",
+                "edgewise_outbox_dropped_total",
                 "edgewise_forwarded_total",
                 "edgewise_housekeeping_deleted_total",
             }
