@@ -110,6 +110,8 @@ class SweepResult:
     activities: int
     next_activity_key: bytes  # b"": the next step starts over from the first activity
     outbox_dropped: int = 0  # oldest outbox entries deleted unsent: the outbox was over its limit
+    event_ids_early: int = 0  # oldest event ids deleted before the dedupe window ended: over their limit
+    oldest_id_ms: int = 0  # arrival time of the oldest event id kept (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,23 @@ def _db_usage(txn: Any, db: Any) -> tuple[int, int]:
     return int(st["entries"]), int(st["psize"]) * (
         int(st["branch_pages"]) + int(st["leaf_pages"]) + int(st["overflow_pages"])
     )
+
+
+def _delete_oldest_ids(txn: Any, times_db: Any, events_db: Any, limit: int, before: bytes | None) -> int:
+    """Delete up to `limit` event ids, oldest arrival first, stopping at the first that arrived at or
+    after `before` (a packed arrival time; None: no such stop). Returns how many."""
+    deleted = 0
+    with txn.cursor(db=times_db) as cursor:
+        positioned = cursor.first()
+        while positioned and deleted < limit:
+            key = bytes(cursor.key())
+            if before is not None and key[: _ARRIVAL.size] >= before:
+                break
+            txn.delete(key[_ARRIVAL.size :], db=events_db)
+            cursor.delete()  # moves to the next key; key() is b"" past the end
+            deleted += 1
+            positioned = bool(cursor.key())
+    return deleted
 
 
 def _trim_outbox(txn: Any, db: Any, max_bytes: int, max_entries: int) -> int:
@@ -583,6 +602,7 @@ class Store:
         max_ids: int = 10_000,
         outbox_max_bytes: int = 0,
         max_outbox: int = 10_000,
+        ids_max_bytes: int = 0,
     ) -> SweepResult:
         """One bounded step of housekeeping, in one write transaction. Event ids: up to `max_ids` of
         those that arrived more than `dedupe_window_ms` before `now_ms` are deleted, oldest first (a
@@ -593,25 +613,28 @@ class Store:
         the activities round and round; so both namespaces stay bounded by what the window and the TTLs
         keep. Outbox: while it takes more than `outbox_max_bytes` of the map (0: no limit), up to
         `max_outbox` of its oldest entries are deleted unsent, so that a node nobody drains (no control
-        plane, or one unreachable for hours) keeps accepting Track instead of filling its map."""
+        plane, or one unreachable for hours) keeps accepting Track instead of filling its map. Event ids
+        likewise: while they (with their arrival index) take more than `ids_max_bytes` (0: no limit), the
+        oldest go before their window ends, within the same `max_ids` per step, so a busy node shortens
+        its effective dedupe window instead of filling its map (`oldest_id_ms` tells how far back it
+        reaches)."""
         events_db, times_db, activity_db = (
             self._dbs["events"],
             self._dbs["event_times"],
             self._dbs["activity"],
         )
         cutoff = _ARRIVAL.pack(max(0, now_ms - dedupe_window_ms))
-        ids = 0
         with self._env.begin(write=True) as txn:
+            ids = _delete_oldest_ids(txn, times_db, events_db, max_ids, cutoff)
+            early = 0
+            if ids_max_bytes > 0 and ids < max_ids:
+                count, used_ids = _db_usage(txn, events_db)
+                used = used_ids + _db_usage(txn, times_db)[1]
+                if used > ids_max_bytes and count:
+                    want = min(max_ids - ids, count, -(-(used - ids_max_bytes) * count // used))
+                    early = _delete_oldest_ids(txn, times_db, events_db, want, None)
             with txn.cursor(db=times_db) as cursor:
-                positioned = cursor.first()
-                while positioned and ids < max_ids:
-                    key = bytes(cursor.key())
-                    if key[: _ARRIVAL.size] >= cutoff:
-                        break
-                    txn.delete(key[_ARRIVAL.size :], db=events_db)
-                    cursor.delete()  # moves to the next key; key() is b"" past the end
-                    ids += 1
-                    positioned = bool(cursor.key())
+                oldest = _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0] if cursor.first() else 0
 
             def empty(value: bytes) -> bool:
                 left = expire(decode_activity(value), now_ms, limits)
@@ -623,7 +646,7 @@ class Store:
                 else (0, after_activity)
             )
             dropped = _trim_outbox(txn, self._dbs["outbox"], outbox_max_bytes, max_outbox)
-        return SweepResult(ids, activities, next_activity, dropped)
+        return SweepResult(ids, activities, next_activity, dropped, early, oldest)
 
     def outbox_usage(self) -> tuple[int, int]:
         """(entries, bytes of the map's pages) of the outbox."""

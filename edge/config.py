@@ -43,6 +43,7 @@ __all__ = [
     "TrackConfig",
     "add_config_arguments",
     "config_keys",
+    "dedupe_max_bytes",
     "env_name",
     "flag_overrides",
     "format_config",
@@ -194,6 +195,12 @@ def outbox_max_bytes(data: DataConfig) -> int:
     return mb << 20
 
 
+def dedupe_max_bytes(config: EdgeConfig) -> int:
+    """The event ids' limit in bytes: `track.dedupe_max_mb`, or a quarter of the map when it is 0."""
+    mb = config.track.dedupe_max_mb or max(1, config.data.map_size_mb // 4)
+    return mb << 20
+
+
 @dataclass(frozen=True, slots=True)
 class TrackConfig:
     group_commit_max_events: int = field(
@@ -224,6 +231,15 @@ class TrackConfig:
             "event ids are remembered this long for idempotency (a retry later than that counts again)",
             above=0,
             max=24 * 3650,
+        ),
+    )
+    dedupe_max_mb: int = field(
+        default=0,
+        metadata=_meta(
+            "MiB the remembered event ids may take; past it housekeeping deletes the oldest before their "
+            "window ends (0: a quarter of data.map_size_mb)",
+            min=0,
+            max=1 << 24,
         ),
     )
 
@@ -757,6 +773,16 @@ def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
             f"(from {_origin(sources['data.map_size_mb'])}): the rest of the store needs room too",
             key="data.outbox_max_mb",
             source=sources["data.outbox_max_mb"],
+        )
+    limits_mb = (outbox_max_bytes(config.data) + dedupe_max_bytes(config)) >> 20
+    if limits_mb >= config.data.map_size_mb:
+        raise ConfigError(
+            f"data.outbox_max_mb ({outbox_max_bytes(config.data) >> 20} MiB) and track.dedupe_max_mb "
+            f"({dedupe_max_bytes(config) >> 20} MiB, from {_origin(sources['track.dedupe_max_mb'])}) "
+            f"together must be less than data.map_size_mb = {config.data.map_size_mb}: the rest of the "
+            "store needs room too",
+            key="track.dedupe_max_mb",
+            source=sources["track.dedupe_max_mb"],
         )
     if config.sync.control and config.data.bundle is not None:
         raise ConfigError(

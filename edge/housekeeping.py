@@ -16,6 +16,11 @@ is full, and from then on every Track would fail. So each step also deletes its 
 `OUTBOX_PER_STEP`, while it takes more than `outbox_max_bytes` of the map (`data.outbox_max_mb`): those
 records are lost for upstream, counted in `outbox_dropped` and logged as `outbox_over_limit` (a warning,
 at most once every `OUTBOX_LOG_EVERY_S` seconds, with the count since the last one).
+
+Event ids are limited the same way (`ids_max_bytes`, `track.dedupe_max_mb`): a node taking more events
+than its dedupe window's ids fit in deletes the oldest before their window ends, within the same
+`ids_per_step`, counted in `deleted_ids_early` and logged as `dedupe_window_shortened` with how far back
+the ids it keeps reach. A retry older than that counts again; Track keeps working.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Housekeeper:
         pass_pause_s: float = PASS_PAUSE_S,
         outbox_max_bytes: int = 0,
         outbox_per_step: int = OUTBOX_PER_STEP,
+        ids_max_bytes: int = 0,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -67,6 +73,7 @@ class Housekeeper:
         self.pass_pause_s = pass_pause_s
         self.outbox_max_bytes = outbox_max_bytes
         self.outbox_per_step = outbox_per_step
+        self.ids_max_bytes = ids_max_bytes
         self._clock_ms = clock_ms
         self._monotonic = monotonic
         self._after_activity = b""
@@ -79,6 +86,10 @@ class Housekeeper:
         self.outbox_dropped = 0  # outbox entries deleted unsent, since start
         self._unlogged_outbox = 0
         self._outbox_logged_at: float | None = None
+        self.deleted_ids_early = 0  # event ids deleted before their window ended, since start
+        self.oldest_id_ms = 0  # arrival time of the oldest event id kept, after the last step (0: none)
+        self._unlogged_early = 0
+        self._early_logged_at: float | None = None
 
     def step(self) -> None:
         walking = self._after_activity != b"" or self._monotonic() >= self._activities_due
@@ -91,7 +102,28 @@ class Housekeeper:
             max_ids=self.ids_per_step,
             outbox_max_bytes=self.outbox_max_bytes,
             max_outbox=self.outbox_per_step,
+            ids_max_bytes=self.ids_max_bytes,
         )
+        self.oldest_id_ms = result.oldest_id_ms
+        if result.event_ids_early:
+            self.deleted_ids_early += result.event_ids_early
+            self._unlogged_early += result.event_ids_early
+        if self._unlogged_early and (
+            self._early_logged_at is None or self._monotonic() - self._early_logged_at >= OUTBOX_LOG_EVERY_S
+        ):
+            reach_h = (self._clock_ms() - self.oldest_id_ms) / 3_600_000 if self.oldest_id_ms else 0.0
+            log(
+                "dedupe_window_shortened",
+                level="warning",
+                dropped=self._unlogged_early,
+                limit_mb=round(self.ids_max_bytes / (1 << 20), 1),
+                window_hours=round(self.dedupe_window_ms / 3_600_000, 3),
+                kept_hours=round(reach_h, 3),
+                error="event ids were deleted before their dedupe window ended (track.dedupe_max_mb): "
+                "a retry older than kept_hours counts again",
+            )
+            self._unlogged_early = 0
+            self._early_logged_at = self._monotonic()
         if result.outbox_dropped:
             self.outbox_dropped += result.outbox_dropped
             self._unlogged_outbox += result.outbox_dropped

@@ -400,8 +400,9 @@ class NodeMetrics:
         self._outbox_entries = 0
         self._outbox_bytes = 0
         self._outbox_dropped = 0
+        self._oldest_id_ms = 0
         self._forwarded = 0
-        self._housekept = {"event_ids": 0, "activities": 0}
+        self._housekept = {"event_ids": 0, "activities": 0, "event_ids_early": 0}
         run_dir.mkdir(parents=True, exist_ok=True)
         if clear:
             for path in run_dir.glob(f"{_FILE_PREFIX}*"):
@@ -433,10 +434,19 @@ class NodeMetrics:
             self._outbox_entries, self._forwarded = entries, forwarded
             self._outbox_bytes, self._outbox_dropped = size_bytes, dropped
 
-    def set_housekeeping(self, event_ids: int, activities: int) -> None:
-        """Expired event ids and live activities housekeeping deleted since start."""
+    def set_housekeeping(
+        self, event_ids: int, activities: int, event_ids_early: int = 0, oldest_id_ms: int = 0
+    ) -> None:
+        """Expired event ids and live activities housekeeping deleted since start, event ids it deleted
+        before their dedupe window ended (over track.dedupe_max_mb), and the arrival time of the oldest
+        event id kept (Unix ms, 0: none)."""
         with self._lock:
-            self._housekept = {"event_ids": event_ids, "activities": activities}
+            self._housekept = {
+                "event_ids": event_ids,
+                "activities": activities,
+                "event_ids_early": event_ids_early,
+            }
+            self._oldest_id_ms = oldest_id_ms
 
     def totals(self) -> tuple[dict[Series, float], list[str]]:
         """Summed values by series over all worker files, and placements seen beyond the node layout."""
@@ -460,6 +470,7 @@ class NodeMetrics:
             alive, restarts = self._workers_alive, self._restarts
             outbox, forwarded, housekept = self._outbox_entries, self._forwarded, dict(self._housekept)
             outbox_bytes, outbox_dropped = self._outbox_bytes, self._outbox_dropped
+            oldest_id_ms = self._oldest_id_ms
         age = math.nan if synced_at is None else max(0.0, self._clock() - synced_at)
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
@@ -537,6 +548,13 @@ class NodeMetrics:
         )
         for kind, count in housekept.items():
             sample("edgewise_housekeeping_deleted_total", {"kind": kind}, count)
+        family(
+            "edgewise_dedupe_window_seconds",
+            "gauge",
+            "Age of the oldest event id kept: how far back a retried Track is still recognized.",
+        )
+        reach = max(0.0, time.time() - oldest_id_ms / 1000) if oldest_id_ms else 0.0
+        sample("edgewise_dedupe_window_seconds", {}, round(reach, 3))
         return "".join(out)
 
 

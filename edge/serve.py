@@ -37,6 +37,7 @@ from edgewise.edge.config import (
     ConfigError,
     EdgeConfig,
     add_config_arguments,
+    dedupe_max_bytes,
     flag_overrides,
     format_config,
     load_config,
@@ -376,6 +377,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         int(config.track.dedupe_window_hours * 3_600_000),
         activity,
         outbox_max_bytes=outbox_max_bytes(config.data),
+        ids_max_bytes=dedupe_max_bytes(config),
     )
     while not stop.wait(0.2):
         try:
@@ -394,7 +396,12 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             forwarded = sync.forwarder.forwarded if sync is not None else 0
             entries, size_bytes = store.outbox_usage()
             node_metrics.set_outbox(entries, forwarded, size_bytes, housekeeper.outbox_dropped)
-            node_metrics.set_housekeeping(housekeeper.deleted_ids, housekeeper.deleted_activities)
+            node_metrics.set_housekeeping(
+                housekeeper.deleted_ids,
+                housekeeper.deleted_activities,
+                housekeeper.deleted_ids_early,
+                housekeeper.oldest_id_ms,
+            )
         if sync is not None and node_metrics is not None:
             _note_sync(node_metrics, store, sync.syncer)
         restarts = supervisor.restarts

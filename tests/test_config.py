@@ -14,6 +14,7 @@ from edgewise.edge.config import (
     EdgeConfig,
     add_config_arguments,
     config_keys,
+    dedupe_max_bytes,
     env_name,
     flag_overrides,
     format_config,
@@ -243,6 +244,15 @@ def test_outbox_limit_must_leave_room_in_the_map(tmp_path: Path) -> None:
     assert config.data.outbox_max_mb == 0 and outbox_max_bytes(config.data) == 250 << 20  # a quarter
     config, _ = _load(tmp_path, env={"EDGEWISE_DATA_OUTBOX_MAX_MB": "64"}, data__dir="/srv")
     assert outbox_max_bytes(config.data) == 64 << 20
+    assert dedupe_max_bytes(config) == 2048 << 20  # a quarter of the default 8192 MiB map
+    message = _error(
+        tmp_path, env={"EDGEWISE_TRACK_DEDUPE_MAX_MB": "800"}, data__dir="/srv", data__map_size_mb=1000
+    )
+    assert message == (
+        "config error: data.outbox_max_mb (250 MiB) and track.dedupe_max_mb (800 MiB, from "
+        "EDGEWISE_TRACK_DEDUPE_MAX_MB) together must be less than data.map_size_mb = 1000: the rest of "
+        "the store needs room too"
+    )
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

@@ -148,15 +148,19 @@ def _metric(address: str, name: str) -> float:
     raise AssertionError(f"no {name} in the metrics")
 
 
-def test_a_real_edge_with_nothing_to_drain_its_outbox_keeps_it_under_the_limit(
+def test_a_real_edge_keeps_its_outbox_and_event_ids_under_their_limits(
     edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
     """A standalone edge (no control plane) queues analytics events for upstream that nobody forwards:
     past data.outbox_max_mb the oldest are deleted, Track keeps working, and the loss is counted and
-    logged."""
+    logged. Past track.dedupe_max_mb the oldest event ids go early, counted and logged too."""
+    config = tmp_path / "edge.toml"
+    config.write_text("[track]\ndedupe_max_mb = 1\n")
     edge = edge_factory(
         tmp_path / "data",
         bundle_dir,
+        "--config",
+        str(config),
         "--workers",
         "1",
         "--outbox-max-mb",
@@ -192,3 +196,50 @@ def test_a_real_edge_with_nothing_to_drain_its_outbox_keeps_it_under_the_limit(
     assert 0 < _metric(metrics, "edgewise_outbox_entries") < 15_000
     warnings = [e for e in edge.log_events() if e.get("event") == "outbox_over_limit"]
     assert warnings and warnings[0]["level"] == "warning" and int(str(warnings[0]["dropped"])) > 0
+    while _labeled(metrics, "edgewise_housekeeping_deleted_total", 'kind="event_ids_early"') == 0:
+        assert time.monotonic() < deadline, "no event id ever went early"
+        time.sleep(0.2)
+    assert 0 < _metric(metrics, "edgewise_dedupe_window_seconds") < 600  # ids of these last seconds only
+    shortened = [e for e in edge.log_events() if e.get("event") == "dedupe_window_shortened"]
+    assert shortened and shortened[0]["level"] == "warning" and shortened[0]["window_hours"] == 72.0
+
+
+def _labeled(address: str, name: str, labels: str) -> float:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"{name}{{{labels}}} "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name}{{{labels}}} in the metrics")
+
+
+def test_event_ids_over_their_limit_go_before_their_window_ends(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        for batch in range(20):  # 4,000 ids, arrived 10 h ago and younger: all within the 72 h window
+            events = [_event(batch * 200 + n, NOW) for n in range(200)]
+            store.record_events(events, LIMITS, now_ms=NOW - (20 - batch) * HOUR // 2)
+        with store._env.begin() as txn:
+            used = sum(
+                txn.stat(store._dbs[name])["psize"]
+                * sum(txn.stat(store._dbs[name])[k] for k in ("branch_pages", "leaf_pages", "overflow_pages"))
+                for name in ("events", "event_times")
+            )
+        keeper = Housekeeper(
+            store, 72 * HOUR, LIMITS, ids_per_step=500, ids_max_bytes=used // 2, clock_ms=lambda: NOW
+        )
+        keeper.step()
+        assert keeper.deleted_ids == 0 and keeper.deleted_ids_early == 500  # bounded per step
+        assert keeper.oldest_id_ms == NOW - 9 * HOUR  # batches 0 and 1 went, and half of batch 2
+        for _ in range(10):
+            keeper.step()
+        left = _keys(store, "events")
+        assert 1_000 <= len(left) <= 2_200 and keeper.deleted_ids_early == 4_000 - len(left)
+        # the newest stay, and a retry of a kept one is still a duplicate; of a deleted one, new again
+        assert left == [f"e{n:03d}" for n in range(4_000 - len(left), 4_000)]
+        assert store.record_events([_event(3_999, NOW)], LIMITS, now_ms=NOW).duplicates == 1
+        assert store.record_events([_event(0, NOW)], LIMITS, now_ms=NOW).accepted == 1
+        early = keeper.deleted_ids_early
+        keeper.step()
+        assert keeper.deleted_ids_early == early  # under the limit now
+        unlimited = Housekeeper(store, 72 * HOUR, LIMITS, clock_ms=lambda: NOW)
+        unlimited.step()
+        assert unlimited.deleted_ids_early == 0

@@ -436,6 +436,7 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
                 "edgewise_outbox_dropped_total",
                 "edgewise_forwarded_total",
                 "edgewise_housekeeping_deleted_total",
+                "edgewise_dedupe_window_seconds",
             }
             assert set(families) == expected_families
             assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 100
