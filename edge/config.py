@@ -263,6 +263,14 @@ class LimitsConfig:
     )
     max_consents: int = field(default=32, metadata=_meta("consent purposes per request", min=1, max=10_000))
     max_events: int = field(default=500, metadata=_meta("events per Track", min=1, max=1_000_000))
+    max_future_seconds: int = field(
+        default=86_400,
+        metadata=_meta(
+            "how far after this node's clock an event's timestamp_ms may be (more: INVALID_ARGUMENT)",
+            min=0,
+            max=10 * 365 * 86_400,
+        ),
+    )
     max_message_bytes: int = field(
         default=4 << 20, metadata=_meta("largest gRPC message received or sent", min=1024, max=(1 << 31) - 1)
     )

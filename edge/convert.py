@@ -36,6 +36,9 @@ the control plane's event store takes event ids of up to 400)."""
 _FAST_KEY_ID_CHARS: Final = MAX_KEY_ID_BYTES // 4  # at most 4 bytes of UTF-8 per character
 
 
+EARLIEST_EVENT_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z: earlier event times are unit slips
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Caps on what one call may carry (violations are INVALID_ARGUMENT naming the field and the cap)."""
@@ -48,6 +51,7 @@ class Limits:
     max_string_length: int = 2048  # url, referrer, attribute values, other strings
     max_consents: int = 32
     max_events: int = 500
+    max_future_seconds: int = 86_400  # how far after this node's clock an event's timestamp_ms may be
 
 
 def _check_str(value: str, field: str, cap: int) -> str:
@@ -353,8 +357,19 @@ def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> li
             raise RequestError(f"{field}.user_id", "user_id or session_id is required")
         if not math.isfinite(e.value):
             raise RequestError(f"{field}.value", f"must be a finite number, got {e.value}")
-        if e.timestamp_ms < 0:
-            raise RequestError(f"{field}.timestamp_ms", "must be >= 0 (0 = time of receipt)")
+        if 0 < e.timestamp_ms < EARLIEST_EVENT_MS or e.timestamp_ms < 0:
+            raise RequestError(
+                f"{field}.timestamp_ms",
+                f"{e.timestamp_ms} is before 2000-01-01: Unix time in milliseconds is expected (not "
+                "seconds), or 0 for the time of receipt",
+            )
+        if e.timestamp_ms > now_ms + limits.max_future_seconds * 1000:
+            raise RequestError(
+                f"{field}.timestamp_ms",
+                f"{e.timestamp_ms} is more than {limits.max_future_seconds} s after this node's clock "
+                f"({now_ms}): Unix time in milliseconds is expected (not micro- or nanoseconds), or 0 for "
+                "the time of receipt",
+            )
         for name in ("event_id", "user_id", "session_id"):
             _check_key_id(getattr(e, name), f"{field}.{name}", limits)
         for name in ("item_id", "decision_id", "placement_id"):

@@ -75,3 +75,40 @@ def test_ids_that_become_keys_are_capped_in_bytes_of_utf8() -> None:
             assert str(exc) == f"events[0].{field}: is 512 bytes of UTF-8, more than the cap of 400"
         setattr(event, field, fits)
         assert len(tracked_events(pb.TrackRequest(events=[event]), LIMITS, 7)) == 1
+
+
+def test_event_times_far_after_the_node_clock_are_refused() -> None:
+    # A timestamp in microseconds (a common slip) is some 57,000 years ahead: its view would never
+    # expire from live activity, and behavioural windows would count it for ever.
+    from edgewise.edge.convert import tracked_events
+
+    now = 1_795_000_000_000
+    day = 86_400_000
+
+    def track(timestamp_ms: int) -> object:
+        event = pb.Event(event_id="e1", type="view", user_id="u1", item_id="i1", timestamp_ms=timestamp_ms)
+        try:
+            return tracked_events(pb.TrackRequest(events=[event]), LIMITS, now)[0].timestamp_ms
+        except RequestError as exc:
+            return str(exc)
+
+    assert track(0) == now  # the time of receipt
+    assert track(now - 400 * day) == now - 400 * day  # late events are fine
+    assert track(now // 1000) == (  # seconds
+        f"events[0].timestamp_ms: {now // 1000} is before 2000-01-01: Unix time in milliseconds is "
+        "expected (not seconds), or 0 for the time of receipt"
+    )
+    assert str(track(-1)).startswith("events[0].timestamp_ms: -1 is before 2000-01-01")
+    assert track(now + day) == now + day  # within a day of clock skew
+    assert track(now * 1000) == (
+        f"events[0].timestamp_ms: {now * 1000} is more than 86400 s after this node's clock ({now}): "
+        "Unix time in milliseconds is expected (not micro- or nanoseconds), or 0 for the time of receipt"
+    )
+    assert str(track(now + day + 1)).startswith("events[0].timestamp_ms: ")
+    strict = Limits(max_future_seconds=0)
+    event = pb.Event(event_id="e1", type="view", user_id="u1", item_id="i1", timestamp_ms=now + 1)
+    try:
+        tracked_events(pb.TrackRequest(events=[event]), strict, now)
+        raise AssertionError("an event 1 ms ahead passed max_future_seconds=0")
+    except RequestError as exc:
+        assert "more than 0 s after" in str(exc)
