@@ -133,11 +133,20 @@ def merge_activity(local: Activity | None, fleet: Activity | None, limits: Activ
         return fleet
 
     def union(a: Pairs, b: Pairs, cap: int) -> Pairs:
-        newest: dict[str, int] = {}
-        for item, ts in (*a, *b):
+        # Per item the newest time (a later entry wins a tie), items in order of first appearance in a
+        # then b, then sorted by time (stable). dict(a) is that for `a` when `a` names each item once,
+        # as every sequence this module builds does: only `b` needs the loop (a returning shopper's
+        # merge took 20 us with both in the loop).
+        newest: dict[str, int] = dict(a)
+        if len(newest) != len(a):
+            newest = {}
+            for item, ts in a:
+                if ts >= newest.get(item, -1):
+                    newest[item] = ts
+        for item, ts in b:
             if ts >= newest.get(item, -1):
                 newest[item] = ts
-        return tuple(sorted(newest.items(), key=lambda e: e[1]))[-cap:]
+        return tuple(sorted(newest.items(), key=_timestamp))[-cap:]
 
     return Activity(
         views=union(local.views, fleet.views, limits.max_views),
