@@ -196,13 +196,6 @@ def _compile_cart_abandoned(spec: Any, path: str) -> Condition:
     return abandoned
 
 
-def _replenish_days(flags: Mapping[str, Any]) -> float | None:
-    days = flags.get("replenish_days")
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0:
-        return None
-    return float(days)
-
-
 def _compile_replenishment_due(spec: Any, path: str) -> Condition:
     params = _params(spec, path, {"default_interval_days", "max_overdue_factor"})
     default_days: float | None = None
@@ -220,20 +213,23 @@ def _compile_replenishment_due(spec: Any, path: str) -> Condition:
         activity = source.activity
         if activity is None or not activity.purchases:
             return False
-        last_purchase: dict[str, int] = {}
-        for item_id, timestamp in activity.purchases:
-            if timestamp > last_purchase.get(item_id, _NO_CUTOFF):
-                last_purchase[item_id] = timestamp
+        purchases = activity.purchases
+        # The last purchase of each item: dict() is that when each item appears once, as in every
+        # activity this code writes; otherwise the newest of each.
+        last_purchase: dict[str, int] = dict(purchases)
+        if len(last_purchase) != len(purchases):
+            last_purchase = {}
+            for item_id, timestamp in purchases:
+                if timestamp > last_purchase.get(item_id, _NO_CUTOFF):
+                    last_purchase[item_id] = timestamp
         now = source.now_ms
+        interval_of = source.replenish_days  # a per-version table: no flag parsing per purchase
         for item_id, timestamp in last_purchase.items():
-            flags = source.item_flags(item_id)
-            if flags is None:
-                continue
-            days = _replenish_days(flags)
-            if days is None:
-                days = default_days
-                if days is None:
+            days = interval_of(item_id)
+            if not days:  # None: an unknown item; 0.0: a known one without an interval
+                if days is None or default_days is None:
                     continue
+                days = default_days
             interval_ms = days * DAY_MS
             if interval_ms <= now - timestamp <= factor * interval_ms:
                 return True

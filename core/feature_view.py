@@ -142,6 +142,12 @@ class FeatureView:
         row = self._state.rows.get(item_id)
         return None if row is None else self._state.flags[row]
 
+    def replenish_days(self, item_id: str) -> float | None:
+        days = self._state.replenish_days.get(item_id)
+        if days is not None:
+            return days
+        return 0.0 if item_id in self._state.rows else None
+
 
 def inline_read(path: Path, const: Callable[[Any], str]) -> str | None:
     """A Python expression over a local `src` (a FeatureView that records no reads) whose value is what

@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 
 from edgewise.core.records import Activity
 
-__all__ = ["MISSING", "FeatureSource", "Path"]
+__all__ = ["MISSING", "FeatureSource", "Path", "replenish_days"]
 
 Path = tuple[str, ...]
 
@@ -61,3 +61,17 @@ class FeatureSource(Protocol):
     def item_flags(self, item_id: str) -> Mapping[str, Any] | None:
         """Flags of a catalog item (e.g. {"replenish_days": 30}), or None if the item is unknown."""
         ...
+
+    def replenish_days(self, item_id: str) -> float | None:
+        """The item's replenishment interval from its flags (`replenish_days` below), 0.0 for a known
+        item without one, None for an unknown item."""
+        ...
+
+
+def replenish_days(flags: Mapping[str, Any]) -> float | None:
+    """An item's `replenish_days` flag as a number of days, or None when it is absent or not a positive
+    number (booleans are not numbers here)."""
+    days = flags.get("replenish_days")
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0:
+        return None
+    return float(days)

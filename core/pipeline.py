@@ -63,6 +63,9 @@ class _NoFeatures:
     def item_flags(self, item_id: str) -> None:
         return None
 
+    def replenish_days(self, item_id: str) -> None:
+        return None
+
 
 _NO_FEATURES = _NoFeatures()
 _NOTHING: frozenset[str] = frozenset()  # the purposes granted without consent

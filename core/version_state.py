@@ -19,6 +19,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core.features import replenish_days
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.scoring import HalfIndex, half_index
@@ -41,6 +42,7 @@ class VersionState:
     categories: tuple[str, ...]
     tags: tuple[frozenset[str], ...]
     flags: tuple[Mapping[str, Any], ...]
+    replenish_days: Mapping[str, float]  # item id -> its valid `replenish_days` flag (those that have one)
     everywhere: NDArray[np.uint8]  # items available in every country
     regions: Mapping[str, NDArray[np.uint8]]  # country -> availability mask (includes `everywhere`)
     rules: Ruleset
@@ -175,6 +177,7 @@ def build_state(view: ReadView) -> VersionState:
         categories=tuple(r.category for r in records),
         tags=tuple(frozenset(r.tags) for r in records),
         flags=tuple(r.flags for r in records),
+        replenish_days={r.id: d for r in records if (d := replenish_days(r.flags)) is not None},
         everywhere=everywhere,
         regions=regions,
         rules=compile_rules(view.rules_doc()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edgewise.core.features import MISSING, Path
+from edgewise.core.features import MISSING, Path, replenish_days
 from edgewise.core.records import Activity
 
 __all__ = ["DAY_MS", "HOUR_MS", "MINUTE_MS", "NOW_MS", "DictSource"]
@@ -60,3 +60,9 @@ class DictSource:
         if item_id not in self.categories and item_id not in self.flags:
             return None
         return self.flags.get(item_id, {})
+
+    def replenish_days(self, item_id: str) -> float | None:
+        flags = self.item_flags(item_id)
+        if flags is None:
+            return None
+        return replenish_days(flags) or 0.0

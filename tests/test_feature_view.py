@@ -50,9 +50,10 @@ class _State:
 
     def __init__(self, purposes: Mapping[str, str]) -> None:
         self.field_purposes = purposes
-        self.rows: dict[str, int] = {"i1": 0}
-        self.categories = ("shoes/running",)
-        self.flags: tuple[Mapping[str, Any], ...] = ({"replenish_days": 30},)
+        self.rows: dict[str, int] = {"i1": 0, "i2": 1, "i3": 2}
+        self.categories = ("shoes/running", "shoes/trail", "socks")
+        self.flags: tuple[Mapping[str, Any], ...] = ({"replenish_days": 30}, {}, {"replenish_days": True})
+        self.replenish_days = {"i1": 30.0}  # build_state keeps the valid flags only
 
 
 class _EveryFieldDeclared(Mapping[str, str]):
@@ -153,6 +154,23 @@ def test_item_lookups_use_the_version_state() -> None:
     fv = view()
     assert fv.item_category("i1") == "shoes/running" and fv.item_category("nope") is None
     assert fv.item_flags("i1") == {"replenish_days": 30} and fv.item_flags("nope") is None
+    assert fv.replenish_days("i1") == 30.0
+    assert fv.replenish_days("i2") == 0.0 and fv.replenish_days("i3") == 0.0  # known, no valid interval
+    assert fv.replenish_days("nope") is None
+
+
+def test_the_version_state_keeps_valid_replenishment_intervals_only() -> None:
+    from edgewise.core.features import replenish_days
+
+    assert replenish_days({"replenish_days": 30}) == 30.0 and replenish_days({"replenish_days": 0.5}) == 0.5
+    for bad in (
+        {},
+        {"replenish_days": True},
+        {"replenish_days": 0},
+        {"replenish_days": -3},
+        {"replenish_days": "7"},
+    ):
+        assert replenish_days(bad) is None, bad
 
 
 # --- inline_read: the direct reads of compiled conditions -----------------------------------------------
