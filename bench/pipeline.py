@@ -33,6 +33,12 @@ Passes over the same requests, interleaved in rounds:
   the real pass, request by request. The wrappers cost a little: compare `staged request` with
   `request`.
 
+Returning shoppers: after those passes, 200 users get the full live activity a regular customer
+accumulates (50 views, 3 cart entries, 40 purchases, impression counts for 200 items: the caps of
+`ActivityLimits`) and one request each, decided 5 times over after a warm-up pass. Their median and
+p99 are printed next to the mix's: decoding, merging and reading that activity is the part of a request
+that grows with the customer's history, which the mix above (a few views per user) barely exercises.
+
 GrowthBook (optional, bench-only: `pip install growthbook`): the same targeting condition and an
 equivalent experiment (same variants and weights, a layer <-> a namespace) evaluated per user by our
 compiled condition + `experiments.assign` and by the GrowthBook Python SDK, on the same users.
@@ -94,6 +100,7 @@ PLACEMENTS: Final = ("home", "pdp_similar", "hero_banner")
 HOME_COUNT: Final = 10
 PDP_COUNT: Final = 8
 TARGET_P99_US: Final = 150.0
+RETURNING_PASSES: Final = 5  # measured passes over the returning shoppers' requests
 REPEATS: Final = 3  # real passes over the measured requests (each request's best of them: its own tail)
 NOISE_LOOPS: Final = 4_000  # iterations of noise_probe's loop: about 100 us on the 2026 test machine
 TARGET_GB_RATIO: Final = 10.0
@@ -268,6 +275,82 @@ def make_requests(pop: Population, n: int, rng: np.random.Generator) -> list[Dec
             )
         )
     return requests
+
+
+def returning_shoppers(store: Store, pop: Population, n: int, rng: np.random.Generator) -> list[DecideInput]:
+    """`n` returning shoppers with full live activity (50 views over three days, 3 cart entries, 40
+    purchases over a year, some of replenishable items, 200 items' impression counts), recorded with
+    `Store.record_events`, and one request of the usual shape for each (consent, the profile's country
+    and device, a seed item in SHARE_SEED of them). The users are the least requested of the Zipf order;
+    call this after the main measurement so their activity cannot change its decisions."""
+    n_items = len(pop.item_ids)
+    users = [int(pop.zipf_order[-1 - j]) for j in range(n)]
+    events: list[TrackedEvent] = []
+
+    def event(kind: str, user: str, item: str, ts: int) -> None:
+        events.append(TrackedEvent(f"r{len(events)}", kind, user, "", item, "", "", 0.0, ts))
+
+    for index in users:
+        user = pop.user_ids[index]
+        for j, row in enumerate(rng.choice(n_items, size=50, replace=False, p=pop.item_p)):
+            event("view", user, pop.item_ids[int(row)], NOW_MS - 3 * DAY_MS + j * 60_000)
+        for row in rng.choice(n_items, size=3, replace=False, p=pop.item_p):
+            event("add_to_cart", user, pop.item_ids[int(row)], NOW_MS - 2 * HOUR_MS)
+        for j in range(40):
+            if pop.replenishable and j % 5 == 0:
+                item = pop.replenishable[int(rng.integers(len(pop.replenishable)))][0]
+            else:
+                item = pop.item_ids[int(rng.choice(n_items, p=pop.item_p))]
+            event("purchase", user, item, NOW_MS - int(rng.integers(DAY_MS, 365 * DAY_MS)))
+        for row in rng.choice(n_items, size=200, replace=False, p=pop.item_p):
+            for _ in range(int(rng.integers(1, 4))):
+                event("impression", user, pop.item_ids[int(row)], NOW_MS - HOUR_MS)
+    limits = ActivityLimits()
+    for start in range(0, len(events), 20_000):
+        store.record_events(events[start : start + 20_000], limits)
+    requests = []
+    for j, index in enumerate(users):
+        seed = (pop.item_ids[int(rng.choice(n_items, p=pop.item_p))],) if rng.random() < SHARE_SEED else ()
+        country = pop.countries[index] or "DE"
+        now_ms = NOW_MS + j * 37
+        requests.append(
+            DecideInput(
+                user_id=pop.user_ids[index],
+                context=Context(
+                    channel="web",
+                    device=pop.devices[index] or "desktop",
+                    language="en",
+                    country=country,
+                    page_type="product" if seed else "home",
+                    local_time=_local_time_text(now_ms, country),
+                ),
+                consent=frozenset({PERSONALIZATION, "analytics"}),
+                placements=(
+                    PlacementAsk("home", HOME_COUNT),
+                    PlacementAsk("pdp_similar", PDP_COUNT, seed_item_ids=seed),
+                    PlacementAsk("hero_banner"),
+                ),
+                explain=False,
+                now_ms=now_ms,
+            )
+        )
+    return requests
+
+
+def measure_returning(store: Store, requests: Sequence[DecideInput], passes: int) -> dict[str, float]:
+    """Whole requests (read transaction + `Pipeline.decide`) for the returning shoppers, `passes` times
+    over them after one warm-up pass."""
+    pipeline = Pipeline()
+    decide = pipeline.decide
+    times: list[int] = []
+    for n in range(passes + 1):
+        for request in requests:
+            t0 = _clock()
+            with store.read() as view:
+                decide(view, request)
+            if n:
+                times.append(_clock() - t0)
+    return _percentiles(times)
 
 
 def record_activity(
@@ -931,6 +1014,7 @@ class Config:
     bundle: Path | None
     quick: bool
     growthbook_only: bool = False  # skip the pipeline measurement: only the GrowthBook comparison
+    returning_users: int = 200  # returning shoppers with full live activity, measured after the mix
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -961,7 +1045,7 @@ def run(config: Config) -> dict[str, Any]:
             with store.read() as view:
                 state = Pipeline().state(view)
             users = gb_users(bundle, config.gb_users, rng) if gb_module is not None else []
-            del bundle, pop  # a worker does not hold the bundle: keep it out of the GC's way
+            del bundle  # a worker does not hold the bundle: keep it out of the GC's way
             gc.collect()
             gc.freeze()  # as edge workers do once their state is built (edge/worker.py)
             setup["tracked_objects"] = len(gc.get_objects())
@@ -973,6 +1057,10 @@ def run(config: Config) -> dict[str, Any]:
                 )
                 with GcWatch().watching() as gc_watch:
                     measured = measure_pipeline(store, requests, config.warmup, config.rounds)
+                _log(f"returning shoppers: {config.returning_users} users with full activity")
+                returning = measure_returning(
+                    store, returning_shoppers(store, pop, config.returning_users, rng), RETURNING_PASSES
+                )
             measure_s = time.perf_counter() - t0
             if gb_module is None:
                 reason = "disabled (--no-growthbook)" if not config.growthbook else "growthbook not installed"
@@ -1014,6 +1102,7 @@ def run(config: Config) -> dict[str, Any]:
         "setup": setup,
         "mix": {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in measured.mix.items()},
         "gc_during_pipeline": gc_watch.summary(),
+        "returning": {"users": config.returning_users, "passes": RETURNING_PASSES, **returning},
         "staged_matches_real": f"{measured.compared - measured.mismatches}/{measured.compared}",
         "stages": stages,
         "target": {
@@ -1127,6 +1216,12 @@ def _format(result: dict[str, Any]) -> str:
         f"request p99 {tg['request_p99_us']:.1f} us "
         f"-> {'MET' if tg['met'] else 'NOT MET'} (decide alone p99 {tg['decide_p99_us']:.1f} us)"
     )
+    rt = result["returning"]
+    lines.append(
+        f"returning shoppers ({rt['users']} users, each 50 views, 3 cart entries, 40 purchases, 200 items' "
+        f"impression counts; {rt['passes']} passes): request median {rt['median_us']:.1f} us, p99 "
+        f"{rt['p99_us']:.1f} us (the mix above: median {result['stages']['request']['median_us']:.1f} us)"
+    )
     lines.append(
         f"context: p99 of each request's best of {tg['repeats']} passes {tg['request_min_p99_us']:.1f} us "
         "(the work's own tail, most of the machine's interference removed); the fixed Python loop's "
@@ -1172,6 +1267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle=args.bundle,
         quick=args.quick,
         growthbook_only=args.growthbook_only,
+        returning_users=20 if args.quick else 200,
     )
     result = run(config)
     print(json.dumps(result, indent=2) if args.json else _format(result))

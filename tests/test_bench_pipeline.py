@@ -54,6 +54,9 @@ def test_quick_run_reports_every_stage(bundle_dir: Path, capsys: pytest.CaptureF
     assert target["repeats"] == 3 and target["request_min_p99_us"] == stages["request_min"]["p99_us"]
     assert target["noise_p99_over_median"] >= 1.0
     assert set(result["gc_during_pipeline"]) == {"gen0", "gen1", "gen2"}
+    returning = result["returning"]
+    assert returning["users"] == 20 and returning["n"] == 20 * returning["passes"]
+    assert 0 < returning["median_us"] <= returning["p99_us"]
     gb = result["growthbook"]
     if not HAS_GROWTHBOOK:
         assert gb["skipped"] == "growthbook not installed" and "pip install growthbook" in gb["install"]
