@@ -101,7 +101,7 @@ class Shopper:
         rows = self._viewed_rows
         if rows is None:
             views = self.activity.views if self.activity is not None else ()
-            rows = np.array(_rows(state, [item for item, _ in views]), dtype=np.intp)
+            rows = np.array(_rows_of_pairs(state, views), dtype=np.intp)
             self._viewed_rows = rows
         return rows
 
@@ -124,8 +124,14 @@ def miss_reason(shopper: Shopper) -> Fallback:
 
 
 def _rows(state: VersionState, item_ids: Sequence[str]) -> list[int]:
-    rows = state.rows
-    return [rows[i] for i in item_ids if i in rows]
+    get = state.rows.get  # one lookup per id
+    return [r for i in item_ids if (r := get(i)) is not None]
+
+
+def _rows_of_pairs(state: VersionState, pairs: Sequence[tuple[str, int]]) -> list[int]:
+    """`_rows` of the items of (item, time) pairs, without building the list of items first."""
+    get = state.rows.get
+    return [r for i, _ in pairs if (r := get(i)) is not None]
 
 
 def _drop(state: VersionState, item_ids: Sequence[str], mask: NDArray[np.uint8]) -> None:
@@ -149,7 +155,8 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
     elif f.name == "tag":
         np.bitwise_and(mask, state.tag_mask(p["tag"]), out=mask)
     elif f.name == "exclude_purchased" and shopper.activity is not None:
-        _drop(state, [i for i, _ in shopper.activity.purchases], mask)
+        if bought := _rows_of_pairs(state, shopper.activity.purchases):
+            mask[bought] = 0
     elif f.name == "exclude_viewed" and shopper.activity is not None:
         mask[shopper.viewed_rows(state)] = 0
 
@@ -318,8 +325,12 @@ def rank_items(
         mask[shopper.viewed_rows(state)] = 0
         if why is not None:
             why.notes.append(f"excluded {len(activity.views)} recently viewed item(s)")
-    if activity is not None and serve.exclude_purchased and activity.purchases:
-        _drop(state, [i for i, _ in activity.purchases], mask)
+    if (
+        activity is not None
+        and serve.exclude_purchased
+        and (bought := _rows_of_pairs(state, activity.purchases))
+    ):
+        mask[bought] = 0
 
     embeddings: NDArray[np.float32] | None = None  # read only by the strategies that use it
     query: NDArray[np.float32] | None = None
