@@ -23,6 +23,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -91,6 +92,11 @@ _SNAPSHOT_KEY: Final = b"snapshot"
 _EVENT_TIMES_BUILT: Final = b"event_times_built"
 _ARRIVAL: Final = struct.Struct(">Q")  # big-endian: `event_times` keys sort by arrival
 _OUTBOX_SEQ_KEY: Final = b"outbox_seq"
+_PURGE_PREFIX: Final = b"purge:"  # + sha256(user id) -> user id: outbox entries still to purge
+FORGET_INLINE_OUTBOX: Final = 50_000
+"""Outbox entries a forget reads inside the sync transaction (about 30 ms); past this many, the
+forgotten users' outbox entries are purged by housekeeping steps (`Store.purge_step`) instead, so a
+forget during a large backlog does not hold the write lock (and every Track commit) for seconds."""
 _U64: Final = struct.Struct("<Q")
 _GEN_VERSION: Final = struct.Struct("<QQ")
 _SEQ: Final = struct.Struct(">Q")  # big-endian so outbox keys sort by sequence
@@ -194,25 +200,41 @@ def _trim_outbox(txn: Any, db: Any, max_bytes: int, max_entries: int) -> int:
 
 
 def _forget_users(txn: Any, dbs: Mapping[str, Any], users: Sequence[str]) -> None:
-    """Purge this node's own copies of forgotten users: profile, live activity, queued outbox entries."""
+    """Purge this node's own copies of forgotten users: profile, live activity, queued outbox entries.
+    The outbox entries at once when the outbox holds at most FORGET_INLINE_OUTBOX entries; else the
+    users are marked for `Store.purge_step` (until then the forwarder may still send their entries: the
+    control plane drops records of forgotten users)."""
     if not users:
         return
     wanted = set(users)
     for user in users:
         txn.delete(user.encode(), db=dbs["profiles"])
         txn.delete(activity_key(user, "").encode(), db=dbs["activity"])
-    # A few users: an entry that contains none of their ids as packed strings is not decoded, and the
-    # backlog is read by the cursor's own iterator (about 2x faster over 200,000 queued events).
-    needles = [msgpack.packb(u) for u in wanted] if len(wanted) <= 8 else None
     outbox = dbs["outbox"]
+    if int(txn.stat(outbox)["entries"]) > FORGET_INLINE_OUTBOX:
+        for user in wanted:
+            txn.put(_purge_key(user), user.encode(), db=dbs["meta"])
+        return
+    matches = _outbox_matcher(wanted)
     with txn.cursor(db=outbox) as cursor:
-        doomed = [
-            bytes(key)
-            for key, value in cursor
-            if (needles is None or any(n in value for n in needles)) and _user_of_entry(value) in wanted
-        ]
+        doomed = [bytes(key) for key, value in cursor if matches(value)]
     for key in doomed:
         txn.delete(key, db=outbox)
+
+
+def _purge_key(user: str) -> bytes:
+    return _PURGE_PREFIX + hashlib.sha256(user.encode()).digest()
+
+
+def _outbox_matcher(users: AbstractSet[str]) -> Callable[[bytes], bool]:
+    """Whether an outbox entry belongs to one of `users`. A few users: an entry that contains none of
+    their ids as packed strings is not decoded (about 2x faster over 200,000 queued events)."""
+    needles = [msgpack.packb(u) for u in users] if len(users) <= 8 else None
+
+    def matches(value: bytes) -> bool:
+        return (needles is None or any(n in value for n in needles)) and _user_of_entry(value) in users
+
+    return matches
 
 
 def _user_of_entry(value: bytes) -> object:
@@ -665,6 +687,28 @@ class Store:
                 cursor.delete()  # moves to the next entry
                 dropped += 1
         return dropped
+
+    def pending_purges(self) -> frozenset[str]:
+        """Forgotten users whose outbox entries are still to be purged by `purge_step`."""
+        with self._env.begin() as txn, txn.cursor(db=self._dbs["meta"]) as cursor:
+            users: set[str] = set()
+            positioned = cursor.set_range(_PURGE_PREFIX)
+            while positioned and bytes(cursor.key()).startswith(_PURGE_PREFIX):
+                users.add(bytes(cursor.value()).decode())
+                positioned = cursor.next()
+        return frozenset(users)
+
+    def purge_step(self, users: AbstractSet[str], after: bytes, max_entries: int) -> tuple[int, bytes]:
+        """One bounded step of a pass over the outbox that deletes `users`' entries: the next
+        `max_entries` entries after `after` (b"": from the first), in one write transaction. Returns
+        (entries deleted, the last key read; b"" once the pass reached the end, when the users' purge
+        marks are removed too)."""
+        with self._env.begin(write=True) as txn:
+            deleted, last = _sweep_keys(txn, self._dbs["outbox"], after, max_entries, _outbox_matcher(users))
+            if not last:
+                for user in users:
+                    txn.delete(_purge_key(user), db=self._dbs["meta"])
+        return deleted, last
 
     def outbox_pending(self) -> int:
         with self.read() as view:

@@ -21,6 +21,12 @@ Event ids are limited the same way (`ids_max_bytes`, `track.dedupe_max_mb`): a n
 than its dedupe window's ids fit in deletes the oldest before their window ends, within the same
 `ids_per_step`, counted in `deleted_ids_early` and logged as `dedupe_window_shortened` with how far back
 the ids it keeps reach. A retry older than that counts again; Track keeps working.
+
+A forget that arrives while the outbox holds more than `FORGET_INLINE_OUTBOX` entries marks the users
+instead of reading the whole outbox in the sync transaction (core/store.py). A step then also reads the
+next `purge_per_step` outbox entries of a pass that deletes those users' entries (`Store.purge_step`);
+the pass ends at the last entry, clears the marks of the users it was for, and logs
+`forget_outbox_purged`. Users marked during a pass get the next one.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ IDS_PER_STEP: Final = 10_000  # expired event ids deleted per step at most: abou
 PASS_PAUSE_S: Final = 60.0  # between the end of a pass over the activities and the next
 OUTBOX_PER_STEP: Final = 10_000  # oldest outbox entries deleted per step at most, over the limit
 OUTBOX_LOG_EVERY_S: Final = 60.0  # outbox_over_limit warnings at most this often
+PURGE_PER_STEP: Final = 10_000  # outbox entries a forget's purge pass reads per step: about 9 ms
 
 
 class Housekeeper:
@@ -62,6 +69,7 @@ class Housekeeper:
         outbox_max_bytes: int = 0,
         outbox_per_step: int = OUTBOX_PER_STEP,
         ids_max_bytes: int = 0,
+        purge_per_step: int = PURGE_PER_STEP,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -74,6 +82,11 @@ class Housekeeper:
         self.outbox_max_bytes = outbox_max_bytes
         self.outbox_per_step = outbox_per_step
         self.ids_max_bytes = ids_max_bytes
+        self.purge_per_step = purge_per_step
+        self.purged_outbox = 0  # forgotten users' outbox entries deleted by purge passes, since start
+        self._purge_users: frozenset[str] = frozenset()  # the users of the pass in progress
+        self._after_purge = b""
+        self._pass_purged = 0
         self._clock_ms = clock_ms
         self._monotonic = monotonic
         self._after_activity = b""
@@ -92,6 +105,7 @@ class Housekeeper:
         self._early_logged_at: float | None = None
 
     def step(self) -> None:
+        self._purge()
         walking = self._after_activity != b"" or self._monotonic() >= self._activities_due
         result = self.store.sweep(
             self._clock_ms(),
@@ -151,3 +165,19 @@ class Housekeeper:
             if self._pass_ids or self._pass_activities:
                 log("housekeeping_pass", event_ids=self._pass_ids, activities=self._pass_activities)
                 self._pass_ids = self._pass_activities = 0
+
+    def _purge(self) -> None:
+        """One step of a pass that deletes forgotten users' outbox entries, when a forget left any."""
+        if not self._purge_users:
+            self._purge_users = self.store.pending_purges()
+            self._after_purge = b""
+            if not self._purge_users:
+                return
+        deleted, last = self.store.purge_step(self._purge_users, self._after_purge, self.purge_per_step)
+        self.purged_outbox += deleted
+        self._pass_purged += deleted
+        self._after_purge = last
+        if not last:
+            log("forget_outbox_purged", users=len(self._purge_users), entries=self._pass_purged)
+            self._purge_users = frozenset()
+            self._pass_purged = 0

@@ -4,15 +4,19 @@ purging a user when the user's record arrives. The whole flow over real processe
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
 import lmdb
 import msgpack
+import pytest
 
+from edgewise.core import store as store_module
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.records import ProfileRecord, encode_profile
 from edgewise.core.store import Store
+from edgewise.edge.housekeeping import Housekeeper
 from edgewise.sync.control_store import ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
 
@@ -183,6 +187,48 @@ def test_an_edge_purges_a_user_when_the_record_arrives_without_a_new_generation(
         store.apply_sync(3, snapshot, snapshot=True, info={"version": 3})
         assert _holds(store, "u2") == []
         assert _holds(store, "u3") == ["profile", "activity", "outbox"]
+
+
+def _outbox_users(store: Store) -> list[str]:
+    return [str(msgpack.unpackb(p, raw=False).get("u")) for _, p in store.outbox_batch(100_000)]
+
+
+def test_a_forget_during_a_large_backlog_purges_the_outbox_in_housekeeping_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past FORGET_INLINE_OUTBOX queued entries, the sync transaction only marks the users; the outbox
+    entries go in bounded housekeeping steps, and a user forgotten during a pass gets the next one."""
+    monkeypatch.setattr(store_module, "FORGET_INLINE_OUTBOX", 30)
+    profile = encode_profile(ProfileRecord("u", 1, {}, {"personalization": 1}, None))
+    users = ("u1", "u2", "u3")
+    with Store(tmp_path / "edge", map_size=MAP_SIZE) as store:
+        store.apply_sync(
+            1, [("profiles", u.encode(), profile) for u in users], snapshot=True, info={"version": 1}
+        )
+        for n in range(20):  # 60 entries, over the (lowered) threshold
+            store.record_events([_event(f"e{n}-{u}", u, "i1") for u in users], ActivityLimits())
+        store.apply_sync(2, [("forgotten", b"u1", U64.pack(5))], snapshot=False, info={"version": 2})
+        assert _holds(store, "u1") == ["outbox"]  # profile and activity at once; the outbox later
+        assert store.pending_purges() == {"u1"}
+        keeper = Housekeeper(store, 72 * 3_600_000, ActivityLimits(), purge_per_step=25)
+        keeper.step()  # entries 1-25 of 60
+        assert _outbox_users(store).count("u1") == 20 - 9 and store.pending_purges() == {"u1"}
+        store.apply_sync(3, [("forgotten", b"u2", U64.pack(6))], snapshot=False, info={"version": 3})
+        assert store.pending_purges() == {"u1", "u2"}
+        keeper.step()  # entries 26-50
+        keeper.step()  # 51-60 and the end: u1's pass is over, u2 waits for the next
+        assert "u1" not in _outbox_users(store) and store.pending_purges() == {"u2"}
+        for _ in range(3):
+            keeper.step()
+        assert _outbox_users(store) == ["u3"] * 20 and store.pending_purges() == frozenset()
+        assert keeper.purged_outbox == 40
+        logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        assert [(e["users"], e["entries"]) for e in logged if e["event"] == "forget_outbox_purged"] == [
+            (1, 20),
+            (1, 20),
+        ]
+        keeper.step()  # nothing pending: no pass
+        assert keeper.purged_outbox == 40
 
 
 def _stored_users(events: EventStore) -> list[str]:
