@@ -15,7 +15,7 @@ is a control plane to forward to. Without one, or while it is unreachable, it wo
 is full, and from then on every Track would fail. So each step also deletes its oldest entries, up to
 `OUTBOX_PER_STEP`, while it takes more than `outbox_max_bytes` of the map (`data.outbox_max_mb`): those
 records are lost for upstream, counted in `outbox_dropped` and logged as `outbox_over_limit` (a warning,
-at most once every `OUTBOX_LOG_EVERY_S` seconds, with the count since the last one).
+at most once every `WARNING_EVERY_S` seconds, with the count since the last one).
 
 Event ids are limited the same way (`ids_max_bytes`, `track.dedupe_max_mb`): a node taking more events
 than its dedupe window's ids fit in deletes the oldest before their window ends, within the same
@@ -42,9 +42,10 @@ from edgewise.edge.logs import log
 __all__ = [
     "IDS_PER_STEP",
     "KEYS_PER_STEP",
-    "OUTBOX_LOG_EVERY_S",
     "OUTBOX_PER_STEP",
     "PASS_PAUSE_S",
+    "PURGE_PER_STEP",
+    "WARNING_EVERY_S",
     "Housekeeper",
 ]
 
@@ -52,7 +53,7 @@ KEYS_PER_STEP: Final = 1_000  # activities read per step: about 5 ms of write lo
 IDS_PER_STEP: Final = 10_000  # expired event ids deleted per step at most: about 13 ms (50,000 a second)
 PASS_PAUSE_S: Final = 60.0  # between the end of a pass over the activities and the next
 OUTBOX_PER_STEP: Final = 10_000  # oldest outbox entries deleted per step at most, over the limit
-OUTBOX_LOG_EVERY_S: Final = 60.0  # outbox_over_limit warnings at most this often
+WARNING_EVERY_S: Final = 60.0  # outbox_over_limit and dedupe_window_shortened at most this often
 PURGE_PER_STEP: Final = 10_000  # outbox entries a forget's purge pass reads per step: about 9 ms
 
 
@@ -105,7 +106,6 @@ class Housekeeper:
         self._early_logged_at: float | None = None
 
     def step(self) -> None:
-        self._purge()
         walking = self._after_activity != b"" or self._monotonic() >= self._activities_due
         result = self.store.sweep(
             self._clock_ms(),
@@ -123,7 +123,7 @@ class Housekeeper:
             self.deleted_ids_early += result.event_ids_early
             self._unlogged_early += result.event_ids_early
         if self._unlogged_early and (
-            self._early_logged_at is None or self._monotonic() - self._early_logged_at >= OUTBOX_LOG_EVERY_S
+            self._early_logged_at is None or self._monotonic() - self._early_logged_at >= WARNING_EVERY_S
         ):
             reach_h = (self._clock_ms() - self.oldest_id_ms) / 3_600_000 if self.oldest_id_ms else 0.0
             log(
@@ -142,7 +142,7 @@ class Housekeeper:
             self.outbox_dropped += result.outbox_dropped
             self._unlogged_outbox += result.outbox_dropped
         if self._unlogged_outbox and (
-            self._outbox_logged_at is None or self._monotonic() - self._outbox_logged_at >= OUTBOX_LOG_EVERY_S
+            self._outbox_logged_at is None or self._monotonic() - self._outbox_logged_at >= WARNING_EVERY_S
         ):
             log(
                 "outbox_over_limit",
@@ -165,6 +165,7 @@ class Housekeeper:
             if self._pass_ids or self._pass_activities:
                 log("housekeeping_pass", event_ids=self._pass_ids, activities=self._pass_activities)
                 self._pass_ids = self._pass_activities = 0
+        self._purge()  # last: a failure here does not keep the sweep from running
 
     def _purge(self) -> None:
         """One step of a pass that deletes forgotten users' outbox entries, when a forget left any."""

@@ -273,3 +273,12 @@ def test_event_store_user_ids_too_long_for_an_index_key_are_stored_and_forgotten
         assert events.forget("") == 0  # no user: nothing (the anonymous record stays)
         assert events.forget(long_user) == 2 and events.forget(longer_user) == 1
         assert _stored_users(events) == ["", "u1"]
+
+
+def test_an_outbox_entry_that_does_not_decode_is_not_taken_for_a_forgotten_users() -> None:
+    matches = store_module._outbox_matcher(frozenset({"u1"}))
+    assert matches(msgpack.packb({"u": "u1", "t": "view"}))
+    assert not matches(msgpack.packb({"u": "u2", "t": "view"}))
+    assert not matches(b"\xc1 u1 " + msgpack.packb("u1"))  # contains the id, but is not msgpack
+    many = store_module._outbox_matcher(frozenset(f"u{n}" for n in range(20)))  # no substring filter
+    assert many(msgpack.packb({"u": "u7"})) and not many(b"\xc1\xc1")
