@@ -181,15 +181,21 @@ def _delete_oldest_ids(txn: Any, times_db: Any, events_db: Any, limit: int, befo
     return deleted
 
 
+def _excess_entries(entries: int, used: int, max_bytes: int) -> int:
+    """How many of `entries` entries taking `used` bytes are over `max_bytes`, at their mean size
+    (rounded up; 0 when within)."""
+    if used <= max_bytes or entries == 0:
+        return 0
+    return min(entries, -(-(used - max_bytes) * entries // used))
+
+
 def _trim_outbox(txn: Any, db: Any, max_bytes: int, max_entries: int) -> int:
     """Delete the oldest outbox entries (at most `max_entries`) until the outbox's pages come to about
     `max_bytes` (0: no limit): the excess over the mean entry size. Returns how many were deleted."""
     if max_bytes <= 0 or max_entries <= 0:
         return 0
     entries, used = _db_usage(txn, db)
-    if used <= max_bytes or entries == 0:
-        return 0
-    want = min(max_entries, entries, -(-(used - max_bytes) * entries // used))
+    want = min(max_entries, _excess_entries(entries, used, max_bytes))
     deleted = 0
     with txn.cursor(db=db) as cursor:
         cursor.first()
@@ -657,8 +663,7 @@ class Store:
             if ids_max_bytes > 0 and ids < max_ids:
                 count, used_ids = _db_usage(txn, events_db)
                 used = used_ids + _db_usage(txn, times_db)[1]
-                if used > ids_max_bytes and count:
-                    want = min(max_ids - ids, count, -(-(used - ids_max_bytes) * count // used))
+                if want := min(max_ids - ids, _excess_entries(count, used, ids_max_bytes)):
                     early = _delete_oldest_ids(txn, times_db, events_db, want, None)
             with txn.cursor(db=times_db) as cursor:
                 oldest = _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0] if cursor.first() else 0
