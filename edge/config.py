@@ -189,16 +189,19 @@ class DataConfig:
     )
 
 
+def _limit_bytes(mb: int, data: DataConfig) -> int:
+    """A size limit in bytes: `mb` MiB, or a quarter of the map when it is 0."""
+    return (mb or max(1, data.map_size_mb // 4)) << 20
+
+
 def outbox_max_bytes(data: DataConfig) -> int:
     """The outbox's limit in bytes: `data.outbox_max_mb`, or a quarter of the map when it is 0."""
-    mb = data.outbox_max_mb or max(1, data.map_size_mb // 4)
-    return mb << 20
+    return _limit_bytes(data.outbox_max_mb, data)
 
 
 def dedupe_max_bytes(config: EdgeConfig) -> int:
     """The event ids' limit in bytes: `track.dedupe_max_mb`, or a quarter of the map when it is 0."""
-    mb = config.track.dedupe_max_mb or max(1, config.data.map_size_mb // 4)
-    return mb << 20
+    return _limit_bytes(config.track.dedupe_max_mb, config.data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,27 @@ WARNING_EVERY_S: Final = 60.0  # outbox_over_limit and dedupe_window_shortened a
 PURGE_PER_STEP: Final = 10_000  # outbox entries a forget's purge pass reads per step: about 9 ms
 
 
+class _Losses:
+    """A count of records deleted before their time (a total since start, and those not logged yet),
+    logged as one warning at most every WARNING_EVERY_S seconds."""
+
+    def __init__(self, event: str, monotonic: Callable[[], float]) -> None:
+        self.event = event
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+        self._monotonic = monotonic
+
+    def add(self, count: int, **fields: object) -> None:
+        self.total += count
+        self._unlogged += count
+        now = self._monotonic()
+        if self._unlogged and (self._logged_at is None or now - self._logged_at >= WARNING_EVERY_S):
+            log(self.event, level="warning", dropped=self._unlogged, **fields)
+            self._unlogged = 0
+            self._logged_at = now
+
+
 class Housekeeper:
     def __init__(
         self,
@@ -97,13 +118,19 @@ class Housekeeper:
         self.deleted_ids = 0  # since start
         self.deleted_activities = 0
         self.passes = 0  # full passes over the activities
-        self.outbox_dropped = 0  # outbox entries deleted unsent, since start
-        self._unlogged_outbox = 0
-        self._outbox_logged_at: float | None = None
-        self.deleted_ids_early = 0  # event ids deleted before their window ended, since start
+        self._outbox_losses = _Losses("outbox_over_limit", monotonic)
+        self._early_ids = _Losses("dedupe_window_shortened", monotonic)
         self.oldest_id_ms = 0  # arrival time of the oldest event id kept, after the last step (0: none)
-        self._unlogged_early = 0
-        self._early_logged_at: float | None = None
+
+    @property
+    def outbox_dropped(self) -> int:
+        """Outbox entries deleted unsent, since start."""
+        return self._outbox_losses.total
+
+    @property
+    def deleted_ids_early(self) -> int:
+        """Event ids deleted before their window ended, since start."""
+        return self._early_ids.total
 
     def step(self) -> None:
         walking = self._after_activity != b"" or self._monotonic() >= self._activities_due
@@ -119,41 +146,21 @@ class Housekeeper:
             ids_max_bytes=self.ids_max_bytes,
         )
         self.oldest_id_ms = result.oldest_id_ms
-        if result.event_ids_early:
-            self.deleted_ids_early += result.event_ids_early
-            self._unlogged_early += result.event_ids_early
-        if self._unlogged_early and (
-            self._early_logged_at is None or self._monotonic() - self._early_logged_at >= WARNING_EVERY_S
-        ):
-            reach_h = (self._clock_ms() - self.oldest_id_ms) / 3_600_000 if self.oldest_id_ms else 0.0
-            log(
-                "dedupe_window_shortened",
-                level="warning",
-                dropped=self._unlogged_early,
-                limit_mb=round(self.ids_max_bytes / (1 << 20), 1),
-                window_hours=round(self.dedupe_window_ms / 3_600_000, 3),
-                kept_hours=round(reach_h, 3),
-                error="event ids were deleted before their dedupe window ended (track.dedupe_max_mb): "
-                "a retry older than kept_hours counts again",
-            )
-            self._unlogged_early = 0
-            self._early_logged_at = self._monotonic()
-        if result.outbox_dropped:
-            self.outbox_dropped += result.outbox_dropped
-            self._unlogged_outbox += result.outbox_dropped
-        if self._unlogged_outbox and (
-            self._outbox_logged_at is None or self._monotonic() - self._outbox_logged_at >= WARNING_EVERY_S
-        ):
-            log(
-                "outbox_over_limit",
-                level="warning",
-                dropped=self._unlogged_outbox,
-                limit_mb=round(self.outbox_max_bytes / (1 << 20), 1),
-                error="the oldest events and exposures waiting to go upstream were deleted unsent: "
-                "no control plane drains this node's outbox (none configured, or unreachable)",
-            )
-            self._unlogged_outbox = 0
-            self._outbox_logged_at = self._monotonic()
+        reach_h = (self._clock_ms() - self.oldest_id_ms) / 3_600_000 if self.oldest_id_ms else 0.0
+        self._early_ids.add(
+            result.event_ids_early,
+            limit_mb=round(self.ids_max_bytes / (1 << 20), 1),
+            window_hours=round(self.dedupe_window_ms / 3_600_000, 3),
+            kept_hours=round(reach_h, 3),
+            error="event ids were deleted before their dedupe window ended (track.dedupe_max_mb): "
+            "a retry older than kept_hours counts again",
+        )
+        self._outbox_losses.add(
+            result.outbox_dropped,
+            limit_mb=round(self.outbox_max_bytes / (1 << 20), 1),
+            error="the oldest events and exposures waiting to go upstream were deleted unsent: "
+            "no control plane drains this node's outbox (none configured, or unreachable)",
+        )
         self.deleted_ids += result.event_ids
         self.deleted_activities += result.activities
         self._pass_ids += result.event_ids
