@@ -259,22 +259,32 @@ def make_requests(pop: Population, n: int, rng: np.random.Generator) -> list[Dec
             page_type="product" if seed else "home",
             local_time=_local_time_text(now_ms, country),
         )
-        requests.append(
-            DecideInput(
-                user_id=user_id,
-                session_id=session_id,
-                context=context,
-                consent=consent,
-                placements=(
-                    PlacementAsk("home", HOME_COUNT),
-                    PlacementAsk("pdp_similar", PDP_COUNT, seed_item_ids=seed),
-                    PlacementAsk("hero_banner"),
-                ),
-                explain=False,
-                now_ms=now_ms,
-            )
-        )
+        requests.append(_request(user_id, session_id, context, consent, seed, now_ms))
     return requests
+
+
+def _request(
+    user_id: str,
+    session_id: str,
+    context: Context,
+    consent: frozenset[str],
+    seed: tuple[str, ...],
+    now_ms: int,
+) -> DecideInput:
+    """A request for the three placements (pdp_similar seeded with `seed`), explain=false."""
+    return DecideInput(
+        user_id=user_id,
+        session_id=session_id,
+        context=context,
+        consent=consent,
+        placements=(
+            PlacementAsk("home", HOME_COUNT),
+            PlacementAsk("pdp_similar", PDP_COUNT, seed_item_ids=seed),
+            PlacementAsk("hero_banner"),
+        ),
+        explain=False,
+        now_ms=now_ms,
+    )
 
 
 def returning_shoppers(store: Store, pop: Population, n: int, rng: np.random.Generator) -> list[DecideInput]:
@@ -313,27 +323,16 @@ def returning_shoppers(store: Store, pop: Population, n: int, rng: np.random.Gen
         seed = (pop.item_ids[int(rng.choice(n_items, p=pop.item_p))],) if rng.random() < SHARE_SEED else ()
         country = pop.countries[index] or "DE"
         now_ms = NOW_MS + j * 37
-        requests.append(
-            DecideInput(
-                user_id=pop.user_ids[index],
-                context=Context(
-                    channel="web",
-                    device=pop.devices[index] or "desktop",
-                    language="en",
-                    country=country,
-                    page_type="product" if seed else "home",
-                    local_time=_local_time_text(now_ms, country),
-                ),
-                consent=frozenset({PERSONALIZATION, "analytics"}),
-                placements=(
-                    PlacementAsk("home", HOME_COUNT),
-                    PlacementAsk("pdp_similar", PDP_COUNT, seed_item_ids=seed),
-                    PlacementAsk("hero_banner"),
-                ),
-                explain=False,
-                now_ms=now_ms,
-            )
+        context = Context(
+            channel="web",
+            device=pop.devices[index] or "desktop",
+            language="en",
+            country=country,
+            page_type="product" if seed else "home",
+            local_time=_local_time_text(now_ms, country),
         )
+        consent = frozenset({PERSONALIZATION, "analytics"})
+        requests.append(_request(pop.user_ids[index], "", context, consent, seed, now_ms))
     return requests
 
 
