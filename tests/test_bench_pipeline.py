@@ -67,6 +67,9 @@ def test_quick_run_reports_every_stage(bundle_dir: Path, capsys: pytest.CaptureF
     for stats in gb["timings"].values():
         assert {"median_us", "p99_us", "batch_mean_us"} <= set(stats)
     assert gb["min_ratio"] > 0 and gb["met"] == (gb["min_ratio"] >= 10.0)
+    # the harness's own cost per call is measured, and every contender does more than nothing
+    floor = gb["floor_median_us"]
+    assert bench.FLOOR in gb["timings"] and 0 < floor <= gb["timings"][bench.OURS]["median_us"]
 
 
 def test_missing_growthbook_is_skipped_with_install_hint(
