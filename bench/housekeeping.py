@@ -13,6 +13,9 @@ supervisor runs them:
 
 - ids: `max_ids` expired ids deleted per step, no activities read;
 - activities: `max_keys` activities read (and deleted) per step, no ids due;
+- kept: the same walk an hour after the events, when every activity is kept (the usual pass), and
+  the same again noting each one's age and size (`activity_ages`, as housekeeping does once live
+  activity is past half of `track.activity_max_mb`);
 - idle: a step when nothing is due and the activity walk rests (the first-key check of the ids);
 - outbox: `max_outbox` of the oldest outbox entries deleted per step (the events went to the outbox
   too: they carry the analytics purpose), as when the outbox is over `data.outbox_max_mb`;
@@ -48,6 +51,22 @@ def _ms(seconds: list[float]) -> float:
     return round(statistics.median(seconds) * 1000, 2)
 
 
+def _walk(store: Store, now_ms: int, limits: ActivityLimits, size: int, ages: bool) -> list[float]:
+    """One pass over the activities in steps of `size` keys: each step's seconds (the last, partial
+    step left out)."""
+    steps: list[float] = []
+    after = b""
+    while True:
+        t0 = time.perf_counter()
+        result = store.sweep(
+            now_ms, WINDOW, limits, after_activity=after, max_keys=size, max_ids=0, activity_ages=ages
+        )
+        if not result.next_activity_key:
+            return steps
+        steps.append(time.perf_counter() - t0)
+        after = result.next_activity_key
+
+
 def run(n: int, step_sizes: Sequence[int]) -> dict[str, Any]:
     limits = ActivityLimits()
     with tempfile.TemporaryDirectory(prefix="edgewise-bench-housekeeping-") as tmp:
@@ -70,6 +89,7 @@ def run(n: int, step_sizes: Sequence[int]) -> dict[str, Any]:
                     if result.event_ids < size:
                         break
                     ids.append(time.perf_counter() - t0)
+                kept = [_walk(store, NOW - 99 * HOUR, limits, size, ages) for ages in (False, True)]
                 activities: list[float] = []
                 after = b""
                 while True:
@@ -98,6 +118,8 @@ def run(n: int, step_sizes: Sequence[int]) -> dict[str, Any]:
                     "keys_per_step": size,
                     "ids_step_ms": _ms(ids),
                     "activities_step_ms": _ms(activities),
+                    "kept_step_ms": _ms(kept[0]),
+                    "kept_ages_step_ms": _ms(kept[1]),
                     "idle_step_ms": _ms(idle),
                     "outbox_step_ms": _ms(outbox),
                     "steps": [len(ids), len(activities), len(outbox)],
@@ -122,13 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result['record_us_per_event']} us per event ({PER_CALL} per call)"
     )
     print(
-        f"{'keys per step':>14} {'ids step ms':>12} {'activities step ms':>19} {'idle step ms':>13} "
-        f"{'outbox step ms':>15}"
+        f"{'keys per step':>14} {'ids step ms':>12} {'activities step ms':>19} {'kept step ms':>13} "
+        f"{'kept+ages step ms':>18} {'idle step ms':>13} {'outbox step ms':>15}"
     )
     for row in result["rows"]:
         print(
             f"{row['keys_per_step']:>14,} {row['ids_step_ms']:>12} {row['activities_step_ms']:>19} "
-            f"{row['idle_step_ms']:>13} {row['outbox_step_ms']:>15}"
+            f"{row['kept_step_ms']:>13} {row['kept_ages_step_ms']:>18} {row['idle_step_ms']:>13} "
+            f"{row['outbox_step_ms']:>15}"
         )
     return 0
 

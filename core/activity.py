@@ -23,6 +23,7 @@ __all__ = [
     "apply_event",
     "expire",
     "merge_activity",
+    "newest_ms",
 ]
 
 # A consent change: the TrackRequest's `consent` lists the purposes the user grants from now on. It is
@@ -67,6 +68,16 @@ def expire(activity: Activity, now_ms: int, limits: ActivityLimits) -> Activity:
         tuple([c for c in cart if c[1] >= cutoff]),
         tuple([p for p in bought if p[1] >= bought_cutoff]),
         activity.impressions,
+    )
+
+
+def newest_ms(activity: Activity) -> int:
+    """When the unit was last active: the newest time of its views, cart entries and purchases (0: none).
+    Impression counts carry no time."""
+    return max(
+        max(map(_timestamp, activity.views), default=0),
+        max(map(_timestamp, activity.cart), default=0),
+        max(map(_timestamp, activity.purchases), default=0),
     )
 
 

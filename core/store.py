@@ -40,6 +40,7 @@ from edgewise.core.activity import (
     activity_key,
     apply_event,
     expire,
+    newest_ms,
 )
 from edgewise.core.records import (
     Activity,
@@ -118,6 +119,10 @@ class SweepResult:
     outbox_dropped: int = 0  # oldest outbox entries deleted unsent: the outbox was over its limit
     event_ids_early: int = 0  # oldest event ids deleted before the dedupe window ended: over their limit
     oldest_id_ms: int = 0  # arrival time of the oldest event id kept (0: none)
+    activities_early: int = 0  # activities deleted before their TTLs: last active before activity_before_ms
+    activity_bytes: int = 0  # bytes of the activity namespace's pages after the step
+    # (last active, key + value bytes) of each activity the step looked at and kept (when asked)
+    activity_ages: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +260,7 @@ def _user_of_entry(value: bytes) -> object:
 
 
 def _sweep_keys(
-    txn: Any, db: Any, after: bytes, max_keys: int, stale: Callable[[bytes], bool]
+    txn: Any, db: Any, after: bytes, max_keys: int, stale: Callable[[bytes, bytes], bool]
 ) -> tuple[int, bytes]:
     """Delete the stale entries among the `max_keys` keys after `after` (b"": from the first); return
     how many were deleted and the last key looked at (b"" when the end was reached)."""
@@ -269,7 +274,7 @@ def _sweep_keys(
             if not positioned:
                 return deleted, b""
             last = bytes(cursor.key())
-            if stale(bytes(cursor.value())):
+            if stale(last, bytes(cursor.value())):
                 cursor.delete()  # moves to the next key; key() is b"" past the end
                 deleted += 1
                 positioned = bool(cursor.key())
@@ -636,6 +641,8 @@ class Store:
         outbox_max_bytes: int = 0,
         max_outbox: int = 10_000,
         ids_max_bytes: int = 0,
+        activity_before_ms: int = 0,
+        activity_ages: bool = False,
     ) -> SweepResult:
         """One bounded step of housekeeping, in one write transaction. Event ids: up to `max_ids` of
         those that arrived more than `dedupe_window_ms` before `now_ms` are deleted, oldest first (a
@@ -650,7 +657,10 @@ class Store:
         likewise: while they (with their arrival index) take more than `ids_max_bytes` (0: no limit), the
         oldest go before their window ends, within the same `max_ids` per step, so a busy node shortens
         its effective dedupe window instead of filling its map (`oldest_id_ms` tells how far back it
-        reaches)."""
+        reaches). Activities likewise, decided by the caller (edge/housekeeping.py): with
+        `activity_before_ms` set, the walk also deletes those last active before it (`newest_ms`),
+        counted apart; with `activity_ages`, it reports when each activity it keeps was last active,
+        and its size, so the caller can choose that time from what the store holds."""
         events_db, times_db, activity_db = (
             self._dbs["events"],
             self._dbs["event_times"],
@@ -668,22 +678,51 @@ class Store:
             with txn.cursor(db=times_db) as cursor:
                 oldest = _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0] if cursor.first() else 0
 
-            def empty(value: bytes) -> bool:
-                left = expire(decode_activity(value), now_ms, limits)
-                return not (left.views or left.cart or left.purchases)
+            kept: list[tuple[int, int]] = []
+            early_activities = 0
 
-            activities, next_activity = (
-                _sweep_keys(txn, activity_db, after_activity, max_keys, empty)
+            def stale(key: bytes, value: bytes) -> bool:
+                nonlocal early_activities
+                left = expire(decode_activity(value), now_ms, limits)
+                if not (left.views or left.cart or left.purchases):
+                    return True
+                if activity_before_ms or activity_ages:
+                    last = newest_ms(left)
+                    if last < activity_before_ms:
+                        early_activities += 1
+                        return True
+                    if activity_ages:
+                        kept.append((last, len(key) + len(value)))
+                return False
+
+            swept, next_activity = (
+                _sweep_keys(txn, activity_db, after_activity, max_keys, stale)
                 if max_keys > 0
                 else (0, after_activity)
             )
             dropped = _trim_outbox(txn, self._dbs["outbox"], outbox_max_bytes, max_outbox)
-        return SweepResult(ids, activities, next_activity, dropped, early, oldest)
+            activity_bytes = _db_usage(txn, activity_db)[1]
+        return SweepResult(
+            ids,
+            swept - early_activities,
+            next_activity,
+            dropped,
+            early,
+            oldest,
+            early_activities,
+            activity_bytes,
+            tuple(kept),
+        )
 
     def outbox_usage(self) -> tuple[int, int]:
         """(entries, bytes of the map's pages) of the outbox."""
         with self._env.begin() as txn:
             return _db_usage(txn, self._dbs["outbox"])
+
+    def activity_usage(self) -> tuple[int, int]:
+        """(entries, bytes of the map's pages) of live activity."""
+        with self._env.begin() as txn:
+            return _db_usage(txn, self._dbs["activity"])
 
     def outbox_ack(self, upto: int) -> int:
         """Delete the outbox entries with sequence <= `upto` (forwarded and acknowledged); return how many."""
@@ -714,7 +753,10 @@ class Store:
         (entries deleted, the last key read; b"" once the pass reached the end, when the users' purge
         marks are removed too)."""
         with self._env.begin(write=True) as txn:
-            deleted, last = _sweep_keys(txn, self._dbs["outbox"], after, max_entries, _outbox_matcher(users))
+            matches = _outbox_matcher(users)
+            deleted, last = _sweep_keys(
+                txn, self._dbs["outbox"], after, max_entries, lambda _key, value: matches(value)
+            )
             if not last:
                 for user in users:
                     txn.delete(_purge_key(user), db=self._dbs["meta"])

@@ -41,6 +41,7 @@ __all__ = [
     "MetricsConfig",
     "ServerConfig",
     "TrackConfig",
+    "activity_max_bytes",
     "add_config_arguments",
     "config_keys",
     "dedupe_max_bytes",
@@ -204,6 +205,11 @@ def dedupe_max_bytes(config: EdgeConfig) -> int:
     return _limit_bytes(config.track.dedupe_max_mb, config.data)
 
 
+def activity_max_bytes(config: EdgeConfig) -> int:
+    """Live activity's limit in bytes: `track.activity_max_mb`, or a quarter of the map when it is 0."""
+    return _limit_bytes(config.track.activity_max_mb, config.data)
+
+
 @dataclass(frozen=True, slots=True)
 class TrackConfig:
     group_commit_max_events: int = field(
@@ -241,6 +247,16 @@ class TrackConfig:
         metadata=_meta(
             "MiB the remembered event ids may take; past it housekeeping deletes the oldest before their "
             "window ends (0: a quarter of data.map_size_mb)",
+            min=0,
+            max=1 << 24,
+        ),
+    )
+    activity_max_mb: int = field(
+        default=0,
+        metadata=_meta(
+            "MiB live activity (recent views, cart, purchases per user or session) may take; past it "
+            "housekeeping deletes the activity of the units last active longest ago before their TTLs "
+            "(0: a quarter of data.map_size_mb)",
             min=0,
             max=1 << 24,
         ),
@@ -624,6 +640,10 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
+def _limit_origin(source: str) -> str:
+    return "a quarter of the map: the default" if source == "default" else f"from {_origin(source)}"
+
+
 def _origin(source: str) -> str:
     """`env:EDGEWISE_X` -> `EDGEWISE_X`, `flag:--workers` -> `--workers`, `file:/p` -> `/p`."""
     kind, sep, rest = source.partition(":")
@@ -785,15 +805,27 @@ def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
             key="data.outbox_max_mb",
             source=sources["data.outbox_max_mb"],
         )
-    limits_mb = (outbox_max_bytes(config.data) + dedupe_max_bytes(config)) >> 20
-    if limits_mb >= config.data.map_size_mb:
+    limits = (
+        ("data.outbox_max_mb", outbox_max_bytes(config.data)),
+        ("track.dedupe_max_mb", dedupe_max_bytes(config)),
+        ("track.activity_max_mb", activity_max_bytes(config)),
+    )
+    if sum(size for _, size in limits) >> 20 >= config.data.map_size_mb:
+        named = ", ".join(
+            f"{key} {size >> 20} MiB "
+            + (
+                "(a quarter of the map: the default)"
+                if sources[key] == "default"
+                else f"(from {_origin(sources[key])})"
+            )
+            for key, size in limits
+        )
+        blamed = next((key for key, _ in reversed(limits) if sources[key] != "default"), limits[-1][0])
         raise ConfigError(
-            f"data.outbox_max_mb ({outbox_max_bytes(config.data) >> 20} MiB) and track.dedupe_max_mb "
-            f"({dedupe_max_bytes(config) >> 20} MiB, from {_origin(sources['track.dedupe_max_mb'])}) "
-            f"together must be less than data.map_size_mb = {config.data.map_size_mb}: the rest of the "
-            "store needs room too",
-            key="track.dedupe_max_mb",
-            source=sources["track.dedupe_max_mb"],
+            f"{named}: together they must be less than data.map_size_mb = {config.data.map_size_mb}: "
+            "the rest of the store needs room too",
+            key=blamed,
+            source=sources[blamed],
         )
     if config.sync.control and config.data.bundle is not None:
         raise ConfigError(

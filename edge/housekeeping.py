@@ -22,6 +22,17 @@ than its dedupe window's ids fit in deletes the oldest before their window ends,
 `ids_per_step`, counted in `deleted_ids_early` and logged as `dedupe_window_shortened` with how far back
 the ids it keeps reach. A retry older than that counts again; Track keeps working.
 
+Live activity too (`activity_max_bytes`, `track.activity_max_mb`): the TTLs alone bound it by how many
+users and sessions were active within them, which a node with many anonymous visitors can make larger
+than its map. Once the namespace is past `ACTIVITY_WATCH` of its limit, each step reports when every
+activity it kept was last active, and its size, into the pass's `_Ages` (a histogram with four buckets
+per doubling of age; below that share the walk skips this work). A pass that ends with the namespace
+over its limit sets a time (`activity_before_ms`): that pass's end, less the age within which the most
+recently active units fill `ACTIVITY_REFILL` of the limit. The next pass deletes the activity of the
+units last active before it, counted in `deleted_activities_early` and logged as
+`activity_window_shortened`; a pass that ends under the limit lifts it. While over the limit, passes
+follow each other without the pause.
+
 A forget that arrives while the outbox holds more than `FORGET_INLINE_OUTBOX` entries marks the users
 instead of reading the whole outbox in the sync transaction (core/store.py). A step then also reads the
 next `purge_per_step` outbox entries of a pass that deletes those users' entries (`Store.purge_step`);
@@ -31,8 +42,9 @@ the pass ends at the last entry, clears the marks of the users it was for, and l
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from edgewise.core.activity import ActivityLimits
@@ -40,6 +52,7 @@ from edgewise.core.store import Store
 from edgewise.edge.logs import log
 
 __all__ = [
+    "ACTIVITY_REFILL",
     "IDS_PER_STEP",
     "KEYS_PER_STEP",
     "OUTBOX_PER_STEP",
@@ -55,6 +68,39 @@ PASS_PAUSE_S: Final = 60.0  # between the end of a pass over the activities and 
 OUTBOX_PER_STEP: Final = 10_000  # oldest outbox entries deleted per step at most, over the limit
 WARNING_EVERY_S: Final = 60.0  # outbox_over_limit and dedupe_window_shortened at most this often
 PURGE_PER_STEP: Final = 10_000  # outbox entries a forget's purge pass reads per step: about 9 ms
+ACTIVITY_REFILL: Final = 0.8  # over its limit, live activity is cut to this share of it
+ACTIVITY_WATCH: Final = 0.5  # past this share of the limit, passes note the activities' ages
+AGE_BUCKETS_PER_DOUBLING: Final = 4
+
+
+class _Ages:
+    """Bytes of the live activities one pass kept, by how long before the step that saw them they were
+    last active: bucket 0 under a second, bucket b >= 1 up to 2 ** (b / 4) seconds."""
+
+    def __init__(self) -> None:
+        self.by_bucket: dict[int, int] = {}
+        self.total = 0
+
+    def add(self, now_ms: int, ages: Iterable[tuple[int, int]]) -> None:
+        by_bucket = self.by_bucket
+        for last_ms, size in ages:
+            age_s = (now_ms - last_ms) / 1000
+            bucket = 0 if age_s < 1 else 1 + int(AGE_BUCKETS_PER_DOUBLING * math.log2(age_s))
+            by_bucket[bucket] = by_bucket.get(bucket, 0) + size
+            self.total += size
+
+    def keep_ms(self, share: float) -> int:
+        """The age (ms, at least a second) within which the youngest activities hold at most `share` of
+        the bytes seen: the upper edge of the last bucket that still fits."""
+        budget = share * self.total
+        kept = 0
+        keep_s = 1.0
+        for bucket in sorted(self.by_bucket):
+            kept += self.by_bucket[bucket]
+            if kept > budget:
+                break
+            keep_s = 2 ** (bucket / AGE_BUCKETS_PER_DOUBLING)
+        return round(keep_s * 1000)
 
 
 class _Losses:
@@ -92,6 +138,7 @@ class Housekeeper:
         outbox_per_step: int = OUTBOX_PER_STEP,
         ids_max_bytes: int = 0,
         purge_per_step: int = PURGE_PER_STEP,
+        activity_max_bytes: int = 0,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -105,6 +152,11 @@ class Housekeeper:
         self.outbox_per_step = outbox_per_step
         self.ids_max_bytes = ids_max_bytes
         self.purge_per_step = purge_per_step
+        self.activity_max_bytes = activity_max_bytes
+        # of the activity namespace's pages, after the last step
+        self.activity_bytes = store.activity_usage()[1] if activity_max_bytes else 0
+        self.activity_before_ms = 0  # over the limit: units last active before this lose it (0: TTLs only)
+        self._ages = _Ages()  # of the pass in progress
         self.purged_outbox = 0  # forgotten users' outbox entries deleted by purge passes, since start
         self._purge_users: frozenset[str] = frozenset()  # the users of the pass in progress
         self._after_purge = b""
@@ -120,6 +172,7 @@ class Housekeeper:
         self.passes = 0  # full passes over the activities
         self._outbox_losses = _Losses("outbox_over_limit", monotonic)
         self._early_ids = _Losses("dedupe_window_shortened", monotonic)
+        self._early_activities = _Losses("activity_window_shortened", monotonic)
         self.oldest_id_ms = 0  # arrival time of the oldest event id kept, after the last step (0: none)
 
     @property
@@ -132,10 +185,27 @@ class Housekeeper:
         """Event ids deleted before their window ended, since start."""
         return self._early_ids.total
 
+    @property
+    def deleted_activities_early(self) -> int:
+        """Live activities deleted before their TTLs, since start (over track.activity_max_mb)."""
+        return self._early_activities.total
+
+    @property
+    def activity_window_ms(self) -> int:
+        """How long ago a unit may have been last active and keep its activity (0: the TTLs alone)."""
+        return max(0, self._clock_ms() - self.activity_before_ms) if self.activity_before_ms else 0
+
+    @property
+    def _activity_over(self) -> bool:
+        return 0 < self.activity_max_bytes < self.activity_bytes
+
     def step(self) -> None:
-        walking = self._after_activity != b"" or self._monotonic() >= self._activities_due
+        walking = (
+            self._after_activity != b"" or self._activity_over or self._monotonic() >= self._activities_due
+        )
+        now_ms = self._clock_ms()
         result = self.store.sweep(
-            self._clock_ms(),
+            now_ms,
             self.dedupe_window_ms,
             self.limits,
             after_activity=self._after_activity,
@@ -144,6 +214,18 @@ class Housekeeper:
             outbox_max_bytes=self.outbox_max_bytes,
             max_outbox=self.outbox_per_step,
             ids_max_bytes=self.ids_max_bytes,
+            activity_before_ms=self.activity_before_ms,
+            activity_ages=self.activity_bytes > ACTIVITY_WATCH * self.activity_max_bytes > 0,
+        )
+        self.activity_bytes = result.activity_bytes
+        self._ages.add(now_ms, result.activity_ages)
+        self._early_activities.add(
+            result.activities_early,
+            limit_mb=round(self.activity_max_bytes / (1 << 20), 1),
+            ttl_hours=round(self.limits.ttl_ms / 3_600_000, 3),
+            kept_hours=round(self.activity_window_ms / 3_600_000, 3),
+            error="live activities were deleted before their TTLs (track.activity_max_mb): users and "
+            "sessions last active more than kept_hours ago lost their recent views, cart and purchases",
         )
         self.oldest_id_ms = result.oldest_id_ms
         reach_h = (self._clock_ms() - self.oldest_id_ms) / 3_600_000 if self.oldest_id_ms else 0.0
@@ -169,6 +251,12 @@ class Housekeeper:
         if walking and not result.next_activity_key:  # a pass over the activities ended
             self.passes += 1
             self._activities_due = self._monotonic() + self.pass_pause_s
+            self.activity_before_ms = (
+                now_ms - self._ages.keep_ms(ACTIVITY_REFILL * self.activity_max_bytes / self.activity_bytes)
+                if self._activity_over and self._ages.total
+                else 0
+            )
+            self._ages = _Ages()
             if self._pass_ids or self._pass_activities:
                 log("housekeeping_pass", event_ids=self._pass_ids, activities=self._pass_activities)
                 self._pass_ids = self._pass_activities = 0

@@ -402,7 +402,9 @@ class NodeMetrics:
         self._outbox_dropped = 0
         self._oldest_id_ms = 0
         self._forwarded = 0
-        self._housekept = {"event_ids": 0, "activities": 0, "event_ids_early": 0}
+        self._housekept = {"event_ids": 0, "activities": 0, "event_ids_early": 0, "activities_early": 0}
+        self._activity_bytes = 0
+        self._activity_window_ms = 0
         run_dir.mkdir(parents=True, exist_ok=True)
         if clear:
             for path in run_dir.glob(f"{_FILE_PREFIX}*"):
@@ -435,18 +437,29 @@ class NodeMetrics:
             self._outbox_bytes, self._outbox_dropped = size_bytes, dropped
 
     def set_housekeeping(
-        self, event_ids: int, activities: int, event_ids_early: int = 0, oldest_id_ms: int = 0
+        self,
+        event_ids: int,
+        activities: int,
+        event_ids_early: int = 0,
+        oldest_id_ms: int = 0,
+        activities_early: int = 0,
+        activity_bytes: int = 0,
+        activity_window_ms: int = 0,
     ) -> None:
         """Expired event ids and live activities housekeeping deleted since start, event ids it deleted
-        before their dedupe window ended (over track.dedupe_max_mb), and the arrival time of the oldest
-        event id kept (Unix ms, 0: none)."""
+        before their dedupe window ended (over track.dedupe_max_mb), the arrival time of the oldest
+        event id kept (Unix ms, 0: none), live activities it deleted before their TTLs (over
+        track.activity_max_mb), the bytes live activity takes, and how long ago a unit may have been
+        last active and keep its activity while over that limit (ms, 0: the TTLs alone)."""
         with self._lock:
             self._housekept = {
                 "event_ids": event_ids,
                 "activities": activities,
                 "event_ids_early": event_ids_early,
+                "activities_early": activities_early,
             }
             self._oldest_id_ms = oldest_id_ms
+            self._activity_bytes, self._activity_window_ms = activity_bytes, activity_window_ms
 
     def totals(self) -> tuple[dict[Series, float], list[str]]:
         """Summed values by series over all worker files, and placements seen beyond the node layout."""
@@ -471,6 +484,7 @@ class NodeMetrics:
             outbox, forwarded, housekept = self._outbox_entries, self._forwarded, dict(self._housekept)
             outbox_bytes, outbox_dropped = self._outbox_bytes, self._outbox_dropped
             oldest_id_ms = self._oldest_id_ms
+            activity_bytes, activity_window_ms = self._activity_bytes, self._activity_window_ms
         age = math.nan if synced_at is None else max(0.0, self._clock() - synced_at)
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
@@ -555,6 +569,15 @@ class NodeMetrics:
         )
         reach = max(0.0, time.time() - oldest_id_ms / 1000) if oldest_id_ms else 0.0
         sample("edgewise_dedupe_window_seconds", {}, round(reach, 3))
+        family("edgewise_activity_bytes", "gauge", "Bytes of the store's pages holding live activity.")
+        sample("edgewise_activity_bytes", {}, activity_bytes)
+        family(
+            "edgewise_activity_window_seconds",
+            "gauge",
+            "While live activity is over track.activity_max_mb: how long ago a user or session may have been "
+            "last active and keep its activity (0: only the TTLs apply).",
+        )
+        sample("edgewise_activity_window_seconds", {}, round(activity_window_ms / 1000, 3))
         return "".join(out)
 
 

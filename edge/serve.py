@@ -36,6 +36,7 @@ from edgewise.core.store import Store, StoreError
 from edgewise.edge.config import (
     ConfigError,
     EdgeConfig,
+    activity_max_bytes,
     add_config_arguments,
     dedupe_max_bytes,
     flag_overrides,
@@ -378,6 +379,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         activity,
         outbox_max_bytes=outbox_max_bytes(config.data),
         ids_max_bytes=dedupe_max_bytes(config),
+        activity_max_bytes=activity_max_bytes(config),
     )
     while not stop.wait(0.2):
         try:
@@ -401,6 +403,9 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 housekeeper.deleted_activities,
                 housekeeper.deleted_ids_early,
                 housekeeper.oldest_id_ms,
+                housekeeper.deleted_activities_early,
+                housekeeper.activity_bytes,
+                housekeeper.activity_window_ms,
             )
         if sync is not None and node_metrics is not None:
             _note_sync(node_metrics, store, sync.syncer)

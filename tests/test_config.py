@@ -12,6 +12,7 @@ import pytest
 from edgewise.edge.config import (
     ConfigError,
     EdgeConfig,
+    activity_max_bytes,
     add_config_arguments,
     config_keys,
     dedupe_max_bytes,
@@ -249,10 +250,23 @@ def test_outbox_limit_must_leave_room_in_the_map(tmp_path: Path) -> None:
         tmp_path, env={"EDGEWISE_TRACK_DEDUPE_MAX_MB": "800"}, data__dir="/srv", data__map_size_mb=1000
     )
     assert message == (
-        "config error: data.outbox_max_mb (250 MiB) and track.dedupe_max_mb (800 MiB, from "
-        "EDGEWISE_TRACK_DEDUPE_MAX_MB) together must be less than data.map_size_mb = 1000: the rest of "
-        "the store needs room too"
+        "config error: data.outbox_max_mb 250 MiB (a quarter of the map: the default), "
+        "track.dedupe_max_mb 800 MiB (from EDGEWISE_TRACK_DEDUPE_MAX_MB), track.activity_max_mb 250 MiB "
+        "(a quarter of the map: the default): together they must be less than data.map_size_mb = 1000: "
+        "the rest of the store needs room too"
     )
+    assert activity_max_bytes(config) == 2048 << 20  # a quarter of the default 8192 MiB map
+    config, _ = _load(tmp_path, env={"EDGEWISE_TRACK_ACTIVITY_MAX_MB": "100"}, data__dir="/srv")
+    assert activity_max_bytes(config) == 100 << 20
+    with pytest.raises(ConfigError) as caught:
+        _load(
+            tmp_path,
+            env={"EDGEWISE_TRACK_ACTIVITY_MAX_MB": "600"},
+            data__dir="/srv",
+            data__map_size_mb=1000,
+        )
+    assert caught.value.key == "track.activity_max_mb"
+    assert "track.activity_max_mb 600 MiB (from EDGEWISE_TRACK_ACTIVITY_MAX_MB)" in str(caught.value)
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import lmdb
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.store import Store
-from edgewise.edge.housekeeping import Housekeeper
+from edgewise.edge.housekeeping import ACTIVITY_REFILL, Housekeeper, _Ages
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
@@ -243,3 +243,123 @@ def test_event_ids_over_their_limit_go_before_their_window_ends(tmp_path: Path) 
         unlimited = Housekeeper(store, 72 * HOUR, LIMITS, clock_ms=lambda: NOW)
         unlimited.step()
         assert unlimited.deleted_ids_early == 0
+
+
+def test_ages_say_within_what_age_the_youngest_fill_a_share() -> None:
+    ages = _Ages()
+    ages.add(NOW, [(NOW - 500, 100), (NOW - 10_000, 100), (NOW - 100_000, 100), (NOW - 1_000_000, 100)])
+    assert ages.total == 400
+    # half the bytes: the two youngest fit; the bucket edge is within a quarter doubling of 10 s
+    assert 10_000 <= ages.keep_ms(0.5) < 100_000 and ages.keep_ms(0.5) <= 10_000 * 2**0.25
+    assert ages.keep_ms(0.1) == 1_000  # not even the youngest fits: a second, the least
+    assert ages.keep_ms(1.0) >= 1_000_000
+    assert _Ages().keep_ms(0.5) == 1_000
+
+
+def _activity_bytes(store: Store) -> int:
+    with store._env.begin() as txn:
+        st = txn.stat(store._dbs["activity"])
+        return int(st["psize"]) * sum(int(st[k]) for k in ("branch_pages", "leaf_pages", "overflow_pages"))
+
+
+def test_activity_over_its_limit_loses_the_units_last_active_longest_ago(tmp_path: Path) -> None:
+    """2,000 sessions, last active 0 to 33 h ago (all within the 72 h TTL), against a limit of half
+    their size: the first pass notes their ages, the second deletes the oldest down to about 80% of
+    the limit, and the third, under the limit, lifts the horizon."""
+    minute = 60_000
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        events = [_event(n, NOW - n * minute, session=f"s{n:04d}") for n in range(2_000)]
+        store.record_events(events, LIMITS, now_ms=NOW)
+        used = _activity_bytes(store)
+        mono = [0.0]
+        keeper = Housekeeper(
+            store,
+            72 * HOUR,
+            LIMITS,
+            keys_per_step=500,
+            activity_max_bytes=used // 2,
+            clock_ms=lambda: NOW,
+            monotonic=lambda: mono[0],
+        )
+        for _ in range(4):  # one pass: nothing deleted yet, every age noted
+            keeper.step()
+        assert keeper.passes == 1 and keeper.deleted_activities_early == 0
+        assert keeper.activity_bytes == used and keeper.activity_before_ms > 0
+        # keep the units active within the age that fills 80% of the limit (40% of the bytes): about
+        # 800 of them, so about 800 minutes, give or take a bucket (a quarter of a doubling)
+        window = keeper.activity_window_ms
+        assert 800 * minute / 2**0.25 <= window <= 800 * minute
+        for _ in range(4):  # over the limit: the next pass follows without the pause, and cuts
+            keeper.step()
+        assert keeper.passes == 2
+        left = _keys(store, "activity")
+        assert left == [f"s:s{n:04d}" for n in range(len(left))]  # the most recently active stay
+        assert keeper.deleted_activities_early == 2_000 - len(left) and keeper.deleted_activities == 0
+        assert all(NOW - n * minute >= NOW - window for n in range(len(left)))
+        assert 650 <= len(left) <= ACTIVITY_REFILL * 1_000 and keeper.activity_bytes <= used // 2
+        assert keeper.activity_before_ms == 0 and keeper.activity_window_ms == 0  # under: lifted
+        for _ in range(4):  # under the limit the walk rests for its minute again
+            keeper.step()
+        assert keeper.passes == 2 and len(_keys(store, "activity")) == len(left)
+
+
+def test_a_real_edge_keeps_live_activity_under_its_limit(
+    edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    """15,000 anonymous sessions' views, several times track.activity_max_mb = 1: housekeeping deletes
+    the activity of the sessions last active longest ago, counts and logs it, and Track keeps working."""
+    config = tmp_path / "edge.toml"
+    config.write_text("[track]\nactivity_max_mb = 1\n")
+    edge = edge_factory(
+        tmp_path / "data",
+        bundle_dir,
+        "--config",
+        str(config),
+        "--workers",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    )
+    serving = next(e for e in edge.log_events() if e.get("event") == "serving")
+    metrics = str(serving["metrics"])
+    item = "i-" + "x" * 100  # about 200 bytes of activity per session
+    with grpc.insecure_channel(edge.address) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        for call in range(30):
+            events = [
+                pb.Event(event_id=f"act-{call}-{n}", type="view", session_id=f"s-{call}-{n}", item_id=item)
+                for n in range(500)
+            ]
+            request = pb.TrackRequest(events=events, consent=["personalization"])
+            assert stub.Track(request, timeout=30).accepted == 500
+    deadline = time.monotonic() + 60
+    while _labeled(metrics, "edgewise_housekeeping_deleted_total", 'kind="activities_early"') == 0:
+        assert time.monotonic() < deadline, "no activity ever went before its TTL"
+        time.sleep(0.2)
+    while _metric(metrics, "edgewise_activity_bytes") > 1 << 20:
+        assert time.monotonic() < deadline, "live activity was never brought under its limit"
+        time.sleep(0.2)
+    early = _labeled(metrics, "edgewise_housekeeping_deleted_total", 'kind="activities_early"')
+    assert 0 < early < 15_000
+    shortened = [e for e in edge.log_events() if e.get("event") == "activity_window_shortened"]
+    assert shortened and shortened[0]["level"] == "warning" and shortened[0]["ttl_hours"] == 72.0
+    with grpc.insecure_channel(edge.address) as channel:  # Track still works
+        event = pb.Event(event_id="act-after", type="view", session_id="s-after", item_id="i1")
+        request = pb.TrackRequest(events=[event], consent=["personalization"])
+        assert pb_grpc.PersonalizerStub(channel).Track(request, timeout=30).accepted == 1
+
+
+def test_sweep_reports_ages_only_when_asked_and_deletes_before_a_time(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        events = [_event(n, NOW - n * HOUR, session=f"s{n}") for n in range(10)]  # last active 0-9 h ago
+        store.record_events(events, LIMITS, now_ms=NOW)
+        plain = store.sweep(NOW, 72 * HOUR, LIMITS, max_ids=0)
+        assert plain.activity_ages == () and plain.activities == plain.activities_early == 0
+        assert plain.activity_bytes == store.activity_usage()[1] > 0
+        seen = store.sweep(NOW, 72 * HOUR, LIMITS, max_ids=0, activity_ages=True)
+        assert sorted(last for last, _ in seen.activity_ages) == sorted(NOW - n * HOUR for n in range(10))
+        assert all(size > len("s:s0") for _, size in seen.activity_ages)
+        cut = store.sweep(NOW, 72 * HOUR, LIMITS, max_ids=0, activity_before_ms=NOW - 4 * HOUR - 1)
+        assert cut.activities_early == 5 and cut.activities == 0  # 5-9 h ago went, 4 h ago stayed
+        assert _keys(store, "activity") == [f"s:s{n}" for n in range(5)]
+        assert cut.activity_bytes <= plain.activity_bytes

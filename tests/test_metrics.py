@@ -437,6 +437,8 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
                 "edgewise_forwarded_total",
                 "edgewise_housekeeping_deleted_total",
                 "edgewise_dedupe_window_seconds",
+                "edgewise_activity_bytes",
+                "edgewise_activity_window_seconds",
             }
             assert set(families) == expected_families
             assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 100
@@ -481,3 +483,10 @@ def test_node_outbox_forwarding_and_housekeeping_series(tmp_path: Path) -> None:
     assert value(families, "edgewise_forwarded_total") == 250
     assert value(families, "edgewise_housekeeping_deleted_total", kind="event_ids") == 1_000
     assert value(families, "edgewise_housekeeping_deleted_total", kind="activities") == 3
+    assert value(families, "edgewise_housekeeping_deleted_total", kind="activities_early") == 0
+    assert value(families, "edgewise_activity_window_seconds") == 0  # the TTLs alone
+    node.set_housekeeping(1_000, 3, activities_early=40, activity_bytes=1 << 20, activity_window_ms=7_200_500)
+    families = parse_exposition(node.render())
+    assert value(families, "edgewise_housekeeping_deleted_total", kind="activities_early") == 40
+    assert value(families, "edgewise_activity_bytes") == 1 << 20
+    assert value(families, "edgewise_activity_window_seconds") == 7_200.5
