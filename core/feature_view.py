@@ -138,10 +138,6 @@ class FeatureView:
         row = self._state.rows.get(item_id)
         return None if row is None else self._state.categories[row]
 
-    def item_flags(self, item_id: str) -> Mapping[str, Any] | None:
-        row = self._state.rows.get(item_id)
-        return None if row is None else self._state.flags[row]
-
     def replenish_days(self, item_id: str) -> float | None:
         days = self._state.replenish_days.get(item_id)
         if days is not None:

@@ -58,10 +58,6 @@ class FeatureSource(Protocol):
         """Category path of a catalog item, or None if the item is unknown."""
         ...
 
-    def item_flags(self, item_id: str) -> Mapping[str, Any] | None:
-        """Flags of a catalog item (e.g. {"replenish_days": 30}), or None if the item is unknown."""
-        ...
-
     def replenish_days(self, item_id: str) -> float | None:
         """The item's replenishment interval from its flags (`replenish_days` below), 0.0 for a known
         item without one, None for an unknown item."""

@@ -60,9 +60,6 @@ class _NoFeatures:
     def item_category(self, item_id: str) -> str | None:
         return None
 
-    def item_flags(self, item_id: str) -> None:
-        return None
-
     def replenish_days(self, item_id: str) -> None:
         return None
 

@@ -56,13 +56,7 @@ class DictSource:
     def item_category(self, item_id: str) -> str | None:
         return self.categories.get(item_id)
 
-    def item_flags(self, item_id: str) -> Mapping[str, Any] | None:
+    def replenish_days(self, item_id: str) -> float | None:
         if item_id not in self.categories and item_id not in self.flags:
             return None
-        return self.flags.get(item_id, {})
-
-    def replenish_days(self, item_id: str) -> float | None:
-        flags = self.item_flags(item_id)
-        if flags is None:
-            return None
-        return replenish_days(flags) or 0.0
+        return replenish_days(self.flags.get(item_id, {})) or 0.0

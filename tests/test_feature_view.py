@@ -153,7 +153,6 @@ def test_explain_records_every_read_including_refused_ones() -> None:
 def test_item_lookups_use_the_version_state() -> None:
     fv = view()
     assert fv.item_category("i1") == "shoes/running" and fv.item_category("nope") is None
-    assert fv.item_flags("i1") == {"replenish_days": 30} and fv.item_flags("nope") is None
     assert fv.replenish_days("i1") == 30.0
     assert fv.replenish_days("i2") == 0.0 and fv.replenish_days("i3") == 0.0  # known, no valid interval
     assert fv.replenish_days("nope") is None
