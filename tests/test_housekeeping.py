@@ -148,14 +148,12 @@ def _metric(address: str, name: str) -> float:
     raise AssertionError(f"no {name} in the metrics")
 
 
-def test_a_real_edge_keeps_its_outbox_and_event_ids_under_their_limits(
-    edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
-) -> None:
-    """A standalone edge (no control plane) queues analytics events for upstream that nobody forwards:
-    past data.outbox_max_mb the oldest are deleted, Track keeps working, and the loss is counted and
-    logged. Past track.dedupe_max_mb the oldest event ids go early, counted and logged too."""
+def _edge_with_metrics(
+    edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path, toml: str, *flags: str
+) -> tuple[EdgeProcess, str]:
+    """A one-worker standalone edge with the config file `toml` and `flags`, and its metrics address."""
     config = tmp_path / "edge.toml"
-    config.write_text("[track]\ndedupe_max_mb = 1\n")
+    config.write_text(toml)
     edge = edge_factory(
         tmp_path / "data",
         bundle_dir,
@@ -163,13 +161,23 @@ def test_a_real_edge_keeps_its_outbox_and_event_ids_under_their_limits(
         str(config),
         "--workers",
         "1",
-        "--outbox-max-mb",
-        "1",
         "--metrics-listen",
         "127.0.0.1:0",
+        *flags,
     )
     serving = next(e for e in edge.log_events() if e.get("event") == "serving")
-    metrics = str(serving["metrics"])
+    return edge, str(serving["metrics"])
+
+
+def test_a_real_edge_keeps_its_outbox_and_event_ids_under_their_limits(
+    edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+) -> None:
+    """A standalone edge (no control plane) queues analytics events for upstream that nobody forwards:
+    past data.outbox_max_mb the oldest are deleted, Track keeps working, and the loss is counted and
+    logged. Past track.dedupe_max_mb the oldest event ids go early, counted and logged too."""
+    edge, metrics = _edge_with_metrics(
+        edge_factory, bundle_dir, tmp_path, "[track]\ndedupe_max_mb = 1\n", "--outbox-max-mb", "1"
+    )
     url = "https://example.com/" + "p" * 200
     with grpc.insecure_channel(edge.address) as channel:
         stub = pb_grpc.PersonalizerStub(channel)
@@ -308,20 +316,7 @@ def test_a_real_edge_keeps_live_activity_under_its_limit(
 ) -> None:
     """15,000 anonymous sessions' views, several times track.activity_max_mb = 1: housekeeping deletes
     the activity of the sessions last active longest ago, counts and logs it, and Track keeps working."""
-    config = tmp_path / "edge.toml"
-    config.write_text("[track]\nactivity_max_mb = 1\n")
-    edge = edge_factory(
-        tmp_path / "data",
-        bundle_dir,
-        "--config",
-        str(config),
-        "--workers",
-        "1",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    )
-    serving = next(e for e in edge.log_events() if e.get("event") == "serving")
-    metrics = str(serving["metrics"])
+    edge, metrics = _edge_with_metrics(edge_factory, bundle_dir, tmp_path, "[track]\nactivity_max_mb = 1\n")
     item = "i-" + "x" * 100  # about 200 bytes of activity per session
     with grpc.insecure_channel(edge.address) as channel:
         stub = pb_grpc.PersonalizerStub(channel)
