@@ -18,4 +18,4 @@ def test_quick_run_times_the_three_kinds_of_step(capsys: pytest.CaptureFixture[s
     assert row["steps"] == [5, 4, 5]
     assert 0 <= row["idle_step_ms"] <= row["ids_step_ms"] and row["activities_step_ms"] > 0
     assert row["outbox_step_ms"] > 0
-    assert 0 < row["kept_step_ms"] and 0 < row["kept_ages_step_ms"]
+    assert row["kept_step_ms"] > 0 and row["kept_ages_step_ms"] > 0
