@@ -65,6 +65,7 @@ __all__ = [
     "ReadView",
     "Store",
     "StoreError",
+    "StoreUsage",
     "SweepResult",
     "TrackResult",
     "replicated_digest",
@@ -123,6 +124,18 @@ class SweepResult:
     activity_bytes: int = 0  # bytes of the activity namespace's pages after the step
     # (last active, key + value bytes) of each activity the step looked at and kept (when asked)
     activity_ages: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreUsage:
+    """What a store holds and how much of its map that takes (`Store.usage`)."""
+
+    map_bytes: int  # the map's size: the most the data file may grow to
+    high_water_bytes: int  # the data file's extent in pages; free pages within it are reused first
+    namespaces: Mapping[str, tuple[int, int]]  # name -> (entries, bytes of its pages)
+    oldest_event_ms: int  # arrival time of the oldest remembered event id (0: none)
+    purges_pending: int  # forgotten users whose outbox entries housekeeping has still to delete
+    readers: int  # read transactions slots in use (workers, and this reader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -718,6 +731,26 @@ class Store:
         """(entries, bytes of the map's pages) of the outbox."""
         with self._env.begin() as txn:
             return _db_usage(txn, self._dbs["outbox"])
+
+    def usage(self) -> StoreUsage:
+        """Entries and bytes of every namespace, the map's size and its high-water mark, in one read
+        transaction (LMDB keeps the counts: nothing is scanned but the forget marks)."""
+        with self._env.begin() as txn:
+            namespaces = {name: _db_usage(txn, db) for name, db in self._dbs.items()}
+            oldest = 0
+            if "event_times" in self._dbs:  # a read-only store written before it existed has none
+                with txn.cursor(db=self._dbs["event_times"]) as cursor:
+                    if cursor.first():
+                        oldest = _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0]
+        info = self._env.info()
+        return StoreUsage(
+            map_bytes=int(info["map_size"]),
+            high_water_bytes=(int(info["last_pgno"]) + 1) * int(self._env.stat()["psize"]),
+            namespaces=namespaces,
+            oldest_event_ms=oldest,
+            purges_pending=len(self.pending_purges()),
+            readers=int(info["num_readers"]),
+        )
 
     def activity_usage(self) -> tuple[int, int]:
         """(entries, bytes of the map's pages) of live activity."""

@@ -2,6 +2,7 @@
 
 edgewise demo                      build a synthetic bundle, serve it, show decisions change
 edgewise edge serve ...            run an edge node (from a bundle, or following a control plane)
+edgewise edge status ...           what a node's store holds, against its map and size limits
 edgewise control serve ...         run the control plane
 edgewise ctl --control ... CMD     push bundles/deltas, status, rollback, history, report, forget
 edgewise call decide|track ...     call an edge's Personalizer service
@@ -22,7 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from edgewise import __version__
     from edgewise.bench import cli as bench_cli
-    from edgewise.edge import call, demo, serve
+    from edgewise.edge import call, demo, serve, status
     from edgewise.sync import bundle_cli, control_cli, ope_cli, retail_cli
 
     parser = argparse.ArgumentParser(
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(p)
     p.set_defaults(handler=demo.run)
 
-    edge = sub.add_parser("edge", help="run an edge node").add_subparsers(
+    edge = sub.add_parser("edge", help="run an edge node, or look at its store").add_subparsers(
         dest="edge_command", metavar="COMMAND", required=True
     )
     p = edge.add_parser(
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_arguments(p)
     p.set_defaults(handler=serve.run)
+    p = edge.add_parser(
+        "status",
+        help="what a node's store holds: snapshot, map, namespaces, size limits (read-only)",
+        description=status.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_arguments(p)
+    p.set_defaults(handler=status.run)
 
     control = sub.add_parser("control", help="run the control plane").add_subparsers(
         dest="control_command", metavar="COMMAND", required=True

@@ -26,6 +26,7 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         [],
         ["demo"],
         ["edge", "serve"],
+        ["edge", "status"],
         ["call", "decide"],
         ["call", "track"],
         ["bundle", "synth"],

@@ -1,0 +1,170 @@
+"""`edgewise edge status`: what a node's store holds, against its map and its size limits.
+
+    edgewise edge status --data /srv/edgewise
+    edgewise edge status --config edge.toml --json
+
+The store is opened read-only, so this runs beside a serving node (LMDB readers do not block its
+writer) as well as on a stopped one. It takes `edgewise edge serve`'s own flags, environment and
+config file, so the limits it reports are the ones that node applies: run it with the node's command
+line. It prints the snapshot being served, the map's size and high-water mark, every namespace's
+entries and bytes, and the three size limits housekeeping enforces (`data.outbox_max_mb`,
+`track.dedupe_max_mb`, `track.activity_max_mb`) with how full each is. Exit status 2 when the
+configuration is wrong or there is no store in the data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from edgewise.core.store import Store, StoreError, StoreUsage
+from edgewise.edge.config import (
+    ConfigError,
+    EdgeConfig,
+    activity_max_bytes,
+    add_config_arguments,
+    dedupe_max_bytes,
+    flag_overrides,
+    format_config,
+    load_config,
+    outbox_max_bytes,
+)
+
+__all__ = ["add_arguments", "run", "status_report"]
+
+MIB: Final = 1 << 20
+# Each limit and the namespaces it covers (the event ids' limit counts their arrival index too).
+LIMITED: Final = (
+    ("data.outbox_max_mb", ("outbox",)),
+    ("track.dedupe_max_mb", ("events", "event_times")),
+    ("track.activity_max_mb", ("activity",)),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _limit_bytes(config: EdgeConfig, key: str) -> int:
+    if key == "data.outbox_max_mb":
+        return outbox_max_bytes(config.data)
+    if key == "track.dedupe_max_mb":
+        return dedupe_max_bytes(config)
+    return activity_max_bytes(config)
+
+
+def _mib(size: int) -> float:
+    return round(size / MIB, 1)
+
+
+def status_report(
+    config: EdgeConfig, path: Path, usage: StoreUsage, snapshot: Mapping[str, Any], now_ms: int
+) -> dict[str, Any]:
+    """The report `run` prints: plain data, for the table and for --json."""
+    limits = []
+    for key, names in LIMITED:
+        used = sum(usage.namespaces.get(name, (0, 0))[1] for name in names)
+        limit = _limit_bytes(config, key)
+        limits.append(
+            {
+                "key": key,
+                "namespaces": list(names),
+                "used_mib": _mib(used),
+                "limit_mib": _mib(limit),
+                "share": round(used / limit, 6) if limit else 0.0,
+            }
+        )
+    oldest = usage.oldest_event_ms
+    return {
+        "store": str(path),
+        "snapshot": {
+            "version": int(snapshot.get("version", 0) or 0),
+            "source": str(snapshot.get("source", "")),
+            "profiles": int(snapshot.get("profiles", 0) or 0),
+            "items": int(snapshot.get("items", 0) or 0),
+            "loaded_at_ms": int(snapshot.get("loaded_at_ms", 0) or 0),
+        },
+        "map_mib": _mib(usage.map_bytes),
+        "high_water_mib": _mib(usage.high_water_bytes),
+        "high_water_share": round(usage.high_water_bytes / usage.map_bytes, 4) if usage.map_bytes else 0.0,
+        "namespaces": {
+            name: {"entries": entries, "mib": _mib(size)}
+            for name, (entries, size) in usage.namespaces.items()
+        },
+        "limits": limits,
+        "oldest_event_id_age_s": round(max(0, now_ms - oldest) / 1000, 1) if oldest else None,
+        "forget_purges_pending": usage.purges_pending,
+        "readers": usage.readers,
+    }
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    snap = report["snapshot"]
+    if snap["version"]:
+        loaded = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snap["loaded_at_ms"] / 1000))
+        serving = (
+            f"snapshot version {snap['version']} ({snap['source'] or 'unknown source'}): "
+            f"{snap['profiles']:,} profiles, {snap['items']:,} items, loaded {loaded}"
+        )
+    else:
+        serving = "no snapshot loaded yet: the node is not SERVING"
+    lines = [
+        f"store {report['store']}",
+        serving,
+        f"map {report['map_mib']:,} MiB; high-water mark {report['high_water_mib']:,} MiB "
+        f"({report['high_water_share']:.1%}; free pages below it are reused first)",
+        "",
+        f"{'namespace':<14} {'entries':>12} {'MiB':>10}",
+    ]
+    for name, row in report["namespaces"].items():
+        lines.append(f"{name:<14} {row['entries']:>12,} {row['mib']:>10,}")
+    lines += ["", f"{'limit':<24} {'used MiB':>10} {'limit MiB':>10} {'full':>7}  namespaces"]
+    for limit in report["limits"]:
+        lines.append(
+            f"{limit['key']:<24} {limit['used_mib']:>10,} {limit['limit_mib']:>10,} {limit['share']:>7.1%}  "
+            + " + ".join(limit["namespaces"])
+        )
+    age = report["oldest_event_id_age_s"]
+    lines.append("")
+    lines.append(
+        "oldest remembered event id: "
+        + ("none" if age is None else f"{age / 3600:.2f} h ago (retries back to then are recognized)")
+    )
+    if report["forget_purges_pending"]:
+        pending = report["forget_purges_pending"]
+        lines.append(f"forgotten users whose outbox entries housekeeping is still deleting: {pending}")
+    readers = report["readers"]
+    lines.append(f"read transaction slots in use: {readers} (the node's processes, and this command)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config, sources = load_config(args.config, os.environ, flag_overrides(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(format_config(config, sources))
+        return 0
+    path = Path(config.data.dir)
+    if not (path / "data.mdb").is_file():
+        print(f"no edgewise store in {path} (`edgewise edge serve --data {path}` makes one)", file=sys.stderr)
+        return 2
+    try:
+        with Store(path, map_size=config.data.map_size_mb * MIB, readonly=True) as store:
+            usage = store.usage()
+            snapshot = store.snapshot_info()
+    except StoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    report = status_report(config, path, usage, snapshot, time.time_ns() // 1_000_000)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
