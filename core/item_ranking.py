@@ -267,6 +267,11 @@ def _replenish_due(state: VersionState, activity: Activity | None, now_ms: int) 
     return due
 
 
+def _embeddings(view: ReadView, state: VersionState) -> NDArray[np.float32] | None:
+    """The item embeddings: the version's copy, else the store's matrix (zero-copy, this request only)."""
+    return state.embeddings if state.embeddings is not None else view.array("item_embeddings")
+
+
 def _user_query(
     state: VersionState,
     embeddings: NDArray[np.float32],
@@ -342,7 +347,7 @@ def rank_items(
     if strategy == "personalized":
         if not shopper.allowed:
             fallback = Fallback.NO_CONSENT
-        elif (embeddings := view.array("item_embeddings")) is None:
+        elif (embeddings := _embeddings(view, state)) is None:
             fallback = Fallback.MODEL_UNAVAILABLE
         else:
             query, fallback = _user_query(state, embeddings, shopper, scratch.query, why)
@@ -362,7 +367,7 @@ def rank_items(
                 if candidates is not None and why is not None:
                     why.notes.append(f"{candidates[0].shape[0]} neighbour(s) of the seeds pass the filters")
             if serve.method != "cooccurrence":
-                embeddings = view.array("item_embeddings")
+                embeddings = _embeddings(view, state)
             if embeddings is not None:
                 # The query ranks by embeddings, or fills up after the neighbour lists ("auto").
                 if len(seeds) == 1:

@@ -3,10 +3,14 @@
 Holds what is costly to derive per request: the item id <-> row index, per-item price, category, tag
 and flag data, availability masks per country, masks and boost vectors derived from them (cached on
 first use), the compiled rules and the profile fields' consent purposes. Model arrays are read
-zero-copy from each request's own read transaction, with one addition: a half-precision copy of the
-item embeddings in the blocked layout the scoring kernel scans (`edgewise.core.scoring.half_index`,
-half the size of the matrix, made once per version). The personalized scan reads it instead of the
-float32 matrix and rescoring a few rows exactly from the matrix, so results are the float32 ones.
+zero-copy from each request's own read transaction, with two additions, both made once per version.
+One is a half-precision copy of the item embeddings in the blocked layout the scoring kernel scans
+(`edgewise.core.scoring.half_index`, half the size of the matrix). The personalized scan reads it
+instead of the float32 matrix and rescores a few rows exactly from the matrix, so results are the
+float32 ones. The other is a copy of the float32 matrix itself, when it is at most
+EMBEDDINGS_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns (to take page faults
+without the GIL), so reading the matrix from the store cost each personalized request one read per
+4 KiB page (312 for 10k x 32) for the few rows it needs.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from edgewise.core.scoring import HalfIndex, half_index
 from edgewise.core.store import ROW_CHUNKED, ReadView
 from edgewise.core.strategies import Boost
 
-__all__ = ["POPULARITY_PREFIX", "VersionCache", "VersionState", "build_state"]
+__all__ = ["EMBEDDINGS_COPY_MAX_BYTES", "POPULARITY_PREFIX", "VersionCache", "VersionState", "build_state"]
 
 POPULARITY_PREFIX: Final = "item_popularity@"  # item_popularity@country:DE, item_popularity@segment:vip
 _CACHE_CAP: Final = 4096
+EMBEDDINGS_COPY_MAX_BYTES: Final = 64 << 20  # per worker: 10k x 32 float32 is 1.25 MiB
 
 
 @dataclass(slots=True)
@@ -52,6 +57,8 @@ class VersionState:
     segment_scopes: tuple[str, ...]  # segment ids with their own popularity, sorted
     daily_counts_end_ms: int  # the day the last column of item_daily_counts ends (0 = no such model)
     half_embeddings: HalfIndex | None  # item_embeddings, half precision, blocked (None: none or too large)
+    # item_embeddings copied out of the store (read-only; None: none, not float32 2-d, or too large)
+    embeddings: NDArray[np.float32] | None
     chunked_models: frozenset[str]  # model arrays whose row chunks match their record (ReadView.rows)
     _derived: dict[Hashable, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -187,8 +194,17 @@ def build_state(view: ReadView) -> VersionState:
         segment_scopes=tuple(sorted(s.removeprefix("segment:") for s in scopes if s.startswith("segment:"))),
         daily_counts_end_ms=int(view.snapshot_info().get("daily_counts_end_ms", 0)),
         half_embeddings=half if half is not None and half.rows == n else None,
+        embeddings=_copy(embeddings) if valid and embeddings is not None else None,
         chunked_models=frozenset(name for name in ROW_CHUNKED if view.chunks_match(name)),
     )
+
+
+def _copy(embeddings: NDArray[np.float32]) -> NDArray[np.float32] | None:
+    if embeddings.nbytes > EMBEDDINGS_COPY_MAX_BYTES:
+        return None
+    copy = np.array(embeddings, dtype=np.float32, order="C")
+    copy.flags.writeable = False  # shared by every request, like the store's arrays
+    return copy
 
 
 class VersionCache:

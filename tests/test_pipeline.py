@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgewise.core import version_state
 from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, RequestError
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.records import ProfileRecord, encode_profile
@@ -195,3 +196,33 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
         assert mine.fallback in (Fallback.NO_CONSENT, Fallback.NONE)
         if mine.placement_id in ("home", "hero_banner", "promo_slot"):
             assert mine.fallback == Fallback.NO_CONSENT
+
+
+def test_the_version_copy_of_the_embeddings_decides_like_the_store_matrix(
+    loaded: tuple[Store, Bundle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Personalized and similar-items decisions (explanations included) are the same whether the
+    version state holds its own copy of the float32 embeddings or reads the store's matrix."""
+    store, bundle = loaded
+    users = [p.id for p in bundle.profiles if "personalization" in p.consent][:40]
+    seeds = [i.id for i in bundle.items[:40]]
+    requests = [
+        DecideInput(
+            user_id=u,
+            consent=CONSENT,
+            placements=ALL if n % 2 else (PlacementAsk("pdp_similar", 5, seed_item_ids=(s,)),),
+            explain=True,
+        )
+        for n, (u, s) in enumerate(zip(users, seeds, strict=True))
+    ]
+    with_copy = Pipeline()
+    with store.read() as view:
+        state = with_copy.state(view)
+    assert state.embeddings is not None and not state.embeddings.flags.writeable
+    np.testing.assert_array_equal(state.embeddings, bundle.item_embeddings)
+    monkeypatch.setattr(version_state, "EMBEDDINGS_COPY_MAX_BYTES", 0)
+    from_store = Pipeline()
+    with store.read() as view:
+        assert from_store.state(view).embeddings is None
+    for request in requests:
+        assert repr(_decide(store, request, with_copy)) == repr(_decide(store, request, from_store))
