@@ -223,14 +223,17 @@ def _neighbours(
 ) -> Candidates | None:
     """The seeds' precomputed neighbour lists (scores summed over seeds), restricted to the mask.
 
-    Reads only the seeds' rows of the neighbour arrays (from their row chunks when the store has them:
-    no scan, and no touch of every page of the 2 x n x width arrays). The result is a pair of views
-    into the thread's scratch buffers."""
+    Reads only the seeds' rows of the neighbour arrays: from the version's copies when it has them,
+    else from their row chunks when the store has them (no scan, and no touch of every page of the
+    2 x n x width arrays). The result is a pair of views into the thread's scratch buffers."""
     neighbors: NDArray[np.int32] | None = None
     weights: NDArray[np.float32] | None = None
     n = len(seeds)  # with row chunks: the seeds' own rows 0..n-1, in seed order
     rows = _FIRST_ROWS[:n] if n <= _FIRST_ROWS.shape[0] else np.arange(n, dtype=np.int32)
-    if state.chunked_models >= _NEIGHBOUR_ARRAYS:
+    if state.neighbors is not None and state.neighbor_scores is not None:  # the version's copies
+        neighbors, weights = state.neighbors, state.neighbor_scores
+        rows = np.array(seeds, dtype=np.int32)
+    elif state.chunked_models >= _NEIGHBOUR_ARRAYS:
         neighbors = view.rows("item_neighbors", seeds)
         weights = view.rows("item_neighbor_scores", seeds)
     if neighbors is None or weights is None:

@@ -7,10 +7,10 @@ zero-copy from each request's own read transaction, with two additions, both mad
 One is a half-precision copy of the item embeddings in the blocked layout the scoring kernel scans
 (`edgewise.core.scoring.half_index`, half the size of the matrix). The personalized scan reads it
 instead of the float32 matrix and rescores a few rows exactly from the matrix, so results are the
-float32 ones. The other is a copy of the float32 matrix itself, when it is at most
-EMBEDDINGS_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns (to take page faults
+float32 ones. The other is copies of the float32 matrix itself and of the neighbour arrays, each at
+most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns (to take page faults
 without the GIL), so reading the matrix from the store cost each personalized request one read per
-4 KiB page (312 for 10k x 32) for the few rows it needs.
+4 KiB page (312 for 10k x 32) for the few rows it needs, and a similar-items request two row chunks.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ from edgewise.core.scoring import HalfIndex, half_index
 from edgewise.core.store import ROW_CHUNKED, ReadView
 from edgewise.core.strategies import Boost
 
-__all__ = ["EMBEDDINGS_COPY_MAX_BYTES", "POPULARITY_PREFIX", "VersionCache", "VersionState", "build_state"]
+__all__ = ["MODEL_COPY_MAX_BYTES", "POPULARITY_PREFIX", "VersionCache", "VersionState", "build_state"]
 
 POPULARITY_PREFIX: Final = "item_popularity@"  # item_popularity@country:DE, item_popularity@segment:vip
 _CACHE_CAP: Final = 4096
-EMBEDDINGS_COPY_MAX_BYTES: Final = 64 << 20  # per worker: 10k x 32 float32 is 1.25 MiB
+# Per worker, for each copy: the embeddings, and the two neighbour arrays together. 10k items: 1.25 MiB
+# (32 dims) and 3.8 MiB (50 neighbours).
+MODEL_COPY_MAX_BYTES: Final = 64 << 20
 
 
 @dataclass(slots=True)
@@ -59,6 +61,9 @@ class VersionState:
     half_embeddings: HalfIndex | None  # item_embeddings, half precision, blocked (None: none or too large)
     # item_embeddings copied out of the store (read-only; None: none, not float32 2-d, or too large)
     embeddings: NDArray[np.float32] | None
+    # item_neighbors / item_neighbor_scores copied likewise (None: absent, malformed, or too large)
+    neighbors: NDArray[np.int32] | None
+    neighbor_scores: NDArray[np.float32] | None
     chunked_models: frozenset[str]  # model arrays whose row chunks match their record (ReadView.rows)
     _derived: dict[Hashable, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -171,6 +176,7 @@ def build_state(view: ReadView) -> VersionState:
     valid = embeddings is not None and embeddings.ndim == 2 and embeddings.dtype == np.float32
     dim = int(embeddings.shape[1]) if embeddings is not None and embeddings.ndim == 2 else 0
     half = half_index(np.ascontiguousarray(embeddings)) if valid and embeddings is not None else None
+    neighbors, neighbor_scores = _neighbour_copies(view, n)
     schema: Any = view.schema_doc() or {}
     fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
     purposes = {name: str(spec.get("purpose", "")) for name, spec in fields.items() if isinstance(spec, dict)}
@@ -195,16 +201,36 @@ def build_state(view: ReadView) -> VersionState:
         daily_counts_end_ms=int(view.snapshot_info().get("daily_counts_end_ms", 0)),
         half_embeddings=half if half is not None and half.rows == n else None,
         embeddings=_copy(embeddings) if valid and embeddings is not None else None,
+        neighbors=neighbors,
+        neighbor_scores=neighbor_scores,
         chunked_models=frozenset(name for name in ROW_CHUNKED if view.chunks_match(name)),
     )
 
 
-def _copy(embeddings: NDArray[np.float32]) -> NDArray[np.float32] | None:
-    if embeddings.nbytes > EMBEDDINGS_COPY_MAX_BYTES:
+def _copy(array: NDArray[Any]) -> NDArray[Any] | None:
+    if array.nbytes > MODEL_COPY_MAX_BYTES:
         return None
-    copy = np.array(embeddings, dtype=np.float32, order="C")
+    copy = np.array(array, order="C")
     copy.flags.writeable = False  # shared by every request, like the store's arrays
     return copy
+
+
+def _neighbour_copies(view: ReadView, n: int) -> tuple[NDArray[np.int32] | None, NDArray[np.float32] | None]:
+    """Copies of the neighbour arrays when both are well formed ([n, width], int32 and float32) and
+    together at most MODEL_COPY_MAX_BYTES; else (None, None) and requests read the store's."""
+    neighbors, scores = view.array("item_neighbors"), view.array("item_neighbor_scores")
+    if (
+        neighbors is None
+        or scores is None
+        or neighbors.dtype != np.int32
+        or scores.dtype != np.float32
+        or neighbors.ndim != 2
+        or neighbors.shape != scores.shape
+        or neighbors.shape[0] != n
+        or neighbors.nbytes + scores.nbytes > MODEL_COPY_MAX_BYTES
+    ):
+        return None, None
+    return _copy(neighbors), _copy(scores)
 
 
 class VersionCache:

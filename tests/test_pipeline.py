@@ -198,11 +198,12 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
             assert mine.fallback == Fallback.NO_CONSENT
 
 
-def test_the_version_copy_of_the_embeddings_decides_like_the_store_matrix(
+def test_the_version_copies_of_model_arrays_decide_like_the_store_arrays(
     loaded: tuple[Store, Bundle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Personalized and similar-items decisions (explanations included) are the same whether the
-    version state holds its own copy of the float32 embeddings or reads the store's matrix."""
+    version state holds its own copies of the float32 embeddings and the neighbour arrays or requests
+    read the store's (the matrix, and the neighbour lists' row chunks)."""
     store, bundle = loaded
     users = [p.id for p in bundle.profiles if "personalization" in p.consent][:40]
     seeds = [i.id for i in bundle.items[:40]]
@@ -220,9 +221,14 @@ def test_the_version_copy_of_the_embeddings_decides_like_the_store_matrix(
         state = with_copy.state(view)
     assert state.embeddings is not None and not state.embeddings.flags.writeable
     np.testing.assert_array_equal(state.embeddings, bundle.item_embeddings)
-    monkeypatch.setattr(version_state, "EMBEDDINGS_COPY_MAX_BYTES", 0)
+    assert state.neighbors is not None and state.neighbor_scores is not None
+    assert not state.neighbors.flags.writeable and not state.neighbor_scores.flags.writeable
+    with store.read() as view:
+        np.testing.assert_array_equal(state.neighbors, view.array("item_neighbors"))
+    monkeypatch.setattr(version_state, "MODEL_COPY_MAX_BYTES", 0)
     from_store = Pipeline()
     with store.read() as view:
-        assert from_store.state(view).embeddings is None
+        bare = from_store.state(view)
+        assert bare.embeddings is None and bare.neighbors is None and bare.neighbor_scores is None
     for request in requests:
         assert repr(_decide(store, request, with_copy)) == repr(_decide(store, request, from_store))
