@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -164,14 +164,24 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
 Scored = tuple[NDArray[np.float32], NDArray[np.int32] | None]  # scores per row, rows best first (or None)
 
 
-def _ordered(state: VersionState, key: str, scores: NDArray[np.float32]) -> Scored:
-    """`scores` with its rows by (score desc, row asc), built once per version (None: not a score vector)."""
-    if scores.dtype != np.float32 or scores.ndim != 1 or scores.shape[0] != state.n_items:
-        return scores, None
-    order: NDArray[np.int32] = state.derived(
-        ("order", key), lambda: score_order(np.ascontiguousarray(scores))
-    )
-    return scores, order
+def _stored_scores(view: ReadView, state: VersionState, name: str) -> Scored | None:
+    """The model array `name` as scores, with its rows by (score desc, row asc). A score vector (float32,
+    one per item) is copied with its order once per version: the store's array, whose get touches
+    every page, is read only then. Anything else is read from the store, without an order. None: the
+    store has no such array."""
+    scored: Scored | None = state.derived(("scored", name), lambda: _copy_scored(view.array(name), state))
+    if scored is not None:
+        return scored
+    array = view.array(name)
+    return None if array is None else (array, None)
+
+
+def _copy_scored(array: NDArray[Any] | None, state: VersionState) -> Scored | None:
+    if array is None or array.dtype != np.float32 or array.ndim != 1 or array.shape[0] != state.n_items:
+        return None
+    scores = np.array(array)
+    scores.flags.writeable = False  # shared by every request
+    return scores, score_order(scores)
 
 
 def _popularity(view: ReadView, state: VersionState, scope: str, shopper: Shopper, country: str) -> Scored:
@@ -183,13 +193,11 @@ def _popularity(view: ReadView, state: VersionState, scope: str, shopper: Shoppe
         names.append(f"country:{country.upper()}")
     for name in names:
         if name in state.popularity_scopes:
-            array = view.array(POPULARITY_PREFIX + name)
-            if array is not None:
-                return _ordered(state, POPULARITY_PREFIX + name, array)
-    array = view.array("item_popularity")
-    if array is None:
-        return np.zeros(state.n_items, dtype=np.float32), None
-    return _ordered(state, "item_popularity", array)
+            scored = _stored_scores(view, state, POPULARITY_PREFIX + name)
+            if scored is not None:
+                return scored
+    scored = _stored_scores(view, state, "item_popularity")
+    return scored if scored is not None else (np.zeros(state.n_items, dtype=np.float32), None)
 
 
 def _trending(view: ReadView, state: VersionState, half_life_days: float, now_ms: int) -> Scored | None:

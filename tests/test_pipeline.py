@@ -232,3 +232,19 @@ def test_the_version_copies_of_model_arrays_decide_like_the_store_arrays(
         assert bare.embeddings is None and bare.neighbors is None and bare.neighbor_scores is None
     for request in requests:
         assert repr(_decide(store, request, with_copy)) == repr(_decide(store, request, from_store))
+
+
+def test_popularity_is_copied_with_its_order_once_per_version(loaded: tuple[Store, Bundle]) -> None:
+    store, _ = loaded
+    pipeline = Pipeline()
+    first = _decide(store, DecideInput(placements=(PlacementAsk("home", 10),)), pipeline)
+    assert first.placements[0].strategy == "popular"  # anonymous: the default
+    with store.read() as view:
+        scores, order = pipeline.state(view).derived(("scored", "item_popularity"), lambda: None)
+        stored = view.array("item_popularity")
+        assert stored is not None
+        np.testing.assert_array_equal(scores, stored)
+    assert not scores.flags.writeable and order is not None
+    assert list(order[:10]) == sorted(range(len(scores)), key=lambda r: (-scores[r], r))[:10]
+    again = _decide(store, DecideInput(placements=(PlacementAsk("home", 10),)), pipeline)
+    assert repr(again) == repr(first)
