@@ -500,8 +500,8 @@ def _top(
         if query is None:
             fetch = 0
     if fetch > 0 and query is not None and embeddings is not None:
-        if boost is not None:
-            scores = embeddings @ query + boost
+        if boost is not None:  # every row's score, boosted below with the other strategies' scores
+            scores = np.matmul(embeddings, query, out=scratch.vec)
         else:
             half = state.half_embeddings
             if half is not None:
@@ -523,7 +523,9 @@ def _top(
             fetch = 0
     if fetch > 0:
         assert scores is not None
-        if scores.dtype != np.float32 or not scores.flags.c_contiguous:
+        if boost is not None:  # the strategy's scores plus the boosts, in this request's scratch vector
+            scores = np.add(scores, boost, out=scratch.vec, dtype=np.float32, casting="unsafe")
+        elif scores.dtype != np.float32 or not scores.flags.c_contiguous:
             scores = np.ascontiguousarray(scores, dtype=np.float32)
         if order is not None and boost is None and query is None:
             # Popularity and trending: walk the version's precomputed order instead of scanning every row.

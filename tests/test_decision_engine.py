@@ -225,9 +225,17 @@ def test_deals_promotions_boosts_and_diversity(engine: tuple[Store, Bundle, Pipe
     why = out.explanation
     assert why is not None
     parts = {i.id: i.parts for i in why.placements[0].items if i.parts}
-    for item_id, part in parts.items():
-        sale = bool(state.flags[state.rows[item_id]].get("sale"))
-        assert part["boost"] == (50.0 if sale else 0.0)
+    with store.read() as view:
+        popularity = view.array("item_popularity")  # no country in the request: the global ranks
+        assert popularity is not None
+        for item_id, part in parts.items():
+            sale = bool(state.flags[state.rows[item_id]].get("sale"))
+            assert part["boost"] == (50.0 if sale else 0.0)
+            # the ranking used the boosted score: base is the popularity, score base + boost
+            assert part["base"] == pytest.approx(float(popularity[state.rows[item_id]]), abs=1e-4)
+            assert part["score"] == pytest.approx(part["base"] + part["boost"], abs=1e-4)
+    scores = [part["score"] for part in parts.values()]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_request_filters_past_the_derived_cache_cap_leave_it_caching(
@@ -492,3 +500,34 @@ def test_similar_items_walk_the_neighbour_lists_then_fill(engine: tuple[Store, B
     many = similar(8, exclude_ids=tuple(expected[:6]))
     assert len(many.items) == 8 and not set(expected[:6]) & {i.id for i in many.items}
     assert [i.id for i in many.items][:2] == expected[6:8]
+
+
+def test_boosts_add_to_personalized_scores(bundle_dir: Path, tmp_path: Path) -> None:
+    def edit(rules: dict[str, Any]) -> None:
+        campaign = rules["placements"]["deals"]["campaigns"][0]
+        assert campaign["id"] == "deals_for_deal_seekers"
+        campaign["audience"] = []
+        campaign["serve"] = {"strategy": "personalized", "boosts": [{"flag": "sale", "weight": 0.75}]}
+
+    bundle = load_bundle(_custom_bundle(bundle_dir, tmp_path, edit))
+    assert bundle.user_embeddings is not None
+    row = next(j for j, p in enumerate(bundle.profiles) if "personalization" in p.consent)
+    user = bundle.profiles[row].id
+    with Store(tmp_path / "s", map_size=1 << 30) as store:
+        apply_bundle(store, bundle)
+        request = DecideInput(
+            user_id=user, consent=CONSENT, placements=(PlacementAsk("deals", 10),), explain=True, now_ms=NOW
+        )
+        with store.read() as view:
+            out = Pipeline().decide(view, request)
+    placement = out.placements[0]
+    assert placement.strategy == "embedding" and len(placement.items) == 10
+    sale = np.array([bool(i.flags.get("sale")) for i in bundle.items])
+    everywhere = np.array(["*" in i.regions for i in bundle.items])
+    scores = bundle.item_embeddings.astype(np.float64) @ bundle.user_embeddings[row].astype(np.float64)
+    scores += 0.75 * sale
+    expected = np.sort(scores[everywhere])[::-1][:10]
+    np.testing.assert_allclose([i.score for i in placement.items], expected, rtol=1e-4, atol=1e-5)
+    assert out.explanation is not None
+    for item in out.explanation.placements[0].items:
+        assert item.parts["boost"] == (0.75 if sale[[i.id for i in bundle.items].index(item.id)] else 0.0)
