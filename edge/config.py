@@ -23,6 +23,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import tomllib
 import types
 import typing
@@ -43,6 +44,7 @@ __all__ = [
     "TrackConfig",
     "activity_max_bytes",
     "add_config_arguments",
+    "cli_config",
     "config_keys",
     "dedupe_max_bytes",
     "env_name",
@@ -50,6 +52,7 @@ __all__ = [
     "format_config",
     "load_config",
     "outbox_max_bytes",
+    "size_limits",
 ]
 
 ENV_PREFIX: Final = "EDGEWISE_"
@@ -208,6 +211,15 @@ def dedupe_max_bytes(config: EdgeConfig) -> int:
 def activity_max_bytes(config: EdgeConfig) -> int:
     """Live activity's limit in bytes: `track.activity_max_mb`, or a quarter of the map when it is 0."""
     return _limit_bytes(config.track.activity_max_mb, config.data)
+
+
+def size_limits(config: EdgeConfig) -> tuple[tuple[str, int], ...]:
+    """The store's size limits housekeeping enforces, as (config key, bytes)."""
+    return (
+        ("data.outbox_max_mb", outbox_max_bytes(config.data)),
+        ("track.dedupe_max_mb", dedupe_max_bytes(config)),
+        ("track.activity_max_mb", activity_max_bytes(config)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -805,11 +817,7 @@ def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
             key="data.outbox_max_mb",
             source=sources["data.outbox_max_mb"],
         )
-    limits = (
-        ("data.outbox_max_mb", outbox_max_bytes(config.data)),
-        ("track.dedupe_max_mb", dedupe_max_bytes(config)),
-        ("track.activity_max_mb", activity_max_bytes(config)),
-    )
+    limits = size_limits(config)
     if sum(size for _, size in limits) >> 20 >= config.data.map_size_mb:
         named = ", ".join(
             f"{key} {size >> 20} MiB "
@@ -861,6 +869,20 @@ def format_config(config: EdgeConfig, sources: Mapping[str, str]) -> str:
 
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
+
+
+def cli_config(args: argparse.Namespace) -> EdgeConfig | int:
+    """The configuration a command's `args` give (flags, the environment, `--config`), or the exit status
+    when the command has nothing more to do: 2 after printing what is wrong, 0 after `--print-config`."""
+    try:
+        config, sources = load_config(args.config, os.environ, flag_overrides(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(format_config(config, sources))
+        return 0
+    return config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

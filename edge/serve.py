@@ -19,7 +19,6 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,14 +33,11 @@ from edgewise.core.records import RecordError
 from edgewise.core.rules import compile_rules
 from edgewise.core.store import Store, StoreError
 from edgewise.edge.config import (
-    ConfigError,
     EdgeConfig,
     activity_max_bytes,
     add_config_arguments,
+    cli_config,
     dedupe_max_bytes,
-    flag_overrides,
-    format_config,
-    load_config,
     outbox_max_bytes,
 )
 from edgewise.edge.convert import Limits
@@ -214,15 +210,8 @@ class Supervisor:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config, sources = load_config(args.config, os.environ, flag_overrides(args))
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(format_config(config, sources))
-        return 0
-    return serve(config, args.ready_file)
+    config = cli_config(args)
+    return config if isinstance(config, int) else serve(config, args.ready_file)
 
 
 def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -24,40 +23,22 @@ from pathlib import Path
 from typing import Any, Final
 
 from edgewise.core.store import Store, StoreError, StoreUsage
-from edgewise.edge.config import (
-    ConfigError,
-    EdgeConfig,
-    activity_max_bytes,
-    add_config_arguments,
-    dedupe_max_bytes,
-    flag_overrides,
-    format_config,
-    load_config,
-    outbox_max_bytes,
-)
+from edgewise.edge.config import EdgeConfig, add_config_arguments, cli_config, size_limits
 
 __all__ = ["add_arguments", "run", "status_report"]
 
 MIB: Final = 1 << 20
-# Each limit and the namespaces it covers (the event ids' limit counts their arrival index too).
-LIMITED: Final = (
-    ("data.outbox_max_mb", ("outbox",)),
-    ("track.dedupe_max_mb", ("events", "event_times")),
-    ("track.activity_max_mb", ("activity",)),
-)
+# The namespaces each limit covers (the event ids' limit counts their arrival index too).
+LIMITED: Final = {
+    "data.outbox_max_mb": ("outbox",),
+    "track.dedupe_max_mb": ("events", "event_times"),
+    "track.activity_max_mb": ("activity",),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _limit_bytes(config: EdgeConfig, key: str) -> int:
-    if key == "data.outbox_max_mb":
-        return outbox_max_bytes(config.data)
-    if key == "track.dedupe_max_mb":
-        return dedupe_max_bytes(config)
-    return activity_max_bytes(config)
 
 
 def _mib(size: int) -> float:
@@ -69,9 +50,9 @@ def status_report(
 ) -> dict[str, Any]:
     """The report `run` prints: plain data, for the table and for --json."""
     limits = []
-    for key, names in LIMITED:
+    for key, limit in size_limits(config):
+        names = LIMITED[key]
         used = sum(usage.namespaces.get(name, (0, 0))[1] for name in names)
-        limit = _limit_bytes(config, key)
         limits.append(
             {
                 "key": key,
@@ -146,14 +127,9 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config, sources = load_config(args.config, os.environ, flag_overrides(args))
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(format_config(config, sources))
-        return 0
+    config = cli_config(args)
+    if isinstance(config, int):
+        return config
     path = Path(config.data.dir)
     if not (path / "data.mdb").is_file():
         print(f"no edgewise store in {path} (`edgewise edge serve --data {path}` makes one)", file=sys.stderr)
