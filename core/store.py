@@ -130,7 +130,6 @@ class SweepResult:
 class StoreUsage:
     """What a store holds and how much of its map that takes (`Store.usage`)."""
 
-    map_bytes: int  # the map's size: the most the data file may grow to
     high_water_bytes: int  # the data file's extent in pages; free pages within it are reused first
     namespaces: Mapping[str, tuple[int, int]]  # name -> (entries, bytes of its pages)
     oldest_event_ms: int  # arrival time of the oldest remembered event id (0: none)
@@ -733,7 +732,7 @@ class Store:
             return _db_usage(txn, self._dbs["outbox"])
 
     def usage(self) -> StoreUsage:
-        """Entries and bytes of every namespace, the map's size and its high-water mark, in one read
+        """Entries and bytes of every namespace and the data file's high-water mark, in one read
         transaction (LMDB keeps the counts: nothing is scanned but the forget marks)."""
         with self._env.begin() as txn:
             namespaces = {name: _db_usage(txn, db) for name, db in self._dbs.items()}
@@ -744,7 +743,6 @@ class Store:
                         oldest = _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0]
         info = self._env.info()
         return StoreUsage(
-            map_bytes=int(info["map_size"]),
             high_water_bytes=(int(info["last_pgno"]) + 1) * int(self._env.stat()["psize"]),
             namespaces=namespaces,
             oldest_event_ms=oldest,

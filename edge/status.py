@@ -25,7 +25,7 @@ from typing import Any, Final
 from edgewise.core.store import Store, StoreError, StoreUsage
 from edgewise.edge.config import EdgeConfig, add_config_arguments, cli_config, size_limits
 
-__all__ = ["add_arguments", "run", "status_report"]
+__all__ = ["add_arguments", "format_report", "run", "status_report"]
 
 MIB: Final = 1 << 20
 # The namespaces each limit covers (the event ids' limit counts their arrival index too).
@@ -63,6 +63,7 @@ def status_report(
             }
         )
     oldest = usage.oldest_event_ms
+    map_bytes = config.data.map_size_mb * MIB  # the node's; LMDB's own is at least the file's extent
     return {
         "store": str(path),
         "snapshot": {
@@ -72,9 +73,9 @@ def status_report(
             "items": int(snapshot.get("items", 0) or 0),
             "loaded_at_ms": int(snapshot.get("loaded_at_ms", 0) or 0),
         },
-        "map_mib": _mib(usage.map_bytes),
+        "map_mib": _mib(map_bytes),
         "high_water_mib": _mib(usage.high_water_bytes),
-        "high_water_share": round(usage.high_water_bytes / usage.map_bytes, 4) if usage.map_bytes else 0.0,
+        "high_water_share": round(usage.high_water_bytes / map_bytes, 4),
         "namespaces": {
             name: {"entries": entries, "mib": _mib(size)}
             for name, (entries, size) in usage.namespaces.items()
@@ -101,9 +102,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         serving,
         f"map {report['map_mib']:,} MiB; high-water mark {report['high_water_mib']:,} MiB "
         f"({report['high_water_share']:.1%}; free pages below it are reused first)",
-        "",
-        f"{'namespace':<14} {'entries':>12} {'MiB':>10}",
     ]
+    if report["high_water_share"] >= 0.9:
+        lines.append(
+            "WARNING: the data file is past 90% of data.map_size_mb: give the node a larger map (the file "
+            "grows only within it), or lower the size limits below"
+        )
+    lines += ["", f"{'namespace':<14} {'entries':>12} {'MiB':>10}"]
     for name, row in report["namespaces"].items():
         lines.append(f"{name:<14} {row['entries']:>12,} {row['mib']:>10,}")
     lines += ["", f"{'limit':<24} {'used MiB':>10} {'limit MiB':>10} {'full':>7}  namespaces"]
