@@ -26,12 +26,16 @@ Live activity too (`activity_max_bytes`, `track.activity_max_mb`): the TTLs alon
 users and sessions were active within them, which a node with many anonymous visitors can make larger
 than its map. Once the namespace is past `ACTIVITY_WATCH` of its limit, each step reports when every
 activity it kept was last active, and its size, into the pass's `_Ages` (a histogram with four buckets
-per doubling of age; below that share the walk skips this work). A pass that ends with the namespace
-over its limit sets a time (`activity_before_ms`): that pass's end, less the age within which the most
-recently active units fill `ACTIVITY_REFILL` of the limit. The next pass deletes the activity of the
-units last active before it, counted in `deleted_activities_early` and logged as
-`activity_window_shortened`; a pass that ends under the limit lifts it. While over the limit, passes
-follow each other without the pause.
+per doubling of age; below that share the walk skips this work). A pass that ends with the namespace's
+pages over the limit sets a time (`activity_before_ms`): that pass's end, less the age within which the
+most recently active units hold `ACTIVITY_REFILL` of the limit in data bytes, at the pages' usual fill
+(data per page byte, from the last pass that noted every size and cut nothing). The next pass, run at
+once, deletes the activity of the units last active before it, counted in `deleted_activities_early`
+and logged as `activity_window_shortened`. Deleting entries all over the key space leaves pages part
+empty, so the pages' bytes fall much less than the entries (LMDB merges a page only below a quarter
+full), and new activity fills those pages before taking others. So the horizon is not cut further to
+bring the pages under the limit: each pass sets it again from its own ages, and a pass that ends with
+the pages under the limit lifts it.
 
 A forget that arrives while the outbox holds more than `FORGET_INLINE_OUTBOX` entries marks the users
 instead of reading the whole outbox in the sync transaction (core/store.py). A step then also reads the
@@ -157,6 +161,11 @@ class Housekeeper:
         self.activity_bytes = store.activity_usage()[1] if activity_max_bytes else 0
         self.activity_before_ms = 0  # over the limit: units last active before this lose it (0: TTLs only)
         self._ages = _Ages()  # of the pass in progress
+        self._pass_complete_ages = True  # every step of the pass in progress noted the ages
+        self._pass_cut = False  # a horizon was in force during the pass in progress
+        # Bytes of activity data (keys and values) per byte of its pages, from the last pass that noted
+        # every activity's size and cut nothing: how full the tree's pages are when left alone.
+        self._data_per_page_byte = 0.0
         self.purged_outbox = 0  # forgotten users' outbox entries deleted by purge passes, since start
         self._purge_users: frozenset[str] = frozenset()  # the users of the pass in progress
         self._after_purge = b""
@@ -201,9 +210,17 @@ class Housekeeper:
 
     def step(self) -> None:
         walking = (
-            self._after_activity != b"" or self._activity_over or self._monotonic() >= self._activities_due
+            self._after_activity != b""
+            or (self._activity_over and not self.activity_before_ms)  # over, and no horizon yet: at once
+            or self._monotonic() >= self._activities_due
         )
         now_ms = self._clock_ms()
+        noting = self.activity_bytes > ACTIVITY_WATCH * self.activity_max_bytes > 0
+        if walking and self._after_activity == b"":  # a pass starts
+            self._pass_complete_ages, self._pass_cut = True, False
+        if walking:
+            self._pass_complete_ages &= noting
+            self._pass_cut |= self.activity_before_ms != 0
         result = self.store.sweep(
             now_ms,
             self.dedupe_window_ms,
@@ -215,7 +232,7 @@ class Housekeeper:
             max_outbox=self.outbox_per_step,
             ids_max_bytes=self.ids_max_bytes,
             activity_before_ms=self.activity_before_ms,
-            activity_ages=self.activity_bytes > ACTIVITY_WATCH * self.activity_max_bytes > 0,
+            activity_ages=noting,
         )
         self.activity_bytes = result.activity_bytes
         self._ages.add(now_ms, result.activity_ages)
@@ -250,17 +267,33 @@ class Housekeeper:
         self._after_activity = result.next_activity_key
         if walking and not result.next_activity_key:  # a pass over the activities ended
             self.passes += 1
-            self._activities_due = self._monotonic() + self.pass_pause_s
-            self.activity_before_ms = (
-                now_ms - self._ages.keep_ms(ACTIVITY_REFILL * self.activity_max_bytes / self.activity_bytes)
-                if self._activity_over and self._ages.total
-                else 0
-            )
+            horizon = self._horizon(now_ms)
+            # A first horizon is applied by a pass at once; then passes keep their pause.
+            starts_cutting = horizon != 0 and self.activity_before_ms == 0
+            self._activities_due = self._monotonic() + (0.0 if starts_cutting else self.pass_pause_s)
+            self.activity_before_ms = horizon
             self._ages = _Ages()
             if self._pass_ids or self._pass_activities:
                 log("housekeeping_pass", event_ids=self._pass_ids, activities=self._pass_activities)
                 self._pass_ids = self._pass_activities = 0
         self._purge()  # last: a failure here does not keep the sweep from running
+
+    def _horizon(self, now_ms: int) -> int:
+        """At the end of a pass: the time before which units lose their activity in the next (0: none).
+
+        Over the limit, the kept activity's data is cut to ACTIVITY_REFILL of the limit, counted in data
+        bytes at the pages' usual fill. Deleting entries spread over the key space leaves pages part
+        empty (LMDB merges a page only below a quarter full): the pages' bytes fall much less than the
+        entries, and new activity fills those pages before taking others. Cutting until the pages'
+        bytes were under the limit would delete far more than the limit asks for."""
+        ages = self._ages
+        if self._pass_complete_ages and not self._pass_cut and ages.total and self.activity_bytes:
+            self._data_per_page_byte = ages.total / self.activity_bytes
+        if not (self._activity_over and ages.total):
+            return 0
+        ratio = self._data_per_page_byte or ages.total / self.activity_bytes
+        budget = ACTIVITY_REFILL * self.activity_max_bytes * ratio
+        return now_ms - ages.keep_ms(budget / ages.total)
 
     def _purge(self) -> None:
         """One step of a pass that deletes forgotten users' outbox entries, when a forget left any."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import lmdb
+import numpy as np
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.store import Store
@@ -358,3 +359,41 @@ def test_sweep_reports_ages_only_when_asked_and_deletes_before_a_time(tmp_path: 
         assert cut.activities_early == 5 and cut.activities == 0  # 5-9 h ago went, 4 h ago stayed
         assert _keys(store, "activity") == [f"s:s{n}" for n in range(5)]
         assert cut.activity_bytes <= plain.activity_bytes
+
+
+def test_activity_cut_stops_at_its_data_budget_when_pages_stay_part_empty(tmp_path: Path) -> None:
+    """Sessions whose keys do not follow their age: the cut deletes entries all over the key space, so
+    LMDB's pages stay part empty and their bytes fall much less than the entries. The horizon is set
+    from data bytes at the pages' usual fill (measured by the pass before the cut), so later passes do
+    not keep cutting to bring the pages' bytes under the limit."""
+    minute = 60_000
+    rng = np.random.default_rng(5)
+    ages = rng.permutation(3_000)  # session n was last active ages[n] minutes ago
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        events = [_event(n, NOW - int(ages[n]) * minute, session=f"s{n:04d}") for n in range(3_000)]
+        store.record_events(events, LIMITS, now_ms=NOW)
+        used = _activity_bytes(store)
+        mono = [0.0]
+        keeper = Housekeeper(
+            store,
+            72 * HOUR,
+            LIMITS,
+            keys_per_step=1_000,
+            activity_max_bytes=used // 2,
+            clock_ms=lambda: NOW,
+            monotonic=lambda: mono[0],
+        )
+        for _ in range(6):  # a pass that measures, then at once a pass that cuts
+            keeper.step()
+        assert keeper.passes == 2
+        kept = len(_keys(store, "activity"))
+        assert 0.3 * 3_000 <= kept <= 0.5 * 3_000  # about 80% of half the data
+        assert keeper.activity_bytes > ACTIVITY_REFILL * used // 2  # the pages did not follow
+        for _ in range(3):  # the walk rests after a cut
+            keeper.step()
+        assert keeper.passes == 2
+        mono[0] = 61.0
+        for _ in range(3):
+            keeper.step()
+        assert keeper.passes == 3 and len(_keys(store, "activity")) == kept  # no further cut
+        assert keeper.activity_before_ms != 0  # the pages are still over: the horizon stays
