@@ -4,9 +4,10 @@ in a real LMDB store and in a real edge process."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -271,13 +272,14 @@ def _activity_bytes(store: Store) -> int:
         return int(st["psize"]) * sum(int(st[k]) for k in ("branch_pages", "leaf_pages", "overflow_pages"))
 
 
-def test_activity_over_its_limit_loses_the_units_last_active_longest_ago(tmp_path: Path) -> None:
-    """2,000 sessions, last active 0 to 33 h ago (all within the 72 h TTL), against a limit of half
-    their size: the first pass notes their ages, the second deletes the oldest down to about 80% of
-    the limit, and the third, under the limit, lifts the horizon."""
-    minute = 60_000
+@contextlib.contextmanager
+def _sessions_under_half_their_size(
+    tmp_path: Path, ages_minutes: Iterable[int], keys_per_step: int
+) -> Iterator[tuple[Store, int, Housekeeper, list[float]]]:
+    """A store with one session per age (s0000 last active ages_minutes[0] minutes ago, ...), and a
+    Housekeeper (clock held at NOW; `mono` its monotonic clock) limiting their activity to half its size."""
     with Store(tmp_path / "s", map_size=1 << 28) as store:
-        events = [_event(n, NOW - n * minute, session=f"s{n:04d}") for n in range(2_000)]
+        events = [_event(n, NOW - age * 60_000, session=f"s{n:04d}") for n, age in enumerate(ages_minutes)]
         store.record_events(events, LIMITS, now_ms=NOW)
         used = _activity_bytes(store)
         mono = [0.0]
@@ -285,11 +287,20 @@ def test_activity_over_its_limit_loses_the_units_last_active_longest_ago(tmp_pat
             store,
             72 * HOUR,
             LIMITS,
-            keys_per_step=500,
+            keys_per_step=keys_per_step,
             activity_max_bytes=used // 2,
             clock_ms=lambda: NOW,
             monotonic=lambda: mono[0],
         )
+        yield store, used, keeper, mono
+
+
+def test_activity_over_its_limit_loses_the_units_last_active_longest_ago(tmp_path: Path) -> None:
+    """2,000 sessions, last active 0 to 33 h ago (all within the 72 h TTL), against a limit of half
+    their size: the first pass notes their ages, the second deletes the oldest down to about 80% of
+    the limit, and the third, under the limit, lifts the horizon."""
+    minute = 60_000
+    with _sessions_under_half_their_size(tmp_path, range(2_000), 500) as (store, used, keeper, _mono):
         for _ in range(4):  # one pass: nothing deleted yet, every age noted
             keeper.step()
         assert keeper.passes == 1 and keeper.deleted_activities_early == 0
@@ -366,23 +377,8 @@ def test_activity_cut_stops_at_its_data_budget_when_pages_stay_part_empty(tmp_pa
     LMDB's pages stay part empty and their bytes fall much less than the entries. The horizon is set
     from data bytes at the pages' usual fill (measured by the pass before the cut), so later passes do
     not keep cutting to bring the pages' bytes under the limit."""
-    minute = 60_000
-    rng = np.random.default_rng(5)
-    ages = rng.permutation(3_000)  # session n was last active ages[n] minutes ago
-    with Store(tmp_path / "s", map_size=1 << 28) as store:
-        events = [_event(n, NOW - int(ages[n]) * minute, session=f"s{n:04d}") for n in range(3_000)]
-        store.record_events(events, LIMITS, now_ms=NOW)
-        used = _activity_bytes(store)
-        mono = [0.0]
-        keeper = Housekeeper(
-            store,
-            72 * HOUR,
-            LIMITS,
-            keys_per_step=1_000,
-            activity_max_bytes=used // 2,
-            clock_ms=lambda: NOW,
-            monotonic=lambda: mono[0],
-        )
+    ages = np.random.default_rng(5).permutation(3_000).tolist()
+    with _sessions_under_half_their_size(tmp_path, ages, 1_000) as (store, used, keeper, mono):
         for _ in range(6):  # a pass that measures, then at once a pass that cuts
             keeper.step()
         assert keeper.passes == 2
