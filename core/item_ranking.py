@@ -37,7 +37,7 @@ from edgewise.core.scoring import (
 from edgewise.core.segments import SegmentMemo
 from edgewise.core.store import ReadView
 from edgewise.core.strategies import Filter, ItemServe
-from edgewise.core.version_state import POPULARITY_PREFIX, VersionState
+from edgewise.core.version_state import POPULARITY_PREFIX, VersionState, read_only_copy
 
 __all__ = ["Ranked", "Scratch", "Shopper", "rank_items"]
 
@@ -179,8 +179,7 @@ def _stored_scores(view: ReadView, state: VersionState, name: str) -> Scored | N
 def _copy_scored(array: NDArray[Any] | None, state: VersionState) -> Scored | None:
     if array is None or array.dtype != np.float32 or array.ndim != 1 or array.shape[0] != state.n_items:
         return None
-    scores = np.array(array)
-    scores.flags.writeable = False  # shared by every request
+    scores = read_only_copy(array)
     return scores, score_order(scores)
 
 
@@ -236,24 +235,24 @@ def _neighbours(
     2 x n x width arrays). The result is a pair of views into the thread's scratch buffers."""
     neighbors: NDArray[np.int32] | None = None
     weights: NDArray[np.float32] | None = None
-    n = len(seeds)  # with row chunks: the seeds' own rows 0..n-1, in seed order
-    rows = _FIRST_ROWS[:n] if n <= _FIRST_ROWS.shape[0] else np.arange(n, dtype=np.int32)
+    chunk_rows: NDArray[np.int32] | None = None  # with row chunks: the seeds' own rows 0..n-1, in order
     if state.neighbors is not None and state.neighbor_scores is not None:  # the version's copies
         neighbors, weights = state.neighbors, state.neighbor_scores
-        rows = np.array(seeds, dtype=np.int32)
     elif state.chunked_models >= _NEIGHBOUR_ARRAYS:
         neighbors = view.rows("item_neighbors", seeds)
         weights = view.rows("item_neighbor_scores", seeds)
+        n = len(seeds)
+        chunk_rows = _FIRST_ROWS[:n] if n <= _FIRST_ROWS.shape[0] else np.arange(n, dtype=np.int32)
     if neighbors is None or weights is None:
         neighbors = view.array("item_neighbors")
         weights = view.array("item_neighbor_scores")
-        rows = np.array(seeds, dtype=np.int32)
+        chunk_rows = None
     if neighbors is None or weights is None:
         return None
     found = neighbour_candidates_into(
         neighbors,
         weights,
-        rows,
+        np.array(seeds, dtype=np.int32) if chunk_rows is None else chunk_rows,
         mask,
         scratch.slot,
         scratch.pair_rows,

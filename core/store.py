@@ -181,6 +181,12 @@ def _db_usage(txn: Any, db: Any) -> tuple[int, int]:
     )
 
 
+def _oldest_arrival(txn: Any, times_db: Any) -> int:
+    """Arrival time of the oldest event id remembered (0: none)."""
+    with txn.cursor(db=times_db) as cursor:
+        return _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0] if cursor.first() else 0
+
+
 def _delete_oldest_ids(txn: Any, times_db: Any, events_db: Any, limit: int, before: bytes | None) -> int:
     """Delete up to `limit` event ids, oldest arrival first, stopping at the first that arrived at or
     after `before` (a packed arrival time; None: no such stop). Returns how many."""
@@ -687,8 +693,7 @@ class Store:
                 used = used_ids + _db_usage(txn, times_db)[1]
                 if want := min(max_ids - ids, _excess_entries(count, used, ids_max_bytes)):
                     early = _delete_oldest_ids(txn, times_db, events_db, want, None)
-            with txn.cursor(db=times_db) as cursor:
-                oldest = _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0] if cursor.first() else 0
+            oldest = _oldest_arrival(txn, times_db)
 
             kept: list[tuple[int, int]] = []
             early_activities = 0
@@ -736,11 +741,8 @@ class Store:
         transaction (LMDB keeps the counts: nothing is scanned but the forget marks)."""
         with self._env.begin() as txn:
             namespaces = {name: _db_usage(txn, db) for name, db in self._dbs.items()}
-            oldest = 0
-            if "event_times" in self._dbs:  # a read-only store written before it existed has none
-                with txn.cursor(db=self._dbs["event_times"]) as cursor:
-                    if cursor.first():
-                        oldest = _ARRIVAL.unpack(bytes(cursor.key())[: _ARRIVAL.size])[0]
+            # a read-only store written before `event_times` existed has none
+            oldest = _oldest_arrival(txn, self._dbs["event_times"]) if "event_times" in self._dbs else 0
         info = self._env.info()
         return StoreUsage(
             high_water_bytes=(int(info["last_pgno"]) + 1) * int(self._env.stat()["psize"]),

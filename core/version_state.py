@@ -30,7 +30,14 @@ from edgewise.core.scoring import HalfIndex, half_index
 from edgewise.core.store import ROW_CHUNKED, ReadView
 from edgewise.core.strategies import Boost
 
-__all__ = ["MODEL_COPY_MAX_BYTES", "POPULARITY_PREFIX", "VersionCache", "VersionState", "build_state"]
+__all__ = [
+    "MODEL_COPY_MAX_BYTES",
+    "POPULARITY_PREFIX",
+    "VersionCache",
+    "VersionState",
+    "build_state",
+    "read_only_copy",
+]
 
 POPULARITY_PREFIX: Final = "item_popularity@"  # item_popularity@country:DE, item_popularity@segment:vip
 _CACHE_CAP: Final = 4096
@@ -207,12 +214,15 @@ def build_state(view: ReadView) -> VersionState:
     )
 
 
-def _copy(array: NDArray[Any]) -> NDArray[Any] | None:
-    if array.nbytes > MODEL_COPY_MAX_BYTES:
-        return None
+def read_only_copy(array: NDArray[Any]) -> NDArray[Any]:
+    """A C-ordered copy of a store's array, read-only: shared by every request, like the store's arrays."""
     copy = np.array(array, order="C")
-    copy.flags.writeable = False  # shared by every request, like the store's arrays
+    copy.flags.writeable = False
     return copy
+
+
+def _copy(array: NDArray[Any]) -> NDArray[Any] | None:
+    return None if array.nbytes > MODEL_COPY_MAX_BYTES else read_only_copy(array)
 
 
 def _neighbour_copies(view: ReadView, n: int) -> tuple[NDArray[np.int32] | None, NDArray[np.float32] | None]:
