@@ -162,7 +162,6 @@ class Housekeeper:
         self.activity_before_ms = 0  # over the limit: units last active before this lose it (0: TTLs only)
         self._ages = _Ages()  # of the pass in progress
         self._pass_complete_ages = True  # every step of the pass in progress noted the ages
-        self._pass_cut = False  # a horizon was in force during the pass in progress
         # Bytes of activity data (keys and values) per byte of its pages, from the last pass that noted
         # every activity's size and cut nothing: how full the tree's pages are when left alone.
         self._data_per_page_byte = 0.0
@@ -202,7 +201,10 @@ class Housekeeper:
     @property
     def activity_window_ms(self) -> int:
         """How long ago a unit may have been last active and keep its activity (0: the TTLs alone)."""
-        return max(0, self._clock_ms() - self.activity_before_ms) if self.activity_before_ms else 0
+        return self._window_ms(self._clock_ms())
+
+    def _window_ms(self, now_ms: int) -> int:
+        return max(0, now_ms - self.activity_before_ms) if self.activity_before_ms else 0
 
     @property
     def _activity_over(self) -> bool:
@@ -216,11 +218,8 @@ class Housekeeper:
         )
         now_ms = self._clock_ms()
         noting = self.activity_bytes > ACTIVITY_WATCH * self.activity_max_bytes > 0
-        if walking and self._after_activity == b"":  # a pass starts
-            self._pass_complete_ages, self._pass_cut = True, False
-        if walking:
-            self._pass_complete_ages &= noting
-            self._pass_cut |= self.activity_before_ms != 0
+        if walking:  # a pass starting, or going on
+            self._pass_complete_ages = noting and (self._pass_complete_ages or self._after_activity == b"")
         result = self.store.sweep(
             now_ms,
             self.dedupe_window_ms,
@@ -240,12 +239,12 @@ class Housekeeper:
             result.activities_early,
             limit_mb=round(self.activity_max_bytes / (1 << 20), 1),
             ttl_hours=round(self.limits.ttl_ms / 3_600_000, 3),
-            kept_hours=round(self.activity_window_ms / 3_600_000, 3),
+            kept_hours=round(self._window_ms(now_ms) / 3_600_000, 3),
             error="live activities were deleted before their TTLs (track.activity_max_mb): users and "
             "sessions last active more than kept_hours ago lost their recent views, cart and purchases",
         )
         self.oldest_id_ms = result.oldest_id_ms
-        reach_h = (self._clock_ms() - self.oldest_id_ms) / 3_600_000 if self.oldest_id_ms else 0.0
+        reach_h = (now_ms - self.oldest_id_ms) / 3_600_000 if self.oldest_id_ms else 0.0
         self._early_ids.add(
             result.event_ids_early,
             limit_mb=round(self.ids_max_bytes / (1 << 20), 1),
@@ -287,7 +286,8 @@ class Housekeeper:
         entries, and new activity fills those pages before taking others. Cutting until the pages'
         bytes were under the limit would delete far more than the limit asks for."""
         ages = self._ages
-        if self._pass_complete_ages and not self._pass_cut and ages.total and self.activity_bytes:
+        # the pass's own horizon is still in force here: it changes only at a pass's end
+        if self._pass_complete_ages and not self.activity_before_ms and ages.total and self.activity_bytes:
             self._data_per_page_byte = ages.total / self.activity_bytes
         if not (self._activity_over and ages.total):
             return 0
