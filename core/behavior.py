@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from edgewise.core.activity import newest_by_item
 from edgewise.core.conditions import (
     Condition,
     ConditionError,
@@ -213,15 +214,7 @@ def _compile_replenishment_due(spec: Any, path: str) -> Condition:
         activity = source.activity
         if activity is None or not activity.purchases:
             return False
-        purchases = activity.purchases
-        # The last purchase of each item: dict() is that when each item appears once, as in every
-        # activity this code writes; otherwise the newest of each.
-        last_purchase: dict[str, int] = dict(purchases)
-        if len(last_purchase) != len(purchases):
-            last_purchase = {}
-            for item_id, timestamp in purchases:
-                if timestamp > last_purchase.get(item_id, _NO_CUTOFF):
-                    last_purchase[item_id] = timestamp
+        last_purchase = newest_by_item(activity.purchases)
         now = source.now_ms
         interval_of = source.replenish_days  # a per-version table: no flag parsing per purchase
         for item_id, timestamp in last_purchase.items():
