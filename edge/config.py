@@ -819,15 +819,7 @@ def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
         )
     limits = size_limits(config)
     if sum(size for _, size in limits) >> 20 >= config.data.map_size_mb:
-        named = ", ".join(
-            f"{key} {size >> 20} MiB "
-            + (
-                "(a quarter of the map: the default)"
-                if sources[key] == "default"
-                else f"(from {_origin(sources[key])})"
-            )
-            for key, size in limits
-        )
+        named = ", ".join(f"{key} {size >> 20} MiB ({_limit_origin(sources[key])})" for key, size in limits)
         blamed = next((key for key, _ in reversed(limits) if sources[key] != "default"), limits[-1][0])
         raise ConfigError(
             f"{named}: together they must be less than data.map_size_mb = {config.data.map_size_mb}: "
