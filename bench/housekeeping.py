@@ -90,15 +90,7 @@ def run(n: int, step_sizes: Sequence[int]) -> dict[str, Any]:
                         break
                     ids.append(time.perf_counter() - t0)
                 kept = [_walk(store, NOW - 99 * HOUR, limits, size, ages) for ages in (False, True)]
-                activities: list[float] = []
-                after = b""
-                while True:
-                    t0 = time.perf_counter()
-                    result = store.sweep(NOW, WINDOW, limits, after_activity=after, max_keys=size, max_ids=0)
-                    if not result.next_activity_key:
-                        break
-                    activities.append(time.perf_counter() - t0)
-                    after = result.next_activity_key
+                activities = _walk(store, NOW, limits, size, ages=False)  # every activity has aged out
                 idle: list[float] = []
                 for _ in range(200):
                     t0 = time.perf_counter()
