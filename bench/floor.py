@@ -18,6 +18,7 @@ measured on fewer workers than asked for).
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -38,6 +39,8 @@ from grpc_reflection.v1alpha import reflection
 
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_FLOOR_LISTEN",
@@ -290,7 +293,6 @@ def serve_floor(config: FloorConfig, stop: threading.Event | None = None) -> int
     """Run a floor server until SIGTERM/SIGINT (or `stop` is set): 0 on a clean stop, 1 if a worker died.
 
     Installs signal handlers, so call it from the main thread. Raises FloorError if it cannot start."""
-    from edgewise.edge.logs import log
 
     stop = stop or threading.Event()
 
@@ -300,7 +302,10 @@ def serve_floor(config: FloorConfig, stop: threading.Event | None = None) -> int
     previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         floor = FloorServer.start(config)
-        log("floor_serving", address=floor.address, pid=os.getpid(), workers=len(floor.processes))
+        log.info(
+            "floor_serving",
+            extra={"address": floor.address, "pid": os.getpid(), "workers": len(floor.processes)},
+        )
         if config.ready_file is not None:
             _write_ready_file(
                 config.ready_file,
@@ -317,17 +322,18 @@ def serve_floor(config: FloorConfig, stop: threading.Event | None = None) -> int
             while not stop.wait(0.2):
                 dead = floor.dead_worker()
                 if dead is not None:
-                    log(
+                    log.error(
                         "floor_worker_died",
-                        level="error",
-                        worker=dead.name,
-                        exitcode=dead.exitcode,
-                        error="a floor worker exited; stopping the others",
+                        extra={
+                            "worker": dead.name,
+                            "exitcode": dead.exitcode,
+                            "error": "a floor worker exited; stopping the others",
+                        },
                     )
                     code = 1
                     break
-            log("floor_stopping", grace_seconds=config.grace)
-        log("floor_stopped")
+            log.info("floor_stopping", extra={"grace_seconds": config.grace})
+        log.info("floor_stopped")
         return code
     finally:
         for sig, handler in previous.items():

@@ -67,7 +67,7 @@ import grpc
 import numpy as np
 
 from edgewise.bench.histogram import REPORT_PERCENTILES, Histogram, Summary
-from edgewise.bench.synth import COUNTRIES, COUNTRY_WEIGHTS, DEVICE_WEIGHTS, DEVICES
+from edgewise.offline.synth import COUNTRIES, COUNTRY_WEIGHTS, DEVICE_WEIGHTS, DEVICES
 from edgewise.v1 import personalizer_pb2 as _pb
 
 __all__ = [

@@ -44,7 +44,7 @@ def _log(message: str) -> None:
 
 
 def _edgewise() -> list[str]:
-    return [sys.executable, "-m", "edgewise.edge.cli"]
+    return [sys.executable, "-m", "edgewise.cli"]
 
 
 @contextmanager

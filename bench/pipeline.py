@@ -6,7 +6,7 @@ Run from the repository root:
     python -m bench.pipeline --quick    # a few seconds: a smoke test, not figures
     python -m bench.pipeline --json     # machine-readable output
 
-Setup (not timed): a synthetic bundle (`edgewise.bench.synth.synth_bundle`, cached under the temp dir
+Setup (not timed): a synthetic bundle (`edgewise.offline.synth.synth_bundle`, cached under the temp dir
 or in `--bundle DIR`) is validated (`load_bundle`) and applied to a real LMDB store in a fresh temp
 dir (`apply_bundle`). Live activity is recorded with `Store.record_events` for the users and sessions
 the requests will name: recent views, abandoned carts, purchases of replenishable items, impressions.
@@ -69,9 +69,9 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-import edgewise.bench.synth as synth_mod
 import edgewise.core.item_ranking as item_ranking_mod
 import edgewise.core.pipeline as pipeline_mod
+import edgewise.offline.synth as synth_mod
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.conditions import compile_condition
 from edgewise.core.decisions import (

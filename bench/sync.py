@@ -36,7 +36,7 @@ Stages:
    (its commit, before the reply travels back: under CPU contention the reply can reach the bench after
    an edge has already applied the commit, which makes the first figure low for that delta).
 2. Bootstrap: a control plane holding a `--profiles`-profile bundle (generated with
-   `edgewise.bench.synth.synth_bundle` and pushed with the Push RPC); an empty edge is started and
+   `edgewise.offline.synth.synth_bundle` and pushed with the Push RPC); an empty edge is started and
    timed from just before its process is spawned to the `ts` of its snapshot's `sync_applied` line.
    Split: process start -> `sync_connected` (interpreter, imports, connect, first chunk), then -> commit
    complete (the control plane reading and framing the snapshot, transfer, reassembly on the edge),
@@ -90,8 +90,8 @@ import lmdb
 import numpy as np
 
 from edgewise.bench.pipeline import default_bundle_dir
-from edgewise.bench.synth import synth_bundle
 from edgewise.core.store import REPLICATED, Store
+from edgewise.offline.synth import synth_bundle
 from edgewise.sync.auth import bearer_metadata, open_channel
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
@@ -188,7 +188,7 @@ class Procs:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{name}.log"
         ready = self.workdir / f"{name}.ready.json"
-        cmd = [sys.executable, "-m", "edgewise.edge.cli", *args, "--ready-file", str(ready)]
+        cmd = [sys.executable, "-m", "edgewise.cli", *args, "--ready-file", str(ready)]
         with open(log_path, "wb") as out:
             started = time.time()
             proc = subprocess.Popen(

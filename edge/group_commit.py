@@ -14,13 +14,15 @@ fails fails its Track calls (they are sent again) and puts its exposures back in
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
 
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.store import Store, TrackResult
-from edgewise.edge.logs import log
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CommitterClosed", "GroupCommitter"]
 
@@ -166,7 +168,7 @@ class GroupCommitter:
             try:
                 result = self._store.record_events(events, self._limits, exposures)
             except Exception as exc:
-                log("track_commit_failed", level="error", error=str(exc), events=len(events))
+                log.error("track_commit_failed", extra={"error": str(exc), "events": len(events)})
                 for p in batch:
                     p.finish(error=exc)  # the callers are told (UNAVAILABLE) and send them again
                 self._requeue(exposures)  # no caller waits for these: they go with the next commit

@@ -46,6 +46,7 @@ the pass ends at the last entry, clears the marks of the users it was for, and l
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -53,7 +54,8 @@ from typing import Final
 
 from edgewise.core.activity import ActivityLimits
 from edgewise.core.store import Store
-from edgewise.edge.logs import log
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVITY_REFILL",
@@ -123,7 +125,7 @@ class _Losses:
         self._unlogged += count
         now = self._monotonic()
         if self._unlogged and (self._logged_at is None or now - self._logged_at >= WARNING_EVERY_S):
-            log(self.event, level="warning", dropped=self._unlogged, **fields)
+            log.warning(self.event, extra={"dropped": self._unlogged, **fields})
             self._unlogged = 0
             self._logged_at = now
 
@@ -273,7 +275,10 @@ class Housekeeper:
             self.activity_before_ms = horizon
             self._ages = _Ages()
             if self._pass_ids or self._pass_activities:
-                log("housekeeping_pass", event_ids=self._pass_ids, activities=self._pass_activities)
+                log.info(
+                    "housekeeping_pass",
+                    extra={"event_ids": self._pass_ids, "activities": self._pass_activities},
+                )
                 self._pass_ids = self._pass_activities = 0
         self._purge()  # last: a failure here does not keep the sweep from running
 
@@ -307,6 +312,8 @@ class Housekeeper:
         self._pass_purged += deleted
         self._after_purge = last
         if not last:
-            log("forget_outbox_purged", users=len(self._purge_users), entries=self._pass_purged)
+            log.info(
+                "forget_outbox_purged", extra={"users": len(self._purge_users), "entries": self._pass_purged}
+            )
             self._purge_users = frozenset()
             self._pass_purged = 0

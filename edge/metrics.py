@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import mmap
 import os
@@ -41,7 +42,8 @@ from typing import Any, Final
 import numpy as np
 
 from edgewise.core.decisions import Fallback
-from edgewise.edge.logs import log
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BUCKETS",
@@ -607,7 +609,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
             try:
                 payload = self.server.node.render().encode()
             except Exception as exc:
-                log("metrics_render_failed", level="error", error=str(exc))
+                log.error("metrics_render_failed", extra={"error": str(exc)})
                 self.send_error(500, "could not render metrics")
                 return
             status, content_type = 200, CONTENT_TYPE

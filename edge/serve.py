@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -42,14 +43,16 @@ from edgewise.edge.config import (
 )
 from edgewise.edge.convert import Limits
 from edgewise.edge.housekeeping import Housekeeper
-from edgewise.edge.logs import log, set_level
 from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serve_metrics
 from edgewise.edge.servicer import ServingOptions
+from edgewise.edge.sync_setup import NodeSync, SyncSetupError, start_syncer
 from edgewise.edge.worker import WorkerSpec, worker_main
+from edgewise.logs import configure_logging
 from edgewise.sync.bundle import BundleError, load_bundle
-from edgewise.sync.edge_setup import NodeSync, SyncSetupError, start_syncer
 from edgewise.sync.edge_sync import EdgeSyncer
 from edgewise.sync.snapshot import apply_bundle
+
+log = logging.getLogger(__name__)
 
 __all__ = ["add_arguments", "load_bundle_file", "run"]
 
@@ -75,31 +78,32 @@ def load_bundle_file(store: Store, bundle_dir: Path) -> bool:
     digest = _manifest_digest(bundle_dir)
     current = store.snapshot_info()
     if digest and current.get("manifest_sha256") == digest:
-        log("bundle_already_loaded", bundle=str(bundle_dir), version=current.get("version"))
+        log.info(
+            "bundle_already_loaded", extra={"bundle": str(bundle_dir), "version": current.get("version")}
+        )
         return True
     started = time.monotonic()
     try:
         bundle = load_bundle(bundle_dir)
         info = apply_bundle(store, bundle, manifest_sha256=digest)
     except BundleError as exc:
-        log(
+        log.error(
             "bundle_refused",
-            level="error",
-            bundle=str(bundle_dir),
-            error=str(exc),
-            serving_version=current.get("version"),
+            extra={"bundle": str(bundle_dir), "error": str(exc), "serving_version": current.get("version")},
         )
         return False
     except StoreError as exc:
-        log("bundle_not_applied", level="error", bundle=str(bundle_dir), error=str(exc))
+        log.error("bundle_not_applied", extra={"bundle": str(bundle_dir), "error": str(exc)})
         return False
-    log(
+    log.info(
         "bundle_loaded",
-        bundle=str(bundle_dir),
-        version=info["version"],
-        items=info["items"],
-        profiles=info["profiles"],
-        seconds=round(time.monotonic() - started, 3),
+        extra={
+            "bundle": str(bundle_dir),
+            "version": info["version"],
+            "items": info["items"],
+            "profiles": info["profiles"],
+            "seconds": round(time.monotonic() - started, 3),
+        },
     )
     return True
 
@@ -174,25 +178,24 @@ class Supervisor:
                 continue
             if time.monotonic() - slot.last_start < 1.0:
                 continue
-            log(
+            log.error(
                 "worker_died",
-                level="error",
-                worker=slot.spec.index,
-                pid=process.pid,
-                exitcode=process.exitcode,
+                extra={"worker": slot.spec.index, "pid": process.pid, "exitcode": process.exitcode},
             )
             slot.restarts += 1
             self.restarts += 1
             try:
                 self._start(slot, 60.0)
-                log(
+                log.info(
                     "worker_restarted",
-                    worker=slot.spec.index,
-                    pid=slot.process.pid if slot.process else None,
-                    restarts=slot.restarts,
+                    extra={
+                        "worker": slot.spec.index,
+                        "pid": slot.process.pid if slot.process else None,
+                        "restarts": slot.restarts,
+                    },
                 )
             except RuntimeError as exc:
-                log("worker_restart_failed", level="error", worker=slot.spec.index, error=str(exc))
+                log.error("worker_restart_failed", extra={"worker": slot.spec.index, "error": str(exc)})
 
     def stop_all(self, grace: float) -> None:
         for slot in self.slots:
@@ -204,7 +207,9 @@ class Supervisor:
                 continue
             slot.process.join(max(0.0, deadline - time.monotonic()))
             if slot.process.is_alive():
-                log("worker_killed", level="warning", worker=slot.spec.index, error="did not stop in time")
+                log.warning(
+                    "worker_killed", extra={"worker": slot.spec.index, "error": "did not stop in time"}
+                )
                 slot.process.kill()
                 slot.process.join(5)
 
@@ -216,12 +221,12 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     """Run the node until SIGTERM/SIGINT; return the exit status."""
-    set_level(config.log.level)
+    configure_logging(config.log.level)
     server = config.server
     try:
         store = Store(config.data.dir, map_size=config.data.map_size_mb << 20)
     except StoreError as exc:
-        log("store_unavailable", level="error", error=str(exc))
+        log.error("store_unavailable", extra={"error": str(exc)})
         return 2
     stop = threading.Event()
     reload = threading.Event()
@@ -243,21 +248,22 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         try:
             sync = start_syncer(store, config)
         except SyncSetupError as exc:
-            log("sync_unavailable", level="error", error=str(exc))
+            log.error("sync_unavailable", extra={"error": str(exc)})
             store.close()
             return 2
         if not store.has_snapshot():
-            log("waiting_for_snapshot", control=config.sync.control)
+            log.info("waiting_for_snapshot", extra={"control": config.sync.control})
             while not stop.is_set() and not sync.syncer.wait_for_version(lambda v: v > 0, 0.5):
                 pass
     if not store.has_snapshot():
         if sync is not None:
             sync.stop()
-        log(
+        log.error(
             "no_snapshot",
-            level="error",
-            data=str(config.data.dir),
-            error="nothing to serve: no snapshot in the data directory and no valid --bundle",
+            extra={
+                "data": str(config.data.dir),
+                "error": "nothing to serve: no snapshot in the data directory and no valid --bundle",
+            },
         )
         store.close()
         return 2 if sync is None else 0
@@ -271,7 +277,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         if port == 0:
             reserved, port = _reserve_port(host)
     except (ValueError, OSError) as exc:
-        log("listen_failed", level="error", error=f"cannot listen on {server.listen}: {exc}")
+        log.error("listen_failed", extra={"error": f"cannot listen on {server.listen}: {exc}"})
         store.close()
         return 2
     address = f"{host}:{port}"
@@ -286,10 +292,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         try:
             metrics_server, _ = serve_metrics(config.metrics.listen, node_metrics)
         except OSError as exc:
-            log(
-                "metrics_listen_failed",
-                level="error",
-                error=f"cannot listen on {config.metrics.listen}: {exc}",
+            log.error(
+                "metrics_listen_failed", extra={"error": f"cannot listen on {config.metrics.listen}: {exc}"}
             )
             store.close()
             return 2
@@ -333,7 +337,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     try:
         supervisor.start_all()
     except RuntimeError as exc:
-        log("start_failed", level="error", error=str(exc))
+        log.error("start_failed", extra={"error": str(exc)})
         supervisor.stop_all(0.0)
         if sync is not None:
             sync.stop()
@@ -342,13 +346,15 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     if node_metrics is not None:
         node_metrics.set_workers_alive(supervisor.alive())
     version = store.version()
-    log(
+    log.info(
         "serving",
-        address=address,
-        snapshot_version=version,
-        pid=os.getpid(),
-        workers=supervisor.pids(),
-        metrics=metrics_address or None,
+        extra={
+            "address": address,
+            "snapshot_version": version,
+            "pid": os.getpid(),
+            "workers": supervisor.pids(),
+            "metrics": metrics_address or None,
+        },
     )
     if ready_file is not None:
         _write_ready_file(
@@ -374,11 +380,11 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         try:
             housekeeper.step()  # one bounded step each tick (edge/housekeeping.py)
         except (StoreError, lmdb.Error, RecordError, ValueError) as exc:
-            log("housekeeping_failed", level="error", error=str(exc))
+            log.error("housekeeping_failed", extra={"error": str(exc)})
         if reload.is_set():
             reload.clear()
             if config.data.bundle is None:
-                log("reload_ignored", level="warning", error="SIGHUP without --bundle: nothing to reload")
+                log.warning("reload_ignored", extra={"error": "SIGHUP without --bundle: nothing to reload"})
             else:
                 load_bundle_file(store, config.data.bundle)
                 if node_metrics is not None:
@@ -404,7 +410,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             if supervisor.restarts > restarts:
                 node_metrics.worker_restarted(supervisor.restarts - restarts)
             node_metrics.set_workers_alive(supervisor.alive())
-    log("stopping", grace_seconds=server.grace_seconds)
+    log.info("stopping", extra={"grace_seconds": server.grace_seconds})
     supervisor.stop_all(server.grace_seconds)
     if sync is not None:
         sync.stop()
@@ -413,7 +419,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     if reserved is not None:
         reserved.close()
     store.close()
-    log("stopped")
+    log.info("stopped")
     return 0
 
 

@@ -9,6 +9,7 @@ RESOURCE_EXHAUSTED before they reach a thread.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.store import Store
 from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
-from edgewise.edge.logs import log
 from edgewise.edge.metrics import WorkerMetrics
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PersonalizerServicer", "ServingOptions"]
 
@@ -138,7 +140,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         except CommitterClosed:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge is shutting down; retry on another")
         except Exception as exc:
-            log("track_store_failed", level="error", error=str(exc))
+            log.error("track_store_failed", extra={"error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored durably; retry")
         return _pb.TrackResponse(accepted=result.accepted, duplicates=result.duplicates)
 

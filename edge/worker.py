@@ -9,6 +9,7 @@ for the grace period, exit 0. A worker whose supervisor died stops by itself.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import threading
@@ -22,10 +23,12 @@ from edgewise.core.pipeline import Pipeline
 from edgewise.core.store import Store
 from edgewise.edge.convert import Limits
 from edgewise.edge.group_commit import GroupCommitter
-from edgewise.edge.logs import log, set_level
 from edgewise.edge.metrics import MetricsLayout, WorkerMetrics
 from edgewise.edge.server import build_server
 from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
+from edgewise.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 __all__ = ["WorkerSpec", "worker_main"]
 
@@ -67,7 +70,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     pipeline = Pipeline()
     with store.read() as view:
         pipeline.state(view)  # decode the snapshot before reporting SERVING
-    set_level(spec.log_level)
+    configure_logging(spec.log_level)
     committer = GroupCommitter(
         store,
         spec.activity_limits,
@@ -104,16 +107,19 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     gc.freeze()
     edge.server.start()
     edge.set_serving(True)
-    log("worker_serving", worker=spec.index, pid=os.getpid(), address=spec.listen, cpu=spec.pin_cpu)
+    log.info(
+        "worker_serving",
+        extra={"worker": spec.index, "pid": os.getpid(), "address": spec.listen, "cpu": spec.pin_cpu},
+    )
     ready.send(("ready", os.getpid()))
     ready.close()
     while not stop.wait(0.2):
         if os.getppid() != parent:
-            log("worker_orphaned", level="warning", worker=spec.index, error="the supervisor is gone")
+            log.warning("worker_orphaned", extra={"worker": spec.index, "error": "the supervisor is gone"})
             break
     edge.stop(spec.grace)
     committer.close()
     if metrics is not None:
         metrics.close()
     store.close()
-    log("worker_stopped", worker=spec.index, pid=os.getpid())
+    log.info("worker_stopped", extra={"worker": spec.index, "pid": os.getpid()})

@@ -237,7 +237,7 @@ class TokenAuth(grpc.ServerInterceptor):
         if refusal is None:
             return handler
         code, details = refusal
-        log.warning("refused call to %s: %s (%s)", method, details, code.name)
+        log.warning("call_refused", extra={"method": method, "error": details, "code": code.name})
         if handler is None:
             # An unknown method: refuse with the auth status rather than reveal what exists.
             return grpc.unary_unary_rpc_method_handler(_abort(code, details))

@@ -21,6 +21,7 @@ the global ones.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -32,10 +33,11 @@ from edgewise.core.attribution import Attributor
 from edgewise.core.bandit_learning import BanditStats, LearningSchedule, exposure_id, update_rules_doc
 from edgewise.core.experiment_report import outcome_from_record
 from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
-from edgewise.edge.logs import log
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CURSOR", "BanditLearner"]
 
@@ -97,7 +99,7 @@ class BanditLearner:
         self.stats.take()  # these were published before: only the memory of them stays
         self._resumed = True
         if published:
-            log("bandits_resumed", position=published, replayed=published - start)
+            log.info("bandits_resumed", extra={"position": published, "replayed": published - start})
 
     def start(self) -> None:
         self._loop.start()
@@ -161,6 +163,9 @@ class BanditLearner:
             )
         self.last_publish = now
         if info is not None:
-            log("bandits_published", version=info.version, reason=reason, rewards=counts.rewards)
+            log.info(
+                "bandits_published",
+                extra={"version": info.version, "reason": reason, "rewards": counts.rewards},
+            )
             self._on_commit()
         return info

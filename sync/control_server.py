@@ -14,6 +14,7 @@ nothing and answers INVALID_ARGUMENT naming file, record and field.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -31,7 +32,6 @@ from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
 from edgewise.core.records import Activity, decode_profile, encode_profile
 from edgewise.core.rules import compile_rules
-from edgewise.edge.logs import log
 from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
@@ -48,6 +48,8 @@ from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ControlPlaneService", "Fleet"]
 
@@ -239,7 +241,10 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.shard: {exc}")
         entry = self.fleet.connect(hello, shard, context.peer())
         stream = entry.stream
-        log("edge_subscribed", node=hello.node_id, shard=shard.text(), version=hello.last_version)
+        log.info(
+            "edge_subscribed",
+            extra={"node": hello.node_id, "shard": shard.text(), "version": hello.last_version},
+        )
         reader = threading.Thread(
             target=self._read_requests,
             args=(request_iterator, entry),
@@ -251,19 +256,20 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             yield from self._stream(entry, shard, hello.last_version, hello.lineage, context)
         finally:
             self.fleet.disconnect(entry, stream)
-            log("edge_unsubscribed", node=hello.node_id)
+            log.info("edge_unsubscribed", extra={"node": hello.node_id})
 
     def _read_requests(self, requests: Iterator[sync_pb2.SubscribeRequest], entry: EdgeEntry) -> None:
         try:
             for request in requests:
                 self.fleet.on_request(entry, request)
                 if request.WhichOneof("kind") == "nack":
-                    log(
+                    log.warning(
                         "edge_nack",
-                        level="warning",
-                        node=entry.node_id,
-                        version=request.nack.version,
-                        error=request.nack.error[:500],
+                        extra={
+                            "node": entry.node_id,
+                            "version": request.nack.version,
+                            "error": request.nack.error[:500],
+                        },
                     )
                     self._notify()
         except grpc.RpcError:
@@ -437,9 +443,12 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self._notify()
         if info is None:
             head = self.store.head_version()
-            log("push_unchanged", version=head, summary=summary)
+            log.info("push_unchanged", extra={"version": head, "summary": summary})
             return sync_pb2.PushReply(version=head, changes=0, summary=summary + " (no change)")
-        log("push_committed", version=info.version, changes=info.changes, kind=info.kind, summary=summary)
+        log.info(
+            "push_committed",
+            extra={"version": info.version, "changes": info.changes, "kind": info.kind, "summary": summary},
+        )
         return sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
 
     def _receive(
@@ -495,7 +504,10 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             return sync_pb2.PushReply(
                 version=head, changes=0, summary=f"version {request.version} equals the head"
             )
-        log("rollback_committed", version=info.version, to=request.version, changes=info.changes)
+        log.info(
+            "rollback_committed",
+            extra={"version": info.version, "to": request.version, "changes": info.changes},
+        )
         return sync_pb2.PushReply(
             version=info.version, changes=info.changes, summary=f"state of version {request.version}"
         )
@@ -559,7 +571,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             removed = self.events.forget(user) if self.events is not None else 0
         self._notify()
         version = info.version if info is not None else (self.store.forgotten_version(user) or 0)
-        log("user_forgotten", version=version, events_removed=removed)  # never the user id in logs
+        log.info(
+            "user_forgotten", extra={"version": version, "events_removed": removed}
+        )  # never the user id in logs
         return sync_pb2.ForgetReply(version=version, events_removed=removed)
 
     def ForgetStatus(
@@ -617,12 +631,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 event_id, user = forwarded_keys(record.payload)
             except ValueError as exc:
                 rejected += 1
-                log(
+                log.warning(
                     "forward_record_rejected",
-                    level="warning",
-                    node=request.node_id,
-                    seq=record.seq,
-                    error=str(exc),
+                    extra={"node": request.node_id, "seq": record.seq, "error": str(exc)},
                 )
                 continue
             checked.append((record.kind, event_id, record.payload))
@@ -636,7 +647,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 kept = [(c, u) for c, u in zip(checked, users, strict=True) if u not in forgotten]
                 result = self.events.ingest(request.node_id, [c for c, _ in kept], [u for _, u in kept])
         except EventStoreError as exc:
-            log("events_not_stored", level="error", node=request.node_id, error=str(exc))
+            log.error("events_not_stored", extra={"node": request.node_id, "error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")
         self.fleet.on_forward(request.node_id, result.accepted)
         return sync_pb2.ForwardReply(

@@ -12,6 +12,7 @@ Backpressure: one batch in flight at a time, and a full batch is followed at onc
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Final
 
@@ -20,10 +21,11 @@ import msgpack
 
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.store import Store
-from edgewise.edge.logs import log
 from edgewise.sync.auth import bearer_metadata, open_channel
 from edgewise.sync.edge_sync import KEEPALIVE_OPTIONS, Backoff, SyncTarget, rpc_error_text
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OutboxForwarder"]
 
@@ -106,16 +108,16 @@ class OutboxForwarder:
                     self.store.outbox_ack(reply.acked_seq)
                     self.forwarded += reply.accepted
                     if reply.rejected:  # records the control plane can never store: dropped there
-                        log("outbox_records_rejected", level="warning", records=reply.rejected)
+                        log.warning("outbox_records_rejected", extra={"records": reply.rejected})
                     if self.last_error:
-                        log("outbox_forwarding", pending=self.store.outbox_pending())
+                        log.info("outbox_forwarding", extra={"pending": self.store.outbox_pending()})
                     self.last_error = ""
                     backoff.reset()
                 except grpc.RpcError as exc:
                     error = rpc_error_text(exc)
                     if error != self.last_error:
-                        log(
-                            "outbox_forward_failed", level="warning", control=self.target.address, error=error
+                        log.warning(
+                            "outbox_forward_failed", extra={"control": self.target.address, "error": error}
                         )
                     self.last_error = error
                     if self._pause(backoff):
@@ -125,7 +127,7 @@ class OutboxForwarder:
                         channel, stub = self._connect()
                 except Exception as exc:
                     self.last_error = repr(exc)
-                    log("outbox_forward_failed", level="error", error=self.last_error)
+                    log.error("outbox_forward_failed", extra={"error": self.last_error})
                     self._pause(backoff)
         finally:
             channel.close()

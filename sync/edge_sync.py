@@ -12,6 +12,7 @@ or NOT_SERVING (nothing applied yet).
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import threading
@@ -26,11 +27,12 @@ import msgpack
 from edgewise.core.records import check_profile
 from edgewise.core.store import PER_USER, ReadView, Store
 from edgewise.core.version_state import build_state
-from edgewise.edge.logs import log
 from edgewise.sync.auth import bearer_metadata, open_channel
 from edgewise.sync.shard import Shard
 from edgewise.sync.wire import Assembler, FramingError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Backoff", "EdgeSyncer", "SyncTarget", "rpc_error_text"]
 
@@ -159,15 +161,12 @@ class EdgeSyncer:
             except grpc.RpcError as exc:
                 if not self._stop.is_set():
                     self.last_error = rpc_error_text(exc)
-                    log(
-                        "sync_disconnected",
-                        level="warning",
-                        control=self.target.address,
-                        error=self.last_error,
+                    log.warning(
+                        "sync_disconnected", extra={"control": self.target.address, "error": self.last_error}
                     )
             except Exception as exc:
                 self.last_error = repr(exc)
-                log("sync_failed", level="error", control=self.target.address, error=self.last_error)
+                log.error("sync_failed", extra={"control": self.target.address, "error": self.last_error})
             finally:
                 with self._lock:
                     self._call = None
@@ -223,7 +222,9 @@ class EdgeSyncer:
                 self.last_contact = time.monotonic()
                 if not self._heard:
                     self._heard = True
-                    log("sync_connected", control=target.address, version=self.store.version())
+                    log.info(
+                        "sync_connected", extra={"control": target.address, "version": self.store.version()}
+                    )
                     if self._on_connected is not None:
                         self._on_connected()
                 kind = message.WhichOneof("kind")
@@ -253,7 +254,7 @@ class EdgeSyncer:
 
     def _nack(self, version: int, error: str) -> None:
         self.last_error = error
-        log("sync_nack", level="warning", version=version, error=error)
+        log.warning("sync_nack", extra={"version": version, "error": error})
         self._outbox.put(sync_pb2.SubscribeRequest(nack=sync_pb2.Nack(version=version, error=error)))
 
     def _on_commit(self, assembler: Assembler, commit: sync_pb2.Commit) -> None:
@@ -298,12 +299,14 @@ class EdgeSyncer:
             return
         self.last_error = ""
         self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=commit.version)))
-        log(
+        log.info(
             "sync_applied",
-            version=commit.version,
-            snapshot=commit.snapshot,
-            changes=len(changes),
-            ms=round((time.monotonic() - started) * 1000, 1),
+            extra={
+                "version": commit.version,
+                "snapshot": commit.snapshot,
+                "changes": len(changes),
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
         )
         with self.applied:
             self.applied.notify_all()

@@ -9,15 +9,17 @@ Each pass that deletes something logs `events_expired` with the count.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
 
-from edgewise.edge.logs import log
 from edgewise.sync.control_store import ControlStore
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
 from edgewise.sync.profile_folder import CURSOR as FOLDER_CURSOR
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_RETAIN_MS", "EventRetention"]
 
@@ -65,5 +67,5 @@ class EventRetention:
                 break
         if removed:
             self.expired += removed
-            log("events_expired", records=removed, older_than_ms=cutoff)
+            log.info("events_expired", extra={"records": removed, "older_than_ms": cutoff})
         return removed

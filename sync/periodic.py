@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
-from edgewise.edge.logs import log
+log = logging.getLogger(__name__)
+
 
 __all__ = ["Periodic"]
 
@@ -38,4 +40,4 @@ class Periodic:
             try:
                 self._tick()
             except Exception as exc:  # a bad batch must not end the job; it is logged
-                log(self._failure_event, level="error", error=repr(exc))
+                log.error(self._failure_event, extra={"error": repr(exc)})

@@ -10,6 +10,7 @@ It holds the service's push lock while it reads and commits, so a push never int
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Final
@@ -17,10 +18,11 @@ from typing import Final
 from edgewise.core.activity import ActivityLimits, TrackedEvent
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.profile_fold import fold_profile
-from edgewise.edge.logs import log
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CURSOR", "ProfileFolder"]
 
@@ -83,7 +85,10 @@ class ProfileFolder:
                 changes, kind="delta", description=f"events folded up to {last}", cursor=CURSOR, position=last
             )
         if info is not None:
-            log("profiles_folded", version=info.version, profiles=info.changes, events_to=last)
+            log.info(
+                "profiles_folded",
+                extra={"version": info.version, "profiles": info.changes, "events_to": last},
+            )
             self._on_commit()
             return info
         return last

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from edgewise.bench.synth import synth_bundle
+from edgewise.offline.synth import synth_bundle
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -83,7 +83,7 @@ def start_edge(
     cmd = [
         sys.executable,
         "-m",
-        "edgewise.edge.cli",
+        "edgewise.cli",
         "edge",
         "serve",
         "--data",

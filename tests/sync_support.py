@@ -107,7 +107,7 @@ def start_control(
     cmd = [
         sys.executable,
         "-m",
-        "edgewise.edge.cli",
+        "edgewise.cli",
         "control",
         "serve",
         "--data",
@@ -128,7 +128,7 @@ def ctl(
     address: str, *args: str, env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run `edgewise ctl --control ADDRESS ARGS...` and return the finished process."""
-    cmd = [sys.executable, "-m", "edgewise.edge.cli", "ctl", "--control", address, *args]
+    cmd = [sys.executable, "-m", "edgewise.cli", "ctl", "--control", address, *args]
     done = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, check=False
     )
@@ -184,7 +184,7 @@ def spawn_edge(
     cmd = [
         sys.executable,
         "-m",
-        "edgewise.edge.cli",
+        "edgewise.cli",
         "edge",
         "serve",
         "--data",

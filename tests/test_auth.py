@@ -13,6 +13,7 @@ import grpc
 import pytest
 from tls_certs import Certs, make_certs, tls_certs  # noqa: F401 (tls_certs is a fixture)
 
+from edgewise.logs import JsonFormatter
 from edgewise.sync import auth
 from edgewise.sync.auth import (
     ALL_METHODS,
@@ -209,8 +210,9 @@ def test_token_never_logged_nor_in_errors(
             except grpc.RpcError as err:
                 texts += [str(err.details()), str(err), repr(err)]  # str() includes the debug error string
     assert caplog.records, "refusals are logged"
-    assert any("/edgewise.v1.ControlPlane/Push" in r.getMessage() for r in caplog.records)
-    texts += [caplog.text, *(r.getMessage() for r in caplog.records)]
+    refusals = [r for r in caplog.records if r.getMessage() == "call_refused"]
+    assert any(getattr(r, "method", "") == "/edgewise.v1.ControlPlane/Push" for r in refusals)
+    texts += [caplog.text, *(JsonFormatter().format(r) for r in caplog.records)]
     texts.append(repr(TokenAuth([EDGE_TOKEN], [OPS_TOKEN])))
     for text in texts:
         for secret in (EDGE_TOKEN, OPS_TOKEN, WRONG_TOKEN):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from edgewise.bench.bandit_learning import simulate
 from edgewise.core.attribution import Attributed, Exposure, Outcome, attribute
 from edgewise.core.bandit_learning import (
     ArmCounts,
@@ -20,7 +21,6 @@ from edgewise.core.bandit_learning import (
     exposure_id,
     posterior_means,
     rules_delta_line,
-    simulate,
     update_bandit_doc,
     update_rules_doc,
 )

@@ -1,4 +1,4 @@
-"""Bundles: reading, validation, writing (edgewise.sync.bundle) and the generator (edgewise.bench.synth).
+"""Bundles: reading, validation, writing (edgewise.sync.bundle) and the generator (edgewise.offline.synth).
 
 Every refusal test copies a good synthetic bundle, breaks one thing, re-writes the manifest checksums
 where needed (so the check under test, not the checksum, is what refuses) and asserts that the message
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgewise.bench.synth import synth_bundle
+from edgewise.offline.synth import synth_bundle
 from edgewise.sync.bundle import Bundle, BundleError, bundle_summary, load_bundle, write_bundle
 
 SMALL_USERS = 300

@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from edgewise.bench.synth import synth_bundle
 from edgewise.core.decisions import Context, DecideInput, PlacementAsk
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.records import decode_array, decode_item, decode_profile
 from edgewise.core.store import REPLICATED, Store
 from edgewise.core.version_state import build_state
+from edgewise.offline.synth import synth_bundle
 from edgewise.sync.bundle import Bundle, BundleError, load_bundle
 from edgewise.sync.changes import (
     MANIFEST_KEY,

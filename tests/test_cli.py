@@ -16,7 +16,7 @@ from conftest import EdgeProcess
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edgewise.edge.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "edgewise.cli", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -153,7 +153,7 @@ def test_demo_runs_end_to_end() -> None:
 
 def test_demo_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgewise.edge.cli", "demo", "--users", "30000", "--items", "3000"],
+        [sys.executable, "-m", "edgewise.cli", "demo", "--users", "30000", "--items", "3000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from conftest import EdgeProcess, rewrite_manifest
 
-from edgewise.bench.synth import synth_bundle
 from edgewise.core.store import Store
+from edgewise.offline.synth import synth_bundle
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 
@@ -279,7 +279,7 @@ def test_bad_serving_arguments_are_refused(bundle_dir: Path, tmp_path: Path, bad
         [
             sys.executable,
             "-m",
-            "edgewise.edge.cli",
+            "edgewise.cli",
             "edge",
             "serve",
             "--data",
@@ -351,7 +351,7 @@ def test_print_config_shows_values_and_sources(bundle_dir: Path, tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "edgewise.edge.cli",
+            "edgewise.cli",
             "edge",
             "serve",
             "--config",
@@ -376,7 +376,7 @@ def test_print_config_shows_values_and_sources(bundle_dir: Path, tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "edgewise.edge.cli",
+            "edgewise.cli",
             "edge",
             "serve",
             "--config",

@@ -20,7 +20,7 @@ from tests.conftest import EdgeProcess
 
 def _status(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edgewise.edge.cli", "edge", "status", *args],
+        [sys.executable, "-m", "edgewise.cli", "edge", "status", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgewise.core.activity import TrackedEvent
-from edgewise.sync.control_cli import retention_ms
+from edgewise.sync.control_serve import retention_ms
 from edgewise.sync.control_store import ControlStore
 from edgewise.sync.event_retention import EventRetention
 from edgewise.sync.event_store import EventStore
@@ -81,7 +81,7 @@ def test_a_bad_retention_is_refused_at_start(tmp_path: Path) -> None:
         retention_ms("ninety days")
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "edgewise.edge.cli", "control", "serve"),
+            *(sys.executable, "-m", "edgewise.cli", "control", "serve"),
             *("--data", str(tmp_path / "c"), "--retain-events", "ninety days"),
         ],
         capture_output=True,

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from edgewise.core.experiment_report import ReportError, bucket_size, experiment_report
-from edgewise.sync.control_cli import duration_ms, report_plot
+from edgewise.ctl import report_plot
+from edgewise.sync.control_serve import duration_ms
 from edgewise.sync.control_server import report_document
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc

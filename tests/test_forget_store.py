@@ -4,7 +4,7 @@ purging a user when the user's record arrives. The whole flow over real processe
 
 from __future__ import annotations
 
-import json
+import logging
 import struct
 from pathlib import Path
 
@@ -194,11 +194,12 @@ def _outbox_users(store: Store) -> list[str]:
 
 
 def test_a_forget_during_a_large_backlog_purges_the_outbox_in_housekeeping_steps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past FORGET_INLINE_OUTBOX queued entries, the sync transaction only marks the users; the outbox
     entries go in bounded housekeeping steps, and a user forgotten during a pass gets the next one."""
     monkeypatch.setattr(store_module, "FORGET_INLINE_OUTBOX", 30)
+    caplog.set_level(logging.INFO)
     profile = encode_profile(ProfileRecord("u", 1, {}, {"personalization": 1}, None))
     users = ("u1", "u2", "u3")
     with Store(tmp_path / "edge", map_size=MAP_SIZE) as store:
@@ -222,8 +223,8 @@ def test_a_forget_during_a_large_backlog_purges_the_outbox_in_housekeeping_steps
             keeper.step()
         assert _outbox_users(store) == ["u3"] * 20 and store.pending_purges() == frozenset()
         assert keeper.purged_outbox == 40
-        logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-        assert [(e["users"], e["entries"]) for e in logged if e["event"] == "forget_outbox_purged"] == [
+        logged = [r for r in caplog.records if r.getMessage() == "forget_outbox_purged"]
+        assert [(getattr(r, "users", None), getattr(r, "entries", None)) for r in logged] == [
             (1, 20),
             (1, 20),
         ]

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgewise.cli import main
 from edgewise.core import ope
-from edgewise.edge.cli import main
-from edgewise.sync.ope_cli import OpeError, evaluate_ope, load_obd_log, zozotown_prior
+from edgewise.offline.ope_cli import OpeError, evaluate_ope, load_obd_log, zozotown_prior
 
 OPEN_BANDIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "open-bandit"
 RANDOM_LOG = OPEN_BANDIT / "random" / "men" / "men.csv"

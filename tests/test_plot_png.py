@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from edgewise.core.plot_png import (
+from edgewise.offline.plot_png import (
     AXIS,
     BAND_ALPHA,
     PALETTE,

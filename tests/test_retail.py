@@ -1,4 +1,4 @@
-"""The invoice importer (edgewise.sync.retail), the offline evaluation and their CLI entry points.
+"""The invoice importer (edgewise.offline.retail), the offline evaluation and their CLI entry points.
 
 Tests on the real export skip when ../shared/data is absent; the netting, split, id and error tests
 build tiny exports in tmp_path.
@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgewise.sync.bundle import Bundle, load_bundle
-from edgewise.sync.eval_offline import OfflineReport, dcg_hits, evaluate_offline, validation_folds
-from edgewise.sync.retail import (
+from edgewise.offline.evaluation import OfflineReport, dcg_hits, evaluate_offline, validation_folds
+from edgewise.offline.retail import (
     REQUIRED_COLUMNS,
     ModelParams,
     RetailError,
@@ -29,12 +28,13 @@ from edgewise.sync.retail import (
     read_invoice_lines,
     retail_bundle,
 )
-from edgewise.sync.retail_cli import (
+from edgewise.offline.retail_cli import (
     add_eval_offline_arguments,
     add_from_retail_arguments,
     run_eval_offline,
     run_from_retail,
 )
+from edgewise.sync.bundle import Bundle, load_bundle
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RETAIL_CSV = DATA / "online-retail" / "OnlineRetail.csv"

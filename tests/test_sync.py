@@ -263,7 +263,7 @@ def test_bad_bundle_is_refused_before_upload_and_flags_conflict(
         [
             sys.executable,
             "-m",
-            "edgewise.edge.cli",
+            "edgewise.cli",
             "edge",
             "serve",
             "--data",

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 import edgewise.sync.control_server as control_server
-from edgewise.bench.synth import synth_bundle
+from edgewise.offline.synth import synth_bundle
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, RecordChange
 from edgewise.v1 import personalizer_pb2 as pb

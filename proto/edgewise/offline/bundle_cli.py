@@ -43,7 +43,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from edgewise.bench.synth import synth_bundle
+    from edgewise.offline.synth import synth_bundle
     from edgewise.sync.bundle import BundleError
 
     for name in ("users", "items", "dim", "version"):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgewise.sync.retail import ModelParams
+    from edgewise.offline.retail import ModelParams
 
 __all__ = [
     "EVAL_OFFLINE_DOC",
@@ -128,7 +128,7 @@ def add_eval_offline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_params(pairs: list[str]) -> ModelParams:
     """`--param NAME=VALUE` overrides -> ModelParams; raises ValueError naming a bad one."""
-    from edgewise.sync.retail import ModelParams
+    from edgewise.offline.retail import ModelParams
 
     known = {f.name for f in fields(ModelParams)}
     values: dict[str, float] = {}
@@ -147,8 +147,8 @@ def parse_params(pairs: list[str]) -> ModelParams:
 
 
 def run_from_retail(args: argparse.Namespace) -> int:
+    from edgewise.offline.retail import RetailError, retail_bundle
     from edgewise.sync.bundle import BundleError
-    from edgewise.sync.retail import RetailError, retail_bundle
 
     for name in ("dim", "version"):
         if getattr(args, name) < 1:
@@ -183,9 +183,9 @@ def run_from_retail(args: argparse.Namespace) -> int:
 
 
 def run_eval_offline(args: argparse.Namespace) -> int:
+    from edgewise.offline.evaluation import evaluate_offline, format_reports
+    from edgewise.offline.retail import RetailError
     from edgewise.sync.bundle import BundleError
-    from edgewise.sync.eval_offline import evaluate_offline, format_reports
-    from edgewise.sync.retail import RetailError
 
     for name in ("k", "dim", "seeds"):
         if getattr(args, name) < 1:

@@ -41,8 +41,8 @@ import numpy as np
 from edgewise.core.decisions import DecideInput, Fallback, PlacementAsk
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.store import ReadView, Store
+from edgewise.offline.retail import ModelParams, RetailError, RetailImport, retail_bundle
 from edgewise.sync.bundle import Bundle, load_bundle
-from edgewise.sync.retail import ModelParams, RetailError, RetailImport, retail_bundle
 from edgewise.sync.snapshot import apply_bundle
 
 __all__ = [

@@ -4,7 +4,7 @@ Input: a CSV with the columns InvoiceNo, StockCode, Description, Quantity, Invoi
 CustomerID, Country (e.g. ../shared/data/online-retail/OnlineRetail.csv). `retail_bundle` writes a
 bundle with the synthetic bundles' placements (home, pdp_similar, hero_banner with the experiment
 hero_test) and returns a `RetailImport`: counts, each customer's training history and, with
-`split_date`, the held-out purchases that `edgewise.sync.eval_offline` scores against.
+`split_date`, the held-out purchases that `edgewise.offline.evaluation` scores against.
 
 Cleaning:
 

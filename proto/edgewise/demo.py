@@ -194,7 +194,7 @@ class _Procs:
         log_path = self.tmp / f"{name}.log"
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edgewise.edge.cli", *args, "--ready-file", str(ready)],
+                [sys.executable, "-m", "edgewise.cli", *args, "--ready-file", str(ready)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=self.env,
@@ -218,7 +218,7 @@ class _Procs:
 
 def _ctl(env: dict[str, str], control: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "edgewise.edge.cli", "ctl", "--control", control, *args],
+        [sys.executable, "-m", "edgewise.cli", "ctl", "--control", control, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -455,7 +455,7 @@ def _loop(
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgewise.bench.synth import synth_bundle
+    from edgewise.offline.synth import synth_bundle
 
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="edgewise-demo-"))
