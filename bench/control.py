@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import msgpack
 
-from edgewise.core.activity import TrackedEvent
+from edgewise.core.activity import Event
 from edgewise.sync.bandit_learner import CURSOR, BanditLearner
 from edgewise.sync.control_store import ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
@@ -102,9 +102,7 @@ def _records(exposures: int) -> list[tuple[str, str, bytes]]:
         }
         out.append(("exposure", str(record["id"]), msgpack.packb(record, use_bin_type=True)))
         if n % 10 == 0:
-            click = TrackedEvent(
-                f"c{n}", "click", f"u{n}", "", "", f"d{n}", "promo_slot", 0.0, T0 + n * 1_000 + 9
-            )
+            click = Event(f"c{n}", "click", f"u{n}", "", "", f"d{n}", "promo_slot", 0.0, T0 + n * 1_000 + 9)
             out.append(("event", click.event_id, click.encode()))
     return out
 

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.store import Store
 
 __all__ = ["main", "run"]
@@ -75,7 +75,7 @@ def run(n: int, step_sizes: Sequence[int]) -> dict[str, Any]:
         for size in step_sizes:
             with Store(Path(tmp) / f"s{size}", map_size=4 << 30) as store:
                 events = [
-                    TrackedEvent(f"e{j}", "view", f"u{j}", "", f"i{j % 500}", "", "", 0.0, NOW - 100 * HOUR)
+                    Event(f"e{j}", "view", f"u{j}", "", f"i{j % 500}", "", "", 0.0, NOW - 100 * HOUR)
                     for j in range(n)
                 ]
                 started = time.perf_counter()

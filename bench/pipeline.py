@@ -72,16 +72,16 @@ from numpy.typing import NDArray
 import edgewise.core.item_ranking as item_ranking_mod
 import edgewise.core.pipeline as pipeline_mod
 import edgewise.offline.synth as synth_mod
-from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.conditions import compile_condition
 from edgewise.core.decisions import (
     PERSONALIZATION,
     Context,
-    DecideInput,
-    DecisionOutput,
-    Fallback,
-    PlacementAsk,
-    PlacementOutput,
+    DecideRequest,
+    DecideResponse,
+    FallbackReason,
+    PlacementDecision,
+    PlacementRequest,
 )
 from edgewise.core.experiments import Experiment, assign, compile_experiments, in_holdout
 from edgewise.core.feature_view import FeatureView
@@ -226,7 +226,7 @@ def _local_time_text(now_ms: int, country: str) -> str:
     return datetime.fromtimestamp(now_ms / 1000, tz=offset).isoformat(timespec="seconds")
 
 
-def make_requests(pop: Population, n: int, rng: np.random.Generator) -> list[DecideInput]:
+def make_requests(pop: Population, n: int, rng: np.random.Generator) -> list[DecideRequest]:
     """`n` requests for the three placements, in the mix the module docstring describes."""
     ranks = rng.choice(len(pop.zipf_p), size=n, p=pop.zipf_p)
     seeds = rng.choice(len(pop.item_ids), size=n, p=pop.item_p)
@@ -271,24 +271,26 @@ def _request(
     consent: frozenset[str],
     seed: tuple[str, ...],
     now_ms: int,
-) -> DecideInput:
+) -> DecideRequest:
     """A request for the three placements (pdp_similar seeded with `seed`), explain=false."""
-    return DecideInput(
+    return DecideRequest(
         user_id=user_id,
         session_id=session_id,
         context=context,
         consent=consent,
         placements=(
-            PlacementAsk("home", HOME_COUNT),
-            PlacementAsk("pdp_similar", PDP_COUNT, seed_item_ids=seed),
-            PlacementAsk("hero_banner"),
+            PlacementRequest("home", HOME_COUNT),
+            PlacementRequest("pdp_similar", PDP_COUNT, seed_item_ids=seed),
+            PlacementRequest("hero_banner"),
         ),
         explain=False,
         now_ms=now_ms,
     )
 
 
-def returning_shoppers(store: Store, pop: Population, n: int, rng: np.random.Generator) -> list[DecideInput]:
+def returning_shoppers(
+    store: Store, pop: Population, n: int, rng: np.random.Generator
+) -> list[DecideRequest]:
     """`n` returning shoppers with full live activity (50 views over three days, 3 cart entries, 40
     purchases over a year, some of replenishable items, 200 items' impression counts), recorded with
     `Store.record_events`, and one request of the usual shape for each (consent, the profile's country
@@ -296,10 +298,10 @@ def returning_shoppers(store: Store, pop: Population, n: int, rng: np.random.Gen
     call this after the main measurement so their activity cannot change its decisions."""
     n_items = len(pop.item_ids)
     users = [int(pop.zipf_order[-1 - j]) for j in range(n)]
-    events: list[TrackedEvent] = []
+    events: list[Event] = []
 
     def event(kind: str, user: str, item: str, ts: int) -> None:
-        events.append(TrackedEvent(f"r{len(events)}", kind, user, "", item, "", "", 0.0, ts))
+        events.append(Event(f"r{len(events)}", kind, user, "", item, "", "", 0.0, ts))
 
     for index in users:
         user = pop.user_ids[index]
@@ -337,7 +339,7 @@ def returning_shoppers(store: Store, pop: Population, n: int, rng: np.random.Gen
     return requests
 
 
-def measure_returning(store: Store, requests: Sequence[DecideInput], passes: int) -> dict[str, float]:
+def measure_returning(store: Store, requests: Sequence[DecideRequest], passes: int) -> dict[str, float]:
     """Whole requests (read transaction + `Pipeline.decide`) for the returning shoppers, `passes` times
     over them after one warm-up pass."""
     pipeline = Pipeline()
@@ -354,16 +356,16 @@ def measure_returning(store: Store, requests: Sequence[DecideInput], passes: int
 
 
 def record_activity(
-    store: Store, pop: Population, requests: Sequence[DecideInput], rng: np.random.Generator
+    store: Store, pop: Population, requests: Sequence[DecideRequest], rng: np.random.Generator
 ) -> dict[str, int]:
     """Live activity (through `Store.record_events`) for the users and sessions the requests name."""
     units = sorted({(r.user_id, r.session_id) for r in requests if r.user_id or r.session_id})
-    events: list[TrackedEvent] = []
+    events: list[Event] = []
     counts: Counter[str] = Counter()
     n_items = len(pop.item_ids)
 
     def event(kind: str, user: str, session: str, item: str, ts: int) -> None:
-        events.append(TrackedEvent(f"e{len(events)}", kind, user, session, item, "", "", 0.0, ts))
+        events.append(Event(f"e{len(events)}", kind, user, session, item, "", "", 0.0, ts))
         counts[kind] += 1
 
     for user, session in units:
@@ -505,12 +507,12 @@ STAGES: Final = (
     ("home.rank", "(d) home: rank_items"),
     ("home.mask", "      mask + strategy + query"),
     ("home.kernel", "      top-k kernel call"),
-    ("home.post", "      rest of top-k stage (rotation, ItemOut)"),
+    ("home.post", "      rest of top-k stage (rotation, ItemResult)"),
     ("pdp_similar.campaigns", "(c) pdp_similar: campaigns"),
     ("pdp_similar.rank", "(d) pdp_similar: rank_items"),
     ("pdp_similar.mask", "      mask + seeds + query"),
-    ("pdp_similar.kernel", "      top-k kernel calls (neighbours, fill-up)"),
-    ("pdp_similar.post", "      rest of top-k stage (ItemOut)"),
+    ("pdp_similar.kernel", "      top-k kernel calls (neighbors, fill-up)"),
+    ("pdp_similar.post", "      rest of top-k stage (ItemResult)"),
     ("hero_banner.content", "(e) hero_banner: content placement"),
     ("txn_close", "    read txn close"),
     ("segments", "    all placements: segment evaluation"),
@@ -526,8 +528,8 @@ STAGES: Final = (
 
 
 def _staged_decide(
-    pipeline: Pipeline, store: Store, request: DecideInput, out: dict[str, int]
-) -> DecisionOutput:
+    pipeline: Pipeline, store: Store, request: DecideRequest, out: dict[str, int]
+) -> DecideResponse:
     """`Pipeline.decide` (explain=false) with timers between its steps; same functions, same result."""
     probe = _PROBE
     t_start = _clock()
@@ -554,7 +556,7 @@ def _staged_decide(
         pipeline._scratch.ensure(state.n_items, max((count for _, count, _ in asks), default=0), state.dim)
         local = _local_time(request)
         t_setup = _clock()
-        outputs: list[PlacementOutput] = []
+        outputs: list[PlacementDecision] = []
         segments = assigns = 0
         for ask, (placement, count, request_filter) in zip(request.placements, asks, strict=True):
             probe.reset()
@@ -563,7 +565,7 @@ def _staged_decide(
                 result = pipeline._default(
                     view, state, placement, ask, request_filter, count, shopper, request, None
                 )
-                result.fallback = Fallback.HOLDOUT
+                result.fallback = FallbackReason.HOLDOUT
             else:
                 result = pipeline._placement(
                     view,
@@ -592,7 +594,7 @@ def _staged_decide(
                 out[f"{pid}.mask"] = probe.rank - probe.top
                 out[f"{pid}.kernel"] = probe.kernel
                 out[f"{pid}.post"] = probe.top - probe.kernel
-        decision = DecisionOutput(view.version, outputs, None, tuple(sorted(memo.matched())))
+        decision = DecideResponse(view.version, outputs, None, tuple(sorted(memo.matched())))
         t_placed = _clock()
     t_end = _clock()
     out["txn_state"] = t_state - t_start
@@ -619,7 +621,7 @@ def _percentiles(values_ns: Sequence[int]) -> dict[str, float]:
     }
 
 
-def _digest(decision: DecisionOutput) -> int:
+def _digest(decision: DecideResponse) -> int:
     """A hash of everything a decision answers: compared between the passes without keeping the
     decisions alive (kept objects would make the cyclic GC run more often than in a server)."""
     return hash(
@@ -642,9 +644,9 @@ def _digest(decision: DecisionOutput) -> int:
     )
 
 
-def _count_mix(mix: dict[str, Counter[str]], request: DecideInput, decision: DecisionOutput) -> None:
+def _count_mix(mix: dict[str, Counter[str]], request: DecideRequest, decision: DecideResponse) -> None:
     for p in decision.placements:
-        label = p.strategy + (f" ({Fallback(p.fallback).name})" if p.fallback else "")
+        label = p.strategy + (f" ({FallbackReason(p.fallback).name})" if p.fallback else "")
         if p.variant_id:
             label += f" [{p.variant_id}]" if p.placement_id == "hero_banner" else " [experiment]"
         mix.setdefault(p.placement_id, Counter())[label] += 1
@@ -690,7 +692,7 @@ def noise_probe(loops: int = NOISE_LOOPS) -> int:
 
 
 def measure_pipeline(
-    store: Store, requests: Sequence[DecideInput], warmup: int, rounds: int, repeats: int = REPEATS
+    store: Store, requests: Sequence[DecideRequest], warmup: int, rounds: int, repeats: int = REPEATS
 ) -> PipelineResult:
     """Time the real pass (`repeats` times) and the staged pass over `requests`, interleaved in `rounds`
     chunks. `decide` and `request` come from the first real pass; `request_min` is each request's best
@@ -717,7 +719,7 @@ def measure_pipeline(
         best = [0] * len(part)
 
         def real_pass(
-            part: Sequence[DecideInput] = part, real: list[int] = real, best: list[int] = best
+            part: Sequence[DecideRequest] = part, real: list[int] = real, best: list[int] = best
         ) -> None:
             for j, request in enumerate(part):
                 t0 = _clock()
@@ -733,7 +735,7 @@ def measure_pipeline(
                 _count_mix(result.mix, request, decision)
 
         def repeat_pass(
-            part: Sequence[DecideInput] = part, best: list[int] = best, probe: bool = False
+            part: Sequence[DecideRequest] = part, best: list[int] = best, probe: bool = False
         ) -> None:
             for j, request in enumerate(part):
                 t0 = _clock()
@@ -747,7 +749,7 @@ def measure_pipeline(
                     noise_probe()
                     noise_ns.append(_clock() - t2)
 
-        def staged_pass(part: Sequence[DecideInput] = part, staged: list[int] = staged) -> None:
+        def staged_pass(part: Sequence[DecideRequest] = part, staged: list[int] = staged) -> None:
             with instrumented():
                 for request in part:
                     stages: dict[str, int] = {}

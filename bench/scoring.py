@@ -6,7 +6,7 @@ Run from the repository root:
     python -m bench.scoring --quick    # a few seconds, for a smoke test
     python -m bench.scoring --json     # machine-readable output
 
-For n in 1k/10k/100k items x d in 32/64 it times, interleaved in rounds so that a noisy neighbour hurts
+For n in 1k/10k/100k items x d in 32/64 it times, interleaved in rounds so that a noisy neighbor hurts
 every contender alike:
 
 - kernel: `edgewise.core.scoring.topk_dot_into` with preallocated output buffers, as the decision

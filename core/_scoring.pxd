@@ -40,7 +40,7 @@ cdef Py_ssize_t topk_half_kernel(
     float[::1] out_scores,
 ) noexcept nogil
 
-cdef Py_ssize_t neighbour_candidates_kernel(
+cdef Py_ssize_t neighbor_candidates_kernel(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,
     const int32_t[::1] seeds,

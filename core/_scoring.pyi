@@ -34,7 +34,7 @@ def topk_half_into(
     out_idx: NDArray[np.int32],
     out_scores: NDArray[np.float32],
 ) -> int: ...
-def neighbour_candidates_into(
+def neighbor_candidates_into(
     neighbors: NDArray[np.int32],
     weights: NDArray[np.float32],
     seeds: NDArray[np.int32],

@@ -502,7 +502,7 @@ cdef Py_ssize_t topk_half_kernel(
     return size
 
 
-cdef Py_ssize_t neighbour_candidates_kernel(
+cdef Py_ssize_t neighbor_candidates_kernel(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,
     const int32_t[::1] seeds,
@@ -511,7 +511,7 @@ cdef Py_ssize_t neighbour_candidates_kernel(
     int32_t[::1] cand,
     float[::1] cand_scores,
 ) noexcept nogil:
-    # The seeds' precomputed neighbour lists merged: each row once, its weights summed over the seeds in
+    # The seeds' precomputed neighbor lists merged: each row once, its weights summed over the seeds in
     # seed order, rows in order of first appearance; then only the rows the mask keeps. `slot` maps a
     # row to its position + 1 while merging (all zero on entry, restored to zero on exit).
     cdef Py_ssize_t n = mask.shape[0]
@@ -710,7 +710,7 @@ def topk_half_into(
     return written
 
 
-def neighbour_candidates_into(
+def neighbor_candidates_into(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,
     const int32_t[::1] seeds,
@@ -719,7 +719,7 @@ def neighbour_candidates_into(
     int32_t[::1] cand,
     float[::1] cand_scores,
 ):
-    """Merge the seeds' neighbour lists (weights summed) into cand/cand_scores; returns how many the mask keeps."""
+    """Merge the seeds' neighbor lists (weights summed) into cand/cand_scores; returns how many the mask keeps."""
     cdef Py_ssize_t n = mask.shape[0]
     if (
         weights.shape[0] != neighbors.shape[0]
@@ -733,7 +733,7 @@ def neighbour_candidates_into(
         )
     cdef Py_ssize_t kept
     with nogil:
-        kept = neighbour_candidates_kernel(neighbors, weights, seeds, mask, slot, cand, cand_scores)
+        kept = neighbor_candidates_kernel(neighbors, weights, seeds, mask, slot, cand, cand_scores)
     return kept
 
 

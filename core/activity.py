@@ -18,7 +18,7 @@ __all__ = [
     "CONSENT_EVENT",
     "EVENT_TYPES",
     "ActivityLimits",
-    "TrackedEvent",
+    "Event",
     "activity_key",
     "apply_event",
     "expire",
@@ -95,7 +95,7 @@ def newest_ms(activity: Activity) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class TrackedEvent:
+class Event:
     event_id: str
     type: str
     user_id: str
@@ -111,7 +111,7 @@ class TrackedEvent:
     personalization: bool = True
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> TrackedEvent:
+    def from_record(cls, record: Mapping[str, Any]) -> Event:
         """The event back from its `encode`d map (as the control plane reads forwarded events). Records
         from before the purposes were encoded count as analytics without personalization."""
         return cls(
@@ -191,7 +191,7 @@ def _without(seq: Pairs, item: str) -> Pairs:
     return tuple(e for e in seq if e[0] != item)
 
 
-def apply_event(activity: Activity, event: TrackedEvent, limits: ActivityLimits) -> Activity:
+def apply_event(activity: Activity, event: Event, limits: ActivityLimits) -> Activity:
     """The activity after `event`; unchanged for events without an item or without a built-in meaning."""
     item, ts = event.item_id, event.timestamp_ms
     if not item:

@@ -10,22 +10,22 @@ from typing import Final
 __all__ = [
     "CONTEXT_FIELDS",
     "Context",
-    "DecideInput",
-    "DecisionOutput",
+    "DecideRequest",
+    "DecideResponse",
     "Explanation",
-    "Fallback",
+    "FallbackReason",
     "ItemExplanation",
-    "ItemOut",
-    "PlacementAsk",
+    "ItemResult",
+    "PlacementDecision",
     "PlacementExplanation",
-    "PlacementOutput",
+    "PlacementRequest",
     "RequestError",
 ]
 
 PERSONALIZATION = "personalization"
 
 
-class Fallback(IntEnum):
+class FallbackReason(IntEnum):
     """Why a placement got the default experience. Numbers match edgewise.v1.FallbackReason."""
 
     NONE = 0
@@ -66,7 +66,7 @@ CONTEXT_FIELDS: Final = tuple(f.name for f in fields(Context) if f.name != "attr
 
 
 @dataclass(frozen=True, slots=True)
-class PlacementAsk:
+class PlacementRequest:
     placement_id: str
     count: int = 0  # 0 = the placement's default
     candidate_ids: tuple[str, ...] = ()
@@ -77,18 +77,18 @@ class PlacementAsk:
 
 
 @dataclass(frozen=True, slots=True)
-class DecideInput:
+class DecideRequest:
     user_id: str = ""
     session_id: str = ""
     context: Context = field(default_factory=Context)
     consent: frozenset[str] = frozenset()
-    placements: tuple[PlacementAsk, ...] = ()
+    placements: tuple[PlacementRequest, ...] = ()
     explain: bool = False
     now_ms: int = 0  # decision time (Unix ms), set by the caller: core never reads the clock
 
 
 @dataclass(slots=True)
-class ItemOut:
+class ItemResult:
     id: str
     score: float
     reason: str
@@ -128,22 +128,22 @@ class Explanation:
 
 
 @dataclass(slots=True)
-class PlacementOutput:
+class PlacementDecision:
     placement_id: str
-    items: list[ItemOut] = field(default_factory=list)
+    items: list[ItemResult] = field(default_factory=list)
     content_id: str = ""
     experiment_id: str = ""
     variant_id: str = ""
     propensity: float = 1.0
     strategy: str = ""
-    fallback: Fallback = Fallback.NONE
+    fallback: FallbackReason = FallbackReason.NONE
     campaign: str = ""  # the campaign that served, "" for the placement default
     bandit_segment: str = ""  # the segment whose bandit posteriors served, "" for the global ones
 
 
 @dataclass(slots=True)
-class DecisionOutput:
+class DecideResponse:
     snapshot_version: int
-    placements: list[PlacementOutput]
+    placements: list[PlacementDecision]
     explanation: Explanation | None = None
     segments: tuple[str, ...] = ()  # the segments the decision evaluated that matched, sorted

@@ -1,7 +1,7 @@
 """An experiment's report from the records edges forwarded: exposures and Track outcomes, attributed.
 
 Input: the records as the control plane stores them (exposure maps of `core/exposure.py`, Track events
-as `TrackedEvent.encode` maps). Exposures of the experiment give each unit its variant (a unit's first
+as `Event.encode` maps). Exposures of the experiment give each unit its variant (a unit's first
 exposure decides; a unit seen in two variants is counted in its first and reported as `mixed_units`).
 Outcomes are attributed with `core/attribution.attribute` (decision id, else recency windows). Per
 variant: units exposed, units that converted (a click for `ctr`, a purchase for `conversion`), revenue
@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from edgewise.core.activity import TrackedEvent
+from edgewise.core.activity import Event
 from edgewise.core.attribution import Exposure, Outcome, attribute
-from edgewise.core.decisions import Fallback
+from edgewise.core.decisions import FallbackReason
 from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
 from edgewise.core.report_stats import (
     Lift,
@@ -90,7 +90,7 @@ def bucket_size(first_ms: int, last_ms: int) -> int:
 
 def outcome_from_record(r: Mapping[str, Any]) -> Outcome:
     """A forwarded Track event as an outcome to attribute (its unit: the user, else the session)."""
-    e = TrackedEvent.from_record(r)
+    e = Event.from_record(r)
     return Outcome(
         event_id=e.event_id,
         type=e.type,
@@ -141,7 +141,7 @@ def experiment_report(
             e = exposure_from_record(r)
             if not e.unit:
                 continue
-            held = int(r.get("f", 0)) == int(Fallback.HOLDOUT)
+            held = int(r.get("f", 0)) == int(FallbackReason.HOLDOUT)
             all_units[e.unit] = all_units.get(e.unit, False) or held
             exposures.append(e)
             if e.experiment == experiment and by:

@@ -17,7 +17,7 @@ from typing import Any, Final
 import msgpack
 
 from edgewise.core.attribution import Exposure
-from edgewise.core.decisions import DecideInput, DecisionOutput
+from edgewise.core.decisions import DecideRequest, DecideResponse
 
 __all__ = ["ANALYTICS", "EXPOSURE_KIND", "exposure_from_record", "exposure_records"]
 
@@ -25,7 +25,7 @@ ANALYTICS: Final = "analytics"
 EXPOSURE_KIND: Final = "exposure"
 
 
-def exposure_records(decision_id: str, request: DecideInput, decision: DecisionOutput) -> list[bytes]:
+def exposure_records(decision_id: str, request: DecideRequest, decision: DecideResponse) -> list[bytes]:
     """The exposure records of a decision (none without the analytics purpose)."""
     if ANALYTICS not in request.consent:
         return []

@@ -3,7 +3,7 @@
 Candidates are a uint8 mask over item rows (availability in the request's country, filters, rerank
 candidates, exclusions), built with NumPy into per-thread scratch buffers. Scores come from the
 strategy: embedding dot products (the half-precision scan with exact rescoring, `topk_half_into`),
-co-purchase neighbours (the seeds' rows merged and ranked in the kernel), popularity (global, per
+co-purchase neighbors (the seeds' rows merged and ranked in the kernel), popularity (global, per
 country, per segment) and trending (daily counts with exponential time decay), both ranked by walking
 a per-version order, the cart, or items due for replenishment. Boosts add a per-item vector; pinned
 promotions take a share of the slots; a diversity cap and rotation (items shown N times without a
@@ -22,11 +22,17 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.core.decisions import Fallback, ItemExplanation, ItemOut, PlacementAsk, PlacementExplanation
+from edgewise.core.decisions import (
+    FallbackReason,
+    ItemExplanation,
+    ItemResult,
+    PlacementExplanation,
+    PlacementRequest,
+)
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.scoring import (
     BLOCK,
-    neighbour_candidates_into,
+    neighbor_candidates_into,
     score_order,
     topk_dot_into,
     topk_half_into,
@@ -42,9 +48,9 @@ from edgewise.core.version_state import POPULARITY_PREFIX, VersionState, read_on
 __all__ = ["Ranked", "Scratch", "Shopper", "rank_items"]
 
 DAY_MS: Final = 86_400_000
-SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbours of the last viewed item
+SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbors of the last viewed item
 REPLENISH_OVERDUE_FACTOR: Final = 3.0
-_NEIGHBOUR_ARRAYS: Final = frozenset({"item_neighbors", "item_neighbor_scores"})
+_NEIGHBOR_ARRAYS: Final = frozenset({"item_neighbors", "item_neighbor_scores"})
 _SORTED_WALK: Final = 2048  # rows of a precomputed order walked before falling back to a full scan
 _FIRST_ROWS: Final = np.arange(64, dtype=np.int32)  # 0..63, sliced per request instead of np.arange
 _FIRST_ROWS.flags.writeable = False
@@ -112,15 +118,15 @@ class Shopper:
 
 @dataclass(slots=True)
 class Ranked:
-    items: list[ItemOut]
+    items: list[ItemResult]
     strategy: str
-    fallback: Fallback
+    fallback: FallbackReason
 
 
-def miss_reason(shopper: Shopper) -> Fallback:
+def miss_reason(shopper: Shopper) -> FallbackReason:
     if not shopper.allowed:
-        return Fallback.NO_CONSENT
-    return Fallback.COLD_START if shopper.known else Fallback.UNKNOWN_USER
+        return FallbackReason.NO_CONSENT
+    return FallbackReason.COLD_START if shopper.known else FallbackReason.UNKNOWN_USER
 
 
 def _rows(state: VersionState, item_ids: Sequence[str]) -> list[int]:
@@ -225,12 +231,12 @@ def _trending(view: ReadView, state: VersionState, half_life_days: float, now_ms
 Candidates = tuple[NDArray[np.int32], NDArray[np.float32]]  # rows and their scores, unordered
 
 
-def _neighbours(
+def _neighbors(
     view: ReadView, state: VersionState, scratch: Scratch, seeds: Sequence[int], mask: NDArray[np.uint8]
 ) -> Candidates | None:
-    """The seeds' precomputed neighbour lists (scores summed over seeds), restricted to the mask.
+    """The seeds' precomputed neighbor lists (scores summed over seeds), restricted to the mask.
 
-    Reads only the seeds' rows of the neighbour arrays: from the version's copies when it has them,
+    Reads only the seeds' rows of the neighbor arrays: from the version's copies when it has them,
     else from their row chunks when the store has them (no scan, and no touch of every page of the
     2 x n x width arrays). The result is a pair of views into the thread's scratch buffers."""
     neighbors: NDArray[np.int32] | None = None
@@ -238,7 +244,7 @@ def _neighbours(
     chunk_rows: NDArray[np.int32] | None = None  # with row chunks: the seeds' own rows 0..n-1, in order
     if state.neighbors is not None and state.neighbor_scores is not None:  # the version's copies
         neighbors, weights = state.neighbors, state.neighbor_scores
-    elif state.chunked_models >= _NEIGHBOUR_ARRAYS:
+    elif state.chunked_models >= _NEIGHBOR_ARRAYS:
         neighbors = view.rows("item_neighbors", seeds)
         weights = view.rows("item_neighbor_scores", seeds)
         n = len(seeds)
@@ -249,7 +255,7 @@ def _neighbours(
         chunk_rows = None
     if neighbors is None or weights is None:
         return None
-    found = neighbour_candidates_into(
+    found = neighbor_candidates_into(
         neighbors,
         weights,
         np.array(seeds, dtype=np.int32) if chunk_rows is None else chunk_rows,
@@ -288,23 +294,23 @@ def _user_query(
     shopper: Shopper,
     query: NDArray[np.float32],
     why: PlacementExplanation | None,
-) -> tuple[NDArray[np.float32] | None, Fallback]:
+) -> tuple[NDArray[np.float32] | None, FallbackReason]:
     """The user's vector: the profile embedding, else the mean of recently viewed items."""
     profile = shopper.profile
     if profile is not None and profile.embedding:
         vector = np.frombuffer(profile.embedding, dtype="<f4")
         if vector.shape[0] != state.dim:
-            return None, Fallback.MODEL_UNAVAILABLE
+            return None, FallbackReason.MODEL_UNAVAILABLE
         np.copyto(query, vector)
         if why is not None:
             why.notes.append("user vector: profile embedding")
-        return query, Fallback.NONE
+        return query, FallbackReason.NONE
     rows = shopper.viewed_rows(state)
     if rows.shape[0] >= max(1, state.rules.cold_start_min_views):
         np.mean(embeddings[rows], axis=0, out=query)
         if why is not None:
             why.notes.append(f"user vector: mean of {len(rows)} recently viewed item(s)")
-        return query, Fallback.NONE
+        return query, FallbackReason.NONE
     return None, miss_reason(shopper)
 
 
@@ -312,7 +318,7 @@ def rank_items(
     view: ReadView,
     state: VersionState,
     scratch: Scratch,
-    ask: PlacementAsk,
+    ask: PlacementRequest,
     request_filter: Filter | None,
     count: int,
     serve: ItemServe,
@@ -352,13 +358,13 @@ def rank_items(
     scores: NDArray[np.float32] | None = None
     order: NDArray[np.int32] | None = None  # rows of `scores` best first, when known
     candidates: Candidates | None = None
-    fallback = Fallback.NONE
+    fallback = FallbackReason.NONE
     strategy = serve.strategy
     if strategy == "personalized":
         if not shopper.allowed:
-            fallback = Fallback.NO_CONSENT
+            fallback = FallbackReason.NO_CONSENT
         elif (embeddings := _embeddings(view, state)) is None:
-            fallback = Fallback.MODEL_UNAVAILABLE
+            fallback = FallbackReason.MODEL_UNAVAILABLE
         else:
             query, fallback = _user_query(state, embeddings, shopper, scratch.query, why)
             strategy = "embedding"
@@ -373,26 +379,26 @@ def rank_items(
             fallback = miss_reason(shopper)
         else:
             if serve.method != "embedding":
-                candidates = _neighbours(view, state, scratch, seeds, mask)
+                candidates = _neighbors(view, state, scratch, seeds, mask)
                 if candidates is not None and why is not None:
-                    why.notes.append(f"{candidates[0].shape[0]} neighbour(s) of the seeds pass the filters")
+                    why.notes.append(f"{candidates[0].shape[0]} neighbor(s) of the seeds pass the filters")
             if serve.method != "cooccurrence":
                 embeddings = _embeddings(view, state)
             if embeddings is not None:
-                # The query ranks by embeddings, or fills up after the neighbour lists ("auto").
+                # The query ranks by embeddings, or fills up after the neighbor lists ("auto").
                 if len(seeds) == 1:
                     np.copyto(scratch.query, embeddings[seeds[0]])
                 else:
                     np.mean(embeddings[seeds], axis=0, out=scratch.query)
                 query = scratch.query
             if candidates is None and query is None:
-                fallback = Fallback.MODEL_UNAVAILABLE
+                fallback = FallbackReason.MODEL_UNAVAILABLE
     elif strategy == "popular":
         scores, order = _popularity(view, state, serve.scope, shopper, country)
     elif strategy == "trending":
         scored = _trending(view, state, serve.half_life_days, now_ms)
         if scored is None:
-            fallback = Fallback.MODEL_UNAVAILABLE
+            fallback = FallbackReason.MODEL_UNAVAILABLE
         else:
             scores, order = scored
     elif strategy in ("cart", "replenish"):
@@ -424,8 +430,8 @@ def rank_items(
             strategy = "popular"
             scored = _popularity(view, state, default.scope, shopper, country)
         scores, order = scored
-        if fallback == Fallback.NONE:
-            fallback = Fallback.MODEL_UNAVAILABLE
+        if fallback == FallbackReason.NONE:
+            fallback = FallbackReason.MODEL_UNAVAILABLE
     return _top(
         state,
         scratch,
@@ -457,7 +463,7 @@ def _top(
     candidates: Candidates | None,
     embeddings: NDArray[np.float32] | None,
     strategy: str,
-    fallback: Fallback,
+    fallback: FallbackReason,
     why: PlacementExplanation | None,
 ) -> Ranked:
     considered = int(np.count_nonzero(mask)) if why is not None else 0
@@ -543,8 +549,8 @@ def _top(
         )
     rows, values = rows[:organic], values[:organic]
     reason = strategy
-    items = [ItemOut(state.item_ids[r], 0.0, "promotion", promoted=True) for r in pinned]
-    items += [ItemOut(state.item_ids[r], v, reason) for r, v in zip(rows, values, strict=True)]
+    items = [ItemResult(state.item_ids[r], 0.0, "promotion", promoted=True) for r in pinned]
+    items += [ItemResult(state.item_ids[r], v, reason) for r, v in zip(rows, values, strict=True)]
     if why is not None:
         why.candidates = considered
         for r in pinned:

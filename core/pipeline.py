@@ -1,15 +1,15 @@
-"""The decision pipeline: one `DecideInput` and one read view in, one `DecisionOutput` out.
+"""The decision pipeline: one `DecideRequest` and one read view in, one `DecideResponse` out.
 
 1. Resolve the placements against the snapshot's rules (bad input raises `RequestError`).
 2. Consent: without the `personalization` purpose (in the request and, for a known user, in the stored
    consent) the profile and live activity are not read at all, experiments and bandits are skipped,
    and the decision equals the anonymous one for the same context.
-3. Global holdout: a unit in it gets every placement's default experience (`Fallback.HOLDOUT`).
+3. Global holdout: a unit in it gets every placement's default experience (`FallbackReason.HOLDOUT`).
 4. Per placement, the first eligible campaign by priority wins: channel, schedule (UTC start/end, local
    hours and days), audience segments (evaluated at most once per request, through a `FeatureView` that
    enforces per-field consent). It serves fixed content, an experiment's variant, a bandit's arm, or an
    item strategy (see `item_ranking`). No eligible campaign: the placement's default.
-5. A personalization miss is never an error: the default experience plus a `Fallback` saying why.
+5. A personalization miss is never an error: the default experience plus a `FallbackReason` saying why.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from edgewise.core.activity import ActivityLimits, activity_key, expire, merge_a
 from edgewise.core.decisions import (
     PERSONALIZATION,
     Context,
-    DecideInput,
-    DecisionOutput,
+    DecideRequest,
+    DecideResponse,
     Explanation,
-    Fallback,
-    ItemOut,
-    PlacementAsk,
+    FallbackReason,
+    ItemResult,
+    PlacementDecision,
     PlacementExplanation,
-    PlacementOutput,
+    PlacementRequest,
     RequestError,
 )
 from edgewise.core.experiments import assign, in_holdout
@@ -84,7 +84,7 @@ class Pipeline:
             raise SnapshotMissing("no snapshot loaded")
         return self._cache.get(view)
 
-    def decide(self, view: ReadView, request: DecideInput) -> DecisionOutput:
+    def decide(self, view: ReadView, request: DecideRequest) -> DecideResponse:
         state = self.state(view)
         asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
         unit = request.user_id or request.session_id
@@ -115,7 +115,7 @@ class Pipeline:
                 out = self._default(
                     view, state, placement, ask, request_filter, count, shopper, request, pwhy
                 )
-                out.fallback = Fallback.HOLDOUT
+                out.fallback = FallbackReason.HOLDOUT
                 if pwhy is not None:
                     pwhy.notes.append("unit is in the global holdout")
             else:
@@ -141,9 +141,9 @@ class Pipeline:
             _explain_inputs(why, request, profile, activity)
             if features.reads is not None:
                 why.features.update(features.reads)
-        return DecisionOutput(view.version, outputs, why, tuple(sorted(memo.matched())))
+        return DecideResponse(view.version, outputs, why, tuple(sorted(memo.matched())))
 
-    def fast_default(self, view: ReadView, request: DecideInput, reason: Fallback) -> DecisionOutput:
+    def fast_default(self, view: ReadView, request: DecideRequest, reason: FallbackReason) -> DecideResponse:
         """The default experience of every placement, as cheaply as possible (overload, blown budget).
 
         Reads nothing about the user: popularity in the request's country, or the default content."""
@@ -151,11 +151,11 @@ class Pipeline:
         asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
         outputs = []
         for ask, (placement, count, _) in zip(request.placements, asks, strict=True):
-            out = PlacementOutput(placement.id, strategy="default", fallback=reason)
+            out = PlacementDecision(placement.id, strategy="default", fallback=reason)
             if placement.kind == "content":
                 out.content_id = placement.default_content
             else:
-                top: list[ItemOut] = state.derived(
+                top: list[ItemResult] = state.derived(
                     ("fast_default", placement.id, request.context.country.upper()),
                     partial(self._popular, view, state, placement, request.context.country),
                 )
@@ -163,13 +163,14 @@ class Pipeline:
                 out.items = [i for i in top if i.id not in excluded][:count]
                 out.strategy = "popular"
             outputs.append(out)
-        return DecisionOutput(view.version, outputs, None)
+        return DecideResponse(view.version, outputs, None)
 
     def _popular(
         self, view: ReadView, state: VersionState, placement: Placement, country: str
-    ) -> list[ItemOut]:
-        request = DecideInput(
-            context=Context(country=country), placements=(PlacementAsk(placement.id, placement.max_count),)
+    ) -> list[ItemResult]:
+        request = DecideRequest(
+            context=Context(country=country),
+            placements=(PlacementRequest(placement.id, placement.max_count),),
         )
         shopper = Shopper(False, False, None, None, SegmentMemo(state.rules.segments, _NO_FEATURES))
         ask = request.placements[0]
@@ -195,17 +196,17 @@ class Pipeline:
         view: ReadView,
         state: VersionState,
         placement: Placement,
-        ask: PlacementAsk,
+        ask: PlacementRequest,
         request_filter: Filter | None,
         count: int,
         shopper: Shopper,
         memo: SegmentMemo,
-        request: DecideInput,
+        request: DecideRequest,
         unit: str,
         local: datetime | None,
         why: PlacementExplanation | None,
-    ) -> PlacementOutput:
-        skipped = Fallback.NONE
+    ) -> PlacementDecision:
+        skipped = FallbackReason.NONE
         for campaign in placement.campaigns:
             if not _eligible(campaign, request, memo, local):
                 continue
@@ -214,10 +215,12 @@ class Pipeline:
                     why.notes.append(
                         f"campaign {campaign.id}: skipped (needs consent and a user or session id)"
                     )
-                if skipped == Fallback.NONE:
-                    skipped = Fallback.NO_CONSENT if not shopper.allowed else Fallback.UNKNOWN_USER
+                if skipped == FallbackReason.NONE:
+                    skipped = (
+                        FallbackReason.NO_CONSENT if not shopper.allowed else FallbackReason.UNKNOWN_USER
+                    )
                 continue
-            out = PlacementOutput(placement.id, campaign=campaign.id)
+            out = PlacementDecision(placement.id, campaign=campaign.id)
             if why is not None:
                 why.campaign = campaign.id
                 why.rule = f"campaign {campaign.id} (priority {campaign.priority})"
@@ -283,15 +286,15 @@ class Pipeline:
         view: ReadView,
         state: VersionState,
         placement: Placement,
-        ask: PlacementAsk,
+        ask: PlacementRequest,
         request_filter: Filter | None,
         count: int,
         serve: ItemServe,
         shopper: Shopper,
-        request: DecideInput,
+        request: DecideRequest,
         why: PlacementExplanation | None,
-        out: PlacementOutput,
-    ) -> PlacementOutput:
+        out: PlacementDecision,
+    ) -> PlacementDecision:
         ranked = rank_items(
             view,
             state,
@@ -314,14 +317,14 @@ class Pipeline:
         view: ReadView,
         state: VersionState,
         placement: Placement,
-        ask: PlacementAsk,
+        ask: PlacementRequest,
         request_filter: Filter | None,
         count: int,
         shopper: Shopper,
-        request: DecideInput,
+        request: DecideRequest,
         why: PlacementExplanation | None,
-    ) -> PlacementOutput:
-        out = PlacementOutput(placement.id, strategy="default")
+    ) -> PlacementDecision:
+        out = PlacementDecision(placement.id, strategy="default")
         if placement.kind == "content":
             out.content_id = placement.default_content
             return out
@@ -344,7 +347,7 @@ class Pipeline:
 
 
 def _consented_inputs(
-    view: ReadView, request: DecideInput
+    view: ReadView, request: DecideRequest
 ) -> tuple[ProfileRecord | None, Activity | None, bool]:
     """(profile, activity, allowed): nothing about the user is read without the purpose."""
     if PERSONALIZATION not in request.consent:
@@ -362,7 +365,7 @@ def _consented_inputs(
 
 
 def _explain_inputs(
-    why: Explanation, request: DecideInput, profile: ProfileRecord | None, activity: Activity | None
+    why: Explanation, request: DecideRequest, profile: ProfileRecord | None, activity: Activity | None
 ) -> None:
     ctx = request.context
     for name in ("channel", "device", "country", "page_type", "local_time"):
@@ -377,7 +380,7 @@ def _explain_inputs(
         why.features["activity.cart"] = str(len(activity.cart))
 
 
-def _eligible(campaign: Campaign, request: DecideInput, memo: SegmentMemo, local: datetime | None) -> bool:
+def _eligible(campaign: Campaign, request: DecideRequest, memo: SegmentMemo, local: datetime | None) -> bool:
     if campaign.channels and request.context.channel not in campaign.channels:
         return False
     if campaign.schedule is not None and not campaign.schedule.active(request.now_ms, local):
@@ -391,7 +394,7 @@ def _eligible(campaign: Campaign, request: DecideInput, memo: SegmentMemo, local
     return True
 
 
-def _local_time(request: DecideInput) -> datetime | None:
+def _local_time(request: DecideRequest) -> datetime | None:
     """The request's local time (context.local_time), else UTC decision time."""
     if request.context.local_time:
         try:
@@ -401,13 +404,13 @@ def _local_time(request: DecideInput) -> datetime | None:
     return datetime.utcfromtimestamp(request.now_ms / 1000) if request.now_ms else None
 
 
-def _unit_label(request: DecideInput) -> str:
+def _unit_label(request: DecideRequest) -> str:
     if request.user_id:
         return f"user:{request.user_id}"
     return f"session:{request.session_id}" if request.session_id else ""
 
 
-def _resolve(state: VersionState, i: int, ask: PlacementAsk) -> tuple[Placement, int, Filter | None]:
+def _resolve(state: VersionState, i: int, ask: PlacementRequest) -> tuple[Placement, int, Filter | None]:
     placement = state.rules.placements.get(ask.placement_id)
     if placement is None:
         known = ", ".join(sorted(state.rules.placements))

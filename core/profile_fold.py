@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-from edgewise.core.activity import CONSENT_EVENT, ActivityLimits, TrackedEvent, apply_event
+from edgewise.core.activity import CONSENT_EVENT, ActivityLimits, Event, apply_event
 from edgewise.core.records import Activity, ProfileRecord, decode_profile, encode_profile
 
 __all__ = ["ACTIVITY_EVENT_TYPES", "fold_profile", "rfm_segment"]
@@ -24,7 +24,7 @@ _ANALYTICS: Final = "analytics"
 
 
 def fold_profile(
-    user_id: str, current: bytes | None, events: Iterable[TrackedEvent], limits: ActivityLimits
+    user_id: str, current: bytes | None, events: Iterable[Event], limits: ActivityLimits
 ) -> bytes | None:
     """The user's profile record after `events`, or None when nothing changes.
 
@@ -80,7 +80,7 @@ def fold_profile(
     return encode_profile(updated)
 
 
-def _count_order(attributes: dict[str, Any], event: TrackedEvent) -> None:
+def _count_order(attributes: dict[str, Any], event: Event) -> None:
     orders = attributes.get("orders")
     attributes["orders"] = (orders if isinstance(orders, int) and not isinstance(orders, bool) else 0) + 1
     ltv = attributes.get("ltv")

@@ -39,8 +39,8 @@ __all__ = [
     "HalfIndex",
     "block_rows",
     "half_index",
-    "neighbour_candidates_into",
-    "neighbour_candidates_reference",
+    "neighbor_candidates_into",
+    "neighbor_candidates_reference",
     "score_order",
     "topk_dot",
     "topk_dot_into",
@@ -268,7 +268,7 @@ def topk_half_into(
         raise ValueError(f"invalid arguments: {exc}") from exc
 
 
-def neighbour_candidates_into(
+def neighbor_candidates_into(
     neighbors: Int32Array,
     weights: Float32Array,
     seeds: Int32Array,
@@ -277,16 +277,16 @@ def neighbour_candidates_into(
     cand: Int32Array,
     cand_scores: Float32Array,
 ) -> int:
-    """Merge the seed rows' precomputed neighbour lists into cand / cand_scores; returns how many.
+    """Merge the seed rows' precomputed neighbor lists into cand / cand_scores; returns how many.
 
-    `neighbors` [n_items, width] int32 holds neighbour rows (-1 = none), `weights` the same shape their
+    `neighbors` [n_items, width] int32 holds neighbor rows (-1 = none), `weights` the same shape their
     scores. Each row appears once, its weights summed over the seeds (in seed order), in order of first
     appearance, and only if mask[row] != 0. Rows outside [0, len(mask)) and seeds outside
     [0, n_items) are skipped. `slot` [len(mask)] int32 must be all zero; it is zero again on return.
     `cand` and `cand_scores` need len(mask) entries.
     """
     try:
-        return _scoring.neighbour_candidates_into(neighbors, weights, seeds, mask, slot, cand, cand_scores)
+        return _scoring.neighbor_candidates_into(neighbors, weights, seeds, mask, slot, cand, cand_scores)
     except (ValueError, TypeError, BufferError) as exc:
         _check_array("neighbors", neighbors, _I32, 2)
         _check_array("weights", weights, _F32, 2)
@@ -301,10 +301,10 @@ def neighbour_candidates_into(
         raise ValueError(f"invalid arguments: {exc}") from exc
 
 
-def neighbour_candidates_reference(
+def neighbor_candidates_reference(
     neighbors: Int32Array, weights: Float32Array, seeds: Int32Array, mask: UInt8Array
 ) -> tuple[Int32Array, Float32Array]:
-    """NumPy reference for `neighbour_candidates_into`: (rows, summed weights) in first-appearance order."""
+    """NumPy reference for `neighbor_candidates_into`: (rows, summed weights) in first-appearance order."""
     n = mask.shape[0]
     valid_seeds = seeds[(seeds >= 0) & (seeds < neighbors.shape[0])]
     rows = neighbors[valid_seeds].ravel()

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from edgewise.core.activity import (
     CONSENT_EVENT,
     ActivityLimits,
-    TrackedEvent,
+    Event,
     activity_key,
     apply_event,
     expire,
@@ -67,7 +67,7 @@ __all__ = [
     "StoreError",
     "StoreUsage",
     "SweepResult",
-    "TrackResult",
+    "TrackResponse",
     "replicated_digest",
 ]
 
@@ -138,7 +138,7 @@ class StoreUsage:
 
 
 @dataclass(frozen=True, slots=True)
-class TrackResult:
+class TrackResponse:
     accepted: int
     duplicates: int
     new: tuple[bool, ...] = ()  # per event, in order: True = stored now, False = a duplicate
@@ -801,11 +801,11 @@ class Store:
 
     def record_events(
         self,
-        events: Sequence[TrackedEvent],
+        events: Sequence[Event],
         limits: ActivityLimits,
         exposures: Sequence[bytes] = (),
         now_ms: int | None = None,
-    ) -> TrackResult:
+    ) -> TrackResponse:
         """Store new events durably in one transaction: the event id (dedupe) always, with the time it
         arrived (`now_ms`, default the clock: `sweep` forgets it a dedupe window later, whatever the
         event's own time), the outbox entry only with the analytics purpose, live activity only with the
@@ -855,4 +855,4 @@ class Store:
             for akey, activity in touched.items():
                 txn.put(akey.encode(), encode_activity(activity), db=activity_db)
             txn.put(_OUTBOX_SEQ_KEY, _U64.pack(seq), db=meta)
-        return TrackResult(accepted, duplicates, tuple(new))
+        return TrackResponse(accepted, duplicates, tuple(new))

@@ -1,7 +1,7 @@
 """Item strategies as rule authors write them (`serve` of a campaign or experiment variant), compiled.
 
 {"strategy": "personalized" | "similar" | "popular" | "trending" | "cart" | "replenish",
- "method": "auto" | "embedding" | "cooccurrence",      similar items: how neighbours are found
+ "method": "auto" | "embedding" | "cooccurrence",      similar items: how neighbors are found
  "scope": "global" | "country" | "segment",            popular: which popularity to rank by
  "half_life_days": 7,                                  trending: decay of daily counts
  "filters": [{"name": "category", "params": {"category": "fashion"}}, ...],

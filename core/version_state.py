@@ -7,7 +7,7 @@ zero-copy from each request's own read transaction, with two additions, both mad
 One is a half-precision copy of the item embeddings in the blocked layout the scoring kernel scans
 (`edgewise.core.scoring.half_index`, half the size of the matrix). The personalized scan reads it
 instead of the float32 matrix and rescores a few rows exactly from the matrix, so results are the
-float32 ones. The other is copies of the float32 matrix itself and of the neighbour arrays, each at
+float32 ones. The other is copies of the float32 matrix itself and of the neighbor arrays, each at
 most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns (to take page faults
 without the GIL), so reading the matrix from the store cost each personalized request one read per
 4 KiB page (312 for 10k x 32) for the few rows it needs, and a similar-items request two row chunks.
@@ -41,8 +41,8 @@ __all__ = [
 
 POPULARITY_PREFIX: Final = "item_popularity@"  # item_popularity@country:DE, item_popularity@segment:vip
 _CACHE_CAP: Final = 4096
-# Per worker, for each copy: the embeddings, and the two neighbour arrays together. 10k items: 1.25 MiB
-# (32 dims) and 3.8 MiB (50 neighbours).
+# Per worker, for each copy: the embeddings, and the two neighbor arrays together. 10k items: 1.25 MiB
+# (32 dims) and 3.8 MiB (50 neighbors).
 MODEL_COPY_MAX_BYTES: Final = 64 << 20
 
 
@@ -183,7 +183,7 @@ def build_state(view: ReadView) -> VersionState:
     valid = embeddings is not None and embeddings.ndim == 2 and embeddings.dtype == np.float32
     dim = int(embeddings.shape[1]) if embeddings is not None and embeddings.ndim == 2 else 0
     half = half_index(np.ascontiguousarray(embeddings)) if valid and embeddings is not None else None
-    neighbors, neighbor_scores = _neighbour_copies(view, n)
+    neighbors, neighbor_scores = _neighbor_copies(view, n)
     schema: Any = view.schema_doc() or {}
     fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
     purposes = {name: str(spec.get("purpose", "")) for name, spec in fields.items() if isinstance(spec, dict)}
@@ -225,8 +225,8 @@ def _copy(array: NDArray[Any]) -> NDArray[Any] | None:
     return None if array.nbytes > MODEL_COPY_MAX_BYTES else read_only_copy(array)
 
 
-def _neighbour_copies(view: ReadView, n: int) -> tuple[NDArray[np.int32] | None, NDArray[np.float32] | None]:
-    """Copies of the neighbour arrays when both are well formed ([n, width], int32 and float32) and
+def _neighbor_copies(view: ReadView, n: int) -> tuple[NDArray[np.int32] | None, NDArray[np.float32] | None]:
+    """Copies of the neighbor arrays when both are well formed ([n, width], int32 and float32) and
     together at most MODEL_COPY_MAX_BYTES; else (None, None) and requests read the store's."""
     neighbors, scores = view.array("item_neighbors"), view.array("item_neighbor_scores")
     if (

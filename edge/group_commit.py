@@ -19,8 +19,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent
-from edgewise.core.store import Store, TrackResult
+from edgewise.core.activity import ActivityLimits, Event
+from edgewise.core.store import Store, TrackResponse
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +39,18 @@ class _Pending:
 
     __slots__ = ("_done", "error", "events", "result")
 
-    def __init__(self, events: Sequence[TrackedEvent]) -> None:
+    def __init__(self, events: Sequence[Event]) -> None:
         self.events = events
-        self.result: TrackResult | None = None
+        self.result: TrackResponse | None = None
         self.error: BaseException | None = None
         self._done = threading.Lock()
         self._done.acquire()
 
-    def finish(self, result: TrackResult | None = None, error: BaseException | None = None) -> None:
+    def finish(self, result: TrackResponse | None = None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
         self._done.release()
 
-    def wait(self, timeout: float | None) -> TrackResult:
+    def wait(self, timeout: float | None) -> TrackResponse:
         if not self._done.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError(f"events not committed within {timeout} s")
         if self.error is not None:
@@ -87,7 +87,7 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="track-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, events: Sequence[TrackedEvent], timeout: float | None = None) -> TrackResult:
+    def submit(self, events: Sequence[Event], timeout: float | None = None) -> TrackResponse:
         """Store `events` durably; return once committed (raises on failure or shutdown)."""
         pending = _Pending(events)
         with self._cond:
@@ -180,4 +180,4 @@ class GroupCommitter:
                 flags = result.new[offset : offset + len(p.events)]
                 offset += len(p.events)
                 accepted = sum(flags)
-                p.finish(TrackResult(accepted, len(flags) - accepted, flags))
+                p.finish(TrackResponse(accepted, len(flags) - accepted, flags))

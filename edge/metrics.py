@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgewise.core.decisions import Fallback
+from edgewise.core.decisions import FallbackReason
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ STATUS_CODES: Final = (
     "DATA_LOSS",
     "UNAUTHENTICATED",
 )
-#: Label values of edgewise_fallbacks_total: the Fallback (FallbackReason) names but NONE, lower case.
-FALLBACK_REASONS: Final = tuple(f.name.lower() for f in Fallback if f is not Fallback.NONE)
+#: Label values of edgewise_fallbacks_total: the FallbackReason names but NONE, lower case.
+FALLBACK_REASONS: Final = tuple(f.name.lower() for f in FallbackReason if f is not FallbackReason.NONE)
 MAX_PLACEMENT_LABELS: Final = 64
 OTHER: Final = "other"
 TRACK_RESULTS: Final = ("accepted", "duplicate")
@@ -324,7 +324,7 @@ class WorkerMetrics:
         slots[total] += 1.0
 
     def decision(self, placement: str, fallback_reason: int = 0) -> None:
-        """One placement decided; `fallback_reason` a Fallback / FallbackReason value (0 = personalized).
+        """One placement decided; `fallback_reason` a FallbackReason value (0 = personalized).
         Placements not in the layout count as "other"; unknown reason values are not counted."""
         self._slots[self._placement_slot.get(placement, self._other)] += 1.0
         if 0 < fallback_reason < len(self._reason_slot):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from edgewise.core.activity import ActivityLimits
-from edgewise.core.decisions import Fallback, RequestError
+from edgewise.core.decisions import FallbackReason, RequestError
 from edgewise.core.exposure import ANALYTICS, exposure_records
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.store import Store
@@ -92,9 +92,9 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
             remaining = context.time_remaining()
             shortcut = None
             if remaining is not None and remaining * 1000 < self._options.min_budget_ms:
-                shortcut = Fallback.BUDGET_EXCEEDED
+                shortcut = FallbackReason.BUDGET_EXCEEDED
             elif self._options.overload == "default" and busy > self._options.max_in_flight:
-                shortcut = Fallback.OVERLOADED
+                shortcut = FallbackReason.OVERLOADED
                 if self._metrics is not None:
                     self._metrics.shed()
             with self._store.read() as view:

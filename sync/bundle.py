@@ -1,7 +1,7 @@
 """Bundles: read, validate and write the on-disk bundle format (docs/bundle-format.md).
 
 `load_bundle` validates every file of a bundle directory (manifest, checksums, schema, catalog,
-profiles, rules, model arrays, optional co-purchase neighbour lists) and returns an immutable
+profiles, rules, model arrays, optional co-purchase neighbor lists) and returns an immutable
 in-memory `Bundle`, or raises `BundleError` on the first problem, naming the file, the record and
 the field. `write_bundle` writes a bundle directory (manifest last, atomically) and validates its
 own output with `load_bundle`.
@@ -139,7 +139,7 @@ class Bundle:
     item_embeddings: NDArray[np.float32]  # [n_items, dim], C-contiguous
     item_popularity: NDArray[np.float32]  # [n_items]
     user_embeddings: NDArray[np.float32] | None  # [n_profiles, dim]
-    # co-purchase neighbours: row indexes into items (-1 = padding) and their scores (0 where padded)
+    # co-purchase neighbors: row indexes into items (-1 = padding) and their scores (0 where padded)
     item_neighbors: NDArray[np.int32] | None = None  # [n_items, k]
     item_neighbor_scores: NDArray[np.float32] | None = None  # [n_items, k]
     # More model arrays by store name: "item_daily_counts" [n_items, days] (column -1 = the day
@@ -593,7 +593,7 @@ def _check_vectors(name: str, array: NDArray[np.float32], ids: list[str], kind: 
 def _load_neighbors(
     root: Path, files: Mapping[str, Any], item_ids: list[str]
 ) -> tuple[NDArray[np.int32] | None, NDArray[np.float32] | None]:
-    """The optional co-purchase neighbour lists: both files or neither, checked row by row."""
+    """The optional co-purchase neighbor lists: both files or neither, checked row by row."""
     has_rows, has_scores = ITEM_NEIGHBORS in files, ITEM_NEIGHBOR_SCORES in files
     if not has_rows and not has_scores:
         return None, None
@@ -631,27 +631,26 @@ def _load_neighbors(
     if hit is not None:
         raise BundleError(
             ITEM_NEIGHBORS,
-            f"neighbour {hit[1]}: {int(neighbors[hit])} is not an item row in [0, {n_items}) "
-            "nor -1 (padding)",
+            f"neighbor {hit[1]}: {int(neighbors[hit])} is not an item row in [0, {n_items}) nor -1 (padding)",
             record=where(hit[0]),
         )
     hit = first(neighbors == np.arange(n_items, dtype=np.int32)[:, None])
     if hit is not None:
         raise BundleError(
-            ITEM_NEIGHBORS, f"neighbour {hit[1]}: an item is not its own neighbour", record=where(hit[0])
+            ITEM_NEIGHBORS, f"neighbor {hit[1]}: an item is not its own neighbor", record=where(hit[0])
         )
     hit = first(padded[:, :-1] & ~padded[:, 1:])
     if hit is not None:
         raise BundleError(
             ITEM_NEIGHBORS,
-            f"neighbour {hit[1] + 1} follows padding (-1 only at the end of a row)",
+            f"neighbor {hit[1] + 1} follows padding (-1 only at the end of a row)",
             record=where(hit[0]),
         )
     ordered = np.sort(neighbors, axis=1)
     hit = first((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0))
     if hit is not None:
         raise BundleError(
-            ITEM_NEIGHBORS, f"duplicate neighbour {int(ordered[hit[0], hit[1]])}", record=where(hit[0])
+            ITEM_NEIGHBORS, f"duplicate neighbor {int(ordered[hit[0], hit[1]])}", record=where(hit[0])
         )
     hit = first(~np.isfinite(scores))
     if hit is not None:

@@ -383,7 +383,7 @@ class _Delta:
             self.arrays[POPULARITY][row] = popularity
 
     def _append_row(self) -> None:
-        """One more row in every per-item array: -1 in the neighbour lists, 0 everywhere else."""
+        """One more row in every per-item array: -1 in the neighbor lists, 0 everywhere else."""
         for name, array in self.arrays.items():
             fill = -1 if name == NEIGHBORS else 0
             extra = np.full((1, *array.shape[1:]), fill, dtype=array.dtype)
@@ -442,7 +442,7 @@ class _Delta:
 def swap_remove_neighbors(
     neighbors: NDArray[np.int32], scores: NDArray[np.float32], row: int
 ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
-    """Neighbour lists after item `row` is swap-removed (the last row moves into `row`).
+    """Neighbor lists after item `row` is swap-removed (the last row moves into `row`).
 
     Entries pointing at `row` become padding (-1, score 0), entries pointing at the last row are
     renumbered to `row`, and every list keeps its padding at its end (order of the rest kept).

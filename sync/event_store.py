@@ -5,7 +5,7 @@ busy event stream never holds up pushes:
 
 - `ids`: event id (UTF-8) -> 8-byte big-endian sequence number: the de-duplication index.
 - `log`: 8-byte big-endian sequence -> msgpack `{"node": node id, "kind": "event" | "exposure", "e":
-  payload}` where payload is the record as the edge stored it (`TrackedEvent.encode`, or an exposure
+  payload}` where payload is the record as the edge stored it (`Event.encode`, or an exposure
   record of `core/exposure.py`, whose id is "<decision id>:<placement id>").
 - `users`: user id (UTF-8) -> the 8-byte sequences of that user's records (sorted duplicates): what
   `forget` deletes, without reading the whole log. A store from before it is indexed when opened

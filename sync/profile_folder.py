@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Final
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.profile_fold import fold_profile
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
@@ -65,11 +65,11 @@ class ProfileFolder:
         rows = self.events.batch_after(self.store.cursor(CURSOR), self.batch)
         if not rows:
             return None
-        by_user: dict[str, list[TrackedEvent]] = {}
+        by_user: dict[str, list[Event]] = {}
         for _, _, record in rows:
             if record.get("k") == EXPOSURE_KIND:
                 continue
-            event = TrackedEvent.from_record(record)
+            event = Event.from_record(record)
             if event.user_id:
                 by_user.setdefault(event.user_id, []).append(event)
         last = rows[-1][0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 
-from edgewise.core.activity import TrackedEvent
+from edgewise.core.activity import Event
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.sync.bandit_learner import CURSOR, BanditLearner
 from edgewise.sync.control_store import ControlStore, RecordChange
@@ -40,7 +40,7 @@ def _exposure(n: int, arm: str) -> tuple[str, str, bytes]:
 
 
 def _click(n: int, tag: str = "") -> tuple[str, str, bytes]:
-    event = TrackedEvent(
+    event = Event(
         f"click-{n}{tag}", "click", f"u{n}", "", "", f"d{n}", "promo_slot", 0.0, T0 + n * 1_000 + 500
     )
     return "event", event.event_id, event.encode()

@@ -500,14 +500,14 @@ def test_bundle_error_survives_pickling() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# optional co-purchase neighbours (models/item_neighbors.npy + models/item_neighbor_scores.npy)
+# optional co-purchase neighbors (models/item_neighbors.npy + models/item_neighbor_scores.npy)
 
 NEIGHBORS_FILE = "models/item_neighbors.npy"
 SCORES_FILE = "models/item_neighbor_scores.npy"
 
 
 def _neighbor_arrays(n_items: int, k: int = 4) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Row i lists i+1 .. i+k (mod n), best first; row 5 is padded after two neighbours."""
+    """Row i lists i+1 .. i+k (mod n), best first; row 5 is padded after two neighbors."""
     rows = np.arange(n_items)
     neighbors = np.stack([(rows + j) % n_items for j in range(1, k + 1)], axis=1).astype(np.int32)
     scores = np.tile(np.linspace(1.0, 0.25, k, dtype=np.float32), (n_items, 1))
@@ -544,7 +544,7 @@ def test_neighbors_round_trip(with_neighbors: Path, good: Bundle) -> None:
     np.testing.assert_array_equal(loaded.item_neighbors, expected_rows)
     np.testing.assert_array_equal(loaded.item_neighbor_scores, expected_scores)
     assert bundle_summary(loaded)["item_neighbors"] == 4
-    # Synthetic bundles carry 50 embedding neighbours per item (the arrays are optional in general).
+    # Synthetic bundles carry 50 embedding neighbors per item (the arrays are optional in general).
     assert good.item_neighbors is not None and bundle_summary(good)["item_neighbors"] == 50
 
 
@@ -592,11 +592,11 @@ def test_refuses_neighbor_shape_mismatches(with_neighbors: Path, good: Bundle) -
 @pytest.mark.parametrize(
     ("row", "col", "value", "reason"),
     [
-        (7, 1, SMALL_ITEMS, f"neighbour 1: {SMALL_ITEMS} is not an item row in [0, {SMALL_ITEMS})"),
-        (7, 1, -2, "neighbour 1: -2 is not an item row"),
-        (9, 0, 9, "neighbour 0: an item is not its own neighbour"),
-        (5, 3, 40, "neighbour 3 follows padding (-1 only at the end of a row)"),
-        (11, 2, 12, "duplicate neighbour 12"),
+        (7, 1, SMALL_ITEMS, f"neighbor 1: {SMALL_ITEMS} is not an item row in [0, {SMALL_ITEMS})"),
+        (7, 1, -2, "neighbor 1: -2 is not an item row"),
+        (9, 0, 9, "neighbor 0: an item is not its own neighbor"),
+        (5, 3, 40, "neighbor 3 follows padding (-1 only at the end of a row)"),
+        (11, 2, 12, "duplicate neighbor 12"),
     ],
 )
 def test_refuses_bad_neighbor_rows(

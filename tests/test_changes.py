@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from edgewise.core.decisions import Context, DecideInput, PlacementAsk
+from edgewise.core.decisions import Context, DecideRequest, PlacementRequest
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.records import decode_array, decode_item, decode_profile
 from edgewise.core.store import REPLICATED, Store
@@ -79,7 +79,7 @@ def _state_reader(state: DictState) -> StateReader:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    # 60 items with 50 neighbours each: deletes hit most neighbour lists
+    # 60 items with 50 neighbors each: deletes hit most neighbor lists
     path = synth_bundle(tmp_path_factory.mktemp("changes") / "b", users=40, items=60, seed=5, dim=8)
     return load_bundle(path)
 
@@ -121,7 +121,7 @@ def load_store(state: DictState, path: Path, version: int = 2) -> Store:
     return store
 
 
-def decide_ids(store: Store, request: DecideInput) -> list[str]:
+def decide_ids(store: Store, request: DecideRequest) -> list[str]:
     with store.read() as view:
         out = Pipeline().decide(view, request)
     return [item.id for item in out.placements[0].items]
@@ -336,7 +336,7 @@ def test_rules_upsert_with_a_changed_campaign(bundle: Bundle, state: DictState, 
     assert keys(changes) == {("rules", "rules")}
     assert msgpack.unpackb(state.data["rules"]["rules"], raw=False) == rules
     with load_store(state, tmp_path / "s") as store, store.read() as view:
-        out = Pipeline().decide(view, DecideInput(placements=(PlacementAsk("hero_banner"),)))
+        out = Pipeline().decide(view, DecideRequest(placements=(PlacementRequest("hero_banner"),)))
     assert out.placements[0].content_id == "hero_spring_sale"
 
 
@@ -473,24 +473,25 @@ def test_item_sequences_keep_the_edge_working(bundle: Bundle, state: DictState, 
             assert vs.dim == bundle.dim and vs.daily_counts_end_ms == bundle.daily_counts_end_ms
             new3 = vs.rows["new-3"]
             assert vs.availability("FR")[new3] and not vs.availability("DE")[new3]
-        anonymous = decide_ids(store, DecideInput(placements=(PlacementAsk("home", 50),)))
+        anonymous = decide_ids(store, DecideRequest(placements=(PlacementRequest("home", 50),)))
         assert anonymous[0] == "new-1" and "new-3" not in anonymous  # new-3 is sold in FR only
         in_fr = decide_ids(
-            store, DecideInput(context=Context(country="FR"), placements=(PlacementAsk("home", 50),))
+            store, DecideRequest(context=Context(country="FR"), placements=(PlacementRequest("home", 50),))
         )
         personal = decide_ids(
-            store, DecideInput(user_id="u-fresh", consent=CONSENT, placements=(PlacementAsk("home", 50),))
+            store,
+            DecideRequest(user_id="u-fresh", consent=CONSENT, placements=(PlacementRequest("home", 50),)),
         )
         for out in (anonymous, in_fr, personal):
             assert not deleted & set(out)
         assert personal
-        # "similar" reads the remapped neighbour lists: every seed's answer comes from its own list
+        # "similar" reads the remapped neighbor lists: every seed's answer comes from its own list
         row_ids = state.row_ids()
         nb = state.array(NEIGHBORS)
         everywhere = {k for k, v in state.items("items") if "*" in decode_item(k, v).regions}
         for row, seed in enumerate(row_ids):
             similar = decide_ids(
-                store, DecideInput(placements=(PlacementAsk("pdp_similar", 5, seed_item_ids=(seed,)),))
+                store, DecideRequest(placements=(PlacementRequest("pdp_similar", 5, seed_item_ids=(seed,)),))
             )
             listed = {row_ids[r] for r in nb[row] if r >= 0} & everywhere
             first = similar[: min(5, len(listed))]  # the rest fills up by embedding
@@ -502,7 +503,7 @@ def test_item_sequences_keep_the_edge_working(bundle: Bundle, state: DictState, 
 
 
 def _reference_after(bundle: Bundle, ops: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """Neighbour lists by item id after the ops, done the slow way: ids, not rows."""
+    """Neighbor lists by item id after the ops, done the slow way: ids, not rows."""
     ids = [item.id for item in bundle.items]
     assert bundle.item_neighbors is not None
     lists = {ids[i]: [ids[r] for r in row if r >= 0] for i, row in enumerate(bundle.item_neighbors.tolist())}
@@ -595,7 +596,7 @@ def _slow_swap_remove(
 
 
 @st.composite
-def neighbour_matrix(draw: st.DrawFn) -> tuple[NDArray[np.int32], NDArray[np.float32], int]:
+def neighbor_matrix(draw: st.DrawFn) -> tuple[NDArray[np.int32], NDArray[np.float32], int]:
     n = draw(st.integers(1, 12))
     k = draw(st.integers(1, 6))
     nb = np.full((n, k), -1, dtype=np.int32)
@@ -615,7 +616,7 @@ def neighbour_matrix(draw: st.DrawFn) -> tuple[NDArray[np.int32], NDArray[np.flo
 
 
 @settings(max_examples=200, deadline=None)
-@given(case=neighbour_matrix())
+@given(case=neighbor_matrix())
 def test_swap_remove_neighbors_matches_a_slow_reference(
     case: tuple[NDArray[np.int32], NDArray[np.float32], int],
 ) -> None:

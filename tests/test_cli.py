@@ -134,7 +134,7 @@ def test_demo_runs_end_to_end() -> None:
     out = result.stdout
     assert "anonymous default for home: yes" in out
     assert "left home: yes" in out
-    assert "pdp_similar now shows neighbours of: i" in out
+    assert "pdp_similar now shows neighbors of: i" in out
     assert "home now serves campaign 'cart_reminder'" in out
     assert "both edges hold identical data (SHA-256 of every replicated record): yes" in out
     assert "gets the same home items on both edges: yes" in out

@@ -101,7 +101,7 @@ def test_bad_hello_is_invalid_argument(
 def test_records_of_a_forgotten_user_forwarded_after_the_forget_are_dropped(tmp_path: Path) -> None:
     # An edge that has not applied a forget yet still forwards what it queued for that user: the control
     # plane acknowledges those records (so the edge drops them) and does not store them again.
-    from edgewise.core.activity import TrackedEvent
+    from edgewise.core.activity import Event
     from edgewise.sync.event_store import EventStore
 
     store = ControlStore(tmp_path / "control")
@@ -120,7 +120,7 @@ def test_records_of_a_forgotten_user_forwarded_after_the_forget_are_dropped(tmp_
             sync_pb2.OutboxRecord(
                 seq=first_seq + n,
                 kind="event",
-                payload=TrackedEvent(f"{tag}-{n}", "view", user, "", "i1", "", "", 0.0, 1_000).encode(),
+                payload=Event(f"{tag}-{n}", "view", user, "", "i1", "", "", 0.0, 1_000).encode(),
             )
             for n, user in enumerate(users)
         ]
@@ -179,7 +179,7 @@ def test_forget_status_lists_the_newest_forgets_or_one_user_within_a_cap(tmp_pat
 
 def test_a_record_that_can_never_be_stored_is_acked_and_dropped_not_refused_forever(tmp_path: Path) -> None:
     # The edge's forwarder sends a refused batch again and again: one bad record must not stop the rest.
-    from edgewise.core.activity import TrackedEvent
+    from edgewise.core.activity import Event
     from edgewise.sync.event_store import EventStore
 
     store = ControlStore(tmp_path / "control")
@@ -188,7 +188,7 @@ def test_a_record_that_can_never_be_stored_is_acked_and_dropped_not_refused_fore
     sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store, events=events), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    good = TrackedEvent("g1", "view", "u1", "", "i1", "", "", 0.0, 1_000).encode()
+    good = Event("g1", "view", "u1", "", "i1", "", "", 0.0, 1_000).encode()
     records = [
         sync_pb2.OutboxRecord(seq=1, kind="event", payload=b"\xc1 not msgpack"),
         sync_pb2.OutboxRecord(seq=2, kind="event", payload=good),

@@ -15,8 +15,14 @@ import pytest
 from conftest import rewrite_manifest
 
 from edgewise.core import version_state
-from edgewise.core.activity import ActivityLimits, TrackedEvent
-from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, PlacementOutput
+from edgewise.core.activity import ActivityLimits, Event
+from edgewise.core.decisions import (
+    Context,
+    DecideRequest,
+    FallbackReason,
+    PlacementDecision,
+    PlacementRequest,
+)
 from edgewise.core.experiments import FORCE_ATTRIBUTE_PREFIX, assign, in_holdout
 from edgewise.core.feature_view import DENIED, FeatureView
 from edgewise.core.pipeline import Pipeline
@@ -73,10 +79,10 @@ def _user(
 
 def _decide(
     engine: tuple[Store, Bundle, Pipeline], *placements: str, **kw: Any
-) -> dict[str, PlacementOutput]:
+) -> dict[str, PlacementDecision]:
     store, _, pipeline = engine
     kw.setdefault("now_ms", NOW)
-    request = DecideInput(placements=tuple(PlacementAsk(p) for p in placements), **kw)
+    request = DecideRequest(placements=tuple(PlacementRequest(p) for p in placements), **kw)
     with store.read() as view:
         out = pipeline.decide(view, request)
     return {p.placement_id: p for p in out.placements}
@@ -84,7 +90,7 @@ def _decide(
 
 def _track(engine: tuple[Store, Bundle, Pipeline], user: str, kind: str, item: str, ts: int) -> None:
     store, _, _ = engine
-    event = TrackedEvent(f"{user}-{kind}-{item}-{ts}", kind, user, "", item, "", "", 0.0, ts)
+    event = Event(f"{user}-{kind}-{item}-{ts}", kind, user, "", item, "", "", 0.0, ts)
     store.record_events([event], ActivityLimits())
 
 
@@ -158,7 +164,7 @@ def test_holdout_gets_the_default_everywhere(engine: tuple[Store, Bundle, Pipeli
         p.id for p in engine[1].profiles if "personalization" in p.consent and in_holdout(rules.holdout, p.id)
     )
     out = _decide(engine, "home", "hero_banner", "promo_slot", user_id=user, consent=CONSENT)
-    assert {p.fallback for p in out.values()} == {Fallback.HOLDOUT}
+    assert {p.fallback for p in out.values()} == {FallbackReason.HOLDOUT}
     assert out["hero_banner"].content_id == "hero_default" and not out["hero_banner"].experiment_id
     anonymous = _decide(engine, "home")["home"]
     assert [i.id for i in out["home"].items] == [i.id for i in anonymous.items]
@@ -209,7 +215,7 @@ def test_bandit_propensities_are_the_policy_s(engine: tuple[Store, Bundle, Pipel
 
 def test_deals_promotions_boosts_and_diversity(engine: tuple[Store, Bundle, Pipeline]) -> None:
     deals = _decide(engine, "deals", explain=True)["deals"]
-    assert deals.fallback == Fallback.NONE and deals.strategy == "popular"
+    assert deals.fallback == FallbackReason.NONE and deals.strategy == "popular"
     promoted = [i for i in deals.items if i.promoted]
     assert promoted and promoted == deals.items[: len(promoted)]
     assert {i.id for i in promoted} <= {"i0", "i1"}
@@ -220,7 +226,7 @@ def test_deals_promotions_boosts_and_diversity(engine: tuple[Store, Bundle, Pipe
     store, _, pipeline = engine
     with store.read() as view:
         out = pipeline.decide(
-            view, DecideInput(placements=(PlacementAsk("deals", 20),), explain=True, now_ms=NOW)
+            view, DecideRequest(placements=(PlacementRequest("deals", 20),), explain=True, now_ms=NOW)
         )
     why = out.explanation
     assert why is not None
@@ -248,9 +254,11 @@ def test_request_filters_past_the_derived_cache_cap_leave_it_caching(
     store, _, pipeline = engine
     state = _state(engine)
     for n in range(version_state._CACHE_CAP + 10):
-        ask = PlacementAsk("home", 3, filter="category", filter_params={"category": f"no-such-category/{n}"})
+        ask = PlacementRequest(
+            "home", 3, filter="category", filter_params={"category": f"no-such-category/{n}"}
+        )
         with store.read() as view:
-            out = pipeline.decide(view, DecideInput(placements=(ask,), now_ms=NOW))
+            out = pipeline.decide(view, DecideRequest(placements=(ask,), now_ms=NOW))
         assert out.placements[0].items == []  # nothing in that category: no items, no error
     builds: list[str] = []
 
@@ -297,13 +305,13 @@ def test_home_algorithm_experiment(engine: tuple[Store, Bundle, Pipeline]) -> No
 def test_explanation_names_campaign_segments_and_reads(engine: tuple[Store, Bundle, Pipeline]) -> None:
     store, _, pipeline = engine
     user = _user(engine, skip=4)
-    request = DecideInput(
+    request = DecideRequest(
         user_id=user,
         consent=CONSENT,
         explain=True,
         now_ms=NOW,
         context=Context(country="DE", device="mobile"),
-        placements=(PlacementAsk("home", 5), PlacementAsk("hero_banner")),
+        placements=(PlacementRequest("home", 5), PlacementRequest("hero_banner")),
     )
     with store.read() as view:
         why = pipeline.decide(view, request).explanation
@@ -348,13 +356,13 @@ def test_channels_and_local_time_schedule(bundle_dir: Path, tmp_path: Path) -> N
         apply_bundle(store, bundle)
         pipeline = Pipeline()
 
-        def hero(channel: str, local_time: str, now_ms: int = NOW) -> PlacementOutput:
-            request = DecideInput(
+        def hero(channel: str, local_time: str, now_ms: int = NOW) -> PlacementDecision:
+            request = DecideRequest(
                 session_id="s1",
                 consent=CONSENT,
                 now_ms=now_ms,
                 context=Context(channel=channel, local_time=local_time),
-                placements=(PlacementAsk("hero_banner"),),
+                placements=(PlacementRequest("hero_banner"),),
             )
             with store.read() as view:
                 return pipeline.decide(view, request).placements[0]
@@ -423,7 +431,7 @@ def test_propensity_of_an_experiment_matches_the_share_of_units(
 def test_trending_decays_daily_counts(engine: tuple[Store, Bundle, Pipeline]) -> None:
     _, bundle, _ = engine
     trending = _decide(engine, "trending")["trending"]
-    assert trending.strategy == "trending" and trending.fallback == Fallback.NONE
+    assert trending.strategy == "trending" and trending.fallback == FallbackReason.NONE
     counts = bundle.extra_models["item_daily_counts"].astype(np.float64)
     days = counts.shape[1]
     age = (NOW // DAY - bundle.daily_counts_end_ms // DAY) + (days - 1 - np.arange(days))
@@ -475,7 +483,7 @@ def test_extra_model_files_are_validated(bundle_dir: Path, tmp_path: Path) -> No
         load_bundle(out)
 
 
-def test_similar_items_walk_the_neighbour_lists_then_fill(engine: tuple[Store, Bundle, Pipeline]) -> None:
+def test_similar_items_walk_the_neighbor_lists_then_fill(engine: tuple[Store, Bundle, Pipeline]) -> None:
     store, bundle, pipeline = engine
     assert bundle.item_neighbors is not None and bundle.item_neighbor_scores is not None
     state = _state(engine)
@@ -485,9 +493,9 @@ def test_similar_items_walk_the_neighbour_lists_then_fill(engine: tuple[Store, B
     expected = [bundle.items[r].id for r in bundle.item_neighbors[row] if r >= 0]
     expected = [i for i in expected if i in everywhere][:8]
 
-    def similar(count: int, **ask: Any) -> PlacementOutput:
-        request = DecideInput(
-            placements=(PlacementAsk("pdp_similar", count, seed_item_ids=(seed,), **ask),),
+    def similar(count: int, **ask: Any) -> PlacementDecision:
+        request = DecideRequest(
+            placements=(PlacementRequest("pdp_similar", count, seed_item_ids=(seed,), **ask),),
             now_ms=NOW,
             explain=True,
         )
@@ -496,7 +504,7 @@ def test_similar_items_walk_the_neighbour_lists_then_fill(engine: tuple[Store, B
 
     out = similar(8)
     assert out.strategy == "similar" and [i.id for i in out.items] == expected
-    # Excluding most neighbours: the list is filled up from embedding similarity, never short.
+    # Excluding most neighbors: the list is filled up from embedding similarity, never short.
     many = similar(8, exclude_ids=tuple(expected[:6]))
     assert len(many.items) == 8 and not set(expected[:6]) & {i.id for i in many.items}
     assert [i.id for i in many.items][:2] == expected[6:8]
@@ -515,8 +523,12 @@ def test_boosts_add_to_personalized_scores(bundle_dir: Path, tmp_path: Path) -> 
     user = bundle.profiles[row].id
     with Store(tmp_path / "s", map_size=1 << 30) as store:
         apply_bundle(store, bundle)
-        request = DecideInput(
-            user_id=user, consent=CONSENT, placements=(PlacementAsk("deals", 10),), explain=True, now_ms=NOW
+        request = DecideRequest(
+            user_id=user,
+            consent=CONSENT,
+            placements=(PlacementRequest("deals", 10),),
+            explain=True,
+            now_ms=NOW,
         )
         with store.read() as view:
             out = Pipeline().decide(view, request)

@@ -148,7 +148,7 @@ def test_similar_items_from_explicit_seeds(channel: grpc.Channel, bundle_dir: Pa
     similar = response.placements[0]
     assert similar.strategy == "similar"
     assert "i5" not in _ids(similar)
-    # The neighbours are the items whose embeddings are closest to the seed's (among items shown everywhere).
+    # The neighbors are the items whose embeddings are closest to the seed's (among items shown everywhere).
     emb = np.load(bundle_dir / "models" / "item_embeddings.npy")
     ids = [json.loads(line)["id"] for line in (bundle_dir / "items.jsonl").read_text().splitlines()]
     scores = {ids[j]: float(emb[j] @ emb[ids.index("i5")]) for j in range(len(ids))}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgewise.core.activity import TrackedEvent
+from edgewise.core.activity import Event
 from edgewise.sync.control_serve import retention_ms
 from edgewise.sync.control_store import ControlStore
 from edgewise.sync.event_retention import EventRetention
@@ -23,7 +23,7 @@ NOW = 400 * DAY
 
 
 def _event(n: int, ts: int, user: str = "") -> tuple[str, str, bytes]:
-    event = TrackedEvent(f"e{n}", "view", user or f"u{n % 4}", "", "i1", "", "", 0.0, ts)
+    event = Event(f"e{n}", "view", user or f"u{n % 4}", "", "i1", "", "", 0.0, ts)
     return "event", event.event_id, event.encode()
 
 

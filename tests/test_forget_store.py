@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from edgewise.core import store as store_module
-from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.records import ProfileRecord, encode_profile
 from edgewise.core.store import Store
 from edgewise.edge.housekeeping import Housekeeper
@@ -145,8 +145,8 @@ def test_a_layout_1_store_is_upgraded_when_opened(tmp_path: Path) -> None:
         assert store.history(1)[0].description == "forget u1"
 
 
-def _event(event_id: str, user: str, item: str) -> TrackedEvent:
-    return TrackedEvent(event_id, "view", user, "", item, "", "", 0.0, 1_000)
+def _event(event_id: str, user: str, item: str) -> Event:
+    return Event(event_id, "view", user, "", item, "", "", 0.0, 1_000)
 
 
 def _holds(store: Store, user: str) -> list[str]:
@@ -239,10 +239,10 @@ def _stored_users(events: EventStore) -> list[str]:
 def test_the_event_store_forgets_a_user_by_its_index_and_indexes_an_older_store(tmp_path: Path) -> None:
     path = tmp_path / "events"
     records = [
-        ("event", f"e{n}", TrackedEvent(f"e{n}", "view", f"u{n % 3}", "", "i1", "", "", 0.0, n).encode())
+        ("event", f"e{n}", Event(f"e{n}", "view", f"u{n % 3}", "", "i1", "", "", 0.0, n).encode())
         for n in range(30)
     ]
-    records.append(("event", "anon", TrackedEvent("anon", "view", "", "s1", "i1", "", "", 0.0, 99).encode()))
+    records.append(("event", "anon", Event("anon", "view", "", "s1", "i1", "", "", 0.0, 99).encode()))
     with EventStore(path, map_size=MAP_SIZE) as events:
         events.ingest("edge-a", records[:20])
         events.ingest("edge-b", records[20:], [str(msgpack.unpackb(p)["u"]) for _, _, p in records[20:]])
@@ -266,7 +266,7 @@ def test_event_store_user_ids_too_long_for_an_index_key_are_stored_and_forgotten
     # Not indexed (over 400 bytes; over 511, LMDB refuses the key): ingested anyway, forgotten by a scan.
     long_user, longer_user = "x" * 450, "y" * 600
     records = [
-        ("event", f"l{n}", TrackedEvent(f"l{n}", "view", user, "", "i1", "", "", 0.0, n).encode())
+        ("event", f"l{n}", Event(f"l{n}", "view", user, "", "i1", "", "", 0.0, n).encode())
         for n, user in enumerate((long_user, "u1", long_user, "", longer_user))
     ]
     with EventStore(tmp_path / "events", map_size=MAP_SIZE) as events:

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent
-from edgewise.core.store import Store, TrackResult
+from edgewise.core.activity import ActivityLimits, Event
+from edgewise.core.store import Store, TrackResponse
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 
 
-def _event(event_id: str, user: str = "u1") -> TrackedEvent:
-    return TrackedEvent(event_id, "view", user, "", "i1", "", "", 0.0, 1_000)
+def _event(event_id: str, user: str = "u1") -> Event:
+    return Event(event_id, "view", user, "", "i1", "", "", 0.0, 1_000)
 
 
 def test_concurrent_submitters_each_get_their_result(tmp_path: Path) -> None:
     with Store(tmp_path / "s", map_size=1 << 28) as store:
         committer = GroupCommitter(store, ActivityLimits())
-        results: dict[int, TrackResult] = {}
+        results: dict[int, TrackResponse] = {}
 
         def submit(i: int) -> None:
             # Every caller sends one new event and one it shares with caller 0 (a duplicate for all but one).
@@ -46,7 +46,7 @@ def test_a_failed_commit_reaches_every_caller_of_the_batch(tmp_path: Path) -> No
         committer = GroupCommitter(store, ActivityLimits())
         original = store.record_events
 
-        def failing(*args: object, **kwargs: object) -> TrackResult:
+        def failing(*args: object, **kwargs: object) -> TrackResponse:
             raise OSError("disk gone")
 
         store.record_events = failing  # type: ignore[method-assign]
@@ -63,7 +63,7 @@ def test_a_caller_that_waits_too_long_gets_a_timeout(tmp_path: Path) -> None:
         original = store.record_events
         release = threading.Event()
 
-        def slow(*args: object, **kwargs: object) -> TrackResult:
+        def slow(*args: object, **kwargs: object) -> TrackResponse:
             release.wait(10)
             return original(*args, **kwargs)  # type: ignore[arg-type]
 

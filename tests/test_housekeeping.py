@@ -14,7 +14,7 @@ import grpc
 import lmdb
 import numpy as np
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.store import Store
 from edgewise.edge.housekeeping import ACTIVITY_REFILL, Housekeeper, _Ages
 from edgewise.v1 import personalizer_pb2 as pb
@@ -26,8 +26,8 @@ NOW = 1_000 * HOUR
 LIMITS = ActivityLimits(ttl_ms=72 * HOUR, purchases_ttl_ms=400 * 24 * HOUR)
 
 
-def _event(n: int, ts: int, kind: str = "view", session: str = "") -> TrackedEvent:
-    return TrackedEvent(f"e{n:03d}", kind, "" if session else f"u{n:03d}", session, "i1", "", "", 0.0, ts)
+def _event(n: int, ts: int, kind: str = "view", session: str = "") -> Event:
+    return Event(f"e{n:03d}", kind, "" if session else f"u{n:03d}", session, "i1", "", "", 0.0, ts)
 
 
 def _keys(store: Store, namespace: str) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edgewise.core.decisions import Fallback
+from edgewise.core.decisions import FallbackReason
 from edgewise.edge.metrics import (
     BUCKETS,
     CONTENT_TYPE,
@@ -141,7 +141,7 @@ def _record(
         for i in range(rounds):
             metrics.observe_rpc("Decide", "OK", 0.0003)
             metrics.observe_rpc("Track", "OK" if i % 10 else "INVALID_ARGUMENT", 0.002)
-            metrics.decision(placements[i % len(placements)], Fallback.COLD_START if i % 4 == 0 else 0)
+            metrics.decision(placements[i % len(placements)], FallbackReason.COLD_START if i % 4 == 0 else 0)
             metrics.track(2, 1)
             if i % 5 == 0:
                 metrics.shed()
@@ -187,7 +187,7 @@ def test_layout_caps_and_dedupes_placements() -> None:
     slots = [slot for _, slot in layout.series()]
     assert sorted(slots) == list(range(layout.size))  # every slot is exactly one series
     assert MetricsLayout(PLACEMENTS) == MetricsLayout(PLACEMENTS) != MetricsLayout(PLACEMENTS[:2])
-    assert tuple(f.name.lower() for f in Fallback)[1:] == FALLBACK_REASONS
+    assert tuple(f.name.lower() for f in FallbackReason)[1:] == FALLBACK_REASONS
     assert "no_consent" in FALLBACK_REASONS and "none" not in FALLBACK_REASONS
 
 
@@ -199,7 +199,7 @@ def test_one_worker_values_and_histogram_buckets(tmp_path: Path) -> None:
         worker.observe_rpc("Decide", "OK", 0.0004)
         worker.observe_rpc("Decide", "DEADLINE_EXCEEDED", 3.0)  # past the last bound: +Inf only
         worker.observe_rpc("Track", "NOT_A_CODE", 0.00001)
-        worker.decisions([("home", 0), ("hero_banner", Fallback.HOLDOUT), ("unknown-placement", 2)])
+        worker.decisions([("home", 0), ("hero_banner", FallbackReason.HOLDOUT), ("unknown-placement", 2)])
         worker.decision("home", 99)  # unknown reason: the decision counts, no reason label appears
         worker.track(accepted=3, duplicates=1)
         worker.shed()
@@ -380,7 +380,7 @@ def test_label_values_are_bounded(tmp_path: Path) -> None:
     requested = [f"user-{rng.getrandbits(64):x}" for _ in range(2000)]
     with WorkerMetrics(node.worker_path(0), layout) as worker:
         for pid in requested + rules:
-            worker.decision(pid, rng.randrange(len(Fallback)))
+            worker.decision(pid, rng.randrange(len(FallbackReason)))
             worker.observe_rpc("Decide", rng.choice((*STATUS_CODES, "BOGUS")), rng.random())
     text = node.render()
     families = parse_exposition(text)

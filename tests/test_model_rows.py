@@ -1,6 +1,6 @@
 """Row chunks of the large model arrays (`model_rows`): rebuilt with their records, read by rows.
 
-The pipeline reads a seed's neighbour lists through `ReadView.rows` when `VersionState.chunked_models`
+The pipeline reads a seed's neighbor lists through `ReadView.rows` when `VersionState.chunked_models`
 says the chunks were cut from the current records; otherwise (a store written before chunks existed,
 or chunks that do not match) it reads the whole arrays. Either way the decisions are the same.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from edgewise.core.decisions import Context, DecideInput, PlacementAsk
+from edgewise.core.decisions import Context, DecideRequest, PlacementRequest
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.records import encode_array
 from edgewise.core.store import REPLICATED, ROW_CHUNKED, ROWS_PER_CHUNK, Store
@@ -33,17 +33,17 @@ def _decisions(store: Store, seeds: list[str]) -> list[list[str]]:
     pipeline = Pipeline()
     out = []
     for seed in seeds:
-        request = DecideInput(
+        request = DecideRequest(
             user_id="",
             session_id="s1",
             context=Context(country="DE"),
-            placements=(PlacementAsk("pdp_similar", 8, seed_item_ids=(seed,)),),
+            placements=(PlacementRequest("pdp_similar", 8, seed_item_ids=(seed,)),),
             now_ms=1_795_000_000_000,
         )
         with store.read() as view:
             decision = pipeline.decide(view, request)
         placement = decision.placements[0]
-        assert placement.strategy == "similar" and placement.items  # the neighbour lists were read
+        assert placement.strategy == "similar" and placement.items  # the neighbor lists were read
         out.append([i.id for i in placement.items])
     return out
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgewise.core import version_state
-from edgewise.core.decisions import Context, DecideInput, Fallback, PlacementAsk, RequestError
+from edgewise.core.decisions import Context, DecideRequest, FallbackReason, PlacementRequest, RequestError
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.records import ProfileRecord, encode_profile
 from edgewise.core.store import ReadView, Store
@@ -20,7 +20,7 @@ from edgewise.sync.bundle import Bundle, load_bundle
 from edgewise.sync.snapshot import apply_bundle
 
 CONSENT = frozenset({"personalization"})
-ALL = (PlacementAsk("home", 10), PlacementAsk("pdp_similar", 5), PlacementAsk("hero_banner"))
+ALL = (PlacementRequest("home", 10), PlacementRequest("pdp_similar", 5), PlacementRequest("hero_banner"))
 
 
 @pytest.fixture(scope="module")
@@ -39,32 +39,32 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterat
     store.close()
 
 
-def _decide(store: Store, request: DecideInput, pipeline: Pipeline | None = None) -> Any:
+def _decide(store: Store, request: DecideRequest, pipeline: Pipeline | None = None) -> Any:
     with store.read() as view:
         return (pipeline or Pipeline()).decide(view, request)
 
 
 def test_empty_store_is_snapshot_missing(tmp_path: Path) -> None:
     with Store(tmp_path / "s", map_size=1 << 26) as store, pytest.raises(SnapshotMissing):
-        _decide(store, DecideInput(placements=ALL))
+        _decide(store, DecideRequest(placements=ALL))
 
 
 def test_fallback_reasons(loaded: tuple[Store, Bundle]) -> None:
     store, _ = loaded
-    home = (PlacementAsk("home", 5),)
+    home = (PlacementRequest("home", 5),)
     cases = {
-        "u-cold": Fallback.COLD_START,
-        "u-bad-dim": Fallback.MODEL_UNAVAILABLE,
-        "no-such-user": Fallback.UNKNOWN_USER,
+        "u-cold": FallbackReason.COLD_START,
+        "u-bad-dim": FallbackReason.MODEL_UNAVAILABLE,
+        "no-such-user": FallbackReason.UNKNOWN_USER,
     }
     for user, reason in cases.items():
-        out = _decide(store, DecideInput(user_id=user, consent=CONSENT, placements=home)).placements[0]
+        out = _decide(store, DecideRequest(user_id=user, consent=CONSENT, placements=home)).placements[0]
         assert out.fallback == reason, user
         assert out.strategy == "popular" and len(out.items) == 5
-    hero = _decide(store, DecideInput(placements=(PlacementAsk("hero_banner"),), consent=CONSENT)).placements[
-        0
-    ]
-    assert hero.fallback == Fallback.UNKNOWN_USER and hero.content_id == "hero_default"
+    hero = _decide(
+        store, DecideRequest(placements=(PlacementRequest("hero_banner"),), consent=CONSENT)
+    ).placements[0]
+    assert hero.fallback == FallbackReason.UNKNOWN_USER and hero.content_id == "hero_default"
 
 
 def test_items_not_available_in_the_country_are_never_shown(loaded: tuple[Store, Bundle]) -> None:
@@ -74,7 +74,7 @@ def test_items_not_available_in_the_country_are_never_shown(loaded: tuple[Store,
     assert restricted, "the synthetic bundle should restrict some items"
     for country in ("DE", "US", ""):
         out = _decide(
-            store, DecideInput(context=Context(country=country), placements=(PlacementAsk("home", 50),))
+            store, DecideRequest(context=Context(country=country), placements=(PlacementRequest("home", 50),))
         )
         for item in out.placements[0].items:
             assert "*" in regions[item.id] or country in regions[item.id]
@@ -85,7 +85,9 @@ def test_personalized_scores_match_a_numpy_computation(loaded: tuple[Store, Bund
     row = next(j for j, p in enumerate(bundle.profiles) if "personalization" in p.consent)
     user = bundle.profiles[row].id
     assert bundle.user_embeddings is not None
-    out = _decide(store, DecideInput(user_id=user, consent=CONSENT, placements=(PlacementAsk("home", 10),)))
+    out = _decide(
+        store, DecideRequest(user_id=user, consent=CONSENT, placements=(PlacementRequest("home", 10),))
+    )
     scores = bundle.item_embeddings.astype(np.float64) @ bundle.user_embeddings[row].astype(np.float64)
     everywhere = np.array(["*" in i.regions for i in bundle.items])
     expected = np.sort(scores[everywhere])[::-1][:10]
@@ -98,7 +100,7 @@ def test_explain_names_the_steps(loaded: tuple[Store, Bundle]) -> None:
     user = next(p.id for p in bundle.profiles if "personalization" in p.consent)
     out = _decide(
         store,
-        DecideInput(
+        DecideRequest(
             user_id=user, consent=CONSENT, placements=ALL, explain=True, context=Context(country="DE")
         ),
     )
@@ -115,7 +117,7 @@ def test_explain_names_the_steps(loaded: tuple[Store, Bundle]) -> None:
 def test_request_errors_name_the_field(loaded: tuple[Store, Bundle]) -> None:
     store, _ = loaded
     with pytest.raises(RequestError) as err:
-        _decide(store, DecideInput(placements=(PlacementAsk("home"), PlacementAsk("nope"))))
+        _decide(store, DecideRequest(placements=(PlacementRequest("home"), PlacementRequest("nope"))))
     assert err.value.field == "placements[1].placement_id"
     assert "home" in str(err.value)  # lists the placements that exist
 
@@ -163,18 +165,18 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
     store, _ = loaded
     pipeline = Pipeline()
     placements = (
-        PlacementAsk("home", 8),
-        PlacementAsk("pdp_similar", 4, seed_item_ids=tuple(seeds)),
-        PlacementAsk("hero_banner"),
-        PlacementAsk("deals", 6),
-        PlacementAsk("promo_slot"),
+        PlacementRequest("home", 8),
+        PlacementRequest("pdp_similar", 4, seed_item_ids=tuple(seeds)),
+        PlacementRequest("hero_banner"),
+        PlacementRequest("deals", 6),
+        PlacementRequest("promo_slot"),
     )
     ctx = Context(country=country)
     with store.read() as raw:
         spy = _SpyView(raw)
         out = pipeline.decide(
             spy,
-            DecideInput(
+            DecideRequest(
                 user_id=user,
                 session_id=session,
                 consent=frozenset(consent),
@@ -182,7 +184,7 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
                 placements=placements,
             ),
         )  # type: ignore[arg-type]
-        anonymous = pipeline.decide(raw, DecideInput(context=ctx, placements=placements))
+        anonymous = pipeline.decide(raw, DecideRequest(context=ctx, placements=placements))
     assert spy.reads == []
     for mine, anon in zip(out.placements, anonymous.placements, strict=True):
         assert [i.id for i in mine.items] == [i.id for i in anon.items]
@@ -193,25 +195,25 @@ def test_without_consent_the_decision_is_the_anonymous_default_and_no_profile_is
             anon.propensity,
         )
         # Whatever needed the user fell back for lack of consent; nothing personal was served.
-        assert mine.fallback in (Fallback.NO_CONSENT, Fallback.NONE)
+        assert mine.fallback in (FallbackReason.NO_CONSENT, FallbackReason.NONE)
         if mine.placement_id in ("home", "hero_banner", "promo_slot"):
-            assert mine.fallback == Fallback.NO_CONSENT
+            assert mine.fallback == FallbackReason.NO_CONSENT
 
 
 def test_the_version_copies_of_model_arrays_decide_like_the_store_arrays(
     loaded: tuple[Store, Bundle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Personalized and similar-items decisions (explanations included) are the same whether the
-    version state holds its own copies of the float32 embeddings and the neighbour arrays or requests
-    read the store's (the matrix, and the neighbour lists' row chunks)."""
+    version state holds its own copies of the float32 embeddings and the neighbor arrays or requests
+    read the store's (the matrix, and the neighbor lists' row chunks)."""
     store, bundle = loaded
     users = [p.id for p in bundle.profiles if "personalization" in p.consent][:40]
     seeds = [i.id for i in bundle.items[:40]]
     requests = [
-        DecideInput(
+        DecideRequest(
             user_id=u,
             consent=CONSENT,
-            placements=ALL if n % 2 else (PlacementAsk("pdp_similar", 5, seed_item_ids=(s,)),),
+            placements=ALL if n % 2 else (PlacementRequest("pdp_similar", 5, seed_item_ids=(s,)),),
             explain=True,
         )
         for n, (u, s) in enumerate(zip(users, seeds, strict=True))
@@ -237,7 +239,7 @@ def test_the_version_copies_of_model_arrays_decide_like_the_store_arrays(
 def test_popularity_is_copied_with_its_order_once_per_version(loaded: tuple[Store, Bundle]) -> None:
     store, _ = loaded
     pipeline = Pipeline()
-    first = _decide(store, DecideInput(placements=(PlacementAsk("home", 10),)), pipeline)
+    first = _decide(store, DecideRequest(placements=(PlacementRequest("home", 10),)), pipeline)
     assert first.placements[0].strategy == "popular"  # anonymous: the default
     with store.read() as view:
         scores, order = pipeline.state(view).derived(("scored", "item_popularity"), lambda: None)
@@ -246,5 +248,5 @@ def test_popularity_is_copied_with_its_order_once_per_version(loaded: tuple[Stor
         np.testing.assert_array_equal(scores, stored)
     assert not scores.flags.writeable and order is not None
     assert list(order[:10]) == sorted(range(len(scores)), key=lambda r: (-scores[r], r))[:10]
-    again = _decide(store, DecideInput(placements=(PlacementAsk("home", 10),)), pipeline)
+    again = _decide(store, DecideRequest(placements=(PlacementRequest("home", 10),)), pipeline)
     assert repr(again) == repr(first)

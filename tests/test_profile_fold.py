@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent, merge_activity
+from edgewise.core.activity import ActivityLimits, Event, merge_activity
 from edgewise.core.profile_fold import fold_profile
 from edgewise.core.records import Activity, ProfileRecord, decode_profile, encode_profile
 
 LIMITS = ActivityLimits()
 
 
-def _event(n: int, type_: str = "view", item: str = "i1", personalization: bool = True) -> TrackedEvent:
-    return TrackedEvent(f"e{n}", type_, "u1", "", item, "", "", 0.0, 1_000 + n, True, personalization)
+def _event(n: int, type_: str = "view", item: str = "i1", personalization: bool = True) -> Event:
+    return Event(f"e{n}", type_, "u1", "", item, "", "", 0.0, 1_000 + n, True, personalization)
 
 
 def test_fold_is_idempotent_and_respects_consent() -> None:
@@ -39,7 +39,7 @@ def test_forwarded_record_round_trip_and_merge() -> None:
     import msgpack
 
     event = _event(7, "purchase", "i4")
-    assert TrackedEvent.from_record(msgpack.unpackb(event.encode())) == event
+    assert Event.from_record(msgpack.unpackb(event.encode())) == event
     local = Activity(views=(("i1", 10), ("i2", 30)), impressions=(("i9", 2),))
     fleet = Activity(views=(("i1", 20), ("i3", 25)), cart=(("i5", 5),))
     merged = merge_activity(local, fleet, LIMITS)
@@ -53,10 +53,10 @@ def test_consent_events_set_the_stored_consent_and_revocation_drops_activity() -
     base = encode_profile(ProfileRecord("u1", 0, {}, {"personalization": 5, "analytics": 5}, None))
     viewed = fold_profile("u1", base, [_event(1)], LIMITS)
     assert viewed is not None
-    revoke = TrackedEvent("c1", "consent", "u1", "", "", "", "", 0.0, 2_000, False, False)
+    revoke = Event("c1", "consent", "u1", "", "", "", "", 0.0, 2_000, False, False)
     after = decode_profile("u1", fold_profile("u1", viewed, [revoke, _event(3000)], LIMITS) or b"")
     assert after.consent == {} and after.activity is None  # and the later view did not count
-    grant = TrackedEvent("c2", "consent", "u1", "", "", "", "", 0.0, 4_000, True, True)
+    grant = Event("c2", "consent", "u1", "", "", "", "", 0.0, 4_000, True, True)
     again = decode_profile("u1", fold_profile("u1", encode_profile(after), [grant], LIMITS) or b"")
     assert again.consent == {"personalization": 4_000, "analytics": 4_000}
 
@@ -68,8 +68,7 @@ def test_purchases_update_orders_ltv_and_rfm() -> None:
         ProfileRecord("u1", 0, {"orders": 3, "ltv": 480.0, "rfm_segment": "potential"}, {}, None)
     )
     buys = [
-        TrackedEvent(f"p{n}", "purchase", "u1", "", f"i{n}", "", "", 30.0, 5_000 + n, True, False)
-        for n in range(5)
+        Event(f"p{n}", "purchase", "u1", "", f"i{n}", "", "", 30.0, 5_000 + n, True, False) for n in range(5)
     ]
     after = decode_profile("u1", fold_profile("u1", base, buys, LIMITS) or b"")
     assert after.attributes["orders"] == 8 and after.attributes["ltv"] == 630.0

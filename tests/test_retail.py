@@ -132,7 +132,7 @@ def test_real_export_models(real: tuple[RetailImport, Bundle]) -> None:
     assert bundle.item_popularity.min() >= 0 and bundle.item_popularity.max() > 50
     assert bundle.item_neighbors is not None and bundle.item_neighbor_scores is not None
     assert bundle.item_neighbors.shape == (len(bundle.items), 20)
-    assert (bundle.item_neighbors[:, 0] >= 0).mean() > 0.9  # most items have a co-purchase neighbour
+    assert (bundle.item_neighbors[:, 0] >= 0).mean() > 0.9  # most items have a co-purchase neighbor
     users = bundle.user_embeddings
     assert users is not None
     # a customer's own purchases score above the catalog average
@@ -284,7 +284,7 @@ def test_offline_evaluation_on_the_real_export(test_report: OfflineReport) -> No
     assert report.users > 1_000 and report.targets > report.users
     popular = report.result("popular")
     embedding = report.result("embedding")
-    for name in ("popular", "embedding", "similar (embedding)", "similar (co-purchase neighbours)"):
+    for name in ("popular", "embedding", "similar (embedding)", "similar (co-purchase neighbors)"):
         row = report.result(name)
         assert row.users == report.users
         assert row.off_path == 0  # every decision took the strategy's own path, no fallback

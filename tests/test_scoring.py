@@ -374,7 +374,7 @@ def test_pxd_declarations_match_the_pyx(tmp_path: Path) -> None:
         "topk_pairs_kernel",
         "stream_sum_kernel",
     )
-    for kernel in (*kernels, "neighbour_candidates_kernel"):
+    for kernel in (*kernels, "neighbor_candidates_kernel"):
         assert kernel in c_source
 
 
@@ -484,7 +484,7 @@ def test_half_bad_arguments_are_named() -> None:
         scoring.topk_half_into(index, matrix, query[:3], mask, 5, work, cand, idx, sc)
 
 
-# Neighbour lists: merge (neighbour_candidates_into) and top-k of explicit pairs (topk_pairs_into).
+# Neighbor lists: merge (neighbor_candidates_into) and top-k of explicit pairs (topk_pairs_into).
 
 
 @stable
@@ -495,9 +495,9 @@ def test_half_bad_arguments_are_named() -> None:
     n_seeds=st.integers(0, 5),
     p=st.sampled_from([0.0, 0.5, 1.0]),
 )
-def test_neighbour_candidates_match_reference(seed: int, n: int, width: int, n_seeds: int, p: float) -> None:
+def test_neighbor_candidates_match_reference(seed: int, n: int, width: int, n_seeds: int, p: float) -> None:
     rng = np.random.default_rng(seed)
-    # Some -1 (no neighbour) and out-of-range rows; seeds may repeat or be out of range too.
+    # Some -1 (no neighbor) and out-of-range rows; seeds may repeat or be out of range too.
     neighbors = rng.integers(-1, n + 2, size=(n, width)).astype(np.int32)
     weights = rng.integers(-4, 5, size=(n, width)).astype(np.float32) / 4
     seeds = rng.integers(-1, n + 1, size=n_seeds).astype(np.int32)
@@ -505,8 +505,8 @@ def test_neighbour_candidates_match_reference(seed: int, n: int, width: int, n_s
     slot = np.zeros(n, dtype=np.int32)
     cand = np.full(n, -7, dtype=np.int32)
     cand_scores = np.full(n, -7.0, dtype=np.float32)
-    found = scoring.neighbour_candidates_into(neighbors, weights, seeds, mask, slot, cand, cand_scores)
-    want_rows, want_scores = scoring.neighbour_candidates_reference(neighbors, weights, seeds, mask)
+    found = scoring.neighbor_candidates_into(neighbors, weights, seeds, mask, slot, cand, cand_scores)
+    want_rows, want_scores = scoring.neighbor_candidates_reference(neighbors, weights, seeds, mask)
     np.testing.assert_array_equal(cand[:found], want_rows)
     np.testing.assert_array_equal(cand_scores[:found], want_scores)
     assert not slot.any()  # ready for the next call
@@ -538,16 +538,16 @@ def test_topk_pairs_match_reference_and_clear_the_mask(
     np.testing.assert_array_equal(mask[untouched], before[untouched])
 
 
-def test_neighbour_kernels_refuse_bad_arguments() -> None:
+def test_neighbor_kernels_refuse_bad_arguments() -> None:
     neighbors = np.zeros((4, 3), dtype=np.int32)
     weights = np.zeros((4, 3), dtype=np.float32)
     mask = np.ones(4, dtype=np.uint8)
     seeds = np.array([0], dtype=np.int32)
     slot, cand, cand_scores = np.zeros(4, np.int32), np.zeros(4, np.int32), np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="weights must have dtype float32"):
-        scoring.neighbour_candidates_into(neighbors, neighbors, seeds, mask, slot, cand, cand_scores)
+        scoring.neighbor_candidates_into(neighbors, neighbors, seeds, mask, slot, cand, cand_scores)
     with pytest.raises(ValueError, match="invalid arguments"):
-        scoring.neighbour_candidates_into(neighbors, weights[:2], seeds, mask, slot, cand, cand_scores)
+        scoring.neighbor_candidates_into(neighbors, weights[:2], seeds, mask, slot, cand, cand_scores)
     out_idx, out_scores = _buffers(2)
     with pytest.raises(ValueError, match=r"invalid arguments.*every row must be in"):
         scoring.topk_pairs_into(

@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from edgewise.core.activity import ActivityLimits, TrackedEvent
+from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.records import (
     Activity,
     RecordError,
@@ -26,8 +26,8 @@ from edgewise.sync.bundle import load_bundle
 from edgewise.sync.snapshot import apply_bundle
 
 
-def _event(event_id: str, kind: str = "view", item: str = "i1", user: str = "u1") -> TrackedEvent:
-    return TrackedEvent(event_id, kind, user, "", item, "", "", 0.0, 1_000)
+def _event(event_id: str, kind: str = "view", item: str = "i1", user: str = "u1") -> Event:
+    return Event(event_id, kind, user, "", item, "", "", 0.0, 1_000)
 
 
 def test_array_codec_roundtrip_is_zero_copy() -> None:
@@ -178,9 +178,9 @@ def test_activity_expires_after_its_ttl() -> None:
 
     limits = ActivityLimits(ttl_ms=1000, purchases_ttl_ms=10_000)
     a = Activity()
-    a = apply_event(a, TrackedEvent("1", "view", "u", "", "i1", "", "", 0.0, 1_000), limits)
-    a = apply_event(a, TrackedEvent("2", "purchase", "u", "", "i2", "", "", 0.0, 1_500), limits)
-    a = apply_event(a, TrackedEvent("3", "view", "u", "", "i3", "", "", 0.0, 2_600), limits)
+    a = apply_event(a, Event("1", "view", "u", "", "i1", "", "", 0.0, 1_000), limits)
+    a = apply_event(a, Event("2", "purchase", "u", "", "i2", "", "", 0.0, 1_500), limits)
+    a = apply_event(a, Event("3", "view", "u", "", "i3", "", "", 0.0, 2_600), limits)
     assert [i for i, _ in a.views] == ["i3"]  # i1 expired when i3 arrived
     assert expire(a, 5_000, limits).views == ()
     assert [i for i, _ in expire(a, 5_000, limits).purchases] == ["i2"]

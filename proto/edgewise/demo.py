@@ -149,7 +149,7 @@ def _show(stub: _pb_grpc.PersonalizerStub, bundle_dir: Path) -> None:
         for s in p.seed_item_ids
     ]
     _say(
-        f"  {viewed} left home: {'yes' if gone else 'NO'}; pdp_similar now shows neighbours of: "
+        f"  {viewed} left home: {'yes' if gone else 'NO'}; pdp_similar now shows neighbors of: "
         f"{', '.join(seeds) or 'nothing'}"
     )
     repeat = [

@@ -3,7 +3,7 @@
 Protocol (`evaluate_offline`):
 
 1. Time split. `retail_bundle(..., split_date=D)` builds the bundle (catalog, profiles, embeddings,
-   popularity, neighbours) from the invoices before D only. The held-out set is what customers with
+   popularity, neighbors) from the invoices before D only. The held-out set is what customers with
    a profile bought (net of cancellations) on or after D, restricted to catalog items and to items the
    customer had not bought before D (the "new items" protocol: re-orders are not scored, and every
    list excludes the customer's training purchases). Customers with no such item are not evaluated.
@@ -14,9 +14,9 @@ Protocol (`evaluate_offline`):
    - embedding: placement `home`, user id + consent `personalization` -> profile embedding . item;
    - similar: placement `pdp_similar`, seeds = the customer's last `seeds` training purchases ->
      mean seed embedding . item (the pipeline's similar strategy today).
-   A fourth row, co-purchase neighbours, is computed here, outside the pipeline, from the bundle's
+   A fourth row, co-purchase neighbors, is computed here, outside the pipeline, from the bundle's
    `item_neighbors` / `item_neighbor_scores` (the pipeline does not read them yet): the seeds'
-   neighbour scores summed per item, ties and the rest of the list filled by popularity.
+   neighbor scores summed per item, ties and the rest of the list filled by popularity.
 3. HR@k: share of users with at least one held-out item in the top k. NDCG@k: binary relevance,
    DCG over the top k divided by the ideal DCG of min(k, held-out items). Both averaged over users.
    The NDCG ratio to popular comes with a 95% paired bootstrap interval over users (1000 resamples).
@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgewise.core.decisions import DecideInput, Fallback, PlacementAsk
+from edgewise.core.decisions import DecideRequest, FallbackReason, PlacementRequest
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.store import ReadView, Store
 from edgewise.offline.retail import ModelParams, RetailError, RetailImport, retail_bundle
@@ -227,14 +227,14 @@ class _Scores:
         )
 
 
-def _neighbour_list(
+def _neighbor_list(
     bundle: Bundle,
     rows: Mapping[str, int],
     seeds: Sequence[str],
     excluded: Sequence[str],
     k: int,
 ) -> list[str]:
-    """Top k by the seeds' summed co-purchase neighbour scores, then popularity (outside the pipeline)."""
+    """Top k by the seeds' summed co-purchase neighbor scores, then popularity (outside the pipeline)."""
     neighbors, scores = bundle.item_neighbors, bundle.item_neighbor_scores
     n_items = len(bundle.items)
     total = np.zeros(n_items, dtype=np.float64)
@@ -282,7 +282,7 @@ def evaluate_import(
     embedding = _Scores("embedding", "pipeline: home, user id + consent")
     similar = _Scores("similar (embedding)", f"pipeline: pdp_similar, last {seeds} purchases as seeds")
     copurchase = _Scores(
-        "similar (co-purchase neighbours)", f"outside the pipeline: neighbour arrays, same {seeds} seeds"
+        "similar (co-purchase neighbors)", f"outside the pipeline: neighbor arrays, same {seeds} seeds"
     )
     with tempfile.TemporaryDirectory(prefix="edgewise-eval-") as scratch:
         store_dir = Path(workdir) if workdir is not None else Path(scratch)
@@ -294,7 +294,7 @@ def evaluate_import(
                     excluded = history[-MAX_EXCLUDE_IDS:]
                     seed_ids = history[-seeds:]
                     _serve(pipeline, view, pid, excluded, seed_ids, targets, k, popular, embedding, similar)
-                    copurchase.add(_neighbour_list(bundle, rows, seed_ids, excluded, k), targets, k)
+                    copurchase.add(_neighbor_list(bundle, rows, seed_ids, excluded, k), targets, k)
                     if progress is not None and (n % 200 == 0 or n == len(cases)):
                         progress(f"served {n}/{len(cases)} customers")
     results = tuple(s.result(popular) for s in (popular, embedding, similar, copurchase))
@@ -313,16 +313,18 @@ def _serve(
     embedding: _Scores,
     similar: _Scores,
 ) -> None:
-    home = PlacementAsk("home", count=k, exclude_ids=excluded)
-    place = pipeline.decide(view, DecideInput(placements=(home,))).placements[0]
-    popular.add([item.id for item in place.items], targets, k, on_path=place.fallback == Fallback.NO_CONSENT)
+    home = PlacementRequest("home", count=k, exclude_ids=excluded)
+    place = pipeline.decide(view, DecideRequest(placements=(home,))).placements[0]
+    popular.add(
+        [item.id for item in place.items], targets, k, on_path=place.fallback == FallbackReason.NO_CONSENT
+    )
     place = pipeline.decide(
-        view, DecideInput(user_id=pid, consent=PERSONALIZATION, placements=(home,))
+        view, DecideRequest(user_id=pid, consent=PERSONALIZATION, placements=(home,))
     ).placements[0]
     embedding.add([item.id for item in place.items], targets, k, on_path=place.strategy == "embedding")
-    ask = PlacementAsk("pdp_similar", count=k, seed_item_ids=seed_ids, exclude_ids=excluded)
+    ask = PlacementRequest("pdp_similar", count=k, seed_item_ids=seed_ids, exclude_ids=excluded)
     place = pipeline.decide(
-        view, DecideInput(user_id=pid, consent=PERSONALIZATION, placements=(ask,))
+        view, DecideRequest(user_id=pid, consent=PERSONALIZATION, placements=(ask,))
     ).placements[0]
     similar.add([item.id for item in place.items], targets, k, on_path=place.strategy == "similar")
 

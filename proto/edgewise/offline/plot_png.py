@@ -384,7 +384,7 @@ def plot_series(
             if p[2] is None or p[3] is None:
                 continue
             cx, ct, cb = px(p[0]), py(p[3]), py(p[2])
-            near = np.abs(columns - cx) <= 3  # a point without neighbours still shows its interval
+            near = np.abs(columns - cx) <= 3  # a point without neighbors still shows its interval
             band_top[near & np.isnan(band_top)] = ct
             band_bottom[near & np.isnan(band_bottom)] = cb
             following = pts[i + 1] if i + 1 < len(pts) else None

@@ -52,7 +52,7 @@ Models, NumPy only (SciPy is not a runtime dependency):
   (0.4-1.4x its NDCG@10 per fold, 0.8-1.0x on average), while the description words, which tie the
   products of one line (SPACEBOY, RETROSPOT, WOODLAND ...) together, lift the smoothed model to
   about 1.5x (BENCHMARKS.md). An implicit ALS would face the same sparsity and was not tried.
-- Co-purchase neighbours: per item the top `NEIGHBORS` items by co-purchase cosine (shrunk by
+- Co-purchase neighbors: per item the top `NEIGHBORS` items by co-purchase cosine (shrunk by
   `ModelParams.neighbor_shrink`), written to `models/item_neighbors.npy` and
   `models/item_neighbor_scores.npy`.
 
@@ -493,7 +493,7 @@ class ModelParams:
 
     copurchase_weight: float = 0.5  # share of co-purchase cosine in the item similarity (rest: words)
     copurchase_shrink: float = 10.0  # cosine co(i, j) / (sqrt(n_i n_j) + shrink)
-    neighbor_shrink: float = 100.0  # the same cosine for the neighbour lists (more shrink: fewer rare items)
+    neighbor_shrink: float = 100.0  # the same cosine for the neighbor lists (more shrink: fewer rare items)
     history_half_life_days: float = 90.0  # weight of a past purchase: 0.5 ** (age / half-life)
     popularity_weight: float = 1.0  # weight of the popularity prior in user . item
     similar_scale: float = 0.35  # RMS norm of the item factor rows (sets the pdp_similar balance)
@@ -516,7 +516,7 @@ class ModelParams:
 def copurchase_similarity(bought: NDArray[np.bool_], shrink: float) -> FloatArray:
     """Item x item cosine of the customer sets, shrunk: co(i, j) / (sqrt(n_i * n_j) + shrink).
 
-    The diagonal is 0 (an item is not its own neighbour).
+    The diagonal is 0 (an item is not its own neighbor).
     """
     binary = bought.astype(np.float64)
     co = binary.T @ binary
@@ -613,9 +613,9 @@ def hybrid_embeddings(
 def copurchase_neighbors(
     similarity: FloatArray, k: int = NEIGHBORS
 ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
-    """Top-`k` neighbours per item of an item x item similarity (0 diagonal), best first.
+    """Top-`k` neighbors per item of an item x item similarity (0 diagonal), best first.
 
-    Items with a similarity <= 0 are never neighbours; rows are padded with -1 and score 0. Ties
+    Items with a similarity <= 0 are never neighbors; rows are padded with -1 and score 0. Ties
     break by the lower row index (deterministic).
     """
     n_items = similarity.shape[0]
@@ -695,7 +695,7 @@ def retail_rules() -> dict[str, Any]:
                 "kind": "items",
                 "default_count": 8,
                 "max_count": 50,
-                # Embedding neighbours: on this data they beat the co-purchase lists (BENCHMARKS.md).
+                # Embedding neighbors: on this data they beat the co-purchase lists (BENCHMARKS.md).
                 "campaigns": [{"id": "similar", "serve": {"strategy": "similar", "method": "embedding"}}],
             },
             "bought_together": {

@@ -39,7 +39,7 @@ StockCode, Description, Quantity, InvoiceDate, UnitPrice, CustomerID, Country) i
                tags from the description, regions ["*"]
   models    -> item popularity (distinct shoppers), item and user embeddings (item-similarity
                smoothed purchase matrix, truncated SVD, plus a popularity coordinate), co-purchase
-               neighbours (models/item_neighbors.npy, models/item_neighbor_scores.npy)
+               neighbors (models/item_neighbors.npy, models/item_neighbor_scores.npy)
 
 Cancellations (InvoiceNo "C...") net out the purchases they cancel; service lines (postage, fees,
 manual lines) and lines priced <= 0 are skipped. With --split-date only the invoices before the date
@@ -56,7 +56,7 @@ run, with their earlier purchases excluded from the lists:
   popular               home placement, anonymous request without consent (popularity)
   embedding             home placement, user id + personalization consent (profile embedding)
   similar (embedding)   pdp_similar placement, seeds = the customer's last --seeds purchases
-  similar (co-purchase) the bundle's neighbour arrays with the same seeds, computed outside the
+  similar (co-purchase) the bundle's neighbor arrays with the same seeds, computed outside the
                         pipeline (the pipeline does not read them yet)
 
 Reports HR@k and NDCG@k per strategy and the NDCG ratio to popular with a 95% bootstrap interval.

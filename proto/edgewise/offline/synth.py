@@ -454,7 +454,7 @@ class _Users:
                 progress(f"profiles {j + 1}/{self.n}")
 
 
-NEIGHBORS: Final = 50  # precomputed nearest neighbours per item (similar items without a catalog scan)
+NEIGHBORS: Final = 50  # precomputed nearest neighbors per item (similar items without a catalog scan)
 
 
 def _embedding_neighbors(
