@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from concurrent import futures
-from pathlib import Path
+from datetime import timedelta
 from types import FrameType
 from typing import Final
 
@@ -19,6 +19,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgewise.config import DurationError
+from edgewise.config import duration_ms as config_duration_ms
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.logs import configure_logging
 from edgewise.sync.auth import (
@@ -28,9 +30,9 @@ from edgewise.sync.auth import (
     make_interceptors,
     server_credentials,
 )
+from edgewise.sync.control_config import add_config_arguments, cli_config
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, ControlStoreError
-from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import EventStore, EventStoreError
 from edgewise.v1 import sync_pb2_grpc
 
@@ -50,17 +52,20 @@ CONTROL_SERVE_DOC = """Run the control plane: its own LMDB store (current state 
 with a sequence number per accepted change, tombstones, retained full snapshots for rollback) and the
 ControlPlane gRPC service edges subscribe to and ops push to (`edgewise ctl`).
 
+Configuration: a TOML file (--config), then EDGEWISE_CONTROL_<SECTION>_<KEY> environment variables, then
+the flags below, each overriding the one before; --print-config shows every effective value and where it
+came from (docs/operations.md lists the keys). A wrong value stops the start with exit status 2, naming
+the key and its source.
+
 Tokens: edges present the edge token, ops the ops token (`authorization: Bearer ...`); an edge token can
 only subscribe. Without any token, authentication is off (a warning is logged): use that on loopback only.
 
 examples:
   edgewise control serve --data /var/lib/edgewise-control --listen 0.0.0.0:50061 \\
       --edge-token-file /etc/edgewise/edge.token --ops-token-file /etc/edgewise/ops.token
+  edgewise control serve --config /etc/edgewise/control.toml [--print-config]
   edgewise control serve --data ctl --listen 127.0.0.1:0 --ready-file ctl.json
 """
-
-
-_UNIT_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
 def retention_ms(text: str) -> int:
@@ -70,113 +75,43 @@ def retention_ms(text: str) -> int:
 
 def duration_ms(text: str) -> int:
     """A duration such as "90s", "30m", "1.5h", "1d" or "2w" in milliseconds (argparse type)."""
-    value, unit = text.strip()[:-1], text.strip()[-1:].lower()
     try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if unit not in _UNIT_MS or not (0 < number < 1e9):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration: a positive number and a unit, s m h d or w (e.g. 30m, 6h, 1d)"
-        )
-    ms = round(number * _UNIT_MS[unit])
-    if ms < 1_000:
-        raise argparse.ArgumentTypeError(f"{text!r} is shorter than one second")
-    return ms
+        return config_duration_ms(text)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # --- control serve -----------------------------------------------------------------------------------
 
 
 def add_control_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data", type=Path, required=True, metavar="DIR", help="the control plane's LMDB directory"
-    )
-    p.add_argument(
-        "--listen", default="127.0.0.1:50061", metavar="HOST:PORT", help="gRPC address (port 0: any)"
-    )
-    p.add_argument("--edge-token-file", type=Path, help=f"edge bearer token (else ${EDGE_TOKEN_ENV})")
-    p.add_argument("--ops-token-file", type=Path, help=f"ops bearer token (else ${OPS_TOKEN_ENV})")
-    p.add_argument("--tls-cert", type=Path, help="server certificate (TLS on)")
-    p.add_argument("--tls-key", type=Path, help="server private key")
-    p.add_argument("--tls-ca", type=Path, help="CA that client certificates must chain to (mutual TLS)")
-    p.add_argument(
-        "--max-snapshots", type=int, default=2, help="full snapshots streaming at once (default 2)"
-    )
-    p.add_argument(
-        "--retain-snapshots", type=int, default=3, help="full snapshots kept for rollback (default 3)"
-    )
-    p.add_argument(
-        "--retain-log-changes",
-        type=int,
-        default=5_000_000,
-        help="changes the log keeps before compacting its oldest commits (default 5,000,000)",
-    )
-    p.add_argument(
-        "--bandit-every-rewards",
-        type=int,
-        default=100,
-        help="publish new bandit posteriors after this many new rewards (default 100)",
-    )
-    p.add_argument(
-        "--bandit-every-seconds",
-        type=float,
-        default=60.0,
-        help="... or this long after the last publish, if anything new arrived (default 60)",
-    )
-    p.add_argument(
-        "--retain-events",
-        type=retention_ms,
-        default=DEFAULT_RETAIN_MS,
-        metavar="DURATION",
-        help="delete stored events and exposures older than this, once folded into profiles (e.g. 30d, "
-        "12w; 0 keeps them all; default 90d)",
-    )
-    p.add_argument(
-        "--heartbeat", type=float, default=5.0, help="seconds between heartbeats to edges (default 5)"
-    )
-    p.add_argument("--map-size-mb", type=int, default=65536, help="LMDB map size in MiB (default 65536)")
-    p.add_argument("--ready-file", type=Path, help="write {address, port, pid, version} here once serving")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-
-
-def _positive(name: str, value: float, minimum: float = 1) -> str | None:
-    return None if value >= minimum else f"{name} must be >= {minimum:g}, got {value:g}"
+    """`--config`, `--print-config` and one flag per key of `ControlConfig` (`--data`, `--listen`, ...)."""
+    add_config_arguments(p)
 
 
 def run_control_serve(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
-    for problem in (
-        _positive("--max-snapshots", args.max_snapshots),
-        _positive("--retain-snapshots", args.retain_snapshots, 0),
-        _positive("--retain-log-changes", args.retain_log_changes),
-        _positive("--heartbeat", args.heartbeat, 0.05),
-        _positive("--bandit-every-rewards", args.bandit_every_rewards),
-        _positive("--bandit-every-seconds", args.bandit_every_seconds, 0.1),
-    ):
-        if problem:
-            print(f"edgewise control serve: {problem}", file=sys.stderr)
-            return 2
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("edgewise control serve: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
+    config = cli_config(args)
+    if isinstance(config, int):
+        return config
+    configure_logging(config.log.level)
+    data, tls = config.data, config.tls
     try:
         edge_token = load_token(
-            None, str(args.edge_token_file) if args.edge_token_file else None, EDGE_TOKEN_ENV
+            None, str(config.auth.edge_token_file) if config.auth.edge_token_file else None, EDGE_TOKEN_ENV
         )
-        ops_token = load_token(None, str(args.ops_token_file) if args.ops_token_file else None, OPS_TOKEN_ENV)
+        ops_token = load_token(
+            None, str(config.auth.ops_token_file) if config.auth.ops_token_file else None, OPS_TOKEN_ENV
+        )
         credentials = (
-            server_credentials(
-                str(args.tls_cert), str(args.tls_key), str(args.tls_ca) if args.tls_ca else None
-            )
-            if args.tls_cert
+            server_credentials(str(tls.cert), str(tls.key), str(tls.ca) if tls.ca else None)
+            if tls.cert
             else None
         )
         store = ControlStore(
-            args.data,
-            map_size=args.map_size_mb << 20,
-            retain_snapshots=args.retain_snapshots,
-            retain_log_changes=args.retain_log_changes,
+            data.dir,
+            map_size=data.map_size_mb << 20,
+            retain_snapshots=data.retain_snapshots,
+            retain_log_changes=data.retain_log_changes,
         )
     except (ValueError, OSError, ControlStoreError) as exc:
         print(f"edgewise control serve: {exc}", file=sys.stderr)
@@ -186,24 +121,25 @@ def run_control_serve(args: argparse.Namespace) -> int:
     elif ops_token is None:
         log.warning("ops_disabled", extra={"error": "no ops token configured: nobody can push"})
     try:
-        events = EventStore(args.data / "events", map_size=args.map_size_mb << 20)
+        events = EventStore(data.dir / "events", map_size=data.map_size_mb << 20)
     except EventStoreError as exc:
         print(f"edgewise control serve: {exc}", file=sys.stderr)
         store.close()
         return 2
     service = ControlPlaneService(
         store,
-        max_snapshots=args.max_snapshots,
-        heartbeat_seconds=args.heartbeat,
+        max_snapshots=config.sync.max_snapshots,
+        heartbeat_seconds=config.sync.heartbeat_seconds,
         events=events,
         bandit_schedule=LearningSchedule(
-            every_rewards=args.bandit_every_rewards,
+            every_rewards=config.bandits.every_rewards,
             every_exposures=None,
-            every_seconds=args.bandit_every_seconds,
+            every_seconds=config.bandits.every_seconds,
         ),
-        retain_events_ms=args.retain_events,
+        retain_events_ms=config.events.retain // timedelta(milliseconds=1),
     )
     interceptors = make_interceptors([edge_token] if edge_token else [], [ops_token] if ops_token else [])
+    listen, ready_file = config.server.listen, config.server.ready_file
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="control"),
         interceptors=interceptors,
@@ -220,27 +156,27 @@ def run_control_serve(args: argparse.Namespace) -> int:
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         if credentials is not None:
-            port = server.add_secure_port(args.listen, credentials)
+            port = server.add_secure_port(listen, credentials)
         else:
-            port = server.add_insecure_port(args.listen)
+            port = server.add_insecure_port(listen)
     except RuntimeError as exc:
-        print(f"edgewise control serve: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        print(f"edgewise control serve: cannot listen on {listen}: {exc}", file=sys.stderr)
         store.close()
         return 2
     server.start()
     service.start_background()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    address = f"{args.listen.rpartition(':')[0]}:{port}"
+    address = f"{listen.rpartition(':')[0]}:{port}"
     version = store.head_version()
     log.info(
         "control_serving",
         extra={"address": address, "version": version, "pid": os.getpid(), "tls": credentials is not None},
     )
-    if args.ready_file:
-        tmp = args.ready_file.with_suffix(".tmp")
+    if ready_file:
+        tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"address": address, "port": port, "pid": os.getpid(), "version": version}))
-        os.replace(tmp, args.ready_file)
+        os.replace(tmp, ready_file)
     stop = threading.Event()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,264 @@
+"""The control plane's configuration: a TOML file, `EDGEWISE_CONTROL_<SECTION>_<KEY>` environment overrides,
+flags on top.
+
+The schema of `edgewise control serve` on the layered engine of `edgewise.config`: precedence, lowest
+first: built-in defaults < the `--config` file < environment < command-line flags; every key has the
+flag `edgewise control serve` has always had (`--listen`, `--data`, `--heartbeat`, ...). `load_config`
+returns a frozen, typed `ControlConfig` and, per dotted key, where its value came from; `format_config`
+prints both for `--print-config`, as TOML that loads back to the same configuration. A wrong value raises
+`ConfigError` naming the key and its source: `config error: sync.max_snapshots = 0 (from
+--max-snapshots): must be >= 1`.
+
+The environment prefix is `EDGEWISE_CONTROL_` (`server.listen` is `EDGEWISE_CONTROL_SERVER_LISTEN`): the
+edge reads `EDGEWISE_<SECTION>_<KEY>` and has no `control` section, so one environment can hold both
+without either reading the other's. The bearer tokens themselves stay out of the configuration: a token
+file (`auth.edge_token_file`, `auth.ops_token_file`), else the `EDGEWISE_EDGE_TOKEN` / `EDGEWISE_OPS_TOKEN`
+variable, as `load_token` reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Final, Literal
+
+from edgewise.config import ConfigError, ConfigSchema, check_address, meta, origin, toml_value
+from edgewise.sync.auth import EDGE_TOKEN_ENV, OPS_TOKEN_ENV
+from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
+
+__all__ = [
+    "AuthConfig",
+    "BanditsConfig",
+    "ConfigError",
+    "ControlConfig",
+    "DataConfig",
+    "EventsConfig",
+    "LogConfig",
+    "ServerConfig",
+    "SyncConfig",
+    "TlsConfig",
+    "add_config_arguments",
+    "cli_config",
+    "config_keys",
+    "env_name",
+    "format_config",
+    "load_config",
+]
+
+ENV_PREFIX: Final = "EDGEWISE_CONTROL_"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = field(
+        default="127.0.0.1:50061",
+        metadata=meta(
+            "HOST:PORT the ControlPlane gRPC service listens on (port 0: any free port)",
+            check=check_address,
+            flag="--listen",
+            metavar="HOST:PORT",
+        ),
+    )
+    ready_file: Path | None = field(
+        default=None,
+        metadata=meta(
+            "write {address, port, pid, version} here once serving (empty: none)",
+            flag="--ready-file",
+            metavar="FILE",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    dir: Path = field(
+        metadata=meta("the control plane's LMDB directory (required)", flag="--data", metavar="DIR")
+    )
+    map_size_mb: int = field(
+        default=65536,
+        metadata=meta(
+            "LMDB map size in MiB, of the store and of the event store each (an upper bound, not an "
+            "allocation)",
+            min=1,
+            max=1 << 24,
+            flag="--map-size-mb",
+            metavar="MIB",
+        ),
+    )
+    retain_snapshots: int = field(
+        default=3,
+        metadata=meta("full snapshots kept for rollback", min=0, flag="--retain-snapshots", metavar="N"),
+    )
+    retain_log_changes: int = field(
+        default=5_000_000,
+        metadata=meta(
+            "changes the log keeps before compacting its oldest commits",
+            min=1,
+            flag="--retain-log-changes",
+            metavar="N",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    edge_token_file: Path | None = field(
+        default=None,
+        metadata=meta(
+            f"file holding the edge bearer token (else the {EDGE_TOKEN_ENV} variable)",
+            flag="--edge-token-file",
+            metavar="FILE",
+        ),
+    )
+    ops_token_file: Path | None = field(
+        default=None,
+        metadata=meta(
+            f"file holding the ops bearer token (else the {OPS_TOKEN_ENV} variable; neither: no pushes)",
+            flag="--ops-token-file",
+            metavar="FILE",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path | None = field(
+        default=None,
+        metadata=meta("server certificate (TLS on; with tls.key)", flag="--tls-cert", metavar="FILE"),
+    )
+    key: Path | None = field(
+        default=None, metadata=meta("server private key", flag="--tls-key", metavar="FILE")
+    )
+    ca: Path | None = field(
+        default=None,
+        metadata=meta(
+            "CA that client certificates must chain to (mutual TLS)", flag="--tls-ca", metavar="FILE"
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    max_snapshots: int = field(
+        default=2,
+        metadata=meta(
+            "full snapshots streaming to edges at once", min=1, flag="--max-snapshots", metavar="N"
+        ),
+    )
+    heartbeat_seconds: float = field(
+        default=5.0,
+        metadata=meta("seconds between heartbeats to edges", min=0.05, flag="--heartbeat", metavar="SECONDS"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    retain: timedelta = field(
+        default=timedelta(milliseconds=DEFAULT_RETAIN_MS),
+        metadata=meta(
+            "delete stored events and exposures older than this, once folded into profiles "
+            "(e.g. 30d, 12w; 0 keeps them all)",
+            min=0,
+            flag="--retain-events",
+            metavar="DURATION",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BanditsConfig:
+    every_rewards: int = field(
+        default=100,
+        metadata=meta(
+            "publish new bandit posteriors after this many new rewards",
+            min=1,
+            flag="--bandit-every-rewards",
+            metavar="N",
+        ),
+    )
+    every_seconds: float = field(
+        default=60.0,
+        metadata=meta(
+            "... or this long after the last publish, if anything new arrived",
+            min=0.1,
+            flag="--bandit-every-seconds",
+            metavar="SECONDS",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata=meta("lowest level logged", flag="--log-level")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """The effective configuration of a control plane; sections as in the TOML file."""
+
+    server: ServerConfig
+    data: DataConfig
+    auth: AuthConfig
+    tls: TlsConfig
+    sync: SyncConfig
+    events: EventsConfig
+    bandits: BanditsConfig
+    log: LogConfig
+
+    def get(self, key: str) -> object:
+        """The value of a dotted key, e.g. `config.get("server.listen")`."""
+        return _SCHEMA.get(self, key)
+
+
+def _cross_check(config: ControlConfig, sources: Mapping[str, str]) -> None:
+    tls = config.tls
+    if (tls.cert is None) != (tls.key is None):
+        given, missing = ("tls.cert", "tls.key") if tls.key is None else ("tls.key", "tls.cert")
+        raise ConfigError(
+            f"{given} = {toml_value(config.get(given))} (from {origin(sources[given])}) needs {missing} "
+            "too: the server certificate and its key go together",
+            key=given,
+            source=sources[given],
+        )
+
+
+_SCHEMA: Final = ConfigSchema(ControlConfig, ENV_PREFIX, check=_cross_check)
+
+
+def load_config(
+    path: Path | None, env: Mapping[str, str], flags: Mapping[str, object]
+) -> tuple[ControlConfig, dict[str, str]]:
+    """The effective configuration and, per dotted key, the source of its value (see
+    `edgewise.config.ConfigSchema.load`). Raises `ConfigError` naming the key and its source."""
+    return _SCHEMA.load(path, env, flags)
+
+
+def format_config(config: ControlConfig, sources: Mapping[str, str]) -> str:
+    """One line per key, `server.listen = "127.0.0.1:50061"    # default`, aligned; TOML that loads back."""
+    return _SCHEMA.format(config, sources)
+
+
+def config_keys() -> list[dict[str, str]]:
+    """Every key with its type, default, environment variable, flag and help (for docs and --help)."""
+    return _SCHEMA.keys()
+
+
+def env_name(key: str) -> str:
+    """The variable overriding a dotted key: `server.listen` -> `EDGEWISE_CONTROL_SERVER_LISTEN`."""
+    return _SCHEMA.env_name(key)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config`, `--print-config` and one flag per key, all defaulting to None (parsed by `load_config`)."""
+    _SCHEMA.add_arguments(parser)
+
+
+def cli_config(args: argparse.Namespace) -> ControlConfig | int:
+    """The configuration `args` give (flags, the environment, `--config`), or the exit status when there is
+    nothing more to do: 2 after printing what is wrong, 0 after `--print-config`."""
+    return _SCHEMA.from_cli(args)
