@@ -1,12 +1,13 @@
-"""Prometheus metrics of a multi-process edge node: per-worker shared-memory counters, one node endpoint.
+"""Counters of a multi-process edge node: per-worker shared-memory counters, summed by the supervisor.
 
 Each worker process records into its own small file, `<run_dir>/metrics-<worker>.bin`, mapped with
 `mmap`: a header (magic, the layout as JSON) and then one float64 slot per counter. Recording is a few
 item increments on a memoryview over the mapping: no lock, no syscall, no allocation (a few hundred ns a
-call, see `WorkerMetrics`). The supervisor owns a `NodeMetrics` over the same directory: `render()` maps
-every worker file read-only, sums the slots series by series, adds the node gauges the supervisor sets
-(snapshot version and age, workers alive, restarts, stale) and formats Prometheus text exposition
-0.0.4, served by `serve_metrics` on its own thread (GET /metrics).
+call, see `WorkerMetrics`). The supervisor owns a `NodeMetrics` over the same directory: `read()` maps
+every worker file read-only, sums the slots series by series and adds the node gauges the supervisor
+sets (snapshot version and age, workers alive, restarts, stale, outbox, housekeeping) into one
+`NodeReading`. Exposition is apart: edge/metrics_export.py turns a reading into Prometheus metric
+families at scrape time, served over HTTP by edgewise.metrics_http (GET /metrics).
 
 Restarts keep node totals: a replacement worker opens the file of the worker it replaces and continues
 from its values (the dead process's increments are in the shared page cache, also after `kill -9`). If
@@ -24,18 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import mmap
 import os
-import socket
 import struct
 import tempfile
 import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,25 +42,22 @@ import numpy as np
 
 from edgewise.core.decisions import FallbackReason
 
-log = logging.getLogger(__name__)
-
 __all__ = [
     "BUCKETS",
-    "CONTENT_TYPE",
     "FALLBACK_REASONS",
+    "HOUSEKEEPING_KINDS",
     "MAX_PLACEMENT_LABELS",
     "OTHER",
     "RPCS",
     "STATUS_CODES",
+    "TRACK_RESULTS",
     "MetricsLayout",
     "NodeMetrics",
+    "NodeReading",
     "WorkerMetrics",
     "make_run_dir",
-    "serve_metrics",
     "worker_metrics_path",
 ]
-
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Upper bounds (seconds, inclusive) of the RPC latency histogram buckets; +Inf is implied.
 BUCKETS: Final = (
@@ -106,6 +102,8 @@ FALLBACK_REASONS: Final = tuple(f.name.lower() for f in FallbackReason if f is n
 MAX_PLACEMENT_LABELS: Final = 64
 OTHER: Final = "other"
 TRACK_RESULTS: Final = ("accepted", "duplicate")
+#: Label values of edgewise_housekeeping_deleted_total, in exposition order.
+HOUSEKEEPING_KINDS: Final = ("event_ids", "activities", "event_ids_early", "activities_early")
 
 _MAGIC: Final = b"EWMETRC\x01"
 _SCHEMA: Final = 1
@@ -358,27 +356,13 @@ class WorkerMetrics:
         self.close()
 
 
-def _fmt(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 class NodeMetrics:
     """The node's view: the sum of all worker files in `run_dir` plus gauges set by the supervisor.
 
     `layout` fixes the order of the placement series (placements found only in some worker's file are
     added after them). With `clear` (default), leftover worker files from a previous run are removed:
     create the NodeMetrics before starting workers. `stale_after_seconds`: `edgewise_stale` is 1 when the
-    last sync is older than that. Setters and `render` may be called from any thread.
+    last sync is older than that. Setters and `read` may be called from any thread.
     """
 
     def __init__(
@@ -404,7 +388,7 @@ class NodeMetrics:
         self._outbox_dropped = 0
         self._oldest_id_ms = 0
         self._forwarded = 0
-        self._housekept = {"event_ids": 0, "activities": 0, "event_ids_early": 0, "activities_early": 0}
+        self._housekept = dict.fromkeys(HOUSEKEEPING_KINDS, 0)
         self._activity_bytes = 0
         self._activity_window_ms = 0
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -477,8 +461,8 @@ class NodeMetrics:
             extra += [p for p in layout.placements if p not in self.layout.placement_slot and p not in extra]
         return totals, extra
 
-    def render(self) -> str:
-        """Prometheus text exposition format 0.0.4 of the whole node."""
+    def read(self) -> NodeReading:
+        """The whole node at this moment: `totals()` and the gauges, read under the lock (one scrape)."""
         totals, extra = self.totals()
         with self._lock:
             version, synced_at = self._snapshot_version, self._synced_at
@@ -491,157 +475,47 @@ class NodeMetrics:
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
         )
-        out: list[str] = []
-
-        def family(name: str, kind: str, text: str) -> None:
-            out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
-
-        def sample(name: str, labels: dict[str, str], value: float) -> None:
-            inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            out.append(f"{name}{{{inner}}} {_fmt(value)}\n" if inner else f"{name} {_fmt(value)}\n")
-
-        h = "edgewise_rpc_duration_seconds"
-        family(h, "histogram", "Time a worker took to answer an RPC, by RPC.")
-        for rpc in RPCS:
-            cumulative = 0.0
-            for i, le in enumerate((*BUCKETS, math.inf)):
-                cumulative += totals.get(("bucket", rpc, str(i)), 0.0)
-                sample(
-                    f"{h}_bucket", {"rpc": rpc, "le": _fmt(le) if math.isinf(le) else repr(le)}, cumulative
-                )
-            sample(f"{h}_sum", {"rpc": rpc}, totals.get(("sum", rpc), 0.0))
-            sample(f"{h}_count", {"rpc": rpc}, cumulative)
-        family("edgewise_rpc_total", "counter", "RPCs answered, by RPC and gRPC status code.")
-        for rpc in RPCS:
-            for code in STATUS_CODES:
-                sample("edgewise_rpc_total", {"rpc": rpc, "code": code}, totals.get(("rpc", rpc, code), 0.0))
-        family(
-            "edgewise_decisions_total",
-            "counter",
-            f"Placement decisions, by placement (the first {MAX_PLACEMENT_LABELS} of the rules; "
-            f'others as "{OTHER}").',
-        )
-        for placement in (*self.layout.placements, *extra, OTHER):
-            sample(
-                "edgewise_decisions_total", {"placement": placement}, totals.get(("decision", placement), 0.0)
-            )
-        family("edgewise_fallbacks_total", "counter", "Placements answered with the default, by reason.")
-        for reason in FALLBACK_REASONS:
-            sample("edgewise_fallbacks_total", {"reason": reason}, totals.get(("fallback", reason), 0.0))
-        family("edgewise_track_events_total", "counter", "Tracked events: newly accepted, or duplicates.")
-        for result in TRACK_RESULTS:
-            sample("edgewise_track_events_total", {"result": result}, totals.get(("track", result), 0.0))
-        family("edgewise_shed_total", "counter", "Calls shed under overload (rejected or fast default).")
-        sample("edgewise_shed_total", {}, totals.get(("shed",), 0.0))
-        family("edgewise_snapshot_version", "gauge", "Version of the snapshot being served.")
-        sample("edgewise_snapshot_version", {}, version)
-        family(
-            "edgewise_snapshot_age_seconds", "gauge", "Seconds since the last sync (NaN before the first)."
-        )
-        sample("edgewise_snapshot_age_seconds", {}, age)
-        family("edgewise_worker_restarts_total", "counter", "Worker processes restarted by the supervisor.")
-        sample("edgewise_worker_restarts_total", {}, restarts)
-        family("edgewise_workers_alive", "gauge", "Worker processes running.")
-        sample("edgewise_workers_alive", {}, alive)
-        family("edgewise_stale", "gauge", "1 when the last sync is older than the staleness threshold.")
-        sample("edgewise_stale", {}, 1.0 if stale else 0.0)
-        family("edgewise_outbox_entries", "gauge", "Events and exposure records waiting to go upstream.")
-        sample("edgewise_outbox_entries", {}, outbox)
-        family("edgewise_outbox_bytes", "gauge", "Bytes of the store's pages the outbox takes.")
-        sample("edgewise_outbox_bytes", {}, outbox_bytes)
-        family(
-            "edgewise_outbox_dropped_total",
-            "counter",
-            "Oldest outbox records deleted unsent because the outbox was over data.outbox_max_mb.",
-        )
-        sample("edgewise_outbox_dropped_total", {}, outbox_dropped)
-        family("edgewise_forwarded_total", "counter", "Records the control plane accepted from this node.")
-        sample("edgewise_forwarded_total", {}, forwarded)
-        family(
-            "edgewise_housekeeping_deleted_total",
-            "counter",
-            "Expired event ids and live activities deleted by housekeeping, by kind.",
-        )
-        for kind, count in housekept.items():
-            sample("edgewise_housekeeping_deleted_total", {"kind": kind}, count)
-        family(
-            "edgewise_dedupe_window_seconds",
-            "gauge",
-            "Age of the oldest event id kept: how far back a retried Track is still recognized.",
-        )
         reach = max(0.0, time.time() - oldest_id_ms / 1000) if oldest_id_ms else 0.0
-        sample("edgewise_dedupe_window_seconds", {}, round(reach, 3))
-        family("edgewise_activity_bytes", "gauge", "Bytes of the store's pages holding live activity.")
-        sample("edgewise_activity_bytes", {}, activity_bytes)
-        family(
-            "edgewise_activity_window_seconds",
-            "gauge",
-            "While live activity is over track.activity_max_mb: how long ago a user or session may have been "
-            "last active and keep its activity (0: only the TTLs apply).",
+        return NodeReading(
+            totals=totals,
+            placements=(*self.layout.placements, *extra, OTHER),
+            snapshot_version=version,
+            snapshot_age_seconds=age,
+            stale=stale,
+            workers_alive=alive,
+            worker_restarts=restarts,
+            outbox_entries=outbox,
+            outbox_bytes=outbox_bytes,
+            outbox_dropped=outbox_dropped,
+            forwarded=forwarded,
+            housekept=housekept,
+            dedupe_window_seconds=round(reach, 3),
+            activity_bytes=activity_bytes,
+            activity_window_seconds=round(activity_window_ms / 1000, 3),
         )
-        sample("edgewise_activity_window_seconds", {}, round(activity_window_ms / 1000, 3))
-        return "".join(out)
 
 
-class _MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
+@dataclass(frozen=True, slots=True)
+class NodeReading:
+    """One scrape's view of the node (`NodeMetrics.read`): worker counters summed over every worker file,
+    and the gauges the supervisor set. Exposition (edge/metrics_export.py) only formats it."""
 
-    def __init__(self, address: tuple[str, int], node: NodeMetrics, ipv6: bool) -> None:
-        if ipv6:
-            self.address_family = socket.AF_INET6
-        self.node = node
-        super().__init__(address, _MetricsHandler)
+    totals: dict[Series, float]  # by series key (MetricsLayout.series); a key no file has counts 0
+    placements: tuple[str, ...]  # decision series in order: the node layout's, those only files list, OTHER
+    snapshot_version: int
+    snapshot_age_seconds: float  # NaN before the first sync
+    stale: bool  # the last sync is older than stale_after_seconds
+    workers_alive: int
+    worker_restarts: int
+    outbox_entries: int
+    outbox_bytes: int
+    outbox_dropped: int
+    forwarded: int
+    housekept: dict[str, int]  # deleted by housekeeping since start, by kind (HOUSEKEEPING_KINDS, in order)
+    dedupe_window_seconds: float  # age of the oldest event id kept (0: none), ms precision
+    activity_bytes: int
+    activity_window_seconds: float  # 0: the TTLs alone, ms precision
 
-
-class _MetricsHandler(BaseHTTPRequestHandler):
-    server: _MetricsServer
-    server_version = "edgewise-metrics"
-
-    def do_GET(self) -> None:
-        self._answer(body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(body=False)
-
-    def _answer(self, *, body: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            try:
-                payload = self.server.node.render().encode()
-            except Exception as exc:
-                log.error("metrics_render_failed", extra={"error": str(exc)})
-                self.send_error(500, "could not render metrics")
-                return
-            status, content_type = 200, CONTENT_TYPE
-        elif path == "/":
-            status, content_type = 200, "text/plain; charset=utf-8"
-            payload = b"edgewise edge node metrics: GET /metrics\n"
-        else:
-            status, content_type, payload = 404, "text/plain; charset=utf-8", b"not found: try /metrics\n"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if body:
-            self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """No per-request logging."""
-
-
-def serve_metrics(address: str, node: NodeMetrics) -> tuple[ThreadingHTTPServer, threading.Thread]:
-    """Serve GET /metrics on `address` (HOST:PORT, port 0 = any free port; `[::1]:9100` for IPv6) from a
-    daemon thread. Stop with `server.shutdown(); server.server_close()`. The bound port is
-    `server.server_address[1]`. Raises OSError naming the address when it cannot bind."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise OSError(f"metrics address {address!r} is not HOST:PORT")
-    ipv6 = host.startswith("[")
-    host = host.strip("[]")
-    try:
-        server = _MetricsServer((host, int(port)), node, ipv6)
-    except OSError as exc:
-        raise OSError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from exc
-    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    return server, thread
+    def count(self, *key: str) -> float:
+        """The summed value of one series key, e.g. `count("rpc", "Decide", "OK")`."""
+        return self.totals.get(key, 0.0)

@@ -43,11 +43,13 @@ from edgewise.edge.config import (
 )
 from edgewise.edge.convert import Limits
 from edgewise.edge.housekeeping import Housekeeper
-from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir, serve_metrics
+from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir
+from edgewise.edge.metrics_export import node_registry
 from edgewise.edge.servicer import ServingOptions
 from edgewise.edge.sync_setup import NodeSync, SyncSetupError, start_syncer
 from edgewise.edge.worker import WorkerSpec, worker_main
 from edgewise.logs import configure_logging
+from edgewise.metrics_http import serve_metrics
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.edge_sync import EdgeSyncer
 from edgewise.sync.snapshot import apply_bundle
@@ -290,7 +292,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             make_run_dir(), MetricsLayout(placements), stale_after_seconds=config.health.stale_after_seconds
         )
         try:
-            metrics_server, _ = serve_metrics(config.metrics.listen, node_metrics)
+            metrics_server, _ = serve_metrics(config.metrics.listen, node_registry(node_metrics))
         except OSError as exc:
             log.error(
                 "metrics_listen_failed", extra={"error": f"cannot listen on {config.metrics.listen}: {exc}"}
@@ -416,6 +418,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         sync.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
+        metrics_server.server_close()
     if reserved is not None:
         reserved.close()
     store.close()

@@ -317,8 +317,8 @@ def test_metrics_endpoint_counts_calls_of_every_worker(
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
-    assert values['edgewise_rpc_total{rpc="Decide",code="OK"}'] == 20
-    assert values['edgewise_rpc_total{rpc="Decide",code="INVALID_ARGUMENT"}'] == 20
+    assert values['edgewise_rpc_total{code="OK",rpc="Decide"}'] == 20
+    assert values['edgewise_rpc_total{code="INVALID_ARGUMENT",rpc="Decide"}'] == 20
     assert values['edgewise_track_events_total{result="accepted"}'] == 20
     assert values['edgewise_track_events_total{result="duplicate"}'] == 20
     assert values['edgewise_decisions_total{placement="home"}'] == 20

@@ -1,4 +1,5 @@
-"""Node metrics: per-worker shared-memory counters summed over real processes, restarts, HTTP endpoint."""
+"""Node metrics: per-worker shared-memory counters summed over real processes, restarts; their exposition
+through prometheus-client (read back with its parser) and the HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import pytest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgewise.core.decisions import FallbackReason
 from edgewise.edge.metrics import (
     BUCKETS,
-    CONTENT_TYPE,
     FALLBACK_REASONS,
     MAX_PLACEMENT_LABELS,
     OTHER,
@@ -30,85 +32,49 @@ from edgewise.edge.metrics import (
     MetricsLayout,
     NodeMetrics,
     WorkerMetrics,
-    serve_metrics,
     worker_metrics_path,
 )
+from edgewise.edge.metrics_export import node_registry
+from edgewise.metrics_http import serve_metrics
 
 PLACEMENTS = ["home", "pdp_similar", "hero_banner"]
 
-# --- a strict parser of the text exposition format 0.0.4 -----------------------------------------------
-
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_SAMPLE = re.compile(rf"^(?P<name>{_NAME})(?:\{{(?P<labels>.*)\}})? (?P<value>\S+)$")
-_LABEL = re.compile(r'(?P<key>[a-zA-Z_][a-zA-Z0-9_]*)="(?P<value>(?:[^"\\\n]|\\[\\"n])*)"')
-_SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+# --- the exposition, read back with prometheus-client's own parser -----------------------------------
 
 Labels = tuple[tuple[str, str], ...]
 
 
-def _labels(text: str | None) -> Labels:
-    if not text:
-        return ()
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while True:
-        match = _LABEL.match(text, pos)
-        assert match, f"bad labels {text!r} at {pos}"
-        value = match["value"].replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
-        out.append((match["key"], value))
-        pos = match.end()
-        if pos == len(text):
-            return tuple(out)
-        assert text[pos] == ",", text
-        pos += 1
+def render(node: NodeMetrics) -> str:
+    """What a scrape of the node's endpoint returns (text format 0.0.4)."""
+    return generate_latest(node_registry(node)).decode()
 
 
 def parse_exposition(text: str) -> dict[str, dict[str, object]]:
-    """Families by name: {"type", "help", "samples": {(sample name, labels): value}}; asserts validity."""
-    assert text.endswith("\n")
+    """Families by their exposed name (counters with `_total`): {"type", "help", "samples": {(sample
+    name, labels sorted by name): value}}. Parsed by prometheus-client; asserts no sample appears twice
+    and every histogram is whole (sorted bounds up to +Inf, cumulative counts, _count = +Inf, a _sum)."""
     families: dict[str, dict[str, object]] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        assert line, "no empty lines"
-        if line.startswith("# HELP "):
-            name, _, help_text = line[7:].partition(" ")
-            assert re.fullmatch(_NAME, name) and name not in families and help_text
-            families[name] = {"help": help_text, "type": None, "samples": {}}
-            current = name
-        elif line.startswith("# TYPE "):
-            name, _, kind = line[7:].partition(" ")
-            assert name == current and families[name]["type"] is None, line
-            assert kind in _SUFFIXES, line
-            families[name]["type"] = kind
-        else:
-            assert not line.startswith("#"), line
-            match = _SAMPLE.match(line)
-            assert match and current is not None, line
-            family = families[current]
-            family_type = family["type"]
-            assert isinstance(family_type, str)
-            suffix = match["name"][len(current) :]
-            assert match["name"].startswith(current) and suffix in _SUFFIXES[family_type], line
-            value = float(match["value"])  # accepts NaN, +Inf
-            samples = family["samples"]
-            assert isinstance(samples, dict)
-            key = (match["name"], _labels(match["labels"]))
-            assert key not in samples, f"duplicate sample {line}"
-            samples[key] = value
-    for name, family in families.items():
-        assert family["type"] is not None, name
-        if family["type"] == "histogram":
-            _check_histogram(name, family["samples"])  # type: ignore[arg-type]
+    for metric in text_string_to_metric_families(text):
+        name = metric.name + "_total" if metric.type == "counter" else metric.name
+        assert name not in families, f"family {name} appears twice"
+        samples: dict[tuple[str, Labels], float] = {}
+        for sample in metric.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"duplicate sample {key}"
+            samples[key] = sample.value
+        families[name] = {"type": metric.type, "help": metric.documentation, "samples": samples}
+        if metric.type == "histogram":
+            _check_histogram(name, samples)
     return families
 
 
 def _check_histogram(name: str, samples: dict[tuple[str, Labels], float]) -> None:
     groups: dict[Labels, list[tuple[float, float]]] = {}
-    for (sample, labels), value in samples.items():
+    for (sample, labels), count in samples.items():
         if sample == f"{name}_bucket":
             le = dict(labels)["le"]
             rest = tuple(kv for kv in labels if kv[0] != "le")
-            groups.setdefault(rest, []).append((float(le), value))
+            groups.setdefault(rest, []).append((float(le), count))
     assert groups, f"{name} has no buckets"
     for rest, buckets in groups.items():
         bounds = [b for b, _ in buckets]
@@ -123,7 +89,7 @@ def value(families: dict[str, dict[str, object]], sample: str, **labels: str) ->
     family = families[re.sub(r"_(bucket|sum|count)$", "", sample) if sample not in families else sample]
     samples = family["samples"]
     assert isinstance(samples, dict)
-    return float(samples[(sample, tuple(labels.items()))])
+    return float(samples[(sample, tuple(sorted(labels.items())))])
 
 
 # --- helpers running in spawned processes --------------------------------------------------------------
@@ -205,7 +171,7 @@ def test_one_worker_values_and_histogram_buckets(tmp_path: Path) -> None:
         worker.shed()
         with pytest.raises(ValueError, match="unknown rpc"):
             worker.observe_rpc("Forget", "OK", 0.1)
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     b = "edgewise_rpc_duration_seconds_bucket"
     assert value(families, b, rpc="Decide", le="5e-05") == 0
     assert value(families, b, rpc="Decide", le="0.0001") == 1
@@ -240,7 +206,7 @@ def test_threads_in_one_process_lose_no_counts(tmp_path: Path) -> None:
         _record(str(node.worker_path(0)), PLACEMENTS, 0, rounds=5000, threads=8, go=None)
     finally:
         sys.setswitchinterval(old)
-    _check_totals(parse_exposition(node.render()), _expected(5000, 8))
+    _check_totals(parse_exposition(render(node)), _expected(5000, 8))
 
 
 def _check_totals(families: dict[str, dict[str, object]], want: dict[str, float], factor: int = 1) -> None:
@@ -266,6 +232,7 @@ def _check_totals(families: dict[str, dict[str, object]], want: dict[str, float]
     assert value(families, "edgewise_shed_total") == factor * want["shed"]
 
 
+@pytest.mark.slow
 def test_two_processes_writing_concurrently_are_summed(tmp_path: Path) -> None:
     layout = MetricsLayout(PLACEMENTS)
     node = NodeMetrics(tmp_path, layout)
@@ -285,16 +252,17 @@ def test_two_processes_writing_concurrently_are_summed(tmp_path: Path) -> None:
     go.set()
     seen: list[float] = []
     while any(p.is_alive() for p in procs):  # scrape while both write: counts only grow
-        families = parse_exposition(node.render())
+        families = parse_exposition(render(node))
         seen.append(value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide"))
         time.sleep(0.005)
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
     assert seen == sorted(seen)
-    _check_totals(parse_exposition(node.render()), _expected(rounds, threads), factor=2)
+    _check_totals(parse_exposition(render(node)), _expected(rounds, threads), factor=2)
 
 
+@pytest.mark.slow
 def test_a_restarted_worker_keeps_the_node_totals(tmp_path: Path) -> None:
     layout = MetricsLayout(PLACEMENTS)
     node = NodeMetrics(tmp_path, layout)
@@ -313,7 +281,7 @@ def test_a_restarted_worker_keeps_the_node_totals(tmp_path: Path) -> None:
     replacement.start()
     replacement.join(60)
     assert replacement.exitcode == 0
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 1000 + 200
     assert value(families, "edgewise_rpc_total", rpc="Decide", code="OK") == 1200
     assert value(families, "edgewise_decisions_total", placement="home") == 1000 + 2 * 34
@@ -330,7 +298,7 @@ def test_a_replacement_with_another_layout_carries_the_totals_over(tmp_path: Pat
     with WorkerMetrics(node.worker_path(0), MetricsLayout(["b", "c"])) as second:  # a new snapshot's rules
         second.decision("c")
         second.observe_rpc("Decide", "OK", 0.01)
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 2
     assert value(families, "edgewise_decisions_total", placement="a") == 0  # "a" left the rules: now "other"
     assert value(families, "edgewise_decisions_total", placement=OTHER) == 1
@@ -346,29 +314,29 @@ def test_leftovers_are_cleared_and_junk_files_are_skipped(tmp_path: Path) -> Non
     node = NodeMetrics(tmp_path, layout)
     assert not worker_metrics_path(tmp_path, 7).exists()
     worker_metrics_path(tmp_path, 3).write_bytes(b"not a metrics file")
-    assert value(parse_exposition(node.render()), "edgewise_shed_total") == 0
+    assert value(parse_exposition(render(node)), "edgewise_shed_total") == 0
     with WorkerMetrics(worker_metrics_path(tmp_path, 3), layout) as worker:  # replaces the junk
         worker.shed()
-    assert value(parse_exposition(node.render()), "edgewise_shed_total") == 1
+    assert value(parse_exposition(render(node)), "edgewise_shed_total") == 1
 
 
 def test_node_gauges_snapshot_age_and_staleness(tmp_path: Path) -> None:
     now = [1000.0]
     node = NodeMetrics(tmp_path, MetricsLayout(PLACEMENTS), stale_after_seconds=300, clock=lambda: now[0])
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert math.isnan(value(families, "edgewise_snapshot_age_seconds"))
     assert value(families, "edgewise_stale") == 0 and value(families, "edgewise_snapshot_version") == 0
     node.set_snapshot(42, synced_at=900.0)
     node.set_workers_alive(2)
     now[0] = 1100.0
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert value(families, "edgewise_snapshot_version") == 42
     assert value(families, "edgewise_snapshot_age_seconds") == 200
     assert value(families, "edgewise_workers_alive") == 2 and value(families, "edgewise_stale") == 0
     now[0] = 1201.0
-    assert value(parse_exposition(node.render()), "edgewise_stale") == 1
+    assert value(parse_exposition(render(node)), "edgewise_stale") == 1
     node.set_snapshot(43)  # synced now
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert value(families, "edgewise_stale") == 0 and value(families, "edgewise_snapshot_age_seconds") == 0
 
 
@@ -382,7 +350,7 @@ def test_label_values_are_bounded(tmp_path: Path) -> None:
         for pid in requested + rules:
             worker.decision(pid, rng.randrange(len(FallbackReason)))
             worker.observe_rpc("Decide", rng.choice((*STATUS_CODES, "BOGUS")), rng.random())
-    text = node.render()
+    text = render(node)
     families = parse_exposition(text)
     values: dict[str, set[str]] = {}
     for family in families.values():
@@ -410,12 +378,12 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
         for i in range(100):
             worker.observe_rpc("Decide", "OK", i / 1000)
             worker.decision(PLACEMENTS[i % 3], i % 8)
-        server, thread = serve_metrics("127.0.0.1:0", node)
+        server, thread = serve_metrics("127.0.0.1:0", node_registry(node))
         try:
             base = f"http://127.0.0.1:{server.server_address[1]}"
             with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
                 assert response.status == 200
-                assert response.headers["Content-Type"] == CONTENT_TYPE
+                assert response.headers["Content-Type"] == CONTENT_TYPE_PLAIN_0_0_4
                 assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
                 body = response.read().decode()
             families = parse_exposition(body)
@@ -444,12 +412,15 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
             assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 100
             assert value(families, "edgewise_rpc_duration_seconds_bucket", rpc="Decide", le="0.05") == 51
             assert value(families, "edgewise_snapshot_version") == 3
-            request = urllib.request.Request(f"{base}/metrics", method="HEAD")
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 200 and response.read() == b""
+            with urllib.request.urlopen(f"{base}/", timeout=10) as response:
+                assert b"GET /metrics" in response.read()
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(f"{base}/nope", timeout=10)
             assert info.value.code == 404
+            request = urllib.request.Request(f"{base}/metrics", method="POST", data=b"")
+            with pytest.raises(urllib.error.HTTPError) as info:  # prometheus-client answers GET only
+                urllib.request.urlopen(request, timeout=10)
+            assert info.value.code == 405
         finally:
             server.shutdown()
             server.server_close()
@@ -459,12 +430,13 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
 
 def test_serve_metrics_refuses_a_bad_or_busy_address(tmp_path: Path) -> None:
     node = NodeMetrics(tmp_path, MetricsLayout())
+    registry = node_registry(node)
     with pytest.raises(OSError, match="not HOST:PORT"):
-        serve_metrics("9100", node)
-    server, thread = serve_metrics("127.0.0.1:0", node)
+        serve_metrics("9100", registry)
+    server, thread = serve_metrics("127.0.0.1:0", registry)
     try:
         with pytest.raises(OSError, match=r"cannot serve metrics on 127\.0\.0\.1:"):
-            serve_metrics(f"127.0.0.1:{server.server_address[1]}", node)
+            serve_metrics(f"127.0.0.1:{server.server_address[1]}", registry)
     finally:
         server.shutdown()
         server.server_close()
@@ -473,12 +445,12 @@ def test_serve_metrics_refuses_a_bad_or_busy_address(tmp_path: Path) -> None:
 
 def test_node_outbox_forwarding_and_housekeeping_series(tmp_path: Path) -> None:
     node = NodeMetrics(tmp_path, MetricsLayout(PLACEMENTS))
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert value(families, "edgewise_outbox_entries") == 0
     assert value(families, "edgewise_forwarded_total") == 0
     node.set_outbox(17, 250)
     node.set_housekeeping(1_000, 3)
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert value(families, "edgewise_outbox_entries") == 17
     assert value(families, "edgewise_forwarded_total") == 250
     assert value(families, "edgewise_housekeeping_deleted_total", kind="event_ids") == 1_000
@@ -486,7 +458,7 @@ def test_node_outbox_forwarding_and_housekeeping_series(tmp_path: Path) -> None:
     assert value(families, "edgewise_housekeeping_deleted_total", kind="activities_early") == 0
     assert value(families, "edgewise_activity_window_seconds") == 0  # the TTLs alone
     node.set_housekeeping(1_000, 3, activities_early=40, activity_bytes=1 << 20, activity_window_ms=7_200_500)
-    families = parse_exposition(node.render())
+    families = parse_exposition(render(node))
     assert value(families, "edgewise_housekeeping_deleted_total", kind="activities_early") == 40
     assert value(families, "edgewise_activity_bytes") == 1 << 20
     assert value(families, "edgewise_activity_window_seconds") == 7_200.5
