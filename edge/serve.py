@@ -12,6 +12,7 @@ dies is restarted. SIGTERM / SIGINT: every worker turns health NOT_SERVING, drai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -222,27 +223,79 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
-    """Run the node until SIGTERM/SIGINT; return the exit status."""
+    """Run the node until SIGTERM/SIGINT; return the exit status: 0 once stopped, 2 when it cannot start
+    (a log line says why; 0 too when stopped while still waiting for its first snapshot). Each step
+    registers what it acquires (store, signal handlers, syncer, port, metrics endpoint, workers) on one
+    exit stack, which releases it exactly once, newest first, on every path."""
     configure_logging(config.log.level)
-    server = config.server
+    with contextlib.ExitStack() as acquired:
+        try:
+            store = _open_store(config, acquired)
+            signals = _install_signals(acquired)
+            sync = _load_snapshot(store, config, signals, acquired)
+            with store.read() as view:
+                placements = tuple(compile_rules(view.rules_doc()).placements)
+            address, port = _reserve_listen(config.server.listen, acquired)
+            node_metrics, metrics_address = _start_metrics(config, store, placements, acquired)
+            specs = _worker_specs(config, address, placements, node_metrics)
+            supervisor = _start_workers(specs, config.server.grace_seconds, acquired)
+        except _Exit as exit_:
+            return exit_.code
+        if node_metrics is not None:
+            node_metrics.set_workers_alive(supervisor.alive())
+        _announce(store, supervisor, address, port, metrics_address, ready_file)
+        _run_until_stopped(store, config, signals, sync, supervisor, node_metrics)
+        log.info("stopping", extra={"grace_seconds": config.server.grace_seconds})
+    log.info("stopped")
+    return 0
+
+
+class _Exit(Exception):
+    """A start step could not go on (it logged why): `serve` returns `code` once all is released."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class _Signals:
+    stop: threading.Event
+    reload: threading.Event
+
+
+def _open_store(config: EdgeConfig, acquired: contextlib.ExitStack) -> Store:
     try:
         store = Store(config.data.dir, map_size=config.data.map_size_mb << 20)
     except StoreError as exc:
         log.error("store_unavailable", extra={"error": str(exc)})
-        return 2
-    stop = threading.Event()
-    reload = threading.Event()
+        raise _Exit(2) from exc
+    acquired.callback(store.close)
+    return store
+
+
+def _install_signals(acquired: contextlib.ExitStack) -> _Signals:
+    """SIGTERM / SIGINT set `stop`, SIGHUP sets `reload`; the previous handlers are put back at exit."""
+    signals = _Signals(threading.Event(), threading.Event())
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        signals.stop.set()
 
     def on_reload(signum: int, frame: FrameType | None) -> None:
-        reload.set()
+        signals.reload.set()
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
+    for signum, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_reload)):
+        previous = signal.signal(signum, handler)
+        if previous is not None:  # None: a handler not installed from Python, which cannot be put back
+            acquired.callback(signal.signal, signum, previous)
+    return signals
 
+
+def _load_snapshot(
+    store: Store, config: EdgeConfig, signals: _Signals, acquired: contextlib.ExitStack
+) -> NodeSync | None:
+    """Load `--bundle` and start the syncer (with `--control`), waiting for its first snapshot when the
+    store has none; the syncer, when started. `_Exit` when there is still nothing to serve."""
     if config.data.bundle is not None:
         load_bundle_file(store, config.data.bundle)
     sync: NodeSync | None = None
@@ -251,15 +304,13 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             sync = start_syncer(store, config)
         except SyncSetupError as exc:
             log.error("sync_unavailable", extra={"error": str(exc)})
-            store.close()
-            return 2
+            raise _Exit(2) from exc
+        acquired.callback(sync.stop)
         if not store.has_snapshot():
             log.info("waiting_for_snapshot", extra={"control": config.sync.control})
-            while not stop.is_set() and not sync.syncer.wait_for_version(lambda v: v > 0, 0.5):
+            while not signals.stop.is_set() and not sync.syncer.wait_for_version(lambda v: v > 0, 0.5):
                 pass
     if not store.has_snapshot():
-        if sync is not None:
-            sync.stop()
         log.error(
             "no_snapshot",
             extra={
@@ -267,53 +318,57 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 "error": "nothing to serve: no snapshot in the data directory and no valid --bundle",
             },
         )
-        store.close()
-        return 2 if sync is None else 0
-    with store.read() as view:
-        placements = tuple(compile_rules(view.rules_doc()).placements)
+        raise _Exit(2 if sync is None else 0)
+    return sync
 
-    host, _, port_text = server.listen.rpartition(":")
-    reserved: socket.socket | None = None
+
+def _reserve_listen(listen: str, acquired: contextlib.ExitStack) -> tuple[str, int]:
+    """The address the workers listen on (HOST:PORT); port 0 reserves a free port for them all."""
+    host, _, port_text = listen.rpartition(":")
     try:
         port = int(port_text)
         if port == 0:
             reserved, port = _reserve_port(host)
+            acquired.callback(reserved.close)
     except (ValueError, OSError) as exc:
-        log.error("listen_failed", extra={"error": f"cannot listen on {server.listen}: {exc}"})
-        store.close()
-        return 2
-    address = f"{host}:{port}"
+        log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc}"})
+        raise _Exit(2) from exc
+    return f"{host}:{port}", port
 
-    node_metrics: NodeMetrics | None = None
-    metrics_server = None
-    metrics_address = ""
-    if config.metrics.listen:
-        node_metrics = NodeMetrics(
-            make_run_dir(), MetricsLayout(placements), stale_after_seconds=config.health.stale_after_seconds
+
+def _start_metrics(
+    config: EdgeConfig, store: Store, placements: tuple[str, ...], acquired: contextlib.ExitStack
+) -> tuple[NodeMetrics | None, str]:
+    """The node's metrics and the address of its /metrics endpoint, with `--metrics-listen`."""
+    if not config.metrics.listen:
+        return None, ""
+    node_metrics = NodeMetrics(
+        make_run_dir(), MetricsLayout(placements), stale_after_seconds=config.health.stale_after_seconds
+    )
+    try:
+        metrics_server, _ = serve_metrics(config.metrics.listen, node_registry(node_metrics))
+    except OSError as exc:
+        log.error(
+            "metrics_listen_failed", extra={"error": f"cannot listen on {config.metrics.listen}: {exc}"}
         )
-        try:
-            metrics_server, _ = serve_metrics(config.metrics.listen, node_registry(node_metrics))
-        except OSError as exc:
-            log.error(
-                "metrics_listen_failed", extra={"error": f"cannot listen on {config.metrics.listen}: {exc}"}
-            )
-            store.close()
-            return 2
-        _note_snapshot(node_metrics, store)
-        metrics_host = config.metrics.listen.rpartition(":")[0]
-        metrics_address = f"{metrics_host}:{metrics_server.server_address[1]}"
+        raise _Exit(2) from exc
+    acquired.callback(metrics_server.server_close)
+    acquired.callback(metrics_server.shutdown)
+    _note_snapshot(node_metrics, store)
+    metrics_host = config.metrics.listen.rpartition(":")[0]
+    return node_metrics, f"{metrics_host}:{metrics_server.server_address[1]}"
 
+
+def _worker_specs(
+    config: EdgeConfig, address: str, placements: tuple[str, ...], node_metrics: NodeMetrics | None
+) -> list[WorkerSpec]:
+    server = config.server
     cpus = sorted(os.sched_getaffinity(0))
     options = ServingOptions(
         max_in_flight=server.max_in_flight, overload=server.overload, min_budget_ms=server.min_budget_ms
     )
     limits = Limits(**{f.name: getattr(config.limits, f.name) for f in dataclasses.fields(Limits)})
-    activity = ActivityLimits(
-        max_views=config.track.activity_max_views,
-        ttl_ms=int(config.track.activity_ttl_hours * 3_600_000),
-        purchases_ttl_ms=int(config.track.activity_purchases_ttl_days * 86_400_000),
-    )
-    specs = [
+    return [
         WorkerSpec(
             index=i,
             data_dir=config.data.dir,
@@ -324,7 +379,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             pin_cpu=cpus[i % len(cpus)] if server.pin else None,
             options=options,
             limits=limits,
-            activity_limits=activity,
+            activity_limits=_activity_limits(config),
             group_commit_max_events=config.track.group_commit_max_events,
             group_commit_max_wait_s=config.track.group_commit_max_wait_ms / 1000,
             log_level=config.log.level,
@@ -335,18 +390,38 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         for i in range(server.workers)
     ]
 
+
+def _activity_limits(config: EdgeConfig) -> ActivityLimits:
+    return ActivityLimits(
+        max_views=config.track.activity_max_views,
+        ttl_ms=int(config.track.activity_ttl_hours * 3_600_000),
+        purchases_ttl_ms=int(config.track.activity_purchases_ttl_days * 86_400_000),
+    )
+
+
+def _start_workers(specs: list[WorkerSpec], grace: float, acquired: contextlib.ExitStack) -> Supervisor:
+    """Every worker serving, or `_Exit` (those started are stopped at once). At exit the workers drain
+    in-flight calls for `grace` seconds."""
     supervisor = Supervisor(specs)
     try:
         supervisor.start_all()
     except RuntimeError as exc:
         log.error("start_failed", extra={"error": str(exc)})
         supervisor.stop_all(0.0)
-        if sync is not None:
-            sync.stop()
-        store.close()
-        return 2
-    if node_metrics is not None:
-        node_metrics.set_workers_alive(supervisor.alive())
+        raise _Exit(2) from exc
+    acquired.callback(supervisor.stop_all, grace)
+    return supervisor
+
+
+def _announce(
+    store: Store,
+    supervisor: Supervisor,
+    address: str,
+    port: int,
+    metrics_address: str,
+    ready_file: Path | None,
+) -> None:
+    """The `serving` log line, and the ready file for scripts."""
     version = store.version()
     log.info(
         "serving",
@@ -370,21 +445,33 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 "metrics": metrics_address,
             },
         )
+
+
+def _run_until_stopped(
+    store: Store,
+    config: EdgeConfig,
+    signals: _Signals,
+    sync: NodeSync | None,
+    supervisor: Supervisor,
+    node_metrics: NodeMetrics | None,
+) -> None:
+    """Every 0.2 s until SIGTERM/SIGINT: one bounded housekeeping step, the bundle reloaded after SIGHUP,
+    the metrics brought up to date, dead workers restarted."""
     housekeeper = Housekeeper(
         store,
         int(config.track.dedupe_window_hours * 3_600_000),
-        activity,
+        _activity_limits(config),
         outbox_max_bytes=outbox_max_bytes(config.data),
         ids_max_bytes=dedupe_max_bytes(config),
         activity_max_bytes=activity_max_bytes(config),
     )
-    while not stop.wait(0.2):
+    while not signals.stop.wait(0.2):
         try:
             housekeeper.step()  # one bounded step each tick (edge/housekeeping.py)
         except (StoreError, lmdb.Error, RecordError, ValueError) as exc:
             log.error("housekeeping_failed", extra={"error": str(exc)})
-        if reload.is_set():
-            reload.clear()
+        if signals.reload.is_set():
+            signals.reload.clear()
             if config.data.bundle is None:
                 log.warning("reload_ignored", extra={"error": "SIGHUP without --bundle: nothing to reload"})
             else:
@@ -412,18 +499,6 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             if supervisor.restarts > restarts:
                 node_metrics.worker_restarted(supervisor.restarts - restarts)
             node_metrics.set_workers_alive(supervisor.alive())
-    log.info("stopping", extra={"grace_seconds": server.grace_seconds})
-    supervisor.stop_all(server.grace_seconds)
-    if sync is not None:
-        sync.stop()
-    if metrics_server is not None:
-        metrics_server.shutdown()
-        metrics_server.server_close()
-    if reserved is not None:
-        reserved.close()
-    store.close()
-    log.info("stopped")
-    return 0
 
 
 def _note_sync(node: NodeMetrics, store: Store, syncer: EdgeSyncer) -> None:

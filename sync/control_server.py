@@ -1,14 +1,18 @@
-"""The control plane's gRPC service: pushes into the control store, subscriptions out of it.
+"""The control plane's gRPC service: validation and translation between the RPCs and the parts that do
+the work.
 
-`Subscribe`: the edge says hello (node id, shard, last applied version). While the change log holds the
-commits after that version the edge gets them as deltas, else (or after the edge NACKs, or when its
-version is unknown here) a full snapshot of the head, then the tail. Every commit is framed by
-`sync.wire`. At most `max_snapshots` full snapshots stream at once; an edge over the cap gets
-RESOURCE_EXHAUSTED and retries with backoff. Heartbeats go both ways every `heartbeat_seconds`.
+`Subscribe` checks the edge's hello, registers it in the fleet (`sync/fleet.py`), reads its ACKs, NACKs
+and heartbeats into the fleet on a thread of its own, and streams what the fan-out (`sync/fanout.py`)
+sends it: deltas after its version from the commit cache (`sync/commit_cache.py`), or a full snapshot
+first; an edge over the cap on concurrent full snapshots gets RESOURCE_EXHAUSTED and retries with
+backoff. `Status` and `ForgetStatus` read the fleet. Callers' roles (edge or ops token) are checked by the
+interceptors of `sync/auth.py` before any method here runs.
 
 `Push` takes a bundle directory (validated whole with `load_bundle`) or a delta file (validated whole
 against the current state with `parse_delta`) and commits it in one transaction; a refused push changes
-nothing and answers INVALID_ARGUMENT naming file, record and field.
+nothing and answers INVALID_ARGUMENT naming file, record and field. `Forward` stores the events edges
+send (de-duplicated, forgotten users' dropped); the background jobs (`sync/control_jobs.py`) fold them
+into profiles, learn bandit posteriors from them and expire old ones.
 """
 
 from __future__ import annotations
@@ -18,10 +22,8 @@ import logging
 import shutil
 import tempfile
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Generator, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Final
 
@@ -32,148 +34,32 @@ from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
 from edgewise.core.records import Activity, decode_profile, encode_profile
 from edgewise.core.rules import compile_rules
-from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
+from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
-from edgewise.sync.control_store import (
-    CommitInfo,
-    ControlStore,
-    ControlStoreError,
-    LogCompacted,
-    RecordChange,
-)
-from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
+from edgewise.sync.commit_cache import CommitCache, commit_proto
+from edgewise.sync.control_jobs import ControlJobs
+from edgewise.sync.control_store import ControlStore, ControlStoreError, RecordChange
+from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, forwarded_keys
-from edgewise.sync.profile_folder import ProfileFolder
+from edgewise.sync.fanout import Fanout, SnapshotsBusy
+from edgewise.sync.fleet import EdgeEntry, Fleet
 from edgewise.sync.shard import Shard, ShardError
-from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
+from edgewise.sync.wire import DEFAULT_CHUNK_BYTES
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ControlPlaneService", "Fleet"]
+__all__ = [
+    "FORGET_STATUS_DEFAULT",
+    "FORGET_STATUS_MAX",
+    "MAX_FORWARD_RECORDS",
+    "ControlPlaneService",
+    "report_document",
+]
 
 _MAX_PUSH_BYTES: Final = 64 << 30
 MAX_FORWARD_RECORDS: Final = 5000
-_POLL_SECONDS: Final = 0.25  # how often a subscription looks for commits written by another process
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class EdgeEntry:
-    node_id: str
-    shard: str
-    peer: str
-    applied_version: int = 0
-    last_ack_version: int = 0
-    last_nack_version: int = 0
-    last_error: str = ""
-    state: sync_pb2.EdgeState.ValueType = sync_pb2.EDGE_STATE_NOT_SERVING
-    connected: bool = False
-    last_seen_ms: int = 0
-    stream: int = 0  # which subscription owns the entry (a reconnect replaces the old one)
-    events_forwarded: int = 0
-    nack_pending: bool = False
-
-
-class Fleet:
-    """What the control plane knows of every edge that subscribed since it started."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._edges: dict[str, EdgeEntry] = {}
-        self._streams = 0
-
-    def connect(self, hello: sync_pb2.Hello, shard: Shard, peer: str) -> EdgeEntry:
-        with self._lock:
-            self._streams += 1
-            entry = self._edges.get(hello.node_id)
-            if entry is None:
-                entry = EdgeEntry(hello.node_id, shard.text(), peer)
-                self._edges[hello.node_id] = entry
-            entry.shard = shard.text()
-            entry.peer = peer
-            entry.applied_version = hello.last_version
-            entry.connected = True
-            entry.last_seen_ms = _now_ms()
-            entry.stream = self._streams
-            entry.nack_pending = False
-            return entry
-
-    def disconnect(self, entry: EdgeEntry, stream: int) -> None:
-        with self._lock:
-            if entry.stream == stream:
-                entry.connected = False
-
-    def on_request(self, entry: EdgeEntry, request: sync_pb2.SubscribeRequest) -> None:
-        with self._lock:
-            entry.last_seen_ms = _now_ms()
-            kind = request.WhichOneof("kind")
-            if kind == "ack":
-                entry.applied_version = request.ack.version
-                entry.last_ack_version = request.ack.version
-                entry.last_error = ""
-                entry.state = sync_pb2.EDGE_STATE_READY  # it applied what we sent: it is in contact
-            elif kind == "nack":
-                entry.last_nack_version = request.nack.version
-                entry.last_error = request.nack.error[:2000]
-                entry.nack_pending = True
-            elif kind == "heartbeat":
-                entry.applied_version = request.heartbeat.version
-                entry.state = request.heartbeat.state
-
-    def on_forward(self, node_id: str, accepted: int) -> None:
-        with self._lock:
-            entry = self._edges.get(node_id)
-            if entry is None:
-                entry = EdgeEntry(node_id, "", "")
-                self._edges[node_id] = entry
-            entry.events_forwarded += accepted
-            entry.last_seen_ms = _now_ms()
-
-    def take_nack(self, entry: EdgeEntry) -> int | None:
-        """The version the edge NACKed since the last call, if any."""
-        with self._lock:
-            if not entry.nack_pending:
-                return None
-            entry.nack_pending = False
-            return entry.last_nack_version
-
-    def status(self, head: int) -> list[sync_pb2.EdgeStatus]:
-        with self._lock:
-            return [
-                sync_pb2.EdgeStatus(
-                    node_id=e.node_id,
-                    shard=e.shard,
-                    applied_version=e.applied_version,
-                    lag=max(0, head - e.applied_version),
-                    last_ack_version=e.last_ack_version,
-                    last_nack_version=e.last_nack_version,
-                    last_error=e.last_error,
-                    state=e.state if e.connected else sync_pb2.EDGE_STATE_UNSPECIFIED,
-                    connected=e.connected,
-                    last_seen_ms=e.last_seen_ms,
-                    peer=e.peer,
-                    events_forwarded=e.events_forwarded,
-                )
-                for e in sorted(self._edges.values(), key=lambda e: e.node_id)
-            ]
-
-
-def _commit_proto(info: CommitInfo, lineage: str = "") -> sync_pb2.Commit:
-    return sync_pb2.Commit(
-        version=info.version,
-        base_version=info.base_version,
-        kind=info.kind,
-        lineage=lineage,
-        created_at_ms=info.created_at_ms,
-        description=info.description,
-    )
-
-
 FORGET_STATUS_DEFAULT: Final = 100
 FORGET_STATUS_MAX: Final = 1_000  # users per ForgetStatus reply (each lists every edge)
 
@@ -193,38 +79,41 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     ) -> None:
         self.store = store
         self.events = events
-
         self.fleet = Fleet()
-        self._snapshots = threading.BoundedSemaphore(max_snapshots)
-        self._heartbeat_seconds = heartbeat_seconds
-        self._chunk_bytes = chunk_bytes
-        self._changed = threading.Condition()
+        self.cache = CommitCache(store, chunk_bytes=chunk_bytes, budget_bytes=cache_bytes)
+        self.fanout = Fanout(
+            self.cache, self.fleet, max_snapshots=max_snapshots, heartbeat_seconds=heartbeat_seconds
+        )
         self._push_lock = threading.Lock()  # one push validates and commits at a time
         self._forget_lock = threading.Lock()  # a forget's two stores vs a Forward's check and ingest
-        # encoded commits by (version, shard), newest last, bounded by the bytes of their changes
-        self._cache: OrderedDict[tuple[int, str], tuple[list[sync_pb2.SyncMessage], int]] = OrderedDict()
-        self._cache_bytes = 0
-        self._cache_budget = cache_bytes
-        self._cache_lock = threading.Lock()
-        self.folder = (
-            ProfileFolder(store, events, self._push_lock, self._notify) if events is not None else None
-        )
-        self.learner = (
-            BanditLearner(store, events, self._push_lock, self._notify, schedule=bandit_schedule)
+        self.jobs = (
+            ControlJobs(
+                store,
+                events,
+                self._push_lock,
+                self.cache.notify,
+                bandit_schedule=bandit_schedule,
+                retain_events_ms=retain_events_ms,
+            )
             if events is not None
             else None
         )
-        self.retention = (  # retain_events_ms 0: keep every stored event
-            EventRetention(store, events, retain_events_ms)
-            if events is not None and retain_events_ms
-            else None
-        )
 
-    # --- subscriptions -------------------------------------------------------------------------------
+    def start_background(self) -> None:
+        """Start folding forwarded events into profiles, learning bandit posteriors from them and expiring
+        old ones (when this control plane stores events)."""
+        if self.jobs is not None:
+            self.jobs.start()
+
+    def stop_background(self) -> None:
+        if self.jobs is not None:
+            self.jobs.stop()
 
     def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+        """Wake the subscriptions: a commit was written, or an edge NACKed."""
+        self.cache.notify()
+
+    # --- subscriptions -------------------------------------------------------------------------------
 
     def Subscribe(
         self, request_iterator: Iterator[sync_pb2.SubscribeRequest], context: grpc.ServicerContext
@@ -239,7 +128,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             shard = Shard.from_proto(hello.shard)
         except ShardError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.shard: {exc}")
-        entry = self.fleet.connect(hello, shard, context.peer())
+        entry = self.fleet.connect(hello.node_id, shard.text(), context.peer(), hello.last_version)
         stream = entry.stream
         log.info(
             "edge_subscribed",
@@ -253,16 +142,22 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         )
         reader.start()
         try:
-            yield from self._stream(entry, shard, hello.last_version, hello.lineage, context)
+            yield from self.fanout.stream(entry, shard, hello.last_version, hello.lineage, context.is_active)
+        except SnapshotsBusy as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         finally:
             self.fleet.disconnect(entry, stream)
             log.info("edge_unsubscribed", extra={"node": hello.node_id})
 
     def _read_requests(self, requests: Iterator[sync_pb2.SubscribeRequest], entry: EdgeEntry) -> None:
+        """The edge's side of its subscription, into the fleet; a NACK wakes its stream."""
         try:
             for request in requests:
-                self.fleet.on_request(entry, request)
-                if request.WhichOneof("kind") == "nack":
+                kind = request.WhichOneof("kind")
+                if kind == "ack":
+                    self.fleet.ack(entry, request.ack.version)
+                elif kind == "nack":
+                    self.fleet.nack(entry, request.nack.version, request.nack.error)
                     log.warning(
                         "edge_nack",
                         extra={
@@ -272,98 +167,12 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         },
                     )
                     self._notify()
+                elif kind == "heartbeat":
+                    self.fleet.heartbeat(entry, request.heartbeat.version, request.heartbeat.state)
+                else:
+                    self.fleet.seen(entry)
         except grpc.RpcError:
             pass  # the stream ended; Subscribe's generator notices through the context
-
-    def _stream(
-        self, entry: EdgeEntry, shard: Shard, sent: int, lineage: str, context: grpc.ServicerContext
-    ) -> Generator[sync_pb2.SyncMessage, None, None]:
-        head = self.store.head_version()
-        need_snapshot = (
-            sent == 0 or sent > head or sent < self.store.log_start_version() or lineage != self.store.lineage
-        )
-        # After a NACK the edge gets a full snapshot of the head, at once if there is a newer version,
-        # else after a backoff that doubles with every NACK in a row (a corrupted chunk heals on the
-        # retry; a commit the edge cannot apply is not resent in a tight loop).
-        retry_at = 0.0
-        nack_backoff = 0.5
-        last_beat = 0.0
-        while context.is_active():
-            head = self.store.head_version()
-            nacked = self.fleet.take_nack(entry)
-            if nacked is not None:
-                need_snapshot = True
-                retry_at = 0.0 if head > nacked else time.monotonic() + nack_backoff
-                nack_backoff = min(nack_backoff * 2, 60.0)
-            if need_snapshot and head > 0 and time.monotonic() >= retry_at:
-                if not self._snapshots.acquire(timeout=1.0):
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "too many full snapshots streaming; retry with backoff",
-                    )
-                try:
-                    sent = yield from self._send_snapshot(shard)
-                finally:
-                    self._snapshots.release()
-                need_snapshot = False
-                last_beat = time.monotonic()
-                continue
-            if not need_snapshot and head > sent:
-                try:
-                    for info, changes in self.store.commits_after(sent):
-                        if not context.is_active() or entry.nack_pending:
-                            break
-                        yield from self._encoded(info, changes, shard)
-                        sent = info.version
-                except LogCompacted:
-                    need_snapshot = True
-                last_beat = time.monotonic()
-                continue
-            if time.monotonic() - last_beat >= self._heartbeat_seconds:
-                last_beat = time.monotonic()
-                yield sync_pb2.SyncMessage(heartbeat=sync_pb2.Heartbeat(version=head, sent_at_ms=_now_ms()))
-            with self._changed:
-                self._changed.wait(_POLL_SECONDS)
-
-    def _encoded(
-        self, info: CommitInfo, changes: list[RecordChange], shard: Shard
-    ) -> list[sync_pb2.SyncMessage]:
-        """A commit's messages for one shard, encoded once and shared by every subscriber that needs them
-        (protobuf messages are not changed after encoding; each stream serializes its own copy)."""
-        key = (info.version, shard.text())
-        with self._cache_lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached[0]
-        messages = list(
-            encode_commit(
-                _commit_proto(info, self.store.lineage),
-                _for_shard(shard, changes),
-                chunk_bytes=self._chunk_bytes,
-            )
-        )
-        size = sum(len(c.key) + len(c.value or b"") + 32 for c in changes)
-        with self._cache_lock:
-            if key not in self._cache and size <= self._cache_budget:
-                self._cache[key] = (messages, size)
-                self._cache_bytes += size
-                while self._cache_bytes > self._cache_budget:
-                    _, (_, dropped) = self._cache.popitem(last=False)
-                    self._cache_bytes -= dropped
-        return messages
-
-    def start_background(self) -> None:
-        """Start folding forwarded events into profiles, learning bandit posteriors from them and expiring
-        old ones (when this control plane stores events)."""
-        for job in (self.folder, self.learner, self.retention):
-            if job is not None:
-                job.start()
-
-    def stop_background(self) -> None:
-        for job in (self.folder, self.learner, self.retention):
-            if job is not None:
-                job.stop()
 
     def _fleet_activity(self) -> dict[str, Activity]:
         """The folded activity of every profile that has some (kept across bundle pushes)."""
@@ -375,28 +184,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     if activity is not None:
                         out[key] = activity
         return out
-
-    def _send_snapshot(self, shard: Shard) -> Generator[sync_pb2.SyncMessage, None, int]:
-        with self.store.read() as view:
-            version = view.version
-            newest = self.store.history(1)
-            commit = sync_pb2.Commit(
-                version=version,
-                snapshot=True,
-                kind="snapshot",
-                created_at_ms=newest[0].created_at_ms if newest else 0,
-                description=f"full snapshot at version {version}",
-                lineage=self.store.lineage,
-            )
-
-            def records() -> Iterator[tuple[str, str, bytes | None]]:
-                for namespace in ("rules", "models", "items", "profiles", "forgotten"):
-                    for key, value in view.items(namespace):
-                        if namespace != "profiles" or shard.holds(key, value):
-                            yield namespace, key, value
-
-            yield from encode_commit(commit, records(), chunk_bytes=self._chunk_bytes)
-        return version
 
     # --- ops -----------------------------------------------------------------------------------------
 
@@ -517,7 +304,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     ) -> sync_pb2.HistoryReply:
         limit = request.limit or 50
         return sync_pb2.HistoryReply(
-            commits=[_commit_proto(c) for c in self.store.history(min(limit, 10_000))],
+            commits=[commit_proto(c) for c in self.store.history(min(limit, 10_000))],
             head_version=self.store.head_version(),
             log_start_version=self.store.log_start_version(),
             snapshot_versions=self.store.snapshot_versions(),
@@ -526,7 +313,8 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def Status(self, request: sync_pb2.StatusRequest, context: grpc.ServicerContext) -> sync_pb2.StatusReply:
         head = self.store.head_version()
         total = self.events.count() if self.events is not None else 0
-        return sync_pb2.StatusReply(head_version=head, edges=self.fleet.status(head), events_total=total)
+        edges = [_edge_status(e, head) for e in self.fleet.edges()]
+        return sync_pb2.StatusReply(head_version=head, edges=edges, events_total=total)
 
     def Report(self, request: sync_pb2.ReportRequest, context: grpc.ServicerContext) -> sync_pb2.ReportReply:
         if self.events is None:
@@ -579,7 +367,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def ForgetStatus(
         self, request: sync_pb2.ForgetStatusRequest, context: grpc.ServicerContext
     ) -> sync_pb2.ForgetStatusReply:
-        edges = self.fleet.status(self.store.head_version())
+        edges = self.fleet.edges()
         limit = request.limit or FORGET_STATUS_DEFAULT
         if limit > FORGET_STATUS_MAX:
             context.abort(
@@ -649,7 +437,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         except EventStoreError as exc:
             log.error("events_not_stored", extra={"node": request.node_id, "error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")
-        self.fleet.on_forward(request.node_id, result.accepted)
+        self.fleet.forwarded(request.node_id, result.accepted)
         return sync_pb2.ForwardReply(
             acked_seq=max((r.seq for r in request.records), default=0),
             accepted=result.accepted,
@@ -718,11 +506,19 @@ def _keep_fleet_activity(
         yield record
 
 
-def _for_shard(shard: Shard, changes: list[RecordChange]) -> Iterator[tuple[str, str, bytes | None]]:
-    """A commit's changes as one shard's edge needs them: profiles outside the shard are left out, or
-    sent as deletes for region shards (a profile that moved to another region must leave the edge)."""
-    for c in changes:
-        if c.namespace != "profiles" or shard.everything or shard.holds(c.key, c.value):
-            yield c.namespace, c.key, c.value
-        elif shard.regions:
-            yield c.namespace, c.key, None
+def _edge_status(entry: EdgeEntry, head: int) -> sync_pb2.EdgeStatus:
+    """An edge's row of `ctl status`: a disconnected edge's state is not known (UNSPECIFIED)."""
+    return sync_pb2.EdgeStatus(
+        node_id=entry.node_id,
+        shard=entry.shard,
+        applied_version=entry.applied_version,
+        lag=max(0, head - entry.applied_version),
+        last_ack_version=entry.last_ack_version,
+        last_nack_version=entry.last_nack_version,
+        last_error=entry.last_error,
+        state=entry.state if entry.connected else sync_pb2.EDGE_STATE_UNSPECIFIED,
+        connected=entry.connected,
+        last_seen_ms=entry.last_seen_ms,
+        peer=entry.peer,
+        events_forwarded=entry.events_forwarded,
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-import edgewise.sync.control_server as control_server
+import edgewise.sync.commit_cache as commit_cache
 from edgewise.offline.synth import synth_bundle
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, RecordChange
@@ -278,7 +278,7 @@ def test_corrupted_chunk_and_invalid_commit_are_nacked_and_heal(
 ) -> None:
     service, address = inprocess_control
     store = service.store
-    original = control_server.encode_commit
+    original = commit_cache.encode_commit
     # the first commit newer than target["after"] that is encoded gets its first chunk corrupted, once
     target = {"after": 1 << 62, "version": -1}
     corrupted = threading.Event()
@@ -300,7 +300,7 @@ def test_corrupted_chunk_and_invalid_commit_are_nacked_and_heal(
             release.wait(30)
         yield from original(commit, changes, chunk_bytes=chunk_bytes)
 
-    monkeypatch.setattr(control_server, "encode_commit", corrupting)
+    monkeypatch.setattr(commit_cache, "encode_commit", corrupting)
 
     channel, stub = _stub(address)
     with channel:

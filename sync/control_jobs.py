@@ -1,0 +1,51 @@
+"""The control plane's background jobs over the events edges forward: the profile folder
+(`sync/profile_folder.py`), the bandit learner (`sync/bandit_learner.py`) and event retention
+(`sync/event_retention.py`), each a thread of its own (`sync/periodic.py`).
+
+The folder and the learner commit under `lock`, the lock the service's pushes, rollbacks and forgets
+hold, so no job's commit interleaves with theirs, and call `on_commit` after each commit (the commit
+cache's `notify`: subscriptions send it at once). Retention runs only when `retain_events_ms` is
+positive (0: keep every stored event). `start` starts them all, `stop` stops them all and returns when
+each thread ended (or its timeout passed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from edgewise.core.bandit_learning import LearningSchedule
+from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
+from edgewise.sync.control_store import ControlStore
+from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
+from edgewise.sync.event_store import EventStore
+from edgewise.sync.profile_folder import ProfileFolder
+
+__all__ = ["ControlJobs"]
+
+
+class ControlJobs:
+    def __init__(
+        self,
+        store: ControlStore,
+        events: EventStore,
+        lock: AbstractContextManager[object],
+        on_commit: Callable[[], None],
+        *,
+        bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
+        retain_events_ms: int = DEFAULT_RETAIN_MS,
+    ) -> None:
+        self.folder = ProfileFolder(store, events, lock, on_commit)
+        self.learner = BanditLearner(store, events, lock, on_commit, schedule=bandit_schedule)
+        self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
+
+    def _jobs(self) -> list[ProfileFolder | BanditLearner | EventRetention]:
+        return [job for job in (self.folder, self.learner, self.retention) if job is not None]
+
+    def start(self) -> None:
+        for job in self._jobs():
+            job.start()
+
+    def stop(self) -> None:
+        for job in self._jobs():
+            job.stop()

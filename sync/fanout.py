@@ -1,0 +1,96 @@
+"""The fan-out of commits to subscribed edges: what each subscription sends next, and when.
+
+An edge that says hello with its last applied version gets the commits after it as deltas while the
+change log holds them; else (its version is 0, ahead of the head, older than the log, or of another
+lineage) a full snapshot of the head first, then the tail. After a NACK it gets a full snapshot of the
+head: at once when there is a newer version than the one refused, else after a backoff that doubles with
+every NACK in a row up to a minute (a corrupted chunk heals on the retry; a commit the edge cannot apply
+is not resent in a tight loop). At most `max_snapshots` full snapshots stream at once: a subscription
+that waits a second for a slot gets `SnapshotsBusy` (the service answers RESOURCE_EXHAUSTED and the edge
+retries with backoff); one that needs only deltas is never held back by the cap. A subscription with
+nothing to send gets a heartbeat every `heartbeat_seconds`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Final
+
+from edgewise.sync.commit_cache import CommitCache
+from edgewise.sync.control_store import LogCompacted
+from edgewise.sync.fleet import EdgeEntry, Fleet
+from edgewise.sync.shard import Shard
+from edgewise.v1 import sync_pb2
+
+__all__ = ["POLL_SECONDS", "Fanout", "SnapshotsBusy"]
+
+POLL_SECONDS: Final = 0.25
+"""How often a subscription looks for commits written by another process."""
+MAX_NACK_BACKOFF_SECONDS: Final = 60.0
+
+
+class SnapshotsBusy(Exception):
+    """Every full-snapshot slot stayed taken for a second."""
+
+
+class Fanout:
+    def __init__(
+        self, cache: CommitCache, fleet: Fleet, *, max_snapshots: int = 2, heartbeat_seconds: float = 5.0
+    ) -> None:
+        self.cache = cache
+        self.store = cache.store
+        self.fleet = fleet
+        self.heartbeat_seconds = heartbeat_seconds
+        self._snapshots = threading.BoundedSemaphore(max_snapshots)
+
+    def stream(
+        self, entry: EdgeEntry, shard: Shard, sent: int, lineage: str, active: Callable[[], bool]
+    ) -> Generator[sync_pb2.SyncMessage, None, None]:
+        """The messages for the edge of `entry`, whose last applied version is `sent` (of `lineage`),
+        while `active()`. Raises `SnapshotsBusy` when it needs a full snapshot and finds no slot."""
+        store = self.store
+        head = store.head_version()
+        need_snapshot = (
+            sent == 0 or sent > head or sent < store.log_start_version() or lineage != store.lineage
+        )
+        retry_at = 0.0
+        nack_backoff = 0.5
+        last_beat = 0.0
+        while active():
+            head = store.head_version()
+            nacked = self.fleet.take_nack(entry)
+            if nacked is not None:
+                need_snapshot = True
+                retry_at = 0.0 if head > nacked else time.monotonic() + nack_backoff
+                nack_backoff = min(nack_backoff * 2, MAX_NACK_BACKOFF_SECONDS)
+            if need_snapshot and head > 0 and time.monotonic() >= retry_at:
+                if not self._snapshots.acquire(timeout=1.0):
+                    raise SnapshotsBusy("too many full snapshots streaming; retry with backoff")
+                try:
+                    sent = yield from self.cache.snapshot(shard)
+                finally:
+                    self._snapshots.release()
+                need_snapshot = False
+                last_beat = time.monotonic()
+                continue
+            if not need_snapshot and head > sent:
+                try:
+                    for info, changes in store.commits_after(sent):
+                        if not active() or entry.nack_pending:
+                            break
+                        yield from self.cache.encoded(info, changes, shard)
+                        sent = info.version
+                except LogCompacted:
+                    need_snapshot = True
+                last_beat = time.monotonic()
+                continue
+            if time.monotonic() - last_beat >= self.heartbeat_seconds:
+                last_beat = time.monotonic()
+                yield sync_pb2.SyncMessage(heartbeat=sync_pb2.Heartbeat(version=head, sent_at_ms=_now_ms()))
+            self.cache.wait(POLL_SECONDS)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
