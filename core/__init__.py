@@ -30,6 +30,7 @@ from edgewise.core.decisions import (
 )
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.records import ItemRecord, ProfileRecord
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import ReadView, Store, StoreError, TrackResponse
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "ProfileRecord",
     "ReadView",
     "RequestError",
+    "SnapshotInfo",
     "SnapshotMissing",
     "Store",
     "StoreError",

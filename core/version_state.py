@@ -205,7 +205,7 @@ def build_state(view: ReadView) -> VersionState:
         field_purposes=purposes,
         popularity_scopes=scopes,
         segment_scopes=tuple(sorted(s.removeprefix("segment:") for s in scopes if s.startswith("segment:"))),
-        daily_counts_end_ms=int(view.snapshot_info().get("daily_counts_end_ms", 0)),
+        daily_counts_end_ms=view.snapshot_info().daily_counts_end_ms,
         half_embeddings=half if half is not None and half.rows == n else None,
         embeddings=_copy(embeddings) if valid and embeddings is not None else None,
         neighbors=neighbors,

@@ -80,10 +80,8 @@ def load_bundle_file(store: Store, bundle_dir: Path) -> bool:
     """Validate and apply a bundle; log the outcome; False (and nothing changed) when it is refused."""
     digest = _manifest_digest(bundle_dir)
     current = store.snapshot_info()
-    if digest and current.get("manifest_sha256") == digest:
-        log.info(
-            "bundle_already_loaded", extra={"bundle": str(bundle_dir), "version": current.get("version")}
-        )
+    if digest and current.manifest_sha256 == digest:
+        log.info("bundle_already_loaded", extra={"bundle": str(bundle_dir), "version": current.version})
         return True
     started = time.monotonic()
     try:
@@ -92,7 +90,7 @@ def load_bundle_file(store: Store, bundle_dir: Path) -> bool:
     except BundleError as exc:
         log.error(
             "bundle_refused",
-            extra={"bundle": str(bundle_dir), "error": str(exc), "serving_version": current.get("version")},
+            extra={"bundle": str(bundle_dir), "error": str(exc), "serving_version": current.version or None},
         )
         return False
     except StoreError as exc:
@@ -102,9 +100,9 @@ def load_bundle_file(store: Store, bundle_dir: Path) -> bool:
         "bundle_loaded",
         extra={
             "bundle": str(bundle_dir),
-            "version": info["version"],
-            "items": info["items"],
-            "profiles": info["profiles"],
+            "version": info.version,
+            "items": info.items,
+            "profiles": info.profiles,
             "seconds": round(time.monotonic() - started, 3),
         },
     )
@@ -510,5 +508,4 @@ def _note_sync(node: NodeMetrics, store: Store, syncer: EdgeSyncer) -> None:
 
 def _note_snapshot(node: NodeMetrics, store: Store) -> None:
     info = store.snapshot_info()
-    loaded_ms = info.get("loaded_at_ms")
-    node.set_snapshot(int(info.get("version", 0)), loaded_ms / 1000 if loaded_ms else None)
+    node.set_snapshot(info.version, info.loaded_at_ms / 1000 if info.loaded_at_ms else None)

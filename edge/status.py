@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Store, StoreError, StoreUsage
 from edgewise.edge.config import EdgeConfig, add_config_arguments, cli_config, size_limits
 
@@ -46,7 +47,7 @@ def _mib(size: int) -> float:
 
 
 def status_report(
-    config: EdgeConfig, path: Path, usage: StoreUsage, snapshot: Mapping[str, Any], now_ms: int
+    config: EdgeConfig, path: Path, usage: StoreUsage, snapshot: SnapshotInfo, now_ms: int
 ) -> dict[str, Any]:
     """The report `run` prints: plain data, for the table and for --json."""
     limits = []
@@ -67,11 +68,11 @@ def status_report(
     return {
         "store": str(path),
         "snapshot": {
-            "version": int(snapshot.get("version", 0) or 0),
-            "source": str(snapshot.get("source", "")),
-            "profiles": int(snapshot.get("profiles", 0) or 0),
-            "items": int(snapshot.get("items", 0) or 0),
-            "loaded_at_ms": int(snapshot.get("loaded_at_ms", 0) or 0),
+            "version": snapshot.version,
+            "source": snapshot.source,
+            "profiles": snapshot.profiles,
+            "items": snapshot.items,
+            "loaded_at_ms": snapshot.loaded_at_ms,
         },
         "map_mib": _mib(map_bytes),
         "high_water_mib": _mib(usage.high_water_bytes),

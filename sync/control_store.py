@@ -49,10 +49,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import lmdb
 import msgpack
+
+if TYPE_CHECKING:
+    from lmdb import _Database as Database
 
 __all__ = [
     "KINDS",
@@ -115,13 +118,13 @@ class CommitInfo:
 
 @dataclass(frozen=True, slots=True)
 class _Dbs:
-    state: dict[str, Any]
-    log: Any
-    commits: Any
-    snapshots: Any
-    meta: Any
-    forgotten: Any
-    profile_log: Any
+    state: dict[str, Database]
+    log: Database
+    commits: Database
+    snapshots: Database
+    meta: Database
+    forgotten: Database
+    profile_log: Database
 
 
 # -- encoding ------------------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ def _decode_commit(key: bytes, raw: bytes) -> CommitInfo:
     )
 
 
-def _purge_profile(txn: Any, dbs: _Dbs, user_id: str, raw_key: bytes) -> None:
+def _purge_profile(txn: lmdb.Transaction[bytes], dbs: _Dbs, user_id: str, raw_key: bytes) -> None:
     """Remove every logged value and every snapshot copy of one profile (for forget). A logged upsert
     becomes a tombstone (the commit keeps its number of changes; replaying it now deletes the profile).
     The profile-log index names the log entries to redact, so this reads only the profile's own."""
@@ -233,7 +236,7 @@ def _profile_log_key(namespace: str, key: str, value: bytes | None) -> bytes | N
 
 
 def _index_profile_log(
-    txn: Any, dbs: _Dbs, seq: bytes, namespace: str, key: str, value: bytes | None
+    txn: lmdb.Transaction[bytes], dbs: _Dbs, seq: bytes, namespace: str, key: str, value: bytes | None
 ) -> None:
     """Add one logged change to the profile-log index (profile upserts only)."""
     index_key = _profile_log_key(namespace, key, value)
@@ -241,7 +244,7 @@ def _index_profile_log(
         txn.put(index_key, seq, db=dbs.profile_log, dupdata=True)
 
 
-def _upgrade_layout_1(txn: Any, dbs: _Dbs) -> None:
+def _upgrade_layout_1(txn: lmdb.Transaction[bytes], dbs: _Dbs) -> None:
     """Layout 1 -> 2, in the opening write transaction: index the logged profile upserts, and turn the
     forgotten list into one `forgotten` record per user (its forget commit's time), published in a
     "forget" commit with the list's tombstone. Edges purge those users once more: nothing is left."""
@@ -263,7 +266,7 @@ def _upgrade_layout_1(txn: Any, dbs: _Dbs) -> None:
     batch.finish("forget", f"{len(forgotten)} forgotten users, one record each (store layout 2)")
 
 
-def _drop_log_range(txn: Any, dbs: _Dbs, first: bytes, last: bytes) -> int:
+def _drop_log_range(txn: lmdb.Transaction[bytes], dbs: _Dbs, first: bytes, last: bytes) -> int:
     """Delete the log entries with seq in [first, last] and their profile-log index entries; return how
     many log entries were deleted."""
     deleted = 0
@@ -292,23 +295,23 @@ def _now_ms() -> int:
 # -- transaction helpers -------------------------------------------------------------------------------
 
 
-def _meta_u64(txn: Any, dbs: _Dbs, key: bytes) -> int:
+def _meta_u64(txn: lmdb.Transaction[bytes], dbs: _Dbs, key: bytes) -> int:
     raw = txn.get(key, db=dbs.meta)
     return 0 if raw is None else _unpack_u64(raw)
 
 
-def _snapshot_list(txn: Any, dbs: _Dbs) -> list[int]:
+def _snapshot_list(txn: lmdb.Transaction[bytes], dbs: _Dbs) -> list[int]:
     raw = txn.get(_META_SNAPSHOTS, db=dbs.meta)
     return [] if raw is None else [int(v) for v in msgpack.unpackb(raw)]
 
 
-def _get_commit(txn: Any, dbs: _Dbs, version: int) -> CommitInfo | None:
+def _get_commit(txn: lmdb.Transaction[bytes], dbs: _Dbs, version: int) -> CommitInfo | None:
     key = _pack_u64(version)
     raw = txn.get(key, db=dbs.commits)
     return None if raw is None else _decode_commit(key, raw)
 
 
-def _first_commit_after(txn: Any, dbs: _Dbs, version: int) -> CommitInfo | None:
+def _first_commit_after(txn: lmdb.Transaction[bytes], dbs: _Dbs, version: int) -> CommitInfo | None:
     """The oldest commit whose version is greater than `version`."""
     with txn.cursor(db=dbs.commits) as cursor:
         if not cursor.set_range(_pack_u64(version + 1)):
@@ -316,7 +319,7 @@ def _first_commit_after(txn: Any, dbs: _Dbs, version: int) -> CommitInfo | None:
         return _decode_commit(cursor.key(), cursor.value())
 
 
-def _read_changes(txn: Any, dbs: _Dbs, info: CommitInfo) -> list[RecordChange]:
+def _read_changes(txn: lmdb.Transaction[bytes], dbs: _Dbs, info: CommitInfo) -> list[RecordChange]:
     changes: list[RecordChange] = []
     last = _pack_u64(info.version)
     with txn.cursor(db=dbs.log) as cursor:
@@ -333,7 +336,7 @@ def _read_changes(txn: Any, dbs: _Dbs, info: CommitInfo) -> list[RecordChange]:
     return changes
 
 
-def _delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
+def _delete_prefix(txn: lmdb.Transaction[bytes], db: Database, prefix: bytes) -> int:
     deleted = 0
     with txn.cursor(db=db) as cursor:
         if not cursor.set_range(prefix):
@@ -349,7 +352,7 @@ class _Batch:
 
     __slots__ = ("_dbs", "_txn", "base_version", "seq")
 
-    def __init__(self, txn: Any, dbs: _Dbs) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], dbs: _Dbs) -> None:
         self._txn = txn
         self._dbs = dbs
         self.base_version = _meta_u64(txn, dbs, _META_HEAD)
@@ -444,7 +447,7 @@ class ControlView:
 
     __slots__ = ("_dbs", "_txn", "version")
 
-    def __init__(self, txn: Any, dbs: _Dbs) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], dbs: _Dbs) -> None:
         self._txn = txn
         self._dbs = dbs
         self.version: int = _meta_u64(txn, dbs, _META_HEAD)
@@ -491,7 +494,7 @@ class ControlStore:
         self._check_layout()
         self.lineage: str = self._lineage()
 
-    def _open(self) -> tuple[Any, _Dbs]:
+    def _open(self) -> tuple[lmdb.Environment, _Dbs]:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             env = lmdb.open(
@@ -549,7 +552,7 @@ class ControlStore:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[Any]:
+    def _write(self) -> Iterator[lmdb.Transaction[bytes]]:
         """One write transaction: committed when the block ends normally, aborted on any exception."""
         try:
             with self._env.begin(write=True) as txn:
@@ -724,7 +727,7 @@ class ControlStore:
             return self._compact_in(txn)
 
     def _replace_in(
-        self, txn: Any, records: Iterable[RecordChange], kind: str, description: str
+        self, txn: lmdb.Transaction[bytes], records: Iterable[RecordChange], kind: str, description: str
     ) -> CommitInfo | None:
         batch = _Batch(txn, self._dbs)
         seen: dict[str, set[bytes]] = {name: set() for name in REPLICATED}
@@ -753,7 +756,7 @@ class ControlStore:
             self._compact_in(txn)
         return info
 
-    def _save_snapshot(self, txn: Any, version: int) -> None:
+    def _save_snapshot(self, txn: lmdb.Transaction[bytes], version: int) -> None:
         """Copy the state into `snapshots` at `version`, then drop all but the newest retained ones."""
         if self._retain_snapshots == 0:
             return
@@ -769,7 +772,7 @@ class ControlStore:
             _delete_prefix(txn, self._dbs.snapshots, _pack_u64(old))
         txn.put(_META_SNAPSHOTS, msgpack.packb(keep), db=self._dbs.meta)
 
-    def _compact_in(self, txn: Any) -> int:
+    def _compact_in(self, txn: lmdb.Transaction[bytes]) -> int:
         log_start = _meta_u64(txn, self._dbs, _META_LOG_START)
         remaining = int(txn.stat(self._dbs.log)["entries"])
         dropped = 0
@@ -787,7 +790,7 @@ class ControlStore:
 
     # -- rebuilding an older state ---------------------------------------------------------------------
 
-    def _check_rollback_target(self, txn: Any, version: int, head: int) -> None:
+    def _check_rollback_target(self, txn: lmdb.Transaction[bytes], version: int, head: int) -> None:
         if version > head or version < 0:
             raise ControlStoreError(f"cannot roll back to version {version}: the head is version {head}")
         if _get_commit(txn, self._dbs, version) is None:
@@ -795,7 +798,7 @@ class ControlStore:
                 f"cannot roll back to version {version}: it is not a commit version; pick one from history()"
             )
 
-    def _reconstruction_base(self, txn: Any, version: int) -> int:
+    def _reconstruction_base(self, txn: lmdb.Transaction[bytes], version: int) -> int:
         """The version to rebuild `version` from: the newest retained snapshot at or below it, or 0 (the
         empty state); the log must hold every change between the base and `version`."""
         snapshots = _snapshot_list(txn, self._dbs)
@@ -815,7 +818,9 @@ class ControlStore:
             "roll back to a retained snapshot or a later version"
         )
 
-    def _log_overlay(self, txn: Any, base: int, version: int) -> dict[tuple[str, bytes], int]:
+    def _log_overlay(
+        self, txn: lmdb.Transaction[bytes], base: int, version: int
+    ) -> dict[tuple[str, bytes], int]:
         """For each key changed in (base, version]: the seq of its last change there."""
         overlay: dict[tuple[str, bytes], int] = {}
         last = _pack_u64(version)
@@ -829,7 +834,9 @@ class ControlStore:
                 overlay[(change.namespace, change.key.encode())] = _unpack_u64(key)
         return overlay
 
-    def _state_at(self, txn: Any, base: int, overlay: dict[tuple[str, bytes], int]) -> Iterator[RecordChange]:
+    def _state_at(
+        self, txn: lmdb.Transaction[bytes], base: int, overlay: dict[tuple[str, bytes], int]
+    ) -> Iterator[RecordChange]:
         """Stream the state at the target version: the base snapshot minus overlaid keys, then the last
         logged value of every overlaid key that was not deleted."""
         if base > 0:
@@ -845,7 +852,10 @@ class ControlStore:
                         if (name, raw_key) not in overlay:
                             yield RecordChange(name, raw_key.decode(), bytes(value))
         for seq in overlay.values():
-            change = _decode_change(txn.get(_pack_u64(seq), db=self._dbs.log))
+            raw = txn.get(_pack_u64(seq), db=self._dbs.log)
+            if raw is None:  # `overlay` was read from the log in this transaction
+                raise ControlStoreError(f"change {seq} left the log while it was read; the store is damaged")
+            change = _decode_change(raw)
             if change.value is not None:
                 yield change
 

@@ -1,7 +1,7 @@
 """The edge's syncer: the node's single writer of replicated data when it follows a control plane.
 
 It subscribes with the node id, shard and the store's applied version, applies every commit that
-arrives in one LMDB write transaction (`Store.apply_sync`, which records the version) and ACKs it; a
+arrives in one LMDB write transaction (`Store.apply_replicated`, which records the version) and ACKs it; a
 commit that does not arrive whole (digest, order, count) or does not make a valid state (records that
 do not decode, item rows or model arrays out of step, rules that do not compile) is NACKed with the
 reason and nothing of it is applied: the last good state keeps serving. On any stream error it
@@ -17,14 +17,15 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import grpc
 import msgpack
 
 from edgewise.core.records import check_profile
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import PER_USER, ReadView, Store
 from edgewise.core.version_state import build_state
 from edgewise.sync.auth import bearer_metadata, open_channel
@@ -209,7 +210,7 @@ class EdgeSyncer:
                     node_id=target.node_id,
                     shard=target.shard.to_proto(),
                     last_version=self._resume_version(),
-                    lineage=str(self.store.snapshot_info().get("lineage", "")),
+                    lineage=self.store.snapshot_info().lineage,
                     edge_version="edgewise",
                 )
             )
@@ -248,7 +249,7 @@ class EdgeSyncer:
 
     def _resume_version(self) -> int:
         info = self.store.snapshot_info()
-        if info.get("source") != "control" or info.get("shard", "all") != self.target.shard.text():
+        if info.source != "control" or info.shard != self.target.shard.text():
             return 0  # data from a bundle or another shard: start from a full snapshot
         return self.store.version()
 
@@ -269,7 +270,7 @@ class EdgeSyncer:
         if commit.version <= current and not commit.snapshot:
             self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=current)))
             return
-        lineage = str(stored.get("lineage", ""))
+        lineage = stored.lineage
         if not commit.snapshot and commit.lineage != lineage:
             self._nack(
                 commit.version,
@@ -285,9 +286,9 @@ class EdgeSyncer:
             return
         started = time.monotonic()
         try:
-            info = self._info(commit, changes, {} if commit.snapshot else stored)
+            info = self._info(commit, changes, SnapshotInfo() if commit.snapshot else stored)
             rebuild = commit.snapshot or any(ns not in PER_USER for ns, _, _ in changes)
-            self.store.apply_sync(
+            self.store.apply_replicated(
                 commit.version,
                 changes,
                 snapshot=commit.snapshot,
@@ -315,24 +316,25 @@ class EdgeSyncer:
         self,
         commit: sync_pb2.Commit,
         changes: list[tuple[str, bytes, bytes | None]],
-        previous: Mapping[str, Any],
-    ) -> dict[str, Any]:
+        previous: SnapshotInfo,
+    ) -> SnapshotInfo:
         """The snapshot info recorded with the commit: the previous one (none for a snapshot), updated."""
-        info = dict(previous)
+        info = previous
         for namespace, key, value in changes:
             if namespace == "rules" and key == b"manifest" and value is not None:
                 manifest = msgpack.unpackb(value, raw=False)
-                info["daily_counts_end_ms"] = int(manifest.get("daily_counts_end_ms", 0))
-                info["bundle_version"] = manifest.get("bundle_version", 0)
-        info.update(
-            {
-                "version": commit.version,
-                "source": "control",
-                "control": self.target.address,
-                "shard": self.target.shard.text(),
-                "loaded_at_ms": int(time.time() * 1000),
-                "commit_kind": commit.kind,
-                "lineage": commit.lineage,
-            }
+                info = replace(
+                    info,
+                    daily_counts_end_ms=int(manifest.get("daily_counts_end_ms", 0)),
+                    bundle_version=int(manifest.get("bundle_version", 0)),
+                )
+        return replace(
+            info,
+            version=commit.version,
+            source="control",
+            control=self.target.address,
+            shard=self.target.shard.text(),
+            loaded_at_ms=int(time.time() * 1000),
+            commit_kind=commit.kind,
+            lineage=commit.lineage,
         )
-        return info

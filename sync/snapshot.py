@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import msgpack
 
 from edgewise.core.records import ItemRecord, ProfileRecord, encode_array, encode_item, encode_profile
-from edgewise.core.store import Store
-from edgewise.sync.bundle import Bundle
+from edgewise.core.snapshot_info import SnapshotInfo
+from edgewise.core.store import Change, ReadView, Store
+from edgewise.core.version_state import build_state
+from edgewise.sync.bundle import Bundle, BundleError
 
 __all__ = ["apply_bundle", "snapshot_info"]
 
@@ -58,40 +59,55 @@ def _rules_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
     yield b"schema", msgpack.packb(bundle.schema, use_bin_type=True)
 
 
-def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
+def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> SnapshotInfo:
     manifest = bundle.manifest
-    return {
-        "manifest_sha256": manifest_sha256,
-        "version": bundle.version,
-        "source": "bundle",
-        "bundle_path": str(bundle.path),
-        "created_at": manifest.get("created_at", ""),
-        "generator": manifest.get("generator", ""),
-        "loaded_at_ms": int(time.time() * 1000),
-        "items": len(bundle.items),
-        "profiles": len(bundle.profiles),
-        "dim": bundle.dim,
-        "daily_counts_end_ms": bundle.daily_counts_end_ms,
-        "models": [
+    return SnapshotInfo(
+        version=bundle.version,
+        source="bundle",
+        loaded_at_ms=int(time.time() * 1000),
+        daily_counts_end_ms=bundle.daily_counts_end_ms,
+        manifest_sha256=manifest_sha256,
+        bundle_path=str(bundle.path),
+        created_at=manifest.get("created_at", ""),
+        generator=manifest.get("generator", ""),
+        items=len(bundle.items),
+        profiles=len(bundle.profiles),
+        dim=bundle.dim,
+        models=(
             "item_embeddings",
             "item_popularity",
-            *(["item_neighbors", "item_neighbor_scores"] if bundle.item_neighbors is not None else []),
+            *(("item_neighbors", "item_neighbor_scores") if bundle.item_neighbors is not None else ()),
             *bundle.extra_models,
-        ],
-    }
+        ),
+    )
 
 
-def apply_bundle(store: Store, bundle: Bundle, manifest_sha256: str = "") -> dict[str, Any]:
-    """Replace the store's replicated data with `bundle` in one write transaction; return its info."""
+def _bundle_changes(bundle: Bundle) -> Iterator[Change]:
+    """Every replicated record of the bundle, as changes of a snapshot."""
+    for key, value in _profile_records(bundle, bundle.version):
+        yield "profiles", key, value
+    for key, value in _item_records(bundle, bundle.version):
+        yield "items", key, value
+    for key, value in _model_records(bundle):
+        yield "models", key, value
+    for key, value in _rules_records(bundle):
+        yield "rules", key, value
+
+
+def _check_state(view: ReadView) -> None:
+    """The check a bundle load commits under: the state it makes builds a version state (as workers will)."""
+    try:
+        build_state(view)
+    except Exception as exc:  # whatever stops it, the node keeps serving its last state
+        raise BundleError(".", f"its records do not make a servable state, nothing applied: {exc}") from exc
+
+
+def apply_bundle(store: Store, bundle: Bundle, manifest_sha256: str = "") -> SnapshotInfo:
+    """Replace the store's replicated data with `bundle` in one write transaction, as a snapshot
+    (`Store.apply_replicated`), and return its info. Raises BundleError, with nothing changed, when the
+    state it makes does not build (`core.version_state.build_state`)."""
     info = snapshot_info(bundle, manifest_sha256)
-    store.replace_replicated(
-        bundle.version,
-        {
-            "items": _item_records(bundle, bundle.version),
-            "profiles": _profile_records(bundle, bundle.version),
-            "models": _model_records(bundle),
-            "rules": _rules_records(bundle),
-        },
-        info,
+    store.apply_replicated(
+        bundle.version, _bundle_changes(bundle), snapshot=True, info=info, check=_check_state
     )
     return info

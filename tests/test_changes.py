@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from edgewise.core.decisions import Context, DecideRequest, PlacementRequest
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.records import decode_array, decode_item, decode_profile
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import REPLICATED, Store
 from edgewise.core.version_state import build_state
 from edgewise.offline.synth import synth_bundle
@@ -113,10 +114,11 @@ def keys(changes: Iterable[RecordChange]) -> set[tuple[str, str]]:
 def load_store(state: DictState, path: Path, version: int = 2) -> Store:
     store = Store(path, map_size=1 << 28)
     manifest = msgpack.unpackb(state.data["rules"][MANIFEST_KEY], raw=False)
-    store.replace_replicated(
+    store.apply_replicated(
         version,
-        {ns: [(k.encode(), v) for k, v in state.items(ns)] for ns in REPLICATED},
-        {"version": version, "daily_counts_end_ms": manifest["daily_counts_end_ms"]},
+        [(ns, k.encode(), v) for ns in REPLICATED for k, v in state.items(ns)],
+        snapshot=True,
+        info=SnapshotInfo(version=version, daily_counts_end_ms=manifest["daily_counts_end_ms"]),
     )
     return store
 

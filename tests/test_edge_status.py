@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import StoreUsage
 from edgewise.edge.config import load_config
 from edgewise.edge.status import format_report, status_report
@@ -80,11 +81,13 @@ def test_a_store_near_its_map_is_called_out(tmp_path: Path) -> None:
     config, _ = load_config(None, {}, {"data.dir": str(tmp_path), "data.map_size_mb": 100})
     namespaces = {"activity": (1_000, 50 << 20), "events": (10, 4096), "event_times": (10, 4096)}
     usage = StoreUsage(95 << 20, namespaces, 0, 0, 1)
-    report = status_report(config, tmp_path, usage, {}, 0)
+    report = status_report(config, tmp_path, usage, SnapshotInfo(), 0)
     assert report["high_water_share"] == 0.95
     assert {row["key"]: row["share"] for row in report["limits"]}["track.activity_max_mb"] == 2.0
     text = format_report(report)
     assert "no snapshot loaded yet" in text and "WARNING: the data file is past 90%" in text
     assert "track.activity_max_mb" in text and "200.0%" in text
-    calm = format_report(status_report(config, tmp_path, StoreUsage(10 << 20, namespaces, 0, 0, 1), {}, 0))
+    calm = format_report(
+        status_report(config, tmp_path, StoreUsage(10 << 20, namespaces, 0, 0, 1), SnapshotInfo(), 0)
+    )
     assert "WARNING" not in calm

@@ -12,9 +12,10 @@ import lmdb
 import msgpack
 import pytest
 
-from edgewise.core import store as store_module
+from edgewise.core import edge_local
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.records import ProfileRecord, encode_profile
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Store
 from edgewise.edge.housekeeping import Housekeeper
 from edgewise.sync.control_store import ControlStore, RecordChange
@@ -165,15 +166,15 @@ def test_an_edge_purges_a_user_when_the_record_arrives_without_a_new_generation(
     profile = encode_profile(ProfileRecord("u", 1, {}, {"personalization": 1}, None))
     users = ("u1", "u2", "u3")
     with Store(tmp_path / "edge", map_size=MAP_SIZE) as store:
-        store.apply_sync(
-            1, [("profiles", u.encode(), profile) for u in users], snapshot=True, info={"version": 1}
+        store.apply_replicated(
+            1, [("profiles", u.encode(), profile) for u in users], snapshot=True, info=SnapshotInfo(version=1)
         )
         store.record_events([_event(f"e-{u}", u, "i1") for u in users], ActivityLimits())
         assert all(_holds(store, u) == ["profile", "activity", "outbox"] for u in users)
         with store.read() as view:
             generation = view.generation
         forget = [("profiles", b"u1", None), ("forgotten", b"u1", U64.pack(5))]
-        assert store.apply_sync(2, forget, snapshot=False, info={"version": 2}) is False
+        assert store.apply_replicated(2, forget, snapshot=False, info=SnapshotInfo(version=2)) is False
         with store.read() as view:
             assert view.generation == generation  # workers keep their compiled version state
         assert _holds(store, "u1") == []
@@ -184,7 +185,7 @@ def test_an_edge_purges_a_user_when_the_record_arrives_without_a_new_generation(
             ("forgotten", b"u1", U64.pack(5)),
             ("forgotten", b"u2", U64.pack(6)),
         ]
-        store.apply_sync(3, snapshot, snapshot=True, info={"version": 3})
+        store.apply_replicated(3, snapshot, snapshot=True, info=SnapshotInfo(version=3))
         assert _holds(store, "u2") == []
         assert _holds(store, "u3") == ["profile", "activity", "outbox"]
 
@@ -198,23 +199,27 @@ def test_a_forget_during_a_large_backlog_purges_the_outbox_in_housekeeping_steps
 ) -> None:
     """Past FORGET_INLINE_OUTBOX queued entries, the sync transaction only marks the users; the outbox
     entries go in bounded housekeeping steps, and a user forgotten during a pass gets the next one."""
-    monkeypatch.setattr(store_module, "FORGET_INLINE_OUTBOX", 30)
+    monkeypatch.setattr(edge_local, "FORGET_INLINE_OUTBOX", 30)
     caplog.set_level(logging.INFO)
     profile = encode_profile(ProfileRecord("u", 1, {}, {"personalization": 1}, None))
     users = ("u1", "u2", "u3")
     with Store(tmp_path / "edge", map_size=MAP_SIZE) as store:
-        store.apply_sync(
-            1, [("profiles", u.encode(), profile) for u in users], snapshot=True, info={"version": 1}
+        store.apply_replicated(
+            1, [("profiles", u.encode(), profile) for u in users], snapshot=True, info=SnapshotInfo(version=1)
         )
         for n in range(20):  # 60 entries, over the (lowered) threshold
             store.record_events([_event(f"e{n}-{u}", u, "i1") for u in users], ActivityLimits())
-        store.apply_sync(2, [("forgotten", b"u1", U64.pack(5))], snapshot=False, info={"version": 2})
+        store.apply_replicated(
+            2, [("forgotten", b"u1", U64.pack(5))], snapshot=False, info=SnapshotInfo(version=2)
+        )
         assert _holds(store, "u1") == ["outbox"]  # profile and activity at once; the outbox later
         assert store.pending_purges() == {"u1"}
         keeper = Housekeeper(store, 72 * 3_600_000, ActivityLimits(), purge_per_step=25)
         keeper.step()  # entries 1-25 of 60
         assert _outbox_users(store).count("u1") == 20 - 9 and store.pending_purges() == {"u1"}
-        store.apply_sync(3, [("forgotten", b"u2", U64.pack(6))], snapshot=False, info={"version": 3})
+        store.apply_replicated(
+            3, [("forgotten", b"u2", U64.pack(6))], snapshot=False, info=SnapshotInfo(version=3)
+        )
         assert store.pending_purges() == {"u1", "u2"}
         keeper.step()  # entries 26-50
         keeper.step()  # 51-60 and the end: u1's pass is over, u2 waits for the next
@@ -277,9 +282,9 @@ def test_event_store_user_ids_too_long_for_an_index_key_are_stored_and_forgotten
 
 
 def test_an_outbox_entry_that_does_not_decode_is_not_taken_for_a_forgotten_users() -> None:
-    matches = store_module._outbox_matcher(frozenset({"u1"}))
+    matches = edge_local._outbox_matcher(frozenset({"u1"}))
     assert matches(msgpack.packb({"u": "u1", "t": "view"}))
     assert not matches(msgpack.packb({"u": "u2", "t": "view"}))
     assert not matches(b"\xc1 u1 " + msgpack.packb("u1"))  # contains the id, but is not msgpack
-    many = store_module._outbox_matcher(frozenset(f"u{n}" for n in range(20)))  # no substring filter
+    many = edge_local._outbox_matcher(frozenset(f"u{n}" for n in range(20)))  # no substring filter
     assert many(msgpack.packb({"u": "u7"})) and not many(b"\xc1\xc1")

@@ -15,6 +15,7 @@ import numpy as np
 from edgewise.core.decisions import Context, DecideRequest, PlacementRequest
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.records import encode_array
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import REPLICATED, ROW_CHUNKED, ROWS_PER_CHUNK, Store
 from edgewise.core.version_state import build_state
 from edgewise.sync.bundle import load_bundle
@@ -70,13 +71,17 @@ def test_a_delta_recuts_the_chunks_and_a_removed_array_loses_them(tmp_path: Path
             old = view.array("item_neighbors")
             assert old is not None
             new = np.ascontiguousarray(old[::-1])
-        store.apply_sync(2, [("models", b"item_neighbors", encode_array(new))], snapshot=False, info={})
+        store.apply_replicated(
+            2, [("models", b"item_neighbors", encode_array(new))], snapshot=False, info=SnapshotInfo()
+        )
         with store.read() as view:
             assert view.chunks_match("item_neighbors")
             got = view.rows("item_neighbors", [0, 5, new.shape[0] - 1])
             assert got is not None
             np.testing.assert_array_equal(got, new[[0, 5, new.shape[0] - 1]])
-        store.apply_sync(3, [("models", b"item_neighbor_scores", None)], snapshot=False, info={})
+        store.apply_replicated(
+            3, [("models", b"item_neighbor_scores", None)], snapshot=False, info=SnapshotInfo()
+        )
         with store.read() as view:
             assert not view.chunks_match("item_neighbor_scores")
             assert view.rows("item_neighbor_scores", [0]) is None
@@ -118,7 +123,7 @@ def test_read_only_open_of_a_store_without_model_rows(tmp_path: Path) -> None:
 
 
 def test_a_synced_snapshot_cuts_the_chunks(tmp_path: Path, bundle_dir: Path) -> None:
-    # The edge's syncer applies a control plane snapshot with apply_sync(snapshot=True).
+    # The edge's syncer applies a control plane snapshot with apply_replicated(snapshot=True).
     with _applied(tmp_path, bundle_dir) as source, source.read() as view:
         changes = []
         for namespace in REPLICATED:
@@ -128,7 +133,7 @@ def test_a_synced_snapshot_cuts_the_chunks(tmp_path: Path, bundle_dir: Path) -> 
         assert whole is not None
         expected = np.array(whole[[1, 2, 3]])
     with Store(tmp_path / "edge", map_size=1 << 30) as edge:
-        edge.apply_sync(7, changes, snapshot=True, info={})
+        edge.apply_replicated(7, changes, snapshot=True, info=SnapshotInfo())
         with edge.read() as view:
             assert build_state(view).chunked_models == ROW_CHUNKED
             got = view.rows("item_neighbors", [1, 2, 3])

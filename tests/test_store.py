@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -21,8 +22,10 @@ from edgewise.core.records import (
     encode_activity,
     encode_array,
 )
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Store
-from edgewise.sync.bundle import load_bundle
+from edgewise.sync import snapshot as snapshot_module
+from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.snapshot import apply_bundle
 
 
@@ -63,6 +66,63 @@ def test_apply_bundle_replaces_everything_and_records_the_version(tmp_path: Path
             assert view.generation == generation + 1
 
 
+def _holds(store: Store, user: str) -> list[str]:
+    """What the store keeps of `user`: profile, live activity, outbox entries."""
+    found = []
+    with store.read() as view:
+        if view.profile(user) is not None:
+            found.append("profile")
+        if view.activity(f"u:{user}") is not None:
+            found.append("activity")
+    if any(msgpack.unpackb(p, raw=False).get("u") == user for _, p in store.outbox_batch(10_000)):
+        found.append("outbox")
+    return found
+
+
+def test_a_bundle_load_is_a_snapshot_apply_and_purges_users_newly_forgotten_in_it(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    """Bundle files carry no `forgotten` records (docs/bundle-format.md), but their records go through
+    the one replicated apply the syncer uses: with such a record among them, the user is purged, the
+    profile the same snapshot brings included."""
+    bundle = load_bundle(bundle_dir)
+    user, other = bundle.profiles[0].id, bundle.profiles[1].id
+    with Store(tmp_path / "s", map_size=1 << 30) as store:
+        info = apply_bundle(store, bundle)
+        assert store.snapshot_info() == info and info.source == "bundle" and info.version == bundle.version
+        store.record_events([_event("e1", user=user), _event("e2", user=other)], ActivityLimits())
+        assert _holds(store, user) == _holds(store, other) == ["profile", "activity", "outbox"]
+        with store.read() as view:
+            generation = view.generation
+        changes = [*snapshot_module._bundle_changes(bundle), ("forgotten", user.encode(), b"\0" * 8)]
+        assert store.apply_replicated(
+            bundle.version, changes, snapshot=True, info=info, check=snapshot_module._check_state
+        )
+        assert _holds(store, user) == []
+        assert _holds(store, other) == ["profile", "activity", "outbox"]
+        with store.read() as view:
+            assert view.generation == generation + 1 and view.count("forgotten") == 1
+        # The same snapshot again: nobody is newly forgotten; the bundle's profile stays this time.
+        store.apply_replicated(bundle.version, changes, snapshot=True, info=info)
+        assert _holds(store, user) == ["profile"]
+
+
+def test_a_bundle_whose_state_does_not_build_is_refused_and_changes_nothing(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    bundle = load_bundle(bundle_dir)
+    with Store(tmp_path / "s", map_size=1 << 30) as store:
+        info = apply_bundle(store, bundle)
+        with store.read() as view:
+            before = (view.generation, view.version, view.replicated_digest())
+        broken = dataclasses.replace(bundle, version=bundle.version + 1, rules_doc={"placements": 5})
+        with pytest.raises(BundleError, match=r"do not make a servable state.*placements: must be an object"):
+            apply_bundle(store, broken)
+        with store.read() as view:
+            assert (view.generation, view.version, view.replicated_digest()) == before
+        assert store.snapshot_info() == info
+
+
 def test_a_reader_sees_old_or_new_snapshot_never_a_mix(tmp_path: Path, bundle_dir: Path) -> None:
     bundle = load_bundle(bundle_dir)
     with Store(tmp_path / "s", map_size=1 << 30) as store:
@@ -71,7 +131,7 @@ def test_a_reader_sees_old_or_new_snapshot_never_a_mix(tmp_path: Path, bundle_di
             before = view.version
             n_items = view.count("items")
             # A whole new snapshot commits while this read transaction is open ...
-            store.replace_replicated(99, {"items": iter([]), "profiles": iter([])}, {"version": 99})
+            store.apply_replicated(99, [], snapshot=True, info=SnapshotInfo(version=99))
             # ... and this view still sees the old one, entirely.
             assert view.version == before
             assert view.count("items") == n_items
@@ -90,9 +150,10 @@ def _killed_mid_apply(path: str, bundle_path: str) -> None:
         for n in range(10_000_000):
             if n == 1000:
                 os.kill(os.getpid(), signal.SIGKILL)
-            yield f"x{n}".encode(), b"junk"
+            yield "items", f"x{n}".encode(), b"junk"
 
-    store.replace_replicated(bundle.version + 1, {"items": slow_items()}, {"version": bundle.version + 1})
+    version = bundle.version + 1
+    store.apply_replicated(version, slow_items(), snapshot=True, info=SnapshotInfo(version=version))
 
 
 def test_kill_9_mid_apply_leaves_the_previous_snapshot(tmp_path: Path, bundle_dir: Path) -> None:
