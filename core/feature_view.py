@@ -57,7 +57,7 @@ class FeatureView:
         "reads",
     )
 
-    def __init__(  # positional on the hot path: keyword arguments cost CPython about 0.3 us per call
+    def __init__(  # positional on the hot path: keywords cost time (BENCHMARKS.md, "Fourth measurement")
         self,
         state: VersionState,
         context: Context,
