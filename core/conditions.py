@@ -10,7 +10,7 @@ operator object or a value) into a `ValueCondition`. A document that is not a va
 `ConditionError`, whose `path` is the dotted path of the offending part. Everything is checked and
 converted once, at compile time: attribute paths are split (and interned), `$in` lists become sets,
 regular expressions are compiled and every operator is specialized, so evaluation never looks at an
-operator name again. A compiled condition keeps no reference to the document.
+operator name again.
 
 The closures are the reference semantics. `edgewise.core.condition_codegen.compile_condition`, which
 rules versions use, generates one Python function per condition with the same verdicts and the same
