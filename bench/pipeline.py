@@ -73,7 +73,7 @@ import edgewise.core.item_ranking as item_ranking_mod
 import edgewise.core.pipeline as pipeline_mod
 import edgewise.offline.synth as synth_mod
 from edgewise.core.activity import ActivityLimits, Event
-from edgewise.core.conditions import compile_condition
+from edgewise.core.condition_codegen import compile_condition
 from edgewise.core.decisions import (
     PERSONALIZATION,
     Context,

@@ -1,20 +1,15 @@
 """Attribution of outcomes (click, add_to_cart, purchase) to the exposures (decisions served) that led
 to them. Pure: no I/O, no clock; timestamps are Unix milliseconds given by the caller.
 
-Rules, in order, for one outcome (see docs/reports.md):
-  1. Decision id. If the outcome carries a `decision_id` that names a known exposure at or before the
-     outcome, it is attributed to that decision (no window: the caller knew). A decision covering several
-     placements picks the exposure of the outcome's placement, else the one that showed the outcome's
-     item, else the first by placement id. An unknown decision id, or one whose exposures are all after
-     the outcome, falls through to rule 2.
-  2. Recency within the window of the outcome's type (`windows`, default 30 minutes for clicks, 24 hours
-     for add_to_cart, 7 days for purchases). Candidates are the exposures of the same unit (user id, else
-     session id) or of the same session, with 0 <= outcome time - exposure time <= window (both ends
-     inclusive). Item level first: the latest candidate that showed the outcome's `item_id`; else the
-     latest candidate of the outcome's `placement`; else unattributed.
-An exposure after the outcome is never used. An outcome is attributed at most once (duplicates by
-`event_id` are dropped). Ties in time are broken by (decision_id, placement, then the other fields),
-so the result does not depend on input order.
+The rules, specified in docs/reports.md ("Attribution"), in order for one outcome: (1) its
+`decision_id`, when that names a known exposure at or before the outcome (no window); else (2) recency
+within the window of the outcome's type (`windows`; by default 30 minutes for clicks, 24 hours for
+add_to_cart, 7 days for purchases) among the exposures of the same unit or session: the latest that
+showed the outcome's item, else the latest of the outcome's placement, else unattributed.
+
+Invariants: an exposure after the outcome is never used; an outcome is attributed at most once
+(duplicates by `event_id` are dropped); ties in time are broken by (decision_id, placement, then the
+other fields), so the result does not depend on input order.
 """
 
 from __future__ import annotations
@@ -213,7 +208,7 @@ def attribute(
     exposures: Iterable[Exposure],
     windows: Mapping[str, int] = DEFAULT_WINDOWS_MS,
 ) -> list[Attributed]:
-    """Attribute each outcome (once per `event_id`) to at most one exposure; see the module docstring.
+    """Attribute each outcome (once per `event_id`) to at most one exposure (docs/reports.md, "Attribution").
 
     Inputs may be in any order; the result is sorted by (outcome time, event id) and is the same for
     every ordering of the inputs. Exposures repeated with the same non-empty (decision_id, placement)

@@ -4,49 +4,22 @@ Pure: no I/O, no clock (the caller passes counts and times). The control plane f
 with the bandit exposures the edges forward and the outcomes attributed to them
 (`edgewise.core.attribution`); when a `LearningSchedule` says so it takes the counts gathered since the
 last publish (`BanditStats.take`), folds them into the rules document (`update_rules_doc`) and pushes
-that document to the edges (a delta line `{"op": "upsert", "rules": ...}`, see docs/delta-format.md;
-`rules_delta_line`). The edges compile it like any rules document, so the new posteriors and their
-propensities take effect with the next version.
+that document to the edges (`rules_delta_line`, a delta line of docs/delta-format.md). The counting,
+segment and update rules are specified in docs/bandits.md ("Learning"); the invariants they keep:
 
-Counting. The unit of learning is one exposure: one placement of one decision that served a bandit arm
-(the exposure record's `id` "<decision id>:<placement>", experiment `x` = bandit id, variant `v` = arm
-id). Counts are kept per (bandit id, segment or None, arm id):
-
-- impressions: each exposure counts once, however often it is delivered (de-duplicated by its id);
-- rewards: an exposure is rewarded when at least one outcome of a reward type (`reward_types`, default
-  just "click") is attributed to it; it counts at most once however many such outcomes arrive (a
-  repeated click, a duplicated event, a click and a purchase), so rewards never exceed impressions and
-  the reward stays Bernoulli, as the Beta posteriors assume. Per reward type, each exposure is also
-  counted at most once (`rewards_by_type`, for reporting).
-
-A reward may arrive after its exposure was already counted and published (as a non-reward); the next
-batch then carries one more reward and no new impression for that arm, so alpha gains 1 and beta loses 1
-and the cumulative posterior is exactly what counting everything at once would give (without decay).
-
-The segment of an exposure is the segment whose posteriors served it: the edge uses the first segment of
-the bandit (in sorted order) that the request matched, else the global posteriors, and writes it in the
-exposure record (`bs`, "" for the global posteriors; `edgewise.core.exposure`). A record without it
-(from an edge before that field) counts for the global posteriors. Counts under a segment the bandit
-does not have in the document being updated (a segment removed since) go to the global posteriors.
-
-Memory: the stats remember every exposure id they counted (to de-duplicate exposures and rewards), at
-most `max_exposures` of them, oldest first out. A reward for an exposure no longer remembered is not
-counted (`add_reward`), so the bound must cover the exposures of at least the longest attribution window.
-
-Updating (`update_bandit_doc`), per arm and per set of posteriors (global, each segment), with
-prior (a0, b0), the previous document's (alpha, beta) and the new counts (n impressions, r rewards):
-
-    alpha' = a0 + decay * (alpha - a0) + r
-    beta'  = b0 + decay * (beta - b0) + (n - r)
-
-With decay = 1 and a document that started at the prior this is alpha = a0 + all rewards,
-beta = b0 + all non-rewarded impressions. decay < 1 forgets exponentially per publish (the previous
-evidence counts decay^k after k more publishes), so a posterior follows an arm whose rate changes; the
-effective memory is about 1 / (1 - decay) publishes, which depends on how often one publishes. Results
-outside [MIN_SHAPE, max_shape] are brought inside: when alpha or beta exceeds max_shape both are scaled
-down by the same factor (the posterior mean is kept), then each is raised to at least MIN_SHAPE.
-
-The closed-loop simulation of this learning against the real policy lives in `bench/bandit_learning.py`.
+- one exposure (one placement of one decision that served an arm) is one impression however often it
+  is delivered, and is rewarded at most once however many reward outcomes are attributed to it, so
+  rewards never exceed impressions and the reward stays Bernoulli, as the Beta posteriors assume;
+- a reward that arrives after its exposure was published (as a non-reward) moves one count from beta
+  to alpha in the next batch, so without decay the cumulative posterior is exactly what counting
+  everything at once would give;
+- counts go to the posteriors that served the exposure (its segment `bs`, else the global ones);
+- the stats remember at most `max_exposures` exposure ids (oldest first out); a reward for one no
+  longer remembered is not counted, so the bound must cover the longest attribution window;
+- `update_bandit_doc` computes alpha' = a0 + decay * (alpha - a0) + r and
+  beta' = b0 + decay * (beta - b0) + (n - r) from the prior (a0, b0) and the new counts (n impressions,
+  r rewards); when either exceeds max_shape both are scaled down by one factor (the posterior mean is
+  kept), then each is raised to at least MIN_SHAPE.
 """
 
 from __future__ import annotations
@@ -328,7 +301,7 @@ def update_bandit_doc(
     """The bandit document (rules-document shape, see `edgewise.core.bandits`) with its posteriors
     updated from `stats` (the counts since this document was published; a `BanditStats` is read with
     `pending()`). Returns a new document; the input is not modified. Fields other than alpha/beta are
-    kept. See the module docstring for the update rule and the segment mapping.
+    kept. docs/bandits.md ("Learning") gives the update rule and the segment mapping.
     """
     _check_params(prior, decay, max_shape)
     if not isinstance(bandit_doc, Mapping):

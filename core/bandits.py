@@ -7,37 +7,15 @@ per arm (`rng.beta`) and serves the argmax (ties: lowest index); with probabilit
 propensity of that choice, the probability that this policy serves that arm:
 
     propensity_i = floor / K + (1 - floor) * p_i,    p_i = P(arm i has the largest posterior sample)
-                                                       = integral f_i(x) * prod_{j != i} F_j(x) dx
 
-The p_i are computed once per policy (per segment), when the policy is built, never per request.
+The p_i are computed once per policy (per segment), when the policy is built, never per request, by
+numerical integration in the logit variable (`win_probabilities`); docs/bandits.md specifies the
+method and the accuracy tests/test_bandits.py checks (1e-9 or better against the exact two-arm form,
+and the frequencies of `choose` within 2 standard errors of the propensities).
 
-How p_i is integrated. In the logit variable t = log(x / (1 - x)) the Beta density becomes
-g(t) = x^alpha (1 - x)^beta / B(alpha, beta): smooth, log-concave, with no endpoint singularities
-(alpha < 1 or beta < 1 only make a tail decay slowly, like exp(alpha * t) to the left and exp(-beta * t)
-to the right). For each arm a grid of 2n + 1 nodes is laid out around its mode log(alpha / beta), at
-distances d1 * sinh(v) for v uniform, where d1 is the distance at which the log-density has dropped by 1
-(the arm's own width on that side, found by bisection), out to where it has dropped by 50 (e^-50 of the
-peak). So a very peaked posterior (Beta(1e6, 1e6)) and a slowly decaying tail (alpha = 0.25) are both
-resolved. All arms' nodes are merged into one sorted grid plus the midpoint of every interval; the
-densities are evaluated there via log-gamma (math.lgamma); the CDFs F_j are integrated cumulatively
-with Simpson's rule per interval (at a midpoint, with the quadratic through the interval's three
-samples) and normalized to end at exactly 1; prod_{j != i} F_j is taken from prefix and suffix products;
-p_i by Simpson's rule; the p_i are then normalized to sum to 1.
-
-Accuracy achieved (n = 256 nodes per side, the default; checked in tests/test_bandits.py): against the
-exact closed form for two arms with integer parameters (Evan Miller's sum) the error is 1e-11 to 1e-9
-(1e-9 for posteriors as peaked as Beta(4e4, 1e6)); each density's numerical mass before normalization is
-within 1e-9 of 1 and the p_i sum to within 4e-10 of 1 before normalization; refining to 4n nodes per side
-changes no p_i by more than 1e-8 (typically 1e-12); equal arms get 1/K within 1e-12; and the frequencies
-of 200,000 `choose` draws match every propensity within 2 standard errors (at most 0.0016 absolute) in
-the eight configurations tested (uniform; alpha and beta < 1; Beta(1e6, 1e6)-peaked; click-rate-like;
-broad against peaked; 20 arms; exploration floors 0.1 to 0.3). Build cost grows with K^2 (about 1 ms for
-5 arms, 50 ms for 34, 0.5 s for 100 on the reference VM); `choose` costs about 3 us for 3 arms.
-
-Shape parameters must lie in [MIN_SHAPE, MAX_SHAPE]. Below 0.25, `rng.beta` returns exactly 1.0 often
-enough (about 2.4% of draws of Beta(1, 0.1), 0.06% of Beta(1, 0.2)) that ties between arms, which go to
-the lowest index, would pull the real choice frequencies away from the computed propensities. Above 1e9
-the log-density loses precision to cancellation.
+Shape parameters must lie in [MIN_SHAPE, MAX_SHAPE]: below it `rng.beta` returns exactly 1.0 often
+enough that ties (which go to the lowest index) would pull the choice frequencies away from the
+computed propensities; above it the log-density loses precision (docs/bandits.md, "Shape limits").
 
 The rules-document shape compiled by `compile_bandit`:
 
@@ -133,7 +111,8 @@ def thompson_index(
     arm and the argmax (ties: lowest index). This is the whole per-request cost of `BanditPolicy.choose`;
     the replay benchmark calls it directly with posteriors that change as it learns. Up to
     `_SCALAR_DRAWS_MAX` arms the samples are drawn one by one (numpy's per-call overhead for array
-    arguments, about 6 us, dominates there); the random stream consumed is the same either way.
+    arguments dominates there: BENCHMARKS.md, "Bandit policy: build and choose"); the random stream
+    consumed is the same either way.
     """
     k = len(alpha)
     if exploration_floor > 0.0 and rng.random() < exploration_floor:
@@ -214,7 +193,7 @@ def win_probabilities(
 ) -> NDArray[np.float64]:
     """P(arm i draws the largest sample) for independent Beta(alpha_i, beta_i), by numerical integration.
 
-    See the module docstring for the method and its accuracy. The result sums to 1.
+    docs/bandits.md ("Propensities") specifies the method and its accuracy. The result sums to 1.
     """
     a = np.asarray(alpha, dtype=np.float64)
     b = np.asarray(beta, dtype=np.float64)

@@ -1,33 +1,14 @@
 """Behavioural windows: segment specs over live activity (views, cart, purchases), compiled to closures.
 
-`compile_behavior(doc)` turns a behaviour document into a `Condition` (the type of
-`edgewise.core.conditions`), or raises `ConditionError` naming the path of the offending field. A
-document is an object of specs, ANDed; each spec is one key with its parameters:
+`compile_behavior(doc)` turns a behaviour document (an object of specs, ANDed: `viewed`, `purchased`,
+`cart_abandoned`, `replenishment_due`, `cart_size`; specified in docs/rules.md, "Segments") into a
+`Condition` (the type of `edgewise.core.conditions`), or raises `ConditionError` naming the path of the
+offending field.
 
-    {"viewed": {"category": "fashion", "min_count": 3, "within_days": 7}}
-        at least `min_count` (default 1) views of items in `category` (that category path or below
-        it: "fashion" covers "fashion/shoes") or of one `item` (or of any item when neither is given),
-        within the window. The window is one of `within_minutes`, `within_hours`, `within_days`
-        (a positive number); without one, all retained activity counts. An entry is inside the
-        window when `now_ms - window <= timestamp` (the boundary is inside).
-    {"purchased": {"min_count": 1, "within_days": 30}}
-        the same over purchases.
-    {"cart_abandoned": {"idle_minutes": 30}}
-        the cart is not empty, and neither an add to cart nor a purchase happened in the last
-        `idle_minutes`: `now_ms - max(last cart add, last purchase) >= idle_minutes`.
-    {"replenishment_due": {"default_interval_days": 30, "max_overdue_factor": 3}}
-        some purchased item is due again: its interval is the catalog flag `replenish_days`, else
-        `default_interval_days` if given (items unknown to the catalog are skipped), and
-        `interval <= now_ms - last purchase <= max_overdue_factor * interval` (default factor 3, so a
-        customer who never came back is not reminded forever).
-    {"cart_size": {"$gte": 2}}
-        an operator object (or an integer for equality) applied to the number of items in the cart.
-
-Without activity (`FeatureSource.activity is None`: no consent, or no history) every spec is false.
-
-Counting follows the activity record: `core/activity.py` keeps one entry per item (its latest view,
-cart add or purchase), so "3 views of fashion" means three distinct fashion items viewed in the window,
-and `min_count` above 1 with a single `item` cannot match.
+Invariants: without activity (`FeatureSource.activity is None`: no consent, or no history) every spec
+is false; a window's boundary is inside it (`now_ms - window <= timestamp`); counting follows the
+activity record, which `core/activity.py` keeps to one entry per item (its latest view, cart add or
+purchase), so "3 views of fashion" means three distinct fashion items viewed in the window.
 """
 
 from __future__ import annotations

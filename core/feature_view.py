@@ -8,7 +8,7 @@ A view is built for every request, so building one only stores its inputs: nothi
 read needs it (a profile read checks its one purpose against the request's grant and the profile's
 stored consent, two set lookups; no per-view set of granted purposes is built).
 
-Compiled conditions (edgewise.core.conditions) read a view without going through `get`: for a path that
+Compiled conditions (edgewise.core.condition_codegen) read a view without going through `get`: for a path that
 `inline_read` knows, they evaluate the Python expression it returns, which reads the view's slots
 directly and applies the same consent rule. They do so only when the view records no reads (so
 `explain` always goes through `get`, which records every read, denied ones included). `inline_read` is
@@ -57,7 +57,7 @@ class FeatureView:
         "reads",
     )
 
-    def __init__(  # positional on the hot path: keyword arguments cost CPython about 0.3 us per call
+    def __init__(  # positional on the hot path: keywords cost time (BENCHMARKS.md, "Fourth measurement")
         self,
         state: VersionState,
         context: Context,

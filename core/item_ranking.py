@@ -318,17 +318,25 @@ def rank_items(
     view: ReadView,
     state: VersionState,
     scratch: Scratch,
+    *,
     ask: PlacementRequest,
-    request_filter: Filter | None,
     count: int,
     serve: ItemServe,
     default: ItemServe,
+    request_filter: Filter | None,
     shopper: Shopper,
     country: str,
     now_ms: int,
     why: PlacementExplanation | None,
 ) -> Ranked:
-    """Rank up to `count` items for one placement with the strategy `serve`."""
+    """Rank up to `count` items for the placement `ask` with the strategy `serve`.
+
+    `default` is the placement's default strategy, served (popularity or trending) when `serve` finds
+    nothing to rank; `request_filter` is the request's own named filter, applied before `serve`'s; the
+    items must be available in `country`; `now_ms` is the decision time (trending decay, replenishment);
+    `why`, when given, collects the explanation. The keywords name what the caller passes (no object is
+    built per call: this runs for every item placement of every Decide).
+    """
     mask = scratch.mask
     np.copyto(mask, state.availability(country))
     for f in (*((request_filter,) if request_filter is not None else ()), *serve.filters):

@@ -1,44 +1,16 @@
 """Off-policy evaluation (OPE): a candidate policy's expected reward from another policy's logs.
 
-Pure NumPy, no I/O. The log has n rounds i = 1..n. Round i shows action a_i (at slot p_i when the
-policy fills several slots, e.g. the 3 positions of the Open Bandit Dataset) with probability
-pi_0(a_i | x_i, p_i) under the logging policy (the logged propensity) and earns reward r_i. The
-evaluation policy is given by its action probabilities pi_e(. | x_i, p_i) per round over the action set:
-an (n, A) array, or (n, A, P) with one distribution per slot, from which round i reads slot p_i.
-The target is V(pi_e) = E[ sum_a pi_e(a | x, p) mu(x, a, p) ], with mu the expected reward.
+Pure NumPy, no I/O. The log has n rounds: round i shows action a_i (at slot p_i when the policy fills
+several slots) with the logged propensity pi_0(a_i | x_i, p_i) and earns reward r_i. The evaluation
+policy is given by its action probabilities per round: an (n, A) array, or (n, A, P) with one
+distribution per slot, from which round i reads slot p_i. `ips`, `snips`, `doubly_robust` (with a
+cross-fitted reward model: q_i is never fitted on round i) and `on_policy` each return an `Estimate` of
+V(pi_e) with a 95% interval, normal (`bootstrap=0`) or bootstrap (`bootstrap=B`; one `seed` gives every
+estimator the same resamples, so the intervals are paired). Rounds are treated as independent.
 
-Estimators (w_i = pi_e(a_i | x_i, p_i) / pi_0(a_i | x_i, p_i), the importance weight):
-
-- IPS (inverse propensity scoring): V_IPS = (1/n) sum_i w_i r_i. Unbiased when pi_0 > 0 wherever
-  pi_e > 0 and the logged propensities are the true ones.
-- SNIPS (self-normalized IPS): V_SNIPS = sum_i w_i r_i / sum_i w_i. Slightly biased (O(1/n)), but
-  invariant to a constant shift of rewards and usually of lower variance than IPS.
-- DR (doubly robust, Dudik, Langford, Li 2011): with a reward model q(x, a, p) ~ mu,
-  V_DR = (1/n) sum_i [ sum_a pi_e(a | x_i, p_i) q_i(a) + w_i (r_i - q_i(a_i)) ].
-  Unbiased when the propensities are right whatever q is (the correction term removes q's bias), and
-  of lower variance than IPS when q is close to mu. q_i must not be fitted on round i itself: the
-  model here is cross-fitted (`cross_fit_cell_means`: each round is predicted by a model fitted on the
-  other folds).
-- On-policy: the mean reward of a log collected under pi_e itself (the "truth" to compare with).
-
-95% confidence intervals, two methods (`Estimate.ci_method` says which was used):
-
-- normal (`bootstrap=0`): estimate +- 1.96 * sd(c_i) / sqrt(n) over the per-round contributions c_i
-  (IPS: w_i r_i; DR: the bracket above; SNIPS: the linearization w_i (r_i - V_SNIPS) / mean(w), the
-  delta method for a ratio of means; on-policy: r_i).
-- bootstrap (`bootstrap=B`): resample the n rounds with replacement B times (a NumPy Generator seeded
-  with `seed`, so the same seed gives the same resamples for every estimator: paired intervals),
-  recompute the estimator on each resample, take the 2.5% and 97.5% percentiles.
-
-Both treat rounds as independent. In the Open Bandit Dataset each row is one (impression, position)
-pair and the rows of one impression are not independent; like the Open Bandit Pipeline, rows are the
-rounds here.
-
-The evaluation policy's action distribution for a context-free Bernoulli Thompson sampling policy
-(`bernoulli_ts_action_dist`) is a Monte-Carlo estimate, as in the Open Bandit Pipeline's
-`BernoulliTS.compute_batch_action_dist`: draw theta_a ~ Beta(alpha_a, beta_a) for every action, rank
-the actions by theta (highest first), and count which action lands in each of the first `len_list`
-slots, over `n_sim` draws.
+docs/ope.md gives the estimators' formulas and assumptions (the logged propensities are the true ones,
+pi_0 > 0 wherever pi_e > 0), the intervals' contributions, and the Open Bandit Pipeline conventions
+followed (`bernoulli_ts_action_dist`).
 """
 
 from __future__ import annotations
@@ -260,7 +232,7 @@ def ips(
     bootstrap: int = 0,
     seed: int = 0,
 ) -> Estimate:
-    """Inverse propensity scoring: (1/n) sum_i w_i r_i (see the module docstring)."""
+    """Inverse propensity scoring: (1/n) sum_i w_i r_i (docs/ope.md)."""
     _check_resamples(bootstrap)
     a, r, p0 = _log(actions, rewards, propensities)
     contributions = _weights(a, p0, action_dist, positions)[0] * r
@@ -280,7 +252,7 @@ def snips(
     bootstrap: int = 0,
     seed: int = 0,
 ) -> Estimate:
-    """Self-normalized IPS: sum_i w_i r_i / sum_i w_i (see the module docstring)."""
+    """Self-normalized IPS: sum_i w_i r_i / sum_i w_i (docs/ope.md)."""
     _check_resamples(bootstrap)
     a, r, p0 = _log(actions, rewards, propensities)
     w = _weights(a, p0, action_dist, positions)[0]

@@ -1,9 +1,9 @@
 """Experiment report statistics: per-variant rates with intervals, lift against control, probability
 to beat control, sample ratio mismatch, holdout lift, grouping by a dimension and a time series.
 
-Pure functions over aggregates (no I/O); NumPy is used only for the Beta posterior Monte-Carlo. The
-special functions (normal CDF/quantile, Student t quantile, regularized incomplete gamma and beta) are
-implemented here with `math`, so the module needs no SciPy. See docs/reports.md for the formulas.
+Pure functions over aggregates (no I/O); NumPy is used only for the Beta posterior Monte-Carlo, and
+the distributions (normal, Student t, chi-square) come from `edgewise.core.distributions`. See
+docs/reports.md for the formulas.
 
 Input: one `VariantCounts` per variant, or several per variant (one per time bucket and/or per value of
 a dimension such as segment, channel or country); `build_report` sums them per variant. Summing is only
@@ -24,6 +24,8 @@ from typing import Final, Literal, get_args
 
 import numpy as np
 
+from edgewise.core.distributions import STANDARD_NORMAL, chi2_sf, normal_cdf, student_t_ppf
+
 __all__ = [
     "COLUMNS",
     "SERIES_COLUMNS",
@@ -37,20 +39,13 @@ __all__ = [
     "SrmResult",
     "VariantCounts",
     "build_report",
-    "chi2_sf",
     "combine",
     "estimate",
     "holdout_lift",
     "lift",
     "mean_interval",
-    "normal_cdf",
-    "normal_ppf",
-    "regularized_beta",
-    "regularized_gamma_q",
     "report_rows_by",
     "srm_test",
-    "student_t_cdf",
-    "student_t_ppf",
     "time_series",
     "welch_interval",
     "wilson_interval",
@@ -60,10 +55,6 @@ Metric = Literal["conversion", "ctr", "revenue"]
 _METRICS: Final = frozenset(get_args(Metric))
 SRM_THRESHOLD: Final = 0.001
 """A sample ratio mismatch is flagged when the chi-square p-value is below this."""
-
-_EPS: Final = 1e-15
-_TINY: Final = 1e-300
-_MAX_ITER: Final = 100_000
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,215 +106,19 @@ def combine(counts: Iterable[VariantCounts], variant: str | None = None) -> Vari
 
 
 # ---------------------------------------------------------------------------------------------------
-# Special functions
-
-
-def normal_cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
-
-_A: Final = (
-    -3.969683028665376e01,
-    2.209460984245205e02,
-    -2.759285104469687e02,
-    1.383577518672690e02,
-    -3.066479806614716e01,
-    2.506628277459239e00,
-)
-_B: Final = (
-    -5.447609879822406e01,
-    1.615858368580409e02,
-    -1.556989798598866e02,
-    6.680131188771972e01,
-    -1.328068155288572e01,
-)
-_C: Final = (
-    -7.784894002430293e-03,
-    -3.223964580411365e-01,
-    -2.400758277161838e00,
-    -2.549732539343734e00,
-    4.374664141464968e00,
-    2.938163982698783e00,
-)
-_D: Final = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-
-
-def normal_ppf(p: float) -> float:
-    """The standard normal quantile (Acklam's rational approximation refined by two Halley steps)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if p < 0.02425:
-        q = math.sqrt(-2.0 * math.log(p))
-        x = (((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]) / (
-            (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
-        )
-    elif p > 1.0 - 0.02425:
-        return -normal_ppf(1.0 - p)
-    else:
-        q = p - 0.5
-        r = q * q
-        x = (
-            (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5])
-            * q
-            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0)
-        )
-    for _ in range(2):
-        e = normal_cdf(x) - p
-        u = e * math.sqrt(2.0 * math.pi) * math.exp(x * x / 2.0)
-        x -= u / (1.0 + x * u / 2.0)
-    return x
-
-
-def _log_gamma_prefix(a: float, x: float) -> float:
-    return -x + a * math.log(x) - math.lgamma(a)
-
-
-def _gamma_p_series(a: float, x: float) -> float:
-    term = total = 1.0 / a
-    n = a
-    for _ in range(_MAX_ITER):
-        n += 1.0
-        term *= x / n
-        total += term
-        if abs(term) < abs(total) * _EPS:
-            break
-    return total * math.exp(_log_gamma_prefix(a, x))
-
-
-def _gamma_q_fraction(a: float, x: float) -> float:
-    # Modified Lentz evaluation of the continued fraction for Q(a, x) (Numerical Recipes 6.2).
-    b = x + 1.0 - a
-    c = 1.0 / _TINY
-    d = 1.0 / b
-    h = d
-    for i in range(1, _MAX_ITER):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        if abs(d) < _TINY:
-            d = _TINY
-        c = b + an / c
-        if abs(c) < _TINY:
-            c = _TINY
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            break
-    return math.exp(_log_gamma_prefix(a, x)) * h
-
-
-def regularized_gamma_q(a: float, x: float) -> float:
-    """Q(a, x) = Γ(a, x) / Γ(a), the regularized upper incomplete gamma function (a > 0, x >= 0)."""
-    if a <= 0.0:
-        raise ValueError(f"a must be > 0, got {a}")
-    if x < 0.0:
-        raise ValueError(f"x must be >= 0, got {x}")
-    if x == 0.0:
-        return 1.0
-    if math.isinf(x):
-        return 0.0
-    if x < a + 1.0:
-        return max(0.0, 1.0 - _gamma_p_series(a, x))
-    return min(1.0, _gamma_q_fraction(a, x))
-
-
-def chi2_sf(x: float, dof: int) -> float:
-    """P(X >= x) for X chi-square distributed with `dof` degrees of freedom."""
-    if dof < 1:
-        raise ValueError(f"dof must be >= 1, got {dof}")
-    if x <= 0.0:
-        return 1.0
-    return regularized_gamma_q(dof / 2.0, x / 2.0)
-
-
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    # Modified Lentz evaluation of the continued fraction for I_x(a, b) (Numerical Recipes 6.4).
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    if abs(d) < _TINY:
-        d = _TINY
-    d = 1.0 / d
-    h = d
-    for m in range(1, _MAX_ITER):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = _TINY if abs(d) < _TINY else d
-        c = 1.0 + aa / c
-        c = _TINY if abs(c) < _TINY else c
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = _TINY if abs(d) < _TINY else d
-        c = 1.0 + aa / c
-        c = _TINY if abs(c) < _TINY else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            break
-    return h
-
-
-def regularized_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b), the regularized incomplete beta function (a, b > 0, 0 <= x <= 1)."""
-    if a <= 0.0 or b <= 0.0:
-        raise ValueError("a and b must be > 0")
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_fraction(a, b, x) / a
-    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
-
-
-def student_t_cdf(t: float, df: float) -> float:
-    if df <= 0:
-        raise ValueError(f"df must be > 0, got {df}")
-    tail = 0.5 * regularized_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def student_t_ppf(p: float, df: float) -> float:
-    """The Student t quantile, by bisection on `student_t_cdf` (normal quantile beyond df = 1e7)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if df > 1e7:
-        return normal_ppf(p)
-    if p < 0.5:
-        return -student_t_ppf(1.0 - p, df)
-    lo, hi = 0.0, max(1.0, normal_ppf(p))
-    while student_t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if student_t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    return 0.5 * (lo + hi)
+# Intervals
 
 
 def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    return normal_ppf(0.5 + confidence / 2.0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Intervals
+    return STANDARD_NORMAL.inv_cdf(0.5 + confidence / 2.0)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (successes out of n, n > 0)."""
+    """The Wilson score interval of a proportion (successes out of n, n > 0). Its bounds are exactly 0
+    with no successes and exactly 1 with n of them (returned as such, not as centre -/+ half, which
+    differ from them by rounding)."""
     if n <= 0:
         raise ValueError("n must be > 0")
     if not 0 <= successes <= n:
@@ -333,7 +128,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     z2n = z * z / n
     centre = (p + z2n / 2.0) / (1.0 + z2n)
     half = z / (1.0 + z2n) * math.sqrt(p * (1.0 - p) / n + z2n / (4.0 * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def _mean_var(n: int, total: float, sq_total: float) -> tuple[float, float]:

@@ -14,7 +14,7 @@
         }
     }
 
-A segment has a `condition` (see `edgewise.core.conditions`), a `behavior` (see
+A segment has a `condition` (docs/conditions.md; `edgewise.core.condition_codegen`), a `behavior` (see
 `edgewise.core.behavior`), or both, ANDed (the condition first: it is the cheaper one), and an optional
 `description`. Segment ids match `[A-Za-z0-9_.:-]{1,64}`.
 
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from edgewise.core.behavior import compile_behavior
-from edgewise.core.conditions import Condition, ConditionError, all_of, compile_condition, json_type
+from edgewise.core.condition_codegen import compile_condition
+from edgewise.core.conditions import Condition, ConditionError, all_of, json_type
 from edgewise.core.features import FeatureSource
 
 __all__ = ["SEGMENT_ID", "Segment", "SegmentMemo", "SegmentSet", "compile_segments"]

@@ -1,4 +1,5 @@
-"""Item strategies as rule authors write them (`serve` of a campaign or experiment variant), compiled.
+"""Item strategies as rule authors write them (`serve` of a campaign or experiment variant), compiled
+(docs/rules.md, "Placements and campaigns", describes each field).
 
 {"strategy": "personalized" | "similar" | "popular" | "trending" | "cart" | "replenish",
  "method": "auto" | "embedding" | "cooccurrence",      similar items: how neighbors are found

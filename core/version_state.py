@@ -9,8 +9,8 @@ One is a half-precision copy of the item embeddings in the blocked layout the sc
 instead of the float32 matrix and rescores a few rows exactly from the matrix, so results are the
 float32 ones. The other is copies of the float32 matrix itself and of the neighbor arrays, each at
 most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns (to take page faults
-without the GIL), so reading the matrix from the store cost each personalized request one read per
-4 KiB page (312 for 10k x 32) for the few rows it needs, and a similar-items request two row chunks.
+without the GIL), so a request that read them from the store would pay for every page of the matrix
+for the few rows it needs (BENCHMARKS.md, "Eighth measurement").
 """
 
 from __future__ import annotations

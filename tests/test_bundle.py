@@ -1,4 +1,5 @@
-"""Bundles: reading, validation, writing (edgewise.sync.bundle) and the generator (edgewise.offline.synth).
+"""Bundles: reading and validation (edgewise.sync.bundle), writing (edgewise.sync.bundle_write) and the
+generator (edgewise.offline.synth).
 
 Every refusal test copies a good synthetic bundle, breaks one thing, re-writes the manifest checksums
 where needed (so the check under test, not the checksum, is what refuses) and asserts that the message
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 
 from edgewise.offline.synth import synth_bundle
-from edgewise.sync.bundle import Bundle, BundleError, bundle_summary, load_bundle, write_bundle
+from edgewise.sync.bundle import Bundle, BundleError, bundle_summary, load_bundle
+from edgewise.sync.bundle_write import write_bundle
 
 SMALL_USERS = 300
 SMALL_ITEMS = 200

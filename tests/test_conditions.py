@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from feature_source import DictSource
 
+from edgewise.core.condition_codegen import compile_condition
 from edgewise.core.conditions import (
     OPERATORS,
     ConditionError,
-    compile_condition,
     compile_value,
     json_type,
 )

@@ -13,8 +13,15 @@ from feature_source import DictSource
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import edgewise.core.conditions as conditions
-from edgewise.core.conditions import REGEX_MEMO_SIZE, ConditionError, compile_condition, compile_value
+import edgewise.core.condition_codegen as codegen
+from edgewise.core.condition_codegen import compile_condition
+from edgewise.core.conditions import (
+    REGEX_MEMO_SIZE,
+    ConditionError,
+    compile_closures,
+    compile_value,
+    regex_memo,
+)
 from edgewise.core.decisions import Context
 from edgewise.core.feature_view import FeatureView
 from edgewise.core.records import ProfileRecord
@@ -31,7 +38,7 @@ def sources(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         seen.append(source)
         return real_compile(source, filename, mode)
 
-    monkeypatch.setattr(conditions, "compile", spy, raising=False)
+    monkeypatch.setattr(codegen, "compile", spy, raising=False)
     yield seen
 
 
@@ -55,15 +62,15 @@ def test_document_values_are_never_spelled_into_the_source(sources: list[str]) -
     assert condition(DictSource(data)) is False  # $regex needs a string, n is 5
     data["profile"]["n"] = "9 " + hostile
     assert condition(DictSource(data)) is True
-    assert conditions._compile_object(doc, "condition")(DictSource(data)) is True
+    assert compile_closures(doc)(DictSource(data)) is True
 
 
 def test_and_or_chains_are_flattened_and_read_in_order() -> None:
     doc = {"$and": [{"$and": [{"a": 1}, {"b": 2}]}, {"c": 3}], "$or": [{"$or": [{"d": 1}, {"e": 1}]}]}
-    root = conditions._gen_object(conditions._Codegen(), doc, "condition")
-    assert isinstance(root, conditions._Chain) and root.joiner == "and"  # a and b and c and (d or e)
+    root = codegen._gen_object(codegen._Codegen(), doc, "condition")
+    assert isinstance(root, codegen._Chain) and root.joiner == "and"  # a and b and c and (d or e)
     assert [type(part).__name__ for part in root.parts] == ["_Attribute"] * 3 + ["_Chain"]
-    assert len(cast(conditions._Chain, root.parts[3]).parts) == 2
+    assert len(cast(codegen._Chain, root.parts[3]).parts) == 2
     condition = compile_condition(doc)
     source = DictSource({"a": 1, "b": 2, "c": 3, "e": 1})
     assert condition(source) is True
@@ -84,7 +91,7 @@ def test_conditions_python_cannot_compile_keep_their_closures(sources: list[str]
 
 
 def test_regex_memo_is_bounded_and_stays_exact() -> None:
-    matches, memo = conditions._regex_memo("^a.*7$", "p")
+    matches, memo = regex_memo("^a.*7$", "p")
     for n in range(REGEX_MEMO_SIZE + 500):
         text = f"a{n}"
         assert matches(text) is text.endswith("7")
@@ -201,7 +208,7 @@ VIEW_DOCS = condition_docs(2, PROFILE_KEYS)
 @given(doc=PLAIN_DOCS, data=st.dictionaries(st.sampled_from(NAMES), values, min_size=2, max_size=3))
 def test_generated_conditions_answer_like_the_closures(doc: dict[str, Any], data: dict[str, Any]) -> None:
     try:
-        reference = conditions._compile_object(doc, "condition")
+        reference = compile_closures(doc)
     except ConditionError as refused:  # the same refusal, naming the same part
         with pytest.raises(ConditionError) as raised:
             compile_condition(doc)
@@ -223,7 +230,7 @@ def test_direct_reads_of_a_view_answer_like_the_closures(
     doc: dict[str, Any], profile: dict[str, Any], campaign: Any
 ) -> None:
     try:
-        reference = conditions._compile_object(doc, "condition")
+        reference = compile_closures(doc)
     except ConditionError:
         return  # refusals: test_generated_conditions_answer_like_the_closures
     generated = compile_condition(doc)
@@ -289,7 +296,7 @@ OPERANDS: dict[str, list[Any]] = {
 def test_every_inlined_operator_answers_like_its_closure(op: str) -> None:
     for operand in OPERANDS[op]:
         doc = {"profile.a": {op: operand}}
-        generated, reference = compile_condition(doc), conditions._compile_object(doc, "condition")
+        generated, reference = compile_condition(doc), compile_closures(doc)
         for value in ATTRIBUTE_VALUES:
             profile = {} if value is None else {"a": value}
             expected = reference(DictSource({"profile": profile}))

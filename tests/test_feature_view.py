@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from feature_source import DictSource
 
-from edgewise.core.conditions import compile_condition
+from edgewise.core.condition_codegen import compile_condition
 from edgewise.core.decisions import CONTEXT_FIELDS, Context
 from edgewise.core.feature_view import DENIED, FeatureView, inline_read
 from edgewise.core.features import MISSING

@@ -76,7 +76,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.sync.bundle import write_bundle
+from edgewise.sync.bundle_write import write_bundle
 
 __all__ = [
     "CATEGORY_RULES",

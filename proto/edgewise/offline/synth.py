@@ -17,7 +17,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.sync.bundle import load_bundle, write_bundle
+from edgewise.sync.bundle import load_bundle
+from edgewise.sync.bundle_write import write_bundle
 
 __all__ = ["CATEGORY_TREE", "COUNTRIES", "synth_bundle", "synth_rules", "synth_schema"]
 
