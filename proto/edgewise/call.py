@@ -145,11 +145,14 @@ def run_decide(args: argparse.Namespace) -> int:
         ),
         explain=args.explain,
     )
-    with EdgeClient(args.target, timeout=args.timeout) as client:
-        try:
+    try:
+        with EdgeClient(args.target, timeout=args.timeout) as client:
             response = client.decide(request)
-        except ClientError as exc:
-            return _fail("Decide", exc)
+    except ClientError as exc:
+        return _fail("Decide", exc)
+    except ValueError as exc:  # refused before any call (the timeout, a count out of range)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     _print(decide_response(response, response.decision_id))
     return 0
 
@@ -166,10 +169,13 @@ def run_track(args: argparse.Namespace) -> int:
         value=args.value,
         timestamp_ms=int(time.time() * 1000),
     )
-    with EdgeClient(args.target, timeout=args.timeout) as client:
-        try:
+    try:
+        with EdgeClient(args.target, timeout=args.timeout) as client:
             result = client.track([event], consent=args.consent)
-        except ClientError as exc:
-            return _fail("Track", exc)
+    except ClientError as exc:
+        return _fail("Track", exc)
+    except ValueError as exc:  # refused before any call (the timeout, a value out of range)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     _print(track_response_to_pb(result))
     return 0

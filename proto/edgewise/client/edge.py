@@ -69,6 +69,8 @@ class _EdgeCalls:
     def _decide_message(request: DecideInput) -> _pb.DecideRequest:
         if not isinstance(request, DecideRequest):
             request = dicts.decide_request(request)
+        elif isinstance(request.consent, str):  # would be sent as one purpose per letter
+            raise ValueError(f"consent: expected a set of purposes, got the string {request.consent!r}")
         return decide_request_to_pb(request)
 
     @staticmethod
