@@ -34,6 +34,7 @@ from edgewise.bench.pipeline import (
     record_activity,
     returning_shoppers,
 )
+from edgewise.core.decisions import DecideResponse
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.store import Store
 from edgewise.sync.snapshot import apply_bundle
@@ -42,7 +43,12 @@ __all__ = ["canonical", "main"]
 
 
 def canonical(value: Any) -> Any:
-    """Plain JSON-able data of a decision (dataclasses by field name, enums by value, sets sorted)."""
+    """Plain JSON-able data of a decision (dataclasses by field name, enums by value, sets sorted). A
+    DecideResponse's `decision_id` is left out: the edge assigns it per call, the pipeline leaves it
+    empty, so it is not part of what was decided."""
+    if isinstance(value, DecideResponse):
+        fields = [f.name for f in dataclasses.fields(value) if f.name != "decision_id"]
+        return {name: canonical(getattr(value, name)) for name in fields}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Enum):

@@ -147,3 +147,6 @@ class DecideResponse:
     placements: list[PlacementDecision]
     explanation: Explanation | None = None
     segments: tuple[str, ...] = ()  # the segments the decision evaluated that matched, sorted
+    # The id a caller carries back in Track for attribution. The pipeline leaves it empty: the edge
+    # assigns one per call (edge/convert.py's new_decision_id) and `edgewise.client` fills it in.
+    decision_id: str = ""

@@ -1,4 +1,5 @@
-"""Real control-plane processes, the `edgewise ctl` client and edge-store probes for the sync tests."""
+"""Real control-plane processes, ops clients (`ControlClient`, and `edgewise ctl` for the tests of the CLI
+itself) and edge-store probes for the sync tests."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgewise.client import ControlClient
 from edgewise.core.store import Store
 from tests.conftest import EdgeProcess, launch
 
@@ -73,6 +75,12 @@ def following_edge(
     return edge_factory(data, None, "--control", address, "--node-id", node, "--workers", "1", *extra)
 
 
+def ops_client(address: str, env: Mapping[str, str], timeout: float = 120) -> ControlClient:
+    """A ControlClient of the control plane at `address` with the ops token of `env`
+    (EDGEWISE_OPS_TOKEN; none when it is missing or empty)."""
+    return ControlClient(address, token=env.get("EDGEWISE_OPS_TOKEN") or None, timeout=timeout)
+
+
 def pushed_edge(
     control_address: str,
     edge_factory: Callable[..., EdgeProcess],
@@ -85,7 +93,8 @@ def pushed_edge(
 ) -> tuple[int, EdgeProcess]:
     """Push `bundle` to the control plane at `control_address`, start an edge following it
     (`following_edge`) and wait until it applied the push; the pushed version and the edge."""
-    version = pushed_version(ctl(control_address, "push", str(bundle), env=ops_env))
+    with ops_client(control_address, ops_env) as ops:
+        version = ops.push(bundle).version
     edge = following_edge(edge_factory, data, control_address, node, edge_env, *extra)
     wait_for(versions_reach([data], version), 20, f"{node} at the pushed version")
     return version, edge
@@ -127,7 +136,8 @@ def start_control(
 def ctl(
     address: str, *args: str, env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run `edgewise ctl --control ADDRESS ARGS...` and return the finished process."""
+    """Run `edgewise ctl --control ADDRESS ARGS...` and return the finished process (for the tests of
+    the CLI itself: what it prints, its exit codes; other tests call a ControlClient)."""
     cmd = [sys.executable, "-m", "edgewise.cli", "ctl", "--control", address, *args]
     done = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, check=False
@@ -229,39 +239,6 @@ def check_applied_order(versions: list[int]) -> None:
     """Commits were applied in increasing version order, none twice."""
     assert len(versions) == len(set(versions)), f"a version was applied twice: {versions}"
     assert versions == sorted(versions), f"versions applied out of order: {versions}"
-
-
-def push_delta_lines(
-    stub: Any, lines: list[dict[str, Any]], token: str | None, name: str = "d.jsonl", timeout: float = 30
-) -> int:
-    """Push one delta file (JSON lines) in-process through a ControlPlaneStub; return its version."""
-    from edgewise.v1 import sync_pb2
-
-    data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
-    chunk = sync_pb2.PushChunk(kind=sync_pb2.PUSH_KIND_DELTA, path=name, data=data)
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    reply = stub.Push(iter([chunk]), metadata=metadata, timeout=timeout)
-    return int(reply.version)
-
-
-def push_bundle_dir(stub: Any, bundle: Path, token: str | None, timeout: float = 120) -> int:
-    """Push a bundle directory in-process through a ControlPlaneStub (1 MiB chunks); return its version."""
-    from edgewise.v1 import sync_pb2
-
-    def chunks() -> Iterator[Any]:
-        for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
-            rel = path.relative_to(bundle).as_posix()
-            with path.open("rb") as fh:
-                data = fh.read(1 << 20)
-                while True:
-                    yield sync_pb2.PushChunk(kind=sync_pb2.PUSH_KIND_BUNDLE, path=rel, data=data)
-                    data = fh.read(1 << 20)
-                    if not data:
-                        break
-
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    reply = stub.Push(chunks(), metadata=metadata, timeout=timeout)
-    return int(reply.version)
 
 
 def control_state_digest(store: Any) -> tuple[int, str]:

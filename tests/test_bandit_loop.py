@@ -19,7 +19,7 @@ from tests.conftest import EdgeProcess
 from tests.sync_support import (
     ControlProcess,
     control_planes,
-    ctl,
+    ops_client,
     pushed_edge,
     wait_for,
 )
@@ -126,8 +126,9 @@ def test_clicks_on_one_arm_raise_its_posterior_on_the_edge(
     )
     after = _arms(tmp_path / "edge")
     assert after["gift_wrap"][0] - before["gift_wrap"][0] == clicked["gift_wrap"] > 0
-    history = ctl(control.address, "history", env=OPS).stdout
-    assert "bandit posteriors" in history
+    with ops_client(control.address, OPS) as ops:
+        descriptions = [c.description for c in ops.history().commits]
+    assert any("bandit posteriors" in d for d in descriptions), descriptions
 
 
 def test_learning_resumes_exactly_after_kill_9_of_the_control_plane(

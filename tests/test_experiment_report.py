@@ -24,6 +24,7 @@ from tests.sync_support import (
     ControlProcess,
     control_planes,
     ctl,
+    ops_client,
     pushed_edge,
     wait_for,
 )
@@ -227,8 +228,8 @@ def test_ctl_report_counts_what_the_edges_served(
                 )
                 stub.Track(pb.TrackRequest(events=[event], consent=["analytics"]), timeout=10)
     assert len(served) > 20
-    status = lambda: json.loads(ctl(control.address, "status", "--json", env=OPS).stdout)["events_total"]  # noqa: E731
-    wait_for(lambda: status() >= 60 + clicks, 20, "exposures and clicks upstream")
+    with ops_client(control.address, OPS) as ops:
+        wait_for(lambda: ops.status().events_total >= 60 + clicks, 20, "exposures and clicks upstream")
     plot = tmp_path / "hero_test.png"
     done = ctl(control.address, "report", "hero_test", "--format", "json", "--plot", str(plot), env=OPS)
     doc = json.loads(done.stdout)  # "wrote FILE" goes to stderr with --format json

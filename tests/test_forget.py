@@ -1,5 +1,6 @@
-"""Right to be forgotten: `edgewise ctl forget USER_ID` removes the user from the control plane and every
-edge (profile, live activity, outbox, stored events), and no rollback or push brings it back."""
+"""Right to be forgotten: a forget (`ControlClient.forget`, `edgewise ctl forget USER_ID`) removes the user
+from the control plane and every edge (profile, live activity, outbox, stored events), and no rollback
+or push brings it back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import grpc
 import msgpack
 import pytest
 
+from edgewise.client import ForgetStatus, ForgottenUser
 from edgewise.core.store import Store
 from edgewise.sync.control_store import ControlStore
 from edgewise.sync.event_store import EventStore
@@ -20,9 +22,8 @@ from tests.conftest import EdgeProcess
 from tests.sync_support import (
     ControlProcess,
     control_planes,
-    ctl,
     following_edge,
-    pushed_version,
+    ops_client,
     versions_reach,
     wait_for,
 )
@@ -64,7 +65,8 @@ def _generation(data: Path) -> int:
 def test_forget_removes_the_user_everywhere_and_rollback_does_not_bring_it_back(
     control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
-    v1 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    ops = ops_client(control.address, OPS)
+    v1 = ops.push(bundle_dir).version
     datas = [tmp_path / "a", tmp_path / "b"]
     a = _edge(edge_factory, datas[0], control.address, "edge-a")
     b = _edge(edge_factory, datas[1], control.address, "edge-b")
@@ -83,29 +85,22 @@ def test_forget_removes_the_user_everywhere_and_rollback_does_not_bring_it_back(
             ),
             timeout=10,
         )
-    status = lambda: json.loads(ctl(control.address, "status", "--json", env=OPS).stdout)  # noqa: E731
-    wait_for(lambda: status()["events_total"] >= 6, 20, "events and the exposure upstream")
+    wait_for(lambda: ops.status().events_total >= 6, 20, "events and the exposure upstream")
     assert "activity" in _holds(datas[0], user)
 
     generations = [_generation(data) for data in datas]
-    done = ctl(control.address, "forget", user, env=OPS)
-    version = int(done.stdout.split("version ")[1].split(" ")[0])
-    assert "stored events removed upstream" in done.stdout
+    done = ops.forget(user)
+    version = done.version
+    assert done.events_removed == 6  # the five views and the exposure
     wait_for(versions_reach(datas, version), 20, "edges at the forget")
     for data in datas:
         assert _holds(data, user) == []
     # A forget changes per-user records only: the edges' workers keep their compiled version state.
     assert [_generation(data) for data in datas] == generations
-    forgotten = json.loads(ctl(control.address, "forget", "--status", "--json", env=OPS).stdout)
-    assert forgotten == [
-        {"user_id": user, "version": version, "confirmed": ["edge-a", "edge-b"], "pending": []}
-    ]
-    one = ctl(control.address, "forget", "--status", user, "--json", env=OPS).stdout
-    assert json.loads(one) == forgotten
-    nobody = ctl(control.address, "forget", "--status", "nobody", env=OPS).stdout
-    assert nobody.startswith("nobody was not forgotten (1 user forgotten in all)")
-    refused = ctl(control.address, "forget", "--status", "--limit", "0", env=OPS, check=False)
-    assert refused.returncode == 2 and "--limit: must be 1-1000, got 0" in refused.stderr
+    forgotten = ops.forget_status()
+    assert forgotten == ForgetStatus(users=(ForgottenUser(user, version, ("edge-a", "edge-b"), ()),), total=1)
+    assert ops.forget_status(user) == forgotten
+    assert ops.forget_status("nobody") == ForgetStatus(users=(), total=1)
     with grpc.insecure_channel(b.address) as channel:
         response = pb_grpc.PersonalizerStub(channel).Decide(
             pb.DecideRequest(
@@ -118,9 +113,10 @@ def test_forget_removes_the_user_everywhere_and_rollback_does_not_bring_it_back(
     assert response.placements[0].fallback_reason == pb.FALLBACK_REASON_UNKNOWN_USER
 
     # a rollback to before the forget and a new push of the same bundle do not bring the profile back
-    ctl(control.address, "rollback", str(v1), env=OPS)
-    v3 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
-    head = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)["head_version"]
+    ops.rollback(v1)
+    v3 = ops.push(bundle_dir).version
+    head = ops.history().head_version
+    ops.close()
     wait_for(versions_reach(datas, head), 20, "edges at the rollback and push")
     for data in datas:
         assert _holds(data, user) == []

@@ -1,4 +1,5 @@
-"""Control plane and delta sync end to end: real control-plane and edge processes, `edgewise ctl`."""
+"""Control plane and delta sync end to end: real control-plane and edge processes, operated through
+`ControlClient`; what `edgewise ctl` prints over it is checked in `test_ctl_prints_what_it_did`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from edgewise.client import BundleError, ClientError, FleetStatus
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
@@ -19,6 +21,7 @@ from tests.sync_support import (
     ctl,
     edge_state,
     following_edge,
+    ops_client,
     pushed_edge,
     pushed_version,
     versions_reach,
@@ -63,8 +66,9 @@ def _decide(address: str, user: str) -> pb.DecideResponse:
         return pb_grpc.PersonalizerStub(channel).Decide(request, timeout=10)
 
 
-def _status(control: ControlProcess) -> dict[str, object]:
-    return dict(json.loads(ctl(control.address, "status", "--json", env=OPS).stdout))
+def _status(control: ControlProcess) -> FleetStatus:
+    with ops_client(control.address, OPS) as ops:
+        return ops.status()
 
 
 def test_push_converges_two_edges_and_delta_reaches_both(
@@ -74,7 +78,8 @@ def test_push_converges_two_edges_and_delta_reaches_both(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    ops = ops_client(control.address, OPS)
+    version = ops.push(bundle_dir).version
     assert version > 0
     edges = [_edge(edge_factory, tmp_path / f"edge{i}", control, f"edge-{i}") for i in range(2)]
     datas = [tmp_path / "edge0", tmp_path / "edge1"]
@@ -96,25 +101,26 @@ def test_push_converges_two_edges_and_delta_reaches_both(
         )
         + "\n"
     )
-    v2 = pushed_version(ctl(control.address, "push-delta", str(delta), env=OPS))
+    v2 = ops.push_delta(delta).version
     assert v2 > version
     wait_for(versions_reach(datas, v2), 10, "both edges at the delta's version")
     assert edge_state(datas[0]) == edge_state(datas[1])
-    status = _status(control)
-    assert status["head_version"] == v2
-    rows = {e["node_id"]: e for e in status["edges"]}  # type: ignore[attr-defined]
+    status = ops.status()
+    assert status.head_version == v2
+    rows = {e.node_id: e for e in status.edges}
     assert set(rows) == {"edge-0", "edge-1"}
     for row in rows.values():
-        assert row["applied_version"] == v2 and row["lag"] == 0 and row["connected"]
-    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
-    assert [c["kind"] for c in history["commits"][:2]] == ["delta", "push"]
+        assert row.applied_version == v2 and row.lag == 0 and row.connected
+    assert [c.kind for c in ops.history().commits[:2]] == ["delta", "push"]
+    ops.close()
 
 
 def test_invalid_push_changes_nothing_and_names_the_line(
     control_factory: Callable[..., ControlProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    ops = ops_client(control.address, OPS)
+    version = ops.push(bundle_dir).version
     delta = tmp_path / "bad.jsonl"
     delta.write_text(
         json.dumps({"op": "delete", "item": "new-item-that-does-not-exist"})
@@ -122,11 +128,11 @@ def test_invalid_push_changes_nothing_and_names_the_line(
         + json.dumps({"op": "frobnicate", "item": "x"})
         + "\n"
     )
-    done = ctl(control.address, "push-delta", str(delta), env=OPS, check=False)
-    assert done.returncode == 1
-    assert "INVALID_ARGUMENT" in done.stderr and "line 1" in done.stderr
-    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
-    assert history["head_version"] == version
+    with pytest.raises(ClientError) as refused:
+        ops.push_delta(delta)
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT and "line 1" in refused.value.details
+    assert ops.history().head_version == version
+    ops.close()
 
 
 def test_tokens_are_checked(
@@ -148,6 +154,73 @@ def test_tokens_are_checked(
     assert "ops-secret-1" not in control.logs() and "edge-secret-1" not in control.logs()
 
 
+def test_ctl_prints_what_it_did(
+    control_factory: Callable[..., ControlProcess], bundle_dir: Path, bundle_copy: Path, tmp_path: Path
+) -> None:
+    """`edgewise ctl` over ControlClient: its wording, its JSON documents and its exit codes."""
+    address = control_factory().address
+    pushed = ctl(address, "push", str(bundle_dir), "--quiet", "--description", "first", env=OPS)
+    assert pushed.stdout.startswith("pushed bundle 1 (300 items, 400 profiles): version ")
+    v1 = pushed_version(pushed)
+    delta = tmp_path / "d.jsonl"
+    delta.write_text(json.dumps({"op": "delete", "profile": "u3"}) + "\n")
+    done = ctl(address, "push-delta", str(delta), env=OPS)
+    v2 = pushed_version(done)
+    assert done.stdout == f"pushed delta d.jsonl: version {v2}, 1 changes\n" and v2 > v1
+    rolled = ctl(address, "rollback", str(v1), env=OPS)
+    assert rolled.stdout.startswith(f"rolled back to the state of version {v1}: new version ")
+    v3 = int(rolled.stdout.split("new version ")[1].split(",")[0])
+    assert v3 > v2
+
+    history = json.loads(ctl(address, "history", "--json", env=OPS).stdout)
+    assert (history["head_version"], history["snapshot_versions"]) == (v3, [v1, v3])
+    assert [c["kind"] for c in history["commits"]] == ["rollback", "delta", "push"]
+    assert list(history["commits"][2]) == [
+        "version",
+        "base_version",
+        "kind",
+        "changes",
+        "created_at_ms",
+        "description",
+    ]
+    table = ctl(address, "history", env=OPS).stdout.splitlines()
+    assert table[0].startswith(f"head {v3}; log from ")
+    assert table[1].split() == ["version", "kind", "changes", "created", "(UTC)", "description"]
+    assert table[-1].split()[:2] == [str(v1), "push"] and table[-1].endswith("  first")
+    status = json.loads(ctl(address, "status", "--json", env=OPS).stdout)
+    assert status == {"head_version": v3, "events_total": 0, "edges": []}
+    text = ctl(address, "status", env=OPS).stdout
+    assert text.startswith(f"head version {v3}; 0 edges; 0 events stored upstream\nnode ")
+
+    forgot = ctl(address, "forget", "u5", env=OPS).stdout
+    assert forgot.startswith("forgot u5: version ") and "stored events removed upstream" in forgot
+    listing = ctl(address, "forget", "--status", env=OPS).stdout
+    assert listing.startswith("1 user forgotten; the newest 1:\nu5: version ")
+    assert listing.endswith("; confirmed by -; pending on -\n")
+    rows = json.loads(ctl(address, "forget", "--status", "u5", "--json", env=OPS).stdout)
+    assert [(r["user_id"], r["confirmed"], r["pending"]) for r in rows] == [("u5", [], [])]
+    nobody = ctl(address, "forget", "--status", "nobody", env=OPS).stdout
+    assert nobody == "nobody was not forgotten (1 user forgotten in all)\n"
+
+    # refusals: exit 1 and one line on stderr; a bad flag value: argparse's exit 2
+    refused = ctl(address, "rollback", "999999", env=OPS, check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("edgewise ctl: FAILED_PRECONDITION: ")
+    (bundle_copy / "items.jsonl").write_text('{"id": "a"}\n')
+    bad = ctl(address, "push", str(bundle_copy), env=OPS, check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("edgewise ctl: push refused, nothing uploaded: ")
+    assert "items.jsonl" in bad.stderr and bad.stdout == ""
+    missing = ctl(address, "push-delta", str(tmp_path / "nope.jsonl"), env=OPS, check=False)
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        f"edgewise ctl: {tmp_path / 'nope.jsonl'}: no such file\n",
+    )
+    no_user = ctl(address, "forget", env=OPS, check=False)
+    assert (no_user.returncode, no_user.stderr) == (1, "edgewise ctl: forget needs a USER_ID (or --status)\n")
+    limit = ctl(address, "forget", "--status", "--limit", "0", env=OPS, check=False)
+    assert limit.returncode == 2 and "--limit: must be 1-1000, got 0" in limit.stderr
+    assert json.loads(ctl(address, "history", "--json", env=OPS).stdout)["head_version"] > v3  # the forget
+
+
 def test_restarted_control_plane_resumes_edges_with_deltas(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
@@ -161,7 +234,8 @@ def test_restarted_control_plane_resumes_edges_with_deltas(
     control2 = control_factory(control.data, listen=f"127.0.0.1:{control.port}")
     delta = tmp_path / "d.jsonl"
     delta.write_text(json.dumps({"op": "delete", "profile": "u1"}) + "\n")
-    v2 = pushed_version(ctl(control2.address, "push-delta", str(delta), env=OPS))
+    with ops_client(control2.address, OPS) as ops:
+        v2 = ops.push_delta(delta).version
     wait_for(versions_reach([tmp_path / "edge"], v2), 40, "edge at the delta after the restart")
     applied = [e for e in edge.log_events() if e.get("event") == "sync_applied"]
     assert applied[0]["snapshot"] is True
@@ -208,8 +282,7 @@ def test_shard_holds_only_its_profiles(
     outside = next(u for u in users if u not in held)
     response = _decide(edge.address, outside)
     assert response.placements[0].fallback_reason == pb.FALLBACK_REASON_UNKNOWN_USER
-    rows = _status(control)["edges"]
-    assert rows[0]["shard"] == "hash:0-50/100"  # type: ignore[index]
+    assert _status(control).edges[0].shard == "hash:0-50/100"
 
 
 def test_rollback_publishes_the_old_state_and_edges_follow(
@@ -219,7 +292,8 @@ def test_rollback_publishes_the_old_state_and_edges_follow(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    v1 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    ops = ops_client(control.address, OPS)
+    v1 = ops.push(bundle_dir).version
     _edge(edge_factory, tmp_path / "edge", control, "edge-rb")
     wait_for(versions_reach([tmp_path / "edge"], v1), 20, "edge at the first push")
     _, digest_v1 = edge_state(tmp_path / "edge")
@@ -232,19 +306,20 @@ def test_rollback_publishes_the_old_state_and_edges_follow(
         )
         + "\n"
     )
-    v2 = pushed_version(ctl(control.address, "push-delta", str(delta), env=OPS))
+    v2 = ops.push_delta(delta).version
     wait_for(versions_reach([tmp_path / "edge"], v2), 10, "edge at the delta")
     assert edge_state(tmp_path / "edge")[1] != digest_v1
-    done = ctl(control.address, "rollback", str(v1), env=OPS)
-    v3 = int(done.stdout.split("new version ")[1].split(",")[0])
+    v3 = ops.rollback(v1).version
     assert v3 > v2
     wait_for(versions_reach([tmp_path / "edge"], v3), 10, "edge at the rollback")
     assert edge_state(tmp_path / "edge") == (v3, digest_v1)
-    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
-    assert [c["kind"] for c in history["commits"][:3]] == ["rollback", "delta", "push"]
-    assert v1 in history["snapshot_versions"]
-    refused = ctl(control.address, "rollback", "999999", env=OPS, check=False)
-    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+    history = ops.history()
+    assert [c.kind for c in history.commits[:3]] == ["rollback", "delta", "push"]
+    assert v1 in history.snapshot_versions
+    with pytest.raises(ClientError) as refused:
+        ops.rollback(999999)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    ops.close()
 
 
 def test_bad_bundle_is_refused_before_upload_and_flags_conflict(
@@ -252,10 +327,10 @@ def test_bad_bundle_is_refused_before_upload_and_flags_conflict(
 ) -> None:
     control = control_factory()
     (bundle_copy / "items.jsonl").write_text('{"id": "a"}\n')
-    done = ctl(control.address, "push", str(bundle_copy), env=OPS, check=False)
-    assert done.returncode == 1 and "nothing uploaded" in done.stderr and "items.jsonl" in done.stderr
-    history = json.loads(ctl(control.address, "history", "--json", env=OPS).stdout)
-    assert history["head_version"] == 0
+    with ops_client(control.address, OPS) as ops:
+        with pytest.raises(BundleError, match=r"items\.jsonl"):
+            ops.push(bundle_copy)
+        assert ops.history().head_version == 0
     import subprocess
     import sys
 
@@ -295,11 +370,11 @@ def test_a_new_control_store_gets_a_snapshot_not_deltas(
     # store B, same address, same bundle: its head passes v1 with one more delta, so without the lineage
     # check the edge would be sent "the commits after v1" of an unrelated history
     control_b = control_factory(tmp_path / "control-b", listen=f"127.0.0.1:{control.port}")
-    assert pushed_version(ctl(control_b.address, "push", str(bundle_dir), env=OPS)) == v1
+    ops = ops_client(control_b.address, OPS)
+    assert ops.push(bundle_dir).version == v1
     rows = (bundle_dir / "profiles.jsonl").read_text().splitlines()
-    delta = tmp_path / "d.jsonl"
-    delta.write_text(json.dumps({"op": "delete", "profile": "u5"}) + "\n")
-    v_b = pushed_version(ctl(control_b.address, "push-delta", str(delta), env=OPS))
+    v_b = ops.push_delta([{"op": "delete", "profile": "u5"}]).version
+    ops.close()
     assert v_b > v1
     wait_for(versions_reach([tmp_path / "edge"], v_b), 30, "edge at store B's head")
     applied = [e for e in edge.log_events() if e.get("event") == "sync_applied"]

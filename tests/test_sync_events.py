@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from edgewise.client import FleetStatus
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.store import Store
 from edgewise.sync.edge_forward import OutboxForwarder
@@ -25,10 +26,9 @@ from tests.conftest import EdgeProcess
 from tests.sync_support import (
     ControlProcess,
     control_planes,
-    ctl,
     following_edge,
+    ops_client,
     pushed_edge,
-    pushed_version,
     versions_reach,
     wait_for,
 )
@@ -60,13 +60,19 @@ def _track(address: str, ids: list[str], consent: tuple[str, ...] = ("analytics"
         return accepted
 
 
-def _status(control: ControlProcess) -> dict[str, object]:
-    return dict(json.loads(ctl(control.address, "status", "--json", env=OPS).stdout))
+def _status(control: ControlProcess) -> FleetStatus:
+    with ops_client(control.address, OPS) as ops:
+        return ops.status()
+
+
+def _push(control: ControlProcess, bundle: Path) -> int:
+    with ops_client(control.address, OPS) as ops:
+        return ops.push(bundle).version
 
 
 def _total(control: ControlProcess) -> Callable[[], int]:
-    """Distinct events stored upstream, asked through `ctl status` (truthy once any arrived)."""
-    return lambda: int(_status(control)["events_total"])  # type: ignore[call-overload]
+    """Distinct events stored upstream, asked through the ops status (truthy once any arrived)."""
+    return lambda: _status(control).events_total
 
 
 def test_tracked_events_reach_the_control_plane_once(
@@ -76,7 +82,7 @@ def test_tracked_events_reach_the_control_plane_once(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    version = _push(control, bundle_dir)
     a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
     b = _edge(edge_factory, tmp_path / "b", control.address, "edge-b")
     wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")
@@ -86,8 +92,8 @@ def test_tracked_events_reach_the_control_plane_once(
     # without the analytics purpose an event is not forwarded
     assert _track(b.address, [f"private-{n}" for n in range(20)], consent=("personalization",)) == 20
     wait_for(lambda: _total(control)() == 400, 20, "400 distinct events upstream")
-    rows = {e["node_id"]: e for e in _status(control)["edges"]}  # type: ignore[attr-defined]
-    assert rows["edge-a"]["events_forwarded"] + rows["edge-b"]["events_forwarded"] == 400
+    rows = {e.node_id: e for e in _status(control).edges}
+    assert rows["edge-a"].events_forwarded + rows["edge-b"].events_forwarded == 400
     for data in (tmp_path / "a", tmp_path / "b"):
         with Store(data, readonly=True) as store, store.read() as view:
             assert view.count("outbox") == 0
@@ -270,7 +276,7 @@ def _two_edges(
 ) -> tuple[ControlProcess, int, EdgeProcess, EdgeProcess, str]:
     """A control plane with the bundle pushed, edges a and b at that version, and a consenting user."""
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    version = _push(control, bundle_dir)
     a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
     b = _edge(edge_factory, tmp_path / "b", control.address, "edge-b")
     wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")
@@ -297,7 +303,7 @@ def test_a_view_on_edge_a_shapes_decisions_on_edge_b(
     print(f"view on edge a -> seen on edge b in {elapsed * 1000:.0f} ms")
     assert elapsed < 3.0, f"took {elapsed:.2f}s"  # typically well under a second; CI machines are shared
     # a bundle push keeps the folded activity
-    v2 = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    v2 = _push(control, bundle_dir)
     assert v2 >= version
     assert "i7" in _seeds(b.address, user)
 
@@ -343,7 +349,7 @@ def test_purchases_fold_into_profile_aggregates_exactly_once(
     tmp_path: Path,
 ) -> None:
     control = control_factory()
-    version = pushed_version(ctl(control.address, "push", str(bundle_dir), env=OPS))
+    version = _push(control, bundle_dir)
     a = _edge(edge_factory, tmp_path / "a", control.address, "edge-a")
     _edge(edge_factory, tmp_path / "b", control.address, "edge-b")
     wait_for(versions_reach([tmp_path / "a", tmp_path / "b"], version), 20, "edges at the push")

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 import edgewise.sync.commit_cache as commit_cache
+from edgewise.client import ControlClient
 from edgewise.offline.synth import synth_bundle
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, RecordChange
@@ -31,12 +32,9 @@ from tests.sync_support import (
     applied_events,
     check_applied_order,
     control_state_digest,
-    ctl,
     edge_address,
     edge_state,
     kill_edge,
-    push_bundle_dir,
-    push_delta_lines,
     spawn_edge,
     start_control,
     wait_for,
@@ -102,9 +100,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def _stub(address: str) -> tuple[grpc.Channel, sync_pb2_grpc.ControlPlaneStub]:
-    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-    return channel, sync_pb2_grpc.ControlPlaneStub(channel)
+def _ops(address: str, token: str | None = OPS_TOKEN) -> ControlClient:
+    return ControlClient(address, token=token, timeout=120)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -206,9 +203,8 @@ class DeltaGen:
 def _push_bundle_and_edges(
     cluster: Cluster, control: ControlProcess, bundle: Path, count: int, address: str | None = None
 ) -> tuple[list[EdgeProcess], list[Path], int]:
-    channel, stub = _stub(control.address)
-    with channel:
-        version = push_bundle_dir(stub, bundle, OPS_TOKEN)
+    with _ops(control.address) as ops:
+        version = ops.push(bundle).version
     datas = [cluster.tmp / f"edge{i}" for i in range(count)]
     spawned = [cluster.edge(d, address or control.address, f"edge-{i}") for i, d in enumerate(datas)]
     for edge, ready in spawned:
@@ -225,11 +221,10 @@ def test_three_edges_converge_after_1000_random_deltas(cluster: Cluster, bundle_
     edges, datas, first = _push_bundle_and_edges(cluster, control, bundle_dir, 3)
     gen = DeltaGen(bundle_dir, seed=5)
     versions = [first]
-    channel, stub = _stub(control.address)
     started = time.monotonic()
-    with channel:
+    with _ops(control.address) as ops:
         for _ in range(1000):
-            versions.append(push_delta_lines(stub, gen.delta(), OPS_TOKEN))
+            versions.append(ops.push_delta(gen.delta()).version)
     push_seconds = time.monotonic() - started
     head = versions[-1]
     assert versions == sorted(set(versions)), "every delta must be one new commit"
@@ -302,9 +297,8 @@ def test_corrupted_chunk_and_invalid_commit_are_nacked_and_heal(
 
     monkeypatch.setattr(commit_cache, "encode_commit", corrupting)
 
-    channel, stub = _stub(address)
-    with channel:
-        v1 = push_bundle_dir(stub, bundle_dir, None)
+    with _ops(address, None) as ops:
+        v1 = ops.push(bundle_dir).version
         data = cluster.tmp / "edge"
         edge, ready = cluster.edge(data, address, "edge-nack")
         edge_address(edge, ready, timeout=60)
@@ -314,7 +308,7 @@ def test_corrupted_chunk_and_invalid_commit_are_nacked_and_heal(
         # 1. a delta whose first chunk is corrupted on the wire, once
         lines = DeltaGen(bundle_dir, seed=9).delta()
         target["after"] = v1
-        v2 = push_delta_lines(stub, lines, None)
+        v2 = ops.push_delta(lines).version
         wait_for(lambda: bool(_nacks(edge)), 15, "the edge's sync_nack of the corrupted chunk")
         assert corrupted.is_set()
         nack = _nacks(edge)[0]
@@ -324,9 +318,8 @@ def test_corrupted_chunk_and_invalid_commit_are_nacked_and_heal(
         wait_for(lambda: _edge_row(service)["last_nack_version"] == v2, 10, "the NACK in the fleet status")
         row = _edge_row(service)
         assert row["last_error"] and row["applied_version"] == v1
-        cli = json.loads(ctl(address, "status", "--json").stdout)
-        cli_row = next(e for e in cli["edges"] if e["node_id"] == "edge-nack")
-        assert cli_row["last_nack_version"] == v2 and cli_row["last_error"]
+        ops_row = next(e for e in ops.status().edges if e.node_id == "edge-nack")
+        assert ops_row.last_nack_version == v2 and ops_row.last_error
         release.set()
         wait_for(_all_at([data], v2), 20, "the edge at the corrupted version after the retry")
         assert edge_state(data) == control_state_digest(store)
@@ -347,10 +340,9 @@ def test_corrupted_chunk_and_invalid_commit_are_nacked_and_heal(
         time.sleep(0.7)  # a resend (full snapshot after the backoff) is NACKed again: still the old state
         assert edge_state(data)[0] == v2
         assert _decide_version(edge.address) == v2
-        cli = json.loads(ctl(address, "status", "--json").stdout)
-        cli_row = next(e for e in cli["edges"] if e["node_id"] == "edge-nack")
-        assert cli_row["last_nack_version"] == bad.version and cli_row["applied_version"] == v2
-        assert cli_row["last_error"]
+        ops_row = next(e for e in ops.status().edges if e.node_id == "edge-nack")
+        assert ops_row.last_nack_version == bad.version and ops_row.applied_version == v2
+        assert ops_row.last_error
         fix = store.commit([RecordChange("items", "bogus", None)], kind="delta")
         assert fix is not None
         service._notify()
@@ -384,14 +376,13 @@ def test_edge_killed_mid_snapshot_keeps_old_or_new_state(cluster: Cluster, tmp_p
     # with a log of 1 change, an edge that is behind always gets a full snapshot
     control = cluster.control("--retain-log-changes", "1")
     data = tmp_path / "edge"
-    channel, stub = _stub(control.address)
     rng = random.Random(77)
-    with channel:
+    with _ops(control.address) as ops:
         # the reference digests: the edge applies A, then B (timed: the bootstrap of a snapshot)
         references: list[str] = []
         boots: list[float] = []
         for bundle in bundles:
-            version = push_bundle_dir(stub, bundle, OPS_TOKEN)
+            version = ops.push(bundle).version
             t0 = time.monotonic()
             edge, _ = cluster.edge(data, control.address, "edge-kill")
             wait_for(_all_at([data], version), 60, "the edge at the reference version", interval=0.02)
@@ -411,7 +402,7 @@ def test_edge_killed_mid_snapshot_keeps_old_or_new_state(cluster: Cluster, tmp_p
         for cycle, delay in enumerate(delays):
             new = 1 - current
             t0 = time.monotonic()
-            version = push_bundle_dir(stub, bundles[new], OPS_TOKEN)
+            version = ops.push(bundles[new]).version
             push_times.append(time.monotonic() - t0)
             edge, _ = cluster.edge(data, control.address, "edge-kill")
             time.sleep(delay)
@@ -473,9 +464,8 @@ def test_edges_converge_through_dropping_and_stalling_proxy(cluster: Cluster, bu
 
         thread = threading.Thread(target=chaos, name="chaos", daemon=True)
         thread.start()
-        channel, stub = _stub(control.address)
-        with channel:
-            versions = [push_delta_lines(stub, gen.delta(), OPS_TOKEN) for _ in range(220)]
+        with _ops(control.address) as ops:
+            versions = [ops.push_delta(gen.delta()).version for _ in range(220)]
         thread.join(timeout=20)
         done.set()
         proxy.unstall()
@@ -512,10 +502,9 @@ def test_control_plane_killed_mid_stream_edges_resume_with_deltas(cluster: Clust
             }
             for i in range(12_000)
         ]
-        channel, stub = _stub(control.address)
-        with channel:
+        with _ops(control.address) as ops:
             before = proxy.bytes_down
-            big_version = push_delta_lines(stub, big, OPS_TOKEN, name="big.jsonl", timeout=120)
+            big_version = ops.push_delta(big, name="big.jsonl").version
         # kill as soon as the big delta (several 1 MiB chunks) has started streaming to the edges
         proxy.wait_for(lambda p: p.bytes_down > before + (256 << 10), timeout=10)
         control.stop(signal.SIGKILL)
@@ -540,9 +529,8 @@ def _run_after_restart(
 ) -> None:
     control2 = cluster.control(data=control.data, listen=f"127.0.0.1:{control.port}")
     gen = DeltaGen(bundle_dir, seed=13)
-    channel, stub = _stub(control2.address)
-    with channel:
-        versions = [push_delta_lines(stub, gen.delta(), OPS_TOKEN) for _ in range(20)]
+    with _ops(control2.address) as ops:
+        versions = [ops.push_delta(gen.delta()).version for _ in range(20)]
     head = versions[-1]
     wait_for(_all_at(datas, head), 60, f"both edges at the head {head} after the restart")
     states = _states(datas)

@@ -1,17 +1,18 @@
-"""The control plane's security end to end, with real processes: mutual TLS for edges and `edgewise ctl`,
-bearer tokens with two roles, and tokens kept out of every log."""
+"""The control plane's security end to end, with real processes: mutual TLS for edges, ControlClient and
+`edgewise ctl`, bearer tokens with two roles, and tokens kept out of every log and every error."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from edgewise.client import ClientError, ControlClient, FleetStatus
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
@@ -20,7 +21,6 @@ from tests.sync_support import (
     ctl,
     edge_address,
     edge_state,
-    pushed_version,
     spawn_edge,
     start_control,
     versions_reach,
@@ -91,6 +91,27 @@ class Nodes:
         self.outputs += [done.stdout, done.stderr]
         return done
 
+    def ops(self, control: ControlProcess, *, tls: bool = True, token: str = OPS_TOKEN) -> ControlClient:
+        """A ControlClient over mutual TLS (`tls=False`: plaintext) with `token`."""
+        c = self.certs
+        if not tls:
+            return ControlClient(control.address, token=token, timeout=15)
+        return ControlClient(
+            control.address,
+            token=token,
+            timeout=15,
+            tls_ca=c.ca,
+            tls_cert=c.client_cert,
+            tls_key=c.client_key,
+        )
+
+    def refused(self, call: Callable[[], object]) -> ClientError:
+        """The ClientError `call` raises; its text joins `outputs`, which must not hold a token."""
+        with pytest.raises(ClientError) as refused:
+            call()
+        self.outputs.append(str(refused.value))
+        return refused.value
+
     def edge(
         self, control: ControlProcess, node: str, *extra: str, env: dict[str, str] | None = None
     ) -> tuple[EdgeProcess, Path]:
@@ -110,8 +131,9 @@ class Nodes:
         self.edges.append(edge)
         return edge, data
 
-    def status(self, control: ControlProcess) -> dict[str, object]:
-        return dict(json.loads(self.ctl(control, "status", "--json").stdout))
+    def status(self, control: ControlProcess) -> FleetStatus:
+        with self.ops(control) as ops:
+            return ops.status()
 
     def close(self) -> None:
         for proc in [e.proc for e in self.edges] + [c.proc for c in self.controls]:
@@ -144,16 +166,17 @@ def _events(edge: EdgeProcess, name: str) -> list[dict[str, object]]:
 def test_mutual_tls_edge_converges_and_ctl_works(nodes: Nodes, bundle_dir: Path, tmp_path: Path) -> None:
     control = nodes.control()
     assert _events_of(control.logs(), "control_serving")[0]["tls"] is True
-    version = pushed_version(nodes.ctl(control, "push", str(bundle_dir), "--quiet"))
+    ops = nodes.ops(control)
+    version = ops.push(bundle_dir).version
     edge, data = nodes.edge(control, "edge-tls", *nodes.tls_flags())
     wait_for(versions_reach([data], version), 40, "the TLS edge at the pushed version")
-    rows = {r["node_id"]: r for r in nodes.status(control)["edges"]}  # type: ignore[attr-defined]
-    assert rows["edge-tls"]["applied_version"] == version and rows["edge-tls"]["connected"]
-    delta = tmp_path / "d.jsonl"
-    delta.write_text(json.dumps({"op": "delete", "profile": "u2"}) + "\n")
-    v2 = pushed_version(nodes.ctl(control, "push-delta", str(delta), "--quiet"))
+    rows = {r.node_id: r for r in ops.status().edges}
+    assert rows["edge-tls"].applied_version == version and rows["edge-tls"].connected
+    v2 = ops.push_delta([{"op": "delete", "profile": "u2"}]).version
     assert v2 > version
+    ops.close()
     wait_for(versions_reach([data], v2), 20, "the TLS edge at the delta")
+    # ctl with the TLS flags
     assert json.loads(nodes.ctl(control, "history", "--json").stdout)["head_version"] == v2
     assert [e["version"] for e in _events(edge, "sync_applied")] == [version, v2]
     edge_address(edge, nodes.ready["edge-tls"])
@@ -162,8 +185,12 @@ def test_mutual_tls_edge_converges_and_ctl_works(nodes: Nodes, bundle_dir: Path,
 
 def test_plaintext_clients_fail_cleanly_against_tls(nodes: Nodes, bundle_dir: Path) -> None:
     control = nodes.control()
-    version = pushed_version(nodes.ctl(control, "push", str(bundle_dir), "--quiet"))
-    # ctl without any TLS flag: a plaintext channel to a TLS port
+    with nodes.ops(control) as ops:
+        version = ops.push(bundle_dir).version
+    # a plaintext client of a TLS port: UNAVAILABLE, soon
+    with nodes.ops(control, tls=False) as plain:
+        assert nodes.refused(plain.status).code is grpc.StatusCode.UNAVAILABLE
+    # ctl without any TLS flag: likewise
     started = time.monotonic()
     for args in (("status",), ("push", str(bundle_dir), "--quiet")):
         done = nodes.ctl(control, *args, tls=False, check=False)
@@ -182,16 +209,17 @@ def test_plaintext_clients_fail_cleanly_against_tls(nodes: Nodes, bundle_dir: Pa
     wait_for(lambda: len(_events(edge, "sync_disconnected")) >= 2, 20, "the plaintext edge's failed tries")
     assert edge.proc.poll() is None and not _events(edge, "sync_applied")
     assert edge_state(data)[0] == 0
-    nodes_listed = [r["node_id"] for r in nodes.status(control)["edges"]]  # type: ignore[attr-defined]
-    assert "edge-plain" not in nodes_listed
-    assert json.loads(nodes.ctl(control, "history", "--json").stdout)["head_version"] == version
+    assert "edge-plain" not in [r.node_id for r in nodes.status(control).edges]
+    with nodes.ops(control) as ops:
+        assert ops.history().head_version == version
 
 
 def test_wrong_token_edge_gets_nothing_and_edge_token_cannot_push(
     nodes: Nodes, bundle_dir: Path, tmp_path: Path
 ) -> None:
     control = nodes.control()
-    version = pushed_version(nodes.ctl(control, "push", str(bundle_dir), "--quiet"))
+    with nodes.ops(control) as ops:
+        version = ops.push(bundle_dir).version
     _, good_data = nodes.edge(control, "edge-good", *nodes.tls_flags())
     token_file = tmp_path / "wrong.token"
     token_file.write_text(WRONG_TOKEN + "\n")
@@ -206,28 +234,31 @@ def test_wrong_token_edge_gets_nothing_and_edge_token_cannot_push(
     )
     assert wrong.proc.poll() is None and not _events(wrong, "sync_applied")
     assert edge_state(wrong_data)[0] == 0, "the wrong-token edge holds no data"
-    rows = {r["node_id"]: r for r in nodes.status(control)["edges"]}  # type: ignore[attr-defined]
-    assert set(rows) == {"edge-good"} and rows["edge-good"]["applied_version"] == version
+    rows = {r.node_id: r for r in nodes.status(control).edges}
+    assert set(rows) == {"edge-good"} and rows["edge-good"].applied_version == version
     assert "unknown token" in control.logs()
 
-    # the edge token is not an ops token: no push, no status
-    for args in (("push", str(bundle_dir), "--quiet"), ("status",)):
-        done = nodes.ctl(control, *args, token=EDGE_TOKEN, check=False)
-        assert done.returncode == 1 and done.stderr.startswith("edgewise ctl: PERMISSION_DENIED"), done.stderr
-    delta = tmp_path / "d.jsonl"
-    delta.write_text(json.dumps({"op": "delete", "profile": "u3"}) + "\n")
-    done = nodes.ctl(control, "push-delta", str(delta), token=EDGE_TOKEN, check=False)
-    assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr
-    done = nodes.ctl(control, "status", token=WRONG_TOKEN, check=False)
-    assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr
-    assert json.loads(nodes.ctl(control, "history", "--json").stdout)["head_version"] == version
+    # the edge token is not an ops token: no push, no delta, no status
+    with nodes.ops(control, token=EDGE_TOKEN) as edge_ops:
+        for call in (
+            lambda: edge_ops.push(bundle_dir),
+            lambda: edge_ops.push_delta([{"op": "delete", "profile": "u3"}]),
+            edge_ops.status,
+        ):
+            assert nodes.refused(call).code is grpc.StatusCode.PERMISSION_DENIED
+    with nodes.ops(control, token=WRONG_TOKEN) as wrong_ops:
+        assert nodes.refused(wrong_ops.status).code is grpc.StatusCode.UNAUTHENTICATED
+    done = nodes.ctl(control, "status", token=EDGE_TOKEN, check=False)
+    assert done.returncode == 1 and done.stderr.startswith("edgewise ctl: PERMISSION_DENIED"), done.stderr
+    with nodes.ops(control) as ops:
+        assert ops.history().head_version == version
 
     # no token appears in any log file or ctl output
     logs = sorted(nodes.run.glob("*.log"))
     assert len(logs) >= 3
     texts = [p.read_text(errors="replace") for p in logs] + nodes.outputs
     for token in (OPS_TOKEN, EDGE_TOKEN, WRONG_TOKEN):
-        names = [*map(str, logs), *["ctl output"] * len(nodes.outputs)]
+        names = [*map(str, logs), *["ctl output or client error"] * len(nodes.outputs)]
         leaks = [name for name, text in zip(names, texts, strict=True) if token in text]
         assert not leaks, f"a token leaked into {leaks}"
 

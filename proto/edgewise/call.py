@@ -1,7 +1,8 @@
 """`edgewise call decide|track`: a command-line caller of an edge's Personalizer service.
 
 Prints the response in protobuf's canonical JSON mapping (camelCase names, enum names as strings),
-including fields at their default values.
+including fields at their default values. The calls are `edgewise.client.EdgeClient`'s; the answer is
+turned back into its message (edge/convert.py) only to print it in that mapping.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import sys
 import time
 import uuid
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from edgewise.client import ClientError, Context, DecideRequest, EdgeClient, Event, PlacementRequest
 from edgewise.core.decisions import CONTEXT_FIELDS
-from edgewise.v1 import personalizer_pb2 as _pb
-from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
+from edgewise.edge.client_convert import track_response_to_pb
+from edgewise.edge.convert import decide_response
 
 __all__ = ["add_decide_arguments", "add_track_arguments", "run_decide", "run_track"]
 
@@ -115,50 +116,49 @@ def _print(message: Message) -> None:
     print(json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=2))
 
 
-def _call(args: argparse.Namespace, method: str, request: Message) -> int:
-    with grpc.insecure_channel(args.target) as channel:
-        stub = _pb_grpc.PersonalizerStub(channel)
-        try:
-            response = getattr(stub, method)(request, timeout=args.timeout)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            name = code.name if code is not None else "UNKNOWN"
-            print(f"error: {method} failed: {name}: {details}", file=sys.stderr)
-            return 1
-    _print(response)
-    return 0
+def _fail(method: str, exc: ClientError) -> int:
+    print(f"error: {method} failed: {exc.code.name}: {exc.details}", file=sys.stderr)
+    return 1
 
 
 def run_decide(args: argparse.Namespace) -> int:
     context = _pairs(args.context, "--context")
-    ctx = _pb.Context()
-    for key, value in context.items():
-        if key in CONTEXT_FIELDS:
-            setattr(ctx, key, value)
-        else:
-            ctx.attributes[key] = value
+    named = {key: value for key, value in context.items() if key in CONTEXT_FIELDS}
+    attributes = {key: value for key, value in context.items() if key not in CONTEXT_FIELDS}
     params = _pairs(args.filter_param, "--filter-param")
-    request = _pb.DecideRequest(
-        user_id=args.user, session_id=args.session, context=ctx, consent=args.consent, explain=args.explain
-    )
-    for pid, count in _placements(args.placement):
-        request.placements.append(
-            _pb.PlacementRequest(
+    request = DecideRequest(
+        user_id=args.user,
+        session_id=args.session,
+        context=Context(**named, attributes=attributes),
+        consent=frozenset(args.consent),
+        placements=tuple(
+            PlacementRequest(
                 placement_id=pid,
                 count=count,
-                seed_item_ids=args.seed_item,
-                exclude_ids=args.exclude,
-                candidate_ids=args.candidate,
+                candidate_ids=tuple(args.candidate),
+                seed_item_ids=tuple(args.seed_item),
+                exclude_ids=tuple(args.exclude),
                 filter=args.filter,
                 filter_params=params,
             )
-        )
-    return _call(args, "Decide", request)
+            for pid, count in _placements(args.placement)
+        ),
+        explain=args.explain,
+    )
+    try:
+        with EdgeClient(args.target, timeout=args.timeout) as client:
+            response = client.decide(request)
+    except ClientError as exc:
+        return _fail("Decide", exc)
+    except ValueError as exc:  # refused before any call (the timeout, a count out of range)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print(decide_response(response, response.decision_id))
+    return 0
 
 
 def run_track(args: argparse.Namespace) -> int:
-    event = _pb.Event(
+    event = Event(
         event_id=args.event_id or uuid.uuid4().hex,
         type=args.type,
         user_id=args.user,
@@ -169,4 +169,13 @@ def run_track(args: argparse.Namespace) -> int:
         value=args.value,
         timestamp_ms=int(time.time() * 1000),
     )
-    return _call(args, "Track", _pb.TrackRequest(events=[event], consent=args.consent))
+    try:
+        with EdgeClient(args.target, timeout=args.timeout) as client:
+            result = client.track([event], consent=args.consent)
+    except ClientError as exc:
+        return _fail("Track", exc)
+    except ValueError as exc:  # refused before any call (the timeout, a value out of range)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print(track_response_to_pb(result))
+    return 0

@@ -1,34 +1,26 @@
 """`edgewise ctl ...`: operate a control plane (push, push-delta, status, rollback, history, report,
-forget) and print what it answers."""
+forget) and print what it answers. The calls are `edgewise.client.ControlClient`'s; this module parses
+the flags and prints (tables, JSON, CSV, the report's PNG plot, the upload's progress bar)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
-import grpc
-
+from edgewise.client import BundleError, ClientError, ControlClient, FleetStatus, History, Metric, SliceBy
 from edgewise.offline.plot_png import plot_series
-from edgewise.sync.auth import (
-    OPS_TOKEN_ENV,
-    bearer_metadata,
-    load_token,
-    open_channel,
-)
-from edgewise.sync.bundle import BundleError, load_bundle
+from edgewise.sync.auth import OPS_TOKEN_ENV, load_token
 from edgewise.sync.control_serve import duration_ms
 from edgewise.sync.control_server import FORGET_STATUS_DEFAULT, FORGET_STATUS_MAX
-from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
 __all__ = ["CTL_DOC", "add_ctl_arguments", "run_ctl"]
 
-_UPLOAD_CHUNK: Final = 1 << 20
 
 CTL_DOC = """Operate a control plane: push bundles and deltas, roll back, see every edge's state, report
 experiments and forget users.
@@ -44,13 +36,6 @@ examples:
   edgewise ctl --control 127.0.0.1:50061 report hero_test --by country --plot hero.png
   edgewise ctl --control 127.0.0.1:50061 forget u123 && edgewise ctl --control 127.0.0.1:50061 forget --status
 """
-
-_STATES: Final = {
-    sync_pb2.EDGE_STATE_UNSPECIFIED: "DISCONNECTED",
-    sync_pb2.EDGE_STATE_READY: "READY",
-    sync_pb2.EDGE_STATE_STALE: "STALE",
-    sync_pb2.EDGE_STATE_NOT_SERVING: "NOT_SERVING",
-}
 
 
 # --- ctl ---------------------------------------------------------------------------------------------
@@ -132,57 +117,30 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class _Progress:
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total = max(total, 1)
-        self.sent = 0
+    """The upload's progress bar on stderr (a terminal only, and not with --quiet): `push`'s callback."""
+
+    def __init__(self, quiet: bool) -> None:
         self.quiet = quiet or not sys.stderr.isatty()
         self._last = 0.0
         self._started = time.monotonic()
 
-    def add(self, n: int) -> None:
-        self.sent += n
+    def __call__(self, sent: int, total: int) -> None:
+        total = max(total, 1)
         now = time.monotonic()
-        if self.quiet or (now - self._last < 0.1 and self.sent < self.total):
+        if self.quiet or (now - self._last < 0.1 and sent < total):
             return
         self._last = now
         width = 30
-        done = int(width * self.sent / self.total)
-        rate = self.sent / max(now - self._started, 1e-6) / (1 << 20)
+        done = int(width * sent / total)
+        rate = sent / max(now - self._started, 1e-6) / (1 << 20)
         sys.stderr.write(
             f"\r[{'#' * done}{'.' * (width - done)}] "
-            f"{self.sent / (1 << 20):.1f}/{self.total / (1 << 20):.1f} MiB"
+            f"{sent / (1 << 20):.1f}/{total / (1 << 20):.1f} MiB"
             f" {rate:.1f} MiB/s"
         )
-        if self.sent >= self.total:
+        if sent >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
-
-
-def _bundle_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-def _upload(
-    kind: sync_pb2.PushKind.ValueType, root: Path, files: list[Path], description: str, progress: _Progress
-) -> Iterator[sync_pb2.PushChunk]:
-    first = True
-    for path in files:
-        rel = path.relative_to(root).as_posix() if path != root else path.name
-        with path.open("rb") as fh:
-            sent_any = False
-            while True:
-                data = fh.read(_UPLOAD_CHUNK)
-                if not data and sent_any:
-                    break
-                sent_any = True
-                chunk = sync_pb2.PushChunk(kind=kind, path=rel, data=data)
-                if first:
-                    chunk.description = description
-                    first = False
-                progress.add(len(data))
-                yield chunk
-                if not data:
-                    break
 
 
 def status_limit(text: str) -> int:
@@ -206,200 +164,146 @@ def _fail(message: str) -> int:
 
 
 def run_ctl(args: argparse.Namespace) -> int:
+    """Run one `edgewise ctl` command through a ControlClient and print what it answers: 0 when done, 1
+    when refused (the reason on stderr, "edgewise ctl: CODE: details" for the control plane's)."""
     try:
         token = load_token(None, str(args.token_file) if args.token_file else None, OPS_TOKEN_ENV)
-        channel = open_channel(
+        client = ControlClient(
             args.control,
-            ca=str(args.tls_ca) if args.tls_ca else None,
-            cert=str(args.tls_cert) if args.tls_cert else None,
-            key=str(args.tls_key) if args.tls_key else None,
-            options=(("grpc.max_receive_message_length", 64 << 20),),
+            token=token,
+            timeout=args.timeout,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
-    stub = sync_pb2_grpc.ControlPlaneStub(channel)
-    meta = bearer_metadata(token)
-    try:
-        return _run_command(args, stub, meta)
-    except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "ERROR"
-        return _fail(f"{code}: {exc.details() if hasattr(exc, 'details') else exc}")
-    finally:
-        channel.close()
+    with client:
+        try:
+            return _run_command(args, client)
+        except ClientError as exc:
+            return _fail(str(exc))
+        except (ValueError, OSError) as exc:  # arguments the client refused before any call
+            return _fail(str(exc))
 
 
-def _run_command(args: argparse.Namespace, stub: Any, meta: tuple[tuple[str, str], ...]) -> int:
+def _run_command(args: argparse.Namespace, client: ControlClient) -> int:
     command = args.ctl_command
-    if command in ("push", "push-delta"):
-        if command == "push":
-            try:
-                bundle = load_bundle(args.bundle)  # validate here first: refuse before uploading anything
-            except BundleError as exc:
-                return _fail(f"push refused, nothing uploaded: {exc}")
-            root, files, kind = args.bundle, _bundle_files(args.bundle), sync_pb2.PUSH_KIND_BUNDLE
-            what = f"bundle {bundle.version} ({len(bundle.items)} items, {len(bundle.profiles)} profiles)"
-        else:
-            if not args.file.is_file():
-                return _fail(f"{args.file}: no such file")
-            root, files, kind = args.file, [args.file], sync_pb2.PUSH_KIND_DELTA
-            what = f"delta {args.file.name}"
-        progress = _Progress(sum(p.stat().st_size for p in files), args.quiet)
-        reply = stub.Push(
-            _upload(kind, root, files, args.description, progress), metadata=meta, timeout=args.timeout
-        )
-        print(f"pushed {what}: version {reply.version}, {reply.changes} changes")
+    if command == "push":
+        try:
+            pushed = client.push(args.bundle, description=args.description, progress=_Progress(args.quiet))
+        except BundleError as exc:
+            return _fail(f"push refused, nothing uploaded: {exc}")
+        bundle = pushed.bundle
+        assert bundle is not None  # a bundle push always says what it uploaded
+        what = f"bundle {bundle.version} ({bundle.items} items, {bundle.profiles} profiles)"
+        print(f"pushed {what}: version {pushed.version}, {pushed.changes} changes")
+        return 0
+    if command == "push-delta":
+        pushed = client.push_delta(args.file, description=args.description, progress=_Progress(args.quiet))
+        print(f"pushed delta {args.file.name}: version {pushed.version}, {pushed.changes} changes")
         return 0
     if command == "rollback":
-        reply = stub.Rollback(
-            sync_pb2.RollbackRequest(version=args.version), metadata=meta, timeout=args.timeout
-        )
+        rolled = client.rollback(args.version)
         print(
             f"rolled back to the state of version {args.version}: "
-            f"new version {reply.version}, {reply.changes} changes"
+            f"new version {rolled.version}, {rolled.changes} changes"
         )
         return 0
     if command == "forget":
-        if args.status:
-            status = stub.ForgetStatus(
-                sync_pb2.ForgetStatusRequest(user_id=args.user_id or "", limit=args.limit),
-                metadata=meta,
-                timeout=args.timeout,
-            )
-            users = status.users
-            rows = [
-                {
-                    "user_id": u.user_id,
-                    "version": u.version,
-                    "confirmed": list(u.confirmed),
-                    "pending": list(u.pending),
-                }
-                for u in users
-            ]
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                if args.user_id and not rows:
-                    print(f"{args.user_id} was not forgotten ({_users(status.total)} forgotten in all)")
-                elif not args.user_id:
-                    print(f"{_users(status.total)} forgotten; the newest {len(rows)}:")
-                for r in rows:
-                    print(
-                        f"{r['user_id']}: version {r['version']}; "
-                        f"confirmed by {', '.join(r['confirmed']) or '-'}; "
-                        f"pending on {', '.join(r['pending']) or '-'}"
-                    )
-            return 0
-        if not args.user_id:
-            return _fail("forget needs a USER_ID (or --status)")
-        done = stub.Forget(sync_pb2.ForgetRequest(user_id=args.user_id), metadata=meta, timeout=args.timeout)
-        print(
-            f"forgot {args.user_id}: version {done.version} "
-            f"({done.events_removed} stored events removed upstream); "
-            "edges purge it when they apply that version (see forget --status)"
-        )
-        return 0
+        return _forget(args, client)
     if command == "report":
-        if not 0.5 <= args.confidence < 1:
-            return _fail(f"--confidence must be in [0.5, 1), got {args.confidence}")
-        reply = stub.Report(
-            sync_pb2.ReportRequest(
-                experiment=args.experiment,
-                metric=args.metric,
-                by=args.by,
-                confidence=args.confidence,
-                bucket_ms=args.bucket,
-            ),
-            metadata=meta,
-            timeout=args.timeout,
-        )
-        doc = json.loads(reply.json)
-        if args.plot is not None:
-            if "series" not in doc:
-                return _fail("--plot: this control plane sends no time series; upgrade it")
-            try:
-                args.plot.write_bytes(report_plot(doc))
-            except OSError as exc:
-                return _fail(f"--plot: cannot write {args.plot}: {exc.strerror or exc}")
-        print_report(doc, args.format)
-        if args.plot is not None:  # on stderr when stdout is JSON or CSV, to keep it parseable
-            print(f"wrote {args.plot}", file=sys.stdout if args.format == "table" else sys.stderr)
-        return 0
+        return _report(args, client)
     if command == "history":
-        hist = stub.History(sync_pb2.HistoryRequest(limit=args.limit), metadata=meta, timeout=args.timeout)
-        rows = [
-            {
-                "version": c.version,
-                "base_version": c.base_version,
-                "kind": c.kind,
-                "changes": c.changes,
-                "created_at_ms": c.created_at_ms,
-                "description": c.description,
-            }
-            for c in hist.commits
-        ]
+        _print_history(client.history(args.limit), args.json)
+        return 0
+    _print_status(client.status(), args.json)
+    return 0
+
+
+def _forget(args: argparse.Namespace, client: ControlClient) -> int:
+    if args.status:
+        status = client.forget_status(args.user_id, limit=args.limit)
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "head_version": hist.head_version,
-                        "log_start_version": hist.log_start_version,
-                        "snapshot_versions": list(hist.snapshot_versions),
-                        "commits": rows,
-                    },
-                    indent=2,
-                )
-            )
+            print(json.dumps([dataclasses.asdict(u) for u in status.users], indent=2))
             return 0
-        print(
-            f"head {hist.head_version}; log from {hist.log_start_version}; "
-            f"snapshots {', '.join(map(str, hist.snapshot_versions)) or '-'}"
-        )
-        print(f"{'version':>10} {'kind':<9} {'changes':>9}  {'created (UTC)':<19}  description")
-        for r in rows:
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created_at_ms"] / 1000))
-            print(f"{r['version']:>10} {r['kind']:<9} {r['changes']:>9}  {created:<19}  {r['description']}")
-        return 0
-    status = stub.Status(sync_pb2.StatusRequest(), metadata=meta, timeout=args.timeout)
-    edges = [
-        {
-            "node_id": e.node_id,
-            "shard": e.shard,
-            "applied_version": e.applied_version,
-            "lag": e.lag,
-            "last_ack_version": e.last_ack_version,
-            "last_nack_version": e.last_nack_version,
-            "last_error": e.last_error,
-            "state": _STATES.get(e.state, "UNKNOWN"),
-            "connected": e.connected,
-            "last_seen_ms": e.last_seen_ms,
-            "peer": e.peer,
-            "events_forwarded": e.events_forwarded,
-        }
-        for e in status.edges
-    ]
-    if args.json:
-        print(
-            json.dumps(
-                {"head_version": status.head_version, "events_total": status.events_total, "edges": edges},
-                indent=2,
+        if args.user_id and not status.users:
+            print(f"{args.user_id} was not forgotten ({_users(status.total)} forgotten in all)")
+        elif not args.user_id:
+            print(f"{_users(status.total)} forgotten; the newest {len(status.users)}:")
+        for u in status.users:
+            print(
+                f"{u.user_id}: version {u.version}; "
+                f"confirmed by {', '.join(u.confirmed) or '-'}; "
+                f"pending on {', '.join(u.pending) or '-'}"
             )
-        )
         return 0
+    if not args.user_id:
+        return _fail("forget needs a USER_ID (or --status)")
+    done = client.forget(args.user_id)
     print(
-        f"head version {status.head_version}; {len(edges)} edges; "
+        f"forgot {args.user_id}: version {done.version} "
+        f"({done.events_removed} stored events removed upstream); "
+        "edges purge it when they apply that version (see forget --status)"
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace, client: ControlClient) -> int:
+    if not 0.5 <= args.confidence < 1:
+        return _fail(f"--confidence must be in [0.5, 1), got {args.confidence}")
+    doc = client.report(
+        args.experiment,
+        metric=cast(Metric, args.metric),
+        by=cast(SliceBy, args.by),
+        confidence=args.confidence,
+        bucket_ms=args.bucket,
+    )
+    if args.plot is not None:
+        if "series" not in doc:
+            return _fail("--plot: this control plane sends no time series; upgrade it")
+        try:
+            args.plot.write_bytes(report_plot(doc))
+        except OSError as exc:
+            return _fail(f"--plot: cannot write {args.plot}: {exc.strerror or exc}")
+    print_report(doc, args.format)
+    if args.plot is not None:  # on stderr when stdout is JSON or CSV, to keep it parseable
+        print(f"wrote {args.plot}", file=sys.stdout if args.format == "table" else sys.stderr)
+    return 0
+
+
+def _print_history(history: History, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(dataclasses.asdict(history), indent=2))
+        return
+    print(
+        f"head {history.head_version}; log from {history.log_start_version}; "
+        f"snapshots {', '.join(map(str, history.snapshot_versions)) or '-'}"
+    )
+    print(f"{'version':>10} {'kind':<9} {'changes':>9}  {'created (UTC)':<19}  description")
+    for c in history.commits:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.created_at_ms / 1000))
+        print(f"{c.version:>10} {c.kind:<9} {c.changes:>9}  {created:<19}  {c.description}")
+
+
+def _print_status(status: FleetStatus, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(dataclasses.asdict(status), indent=2))
+        return
+    print(
+        f"head version {status.head_version}; {len(status.edges)} edges; "
         f"{status.events_total} events stored upstream"
     )
     print(
         f"{'node':<20} {'shard':<16} {'applied':>9} {'lag':>6} {'ack':>9} {'nack':>9} "
         f"{'state':<12} last error"
     )
-    for e in edges:
+    for e in status.edges:
         print(
-            f"{e['node_id']:<20} {e['shard']:<16} {e['applied_version']:>9} {e['lag']:>6} "
-            f"{e['last_ack_version']:>9} "
-            f"{e['last_nack_version'] or '-':>9} {e['state']:<12} {e['last_error'] or '-'}"
+            f"{e.node_id:<20} {e.shard:<16} {e.applied_version:>9} {e.lag:>6} "
+            f"{e.last_ack_version:>9} "
+            f"{e.last_nack_version or '-':>9} {e.state:<12} {e.last_error or '-'}"
         )
-    return 0
 
 
 _REPORT_COLUMNS: Final = (
