@@ -7,11 +7,8 @@ are compared with a tolerance. Hypothesis runs derandomized so CI sees the same 
 
 from __future__ import annotations
 
-import ast
-import inspect
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +18,6 @@ from numpy.typing import NDArray
 
 from edgewise.bench.numpy_topk import topk_dot_numpy, topk_scores_numpy
 from edgewise.core import _scoring, scoring
-
-CORE = Path(scoring.__file__).resolve().parent
 
 # Hypothesis: stable examples in CI, no per-example deadline (the first call pays for imports).
 stable = settings(derandomize=True, max_examples=300, deadline=None)
@@ -328,22 +323,6 @@ def test_bad_k_and_read_only_outputs_are_rejected() -> None:
         scoring.topk_scores_reference(scores, mask, -2)
     with pytest.raises(ValueError, match="query has length 3, expected d=4"):
         scoring.topk_dot_reference(np.zeros((8, 4), dtype=np.float32), scores[:3], mask, 1)
-
-
-# The compiled module and its stub agree (the .pxd: tests/test_cimport.py).
-
-
-def test_stub_matches_compiled_module() -> None:
-    tree = ast.parse((CORE / "_scoring.pyi").read_text())
-    stub = {
-        node.name: [a.arg for a in node.args.args] for node in tree.body if isinstance(node, ast.FunctionDef)
-    }
-    compiled = {
-        name: list(inspect.signature(obj).parameters)
-        for name, obj in vars(_scoring).items()
-        if callable(obj) and not name.startswith("_") and not isinstance(obj, type)
-    }
-    assert stub == compiled
 
 
 # The half-precision scan (half_index + topk_half_into): approximate scores, exact rescoring, so the result
