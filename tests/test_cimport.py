@@ -70,6 +70,7 @@ setup(ext_modules=cythonize([extension], include_path=["include"], language_leve
 def kernel_user(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     """A Cython module that cimports the kernels from the installed package, compiled and imported."""
     pytest.importorskip("Cython")
+    pytest.importorskip("setuptools")  # builds the extension
     root = tmp_path_factory.mktemp("kernel_user")
     include = root / "include" / "edgewise"
     include.mkdir(parents=True)
