@@ -11,13 +11,15 @@ every contender alike:
 
 - kernel: `edgewise.core.scoring.topk_dot_into` with preallocated output buffers, as the decision
   pipeline calls it (its argument checks included); `raw` is the compiled entry point alone.
-- numpy: `topk_dot_numpy` (matmul, compaction to the candidates, argpartition, sort of the k) with the
-  BLAS thread count numpy starts with; `numpy 1t` is the same with BLAS limited to one thread, as in a
-  worker process pinned to one core (only when OpenBLAS's thread control can be reached).
-- bounds: `hot read` times one streaming read of the matrix itself (the Cython `stream_sum` probe),
-  just after the other calls, so it sits at the same cache level as the kernel's reads: the in-cache
-  bound. `DRAM bound` is matrix bytes / the read bandwidth measured by streaming a large array (256 MB,
-  far past the last-level cache), i.e. what reading the matrix from memory would cost.
+- numpy: `topk_dot_numpy` (bench/numpy_topk.py: matmul, compaction to the candidates, argpartition,
+  sort of the k) with the BLAS thread count numpy starts with; `numpy 1t` is the same with BLAS limited
+  to one thread, as in a worker process pinned to one core (only when OpenBLAS's thread control can be
+  reached).
+- bounds: `hot read` times one streaming read of the matrix itself (the Cython `stream_sum` probe of
+  bench/_probes.pyx), just after the other calls, so it sits at the same cache level as the kernel's
+  reads: the in-cache bound. `DRAM bound` is matrix bytes / the read bandwidth measured by streaming a
+  large array (256 MB, far past the last-level cache), i.e. what reading the matrix from memory would
+  cost.
 
 Every call runs on warm caches (the same matrix again and again): a matrix that fits in cache is read
 from cache, and the DRAM bound is then not a floor. Medians are the figures to quote on a shared machine.
@@ -42,8 +44,10 @@ from typing import Any, Final
 
 import numpy as np
 
+from edgewise.bench._probes import stream_sum
+from edgewise.bench.numpy_topk import topk_dot_numpy
 from edgewise.core import _scoring
-from edgewise.core.scoring import half_index, topk_dot_into, topk_dot_numpy, topk_half_into
+from edgewise.core.scoring import half_index, topk_dot_into, topk_half_into
 
 __all__ = ["main", "run"]
 
@@ -187,11 +191,11 @@ def _time_interleaved(contenders: dict[str, Contender], reps: int) -> dict[str, 
 def measure_dram_bandwidth(nbytes: int, reps: int) -> float:
     """Read bandwidth in bytes/s of one core streaming a large float32 array (median of reps reads)."""
     data = np.ones(nbytes // 4, dtype=np.float32)
-    _scoring.stream_sum(data)
+    stream_sum(data)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter_ns()
-        _scoring.stream_sum(data)
+        stream_sum(data)
         times.append(time.perf_counter_ns() - t0)
     return data.nbytes / (statistics.median(times) / 1e9)
 
@@ -241,7 +245,7 @@ def bench_size(n: int, d: int, reps: int, dram_bw: float, blas: Blas, seed: int 
     }
     if blas.available:
         contenders["numpy 1t"] = (lambda: topk_dot_numpy(matrix, query, mask, K), lambda: blas.limited(1))
-    contenders["hot read"] = (lambda: _scoring.stream_sum(flat), nullcontext)
+    contenders["hot read"] = (lambda: stream_sum(flat), nullcontext)
 
     row = Row(n=n, d=d, matrix_mb=matrix.nbytes / 1e6, candidates=int(np.count_nonzero(mask)))
     row.timings = _time_interleaved(contenders, reps)

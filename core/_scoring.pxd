@@ -1,7 +1,9 @@
 # Scoring kernels: fused dot product + partial-heap top-k over a candidate mask.
 #
 # Declared `noexcept nogil` over typed memoryviews (as scikit-learn's sklearn/utils/_heap.pxd) so other
-# Cython modules can cimport and call them without the GIL and without a Python-level wrapper. Callers
+# Cython modules can cimport and call them without the GIL and without a Python-level wrapper:
+# `from edgewise.core._scoring cimport topk_dot_kernel` (setup.py builds _scoring.pyx beside this file, so
+# the module exports every function declared here; tests/test_cimport.py compiles such a module). Callers
 # guarantee the contract that edgewise.core.scoring checks for Python callers:
 #   matrix [n, d] C-contiguous, query [d], mask [n], out_idx and out_scores at least k long, k >= 0,
 #   n < 2**31, every value finite.
@@ -69,5 +71,3 @@ cdef Py_ssize_t topk_sorted_kernel(
     int32_t[::1] out_idx,
     float[::1] out_scores,
 ) noexcept nogil
-
-cdef float stream_sum_kernel(const float[::1] data) noexcept nogil

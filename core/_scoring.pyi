@@ -1,8 +1,8 @@
 # Type stub for the compiled module edgewise.core._scoring (core/_scoring.pyx).
 #
 # The entry points raise ValueError (or TypeError for a non-buffer) on any invalid argument, with terse
-# messages: callers go through edgewise.core.scoring, which says what is wrong. tests/test_scoring.py
-# checks that this stub and the module agree.
+# messages: callers go through edgewise.core.scoring, which says what is wrong. mypy.stubtest
+# (scripts/typecheck) checks that this stub and the built module agree.
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,4 +62,3 @@ def topk_sorted_into(
     out_scores: NDArray[np.float32],
 ) -> int: ...
 def set_portable(portable: bool) -> bool: ...
-def stream_sum(data: NDArray[np.float32]) -> float: ...

@@ -7,15 +7,8 @@ are compared with a tolerance. Hypothesis runs derandomized so CI sees the same 
 
 from __future__ import annotations
 
-import ast
-import importlib.util
-import inspect
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from edgewise.bench.numpy_topk import topk_dot_numpy, topk_scores_numpy
 from edgewise.core import _scoring, scoring
-
-CORE = Path(scoring.__file__).resolve().parent
 
 # Hypothesis: stable examples in CI, no per-example deadline (the first call pays for imports).
 stable = settings(derandomize=True, max_examples=300, deadline=None)
@@ -100,7 +92,7 @@ def test_dot_matches_reference_on_exact_inputs(
     want = scoring.topk_dot_reference(matrix, query, mask, k)
     _assert_same(_run_dot(matrix, query, mask, k, extra), want)
     _assert_same(scoring.topk_dot(matrix, query, mask, k), want)
-    _assert_same(scoring.topk_dot_numpy(matrix, query, mask, k), want)
+    _assert_same(topk_dot_numpy(matrix, query, mask, k), want)
 
 
 @stable
@@ -118,7 +110,7 @@ def test_scores_matches_reference_with_ties(seed: int, n: int, k: int, p: float,
     want = scoring.topk_scores_reference(scores, mask, k)
     _assert_same(_run_scores(scores, mask, k), want)
     _assert_same(scoring.topk_scores(scores, mask, k), want)
-    _assert_same(scoring.topk_scores_numpy(scores, mask, k), want)
+    _assert_same(topk_scores_numpy(scores, mask, k), want)
 
 
 def test_dot_exact_at_benchmark_size_with_ties() -> None:
@@ -331,51 +323,6 @@ def test_bad_k_and_read_only_outputs_are_rejected() -> None:
         scoring.topk_scores_reference(scores, mask, -2)
     with pytest.raises(ValueError, match="query has length 3, expected d=4"):
         scoring.topk_dot_reference(np.zeros((8, 4), dtype=np.float32), scores[:3], mask, 1)
-
-
-# The compiled module, its stub and its .pxd agree.
-
-
-def test_stub_matches_compiled_module() -> None:
-    tree = ast.parse((CORE / "_scoring.pyi").read_text())
-    stub = {
-        node.name: [a.arg for a in node.args.args] for node in tree.body if isinstance(node, ast.FunctionDef)
-    }
-    compiled = {
-        name: list(inspect.signature(obj).parameters)
-        for name, obj in vars(_scoring).items()
-        if callable(obj) and not name.startswith("_") and not isinstance(obj, type)
-    }
-    assert stub == compiled
-
-
-@pytest.mark.skipif(importlib.util.find_spec("Cython") is None, reason="Cython is not installed")
-def test_pxd_declarations_match_the_pyx(tmp_path: Path) -> None:
-    # setup.py names the extension edgewise.core._scoring while the sources sit in core/, so Cython does
-    # not pair _scoring.pxd with _scoring.pyx during the build; compile them side by side here so the
-    # declarations other Cython modules would cimport cannot drift from the definitions.
-    for name in ("_scoring.pyx", "_scoring.pxd"):
-        shutil.copy(CORE / name, tmp_path / name)
-    done = subprocess.run(
-        [sys.executable, "-m", "cython", "-3", "_scoring.pyx", "-o", "_scoring.c"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    # Paired with its .pxd, the module exports the kernels for cimport (a C-API table).
-    c_source = (tmp_path / "_scoring.c").read_text()
-    assert "__Pyx_ExportFunction(" in c_source
-    kernels = (
-        "topk_dot_kernel",
-        "topk_scores_kernel",
-        "topk_half_kernel",
-        "topk_pairs_kernel",
-        "stream_sum_kernel",
-    )
-    for kernel in (*kernels, "neighbor_candidates_kernel"):
-        assert kernel in c_source
 
 
 # The half-precision scan (half_index + topk_half_into): approximate scores, exact rescoring, so the result
