@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Final
 
 import numpy as np
@@ -39,7 +40,7 @@ __all__ = [
     "snips",
 ]
 
-Z95: Final = 1.959963984540054
+Z95: Final = NormalDist().inv_cdf(0.975)  # the two-sided 95% normal quantile
 _BOOTSTRAP_CELLS: Final = 1 << 22  # resample indices generated per chunk (bounded memory)
 _CHUNK_ROUNDS: Final = 1 << 15
 """Rounds read at a time from the evaluation policy and the reward model: memory stays bounded by this
