@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -17,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import process_group
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgewise.bench import cli
@@ -132,41 +131,12 @@ def test_mix_placements_and_config_errors_name_the_field() -> None:
 
 @pytest.fixture(scope="module")
 def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    """`python -m edgewise.bench.cli floor-server` with 2 workers on port 0, as a real process."""
-    work = tmp_path_factory.mktemp("floor")
-    ready = work / "ready.json"
-    log = (work / "floor.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgewise.bench.cli",
-            "floor-server",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--grace",
-            "1",
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"floor server did not start: {(work / 'floor.log').read_text()}")
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
-    info["proc"] = proc
-    yield info
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    log.close()
+    """`edgewise bench floor-server` with 2 workers on port 0, as a real process; its ready file."""
+    args = ["bench", "floor-server", "--listen", "127.0.0.1:0", "--workers", "2", "--grace", "1"]
+    with process_group(tmp_path_factory.mktemp("floor")) as processes:
+        server = processes.serve("floor", args, timeout=30)
+        yield server.wait_ready()
+        server.stop(signal.SIGTERM, grace=20)
 
 
 def _alive(pid: int) -> bool:

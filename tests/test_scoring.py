@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -28,7 +29,7 @@ from edgewise.core import _scoring, scoring
 CORE = Path(scoring.__file__).resolve().parent
 
 # Hypothesis: stable examples in CI, no per-example deadline (the first call pays for imports).
-stable = settings(derandomize=True, max_examples=300, deadline=None)
+stable = settings(derandomize=True, max_examples=examples(300), deadline=None)
 
 
 def _buffers(k: int, extra: int = 0) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
