@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import EdgeProcess
 
+pytestmark = pytest.mark.slow  # every test here runs the `edgewise` command as a subprocess
+
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

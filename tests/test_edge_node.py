@@ -21,6 +21,8 @@ from edgewise.processes import Processes
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.slow  # every test here runs edge node processes
+
 CONSENT = ["personalization", "analytics"]
 
 

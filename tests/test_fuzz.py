@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from edgewise.v1 import personalizer_pb2 as pb
 
+pytestmark = pytest.mark.slow  # fuzzes a real edge process
+
 ALLOWED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 RAW_ALLOWED = ALLOWED | {"INTERNAL"}  # bytes that do not deserialize: grpc answers INTERNAL
 CODES: Counter[str] = Counter()

@@ -147,6 +147,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_floor_server_answers_like_a_personalizer(floor: dict[str, object]) -> None:
     assert floor["workers"] == 2
     pids = floor["worker_pids"]
@@ -167,6 +168,7 @@ def test_floor_server_answers_like_a_personalizer(floor: dict[str, object]) -> N
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow
 def test_open_loop_run_reports_the_intended_rate(
     floor: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -215,6 +217,7 @@ def test_open_loop_run_reports_the_intended_rate(
     assert report["machine"]["cpus"] >= 1
 
 
+@pytest.mark.slow
 def test_closed_loop_run_keeps_calls_in_flight(floor: dict[str, object]) -> None:
     progress = io.StringIO()
     report = run_load(
@@ -245,6 +248,7 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_a_dead_port_gives_unavailable_errors_without_hanging() -> None:
     started = time.monotonic()
     report = run_load(

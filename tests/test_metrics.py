@@ -266,6 +266,7 @@ def _check_totals(families: dict[str, dict[str, object]], want: dict[str, float]
     assert value(families, "edgewise_shed_total") == factor * want["shed"]
 
 
+@pytest.mark.slow
 def test_two_processes_writing_concurrently_are_summed(tmp_path: Path) -> None:
     layout = MetricsLayout(PLACEMENTS)
     node = NodeMetrics(tmp_path, layout)
@@ -295,6 +296,7 @@ def test_two_processes_writing_concurrently_are_summed(tmp_path: Path) -> None:
     _check_totals(parse_exposition(node.render()), _expected(rounds, threads), factor=2)
 
 
+@pytest.mark.slow
 def test_a_restarted_worker_keeps_the_node_totals(tmp_path: Path) -> None:
     layout = MetricsLayout(PLACEMENTS)
     node = NodeMetrics(tmp_path, layout)

@@ -350,6 +350,7 @@ def test_stub_matches_compiled_module() -> None:
     assert stub == compiled
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("Cython") is None, reason="Cython is not installed")
 def test_pxd_declarations_match_the_pyx(tmp_path: Path) -> None:
     # setup.py names the extension edgewise.core._scoring while the sources sit in core/, so Cython does

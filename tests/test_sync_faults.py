@@ -44,6 +44,8 @@ from tests.sync_support import (
 )
 from tests.tcp_proxy import FaultProxy
 
+pytestmark = pytest.mark.slow  # every test here runs a control plane and edges as real processes
+
 OPS_TOKEN = "ops-fault-token-1"
 EDGE_TOKEN = "edge-fault-token-1"
 TOKENS = {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN}

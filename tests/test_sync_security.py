@@ -28,6 +28,8 @@ from tests.sync_support import (
 )
 from tests.tls_certs import Certs, make_certs
 
+pytestmark = pytest.mark.slow  # every test here runs a control plane and edges as real processes
+
 OPS_TOKEN = "ops-tls-secret-8f3a"
 EDGE_TOKEN = "edge-tls-secret-51c9"
 WRONG_TOKEN = "edge-wrong-secret-77d2"
