@@ -3,8 +3,8 @@
 
 Hypothesis profiles (chosen by EDGEWISE_HYPOTHESIS_PROFILE, default `ci`):
 
-    ci    today's budgets: Hypothesis' default of 100 examples, and each test's own `examples(n)`
-    dev   a tenth of those (at least 5 examples a test): the fast loop, `pytest -m "not slow"`
+    ci    today's budgets: Hypothesis' default of 100 examples, and each test's own `examples(N)`
+    dev   a tenth of those (at least 5 examples a test): for the fast loop, `pytest -m "not slow"`
 
 A test that sets its own budget writes `@settings(max_examples=examples(N))`: N under `ci`, scaled
 under `dev`.
@@ -34,23 +34,20 @@ SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 HYPOTHESIS_PROFILE_ENV: Final = "EDGEWISE_HYPOTHESIS_PROFILE"
 HYPOTHESIS_SCALE: Final = {"ci": 1.0, "dev": 0.1}  # of each test's example budget
-DEFAULT_EXAMPLES: Final = 100  # Hypothesis' own default, today's budget of a test that sets none
 MIN_EXAMPLES: Final = 5
 
+settings.register_profile("ci", max_examples=100)  # Hypothesis' default: today's budget of a test
+settings.register_profile("dev", max_examples=10)
 HYPOTHESIS_PROFILE: Final = os.environ.get(HYPOTHESIS_PROFILE_ENV, "ci")
 if HYPOTHESIS_PROFILE not in HYPOTHESIS_SCALE:
     raise pytest.UsageError(
         f"{HYPOTHESIS_PROFILE_ENV}={HYPOTHESIS_PROFILE!r}: choose one of {', '.join(HYPOTHESIS_SCALE)}"
     )
-for _name in HYPOTHESIS_SCALE:
-    settings.register_profile(
-        _name, max_examples=max(MIN_EXAMPLES, round(DEFAULT_EXAMPLES * HYPOTHESIS_SCALE[_name]))
-    )
 settings.load_profile(HYPOTHESIS_PROFILE)
 
 
 def examples(ci_budget: int) -> int:
-    """The example budget of a test whose budget under the `ci` profile is `ci_budget`."""
+    """The example budget of a test whose budget under the `ci` profile is `ci_budget` (at least 5)."""
     return max(MIN_EXAMPLES, round(ci_budget * HYPOTHESIS_SCALE[HYPOTHESIS_PROFILE]))
 
 

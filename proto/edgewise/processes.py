@@ -11,8 +11,8 @@ then, its whole group is SIGKILLed.
 
 `Processes` is a context manager: on the way out, KeyboardInterrupt included, it stops every child it
 started that still runs (newest first), then SIGKILLs each child's group, so a worker left behind by a
-killed supervisor goes too. Last, an `atexit` hook SIGKILLs the group of every child that is
-still running when the interpreter exits.
+killed supervisor goes too. Last, an `atexit` hook SIGKILLs the group of every child still running
+when the interpreter exits.
 
 Nothing in the product imports this module at serve time (tests/test_layering.py: layer "top").
 """
@@ -138,8 +138,8 @@ class Process:
             self.proc.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_S) -> int:
-        """Send `sig` to the child, wait up to `grace` seconds for it to exit, then SIGKILL its group;
-        the child's exit status (negative: the signal that ended it)."""
+        """Send `sig` to the child and wait up to `grace` seconds for it to exit; if it still runs then,
+        SIGKILL its group. The child's exit status (negative: the signal that ended it)."""
         self.send_signal(sig)
         return self._wait_or_kill(grace)
 
@@ -170,7 +170,7 @@ def wait_ready(processes: Sequence[Process], timeout: float = READY_TIMEOUT_S) -
                 return [p.info for p in processes if p.info is not None]
             if time.monotonic() > deadline:
                 raise ProcessError(
-                    f"{', '.join(p.name for p in late)} not ready in {timeout:.0f} s:\n{late[0].log_tail()}"
+                    f"{', '.join(p.name for p in late)} not ready in {timeout:g} s:\n{late[0].log_tail()}"
                 )
             time.sleep(_POLL_S)
     except ProcessError:
