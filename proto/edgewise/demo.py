@@ -23,12 +23,15 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from edgewise.processes import Processes, edgewise_command
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
+
+if TYPE_CHECKING:  # imported by run(): every command builds its parser from this module, the servers too
+    from edgewise.processes import Processes
 
 __all__ = ["add_arguments", "run"]
 
@@ -170,7 +173,7 @@ def _show(stub: _pb_grpc.PersonalizerStub, bundle_dir: Path) -> None:
 
 def _ctl(env: dict[str, str], control: str, *args: str) -> str:
     done = subprocess.run(
-        edgewise_command("ctl", "--control", control, *args),
+        [sys.executable, "-m", "edgewise.cli", "ctl", "--control", control, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -410,6 +413,7 @@ def _loop(
 
 def run(args: argparse.Namespace) -> int:
     from edgewise.offline.synth import synth_bundle
+    from edgewise.processes import Processes
 
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="edgewise-demo-"))
