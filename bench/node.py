@@ -99,7 +99,7 @@ def run(duration: float, concurrency: int, clients: int, quick: bool) -> dict[st
     }
     with (
         tempfile.TemporaryDirectory(prefix="edgewise-bench-node-") as tmp_name,
-        Processes(Path(tmp_name) / "procs", {"PYTHONUNBUFFERED": "1"}) as procs,
+        Processes(Path(tmp_name) / "procs", {"PYTHONUNBUFFERED": "1"}, grace=10) as procs,
     ):
         tmp = Path(tmp_name)
         floor_cmd = [

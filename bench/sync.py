@@ -1163,6 +1163,7 @@ def run(config: Config) -> dict[str, Any]:
         procs = Processes(
             root / "run",
             {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN, "PYTHONUNBUFFERED": "1"},
+            grace=10,
         )
         try:
             fleet_bundle, fleet_synth_s, _ = _bundle(

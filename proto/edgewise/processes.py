@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 READY_TIMEOUT_S: Final = 60.0
-STOP_GRACE_S: Final = 10.0
+STOP_GRACE_S: Final = 20.0
 LOG_TAIL_LINES: Final = 15
 _POLL_S: Final = 0.02
 
