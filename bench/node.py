@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edgewise.bench.pipeline import prepare_bundle
-from edgewise.bench.sync import Procs, wait_ready
+from edgewise.processes import Processes, edgewise_command
 
 TARGET_DECIDE_PER_S: Final = 8_000
 TARGET_P99_RATIO: Final = 1.3
@@ -43,25 +43,20 @@ def _log(message: str) -> None:
     print(f"[bench.node] {message}", file=sys.stderr, flush=True)
 
 
-def _edgewise() -> list[str]:
-    return [sys.executable, "-m", "edgewise.cli"]
-
-
 @contextmanager
-def _server(procs: Procs, name: str, args: Sequence[str]) -> Iterator[str]:
-    """Start `edgewise ARGS` (its own process group, see bench.sync), yield its address once ready,
-    stop it (SIGTERM to the group, SIGKILL to stragglers) at the end."""
-    proc = procs.spawn(name, args)
+def _server(procs: Processes, name: str, args: Sequence[str]) -> Iterator[str]:
+    """Start `edgewise ARGS` (its own process group, see edgewise.processes), yield its address once
+    ready, stop it (SIGTERM, SIGKILL to its group after the grace) at the end."""
+    proc = procs.start(name, args)
     try:
-        (info,) = wait_ready([proc], START_TIMEOUT_S)
-        yield str(info["address"])
+        yield str(proc.wait_ready(START_TIMEOUT_S)["address"])
     finally:
         procs.stop([proc])
 
 
 def _load(target: str, args: Sequence[str], out: Path) -> dict[str, Any]:
     """One `edgewise bench load` run; its JSON report."""
-    cmd = [*_edgewise(), "bench", "load", "--target", target, *args, "--quiet", "--json", str(out)]
+    cmd = edgewise_command("bench", "load", "--target", target, *args, "--quiet", "--json", str(out))
     _log("load: " + " ".join(args))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode not in (0, 1) or not out.exists():
@@ -102,9 +97,11 @@ def run(duration: float, concurrency: int, clients: int, quick: bool) -> dict[st
         "concurrency": concurrency,
         "machine": {"cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
     }
-    with tempfile.TemporaryDirectory(prefix="edgewise-bench-node-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="edgewise-bench-node-") as tmp_name,
+        Processes(Path(tmp_name) / "procs", {"PYTHONUNBUFFERED": "1"}, grace=10) as procs,
+    ):
         tmp = Path(tmp_name)
-        procs = Procs(tmp / "procs")
         floor_cmd = [
             "bench",
             "floor-server",

@@ -74,7 +74,6 @@ import platform
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -92,6 +91,7 @@ import numpy as np
 from edgewise.bench.pipeline import default_bundle_dir
 from edgewise.core.store import REPLICATED, Store
 from edgewise.offline.synth import synth_bundle
+from edgewise.processes import Process, ProcessError, Processes, wait_ready
 from edgewise.sync.auth import bearer_metadata, open_channel
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
@@ -128,113 +128,10 @@ class BenchError(RuntimeError):
 # --- processes ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    """A child process in a session (and process group) of its own, its output in a log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    started_wall: float
-    ready_path: Path
-    stopped: bool = False
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def ready(self) -> dict[str, Any] | None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-        if not self.ready_path.exists():
-            return None
-        return dict(json.loads(self.ready_path.read_text()))
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to its process group (the edge's workers too), SIGKILL after `timeout`; once only."""
-        if self.stopped:
-            return
-        self.stopped = True
-        if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=timeout)
-        _signal_group(self.proc.pid, signal.SIGKILL)  # stragglers of the group (a worker), if any
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-class Procs:
-    """Every process the bench started; `stop_all` ends them (the `finally` of `run`)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[Proc] = []
-        self._env = {
-            **os.environ,
-            "EDGEWISE_OPS_TOKEN": OPS_TOKEN,
-            "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN,
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    def spawn(self, name: str, args: Sequence[str]) -> Proc:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log_path = self.workdir / f"{name}.log"
-        ready = self.workdir / f"{name}.ready.json"
-        cmd = [sys.executable, "-m", "edgewise.cli", *args, "--ready-file", str(ready)]
-        with open(log_path, "wb") as out:
-            started = time.time()
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
-            )
-        p = Proc(name, proc, log_path, started, ready)
-        self.started.append(p)
-        return p
-
-    def stop(self, which: Sequence[Proc]) -> None:
-        """Stop `which` (SIGTERM to all first, so they drain in parallel), each process once."""
-        for p in which:
-            if not p.stopped and p.proc.poll() is None:
-                _signal_group(p.proc.pid, signal.SIGTERM)
-        for p in which:
-            try:
-                p.stop(timeout=10)
-            except Exception as exc:  # keep stopping the others
-                _log(f"stopping {p.name}: {exc!r}")
-
-    def stop_all(self) -> None:
-        self.stop(self.started[::-1])
-
-
-def wait_ready(procs: Sequence[Proc], timeout: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    found: dict[str, dict[str, Any]] = {}
-    while len(found) < len(procs):
-        for p in procs:
-            if p.name not in found:
-                info = p.ready()
-                if info is not None:
-                    found[p.name] = info
-        if time.monotonic() > deadline:
-            late = [p for p in procs if p.name not in found]
-            raise BenchError(
-                f"{', '.join(p.name for p in late)} not ready in {timeout:.0f} s:\n{late[0].log_tail()}"
-            )
-        time.sleep(0.02)
-    return [found[p.name] for p in procs]
-
-
 def spawn_control(
-    procs: Procs, name: str, data: Path, max_snapshots: int, listen: str = "127.0.0.1:0"
-) -> Proc:
-    return procs.spawn(
+    procs: Processes, name: str, data: Path, max_snapshots: int, listen: str = "127.0.0.1:0"
+) -> Process:
+    return procs.start(
         name,
         [
             "control",
@@ -251,14 +148,14 @@ def spawn_control(
     )
 
 
-def start_control(procs: Procs, name: str, data: Path, max_snapshots: int) -> tuple[Proc, str]:
+def start_control(procs: Processes, name: str, data: Path, max_snapshots: int) -> tuple[Process, str]:
     p = spawn_control(procs, name, data, max_snapshots)
     (info,) = wait_ready([p], 60)
     return p, str(info["address"])
 
 
-def spawn_edge(procs: Procs, name: str, data: Path, control: str) -> Proc:
-    return procs.spawn(
+def spawn_edge(procs: Processes, name: str, data: Path, control: str) -> Process:
+    return procs.start(
         name,
         [
             "edge",
@@ -342,7 +239,7 @@ class LogTail:
         return max(self.applied, default=0)
 
 
-def _wait_applied(tails: Sequence[LogTail], procs: Sequence[Proc], version: int, timeout: float) -> None:
+def _wait_applied(tails: Sequence[LogTail], procs: Sequence[Process], version: int, timeout: float) -> None:
     """Until every edge logged applying `version` (or a later one: a commit it skipped is in it)."""
     deadline = time.monotonic() + timeout
     interval = 0.002
@@ -656,7 +553,7 @@ def _rate_rows(
 def _throughput_rounds(
     label: str,
     control: Control,
-    procs: Sequence[Proc],
+    procs: Sequence[Process],
     tails: Sequence[LogTail],
     users: Sequence[str],
     dim: int,
@@ -682,7 +579,7 @@ def _throughput_rounds(
     return _rate_rows(label, tails, pushes, config.upserts)
 
 
-def stage_fleet(config: Config, procs: Procs, root: Path, bundle: Path) -> dict[str, Any]:
+def stage_fleet(config: Config, procs: Processes, root: Path, bundle: Path) -> dict[str, Any]:
     """Propagation of small deltas to `config.edges` edges, then bulk deltas on all of them at once."""
     first = len(procs.started)
     control_proc, address = start_control(procs, "control-fleet", root / "control-fleet", config.edges)
@@ -781,7 +678,7 @@ def stage_fleet(config: Config, procs: Procs, root: Path, bundle: Path) -> dict[
         procs.stop(procs.started[first:][::-1])  # the edges, then their control plane
 
 
-def stage_bootstrap(config: Config, procs: Procs, root: Path, bundle: Path) -> dict[str, Any]:
+def stage_bootstrap(config: Config, procs: Processes, root: Path, bundle: Path) -> dict[str, Any]:
     """An empty edge against a control plane holding `bundle`; then bulk deltas on that edge alone."""
     _control_proc, address = start_control(procs, "control-big", root / "control-big", 2)
     control = Control(address)
@@ -1011,7 +908,7 @@ def _seeds(stub: pb_grpc.PersonalizerStub, user: str) -> list[str]:
     return _pdp_similar(stub, user)[0]
 
 
-def _settle(control: Control, tails: Sequence[LogTail], edges: Sequence[Proc], timeout: float) -> int:
+def _settle(control: Control, tails: Sequence[LogTail], edges: Sequence[Process], timeout: float) -> int:
     """Until the control plane's head stayed put for 1 s (the folder is done) and every edge applied it."""
     deadline = time.monotonic() + timeout
     while True:
@@ -1024,7 +921,7 @@ def _settle(control: Control, tails: Sequence[LogTail], edges: Sequence[Proc], t
             raise BenchError(f"the control plane's head kept moving for {timeout:.0f} s")
 
 
-def stage_events(config: Config, procs: Procs, root: Path, bundle: Path) -> dict[str, Any]:
+def stage_events(config: Config, procs: Processes, root: Path, bundle: Path) -> dict[str, Any]:
     """Events upstream: outbox forwarding rates with one edge, then view on edge A -> edge B's decisions."""
     first = len(procs.started)
     data = root / "control-events"
@@ -1263,7 +1160,11 @@ def run(config: Config) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgewise-bench-sync-") as tmp:
         root = Path(tmp)
-        procs = Procs(root / "run")
+        procs = Processes(
+            root / "run",
+            {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN, "PYTHONUNBUFFERED": "1"},
+            grace=10,
+        )
         try:
             fleet_bundle, fleet_synth_s, _ = _bundle(
                 root / "fleet-bundle", FLEET_USERS, FLEET_ITEMS, config.seed
@@ -1298,7 +1199,7 @@ def run(config: Config) -> dict[str, Any]:
                 events = stage_events(config, procs, root, fleet_bundle)
                 seconds["events"] = round(time.perf_counter() - t0, 1)
         finally:
-            procs.stop_all()
+            procs.close()
     machine["loadavg_at_end"] = _loadavg()
     targets: list[dict[str, Any]] = []
     figures: list[dict[str, Any]] = []
@@ -1627,7 +1528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = run(config)
-    except BenchError as exc:
+    except (BenchError, ProcessError) as exc:
         print(f"bench.sync failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else format_report(result))

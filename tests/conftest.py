@@ -1,4 +1,14 @@
-"""Shared fixtures: small synthetic bundles and real edge processes on free loopback ports."""
+"""Shared fixtures: small synthetic bundles, real edge processes on free loopback ports (started through
+`edgewise.processes`), and the Hypothesis profiles.
+
+Hypothesis profiles (chosen by EDGEWISE_HYPOTHESIS_PROFILE, default `ci`):
+
+    ci    today's budgets: Hypothesis' default of 100 examples, and each test's own `examples(N)`
+    dev   a tenth of those (at least 5 examples a test): for the fast loop, `pytest -m "not slow"`
+
+A test that sets its own budget writes `@settings(max_examples=examples(N))`: N under `ci`, scaled
+under `dev`.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +17,41 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Final
 
 import grpc
 import pytest
+from hypothesis import settings
 
 from edgewise.offline.synth import synth_bundle
-from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+from edgewise.processes import Process, Processes
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+# --- Hypothesis profiles -------------------------------------------------------------------------------
+
+HYPOTHESIS_PROFILE_ENV: Final = "EDGEWISE_HYPOTHESIS_PROFILE"
+HYPOTHESIS_SCALE: Final = {"ci": 1.0, "dev": 0.1}  # of each test's example budget
+MIN_EXAMPLES: Final = 5
+
+settings.register_profile("ci", max_examples=100)  # Hypothesis' default: today's budget of a test
+settings.register_profile("dev", max_examples=10)
+HYPOTHESIS_PROFILE: Final = os.environ.get(HYPOTHESIS_PROFILE_ENV, "ci")
+if HYPOTHESIS_PROFILE not in HYPOTHESIS_SCALE:
+    raise pytest.UsageError(
+        f"{HYPOTHESIS_PROFILE_ENV}={HYPOTHESIS_PROFILE!r}: choose one of {', '.join(HYPOTHESIS_SCALE)}"
+    )
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(ci_budget: int) -> int:
+    """The example budget of a test whose budget under the `ci` profile is `ci_budget` (at least 5)."""
+    return max(MIN_EXAMPLES, round(ci_budget * HYPOTHESIS_SCALE[HYPOTHESIS_PROFILE]))
+
+
+# --- bundles -------------------------------------------------------------------------------------------
 
 
 def rewrite_manifest(bundle: Path, version: int | None = None) -> None:
@@ -48,93 +78,48 @@ def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
     return out
 
 
-@dataclass
-class EdgeProcess:
-    proc: subprocess.Popen[bytes]
-    address: str
-    log_path: Path
+# --- real edge processes -------------------------------------------------------------------------------
 
-    def logs(self) -> str:
-        return self.log_path.read_text()
+# The tests annotate an edge node with this name: an `edgewise edge serve` child (`edgewise.processes`).
+EdgeProcess = Process
 
-    def log_events(self) -> list[dict[str, object]]:
-        out = []
-        for line in self.logs().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
+EDGE_GRACE_S: Final = "2"
 
-    def stub(self, channel: grpc.Channel) -> pb_grpc.PersonalizerStub:
-        return pb_grpc.PersonalizerStub(channel)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
+def process_group(workdir: Path) -> Processes:
+    """A group for the processes of one test or module: whatever still runs at its end is SIGKILLed
+    (nothing there to drain)."""
+    return Processes(workdir, exit_signal=signal.SIGKILL, grace=10)
+
+
+def edge_args(data: Path, bundle: Path | None, *extra: str, grace: str = EDGE_GRACE_S) -> list[str]:
+    """`edgewise edge serve` on port 0 with `data` (and `bundle`, if given), then `extra`."""
+    args = ["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--grace", grace, *extra]
+    return args if bundle is None else [*args, "--bundle", str(bundle)]
 
 
 def start_edge(
-    data: Path, bundle: Path | None, workdir: Path, *extra: str, timeout: float = 60
+    processes: Processes, data: Path, bundle: Path | None, *extra: str, timeout: float = 60
 ) -> EdgeProcess:
-    """Start `edgewise edge serve` as a real process on port 0 and wait until it serves."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready = workdir / f"ready-{time.monotonic_ns()}.json"
-    log_path = workdir / f"edge-{time.monotonic_ns()}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgewise.cli",
-        "edge",
-        "serve",
-        "--data",
-        str(data),
-        "--listen",
-        "127.0.0.1:0",
-        "--ready-file",
-        str(ready),
-        "--grace",
-        "2",
-        *extra,
-    ]
-    if bundle is not None:
-        cmd += ["--bundle", str(bundle)]
-    proc, info = launch(cmd, ready, log_path, timeout, "edge")
-    return EdgeProcess(proc, info["address"], log_path)
-
-
-def launch(
-    cmd: list[str], ready: Path, log_path: Path, timeout: float, what: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start `cmd` (output to `log_path`) and wait until it writes its JSON ready file."""
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log_path.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{what} not ready in {timeout}s: {log_path.read_text()}")
-        time.sleep(0.02)
-    return proc, dict(json.loads(ready.read_text()))
+    """Start `edgewise edge serve` as a real process on port 0 in `processes` and wait until it serves."""
+    return processes.serve("edge", edge_args(data, bundle, *extra), timeout=timeout)
 
 
 @pytest.fixture
-def edge_factory(tmp_path: Path) -> Iterator[Callable[..., EdgeProcess]]:
-    started: list[EdgeProcess] = []
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """The processes one test starts (files in tmp_path/run); SIGKILLed at its end if still running."""
+    with process_group(tmp_path / "run") as group:
+        yield group
+
+
+@pytest.fixture
+def edge_factory(processes: Processes) -> Callable[..., EdgeProcess]:
+    """`factory(data, bundle, *extra)`: a serving edge node, stopped at the end of the test."""
 
     def factory(data: Path, bundle: Path | None, *extra: str) -> EdgeProcess:
-        edge = start_edge(data, bundle, tmp_path / "run", *extra)
-        started.append(edge)
-        return edge
+        return start_edge(processes, data, bundle, *extra)
 
-    yield factory
-    for edge in started:
-        if edge.proc.poll() is None:
-            edge.proc.kill()
-            edge.proc.wait()
+    return factory
 
 
 @pytest.fixture
@@ -145,4 +130,20 @@ def edge(edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: P
 @pytest.fixture
 def channel(edge: EdgeProcess) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(edge.address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def shared_edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeProcess]:
+    """One edge node on `bundle_dir` for a whole test module, for tests that only read from it (Decide,
+    health, reflection, requests it refuses); a test that tracks events, signals or restarts a node
+    uses `edge` or `edge_factory` instead."""
+    root = tmp_path_factory.mktemp("shared-edge")
+    with process_group(root / "run") as processes:
+        yield start_edge(processes, root / "data", bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def shared_channel(shared_edge: EdgeProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(shared_edge.address) as ch:
         yield ch

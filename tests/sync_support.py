@@ -3,7 +3,6 @@ itself) and edge-store probes for the sync tests."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,54 +10,32 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgewise.client import ControlClient
 from edgewise.core.store import Store
-from tests.conftest import EdgeProcess, launch
+from edgewise.processes import Process, Processes
+from tests.conftest import EdgeProcess, edge_args, process_group
 
-
-@dataclass
-class ControlProcess:
-    proc: subprocess.Popen[bytes]
-    address: str
-    port: int
-    log_path: Path
-    data: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
+# The tests annotate a control plane with this name: an `edgewise control serve` child.
+ControlProcess = Process
 
 
 @contextmanager
 def control_planes(tmp_path: Path, env: Mapping[str, str]) -> Iterator[Callable[..., ControlProcess]]:
     """A starter of control planes (`start(data=None, *extra, listen=..., timeout=...)`, data defaulting
     to tmp_path/"control", tokens from `env`); every one still running at the end is killed."""
-    started: list[ControlProcess] = []
+    with process_group(tmp_path / "run") as processes:
 
-    def start(
-        data: Path | None = None, *extra: str, listen: str = "127.0.0.1:0", timeout: float = 30
-    ) -> ControlProcess:
-        control = start_control(
-            data or tmp_path / "control", tmp_path / "run", *extra, listen=listen, env=env, timeout=timeout
-        )
-        started.append(control)
-        return control
+        def start(
+            data: Path | None = None, *extra: str, listen: str = "127.0.0.1:0", timeout: float = 30
+        ) -> ControlProcess:
+            return start_control(
+                processes, data or tmp_path / "control", *extra, listen=listen, env=env, timeout=timeout
+            )
 
-    try:
         yield start
-    finally:
-        for control in started:
-            if control.proc.poll() is None:
-                control.proc.kill()
-                control.proc.wait()
 
 
 def following_edge(
@@ -101,36 +78,16 @@ def pushed_edge(
 
 
 def start_control(
+    processes: Processes,
     data: Path,
-    workdir: Path,
     *extra: str,
     listen: str = "127.0.0.1:0",
     env: Mapping[str, str] | None = None,
     timeout: float = 30,
 ) -> ControlProcess:
-    """Start `edgewise control serve` as a real process and wait until it serves."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    stamp = time.monotonic_ns()
-    ready = workdir / f"control-ready-{stamp}.json"
-    log_path = workdir / f"control-{stamp}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgewise.cli",
-        "control",
-        "serve",
-        "--data",
-        str(data),
-        "--listen",
-        listen,
-        "--ready-file",
-        str(ready),
-        "--heartbeat",
-        "0.5",
-        *extra,
-    ]
-    proc, info = launch(cmd, ready, log_path, timeout, "control plane", dict(env or {}))
-    return ControlProcess(proc, info["address"], int(info["port"]), log_path, data)
+    """Start `edgewise control serve` as a real process in `processes` and wait until it serves."""
+    args = ["control", "serve", "--data", str(data), "--listen", listen, "--heartbeat", "0.5", *extra]
+    return processes.serve("control", args, env=env, timeout=timeout)
 
 
 def ctl(
@@ -183,51 +140,22 @@ def versions_reach(datas: list[Path], version: int) -> Callable[[], bool]:
 
 
 def spawn_edge(
-    data: Path, workdir: Path, *extra: str, env: Mapping[str, str] | None = None
-) -> tuple[EdgeProcess, Path]:
-    """Start `edgewise edge serve` without waiting for it to serve: (process, its ready file). The
-    returned EdgeProcess has no address until `edge_address(ready)` gives it one."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    stamp = time.monotonic_ns()
-    ready = workdir / f"ready-{stamp}.json"
-    log_path = workdir / f"edge-{stamp}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgewise.cli",
-        "edge",
-        "serve",
-        "--data",
-        str(data),
-        "--listen",
-        "127.0.0.1:0",
-        "--ready-file",
-        str(ready),
-        "--grace",
-        "1",
-        *extra,
-    ]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    return EdgeProcess(proc, "", log_path), ready
+    processes: Processes, data: Path, *extra: str, env: Mapping[str, str] | None = None
+) -> EdgeProcess:
+    """Start `edgewise edge serve` in `processes` without waiting for it to serve: it has no address
+    until `edge_address(edge)` waited for it."""
+    return processes.start("edge", edge_args(data, None, *extra, grace="1"), env=env)
 
 
-def edge_address(edge: EdgeProcess, ready: Path, timeout: float = 30) -> str:
-    """Wait until a spawned edge wrote its ready file; set and return its address."""
-    wait_for(lambda: ready.exists() or edge.proc.poll() is not None, timeout, f"edge ready file {ready.name}")
-    if not ready.exists():
-        raise AssertionError(f"edge exited with {edge.proc.returncode}: {edge.logs()}")
-    edge.address = str(json.loads(ready.read_text())["address"])
+def edge_address(edge: EdgeProcess, timeout: float = 30) -> str:
+    """Wait until a spawned edge serves; its address."""
+    edge.wait_ready(timeout)
     return edge.address
 
 
 def kill_edge(edge: EdgeProcess, timeout: float = 10) -> None:
     """SIGKILL an edge's supervisor (by pid) and reap it; its workers notice and stop by themselves."""
-    if edge.proc.poll() is None:
-        edge.proc.send_signal(signal.SIGKILL)
-    edge.proc.wait(timeout=timeout)
+    edge.stop(signal.SIGKILL, timeout)
 
 
 def applied_events(edge: EdgeProcess) -> list[dict[str, object]]:

@@ -24,6 +24,8 @@ from tests.sync_support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # every test here runs a control plane and edge nodes
+
 OPS = {"EDGEWISE_OPS_TOKEN": "ops-bl-1"}
 EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-bl-1"}
 

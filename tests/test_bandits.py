@@ -89,7 +89,7 @@ def test_grid_refinement_changes_nothing(params: list[tuple[float, float]]) -> N
         (CTRS, 0.0),
         (CTRS, 0.3),
         (BROAD_VS_PEAKED, 0.0),
-        (TWENTY, 0.1),
+        pytest.param(TWENTY, 0.1, marks=pytest.mark.slow),  # 20 arms: over 2 s
     ],
 )
 def test_propensities_match_monte_carlo_of_choose(params: list[tuple[float, float]], floor: float) -> None:

@@ -33,6 +33,7 @@ def _children() -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_quick_run_reports_the_three_targets(capsys: pytest.CaptureFixture[str]) -> None:
     before = _children()
     assert bench.main(["--quick", "--json"]) == 0
@@ -130,6 +131,7 @@ def _events_ok(result: dict[str, Any]) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_events_stage_alone(capsys: pytest.CaptureFixture[str]) -> None:
     """--stages events runs that stage only: no propagation, bootstrap or targets in the result."""
     assert (

@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -538,7 +539,7 @@ def item_ops(draw: st.DrawFn, ids: list[str]) -> list[tuple[str, str]]:
     return ops
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(data=st.data())
 def test_item_ops_match_a_slow_reference(
     bundle: Bundle, base_records: list[RecordChange], data: st.DataObject
@@ -617,7 +618,7 @@ def neighbor_matrix(draw: st.DrawFn) -> tuple[NDArray[np.int32], NDArray[np.floa
     return nb, sc, draw(st.integers(0, n - 1))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(case=neighbor_matrix())
 def test_swap_remove_neighbors_matches_a_slow_reference(
     case: tuple[NDArray[np.int32], NDArray[np.float32], int],

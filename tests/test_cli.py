@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import EdgeProcess
 
+pytestmark = pytest.mark.slow  # every test here runs the `edgewise` command as a subprocess
+
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -44,12 +46,12 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert len(result.stdout) > 200
 
 
-def test_call_decide_prints_canonical_json(edge: EdgeProcess, bundle_dir: Path) -> None:
+def test_call_decide_prints_canonical_json(shared_edge: EdgeProcess, bundle_dir: Path) -> None:
     result = _run(
         "call",
         "decide",
         "--target",
-        edge.address,
+        shared_edge.address,
         "--user",
         "u0",
         "--consent",
@@ -108,8 +110,8 @@ def test_call_track_then_decide_excludes_the_item(edge: EdgeProcess) -> None:
     assert "i4" not in [i["id"] for i in body["placements"][0]["items"]]
 
 
-def test_call_decide_reports_invalid_argument(edge: EdgeProcess) -> None:
-    result = _run("call", "decide", "--target", edge.address, "--placement", "nowhere")
+def test_call_decide_reports_invalid_argument(shared_edge: EdgeProcess) -> None:
+    result = _run("call", "decide", "--target", shared_edge.address, "--placement", "nowhere")
     assert result.returncode == 1
     assert "INVALID_ARGUMENT" in result.stderr and "placements[0].placement_id" in result.stderr
 

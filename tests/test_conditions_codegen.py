@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+from conftest import examples
 from feature_source import DictSource
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -204,7 +205,7 @@ PLAIN_DOCS = condition_docs(2, NAMES)
 VIEW_DOCS = condition_docs(2, PROFILE_KEYS)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=PLAIN_DOCS, data=st.dictionaries(st.sampled_from(NAMES), values, min_size=2, max_size=3))
 def test_generated_conditions_answer_like_the_closures(doc: dict[str, Any], data: dict[str, Any]) -> None:
     try:
@@ -220,7 +221,7 @@ def test_generated_conditions_answer_like_the_closures(doc: dict[str, Any], data
     assert source.reads == reference_source.reads
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     doc=VIEW_DOCS,
     profile=st.dictionaries(st.sampled_from(NAMES), values, min_size=2, max_size=3),

@@ -430,6 +430,7 @@ def test_a_full_map_is_reported_and_the_state_is_unchanged(tmp_path: Path) -> No
         assert store.head_version() == 1
 
 
+@pytest.mark.slow  # 200,000 records twice: over 2 s
 def test_a_large_replace_all_streams_and_diffs(tmp_path: Path) -> None:
     n = 200_000
 

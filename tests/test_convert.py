@@ -7,6 +7,7 @@ the RequestError naming the field. Both must agree on every request, valid or no
 
 from __future__ import annotations
 
+from conftest import examples
 from hypothesis import given, settings
 from test_fuzz import decide_requests
 
@@ -24,7 +25,7 @@ def _outcome(fn: object, request: pb.DecideRequest) -> object:
         return ("error", str(exc))
 
 
-@settings(derandomize=True, max_examples=600, deadline=None)
+@settings(derandomize=True, max_examples=examples(600), deadline=None)
 @given(request=decide_requests())
 def test_fast_path_agrees_with_the_checked_path(request: pb.DecideRequest) -> None:
     checked = _outcome(_decide_input_checked, request)

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import EdgeProcess, rewrite_manifest
+from conftest import EdgeProcess, rewrite_manifest, start_edge
 
 from edgewise.core.store import Store
 from edgewise.offline.synth import synth_bundle
+from edgewise.processes import Processes
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.slow  # every test here runs edge node processes
 
 CONSENT = ["personalization", "analytics"]
 
@@ -107,14 +110,14 @@ def _track_burst(address: str, prefix: str, n: int, acked: list[str], lock: thre
                     acked.append(event_id)
 
 
-def test_acknowledged_track_events_survive_kill_9_of_the_node(bundle_dir: Path, tmp_path: Path) -> None:
-    from conftest import start_edge
-
+def test_acknowledged_track_events_survive_kill_9_of_the_node(
+    processes: Processes, bundle_dir: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     acked: list[str] = []
     cycles = int(os.environ.get("EDGEWISE_KILL_CYCLES", "20"))
     for cycle in range(cycles):
-        edge = start_edge(data, bundle_dir, tmp_path / "run", "--workers", "1")
+        edge = start_edge(processes, data, bundle_dir, "--workers", "1")
         try:
             cycle_acked: list[str] = []
             lock = threading.Lock()

@@ -1,4 +1,8 @@
-"""A real edge process on port 0, called over a real gRPC channel."""
+"""A real edge process on port 0, called over a real gRPC channel.
+
+Tests that only read from a node (decisions, refused requests, health) share one per module
+(`shared_channel`); a test that tracks events, signals or restarts a node starts its own (`channel`,
+`edge_factory`)."""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import EdgeProcess, rewrite_manifest
+from conftest import EdgeProcess, rewrite_manifest, start_edge
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from edgewise.processes import ProcessError, Processes
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.slow  # every test here runs a real edge process
 
 CONSENT = ["personalization", "analytics"]
 ALL = ("home", "pdp_similar", "hero_banner")
@@ -59,8 +66,10 @@ def _view(stub: pb_grpc.PersonalizerStub, user: str, item: str) -> pb.TrackRespo
     return response
 
 
-def test_known_user_gets_personalized_items_and_a_variant(channel: grpc.Channel, bundle_dir: Path) -> None:
-    stub = pb_grpc.PersonalizerStub(channel)
+def test_known_user_gets_personalized_items_and_a_variant(
+    shared_channel: grpc.Channel, bundle_dir: Path
+) -> None:
+    stub = pb_grpc.PersonalizerStub(shared_channel)
     user = _user(bundle_dir, consent=True)
     response = _decide(stub, user_id=user, consent=CONSENT, context=pb.Context(country="DE"))
     assert len(response.decision_id) == 32
@@ -80,8 +89,8 @@ def test_known_user_gets_personalized_items_and_a_variant(channel: grpc.Channel,
     assert placements["pdp_similar"].fallback_reason == pb.FALLBACK_REASON_COLD_START
 
 
-def test_no_consent_user_gets_the_anonymous_default(channel: grpc.Channel, bundle_dir: Path) -> None:
-    stub = pb_grpc.PersonalizerStub(channel)
+def test_no_consent_user_gets_the_anonymous_default(shared_channel: grpc.Channel, bundle_dir: Path) -> None:
+    stub = pb_grpc.PersonalizerStub(shared_channel)
     ctx = pb.Context(country="FR", device="desktop")
     no_consent_profile = _by_id(
         _decide(stub, user_id=_user(bundle_dir, consent=False), consent=CONSENT, context=ctx)
@@ -138,8 +147,8 @@ def test_track_is_idempotent(channel: grpc.Channel) -> None:
     assert (second.accepted, second.duplicates) == (1, 3)
 
 
-def test_similar_items_from_explicit_seeds(channel: grpc.Channel, bundle_dir: Path) -> None:
-    stub = pb_grpc.PersonalizerStub(channel)
+def test_similar_items_from_explicit_seeds(shared_channel: grpc.Channel, bundle_dir: Path) -> None:
+    stub = pb_grpc.PersonalizerStub(shared_channel)
     request = pb.DecideRequest(
         session_id="s-x",
         placements=[pb.PlacementRequest(placement_id="pdp_similar", count=8, seed_item_ids=["i5"])],
@@ -157,8 +166,8 @@ def test_similar_items_from_explicit_seeds(channel: grpc.Channel, bundle_dir: Pa
     assert min(returned) >= float(np.median(list(scores.values())))
 
 
-def test_rerank_exclude_and_filters(channel: grpc.Channel, bundle_dir: Path) -> None:
-    stub = pb_grpc.PersonalizerStub(channel)
+def test_rerank_exclude_and_filters(shared_channel: grpc.Channel, bundle_dir: Path) -> None:
+    stub = pb_grpc.PersonalizerStub(shared_channel)
     user = _user(bundle_dir, consent=True)
     candidates = ["i1", "i2", "i3", "i4", "unknown-item"]
     request = pb.DecideRequest(
@@ -220,9 +229,9 @@ def test_rerank_exclude_and_filters(channel: grpc.Channel, bundle_dir: Path) -> 
     ],
 )
 def test_bad_decide_requests_are_invalid_argument(
-    channel: grpc.Channel, request_fields: dict[str, object], field: str
+    shared_channel: grpc.Channel, request_fields: dict[str, object], field: str
 ) -> None:
-    stub = pb_grpc.PersonalizerStub(channel)
+    stub = pb_grpc.PersonalizerStub(shared_channel)
     with pytest.raises(grpc.RpcError) as err:
         stub.Decide(pb.DecideRequest(**request_fields), timeout=5)  # type: ignore[arg-type]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -241,20 +250,22 @@ def test_bad_decide_requests_are_invalid_argument(
         (pb.Event(event_id="e", type="view", user_id="😀" * 128), "events[0].user_id"),
     ],
 )
-def test_bad_track_requests_are_invalid_argument(channel: grpc.Channel, event: pb.Event, field: str) -> None:
-    stub = pb_grpc.PersonalizerStub(channel)
+def test_bad_track_requests_are_invalid_argument(
+    shared_channel: grpc.Channel, event: pb.Event, field: str
+) -> None:
+    stub = pb_grpc.PersonalizerStub(shared_channel)
     with pytest.raises(grpc.RpcError) as err:
         stub.Track(pb.TrackRequest(events=[event]), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field + ":")
 
 
-def test_health_and_reflection(channel: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
+def test_health_and_reflection(shared_channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(shared_channel)
     for service in ("", "edgewise.v1.Personalizer"):
         status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
-    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reflect = reflection_pb2_grpc.ServerReflectionStub(shared_channel)
     responses = list(
         reflect.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
@@ -274,9 +285,9 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
 
 
 def test_same_user_same_variant_on_two_edge_processes(
-    edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
+    shared_edge: EdgeProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
-    a = edge_factory(tmp_path / "a", bundle_dir)
+    a = shared_edge
     b = edge_factory(tmp_path / "b", bundle_dir)
     assert a.proc.pid != b.proc.pid
     users = [f"u{n}" for n in range(60)]
@@ -347,12 +358,12 @@ def test_invalid_bundle_refused_previous_keeps_serving(
             time.sleep(0.05)
 
 
-def test_a_fresh_node_with_an_invalid_bundle_refuses_to_start(bundle_copy: Path, tmp_path: Path) -> None:
+def test_a_fresh_node_with_an_invalid_bundle_refuses_to_start(
+    processes: Processes, bundle_copy: Path, tmp_path: Path
+) -> None:
     (bundle_copy / "items.jsonl").write_text("not json\n")
-    from conftest import start_edge
-
-    with pytest.raises(RuntimeError, match=r"items.jsonl") as err:
-        start_edge(tmp_path / "data", bundle_copy, tmp_path / "run", timeout=30)
+    with pytest.raises(ProcessError, match=r"items.jsonl") as err:
+        start_edge(processes, tmp_path / "data", bundle_copy, timeout=30)
     assert "no_snapshot" in str(err.value)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import StoreUsage
@@ -28,6 +29,7 @@ def _status(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_status_beside_a_serving_edge_reports_its_store_and_limits(
     edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -69,6 +71,7 @@ def test_status_beside_a_serving_edge_reports_its_store_and_limits(
         assert pb_grpc.PersonalizerStub(channel).Decide(decide, timeout=30).placements
 
 
+@pytest.mark.slow
 def test_status_without_a_store_or_with_bad_config_says_so(tmp_path: Path) -> None:
     missing = _status("--data", str(tmp_path / "nothing-here"))
     assert missing.returncode == 2

@@ -76,6 +76,7 @@ def test_retain_events_durations(text: str, ms: int) -> None:
     assert retention_ms(text) == ms
 
 
+@pytest.mark.slow
 def test_a_bad_retention_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         retention_ms("ninety days")

@@ -195,6 +195,7 @@ def control(tmp_path: Path) -> Iterator[ControlProcess]:
         yield start()
 
 
+@pytest.mark.slow
 def test_ctl_report_counts_what_the_edges_served(
     control: ControlProcess, edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:

@@ -147,6 +147,7 @@ def _assign_in_child(units: list[str]) -> list[str]:
     return [assign(experiment, u, {}).variant.id for u in units]  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_same_unit_same_variant_in_other_processes() -> None:
     units = UNITS[:2000]
     here = _assign_in_child(units)

@@ -28,6 +28,8 @@ from tests.sync_support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # a control plane and edge nodes as real processes
+
 OPS = {"EDGEWISE_OPS_TOKEN": "ops-fg-1"}
 EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-fg-1"}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import lmdb
 import numpy as np
+import pytest
 
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.store import Store
@@ -73,6 +74,7 @@ def test_sweep_steps_walk_both_namespaces_and_delete_only_what_aged_out(tmp_path
         assert keeper.passes == 2 and keeper.deleted_activities == 26
 
 
+@pytest.mark.slow
 def test_a_real_edge_forgets_event_ids_after_its_dedupe_window(
     edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -171,6 +173,7 @@ def _edge_with_metrics(
     return edge, str(serving["metrics"])
 
 
+@pytest.mark.slow
 def test_a_real_edge_keeps_its_outbox_and_event_ids_under_their_limits(
     edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -323,6 +326,7 @@ def test_activity_over_its_limit_loses_the_units_last_active_longest_ago(tmp_pat
         assert keeper.passes == 2 and len(_keys(store, "activity")) == len(left)
 
 
+@pytest.mark.slow
 def test_a_real_edge_keeps_live_activity_under_its_limit(
     edge_factory: Callable[..., EdgeProcess], bundle_dir: Path, tmp_path: Path
 ) -> None:

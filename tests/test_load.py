@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -17,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import process_group
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgewise.bench import cli
@@ -132,41 +131,12 @@ def test_mix_placements_and_config_errors_name_the_field() -> None:
 
 @pytest.fixture(scope="module")
 def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    """`python -m edgewise.bench.cli floor-server` with 2 workers on port 0, as a real process."""
-    work = tmp_path_factory.mktemp("floor")
-    ready = work / "ready.json"
-    log = (work / "floor.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgewise.bench.cli",
-            "floor-server",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--grace",
-            "1",
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"floor server did not start: {(work / 'floor.log').read_text()}")
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
-    info["proc"] = proc
-    yield info
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    log.close()
+    """`edgewise bench floor-server` with 2 workers on port 0, as a real process; its ready file."""
+    args = ["bench", "floor-server", "--listen", "127.0.0.1:0", "--workers", "2", "--grace", "1"]
+    with process_group(tmp_path_factory.mktemp("floor")) as processes:
+        server = processes.serve("floor", args, timeout=30)
+        yield server.wait_ready()
+        server.stop(signal.SIGTERM, grace=20)
 
 
 def _alive(pid: int) -> bool:
@@ -177,6 +147,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_floor_server_answers_like_a_personalizer(floor: dict[str, object]) -> None:
     assert floor["workers"] == 2
     pids = floor["worker_pids"]
@@ -197,6 +168,7 @@ def test_floor_server_answers_like_a_personalizer(floor: dict[str, object]) -> N
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow
 def test_open_loop_run_reports_the_intended_rate(
     floor: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -245,6 +217,7 @@ def test_open_loop_run_reports_the_intended_rate(
     assert report["machine"]["cpus"] >= 1
 
 
+@pytest.mark.slow
 def test_closed_loop_run_keeps_calls_in_flight(floor: dict[str, object]) -> None:
     progress = io.StringIO()
     report = run_load(
@@ -275,6 +248,7 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_a_dead_port_gives_unavailable_errors_without_hanging() -> None:
     started = time.monotonic()
     report = run_load(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,7 +48,7 @@ values = st.one_of(
 )
 
 
-@settings(max_examples=2_000, deadline=None)
+@settings(max_examples=examples(2_000), deadline=None)
 @given(values)
 def test_the_compiled_check_agrees_with_the_reference(value: Any) -> None:
     assert well_typed_pairs(value) == _well_typed_pairs_py(value)
@@ -95,7 +96,7 @@ sequences = st.lists(
 ).map(tuple)
 
 
-@settings(max_examples=2_000, deadline=None)
+@settings(max_examples=examples(2_000), deadline=None)
 @given(sequences, sequences, sequences, sequences, st.integers(1, 6))
 def test_merge_activity_matches_the_one_loop_rule(
     local_views: Any, fleet_views: Any, local_buys: Any, fleet_buys: Any, cap: int
@@ -124,7 +125,7 @@ def _activity_doc_with_lists(activity: Activity) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(sequences, sequences, sequences, sequences)
 def test_activities_encode_to_the_same_bytes_as_with_a_list_per_pair(
     views: Any, cart: Any, buys: Any, impressions: Any

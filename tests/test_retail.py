@@ -96,6 +96,7 @@ def test_report() -> OfflineReport:
 # the real export
 
 
+@pytest.mark.slow  # imports the whole real export: seconds
 @needs_data
 def test_real_export_makes_a_valid_bundle(real: tuple[RetailImport, Bundle]) -> None:
     imported, bundle = real
@@ -126,6 +127,7 @@ def test_real_export_makes_a_valid_bundle(real: tuple[RetailImport, Bundle]) -> 
     assert {p.attributes.get("country") for p in bundle.profiles} >= {"GB", "DE", "FR", "IE"}
 
 
+@pytest.mark.slow  # imports the whole real export: seconds
 @needs_data
 def test_real_export_models(real: tuple[RetailImport, Bundle]) -> None:
     imported, bundle = real
@@ -145,6 +147,7 @@ def test_real_export_models(real: tuple[RetailImport, Bundle]) -> None:
     assert np.mean(above) > 0.95
 
 
+@pytest.mark.slow  # imports the whole real export: seconds
 @needs_data
 def test_real_export_is_deterministic(tmp_path: Path, real: tuple[RetailImport, Bundle]) -> None:
     _, bundle = real
@@ -278,6 +281,7 @@ def test_dcg_hits() -> None:
     assert dcg_hits(["x", "y"], {"a"}, 2) == (0.0, 0.0)
 
 
+@pytest.mark.slow  # imports the whole real export: seconds
 @needs_data
 def test_offline_evaluation_on_the_real_export(test_report: OfflineReport) -> None:
     report = test_report

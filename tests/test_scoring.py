@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -20,7 +21,7 @@ from edgewise.bench.numpy_topk import topk_dot_numpy, topk_scores_numpy
 from edgewise.core import _scoring, scoring
 
 # Hypothesis: stable examples in CI, no per-example deadline (the first call pays for imports).
-stable = settings(derandomize=True, max_examples=300, deadline=None)
+stable = settings(derandomize=True, max_examples=examples(300), deadline=None)
 
 
 def _buffers(k: int, extra: int = 0) -> tuple[NDArray[np.int32], NDArray[np.float32]]:

@@ -156,6 +156,7 @@ def _killed_mid_apply(path: str, bundle_path: str) -> None:
     store.apply_replicated(version, slow_items(), snapshot=True, info=SnapshotInfo(version=version))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_apply_leaves_the_previous_snapshot(tmp_path: Path, bundle_dir: Path) -> None:
     bundle = load_bundle(bundle_dir)
     with Store(tmp_path / "s", map_size=1 << 30) as store:
@@ -196,6 +197,7 @@ def test_record_events_dedupes_and_updates_activity(tmp_path: Path) -> None:
             assert activity is not None and activity.cart == () and activity.purchases[0][0] == "i5"
 
 
+@pytest.mark.slow
 def test_events_survive_kill_9_after_acknowledgement(tmp_path: Path) -> None:
     ctx = mp.get_context("spawn")
     ready = ctx.Event()

@@ -28,6 +28,8 @@ from tests.sync_support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # every test here runs a control plane (and edges) as real processes
+
 OPS = {"EDGEWISE_OPS_TOKEN": "ops-secret-1"}
 EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-secret-1"}
 

@@ -75,6 +75,7 @@ def _total(control: ControlProcess) -> Callable[[], int]:
     return lambda: _status(control).events_total
 
 
+@pytest.mark.slow
 def test_tracked_events_reach_the_control_plane_once(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
@@ -103,6 +104,7 @@ def test_tracked_events_reach_the_control_plane_once(
     assert stored == set(ids) | {f"evb-{n}" for n in range(100)}
 
 
+@pytest.mark.slow
 def test_outbox_survives_kill_9_on_both_sides(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
@@ -128,6 +130,7 @@ def test_outbox_survives_kill_9_on_both_sides(
     wait_for(lambda: _pending(tmp_path / "edge") == 0, 10, "outbox empty")
 
 
+@pytest.mark.slow
 def test_forwarding_resumes_with_the_sync_after_a_long_outage(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
@@ -155,6 +158,7 @@ def test_forwarding_resumes_with_the_sync_after_a_long_outage(
     assert resumed <= connected + 1.5, (connected, resumed)
 
 
+@pytest.mark.slow
 def test_a_woken_forwarder_retries_at_once(
     control_factory: Callable[..., ControlProcess], tmp_path: Path
 ) -> None:
@@ -202,6 +206,7 @@ def test_event_store_dedupes_and_refuses_garbage(tmp_path: Path) -> None:
             event_id_of(bad)
 
 
+@pytest.mark.slow
 def test_decisions_send_exposure_records_upstream(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
@@ -285,6 +290,7 @@ def _two_edges(
     return control, version, a, b, user
 
 
+@pytest.mark.slow
 def test_a_view_on_edge_a_shapes_decisions_on_edge_b(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
@@ -308,6 +314,7 @@ def test_a_view_on_edge_a_shapes_decisions_on_edge_b(
     assert "i7" in _seeds(b.address, user)
 
 
+@pytest.mark.slow
 def test_a_consent_change_on_edge_a_takes_effect_on_edge_b(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
@@ -342,6 +349,7 @@ def test_a_consent_change_on_edge_a_takes_effect_on_edge_b(
     wait_for(lambda: home_reason() != pb.FALLBACK_REASON_NO_CONSENT, 10, "edge b to see the new grant")
 
 
+@pytest.mark.slow
 def test_purchases_fold_into_profile_aggregates_exactly_once(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],

@@ -21,6 +21,7 @@ import pytest
 import edgewise.sync.commit_cache as commit_cache
 from edgewise.client import ControlClient
 from edgewise.offline.synth import synth_bundle
+from edgewise.processes import Processes
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, RecordChange
 from edgewise.v1 import personalizer_pb2 as pb
@@ -41,6 +42,8 @@ from tests.sync_support import (
 )
 from tests.tcp_proxy import FaultProxy
 
+pytestmark = pytest.mark.slow  # every test here runs a control plane and edges as real processes
+
 OPS_TOKEN = "ops-fault-token-1"
 EDGE_TOKEN = "edge-fault-token-1"
 TOKENS = {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN}
@@ -52,22 +55,17 @@ TOKENS = {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN}
 class Cluster:
     """Control planes and edges started by one test; everything still running is SIGKILLed at the end."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, processes: Processes) -> None:
         self.tmp = tmp_path
-        self.controls: list[ControlProcess] = []
-        self.edges: list[EdgeProcess] = []
+        self.processes = processes
 
     def control(self, *extra: str, data: Path | None = None, listen: str = "127.0.0.1:0") -> ControlProcess:
-        control = start_control(
-            data or self.tmp / "control", self.tmp / "run", *extra, listen=listen, env=TOKENS
-        )
-        self.controls.append(control)
-        return control
+        return start_control(self.processes, data or self.tmp / "control", *extra, listen=listen, env=TOKENS)
 
-    def edge(self, data: Path, control_address: str, node: str, *extra: str) -> tuple[EdgeProcess, Path]:
-        edge, ready = spawn_edge(
+    def edge(self, data: Path, control_address: str, node: str, *extra: str) -> EdgeProcess:
+        return spawn_edge(
+            self.processes,
             data,
-            self.tmp / "run",
             "--control",
             control_address,
             "--node-id",
@@ -77,27 +75,11 @@ class Cluster:
             *extra,
             env={"EDGEWISE_EDGE_TOKEN": EDGE_TOKEN},
         )
-        self.edges.append(edge)
-        return edge, ready
-
-    def close(self) -> None:
-        for edge in self.edges:
-            if edge.proc.poll() is None:
-                edge.proc.kill()
-            edge.proc.wait(timeout=10)
-        for control in self.controls:
-            if control.proc.poll() is None:
-                control.proc.kill()
-            control.proc.wait(timeout=10)
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
+def cluster(tmp_path: Path, processes: Processes) -> Cluster:
+    return Cluster(tmp_path, processes)
 
 
 def _ops(address: str, token: str | None = OPS_TOKEN) -> ControlClient:
@@ -207,10 +189,10 @@ def _push_bundle_and_edges(
         version = ops.push(bundle).version
     datas = [cluster.tmp / f"edge{i}" for i in range(count)]
     spawned = [cluster.edge(d, address or control.address, f"edge-{i}") for i, d in enumerate(datas)]
-    for edge, ready in spawned:
-        edge_address(edge, ready, timeout=60)
+    for edge in spawned:
+        edge_address(edge, timeout=60)
     wait_for(_all_at(datas, version), 30, "every edge at the bundle's version")
-    return [e for e, _ in spawned], datas, version
+    return spawned, datas, version
 
 
 # --- 1a: many random deltas ---------------------------------------------------------------------------
@@ -300,8 +282,8 @@ def test_corrupted_chunk_and_invalid_commit_are_nacked_and_heal(
     with _ops(address, None) as ops:
         v1 = ops.push(bundle_dir).version
         data = cluster.tmp / "edge"
-        edge, ready = cluster.edge(data, address, "edge-nack")
-        edge_address(edge, ready, timeout=60)
+        edge = cluster.edge(data, address, "edge-nack")
+        edge_address(edge, timeout=60)
         wait_for(_all_at([data], v1), 30, "edge at the bundle")
         assert _decide_version(edge.address) == v1
 
@@ -384,7 +366,7 @@ def test_edge_killed_mid_snapshot_keeps_old_or_new_state(cluster: Cluster, tmp_p
         for bundle in bundles:
             version = ops.push(bundle).version
             t0 = time.monotonic()
-            edge, _ = cluster.edge(data, control.address, "edge-kill")
+            edge = cluster.edge(data, control.address, "edge-kill")
             wait_for(_all_at([data], version), 60, "the edge at the reference version", interval=0.02)
             boots.append(time.monotonic() - t0)
             references.append(edge_state(data)[1])
@@ -404,7 +386,7 @@ def test_edge_killed_mid_snapshot_keeps_old_or_new_state(cluster: Cluster, tmp_p
             t0 = time.monotonic()
             version = ops.push(bundles[new]).version
             push_times.append(time.monotonic() - t0)
-            edge, _ = cluster.edge(data, control.address, "edge-kill")
+            edge = cluster.edge(data, control.address, "edge-kill")
             time.sleep(delay)
             kill_edge(edge)
             applied_before_kill = bool(applied_events(edge))
@@ -422,7 +404,7 @@ def test_edge_killed_mid_snapshot_keeps_old_or_new_state(cluster: Cluster, tmp_p
                 assert got_version == version
                 outcomes.append(f"{delay:.2f}s:new")
             t0 = time.monotonic()
-            restarted, _ = cluster.edge(data, control.address, "edge-kill")
+            restarted = cluster.edge(data, control.address, "edge-kill")
             wait_for(_all_at([data], version), 60, f"cycle {cycle}: the restarted edge at the head")
             catch_up_times.append(time.monotonic() - t0)
             assert edge_state(data) == (version, references[new])

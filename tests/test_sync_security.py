@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
 from edgewise.client import ClientError, ControlClient, FleetStatus
+from edgewise.processes import Processes
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
@@ -28,6 +29,8 @@ from tests.sync_support import (
 )
 from tests.tls_certs import Certs, make_certs
 
+pytestmark = pytest.mark.slow  # every test here runs a control plane and edges as real processes
+
 OPS_TOKEN = "ops-tls-secret-8f3a"
 EDGE_TOKEN = "edge-tls-secret-51c9"
 WRONG_TOKEN = "edge-wrong-secret-77d2"
@@ -40,20 +43,17 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 class Nodes:
-    def __init__(self, tmp: Path, certs: Certs) -> None:
+    def __init__(self, tmp: Path, certs: Certs, processes: Processes) -> None:
         self.tmp = tmp
         self.certs = certs
-        self.run = tmp / "run"
-        self.controls: list[ControlProcess] = []
-        self.edges: list[EdgeProcess] = []
+        self.processes = processes
         self.outputs: list[str] = []  # everything ctl printed
-        self.ready: dict[str, Path] = {}
 
     def control(self) -> ControlProcess:
         c = self.certs
-        control = start_control(
+        return start_control(
+            self.processes,
             self.tmp / "control",
-            self.run,
             "--tls-cert",
             str(c.server_cert),
             "--tls-key",
@@ -62,8 +62,6 @@ class Nodes:
             str(c.ca),
             env=TOKENS,
         )
-        self.controls.append(control)
-        return control
 
     def tls_flags(self) -> tuple[str, ...]:
         c = self.certs
@@ -116,9 +114,9 @@ class Nodes:
         self, control: ControlProcess, node: str, *extra: str, env: dict[str, str] | None = None
     ) -> tuple[EdgeProcess, Path]:
         data = self.tmp / node
-        edge, self.ready[node] = spawn_edge(
+        edge = spawn_edge(
+            self.processes,
             data,
-            self.run,
             "--control",
             control.address,
             "--node-id",
@@ -128,27 +126,16 @@ class Nodes:
             *extra,
             env={"EDGEWISE_EDGE_TOKEN": EDGE_TOKEN, **(env or {})},
         )
-        self.edges.append(edge)
         return edge, data
 
     def status(self, control: ControlProcess) -> FleetStatus:
         with self.ops(control) as ops:
             return ops.status()
 
-    def close(self) -> None:
-        for proc in [e.proc for e in self.edges] + [c.proc for c in self.controls]:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-
 
 @pytest.fixture
-def nodes(tmp_path: Path, certs: Certs) -> Iterator[Nodes]:
-    n = Nodes(tmp_path, certs)
-    try:
-        yield n
-    finally:
-        n.close()
+def nodes(tmp_path: Path, certs: Certs, processes: Processes) -> Nodes:
+    return Nodes(tmp_path, certs, processes)
 
 
 def _decide_version(address: str) -> int:
@@ -179,7 +166,7 @@ def test_mutual_tls_edge_converges_and_ctl_works(nodes: Nodes, bundle_dir: Path,
     # ctl with the TLS flags
     assert json.loads(nodes.ctl(control, "history", "--json").stdout)["head_version"] == v2
     assert [e["version"] for e in _events(edge, "sync_applied")] == [version, v2]
-    edge_address(edge, nodes.ready["edge-tls"])
+    edge_address(edge)
     assert _decide_version(edge.address) == v2
 
 
@@ -254,7 +241,7 @@ def test_wrong_token_edge_gets_nothing_and_edge_token_cannot_push(
         assert ops.history().head_version == version
 
     # no token appears in any log file or ctl output
-    logs = sorted(nodes.run.glob("*.log"))
+    logs = sorted(nodes.processes.workdir.glob("*.log"))
     assert len(logs) >= 3
     texts = [p.read_text(errors="replace") for p in logs] + nodes.outputs
     for token in (OPS_TOKEN, EDGE_TOKEN, WRONG_TOKEN):

@@ -6,6 +6,7 @@ import random
 
 import msgpack
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +42,7 @@ def _roundtrip(
     return messages, out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(changes_strategy, st.integers(min_value=1, max_value=5000))
 def test_commit_roundtrips_through_chunks(
     changes: list[tuple[str, str, bytes | None]], chunk_bytes: int

@@ -23,11 +23,15 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
+
+if TYPE_CHECKING:  # imported by run(): every command builds its parser from this module, the servers too
+    from edgewise.processes import Processes
 
 __all__ = ["add_arguments", "run"]
 
@@ -44,20 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def _wait_ready(
-    proc: subprocess.Popen[bytes], ready: Path, log_path: Path, timeout: float
-) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready.exists():
-            info: dict[str, object] = json.loads(ready.read_text())
-            return info
-        if proc.poll() is not None:
-            raise RuntimeError(f"the edge exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
-        time.sleep(0.05)
-    raise RuntimeError(f"the edge did not become ready in {timeout:.0f}s:\n{log_path.read_text()[-2000:]}")
 
 
 def _decide(stub: _pb_grpc.PersonalizerStub, **fields: object) -> _pb.DecideResponse:
@@ -181,41 +171,6 @@ def _show(stub: _pb_grpc.PersonalizerStub, bundle_dir: Path) -> None:
     _say()
 
 
-class _Procs:
-    """The demo's subprocesses: started with a ready file, stopped with SIGTERM at the end."""
-
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.tmp = tmp
-        self.env = env
-        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], dict[str, object], Path]:
-        ready = self.tmp / f"{name}.ready"
-        log_path = self.tmp / f"{name}.log"
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edgewise.cli", *args, "--ready-file", str(ready)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        self.running.append((name, proc))
-        return proc, _wait_ready(proc, ready, log_path, timeout=60), log_path
-
-    def stop_all(self) -> list[tuple[str, int]]:
-        codes = []
-        for name, proc in reversed(self.running):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                codes.append((name, proc.wait(timeout=30)))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes.append((name, proc.wait()))
-        self.running = []
-        return codes
-
-
 def _ctl(env: dict[str, str], control: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "edgewise.cli", "ctl", "--control", control, *args],
@@ -264,31 +219,33 @@ def _delta_file(path: Path, bundle_dir: Path) -> None:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def _fleet(env: dict[str, str], procs: _Procs, tmp: Path, bundle_dir: Path) -> None:
-    _, control, _ = procs.start(
-        "control", "control", "serve", "--data", str(tmp / "control-data"), "--listen", "127.0.0.1:0"
-    )
+def _fleet(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path) -> None:
+    control = procs.serve(
+        "control", ["control", "serve", "--data", str(tmp / "control-data"), "--listen", "127.0.0.1:0"]
+    ).wait_ready()
     address = str(control["address"])
     _say(f"2. Control plane started as pid {control['pid']}, serving {address} (bearer tokens on)")
     _say(f"   $ edgewise ctl --control {address} push BUNDLE")
     _say(f"   {_ctl(env, address, 'push', str(bundle_dir), '--quiet')}")
     edges = {}
     for name in ("edge-a", "edge-b"):
-        _, info, _ = procs.start(
+        info = procs.serve(
             name,
-            "edge",
-            "serve",
-            "--data",
-            str(tmp / f"{name}-data"),
-            "--control",
-            address,
-            "--node-id",
-            name,
-            "--workers",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-        )
+            [
+                "edge",
+                "serve",
+                "--data",
+                str(tmp / f"{name}-data"),
+                "--control",
+                address,
+                "--node-id",
+                name,
+                "--workers",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        ).wait_ready()
         edges[name] = info
         _say(f"   {name}: pid {info['pid']}, serving {info['address']}, version {info['snapshot_version']}")
     digests = {name: _digest(tmp / f"{name}-data") for name in edges}
@@ -456,6 +413,7 @@ def _loop(
 
 def run(args: argparse.Namespace) -> int:
     from edgewise.offline.synth import synth_bundle
+    from edgewise.processes import Processes
 
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="edgewise-demo-"))
@@ -464,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
         "EDGEWISE_EDGE_TOKEN": secrets.token_urlsafe(24),
         "EDGEWISE_OPS_TOKEN": secrets.token_urlsafe(24),
     }
-    procs = _Procs(tmp, env)
+    procs = Processes(tmp, env, grace=30)
     try:
         _say("edgewise demo")
         _say("=============")
@@ -490,7 +448,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        procs.stop_all()
+        procs.close()
         if args.keep:
             _say(f"kept {tmp}")
         else:
