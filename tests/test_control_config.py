@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,7 +29,6 @@ from edgewise.sync.control_config import (
 )
 from edgewise.sync.control_serve import add_control_serve_arguments
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
-from tests.conftest import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY_MS = 86_400_000
@@ -358,11 +359,20 @@ heartbeat_seconds = 0.5
     assert 'events.retain = "2w"' in printed.stdout
     assert not (conf / "ctl-data").exists()  # --print-config only prints
 
+    # Started by hand, not with edgewise.processes: the launcher passes its own --ready-file, and this
+    # test is about the one the file names.
     log_path = tmp_path / "control.log"
-    proc, info = launch(
-        _control_cmd("--config", str(path)), conf / "ready.json", log_path, 60, "control", env
-    )
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            _control_cmd("--config", str(path)), stdout=log_file, stderr=log_file, env=env
+        )
     try:
+        deadline = time.monotonic() + 60
+        while not (conf / "ready.json").exists():
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        info = json.loads((conf / "ready.json").read_text())
         assert (conf / "ctl-data").is_dir()  # relative to the file's directory
         address = f"127.0.0.1:{info['port']}"
         with grpc.insecure_channel(address) as channel:
