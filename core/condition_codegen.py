@@ -19,8 +19,10 @@ Safety (the invariant): the source is made only of fixed text, generated identif
 `_v<n>` values, `_h<n>` helpers) and, from the view, context field names matched against a fixed list;
 every value taken from the document (attribute names, operands, sets, compiled regexes, closures) is
 bound in the namespace dict the source is executed in and never spelled into it. A condition whose
-source Python cannot compile (nesting deeper than its parser allows, or longer than _SOURCE_LIMIT)
-keeps the closures.
+source is longer than _SOURCE_LIMIT, or that Python cannot compile, keeps the closures. Nesting is
+bounded before anything is generated: a condition deeper than `core.json_limits.MAX_DEPTH` levels is
+refused (ConditionError), which keeps the generator's recursion and the source's parentheses far below
+Python's limits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from edgewise.core.conditions import (
     ValueCondition,
     attribute_parts,
     check_condition_key,
+    check_depth,
     check_list,
     check_not_empty,
     compile_closures,
@@ -250,8 +253,8 @@ def _gen_object(cg: _Codegen, doc: Any, path: str) -> _Node:
 
 
 def _generate(doc: Any, path: str) -> Condition | None:
-    """The condition as a generated function, or None when Python cannot compile its source (nesting
-    deeper than the parser allows, or larger than _SOURCE_LIMIT): then the closures serve."""
+    """The condition as a generated function, or None when its source is larger than _SOURCE_LIMIT or
+    Python cannot compile it: then the closures serve."""
     cg = _Codegen()
     root = _gen_object(cg, doc, path)
     cg.namespace["_FeatureView"] = FeatureView
@@ -276,6 +279,8 @@ def _generate(doc: Any, path: str) -> Condition | None:
 
 
 def compile_condition(doc: Any, path: str = "condition") -> Condition:
-    """Compile a condition document; raise ConditionError naming the path of the part that is wrong."""
+    """Compile a condition document; raise ConditionError naming the path of the part that is wrong (a
+    condition nested deeper than MAX_DEPTH levels included: the generator recurses once per level)."""
+    check_depth(doc, path)
     generated = _generate(doc, path)
     return generated if generated is not None else compile_closures(doc, path)

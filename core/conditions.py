@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 from edgewise.core.features import MISSING, FeatureSource, Path
+from edgewise.core.json_limits import MAX_DEPTH, find_problem, join_path
 
 __all__ = [
     "OPERATORS",
@@ -618,7 +619,16 @@ def _compile_object(doc: Any, path: str) -> _Pred:
     return all_of(preds)
 
 
+def check_depth(doc: Any, path: str) -> None:
+    """Refuse a condition nesting objects and arrays deeper than MAX_DEPTH levels (checked without
+    recursion): compiling and evaluating a condition recurse once per level."""
+    problem = find_problem(doc, max_depth=MAX_DEPTH, check_ints=False)
+    if problem is not None:
+        raise ConditionError(join_path(path, problem[0]), problem[1])
+
+
 def compile_closures(doc: Any, path: str = "condition") -> Condition:
     """Compile a condition document to closures; raise ConditionError naming the path of the part that is
-    wrong."""
+    wrong (a condition nested deeper than MAX_DEPTH levels included)."""
+    check_depth(doc, path)
     return _compile_object(doc, path)

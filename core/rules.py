@@ -22,6 +22,7 @@ from edgewise.core.experiments import (
     compile_experiments,
     compile_holdout,
 )
+from edgewise.core.json_limits import find_problem, join_path
 from edgewise.core.segments import SegmentSet, compile_segments
 from edgewise.core.strategies import ItemServe, StrategyError, compile_item_serve
 
@@ -314,8 +315,14 @@ def _placement(pid: str, body: Any, ctx: _Context) -> Placement:
 
 
 def compile_rules(doc: Any) -> Ruleset:
-    """Validate and compile a rules document; raise RuleError naming the offending field."""
+    """Validate and compile a rules document; raise RuleError naming the offending field.
+
+    The document is checked against `core.json_limits` first (nesting depth, integer range), without
+    recursion, so nothing below recurses deeper than MAX_DEPTH or stores what msgpack cannot hold."""
     root = _obj(doc, "rules")
+    problem = find_problem(root)
+    if problem is not None:
+        raise RuleError(join_path("", problem[0]) or "rules", problem[1])
     _known(
         root,
         {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -23,10 +24,12 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
+from typing import Final
 
 import lmdb
 
@@ -57,7 +60,7 @@ from edgewise.sync.snapshot import apply_bundle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "load_bundle_file", "run"]
+__all__ = ["STEP_LOG_INTERVAL_S", "StepGuard", "add_arguments", "load_bundle_file", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +98,13 @@ def load_bundle_file(store: Store, bundle_dir: Path) -> bool:
         return False
     except StoreError as exc:
         log.error("bundle_not_applied", extra={"bundle": str(bundle_dir), "error": str(exc)})
+        return False
+    except Exception as exc:  # a failure the checks did not foresee: the last good snapshot keeps serving
+        log.error(
+            "bundle_not_applied",
+            exc_info=exc,
+            extra={"bundle": str(bundle_dir), "error": f"{type(exc).__name__}: {_cut(str(exc), 500)}"},
+        )
         return False
     log.info(
         "bundle_loaded",
@@ -140,7 +150,10 @@ class Supervisor:
         self.slots = [_Slot(spec) for spec in specs]
         self.restarts = 0
 
-    def _start(self, slot: _Slot, timeout: float) -> None:
+    def _start(self, slot: _Slot, timeout: float, stop: threading.Event | None = None) -> None:
+        """Start the slot's worker and wait until it is ready (RuntimeError if it is not within `timeout`
+        seconds, or exits first). With `stop`: the wait ends early once it is set (the node is
+        stopping; `stop_all` stops the worker wherever it got)."""
         parent, child = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=worker_main, args=(slot.spec, child), name=f"edgewise-worker-{slot.spec.index}"
@@ -149,8 +162,14 @@ class Supervisor:
         child.close()
         slot.process = process
         slot.last_start = time.monotonic()
-        if not parent.poll(timeout):
-            raise RuntimeError(f"worker {slot.spec.index} did not become ready in {timeout:.0f}s")
+        deadline = slot.last_start + timeout
+        while not parent.poll(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if stop is not None and stop.is_set():
+                parent.close()
+                return
+            if time.monotonic() >= deadline:
+                parent.close()
+                raise RuntimeError(f"worker {slot.spec.index} did not become ready in {timeout:.0f}s")
         try:
             parent.recv()
         except EOFError:
@@ -171,9 +190,12 @@ class Supervisor:
     def pids(self) -> list[int]:
         return [slot.process.pid or 0 for slot in self.slots if slot.process is not None]
 
-    def check(self) -> None:
-        """Restart workers that died (at most one restart per slot per second)."""
+    def check(self, stop: threading.Event | None = None) -> None:
+        """Restart workers that died (at most one restart per slot per second); a restart waits for the
+        worker to be ready, unless `stop` is set meanwhile."""
         for slot in self.slots:
+            if stop is not None and stop.is_set():
+                return
             process = slot.process
             if process is None or process.is_alive():
                 continue
@@ -186,7 +208,7 @@ class Supervisor:
             slot.restarts += 1
             self.restarts += 1
             try:
-                self._start(slot, 60.0)
+                self._start(slot, 60.0, stop)
                 log.info(
                     "worker_restarted",
                     extra={
@@ -445,6 +467,70 @@ def _announce(
         )
 
 
+STEP_LOG_INTERVAL_S: Final = 60.0
+"""A supervisor step failing on every tick logs at most one line per this many seconds (with a count)."""
+
+
+@dataclass
+class _Failing:
+    failures: int  # since the step last succeeded
+    since_logged: int  # failures not logged since the last line
+    logged_at: float
+
+
+class StepGuard:
+    """Runs the supervisor loop's steps: an exception in one (any Exception: MemoryError and
+    RecursionError too) is logged as `supervisor_step_failed` with the step's name, and the loop goes on
+    with the next step. A step that fails on every tick logs its first failure, then at most one line per
+    `interval` seconds with the count of failures since; `supervisor_step_recovered` when it succeeds
+    again."""
+
+    def __init__(self, interval: float = STEP_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self._clock = clock
+        self._failing: dict[str, _Failing] = {}
+        self.failures = 0  # every failure of every step since start
+
+    def run(self, step: str, action: Callable[[], object]) -> bool:
+        """Run `action`; False (and a log line, rate-limited) if it raised."""
+        try:
+            action()
+        except Exception as exc:  # the loop must outlive any step: this is where it does
+            self._failed(step, exc)
+            return False
+        failing = self._failing.pop(step, None)
+        if failing is not None:
+            log.info("supervisor_step_recovered", extra={"step": step, "failures": failing.failures})
+        return True
+
+    def _failed(self, step: str, exc: Exception) -> None:
+        self.failures += 1
+        now = self._clock()
+        failing = self._failing.get(step)
+        if failing is None:
+            failing = self._failing[step] = _Failing(0, 0, now - self.interval)
+        failing.failures += 1
+        failing.since_logged += 1
+        if now - failing.logged_at < self.interval:
+            return
+        log.error(
+            "supervisor_step_failed",
+            exc_info=exc,
+            extra={
+                "step": step,
+                "error": f"{type(exc).__name__}: {_cut(str(exc), 500)}",
+                "failures": failing.failures,
+                "failures_since_last_line": failing.since_logged,
+            },
+        )
+        failing.since_logged = 0
+        failing.logged_at = now
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _run_until_stopped(
     store: Store,
     config: EdgeConfig,
@@ -454,7 +540,8 @@ def _run_until_stopped(
     node_metrics: NodeMetrics | None,
 ) -> None:
     """Every 0.2 s until SIGTERM/SIGINT: one bounded housekeeping step, the bundle reloaded after SIGHUP,
-    the metrics brought up to date, dead workers restarted."""
+    the metrics brought up to date, dead workers restarted. Each step runs under a `StepGuard`: one that
+    raises is logged and the loop goes on, so housekeeping, reloads, restarts and SIGTERM keep working."""
     housekeeper = Housekeeper(
         store,
         int(config.track.dedupe_window_hours * 3_600_000),
@@ -463,40 +550,57 @@ def _run_until_stopped(
         ids_max_bytes=dedupe_max_bytes(config),
         activity_max_bytes=activity_max_bytes(config),
     )
-    while not signals.stop.wait(0.2):
+    guard = StepGuard()
+
+    def housekeeping() -> None:
         try:
             housekeeper.step()  # one bounded step each tick (edge/housekeeping.py)
         except (StoreError, lmdb.Error, RecordError, ValueError) as exc:
             log.error("housekeeping_failed", extra={"error": str(exc)})
+
+    def reload() -> None:
+        if config.data.bundle is None:
+            log.warning("reload_ignored", extra={"error": "SIGHUP without --bundle: nothing to reload"})
+            return
+        load_bundle_file(store, config.data.bundle)
+        if node_metrics is not None:
+            _note_snapshot(node_metrics, store)
+
+    def metrics(node_metrics: NodeMetrics) -> None:
+        forwarded = sync.forwarder.forwarded if sync is not None else 0
+        entries, size_bytes = store.outbox_usage()
+        node_metrics.set_outbox(entries, forwarded, size_bytes, housekeeper.outbox_dropped)
+        node_metrics.set_housekeeping(
+            housekeeper.deleted_ids,
+            housekeeper.deleted_activities,
+            housekeeper.deleted_ids_early,
+            housekeeper.oldest_id_ms,
+            housekeeper.deleted_activities_early,
+            housekeeper.activity_bytes,
+            housekeeper.activity_window_ms,
+        )
+
+    def workers() -> None:
+        restarts = supervisor.restarts
+        try:
+            supervisor.check(signals.stop)
+        finally:
+            if node_metrics is not None:
+                if supervisor.restarts > restarts:
+                    node_metrics.worker_restarted(supervisor.restarts - restarts)
+                node_metrics.set_workers_alive(supervisor.alive())
+
+    while not signals.stop.wait(0.2):
+        guard.run("housekeeping", housekeeping)
         if signals.reload.is_set():
             signals.reload.clear()
-            if config.data.bundle is None:
-                log.warning("reload_ignored", extra={"error": "SIGHUP without --bundle: nothing to reload"})
-            else:
-                load_bundle_file(store, config.data.bundle)
-                if node_metrics is not None:
-                    _note_snapshot(node_metrics, store)
+            guard.run("reload", reload)
         if node_metrics is not None:
-            forwarded = sync.forwarder.forwarded if sync is not None else 0
-            entries, size_bytes = store.outbox_usage()
-            node_metrics.set_outbox(entries, forwarded, size_bytes, housekeeper.outbox_dropped)
-            node_metrics.set_housekeeping(
-                housekeeper.deleted_ids,
-                housekeeper.deleted_activities,
-                housekeeper.deleted_ids_early,
-                housekeeper.oldest_id_ms,
-                housekeeper.deleted_activities_early,
-                housekeeper.activity_bytes,
-                housekeeper.activity_window_ms,
-            )
-        if sync is not None and node_metrics is not None:
-            _note_sync(node_metrics, store, sync.syncer)
-        restarts = supervisor.restarts
-        supervisor.check()
-        if node_metrics is not None:
-            if supervisor.restarts > restarts:
-                node_metrics.worker_restarted(supervisor.restarts - restarts)
-            node_metrics.set_workers_alive(supervisor.alive())
+            guard.run("metrics", functools.partial(metrics, node_metrics))
+            if sync is not None:
+                guard.run("sync_metrics", functools.partial(_note_sync, node_metrics, store, sync.syncer))
+        if not signals.stop.is_set():
+            guard.run("workers", workers)
 
 
 def _note_sync(node: NodeMetrics, store: Store, syncer: EdgeSyncer) -> None:

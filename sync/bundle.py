@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core.json_limits import MAX_DEPTH, find_problem, int_in_range, join_path, text_too_deep
 from edgewise.core.rules import RuleError, Ruleset, compile_rules
 
 __all__ = [
@@ -56,6 +57,9 @@ ITEM_DAILY_COUNTS: Final = "models/item_daily_counts.npy"
 # Popularity within a scope: models/popularity/country-DE.npy, models/popularity/segment-vip.npy
 POPULARITY_FILE: Final = re.compile(r"^models/popularity/(country|segment)-([A-Za-z0-9_.:-]{1,64})\.npy$")
 MAX_DAILY_COUNT_DAYS: Final = 400
+MAX_BUNDLE_VERSION: Final = 2**63 - 1
+# Model arrays: 1-D or 2-D, each dimension at most this (item rows are int32 in the neighbor lists).
+MAX_ARRAY_DIM: Final = 2**31 - 1
 REQUIRED_FILES: Final = (SCHEMA, ITEMS, PROFILES, RULES, ITEM_EMBEDDINGS, ITEM_POPULARITY)
 OPTIONAL_FILES: Final = (USER_EMBEDDINGS, ITEM_NEIGHBORS, ITEM_NEIGHBOR_SCORES, ITEM_DAILY_COUNTS)
 KNOWN_FILES: Final = frozenset(REQUIRED_FILES + OPTIONAL_FILES)
@@ -73,6 +77,7 @@ _ITEM_KEYS: Final = frozenset({"id", "category", "tags", "price", "regions", "la
 _PROFILE_KEYS: Final = frozenset({"id", "attributes", "consent"})
 _SCHEMA_FIELD_KEYS: Final = frozenset({"type", "purpose", "pii", "description"})
 _HASH_CHUNK: Final = 1 << 20
+_MAX_MS: Final = 2**63 - 1
 
 
 class BundleError(Exception):
@@ -88,20 +93,31 @@ class BundleError(Exception):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        text = f"bundle refused: {self.file}"
+        # Every part is cut to a bounded length: a message names a field of a hostile document (keys of
+        # any length) and travels in a gRPC status, whose metadata is limited to a few KiB.
+        text = f"bundle refused: {_cut(self.file, _MAX_PART)}"
         if self.record is not None:
             # "items.jsonl line 12 (...)", but "models/x.npy: row 40 (...)"
-            text += (" " if self.record.startswith("line ") else ": ") + self.record
+            text += (" " if self.record.startswith("line ") else ": ") + _cut(self.record, _MAX_PART)
         if self.field is not None:
             # a field inside a record is quoted; a dotted path in a whole-file document is not
-            text += f': field "{self.field}"' if self.record is not None else f": {self.field}"
-        return f"{text}: {self.reason}"
+            field = _cut(self.field, _MAX_PART)
+            text += f': field "{field}"' if self.record is not None else f": {field}"
+        return f"{text}: {_cut(self.reason, _MAX_REASON)}"
 
     def __str__(self) -> str:
         return self._render()
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes despite keyword arguments
         return (_rebuild_error, (self.file, self.reason, self.record, self.field))
+
+
+_MAX_PART: Final = 300
+_MAX_REASON: Final = 1000
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _rebuild_error(file: str, reason: str, record: str | None, field: str | None) -> BundleError:
@@ -162,7 +178,10 @@ def _show(value: Any, limit: int = 60) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
-        text = repr(value)
+        try:
+            text = repr(value)
+        except ValueError:  # an integer over 4,300 digits
+            text = f"<{_type_name(value)}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -176,7 +195,10 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_finite_number(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
+    """A finite float, or an integer the store can hold (json.loads makes integers of any size)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and int_in_range(value)
 
 
 def _line_record(line_no: int, record: Any) -> str:
@@ -192,6 +214,42 @@ def _id_problem(value: Any) -> str | None:
     return None
 
 
+def _unreadable(name: str, err: OSError) -> BundleError:
+    """A file that cannot be read (the OS's reason, without the path: messages name bundle files only)."""
+    return BundleError(name, f"cannot read: {err.strerror or type(err).__name__}")
+
+
+def _too_deep(name: str, text: str, offset: int, line_no: int | None = None) -> BundleError:
+    """The refusal of a JSON text nesting deeper than MAX_DEPTH at `offset` (before it is parsed)."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    if line_no is None:
+        line_no = text.count("\n", 0, offset) + 1
+    return BundleError(
+        name,
+        f"nested deeper than {MAX_DEPTH} levels of objects and arrays (column {offset - line_start + 1})",
+        record=f"line {line_no}",
+    )
+
+
+def _parse_json(name: str, text: str, line_no: int | None = None) -> Any:
+    """`json.loads(text)` for a whole document (`line_no` None) or one line of a JSON-lines file: the
+    nesting checked first (json.loads recurses per level), every parse error a BundleError."""
+    offset = text_too_deep(text)
+    if offset is not None:
+        raise _too_deep(name, text, offset, line_no)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BundleError(
+            name,
+            f"invalid JSON: {err.msg} (column {err.colno})",
+            record=f"line {err.lineno if line_no is None else line_no}",
+        ) from None
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits
+        where = None if line_no is None else f"line {line_no}"
+        raise BundleError(name, f"invalid JSON: {err}", record=where) from None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -201,7 +259,10 @@ def sha256_file(path: Path) -> str:
 
 
 def _read_text(root: Path, name: str) -> str:
-    data = (root / name).read_bytes()
+    try:
+        data = (root / name).read_bytes()
+    except OSError as err:
+        raise _unreadable(name, err) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -210,13 +271,7 @@ def _read_text(root: Path, name: str) -> str:
 
 
 def _read_json_doc(root: Path, name: str) -> dict[str, Any]:
-    text = _read_text(root, name)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BundleError(
-            name, f"invalid JSON: {err.msg} (column {err.colno})", record=f"line {err.lineno}"
-        ) from None
+    doc = _parse_json(name, _read_text(root, name))
     if not isinstance(doc, dict):
         raise BundleError(name, f"must be a JSON object, got {_type_name(doc)}")
     return doc
@@ -228,16 +283,10 @@ def _iter_jsonl(root: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
-    loads = json.loads
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             raise BundleError(name, "empty line (one JSON object per line)", record=f"line {line_no}")
-        try:
-            record = loads(line)
-        except json.JSONDecodeError as err:
-            raise BundleError(
-                name, f"invalid JSON: {err.msg} (column {err.colno})", record=f"line {line_no}"
-            ) from None
+        record = _parse_json(name, line, line_no)
         if not isinstance(record, dict):
             raise BundleError(
                 name, f"must be a JSON object, got {_type_name(record)}", record=f"line {line_no}"
@@ -267,9 +316,11 @@ def _check_manifest(root: Path) -> dict[str, Any]:
             field="format_version",
         )
     version = manifest.get("bundle_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_BUNDLE_VERSION:
         raise BundleError(
-            MANIFEST, f"must be a positive integer, got {_show(version)}", field="bundle_version"
+            MANIFEST,
+            f"must be an integer in [1, 2**63 - 1], got {_show(version)}",
+            field="bundle_version",
         )
     for key in ("created_at", "generator"):
         if key in manifest and not isinstance(manifest[key], str):
@@ -308,12 +359,15 @@ def _check_files(root: Path, files: Mapping[str, Any]) -> None:
         path = root / name
         if not path.is_file():
             raise BundleError(name, "listed in manifest.json but missing from the bundle")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise BundleError(
-                name, f"size mismatch: file has {size} bytes, manifest.json says {entry['bytes']}"
-            )
-        sha = sha256_file(path)
+        try:
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                raise BundleError(
+                    name, f"size mismatch: file has {size} bytes, manifest.json says {entry['bytes']}"
+                )
+            sha = sha256_file(path)
+        except OSError as err:
+            raise _unreadable(name, err) from None
         if sha != entry["sha256"]:
             raise BundleError(
                 name, f"checksum mismatch: file has sha256 {sha}, manifest.json says {entry['sha256']}"
@@ -340,6 +394,9 @@ def bundle_dir_files(root: Path) -> list[str]:
 
 
 def _check_schema(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    problem = find_problem(doc)
+    if problem is not None:
+        raise BundleError(SCHEMA, problem[1], field=problem[0] or None)
     for key in doc:
         if key != "profile_fields":
             raise BundleError(SCHEMA, "unknown field (allowed: profile_fields)", field=key)
@@ -422,6 +479,9 @@ def _check_item(line_no: int, record: dict[str, Any]) -> Item:
     flags = record.get("flags", {})
     if not isinstance(flags, dict):
         raise refuse("flags", f"must be an object, got {_type_name(flags)}")
+    flags_problem = find_problem(flags)  # free JSON, stored as msgpack: integers the store can hold
+    if flags_problem is not None:
+        raise refuse(join_path("flags", flags_problem[0]), flags_problem[1])
     return Item(item_id, category, tuple(tags), float(price), regions, launch_date, flags)  # type: ignore[arg-type]
 
 
@@ -458,7 +518,7 @@ def _type_ok(kind: str, value: Any) -> bool:
     if kind == "number":
         return _is_finite_number(value)
     if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and int_in_range(value)
     if kind == "boolean":
         return isinstance(value, bool)
     if kind == "string[]":
@@ -471,7 +531,7 @@ def _type_ok(kind: str, value: Any) -> bool:
 _TYPE_WORDS: Final = {
     "string": "a string",
     "number": "a finite number",
-    "integer": "an integer",
+    "integer": "an integer in [-2**63, 2**64 - 1]",
     "boolean": "true or false",
     "string[]": "a list of strings",
     "number[]": "a list of finite numbers",
@@ -533,9 +593,10 @@ def _check_profile(
             "consent", f"must be an object of purpose -> grant time (Unix ms), got {_type_name(consent)}"
         )
     for purpose, granted in consent.items():
-        if isinstance(granted, bool) or not isinstance(granted, int) or granted < 0:
+        if isinstance(granted, bool) or not isinstance(granted, int) or not 0 <= granted <= _MAX_MS:
             raise refuse(
-                f"consent.{purpose}", f"must be a grant time in Unix ms (integer >= 0), got {_show(granted)}"
+                f"consent.{purpose}",
+                f"must be a grant time in Unix ms (integer in [0, 2**63 - 1]), got {_show(granted)}",
             )
     return Profile(profile_id, attributes, consent)  # type: ignore[arg-type]
 
@@ -548,8 +609,16 @@ _DTYPE_WORDS: Final = {"<f4": "little-endian float32 ('<f4')", "<i4": "little-en
 
 
 def _load_npy(root: Path, name: str, want: str = "<f4") -> NDArray[Any]:
-    """Read a C-order .npy file (format 1.0/2.0) of dtype `want` ('<f4' or '<i4'), never unpickling."""
-    with (root / name).open("rb") as fh:
+    """Read a C-order .npy file (format 1.0/2.0) of dtype `want` ('<f4' or '<i4'), never unpickling.
+
+    The header's shape is checked before anything is allocated: 1-D or 2-D, every dimension in
+    [0, MAX_ARRAY_DIM], and exactly the data the file holds after its header (a header that declares
+    more, e.g. shape (2000, 10**9) over a small file, is refused, never read)."""
+    try:
+        fh = (root / name).open("rb")
+    except OSError as err:
+        raise _unreadable(name, err) from None
+    with fh:
         try:
             major, minor = np.lib.format.read_magic(fh)
             if (major, minor) == (1, 0):
@@ -558,20 +627,47 @@ def _load_npy(root: Path, name: str, want: str = "<f4") -> NDArray[Any]:
                 shape, fortran_order, found = np.lib.format.read_array_header_2_0(fh)
             else:
                 raise BundleError(name, f"unsupported .npy format version {major}.{minor} (need 1.0 or 2.0)")
-        except (ValueError, EOFError) as err:
+        except (ValueError, EOFError, SyntaxError) as err:
             raise BundleError(name, f"not a valid .npy file: {err}") from None
+        except OSError as err:
+            raise _unreadable(name, err) from None
         if found.str != want:
             raise BundleError(name, f"dtype must be {_DTYPE_WORDS[want]}, got {found.str!r}")
         if fortran_order and len(shape) > 1:
             raise BundleError(name, "array must be stored in C order, not Fortran order")
+        _check_npy_shape(name, shape)
+        data_bytes = os.fstat(fh.fileno()).st_size - fh.tell()
         count = math.prod(shape)
-        data = np.fromfile(fh, dtype=want, count=count)
-        if data.size != count:
+        want_bytes = count * found.itemsize
+        if want_bytes > data_bytes:
+            raise BundleError(
+                name,
+                f"the header declares shape {shape}, {want_bytes} bytes of data, but the file holds "
+                f"{data_bytes} bytes after its header (truncated, or a wrong header)",
+            )
+        if want_bytes < data_bytes:
+            raise BundleError(
+                name, f"trailing bytes after the {shape} array ({data_bytes - want_bytes} bytes)"
+            )
+        try:
+            data = np.fromfile(fh, dtype=want, count=count)
+        except OSError as err:
+            raise _unreadable(name, err) from None
+        if data.size != count:  # the file shrank while it was read
             raise BundleError(name, f"truncated: header says shape {shape}, file holds {data.size} values")
-        if fh.read(1):
-            raise BundleError(name, f"trailing bytes after the {shape} array")
     native = np.float32 if want == "<f4" else np.int32
     return data.astype(native, copy=False).reshape(shape)
+
+
+def _check_npy_shape(name: str, shape: tuple[int, ...]) -> None:
+    if not 1 <= len(shape) <= 2:
+        raise BundleError(name, f"must be a 1-D or 2-D array, the header declares shape {shape}")
+    for axis, size in enumerate(shape):
+        if not 0 <= size <= MAX_ARRAY_DIM:
+            raise BundleError(
+                name,
+                f"dimension {axis} of the declared shape {shape} must be in [0, {MAX_ARRAY_DIM}]",
+            )
 
 
 def _first_bad_row(array: NDArray[np.float32]) -> int | None:

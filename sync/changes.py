@@ -13,7 +13,6 @@ keeping the edge's invariants: item rows 0..n-1 and every per-item model array w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, Final, Protocol
@@ -41,6 +40,7 @@ from edgewise.sync.bundle import (
     _check_schema,
     _id_problem,
     _is_finite_number,
+    _parse_json,
     _show,
     _type_name,
 )
@@ -127,7 +127,8 @@ def parse_delta(lines: Iterable[str], state: StateReader, *, file: str = "delta.
     """Validate a whole delta file against `state` and return the record changes it makes.
 
     Lines apply in order, each against the state as the lines before it left it. Raises BundleError
-    (file `file`, record "line N", the field) on the first problem; nothing is returned then. The
+    (file `file`, record "line N", the field) on the first problem; nothing is returned then (a line
+    nesting deeper than MAX_DEPTH levels is refused before it is parsed, as in a bundle). The
     result holds one change per record whose bytes differ from `state` (None = delete): profiles,
     items (also items whose row moved), whole model arrays, and the rules document.
     """
@@ -137,10 +138,7 @@ def parse_delta(lines: Iterable[str], state: StateReader, *, file: str = "delta.
         where = f"line {line_no}"
         if not line.strip():
             raise BundleError(file, "empty line (one JSON object per line)", record=where)
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BundleError(file, f"invalid JSON: {err.msg} (column {err.colno})", record=where) from None
+        doc = _parse_json(file, line, line_no)
         if not isinstance(doc, dict):
             raise BundleError(file, f"must be a JSON object, got {_type_name(doc)}", record=where)
         delta.apply(line_no, doc)
@@ -273,14 +271,16 @@ class _Delta:
         return BundleError(self.file, reason, record=where, field=field)
 
     def _vector(self, where: str, value: Any, dim: int) -> NDArray[np.float32]:
-        if not isinstance(value, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in value
-        ):
+        if not isinstance(value, list):
             raise self._refuse(where, "embedding", f"must be a list of numbers, got {_show(value)}")
-        if len(value) != dim:
+        if len(value) != dim:  # the size first: nothing is converted of a list of the wrong size
             raise self._refuse(
                 where, "embedding", f"must hold {dim} numbers (the item embeddings' dim), got {len(value)}"
             )
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise self._refuse(where, "embedding", f"must be a list of numbers, got {_show(value)}")
+        if not all(_is_finite_number(v) for v in value if isinstance(v, int)):
+            raise self._refuse(where, "embedding", "value outside the float32 range")
         vector = np.asarray(value, dtype=np.float64)
         if not np.isfinite(vector).all():
             what = "NaN" if np.isnan(vector).any() else "infinite value"

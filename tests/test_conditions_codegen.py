@@ -25,6 +25,7 @@ from edgewise.core.conditions import (
 )
 from edgewise.core.decisions import Context
 from edgewise.core.feature_view import FeatureView
+from edgewise.core.json_limits import MAX_DEPTH
 from edgewise.core.records import ProfileRecord
 from edgewise.core.version_state import VersionState
 
@@ -82,13 +83,45 @@ def test_and_or_chains_are_flattened_and_read_in_order() -> None:
 
 
 def test_conditions_python_cannot_compile_keep_their_closures(sources: list[str]) -> None:
-    doc: dict[str, Any] = {"a": 1}
-    for _ in range(240):  # deeper than Python's parser nests parentheses
-        doc = {"$not": doc}
+    doc = {"$or": [{"a": i} for i in range(3000)]}  # a source far over _SOURCE_LIMIT
     condition = compile_condition(doc)
-    assert len(sources) == 1  # generated, refused by compile(), then the closures
-    assert condition(DictSource({"a": 1})) is True  # an even number of $not
-    assert condition(DictSource({"a": 2})) is False
+    assert sources == []  # never handed to compile(): the closures serve
+    assert condition(DictSource({"a": 2999})) is True
+    assert condition(DictSource({"a": 3000})) is False
+
+
+def _nested_not(levels: int) -> dict[str, Any]:
+    """A condition nesting `levels` objects: {"$not": {"$not": ... {"a": 1}}}."""
+    doc: dict[str, Any] = {"a": 1}
+    for _ in range(levels - 1):
+        doc = {"$not": doc}
+    return doc
+
+
+def test_conditions_nest_at_most_max_depth_levels(sources: list[str]) -> None:
+    deepest = _nested_not(MAX_DEPTH)  # the deepest allowed: generated and compiled by Python
+    condition = compile_condition(deepest)
+    assert len(sources) == 1
+    assert condition(DictSource({"a": 1})) is (MAX_DEPTH % 2 == 1)  # MAX_DEPTH - 1 negations
+    assert compile_closures(deepest)(DictSource({"a": 1})) is (MAX_DEPTH % 2 == 1)
+    # one level more, or 100,000 (python's own recursion limit is about 1,000): refused by both
+    # compilers, naming the path of the object that opens level MAX_DEPTH + 1
+    for levels in (MAX_DEPTH + 1, 100_000):
+        for compiler in (compile_condition, compile_closures):
+            with pytest.raises(ConditionError, match=f"nested deeper than {MAX_DEPTH} levels") as err:
+                compiler(_nested_not(levels), "segments.s.condition")
+            assert err.value.path == "segments.s.condition" + ".$not" * MAX_DEPTH
+    with pytest.raises(ConditionError) as err:  # arrays count too: $or lists
+        compile_condition(_nested_or(40))
+    assert err.value.path == "condition" + ".$or[0]" * (MAX_DEPTH // 2)  # the object at level 65
+
+
+def _nested_or(levels: int) -> dict[str, Any]:
+    """{"$or": [{"$or": [ ... {"a": 1}]}]}: 2 levels (an object and a list) per $or."""
+    doc: dict[str, Any] = {"a": 1}
+    for _ in range(levels):
+        doc = {"$or": [doc]}
+    return doc
 
 
 def test_regex_memo_is_bounded_and_stays_exact() -> None:

@@ -23,7 +23,7 @@ consistent with the interests. Ids are u<n> and i<n>. Placements: home, pdp_simi
 hero_test). Deterministic for a seed."""
 
 VALIDATE_DOC = """Validate a bundle exactly as an edge would before loading it, and summarize it. Exit
-status 1 and a message naming the file, record and field when it is refused."""
+status 1 and a message naming the file, record and field when it is refused (never a traceback)."""
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +83,13 @@ def run_validate(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.bundle)
     except BundleError as exc:
         print(str(exc), file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bundle load_bundle does not refuse cleanly: a bug, still no traceback
+        print(
+            f"bundle not validated: {type(exc).__name__}: {str(exc)[:500]} (an error edgewise should have "
+            "reported as a refusal naming the file: please report it with the bundle)",
+            file=sys.stderr,
+        )
         return 1
     summary = bundle_summary(bundle)
     if args.json:
