@@ -24,6 +24,7 @@ __all__ = ["DerivedCache", "estimate_nbytes"]
 
 _MISSING: Final = object()
 _FLAT: Final = (str, bytes, int, float, bool, type(None))
+_FLAT_TYPES: Final = frozenset(_FLAT)
 _MAX_DEPTH: Final = 6  # containers nested deeper than this count shallowly
 
 
@@ -36,6 +37,8 @@ def estimate_nbytes(value: Any, _depth: int = 0) -> int:
     if isinstance(value, _FLAT) or _depth >= _MAX_DEPTH:
         return size
     if isinstance(value, (tuple, list, set, frozenset)):
+        if set(map(type, value)) <= _FLAT_TYPES:  # e.g. a string per item: counted in C
+            return size + sum(map(sys.getsizeof, value))
         return size + sum(estimate_nbytes(x, _depth + 1) for x in value)
     if isinstance(value, dict):
         return size + sum(
