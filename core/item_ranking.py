@@ -29,6 +29,7 @@ from edgewise.core.decisions import (
     PlacementExplanation,
     PlacementRequest,
 )
+from edgewise.core.filter_index import keep_rows
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.scoring import (
     BLOCK,
@@ -146,9 +147,12 @@ def _drop(state: VersionState, item_ids: Sequence[str], mask: NDArray[np.uint8])
 
 
 def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shopper: Shopper) -> None:
+    """Narrow the candidate `mask` by the filter `f`. A category, tag or flag filter keeps the rows the
+    version's index gives its value (a lookup: whatever value a caller chooses, nothing is built or
+    cached for it)."""
     p = f.params
     if f.name == "category":
-        np.bitwise_and(mask, state.category_mask(p["category"]), out=mask)
+        keep_rows(mask, state.filters.category_rows(p["category"]))
     elif f.name == "price":
         if p.get("min", ""):
             mask[state.prices < np.float32(p["min"])] = 0
@@ -157,9 +161,9 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
     elif f.name == "region":
         np.bitwise_and(mask, state.availability(p["country"]), out=mask)
     elif f.name == "flag":
-        np.bitwise_and(mask, state.flag_mask(p["flag"], p.get("value", "")), out=mask)
+        keep_rows(mask, state.filters.flag_rows(p["flag"], p.get("value", "")))
     elif f.name == "tag":
-        np.bitwise_and(mask, state.tag_mask(p["tag"]), out=mask)
+        keep_rows(mask, state.filters.tag_rows(p["tag"]))
     elif f.name == "exclude_purchased" and shopper.activity is not None:
         if bought := _rows_of_pairs(state, shopper.activity.purchases):
             mask[bought] = 0

@@ -1,29 +1,33 @@
 """Decoded state of one snapshot version, built once when the version changes and shared by requests.
 
 Holds what is costly to derive per request: the item id <-> row index, per-item price, category, tag
-and flag data, availability masks per country, masks and boost vectors derived from them (cached on
-first use), the compiled rules and the profile fields' consent purposes. Model arrays are read
-zero-copy from each request's own read transaction, with two additions, both made once per version.
-One is a half-precision copy of the item embeddings in the blocked layout the scoring kernel scans
-(`edgewise.core.scoring.half_index`, half the size of the matrix). The personalized scan reads it
-instead of the float32 matrix and rescores a few rows exactly from the matrix, so results are the
-float32 ones. The other is copies of the float32 matrix itself and of the neighbor arrays, each at
-most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns (to take page faults
-without the GIL), so a request that read them from the store would pay for every page of the matrix
-for the few rows it needs (BENCHMARKS.md, "Eighth measurement").
+and flag data, availability masks per country, an index of the items by category, tag and flag (so a
+filter value a request chooses costs a lookup: `edgewise.core.filter_index`), values derived on first
+use (boost vectors, popularity orders, trending scores: a cache bounded by bytes, least recently used
+out first, `edgewise.core.derived_cache`), the compiled rules and the profile fields' consent purposes.
+Model arrays are read zero-copy from each request's own read transaction, with two additions, both
+made once per version. One is a half-precision copy of the item embeddings in the blocked layout the
+scoring kernel scans (`edgewise.core.scoring.half_index`, half the size of the matrix). The
+personalized scan reads it instead of the float32 matrix and rescores a few rows exactly from the
+matrix, so results are the float32 ones. The other is copies of the float32 matrix itself and of the
+neighbor arrays, each at most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns
+(to take page faults without the GIL), so a request that read them from the store would pay for
+every page of the matrix for the few rows it needs (BENCHMARKS.md, "Eighth measurement").
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core.derived_cache import DerivedCache
 from edgewise.core.features import replenish_days
+from edgewise.core.filter_index import FilterIndex, build_filter_index
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.scoring import HalfIndex, half_index
@@ -31,16 +35,22 @@ from edgewise.core.store import ROW_CHUNKED, ReadView
 from edgewise.core.strategies import Boost
 
 __all__ = [
+    "DERIVED_BYTES_PER_ITEM",
+    "DERIVED_MIN_BYTES",
     "MODEL_COPY_MAX_BYTES",
     "POPULARITY_PREFIX",
     "VersionCache",
     "VersionState",
     "build_state",
+    "derived_max_bytes",
     "read_only_copy",
 ]
 
 POPULARITY_PREFIX: Final = "item_popularity@"  # item_popularity@country:DE, item_popularity@segment:vip
-_CACHE_CAP: Final = 4096
+# Per worker, the values derived on first use (derived_max_bytes): at least 64 MiB, or 256 bytes per
+# item (32 per-item float32 score vectors with their orders) for a larger catalog: 1M items, 256 MB.
+DERIVED_MIN_BYTES: Final = 64 << 20
+DERIVED_BYTES_PER_ITEM: Final = 256
 # Per worker, for each copy: the embeddings, and the two neighbor arrays together. 10k items: 1.25 MiB
 # (32 dims) and 3.8 MiB (50 neighbors).
 MODEL_COPY_MAX_BYTES: Final = 64 << 20
@@ -72,8 +82,8 @@ class VersionState:
     neighbors: NDArray[np.int32] | None
     neighbor_scores: NDArray[np.float32] | None
     chunked_models: frozenset[str]  # model arrays whose row chunks match their record (ReadView.rows)
-    _derived: dict[Hashable, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    filters: FilterIndex  # rows by category, tag and flag (what filters and boosts select)
+    derived_cache: DerivedCache  # values derived on first use (`derived`)
 
     @property
     def n_items(self) -> int:
@@ -84,53 +94,28 @@ class VersionState:
         return self.regions.get(country.upper(), self.everywhere)
 
     def derived(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        """A value derived from this version's data, built once per key.
+        """A value derived from this version's data, built on first use of `key` and kept while it fits.
 
-        At most _CACHE_CAP values are kept. Some keys come from requests (a request's category, tag or
-        flag filter, its country), so a full cache starts over instead of refusing new keys: refusing
-        would rebuild every later key (tomorrow's trending scores, a new rule's mask) on every request
-        for the rest of the version. After a clear, each value in use is rebuilt once."""
-        value = self._derived.get(key)
-        if value is None:
-            value = build()
-            with self._lock:
-                if len(self._derived) >= _CACHE_CAP:
-                    self._derived.clear()
-                self._derived[key] = value
-        return value
+        Some keys come from requests (the default experience per country), so the cache is bounded:
+        at most `derived_max_bytes(n_items)` of values are kept, the least recently used evicted first.
+        Values every request uses stay; a burst of new keys evicts only the values nobody used since."""
+        return self.derived_cache.get(key, build)
 
     def category_mask(self, prefix: str) -> NDArray[np.uint8]:
-        """Items whose category path is `prefix` or below it."""
-
-        def build() -> NDArray[np.uint8]:
-            stem = prefix.rstrip("/")
-            return np.fromiter(
-                (c == stem or c.startswith(stem + "/") for c in self.categories),
-                dtype=np.uint8,
-                count=self.n_items,
-            )
-
-        mask: NDArray[np.uint8] = self.derived(("category", prefix), build)
-        return mask
+        """Items whose category path is `prefix` or below it (a new mask, made from the index)."""
+        return self._mask(self.filters.category_rows(prefix))
 
     def tag_mask(self, tag: str) -> NDArray[np.uint8]:
-        mask: NDArray[np.uint8] = self.derived(
-            ("tag", tag),
-            lambda: np.fromiter((tag in t for t in self.tags), dtype=np.uint8, count=self.n_items),
-        )
-        return mask
+        """Items carrying `tag` (a new mask, made from the index)."""
+        return self._mask(self.filters.tag_rows(tag))
 
     def flag_mask(self, flag: str, value: str = "") -> NDArray[np.uint8]:
-        def build() -> NDArray[np.uint8]:
-            if value:
-                return np.fromiter(
-                    (str(f.get(flag, "")).lower() == value.lower() for f in self.flags),
-                    dtype=np.uint8,
-                    count=self.n_items,
-                )
-            return np.fromiter((bool(f.get(flag)) for f in self.flags), dtype=np.uint8, count=self.n_items)
+        """Items whose flag is truthy, or equals `value` ignoring case (a new mask, made from the index)."""
+        return self._mask(self.filters.flag_rows(flag, value))
 
-        mask: NDArray[np.uint8] = self.derived(("flag", flag, value), build)
+    def _mask(self, rows: NDArray[np.int32]) -> NDArray[np.uint8]:
+        mask = np.zeros(self.n_items, dtype=np.uint8)
+        mask[rows] = 1
         return mask
 
     def boost_vector(self, boosts: tuple[Boost, ...]) -> NDArray[np.float32]:
@@ -188,15 +173,18 @@ def build_state(view: ReadView) -> VersionState:
     fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
     purposes = {name: str(spec.get("purpose", "")) for name, spec in fields.items() if isinstance(spec, dict)}
     scopes = frozenset(name.removeprefix(POPULARITY_PREFIX) for name in view.model_names(POPULARITY_PREFIX))
+    categories = tuple(r.category for r in records)
+    tags = tuple(frozenset(r.tags) for r in records)
+    flags = tuple(r.flags for r in records)
     return VersionState(
         generation=view.generation,
         version=view.version,
         item_ids=item_ids,
         rows={item_id: i for i, item_id in enumerate(item_ids)},
         prices=np.fromiter((r.price for r in records), dtype=np.float32, count=n),
-        categories=tuple(r.category for r in records),
-        tags=tuple(frozenset(r.tags) for r in records),
-        flags=tuple(r.flags for r in records),
+        categories=categories,
+        tags=tags,
+        flags=flags,
         replenish_days={r.id: d for r in records if (d := replenish_days(r.flags)) is not None},
         everywhere=everywhere,
         regions=regions,
@@ -211,7 +199,14 @@ def build_state(view: ReadView) -> VersionState:
         neighbors=neighbors,
         neighbor_scores=neighbor_scores,
         chunked_models=frozenset(name for name in ROW_CHUNKED if view.chunks_match(name)),
+        filters=build_filter_index(categories, tags, flags),
+        derived_cache=DerivedCache(derived_max_bytes(n)),
     )
+
+
+def derived_max_bytes(n_items: int) -> int:
+    """How many bytes of derived values a version of `n_items` items keeps (VersionState.derived)."""
+    return max(DERIVED_MIN_BYTES, DERIVED_BYTES_PER_ITEM * n_items)
 
 
 def read_only_copy(array: NDArray[Any]) -> NDArray[Any]:

@@ -244,33 +244,38 @@ def test_deals_promotions_boosts_and_diversity(engine: tuple[Store, Bundle, Pipe
     assert scores == sorted(scores, reverse=True)
 
 
-def test_request_filters_past_the_derived_cache_cap_leave_it_caching(
+def test_a_flood_of_request_filter_values_keeps_the_derived_values_and_their_bound(
     engine: tuple[Store, Bundle, Pipeline],
 ) -> None:
-    """A request's category filter becomes a cached mask of the version state. Once as many distinct
-    filters as the cache holds have been asked for, the cache must still keep new values (tomorrow's
-    trending scores, a diversity cap's category prefixes): it used to stop caching, so every later key
-    was rebuilt on every request for the rest of the version."""
+    """Caller-chosen filter values (category, tag, flag) must not fill the version's cache of derived
+    values: it used to hold one mask per value, up to 4,096, and was then cleared whole, so the
+    values every request uses (popularity orders, boost vectors) were rebuilt after every 4,096 new
+    filter values. Now a filter value is a lookup in the version's index, nothing is cached for it,
+    and the cache stays within its byte bound."""
     store, _, pipeline = engine
     state = _state(engine)
-    for n in range(version_state._CACHE_CAP + 10):
-        ask = PlacementRequest(
-            "home", 3, filter="category", filter_params={"category": f"no-such-category/{n}"}
-        )
+    _decide(engine, "home")  # an anonymous home: the global popularity, with its order, cached
+    useful = state.derived(("scored", "item_popularity"), lambda: None)
+    assert useful is not None
+    kinds = (
+        lambda n: ("category", {"category": f"no-such-category/{n}"}),
+        lambda n: ("tag", {"tag": f"no-such-tag-{n}"}),
+        lambda n: ("flag", {"flag": "sale", "value": f"v{n}"}),
+    )
+    for n in range(4_200):
+        name, params = kinds[n % 3](n)
+        ask = PlacementRequest("home", 3, filter=name, filter_params=params)
         with store.read() as view:
             out = pipeline.decide(view, DecideRequest(placements=(ask,), now_ms=NOW))
-        assert out.placements[0].items == []  # nothing in that category: no items, no error
-    builds: list[str] = []
+        assert out.placements[0].items == []  # nothing matches: no items, no error
 
-    def build() -> str:
-        builds.append("built")
-        return "value"
+    def rebuilt() -> None:
+        raise AssertionError("the flood of filter values evicted the cached popularity")
 
-    assert state.derived(("test", "after the cap"), build) == "value"
-    assert state.derived(("test", "after the cap"), build) == "value"
-    assert builds == ["built"]
-    assert state.category_prefixes(1) is state.category_prefixes(1)
-    assert len(state._derived) <= version_state._CACHE_CAP
+    assert state.derived(("scored", "item_popularity"), rebuilt) is useful
+    cache = state.derived_cache
+    assert 0 < cache.nbytes <= cache.max_bytes == version_state.derived_max_bytes(state.n_items)
+    assert len(cache) < 50  # derived values of the rules and strategies, none per filter value
 
 
 def test_rotation_sinks_items_shown_too_often(engine: tuple[Store, Bundle, Pipeline]) -> None:
