@@ -28,7 +28,7 @@ from edgewise.v1 import personalizer_pb2 as _pb
 
 __all__ = ["Limits", "decide_input", "decide_response", "new_decision_id", "tracked_events"]
 
-_EVENT_TYPE: Final = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_EVENT_TYPE: Final = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")  # the whole type: `fullmatch`, never `$`
 MAX_KEY_ID_BYTES: Final = 400
 """User, session and event ids become LMDB keys (profiles, activity, event ids; upstream too): at most
 this many bytes of UTF-8 whatever `max_id_length` allows in characters (LMDB keys end at 511 bytes, and
@@ -348,7 +348,7 @@ def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> li
         field = f"events[{i}]"
         if not e.event_id:
             raise RequestError(f"{field}.event_id", "is required (it makes Track idempotent)")
-        if not _EVENT_TYPE.match(e.type):
+        if not _EVENT_TYPE.fullmatch(e.type):
             raise RequestError(
                 f"{field}.type",
                 f"{e.type[:70]!r} is not an event type (lowercase, e.g. view, click, add_to_cart, purchase)",
@@ -374,6 +374,8 @@ def tracked_events(request: _pb.TrackRequest, limits: Limits, now_ms: int) -> li
             _check_key_id(getattr(e, name), f"{field}.{name}", limits)
         for name in ("item_id", "decision_id", "placement_id"):
             _check_str(getattr(e, name), f"{field}.{name}", limits.max_id_length)
+        if e.HasField("context"):  # not kept, but checked like a Decide's context (the same caps)
+            _context(e.context, f"{field}.context", limits)
         events.append(
             Event(
                 event_id=e.event_id,

@@ -65,7 +65,9 @@ def _le(bound: float) -> str:
 def node_families(r: NodeReading) -> Iterator[Metric]:
     """The node's metric families from one reading, in exposition order."""
     duration = HistogramMetricFamily(
-        "edgewise_rpc_duration_seconds", "Time a worker took to answer an RPC, by RPC.", labels=["rpc"]
+        "edgewise_rpc_duration_seconds",
+        "Time from an RPC's arrival at a worker (queueing for a thread included) to its answer, by RPC.",
+        labels=["rpc"],
     )
     for rpc in RPCS:
         cumulative, buckets = 0.0, []
@@ -76,7 +78,9 @@ def node_families(r: NodeReading) -> Iterator[Metric]:
     yield duration
 
     rpcs = CounterMetricFamily(
-        "edgewise_rpc_total", "RPCs answered, by RPC and gRPC status code.", labels=["rpc", "code"]
+        "edgewise_rpc_total",
+        "RPCs answered, shed and refused ones included, by RPC and the gRPC status code the caller got.",
+        labels=["rpc", "code"],
     )
     for rpc in RPCS:
         for code in STATUS_CODES:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -125,13 +126,65 @@ def _write_ready_file(path: Path, payload: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def _reserve_port(host: str) -> tuple[socket.socket, int]:
-    """Bind (not listen) a SO_REUSEPORT socket on a free port, so every worker can share that port."""
+def _reserve_port(host: str, port: int = 0) -> tuple[socket.socket, int]:
+    """Bind (not listen) a SO_REUSEPORT socket on `port` (0: a free one), so every worker can share that
+    port; the socket and its port."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host.strip("[]"), 0))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
     return sock, int(sock.getsockname()[1])
+
+
+class _PortInUse(OSError):
+    """Another program (another edge node, say) listens on the port or holds it bound."""
+
+
+_PORT_WAIT_S: Final = 2.0
+"""How long a node waits for its port to come free before refusing it: the workers of a previous run
+whose supervisor was killed let go of the port within a fraction of a second."""
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    """Whether nothing else holds HOST:PORT: a plain bind (SO_REUSEADDR, so a previous run's connections
+    in TIME_WAIT do not count, but without SO_REUSEPORT) fails while anything listens there (on this
+    address or a wildcard one), or another node's reservation holds it bound."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.socket:
+    """Make sure no other program serves HOST:PORT, then reserve it for this node's workers.
+
+    The workers bind with SO_REUSEPORT, and the kernel lets any process of the same user join them on
+    that port, splitting connections between the two silently. So a node first checks that the port is
+    free (waiting up to `wait_s` for it), then binds its own SO_REUSEPORT reservation for its lifetime:
+    from then on the check of any other node fails on it, before this node's workers listen too.
+    `_PortInUse` when the port stays taken."""
+    deadline = time.monotonic() + wait_s
+    while not _port_is_free(host, port):
+        if time.monotonic() >= deadline:
+            raise _PortInUse(
+                errno.EADDRINUSE,
+                f"port {port} is in use by another program (another edge node?); a node shares its port "
+                "only among its own workers: stop that program, or choose another port (server.listen, "
+                "--listen)",
+            )
+        time.sleep(0.1)
+    reserved, _ = _reserve_port(host, port)
+    return reserved
 
 
 @dataclass
@@ -343,13 +396,19 @@ def _load_snapshot(
 
 
 def _reserve_listen(listen: str, acquired: contextlib.ExitStack) -> tuple[str, int]:
-    """The address the workers listen on (HOST:PORT); port 0 reserves a free port for them all."""
+    """The address the workers listen on (HOST:PORT), reserved for them all: port 0 reserves a free port;
+    a given port is refused (exit 2) while another program serves it."""
     host, _, port_text = listen.rpartition(":")
     try:
         port = int(port_text)
         if port == 0:
             reserved, port = _reserve_port(host)
-            acquired.callback(reserved.close)
+        else:
+            reserved = _claim_port(host, port)
+        acquired.callback(reserved.close)
+    except _PortInUse as exc:
+        log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc.strerror}"})
+        raise _Exit(2) from exc
     except (ValueError, OSError) as exc:
         log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc}"})
         raise _Exit(2) from exc

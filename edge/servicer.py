@@ -5,6 +5,9 @@ Decide answers with the fast default (`FALLBACK_REASON_BUDGET_EXCEEDED`) when le
 default (`FALLBACK_REASON_OVERLOADED`) when more than `max_in_flight` calls are being handled. In
 `overload = "reject"` mode the gRPC server itself sheds calls past `max_in_flight` with
 RESOURCE_EXHAUSTED before they reach a thread.
+
+The gRPC server around it (edge/server.py) counts and times every call, from its arrival, by the code
+its caller gets; the servicer counts what its answers hold (decisions, fallbacks, tracked events).
 """
 
 from __future__ import annotations
@@ -63,26 +66,18 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         self._lock = threading.Lock()
 
     def Decide(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> _pb.DecideResponse:
-        started = time.perf_counter()
         with self._lock:
             self._in_flight += 1
             busy = self._in_flight
-        code = "UNKNOWN"
         try:
             response = self._decide(request, context, busy)
-            code = "OK"
-            if self._metrics is not None:
-                for p in response.placements:
-                    self._metrics.decision(p.placement_id, p.fallback_reason)
-            return response
-        except Exception:
-            code = _code_of(context)
-            raise
         finally:
             with self._lock:
                 self._in_flight -= 1
-            if self._metrics is not None:
-                self._metrics.observe_rpc("Decide", code, time.perf_counter() - started)
+        if self._metrics is not None:
+            for p in response.placements:
+                self._metrics.decision(p.placement_id, p.fallback_reason)
+        return response
 
     def _decide(
         self, request: _pb.DecideRequest, context: grpc.ServicerContext, busy: int
@@ -112,20 +107,10 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         return decide_response(decision, decision_id)
 
     def Track(self, request: _pb.TrackRequest, context: grpc.ServicerContext) -> _pb.TrackResponse:
-        started = time.perf_counter()
-        code = "UNKNOWN"
-        try:
-            response = self._track(request, context)
-            code = "OK"
-            if self._metrics is not None:
-                self._metrics.track(response.accepted, response.duplicates)
-            return response
-        except Exception:
-            code = _code_of(context)
-            raise
-        finally:
-            if self._metrics is not None:
-                self._metrics.observe_rpc("Track", code, time.perf_counter() - started)
+        response = self._track(request, context)
+        if self._metrics is not None:
+            self._metrics.track(response.accepted, response.duplicates)
+        return response
 
     def _track(self, request: _pb.TrackRequest, context: grpc.ServicerContext) -> _pb.TrackResponse:
         try:
@@ -143,9 +128,3 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
             log.error("track_store_failed", extra={"error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored durably; retry")
         return _pb.TrackResponse(accepted=result.accepted, duplicates=result.duplicates)
-
-
-def _code_of(context: grpc.ServicerContext) -> str:
-    """The status code an aborted call ends with (UNKNOWN for an unexpected exception)."""
-    code = context.code() if hasattr(context, "code") else None
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"

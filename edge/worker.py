@@ -98,7 +98,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         reuse_port=True,
         max_concurrent_rpcs=spec.options.max_in_flight if spec.options.overload == "reject" else None,
         max_message_bytes=spec.max_message_bytes,
-        on_shed=metrics.shed if metrics is not None else None,
+        metrics=metrics,
     )
     # Everything built so far (modules, the decoded snapshot state, the server) lives as long as the
     # worker: move it out of the cyclic collector's generations, so collections triggered by request

@@ -113,3 +113,56 @@ def test_event_times_far_after_the_node_clock_are_refused() -> None:
         raise AssertionError("an event 1 ms ahead passed max_future_seconds=0")
     except RequestError as exc:
         assert "more than 0 s after" in str(exc)
+
+
+def test_event_types_are_matched_whole() -> None:
+    # `$` matched before a trailing newline: "view\n" was stored as a type no report knows.
+    from edgewise.edge.convert import tracked_events
+
+    def track(type_: str) -> object:
+        event = pb.Event(event_id="e1", type=type_, user_id="u1", item_id="i1")
+        try:
+            return tracked_events(pb.TrackRequest(events=[event]), LIMITS, 7)[0].type
+        except RequestError as exc:
+            return exc.field
+
+    assert track("view") == "view" and track("add_to_cart") == "add_to_cart"
+    assert track("a" * 64) == "a" * 64
+    for bad in ("view\n", "view\r\n", "\nview", "view ", "a" * 65, "View", ""):
+        assert track(bad) == "events[0].type", repr(bad)
+
+
+def test_an_events_context_gets_the_checks_of_the_decide_context() -> None:
+    from edgewise.edge.convert import tracked_events
+
+    def track(context: pb.Context, limits: Limits = LIMITS) -> str:
+        events = [
+            pb.Event(event_id="e0", type="view", user_id="u1"),
+            pb.Event(event_id="e1", type="view", user_id="u1", context=context),
+        ]
+        try:
+            tracked_events(pb.TrackRequest(events=events), limits, 7)
+            return "ok"
+        except RequestError as exc:
+            return str(exc)
+
+    assert track(pb.Context(channel="web", url="https://x/" + "a" * 2000, attributes={"k": "v"})) == "ok"
+    assert track(pb.Context(url="u" * 2049)) == (
+        "events[1].context.url: is 2049 characters long, more than the cap of 2048"
+    )
+    assert track(pb.Context(referrer="r" * 11), Limits(max_string_length=10)).startswith(
+        "events[1].context.referrer: is 11 characters long"
+    )
+    assert track(pb.Context(attributes={f"k{i}": "v" for i in range(65)})) == (
+        "events[1].context.attributes: has 65 entries, more than the cap of 64"
+    )
+    assert track(pb.Context(attributes={"k" * 129: "v"})).startswith("events[1].context.attributes[")
+    assert track(pb.Context(attributes={"k": "v" * 2049})).startswith("events[1].context.attributes['k']:")
+    # The same caps as a Decide's context, message for message.
+    for context in (pb.Context(url="u" * 2049), pb.Context(attributes={f"k{i}": "v" for i in range(65)})):
+        request = pb.DecideRequest(context=context, placements=[pb.PlacementRequest(placement_id="home")])
+        try:
+            decide_input(request, LIMITS, 7)
+            raise AssertionError("a Decide context over the caps passed")
+        except RequestError as exc:
+            assert track(context) == str(exc).replace("context.", "events[1].context.", 1)

@@ -155,5 +155,6 @@ def test_workers_on_a_taken_port_exit_2(
     caplog.set_level(logging.INFO)
     data = loaded(tmp_path / "data", bundle_dir)
     assert run_serve(config_of(data, server__listen=f"127.0.0.1:{taken_port}")) == 2
-    assert "start_failed" in events(caplog)
+    # The supervisor finds the port taken before any worker starts (issue 16, item 9).
+    assert "listen_failed" in events(caplog) and "start_failed" not in events(caplog)
     check_released(data, released)
