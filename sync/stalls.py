@@ -78,23 +78,36 @@ class StallWatch:
             self._streams.discard(stream)
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self._tick)
+        try:
+            while self._check():
+                pass
+        except BaseException:
             with self._lock:
-                if not self._streams:
-                    self._thread = None  # the next watch starts a new one
-                    return
-                now = time.monotonic()
-                stalled = [s for s in self._streams if not s.cancelled and s.waited(now) > self.timeout]
-                for stream in stalled:
-                    stream.cancelled = True
+                self._thread = None  # the next watch starts a new one
+            raise
+
+    def _check(self) -> bool:
+        """One look at every stream after a tick; False once none is left to watch."""
+        time.sleep(self._tick)
+        with self._lock:
+            if not self._streams:
+                self._thread = None  # under the lock: a watch from now on starts a new thread
+                return False
+            now = time.monotonic()
+            stalled = [s for s in self._streams if not s.cancelled and s.waited(now) > self.timeout]
             for stream in stalled:
-                log.warning(
-                    "edge_stream_stalled",
-                    extra={
-                        "node": stream.node_id,
-                        "seconds": round(stream.waited(time.monotonic()), 1),
-                        "timeout_seconds": self.timeout,
-                    },
-                )
+                stream.cancelled = True
+        for stream in stalled:
+            log.warning(
+                "edge_stream_stalled",
+                extra={
+                    "node": stream.node_id,
+                    "seconds": round(stream.waited(time.monotonic()), 1),
+                    "timeout_seconds": self.timeout,
+                },
+            )
+            try:
                 stream.context.cancel()
+            except Exception as exc:  # the call ended meanwhile: nothing left to cancel
+                log.info("edge_stream_cancel_failed", extra={"node": stream.node_id, "error": repr(exc)})
+        return True

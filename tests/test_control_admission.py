@@ -27,6 +27,7 @@ from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.shard import Shard
+from edgewise.sync.stalls import StallWatch
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 from tests.sync_support import control_planes, ops_client, wait_for
 
@@ -275,3 +276,34 @@ def test_260_idle_streams_do_not_starve_ops_calls(tmp_path: Path) -> None:
                 _DONE.set()
                 for call in calls:
                     call.cancel()
+
+
+class _Context:
+    """The one call of grpc.ServicerContext the stall watch makes."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def test_the_stall_watch_cancels_only_streams_stuck_in_a_send_and_stops_when_idle() -> None:
+    watch = StallWatch(0.2)
+    stuck, reading, idle = _Context(), _Context(), _Context()
+    streams = [watch.watch(c, n) for c, n in ((stuck, "stuck"), (reading, "reading"), (idle, "idle"))]
+    streams[0].sending()
+    deadline = time.monotonic() + 3
+    while not stuck.cancelled.is_set() and time.monotonic() < deadline:
+        streams[1].sending()  # sends that complete at once, again and again
+        streams[1].sent()
+        time.sleep(0.01)
+    assert stuck.cancelled.is_set() and not reading.cancelled.is_set() and not idle.cancelled.is_set()
+    for stream in streams:
+        watch.unwatch(stream)
+    wait_for(
+        lambda: not any(t.name == "stall-watch" and t.is_alive() for t in threading.enumerate()), 5, "idle"
+    )
+    again = _Context()
+    watch.watch(again, "again").sending()
+    assert again.cancelled.wait(3)  # a new watch starts the thread again
