@@ -6,12 +6,24 @@ handler runs:
 
 - no `authorization: Bearer ...` metadata: UNAUTHENTICATED "missing bearer token";
 - a token that is neither an edge nor an ops token: UNAUTHENTICATED "unknown token";
-- an edge token on an ops-only method (everything but Subscribe by default): PERMISSION_DENIED naming
-  the method and the role.
+- an edge token on an ops-only method (everything but Subscribe and Forward by default; `make_interceptors`
+  adds server reflection): PERMISSION_DENIED naming the method and the role.
 
-Tokens are compared with `hmac.compare_digest` against every configured token (no early exit), and never
-appear in a log record, an error message or a `repr`. A server without any token configured runs
-without the interceptor (`make_interceptors` returns none), which is a deployment choice.
+`make_interceptors` lets the standard health service (`grpc.health.v1.Health`, Check and Watch) through
+without a token, so a load balancer can probe the control plane; reflection stays behind the ops token.
+Refusals are logged as `call_refused`, at most one line a second per status code (`sync/log_limit.py`:
+the next line carries the number left out as `suppressed`).
+
+Per-node identities: besides the one edge token every edge shares, each edge can have a token of its own
+(`load_node_tokens` reads a file of `NODE_ID SHARD TOKEN` lines), bound to its node id and the shards it
+may subscribe to. `TokenAuth.identity` gives the `NodeIdentity` of a call's token (None for the shared
+edge token, an ops token, or no token); the service refuses a Hello or Forward under another node id, or a
+shard not listed for it (`identity_refusal`). With the shared edge token, identities are not enforced.
+
+Tokens are compared with `hmac.compare_digest` against every shared token (no early exit), per-node tokens
+by their SHA-256 digest (a dict lookup whose timing tells nothing of a token); no token ever appears in
+a log record, an error message or a `repr`. A server without any token configured runs without the
+interceptor (`make_interceptors` returns none), which is a deployment choice.
 
 TLS: `server_credentials` (mutual TLS when a client CA is given), `channel_credentials` and
 `open_channel` (TLS when a CA is given, else plaintext). A certificate or key file that cannot be read,
@@ -20,26 +32,36 @@ is empty or is not PEM raises `AuthError` naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import grpc
+
+from edgewise.sync.log_limit import LogLimiter
+from edgewise.sync.shard import Shard, ShardError, parse_shard
 
 __all__ = [
     "ALL_METHODS",
     "AUTHORIZATION",
     "CONTROL_PLANE_SERVICE",
     "EDGE_TOKEN_ENV",
+    "HEALTH_METHODS",
     "OPS_ONLY_METHODS",
     "OPS_TOKEN_ENV",
+    "REFLECTION_METHODS",
     "AuthError",
+    "NodeIdentity",
     "TokenAuth",
     "bearer_metadata",
     "channel_credentials",
+    "identity_refusal",
+    "load_node_tokens",
     "load_token",
     "make_interceptors",
     "open_channel",
@@ -67,6 +89,10 @@ ALL_METHODS: Final = tuple(
 )
 EDGE_METHODS: Final = (f"/{CONTROL_PLANE_SERVICE}/Subscribe", f"/{CONTROL_PLANE_SERVICE}/Forward")
 OPS_ONLY_METHODS: Final = tuple(m for m in ALL_METHODS if m not in EDGE_METHODS)
+HEALTH_METHODS: Final = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
+"""Callable without a token under `make_interceptors` (a load balancer's probe)."""
+REFLECTION_METHODS: Final = ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",)
+"""Ops-only under `make_interceptors`: a reflection stream holds a thread of the ops pool."""
 AUTHORIZATION: Final = "authorization"
 _BEARER: Final = "bearer"
 
@@ -117,6 +143,80 @@ def _check_token(token: str, where: str) -> None:
         raise AuthError(f"{where} must be printable ASCII without whitespace")
 
 
+# --- per-node identities ------------------------------------------------------------------------------
+
+MAX_NODE_ID_CHARS: Final = 128
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """What a per-node token may do: subscribe and forward as `node_id` only, to one of `shards`."""
+
+    node_id: str
+    shards: frozenset[Shard]
+
+    def shard_texts(self) -> list[str]:
+        return sorted(s.text() for s in self.shards)
+
+
+def load_node_tokens(file: str | os.PathLike[str]) -> dict[str, NodeIdentity]:
+    """The per-node tokens of `file`: token -> identity. One entry a line, `NODE_ID SHARD TOKEN`
+    separated by whitespace (SHARD as `--shard` takes it: `all`, `hash:0-50/100`, `region:DE,AT`); blank
+    lines and lines starting with `#` are skipped. A node allowed several shards has a line per shard
+    (the same token); a node may have several tokens (rotation). A token may belong to one node only.
+
+    Raises `AuthError` naming the file and line (never a token) for anything else, and for a file
+    without any entry."""
+    path = os.fspath(file)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise AuthError(f"cannot read node tokens file {path}: {reason}") from None
+    nodes: dict[str, str] = {}  # token -> node id
+    shards: dict[str, set[Shard]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path} line {number}"
+        fields = line.split()
+        if len(fields) != 3:
+            raise AuthError(f"{where}: expected NODE_ID SHARD TOKEN, found {len(fields)} fields")
+        node_id, shard_text, token = fields
+        if len(node_id) > MAX_NODE_ID_CHARS or not node_id.isprintable():
+            raise AuthError(f"{where}: the node id must be 1-{MAX_NODE_ID_CHARS} printable characters")
+        try:
+            shard = parse_shard(shard_text)
+        except ShardError as exc:
+            raise AuthError(f"{where}: {exc}") from None
+        _check_token(token, f"the token on {where}")
+        owner = nodes.setdefault(token, node_id)
+        if owner != node_id:
+            raise AuthError(f"{where}: this token is already node {owner}'s (a token names one node)")
+        shards.setdefault(token, set()).add(shard)
+    if not nodes:
+        raise AuthError(f"node tokens file {path} has no entries (NODE_ID SHARD TOKEN lines)")
+    return {token: NodeIdentity(node, frozenset(shards[token])) for token, node in nodes.items()}
+
+
+def identity_refusal(identity: NodeIdentity | None, node_id: str, shard: Shard | None) -> str | None:
+    """Why a caller of `identity` may not act as `node_id` (on `shard`, for a subscription); None if it
+    may. A caller without a per-node identity (the shared edge token, an ops token, no auth) may."""
+    if identity is None:
+        return None
+    if node_id != identity.node_id:
+        return f"this token is node {identity.node_id}'s; it cannot act as node {node_id}"
+    if shard is not None and shard not in identity.shards:
+        allowed = ", ".join(identity.shard_texts())
+        return f"node {identity.node_id} may subscribe to shard {allowed} only, not {shard.text()}"
+    return None
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """Call metadata carrying `token` (`metadata=` on a call); empty without a token."""
     if token is None:
@@ -150,15 +250,15 @@ def _abort(code: grpc.StatusCode, details: str) -> Callable[[Any, grpc.ServicerC
 def _refusal(
     handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, details: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same shape as `handler` that aborts with `code` before reading anything."""
+    """A handler with the response shape of `handler` that aborts with `code` before reading anything.
+
+    Its request side is always streaming: gRPC hands a request-streaming behavior the iterator without
+    reading, where a unary one would first wait (on a pool thread) for the whole request message, which
+    a caller could send slowly or never."""
     behavior = _abort(code, details)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(behavior)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(behavior)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(behavior)
-    return grpc.unary_unary_rpc_method_handler(behavior)
+        return grpc.stream_stream_rpc_method_handler(behavior)
+    return grpc.stream_unary_rpc_method_handler(behavior)
 
 
 class TokenAuth(grpc.ServerInterceptor):
@@ -166,7 +266,9 @@ class TokenAuth(grpc.ServerInterceptor):
 
     `ops_only_methods`: full method names (`/edgewise.v1.ControlPlane/Push`) an edge token may not call.
     `public_methods`: full method names callable without a token (e.g. `/grpc.health.v1.Health/Check`
-    for a load balancer's probe); none by default. Every other method needs an edge or an ops token."""
+    for a load balancer's probe); none by default. Every other method needs an edge or an ops token.
+    `node_tokens`: per-node edge tokens (`load_node_tokens`), edge tokens bound to a node identity.
+    `log_interval`: seconds between two `call_refused` lines of one status code."""
 
     def __init__(
         self,
@@ -175,10 +277,13 @@ class TokenAuth(grpc.ServerInterceptor):
         ops_only_methods: Collection[str] = OPS_ONLY_METHODS,
         *,
         public_methods: Collection[str] = (),
+        node_tokens: Mapping[str, NodeIdentity] | None = None,
+        log_interval: float = 1.0,
     ) -> None:
         if isinstance(edge_tokens, str) or isinstance(ops_tokens, str):
             raise TypeError("edge_tokens and ops_tokens are sequences of tokens, not one string")
-        if not edge_tokens and not ops_tokens:
+        nodes = dict(node_tokens or {})
+        if not edge_tokens and not ops_tokens and not nodes:
             raise AuthError("no tokens configured (use make_interceptors, which then installs none)")
         for role, tokens in ((ROLE_EDGE, edge_tokens), (ROLE_OPS, ops_tokens)):
             for i, token in enumerate(tokens):
@@ -187,18 +292,31 @@ class TokenAuth(grpc.ServerInterceptor):
                 _check_token(token, f"{role} token #{i + 1}")
         if set(edge_tokens) & set(ops_tokens):
             raise AuthError("a token is configured both as an edge and as an ops token")
+        for token, identity in nodes.items():
+            _check_token(token, f"the token of node {identity.node_id}")
+            if token in edge_tokens or token in ops_tokens:
+                role = ROLE_EDGE if token in edge_tokens else ROLE_OPS
+                raise AuthError(f"node {identity.node_id}'s token is also configured as the {role} token")
         self._tokens: tuple[tuple[bytes, str], ...] = tuple(
             [(t.encode(), ROLE_EDGE) for t in edge_tokens] + [(t.encode(), ROLE_OPS) for t in ops_tokens]
         )
+        self._nodes: dict[bytes, NodeIdentity] = {_digest(t): identity for t, identity in nodes.items()}
         self._ops_only = frozenset(ops_only_methods)
         self._public = frozenset(public_methods)
-        self._counts = (len(edge_tokens), len(ops_tokens))
+        self._counts = (len(edge_tokens), len(ops_tokens), len(nodes))
+        self._refusals = LogLimiter(log, log_interval)
 
     def __repr__(self) -> str:
-        edge, ops = self._counts
+        edge, ops, nodes = self._counts
         return (
-            f"TokenAuth(edge_tokens=<{edge}>, ops_tokens=<{ops}>, ops_only_methods={sorted(self._ops_only)})"
+            f"TokenAuth(edge_tokens=<{edge}>, ops_tokens=<{ops}>, node_tokens=<{nodes}>, "
+            f"ops_only_methods={sorted(self._ops_only)})"
         )
+
+    @property
+    def enforces_identities(self) -> bool:
+        """Whether per-node tokens are configured (the shared edge token may still be accepted too)."""
+        return bool(self._nodes)
 
     def role_of(self, token: str | None) -> str | None:
         """`"edge"`, `"ops"` or None, in time independent of which token (if any) matches."""
@@ -210,7 +328,16 @@ class TokenAuth(grpc.ServerInterceptor):
             # Every token is compared, so the time does not tell which one matched.
             if hmac.compare_digest(given, known) and role is None:
                 role = known_role
+        if role is None and _digest(token) in self._nodes:
+            role = ROLE_EDGE
         return role
+
+    def identity(self, metadata: Iterable[Any] | None) -> NodeIdentity | None:
+        """The node identity of the call's per-node token; None for any other token or none."""
+        token = _bearer_token(metadata)
+        if token is None or not self._nodes:
+            return None
+        return self._nodes.get(_digest(token))
 
     def check(self, method: str, metadata: Iterable[Any] | None) -> tuple[grpc.StatusCode, str] | None:
         """The refusal (status code, details) for a call of `method` with `metadata`; None if allowed."""
@@ -231,24 +358,40 @@ class TokenAuth(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
         method = handler_call_details.method
         refusal = self.check(method, handler_call_details.invocation_metadata)
+        handler = continuation(handler_call_details)
         if refusal is None:
             return handler
         code, details = refusal
-        log.warning("call_refused", extra={"method": method, "error": details, "code": code.name})
+        # The method name is the caller's text: cut it, and key the rate limit by the code only.
+        self._refusals.warning(
+            "call_refused", code.name, {"method": method[:200], "error": details[:300], "code": code.name}
+        )
         if handler is None:
             # An unknown method: refuse with the auth status rather than reveal what exists.
-            return grpc.unary_unary_rpc_method_handler(_abort(code, details))
+            return grpc.stream_unary_rpc_method_handler(_abort(code, details))
         return _refusal(handler, code, details)
 
 
-def make_interceptors(edge_tokens: Sequence[str], ops_tokens: Sequence[str]) -> list[grpc.ServerInterceptor]:
-    """`[TokenAuth(...)]`, or no interceptor at all when no token is configured."""
-    if not edge_tokens and not ops_tokens:
+def make_interceptors(
+    edge_tokens: Sequence[str],
+    ops_tokens: Sequence[str],
+    node_tokens: Mapping[str, NodeIdentity] | None = None,
+) -> list[grpc.ServerInterceptor]:
+    """`[TokenAuth(...)]` with the health service public and reflection ops-only, or no interceptor at
+    all when no token is configured."""
+    if not edge_tokens and not ops_tokens and not node_tokens:
         return []
-    return [TokenAuth(edge_tokens, ops_tokens)]
+    return [
+        TokenAuth(
+            edge_tokens,
+            ops_tokens,
+            (*OPS_ONLY_METHODS, *REFLECTION_METHODS),
+            public_methods=HEALTH_METHODS,
+            node_tokens=node_tokens,
+        )
+    ]
 
 
 # --- TLS ----------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ prints both for `--print-config`, as TOML that loads back to the same configurat
 The environment prefix is `EDGEWISE_CONTROL_` (`server.listen` is `EDGEWISE_CONTROL_SERVER_LISTEN`): the
 edge reads `EDGEWISE_<SECTION>_<KEY>` and has no `control` section, so one environment can hold both
 without either reading the other's. The bearer tokens themselves stay out of the configuration: a token
-file (`auth.edge_token_file`, `auth.ops_token_file`), else the `EDGEWISE_EDGE_TOKEN` / `EDGEWISE_OPS_TOKEN`
-variable, as `load_token` reads them.
+file (`auth.edge_token_file`, `auth.ops_token_file`, `auth.node_tokens_file` for per-node tokens), else the
+`EDGEWISE_EDGE_TOKEN` / `EDGEWISE_OPS_TOKEN` variable, as `load_token` reads them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Final, Literal
 
 from edgewise.config import ConfigError, ConfigSchema, check_address, meta, origin, toml_value
+from edgewise.sync.admission import EdgeLimits
 from edgewise.sync.auth import EDGE_TOKEN_ENV, OPS_TOKEN_ENV
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
+from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES
+from edgewise.sync.stalls import DEFAULT_WRITE_TIMEOUT_SECONDS
 
 __all__ = [
     "AuthConfig",
@@ -36,6 +39,7 @@ __all__ = [
     "ControlConfig",
     "DataConfig",
     "EventsConfig",
+    "FleetConfig",
     "LogConfig",
     "ServerConfig",
     "SyncConfig",
@@ -49,6 +53,7 @@ __all__ = [
 ]
 
 ENV_PREFIX: Final = "EDGEWISE_CONTROL_"
+_LIMITS: Final = EdgeLimits()  # the defaults of the bounds on edge calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,16 @@ class AuthConfig:
             metavar="FILE",
         ),
     )
+    node_tokens_file: Path | None = field(
+        default=None,
+        metadata=meta(
+            "file of per-node edge tokens, a `NODE_ID SHARD TOKEN` line each: a node may then subscribe and "
+            "forward as its own node id and shards only (empty: the shared edge token, identities not "
+            "enforced)",
+            flag="--node-tokens-file",
+            metavar="FILE",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +167,35 @@ class SyncConfig:
         default=5.0,
         metadata=meta("seconds between heartbeats to edges", min=0.05, flag="--heartbeat", metavar="SECONDS"),
     )
+    max_streams: int = field(
+        default=_LIMITS.max_streams,
+        metadata=meta(
+            "Subscribe streams open at once, in all (each holds a thread; over it: RESOURCE_EXHAUSTED)",
+            min=1,
+            max=100_000,
+            flag="--max-streams",
+            metavar="N",
+        ),
+    )
+    max_streams_per_token: int = field(
+        default=_LIMITS.max_streams_per_token,
+        metadata=meta(
+            "Subscribe streams open at once per per-node token (the shared edge token: only max_streams)",
+            min=1,
+            flag="--max-streams-per-token",
+            metavar="N",
+        ),
+    )
+    write_timeout_seconds: float = field(
+        default=DEFAULT_WRITE_TIMEOUT_SECONDS,
+        metadata=meta(
+            "close a stream whose edge has not taken its next message for this long (frees its thread "
+            "and snapshot slot; the edge reconnects)",
+            min=0.5,
+            flag="--write-timeout",
+            metavar="SECONDS",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +208,38 @@ class EventsConfig:
             min=0,
             flag="--retain-events",
             metavar="DURATION",
+        ),
+    )
+    max_forward_calls: int = field(
+        default=_LIMITS.max_forward_calls,
+        metadata=meta(
+            "Forward calls running or waiting at once, from all edges (over it: RESOURCE_EXHAUSTED)",
+            min=1,
+            flag="--max-forward-calls",
+            metavar="N",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    expire_after: timedelta = field(
+        default=timedelta(milliseconds=DEFAULT_EXPIRE_AFTER_MS),
+        metadata=meta(
+            "drop an edge from status once it is disconnected and unheard of for this long (e.g. 7d; "
+            "0 keeps it)",
+            min=0,
+            flag="--fleet-expire-after",
+            metavar="DURATION",
+        ),
+    )
+    max_entries: int = field(
+        default=DEFAULT_MAX_ENTRIES,
+        metadata=meta(
+            "edges kept in status at most; past it a new one drops the disconnected edge unheard of longest",
+            min=1,
+            flag="--fleet-max-entries",
+            metavar="N",
         ),
     )
 
@@ -207,6 +283,7 @@ class ControlConfig:
     tls: TlsConfig
     sync: SyncConfig
     events: EventsConfig
+    fleet: FleetConfig
     bandits: BanditsConfig
     log: LogConfig
 

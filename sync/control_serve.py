@@ -10,12 +10,11 @@ import os
 import signal
 import sys
 import threading
-from concurrent import futures
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from types import FrameType
-from typing import Final
+from typing import Any, Final
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -23,9 +22,13 @@ from edgewise.config import DurationError
 from edgewise.config import duration_ms as config_duration_ms
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.logs import configure_logging
+from edgewise.sync.admission import EdgeAdmission, EdgeLimits, control_grpc_server
 from edgewise.sync.auth import (
     EDGE_TOKEN_ENV,
     OPS_TOKEN_ENV,
+    NodeIdentity,
+    TokenAuth,
+    load_node_tokens,
     load_token,
     make_interceptors,
     server_credentials,
@@ -58,7 +61,10 @@ came from (docs/operations.md lists the keys). A wrong value stops the start wit
 the key and its source.
 
 Tokens: edges present the edge token, ops the ops token (`authorization: Bearer ...`); an edge token can
-only subscribe. Without any token, authentication is off (a warning is logged): use that on loopback only.
+only subscribe and forward. With --node-tokens-file each edge has a token of its own, bound to its node
+id and shards; with the shared edge token any holder can act as any node (a warning is logged). Without
+any token, authentication is off (a warning is logged): use that on loopback only. The health service
+answers without a token.
 
 examples:
   edgewise control serve --data /var/lib/edgewise-control --listen 0.0.0.0:50061 \\
@@ -79,6 +85,16 @@ def duration_ms(text: str) -> int:
         return config_duration_ms(text)
     except DurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _node_key(auth: TokenAuth | None) -> Callable[[Iterable[Any] | None], str | None]:
+    """The node id of a call's per-node token (its streams count against sync.max_streams_per_token)."""
+
+    def key_of(metadata: Iterable[Any] | None) -> str | None:
+        identity = auth.identity(metadata) if auth is not None else None
+        return identity.node_id if identity is not None else None
+
+    return key_of
 
 
 # --- control serve -----------------------------------------------------------------------------------
@@ -102,6 +118,12 @@ def run_control_serve(args: argparse.Namespace) -> int:
         ops_token = load_token(
             None, str(config.auth.ops_token_file) if config.auth.ops_token_file else None, OPS_TOKEN_ENV
         )
+        node_tokens: dict[str, NodeIdentity] = (
+            load_node_tokens(config.auth.node_tokens_file) if config.auth.node_tokens_file else {}
+        )
+        interceptors = make_interceptors(
+            [edge_token] if edge_token else [], [ops_token] if ops_token else [], node_tokens
+        )
         credentials = (
             server_credentials(str(tls.cert), str(tls.key), str(tls.ca) if tls.ca else None)
             if tls.cert
@@ -116,16 +138,33 @@ def run_control_serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ControlStoreError) as exc:
         print(f"edgewise control serve: {exc}", file=sys.stderr)
         return 2
-    if edge_token is None and ops_token is None:
+    if not interceptors:
         log.warning("auth_off", extra={"error": "no edge or ops token configured: every caller is trusted"})
     elif ops_token is None:
         log.warning("ops_disabled", extra={"error": "no ops token configured: nobody can push"})
+    if edge_token is not None and not node_tokens:
+        log.warning(
+            "node_identity_off",
+            extra={
+                "error": "no per-node tokens (auth.node_tokens_file): any holder of the edge token can "
+                "subscribe and forward as any node, to any shard"
+            },
+        )
+    elif node_tokens and edge_token is not None:
+        log.warning(
+            "node_identity_partial",
+            extra={
+                "error": f"{len(node_tokens)} per-node tokens, and the shared edge token is still accepted: "
+                "its holders can act as any node; remove it once every edge has its own token"
+            },
+        )
     try:
         events = EventStore(data.dir / "events", map_size=data.map_size_mb << 20)
     except EventStoreError as exc:
         print(f"edgewise control serve: {exc}", file=sys.stderr)
         store.close()
         return 2
+    auth = next((i for i in interceptors if isinstance(i, TokenAuth)), None)
     service = ControlPlaneService(
         store,
         max_snapshots=config.sync.max_snapshots,
@@ -137,12 +176,23 @@ def run_control_serve(args: argparse.Namespace) -> int:
             every_seconds=config.bandits.every_seconds,
         ),
         retain_events_ms=config.events.retain // timedelta(milliseconds=1),
+        write_timeout_seconds=config.sync.write_timeout_seconds,
+        fleet_expire_after_ms=config.fleet.expire_after // timedelta(milliseconds=1),
+        fleet_max_entries=config.fleet.max_entries,
+        identity_of=auth.identity if auth is not None else None,
     )
-    interceptors = make_interceptors([edge_token] if edge_token else [], [ops_token] if ops_token else [])
+    admission = EdgeAdmission(
+        EdgeLimits(
+            max_streams=config.sync.max_streams,
+            max_streams_per_token=config.sync.max_streams_per_token,
+            max_forward_calls=config.events.max_forward_calls,
+        ),
+        key_of=_node_key(auth),
+    )
     listen, ready_file = config.server.listen, config.server.ready_file
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="control"),
-        interceptors=interceptors,
+    server = control_grpc_server(
+        admission,
+        interceptors,
         options=(
             ("grpc.max_receive_message_length", 8 << 20),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -188,6 +238,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
     log.info("control_stopping")
     health_servicer.enter_graceful_shutdown()
     server.stop(2.0).wait(5.0)
+    admission.shutdown()
     service.stop_background()
     store.close()
     events.close()

@@ -5,8 +5,13 @@ the work.
 and heartbeats into the fleet on a thread of its own, and streams what the fan-out (`sync/fanout.py`)
 sends it: deltas after its version from the commit cache (`sync/commit_cache.py`), or a full snapshot
 first; an edge over the cap on concurrent full snapshots gets RESOURCE_EXHAUSTED and retries with
-backoff. `Status` and `ForgetStatus` read the fleet. Callers' roles (edge or ops token) are checked by the
-interceptors of `sync/auth.py` before any method here runs.
+backoff. A stream whose edge stops reading is cancelled after `write_timeout_seconds` (`sync/stalls.py`).
+The fleet records only versions the edge can have: a hello's version counts when it is of this store's
+lineage and not ahead of the head, a heartbeat's or ACK's when it is not ahead of the head (and, for a
+heartbeat, once the stream's lineage is known to match). `Status` and `ForgetStatus` read the fleet.
+Callers' roles (edge or ops token) are checked by the interceptors of `sync/auth.py` before any method here
+runs; a caller with a per-node identity (`identity_of`) may subscribe and forward as its own node id only,
+to one of its shards (PERMISSION_DENIED otherwise).
 
 `Push` takes a bundle directory (validated whole with `load_bundle`) or a delta file (validated whole
 against the current state with `parse_delta`) and commits it in one transaction; a refused push changes
@@ -22,10 +27,10 @@ import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
 import grpc
 import msgpack
@@ -34,6 +39,7 @@ from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
 from edgewise.core.records import Activity, decode_profile, encode_profile
 from edgewise.core.rules import compile_rules
+from edgewise.sync.auth import NodeIdentity, identity_refusal
 from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
@@ -43,8 +49,9 @@ from edgewise.sync.control_store import ControlStore, ControlStoreError, RecordC
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, forwarded_keys
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
-from edgewise.sync.fleet import EdgeEntry, Fleet
+from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES, EdgeEntry, Fleet
 from edgewise.sync.shard import Shard, ShardError
+from edgewise.sync.stalls import DEFAULT_WRITE_TIMEOUT_SECONDS, StallWatch
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
@@ -76,10 +83,16 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         events: EventStore | None = None,
         bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
         retain_events_ms: int = DEFAULT_RETAIN_MS,
+        write_timeout_seconds: float = DEFAULT_WRITE_TIMEOUT_SECONDS,
+        fleet_expire_after_ms: int = DEFAULT_EXPIRE_AFTER_MS,
+        fleet_max_entries: int = DEFAULT_MAX_ENTRIES,
+        identity_of: Callable[[Iterable[Any] | None], NodeIdentity | None] | None = None,
     ) -> None:
         self.store = store
         self.events = events
-        self.fleet = Fleet()
+        self.fleet = Fleet(expire_after_ms=fleet_expire_after_ms, max_entries=fleet_max_entries)
+        self.stalls = StallWatch(write_timeout_seconds)
+        self._identity_of = identity_of  # a call's per-node identity (TokenAuth.identity), if any
         self.cache = CommitCache(store, chunk_bytes=chunk_bytes, budget_bytes=cache_bytes)
         self.fanout = Fanout(
             self.cache, self.fleet, max_snapshots=max_snapshots, heartbeat_seconds=heartbeat_seconds
@@ -115,6 +128,11 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
     # --- subscriptions -------------------------------------------------------------------------------
 
+    def _identity(self, context: grpc.ServicerContext) -> NodeIdentity | None:
+        if self._identity_of is None:
+            return None
+        return self._identity_of(context.invocation_metadata())
+
     def Subscribe(
         self, request_iterator: Iterator[sync_pb2.SubscribeRequest], context: grpc.ServicerContext
     ) -> Iterator[sync_pb2.SyncMessage]:
@@ -128,7 +146,15 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             shard = Shard.from_proto(hello.shard)
         except ShardError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.shard: {exc}")
-        entry = self.fleet.connect(hello.node_id, shard.text(), context.peer(), hello.last_version)
+        refusal = identity_refusal(self._identity(context), hello.node_id, shard)
+        if refusal is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"hello: {refusal}")
+        # The version the edge says it has counts only if it can have it: of this store's lineage, not
+        # ahead of the head (else it is getting a full snapshot and has nothing of this store yet).
+        ours = hello.lineage == self.store.lineage and hello.last_version <= self.store.head_version()
+        entry = self.fleet.connect(
+            hello.node_id, shard.text(), context.peer(), hello.last_version if ours else 0
+        )
         stream = entry.stream
         log.info(
             "edge_subscribed",
@@ -136,26 +162,57 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         )
         reader = threading.Thread(
             target=self._read_requests,
-            args=(request_iterator, entry),
+            args=(request_iterator, entry, ours),
             name=f"sub-{hello.node_id}",
             daemon=True,
         )
         reader.start()
+        messages = self.fanout.stream(entry, shard, hello.last_version, hello.lineage, context.is_active)
+        watched = self.stalls.watch(context, hello.node_id)
         try:
-            yield from self.fanout.stream(entry, shard, hello.last_version, hello.lineage, context.is_active)
+            for message in messages:
+                watched.sending()  # until gRPC asks for the next message: the edge took this one
+                yield message
+                watched.sent()
         except SnapshotsBusy as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         finally:
+            messages.close()  # a stream cut mid-snapshot frees its snapshot slot now
+            self.stalls.unwatch(watched)
             self.fleet.disconnect(entry, stream)
             log.info("edge_unsubscribed", extra={"node": hello.node_id})
 
-    def _read_requests(self, requests: Iterator[sync_pb2.SubscribeRequest], entry: EdgeEntry) -> None:
-        """The edge's side of its subscription, into the fleet; a NACK wakes its stream."""
+    def _read_requests(
+        self, requests: Iterator[sync_pb2.SubscribeRequest], entry: EdgeEntry, lineage_known: bool
+    ) -> None:
+        """The edge's side of its subscription, into the fleet; a NACK wakes its stream.
+
+        A version ahead of the head is never recorded (no edge can have it: a caller making it up would
+        show as having applied forgets it has not); a heartbeat's version only once the edge is known to
+        hold this store's lineage (`lineage_known`: its hello said so, or it ACKed a commit since)."""
+        warned = False
         try:
             for request in requests:
                 kind = request.WhichOneof("kind")
-                if kind == "ack":
-                    self.fleet.ack(entry, request.ack.version)
+                if kind in ("ack", "heartbeat"):
+                    version = request.ack.version if kind == "ack" else request.heartbeat.version
+                    head = self.store.head_version()
+                    if version > head and not warned and (lineage_known or kind == "ack"):
+                        # An edge of another lineage reports its old version until its snapshot is
+                        # applied; anything else ahead is made up. Logged once per stream.
+                        warned = True
+                        log.warning(
+                            "edge_version_ahead",
+                            extra={"node": entry.node_id, "kind": kind, "version": version, "head": head},
+                        )
+                    if kind == "ack" and version <= head:
+                        lineage_known = True
+                        self.fleet.ack(entry, version)
+                    elif kind == "heartbeat":
+                        known = lineage_known and version <= head
+                        self.fleet.heartbeat(entry, version if known else None, request.heartbeat.state)
+                    else:
+                        self.fleet.seen(entry)
                 elif kind == "nack":
                     self.fleet.nack(entry, request.nack.version, request.nack.error)
                     log.warning(
@@ -167,8 +224,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         },
                     )
                     self._notify()
-                elif kind == "heartbeat":
-                    self.fleet.heartbeat(entry, request.heartbeat.version, request.heartbeat.state)
                 else:
                     self.fleet.seen(entry)
         except grpc.RpcError:
@@ -402,6 +457,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this control plane does not store events")
         if not request.node_id or len(request.node_id) > 128:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id must be 1-128 characters")
+        refusal = identity_refusal(self._identity(context), request.node_id, None)
+        if refusal is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node_id: {refusal}")
         if len(request.records) > MAX_FORWARD_RECORDS:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from tls_certs import Certs, make_certs, tls_certs  # noqa: F401 (tls_certs is a fixture)
 
 from edgewise.logs import JsonFormatter
@@ -26,6 +29,7 @@ from edgewise.sync.auth import (
     open_channel,
     server_credentials,
 )
+from edgewise.sync.log_limit import LogLimiter
 from edgewise.v1 import sync_pb2 as pb
 from edgewise.v1 import sync_pb2_grpc as pb_grpc
 
@@ -417,3 +421,88 @@ def test_tls_file_errors_name_the_file(tls_certs: Certs, tmp_path: Path) -> None
     with pytest.raises(AuthError, match="needs a CA"):
         open_channel("127.0.0.1:1", cert=cert, key=key)
     assert isinstance(auth.channel_credentials(None, None, None), grpc.ChannelCredentials)
+
+
+# --- refusals are rate limited; the health service is public (issue 16, item 12) --------------------------
+
+
+def test_refused_calls_are_logged_at_most_once_a_second_per_code(
+    authed: Server, stub: pb_grpc.ControlPlaneStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    for _ in range(30):
+        assert rpc_error(status, stub, WRONG_TOKEN).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert rpc_error(push, stub, EDGE_TOKEN).code() == grpc.StatusCode.PERMISSION_DENIED  # another code
+    lines = [r for r in caplog.records if r.getMessage() == "call_refused"]
+    by_code = {
+        code: [r for r in lines if getattr(r, "code", "") == code]
+        for code in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+    }
+    assert 1 <= len(by_code["UNAUTHENTICATED"]) <= 3  # one a second; the 30 calls take well under that
+    assert len(by_code["PERMISSION_DENIED"]) == 1
+    time.sleep(1.1)
+    assert rpc_error(status, stub, None).code() == grpc.StatusCode.UNAUTHENTICATED
+    lines = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "call_refused" and getattr(r, "code", "") == "UNAUTHENTICATED"
+    ]
+    # every refusal is accounted for: a line, or counted as suppressed in the next line
+    assert sum(1 + getattr(r, "suppressed", 0) for r in lines) == 31
+    assert getattr(lines[-1], "error", "") == "missing bearer token"
+
+
+def test_log_limiter_counts_what_it_leaves_out() -> None:
+    now = [100.0]
+    logger = logging.getLogger("test_log_limiter")
+    limiter = LogLimiter(logger, 1.0, clock=lambda: now[0])
+    assert limiter.take("a") == 0
+    assert limiter.take("a") is None and limiter.take("a") is None
+    assert limiter.take("b") == 0  # keys are independent
+    now[0] += 1.0
+    assert limiter.take("a") == 2
+    assert limiter.take("a") is None
+
+
+def test_health_answers_without_a_token_reflection_needs_the_ops_token() -> None:
+    health_servicer = health.HealthServicer()
+    # the health and reflection services, added as `edgewise control serve` adds them
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=make_interceptors([EDGE_TOKEN], [OPS_TOKEN])
+    )
+    try:
+        pb_grpc.add_ControlPlaneServicer_to_server(FakeControlPlane(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((auth.CONTROL_PLANE_SERVICE, reflection.SERVICE_NAME), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        health_servicer.set(auth.CONTROL_PLANE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            probe = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=auth.CONTROL_PLANE_SERVICE)
+            assert probe.Check(request, timeout=TIMEOUT).status == health_pb2.HealthCheckResponse.SERVING
+            watch = probe.Watch(request, timeout=TIMEOUT)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+            # everything else still needs a token
+            assert (
+                rpc_error(status, pb_grpc.ControlPlaneStub(channel), None).code()
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+
+            def services(metadata: tuple[tuple[str, str], ...]) -> list[str]:
+                replies = reflect.ServerReflectionInfo(iter([ask]), timeout=TIMEOUT, metadata=metadata)
+                return [s.name for r in replies for s in r.list_services_response.service]
+
+            for token, code in (
+                (None, grpc.StatusCode.UNAUTHENTICATED),
+                (EDGE_TOKEN, grpc.StatusCode.PERMISSION_DENIED),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    services(bearer_metadata(token))
+                assert refused.value.code() == code
+            assert auth.CONTROL_PLANE_SERVICE in services(bearer_metadata(OPS_TOKEN))
+    finally:
+        server.stop(None)

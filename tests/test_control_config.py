@@ -53,6 +53,14 @@ FLAG_DEFAULTS = {
     "--bandit-every-rewards": ("bandits.every_rewards", 100),
     "--bandit-every-seconds": ("bandits.every_seconds", 60.0),
     "--log-level": ("log.level", "info"),
+    # added since (issue 16: per-node tokens, bounds on edge calls, fleet expiry)
+    "--node-tokens-file": ("auth.node_tokens_file", None),
+    "--max-streams": ("sync.max_streams", 256),
+    "--max-streams-per-token": ("sync.max_streams_per_token", 4),
+    "--write-timeout": ("sync.write_timeout_seconds", 60.0),
+    "--max-forward-calls": ("events.max_forward_calls", 64),
+    "--fleet-expire-after": ("fleet.expire_after", timedelta(days=7)),
+    "--fleet-max-entries": ("fleet.max_entries", 10_000),
 }
 
 

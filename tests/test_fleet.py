@@ -89,3 +89,62 @@ def test_edges_are_sorted_copies() -> None:
     rows[0].applied_version = 99
     rows[0].connected = False
     assert fleet.edges()[0].applied_version == 1 and fleet.edges()[0].connected
+
+
+class Clock:
+    """Wall-clock milliseconds a test moves on by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_edges_gone_for_longer_than_the_expiry_are_dropped_connected_ones_never() -> None:
+    clock = Clock()
+    fleet = Fleet(expire_after_ms=60_000, clock=clock)
+    gone = fleet.connect("gone", "all", "p", 3)
+    fleet.disconnect(gone, gone.stream)
+    fleet.forwarded("forward-only", 2)
+    silent = fleet.connect("silent-but-connected", "all", "p", 3)
+    clock.now += 30_000
+    back = fleet.connect("back", "all", "p", 3)
+    fleet.disconnect(back, back.stream)
+    clock.now += 40_000  # 70 s after the first three were heard of, 40 s after "back"
+    assert [e.node_id for e in fleet.edges()] == ["back", "silent-but-connected"]
+    fleet.disconnect(silent, silent.stream)
+    clock.now += 30_000
+    assert fleet.edges() == []
+    # a node that comes back gets a fresh entry
+    fleet.connect("gone", "all", "p", 5)
+    assert [(e.node_id, e.applied_version) for e in fleet.edges()] == [("gone", 5)]
+
+
+def test_an_expiry_of_zero_keeps_every_entry() -> None:
+    clock = Clock()
+    fleet = Fleet(expire_after_ms=0, clock=clock)
+    fleet.forwarded("e1", 1)
+    clock.now += 10**12
+    assert [e.node_id for e in fleet.edges()] == ["e1"]
+
+
+def test_past_the_cap_a_new_entry_drops_the_disconnected_one_heard_of_longest_ago() -> None:
+    clock = Clock()
+    fleet = Fleet(max_entries=3, clock=clock)
+    connected = fleet.connect("connected", "all", "p", 1)
+    for name in ("a", "b"):
+        clock.now += 1
+        fleet.forwarded(name, 1)
+    clock.now += 1
+    fleet.seen(connected)
+    fleet.forwarded("a", 1)  # heard of again: now b is the longest gone
+    fleet.forwarded("c", 1)
+    assert [e.node_id for e in fleet.edges()] == ["a", "c", "connected"]
+    fleet.forwarded("d", 1)
+    assert [e.node_id for e in fleet.edges()] == ["c", "connected", "d"]
+    # only connected entries left to drop: the registry holds them all beyond the cap
+    full = Fleet(max_entries=2, clock=clock)
+    for name in ("x", "y", "z"):
+        full.connect(name, "all", "p", 1)
+    assert [e.node_id for e in full.edges()] == ["x", "y", "z"]
