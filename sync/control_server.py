@@ -22,6 +22,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,7 @@ import msgpack
 
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
+from edgewise.core.forwarded import ForwardedRecordError, check_forwarded
 from edgewise.core.records import Activity, decode_profile, encode_profile
 from edgewise.core.rules import compile_rules
 from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE
@@ -41,7 +43,7 @@ from edgewise.sync.commit_cache import CommitCache, commit_proto
 from edgewise.sync.control_jobs import ControlJobs
 from edgewise.sync.control_store import ControlStore, ControlStoreError, RecordChange
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
-from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, forwarded_keys
+from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
 from edgewise.sync.fleet import EdgeEntry, Fleet
 from edgewise.sync.shard import Shard, ShardError
@@ -342,9 +344,15 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 by=request.by,
                 confidence=request.confidence or 0.95,
                 bucket_ms=request.bucket_ms or None,
+                now_ms=time.time_ns() // 1_000_000,
             )
         except ReportError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if report.skipped:
+            log.warning(
+                "forwarded_records_skipped",
+                extra={"consumer": "report", "experiment": request.experiment, "skipped": report.skipped},
+            )
         return sync_pb2.ReportReply(json=json.dumps(report_document(report)))
 
     def Forget(self, request: sync_pb2.ForgetRequest, context: grpc.ServicerContext) -> sync_pb2.ForgetReply:
@@ -409,23 +417,25 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             )
         checked: list[tuple[str, str, bytes]] = []  # (kind, id, payload): each payload decoded once
         users: list[str] = []
-        rejected = 0
+        rejected: list[tuple[int, str]] = []  # (seq, problem)
+        now_ms = time.time_ns() // 1_000_000
         for record in request.records:
-            # A record that can never be stored is acknowledged and dropped, with a log line: refusing
-            # the whole call would have the edge send it again forever, its outbox stuck behind it.
+            # A record that can never be used is acknowledged and dropped, with a log line: refusing the
+            # whole call would have the edge send it again forever, its outbox stuck behind it. Checked in
+            # full (core/forwarded.py), so nothing stored can stop the jobs that read the events.
             try:
-                if record.kind not in ("event", "exposure"):
-                    raise ValueError(f"kind {record.kind!r} is not event or exposure")
-                event_id, user = forwarded_keys(record.payload)
-            except ValueError as exc:
-                rejected += 1
-                log.warning(
-                    "forward_record_rejected",
-                    extra={"node": request.node_id, "seq": record.seq, "error": str(exc)},
-                )
+                keys = check_forwarded(record.kind, record.payload, now_ms)
+            except ForwardedRecordError as exc:
+                rejected.append((record.seq, str(exc)))
                 continue
-            checked.append((record.kind, event_id, record.payload))
-            users.append(user)
+            checked.append((record.kind, keys.event_id, record.payload))
+            users.append(keys.user_id)
+        if rejected:
+            seq, problem = rejected[0]
+            log.warning(
+                "forward_record_rejected",
+                extra={"node": request.node_id, "records": len(rejected), "seq": seq, "error": problem},
+            )
         try:
             # Records of forgotten users are dropped, not stored again: an edge that has not applied the
             # forget yet still forwards what it queued. Under the forget lock, so a forget in progress
@@ -443,7 +453,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             accepted=result.accepted,
             duplicates=result.duplicates,
             forgotten=len(checked) - len(kept),
-            rejected=rejected,
+            rejected=len(rejected),
         )
 
 
@@ -459,6 +469,7 @@ def report_document(report: ExperimentReport) -> dict[str, object]:
         "outcomes": report.outcomes,
         "attributed": report.attributed,
         "mixed_units": report.mixed_units,
+        "skipped": report.skipped,
         "srm": {
             "chi2": report.overall.srm.chi2,
             "p_value": report.overall.srm.p_value,

@@ -38,6 +38,7 @@ def served(tmp_path: Path) -> Iterator[tuple[ControlStore, str]]:
 
 
 _DONE = threading.Event()
+TS = 1_750_000_000_000  # an event time Track accepts (Unix ms, after 2000)
 
 
 def _hello(node: str, version: int = 0, lineage: str = "") -> Iterator[sync_pb2.SubscribeRequest]:
@@ -120,7 +121,7 @@ def test_records_of_a_forgotten_user_forwarded_after_the_forget_are_dropped(tmp_
             sync_pb2.OutboxRecord(
                 seq=first_seq + n,
                 kind="event",
-                payload=Event(f"{tag}-{n}", "view", user, "", "i1", "", "", 0.0, 1_000).encode(),
+                payload=Event(f"{tag}-{n}", "view", user, "", "i1", "", "", 0.0, TS).encode(),
             )
             for n, user in enumerate(users)
         ]
@@ -188,7 +189,7 @@ def test_a_record_that_can_never_be_stored_is_acked_and_dropped_not_refused_fore
     sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store, events=events), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    good = Event("g1", "view", "u1", "", "i1", "", "", 0.0, 1_000).encode()
+    good = Event("g1", "view", "u1", "", "i1", "", "", 0.0, TS).encode()
     records = [
         sync_pb2.OutboxRecord(seq=1, kind="event", payload=b"\xc1 not msgpack"),
         sync_pb2.OutboxRecord(seq=2, kind="event", payload=good),
