@@ -17,16 +17,17 @@ into profiles, learn bandit posteriors from them and expire old ones.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Final
+from pathlib import Path
+from typing import BinaryIO, Final, NoReturn
 
 import grpc
 import msgpack
@@ -46,6 +47,7 @@ from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
 from edgewise.sync.fleet import EdgeEntry, Fleet
+from edgewise.sync.push_staging import PushLayout, clean_staging
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 _MAX_PUSH_BYTES: Final = 64 << 30
+STAGING_DIR: Final = "push-staging"
 MAX_FORWARD_RECORDS: Final = 5000
 FORGET_STATUS_DEFAULT: Final = 100
 FORGET_STATUS_MAX: Final = 1_000  # users per ForgetStatus reply (each lists every edge)
@@ -78,8 +81,13 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         events: EventStore | None = None,
         bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
         retain_events_ms: int = DEFAULT_RETAIN_MS,
+        staging_dir: Path | None = None,
     ) -> None:
         self.store = store
+        # Pushes are received into a directory of their own under here (the control plane's data directory
+        # by default: room for a large push, and nobody else's); what a killed process left is removed now.
+        self.staging_root = staging_dir if staging_dir is not None else store.path / STAGING_DIR
+        clean_staging(self.staging_root)
         self.events = events
         self.fleet = Fleet()
         self.cache = CommitCache(store, chunk_bytes=chunk_bytes, budget_bytes=cache_bytes)
@@ -192,9 +200,16 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def Push(
         self, request_iterator: Iterator[sync_pb2.PushChunk], context: grpc.ServicerContext
     ) -> sync_pb2.PushReply:
-        staging = Path(tempfile.mkdtemp(prefix="edgewise-push-"))
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="push-", dir=self.staging_root))
+
+        def refuse(code: grpc.StatusCode, message: str) -> NoReturn:
+            # The staging directory is the server's business: a message names the pushed files only.
+            context.abort(code, message.replace(f"{staging}/", "").replace(str(staging), "the push"))
+            raise AssertionError("context.abort returned")  # it raises; this tells the type checker
+
         try:
-            kind, description, files = self._receive(request_iterator, staging, context)
+            kind, description, files = self._receive(request_iterator, staging, refuse)
             with self._push_lock:
                 try:
                     if kind == sync_pb2.PUSH_KIND_BUNDLE:
@@ -210,9 +225,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         )
                     else:
                         if len(files) != 1:
-                            context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file"
-                            )
+                            refuse(grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file")
                         name = files[0]
                         with self.store.read() as view:
                             text = (staging / name).read_text(encoding="utf-8")
@@ -220,13 +233,19 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         info = self.store.commit(changes, kind="delta", description=description or name)
                         summary = f"delta {name}: {len(changes)} changes"
                 except BundleError as exc:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
+                    refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
                 except UnicodeDecodeError as exc:
-                    context.abort(
+                    refuse(
                         grpc.StatusCode.INVALID_ARGUMENT, f"push refused: the delta file is not UTF-8: {exc}"
                     )
+                except OSError as exc:  # a pushed file that cannot be read as the bundle needs it
+                    where = Path(exc.filename).name if exc.filename else "a pushed file"
+                    refuse(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"push refused, nothing changed: {where}: {exc.strerror or exc}",
+                    )
                 except ControlStoreError as exc:
-                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+                    refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._notify()
@@ -241,11 +260,15 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         return sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
 
     def _receive(
-        self, chunks: Iterator[sync_pb2.PushChunk], staging: Path, context: grpc.ServicerContext
+        self,
+        chunks: Iterator[sync_pb2.PushChunk],
+        staging: Path,
+        refuse: Callable[[grpc.StatusCode, str], NoReturn],
     ) -> tuple[int, str, list[str]]:
         kind = sync_pb2.PUSH_KIND_UNSPECIFIED
         description = ""
         files: list[str] = []
+        layout = PushLayout()
         total = 0
         handle: BinaryIO | None = None  # the file being written: files[-1]
         try:
@@ -254,29 +277,35 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     kind = chunk.kind
                     description = chunk.description[:500]
                     if kind not in (sync_pb2.PUSH_KIND_BUNDLE, sync_pb2.PUSH_KIND_DELTA):
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first push chunk must set kind")
-                rel = PurePosixPath(chunk.path)
-                if not chunk.path or rel.is_absolute() or ".." in rel.parts or len(chunk.path) > 512:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad file path in push: {chunk.path!r}")
+                        refuse(grpc.StatusCode.INVALID_ARGUMENT, "the first push chunk must set kind")
                 total += len(chunk.data)
                 if total > _MAX_PUSH_BYTES:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "push larger than 64 GiB")
+                    refuse(grpc.StatusCode.INVALID_ARGUMENT, "push larger than 64 GiB")
                 if not files or files[-1] != chunk.path:
-                    if chunk.path in files:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"file {chunk.path} sent twice")
+                    problem = layout.add(chunk.path)
+                    if problem is not None:
+                        refuse(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"bad file path in push: {chunk.path[:200]!r}: {problem}",
+                        )
                     if handle is not None:
                         handle.close()
-                    target = staging / rel
+                    target = staging / chunk.path
                     target.parent.mkdir(parents=True, exist_ok=True)
                     handle = target.open("wb")
                     files.append(chunk.path)
                 assert handle is not None
                 handle.write(chunk.data)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, "no room on the control plane to stage the push")
+            log.error("push_staging_failed", extra={"error": repr(exc)})
+            refuse(grpc.StatusCode.INTERNAL, f"staging the push failed: {exc.strerror or exc}")
         finally:
             if handle is not None:
                 handle.close()
         if not files:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty push")
+            refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty push")
         return kind, description, files
 
     def Rollback(
