@@ -207,3 +207,45 @@ def test_a_record_that_can_never_be_stored_is_acked_and_dropped_not_refused_fore
         server.stop(0).wait()
         events.close()
         store.close()
+
+
+def test_history_shows_each_commits_number_of_changes(tmp_path: Path) -> None:
+    from edgewise.client import ControlClient
+
+    store = ControlStore(tmp_path / "control")
+    store.commit(
+        [RecordChange("profiles", f"u{n}", b"\x80") for n in range(3)], kind="delta", description="three"
+    )
+    store.commit([RecordChange("profiles", "u0", None)], kind="delta", description="one")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ControlClient(f"127.0.0.1:{port}", timeout=10) as client:
+            history = client.history()
+        assert [(c.description, c.changes) for c in history.commits] == [("one", 1), ("three", 3)]
+    finally:
+        server.stop(0).wait()
+        store.close()
+
+
+@pytest.mark.slow
+def test_ctl_history_prints_each_commits_number_of_changes(tmp_path: Path) -> None:
+    from tests.sync_support import ctl
+
+    store = ControlStore(tmp_path / "control")
+    store.commit(
+        [RecordChange("profiles", f"u{n}", b"\x80") for n in range(3)], kind="delta", description="three"
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        out = ctl(f"127.0.0.1:{port}", "history").stdout.splitlines()
+        row = next(line for line in out if line.rstrip().endswith("three"))
+        assert row.split()[:3] == ["3", "delta", "3"], out
+    finally:
+        server.stop(0).wait()
+        store.close()
