@@ -204,8 +204,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         staging = Path(tempfile.mkdtemp(prefix="push-", dir=self.staging_root))
 
         def refuse(code: grpc.StatusCode, message: str) -> NoReturn:
-            # The staging directory is the server's business: a message names the pushed files only.
-            context.abort(code, message.replace(f"{staging}/", "").replace(str(staging), "the push"))
+            # Server paths are the server's business: a message names the pushed files only.
+            public = message.replace(f"{staging}/", "").replace(str(staging), "the push")
+            context.abort(code, public.replace(str(self.store.path), "the control plane's data directory"))
             raise AssertionError("context.abort returned")  # it raises; this tells the type checker
 
         try:

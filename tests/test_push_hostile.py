@@ -142,3 +142,23 @@ def test_a_push_staged_when_the_control_plane_was_killed_is_removed_at_the_next_
     assert _staged(tmp_path, data) == []
     cleaned = [e for e in again.log_events() if e.get("event") == "push_staging_cleaned"]
     assert len(cleaned) == 1 and cleaned[0]["entries"] == len(left)
+
+
+def test_a_push_the_control_store_has_no_room_for_names_no_server_path(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    from edgewise.client import ClientError, ControlClient
+
+    store = ControlStore(tmp_path / "control", map_size=256 << 10)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ControlClient(f"127.0.0.1:{port}", timeout=30) as client, pytest.raises(ClientError) as refused:
+            client.push(bundle_dir)
+        assert "full" in str(refused.value)
+        _no_server_path(str(refused.value), tmp_path)
+    finally:
+        server.stop(0).wait()
+        store.close()
