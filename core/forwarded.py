@@ -131,13 +131,20 @@ def _problem(doc: Mapping[Any, Any], *, earliest: int, latest: int, strict: bool
         problem = _key_size(name, value)
         if problem is not None:
             return problem
-    fields = _EXPOSURE_FIELDS if doc.get("k") == EXPOSURE_KIND else _EVENT_FIELDS
-    for name, check in fields.items():
-        if name in doc:
-            problem = check(doc[name])
+    exposure = doc.get("k") == EXPOSURE_KIND
+    caps, checks = (_EXPOSURE_STRINGS, _EXPOSURE_CHECKS) if exposure else (_EVENT_STRINGS, _EVENT_CHECKS)
+    for name, value in doc.items():  # one pass over the fields present; strings inline (the most)
+        cap = caps.get(name)
+        if cap is not None:
+            if type(value) is not str or len(value) > cap:
+                return f"{name}: {_string(cap)(value)}"
+            continue
+        check = checks.get(name)
+        if check is not None:
+            problem = check(value)
             if problem is not None:
                 return f"{name}: {problem}"
-    if strict and doc.get("k") != EXPOSURE_KIND:
+    if strict and not exposure:
         if not _EVENT_TYPE.fullmatch(str(doc.get("t", ""))):
             return f"t: {doc.get('t')!r:.70} is not an event type (lowercase, e.g. view, click, purchase)"
         if not doc.get("u") and not doc.get("s"):
@@ -168,9 +175,8 @@ def _strings(value: object) -> str | None:
     if len(value) > MAX_LIST_ENTRIES:
         return f"has {len(value)} entries, more than the cap of {MAX_LIST_ENTRIES}"
     for n, entry in enumerate(value):
-        problem = _ID(entry)
-        if problem is not None:
-            return f"[{n}] {problem}"
+        if type(entry) is not str or len(entry) > MAX_ID_CHARS:
+            return f"[{n}] {_ID(entry)}"
     return None
 
 
@@ -204,31 +210,16 @@ def _version(value: object) -> str | None:
 
 
 _ID: Final = _string(MAX_ID_CHARS)
-_TEXT: Final = _string(MAX_STRING_CHARS)
-_EVENT_FIELDS: Final[Mapping[str, Callable[[object], str | None]]] = {
-    "t": _string(64),
-    "i": _ID,
-    "d": _ID,
-    "p": _ID,
-    "v": _finite,
-    "pz": _flag,
-    "an": _flag,
+_EVENT_STRINGS: Final[Mapping[str, int]] = {"t": 64, "i": MAX_ID_CHARS, "d": MAX_ID_CHARS, "p": MAX_ID_CHARS}
+_EVENT_CHECKS: Final[Mapping[str, Callable[[object], str | None]]] = {"v": _finite, "pz": _flag, "an": _flag}
+_EXPOSURE_STRINGS: Final[Mapping[str, int]] = {
+    **{name: MAX_ID_CHARS for name in ("d", "p", "c", "x", "v", "st", "ct", "bs")},
+    **{name: MAX_STRING_CHARS for name in ("ch", "co", "dv")},
 }
-_EXPOSURE_FIELDS: Final[Mapping[str, Callable[[object], str | None]]] = {
-    "d": _ID,
-    "p": _ID,
-    "c": _ID,
-    "x": _ID,
-    "v": _ID,
+_EXPOSURE_CHECKS: Final[Mapping[str, Callable[[object], str | None]]] = {
     "pr": _propensity,
-    "st": _ID,
     "f": _fallback,
     "i": _strings,
-    "ct": _ID,
-    "ch": _TEXT,
-    "co": _TEXT,
-    "dv": _TEXT,
     "sv": _version,
     "sg": _strings,
-    "bs": _ID,
 }
