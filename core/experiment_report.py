@@ -17,7 +17,8 @@ report --plot` draws. The bucket size is `bucket_ms`, or by default the first of
 hours, 12 hours, 1 day and 1 week that gives at most 100 buckets over the experiment's exposures.
 
 A record the report cannot use (`core/forwarded.record_problem`: a wrong type, a time out of range, bytes
-that did not decode) is skipped and counted in `skipped`; it never fails the report.
+that did not decode; or an exposure to the experiment naming a variant it does not have) is skipped and
+counted in `skipped`; it never fails the report.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class ExperimentReport:
     mixed_units: int
     bucket_ms: int = _HOUR  # the size of the series' time buckets
     series: tuple[SeriesPoint, ...] = ()  # cumulative, per bucket (start, UTC-aligned) and variant
-    skipped: int = 0  # records the report could not use (`core/forwarded.record_problem`)
+    skipped: int = 0  # records the report could not use (`core/forwarded.record_problem`, unknown variants)
 
 
 def bucket_size(first_ms: int, last_ms: int) -> int:
@@ -155,6 +156,9 @@ def experiment_report(
             e = exposure_from_record(r)
             if not e.unit:
                 continue
+            if e.experiment == experiment and e.variant not in weights:
+                skipped += 1  # a variant the experiment does not have (forged, or renamed since)
+                continue
             held = int(r.get("f", 0)) == int(FallbackReason.HOLDOUT)
             all_units[e.unit] = all_units.get(e.unit, False) or held
             exposures.append(e)
@@ -171,9 +175,6 @@ def experiment_report(
         first = variant_of.setdefault(e.unit, e.variant)
         if first != e.variant:
             mixed.add(e.unit)
-    unknown = sorted({v for v in variant_of.values() if v not in weights})
-    if unknown:
-        raise ReportError(f"exposures name variants the experiment does not have: {', '.join(unknown[:5])}")
     wanted = _OUTCOME_OF[metric]
     converted: set[str] = set()
     revenue: dict[str, float] = defaultdict(float)

@@ -553,3 +553,17 @@ def test_the_user_index_of_an_older_store_is_built_past_unreadable_records(tmp_p
         env.close()
     with EventStore(tmp_path / "events", map_size=64 << 20) as reopened:
         assert reopened.forget("fold-me") == 4  # the damaged record is no longer indexed under anyone
+
+
+def test_an_exposure_naming_a_variant_the_experiment_does_not_have_is_skipped_not_fatal() -> None:
+    # One forged exposure (well-formed, so Forward stores it) used to fail every report of the experiment.
+    from edgewise.core.experiment_report import experiment_report
+
+    records = [
+        _exposure("d1", "u1", "hero_test", "control", NOW - 10_000),
+        _exposure("d2", "u2", "hero_test", "treat", NOW - 10_000),
+        _exposure("d3", "u3", "hero_test", "zzz", NOW - 9_000),
+        _event("c1", "u1", t="click", d="d1", p="hero_banner", ts=NOW - 5_000),
+    ]
+    report = experiment_report(records, "hero_test", {"control": 1, "treat": 1}, "ctr")
+    assert (report.exposures, report.attributed, report.skipped) == (2, 1, 1)
