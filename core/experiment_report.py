@@ -15,6 +15,10 @@ conversion and revenue go with it), and `series` is `core/report_stats.time_seri
 per bucket and variant, the cumulative units and the metric with its interval, what `edgewise ctl
 report --plot` draws. The bucket size is `bucket_ms`, or by default the first of 1 hour, 3 hours, 6
 hours, 12 hours, 1 day and 1 week that gives at most 100 buckets over the experiment's exposures.
+
+A record the report cannot use (`core/forwarded.record_problem`: a wrong type, a time out of range, bytes
+that did not decode; or an exposure to the experiment naming a variant it does not have) is skipped and
+counted in `skipped`; it never fails the report.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from edgewise.core.activity import Event
 from edgewise.core.attribution import Exposure, Outcome, attribute
 from edgewise.core.decisions import FallbackReason
 from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
+from edgewise.core.forwarded import latest_ms, record_problem
 from edgewise.core.report_stats import (
     Lift,
     Metric,
@@ -59,6 +64,7 @@ BUCKET_SIZES_MS: Final = (_HOUR, 3 * _HOUR, 6 * _HOUR, 12 * _HOUR, 24 * _HOUR, 7
 MAX_BUCKETS: Final = 100
 MAX_CHOSEN_BUCKETS: Final = 10_000
 """The most buckets a bucket size chosen by the caller may give over the experiment's exposures."""
+_NO_LATER_THAN: Final = 1 << 63  # no bound on a record's time (the report's time not given)
 
 
 class ReportError(ValueError):
@@ -78,6 +84,7 @@ class ExperimentReport:
     mixed_units: int
     bucket_ms: int = _HOUR  # the size of the series' time buckets
     series: tuple[SeriesPoint, ...] = ()  # cumulative, per bucket (start, UTC-aligned) and variant
+    skipped: int = 0  # records the report could not use (`core/forwarded.record_problem`, unknown variants)
 
 
 def bucket_size(first_ms: int, last_ms: int) -> int:
@@ -121,9 +128,12 @@ def experiment_report(
     confidence: float = 0.95,
     seed: int = 0,
     bucket_ms: int | None = None,
+    now_ms: int | None = None,
 ) -> ExperimentReport:
     """`weights`: the experiment's configured variant weights, control first. `bucket_ms`: the size of
-    the series' time buckets (None: chosen from the span of the exposures, see `bucket_size`)."""
+    the series' time buckets (None: chosen from the span of the exposures, see `bucket_size`). `now_ms`:
+    the time of the report; records later than `core/forwarded.latest_ms(now_ms)` are skipped (None: no
+    bound)."""
     if metric not in _OUTCOME_OF:
         raise ReportError(f"metric {metric!r} must be one of {', '.join(_OUTCOME_OF)}")
     if by and by not in DIMENSIONS:
@@ -136,10 +146,18 @@ def experiment_report(
     outcomes: list[Outcome] = []
     slice_of: dict[str, tuple[str, ...]] = {}  # unit -> its first exposure's dimension value(s)
     all_units: dict[str, bool] = {}  # unit -> in the holdout (any exposure of any placement)
+    latest = latest_ms(now_ms) if now_ms is not None else _NO_LATER_THAN
+    skipped = 0
     for r in records:
+        if record_problem(r, latest) is not None:
+            skipped += 1
+            continue
         if r.get("k") == EXPOSURE_KIND:
             e = exposure_from_record(r)
             if not e.unit:
+                continue
+            if e.experiment == experiment and e.variant not in weights:
+                skipped += 1  # a variant the experiment does not have (forged, or renamed since)
                 continue
             held = int(r.get("f", 0)) == int(FallbackReason.HOLDOUT)
             all_units[e.unit] = all_units.get(e.unit, False) or held
@@ -157,9 +175,6 @@ def experiment_report(
         first = variant_of.setdefault(e.unit, e.variant)
         if first != e.variant:
             mixed.add(e.unit)
-    unknown = sorted({v for v in variant_of.values() if v not in weights})
-    if unknown:
-        raise ReportError(f"exposures name variants the experiment does not have: {', '.join(unknown[:5])}")
     wanted = _OUTCOME_OF[metric]
     converted: set[str] = set()
     revenue: dict[str, float] = defaultdict(float)
@@ -242,4 +257,5 @@ def experiment_report(
         mixed_units=len(mixed),
         bucket_ms=size,
         series=tuple(time_series(cells, metric, confidence=confidence, variant_order=list(weights))),
+        skipped=skipped,
     )

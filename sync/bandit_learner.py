@@ -17,6 +17,10 @@ rebuild the memory that attribution and the count-each-once rule need (a late cl
 published before the crash still rewards it, and a reward already published is not counted again).
 Each exposure counts for the posteriors that served it: the segment's named in its record (`bs`), else
 the global ones.
+
+A bandit exposure or a reward event it cannot use (`core/forwarded.record_problem`) is skipped and
+counted (`skipped`, logged as `forwarded_records_skipped`; the re-read at start skips them quietly): its
+position moves past it like past any other record.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from edgewise.core.attribution import Attributor
 from edgewise.core.bandit_learning import BanditStats, LearningSchedule, exposure_id, update_rules_doc
 from edgewise.core.experiment_report import outcome_from_record
 from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
+from edgewise.core.forwarded import UNREADABLE, latest_ms, record_problem
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
+from edgewise.sync.skipped_records import SkippedRecords
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,7 @@ class BanditLearner:
         self.attributor = Attributor()
         self.last_publish: float | None = None
         self.replay = replay
+        self.skipped = SkippedRecords("bandit_learner")
         # The published cursor: the last record read (and counted). The records before it are re-read
         # by the first read or publish (`_resume`, on the learner's thread once started), not here: the
         # control plane starts serving without waiting for them.
@@ -94,7 +101,7 @@ class BanditLearner:
             rows = [r for r in self.events.batch_after(position, self.batch) if r[0] <= published]
             if not rows:
                 break
-            self._count(rows)
+            self._count(rows, replay=True)
             position = rows[-1][0]
         self.stats.take()  # these were published before: only the memory of them stays
         self._resumed = True
@@ -108,8 +115,11 @@ class BanditLearner:
         self._loop.stop(timeout)
 
     def _tick(self) -> None:
-        while self.read_once() and not self._loop.stopping:
-            pass
+        try:
+            while self.read_once() and not self._loop.stopping:
+                pass
+        finally:
+            self.skipped.flush()
         self.publish_if_due(time.monotonic())
 
     def read_once(self) -> int:
@@ -121,13 +131,25 @@ class BanditLearner:
             self._position = rows[-1][0]
         return len(rows)
 
-    def _count(self, rows: Sequence[tuple[int, str, Mapping[str, Any]]]) -> None:
-        for _, _, record in rows:
-            if record.get("k") == EXPOSURE_KIND:
-                if record.get("st") == "bandit":
-                    self.stats.add_exposure_record(record)
-                    self.attributor.add_exposure(exposure_from_record(record))
-            elif record.get("t") in self.stats.reward_types:
+    def _count(self, rows: Sequence[tuple[int, str, Mapping[str, Any]]], *, replay: bool = False) -> None:
+        latest = latest_ms(time.time_ns() // 1_000_000)
+        for seq, _, record in rows:
+            exposure = record.get("k") == EXPOSURE_KIND
+            kind = record.get("t")
+            if UNREADABLE not in record and not (
+                (exposure and record.get("st") == "bandit")
+                or (not exposure and isinstance(kind, str) and kind in self.stats.reward_types)
+            ):
+                continue  # not a record the learner counts
+            problem = record_problem(record, latest)
+            if problem is not None:
+                if not replay:
+                    self.skipped.skip(seq, problem)
+                continue
+            if exposure:
+                self.stats.add_exposure_record(record)
+                self.attributor.add_exposure(exposure_from_record(record))
+            else:
                 attributed = self.attributor.add_outcome(outcome_from_record(record))
                 if attributed is not None and attributed.exposure is not None:
                     self.stats.add_reward(exposure_id(attributed.exposure), attributed.outcome.type)

@@ -34,6 +34,7 @@ def commit_proto(info: CommitInfo, lineage: str = "") -> sync_pb2.Commit:
     return sync_pb2.Commit(
         version=info.version,
         base_version=info.base_version,
+        changes=info.changes,
         kind=info.kind,
         lineage=lineage,
         created_at_ms=info.created_at_ms,

@@ -22,21 +22,24 @@ into profiles, learn bandit posteriors from them and expire old ones.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Final
+from pathlib import Path
+from typing import Any, BinaryIO, Final, NoReturn
 
 import grpc
 import msgpack
 
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.experiment_report import ExperimentReport, ReportError, experiment_report
+from edgewise.core.forwarded import ForwardedRecordError, check_forwarded
 from edgewise.core.records import Activity, decode_profile, encode_profile
 from edgewise.core.rules import compile_rules
 from edgewise.sync.auth import NodeIdentity, identity_refusal
@@ -47,9 +50,10 @@ from edgewise.sync.commit_cache import CommitCache, commit_proto
 from edgewise.sync.control_jobs import ControlJobs
 from edgewise.sync.control_store import ControlStore, ControlStoreError, RecordChange
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
-from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, forwarded_keys
+from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES, EdgeEntry, Fleet
+from edgewise.sync.push_staging import PushLayout, clean_staging
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.stalls import DEFAULT_WRITE_TIMEOUT_SECONDS, StallWatch
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES
@@ -66,6 +70,7 @@ __all__ = [
 ]
 
 _MAX_PUSH_BYTES: Final = 64 << 30
+STAGING_DIR: Final = "push-staging"
 MAX_FORWARD_RECORDS: Final = 5000
 FORGET_STATUS_DEFAULT: Final = 100
 FORGET_STATUS_MAX: Final = 1_000  # users per ForgetStatus reply (each lists every edge)
@@ -87,8 +92,13 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         fleet_expire_after_ms: int = DEFAULT_EXPIRE_AFTER_MS,
         fleet_max_entries: int = DEFAULT_MAX_ENTRIES,
         identity_of: Callable[[Iterable[Any] | None], NodeIdentity | None] | None = None,
+        staging_dir: Path | None = None,
     ) -> None:
         self.store = store
+        # Pushes are received into a directory of their own under here (the control plane's data directory
+        # by default: room for a large push, and nobody else's); what a killed process left is removed now.
+        self.staging_root = staging_dir if staging_dir is not None else store.path / STAGING_DIR
+        clean_staging(self.staging_root)
         self.events = events
         self.fleet = Fleet(expire_after_ms=fleet_expire_after_ms, max_entries=fleet_max_entries)
         self.stalls = StallWatch(write_timeout_seconds)
@@ -245,9 +255,17 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def Push(
         self, request_iterator: Iterator[sync_pb2.PushChunk], context: grpc.ServicerContext
     ) -> sync_pb2.PushReply:
-        staging = Path(tempfile.mkdtemp(prefix="edgewise-push-"))
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="push-", dir=self.staging_root))
+
+        def refuse(code: grpc.StatusCode, message: str) -> NoReturn:
+            # Server paths are the server's business: a message names the pushed files only.
+            public = message.replace(f"{staging}/", "").replace(str(staging), "the push")
+            context.abort(code, public.replace(str(self.store.path), "the control plane's data directory"))
+            raise AssertionError("context.abort returned")  # it raises; this tells the type checker
+
         try:
-            kind, description, files = self._receive(request_iterator, staging, context)
+            kind, description, files = self._receive(request_iterator, staging, refuse)
             with self._push_lock:
                 try:
                     if kind == sync_pb2.PUSH_KIND_BUNDLE:
@@ -263,9 +281,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         )
                     else:
                         if len(files) != 1:
-                            context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file"
-                            )
+                            refuse(grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file")
                         name = files[0]
                         with self.store.read() as view:
                             text = (staging / name).read_text(encoding="utf-8")
@@ -273,13 +289,19 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         info = self.store.commit(changes, kind="delta", description=description or name)
                         summary = f"delta {name}: {len(changes)} changes"
                 except BundleError as exc:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
+                    refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
                 except UnicodeDecodeError as exc:
-                    context.abort(
+                    refuse(
                         grpc.StatusCode.INVALID_ARGUMENT, f"push refused: the delta file is not UTF-8: {exc}"
                     )
+                except OSError as exc:  # a pushed file that cannot be read as the bundle needs it
+                    where = Path(exc.filename).name if exc.filename else "a pushed file"
+                    refuse(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"push refused, nothing changed: {where}: {exc.strerror or exc}",
+                    )
                 except ControlStoreError as exc:
-                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+                    refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._notify()
@@ -294,11 +316,15 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         return sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
 
     def _receive(
-        self, chunks: Iterator[sync_pb2.PushChunk], staging: Path, context: grpc.ServicerContext
+        self,
+        chunks: Iterator[sync_pb2.PushChunk],
+        staging: Path,
+        refuse: Callable[[grpc.StatusCode, str], NoReturn],
     ) -> tuple[int, str, list[str]]:
         kind = sync_pb2.PUSH_KIND_UNSPECIFIED
         description = ""
         files: list[str] = []
+        layout = PushLayout()
         total = 0
         handle: BinaryIO | None = None  # the file being written: files[-1]
         try:
@@ -307,29 +333,35 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     kind = chunk.kind
                     description = chunk.description[:500]
                     if kind not in (sync_pb2.PUSH_KIND_BUNDLE, sync_pb2.PUSH_KIND_DELTA):
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first push chunk must set kind")
-                rel = PurePosixPath(chunk.path)
-                if not chunk.path or rel.is_absolute() or ".." in rel.parts or len(chunk.path) > 512:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad file path in push: {chunk.path!r}")
+                        refuse(grpc.StatusCode.INVALID_ARGUMENT, "the first push chunk must set kind")
                 total += len(chunk.data)
                 if total > _MAX_PUSH_BYTES:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "push larger than 64 GiB")
+                    refuse(grpc.StatusCode.INVALID_ARGUMENT, "push larger than 64 GiB")
                 if not files or files[-1] != chunk.path:
-                    if chunk.path in files:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"file {chunk.path} sent twice")
+                    problem = layout.add(chunk.path)
+                    if problem is not None:
+                        refuse(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"bad file path in push: {chunk.path[:200]!r}: {problem}",
+                        )
                     if handle is not None:
                         handle.close()
-                    target = staging / rel
+                    target = staging / chunk.path
                     target.parent.mkdir(parents=True, exist_ok=True)
                     handle = target.open("wb")
                     files.append(chunk.path)
                 assert handle is not None
                 handle.write(chunk.data)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, "no room on the control plane to stage the push")
+            log.error("push_staging_failed", extra={"error": repr(exc)})
+            refuse(grpc.StatusCode.INTERNAL, f"staging the push failed: {exc.strerror or exc}")
         finally:
             if handle is not None:
                 handle.close()
         if not files:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty push")
+            refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty push")
         return kind, description, files
 
     def Rollback(
@@ -397,9 +429,15 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 by=request.by,
                 confidence=request.confidence or 0.95,
                 bucket_ms=request.bucket_ms or None,
+                now_ms=time.time_ns() // 1_000_000,
             )
         except ReportError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if report.skipped:
+            log.warning(
+                "forwarded_records_skipped",
+                extra={"consumer": "report", "experiment": request.experiment, "skipped": report.skipped},
+            )
         return sync_pb2.ReportReply(json=json.dumps(report_document(report)))
 
     def Forget(self, request: sync_pb2.ForgetRequest, context: grpc.ServicerContext) -> sync_pb2.ForgetReply:
@@ -467,23 +505,25 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             )
         checked: list[tuple[str, str, bytes]] = []  # (kind, id, payload): each payload decoded once
         users: list[str] = []
-        rejected = 0
+        rejected: list[tuple[int, str]] = []  # (seq, problem)
+        now_ms = time.time_ns() // 1_000_000
         for record in request.records:
-            # A record that can never be stored is acknowledged and dropped, with a log line: refusing
-            # the whole call would have the edge send it again forever, its outbox stuck behind it.
+            # A record that can never be used is acknowledged and dropped, with a log line: refusing the
+            # whole call would have the edge send it again forever, its outbox stuck behind it. Checked in
+            # full (core/forwarded.py), so nothing stored can stop the jobs that read the events.
             try:
-                if record.kind not in ("event", "exposure"):
-                    raise ValueError(f"kind {record.kind!r} is not event or exposure")
-                event_id, user = forwarded_keys(record.payload)
-            except ValueError as exc:
-                rejected += 1
-                log.warning(
-                    "forward_record_rejected",
-                    extra={"node": request.node_id, "seq": record.seq, "error": str(exc)},
-                )
+                keys = check_forwarded(record.kind, record.payload, now_ms)
+            except ForwardedRecordError as exc:
+                rejected.append((record.seq, str(exc)))
                 continue
-            checked.append((record.kind, event_id, record.payload))
-            users.append(user)
+            checked.append((record.kind, keys.event_id, record.payload))
+            users.append(keys.user_id)
+        if rejected:
+            seq, problem = rejected[0]
+            log.warning(
+                "forward_record_rejected",
+                extra={"node": request.node_id, "records": len(rejected), "seq": seq, "error": problem},
+            )
         try:
             # Records of forgotten users are dropped, not stored again: an edge that has not applied the
             # forget yet still forwards what it queued. Under the forget lock, so a forget in progress
@@ -501,7 +541,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             accepted=result.accepted,
             duplicates=result.duplicates,
             forgotten=len(checked) - len(kept),
-            rejected=rejected,
+            rejected=len(rejected),
         )
 
 
@@ -517,6 +557,7 @@ def report_document(report: ExperimentReport) -> dict[str, object]:
         "outcomes": report.outcomes,
         "attributed": report.attributed,
         "mixed_units": report.mixed_units,
+        "skipped": report.skipped,
         "srm": {
             "chi2": report.overall.srm.chi2,
             "p_value": report.overall.srm.p_value,

@@ -14,10 +14,16 @@ busy event stream never holds up pushes:
 
 `ingest` stores a batch in one write transaction: an acknowledged batch is on disk, and a batch sent
 again (the edge crashed before it deleted its outbox entries, or the reply was lost) is counted once.
+
+Nothing the log holds stops a reader. A stored record whose bytes do not decode (written by an older
+version, or damaged) is read as the map `{UNREADABLE: why}` (`core/forwarded.py`), which the consumers
+skip and count; `forget` deletes such a record when the user index names it (else it cannot tell whose
+it is) and `expire` deletes it as expired (it has no time, and nothing can use it).
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,12 +34,17 @@ from typing import Any, Final
 import lmdb
 import msgpack
 
+from edgewise.core.forwarded import UNREADABLE
+
+log = logging.getLogger(__name__)
+
 __all__ = ["EventStore", "EventStoreError", "IngestResult"]
 
 _SEQ: Final = struct.Struct(">Q")
 _META_SEQ: Final = b"seq"
 _META_USERS_INDEXED: Final = b"users_indexed"
 MAX_ID_BYTES: Final = 400
+_MAX_KEY_BYTES: Final = 511  # LMDB's default key size limit
 
 
 class EventStoreError(RuntimeError):
@@ -67,6 +78,14 @@ def forwarded_keys(payload: bytes) -> tuple[str, str]:
     return event_id, user if isinstance(user, str) else ""
 
 
+def _id_key(event_id: object) -> bytes | None:
+    """The `ids` key of a stored record's id; None when it has none that can be a key."""
+    if not isinstance(event_id, str):
+        return None
+    raw = event_id.encode()
+    return raw if 0 < len(raw) <= _MAX_KEY_BYTES else None
+
+
 def _index_key(user: str) -> bytes | None:
     """The `users` index key of a user id; None for none, and for ids longer than an LMDB key allows
     (their records are found by a full scan)."""
@@ -75,10 +94,32 @@ def _index_key(user: str) -> bytes | None:
 
 
 def _user_of(payload: bytes) -> str:
-    """The user id inside a stored payload ("" when it has none or is not a map)."""
-    doc = msgpack.unpackb(payload, raw=False)
-    user = doc.get("u") if isinstance(doc, dict) else None
+    """The user id inside a stored payload ("" when it has none, is not a map or does not decode)."""
+    user = _decoded(payload).get("u")
     return user if isinstance(user, str) else ""
+
+
+def _decoded(payload: object) -> dict[str, Any]:
+    """A stored payload (msgpack bytes of a map) decoded; `{UNREADABLE: why}` when it is not one."""
+    try:
+        doc = msgpack.unpackb(payload, raw=False) if isinstance(payload, bytes) else payload
+    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
+        return {UNREADABLE: f"stored payload: not msgpack ({exc})"}
+    if not isinstance(doc, dict):
+        return {UNREADABLE: f"stored payload: a msgpack {type(doc).__name__}, not a map"}
+    return doc
+
+
+def _envelope(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """(node id, decoded payload) of a `log` value; the payload `{UNREADABLE: why}` when either does not
+    decode."""
+    try:
+        record = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:
+        return "", {UNREADABLE: f"stored record: not msgpack ({exc})"}
+    if not isinstance(record, dict) or not isinstance(record.get("e"), bytes):
+        return "", {UNREADABLE: "stored record: not a map with a payload"}
+    return str(record.get("node", "")), _decoded(record["e"])
 
 
 class EventStore:
@@ -100,12 +141,18 @@ class EventStore:
         with self._env.begin(write=True) as txn:
             if txn.get(_META_USERS_INDEXED, db=self._meta) is not None:
                 return
+            unreadable = 0
             with txn.cursor(db=self._log) as cursor:
                 for key, value in cursor:
-                    index_key = _index_key(_user_of(msgpack.unpackb(value, raw=False)["e"]))
+                    payload = _envelope(value)[1]
+                    unreadable += UNREADABLE in payload
+                    user = payload.get("u")
+                    index_key = _index_key(user) if isinstance(user, str) else None
                     if index_key is not None:
                         txn.put(index_key, bytes(key), db=self._users, dupdata=True)
             txn.put(_META_USERS_INDEXED, b"1", db=self._meta)
+        if unreadable:
+            log.warning("forwarded_records_skipped", extra={"consumer": "user_index", "skipped": unreadable})
 
     def close(self) -> None:
         self._env.close()
@@ -158,10 +205,11 @@ class EventStore:
 
     def forget(self, user_id: str) -> int:
         """Delete every stored record (events and exposures) of one user, and their ids; return how many.
-        Reads only that user's records (the `users` index)."""
+        Reads only that user's records (the `users` index). A record that does not decode is deleted when
+        the index names it under this user (its id stays in `ids`: unknown), else left alone."""
         if not user_id:
             return 0
-        removed = 0
+        removed = unreadable = 0
         index_key = _index_key(user_id)
         with self._env.begin(write=True) as txn, txn.cursor(db=self._users) as index:
             if index_key is None:  # not indexed: every record is read
@@ -177,38 +225,55 @@ class EventStore:
                 raw = txn.get(seq, db=self._log)
                 if raw is None:
                     continue
-                payload = msgpack.unpackb(msgpack.unpackb(raw, raw=False)["e"], raw=False)
-                if isinstance(payload, dict) and payload.get("u") == user_id:
-                    txn.delete(str(payload.get("id", "")).encode(), db=self._ids)
-                    txn.delete(seq, db=self._log)
-                    removed += 1
+                payload = _envelope(raw)[1]
+                if UNREADABLE in payload:
+                    unreadable += 1
+                    if index_key is None:
+                        continue  # whose it is cannot be told
+                elif payload.get("u") != user_id:
+                    continue
+                id_key = _id_key(payload.get("id"))
+                if id_key is not None:
+                    txn.delete(id_key, db=self._ids)
+                txn.delete(seq, db=self._log)
+                removed += 1
+        if unreadable:
+            log.warning(
+                "forwarded_records_skipped",
+                extra={"consumer": "forget", "skipped": unreadable, "indexed": index_key is not None},
+            )
         return removed
 
     def expire(self, older_than_ms: int, upto_seq: int, limit: int = 20_000) -> int:
         """Delete, oldest first, the records with sequence <= `upto_seq` whose time (`ts`, Unix ms) is
         before `older_than_ms`, with their ids and index entries; stop at the first record that is newer
-        (the log is in arrival order) or after `limit` (one write transaction). Return how many."""
-        removed = 0
+        (the log is in arrival order) or after `limit` (one write transaction). A record without a usable
+        time (not an integer, or not decodable) counts as expired: nothing can use it. Return how many."""
+        removed = unusable = 0
         with self._env.begin(write=True) as txn, txn.cursor(db=self._log) as cursor:
             positioned = cursor.first()
             while positioned and removed < limit:
                 seq = bytes(cursor.key())
                 if _SEQ.unpack(seq)[0] > upto_seq:
                     break
-                payload = msgpack.unpackb(msgpack.unpackb(cursor.value(), raw=False)["e"], raw=False)
-                doc = payload if isinstance(payload, dict) else {}
+                doc = _envelope(cursor.value())[1]
                 ts = doc.get("ts")
-                if isinstance(ts, int | float) and not isinstance(ts, bool) and ts >= older_than_ms:
-                    break
-                event_id, user = doc.get("id"), doc.get("u")
-                if isinstance(event_id, str) and event_id:
-                    txn.delete(event_id.encode(), db=self._ids)
+                if isinstance(ts, int | float) and not isinstance(ts, bool):
+                    if ts >= older_than_ms:
+                        break
+                else:
+                    unusable += 1
+                id_key, user = _id_key(doc.get("id")), doc.get("u")
+                if id_key is not None:
+                    txn.delete(id_key, db=self._ids)
                 index_key = _index_key(user) if isinstance(user, str) else None
                 if index_key is not None:
                     txn.delete(index_key, seq, db=self._users)
                 cursor.delete()  # moves to the next record
                 removed += 1
                 positioned = bool(cursor.key())
+        if unusable:
+            log.warning("forwarded_records_skipped", extra={"consumer": "retention", "skipped": unusable})
         return removed
 
     def batch_after(self, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
@@ -221,10 +286,11 @@ class EventStore:
 
     def events(self, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]]]:
         """(sequence, node id, decoded record) after sequence `after`, in arrival order: Track events, and
-        exposure records (their `k` is "exposure")."""
+        exposure records (their `k` is "exposure"); a record that does not decode as `{UNREADABLE: why}`
+        (node "" when the envelope does not decode)."""
         with self._env.begin() as txn, txn.cursor(db=self._log) as cursor:
             if not cursor.set_range(_SEQ.pack(after + 1)):
                 return
             for key, value in cursor:
-                record = msgpack.unpackb(value, raw=False)
-                yield _SEQ.unpack(key)[0], str(record["node"]), dict(msgpack.unpackb(record["e"], raw=False))
+                node, record = _envelope(value)
+                yield _SEQ.unpack(key)[0], node, record

@@ -38,6 +38,7 @@ def served(tmp_path: Path) -> Iterator[tuple[ControlStore, str]]:
 
 
 _DONE = threading.Event()
+TS = 1_750_000_000_000  # an event time Track accepts (Unix ms, after 2000)
 
 
 def _hello(node: str, version: int = 0, lineage: str = "") -> Iterator[sync_pb2.SubscribeRequest]:
@@ -120,7 +121,7 @@ def test_records_of_a_forgotten_user_forwarded_after_the_forget_are_dropped(tmp_
             sync_pb2.OutboxRecord(
                 seq=first_seq + n,
                 kind="event",
-                payload=Event(f"{tag}-{n}", "view", user, "", "i1", "", "", 0.0, 1_000).encode(),
+                payload=Event(f"{tag}-{n}", "view", user, "", "i1", "", "", 0.0, TS).encode(),
             )
             for n, user in enumerate(users)
         ]
@@ -188,7 +189,7 @@ def test_a_record_that_can_never_be_stored_is_acked_and_dropped_not_refused_fore
     sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store, events=events), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    good = Event("g1", "view", "u1", "", "i1", "", "", 0.0, 1_000).encode()
+    good = Event("g1", "view", "u1", "", "i1", "", "", 0.0, TS).encode()
     records = [
         sync_pb2.OutboxRecord(seq=1, kind="event", payload=b"\xc1 not msgpack"),
         sync_pb2.OutboxRecord(seq=2, kind="event", payload=good),
@@ -205,4 +206,46 @@ def test_a_record_that_can_never_be_stored_is_acked_and_dropped_not_refused_fore
     finally:
         server.stop(0).wait()
         events.close()
+        store.close()
+
+
+def test_history_shows_each_commits_number_of_changes(tmp_path: Path) -> None:
+    from edgewise.client import ControlClient
+
+    store = ControlStore(tmp_path / "control")
+    store.commit(
+        [RecordChange("profiles", f"u{n}", b"\x80") for n in range(3)], kind="delta", description="three"
+    )
+    store.commit([RecordChange("profiles", "u0", None)], kind="delta", description="one")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ControlClient(f"127.0.0.1:{port}", timeout=10) as client:
+            history = client.history()
+        assert [(c.description, c.changes) for c in history.commits] == [("one", 1), ("three", 3)]
+    finally:
+        server.stop(0).wait()
+        store.close()
+
+
+@pytest.mark.slow
+def test_ctl_history_prints_each_commits_number_of_changes(tmp_path: Path) -> None:
+    from tests.sync_support import ctl
+
+    store = ControlStore(tmp_path / "control")
+    store.commit(
+        [RecordChange("profiles", f"u{n}", b"\x80") for n in range(3)], kind="delta", description="three"
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        out = ctl(f"127.0.0.1:{port}", "history").stdout.splitlines()
+        row = next(line for line in out if line.rstrip().endswith("three"))
+        assert row.split()[:3] == ["3", "delta", "3"], out
+    finally:
+        server.stop(0).wait()
         store.close()

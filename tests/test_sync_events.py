@@ -169,7 +169,9 @@ def test_a_woken_forwarder_retries_at_once(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with Store(tmp_path / "edge") as store:
-        events = [Event(f"wake-{n}", "view", "u1", "", "i1", "", "", 0.0, 1_000) for n in range(5)]
+        events = [
+            Event(f"wake-{n}", "view", "u1", "", "i1", "", "", 0.0, 1_750_000_000_000) for n in range(5)
+        ]
         store.record_events(events, ActivityLimits())
         target = SyncTarget(f"127.0.0.1:{port}", "edge-wake", Shard(), token=EDGE["EDGEWISE_EDGE_TOKEN"])
         forwarder = OutboxForwarder(store, target, timeout=2.0)

@@ -375,6 +375,8 @@ def print_report(doc: dict[str, Any], fmt: str) -> None:
         f"experiment {doc['experiment']}: metric {doc['metric']}, control {doc['control']}, "
         f"{doc['exposures']} exposures, {doc['outcomes']} outcomes ({doc['attributed']} attributed)"
     )
+    if doc.get("skipped"):
+        print(f"{doc['skipped']} stored records skipped: the control plane cannot use them (docs/sync.md)")
     if srm["srm"]:
         print(
             f"WARNING: SAMPLE RATIO MISMATCH (chi-square p = {srm['p_value']:.2g}): the split does not match "
