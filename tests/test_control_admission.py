@@ -176,7 +176,7 @@ def test_forward_calls_over_the_cap_are_refused_at_once(
             return ingest(*args, **kwargs)  # type: ignore[arg-type]
 
         monkeypatch.setattr(s.events, "ingest", slow_ingest)
-        event = Event("f1", "view", "u1", "", "i1", "", "", 0.0, 1_000).encode()
+        event = Event("f1", "view", "u1", "", "i1", "", "", 0.0, time.time_ns() // 1_000_000).encode()
         request = sync_pb2.ForwardRequest(
             node_id="e1", records=[sync_pb2.OutboxRecord(seq=1, kind="event", payload=event)]
         )

@@ -7,6 +7,7 @@ with a real edge using its own token."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -129,7 +130,9 @@ def test_a_per_node_token_subscribes_only_as_its_node_and_its_shards(tmp_path: P
 
 def test_a_per_node_token_forwards_only_as_its_node(tmp_path: Path) -> None:
     record = sync_pb2.OutboxRecord(
-        seq=1, kind="event", payload=Event("f1", "view", "u1", "", "i1", "", "", 0.0, 1_000).encode()
+        seq=1,
+        kind="event",
+        payload=Event("f1", "view", "u1", "", "i1", "", "", 0.0, time.time_ns() // 1_000_000).encode(),
     )
     with served(tmp_path, shared_token=True) as (address, _, service), grpc.insecure_channel(address) as ch:
         stub = sync_pb2_grpc.ControlPlaneStub(ch)
