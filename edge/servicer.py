@@ -20,7 +20,7 @@ from edgewise.core.activity import ActivityLimits
 from edgewise.core.decisions import FallbackReason, RequestError
 from edgewise.core.exposure import ANALYTICS, exposure_records
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
-from edgewise.core.store import Store
+from edgewise.core.store import Store, StoreFull
 from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.metrics import WorkerMetrics
@@ -139,6 +139,12 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
                 result = self._store.record_events(events, self._activity_limits)
         except CommitterClosed:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge is shutting down; retry on another")
+        except StoreFull:  # logged by the committer (store_full, rate-limited)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this edge's store is full (data.map_size_mb): the events were not stored; housekeeping "
+                "is freeing room, retry later or on another edge",
+            )
         except Exception as exc:
             log.error("track_store_failed", extra={"error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored durably; retry")
