@@ -67,6 +67,7 @@ __all__ = [
     "format_effective",
     "load_config",
     "outbox_max_bytes",
+    "queues_exposures",
     "read_snapshot_bytes",
     "size_limits",
     "store_limits",
@@ -273,6 +274,13 @@ class TrackConfig:
             max=1 << 24,
         ),
     )
+    queue_exposures: Literal["auto", "always", "never"] = field(
+        default="auto",
+        metadata=meta(
+            "queue exposure records of decisions with analytics consent for upstream: auto = only with "
+            "sync.control (a standalone node has nothing to forward them), always, never"
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +424,12 @@ class EdgeConfig:
 # --- the edge's cross checks ---------------------------------------------------------------------------
 
 
+def queues_exposures(config: EdgeConfig) -> bool:
+    """Whether the node queues exposure records (`track.queue_exposures`; auto: with a control plane)."""
+    mode = config.track.queue_exposures
+    return mode == "always" or (mode == "auto" and bool(config.sync.control))
+
+
 def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
     if config.data.outbox_max_mb >= config.data.map_size_mb:
         raise ConfigError(
@@ -508,7 +522,7 @@ def cli_config(args: argparse.Namespace) -> EdgeConfig | int:
 
 
 def format_effective(config: EdgeConfig, snapshot_bytes: int | None) -> str:
-    """What the size limits come to beside a snapshot of `snapshot_bytes`
+    """What the size limits and `track.queue_exposures` come to beside a snapshot of `snapshot_bytes`
     (None: no store in data.dir yet), as TOML comment lines."""
     budget = store_limits(config, snapshot_bytes or 0)
     mib = 1 << 20
@@ -533,6 +547,8 @@ def format_effective(config: EdgeConfig, snapshot_bytes: int | None) -> str:
         lines.append(
             "#   WARNING: the map cannot hold a reload of this snapshot beside it: raise data.map_size_mb"
         )
+    queued = "yes" if queues_exposures(config) else "no"
+    lines.append(f'#   track.queue_exposures = "{config.track.queue_exposures}": {queued}')
     return "\n".join(lines) + "\n"
 
 

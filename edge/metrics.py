@@ -387,7 +387,8 @@ class NodeMetrics:
     `layout` fixes the order of the placement series (placements found only in some worker's file are
     added after them). With `clear` (default), leftover worker files from a previous run are removed:
     create the NodeMetrics before starting workers. `stale_after_seconds`: `edgewise_stale` is 1 when the
-    last sync is older than that. Setters and `read` may be called from any thread.
+    last sync is older than that (None: never; a node without a control plane has nothing to be stale
+    against). Setters and `read` may be called from any thread.
     """
 
     def __init__(

@@ -125,7 +125,10 @@ def node_families(r: NodeReading) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily("edgewise_workers_alive", "Worker processes running.", r.workers_alive)
     yield GaugeMetricFamily(
-        "edgewise_stale", "1 when the last sync is older than the staleness threshold.", float(r.stale)
+        "edgewise_stale",
+        "1 when the last sync from the control plane is older than the staleness threshold (always 0 "
+        "on a node without one).",
+        float(r.stale),
     )
     yield GaugeMetricFamily(
         "edgewise_outbox_entries", "Events and exposure records waiting to go upstream.", r.outbox_entries

@@ -39,6 +39,7 @@ from edgewise.edge.config import (
     EdgeConfig,
     add_config_arguments,
     cli_config,
+    queues_exposures,
     store_limits,
 )
 from edgewise.edge.convert import Limits
@@ -341,9 +342,9 @@ def _start_metrics(
     """The node's metrics and the address of its /metrics endpoint, with `--metrics-listen`."""
     if not config.metrics.listen:
         return None, ""
-    node_metrics = NodeMetrics(
-        make_run_dir(), MetricsLayout(placements), stale_after_seconds=config.health.stale_after_seconds
-    )
+    # Stale means "no word from the control plane for too long": a standalone node has none to hear from
+    stale_after = config.health.stale_after_seconds if config.sync.control else None
+    node_metrics = NodeMetrics(make_run_dir(), MetricsLayout(placements), stale_after_seconds=stale_after)
     try:
         metrics_server, _ = serve_metrics(config.metrics.listen, node_registry(node_metrics))
     except OSError as exc:
@@ -364,7 +365,10 @@ def _worker_specs(
     server = config.server
     cpus = sorted(os.sched_getaffinity(0))
     options = ServingOptions(
-        max_in_flight=server.max_in_flight, overload=server.overload, min_budget_ms=server.min_budget_ms
+        max_in_flight=server.max_in_flight,
+        overload=server.overload,
+        min_budget_ms=server.min_budget_ms,
+        queue_exposures=queues_exposures(config),
     )
     limits = Limits(**{f.name: getattr(config.limits, f.name) for f in dataclasses.fields(Limits)})
     return [

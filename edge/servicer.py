@@ -38,6 +38,7 @@ class ServingOptions:
     overload: str = "reject"  # "reject" (RESOURCE_EXHAUSTED) or "default" (fast default, OVERLOADED)
     min_budget_ms: float = 2.0  # less of the caller's deadline left: the fast default
     track_timeout_s: float = 10.0
+    queue_exposures: bool = True  # exposure records of decisions with analytics consent go to the outbox
 
 
 class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
@@ -107,7 +108,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         except SnapshotMissing:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge has no snapshot loaded yet; retry shortly")
         decision_id = new_decision_id()
-        if self._committer is not None and ANALYTICS in ask.consent:
+        if self._committer is not None and self._options.queue_exposures and ANALYTICS in ask.consent:
             self._committer.note_exposures(exposure_records(decision_id, ask, decision))
         return decide_response(decision, decision_id)
 

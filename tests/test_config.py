@@ -315,6 +315,7 @@ def test_print_config_shows_the_caps_in_force(tmp_path: Path, capsys: pytest.Cap
     assert "# in force: the snapshot in" in printed and "data.outbox_max_mb" in printed
     assert "#   track.dedupe_max_mb   = 20.0 MiB (auto)" in printed  # (64 - 4) / 3
     assert "Track refused (RESOURCE_EXHAUSTED, store full) past 62.0 MiB" in printed
+    assert '#   track.queue_exposures = "auto": no' in printed
     (tmp_path / "back.toml").write_text(printed)  # still a config file that loads back
     config, _ = load_config(tmp_path / "back.toml", {}, {})
     assert config.data.map_size_mb == 64
