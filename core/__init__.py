@@ -31,7 +31,7 @@ from edgewise.core.decisions import (
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.records import ItemRecord, ProfileRecord
 from edgewise.core.snapshot_info import SnapshotInfo
-from edgewise.core.store import ReadView, Store, StoreError, TrackResponse
+from edgewise.core.store import ReadView, Store, StoreError, StoreFull, TrackResponse
 
 __all__ = [
     "ActivityLimits",
@@ -55,5 +55,6 @@ __all__ = [
     "SnapshotMissing",
     "Store",
     "StoreError",
+    "StoreFull",
     "TrackResponse",
 ]

@@ -9,10 +9,11 @@ inside the replicated apply's write transaction.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -30,6 +31,7 @@ from edgewise.core.activity import (
     newest_ms,
 )
 from edgewise.core.records import Activity, decode_activity, encode_activity
+from edgewise.core.store_budget import StoreFull
 
 if TYPE_CHECKING:
     from lmdb import _Database as Database
@@ -43,6 +45,7 @@ __all__ = [
     "db_usage",
     "forget_users",
     "oldest_arrival",
+    "used_bytes",
 ]
 
 EDGE_LOCAL: Final = ("activity", "events", "outbox", "event_times")
@@ -61,6 +64,8 @@ _PURGE_PREFIX: Final = b"purge:"  # + sha256(user id) -> user id: outbox entries
 _ARRIVAL: Final = struct.Struct(">Q")  # big-endian: `event_times` keys sort by arrival
 _U64: Final = struct.Struct("<Q")
 _SEQ: Final = struct.Struct(">Q")  # big-endian so outbox keys sort by sequence
+MIB: Final = 1 << 20
+COPIES_KEPT_FREE: Final = 3  # Track's write limit counts this many times the pages a commit copies
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,28 @@ def db_usage(txn: lmdb.Transaction[bytes], db: Database) -> tuple[int, int]:
     """(entries, bytes of its branch, leaf and overflow pages) of a named database: LMDB keeps both."""
     st = txn.stat(db)
     return st["entries"], st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+
+
+def used_bytes(txn: lmdb.Transaction[bytes], dbs: Mapping[str, Database]) -> int:
+    """Bytes of the pages every named database takes, as `txn` sees them (its own changes included); the
+    free pages within the data file, and the small catalog of names, are not counted."""
+    return sum(db_usage(txn, db)[1] for db in dbs.values())
+
+
+def _copied_pages(txn: lmdb.Transaction[bytes], db: Database, keys: int) -> int:
+    """Pages a transaction that wrote `keys` keys at random places of `db` copied, at most: a leaf and a
+    branch page per key, no more than the tree has, and the path from the root."""
+    st = txn.stat(db)
+    return min(keys, st["leaf_pages"]) + min(keys, st["branch_pages"]) + st["depth"]
+
+
+@contextlib.contextmanager
+def map_full_as_store_full(what: str) -> Iterator[None]:
+    """LMDB's MDB_MAP_FULL as `StoreFull`, naming what did not fit."""
+    try:
+        yield
+    except lmdb.MapFullError as exc:
+        raise StoreFull(f"the store is full: {what} did not fit in its map ({exc})") from exc
 
 
 def oldest_arrival(txn: lmdb.Transaction[bytes], times_db: Database) -> int:
@@ -221,11 +248,13 @@ def _sweep_keys(
 class EdgeLocal:
     """Writes and housekeeping of the edge-local namespaces, each in its own write transaction."""
 
-    __slots__ = ("_dbs", "_env")
+    __slots__ = ("_dbs", "_env", "write_limit")
 
-    def __init__(self, env: lmdb.Environment, dbs: Mapping[str, Database]) -> None:
+    def __init__(self, env: lmdb.Environment, dbs: Mapping[str, Database], write_limit: int = 0) -> None:
         self._env = env
         self._dbs = dbs
+        # Bytes of pages in use past which `record_events` refuses to commit (0: only the map's size)
+        self.write_limit = write_limit
 
     def index_event_times(self) -> None:
         """Index the event ids of a store written before `event_times` (once; their stored times were
@@ -249,7 +278,16 @@ class EdgeLocal:
         """Store new events durably in one transaction: the event id (dedupe) always, with the time it
         arrived (`now_ms`, default the clock: `sweep` forgets it a dedupe window later, whatever the
         event's own time), the outbox entry only with the analytics purpose, live activity only with the
-        personalization purpose."""
+        personalization purpose.
+
+        Raises `StoreFull`, with nothing written, when the transaction does not fit in the map or would
+        leave more than `write_limit` bytes of pages in use (the rest is housekeeping's room to delete)."""
+        with map_full_as_store_full(f"{len(events)} events and {len(exposures)} exposure records"):
+            return self._record_events(events, limits, exposures, now_ms)
+
+    def _record_events(
+        self, events: Sequence[Event], limits: ActivityLimits, exposures: Sequence[bytes], now_ms: int | None
+    ) -> TrackResponse:
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         arrived, arrival_prefix = _U64.pack(now), _ARRIVAL.pack(now)
         times_db = self._dbs["event_times"]
@@ -295,7 +333,33 @@ class EdgeLocal:
             for akey, activity in touched.items():
                 txn.put(akey.encode(), encode_activity(activity), db=activity_db)
             txn.put(_OUTBOX_SEQ_KEY, _U64.pack(seq), db=meta)
+            if self.write_limit:
+                self._check_room(txn, len(events), len(exposures), accepted, len(touched))
         return TrackResponse(accepted, duplicates, tuple(new))
+
+    def _check_room(
+        self, txn: lmdb.Transaction[bytes], events: int, exposures: int, new_ids: int, activities: int
+    ) -> None:
+        """Raise `StoreFull` (the caller's transaction is then aborted) when the pages in use after this
+        transaction, with room for COPIES_KEPT_FREE times the pages it copied, would pass `write_limit`.
+        LMDB copies each page a write changes and frees the old one at commit, but the next transaction
+        cannot reuse a page the one before it freed (the previous meta page still points at it): a
+        stream of commits like this one keeps about twice its copies free but not yet reusable, and
+        needs its own copies again. Counting them keeps the room left for housekeeping usable. New ids
+        and activities land on random leaves of their trees (at most one copy per leaf and branch page);
+        the outbox and the arrival index grow at their end."""
+        dbs = self._dbs
+        copied = _copied_pages(txn, dbs["events"], new_ids) + _copied_pages(txn, dbs["activity"], activities)
+        copied += sum(txn.stat(dbs[name])["depth"] for name in ("outbox", "event_times", "meta"))
+        used = used_bytes(txn, dbs)
+        need = used + COPIES_KEPT_FREE * copied * txn.stat(dbs["meta"])["psize"]
+        if need > self.write_limit:
+            raise StoreFull(
+                f"the store is full: {used / MIB:.1f} MiB of pages in use with these {events} events and "
+                f"{exposures} exposure records ({need / MIB:.1f} MiB with room for what commits copy), past "
+                f"the {self.write_limit / MIB:.1f} MiB at which Track's writes stop "
+                f"(map {self._env.info()['map_size'] / MIB:.0f} MiB)"
+            )
 
     def outbox_batch(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest `limit` outbox entries as (sequence, encoded event), oldest first."""
@@ -310,7 +374,11 @@ class EdgeLocal:
     def outbox_ack(self, upto: int) -> int:
         """Delete the outbox entries with sequence <= `upto` (forwarded and acknowledged); return how many."""
         dropped = 0
-        with self._env.begin(write=True) as txn, txn.cursor(db=self._dbs["outbox"]) as cursor:
+        with (
+            map_full_as_store_full("deleting forwarded outbox entries"),
+            self._env.begin(write=True) as txn,
+            txn.cursor(db=self._dbs["outbox"]) as cursor,
+        ):
             cursor.first()
             while True:
                 key = cursor.key()  # b"" once the cursor is past the last entry
@@ -350,7 +418,7 @@ class EdgeLocal:
         `max_entries` entries after `after` (b"": from the first), in one write transaction. Returns
         (entries deleted, the last key read; b"" once the pass reached the end, when the users' purge
         marks are removed too)."""
-        with self._env.begin(write=True) as txn:
+        with map_full_as_store_full("a forget's purge step"), self._env.begin(write=True) as txn:
             matches = _outbox_matcher(users)
             deleted, last = _sweep_keys(
                 txn, self._dbs["outbox"], after, max_entries, lambda _key, value: matches(value)
@@ -398,7 +466,7 @@ class EdgeLocal:
             self._dbs["activity"],
         )
         cutoff = _ARRIVAL.pack(max(0, now_ms - dedupe_window_ms))
-        with self._env.begin(write=True) as txn:
+        with map_full_as_store_full("a housekeeping step"), self._env.begin(write=True) as txn:
             ids = _delete_oldest_ids(txn, times_db, events_db, max_ids, cutoff)
             early = 0
             if ids_max_bytes > 0 and ids < max_ids:

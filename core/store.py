@@ -43,6 +43,7 @@ from edgewise.core.edge_local import (
     db_usage,
     forget_users,
     oldest_arrival,
+    used_bytes,
 )
 from edgewise.core.records import (
     Activity,
@@ -56,6 +57,7 @@ from edgewise.core.records import (
     encode_array,
 )
 from edgewise.core.snapshot_info import SnapshotInfo
+from edgewise.core.store_budget import StoreError, StoreFull, headroom_bytes
 
 if TYPE_CHECKING:
     from lmdb import _Database as Database
@@ -71,6 +73,7 @@ __all__ = [
     "ReadView",
     "Store",
     "StoreError",
+    "StoreFull",
     "StoreUsage",
     "SweepResult",
     "TrackResponse",
@@ -100,10 +103,6 @@ _U64: Final = struct.Struct("<Q")
 _GEN_VERSION: Final = struct.Struct("<QQ")
 
 DEFAULT_MAP_SIZE: Final = 8 << 30
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or written (full map, permissions, corrupt file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +327,17 @@ class Store:
     here, the edge-local namespaces' writes in `EdgeLocal` (core/edge_local.py), exposed as this class's
     methods."""
 
-    def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        readonly: bool = False,
+        write_reserve: int | None = None,
+    ) -> None:
+        """`write_reserve`: bytes of the map Track's writes (`record_events`) leave free, for housekeeping
+        to delete with (None: half the map's headroom, core/store_budget.py; 0: none, a write fails only
+        when the map is full)."""
         self.path = Path(path)
         if not readonly:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -352,7 +361,9 @@ class Store:
                     # a read-only open of a store written before these existed: read them as empty
                     if name not in (*DERIVED, "forgotten", "event_times"):
                         raise
-            self._local = EdgeLocal(self._env, self._dbs)
+            self.map_bytes: int = self._env.info()["map_size"]
+            reserve = headroom_bytes(self.map_bytes) // 2 if write_reserve is None else write_reserve
+            self._local = EdgeLocal(self._env, self._dbs, self.map_bytes - reserve if reserve > 0 else 0)
             if not readonly:
                 self._local.index_event_times()
         except lmdb.Error as exc:
@@ -462,8 +473,24 @@ class Store:
                 if check is not None:
                     check(ReadView(txn, dbs))
         except lmdb.MapFullError as exc:
-            raise StoreError(f"the store at {self.path} is full; raise its map size: {exc}") from exc
+            raise StoreFull(f"the store at {self.path} is full; raise its map size: {exc}") from exc
         return touched_shared
+
+    @property
+    def write_limit(self) -> int:
+        """Bytes of pages in use past which Track's writes are refused with `StoreFull` (0: none)."""
+        return self._local.write_limit
+
+    def used_bytes(self) -> int:
+        """Bytes of the pages every namespace takes (free pages within the data file not counted)."""
+        with self._env.begin() as txn:
+            return used_bytes(txn, self._dbs)
+
+    def snapshot_bytes(self) -> int:
+        """Bytes of the pages the snapshot takes: the replicated namespaces and the derived row chunks (a
+        reload writes as much again beside them before the old pages are freed)."""
+        with self._env.begin() as txn:
+            return used_bytes(txn, {n: db for n, db in self._dbs.items() if n in (*REPLICATED, *DERIVED)})
 
     def usage(self) -> StoreUsage:
         """Entries and bytes of every namespace and the data file's high-water mark, in one read

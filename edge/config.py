@@ -15,6 +15,11 @@ values (`data.bundle`, `metrics.listen`) an empty string means "not set". Beyond
 the edge's cross checks: the size limits together leave room in the map, `data.bundle` and
 `sync.control` exclude each other, the metrics port differs from the gRPC port.
 
+The three size limits of the edge-local namespaces (`data.outbox_max_mb`, `track.dedupe_max_mb`,
+`track.activity_max_mb`) are upper bounds: the caps in force (`size_limits`, `store_limits`) are derived
+from what the snapshot leaves of the map (core/store_budget.py), so they are known once the store is;
+`--print-config` shows them, as comments, for the store in `data.dir`.
+
 The output of `format_config` is itself a valid TOML file (dotted keys, comments for the sources) that
 loads back to the same configuration.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,8 @@ from edgewise.config import (
     origin,
     toml_value,
 )
+from edgewise.core.store import Store, StoreError
+from edgewise.core.store_budget import StoreBudget, headroom_bytes, store_budget
 
 __all__ = [
     "ConfigError",
@@ -56,9 +64,13 @@ __all__ = [
     "env_name",
     "flag_overrides",
     "format_config",
+    "format_effective",
     "load_config",
     "outbox_max_bytes",
+    "queues_exposures",
+    "read_snapshot_bytes",
     "size_limits",
+    "store_limits",
 ]
 
 ENV_PREFIX: Final = "EDGEWISE_"
@@ -145,7 +157,8 @@ class DataConfig:
         default=0,
         metadata=meta(
             "MiB the outbox (events and exposures waiting to go upstream) may take before housekeeping "
-            "deletes its oldest entries unsent (0: a quarter of data.map_size_mb)",
+            "deletes its oldest entries unsent (0: a third of what the map leaves after the snapshot, "
+            "room for a reload and headroom; a value set is scaled down with the others to fit in that)",
             min=0,
             max=1 << 24,
             flag="--outbox-max-mb",
@@ -154,32 +167,60 @@ class DataConfig:
 
 
 def _limit_bytes(mb: int, data: DataConfig) -> int:
-    """A size limit in bytes: `mb` MiB, or a quarter of the map when it is 0."""
-    return (mb or max(1, data.map_size_mb // 4)) << 20
+    """A size limit in bytes before a snapshot is known: `mb` MiB, or when it is 0 a third of the map less
+    its headroom (core/store_budget.py; `size_limits` gives the caps in force beside a snapshot)."""
+    map_bytes = data.map_size_mb << 20
+    return mb << 20 if mb else max(1, (map_bytes - headroom_bytes(map_bytes)) // 3)
 
 
 def outbox_max_bytes(data: DataConfig) -> int:
-    """The outbox's limit in bytes: `data.outbox_max_mb`, or a quarter of the map when it is 0."""
+    """The outbox's limit in bytes as configured: `data.outbox_max_mb`, or when it is 0 a third of the map
+    less its headroom (the cap in force beside a snapshot: `size_limits`)."""
     return _limit_bytes(data.outbox_max_mb, data)
 
 
 def dedupe_max_bytes(config: EdgeConfig) -> int:
-    """The event ids' limit in bytes: `track.dedupe_max_mb`, or a quarter of the map when it is 0."""
+    """The event ids' limit in bytes as configured: `track.dedupe_max_mb`, or when it is 0 a third of the
+    map less its headroom (the cap in force beside a snapshot: `size_limits`)."""
     return _limit_bytes(config.track.dedupe_max_mb, config.data)
 
 
 def activity_max_bytes(config: EdgeConfig) -> int:
-    """Live activity's limit in bytes: `track.activity_max_mb`, or a quarter of the map when it is 0."""
+    """Live activity's limit in bytes as configured: `track.activity_max_mb`, or when it is 0 a third of
+    the map less its headroom (the cap in force beside a snapshot: `size_limits`)."""
     return _limit_bytes(config.track.activity_max_mb, config.data)
 
 
-def size_limits(config: EdgeConfig) -> tuple[tuple[str, int], ...]:
-    """The store's size limits housekeeping enforces, as (config key, bytes)."""
+def _configured_limits(config: EdgeConfig) -> tuple[tuple[str, int], ...]:
+    """(config key, bytes; 0 for auto) of the three size limits."""
     return (
-        ("data.outbox_max_mb", outbox_max_bytes(config.data)),
-        ("track.dedupe_max_mb", dedupe_max_bytes(config)),
-        ("track.activity_max_mb", activity_max_bytes(config)),
+        ("data.outbox_max_mb", config.data.outbox_max_mb << 20),
+        ("track.dedupe_max_mb", config.track.dedupe_max_mb << 20),
+        ("track.activity_max_mb", config.track.activity_max_mb << 20),
     )
+
+
+def store_limits(config: EdgeConfig, snapshot_bytes: int) -> StoreBudget:
+    """How the node's map is shared beside a snapshot of `snapshot_bytes`: the caps in force, the reload
+    room, the headroom, where Track's writes stop (core/store_budget.py)."""
+    return store_budget(config.data.map_size_mb << 20, snapshot_bytes, _configured_limits(config))
+
+
+def size_limits(config: EdgeConfig, snapshot_bytes: int = 0) -> tuple[tuple[str, int], ...]:
+    """The store's size limits housekeeping enforces beside a snapshot of `snapshot_bytes`, as
+    (config key, bytes): `store_limits`' caps."""
+    return tuple((cap.key, cap.effective_bytes) for cap in store_limits(config, snapshot_bytes).caps)
+
+
+def read_snapshot_bytes(config: EdgeConfig) -> int | None:
+    """Bytes the snapshot in `data.dir` takes (the store opened read-only); None without a store there."""
+    if not (Path(config.data.dir) / "data.mdb").is_file():
+        return None
+    try:
+        with Store(config.data.dir, map_size=config.data.map_size_mb << 20, readonly=True) as store:
+            return store.snapshot_bytes()
+    except StoreError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +259,7 @@ class TrackConfig:
         default=0,
         metadata=meta(
             "MiB the remembered event ids may take; past it housekeeping deletes the oldest before their "
-            "window ends (0: a quarter of data.map_size_mb)",
+            "window ends (0: a third of what the map leaves, as data.outbox_max_mb)",
             min=0,
             max=1 << 24,
         ),
@@ -228,9 +269,16 @@ class TrackConfig:
         metadata=meta(
             "MiB live activity (recent views, cart, purchases per user or session) may take; past it "
             "housekeeping deletes the activity of the units last active longest ago before their TTLs "
-            "(0: a quarter of data.map_size_mb)",
+            "(0: a third of what the map leaves, as data.outbox_max_mb)",
             min=0,
             max=1 << 24,
+        ),
+    )
+    queue_exposures: Literal["auto", "always", "never"] = field(
+        default="auto",
+        metadata=meta(
+            "queue exposure records of decisions with analytics consent for upstream: auto = only with "
+            "sync.control (a standalone node has nothing to forward them), always, never"
         ),
     )
 
@@ -376,8 +424,10 @@ class EdgeConfig:
 # --- the edge's cross checks ---------------------------------------------------------------------------
 
 
-def _limit_origin(source: str) -> str:
-    return "a quarter of the map: the default" if source == "default" else f"from {origin(source)}"
+def queues_exposures(config: EdgeConfig) -> bool:
+    """Whether the node queues exposure records (`track.queue_exposures`; auto: with a control plane)."""
+    mode = config.track.queue_exposures
+    return mode == "always" or (mode == "auto" and bool(config.sync.control))
 
 
 def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
@@ -390,13 +440,16 @@ def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
             key="data.outbox_max_mb",
             source=sources["data.outbox_max_mb"],
         )
-    limits = size_limits(config)
-    if sum(size for _, size in limits) >> 20 >= config.data.map_size_mb:
-        named = ", ".join(f"{key} {size >> 20} MiB ({_limit_origin(sources[key])})" for key, size in limits)
-        blamed = next((key for key, _ in reversed(limits) if sources[key] != "default"), limits[-1][0])
+    limits = [(key, size) for key, size in _configured_limits(config) if size]
+    map_bytes = config.data.map_size_mb << 20
+    room = map_bytes - headroom_bytes(map_bytes)
+    if sum(size for _, size in limits) >= room:
+        named = ", ".join(f"{key} {size >> 20} MiB (from {origin(sources[key])})" for key, size in limits)
+        blamed = limits[-1][0]
         raise ConfigError(
-            f"{named}: together they must be less than data.map_size_mb = {config.data.map_size_mb}: "
-            "the rest of the store needs room too",
+            f"{named}: together they must be less than data.map_size_mb = {config.data.map_size_mb} "
+            f"less its headroom of {headroom_bytes(map_bytes) / (1 << 20):g} MiB: the snapshot needs room "
+            "too (the caps in force are derived from what it leaves; 0 takes a third of that)",
             key=blamed,
             source=sources[blamed],
         )
@@ -455,8 +508,48 @@ def env_name(key: str) -> str:
 
 def cli_config(args: argparse.Namespace) -> EdgeConfig | int:
     """The configuration a command's `args` give (flags, the environment, `--config`), or the exit status
-    when the command has nothing more to do: 2 after printing what is wrong, 0 after `--print-config`."""
-    return _SCHEMA.from_cli(args)
+    when the command has nothing more to do: 2 after printing what is wrong, 0 after `--print-config`
+    (which adds, as TOML comments, the size limits in force for the store in `data.dir`)."""
+    if not args.print_config:
+        return _SCHEMA.from_cli(args)
+    try:
+        config, sources = load_config(args.config, os.environ, flag_overrides(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(format_config(config, sources) + format_effective(config, read_snapshot_bytes(config)))
+    return 0
+
+
+def format_effective(config: EdgeConfig, snapshot_bytes: int | None) -> str:
+    """What the size limits and `track.queue_exposures` come to beside a snapshot of `snapshot_bytes`
+    (None: no store in data.dir yet), as TOML comment lines."""
+    budget = store_limits(config, snapshot_bytes or 0)
+    mib = 1 << 20
+    where = (
+        f"the snapshot in {config.data.dir} takes {snapshot_bytes / mib:,.1f} MiB"
+        if snapshot_bytes is not None
+        else f"no store in {config.data.dir} yet: the caps shrink by twice the snapshot once one is loaded"
+    )
+    lines = [
+        f"# in force: {where}; {budget.reload_bytes / mib:,.1f} MiB kept for a reload's copy of it, "
+        f"{budget.headroom_bytes / mib:,.1f} MiB headroom, {budget.free_bytes / mib:,.1f} MiB for the caps",
+    ]
+    width = max(len(cap.key) for cap in budget.caps)
+    for cap in budget.caps:
+        how = "auto" if not cap.configured_bytes else f"configured {cap.configured_bytes / mib:,.0f} MiB"
+        lines.append(f"#   {cap.key.ljust(width)} = {cap.effective_bytes / mib:,.1f} MiB ({how})")
+    lines.append(
+        f"#   Track refused (RESOURCE_EXHAUSTED, store full) past {budget.write_limit_bytes / mib:,.1f} MiB "
+        "of pages in use"
+    )
+    if not budget.reload_fits:
+        lines.append(
+            "#   WARNING: the map cannot hold a reload of this snapshot beside it: raise data.map_size_mb"
+        )
+    queued = "yes" if queues_exposures(config) else "no"
+    lines.append(f'#   track.queue_exposures = "{config.track.queue_exposures}": {queued}')
+    return "\n".join(lines) + "\n"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

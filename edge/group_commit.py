@@ -7,9 +7,21 @@ one fsync per call, and no call is answered before its events are on disk.
 
 Exposure records of decisions (`note_exposures`, never blocking Decide) ride along in the next
 transaction; with no Track call to ride with, they are committed every `exposure_flush_s` at most.
-So a crash loses at most that window of exposures (never an acknowledged Track event). A commit that
-fails fails its Track calls (they are sent again) and puts its exposures back in the queue. Past
-`max_exposures` waiting, new ones are dropped and counted (`exposures_dropped`).
+So a crash loses at most that window of exposures (never an acknowledged Track event). Exposures never
+cost a Track call its commit: when a commit with both does not fit in the store (`StoreFull`), the
+events are committed again alone and the exposures dropped. A commit that fails fails its Track calls
+(their callers are told, and send them again) and drops its exposures: they are not put back, so a
+store that cannot take them (full, or failing) is never asked again and again for the same records
+(which spun the committer, and kept `close` from ending). Dropped exposures are counted by reason
+(`exposures_dropped_by`, and `on_exposures_dropped` for the node's metrics): `queue_full` (past
+`max_exposures` waiting), `store_full`, `commit_failed`. A full store is logged as `store_full` (a
+warning at most every `STORE_FULL_LOG_EVERY_S`, with the counts since the last one), other failures as
+`track_commit_failed`.
+
+After a commit found the store full, the commits of the next `FULL_BACKOFF_S` are not tried: their calls
+fail at once with `StoreFull`. A flood of Track calls retried at once would otherwise take every page
+housekeeping frees (a write transaction needs free pages even to delete) before housekeeping's own next
+step, and the store would stay full for as long as the flood lasts.
 """
 
 from __future__ import annotations
@@ -17,14 +29,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
 from edgewise.core.activity import ActivityLimits, Event
-from edgewise.core.store import Store, TrackResponse
+from edgewise.core.store import Store, StoreFull, TrackResponse
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CommitterClosed", "GroupCommitter"]
+__all__ = [
+    "EXPOSURE_DROP_REASONS",
+    "FULL_BACKOFF_S",
+    "STORE_FULL_LOG_EVERY_S",
+    "CommitterClosed",
+    "GroupCommitter",
+]
+
+EXPOSURE_DROP_REASONS: Final = ("queue_full", "store_full", "commit_failed")
+STORE_FULL_LOG_EVERY_S: Final = 10.0
+FULL_BACKOFF_S: Final = 0.5  # after a full store, commits wait this long (housekeeping steps every 0.2 s)
 
 
 class CommitterClosed(RuntimeError):
@@ -69,6 +92,7 @@ class GroupCommitter:
         max_wait_s: float = 0.0,
         exposure_flush_s: float = 0.2,
         max_exposures: int = 100_000,
+        on_exposures_dropped: Callable[[str, int], None] | None = None,
     ) -> None:
         self._store = store
         self._limits = limits
@@ -79,7 +103,12 @@ class GroupCommitter:
         self._exposure_flush_s = exposure_flush_s
         self._max_exposures = max_exposures
         self._exposures_since = 0.0  # monotonic time the oldest waiting exposure arrived
-        self.exposures_dropped = 0
+        self.exposures_dropped_by = dict.fromkeys(EXPOSURE_DROP_REASONS, 0)
+        self._on_exposures_dropped = on_exposures_dropped
+        self._full_logged_at: float | None = None
+        self._full_until = 0.0  # monotonic time before which commits are not tried (the store was full)
+        self._full_error = ""  # why the store was full
+        self._full_unlogged = [0, 0, 0]  # since the last store_full line: commits, events, exposures
         self._cond = threading.Condition()
         self._closed = False
         self.batches = 0
@@ -105,33 +134,31 @@ class GroupCommitter:
             if self._closed:
                 return
             if len(self._exposures) + len(records) > self._max_exposures:
-                self.exposures_dropped += len(records)
+                self._dropped("queue_full", len(records))
                 return
             if not self._exposures:
                 self._exposures_since = time.monotonic()
                 self._cond.notify()
             self._exposures.extend(records)
 
+    @property
+    def exposures_dropped(self) -> int:
+        """Exposure records dropped since start, for every reason."""
+        return sum(self.exposures_dropped_by.values())
+
     def close(self) -> None:
-        """Commit what is queued, then stop the committer thread."""
+        """Commit what is queued (one attempt each), then stop the committer thread."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._thread.join()
 
-    def _requeue(self, exposures: list[bytes]) -> None:
-        """Put the exposures of a failed commit back in front of the queue (within `max_exposures`; the
-        newest beyond are dropped and counted), to be committed `exposure_flush_s` later at the latest."""
-        if not exposures:
+    def _dropped(self, reason: str, count: int) -> None:
+        if not count:
             return
-        with self._cond:
-            waiting = exposures + self._exposures
-            if len(waiting) > self._max_exposures:
-                self.exposures_dropped += len(waiting) - self._max_exposures
-                waiting = waiting[: self._max_exposures]
-            if not self._exposures:
-                self._exposures_since = time.monotonic()
-            self._exposures = waiting
+        self.exposures_dropped_by[reason] += count
+        if self._on_exposures_dropped is not None:
+            self._on_exposures_dropped(reason, count)
 
     def _take(self) -> tuple[list[_Pending], list[bytes]] | None:
         with self._cond:
@@ -161,17 +188,73 @@ class GroupCommitter:
                 size += len(pending.events)
             return batch, exposures
 
+    def _commit(self, events: list[Event], exposures: list[bytes]) -> TrackResponse:
+        """One commit of `events` with `exposures`; when both do not fit, the events alone (the exposures
+        dropped). Raises when the events cannot be stored; the exposures are dropped then too."""
+        if time.monotonic() < self._full_until:
+            full = StoreFull(self._full_error)
+            self._dropped("store_full", len(exposures))
+            self._note_full(full, len(events), len(exposures))
+            raise full
+        retry_alone = bool(events and exposures)
+        try:
+            return self._record(events, exposures, events_refused=not retry_alone)
+        except StoreFull:
+            if not retry_alone:
+                raise
+        return self._record(events, [], events_refused=True)  # Track does not wait for room for exposures
+
+    def _record(self, events: list[Event], exposures: list[bytes], *, events_refused: bool) -> TrackResponse:
+        """`Store.record_events`; on failure the exposures are dropped and counted, and it is logged
+        (`events_refused`: whether a failure refuses the events, or they are tried again alone)."""
+        try:
+            return self._store.record_events(events, self._limits, exposures)
+        except StoreFull as exc:
+            self._dropped("store_full", len(exposures))
+            self._note_full(exc, len(events) if events_refused else 0, len(exposures))
+            if events_refused:
+                self._full_until = time.monotonic() + FULL_BACKOFF_S
+                self._full_error = f"{exc} (commits wait {FULL_BACKOFF_S} s for housekeeping)"
+            raise
+        except Exception as exc:
+            self._dropped("commit_failed", len(exposures))
+            log.error(
+                "track_commit_failed",
+                extra={"error": str(exc), "events": len(events), "exposures_dropped": len(exposures)},
+            )
+            raise
+
+    def _note_full(self, exc: StoreFull, events_refused: int, exposures_dropped: int) -> None:
+        """Log `store_full` at most every STORE_FULL_LOG_EVERY_S, with what was refused since the last."""
+        unlogged = self._full_unlogged
+        unlogged[0] += 1
+        unlogged[1] += events_refused
+        unlogged[2] += exposures_dropped
+        now = time.monotonic()
+        if self._full_logged_at is not None and now - self._full_logged_at < STORE_FULL_LOG_EVERY_S:
+            return
+        commits, refused, dropped = unlogged
+        log.warning(
+            "store_full",
+            extra={
+                "error": f"{exc}: Track is answered RESOURCE_EXHAUSTED until housekeeping has freed room",
+                "commits_refused": commits,
+                "events_refused": refused,
+                "exposures_dropped": dropped,
+            },
+        )
+        self._full_unlogged = [0, 0, 0]
+        self._full_logged_at = now
+
     def _run(self) -> None:
         while (taken := self._take()) is not None:
             batch, exposures = taken
             events = [e for p in batch for e in p.events]
             try:
-                result = self._store.record_events(events, self._limits, exposures)
+                result = self._commit(events, exposures)
             except Exception as exc:
-                log.error("track_commit_failed", extra={"error": str(exc), "events": len(events)})
                 for p in batch:
-                    p.finish(error=exc)  # the callers are told (UNAVAILABLE) and send them again
-                self._requeue(exposures)  # no caller waits for these: they go with the next commit
+                    p.finish(error=exc)  # the callers are told and send them again
                 continue
             self.batches += 1
             self.events += len(events)

@@ -6,9 +6,9 @@ ids past the dedupe window are deleted, oldest first (about 13 ms for 10,000), a
 next `keys_per_step` live activities are read and those with nothing left after the TTLs deleted
 (about 5 ms for 1,000). A pass walks the activities from first key to last, then the walk rests for
 `pass_pause_s`: TTLs are hours long, so a pass a minute is plenty, and the steps in between cost only
-the ids' first-key check. So the store does not grow without bound with every event id and every
-visitor ever seen. At the end of a pass, if anything was deleted since the last one, it logs
-`housekeeping_pass` with the counts.
+the ids' first-key check (but see below: over its limit and growing, the walk does not rest). So the
+store does not grow without bound with every event id and every visitor ever seen. At the end of a
+pass, if anything was deleted since the last one, it logs `housekeeping_pass` with the counts.
 
 The outbox (events and exposure records waiting to go upstream) is drained by the forwarder, when there
 is a control plane to forward to. Without one, or while it is unreachable, it would grow until the map
@@ -35,7 +35,19 @@ and logged as `activity_window_shortened`. Deleting entries all over the key spa
 empty, so the pages' bytes fall much less than the entries (LMDB merges a page only below a quarter
 full), and new activity fills those pages before taking others. So the horizon is not cut further to
 bring the pages under the limit: each pass sets it again from its own ages, and a pass that ends with
-the pages under the limit lifts it.
+the pages under the limit lifts it. After a cut the walk rests for its pause, unless the namespace, over
+its limit, has grown since that pass ended by more than the room the cut leaves below the limit (a
+fifth of it): then the next pass starts at once, so a flood of new units is cut pass after pass instead
+of growing for a minute.
+
+Every step is a write transaction, and LMDB copies each page it changes before freeing the old one: on
+a map with too few free pages even a delete fails (`StoreFull`). The caps leave room for this (they are
+derived from what the snapshot leaves, core/store_budget.py, and Track's writes stop short of the map),
+but should a step not fit anyway, it is tried again at once with half as many entries, down to
+`1 / MAX_SHRINK` of the usual sizes (a step that deletes a few entries needs a few pages, and frees more
+as the tree empties); each step that fits then doubles the sizes back. Logged as
+`housekeeping_store_full` (a warning at most every `WARNING_EVERY_S`), counted in `steps_shrunk`.
+The supervisor sets new caps with `set_limits` when the snapshot changes.
 
 A forget that arrives while the outbox holds more than `FORGET_INLINE_OUTBOX` entries marks the users
 instead of reading the whole outbox in the sync transaction (core/store.py). A step then also reads the
@@ -53,7 +65,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from edgewise.core.activity import ActivityLimits
-from edgewise.core.store import Store
+from edgewise.core.store import Store, StoreFull, SweepResult
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,7 @@ __all__ = [
     "ACTIVITY_REFILL",
     "IDS_PER_STEP",
     "KEYS_PER_STEP",
+    "MAX_SHRINK",
     "OUTBOX_PER_STEP",
     "PASS_PAUSE_S",
     "PURGE_PER_STEP",
@@ -77,6 +90,7 @@ PURGE_PER_STEP: Final = 10_000  # outbox entries a forget's purge pass reads per
 ACTIVITY_REFILL: Final = 0.8  # over its limit, live activity is cut to this share of it
 ACTIVITY_WATCH: Final = 0.5  # past this share of the limit, passes note the activities' ages
 AGE_BUCKETS_PER_DOUBLING: Final = 4
+MAX_SHRINK: Final = 1 << 13  # a step that does not fit is cut down to 1 / this of its sizes at most
 
 
 class _Ages:
@@ -113,8 +127,9 @@ class _Losses:
     """A count of records deleted before their time (a total since start, and those not logged yet),
     logged as one warning at most every WARNING_EVERY_S seconds."""
 
-    def __init__(self, event: str, monotonic: Callable[[], float]) -> None:
+    def __init__(self, event: str, monotonic: Callable[[], float], field: str = "dropped") -> None:
         self.event = event
+        self.field = field
         self.total = 0
         self._unlogged = 0
         self._logged_at: float | None = None
@@ -125,7 +140,7 @@ class _Losses:
         self._unlogged += count
         now = self._monotonic()
         if self._unlogged and (self._logged_at is None or now - self._logged_at >= WARNING_EVERY_S):
-            log.warning(self.event, extra={"dropped": self._unlogged, **fields})
+            log.warning(self.event, extra={self.field: self._unlogged, **fields})
             self._unlogged = 0
             self._logged_at = now
 
@@ -175,6 +190,7 @@ class Housekeeper:
         self._monotonic = monotonic
         self._after_activity = b""
         self._activities_due = 0.0  # when the next pass over the activities may start
+        self._bytes_after_pass = 0  # of the activity namespace's pages when the last pass ended
         self._pass_ids = 0
         self._pass_activities = 0
         self.deleted_ids = 0  # since start
@@ -184,6 +200,51 @@ class Housekeeper:
         self._early_ids = _Losses("dedupe_window_shortened", monotonic)
         self._early_activities = _Losses("activity_window_shortened", monotonic)
         self.oldest_id_ms = 0  # arrival time of the oldest event id kept, after the last step (0: none)
+        self._shrink = 1  # the step sizes are divided by this after a step did not fit (StoreFull)
+        self.steps_shrunk = 0  # steps tried again smaller since start
+        self._full = _Losses("housekeeping_store_full", monotonic, field="steps_shrunk")
+
+    def set_limits(self, outbox_max_bytes: int, ids_max_bytes: int, activity_max_bytes: int) -> None:
+        """New caps (the supervisor recomputes them when the snapshot changes); the next step applies them."""
+        self.outbox_max_bytes = outbox_max_bytes
+        self.ids_max_bytes = ids_max_bytes
+        if activity_max_bytes and not self.activity_max_bytes:
+            self.activity_bytes = self.store.activity_usage()[1]
+        self.activity_max_bytes = activity_max_bytes
+
+    def _sized(self, size: int) -> int:
+        return max(1, size // self._shrink) if size > 0 else 0
+
+    def _sweep(self, now_ms: int, walking: bool, noting: bool) -> SweepResult:
+        """One `Store.sweep`; one that does not fit in the map is tried again with half the sizes."""
+        while True:
+            try:
+                result = self.store.sweep(
+                    now_ms,
+                    self.dedupe_window_ms,
+                    self.limits,
+                    after_activity=self._after_activity,
+                    max_keys=self._sized(self.keys_per_step) if walking else 0,
+                    max_ids=self._sized(self.ids_per_step),
+                    outbox_max_bytes=self.outbox_max_bytes,
+                    max_outbox=self._sized(self.outbox_per_step),
+                    ids_max_bytes=self.ids_max_bytes,
+                    activity_before_ms=self.activity_before_ms,
+                    activity_ages=noting,
+                )
+            except StoreFull as exc:
+                if self._shrink >= MAX_SHRINK:
+                    raise
+                self._shrink *= 2
+                self.steps_shrunk += 1
+                self._full.add(
+                    1,
+                    shrink=self._shrink,
+                    error=f"{exc}: housekeeping goes on in smaller steps",
+                )
+                continue
+            self._shrink = max(1, self._shrink // 2)
+            return result
 
     @property
     def outbox_dropped(self) -> int:
@@ -212,29 +273,26 @@ class Housekeeper:
     def _activity_over(self) -> bool:
         return 0 < self.activity_max_bytes < self.activity_bytes
 
+    @property
+    def _refilled(self) -> bool:
+        """Over the limit, and grown since the last pass ended by the room a cut leaves below the limit
+        (a flood of new units): the next pass starts without its pause, else the namespace would grow
+        for a whole pause (a minute) past its limit, and could fill the map."""
+        grown = self.activity_bytes - self._bytes_after_pass
+        return self._activity_over and grown > (1 - ACTIVITY_REFILL) * self.activity_max_bytes
+
     def step(self) -> None:
         walking = (
             self._after_activity != b""
             or (self._activity_over and not self.activity_before_ms)  # over, and no horizon yet: at once
             or self._monotonic() >= self._activities_due
+            or self._refilled  # over, and grown since the last pass by what a cut leaves room for
         )
         now_ms = self._clock_ms()
         noting = self.activity_bytes > ACTIVITY_WATCH * self.activity_max_bytes > 0
         if walking:  # a pass starting, or going on
             self._pass_complete_ages = noting and (self._pass_complete_ages or self._after_activity == b"")
-        result = self.store.sweep(
-            now_ms,
-            self.dedupe_window_ms,
-            self.limits,
-            after_activity=self._after_activity,
-            max_keys=self.keys_per_step if walking else 0,
-            max_ids=self.ids_per_step,
-            outbox_max_bytes=self.outbox_max_bytes,
-            max_outbox=self.outbox_per_step,
-            ids_max_bytes=self.ids_max_bytes,
-            activity_before_ms=self.activity_before_ms,
-            activity_ages=noting,
-        )
+        result = self._sweep(now_ms, walking, noting)
         self.activity_bytes = result.activity_bytes
         self._ages.add(now_ms, result.activity_ages)
         self._early_activities.add(
@@ -272,6 +330,7 @@ class Housekeeper:
             # A first horizon is applied by a pass at once; then passes keep their pause.
             starts_cutting = horizon != 0 and self.activity_before_ms == 0
             self._activities_due = self._monotonic() + (0.0 if starts_cutting else self.pass_pause_s)
+            self._bytes_after_pass = self.activity_bytes
             self.activity_before_ms = horizon
             self._ages = _Ages()
             if self._pass_ids or self._pass_activities:
@@ -307,7 +366,12 @@ class Housekeeper:
             self._after_purge = b""
             if not self._purge_users:
                 return
-        deleted, last = self.store.purge_step(self._purge_users, self._after_purge, self.purge_per_step)
+        try:
+            deleted, last = self.store.purge_step(
+                self._purge_users, self._after_purge, self._sized(self.purge_per_step)
+            )
+        except StoreFull:  # the next step tries again (smaller, once a sweep had to shrink)
+            return
         self.purged_outbox += deleted
         self._pass_purged += deleted
         self._after_purge = last

@@ -41,15 +41,19 @@ from typing import Any, Final
 import numpy as np
 
 from edgewise.core.decisions import FallbackReason
+from edgewise.core.store_budget import Cap
+from edgewise.edge.group_commit import EXPOSURE_DROP_REASONS
 
 __all__ = [
     "BUCKETS",
+    "EXPOSURE_DROP_REASONS",
     "FALLBACK_REASONS",
     "HOUSEKEEPING_KINDS",
     "MAX_PLACEMENT_LABELS",
     "OTHER",
     "RPCS",
     "STATUS_CODES",
+    "STORE_LIMIT_KEYS",
     "TRACK_RESULTS",
     "MetricsLayout",
     "NodeMetrics",
@@ -102,6 +106,8 @@ FALLBACK_REASONS: Final = tuple(f.name.lower() for f in FallbackReason if f is n
 MAX_PLACEMENT_LABELS: Final = 64
 OTHER: Final = "other"
 TRACK_RESULTS: Final = ("accepted", "duplicate")
+#: Label values of edgewise_store_limit_bytes: the size limits' config keys.
+STORE_LIMIT_KEYS: Final = ("data.outbox_max_mb", "track.dedupe_max_mb", "track.activity_max_mb")
 #: Label values of edgewise_housekeeping_deleted_total, in exposition order.
 HOUSEKEEPING_KINDS: Final = ("event_ids", "activities", "event_ids_early", "activities_early")
 
@@ -136,6 +142,7 @@ class MetricsLayout:
         "_series",
         "code_index",
         "decisions_base",
+        "exposures_dropped_base",
         "fallbacks_base",
         "hist_base",
         "placement_slot",
@@ -169,7 +176,10 @@ class MetricsLayout:
         self.track_base = slot
         slot += len(TRACK_RESULTS)
         self.shed_slot = slot
-        self.size = slot + 1
+        slot += 1
+        self.exposures_dropped_base = slot
+        slot += len(EXPOSURE_DROP_REASONS)
+        self.size = slot
         self._series = self._build_series()
 
     def _build_series(self) -> list[tuple[Series, int]]:
@@ -184,6 +194,10 @@ class MetricsLayout:
         out += [(("fallback", r), self.fallbacks_base + i) for i, r in enumerate(FALLBACK_REASONS)]
         out += [(("track", r), self.track_base + i) for i, r in enumerate(TRACK_RESULTS)]
         out.append((("shed",), self.shed_slot))
+        out += [
+            (("exposures_dropped", r), self.exposures_dropped_base + i)
+            for i, r in enumerate(EXPOSURE_DROP_REASONS)
+        ]
         return out
 
     def series(self) -> list[tuple[Series, int]]:
@@ -265,6 +279,7 @@ class WorkerMetrics:
 
     __slots__ = (
         "_buf",
+        "_exposures_dropped",
         "_mm",
         "_other",
         "_placement_slot",
@@ -306,6 +321,9 @@ class WorkerMetrics:
         self._reason_slot = [0] + [layout.fallbacks_base + i for i in range(len(FALLBACK_REASONS))]
         self._track = layout.track_base
         self._shed = layout.shed_slot
+        self._exposures_dropped = {
+            r: layout.exposures_dropped_base + i for i, r in enumerate(EXPOSURE_DROP_REASONS)
+        }
 
     def observe_rpc(self, rpc: str, code: str, seconds: float) -> None:
         """One answered call: `rpc` in RPCS, `code` a status code name (`grpc.StatusCode.X.name`;
@@ -343,6 +361,13 @@ class WorkerMetrics:
         """Calls shed under overload (rejected, or answered with the fast default)."""
         self._slots[self._shed] += count
 
+    def exposures_dropped(self, reason: str, count: int) -> None:
+        """Exposure records dropped by the worker's committer, by reason (EXPOSURE_DROP_REASONS; others
+        are not counted)."""
+        slot = self._exposures_dropped.get(reason)
+        if slot is not None:
+            self._slots[slot] += count
+
     def close(self) -> None:
         """Unmap the file (its values stay: the node keeps summing them)."""
         self._slots.release()
@@ -362,7 +387,8 @@ class NodeMetrics:
     `layout` fixes the order of the placement series (placements found only in some worker's file are
     added after them). With `clear` (default), leftover worker files from a previous run are removed:
     create the NodeMetrics before starting workers. `stale_after_seconds`: `edgewise_stale` is 1 when the
-    last sync is older than that. Setters and `read` may be called from any thread.
+    last sync is older than that (None: never; a node without a control plane has nothing to be stale
+    against). Setters and `read` may be called from any thread.
     """
 
     def __init__(
@@ -391,6 +417,9 @@ class NodeMetrics:
         self._housekept = dict.fromkeys(HOUSEKEEPING_KINDS, 0)
         self._activity_bytes = 0
         self._activity_window_ms = 0
+        self._store_used_bytes = 0
+        self._store_write_limit_bytes = 0
+        self._store_limits: tuple[tuple[str, int], ...] = ()
         run_dir.mkdir(parents=True, exist_ok=True)
         if clear:
             for path in run_dir.glob(f"{_FILE_PREFIX}*"):
@@ -447,6 +476,14 @@ class NodeMetrics:
             self._oldest_id_ms = oldest_id_ms
             self._activity_bytes, self._activity_window_ms = activity_bytes, activity_window_ms
 
+    def set_store(self, used_bytes: int, write_limit_bytes: int, caps: Iterable[Cap]) -> None:
+        """Bytes of the store's pages in use, where Track's writes stop (0: none), and the size limits in
+        force (core/store_budget.py)."""
+        limits = tuple((cap.key, cap.effective_bytes) for cap in caps)
+        with self._lock:
+            self._store_used_bytes, self._store_write_limit_bytes = used_bytes, write_limit_bytes
+            self._store_limits = limits
+
     def totals(self) -> tuple[dict[Series, float], list[str]]:
         """Summed values by series over all worker files, and placements seen beyond the node layout."""
         totals: dict[Series, float] = {}
@@ -471,6 +508,8 @@ class NodeMetrics:
             outbox_bytes, outbox_dropped = self._outbox_bytes, self._outbox_dropped
             oldest_id_ms = self._oldest_id_ms
             activity_bytes, activity_window_ms = self._activity_bytes, self._activity_window_ms
+            store_used, write_limit = self._store_used_bytes, self._store_write_limit_bytes
+            store_limits = self._store_limits
         age = math.nan if synced_at is None else max(0.0, self._clock() - synced_at)
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
@@ -492,6 +531,9 @@ class NodeMetrics:
             dedupe_window_seconds=round(reach, 3),
             activity_bytes=activity_bytes,
             activity_window_seconds=round(activity_window_ms / 1000, 3),
+            store_used_bytes=store_used,
+            store_write_limit_bytes=write_limit,
+            store_limits=store_limits,
         )
 
 
@@ -515,6 +557,9 @@ class NodeReading:
     dedupe_window_seconds: float  # age of the oldest event id kept (0: none), ms precision
     activity_bytes: int
     activity_window_seconds: float  # 0: the TTLs alone, ms precision
+    store_used_bytes: int = 0  # pages in use, every namespace
+    store_write_limit_bytes: int = 0  # Track's writes are refused past this (0: not known)
+    store_limits: tuple[tuple[str, int], ...] = ()  # (config key, bytes) of the size limits in force
 
     def count(self, *key: str) -> float:
         """The summed value of one series key, e.g. `count("rpc", "Decide", "OK")`."""

@@ -26,11 +26,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from edgewise.edge.metrics import (
     BUCKETS,
+    EXPOSURE_DROP_REASONS,
     FALLBACK_REASONS,
     MAX_PLACEMENT_LABELS,
     OTHER,
     RPCS,
     STATUS_CODES,
+    STORE_LIMIT_KEYS,
     TRACK_RESULTS,
     NodeMetrics,
     NodeReading,
@@ -127,7 +129,10 @@ def node_families(r: NodeReading) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily("edgewise_workers_alive", "Worker processes running.", r.workers_alive)
     yield GaugeMetricFamily(
-        "edgewise_stale", "1 when the last sync is older than the staleness threshold.", float(r.stale)
+        "edgewise_stale",
+        "1 when the last sync from the control plane is older than the staleness threshold (always 0 "
+        "on a node without one).",
+        float(r.stale),
     )
     yield GaugeMetricFamily(
         "edgewise_outbox_entries", "Events and exposure records waiting to go upstream.", r.outbox_entries
@@ -167,6 +172,33 @@ def node_families(r: NodeReading) -> Iterator[Metric]:
         "last active and keep its activity (0: only the TTLs apply).",
         r.activity_window_seconds,
     )
+
+    dropped = CounterMetricFamily(
+        "edgewise_exposures_dropped_total",
+        "Exposure records not stored, by reason: queue_full (too many waiting), store_full (no room in "
+        "the store: Track's events went first), commit_failed.",
+        labels=["reason"],
+    )
+    for reason in EXPOSURE_DROP_REASONS:
+        dropped.add_metric([reason], r.count("exposures_dropped", reason))
+    yield dropped
+    yield GaugeMetricFamily(
+        "edgewise_store_used_bytes", "Bytes of the store's pages in use, every namespace.", r.store_used_bytes
+    )
+    yield GaugeMetricFamily(
+        "edgewise_store_write_limit_bytes",
+        "Bytes of pages in use past which Track is refused (RESOURCE_EXHAUSTED, store full).",
+        r.store_write_limit_bytes,
+    )
+    limits = GaugeMetricFamily(
+        "edgewise_store_limit_bytes",
+        "Size limits in force, derived from what the snapshot leaves of the map, by config key.",
+        labels=["limit"],
+    )
+    in_force = dict(r.store_limits)
+    for key in STORE_LIMIT_KEYS:
+        limits.add_metric([key], in_force.get(key, 0))
+    yield limits
 
 
 class NodeCollector(Collector):

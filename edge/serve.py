@@ -38,13 +38,13 @@ from edgewise.core.activity import ActivityLimits
 from edgewise.core.records import RecordError
 from edgewise.core.rules import compile_rules
 from edgewise.core.store import Store, StoreError
+from edgewise.core.store_budget import StoreBudget
 from edgewise.edge.config import (
     EdgeConfig,
-    activity_max_bytes,
     add_config_arguments,
     cli_config,
-    dedupe_max_bytes,
-    outbox_max_bytes,
+    queues_exposures,
+    store_limits,
 )
 from edgewise.edge.convert import Limits
 from edgewise.edge.housekeeping import Housekeeper
@@ -314,10 +314,12 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             supervisor = _start_workers(specs, config.server.grace_seconds, acquired)
         except _Exit as exit_:
             return exit_.code
+        limits = _StoreLimits(store, config)
         if node_metrics is not None:
             node_metrics.set_workers_alive(supervisor.alive())
+            node_metrics.set_store(store.used_bytes(), store.write_limit, limits.budget.caps)
         _announce(store, supervisor, address, port, metrics_address, ready_file)
-        _run_until_stopped(store, config, signals, sync, supervisor, node_metrics)
+        _run_until_stopped(store, config, signals, sync, supervisor, node_metrics, limits)
         log.info("stopping", extra={"grace_seconds": config.server.grace_seconds})
     log.info("stopped")
     return 0
@@ -421,9 +423,9 @@ def _start_metrics(
     """The node's metrics and the address of its /metrics endpoint, with `--metrics-listen`."""
     if not config.metrics.listen:
         return None, ""
-    node_metrics = NodeMetrics(
-        make_run_dir(), MetricsLayout(placements), stale_after_seconds=config.health.stale_after_seconds
-    )
+    # Stale means "no word from the control plane for too long": a standalone node has none to hear from
+    stale_after = config.health.stale_after_seconds if config.sync.control else None
+    node_metrics = NodeMetrics(make_run_dir(), MetricsLayout(placements), stale_after_seconds=stale_after)
     try:
         metrics_server, _ = serve_metrics(config.metrics.listen, node_registry(node_metrics))
     except OSError as exc:
@@ -444,7 +446,10 @@ def _worker_specs(
     server = config.server
     cpus = sorted(os.sched_getaffinity(0))
     options = ServingOptions(
-        max_in_flight=server.max_in_flight, overload=server.overload, min_budget_ms=server.min_budget_ms
+        max_in_flight=server.max_in_flight,
+        overload=server.overload,
+        min_budget_ms=server.min_budget_ms,
+        queue_exposures=queues_exposures(config),
     )
     limits = Limits(**{f.name: getattr(config.limits, f.name) for f in dataclasses.fields(Limits)})
     return [
@@ -597,19 +602,26 @@ def _run_until_stopped(
     sync: NodeSync | None,
     supervisor: Supervisor,
     node_metrics: NodeMetrics | None,
+    limits: _StoreLimits,
 ) -> None:
-    """Every 0.2 s until SIGTERM/SIGINT: one bounded housekeeping step, the bundle reloaded after SIGHUP,
-    the metrics brought up to date, dead workers restarted. Each step runs under a `StepGuard`: one that
-    raises is logged and the loop goes on, so housekeeping, reloads, restarts and SIGTERM keep working."""
+    """Every 0.2 s until SIGTERM/SIGINT: the size limits recomputed after a new version, one bounded
+    housekeeping step, the bundle reloaded after SIGHUP, the metrics brought up to date, dead workers
+    restarted. Each step runs under a `StepGuard`: one that raises is logged and the loop goes on, so
+    housekeeping, reloads, restarts and SIGTERM keep working."""
+    outbox, ids, activity = limits.caps()
     housekeeper = Housekeeper(
         store,
         int(config.track.dedupe_window_hours * 3_600_000),
         _activity_limits(config),
-        outbox_max_bytes=outbox_max_bytes(config.data),
-        ids_max_bytes=dedupe_max_bytes(config),
-        activity_max_bytes=activity_max_bytes(config),
+        outbox_max_bytes=outbox,
+        ids_max_bytes=ids,
+        activity_max_bytes=activity,
     )
     guard = StepGuard()
+
+    def store_limits() -> None:
+        if limits.refresh():  # the snapshot changed: so did what it leaves for the caps
+            housekeeper.set_limits(*limits.caps())
 
     def housekeeping() -> None:
         try:
@@ -629,6 +641,7 @@ def _run_until_stopped(
         forwarded = sync.forwarder.forwarded if sync is not None else 0
         entries, size_bytes = store.outbox_usage()
         node_metrics.set_outbox(entries, forwarded, size_bytes, housekeeper.outbox_dropped)
+        node_metrics.set_store(store.used_bytes(), store.write_limit, limits.budget.caps)
         node_metrics.set_housekeeping(
             housekeeper.deleted_ids,
             housekeeper.deleted_activities,
@@ -650,6 +663,7 @@ def _run_until_stopped(
                 node_metrics.set_workers_alive(supervisor.alive())
 
     while not signals.stop.wait(0.2):
+        guard.run("store_limits", store_limits)
         guard.run("housekeeping", housekeeping)
         if signals.reload.is_set():
             signals.reload.clear()
@@ -660,6 +674,56 @@ def _run_until_stopped(
                 guard.run("sync_metrics", functools.partial(_note_sync, node_metrics, store, sync.syncer))
         if not signals.stop.is_set():
             guard.run("workers", workers)
+
+
+class _StoreLimits:
+    """The caps in force for the snapshot the store holds (core/store_budget.py), recomputed when the
+    served version changes; the first set and each that differs are logged as `store_limits`, a warning
+    when the map cannot hold a reload of the snapshot beside it."""
+
+    def __init__(self, store: Store, config: EdgeConfig) -> None:
+        self._store = store
+        self._config = config
+        self._version = -1
+        self.budget: StoreBudget = store_limits(config, 0)
+        self.refresh()
+
+    def caps(self) -> tuple[int, int, int]:
+        """(outbox, event ids, live activity) in bytes."""
+        outbox, ids, activity = (cap.effective_bytes for cap in self.budget.caps)
+        return outbox, ids, activity
+
+    def refresh(self) -> bool:
+        """Recompute after a new version; whether the caps changed."""
+        version = self._store.version()
+        if version == self._version:
+            return False
+        first = self._version < 0
+        self._version = version
+        budget = store_limits(self._config, self._store.snapshot_bytes())
+        changed = budget.caps != self.budget.caps
+        self.budget = budget
+        if not (changed or first):
+            return False
+        mib = 1 << 20
+        fields: dict[str, object] = {
+            "version": version,
+            "snapshot_mib": round(budget.snapshot_bytes / mib, 1),
+            "reload_room_mib": round(budget.reload_bytes / mib, 1),
+            "headroom_mib": round(budget.headroom_bytes / mib, 1),
+            "write_limit_mib": round(budget.write_limit_bytes / mib, 1),
+            **{cap.key: round(cap.effective_bytes / mib, 1) for cap in budget.caps},
+        }
+        if budget.reload_fits:
+            log.info("store_limits", extra=fields)
+        else:
+            least = (2 * budget.snapshot_bytes + budget.headroom_bytes) // mib + 1
+            fields["error"] = (
+                f"data.map_size_mb = {self._config.data.map_size_mb} cannot hold a reload of this snapshot "
+                f"beside it (a reload would fail: the store is full); give the node at least {least} MiB"
+            )
+            log.warning("store_limits", extra=fields)
+        return changed
 
 
 def _note_sync(node: NodeMetrics, store: Store, syncer: EdgeSyncer) -> None:

@@ -23,7 +23,7 @@ from edgewise.core.activity import ActivityLimits
 from edgewise.core.decisions import FallbackReason, RequestError
 from edgewise.core.exposure import ANALYTICS, exposure_records
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
-from edgewise.core.store import Store
+from edgewise.core.store import Store, StoreFull
 from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.metrics import WorkerMetrics
@@ -41,6 +41,7 @@ class ServingOptions:
     overload: str = "reject"  # "reject" (RESOURCE_EXHAUSTED) or "default" (fast default, OVERLOADED)
     min_budget_ms: float = 2.0  # less of the caller's deadline left: the fast default
     track_timeout_s: float = 10.0
+    queue_exposures: bool = True  # exposure records of decisions with analytics consent go to the outbox
 
 
 class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
@@ -102,7 +103,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         except SnapshotMissing:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge has no snapshot loaded yet; retry shortly")
         decision_id = new_decision_id()
-        if self._committer is not None and ANALYTICS in ask.consent:
+        if self._committer is not None and self._options.queue_exposures and ANALYTICS in ask.consent:
             self._committer.note_exposures(exposure_records(decision_id, ask, decision))
         return decide_response(decision, decision_id)
 
@@ -124,6 +125,12 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
                 result = self._store.record_events(events, self._activity_limits)
         except CommitterClosed:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge is shutting down; retry on another")
+        except StoreFull:  # logged by the committer (store_full, rate-limited)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this edge's store is full (data.map_size_mb): the events were not stored; housekeeping "
+                "is freeing room, retry later or on another edge",
+            )
         except Exception as exc:
             log.error("track_store_failed", extra={"error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored durably; retry")

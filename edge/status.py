@@ -6,10 +6,11 @@
 The store is opened read-only, so this runs beside a serving node (LMDB readers do not block its
 writer) as well as on a stopped one. It takes `edgewise edge serve`'s own flags, environment and
 config file, so the limits it reports are the ones that node applies: run it with the node's command
-line. It prints the snapshot being served, the map's size and high-water mark, every namespace's
-entries and bytes, and the three size limits housekeeping enforces (`data.outbox_max_mb`,
-`track.dedupe_max_mb`, `track.activity_max_mb`) with how full each is. Exit status 2 when the
-configuration is wrong or there is no store in the data directory.
+line. It prints the snapshot being served, the map's size and high-water mark, how the map is shared
+(the snapshot, room for a reload, headroom, where Track's writes stop: core/store_budget.py), every
+namespace's entries and bytes, and the three size limits housekeeping enforces (`data.outbox_max_mb`,
+`track.dedupe_max_mb`, `track.activity_max_mb`) as they are in force beside this snapshot, with how full
+each is. Exit status 2 when the configuration is wrong or there is no store in the data directory.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from edgewise.core.snapshot_info import SnapshotInfo
-from edgewise.core.store import Store, StoreError, StoreUsage
-from edgewise.edge.config import EdgeConfig, add_config_arguments, cli_config, size_limits
+from edgewise.core.store import DERIVED, REPLICATED, Store, StoreError, StoreUsage
+from edgewise.edge.config import EdgeConfig, add_config_arguments, cli_config, store_limits
 
 __all__ = ["add_arguments", "format_report", "run", "status_report"]
 
@@ -50,19 +51,26 @@ def status_report(
     config: EdgeConfig, path: Path, usage: StoreUsage, snapshot: SnapshotInfo, now_ms: int
 ) -> dict[str, Any]:
     """The report `run` prints: plain data, for the table and for --json."""
+    snapshot_bytes = sum(
+        size for name, (_, size) in usage.namespaces.items() if name in (*REPLICATED, *DERIVED)
+    )
+    budget = store_limits(config, snapshot_bytes)
     limits = []
-    for key, limit in size_limits(config):
-        names = LIMITED[key]
+    for cap in budget.caps:
+        names = LIMITED[cap.key]
         used = sum(usage.namespaces.get(name, (0, 0))[1] for name in names)
+        limit = cap.effective_bytes
         limits.append(
             {
-                "key": key,
+                "key": cap.key,
                 "namespaces": list(names),
                 "used_mib": _mib(used),
-                "limit_mib": _mib(limit),
+                "limit_mib": _mib(limit),  # in force beside this snapshot
+                "configured_mib": _mib(cap.configured_bytes) if cap.configured_bytes else None,  # None: auto
                 "share": round(used / limit, 6) if limit else 0.0,
             }
         )
+    in_use = sum(size for _, size in usage.namespaces.values())
     oldest = usage.oldest_event_ms
     map_bytes = config.data.map_size_mb * MIB  # the node's; LMDB's own is at least the file's extent
     return {
@@ -77,6 +85,16 @@ def status_report(
         "map_mib": _mib(map_bytes),
         "high_water_mib": _mib(usage.high_water_bytes),
         "high_water_share": round(usage.high_water_bytes / map_bytes, 4),
+        "budget": {
+            "snapshot_mib": _mib(budget.snapshot_bytes),
+            "reload_room_mib": _mib(budget.reload_bytes),
+            "headroom_mib": _mib(budget.headroom_bytes),
+            "caps_mib": _mib(budget.free_bytes),
+            "write_limit_mib": _mib(budget.write_limit_bytes),
+            "used_mib": _mib(in_use),
+            "full": in_use > budget.write_limit_bytes,
+            "reload_fits": budget.reload_fits,
+        },
         "namespaces": {
             name: {"entries": entries, "mib": _mib(size)}
             for name, (entries, size) in usage.namespaces.items()
@@ -104,19 +122,38 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"map {report['map_mib']:,} MiB; high-water mark {report['high_water_mib']:,} MiB "
         f"({report['high_water_share']:.1%}; free pages below it are reused first)",
     ]
+    budget = report["budget"]
+    lines.append(
+        f"in use {budget['used_mib']:,} MiB: snapshot {budget['snapshot_mib']:,} MiB, kept free for a reload "
+        f"{budget['reload_room_mib']:,} MiB, headroom {budget['headroom_mib']:,} MiB, "
+        f"{budget['caps_mib']:,} MiB for the limits below; Track refused past "
+        f"{budget['write_limit_mib']:,} MiB"
+    )
     if report["high_water_share"] >= 0.9:
         lines.append(
             "WARNING: the data file is past 90% of data.map_size_mb: give the node a larger map (the file "
             "grows only within it), or lower the size limits below"
         )
+    if budget["full"]:
+        lines.append(
+            "WARNING: the store is full: Track is answered RESOURCE_EXHAUSTED until housekeeping brings the "
+            "namespaces under the limits below"
+        )
+    if not budget["reload_fits"]:
+        lines.append(
+            "WARNING: the map cannot hold a reload of this snapshot beside it (a reload would fail): raise "
+            "data.map_size_mb to at least twice the snapshot plus the headroom"
+        )
     lines += ["", f"{'namespace':<14} {'entries':>12} {'MiB':>10}"]
     for name, row in report["namespaces"].items():
         lines.append(f"{name:<14} {row['entries']:>12,} {row['mib']:>10,}")
-    lines += ["", f"{'limit':<24} {'used MiB':>10} {'limit MiB':>10} {'full':>7}  namespaces"]
+    lines += ["", f"{'limit':<24} {'used MiB':>10} {'limit MiB':>10} {'full':>7}  namespaces (configured)"]
     for limit in report["limits"]:
+        configured = "auto" if limit["configured_mib"] is None else f"{limit['configured_mib']:,} MiB"
         lines.append(
             f"{limit['key']:<24} {limit['used_mib']:>10,} {limit['limit_mib']:>10,} {limit['share']:>7.1%}  "
             + " + ".join(limit["namespaces"])
+            + f" ({configured})"
         )
     age = report["oldest_event_id_age_s"]
     lines.append("")

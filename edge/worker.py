@@ -71,16 +71,17 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     with store.read() as view:
         pipeline.state(view)  # decode the snapshot before reporting SERVING
     configure_logging(spec.log_level)
+    metrics = (
+        WorkerMetrics(spec.metrics_path, MetricsLayout(spec.placements))
+        if spec.metrics_path is not None
+        else None
+    )
     committer = GroupCommitter(
         store,
         spec.activity_limits,
         max_events=spec.group_commit_max_events,
         max_wait_s=spec.group_commit_max_wait_s,
-    )
-    metrics = (
-        WorkerMetrics(spec.metrics_path, MetricsLayout(spec.placements))
-        if spec.metrics_path is not None
-        else None
+        on_exposures_dropped=metrics.exposures_dropped if metrics is not None else None,
     )
     servicer = PersonalizerServicer(
         store,

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from edgewise.core.store import Store
+from edgewise.core.store_budget import MIN_CAP_BYTES
 from edgewise.edge.config import (
     ConfigError,
     EdgeConfig,
     activity_max_bytes,
     add_config_arguments,
+    cli_config,
     config_keys,
     dedupe_max_bytes,
     env_name,
@@ -21,6 +24,8 @@ from edgewise.edge.config import (
     format_config,
     load_config,
     outbox_max_bytes,
+    size_limits,
+    store_limits,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,32 +246,79 @@ def test_outbox_limit_must_leave_room_in_the_map(tmp_path: Path) -> None:
         "config error: data.outbox_max_mb = 512 (from EDGEWISE_DATA_OUTBOX_MAX_MB) must be less than "
         "data.map_size_mb = 512 (from --map-size-mb): the rest of the store needs room too"
     )
+    # 0 (auto): before a snapshot is known, a third of the map less its headroom (a sixteenth of it)
     config, _ = _load(tmp_path, data__dir="/srv", data__map_size_mb=1000)
-    assert config.data.outbox_max_mb == 0 and outbox_max_bytes(config.data) == 250 << 20  # a quarter
+    assert config.data.outbox_max_mb == 0 and outbox_max_bytes(config.data) == (1000 << 20) * 15 // 16 // 3
     config, _ = _load(tmp_path, env={"EDGEWISE_DATA_OUTBOX_MAX_MB": "64"}, data__dir="/srv")
     assert outbox_max_bytes(config.data) == 64 << 20
-    assert dedupe_max_bytes(config) == 2048 << 20  # a quarter of the default 8192 MiB map
-    message = _error(
+    assert dedupe_max_bytes(config) == 2560 << 20  # a third of the default 8192 MiB map less 512 MiB
+    assert activity_max_bytes(config) == 2560 << 20
+    # One limit set high leaves the auto ones to share the rest: no error, and the caps in force fit.
+    config, _ = _load(
         tmp_path, env={"EDGEWISE_TRACK_DEDUPE_MAX_MB": "800"}, data__dir="/srv", data__map_size_mb=1000
     )
-    assert message == (
-        "config error: data.outbox_max_mb 250 MiB (a quarter of the map: the default), "
-        "track.dedupe_max_mb 800 MiB (from EDGEWISE_TRACK_DEDUPE_MAX_MB), track.activity_max_mb 250 MiB "
-        "(a quarter of the map: the default): together they must be less than data.map_size_mb = 1000: "
-        "the rest of the store needs room too"
+    assert sum(size for _, size in size_limits(config, 100 << 20)) <= (1000 - 200 - 62.5) * (1 << 20)
+    # Limits set that cannot fit beside even an empty snapshot are refused.
+    message = _error(
+        tmp_path,
+        env={"EDGEWISE_TRACK_DEDUPE_MAX_MB": "800", "EDGEWISE_TRACK_ACTIVITY_MAX_MB": "200"},
+        data__dir="/srv",
+        data__map_size_mb=1000,
     )
-    assert activity_max_bytes(config) == 2048 << 20  # a quarter of the default 8192 MiB map
+    assert message == (
+        "config error: track.dedupe_max_mb 800 MiB (from EDGEWISE_TRACK_DEDUPE_MAX_MB), "
+        "track.activity_max_mb 200 MiB (from EDGEWISE_TRACK_ACTIVITY_MAX_MB): together they must be less "
+        "than data.map_size_mb = 1000 less its headroom of 62.5 MiB: the snapshot needs room too (the caps "
+        "in force are derived from what it leaves; 0 takes a third of that)"
+    )
     config, _ = _load(tmp_path, env={"EDGEWISE_TRACK_ACTIVITY_MAX_MB": "100"}, data__dir="/srv")
     assert activity_max_bytes(config) == 100 << 20
     with pytest.raises(ConfigError) as caught:
         _load(
             tmp_path,
-            env={"EDGEWISE_TRACK_ACTIVITY_MAX_MB": "600"},
+            env={"EDGEWISE_TRACK_ACTIVITY_MAX_MB": "960"},
             data__dir="/srv",
             data__map_size_mb=1000,
         )
     assert caught.value.key == "track.activity_max_mb"
-    assert "track.activity_max_mb 600 MiB (from EDGEWISE_TRACK_ACTIVITY_MAX_MB)" in str(caught.value)
+    assert "track.activity_max_mb 960 MiB (from EDGEWISE_TRACK_ACTIVITY_MAX_MB)" in str(caught.value)
+
+
+def test_the_caps_in_force_shrink_with_the_snapshot(tmp_path: Path) -> None:
+    """Each cap in force is at most its configured value, together they are at most what the map leaves
+    after twice the snapshot and the headroom, and a larger snapshot leaves them less."""
+    config, _ = _load(
+        tmp_path, env={"EDGEWISE_DATA_OUTBOX_MAX_MB": "100"}, data__dir="/srv", data__map_size_mb=1024
+    )
+    for snapshot_mib in (0, 100, 300, 600):
+        budget = store_limits(config, snapshot_mib << 20)
+        caps = dict(size_limits(config, snapshot_mib << 20))
+        assert caps["data.outbox_max_mb"] <= 100 << 20
+        room = max(0, (1024 - 2 * snapshot_mib - 64) << 20)
+        assert sum(caps.values()) <= max(room, 3 * MIN_CAP_BYTES)
+        assert budget.free_bytes == room and budget.reload_fits == (room > 0)
+    assert dict(size_limits(config, 0))["data.outbox_max_mb"] == 100 << 20  # fits: as configured
+    assert (
+        dict(size_limits(config, 400 << 20))["track.dedupe_max_mb"]
+        < dict(size_limits(config, 0))["track.dedupe_max_mb"]
+    )
+
+
+def test_print_config_shows_the_caps_in_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with Store(tmp_path / "data", map_size=64 << 20):
+        pass  # an empty store: a snapshot of 0 bytes
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--data", str(tmp_path / "data"), "--map-size-mb", "64", "--print-config"])
+    assert cli_config(args) == 0
+    printed = capsys.readouterr().out
+    assert "# in force: the snapshot in" in printed and "data.outbox_max_mb" in printed
+    assert "#   track.dedupe_max_mb   = 20.0 MiB (auto)" in printed  # (64 - 4) / 3
+    assert "Track refused (RESOURCE_EXHAUSTED, store full) past 62.0 MiB" in printed
+    assert '#   track.queue_exposures = "auto": no' in printed
+    (tmp_path / "back.toml").write_text(printed)  # still a config file that loads back
+    config, _ = load_config(tmp_path / "back.toml", {}, {})
+    assert config.data.map_size_mb == 64
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

@@ -56,7 +56,11 @@ def test_status_beside_a_serving_edge_reports_its_store_and_limits(
     assert namespaces["profiles"]["entries"] == snapshot["profiles"]
     limits = {limit["key"]: limit for limit in report["limits"]}
     assert limits["data.outbox_max_mb"]["limit_mib"] == 100.0  # the flag, as the node would apply it
-    assert limits["track.dedupe_max_mb"]["limit_mib"] == 256.0  # a quarter of the map
+    assert limits["data.outbox_max_mb"]["configured_mib"] == 100.0
+    # auto: a third of the map less twice the snapshot and the headroom (a sixteenth of the map)
+    snapshot_mib = report["budget"]["snapshot_mib"]
+    assert abs(limits["track.dedupe_max_mb"]["limit_mib"] - (1024 - 2 * snapshot_mib - 64) / 3) < 0.2
+    assert limits["track.dedupe_max_mb"]["configured_mib"] is None
     assert limits["track.dedupe_max_mb"]["namespaces"] == ["events", "event_times"]
     assert 0 < limits["track.activity_max_mb"]["share"] < 0.01
     assert 0 <= report["oldest_event_id_age_s"] < 600 and report["forget_purges_pending"] == 0
@@ -86,11 +90,34 @@ def test_a_store_near_its_map_is_called_out(tmp_path: Path) -> None:
     usage = StoreUsage(95 << 20, namespaces, 0, 0, 1)
     report = status_report(config, tmp_path, usage, SnapshotInfo(), 0)
     assert report["high_water_share"] == 0.95
-    assert {row["key"]: row["share"] for row in report["limits"]}["track.activity_max_mb"] == 2.0
+    # no snapshot: the caps share the map less its headroom (6.25 MiB), 31.25 MiB each
+    assert {row["key"]: row["share"] for row in report["limits"]}["track.activity_max_mb"] == 1.6
     text = format_report(report)
     assert "no snapshot loaded yet" in text and "WARNING: the data file is past 90%" in text
-    assert "track.activity_max_mb" in text and "200.0%" in text
+    assert "track.activity_max_mb" in text and "160.0%" in text
     calm = format_report(
         status_report(config, tmp_path, StoreUsage(10 << 20, namespaces, 0, 0, 1), SnapshotInfo(), 0)
     )
     assert "WARNING" not in calm
+
+
+def test_the_limits_in_force_leave_room_for_the_snapshot_and_a_reload(tmp_path: Path) -> None:
+    """A 64 MiB map holding a 24 MiB snapshot: the three size limits, left at their defaults, together
+    leave room for the snapshot, a reload's second copy of it and the headroom (they were a quarter of
+    the map each, whatever the snapshot: 48 MiB beside 2 x 24). A snapshot too big for a reload beside it
+    is called out."""
+    config, _ = load_config(None, {}, {"data.dir": str(tmp_path), "data.map_size_mb": 64})
+    namespaces = {"profiles": (1_000, 20 << 20), "items": (100, 4 << 20), "activity": (10, 4096)}
+    report = status_report(config, tmp_path, StoreUsage(40 << 20, namespaces, 0, 0, 1), SnapshotInfo(), 0)
+    limits = [row["limit_mib"] for row in report["limits"]]
+    print("limits in force (MiB):", limits)
+    assert sum(limits) + 2 * 24 <= 64 - 4  # the headroom of a map under 64 MiB is 4 MiB
+    assert limits == [4.0, 4.0, 4.0]  # a third each of 64 - 2 x 24 - 4
+    assert report["budget"]["snapshot_mib"] == 24.0 and report["budget"]["write_limit_mib"] == 62.0
+    assert "WARNING" not in format_report(report)
+
+    namespaces["profiles"] = (1_000, 40 << 20)  # a 44 MiB snapshot: no room for a second copy
+    report = status_report(config, tmp_path, StoreUsage(50 << 20, namespaces, 0, 0, 1), SnapshotInfo(), 0)
+    assert [row["limit_mib"] for row in report["limits"]] == [0.1, 0.1, 0.1]  # the least: 64 KiB
+    assert not report["budget"]["reload_fits"]
+    assert "WARNING: the map cannot hold a reload of this snapshot" in format_report(report)

@@ -78,15 +78,48 @@ def test_a_caller_that_waits_too_long_gets_a_timeout(tmp_path: Path) -> None:
             assert view.count("events") == 1
 
 
-def test_exposures_of_a_failed_commit_go_with_the_next_one(tmp_path: Path) -> None:
+def test_exposures_of_a_failed_commit_are_dropped_and_counted(tmp_path: Path) -> None:
     # A real LMDB failure: an event id too long for a key (the servicer refuses those; the committer is
-    # called directly here). Its Track call fails; the exposures waiting with it are not lost.
+    # called directly here). Its Track call fails; the exposures waiting with it are dropped and counted,
+    # not put back to ride (and fail) with every later commit.
     with Store(tmp_path / "s", map_size=1 << 28) as store:
-        committer = GroupCommitter(store, ActivityLimits(), exposure_flush_s=60.0)
+        reported: list[tuple[str, int]] = []
+        committer = GroupCommitter(
+            store, ActivityLimits(), exposure_flush_s=60.0, on_exposures_dropped=lambda *r: reported.append(r)
+        )
         committer.note_exposures([b"\x81\xa1k\xa8exposure", b"\x81\xa1k\xa8exposure"])
         with pytest.raises(Exception, match="MDB_BAD_VALSIZE"):
             committer.submit([_event("x" * 600)], timeout=10)
-        assert store.outbox_pending() == 0
-        assert committer.submit([_event("e1")], timeout=10).accepted == 1  # the next commit takes them
-        assert store.outbox_pending() == 2 + 1 and committer.exposures_dropped == 0
+        assert committer.submit([_event("e1")], timeout=10).accepted == 1
+        assert store.outbox_pending() == 1  # e1 alone: the exposures went
+        assert committer.exposures_dropped == 2 and reported == [("commit_failed", 2)]
         committer.close()
+
+
+def test_close_ends_promptly_when_commits_keep_failing(tmp_path: Path) -> None:
+    """An exposure record that can never fit in the map (2 MiB in a 1 MiB one): its commit fails once and
+    the record is dropped, not taken again every flush interval, nor in a loop once the committer is
+    closing (which kept close() from returning)."""
+    with Store(tmp_path / "s", map_size=1 << 20) as store:
+        original = store.record_events
+        calls = [0]
+
+        def counted(*args: object, **kwargs: object) -> TrackResponse:
+            calls[0] += 1
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+        store.record_events = counted  # type: ignore[method-assign]
+        committer = GroupCommitter(store, ActivityLimits(), exposure_flush_s=0.05)
+        committer.note_exposures([b"x" * (2 << 20)])
+        time.sleep(0.5)  # ten flush intervals
+        in_service = calls[0]
+        closing = threading.Thread(target=committer.close, daemon=True)
+        started = time.monotonic()
+        closing.start()
+        closing.join(5)
+        print(
+            f"commits tried: {in_service} in 0.5 s, {calls[0]} by the end; close alive: {closing.is_alive()}"
+        )
+        assert not closing.is_alive(), f"close() still running after 5 s ({calls[0]} commits tried)"
+        assert time.monotonic() - started < 1
+        assert in_service == calls[0] == 1 and committer.exposures_dropped == 1

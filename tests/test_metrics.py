@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgewise.core.decisions import FallbackReason
 from edgewise.edge.metrics import (
     BUCKETS,
+    EXPOSURE_DROP_REASONS,
     FALLBACK_REASONS,
     MAX_PLACEMENT_LABELS,
     OTHER,
@@ -359,7 +360,8 @@ def test_label_values_are_bounded(tmp_path: Path) -> None:
                 values.setdefault(key, set()).add(label_value)
     assert values["placement"] == {*rules[:MAX_PLACEMENT_LABELS], OTHER}
     assert values["code"] == set(STATUS_CODES)
-    assert values["reason"] == set(FALLBACK_REASONS)
+    assert values["reason"] == {*FALLBACK_REASONS, *EXPOSURE_DROP_REASONS}  # fallbacks, exposures dropped
+    assert values["limit"] == {"data.outbox_max_mb", "track.dedupe_max_mb", "track.activity_max_mb"}
     assert values["rpc"] == {"Decide", "Track"}
     assert values["result"] == {"accepted", "duplicate"}
     assert len(values["le"]) == len(BUCKETS) + 1
@@ -407,6 +409,10 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
                 "edgewise_dedupe_window_seconds",
                 "edgewise_activity_bytes",
                 "edgewise_activity_window_seconds",
+                "edgewise_exposures_dropped_total",
+                "edgewise_store_used_bytes",
+                "edgewise_store_write_limit_bytes",
+                "edgewise_store_limit_bytes",
             }
             assert set(families) == expected_families
             assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 100

@@ -51,6 +51,11 @@ FAMILIES = [
     ("edgewise_dedupe_window_seconds", "gauge"),
     ("edgewise_activity_bytes", "gauge"),
     ("edgewise_activity_window_seconds", "gauge"),
+    # added since (issue 16: a full store, exposures dropped)
+    ("edgewise_exposures_dropped_total", "counter"),
+    ("edgewise_store_used_bytes", "gauge"),
+    ("edgewise_store_write_limit_bytes", "gauge"),
+    ("edgewise_store_limit_bytes", "gauge"),
 ]
 # The same output's label values, family by family (a family's series: every combination of them).
 LE = ("5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1")
@@ -79,8 +84,12 @@ LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "edgewise_housekeeping_deleted_total": {
         "kind": ("event_ids", "activities", "event_ids_early", "activities_early")
     },
+    "edgewise_exposures_dropped_total": {"reason": ("queue_full", "store_full", "commit_failed")},
+    "edgewise_store_limit_bytes": {
+        "limit": ("data.outbox_max_mb", "track.dedupe_max_mb", "track.activity_max_mb")
+    },
 }
-SAMPLE_COUNT = 101  # lines of samples in that output
+SAMPLE_COUNT = 101 + 8  # lines of samples in that output, and in the families added since
 
 
 def _combinations(labels: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
@@ -128,7 +137,7 @@ def _get(url: str, accept: str | None = None) -> tuple[str, str]:
 
 
 def test_the_list_is_todays_output() -> None:
-    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19
+    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19 + 4
 
 
 @pytest.mark.slow
