@@ -165,14 +165,8 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.socket:
-    """Make sure no other program serves HOST:PORT, then reserve it for this node's workers.
-
-    The workers bind with SO_REUSEPORT, and the kernel lets any process of the same user join them on
-    that port, splitting connections between the two silently. So a node first checks that the port is
-    free (waiting up to `wait_s` for it), then binds its own SO_REUSEPORT reservation for its lifetime:
-    from then on the check of any other node fails on it, before this node's workers listen too.
-    `_PortInUse` when the port stays taken."""
+def _wait_port_free(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> None:
+    """Return once nothing else holds HOST:PORT (waiting up to `wait_s`); `_PortInUse` if it stays taken."""
     deadline = time.monotonic() + wait_s
     while not _port_is_free(host, port):
         if time.monotonic() >= deadline:
@@ -183,8 +177,35 @@ def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.so
                 "--listen)",
             )
         time.sleep(0.1)
+
+
+def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.socket:
+    """Make sure no other program serves HOST:PORT, then reserve it for this node's workers.
+
+    The workers bind with SO_REUSEPORT, and the kernel lets any process of the same user join them on
+    that port, splitting connections between the two silently. So a node first checks that the port is
+    free (waiting up to `wait_s` for it), then binds its own SO_REUSEPORT reservation for its lifetime:
+    from then on the check of any other node fails on it, before this node's workers listen too.
+    `_PortInUse` when the port stays taken."""
+    _wait_port_free(host, port, wait_s)
     reserved, _ = _reserve_port(host, port)
     return reserved
+
+
+def _refuse_a_taken_port(listen: str) -> None:
+    """Before the store is opened: a node whose explicit port another program serves exits 2 at once, so
+    it loads no bundle into a data directory that node may share. Only a taken port is refused here;
+    an address this host cannot bind is reported by the reservation step, as before."""
+    host, _, port_text = listen.rpartition(":")
+    try:
+        port = int(port_text)
+        if port:
+            _wait_port_free(host, port)
+    except _PortInUse as exc:
+        log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc.strerror}"})
+        raise _Exit(2) from exc
+    except (ValueError, OSError):
+        return
 
 
 @dataclass
@@ -303,6 +324,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     configure_logging(config.log.level)
     with contextlib.ExitStack() as acquired:
         try:
+            _refuse_a_taken_port(config.server.listen)
             store = _open_store(config, acquired)
             signals = _install_signals(acquired)
             sync = _load_snapshot(store, config, signals, acquired)

@@ -8,6 +8,7 @@ requests are INVALID_ARGUMENT) and 12 (Track's event type and context).
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import EdgeProcess, edge_args
+from conftest import EdgeProcess, edge_args, rewrite_manifest
 
 from edgewise.processes import Processes
 from edgewise.v1 import personalizer_pb2 as pb
@@ -200,6 +201,26 @@ def test_a_second_node_on_a_served_port_refuses_to_start(
     for n in range(20):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             assert pb_grpc.PersonalizerStub(ch).Decide(HOME, timeout=5).snapshot_version == 1, n
+    assert first.proc.poll() is None
+
+
+def test_a_node_refused_its_port_leaves_the_data_directory_alone(
+    processes: Processes, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # A second node started on the first one's port *and* data directory, with another bundle, must not
+    # load that bundle into the first node's store before it finds the port taken.
+    port = _free_port()
+    listen = ["--listen", f"127.0.0.1:{port}"]
+    first = processes.serve("first", [*edge_args(tmp_path / "a", bundle_dir), *listen])
+    newer = tmp_path / "newer"
+    shutil.copytree(bundle_dir, newer)
+    rewrite_manifest(newer, version=7)
+    second = processes.start("second", [*edge_args(tmp_path / "a", newer), *listen])
+    assert second.proc.wait(timeout=60) == 2
+    assert any(e.get("event") == "listen_failed" for e in second.log_events()), second.logs()
+    assert not any(e.get("event") == "bundle_loaded" for e in second.log_events()), second.logs()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        assert pb_grpc.PersonalizerStub(ch).Decide(HOME, timeout=5).snapshot_version == 1
     assert first.proc.poll() is None
 
 
