@@ -34,6 +34,7 @@ from typing import Final
 
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.store import Store, StoreFull, TrackResponse
+from edgewise.edge.stage_times import COMMIT, StageTimes, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class GroupCommitter:
         exposure_flush_s: float = 0.2,
         max_exposures: int = 100_000,
         on_exposures_dropped: Callable[[str, int], None] | None = None,
+        stages: StageTimes | None = None,
     ) -> None:
         self._store = store
         self._limits = limits
@@ -105,6 +107,7 @@ class GroupCommitter:
         self._exposures_since = 0.0  # monotonic time the oldest waiting exposure arrived
         self.exposures_dropped_by = dict.fromkeys(EXPOSURE_DROP_REASONS, 0)
         self._on_exposures_dropped = on_exposures_dropped
+        self._stages = stages  # benchmarks: the committer's CPU per commit (edge/stage_times.py)
         self._full_logged_at: float | None = None
         self._full_until = 0.0  # monotonic time before which commits are not tried (the store was full)
         self._full_error = ""  # why the store was full
@@ -247,7 +250,9 @@ class GroupCommitter:
         self._full_logged_at = now
 
     def _run(self) -> None:
+        stages = self._stages
         while (taken := self._take()) is not None:
+            t = now_ns() if stages is not None else 0
             batch, exposures = taken
             events = [e for p in batch for e in p.events]
             try:
@@ -256,6 +261,9 @@ class GroupCommitter:
                 for p in batch:
                     p.finish(error=exc)  # the callers are told and send them again
                 continue
+            finally:
+                if stages is not None:
+                    stages.add(COMMIT, t)
             self.batches += 1
             self.events += len(events)
             offset = 0
