@@ -79,6 +79,7 @@ __all__ = [
     "LoadError",
     "LoadReport",
     "RpcReport",
+    "decide_requests",
     "format_report",
     "parse_mix",
     "parse_placements",
@@ -552,6 +553,13 @@ class _Requests:
         if self._t_consent[j]:
             request.consent.extend(CONSENT)
         return request.SerializeToString()
+
+
+def decide_requests(config: LoadConfig, client: int = 0) -> list[bytes]:
+    """The serialized Decide requests client `client` of a run with `config` sends, in order (for other
+    load generators, e.g. h2load in bench.node, to send the same bytes)."""
+    cfg = config.validated()
+    return _Requests(_ClientSpec(client, cfg, cfg.rate, cfg.concurrency, 0, "")).decide
 
 
 class _Recorder:

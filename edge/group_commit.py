@@ -5,18 +5,22 @@ takes everything queued (up to `max_events`, whole calls only) into one transact
 while it commits form the next batch. So throughput grows with concurrency instead of collapsing to
 one fsync per call, and no call is answered before its events are on disk.
 
-Exposure records of decisions (`note_exposures`, never blocking Decide) ride along in the next
-transaction; with no Track call to ride with, they are committed every `exposure_flush_s` at most.
-So a crash loses at most that window of exposures (never an acknowledged Track event). Exposures never
-cost a Track call its commit: when a commit with both does not fit in the store (`StoreFull`), the
-events are committed again alone and the exposures dropped. A commit that fails fails its Track calls
-(their callers are told, and send them again) and drops its exposures: they are not put back, so a
-store that cannot take them (full, or failing) is never asked again and again for the same records
-(which spun the committer, and kept `close` from ending). Dropped exposures are counted by reason
-(`exposures_dropped_by`, and `on_exposures_dropped` for the node's metrics): `queue_full` (past
-`max_exposures` waiting), `store_full`, `commit_failed`. A full store is logged as `store_full` (a
-warning at most every `STORE_FULL_LOG_EVERY_S`, with the counts since the last one), other failures as
-`track_commit_failed`.
+Exposure records of decisions ride along in the next transaction; with no Track call to ride with, they
+are committed every `exposure_flush_s` at most. So a crash loses at most that window of exposures (never
+an acknowledged Track event). Decide hands its records over with `note_exposures`: an append to a
+bounded deque of bytes, no lock, no wake-up (the committer looks every `exposure_flush_s`), never a
+write of its own. (Queueing the decisions instead and building the records on the committer's thread was
+measured: the decisions' objects, kept alive until the next flush, made the cyclic collector's passes
+cost every stage of every call more than building the records on Decide's thread costs; BENCHMARKS.md.)
+Exposures never cost a Track call its commit: when a commit with both does not fit in the store
+(`StoreFull`), the events are committed again alone and the exposures dropped. A commit that fails fails
+its Track calls (their callers are told, and send them again) and drops its exposures: they are not put
+back, so a store that cannot take them (full, or failing) is never asked again and again for the same
+records (which spun the committer, and kept `close` from ending). Dropped exposures are counted by
+reason (`exposures_dropped_by`, and `on_exposures_dropped` for the node's metrics): `queue_full` (past
+`max_exposures` records waiting), `store_full`, `commit_failed`. A full store is logged as `store_full`
+(a warning at most every `STORE_FULL_LOG_EVERY_S`, with the counts since the last one), other failures
+as `track_commit_failed`.
 
 After a commit found the store full, the commits of the next `FULL_BACKOFF_S` are not tried: their calls
 fail at once with `StoreFull`. A flood of Track calls retried at once would otherwise take every page
@@ -29,11 +33,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.store import Store, StoreFull, TrackResponse
+from edgewise.edge.stage_times import COMMIT, StageTimes, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +99,23 @@ class GroupCommitter:
         exposure_flush_s: float = 0.2,
         max_exposures: int = 100_000,
         on_exposures_dropped: Callable[[str, int], None] | None = None,
+        stages: StageTimes | None = None,
     ) -> None:
         self._store = store
         self._limits = limits
         self._max_events = max_events
         self._max_wait_s = max_wait_s
         self._queue: list[_Pending] = []
-        self._exposures: list[bytes] = []
+        # Exposure records waiting: extended by Decide without a lock (deque.extend and popleft are
+        # atomic under the GIL), drained by the committer.
+        self._exposures: deque[bytes] = deque()
+        self._drop_lock = threading.Lock()  # the drop counters, off the hot path
         self._exposure_flush_s = exposure_flush_s
         self._max_exposures = max_exposures
-        self._exposures_since = 0.0  # monotonic time the oldest waiting exposure arrived
+        self._exposures_taken = 0.0  # monotonic time the committer last took the exposures waiting
         self.exposures_dropped_by = dict.fromkeys(EXPOSURE_DROP_REASONS, 0)
         self._on_exposures_dropped = on_exposures_dropped
+        self._stages = stages  # benchmarks: the committer's CPU per commit (edge/stage_times.py)
         self._full_logged_at: float | None = None
         self._full_until = 0.0  # monotonic time before which commits are not tried (the store was full)
         self._full_error = ""  # why the store was full
@@ -127,19 +138,15 @@ class GroupCommitter:
         return pending.wait(timeout)
 
     def note_exposures(self, records: Sequence[bytes]) -> None:
-        """Queue exposure records for the outbox; returns at once."""
-        if not records:
+        """Queue exposure records for the outbox; returns at once, takes no lock (the committer takes
+        them within `exposure_flush_s`). Past `max_exposures` waiting they are dropped and counted
+        (`queue_full`)."""
+        if not records or self._closed:
             return
-        with self._cond:
-            if self._closed:
-                return
-            if len(self._exposures) + len(records) > self._max_exposures:
-                self._dropped("queue_full", len(records))
-                return
-            if not self._exposures:
-                self._exposures_since = time.monotonic()
-                self._cond.notify()
-            self._exposures.extend(records)
+        if len(self._exposures) + len(records) > self._max_exposures:
+            self._dropped("queue_full", len(records))
+            return
+        self._exposures.extend(records)
 
     @property
     def exposures_dropped(self) -> int:
@@ -156,37 +163,46 @@ class GroupCommitter:
     def _dropped(self, reason: str, count: int) -> None:
         if not count:
             return
-        self.exposures_dropped_by[reason] += count
-        if self._on_exposures_dropped is not None:
-            self._on_exposures_dropped(reason, count)
+        with self._drop_lock:  # request threads (queue_full) and the committer
+            self.exposures_dropped_by[reason] += count
+            if self._on_exposures_dropped is not None:
+                self._on_exposures_dropped(reason, count)
 
     def _take(self) -> tuple[list[_Pending], list[bytes]] | None:
+        """The next batch: Track calls waiting (whole calls, up to `max_events`) with every exposure
+        waiting; exposures alone once per `exposure_flush_s`; None once closed with nothing left."""
         with self._cond:
             while not self._queue and not self._closed:
-                if self._exposures:
-                    left = self._exposures_since + self._exposure_flush_s - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                else:
-                    self._cond.wait()
-            exposures, self._exposures = self._exposures, []
-            if not self._queue:
-                return ([], exposures) if exposures else None
-            if self._max_wait_s > 0 and not self._closed:
-                deadline = time.monotonic() + self._max_wait_s
-                while sum(len(p.events) for p in self._queue) < self._max_events and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-            batch: list[_Pending] = []
-            size = 0
-            while self._queue and (not batch or size + len(self._queue[0].events) <= self._max_events):
-                pending = self._queue.pop(0)
-                batch.append(pending)
-                size += len(pending.events)
-            return batch, exposures
+                if not self._exposures:
+                    self._cond.wait(self._exposure_flush_s)  # note_exposures does not wake us
+                    continue
+                left = self._exposures_taken + self._exposure_flush_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            self._exposures_taken = time.monotonic()
+            waiting = self._exposures
+            exposures = [waiting.popleft() for _ in range(len(waiting))]
+            if self._queue:
+                return self._batch(), exposures
+            return ([], exposures) if exposures else None
+
+    def _batch(self) -> list[_Pending]:
+        """Track calls of the queue for one commit (called holding the condition)."""
+        if self._max_wait_s > 0 and not self._closed:
+            deadline = time.monotonic() + self._max_wait_s
+            while sum(len(p.events) for p in self._queue) < self._max_events and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0].events) <= self._max_events):
+            pending = self._queue.pop(0)
+            batch.append(pending)
+            size += len(pending.events)
+        return batch
 
     def _commit(self, events: list[Event], exposures: list[bytes]) -> TrackResponse:
         """One commit of `events` with `exposures`; when both do not fit, the events alone (the exposures
@@ -247,7 +263,9 @@ class GroupCommitter:
         self._full_logged_at = now
 
     def _run(self) -> None:
+        stages = self._stages
         while (taken := self._take()) is not None:
+            t = now_ns() if stages is not None else 0
             batch, exposures = taken
             events = [e for p in batch for e in p.events]
             try:
@@ -256,6 +274,9 @@ class GroupCommitter:
                 for p in batch:
                     p.finish(error=exc)  # the callers are told and send them again
                 continue
+            finally:
+                if stages is not None:
+                    stages.add(COMMIT, t)
             self.batches += 1
             self.events += len(events)
             offset = 0

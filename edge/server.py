@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgewise.edge.metrics import WorkerMetrics
 from edgewise.edge.servicer import PersonalizerServicer
+from edgewise.edge.stage_times import DECODE, INTERCEPTOR, SERIALIZE, StageTimes, now_ns
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
@@ -96,11 +97,15 @@ class _CallMeter(grpc.ServerInterceptor):
       code the caller got, DEADLINE_EXCEEDED or CANCELLED, not OK.
     """
 
-    def __init__(self, metrics: WorkerMetrics | None, max_message_bytes: int) -> None:
+    def __init__(
+        self, metrics: WorkerMetrics | None, max_message_bytes: int, stages: StageTimes | None = None
+    ) -> None:
         self._metrics = metrics
         self._max_message_bytes = max_message_bytes
+        self.stages = stages  # per-stage CPU for benchmarks (edge/stage_times.py); None: off
         self._state: Any = None
         self._decoders: dict[str, Callable[[bytes], Any]] = {}
+        self._serializers: dict[str, Callable[[Any], bytes] | None] = {}
 
     def bind(self, server: grpc.Server) -> None:
         state = getattr(server, "_state", None)
@@ -113,6 +118,8 @@ class _CallMeter(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         arrived = time.perf_counter()
+        stages = self.stages
+        t = now_ns() if stages is not None else 0
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         known = _METHODS.get(method)
@@ -128,11 +135,19 @@ class _CallMeter(grpc.ServerInterceptor):
                     self._metrics.observe_rpc(rpc, "RESOURCE_EXHAUSTED", time.perf_counter() - arrived)
                 return handler  # gRPC rejects it at once
         decoder = self._decoders.get(method)
+        serializer = handler.response_serializer
         if decoder is None:
-            decoder = self._decoders[method] = _lenient(handler.request_deserializer or _identity)
-        return _MeteredCall(
-            self, rpc, message, handler.unary_unary, decoder, handler.response_serializer, arrived
-        )
+            decoder = _lenient(handler.request_deserializer or _identity)
+            if stages is not None:
+                decoder = _timed(stages, DECODE, decoder)
+                self._serializers[method] = _timed(stages, SERIALIZE, serializer) if serializer else None
+            self._decoders[method] = decoder
+        if stages is not None:
+            serializer = self._serializers[method]
+        call = _MeteredCall(self, rpc, message, handler.unary_unary, decoder, serializer, arrived)
+        if stages is not None:
+            stages.add(INTERCEPTOR, t)
+        return call
 
     def observe(self, rpc: str, code: str, arrived: float) -> None:
         if self._metrics is not None:
@@ -193,8 +208,11 @@ class _MeteredCall(_Handler):
 
     def stream_unary(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         code = "UNKNOWN"
+        stages = self._meter.stages
+        t = 0
         try:
             response = self._unary(self._meter.request(requests, context, self._message), context)
+            t = now_ns() if stages is not None else 0
             code = _code_after_return(context)
             return response
         except Exception:
@@ -202,6 +220,25 @@ class _MeteredCall(_Handler):
             raise
         finally:
             self._meter.observe(self._rpc, code, self._arrived)
+            if stages is not None and t:
+                stages.add(INTERCEPTOR, t)
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _timed(stages: StageTimes, stage: int, function: Callable[[_T], _R]) -> Callable[[_T], _R]:
+    """`function`, its thread CPU charged to `stage`."""
+
+    def timed(argument: _T) -> _R:
+        t = now_ns()
+        try:
+            return function(argument)
+        finally:
+            stages.add(stage, t)
+
+    return timed
 
 
 def _identity(data: bytes) -> bytes:
@@ -237,14 +274,16 @@ def build_server(
     max_concurrent_rpcs: int | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     metrics: WorkerMetrics | None = None,
+    stages: StageTimes | None = None,
 ) -> EdgeServer:
     """Bind `listen` (HOST:PORT, port 0 = any free port) and register every service; not started yet.
 
     `reuse_port`: several worker processes share the port (SO_REUSEPORT, the kernel spreads
     connections). `max_concurrent_rpcs`: calls past it are shed with RESOURCE_EXHAUSTED at once.
     `metrics`: every Decide and Track call is counted there by the code its caller gets, and timed from
-    its arrival, shed calls included (`_CallMeter`)."""
-    meter = _CallMeter(metrics, max_message_bytes)
+    its arrival, shed calls included (`_CallMeter`). `stages`: per-stage CPU of each Decide for benchmarks
+    (edge/stage_times.py)."""
+    meter = _CallMeter(metrics, max_message_bytes, stages)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
         options=[

@@ -27,6 +27,16 @@ from edgewise.core.store import Store, StoreFull
 from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.metrics import WorkerMetrics
+from edgewise.edge.stage_times import (
+    CALLS,
+    CONVERT_IN,
+    EXPOSURES,
+    PIPELINE,
+    RESPONSE,
+    SERVICER_OTHER,
+    StageTimes,
+    now_ns,
+)
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
@@ -55,6 +65,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         committer: GroupCommitter | None = None,
         options: ServingOptions | None = None,
         metrics: WorkerMetrics | None = None,
+        stages: StageTimes | None = None,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
@@ -63,28 +74,41 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         self._committer = committer
         self._options = options or ServingOptions()
         self._metrics = metrics
+        self._stages = stages  # per-stage CPU for benchmarks (edge/stage_times.py); None: off
         self._in_flight = 0
         self._lock = threading.Lock()
 
     def Decide(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> _pb.DecideResponse:
+        stages = self._stages
+        t = now_ns() if stages is not None else 0
         with self._lock:
             self._in_flight += 1
             busy = self._in_flight
+        if stages is not None:
+            stages.add(SERVICER_OTHER, t)
         try:
             response = self._decide(request, context, busy)
         finally:
+            t = now_ns() if stages is not None else 0
             with self._lock:
                 self._in_flight -= 1
         if self._metrics is not None:
             for p in response.placements:
                 self._metrics.decision(p.placement_id, p.fallback_reason)
+        if stages is not None:
+            stages.add(SERVICER_OTHER, t)
+            stages.slots()[CALLS] += 1
         return response
 
     def _decide(
         self, request: _pb.DecideRequest, context: grpc.ServicerContext, busy: int
     ) -> _pb.DecideResponse:
+        stages = self._stages
+        t = now_ns() if stages is not None else 0
         try:
             ask = decide_input(request, self._limits, int(time.time() * 1000))
+            if stages is not None:
+                t = stages.add(CONVERT_IN, t)
             remaining = context.time_remaining()
             shortcut = None
             if remaining is not None and remaining * 1000 < self._options.min_budget_ms:
@@ -98,14 +122,23 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
                     decision = self._pipeline.fast_default(view, ask, shortcut)
                 else:
                     decision = self._pipeline.decide(view, ask)
+            if stages is not None:
+                t = stages.add(PIPELINE, t)
         except RequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SnapshotMissing:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge has no snapshot loaded yet; retry shortly")
         decision_id = new_decision_id()
+        if stages is not None:
+            t = stages.add(RESPONSE, t)
         if self._committer is not None and self._options.queue_exposures and ANALYTICS in ask.consent:
             self._committer.note_exposures(exposure_records(decision_id, ask, decision))
-        return decide_response(decision, decision_id)
+            if stages is not None:
+                t = stages.add(EXPOSURES, t)
+        response = decide_response(decision, decision_id)
+        if stages is not None:
+            stages.add(RESPONSE, t)
+        return response
 
     def Track(self, request: _pb.TrackRequest, context: grpc.ServicerContext) -> _pb.TrackResponse:
         response = self._track(request, context)

@@ -26,6 +26,7 @@ from edgewise.edge.group_commit import GroupCommitter
 from edgewise.edge.metrics import MetricsLayout, WorkerMetrics
 from edgewise.edge.server import build_server
 from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
+from edgewise.edge.stage_times import stage_times_from_env
 from edgewise.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,14 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         if spec.metrics_path is not None
         else None
     )
+    stages = stage_times_from_env()  # benchmarks only: per-stage CPU of Decide (edge/stage_times.py)
     committer = GroupCommitter(
         store,
         spec.activity_limits,
         max_events=spec.group_commit_max_events,
         max_wait_s=spec.group_commit_max_wait_s,
         on_exposures_dropped=metrics.exposures_dropped if metrics is not None else None,
+        stages=stages,
     )
     servicer = PersonalizerServicer(
         store,
@@ -91,6 +94,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         committer=committer,
         options=spec.options,
         metrics=metrics,
+        stages=stages,
     )
     edge = build_server(
         servicer,
@@ -100,6 +104,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         max_concurrent_rpcs=spec.options.max_in_flight if spec.options.overload == "reject" else None,
         max_message_bytes=spec.max_message_bytes,
         metrics=metrics,
+        stages=stages,
     )
     # Everything built so far (modules, the decoded snapshot state, the server) lives as long as the
     # worker: move it out of the cyclic collector's generations, so collections triggered by request
@@ -118,8 +123,12 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         if os.getppid() != parent:
             log.warning("worker_orphaned", extra={"worker": spec.index, "error": "the supervisor is gone"})
             break
+        if stages is not None:
+            stages.write()
     edge.stop(spec.grace)
     committer.close()
+    if stages is not None:
+        stages.write()
     if metrics is not None:
         metrics.close()
     store.close()

@@ -6,9 +6,19 @@ import threading
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from edgewise.core.activity import ActivityLimits, Event
+from edgewise.core.decisions import (
+    Context,
+    DecideRequest,
+    DecideResponse,
+    ItemResult,
+    PlacementDecision,
+    PlacementRequest,
+)
+from edgewise.core.exposure import exposure_records
 from edgewise.core.store import Store, TrackResponse
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 
@@ -123,3 +133,73 @@ def test_close_ends_promptly_when_commits_keep_failing(tmp_path: Path) -> None:
         assert not closing.is_alive(), f"close() still running after 5 s ({calls[0]} commits tried)"
         assert time.monotonic() - started < 1
         assert in_service == calls[0] == 1 and committer.exposures_dropped == 1
+
+
+def _decision(i: int) -> tuple[str, DecideRequest, DecideResponse]:
+    request = DecideRequest(
+        f"u{i}", "", Context(country="DE"), frozenset({"analytics"}), (PlacementRequest("home", 2),), now_ms=5
+    )
+    items = [ItemResult(f"i{i}", 1.5, "embedding"), ItemResult("i9", 0.5, "embedding")]
+    placements = [PlacementDecision("home", items, strategy="embedding"), PlacementDecision("hero")]
+    return f"d{i:031d}", request, DecideResponse(3, placements, segments=("s",))
+
+
+def test_exposures_noted_reach_the_outbox_in_order_within_the_flush_interval(tmp_path: Path) -> None:
+    """Decide appends its records (no lock, no wake-up); the committer takes them within its flush
+    interval, in the order they came, with no Track call to ride with."""
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        committer = GroupCommitter(store, ActivityLimits(), exposure_flush_s=0.05)
+        records = [r for i in range(100) for r in exposure_records(*_decision(i))]
+        for i in range(0, len(records), 2):
+            committer.note_exposures(records[i : i + 2])
+        deadline = time.monotonic() + 5
+        while store.outbox_pending() < len(records) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [record for _, record in store.outbox_batch(1000)] == records
+        committer.close()
+
+
+def test_exposures_past_the_bound_are_dropped_and_counted(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", map_size=1 << 28) as store:
+        reported: list[tuple[str, int]] = []
+        committer = GroupCommitter(
+            store,
+            ActivityLimits(),
+            exposure_flush_s=60.0,
+            max_exposures=5,
+            on_exposures_dropped=lambda *r: reported.append(r),
+        )
+        for i in range(4):
+            committer.note_exposures(exposure_records(*_decision(i)))  # 2 records each
+        assert reported == [("queue_full", 2), ("queue_full", 2)]
+        committer.close()  # commits the four waiting
+        assert store.outbox_pending() == 4 and committer.exposures_dropped_by["queue_full"] == 4
+
+
+def test_exposure_records_decode_to_one_map_of_every_field() -> None:
+    decision_id, request, decision = _decision(7)
+    home, hero = (msgpack.unpackb(r) for r in exposure_records(decision_id, request, decision))
+    assert home == {
+        "k": "exposure",
+        "id": f"{decision_id}:home",
+        "d": decision_id,
+        "u": "u7",
+        "s": "",
+        "p": "home",
+        "c": "",
+        "x": "",
+        "v": "",
+        "pr": 1.0,
+        "st": "embedding",
+        "f": 0,
+        "i": ["i7", "i9"],
+        "ct": "",
+        "ch": "",
+        "co": "DE",
+        "dv": "",
+        "sv": 3,
+        "sg": ["s"],
+        "ts": 5,
+        "bs": "",
+    }
+    assert len(hero) == 21 and hero["i"] == [] and hero["id"] == f"{decision_id}:hero"
