@@ -1,7 +1,7 @@
-"""The README's commands work when pasted in order: the Quickstart and the control-plane walk-through run
-in one bash shell against this tree's venv (ports and /tmp paths swapped for free ones), and what the
-README says about their output holds; every `ctl` line carries the ops token; the synthetic bundle's
-placements are named the same everywhere."""
+"""The README's commands work when pasted in order: the Quickstart, the control-plane walk-through and
+the Python example run in one bash shell against this tree's venv (ports and /tmp paths swapped for free
+ones), and what the README says about their output holds; every `ctl` line carries the ops token; the
+synthetic bundle's placements are named the same everywhere."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```sh\n(.*?)```", README, re.S)
 QUICKSTART = next(b for b in BLOCKS if "edgewise bundle synth" in b)
 FLEET = next(b for b in BLOCKS if "edgewise control serve --data" in b)
+PYTHON = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "ControlClient(" in b)
+STOP = "kill $edge_pid $control_pid"
 
 
 def test_the_synthetic_placements_are_one_list() -> None:
@@ -42,10 +44,16 @@ def test_every_ctl_line_carries_the_ops_token() -> None:
                 assert line.startswith("EDGEWISE_OPS_TOKEN=") or "--token-file" in line, line
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct ports free now (all held until each is chosen, so none is chosen twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _documents(text: str) -> list[dict[str, Any]]:
@@ -59,9 +67,10 @@ def test_the_quickstart_and_the_fleet_walkthrough_run_pasted_in_order(tmp_path: 
         pytest.skip("no .venv in the repository root (the README installs into it)")
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    script = QUICKSTART + FLEET
-    for port in ("50051", "50052", "50061", "9465"):
-        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{_free_port()}")
+    assert STOP in README
+    script = QUICKSTART + FLEET + f"python3 - <<'EOF'\n{PYTHON}EOF\n{STOP}\n"
+    for port, free in zip(("50051", "50052", "50061", "9465"), _free_ports(4), strict=True):
+        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free}")
     script = script.replace("/tmp/", f"{tmp_path}/")
     work = tmp_path / "shell"
     work.mkdir()
@@ -71,7 +80,7 @@ def test_the_quickstart_and_the_fleet_walkthrough_run_pasted_in_order(tmp_path: 
     wrapped = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     done = subprocess.run(
-        ["bash", "-c", wrapped], cwd=work, env=env, capture_output=True, text=True, timeout=240, check=False
+        ["bash", "-c", wrapped], cwd=work, env=env, capture_output=True, text=True, timeout=180, check=False
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -92,3 +101,8 @@ def test_the_quickstart_and_the_fleet_walkthrough_run_pasted_in_order(tmp_path: 
     assert "pop-fra-1" in done.stdout  # ctl status
     assert re.search(r'^edgewise_control_edges\{state="ready"\} 1\.0$', done.stdout, re.M)
     assert (work / "ops.token").read_text().strip() and (work / "edge.token").read_text().strip()
+    # the Python example: the push (the bundle again: the delta's item goes), the edge in status, a
+    # decision and a tracked click
+    assert re.search(r"^version \d+: bundle version 1: 2000 items, 10000 profiles$", done.stdout, re.M)
+    assert re.search(r"^pop-fra-1 \d+ \d+ ", done.stdout, re.M)
+    assert re.search(r"TrackResponse\(accepted=1", done.stdout)
