@@ -76,6 +76,7 @@ class BanditLearner:
         self.stats = BanditStats()
         self.attributor = Attributor()
         self.last_publish: float | None = None
+        self.publishes = 0  # commits of posteriors published since start (for metrics)
         self.replay = replay
         self.skipped = SkippedRecords("bandit_learner")
         # The published cursor: the last record read (and counted). The records before it are re-read
@@ -185,6 +186,7 @@ class BanditLearner:
             )
         self.last_publish = now
         if info is not None:
+            self.publishes += 1
             log.info(
                 "bandits_published",
                 extra={"version": info.version, "reason": reason, "rewards": counts.rewards},

@@ -25,7 +25,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Final, Literal
 
-from edgewise.config import ConfigError, ConfigSchema, check_address, meta, origin, toml_value
+from edgewise.config import (
+    ConfigError,
+    ConfigSchema,
+    check_address,
+    check_optional_address,
+    meta,
+    origin,
+    toml_value,
+)
 from edgewise.sync.admission import EdgeLimits
 from edgewise.sync.auth import EDGE_TOKEN_ENV, OPS_TOKEN_ENV
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
@@ -41,6 +49,7 @@ __all__ = [
     "EventsConfig",
     "FleetConfig",
     "LogConfig",
+    "MetricsConfig",
     "ServerConfig",
     "SyncConfig",
     "TlsConfig",
@@ -267,6 +276,19 @@ class BanditsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = field(
+        default="",
+        metadata=meta(
+            "HOST:PORT of the Prometheus endpoint (GET /metrics); empty: off",
+            check=check_optional_address,
+            flag="--metrics-listen",
+            metavar="HOST:PORT",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = field(
         default="info", metadata=meta("lowest level logged", flag="--log-level")
@@ -285,6 +307,7 @@ class ControlConfig:
     events: EventsConfig
     fleet: FleetConfig
     bandits: BanditsConfig
+    metrics: MetricsConfig
     log: LogConfig
 
     def get(self, key: str) -> object:

@@ -22,6 +22,7 @@ from edgewise.config import DurationError
 from edgewise.config import duration_ms as config_duration_ms
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.logs import configure_logging
+from edgewise.metrics_http import serve_metrics
 from edgewise.sync.admission import EdgeAdmission, EdgeLimits, control_grpc_server
 from edgewise.sync.auth import (
     EDGE_TOKEN_ENV,
@@ -34,6 +35,7 @@ from edgewise.sync.auth import (
     server_credentials,
 )
 from edgewise.sync.control_config import add_config_arguments, cli_config
+from edgewise.sync.control_metrics import CallMeter, control_registry
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import ControlStore, ControlStoreError
 from edgewise.sync.event_store import EventStore, EventStoreError
@@ -190,9 +192,10 @@ def run_control_serve(args: argparse.Namespace) -> int:
         key_of=_node_key(auth),
     )
     listen, ready_file = config.server.listen, config.server.ready_file
+    meter = CallMeter()  # first: the calls the token check refuses are counted too
     server = control_grpc_server(
         admission,
-        interceptors,
+        [meter, *interceptors],
         options=(
             ("grpc.max_receive_message_length", 8 << 20),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -213,6 +216,19 @@ def run_control_serve(args: argparse.Namespace) -> int:
         print(f"edgewise control serve: cannot listen on {listen}: {exc}", file=sys.stderr)
         store.close()
         return 2
+    metrics_address, metrics_server = "", None
+    if config.metrics.listen:
+        try:
+            metrics_server, _ = serve_metrics(
+                config.metrics.listen, control_registry(service, meter, admission)
+            )
+        except OSError as exc:
+            print(f"edgewise control serve: {exc}", file=sys.stderr)
+            server.stop(None)
+            store.close()
+            events.close()
+            return 2
+        metrics_address = f"{config.metrics.listen.rpartition(':')[0]}:{metrics_server.server_address[1]}"
     server.start()
     service.start_background()
     for name in ("", SERVICE_NAME):
@@ -221,11 +237,18 @@ def run_control_serve(args: argparse.Namespace) -> int:
     version = store.head_version()
     log.info(
         "control_serving",
-        extra={"address": address, "version": version, "pid": os.getpid(), "tls": credentials is not None},
+        extra={
+            "address": address,
+            "version": version,
+            "pid": os.getpid(),
+            "tls": credentials is not None,
+            "metrics": metrics_address or None,
+        },
     )
     if ready_file:
         tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"address": address, "port": port, "pid": os.getpid(), "version": version}))
+        ready = {"address": address, "port": port, "pid": os.getpid(), "version": version}
+        tmp.write_text(json.dumps({**ready, "metrics": metrics_address}))
         os.replace(tmp, ready_file)
     stop = threading.Event()
 
@@ -238,6 +261,9 @@ def run_control_serve(args: argparse.Namespace) -> int:
     log.info("control_stopping")
     health_servicer.enter_graceful_shutdown()
     server.stop(2.0).wait(5.0)
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
     admission.shutdown()
     service.stop_background()
     store.close()

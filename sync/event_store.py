@@ -280,6 +280,13 @@ class EventStore:
         """The next `limit` records after sequence `after` (a consumer's position)."""
         return list(islice(self.events(after), limit))
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest record stored (0 before the first): how many were ever
+        stored, deleted ones included."""
+        with self._env.begin() as txn:
+            raw = txn.get(_META_SEQ, db=self._meta)
+        return _SEQ.unpack(raw)[0] if raw is not None else 0
+
     def count(self) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._log)["entries"])

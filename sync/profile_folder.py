@@ -57,6 +57,8 @@ class ProfileFolder:
         self.batch = batch
         self.limits = limits or ActivityLimits()
         self.skipped = SkippedRecords("profile_folder")
+        self.commits = 0  # commits of folded profiles published since start (for metrics)
+        self.profiles = 0  # profile changes they carried
         self._loop = Periodic("profile-fold", interval, self._tick, "profile_fold_failed")
 
     def start(self) -> None:
@@ -102,6 +104,8 @@ class ProfileFolder:
                 changes, kind="delta", description=f"events folded up to {last}", cursor=CURSOR, position=last
             )
         if info is not None:
+            self.commits += 1
+            self.profiles += info.changes
             log.info(
                 "profiles_folded",
                 extra={"version": info.version, "profiles": info.changes, "events_to": last},

@@ -14,12 +14,16 @@ edgewise bench load|floor-server   drive an edge with load; serve the gRPC floor
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final
 
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
+EXIT_BROKEN_PIPE: Final = 141
+"""`edgewise ... | head`: the status a command killed by SIGPIPE has in a shell (128 + 13)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. A reader that goes away early (`edgewise ... | head`) ends it
+    quietly: no traceback, the status of a command stopped by SIGPIPE."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print "Exception ignored ... BrokenPipeError":
+        # point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["bench"]:
         from edgewise.bench import cli as bench_cli  # the one place the product reaches into bench/

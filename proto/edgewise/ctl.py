@@ -15,6 +15,7 @@ from typing import Any, Final, cast
 
 from edgewise.client import BundleError, ClientError, ControlClient, FleetStatus, History, Metric, SliceBy
 from edgewise.offline.plot_png import plot_series
+from edgewise.progress import ProgressLine
 from edgewise.sync.auth import OPS_TOKEN_ENV, load_token
 from edgewise.sync.control_serve import duration_ms
 from edgewise.sync.control_server import FORGET_STATUS_DEFAULT, FORGET_STATUS_MAX
@@ -117,30 +118,35 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class _Progress:
-    """The upload's progress bar on stderr (a terminal only, and not with --quiet): `push`'s callback."""
+    """The upload's progress on stderr (not with --quiet): `push`'s callback. A bar redrawn in place on a
+    terminal; elsewhere a plain line every few seconds and one at the end (`edgewise.progress`)."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet or not sys.stderr.isatty()
+    def __init__(self, quiet: bool, line: ProgressLine | None = None) -> None:
+        self.quiet = quiet
+        self.line = line if line is not None else ProgressLine(sys.stderr)
         self._last = 0.0
         self._started = time.monotonic()
+        self._finished = False
 
     def __call__(self, sent: int, total: int) -> None:
         total = max(total, 1)
         now = time.monotonic()
-        if self.quiet or (now - self._last < 0.1 and sent < total):
+        if self.quiet or self._finished or (now - self._last < 0.1 and sent < total):
             return
         self._last = now
         width = 30
         done = int(width * sent / total)
         rate = sent / max(now - self._started, 1e-6) / (1 << 20)
-        sys.stderr.write(
-            f"\r[{'#' * done}{'.' * (width - done)}] "
+        text = (
+            f"[{'#' * done}{'.' * (width - done)}] "
             f"{sent / (1 << 20):.1f}/{total / (1 << 20):.1f} MiB"
             f" {rate:.1f} MiB/s"
         )
         if sent >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            self._finished = True
+            self.line.done(text)
+        else:
+            self.line.update(text)
 
 
 def status_limit(text: str) -> int:

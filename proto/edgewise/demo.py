@@ -35,7 +35,14 @@ if TYPE_CHECKING:  # imported by run(): every command builds its parser from thi
 
 __all__ = ["add_arguments", "run"]
 
-PLACEMENTS = ("home", "pdp_similar", "hero_banner", "deals", "promo_slot")
+PLACEMENTS = (
+    "home",
+    "pdp_similar",
+    "hero_banner",
+    "deals",
+    "trending",
+    "promo_slot",
+)  # the synthetic bundle's, all
 REASONS = {v.number: v.name.removeprefix("FALLBACK_REASON_") for v in _pb.FallbackReason.DESCRIPTOR.values}
 
 

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgewise.progress import ProgressLine
+
 __all__ = [
     "SYNTH_DOC",
     "VALIDATE_DOC",
@@ -51,9 +53,10 @@ def run_synth(args: argparse.Namespace) -> int:
             print(f"error: --{name} must be >= 1", file=sys.stderr)
             return 2
     started = time.monotonic()
+    line = ProgressLine(sys.stderr)
 
     def progress(message: str) -> None:
-        print(f"\r  {message:<60}", end="", file=sys.stderr, flush=True)
+        line.update(f"  {message}")
 
     try:
         out = synth_bundle(
@@ -66,9 +69,10 @@ def run_synth(args: argparse.Namespace) -> int:
             progress=progress,
         )
     except (BundleError, OSError, ValueError) as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        line.done()
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(file=sys.stderr)
+    line.done()
     print(
         f"wrote bundle {out} (version {args.version}, {args.users} users, {args.items} items, "
         f"dim {args.dim}) in {time.monotonic() - started:.1f}s"

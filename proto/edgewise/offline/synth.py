@@ -88,8 +88,8 @@ def synth_schema() -> dict[str, Any]:
 
 def synth_rules() -> dict[str, Any]:
     """rules.json of synthetic bundles (see docs/rules.md): segments of every kind, campaigns on the
-    placements home / pdp_similar / hero_banner / deals / promo_slot, an A/B test and a multivariate
-    test in one layer, an algorithm A/B test on home, a bandit, and a 2% global holdout."""
+    placements home / pdp_similar / hero_banner / deals / trending / promo_slot, an A/B test and a
+    multivariate test in one layer, an algorithm A/B test on home, a bandit, and a 2% global holdout."""
     return {
         "segments": {
             "cart_abandoners": {"behavior": {"cart_abandoned": {"idle_minutes": 30}}},
