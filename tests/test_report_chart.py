@@ -72,6 +72,20 @@ def test_the_plot_is_a_png_with_a_line_and_a_band_per_variant() -> None:
     assert read_png(plot_series({}, "empty", "x", "y")).shape == (500, 900, 3)
 
 
+def test_an_experiment_of_one_bucket_gets_error_bars() -> None:
+    # A band over a single x would have no width: each variant's interval is an error bar instead.
+    doc = report_doc(buckets=1)
+    doc["series"] = [{**p, "value": 0.4, "low": 0.2, "high": 0.6} for p in doc["series"]]  # type: ignore[attr-defined]
+    image = read_png(report_plot(doc))
+    assert image.shape == (500, 900, 3)
+    blue = np.all(image == (0x1F, 0x77, 0xB4), axis=2)
+    rows = np.nonzero(blue.any(axis=1))[0]
+    assert rows.max() - rows.min() > 150  # a vertical bar spanning 20% .. 60% of the axis
+    columns = np.nonzero(blue[(rows.min() + rows.max()) // 2])[0]
+    orange = np.all(image == (0xFF, 0x7F, 0x0E), axis=2)
+    assert orange.any() and columns.max() < np.nonzero(orange.any(axis=0))[0].min()  # side by side
+
+
 def test_without_matplotlib_the_plot_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -2,6 +2,8 @@
 
 `plot_series` draws one line per series with its interval as a translucent band of the same colour,
 a title, axis labels, a legend and a light grid, and returns PNG bytes (900x500 pixels by default).
+With one or two x values (an experiment of an hour or two: a band that narrow would not show) each
+point gets an error bar instead, the series side by side.
 It uses matplotlib's object-oriented API with the Agg canvas (no pyplot, no display, no global
 state), and writes no timestamp or version into the file, so the same input gives the same bytes with
 the same matplotlib. Without matplotlib, `PlotUnavailable` says what to install. Used by
@@ -50,19 +52,38 @@ def plot_series(
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.ticker import PercentFormatter
+        from matplotlib.ticker import MaxNLocator, PercentFormatter
     except ImportError as exc:
         raise PlotUnavailable(INSTALL_HINT) from exc
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for name, points in series.items():
-        ordered = sorted((p for p in points if math.isfinite(p[0])), key=lambda p: p[0])
+    points = {
+        name: sorted((p for p in pts if math.isfinite(p[0])), key=lambda p: p[0])
+        for name, pts in series.items()
+    }
+    all_x = sorted({float(p[0]) for pts in points.values() for p in pts})
+    few = len(all_x) <= 2
+    step = all_x[1] - all_x[0] if len(all_x) == 2 else 1.0
+    for i, (name, ordered) in enumerate(points.items()):
         xs = [float(p[0]) for p in ordered]
         values = [_nan(p[1]) for p in ordered]
-        (line,) = axes.plot(xs, values, marker="o", markersize=3, linewidth=1.8, label=name)
         lows, highs = [_nan(p[2]) for p in ordered], [_nan(p[3]) for p in ordered]
+        if few:  # error bars, the series side by side around each x
+            dodge = (i - (len(points) - 1) / 2) * 0.08 * step
+            below = [v - lo if math.isfinite(v - lo) else 0.0 for v, lo in zip(values, lows, strict=True)]
+            above = [hi - v if math.isfinite(hi - v) else 0.0 for v, hi in zip(values, highs, strict=True)]
+            axes.errorbar(
+                [x + dodge for x in xs], values, yerr=[below, above], fmt="o", capsize=5, label=name
+            )
+            continue
+        (line,) = axes.plot(xs, values, marker="o", markersize=3, linewidth=1.8, label=name)
         axes.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.18, linewidth=0)
+    if few and all_x:
+        axes.set_xlim(all_x[0] - 0.5 * step, all_x[-1] + 0.5 * step)
+        axes.set_xticks(all_x)
+    elif all(x.is_integer() for x in all_x):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(title)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
