@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import Final, TextIO
 
 from edgewise.bench.floor import DEFAULT_FLOOR_LISTEN, FloorConfig, FloorError, serve_floor
 from edgewise.bench.load import (
@@ -42,6 +43,8 @@ __all__ = [
     "run_load_cli",
 ]
 
+TOKEN_ENV: Final = "EDGEWISE_BENCH_TOKEN"
+
 LOAD_DOC: Final = """\
 Drive an edge node (or the floor server) with Decide/Track calls and report latency percentiles.
 
@@ -50,17 +53,34 @@ measured from each call's intended send time (as wrk2 does), so queueing in the 
 the percentiles instead of slowing the client down (no coordinated omission). Closed loop
 (--concurrency C): C calls in flight at all times; finds the throughput the server sustains.
 
-Latency: HDR histograms (3 significant digits) of successful calls sent in the measured window,
-per RPC and overall: p50, p90, p99, p99.9, max. Errors are counted by gRPC status code. Also
-reported: the achieved vs intended rate, each client process's CPU use (of one core; a Python gRPC
-client process saturates at about 75-80%, the GIL) and the send lag (how late calls left the
+Counted: the calls sent in the measured window (after --warmup), per RPC and overall, each ending
+one way: sent = ok + errors + timeouts (DEADLINE_EXCEEDED) + unfinished (still open after the drain);
+completed = ok + errors + timeouts. Every rate is one of those counts over the measured seconds.
+Latency of the ok calls: HdrHistogram (3 significant digits), the spectrum p50, p75, p90, p95, p99,
+p99.9, p99.99 and max; --hdr-log FILE writes the same calls as a standard HdrHistogram interval log
+(one histogram a second; untagged lines: every RPC, Tag=Decide / Tag=Track: one RPC; values in ns)
+for HistogramLogProcessor, HistogramLogAnalyzer or hdr-plot. Failed calls are listed by gRPC status
+code. Also reported: the sent vs intended rate, each client process's CPU use (of one core; a Python
+gRPC client process saturates at about 75-80%, the GIL) and the send lag (how late calls left the
 client); a warning says when the client, not the server, may be what was measured.
+
+Users: Decide asks for users u0..u<N-1>; without --users, N is what the target holds (found with a
+few Decide calls asking whether u<n> is known: the ids of `edgewise bundle synth`), else 100000.
+--payload FILE sends your own Decide requests instead: one DecideRequest a line, in protobuf's
+canonical JSON mapping (the JSON `POST /v1/decide` takes), e.g.
+  {"userId": "u42", "consent": ["personalization"], "placements": [{"placementId": "home", "count": 10}]}
+sent round-robin. A target behind a TLS-terminating proxy: --tls-ca (and --tls-cert/--tls-key for
+mutual TLS, --tls-server-name to verify another name than the target's host); a bearer token on every
+call: --token-file FILE or the EDGEWISE_BENCH_TOKEN variable.
+
+Needs the hdrhistogram package: pip install 'edgewise[bench]'.
 
 Typical use, the gRPC floor first and the edge next (same machine, same load):
 
   edgewise bench floor-server --listen 127.0.0.1:50052 --workers 2 &
   edgewise bench load --target 127.0.0.1:50052 --concurrency 32 --duration 10
-  edgewise bench load --target 127.0.0.1:50052 --rate 4000 --duration 20 --json floor.json
+  edgewise bench load --target 127.0.0.1:50052 --rate 4000 --duration 20 --json floor.json \
+      --hdr-log floor.hlog
 
 A progress line goes to stderr once a second; the table to stdout; --json FILE (or --json alone:
 stdout, replacing the table) writes the machine-readable report. Exit status: 0 if the run completed
@@ -164,9 +184,9 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--users",
         type=int,
-        default=defaults.users,
+        default=None,
         metavar="N",
-        help=f"user ids u0..u<N-1>, Zipf-distributed (default {defaults.users})",
+        help="user ids u0..u<N-1>, Zipf-distributed (default: as many as the target holds, else 100000)",
     )
     parser.add_argument(
         "--items",
@@ -226,6 +246,28 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"random seed of the requests (default {defaults.seed})",
     )
     parser.add_argument(
+        "--payload",
+        metavar="FILE",
+        help="Decide requests to send instead of generated ones: one DecideRequest a line, in protobuf's "
+        "canonical JSON mapping (sent round-robin)",
+    )
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA to verify the target with (TLS on)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="PEM", help="client key (mutual TLS)")
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to verify the target's certificate for"
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"bearer token sent on every call (else the {TOKEN_ENV} variable; none when neither is set)",
+    )
+    parser.add_argument(
+        "--hdr-log",
+        metavar="FILE",
+        help="write the ok calls' latencies as an HdrHistogram interval log (one histogram a second)",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -233,6 +275,15 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the report as JSON to FILE (or to stdout, instead of the table, when FILE is omitted)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LoadError(f"--token-file {args.token_file}: {exc}") from None
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
@@ -256,6 +307,12 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
         deadline_ms=args.deadline_ms,
         max_in_flight=args.max_in_flight,
         seed=args.seed,
+        payload=args.payload,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        token=_token(args),
     ).validated()
 
 
@@ -274,15 +331,24 @@ def run_load_cli(args: argparse.Namespace) -> int:
         print("stopping (again to abort) ...", file=sys.stderr)
         stop.set()
 
+    hdr_log: TextIO | None = None
+    if args.hdr_log:
+        try:
+            hdr_log = open(args.hdr_log, "w", encoding="ascii")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            print(f"error: --hdr-log {args.hdr_log}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = run_load(config, progress=None if args.quiet else sys.stderr, stop=stop)
+        report = run_load(config, progress=None if args.quiet else sys.stderr, stop=stop, hdr_log=hdr_log)
     except LoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if hdr_log is not None:
+            hdr_log.close()
     if args.json != "-":
         print(format_report(report))
     if args.json is not None:

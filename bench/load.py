@@ -30,17 +30,28 @@ lag.
 
 Requests: a mix of Decide and Track (`mix`, e.g. decide=0.9,track=0.1). Decide asks for the
 placements given (default `home:10,pdp_similar:8,hero_banner`, the synthetic bundle's) for user
-`u<n>`, n Zipf-distributed over `users` (exponent `zipf`, the hot users are a fixed random subset),
+`u<n>`, n Zipf-distributed over `users` (exponent `zipf`, the hot users are a fixed random subset;
+by default `users` is what the target holds: `discover_users`),
 with the `personalization` and `analytics` purposes in `consent_share` of the calls (none otherwise),
 a country, device and channel context drawn like the synthetic bundle's, and one seed item `i<n>`
 (Zipf over `items`) for every placement whose id contains "similar" in `seed_share` of the calls.
 Track sends `track_batch` view or click events with unique event ids for the same users and items.
+With `payload` (a file of DecideRequests, one per line in protobuf's canonical JSON mapping: the JSON
+`POST /v1/decide` takes) Decide sends those requests instead, round-robin, each client process
+starting at its own offset. TLS (`tls_ca`, and `tls_cert` + `tls_key` for mutual TLS) and a bearer
+token (`token`, as `authorization: Bearer ...` on every call) reach targets behind a TLS-terminating
+proxy or gateway.
 
-Latency histograms (bench/histogram.py, 3 significant digits) hold successful calls (status OK)
-whose intended send time lies in the measured window (after `warmup`); errors are counted by gRPC
-status code. Throughput (`achieved_rate`) counts the calls that completed inside the measured window.
-Every phase is bounded: at most warmup + duration of sending, then at most the call deadline plus
-two seconds of draining; calls still open then are cancelled and counted as `unfinished`.
+What is counted: the calls whose intended send time lies in the measured window (after `warmup`),
+per RPC. Each of them ends one way: `ok`, `errors` (a gRPC status other than OK and
+DEADLINE_EXCEEDED), `timeouts` (DEADLINE_EXCEEDED) or `unfinished` (still open after the drain, then
+cancelled), so sent = ok + errors + timeouts + unfinished, and completed = ok + errors + timeouts.
+Rates divide those counts by the measured seconds (`achieved_rate` is the completed calls' rate).
+Latency histograms (bench/histogram.py: HdrHistogram, 3 significant digits) hold the `ok` calls; the
+percentiles reported are p50, p75, p90, p95, p99, p99.9, p99.99 and the max. `hdr_log` writes the
+same calls as an HdrHistogram interval log (one histogram a second, untagged: every RPC; `Tag=<RPC>`:
+one RPC), whose intervals add up to the report's histograms. Every phase is bounded: at most warmup +
+duration of sending, then at most the call deadline plus two seconds of draining.
 """
 
 from __future__ import annotations
@@ -65,9 +76,18 @@ from typing import Any, Final, TextIO
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
-from edgewise.bench.histogram import REPORT_PERCENTILES, Histogram, Summary
+from edgewise.bench.histogram import (
+    REPORT_PERCENTILES,
+    HdrLogWriter,
+    Histogram,
+    Summary,
+    require_hdrhistogram,
+    wall_time_of,
+)
 from edgewise.offline.synth import COUNTRIES, COUNTRY_WEIGHTS, DEVICE_WEIGHTS, DEVICES
+from edgewise.sync.auth import bearer_metadata, channel_credentials
 from edgewise.v1 import personalizer_pb2 as _pb
 
 __all__ = [
@@ -80,7 +100,9 @@ __all__ = [
     "LoadReport",
     "RpcReport",
     "decide_requests",
+    "discover_users",
     "format_report",
+    "load_payload",
     "parse_mix",
     "parse_placements",
     "run_load",
@@ -104,6 +126,10 @@ PR_SET_TIMERSLACK: Final = 29
 EWMA_WEIGHT: Final = 0.1  # of the newest latency in a connection's moving average
 EXPLORE_SHARE: Final = 0.02  # calls sent to a random connection whatever its load
 CLIENT_CPU_LIMIT: Final = 0.7  # of one core: a Python gRPC client process saturates about here (GIL)
+DEFAULT_USERS: Final = 100_000  # when the target does not tell (see discover_users)
+MAX_PAYLOAD_LINES: Final = 1_000_000
+MAX_PROBE_USERS: Final = 1 << 31
+TIMEOUT_CODE: Final = "DEADLINE_EXCEEDED"
 
 
 class LoadError(RuntimeError):
@@ -171,7 +197,7 @@ class LoadConfig:
     placements: tuple[tuple[str, int], ...] = field(
         default_factory=lambda: parse_placements(DEFAULT_PLACEMENTS)
     )
-    users: int = 100_000
+    users: int | None = None  # None: what the target holds (discover_users), else DEFAULT_USERS
     items: int = 10_000
     zipf: float = 1.0
     consent_share: float = 0.9
@@ -180,6 +206,12 @@ class LoadConfig:
     deadline_ms: float = 1000.0
     max_in_flight: int = 64  # open loop: sender threads (= calls in flight) per client process
     seed: int = 1
+    payload: str | None = None  # file of DecideRequests (JSON lines, canonical JSON mapping)
+    tls_ca: str | None = None  # CA to verify the target with (TLS on)
+    tls_cert: str | None = None  # client certificate (mutual TLS)
+    tls_key: str | None = None
+    tls_server_name: str | None = None  # the name to verify the target's certificate for
+    token: str | None = field(default=None, repr=False)  # bearer token; never reported
 
     @property
     def mode(self) -> str:
@@ -211,8 +243,18 @@ class LoadConfig:
             raise LoadError(f"mix must map {'/'.join(RPCS)} to weights >= 0, got {dict(self.mix)}")
         if not self.placements and self.mix.get("Decide", 0) > 0:
             raise LoadError("placements: at least one placement is required for Decide")
-        if self.users < 1 or self.items < 1:
+        if (self.users is not None and self.users < 1) or self.items < 1:
             raise LoadError(f"users and items must be >= 1, got {self.users} and {self.items}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise LoadError("mutual TLS needs both a client certificate and its key")
+        if self.tls_ca is None and (self.tls_cert or self.tls_server_name):
+            raise LoadError(
+                "a client certificate or a TLS server name needs a CA file (TLS is on with --tls-ca)"
+            )
+        if self.token is not None:
+            token = self.token.strip()
+            if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+                raise LoadError("the token must be non-empty printable ASCII without whitespace")
         if not 0 <= self.zipf <= 5:
             raise LoadError(f"zipf exponent must be in [0, 5], got {self.zipf}")
         for name in ("consent_share", "seed_share"):
@@ -238,22 +280,37 @@ class LoadConfig:
 
 @dataclass
 class RpcReport:
-    """One RPC's (or all RPCs') figures over the measured window."""
+    """One RPC's (or all RPCs') calls sent in the measured window and how each ended.
+
+    sent = ok + errors + timeouts + unfinished; `failures` holds every status other than OK by name
+    (DEADLINE_EXCEEDED included: `timeouts`), so sum(failures) = errors + timeouts."""
 
     sent: int = 0  # calls whose intended send time is in the measured window
     ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)  # gRPC status name -> calls
-    latency: Histogram = field(default_factory=Histogram)  # successful calls, from the intended send
+    failures: dict[str, int] = field(default_factory=dict)  # gRPC status name -> calls
+    unfinished: int = 0  # still open after the drain (cancelled)
+    latency: Histogram = field(default_factory=Histogram)  # ok calls, from the intended send
+
+    @property
+    def timeouts(self) -> int:
+        return self.failures.get(TIMEOUT_CODE, 0)
 
     @property
     def error_count(self) -> int:
-        return sum(self.errors.values())
+        """Calls that ended with a status other than OK and DEADLINE_EXCEEDED."""
+        return sum(self.failures.values()) - self.timeouts
+
+    @property
+    def completed(self) -> int:
+        """Calls that got an answer: ok + errors + timeouts."""
+        return self.ok + sum(self.failures.values())
 
     def merge(self, other: RpcReport) -> None:
         self.sent += other.sent
         self.ok += other.ok
-        for code, n in other.errors.items():
-            self.errors[code] = self.errors.get(code, 0) + n
+        self.unfinished += other.unfinished
+        for code, n in other.failures.items():
+            self.failures[code] = self.failures.get(code, 0) + n
         self.latency.merge(other.latency)
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,7 +318,10 @@ class RpcReport:
             "sent": self.sent,
             "ok": self.ok,
             "errors": self.error_count,
-            "errors_by_code": dict(sorted(self.errors.items())),
+            "timeouts": self.timeouts,
+            "unfinished": self.unfinished,
+            "completed": self.completed,
+            "errors_by_code": dict(sorted(self.failures.items())),
             "latency": self.latency.summary().to_dict(),
         }
 
@@ -272,11 +332,11 @@ class ClientStats:
 
     index: int
     sent: int  # every call, warmup included
-    completed: int
+    completed: int  # every call answered, warmup included
     cpu: float
     wall_s: float
     unsent: int  # calls due in the window that were never sent (the sender was too far behind)
-    unfinished: int  # calls still open after the drain, cancelled
+    unfinished: int  # calls (any window) still open after the drain, cancelled
     send_lag: Histogram  # open loop: actual send - intended send
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,36 +359,43 @@ class LoadReport:
     config: LoadConfig
     rpcs: dict[str, RpcReport]  # by RPC name, only RPCs of the mix
     overall: RpcReport
-    measured_s: float  # the measured window (= config.duration)
-    completed_in_window: int  # calls (ok or not) that completed inside the window
+    measured_s: float  # the measured window (= config.duration, less when stopped early)
     unsent: int
-    unfinished: int
     clients: list[ClientStats]
     send_lag: Histogram
     error_examples: dict[str, str]  # status name -> one error message seen
     interrupted: bool = False
     machine: dict[str, Any] = field(default_factory=dict)
+    users_source: str = "flag"  # where config.users came from: flag, target, default, payload
 
     @property
     def intended_rate(self) -> float | None:
         return self.config.rate
 
+    def _rate(self, n: int) -> float:
+        return n / self.measured_s if self.measured_s > 0 else 0.0
+
     @property
     def achieved_rate(self) -> float:
-        """Calls (ok or not) completed per second inside the measured window."""
-        return self.completed_in_window / self.measured_s if self.measured_s > 0 else 0.0
+        """Calls answered (ok, errors, timeouts) per second, of those sent in the measured window."""
+        return self._rate(self.overall.completed)
 
     @property
     def sent_rate(self) -> float:
-        return self.overall.sent / self.measured_s if self.measured_s > 0 else 0.0
+        return self._rate(self.overall.sent)
 
     @property
     def ok_rate(self) -> float:
-        return self.overall.ok / self.measured_s if self.measured_s > 0 else 0.0
+        return self._rate(self.overall.ok)
+
+    @property
+    def unfinished(self) -> int:
+        return self.overall.unfinished
 
     @property
     def errors(self) -> dict[str, int]:
-        return dict(sorted(self.overall.errors.items()))
+        """Every status other than OK by name (DEADLINE_EXCEEDED included)."""
+        return dict(sorted(self.overall.failures.items()))
 
     @property
     def client_cpu(self) -> float:
@@ -351,7 +418,7 @@ class LoadReport:
         if self.unsent:
             out.append(
                 f"{self.unsent} call(s) due were never sent (more than 1 s behind schedule at the end); "
-                "they are in no percentile"
+                "they are in no count and no percentile"
             )
         if self.client_cpu > CLIENT_CPU_LIMIT:
             out.append(
@@ -369,19 +436,26 @@ class LoadReport:
                 )
         if self.unfinished:
             out.append(f"{self.unfinished} call(s) were still open after the drain and were cancelled")
+        if self.users_source == "default" and "Decide" in self.config.mix:
+            out.append(
+                f"users: the target did not tell how many users it holds; --users {self.config.users} assumed"
+            )
         if self.interrupted:
             out.append("interrupted: the figures cover part of the run")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config
+        config = {k: v for k, v in asdict(cfg).items() if k not in ("mix", "placements", "token")}
         return {
             "mode": cfg.mode,
             "target": cfg.target,
             "config": {
-                **{k: v for k, v in asdict(cfg).items() if k not in ("mix", "placements")},
+                **config,
+                "token": cfg.token is not None,  # whether one was sent; never the token
                 "mix": dict(cfg.mix),
                 "placements": [f"{p}:{c}" if c else p for p, c in cfg.placements],
+                "users_source": self.users_source,
             },
             "measured_s": self.measured_s,
             "intended_rate": self.intended_rate,
@@ -408,38 +482,55 @@ def _ms(ns: float) -> str:
 
 
 def format_report(report: LoadReport) -> str:
-    """The human-readable table (what `edgewise bench load` prints on stdout)."""
+    """The human-readable tables (what `edgewise bench load` prints on stdout)."""
     cfg = report.config
     if cfg.mode == "open":
         how = f"open loop at {cfg.rate:g} req/s"
     else:
         how = f"closed loop, {cfg.concurrency} in flight"
+    secure = (" over TLS" if cfg.tls_ca else "") + (" with a bearer token" if cfg.token else "")
     lines = [
-        f"{how} against {cfg.target}: {cfg.clients} client process(es) x {cfg.connections} connection(s), "
-        f"{report.measured_s:.3g} s measured after {cfg.warmup:g} s warmup, deadline {cfg.deadline_ms:g} ms",
-        "mix " + ", ".join(f"{r} {w:.0%}" for r, w in cfg.mix.items()),
+        f"{how} against {cfg.target}{secure}: {cfg.clients} client process(es) x {cfg.connections} "
+        f"connection(s), {report.measured_s:.3g} s measured after {cfg.warmup:g} s warmup, "
+        f"deadline {cfg.deadline_ms:g} ms",
+        "mix "
+        + ", ".join(f"{r} {w:.0%}" for r, w in cfg.mix.items())
+        + (
+            f"; Decide requests from {cfg.payload}"
+            if cfg.payload
+            else f"; users u0..u{(cfg.users or 1) - 1} ({report.users_source})"
+        ),
         "",
     ]
-    head = f"{'rpc':<8} {'sent':>9} {'ok':>9} {'errors':>7}" + "".join(
-        f" {'p' + format(q, 'g'):>9}" for q in REPORT_PERCENTILES
-    )
-    head += f" {'max':>9} {'mean':>9}"
-    lines.append(head + "   (latency in ms, successful calls)")
     rows = [*report.rpcs.items(), ("all", report.overall)] if len(report.rpcs) > 1 else report.rpcs.items()
+    lines.append(
+        f"{'rpc':<8} {'sent':>9} = {'ok':>9} + {'errors':>7} + {'timeouts':>8} + {'unfinished':>10}"
+        "   (calls sent in the measured window)"
+    )
+    for name, r in rows:
+        lines.append(
+            f"{name:<8} {r.sent:>9} = {r.ok:>9} + {r.error_count:>7} + {r.timeouts:>8} + {r.unfinished:>10}"
+        )
+    lines.append("")
+    head = f"{'rpc':<8}" + "".join(f" {'p' + format(q, 'g'):>9}" for q in REPORT_PERCENTILES)
+    lines.append(head + f" {'max':>9} {'mean':>9}   (latency in ms of the ok calls)")
     for name, r in rows:
         s: Summary = r.latency.summary()
-        line = f"{name:<8} {r.sent:>9} {r.ok:>9} {r.error_count:>7}"
-        line += "".join(f" {_ms(s.percentiles_ns[q]):>9}" for q in REPORT_PERCENTILES)
-        line += f" {_ms(s.max_ns):>9} {_ms(s.mean_ns):>9}"
-        lines.append(line)
+        line = f"{name:<8}" + "".join(f" {_ms(s.percentiles_ns[q]):>9}" for q in REPORT_PERCENTILES)
+        lines.append(line + f" {_ms(s.max_ns):>9} {_ms(s.mean_ns):>9}")
     lines.append("")
-    rate = f"achieved {report.achieved_rate:,.0f} calls/s completed ({report.ok_rate:,.0f}/s ok)"
+    o = report.overall
+    rate = (
+        f"per second: {report.sent_rate:,.0f} sent = {report.ok_rate:,.0f} ok + "
+        f"{report._rate(o.error_count):,.0f} errors + {report._rate(o.timeouts):,.0f} timeouts + "
+        f"{report._rate(o.unfinished):,.0f} unfinished; {report.achieved_rate:,.0f} completed"
+    )
     if cfg.rate is not None:
-        share = report.achieved_rate / cfg.rate if cfg.rate else 0.0
-        rate += f" of {cfg.rate:,.0f}/s intended ({share:.1%}); sent {report.sent_rate:,.0f}/s"
+        share = report.sent_rate / cfg.rate if cfg.rate else 0.0
+        rate += f"; {cfg.rate:,.0f}/s intended ({share:.1%} sent)"
     lines.append(rate)
     if report.errors:
-        lines.append("errors: " + ", ".join(f"{code} {n}" for code, n in report.errors.items()))
+        lines.append("status codes other than OK: " + ", ".join(f"{c} {n}" for c, n in report.errors.items()))
         for code, text in sorted(report.error_examples.items()):
             lines.append(f"  {code}: {text}")
     else:
@@ -468,6 +559,7 @@ class _ClientSpec:
     concurrency: int | None  # this client's share
     offset_ns: int  # open loop: this client's phase in the common schedule
     run_id: str
+    payload: tuple[bytes, ...] = ()  # serialized DecideRequests from config.payload
 
 
 def _zipf_sampler(
@@ -494,12 +586,15 @@ class _Requests:
         pb = _pb
         cfg = spec.config
         rng = np.random.default_rng([cfg.seed, spec.index])
-        users = _zipf_sampler(rng, cfg.users, cfg.zipf, cfg.seed)
+        users = _zipf_sampler(rng, cfg.users or DEFAULT_USERS, cfg.zipf, cfg.seed)
         items = _zipf_sampler(rng, cfg.items, cfg.zipf, cfg.seed + 1)
         cw = np.asarray(COUNTRY_WEIGHTS) / sum(COUNTRY_WEIGHTS)
         dw = np.asarray(DEVICE_WEIGHTS) / sum(DEVICE_WEIGHTS)
         self.decide: list[bytes] = []
-        if cfg.mix.get("Decide", 0) > 0:
+        if spec.payload:  # each client starts at its own offset of the file's requests
+            start = spec.index * len(spec.payload) // max(1, cfg.clients)
+            self.decide = [*spec.payload[start:], *spec.payload[:start]]
+        elif cfg.mix.get("Decide", 0) > 0:
             n = DECIDE_POOL
             u = users(n)
             seeds = items(n)
@@ -555,38 +650,95 @@ class _Requests:
         return request.SerializeToString()
 
 
+def load_payload(path: str) -> tuple[bytes, ...]:
+    """The DecideRequests of a payload file, serialized: one request a line in protobuf's canonical JSON
+    mapping (camelCase or the proto's field names); blank lines are skipped. LoadError names the line
+    of the first one that does not parse."""
+    out: list[bytes] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if len(out) >= MAX_PAYLOAD_LINES:
+                    raise LoadError(f"payload {path}: more than {MAX_PAYLOAD_LINES:,} requests")
+                try:
+                    request = json_format.Parse(line, _pb.DecideRequest())
+                except json_format.ParseError as exc:
+                    raise LoadError(f"payload {path}, line {number}: not a DecideRequest: {exc}") from None
+                out.append(request.SerializeToString())
+    except OSError as exc:
+        raise LoadError(f"payload {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LoadError(f"payload {path}: not UTF-8 text ({exc.reason})") from None
+    if not out:
+        raise LoadError(f"payload {path}: no requests in the file")
+    return tuple(out)
+
+
 def decide_requests(config: LoadConfig, client: int = 0) -> list[bytes]:
     """The serialized Decide requests client `client` of a run with `config` sends, in order (for other
     load generators, e.g. h2load in bench.node, to send the same bytes)."""
     cfg = config.validated()
-    return _Requests(_ClientSpec(client, cfg, cfg.rate, cfg.concurrency, 0, "")).decide
+    payload = load_payload(cfg.payload) if cfg.payload else ()
+    return _Requests(_ClientSpec(client, cfg, cfg.rate, cfg.concurrency, 0, "", payload)).decide
 
 
 class _Recorder:
-    """What one sender thread saw; only that thread writes, under `lock` (the ticker reads)."""
+    """What one sender thread saw; only that thread writes, under `lock` (the ticker reads and drains
+    the latency lists into the client's histograms once a second: a sender only appends an int)."""
 
     __slots__ = (
         "completed",
-        "completed_in_window",
         "errors",
         "examples",
-        "interval",
+        "lag",
+        "latencies",
         "lock",
+        "others",
         "rpcs",
-        "send_lag",
         "sent",
     )
 
     def __init__(self, rpcs: Sequence[str]) -> None:
         self.lock = threading.Lock()
-        self.rpcs = {name: RpcReport() for name in rpcs}
-        self.sent = 0
+        self.rpcs = {name: _Counts() for name in rpcs}  # calls sent in the measured window
+        self.sent = 0  # every call, warmup included
         self.completed = 0
         self.errors = 0
-        self.completed_in_window = 0
-        self.interval = Histogram()  # every ok call since the last progress tick
-        self.send_lag = Histogram()
+        self.latencies: dict[str, list[int]] = {name: [] for name in rpcs}  # ok, measured, not drained
+        self.others: list[int] = []  # ok calls outside the measured window (progress line only)
+        self.lag: list[int] = []  # open loop send lag of measured calls
         self.examples: dict[str, str] = {}
+
+
+class _Counts:
+    """Calls of one RPC sent in the measured window by one sender, and how they ended so far."""
+
+    __slots__ = ("failures", "ok", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.ok = 0
+        self.failures: dict[str, int] = {}
+
+
+def _credentials(cfg: LoadConfig) -> grpc.ChannelCredentials | None:
+    if cfg.tls_ca is None:
+        return None
+    try:
+        return channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"TLS: {exc}") from None
+
+
+def _channel(cfg: LoadConfig, options: list[tuple[str, Any]]) -> grpc.Channel:
+    credentials = _credentials(cfg)
+    if credentials is None:
+        return grpc.insecure_channel(cfg.target, options=options)
+    if cfg.tls_server_name:
+        options = [*options, ("grpc.ssl_target_name_override", cfg.tls_server_name)]
+    return grpc.secure_channel(cfg.target, credentials, options=options)
 
 
 class _Channel:
@@ -594,10 +746,10 @@ class _Channel:
 
     __slots__ = ("channel", "ewma_ns", "in_flight", "methods")
 
-    def __init__(self, target: str, index: int) -> None:
+    def __init__(self, cfg: LoadConfig, index: int) -> None:
         # A local subchannel pool: each channel gets a TCP connection of its own.
-        self.channel = grpc.insecure_channel(
-            target, options=[("grpc.use_local_subchannel_pool", 1), ("edgewise.bench.connection", index)]
+        self.channel = _channel(
+            cfg, [("grpc.use_local_subchannel_pool", 1), ("edgewise.bench.connection", index)]
         )
         self.methods: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {
             name: self.channel.unary_unary(f"/{SERVICE}/{name}") for name in RPCS
@@ -669,7 +821,8 @@ class _Client:
             acc += cfg.mix[kind]
             self.cumulative.append(acc)
         self.cumulative[-1] = 1.0
-        self.channels = [_Channel(cfg.target, i) for i in range(cfg.connections)]
+        self.channels = [_Channel(cfg, i) for i in range(cfg.connections)]
+        self.metadata = bearer_metadata(cfg.token) if cfg.token else None
         self.timeout_s = cfg.deadline_ms / 1000.0
         self.closed = spec.concurrency is not None
         self.threads = spec.concurrency if spec.concurrency is not None else cfg.max_in_flight
@@ -680,6 +833,10 @@ class _Client:
         self.base = t0 + spec.offset_ns
         self.slots = itertools.count()
         self.recorders = [_Recorder(self.kinds) for _ in range(self.threads)]
+        # Filled by drain() in the ticking thread, never by a sender.
+        self.interval = {name: Histogram() for name in self.kinds}  # measured ok calls, since the tick
+        self.progress = Histogram()  # every ok call since the tick (the progress line)
+        self.send_lag = Histogram()
         self.lock = threading.Lock()  # channel in-flight counts
         self.halt = threading.Event()
         self.halted_at = 2**63  # monotonic ns when the run was stopped early
@@ -716,19 +873,23 @@ class _Client:
             if measured:
                 rec.rpcs[kind].sent += 1
                 if not self.closed:
-                    rec.send_lag.record(sent_at - intended)
+                    rec.lag.append(sent_at - intended)
         with self.lock:
             ch.in_flight += 1
         name = "OK"
         try:
-            ch.methods[kind](payload, timeout=self.timeout_s)
-        except ValueError:  # the channel was closed at the end of the run: not a call
+            ch.methods[kind](payload, timeout=self.timeout_s, metadata=self.metadata)
+        except ValueError:  # the channel was closed at the end of the run: unfinished, not an answer
             with self.lock:
                 ch.in_flight -= 1
             return
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             name = code.name if code is not None else "UNKNOWN"
+            if name == "CANCELLED" and self.halt.is_set():  # cancelled by the end of the run: unfinished
+                with self.lock:
+                    ch.in_flight -= 1
+                return
             if name not in rec.examples:
                 details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
                 rec.examples[name] = str(details or "")[:300]
@@ -738,20 +899,17 @@ class _Client:
             ch.ewma_ns += EWMA_WEIGHT * (now - sent_at - ch.ewma_ns)
         with rec.lock:
             rec.completed += 1
-            if self.warm_end <= now < self.end:
-                rec.completed_in_window += 1
             if name == "OK":
-                latency = now - intended
-                rec.interval.record(latency)
                 if measured:
-                    r = rec.rpcs[kind]
-                    r.ok += 1
-                    r.latency.record(latency)
+                    rec.rpcs[kind].ok += 1
+                    rec.latencies[kind].append(now - intended)
+                else:
+                    rec.others.append(now - intended)
             else:
                 rec.errors += 1
                 if measured:
-                    errors = rec.rpcs[kind].errors
-                    errors[name] = errors.get(name, 0) + 1
+                    failures = rec.rpcs[kind].failures
+                    failures[name] = failures.get(name, 0) + 1
 
     def open_loop(self, rec: _Recorder) -> None:
         _set_timer_slack(1_000)
@@ -799,17 +957,35 @@ class _Client:
         """The measured window as it ran: cut short when the run was stopped early."""
         return max(0, min(self.end, self.halted_at) - self.warm_end) / 1e9
 
-    def tick(self) -> tuple[int, int, int, Histogram]:
-        interval = Histogram()
+    def drain(self) -> None:
+        """Move what the senders recorded since the last drain into the client's histograms."""
+        for rec in self.recorders:
+            with rec.lock:
+                latencies, others, lag = rec.latencies, rec.others, rec.lag
+                rec.latencies = {name: [] for name in self.kinds}
+                rec.others, rec.lag = [], []
+            for name, values in latencies.items():
+                self.interval[name].record_many(values)
+                self.progress.record_many(values)
+            self.progress.record_many(others)
+            self.send_lag.record_many(lag)
+
+    def take_interval(self) -> dict[str, str]:
+        """The measured ok latencies drained since the last call, per RPC, encoded; then reset."""
+        out = {name: h.encode() for name, h in self.interval.items()}
+        self.interval = {name: Histogram() for name in self.kinds}
+        return out
+
+    def tick(self) -> tuple[int, int, int, str, dict[str, str]]:
+        self.drain()
         sent = completed = errors = 0
         for rec in self.recorders:
             with rec.lock:
-                part, rec.interval = rec.interval, Histogram()
                 sent += rec.sent
                 completed += rec.completed
                 errors += rec.errors
-            interval.merge(part)
-        return sent, completed, errors, interval  # pickled by the queue's feeder thread, in C
+        progress, self.progress = self.progress.encode(), Histogram()
+        return sent, completed, errors, progress, self.take_interval()
 
 
 def _client_run(
@@ -849,23 +1025,27 @@ def _client_run(
         time.sleep(min(0.05, (next_tick - now) / 1e9))
     client.halt.set()
     unfinished = sum(1 for t in threads if t.is_alive())
-    cpu = time.process_time() - cpu0
-    wall = (time.monotonic_ns() - wall0) / 1e9
+    # One consistent snapshot of the counts: a measured call not answered by now is unfinished.
     rpcs = {name: RpcReport() for name in client.kinds}
-    send_lag = Histogram()
     examples: dict[str, str] = {}
-    sent = completed = completed_in_window = sent_in_window = 0
+    sent = completed = sent_in_window = 0
     for rec in client.recorders:
         with rec.lock:
-            for name, r in rec.rpcs.items():
-                rpcs[name].merge(r)
-                sent_in_window += r.sent
-            send_lag.merge(rec.send_lag)
+            for name, c in rec.rpcs.items():
+                r = rpcs[name]
+                r.sent += c.sent
+                r.ok += c.ok
+                for code, n in c.failures.items():
+                    r.failures[code] = r.failures.get(code, 0) + n
+                sent_in_window += c.sent
             sent += rec.sent
             completed += rec.completed
-            completed_in_window += rec.completed_in_window
             for code, text in rec.examples.items():
                 examples.setdefault(code, text)
+    client.drain()
+    tail_end_s = (time.monotonic_ns() - client.t0) / 1e9
+    cpu = time.process_time() - cpu0
+    wall = (time.monotonic_ns() - wall0) / 1e9
     for ch in client.channels:
         ch.channel.close()  # cancels whatever is still open (counted as unfinished, not as errors)
     for t in threads:
@@ -873,18 +1053,20 @@ def _client_run(
     unsent = max(0, client.due_in_window() - sent_in_window) if not client.closed else 0
     result = {
         "rpcs": {
-            name: {"sent": r.sent, "ok": r.ok, "errors": r.errors, "latency": r.latency.to_bytes()}
+            name: {"sent": r.sent, "ok": r.ok, "failures": r.failures, "unfinished": r.sent - r.completed}
             for name, r in rpcs.items()
         },
+        "tail": client.take_interval(),  # the measured ok latencies drained after the last tick
+        "tail_start_s": float(k - 1),
+        "tail_end_s": tail_end_s,
         "sent": sent,
         "completed": completed,
-        "completed_in_window": completed_in_window,
         "unsent": unsent,
         "unfinished": unfinished,
         "cpu": cpu / wall if wall > 0 else 0.0,
         "wall_s": wall,
         "window_s": client.window_s(),
-        "send_lag": send_lag.to_bytes(),
+        "send_lag": client.send_lag.encode(),
         "examples": examples,
     }
     out.put(("result", spec.index, result))
@@ -900,6 +1082,71 @@ class _Progress:
     errors: dict[int, int] = field(default_factory=dict)
     interval: Histogram = field(default_factory=Histogram)
     last_print: float = 0.0
+
+
+class _Intervals:
+    """The clients' per-second histograms of measured ok calls: summed into the report's histograms and,
+    with `log`, written as HdrHistogram log intervals once every client has sent (or ended) a second."""
+
+    def __init__(self, kinds: Sequence[str], clients: int, log: HdrLogWriter | None) -> None:
+        self.kinds = list(kinds)
+        self.clients = clients
+        self.log = log
+        self.total = {name: Histogram() for name in kinds}
+        self.pending: dict[int, tuple[set[int], dict[str, Histogram]]] = {}
+        self.done: set[int] = set()
+        self.tail = {name: Histogram() for name in kinds}
+        self.tail_span = (math.inf, 0.0)
+
+    def add(self, client: int, second: int, encoded: Mapping[str, str]) -> None:
+        parts = {name: Histogram.decode(text) for name, text in encoded.items()}
+        for name, h in parts.items():
+            self.total[name].merge(h)
+        if self.log is None:
+            return
+        clients, merged = self.pending.setdefault(second, (set(), {n: Histogram() for n in self.kinds}))
+        clients.add(client)
+        for name, h in parts.items():
+            merged[name].merge(h)
+        self._flush()
+
+    def add_tail(self, client: int, encoded: Mapping[str, str], start_s: float, end_s: float) -> None:
+        parts = {name: Histogram.decode(text) for name, text in encoded.items()}
+        for name, h in parts.items():
+            self.total[name].merge(h)
+            self.tail[name].merge(h)
+        self.tail_span = (min(self.tail_span[0], start_s), max(self.tail_span[1], end_s))
+        self.done.add(client)
+        self._flush()
+
+    def _flush(self, everything: bool = False) -> None:
+        while self.pending:
+            second = min(self.pending)
+            clients, merged = self.pending[second]
+            waiting = [c for c in range(self.clients) if c not in clients and c not in self.done]
+            if waiting and not everything:
+                return
+            del self.pending[second]
+            self._write(merged, second - 1.0, 1.0)
+
+    def close(self) -> None:
+        """Write what is left: every pending second, then the clients' tails (after their last tick)."""
+        if self.log is None:
+            return
+        self._flush(everything=True)
+        start, end = self.tail_span
+        if math.isfinite(start):
+            self._write(self.tail, start, end - start)
+        self.log.flush()
+
+    def _write(self, parts: Mapping[str, Histogram], start_s: float, length_s: float) -> None:
+        assert self.log is not None
+        overall = Histogram()
+        for h in parts.values():
+            overall.merge(h)
+        self.log.interval(overall, start_s, length_s)
+        for name in self.kinds:
+            self.log.interval(parts[name], start_s, length_s, tag=name)
 
 
 def _machine() -> dict[str, Any]:
@@ -930,17 +1177,74 @@ def _print_progress(p: _Progress, elapsed: float, cfg: LoadConfig, stream: TextI
     p.interval = Histogram()
 
 
+def _user_known(call: grpc.UnaryUnaryMultiCallable[bytes, bytes], cfg: LoadConfig, n: int) -> bool:
+    """Whether the target holds a profile for u<n>: Decide with the personalization purpose and
+    `explain` says `user_known`, or answers NO_CONSENT (a profile whose stored consent lacks it)."""
+    pid, count = cfg.placements[0]
+    request = _pb.DecideRequest(user_id=f"u{n}", consent=CONSENT, explain=True)
+    request.placements.add(placement_id=pid, count=count)
+    metadata = bearer_metadata(cfg.token) if cfg.token else None
+    reply = _pb.DecideResponse.FromString(
+        call(request.SerializeToString(), timeout=cfg.deadline_ms / 1000.0, metadata=metadata)
+    )
+    return reply.explanation.user_known or any(
+        p.fallback_reason == _pb.FALLBACK_REASON_NO_CONSENT for p in reply.placements
+    )
+
+
+def discover_users(config: LoadConfig) -> int | None:
+    """How many users u0..u<N-1> the target holds (the ids of a synthetic bundle), found with about
+    2 log2(N) Decide calls that ask whether a user is known (exponential, then binary search), then
+    checked at 8 ids spread below N. None when the target does not answer, does not know u0, or does
+    not know every id checked (not a synthetic bundle's ids, or a shard of them)."""
+    cfg = config
+    if not cfg.placements:
+        return None
+    channel = _channel(cfg, [])
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(f"/{SERVICE}/Decide")
+    try:
+        if not _user_known(call, cfg, 0):
+            return None
+        low, high = 0, 1  # u<low> known; u<high> to try
+        while high < MAX_PROBE_USERS and _user_known(call, cfg, high):
+            low, high = high, high * 2
+        while high - low > 1:  # u<low> known, u<high> not
+            mid = (low + high) // 2
+            low, high = (mid, high) if _user_known(call, cfg, mid) else (low, mid)
+        n = high
+        if not all(_user_known(call, cfg, (n - 1) * i // 8) for i in range(1, 8)):
+            return None
+        return n
+    except grpc.RpcError:
+        return None
+    finally:
+        channel.close()
+
+
 def run_load(
     config: LoadConfig,
     *,
     progress: TextIO | None = None,
     stop: threading.Event | None = None,
+    hdr_log: TextIO | None = None,
 ) -> LoadReport:
     """Run one load test and return its report. Bounded in time; raises LoadError on a bad config.
 
     `progress`: a stream for the once-a-second progress line (None: quiet). `stop`: set it (e.g. from
-    a signal handler) to end the run early; the report then covers what ran and says so."""
+    a signal handler) to end the run early; the report then covers what ran and says so. `hdr_log`: a
+    stream for the HdrHistogram interval log of the measured ok calls (see the module docstring).
+    `config.users` None: what `discover_users` finds, else DEFAULT_USERS (the report says which)."""
+    try:
+        require_hdrhistogram()
+    except RuntimeError as exc:
+        raise LoadError(str(exc)) from None
     cfg = config.validated()
+    payload = load_payload(cfg.payload) if cfg.payload else ()
+    users_source = "flag"
+    if cfg.users is None:
+        found = None if payload or "Decide" not in cfg.mix else discover_users(cfg)
+        users_source = "payload" if payload else ("target" if found else "default")
+        cfg = replace(cfg, users=found or DEFAULT_USERS)
     ctx = mp.get_context("spawn")
     out: mp.Queue[tuple[Any, ...]] = ctx.Queue()
     go = ctx.Event()
@@ -954,7 +1258,7 @@ def run_load(
             share_c = cfg.concurrency // cfg.clients + (1 if k < cfg.concurrency % cfg.clients else 0)
         share_r = cfg.rate / cfg.clients if cfg.rate is not None else None
         offset = int(k * 1e9 / cfg.rate) if cfg.rate is not None else 0
-        specs.append(_ClientSpec(k, cfg, share_r, share_c, offset, run_id))
+        specs.append(_ClientSpec(k, cfg, share_r, share_c, offset, run_id, payload))
     machine = _machine()
     processes = [
         ctx.Process(
@@ -965,6 +1269,7 @@ def run_load(
     results: dict[int, dict[str, Any]] = {}
     failures: list[str] = []
     interrupted = False
+    intervals = _Intervals(list(cfg.mix), cfg.clients, None)
     try:
         for p in processes:
             p.start()
@@ -989,6 +1294,9 @@ def run_load(
             elif msg[0] == "error":
                 raise LoadError(f"client {msg[1]} failed: {msg[2]}")
         t0 = time.monotonic_ns() + START_DELAY_NS
+        if hdr_log is not None:
+            log = HdrLogWriter(hdr_log, wall_time_of(t0), f"edgewise bench load against {cfg.target}")
+            intervals = _Intervals(list(cfg.mix), cfg.clients, log)
         t0_value.value = t0
         go.set()
         prog = _Progress()
@@ -1012,14 +1320,17 @@ def run_load(
                     break
                 continue
             if msg[0] == "tick":
-                _, index, second, sent, completed, errors, hist = msg
+                _, index, second, sent, completed, errors, hist, measured = msg
                 prog.sent[index], prog.completed[index], prog.errors[index] = sent, completed, errors
-                prog.interval.merge(hist)
+                prog.interval.merge(Histogram.decode(hist))
+                intervals.add(index, second, measured)
                 if progress is not None and time.monotonic() - prog.last_print >= 0.95:
                     prog.last_print = time.monotonic()
                     _print_progress(prog, float(second), cfg, progress)
             elif msg[0] == "result":
-                results[msg[1]] = msg[2]
+                res = msg[2]
+                results[msg[1]] = res
+                intervals.add_tail(msg[1], res["tail"], res["tail_start_s"], res["tail_end_s"])
             elif msg[0] == "error":
                 failures.append(f"client {msg[1]} failed: {msg[2]}")
     except KeyboardInterrupt:
@@ -1036,33 +1347,37 @@ def run_load(
                 proc.join(2.0)
         out.close()
         out.join_thread()
+        intervals.close()
     if failures or not results:
         raise LoadError("; ".join(failures) or "no client reported")
-    return _merge(cfg, results, machine, interrupted or (stop is not None and stop.is_set()))
+    interrupted = interrupted or (stop is not None and stop.is_set())
+    report = _merge(cfg, results, intervals.total, machine, interrupted)
+    report.users_source = users_source
+    return report
 
 
 def _merge(
-    cfg: LoadConfig, results: dict[int, dict[str, Any]], machine: dict[str, Any], interrupted: bool
+    cfg: LoadConfig,
+    results: dict[int, dict[str, Any]],
+    latency: Mapping[str, Histogram],
+    machine: dict[str, Any],
+    interrupted: bool,
 ) -> LoadReport:
-    rpcs = {name: RpcReport() for name in cfg.mix}
+    rpcs = {name: RpcReport(latency=latency[name]) for name in cfg.mix}
     overall = RpcReport()
     send_lag = Histogram()
     clients = []
     examples: dict[str, str] = {}
-    completed_in_window = unsent = unfinished = 0
+    unsent = 0
     for index in sorted(results):
         res = results[index]
         for name, data in res["rpcs"].items():
-            part = RpcReport(
-                data["sent"], data["ok"], dict(data["errors"]), Histogram.from_bytes(data["latency"])
-            )
+            part = RpcReport(data["sent"], data["ok"], dict(data["failures"]), data["unfinished"])
+            part.latency = Histogram()  # the latency comes from the intervals, summed once
             rpcs[name].merge(part)
-            overall.merge(part)
-        lag = Histogram.from_bytes(res["send_lag"])
+        lag = Histogram.decode(res["send_lag"])
         send_lag.merge(lag)
-        completed_in_window += res["completed_in_window"]
         unsent += res["unsent"]
-        unfinished += res["unfinished"]
         for code, text in res["examples"].items():
             examples.setdefault(code, text)
         clients.append(
@@ -1077,14 +1392,14 @@ def _merge(
                 lag,
             )
         )
+    for r in rpcs.values():
+        overall.merge(r)
     return LoadReport(
         config=cfg,
         rpcs=rpcs,
         overall=overall,
         measured_s=max(r["window_s"] for r in results.values()),
-        completed_in_window=completed_in_window,
         unsent=unsent,
-        unfinished=unfinished,
         clients=clients,
         send_lag=send_lag,
         error_examples=examples,

@@ -233,12 +233,13 @@ _NO_LIFT: Final = Lift(None, None, None, None, None, None, None)
 def _relative(
     mt: float, vt: float, mc: float, vc: float, z: float
 ) -> tuple[float | None, float | None, float | None]:
-    """Delta method for r = mt / mc - 1 with vt, vc the variances of the two estimates."""
+    """Delta method for r = mt / mc - 1 with vt, vc the variances of the two estimates. The lower end is
+    bounded at -1 (-100%): rates and revenue per unit are never negative, so neither is mt / mc."""
     if mc == 0.0:
         return None, None, None
     rel = mt / mc - 1.0
     se = math.sqrt(vt + (mt / mc) ** 2 * vc) / abs(mc)
-    return rel, rel - z * se, rel + z * se
+    return rel, max(-1.0, rel - z * se), rel + z * se
 
 
 def lift(

@@ -574,6 +574,8 @@ def report_document(report: ExperimentReport) -> dict[str, object]:
             "lift_low": holdout.absolute_low,
             "lift_high": holdout.absolute_high,
             "rel_lift": holdout.relative,
+            "rel_lift_low": holdout.relative_low,
+            "rel_lift_high": holdout.relative_high,
             "p_beat": holdout.p_beat,
         },
         "bucket_size_ms": report.bucket_ms,

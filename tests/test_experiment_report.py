@@ -28,7 +28,7 @@ from tests.sync_support import (
     pushed_edge,
     wait_for,
 )
-from tests.test_plot_png import read_png
+from tests.test_report_chart import read_png
 
 T0 = 1_780_000_000_000
 HOUR = 3_600_000

@@ -153,6 +153,30 @@ def test_estimate_and_relative_lift_delta_method() -> None:
     assert lift(t, VariantCounts("c", 0), "conversion").absolute is None
 
 
+def test_relative_lift_intervals_stop_at_minus_100_percent() -> None:
+    # 1 of 20 vs 2 of 10: the delta method's lower end is -0.75 - 1.96 * 0.29 = -1.32, a rate below zero.
+    small = lift(VariantCounts("t", 20, 1), VariantCounts("c", 10, 2), "conversion")
+    assert small.relative == pytest.approx(-0.75)
+    se = math.sqrt(0.05 * 0.95 / 20 + 0.25**2 * 0.2 * 0.8 / 10) / 0.2
+    assert -0.75 - 1.959963984540054 * se < -1.3
+    assert small.relative_low == -1.0
+    assert small.relative_high == pytest.approx(-0.75 + 1.959963984540054 * se)
+    # Revenue per unit: the same bound.
+    revenue = lift(VariantCounts("t", 5, 1, 10.0, 100.0), VariantCounts("c", 5, 4, 40.0, 400.0), "revenue")
+    assert revenue.relative == pytest.approx(-0.75) and revenue.relative_low == -1.0
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n_t, n_c = (int(x) for x in rng.integers(2, 40, 2))
+        got = lift(
+            VariantCounts("t", n_t, int(rng.integers(0, n_t + 1))),
+            VariantCounts("c", n_c, int(rng.integers(1, n_c + 1))),
+            "ctr",
+            draws=100,
+        )
+        assert got.relative_low is not None and got.relative is not None
+        assert -1.0 <= got.relative_low <= got.relative
+
+
 # --- simulated experiments -------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from edgewise.client import BundleError, ClientError, ControlClient, FleetStatus, History, Metric, SliceBy
-from edgewise.offline.plot_png import plot_series
+from edgewise.offline.report_chart import PlotUnavailable, plot_series
 from edgewise.progress import ProgressLine
 from edgewise.sync.auth import OPS_TOKEN_ENV, load_token
 from edgewise.sync.control_serve import duration_ms
@@ -270,6 +270,8 @@ def _report(args: argparse.Namespace, client: ControlClient) -> int:
             return _fail("--plot: this control plane sends no time series; upgrade it")
         try:
             args.plot.write_bytes(report_plot(doc))
+        except PlotUnavailable as exc:
+            return _fail(str(exc))
         except OSError as exc:
             return _fail(f"--plot: cannot write {args.plot}: {exc.strerror or exc}")
     print_report(doc, args.format)
@@ -336,6 +338,13 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+_METRIC_NAMES: Final = {
+    "ctr": "click-through rate",
+    "conversion": "conversion rate",
+    "revenue": "revenue per unit",
+}
+
+
 def report_plot(doc: dict[str, Any]) -> bytes:
     """The PNG of `ctl report --plot`: per variant, the cumulative rate with its interval per time bucket
     of the report document's "series" (the server sends the numbers, the client draws)."""
@@ -357,7 +366,7 @@ def report_plot(doc: dict[str, Any]) -> bytes:
         series,
         f"{doc.get('experiment', '')}: {metric}, cumulative, {confidence:g}% interval",
         f"{unit} since {since} (buckets of {size / 3_600_000:g} h, by first exposure)",
-        "revenue per unit" if metric == "revenue" else metric,
+        _METRIC_NAMES.get(metric, metric),
         y_percent=metric != "revenue",
     )
 
@@ -396,9 +405,22 @@ def print_report(doc: dict[str, Any], fmt: str) -> None:
         print("  ".join(_cell(r.get(c)).ljust(widths[c]) for c in _REPORT_COLUMNS))
     holdout = doc.get("holdout")
     if holdout:
-        print(
-            f"personalization vs global holdout: {holdout['personalized_units']} vs "
-            f"{holdout['holdout_units']} units, lift {_cell(holdout['lift'])} "
-            f"[{_cell(holdout['lift_low'])}, {_cell(holdout['lift_high'])}], "
-            f"P(beat) {_cell(holdout['p_beat'])}"
-        )
+        print(holdout_line(holdout, str(doc["metric"])))
+
+
+def holdout_line(holdout: dict[str, Any], metric: str) -> str:
+    """Personalization vs the global holdout, its lifts named as the table's columns: `rel_lift`
+    (relative: personalized / holdout - 1) and `abs_lift` (absolute: the difference of the metric)."""
+
+    def interval(low: object, high: object) -> str:
+        return f"[{_cell(low)}, {_cell(high)}]"
+
+    relative = f"rel_lift {_cell(holdout.get('rel_lift'))}"
+    if "rel_lift_low" in holdout:  # control planes before the relative interval send the value alone
+        relative += " " + interval(holdout["rel_lift_low"], holdout.get("rel_lift_high"))
+    return (
+        f"personalization vs global holdout: {holdout['personalized_units']} vs "
+        f"{holdout['holdout_units']} units, {relative} (relative: personalized / holdout - 1), "
+        f"abs_lift {_cell(holdout['lift'])} {interval(holdout['lift_low'], holdout['lift_high'])} "
+        f"(absolute: difference of the {metric}), P(beat) {_cell(holdout['p_beat'])}"
+    )
