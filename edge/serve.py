@@ -325,14 +325,19 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     with contextlib.ExitStack() as acquired:
         try:
             _refuse_a_taken_port(config.server.listen)
+            if config.server.http_listen:
+                _refuse_a_taken_port(config.server.http_listen)
             store = _open_store(config, acquired)
             signals = _install_signals(acquired)
             sync = _load_snapshot(store, config, signals, acquired)
             with store.read() as view:
                 placements = tuple(compile_rules(view.rules_doc()).placements)
             address, port = _reserve_listen(config.server.listen, acquired)
+            http_address = (
+                _reserve_listen(config.server.http_listen, acquired)[0] if config.server.http_listen else ""
+            )
             node_metrics, metrics_address = _start_metrics(config, store, placements, acquired)
-            specs = _worker_specs(config, address, placements, node_metrics)
+            specs = _worker_specs(config, address, placements, node_metrics, http_address)
             supervisor = _start_workers(specs, config.server.grace_seconds, acquired)
         except _Exit as exit_:
             return exit_.code
@@ -340,7 +345,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         if node_metrics is not None:
             node_metrics.set_workers_alive(supervisor.alive())
             node_metrics.set_store(store.used_bytes(), store.write_limit, limits.budget.caps)
-        _announce(store, supervisor, address, port, metrics_address, ready_file)
+        _announce(store, supervisor, address, port, metrics_address, ready_file, http_address)
         _run_until_stopped(store, config, signals, sync, supervisor, node_metrics, limits)
         log.info("stopping", extra={"grace_seconds": config.server.grace_seconds})
     log.info("stopped")
@@ -463,7 +468,11 @@ def _start_metrics(
 
 
 def _worker_specs(
-    config: EdgeConfig, address: str, placements: tuple[str, ...], node_metrics: NodeMetrics | None
+    config: EdgeConfig,
+    address: str,
+    placements: tuple[str, ...],
+    node_metrics: NodeMetrics | None,
+    http_address: str = "",
 ) -> list[WorkerSpec]:
     server = config.server
     cpus = sorted(os.sched_getaffinity(0))
@@ -492,6 +501,7 @@ def _worker_specs(
             max_message_bytes=config.limits.max_message_bytes,
             metrics_path=node_metrics.worker_path(i) if node_metrics is not None else None,
             placements=placements,
+            http_listen=http_address,
         )
         for i in range(server.workers)
     ]
@@ -526,6 +536,7 @@ def _announce(
     port: int,
     metrics_address: str,
     ready_file: Path | None,
+    http_address: str = "",
 ) -> None:
     """The `serving` log line, and the ready file for scripts."""
     version = store.version()
@@ -537,6 +548,7 @@ def _announce(
             "pid": os.getpid(),
             "workers": supervisor.pids(),
             "metrics": metrics_address or None,
+            "http": http_address or None,
         },
     )
     if ready_file is not None:
@@ -549,6 +561,7 @@ def _announce(
                 "snapshot_version": version,
                 "workers": supervisor.pids(),
                 "metrics": metrics_address,
+                "http": http_address,
             },
         )
 
