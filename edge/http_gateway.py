@@ -46,7 +46,7 @@ from typing import Any, Final, NoReturn
 import grpc
 from google.protobuf.message import Message
 
-from edgewise.edge.json_mapping import message_to_dict, parse_message
+from edgewise.edge.json_mapping import compile_mappings, message_to_dict, parse_message
 from edgewise.edge.metrics import WorkerMetrics
 from edgewise.edge.servicer import PersonalizerServicer
 from edgewise.v1 import personalizer_pb2 as _pb
@@ -259,6 +259,7 @@ class HttpGateway:
             DECIDE_PATH: _Method("Decide", _pb.DecideRequest, servicer.Decide),
             TRACK_PATH: _Method("Track", _pb.TrackRequest, servicer.Track),
         }
+        compile_mappings(_pb.DecideRequest, _pb.DecideResponse, _pb.TrackRequest, _pb.TrackResponse)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._connections: dict[socket.socket, bool] = {}  # open connection -> busy with a request

@@ -39,7 +39,7 @@ from google.protobuf import json_format
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
-__all__ = ["message_to_dict", "parse_message"]
+__all__ = ["compile_mappings", "message_to_dict", "parse_message"]
 
 _Printer = Callable[[Message], dict[str, Any]]
 _PRINTERS: dict[str, _Printer] = {}
@@ -49,6 +49,14 @@ _INT64: Final = frozenset((_d.FieldDescriptor.CPPTYPE_INT64, _d.FieldDescriptor.
 def message_to_dict(message: Message) -> dict[str, Any]:
     """`json_format.MessageToDict(message, always_print_fields_with_no_presence=True)`, faster."""
     return _printer(cast(_d.Descriptor, message.DESCRIPTOR))(message)
+
+
+def compile_mappings(*message_classes: type[Message]) -> None:
+    """Compile the printers and parsers of these message types now (else: at their first use)."""
+    for cls in message_classes:
+        descriptor = cast(_d.Descriptor, cls.DESCRIPTOR)
+        _printer(descriptor)
+        _filler(descriptor)
 
 
 def _printer(descriptor: _d.Descriptor) -> _Printer:
@@ -134,8 +142,10 @@ def _converter(field: _d.FieldDescriptor, source: _Source) -> str | None:
     if kind == _d.FieldDescriptor.CPPTYPE_MESSAGE:
         message_type = field.message_type
         assert message_type is not None
+        if message_type.full_name not in _COMPILING:  # compiled first, called directly
+            return source.name(_printer(message_type), "message")
 
-        def nested(value: Message) -> dict[str, Any]:
+        def nested(value: Message) -> dict[str, Any]:  # a message type that contains itself
             return _printer(message_type)(value)
 
         return source.name(nested, "message")
@@ -161,9 +171,20 @@ def _converter(field: _d.FieldDescriptor, source: _Source) -> str | None:
     return None  # strings, 32-bit integers
 
 
+_COMPILING: set[str] = set()  # message types whose printer is being compiled
+
+
 def _compile(descriptor: _d.Descriptor) -> _Printer:
     if not _compilable(descriptor):
         return _fallback
+    _COMPILING.add(descriptor.full_name)
+    try:
+        return _compile_printer(descriptor)
+    finally:
+        _COMPILING.discard(descriptor.full_name)
+
+
+def _compile_printer(descriptor: _d.Descriptor) -> _Printer:
     source = _Source()
     body = ["js = {}"]
     for field in sorted(descriptor.fields, key=lambda f: f.number):
