@@ -14,7 +14,8 @@ costs the same either way. Rounds alternate gRPC and HTTP, and medians are quote
 moves both alike.
 
 Reported per transport: calls/s, client latency p50/p99, and the server's CPU per call from /proc
-(supervisor and worker, less what they use idle: `edgewise.bench.node.ServerCpu`), and, in this
+(supervisor and worker, less what they use idle: `edgewise.bench.node.ServerCpu`); the latency with
+one call in flight (from this process, 1000 calls a round, rounds alternating); and, in this
 process, the CPU time the encodings alone take per call (protobuf parse + serialize against
 edge/json_mapping.py's parse and print + json.dumps, and json_format's own for reference, over the same
 requests and the node's real answers to them).
@@ -162,6 +163,53 @@ def _load(
     }
 
 
+def _one_in_flight(
+    grpc_target: str,
+    http_target: str,
+    grpc_bodies: list[bytes],
+    http_bodies: list[bytes],
+    calls: int,
+    rounds: int,
+) -> dict[str, dict[str, float]]:
+    """Latency with one call in flight, from this process: rounds alternating gRPC and HTTP."""
+    host, _, port = http_target.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=CALL_TIMEOUT_S)
+    headers = {"Content-Type": "application/json"}
+    seen: dict[str, list[tuple[float, float]]] = {"grpc": [], "http": []}
+    with grpc.insecure_channel(grpc_target) as channel:
+        call = channel.unary_unary(
+            DECIDE_METHOD, request_serializer=_identity, response_deserializer=_identity
+        )
+
+        def over_grpc(i: int) -> None:
+            call(grpc_bodies[i % len(grpc_bodies)], timeout=CALL_TIMEOUT_S)
+
+        def over_http(i: int) -> None:
+            conn.request("POST", DECIDE_PATH, http_bodies[i % len(http_bodies)], headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+
+        order = (("grpc", over_grpc), ("http", over_http))
+        for r in range(rounds):
+            for kind, one in order if r % 2 == 0 else order[::-1]:
+                latencies = []
+                for i in range(calls):
+                    t = time.perf_counter_ns()
+                    one(i)
+                    latencies.append((time.perf_counter_ns() - t) // 1000)
+                seen[kind].append((_percentile(latencies, 0.5), _percentile(latencies, 0.99)))
+    conn.close()
+    return {
+        kind: {
+            "p50_ms": round(statistics.median(p50 for p50, _ in runs) / 1000, 3),
+            "p99_ms": round(statistics.median(p99 for _, p99 in runs) / 1000, 3),
+        }
+        for kind, runs in seen.items()
+    }
+
+
 def _codec_costs(requests: list[bytes], responses: list[bytes], repeat: int) -> dict[str, float]:
     """µs per call, in this process, of each transport's encoding work on the server side."""
     json_requests = [json_format.MessageToJson(pb.DecideRequest.FromString(r)).encode() for r in requests]
@@ -247,6 +295,9 @@ def run(
                 figures = _load(pool, kind, target, bodies, clients, concurrency, seconds, cpu)
                 _log(f"round {r + 1} {kind}: {json.dumps(figures)}")
                 runs[kind].append(figures)
+        results["one_in_flight"] = _one_in_flight(
+            grpc_target, http_target, grpc_bodies, http_bodies, 1000 if seconds >= 4 else 200, 2 * rounds
+        )
         procs.stop([edge])
     results["runs"] = runs
     for kind, loads in runs.items():
@@ -284,6 +335,11 @@ def _format(r: dict[str, Any]) -> str:
     lines.append(
         f"HTTP / gRPC: throughput x{ratio['throughput_ratio']}, server CPU per call "
         f"x{ratio['server_cpu_ratio']}, p50 x{ratio['p50_ratio']}"
+    )
+    one = r["one_in_flight"]
+    lines.append(
+        f"one call in flight: gRPC p50 {one['grpc']['p50_ms']} ms p99 {one['grpc']['p99_ms']} ms; "
+        f"HTTP p50 {one['http']['p50_ms']} ms p99 {one['http']['p99_ms']} ms"
     )
     c = r["codecs"]
     lines.append(

@@ -211,19 +211,22 @@ class _Method:
 class _Reply:
     """One response: status, JSON body, whether the connection closes after it."""
 
-    __slots__ = ("body", "close", "extra", "status")
+    __slots__ = ("body", "close", "code", "extra", "status")
 
-    def __init__(self, status: int, body: bytes, *, close: bool = False, extra: str = "") -> None:
+    def __init__(
+        self, status: int, body: bytes, *, close: bool = False, extra: str = "", code: str = "OK"
+    ) -> None:
         self.status = status
         self.body = body
         self.close = close
         self.extra = extra  # more header lines, each ending in \r\n
+        self.code = code  # the gRPC code's name
 
 
 def _error(code: grpc.StatusCode, message: str, status: int | None = None, **kw: Any) -> _Reply:
     http = HTTP_STATUS[code] if status is None else status
     body = {"error": {"code": http, "status": code.name, "message": message}}
-    return _Reply(http, json.dumps(body, ensure_ascii=False).encode(), **kw)
+    return _Reply(http, json.dumps(body, ensure_ascii=False).encode(), code=code.name, **kw)
 
 
 class _HttpDate:
@@ -402,6 +405,12 @@ class HttpGateway:
     def method(self, path: str) -> bool:
         return path in self._methods
 
+    def refused(self, path: str, reply: _Reply, arrived: float) -> None:
+        """Count a call to a known path refused before it was read (as gRPC counts those)."""
+        method = self._methods.get(path)
+        if method is not None and self._metrics is not None:
+            self._metrics.observe_rpc(method.rpc, reply.code, time.perf_counter() - arrived)
+
     def encode(self, reply: _Reply) -> bytes:
         """The whole response, headers and body, for one write."""
         close = reply.close or self._draining
@@ -501,58 +510,54 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body(gateway.options.max_message_bytes)
         if body is None:
             return
+        if isinstance(body, _Reply):
+            self._send(body)
+            gateway.refused(path, body, arrived)
+            return
         if not gateway.method(path):
             self._send(_not_found(path))
             return
         content_type = (self.headers.get("Content-Type") or "application/json").split(";", 1)[0].strip()
         if content_type.lower() != "application/json":
-            self._send(
-                _error(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"Content-Type {content_type!r}: send application/json (protobuf's JSON mapping)",
-                    415,
-                )
+            reply = _error(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Content-Type {content_type!r}: send application/json (protobuf's JSON mapping)",
+                415,
             )
+            self._send(reply)
+            gateway.refused(path, reply, arrived)
             return
         host, port = self.client_address[:2]
         peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
         self._send(gateway.call(path, body, self.headers.items(), peer, arrived))
 
-    def _body(self, limit: int) -> bytes | None:
-        """The request body (None after answering why it cannot be read; the connection then closes)."""
+    def _body(self, limit: int) -> bytes | _Reply | None:
+        """The request body, or the answer why it is not read (the connection then closes), or None when
+        the client left before sending it all."""
         if self.headers.get("Transfer-Encoding"):
-            self._send(
-                _error(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "send the body with a Content-Length (chunked bodies are not read)",
-                    411,
-                    close=True,
-                )
+            return _error(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "send the body with a Content-Length (chunked bodies are not read)",
+                411,
+                close=True,
             )
-            return None
         text = self.headers.get("Content-Length")
         try:
             length = int(text) if text is not None else 0
         except ValueError:
             length = -1
         if text is None or length < 0:
-            self._send(
-                _error(
-                    grpc.StatusCode.INVALID_ARGUMENT, "a Content-Length header is required", 411, close=True
-                )
+            return _error(
+                grpc.StatusCode.INVALID_ARGUMENT, "a Content-Length header is required", 411, close=True
             )
-            return None
         if length > limit:
-            self._send(
-                _error(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"request: {length} bytes, more than this node's limit of {limit} bytes "
-                    "(limits.max_message_bytes)",
-                    413,
-                    close=True,
-                )
+            return _error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request: {length} bytes, more than this node's limit of {limit} bytes "
+                "(limits.max_message_bytes)",
+                413,
+                close=True,
             )
-            return None
         body = self.rfile.read(length)
         if len(body) < length:
             self.close_connection = True

@@ -217,6 +217,7 @@ def test_http_calls_count_in_the_rpc_metrics(node: Node) -> None:
         _post(conn, "/v1/decide", _decide_body("u1"))
     _post(conn, "/v1/decide", {"placements": [{"placementId": "home", "count": 500}]})
     _post(conn, "/v1/track", {"events": [{"eventId": "e1", "type": "view", "userId": "u1", "itemId": "i1"}]})
+    _post(conn, "/v1/decide", {"userId": "x" * (65 << 10)})  # too large: refused before it is read
     after = node.reading()
 
     def delta(*series: str) -> float:
@@ -224,6 +225,7 @@ def test_http_calls_count_in_the_rpc_metrics(node: Node) -> None:
 
     assert delta("rpc", "Decide", "OK") == 3
     assert delta("rpc", "Decide", "INVALID_ARGUMENT") == 1
+    assert delta("rpc", "Decide", "RESOURCE_EXHAUSTED") == 1
     assert delta("rpc", "Track", "OK") == 1
     assert delta("decision", "home") == 3
     assert delta("track", "accepted") == 1
