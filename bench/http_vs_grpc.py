@@ -6,12 +6,14 @@
 One `edgewise edge serve --workers 1` on a synthetic bundle (20k users x 2k items by default) serving
 both. The same Decide requests (the load generator's pool, `edgewise.bench.load.decide_requests`: with
 consent, context and a seed item) go both ways: the serialized protobuf over gRPC, its canonical JSON
-mapping (json_format) over HTTP. Closed loops with the same number of calls in flight, from
-`--clients` processes of threads: gRPC threads share one channel per process (HTTP/2 multiplexing),
-HTTP threads keep one keep-alive connection each (what a CDN worker's connection pool or nginx's
-upstream keepalive does). Neither client decodes answers (raw bytes in and out), so the client side
-costs the same either way. Rounds alternate gRPC and HTTP, and medians are quoted: the machine's noise
-moves both alike.
+mapping (json_format) over HTTP. Closed loops with the same number of calls in flight: with h2load
+(Debian's nghttp2-client; a C load generator that takes far less of the shared cores than Python
+clients) one connection per call in flight, HTTP/1.1 keep-alive (`--h1`, what a CDN worker's pool or
+nginx's upstream keepalive does) or HTTP/2 for gRPC, every call the first request of the pool; without
+h2load, `--clients` processes of Python threads over the whole pool (gRPC threads share a channel per
+process, HTTP threads keep a connection each; neither decodes answers) - there the Python HTTP client's
+own cost on the shared cores shows, so prefer h2load. Rounds alternate gRPC and HTTP, and medians are
+quoted: the machine's noise moves both alike.
 
 Reported per transport: calls/s, client latency p50/p99, and the server's CPU per call from /proc
 (supervisor and worker, less what they use idle: `edgewise.bench.node.ServerCpu`); the latency with
@@ -28,7 +30,9 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +45,7 @@ import grpc
 from google.protobuf import json_format
 
 from edgewise.bench.load import LoadConfig, decide_requests, parse_mix
-from edgewise.bench.node import ServerCpu
+from edgewise.bench.node import _H2_DONE, _H2_RATE, _H2_UNIT, ServerCpu
 from edgewise.bench.pipeline import prepare_bundle
 from edgewise.edge.json_mapping import message_to_dict, parse_message
 from edgewise.processes import Processes
@@ -163,6 +167,41 @@ def _load(
     }
 
 
+def _h2load(
+    h2load: str, kind: str, target: str, body_file: Path, seconds: float, concurrency: int, cpu: ServerCpu
+) -> dict[str, Any]:
+    """One closed loop with h2load: `concurrency` connections, one call in flight on each (HTTP/1.1
+    keep-alive for HTTP, one HTTP/2 stream per connection for gRPC), every call the same body."""
+    cmd = [h2load, "-D", str(max(1, round(seconds))), "-c", str(concurrency), "-m", "1", "-t", "1"]
+    cmd += ["-d", str(body_file)]
+    if kind == "grpc":
+        cmd += [
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            f"http://{target}{DECIDE_METHOD}",
+        ]
+    else:
+        cmd += ["--h1", "-H", "content-type: application/json", f"http://{target}{DECIDE_PATH}"]
+    before = cpu.sample()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    after = cpu.sample()
+    finished, rate = _H2_DONE.search(done.stdout), _H2_RATE.search(done.stdout)
+    if done.returncode != 0 or finished is None or rate is None:
+        raise RuntimeError(f"h2load failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    succeeded, failed = int(finished.group(4)), int(finished.group(5))
+    took = float(rate.group(1)) * _H2_UNIT[rate.group(2)]
+    server = cpu.per_call(before, after, succeeded + failed)
+    return {
+        "calls_per_s": round(succeeded / took, 1),
+        "ok": succeeded,
+        "errors": failed,
+        "server_us_per_call": server["us_per_call"],
+        "server_cores_busy": server["cores_busy"],
+    }
+
+
 def _one_in_flight(
     grpc_target: str,
     http_target: str,
@@ -246,7 +285,13 @@ def _codec_costs(requests: list[bytes], responses: list[bytes], repeat: int) -> 
 
 
 def run(
-    rounds: int, seconds: float, concurrency: int, clients: int, users: int, items: int
+    rounds: int,
+    seconds: float,
+    concurrency: int,
+    clients: int,
+    users: int,
+    items: int,
+    h2load: str | None = None,
 ) -> dict[str, Any]:
     bundle, _, _ = prepare_bundle(None, users, items, 7)
     config = LoadConfig(concurrency=1, mix=parse_mix("decide=1"), users=users, items=items)
@@ -259,6 +304,7 @@ def run(
         "concurrency": concurrency,
         "clients": clients,
         "workers": 1,
+        "load_generator": "h2load" if h2load else "python",
         "machine": {"cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
     }
     ctx = mp.get_context("spawn")
@@ -283,16 +329,32 @@ def run(
                 DECIDE_METHOD, request_serializer=_identity, response_deserializer=_identity
             )
             responses = [call(b, timeout=CALL_TIMEOUT_S) for b in grpc_bodies[:64]]
+        host, _, port = http_target.rpartition(":")
+        check = http.client.HTTPConnection(host, int(port), timeout=CALL_TIMEOUT_S)
+        check.request("POST", DECIDE_PATH, http_bodies[0], {"Content-Type": "application/json"})
+        answer = check.getresponse()
+        if answer.status != 200:  # h2load counts any 2xx; gRPC's status is checked by the calls above
+            raise RuntimeError(f"HTTP Decide answered {answer.status}: {answer.read()[:500]!r}")
+        check.close()
         cpu = ServerCpu(int(info["pid"]))
         cpu.measure_idle()
-        warm = max(0.5, seconds / 4)
-        for kind, target, bodies in (("grpc", grpc_target, grpc_bodies), ("http", http_target, http_bodies)):
-            _load(pool, kind, target, bodies, clients, concurrency, warm, cpu)  # warm-up
+        files = {"grpc": tmp / "decide.grpc", "http": tmp / "decide.json"}
+        files["grpc"].write_bytes(b"\x00" + len(grpc_bodies[0]).to_bytes(4, "big") + grpc_bodies[0])
+        files["http"].write_bytes(http_bodies[0])
+        targets = {"grpc": (grpc_target, grpc_bodies), "http": (http_target, http_bodies)}
+
+        def load(kind: str, duration: float) -> dict[str, Any]:
+            target, bodies = targets[kind]
+            if h2load:
+                return _h2load(h2load, kind, target, files[kind], duration, concurrency, cpu)
+            return _load(pool, kind, target, bodies, clients, concurrency, duration, cpu)
+
+        for kind in ("grpc", "http"):
+            load(kind, max(1.0, seconds / 4))  # warm-up
         runs: dict[str, list[dict[str, Any]]] = {"grpc": [], "http": []}
         for r in range(rounds):
-            order = (("grpc", grpc_target, grpc_bodies), ("http", http_target, http_bodies))
-            for kind, target, bodies in order if r % 2 == 0 else order[::-1]:
-                figures = _load(pool, kind, target, bodies, clients, concurrency, seconds, cpu)
+            for kind in ("grpc", "http") if r % 2 == 0 else ("http", "grpc"):
+                figures = load(kind, seconds)
                 _log(f"round {r + 1} {kind}: {json.dumps(figures)}")
                 runs[kind].append(figures)
         results["one_in_flight"] = _one_in_flight(
@@ -302,8 +364,9 @@ def run(
     results["runs"] = runs
     for kind, loads in runs.items():
         results[kind] = {
-            key: round(statistics.median(f[key] for f in loads if f[key] is not None), 3)
+            key: round(statistics.median(f[key] for f in loads if f.get(key) is not None), 3)
             for key in ("calls_per_s", "p50_ms", "p99_ms", "server_us_per_call")
+            if any(f.get(key) is not None for f in loads)
         }
     g, h = results["grpc"], results["http"]
     results["http_vs_grpc"] = {
@@ -311,7 +374,7 @@ def run(
         "server_cpu_ratio": round(h["server_us_per_call"] / g["server_us_per_call"], 3)
         if g["server_us_per_call"]
         else None,
-        "p50_ratio": round(h["p50_ms"] / g["p50_ms"], 3) if g["p50_ms"] else None,
+        "p50_ratio": round(h["p50_ms"] / g["p50_ms"], 3) if g.get("p50_ms") else None,
     }
     results["codecs"] = _codec_costs(grpc_bodies[:64], responses, repeat=20)
     results["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -321,16 +384,19 @@ def run(
 def _format(r: dict[str, Any]) -> str:
     lines = [
         f"edge --workers 1, {r['bundle']}; closed loops of {r['concurrency']} calls in flight from "
-        f"{r['clients']} client processes; {r['rounds']} alternating rounds of {r['seconds_per_load']} s; "
-        "medians",
+        + (
+            "h2load (one connection per call in flight)"
+            if r["load_generator"] == "h2load"
+            else f"{r['clients']} Python client processes"
+        )
+        + f"; {r['rounds']} alternating rounds of {r['seconds_per_load']} s; medians",
         f"{'':6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'server µs/call':>15}",
     ]
     for kind in ("grpc", "http"):
         f = r[kind]
-        lines.append(
-            f"{kind:6} {f['calls_per_s']:>9,.0f} {f['p50_ms']:>8.3f} {f['p99_ms']:>8.3f} "
-            f"{f['server_us_per_call']:>15,.1f}"
-        )
+        p50 = f"{f['p50_ms']:>8.3f}" if "p50_ms" in f else f"{'-':>8}"
+        p99 = f"{f['p99_ms']:>8.3f}" if "p99_ms" in f else f"{'-':>8}"
+        lines.append(f"{kind:6} {f['calls_per_s']:>9,.0f} {p50} {p99} {f['server_us_per_call']:>15,.1f}")
     ratio = r["http_vs_grpc"]
     lines.append(
         f"HTTP / gRPC: throughput x{ratio['throughput_ratio']}, server CPU per call "
@@ -365,12 +431,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument(
+        "--h2load",
+        default=shutil.which("h2load"),
+        help="h2load binary (default: on PATH; '' for Python clients)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     seconds = args.duration if args.duration is not None else (1.0 if args.quick else 8.0)
     users, items = (2_000, 500) if args.quick else (args.users, args.items)
-    result = run(rounds, seconds, args.concurrency, args.clients, users, items)
+    result = run(rounds, seconds, args.concurrency, args.clients, users, items, args.h2load or None)
     print(json.dumps(result, indent=2) if args.json else _format(result))
     return 0
 
