@@ -165,7 +165,11 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _wait_port_free(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> None:
+_GRPC_SETTING: Final = "server.listen, --listen"
+_HTTP_SETTING: Final = "server.http_listen, --http-listen"
+
+
+def _wait_port_free(host: str, port: int, wait_s: float = _PORT_WAIT_S, setting: str = _GRPC_SETTING) -> None:
     """Return once nothing else holds HOST:PORT (waiting up to `wait_s`); `_PortInUse` if it stays taken."""
     deadline = time.monotonic() + wait_s
     while not _port_is_free(host, port):
@@ -173,13 +177,14 @@ def _wait_port_free(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> None:
             raise _PortInUse(
                 errno.EADDRINUSE,
                 f"port {port} is in use by another program (another edge node?); a node shares its port "
-                "only among its own workers: stop that program, or choose another port (server.listen, "
-                "--listen)",
+                f"only among its own workers: stop that program, or choose another port ({setting})",
             )
         time.sleep(0.1)
 
 
-def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.socket:
+def _claim_port(
+    host: str, port: int, wait_s: float = _PORT_WAIT_S, setting: str = _GRPC_SETTING
+) -> socket.socket:
     """Make sure no other program serves HOST:PORT, then reserve it for this node's workers.
 
     The workers bind with SO_REUSEPORT, and the kernel lets any process of the same user join them on
@@ -187,12 +192,12 @@ def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.so
     free (waiting up to `wait_s` for it), then binds its own SO_REUSEPORT reservation for its lifetime:
     from then on the check of any other node fails on it, before this node's workers listen too.
     `_PortInUse` when the port stays taken."""
-    _wait_port_free(host, port, wait_s)
+    _wait_port_free(host, port, wait_s, setting)
     reserved, _ = _reserve_port(host, port)
     return reserved
 
 
-def _refuse_a_taken_port(listen: str) -> None:
+def _refuse_a_taken_port(listen: str, setting: str = _GRPC_SETTING) -> None:
     """Before the store is opened: a node whose explicit port another program serves exits 2 at once, so
     it loads no bundle into a data directory that node may share. Only a taken port is refused here;
     an address this host cannot bind is reported by the reservation step, as before."""
@@ -200,7 +205,7 @@ def _refuse_a_taken_port(listen: str) -> None:
     try:
         port = int(port_text)
         if port:
-            _wait_port_free(host, port)
+            _wait_port_free(host, port, setting=setting)
     except _PortInUse as exc:
         log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc.strerror}"})
         raise _Exit(2) from exc
@@ -326,7 +331,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         try:
             _refuse_a_taken_port(config.server.listen)
             if config.server.http_listen:
-                _refuse_a_taken_port(config.server.http_listen)
+                _refuse_a_taken_port(config.server.http_listen, _HTTP_SETTING)
             store = _open_store(config, acquired)
             signals = _install_signals(acquired)
             sync = _load_snapshot(store, config, signals, acquired)
@@ -334,7 +339,9 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 placements = tuple(compile_rules(view.rules_doc()).placements)
             address, port = _reserve_listen(config.server.listen, acquired)
             http_address = (
-                _reserve_listen(config.server.http_listen, acquired)[0] if config.server.http_listen else ""
+                _reserve_listen(config.server.http_listen, acquired, _HTTP_SETTING)[0]
+                if config.server.http_listen
+                else ""
             )
             node_metrics, metrics_address = _start_metrics(config, store, placements, acquired)
             specs = _worker_specs(config, address, placements, node_metrics, http_address)
@@ -424,7 +431,9 @@ def _load_snapshot(
     return sync
 
 
-def _reserve_listen(listen: str, acquired: contextlib.ExitStack) -> tuple[str, int]:
+def _reserve_listen(
+    listen: str, acquired: contextlib.ExitStack, setting: str = _GRPC_SETTING
+) -> tuple[str, int]:
     """The address the workers listen on (HOST:PORT), reserved for them all: port 0 reserves a free port;
     a given port is refused (exit 2) while another program serves it."""
     host, _, port_text = listen.rpartition(":")
@@ -433,7 +442,7 @@ def _reserve_listen(listen: str, acquired: contextlib.ExitStack) -> tuple[str, i
         if port == 0:
             reserved, port = _reserve_port(host)
         else:
-            reserved = _claim_port(host, port)
+            reserved = _claim_port(host, port, setting=setting)
         acquired.callback(reserved.close)
     except _PortInUse as exc:
         log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc.strerror}"})

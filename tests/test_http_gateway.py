@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 import uuid
@@ -356,3 +357,20 @@ def test_http_listen_on_the_grpc_port_is_a_config_error(processes: Processes, tm
     )  # fmt: skip
     assert edge.proc.wait(30) == 2
     assert "server.http_listen" in edge.logs()
+
+
+@pytest.mark.slow
+def test_a_taken_http_port_is_refused_naming_the_setting(processes: Processes, tmp_path: Path) -> None:
+    with socket.socket() as other:  # another program serves the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        edge = processes.start(
+            "edge",
+            [
+                "edge", "serve", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+                "--http-listen", f"127.0.0.1:{port}",
+            ],
+        )  # fmt: skip
+        assert edge.proc.wait(30) == 2
+    assert "server.http_listen, --http-listen" in edge.logs()
