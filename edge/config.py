@@ -135,6 +135,15 @@ class ServerConfig:
             flag="--min-budget-ms",
         ),
     )
+    http_listen: str = field(
+        default="",
+        metadata=meta(
+            "HOST:PORT the workers also serve Decide and Track on as JSON over HTTP/1.1 (POST /v1/decide, "
+            "POST /v1/track, GET /v1/health; docs/http.md); empty: off",
+            check=check_optional_address,
+            flag="--http-listen",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +470,7 @@ def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
             key="sync.control",
             source=sources["sync.control"],
         )
+    _check_http_port(config, sources)
     listen, metrics = config.server.listen, config.metrics.listen
     if metrics:
         g_host, _, g_port = listen.rpartition(":")
@@ -472,6 +482,28 @@ def _cross_check(config: EdgeConfig, sources: Mapping[str, str]) -> None:
                 f"server.listen = {toml_value(listen)} (from {g_from})",
                 "metrics.listen",
                 sources["metrics.listen"],
+            )
+
+
+def _check_http_port(config: EdgeConfig, sources: Mapping[str, str]) -> None:
+    """`server.http_listen` takes a port of its own: neither the gRPC port nor the metrics port."""
+    http = config.server.http_listen
+    if not http:
+        return
+    h_host, _, h_port = http.rpartition(":")
+    for key, other in (("server.listen", config.server.listen), ("metrics.listen", config.metrics.listen)):
+        o_host, _, o_port = other.rpartition(":")
+        if (
+            other
+            and h_port == o_port
+            and h_port != "0"
+            and (h_host == o_host or "0.0.0.0" in (h_host, o_host))
+        ):
+            raise ConfigError(
+                f"server.http_listen = {toml_value(http)} (from {origin(sources['server.http_listen'])}) "
+                f"uses the same port as {key} = {toml_value(other)} (from {origin(sources[key])})",
+                "server.http_listen",
+                sources["server.http_listen"],
             )
 
 

@@ -165,7 +165,11 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _wait_port_free(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> None:
+_GRPC_SETTING: Final = "server.listen, --listen"
+_HTTP_SETTING: Final = "server.http_listen, --http-listen"
+
+
+def _wait_port_free(host: str, port: int, wait_s: float = _PORT_WAIT_S, setting: str = _GRPC_SETTING) -> None:
     """Return once nothing else holds HOST:PORT (waiting up to `wait_s`); `_PortInUse` if it stays taken."""
     deadline = time.monotonic() + wait_s
     while not _port_is_free(host, port):
@@ -173,13 +177,14 @@ def _wait_port_free(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> None:
             raise _PortInUse(
                 errno.EADDRINUSE,
                 f"port {port} is in use by another program (another edge node?); a node shares its port "
-                "only among its own workers: stop that program, or choose another port (server.listen, "
-                "--listen)",
+                f"only among its own workers: stop that program, or choose another port ({setting})",
             )
         time.sleep(0.1)
 
 
-def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.socket:
+def _claim_port(
+    host: str, port: int, wait_s: float = _PORT_WAIT_S, setting: str = _GRPC_SETTING
+) -> socket.socket:
     """Make sure no other program serves HOST:PORT, then reserve it for this node's workers.
 
     The workers bind with SO_REUSEPORT, and the kernel lets any process of the same user join them on
@@ -187,12 +192,12 @@ def _claim_port(host: str, port: int, wait_s: float = _PORT_WAIT_S) -> socket.so
     free (waiting up to `wait_s` for it), then binds its own SO_REUSEPORT reservation for its lifetime:
     from then on the check of any other node fails on it, before this node's workers listen too.
     `_PortInUse` when the port stays taken."""
-    _wait_port_free(host, port, wait_s)
+    _wait_port_free(host, port, wait_s, setting)
     reserved, _ = _reserve_port(host, port)
     return reserved
 
 
-def _refuse_a_taken_port(listen: str) -> None:
+def _refuse_a_taken_port(listen: str, setting: str = _GRPC_SETTING) -> None:
     """Before the store is opened: a node whose explicit port another program serves exits 2 at once, so
     it loads no bundle into a data directory that node may share. Only a taken port is refused here;
     an address this host cannot bind is reported by the reservation step, as before."""
@@ -200,7 +205,7 @@ def _refuse_a_taken_port(listen: str) -> None:
     try:
         port = int(port_text)
         if port:
-            _wait_port_free(host, port)
+            _wait_port_free(host, port, setting=setting)
     except _PortInUse as exc:
         log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc.strerror}"})
         raise _Exit(2) from exc
@@ -325,14 +330,21 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     with contextlib.ExitStack() as acquired:
         try:
             _refuse_a_taken_port(config.server.listen)
+            if config.server.http_listen:
+                _refuse_a_taken_port(config.server.http_listen, _HTTP_SETTING)
             store = _open_store(config, acquired)
             signals = _install_signals(acquired)
             sync = _load_snapshot(store, config, signals, acquired)
             with store.read() as view:
                 placements = tuple(compile_rules(view.rules_doc()).placements)
             address, port = _reserve_listen(config.server.listen, acquired)
+            http_address = (
+                _reserve_listen(config.server.http_listen, acquired, _HTTP_SETTING)[0]
+                if config.server.http_listen
+                else ""
+            )
             node_metrics, metrics_address = _start_metrics(config, store, placements, acquired)
-            specs = _worker_specs(config, address, placements, node_metrics)
+            specs = _worker_specs(config, address, placements, node_metrics, http_address)
             supervisor = _start_workers(specs, config.server.grace_seconds, acquired)
         except _Exit as exit_:
             return exit_.code
@@ -340,7 +352,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         if node_metrics is not None:
             node_metrics.set_workers_alive(supervisor.alive())
             node_metrics.set_store(store.used_bytes(), store.write_limit, limits.budget.caps)
-        _announce(store, supervisor, address, port, metrics_address, ready_file)
+        _announce(store, supervisor, address, port, metrics_address, ready_file, http_address)
         _run_until_stopped(store, config, signals, sync, supervisor, node_metrics, limits)
         log.info("stopping", extra={"grace_seconds": config.server.grace_seconds})
     log.info("stopped")
@@ -419,7 +431,9 @@ def _load_snapshot(
     return sync
 
 
-def _reserve_listen(listen: str, acquired: contextlib.ExitStack) -> tuple[str, int]:
+def _reserve_listen(
+    listen: str, acquired: contextlib.ExitStack, setting: str = _GRPC_SETTING
+) -> tuple[str, int]:
     """The address the workers listen on (HOST:PORT), reserved for them all: port 0 reserves a free port;
     a given port is refused (exit 2) while another program serves it."""
     host, _, port_text = listen.rpartition(":")
@@ -428,7 +442,7 @@ def _reserve_listen(listen: str, acquired: contextlib.ExitStack) -> tuple[str, i
         if port == 0:
             reserved, port = _reserve_port(host)
         else:
-            reserved = _claim_port(host, port)
+            reserved = _claim_port(host, port, setting=setting)
         acquired.callback(reserved.close)
     except _PortInUse as exc:
         log.error("listen_failed", extra={"error": f"cannot listen on {listen}: {exc.strerror}"})
@@ -463,7 +477,11 @@ def _start_metrics(
 
 
 def _worker_specs(
-    config: EdgeConfig, address: str, placements: tuple[str, ...], node_metrics: NodeMetrics | None
+    config: EdgeConfig,
+    address: str,
+    placements: tuple[str, ...],
+    node_metrics: NodeMetrics | None,
+    http_address: str = "",
 ) -> list[WorkerSpec]:
     server = config.server
     cpus = sorted(os.sched_getaffinity(0))
@@ -492,6 +510,7 @@ def _worker_specs(
             max_message_bytes=config.limits.max_message_bytes,
             metrics_path=node_metrics.worker_path(i) if node_metrics is not None else None,
             placements=placements,
+            http_listen=http_address,
         )
         for i in range(server.workers)
     ]
@@ -526,6 +545,7 @@ def _announce(
     port: int,
     metrics_address: str,
     ready_file: Path | None,
+    http_address: str = "",
 ) -> None:
     """The `serving` log line, and the ready file for scripts."""
     version = store.version()
@@ -537,6 +557,7 @@ def _announce(
             "pid": os.getpid(),
             "workers": supervisor.pids(),
             "metrics": metrics_address or None,
+            "http": http_address or None,
         },
     )
     if ready_file is not None:
@@ -549,6 +570,7 @@ def _announce(
                 "snapshot_version": version,
                 "workers": supervisor.pids(),
                 "metrics": metrics_address,
+                "http": http_address,
             },
         )
 

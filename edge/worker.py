@@ -23,6 +23,7 @@ from edgewise.core.pipeline import Pipeline
 from edgewise.core.store import Store
 from edgewise.edge.convert import Limits
 from edgewise.edge.group_commit import GroupCommitter
+from edgewise.edge.http_gateway import GatewayOptions, HttpGateway, build_gateway
 from edgewise.edge.metrics import MetricsLayout, WorkerMetrics
 from edgewise.edge.server import build_server
 from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
@@ -52,6 +53,7 @@ class WorkerSpec:
     max_message_bytes: int
     metrics_path: Path | None  # this worker's metrics file (None: metrics off)
     placements: tuple[str, ...]  # placement ids for the metrics layout
+    http_listen: str = ""  # HOST:PORT of JSON over HTTP, shared by every worker (empty: off)
 
 
 def worker_main(spec: WorkerSpec, ready: Connection) -> None:
@@ -106,16 +108,26 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         metrics=metrics,
         stages=stages,
     )
+    gateway = _http_gateway(spec, servicer, metrics)
     # Everything built so far (modules, the decoded snapshot state, the server) lives as long as the
     # worker: move it out of the cyclic collector's generations, so collections triggered by request
     # garbage do not walk it again and again (a full collection over it is a latency spike).
     gc.collect()
     gc.freeze()
     edge.server.start()
+    if gateway is not None:
+        gateway.start()
+        gateway.set_serving(True)
     edge.set_serving(True)
     log.info(
         "worker_serving",
-        extra={"worker": spec.index, "pid": os.getpid(), "address": spec.listen, "cpu": spec.pin_cpu},
+        extra={
+            "worker": spec.index,
+            "pid": os.getpid(),
+            "address": spec.listen,
+            "http": spec.http_listen or None,
+            "cpu": spec.pin_cpu,
+        },
     )
     ready.send(("ready", os.getpid()))
     ready.close()
@@ -125,7 +137,13 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
             break
         if stages is not None:
             stages.write()
+    http_stop = None
+    if gateway is not None:  # drains beside the gRPC server, in the same grace period
+        http_stop = threading.Thread(target=gateway.stop, args=(spec.grace,), name="http-stop")
+        http_stop.start()
     edge.stop(spec.grace)
+    if http_stop is not None:
+        http_stop.join()
     committer.close()
     if stages is not None:
         stages.write()
@@ -133,3 +151,17 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         metrics.close()
     store.close()
     log.info("worker_stopped", extra={"worker": spec.index, "pid": os.getpid()})
+
+
+def _http_gateway(
+    spec: WorkerSpec, servicer: PersonalizerServicer, metrics: WorkerMetrics | None
+) -> HttpGateway | None:
+    """JSON over HTTP on `spec.http_listen` (SO_REUSEPORT, like the gRPC port), around the same servicer."""
+    if not spec.http_listen:
+        return None
+    options = GatewayOptions(
+        max_in_flight=spec.options.max_in_flight,
+        reject_past_max_in_flight=spec.options.overload == "reject",
+        max_message_bytes=spec.max_message_bytes,
+    )
+    return build_gateway(servicer, spec.http_listen, reuse_port=True, options=options, metrics=metrics)
