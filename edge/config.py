@@ -340,12 +340,15 @@ def _check_shard(value: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class SyncConfig:
-    control: str = field(
-        default="",
+    control: tuple[str, ...] = field(
+        default=(),
         metadata=meta(
-            "HOST:PORT of the control plane to follow (the syncer becomes the node's writer); empty: none",
-            check=check_optional_address,
+            "HOST:PORT of the control plane to follow (the syncer becomes the node's writer), or of each of "
+            "its replicas, comma-separated (a TOML array in the file): followed one at a time, in this "
+            "order, moving to the next when the one followed is lost; empty: none",
+            check=check_address,
             flag="--control",
+            metavar="HOST:PORT[,HOST:PORT...]",
         ),
     )
     node_id: str = field(
@@ -377,6 +380,15 @@ class SyncConfig:
     tls_key: Path | None = field(default=None, metadata=meta("client key for mutual TLS", flag="--tls-key"))
     heartbeat_seconds: float = field(
         default=5.0, metadata=meta("seconds between heartbeats to the control plane", above=0, max=3600)
+    )
+    silence_seconds: float = field(
+        default=30.0,
+        metadata=meta(
+            "no message from the control plane for this long (it sends a heartbeat every 5 s unless "
+            "configured otherwise): its stream counts as lost and the node moves to the next replica",
+            above=0,
+            max=3600,
+        ),
     )
 
 

@@ -56,6 +56,9 @@ FAMILIES = [
     ("edgewise_store_used_bytes", "gauge"),
     ("edgewise_store_write_limit_bytes", "gauge"),
     ("edgewise_store_limit_bytes", "gauge"),
+    # issue 18: control-plane replicas
+    ("edgewise_sync_control_switches_total", "counter"),
+    ("edgewise_sync_control_info", "gauge"),
 ]
 # The same output's label values, family by family (a family's series: every combination of them).
 LE = ("5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1")
@@ -88,8 +91,9 @@ LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "edgewise_store_limit_bytes": {
         "limit": ("data.outbox_max_mb", "track.dedupe_max_mb", "track.activity_max_mb")
     },
+    "edgewise_sync_control_info": {"control": ()},  # none on a node without a control plane
 }
-SAMPLE_COUNT = 101 + 8  # lines of samples in that output, and in the families added since
+SAMPLE_COUNT = 101 + 8 + 1  # lines of samples in that output, and in the families added since
 
 
 def _combinations(labels: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
@@ -137,7 +141,7 @@ def _get(url: str, accept: str | None = None) -> tuple[str, str]:
 
 
 def test_the_list_is_todays_output() -> None:
-    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19 + 4
+    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19 + 4 + 2
 
 
 @pytest.mark.slow
