@@ -69,6 +69,7 @@ def start_syncer(store: Store, config: EdgeConfig) -> NodeSync:
     forwarder = OutboxForwarder(store, target, replicas=replicas)
     # The control plane answering the syncer again ends the forwarder's backoff too.
     syncer = EdgeSyncer(store, target, replicas=replicas, on_connected=forwarder.wake)
+    forwarder.on_recovered = syncer.wake  # and the other way round
     syncer.start()
     forwarder.start()
     return NodeSync(syncer, forwarder, replicas)

@@ -6,7 +6,8 @@ de-duplicates by event id, so a batch sent again after a crash or a lost reply i
 the control plane is away the outbox keeps growing on disk (nothing is dropped) and the forwarder
 retries with jittered exponential backoff (0.2 s doubling to 30 s); an acknowledged batch resets it,
 and so does `wake` (the node's syncer calls it when it hears from the control plane again), so after a
-long outage draining starts when the sync does, not up to 30 s later.
+long outage draining starts when the sync does, not up to 30 s later; the other way round, its first ACK
+after failures calls `on_recovered` (the syncer's `wake`).
 Backpressure: one batch in flight at a time, and a full batch is followed at once by the next.
 
 With several control-plane replicas it sends to the one the node follows (`sync/control_replicas.py`,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Final
 
 import grpc
@@ -62,6 +64,7 @@ class OutboxForwarder:
         replicas: ControlReplicas | None = None,
         batch: int = FORWARD_BATCH,
         timeout: float = 10.0,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.target = target
@@ -69,6 +72,7 @@ class OutboxForwarder:
         self.replicas = replicas if replicas is not None else ControlReplicas(target.controls)
         self.batch = batch
         self.timeout = timeout
+        self.on_recovered = on_recovered  # called when a call succeeds after failures (wakes the syncer)
         self.forwarded = 0  # events acknowledged upstream by this process
         self.last_error = ""
         self._stop = threading.Event()
@@ -132,6 +136,8 @@ class OutboxForwarder:
                     if reply.rejected:  # records the control plane can never store: dropped there
                         log.warning("outbox_records_rejected", extra={"records": reply.rejected})
                     if self.last_error:
+                        if self.on_recovered is not None:
+                            self.on_recovered()
                         log.info(
                             "outbox_forwarding",
                             extra={

@@ -13,8 +13,8 @@ while the syncer waits for one loses its replica: the node moves to the next, an
 with the version it applied (and its lineage), so it resumes with the commits after it: no full snapshot
 unless the replica cannot serve that tail. When the forwarder moved the node, the syncer ends its stream and
 follows. Between sessions it waits a jittered exponential backoff (0.2 s doubling to 30 s, reset by a session
-that heard from its replica), so a fleet does not stampede a replica and an outage of every replica costs
-little.
+that heard from its replica, or ended early by `wake`: the forwarder's first ACK after failures), so a
+fleet does not stampede a replica and an outage of every replica costs little.
 
 It keeps serving its last state through an outage of any length; `state()` reports READY, STALE (no contact
 for `stale_after` seconds) or NOT_SERVING (nothing applied yet).
@@ -127,6 +127,7 @@ class EdgeSyncer:
         self.replicas = replicas if replicas is not None else ControlReplicas(target.controls)
         self._on_connected = on_connected  # called when a session hears from the control plane
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by wake() and stop(): ends a backoff wait early
         self._thread = threading.Thread(target=self._run, name="edge-sync", daemon=True)
         self._watch = threading.Thread(target=self._watch_sessions, name="edge-sync-watch", daemon=True)
         self._outbox: queue.Queue[sync_pb2.SubscribeRequest | None] = queue.Queue()
@@ -148,6 +149,7 @@ class EdgeSyncer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         with self._lock:
             call = self._call
         if call is not None:
@@ -155,6 +157,10 @@ class EdgeSyncer:
         self._outbox.put(None)
         self._thread.join(timeout)
         self._watch.join(timeout)
+
+    def wake(self) -> None:
+        """Reconnect now with a fresh backoff: a control plane answers again (the forwarder got an ACK)."""
+        self._wake.set()
 
     def state(self) -> sync_pb2.EdgeState.ValueType:
         if not self.store.has_snapshot():
@@ -209,7 +215,9 @@ class EdgeSyncer:
                 self.replicas.lost(address, error, link="sync")  # no-op when the node already moved on
             if self._heard:
                 backoff.reset()  # the control plane answered: a new outage starts over
-            self._stop.wait(backoff.next())
+            if self._wake.wait(backoff.next()):
+                self._wake.clear()
+                backoff.reset()
 
     def _watch_sessions(self) -> None:
         """Ends the session whose stream stayed silent past `silence_seconds` while the syncer waited for

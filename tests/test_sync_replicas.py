@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from edgewise.v1 import sync_pb2_grpc
 from tests.conftest import EdgeProcess
-from tests.sync_support import ControlProcess, control_planes, ops_client, wait_for
+from tests.sync_support import ControlProcess, control_planes, edge_state, ops_client, wait_for
 from tests.tcp_proxy import FaultProxy
 
 OPS = {"EDGEWISE_OPS_TOKEN": "ops-rep-1"}
@@ -463,3 +464,57 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+@pytest.mark.slow
+def test_every_replica_down_then_back_resumes_without_a_snapshot_and_forwards_once(
+    control_factory: Callable[..., ControlProcess],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two addresses of one control plane (a proxy, and its own port); the control plane is killed with
+    # SIGKILL, so both are gone: the edge goes round the list with a growing backoff, keeps serving and
+    # queues its events; the control plane restarts on its data and port, and the edge resumes from its
+    # version and drains its outbox, every event stored once.
+    control = control_factory()
+    with FaultProxy("127.0.0.1", control.port) as a:
+        with ops_client(control.address, OPS) as ops:
+            v1 = ops.push(bundle_dir).version
+        for key, value in EDGE.items():
+            monkeypatch.setenv(key, value)
+        edge = edge_factory(
+            tmp_path / "edge",
+            None,
+            *("--control", f"{a.address},{control.address}", "--node-id", "edge-k", "--workers", "1"),
+        )
+        assert _track(edge.address, [f"up-{n}" for n in range(50)]) == 50
+        with ops_client(control.address, OPS) as ops:
+            wait_for(lambda: ops.status().events_total == 50, 20, "the first events upstream")
+        control.stop(signal.SIGKILL)
+        killed_at = time.time()
+        assert _track(edge.address, [f"down-{n}" for n in range(50)]) == 50  # serving on, queued
+        time.sleep(1.5)  # rounds of the list
+        had, _ = edge_state(tmp_path / "edge")  # v1, or later: the folder commits profiles as events arrive
+        restarted = control_factory(listen=control.address)
+        with ops_client(restarted.address, OPS) as ops:
+            wait_for(lambda: ops.status().events_total == 100, 30, "the queued events upstream")
+            v2 = ops.push_delta(_delta(1)).version
+            wait_for(lambda: _applied(edge, v2) is not None, 30, "the edge applying the next push")
+            time.sleep(0.5)
+            assert ops.status().events_total == 100  # none lost, none counted twice
+    applied = _applied(edge, v2)
+    assert applied is not None and applied["snapshot"] is False
+    subscribed = [e["version"] for e in restarted.log_events() if e.get("event") == "edge_subscribed"]
+    assert subscribed and set(subscribed) == {had} and had >= v1  # resumed from its version
+    switched = [e for e in edge.log_events() if e.get("event") == "sync_control_switched"]
+    assert len(switched) >= 2  # it went round the list
+    # Whichever link got through first woke the other: both back within moments, not a backoff apart.
+    back = [
+        float(e["ts"])
+        for e in edge.log_events()
+        if e.get("event") in ("sync_connected", "outbox_forwarding") and float(e["ts"]) > killed_at
+    ]
+    assert len(back) >= 2 and back[1] - back[0] < 1.5, back
+    assert {e["to"] for e in switched} == {a.address, control.address}
