@@ -254,3 +254,14 @@ def test_an_ipv6_address_in_brackets(tmp_path: Path) -> None:
     with _serving("[::1]:0", registry) as base:
         content_type, text = _get(f"{base}/metrics")
     assert content_type == CONTENT_TYPE_PLAIN_0_0_4 and "edgewise_workers_alive 0.0" in text
+
+
+def test_the_replica_followed_and_the_switches(tmp_path: Path) -> None:
+    node = NodeMetrics(tmp_path, MetricsLayout(["home"]))
+    samples = _samples(node_registry(node).collect())
+    assert samples[_key("edgewise_sync_control_switches_total", {})] == 0
+    assert not [key for key in samples if key[0] == "edgewise_sync_control_info"]  # standalone: no series
+    node.set_control("ctl-b:50061", 2)
+    samples = _samples(node_registry(node).collect())
+    assert samples[_key("edgewise_sync_control_switches_total", {})] == 2
+    assert samples[_key("edgewise_sync_control_info", {"control": "ctl-b:50061"})] == 1
