@@ -11,7 +11,9 @@ Every value is checked at start; a wrong one raises `ConfigError` naming the key
 keys in the file, and unknown `EDGEWISE_<SECTION>_...` variables of a known section, are refused (with a
 suggestion when a known key is close). Paths are made absolute: relative paths in the file are relative
 to the file's directory, those from the environment or flags to the working directory. For optional
-values (`data.bundle`, `metrics.listen`) an empty string means "not set". Beyond each key's own checks,
+values (`data.bundle`, `metrics.listen`) an empty string means "not set". `sync.control` is a list of
+HOST:PORT (a TOML array, or comma-separated in the environment and flags; one address as before), each
+entry checked and named in the error. Beyond each key's own checks,
 the edge's cross checks: the size limits together leave room in the map, `data.bundle` and
 `sync.control` exclude each other, the metrics port differs from the gRPC port.
 
