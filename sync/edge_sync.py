@@ -188,6 +188,7 @@ class EdgeSyncer:
         backoff = Backoff()
         while not self._stop.is_set():
             self._heard = False
+            self._wake.clear()  # a wake while a session runs means nothing to the wait after it
             address = self.following = self.replicas.current
             lost = True
             try:
