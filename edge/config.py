@@ -11,7 +11,9 @@ Every value is checked at start; a wrong one raises `ConfigError` naming the key
 keys in the file, and unknown `EDGEWISE_<SECTION>_...` variables of a known section, are refused (with a
 suggestion when a known key is close). Paths are made absolute: relative paths in the file are relative
 to the file's directory, those from the environment or flags to the working directory. For optional
-values (`data.bundle`, `metrics.listen`) an empty string means "not set". Beyond each key's own checks,
+values (`data.bundle`, `metrics.listen`) an empty string means "not set". `sync.control` is a list of
+HOST:PORT (a TOML array, or comma-separated in the environment and flags; one address as before), each
+entry checked and named in the error. Beyond each key's own checks,
 the edge's cross checks: the size limits together leave room in the map, `data.bundle` and
 `sync.control` exclude each other, the metrics port differs from the gRPC port.
 
@@ -349,12 +351,15 @@ def _check_shard(value: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class SyncConfig:
-    control: str = field(
-        default="",
+    control: tuple[str, ...] = field(
+        default=(),
         metadata=meta(
-            "HOST:PORT of the control plane to follow (the syncer becomes the node's writer); empty: none",
-            check=check_optional_address,
+            "HOST:PORT of the control plane to follow (the syncer becomes the node's writer), or of each of "
+            "its replicas, comma-separated (a TOML array in the file): followed one at a time, in this "
+            "order, moving to the next when the one followed is lost; empty: none",
+            check=check_address,
             flag="--control",
+            metavar="HOST:PORT[,HOST:PORT...]",
         ),
     )
     node_id: str = field(
@@ -386,6 +391,15 @@ class SyncConfig:
     tls_key: Path | None = field(default=None, metadata=meta("client key for mutual TLS", flag="--tls-key"))
     heartbeat_seconds: float = field(
         default=5.0, metadata=meta("seconds between heartbeats to the control plane", above=0, max=3600)
+    )
+    silence_seconds: float = field(
+        default=30.0,
+        metadata=meta(
+            "no message from the control plane for this long (it sends a heartbeat every 5 s unless "
+            "configured otherwise): its stream counts as lost and the node moves to the next replica",
+            above=0,
+            max=3600,
+        ),
     )
 
 

@@ -420,6 +420,8 @@ class NodeMetrics:
         self._store_used_bytes = 0
         self._store_write_limit_bytes = 0
         self._store_limits: tuple[tuple[str, int], ...] = ()
+        self._control = ""
+        self._control_switches = 0
         run_dir.mkdir(parents=True, exist_ok=True)
         if clear:
             for path in run_dir.glob(f"{_FILE_PREFIX}*"):
@@ -450,6 +452,11 @@ class NodeMetrics:
         with self._lock:
             self._outbox_entries, self._forwarded = entries, forwarded
             self._outbox_bytes, self._outbox_dropped = size_bytes, dropped
+
+    def set_control(self, address: str, switches: int) -> None:
+        """The control-plane replica the node follows (HOST:PORT) and how often it moved to another."""
+        with self._lock:
+            self._control, self._control_switches = address, switches
 
     def set_housekeeping(
         self,
@@ -510,6 +517,7 @@ class NodeMetrics:
             activity_bytes, activity_window_ms = self._activity_bytes, self._activity_window_ms
             store_used, write_limit = self._store_used_bytes, self._store_write_limit_bytes
             store_limits = self._store_limits
+            control, control_switches = self._control, self._control_switches
         age = math.nan if synced_at is None else max(0.0, self._clock() - synced_at)
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
@@ -534,6 +542,8 @@ class NodeMetrics:
             store_used_bytes=store_used,
             store_write_limit_bytes=write_limit,
             store_limits=store_limits,
+            control=control,
+            control_switches=control_switches,
         )
 
 
@@ -560,6 +570,8 @@ class NodeReading:
     store_used_bytes: int = 0  # pages in use, every namespace
     store_write_limit_bytes: int = 0  # Track's writes are refused past this (0: not known)
     store_limits: tuple[tuple[str, int], ...] = ()  # (config key, bytes) of the size limits in force
+    control: str = ""  # the control-plane replica followed ("": none)
+    control_switches: int = 0  # moves to another replica since start
 
     def count(self, *key: str) -> float:
         """The summed value of one series key, e.g. `count("rpc", "Decide", "OK")`."""

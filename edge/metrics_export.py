@@ -200,6 +200,21 @@ def node_families(r: NodeReading) -> Iterator[Metric]:
         limits.add_metric([key], in_force.get(key, 0))
     yield limits
 
+    # added with control-plane replicas (issue 18): which one the node follows
+    yield CounterMetricFamily(
+        "edgewise_sync_control_switches_total",
+        "Moves to another control-plane replica of sync.control (the one followed was lost).",
+        r.control_switches,
+    )
+    following = GaugeMetricFamily(
+        "edgewise_sync_control_info",
+        "1 for the control-plane replica the node follows now (no series on a node without sync.control).",
+        labels=["control"],
+    )
+    if r.control:
+        following.add_metric([r.control], 1)
+    yield following
+
 
 class NodeCollector(Collector):
     """The node's families, read from `node` when scraped (a scrape maps every worker file once)."""

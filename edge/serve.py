@@ -771,10 +771,12 @@ class _StoreLimits:
 
 
 def _note_sync(node: NodeMetrics, store: Store, syncer: EdgeSyncer) -> None:
-    """With a control plane, staleness is the time since the last message from it."""
+    """With a control plane, staleness is the time since the last message from it; and the replica the
+    node follows."""
     age = syncer.contact_age()
     synced_at = time.time() - age if age is not None else None
     node.set_snapshot(store.version(), synced_at)
+    node.set_control(syncer.replicas.current, syncer.replicas.switches)
 
 
 def _note_snapshot(node: NodeMetrics, store: Store) -> None:

@@ -10,7 +10,10 @@ line. It prints the snapshot being served, the map's size and high-water mark, h
 (the snapshot, room for a reload, headroom, where Track's writes stop: core/store_budget.py), every
 namespace's entries and bytes, and the three size limits housekeeping enforces (`data.outbox_max_mb`,
 `track.dedupe_max_mb`, `track.activity_max_mb`) as they are in force beside this snapshot, with how full
-each is. Exit status 2 when the configuration is wrong or there is no store in the data directory.
+each is. A node that follows a control plane: the replicas configured (`sync.control`) and the one its
+last applied commit came from (the one it followed then; its metrics name the one it follows now,
+`edgewise_sync_control_info`). Exit status 2 when the configuration is wrong or there is no store in the
+data directory.
 """
 
 from __future__ import annotations
@@ -81,7 +84,9 @@ def status_report(
             "profiles": snapshot.profiles,
             "items": snapshot.items,
             "loaded_at_ms": snapshot.loaded_at_ms,
+            "control": snapshot.control,  # the replica the last applied commit came from ("": a bundle)
         },
+        "sync_control": list(config.sync.control),  # the replicas configured, in order
         "map_mib": _mib(map_bytes),
         "high_water_mib": _mib(usage.high_water_bytes),
         "high_water_share": round(usage.high_water_bytes / map_bytes, 4),
@@ -116,9 +121,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
     else:
         serving = "no snapshot loaded yet: the node is not SERVING"
-    lines = [
-        f"store {report['store']}",
-        serving,
+    lines = [f"store {report['store']}", serving]
+    if report["sync_control"] or snap["control"]:
+        configured = ", ".join(report["sync_control"]) or "not given here"
+        lines.append(
+            f"control plane (sync.control): {configured}; last commit applied from {snap['control'] or '-'}"
+        )
+    lines += [
         f"map {report['map_mib']:,} MiB; high-water mark {report['high_water_mib']:,} MiB "
         f"({report['high_water_share']:.1%}; free pages below it are reused first)",
     ]

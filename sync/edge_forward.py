@@ -6,14 +6,24 @@ de-duplicates by event id, so a batch sent again after a crash or a lost reply i
 the control plane is away the outbox keeps growing on disk (nothing is dropped) and the forwarder
 retries with jittered exponential backoff (0.2 s doubling to 30 s); an acknowledged batch resets it,
 and so does `wake` (the node's syncer calls it when it hears from the control plane again), so after a
-long outage draining starts when the sync does, not up to 30 s later.
+long outage draining starts when the sync does, not up to 30 s later; the other way round, its first ACK
+after failures calls `on_recovered` (the syncer's `wake`).
 Backpressure: one batch in flight at a time, and a full batch is followed at once by the next.
+
+With several control-plane replicas it sends to the one the node follows (`sync/control_replicas.py`,
+shared with the syncer): a failed call (connection refused or reset, UNAVAILABLE, past its deadline,
+RESOURCE_EXHAUSTED, ...; not a refusal of the request itself) loses that replica and the node moves to
+the next; the same batch then goes there. Nothing is lost (entries leave
+the outbox only after an ACK) nor counted twice: the control plane keeps one copy per event id (an
+exposure's id is its decision id and placement), so a batch a replica stored but whose ACK never came
+back is answered as duplicates by the next, as long as the replicas share their event store.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Final
 
 import grpc
@@ -22,6 +32,7 @@ import msgpack
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.store import Store
 from edgewise.sync.auth import bearer_metadata, open_channel
+from edgewise.sync.control_replicas import ControlReplicas, loses_replica
 from edgewise.sync.edge_sync import KEEPALIVE_OPTIONS, Backoff, SyncTarget, rpc_error_text
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
@@ -46,12 +57,22 @@ def _kind(payload: bytes) -> str:
 
 class OutboxForwarder:
     def __init__(
-        self, store: Store, target: SyncTarget, *, batch: int = FORWARD_BATCH, timeout: float = 10.0
+        self,
+        store: Store,
+        target: SyncTarget,
+        *,
+        replicas: ControlReplicas | None = None,
+        batch: int = FORWARD_BATCH,
+        timeout: float = 10.0,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.target = target
+        # The replica the node follows (shared with the syncer, which moves it too).
+        self.replicas = replicas if replicas is not None else ControlReplicas(target.controls)
         self.batch = batch
         self.timeout = timeout
+        self.on_recovered = on_recovered  # called when a call succeeds after failures (wakes the syncer)
         self.forwarded = 0  # events acknowledged upstream by this process
         self.last_error = ""
         self._stop = threading.Event()
@@ -79,9 +100,9 @@ class OutboxForwarder:
         backoff.reset()
         return True
 
-    def _connect(self) -> tuple[grpc.Channel, sync_pb2_grpc.ControlPlaneStub]:
+    def _connect(self, address: str) -> tuple[grpc.Channel, sync_pb2_grpc.ControlPlaneStub]:
         channel = open_channel(
-            self.target.address,
+            address,
             ca=self.target.tls_ca,
             cert=self.target.tls_cert,
             key=self.target.tls_key,
@@ -91,7 +112,8 @@ class OutboxForwarder:
 
     def _run(self) -> None:
         backoff = Backoff()
-        channel, stub = self._connect()
+        address = self.replicas.current
+        channel, stub = self._connect(address)
         metadata = bearer_metadata(self.target.token)
         try:
             while not self._stop.is_set():
@@ -100,6 +122,10 @@ class OutboxForwarder:
                     if not entries:
                         self._stop.wait(_IDLE_WAIT)
                         continue
+                    if self.replicas.current != address:  # the node moved on (the syncer lost `address`)
+                        channel.close()
+                        address = self.replicas.current
+                        channel, stub = self._connect(address)
                     request = sync_pb2.ForwardRequest(
                         node_id=self.target.node_id,
                         records=[sync_pb2.OutboxRecord(seq=s, kind=_kind(p), payload=p) for s, p in entries],
@@ -110,21 +136,32 @@ class OutboxForwarder:
                     if reply.rejected:  # records the control plane can never store: dropped there
                         log.warning("outbox_records_rejected", extra={"records": reply.rejected})
                     if self.last_error:
-                        log.info("outbox_forwarding", extra={"pending": self.store.outbox_pending()})
+                        if self.on_recovered is not None:
+                            self.on_recovered()
+                        log.info(
+                            "outbox_forwarding",
+                            extra={
+                                "control": address,
+                                "pending": self.store.outbox_pending(),
+                                "duplicates": reply.duplicates,  # stored by a replica whose ACK was lost
+                            },
+                        )
                     self.last_error = ""
                     backoff.reset()
                 except grpc.RpcError as exc:
                     error = rpc_error_text(exc)
                     if error != self.last_error:
-                        log.warning(
-                            "outbox_forward_failed", extra={"control": self.target.address, "error": error}
-                        )
+                        log.warning("outbox_forward_failed", extra={"control": address, "error": error})
                     self.last_error = error
-                    if self._pause(backoff):
-                        # A channel that failed to connect waits out gRPC's own reconnect backoff (up to
-                        # minutes) and fails calls fast meanwhile: a new one connects now.
-                        channel.close()
-                        channel, stub = self._connect()
+                    if loses_replica(exc):
+                        self.replicas.lost(address, error, link="forward")
+                    self._pause(backoff)
+                    # A channel that failed to connect waits out gRPC's own reconnect backoff (up to
+                    # minutes) and fails calls fast meanwhile: a new one connects now, to the replica the
+                    # node follows now.
+                    channel.close()
+                    address = self.replicas.current
+                    channel, stub = self._connect(address)
                 except Exception as exc:
                     self.last_error = repr(exc)
                     log.error("outbox_forward_failed", extra={"error": self.last_error})

@@ -4,10 +4,20 @@ It subscribes with the node id, shard and the store's applied version, applies e
 arrives in one LMDB write transaction (`Store.apply_replicated`, which records the version) and ACKs it; a
 commit that does not arrive whole (digest, order, count) or does not make a valid state (records that
 do not decode, item rows or model arrays out of step, rules that do not compile) is NACKed with the
-reason and nothing of it is applied: the last good state keeps serving. On any stream error it
-reconnects with jittered exponential backoff (0.2 s doubling to 30 s). It keeps serving its last state
-through an outage of any length; `state()` reports READY, STALE (no contact for `stale_after` seconds)
-or NOT_SERVING (nothing applied yet).
+reason and nothing of it is applied: the last good state keeps serving.
+
+With several control-plane replicas (`SyncTarget.controls`) it follows one at a time
+(`sync/control_replicas.py`, shared with the outbox forwarder). A stream that fails (but for a refusal of the
+request itself), ends, or brings no message (not even the control plane's heartbeat) for `silence_seconds`
+while the syncer waits for one loses its replica: the node moves to the next, and the syncer subscribes there
+with the version it applied (and its lineage), so it resumes with the commits after it: no full snapshot
+unless the replica cannot serve that tail. When the forwarder moved the node, the syncer ends its stream and
+follows. Between sessions it waits a jittered exponential backoff (0.2 s doubling to 30 s, reset by a session
+that heard from its replica, or ended early by `wake`: the forwarder's first ACK after failures), so a
+fleet does not stampede a replica and an outage of every replica costs little.
+
+It keeps serving its last state through an outage of any length; `state()` reports READY, STALE (no contact
+for `stale_after` seconds) or NOT_SERVING (nothing applied yet).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import PER_USER, ReadView, Store
 from edgewise.core.version_state import build_state
 from edgewise.sync.auth import bearer_metadata, open_channel
+from edgewise.sync.control_replicas import ControlReplicas, loses_replica
 from edgewise.sync.shard import Shard
 from edgewise.sync.wire import Assembler, FramingError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
@@ -78,7 +89,7 @@ KEEPALIVE_OPTIONS: Final = (
 
 @dataclass(frozen=True, slots=True)
 class SyncTarget:
-    address: str
+    controls: tuple[str, ...]  # HOST:PORT of the control plane, or of each of its replicas, in order
     node_id: str
     shard: Shard
     token: str | None = None
@@ -87,6 +98,7 @@ class SyncTarget:
     tls_key: str | None = None
     heartbeat_seconds: float = 5.0
     stale_after_seconds: float = 300.0
+    silence_seconds: float = 30.0  # a stream silent this long (while the syncer waits) is lost
 
 
 def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) -> Callable[[ReadView], None]:
@@ -102,34 +114,53 @@ def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) 
 
 class EdgeSyncer:
     def __init__(
-        self, store: Store, target: SyncTarget, *, on_connected: Callable[[], None] | None = None
+        self,
+        store: Store,
+        target: SyncTarget,
+        *,
+        replicas: ControlReplicas | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.target = target
+        # The replica the node follows (shared with the forwarder, which moves it too).
+        self.replicas = replicas if replicas is not None else ControlReplicas(target.controls)
         self._on_connected = on_connected  # called when a session hears from the control plane
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by wake() and stop(): ends a backoff wait early
         self._thread = threading.Thread(target=self._run, name="edge-sync", daemon=True)
+        self._watch = threading.Thread(target=self._watch_sessions, name="edge-sync-watch", daemon=True)
         self._outbox: queue.Queue[sync_pb2.SubscribeRequest | None] = queue.Queue()
         self._call: Any = None
         self._lock = threading.Lock()
         self.last_contact = 0.0  # time.monotonic() of the last message from the control plane
         self.applied = threading.Condition()
         self.last_error = ""
+        self.following = self.replicas.current  # the replica of the current (or last) session
         self._heard = False  # the current session received a message from the control plane
+        self._waiting_since = 0.0  # monotonic: the session started or last took a message (0: not waiting)
+        self._ended = ""  # why the watch ended the current session ("": it did not)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
+        self._watch.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         with self._lock:
             call = self._call
         if call is not None:
             call.cancel()
         self._outbox.put(None)
         self._thread.join(timeout)
+        self._watch.join(timeout)
+
+    def wake(self) -> None:
+        """Reconnect now with a fresh backoff: a control plane answers again (the forwarder got an ACK)."""
+        self._wake.set()
 
     def state(self) -> sync_pb2.EdgeState.ValueType:
         if not self.store.has_snapshot():
@@ -157,25 +188,56 @@ class EdgeSyncer:
         backoff = Backoff()
         while not self._stop.is_set():
             self._heard = False
+            self._wake.clear()  # a wake while a session runs means nothing to the wait after it
+            address = self.following = self.replicas.current
+            lost = True
             try:
-                self._session()
-            except grpc.RpcError as exc:
+                self._session(address)
+                error = self._ended or "the control plane ended the stream"
                 if not self._stop.is_set():
-                    self.last_error = rpc_error_text(exc)
-                    log.warning(
-                        "sync_disconnected", extra={"control": self.target.address, "error": self.last_error}
-                    )
+                    log.warning("sync_disconnected", extra={"control": address, "error": error})
+            except grpc.RpcError as exc:
+                error = self._ended or rpc_error_text(exc)
+                lost = bool(self._ended) or loses_replica(exc)
+                if not self._stop.is_set():
+                    log.warning("sync_disconnected", extra={"control": address, "error": error})
             except Exception as exc:
-                self.last_error = repr(exc)
-                log.error("sync_failed", extra={"control": self.target.address, "error": self.last_error})
+                error = repr(exc)
+                log.error("sync_failed", extra={"control": address, "error": error})
             finally:
                 with self._lock:
                     self._call = None
+                    self._waiting_since = 0.0
+                    self._ended = ""
             if self._stop.is_set():
                 break
+            self.last_error = error
+            if lost:
+                self.replicas.lost(address, error, link="sync")  # no-op when the node already moved on
             if self._heard:
                 backoff.reset()  # the control plane answered: a new outage starts over
-            self._stop.wait(backoff.next())
+            if self._wake.wait(backoff.next()):
+                self._wake.clear()
+                backoff.reset()
+
+    def _watch_sessions(self) -> None:
+        """Ends the session whose stream stayed silent past `silence_seconds` while the syncer waited for
+        a message (an apply in progress does not count), or whose replica the node left (the forwarder
+        lost it): the stream is cancelled and `_run` moves on."""
+        tick = min(0.25, self.target.silence_seconds / 4)
+        while not self._stop.wait(tick):
+            with self._lock:
+                call, since = self._call, self._waiting_since
+                if call is None or self._ended:
+                    continue
+                current = self.replicas.current
+                if current != self.following:
+                    self._ended = f"the node moved to {current}"
+                elif since and time.monotonic() - since > self.target.silence_seconds:
+                    self._ended = f"no message for {self.target.silence_seconds:g} s"
+                else:
+                    continue
+            call.cancel()
 
     def _requests(self, hello: sync_pb2.SubscribeRequest) -> Iterator[sync_pb2.SubscribeRequest]:
         yield hello
@@ -192,10 +254,10 @@ class EdgeSyncer:
                 return
             yield item
 
-    def _session(self) -> None:
+    def _session(self, address: str) -> None:
         target = self.target
         channel = open_channel(
-            target.address,
+            address,
             ca=target.tls_ca,
             cert=target.tls_cert,
             key=target.tls_key,
@@ -217,14 +279,24 @@ class EdgeSyncer:
             call = stub.Subscribe(self._requests(hello), metadata=bearer_metadata(target.token))
             with self._lock:
                 self._call = call
+                self._waiting_since = time.monotonic()
             assembler = Assembler()
             failed = 0  # a commit NACKed for its framing: ignore the rest of its messages
             for message in call:
                 self.last_contact = time.monotonic()
+                with self._lock:
+                    self._waiting_since = 0.0  # busy with this message: silence is not counted
                 if not self._heard:
                     self._heard = True
                     log.info(
-                        "sync_connected", extra={"control": target.address, "version": self.store.version()}
+                        "sync_connected",
+                        extra={
+                            "control": address,
+                            "version": self.store.version(),
+                            "resume_from": hello.hello.last_version,  # 0: a full snapshot is wanted
+                            "replicas": len(self.replicas.addresses),
+                            "switches": self.replicas.switches,
+                        },
                     )
                     if self._on_connected is not None:
                         self._on_connected()
@@ -243,7 +315,9 @@ class EdgeSyncer:
                     if message.commit.version == failed:
                         failed = 0
                         continue
-                    self._on_commit(assembler, message.commit)
+                    self._on_commit(assembler, message.commit, address)
+                with self._lock:
+                    self._waiting_since = time.monotonic()
         finally:
             channel.close()
 
@@ -258,7 +332,7 @@ class EdgeSyncer:
         log.warning("sync_nack", extra={"version": version, "error": error})
         self._outbox.put(sync_pb2.SubscribeRequest(nack=sync_pb2.Nack(version=version, error=error)))
 
-    def _on_commit(self, assembler: Assembler, commit: sync_pb2.Commit) -> None:
+    def _on_commit(self, assembler: Assembler, commit: sync_pb2.Commit, address: str) -> None:
         try:
             changes = assembler.finish(commit)
         except FramingError as exc:
@@ -286,7 +360,7 @@ class EdgeSyncer:
             return
         started = time.monotonic()
         try:
-            info = self._info(commit, changes, SnapshotInfo() if commit.snapshot else stored)
+            info = self._info(commit, changes, SnapshotInfo() if commit.snapshot else stored, address)
             rebuild = commit.snapshot or any(ns not in PER_USER for ns, _, _ in changes)
             self.store.apply_replicated(
                 commit.version,
@@ -305,6 +379,7 @@ class EdgeSyncer:
             extra={
                 "version": commit.version,
                 "snapshot": commit.snapshot,
+                "control": address,
                 "changes": len(changes),
                 "ms": round((time.monotonic() - started) * 1000, 1),
             },
@@ -317,8 +392,10 @@ class EdgeSyncer:
         commit: sync_pb2.Commit,
         changes: list[tuple[str, bytes, bytes | None]],
         previous: SnapshotInfo,
+        address: str,
     ) -> SnapshotInfo:
-        """The snapshot info recorded with the commit: the previous one (none for a snapshot), updated."""
+        """The snapshot info recorded with the commit (`address`: the replica it came from): the
+        previous one (none for a snapshot), updated."""
         info = previous
         for namespace, key, value in changes:
             if namespace == "rules" and key == b"manifest" and value is not None:
@@ -332,7 +409,7 @@ class EdgeSyncer:
             info,
             version=commit.version,
             source="control",
-            control=self.target.address,
+            control=address,
             shard=self.target.shard.text(),
             loaded_at_ms=int(time.time() * 1000),
             commit_kind=commit.kind,

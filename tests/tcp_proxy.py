@@ -5,6 +5,7 @@
     proxy.drop_all()        # reset every live connection (RST: SO_LINGER 0), both sides
     proxy.stall(2.0)        # forward nothing for 2 s (None: until unstall()); connections stay open
     proxy.unstall()
+    proxy.hold_replies(True)  # pass client -> target bytes on, hold the target's replies (a lost ACK)
     proxy.set_refuse(True)  # accept new connections and reset them at once
     proxy.close()           # or use it as a context manager
 
@@ -91,6 +92,7 @@ class FaultProxy:
         self._conns: set[_Conn] = set()
         self._refuse = False
         self._stalled_until: float | None = None  # monotonic deadline; inf: until unstall()
+        self._hold_down = False  # hold_replies(): target -> client bytes stay in the proxy
         self._closed = False
         self._commands: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
         self._sel = selectors.DefaultSelector()
@@ -159,6 +161,16 @@ class FaultProxy:
     def unstall(self) -> None:
         def run() -> None:
             self._stalled_until = None
+
+        self._call(run)
+
+    def hold_replies(self, hold: bool) -> None:
+        """While set, bytes from the target to clients are held in the proxy (up to its buffer limit, then
+        not read) while client bytes still reach the target: requests arrive, their answers do not (until
+        cleared: then what was held is passed on). Connections stay open."""
+
+        def run() -> None:
+            self._hold_down = hold
 
         self._call(run)
 
@@ -311,7 +323,7 @@ class FaultProxy:
         self._write(pipe)
 
     def _write(self, pipe: _Pipe) -> None:
-        if self.stalled:
+        if self.stalled or (self._hold_down and not pipe.up):
             return
         if pipe.buffer:
             try:
@@ -344,7 +356,8 @@ class FaultProxy:
             if not stalled:
                 if not inbound.eof and len(inbound.buffer) < BUFFER_LIMIT:
                     events |= selectors.EVENT_READ
-                if outbound.buffer or (outbound.eof and not outbound.shut):
+                held = self._hold_down and not outbound.up
+                if not held and (outbound.buffer or (outbound.eof and not outbound.shut)):
                     events |= selectors.EVENT_WRITE
             # A registration with no events is not allowed: park the socket instead.
             registered = self._is_registered(sock)

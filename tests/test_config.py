@@ -424,3 +424,80 @@ def test_limits_section_covers_the_request_limits() -> None:
     assert names <= {f.name for f in dataclasses.fields(config.limits)}
     limits = Limits(**{name: getattr(config.limits, name) for name in names})
     assert limits == Limits()
+
+
+# --- sync.control: one control plane or a list of replicas ------------------------------------------------
+
+
+def test_one_control_address_works_as_before(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    for config, source in (
+        _load(tmp_path, data__dir=data, sync__control="ctl:50061"),
+        _load(tmp_path, env={"EDGEWISE_SYNC_CONTROL": "ctl:50061"}, data__dir=data),
+        _load(tmp_path, f'[data]\ndir = "{data}"\n[sync]\ncontrol = "ctl:50061"\n'),
+    ):
+        assert config.sync.control == ("ctl:50061",), source["sync.control"]
+    config, sources = _load(tmp_path, data__dir=data)
+    assert config.sync.control == () and sources["sync.control"] == "default"
+    config, _ = _load(tmp_path, env={"EDGEWISE_SYNC_CONTROL": ""}, data__dir=data)
+    assert config.sync.control == ()
+
+
+def test_a_list_of_replicas_from_file_env_and_flags(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    text = f'[data]\ndir = "{data}"\n[sync]\ncontrol = ["a:50061", "b:50061", "[::1]:50061"]\n'
+    config, sources = _load(tmp_path, text)
+    assert config.sync.control == ("a:50061", "b:50061", "[::1]:50061")
+    assert sources["sync.control"].startswith("file:")
+    config, _ = _load(tmp_path, text, env={"EDGEWISE_SYNC_CONTROL": "c:1, d:2"})
+    assert config.sync.control == ("c:1", "d:2")  # entries are stripped
+    config, sources = _load(tmp_path, text, sync__control="e:1,f:2")
+    assert config.sync.control == ("e:1", "f:2") and sources["sync.control"] == "flag:--control"
+    config, _ = _load(tmp_path, f'[data]\ndir = "{data}"\n[sync]\ncontrol = []\n')
+    assert config.sync.control == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a:50061,b", 'entry "b": must be HOST:PORT'),
+        ("a:50061,,b:50061", 'entry "": must be HOST:PORT'),
+        ("a:50061,b:99999", "entry \"b:99999\": port '99999' must be a number in 0..65535"),
+        ("a:50061,a:50061", 'entry "a:50061" is listed twice'),
+        ("::1:50061", 'entry "::1:50061": must be HOST:PORT with an IPv6 host in brackets'),
+    ],
+)
+def test_a_bad_control_entry_is_named(tmp_path: Path, value: str, expected: str) -> None:
+    message = _error(tmp_path, data__dir=str(tmp_path), sync__control=value)
+    assert message.startswith("config error: sync.control = [") and "(from --control)" in message
+    assert expected in message
+    message = _error(tmp_path, env={"EDGEWISE_SYNC_CONTROL": value}, data__dir=str(tmp_path))
+    assert "(from EDGEWISE_SYNC_CONTROL)" in message and expected in message
+
+
+def test_a_control_array_of_other_things_is_refused(tmp_path: Path) -> None:
+    base = f'[data]\ndir = "{tmp_path}"\n[sync]\n'
+    message = _error(tmp_path, base + 'control = ["a:1", 50061]\n')
+    assert "sync.control" in message and "entry 2 must be a string, not an integer" in message
+    message = _error(tmp_path, base + "control = 50061\n")
+    assert "must be an array of strings, not an integer" in message
+    message = _error(tmp_path, base + 'control = ["a:1", "nope"]\n')
+    assert 'entry "nope": must be HOST:PORT' in message and str(tmp_path / "edge.toml") in message
+
+
+def test_a_control_list_prints_as_a_toml_array_that_loads_back(tmp_path: Path) -> None:
+    config, sources = _load(tmp_path, data__dir=str(tmp_path / "data"), sync__control="a:1,b:2")
+    text = format_config(config, sources)
+    assert re.search(r'^sync\.control = \["a:1", "b:2"\] {4,}# flag:--control$', text, re.M)
+    again = tmp_path / "printed.toml"
+    again.write_text(text)
+    assert load_config(again, {}, {})[0] == config
+    keys = {k["key"]: k for k in config_keys()}
+    assert keys["sync.control"]["type"] == "list" and keys["sync.control"]["default"] == "[]"
+
+
+def test_control_replicas_with_a_bundle_are_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    message = _error(tmp_path, data__dir=str(tmp_path), sync__control="a:1,b:2", data__bundle=str(bundle))
+    assert "data.bundle and sync.control cannot both be set" in message

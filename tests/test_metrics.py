@@ -413,6 +413,8 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
                 "edgewise_store_used_bytes",
                 "edgewise_store_write_limit_bytes",
                 "edgewise_store_limit_bytes",
+                "edgewise_sync_control_switches_total",
+                "edgewise_sync_control_info",
             }
             assert set(families) == expected_families
             assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 100

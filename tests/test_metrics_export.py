@@ -56,6 +56,9 @@ FAMILIES = [
     ("edgewise_store_used_bytes", "gauge"),
     ("edgewise_store_write_limit_bytes", "gauge"),
     ("edgewise_store_limit_bytes", "gauge"),
+    # issue 18: control-plane replicas
+    ("edgewise_sync_control_switches_total", "counter"),
+    ("edgewise_sync_control_info", "gauge"),
 ]
 # The same output's label values, family by family (a family's series: every combination of them).
 LE = ("5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1")
@@ -88,8 +91,9 @@ LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "edgewise_store_limit_bytes": {
         "limit": ("data.outbox_max_mb", "track.dedupe_max_mb", "track.activity_max_mb")
     },
+    "edgewise_sync_control_info": {"control": ()},  # none on a node without a control plane
 }
-SAMPLE_COUNT = 101 + 8  # lines of samples in that output, and in the families added since
+SAMPLE_COUNT = 101 + 8 + 1  # lines of samples in that output, and in the families added since
 
 
 def _combinations(labels: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
@@ -137,7 +141,7 @@ def _get(url: str, accept: str | None = None) -> tuple[str, str]:
 
 
 def test_the_list_is_todays_output() -> None:
-    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19 + 4
+    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19 + 4 + 2
 
 
 @pytest.mark.slow
@@ -250,3 +254,14 @@ def test_an_ipv6_address_in_brackets(tmp_path: Path) -> None:
     with _serving("[::1]:0", registry) as base:
         content_type, text = _get(f"{base}/metrics")
     assert content_type == CONTENT_TYPE_PLAIN_0_0_4 and "edgewise_workers_alive 0.0" in text
+
+
+def test_the_replica_followed_and_the_switches(tmp_path: Path) -> None:
+    node = NodeMetrics(tmp_path, MetricsLayout(["home"]))
+    samples = _samples(node_registry(node).collect())
+    assert samples[_key("edgewise_sync_control_switches_total", {})] == 0
+    assert not [key for key in samples if key[0] == "edgewise_sync_control_info"]  # standalone: no series
+    node.set_control("ctl-b:50061", 2)
+    samples = _samples(node_registry(node).collect())
+    assert samples[_key("edgewise_sync_control_switches_total", {})] == 2
+    assert samples[_key("edgewise_sync_control_info", {"control": "ctl-b:50061"})] == 1

@@ -173,7 +173,7 @@ def test_a_woken_forwarder_retries_at_once(
             Event(f"wake-{n}", "view", "u1", "", "i1", "", "", 0.0, 1_750_000_000_000) for n in range(5)
         ]
         store.record_events(events, ActivityLimits())
-        target = SyncTarget(f"127.0.0.1:{port}", "edge-wake", Shard(), token=EDGE["EDGEWISE_EDGE_TOKEN"])
+        target = SyncTarget((f"127.0.0.1:{port}",), "edge-wake", Shard(), token=EDGE["EDGEWISE_EDGE_TOKEN"])
         forwarder = OutboxForwarder(store, target, timeout=2.0)
         forwarder.start()
         try:

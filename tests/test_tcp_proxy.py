@@ -290,3 +290,20 @@ def test_grpc_refused_then_accepted(
     assert grpc_proxy.refused >= 2
     grpc_proxy.set_refuse(False)
     assert echo_call(b"two", timeout=5, wait_for_ready=True) == b"two"
+
+
+def test_hold_replies_passes_requests_on_and_holds_the_answers(proxy: FaultProxy) -> None:
+    with connect(proxy) as sock:
+        assert roundtrip(sock) == b"ping"
+        up, down = proxy.bytes_up, proxy.bytes_down
+        proxy.hold_replies(True)
+        sock.sendall(b"held")
+        assert proxy.wait_for(lambda p: p.bytes_up == up + 4)  # the request reached the target
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(4)
+        assert proxy.bytes_down == down
+        proxy.hold_replies(False)
+        sock.settimeout(2)
+        assert recv_exactly(sock, 4) == b"held"
+        assert roundtrip(sock) == b"ping"

@@ -22,8 +22,10 @@ dataclass whose fields are keys; each key carries `meta(...)` in its field metad
   one flag per key that names one.
 
 Key types: int, float, bool, str, Path, `Path | None`, a `Literal[...]` of strings (a choice, compared
-lowercased) and `timedelta` (a duration: a number and a unit, s m h d or w, such as "90s" or "12w", or
-"0"; printed back the same way).
+lowercased), `timedelta` (a duration: a number and a unit, s m h d or w, such as "90s" or "12w", or
+"0"; printed back the same way) and `tuple[str, ...]` (a list: a TOML array of strings, or one string of
+comma-separated entries, as the environment and flags give it; "" or [] is the empty list; the key's
+`check` runs on each entry and an error names the entry; entries must be distinct).
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def format_duration(duration: timedelta) -> str:
 
 # --- key specifications ------------------------------------------------------------------------------
 
-_Kind = Literal["int", "float", "bool", "str", "path", "choice", "duration"]
+_Kind = Literal["int", "float", "bool", "str", "path", "choice", "duration", "list"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,8 @@ def _kind_of(hint: Any) -> tuple[_Kind, bool, tuple[str, ...]]:
     origin = typing.get_origin(hint)
     if origin is Literal:
         return "choice", False, tuple(str(c) for c in typing.get_args(hint))
+    if origin is tuple and typing.get_args(hint) == (str, ...):
+        return "list", False, ()
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) == 1 and args[0] is Path:
@@ -214,6 +218,8 @@ def toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, timedelta):
         return json.dumps(format_duration(value))
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(json.dumps(str(v), ensure_ascii=False) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)
 
 
@@ -277,7 +283,14 @@ def _from_string(spec: _Spec, text: str, base: Path) -> object:
         return _path(spec, value, base)
     if spec.kind == "duration":
         return _duration(value)
+    if spec.kind == "list":
+        return _split_list(value)
     return value
+
+
+def _split_list(text: str) -> tuple[str, ...]:
+    """Comma-separated entries, each stripped; the empty (or blank) text is the empty list."""
+    return tuple(part.strip() for part in text.split(",")) if text.strip() else ()
 
 
 def _from_typed(spec: _Spec, value: object, base: Path) -> object:
@@ -298,7 +311,14 @@ def _from_typed(spec: _Spec, value: object, base: Path) -> object:
         return _path(spec, str(value), base)
     if spec.kind == "duration" and isinstance(value, timedelta):
         return value
+    if spec.kind == "list" and isinstance(value, list | tuple):
+        for number, entry in enumerate(value, 1):
+            if not isinstance(entry, str):
+                raise _Invalid(f"entry {number} must be a string, not {_type_name(entry)}")
+        return tuple(entry.strip() for entry in value)
     if not isinstance(value, str):
+        if spec.kind == "list":
+            raise _Invalid(f"must be an array of strings, not {_type_name(value)}")
         if spec.kind == "duration":
             raise _Invalid(f'must be a duration as a string ("30m", "12w"; "0"), not {_type_name(value)}')
         raise _Invalid(f"must be a string, not {_type_name(value)}")
@@ -306,6 +326,8 @@ def _from_typed(spec: _Spec, value: object, base: Path) -> object:
         return _path(spec, value, base)
     if spec.kind == "duration":
         return _duration(value)
+    if spec.kind == "list":
+        return _split_list(value)
     return value.lower() if spec.kind == "choice" else value
 
 
@@ -346,6 +368,17 @@ def _check(spec: _Spec, value: object) -> None:
             raise _Invalid(f"must be <= {show(spec.maximum)}")
     if spec.kind == "choice" and value not in spec.choices:
         raise _Invalid("must be one of " + ", ".join(repr(c) for c in spec.choices))
+    if spec.kind == "list":
+        assert isinstance(value, tuple)
+        seen: set[str] = set()
+        for entry in value:
+            problem = spec.check(entry) if spec.check is not None else None
+            if problem is not None:
+                raise _Invalid(f"entry {toml_value(entry)}: {problem}")
+            if entry in seen:
+                raise _Invalid(f"entry {toml_value(entry)} is listed twice")
+            seen.add(entry)
+        return
     if spec.check is not None:
         assert isinstance(value, str)
         problem = spec.check(value)
@@ -362,7 +395,7 @@ def _seconds(x: float) -> str:
 
 
 def _show(value: object) -> str:
-    if isinstance(value, str | bool | int | float | Path | timedelta) or value is None:
+    if isinstance(value, str | bool | int | float | Path | timedelta | tuple) or value is None:
         return toml_value(value)
     return json.dumps(value, default=str)
 
