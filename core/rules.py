@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from edgewise.core.bandits import BanditError, BanditPolicy, compile_bandit
-from edgewise.core.conditions import ConditionError
+from edgewise.core.conditions import ConditionError, saved_groups
 from edgewise.core.experiments import (
     Experiment,
     ExperimentError,
@@ -23,6 +23,7 @@ from edgewise.core.experiments import (
     compile_holdout,
 )
 from edgewise.core.json_limits import find_problem, join_path
+from edgewise.core.saved_groups import compile_saved_groups
 from edgewise.core.segments import SegmentSet, compile_segments
 from edgewise.core.strategies import ItemServe, StrategyError, compile_item_serve
 
@@ -333,6 +334,7 @@ def compile_rules(doc: Any) -> Ruleset:
             "bandits",
             "contents",
             "segments",
+            "saved_groups",
             "cold_start_min_views",
             "description",
         },
@@ -342,7 +344,9 @@ def compile_rules(doc: Any) -> Ruleset:
         cid: _obj(body, f"contents.{cid}") for cid, body in _obj(root.get("contents", {}), "contents").items()
     }
     try:
-        segments = compile_segments(root.get("segments", {}))
+        groups = compile_saved_groups(root.get("saved_groups", {}))
+        with saved_groups(groups):  # $inGroup / $notInGroup resolve against these; unknown: refused
+            segments = compile_segments(root.get("segments", {}))
     except ConditionError as exc:
         raise RuleError(exc.path, exc.reason) from None
     try:
