@@ -160,7 +160,9 @@ def _gen_operator(cg: _Codegen, op: str, operand: Any, path: str) -> _ValueGen:
         return lambda x: f"({pad}({x}) {symbol} {k} if {x}.__class__ is str and {x} else {full}({x}))"
     if op in ("$inGroup", "$notInGroup"):
         group = groups_in_scope(operand, path)  # checks the operand, or names the unknown group
-        contains, full = cg.const(group.contains), cg.const(group_test(group))
+        # a string straight against the members' set when the group offers one (MemberIndex)
+        contains = cg.const(getattr(group, "contains_str", group.contains))
+        full = cg.const(group_test(group))
 
         def in_group(x: str) -> str:
             return f"({contains}({x}) if {x}.__class__ is str else {full}({x}))"
