@@ -8,7 +8,7 @@ version (see docs/rules.md for the document a rule author writes).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -315,8 +315,11 @@ def _placement(pid: str, body: Any, ctx: _Context) -> Placement:
     return Placement(pid, kind, default_count, max_count, default_content, default_items, ordered)
 
 
-def compile_rules(doc: Any) -> Ruleset:
+def compile_rules(doc: Any, stored_members: Mapping[str, Iterable[str | float]] | None = None) -> Ruleset:
     """Validate and compile a rules document; raise RuleError naming the offending field.
+
+    `stored_members`: saved group id -> the members stored as records (core/saved_groups.py), besides the
+    groups' inline `values`.
 
     The document is checked against `core.json_limits` first (nesting depth, integer range), without
     recursion, so nothing below recurses deeper than MAX_DEPTH or stores what msgpack cannot hold."""
@@ -344,7 +347,7 @@ def compile_rules(doc: Any) -> Ruleset:
         cid: _obj(body, f"contents.{cid}") for cid, body in _obj(root.get("contents", {}), "contents").items()
     }
     try:
-        groups = compile_saved_groups(root.get("saved_groups", {}))
+        groups = compile_saved_groups(root.get("saved_groups", {}), stored_members)
         with saved_groups(groups):  # $inGroup / $notInGroup resolve against these; unknown: refused
             segments = compile_segments(root.get("segments", {}))
     except ConditionError as exc:

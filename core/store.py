@@ -56,6 +56,7 @@ from edgewise.core.records import (
     decode_profile,
     encode_array,
 )
+from edgewise.core.saved_groups import GROUP_PREFIX, parse_member_key
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store_budget import StoreError, StoreFull, headroom_bytes
 
@@ -257,6 +258,22 @@ class ReadView:
     def rules_doc(self) -> Any:
         buf = self._txn.get(b"rules", db=self._dbs["rules"])
         return None if buf is None else msgpack.unpackb(buf, raw=False)
+
+    def saved_group_members(self) -> dict[str, list[str | float]]:
+        """Saved group id -> members, from the member records of the `rules` namespace (one cursor pass
+        over their prefix; core/saved_groups.py)."""
+        groups: dict[str, list[str | float]] = {}
+        prefix = GROUP_PREFIX.encode()
+        with self._txn.cursor(db=self._dbs["rules"]) as cursor:
+            if not cursor.set_range(prefix):
+                return groups
+            for key in cursor.iternext(keys=True, values=False):
+                if not bytes(key).startswith(prefix):
+                    break
+                parsed = parse_member_key(bytes(key).decode())
+                if parsed is not None:
+                    groups.setdefault(parsed[0], []).append(parsed[1])
+        return groups
 
     def schema_doc(self) -> Any:
         buf = self._txn.get(b"schema", db=self._dbs["rules"])

@@ -188,7 +188,7 @@ def build_state(view: ReadView) -> VersionState:
         replenish_days={r.id: d for r in records if (d := replenish_days(r.flags)) is not None},
         everywhere=everywhere,
         regions=regions,
-        rules=compile_rules(view.rules_doc()),
+        rules=compile_rules(view.rules_doc(), view.saved_group_members()),
         dim=dim,
         field_purposes=purposes,
         popularity_scopes=scopes,
