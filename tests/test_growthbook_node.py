@@ -91,3 +91,31 @@ def test_versions_groups_and_growthbook_bucketing_through_call_decide(
         assert placement["experimentId"] == "gb_checkout"
         assert placement["variantId"] == ["control", "ten_off"][variant]
         assert placement["propensity"] == pytest.approx(0.5)
+
+
+def test_a_delta_adds_a_member_through_the_control_plane(
+    edge_factory: Callable[..., EdgeProcess], bundle_copy: Path, tmp_path: Path
+) -> None:
+    from sync_support import control_planes, ops_client, pushed_edge, versions_reach, wait_for
+
+    ops_env, edge_env = {"EDGEWISE_OPS_TOKEN": "ops-secret-19"}, {"EDGEWISE_EDGE_TOKEN": "edge-secret-19"}
+    _gb_bundle(bundle_copy)
+    newcomer = "u1"  # not a member of crm_vips in the bundle
+    assert newcomer not in VIPS
+    with control_planes(tmp_path / "cp", {**ops_env, **edge_env}) as start:
+        control = start()
+        _, edge = pushed_edge(
+            control.address, edge_factory, bundle_copy, tmp_path / "edge", "edge-19", ops_env, edge_env
+        )
+        assert _decide(edge, newcomer, "2.10.0")["contentId"] != "promo_shipping"
+        delta = tmp_path / "delta.jsonl"
+        delta.write_text(json.dumps({"op": "upsert", "saved_group": "crm_vips", "values": [newcomer]}) + "\n")
+        with ops_client(control.address, ops_env) as ops:
+            version = ops.push_delta(delta).version
+        wait_for(versions_reach([tmp_path / "edge"], version), 20, "the edge at the delta's version")
+        assert _decide(edge, newcomer, "2.10.0")["contentId"] == "promo_shipping"
+        delta.write_text(json.dumps({"op": "delete", "saved_group": "crm_vips", "values": [newcomer]}) + "\n")
+        with ops_client(control.address, ops_env) as ops:
+            version = ops.push_delta(delta).version
+        wait_for(versions_reach([tmp_path / "edge"], version), 20, "the edge at the second delta's version")
+        assert _decide(edge, newcomer, "2.10.0")["contentId"] != "promo_shipping"
