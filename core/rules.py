@@ -8,7 +8,7 @@ version (see docs/rules.md for the document a rule author writes).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -23,7 +23,7 @@ from edgewise.core.experiments import (
     compile_holdout,
 )
 from edgewise.core.json_limits import find_problem, join_path
-from edgewise.core.saved_groups import compile_saved_groups
+from edgewise.core.saved_groups import MemberIndex, compile_saved_groups
 from edgewise.core.segments import SegmentSet, compile_segments
 from edgewise.core.strategies import ItemServe, StrategyError, compile_item_serve
 
@@ -315,10 +315,10 @@ def _placement(pid: str, body: Any, ctx: _Context) -> Placement:
     return Placement(pid, kind, default_count, max_count, default_content, default_items, ordered)
 
 
-def compile_rules(doc: Any, stored_members: Mapping[str, Iterable[str | float]] | None = None) -> Ruleset:
+def compile_rules(doc: Any, stored_groups: Mapping[str, MemberIndex] | None = None) -> Ruleset:
     """Validate and compile a rules document; raise RuleError naming the offending field.
 
-    `stored_members`: saved group id -> the members stored as records (core/saved_groups.py), besides the
+    `stored_groups`: saved group id -> the members stored as records (core/saved_groups.py), besides the
     groups' inline `values`.
 
     The document is checked against `core.json_limits` first (nesting depth, integer range), without
@@ -347,7 +347,7 @@ def compile_rules(doc: Any, stored_members: Mapping[str, Iterable[str | float]] 
         cid: _obj(body, f"contents.{cid}") for cid, body in _obj(root.get("contents", {}), "contents").items()
     }
     try:
-        groups = compile_saved_groups(root.get("saved_groups", {}), stored_members)
+        groups = compile_saved_groups(root.get("saved_groups", {}), stored_groups)
         with saved_groups(groups):  # $inGroup / $notInGroup resolve against these; unknown: refused
             segments = compile_segments(root.get("segments", {}))
     except ConditionError as exc:

@@ -14,17 +14,25 @@ Storage: one record per member in the `rules` namespace, key `group/<group id>/<
 the string, or `n` + the number as JavaScript writes it), value `MEMBER_VALUE`; the stored rules document
 keeps each group's declaration without its `values` (`declarations`). A delta line adds or removes
 members (`{"op": "upsert" | "delete", "saved_group": "<id>", "values": [...]}`, sync/changes.py): the
-change log and the edges get one small record per member changed, never the list again. A worker reads
-the members once per rules version (one cursor pass over the prefix) into its `MemberIndex`.
+change log and the edges get one small record per member changed, never the list again.
+
+Each group with members also has a summary record, key `groupsum/<group id>`: its member count and the
+sum (mod 2**64) of a 64-bit hash of each member's key, kept up to date incrementally by whoever writes
+member records. A worker reads the summaries of every version (a few bytes each) and reads a group's
+members (one cursor pass over its prefix) only when its summary changed: a commit that leaves a group
+alone costs that group nothing (`GroupCache`).
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
+
+import msgpack
 
 from edgewise.core.conditions import ConditionError, json_type
 from edgewise.core.js_values import js_number_to_string
@@ -35,18 +43,29 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_MEMBER_BYTES",
     "MEMBER_VALUE",
+    "SUMMARY_PREFIX",
+    "GroupCache",
     "MemberIndex",
+    "Summary",
     "check_member",
     "compile_saved_groups",
     "declarations",
+    "member_hash",
     "member_key",
+    "pack_summary",
     "parse_member_key",
+    "summarize",
+    "unpack_summary",
 ]
 
 GROUP_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 GROUP_PREFIX: Final = "group/"
 """Keys of member records in the `rules` namespace start with this."""
 MEMBER_VALUE: Final = b"\x01"
+SUMMARY_PREFIX: Final = "groupsum/"
+"""Key prefix of the per-group summary records (`groupsum/<group id>`) in the `rules` namespace."""
+Summary = tuple[int, int]
+"""(member count, sum of `member_hash` of every member key mod 2**64): changes whenever the members do."""
 MAX_MEMBERS: Final = 10_000_000
 """Members one group may hold."""
 MAX_MEMBER_BYTES: Final = 256
@@ -76,6 +95,33 @@ def member_key(group_id: str, value: str | int | float) -> str:
     """The record key of one member (checked with `check_member` first)."""
     typed = "s" + value if isinstance(value, str) else "n" + js_number_to_string(value)
     return f"{GROUP_PREFIX}{group_id}/{typed}"
+
+
+def member_hash(key: str) -> int:
+    """A member record key's 64-bit hash (BLAKE2b): the summary adds it for a member, subtracts it for one
+    removed."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def summarize(keys: Iterable[str]) -> Summary:
+    """The summary of a group whose member record keys are `keys` (distinct)."""
+    count = total = 0
+    for key in keys:
+        count += 1
+        total = (total + member_hash(key)) & 0xFFFFFFFFFFFFFFFF
+    return count, total
+
+
+def pack_summary(summary: Summary) -> bytes:
+    return bytes(msgpack.packb(list(summary)))
+
+
+def unpack_summary(raw: bytes | memoryview | None) -> Summary:
+    """A summary record's (count, total); an absent record is an empty group."""
+    if raw is None:
+        return 0, 0
+    count, total = msgpack.unpackb(bytes(raw))
+    return int(count), int(total)
 
 
 def parse_member_key(key: str) -> tuple[str, str | float] | None:
@@ -118,10 +164,10 @@ class MemberIndex:
     A frozenset holding the strings as they are and the numbers as floats: a string never equals a
     number in Python, 1 == 1.0 hash alike, and booleans are turned away before the probe (True == 1)."""
 
-    __slots__ = ("_members", "contains", "contains_str")
+    __slots__ = ("contains", "contains_str", "members")
 
     def __init__(self, members: frozenset[str | float]) -> None:
-        self._members = members
+        self.members = members
         has = members.__contains__
 
         def contains(value: Any) -> bool:
@@ -141,12 +187,10 @@ class MemberIndex:
         )
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self.members)
 
 
-def compile_saved_groups(
-    doc: Any, stored: Mapping[str, Iterable[str | float]] | None = None
-) -> dict[str, MemberIndex]:
+def compile_saved_groups(doc: Any, stored: Mapping[str, MemberIndex] | None = None) -> dict[str, MemberIndex]:
     """The `saved_groups` object of a rules document, checked; ConditionError names the bad field.
 
     A group's members are its inline `values` (a bundle's rules.json) and its `stored` members (member
@@ -182,8 +226,38 @@ def compile_saved_groups(
                 raise ConditionError(f"{path}.values[{i}]", problem)
         if not isinstance(body.get("description", ""), str):
             raise ConditionError(f"{path}.description", "must be a string")
-        groups[gid] = MemberIndex.build(itertools.chain(values, stored.get(gid, ())))
+        index = stored.get(gid)
+        if index is None:
+            groups[gid] = MemberIndex.build(values)
+        elif values:
+            groups[gid] = MemberIndex(index.members | MemberIndex.build(values).members)
+        else:
+            groups[gid] = index
     return groups
+
+
+class GroupCache:
+    """A worker's saved groups across rules versions: each group's `MemberIndex` with the summary it was
+    built for, reused while the stored summary is the same (thread-safe; one per process)."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, tuple[Summary, MemberIndex]] = {}
+        self._lock = threading.Lock()
+
+    def groups(
+        self, summaries: Mapping[str, Summary], read_members: Callable[[str], Iterable[str | float]]
+    ) -> dict[str, MemberIndex]:
+        """The index of every group of `summaries`, reading (`read_members(group id)`) only those whose
+        summary differs from the one their cached index was built for; groups gone are forgotten."""
+        with self._lock:
+            out: dict[str, MemberIndex] = {}
+            for gid, summary in summaries.items():
+                cached = self._built.get(gid)
+                if cached is None or cached[0] != summary:
+                    cached = summary, MemberIndex.build(read_members(gid))
+                out[gid] = cached[1]
+            self._built = {gid: (summaries[gid], index) for gid, index in out.items()}
+            return out
 
 
 def group_sizes(groups: Mapping[str, MemberIndex]) -> dict[str, int]:

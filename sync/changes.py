@@ -34,11 +34,15 @@ from edgewise.core.records import (
 from edgewise.core.rules import RuleError, compile_rules
 from edgewise.core.saved_groups import (
     MEMBER_VALUE,
+    SUMMARY_PREFIX,
     check_member,
     declarations,
     inline_members,
+    member_hash,
     member_key,
+    pack_summary,
     parse_member_key,
+    unpack_summary,
 )
 from edgewise.sync.bundle import (
     Bundle,
@@ -497,10 +501,24 @@ class _Delta:
                 out.append(RecordChange("models", name, encoded))
         if self.rules is not None and self.rules != self._get("rules", "rules"):
             out.append(RecordChange("rules", "rules", self.rules))
+        summaries: dict[str, tuple[int, int]] = {}  # group id -> (count, total) changes
         for key in sorted(self.members):
             value = self.members[key]
             if value != self._get("rules", key):
                 out.append(RecordChange("rules", key, value))
+                parsed = parse_member_key(key)
+                assert parsed is not None
+                count, total = summaries.get(parsed[0], (0, 0))
+                sign = 1 if value is not None else -1
+                summaries[parsed[0]] = count + sign, total + sign * member_hash(key)
+        for gid, (count, total) in sorted(summaries.items()):  # the summaries kept up to date
+            key = f"{SUMMARY_PREFIX}{gid}"
+            old_count, old_total = unpack_summary(self._get("rules", key))
+            new_count = old_count + count
+            summary = (
+                pack_summary((new_count, (old_total + total) & 0xFFFFFFFFFFFFFFFF)) if new_count else None
+            )
+            out.append(RecordChange("rules", key, summary))
         return out
 
 

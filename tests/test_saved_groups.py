@@ -16,7 +16,16 @@ from feature_source import DictSource
 from test_changes import DictState, apply_delta, load_store
 
 from edgewise.core.rules import RuleError, compile_rules
-from edgewise.core.saved_groups import MEMBER_VALUE, MemberIndex, member_key, parse_member_key
+from edgewise.core.saved_groups import (
+    MEMBER_VALUE,
+    SUMMARY_PREFIX,
+    GroupCache,
+    MemberIndex,
+    member_key,
+    parse_member_key,
+    summarize,
+    unpack_summary,
+)
 from edgewise.core.version_state import build_state
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records
@@ -42,11 +51,19 @@ def _state(bundle: Path) -> DictState:
 
 def _members(state: DictState) -> dict[str, set[Any]]:
     out: dict[str, set[Any]] = {}
+    keys: dict[str, list[str]] = {}
     for key, value in state.items("rules"):
         parsed = parse_member_key(key)
         if parsed is not None:
             assert value == MEMBER_VALUE
             out.setdefault(parsed[0], set()).add(parsed[1])
+            keys.setdefault(parsed[0], []).append(key)
+    summaries = {
+        key.removeprefix(SUMMARY_PREFIX): unpack_summary(value)
+        for key, value in state.items("rules")
+        if key.startswith(SUMMARY_PREFIX)
+    }
+    assert summaries == {gid: summarize(group_keys) for gid, group_keys in keys.items()}  # kept up to date
     return out
 
 
@@ -66,11 +83,12 @@ def test_a_delta_adds_and_removes_members_one_record_each(group_bundle: Path) ->
         {"op": "delete", "saved_group": "crm", "values": ["c-2", "nobody"]},
         {"op": "upsert", "saved_group": "empty", "values": [1]},
     )
-    assert {(c.key, c.value) for c in changes} == {
+    assert {(c.key, c.value) for c in changes if not c.key.startswith(SUMMARY_PREFIX)} == {
         ("group/crm/sc-3", MEMBER_VALUE),
         ("group/crm/sc-2", None),
         ("group/empty/n1", MEMBER_VALUE),
     }
+    assert {c.key for c in changes if c.key.startswith(SUMMARY_PREFIX)} == {"groupsum/crm", "groupsum/empty"}
     assert _members(state) == {"crm": {"c-1", "c-3", 7.0, 2.5}, "empty": {1.0}}
 
 
@@ -104,7 +122,10 @@ def test_the_worker_reads_the_members_once_per_version(group_bundle: Path, tmp_p
     state = _state(group_bundle)
     apply_delta(state, {"op": "upsert", "saved_group": "crm", "values": ["u5"]})
     with load_store(state, tmp_path / "store") as store, store.read() as view:
-        assert sorted(map(str, view.saved_group_members()["crm"])) == ["2.5", "7.0", "c-1", "c-2", "u5"]
+        assert sorted(map(str, view.saved_group_members("crm"))) == ["2.5", "7.0", "c-1", "c-2", "u5"]
+        assert view.saved_group_summaries() == {
+            "crm": summarize(member_key("crm", m) for m in [*MEMBERS, "u5"])
+        }
         segments = build_state(view).rules.segments
     assert segments.matches("crm_users", DictSource({"user": {"id": "u5"}}))
     assert not segments.matches("crm_users", DictSource({"user": {"id": "u6"}}))
@@ -126,3 +147,18 @@ def test_members_match_strictly() -> None:
     group = MemberIndex.build(["1", 2, "x"])
     assert group.contains("1") and group.contains(2) and group.contains(2.0)
     assert not group.contains(1) and not group.contains("2") and not group.contains(True)
+
+
+def test_a_worker_reads_a_group_again_only_when_its_summary_changed() -> None:
+    reads: list[str] = []
+
+    def read(gid: str) -> list[str]:
+        reads.append(gid)
+        return [f"{gid}-member"]
+
+    cache = GroupCache()
+    first = cache.groups({"a": (1, 10), "b": (1, 20)}, read)
+    second = cache.groups({"a": (1, 10), "b": (2, 30)}, read)
+    assert reads == ["a", "b", "b"]
+    assert second["a"] is first["a"] and second["b"] is not first["b"]
+    assert cache.groups({}, read) == {}
