@@ -160,12 +160,20 @@ def _gen_operator(cg: _Codegen, op: str, operand: Any, path: str) -> _ValueGen:
         return lambda x: f"({pad}({x}) {symbol} {k} if {x}.__class__ is str and {x} else {full}({x}))"
     if op in ("$inGroup", "$notInGroup"):
         group = groups_in_scope(operand, path)  # checks the operand, or names the unknown group
-        # a string straight against the members' set when the group offers one (MemberIndex)
-        contains = cg.const(getattr(group, "contains_str", group.contains))
+        # a string straight against the members' set when the group has one (MemberIndex: the same
+        # bytecode as $in's), else through its `contains`
+        members = getattr(group, "members", None)
         full = cg.const(group_test(group))
+        if isinstance(members, frozenset):
+            k = cg.const(members)
 
-        def in_group(x: str) -> str:
-            return f"({contains}({x}) if {x}.__class__ is str else {full}({x}))"
+            def in_group(x: str) -> str:
+                return f"({x} in {k} if {x}.__class__ is str else {full}({x}))"
+        else:
+            contains = cg.const(group.contains)
+
+            def in_group(x: str) -> str:
+                return f"({contains}({x}) if {x}.__class__ is str else {full}({x}))"
 
         return in_group if op == "$inGroup" else _gen_not(in_group)
     if op == "$exists":

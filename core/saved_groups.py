@@ -164,7 +164,7 @@ class MemberIndex:
     A frozenset holding the strings as they are and the numbers as floats: a string never equals a
     number in Python, 1 == 1.0 hash alike, and booleans are turned away before the probe (True == 1)."""
 
-    __slots__ = ("contains", "contains_str", "members")
+    __slots__ = ("contains", "members")
 
     def __init__(self, members: frozenset[str | float]) -> None:
         self.members = members
@@ -177,7 +177,6 @@ class MemberIndex:
             return False
 
         self.contains = contains
-        self.contains_str = has  # for a value known to be a str (generated conditions check the class)
 
     @classmethod
     def build(cls, values: Iterable[Any]) -> MemberIndex:
