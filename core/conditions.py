@@ -392,9 +392,12 @@ def compile_compare(op: str, operand: Any, path: str) -> ValueCondition:
         def compare_str(v: Any) -> bool:
             if isinstance(v, str):
                 return cmp(v, s)
-            if s_number is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if s_number is None:
+                return False
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return cmp(v, s_number)
-            return False
+            number = _as_number(v)  # null / MISSING as 0, a boolean as 1 / 0 (JavaScript's `null < "5"`)
+            return number is not None and cmp(number, s_number)
 
         return compare_str
     n = operand
