@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from edgewise.core.conditions import (
     COMPARE,
+    VERSION_COMPARE,
     Condition,
     ConditionError,
     ValueCondition,
@@ -45,6 +46,9 @@ from edgewise.core.conditions import (
     compile_equals,
     compile_exists,
     compile_operator,
+    compile_version,
+    group_test,
+    groups_in_scope,
     in_sets,
     in_test,
     is_operator_object,
@@ -53,6 +57,7 @@ from edgewise.core.conditions import (
 )
 from edgewise.core.feature_view import FeatureView, inline_read
 from edgewise.core.features import MISSING, Path
+from edgewise.core.js_values import padded_version, padded_version_text
 
 __all__ = ["compile_condition"]
 
@@ -61,6 +66,14 @@ __all__ = ["compile_condition"]
 # variable name, conditions as expressions over `src`.
 
 _COMPARE_SYMBOL: Final[Mapping[str, str]] = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_VERSION_SYMBOL: Final[Mapping[str, str]] = {
+    "$veq": "==",
+    "$vne": "!=",
+    "$vgt": ">",
+    "$vgte": ">=",
+    "$vlt": "<",
+    "$vlte": "<=",
+}
 _SOURCE_LIMIT: Final = 200_000  # characters of generated source; a larger condition keeps its closures
 
 _ValueGen = Callable[[str], str]
@@ -140,6 +153,29 @@ def _gen_operator(cg: _Codegen, op: str, operand: Any, path: str) -> _ValueGen:
         return lambda x: (
             f"({x} {symbol} {k} if {x}.__class__ is int or {x}.__class__ is float else {full}({x}))"
         )
+    if op in VERSION_COMPARE:
+        # a non-empty string through the padded-version memo directly; anything else by the full test
+        full = cg.const(compile_version(op, operand, path))
+        symbol, k, pad = _VERSION_SYMBOL[op], cg.const(padded_version(operand)), cg.const(padded_version_text)
+        return lambda x: f"({pad}({x}) {symbol} {k} if {x}.__class__ is str and {x} else {full}({x}))"
+    if op in ("$inGroup", "$notInGroup"):
+        group = groups_in_scope(operand, path)  # checks the operand, or names the unknown group
+        # a string straight against the members' set when the group has one (MemberIndex: the same
+        # bytecode as $in's), else through its `contains`
+        members = getattr(group, "members", None)
+        full = cg.const(group_test(group))
+        if isinstance(members, frozenset):
+            k = cg.const(members)
+
+            def in_group(x: str) -> str:
+                return f"({x} in {k} if {x}.__class__ is str else {full}({x}))"
+        else:
+            contains = cg.const(group.contains)
+
+            def in_group(x: str) -> str:
+                return f"({contains}({x}) if {x}.__class__ is str else {full}({x}))"
+
+        return in_group if op == "$inGroup" else _gen_not(in_group)
     if op == "$exists":
         compile_exists(operand, path)  # checks the operand: true or false
         return (lambda x: f"({x} is not None)") if operand else (lambda x: f"({x} is None)")

@@ -24,10 +24,13 @@ import math
 import operator
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Final, Protocol, TypeVar
 
-from edgewise.core.features import MISSING, FeatureSource, Path
+from edgewise.core.features import MISSING, FeatureSource, Path, walk
+from edgewise.core.js_values import js_number, padded_version
 from edgewise.core.json_limits import MAX_DEPTH, find_problem, join_path
 
 __all__ = [
@@ -35,11 +38,13 @@ __all__ = [
     "TYPE_NAMES",
     "Condition",
     "ConditionError",
+    "GroupMembership",
     "ValueCondition",
     "all_of",
     "compile_closures",
     "compile_value",
     "json_type",
+    "saved_groups",
 ]
 
 Condition = Callable[[FeatureSource], bool]
@@ -64,6 +69,20 @@ OPERATORS: Final = (
     "$size",
     "$all",
     "$type",
+    "$veq",
+    "$vne",
+    "$vgt",
+    "$vgte",
+    "$vlt",
+    "$vlte",
+    "$ini",
+    "$nini",
+    "$alli",
+    "$regexi",
+    "$notRegex",
+    "$notRegexi",
+    "$inGroup",
+    "$notInGroup",
 )
 LOGICAL: Final = ("$and", "$or", "$nor", "$not")
 TYPE_NAMES: Final = ("string", "number", "boolean", "array", "object", "null")
@@ -78,6 +97,28 @@ class ConditionError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class GroupMembership(Protocol):
+    """A saved group's members (strings and numbers), as `$inGroup` / `$notInGroup` look them up."""
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` (a string or a number; 1 and 1.0 are the same member) is a member."""
+        ...
+
+
+_GROUPS: ContextVar[Mapping[str, GroupMembership] | None] = ContextVar("edgewise_saved_groups", default=None)
+
+
+@contextmanager
+def saved_groups(groups: Mapping[str, GroupMembership] | None) -> Iterator[None]:
+    """Within the block, conditions compile `$inGroup` / `$notInGroup` against `groups` (group id ->
+    members); a group id not in it (or any group, when None) is a compile error naming it."""
+    token = _GROUPS.set(groups)
+    try:
+        yield
+    finally:
+        _GROUPS.reset(token)
 
 
 class _Readable(Protocol):
@@ -327,16 +368,15 @@ COMPARE: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
 
 
 def _as_number(v: Any) -> float | None:
-    """A non-number attribute compared with a number, converted as GrowthBook does (None: not comparable)."""
+    """A non-number attribute compared with a number, converted as GrowthBook (JavaScript's `Number()`)
+    does: None: not comparable (NaN compares false with everything)."""
     if v is None:
         return 0.0
     if isinstance(v, bool):
         return float(v)
     if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return None
+        number = js_number(v)
+        return None if number != number else number
     return None
 
 
@@ -352,9 +392,12 @@ def compile_compare(op: str, operand: Any, path: str) -> ValueCondition:
         def compare_str(v: Any) -> bool:
             if isinstance(v, str):
                 return cmp(v, s)
-            if s_number is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if s_number is None:
+                return False
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return cmp(v, s_number)
-            return False
+            number = _as_number(v)  # null / MISSING as 0, a boolean as 1 / 0 (JavaScript's `null < "5"`)
+            return number is not None and cmp(number, s_number)
 
         return compare_str
     n = operand
@@ -368,6 +411,84 @@ def compile_compare(op: str, operand: Any, path: str) -> ValueCondition:
     return compare_num
 
 
+VERSION_COMPARE: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
+    "$veq": operator.eq,
+    "$vne": operator.ne,
+    "$vgt": operator.gt,
+    "$vgte": operator.ge,
+    "$vlt": operator.lt,
+    "$vlte": operator.le,
+}
+
+
+def compile_version(op: str, operand: Any, path: str) -> ValueCondition:
+    """$veq ... $vlte: both sides as GrowthBook's padded version strings (`core.js_values.padded_version`:
+    a leading `v` and build metadata dropped, pre-releases before their release, missing parts and
+    MISSING as "0"), compared as strings."""
+    if isinstance(operand, bool) or not isinstance(operand, (str, int, float)):
+        raise ConditionError(path, f"must be a version string, got {json_type(operand)}")
+    _check_json(operand, path)
+    if isinstance(operand, str) and not operand:
+        raise ConditionError(path, "must be a non-empty version string")
+    cmp, expected = VERSION_COMPARE[op], padded_version(operand)
+
+    def version_matches(v: Any) -> bool:
+        return cmp(padded_version(v), expected)
+
+    return version_matches
+
+
+def _fold(v: Any) -> Any:
+    """A value with its strings lower-cased (those of an array too): what the `i` operators compare."""
+    if v.__class__ is str:
+        return v.lower()
+    if v.__class__ is list or v.__class__ is tuple:
+        return [e.lower() if isinstance(e, str) else e for e in v]
+    return v.lower() if isinstance(v, str) else v
+
+
+def _compile_in_insensitive(operand: Any, path: str) -> ValueCondition:
+    """$ini: $in with strings compared case-insensitively (both sides lower-cased)."""
+    check_list(operand, path, "values")
+    test = _compile_in([e.lower() if isinstance(e, str) else e for e in operand], path)
+
+    def is_in_insensitive(v: Any) -> bool:
+        return test(_fold(v))
+
+    return is_in_insensitive
+
+
+def _compile_group(operand: Any, path: str) -> ValueCondition:
+    """$inGroup: the value (or, for an array, one of its elements) is a member of the named saved group."""
+    return group_test(groups_in_scope(operand, path))
+
+
+def groups_in_scope(operand: Any, path: str) -> GroupMembership:
+    """The saved group `operand` names, among those `saved_groups` put in scope; else ConditionError."""
+    if not isinstance(operand, str):
+        raise ConditionError(path, f"must be a saved group id (a string), got {json_type(operand)}")
+    groups = _GROUPS.get()
+    group = None if groups is None else groups.get(operand)
+    if group is None:
+        known = "none are defined" if not groups else "known: " + " ".join(sorted(groups)[:20])
+        raise ConditionError(path, f"unknown saved group {operand!r} ({known})")
+    return group
+
+
+def group_test(group: GroupMembership) -> ValueCondition:
+    contains = group.contains
+
+    def scalar_in_group(v: Any) -> bool:
+        return (v.__class__ is str or v.__class__ is int or v.__class__ is float) and contains(v)
+
+    def in_group(v: Any) -> bool:
+        if v.__class__ is list or v.__class__ is tuple:
+            return any(scalar_in_group(element) for element in v)
+        return scalar_in_group(v)
+
+    return in_group
+
+
 def compile_exists(operand: Any, path: str) -> ValueCondition:
     if not isinstance(operand, bool):
         raise ConditionError(path, f"must be true or false, got {json_type(operand)}")
@@ -378,7 +499,7 @@ REGEX_MEMO_SIZE: Final = 4096
 """Distinct strings whose $regex verdict one compiled $regex remembers (then it starts over)."""
 
 
-def regex_memo(operand: Any, path: str) -> tuple[ValueCondition, dict[str, bool]]:
+def regex_memo(operand: Any, path: str, flags: int = 0) -> tuple[ValueCondition, dict[str, bool]]:
     """$regex as a memoizing predicate, and its memo (string -> verdict).
 
     The strings a regex meets (interests, devices, campaigns) are few and recur on every request, so a
@@ -386,7 +507,7 @@ def regex_memo(operand: Any, path: str) -> tuple[ValueCondition, dict[str, bool]
     if not isinstance(operand, str):
         raise ConditionError(path, f"must be a regular expression string, got {json_type(operand)}")
     try:
-        search = re.compile(operand).search
+        search = re.compile(operand, flags).search
     except re.error as exc:
         raise ConditionError(path, f"invalid regular expression {operand!r}: {exc}") from None
     memo: dict[str, bool] = {}
@@ -451,9 +572,15 @@ def _compile_size(operand: Any, path: str) -> ValueCondition:
     raise ConditionError(path, f"must be an integer or an operator object, got {json_type(operand)}")
 
 
-def _compile_all(operand: Any, path: str) -> ValueCondition:
+def _compile_all(operand: Any, path: str, insensitive: bool = False) -> ValueCondition:
+    """$all (and $alli: plain string elements equal case-insensitively)."""
     check_list(operand, path, "values or operator objects")
-    wanted = tuple(compile_value(element, f"{path}[{i}]") for i, element in enumerate(operand))
+    wanted = tuple(
+        _equals_insensitive(element, f"{path}[{i}]")
+        if insensitive and isinstance(element, str)
+        else compile_value(element, f"{path}[{i}]")
+        for i, element in enumerate(operand)
+    )
 
     def contains_all(v: Any) -> bool:
         if not _is_array(v):
@@ -467,6 +594,15 @@ def _compile_all(operand: Any, path: str) -> ValueCondition:
         return True
 
     return contains_all
+
+
+def _equals_insensitive(expected: str, path: str) -> ValueCondition:
+    folded = expected.lower()
+
+    def eq_insensitive(v: Any) -> bool:
+        return isinstance(v, str) and v.lower() == folded
+
+    return eq_insensitive
 
 
 def _compile_type(operand: Any, path: str) -> ValueCondition:
@@ -505,6 +641,24 @@ def compile_operator(op: str, operand: Any, path: str) -> ValueCondition:
         return _compile_all(operand, path)
     if op == "$type":
         return _compile_type(operand, path)
+    if op in VERSION_COMPARE:
+        return compile_version(op, operand, path)
+    if op == "$ini":
+        return _compile_in_insensitive(operand, path)
+    if op == "$nini":
+        return _negate(_compile_in_insensitive(operand, path))
+    if op == "$alli":
+        return _compile_all(operand, path, insensitive=True)
+    if op == "$regexi":
+        return regex_memo(operand, path, re.IGNORECASE)[0]
+    if op == "$notRegex":
+        return _negate(_compile_regex(operand, path))
+    if op == "$notRegexi":
+        return _negate(regex_memo(operand, path, re.IGNORECASE)[0])
+    if op == "$inGroup":
+        return _compile_group(operand, path)
+    if op == "$notInGroup":
+        return _negate(_compile_group(operand, path))
     hint = " ($and, $or, $nor apply to whole conditions, not to one attribute)" if op in LOGICAL else ""
     raise ConditionError(path, f"unknown operator {op!r}{hint}; known: {' '.join(OPERATORS)}")
 
@@ -551,13 +705,7 @@ class _ValueView:
         self.value = value
 
     def get(self, path: Path) -> Any:
-        current = self.value
-        for part in path:
-            if isinstance(current, Mapping) and part in current:
-                current = current[part]
-            else:
-                return MISSING
-        return current
+        return walk(self.value, path)
 
 
 def attribute_parts(key: str, path: str) -> Path:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from edgewise.core._hashing import layered_bucket
 from edgewise.core.bucketing import BUCKETS, bucket
+from edgewise.core.growthbook_bucketing import bucket_ranges, choose_variation, gb_hash
 
 __all__ = [
     "FORCE_ATTRIBUTE_PREFIX",
@@ -70,6 +71,16 @@ class Layer:
 
 
 @dataclass(frozen=True, slots=True)
+class GrowthBookBucketing:
+    """An experiment that assigns units the way GrowthBook's SDKs do (core/growthbook_bucketing.py)."""
+
+    seed: str
+    hash_version: int  # 1 or 2
+    ranges: tuple[tuple[float, float], ...]  # per variant, GrowthBook's getBucketRanges
+    namespace: tuple[str, float, float] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Experiment:
     id: str
     salt: str
@@ -78,6 +89,7 @@ class Experiment:
     traffic: int  # buckets of the experiment's own hash that are in the experiment
     variants: tuple[Variant, ...]
     allow_forced: bool
+    growthbook: GrowthBookBucketing | None
     # `assign`'s answers by bucket, filled as units arrive: an Assignment is immutable and depends only
     # on (experiment, bucket), so each of the BUCKETS possible ones is built once (a frozen dataclass
     # costs more to build than the two hashes that pick it).
@@ -205,9 +217,11 @@ def _compile_experiment(eid: str, spec: dict[str, Any], layers: Mapping[str, Lay
             "allow_forced",
             "placement",
             "description",
+            "bucketing",
         },
         path,
     )
+    growthbook = _growthbook_bucketing(spec, eid, path)
     layer: Layer | None = None
     layer_range = (0, BUCKETS)
     if "layer" in spec:
@@ -227,6 +241,10 @@ def _compile_experiment(eid: str, spec: dict[str, Any], layers: Mapping[str, Lay
     if isinstance(traffic_raw, bool) or not isinstance(traffic_raw, (int, float)) or not 0 < traffic_raw <= 1:
         raise ExperimentError(f"{path}.traffic", f"must be a share in (0, 1], got {traffic_raw!r}")
     traffic = round(traffic_raw * BUCKETS)
+    if growthbook is not None and ("traffic" in spec or "layer" in spec):
+        raise ExperimentError(
+            f"{path}.bucketing", "GrowthBook bucketing uses coverage and namespace, not traffic or layer"
+        )
     specs = _variant_specs(spec, path)
     weights: list[float] = []
     for i, v in enumerate(specs):
@@ -275,7 +293,78 @@ def _compile_experiment(eid: str, spec: dict[str, Any], layers: Mapping[str, Lay
     allow_forced = spec.get("allow_forced", False)
     if not isinstance(allow_forced, bool):
         raise ExperimentError(f"{path}.allow_forced", "must be true or false")
-    return Experiment(eid, _salt(spec, eid, path), layer, layer_range, traffic, tuple(variants), allow_forced)
+    if growthbook is not None:
+        variants, growthbook = _growthbook_variants(variants, weights, growthbook, spec, path)
+    return Experiment(
+        eid, _salt(spec, eid, path), layer, layer_range, traffic, tuple(variants), allow_forced, growthbook
+    )
+
+
+def _growthbook_bucketing(spec: Mapping[str, Any], eid: str, path: str) -> GrowthBookBucketing | None:
+    """The `bucketing` field: absent or {"scheme": "murmur3"} (the default), or {"scheme": "growthbook",
+    "hash_version": 1 | 2 (required), "seed": (default: the experiment id, GrowthBook's `seed ?? key`),
+    "coverage": share in [0, 1] (default 1), "namespace": [id, start, end] (optional)}."""
+    raw = spec.get("bucketing")
+    if raw is None:
+        return None
+    bpath = f"{path}.bucketing"
+    body = _obj(raw, bpath)
+    _known(body, {"scheme", "hash_version", "seed", "coverage", "namespace"}, bpath)
+    scheme = body.get("scheme")
+    if scheme == "murmur3":
+        if len(body) > 1:
+            raise ExperimentError(bpath, "murmur3 bucketing takes no other fields (salt and traffic set it)")
+        return None
+    if scheme != "growthbook":
+        raise ExperimentError(f"{bpath}.scheme", f"must be murmur3 or growthbook, got {scheme!r}")
+    # required: GrowthBook's SDKs default to 1 when a payload omits it, its UI creates 2; guessing wrong
+    # would reshuffle every unit of the experiment being moved
+    version = body.get("hash_version")
+    if version not in (1, 2) or isinstance(version, bool):
+        raise ExperimentError(f"{bpath}.hash_version", f"must be 1 or 2 (required), got {version!r}")
+    seed = body.get("seed", eid)
+    if not isinstance(seed, str):
+        raise ExperimentError(f"{bpath}.seed", "must be a string")
+    coverage = body.get("coverage", 1)
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 <= coverage <= 1:
+        raise ExperimentError(f"{bpath}.coverage", f"must be a share in [0, 1], got {coverage!r}")
+    namespace = None
+    if "namespace" in body:
+        ns = body["namespace"]
+        if not (
+            isinstance(ns, list)
+            and len(ns) == 3
+            and isinstance(ns[0], str)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in ns[1:])
+            and 0 <= ns[1] < ns[2] <= 1
+        ):
+            raise ExperimentError(f"{bpath}.namespace", "must be [id, start, end] with 0 <= start < end <= 1")
+        namespace = (ns[0], float(ns[1]), float(ns[2]))
+    return GrowthBookBucketing(seed, int(version), (), namespace)
+
+
+def _growthbook_variants(
+    variants: list[Variant],
+    weights: list[float],
+    growthbook: GrowthBookBucketing,
+    spec: Mapping[str, Any],
+    path: str,
+) -> tuple[list[Variant], GrowthBookBucketing]:
+    """The variants' GrowthBook ranges and propensities. Weights must sum to 1 (within GrowthBook's
+    0.99..1.01): GrowthBook silently replaces other weights by equal ones, edgewise refuses them."""
+    if not 0.99 <= sum(weights) <= 1.01:
+        raise ExperimentError(
+            f"{path}.variants", f"GrowthBook bucketing needs weights summing to 1, got {sum(weights):g}"
+        )
+    coverage = spec["bucketing"].get("coverage", 1)
+    ranges = tuple(bucket_ranges(len(variants), float(coverage), weights))
+    ns_share = 1.0 if growthbook.namespace is None else growthbook.namespace[2] - growthbook.namespace[1]
+    out = [
+        Variant(v.id, v.weight, -1, -1, ns_share * (end - start), v.content_id, v.serve, v.factors)
+        for v, (start, end) in zip(variants, ranges, strict=True)
+    ]
+    gb = GrowthBookBucketing(growthbook.seed, growthbook.hash_version, ranges, growthbook.namespace)
+    return out, gb
 
 
 def compile_experiments(doc: Any, layers_doc: Any = None) -> dict[str, Experiment]:
@@ -313,6 +402,8 @@ def assign(experiment: Experiment, unit: str, attributes: Mapping[str, str]) -> 
             variant = experiment.variant(forced)
             if variant is not None:
                 return Assignment(experiment, variant, -1, forced=True)
+    if experiment.growthbook is not None:
+        return _assign_growthbook(experiment, experiment.growthbook, unit)
     layer = experiment.layer
     start, end = experiment.layer_range
     # One compiled call: the layer bucket (range check) and then the experiment's own bucket.
@@ -322,5 +413,25 @@ def assign(experiment: Experiment, unit: str, attributes: Mapping[str, str]) -> 
     assignment = experiment._by_bucket[b]
     if assignment is None:
         assignment = Assignment(experiment, experiment.variant_at(b), b)
+        experiment._by_bucket[b] = assignment
+    return assignment
+
+
+def _assign_growthbook(experiment: Experiment, gb: GrowthBookBucketing, unit: str) -> Assignment | None:
+    """GrowthBook's assignment: outside the namespace range, None; else the variant whose range holds
+    `hash(seed, unit, version)` (none: outside the coverage). The bucket reported is that hash in
+    ten-thousandths (thousandths for version 1)."""
+    if gb.namespace is not None:
+        ns = gb_hash("__" + gb.namespace[0], unit, 1)
+        if ns is None or not gb.namespace[1] <= ns < gb.namespace[2]:
+            return None
+    n = gb_hash(gb.seed, unit, gb.hash_version)
+    if n is None:  # pragma: no cover (versions are checked at compile time)
+        return None
+    b = round(n * (10000 if gb.hash_version == 2 else 1000))
+    assignment = experiment._by_bucket[b]
+    if assignment is None:
+        index = choose_variation(n, gb.ranges)
+        assignment = Assignment(experiment, experiment.variants[index] if index >= 0 else None, b)
         experiment._by_bucket[b] = assignment
     return assignment

@@ -18,11 +18,11 @@ exactly like `get` for every kind of path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from edgewise.core.decisions import CONTEXT_FIELDS, Context
-from edgewise.core.features import MISSING, Path
+from edgewise.core.features import MISSING, Path, walk
 from edgewise.core.records import Activity, ProfileRecord
 
 if TYPE_CHECKING:  # version_state compiles rules, whose conditions import this module
@@ -35,11 +35,11 @@ DENIED: Final = "<not readable: purpose not granted>"
 
 
 def _walk(value: Any, rest: Path) -> Any:
-    for name in rest:
-        if (value.__class__ is dict or isinstance(value, Mapping)) and name in value:
+    for i, name in enumerate(rest):
+        if value.__class__ is dict and name in value:  # the common case, without a call
             value = value[name]
-        else:
-            return MISSING
+        else:  # arrays (an index, `length`), other mappings, or absent
+            return walk(value, rest[i:])
     return value
 
 

@@ -9,6 +9,9 @@ Paths are tuples of names, split once when a rule is compiled:
     ("activity", "views" | "cart" | "purchases")   lists of item ids, most recent last
     ("user", "id") / ("user", "known")     the pseudonymous id and whether a profile was found
 
+Below a profile attribute or a custom request attribute, a part names an object's key, an array's index
+(`profile.addresses.0.country`) or an array's `length` (`walk`), as GrowthBook's SDKs read dotted paths.
+
 A value that is absent, or that consent does not let the decision read, is `MISSING`.
 """
 
@@ -19,7 +22,7 @@ from typing import Any, Final, Protocol
 
 from edgewise.core.records import Activity
 
-__all__ = ["MISSING", "FeatureSource", "Path", "replenish_days"]
+__all__ = ["MISSING", "FeatureSource", "Path", "array_index", "replenish_days", "walk"]
 
 Path = tuple[str, ...]
 
@@ -71,3 +74,32 @@ def replenish_days(flags: Mapping[str, Any]) -> float | None:
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0:
         return None
     return float(days)
+
+
+def walk(value: Any, path: Path) -> Any:
+    """The value at `path` below `value`, or MISSING: a part names an object's key, an array's index
+    (`0`, `1`, ...: canonical decimal, no sign or leading zero) or an array's `length`, as GrowthBook's
+    SDKs read dotted paths."""
+    for part in path:
+        if value.__class__ is dict or isinstance(value, Mapping):
+            if part in value:
+                value = value[part]
+                continue
+            return MISSING
+        if value.__class__ is list or value.__class__ is tuple:
+            index = array_index(part)
+            if index is not None and index < len(value):
+                value = value[index]
+                continue
+            if part == "length":
+                value = len(value)
+                continue
+        return MISSING
+    return value
+
+
+def array_index(part: str) -> int | None:
+    """`part` as an array index (`"0"`, `"12"`; not `"01"`, `"-1"`, `"+1"` or `"1.0"`), or None."""
+    if part.isascii() and part.isdigit() and (part == "0" or part[0] != "0") and len(part) <= 10:
+        return int(part)
+    return None

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from edgewise.core.bandits import BanditError, BanditPolicy, compile_bandit
-from edgewise.core.conditions import ConditionError
+from edgewise.core.conditions import ConditionError, saved_groups
 from edgewise.core.experiments import (
     Experiment,
     ExperimentError,
@@ -23,6 +23,7 @@ from edgewise.core.experiments import (
     compile_holdout,
 )
 from edgewise.core.json_limits import find_problem, join_path
+from edgewise.core.saved_groups import MemberIndex, compile_saved_groups
 from edgewise.core.segments import SegmentSet, compile_segments
 from edgewise.core.strategies import ItemServe, StrategyError, compile_item_serve
 
@@ -314,8 +315,11 @@ def _placement(pid: str, body: Any, ctx: _Context) -> Placement:
     return Placement(pid, kind, default_count, max_count, default_content, default_items, ordered)
 
 
-def compile_rules(doc: Any) -> Ruleset:
+def compile_rules(doc: Any, stored_groups: Mapping[str, MemberIndex] | None = None) -> Ruleset:
     """Validate and compile a rules document; raise RuleError naming the offending field.
+
+    `stored_groups`: saved group id -> the members stored as records (core/saved_groups.py), besides the
+    groups' inline `values`.
 
     The document is checked against `core.json_limits` first (nesting depth, integer range), without
     recursion, so nothing below recurses deeper than MAX_DEPTH or stores what msgpack cannot hold."""
@@ -333,6 +337,7 @@ def compile_rules(doc: Any) -> Ruleset:
             "bandits",
             "contents",
             "segments",
+            "saved_groups",
             "cold_start_min_views",
             "description",
         },
@@ -342,7 +347,9 @@ def compile_rules(doc: Any) -> Ruleset:
         cid: _obj(body, f"contents.{cid}") for cid, body in _obj(root.get("contents", {}), "contents").items()
     }
     try:
-        segments = compile_segments(root.get("segments", {}))
+        groups = compile_saved_groups(root.get("saved_groups", {}), stored_groups)
+        with saved_groups(groups):  # $inGroup / $notInGroup resolve against these; unknown: refused
+            segments = compile_segments(root.get("segments", {}))
     except ConditionError as exc:
         raise RuleError(exc.path, exc.reason) from None
     try:

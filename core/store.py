@@ -56,6 +56,7 @@ from edgewise.core.records import (
     decode_profile,
     encode_array,
 )
+from edgewise.core.saved_groups import GROUP_PREFIX, SUMMARY_PREFIX, Summary, parse_member_key, unpack_summary
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store_budget import StoreError, StoreFull, headroom_bytes
 
@@ -257,6 +258,34 @@ class ReadView:
     def rules_doc(self) -> Any:
         buf = self._txn.get(b"rules", db=self._dbs["rules"])
         return None if buf is None else msgpack.unpackb(buf, raw=False)
+
+    def saved_group_summaries(self) -> dict[str, Summary]:
+        """Saved group id -> its summary record (core/saved_groups.py), for every group with members."""
+        return {
+            key[len(SUMMARY_PREFIX) :]: unpack_summary(value)
+            for key, value in self._prefixed(SUMMARY_PREFIX, values=True)
+        }
+
+    def saved_group_members(self, group_id: str) -> list[str | float]:
+        """A saved group's members, from its member records (one cursor pass over their prefix)."""
+        members: list[str | float] = []
+        for key, _ in self._prefixed(f"{GROUP_PREFIX}{group_id}/", values=False):
+            parsed = parse_member_key(key)
+            if parsed is not None:
+                members.append(parsed[1])
+        return members
+
+    def _prefixed(self, prefix: str, *, values: bool) -> Iterator[tuple[str, bytes | None]]:
+        """(key, value or None) of the `rules` records whose key starts with `prefix`, in key order."""
+        raw = prefix.encode()
+        with self._txn.cursor(db=self._dbs["rules"]) as cursor:
+            if not cursor.set_range(raw):
+                return
+            for key, value in cursor.iternext(keys=True, values=True):
+                key = bytes(key)
+                if not key.startswith(raw):
+                    return
+                yield key.decode(), bytes(value) if values else None
 
     def schema_doc(self) -> Any:
         buf = self._txn.get(b"schema", db=self._dbs["rules"])

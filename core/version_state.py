@@ -30,6 +30,7 @@ from edgewise.core.features import replenish_days
 from edgewise.core.filter_index import FilterIndex, build_filter_index
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
+from edgewise.core.saved_groups import GroupCache
 from edgewise.core.scoring import HalfIndex, half_index
 from edgewise.core.store import ROW_CHUNKED, ReadView
 from edgewise.core.strategies import Boost
@@ -150,6 +151,10 @@ class VersionState:
         return prefixes
 
 
+GROUP_CACHE: Final = GroupCache()
+"""This process's saved groups across versions: a group is read again only when its summary changes."""
+
+
 def build_state(view: ReadView) -> VersionState:
     """Decode the per-version state of the snapshot `view` reads."""
     records: list[ItemRecord] = sorted(view.items(), key=lambda r: r.row)
@@ -188,7 +193,9 @@ def build_state(view: ReadView) -> VersionState:
         replenish_days={r.id: d for r in records if (d := replenish_days(r.flags)) is not None},
         everywhere=everywhere,
         regions=regions,
-        rules=compile_rules(view.rules_doc()),
+        rules=compile_rules(
+            view.rules_doc(), GROUP_CACHE.groups(view.saved_group_summaries(), view.saved_group_members)
+        ),
         dim=dim,
         field_purposes=purposes,
         popularity_scopes=scopes,

@@ -32,6 +32,18 @@ from edgewise.core.records import (
     encode_profile,
 )
 from edgewise.core.rules import RuleError, compile_rules
+from edgewise.core.saved_groups import (
+    MEMBER_VALUE,
+    SUMMARY_PREFIX,
+    check_member,
+    declarations,
+    inline_members,
+    member_hash,
+    member_key,
+    pack_summary,
+    parse_member_key,
+    unpack_summary,
+)
 from edgewise.sync.bundle import (
     Bundle,
     BundleError,
@@ -69,13 +81,16 @@ SEGMENT_POPULARITY: Final = "item_popularity@segment:"
 
 _F32_MAX: Final = float(np.finfo(np.float32).max)
 _OPS: Final = ("upsert", "delete")
-_KINDS: Final = ("profile", "item", "rules")
+_KINDS: Final = ("profile", "item", "rules", "saved_group")
 _ALLOWED: Final[Mapping[tuple[str, str], frozenset[str]]] = {
     ("upsert", "profile"): frozenset({"op", "profile", "embedding"}),
     ("delete", "profile"): frozenset({"op", "profile"}),
     ("upsert", "item"): frozenset({"op", "item", "embedding", "popularity"}),
     ("delete", "item"): frozenset({"op", "item"}),
     ("upsert", "rules"): frozenset({"op", "rules"}),
+    # members added (upsert) or removed (delete): core/saved_groups.py
+    ("upsert", "saved_group"): frozenset({"op", "saved_group", "values"}),
+    ("delete", "saved_group"): frozenset({"op", "saved_group", "values"}),
 }
 
 
@@ -153,7 +168,8 @@ def _line_form(file: str, where: str, doc: dict[str, Any]) -> tuple[str, str]:
         raise BundleError(file, f"{reason} (ops: upsert, delete)", record=where, field="op")
     kinds = [kind for kind in _KINDS if kind in doc]
     if len(kinds) != 1:
-        reason = "one of profile, item, rules expected" if not kinds else f"{', '.join(kinds)} together"
+        expected = "one of profile, item, rules, saved_group expected"
+        reason = expected if not kinds else f"{', '.join(kinds)} together"
         raise BundleError(file, f"{reason} (one record per line)", record=where)
     kind = kinds[0]
     allowed = _ALLOWED.get((op, kind))
@@ -185,6 +201,8 @@ class _Delta:
         self.file = file
         self.profiles: dict[str, bytes | None] = {}  # id -> new value (None = deleted)
         self.rules: bytes | None = None
+        self.rules_doc: Any = None  # the document of self.rules (declarations only)
+        self.members: dict[str, bytes | None] = {}  # saved group member records: key -> value (None: gone)
         self._schema: tuple[dict[str, str], frozenset[str]] | None = None
         self._state_dim: int | None = None  # embedding dim of the stored state (items not loaded)
         # item tables, loaded by _load_items
@@ -257,6 +275,8 @@ class _Delta:
         op, kind = _line_form(self.file, where, doc)
         if kind == "rules":
             self._upsert_rules(where, doc["rules"])
+        elif kind == "saved_group":
+            self._change_members(where, op, doc["saved_group"], doc.get("values"))
         elif kind == "profile":
             if op == "upsert":
                 self._upsert_profile(line_no, doc)
@@ -306,7 +326,52 @@ class _Delta:
                     "rules.segments",
                     f"segment {_show(segment)} has its own popularity ({name}) but is not in the rules",
                 )
-        self.rules = msgpack.packb(doc, use_bin_type=True)
+        self.rules_doc = declarations(doc)
+        self.rules = msgpack.packb(self.rules_doc, use_bin_type=True)
+        # inline values replace a group's members; a group no longer declared loses its members
+        inline = inline_members(doc)
+        declared = self._declared_groups()
+        current = self._member_keys()
+        for key, (gid, _) in current.items():
+            if gid not in declared or gid in inline:
+                self.members[key] = None
+        for gid, values in inline.items():
+            for value in values:
+                self.members[member_key(gid, value)] = MEMBER_VALUE
+
+    def _declared_groups(self) -> frozenset[str]:
+        doc = self.rules_doc
+        if doc is None:
+            raw = self._get("rules", "rules")
+            doc = msgpack.unpackb(raw, raw=False) if raw is not None else {}
+        groups = doc.get("saved_groups") if isinstance(doc, dict) else None
+        return frozenset(groups) if isinstance(groups, dict) else frozenset()
+
+    def _member_keys(self) -> dict[str, tuple[str, str | float]]:
+        """Every member record as the lines so far leave them: key -> (group id, member)."""
+        keys: dict[str, tuple[str, str | float]] = {}
+        for key, _ in self.state.items("rules"):
+            parsed = parse_member_key(key)
+            if parsed is not None and self.members.get(key, MEMBER_VALUE) is not None:
+                keys[key] = parsed
+        for key, value in self.members.items():
+            parsed = parse_member_key(key)
+            if value is not None and parsed is not None:
+                keys[key] = parsed
+        return keys
+
+    def _change_members(self, where: str, op: str, group_id: Any, values: Any) -> None:
+        if not isinstance(group_id, str) or group_id not in self._declared_groups():
+            raise self._refuse(
+                where, "saved_group", f"unknown saved group {_show(group_id)} (declare it in the rules first)"
+            )
+        if not isinstance(values, list) or not values:
+            raise self._refuse(where, "values", "must be a non-empty list of members")
+        for i, value in enumerate(values):
+            problem = check_member(value)
+            if problem is not None:
+                raise self._refuse(where, f"values[{i}]", problem)
+            self.members[member_key(group_id, value)] = MEMBER_VALUE if op == "upsert" else None
 
     def _profile_exists(self, profile_id: str) -> bytes | None:
         if profile_id in self.profiles:
@@ -436,6 +501,24 @@ class _Delta:
                 out.append(RecordChange("models", name, encoded))
         if self.rules is not None and self.rules != self._get("rules", "rules"):
             out.append(RecordChange("rules", "rules", self.rules))
+        summaries: dict[str, tuple[int, int]] = {}  # group id -> (count, total) changes
+        for key in sorted(self.members):
+            value = self.members[key]
+            if value != self._get("rules", key):
+                out.append(RecordChange("rules", key, value))
+                parsed = parse_member_key(key)
+                assert parsed is not None
+                count, total = summaries.get(parsed[0], (0, 0))
+                sign = 1 if value is not None else -1
+                summaries[parsed[0]] = count + sign, total + sign * member_hash(key)
+        for gid, (count, total) in sorted(summaries.items()):  # the summaries kept up to date
+            key = f"{SUMMARY_PREFIX}{gid}"
+            old_count, old_total = unpack_summary(self._get("rules", key))
+            new_count = old_count + count
+            summary = (
+                pack_summary((new_count, (old_total + total) & 0xFFFFFFFFFFFFFFFF)) if new_count else None
+            )
+            out.append(RecordChange("rules", key, summary))
         return out
 
 

@@ -8,6 +8,15 @@ from collections.abc import Iterator
 import msgpack
 
 from edgewise.core.records import ItemRecord, ProfileRecord, encode_array, encode_item, encode_profile
+from edgewise.core.saved_groups import (
+    MEMBER_VALUE,
+    SUMMARY_PREFIX,
+    declarations,
+    inline_members,
+    member_key,
+    pack_summary,
+    summarize,
+)
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Change, ReadView, Store
 from edgewise.core.version_state import build_state
@@ -54,9 +63,16 @@ def _model_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _rules_records(bundle: Bundle) -> Iterator[tuple[bytes, bytes]]:
-    """The `rules` namespace: the rules document and the schema document, msgpack."""
-    yield b"rules", msgpack.packb(bundle.rules_doc, use_bin_type=True)
+    """The `rules` namespace: the rules document (saved groups declared, without their values) and the
+    schema document, msgpack; then one record per saved group member (core/saved_groups.py)."""
+    yield b"rules", msgpack.packb(declarations(bundle.rules_doc), use_bin_type=True)
     yield b"schema", msgpack.packb(bundle.schema, use_bin_type=True)
+    for gid, values in inline_members(bundle.rules_doc).items():
+        keys = sorted({member_key(gid, value) for value in values})
+        for key in keys:
+            yield key.encode(), MEMBER_VALUE
+        if keys:
+            yield f"{SUMMARY_PREFIX}{gid}".encode(), pack_summary(summarize(keys))
 
 
 def snapshot_info(bundle: Bundle, manifest_sha256: str = "") -> SnapshotInfo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edgewise.core.features import MISSING, Path, replenish_days
+from edgewise.core.features import Path, replenish_days, walk
 from edgewise.core.records import Activity
 
 __all__ = ["DAY_MS", "HOUR_MS", "MINUTE_MS", "NOW_MS", "DictSource"]
@@ -45,13 +45,7 @@ class DictSource:
 
     def get(self, path: Path) -> Any:
         self.reads.append(path)
-        current: Any = self.data
-        for part in path:
-            if isinstance(current, Mapping) and part in current:
-                current = current[part]
-            else:
-                return MISSING
-        return current
+        return walk(self.data, path)  # objects' keys, arrays' indexes and length, as the FeatureView reads
 
     def item_category(self, item_id: str) -> str | None:
         return self.categories.get(item_id)

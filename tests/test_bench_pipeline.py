@@ -63,6 +63,12 @@ def test_quick_run_reports_every_stage(bundle_dir: Path, capsys: pytest.CaptureF
         return
     assert gb["condition_agreement"] == f"{gb['users']}/{gb['users']}"
     assert gb["growthbook_paths_agree"] == f"{gb['users']}/{gb['users']}"
+    # versions and saved groups (issue 19): both engines agree on every user, the group holds 1M ids
+    targeting = gb["targeting"]
+    assert targeting["group_size"] == 1_000_000
+    assert set(targeting["rows"]) == set(bench.GB_TARGETING)
+    for row in targeting["rows"].values():
+        assert row["agreement"] == f"{targeting['users']}/{targeting['users']}" and row["ours_ns"] > 0
     assert bench.OURS in gb["timings"] and bench.OURS_CONDITION in gb["timings"]
     for stats in gb["timings"].values():
         assert {"median_us", "p99_us", "batch_mean_us"} <= set(stats)

@@ -346,3 +346,20 @@ def test_growthbook_suite_over_a_view_without_consent_reads_everything_as_missin
             purposes=_EveryFieldDeclared(),
         )
         assert condition(refused) is compile_condition(case["condition"])(DictSource({})), case["name"]
+
+
+def test_dotted_paths_read_into_profile_and_context_arrays() -> None:
+    addresses = [{"country": "DE"}, {"country": "FR", "city": "Lyon"}]
+    fv = view(
+        attributes={"addresses": addresses},
+        purposes=_EveryFieldDeclared(),
+        granted=frozenset({"p"}),
+        consent={"p": 1},
+        context=Context(attributes={"list": ["a", "b"]}),  # type: ignore[dict-item]
+    )
+    assert fv.get(("profile", "addresses", "1", "city")) == "Lyon"
+    assert fv.get(("profile", "addresses", "length")) == 2
+    assert fv.get(("profile", "addresses", "01", "city")) is MISSING
+    assert fv.get(("profile", "addresses", "2", "city")) is MISSING
+    assert fv.get(("context", "attributes", "list", "0")) == "a"
+    assert compile_condition({"profile.addresses.0.country": "DE"})(fv) is True
