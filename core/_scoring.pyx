@@ -369,17 +369,29 @@ cdef inline Py_ssize_t _half_margin_scan(
     int32_t* c,
     Py_ssize_t found,
     Py_ssize_t* masked,
+    const char* pf,
+    const char* pf_end,
 ) noexcept nogil:
     # Step 1 of topk_half_kernel over n_blocks consecutive blocks whose slots hold the rows slot_rows[...]
     # (-1: padding): notes every candidate that may still reach the top k, counts the candidates the
-    # mask keeps in `masked`. Returns the new count of notes.
+    # mask keeps in `masked`. Returns the new count of notes. [pf, pf_end) is the next list's blocks:
+    # prefetched as many lines per block as a block has, so it is in cache when its scan starts (lists
+    # are a few kilobytes at scattered places: the hardware prefetcher would start on each one cold).
     cdef float local[_HALF_CHUNK * 8]
     cdef Py_ssize_t b0 = 0, nb, g, j
+    cdef Py_ssize_t block_bytes = d * 16
+    cdef const char* pf_stop
     cdef int32_t r
     cdef float limit, sc
     cdef unsigned bits
     while b0 < n_blocks:
         nb = n_blocks - b0 if n_blocks - b0 < _HALF_CHUNK else _HALF_CHUNK
+        pf_stop = pf + nb * block_bytes
+        if pf_stop > pf_end:
+            pf_stop = pf_end
+        while pf < pf_stop:
+            EDGEWISE_PREFETCH(pf)
+            pf += 64
         ew_half_scores(blocks + b0 * d * 8, q, d, nb, local)
         for g in range(nb):
             limit = hs[0] - margin if size[0] == k else -INFINITY
@@ -450,7 +462,9 @@ cdef Py_ssize_t topk_partition_kernel(
     cdef const int32_t* mbase = &members[0] if members.shape[0] > 0 else NULL
     cdef const float* q
     cdef const float* base
-    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, j, i
+    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, j, i, nxt
+    cdef const char* pf
+    cdef const char* pf_end
     cdef float spread = 0, qsum = 0, margin, limit
     if d == 0:
         return _topk_no_dims(m, n, k, hs, hi)
@@ -478,6 +492,12 @@ cdef Py_ssize_t topk_partition_kernel(
                 order_n = _offer(ls, lo, order_n, lists, _dot(&centroids[l, 0], q, d), <int32_t>l)
             _sort_heap(ls, lo, order_n)
         l = lo[p]
+        if p + 1 < order_n:
+            nxt = lo[p + 1]
+            pf = <const char*>(bbase + starts[nxt] * d * 8)
+            pf_end = <const char*>(bbase + starts[nxt + 1] * d * 8)
+        else:
+            pf = pf_end = NULL
         found = _half_margin_scan(
             bbase + starts[l] * d * 8,
             d,
@@ -496,6 +516,8 @@ cdef Py_ssize_t topk_partition_kernel(
             c,
             found,
             &masked,
+            pf,
+            pf_end,
         )
         p += 1
     # 3. exact rescoring of the rows that may be in the top k
@@ -504,6 +526,8 @@ cdef Py_ssize_t topk_partition_kernel(
         if w[j] >= limit:
             c[kept] = c[j]
             kept += 1
+    for j in range(kept):  # scattered rows of the float32 matrix: ask for all of them first
+        EDGEWISE_PREFETCH(base + c[j] * d)
     size = 0
     for j in range(kept):
         i = c[j]
