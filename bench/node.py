@@ -361,17 +361,30 @@ def _breakdown(before: dict[str, int], after: dict[str, int], load: dict[str, An
 
 
 def _rss_mb(root: int) -> dict[str, Any]:
-    """VmRSS of a server's processes (MB): each, and their sum (pages of the LMDB map that several
-    processes read count once in each)."""
-    each: dict[str, float] = {}
+    """Resident memory of a server's processes (MB), each and summed: VmRSS, and its parts RssAnon
+    (the process's own memory) and RssFile (pages of files it maps: the LMDB map, which the processes
+    share, so the sum counts those pages once per process that read them)."""
+    each: dict[str, dict[str, float]] = {}
     for pid in _tree(root):
+        fields: dict[str, float] = {}
         try:
             with open(f"/proc/{pid}/status") as f:
-                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in ("VmRSS", "RssAnon", "RssFile"):
+                        fields[key] = round(int(value.split()[0]) / 1024, 1)
         except OSError:
             continue
-        each[str(pid)] = round(kb / 1024, 1)
-    return {"sum_mb": round(sum(each.values()), 1), "by_pid": each}
+        each[str(pid)] = fields
+    total = {
+        key: round(sum(f.get(key, 0.0) for f in each.values()), 1) for key in ("VmRSS", "RssAnon", "RssFile")
+    }
+    return {
+        "sum_mb": total["VmRSS"],
+        "anon_mb": total["RssAnon"],
+        "file_mb": total["RssFile"],
+        "by_pid": each,
+    }
 
 
 def _catalog_100k(
@@ -634,8 +647,9 @@ def _format(r: dict[str, Any]) -> str:
     if c100:
         lines.append(row(f"edge Decide, {c100['items']:,} items: closed loop", c100["capacity"]))
         lines.append(
-            f"  100k-item node: RSS {c100['server_rss']['sum_mb']} MB (supervisor + workers, shared map "
-            f"pages counted in each), store data file {c100['store_file_mb']} MB "
+            f"  100k-item node: RSS {c100['server_rss']['sum_mb']} MB (supervisor + workers): "
+            f"{c100['server_rss']['anon_mb']} MB their own, {c100['server_rss']['file_mb']} MB mapped "
+            f"file pages (the store's, counted in each process), store data file {c100['store_file_mb']} MB "
             f"({c100['store_on_disk_mb']} MB on disk)"
         )
     b = r.get("breakdown")
