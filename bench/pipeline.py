@@ -39,6 +39,12 @@ accumulates (50 views, 3 cart entries, 40 purchases, impression counts for 200 i
 p99 are printed next to the mix's: decoding, merging and reading that activity is the part of a request
 that grows with the customer's history, which the mix above (a few views per user) barely exercises.
 
+Large catalogs (`--items 100000`: 100k users x 100k items, generated once in about 2 minutes, then
+cached): the same passes, then the store's size and the process's RSS, and for a catalog the version
+state partitions (edgewise.core.partition: 50k items or more) the partitioned scan against the full
+half-precision scan on the same requests, in alternating rounds, with how far their decisions agree
+(bench/large_catalog.py).
+
 GrowthBook (optional, bench-only: `pip install growthbook`): the same targeting condition and an
 equivalent experiment (same variants and weights, a layer <-> a namespace) evaluated per user by our
 compiled condition + `experiments.assign` and by the GrowthBook Python SDK, on the same users.
