@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from edgewise.core import _scoring, partition, scoring
+from edgewise.core.decisions import DecideRequest, PlacementRequest
 from edgewise.core.partition import (
     Partition,
     PartitionScratch,
@@ -28,6 +30,10 @@ from edgewise.core.partition import (
     topk_partition_into,
     topk_partition_reference,
 )
+from edgewise.core.pipeline import Pipeline
+from edgewise.core.store import Store
+from edgewise.sync.bundle import Bundle, load_bundle
+from edgewise.sync.snapshot import apply_bundle
 
 stable = settings(derandomize=True, max_examples=examples(300), deadline=None)
 
@@ -230,3 +236,76 @@ def test_recall_at_20_on_the_synthetic_bundle() -> None:
         "similar items, every row": _recall(part, matrix, items_asked, every),
     }
     assert all(r >= 0.98 for r in recalls.values()), recalls
+
+
+# In the decision pipeline: a catalog at or above the threshold is ranked through its partition.
+
+
+def _requests(bundle: Bundle) -> list[DecideRequest]:
+    users = [p.id for p in bundle.profiles if "personalization" in p.consent][:60]
+    seeds = [i.id for i in bundle.items[:60]]
+    return [
+        DecideRequest(
+            user_id=u,
+            consent=frozenset({"personalization"}),
+            placements=(PlacementRequest("home", 10), PlacementRequest("pdp_similar", 5, seed_item_ids=(s,))),
+            explain=True,
+        )
+        for u, s in zip(users, seeds, strict=True)
+    ]
+
+
+def test_the_pipeline_ranks_a_large_catalog_through_its_partition(
+    tmp_path: Path, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = load_bundle(bundle_dir)
+    store = Store(tmp_path / "store", map_size=1 << 30)
+    try:
+        apply_bundle(store, bundle)
+        requests = _requests(bundle)
+
+        def decisions(pipeline: Pipeline) -> list[str]:
+            out = []
+            for request in requests:
+                with store.read() as view:
+                    out.append(repr(pipeline.decide(view, request)))
+            return out
+
+        full = Pipeline()
+        with store.read() as view:
+            assert full.state(view).partition is None  # 300 items: below the threshold
+        exact = decisions(full)
+        monkeypatch.setattr(partition, "PARTITION_MIN_ROWS", 100)
+        monkeypatch.setattr(partition, "PROBE_SHARE", 1.0)  # every list scanned: the exact ranking
+        every_list = Pipeline()
+        with store.read() as view:
+            state = every_list.state(view)
+        assert state.partition is not None and state.half_embeddings is None
+        assert state.partition.probes == state.partition.lists == 17
+        assert decisions(every_list) == exact
+        monkeypatch.setattr(partition, "PROBE_SHARE", 1 / 8)
+        few_lists = Pipeline()
+        with store.read() as view:
+            state = few_lists.state(view)
+        assert state.partition is not None and state.partition.probes == 3
+        embeddings = bundle.item_embeddings
+        rows = {item.id: j for j, item in enumerate(bundle.items)}
+        checked = 0
+        for request in requests:
+            with store.read() as view:
+                decision = few_lists.decide(view, request)
+            home = decision.placements[0]
+            if home.strategy != "embedding":
+                continue
+            assert bundle.user_embeddings is not None
+            query = bundle.user_embeddings[
+                next(j for j, p in enumerate(bundle.profiles) if p.id == request.user_id)
+            ]
+            checked += 1
+            for item in home.items:  # scores are the exact float32 ones
+                assert item.score == pytest.approx(
+                    float(embeddings[rows[item.id]] @ query), rel=1e-5, abs=1e-6
+                )
+        assert checked >= 20
+    finally:
+        store.close()
