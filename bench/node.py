@@ -16,7 +16,11 @@ Runs real processes on loopback, one server at a time so they never share the co
    closed loop and the same open loop (skipped with `--no-unqueued`);
 5. the edge queueing exposures again, with per-stage CPU counters on (`EDGEWISE_STAGE_TIMES`,
    edge/stage_times.py): closed loop, and where a Decide's server CPU goes, by stage (skipped with
-   `--no-stages`).
+   `--no-stages`);
+6. the edge queueing exposures on the 100k-item bundle (100k users x 100k items, the one
+   `python -m bench.pipeline --items 100000` caches; its catalog is scanned through a partition,
+   edgewise.core.partition): closed loop, the server's RSS and the store's size (skipped with
+   `--no-100k`; the first run generates the bundle, about 2 minutes).
 
 Every Python load is `edgewise bench load` (its client processes share the machine with the server: on
 a 2-core VM they take a large part of a core, so capacities here are lower bounds of what the node
@@ -32,7 +36,8 @@ loads), divided by the calls completed in the load (warm-up included, as the CPU
 `--json` carries the issue's ratios: `capacity_ratio` (edge Decide capacity with exposures queued /
 the floor's, closed loop), `p99_ratio` (edge p99 / floor p99 in the open loop at 50% of the edge's
 capacity), `cpu_ratio` (server CPU per Decide / per no-op call), and their variants (`_h2load`,
-`_no_exposures`).
+`_no_exposures`, and `capacity_ratio_100k` / `cpu_ratio_100k`: the 100k-item edge against the same
+floor, measured at the start of the run).
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ TARGET_TRACK_EVENTS_PER_S: Final = 5_000
 TARGET_CAPACITY_RATIO: Final = 0.8  # issue 17
 TARGET_P99_RATIO: Final = 1.5  # issue 17
 TARGET_CPU_RATIO: Final = 1.3  # issue 17
+TARGET_CAPACITY_RATIO_100K: Final = 0.6  # issue 17: Decide capacity on the 100k-item bundle / the floor's
+CATALOG_100K: Final = (100_000, 100_000)  # users, items: the bundle `bench.pipeline --items 100000` caches
 START_TIMEOUT_S: Final = 180.0
 IDLE_SAMPLE_S: Final = 1.0
 H2LOAD_CONNECTIONS: Final = 16
@@ -350,6 +357,67 @@ def _breakdown(before: dict[str, int], after: dict[str, int], load: dict[str, An
     }
 
 
+# -- the 100k-item catalog ------------------------------------------------------------------------------
+
+
+def _rss_mb(root: int) -> dict[str, Any]:
+    """Resident memory of a server's processes (MB), each and summed: VmRSS, and its parts RssAnon
+    (the process's own memory) and RssFile (pages of files it maps: the LMDB map, which the processes
+    share, so the sum counts those pages once per process that read them)."""
+    each: dict[str, dict[str, float]] = {}
+    for pid in _tree(root):
+        fields: dict[str, float] = {}
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in ("VmRSS", "RssAnon", "RssFile"):
+                        fields[key] = round(int(value.split()[0]) / 1024, 1)
+        except OSError:
+            continue
+        each[str(pid)] = fields
+    total = {
+        key: round(sum(f.get(key, 0.0) for f in each.values()), 1) for key in ("VmRSS", "RssAnon", "RssFile")
+    }
+    return {
+        "sum_mb": total["VmRSS"],
+        "anon_mb": total["RssAnon"],
+        "file_mb": total["RssFile"],
+        "by_pid": each,
+    }
+
+
+def _catalog_100k(
+    procs: Processes, tmp: Path, duration: float, concurrency: int, clients: int, quick: bool
+) -> dict[str, Any]:
+    """The edge on the 100k-item bundle (exposures queued, as in the main phase): closed loop, with the
+    server's RSS and the store's size after it. Its capacity over the floor's of the same run is
+    `capacity_ratio_100k`."""
+    users, items = CATALOG_100K
+    bundle, _, _ = prepare_bundle(None, users, items, 7)
+    args = ["--duration", str(duration), "--warmup", "1" if quick else "2", "--clients", str(clients)]
+    args += ["--users", str(users), "--items", str(items), "--mix", "decide=1"]
+    args += ["--concurrency", str(concurrency)]
+    data = tmp / "edge-data-100k"
+    cmd = ["edge", "serve", "--data", str(data), "--bundle", str(bundle.path), "--listen", "127.0.0.1:0"]
+    cmd += ["--workers", "2", "--pin"]
+    env = {"EDGEWISE_TRACK_QUEUE_EXPOSURES": "always"}
+    with _server(procs, "edge-100k", cmd, env) as (edge, cpu):
+        _log(f"edge node at {edge} (100k items, exposures queued)")
+        capacity = _measured_load(edge, args, tmp / "l10.json", cpu)
+        rss = _rss_mb(cpu.root)
+    store = data / "data.mdb"
+    return {
+        "bundle": str(bundle.path),
+        "users": users,
+        "items": items,
+        "capacity": capacity,
+        "server_rss": rss,
+        "store_file_mb": round(store.stat().st_size / (1 << 20), 1) if store.exists() else None,
+        "store_on_disk_mb": round(store.stat().st_blocks * 512 / (1 << 20), 1) if store.exists() else None,
+    }
+
+
 # -- the run --------------------------------------------------------------------------------------------
 
 
@@ -367,6 +435,7 @@ def run(
     unqueued: bool = True,
     stages: bool = True,
     track: bool = True,
+    catalog_100k: bool = True,
 ) -> dict[str, Any]:
     users, items = (20_000, 2_000) if quick else (100_000, 10_000)
     bundle, _, _ = prepare_bundle(None, users, items, 7)
@@ -457,6 +526,8 @@ def run(
                 after = _stage_totals(stage_dir)
                 results["edge_capacity_stages"] = load
                 results["breakdown"] = _breakdown(before, after, load)
+        if catalog_100k:
+            results["catalog_100k"] = _catalog_100k(procs, tmp, duration, concurrency, clients, quick)
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     _verdicts(results)
     return results
@@ -490,6 +561,12 @@ def _verdicts(results: dict[str, Any]) -> None:
             _cpu_per_call(r["edge_capacity_no_exposures"]), _cpu_per_call(r["floor_capacity"])
         )
 
+    if "catalog_100k" in r:
+        r["capacity_ratio_100k"] = _ratio(r["catalog_100k"]["capacity"]["ok_per_s"], floor_cap)
+        r["cpu_ratio_100k"] = _ratio(
+            _cpu_per_call(r["catalog_100k"]["capacity"]), _cpu_per_call(r["floor_capacity"])
+        )
+
     def verdict(figure: float | None, target: float, at_least: bool) -> dict[str, Any]:
         met = figure is not None and (figure >= target if at_least else figure <= target)
         return {"figure": figure, "target": target, "met": met}
@@ -502,6 +579,8 @@ def _verdicts(results: dict[str, Any]) -> None:
     if "capacity_ratio_h2load" in r:
         verdicts["capacity_ratio_h2load"] = verdict(r["capacity_ratio_h2load"], TARGET_CAPACITY_RATIO, True)
         verdicts["cpu_ratio_h2load"] = verdict(r["cpu_ratio_h2load"], TARGET_CPU_RATIO, False)
+    if "capacity_ratio_100k" in r:
+        verdicts["capacity_ratio_100k"] = verdict(r["capacity_ratio_100k"], TARGET_CAPACITY_RATIO_100K, True)
     verdicts["decide_per_s"] = verdict(cap, TARGET_DECIDE_PER_S, True)
     verdicts["p99_ratio_at_half_capacity"] = verdict(r["p99_ratio"], TARGET_P99_RATIO_ISSUE4, False)
     if "track_single" in r:
@@ -564,6 +643,15 @@ def _format(r: dict[str, Any]) -> str:
                 f"  = {r['track_batch50']['events_per_s']:,.0f} events/s",
             )
         )
+    c100 = r.get("catalog_100k")
+    if c100:
+        lines.append(row(f"edge Decide, {c100['items']:,} items: closed loop", c100["capacity"]))
+        lines.append(
+            f"  100k-item node: RSS {c100['server_rss']['sum_mb']} MB (supervisor + workers): "
+            f"{c100['server_rss']['anon_mb']} MB their own, {c100['server_rss']['file_mb']} MB mapped "
+            f"file pages (the store's, counted in each process), store data file {c100['store_file_mb']} MB "
+            f"({c100['store_on_disk_mb']} MB on disk)"
+        )
     b = r.get("breakdown")
     if b:
         cap = r["edge_capacity_stages"]
@@ -582,7 +670,7 @@ def _format(r: dict[str, Any]) -> str:
         ]
     lines.append("")
     for name in ("capacity_ratio", "p99_ratio", "cpu_ratio"):
-        for suffix in ("", "_h2load", "_no_exposures"):
+        for suffix in ("", "_h2load", "_no_exposures", "_100k"):
             if f"{name}{suffix}" in r:
                 lines.append(f"{name + suffix:34s} {r[name + suffix]!s:>10}")
     lines.append("")
@@ -612,6 +700,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-unqueued", action="store_true", help="skip the edge queueing no exposures")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage CPU breakdown")
     parser.add_argument("--no-track", action="store_true", help="skip the Track loads")
+    parser.add_argument(
+        "--no-100k",
+        action="store_true",
+        help="skip the edge on the 100k-item bundle (capacity_ratio_100k; the first run generates the "
+        "bundle, about 2 minutes, then cached)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (2.0 if args.quick else 10.0)
@@ -624,6 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unqueued=not args.no_unqueued,
         stages=not args.no_stages,
         track=not args.no_track,
+        catalog_100k=not args.no_100k,
     )
     print(json.dumps(result, indent=2) if args.json else _format(result))
     return 0

@@ -39,6 +39,12 @@ accumulates (50 views, 3 cart entries, 40 purchases, impression counts for 200 i
 p99 are printed next to the mix's: decoding, merging and reading that activity is the part of a request
 that grows with the customer's history, which the mix above (a few views per user) barely exercises.
 
+Large catalogs (`--items 100000`: 100k users x 100k items, generated once in about 2 minutes, then
+cached): the same passes, then the store's size and the process's RSS, and for a catalog the version
+state partitions (edgewise.core.partition: 50k items or more) the partitioned scan against the full
+half-precision scan on the same requests, in alternating rounds, with how far their decisions agree
+(bench/large_catalog.py).
+
 GrowthBook (optional, bench-only: `pip install growthbook`): the same targeting condition and an
 equivalent experiment (same variants and weights, a layer <-> a namespace) evaluated per user by our
 compiled condition + `experiments.assign` and by the GrowthBook Python SDK, on the same users.
@@ -72,6 +78,7 @@ from numpy.typing import NDArray
 import edgewise.core.item_ranking as item_ranking_mod
 import edgewise.core.pipeline as pipeline_mod
 import edgewise.offline.synth as synth_mod
+from edgewise.bench import large_catalog
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.condition_codegen import compile_condition
 from edgewise.core.decisions import (
@@ -474,6 +481,7 @@ def instrumented() -> Iterator[None]:
         (item_ranking_mod, "_top", "top"),
         (item_ranking_mod, "topk_dot_into", "kernel"),
         (item_ranking_mod, "topk_half_into", "kernel"),
+        (item_ranking_mod, "topk_partition_into", "kernel"),
         (item_ranking_mod, "topk_scores_into", "kernel"),
         (item_ranking_mod, "topk_sorted_into", "kernel"),
         (item_ranking_mod, "topk_pairs_into", "kernel"),
@@ -1177,6 +1185,7 @@ def run(config: Config) -> dict[str, Any]:
                 returning = measure_returning(
                     store, returning_shoppers(store, pop, config.returning_users, rng), RETURNING_PASSES
                 )
+                catalog = _large_catalog(store, state, requests, config)
             measure_s = time.perf_counter() - t0
             if gb_module is None:
                 reason = "disabled (--no-growthbook)" if not config.growthbook else "growthbook not installed"
@@ -1236,8 +1245,19 @@ def run(config: Config) -> dict[str, Any]:
             "noise_p99_over_median": noise["p99_us"] / noise["median_us"] if noise["median_us"] else 0.0,
         },
         "growthbook": growthbook,
+        **catalog,
         "seconds": {"measure": round(measure_s, 2), "total": round(time.perf_counter() - t_run, 2)},
     }
+
+
+def _large_catalog(
+    store: Store, state: VersionState, requests: Sequence[DecideRequest], config: Config
+) -> dict[str, Any]:
+    """Memory (store size, RSS), and for a partitioned catalog the partitioned scan against the full
+    one on the same requests (bench/large_catalog.py)."""
+    memory = large_catalog.memory_figures(store, state)
+    ab = large_catalog.measure_scan_ab(store, requests[: 400 if config.quick else 3_000])
+    return {"memory": memory, "scan_ab": ab}
 
 
 def _format_growthbook(gb: dict[str, Any]) -> list[str]:
@@ -1352,6 +1372,7 @@ def _format(result: dict[str, Any]) -> str:
         "(the work's own tail, most of the machine's interference removed); the fixed Python loop's "
         f"p99 is {tg['noise_p99_over_median']:.2f}x its median (what this machine adds to identical work)"
     )
+    lines += large_catalog.format_lines(result.get("memory"), result.get("scan_ab"))
     lines.append("")
     lines += _format_growthbook(result["growthbook"])
     lines.append(f"time: measuring {result['seconds']['measure']} s, total {result['seconds']['total']} s")

@@ -42,6 +42,25 @@ cdef Py_ssize_t topk_half_kernel(
     float[::1] out_scores,
 ) noexcept nogil
 
+cdef Py_ssize_t topk_partition_kernel(
+    const float[:, ::1] centroids,
+    const int32_t[::1] starts,
+    const uint16_t[:, :, ::1] blocks,
+    const int32_t[::1] members,
+    const float[::1] col_absmax,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t probes,
+    float[::1] list_scores,
+    int32_t[::1] list_order,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
 cdef Py_ssize_t neighbor_candidates_kernel(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,

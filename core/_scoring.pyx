@@ -351,6 +351,191 @@ cdef Py_ssize_t topk_half_kernel(
     return size
 
 
+cdef inline Py_ssize_t _half_margin_scan(
+    const uint16_t* blocks,
+    Py_ssize_t d,
+    Py_ssize_t n_blocks,
+    const int32_t* slot_rows,
+    const float* q,
+    const uint8_t* m,
+    Py_ssize_t n,
+    Py_ssize_t cap,
+    float margin,
+    Py_ssize_t k,
+    float* hs,
+    int32_t* hi,
+    Py_ssize_t* size,
+    float* w,
+    int32_t* c,
+    Py_ssize_t found,
+    Py_ssize_t* masked,
+    const char* pf,
+    const char* pf_end,
+) noexcept nogil:
+    # Step 1 of topk_half_kernel over n_blocks consecutive blocks whose slots hold the rows slot_rows[...]
+    # (-1: padding): notes every candidate that may still reach the top k, counts the candidates the
+    # mask keeps in `masked`. Returns the new count of notes. [pf, pf_end) is the next list's blocks:
+    # prefetched as many lines per block as a block has, so it is in cache when its scan starts (lists
+    # are a few kilobytes at scattered places: the hardware prefetcher would start on each one cold).
+    cdef float local[_HALF_CHUNK * 8]
+    cdef Py_ssize_t b0 = 0, nb, g, j
+    cdef Py_ssize_t block_bytes = d * 16
+    cdef const char* pf_stop
+    cdef int32_t r
+    cdef float limit, sc
+    cdef unsigned bits
+    while b0 < n_blocks:
+        nb = n_blocks - b0 if n_blocks - b0 < _HALF_CHUNK else _HALF_CHUNK
+        pf_stop = pf + nb * block_bytes
+        if pf_stop > pf_end:
+            pf_stop = pf_end
+        while pf < pf_stop:
+            EDGEWISE_PREFETCH(pf)
+            pf += 64
+        ew_half_scores(blocks + b0 * d * 8, q, d, nb, local)
+        for g in range(nb):
+            limit = hs[0] - margin if size[0] == k else -INFINITY
+            bits = ew_ge8(local + g * 8, limit)
+            while bits:
+                j = ew_ctz(bits)
+                bits &= bits - 1
+                r = slot_rows[(b0 + g) * 8 + j]
+                # -1: padding; a row past the mask or a note past the buffers cannot come from a valid
+                # partition (each row in one slot), and is skipped rather than read or written
+                if r >= 0 and r < n and m[r] and found < cap:
+                    sc = local[g * 8 + j]
+                    c[found] = r
+                    w[found] = sc
+                    found += 1
+                    size[0] = _offer(hs, hi, size[0], k, sc, r)
+            # rows of the group the mask keeps, whatever their scores: the stopping rule needs to know
+            # whether there are k of them (and no more)
+            if masked[0] >= k:
+                continue
+            for j in range(8):
+                r = slot_rows[(b0 + g) * 8 + j]
+                if r >= 0 and r < n and m[r]:
+                    masked[0] += 1
+        b0 += nb
+    return found
+
+
+cdef Py_ssize_t topk_partition_kernel(
+    const float[:, ::1] centroids,
+    const int32_t[::1] starts,
+    const uint16_t[:, :, ::1] blocks,
+    const int32_t[::1] members,
+    const float[::1] col_absmax,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t probes,
+    float[::1] list_scores,
+    int32_t[::1] list_order,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil:
+    # The exact top k of dot(matrix[i], query) among the rows the mask keeps in the lists scanned:
+    # 1. every list's centroid is scored and the lists ordered by (centroid score desc, list asc);
+    # 2. lists are scanned in that order, at least `probes` of them and then on until the lists scanned
+    #    hold at least k rows the mask keeps (or none is left), each by the half-precision scan with
+    #    the same margin as topk_half_kernel;
+    # 3. the notes are filtered with the final heap's worst and rescored exactly, as in topk_half_kernel.
+    # Rows of lists not scanned are never candidates: that is the approximation (recall, not order).
+    cdef Py_ssize_t n = matrix.shape[0]
+    cdef Py_ssize_t d = matrix.shape[1]
+    cdef Py_ssize_t lists = centroids.shape[0]
+    if k <= 0 or n == 0 or lists == 0:
+        return 0
+    cdef float* hs = &out_scores[0]
+    cdef int32_t* hi = &out_idx[0]
+    cdef const uint8_t* m = &mask[0]
+    cdef float* ls = &list_scores[0]
+    cdef int32_t* lo = &list_order[0]
+    cdef float* w = &work[0]
+    cdef int32_t* c = &cand[0]
+    cdef Py_ssize_t cap = work.shape[0] if work.shape[0] < cand.shape[0] else cand.shape[0]
+    cdef const uint16_t* bbase = &blocks[0, 0, 0] if blocks.shape[0] > 0 and d > 0 else NULL
+    cdef const int32_t* mbase = &members[0] if members.shape[0] > 0 else NULL
+    cdef const float* q
+    cdef const float* base
+    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, j, i, nxt
+    cdef const char* pf
+    cdef const char* pf_end
+    cdef float spread = 0, qsum = 0, margin, limit
+    if d == 0:
+        return _topk_no_dims(m, n, k, hs, hi)
+    q = &query[0]
+    base = &matrix[0, 0]
+    for j in range(d):
+        spread += fabsf(q[j]) * col_absmax[j]
+        qsum += fabsf(q[j])
+    margin = 2 * (2 * ((1.0 / 2048 + d / 4194304.0) * spread + qsum / 33554432.0))
+    # 1. the `probes` lists of the best centroid scores, best first (a heap of that size: sorting all
+    #    lists costs more than scanning a few of them)
+    first = probes if probes < lists else lists
+    for l in range(lists if first > 0 else 0):
+        order_n = _offer(ls, lo, order_n, first, _dot(&centroids[l, 0], q, d), <int32_t>l)
+    _sort_heap(ls, lo, order_n)
+    # 2. the scan, list by list; past the first `probes` lists (too few candidates in them: a mask
+    #    that keeps few rows) the order of all lists is needed, and its first lists are those scanned
+    p = 0
+    while p < lists:
+        if p >= probes and masked >= k:
+            break
+        if p == order_n:
+            order_n = 0
+            for l in range(lists):
+                order_n = _offer(ls, lo, order_n, lists, _dot(&centroids[l, 0], q, d), <int32_t>l)
+            _sort_heap(ls, lo, order_n)
+        l = lo[p]
+        if p + 1 < order_n:
+            nxt = lo[p + 1]
+            pf = <const char*>(bbase + starts[nxt] * d * 8)
+            pf_end = <const char*>(bbase + starts[nxt + 1] * d * 8)
+        else:
+            pf = pf_end = NULL
+        found = _half_margin_scan(
+            bbase + starts[l] * d * 8,
+            d,
+            starts[l + 1] - starts[l],
+            mbase + starts[l] * 8,
+            q,
+            m,
+            n,
+            cap,
+            margin,
+            k,
+            hs,
+            hi,
+            &size,
+            w,
+            c,
+            found,
+            &masked,
+            pf,
+            pf_end,
+        )
+        p += 1
+    # 3. exact rescoring of the rows that may be in the top k
+    limit = hs[0] - margin if size == k else -INFINITY
+    for j in range(found):
+        if w[j] >= limit:
+            c[kept] = c[j]
+            kept += 1
+    for j in range(kept):  # scattered rows of the float32 matrix: ask for all of them first
+        EDGEWISE_PREFETCH(base + c[j] * d)
+    size = 0
+    for j in range(kept):
+        i = c[j]
+        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
+    _sort_heap(hs, hi, size)
+    return size
+
+
 cdef Py_ssize_t neighbor_candidates_kernel(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,
@@ -530,6 +715,62 @@ def topk_half_into(
     with nogil:
         written = topk_half_kernel(
             blocks, col_absmax, matrix, query, mask, k, work, cand, out_idx, out_scores
+        )
+    return written
+
+
+def topk_partition_into(
+    const float[:, ::1] centroids,
+    const int32_t[::1] starts,
+    const uint16_t[:, :, ::1] blocks,
+    const int32_t[::1] members,
+    const float[::1] col_absmax,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t probes,
+    float[::1] list_scores,
+    int32_t[::1] list_order,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+):
+    """Exact top-k by dot(matrix[i], query) among mask != 0 within the lists of a partition scanned."""
+    cdef Py_ssize_t n = matrix.shape[0]
+    cdef Py_ssize_t d = matrix.shape[1]
+    cdef Py_ssize_t lists = centroids.shape[0]
+    cdef Py_ssize_t l
+    if (
+        centroids.shape[1] != d
+        or starts.shape[0] != lists + 1
+        or blocks.shape[1] != d
+        or blocks.shape[2] != 8
+        or members.shape[0] != blocks.shape[0] * 8
+        or col_absmax.shape[0] != d
+        or query.shape[0] != d
+        or list_scores.shape[0] < lists
+        or list_order.shape[0] < lists
+        or work.shape[0] < n
+        or cand.shape[0] < n
+        or probes < 0
+    ):
+        raise ValueError(
+            "invalid sizes: centroids [lists, d], starts [lists + 1], blocks [b, d, 8], members [b * 8], "
+            "col_absmax and query [d], list scratch >= lists, work and cand >= n, probes >= 0"
+        )
+    _check_sizes(n, mask.shape[0], k, out_idx.shape[0], out_scores.shape[0])
+    if lists and starts[0] != 0:
+        raise ValueError("invalid partition: starts must begin at 0")
+    for l in range(lists):
+        if starts[l + 1] < starts[l] or starts[l + 1] > blocks.shape[0]:
+            raise ValueError("invalid partition: starts must be non-decreasing block numbers")
+    cdef Py_ssize_t written
+    with nogil:
+        written = topk_partition_kernel(
+            centroids, starts, blocks, members, col_absmax, matrix, query, mask, k, probes,
+            list_scores, list_order, work, cand, out_idx, out_scores
         )
     return written
 

@@ -2,7 +2,8 @@
 
 Candidates are a uint8 mask over item rows (availability in the request's country, filters, rerank
 candidates, exclusions), built with NumPy into per-thread scratch buffers. Scores come from the
-strategy: embedding dot products (the half-precision scan with exact rescoring, `topk_half_into`),
+strategy: embedding dot products (the half-precision scan with exact rescoring, `topk_half_into`; for
+large catalogs the same scan over the lists of a partition nearest the query, `topk_partition_into`),
 co-purchase neighbors (the seeds' rows merged and ranked in the kernel), popularity (global, per
 country, per segment) and trending (daily counts with exponential time decay), both ranked by walking
 a per-version order, the cart, or items due for replenishment. Boosts add a per-item vector; pinned
@@ -30,6 +31,7 @@ from edgewise.core.decisions import (
     PlacementRequest,
 )
 from edgewise.core.filter_index import keep_rows
+from edgewise.core.partition import PartitionScratch, topk_partition_into
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.scoring import (
     BLOCK,
@@ -72,6 +74,7 @@ class Scratch(threading.local):
         self.idx: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
         self.scores: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self.query: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self.lists = PartitionScratch()
         self.rng = np.random.default_rng()
 
     def ensure(self, n_items: int, k: int, dim: int) -> None:
@@ -521,7 +524,20 @@ def _top(
             scores = np.matmul(embeddings, query, out=scratch.vec)
         else:
             half = state.half_embeddings
-            if half is not None:
+            if state.partition is not None:  # a large catalog: the lists nearest the query
+                n = topk_partition_into(
+                    state.partition,
+                    embeddings,
+                    query,
+                    mask,
+                    fetch,
+                    scratch.lists,
+                    scratch.padded,
+                    scratch.cand,
+                    scratch.idx,
+                    scratch.scores,
+                )
+            elif half is not None:
                 n = topk_half_into(
                     half,
                     embeddings,

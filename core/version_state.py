@@ -9,7 +9,9 @@ Model arrays are read zero-copy from each request's own read transaction, with t
 made once per version. One is a half-precision copy of the item embeddings in the blocked layout the
 scoring kernel scans (`edgewise.core.scoring.half_index`, half the size of the matrix). The
 personalized scan reads it instead of the float32 matrix and rescores a few rows exactly from the
-matrix, so results are the float32 ones. The other is copies of the float32 matrix itself and of the
+matrix, so results are the float32 ones (a catalog of PARTITION_MIN_ROWS items or more gets a
+partition of the embeddings into lists instead, `edgewise.core.partition`: a query scans a few lists,
+so its results are the float32 ones within them). The other is copies of the float32 matrix itself and of the
 neighbor arrays, each at most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns
 (to take page faults without the GIL), so a request that read them from the store would pay for
 every page of the matrix for the few rows it needs (BENCHMARKS.md, "Eighth measurement").
@@ -28,6 +30,7 @@ from numpy.typing import NDArray
 from edgewise.core.derived_cache import DerivedCache
 from edgewise.core.features import replenish_days
 from edgewise.core.filter_index import FilterIndex, build_filter_index
+from edgewise.core.partition import Partition, build_partition, use_partition
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.saved_groups import GroupCache
@@ -77,6 +80,9 @@ class VersionState:
     segment_scopes: tuple[str, ...]  # segment ids with their own popularity, sorted
     daily_counts_end_ms: int  # the day the last column of item_daily_counts ends (0 = no such model)
     half_embeddings: HalfIndex | None  # item_embeddings, half precision, blocked (None: none or too large)
+    # Catalogs of PARTITION_MIN_ROWS items or more: the embeddings in lists (edgewise.core.partition),
+    # scanned instead of half_embeddings (then None: the partition holds the same half-precision rows).
+    partition: Partition | None
     # item_embeddings copied out of the store (read-only; None: none, not float32 2-d, or too large)
     embeddings: NDArray[np.float32] | None
     # item_neighbors / item_neighbor_scores copied likewise (None: absent, malformed, or too large)
@@ -172,7 +178,11 @@ def build_state(view: ReadView) -> VersionState:
     embeddings = view.array("item_embeddings")
     valid = embeddings is not None and embeddings.ndim == 2 and embeddings.dtype == np.float32
     dim = int(embeddings.shape[1]) if embeddings is not None and embeddings.ndim == 2 else 0
-    half = half_index(np.ascontiguousarray(embeddings)) if valid and embeddings is not None else None
+    partition = None
+    if valid and embeddings is not None and use_partition(n) and embeddings.shape[0] == n:
+        partition = build_partition(np.ascontiguousarray(embeddings))
+    usable = valid and embeddings is not None and partition is None
+    half = half_index(np.ascontiguousarray(embeddings)) if usable and embeddings is not None else None
     neighbors, neighbor_scores = _neighbor_copies(view, n)
     schema: Any = view.schema_doc() or {}
     fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
@@ -202,6 +212,7 @@ def build_state(view: ReadView) -> VersionState:
         segment_scopes=tuple(sorted(s.removeprefix("segment:") for s in scopes if s.startswith("segment:"))),
         daily_counts_end_ms=view.snapshot_info().daily_counts_end_ms,
         half_embeddings=half if half is not None and half.rows == n else None,
+        partition=partition,
         embeddings=_copy(embeddings) if valid and embeddings is not None else None,
         neighbors=neighbors,
         neighbor_scores=neighbor_scores,
