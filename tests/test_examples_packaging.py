@@ -25,7 +25,7 @@ INSTALLED = "/opt/edgewise/bin/edgewise"  # where the units' install notes put t
 def test_the_edge_example_loads() -> None:
     config, sources = load_edge_config(EXAMPLES / "edge.toml", {}, {})
     assert config.server.listen == "0.0.0.0:50051"
-    assert config.sync.control == "control.internal:50061"
+    assert config.sync.control == ("control.internal:50061",)
     assert str(config.sync.token_file) == "/etc/edgewise/edge.token"
     assert config.metrics.listen == "127.0.0.1:9464"
     assert sources["sync.control"].startswith("file:")
