@@ -266,13 +266,14 @@ def _code_of(context: grpc.ServicerContext) -> str:
 
 def _add_personalizer(servicer: PersonalizerServicer, server: grpc.Server) -> None:
     """The generated `add_PersonalizerServicer_to_server`, but Decide is served by `decide_wire`, which
-    answers with the response's bytes (no serializer: gRPC sends bytes as they are). A servicer without
-    it (a stand-in in tests) is served as generated."""
+    reads the request's bytes and answers with the response's (no deserializer, no serializer: gRPC hands
+    on bytes as they are; undecodable ones are its to refuse). A servicer without it (a stand-in in
+    tests) is served as generated."""
     wire = getattr(servicer, "decide_wire", None)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Decide": grpc.unary_unary_rpc_method_handler(
             wire or servicer.Decide,
-            request_deserializer=_pb.DecideRequest.FromString,
+            request_deserializer=None if wire is not None else _pb.DecideRequest.FromString,
             response_serializer=None if wire is not None else _pb.DecideResponse.SerializeToString,
         ),
         "Track": grpc.unary_unary_rpc_method_handler(

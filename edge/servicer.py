@@ -25,7 +25,15 @@ from edgewise.core.exposure import ANALYTICS, exposure_records
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.store import Store, StoreFull
 from edgewise.edge._wire import decide_response_bytes
-from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
+from edgewise.edge.convert import (
+    Limits,
+    Undecodable,
+    decide_input,
+    decide_input_bytes,
+    decide_response,
+    new_decision_id,
+    tracked_events,
+)
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.metrics import WorkerMetrics
 from edgewise.edge.stage_times import (
@@ -44,6 +52,8 @@ from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 log = logging.getLogger(__name__)
 
 __all__ = ["PersonalizerServicer", "ServingOptions"]
+
+_DECIDE_REQUEST = _pb.DecideRequest.DESCRIPTOR.full_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +93,26 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         """Decide as a message (the generated interface); the server serves `decide_wire`, its bytes."""
         return _pb.DecideResponse.FromString(self.decide_wire(request, context))
 
-    def decide_wire(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> bytes:
-        """Decide, answered as the serialized DecideResponse (edge/server.py registers it with a
-        pass-through serializer): without an explanation the bytes are written in C from the decision
-        (edge/_wire.pyx), with no message object per placement and item."""
+    def decide_wire(self, request: _pb.DecideRequest | bytes, context: grpc.ServicerContext) -> bytes:
+        """Decide from the request's bytes (or its message), answered with the serialized DecideResponse:
+        edge/server.py registers it with neither deserializer nor serializer. Both ends are C
+        (edge/_wire.pyx): the request's bytes read into the core request, and, without an explanation,
+        the response's bytes written from the decision, with no message object per placement and item."""
         stages = self._stages
         t = now_ns() if stages is not None else 0
+        now_ms = int(time.time() * 1000)
         try:
-            ask = decide_input(request, self._limits, int(time.time() * 1000))
+            if isinstance(request, bytes):
+                ask = decide_input_bytes(request, self._limits, now_ms)
+            else:
+                ask = decide_input(request, self._limits, now_ms)
             if stages is not None:
                 stages.add(CONVERT_IN, t)
             decision = self.decide(ask, context.time_remaining())
+        except Undecodable as exc:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {_DECIDE_REQUEST} message ({exc})"
+            )
         except RequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SnapshotMissing:
