@@ -1,7 +1,10 @@
 # cython: language_level=3
-"""Item results made in C: `ItemResult` objects with their four slots filled directly (no Python
-`__init__` call per item), for the few results a placement returns on every Decide. core/item_ranking.py
-keeps the Python reference (`_item_results_py`), which tests compare this with.
+"""Objects of the request path made in C: `ItemResult`s with their four slots filled directly (no
+Python `__init__` call per item), for the few results a placement returns on every Decide
+(core/item_ranking.py keeps the Python reference, `_item_results_py`, which tests compare this with);
+and `filled`, any slots dataclass without `__post_init__` made the same way (edge/_wire.pyx's request
+decoder makes the frozen `DecideRequest`, `Context` and `PlacementRequest` with it: a frozen class's
+`__init__` sets each field through `object.__setattr__`, about 5 us a request).
 
 `ItemResult` is a plain slots dataclass (core/decisions.py): an instance is its object header and four
 object pointers, at the offsets its member descriptors give; `item_results` reads those once and checks
@@ -66,3 +69,41 @@ def item_results(object cls, object item_ids, list rows, list values, str reason
         _put(obj, _promoted_at, False)
         out[i] = obj
     return out
+
+
+cdef dict _layouts = {}  # class -> the offsets of its slots, in field order
+
+
+cdef tuple _layout(object cls):
+    cdef tuple offsets = _layouts.get(cls)
+    if offsets is None:
+        import dataclasses
+
+        slots = tuple(cls.__slots__)
+        fields = dataclasses.fields(cls)
+        if (
+            tuple(f.name for f in fields) != slots
+            or not all(f.init for f in fields)
+            or hasattr(cls, "__post_init__")
+        ):
+            raise TypeError(
+                f"{cls.__name__} is a class `filled` cannot make (not a slots dataclass, or one with "
+                "__post_init__)"
+            )
+        offsets = tuple(_offset(cls, name) for name in slots)
+        _layouts[cls] = offsets
+    return offsets
+
+
+def filled(object cls, tuple values) -> object:
+    """`cls(*values)` for a slots dataclass without `__post_init__` (frozen ones too): the object's
+    slots filled directly, without the generated `__init__` (a frozen class's sets each field through
+    `object.__setattr__`). `values`: every field, in order."""
+    cdef tuple offsets = _layout(cls)
+    cdef Py_ssize_t i, n = len(offsets)
+    if len(values) != n:
+        raise TypeError(f"{cls.__name__} has {n} fields, {len(values)} values given")
+    obj = PyType_GenericAlloc(<PyTypeObject*>cls, 0)
+    for i in range(n):
+        _put(obj, <Py_ssize_t>offsets[i], values[i])
+    return obj

@@ -29,6 +29,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
 
+from edgewise.core._results import filled as _filled
 from edgewise.core.decisions import Context as _Context
 from edgewise.core.decisions import DecideRequest as _DecideRequest
 from edgewise.core.decisions import PlacementRequest as _PlacementRequest
@@ -306,14 +307,17 @@ cdef object _placement_at(
         or (params and not _map_fits(params, limits))
     ):
         raise _Unusual()
-    return _PlacementRequest(
-        placement_id,
-        count,
-        tuple(candidates) if candidates else (),
-        tuple(seeds) if seeds else (),
-        tuple(excluded) if excluded else (),
-        filter_name,
-        params,
+    return _filled(  # PlacementRequest(...), without the frozen class's __init__
+        _PlacementRequest,
+        (
+            placement_id,
+            count,
+            tuple(candidates) if candidates else (),
+            tuple(seeds) if seeds else (),
+            tuple(excluded) if excluded else (),
+            filter_name,
+            params,
+        ),
     )
 
 
@@ -341,7 +345,8 @@ cdef object _context_at(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, 
         total += len(<str>values[i])
     if total > limits.max_string_length or (attributes and not _map_fits(attributes, limits)):
         raise _Unusual()
-    return _Context(*values, attributes)
+    values.append(attributes)
+    return _filled(_Context, tuple(values))
 
 
 cdef object _decide_request(bytes data, object limits, object now_ms):
@@ -395,8 +400,10 @@ cdef object _decide_request(bytes data, object limits, object now_ms):
     ):
         raise _Unusual()
     if context is None:
-        context = _Context("", "", "", "", "", "", "", "", "", "", {})
-    return _DecideRequest(user_id, session_id, context, frozenset(consent), tuple(asks), explain, now_ms)
+        context = _filled(_Context, ("", "", "", "", "", "", "", "", "", "", {}))
+    return _filled(
+        _DecideRequest, (user_id, session_id, context, frozenset(consent), tuple(asks), explain, now_ms)
+    )
 
 
 def decide_request(bytes data, object limits, object now_ms):
