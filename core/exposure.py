@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import msgpack
 
+from edgewise.core._exposure import exposure_records as _exposure_records_c
 from edgewise.core.attribution import Exposure
 from edgewise.core.decisions import DecideRequest, DecideResponse
 
@@ -31,10 +32,24 @@ _MAP_OF_21: Final = b"\xde\x00\x15"  # msgpack map16 header: the 21 entries of a
 def exposure_records(decision_id: str, request: DecideRequest, decision: DecideResponse) -> list[bytes]:
     """The exposure records of a decision (none without the analytics purpose).
 
-    This runs on Decide's thread, so it is built cheaply: the ten entries every placement shares are
-    packed once per decision and the eleven of each placement once each, both as msgpack maps of at
-    most 15 entries (a one-byte header); a record is the header of a 21-entry map, then the two maps'
-    entries. (Decoded, the same map as packing one dict; about 40% less time than three 21-key dicts.)"""
+    This runs on Decide's thread, so it is packed in C (`core/_exposure.pyx`: the bytes of the reference
+    below, written into one buffer); a value of a type the compiled packer does not write falls back to
+    the reference."""
+    if ANALYTICS not in request.consent:
+        return []
+    try:
+        records: list[bytes] = _exposure_records_c(decision_id, request, decision)
+    except TypeError:
+        return _exposure_records_py(decision_id, request, decision)
+    return records
+
+
+def _exposure_records_py(decision_id: str, request: DecideRequest, decision: DecideResponse) -> list[bytes]:
+    """The reference `core._exposure.exposure_records` is tested against (and the fallback).
+
+    The ten entries every placement shares are packed once per decision and the eleven of each placement
+    once each, both as msgpack maps of at most 15 entries (a one-byte header); a record is the header of
+    a 21-entry map, then the two maps' entries. (Decoded, the same map as packing one dict.)"""
     if ANALYTICS not in request.consent:
         return []
     context = request.context

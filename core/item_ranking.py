@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core._results import item_results
 from edgewise.core.decisions import (
     FallbackReason,
     ItemExplanation,
@@ -578,7 +579,7 @@ def _top(
     rows, values = rows[:organic], values[:organic]
     reason = strategy
     items = [ItemResult(state.item_ids[r], 0.0, "promotion", promoted=True) for r in pinned]
-    items += [ItemResult(state.item_ids[r], v, reason) for r, v in zip(rows, values, strict=True)]
+    items += item_results(ItemResult, state.item_ids, rows, values, reason)
     if why is not None:
         why.candidates = considered
         for r in pinned:
@@ -592,6 +593,13 @@ def _top(
                 ItemExplanation(state.item_ids[r], parts, ["sunk by rotation"] if r in sunk else [])
             )
     return Ranked(items, strategy, fallback)
+
+
+def _item_results_py(
+    cls: type[ItemResult], item_ids: Sequence[str], rows: list[int], values: list[float], reason: str
+) -> list[ItemResult]:
+    """The reference `core._results.item_results` (which fills the objects' slots in C) is tested against."""
+    return [cls(item_ids[r], v, reason) for r, v in zip(rows, values, strict=True)]
 
 
 def _diversify(

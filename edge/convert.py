@@ -24,9 +24,18 @@ from edgewise.core.decisions import (
     PlacementRequest,
     RequestError,
 )
+from edgewise.edge import _wire
 from edgewise.v1 import personalizer_pb2 as _pb
 
-__all__ = ["Limits", "decide_input", "decide_response", "new_decision_id", "tracked_events"]
+__all__ = [
+    "Limits",
+    "Undecodable",
+    "decide_input",
+    "decide_input_bytes",
+    "decide_response",
+    "new_decision_id",
+    "tracked_events",
+]
 
 _EVENT_TYPE: Final = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")  # the whole type: `fullmatch`, never `$`
 MAX_KEY_ID_BYTES: Final = 400
@@ -223,6 +232,24 @@ def decide_input(request: _pb.DecideRequest, limits: Limits, now_ms: int) -> Dec
         return _decide_input_fast(request, limits, now_ms)
     except _Recheck:
         return _decide_input_checked(request, limits, now_ms)
+
+
+class Undecodable(ValueError):
+    """Bytes that are not a serialized DecideRequest (the parser's message)."""
+
+
+def decide_input_bytes(data: bytes, limits: Limits, now_ms: int) -> DecideRequest:
+    """`decide_input` of a serialized DecideRequest: read straight from the bytes by the compiled decoder
+    (edge/_wire.pyx, no message object) when the request is within every cap and plainly written, else
+    parsed into the message and converted. Raises RequestError, or `Undecodable`."""
+    ask = _wire.decide_request(data, limits, now_ms)
+    if ask is not None:
+        return ask
+    try:
+        request = _pb.DecideRequest.FromString(data)
+    except Exception as exc:  # DecodeError, or whatever else a parser raises on hostile bytes
+        raise Undecodable(str(exc)) from None
+    return decide_input(request, limits, now_ms)
 
 
 def _decide_input_checked(request: _pb.DecideRequest, limits: Limits, now_ms: int) -> DecideRequest:

@@ -16,7 +16,6 @@ from edgewise.edge.metrics import WorkerMetrics
 from edgewise.edge.servicer import PersonalizerServicer
 from edgewise.edge.stage_times import DECODE, INTERCEPTOR, SERIALIZE, StageTimes, now_ns
 from edgewise.v1 import personalizer_pb2 as _pb
-from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
 __all__ = ["PERSONALIZER_SERVICE", "EdgeServer", "build_server"]
 
@@ -265,6 +264,28 @@ def _code_of(context: grpc.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
+def _add_personalizer(servicer: PersonalizerServicer, server: grpc.Server) -> None:
+    """The generated `add_PersonalizerServicer_to_server`, but Decide is served by `decide_wire`, which
+    reads the request's bytes and answers with the response's (no deserializer, no serializer: gRPC hands
+    on bytes as they are; undecodable ones are its to refuse). A servicer without it (a stand-in in
+    tests) is served as generated."""
+    wire = getattr(servicer, "decide_wire", None)
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Decide": grpc.unary_unary_rpc_method_handler(
+            wire or servicer.Decide,
+            request_deserializer=None if wire is not None else _pb.DecideRequest.FromString,
+            response_serializer=None if wire is not None else _pb.DecideResponse.SerializeToString,
+        ),
+        "Track": grpc.unary_unary_rpc_method_handler(
+            servicer.Track,
+            request_deserializer=_pb.TrackRequest.FromString,
+            response_serializer=_pb.TrackResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PERSONALIZER_SERVICE, handlers),))
+    server.add_registered_method_handlers(PERSONALIZER_SERVICE, handlers)
+
+
 def build_server(
     servicer: PersonalizerServicer,
     listen: str,
@@ -295,7 +316,7 @@ def build_server(
         interceptors=[meter],
     )
     meter.bind(server)
-    _pb_grpc.add_PersonalizerServicer_to_server(servicer, server)
+    _add_personalizer(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -20,11 +20,20 @@ from dataclasses import dataclass
 import grpc
 
 from edgewise.core.activity import ActivityLimits
-from edgewise.core.decisions import FallbackReason, RequestError
+from edgewise.core.decisions import DecideRequest, DecideResponse, FallbackReason, RequestError
 from edgewise.core.exposure import ANALYTICS, exposure_records
 from edgewise.core.pipeline import Pipeline, SnapshotMissing
 from edgewise.core.store import Store, StoreFull
-from edgewise.edge.convert import Limits, decide_input, decide_response, new_decision_id, tracked_events
+from edgewise.edge._wire import decide_response_bytes
+from edgewise.edge.convert import (
+    Limits,
+    Undecodable,
+    decide_input,
+    decide_input_bytes,
+    decide_response,
+    new_decision_id,
+    tracked_events,
+)
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.metrics import WorkerMetrics
 from edgewise.edge.stage_times import (
@@ -43,6 +52,8 @@ from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 log = logging.getLogger(__name__)
 
 __all__ = ["PersonalizerServicer", "ServingOptions"]
+
+_DECIDE_REQUEST = _pb.DecideRequest.DESCRIPTOR.full_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,44 +90,67 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         self._lock = threading.Lock()
 
     def Decide(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> _pb.DecideResponse:
+        """Decide as a message (the generated interface); the server serves `decide_wire`, its bytes."""
+        return _pb.DecideResponse.FromString(self.decide_wire(request, context))
+
+    def decide_wire(self, request: _pb.DecideRequest | bytes, context: grpc.ServicerContext) -> bytes:
+        """Decide from the request's bytes (or its message), answered with the serialized DecideResponse:
+        edge/server.py registers it with neither deserializer nor serializer. Both ends are C
+        (edge/_wire.pyx): the request's bytes read into the core request, and, without an explanation,
+        the response's bytes written from the decision, with no message object per placement and item."""
+        stages = self._stages
+        t = now_ns() if stages is not None else 0
+        now_ms = int(time.time() * 1000)
+        try:
+            if isinstance(request, bytes):
+                ask = decide_input_bytes(request, self._limits, now_ms)
+            else:
+                ask = decide_input(request, self._limits, now_ms)
+            if stages is not None:
+                stages.add(CONVERT_IN, t)
+            decision = self.decide(ask, context.time_remaining())
+        except Undecodable as exc:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {_DECIDE_REQUEST} message ({exc})"
+            )
+        except RequestError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except SnapshotMissing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "this edge has no snapshot loaded yet; retry shortly")
+        t = now_ns() if stages is not None else 0
+        if decision.explanation is None:
+            response = decide_response_bytes(decision, decision.decision_id)
+        else:
+            response = decide_response(decision, decision.decision_id).SerializeToString()
+        if stages is not None:
+            stages.add(RESPONSE, t)
+            stages.slots()[CALLS] += 1
+        return response
+
+    def decide(self, ask: DecideRequest, time_remaining: float | None = None) -> DecideResponse:
+        """Decide for a checked core request: the plain-Python entry point every front end calls (gRPC
+        above; any other converts its input to a `DecideRequest` the same way and calls this).
+
+        `time_remaining`: seconds of the caller's deadline left (None: no deadline); under
+        `min_budget_ms` the placements get the fast default (BUDGET_EXCEEDED), as they do past
+        `max_in_flight` calls in `overload = "default"` mode (OVERLOADED). Queues the exposure records
+        (analytics purpose) and counts the decisions. The decision comes back with its `decision_id`.
+        Raises `RequestError` (the caller's to fix) and `SnapshotMissing` (no snapshot loaded yet)."""
         stages = self._stages
         t = now_ns() if stages is not None else 0
         with self._lock:
             self._in_flight += 1
             busy = self._in_flight
-        if stages is not None:
-            stages.add(SERVICER_OTHER, t)
         try:
-            response = self._decide(request, context, busy)
-        finally:
-            t = now_ns() if stages is not None else 0
-            with self._lock:
-                self._in_flight -= 1
-        if self._metrics is not None:
-            for p in response.placements:
-                self._metrics.decision(p.placement_id, p.fallback_reason)
-        if stages is not None:
-            stages.add(SERVICER_OTHER, t)
-            stages.slots()[CALLS] += 1
-        return response
-
-    def _decide(
-        self, request: _pb.DecideRequest, context: grpc.ServicerContext, busy: int
-    ) -> _pb.DecideResponse:
-        stages = self._stages
-        t = now_ns() if stages is not None else 0
-        try:
-            ask = decide_input(request, self._limits, int(time.time() * 1000))
-            if stages is not None:
-                t = stages.add(CONVERT_IN, t)
-            remaining = context.time_remaining()
             shortcut = None
-            if remaining is not None and remaining * 1000 < self._options.min_budget_ms:
+            if time_remaining is not None and time_remaining * 1000 < self._options.min_budget_ms:
                 shortcut = FallbackReason.BUDGET_EXCEEDED
             elif self._options.overload == "default" and busy > self._options.max_in_flight:
                 shortcut = FallbackReason.OVERLOADED
                 if self._metrics is not None:
                     self._metrics.shed()
+            if stages is not None:
+                t = stages.add(SERVICER_OTHER, t)
             with self._store.read() as view:
                 if shortcut is not None:
                     decision = self._pipeline.fast_default(view, ask, shortcut)
@@ -124,21 +158,20 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
                     decision = self._pipeline.decide(view, ask)
             if stages is not None:
                 t = stages.add(PIPELINE, t)
-        except RequestError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except SnapshotMissing:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "this edge has no snapshot loaded yet; retry shortly")
-        decision_id = new_decision_id()
-        if stages is not None:
-            t = stages.add(RESPONSE, t)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        decision.decision_id = decision_id = new_decision_id()
         if self._committer is not None and self._options.queue_exposures and ANALYTICS in ask.consent:
             self._committer.note_exposures(exposure_records(decision_id, ask, decision))
             if stages is not None:
                 t = stages.add(EXPOSURES, t)
-        response = decide_response(decision, decision_id)
+        if self._metrics is not None:
+            for p in decision.placements:
+                self._metrics.decision(p.placement_id, p.fallback)
         if stages is not None:
-            stages.add(RESPONSE, t)
-        return response
+            stages.add(SERVICER_OTHER, t)
+        return decision
 
     def Track(self, request: _pb.TrackRequest, context: grpc.ServicerContext) -> _pb.TrackResponse:
         response = self._track(request, context)

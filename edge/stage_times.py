@@ -9,9 +9,12 @@ polling thread, the hand-off of each call to a handler thread, HTTP/2), the GIL'
 interpreter's other threads.
 
 Stages (`STAGES`): `interceptor` (`_CallMeter`: its part on the polling thread and around the handler),
-`decode` (the request's bytes parsed), `convert_in` (protobuf -> core request, with its checks),
+`decode` (gRPC's deserializer: for Decide only the hand-over of the bytes), `convert_in` (the request's
+bytes -> core request, with its checks: edge/_wire.pyx, or the message path),
 `pipeline` (the read transaction and the decision), `exposures` (the records built and queued),
-`response` (decision id and the response message), `serialize` (the response's bytes),
+`response` (the response's bytes, written from the decision: edge/_wire.pyx; or, with an explanation,
+the response message and its serialization), `serialize` (gRPC's serializer: nothing for Decide, whose
+bytes `response` wrote),
 `servicer_other` (the rest of the servicer's Decide: in-flight count, decision metrics), `commit` (the
 committer thread: exposure and Track commits).
 

@@ -121,4 +121,6 @@ def test_a_decide_charges_every_stage_and_answers_the_same(
     totals = stages.totals()
     assert totals["calls"] == len(requests)
     charged = {s for s in STAGES if totals[s] > 0}
-    assert charged >= set(STAGES) - {"servicer_other"}  # that one may round to nothing
+    # servicer_other may round to nothing; Decide's bytes are written by the servicer (response), so gRPC
+    # serializes nothing
+    assert charged >= set(STAGES) - {"servicer_other", "serialize"}
