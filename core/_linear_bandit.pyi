@@ -3,14 +3,27 @@
 
 import numpy as np
 from numpy.typing import NDArray
+from typing_extensions import disjoint_base
 
-def linear_choose(
-    theta: NDArray[np.float64],
-    a_inv: NDArray[np.float64],
-    x: NDArray[np.float64],
-    ucb: float,
-    temperature: float,
-    floor: float,
-    u: float,
-    probs: NDArray[np.float64],
-) -> int: ...
+@disjoint_base
+class LinearChooser:
+    @property
+    def ucb(self) -> float: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def floor(self) -> float: ...
+    @property
+    def arms(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    def __init__(
+        self,
+        theta: NDArray[np.float64],
+        a_inv: NDArray[np.float64],
+        ucb: float,
+        temperature: float,
+        floor: float,
+    ) -> None: ...
+    def choose(self, x: list[float], u: float) -> tuple[int, float]: ...
+    def probabilities_into(self, x: list[float], out: NDArray[np.float64]) -> None: ...

@@ -15,8 +15,9 @@ Thompson sampling (whose exact propensity is a K-dimensional Gaussian orthant in
 and whose Monte-Carlo estimate gives a biased 1/p), and how the parameters behave.
 
 theta_k and A_k^-1 are computed once per policy (per rules version); the per-request cost is one
-feature vector, one uniform draw and the kernel `_linear_bandit.linear_choose` (`nogil`, typed
-memoryviews; `choose_reference` is its NumPy reference): 2 K d^2 multiply-adds at most.
+feature vector, one uniform draw and the kernel `_linear_bandit.LinearChooser.choose` (`nogil`, typed
+memoryviews; `choose_reference` is its NumPy reference): K (nnz^2 + nnz) multiply-adds for a vector
+with nnz non-zero entries.
 
 The rules-document shape compiled by `compile_linear_bandit` (`edgewise.core.bandits.compile_bandit`
 hands it every bandit document with a `context` key):
@@ -43,7 +44,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.core._linear_bandit import linear_choose
+from edgewise.core._linear_bandit import LinearChooser
 from edgewise.core.bandits import BanditError
 from edgewise.core.features import MISSING, FeatureSource
 
@@ -133,7 +134,7 @@ def choose_reference(
     floor: float,
     u: float,
 ) -> tuple[int, NDArray[np.float64]]:
-    """The NumPy reference of `linear_choose`: (chosen index, choice probabilities)."""
+    """The NumPy reference of `LinearChooser.choose`: (chosen index, choice probabilities)."""
     mean = theta @ x
     quad = np.maximum(np.einsum("i,kij,j->k", x, a_inv, x), 0.0)
     z = (mean + ucb * np.sqrt(quad)) / temperature
@@ -194,14 +195,21 @@ class LinearBanditPolicy:
             a_inv[i] = inv_chol.T @ inv_chol
         self.a_inv: Final[NDArray[np.float64]] = np.ascontiguousarray(a_inv)
         self.theta: Final[NDArray[np.float64]] = np.ascontiguousarray(np.einsum("kij,kj->ki", a_inv, b))
-        self._columns = [
-            (feature, offset)
-            for feature, offset in zip(
-                self.features,
-                np.cumsum([1] + [f.width for f in self.features])[:-1].tolist(),
-                strict=True,
-            )
-        ]
+        self._chooser = LinearChooser(
+            self.theta, self.a_inv, self.ucb, self.temperature, self.exploration_floor
+        )
+        # What `vector` does per feature, precomputed: (kind, path, column or {value: column}, scale, hours).
+        self._plan: list[tuple[str, tuple[str, ...], Any, float, tuple[tuple[int, int], ...]]] = []
+        offset = 1
+        for f in self.features:
+            if f.kind == "values":
+                target: Any = {value: offset + j for j, value in enumerate(f.values)}
+            elif f.kind == "segment":
+                target = (f.segment, offset)
+            else:
+                target = offset
+            self._plan.append((f.kind, f.path, target, f.scale, f.hours))
+            offset += f.width
 
     @property
     def segments(self) -> frozenset[str]:
@@ -214,56 +222,41 @@ class LinearBanditPolicy:
     def feature_names(self) -> list[str]:
         return ["intercept"] + [name for f in self.features for name in f.names()]
 
-    def vector(self, source: FeatureSource, memo: _Memo, local: datetime | None) -> NDArray[np.float64]:
-        """The request's feature vector x (length `dim`, x[0] = 1)."""
-        x = np.zeros(self.dim, dtype=np.float64)
+    def vector(self, source: FeatureSource, memo: _Memo, local: datetime | None) -> list[float]:
+        """The request's feature vector x (length `dim`, x[0] = 1), as the exposure record logs it."""
+        x = [0.0] * self.dim
         x[0] = 1.0
-        for feature, offset in self._columns:
-            kind = feature.kind
+        for kind, path, target, scale, hours in self._plan:
             if kind == "values":
-                value = source.get(feature.path)
+                value = source.get(path)
                 if value is not MISSING and value is not None:
-                    text = value if isinstance(value, str) else str(value)
-                    for j, wanted in enumerate(feature.values):
-                        if text == wanted:
-                            x[offset + j] = 1.0
-                            break
-            elif kind == "number":
-                value = source.get(feature.path)
-                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                    x[offset] = min(max(value / feature.scale, -NUMBER_LIMIT), NUMBER_LIMIT)
+                    column = target.get(value if isinstance(value, str) else str(value))
+                    if column is not None:
+                        x[column] = 1.0
             elif kind == "segment":
-                if memo.matches(feature.segment):
-                    x[offset] = 1.0
+                if memo.matches(target[0]):
+                    x[target[1]] = 1.0
+            elif kind == "number":
+                value = source.get(path)
+                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                    x[target] = min(max(value / scale, -NUMBER_LIMIT), NUMBER_LIMIT)
             elif local is not None:
                 hour = local.hour
-                for j, (start, end) in enumerate(feature.hours):
+                for j, (start, end) in enumerate(hours):
                     if start <= hour < end:
-                        x[offset + j] = 1.0
+                        x[target + j] = 1.0
         return x
 
-    def probabilities(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+    def probabilities(self, x: Sequence[float]) -> NDArray[np.float64]:
         """P(this policy serves arm k | x), per arm."""
         probs = np.empty(len(self.arms_), dtype=np.float64)
-        linear_choose(
-            self.theta, self.a_inv, x, self.ucb, self.temperature, self.exploration_floor, 0.0, probs
-        )
+        self._chooser.probabilities_into(list(x), probs)
         return probs
 
-    def choose(self, rng: np.random.Generator, x: NDArray[np.float64]) -> tuple[LinearArm, float]:
+    def choose(self, rng: np.random.Generator, x: list[float]) -> tuple[LinearArm, float]:
         """Choose an arm for feature vector x; return it and its exact propensity."""
-        probs = np.empty(len(self.arms_), dtype=np.float64)
-        index = linear_choose(
-            self.theta,
-            self.a_inv,
-            x,
-            self.ucb,
-            self.temperature,
-            self.exploration_floor,
-            rng.random(),
-            probs,
-        )
-        return self.arms_[index], float(probs[index])
+        index, propensity = self._chooser.choose(x, rng.random())
+        return self.arms_[index], propensity
 
 
 # --- compiling the rules-document form -------------------------------------------------------------

@@ -416,7 +416,7 @@ def _linear_arm(
     out.content_id = state.rules.bandit_contents[(bandit_id, arm.id)]
     out.experiment_id, out.variant_id, out.propensity = bandit_id, arm.id, propensity
     out.strategy = "bandit"
-    out.context_vector = tuple(x.tolist())
+    out.context_vector = tuple(x)
     if why is not None:
         why.experiment_id, why.variant_id = bandit_id, arm.id
         on = [name for name, v in zip(policy.feature_names(), out.context_vector, strict=True) if v][1:]

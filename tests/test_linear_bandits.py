@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from linear_support import add_contextual_bandit, contextual_bandit_doc
 
-from edgewise.core._linear_bandit import linear_choose
+from edgewise.core._linear_bandit import LinearChooser
 from edgewise.core.bandit_learning import BanditStats, update_rules_doc
 from edgewise.core.bandits import BanditError
 from edgewise.core.decisions import Context, DecideRequest, DecideResponse, PlacementRequest
@@ -61,10 +61,13 @@ def test_kernel_matches_the_numpy_reference(
     x[0] = 1.0
     a_inv = np.ascontiguousarray(np.linalg.inv(a))
     theta = np.ascontiguousarray(np.einsum("kij,kj->ki", a_inv, b))
+    chooser = LinearChooser(theta, a_inv, ucb, temperature, floor)
     probs = np.empty(k)
-    index = linear_choose(theta, a_inv, x, ucb, temperature, floor, u, probs)
+    chooser.probabilities_into(x.tolist(), probs)
+    index, propensity = chooser.choose(x.tolist(), u)
     ref_index, ref_probs = choose_reference(theta, a_inv, x, ucb, temperature, floor, u)
     np.testing.assert_allclose(probs, ref_probs, rtol=1e-9, atol=1e-12)
+    assert propensity == probs[index]
     assert abs(probs.sum() - 1.0) < 1e-12
     assert np.all(probs >= floor / k - 1e-15)
     # The same arm, unless u falls within rounding of a boundary of the cumulative distribution.
@@ -72,15 +75,22 @@ def test_kernel_matches_the_numpy_reference(
         assert min(abs(np.cumsum(ref_probs) - u)) < 1e-9
 
 
-def test_kernel_refuses_mismatched_shapes() -> None:
+def test_kernel_refuses_bad_input() -> None:
     theta = np.zeros((3, 4))
     a_inv = np.zeros((3, 4, 4))
+    chooser = LinearChooser(theta, a_inv, 1.0, 1.0, 0.0)
     with pytest.raises(ValueError):
-        linear_choose(theta, a_inv, np.zeros(5), 1.0, 1.0, 0.0, 0.5, np.zeros(3))
+        chooser.choose([0.0] * 5, 0.5)
     with pytest.raises(ValueError):
-        linear_choose(theta, a_inv, np.zeros(4), 1.0, 0.0, 0.0, 0.5, np.zeros(3))
+        chooser.probabilities_into([0.0] * 4, np.zeros(2))
     with pytest.raises(ValueError):
-        linear_choose(theta, np.zeros((3, 4, 3)), np.zeros(4), 1.0, 1.0, 0.0, 0.5, np.zeros(3))
+        LinearChooser(theta, a_inv, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        LinearChooser(theta, a_inv, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError):
+        LinearChooser(theta, np.zeros((3, 4, 3)), 1.0, 1.0, 0.0)
+    with pytest.raises(ValueError):
+        LinearChooser(np.zeros((65, 4)), np.zeros((65, 4, 4)), 1.0, 1.0, 0.0)
 
 
 def test_choice_frequencies_match_the_logged_propensities() -> None:
@@ -96,7 +106,7 @@ def test_choice_frequencies_match_the_logged_propensities() -> None:
         },
         "bandits.t",
     )
-    x = np.array([1.0, 0, 1, 0, 0, 0])
+    x = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
     expected = policy.probabilities(x)
     n = 100_000
     counts: Counter[str] = Counter()
