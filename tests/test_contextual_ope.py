@@ -104,3 +104,14 @@ def test_contextual_policy_on_the_open_bandit_dataset(
     out = json.loads(capsys.readouterr().out)
     assert out["policy"] == "contextual" and "4 features" in out["policy_note"]
     assert main([*args, "--train-fraction", "1.5"]) == 2
+
+
+@needs_obd
+def test_the_open_bandit_comparison_bench_runs() -> None:
+    from edgewise.bench.contextual_obd import run
+
+    result = run(OPEN_BANDIT, seeds=1, publish_every=10, bootstrap=0)
+    assert set(result["replay"]) == {"contextual", "bernoulli-ts pooled"}
+    assert result["replay"]["contextual"]["matched_mean"] > 100  # about 1/34 of 10,000 rows
+    for estimates in result["ope_second_half"]["estimates"].values():
+        assert [e["estimator"] for e in estimates] == ["IPS", "SNIPS", "DR"]
