@@ -305,3 +305,14 @@ def test_forwarded_vector_checks() -> None:
     )
     assert record_problem({**base, "cx": [0.0] * 65}, NOW) is not None
     assert record_problem({**base, "cx": "x"}, NOW) is not None
+
+
+def test_explanation_names_the_features_the_choice_used(ctx_engine: tuple[Store, Pipeline]) -> None:
+    out = _decide(
+        ctx_engine,
+        _request(consent=frozenset({"personalization"}), context=Context(device="desktop"), explain=True),
+    )
+    assert out.explanation is not None
+    [placement] = out.explanation.placements
+    assert placement.experiment_id == "ctx_bandit"
+    assert any("linear model on context.device=desktop" in note for note in placement.notes), placement.notes
