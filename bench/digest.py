@@ -41,16 +41,26 @@ from edgewise.sync.snapshot import apply_bundle
 
 __all__ = ["canonical", "main"]
 
+# Fields added after the digest was first taken, left out while empty (as they are in every decision
+# that does not use them), so the same decisions keep the same digest: a placement's contextual
+# bandit feature vector.
+_OMITTED_WHEN_EMPTY = frozenset({"context_vector"})
+
 
 def canonical(value: Any) -> Any:
-    """Plain JSON-able data of a decision (dataclasses by field name, enums by value, sets sorted). A
+    """Plain JSON-able data of a decision (dataclasses by field name, without the empty fields of
+    `_OMITTED_WHEN_EMPTY`; enums by value, sets sorted). A
     DecideResponse's `decision_id` is left out: the edge assigns it per call, the pipeline leaves it
     empty, so it is not part of what was decided."""
     if isinstance(value, DecideResponse):
         fields = [f.name for f in dataclasses.fields(value) if f.name != "decision_id"]
         return {name: canonical(getattr(value, name)) for name in fields}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: canonical(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.name in _OMITTED_WHEN_EMPTY and not getattr(value, f.name))
+        }
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):

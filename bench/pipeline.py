@@ -1095,6 +1095,144 @@ def growthbook_targeting_lines(t: dict[str, Any]) -> list[str]:
 # --- run ------------------------------------------------------------------------------------------------
 
 
+def measure_contextual_bandit(decisions: int, rounds: int, seed: int) -> dict[str, Any]:
+    """The contextual bandit's choice cost per decision: 8 arms, 32 feature columns (d, the intercept
+    included), per-arm models learned from 2,000 random vectors each (dense A^-1).
+
+    Timed per decision with `perf_counter_ns`, in interleaved rounds: `vector` (the request's feature
+    vector from a real `FeatureView` and `SegmentMemo`: 4 context fields, 2 profile attributes, 2
+    segments, the local hour), `choose` (one uniform draw + the `nogil` kernel `linear_choose`: the
+    choice and its exact propensity), both together (the whole cost a decision pays), and the NumPy
+    reference of the kernel (`choose_reference`) for comparison."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from edgewise.core.linear_bandits import choose_reference, compile_linear_bandit
+    from edgewise.core.segments import compile_segments
+
+    rng = np.random.default_rng(seed)
+    countries = ["DE", "FR", "GB", "US", "IT", "ES", "NL", "PL"]
+    features: list[dict[str, Any]] = [
+        {"path": "context.device", "values": ["mobile", "desktop", "tablet", "tv"]},
+        {"path": "context.channel", "values": ["web", "app", "email"]},
+        {"path": "context.country", "values": countries},
+        {"path": "context.page_type", "values": ["home", "pdp", "cart", "search"]},
+        {"path": "profile.age_band", "values": ["18-24", "25-34", "35-44", "45-54", "55+"]},
+        {"path": "profile.ltv", "scale": 500},
+        {"segment": "big_spender"},
+        {"segment": "mobile_web"},
+        {"hours": [[0, 6], [6, 12], [12, 18], [18, 24]]},
+    ]
+    segments = compile_segments(
+        {
+            "big_spender": {"condition": {"profile.ltv": {"$gt": 800}}},
+            "mobile_web": {"condition": {"context.device": "mobile", "context.channel": "web"}},
+        }
+    )
+    dim, arms = 32, 8
+    arm_docs = []
+    for k in range(arms):
+        xs = (rng.random((2000, dim)) < 0.25).astype(np.float64)
+        xs[:, 0] = 1.0
+        rewards = rng.random(2000) < 0.03 + 0.02 * xs[:, (k % (dim - 1)) + 1]
+        arm_docs.append(
+            {"id": f"arm{k}", "A": (np.eye(dim) + xs.T @ xs).tolist(), "b": (xs.T @ rewards).tolist()}
+        )
+    policy = compile_linear_bandit(
+        {"context": features, "arms": arm_docs, "exploration_floor": 0.05},
+        "bandits.bench",
+        segments,
+    )
+    assert policy.dim == dim, policy.dim
+    state = cast(
+        VersionState, SimpleNamespace(field_purposes={"age_band": PERSONALIZATION, "ltv": PERSONALIZATION})
+    )
+    granted = frozenset({PERSONALIZATION})
+    inputs = []
+    for i in range(decisions):
+        context = Context(
+            device=str(rng.choice(["mobile", "desktop", "tablet", "tv"])),
+            channel=str(rng.choice(["web", "app", "email"])),
+            country=str(rng.choice(countries)),
+            page_type=str(rng.choice(["home", "pdp", "cart", "search"])),
+        )
+        profile = ProfileRecord(
+            f"u{i}",
+            1,
+            {
+                "age_band": str(rng.choice(["18-24", "25-34", "35-44", "45-54", "55+"])),
+                "ltv": float(rng.gamma(2, 300)),
+            },
+            {PERSONALIZATION: 0},
+            None,
+        )
+        local = datetime(2026, 1, 1, int(rng.integers(24)), tzinfo=UTC)
+        inputs.append((FeatureView(state, context, 0, f"u{i}", profile, None, granted), local))
+    draws = np.random.default_rng(seed + 1)
+    samples: dict[str, list[int]] = {"vector": [], "choose": [], "vector_and_choose": [], "numpy_choose": []}
+    clock = time.perf_counter_ns
+    vectors = [policy.vector(fv, segments.memo(fv), local) for fv, local in inputs]
+    for _ in range(rounds):
+        for (fv, local), x in zip(inputs, vectors, strict=True):
+            memo = segments.memo(fv)
+            t0 = clock()
+            policy.vector(fv, memo, local)
+            t1 = clock()
+            policy.choose(draws, x)
+            t2 = clock()
+            memo = segments.memo(fv)
+            t3 = clock()
+            policy.choose(draws, policy.vector(fv, memo, local))
+            t4 = clock()
+            choose_reference(
+                policy.theta,
+                policy.a_inv,
+                np.array(x),
+                policy.ucb,
+                policy.temperature,
+                policy.exploration_floor,
+                draws.random(),
+            )
+            t5 = clock()
+            samples["vector"].append(t1 - t0)
+            samples["choose"].append(t2 - t1)
+            samples["vector_and_choose"].append(t4 - t3)
+            samples["numpy_choose"].append(t5 - t4)
+    stats = {key: _percentiles(values) for key, values in samples.items()}
+    return {
+        "arms": arms,
+        "features": dim,
+        "decisions": decisions * rounds,
+        **stats,
+        "target_us": CONTEXTUAL_TARGET_US,
+        "met": stats["vector_and_choose"]["median_us"] <= CONTEXTUAL_TARGET_US,
+    }
+
+
+def _format_contextual(cb: dict[str, Any]) -> list[str]:
+    lines = [
+        f"contextual bandit choice ({cb['arms']} arms, {cb['features']} features, "
+        f"{cb['decisions']} decisions; us per decision)",
+        f"{'':<40} {'median':>8} {'p99':>8} {'mean':>8}",
+    ]
+    for key, label in (
+        ("vector", "feature vector (FeatureView + memo)"),
+        ("choose", "choose: draw + nogil kernel"),
+        ("vector_and_choose", "vector + choose (what a decision pays)"),
+        ("numpy_choose", "choose: NumPy reference, for comparison"),
+    ):
+        t = cb[key]
+        lines.append(f"{label:<40} {t['median_us']:>8.2f} {t['p99_us']:>8.2f} {t['mean_us']:>8.2f}")
+    lines.append(
+        f"target <= {cb['target_us']:.0f} us per decision (median of vector + choose; the p99 and mean carry "
+        "this machine's interference): " + ("MET" if cb["met"] else "NOT MET")
+    )
+    return lines
+
+
+CONTEXTUAL_TARGET_US: Final = 10.0
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1246,6 +1384,9 @@ def run(config: Config) -> dict[str, Any]:
         },
         "growthbook": growthbook,
         **catalog,
+        "contextual_bandit": measure_contextual_bandit(
+            1000 if config.quick else 5000, 2 if config.quick else 5, config.seed
+        ),
         "seconds": {"measure": round(measure_s, 2), "total": round(time.perf_counter() - t_run, 2)},
     }
 
@@ -1375,6 +1516,7 @@ def _format(result: dict[str, Any]) -> str:
     lines += large_catalog.format_lines(result.get("memory"), result.get("scan_ab"))
     lines.append("")
     lines += _format_growthbook(result["growthbook"])
+    lines += [*_format_contextual(result["contextual_bandit"]), ""]
     lines.append(f"time: measuring {result['seconds']['measure']} s, total {result['seconds']['total']} s")
     return "\n".join(lines)
 
@@ -1398,7 +1540,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only the GrowthBook comparison (skip the pipeline measurement)",
     )
+    parser.add_argument(
+        "--contextual-bandit",
+        action="store_true",
+        help="only the contextual bandit's choice cost (8 arms, 32 features): seconds, no bundle",
+    )
     args = parser.parse_args(argv)
+    if args.contextual_bandit:
+        cb = measure_contextual_bandit(1000 if args.quick else 5000, 2 if args.quick else 5, args.seed)
+        print(
+            json.dumps({"benchmark": "bench.pipeline", "contextual_bandit": cb}, indent=2)
+            if args.json
+            else "\n".join(_format_contextual(cb))
+        )
+        return 0
     requests = args.requests if args.requests is not None else (600 if args.quick else 20_000)
     config = Config(
         users=args.users,

@@ -177,6 +177,7 @@ def exposure_records(str decision_id, object request, object decision) -> list:
     cdef object context = request.context
     cdef object segments = decision.segments
     cdef object items
+    cdef object vector
     cdef list out = []
     shared.data = NULL
     shared.size = shared.cap = 0
@@ -208,7 +209,7 @@ def exposure_records(str decision_id, object request, object decision) -> list:
         did = PyUnicode_AsUTF8AndSize(decision_id, &n)
         for p in decision.placements:
             rec.size = 0
-            _raw(&rec, b"\xde\x00\x15", 3)  # map16 of 21 entries: these 11, then the 10 shared
+            _raw(&rec, b"\xde\x00\x16", 3)  # map16 of 22 entries: these 12, then the 10 shared
             placement_id = p.placement_id
             if not PyUnicode_Check(placement_id):
                 raise TypeError("placement_id is not a str")
@@ -241,6 +242,11 @@ def exposure_records(str decision_id, object request, object decision) -> list:
             _str(&rec, p.content_id)
             _key(&rec, b"\xa2bs")
             _str(&rec, p.bandit_segment)
+            _key(&rec, b"\xa2cx")
+            vector = p.context_vector
+            _array_header(&rec, len(vector))
+            for x in vector:
+                _float(&rec, x)
             _raw(&rec, shared.data, shared.size)
             out.append(PyBytes_FromStringAndSize(rec.data, rec.size))
         return out

@@ -181,8 +181,8 @@ class BanditStats:
         """Count a decoded exposure record (`edgewise.core.exposure`, as the control plane stores it) if
         it served a bandit: strategy `st` "bandit" (when present), bandit `x`, arm `v`, id `id`, under
         the posteriors of segment `bs` (absent or "": the global posteriors)."""
-        if record.get("st", "bandit") != "bandit":
-            return False
+        if record.get("st", "bandit") != "bandit" or record.get("cx"):
+            return False  # not a bandit, or a contextual one (`core/linear_bandit_learning`)
         rid, bandit_id, arm_id = record.get("id"), record.get("x"), record.get("v")
         if not (isinstance(rid, str) and isinstance(bandit_id, str) and isinstance(arm_id, str)):
             return False
@@ -356,8 +356,10 @@ def update_rules_doc(
     if not isinstance(section, dict):
         raise BanditError("bandits", "must be an object")
     for bid in list(section):
-        if bandits is not None and bid not in bandits:
-            continue
+        if (bandits is not None and bid not in bandits) or (
+            isinstance(section[bid], dict) and "context" in section[bid]
+        ):
+            continue  # not asked for, or a contextual bandit (`core/linear_bandit_learning`)
         section[bid] = update_bandit_doc(
             section[bid], counts, bandit_id=bid, prior=prior, decay=decay, max_shape=max_shape
         )

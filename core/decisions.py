@@ -139,6 +139,7 @@ class PlacementDecision:
     fallback: FallbackReason = FallbackReason.NONE
     campaign: str = ""  # the campaign that served, "" for the placement default
     bandit_segment: str = ""  # the segment whose bandit posteriors served, "" for the global ones
+    context_vector: tuple[float, ...] = ()  # a contextual bandit's feature vector x (its exposures learn)
 
 
 @dataclass(slots=True)

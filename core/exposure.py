@@ -6,7 +6,8 @@ de-duplication key upstream): decision id `d`, user `u`, session `s`, placement 
 experiment or bandit `x`, variant or arm `v`, propensity `pr`, strategy `st`, fallback reason `f`,
 items shown `i`, content `ct`, channel `ch`, country `co`, device `dv`, snapshot version `sv`, matched
 segments `sg` (those the decision evaluated), time `ts` (Unix ms), and the segment whose bandit
-posteriors served `bs` ("" for the global posteriors and for placements that served no bandit).
+posteriors served `bs` ("" for the global posteriors and for placements that served no bandit), and the
+feature vector a contextual bandit chose with `cx` (a list of floats; empty for every other placement).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ANALYTICS: Final = "analytics"
 EXPOSURE_KIND: Final = "exposure"
 
 
-_MAP_OF_21: Final = b"\xde\x00\x15"  # msgpack map16 header: the 21 entries of an exposure record
+_MAP_OF_22: Final = b"\xde\x00\x16"  # msgpack map16 header: the 22 entries of an exposure record
 
 
 def exposure_records(decision_id: str, request: DecideRequest, decision: DecideResponse) -> list[bytes]:
@@ -47,9 +48,9 @@ def exposure_records(decision_id: str, request: DecideRequest, decision: DecideR
 def _exposure_records_py(decision_id: str, request: DecideRequest, decision: DecideResponse) -> list[bytes]:
     """The reference `core._exposure.exposure_records` is tested against (and the fallback).
 
-    The ten entries every placement shares are packed once per decision and the eleven of each placement
+    The ten entries every placement shares are packed once per decision and the twelve of each placement
     once each, both as msgpack maps of at most 15 entries (a one-byte header); a record is the header of
-    a 21-entry map, then the two maps' entries. (Decoded, the same map as packing one dict.)"""
+    a 22-entry map, then the two maps' entries. (Decoded, the same map as packing one dict.)"""
     if ANALYTICS not in request.consent:
         return []
     context = request.context
@@ -68,7 +69,7 @@ def _exposure_records_py(decision_id: str, request: DecideRequest, decision: Dec
             "ts": request.now_ms,
         }
     )[1:]
-    head = _MAP_OF_21
+    head = _MAP_OF_22
     return [
         head
         + pack(
@@ -84,6 +85,7 @@ def _exposure_records_py(decision_id: str, request: DecideRequest, decision: Dec
                 "i": [item.id for item in p.items],
                 "ct": p.content_id,
                 "bs": p.bandit_segment,
+                "cx": p.context_vector,
             }
         )[1:]
         + shared

@@ -193,6 +193,19 @@ def _propensity(value: object) -> str | None:
     return problem
 
 
+def _vector(value: object) -> str | None:
+    """A contextual bandit's feature vector (`cx`): at most 64 finite numbers."""
+    if not isinstance(value, list):
+        return f"must be a list of numbers, got {value!r:.80}"
+    if len(value) > _MAX_VECTOR:
+        return f"has {len(value)} entries, more than the cap of {_MAX_VECTOR}"
+    for n, entry in enumerate(value):
+        problem = _finite(entry)
+        if problem is not None:
+            return f"[{n}] {problem}"
+    return None
+
+
 def _flag(value: object) -> str | None:
     return None if isinstance(value, bool) else f"must be true or false, got {value!r:.80}"
 
@@ -209,6 +222,7 @@ def _version(value: object) -> str | None:
     return None
 
 
+_MAX_VECTOR: Final = 64  # edgewise.core.linear_bandits.MAX_FEATURES
 _ID: Final = _string(MAX_ID_CHARS)
 _EVENT_STRINGS: Final[Mapping[str, int]] = {"t": 64, "i": MAX_ID_CHARS, "d": MAX_ID_CHARS, "p": MAX_ID_CHARS}
 _EVENT_CHECKS: Final[Mapping[str, Callable[[object], str | None]]] = {"v": _finite, "pz": _flag, "an": _flag}
@@ -222,4 +236,5 @@ _EXPOSURE_CHECKS: Final[Mapping[str, Callable[[object], str | None]]] = {
     "i": _strings,
     "sv": _version,
     "sg": _strings,
+    "cx": _vector,
 }

@@ -35,6 +35,7 @@ from edgewise.core.experiments import assign, in_holdout
 from edgewise.core.feature_view import FeatureView
 from edgewise.core.features import MISSING
 from edgewise.core.item_ranking import Scratch, Shopper, rank_items
+from edgewise.core.linear_bandits import LinearBanditPolicy
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.rules import Campaign, Placement
 from edgewise.core.segments import SegmentMemo
@@ -255,6 +256,10 @@ class Pipeline:
                 )
             if campaign.bandit_id:
                 policy = state.rules.bandits[campaign.bandit_id]
+                if isinstance(policy, LinearBanditPolicy):
+                    return _linear_arm(
+                        state, campaign.bandit_id, policy, memo, local, self._scratch, out, why
+                    )
                 segment = next((s for s in sorted(policy.segments) if memo.matches(s)), None)
                 arm, propensity = policy.choose(self._scratch.rng, segment)
                 out.content_id = state.rules.bandit_contents[(campaign.bandit_id, arm.id)]
@@ -392,6 +397,31 @@ def _eligible(campaign: Campaign, request: DecideRequest, memo: SegmentMemo, loc
         if memo.matches(segment):
             return False
     return True
+
+
+def _linear_arm(
+    state: VersionState,
+    bandit_id: str,
+    policy: LinearBanditPolicy,
+    memo: SegmentMemo,
+    local: datetime | None,
+    scratch: Scratch,
+    out: PlacementDecision,
+    why: PlacementExplanation | None,
+) -> PlacementDecision:
+    """A contextual bandit's arm for this request (`core/linear_bandits`): its feature vector, the arm
+    and the exact propensity; the vector goes into the exposure record, for learning."""
+    x = policy.vector(memo.source, memo, local)
+    arm, propensity = policy.choose(scratch.rng, x)
+    out.content_id = state.rules.bandit_contents[(bandit_id, arm.id)]
+    out.experiment_id, out.variant_id, out.propensity = bandit_id, arm.id, propensity
+    out.strategy = "bandit"
+    out.context_vector = tuple(x)
+    if why is not None:
+        why.experiment_id, why.variant_id = bandit_id, arm.id
+        on = [name for name, v in zip(policy.feature_names(), out.context_vector, strict=True) if v][1:]
+        why.notes.append(f"bandit {bandit_id}: linear model on {', '.join(on) or 'the intercept only'}")
+    return out
 
 
 def _local_time(request: DecideRequest) -> datetime | None:

@@ -24,6 +24,7 @@ from edgewise.core.experiments import (
 )
 from edgewise.core.json_limits import find_problem, join_path
 from edgewise.core.saved_groups import MemberIndex, compile_saved_groups
+from edgewise.core.linear_bandits import LinearBanditPolicy, compile_linear_bandit, is_contextual
 from edgewise.core.segments import SegmentSet, compile_segments
 from edgewise.core.strategies import ItemServe, StrategyError, compile_item_serve
 
@@ -109,7 +110,7 @@ class Ruleset:
     placements: Mapping[str, Placement]
     experiments: Mapping[str, Experiment]
     variant_items: Mapping[tuple[str, str], ItemServe]  # (experiment, variant) -> item strategy
-    bandits: Mapping[str, BanditPolicy]
+    bandits: Mapping[str, BanditPolicy | LinearBanditPolicy]
     bandit_contents: Mapping[tuple[str, str], str]  # (bandit, arm) -> content id
     contents: Mapping[str, Mapping[str, Any]]
     segments: SegmentSet
@@ -262,7 +263,7 @@ class _Context:
     contents: Mapping[str, Any]
     segments: SegmentSet
     experiments: Mapping[str, Experiment]
-    bandits: Mapping[str, BanditPolicy]
+    bandits: Mapping[str, BanditPolicy | LinearBanditPolicy]
     variant_items: dict[tuple[str, str], ItemServe]
 
     def require_content(self, content_id: Any, path: str) -> None:
@@ -357,11 +358,14 @@ def compile_rules(doc: Any, stored_groups: Mapping[str, MemberIndex] | None = No
         holdout = compile_holdout(root.get("holdout"))
     except ExperimentError as exc:
         raise RuleError(exc.path, exc.reason) from None
-    bandits: dict[str, BanditPolicy] = {}
+    bandits: dict[str, BanditPolicy | LinearBanditPolicy] = {}
     bandit_contents: dict[tuple[str, str], str] = {}
     for bid, body in _obj(root.get("bandits", {}), "bandits").items():
         try:
-            bandits[bid] = compile_bandit(body, f"bandits.{bid}")
+            if is_contextual(body):
+                bandits[bid] = compile_linear_bandit(body, f"bandits.{bid}", segments)
+            else:
+                bandits[bid] = compile_bandit(body, f"bandits.{bid}")
         except BanditError as exc:
             raise RuleError(exc.path, exc.reason) from None
         for i, arm in enumerate(_obj(body, f"bandits.{bid}").get("arms", [])):

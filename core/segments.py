@@ -96,6 +96,11 @@ class SegmentMemo:
         self._source = source
         self._results: dict[str, bool] = {}
 
+    @property
+    def source(self) -> FeatureSource:
+        """The feature view the segments are evaluated on."""
+        return self._source
+
     def matches(self, segment_id: str) -> bool:
         result = self._results.get(segment_id)
         if result is None:

@@ -5,8 +5,10 @@ bandit decisions (strategy "bandit") are counted as impressions of their arm, an
 to exposures (`core/attribution.Attributor`: decision id, else recency) and counted as rewards of the
 arm that was shown, each once (`core/bandit_learning.BanditStats`). When the `schedule` says so (every
 `every_rewards` rewards, `every_exposures` exposures, or `every_seconds` with anything new), it updates
-every bandit's Beta posteriors in the current rules document (`update_rules_doc`) and commits the new
-document as a delta, so every edge serves with the new posteriors and their propensities.
+every bandit's Beta posteriors in the current rules document (`update_rules_doc`), and every contextual
+bandit's per-arm ridge statistics A and b from the exposures' feature vectors `cx`
+(`core/linear_bandit_learning`), and commits the new document as a delta, so every edge serves with the
+new posteriors and their propensities.
 
 Nothing counted is lost or counted twice across a crash. The counts since the last publish live in
 memory, and the learner's cursor (the last record its published counts include) is kept in the control
@@ -38,6 +40,7 @@ from edgewise.core.bandit_learning import BanditStats, LearningSchedule, exposur
 from edgewise.core.experiment_report import outcome_from_record
 from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
 from edgewise.core.forwarded import UNREADABLE, latest_ms, record_problem
+from edgewise.core.linear_bandit_learning import LinearStats, update_linear_rules_doc
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
@@ -74,6 +77,7 @@ class BanditLearner:
         self.schedule = schedule
         self.batch = batch
         self.stats = BanditStats()
+        self.linear = LinearStats()  # contextual bandits: per-arm (A, b) sums from the exposures' vectors
         self.attributor = Attributor()
         self.last_publish: float | None = None
         self.publishes = 0  # commits of posteriors published since start (for metrics)
@@ -105,6 +109,7 @@ class BanditLearner:
             self._count(rows, replay=True)
             position = rows[-1][0]
         self.stats.take()  # these were published before: only the memory of them stays
+        self.linear.take()
         self._resumed = True
         if published:
             log.info("bandits_resumed", extra={"position": published, "replayed": published - start})
@@ -148,17 +153,20 @@ class BanditLearner:
                     self.skipped.skip(seq, problem)
                 continue
             if exposure:
-                self.stats.add_exposure_record(record)
+                if not self.stats.add_exposure_record(record):
+                    self.linear.add_exposure_record(record)
                 self.attributor.add_exposure(exposure_from_record(record))
             else:
                 attributed = self.attributor.add_outcome(outcome_from_record(record))
                 if attributed is not None and attributed.exposure is not None:
-                    self.stats.add_reward(exposure_id(attributed.exposure), attributed.outcome.type)
+                    eid = exposure_id(attributed.exposure)
+                    if not self.stats.add_reward(eid, attributed.outcome.type):
+                        self.linear.add_reward(eid, attributed.outcome.type)
 
     def publish_if_due(self, now: float) -> CommitInfo | None:
         reason = self.schedule.due(
-            new_rewards=self.stats.new_rewards,
-            new_exposures=self.stats.new_exposures,
+            new_rewards=self.stats.new_rewards + self.linear.new_rewards,
+            new_exposures=self.stats.new_exposures + self.linear.new_exposures,
             now=now,
             last_publish=self.last_publish,
         )
@@ -173,8 +181,9 @@ class BanditLearner:
                 raw = view.get("rules", "rules")
             if raw is None:
                 return None
-            counts, position = self.stats.take(), self._position
+            counts, linear, position = self.stats.take(), self.linear.take(), self._position
             rules = update_rules_doc(msgpack.unpackb(raw, raw=False), counts)
+            rules = update_linear_rules_doc(rules, linear)
             value = msgpack.packb(rules, use_bin_type=True)
             # The cursor moves with the posteriors: after a crash, counting starts again exactly here.
             info = self.store.commit_at(

@@ -201,5 +201,6 @@ def test_exposure_records_decode_to_one_map_of_every_field() -> None:
         "sg": ["s"],
         "ts": 5,
         "bs": "",
+        "cx": [],
     }
-    assert len(hero) == 21 and hero["i"] == [] and hero["id"] == f"{decision_id}:hero"
+    assert len(hero) == 22 and hero["i"] == [] and hero["id"] == f"{decision_id}:hero"

@@ -24,6 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgewise.core import ope
+from edgewise.core.linear_bandits import compile_linear_bandit
+from edgewise.offline import contextual_ope
 
 __all__ = [
     "OPE_DOC",
@@ -62,6 +64,12 @@ Policies (pi_e):
   bernoulli-ts-empirical  the share of each item per position in the --truth log itself (what the
                           deployed policy actually showed, over the whole logging period); a check of
                           how much the prior-based distribution matters.
+  contextual              the edge's contextual bandit (edgewise.core.linear_bandits) with the document
+                          of --bandit-doc (default: one-hot user_feature_0..3 and the position), its
+                          arms' models learned on the first --train-fraction of --log (time order) by
+                          the control plane's code; evaluated on the rest of --log, with its exact
+                          choice probabilities per row. There is no log of this policy: the truth
+                          column is then the --truth policy's CTR, a reference, not this policy's value.
 
 Log format: a CSV with a header holding at least item_id, position (1-based), click (0/1) and
 propensity_score (in (0, 1]); other columns are ignored.
@@ -70,7 +78,7 @@ example:
   edgewise eval ope --log ../shared/data/open-bandit/random/men/men.csv --policy bernoulli-ts \\
       --truth ../shared/data/open-bandit/bts/men/men.csv"""
 
-POLICIES: Final = ("bernoulli-ts", "bernoulli-ts-empirical")
+POLICIES: Final = ("bernoulli-ts", "bernoulli-ts-empirical", "contextual")
 LEN_LIST: Final = 3  # OBD recommends 3 items per impression (positions 1..3)
 REQUIRED_COLUMNS: Final = ("item_id", "position", "click", "propensity_score")
 
@@ -334,6 +342,8 @@ def evaluate_ope(
     folds: int = 2,
     smoothing: float = 100.0,
     progress: Progress | None = None,
+    bandit_doc: dict[str, Any] | None = None,
+    train_fraction: float = 0.5,
 ) -> OpeReport:
     """Load both logs, build the policy's action distribution, run the three estimators (see OPE_DOC)."""
     if policy not in POLICIES:
@@ -364,6 +374,37 @@ def evaluate_ope(
             f"is_zozotown_prior=True), P(item at position) from {n_sim:,} Monte-Carlo draws (seed {seed})"
         )
         settings["n_sim"] = n_sim
+    elif policy == "contextual":
+        n_actions = int(max(log.actions.max(), truth_log.actions.max())) + 1
+        rows = contextual_ope.read_rows(log_path)
+        cut = int(len(log) * train_fraction)
+        if not 0 <= cut < len(log):
+            raise ValueError(f"--train-fraction {train_fraction} leaves no rows to evaluate on")
+        doc = (
+            bandit_doc
+            if bandit_doc is not None
+            else contextual_ope.default_doc(rows[:cut] or rows, n_actions)
+        )
+        if cut:
+            say(f"learning the contextual bandit's arm models on the first {cut:,} rows")
+            doc = contextual_ope.learn(doc, rows[:cut], log.actions[:cut], log.rewards[:cut])
+        linear = compile_linear_bandit(doc, "bandits.obd")
+        log = ObdLog(
+            log.path,
+            log.actions[cut:],
+            log.positions[cut:],
+            log.rewards[cut:],
+            log.propensities[cut:],
+        )
+        full = contextual_ope.action_dist(linear, rows[cut:], log.positions, LEN_LIST)
+        dist = full.mean(axis=0)
+        note = (
+            f"contextual bandit (linear model per arm, softmax over LinUCB scores, floor "
+            f"{linear.exploration_floor}, temperature {linear.temperature}, ucb {linear.ucb}; {linear.dim} "
+            f"features), learned on the first {cut:,} rows of the log, evaluated on the other {len(log):,}; "
+            "the truth column is the --truth log's CTR (a reference: no log of this policy exists)"
+        )
+        settings["train_fraction"] = train_fraction
     else:
         n_actions = int(max(log.actions.max(), truth_log.actions.max())) + 1
         dist = ope.empirical_action_dist(truth_log.actions, truth_log.positions, n_actions, LEN_LIST)
@@ -378,8 +419,8 @@ def evaluate_ope(
     shares = ope.empirical_action_dist(truth_log.actions, truth_log.positions, n_actions, LEN_LIST)
     tv = tuple(float(x) for x in 0.5 * np.abs(dist - shares).sum(axis=0))
     n = len(log)
-    # One distribution for every round: a broadcast view, no (n, A, P) copy.
-    action_dist = np.broadcast_to(dist, (n, n_actions, LEN_LIST))
+    # One distribution for every round: a broadcast view, no (n, A, P) copy (contextual: one per row).
+    action_dist = full if policy == "contextual" else np.broadcast_to(dist, (n, n_actions, LEN_LIST))
     weights = ope.importance_weights(log.actions, log.propensities, action_dist, log.positions)
     say(f"fitting the cross-fitted reward model ({folds} folds)")
     q_hat = ope.cross_fit_cell_model(  # per-fold tables: no (n, A, P) array
@@ -472,6 +513,18 @@ def add_ope_arguments(parser: argparse.ArgumentParser) -> None:
         default=100.0,
         help="pseudo-rows shrinking each (item, position) mean toward the position mean (default 100)",
     )
+    parser.add_argument(
+        "--bandit-doc",
+        type=Path,
+        help='contextual: a contextual bandit document (JSON, as in rules.json\'s bandits; arms "0"..'
+        '"A-1"); default: one-hot user_feature_0..3 and the position',
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="contextual: share of --log (time order) the arm models learn on (default 0.5)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -493,6 +546,9 @@ def run_ope(args: argparse.Namespace) -> int:
     if args.smoothing < 0:
         print("error: --smoothing must be >= 0", file=sys.stderr)
         return 2
+    if not 0 <= args.train_fraction < 1:
+        print("error: --train-fraction must be in [0, 1)", file=sys.stderr)
+        return 2
     started = time.monotonic()
     try:
         report = evaluate_ope(
@@ -506,6 +562,8 @@ def run_ope(args: argparse.Namespace) -> int:
             folds=args.folds,
             smoothing=args.smoothing,
             progress=_progress(started),
+            bandit_doc=json.loads(args.bandit_doc.read_text()) if args.bandit_doc else None,
+            train_fraction=args.train_fraction,
         )
     except (OpeError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
