@@ -48,7 +48,7 @@ from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
 from edgewise.sync.commit_cache import CommitCache, commit_proto
 from edgewise.sync.control_jobs import ControlJobs
-from edgewise.sync.control_store import ControlStore, ControlStoreError, RecordChange
+from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
@@ -266,42 +266,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
         try:
             kind, description, files = self._receive(request_iterator, staging, refuse)
-            with self._push_lock:
-                try:
-                    if kind == sync_pb2.PUSH_KIND_BUNDLE:
-                        bundle = load_bundle(staging)
-                        info = self.store.replace_all(
-                            _keep_fleet_activity(bundle_records(bundle), self._fleet_activity()),
-                            kind="push",
-                            description=description or f"bundle {bundle.version}",
-                        )
-                        summary = (
-                            f"bundle version {bundle.version}: {len(bundle.items)} items, "
-                            f"{len(bundle.profiles)} profiles"
-                        )
-                    else:
-                        if len(files) != 1:
-                            refuse(grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file")
-                        name = files[0]
-                        with self.store.read() as view:
-                            text = (staging / name).read_text(encoding="utf-8")
-                            changes = parse_delta(text.splitlines(), view, file=name)
-                        info = self.store.commit(changes, kind="delta", description=description or name)
-                        summary = f"delta {name}: {len(changes)} changes"
-                except BundleError as exc:
-                    refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
-                except UnicodeDecodeError as exc:
-                    refuse(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"push refused: the delta file is not UTF-8: {exc}"
-                    )
-                except OSError as exc:  # a pushed file that cannot be read as the bundle needs it
-                    where = Path(exc.filename).name if exc.filename else "a pushed file"
-                    refuse(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"push refused, nothing changed: {where}: {exc.strerror or exc}",
-                    )
-                except ControlStoreError as exc:
-                    refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+            info, summary = self._apply_push(kind, description, files, staging, refuse)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._notify()
@@ -314,6 +279,51 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             extra={"version": info.version, "changes": info.changes, "kind": info.kind, "summary": summary},
         )
         return sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
+
+    def _apply_push(
+        self,
+        kind: int,
+        description: str,
+        files: list[str],
+        staging: Path,
+        refuse: Callable[[grpc.StatusCode, str], NoReturn],
+    ) -> tuple[CommitInfo | None, str]:
+        """Validate the staged push and commit it (the commit and a summary of it); refuses what is wrong."""
+        with self._push_lock:
+            try:
+                if kind == sync_pb2.PUSH_KIND_BUNDLE:
+                    bundle = load_bundle(staging)
+                    info = self.store.replace_all(
+                        _keep_fleet_activity(bundle_records(bundle), self._fleet_activity()),
+                        kind="push",
+                        description=description or f"bundle {bundle.version}",
+                    )
+                    summary = (
+                        f"bundle version {bundle.version}: {len(bundle.items)} items, "
+                        f"{len(bundle.profiles)} profiles"
+                    )
+                else:
+                    if len(files) != 1:
+                        refuse(grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file")
+                    name = files[0]
+                    with self.store.read() as view:
+                        text = (staging / name).read_text(encoding="utf-8")
+                        changes = parse_delta(text.splitlines(), view, file=name)
+                    info = self.store.commit(changes, kind="delta", description=description or name)
+                    summary = f"delta {name}: {len(changes)} changes"
+            except BundleError as exc:
+                refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
+            except UnicodeDecodeError as exc:
+                refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused: the delta file is not UTF-8: {exc}")
+            except OSError as exc:  # a pushed file that cannot be read as the bundle needs it
+                where = Path(exc.filename).name if exc.filename else "a pushed file"
+                refuse(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"push refused, nothing changed: {where}: {exc.strerror or exc}",
+                )
+            except ControlStoreError as exc:
+                refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+        return info, summary
 
     def _receive(
         self,

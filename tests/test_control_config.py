@@ -61,6 +61,8 @@ FLAG_DEFAULTS = {
     "--max-forward-calls": ("events.max_forward_calls", 64),
     "--fleet-expire-after": ("fleet.expire_after", timedelta(days=7)),
     "--fleet-max-entries": ("fleet.max_entries", 10_000),
+    "--nats": ("nats.url", ""),
+    "--nats-replicas": ("nats.replicas", 3),
 }
 
 

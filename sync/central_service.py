@@ -1,0 +1,132 @@
+"""The ControlPlane service of a central-tier replica (`control serve --nats`, docs/central.md): the
+embedded control plane's service (`sync/control_server.py`), with every commit made through the JetStream
+change log (`sync/central_replica.py`).
+
+A commit refused because another replica appended first (`LogConflict`) is made again, once this
+replica's store has caught up with the log: the push is validated again on the new state (a delta may
+now be refused), so two replicas taking pushes at once produce one total order and lose neither. A commit
+JetStream did not confirm in time answers UNAVAILABLE (it may still land: `ctl history` shows it).
+Subscribe, History, Status and Report read the local store, the materialized view of the log, as the
+embedded control plane reads its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
+
+import grpc
+
+from edgewise.sync.central_log import LogConflict, LogUnavailable
+from edgewise.sync.central_replica import Replica
+from edgewise.sync.control_server import ControlPlaneService
+from edgewise.sync.control_store import CommitInfo, ControlStore
+from edgewise.v1 import sync_pb2
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CentralControlService"]
+
+MAX_ATTEMPTS: Final = 50
+CATCH_UP_S: Final = 10.0
+SNAPSHOT_EVERY: Final = 1000  # commits between snapshots (and after every push or rollback)
+T = TypeVar("T")
+
+
+class CentralControlService(ControlPlaneService):
+    def __init__(self, store: ControlStore, replica: Replica, **kwargs: Any) -> None:
+        super().__init__(store, **kwargs)
+        self.replica = replica
+        replica.notify = self._notify
+        replica.lock = self._push_lock  # see Replica.lock
+        self._snapshot_due = threading.Event()
+        self._snapshotter = threading.Thread(target=self._snapshots, name="snapshots", daemon=True)
+        self._stopping = threading.Event()
+        self._last_snapshot = 0
+
+    def start_background(self) -> None:
+        super().start_background()
+        self._snapshotter.start()
+
+    def stop_background(self) -> None:
+        self._stopping.set()
+        self._snapshot_due.set()
+        super().stop_background()
+        self._snapshotter.join(10.0)
+
+    def _through_log(
+        self, make: Callable[[], T], what: str, fail: Callable[[grpc.StatusCode, str], NoReturn]
+    ) -> T:
+        """`make()` until the log takes its commit: after a conflict, once this store caught up."""
+        for _attempt in range(MAX_ATTEMPTS):
+            try:
+                return make()
+            except LogConflict as conflict:
+                log.info("log_conflict", extra={"what": what, "log_position": conflict.last})
+                if not self.replica.wait_position(conflict.last, CATCH_UP_S):
+                    why = self.replica.failed or "still catching up"
+                    fail(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{what} not applied: this replica is behind the change log ({why}); retry",
+                    )
+            except LogUnavailable as exc:
+                log.error("log_unavailable", extra={"what": what, "error": str(exc)})
+                fail(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{what}: the change log (NATS JetStream) did not confirm it in time, so it may or may "
+                    "not have landed: check `edgewise ctl history`, then retry",
+                )
+        fail(grpc.StatusCode.ABORTED, f"{what} not applied: the change log kept moving; retry")
+        raise AssertionError("unreachable")
+
+    def _apply_push(
+        self,
+        kind: int,
+        description: str,
+        files: list[str],
+        staging: Path,
+        refuse: Callable[[grpc.StatusCode, str], NoReturn],
+    ) -> tuple[CommitInfo | None, str]:
+        result = self._through_log(
+            lambda: super(CentralControlService, self)._apply_push(kind, description, files, staging, refuse),
+            "push",
+            refuse,
+        )
+        if result[0] is not None and result[0].kind == "push":
+            self._snapshot_due.set()
+        return result
+
+    def Rollback(
+        self, request: sync_pb2.RollbackRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.PushReply:
+        reply = self._through_log(
+            lambda: super(CentralControlService, self).Rollback(request, context), "rollback", context.abort
+        )
+        self._snapshot_due.set()
+        return reply
+
+    def Forget(self, request: sync_pb2.ForgetRequest, context: grpc.ServicerContext) -> sync_pb2.ForgetReply:
+        return self._through_log(
+            lambda: super(CentralControlService, self).Forget(request, context), "forget", context.abort
+        )
+
+    def _snapshots(self) -> None:
+        """Write a snapshot after a push or rollback made here, and every SNAPSHOT_EVERY commits."""
+        while not self._stopping.is_set():
+            due = self._snapshot_due.wait(5.0)
+            if self._stopping.is_set():
+                return
+            head = self.store.head_version()
+            if not due and head - self._last_snapshot < SNAPSHOT_EVERY:
+                continue
+            self._snapshot_due.clear()
+            try:
+                self.replica.write_snapshot()
+                self._last_snapshot = head
+            except Exception as exc:
+                log.warning("snapshot_failed", extra={"error": repr(exc)[:300]})
+                time.sleep(1.0)

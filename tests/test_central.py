@@ -1,0 +1,242 @@
+"""The central tier's change log (docs/central.md): control-plane replicas (`control serve --nats`) over a
+real 3-server JetStream cluster (tests/nats_support.py), real edges following them.
+
+- Two replicas taking pushes at the same time: one total order of versions, the same history on both,
+  no push lost.
+- An edge following replica B applies a push made through replica A; edges following different
+  replicas hold the same version and digest.
+- A replica started later bootstraps from the newest snapshot in the object store plus the tail of the
+  log (after compaction dropped the log's start) and serves the same state.
+- Bad input: a NATS URL that does not answer, a stream created with settings the tier cannot use, a data
+  directory holding an embedded control plane's store: exit 2 with a message; a replica cache of another
+  cluster: rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edgewise.client import ControlClient, PushResult
+from edgewise.nats_cluster import NatsCluster
+from edgewise.processes import Process, Processes
+from tests.conftest import EdgeProcess
+from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
+from tests.sync_support import edge_state, following_edge, start_control, versions_reach, wait_for
+
+pytestmark = pytest.mark.slow
+
+OPS = {"EDGEWISE_OPS_TOKEN": "ops-secret-c"}
+EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-secret-c"}
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Callable[..., Process]]:  # noqa: F811
+    """A starter of replicas on the test's cluster (`start(name, *extra)`, data under tmp_path/name)."""
+    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
+
+        def start(name: str, *extra: str) -> Process:
+            return start_control(
+                processes, tmp_path / name, "--nats", nats_cluster.url_list, *extra, env={**OPS, **EDGE}
+            )
+
+        yield start
+
+
+def _ops(replica: Process) -> ControlClient:
+    return ControlClient(replica.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60)
+
+
+def _item_delta(i: int) -> list[dict[str, object]]:
+    return [
+        {
+            "op": "upsert",
+            "item": {"id": f"new-{i}", "category": "home/kitchen", "price": 1.0 + i, "regions": ["*"]},
+        }
+    ]
+
+
+def _history(replica: Process) -> list[tuple[int, int, str, str]]:
+    with _ops(replica) as ops:
+        return [(c.version, c.base_version, c.kind, c.description) for c in ops.history(limit=100).commits]
+
+
+def test_two_replicas_pushing_at_once_make_one_order_and_edges_follow_either(
+    replicas: Callable[..., Process],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    a, b = replicas("ra"), replicas("rb")
+    with _ops(a) as ops:
+        first = ops.push(bundle_dir).version
+    edge_b = following_edge(edge_factory, tmp_path / "edge-b", b.address, "edge-b", EDGE)
+    edge_a = following_edge(edge_factory, tmp_path / "edge-a", a.address, "edge-a", EDGE)
+    datas = [tmp_path / "edge-a", tmp_path / "edge-b"]
+    wait_for(versions_reach(datas, first), 30, "the edge following B at the push made through A")
+
+    results: dict[int, PushResult] = {}
+    errors: list[BaseException] = []
+
+    def push(i: int) -> None:
+        try:
+            with _ops(a if i % 2 else b) as ops:
+                results[i] = ops.push_delta(_item_delta(i), name=f"d{i}.jsonl")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    versions = sorted(r.version for r in results.values())
+    assert len(set(versions)) == 6 and versions[0] > first
+
+    head = versions[-1]
+    wait_for(lambda: _history(a)[0][0] == head and _history(b)[0][0] == head, 20, "both replicas at the head")
+    history = _history(a)
+    assert history == _history(b)
+    # one unbroken chain: every commit continues the one before it, each delta once
+    chain = list(reversed(history))
+    assert all(later[1] == earlier[0] for earlier, later in itertools.pairwise(chain))
+    assert sorted(d for _, _, kind, d in history if kind == "delta") == sorted(
+        f"d{i}.jsonl" for i in range(6)
+    )
+    assert {v for v, *_ in history} >= set(versions)
+
+    wait_for(versions_reach(datas, head), 30, "both edges at the head")
+    assert edge_state(datas[0]) == edge_state(datas[1])
+    assert edge_state(datas[0])[0] == head
+    with _ops(b) as ops:
+        status = ops.status()
+    assert status.head_version == head
+    assert edge_a.address and edge_b.address
+
+
+def test_a_new_replica_bootstraps_from_a_snapshot_and_the_tail(
+    replicas: Callable[..., Process],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    a = replicas("ra")
+    with _ops(a) as ops:
+        ops.push(bundle_dir)
+        ops.push_delta(_item_delta(1), name="d1.jsonl")
+        ops.rollback(ops.history().commits[-1].version)  # a second full snapshot: the log is compacted
+        head = ops.push_delta(_item_delta(2), name="d2.jsonl").version
+    wait_for(
+        lambda: len([e for e in a.log_events() if e.get("event") == "snapshot_written"]) >= 2, 20, "snapshots"
+    )
+    c = replicas("rc")
+    assert _history(c)[0][0] == head
+    assert any(e.get("event") == "replica_bootstrapped" for e in c.log_events())
+    following_edge(edge_factory, tmp_path / "edge-a", a.address, "edge-a", EDGE)
+    following_edge(edge_factory, tmp_path / "edge-c", c.address, "edge-c", EDGE)
+    datas = [tmp_path / "edge-a", tmp_path / "edge-c"]
+    wait_for(versions_reach(datas, head), 30, "edges of A and C at the head")
+    assert edge_state(datas[0]) == edge_state(datas[1])
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def _serve(data: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgewise.cli",
+        "control",
+        "serve",
+        "--data",
+        str(data),
+        "--listen",
+        "127.0.0.1:0",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_a_nats_url_that_does_not_answer_stops_the_start(tmp_path: Path) -> None:
+    from tests.nats_support import require_nats
+
+    require_nats()
+    done = _serve(tmp_path / "r", "--nats", "nats://127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    assert "no NATS server answers at nats://127.0.0.1:9" in done.stderr
+
+
+def test_a_stream_with_wrong_settings_stops_the_start(nats_cluster: NatsCluster, tmp_path: Path) -> None:  # noqa: F811
+    async def create() -> None:
+        import nats
+        from nats.js.api import StreamConfig
+
+        nc = await nats.connect(nats_cluster.urls)
+        try:
+            await nc.jetstream().add_stream(
+                StreamConfig(
+                    name="EDGEWISE_LOG", subjects=["edgewise.log.commit"], max_age=3600, num_replicas=3
+                )
+            )
+        finally:
+            await nc.close()
+
+    asyncio.run(create())
+    done = _serve(tmp_path / "r", "--nats", nats_cluster.url_list)
+    assert done.returncode == 2, done.stderr
+    assert "EDGEWISE_LOG exists with settings the control plane cannot use" in done.stderr
+    assert "max_age = 3600" in done.stderr
+
+
+def test_an_embedded_store_is_never_taken_as_a_cache(
+    nats_cluster: NatsCluster,  # noqa: F811
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from edgewise.sync.bundle import load_bundle
+    from edgewise.sync.changes import bundle_records
+    from edgewise.sync.control_store import ControlStore
+
+    with ControlStore(tmp_path / "embedded") as store:
+        store.replace_all(bundle_records(load_bundle(bundle_dir)), kind="push")
+    done = _serve(tmp_path / "embedded", "--nats", nats_cluster.url_list)
+    assert done.returncode == 2, done.stderr
+    assert "holds an embedded control plane's store" in done.stderr
+    with ControlStore(tmp_path / "embedded") as store:
+        assert store.head_version() > 0
+
+
+def test_a_cache_from_another_cluster_is_rebuilt(
+    replicas: Callable[..., Process],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    with (
+        NatsCluster(tmp_path / "other", size=1).start() as other,
+        Processes(tmp_path / "run-other") as processes,
+    ):
+        stray = start_control(
+            processes, tmp_path / "ra", "--nats", other.url_list, "--nats-replicas", "1", env=OPS
+        )
+        with _ops(stray) as ops:
+            ops.push(bundle_dir)
+            ops.push_delta(_item_delta(7), name="stray.jsonl")
+        stray.stop()
+    b = replicas("rb")
+    with _ops(b) as ops:
+        head = ops.push(bundle_dir).version
+    a = replicas("ra")  # its cache holds the other cluster's commits
+    assert any(e.get("event") == "replica_cache_rebuilt" for e in a.log_events())
+    wait_for(lambda: _history(a) == _history(b), 20, "the rebuilt replica at B's history")
+    assert _history(a)[0][0] == head
+    assert json.dumps(_history(a)).count("stray.jsonl") == 0
