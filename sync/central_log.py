@@ -9,7 +9,9 @@ JetStream resources (created by the first replica, checked by every other one):
   lineage in its metadata (`edgewise.lineage`: versions are comparable only within one lineage, so a
   replica cache of another cluster is found and rebuilt). One message per commit: msgpack
   `{"l": lineage, "i": [version, base_version, first_seq, changes, kind, created_at_ms, description],
-  "c": [[namespace, key, value or nil], ...]}`; a commit over `INLINE_BYTES` is put in the object store
+  "c": [[namespace, key, value or nil], ...], "k": {consumer cursor: position}}` (the cursors a job's
+  commit moves: the profile folder's and bandit learner's place in the events stream); a commit over
+  `INLINE_BYTES` is put in the object store
   and the message carries `"r": object name` instead of `"c"`.
 - object store `EDGEWISE_SNAPSHOTS`, same replicas: `snapshot.<position>`, the full state at that log
   position (msgpack `{"l", "p", "commits": the newest commit infos, "forgotten": {user: version},
@@ -90,6 +92,7 @@ class LogEntry:
     lineage: str
     info: CommitInfo
     changes: list[RecordChange]
+    cursors: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,35 +241,52 @@ class CentralLog:
 
     # -- appending -------------------------------------------------------------------------------------
 
-    def encode(self, info: CommitInfo, changes: list[RecordChange]) -> tuple[bytes, bytes | None]:
-        """The message of a commit and, when it is too large to inline, the payload to store first."""
+    def encode(
+        self, info: CommitInfo, changes: list[RecordChange], cursors: dict[str, int]
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """The message of a commit (without its changes when they are too large to inline) and the
+        changes to put in the object store first, if so."""
         body = [[c.namespace, c.key, c.value] for c in changes]
+        head: dict[str, Any] = {"f": _FORMAT, "l": self.lineage, "i": _info_fields(info), "k": cursors}
         packed = msgpack.packb(body, use_bin_type=True)
         if len(packed) <= INLINE_BYTES:
-            return msgpack.packb({"f": _FORMAT, "l": self.lineage, "i": _info_fields(info), "c": body}), None
-        return b"", packed
+            return {**head, "c": body}, None
+        return head, packed
 
     def append(
-        self, info: CommitInfo, changes: list[RecordChange], expected: int, deadline_s: float = 15.0
+        self,
+        info: CommitInfo,
+        changes: list[RecordChange],
+        expected: int,
+        cursors: dict[str, int] | None = None,
+        deadline_s: float = 15.0,
     ) -> int:
         """Append one commit made at log position `expected`; its position once JetStream stored it.
         LogConflict when the log is past `expected`; LogUnavailable when no acknowledgement came before
         the deadline (the commit may or may not be in the log: the caller's state follows the log)."""
-        return self.bridge.run(self._append(info, changes, expected, deadline_s), deadline_s + 5)
+        return self.bridge.run(
+            self._append(info, changes, expected, cursors or {}, deadline_s), deadline_s + 5
+        )
 
     async def _append(
-        self, info: CommitInfo, changes: list[RecordChange], expected: int, deadline_s: float
+        self,
+        info: CommitInfo,
+        changes: list[RecordChange],
+        expected: int,
+        cursors: dict[str, int],
+        deadline_s: float,
     ) -> int:
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
-        message, payload = self.encode(info, changes)
+        doc, payload = self.encode(info, changes, cursors)
         msg_id = uuid.uuid4().hex
         if payload is not None:
             name = f"commit.{msg_id}"
             await self._with_retries(lambda: self.objects.put(name, payload), deadline_s)
-            message = msgpack.packb({"f": _FORMAT, "l": self.lineage, "i": _info_fields(info), "r": name})
+            doc["r"] = name
+        message = msgpack.packb(doc, use_bin_type=True)
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected), "Nats-Msg-Id": msg_id}
         end = time.monotonic() + deadline_s
         while True:
@@ -308,7 +328,8 @@ class CentralLog:
             body = msgpack.unpackb(result.data or b"", raw=False)
         else:
             body = doc["c"]
-        return LogEntry(position, str(doc["l"]), _info(doc["i"]), _changes(body))
+        cursors = {str(k): int(v) for k, v in (doc.get("k") or {}).items()}
+        return LogEntry(position, str(doc["l"]), _info(doc["i"]), _changes(body), cursors)
 
     def follow(self, start: int, deliver: Callable[[int, bytes], None]) -> Callable[[], None]:
         """Deliver every message from position `start` on, in order, to `deliver(position, data)` (called

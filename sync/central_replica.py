@@ -118,9 +118,11 @@ class Replica:
 
     # -- publishing (inside the store's write transaction) ----------------------------------------------
 
-    def _publish(self, info: CommitInfo, changes: list[RecordChange], position: int) -> int:
+    def _publish(
+        self, info: CommitInfo, changes: list[RecordChange], position: int, cursors: dict[str, int]
+    ) -> int:
         try:
-            return self.central.append(info, changes, position)
+            return self.central.append(info, changes, position, cursors)
         except (LogConflict, LogUnavailable):
             raise
         except Exception as exc:  # TimeoutError is an OSError: never let it read as a bad pushed file
@@ -171,7 +173,7 @@ class Replica:
         if entry.lineage != self.store.lineage:
             raise ControlStoreError(f"log position {position} is of lineage {entry.lineage}, not ours")
         with self.lock:
-            return self.store.apply_commit(entry.info, entry.changes, position)
+            return self.store.apply_commit(entry.info, entry.changes, position, entry.cursors)
 
     def wait_position(self, position: int, timeout: float) -> bool:
         """Until the store is at log position `position` or later; False after `timeout` seconds."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgewise.sync.central_events import CentralEvents
 from edgewise.sync.central_log import CentralLog, LogSettingsError
 from edgewise.sync.central_replica import CacheMismatch, Replica
 from edgewise.sync.control_store import ControlStore, ControlStoreError
@@ -35,6 +36,7 @@ class CentralStart:
     bridge: NatsBridge
     replica: Replica
     store: ControlStore  # the cache (a new object when it was rebuilt)
+    events: CentralEvents
 
     def close(self) -> None:
         self.replica.stop()
@@ -47,7 +49,13 @@ def _wipe(path: Path) -> None:
 
 
 def open_replica(
-    urls_text: str, replicas: int, store: ControlStore, reopen: Callable[[], ControlStore]
+    urls_text: str,
+    replicas: int,
+    store: ControlStore,
+    reopen: Callable[[], ControlStore],
+    *,
+    partitions: int = 8,
+    retain_events_s: float = 0.0,
 ) -> CentralStart:
     """Connect, check or bootstrap `store` against the cluster's log (see the module doc). `reopen` opens
     the store again after a rebuild. ReplicaStartError when the replica cannot start; `store` is closed
@@ -75,6 +83,8 @@ def open_replica(
             store = reopen()
             replica = Replica(store, CentralLog(bridge, replicas=replicas))
             replica.open()
+        events = CentralEvents(bridge, replicas=replicas, partitions=partitions, retain_s=retain_events_s)
+        events.open()
     except (LogSettingsError, NatsUnavailable, CacheMismatch, ControlStoreError) as exc:
         store.close()
         bridge.close()
@@ -83,4 +93,4 @@ def open_replica(
         store.close()
         bridge.close()
         raise
-    return CentralStart(bridge, replica, store)
+    return CentralStart(bridge, replica, store, events)

@@ -21,10 +21,17 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 
+from edgewise.core.bandit_learning import LearningSchedule
+from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
+from edgewise.sync.central_events import CentralEvents
+from edgewise.sync.central_jobs import EventsFollower, JobsLease
 from edgewise.sync.central_log import LogConflict, LogUnavailable
 from edgewise.sync.central_replica import Replica
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import CommitInfo, ControlStore
+from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
+from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
+from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.v1 import sync_pb2
 
 log = logging.getLogger(__name__)
@@ -38,25 +45,96 @@ T = TypeVar("T")
 
 
 class CentralControlService(ControlPlaneService):
-    def __init__(self, store: ControlStore, replica: Replica, **kwargs: Any) -> None:
-        super().__init__(store, **kwargs)
+    def __init__(
+        self,
+        store: ControlStore,
+        replica: Replica,
+        *,
+        events: EventStore,
+        central_events: CentralEvents,
+        bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
+        retain_events_ms: int = DEFAULT_RETAIN_MS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            store, events=events, bandit_schedule=bandit_schedule, retain_events_ms=retain_events_ms, **kwargs
+        )
+        self.jobs = None  # the folder and the learner run on the holder of the jobs lease only
         self.replica = replica
+        self.central_events = central_events
+        self.local_events = events
         replica.notify = self._notify
         replica.lock = self._push_lock  # see Replica.lock
+        self._bandit_schedule = bandit_schedule
+        self.follower = EventsFollower(central_events, events)
+        self.lease = JobsLease(
+            replica.central.bridge, self._lead, self._follow, replicas=replica.central.replicas
+        )
+        self._leading: list[ProfileFolder | BanditLearner] = []
+        self._leading_lock = threading.Lock()
+        self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
         self._snapshot_due = threading.Event()
         self._snapshotter = threading.Thread(target=self._snapshots, name="snapshots", daemon=True)
         self._stopping = threading.Event()
         self._last_snapshot = 0
 
     def start_background(self) -> None:
-        super().start_background()
+        self.follower.start()
+        if self.retention is not None:
+            self.retention.start()
+        self.lease.start()
         self._snapshotter.start()
 
     def stop_background(self) -> None:
         self._stopping.set()
         self._snapshot_due.set()
-        super().stop_background()
+        self.lease.stop()
+        self._follow()
+        if self.retention is not None:
+            self.retention.stop()
+        self.follower.stop()
         self._snapshotter.join(10.0)
+
+    def _lead(self) -> None:
+        """This replica took the jobs lease: fold and learn from the cursors the log holds."""
+        with self._leading_lock:
+            self._leading = [
+                ProfileFolder(self.store, self.local_events, self._push_lock, self.cache.notify),
+                BanditLearner(
+                    self.store,
+                    self.local_events,
+                    self._push_lock,
+                    self.cache.notify,
+                    schedule=self._bandit_schedule,
+                ),
+            ]
+            for job in self._leading:
+                job.start()
+
+    def _follow(self) -> None:
+        """This replica lost (or gave up) the jobs lease."""
+        with self._leading_lock:
+            jobs, self._leading = self._leading, []
+        for job in jobs:
+            job.stop()
+
+    # --- forwarded events live in JetStream ---------------------------------------------------------
+
+    def _store_forwarded(
+        self, node_id: str, records: list[tuple[str, str, bytes]], users: list[str]
+    ) -> IngestResult:
+        try:
+            return self.central_events.store(node_id, records, users)
+        except LogUnavailable as exc:
+            raise EventStoreError(str(exc)) from exc
+
+    def _forget_events(self, user: str) -> int:
+        removed = self.central_events.forget(user)
+        self.local_events.forget(user)
+        return removed
+
+    def _events_total(self) -> int:
+        return self.central_events.count()
 
     def _through_log(
         self, make: Callable[[], T], what: str, fail: Callable[[grpc.StatusCode, str], NoReturn]

@@ -306,6 +306,17 @@ class NatsConfig:
             metavar="N",
         ),
     )
+    partitions: int = field(
+        default=8,
+        metadata=meta(
+            "partitions of the forwarded events stream (by user: one user's events stay in order); fixed "
+            "once the stream has events",
+            min=1,
+            max=1024,
+            flag="--nats-partitions",
+            metavar="N",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,7 +172,14 @@ def run_control_serve(args: argparse.Namespace) -> int:
             )
 
         try:
-            central = open_replica(config.nats.url, config.nats.replicas, store, reopen)
+            central = open_replica(
+                config.nats.url,
+                config.nats.replicas,
+                store,
+                reopen,
+                partitions=config.nats.partitions,
+                retain_events_s=config.events.retain.total_seconds(),
+            )
         except (ReplicaStartError, ControlStoreError) as exc:
             print(f"edgewise control serve: --nats: {exc}", file=sys.stderr)
             return 2
@@ -190,7 +197,9 @@ def run_control_serve(args: argparse.Namespace) -> int:
     if central is not None:
         from edgewise.sync.central_service import CentralControlService
 
-        service_class = functools.partial(CentralControlService, replica=central.replica)
+        service_class = functools.partial(
+            CentralControlService, replica=central.replica, central_events=central.events
+        )
     service = service_class(
         store,
         max_snapshots=config.sync.max_snapshots,

@@ -50,7 +50,7 @@ from edgewise.sync.commit_cache import CommitCache, commit_proto
 from edgewise.sync.control_jobs import ControlJobs
 from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
-from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError
+from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, IngestResult
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES, EdgeEntry, Fleet
 from edgewise.sync.push_staging import PushLayout, clean_staging
@@ -409,7 +409,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
     def Status(self, request: sync_pb2.StatusRequest, context: grpc.ServicerContext) -> sync_pb2.StatusReply:
         head = self.store.head_version()
-        total = self.events.count() if self.events is not None else 0
+        total = self._events_total()
         edges = [_edge_status(e, head) for e in self.fleet.edges()]
         return sync_pb2.StatusReply(head_version=head, edges=edges, events_total=total)
 
@@ -459,7 +459,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 info = self.store.forget(user)
             except ControlStoreError as exc:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"forget not applied: {exc}")
-            removed = self.events.forget(user) if self.events is not None else 0
+            removed = self._forget_events(user)
         self._notify()
         version = info.version if info is not None else (self.store.forgotten_version(user) or 0)
         log.info(
@@ -541,7 +541,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             with self._forget_lock:
                 forgotten = self.store.forgotten_among(users)
                 kept = [(c, u) for c, u in zip(checked, users, strict=True) if u not in forgotten]
-                result = self.events.ingest(request.node_id, [c for c, _ in kept], [u for _, u in kept])
+                result = self._store_forwarded(request.node_id, [c for c, _ in kept], [u for _, u in kept])
         except EventStoreError as exc:
             log.error("events_not_stored", extra={"node": request.node_id, "error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")
@@ -553,6 +553,23 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             forgotten=len(checked) - len(kept),
             rejected=len(rejected),
         )
+
+    # --- where forwarded events are kept (the central tier keeps them in JetStream) -----------------
+
+    def _store_forwarded(
+        self, node_id: str, records: list[tuple[str, str, bytes]], users: list[str]
+    ) -> IngestResult:
+        """Store checked records (kind, id, payload) of `users`; EventStoreError when they were not."""
+        assert self.events is not None
+        return self.events.ingest(node_id, records, users)
+
+    def _forget_events(self, user: str) -> int:
+        """Delete a forgotten user's stored events and exposures; how many."""
+        return self.events.forget(user) if self.events is not None else 0
+
+    def _events_total(self) -> int:
+        """Events and exposures stored (`ctl status`)."""
+        return self.events.count() if self.events is not None else 0
 
 
 def report_document(report: ExperimentReport) -> dict[str, object]:

@@ -118,11 +118,12 @@ class CommitInfo:
     description: str
 
 
-CommitHook = Callable[[CommitInfo, list[RecordChange], int], int]
+CommitHook = Callable[[CommitInfo, list[RecordChange], int, dict[str, int]], int]
 """Called inside the write transaction of every new commit, before it commits, with the commit, its
-changes in seq order and the store's replicated position; returns the new position, written in the same
-transaction. Raising aborts the transaction: nothing of the commit lands (the central tier publishes each
-commit to its JetStream change log this way, docs/central.md)."""
+changes in seq order, the store's replicated position and the consumer cursors the commit moves
+(`commit_at`); returns the new position, written in the same transaction. Raising aborts the
+transaction: nothing of the commit lands (the central tier publishes each commit to its JetStream change
+log this way, docs/central.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,13 +360,14 @@ def _delete_prefix(txn: lmdb.Transaction[bytes], db: Database, prefix: bytes) ->
 class _Batch:
     """The changes of one commit, written inside one write transaction; no-ops are not logged."""
 
-    __slots__ = ("_dbs", "_hook", "_logged", "_txn", "base_version", "seq")
+    __slots__ = ("_dbs", "_hook", "_logged", "_txn", "base_version", "cursors", "seq")
 
     def __init__(self, txn: lmdb.Transaction[bytes], dbs: _Dbs, hook: CommitHook | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
         self._hook = hook
         self._logged: list[RecordChange] = []
+        self.cursors: dict[str, int] = {}  # consumer cursors this commit moves (commit_at), for the hook
         self.base_version = _meta_u64(txn, dbs, _META_HEAD)
         self.seq = self.base_version
 
@@ -438,7 +440,9 @@ class _Batch:
         self._txn.put(_pack_u64(info.version), _encode_commit(info), db=self._dbs.commits, append=True)
         self._txn.put(_META_HEAD, _pack_u64(info.version), db=self._dbs.meta)
         if self._hook is not None:
-            position = self._hook(info, self._logged, _meta_u64(self._txn, self._dbs, _META_POSITION))
+            position = self._hook(
+                info, self._logged, _meta_u64(self._txn, self._dbs, _META_POSITION), self.cursors
+            )
             self._txn.put(_META_POSITION, _pack_u64(position), db=self._dbs.meta)
         return info
 
@@ -642,6 +646,8 @@ class ControlStore:
             return None
         with self._write() as txn:
             batch = _Batch(txn, self._dbs, self.on_commit)
+            if cursor:
+                batch.cursors[cursor] = position
             for (namespace, key), (raw_key, value) in pending.items():
                 if value is None:
                     batch.delete(namespace, key, raw_key)
@@ -924,7 +930,13 @@ class ControlStore:
         with self._env.begin() as txn:
             return _meta_u64(txn, self._dbs, _META_POSITION)
 
-    def apply_commit(self, info: CommitInfo, changes: list[RecordChange], position: int) -> bool:
+    def apply_commit(
+        self,
+        info: CommitInfo,
+        changes: list[RecordChange],
+        position: int,
+        cursors: dict[str, int] | None = None,
+    ) -> bool:
         """Apply a commit made by another replica, verbatim (its version, seqs, time and kind), and set the
         replicated position to `position`, in one write transaction. False (nothing written) when the
         store is already at or past `position`. A commit that does not continue the head raises: the
@@ -974,6 +986,8 @@ class ControlStore:
             txn.put(_pack_u64(info.version), _encode_commit(info), db=dbs.commits, append=True)
             txn.put(_META_HEAD, _pack_u64(info.version), db=dbs.meta)
             txn.put(_META_POSITION, _pack_u64(position), db=dbs.meta)
+            for name, at in (cursors or {}).items():  # the consumer positions this commit moved
+                txn.put(_META_CURSOR + name.encode(), _pack_u64(at), db=dbs.meta)
             if info.kind in ("push", "rollback"):
                 self._save_snapshot(txn, info.version)
             self._compact_in(txn)

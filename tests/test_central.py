@@ -240,3 +240,107 @@ def test_a_cache_from_another_cluster_is_rebuilt(
     wait_for(lambda: _history(a) == _history(b), 20, "the rebuilt replica at B's history")
     assert _history(a)[0][0] == head
     assert json.dumps(_history(a)).count("stray.jsonl") == 0
+
+
+# --- forwarded events in JetStream ------------------------------------------------------------------
+
+
+def _track_views(address: str, ids: list[str]) -> int:
+    import grpc
+
+    from edgewise.v1 import personalizer_pb2 as pb
+    from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.PersonalizerStub(channel)
+        accepted = 0
+        for start in range(0, len(ids), 50):
+            events = [
+                pb.Event(event_id=i, type="view", user_id=f"u{n % 50}", item_id=f"i{n % 30}")
+                for n, i in enumerate(ids[start : start + 50], start)
+            ]
+            accepted += stub.Track(pb.TrackRequest(events=events, consent=["analytics"]), timeout=10).accepted
+        return accepted
+
+
+def _buy(address: str, user: str, ids: list[str]) -> None:
+    import grpc
+
+    from edgewise.v1 import personalizer_pb2 as pb
+    from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        events = [pb.Event(event_id=i, type="purchase", user_id=user, item_id="i1", value=12.5) for i in ids]
+        pb_grpc.PersonalizerStub(channel).Track(
+            pb.TrackRequest(events=events, consent=["analytics"]), timeout=10
+        )
+
+
+def _orders(data: Path, user: str) -> int:
+    from edgewise.core.store import Store
+
+    with Store(data, readonly=True) as store, store.read() as view:
+        profile = view.profile(user)
+        return int(profile.attributes.get("orders", 0)) if profile is not None else -1
+
+
+def _events_total(replica: Process) -> int:
+    with _ops(replica) as ops:
+        return ops.status().events_total
+
+
+def test_forwarded_events_are_stored_once_and_folded_once_whichever_replica_takes_them(
+    replicas: Callable[..., Process],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    a, b = replicas("ra"), replicas("rb")
+    with _ops(a) as ops:
+        version = ops.push(bundle_dir).version
+    edge_a = following_edge(edge_factory, tmp_path / "edge-a", a.address, "edge-a", EDGE)
+    edge_b = following_edge(edge_factory, tmp_path / "edge-b", b.address, "edge-b", EDGE)
+    datas = [tmp_path / "edge-a", tmp_path / "edge-b"]
+    wait_for(versions_reach(datas, version), 30, "edges at the push")
+    ids = [f"ev-{n}" for n in range(300)]
+    assert _track_views(edge_a.address, ids) == 300
+    assert _track_views(edge_b.address, ids[:100] + [f"evb-{n}" for n in range(100)]) == 200
+    wait_for(lambda: _events_total(a) == 400 and _events_total(b) == 400, 30, "400 events in the stream")
+
+    user = "u7"
+    before = _orders(datas[1], user)
+    _buy(edge_a.address, user, [f"buy-{n}" for n in range(4)])
+    wait_for(lambda: _orders(datas[1], user) == before + 4, 20, "the purchases folded, seen on edge b")
+    assert _orders(datas[0], user) == before + 4
+
+    # the replica folding (the jobs lease holder) dies: the other one takes over, folds the rest once
+    holder, other, other_edge = (a, b, 1) if _holds_lease(a) else (b, a, 0)
+    assert _holds_lease(other) is False
+    holder.stop(signal.SIGKILL)
+    survivor_edge = edge_b if other_edge == 1 else edge_a
+    _buy(survivor_edge.address, user, [f"buy-{n}" for n in range(4, 6)])
+    wait_for(lambda: _orders(datas[other_edge], user) == before + 6, 30, "the later purchases folded once")
+    wait_for(lambda: _holds_lease(other), 10, "the survivor holding the jobs lease")
+    import time
+
+    time.sleep(1.5)
+    assert _orders(datas[other_edge], user) == before + 6
+    assert _events_total(other) == 406
+
+    # forget deletes the user's stored records in the stream too
+    with _ops(other) as ops:
+        forgotten = ops.forget(user)
+    assert forgotten.events_removed >= 6
+    assert _events_total(other) == 406 - forgotten.events_removed
+
+
+def _holds_lease(replica: Process) -> bool:
+    gained = lost = 0
+    for event in replica.log_events():
+        if event.get("event") == "jobs_lease_gained":
+            gained += 1
+        elif event.get("event") == "jobs_lease_lost":
+            lost += 1
+    return gained > lost

@@ -63,6 +63,7 @@ FLAG_DEFAULTS = {
     "--fleet-max-entries": ("fleet.max_entries", 10_000),
     "--nats": ("nats.url", ""),
     "--nats-replicas": ("nats.replicas", 3),
+    "--nats-partitions": ("nats.partitions", 8),
 }
 
 
