@@ -23,11 +23,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable
 from edgewise.sync.event_store import IngestResult
-from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable
+from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -196,7 +196,7 @@ class CentralEvents:
         """Deliver every record from stream sequence `start` on, in order, to `deliver` (on the loop
         thread: it must not block); returns the function that stops following."""
 
-        async def on_message(msg: Msg) -> None:
+        def on_message(msg: Msg) -> None:
             headers = msg.headers or {}
             deliver(
                 (
@@ -208,26 +208,4 @@ class CentralEvents:
                 )
             )
 
-        async def subscribe() -> Any:
-            from nats.js.api import ConsumerConfig, DeliverPolicy
-
-            return await self.bridge.js.subscribe(
-                f"{EVENTS_PREFIX}.>",
-                stream=EVENTS_STREAM,
-                cb=on_message,
-                ordered_consumer=True,
-                idle_heartbeat=1.0,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start)
-                ),
-            )
-
-        sub = self.bridge.run(subscribe(), self.timeout * 2)
-
-        def stop() -> None:
-            try:
-                self.bridge.run(sub.unsubscribe(), 5.0)
-            except Exception as exc:
-                log.warning("events_unsubscribe_failed", extra={"error": repr(exc)[:300]})
-
-        return stop
+        return follow_stream(self.bridge, EVENTS_STREAM, f"{EVENTS_PREFIX}.>", start, on_message)

@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 
 from edgewise.sync.control_store import CommitInfo, RecordChange
-from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable
+from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream
 
 if TYPE_CHECKING:
-    from nats.aio.msg import Msg
     from nats.js.api import StreamConfig
     from nats.js.client import JetStreamContext
     from nats.js.object_store import ObjectStore
@@ -333,33 +332,13 @@ class CentralLog:
 
     def follow(self, start: int, deliver: Callable[[int, bytes], None]) -> Callable[[], None]:
         """Deliver every message from position `start` on, in order, to `deliver(position, data)` (called
-        on the loop thread: it must not block); returns the function that stops following. An ordered
-        consumer: recreated by the client after a server or connection loss, from where it was."""
-        sub = self.bridge.run(self._follow(start, deliver), self.timeout * 2)
-
-        def stop() -> None:
-            try:
-                self.bridge.run(sub.unsubscribe(), 5.0)
-            except Exception as exc:
-                log.warning("log_unsubscribe_failed", extra={"error": repr(exc)[:300]})
-
-        return stop
-
-    async def _follow(self, start: int, deliver: Callable[[int, bytes], None]) -> Any:
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-
-        async def on_message(msg: Msg) -> None:
-            deliver(int(msg.metadata.sequence.stream), msg.data)
-
-        return await self.js.subscribe(
+        on the loop thread: it must not block); returns the function that stops following."""
+        return follow_stream(
+            self.bridge,
+            LOG_STREAM,
             LOG_SUBJECT,
-            stream=LOG_STREAM,
-            cb=on_message,
-            ordered_consumer=True,
-            idle_heartbeat=1.0,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start)
-            ),
+            start,
+            lambda m: deliver(int(m.metadata.sequence.stream), m.data),
         )
 
     # -- snapshots -------------------------------------------------------------------------------------

@@ -103,10 +103,18 @@ class Replica:
             extra={"position": snapshot.position, "version": self.store.head_version()},
         )
 
-    def start(self) -> None:
-        """Follow the log from the store's position (after `open`)."""
+    def start(self, catch_up_s: float = 60.0) -> None:
+        """Follow the log from the store's position (after `open`), and return once the store holds what
+        the log held at the call (so a replica serves the cluster's head from its first answer), or after
+        `catch_up_s` with a warning."""
         self._thread.start()
         self._stop_follow = self.central.follow(self.store.replicated_position() + 1, self._deliver)
+        _, last = self.central.bounds()
+        if not self.wait_position(last, catch_up_s):
+            log.warning(
+                "replica_behind_at_start",
+                extra={"position": self.store.replicated_position(), "log_end": last, "error": self.failed},
+            )
 
     def stop(self) -> None:
         self._stopping.set()

@@ -14,21 +14,30 @@ Nothing blocking runs on the loop itself: LMDB writes happen on the caller's thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NATS_EXTRA_HINT", "NatsBridge", "NatsUnavailable", "import_nats", "parse_nats_urls"]
+__all__ = [
+    "NATS_EXTRA_HINT",
+    "NatsBridge",
+    "NatsUnavailable",
+    "follow_stream",
+    "import_nats",
+    "parse_nats_urls",
+]
 
 NATS_EXTRA_HINT: Final = "pip install 'edgewise[nats]'"
 T = TypeVar("T")
@@ -145,3 +154,76 @@ class NatsBridge:
         self._thread.join(5.0)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def follow_stream(
+    bridge: NatsBridge,
+    stream: str,
+    subject: str,
+    start: int,
+    deliver: Callable[[Msg], None],
+    *,
+    batch: int = 256,
+) -> Callable[[], None]:
+    """Deliver every message of `stream` on `subject` from sequence `start` on, in order and each once, to
+    `deliver` (called on the loop thread: it must not block). Returns the function that stops it.
+
+    An ephemeral pull consumer (memory, one replica, no acks) fetched in batches by a task on the loop;
+    whatever goes wrong with it (its server died, a request timed out, the connection was lost) ends it,
+    and a new one is made from the sequence after the last message delivered, so nothing is skipped or
+    delivered twice; the loop owns its position, so a restart of the consumer never depends on the
+    client library's recovery."""
+    stopped = asyncio.Event()
+
+    async def run() -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        position = max(1, start)
+        while not stopped.is_set():
+            sub = None
+            try:
+                sub = await bridge.js.pull_subscribe(
+                    subject,
+                    stream=stream,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=position,
+                        ack_policy=AckPolicy.NONE,
+                        inactive_threshold=30.0,
+                        mem_storage=True,
+                        num_replicas=1,
+                    ),
+                )
+                while not stopped.is_set():
+                    try:
+                        messages = await sub.fetch(batch, timeout=1.0)
+                    except (TimeoutError, NatsTimeout):
+                        continue
+                    for message in messages:
+                        seq = int(message.metadata.sequence.stream)
+                        if seq >= position:
+                            deliver(message)
+                            position = seq + 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "stream_follow_retry", extra={"stream": stream, "at": position, "error": repr(exc)[:300]}
+                )
+                await asyncio.sleep(0.5)
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+
+    task_future = asyncio.run_coroutine_threadsafe(run(), bridge.loop)
+
+    def stop() -> None:
+        bridge.loop.call_soon_threadsafe(stopped.set)
+        try:
+            task_future.result(5.0)
+        except Exception:
+            task_future.cancel()
+
+    return stop
