@@ -17,7 +17,7 @@ JetStream resources (created by the first replica, checked by every other one):
   position (msgpack `{"l", "p", "commits": the newest commit infos, "forgotten": {user: version},
   "records": [[namespace, key, value], ...]}`), and the payloads of large commits (`commit.<id>`).
 
-`append` publishes with `Nats-Expected-Last-Subject-Sequence` set to the position the caller's state is
+`append` publishes with `Nats-Expected-Last-Sequence` set to the position the caller's state is
 at (optimistic concurrency: a replica that missed a commit is refused, `LogConflict`, catches up and
 tries again) and a `Nats-Msg-Id` kept across its retries; it returns only once JetStream acknowledged the
 message, that is, once a majority of the stream's replicas stored it.
@@ -286,7 +286,9 @@ class CentralLog:
             await self._with_retries(lambda: self.objects.put(name, payload), deadline_s)
             doc["r"] = name
         message = msgpack.packb(doc, use_bin_type=True)
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected), "Nats-Msg-Id": msg_id}
+        # The stream's last sequence, not the subject's: it survives a purge of every message (the log after
+        # a forget's compaction), where the subject's would fall back to 0 and refuse every commit.
+        headers = {"Nats-Expected-Last-Sequence": str(expected), "Nats-Msg-Id": msg_id}
         end = time.monotonic() + deadline_s
         while True:
             try:
@@ -344,8 +346,9 @@ class CentralLog:
     # -- snapshots -------------------------------------------------------------------------------------
 
     def put_snapshot(self, snapshot: Snapshot, keep: int = 2) -> None:
-        """Store a snapshot, then delete all but the newest `keep` and drop the log messages older than the
-        oldest kept one (compaction: a replica further behind bootstraps from a snapshot)."""
+        """Store a snapshot, then delete all but the newest `keep` and drop the log messages up to the
+        oldest kept one (compaction: a replica further behind bootstraps from a snapshot). `keep=1` after a
+        forget: no message or snapshot older than the forget holds the user's profile any more."""
         self.bridge.run(self._put_snapshot(snapshot, keep), 120.0)
 
     async def _put_snapshot(self, snapshot: Snapshot, keep: int) -> None:

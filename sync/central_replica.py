@@ -59,6 +59,7 @@ class Replica:
         self._stop_follow: Callable[[], None] | None = None
         self._stopping = threading.Event()
         self.failed: str | None = None  # why the follower stopped, if it did
+        self._snapshot_lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------------------------------
 
@@ -196,17 +197,20 @@ class Replica:
 
     # -- snapshots --------------------------------------------------------------------------------------
 
-    def write_snapshot(self) -> int:
-        """Put the store's full state in the object store (for bootstrap and compaction); its position."""
-        position, commits, forgotten, records = self.store.image()
-        self.central.put_snapshot(
-            Snapshot(
-                position=position,
-                lineage=self.store.lineage,
-                commits=commits,
-                forgotten=forgotten,
-                records=records,
+    def write_snapshot(self, keep: int = 2) -> int:
+        """Put the store's full state in the object store (for bootstrap and compaction), keeping the
+        newest `keep` snapshots and the log after the oldest of them; its position."""
+        with self._snapshot_lock:  # an older image is never stored after a newer one was
+            position, commits, forgotten, records = self.store.image()
+            self.central.put_snapshot(
+                Snapshot(
+                    position=position,
+                    lineage=self.store.lineage,
+                    commits=commits,
+                    forgotten=forgotten,
+                    records=records,
+                ),
+                keep=keep,
             )
-        )
-        log.info("snapshot_written", extra={"position": position, "records": len(records)})
+        log.info("snapshot_written", extra={"position": position, "records": len(records), "keep": keep})
         return position

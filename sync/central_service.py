@@ -188,9 +188,17 @@ class CentralControlService(ControlPlaneService):
         return reply
 
     def Forget(self, request: sync_pb2.ForgetRequest, context: grpc.ServicerContext) -> sync_pb2.ForgetReply:
-        return self._through_log(
+        reply = self._through_log(
             lambda: super(CentralControlService, self).Forget(request, context), "forget", context.abort
         )
+        # The change log's older messages and snapshots still hold the user's profile: a snapshot of the
+        # state after the forget replaces them (the log is compacted to it, older snapshots deleted).
+        try:
+            self.replica.write_snapshot(keep=1)
+        except Exception as exc:
+            log.error("forget_compaction_failed", extra={"error": repr(exc)[:300]})
+            self._snapshot_due.set()
+        return reply
 
     def _snapshots(self) -> None:
         """Write a snapshot after a push or rollback made here, and every SNAPSHOT_EVERY commits."""

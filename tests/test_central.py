@@ -290,6 +290,7 @@ def _events_total(replica: Process) -> int:
 
 
 def test_forwarded_events_are_stored_once_and_folded_once_whichever_replica_takes_them(
+    nats_cluster: NatsCluster,  # noqa: F811
     replicas: Callable[..., Process],
     edge_factory: Callable[..., EdgeProcess],
     bundle_dir: Path,
@@ -334,6 +335,10 @@ def test_forwarded_events_are_stored_once_and_folded_once_whichever_replica_take
         forgotten = ops.forget(user)
     assert forgotten.events_removed >= 6
     assert _events_total(other) == 406 - forgotten.events_removed
+    # ... and no message of the change log, no snapshot holds the user's profile any more
+    assert _profile_copies(nats_cluster, user) == (0, 0)
+    with _ops(other) as ops:  # the log still takes commits after its compaction
+        ops.push_delta(_item_delta(9), name="after-forget.jsonl")
 
 
 def _holds_lease(replica: Process) -> bool:
@@ -344,3 +349,37 @@ def _holds_lease(replica: Process) -> bool:
         elif event.get("event") == "jobs_lease_lost":
             lost += 1
     return gained > lost
+
+
+def _profile_copies(cluster: NatsCluster, user: str) -> tuple[int, int]:
+    """(log messages, snapshots) in JetStream holding a value of `user`'s profile."""
+    import msgpack
+
+    async def read() -> tuple[int, int]:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        nc = await nats.connect(cluster.urls)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("EDGEWISE_LOG")
+            in_log = 0
+            for seq in range(int(info.state.first_seq), int(info.state.last_seq) + 1):
+                try:
+                    raw = await js.get_msg("EDGEWISE_LOG", seq)
+                except NotFoundError:
+                    continue
+                doc = msgpack.unpackb(raw.data or b"", raw=False)
+                in_log += any(n == "profiles" and k == user and v is not None for n, k, v in doc.get("c", []))
+            objects = await js.object_store("EDGEWISE_SNAPSHOTS")
+            in_snapshots = 0
+            for entry in await objects.list():
+                if entry.name and entry.name.startswith("snapshot.") and not entry.deleted:
+                    got = await objects.get(entry.name)
+                    records = msgpack.unpackb(got.data or b"", raw=False)["records"]
+                    in_snapshots += any(n == "profiles" and k == user for n, k, _ in records)
+            return in_log, in_snapshots
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

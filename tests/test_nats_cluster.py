@@ -5,6 +5,7 @@ optimistic-concurrency header the change log relies on."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -17,8 +18,9 @@ pytestmark = pytest.mark.slow
 async def _publish_and_kill(cluster: NatsCluster) -> tuple[list[int], int, int]:
     import nats
     from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
     from nats.js.api import StreamConfig
-    from nats.js.errors import BadRequestError, NoStreamResponseError
+    from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
     nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     try:
@@ -34,11 +36,16 @@ async def _publish_and_kill(cluster: NatsCluster) -> tuple[list[int], int, int]:
         seqs = [first.seq]
         for i in range(3):
             headers = {"Nats-Expected-Last-Subject-Sequence": str(seqs[-1]), "Nats-Msg-Id": f"c{i}"}
-            for _attempt in range(20):  # a request in flight when its server died is answered by none
+            deadline = time.monotonic() + 30  # a request in flight when its server died is answered by none
+            while True:
                 try:
                     ack = await js.publish("t.log", b"c", timeout=1.0, headers=headers)
                     break
-                except (TimeoutError, NoRespondersError, NoStreamResponseError):
+                except (TimeoutError, NatsTimeout, NoRespondersError, NoStreamResponseError, APIError) as exc:
+                    if isinstance(exc, APIError) and exc.code not in (503, 504, None):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise
                     await asyncio.sleep(0.1)
             seqs.append(ack.seq)
         info = await js.stream_info("T")
