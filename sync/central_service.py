@@ -24,6 +24,7 @@ import grpc
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
 from edgewise.sync.central_events import CentralEvents
+from edgewise.sync.central_fleet import FleetShare
 from edgewise.sync.central_jobs import EventsFollower, JobsLease
 from edgewise.sync.central_log import LogConflict, LogUnavailable
 from edgewise.sync.central_replica import Replica
@@ -31,6 +32,7 @@ from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import CommitInfo, ControlStore
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
+from edgewise.sync.fleet import EdgeEntry
 from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.v1 import sync_pb2
 
@@ -70,6 +72,9 @@ class CentralControlService(ControlPlaneService):
         self.lease = JobsLease(
             replica.central.bridge, self._lead, self._follow, replicas=replica.central.replicas
         )
+        self.shared_fleet = FleetShare(
+            replica.central.bridge, self.fleet, self.lease.holder_id, replicas=replica.central.replicas
+        )
         self._leading: list[ProfileFolder | BanditLearner] = []
         self._leading_lock = threading.Lock()
         self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
@@ -83,12 +88,14 @@ class CentralControlService(ControlPlaneService):
         if self.retention is not None:
             self.retention.start()
         self.lease.start()
+        self.shared_fleet.start()
         self._snapshotter.start()
 
     def stop_background(self) -> None:
         self._stopping.set()
         self._snapshot_due.set()
         self.lease.stop()
+        self.shared_fleet.stop()
         self._follow()
         if self.retention is not None:
             self.retention.stop()
@@ -135,6 +142,9 @@ class CentralControlService(ControlPlaneService):
 
     def _events_total(self) -> int:
         return self.central_events.count()
+
+    def _fleet_edges(self) -> list[EdgeEntry]:
+        return self.shared_fleet.edges()
 
     def _through_log(
         self, make: Callable[[], T], what: str, fail: Callable[[grpc.StatusCode, str], NoReturn]

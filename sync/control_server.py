@@ -410,7 +410,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def Status(self, request: sync_pb2.StatusRequest, context: grpc.ServicerContext) -> sync_pb2.StatusReply:
         head = self.store.head_version()
         total = self._events_total()
-        edges = [_edge_status(e, head) for e in self.fleet.edges()]
+        edges = [_edge_status(e, head) for e in self._fleet_edges()]
         return sync_pb2.StatusReply(head_version=head, edges=edges, events_total=total)
 
     def Report(self, request: sync_pb2.ReportRequest, context: grpc.ServicerContext) -> sync_pb2.ReportReply:
@@ -470,7 +470,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def ForgetStatus(
         self, request: sync_pb2.ForgetStatusRequest, context: grpc.ServicerContext
     ) -> sync_pb2.ForgetStatusReply:
-        edges = self.fleet.edges()
+        edges = self._fleet_edges()
         limit = request.limit or FORGET_STATUS_DEFAULT
         if limit > FORGET_STATUS_MAX:
             context.abort(
@@ -566,6 +566,10 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def _forget_events(self, user: str) -> int:
         """Delete a forgotten user's stored events and exposures; how many."""
         return self.events.forget(user) if self.events is not None else 0
+
+    def _fleet_edges(self) -> list[EdgeEntry]:
+        """The edges `ctl status` and `ctl forget --status` show (the central tier adds other replicas')."""
+        return self.fleet.edges()
 
     def _events_total(self) -> int:
         """Events and exposures stored (`ctl status`)."""

@@ -120,6 +120,14 @@ def test_two_replicas_pushing_at_once_make_one_order_and_edges_follow_either(
     with _ops(b) as ops:
         status = ops.status()
     assert status.head_version == head
+
+    def fleet(replica: Process) -> dict[str, int]:
+        with _ops(replica) as ops:
+            return {e.node_id: e.applied_version for e in ops.status().edges}
+
+    # the same fleet through either replica: each one's edges and the other's
+    want = {"edge-a": head, "edge-b": head}
+    wait_for(lambda: fleet(a) == want and fleet(b) == want, 20, "both edges in the status of both replicas")
     assert edge_a.address and edge_b.address
 
 
