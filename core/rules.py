@@ -23,8 +23,8 @@ from edgewise.core.experiments import (
     compile_holdout,
 )
 from edgewise.core.json_limits import find_problem, join_path
-from edgewise.core.saved_groups import MemberIndex, compile_saved_groups
 from edgewise.core.linear_bandits import LinearBanditPolicy, compile_linear_bandit, is_contextual
+from edgewise.core.saved_groups import MemberIndex, compile_saved_groups
 from edgewise.core.segments import SegmentSet, compile_segments
 from edgewise.core.strategies import ItemServe, StrategyError, compile_item_serve
 

@@ -50,6 +50,7 @@ __all__ = [
     "FleetConfig",
     "LogConfig",
     "MetricsConfig",
+    "NatsConfig",
     "ServerConfig",
     "SyncConfig",
     "TlsConfig",
@@ -295,6 +296,51 @@ class LogConfig:
     )
 
 
+def _check_nats_url(text: str) -> str | None:
+    """Empty (the embedded control plane) or a comma-separated list of nats:// or tls:// URLs."""
+    for url in (u.strip() for u in text.split(",") if u.strip()):
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            return f"{url!r} is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class NatsConfig:
+    url: str = field(
+        default="",
+        metadata=meta(
+            "NATS servers of the central tier's JetStream cluster, comma-separated (nats://h1:4222,...): "
+            "this process is then a replica whose store is a cache of the change log (docs/central.md); "
+            "empty: the embedded control plane",
+            check=_check_nats_url,
+            flag="--nats",
+            metavar="URLS",
+        ),
+    )
+    replicas: int = field(
+        default=3,
+        metadata=meta(
+            "copies JetStream keeps of the change log and the snapshots (1, 3 or 5; at most the servers)",
+            min=1,
+            max=5,
+            flag="--nats-replicas",
+            metavar="N",
+        ),
+    )
+    partitions: int = field(
+        default=8,
+        metadata=meta(
+            "partitions of the forwarded events stream (by user: one user's events stay in order); fixed "
+            "once the stream has events",
+            min=1,
+            max=1024,
+            flag="--nats-partitions",
+            metavar="N",
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ControlConfig:
     """The effective configuration of a control plane; sections as in the TOML file."""
@@ -309,6 +355,7 @@ class ControlConfig:
     bandits: BanditsConfig
     metrics: MetricsConfig
     log: LogConfig
+    nats: NatsConfig = field(default_factory=NatsConfig)
 
     def get(self, key: str) -> object:
         """The value of a dotted key, e.g. `config.get("server.listen")`."""

@@ -4,6 +4,7 @@ background jobs) until SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -160,14 +161,48 @@ def run_control_serve(args: argparse.Namespace) -> int:
                 "its holders can act as any node; remove it once every edge has its own token"
             },
         )
+    central = None
+    if config.nats.url:  # a replica of the central tier (docs/central.md)
+        from edgewise.sync.central_serve import ReplicaStartError, open_replica
+
+        def reopen() -> ControlStore:
+            return ControlStore(
+                data.dir,
+                map_size=data.map_size_mb << 20,
+                retain_snapshots=data.retain_snapshots,
+                retain_log_changes=data.retain_log_changes,
+            )
+
+        try:
+            central = open_replica(
+                config.nats.url,
+                config.nats.replicas,
+                store,
+                reopen,
+                partitions=config.nats.partitions,
+                retain_events_s=config.events.retain.total_seconds(),
+            )
+        except (ReplicaStartError, ControlStoreError) as exc:
+            print(f"edgewise control serve: --nats: {exc}", file=sys.stderr)
+            return 2
+        store = central.store
     try:
         events = EventStore(data.dir / "events", map_size=data.map_size_mb << 20)
     except EventStoreError as exc:
         print(f"edgewise control serve: {exc}", file=sys.stderr)
         store.close()
+        if central is not None:
+            central.close()
         return 2
     auth = next((i for i in interceptors if isinstance(i, TokenAuth)), None)
-    service = ControlPlaneService(
+    service_class: Callable[..., ControlPlaneService] = ControlPlaneService
+    if central is not None:
+        from edgewise.sync.central_service import CentralControlService
+
+        service_class = functools.partial(
+            CentralControlService, replica=central.replica, central_events=central.events
+        )
+    service = service_class(
         store,
         max_snapshots=config.sync.max_snapshots,
         heartbeat_seconds=config.sync.heartbeat_seconds,
@@ -215,6 +250,8 @@ def run_control_serve(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"edgewise control serve: cannot listen on {listen}: {exc}", file=sys.stderr)
         store.close()
+        if central is not None:
+            central.close()
         return 2
     metrics_address, metrics_server = "", None
     if config.metrics.listen:
@@ -227,8 +264,12 @@ def run_control_serve(args: argparse.Namespace) -> int:
             server.stop(None)
             store.close()
             events.close()
+            if central is not None:
+                central.close()
             return 2
         metrics_address = f"{config.metrics.listen.rpartition(':')[0]}:{metrics_server.server_address[1]}"
+    if central is not None:
+        central.replica.start()  # follow the change log before serving
     server.start()
     service.start_background()
     for name in ("", SERVICE_NAME):
@@ -266,6 +307,8 @@ def run_control_serve(args: argparse.Namespace) -> int:
         metrics_server.server_close()
     admission.shutdown()
     service.stop_background()
+    if central is not None:
+        central.close()
     store.close()
     events.close()
     log.info("control_stopped")

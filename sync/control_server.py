@@ -48,9 +48,9 @@ from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
 from edgewise.sync.commit_cache import CommitCache, commit_proto
 from edgewise.sync.control_jobs import ControlJobs
-from edgewise.sync.control_store import ControlStore, ControlStoreError, RecordChange
+from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
-from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError
+from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, IngestResult
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES, EdgeEntry, Fleet
 from edgewise.sync.push_staging import PushLayout, clean_staging
@@ -266,42 +266,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
         try:
             kind, description, files = self._receive(request_iterator, staging, refuse)
-            with self._push_lock:
-                try:
-                    if kind == sync_pb2.PUSH_KIND_BUNDLE:
-                        bundle = load_bundle(staging)
-                        info = self.store.replace_all(
-                            _keep_fleet_activity(bundle_records(bundle), self._fleet_activity()),
-                            kind="push",
-                            description=description or f"bundle {bundle.version}",
-                        )
-                        summary = (
-                            f"bundle version {bundle.version}: {len(bundle.items)} items, "
-                            f"{len(bundle.profiles)} profiles"
-                        )
-                    else:
-                        if len(files) != 1:
-                            refuse(grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file")
-                        name = files[0]
-                        with self.store.read() as view:
-                            text = (staging / name).read_text(encoding="utf-8")
-                            changes = parse_delta(text.splitlines(), view, file=name)
-                        info = self.store.commit(changes, kind="delta", description=description or name)
-                        summary = f"delta {name}: {len(changes)} changes"
-                except BundleError as exc:
-                    refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
-                except UnicodeDecodeError as exc:
-                    refuse(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"push refused: the delta file is not UTF-8: {exc}"
-                    )
-                except OSError as exc:  # a pushed file that cannot be read as the bundle needs it
-                    where = Path(exc.filename).name if exc.filename else "a pushed file"
-                    refuse(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"push refused, nothing changed: {where}: {exc.strerror or exc}",
-                    )
-                except ControlStoreError as exc:
-                    refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+            info, summary = self._apply_push(kind, description, files, staging, refuse)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._notify()
@@ -314,6 +279,51 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             extra={"version": info.version, "changes": info.changes, "kind": info.kind, "summary": summary},
         )
         return sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
+
+    def _apply_push(
+        self,
+        kind: int,
+        description: str,
+        files: list[str],
+        staging: Path,
+        refuse: Callable[[grpc.StatusCode, str], NoReturn],
+    ) -> tuple[CommitInfo | None, str]:
+        """Validate the staged push and commit it (the commit and a summary of it); refuses what is wrong."""
+        with self._push_lock:
+            try:
+                if kind == sync_pb2.PUSH_KIND_BUNDLE:
+                    bundle = load_bundle(staging)
+                    info = self.store.replace_all(
+                        _keep_fleet_activity(bundle_records(bundle), self._fleet_activity()),
+                        kind="push",
+                        description=description or f"bundle {bundle.version}",
+                    )
+                    summary = (
+                        f"bundle version {bundle.version}: {len(bundle.items)} items, "
+                        f"{len(bundle.profiles)} profiles"
+                    )
+                else:
+                    if len(files) != 1:
+                        refuse(grpc.StatusCode.INVALID_ARGUMENT, "a delta push carries exactly one file")
+                    name = files[0]
+                    with self.store.read() as view:
+                        text = (staging / name).read_text(encoding="utf-8")
+                        changes = parse_delta(text.splitlines(), view, file=name)
+                    info = self.store.commit(changes, kind="delta", description=description or name)
+                    summary = f"delta {name}: {len(changes)} changes"
+            except BundleError as exc:
+                refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
+            except UnicodeDecodeError as exc:
+                refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused: the delta file is not UTF-8: {exc}")
+            except OSError as exc:  # a pushed file that cannot be read as the bundle needs it
+                where = Path(exc.filename).name if exc.filename else "a pushed file"
+                refuse(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"push refused, nothing changed: {where}: {exc.strerror or exc}",
+                )
+            except ControlStoreError as exc:
+                refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+        return info, summary
 
     def _receive(
         self,
@@ -399,8 +409,8 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
     def Status(self, request: sync_pb2.StatusRequest, context: grpc.ServicerContext) -> sync_pb2.StatusReply:
         head = self.store.head_version()
-        total = self.events.count() if self.events is not None else 0
-        edges = [_edge_status(e, head) for e in self.fleet.edges()]
+        total = self._events_total()
+        edges = [_edge_status(e, head) for e in self._fleet_edges()]
         return sync_pb2.StatusReply(head_version=head, edges=edges, events_total=total)
 
     def Report(self, request: sync_pb2.ReportRequest, context: grpc.ServicerContext) -> sync_pb2.ReportReply:
@@ -449,7 +459,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 info = self.store.forget(user)
             except ControlStoreError as exc:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"forget not applied: {exc}")
-            removed = self.events.forget(user) if self.events is not None else 0
+            removed = self._forget_events(user)
         self._notify()
         version = info.version if info is not None else (self.store.forgotten_version(user) or 0)
         log.info(
@@ -460,7 +470,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def ForgetStatus(
         self, request: sync_pb2.ForgetStatusRequest, context: grpc.ServicerContext
     ) -> sync_pb2.ForgetStatusReply:
-        edges = self.fleet.edges()
+        edges = self._fleet_edges()
         limit = request.limit or FORGET_STATUS_DEFAULT
         if limit > FORGET_STATUS_MAX:
             context.abort(
@@ -531,7 +541,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             with self._forget_lock:
                 forgotten = self.store.forgotten_among(users)
                 kept = [(c, u) for c, u in zip(checked, users, strict=True) if u not in forgotten]
-                result = self.events.ingest(request.node_id, [c for c, _ in kept], [u for _, u in kept])
+                result = self._store_forwarded(request.node_id, [c for c, _ in kept], [u for _, u in kept])
         except EventStoreError as exc:
             log.error("events_not_stored", extra={"node": request.node_id, "error": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "events could not be stored; retry later")
@@ -543,6 +553,27 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             forgotten=len(checked) - len(kept),
             rejected=len(rejected),
         )
+
+    # --- where forwarded events are kept (the central tier keeps them in JetStream) -----------------
+
+    def _store_forwarded(
+        self, node_id: str, records: list[tuple[str, str, bytes]], users: list[str]
+    ) -> IngestResult:
+        """Store checked records (kind, id, payload) of `users`; EventStoreError when they were not."""
+        assert self.events is not None
+        return self.events.ingest(node_id, records, users)
+
+    def _forget_events(self, user: str) -> int:
+        """Delete a forgotten user's stored events and exposures; how many."""
+        return self.events.forget(user) if self.events is not None else 0
+
+    def _fleet_edges(self) -> list[EdgeEntry]:
+        """The edges `ctl status` and `ctl forget --status` show (the central tier adds other replicas')."""
+        return self.fleet.edges()
+
+    def _events_total(self) -> int:
+        """Events and exposures stored (`ctl status`)."""
+        return self.events.count() if self.events is not None else 0
 
 
 def report_document(report: ExperimentReport) -> dict[str, object]:

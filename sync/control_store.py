@@ -45,7 +45,7 @@ import heapq
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,7 @@ __all__ = [
     "KINDS",
     "MAX_KEY_BYTES",
     "REPLICATED",
+    "CommitHook",
     "CommitInfo",
     "ControlStore",
     "ControlStoreError",
@@ -88,6 +89,7 @@ _META_LINEAGE: Final = b"lineage"
 _META_CURSOR: Final = b"cursor:"  # + consumer name -> 8-byte position in its input (commit_at)
 _META_LOG_START: Final = b"log_start"
 _META_SNAPSHOTS: Final = b"snapshots"
+_META_POSITION: Final = b"replicated_position"  # where this store is in an external log (central tier)
 
 
 class ControlStoreError(RuntimeError):
@@ -114,6 +116,14 @@ class CommitInfo:
     kind: str  # "push" | "delta" | "rollback"
     created_at_ms: int
     description: str
+
+
+CommitHook = Callable[[CommitInfo, list[RecordChange], int, dict[str, int]], int]
+"""Called inside the write transaction of every new commit, before it commits, with the commit, its
+changes in seq order, the store's replicated position and the consumer cursors the commit moves
+(`commit_at`); returns the new position, written in the same transaction. Raising aborts the
+transaction: nothing of the commit lands (the central tier publishes each commit to its JetStream change
+log this way, docs/central.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,11 +360,14 @@ def _delete_prefix(txn: lmdb.Transaction[bytes], db: Database, prefix: bytes) ->
 class _Batch:
     """The changes of one commit, written inside one write transaction; no-ops are not logged."""
 
-    __slots__ = ("_dbs", "_txn", "base_version", "seq")
+    __slots__ = ("_dbs", "_hook", "_logged", "_txn", "base_version", "cursors", "seq")
 
-    def __init__(self, txn: lmdb.Transaction[bytes], dbs: _Dbs) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], dbs: _Dbs, hook: CommitHook | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._hook = hook
+        self._logged: list[RecordChange] = []
+        self.cursors: dict[str, int] = {}  # consumer cursors this commit moves (commit_at), for the hook
         self.base_version = _meta_u64(txn, dbs, _META_HEAD)
         self.seq = self.base_version
 
@@ -408,6 +421,8 @@ class _Batch:
         seq = _pack_u64(self.seq)
         self._txn.put(seq, _encode_change(namespace, key, value), db=self._dbs.log, append=True)
         _index_profile_log(self._txn, self._dbs, seq, namespace, key, value)
+        if self._hook is not None:
+            self._logged.append(RecordChange(namespace, key, value))
 
     def finish(self, kind: str, description: str) -> CommitInfo | None:
         """Record the commit and the new head; None (nothing written) when every change was a no-op."""
@@ -424,6 +439,11 @@ class _Batch:
         )
         self._txn.put(_pack_u64(info.version), _encode_commit(info), db=self._dbs.commits, append=True)
         self._txn.put(_META_HEAD, _pack_u64(info.version), db=self._dbs.meta)
+        if self._hook is not None:
+            position = self._hook(
+                info, self._logged, _meta_u64(self._txn, self._dbs, _META_POSITION), self.cursors
+            )
+            self._txn.put(_META_POSITION, _pack_u64(position), db=self._dbs.meta)
         return info
 
 
@@ -493,6 +513,7 @@ class ControlStore:
         self._env, self._dbs = self._open()
         self._check_layout()
         self.lineage: str = self._lineage()
+        self.on_commit: CommitHook | None = None  # see CommitHook; set by the central tier
 
     def _open(self) -> tuple[lmdb.Environment, _Dbs]:
         try:
@@ -624,7 +645,9 @@ class ControlStore:
         if not pending and not cursor:
             return None
         with self._write() as txn:
-            batch = _Batch(txn, self._dbs)
+            batch = _Batch(txn, self._dbs, self.on_commit)
+            if cursor:
+                batch.cursors[cursor] = position
             for (namespace, key), (raw_key, value) in pending.items():
                 if value is None:
                     batch.delete(namespace, key, raw_key)
@@ -678,7 +701,7 @@ class ControlStore:
             if not already:
                 txn.put(raw_key, _pack_u64(0), db=dbs.forgotten)  # the commit's version, below
             _purge_profile(txn, dbs, user_id, raw_key)
-            batch = _Batch(txn, dbs)
+            batch = _Batch(txn, dbs, self.on_commit)
             batch.delete("profiles", user_id, raw_key)
             if not already:
                 batch.put_owned("forgotten", user_id, raw_key, _pack_u64(_now_ms()))
@@ -729,7 +752,7 @@ class ControlStore:
     def _replace_in(
         self, txn: lmdb.Transaction[bytes], records: Iterable[RecordChange], kind: str, description: str
     ) -> CommitInfo | None:
-        batch = _Batch(txn, self._dbs)
+        batch = _Batch(txn, self._dbs, self.on_commit)
         seen: dict[str, set[bytes]] = {name: set() for name in REPLICATED}
         for record in records:
             raw_key = _encode_key(record.namespace, record.key)
@@ -899,3 +922,149 @@ class ControlStore:
                     f"(it now starts at {log_start}): send a full snapshot"
                 )
             return info, _read_changes(txn, self._dbs, info)
+
+    # -- the central tier: this store as a materialized view of an external change log ----------------
+
+    def replicated_position(self) -> int:
+        """This store's position in the external log it materializes (0: none applied)."""
+        with self._env.begin() as txn:
+            return _meta_u64(txn, self._dbs, _META_POSITION)
+
+    def apply_commit(
+        self,
+        info: CommitInfo,
+        changes: list[RecordChange],
+        position: int,
+        cursors: dict[str, int] | None = None,
+    ) -> bool:
+        """Apply a commit made by another replica, verbatim (its version, seqs, time and kind), and set the
+        replicated position to `position`, in one write transaction. False (nothing written) when the
+        store is already at or past `position`. A commit that does not continue the head raises: the
+        store is not the log's materialized view any more (rebuild it)."""
+        if len(changes) != info.changes or info.version != info.base_version + info.changes:
+            raise ControlStoreError(
+                f"commit {info.version} carries {len(changes)} changes for {info.changes} "
+                f"(base {info.base_version}): not a commit of this format"
+            )
+        with self._write() as txn:
+            dbs = self._dbs
+            if _meta_u64(txn, dbs, _META_POSITION) >= position:
+                return False
+            head = _meta_u64(txn, dbs, _META_HEAD)
+            if info.base_version != head:
+                raise ControlStoreError(
+                    f"commit {info.version} at log position {position} follows version {info.base_version}, "
+                    f"this store is at version {head}: the cache diverged from the log; rebuild it"
+                )
+            if info.kind == "forget":
+                for change in changes:
+                    if change.namespace == "forgotten" or (
+                        change.namespace == "profiles" and change.value is None
+                    ):
+                        raw_key = _encode_key("profiles", change.key)
+                        if change.namespace == "forgotten":
+                            txn.put(raw_key, _pack_u64(info.version), db=dbs.forgotten)
+                        _purge_profile(txn, dbs, change.key, raw_key)
+            seq = info.base_version
+            for change in changes:
+                raw_key = _encode_key(change.namespace, change.key)
+                _check_value(change.namespace, change.key, change.value)
+                state = dbs.state[change.namespace]
+                if change.value is None:
+                    txn.delete(raw_key, db=state)
+                else:
+                    txn.put(raw_key, change.value, db=state)
+                seq += 1
+                packed = _pack_u64(seq)
+                txn.put(
+                    packed,
+                    _encode_change(change.namespace, change.key, change.value),
+                    db=dbs.log,
+                    append=True,
+                )
+                _index_profile_log(txn, dbs, packed, change.namespace, change.key, change.value)
+            txn.put(_pack_u64(info.version), _encode_commit(info), db=dbs.commits, append=True)
+            txn.put(_META_HEAD, _pack_u64(info.version), db=dbs.meta)
+            txn.put(_META_POSITION, _pack_u64(position), db=dbs.meta)
+            for name, at in (cursors or {}).items():  # the consumer positions this commit moved
+                txn.put(_META_CURSOR + name.encode(), _pack_u64(at), db=dbs.meta)
+            if info.kind in ("push", "rollback"):
+                self._save_snapshot(txn, info.version)
+            self._compact_in(txn)
+        return True
+
+    def install_snapshot(
+        self,
+        *,
+        lineage: str,
+        commits: list[CommitInfo],
+        records: Iterable[RecordChange],
+        forgotten: dict[str, int],
+        position: int,
+    ) -> None:
+        """Replace everything with a full snapshot of another store in one write transaction: its lineage,
+        state (`records`), forgotten users (user -> version of the forget), the newest `commits` (the head
+        first, for history) and the log position it was taken at. The log starts at the head."""
+        head = commits[0].version if commits else 0
+        with self._write() as txn:
+            dbs = self._dbs
+            for db in (
+                *dbs.state.values(),
+                dbs.log,
+                dbs.commits,
+                dbs.snapshots,
+                dbs.forgotten,
+                dbs.profile_log,
+            ):
+                txn.drop(db, delete=False)
+            txn.delete(_META_SNAPSHOTS, db=dbs.meta)
+            for record in records:
+                if record.value is None:
+                    raise ControlStoreError(f"a snapshot holds a delete of {record.namespace}/{record.key}")
+                txn.put(
+                    _encode_key(record.namespace, record.key), record.value, db=dbs.state[record.namespace]
+                )
+            for user, version in forgotten.items():
+                txn.put(_encode_key("profiles", user), _pack_u64(version), db=dbs.forgotten)
+            for info in sorted(commits, key=lambda c: c.version):
+                txn.put(_pack_u64(info.version), _encode_commit(info), db=dbs.commits)
+            txn.put(_META_HEAD, _pack_u64(head), db=dbs.meta)
+            txn.put(_META_LOG_START, _pack_u64(head), db=dbs.meta)
+            txn.put(_META_LINEAGE, lineage.encode(), db=dbs.meta)
+            txn.put(_META_POSITION, _pack_u64(position), db=dbs.meta)
+            if head > 0:
+                self._save_snapshot(txn, head)
+        self.lineage = lineage
+
+    def adopt_lineage(self, lineage: str) -> None:
+        """Take the lineage of the log this empty store is to materialize (ControlStoreError if it holds
+        commits: those came from elsewhere)."""
+        with self._write() as txn:
+            if _meta_u64(txn, self._dbs, _META_HEAD) or _meta_u64(txn, self._dbs, _META_POSITION):
+                raise ControlStoreError(
+                    f"the store at {self.path} is not empty: it cannot take another lineage"
+                )
+            txn.put(_META_LINEAGE, lineage.encode(), db=self._dbs.meta)
+        self.lineage = lineage
+
+    def image(self, commits: int = 50) -> tuple[int, list[CommitInfo], dict[str, int], list[RecordChange]]:
+        """Everything a replica needs to start from this store, as of one read transaction: the
+        replicated position, the newest `commits` (newest first), forgotten user -> version, and every
+        record of the state."""
+        with self._env.begin() as txn:
+            dbs = self._dbs
+            position = _meta_u64(txn, dbs, _META_POSITION)
+            infos: list[CommitInfo] = []
+            with txn.cursor(db=dbs.commits) as cursor:
+                if cursor.last():
+                    for key, raw in cursor.iterprev():
+                        infos.append(_decode_commit(key, raw))
+                        if len(infos) >= commits:
+                            break
+            forgotten = {bytes(k).decode(): _unpack_u64(v) for k, v in txn.cursor(db=dbs.forgotten)}
+            records = [
+                RecordChange(name, bytes(key).decode(), bytes(value))
+                for name in REPLICATED
+                for key, value in txn.cursor(db=dbs.state[name])
+            ]
+        return position, infos, forgotten, records

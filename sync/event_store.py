@@ -164,24 +164,36 @@ class EventStore:
         self.close()
 
     def ingest(
-        self, node_id: str, records: Sequence[tuple[str, str, bytes]], users: Sequence[str] | None = None
+        self,
+        node_id: str | Sequence[str],
+        records: Sequence[tuple[str, str, bytes]],
+        users: Sequence[str] | None = None,
+        seqs: Sequence[int] | None = None,
     ) -> IngestResult:
         """Store the records not seen before, in one transaction. `records` are (kind, id, payload) with
         the id `event_id_of(payload)` returned when the caller checked the payload; `users` the user id
-        of each (`forwarded_keys`), else read from the payloads."""
+        of each (`forwarded_keys`), else read from the payloads. `node_id`: the forwarding node of all,
+        or of each. `seqs`: the sequence of each record (the central tier keeps its events stream's), a
+        record at or below the last one stored counted as a duplicate; else the next ones."""
         if users is None:
             users = [_user_of(payload) for _, _, payload in records]
+        nodes = [node_id] * len(records) if isinstance(node_id, str) else list(node_id)
         accepted = duplicates = 0
         try:
             with self._env.begin(write=True) as txn:
                 raw = txn.get(_META_SEQ, db=self._meta)
                 seq = _SEQ.unpack(raw)[0] if raw is not None else 0
-                for (kind, event_id, payload), user in zip(records, users, strict=True):
-                    key = event_id.encode()
-                    if not txn.put(key, _SEQ.pack(seq + 1), db=self._ids, overwrite=False):
+                for i, ((kind, event_id, payload), user) in enumerate(zip(records, users, strict=True)):
+                    node_id = nodes[i]
+                    next_seq = seq + 1 if seqs is None else seqs[i]
+                    if next_seq <= seq:  # delivered again: stored (or dropped) the first time
                         duplicates += 1
                         continue
-                    seq += 1
+                    key = event_id.encode()
+                    if not txn.put(key, _SEQ.pack(next_seq), db=self._ids, overwrite=False):
+                        duplicates += 1
+                        continue
+                    seq = next_seq
                     accepted += 1
                     record = msgpack.packb({"node": node_id, "kind": kind, "e": payload}, use_bin_type=True)
                     txn.put(_SEQ.pack(seq), record, db=self._log, append=True)

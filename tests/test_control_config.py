@@ -63,6 +63,9 @@ FLAG_DEFAULTS = {
     "--fleet-max-entries": ("fleet.max_entries", 10_000),
     # issue 20: the control plane's /metrics
     "--metrics-listen": ("metrics.listen", ""),
+    "--nats": ("nats.url", ""),
+    "--nats-replicas": ("nats.replicas", 3),
+    "--nats-partitions": ("nats.partitions", 8),
 }
 
 

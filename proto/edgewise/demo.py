@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", type=int, default=1000, help="synthetic items (default 1000)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
+    parser.add_argument(
+        "--nats",
+        action="store_true",
+        help="the central tier instead: a 3-server JetStream cluster on loopback, 2 control-plane replicas, "
+        "2 edges; a replica and a NATS server killed mid-run (docs/central.md; pip install 'edgewise[nats]')",
+    )
 
 
 def _say(text: str = "") -> None:
@@ -440,14 +447,19 @@ def run(args: argparse.Namespace) -> int:
             f"1. Synthetic bundle: {args.users} users, {args.items} items -> {bundle_dir} "
             f"({time.monotonic() - t0:.1f}s)"
         )
-        _fleet(env, procs, tmp, bundle_dir)
+        killed = 0  # processes the demo SIGKILLs on purpose (--nats)
+        if getattr(args, "nats", False):
+            killed = _central(env, procs, tmp, bundle_dir)
+        else:
+            _fleet(env, procs, tmp, bundle_dir)
         codes = procs.stop_all()
         _say(
             "10. Stopped on SIGTERM (edges: health NOT_SERVING, drained): "
             + ", ".join(f"{name} exit {code}" for name, code in reversed(codes))
         )
         _say(f"done in {time.monotonic() - started:.1f}s")
-        return 0 if all(code == 0 for _, code in codes) else 1
+        failed = [code for _, code in codes if code != 0]
+        return 0 if len(failed) <= killed and all(code == -signal.SIGKILL for code in failed) else 1
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping every process")
         return 130
@@ -460,3 +472,103 @@ def run(args: argparse.Namespace) -> int:
             _say(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- `edgewise demo --nats`: the central tier (docs/central.md) ------------------------------------------
+
+
+def _serve_edge(procs: Processes, tmp: Path, name: str, control: str) -> dict[str, object]:
+    args = ["edge", "serve", "--data", str(tmp / f"{name}-data"), "--control", control, "--node-id", name]
+    return procs.serve(name, [*args, "--workers", "1", "--listen", "127.0.0.1:0"]).wait_ready()
+
+
+def _events_total(env: dict[str, str], control: str) -> int:
+    from edgewise.client import ControlClient
+
+    with ControlClient(control, token=env["EDGEWISE_OPS_TOKEN"], timeout=30) as ops:
+        return ops.status().events_total
+
+
+def _track_views(address: str, prefix: str, count: int) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = _pb_grpc.PersonalizerStub(channel)
+        for start in range(0, count, 50):
+            events = [
+                _pb.Event(event_id=f"{prefix}-{n}", type="view", user_id=f"u{n % 60}", item_id=f"i{n % 40}")
+                for n in range(start, min(start + 50, count))
+            ]
+            stub.Track(_pb.TrackRequest(events=events, consent=["analytics"]), timeout=10)
+
+
+def _central(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path) -> int:
+    """The central tier's run; the number of processes it SIGKILLed on purpose."""
+    from edgewise.nats_cluster import NATS_EXTRA_HINT, NatsCluster, NatsClusterError, nats_server_binary
+
+    if nats_server_binary() is None:
+        raise RuntimeError(f"--nats needs the nats-server binary and the NATS client: {NATS_EXTRA_HINT}")
+    try:
+        cluster = NatsCluster(tmp / "nats", size=3).start()
+    except NatsClusterError as exc:
+        raise RuntimeError(str(exc)) from exc
+    try:
+        _say(f"2. NATS JetStream cluster: 3 servers on loopback ({cluster.url_list})")
+        replicas = {}
+        for name in ("replica-a", "replica-b"):
+            args = ["control", "serve", "--data", str(tmp / f"{name}-data"), "--listen", "127.0.0.1:0"]
+            replicas[name] = procs.serve(name, [*args, "--nats", cluster.url_list])
+            _say(f"   {name}: pid {replicas[name].pid}, serving {replicas[name].address}")
+        a, b = replicas["replica-a"], replicas["replica-b"]
+        _say(f"3. $ edgewise ctl --control {a.address} push BUNDLE   (through replica A)")
+        _say(f"   {_ctl(env, a.address, 'push', str(bundle_dir), '--quiet')}")
+        edges = {"edge-a": _serve_edge(procs, tmp, "edge-a", a.address)}
+        edges["edge-b"] = _serve_edge(procs, tmp, "edge-b", b.address)
+        _say("   edge-a follows replica A, edge-b follows replica B:")
+        for name, info in edges.items():
+            _say(f"   {name}: version {info['snapshot_version']}")
+        datas = [tmp / f"{name}-data" for name in edges]
+        _say(f"   identical data on both edges: {'yes' if _digest(datas[0]) == _digest(datas[1]) else 'NO'}")
+
+        _say("4. 300 views tracked on each edge (100 event ids on both): forwarded into the events stream")
+        _track_views(str(edges["edge-a"]["address"]), "ev", 300)
+        _track_views(str(edges["edge-b"]["address"]), "ev", 100)
+        _track_views(str(edges["edge-b"]["address"]), "evb", 200)
+
+        _say("5. Replica A killed (SIGKILL) and NATS server n1 killed (SIGKILL) mid-run; a delta pushed")
+        _say("   through replica B meanwhile")
+        a.stop(signal.SIGKILL)
+        cluster.kill(0)
+        delta = tmp / "delta.jsonl"
+        _delta_file(delta, bundle_dir)
+        printed = _ctl(env, b.address, "push-delta", str(delta), "--quiet")
+        version = int(printed.split("version ")[1].split(",")[0])
+        _say(f"   {printed}")
+        _say("   replica A restarted on its cache and port (edge-a reconnects to it):")
+        a2 = procs.serve(
+            "replica-a",
+            [
+                *a.args[: a.args.index("--listen") + 1],
+                f"127.0.0.1:{a.port}",
+                *a.args[a.args.index("--listen") + 2 :],
+            ],
+        )
+        _say(f"   replica-a: pid {a2.pid}, caught up to the log before serving")
+        took = _wait(lambda: all(_edge_version(d) >= version for d in datas), 60)
+        same = _digest(datas[0]) == _digest(datas[1])
+        _say(
+            f"   both edges at version {version} "
+            + (f"{took:.1f} s after the restart" if took is not None else "NOT reached")
+            + f"; identical data: {'yes' if same else 'NO'}"
+        )
+        counted = _wait(lambda: _events_total(env, a2.address) == 500 == _events_total(env, b.address), 60)
+        _say(
+            "6. events stored in the stream, asked through replica A and replica B: "
+            f"{_events_total(env, a2.address)} and {_events_total(env, b.address)} "
+            f"(500 distinct ids: counted once{'' if counted is not None else ' NOT reached'})"
+        )
+        for line in _ctl(env, b.address, "status").splitlines():
+            _say(f"   {line}")
+        _say()
+        return 1
+    finally:
+        procs.stop_all()  # the replicas first, while NATS still answers
+        cluster.stop()

@@ -1,0 +1,305 @@
+"""The central tier on NATS JetStream against the embedded control plane, in one run (docs/central.md).
+
+Run from the repository root (needs `pip install -e '.[nats]'`):
+
+    python -m bench.central            # 40 deltas per side, 20k events per replica count
+    python -m bench.central --quick    # 10 deltas, 4k events
+    python -m bench.central --json
+
+Everything is a real process on loopback: a 3-server JetStream cluster (`edgewise.nats_cluster`, R3
+streams), `control serve --nats` replicas, an embedded `control serve`, and `edge serve --workers 1` edges.
+
+1. Push -> applied on all edges: the embedded control plane with 2 edges, and replicas A and B with one
+   edge each (so every push through A reaches an edge through B's copy of the log). `--deltas` small
+   deltas per side, pushed in alternating rounds (embedded, JetStream, embedded, ...) so both see the same
+   machine load; latency = the latest `sync_applied` ts over the side's edges minus the time the Push
+   returned (as `bench.sync`). The ratio of the p99s is the figure the issue bounds (<= 1.5).
+2. Events stored and folded per second, with 1 and with 2 replicas: `--events` view events tracked into
+   one edge per replica (split evenly), at full speed; stored = `events_total` (messages in the events
+   stream) reaching the count, folded = the jobs holder's `profiles_folded` line covering the stream's last
+   sequence. CPU seconds of every replica process (utime + stime from /proc) over the stage, per 100k
+   events, and the capacity of a 16-core control machine from that per-event cost.
+3. Failover: a NATS server SIGKILLed while pushes go through a replica every 50 ms: the longest gap
+   between acknowledged pushes (time until pushes are accepted again), and that no acknowledged push is
+   missing from the history afterwards. (A replica killed -> its edges following another replica needs
+   edges that follow a list of replicas: not measured here.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from edgewise.bench.sync import (
+    EDGE_TOKEN,
+    OPS_TOKEN,
+    BenchError,
+    Control,
+    LogTail,
+    _applied_at,
+    _machine,
+    _percentiles,
+    _user_ids,
+    _wait_applied,
+    small_delta,
+    spawn_edge,
+    track_all,
+    track_requests,
+)
+from edgewise.nats_cluster import NatsCluster
+from edgewise.offline.synth import synth_bundle
+from edgewise.processes import Process, Processes, wait_ready
+from edgewise.v1 import sync_pb2
+
+CORES_TARGET: Final = 16
+
+
+def _log(message: str) -> None:
+    print(f"[bench.central] {message}", file=sys.stderr, flush=True)
+
+
+def _control(procs: Processes, name: str, data: Path, *extra: str) -> tuple[Process, str]:
+    p = procs.start(name, ["control", "serve", "--data", str(data), "--listen", "127.0.0.1:0", *extra])
+    (info,) = wait_ready([p], 120)
+    return p, str(info["address"])
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _edges(
+    procs: Processes, root: Path, prefix: str, addresses: Sequence[str], version: int
+) -> tuple[list[Process], list[LogTail]]:
+    edges = [spawn_edge(procs, f"{prefix}{i}", root / f"{prefix}{i}", a) for i, a in enumerate(addresses)]
+    wait_ready(edges, 120)
+    tails = [LogTail(e.log_path) for e in edges]
+    _wait_applied(tails, edges, version, 120)
+    return edges, tails
+
+
+def stage_push(
+    procs: Processes, root: Path, cluster: NatsCluster, bundle: Path, deltas: int
+) -> dict[str, Any]:
+    embedded, e_addr = _control(procs, "embedded", root / "embedded")
+    a, a_addr = _control(procs, "ra", root / "ra", "--nats", cluster.url_list)
+    b, b_addr = _control(procs, "rb", root / "rb", "--nats", cluster.url_list)
+    sides = {"embedded": Control(e_addr), "jetstream": Control(a_addr)}
+    base_e = sides["embedded"].push_bundle(bundle)
+    base_j = sides["jetstream"].push_bundle(bundle)
+    edges_e, tails_e = _edges(procs, root, "ee", [e_addr, e_addr], base_e.version)
+    edges_j, tails_j = _edges(procs, root, "je", [a_addr, b_addr], base_j.version)
+    users = _user_ids(bundle, 200)
+    rng = random.Random(7)
+    latency: dict[str, list[float]] = {"embedded": [], "jetstream": []}
+    push_ms: dict[str, list[float]] = {"embedded": [], "jetstream": []}
+    time.sleep(1.0)
+    for i in range(deltas):
+        for side, tails, edges in (("embedded", tails_e, edges_e), ("jetstream", tails_j, edges_j)):
+            pushed = sides[side].push_delta(f"d{i}.jsonl", small_delta(users, i, 5, rng))
+            _wait_applied(tails, edges, pushed.version, 30)
+            last = max(_applied_at(t, pushed.version).ts for t in tails)
+            latency[side].append((last - pushed.returned_wall) * 1000)
+            push_ms[side].append((pushed.returned_wall - pushed.sent_wall) * 1000)
+            time.sleep(rng.uniform(0.02, 0.05))
+    for c in sides.values():
+        c.close()
+    for p in (*edges_e, *edges_j, embedded, a, b):
+        p.stop()
+    out: dict[str, Any] = {
+        side: {"push_to_applied_ms": _percentiles(latency[side]), "push_call_ms": _percentiles(push_ms[side])}
+        for side in latency
+    }
+    e99 = float(out["embedded"]["push_to_applied_ms"]["p99"])
+    j99 = float(out["jetstream"]["push_to_applied_ms"]["p99"])
+    out["p99_ratio"] = round(j99 / max(e99, 1e-6), 2)
+    return out
+
+
+def stage_events(
+    procs: Processes, root: Path, cluster: NatsCluster, bundle: Path, events: int, replicas: int, tag: str
+) -> dict[str, Any]:
+    started = [
+        _control(
+            procs,
+            f"{tag}r{i}",
+            root / f"{tag}r{i}",
+            "--nats",
+            cluster.url_list,
+            "--bandit-every-seconds",
+            "3600",
+        )
+        for i in range(replicas)
+    ]
+    control = Control(started[0][1])
+    base = control.push_bundle(bundle)
+    edges, _ = _edges(procs, root, f"{tag}e", [addr for _, addr in started], base.version)
+    before_total = control.events_total()
+    users = _user_ids(bundle, 400)
+    cpu0 = {p.pid: _cpu_s(p.pid) for p, _ in started}
+    nats_pids = [srv.pid for srv in cluster.servers if srv.pid is not None and srv.running()]
+    nats0 = {pid: _cpu_s(pid) for pid in nats_pids}
+    t0 = time.perf_counter()
+    per_edge = events // len(edges)
+    threads = [
+        threading.Thread(
+            target=track_all,
+            args=(e.address, track_requests(f"{tag}{k}", per_edge, users, 300, k), 2),
+            daemon=True,
+        )
+        for k, e in enumerate(edges)
+    ]
+    for t in threads:
+        t.start()
+    want = before_total + per_edge * len(edges)
+    stored_s = folded_s = None
+    tails = [LogTail(p.log_path) for p, _ in started]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if stored_s is None and control.events_total() >= want:
+            stored_s = time.perf_counter() - t0
+        if stored_s is not None:
+            for tail in tails:
+                tail.poll()
+            folded_to = max(
+                (int(doc.get("events_to", 0)) for tail in tails for doc in _folded_lines(tail)), default=0
+            )
+            if folded_to >= want:
+                folded_s = time.perf_counter() - t0
+                break
+        time.sleep(0.05)
+    for t in threads:
+        t.join(60)
+    per_replica = [_cpu_s(p.pid) - cpu0[p.pid] for p, _ in started]
+    nats_cpu = sum(_cpu_s(pid) - nats0[pid] for pid in nats_pids)
+    control.close()
+    for p in (*edges, *(p for p, _ in started)):
+        p.stop()
+    if stored_s is None or folded_s is None:
+        raise BenchError(f"{tag}: {want} events not stored and folded in time (stored after {stored_s})")
+    n = per_edge * len(edges)
+    busiest = max(per_replica) / n * 100_000  # CPU-s per 100k events of the busiest replica
+    nats_per_100k = nats_cpu / n * 100_000
+    return {
+        "replicas": replicas,
+        "events": n,
+        "stored_per_s": round(n / stored_s),
+        "stored_and_folded_per_s": round(n / folded_s),
+        "replica_cpu_s": [round(c, 2) for c in per_replica],
+        "cpu_s_per_100k_events_per_replica": [round(c / n * 100_000, 2) for c in per_replica],
+        "nats_cpu_s_per_100k_events": round(nats_per_100k, 2),  # the 3 servers together
+        # a 16-core machine running one replica (the busiest): events/s its CPU allows
+        "events_per_s_16_cores_replica": round(CORES_TARGET / (busiest / 100_000)),
+        # ... and running one replica and one NATS server (a third of the cluster's CPU)
+        "events_per_s_16_cores_replica_plus_nats_server": round(
+            CORES_TARGET / ((busiest + nats_per_100k / 3) / 100_000)
+        ),
+    }
+
+
+def _folded_lines(tail: LogTail) -> list[dict[str, Any]]:
+    """Every `profiles_folded` line of a replica's log (LogTail keeps only their versions)."""
+    out = []
+    for line in tail.path.read_text(errors="replace").splitlines():
+        if '"profiles_folded"' in line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def stage_failover(procs: Processes, root: Path, cluster: NatsCluster, bundle: Path) -> dict[str, Any]:
+    a, a_addr = _control(procs, "fa", root / "fa", "--nats", cluster.url_list)
+    control = Control(a_addr)
+    control.push_bundle(bundle)
+    users = _user_ids(bundle, 100)
+    rng = random.Random(3)
+    acked: list[tuple[float, int, str]] = []
+    failed = 0
+    stop = threading.Event()
+
+    def pusher() -> None:
+        nonlocal failed
+        i = 0
+        while not stop.is_set():
+            name = f"f{i}.jsonl"
+            try:
+                pushed = control.push_delta(name, small_delta(users, i, 3, rng), timeout=20)
+                acked.append((time.perf_counter(), pushed.version, name))
+            except Exception:
+                failed += 1
+            i += 1
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=pusher, daemon=True)
+    thread.start()
+    time.sleep(2.0)
+    killed_at = time.perf_counter()
+    cluster.kill(0)
+    time.sleep(8.0)
+    stop.set()
+    thread.join(30)
+    times = [t for t, _, _ in acked]
+    before = [t for t in times if t < killed_at]
+    after = [t for t in times if t >= killed_at]
+    gap = (after[0] - (before[-1] if before else killed_at)) * 1000 if after else None
+    reply = control.stub.History(sync_pb2.HistoryRequest(limit=10_000), metadata=control.meta, timeout=30)
+    history = {c.description for c in reply.commits}
+    missing = [name for _, _, name in acked if name not in history]
+    control.close()
+    a.stop()
+    cluster.restart(0)
+    return {
+        "pushes_acked": len(acked),
+        "pushes_failed": failed,
+        "gap_after_server_kill_ms": round(gap, 1) if gap is not None else None,
+        "acked_missing_from_history": len(missing),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.central", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--deltas", type=int, default=None)
+    parser.add_argument("--events", type=int, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    deltas = args.deltas or (10 if args.quick else 40)
+    events = args.events or (4000 if args.quick else 20_000)
+    root = Path(tempfile.mkdtemp(prefix="bench-central-"))
+    result: dict[str, Any] = {"machine": _machine(), "deltas": deltas, "events": events}
+    try:
+        bundle = synth_bundle(root / "bundle", users=2000, items=500, seed=5)
+        env = {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN, "PYTHONUNBUFFERED": "1"}
+        with NatsCluster(root / "nats", size=3).start() as cluster, Processes(root / "run", env) as procs:
+            _log(f"cluster up: {cluster.url_list}")
+            result["push"] = stage_push(procs, root / "push", cluster, bundle, deltas)
+            _log(f"push -> applied: {json.dumps(result['push'])}")
+            result["events_1"] = stage_events(procs, root / "ev1", cluster, bundle, events, 1, "a")
+            _log(f"events, 1 replica: {result['events_1']}")
+            result["events_2"] = stage_events(procs, root / "ev2", cluster, bundle, events, 2, "b")
+            _log(f"events, 2 replicas: {result['events_2']}")
+            result["failover"] = stage_failover(procs, root / "fo", cluster, bundle)
+            _log(f"failover: {result['failover']}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    raise SystemExit(main())

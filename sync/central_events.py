@@ -1,0 +1,211 @@
+"""The central tier's events stream (docs/central.md): where `Forward` stores what edges send.
+
+Stream `EDGEWISE_EVENTS`, subjects `edgewise.events.<partition>.<user token>`: the partition is a hash of
+the user id modulo `partitions` (one user's records stay in one partition, in order), the user token
+the first 32 hex digits of the SHA-256 of the user id (so forgetting a user is one purge of the subjects
+`edgewise.events.*.<token>`, no scan). One message per record, its payload as the edge stored it, with
+headers `Nats-Msg-Id` = the record's id (a record forwarded again within the duplicate window, 2 minutes,
+is stored once: the edge retried after a lost reply) and `Edgewise-Node`, `Edgewise-Kind`. File storage,
+`replicas` copies, limits retention with `max_age` = `events.retain` (0: none).
+
+`store` returns once JetStream acknowledged every record (a majority of the stream's replicas stored it):
+only then does `Forward` answer the edge, which deletes its outbox entries. Every replica follows the
+stream (`follow`) into its local event store (`sync/event_store.py`) under the stream's sequence numbers,
+so the jobs' cursors mean the same on every replica, and a record stored twice (after the duplicate
+window) is kept once (the event store de-duplicates by id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable
+from edgewise.sync.event_store import IngestResult
+from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js.api import StreamConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EVENTS_STREAM", "CentralEvents", "StoredRecord", "partition_of", "user_token"]
+
+EVENTS_STREAM: Final = "EDGEWISE_EVENTS"
+EVENTS_PREFIX: Final = "edgewise.events"
+NODE_HEADER: Final = "Edgewise-Node"
+KIND_HEADER: Final = "Edgewise-Kind"
+
+StoredRecord = tuple[int, str, str, str, bytes]  # (stream sequence, node, kind, id, payload)
+
+
+def user_token(user: str) -> str:
+    return hashlib.sha256(user.encode()).hexdigest()[:32]
+
+
+def partition_of(user: str, partitions: int) -> int:
+    return int.from_bytes(hashlib.sha256(user.encode()).digest()[-4:], "big") % partitions
+
+
+class CentralEvents:
+    """The events stream of one cluster, over a `NatsBridge` (see the module doc)."""
+
+    def __init__(
+        self,
+        bridge: NatsBridge,
+        *,
+        replicas: int = 3,
+        partitions: int = 8,
+        retain_s: float = 0.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self.bridge = bridge
+        self.replicas = replicas
+        self.partitions = partitions
+        self.retain_s = retain_s
+        self.timeout = timeout
+
+    def _wanted(self) -> StreamConfig:
+        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+        return StreamConfig(
+            name=EVENTS_STREAM,
+            description="edgewise forwarded events and exposures (docs/central.md)",
+            subjects=[f"{EVENTS_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=self.retain_s or None,
+        )
+
+    def open(self) -> None:
+        """Create the stream or check the one that exists (LogSettingsError / NatsUnavailable)."""
+        try:
+            self.bridge.run(self._open(), self.timeout * 3)
+        except (LogSettingsError, NatsUnavailable):
+            raise
+        except Exception as exc:
+            raise NatsUnavailable(
+                f"JetStream did not set up the events stream: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _open(self) -> None:
+        from nats.js.errors import BadRequestError, NotFoundError
+
+        try:
+            info = await self.bridge.js.stream_info(EVENTS_STREAM)
+        except NotFoundError:
+            try:
+                info = await self.bridge.js.add_stream(self._wanted())
+            except BadRequestError:
+                info = await self.bridge.js.stream_info(EVENTS_STREAM)
+        config = info.config
+        problems = []
+        if list(config.subjects or []) != [f"{EVENTS_PREFIX}.>"]:
+            problems.append(f"subjects = {config.subjects} (needs exactly ['{EVENTS_PREFIX}.>'])")
+        for name in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+            value = getattr(config, name)
+            if value not in (None, -1, 0):
+                problems.append(f"{name} = {value} (needs no limit: a stored event must not be dropped)")
+        if (config.num_replicas or 1) != self.replicas:
+            problems.append(f"replicas = {config.num_replicas} (nats.replicas here is {self.replicas})")
+        if problems:
+            raise LogSettingsError(
+                f"the JetStream stream {EVENTS_STREAM} exists with settings the control plane cannot use: "
+                + "; ".join(problems)
+            )
+        if (config.max_age or 0) != (self.retain_s or 0):
+            log.warning(
+                "events_retention_differs",
+                extra={"stream_max_age_s": config.max_age or 0, "events_retain_s": self.retain_s},
+            )
+
+    # -- Forward ---------------------------------------------------------------------------------------
+
+    def store(
+        self, node_id: str, records: list[tuple[str, str, bytes]], users: list[str], deadline_s: float = 15.0
+    ) -> IngestResult:
+        """Publish checked records (kind, id, payload) of `users`; once every one is acknowledged, how many
+        were new and how many JetStream had already (within the duplicate window). LogUnavailable when
+        not all were acknowledged in time (the edge keeps them and sends them again)."""
+        try:
+            return self.bridge.run(self._store(node_id, records, users, deadline_s), deadline_s + 5)
+        except LogUnavailable:
+            raise
+        except Exception as exc:
+            raise LogUnavailable(f"JetStream did not store the events: {type(exc).__name__}: {exc}") from exc
+
+    async def _store(
+        self, node_id: str, records: list[tuple[str, str, bytes]], users: list[str], deadline_s: float
+    ) -> IngestResult:
+        js = self.bridge.js
+        pending = list(zip(records, users, strict=True))
+        accepted = duplicates = 0
+        end = time.monotonic() + deadline_s
+        while pending:
+            futures = []
+            for (kind, event_id, payload), user in pending:
+                subject = f"{EVENTS_PREFIX}.{partition_of(user, self.partitions)}.{user_token(user)}"
+                headers = {"Nats-Msg-Id": event_id, NODE_HEADER: node_id, KIND_HEADER: kind}
+                futures.append(await js.publish_async(subject, payload, headers=headers))
+            results = await asyncio.gather(
+                *(asyncio.wait_for(f, max(0.5, min(5.0, end - time.monotonic()))) for f in futures),
+                return_exceptions=True,
+            )
+            failed = []
+            for item, result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed.append(item)
+                elif result.duplicate:
+                    duplicates += 1
+                else:
+                    accepted += 1
+            if failed and time.monotonic() > end:
+                raise LogUnavailable(f"JetStream did not acknowledge {len(failed)} of {len(records)} events")
+            pending = failed  # the same ids: JetStream stores each once
+        return IngestResult(accepted, duplicates)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Events and exposures stored in the stream."""
+        info = self.bridge.run(self.bridge.js.stream_info(EVENTS_STREAM), self.timeout)
+        return int(info.state.messages)
+
+    def forget(self, user: str) -> int:
+        """Delete every stored record of `user` (all partitions); how many."""
+        request = json.dumps({"filter": f"{EVENTS_PREFIX}.*.{user_token(user)}"}).encode()
+        reply = self.bridge.run(
+            self.bridge.nc.request(f"$JS.API.STREAM.PURGE.{EVENTS_STREAM}", request, timeout=self.timeout),
+            self.timeout + 2,
+        )
+        doc = json.loads(reply.data)
+        if "error" in doc:
+            raise LogUnavailable(f"JetStream did not delete the user's events: {doc['error']}")
+        return int(doc.get("purged", 0))
+
+    def follow(self, start: int, deliver: Callable[[StoredRecord], None]) -> Callable[[], None]:
+        """Deliver every record from stream sequence `start` on, in order, to `deliver` (on the loop
+        thread: it must not block); returns the function that stops following."""
+
+        def on_message(msg: Msg) -> None:
+            headers = msg.headers or {}
+            deliver(
+                (
+                    int(msg.metadata.sequence.stream),
+                    headers.get(NODE_HEADER, ""),
+                    headers.get(KIND_HEADER, "event"),
+                    headers.get("Nats-Msg-Id", ""),
+                    msg.data,
+                )
+            )
+
+        return follow_stream(self.bridge, EVENTS_STREAM, f"{EVENTS_PREFIX}.>", start, on_message)

@@ -1,0 +1,228 @@
+"""The ControlPlane service of a central-tier replica (`control serve --nats`, docs/central.md): the
+embedded control plane's service (`sync/control_server.py`), with every commit made through the JetStream
+change log (`sync/central_replica.py`).
+
+A commit refused because another replica appended first (`LogConflict`) is made again, once this
+replica's store has caught up with the log: the push is validated again on the new state (a delta may
+now be refused), so two replicas taking pushes at once produce one total order and lose neither. A commit
+JetStream did not confirm in time answers UNAVAILABLE (it may still land: `ctl history` shows it).
+Subscribe, History, Status and Report read the local store, the materialized view of the log, as the
+embedded control plane reads its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
+
+import grpc
+
+from edgewise.core.bandit_learning import LearningSchedule
+from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
+from edgewise.sync.central_events import CentralEvents
+from edgewise.sync.central_fleet import FleetShare
+from edgewise.sync.central_jobs import EventsFollower, JobsLease
+from edgewise.sync.central_log import LogConflict, LogUnavailable
+from edgewise.sync.central_replica import Replica
+from edgewise.sync.control_server import ControlPlaneService
+from edgewise.sync.control_store import CommitInfo, ControlStore
+from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
+from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
+from edgewise.sync.fleet import EdgeEntry
+from edgewise.sync.profile_folder import ProfileFolder
+from edgewise.v1 import sync_pb2
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CentralControlService"]
+
+MAX_ATTEMPTS: Final = 50
+CATCH_UP_S: Final = 10.0
+SNAPSHOT_EVERY: Final = 1000  # commits between snapshots (and after every push or rollback)
+T = TypeVar("T")
+
+
+class CentralControlService(ControlPlaneService):
+    def __init__(
+        self,
+        store: ControlStore,
+        replica: Replica,
+        *,
+        events: EventStore,
+        central_events: CentralEvents,
+        bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
+        retain_events_ms: int = DEFAULT_RETAIN_MS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            store, events=events, bandit_schedule=bandit_schedule, retain_events_ms=retain_events_ms, **kwargs
+        )
+        self.jobs = None  # the folder and the learner run on the holder of the jobs lease only
+        self.replica = replica
+        self.central_events = central_events
+        self.local_events = events
+        replica.notify = self._notify
+        replica.lock = self._push_lock  # see Replica.lock
+        self._bandit_schedule = bandit_schedule
+        self.follower = EventsFollower(central_events, events)
+        self.lease = JobsLease(
+            replica.central.bridge, self._lead, self._follow, replicas=replica.central.replicas
+        )
+        self.shared_fleet = FleetShare(
+            replica.central.bridge, self.fleet, self.lease.holder_id, replicas=replica.central.replicas
+        )
+        self._leading: list[ProfileFolder | BanditLearner] = []
+        self._leading_lock = threading.Lock()
+        self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
+        self._snapshot_due = threading.Event()
+        self._snapshotter = threading.Thread(target=self._snapshots, name="snapshots", daemon=True)
+        self._stopping = threading.Event()
+        self._last_snapshot = 0
+
+    def start_background(self) -> None:
+        self.follower.start()
+        if self.retention is not None:
+            self.retention.start()
+        self.lease.start()
+        self.shared_fleet.start()
+        self._snapshotter.start()
+
+    def stop_background(self) -> None:
+        self._stopping.set()
+        self._snapshot_due.set()
+        self.lease.stop()
+        self.shared_fleet.stop()
+        self._follow()
+        if self.retention is not None:
+            self.retention.stop()
+        self.follower.stop()
+        self._snapshotter.join(10.0)
+
+    def _lead(self) -> None:
+        """This replica took the jobs lease: fold and learn from the cursors the log holds."""
+        with self._leading_lock:
+            self._leading = [
+                ProfileFolder(self.store, self.local_events, self._push_lock, self.cache.notify),
+                BanditLearner(
+                    self.store,
+                    self.local_events,
+                    self._push_lock,
+                    self.cache.notify,
+                    schedule=self._bandit_schedule,
+                ),
+            ]
+            for job in self._leading:
+                job.start()
+
+    def _follow(self) -> None:
+        """This replica lost (or gave up) the jobs lease."""
+        with self._leading_lock:
+            jobs, self._leading = self._leading, []
+        for job in jobs:
+            job.stop()
+
+    # --- forwarded events live in JetStream ---------------------------------------------------------
+
+    def _store_forwarded(
+        self, node_id: str, records: list[tuple[str, str, bytes]], users: list[str]
+    ) -> IngestResult:
+        try:
+            return self.central_events.store(node_id, records, users)
+        except LogUnavailable as exc:
+            raise EventStoreError(str(exc)) from exc
+
+    def _forget_events(self, user: str) -> int:
+        removed = self.central_events.forget(user)
+        self.local_events.forget(user)
+        return removed
+
+    def _events_total(self) -> int:
+        return self.central_events.count()
+
+    def _fleet_edges(self) -> list[EdgeEntry]:
+        return self.shared_fleet.edges()
+
+    def _through_log(
+        self, make: Callable[[], T], what: str, fail: Callable[[grpc.StatusCode, str], NoReturn]
+    ) -> T:
+        """`make()` until the log takes its commit: after a conflict, once this store caught up."""
+        for _attempt in range(MAX_ATTEMPTS):
+            try:
+                return make()
+            except LogConflict as conflict:
+                log.info("log_conflict", extra={"what": what, "log_position": conflict.last})
+                if not self.replica.wait_position(conflict.last, CATCH_UP_S):
+                    why = self.replica.failed or "still catching up"
+                    fail(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{what} not applied: this replica is behind the change log ({why}); retry",
+                    )
+            except LogUnavailable as exc:
+                log.error("log_unavailable", extra={"what": what, "error": str(exc)})
+                fail(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{what}: the change log (NATS JetStream) did not confirm it in time, so it may or may "
+                    "not have landed: check `edgewise ctl history`, then retry",
+                )
+        fail(grpc.StatusCode.ABORTED, f"{what} not applied: the change log kept moving; retry")
+        raise AssertionError("unreachable")
+
+    def _apply_push(
+        self,
+        kind: int,
+        description: str,
+        files: list[str],
+        staging: Path,
+        refuse: Callable[[grpc.StatusCode, str], NoReturn],
+    ) -> tuple[CommitInfo | None, str]:
+        result = self._through_log(
+            lambda: super(CentralControlService, self)._apply_push(kind, description, files, staging, refuse),
+            "push",
+            refuse,
+        )
+        if result[0] is not None and result[0].kind == "push":
+            self._snapshot_due.set()
+        return result
+
+    def Rollback(
+        self, request: sync_pb2.RollbackRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.PushReply:
+        reply = self._through_log(
+            lambda: super(CentralControlService, self).Rollback(request, context), "rollback", context.abort
+        )
+        self._snapshot_due.set()
+        return reply
+
+    def Forget(self, request: sync_pb2.ForgetRequest, context: grpc.ServicerContext) -> sync_pb2.ForgetReply:
+        reply = self._through_log(
+            lambda: super(CentralControlService, self).Forget(request, context), "forget", context.abort
+        )
+        # The change log's older messages and snapshots still hold the user's profile: a snapshot of the
+        # state after the forget replaces them (the log is compacted to it, older snapshots deleted).
+        try:
+            self.replica.write_snapshot(keep=1)
+        except Exception as exc:
+            log.error("forget_compaction_failed", extra={"error": repr(exc)[:300]})
+            self._snapshot_due.set()
+        return reply
+
+    def _snapshots(self) -> None:
+        """Write a snapshot after a push or rollback made here, and every SNAPSHOT_EVERY commits."""
+        while not self._stopping.is_set():
+            due = self._snapshot_due.wait(5.0)
+            if self._stopping.is_set():
+                return
+            head = self.store.head_version()
+            if not due and head - self._last_snapshot < SNAPSHOT_EVERY:
+                continue
+            self._snapshot_due.clear()
+            try:
+                self.replica.write_snapshot()
+                self._last_snapshot = head
+            except Exception as exc:
+                log.warning("snapshot_failed", extra={"error": repr(exc)[:300]})
+                time.sleep(1.0)
