@@ -295,6 +295,8 @@ def test_grpc_refused_then_accepted(
 def test_hold_replies_passes_requests_on_and_holds_the_answers(proxy: FaultProxy) -> None:
     with connect(proxy) as sock:
         assert roundtrip(sock) == b"ping"
+        # the proxy counts bytes after it sent them: the client can have the reply before it is counted
+        assert proxy.wait_for(lambda p: p.bytes_down >= 4)
         up, down = proxy.bytes_up, proxy.bytes_down
         proxy.hold_replies(True)
         sock.sendall(b"held")
