@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Final
 
 from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable
 from edgewise.sync.event_store import IngestResult
-from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream
+from edgewise.sync.nats_bridge import (
+    NatsBridge,
+    NatsUnavailable,
+    follow_stream,
+    run_setup,
+    transient_setup_error,
+)
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -89,7 +95,7 @@ class CentralEvents:
     def open(self) -> None:
         """Create the stream or check the one that exists (LogSettingsError / NatsUnavailable)."""
         try:
-            self.bridge.run(self._open(), self.timeout * 3)
+            run_setup(self.bridge, self._open, self.timeout * 3, "events stream")
         except (LogSettingsError, NatsUnavailable):
             raise
         except Exception as exc:
@@ -105,7 +111,9 @@ class CentralEvents:
         except NotFoundError:
             try:
                 info = await self.bridge.js.add_stream(self._wanted())
-            except BadRequestError:
+            except BadRequestError as exc:
+                if transient_setup_error(exc):  # too few peers online yet: run_setup tries again
+                    raise
                 info = await self.bridge.js.stream_info(EVENTS_STREAM)
         config = info.config
         problems = []

@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 
 from edgewise.sync.control_store import CommitInfo, RecordChange
-from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream
+from edgewise.sync.nats_bridge import (
+    NatsBridge,
+    NatsUnavailable,
+    follow_stream,
+    run_setup,
+    transient_setup_error,
+)
 
 if TYPE_CHECKING:
     from nats.js.api import StreamConfig
@@ -191,7 +197,7 @@ class CentralLog:
         LogSettingsError when a resource has settings this tier cannot use; NatsUnavailable when
         JetStream does not answer."""
         try:
-            self.lineage = self.bridge.run(self._open(), self.timeout * 3)
+            self.lineage = run_setup(self.bridge, self._open, self.timeout * 3, "change log")
         except (LogSettingsError, NatsUnavailable):
             raise
         except Exception as exc:
@@ -209,7 +215,9 @@ class CentralLog:
         except NotFoundError:
             try:
                 info = await self.js.add_stream(self._wanted(uuid.uuid4().hex))
-            except BadRequestError:  # another replica created it first (with another lineage)
+            except BadRequestError as exc:  # another replica created it first (with another lineage)
+                if transient_setup_error(exc):  # too few peers online yet: run_setup tries again
+                    raise
                 info = await self.js.stream_info(LOG_STREAM)
         _check_stream(info.config, self.replicas)
         lineage = (info.config.metadata or {}).get(LINEAGE_KEY, "")

@@ -152,11 +152,12 @@ class NatsCluster:
                 start_new_session=True,
             )
 
-    def start(self, timeout: float = _READY_TIMEOUT_S) -> NatsCluster:
-        """Start every server and wait until each answers and the cluster has a JetStream meta leader."""
+    def start(self, timeout: float = _READY_TIMEOUT_S, *, count: int | None = None) -> NatsCluster:
+        """Start every server (or the first `count`: a quorum of them forms the cluster, and `restart(i)`
+        starts the others later) and wait until each answers and the cluster has a JetStream meta leader."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            for server in self.servers:
+            for server in self.servers[:count]:
                 self._spawn(server)
             self.wait_ready(timeout)
         except BaseException:
