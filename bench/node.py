@@ -62,6 +62,7 @@ import grpc
 
 from edgewise.bench.load import LoadConfig, decide_requests, parse_mix
 from edgewise.bench.pipeline import prepare_bundle
+from edgewise.edge.stage_times import STAGES
 from edgewise.processes import Process, Processes, edgewise_command
 
 TARGET_DECIDE_PER_S: Final = 8_000
@@ -76,17 +77,7 @@ START_TIMEOUT_S: Final = 180.0
 IDLE_SAMPLE_S: Final = 1.0
 H2LOAD_CONNECTIONS: Final = 16
 DECIDE_PATH: Final = "/edgewise.v1.Personalizer/Decide"
-STAGE_ORDER: Final = (
-    "interceptor",
-    "decode",
-    "convert_in",
-    "pipeline",
-    "exposures",
-    "response",
-    "serialize",
-    "servicer_other",
-    "commit",
-)
+STAGE_ORDER: Final = STAGES  # edge/stage_times.py: what EDGEWISE_STAGE_TIMES records, in order
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
