@@ -8,6 +8,7 @@ moves along: every acknowledged event stored once, through either replica.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -112,3 +113,58 @@ def test_an_edge_fails_over_to_the_other_replica_without_a_snapshot_and_forwards
         wait_for(lambda: _events_total(a2) == 200, 20, "the restarted replica counting the same events")
         time.sleep(1.0)
         assert _events_total(a2) == _events_total(b) == 200  # none lost, none counted twice
+
+
+def test_an_edge_ahead_of_the_replica_it_moves_to_waits_for_the_log_rather_than_a_snapshot(
+    tmp_path: Path,
+    nats_cluster: NatsCluster,  # noqa: F811
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+) -> None:
+    # Replica B is paused (SIGSTOP) while a push goes through A and the edge applies it; A is killed and
+    # B resumed: the edge says to B it has a version B's store has not applied yet. B waits for its log
+    # follower rather than sending a full snapshot of its older head.
+    env = {**OPS, **EDGE}
+    with Processes(tmp_path / "run", env=env) as processes:
+        a, b = (
+            start_control(processes, tmp_path / name, "--nats", nats_cluster.url_list, env=env)
+            for name in ("ra", "rb")
+        )
+        with _ops(a) as ops:
+            v1 = ops.push(bundle_dir).version
+        data = tmp_path / "edge"
+        edge = following_edge(edge_factory, data, f"{a.address},{b.address}", "edge-ahead", EDGE)
+        wait_for(versions_reach([data], v1), 30, "the edge at the first push")
+        time.sleep(0.5)
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+            with _ops(a) as ops:
+                v2 = ops.push_delta(
+                    [
+                        {
+                            "op": "upsert",
+                            "item": {"id": "it-y", "category": "home", "price": 3.0, "regions": ["*"]},
+                        }
+                    ],
+                    name="while-b-paused.jsonl",
+                ).version
+            wait_for(versions_reach([data], v2), 15, "the edge at the push through A")
+            a.stop(signal.SIGKILL)
+            time.sleep(0.5)  # the edge is connecting to B, which cannot answer yet
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        with _ops(b) as ops:
+            v3 = ops.push_delta(
+                [
+                    {
+                        "op": "upsert",
+                        "item": {"id": "it-z", "category": "home", "price": 4.0, "regions": ["*"]},
+                    }
+                ],
+                name="after-a-killed.jsonl",
+            ).version
+        wait_for(versions_reach([data], v3), 20, "the edge at the push through B")
+        applied = _applied(edge)
+        assert applied[0]["snapshot"] is True and not any(e["snapshot"] for e in applied[1:]), applied
+        subscribed = [e for e in b.log_events() if e.get("event") == "edge_subscribed"]
+        assert subscribed and subscribed[-1]["version"] >= v2
