@@ -3,13 +3,16 @@ a real 3-server JetStream cluster, 2 replicas, 2 edges with `--control a,b` (one
 first). A replica killed with SIGKILL: the edge that followed it switches to the other one and applies the
 next push without a full snapshot (every replica holds the same commits at the same versions in the
 cluster's lineage, so the other one resumes the edge from the version it applied), and its forwarding
-moves along: every acknowledged event stored once, through either replica.
+moves along: every acknowledged event stored once, through either replica. An edge ahead of the replica
+it moves to (that replica paused) resumes there too. `edgewise demo --nats` shows the same failover.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +26,7 @@ from edgewise.processes import Process, Processes
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
-from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
+from tests.nats_support import nats_cluster, require_nats  # noqa: F401  (fixture)
 from tests.sync_support import following_edge, start_control, versions_reach, wait_for
 
 pytestmark = pytest.mark.slow
@@ -168,3 +171,19 @@ def test_an_edge_ahead_of_the_replica_it_moves_to_waits_for_the_log_rather_than_
         assert applied[0]["snapshot"] is True and not any(e["snapshot"] for e in applied[1:]), applied
         subscribed = [e for e in b.log_events() if e.get("event") == "edge_subscribed"]
         assert subscribed and subscribed[-1]["version"] >= v2
+
+
+def test_the_nats_demo_shows_the_killed_replicas_edge_failing_over() -> None:
+    require_nats()
+    done = subprocess.run(
+        [sys.executable, "-m", "edgewise.cli", "demo", "--nats"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "edge-a failed over to replica B (" in out and "NOT moved" not in out
+    assert "full snapshots after the first: 0; identical data: yes" in out
+    assert "(500 distinct ids: counted once)" in out
