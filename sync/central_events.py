@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable
+from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable, set_up
 from edgewise.sync.event_store import IngestResult
-from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream
+from edgewise.sync.nats_bridge import NatsBridge, follow_stream
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -88,14 +88,7 @@ class CentralEvents:
 
     def open(self) -> None:
         """Create the stream or check the one that exists (LogSettingsError / NatsUnavailable)."""
-        try:
-            self.bridge.run(self._open(), self.timeout * 3)
-        except (LogSettingsError, NatsUnavailable):
-            raise
-        except Exception as exc:
-            raise NatsUnavailable(
-                f"JetStream did not set up the events stream: {type(exc).__name__}: {exc}"
-            ) from exc
+        set_up(self.bridge, self._open, self.timeout * 3, "the events stream")
 
     async def _open(self) -> None:
         from nats.js.errors import BadRequestError, NotFoundError

@@ -73,6 +73,31 @@ class LogUnavailable(RuntimeError):
     """JetStream did not confirm an operation in time (no quorum, no server): retry later."""
 
 
+SETUP_S: Final = 30.0
+"""How long a replica's start retries setting up a JetStream resource that does not answer (a server of
+the cluster just died: its streams and the meta leader are elected again within seconds)."""
+
+
+def set_up(
+    bridge: NatsBridge, make: Callable[[], Any], timeout: float, what: str, within: float = SETUP_S
+) -> Any:
+    """Run the setup coroutine `make()` on `bridge`, again after a second while JetStream does not answer,
+    for up to `within` seconds; LogSettingsError as it comes, NatsUnavailable when time is up."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return bridge.run(make(), timeout)
+        except (LogSettingsError, NatsUnavailable):
+            raise
+        except Exception as exc:
+            if time.monotonic() + 1.0 >= deadline:
+                raise NatsUnavailable(
+                    f"JetStream did not set up {what} in {within:g} s: {type(exc).__name__}: {exc}"
+                ) from exc
+            log.warning("jetstream_setup_retry", extra={"what": what, "error": repr(exc)[:300]})
+            time.sleep(1.0)
+
+
 class LogConflict(Exception):
     """The log moved on past the position a commit was made at: catch up to `last` and make it again."""
 
@@ -190,14 +215,7 @@ class CentralLog:
         """Create the stream and the snapshot store, or check the ones that exist; the cluster's lineage.
         LogSettingsError when a resource has settings this tier cannot use; NatsUnavailable when
         JetStream does not answer."""
-        try:
-            self.lineage = self.bridge.run(self._open(), self.timeout * 3)
-        except (LogSettingsError, NatsUnavailable):
-            raise
-        except Exception as exc:
-            raise NatsUnavailable(
-                f"JetStream did not set up the change log: {type(exc).__name__}: {exc}"
-            ) from exc
+        self.lineage = set_up(self.bridge, self._open, self.timeout * 3, "the change log")
         return self.lineage
 
     async def _open(self) -> str:

@@ -140,6 +140,8 @@ class NatsBridge:
         try:
             return future.result(timeout)
         except FutureTimeout:
+            if future.done():  # the coroutine's own TimeoutError (a NATS request timed out): as it is
+                raise
             future.cancel()
             raise TimeoutError(f"NATS did not answer within {timeout:g} s") from None
 

@@ -184,6 +184,6 @@ def test_the_nats_demo_shows_the_killed_replicas_edge_failing_over() -> None:
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    assert "edge-a failed over to replica B (" in out and "NOT moved" not in out
-    assert "full snapshots after the first: 0; identical data: yes" in out
-    assert "(500 distinct ids: counted once)" in out
+    assert "edge-a failed over to replica B (" in out and "NOT moved" not in out, out
+    assert "full snapshots after the first: 0; identical data: yes" in out, out
+    assert "(500 distinct ids: counted once)" in out, out
