@@ -21,8 +21,13 @@ streams), `control serve --nats` replicas, an embedded `control serve`, and `edg
    events, and the capacity of a 16-core control machine from that per-event cost.
 3. Failover: a NATS server SIGKILLed while pushes go through a replica every 50 ms: the longest gap
    between acknowledged pushes (time until pushes are accepted again), and that no acknowledged push is
-   missing from the history afterwards. (A replica killed -> its edges following another replica needs
-   edges that follow a list of replicas: not measured here.)
+   missing from the history afterwards.
+4. Replica failover: replicas A and B, `--edges` edges following both (`--control a,b` for half of them,
+   `--control b,a` for the others). `--rounds` times: the replica the most edges follow is SIGKILLed,
+   a small delta pushed through the other at once, and each edge that followed the killed one timed from
+   the kill to its `sync_applied` of that push (its switch, resume and apply); then the killed replica is
+   restarted on its port and cache (the edges stay where they are, so the next round kills the other
+   one). Also counted: full snapshots the edges got after their first (a switch needs none).
 """
 
 from __future__ import annotations
@@ -69,8 +74,10 @@ def _log(message: str) -> None:
     print(f"[bench.central] {message}", file=sys.stderr, flush=True)
 
 
-def _control(procs: Processes, name: str, data: Path, *extra: str) -> tuple[Process, str]:
-    p = procs.start(name, ["control", "serve", "--data", str(data), "--listen", "127.0.0.1:0", *extra])
+def _control(
+    procs: Processes, name: str, data: Path, *extra: str, listen: str = "127.0.0.1:0"
+) -> tuple[Process, str]:
+    p = procs.start(name, ["control", "serve", "--data", str(data), "--listen", listen, *extra])
     (info,) = wait_ready([p], 120)
     return p, str(info["address"])
 
@@ -270,22 +277,101 @@ def stage_failover(procs: Processes, root: Path, cluster: NatsCluster, bundle: P
     }
 
 
+def stage_replica_failover(
+    procs: Processes, root: Path, cluster: NatsCluster, bundle: Path, edges_n: int, rounds: int
+) -> dict[str, Any]:
+    replicas = {
+        name: _control(procs, f"r{name}", root / f"r{name}", "--nats", cluster.url_list) for name in "ab"
+    }
+    addresses = {name: addr for name, (_, addr) in replicas.items()}
+    control = Control(addresses["a"])
+    base = control.push_bundle(bundle)
+    control.close()
+    lists = [
+        f"{addresses['a']},{addresses['b']}" if i % 2 == 0 else f"{addresses['b']},{addresses['a']}"
+        for i in range(edges_n)
+    ]
+    edges, tails = _edges(procs, root, "fe", lists, base.version)
+    following = {e.name: ("a" if i % 2 == 0 else "b") for i, e in enumerate(edges)}
+    users = _user_ids(bundle, 100)
+    rng = random.Random(11)
+    to_applied: list[float] = []
+    push_to_applied: list[float] = []
+    moved: list[int] = []
+    for r in range(rounds):
+        victim = max("ab", key=lambda n: sum(1 for f in following.values() if f == n))
+        other = "b" if victim == "a" else "a"
+        process, _ = replicas[victim]
+        movers = [(e, t) for e, t in zip(edges, tails, strict=True) if following[e.name] == victim]
+        time.sleep(1.0)
+        killed = time.time()
+        process.stop(signal.SIGKILL)
+        survivor = Control(addresses[other])
+        pushed = survivor.push_delta(f"fo{r}.jsonl", small_delta(users, r, 3, rng), timeout=30)
+        survivor.close()
+        _wait_applied([t for _, t in movers], [e for e, _ in movers], pushed.version, 30)
+        for _, tail in movers:
+            applied = _applied_at(tail, pushed.version)
+            to_applied.append((applied.ts - killed) * 1000)
+            push_to_applied.append((applied.ts - pushed.returned_wall) * 1000)
+        _wait_applied(tails, edges, pushed.version, 30)
+        moved.append(len(movers))
+        for e, _ in movers:
+            following[e.name] = other
+        port = addresses[victim].rsplit(":", 1)[1]
+        replicas[victim] = _control(
+            procs,
+            f"r{victim}{r}",
+            root / f"r{victim}",
+            "--nats",
+            cluster.url_list,
+            listen=f"127.0.0.1:{port}",
+        )
+    snapshots = sum(
+        1 for t in tails for a in sorted(t.applied.values(), key=lambda a: a.version)[1:] if a.snapshot
+    )
+    for p in (*edges, *(p for p, _ in replicas.values())):
+        p.stop()
+    return {
+        "edges": edges_n,
+        "rounds": rounds,
+        "edges_moved_per_round": moved,
+        "kill_to_applied_ms": _percentiles(to_applied),
+        "push_to_applied_ms": _percentiles(push_to_applied),
+        "snapshots_after_the_first": snapshots,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.central", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--deltas", type=int, default=None)
     parser.add_argument("--events", type=int, default=None)
+    parser.add_argument("--edges", type=int, default=None, help="edges of the replica failover stage")
+    parser.add_argument("--rounds", type=int, default=None, help="replicas killed in that stage")
+    parser.add_argument(
+        "--only-replica-failover", action="store_true", help="run the replica failover stage alone"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     deltas = args.deltas or (10 if args.quick else 40)
     events = args.events or (4000 if args.quick else 20_000)
     root = Path(tempfile.mkdtemp(prefix="bench-central-"))
+    edges_n = args.edges or (4 if args.quick else 6)
+    rounds = args.rounds or (3 if args.quick else 8)
     result: dict[str, Any] = {"machine": _machine(), "deltas": deltas, "events": events}
     try:
         bundle = synth_bundle(root / "bundle", users=2000, items=500, seed=5)
         env = {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN, "PYTHONUNBUFFERED": "1"}
         with NatsCluster(root / "nats", size=3).start() as cluster, Processes(root / "run", env) as procs:
             _log(f"cluster up: {cluster.url_list}")
+            if args.only_replica_failover:
+                result["replica_failover"] = stage_replica_failover(
+                    procs, root / "rf", cluster, bundle, edges_n, rounds
+                )
+                _log(f"replica failover: {result['replica_failover']}")
+                print(json.dumps(result, indent=None if args.json else 2))
+                return 0
             result["push"] = stage_push(procs, root / "push", cluster, bundle, deltas)
             _log(f"push -> applied: {json.dumps(result['push'])}")
             result["events_1"] = stage_events(procs, root / "ev1", cluster, bundle, events, 1, "a")
@@ -294,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log(f"events, 2 replicas: {result['events_2']}")
             result["failover"] = stage_failover(procs, root / "fo", cluster, bundle)
             _log(f"failover: {result['failover']}")
+            result["replica_failover"] = stage_replica_failover(
+                procs, root / "rf", cluster, bundle, edges_n, rounds
+            )
+            _log(f"replica failover: {result['replica_failover']}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result, indent=None if args.json else 2))

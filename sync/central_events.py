@@ -25,15 +25,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable
+from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable, set_up
 from edgewise.sync.event_store import IngestResult
-from edgewise.sync.nats_bridge import (
-    NatsBridge,
-    NatsUnavailable,
-    follow_stream,
-    run_setup,
-    transient_setup_error,
-)
+from edgewise.sync.nats_bridge import NatsBridge, follow_stream, transient_setup_error
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -94,14 +88,7 @@ class CentralEvents:
 
     def open(self) -> None:
         """Create the stream or check the one that exists (LogSettingsError / NatsUnavailable)."""
-        try:
-            run_setup(self.bridge, self._open, self.timeout * 3, "events stream")
-        except (LogSettingsError, NatsUnavailable):
-            raise
-        except Exception as exc:
-            raise NatsUnavailable(
-                f"JetStream did not set up the events stream: {type(exc).__name__}: {exc}"
-            ) from exc
+        set_up(self.bridge, self._open, self.timeout * 3, "the events stream")
 
     async def _open(self) -> None:
         from nats.js.errors import BadRequestError, NotFoundError
@@ -112,7 +99,7 @@ class CentralEvents:
             try:
                 info = await self.bridge.js.add_stream(self._wanted())
             except BadRequestError as exc:
-                if transient_setup_error(exc):  # too few peers online yet: run_setup tries again
+                if transient_setup_error(exc):  # too few peers online yet: set_up tries again
                     raise
                 info = await self.bridge.js.stream_info(EVENTS_STREAM)
         config = info.config

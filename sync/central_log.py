@@ -36,13 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 
 from edgewise.sync.control_store import CommitInfo, RecordChange
-from edgewise.sync.nats_bridge import (
-    NatsBridge,
-    NatsUnavailable,
-    follow_stream,
-    run_setup,
-    transient_setup_error,
-)
+from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream, transient_setup_error
 
 if TYPE_CHECKING:
     from nats.js.api import StreamConfig
@@ -77,6 +71,31 @@ _FORMAT: Final = 1
 
 class LogUnavailable(RuntimeError):
     """JetStream did not confirm an operation in time (no quorum, no server): retry later."""
+
+
+SETUP_S: Final = 30.0
+"""How long a replica's start retries setting up a JetStream resource that does not answer (a server of
+the cluster just died: its streams and the meta leader are elected again within seconds)."""
+
+
+def set_up(
+    bridge: NatsBridge, make: Callable[[], Any], timeout: float, what: str, within: float = SETUP_S
+) -> Any:
+    """Run the setup coroutine `make()` on `bridge`, again after a second while JetStream does not answer,
+    for up to `within` seconds; LogSettingsError as it comes, NatsUnavailable when time is up."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return bridge.run(make(), timeout)
+        except (LogSettingsError, NatsUnavailable):
+            raise
+        except Exception as exc:
+            if time.monotonic() + 1.0 >= deadline:
+                raise NatsUnavailable(
+                    f"JetStream did not set up {what} in {within:g} s: {type(exc).__name__}: {exc}"
+                ) from exc
+            log.warning("jetstream_setup_retry", extra={"what": what, "error": repr(exc)[:300]})
+            time.sleep(1.0)
 
 
 class LogConflict(Exception):
@@ -196,14 +215,7 @@ class CentralLog:
         """Create the stream and the snapshot store, or check the ones that exist; the cluster's lineage.
         LogSettingsError when a resource has settings this tier cannot use; NatsUnavailable when
         JetStream does not answer."""
-        try:
-            self.lineage = run_setup(self.bridge, self._open, self.timeout * 3, "change log")
-        except (LogSettingsError, NatsUnavailable):
-            raise
-        except Exception as exc:
-            raise NatsUnavailable(
-                f"JetStream did not set up the change log: {type(exc).__name__}: {exc}"
-            ) from exc
+        self.lineage = set_up(self.bridge, self._open, self.timeout * 3, "the change log")
         return self.lineage
 
     async def _open(self) -> str:
@@ -216,7 +228,7 @@ class CentralLog:
             try:
                 info = await self.js.add_stream(self._wanted(uuid.uuid4().hex))
             except BadRequestError as exc:  # another replica created it first (with another lineage)
-                if transient_setup_error(exc):  # too few peers online yet: run_setup tries again
+                if transient_setup_error(exc):  # too few peers online yet: set_up tries again
                     raise
                 info = await self.js.stream_info(LOG_STREAM)
         _check_stream(info.config, self.replicas)

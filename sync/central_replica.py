@@ -195,6 +195,17 @@ class Replica:
                 self._applied.wait(min(left, _IDLE_S))
         return True
 
+    def wait_version(self, version: int, timeout: float) -> bool:
+        """Until the store's head is at `version` or later; False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._applied:
+            while self.store.head_version() < version:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.failed is not None:
+                    return False
+                self._applied.wait(min(left, _IDLE_S))
+        return True
+
     # -- snapshots --------------------------------------------------------------------------------------
 
     def write_snapshot(self, keep: int = 2) -> int:

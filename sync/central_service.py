@@ -42,6 +42,7 @@ __all__ = ["CentralControlService"]
 
 MAX_ATTEMPTS: Final = 50
 CATCH_UP_S: Final = 10.0
+RESUME_WAIT_S: Final = 5.0  # how long a Subscribe waits for the log to reach the edge's version
 SNAPSHOT_EVERY: Final = 1000  # commits between snapshots (and after every push or rollback)
 T = TypeVar("T")
 
@@ -142,6 +143,14 @@ class CentralControlService(ControlPlaneService):
 
     def _events_total(self) -> int:
         return self.central_events.count()
+
+    def _await_version(self, lineage: str, version: int) -> None:
+        # An edge that moved here from another replica may have applied a commit this replica has not
+        # applied yet (the log's newest, made by the replica it left): wait for it, so the edge resumes
+        # from its version rather than getting a full snapshot of an older head.
+        if lineage == self.store.lineage and version > self.store.head_version():
+            caught_up = self.replica.wait_version(version, RESUME_WAIT_S)
+            log.info("edge_waited_for_log", extra={"version": version, "caught_up": caught_up})
 
     def _fleet_edges(self) -> list[EdgeEntry]:
         return self.shared_fleet.edges()

@@ -159,6 +159,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         refusal = identity_refusal(self._identity(context), hello.node_id, shard)
         if refusal is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"hello: {refusal}")
+        self._await_version(hello.lineage, hello.last_version)
         # The version the edge says it has counts only if it can have it: of this store's lineage, not
         # ahead of the head (else it is getting a full snapshot and has nothing of this store yet).
         ours = hello.lineage == self.store.lineage and hello.last_version <= self.store.head_version()
@@ -191,6 +192,10 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             self.stalls.unwatch(watched)
             self.fleet.disconnect(entry, stream)
             log.info("edge_unsubscribed", extra={"node": hello.node_id})
+
+    def _await_version(self, lineage: str, version: int) -> None:
+        """Before a subscription is served: nothing here (this store is the only one making versions, so an
+        edge ahead of its head cannot be of it). A central-tier replica waits a little for the log there."""
 
     def _read_requests(
         self, requests: Iterator[sync_pb2.SubscribeRequest], entry: EdgeEntry, lineage_known: bool

@@ -18,7 +18,6 @@ import contextlib
 import importlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import ModuleType
@@ -33,13 +32,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "NATS_EXTRA_HINT",
-    "SETUP_RETRY_S",
     "NatsBridge",
     "NatsUnavailable",
     "follow_stream",
     "import_nats",
     "parse_nats_urls",
-    "run_setup",
     "transient_setup_error",
 ]
 
@@ -48,10 +45,9 @@ T = TypeVar("T")
 
 # JetStream's answers while a cluster is still forming or a server is coming back: a stream that needs
 # more peers than are online now (10005 "no suitable peers for placement"), and no JetStream meta leader
-# yet (10008 "JetStream system temporarily unavailable"). Setting up resources retries them until
-# SETUP_RETRY_S has passed; every other answer is final at once.
+# yet (10008 "JetStream system temporarily unavailable"). A replica's start retries them
+# (`central_log.set_up`) instead of taking them for an answer.
 _TRANSIENT_SETUP_CODES: Final = frozenset({10005, 10008})
-SETUP_RETRY_S: Final = 30.0
 
 
 class NatsUnavailable(RuntimeError):
@@ -151,6 +147,8 @@ class NatsBridge:
         try:
             return future.result(timeout)
         except FutureTimeout:
+            if future.done():  # the coroutine's own TimeoutError (a NATS request timed out): as it is
+                raise
             future.cancel()
             raise TimeoutError(f"NATS did not answer within {timeout:g} s") from None
 
@@ -170,25 +168,6 @@ class NatsBridge:
 def transient_setup_error(exc: BaseException) -> bool:
     """Whether JetStream refused a setup step only because the cluster is not ready for it yet."""
     return getattr(exc, "err_code", None) in _TRANSIENT_SETUP_CODES
-
-
-def run_setup(bridge: NatsBridge, make: Callable[[], Coroutine[Any, Any, T]], timeout: float, what: str) -> T:
-    """Run the setup coroutine `make()` (creating or checking streams and stores), again after a short
-    pause while JetStream answers that the cluster is not ready for it (too few peers online, no meta
-    leader), for at most SETUP_RETRY_S; the last error is raised as it came."""
-    from nats.js.errors import APIError
-
-    deadline = time.monotonic() + SETUP_RETRY_S
-    pause = 0.1
-    while True:
-        try:
-            return bridge.run(make(), timeout)
-        except APIError as exc:
-            if not transient_setup_error(exc) or time.monotonic() + pause > deadline:
-                raise
-            log.warning("nats_setup_retry", extra={"what": what, "error": str(exc)[:300]})
-        time.sleep(pause)
-        pause = min(pause * 2, 2.0)
 
 
 def follow_stream(

@@ -1,6 +1,6 @@
 """A replica started while its JetStream cluster cannot yet place a 3-copy stream (the third server of
 three has not joined yet, as when a cluster is still forming) waits for it, bounded
-(`sync/nats_bridge.run_setup`), instead of exiting: it serves once the server is there."""
+(`sync/central_log.set_up`), instead of exiting: it serves once the server is there."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _replica_waits(tmp_path: Path, nats_cluster: NatsCluster, bundle_dir: Path) 
         log = tmp_path / "run"
         retried = False
         for _ in range(300):  # until the replica says it is waiting (at most 30 s)
-            retried = any("nats_setup_retry" in p.read_text(errors="replace") for p in log.glob("*.log"))
+            retried = any("jetstream_setup_retry" in p.read_text(errors="replace") for p in log.glob("*.log"))
             if retried or failed or started:
                 break
             threading.Event().wait(0.1)

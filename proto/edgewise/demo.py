@@ -32,7 +32,7 @@ from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
 if TYPE_CHECKING:  # imported by run(): every command builds its parser from this module, the servers too
-    from edgewise.processes import Processes
+    from edgewise.processes import Process, Processes
 
 __all__ = ["add_arguments", "run"]
 
@@ -477,9 +477,20 @@ def run(args: argparse.Namespace) -> int:
 # --- `edgewise demo --nats`: the central tier (docs/central.md) ------------------------------------------
 
 
-def _serve_edge(procs: Processes, tmp: Path, name: str, control: str) -> dict[str, object]:
+def _serve_edge(procs: Processes, tmp: Path, name: str, control: str) -> tuple[Process, dict[str, object]]:
     args = ["edge", "serve", "--data", str(tmp / f"{name}-data"), "--control", control, "--node-id", name]
-    return procs.serve(name, [*args, "--workers", "1", "--listen", "127.0.0.1:0"]).wait_ready()
+    edge = procs.serve(name, [*args, "--workers", "1", "--listen", "127.0.0.1:0"])
+    return edge, edge.wait_ready()
+
+
+def _switches(edge: Process) -> list[dict[str, object]]:
+    """The edge's `sync_control_switched` lines: each time it moved to another replica."""
+    return [e for e in edge.log_events() if e.get("event") == "sync_control_switched"]
+
+
+def _snapshots_after_first(edge: Process) -> int:
+    applied = [e for e in edge.log_events() if e.get("event") == "sync_applied"]
+    return sum(1 for e in applied[1:] if e.get("snapshot"))
 
 
 def _events_total(env: dict[str, str], control: str) -> int:
@@ -520,9 +531,14 @@ def _central(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path)
         a, b = replicas["replica-a"], replicas["replica-b"]
         _say(f"3. $ edgewise ctl --control {a.address} push BUNDLE   (through replica A)")
         _say(f"   {_ctl(env, a.address, 'push', str(bundle_dir), '--quiet')}")
-        edges = {"edge-a": _serve_edge(procs, tmp, "edge-a", a.address)}
-        edges["edge-b"] = _serve_edge(procs, tmp, "edge-b", b.address)
-        _say("   edge-a follows replica A, edge-b follows replica B:")
+        served = {
+            "edge-a": _serve_edge(procs, tmp, "edge-a", f"{a.address},{b.address}"),
+            "edge-b": _serve_edge(procs, tmp, "edge-b", f"{b.address},{a.address}"),
+        }
+        edges = {name: info for name, (_, info) in served.items()}
+        _say("   both edges list both replicas, each its own first:")
+        _say(f"   edge-a: --control {a.address},{b.address} (follows replica A)")
+        _say(f"   edge-b: --control {b.address},{a.address} (follows replica B)")
         for name, info in edges.items():
             _say(f"   {name}: version {info['snapshot_version']}")
         datas = [tmp / f"{name}-data" for name in edges]
@@ -535,6 +551,7 @@ def _central(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path)
 
         _say("5. Replica A killed (SIGKILL) and NATS server n1 killed (SIGKILL) mid-run; a delta pushed")
         _say("   through replica B meanwhile")
+        killed = time.monotonic()
         a.stop(signal.SIGKILL)
         cluster.kill(0)
         delta = tmp / "delta.jsonl"
@@ -542,7 +559,25 @@ def _central(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path)
         printed = _ctl(env, b.address, "push-delta", str(delta), "--quiet")
         version = int(printed.split("version ")[1].split(",")[0])
         _say(f"   {printed}")
-        _say("   replica A restarted on its cache and port (edge-a reconnects to it):")
+        pushed = time.monotonic()
+        took = _wait(lambda: all(_edge_version(d) >= version for d in datas), 60)
+        # The replica folding the views of step 4 may commit meanwhile: the edges agree once both applied it.
+        same = _wait(lambda: len({(_edge_version(d), _digest(d)) for d in datas}) == 1, 10) is not None
+        edge_a = served["edge-a"][0]
+        moved = [f"{e['from']} -> {e['to']}" for e in _switches(edge_a)]
+        _say(
+            f"   edge-a failed over to replica B ({', '.join(moved) or 'NOT moved'}); both edges at version "
+            f"{version} "
+            + (
+                f"{1000 * took:.0f} ms after `ctl push-delta` returned ({pushed + took - killed:.1f} s after "
+                "the kills: the ctl command and the push waiting for the streams' new leaders included)"
+                if took is not None
+                else "NOT reached"
+            )
+            + f"; full snapshots after the first: {_snapshots_after_first(edge_a)}; identical data: "
+            + ("yes" if same else "NO")
+        )
+        _say("   replica A restarted on its cache and port (the edges stay on B; A serves again):")
         a2 = procs.serve(
             "replica-a",
             [
@@ -552,13 +587,6 @@ def _central(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path)
             ],
         )
         _say(f"   replica-a: pid {a2.pid}, caught up to the log before serving")
-        took = _wait(lambda: all(_edge_version(d) >= version for d in datas), 60)
-        same = _digest(datas[0]) == _digest(datas[1])
-        _say(
-            f"   both edges at version {version} "
-            + (f"{took:.1f} s after the restart" if took is not None else "NOT reached")
-            + f"; identical data: {'yes' if same else 'NO'}"
-        )
         counted = _wait(lambda: _events_total(env, a2.address) == 500 == _events_total(env, b.address), 60)
         _say(
             "6. events stored in the stream, asked through replica A and replica B: "
