@@ -13,8 +13,10 @@ from cpython.float cimport PyFloat_AsDouble, PyFloat_Check
 from cpython.long cimport PyLong_Check
 from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport uint8_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy
+
+from edgewise.core._buf cimport Buf, buf_byte, buf_grow, buf_raw
 
 
 cdef extern from "Python.h":
@@ -23,47 +25,10 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
 
 
-cdef struct Buf:
-    char* data
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
-cdef int _grow(Buf* b, Py_ssize_t extra) except -1:
-    cdef Py_ssize_t cap = b.cap
-    cdef char* data
-    if b.size + extra <= cap:
-        return 0
-    if cap == 0:
-        cap = 512
-    while cap < b.size + extra:
-        cap *= 2
-    data = <char*>realloc(b.data, cap)
-    if data == NULL:
-        raise MemoryError()
-    b.data = data
-    b.cap = cap
-    return 0
-
-
-cdef inline int _raw(Buf* b, const char* p, Py_ssize_t n) except -1:
-    _grow(b, n)
-    memcpy(b.data + b.size, p, n)
-    b.size += n
-    return 0
-
-
-cdef inline int _byte(Buf* b, uint8_t c) except -1:
-    _grow(b, 1)
-    b.data[b.size] = <char>c
-    b.size += 1
-    return 0
-
-
 cdef int _be(Buf* b, uint64_t v, int n) except -1:
     """`v` as `n` big-endian bytes."""
     cdef int i
-    _grow(b, n)
+    buf_grow(b, n)
     for i in range(n):
         b.data[b.size + i] = <char>((v >> (8 * (n - 1 - i))) & 0xFF)
     b.size += n
@@ -72,15 +37,15 @@ cdef int _be(Buf* b, uint64_t v, int n) except -1:
 
 cdef int _str_header(Buf* b, Py_ssize_t n) except -1:
     if n < 32:
-        _byte(b, 0xA0 | <uint8_t>n)
+        buf_byte(b, 0xA0 | <uint8_t>n)
     elif n <= 0xFF:
-        _byte(b, 0xD9)
+        buf_byte(b, 0xD9)
         _be(b, n, 1)
     elif n <= 0xFFFF:
-        _byte(b, 0xDA)
+        buf_byte(b, 0xDA)
         _be(b, n, 2)
     else:
-        _byte(b, 0xDB)
+        buf_byte(b, 0xDB)
         _be(b, n, 4)
     return 0
 
@@ -92,7 +57,7 @@ cdef int _str(Buf* b, object value) except -1:
         raise TypeError("not a str")
     p = PyUnicode_AsUTF8AndSize(value, &n)
     _str_header(b, n)
-    _raw(b, p, n)
+    buf_raw(b, p, n)
     return 0
 
 
@@ -107,31 +72,31 @@ cdef int _int(Buf* b, object value) except -1:
     if d < -(1 << 5):
         if d < -(1 << 15):
             if d < -(1LL << 31):
-                _byte(b, 0xD3)
+                buf_byte(b, 0xD3)
                 _be(b, <uint64_t>d, 8)
             else:
-                _byte(b, 0xD2)
+                buf_byte(b, 0xD2)
                 _be(b, <uint64_t>d & 0xFFFFFFFF, 4)
         elif d < -(1 << 7):
-            _byte(b, 0xD1)
+            buf_byte(b, 0xD1)
             _be(b, <uint64_t>d & 0xFFFF, 2)
         else:
-            _byte(b, 0xD0)
+            buf_byte(b, 0xD0)
             _be(b, <uint64_t>d & 0xFF, 1)
     elif d < (1 << 7):
-        _byte(b, <uint8_t>(d & 0xFF))
+        buf_byte(b, <uint8_t>(d & 0xFF))
     elif d < (1 << 16):
         if d < (1 << 8):
-            _byte(b, 0xCC)
+            buf_byte(b, 0xCC)
             _be(b, <uint64_t>d, 1)
         else:
-            _byte(b, 0xCD)
+            buf_byte(b, 0xCD)
             _be(b, <uint64_t>d, 2)
     elif d < (1LL << 32):
-        _byte(b, 0xCE)
+        buf_byte(b, 0xCE)
         _be(b, <uint64_t>d, 4)
     else:
-        _byte(b, 0xCF)
+        buf_byte(b, 0xCF)
         _be(b, <uint64_t>d, 8)
     return 0
 
@@ -143,26 +108,26 @@ cdef int _float(Buf* b, object value) except -1:
         raise TypeError("not a float")
     x = PyFloat_AsDouble(value)
     memcpy(&bits, &x, 8)
-    _byte(b, 0xCB)
+    buf_byte(b, 0xCB)
     _be(b, bits, 8)
     return 0
 
 
 cdef int _array_header(Buf* b, Py_ssize_t n) except -1:
     if n < 16:
-        _byte(b, 0x90 | <uint8_t>n)
+        buf_byte(b, 0x90 | <uint8_t>n)
     elif n <= 0xFFFF:
-        _byte(b, 0xDC)
+        buf_byte(b, 0xDC)
         _be(b, n, 2)
     else:
-        _byte(b, 0xDD)
+        buf_byte(b, 0xDD)
         _be(b, n, 4)
     return 0
 
 
 cdef inline int _key(Buf* b, bytes key) except -1:
     """A key given as its packed bytes (a fixstr)."""
-    _raw(b, <const char*>key, len(key))
+    buf_raw(b, <const char*>key, len(key))
     return 0
 
 
@@ -209,16 +174,16 @@ def exposure_records(str decision_id, object request, object decision) -> list:
         did = PyUnicode_AsUTF8AndSize(decision_id, &n)
         for p in decision.placements:
             rec.size = 0
-            _raw(&rec, b"\xde\x00\x16", 3)  # map16 of 22 entries: these 12, then the 10 shared
+            buf_raw(&rec, b"\xde\x00\x16", 3)  # map16 of 22 entries: these 12, then the 10 shared
             placement_id = p.placement_id
             if not PyUnicode_Check(placement_id):
                 raise TypeError("placement_id is not a str")
             pid = PyUnicode_AsUTF8AndSize(placement_id, &m)
             _key(&rec, b"\xa2id")
             _str_header(&rec, n + 1 + m)
-            _raw(&rec, did, n)
-            _byte(&rec, 0x3A)  # ":"
-            _raw(&rec, pid, m)
+            buf_raw(&rec, did, n)
+            buf_byte(&rec, 0x3A)  # ":"
+            buf_raw(&rec, pid, m)
             _key(&rec, b"\xa1p")
             _str(&rec, placement_id)
             _key(&rec, b"\xa1c")
@@ -247,7 +212,7 @@ def exposure_records(str decision_id, object request, object decision) -> list:
             _array_header(&rec, len(vector))
             for x in vector:
                 _float(&rec, x)
-            _raw(&rec, shared.data, shared.size)
+            buf_raw(&rec, shared.data, shared.size)
             out.append(PyBytes_FromStringAndSize(rec.data, rec.size))
         return out
     finally:

@@ -25,8 +25,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.float cimport PyFloat_AsDouble
 from cpython.long cimport PyLong_AsUnsignedLongLong
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy
+
+from edgewise.core._buf cimport Buf, buf_grow, buf_raw
 
 
 from edgewise.core._results import filled as _filled
@@ -44,31 +46,8 @@ LMDB keys whatever their characters; longer ones take the message path, which co
 cdef Py_ssize_t _FAST_KEY_ID_CHARS = FAST_KEY_ID_CHARS
 
 
-cdef struct Buf:
-    char* data
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
-cdef int _grow(Buf* b, Py_ssize_t extra) except -1:
-    cdef Py_ssize_t cap = b.cap
-    cdef char* data
-    if b.size + extra <= cap:
-        return 0
-    if cap == 0:
-        cap = 1024
-    while cap < b.size + extra:
-        cap *= 2
-    data = <char*>realloc(b.data, cap)
-    if data == NULL:
-        raise MemoryError()
-    b.data = data
-    b.cap = cap
-    return 0
-
-
 cdef int _varint(Buf* b, uint64_t v) except -1:
-    _grow(b, 10)
+    buf_grow(b, 10)
     while v >= 0x80:
         b.data[b.size] = <char>((v & 0x7F) | 0x80)
         b.size += 1
@@ -82,9 +61,7 @@ cdef int _bytes_field(Buf* b, uint8_t tag, const char* p, Py_ssize_t n) except -
     """A length-delimited field (`tag` = field number << 3 | 2)."""
     _varint(b, tag)
     _varint(b, <uint64_t>n)
-    _grow(b, n)
-    memcpy(b.data + b.size, p, n)
-    b.size += n
+    buf_raw(b, p, n)
     return 0
 
 
@@ -103,7 +80,7 @@ cdef int _fixed(Buf* b, uint8_t number, uint64_t bits, int width) except -1:
     if bits == 0:
         return 0
     _varint(b, (number << 3) | (5 if width == 4 else 1))
-    _grow(b, width)
+    buf_grow(b, width)
     for i in range(width):
         b.data[b.size + i] = <char>((bits >> (8 * i)) & 0xFF)
     b.size += width
