@@ -90,14 +90,31 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         self._lock = threading.Lock()
 
     def Decide(self, request: _pb.DecideRequest, context: grpc.ServicerContext) -> _pb.DecideResponse:
-        """Decide as a message (the generated interface); the server serves `decide_wire`, its bytes."""
-        return _pb.DecideResponse.FromString(self.decide_wire(request, context))
+        """Decide as a message (the generated interface; the JSON gateway calls it); the gRPC server
+        serves `decide_wire`, its bytes."""
+        decision = self._decided(request, context)
+        t = now_ns() if self._stages is not None else 0
+        response = decide_response(decision, decision.decision_id)
+        self._count_response(t)
+        return response
 
     def decide_wire(self, request: _pb.DecideRequest | bytes, context: grpc.ServicerContext) -> bytes:
         """Decide from the request's bytes (or its message), answered with the serialized DecideResponse:
         edge/server.py registers it with neither deserializer nor serializer. Both ends are C
         (edge/_wire.pyx): the request's bytes read into the core request, and, without an explanation,
         the response's bytes written from the decision, with no message object per placement and item."""
+        decision = self._decided(request, context)
+        t = now_ns() if self._stages is not None else 0
+        if decision.explanation is None:
+            response = decide_response_bytes(decision, decision.decision_id)
+        else:
+            response = decide_response(decision, decision.decision_id).SerializeToString()
+        self._count_response(t)
+        return response
+
+    def _decided(self, request: _pb.DecideRequest | bytes, context: grpc.ServicerContext) -> DecideResponse:
+        """The decision for a request as bytes or message; a refused request aborts the call with the
+        status a caller can act on."""
         stages = self._stages
         t = now_ns() if stages is not None else 0
         now_ms = int(time.time() * 1000)
@@ -108,7 +125,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
                 ask = decide_input(request, self._limits, now_ms)
             if stages is not None:
                 stages.add(CONVERT_IN, t)
-            decision = self.decide(ask, context.time_remaining())
+            return self.decide(ask, context.time_remaining())
         except Undecodable as exc:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {_DECIDE_REQUEST} message ({exc})"
@@ -117,15 +134,13 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SnapshotMissing:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this edge has no snapshot loaded yet; retry shortly")
-        t = now_ns() if stages is not None else 0
-        if decision.explanation is None:
-            response = decide_response_bytes(decision, decision.decision_id)
-        else:
-            response = decide_response(decision, decision.decision_id).SerializeToString()
+
+    def _count_response(self, started_ns: int) -> None:
+        """Charge building the response (from `started_ns`) and the call to the stage counters, if on."""
+        stages = self._stages
         if stages is not None:
-            stages.add(RESPONSE, t)
+            stages.add(RESPONSE, started_ns)
             stages.slots()[CALLS] += 1
-        return response
 
     def decide(self, ask: DecideRequest, time_remaining: float | None = None) -> DecideResponse:
         """Decide for a checked core request: the plain-Python entry point every front end calls (gRPC
