@@ -38,6 +38,7 @@ from edgewise.sync.admission import EdgeLimits
 from edgewise.sync.auth import EDGE_TOKEN_ENV, OPS_TOKEN_ENV
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES
+from edgewise.sync.nats_bridge import nats_url_problem
 from edgewise.sync.stalls import DEFAULT_WRITE_TIMEOUT_SECONDS
 
 __all__ = [
@@ -299,9 +300,9 @@ class LogConfig:
 def _check_nats_url(text: str) -> str | None:
     """Empty (the embedded control plane) or a comma-separated list of nats:// or tls:// URLs."""
     for url in (u.strip() for u in text.split(",") if u.strip()):
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme not in ("nats", "tls") or not rest:
-            return f"{url!r} is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT)"
+        problem = nats_url_problem(url)
+        if problem is not None:
+            return problem
     return None
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "NatsUnavailable",
     "follow_stream",
     "import_nats",
+    "nats_url_problem",
     "parse_nats_urls",
     "transient_setup_error",
 ]
@@ -70,10 +71,18 @@ def parse_nats_urls(text: str) -> list[str]:
     if not urls:
         raise ValueError("--nats needs at least one URL, e.g. nats://127.0.0.1:4222")
     for url in urls:
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme not in ("nats", "tls") or not rest:
-            raise ValueError(f"--nats: {url!r} is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT)")
+        problem = nats_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"--nats: {problem}")
     return urls
+
+
+def nats_url_problem(url: str) -> str | None:
+    """What is wrong with one NATS URL (nats://HOST:PORT or tls://HOST:PORT), or None."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("nats", "tls") or not rest:
+        return f"{url!r} is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT)"
+    return None
 
 
 class NatsBridge:
