@@ -114,6 +114,15 @@ def run_control_serve(args: argparse.Namespace) -> int:
         return config
     configure_logging(config.log.level)
     data, tls = config.data, config.tls
+
+    def open_store() -> ControlStore:
+        return ControlStore(
+            data.dir,
+            map_size=data.map_size_mb << 20,
+            retain_snapshots=data.retain_snapshots,
+            retain_log_changes=data.retain_log_changes,
+        )
+
     try:
         edge_token = load_token(
             None, str(config.auth.edge_token_file) if config.auth.edge_token_file else None, EDGE_TOKEN_ENV
@@ -132,12 +141,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
             if tls.cert
             else None
         )
-        store = ControlStore(
-            data.dir,
-            map_size=data.map_size_mb << 20,
-            retain_snapshots=data.retain_snapshots,
-            retain_log_changes=data.retain_log_changes,
-        )
+        store = open_store()
     except (ValueError, OSError, ControlStoreError) as exc:
         print(f"edgewise control serve: {exc}", file=sys.stderr)
         return 2
@@ -165,20 +169,12 @@ def run_control_serve(args: argparse.Namespace) -> int:
     if config.nats.url:  # a replica of the central tier (docs/central.md)
         from edgewise.sync.central_serve import ReplicaStartError, open_replica
 
-        def reopen() -> ControlStore:
-            return ControlStore(
-                data.dir,
-                map_size=data.map_size_mb << 20,
-                retain_snapshots=data.retain_snapshots,
-                retain_log_changes=data.retain_log_changes,
-            )
-
         try:
             central = open_replica(
                 config.nats.url,
                 config.nats.replicas,
                 store,
-                reopen,
+                open_store,
                 partitions=config.nats.partitions,
                 retain_events_s=config.events.retain.total_seconds(),
             )
