@@ -52,6 +52,7 @@ __all__ = [
     "CONTROL_PLANE_SERVICE",
     "EDGE_TOKEN_ENV",
     "HEALTH_METHODS",
+    "METHOD_NAMES",
     "OPS_ONLY_METHODS",
     "OPS_TOKEN_ENV",
     "REFLECTION_METHODS",
@@ -73,20 +74,19 @@ log = logging.getLogger(__name__)
 CONTROL_PLANE_SERVICE: Final = "edgewise.v1.ControlPlane"
 EDGE_TOKEN_ENV: Final = "EDGEWISE_EDGE_TOKEN"  # the edge token, when no token file is given
 OPS_TOKEN_ENV: Final = "EDGEWISE_OPS_TOKEN"  # the ops token, likewise
-ALL_METHODS: Final = tuple(
-    f"/{CONTROL_PLANE_SERVICE}/{name}"
-    for name in (
-        "Subscribe",
-        "Forward",
-        "Push",
-        "Rollback",
-        "History",
-        "Status",
-        "Report",
-        "Forget",
-        "ForgetStatus",
-    )
+METHOD_NAMES: Final = (
+    "Subscribe",
+    "Forward",
+    "Push",
+    "Rollback",
+    "History",
+    "Status",
+    "Report",
+    "Forget",
+    "ForgetStatus",
 )
+"""The ControlPlane service's methods (sync.proto)."""
+ALL_METHODS: Final = tuple(f"/{CONTROL_PLANE_SERVICE}/{name}" for name in METHOD_NAMES)
 EDGE_METHODS: Final = (f"/{CONTROL_PLANE_SERVICE}/Subscribe", f"/{CONTROL_PLANE_SERVICE}/Forward")
 OPS_ONLY_METHODS: Final = tuple(m for m in ALL_METHODS if m not in EDGE_METHODS)
 HEALTH_METHODS: Final = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")

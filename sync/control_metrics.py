@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from edgewise.sync.admission import EdgeAdmission
-from edgewise.sync.auth import CONTROL_PLANE_SERVICE
+from edgewise.sync.auth import CONTROL_PLANE_SERVICE, METHOD_NAMES
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.v1 import sync_pb2
 
@@ -44,17 +44,7 @@ __all__ = [
     "control_registry",
 ]
 
-METHODS: Final = (
-    "Subscribe",
-    "Forward",
-    "Push",
-    "Rollback",
-    "History",
-    "Status",
-    "Report",
-    "Forget",
-    "ForgetStatus",
-)
+METHODS: Final = METHOD_NAMES
 """The ControlPlane methods, the values of the `method` label."""
 FORWARD_RESULTS: Final = ("accepted", "duplicate", "forgotten", "rejected")
 BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
