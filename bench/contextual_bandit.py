@@ -34,6 +34,7 @@ from edgewise.core.features import MISSING
 from edgewise.core.linear_bandit_learning import LinearStats, update_linear_bandit_doc
 from edgewise.core.linear_bandits import compile_linear_bandit
 from edgewise.core.records import Activity
+from edgewise.offline.contextual_ope import NoSegments
 
 __all__ = ["FEATURES", "WEIGHTS", "SimulationResult", "main", "simulate"]
 
@@ -79,11 +80,6 @@ class _Source:
 
     def replenish_days(self, item_id: str) -> float | None:
         return None
-
-
-class _NoSegments:
-    def matches(self, segment_id: str) -> bool:
-        return False
 
 
 @dataclass(frozen=True)
@@ -154,7 +150,7 @@ def simulate(
     started = time.perf_counter()
     regret = np.zeros(rounds)
     clicks = 0
-    no_segments = _NoSegments()
+    no_segments = NoSegments()
     seq = 0
     for r in range(rounds):
         contexts = _contexts(context_rng, batch)

@@ -29,7 +29,16 @@ from edgewise.core.linear_bandit_learning import LinearStats, update_linear_band
 from edgewise.core.linear_bandits import LinearBanditPolicy, compile_linear_bandit
 from edgewise.core.records import Activity
 
-__all__ = ["USER_FEATURES", "RowSource", "action_dist", "default_doc", "learn", "read_rows", "vectors"]
+__all__ = [
+    "USER_FEATURES",
+    "NoSegments",
+    "RowSource",
+    "action_dist",
+    "default_doc",
+    "learn",
+    "read_rows",
+    "vectors",
+]
 
 USER_FEATURES: Final = ("user_feature_0", "user_feature_1", "user_feature_2", "user_feature_3")
 
@@ -57,7 +66,9 @@ class RowSource:
         return None
 
 
-class _NoSegments:
+class NoSegments:
+    """A segment source in which no segment matches (logged rows and simulations carry none)."""
+
     def matches(self, segment_id: str) -> bool:
         return False
 
@@ -85,7 +96,7 @@ def default_doc(
 
 
 def vectors(policy: LinearBanditPolicy, rows: Sequence[Mapping[str, str]]) -> list[list[float]]:
-    none = _NoSegments()
+    none = NoSegments()
     return [policy.vector(RowSource(row), none, None) for row in rows]
 
 
