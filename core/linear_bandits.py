@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgewise.core._linear_bandit import LinearChooser
-from edgewise.core.bandits import BanditError
+from edgewise.core.bandits import BanditError, _id, _known_keys, _obj  # the bandit documents' checks
 from edgewise.core.features import MISSING, FeatureSource
 
 __all__ = [
@@ -264,18 +264,6 @@ class LinearBanditPolicy:
 _BANDIT_KEYS: Final = {"context", "arms", "exploration_floor", "temperature", "ucb", "ridge"}
 
 
-def _obj(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise BanditError(path, f"must be an object, got {type(value).__name__}")
-    return value
-
-
-def _known(obj: Mapping[str, Any], allowed: set[str], path: str) -> None:
-    for key in obj:
-        if key not in allowed:
-            raise BanditError(f"{path}.{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
-
-
 def _number(obj: Mapping[str, Any], key: str, path: str, default: float) -> float:
     value = obj.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -283,23 +271,16 @@ def _number(obj: Mapping[str, Any], key: str, path: str, default: float) -> floa
     return float(value)
 
 
-def _id(obj: Mapping[str, Any], key: str, path: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise BanditError(f"{path}.{key}", f"must be a non-empty string, got {value!r}")
-    return value
-
-
 def _feature(body: Any, path: str, segments: Any) -> ContextFeature:
     spec = _obj(body, path)
     if "segment" in spec:
-        _known(spec, {"segment"}, path)
+        _known_keys(spec, {"segment"}, path)
         segment = _id(spec, "segment", path)
         if segments is not None and segment not in segments:
             raise BanditError(f"{path}.segment", f"unknown segment {segment!r}")
         return ContextFeature("segment", segment=segment)
     if "hours" in spec:
-        _known(spec, {"hours"}, path)
+        _known_keys(spec, {"hours"}, path)
         ranges = spec["hours"]
         if not isinstance(ranges, list) or not ranges:
             raise BanditError(f"{path}.hours", "must be a non-empty list of [start, end) hour pairs")
@@ -320,14 +301,14 @@ def _feature(body: Any, path: str, segments: Any) -> ContextFeature:
             f"must be context.<field>, context.attributes.<key> or profile.<attribute>, got {raw!r}",
         )
     if "values" in spec:
-        _known(spec, {"path", "values"}, path)
+        _known_keys(spec, {"path", "values"}, path)
         values = spec["values"]
         if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
             raise BanditError(f"{path}.values", "must be a non-empty list of non-empty strings")
         if len(set(values)) != len(values):
             raise BanditError(f"{path}.values", "values must be distinct")
         return ContextFeature("values", path=parts, values=tuple(values))
-    _known(spec, {"path", "scale"}, path)
+    _known_keys(spec, {"path", "scale"}, path)
     scale = _number(spec, "scale", path, 1.0)
     if not scale > 0.0:
         raise BanditError(f"{path}.scale", f"must be > 0, got {scale!r}")
@@ -360,7 +341,7 @@ def compile_linear_bandit(doc: Any, path: str, segments: Any = None) -> LinearBa
     """Validate a contextual bandit document (module docstring) and build its policy. `segments`, when
     given, is what a `segment` feature must name (a container of segment ids)."""
     spec = _obj(doc, path)
-    _known(spec, _BANDIT_KEYS, path)
+    _known_keys(spec, _BANDIT_KEYS, path)
     context = spec.get("context")
     if not isinstance(context, list):
         raise BanditError(f"{path}.context", "must be a list of features")
@@ -383,7 +364,7 @@ def compile_linear_bandit(doc: Any, path: str, segments: Any = None) -> LinearBa
     for i, body in enumerate(arms_doc):
         apath = f"{path}.arms[{i}]"
         arm = _obj(body, apath)
-        _known(arm, {"id", "content_id", "A", "b"}, apath)
+        _known_keys(arm, {"id", "content_id", "A", "b"}, apath)
         arm_id = _id(arm, "id", apath)
         if arm_id in seen:
             raise BanditError(f"{apath}.id", f"duplicate arm id {arm_id!r}")
