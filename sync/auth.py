@@ -84,6 +84,8 @@ METHOD_NAMES: Final = (
     "Report",
     "Forget",
     "ForgetStatus",
+    "Promote",
+    "Abort",
 )
 """The ControlPlane service's methods (sync.proto)."""
 ALL_METHODS: Final = tuple(f"/{CONTROL_PLANE_SERVICE}/{name}" for name in METHOD_NAMES)

@@ -215,25 +215,154 @@ class Heartbeat(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """edge: applied version; control plane: head version"""
     sent_at_ms: _builtins.int
     state: Global___EdgeState.ValueType
     """edge only"""
+    @_builtins.property
+    def serving(self) -> Global___ServingStats:
+        """edge only: how the version it serves is doing"""
+
+    @_builtins.property
+    def shadow(self) -> Global___ShadowStats:
+        """edge only: shadow decisions with a candidate version, if it has one"""
+
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         sent_at_ms: _builtins.int = ...,
         state: Global___EdgeState.ValueType = ...,
+        serving: Global___ServingStats | None = ...,
+        shadow: Global___ShadowStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sent_at_ms", b"sent_at_ms", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sent_at_ms", b"sent_at_ms", "serving", b"serving", "shadow", b"shadow", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class ServingStats(_message.Message):
+    """An edge's counters for the version it serves, from the moment it applied that version (they start
+    again at 0 when it applies another). Sent in every heartbeat; the control plane compares canary edges
+    with the rest (docs/rollouts.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    PLACEMENTS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_US_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_US_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the version these counters were served with"""
+    decisions: _builtins.int
+    """Decide calls answered OK"""
+    placements: _builtins.int
+    """placements in those answers"""
+    fallbacks: _builtins.int
+    """placements answered with their default and a fallback_reason"""
+    errors: _builtins.int
+    """Decide calls answered with a code other than OK and INVALID_ARGUMENT"""
+    latency_p50_us: _builtins.int
+    """Decide latency from arrival, over the calls counted here"""
+    latency_p99_us: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        decisions: _builtins.int = ...,
+        placements: _builtins.int = ...,
+        fallbacks: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        latency_p50_us: _builtins.int = ...,
+        latency_p99_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "errors", b"errors", "fallbacks", b"fallbacks", "latency_p50_us", b"latency_p50_us", "latency_p99_us", b"latency_p99_us", "placements", b"placements", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServingStats: _TypeAlias = ServingStats  # noqa: Y015
+
+@_typing.final
+class ShadowStats(_message.Message):
+    """An edge's comparison of a sample of its decisions with the candidate version of a shadow rollout:
+    the same request decided again with the candidate, never served. Counters since the edge received
+    that candidate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    SAMPLED_FIELD_NUMBER: _builtins.int
+    PLACEMENTS_FIELD_NUMBER: _builtins.int
+    ITEM_PLACEMENTS_FIELD_NUMBER: _builtins.int
+    OVERLAP_SUM_FIELD_NUMBER: _builtins.int
+    VARIANT_CHANGES_FIELD_NUMBER: _builtins.int
+    NEW_FALLBACKS_FIELD_NUMBER: _builtins.int
+    FIXED_FALLBACKS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    SERVED_LATENCY_US_SUM_FIELD_NUMBER: _builtins.int
+    SHADOW_LATENCY_US_SUM_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the candidate version"""
+    base_version: _builtins.int
+    """the version served while these were counted"""
+    sampled: _builtins.int
+    """requests decided again with the candidate"""
+    placements: _builtins.int
+    """placements compared"""
+    item_placements: _builtins.int
+    """placements with ranked items in both answers"""
+    overlap_sum: _builtins.float
+    """sum over those of |served items ∩ candidate items| / max(len) (overlap@k)"""
+    variant_changes: _builtins.int
+    """placements whose campaign, experiment variant or bandit arm differ"""
+    new_fallbacks: _builtins.int
+    """placements the candidate answers with a fallback and the served one not"""
+    fixed_fallbacks: _builtins.int
+    """the other way round"""
+    errors: _builtins.int
+    """candidate decisions that failed"""
+    served_latency_us_sum: _builtins.int
+    """pipeline time of the sampled requests, served version"""
+    shadow_latency_us_sum: _builtins.int
+    """and with the candidate"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
+        sampled: _builtins.int = ...,
+        placements: _builtins.int = ...,
+        item_placements: _builtins.int = ...,
+        overlap_sum: _builtins.float = ...,
+        variant_changes: _builtins.int = ...,
+        new_fallbacks: _builtins.int = ...,
+        fixed_fallbacks: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        served_latency_us_sum: _builtins.int = ...,
+        shadow_latency_us_sum: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "errors", b"errors", "fixed_fallbacks", b"fixed_fallbacks", "item_placements", b"item_placements", "new_fallbacks", b"new_fallbacks", "overlap_sum", b"overlap_sum", "placements", b"placements", "sampled", b"sampled", "served_latency_us_sum", b"served_latency_us_sum", "shadow_latency_us_sum", b"shadow_latency_us_sum", "variant_changes", b"variant_changes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowStats: _TypeAlias = ShadowStats  # noqa: Y015
 
 @_typing.final
 class SubscribeRequest(_message.Message):
@@ -313,6 +442,7 @@ class Chunk(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """the commit this chunk belongs to"""
     snapshot: _builtins.bool
@@ -321,6 +451,8 @@ class Chunk(_message.Message):
     """0, 1, 2, ... within the commit"""
     sha256: _builtins.bytes
     """digest of the changes (docs/sync.md says how it is computed)"""
+    shadow: _builtins.bool
+    """part of a shadow candidate (with `snapshot`: its whole state); never served"""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
     def __init__(
@@ -331,10 +463,11 @@ class Chunk(_message.Message):
         index: _builtins.int = ...,
         changes: _abc.Iterable[Global___Change] | None = ...,
         sha256: _builtins.bytes = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "index", b"index", "sha256", b"sha256", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "index", b"index", "sha256", b"sha256", "shadow", b"shadow", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,6 +486,8 @@ class Commit(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LINEAGE_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    SHADOW_SAMPLE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     base_version: _builtins.int
     """the version this commit applies on (0 for a snapshot)"""
@@ -365,6 +500,13 @@ class Commit(_message.Message):
     description: _builtins.str
     lineage: _builtins.str
     """the control store's lineage id"""
+    shadow: _builtins.bool
+    """A shadow candidate: the edge keeps it beside the version it serves and decides a sample of requests
+    with it too, never serving it (ShadowStats). A shadow commit is always a full snapshot; the edge
+    drops its candidate when the commit that replaces it arrives, or a shadow commit with 0 chunks.
+    """
+    shadow_sample: _builtins.float
+    """the share of requests to decide again with the candidate (0..1]"""
     def __init__(
         self,
         *,
@@ -377,10 +519,12 @@ class Commit(_message.Message):
         created_at_ms: _builtins.int = ...,
         description: _builtins.str = ...,
         lineage: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
+        shadow_sample: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "changes", b"changes", "chunks", b"chunks", "created_at_ms", b"created_at_ms", "description", b"description", "kind", b"kind", "lineage", b"lineage", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "changes", b"changes", "chunks", b"chunks", "created_at_ms", b"created_at_ms", "description", b"description", "kind", b"kind", "lineage", b"lineage", "shadow", b"shadow", "shadow_sample", b"shadow_sample", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,12 +570,27 @@ class PushChunk(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CANARY_PERCENT_FIELD_NUMBER: _builtins.int
+    CANARY_NODES_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    SHADOW_SAMPLE_FIELD_NUMBER: _builtins.int
     kind: Global___PushKind.ValueType
     path: _builtins.str
     """relative path inside the bundle; the delta file's name"""
     data: _builtins.bytes
     description: _builtins.str
     """first chunk only"""
+    canary_percent: _builtins.float
+    """First chunk only: a canary rollout. The new version goes to this share of the edges following the
+    control plane (rounded to the nearest whole edge, at least one) or to these node ids, and to the
+    rest only once promoted (docs/rollouts.md).
+    """
+    shadow: _builtins.bool
+    """the edges not serving the new version decide a sample with it too"""
+    shadow_sample: _builtins.float
+    """that sample's share of requests (0: the configured default)"""
+    @_builtins.property
+    def canary_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -439,10 +598,14 @@ class PushChunk(_message.Message):
         path: _builtins.str = ...,
         data: _builtins.bytes = ...,
         description: _builtins.str = ...,
+        canary_percent: _builtins.float = ...,
+        canary_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        shadow: _builtins.bool = ...,
+        shadow_sample: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "description", b"description", "kind", b"kind", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_nodes", b"canary_nodes", "canary_percent", b"canary_percent", "data", b"data", "description", b"description", "kind", b"kind", "path", b"path", "shadow", b"shadow", "shadow_sample", b"shadow_sample"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,24 +618,182 @@ class PushReply(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     changes: _builtins.int
     """records that differ from the previous version"""
     summary: _builtins.str
+    @_builtins.property
+    def rollout(self) -> Global___Rollout:
+        """set when the push started (or Promote/Abort ended) a rollout"""
+
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         changes: _builtins.int = ...,
         summary: _builtins.str = ...,
+        rollout: Global___Rollout | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout", b"rollout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "summary", b"summary", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "rollout", b"rollout", "summary", b"summary", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushReply: _TypeAlias = PushReply  # noqa: Y015
+
+@_typing.final
+class Rollout(_message.Message):
+    """A canary or shadow rollout of one version (docs/rollouts.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CANARY_NODES_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    SHADOW_SAMPLE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_MS_FIELD_NUMBER: _builtins.int
+    ENDED_AT_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    REST_FIELD_NUMBER: _builtins.int
+    SHADOW_STATS_FIELD_NUMBER: _builtins.int
+    ROLLBACK_VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the candidate"""
+    base_version: _builtins.int
+    """what the rest of the fleet serves meanwhile"""
+    state: _builtins.str
+    """"canary", "promoted", "aborted" """
+    shadow: _builtins.bool
+    shadow_sample: _builtins.float
+    started_at_ms: _builtins.int
+    ended_at_ms: _builtins.int
+    reason: _builtins.str
+    """why it ended: "promoted by ops", "aborted by ops", or the threshold crossed"""
+    rollback_version: _builtins.int
+    """the commit an abort published (0 if none)"""
+    @_builtins.property
+    def canary_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def canary(self) -> Global___RolloutHealth:
+        """the canary edges, with the candidate"""
+
+    @_builtins.property
+    def rest(self) -> Global___RolloutHealth:
+        """the other edges, with the base version"""
+
+    @_builtins.property
+    def shadow_stats(self) -> Global___ShadowStats:
+        """summed over the edges deciding in shadow"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
+        state: _builtins.str = ...,
+        canary_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        shadow: _builtins.bool = ...,
+        shadow_sample: _builtins.float = ...,
+        started_at_ms: _builtins.int = ...,
+        ended_at_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        canary: Global___RolloutHealth | None = ...,
+        rest: Global___RolloutHealth | None = ...,
+        shadow_stats: Global___ShadowStats | None = ...,
+        rollback_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "rest", b"rest", "shadow_stats", b"shadow_stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "canary", b"canary", "canary_nodes", b"canary_nodes", "ended_at_ms", b"ended_at_ms", "reason", b"reason", "rest", b"rest", "rollback_version", b"rollback_version", "shadow", b"shadow", "shadow_sample", b"shadow_sample", "shadow_stats", b"shadow_stats", "started_at_ms", b"started_at_ms", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rollout: _TypeAlias = Rollout  # noqa: Y015
+
+@_typing.final
+class RolloutHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDGES_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    PLACEMENTS_FIELD_NUMBER: _builtins.int
+    FALLBACK_RATE_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_US_FIELD_NUMBER: _builtins.int
+    edges: _builtins.int
+    decisions: _builtins.int
+    placements: _builtins.int
+    fallback_rate: _builtins.float
+    """fallbacks / placements"""
+    error_rate: _builtins.float
+    """errors / (decisions + errors)"""
+    latency_p99_us: _builtins.int
+    """the highest of the edges' p99"""
+    def __init__(
+        self,
+        *,
+        edges: _builtins.int = ...,
+        decisions: _builtins.int = ...,
+        placements: _builtins.int = ...,
+        fallback_rate: _builtins.float = ...,
+        error_rate: _builtins.float = ...,
+        latency_p99_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "edges", b"edges", "error_rate", b"error_rate", "fallback_rate", b"fallback_rate", "latency_p99_us", b"latency_p99_us", "placements", b"placements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutHealth: _TypeAlias = RolloutHealth  # noqa: Y015
+
+@_typing.final
+class PromoteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the rollout's candidate (0: the rollout in progress)"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteRequest: _TypeAlias = PromoteRequest  # noqa: Y015
+
+@_typing.final
+class AbortRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the rollout's candidate (0: the rollout in progress)"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortRequest: _TypeAlias = AbortRequest  # noqa: Y015
 
 @_typing.final
 class RollbackRequest(_message.Message):
@@ -842,6 +1163,9 @@ class EdgeStatus(_message.Message):
     LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
     EVENTS_FORWARDED_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     shard: _builtins.str
     applied_version: _builtins.int
@@ -856,6 +1180,14 @@ class EdgeStatus(_message.Message):
     peer: _builtins.str
     events_forwarded: _builtins.int
     """events this edge forwarded that were new upstream"""
+    canary: _builtins.bool
+    """in the canary set of the rollout in progress"""
+    @_builtins.property
+    def serving(self) -> Global___ServingStats:
+        """from its last heartbeat"""
+
+    @_builtins.property
+    def shadow(self) -> Global___ShadowStats: ...
     def __init__(
         self,
         *,
@@ -871,10 +1203,13 @@ class EdgeStatus(_message.Message):
         last_seen_ms: _builtins.int = ...,
         peer: _builtins.str = ...,
         events_forwarded: _builtins.int = ...,
+        serving: Global___ServingStats | None = ...,
+        shadow: Global___ShadowStats | None = ...,
+        canary: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "connected", b"connected", "events_forwarded", b"events_forwarded", "lag", b"lag", "last_ack_version", b"last_ack_version", "last_error", b"last_error", "last_nack_version", b"last_nack_version", "last_seen_ms", b"last_seen_ms", "node_id", b"node_id", "peer", b"peer", "shard", b"shard", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "canary", b"canary", "connected", b"connected", "events_forwarded", b"events_forwarded", "lag", b"lag", "last_ack_version", b"last_ack_version", "last_error", b"last_error", "last_nack_version", b"last_nack_version", "last_seen_ms", b"last_seen_ms", "node_id", b"node_id", "peer", b"peer", "serving", b"serving", "shadow", b"shadow", "shard", b"shard", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -887,21 +1222,27 @@ class StatusReply(_message.Message):
     HEAD_VERSION_FIELD_NUMBER: _builtins.int
     EDGES_FIELD_NUMBER: _builtins.int
     EVENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     head_version: _builtins.int
     events_total: _builtins.int
     """distinct events stored upstream"""
     @_builtins.property
     def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___EdgeStatus]: ...
+    @_builtins.property
+    def rollout(self) -> Global___Rollout:
+        """the rollout in progress, else the last one (unset if none)"""
+
     def __init__(
         self,
         *,
         head_version: _builtins.int = ...,
         edges: _abc.Iterable[Global___EdgeStatus] | None = ...,
         events_total: _builtins.int = ...,
+        rollout: Global___Rollout | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout", b"rollout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "events_total", b"events_total", "head_version", b"head_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "events_total", b"events_total", "head_version", b"head_version", "rollout", b"rollout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

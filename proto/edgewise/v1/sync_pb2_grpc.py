@@ -80,6 +80,16 @@ class ControlPlaneStub:
                 request_serializer=edgewise_dot_v1_dot_sync__pb2.ReportRequest.SerializeToString,
                 response_deserializer=edgewise_dot_v1_dot_sync__pb2.ReportReply.FromString,
                 _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/edgewise.v1.ControlPlane/Promote',
+                request_serializer=edgewise_dot_v1_dot_sync__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=edgewise_dot_v1_dot_sync__pb2.PushReply.FromString,
+                _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/edgewise.v1.ControlPlane/Abort',
+                request_serializer=edgewise_dot_v1_dot_sync__pb2.AbortRequest.SerializeToString,
+                response_deserializer=edgewise_dot_v1_dot_sync__pb2.PushReply.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -152,6 +162,20 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Promote(self, request, context):
+        """Ops: a canary or shadow rollout (docs/rollouts.md). Promote serves the candidate on every edge;
+        Abort rolls the fleet back to the version it served before the candidate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +223,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=edgewise_dot_v1_dot_sync__pb2.ReportRequest.FromString,
                     response_serializer=edgewise_dot_v1_dot_sync__pb2.ReportReply.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=edgewise_dot_v1_dot_sync__pb2.PromoteRequest.FromString,
+                    response_serializer=edgewise_dot_v1_dot_sync__pb2.PushReply.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=edgewise_dot_v1_dot_sync__pb2.AbortRequest.FromString,
+                    response_serializer=edgewise_dot_v1_dot_sync__pb2.PushReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +478,60 @@ class ControlPlane:
             '/edgewise.v1.ControlPlane/Report',
             edgewise_dot_v1_dot_sync__pb2.ReportRequest.SerializeToString,
             edgewise_dot_v1_dot_sync__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgewise.v1.ControlPlane/Promote',
+            edgewise_dot_v1_dot_sync__pb2.PromoteRequest.SerializeToString,
+            edgewise_dot_v1_dot_sync__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgewise.v1.ControlPlane/Abort',
+            edgewise_dot_v1_dot_sync__pb2.AbortRequest.SerializeToString,
+            edgewise_dot_v1_dot_sync__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,

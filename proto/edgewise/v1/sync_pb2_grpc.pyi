@@ -69,6 +69,11 @@ class ControlPlaneStub:
     """Ops: which edges confirmed each forget (applied its version)."""
     Report: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ReportRequest, _sync_pb2.ReportReply]
     """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
+    Promote: _grpc.UnaryUnaryMultiCallable[_sync_pb2.PromoteRequest, _sync_pb2.PushReply]
+    """Ops: a canary or shadow rollout (docs/rollouts.md). Promote serves the candidate on every edge;
+    Abort rolls the fleet back to the version it served before the candidate.
+    """
+    Abort: _grpc.UnaryUnaryMultiCallable[_sync_pb2.AbortRequest, _sync_pb2.PushReply]
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -98,6 +103,11 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """Ops: which edges confirmed each forget (applied its version)."""
     Report: _aio.UnaryUnaryMultiCallable[_sync_pb2.ReportRequest, _sync_pb2.ReportReply]  # type: ignore[assignment]
     """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
+    Promote: _aio.UnaryUnaryMultiCallable[_sync_pb2.PromoteRequest, _sync_pb2.PushReply]  # type: ignore[assignment]
+    """Ops: a canary or shadow rollout (docs/rollouts.md). Promote serves the candidate on every edge;
+    Abort rolls the fleet back to the version it served before the candidate.
+    """
+    Abort: _aio.UnaryUnaryMultiCallable[_sync_pb2.AbortRequest, _sync_pb2.PushReply]  # type: ignore[assignment]
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -178,5 +188,22 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sync_pb2.ReportReply, _abc.Awaitable[_sync_pb2.ReportReply]]:
         """Ops: an experiment's report from the exposures and outcomes edges forwarded (docs/reports.md)."""
+
+    @_abc_1.abstractmethod
+    def Promote(
+        self,
+        request: _sync_pb2.PromoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.PushReply, _abc.Awaitable[_sync_pb2.PushReply]]:
+        """Ops: a canary or shadow rollout (docs/rollouts.md). Promote serves the candidate on every edge;
+        Abort rolls the fleet back to the version it served before the candidate.
+        """
+
+    @_abc_1.abstractmethod
+    def Abort(
+        self,
+        request: _sync_pb2.AbortRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.PushReply, _abc.Awaitable[_sync_pb2.PushReply]]: ...
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
