@@ -28,7 +28,7 @@ from edgewise.sync.central_fleet import FleetShare
 from edgewise.sync.central_jobs import EventsFollower, JobsLease
 from edgewise.sync.central_log import LogConflict, LogUnavailable
 from edgewise.sync.central_replica import Replica
-from edgewise.sync.control_server import ControlPlaneService
+from edgewise.sync.control_server import ControlPlaneService, RolloutRequest
 from edgewise.sync.control_store import CommitInfo, ControlStore
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
@@ -187,6 +187,8 @@ class CentralControlService(ControlPlaneService):
         files: list[str],
         staging: Path,
         refuse: Callable[[grpc.StatusCode, str], NoReturn],
+        *,
+        rollout: RolloutRequest | None = None,  # never given: `_rollouts_refusal` refuses rollouts first
     ) -> tuple[CommitInfo | None, str]:
         result = self._through_log(
             lambda: super(CentralControlService, self)._apply_push(kind, description, files, staging, refuse),
@@ -196,6 +198,13 @@ class CentralControlService(ControlPlaneService):
         if result[0] is not None and result[0].kind == "push":
             self._snapshot_due.set()
         return result
+
+    def _rollouts_refusal(self) -> str | None:
+        return (
+            "canary and shadow rollouts are not available on the NATS central tier (control serve --nats) "
+            "yet: push without --canary/--canary-nodes/--shadow, or run them on an embedded control plane "
+            "(docs/rollouts.md)"
+        )
 
     def Rollback(
         self, request: sync_pb2.RollbackRequest, context: grpc.ServicerContext

@@ -71,10 +71,11 @@ class CommitCache:
             return list(self._entries)
 
     def encoded(
-        self, info: CommitInfo, changes: list[RecordChange], shard: Shard
+        self, info: CommitInfo, changes: list[RecordChange], shard: Shard, *, tag: str = ""
     ) -> list[sync_pb2.SyncMessage]:
-        """A commit's messages for one shard (chunks, then the commit marker), encoded once and shared."""
-        key = (info.version, shard.text())
+        """A commit's messages for one shard (chunks, then the commit marker), encoded once and shared.
+        `tag` keeps apart commits that share a version (the collapsed commit past an aborted rollout)."""
+        key = (info.version, shard.text() + tag)
         with self._lock:
             cached = self._entries.get(key)
             if cached is not None:
@@ -97,19 +98,29 @@ class CommitCache:
                     self._bytes -= dropped
         return messages
 
-    def snapshot(self, shard: Shard) -> Generator[sync_pb2.SyncMessage, None, int]:
-        """A full snapshot of the head for one shard, read from one read view held while it streams;
-        returns the version it holds."""
-        with self.store.read() as view:
+    def snapshot(
+        self, shard: Shard, at: int | None = None, *, shadow_sample: float = 0.0, shadow_base: int = 0
+    ) -> Generator[sync_pb2.SyncMessage, None, int]:
+        """A full snapshot for one shard of the head (`at` None) or of the older version `at` (an edge
+        held at a rollout's base version), read from one read view held while it streams; returns the
+        version it holds. `shadow_sample` > 0: a shadow candidate (Commit.shadow, Chunk.shadow) that the
+        edge decides that share of requests with and never serves (docs/rollouts.md), over the version
+        `shadow_base` the edge serves meanwhile."""
+        context = self.store.read() if at is None else self.store.read_at(at)
+        with context as view:
             version = view.version
             newest = self.store.history(1)
+            shadow = shadow_sample > 0
             commit = sync_pb2.Commit(
                 version=version,
                 snapshot=True,
                 kind="snapshot",
                 created_at_ms=newest[0].created_at_ms if newest else 0,
-                description=f"full snapshot at version {version}",
+                description=f"{'shadow candidate' if shadow else 'full snapshot'} at version {version}",
                 lineage=self.store.lineage,
+                shadow=shadow,
+                shadow_sample=shadow_sample,
+                base_version=shadow_base if shadow else 0,
             )
 
             def records() -> Iterator[tuple[str, str, bytes | None]]:
@@ -118,8 +129,24 @@ class CommitCache:
                         if namespace != "profiles" or shard.holds(key, value):
                             yield namespace, key, value
 
-            yield from encode_commit(commit, records(), chunk_bytes=self._chunk_bytes)
+            for message in encode_commit(commit, records(), chunk_bytes=self._chunk_bytes):
+                if shadow and message.WhichOneof("kind") == "chunk":
+                    message.chunk.shadow = True
+                yield message
         return version
+
+    def shadow_drop(self, version: int) -> sync_pb2.SyncMessage:
+        """The shadow commit with 0 chunks that tells an edge to drop its candidate `version`."""
+        return sync_pb2.SyncMessage(
+            commit=sync_pb2.Commit(
+                version=version,
+                snapshot=True,
+                shadow=True,
+                kind="snapshot",
+                description=f"drop the shadow candidate {version}",
+                lineage=self.store.lineage,
+            )
+        )
 
     def notify(self) -> None:
         """Wake every subscription waiting: there is a new commit, or an edge NACKed."""

@@ -39,6 +39,7 @@ from edgewise.sync.auth import EDGE_TOKEN_ENV, OPS_TOKEN_ENV
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES
 from edgewise.sync.nats_bridge import nats_url_problem
+from edgewise.sync.rollout_health import RolloutPolicy
 from edgewise.sync.stalls import DEFAULT_WRITE_TIMEOUT_SECONDS
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "NatsConfig",
+    "RolloutConfig",
     "ServerConfig",
     "SyncConfig",
     "TlsConfig",
@@ -277,6 +279,107 @@ class BanditsConfig:
     )
 
 
+_POLICY: Final = RolloutPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    """Canary and shadow rollouts: when the watch aborts or promotes one (docs/rollouts.md)."""
+
+    min_decisions: int = field(
+        default=_POLICY.min_decisions,
+        metadata=meta(
+            "calls the canary edges, and the rest, must have answered before a rollout is judged",
+            min=1,
+            flag="--rollout-min-decisions",
+            metavar="N",
+        ),
+    )
+    max_fallback_increase: float = field(
+        default=_POLICY.max_fallback_increase,
+        metadata=meta(
+            "abort when the canary's fallback rate exceeds the rest's by more than this (0-1)",
+            min=0.0,
+            max=1.0,
+            flag="--rollout-max-fallback-increase",
+            metavar="RATE",
+        ),
+    )
+    max_error_increase: float = field(
+        default=_POLICY.max_error_increase,
+        metadata=meta(
+            "abort when the canary's error rate exceeds the rest's by more than this (0-1)",
+            min=0.0,
+            max=1.0,
+            flag="--rollout-max-error-increase",
+            metavar="RATE",
+        ),
+    )
+    max_p99_ratio: float = field(
+        default=_POLICY.max_p99_ratio,
+        metadata=meta(
+            "abort when the canary's p99 latency is more than this times the rest's",
+            min=1.0,
+            flag="--rollout-max-p99-ratio",
+            metavar="RATIO",
+        ),
+    )
+    p99_floor_ms: float = field(
+        default=_POLICY.p99_floor_ms,
+        metadata=meta(
+            "a canary p99 under this many milliseconds is never too slow",
+            min=0.0,
+            flag="--rollout-p99-floor-ms",
+            metavar="MS",
+        ),
+    )
+    auto_abort: bool = field(
+        default=_POLICY.auto_abort,
+        metadata=meta("abort a rollout automatically past the thresholds", flag="--rollout-auto-abort"),
+    )
+    promote_after: timedelta = field(
+        default=timedelta(seconds=_POLICY.promote_after_seconds),
+        metadata=meta(
+            "promote a rollout automatically once judged healthy this long after it started (0: never)",
+            min=0,
+            flag="--rollout-promote-after",
+            metavar="DURATION",
+        ),
+    )
+    check_seconds: float = field(
+        default=_POLICY.check_seconds,
+        metadata=meta(
+            "seconds between two checks of the rollout in progress",
+            min=0.05,
+            flag="--rollout-check-seconds",
+            metavar="SECONDS",
+        ),
+    )
+    shadow_sample: float = field(
+        default=_POLICY.shadow_sample,
+        metadata=meta(
+            "share of requests a shadow rollout decides again with the candidate, unless the push says",
+            min=0.0001,
+            max=1.0,
+            flag="--rollout-shadow-sample",
+            metavar="SHARE",
+        ),
+    )
+
+    def policy(self) -> RolloutPolicy:
+        return RolloutPolicy(
+            min_decisions=self.min_decisions,
+            max_fallback_increase=self.max_fallback_increase,
+            max_error_increase=self.max_error_increase,
+            max_p99_ratio=self.max_p99_ratio,
+            p99_floor_ms=self.p99_floor_ms,
+            auto_abort=self.auto_abort,
+            promote_after_seconds=self.promote_after.total_seconds(),
+            check_seconds=self.check_seconds,
+            shadow_sample=self.shadow_sample,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = field(
@@ -357,6 +460,7 @@ class ControlConfig:
     metrics: MetricsConfig
     log: LogConfig
     nats: NatsConfig = field(default_factory=NatsConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def get(self, key: str) -> object:
         """The value of a dotted key, e.g. `config.get("server.listen")`."""

@@ -15,7 +15,14 @@ to one of its shards (PERMISSION_DENIED otherwise).
 
 `Push` takes a bundle directory (validated whole with `load_bundle`) or a delta file (validated whole
 against the current state with `parse_delta`) and commits it in one transaction; a refused push changes
-nothing and answers INVALID_ARGUMENT naming file, record and field. `Forward` stores the events edges
+nothing and answers INVALID_ARGUMENT naming file, record and field. A push may start a canary or shadow
+rollout (`PushChunk.canary_percent` / `canary_nodes` / `shadow`, docs/rollouts.md): the rollout state is
+written with its commit (`ControlStore` rollout record), the fan-out holds the edges outside the canary
+set at the base version (`sync/rollout_gate.py`), `Promote` releases the candidate to every edge and
+`Abort` publishes a rollback to the base version's state; a watch compares the canary edges' serving
+figures with the rest's every `check_seconds` and aborts (or promotes) past the thresholds of
+`RolloutPolicy` (`sync/rollout_health.py`). One rollout at a time: a push, rollback or second rollout
+while one is in progress answers FAILED_PRECONDITION. `Forward` stores the events edges
 send (de-duplicated, forgotten users' dropped); the background jobs (`sync/control_jobs.py`) fold them
 into profiles, learn bandit posteriors from them and expire old ones.
 """
@@ -30,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Final, NoReturn
 
@@ -53,7 +60,28 @@ from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, IngestResult
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES, EdgeEntry, Fleet
+from edgewise.sync.periodic import Periodic
 from edgewise.sync.push_staging import PushLayout, clean_staging
+from edgewise.sync.rollout import (
+    ABORTED,
+    CANARY,
+    PROMOTED,
+    Rollout,
+    RolloutError,
+    choose_canary,
+    encode_rollout,
+)
+from edgewise.sync.rollout_gate import RolloutGate
+from edgewise.sync.rollout_health import (
+    EdgeServing,
+    RolloutPolicy,
+    health_document,
+    judged,
+    rollout_health,
+    shadow_document,
+    sum_shadow,
+    unhealthy_reason,
+)
 from edgewise.sync.shard import Shard, ShardError
 from edgewise.sync.stalls import DEFAULT_WRITE_TIMEOUT_SECONDS, StallWatch
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES
@@ -66,6 +94,7 @@ __all__ = [
     "FORGET_STATUS_MAX",
     "MAX_FORWARD_RECORDS",
     "ControlPlaneService",
+    "RolloutRequest",
     "report_document",
 ]
 
@@ -74,6 +103,18 @@ STAGING_DIR: Final = "push-staging"
 MAX_FORWARD_RECORDS: Final = 5000
 FORGET_STATUS_DEFAULT: Final = 100
 FORGET_STATUS_MAX: Final = 1_000  # users per ForgetStatus reply (each lists every edge)
+MAX_CANARY_NODES: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRequest:
+    """What the first chunk of a push asked for: a canary set (a share of the fleet, or node ids) and/or
+    a shadow (validated by `_rollout_request`)."""
+
+    percent: float
+    nodes: tuple[str, ...]
+    shadow: bool
+    shadow_sample: float
 
 
 class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
@@ -93,6 +134,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         fleet_max_entries: int = DEFAULT_MAX_ENTRIES,
         identity_of: Callable[[Iterable[Any] | None], NodeIdentity | None] | None = None,
         staging_dir: Path | None = None,
+        rollout_policy: RolloutPolicy | None = None,
     ) -> None:
         self.store = store
         # Pushes are received into a directory of their own under here (the control plane's data directory
@@ -104,8 +146,17 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self.stalls = StallWatch(write_timeout_seconds)
         self._identity_of = identity_of  # a call's per-node identity (TokenAuth.identity), if any
         self.cache = CommitCache(store, chunk_bytes=chunk_bytes, budget_bytes=cache_bytes)
+        self.rollout_policy = rollout_policy if rollout_policy is not None else RolloutPolicy()
+        self.gate = RolloutGate(store, self.rollout_policy.shadow_sample)
         self.fanout = Fanout(
-            self.cache, self.fleet, max_snapshots=max_snapshots, heartbeat_seconds=heartbeat_seconds
+            self.cache,
+            self.fleet,
+            max_snapshots=max_snapshots,
+            heartbeat_seconds=heartbeat_seconds,
+            gate=self.gate,
+        )
+        self._rollout_watch = Periodic(
+            "rollout-watch", self.rollout_policy.check_seconds, self.check_rollout, "rollout_check_failed"
         )
         self._push_lock = threading.Lock()  # one push validates and commits at a time
         self._forget_lock = threading.Lock()  # a forget's two stores vs a Forward's check and ingest
@@ -124,11 +175,13 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
     def start_background(self) -> None:
         """Start folding forwarded events into profiles, learning bandit posteriors from them and expiring
-        old ones (when this control plane stores events)."""
+        old ones (when this control plane stores events)); watch the rollout in progress."""
         if self.jobs is not None:
             self.jobs.start()
+        self._rollout_watch.start()
 
     def stop_background(self) -> None:
+        self._rollout_watch.stop()
         if self.jobs is not None:
             self.jobs.stop()
 
@@ -225,7 +278,14 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                         self.fleet.ack(entry, version)
                     elif kind == "heartbeat":
                         known = lineage_known and version <= head
-                        self.fleet.heartbeat(entry, version if known else None, request.heartbeat.state)
+                        beat = request.heartbeat
+                        self.fleet.heartbeat(
+                            entry,
+                            version if known else None,
+                            beat.state,
+                            beat.serving if beat.HasField("serving") else None,
+                            beat.shadow if beat.HasField("shadow") else None,
+                        )
                     else:
                         self.fleet.seen(entry)
                 elif kind == "nack":
@@ -269,9 +329,17 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             context.abort(code, public.replace(str(self.store.path), "the control plane's data directory"))
             raise AssertionError("context.abort returned")  # it raises; this tells the type checker
 
+        first: list[sync_pb2.PushChunk] = []
         try:
-            kind, description, files = self._receive(request_iterator, staging, refuse)
-            info, summary = self._apply_push(kind, description, files, staging, refuse)
+            kind, description, files = self._receive(request_iterator, staging, refuse, first)
+            wanted = _rollout_request(first[0], refuse) if first else None
+            if wanted is not None:
+                refusal = self._rollouts_refusal()
+                if refusal is not None:
+                    refuse(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+                info, summary = self._apply_push(kind, description, files, staging, refuse, rollout=wanted)
+            else:
+                info, summary = self._apply_push(kind, description, files, staging, refuse)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._notify()
@@ -283,7 +351,71 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             "push_committed",
             extra={"version": info.version, "changes": info.changes, "kind": info.kind, "summary": summary},
         )
-        return sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
+        reply = sync_pb2.PushReply(version=info.version, changes=info.changes, summary=summary)
+        rollout = self.gate.rollout
+        if wanted is not None and rollout is not None and rollout.version == info.version:
+            reply.rollout.CopyFrom(self._rollout_proto(rollout))
+            log.info(
+                "rollout_started",
+                extra={
+                    "version": rollout.version,
+                    "base_version": rollout.base_version,
+                    "canary_nodes": list(rollout.canary_nodes)[:100],
+                    "shadow": rollout.shadow,
+                },
+            )
+        return reply
+
+    def _rollouts_refusal(self) -> str | None:
+        """Why this control plane cannot run rollouts (None: it can; the central tier cannot yet)."""
+        return None
+
+    def _in_progress_refusal(self, what: str) -> str | None:
+        """The FAILED_PRECONDITION message for `what` while a rollout is in progress (None: none is)."""
+        rollout = self.gate.rollout
+        if rollout is None or not rollout.in_progress:
+            return None
+        nodes = ", ".join(rollout.canary_nodes[:10]) or "none"
+        more = ", ..." if len(rollout.canary_nodes) > 10 else ""
+        return (
+            f"{what} refused: the rollout of version {rollout.version} is in progress "
+            f"(canary: {nodes}{more}); end it first with `edgewise ctl promote` or `edgewise ctl abort`"
+        )
+
+    def _rollout_write(
+        self, wanted: RolloutRequest
+    ) -> Callable[[CommitInfo | None], tuple[bytes, tuple[int, int] | None] | None]:
+        """The rollout record a push starting `wanted` writes with its commit."""
+        if wanted.nodes:
+            nodes = wanted.nodes
+        elif wanted.percent:
+            fleet = self._fleet_edges()
+            connected = [e.node_id for e in fleet if e.connected]
+            try:
+                nodes = choose_canary(
+                    wanted.percent, connected or [e.node_id for e in fleet], self.store.head_version()
+                )
+            except RolloutError as exc:
+                raise ControlStoreError(str(exc)) from exc
+        else:
+            nodes = ()
+        sample = wanted.shadow_sample or self.rollout_policy.shadow_sample if wanted.shadow else 0.0
+
+        def write(info: CommitInfo | None) -> tuple[bytes, tuple[int, int] | None] | None:
+            if info is None:
+                return None  # nothing changed: no candidate, no rollout
+            rollout = Rollout(
+                version=info.version,
+                base_version=info.base_version,
+                state=CANARY,
+                canary_nodes=tuple(sorted(set(nodes))),
+                shadow=wanted.shadow,
+                shadow_sample=sample,
+                started_at_ms=_now_ms(),
+            )
+            return encode_rollout(rollout), None
+
+        return write
 
     def _apply_push(
         self,
@@ -292,16 +424,24 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         files: list[str],
         staging: Path,
         refuse: Callable[[grpc.StatusCode, str], NoReturn],
+        *,
+        rollout: RolloutRequest | None = None,
     ) -> tuple[CommitInfo | None, str]:
-        """Validate the staged push and commit it (the commit and a summary of it); refuses what is wrong."""
+        """Validate the staged push and commit it (the commit and a summary of it); refuses what is wrong.
+        `rollout`: the push starts that rollout, its state written with the commit."""
         with self._push_lock:
+            refusal = self._in_progress_refusal("a canary push" if rollout is not None else "a push")
+            if refusal is not None:
+                refuse(grpc.StatusCode.FAILED_PRECONDITION, refusal)
             try:
+                write = self._rollout_write(rollout) if rollout is not None else None
                 if kind == sync_pb2.PUSH_KIND_BUNDLE:
                     bundle = load_bundle(staging)
                     info = self.store.replace_all(
                         _keep_fleet_activity(bundle_records(bundle), self._fleet_activity()),
                         kind="push",
                         description=description or f"bundle {bundle.version}",
+                        rollout=write,
                     )
                     summary = (
                         f"bundle version {bundle.version}: {len(bundle.items)} items, "
@@ -314,7 +454,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                     with self.store.read() as view:
                         text = (staging / name).read_text(encoding="utf-8")
                         changes = parse_delta(text.splitlines(), view, file=name)
-                    info = self.store.commit(changes, kind="delta", description=description or name)
+                    info = self.store.commit(
+                        changes, kind="delta", description=description or name, rollout=write
+                    )
                     summary = f"delta {name}: {len(changes)} changes"
             except BundleError as exc:
                 refuse(grpc.StatusCode.INVALID_ARGUMENT, f"push refused, nothing changed: {exc}")
@@ -328,6 +470,8 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 )
             except ControlStoreError as exc:
                 refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
+            if rollout is not None:
+                self.gate.reload(self.store)
         return info, summary
 
     def _receive(
@@ -335,7 +479,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         chunks: Iterator[sync_pb2.PushChunk],
         staging: Path,
         refuse: Callable[[grpc.StatusCode, str], NoReturn],
+        first: list[sync_pb2.PushChunk] | None = None,
     ) -> tuple[int, str, list[str]]:
+        """Stage the pushed files; `first` (if given) receives the first chunk without its data."""
         kind = sync_pb2.PUSH_KIND_UNSPECIFIED
         description = ""
         files: list[str] = []
@@ -347,6 +493,11 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 if i == 0:
                     kind = chunk.kind
                     description = chunk.description[:500]
+                    if first is not None:
+                        head = sync_pb2.PushChunk()
+                        head.CopyFrom(chunk)
+                        head.data = b""
+                        first.append(head)
                     if kind not in (sync_pb2.PUSH_KIND_BUNDLE, sync_pb2.PUSH_KIND_DELTA):
                         refuse(grpc.StatusCode.INVALID_ARGUMENT, "the first push chunk must set kind")
                 total += len(chunk.data)
@@ -383,6 +534,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self, request: sync_pb2.RollbackRequest, context: grpc.ServicerContext
     ) -> sync_pb2.PushReply:
         with self._push_lock:
+            refusal = self._in_progress_refusal("a rollback")
+            if refusal is not None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
             try:
                 info = self.store.rollback(request.version)
             except ControlStoreError as exc:
@@ -415,8 +569,180 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
     def Status(self, request: sync_pb2.StatusRequest, context: grpc.ServicerContext) -> sync_pb2.StatusReply:
         head = self.store.head_version()
         total = self._events_total()
-        edges = [_edge_status(e, head) for e in self._fleet_edges()]
-        return sync_pb2.StatusReply(head_version=head, edges=edges, events_total=total)
+        fleet = self._fleet_edges()
+        rollout = self.gate.rollout
+        edges = []
+        for entry in fleet:
+            canary = self.gate.in_canary(entry.node_id)
+            limit = self.gate.plan(entry.node_id).limit
+            edges.append(_edge_status(entry, head if limit is None else min(head, limit), canary))
+        reply = sync_pb2.StatusReply(head_version=head, edges=edges, events_total=total)
+        if rollout is not None:
+            reply.rollout.CopyFrom(self._rollout_proto(rollout, fleet))
+        return reply
+
+    # --- rollouts ------------------------------------------------------------------------------------
+
+    def _rollout_figures(
+        self, rollout: Rollout, fleet: list[EdgeEntry] | None = None
+    ) -> tuple[sync_pb2.RolloutHealth, sync_pb2.RolloutHealth, int, int, sync_pb2.ShadowStats]:
+        """The rollout's live health (canary, rest, their calls) and shadow sums, from the fleet."""
+        entries = fleet if fleet is not None else self._fleet_edges()
+        canary, rest, canary_calls, rest_calls = rollout_health(
+            rollout, (EdgeServing(e.node_id, e.connected, e.serving) for e in entries)
+        )
+        shadow = sum_shadow(rollout, (e.shadow for e in entries))
+        return canary, rest, canary_calls, rest_calls, shadow
+
+    def _rollout_proto(self, rollout: Rollout, fleet: list[EdgeEntry] | None = None) -> sync_pb2.Rollout:
+        """A rollout as StatusReply and PushReply carry it: live figures while in progress, else the
+        figures kept when it ended."""
+        out = sync_pb2.Rollout(
+            version=rollout.version,
+            base_version=rollout.base_version,
+            state=rollout.state,
+            canary_nodes=rollout.canary_nodes,
+            shadow=rollout.shadow,
+            shadow_sample=rollout.shadow_sample,
+            started_at_ms=rollout.started_at_ms,
+            ended_at_ms=rollout.ended_at_ms,
+            reason=rollout.reason,
+            rollback_version=rollout.rollback_version,
+        )
+        if rollout.in_progress:
+            canary, rest, _, _, shadow = self._rollout_figures(rollout, fleet)
+            out.canary.CopyFrom(canary)
+            out.rest.CopyFrom(rest)
+            out.shadow_stats.CopyFrom(shadow)
+        else:
+            final = rollout.final
+            out.canary.CopyFrom(sync_pb2.RolloutHealth(**final.get("canary", {})))
+            out.rest.CopyFrom(sync_pb2.RolloutHealth(**final.get("rest", {})))
+            out.shadow_stats.CopyFrom(sync_pb2.ShadowStats(**final.get("shadow", {})))
+        return out
+
+    def _final_figures(self, rollout: Rollout) -> dict[str, Any]:
+        canary, rest, _, _, shadow = self._rollout_figures(rollout)
+        return {
+            "canary": health_document(canary),
+            "rest": health_document(rest),
+            "shadow": shadow_document(shadow),
+        }
+
+    def _current_rollout(self, version: int, context: grpc.ServicerContext, what: str) -> Rollout:
+        """The rollout in progress, checked against the version the caller named (0: any)."""
+        refusal = self._rollouts_refusal()
+        if refusal is not None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+        rollout = self.gate.rollout
+        if rollout is None or not rollout.in_progress:
+            last = (
+                ""
+                if rollout is None
+                else f" (the last one, of version {rollout.version}, was {rollout.state})"
+            )
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: no rollout in progress{last}")
+        if version and version != rollout.version:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what}: the rollout in progress is of version {rollout.version}, not {version}",
+            )
+        return rollout
+
+    def Promote(self, request: sync_pb2.PromoteRequest, context: grpc.ServicerContext) -> sync_pb2.PushReply:
+        with self._push_lock:
+            rollout = self._current_rollout(request.version, context, "promote")
+            ended = self._promote(rollout, "promoted by ops")
+        return sync_pb2.PushReply(
+            version=self.store.head_version(),
+            changes=0,
+            summary=f"version {ended.version} promoted: every edge gets it now",
+            rollout=self._rollout_proto(ended),
+        )
+
+    def Abort(self, request: sync_pb2.AbortRequest, context: grpc.ServicerContext) -> sync_pb2.PushReply:
+        reason = request.reason[:500] or "aborted by ops"
+        with self._push_lock:
+            rollout = self._current_rollout(request.version, context, "abort")
+            try:
+                ended, info = self._abort(rollout, reason)
+            except ControlStoreError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"abort not applied: {exc}")
+        return sync_pb2.PushReply(
+            version=ended.rollback_version,
+            changes=info.changes if info is not None else 0,
+            summary=(
+                f"rollout of version {ended.version} aborted: version {ended.rollback_version} has the state "
+                f"of version {ended.base_version}"
+            ),
+            rollout=self._rollout_proto(ended),
+        )
+
+    def _promote(self, rollout: Rollout, reason: str) -> Rollout:
+        """End `rollout` as promoted (push lock held)."""
+        ended = rollout.ended(PROMOTED, reason, _now_ms(), self._final_figures(rollout))
+        self.store.put_rollout(encode_rollout(ended))
+        self.gate.reload(self.store)
+        self._notify()
+        log.info("rollout_promoted", extra={"version": rollout.version, "reason": reason})
+        return ended
+
+    def _abort(self, rollout: Rollout, reason: str) -> tuple[Rollout, CommitInfo | None]:
+        """End `rollout` as aborted: a rollback commit to its base version's state, and the skip that
+        moves the edges at the base version past the candidate (push lock held)."""
+        final = self._final_figures(rollout)
+        ended: list[Rollout] = []
+
+        def write(info: CommitInfo | None) -> tuple[bytes, tuple[int, int] | None]:
+            to = info.version if info is not None else self.store.head_version()
+            done = rollout.ended(ABORTED, reason, _now_ms(), final, rollback_version=to)
+            ended.append(done)
+            return encode_rollout(done), (rollout.base_version, to)
+
+        info = self.store.rollback(
+            rollout.base_version,
+            description=f"abort the rollout of version {rollout.version}: {reason}",
+            rollout=write,
+        )
+        self.gate.reload(self.store)
+        self._notify()
+        log.warning(
+            "rollout_aborted",
+            extra={
+                "version": rollout.version,
+                "base_version": rollout.base_version,
+                "rollback_version": ended[0].rollback_version,
+                "reason": reason,
+            },
+        )
+        return ended[0], info
+
+    def check_rollout(self) -> None:
+        """The watch: abort the rollout in progress past the thresholds, or promote it after the soak time
+        with healthy figures (when configured)."""
+        policy = self.rollout_policy
+        rollout = self.gate.rollout
+        if rollout is None or not rollout.in_progress:
+            return
+        canary, rest, canary_calls, rest_calls, _ = self._rollout_figures(rollout)
+        reason = unhealthy_reason(policy, canary, rest, canary_calls, rest_calls)
+        soaked = (
+            policy.promote_after_seconds > 0
+            and _now_ms() - rollout.started_at_ms >= policy.promote_after_seconds * 1000
+            and judged(policy, canary_calls, rest_calls)
+        )
+        if (reason is None or not policy.auto_abort) and not (soaked and reason is None):
+            return
+        with self._push_lock:
+            current = self.gate.rollout
+            if current is None or current.version != rollout.version or not current.in_progress:
+                return  # ended meanwhile
+            if reason is not None:
+                self._abort(current, f"automatic abort: {reason}")
+            else:
+                self._promote(
+                    current, f"automatic promotion: healthy after {policy.promote_after_seconds:g} s"
+                )
 
     def Report(self, request: sync_pb2.ReportRequest, context: grpc.ServicerContext) -> sync_pb2.ReportReply:
         if self.events is None:
@@ -649,13 +975,48 @@ def _keep_fleet_activity(
         yield record
 
 
-def _edge_status(entry: EdgeEntry, head: int) -> sync_pb2.EdgeStatus:
-    """An edge's row of `ctl status`: a disconnected edge's state is not known (UNSPECIFIED)."""
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _rollout_request(
+    first: sync_pb2.PushChunk, refuse: Callable[[grpc.StatusCode, str], NoReturn]
+) -> RolloutRequest | None:
+    """The rollout a push's first chunk asks for (None: a plain push), checked."""
+    nodes = tuple(first.canary_nodes)
+    wants = first.canary_percent != 0 or nodes or first.shadow or first.shadow_sample != 0
+    if not wants:
+        return None
+    if first.canary_percent and nodes:
+        refuse(grpc.StatusCode.INVALID_ARGUMENT, "--canary and --canary-nodes: give one of them, not both")
+    if first.canary_percent and not 0 < first.canary_percent <= 100:
+        refuse(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"--canary: a percentage in (0, 100], got {first.canary_percent:g}",
+        )
+    if len(nodes) > MAX_CANARY_NODES or any(not n or len(n) > 128 for n in nodes):
+        refuse(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"--canary-nodes: at most {MAX_CANARY_NODES} node ids of 1-128 characters each",
+        )
+    if first.shadow_sample and not first.shadow:
+        refuse(grpc.StatusCode.INVALID_ARGUMENT, "--shadow-sample needs --shadow")
+    if not 0 <= first.shadow_sample <= 1:
+        refuse(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"--shadow-sample: a share in (0, 1], got {first.shadow_sample:g}",
+        )
+    return RolloutRequest(first.canary_percent, nodes, first.shadow, first.shadow_sample)
+
+
+def _edge_status(entry: EdgeEntry, target: int, canary: bool = False) -> sync_pb2.EdgeStatus:
+    """An edge's row of `ctl status`: a disconnected edge's state is not known (UNSPECIFIED); its lag is
+    counted from the version it is meant to have (`target`: the head, or a rollout's base version)."""
     return sync_pb2.EdgeStatus(
         node_id=entry.node_id,
         shard=entry.shard,
         applied_version=entry.applied_version,
-        lag=max(0, head - entry.applied_version),
+        lag=max(0, target - entry.applied_version),
         last_ack_version=entry.last_ack_version,
         last_nack_version=entry.last_nack_version,
         last_error=entry.last_error,
@@ -664,4 +1025,7 @@ def _edge_status(entry: EdgeEntry, head: int) -> sync_pb2.EdgeStatus:
         last_seen_ms=entry.last_seen_ms,
         peer=entry.peer,
         events_forwarded=entry.events_forwarded,
+        serving=entry.serving,
+        shadow=entry.shadow,
+        canary=canary,
     )

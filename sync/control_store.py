@@ -67,7 +67,9 @@ __all__ = [
     "ControlStoreError",
     "ControlView",
     "LogCompacted",
+    "PastView",
     "RecordChange",
+    "RolloutWrite",
 ]
 
 REPLICATED: Final = ("profiles", "items", "models", "rules", "forgotten")
@@ -90,6 +92,8 @@ _META_CURSOR: Final = b"cursor:"  # + consumer name -> 8-byte position in its in
 _META_LOG_START: Final = b"log_start"
 _META_SNAPSHOTS: Final = b"snapshots"
 _META_POSITION: Final = b"replicated_position"  # where this store is in an external log (central tier)
+_META_ROLLOUT: Final = b"rollout"  # the rollout in progress or the last one (sync/rollout.py's document)
+_META_SKIPS: Final = b"rollout_skips"  # aborted candidates: base version -> rollback version
 
 
 class ControlStoreError(RuntimeError):
@@ -124,6 +128,13 @@ changes in seq order, the store's replicated position and the consumer cursors t
 (`commit_at`); returns the new position, written in the same transaction. Raising aborts the
 transaction: nothing of the commit lands (the central tier publishes each commit to its JetStream change
 log this way, docs/central.md)."""
+
+
+RolloutWrite = Callable[[CommitInfo | None], "tuple[bytes, tuple[int, int] | None] | None"]
+"""Called inside the write transaction of a push, rollback or abort with its commit (None: nothing
+changed); returns the rollout document to store with it and, for an abort, the skip (base version,
+rollback version) to add, or None to store nothing: the rollout state lands with its commit or not at
+all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +470,35 @@ def _collapse(changes: Iterable[RecordChange]) -> dict[tuple[str, str], tuple[by
     return pending
 
 
-# -- the view ------------------------------------------------------------------------------------------
+# -- the views -----------------------------------------------------------------------------------------
+
+
+class PastView:
+    """The state at an older version, rebuilt from a retained snapshot and the log, as of one read
+    transaction (`ControlStore.read_at`); use it only inside its `with` block."""
+
+    __slots__ = ("_base", "_overlay", "_store", "_txn", "version")
+
+    def __init__(
+        self,
+        store: ControlStore,
+        txn: lmdb.Transaction[bytes],
+        version: int,
+        base: int,
+        overlay: dict[tuple[str, bytes], int],
+    ) -> None:
+        self._store = store
+        self._txn = txn
+        self.version = version
+        self._base = base
+        self._overlay = overlay
+
+    def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
+        """Every record of one namespace at `version` (base snapshot records first, then changed ones)."""
+        overlay = {k: seq for k, seq in self._overlay.items() if k[0] == namespace}
+        for change in self._store._state_at(self._txn, self._base, overlay, (namespace,)):
+            assert change.value is not None
+            yield change.key, change.value
 
 
 class ControlView:
@@ -623,10 +662,16 @@ class ControlStore:
     # -- writes ----------------------------------------------------------------------------------------
 
     def commit(
-        self, changes: Iterable[RecordChange], *, kind: str, description: str = ""
+        self,
+        changes: Iterable[RecordChange],
+        *,
+        kind: str,
+        description: str = "",
+        rollout: RolloutWrite | None = None,
     ) -> CommitInfo | None:
-        """Apply `changes` in one write transaction; None when all of them were no-ops."""
-        return self.commit_at(changes, kind=kind, description=description)
+        """Apply `changes` in one write transaction; None when all of them were no-ops. `rollout`: the
+        rollout state written in the same transaction (see RolloutWrite)."""
+        return self.commit_at(changes, kind=kind, description=description, rollout=rollout)
 
     def commit_at(
         self,
@@ -636,6 +681,7 @@ class ControlStore:
         description: str = "",
         cursor: str = "",
         position: int = 0,
+        rollout: RolloutWrite | None = None,
     ) -> CommitInfo | None:
         """`commit`, and, in the same transaction, set the named `cursor` to `position`: a consumer that
         turns an input stream into commits (the profile folder) moves its place in that stream exactly
@@ -656,6 +702,7 @@ class ControlStore:
             info = batch.finish(kind, description)
             if info is not None:
                 self._compact_in(txn)
+            self._write_rollout(txn, rollout, info)
             if cursor:
                 txn.put(_META_CURSOR + cursor.encode(), _pack_u64(position), db=self._dbs.meta)
         return info
@@ -667,26 +714,112 @@ class ControlStore:
         return _unpack_u64(raw) if raw is not None else 0
 
     def replace_all(
-        self, records: Iterable[RecordChange], *, kind: str, description: str = ""
+        self,
+        records: Iterable[RecordChange],
+        *,
+        kind: str,
+        description: str = "",
+        rollout: RolloutWrite | None = None,
     ) -> CommitInfo | None:
         """Make `records` the complete state in one write transaction, logging only real differences,
         and keep a snapshot of it. Streams: memory grows with the number of keys, not value bytes."""
         _check_kind(kind)
         with self._write() as txn:
-            return self._replace_in(txn, records, kind, description)
+            info = self._replace_in(txn, records, kind, description)
+            self._write_rollout(txn, rollout, info)
+            return info
 
-    def rollback(self, version: int, *, description: str | None = None) -> CommitInfo | None:
+    def rollback(
+        self, version: int, *, description: str | None = None, rollout: RolloutWrite | None = None
+    ) -> CommitInfo | None:
         """Publish the state as of commit `version` as a new "rollback" commit (None if it is the head)."""
         text = description if description is not None else f"rollback to version {version}"
         with self._write() as txn:
             head = _meta_u64(txn, self._dbs, _META_HEAD)
             self._check_rollback_target(txn, version, head)
             if version == head:
+                self._write_rollout(txn, rollout, None)
                 return None
             base = self._reconstruction_base(txn, version)
             overlay = self._log_overlay(txn, base, version)
             records = self._state_at(txn, base, overlay)
-            return self._replace_in(txn, records, "rollback", text)
+            info = self._replace_in(txn, records, "rollback", text)
+            self._write_rollout(txn, rollout, info)
+            return info
+
+    # -- rollouts (sync/rollout.py) --------------------------------------------------------------------
+
+    def _write_rollout(
+        self, txn: lmdb.Transaction[bytes], rollout: RolloutWrite | None, info: CommitInfo | None
+    ) -> None:
+        written = rollout(info) if rollout is not None else None
+        if written is None:
+            return
+        doc, skip = written
+        txn.put(_META_ROLLOUT, doc, db=self._dbs.meta)
+        if skip is not None:
+            raw = txn.get(_META_SKIPS, db=self._dbs.meta)
+            skips = [] if raw is None else [tuple(p) for p in msgpack.unpackb(raw)]
+            skips.append(skip)
+            txn.put(_META_SKIPS, msgpack.packb(sorted(skips)), db=self._dbs.meta)
+
+    def put_rollout(self, doc: bytes) -> None:
+        """Store the rollout document (a promote, or a rollout ended without a commit)."""
+        with self._write() as txn:
+            txn.put(_META_ROLLOUT, doc, db=self._dbs.meta)
+
+    def rollout_record(self) -> tuple[bytes | None, bytes | None]:
+        """The stored rollout document and the skips of aborted candidates (msgpack [[base, to], ...])."""
+        with self._env.begin() as txn:
+            doc = txn.get(_META_ROLLOUT, db=self._dbs.meta)
+            skips = txn.get(_META_SKIPS, db=self._dbs.meta)
+        return (None if doc is None else bytes(doc)), (None if skips is None else bytes(skips))
+
+    def collapsed(self, base: int, version: int) -> tuple[CommitInfo, list[RecordChange]]:
+        """One commit from `base` to `version` (both commit versions): every key changed in between with
+        its value at `version` (a tombstone if deleted), so an edge at `base` reaches the state at
+        `version` without any value it held only in between. LogCompacted if the log no longer holds
+        (base, version]."""
+        with self._env.begin() as txn:
+            if base < _meta_u64(txn, self._dbs, _META_LOG_START):
+                raise LogCompacted(f"the log no longer holds the commits after {base}: send a full snapshot")
+            last = _pack_u64(version)
+            pending: dict[tuple[str, str], RecordChange] = {}
+            with txn.cursor(db=self._dbs.log) as cursor:
+                if cursor.set_range(_pack_u64(base + 1)):
+                    for key, raw in cursor.iternext():
+                        if key > last:
+                            break
+                        change = _decode_change(raw)
+                        ident = (change.namespace, change.key)
+                        pending.pop(ident, None)
+                        pending[ident] = change
+            newest = _get_commit(txn, self._dbs, version)
+        changes = list(pending.values())
+        info = CommitInfo(
+            version=version,
+            base_version=base,
+            first_seq=base + 1,
+            changes=len(changes),
+            kind="rollback",
+            created_at_ms=newest.created_at_ms if newest is not None else _now_ms(),
+            description=f"from version {base} to {version}, without the aborted rollout between them",
+        )
+        return info, changes
+
+    @contextmanager
+    def read_at(self, version: int) -> Iterator[ControlView | PastView]:
+        """A view of the state at commit `version` (the head: the current state), as of one read
+        transaction; ControlStoreError when no retained snapshot and log can rebuild it."""
+        with self._env.begin(buffers=False) as txn:
+            head = _meta_u64(txn, self._dbs, _META_HEAD)
+            if version == head:
+                yield ControlView(txn, self._dbs)
+                return
+            self._check_rollback_target(txn, version, head)
+            base = self._reconstruction_base(txn, version)
+            overlay = self._log_overlay(txn, base, version)
+            yield PastView(self, txn, version, base, overlay)
 
     def forget(self, user_id: str) -> CommitInfo | None:
         """Forget a user in one write transaction: the profile is deleted (a tombstone edges apply), and
@@ -858,12 +991,16 @@ class ControlStore:
         return overlay
 
     def _state_at(
-        self, txn: lmdb.Transaction[bytes], base: int, overlay: dict[tuple[str, bytes], int]
+        self,
+        txn: lmdb.Transaction[bytes],
+        base: int,
+        overlay: dict[tuple[str, bytes], int],
+        namespaces: Iterable[str] = REPLICATED,
     ) -> Iterator[RecordChange]:
         """Stream the state at the target version: the base snapshot minus overlaid keys, then the last
         logged value of every overlaid key that was not deleted."""
         if base > 0:
-            for name in REPLICATED:
+            for name in namespaces:
                 prefix = _snapshot_prefix(base, name)
                 with txn.cursor(db=self._dbs.snapshots) as cursor:
                     if not cursor.set_range(prefix):

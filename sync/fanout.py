@@ -9,6 +9,13 @@ is not resent in a tight loop). At most `max_snapshots` full snapshots stream at
 that waits a second for a slot gets `SnapshotsBusy` (the service answers RESOURCE_EXHAUSTED and the edge
 retries with backoff); one that needs only deltas is never held back by the cap. A subscription with
 nothing to send gets a heartbeat every `heartbeat_seconds`.
+
+Rollouts (docs/rollouts.md; `sync/rollout_gate.py` plans each turn): an edge outside the canary set of
+the rollout in progress is sent nothing past the rollout's base version (a full snapshot it needs is of
+that version), and, for a shadow rollout, once it is caught up, the candidate as a shadow snapshot; when
+the shadow ends (promote or abort) it gets a shadow commit with 0 chunks to drop the candidate. An edge at
+the base version of an aborted candidate moves to the rollback's version by one collapsed commit, never
+applying the candidate.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Final
 from edgewise.sync.commit_cache import CommitCache
 from edgewise.sync.control_store import LogCompacted
 from edgewise.sync.fleet import EdgeEntry, Fleet
+from edgewise.sync.rollout_gate import RolloutGate
 from edgewise.sync.shard import Shard
 from edgewise.v1 import sync_pb2
 
@@ -37,11 +45,18 @@ class SnapshotsBusy(Exception):
 
 class Fanout:
     def __init__(
-        self, cache: CommitCache, fleet: Fleet, *, max_snapshots: int = 2, heartbeat_seconds: float = 5.0
+        self,
+        cache: CommitCache,
+        fleet: Fleet,
+        *,
+        max_snapshots: int = 2,
+        heartbeat_seconds: float = 5.0,
+        gate: RolloutGate | None = None,
     ) -> None:
         self.cache = cache
         self.store = cache.store
         self.fleet = fleet
+        self.gate = gate if gate is not None else RolloutGate(cache.store)
         self.heartbeat_seconds = heartbeat_seconds
         self._snapshots = threading.BoundedSemaphore(max_snapshots)
 
@@ -58,38 +73,75 @@ class Fanout:
         retry_at = 0.0
         nack_backoff = 0.5
         last_beat = 0.0
+        shadow_held = 0  # the shadow candidate this stream sent the edge (0: none)
         while active():
+            plan = self.gate.plan(entry.node_id)
             head = store.head_version()
+            target = head if plan.limit is None else min(head, plan.limit)
+            if shadow_held and shadow_held != plan.shadow_version:
+                yield self.cache.shadow_drop(shadow_held)  # the shadow ended: promoted or aborted
+                shadow_held = 0
             nacked = self.fleet.take_nack(entry)
             if nacked is not None:
                 need_snapshot = True
-                retry_at = 0.0 if head > nacked else time.monotonic() + nack_backoff
+                retry_at = 0.0 if target > nacked else time.monotonic() + nack_backoff
                 nack_backoff = min(nack_backoff * 2, MAX_NACK_BACKOFF_SECONDS)
-            if need_snapshot and head > 0 and time.monotonic() >= retry_at:
+            if need_snapshot and target > 0 and time.monotonic() >= retry_at:
                 if not self._snapshots.acquire(timeout=1.0):
                     raise SnapshotsBusy("too many full snapshots streaming; retry with backoff")
                 try:
-                    sent = yield from self.cache.snapshot(shard)
+                    sent = yield from self.cache.snapshot(shard, plan.limit)
                 finally:
                     self._snapshots.release()
                 need_snapshot = False
                 last_beat = time.monotonic()
                 continue
-            if not need_snapshot and head > sent:
+            if not need_snapshot and target > sent:
                 try:
-                    for info, changes in store.commits_after(sent):
-                        if not active() or entry.nack_pending:
-                            break
-                        yield from self.cache.encoded(info, changes, shard)
-                        sent = info.version
+                    sent = yield from self._deltas(entry, shard, sent, plan.limit, plan.skips, active)
                 except LogCompacted:
                     need_snapshot = True
                 last_beat = time.monotonic()
                 continue
+            if plan.shadow_version and shadow_held != plan.shadow_version and not need_snapshot:
+                if not self._snapshots.acquire(timeout=1.0):
+                    raise SnapshotsBusy("too many full snapshots streaming; retry with backoff")
+                try:
+                    yield from self.cache.snapshot(
+                        shard, plan.shadow_version, shadow_sample=plan.shadow_sample, shadow_base=target
+                    )
+                finally:
+                    self._snapshots.release()
+                shadow_held = plan.shadow_version
+                last_beat = time.monotonic()
+                continue
             if time.monotonic() - last_beat >= self.heartbeat_seconds:
                 last_beat = time.monotonic()
-                yield sync_pb2.SyncMessage(heartbeat=sync_pb2.Heartbeat(version=head, sent_at_ms=_now_ms()))
+                yield sync_pb2.SyncMessage(heartbeat=sync_pb2.Heartbeat(version=target, sent_at_ms=_now_ms()))
             self.cache.wait(POLL_SECONDS)
+
+    def _deltas(
+        self,
+        entry: EdgeEntry,
+        shard: Shard,
+        sent: int,
+        limit: int | None,
+        skips: dict[int, int],
+        active: Callable[[], bool],
+    ) -> Generator[sync_pb2.SyncMessage, None, int]:
+        """The commits after `sent` up to `limit` (None: the head), an aborted candidate replaced by its
+        collapsed commit; returns the version sent last."""
+        for info, changes in self.store.commits_after(sent):
+            if not active() or entry.nack_pending or (limit is not None and info.version > limit):
+                break
+            skip_to = skips.get(sent)
+            if skip_to is not None and info.version <= skip_to:
+                collapsed, net = self.store.collapsed(sent, skip_to)
+                yield from self.cache.encoded(collapsed, net, shard, tag="#collapsed")
+                return skip_to
+            yield from self.cache.encoded(info, changes, shard)
+            sent = info.version
+        return sent
 
 
 def _now_ms() -> int:

@@ -59,6 +59,8 @@ class EdgeEntry:
     stream: int = 0  # which subscription owns the entry (a reconnect replaces the old one)
     events_forwarded: int = 0
     nack_pending: bool = False
+    serving: sync_pb2.ServingStats | None = None  # from the last heartbeat that had them (never mutated)
+    shadow: sync_pb2.ShadowStats | None = None
 
 
 class Fleet:
@@ -157,13 +159,24 @@ class Fleet:
             entry.last_error = error[:MAX_ERROR_CHARS]
             entry.nack_pending = True
 
-    def heartbeat(self, entry: EdgeEntry, version: int | None, state: sync_pb2.EdgeState.ValueType) -> None:
-        """The edge's own report of its applied version (None: one not to record) and readiness."""
+    def heartbeat(
+        self,
+        entry: EdgeEntry,
+        version: int | None,
+        state: sync_pb2.EdgeState.ValueType,
+        serving: sync_pb2.ServingStats | None = None,
+        shadow: sync_pb2.ShadowStats | None = None,
+    ) -> None:
+        """The edge's own report of its applied version (None: one not to record), readiness and, when it
+        sends them, how the version it serves is doing and its shadow figures (kept as given: the caller
+        hands over messages nobody changes afterwards)."""
         with self._lock:
             self._touch(entry)
             if version is not None:
                 entry.applied_version = version
             entry.state = state
+            entry.serving = serving
+            entry.shadow = shadow
 
     def seen(self, entry: EdgeEntry) -> None:
         """Any other message from the edge."""

@@ -25,11 +25,16 @@ __all__ = [
     "ForgottenUser",
     "History",
     "PushResult",
+    "Rollout",
+    "RolloutHealth",
+    "ServingStats",
+    "ShadowStats",
     "fleet_status_from_pb",
     "forget_result_from_pb",
     "forget_status_from_pb",
     "history_from_pb",
     "push_result_from_pb",
+    "rollout_from_pb",
 ]
 
 _STATES: Final = {
@@ -50,6 +55,70 @@ class BundleInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutHealth:
+    """A group of edges in a rollout (the canary edges, or the rest) as their heartbeats report it."""
+
+    edges: int
+    decisions: int
+    placements: int
+    fallback_rate: float  # fallbacks / placements
+    error_rate: float  # errors / (decisions + errors)
+    latency_p99_us: int  # the highest of the edges' p99
+
+
+@dataclass(frozen=True, slots=True)
+class ServingStats:
+    """An edge's counters for the version it serves, since it applied it (its last heartbeat)."""
+
+    version: int
+    decisions: int
+    placements: int
+    fallbacks: int
+    errors: int
+    latency_p50_us: int
+    latency_p99_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowStats:
+    """Decisions made again with a shadow candidate and how they differed (one edge's, or summed)."""
+
+    version: int
+    base_version: int
+    sampled: int
+    placements: int
+    item_placements: int
+    overlap_sum: float
+    variant_changes: int
+    new_fallbacks: int
+    fixed_fallbacks: int
+    errors: int
+    served_latency_us_sum: int
+    shadow_latency_us_sum: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A canary or shadow rollout (docs/rollouts.md): `state` "canary" (in progress), "promoted" or
+    "aborted"; `canary`/`rest`: the health of the canary edges (serving the candidate) and of the others
+    (serving the base version); `shadow_stats`: the shadow decisions summed over the edges."""
+
+    version: int
+    base_version: int
+    state: str
+    canary_nodes: tuple[str, ...]
+    shadow: bool
+    shadow_sample: float
+    started_at_ms: int
+    ended_at_ms: int
+    reason: str
+    canary: RolloutHealth
+    rest: RolloutHealth
+    shadow_stats: ShadowStats
+    rollback_version: int
+
+
+@dataclass(frozen=True, slots=True)
 class PushResult:
     """A push, delta push or rollback the control plane committed: the new `version` (the head, with
     `changes == 0`, when nothing changed), the records that differ from the previous version, and the
@@ -59,6 +128,7 @@ class PushResult:
     changes: int
     summary: str
     bundle: BundleInfo | None = None
+    rollout: Rollout | None = None  # the rollout the push started, or Promote / Abort ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +170,20 @@ class EdgeStatus:
     last_seen_ms: int
     peer: str
     events_forwarded: int
+    serving: ServingStats | None = None  # from its last heartbeat (None: the edge does not send them)
+    shadow: ShadowStats | None = None
+    canary: bool = False  # in the canary set of the rollout in progress
 
 
 @dataclass(frozen=True, slots=True)
 class FleetStatus:
-    """The head version, the distinct events stored upstream, and every edge the control plane knows."""
+    """The head version, the distinct events stored upstream, every edge the control plane knows, and
+    the rollout in progress or the last one (None: never any)."""
 
     head_version: int
     events_total: int
     edges: tuple[EdgeStatus, ...]
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +214,71 @@ class ForgetStatus:
 
 
 def push_result_from_pb(reply: sync_pb2.PushReply, bundle: BundleInfo | None = None) -> PushResult:
-    return PushResult(version=reply.version, changes=reply.changes, summary=reply.summary, bundle=bundle)
+    return PushResult(
+        version=reply.version,
+        changes=reply.changes,
+        summary=reply.summary,
+        bundle=bundle,
+        rollout=rollout_from_pb(reply.rollout) if reply.HasField("rollout") else None,
+    )
+
+
+def _health(h: sync_pb2.RolloutHealth) -> RolloutHealth:
+    return RolloutHealth(
+        edges=h.edges,
+        decisions=h.decisions,
+        placements=h.placements,
+        fallback_rate=h.fallback_rate,
+        error_rate=h.error_rate,
+        latency_p99_us=h.latency_p99_us,
+    )
+
+
+def _serving(s: sync_pb2.ServingStats) -> ServingStats:
+    return ServingStats(
+        version=s.version,
+        decisions=s.decisions,
+        placements=s.placements,
+        fallbacks=s.fallbacks,
+        errors=s.errors,
+        latency_p50_us=s.latency_p50_us,
+        latency_p99_us=s.latency_p99_us,
+    )
+
+
+def _shadow(s: sync_pb2.ShadowStats) -> ShadowStats:
+    return ShadowStats(
+        version=s.version,
+        base_version=s.base_version,
+        sampled=s.sampled,
+        placements=s.placements,
+        item_placements=s.item_placements,
+        overlap_sum=s.overlap_sum,
+        variant_changes=s.variant_changes,
+        new_fallbacks=s.new_fallbacks,
+        fixed_fallbacks=s.fixed_fallbacks,
+        errors=s.errors,
+        served_latency_us_sum=s.served_latency_us_sum,
+        shadow_latency_us_sum=s.shadow_latency_us_sum,
+    )
+
+
+def rollout_from_pb(r: sync_pb2.Rollout) -> Rollout:
+    return Rollout(
+        version=r.version,
+        base_version=r.base_version,
+        state=r.state,
+        canary_nodes=tuple(r.canary_nodes),
+        shadow=r.shadow,
+        shadow_sample=r.shadow_sample,
+        started_at_ms=r.started_at_ms,
+        ended_at_ms=r.ended_at_ms,
+        reason=r.reason,
+        canary=_health(r.canary),
+        rest=_health(r.rest),
+        shadow_stats=_shadow(r.shadow_stats),
+        rollback_version=r.rollback_version,
+    )
 
 
 def history_from_pb(reply: sync_pb2.HistoryReply) -> History:
@@ -179,9 +318,13 @@ def fleet_status_from_pb(reply: sync_pb2.StatusReply) -> FleetStatus:
                 last_seen_ms=e.last_seen_ms,
                 peer=e.peer,
                 events_forwarded=e.events_forwarded,
+                serving=_serving(e.serving) if e.HasField("serving") else None,
+                shadow=_shadow(e.shadow) if e.HasField("shadow") else None,
+                canary=e.canary,
             )
             for e in reply.edges
         ),
+        rollout=rollout_from_pb(reply.rollout) if reply.HasField("rollout") else None,
     )
 
 

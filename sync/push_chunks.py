@@ -32,8 +32,10 @@ def file_chunks(
     files: list[tuple[str, Path | bytes]],
     description: str,
     progress: Progress | None = None,
+    rollout: sync_pb2.PushChunk | None = None,
 ) -> Iterator[sync_pb2.PushChunk]:
-    """The chunks of `files`: (relative path, file on disk or the bytes themselves), in the order given."""
+    """The chunks of `files`: (relative path, file on disk or the bytes themselves), in the order given.
+    `rollout`: the canary / shadow fields the first chunk carries (docs/rollouts.md)."""
     total = sum(len(f) if isinstance(f, bytes) else f.stat().st_size for _, f in files)
     sent = 0
     first = True
@@ -41,6 +43,8 @@ def file_chunks(
         for data in _pieces(source):
             chunk = sync_pb2.PushChunk(kind=kind, path=rel, data=data)
             if first:
+                if rollout is not None:
+                    chunk.MergeFrom(rollout)
                 chunk.description = description
                 first = False
             sent += len(data)

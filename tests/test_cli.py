@@ -146,6 +146,9 @@ def test_demo_runs_end_to_end() -> None:
         )
         == 2
     )
+    canary = out.split("\n6b.")[1].split("\n7.")[0]
+    assert "edge-b still at version" in canary and "NO" not in canary
+    assert "promoted: every edge gets it now" in out and "after the promotion: yes" in out
     assert "experiment hero_test: metric ctr" in out and "personalization vs global holdout" in out
     assert "edge-b's pdp_similar seeds for" in out and "NOT within" not in out
     assert "both edges now answer" in out and "as an unknown user: yes" in out

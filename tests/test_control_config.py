@@ -66,6 +66,15 @@ FLAG_DEFAULTS = {
     "--nats": ("nats.url", ""),
     "--nats-replicas": ("nats.replicas", 3),
     "--nats-partitions": ("nats.partitions", 8),
+    "--rollout-min-decisions": ("rollout.min_decisions", 200),
+    "--rollout-max-fallback-increase": ("rollout.max_fallback_increase", 0.05),
+    "--rollout-max-error-increase": ("rollout.max_error_increase", 0.01),
+    "--rollout-max-p99-ratio": ("rollout.max_p99_ratio", 2.0),
+    "--rollout-p99-floor-ms": ("rollout.p99_floor_ms", 5.0),
+    "--rollout-auto-abort": ("rollout.auto_abort", True),
+    "--rollout-promote-after": ("rollout.promote_after", timedelta(0)),
+    "--rollout-check-seconds": ("rollout.check_seconds", 1.0),
+    "--rollout-shadow-sample": ("rollout.shadow_sample", 0.1),
 }
 
 

@@ -13,7 +13,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, cast
 
-from edgewise.client import BundleError, ClientError, ControlClient, FleetStatus, History, Metric, SliceBy
+from edgewise.client import (
+    BundleError,
+    ClientError,
+    ControlClient,
+    FleetStatus,
+    History,
+    Metric,
+    PushResult,
+    Rollout,
+    SliceBy,
+)
 from edgewise.offline.report_chart import PlotUnavailable, plot_series
 from edgewise.progress import ProgressLine
 from edgewise.sync.auth import OPS_TOKEN_ENV, load_token
@@ -23,14 +33,16 @@ from edgewise.sync.control_server import FORGET_STATUS_DEFAULT, FORGET_STATUS_MA
 __all__ = ["CTL_DOC", "add_ctl_arguments", "run_ctl"]
 
 
-CTL_DOC = """Operate a control plane: push bundles and deltas, roll back, see every edge's state, report
-experiments and forget users.
+CTL_DOC = """Operate a control plane: push bundles and deltas (to every edge, or to a canary first), promote
+or abort a rollout, roll back, see every edge's state, report experiments and forget users.
 
 The ops token comes from --token-file or the EDGEWISE_OPS_TOKEN variable.
 
 examples:
   edgewise ctl --control 127.0.0.1:50061 push ./bundle
   edgewise ctl --control 127.0.0.1:50061 push-delta changes.jsonl
+  edgewise ctl --control 127.0.0.1:50061 push ./bundle --canary 10 --shadow
+  edgewise ctl --control 127.0.0.1:50061 promote     (or: abort --reason "fallbacks up")
   edgewise ctl --control 127.0.0.1:50061 status --json
   edgewise ctl --control 127.0.0.1:50061 history
   edgewise ctl --control 127.0.0.1:50061 rollback 1042
@@ -56,10 +68,20 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
     push.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     push.add_argument("--description", default="", help="a note kept in the history")
     push.add_argument("--quiet", action="store_true", help="no progress bar")
+    _rollout_arguments(push)
     delta = sub.add_parser("push-delta", help="upload a delta file (JSON lines of upserts and deletes)")
     delta.add_argument("file", type=Path, metavar="FILE", help="see docs/delta-format.md")
     delta.add_argument("--description", default="")
     delta.add_argument("--quiet", action="store_true", help="no progress bar")
+    _rollout_arguments(delta)
+    promote = sub.add_parser("promote", help="promote the rollout in progress: every edge gets the candidate")
+    promote.add_argument("version", type=int, nargs="?", default=0, help="the candidate (default: any)")
+    abort = sub.add_parser(
+        "abort",
+        help="abort the rollout in progress: roll the canary back; the other edges never apply it",
+    )
+    abort.add_argument("version", type=int, nargs="?", default=0, help="the candidate (default: any)")
+    abort.add_argument("--reason", default="", help="kept with the rollout (default: aborted by ops)")
     status = sub.add_parser("status", help="every edge: shard, applied version, lag, last ACK/NACK, state")
     status.add_argument("--json", action="store_true", help="print JSON")
     rollback = sub.add_parser("rollback", help="publish the state of an older version as a new version")
@@ -69,7 +91,13 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
         help="an experiment's report: exposures, conversions, rates, lift vs control, P(beat), SRM, holdout",
         description="Exposures and outcomes forwarded by the edges, attributed (docs/reports.md).",
     )
-    report.add_argument("experiment", metavar="EXPERIMENT")
+    report.add_argument("experiment", metavar="EXPERIMENT", nargs="?", default="")
+    report.add_argument(
+        "--rollout",
+        action="store_true",
+        help="instead of an experiment: the rollout in progress (or the last one), canary vs the rest and "
+        "the shadow comparison (docs/rollouts.md)",
+    )
     report.add_argument("--metric", choices=("ctr", "conversion", "revenue"), default="ctr")
     report.add_argument(
         "--by",
@@ -115,6 +143,45 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
     history = sub.add_parser("history", help="the commits in the log, newest first")
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _rollout_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--canary",
+        type=float,
+        metavar="PERCENT",
+        default=0.0,
+        help="a canary rollout: this share of the edges gets the new version first (at least one edge); "
+        "the rest once `ctl promote` (docs/rollouts.md)",
+    )
+    group.add_argument(
+        "--canary-nodes",
+        default="",
+        metavar="ID,...",
+        help="a canary rollout to these edges (node ids, comma-separated)",
+    )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="the edges not serving the new version decide a sample of requests with it, never served",
+    )
+    p.add_argument(
+        "--shadow-sample",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="with --shadow: the share of requests decided again (default: the control plane's, 0.1)",
+    )
+
+
+def _rollout_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "canary_percent": args.canary,
+        "canary_nodes": [n for n in args.canary_nodes.split(",") if n.strip()],
+        "shadow": args.shadow,
+        "shadow_sample": args.shadow_sample,
+    }
 
 
 class _Progress:
@@ -197,17 +264,34 @@ def _run_command(args: argparse.Namespace, client: ControlClient) -> int:
     command = args.ctl_command
     if command == "push":
         try:
-            pushed = client.push(args.bundle, description=args.description, progress=_Progress(args.quiet))
+            pushed = client.push(
+                args.bundle,
+                description=args.description,
+                progress=_Progress(args.quiet),
+                **_rollout_kwargs(args),
+            )
         except BundleError as exc:
             return _fail(f"push refused, nothing uploaded: {exc}")
         bundle = pushed.bundle
         assert bundle is not None  # a bundle push always says what it uploaded
         what = f"bundle {bundle.version} ({bundle.items} items, {bundle.profiles} profiles)"
         print(f"pushed {what}: version {pushed.version}, {pushed.changes} changes")
+        _print_started(pushed)
         return 0
     if command == "push-delta":
-        pushed = client.push_delta(args.file, description=args.description, progress=_Progress(args.quiet))
+        pushed = client.push_delta(
+            args.file, description=args.description, progress=_Progress(args.quiet), **_rollout_kwargs(args)
+        )
         print(f"pushed delta {args.file.name}: version {pushed.version}, {pushed.changes} changes")
+        _print_started(pushed)
+        return 0
+    if command == "promote":
+        done = client.promote(args.version)
+        print(done.summary)
+        return 0
+    if command == "abort":
+        done = client.abort(args.version, reason=args.reason)
+        print(done.summary)
         return 0
     if command == "rollback":
         rolled = client.rollback(args.version)
@@ -255,7 +339,63 @@ def _forget(args: argparse.Namespace, client: ControlClient) -> int:
     return 0
 
 
+def _print_started(pushed: PushResult) -> None:
+    rollout = pushed.rollout
+    if rollout is None:
+        return
+    canary = ", ".join(rollout.canary_nodes) or "no edge"
+    shadow = f"; shadow on the others, sample {rollout.shadow_sample:g}" if rollout.shadow else ""
+    print(
+        f"rollout of version {rollout.version} started: canary {canary}{shadow}; the others stay at "
+        f"version {rollout.base_version} until `edgewise ctl promote` (or `edgewise ctl abort`)"
+    )
+
+
+def rollout_lines(rollout: Rollout) -> list[str]:
+    """The rollout section of `ctl status` and `ctl report --rollout`: state, canary vs rest, shadow."""
+    lines = [
+        f"rollout of version {rollout.version} over {rollout.base_version}: {rollout.state}"
+        + (f" ({rollout.reason})" if rollout.reason else "")
+        + (f"; rolled back by version {rollout.rollback_version}" if rollout.rollback_version else ""),
+        f"  canary edges: {', '.join(rollout.canary_nodes) or '-'}",
+        f"  {'group':<7} {'edges':>5} {'decisions':>10} {'placements':>10} {'fallback':>9} {'errors':>8} "
+        f"{'p99 ms':>8}",
+    ]
+    for name, h in (("canary", rollout.canary), ("rest", rollout.rest)):
+        lines.append(
+            f"  {name:<7} {h.edges:>5} {h.decisions:>10} {h.placements:>10} {h.fallback_rate:>9.4f} "
+            f"{h.error_rate:>8.4f} {h.latency_p99_us / 1000:>8.2f}"
+        )
+    s = rollout.shadow_stats
+    if rollout.shadow:
+        overlap = s.overlap_sum / s.item_placements if s.item_placements else 0.0
+        served = s.served_latency_us_sum / s.sampled if s.sampled else 0.0
+        shadow = s.shadow_latency_us_sum / s.sampled if s.sampled else 0.0
+        lines.append(
+            f"  shadow (sample {rollout.shadow_sample:g}): {s.sampled} requests, {s.placements} placements, "
+            f"overlap@k {overlap:.3f}, {s.variant_changes} variant changes, {s.new_fallbacks} new fallbacks "
+            f"({s.fixed_fallbacks} fixed), {s.errors} errors, latency {served / 1000:.2f} ms served vs "
+            f"{shadow / 1000:.2f} ms candidate"
+        )
+    return lines
+
+
 def _report(args: argparse.Namespace, client: ControlClient) -> int:
+    if args.rollout:
+        if args.experiment:
+            return _fail("report: give an EXPERIMENT or --rollout, not both")
+        rollout = client.status().rollout
+        if rollout is None:
+            return _fail("report --rollout: this control plane has had no rollout")
+        if args.format == "json":
+            print(json.dumps(dataclasses.asdict(rollout), indent=2))
+        elif args.format == "csv":
+            return _fail("report --rollout: --format table or json")
+        else:
+            print("\n".join(rollout_lines(rollout)))
+        return 0
+    if not args.experiment:
+        return _fail("report: which EXPERIMENT? (or --rollout)")
     if not 0.5 <= args.confidence < 1:
         return _fail(f"--confidence must be in [0.5, 1), got {args.confidence}")
     doc = client.report(
@@ -311,7 +451,10 @@ def _print_status(status: FleetStatus, as_json: bool) -> None:
             f"{e.node_id:<20} {e.shard:<16} {e.applied_version:>9} {e.lag:>6} "
             f"{e.last_ack_version:>9} "
             f"{e.last_nack_version or '-':>9} {e.state:<12} {e.last_error or '-'}"
+            + ("  [canary]" if e.canary else "")
         )
+    if status.rollout is not None:
+        print("\n".join(rollout_lines(status.rollout)))
 
 
 _REPORT_COLUMNS: Final = (

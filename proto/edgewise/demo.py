@@ -330,7 +330,38 @@ def _fleet(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path) -
     for line in _ctl(env, address, "status").splitlines():
         _say(f"   {line}")
     _say()
+    _canary(env, address, tmp, list(edges))
     _loop(env, address, edges, tmp, bundle_dir)
+
+
+def _canary(env: dict[str, str], address: str, tmp: Path, edges: list[str]) -> None:
+    """A canary rollout (docs/rollouts.md): a delta to edge-a only, then promoted to every edge."""
+    delta = tmp / "canary.jsonl"
+    item = {"id": "demo-canary-item", "category": "new/arrivals", "price": 9.9, "regions": ["*"]}
+    delta.write_text(json.dumps({"op": "upsert", "item": item}) + "\n")
+    datas = {name: tmp / f"{name}-data" for name in edges}
+    base = _edge_version(datas["edge-b"])
+    _say("6b. A canary rollout: a delta to edge-a only; edge-b stays on the version it serves")
+    _say(f"   $ edgewise ctl --control {address} push-delta canary.jsonl --canary-nodes edge-a")
+    printed = _ctl(env, address, "push-delta", str(delta), "--canary-nodes", "edge-a", "--quiet")
+    for line in printed.splitlines():
+        _say(f"   {line}")
+    version = int(printed.split("version ")[1].split(",")[0])
+    reached = _wait(lambda: _edge_version(datas["edge-a"]) >= version, 10)
+    time.sleep(0.3)  # edge-b would have it by now if it were sent
+    held = _edge_version(datas["edge-b"]) == base
+    _say(
+        f"   edge-a at version {version} {'yes' if reached is not None else 'NO'}; "
+        f"edge-b still at version {base}: {'yes' if held else 'NO'}"
+    )
+    for line in _ctl(env, address, "status").splitlines():
+        if "[canary]" in line or line.lstrip().startswith(("rollout", "canary", "group", "rest")):
+            _say(f"   {line.strip()}")
+    _say(f"   $ edgewise ctl --control {address} promote")
+    _say(f"   {_ctl(env, address, 'promote')}")
+    both = _wait(lambda: all(_edge_version(d) >= version for d in datas.values()), 10)
+    _say(f"   both edges at version {version} after the promotion: {'yes' if both is not None else 'NO'}")
+    _say()
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> float | None:

@@ -50,6 +50,10 @@ from edgewise.sync.ops_replies import (
     ForgottenUser,
     History,
     PushResult,
+    Rollout,
+    RolloutHealth,
+    ServingStats,
+    ShadowStats,
 )
 
 __all__ = [
@@ -82,6 +86,10 @@ __all__ = [
     "PlacementExplanation",
     "PlacementRequest",
     "PushResult",
+    "Rollout",
+    "RolloutHealth",
+    "ServingStats",
+    "ShadowStats",
     "SliceBy",
     "TrackResponse",
 ]

@@ -1,5 +1,5 @@
 """`ControlClient`: the ops calls of a control plane (push, push a delta, roll back, history, status,
-forget, forget status, experiment report), in plain dataclasses."""
+forget, forget status, experiment report, promote and abort a rollout), in plain dataclasses."""
 
 from __future__ import annotations
 
@@ -90,16 +90,30 @@ class ControlClient:
     # --- pushes ---------------------------------------------------------------------------------------
 
     def push(
-        self, bundle_dir: PathLike, *, description: str = "", progress: Progress | None = None
+        self,
+        bundle_dir: PathLike,
+        *,
+        description: str = "",
+        progress: Progress | None = None,
+        canary_percent: float = 0.0,
+        canary_nodes: Iterable[str] = (),
+        shadow: bool = False,
+        shadow_sample: float = 0.0,
     ) -> PushResult:
         """Validate the bundle directory here (a refused bundle raises `BundleError` naming the file,
         record and field, and nothing is uploaded), then upload its files in 1 MiB chunks and return the
-        committed version. `progress(sent_bytes, total_bytes)` is called as chunks go out."""
+        committed version. `progress(sent_bytes, total_bytes)` is called as chunks go out.
+
+        A canary rollout (docs/rollouts.md): `canary_percent` (that share of the edges, at least one) or
+        `canary_nodes` get the new version first, the rest once it is promoted; `shadow`: the edges not
+        serving it decide `shadow_sample` of their requests with it too (0: the control plane's default).
+        The result's `rollout` says which edges are the canary."""
+        rollout = _rollout_chunk(canary_percent, canary_nodes, shadow, shadow_sample)
         root = Path(bundle_dir)
         bundle = load_bundle(root)
         info = BundleInfo(version=bundle.version, items=len(bundle.items), profiles=len(bundle.profiles))
         files: list[tuple[str, Path | bytes]] = list(bundle_files(root))
-        chunks = file_chunks(sync_pb2.PUSH_KIND_BUNDLE, files, description, progress)
+        chunks = file_chunks(sync_pb2.PUSH_KIND_BUNDLE, files, description, progress, rollout)
         return push_result_from_pb(self._call("Push", self._stub.Push, chunks), info)
 
     def push_delta(
@@ -109,10 +123,15 @@ class ControlClient:
         description: str = "",
         name: str = "delta.jsonl",
         progress: Progress | None = None,
+        canary_percent: float = 0.0,
+        canary_nodes: Iterable[str] = (),
+        shadow: bool = False,
+        shadow_sample: float = 0.0,
     ) -> PushResult:
         """Push a delta (docs/delta-format.md): a JSON-lines file, or its lines as dicts (sent as one
         file called `name`). The control plane applies all of it or nothing: a refused line raises
-        ClientError INVALID_ARGUMENT naming the file and line."""
+        ClientError INVALID_ARGUMENT naming the file and line. Canary and shadow: as for `push`."""
+        rollout = _rollout_chunk(canary_percent, canary_nodes, shadow, shadow_sample)
         files: list[tuple[str, Path | bytes]]
         if isinstance(delta, str | os.PathLike):
             path = Path(delta)
@@ -124,8 +143,24 @@ class ControlClient:
                 raise ValueError("push_delta: expected a file or a list of lines (dicts), got one dict")
             text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in delta)
             files = [(name, text.encode())]
-        chunks = file_chunks(sync_pb2.PUSH_KIND_DELTA, files, description, progress)
+        chunks = file_chunks(sync_pb2.PUSH_KIND_DELTA, files, description, progress, rollout)
         return push_result_from_pb(self._call("Push", self._stub.Push, chunks))
+
+    def promote(self, version: int = 0) -> PushResult:
+        """Promote the rollout in progress (of `version`, if given): every edge gets the candidate.
+        FAILED_PRECONDITION when no rollout (of that version) is in progress."""
+        if version < 0:
+            raise ValueError(f"version: must be >= 0, got {version}")
+        reply = self._call("Promote", self._stub.Promote, sync_pb2.PromoteRequest(version=version))
+        return push_result_from_pb(reply)
+
+    def abort(self, version: int = 0, *, reason: str = "") -> PushResult:
+        """Abort the rollout in progress (of `version`, if given): a rollback commit to the base version's
+        state, which the canary edges apply; the other edges never apply the candidate."""
+        if version < 0:
+            raise ValueError(f"version: must be >= 0, got {version}")
+        request = sync_pb2.AbortRequest(version=version, reason=reason)
+        return push_result_from_pb(self._call("Abort", self._stub.Abort, request))
 
     def rollback(self, version: int) -> PushResult:
         """Publish the state of an older `version` (one of `history().snapshot_versions`, or within the
@@ -213,3 +248,25 @@ class ControlClient:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _rollout_chunk(
+    canary_percent: float, canary_nodes: Iterable[str], shadow: bool, shadow_sample: float
+) -> sync_pb2.PushChunk | None:
+    """The rollout fields of a push's first chunk (None: a plain push), checked before any upload."""
+    if isinstance(canary_nodes, str):
+        raise ValueError("canary_nodes: a list of node ids, not one string")
+    nodes = [n.strip() for n in canary_nodes if n.strip()]
+    if canary_percent and nodes:
+        raise ValueError("canary_percent and canary_nodes: give one of them, not both")
+    if canary_percent and not 0 < canary_percent <= 100:
+        raise ValueError(f"canary_percent: a percentage in (0, 100], got {canary_percent:g}")
+    if shadow_sample and not shadow:
+        raise ValueError("shadow_sample needs shadow=True")
+    if not 0 <= shadow_sample <= 1:
+        raise ValueError(f"shadow_sample: a share in (0, 1], got {shadow_sample:g}")
+    if not (canary_percent or nodes or shadow):
+        return None
+    return sync_pb2.PushChunk(
+        canary_percent=canary_percent, canary_nodes=nodes, shadow=shadow, shadow_sample=shadow_sample
+    )
