@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -47,6 +48,7 @@ from edgewise.edge.config import (
     store_limits,
 )
 from edgewise.edge.convert import Limits
+from edgewise.edge.heartbeat_stats import attach_heartbeat_stats
 from edgewise.edge.housekeeping import Housekeeper
 from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir
 from edgewise.edge.metrics_export import node_registry
@@ -344,6 +346,8 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 else ""
             )
             node_metrics, metrics_address = _start_metrics(config, store, placements, acquired)
+            if sync is not None and node_metrics is not None:
+                attach_heartbeat_stats(sync.syncer, node_metrics, store)
             specs = _worker_specs(config, address, placements, node_metrics, http_address)
             supervisor = _start_workers(specs, config.server.grace_seconds, acquired)
         except _Exit as exit_:
@@ -456,12 +460,18 @@ def _reserve_listen(
 def _start_metrics(
     config: EdgeConfig, store: Store, placements: tuple[str, ...], acquired: contextlib.ExitStack
 ) -> tuple[NodeMetrics | None, str]:
-    """The node's metrics and the address of its /metrics endpoint, with `--metrics-listen`."""
-    if not config.metrics.listen:
+    """The node's metrics, with `--metrics-listen` or a control plane (its heartbeats carry how the
+    version served is doing, edge/serving_stats.py), and the address of its /metrics endpoint ("": none)."""
+    if not config.metrics.listen and not config.sync.control:
         return None, ""
     # Stale means "no word from the control plane for too long": a standalone node has none to hear from
     stale_after = config.health.stale_after_seconds if config.sync.control else None
-    node_metrics = NodeMetrics(make_run_dir(), MetricsLayout(placements), stale_after_seconds=stale_after)
+    run_dir = make_run_dir()
+    acquired.callback(shutil.rmtree, run_dir, ignore_errors=True)
+    node_metrics = NodeMetrics(run_dir, MetricsLayout(placements), stale_after_seconds=stale_after)
+    _note_snapshot(node_metrics, store)
+    if not config.metrics.listen:
+        return node_metrics, ""
     try:
         metrics_server, _ = serve_metrics(config.metrics.listen, node_registry(node_metrics))
     except OSError as exc:
@@ -471,7 +481,6 @@ def _start_metrics(
         raise _Exit(2) from exc
     acquired.callback(metrics_server.server_close)
     acquired.callback(metrics_server.shutdown)
-    _note_snapshot(node_metrics, store)
     metrics_host = config.metrics.listen.rpartition(":")[0]
     return node_metrics, f"{metrics_host}:{metrics_server.server_address[1]}"
 

@@ -46,7 +46,11 @@ from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "EdgeSyncer", "SyncTarget", "rpc_error_text"]
+__all__ = ["Backoff", "EdgeSyncer", "HeartbeatStats", "SyncTarget", "rpc_error_text"]
+
+HeartbeatStats = Callable[[], tuple[sync_pb2.ServingStats | None, sync_pb2.ShadowStats | None]]
+"""What the node adds to each heartbeat: how the version it serves is doing, and its shadow decisions
+(edge/serving_stats.py, edge/shadow_stats.py); None for either leaves that field out."""
 
 
 class Backoff:
@@ -140,6 +144,10 @@ class EdgeSyncer:
         self._heard = False  # the current session received a message from the control plane
         self._waiting_since = 0.0  # monotonic: the session started or last took a message (0: not waiting)
         self._ended = ""  # why the watch ended the current session ("": it did not)
+        # Set by the node once its counters exist (edge/serve.py): the heartbeat's ServingStats and
+        # ShadowStats, and a call after every commit applied (the serving counters start again).
+        self.heartbeat_stats: HeartbeatStats | None = None
+        self.on_applied: Callable[[int], None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -240,19 +248,40 @@ class EdgeSyncer:
             call.cancel()
 
     def _requests(self, hello: sync_pb2.SubscribeRequest) -> Iterator[sync_pb2.SubscribeRequest]:
+        """The hello, then ACKs and NACKs as they come, and a heartbeat every `heartbeat_seconds` however
+        busy the ACK traffic is (the control plane reads the node's health from them)."""
         yield hello
+        period = self.target.heartbeat_seconds
+        next_beat = time.monotonic() + period
         while not self._stop.is_set():
             try:
-                item = self._outbox.get(timeout=self.target.heartbeat_seconds)
+                item = self._outbox.get(timeout=max(0.0, next_beat - time.monotonic()))
             except queue.Empty:
-                item = sync_pb2.SubscribeRequest(
-                    heartbeat=sync_pb2.Heartbeat(
-                        version=self.store.version(), sent_at_ms=int(time.time() * 1000), state=self.state()
-                    )
-                )
+                item = None if self._stop.is_set() else self._heartbeat()
+                next_beat = time.monotonic() + period
             if item is None:
                 return
             yield item
+            if time.monotonic() >= next_beat and not self._stop.is_set():
+                yield self._heartbeat()
+                next_beat = time.monotonic() + period
+
+    def _heartbeat(self) -> sync_pb2.SubscribeRequest:
+        beat = sync_pb2.Heartbeat(
+            version=self.store.version(), sent_at_ms=int(time.time() * 1000), state=self.state()
+        )
+        stats = self.heartbeat_stats
+        if stats is not None:
+            try:
+                serving, shadow = stats()
+            except Exception as exc:  # the heartbeat itself must go out
+                log.warning("heartbeat_stats_failed", extra={"error": repr(exc)})
+            else:
+                if serving is not None:
+                    beat.serving.CopyFrom(serving)
+                if shadow is not None:
+                    beat.shadow.CopyFrom(shadow)
+        return sync_pb2.SubscribeRequest(heartbeat=beat)
 
     def _session(self, address: str) -> None:
         target = self.target
@@ -374,6 +403,12 @@ class EdgeSyncer:
             return
         self.last_error = ""
         self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=commit.version)))
+        on_applied = self.on_applied
+        if on_applied is not None:
+            try:
+                on_applied(commit.version)
+            except Exception as exc:  # the node's bookkeeping: never the commit's fate
+                log.warning("sync_on_applied_failed", extra={"version": commit.version, "error": repr(exc)})
         log.info(
             "sync_applied",
             extra={
