@@ -401,6 +401,24 @@ class SyncConfig:
             max=3600,
         ),
     )
+    shadow_max_sample: float = field(
+        default=1.0,
+        metadata=meta(
+            "the largest share of requests this node decides again with the candidate of a shadow rollout "
+            "(the control plane asks for a share; this caps it; 0: no shadow decisions here)",
+            min=0,
+            max=1,
+        ),
+    )
+    shadow_queue: int = field(
+        default=256,
+        metadata=meta(
+            "sampled requests waiting per worker for its shadow thread; past it a sample is dropped and "
+            "counted (edgewise_shadow_dropped_total)",
+            min=1,
+            max=100_000,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

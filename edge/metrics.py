@@ -52,6 +52,7 @@ __all__ = [
     "MAX_PLACEMENT_LABELS",
     "OTHER",
     "RPCS",
+    "SHADOW_COUNTERS",
     "STATUS_CODES",
     "STORE_LIMIT_KEYS",
     "TRACK_RESULTS",
@@ -108,6 +109,24 @@ OTHER: Final = "other"
 TRACK_RESULTS: Final = ("accepted", "duplicate")
 #: Label values of edgewise_store_limit_bytes: the size limits' config keys.
 STORE_LIMIT_KEYS: Final = ("data.outbox_max_mb", "track.dedupe_max_mb", "track.activity_max_mb")
+#: A worker's counters of shadow decisions (edge/shadow.py), in slot order: requests decided again with
+#: the candidate, placements compared, placements with items in both answers, the sum of their
+#: overlap@k, variant changes, new and fixed fallbacks, candidate decisions that failed, pipeline CPU
+#: microseconds of those requests with the served version and with the candidate, and sampled requests
+#: dropped because the shadow queue was full.
+SHADOW_COUNTERS: Final = (
+    "sampled",
+    "placements",
+    "item_placements",
+    "overlap_sum",
+    "variant_changes",
+    "new_fallbacks",
+    "fixed_fallbacks",
+    "errors",
+    "served_us",
+    "shadow_us",
+    "dropped",
+)
 #: Label values of edgewise_housekeeping_deleted_total, in exposition order.
 HOUSEKEEPING_KINDS: Final = ("event_ids", "activities", "event_ids_early", "activities_early")
 
@@ -148,6 +167,7 @@ class MetricsLayout:
         "placement_slot",
         "placements",
         "rpc_total_base",
+        "shadow_base",
         "shed_slot",
         "size",
         "track_base",
@@ -179,6 +199,8 @@ class MetricsLayout:
         slot += 1
         self.exposures_dropped_base = slot
         slot += len(EXPOSURE_DROP_REASONS)
+        self.shadow_base = slot
+        slot += len(SHADOW_COUNTERS)
         self.size = slot
         self._series = self._build_series()
 
@@ -198,6 +220,7 @@ class MetricsLayout:
             (("exposures_dropped", r), self.exposures_dropped_base + i)
             for i, r in enumerate(EXPOSURE_DROP_REASONS)
         ]
+        out += [(("shadow", name), self.shadow_base + i) for i, name in enumerate(SHADOW_COUNTERS)]
         return out
 
     def series(self) -> list[tuple[Series, int]]:
@@ -285,6 +308,7 @@ class WorkerMetrics:
         "_placement_slot",
         "_reason_slot",
         "_rpc",
+        "_shadow",
         "_shed",
         "_slots",
         "_track",
@@ -324,6 +348,7 @@ class WorkerMetrics:
         self._exposures_dropped = {
             r: layout.exposures_dropped_base + i for i, r in enumerate(EXPOSURE_DROP_REASONS)
         }
+        self._shadow = layout.shadow_base
 
     def observe_rpc(self, rpc: str, code: str, seconds: float) -> None:
         """One answered call: `rpc` in RPCS, `code` a status code name (`grpc.StatusCode.X.name`;
@@ -367,6 +392,42 @@ class WorkerMetrics:
         slot = self._exposures_dropped.get(reason)
         if slot is not None:
             self._slots[slot] += count
+
+    def shadow(
+        self,
+        placements: int,
+        item_placements: int,
+        overlap_sum: float,
+        variant_changes: int,
+        new_fallbacks: int,
+        fixed_fallbacks: int,
+        served_us: float,
+        shadow_us: float,
+    ) -> None:
+        """One request decided again with a shadow candidate and compared (core/shadow_compare.py);
+        called by the worker's shadow thread only, never on a request's path."""
+        slots, base = self._slots, self._shadow
+        slots[base] += 1.0
+        slots[base + 1] += placements
+        slots[base + 2] += item_placements
+        slots[base + 3] += overlap_sum
+        slots[base + 4] += variant_changes
+        slots[base + 5] += new_fallbacks
+        slots[base + 6] += fixed_fallbacks
+        slots[base + 8] += served_us
+        slots[base + 9] += shadow_us
+
+    def shadow_failed(self, served_us: float, shadow_us: float) -> None:
+        """One request the candidate failed to decide (counted as sampled, and as an error)."""
+        slots, base = self._slots, self._shadow
+        slots[base] += 1.0
+        slots[base + 7] += 1.0
+        slots[base + 8] += served_us
+        slots[base + 9] += shadow_us
+
+    def shadow_dropped(self, count: int = 1) -> None:
+        """Sampled requests not decided again: the shadow queue was full."""
+        self._slots[self._shadow + 10] += count
 
     def close(self) -> None:
         """Unmap the file (its values stay: the node keeps summing them)."""
@@ -422,6 +483,8 @@ class NodeMetrics:
         self._store_limits: tuple[tuple[str, int], ...] = ()
         self._control = ""
         self._control_switches = 0
+        self._shadow_version = 0
+        self._shadow_sample = 0.0
         run_dir.mkdir(parents=True, exist_ok=True)
         if clear:
             for path in run_dir.glob(f"{_FILE_PREFIX}*"):
@@ -457,6 +520,11 @@ class NodeMetrics:
         """The control-plane replica the node follows (HOST:PORT) and how often it moved to another."""
         with self._lock:
             self._control, self._control_switches = address, switches
+
+    def set_shadow(self, version: int, sample: float) -> None:
+        """The shadow candidate the node holds (0: none) and the share of requests decided again with it."""
+        with self._lock:
+            self._shadow_version, self._shadow_sample = version, sample
 
     def set_housekeeping(
         self,
@@ -518,6 +586,7 @@ class NodeMetrics:
             store_used, write_limit = self._store_used_bytes, self._store_write_limit_bytes
             store_limits = self._store_limits
             control, control_switches = self._control, self._control_switches
+            shadow_version, shadow_sample = self._shadow_version, self._shadow_sample
         age = math.nan if synced_at is None else max(0.0, self._clock() - synced_at)
         stale = (
             self.stale_after_seconds is not None and synced_at is not None and age > self.stale_after_seconds
@@ -544,6 +613,8 @@ class NodeMetrics:
             store_limits=store_limits,
             control=control,
             control_switches=control_switches,
+            shadow_version=shadow_version,
+            shadow_sample=shadow_sample,
         )
 
 
@@ -572,6 +643,8 @@ class NodeReading:
     store_limits: tuple[tuple[str, int], ...] = ()  # (config key, bytes) of the size limits in force
     control: str = ""  # the control-plane replica followed ("": none)
     control_switches: int = 0  # moves to another replica since start
+    shadow_version: int = 0  # the shadow candidate held (0: none)
+    shadow_sample: float = 0.0  # the share of requests decided again with it
 
     def count(self, *key: str) -> float:
         """The summed value of one series key, e.g. `count("rpc", "Decide", "OK")`."""

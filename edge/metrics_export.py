@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Final
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -214,6 +215,62 @@ def node_families(r: NodeReading) -> Iterator[Metric]:
     if r.control:
         following.add_metric([r.control], 1)
     yield following
+
+    # added with shadow rollouts (issue 21): decisions of a sample with a candidate version, never served
+    yield from _shadow_families(r)
+
+
+#: edgewise_shadow_<name>_total per shadow counter (edge/metrics.py SHADOW_COUNTERS), and its help.
+_SHADOW_TOTALS: Final = {
+    "sampled": ("sampled", "Requests decided again with the shadow candidate (never served)."),
+    "placements": ("placements", "Placements of those requests compared with the answer served."),
+    "item_placements": (
+        "item_placements",
+        "Placements compared that had ranked items in both answers.",
+    ),
+    "overlap_sum": (
+        "item_overlap",
+        "Sum of overlap@k (shared items / the longer list) over the placements with items in both "
+        "answers: divided by edgewise_shadow_item_placements_total, the mean overlap.",
+    ),
+    "variant_changes": (
+        "variant_changes",
+        "Placements whose campaign, experiment variant or bandit arm differ with the candidate.",
+    ),
+    "new_fallbacks": (
+        "new_fallbacks",
+        "Placements the candidate answers with a fallback where the served answer has none.",
+    ),
+    "fixed_fallbacks": (
+        "fixed_fallbacks",
+        "Placements answered with a fallback whose candidate answer has none.",
+    ),
+    "errors": ("errors", "Requests the candidate failed to decide."),
+    "dropped": ("dropped", "Sampled requests not decided again: a worker's shadow queue was full."),
+}
+
+
+def _shadow_families(r: NodeReading) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "edgewise_shadow_candidate_version",
+        "Version of the shadow candidate this node decides a sample with (0: none).",
+        r.shadow_version,
+    )
+    yield GaugeMetricFamily(
+        "edgewise_shadow_sample",
+        "Share of requests decided again with the shadow candidate (0: none).",
+        r.shadow_sample,
+    )
+    for counter, (name, text) in _SHADOW_TOTALS.items():
+        yield CounterMetricFamily(f"edgewise_shadow_{name}_total", text, r.count("shadow", counter))
+    cpu = CounterMetricFamily(
+        "edgewise_shadow_pipeline_cpu_seconds_total",
+        "Pipeline CPU time of the sampled requests, with the version served and with the candidate.",
+        labels=["version"],
+    )
+    cpu.add_metric(["served"], r.count("shadow", "served_us") / 1e6)
+    cpu.add_metric(["candidate"], r.count("shadow", "shadow_us") / 1e6)
+    yield cpu
 
 
 class NodeCollector(Collector):

@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -47,10 +48,12 @@ from edgewise.edge.config import (
     store_limits,
 )
 from edgewise.edge.convert import Limits
+from edgewise.edge.heartbeat_stats import NodeCounters, attach_heartbeat_stats
 from edgewise.edge.housekeeping import Housekeeper
 from edgewise.edge.metrics import MetricsLayout, NodeMetrics, make_run_dir
 from edgewise.edge.metrics_export import node_registry
 from edgewise.edge.servicer import ServingOptions
+from edgewise.edge.shadow_stats import write_status
 from edgewise.edge.sync_setup import NodeSync, SyncSetupError, start_syncer
 from edgewise.edge.worker import WorkerSpec, worker_main
 from edgewise.logs import configure_logging
@@ -344,6 +347,11 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
                 else ""
             )
             node_metrics, metrics_address = _start_metrics(config, store, placements, acquired)
+            counters = (
+                attach_heartbeat_stats(sync.syncer, node_metrics, store, config.sync.shadow_max_sample)
+                if sync is not None and node_metrics is not None
+                else None
+            )
             specs = _worker_specs(config, address, placements, node_metrics, http_address)
             supervisor = _start_workers(specs, config.server.grace_seconds, acquired)
         except _Exit as exit_:
@@ -353,7 +361,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
             node_metrics.set_workers_alive(supervisor.alive())
             node_metrics.set_store(store.used_bytes(), store.write_limit, limits.budget.caps)
         _announce(store, supervisor, address, port, metrics_address, ready_file, http_address)
-        _run_until_stopped(store, config, signals, sync, supervisor, node_metrics, limits)
+        _run_until_stopped(store, config, signals, sync, supervisor, node_metrics, limits, counters)
         log.info("stopping", extra={"grace_seconds": config.server.grace_seconds})
     log.info("stopped")
     return 0
@@ -456,12 +464,18 @@ def _reserve_listen(
 def _start_metrics(
     config: EdgeConfig, store: Store, placements: tuple[str, ...], acquired: contextlib.ExitStack
 ) -> tuple[NodeMetrics | None, str]:
-    """The node's metrics and the address of its /metrics endpoint, with `--metrics-listen`."""
-    if not config.metrics.listen:
+    """The node's metrics, with `--metrics-listen` or a control plane (its heartbeats carry how the
+    version served is doing, edge/serving_stats.py), and the address of its /metrics endpoint ("": none)."""
+    if not config.metrics.listen and not config.sync.control:
         return None, ""
     # Stale means "no word from the control plane for too long": a standalone node has none to hear from
     stale_after = config.health.stale_after_seconds if config.sync.control else None
-    node_metrics = NodeMetrics(make_run_dir(), MetricsLayout(placements), stale_after_seconds=stale_after)
+    run_dir = make_run_dir()
+    acquired.callback(shutil.rmtree, run_dir, ignore_errors=True)
+    node_metrics = NodeMetrics(run_dir, MetricsLayout(placements), stale_after_seconds=stale_after)
+    _note_snapshot(node_metrics, store)
+    if not config.metrics.listen:
+        return node_metrics, ""
     try:
         metrics_server, _ = serve_metrics(config.metrics.listen, node_registry(node_metrics))
     except OSError as exc:
@@ -471,7 +485,6 @@ def _start_metrics(
         raise _Exit(2) from exc
     acquired.callback(metrics_server.server_close)
     acquired.callback(metrics_server.shutdown)
-    _note_snapshot(node_metrics, store)
     metrics_host = config.metrics.listen.rpartition(":")[0]
     return node_metrics, f"{metrics_host}:{metrics_server.server_address[1]}"
 
@@ -511,6 +524,8 @@ def _worker_specs(
             metrics_path=node_metrics.worker_path(i) if node_metrics is not None else None,
             placements=placements,
             http_listen=http_address,
+            shadow_max_sample=config.sync.shadow_max_sample if config.sync.control else 0.0,
+            shadow_queue=config.sync.shadow_queue,
         )
         for i in range(server.workers)
     ]
@@ -647,6 +662,7 @@ def _run_until_stopped(
     supervisor: Supervisor,
     node_metrics: NodeMetrics | None,
     limits: _StoreLimits,
+    counters: NodeCounters | None = None,
 ) -> None:
     """Every 0.2 s until SIGTERM/SIGINT: the size limits recomputed after a new version, one bounded
     housekeeping step, the bundle reloaded after SIGHUP, the metrics brought up to date, dead workers
@@ -706,6 +722,21 @@ def _run_until_stopped(
                     node_metrics.worker_restarted(supervisor.restarts - restarts)
                 node_metrics.set_workers_alive(supervisor.alive())
 
+    shadow_ticks = 0
+
+    def shadow(counters: NodeCounters) -> None:
+        """Once a second: the shadow candidate's gauges, and its stats where `edge status` reads them."""
+        nonlocal shadow_ticks
+        shadow_ticks = (shadow_ticks + 1) % 5
+        if shadow_ticks:
+            return
+        reading = counters.shadow.reading()
+        if node_metrics is not None:
+            node_metrics.set_shadow(reading.version if reading else 0, reading.sample if reading else 0.0)
+        candidate = sync.syncer.shadow.current() if sync is not None else None
+        if reading is not None and candidate is not None:
+            write_status(config.data.dir, reading, candidate)
+
     while not signals.stop.wait(0.2):
         guard.run("store_limits", store_limits)
         guard.run("housekeeping", housekeeping)
@@ -716,6 +747,8 @@ def _run_until_stopped(
             guard.run("metrics", functools.partial(metrics, node_metrics))
             if sync is not None:
                 guard.run("sync_metrics", functools.partial(_note_sync, node_metrics, store, sync.syncer))
+        if counters is not None:
+            guard.run("shadow", functools.partial(shadow, counters))
         if not signals.stop.is_set():
             guard.run("workers", workers)
 

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from random import random
 
 import grpc
 
@@ -36,6 +37,7 @@ from edgewise.edge.convert import (
 )
 from edgewise.edge.group_commit import CommitterClosed, GroupCommitter
 from edgewise.edge.metrics import WorkerMetrics
+from edgewise.edge.shadow import ShadowDecider
 from edgewise.edge.stage_times import (
     CALLS,
     CONVERT_IN,
@@ -77,6 +79,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         options: ServingOptions | None = None,
         metrics: WorkerMetrics | None = None,
         stages: StageTimes | None = None,
+        shadow: ShadowDecider | None = None,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
@@ -86,6 +89,7 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         self._options = options or ServingOptions()
         self._metrics = metrics
         self._stages = stages  # per-stage CPU for benchmarks (edge/stage_times.py); None: off
+        self._shadow = shadow  # a sample decided again with a shadow candidate (edge/shadow.py)
         self._in_flight = 0
         self._lock = threading.Lock()
 
@@ -166,11 +170,18 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
                     self._metrics.shed()
             if stages is not None:
                 t = stages.add(SERVICER_OTHER, t)
+            shadow = self._shadow  # while it has a candidate open: a sample of the decisions goes to it
+            sampled = (
+                shortcut is None and shadow is not None and shadow.sample > 0.0 and random() < shadow.sample
+            )
+            cpu = time.thread_time_ns() if sampled else 0
             with self._store.read() as view:
                 if shortcut is not None:
                     decision = self._pipeline.fast_default(view, ask, shortcut)
                 else:
                     decision = self._pipeline.decide(view, ask)
+            if sampled:
+                cpu = time.thread_time_ns() - cpu
             if stages is not None:
                 t = stages.add(PIPELINE, t)
         finally:
@@ -184,6 +195,8 @@ class PersonalizerServicer(_pb_grpc.PersonalizerServicer):
         if self._metrics is not None:
             for p in decision.placements:
                 self._metrics.decision(p.placement_id, p.fallback)
+        if sampled and shadow is not None:
+            shadow.offer(ask, decision, cpu)  # the decision is complete: the shadow thread only reads it
         if stages is not None:
             stages.add(SERVICER_OTHER, t)
         return decision

@@ -12,8 +12,9 @@ namespace's entries and bytes, and the three size limits housekeeping enforces (
 `track.dedupe_max_mb`, `track.activity_max_mb`) as they are in force beside this snapshot, with how full
 each is. A node that follows a control plane: the replicas configured (`sync.control`) and the one its
 last applied commit came from (the one it followed then; its metrics name the one it follows now,
-`edgewise_sync_control_info`). Exit status 2 when the configuration is wrong or there is no store in the
-data directory.
+`edgewise_sync_control_info`). The candidate of a shadow rollout the node holds, if any, and how its
+decisions differ from those served so far (docs/shadow.md). Exit status 2 when the configuration is
+wrong or there is no store in the data directory.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any, Final
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import DERIVED, REPLICATED, Store, StoreError, StoreUsage
 from edgewise.edge.config import EdgeConfig, add_config_arguments, cli_config, store_limits
+from edgewise.edge.shadow_stats import read_status
+from edgewise.sync.shadow_candidate import read_candidate
 
 __all__ = ["add_arguments", "format_report", "run", "status_report"]
 
@@ -48,6 +51,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _mib(size: int) -> float:
     return round(size / MIB, 1)
+
+
+def shadow_report(path: Path) -> dict[str, Any] | None:
+    """The shadow candidate the node holds and its decisions so far (docs/shadow.md); None: none."""
+    candidate = read_candidate(path)
+    if candidate is None:
+        return None
+    stats = read_status(path, candidate)
+    report: dict[str, Any] = {
+        "version": candidate.version,
+        "base_version": candidate.base_version,
+        "sample": candidate.sample,
+        "received_at_ms": candidate.received_at_ms,
+        "stats": stats,  # None until the node wrote them (once a second)
+    }
+    if stats:
+        sampled, compared = stats.get("sampled", 0), stats.get("placements", 0)
+        items = stats.get("item_placements", 0)
+        report["mean_overlap"] = round(stats.get("overlap_sum", 0.0) / items, 4) if items else None
+        report["new_fallback_rate"] = round(stats.get("new_fallbacks", 0) / compared, 4) if compared else None
+        report["variant_change_rate"] = (
+            round(stats.get("variant_changes", 0) / compared, 4) if compared else None
+        )
+        report["served_cpu_us_mean"] = (
+            round(stats.get("served_latency_us_sum", 0) / sampled, 1) if sampled else None
+        )
+        report["shadow_cpu_us_mean"] = (
+            round(stats.get("shadow_latency_us_sum", 0) / sampled, 1) if sampled else None
+        )
+    return report
 
 
 def status_report(
@@ -108,6 +141,7 @@ def status_report(
         "oldest_event_id_age_s": round(max(0, now_ms - oldest) / 1000, 1) if oldest else None,
         "forget_purges_pending": usage.purges_pending,
         "readers": usage.readers,
+        "shadow": shadow_report(path),
     }
 
 
@@ -173,9 +207,31 @@ def format_report(report: Mapping[str, Any]) -> str:
     if report["forget_purges_pending"]:
         pending = report["forget_purges_pending"]
         lines.append(f"forgotten users whose outbox entries housekeeping is still deleting: {pending}")
+    shadow = report.get("shadow")
+    if shadow is not None:
+        lines.append(_shadow_line(shadow))
     readers = report["readers"]
     lines.append(f"read transaction slots in use: {readers} (the node's processes, and this command)")
     return "\n".join(lines)
+
+
+def _shadow_line(shadow: Mapping[str, Any]) -> str:
+    head = (
+        f"shadow candidate version {shadow['version']} (arrived while serving {shadow['base_version']}), "
+        f"deciding {shadow['sample']:.1%} of requests again"
+    )
+    stats = shadow.get("stats")
+    if not stats:
+        return head + ": no decisions counted yet"
+    overlap = shadow["mean_overlap"]
+    return (
+        f"{head}: {stats['sampled']:,} sampled, {stats['placements']:,} placements compared; "
+        f"mean overlap@k {'-' if overlap is None else f'{overlap:.3f}'}, "
+        f"{stats['variant_changes']:,} variant changes, {stats['new_fallbacks']:,} new and "
+        f"{stats['fixed_fallbacks']:,} fixed fallbacks, {stats['errors']:,} errors, "
+        f"{stats['dropped']:,} dropped (queue full); pipeline CPU per request "
+        f"{shadow['served_cpu_us_mean'] or 0:,} us served, {shadow['shadow_cpu_us_mean'] or 0:,} us candidate"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

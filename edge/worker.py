@@ -27,6 +27,7 @@ from edgewise.edge.http_gateway import GatewayOptions, HttpGateway, build_gatewa
 from edgewise.edge.metrics import MetricsLayout, WorkerMetrics
 from edgewise.edge.server import build_server
 from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
+from edgewise.edge.shadow import ShadowDecider
 from edgewise.edge.stage_times import stage_times_from_env
 from edgewise.logs import configure_logging
 
@@ -54,6 +55,10 @@ class WorkerSpec:
     metrics_path: Path | None  # this worker's metrics file (None: metrics off)
     placements: tuple[str, ...]  # placement ids for the metrics layout
     http_listen: str = ""  # HOST:PORT of JSON over HTTP, shared by every worker (empty: off)
+    # Shadow decisions (edge/shadow.py): the largest share of requests decided again with a candidate
+    # (0: none, a node without a control plane), and the bound of the queue to the shadow thread.
+    shadow_max_sample: float = 0.0
+    shadow_queue: int = 256
 
 
 def worker_main(spec: WorkerSpec, ready: Connection) -> None:
@@ -88,6 +93,18 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         on_exposures_dropped=metrics.exposures_dropped if metrics is not None else None,
         stages=stages,
     )
+    shadow = (
+        ShadowDecider(
+            spec.data_dir,
+            spec.map_size,
+            store,
+            metrics,
+            max_sample=spec.shadow_max_sample,
+            queue_size=spec.shadow_queue,
+        )
+        if spec.shadow_max_sample > 0
+        else None
+    )
     servicer = PersonalizerServicer(
         store,
         pipeline,
@@ -97,6 +114,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         options=spec.options,
         metrics=metrics,
         stages=stages,
+        shadow=shadow,
     )
     edge = build_server(
         servicer,
@@ -114,6 +132,8 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     # garbage do not walk it again and again (a full collection over it is a latency spike).
     gc.collect()
     gc.freeze()
+    if shadow is not None:
+        shadow.start()
     edge.server.start()
     if gateway is not None:
         gateway.start()
@@ -137,6 +157,11 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
             break
         if stages is not None:
             stages.write()
+        if shadow is not None:
+            try:
+                shadow.refresh()  # a shadow candidate appeared, changed or went
+            except Exception as exc:  # the worker serves on without shadow decisions
+                log.error("shadow_refresh_failed", extra={"worker": spec.index, "error": repr(exc)})
     http_stop = None
     if gateway is not None:  # drains beside the gRPC server, in the same grace period
         http_stop = threading.Thread(target=gateway.stop, args=(spec.grace,), name="http-stop")
@@ -145,6 +170,8 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     if http_stop is not None:
         http_stop.join()
     committer.close()
+    if shadow is not None:
+        shadow.stop()
     if stages is not None:
         stages.write()
     if metrics is not None:

@@ -40,13 +40,18 @@ from edgewise.core.store import PER_USER, ReadView, Store
 from edgewise.core.version_state import build_state
 from edgewise.sync.auth import bearer_metadata, open_channel
 from edgewise.sync.control_replicas import ControlReplicas, loses_replica
+from edgewise.sync.shadow_candidate import Candidate, ShadowCandidates
 from edgewise.sync.shard import Shard
 from edgewise.sync.wire import Assembler, FramingError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "EdgeSyncer", "SyncTarget", "rpc_error_text"]
+__all__ = ["Backoff", "EdgeSyncer", "HeartbeatStats", "SyncTarget", "rpc_error_text"]
+
+HeartbeatStats = Callable[[], tuple[sync_pb2.ServingStats | None, sync_pb2.ShadowStats | None]]
+"""What the node adds to each heartbeat: how the version it serves is doing, and its shadow decisions
+(edge/serving_stats.py, edge/shadow_stats.py); None for either leaves that field out."""
 
 
 class Backoff:
@@ -101,6 +106,42 @@ class SyncTarget:
     silence_seconds: float = 30.0  # a stream silent this long (while the syncer waits) is lost
 
 
+DEFAULT_SHADOW_SAMPLE: Final = 0.1
+"""The share of requests a shadow commit without a valid `shadow_sample` has decided again."""
+
+
+class _ShadowIntake:
+    """The chunks of a shadow candidate being received (an `Assembler` of their own, so they may come
+    between the chunks of the commits served); one that does not arrive whole is refused at its marker."""
+
+    def __init__(self) -> None:
+        self._assembler = Assembler()
+        self._error = ""
+
+    def add(self, chunk: sync_pb2.Chunk) -> None:
+        if chunk.index == 0:
+            self._error = ""
+        elif self._error:
+            return
+        try:
+            self._assembler.add(chunk)
+        except FramingError as exc:
+            self._assembler.reset()
+            self._error = str(exc)
+
+    def finish(self, commit: sync_pb2.Commit) -> list[tuple[str, bytes, bytes | None]]:
+        try:
+            if self._error:
+                raise FramingError(self._error)
+            return self._assembler.finish(commit)
+        finally:
+            self.reset()
+
+    def reset(self) -> None:
+        self._assembler.reset()
+        self._error = ""
+
+
 def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) -> Callable[[ReadView], None]:
     def check(view: ReadView) -> None:
         for namespace, key, value in changes:
@@ -140,6 +181,15 @@ class EdgeSyncer:
         self._heard = False  # the current session received a message from the control plane
         self._waiting_since = 0.0  # monotonic: the session started or last took a message (0: not waiting)
         self._ended = ""  # why the watch ended the current session ("": it did not)
+        # Set by the node once its counters exist (edge/serve.py): the heartbeat's ServingStats and
+        # ShadowStats, and a call after every commit applied (the serving counters start again).
+        self.heartbeat_stats: HeartbeatStats | None = None
+        self.on_applied: Callable[[int], None] | None = None
+        self.on_shadow: Callable[[Candidate | None], None] | None = None  # a candidate installed or dropped
+        # The candidate of a shadow rollout, beside the store (sync/shadow_candidate.py); one the node
+        # serves by now (or a later version) is of no use any more.
+        self.shadow = ShadowCandidates(store.path, store.map_bytes)
+        self._drop_superseded_shadow(store.version())
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -240,19 +290,40 @@ class EdgeSyncer:
             call.cancel()
 
     def _requests(self, hello: sync_pb2.SubscribeRequest) -> Iterator[sync_pb2.SubscribeRequest]:
+        """The hello, then ACKs and NACKs as they come, and a heartbeat every `heartbeat_seconds` however
+        busy the ACK traffic is (the control plane reads the node's health from them)."""
         yield hello
+        period = self.target.heartbeat_seconds
+        next_beat = time.monotonic() + period
         while not self._stop.is_set():
             try:
-                item = self._outbox.get(timeout=self.target.heartbeat_seconds)
+                item = self._outbox.get(timeout=max(0.0, next_beat - time.monotonic()))
             except queue.Empty:
-                item = sync_pb2.SubscribeRequest(
-                    heartbeat=sync_pb2.Heartbeat(
-                        version=self.store.version(), sent_at_ms=int(time.time() * 1000), state=self.state()
-                    )
-                )
+                item = None if self._stop.is_set() else self._heartbeat()
+                next_beat = time.monotonic() + period
             if item is None:
                 return
             yield item
+            if time.monotonic() >= next_beat and not self._stop.is_set():
+                yield self._heartbeat()
+                next_beat = time.monotonic() + period
+
+    def _heartbeat(self) -> sync_pb2.SubscribeRequest:
+        beat = sync_pb2.Heartbeat(
+            version=self.store.version(), sent_at_ms=int(time.time() * 1000), state=self.state()
+        )
+        stats = self.heartbeat_stats
+        if stats is not None:
+            try:
+                serving, shadow = stats()
+            except Exception as exc:  # the heartbeat itself must go out
+                log.warning("heartbeat_stats_failed", extra={"error": repr(exc)})
+            else:
+                if serving is not None:
+                    beat.serving.CopyFrom(serving)
+                if shadow is not None:
+                    beat.shadow.CopyFrom(shadow)
+        return sync_pb2.SubscribeRequest(heartbeat=beat)
 
     def _session(self, address: str) -> None:
         target = self.target
@@ -282,6 +353,7 @@ class EdgeSyncer:
                 self._waiting_since = time.monotonic()
             assembler = Assembler()
             failed = 0  # a commit NACKed for its framing: ignore the rest of its messages
+            shadow = _ShadowIntake()  # a shadow candidate's chunks, apart from the commits served
             for message in call:
                 self.last_contact = time.monotonic()
                 with self._lock:
@@ -301,7 +373,11 @@ class EdgeSyncer:
                     if self._on_connected is not None:
                         self._on_connected()
                 kind = message.WhichOneof("kind")
-                if kind == "chunk":
+                if kind == "chunk" and message.chunk.shadow:
+                    shadow.add(message.chunk)
+                elif kind == "commit" and message.commit.shadow:
+                    self._on_shadow_commit(shadow, message.commit)
+                elif kind == "chunk":
                     if message.chunk.version == failed and message.chunk.index > 0:
                         continue
                     failed = 0
@@ -374,6 +450,13 @@ class EdgeSyncer:
             return
         self.last_error = ""
         self._outbox.put(sync_pb2.SubscribeRequest(ack=sync_pb2.Ack(version=commit.version)))
+        self._drop_superseded_shadow(commit.version)
+        on_applied = self.on_applied
+        if on_applied is not None:
+            try:
+                on_applied(commit.version)
+            except Exception as exc:  # the node's bookkeeping: never the commit's fate
+                log.warning("sync_on_applied_failed", extra={"version": commit.version, "error": repr(exc)})
         log.info(
             "sync_applied",
             extra={
@@ -386,6 +469,77 @@ class EdgeSyncer:
         )
         with self.applied:
             self.applied.notify_all()
+
+    # --- shadow candidates (docs/shadow.md) -------------------------------------------------------------
+
+    def _on_shadow_commit(self, intake: _ShadowIntake, commit: sync_pb2.Commit) -> None:
+        """A shadow commit: with 0 chunks it drops the candidate; else its snapshot becomes the candidate
+        (sync/shadow_candidate.py), never served. Nothing is ACKed or NACKed: the heartbeats' ShadowStats
+        name the candidate the node holds."""
+        if commit.chunks == 0:
+            intake.reset()
+            dropped = self.shadow.drop()
+            self._shadow_changed(None)
+            if dropped is not None:
+                log.info(
+                    "shadow_dropped",
+                    extra={"version": dropped.version, "reason": "shadow commit with 0 chunks"},
+                )
+            return
+        started = time.monotonic()
+        try:
+            changes = intake.finish(commit)
+            if not commit.snapshot:
+                raise FramingError(f"shadow commit {commit.version} is not a full snapshot")
+            current = self.store.version()
+            if commit.version <= current:
+                raise FramingError(f"shadow commit {commit.version}: this edge serves {current} already")
+            sample = commit.shadow_sample if 0.0 < commit.shadow_sample <= 1.0 else DEFAULT_SHADOW_SAMPLE
+            held = self.shadow.current()
+            if held is not None and held.version == commit.version:  # sent again (a reconnect, say)
+                if held.sample != sample:
+                    self.shadow.resample(sample)
+                log.info("shadow_kept", extra={"version": held.version, "sample": sample})
+                return
+            info = self._info(commit, changes, SnapshotInfo(), self.following)
+            candidate = self.shadow.install(
+                commit.version, current, sample, changes, info, check=_check_state(changes, True)
+            )
+        except Exception as exc:
+            log.warning(
+                "shadow_refused",
+                extra={"version": commit.version, "error": f"shadow commit {commit.version} refused: {exc}"},
+            )
+            return
+        self._shadow_changed(candidate)
+        log.info(
+            "shadow_received",
+            extra={
+                "version": candidate.version,
+                "base_version": candidate.base_version,
+                "sample": candidate.sample,
+                "changes": len(changes),
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+
+    def _drop_superseded_shadow(self, version: int) -> None:
+        """The node serves `version`: a candidate it does not exceed is dropped (promoted, or replaced)."""
+        candidate = self.shadow.current()
+        if candidate is not None and candidate.version <= version:
+            self.shadow.drop()
+            self._shadow_changed(None)
+            log.info(
+                "shadow_dropped", extra={"version": candidate.version, "reason": f"version {version} applied"}
+            )
+
+    def _shadow_changed(self, candidate: Candidate | None) -> None:
+        hook = self.on_shadow
+        if hook is not None:
+            try:
+                hook(candidate)
+            except Exception as exc:  # the node's bookkeeping: never the candidate's fate
+                log.warning("sync_on_shadow_failed", extra={"error": repr(exc)})
 
     def _info(
         self,

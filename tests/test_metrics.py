@@ -44,6 +44,21 @@ PLACEMENTS = ["home", "pdp_similar", "hero_banner"]
 
 Labels = tuple[tuple[str, str], ...]
 
+SHADOW_FAMILIES = (
+    "candidate_version",
+    "sample",
+    "sampled_total",
+    "placements_total",
+    "item_placements_total",
+    "item_overlap_total",
+    "variant_changes_total",
+    "new_fallbacks_total",
+    "fixed_fallbacks_total",
+    "errors_total",
+    "dropped_total",
+    "pipeline_cpu_seconds_total",
+)
+
 
 def render(node: NodeMetrics) -> str:
     """What a scrape of the node's endpoint returns (text format 0.0.4)."""
@@ -415,6 +430,7 @@ def test_http_endpoint_serves_valid_exposition(tmp_path: Path) -> None:
                 "edgewise_store_limit_bytes",
                 "edgewise_sync_control_switches_total",
                 "edgewise_sync_control_info",
+                *(f"edgewise_shadow_{name}" for name in SHADOW_FAMILIES),
             }
             assert set(families) == expected_families
             assert value(families, "edgewise_rpc_duration_seconds_count", rpc="Decide") == 100

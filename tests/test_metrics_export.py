@@ -59,6 +59,19 @@ FAMILIES = [
     # issue 18: control-plane replicas
     ("edgewise_sync_control_switches_total", "counter"),
     ("edgewise_sync_control_info", "gauge"),
+    # issue 21: shadow rollouts
+    ("edgewise_shadow_candidate_version", "gauge"),
+    ("edgewise_shadow_sample", "gauge"),
+    ("edgewise_shadow_sampled_total", "counter"),
+    ("edgewise_shadow_placements_total", "counter"),
+    ("edgewise_shadow_item_placements_total", "counter"),
+    ("edgewise_shadow_item_overlap_total", "counter"),
+    ("edgewise_shadow_variant_changes_total", "counter"),
+    ("edgewise_shadow_new_fallbacks_total", "counter"),
+    ("edgewise_shadow_fixed_fallbacks_total", "counter"),
+    ("edgewise_shadow_errors_total", "counter"),
+    ("edgewise_shadow_dropped_total", "counter"),
+    ("edgewise_shadow_pipeline_cpu_seconds_total", "counter"),
 ]
 # The same output's label values, family by family (a family's series: every combination of them).
 LE = ("5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1")
@@ -92,8 +105,9 @@ LABELS: dict[str, dict[str, tuple[str, ...]]] = {
         "limit": ("data.outbox_max_mb", "track.dedupe_max_mb", "track.activity_max_mb")
     },
     "edgewise_sync_control_info": {"control": ()},  # none on a node without a control plane
+    "edgewise_shadow_pipeline_cpu_seconds_total": {"version": ("served", "candidate")},
 }
-SAMPLE_COUNT = 101 + 8 + 1  # lines of samples in that output, and in the families added since
+SAMPLE_COUNT = 101 + 8 + 1 + 13  # lines of samples in that output, and in the families added since
 
 
 def _combinations(labels: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
@@ -141,7 +155,7 @@ def _get(url: str, accept: str | None = None) -> tuple[str, str]:
 
 
 def test_the_list_is_todays_output() -> None:
-    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19 + 4 + 2
+    assert len(expected_samples()) == SAMPLE_COUNT and len(FAMILIES) == 19 + 4 + 2 + 12
 
 
 @pytest.mark.slow
