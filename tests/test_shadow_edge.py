@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgewise.client import EdgeClient
 from edgewise.core.decisions import FallbackReason
+from edgewise.edge.status import shadow_report
 from tests.conftest import EdgeProcess
 from tests.rollout_support import failing_bundle, recording_control_plane, shadow_messages
 from tests.sync_support import following_edge, versions_reach, wait_for
@@ -96,9 +97,9 @@ def test_a_shadow_candidate_on_a_real_edge(
         assert exposed["edgewise_shadow_new_fallbacks_total"] == shadow.new_fallbacks
         assert exposed["edgewise_shadow_dropped_total"] == 0
 
-        def status_shows_the_stats() -> bool:
-            report = _status(data)["shadow"]
-            return isinstance(report, dict) and (report.get("stats") or {}).get("sampled") == CALLS
+        def status_shows_the_stats() -> bool:  # what `edge status` reports, read in process while waiting
+            report = shadow_report(data)
+            return report is not None and (report.get("stats") or {}).get("sampled") == CALLS
 
         wait_for(status_shows_the_stats, 10, "edge status with the shadow stats")
         report = _status(data)["shadow"]
@@ -112,7 +113,7 @@ def test_a_shadow_candidate_on_a_real_edge(
             20,
             "a heartbeat without the candidate",
         )
-        wait_for(lambda: _status(data)["shadow"] is None, 10, "edge status without it")
+        wait_for(lambda: shadow_report(data) is None, 10, "edge status without it")
         wait_for(
             lambda: _metrics(metrics_address)["edgewise_shadow_candidate_version"] == 0, 10, "the gauge at 0"
         )
