@@ -66,6 +66,14 @@ FLAG_DEFAULTS = {
     "--nats": ("nats.url", ""),
     "--nats-replicas": ("nats.replicas", 3),
     "--nats-partitions": ("nats.partitions", 8),
+    # issue 18: TLS and credentials of the NATS connection
+    "--nats-ca": ("nats.ca", None),
+    "--nats-cert": ("nats.cert", None),
+    "--nats-key": ("nats.key", None),
+    "--nats-user": ("nats.user", ""),
+    "--nats-password-file": ("nats.password_file", None),
+    "--nats-token-file": ("nats.token_file", None),
+    "--nats-creds": ("nats.creds", None),
 }
 
 
