@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgewise.sync.central_events import CentralEvents
-from edgewise.sync.central_log import CentralLog, LogSettingsError
+from edgewise.sync.central_log import DUPLICATE_WINDOW_S, CentralLog, LogSettingsError
 from edgewise.sync.central_replica import CacheMismatch, Replica
 from edgewise.sync.control_config import NatsConfig
 from edgewise.sync.control_store import ControlStore, ControlStoreError
@@ -73,6 +73,7 @@ def open_replica(
     *,
     partitions: int = 8,
     retain_events_s: float = 0.0,
+    duplicate_window_s: float = DUPLICATE_WINDOW_S,
     security: Callable[[], NatsSecurity] = NatsSecurity,
 ) -> CentralStart:
     """Connect, check or bootstrap `store` against the cluster's log (see the module doc). `reopen` opens
@@ -102,7 +103,13 @@ def open_replica(
             store = reopen()
             replica = Replica(store, CentralLog(bridge, replicas=replicas))
             replica.open()
-        events = CentralEvents(bridge, replicas=replicas, partitions=partitions, retain_s=retain_events_s)
+        events = CentralEvents(
+            bridge,
+            replicas=replicas,
+            partitions=partitions,
+            retain_s=retain_events_s,
+            duplicate_window_s=duplicate_window_s,
+        )
         events.open()
     except (LogSettingsError, NatsUnavailable, CacheMismatch, ControlStoreError) as exc:
         store.close()

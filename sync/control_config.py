@@ -341,6 +341,16 @@ class NatsConfig:
             metavar="N",
         ),
     )
+    duplicate_window: timedelta = field(
+        default=timedelta(minutes=2),
+        metadata=meta(
+            "JetStream's duplicate window of the events stream: a record forwarded again within it is "
+            "stored once (events_total counts distinct records either way)",
+            min=1,
+            flag="--nats-duplicate-window",
+            metavar="DURATION",
+        ),
+    )
     ca: Path | None = field(
         default=None,
         metadata=meta(

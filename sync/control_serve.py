@@ -177,6 +177,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
                 open_store,
                 partitions=config.nats.partitions,
                 retain_events_s=config.events.retain.total_seconds(),
+                duplicate_window_s=config.nats.duplicate_window.total_seconds(),
                 security=functools.partial(nats_security, config.nats),
             )
         except (ReplicaStartError, ControlStoreError) as exc:

@@ -236,6 +236,7 @@ def follow_stream(
     deliver: Callable[[Msg], None],
     *,
     batch: int = 256,
+    on_idle: Callable[[], None] | None = None,
 ) -> Callable[[], None]:
     """Deliver every message of `stream` on `subject` from sequence `start` on, in order and each once, to
     `deliver` (called on the loop thread: it must not block). Returns the function that stops it.
@@ -244,7 +245,8 @@ def follow_stream(
     whatever goes wrong with it (its server died, a request timed out, the connection was lost) ends it,
     and a new one is made from the sequence after the last message delivered, so nothing is skipped or
     delivered twice; the loop owns its position, so a restart of the consumer never depends on the
-    client library's recovery."""
+    client library's recovery. `on_idle` (on the loop thread) is called whenever a fetch found nothing
+    more: every message the stream held when it was called had been delivered."""
     stopped = asyncio.Event()
 
     async def run() -> None:
@@ -271,6 +273,8 @@ def follow_stream(
                     try:
                         messages = await sub.fetch(batch, timeout=1.0)
                     except (TimeoutError, NatsTimeout):
+                        if on_idle is not None:
+                            on_idle()
                         continue
                     for message in messages:
                         seq = int(message.metadata.sequence.stream)

@@ -66,7 +66,8 @@ FLAG_DEFAULTS = {
     "--nats": ("nats.url", ""),
     "--nats-replicas": ("nats.replicas", 3),
     "--nats-partitions": ("nats.partitions", 8),
-    # issue 18: TLS and credentials of the NATS connection
+    # issue 18: TLS and credentials of the NATS connection, the events stream's duplicate window
+    "--nats-duplicate-window": ("nats.duplicate_window", timedelta(minutes=2)),
     "--nats-ca": ("nats.ca", None),
     "--nats-cert": ("nats.cert", None),
     "--nats-key": ("nats.key", None),
