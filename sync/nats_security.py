@@ -195,5 +195,10 @@ def connect_problem(errors: Sequence[BaseException], security: NatsSecurity) -> 
             )
     for exc in errors:
         if isinstance(exc, ssl.SSLError):
+            if "CERTIFICATE_REQUIRED" in str(exc).upper() and security.cert is None:
+                return (
+                    "TLS: the NATS servers verify clients and want a client certificate: set nats.cert "
+                    f"and nats.key ({exc})"
+                )
             return f"TLS with the NATS server failed: {exc}"
     return None

@@ -5,8 +5,9 @@ certificates and a user and password (or a token), started from the installed bi
 
 - A replica given the CA, its client certificate and the user (password in a file) connects, takes a push
   and serves it; one given a token connects to a cluster that wants that token.
-- A wrong password, a missing token, a CA that did not sign the servers' certificate, a missing file, a
-  TLS setting against a server without TLS: each stops the start with exit 2 and a message naming it.
+- A wrong password, a missing token, a CA that did not sign the servers' certificate, no client
+  certificate for servers that want one, a missing file, a TLS setting against a server without TLS:
+  each stops the start with exit 2 and a message naming it.
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def test_a_ca_that_did_not_sign_the_servers_stops_the_start(
     done = _serve(tmp_path / "r", "--nats", tls_cluster.url_list, "--nats-ca", str(other.ca))
     assert done.returncode == 2, done.stderr
     assert f"the NATS server's certificate is not trusted by nats.ca = {other.ca}" in done.stderr
+
+
+def test_no_client_certificate_for_servers_that_verify_clients_stops_the_start(
+    tls_cluster: NatsCluster, certs: Certs, tmp_path: Path
+) -> None:
+    import os
+
+    env = {**os.environ, "EDGEWISE_NATS_PASSWORD": "s3cret-pw"}
+    args = ["--nats", tls_cluster.url_list, "--nats-ca", str(certs.ca), "--nats-user", "edgewise"]
+    done = _serve(tmp_path / "r", *args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "the NATS servers verify clients and want a client certificate: set nats.cert" in done.stderr
 
 
 def test_a_missing_file_stops_the_start_before_connecting(tmp_path: Path) -> None:
