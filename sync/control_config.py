@@ -394,8 +394,8 @@ class NatsConfig:
     creds: Path | None = field(
         default=None,
         metadata=meta(
-            "NATS .creds file (a user JWT and its NKEY seed; needs the nkeys package); instead of a user "
-            "or a token",
+            "NATS .creds file (a user JWT and its NKEY seed: decentralized auth); instead of a user or a "
+            "token",
             flag="--nats-creds",
             metavar="FILE",
         ),

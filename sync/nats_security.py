@@ -6,8 +6,8 @@
   or a URL is `tls://`; a server that requires TLS gets it either way (nats-py upgrades the connection).
 - Credentials, at most one kind: `nats.user` with a password (`nats.password_file`, else the
   `EDGEWISE_NATS_PASSWORD` variable), a token (`nats.token_file`, else `EDGEWISE_NATS_TOKEN`), or a
-  `.creds` file (`nats.creds`: a user JWT and its NKEY seed, decentralized auth; needs the `nkeys`
-  package).
+  `.creds` file (`nats.creds`: a user JWT and its NKEY seed, decentralized auth; the `nkeys` package,
+  which the `nats` extra brings, signs the server's challenge).
 
 The secrets stay out of the configuration (files or variables, as the edge and ops tokens do).
 `load_security` reads and checks every file at start, so a missing or unreadable one is an error naming
@@ -163,7 +163,8 @@ def load_security(
         raise NatsSecurityError("nats.password_file is set without nats.user")
     if creds is not None and importlib.util.find_spec("nkeys") is None:
         raise NatsSecurityError(
-            "nats.creds needs the nkeys package to sign the server's challenge: pip install nkeys"
+            "nats.creds needs the nkeys package to sign the server's challenge: pip install 'edgewise[nats]' "
+            "(or pip install nkeys)"
         )
     return NatsSecurity(
         ca=_readable("nats.ca", ca),

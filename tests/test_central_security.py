@@ -4,7 +4,8 @@ certificates and a user and password (or a token), started from the installed bi
 (`edgewise.nats_cluster`, certificates made with the openssl CLI: tests/tls_certs.py).
 
 - A replica given the CA, its client certificate and the user (password in a file) connects, takes a push
-  and serves it; one given a token connects to a cluster that wants that token.
+  and serves it; one given a token connects to a cluster that wants that token; one given a `.creds`
+  file connects to a cluster in operator mode (decentralized JWT auth: tests/nats_jwt.py).
 - A wrong password, a missing token, a CA that did not sign the servers' certificate, no client
   certificate for servers that want one, a missing file, a TLS setting against a server without TLS:
   each stops the start with exit 2 and a message naming it.
@@ -12,6 +13,7 @@ certificates and a user and password (or a token), started from the installed bi
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -145,5 +147,25 @@ def test_a_replica_logs_in_with_a_token(certs: Certs, bundle_dir: Path, tmp_path
                 env=OPS,
                 timeout=60,
             )
+            with ControlClient(replica.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
+                assert ops.push(bundle_dir).version >= 1
+
+
+def test_a_replica_logs_in_with_a_creds_file(bundle_dir: Path, tmp_path: Path) -> None:
+    require_nats()
+    if importlib.util.find_spec("nkeys") is None:
+        pytest.skip("the nkeys package is not installed: pip install 'edgewise[nats]'")
+    from tests.nats_jwt import decentralized_auth
+
+    auth = decentralized_auth()
+    creds = tmp_path / "replica.creds"
+    creds.write_text(auth.creds)
+    with NatsCluster(tmp_path / "nats", size=3, config=auth.server_config).start() as cluster:
+        done = _serve(tmp_path / "r0", "--nats", cluster.url_list)  # no credentials: refused
+        assert done.returncode == 2, done.stderr
+        assert "the NATS servers refused the login (no credentials given)" in done.stderr
+        with Processes(tmp_path / "run", env=OPS) as processes:
+            args = ["--nats", cluster.url_list, "--nats-creds", str(creds)]
+            replica = start_control(processes, tmp_path / "r", *args, env=OPS, timeout=60)
             with ControlClient(replica.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
                 assert ops.push(bundle_dir).version >= 1

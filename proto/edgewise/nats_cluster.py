@@ -11,8 +11,9 @@ of its own (free loopback ports), its JetStream store under `workdir/<name>/stor
 leader (a stream can be created). `kill(i)` SIGKILLs one server, `restart(i)` starts it again on the
 same ports and store; `stop()` kills every server still running, by pid. `tls=NatsTls(cert, key, ca)`
 makes the client ports TLS (clients must present a certificate signed by `ca` when it is given), and
-`user`/`password` or `token` make them require a login (an authorization block); the cluster routes
-stay plain either way. Every server runs in a process
+`user`/`password` or `token` make them require a login (an authorization block), and `config` is put
+into a configuration file each server reads first (e.g. an `operator` and a resolver, for JWT logins;
+the flags above win over it); the cluster routes stay plain either way. Every server runs in a process
 group of its own, so a Ctrl-C at the terminal reaches only the parent.
 
 It imports nothing of ours and nothing of nats-py: only the binary is needed.
@@ -124,6 +125,7 @@ class NatsCluster:
         user: str = "",
         password: str = "",
         token: str = "",
+        config: str = "",
     ):
         found = binary or nats_server_binary()
         if found is None:
@@ -132,6 +134,7 @@ class NatsCluster:
             raise NatsClusterError("a NATS server takes a user and password or a token, not both")
         self.tls = tls
         self.user, self.password, self.token = user, password, token
+        self.config = config
         self.binary = found
         self.workdir = Path(workdir)
         self.name = name
@@ -158,8 +161,12 @@ class NatsCluster:
 
     def _command(self, server: NatsServer) -> list[str]:
         routes = ",".join(f"nats://127.0.0.1:{s.cluster_port}" for s in self.servers if s is not server)
-        command = [
-            self.binary,
+        command = [self.binary]
+        if self.config:
+            path = self.workdir / f"{server.name}.conf"
+            path.write_text(self.config)
+            command += ["--config", str(path)]
+        command += [
             "--server_name", server.name,
             "--addr", "127.0.0.1",
             "--port", str(server.client_port),
