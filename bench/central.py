@@ -15,10 +15,11 @@ streams), `control serve --nats` replicas, an embedded `control serve`, and `edg
    machine load; latency = the latest `sync_applied` ts over the side's edges minus the time the Push
    returned (as `bench.sync`). The ratio of the p99s is the figure the issue bounds (<= 1.5).
 2. Events stored and folded per second, with 1 and with 2 replicas: `--events` view events tracked into
-   one edge per replica (split evenly), at full speed; stored = `events_total` (messages in the events
-   stream) reaching the count, folded = the jobs holder's `profiles_folded` line covering the stream's last
-   sequence. CPU seconds of every replica process (utime + stime from /proc) over the stage, per 100k
-   events, and the capacity of a 16-core control machine from that per-event cost.
+   one edge per replica (split evenly), at full speed; stored = `events_total` (distinct records in the
+   replica's copy of the events stream: it trails the stream by the copy's lag) reaching the count,
+   folded = the jobs holder's `profiles_folded` line covering the stream's last sequence. CPU seconds of
+   every replica process (utime + stime from /proc) over the stage, per 100k events, and the capacity
+   of a 16-core control machine from that per-event cost.
 3. Failover: a NATS server SIGKILLed while pushes go through a replica every 50 ms: the longest gap
    between acknowledged pushes (time until pushes are accepted again), and that no acknowledged push is
    missing from the history afterwards.

@@ -4,15 +4,21 @@ Stream `EDGEWISE_EVENTS`, subjects `edgewise.events.<partition>.<user token>`: t
 the user id modulo `partitions` (one user's records stay in one partition, in order), the user token
 the first 32 hex digits of the SHA-256 of the user id (so forgetting a user is one purge of the subjects
 `edgewise.events.*.<token>`, no scan). One message per record, its payload as the edge stored it, with
-headers `Nats-Msg-Id` = the record's id (a record forwarded again within the duplicate window, 2 minutes,
-is stored once: the edge retried after a lost reply) and `Edgewise-Node`, `Edgewise-Kind`. File storage,
-`replicas` copies, limits retention with `max_age` = `events.retain` (0: none).
+headers `Nats-Msg-Id` = the record's id (a record forwarded again within the duplicate window,
+`nats.duplicate_window`, 2 minutes by default, is stored once: the edge retried after a lost reply) and
+`Edgewise-Node`, `Edgewise-Kind`. File storage, `replicas` copies, limits retention with `max_age` =
+`events.retain` (0: none).
 
 `store` returns once JetStream acknowledged every record (a majority of the stream's replicas stored it):
 only then does `Forward` answer the edge, which deletes its outbox entries. Every replica follows the
 stream (`follow`) into its local event store (`sync/event_store.py`) under the stream's sequence numbers,
 so the jobs' cursors mean the same on every replica, and a record stored twice (after the duplicate
 window) is kept once (the event store de-duplicates by id).
+
+So `events_total` is counted in that copy, not in the stream: the distinct records, however late a batch
+was sent again. `wait_copied` makes the count read what the stream held when it was asked: it waits
+(bounded) until the copy reached the stream's last sequence, or the follower found nothing more to
+read (the last messages were purged by a forget), and the copy stored all it was handed.
 """
 
 from __future__ import annotations
@@ -63,13 +69,17 @@ class CentralEvents:
         replicas: int = 3,
         partitions: int = 8,
         retain_s: float = 0.0,
+        duplicate_window_s: float = DUPLICATE_WINDOW_S,
         timeout: float = 10.0,
     ) -> None:
         self.bridge = bridge
         self.replicas = replicas
         self.partitions = partitions
         self.retain_s = retain_s
+        self.duplicate_window_s = duplicate_window_s
         self.timeout = timeout
+        self._delivered = 0  # the last stream sequence `follow` handed over
+        self._idle_at = 0.0  # when `follow` last found nothing more to read (monotonic)
 
     def _wanted(self) -> StreamConfig:
         from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -82,7 +92,7 @@ class CentralEvents:
             discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
             num_replicas=self.replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=self.duplicate_window_s,
             max_age=self.retain_s or None,
         )
 
@@ -116,6 +126,14 @@ class CentralEvents:
             raise LogSettingsError(
                 f"the JetStream stream {EVENTS_STREAM} exists with settings the control plane cannot use: "
                 + "; ".join(problems)
+            )
+        if abs((config.duplicate_window or 0) - self.duplicate_window_s) > 0.001:
+            log.warning(
+                "events_duplicate_window_differs",
+                extra={
+                    "stream_duplicate_window_s": config.duplicate_window or 0,
+                    "nats_duplicate_window_s": self.duplicate_window_s,
+                },
             )
         if (config.max_age or 0) != (self.retain_s or 0):
             log.warning(
@@ -170,8 +188,24 @@ class CentralEvents:
 
     # -- reading ---------------------------------------------------------------------------------------
 
+    def wait_copied(self, position: Callable[[], int], timeout: float) -> bool:
+        """Until the local copy (its position: `position()`) holds every record the stream holds now (see
+        the module doc); False after `timeout` seconds."""
+        asked = time.monotonic()
+        info = self.bridge.run(self.bridge.js.stream_info(EVENTS_STREAM), self.timeout)
+        last = int(info.state.last_seq)
+        deadline = asked + timeout
+        while True:
+            copied = position()
+            if copied >= last or (self._idle_at > asked and copied >= self._delivered):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
     def count(self) -> int:
-        """Events and exposures stored in the stream."""
+        """Events and exposures stored in the stream (a record sent again after the duplicate window is in
+        it twice: `events_total` counts the local copy instead)."""
         info = self.bridge.run(self.bridge.js.stream_info(EVENTS_STREAM), self.timeout)
         return int(info.state.messages)
 
@@ -193,14 +227,21 @@ class CentralEvents:
 
         def on_message(msg: Msg) -> None:
             headers = msg.headers or {}
+            seq = int(msg.metadata.sequence.stream)
             deliver(
                 (
-                    int(msg.metadata.sequence.stream),
+                    seq,
                     headers.get(NODE_HEADER, ""),
                     headers.get(KIND_HEADER, "event"),
                     headers.get("Nats-Msg-Id", ""),
                     msg.data,
                 )
             )
+            self._delivered = seq
 
-        return follow_stream(self.bridge, EVENTS_STREAM, f"{EVENTS_PREFIX}.>", start, on_message)
+        def on_idle() -> None:
+            self._idle_at = time.monotonic()
+
+        return follow_stream(
+            self.bridge, EVENTS_STREAM, f"{EVENTS_PREFIX}.>", start, on_message, on_idle=on_idle
+        )

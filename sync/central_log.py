@@ -11,11 +11,19 @@ JetStream resources (created by the first replica, checked by every other one):
   `{"l": lineage, "i": [version, base_version, first_seq, changes, kind, created_at_ms, description],
   "c": [[namespace, key, value or nil], ...], "k": {consumer cursor: position}}` (the cursors a job's
   commit moves: the profile folder's and bandit learner's place in the events stream); a commit over
-  `INLINE_BYTES` is put in the object store
-  and the message carries `"r": object name` instead of `"c"`.
+  `INLINE_BYTES` is put in the object store as `commit.<position>.<message id>` (the position it is
+  published at: `Nats-Expected-Last-Sequence` makes it the only one it can land at) and the message
+  carries `"r": object name` instead of `"c"`.
 - object store `EDGEWISE_SNAPSHOTS`, same replicas: `snapshot.<position>`, the full state at that log
   position (msgpack `{"l", "p", "commits": the newest commit infos, "forgotten": {user: version},
-  "records": [[namespace, key, value], ...]}`), and the payloads of large commits (`commit.<id>`).
+  "records": [[namespace, key, value], ...]}`), and the payloads of large commits (`commit.<position>.<id>`).
+
+Compaction (`put_snapshot`: after a snapshot, and with `keep=1` after a forget) purges the log messages
+up to the oldest kept snapshot and deletes the large-commit objects at those positions with them (and
+those of publishes that never landed there: refused, or not confirmed), so a forgotten user's profile
+does not outlive the forget in the object store either. A replica that reads a message whose object was
+deleted meanwhile (it was behind the compaction) is told so (`CommitCompacted`) and installs the newest
+snapshot instead.
 
 `append` publishes with `Nats-Expected-Last-Sequence` set to the position the caller's state is
 at (optimistic concurrency: a replica that missed a commit is refused, `LogConflict`, catches up and
@@ -52,6 +60,7 @@ __all__ = [
     "LOG_SUBJECT",
     "SNAPSHOT_BUCKET",
     "CentralLog",
+    "CommitCompacted",
     "LogConflict",
     "LogEntry",
     "LogSettingsError",
@@ -104,6 +113,15 @@ class LogConflict(Exception):
     def __init__(self, last: int) -> None:
         super().__init__(f"the change log is at position {last}")
         self.last = last
+
+
+class CommitCompacted(Exception):
+    """The object holding a large commit's changes was deleted: the log was compacted past `position`, so
+    the newest snapshot covers it."""
+
+    def __init__(self, position: int, name: str) -> None:
+        super().__init__(f"the changes of log position {position} ({name}) were compacted away")
+        self.position = position
 
 
 class LogSettingsError(RuntimeError):
@@ -178,6 +196,19 @@ def decode_snapshot(raw: bytes) -> Snapshot:
 
 def _snapshot_name(position: int) -> str:
     return f"snapshot.{position:016d}"
+
+
+def _commit_name(position: int, msg_id: str) -> str:
+    return f"commit.{position:016d}.{msg_id}"
+
+
+def _commit_position(name: str) -> int | None:
+    """The log position a large commit's object was published for (None: not such an object, or one named
+    before positions were in the name, `commit.<id>`)."""
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "commit" and parts[1].isdigit():
+        return int(parts[1])
+    return None
 
 
 class CentralLog:
@@ -302,7 +333,7 @@ class CentralLog:
         doc, payload = self.encode(info, changes, cursors)
         msg_id = uuid.uuid4().hex
         if payload is not None:
-            name = f"commit.{msg_id}"
+            name = _commit_name(expected + 1, msg_id)
             await self._with_retries(lambda: self.objects.put(name, payload), deadline_s)
             doc["r"] = name
         message = msgpack.packb(doc, use_bin_type=True)
@@ -320,6 +351,8 @@ class CentralLog:
                     if last == 0:
                         stream = await self.js.stream_info(LOG_STREAM)
                         last = int(stream.state.last_seq)
+                    if "r" in doc:  # not in the log: its object goes (else compaction takes it later)
+                        await self._delete_object(doc["r"])
                     raise LogConflict(max(last, expected + 1)) from None
                 if not isinstance(exc, ServiceUnavailableError) and exc.code not in (503, 504):
                     raise
@@ -330,12 +363,38 @@ class CentralLog:
                 raise LogUnavailable(f"JetStream did not store the commit in {deadline_s:g} s: {problem!r}")
             await asyncio.sleep(0.1)
 
-    async def _with_retries(self, call: Callable[[], Any], deadline_s: float) -> Any:
+    async def _get_commit(self, position: int, name: str) -> Any:
+        from nats.js.errors import NotFoundError
+
+        try:
+            return await self._with_retries(lambda: self.objects.get(name), 30.0, fatal=NotFoundError)
+        except NotFoundError:
+            raise CommitCompacted(position, name) from None
+
+    async def _delete_object(self, name: str) -> bool:
+        """Delete one object (its chunks purged); False when JetStream did not (logged: compaction or the
+        next forget deletes it)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self.objects.delete(name)
+        except NotFoundError:
+            pass
+        except Exception as exc:
+            log.warning("commit_object_delete_failed", extra={"object": name, "error": repr(exc)[:300]})
+            return False
+        return True
+
+    async def _with_retries(
+        self, call: Callable[[], Any], deadline_s: float, fatal: type[BaseException] | None = None
+    ) -> Any:
         end = time.monotonic() + deadline_s
         while True:
             try:
                 return await call()
             except Exception as exc:
+                if fatal is not None and isinstance(exc, fatal):
+                    raise
                 if time.monotonic() > end:
                     raise LogUnavailable(f"JetStream did not answer in {deadline_s:g} s: {exc!r}") from exc
                 await asyncio.sleep(0.2)
@@ -343,9 +402,11 @@ class CentralLog:
     # -- reading ---------------------------------------------------------------------------------------
 
     def decode(self, position: int, data: bytes) -> LogEntry:
+        """The commit of the message at `position`; CommitCompacted when its changes are in an object that
+        compaction deleted (install the newest snapshot instead)."""
         doc = msgpack.unpackb(data, raw=False)
         if "r" in doc:
-            result = self.bridge.run(self._with_retries(lambda: self.objects.get(doc["r"]), 30.0), 40.0)
+            result = self.bridge.run(self._get_commit(position, str(doc["r"])), 40.0)
             body = msgpack.unpackb(result.data or b"", raw=False)
         else:
             body = doc["c"]
@@ -380,6 +441,18 @@ class CentralLog:
         if len(kept) >= keep:
             oldest = int(kept[0].split(".")[1])
             await self.js.purge_stream(LOG_STREAM, seq=oldest + 1)  # messages below it leave
+            await self._drop_commit_objects(oldest)
+
+    async def _drop_commit_objects(self, upto: int) -> int:
+        """Delete the large-commit objects of log positions up to `upto` (purged from the log); how many."""
+        dropped = 0
+        for name in await self._object_names():
+            position = _commit_position(name)
+            if position is not None and position <= upto and await self._delete_object(name):
+                dropped += 1
+        if dropped:
+            log.info("commit_objects_dropped", extra={"upto": upto, "objects": dropped})
+        return dropped
 
     async def _object_names(self) -> list[str]:
         from nats.js.errors import NotFoundError

@@ -29,7 +29,14 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from edgewise.sync.central_log import CentralLog, LogConflict, LogEntry, LogUnavailable, Snapshot
+from edgewise.sync.central_log import (
+    CentralLog,
+    CommitCompacted,
+    LogConflict,
+    LogEntry,
+    LogUnavailable,
+    Snapshot,
+)
 from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
 
 log = logging.getLogger(__name__)
@@ -178,7 +185,17 @@ class Replica:
                 self._install(snapshot)
             if position <= snapshot.position:
                 return True
-        entry: LogEntry = self.central.decode(position, data)
+        try:
+            entry: LogEntry = self.central.decode(position, data)
+        except CommitCompacted:  # a large commit's object went with a compaction past it: a snapshot has it
+            snapshot = self.central.newest_snapshot()
+            if snapshot is None or snapshot.position < position:
+                raise ControlStoreError(
+                    f"log position {position} was compacted and no snapshot covers it"
+                ) from None
+            with self.lock:
+                self._install(snapshot)
+            return True
         if entry.lineage != self.store.lineage:
             raise ControlStoreError(f"log position {position} is of lineage {entry.lineage}, not ours")
         with self.lock:

@@ -44,6 +44,7 @@ MAX_ATTEMPTS: Final = 50
 CATCH_UP_S: Final = 10.0
 RESUME_WAIT_S: Final = 5.0  # how long a Subscribe waits for the log to reach the edge's version
 SNAPSHOT_EVERY: Final = 1000  # commits between snapshots (and after every push or rollback)
+COUNT_WAIT_S: Final = 3.0  # how long Status waits for the local copy of the events stream to catch up
 T = TypeVar("T")
 
 
@@ -142,7 +143,11 @@ class CentralControlService(ControlPlaneService):
         return removed
 
     def _events_total(self) -> int:
-        return self.central_events.count()
+        # The distinct records: the local copy de-duplicates by id, the stream does not past its duplicate
+        # window (sync/central_events.py). Read once the copy holds what the stream holds now.
+        if not self.central_events.wait_copied(self.follower.position, COUNT_WAIT_S):
+            log.warning("events_total_behind", extra={"copied": self.follower.position()})
+        return self.local_events.count()
 
     def _await_version(self, lineage: str, version: int) -> None:
         # An edge that moved here from another replica may have applied a commit this replica has not

@@ -39,6 +39,7 @@ from edgewise.sync.auth import EDGE_TOKEN_ENV, OPS_TOKEN_ENV
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES
 from edgewise.sync.nats_bridge import nats_url_problem
+from edgewise.sync.nats_security import PASSWORD_ENV, TOKEN_ENV
 from edgewise.sync.rollout_health import RolloutPolicy
 from edgewise.sync.stalls import DEFAULT_WRITE_TIMEOUT_SECONDS
 
@@ -441,6 +442,65 @@ class NatsConfig:
             max=1024,
             flag="--nats-partitions",
             metavar="N",
+        ),
+    )
+    duplicate_window: timedelta = field(
+        default=timedelta(minutes=2),
+        metadata=meta(
+            "JetStream's duplicate window of the events stream: a record forwarded again within it is "
+            "stored once (events_total counts distinct records either way)",
+            min=1,
+            flag="--nats-duplicate-window",
+            metavar="DURATION",
+        ),
+    )
+    ca: Path | None = field(
+        default=None,
+        metadata=meta(
+            "CA the NATS servers' certificates must chain to (TLS on; empty: the system's CAs, and TLS only "
+            "if a server requires it or a URL is tls://)",
+            flag="--nats-ca",
+            metavar="FILE",
+        ),
+    )
+    cert: Path | None = field(
+        default=None,
+        metadata=meta(
+            "client certificate for NATS servers that verify clients (with nats.key)",
+            flag="--nats-cert",
+            metavar="FILE",
+        ),
+    )
+    key: Path | None = field(
+        default=None, metadata=meta("private key of nats.cert", flag="--nats-key", metavar="FILE")
+    )
+    user: str = field(
+        default="",
+        metadata=meta(
+            f"NATS user name (its password: nats.password_file, else the {PASSWORD_ENV} variable)",
+            flag="--nats-user",
+            metavar="NAME",
+        ),
+    )
+    password_file: Path | None = field(
+        default=None,
+        metadata=meta("file holding nats.user's password", flag="--nats-password-file", metavar="FILE"),
+    )
+    token_file: Path | None = field(
+        default=None,
+        metadata=meta(
+            f"file holding the NATS token (else the {TOKEN_ENV} variable); instead of a user",
+            flag="--nats-token-file",
+            metavar="FILE",
+        ),
+    )
+    creds: Path | None = field(
+        default=None,
+        metadata=meta(
+            "NATS .creds file (a user JWT and its NKEY seed: decentralized auth); instead of a user or a "
+            "token",
+            flag="--nats-creds",
+            metavar="FILE",
         ),
     )
 

@@ -167,7 +167,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
         )
     central = None
     if config.nats.url:  # a replica of the central tier (docs/central.md)
-        from edgewise.sync.central_serve import ReplicaStartError, open_replica
+        from edgewise.sync.central_serve import ReplicaStartError, nats_security, open_replica
 
         try:
             central = open_replica(
@@ -177,6 +177,8 @@ def run_control_serve(args: argparse.Namespace) -> int:
                 open_store,
                 partitions=config.nats.partitions,
                 retain_events_s=config.events.retain.total_seconds(),
+                duplicate_window_s=config.nats.duplicate_window.total_seconds(),
+                security=functools.partial(nats_security, config.nats),
             )
         except (ReplicaStartError, ControlStoreError) as exc:
             print(f"edgewise control serve: --nats: {exc}", file=sys.stderr)

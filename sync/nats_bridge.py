@@ -17,11 +17,14 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from edgewise.sync.nats_security import NatsSecurity, connect_problem
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -89,9 +92,15 @@ class NatsBridge:
     """An event loop thread with one NATS connection (reconnecting forever once connected)."""
 
     def __init__(
-        self, urls: list[str], *, connect_timeout: float = 5.0, name: str = "edgewise-control"
+        self,
+        urls: list[str],
+        *,
+        connect_timeout: float = 5.0,
+        name: str = "edgewise-control",
+        security: NatsSecurity | None = None,
     ) -> None:
         self.urls = urls
+        self.security = security or NatsSecurity()
         self._nats = import_nats()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nats-loop", daemon=True)
@@ -106,7 +115,16 @@ class NatsBridge:
         self._js = self._nc.jetstream(timeout=5.0)
 
     async def _connect(self, timeout: float, name: str) -> Client:
+        seen: list[BaseException] = []  # what went wrong while connecting: names the cause if it fails
+        options = self.security.connect_options(self.urls)
+
+        fatal = asyncio.Event()  # a certificate no server can pass: nats-py may hang after it, so stop
+
         async def on_error(exc: Exception) -> None:
+            if len(seen) < 50:
+                seen.append(exc)
+            if isinstance(exc, ssl.SSLError):
+                fatal.set()
             log.warning("nats_error", extra={"error": repr(exc)[:300]})
 
         async def on_disconnected() -> None:
@@ -115,9 +133,11 @@ class NatsBridge:
         async def on_reconnected() -> None:
             url = self._nc.connected_url.netloc if self._nc is not None and self._nc.connected_url else ""
             log.info("nats_reconnected", extra={"server": url})
+            if self._nc is not None and "tls" in options and not _tls_required(self._nc):
+                log.error("nats_tls_missing", extra={"server": url, "error": "this server does not use TLS"})
 
-        try:
-            client: Client = await self._nats.connect(
+        connecting = asyncio.ensure_future(
+            self._nats.connect(
                 self.urls,
                 name=name,
                 connect_timeout=max(1, int(timeout)),
@@ -127,11 +147,34 @@ class NatsBridge:
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                **options,
             )
+        )
+        stopped = asyncio.ensure_future(fatal.wait())
+        await asyncio.wait([connecting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        servers = ", ".join(self.urls)
+        if not connecting.done():  # a TLS failure: the cause is known, the client is abandoned
+            connecting.cancel()
+            problem = connect_problem(seen, self.security) or f"TLS failed: {seen[-1]!r}"
+            raise NatsUnavailable(f"{problem} (servers: {servers})")
+        try:
+            client: Client = connecting.result()
         except Exception as exc:  # nats-py raises several kinds (NoServersError, OSError, TimeoutError)
+            cause = connect_problem([*seen, exc], self.security)
+            if cause is not None:
+                raise NatsUnavailable(f"{cause} (servers: {servers})") from exc
             raise NatsUnavailable(
-                f"no NATS server answers at {', '.join(self.urls)}: {type(exc).__name__}: {exc}".rstrip(": ")
+                f"no NATS server answers at {servers}: {type(exc).__name__}: {exc}".rstrip(": ")
             ) from exc
+        if "tls" in options and not _tls_required(client):
+            # nats-py upgrades to TLS only when the server asks for it: refuse a server that does not
+            url = client.connected_url.netloc if client.connected_url else ""
+            await client.close()
+            raise NatsUnavailable(
+                f"the NATS server at {url} does not use TLS, and TLS is configured (nats.ca, nats.cert or a "
+                "tls:// URL): give the servers a tls block, or drop the TLS settings"
+            )
         client.options["max_reconnect_attempts"] = -1  # once connected: reconnect for ever (nats-py reads it)
         return client
 
@@ -174,6 +217,12 @@ class NatsBridge:
             self._loop.close()
 
 
+def _tls_required(client: Client) -> bool:
+    """Whether the server `client` is connected to made the connection TLS (its INFO says so)."""
+    info = getattr(client, "_server_info", None) or {}
+    return bool(info.get("tls_required"))
+
+
 def transient_setup_error(exc: BaseException) -> bool:
     """Whether JetStream refused a setup step only because the cluster is not ready for it yet."""
     return getattr(exc, "err_code", None) in _TRANSIENT_SETUP_CODES
@@ -187,6 +236,7 @@ def follow_stream(
     deliver: Callable[[Msg], None],
     *,
     batch: int = 256,
+    on_idle: Callable[[], None] | None = None,
 ) -> Callable[[], None]:
     """Deliver every message of `stream` on `subject` from sequence `start` on, in order and each once, to
     `deliver` (called on the loop thread: it must not block). Returns the function that stops it.
@@ -195,7 +245,8 @@ def follow_stream(
     whatever goes wrong with it (its server died, a request timed out, the connection was lost) ends it,
     and a new one is made from the sequence after the last message delivered, so nothing is skipped or
     delivered twice; the loop owns its position, so a restart of the consumer never depends on the
-    client library's recovery."""
+    client library's recovery. `on_idle` (on the loop thread) is called whenever a fetch found nothing
+    more: every message the stream held when it was called had been delivered."""
     stopped = asyncio.Event()
 
     async def run() -> None:
@@ -222,6 +273,8 @@ def follow_stream(
                     try:
                         messages = await sub.fetch(batch, timeout=1.0)
                     except (TimeoutError, NatsTimeout):
+                        if on_idle is not None:
+                            on_idle()
                         continue
                     for message in messages:
                         seq = int(message.metadata.sequence.stream)

