@@ -798,12 +798,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         )  # never the user id in logs
         return sync_pb2.ForgetReply(version=version, events_removed=removed)
 
-    def Promote(self, request: sync_pb2.PromoteRequest, context: grpc.ServicerContext) -> sync_pb2.PushReply:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "canary rollouts are not built yet (issue 21, item 3)")
-
-    def Abort(self, request: sync_pb2.AbortRequest, context: grpc.ServicerContext) -> sync_pb2.PushReply:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "canary rollouts are not built yet (issue 21, item 3)")
-
     def ForgetStatus(
         self, request: sync_pb2.ForgetStatusRequest, context: grpc.ServicerContext
     ) -> sync_pb2.ForgetStatusReply:
