@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Final
 
@@ -46,13 +47,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "DEFAULT_EVENT_WEIGHTS",
     "METHODS",
     "TRAIN_EXTRA_HINT",
+    "Interactions",
     "TrainedEmbeddings",
     "TrainingSettings",
     "TrainingUnavailable",
     "carry_users",
     "import_implicit",
+    "interactions_from_events",
     "train_embeddings",
 ]
 
@@ -60,6 +64,15 @@ METHODS: Final = ("als", "bpr")
 TRAIN_EXTRA_HINT: Final = "pip install 'edgewise[train]'"
 TARGET_SCORE: Final = 1.0  # the median score of a user's own training pairs after rescaling
 _MIN_CARRY_FACTOR: Final = 2  # the carry map needs this many shared items per dimension
+_DAY_MS: Final = 86_400_000
+_MIN_WEIGHT: Final = 1e-6
+# What one event of a type says about the user's interest in its item (ALS: its confidence).
+DEFAULT_EVENT_WEIGHTS: Final[Mapping[str, float]] = {
+    "purchase": 1.0,
+    "add_to_cart": 0.5,
+    "click": 0.25,
+    "view": 0.1,
+}
 
 
 class TrainingUnavailable(RuntimeError):
@@ -132,6 +145,66 @@ class TrainedEmbeddings:
     carry_map: NDArray[np.float64] | None  # [dim, dim]: previous item vector -> new (None: kept as is)
     scale: float  # the factor the raw scores were multiplied by
     seconds: float  # the library's fit
+
+
+@dataclass(frozen=True, slots=True)
+class Interactions:
+    """Events summed per (user, item): `users[k]`, `items[k]` (item rows), `weights[k]`; `user_ids[u]` is
+    the user of index u. `unknown_items`: item ids of events that are not in the catalog, with counts."""
+
+    user_ids: tuple[str, ...]
+    users: NDArray[np.int64]
+    items: NDArray[np.int64]
+    weights: NDArray[np.float32]
+    events: int  # events that counted
+    unknown_items: Mapping[str, int] = field(default_factory=dict)
+
+
+def interactions_from_events(
+    events: Iterable[tuple[str, str, str, int]],
+    item_rows: Mapping[str, int],
+    *,
+    now_ms: int,
+    event_weights: Mapping[str, float] = DEFAULT_EVENT_WEIGHTS,
+    half_life_days: float | None = None,
+) -> Interactions:
+    """(user id, item id, event type, Unix ms) events -> summed weights per (user, item).
+
+    An event counts `event_weights[type]` (types not listed, and events without a user or an item, do not
+    count), times 0.5 ** (age in days / `half_life_days`) with a half-life (age from `now_ms`; events
+    from the future count as new; pairs whose sum decayed below 1e-6 are dropped). Items not in
+    `item_rows` are counted in `unknown_items`, not trained. Users are numbered in order of their ids
+    (sorted), so the same events give the same numbering."""
+    if half_life_days is not None and not half_life_days > 0.0:
+        raise ValueError(f"half_life_days must be > 0, got {half_life_days!r}")
+    summed: dict[tuple[str, int], float] = {}
+    unknown: dict[str, int] = {}
+    counted = 0
+    for user, item, kind, ts in events:
+        weight = event_weights.get(kind, 0.0)
+        if weight <= 0.0 or not user or not item:
+            continue
+        row = item_rows.get(item)
+        if row is None:
+            unknown[item] = unknown.get(item, 0) + 1
+            continue
+        if half_life_days is not None:
+            weight *= 0.5 ** (max(now_ms - ts, 0) / _DAY_MS / half_life_days)
+        key = (user, row)
+        summed[key] = summed.get(key, 0.0) + weight
+        counted += 1
+    summed = {key: w for key, w in summed.items() if w >= _MIN_WEIGHT}  # decayed to nothing
+    user_ids = tuple(sorted({user for user, _ in summed}))
+    index = {user: n for n, user in enumerate(user_ids)}
+    pairs = sorted(summed.items(), key=lambda kv: (index[kv[0][0]], kv[0][1]))
+    return Interactions(
+        user_ids=user_ids,
+        users=np.array([index[user] for (user, _), _ in pairs], dtype=np.int64),
+        items=np.array([row for (_, row), _ in pairs], dtype=np.int64),
+        weights=np.array([w for _, w in pairs], dtype=np.float32),
+        events=counted,
+        unknown_items=unknown,
+    )
 
 
 def _interaction_matrix(

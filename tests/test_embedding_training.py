@@ -16,6 +16,7 @@ from edgewise.core.embedding_training import (
     TrainingSettings,
     TrainingUnavailable,
     carry_users,
+    interactions_from_events,
     train_embeddings,
 )
 from edgewise.core.scoring import HALF_MAX
@@ -188,3 +189,27 @@ def test_without_implicit_the_error_names_the_extra(monkeypatch: pytest.MonkeyPa
     with pytest.raises(TrainingUnavailable) as caught:
         train_embeddings(users, items, weights, n_items=n_items, dim=DIM, previous=None, settings=settings)
     assert TRAIN_EXTRA_HINT in str(caught.value)
+
+
+def test_interactions_from_events_weigh_decay_and_count_unknown_items() -> None:
+    day = 86_400_000
+    now = 100 * day
+    events = [
+        ("u2", "a", "purchase", now),
+        ("u2", "a", "view", now),  # same pair: summed
+        ("u1", "b", "add_to_cart", now - 30 * day),  # one half-life old
+        ("u1", "zz", "purchase", now),  # not in the catalog
+        ("u1", "zz", "view", now),
+        ("", "a", "purchase", now),  # no user
+        ("u3", "a", "remove_from_cart", now),  # not a weighted type
+        ("u3", "b", "purchase", now + day),  # from the future: counts as new
+    ]
+    got = interactions_from_events(events, {"a": 0, "b": 1}, now_ms=now, half_life_days=30.0)
+    assert got.user_ids == ("u1", "u2", "u3")
+    assert got.users.tolist() == [0, 1, 2] and got.items.tolist() == [1, 0, 1]
+    assert got.weights.tolist() == pytest.approx([0.25, 1.1, 1.0])
+    assert got.events == 4 and dict(got.unknown_items) == {"zz": 2}
+    flat = interactions_from_events(events, {"a": 0, "b": 1}, now_ms=now, event_weights={"view": 2.0})
+    assert flat.user_ids == ("u2",) and flat.weights.tolist() == [2.0]
+    with pytest.raises(ValueError, match="half_life_days"):
+        interactions_from_events(events, {}, now_ms=now, half_life_days=0.0)
