@@ -101,8 +101,8 @@ class TrainingSettings:
     method: str = "als"
     factors: int = 0
     iterations: int = 15
-    regularization: float = 0.05
-    alpha: float = 10.0  # ALS: confidence = alpha * weight (BPR ignores it)
+    regularization: float = 0.1
+    alpha: float = 20.0  # ALS: confidence = alpha * weight (BPR ignores it)
     learning_rate: float = 0.05  # BPR's SGD step (ALS ignores it)
     seed: int = 0
 
