@@ -17,8 +17,10 @@ import pytest
 
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.embedding_training import TrainingSettings
-from edgewise.core.records import decode_array, decode_item, decode_profile, encode_array
-from edgewise.core.store import Store
+from edgewise.core.records import check_profile, decode_array, decode_item, decode_profile, encode_array
+from edgewise.core.snapshot_info import SnapshotInfo
+from edgewise.core.store import REPLICATED, ReadView, Store
+from edgewise.core.version_state import build_state
 from edgewise.offline.synth import synth_bundle
 from edgewise.sync.bundle import load_bundle
 from edgewise.sync.changes import bundle_records
@@ -82,6 +84,27 @@ def _profiles(store: ControlStore) -> list[str]:
         return sorted(key for key, _ in view.items("profiles"))
 
 
+def load_edge(store: ControlStore, path: Path) -> Store:
+    """An edge store holding the control plane's current state, as a synced snapshot."""
+    edge = Store(path, map_size=1 << 28)
+    with store.read() as view:
+        records = [(ns, key.encode(), value) for ns in REPLICATED for key, value in view.items(ns)]
+        version = view.version
+    edge.apply_replicated(version, records, snapshot=True, info=SnapshotInfo(version=version))
+    return edge
+
+
+def apply_on_edge(edge: Store, version: int, changes: list[RecordChange]) -> None:
+    def check(view: ReadView) -> None:
+        for change in changes:
+            if change.namespace == "profiles" and change.value is not None:
+                check_profile(change.key, change.value)
+        build_state(view)
+
+    records = [(c.namespace, c.key.encode(), c.value) for c in changes]
+    edge.apply_replicated(version, records, snapshot=False, info=SnapshotInfo(version=version), check=check)
+
+
 def _group(row: int) -> int:
     return row * GROUPS // ITEMS
 
@@ -137,10 +160,19 @@ def test_refresh_from_forwarded_events(plane: Plane, tmp_path: Path) -> None:
     assert trained is not None
     assert trained.events == len(events) - 4 and trained.unknown_items == 1
     assert set(trained.user_vectors) == set(seen)
+    edge = load_edge(plane.store, tmp_path / "edge-follower")
     with plane.store.read() as view:
         changes = refresh_changes(view, trained)
     info = plane.store.commit(changes, kind="delta", description="embeddings refresh")
     assert info is not None
+    # an edge applies the delta with the checks its syncer runs (profiles decode, the state builds)
+    with edge:
+        apply_on_edge(edge, info.version, changes)
+        with edge.read() as edge_view:
+            state = build_state(edge_view)
+            assert state.embeddings is not None and state.embeddings.shape == (ITEMS, DIM)
+            profile = edge_view.profile(seen[0])
+            assert profile is not None and profile.embedding == trained.user_vectors[seen[0]].tobytes()
 
     rows = _rows(plane.store)
     with plane.store.read() as view:
