@@ -4,6 +4,7 @@ forwarder sends them over gRPC to an in-process control plane, which stores them
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from edgewise.sync.embedding_refresh import (
     CatalogChanged,
     EmbeddingRefreshSettings,
     refresh_changes,
+    refresh_embeddings,
     train_refresh,
 )
 from edgewise.sync.event_store import EventStore
@@ -214,3 +216,17 @@ def test_catalog_change_between_training_and_writing_is_refused(plane: Plane, tm
 def test_nothing_to_train_is_no_refresh(plane: Plane) -> None:
     with plane.store.read() as view:
         assert train_refresh(view, plane.events, SETTINGS, now_ms=NOW_MS) is None
+    assert refresh_embeddings(plane.store, plane.events, threading.Lock(), SETTINGS) is None
+
+
+def test_one_call_trains_and_commits_under_the_lock(plane: Plane, tmp_path: Path) -> None:
+    users = _profiles(plane.store)[:30]
+    events, _ = planted_events(plane, users)
+    forward(plane, tmp_path / "edge", events)
+    head = plane.store.head_version()
+    info = refresh_embeddings(plane.store, plane.events, threading.Lock(), SETTINGS, now_ms=NOW_MS)
+    assert info is not None and info.kind == "delta" and info.base_version == head
+    (commit,) = plane.store.history(limit=1)
+    assert commit.version == info.version and "embeddings retrained" in commit.description
+    # 1 array + the 30 seen users + the other profiles carrying a vector (synthetic profiles all do)
+    assert info.changes == 1 + len(_profiles(plane.store))
