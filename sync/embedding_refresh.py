@@ -1,0 +1,276 @@
+"""The embeddings half of the control plane's model refresh: forwarded events -> a model delta.
+
+Two steps, so that training (seconds) never holds the push lock:
+
+1. `train_refresh(view, events, settings)`, outside the lock: reads the catalog (item id -> row of every
+   `items` record), the current `models/item_embeddings` and the dim (that array's, else the manifest's),
+   and the forwarded Track events in the event store (`EventStore.events`; exposure records and records
+   `core/forwarded.record_problem` refuses are skipped, and so is every event its caller did not give the
+   `personalization` purpose, which is what training a user's vector is for); weighs them per
+   (user, item) (`core/embedding_training.interactions_from_events`: purchase 1, add_to_cart 0.5, click
+   0.25, view 0.1, with a half-life) and trains (`train_embeddings`: implicit's ALS or BPR). Events of
+   items not in the catalog are counted, not trained (rows for new items come from the refresh that adds
+   them to `items`; the next embeddings refresh then trains them).
+2. `refresh_changes(view, trained)`, under the lock, on the state it will commit to: the record changes
+   for one commit of kind "delta": `models/item_embeddings` whole (rows of items without interactions
+   carried over, see core/embedding_training.py), and the profiles' `e`. A seen user's profile gets the
+   new vector; a profile whose user was not seen keeps a vector carried into the new factor space
+   (`carry_users`), or, when the spaces cannot be related (`carry_map` None: too few items known to both
+   models), loses it (`e` None: the edge ranks by the mean of recent views or falls back; a
+   personalization miss, never an error). Everything else in a profile record is kept byte for byte
+   (the msgpack map is edited, not re-encoded from a schema). Users seen without a profile get none: the
+   profile folder creates profiles, with their consent. If the catalog changed since training (a push
+   moved rows or the dim), `CatalogChanged` is raised and nothing is written; the next run retrains.
+
+`refresh_embeddings(store, events, lock, settings)` is both steps and the commit, for a scheduled job:
+step 1 outside `lock` (the service's push lock), step 2 and the commit under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+from edgewise.core.activity import Event
+from edgewise.core.embedding_training import (
+    DEFAULT_EVENT_WEIGHTS,
+    TrainingSettings,
+    carry_users,
+    interactions_from_events,
+    train_embeddings,
+)
+from edgewise.core.exposure import EXPOSURE_KIND
+from edgewise.core.forwarded import latest_ms, record_problem
+from edgewise.core.records import RecordError, decode_array, decode_item, encode_array
+from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, StateReader
+from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
+from edgewise.sync.event_store import EventStore
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CatalogChanged",
+    "EmbeddingRefreshSettings",
+    "TrainedRefresh",
+    "refresh_changes",
+    "refresh_embeddings",
+    "train_refresh",
+]
+
+
+class CatalogChanged(RuntimeError):
+    """The catalog (item rows or embedding dim) changed between training and writing: retrain."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRefreshSettings:
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    half_life_days: float | None = 90.0
+    min_events: int = 1  # fewer usable events than this: no refresh
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedRefresh:
+    """What `train_refresh` made, and the catalog it was made for."""
+
+    item_rows: Mapping[str, int]
+    dim: int
+    item_embeddings: NDArray[np.float32]
+    user_vectors: Mapping[str, NDArray[np.float32]]  # user id -> new vector (the users seen)
+    carry_map: NDArray[np.float64] | None
+    events: int  # events that counted
+    skipped: int  # stored records that could not be used
+    unknown_items: int  # distinct item ids of events not in the catalog
+    items_trained: int
+    items_carried: int
+    seconds: float  # reading and training
+
+
+def _catalog(view: StateReader) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    for item_id, raw in view.items("items"):
+        try:
+            rows[item_id] = decode_item(item_id, raw).row
+        except (RecordError, KeyError, TypeError) as exc:
+            raise CatalogChanged(f"item {item_id!r} does not decode: {exc}") from exc
+    return rows
+
+
+def _current(view: StateReader) -> tuple[NDArray[np.float32] | None, int]:
+    """The stored item embeddings (None: none) and the dim (theirs, else the manifest's; 0: unknown)."""
+    raw = view.get("models", EMBEDDINGS)
+    if raw is not None:
+        array = decode_array(raw)
+        if array.ndim == 2 and array.dtype == np.float32:
+            return np.array(array), int(array.shape[1])
+    manifest = view.get("rules", MANIFEST_KEY)
+    dim = msgpack.unpackb(manifest, raw=False).get("dim", 0) if manifest is not None else 0
+    return None, int(dim) if isinstance(dim, int) else 0
+
+
+def _usable_events(events: EventStore, skipped: list[int]) -> Iterator[tuple[str, str, str, int]]:
+    latest = latest_ms(time.time_ns() // 1_000_000)
+    for _, _, record in events.events():
+        if record.get("k") == EXPOSURE_KIND:
+            continue
+        if record_problem(record, latest) is not None:
+            skipped[0] += 1
+            continue
+        event = Event.from_record(record)
+        if event.personalization:
+            yield event.user_id, event.item_id, event.type, event.timestamp_ms
+
+
+def train_refresh(
+    view: StateReader, events: EventStore, settings: EmbeddingRefreshSettings, *, now_ms: int | None = None
+) -> TrainedRefresh | None:
+    """Step 1 (module doc). None when there is nothing to train: no catalog, no dim, or fewer than
+    `settings.min_events` usable events."""
+    started = time.perf_counter()
+    rows = _catalog(view)
+    previous, dim = _current(view)
+    n_items = max(rows.values(), default=-1) + 1
+    if n_items == 0 or dim < 1:
+        return None
+    if previous is not None and previous.shape[0] > n_items:
+        previous = previous[:n_items]  # rows past the catalog's (a shrunk catalog): not items any more
+    skipped = [0]
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    interactions = interactions_from_events(
+        _usable_events(events, skipped),
+        rows,
+        now_ms=now,
+        event_weights=settings.event_weights,
+        half_life_days=settings.half_life_days,
+    )
+    if skipped[0]:
+        log.warning(
+            "forwarded_records_skipped", extra={"consumer": "embedding_refresh", "skipped": skipped[0]}
+        )
+    if interactions.events < max(settings.min_events, 1) or interactions.users.size == 0:
+        return None
+    result = train_embeddings(
+        interactions.users,
+        interactions.items,
+        interactions.weights,
+        n_items=n_items,
+        dim=dim,
+        previous=previous,
+        settings=settings.training,
+    )
+    users = {interactions.user_ids[int(u)]: result.users[j] for j, u in enumerate(result.user_rows)}
+    return TrainedRefresh(
+        item_rows=rows,
+        dim=dim,
+        item_embeddings=result.items,
+        user_vectors=users,
+        carry_map=result.carry_map,
+        events=interactions.events,
+        skipped=skipped[0],
+        unknown_items=len(interactions.unknown_items),
+        items_trained=int(result.trained.sum()),
+        items_carried=result.carried,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _with_embedding(raw: bytes, vector: NDArray[np.float32] | None) -> bytes | None:
+    """The profile record `raw` with its `e` replaced; None when it is not a msgpack map."""
+    try:
+        doc: Any = msgpack.unpackb(raw, raw=False)
+    except Exception:  # msgpack raises several unrelated types on corrupt input
+        return None
+    if not isinstance(doc, dict):
+        return None
+    doc["e"] = None if vector is None else vector.astype("<f4").tobytes()
+    packed: bytes = msgpack.packb(doc, use_bin_type=True)
+    return packed
+
+
+def refresh_changes(view: StateReader, trained: TrainedRefresh) -> list[RecordChange]:
+    """Step 2 (module doc): the changes of the refresh commit, against the state in `view`."""
+    rows = _catalog(view)
+    _, dim = _current(view)
+    if rows != trained.item_rows or dim != trained.dim:
+        raise CatalogChanged("the catalog changed since the embeddings were trained")
+    changes = [RecordChange("models", EMBEDDINGS, encode_array(trained.item_embeddings))]
+    undecodable = carried = cleared = 0
+    vector: NDArray[np.float32] | None
+    for user_id, raw in view.items("profiles"):
+        new = trained.user_vectors.get(user_id)
+        if new is not None:
+            vector = new
+        else:
+            old = _stored_vector(raw)
+            if old is None or old.shape[0] != trained.dim:
+                continue  # no vector (or not one of this dim): nothing to carry
+            if trained.carry_map is None:
+                vector, cleared = None, cleared + 1
+            else:
+                vector, carried = carry_users(old[None, :], trained.carry_map)[0], carried + 1
+        record = _with_embedding(raw, vector)
+        if record is None:
+            undecodable += 1
+            continue
+        changes.append(RecordChange("profiles", user_id, record))
+    log.info(
+        "embeddings_refresh_planned",
+        extra={
+            "items": len(rows),
+            "items_trained": trained.items_trained,
+            "items_carried": trained.items_carried,
+            "profiles": len(changes) - 1,
+            "profiles_carried": carried,
+            "profiles_cleared": cleared,
+            "profiles_undecodable": undecodable,
+            "events": trained.events,
+            "unknown_items": trained.unknown_items,
+            "seconds": round(trained.seconds, 3),
+        },
+    )
+    return changes
+
+
+def _stored_vector(raw: bytes) -> NDArray[np.float32] | None:
+    try:
+        doc: Any = msgpack.unpackb(raw, raw=False)
+    except Exception:  # msgpack raises several unrelated types on corrupt input
+        return None
+    e = doc.get("e") if isinstance(doc, dict) else None
+    if not isinstance(e, bytes) or len(e) % 4:
+        return None
+    return np.frombuffer(e, dtype="<f4")
+
+
+def refresh_embeddings(
+    store: ControlStore,
+    events: EventStore,
+    lock: AbstractContextManager[object],
+    settings: EmbeddingRefreshSettings,
+    *,
+    now_ms: int | None = None,
+) -> CommitInfo | None:
+    """Train from the event store and commit the delta (kind "delta"); None when there was nothing to
+    train, nothing changed, or a push changed the catalog meanwhile (logged; the next run retrains)."""
+    with store.read() as view:
+        trained = train_refresh(view, events, settings, now_ms=now_ms)
+    if trained is None:
+        return None
+    with lock:
+        try:
+            with store.read() as view:
+                changes = refresh_changes(view, trained)
+        except CatalogChanged as exc:
+            log.warning("embeddings_refresh_skipped", extra={"reason": str(exc)})
+            return None
+        description = f"embeddings retrained ({trained.events} events, {settings.training.method})"
+        return store.commit(changes, kind="delta", description=description)
