@@ -546,7 +546,7 @@ def _staged_decide(
         asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
         t_state = _clock()
         unit = request.user_id or request.session_id
-        profile, activity, allowed = _consented_inputs(view, request)
+        profile, activity, allowed = _consented_inputs(view, request, pipeline._profiles)
         t_inputs = _clock()
         features = FeatureView(  # positional, as Pipeline.decide calls it
             state,

@@ -347,7 +347,9 @@ def rank_items(
     """
     mask = scratch.mask
     np.copyto(mask, state.availability(country))
-    for f in (*((request_filter,) if request_filter is not None else ()), *serve.filters):
+    if request_filter is not None:
+        apply_filter(state, request_filter, mask, shopper)
+    for f in serve.filters:
         apply_filter(state, f, mask, shopper)
     if ask.candidate_ids:
         rows = _rows(state, ask.candidate_ids)
@@ -390,7 +392,8 @@ def rank_items(
             seeds = _rows(state, [i for i, _ in activity.views][-SIMILAR_SEEDS_FROM_HISTORY:])
         if why is not None:
             why.seed_item_ids = tuple(state.item_ids[r] for r in seeds)
-        mask[seeds] = 0
+        for r in seeds:  # a seed or two: scalar stores, not a fancy-indexed assignment of a list
+            mask[r] = 0
         if not seeds:
             fallback = miss_reason(shopper)
         else:

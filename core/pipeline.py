@@ -36,6 +36,7 @@ from edgewise.core.feature_view import FeatureView
 from edgewise.core.features import MISSING
 from edgewise.core.item_ranking import Scratch, Shopper, rank_items
 from edgewise.core.linear_bandits import LinearBanditPolicy
+from edgewise.core.profile_cache import ProfileCache
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.rules import Campaign, Placement
 from edgewise.core.segments import SegmentMemo
@@ -79,6 +80,7 @@ class Pipeline:
     def __init__(self) -> None:
         self._cache = VersionCache()
         self._scratch = Scratch()
+        self._profiles = ProfileCache()
 
     def state(self, view: ReadView) -> VersionState:
         if view.generation == 0:
@@ -89,7 +91,7 @@ class Pipeline:
         state = self.state(view)
         asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
         unit = request.user_id or request.session_id
-        profile, activity, allowed = _consented_inputs(view, request)
+        profile, activity, allowed = _consented_inputs(view, request, self._profiles)
         features = FeatureView(  # state, context, now_ms, user_id, profile, activity, granted, record_reads
             state,
             request.context,
@@ -104,7 +106,11 @@ class Pipeline:
         shopper = Shopper(allowed, profile is not None, profile, activity, memo)
         why = Explanation(profile is not None, allowed) if request.explain else None
         holdout = allowed and bool(unit) and in_holdout(state.rules.holdout, unit)
-        self._scratch.ensure(state.n_items, max((count for _, count, _ in asks), default=0), state.dim)
+        most = 0
+        for _, count, _ in asks:  # a loop, not max() over a generator
+            if count > most:
+                most = count
+        self._scratch.ensure(state.n_items, most, state.dim)
         local = _local_time(request)
         outputs = []
         for ask, (placement, count, request_filter) in zip(request.placements, asks, strict=True):
@@ -352,12 +358,19 @@ class Pipeline:
 
 
 def _consented_inputs(
-    view: ReadView, request: DecideRequest
+    view: ReadView, request: DecideRequest, profiles: ProfileCache | None = None
 ) -> tuple[ProfileRecord | None, Activity | None, bool]:
-    """(profile, activity, allowed): nothing about the user is read without the purpose."""
+    """(profile, activity, allowed): nothing about the user is read without the purpose. `profiles`:
+    decoded profiles kept between requests (None: decode the stored record)."""
     if PERSONALIZATION not in request.consent:
         return None, None, False
-    profile = view.profile(request.user_id) if request.user_id else None
+    user_id = request.user_id
+    if not user_id:
+        profile = None
+    elif profiles is not None:
+        profile = profiles.profile(view, user_id)
+    else:
+        profile = view.profile(user_id)
     if profile is not None and PERSONALIZATION not in profile.consent:
         return None, None, False
     unit = request.user_id or request.session_id

@@ -185,6 +185,11 @@ class ReadView:
         buf = self._txn.get(user_id.encode(), db=self._dbs["profiles"])
         return None if buf is None else decode_profile(user_id, buf)
 
+    def profile_bytes(self, user_id: str) -> bytes | memoryview | None:
+        """The user's stored profile record, undecoded: valid only inside this view's `with` block
+        (`core.profile_cache` compares it with the bytes it decoded last time)."""
+        return self._txn.get(user_id.encode(), db=self._dbs["profiles"])
+
     def item(self, item_id: str) -> ItemRecord | None:
         buf = self._txn.get(item_id.encode(), db=self._dbs["items"])
         return None if buf is None else decode_item(item_id, buf)

@@ -136,6 +136,10 @@ class _SpyView:
         self.reads.append(f"profile:{user_id}")
         return self._view.profile(user_id)
 
+    def profile_bytes(self, user_id: str) -> Any:  # what the pipeline's profile cache reads
+        self.reads.append(f"profile:{user_id}")
+        return self._view.profile_bytes(user_id)
+
     def activity(self, key: str) -> Any:
         self.reads.append(f"activity:{key}")
         return self._view.activity(key)
