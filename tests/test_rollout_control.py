@@ -372,3 +372,10 @@ def test_canary_percent_picks_from_connected_edges_and_abort_by_ops(
         for e in edges:
             e.close()
         ops.close()
+
+
+def test_the_nats_central_tier_refuses_rollouts_with_a_clear_message() -> None:
+    from edgewise.sync.central_service import CentralControlService
+
+    refusal = CentralControlService._rollouts_refusal(object())  # type: ignore[arg-type]
+    assert refusal is not None and "--nats" in refusal and "docs/rollouts.md" in refusal
