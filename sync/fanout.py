@@ -12,7 +12,9 @@ nothing to send gets a heartbeat every `heartbeat_seconds`.
 
 Rollouts (docs/rollouts.md; `sync/rollout_gate.py` plans each turn): an edge outside the canary set of
 the rollout in progress is sent nothing past the rollout's base version (a full snapshot it needs is of
-that version), and, for a shadow rollout, once it is caught up, the candidate as a shadow snapshot; when
+that version), and, for a shadow rollout, once it is caught up and once it has reported ServingStats (so
+it is of a release that keeps a shadow candidate apart instead of applying it), the candidate as a shadow
+snapshot; when
 the shadow ends (promote or abort) it gets a shadow commit with 0 chunks to drop the candidate. An edge at
 the base version of an aborted candidate moves to the rollback's version by one collapsed commit, never
 applying the candidate.
@@ -114,6 +116,7 @@ class Fanout:
                 plan.shadow_version
                 and plan.shadow_version not in (shadow_held, shadow_failed)
                 and not need_snapshot
+                and entry.serving is not None  # a release that knows shadow commits (it reports stats)
             ):
                 if not self._snapshots.acquire(timeout=1.0):
                     raise SnapshotsBusy("too many full snapshots streaming; retry with backoff")

@@ -316,13 +316,19 @@ def test_a_bad_canary_is_aborted_automatically_and_the_rest_never_apply_it(
 def test_shadow_rollout_sends_the_candidate_as_shadow_then_promote_releases_it(
     control: tuple[ControlPlaneService, str], bundle_dir: Path
 ) -> None:
-    _service, address = control
+    service, address = control
     ops = ControlClient(address, timeout=30)
     v1 = ops.push(bundle_dir).version
     a = FakeEdge("edge-a", address)
     b = FakeEdge("edge-b", address)
+    old = FakeEdge("edge-old", address)  # reports no ServingStats: an edge that does not know shadows
     try:
-        _wait(lambda: a.version == v1 and b.version == v1, "both edges at v1")
+        _wait(lambda: all(e.version == v1 for e in (a, b, old)), "the edges at v1")
+        b.serving = lambda version: _stats(version, 10, 0)
+        _wait(
+            lambda: any(e.node_id == "edge-b" and e.serving is not None for e in service.fleet.edges()),
+            "edge-b's stats",
+        )
         pushed = ops.push_delta(
             [_item("shadow-item", 2.0)], canary_nodes=["edge-a"], shadow=True, shadow_sample=0.25
         )
@@ -332,18 +338,20 @@ def test_shadow_rollout_sends_the_candidate_as_shadow_then_promote_releases_it(
         shadow = next(c for c in b.commits if c[3])
         assert shadow[:4] == (v2, v1, True, True) and shadow[4] > 0 and b.shadow_chunks == shadow[4]
         assert not any(c[3] for c in a.commits)  # the canary serves it: no shadow
-        assert b.version == v1
+        assert b.version == v1 and old.version == v1
+        assert not any(c[3] for c in old.commits)  # no ServingStats: no shadow (it could apply it)
         with pytest.raises(ClientError, match="not 99"):
             ops.promote(99)
         done = ops.promote(v2)
         assert done.rollout is not None and done.rollout.state == "promoted"
-        _wait(lambda: b.version == v2, "edge-b at the promoted version")
+        _wait(lambda: b.version == v2 and old.version == v2, "edge-b at the promoted version")
         drop = [c for c in b.commits if c[3]][-1]
         assert drop == (v2, 0, True, True, 0)  # the shadow ended: a 0-chunk shadow commit first
-        assert b.applied() == [v1, v2]
+        assert b.applied() == [v1, v2] and old.applied() == [v1, v2]
     finally:
         a.close()
         b.close()
+        old.close()
         ops.close()
 
 
