@@ -387,3 +387,41 @@ def test_the_nats_central_tier_refuses_rollouts_with_a_clear_message() -> None:
 
     refusal = CentralControlService._rollouts_refusal(object())  # type: ignore[arg-type]
     assert refusal is not None and "--nats" in refusal and "docs/rollouts.md" in refusal
+
+
+def test_a_healthy_canary_is_promoted_after_the_soak_time_when_configured(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    store = ControlStore(tmp_path / "control")
+    policy = RolloutPolicy(min_decisions=100, check_seconds=0.1, promote_after_seconds=0.5)
+    service = ControlPlaneService(store, heartbeat_seconds=0.2, rollout_policy=policy)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    service.start_background()
+    ops = ControlClient(address, timeout=30)
+    traffic = {"on": False}
+    a = FakeEdge("edge-a", address, lambda v: _stats(v, 300 if traffic["on"] else 0, 3))
+    b = FakeEdge("edge-b", address, lambda v: _stats(v, 300 if traffic["on"] else 0, 3))
+    try:
+        v1 = ops.push(bundle_dir).version
+        _wait(lambda: a.version == v1 and b.version == v1, "both edges at v1")
+        started = time.monotonic()
+        v2 = ops.push_delta([_item("good", 2.0)], canary_nodes=["edge-a"]).version
+        time.sleep(0.8)  # past the soak time, but not judged yet: no traffic
+        rollout = ops.status().rollout
+        assert rollout is not None and rollout.state == "canary" and b.version == v1
+        traffic["on"] = True
+        _wait(lambda: (r := ops.status().rollout) is not None and r.state == "promoted", "the promotion")
+        rollout = ops.status().rollout
+        assert rollout is not None and rollout.reason.startswith("automatic promotion")
+        assert time.monotonic() - started >= 0.5
+        _wait(lambda: b.version == v2, "edge-b at the promoted version")
+    finally:
+        a.close()
+        b.close()
+        ops.close()
+        service.stop_background()
+        server.stop(0).wait()
+        store.close()
