@@ -288,7 +288,8 @@ class ControlCollector(Collector):
                 by_state["disconnected"] += 1
                 continue
             by_state[_EDGE_STATES.get(edge.state, "unknown")] += 1
-            lag = max(0, head - edge.applied_version)
+            limit = self.service.gate.plan(edge.node_id).limit  # held at a rollout's base version
+            lag = max(0, (head if limit is None else min(head, limit)) - edge.applied_version)
             behind += lag > 0
             max_lag = max(max_lag, lag)
             nacking += edge.last_nack_version > edge.last_ack_version

@@ -399,7 +399,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 raise ControlStoreError(str(exc)) from exc
         else:
             nodes = ()
-        sample = wanted.shadow_sample or self.rollout_policy.shadow_sample if wanted.shadow else 0.0
+        sample = (wanted.shadow_sample or self.rollout_policy.shadow_sample) if wanted.shadow else 0.0
 
         def write(info: CommitInfo | None) -> tuple[bytes, tuple[int, int] | None] | None:
             if info is None:

@@ -12,7 +12,9 @@ nothing to send gets a heartbeat every `heartbeat_seconds`.
 
 Rollouts (docs/rollouts.md; `sync/rollout_gate.py` plans each turn): an edge outside the canary set of
 the rollout in progress is sent nothing past the rollout's base version (a full snapshot it needs is of
-that version), and, for a shadow rollout, once it is caught up, the candidate as a shadow snapshot; when
+that version), and, for a shadow rollout, once it is caught up and once it has reported ServingStats (so
+it is of a release that keeps a shadow candidate apart instead of applying it), the candidate as a shadow
+snapshot; when
 the shadow ends (promote or abort) it gets a shadow commit with 0 chunks to drop the candidate. An edge at
 the base version of an aborted candidate moves to the rollback's version by one collapsed commit, never
 applying the candidate.
@@ -20,17 +22,20 @@ applying the candidate.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Final
 
 from edgewise.sync.commit_cache import CommitCache
-from edgewise.sync.control_store import LogCompacted
+from edgewise.sync.control_store import ControlStoreError, LogCompacted
 from edgewise.sync.fleet import EdgeEntry, Fleet
 from edgewise.sync.rollout_gate import RolloutGate
 from edgewise.sync.shard import Shard
 from edgewise.v1 import sync_pb2
+
+log = logging.getLogger(__name__)
 
 __all__ = ["POLL_SECONDS", "Fanout", "SnapshotsBusy"]
 
@@ -74,6 +79,7 @@ class Fanout:
         nack_backoff = 0.5
         last_beat = 0.0
         shadow_held = 0  # the shadow candidate this stream sent the edge (0: none)
+        shadow_failed = 0  # a candidate whose state could not be rebuilt (not tried again)
         while active():
             plan = self.gate.plan(entry.node_id)
             head = store.head_version()
@@ -91,9 +97,12 @@ class Fanout:
                     raise SnapshotsBusy("too many full snapshots streaming; retry with backoff")
                 try:
                     sent = yield from self.cache.snapshot(shard, plan.limit)
+                    need_snapshot = False
+                except ControlStoreError as exc:  # the base version cannot be rebuilt any more
+                    log.error("rollout_base_unavailable", extra={"node": entry.node_id, "error": str(exc)})
+                    retry_at = time.monotonic() + MAX_NACK_BACKOFF_SECONDS  # until promote or abort
                 finally:
                     self._snapshots.release()
-                need_snapshot = False
                 last_beat = time.monotonic()
                 continue
             if not need_snapshot and target > sent:
@@ -103,16 +112,24 @@ class Fanout:
                     need_snapshot = True
                 last_beat = time.monotonic()
                 continue
-            if plan.shadow_version and shadow_held != plan.shadow_version and not need_snapshot:
+            if (
+                plan.shadow_version
+                and plan.shadow_version not in (shadow_held, shadow_failed)
+                and not need_snapshot
+                and entry.serving is not None  # a release that knows shadow commits (it reports stats)
+            ):
                 if not self._snapshots.acquire(timeout=1.0):
                     raise SnapshotsBusy("too many full snapshots streaming; retry with backoff")
                 try:
                     yield from self.cache.snapshot(
                         shard, plan.shadow_version, shadow_sample=plan.shadow_sample, shadow_base=target
                     )
+                    shadow_held = plan.shadow_version
+                except ControlStoreError as exc:  # the candidate's state cannot be rebuilt: no shadow
+                    log.error("shadow_unavailable", extra={"node": entry.node_id, "error": str(exc)})
+                    shadow_failed = plan.shadow_version
                 finally:
                     self._snapshots.release()
-                shadow_held = plan.shadow_version
                 last_beat = time.monotonic()
                 continue
             if time.monotonic() - last_beat >= self.heartbeat_seconds:

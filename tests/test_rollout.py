@@ -16,7 +16,10 @@ import grpc
 import pytest
 
 from edgewise.client import ClientError
+from edgewise.nats_cluster import NatsCluster
+from edgewise.processes import Processes
 from tests.conftest import EdgeProcess
+from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
 from tests.sync_support import (
     ControlProcess,
     applied_events,
@@ -26,6 +29,7 @@ from tests.sync_support import (
     edge_state,
     following_edge,
     ops_client,
+    start_control,
     versions_reach,
     wait_for,
 )
@@ -154,44 +158,88 @@ def test_canary_percent_then_promote_through_the_cli(
     wait_for(versions_reach([tmp_path / n for n in edges], v3), 20, "every edge at the next push")
 
 
-@pytest.mark.skip(
-    reason="edges send no ServingStats in their heartbeats yet (the edge side of issue 21 item 3); "
-    "tests/test_rollout_control.py drives the same abort through real Subscribe streams"
-)
 def test_a_version_that_makes_every_placement_fall_back_is_rolled_back_automatically(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
     bundle_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from edgewise.client import EdgeClient
+    """Skipped at run time while the edges send no ServingStats in their heartbeats (the edge side of
+    issue 21 item 3); tests/test_rollout_control.py drives the same abort through real Subscribe streams."""
+    from edgewise.client import EdgeClient, FallbackReason
 
     control = control_factory(None, "--rollout-min-decisions", "30", "--rollout-check-seconds", "0.2")
     with ops_client(control.address, OPS) as ops:
         v1 = ops.push(bundle_dir).version
     edges = _two_edges(control, edge_factory, tmp_path, v1)
     _, base_digest = edge_state(tmp_path / "edge-b")
-    # the bad version: every item deleted, so every item placement answers its default with a reason
-    from edgewise.core.store import Store
-
-    with Store(tmp_path / "edge-b", readonly=True) as store, store.read() as view:
-        items = [key.decode() for key, _ in view.items("items")]
+    # the bad version: every profile deleted, so every placement for a known user falls back (UNKNOWN_USER)
+    users = [
+        json.loads(line)["id"] for line in (bundle_dir / "profiles.jsonl").read_text().splitlines() if line
+    ]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("".join(json.dumps({"op": "delete", "item": i}) + "\n" for i in items))
+    bad.write_text("".join(json.dumps({"op": "delete", "profile": u}) + "\n" for u in users))
     with ops_client(control.address, OPS) as ops:
         v2 = ops.push_delta(bad, canary_nodes=["edge-a"]).version
     wait_for(versions_reach([tmp_path / "edge-a"], v2), 20, "the canary at the bad version")
-    clients = [EdgeClient(e.address) for e in edges.values()]
+    clients = {name: EdgeClient(edge.address) for name, edge in edges.items()}
+    request = {
+        "user_id": "u1",
+        "consent": ["personalization"],
+        "placements": [{"placement_id": "home", "count": 5}],
+    }
+    answer = clients["edge-a"].decide(request)
+    assert all(p.fallback != FallbackReason.NONE for p in answer.placements), answer  # the canary falls back
+    assert all(p.fallback == FallbackReason.NONE for p in clients["edge-b"].decide(request).placements), (
+        clients["edge-b"].decide(request),
+        answer,
+    )
     deadline = time.monotonic() + 30
+    rollout = None
     with ops_client(control.address, OPS) as ops:
         while time.monotonic() < deadline:
-            for client in clients:
+            for client in clients.values():
                 for u in range(10):
-                    client.decide({"user_id": f"u{u}", "placements": [{"id": "home_hero"}]})
-            rollout = ops.status().rollout
+                    client.decide({**request, "user_id": f"u{u}"})
+            status = ops.status()
+            if all(e.serving is None for e in status.edges):
+                if time.monotonic() > deadline - 25:  # 5 s of traffic and heartbeats
+                    pytest.skip(
+                        "edges send no ServingStats in their heartbeats yet (the edge side of issue 21 "
+                        "item 3); tests/test_rollout_control.py covers the automatic abort"
+                    )
+                continue
+            rollout = status.rollout
             if rollout is not None and rollout.state == "aborted":
                 break
-        assert rollout is not None and rollout.state == "aborted" and "fallback" in rollout.reason
+    for client in clients.values():
+        client.close()
+    assert rollout is not None and rollout.state == "aborted" and "fallback" in rollout.reason
     wait_for(versions_reach([tmp_path / n for n in edges], rollout.rollback_version), 20, "rollback")
     assert edge_state(tmp_path / "edge-b")[1] == base_digest
     assert v2 not in _applied(edges["edge-b"])
+
+
+def test_a_nats_replica_refuses_rollouts_and_still_takes_plain_pushes(
+    nats_cluster: NatsCluster,  # noqa: F811
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
+        replica = start_control(
+            processes, tmp_path / "replica", "--nats", nats_cluster.url_list, env={**OPS, **EDGE}
+        )
+        with ops_client(replica.address, OPS) as ops:
+            for attempt in (
+                lambda: ops.push(bundle_dir, canary_nodes=["edge-a"]),
+                lambda: ops.push(bundle_dir, canary_percent=10),
+                lambda: ops.push(bundle_dir, shadow=True),
+                lambda: ops.promote(),
+                lambda: ops.abort(),
+            ):
+                with pytest.raises(ClientError) as refused:
+                    attempt()
+                assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+                assert "not available on the NATS central tier" in refused.value.details
+            assert ops.history().head_version == 0  # nothing of the refused pushes landed
+            assert ops.push(bundle_dir).version > 0

@@ -316,13 +316,19 @@ def test_a_bad_canary_is_aborted_automatically_and_the_rest_never_apply_it(
 def test_shadow_rollout_sends_the_candidate_as_shadow_then_promote_releases_it(
     control: tuple[ControlPlaneService, str], bundle_dir: Path
 ) -> None:
-    _service, address = control
+    service, address = control
     ops = ControlClient(address, timeout=30)
     v1 = ops.push(bundle_dir).version
     a = FakeEdge("edge-a", address)
     b = FakeEdge("edge-b", address)
+    old = FakeEdge("edge-old", address)  # reports no ServingStats: an edge that does not know shadows
     try:
-        _wait(lambda: a.version == v1 and b.version == v1, "both edges at v1")
+        _wait(lambda: all(e.version == v1 for e in (a, b, old)), "the edges at v1")
+        b.serving = lambda version: _stats(version, 10, 0)
+        _wait(
+            lambda: any(e.node_id == "edge-b" and e.serving is not None for e in service.fleet.edges()),
+            "edge-b's stats",
+        )
         pushed = ops.push_delta(
             [_item("shadow-item", 2.0)], canary_nodes=["edge-a"], shadow=True, shadow_sample=0.25
         )
@@ -332,18 +338,20 @@ def test_shadow_rollout_sends_the_candidate_as_shadow_then_promote_releases_it(
         shadow = next(c for c in b.commits if c[3])
         assert shadow[:4] == (v2, v1, True, True) and shadow[4] > 0 and b.shadow_chunks == shadow[4]
         assert not any(c[3] for c in a.commits)  # the canary serves it: no shadow
-        assert b.version == v1
+        assert b.version == v1 and old.version == v1
+        assert not any(c[3] for c in old.commits)  # no ServingStats: no shadow (it could apply it)
         with pytest.raises(ClientError, match="not 99"):
             ops.promote(99)
         done = ops.promote(v2)
         assert done.rollout is not None and done.rollout.state == "promoted"
-        _wait(lambda: b.version == v2, "edge-b at the promoted version")
+        _wait(lambda: b.version == v2 and old.version == v2, "edge-b at the promoted version")
         drop = [c for c in b.commits if c[3]][-1]
         assert drop == (v2, 0, True, True, 0)  # the shadow ended: a 0-chunk shadow commit first
-        assert b.applied() == [v1, v2]
+        assert b.applied() == [v1, v2] and old.applied() == [v1, v2]
     finally:
         a.close()
         b.close()
+        old.close()
         ops.close()
 
 
@@ -372,3 +380,48 @@ def test_canary_percent_picks_from_connected_edges_and_abort_by_ops(
         for e in edges:
             e.close()
         ops.close()
+
+
+def test_the_nats_central_tier_refuses_rollouts_with_a_clear_message() -> None:
+    from edgewise.sync.central_service import CentralControlService
+
+    refusal = CentralControlService._rollouts_refusal(object())  # type: ignore[arg-type]
+    assert refusal is not None and "--nats" in refusal and "docs/rollouts.md" in refusal
+
+
+def test_a_healthy_canary_is_promoted_after_the_soak_time_when_configured(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    store = ControlStore(tmp_path / "control")
+    policy = RolloutPolicy(min_decisions=100, check_seconds=0.1, promote_after_seconds=0.5)
+    service = ControlPlaneService(store, heartbeat_seconds=0.2, rollout_policy=policy)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    sync_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    service.start_background()
+    ops = ControlClient(address, timeout=30)
+    traffic = {"on": False}
+    a = FakeEdge("edge-a", address, lambda v: _stats(v, 300 if traffic["on"] else 0, 3))
+    b = FakeEdge("edge-b", address, lambda v: _stats(v, 300 if traffic["on"] else 0, 3))
+    try:
+        v1 = ops.push(bundle_dir).version
+        _wait(lambda: a.version == v1 and b.version == v1, "both edges at v1")
+        started = time.monotonic()
+        v2 = ops.push_delta([_item("good", 2.0)], canary_nodes=["edge-a"]).version
+        time.sleep(0.8)  # past the soak time, but not judged yet: no traffic
+        rollout = ops.status().rollout
+        assert rollout is not None and rollout.state == "canary" and b.version == v1
+        traffic["on"] = True
+        _wait(lambda: (r := ops.status().rollout) is not None and r.state == "promoted", "the promotion")
+        rollout = ops.status().rollout
+        assert rollout is not None and rollout.reason.startswith("automatic promotion")
+        assert time.monotonic() - started >= 0.5
+        _wait(lambda: b.version == v2, "edge-b at the promoted version")
+    finally:
+        a.close()
+        b.close()
+        ops.close()
+        service.stop_background()
+        server.stop(0).wait()
+        store.close()
