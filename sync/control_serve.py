@@ -213,6 +213,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
         fleet_expire_after_ms=config.fleet.expire_after // timedelta(milliseconds=1),
         fleet_max_entries=config.fleet.max_entries,
         identity_of=auth.identity if auth is not None else None,
+        refresh=config.refresh,
     )
     admission = EdgeAdmission(
         EdgeLimits(
