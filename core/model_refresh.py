@@ -15,6 +15,8 @@ The interface a model refresh implements (`ModelRefresh`):
   given every stored event of the last `window_ms` before the newest one, which recomputes from them
   (neighbours).
 - `reads(name)`: whether it needs the current array `name` (the job loads only those).
+- `scoped`: whether it reads the events' country and segments (the job then reads the exposure records
+  that give them; an unscoped model's job skips them).
 - `refresh(state, events) -> RefreshResult`: the new state from the current one and the events, pure
   and deterministic. `state` (`ModelState`) holds the item rows, the arrays `reads` asked for (never
   to be modified) and the manifest document; `events` (`RefreshEvent`) are in the order stored. The
@@ -142,6 +144,9 @@ class ModelRefresh(Protocol):
     @property
     def window_ms(self) -> int: ...
 
+    @property
+    def scoped(self) -> bool: ...
+
     def reads(self, name: str) -> bool: ...
 
     def refresh(self, state: ModelState, events: Sequence[RefreshEvent]) -> RefreshResult: ...
@@ -205,6 +210,7 @@ class PopularityRefresh:
     half_life_ms: int
     name: str = "popularity"
     window_ms: int = 0
+    scoped: bool = True
 
     def reads(self, name: str) -> bool:
         return name == POPULARITY or name.startswith(SCOPE_PREFIX)
@@ -285,6 +291,7 @@ class TrendingRefresh:
     days: int
     name: str = "trending"
     window_ms: int = 0
+    scoped: bool = False
 
     def reads(self, name: str) -> bool:
         return name == DAILY_COUNTS
@@ -407,6 +414,7 @@ class NeighborsRefresh:
     k: int
     min_support: int
     name: str = "neighbors"
+    scoped: bool = False
 
     def reads(self, name: str) -> bool:
         return name in (NEIGHBORS, NEIGHBOR_SCORES)

@@ -4,7 +4,7 @@ One `RefreshJob` per model (`core/model_refresh.ModelRefresh`: popularity, trend
 embeddings refresh plugs in the same way), a thread of its own (`sync/periodic.py`) ticking every
 `every` seconds. A tick reads the forwarded events the model needs (an incremental model: those stored
 since its cursor `refresh:<name>`, in batches; a windowed model: every stored event of its window, when
-anything new arrived since its last run), turns them into `RefreshEvent`s, asks the model for the new
+an item event arrived since its last run), turns them into `RefreshEvent`s, asks the model for the new
 state, and commits what changed as one commit of kind "refresh" through the change log (so it is
 versioned, listed by `ctl history`, rolled back like any push and sent to the edges like any commit),
 with its cursor moved in the same transaction (`ControlStore.commit_at`): each event counts once, also
@@ -14,10 +14,10 @@ committed; a run that changes nothing commits nothing (its cursor still moves).
 The model is computed outside the push lock (neighbours take a while); the commit is made under it,
 and only if no other commit landed since the state was read, else the run is made again under the lock.
 
-Context: an event carries no country or segments. A job remembers, from the exposure records it reads,
-each decision's and each unit's (user, else session) last country and matched segments (the newest
-100,000 of each), and gives an event its decision's context, else its unit's, else the country
-attribute of its user's profile.
+Context (for a `scoped` model): an event carries no country or segments. A job remembers, from the
+exposure records it reads, each decision's and each unit's (user, else session) last country and
+matched segments (the newest 100,000 of each), and gives an event its decision's context, else its
+unit's, else the country attribute of its user's profile.
 
 New items (`new_items`, the popularity job only): an item id that events name and the catalog lacks
 gets a record (`core/model_refresh.new_item_record`) once `NewItems` has seen it from enough units; the
@@ -177,6 +177,9 @@ class RefreshJob:
             last = self.events.last_seq()
             if last <= after:
                 return None
+            if not self._item_event_after(after):  # exposures only (most records): nothing to recompute
+                self.store.commit_at([], kind=KIND, cursor=self.cursor, position=last)
+                return last
             rows = list(self.events.events(0))
         else:
             rows = self.events.batch_after(after, self.batch)
@@ -185,7 +188,14 @@ class RefreshJob:
         position = rows[-1][0]
         first_seq = next((seq for seq, _, _ in rows if seq > after), rows[0][0])
         records = self._usable(rows)
-        events = self.context.events(records, self._country_of)
+        countries: dict[str, str] = {}  # per run: a user's profile country, read once
+
+        def country_of(user: str) -> str:
+            if user not in countries:
+                countries[user] = self._country_of(user)
+            return countries[user]
+
+        events = self.context.events(records, country_of)
         if self.model.window_ms and events:
             start = max(e.ts_ms for e in events) - self.model.window_ms
             events = [e for e in events if e.ts_ms >= start]
@@ -230,12 +240,19 @@ class RefreshJob:
         self._on_commit()
         return info
 
+    def _item_event_after(self, after: int) -> bool:
+        """Whether an item event (not an exposure) was stored after sequence `after`."""
+        return any(record.get("t") in ITEM_EVENT_TYPES for _, _, record in self.events.events(after))
+
     def _usable(self, rows: Sequence[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
         latest = latest_ms(time.time_ns() // 1_000_000)
         out = []
+        scoped = self.model.scoped
         for seq, _, record in rows:
-            kind = record.get("k")
-            if kind != EXPOSURE_KIND and record.get("t") not in ITEM_EVENT_TYPES:
+            if record.get("k") == EXPOSURE_KIND:
+                if not scoped:
+                    continue
+            elif record.get("t") not in ITEM_EVENT_TYPES:
                 continue
             problem = record_problem(record, latest)
             if problem is not None:
