@@ -33,6 +33,8 @@ from edgewise.sync.control_store import CommitInfo, ControlStore
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
 from edgewise.sync.fleet import EdgeEntry
+from edgewise.sync.model_refresh import RefreshJob
+from edgewise.sync.model_refresh_jobs import refresh_jobs
 from edgewise.sync.profile_folder import ProfileFolder
 from edgewise.v1 import sync_pb2
 
@@ -77,7 +79,7 @@ class CentralControlService(ControlPlaneService):
         self.shared_fleet = FleetShare(
             replica.central.bridge, self.fleet, self.lease.holder_id, replicas=replica.central.replicas
         )
-        self._leading: list[ProfileFolder | BanditLearner] = []
+        self._leading: list[ProfileFolder | BanditLearner | RefreshJob] = []
         self._leading_lock = threading.Lock()
         self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
         self._snapshot_due = threading.Event()
@@ -117,6 +119,10 @@ class CentralControlService(ControlPlaneService):
                     schedule=self._bandit_schedule,
                 ),
             ]
+            if self.refresh_config is not None:  # the model refresh jobs run under the lease too
+                self._leading += refresh_jobs(
+                    self.refresh_config, self.store, self.local_events, self._push_lock, self.cache.notify
+                )
             for job in self._leading:
                 job.start()
 

@@ -54,6 +54,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "NatsConfig",
+    "RefreshConfig",
     "RolloutConfig",
     "ServerConfig",
     "SyncConfig",
@@ -382,6 +383,104 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshConfig:
+    """`[refresh]`: the models the control plane recomputes from forwarded events (docs/refresh.md)."""
+
+    popularity: bool = field(
+        default=False,
+        metadata=meta(
+            "refresh item_popularity and its country / segment scopes from forwarded events",
+            flag="--refresh-popularity",
+        ),
+    )
+    popularity_every: timedelta = field(
+        default=timedelta(minutes=5),
+        metadata=meta("how often", min=1, flag="--refresh-popularity-every", metavar="DURATION"),
+    )
+    popularity_half_life: timedelta = field(
+        default=timedelta(days=7),
+        metadata=meta(
+            "an event's weight in popularity halves every this long",
+            min=1,
+            flag="--refresh-popularity-half-life",
+            metavar="DURATION",
+        ),
+    )
+    new_items: bool = field(
+        default=False,
+        metadata=meta(
+            "give item ids that events name and the catalog lacks a record and a row (with popularity)",
+            flag="--refresh-new-items",
+        ),
+    )
+    new_item_min_users: int = field(
+        default=3,
+        metadata=meta(
+            "... once this many users (or sessions) had one",
+            min=1,
+            flag="--refresh-new-item-min-users",
+            metavar="N",
+        ),
+    )
+    trending: bool = field(
+        default=False,
+        metadata=meta("refresh item_daily_counts (trending) from forwarded views", flag="--refresh-trending"),
+    )
+    trending_every: timedelta = field(
+        default=timedelta(minutes=5),
+        metadata=meta("how often", min=1, flag="--refresh-trending-every", metavar="DURATION"),
+    )
+    trending_days: int = field(
+        default=28,
+        metadata=meta(
+            "days of daily counts, when the state has none yet (else the current array's)",
+            min=1,
+            max=3660,
+            flag="--refresh-trending-days",
+            metavar="N",
+        ),
+    )
+    neighbors: bool = field(
+        default=False,
+        metadata=meta(
+            "refresh item_neighbors from co-occurrence in users' recent events", flag="--refresh-neighbors"
+        ),
+    )
+    neighbors_every: timedelta = field(
+        default=timedelta(hours=1),
+        metadata=meta("how often", min=1, flag="--refresh-neighbors-every", metavar="DURATION"),
+    )
+    neighbors_window: timedelta = field(
+        default=timedelta(days=30),
+        metadata=meta(
+            "events of this long before the newest one make the baskets",
+            min=1,
+            flag="--refresh-neighbors-window",
+            metavar="DURATION",
+        ),
+    )
+    neighbors_k: int = field(
+        default=20,
+        metadata=meta(
+            "neighbours per item, when the state has none yet (else the current arrays' k)",
+            min=1,
+            max=1000,
+            flag="--refresh-neighbors-k",
+            metavar="N",
+        ),
+    )
+    neighbors_min_support: int = field(
+        default=2,
+        metadata=meta(
+            "users (or sessions) two items must share to be neighbours",
+            min=1,
+            flag="--refresh-neighbors-min-support",
+            metavar="N",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = field(
         default="",
@@ -520,6 +619,7 @@ class ControlConfig:
     metrics: MetricsConfig
     log: LogConfig
     nats: NatsConfig = field(default_factory=NatsConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def get(self, key: str) -> object:

@@ -1,12 +1,13 @@
 """The control plane's background jobs over the events edges forward: the profile folder
 (`sync/profile_folder.py`), the bandit learner (`sync/bandit_learner.py`) and event retention
-(`sync/event_retention.py`), each a thread of its own (`sync/periodic.py`).
+(`sync/event_retention.py`), and the model refresh jobs `refresh` switches on (`sync/model_refresh.py`),
+each a thread of its own (`sync/periodic.py`).
 
-The folder and the learner commit under `lock`, the lock the service's pushes, rollbacks and forgets
-hold, so no job's commit interleaves with theirs, and call `on_commit` after each commit (the commit
-cache's `notify`: subscriptions send it at once). Retention runs only when `retain_events_ms` is
-positive (0: keep every stored event). `start` starts them all, `stop` stops them all and returns when
-each thread ended (or its timeout passed).
+The folder, the learner and the refresh jobs commit under `lock`, the lock the service's pushes,
+rollbacks and forgets hold, so no job's commit interleaves with theirs, and call `on_commit` after each
+commit (the commit cache's `notify`: subscriptions send it at once). Retention runs only when
+`retain_events_ms` is positive (0: keep every stored event). `start` starts them all, `stop` stops them
+all and returns when each thread ended (or its timeout passed).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from contextlib import AbstractContextManager
 
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
+from edgewise.sync.control_config import RefreshConfig
 from edgewise.sync.control_store import ControlStore
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore
+from edgewise.sync.model_refresh import RefreshJob
+from edgewise.sync.model_refresh_jobs import refresh_jobs
 from edgewise.sync.profile_folder import ProfileFolder
 
 __all__ = ["ControlJobs"]
@@ -34,13 +38,18 @@ class ControlJobs:
         *,
         bandit_schedule: LearningSchedule = DEFAULT_SCHEDULE,
         retain_events_ms: int = DEFAULT_RETAIN_MS,
+        refresh: RefreshConfig | None = None,
     ) -> None:
         self.folder = ProfileFolder(store, events, lock, on_commit)
         self.learner = BanditLearner(store, events, lock, on_commit, schedule=bandit_schedule)
         self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
+        self.refresh = refresh_jobs(refresh, store, events, lock, on_commit) if refresh is not None else []
 
-    def _jobs(self) -> list[ProfileFolder | BanditLearner | EventRetention]:
-        return [job for job in (self.folder, self.learner, self.retention) if job is not None]
+    def _jobs(self) -> list[ProfileFolder | BanditLearner | EventRetention | RefreshJob]:
+        jobs: list[ProfileFolder | BanditLearner | EventRetention | RefreshJob] = [self.folder, self.learner]
+        if self.retention is not None:
+            jobs.append(self.retention)
+        return [*jobs, *self.refresh]
 
     def start(self) -> None:
         for job in self._jobs():

@@ -216,6 +216,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
         fleet_max_entries=config.fleet.max_entries,
         identity_of=auth.identity if auth is not None else None,
         rollout_policy=config.rollout.policy(),
+        refresh=config.refresh,
     )
     admission = EdgeAdmission(
         EdgeLimits(

@@ -54,6 +54,7 @@ from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
 from edgewise.sync.commit_cache import CommitCache, commit_proto
+from edgewise.sync.control_config import RefreshConfig
 from edgewise.sync.control_jobs import ControlJobs
 from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
@@ -135,6 +136,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         identity_of: Callable[[Iterable[Any] | None], NodeIdentity | None] | None = None,
         staging_dir: Path | None = None,
         rollout_policy: RolloutPolicy | None = None,
+        refresh: RefreshConfig | None = None,
     ) -> None:
         self.store = store
         # Pushes are received into a directory of their own under here (the control plane's data directory
@@ -160,6 +162,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         )
         self._push_lock = threading.Lock()  # one push validates and commits at a time
         self._forget_lock = threading.Lock()  # a forget's two stores vs a Forward's check and ingest
+        self.refresh_config = refresh  # the model refresh jobs (sync/model_refresh_jobs.py)
         self.jobs = (
             ControlJobs(
                 store,
@@ -168,6 +171,7 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 self.cache.notify,
                 bandit_schedule=bandit_schedule,
                 retain_events_ms=retain_events_ms,
+                refresh=refresh,
             )
             if events is not None
             else None

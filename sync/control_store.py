@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 REPLICATED: Final = ("profiles", "items", "models", "rules", "forgotten")
-KINDS: Final = ("push", "delta", "rollback", "forget")
+KINDS: Final = ("push", "delta", "rollback", "forget", "refresh")  # "refresh": sync/model_refresh.py
 LEGACY_FORGOTTEN_KEY: Final = "forgotten"
 """("rules", "forgotten"): layout 1's msgpack list of every forgotten user, rewritten by each forget. Still
 reserved: a rollback to a version that had it does not bring it back."""

@@ -84,6 +84,20 @@ FLAG_DEFAULTS = {
     "--rollout-promote-after": ("rollout.promote_after", timedelta(0)),
     "--rollout-check-seconds": ("rollout.check_seconds", 1.0),
     "--rollout-shadow-sample": ("rollout.shadow_sample", 0.1),
+    # issue 21: model refresh from forwarded events
+    "--refresh-popularity": ("refresh.popularity", False),
+    "--refresh-popularity-every": ("refresh.popularity_every", timedelta(minutes=5)),
+    "--refresh-popularity-half-life": ("refresh.popularity_half_life", timedelta(days=7)),
+    "--refresh-new-items": ("refresh.new_items", False),
+    "--refresh-new-item-min-users": ("refresh.new_item_min_users", 3),
+    "--refresh-trending": ("refresh.trending", False),
+    "--refresh-trending-every": ("refresh.trending_every", timedelta(minutes=5)),
+    "--refresh-trending-days": ("refresh.trending_days", 28),
+    "--refresh-neighbors": ("refresh.neighbors", False),
+    "--refresh-neighbors-every": ("refresh.neighbors_every", timedelta(hours=1)),
+    "--refresh-neighbors-window": ("refresh.neighbors_window", timedelta(days=30)),
+    "--refresh-neighbors-k": ("refresh.neighbors_k", 20),
+    "--refresh-neighbors-min-support": ("refresh.neighbors_min_support", 2),
 }
 
 

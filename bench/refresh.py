@@ -1,0 +1,342 @@
+"""Decide latency while a model refresh applies on the edge: the issue's "a model delta for 10k items and
+100k users computed and applied on every edge without raising Decide p99 by more than 10%".
+
+    python -m bench.refresh              # about 4 minutes; --quick for a smoke run, --json for a report
+
+Real processes on loopback: `edgewise control serve` with the popularity, trending and neighbours
+refresh on (every second), holding the synthetic bundle `python -m bench.pipeline` caches (100k users x
+10k items, 32-dim embeddings, country and segment popularity, 50 neighbours, daily counts), and one
+`edgewise edge serve --control ... --workers 2` following it (a fleet's every edge applies the same
+commits; one edge is what this machine can hold next to the load). The edge queues no exposure records
+(`track.queue_exposures = "never"`): forwarding them would keep the control plane folding them on the
+same cores through every round (`python -m bench.node` measures that cost); here the control plane is
+idle but for the refresh.
+
+An open loop of Decide (`edgewise bench load --rate`, at half the edge's closed-loop capacity) runs in
+alternating rounds: **quiet** (nothing to apply) and **refresh**. Before a refresh round, with the edge's
+syncer paused (SIGSTOP to its supervisor; its workers serve on), the bench (1) stores 20,000 item events
+(views, carts, purchases of every one of the 10k items, each block of 10 items by two random users of
+the bundle, timed now) in the control plane's event store, as `Forward` stores them, so the control
+plane's refresh jobs recompute `item_popularity` and its scopes, `item_daily_counts` and the neighbours
+and commit them (the item half of the model delta, computed by the real jobs: their compute times are
+reported), and (2) pushes a delta of 100,000 profile upserts with new 32-dim embeddings (the user half:
+a synthetic stand-in for the ALS user factors the embeddings refresh commits; the same profile records
+on the edge, so the same apply cost). Two seconds into the round's load the syncer resumes (SIGCONT)
+and the edge receives and applies every commit while the load runs; the bench checks that each landed
+inside the round (the edge's `sync_applied` log lines) and reports their apply times. The control plane
+computes while no load runs because here it shares the edge's two cores; in a deployment it runs
+elsewhere, and the figure is about what applying the refresh costs the edge's Decide.
+
+The figure: `p99_ratio` = median over rounds of the refresh rounds' Decide p99 / median of the quiet
+rounds' (one run, alternating rounds, so drifting machine load hits both). During a refresh round the
+control plane still streams the commits (the 100k profiles are about 40 MB) and folds the events into
+profiles on the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from edgewise.bench.node import _figures, _load
+from edgewise.bench.pipeline import prepare_bundle
+from edgewise.client import ControlClient
+from edgewise.core.activity import Event
+from edgewise.processes import Process, Processes, edgewise_command
+from edgewise.sync.event_store import EventStore
+
+TARGET_P99_RATIO: Final = 1.10  # issue 21: Decide p99 while a refresh applies <= +10%
+OPS_TOKEN: Final = "bench-refresh-ops"
+EDGE_TOKEN: Final = "bench-refresh-edge"
+START_TIMEOUT_S: Final = 180.0
+LEAD_S: Final = 2.0
+COMPUTE_TIMEOUT_S: Final = 600.0
+MODELS: Final = frozenset(
+    {"popularity", "trending", "neighbors"}
+)  # into a refresh round before the refresh starts
+ITEM_EVENTS_PER_ITEM: Final = 2
+BLOCK: Final = 10
+EVENT_TYPES: Final = ("view", "view", "view", "add_to_cart", "purchase")
+REFRESH_FLAGS: Final = (
+    "--refresh-popularity",
+    "--refresh-popularity-every",
+    "1s",
+    "--refresh-trending",
+    "--refresh-trending-every",
+    "1s",
+    "--refresh-neighbors",
+    "--refresh-neighbors-every",
+    "1s",
+)
+
+
+def _log(message: str) -> None:
+    print(f"[bench.refresh] {message}", file=sys.stderr, flush=True)
+
+
+def _profiles_delta(bundle: Path, out: Path, dim: int, seed: int) -> int:
+    """A delta upserting every profile of the bundle with a new random embedding; its line count."""
+    rng = np.random.default_rng(seed)
+    lines = 0
+    with open(bundle / "profiles.jsonl") as src, open(out, "w") as dst:
+        for line in src:
+            profile = json.loads(line)
+            vector = np.round(rng.normal(0, 0.3, dim), 4).tolist()
+            dst.write(json.dumps({"op": "upsert", "profile": profile, "embedding": vector}) + "\n")
+            lines += 1
+    return lines
+
+
+def _item_events(
+    items: Sequence[str], users: Sequence[str], tag: str, seed: int
+) -> list[tuple[str, str, bytes]]:
+    """Records as `Forward` stores them: every item `ITEM_EVENTS_PER_ITEM` times, each block of
+    `BLOCK` items by `ITEM_EVENTS_PER_ITEM` random users who each had all of it (so the neighbours job
+    finds pairs with support: a block's items become each other's neighbours)."""
+    rng = random.Random(seed)
+    now = int(time.time() * 1000)
+    out: list[tuple[str, str, bytes]] = []
+    shift = (seed * 3) % len(items)  # other blocks each round: the neighbours change
+    rotated = [*items[shift:], *items[:shift]]
+    for start in range(0, len(rotated), BLOCK):
+        block = rotated[start : start + BLOCK]
+        for _ in range(ITEM_EVENTS_PER_ITEM):
+            user = rng.choice(users)
+            for item in block:
+                event_id = f"{tag}-{len(out)}"
+                event = Event(event_id, rng.choice(EVENT_TYPES), user, "", item, "", "", 0.0, now - len(out))
+                out.append(("event", event_id, event.encode()))
+    return out
+
+
+def _ids(path: Path) -> list[str]:
+    with open(path) as f:
+        return [str(json.loads(line)["id"]) for line in f]
+
+
+def _applied(edge: Process, after: int) -> list[dict[str, Any]]:
+    return [
+        e for e in edge.log_events() if e.get("event") == "sync_applied" and int(e.get("version", 0)) > after
+    ]
+
+
+def _head(ops: ControlClient) -> int:
+    return ops.history(1).head_version
+
+
+def _wait_applied(edge: Process, version: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(int(e.get("version", 0)) >= version for e in _applied(edge, 0)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the edge did not apply version {version} in {timeout:g} s")
+        time.sleep(0.2)
+
+
+def run(duration: float, rounds: int, clients: int, quick: bool, *, profiles: bool = True) -> dict[str, Any]:
+    users_n, items_n = (20_000, 2_000) if quick else (100_000, 10_000)
+    bundle, _, _ = prepare_bundle(None, users_n, items_n, 7)
+    root = Path(bundle.path)
+    users, items = _ids(root / "profiles.jsonl"), _ids(root / "items.jsonl")
+    common = ["--duration", str(duration), "--warmup", "1", "--clients", str(clients)]
+    common += ["--users", str(users_n), "--items", str(items_n), "--mix", "decide=1"]
+    env = {"PYTHONUNBUFFERED": "1", "EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN}
+    results: dict[str, Any] = {
+        "bundle": str(root),
+        "duration_s": duration,
+        "rounds": rounds,
+        "clients": clients,
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="edgewise-bench-refresh-") as tmp_name,
+        Processes(Path(tmp_name) / "procs", env, grace=10) as procs,
+    ):
+        tmp = Path(tmp_name)
+        deltas: list[Path | None] = []
+        for r in range(rounds):
+            path = tmp / f"profiles-{r}.jsonl"
+            lines = _profiles_delta(root, path, bundle.dim, seed=r) if profiles else 0
+            deltas.append(path if profiles else None)
+        results["profile_upserts"] = lines
+        control_cmd = ["control", "serve", "--data", str(tmp / "control"), "--listen", "127.0.0.1:0"]
+        control = procs.serve(
+            "control", [*control_cmd, "--heartbeat", "0.5", *REFRESH_FLAGS], timeout=START_TIMEOUT_S
+        )
+        with ControlClient(control.address, token=OPS_TOKEN, timeout=600) as ops:
+            pushed = ops.push(root).version
+            edge_cmd = ["edge", "serve", "--data", str(tmp / "edge"), "--control", control.address]
+            edge = procs.serve(
+                "edge",
+                [*edge_cmd, "--node-id", "bench-edge", "--workers", "2", "--listen", "127.0.0.1:0"],
+                {"EDGEWISE_TRACK_QUEUE_EXPOSURES": "never"},
+                timeout=START_TIMEOUT_S,
+            )
+            _wait_applied(edge, pushed, START_TIMEOUT_S)
+            _log(f"control plane at {control.address}, edge at {edge.address}, bundle version {pushed}")
+            capacity = _figures(_load(edge.address, [*common, "--concurrency", "32"], tmp / "capacity.json"))
+            rate = max(50, int(capacity["ok_per_s"] * 0.5))
+            results["edge_capacity_per_s"] = capacity["ok_per_s"]
+            results["open_rate"] = rate
+            open_loop = [*common, "--rate", str(rate)]
+            quiet: list[dict[str, Any]] = []
+            refresh: list[dict[str, Any]] = []
+            for r in range(rounds):
+                quiet.append(_figures(_load(edge.address, open_loop, tmp / f"quiet-{r}.json")))
+                refresh.append(
+                    _refresh_round(edge, ops, control, open_loop, tmp, r, items, users, deltas[r], duration)
+                )
+        results["control_log"] = [
+            {k: e.get(k) for k in ("ts", "event", "model", "version", "changes", "error")}
+            for e in control.log_events()
+            if e.get("event") in ("model_refreshed", "model_refresh_failed")
+        ]
+    results["quiet"] = quiet
+    results["refresh"] = refresh
+    p99_quiet = statistics.median(q["p99_ms"] for q in quiet)
+    p99_refresh = statistics.median(r["p99_ms"] for r in refresh)
+    ratio = round(p99_refresh / p99_quiet, 3) if p99_quiet else None
+    results["p99_quiet_ms"] = p99_quiet
+    results["p99_refresh_ms"] = p99_refresh
+    results["p99_ratio"] = ratio
+    results["target_p99_ratio"] = TARGET_P99_RATIO
+    results["met"] = ratio is not None and ratio <= TARGET_P99_RATIO
+    return results
+
+
+def _refresh_round(
+    edge: Process,
+    ops: ControlClient,
+    control: Process,
+    open_loop: Sequence[str],
+    tmp: Path,
+    r: int,
+    items: Sequence[str],
+    users: Sequence[str],
+    delta: Path | None,
+    duration: float,
+) -> dict[str, Any]:
+    """One open-loop load during which the edge applies a model refresh (see the module doc)."""
+    out = tmp / f"refresh-{r}.json"
+    head = _head(ops)
+    records = _item_events(items, users, f"round{r}", seed=r)
+    os.kill(edge.pid, signal.SIGSTOP)  # the edge's syncer (its supervisor) waits; its workers serve on
+    try:
+        computed = time.time()
+        with EventStore(control.data / "events") as events:
+            events.ingest("bench", records)
+        pushed = 0
+        if delta is not None:
+            pushed = ops.push_delta(delta, description=f"bench: synthetic user embeddings, round {r}").version
+        done = _wait_refreshed(control, head, COMPUTE_TIMEOUT_S)
+        compute = {m: round(ts - computed, 2) for m, ts in done.items()}
+        commits = [c for c in ops.history(50).commits if c.version > head]
+        cmd = edgewise_command(
+            "bench", "load", "--target", edge.address, *open_loop, "--quiet", "--json", str(out)
+        )
+        load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started = time.time()
+        time.sleep(1.0 + LEAD_S)  # the load's warm-up, then into the measured part
+    finally:
+        triggered = time.time()
+        os.kill(edge.pid, signal.SIGCONT)
+    _, err = load.communicate(timeout=duration + 600)
+    if load.returncode not in (0, 1) or not out.exists():
+        raise RuntimeError(f"bench load failed ({load.returncode}): {err[-2000:]}")
+    ended = started + 1.0 + duration
+    figures = _figures(json.loads(out.read_text()))
+    last = max(c.version for c in commits)
+    _wait_applied(edge, max(last, pushed), 120)
+    applied = _applied(edge, head)
+    late = [a for a in applied if float(a.get("ts", 0)) > ended]
+    row = {
+        **figures,
+        "compute_s": compute,
+        "commits": [
+            {"version": c.version, "kind": c.kind, "changes": c.changes, "description": c.description}
+            for c in reversed(commits)
+        ],
+        "apply_ms": [float(a.get("ms", 0)) for a in applied],
+        "applied_s_after_resume": round(max(float(a.get("ts", 0)) for a in applied) - triggered, 2),
+        "applied_after_load": len(late),
+    }
+    _log(
+        f"refresh round {r}: p99 {figures['p99_ms']} ms, {len(applied)} commits applied "
+        f"({', '.join(f'{m:.0f}' for m in row['apply_ms'])} ms), the last {row['applied_s_after_resume']} s "
+        f"after the resume, {len(late)} after the load; computed in {compute} s"
+    )
+    return row
+
+
+def _wait_refreshed(control: Process, after: int, timeout: float) -> dict[str, float]:
+    """Wait until every refresh job committed after version `after`; when each did (its log line's ts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = {
+            str(e["model"]): float(e["ts"])
+            for e in control.log_events()
+            if e.get("event") == "model_refreshed" and int(e.get("version", 0)) > after
+        }
+        if set(done) >= MODELS:
+            return done
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"refresh commits after {after}: only {sorted(done)} in {timeout:g} s")
+        time.sleep(0.2)
+
+
+def _format(r: dict[str, Any]) -> str:
+    lines = [
+        f"bundle {r['bundle']}; edge capacity {r['edge_capacity_per_s']}/s; open loop at {r['open_rate']}/s, "
+        f"{r['duration_s']} s per round, {r['rounds']} rounds of each",
+        "round        p50 ms   p99 ms  p99.9 ms  commits applied (apply ms)",
+    ]
+    for i, (q, f) in enumerate(zip(r["quiet"], r["refresh"], strict=True)):
+        lines.append(f"quiet {i:<5} {q['p50_ms']:>7} {q['p99_ms']:>8} {q['p999_ms']:>9}")
+        apply = ", ".join(f"{m:.0f}" for m in f["apply_ms"])
+        row = f"refresh {i:<3} {f['p50_ms']:>7} {f['p99_ms']:>8} {f['p999_ms']:>9}"
+        late = (
+            f" ({f['applied_after_load']} applied after the load: make the rounds longer)"
+            if f["applied_after_load"]
+            else ""
+        )
+        lines.append(f"{row}  {len(f['apply_ms'])} ({apply}){late}")
+    lines.append(
+        f"p99 median: quiet {r['p99_quiet_ms']} ms, refresh {r['p99_refresh_ms']} ms: ratio {r['p99_ratio']} "
+        f"(target <= {r['target_p99_ratio']}: {'met' if r['met'] else 'NOT met'})"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.refresh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small bundle and short rounds: a smoke run")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds per round (default 20, quick 6)"
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of each kind (default 3, quick 1)")
+    parser.add_argument("--clients", type=int, default=2, help="load client processes (default 2)")
+    parser.add_argument(
+        "--no-profiles", action="store_true", help="refresh the item models only (no 100k profile embeddings)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    duration = args.duration if args.duration is not None else (20.0 if args.quick else 45.0)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    results = run(duration, rounds, args.clients, args.quick, profiles=not args.no_profiles)
+    print(json.dumps(results, indent=2) if args.json else _format(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

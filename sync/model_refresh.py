@@ -1,0 +1,362 @@
+"""The control plane's model refresh jobs: forwarded events become model deltas (docs/refresh.md).
+
+One `RefreshJob` per model (`core/model_refresh.ModelRefresh`: popularity, trending, neighbours; the
+embeddings refresh plugs in the same way), a thread of its own (`sync/periodic.py`) ticking every
+`every` seconds. A tick reads the forwarded events the model needs (an incremental model: those stored
+since its cursor `refresh:<name>`, in batches; a windowed model: every stored event of its window, when
+an item event arrived since its last run), turns them into `RefreshEvent`s, asks the model for the new
+state, and commits what changed as one commit of kind "refresh" through the change log (so it is
+versioned, listed by `ctl history`, rolled back like any push and sent to the edges like any commit),
+with its cursor moved in the same transaction (`ControlStore.commit_at`): each event counts once, also
+across crashes and lease moves. Only arrays (and manifest keys, profiles) whose bytes differ are
+committed; a run that changes nothing commits nothing (its cursor still moves).
+
+The model is computed outside the push lock (neighbours take a while); the commit is made under it,
+and only if no other commit landed since the state was read, else the run is made again under the lock.
+
+Context (for a `scoped` model): an event carries no country or segments. A job remembers, from the
+exposure records it reads, each decision's and each unit's (user, else session) last country and
+matched segments (the newest 100,000 of each), and gives an event its decision's context, else its
+unit's, else the country attribute of its user's profile.
+
+New items (`new_items`, the popularity job only): an item id that events name and the catalog lacks
+gets a record (`core/model_refresh.new_item_record`) once `NewItems` has seen it from enough units; the
+records are made as delta upserts (`sync/changes.parse_delta`), which give the item the next row and
+grow every per-item array as a delta would, then the model refreshes the grown state, in one commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+from edgewise.core.exposure import EXPOSURE_KIND
+from edgewise.core.forwarded import latest_ms, record_problem
+from edgewise.core.model_refresh import (
+    ITEM_EVENT_TYPES,
+    ModelRefresh,
+    ModelState,
+    NewItems,
+    RefreshEvent,
+    RefreshResult,
+    new_item_record,
+)
+from edgewise.core.records import (
+    RecordError,
+    decode_array,
+    decode_item,
+    decode_profile,
+    encode_array,
+    encode_profile,
+)
+from edgewise.sync.bundle import _id_problem
+from edgewise.sync.changes import MANIFEST_KEY, parse_delta
+from edgewise.sync.control_store import CommitInfo, ControlStore, ControlView, RecordChange
+from edgewise.sync.event_store import EventStore
+from edgewise.sync.periodic import Periodic
+from edgewise.sync.skipped_records import SkippedRecords
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CURSOR_PREFIX", "EventContext", "RefreshJob"]
+
+CURSOR_PREFIX: Final = "refresh:"
+KIND: Final = "refresh"
+_CONTEXTS: Final = 100_000
+_ATTEMPTS: Final = 3
+
+
+class EventContext:
+    """The country and segments of decisions and units, from the exposure records read (see the module
+    doc), and the forwarded records as `RefreshEvent`s."""
+
+    def __init__(self, capacity: int = _CONTEXTS) -> None:
+        self.capacity = capacity
+        self._decisions: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
+        self._units: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
+
+    def _remember(
+        self,
+        table: OrderedDict[str, tuple[str, tuple[str, ...]]],
+        key: str,
+        value: tuple[str, tuple[str, ...]],
+    ) -> None:
+        table.pop(key, None)
+        table[key] = value
+        while len(table) > self.capacity:
+            table.popitem(last=False)
+
+    def events(
+        self, records: Sequence[Mapping[str, Any]], country_of: Callable[[str], str]
+    ) -> list[RefreshEvent]:
+        """The item events among `records` (checked ones, in stored order), with their context."""
+        out: list[RefreshEvent] = []
+        for record in records:
+            unit = str(record.get("u") or record.get("s") or "")
+            if record.get("k") == EXPOSURE_KIND:
+                segments = record.get("sg")
+                context = (
+                    str(record.get("co") or ""),
+                    tuple(str(s) for s in segments) if isinstance(segments, list) else (),
+                )
+                self._remember(self._decisions, str(record.get("d", "")), context)
+                if unit:
+                    self._remember(self._units, unit, context)
+                continue
+            kind, item = record.get("t"), record.get("i")
+            if kind not in ITEM_EVENT_TYPES or not isinstance(item, str) or not item or not unit:
+                continue
+            known = self._decisions.get(str(record.get("d") or "")) or self._units.get(unit)
+            if known is None:
+                user = record.get("u")
+                known = (country_of(user) if isinstance(user, str) and user else "", ())
+            out.append(RefreshEvent(str(kind), unit, item, int(record.get("ts", 0)), known[0], known[1]))
+        return out
+
+
+class RefreshJob:
+    """One model's refresh on a schedule (see the module doc)."""
+
+    def __init__(
+        self,
+        store: ControlStore,
+        events: EventStore,
+        lock: AbstractContextManager[object],
+        on_commit: Callable[[], None],
+        model: ModelRefresh,
+        *,
+        every: float,
+        new_items: NewItems | None = None,
+        batch: int = 200_000,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self._lock = lock
+        self._on_commit = on_commit
+        self.model = model
+        self.new_items = new_items
+        self.batch = batch
+        self.cursor = CURSOR_PREFIX + model.name
+        self.context = EventContext()
+        self.skipped = SkippedRecords(f"refresh_{model.name}")
+        self.commits = 0  # refresh commits published since start (for metrics)
+        self.items_added = 0
+        self._loop = Periodic(f"refresh-{model.name}", every, self._tick, "model_refresh_failed")
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._loop.stop(timeout)
+
+    def _tick(self) -> None:
+        try:
+            while self.run_once() is not None and not self.model.window_ms and not self._loop.stopping:
+                pass
+        finally:
+            self.skipped.flush()
+
+    # ---- one run
+
+    def run_once(self) -> CommitInfo | int | None:
+        """Refresh from the events the model needs: the commit, the position read when nothing changed,
+        or None when no event arrived since the last run."""
+        after = self.store.cursor(self.cursor)
+        if self.model.window_ms:
+            last = self.events.last_seq()
+            if last <= after:
+                return None
+            if not self._item_event_after(after):  # exposures only (most records): nothing to recompute
+                self.store.commit_at([], kind=KIND, cursor=self.cursor, position=last)
+                return last
+            rows = list(self.events.events(0))
+        else:
+            rows = self.events.batch_after(after, self.batch)
+        if not rows:
+            return None
+        position = rows[-1][0]
+        first_seq = next((seq for seq, _, _ in rows if seq > after), rows[0][0])
+        records = self._usable(rows)
+        countries: dict[str, str] = {}  # per run: a user's profile country, read once
+
+        def country_of(user: str) -> str:
+            if user not in countries:
+                countries[user] = self._country_of(user)
+            return countries[user]
+
+        events = self.context.events(records, country_of)
+        if self.model.window_ms and events:
+            start = max(e.ts_ms for e in events) - self.model.window_ms
+            events = [e for e in events if e.ts_ms >= start]
+        ready: dict[str, int] = {}
+        if self.new_items is not None:
+            with self.store.read() as view:
+                known = {key for key, _ in view.items("items")}
+            ready = {
+                item: ms
+                for item, ms in self.new_items.observe(events, known).items()
+                if _id_problem(item) is None
+            }
+        info: CommitInfo | None = None
+        for attempt in range(_ATTEMPTS):
+            last_try = attempt == _ATTEMPTS - 1
+            if last_try:
+                with self._lock:
+                    changes, description = self._changes(events, ready, first_seq, position)
+                    info = self._commit(changes, description, position)
+                break
+            version = self.store.head_version()
+            changes, description = self._changes(events, ready, first_seq, position)
+            with self._lock:
+                if self.store.head_version() != version:
+                    continue  # a push or another job committed meanwhile: compute again on the new state
+                info = self._commit(changes, description, position)
+                break
+        if info is None:
+            return position
+        self.commits += 1
+        self.items_added += len(ready)
+        log.info(
+            "model_refreshed",
+            extra={
+                "model": self.model.name,
+                "version": info.version,
+                "changes": info.changes,
+                "new_items": len(ready),
+                "events_to": position,
+            },
+        )
+        self._on_commit()
+        return info
+
+    def _item_event_after(self, after: int) -> bool:
+        """Whether an item event (not an exposure) was stored after sequence `after`."""
+        return any(record.get("t") in ITEM_EVENT_TYPES for _, _, record in self.events.events(after))
+
+    def _usable(self, rows: Sequence[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        latest = latest_ms(time.time_ns() // 1_000_000)
+        out = []
+        scoped = self.model.scoped
+        for seq, _, record in rows:
+            if record.get("k") == EXPOSURE_KIND:
+                if not scoped:
+                    continue
+            elif record.get("t") not in ITEM_EVENT_TYPES:
+                continue
+            problem = record_problem(record, latest)
+            if problem is not None:
+                self.skipped.skip(seq, problem)
+                continue
+            out.append(record)
+        return out
+
+    def _country_of(self, user: str) -> str:
+        with self.store.read() as view:
+            raw = view.get("profiles", user)
+        if raw is None:
+            return ""
+        try:
+            country = decode_profile(user, raw).attributes.get("country")
+        except (RecordError, KeyError, ValueError):
+            return ""
+        return country if isinstance(country, str) else ""
+
+    def _commit(self, changes: list[RecordChange], description: str, position: int) -> CommitInfo | None:
+        return self.store.commit_at(
+            changes, kind=KIND, description=description, cursor=self.cursor, position=position
+        )
+
+    def _changes(
+        self, events: Sequence[RefreshEvent], ready: Mapping[str, int], first_seq: int, last_seq: int
+    ) -> tuple[list[RecordChange], str]:
+        """The record changes of this run (only those that differ from the store) and their description."""
+        with self.store.read() as view:
+            staged: dict[tuple[str, str], bytes | None] = {}
+            if ready:
+                lines = [
+                    json.dumps({"op": "upsert", "item": new_item_record(item, ms)})
+                    for item, ms in sorted(ready.items())
+                ]
+                for change in parse_delta(lines, view, file="refresh new items"):
+                    staged[(change.namespace, change.key)] = change.value
+            state = self._state(view, staged)
+            result = self.model.refresh(state, events)
+            self._stage(view, state, result, staged)
+            changes = [
+                RecordChange(namespace, key, value)
+                for (namespace, key), value in staged.items()
+                if value != view.get(namespace, key)
+            ]
+        times = [e.ts_ms for e in events]
+        window = f"{_iso(min(times))}..{_iso(max(times))}" if times else "no item events"
+        parts = [result.summary] if result.summary else []
+        if ready:
+            parts.append(f"{len(ready)} new items")
+        what = ", ".join(parts) or "no change"
+        description = f"refresh {self.model.name}: {what}; events {first_seq}..{last_seq} ({window})"
+        return changes, description
+
+    def _state(self, view: ControlView, staged: Mapping[tuple[str, str], bytes | None]) -> ModelState:
+        rows: dict[str, int] = {}
+        for key, stored in view.items("items"):
+            if ("items", key) not in staged:
+                rows[key] = decode_item(key, stored).row
+        for (namespace, key), value in staged.items():
+            if namespace == "items" and value is not None:
+                rows[key] = decode_item(key, value).row
+        arrays: dict[str, NDArray[Any]] = {}
+        for (namespace, key), value in staged.items():
+            if namespace == "models" and value is not None and self.model.reads(key):
+                arrays[key] = decode_array(value)
+        for key, stored in view.items("models"):
+            if key not in arrays and ("models", key) not in staged and self.model.reads(key):
+                arrays[key] = decode_array(stored)
+        return ModelState(rows=rows, arrays=arrays, manifest=_manifest(view))
+
+    def _stage(
+        self,
+        view: ControlView,
+        state: ModelState,
+        result: RefreshResult,
+        staged: dict[tuple[str, str], bytes | None],
+    ) -> None:
+        """Add the result's records to `staged` (over the new items' changes)."""
+        n = state.n_items
+        for name, array in result.arrays.items():
+            if array.shape[0] != n:
+                raise ValueError(
+                    f"refresh {self.model.name}: array {name!r} has {array.shape[0]} rows, not {n}"
+                )
+            staged[("models", name)] = encode_array(np.ascontiguousarray(array))
+        if result.manifest:
+            manifest = {**state.manifest, **result.manifest}
+            staged[("rules", MANIFEST_KEY)] = msgpack.packb(manifest, use_bin_type=True)
+        for user, vector in result.profile_embeddings.items():
+            raw = view.get("profiles", user)
+            if raw is None:
+                continue  # no profile (and no consent) to carry it
+            embedding = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
+            staged[("profiles", user)] = encode_profile(
+                replace(decode_profile(user, raw), embedding=embedding)
+            )
+
+
+def _manifest(view: ControlView) -> dict[str, Any]:
+    raw = view.get("rules", MANIFEST_KEY)
+    doc = msgpack.unpackb(raw, raw=False) if raw is not None else {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
