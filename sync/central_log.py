@@ -15,7 +15,8 @@ JetStream resources (created by the first replica, checked by every other one):
   and the message carries `"r": object name` instead of `"c"`.
 - object store `EDGEWISE_SNAPSHOTS`, same replicas: `snapshot.<position>`, the full state at that log
   position (msgpack `{"l", "p", "commits": the newest commit infos, "forgotten": {user: version},
-  "records": [[namespace, key, value], ...]}`), and the payloads of large commits (`commit.<id>`).
+  "records": [[namespace, key, value], ...], "k": the jobs' cursors}`), and the payloads of large
+  commits (`commit.<id>`).
 
 `append` publishes with `Nats-Expected-Last-Sequence` set to the position the caller's state is
 at (optimistic concurrency: a replica that missed a commit is refused, `LogConflict`, catches up and
@@ -126,6 +127,7 @@ class Snapshot:
     commits: list[CommitInfo]  # newest first
     forgotten: dict[str, int]
     records: list[RecordChange]
+    cursors: dict[str, int] | None = None  # the jobs' cursors at that state (None: an older snapshot)
 
 
 def _info_fields(info: CommitInfo) -> list[Any]:
@@ -160,6 +162,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             "commits": [_info_fields(c) for c in snapshot.commits],
             "forgotten": snapshot.forgotten,
             "records": [[r.namespace, r.key, r.value] for r in snapshot.records],
+            "k": snapshot.cursors,
         },
         use_bin_type=True,
     )
@@ -173,6 +176,7 @@ def decode_snapshot(raw: bytes) -> Snapshot:
         commits=[_info(c) for c in doc["commits"]],
         forgotten={str(k): int(v) for k, v in doc["forgotten"].items()},
         records=_changes(doc["records"]),
+        cursors=None if doc.get("k") is None else {str(k): int(v) for k, v in doc["k"].items()},
     )
 
 

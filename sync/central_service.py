@@ -27,13 +27,14 @@ from edgewise.sync.central_events import CentralEvents
 from edgewise.sync.central_fleet import FleetShare
 from edgewise.sync.central_jobs import EventsFollower, JobsLease
 from edgewise.sync.central_log import LogConflict, LogUnavailable
+from edgewise.sync.central_partitions import PartitionLeases
 from edgewise.sync.central_replica import Replica
 from edgewise.sync.control_server import ControlPlaneService
 from edgewise.sync.control_store import CommitInfo, ControlStore
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
 from edgewise.sync.fleet import EdgeEntry
-from edgewise.sync.profile_folder import ProfileFolder
+from edgewise.sync.profile_folder import ProfileFolder, folded_upto
 from edgewise.v1 import sync_pb2
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class CentralControlService(ControlPlaneService):
         super().__init__(
             store, events=events, bandit_schedule=bandit_schedule, retain_events_ms=retain_events_ms, **kwargs
         )
-        self.jobs = None  # the folder and the learner run on the holder of the jobs lease only
+        self.jobs = None  # the folder works the partitions leased here; the learner runs under the jobs lease
         self.replica = replica
         self.central_events = central_events
         self.local_events = events
@@ -76,9 +77,31 @@ class CentralControlService(ControlPlaneService):
         self.shared_fleet = FleetShare(
             replica.central.bridge, self.fleet, self.lease.holder_id, replicas=replica.central.replicas
         )
+        self.partition_leases = PartitionLeases(
+            replica.central.bridge,
+            central_events.partitions,
+            self.lease.holder_id,
+            lambda held: None,  # the folder reads `held()` at each fold
+            replicas=replica.central.replicas,
+        )
+        self.folder = ProfileFolder(
+            store,
+            events,
+            self._push_lock,
+            self.cache.notify,
+            partitions=self.partition_leases.held,
+            retry_on=(LogConflict, LogUnavailable),
+        )
         self._leading: list[ProfileFolder | BanditLearner] = []
         self._leading_lock = threading.Lock()
-        self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
+        partitions = range(central_events.partitions)
+        self.retention = (
+            EventRetention(
+                store, events, retain_events_ms, folded=lambda: folded_upto(self.store, events, partitions)
+            )
+            if retain_events_ms
+            else None
+        )
         self._snapshot_due = threading.Event()
         self._snapshotter = threading.Thread(target=self._snapshots, name="snapshots", daemon=True)
         self._stopping = threading.Event()
@@ -89,6 +112,8 @@ class CentralControlService(ControlPlaneService):
         if self.retention is not None:
             self.retention.start()
         self.lease.start()
+        self.partition_leases.start()
+        self.folder.start()
         self.shared_fleet.start()
         self._snapshotter.start()
 
@@ -96,6 +121,8 @@ class CentralControlService(ControlPlaneService):
         self._stopping.set()
         self._snapshot_due.set()
         self.lease.stop()
+        self.partition_leases.stop()
+        self.folder.stop()
         self.shared_fleet.stop()
         self._follow()
         if self.retention is not None:
@@ -104,10 +131,9 @@ class CentralControlService(ControlPlaneService):
         self._snapshotter.join(10.0)
 
     def _lead(self) -> None:
-        """This replica took the jobs lease: fold and learn from the cursors the log holds."""
+        """This replica took the jobs lease: learn from the cursor the log holds."""
         with self._leading_lock:
             self._leading = [
-                ProfileFolder(self.store, self.local_events, self._push_lock, self.cache.notify),
                 BanditLearner(
                     self.store,
                     self.local_events,

@@ -1,0 +1,176 @@
+"""Folding per partition of the events stream, without NATS (docs/central.md, "One lease per partition"):
+the local copy's index by partition, the folder working some partitions with one cursor each (every
+event folded once across folders, the upgrade from the global cursor, a batch dropped when another
+replica's commit moved a cursor meanwhile), the jobs' cursors carried by snapshots, and retention bounded
+by the partitions' cursors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from edgewise.core.activity import Event
+from edgewise.core.records import decode_profile
+from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
+from edgewise.sync.event_partitions import partition_of
+from edgewise.sync.event_store import EventStore
+from edgewise.sync.profile_folder import CURSOR, ProfileFolder, folded_upto, partition_cursor
+
+P = 4
+USERS = [f"user-{n}" for n in range(12)]
+
+
+def _purchase(n: int, user: str) -> tuple[str, str, bytes]:
+    event = Event(
+        event_id=f"buy-{n}",
+        type="purchase",
+        user_id=user,
+        session_id="",
+        item_id="i1",
+        decision_id="",
+        placement_id="",
+        value=2.0,
+        timestamp_ms=time.time_ns() // 1_000_000,
+    )
+    return ("event", event.event_id, event.encode())
+
+
+def _fill(events: EventStore, first: int, count: int) -> None:
+    records = [_purchase(n, USERS[n % len(USERS)]) for n in range(first, first + count)]
+    events.ingest("node", records, seqs=list(range(first + 1, first + count + 1)))
+
+
+def _orders(store: ControlStore) -> dict[str, int]:
+    with store.read() as view:
+        return {
+            user: int(decode_profile(user, value).attributes.get("orders", 0))
+            for user, value in view.items("profiles")
+        }
+
+
+def _folder(
+    store: ControlStore,
+    events: EventStore,
+    held: set[int],
+    lock: AbstractContextManager[object] | None = None,
+) -> ProfileFolder:
+    return ProfileFolder(
+        store,
+        events,
+        lock if lock is not None else threading.Lock(),
+        lambda: None,
+        partitions=lambda: held,
+        batch=7,
+    )
+
+
+def _drain(folder: ProfileFolder) -> None:
+    while folder.fold_once() is not None:
+        pass
+
+
+def test_the_index_reads_one_partition_in_order_and_follows_forget_and_reopening(tmp_path: Path) -> None:
+    with EventStore(tmp_path / "ev", partitions=P) as events:
+        _fill(events, 0, 60)
+        seen = []
+        for p in range(P):
+            rows = events.batch_in(p, 0, 1000)
+            assert [seq for seq, _, _ in rows] == sorted(seq for seq, _, _ in rows)
+            assert {partition_of(r["u"], P) for _, _, r in rows} <= {p}
+            seen += [seq for seq, _, _ in rows]
+            after = rows[2][0]
+            assert events.batch_in(p, after, 2) == [r for r in rows if r[0] > after][:2]
+        assert sorted(seen) == list(range(1, 61))
+        gone = USERS[3]
+        assert events.forget(gone) == 5
+        assert all(r["u"] != gone for p in range(P) for _, _, r in events.batch_in(p, 0, 1000))
+    with EventStore(tmp_path / "ev", partitions=3) as events:  # another partition count: indexed again
+        rows = [row for p in range(3) for row in events.batch_in(p, 0, 1000)]
+        assert len(rows) == 55
+        assert all(partition_of(r["u"], 3) == p for p in range(3) for _, _, r in events.batch_in(p, 0, 100))
+
+
+def test_folders_of_disjoint_partitions_fold_every_event_once(tmp_path: Path) -> None:
+    with ControlStore(tmp_path / "c") as store, EventStore(tmp_path / "ev", partitions=P) as events:
+        _fill(events, 0, 48)
+        one, two = _folder(store, events, {0, 2}), _folder(store, events, {1, 3})
+        _drain(one)
+        _fill(events, 48, 24)
+        _drain(two)
+        _drain(one)
+        assert _orders(store) == {user: 6 for user in USERS}
+        assert {p: store.cursor(partition_cursor(p)) for p in range(P)} == {
+            p: max(seq for seq, _, _ in events.batch_in(p, 0, 1000)) for p in range(P)
+        }
+        assert store.cursor(CURSOR) == 0
+        # a partition moves to the other folder (its lease taken over): it resumes at the cursor
+        _fill(events, 72, 12)
+        _drain(_folder(store, events, {0, 1, 2, 3}))
+        assert _orders(store) == {user: 7 for user in USERS}
+        assert folded_upto(store, events, range(P)) == 84
+
+
+def test_the_upgrade_starts_each_partition_at_the_global_cursor(tmp_path: Path) -> None:
+    with ControlStore(tmp_path / "c") as store, EventStore(tmp_path / "ev", partitions=P) as events:
+        _fill(events, 0, 24)
+        ProfileFolder(store, events, threading.Lock(), lambda: None).fold_once()  # one folder, one cursor
+        assert store.cursor(CURSOR) == 24
+        assert _orders(store) == {user: 2 for user in USERS}
+        _fill(events, 24, 36)
+        _drain(_folder(store, events, {0, 1}))
+        _drain(_folder(store, events, {2, 3}))
+        assert _orders(store) == {user: 5 for user in USERS}
+
+
+class _Interfering:
+    """A lock that runs `before` once as it is first taken (another replica's fold, applied here)."""
+
+    def __init__(self, before: Callable[[], object]) -> None:
+        self.before: Callable[[], object] | None = before
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        if self.before is not None:
+            self.before, before = None, self.before
+            before()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_batch_is_dropped_when_another_replica_folded_the_partition_meanwhile(tmp_path: Path) -> None:
+    with ControlStore(tmp_path / "c") as store, EventStore(tmp_path / "ev", partitions=P) as events:
+        _fill(events, 0, 24)
+        other = _folder(store, events, {0, 1, 2, 3})
+        interfered: list[object] = []
+        paused = _folder(
+            store, events, {0, 1, 2, 3}, _Interfering(lambda: interfered.append(other.fold_once()))
+        )
+        assert paused.fold_once() == 0  # dropped: a cursor it read had moved
+        assert isinstance(interfered[0], CommitInfo)
+        _drain(paused)
+        _drain(other)
+        assert _orders(store) == {user: 2 for user in USERS}
+
+
+def test_snapshots_carry_the_cursors(tmp_path: Path) -> None:
+    with ControlStore(tmp_path / "a") as a, ControlStore(tmp_path / "b") as b:
+        a.commit_at(
+            [RecordChange("items", "i", b"x")], kind="delta", cursors={"profiles.1": 9, "profiles.3": 4}
+        )
+        position, commits, forgotten, records, cursors = a.image_and_cursors()
+        assert cursors == {"profiles.1": 9, "profiles.3": 4}
+        b.commit_at([], kind="delta", cursor="profiles.2", position=5)
+        b.install_snapshot(
+            lineage=a.lineage,
+            commits=commits,
+            records=records,
+            forgotten=forgotten,
+            position=position,
+            cursors=cursors,
+        )
+        assert b.cursors() == cursors
