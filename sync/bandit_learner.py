@@ -20,6 +20,17 @@ published before the crash still rewards it, and a reward already published is n
 Each exposure counts for the posteriors that served it: the segment's named in its record (`bs`), else
 the global ones.
 
+On a central-tier replica (docs/central.md) there is one learner per partition of the events stream the
+replica holds the lease of (`partition`): it reads that partition's records alone (one user's exposures
+and outcomes are in one partition, so attribution by decision id or by user is the same as over every
+record), keeps its cursor `bandits.<p>` (starting at the global `bandits` cursor when absent: the
+upgrade), and adds its counts to the posteriors in the rules document: the Beta counts and the ridge sums
+A and b are sums, so the posteriors the edges read are those of one learner over every record. Before it
+publishes it checks, under the lock, that its cursor in the store is still the one it counted from;
+when another replica published for the partition meanwhile (a lease taken over from a paused holder), or
+when the commit failed (the change log moved on), it drops what it counted and counts again from the
+cursor in the store (`_restart`), so no count is lost or added twice.
+
 A bandit exposure or a reward event it cannot use (`core/forwarded.record_problem`) is skipped and
 counted (`skipped`, logged as `forwarded_records_skipped`; the re-read at start skips them quietly): its
 position moves past it like past any other record.
@@ -48,9 +59,16 @@ from edgewise.sync.skipped_records import SkippedRecords
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CURSOR", "BanditLearner"]
+__all__ = ["CURSOR", "BanditLearner", "partition_cursor"]
 
 CURSOR: Final = "bandits"
+
+
+def partition_cursor(partition: int) -> str:
+    """The name of the learner's cursor of one partition of the events stream."""
+    return f"{CURSOR}.{partition}"
+
+
 REPLAY_RECORDS: Final = 200_000
 """Records before the published cursor re-read at start (the attributor remembers at most 200,000
 decisions and event ids, so older records no longer change what it attributes)."""
@@ -69,8 +87,12 @@ class BanditLearner:
         interval: float = 0.5,
         batch: int = 20_000,
         replay: int = REPLAY_RECORDS,
+        partition: int | None = None,
+        retry_on: tuple[type[Exception], ...] = (),
     ) -> None:
         self.store = store
+        self.partition = partition  # None: every record, cursor `bandits` (the embedded control plane)
+        self._retry_on = retry_on  # commit failures that are retried quietly (the change log moved on)
         self.events = events
         self._lock = lock
         self._on_commit = on_commit
@@ -86,9 +108,29 @@ class BanditLearner:
         # The published cursor: the last record read (and counted). The records before it are re-read
         # by the first read or publish (`_resume`, on the learner's thread once started), not here: the
         # control plane starts serving without waiting for them.
-        self._position = store.cursor(CURSOR) or events.cursor(CURSOR)
+        self._position = self._published = self._stored_cursor()
         self._resumed = False
         self._loop = Periodic("bandit-learn", interval, self._tick, "bandit_learning_failed")
+
+    def _stored_cursor(self) -> int:
+        """The published cursor as the store has it now."""
+        if self.partition is not None:
+            return self.store.cursor(partition_cursor(self.partition), self.store.cursor(CURSOR))
+        return self.store.cursor(CURSOR) or self.events.cursor(CURSOR)
+
+    def _batch(self, after: int) -> list[tuple[int, str, dict[str, Any]]]:
+        if self.partition is not None:
+            return self.events.batch_in(self.partition, after, self.batch)
+        return self.events.batch_after(after, self.batch)
+
+    def _restart(self) -> None:
+        """Forget what was counted since the cursor in the store, and count again from it."""
+        self.stats = BanditStats()
+        self.linear = LinearStats()
+        self.attributor = Attributor()
+        self._position = self._published = self._stored_cursor()
+        self._resumed = False
+        log.info("bandits_restarted", extra={"partition": self.partition, "position": self._position})
 
     @property
     def position(self) -> int:
@@ -103,7 +145,7 @@ class BanditLearner:
         published = self._position
         position = start = max(0, published - self.replay)
         while position < published:
-            rows = [r for r in self.events.batch_after(position, self.batch) if r[0] <= published]
+            rows = [r for r in self._batch(position) if r[0] <= published]
             if not rows:
                 break
             self._count(rows, replay=True)
@@ -126,12 +168,15 @@ class BanditLearner:
                 pass
         finally:
             self.skipped.flush()
-        self.publish_if_due(time.monotonic())
+        try:
+            self.publish_if_due(time.monotonic())
+        except self._retry_on as exc:  # counted again from the cursor (`_restart`), published next time
+            log.info("bandits_publish_retry", extra={"partition": self.partition, "error": repr(exc)[:200]})
 
     def read_once(self) -> int:
         """Count the next batch of stored records; return how many were read."""
         self._resume()
-        rows = self.events.batch_after(self._position, self.batch)
+        rows = self._batch(self._position)
         self._count(rows)
         if rows:
             self._position = rows[-1][0]
@@ -177,6 +222,9 @@ class BanditLearner:
     def publish(self, now: float, reason: str = "asked") -> CommitInfo | None:
         self._resume()
         with self._lock:
+            if self._stored_cursor() != self._published:  # another replica published this partition
+                self._restart()
+                return None
             with self.store.read() as view:
                 raw = view.get("rules", "rules")
             if raw is None:
@@ -186,13 +234,18 @@ class BanditLearner:
             rules = update_linear_rules_doc(rules, linear)
             value = msgpack.packb(rules, use_bin_type=True)
             # The cursor moves with the posteriors: after a crash, counting starts again exactly here.
-            info = self.store.commit_at(
-                [RecordChange("rules", "rules", value)],
-                kind="delta",
-                description=f"bandit posteriors ({reason})",
-                cursor=CURSOR,
-                position=position,
-            )
+            try:
+                info = self.store.commit_at(
+                    [RecordChange("rules", "rules", value)],
+                    kind="delta",
+                    description=f"bandit posteriors ({reason})",
+                    cursor=CURSOR if self.partition is None else partition_cursor(self.partition),
+                    position=position,
+                )
+            except Exception:  # nothing landed, and the counts were taken: count again from the cursor
+                self._restart()
+                raise
+            self._published = position
         self.last_publish = now
         if info is not None:
             self.publishes += 1

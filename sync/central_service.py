@@ -81,7 +81,7 @@ class CentralControlService(ControlPlaneService):
             replica.central.bridge,
             central_events.partitions,
             self.lease.holder_id,
-            lambda held: None,  # the folder reads `held()` at each fold
+            self._partitions_changed,  # the folder reads `held()` at each fold; the learners start here
             replicas=replica.central.replicas,
         )
         self.folder = ProfileFolder(
@@ -94,6 +94,8 @@ class CentralControlService(ControlPlaneService):
         )
         self._leading: list[ProfileFolder | BanditLearner] = []
         self._leading_lock = threading.Lock()
+        self.learners: dict[int, BanditLearner] = {}  # one per partition held here
+        self._learners_lock = threading.Lock()
         partitions = range(central_events.partitions)
         self.retention = (
             EventRetention(
@@ -125,23 +127,21 @@ class CentralControlService(ControlPlaneService):
         self.folder.stop()
         self.shared_fleet.stop()
         self._follow()
+        self._partitions_changed(frozenset())
         if self.retention is not None:
             self.retention.stop()
         self.follower.stop()
         self._snapshotter.join(10.0)
 
+    def _lease_jobs(self) -> list[ProfileFolder | BanditLearner]:
+        """The jobs only the holder of the jobs lease runs: none of the tier's own any more (the folder and
+        the learners work the partitions leased here, `_partitions_changed`)."""
+        return []
+
     def _lead(self) -> None:
-        """This replica took the jobs lease: learn from the cursor the log holds."""
+        """This replica took the jobs lease: start the jobs one replica runs at a time."""
         with self._leading_lock:
-            self._leading = [
-                BanditLearner(
-                    self.store,
-                    self.local_events,
-                    self._push_lock,
-                    self.cache.notify,
-                    schedule=self._bandit_schedule,
-                ),
-            ]
+            self._leading = self._lease_jobs()
             for job in self._leading:
                 job.start()
 
@@ -151,6 +151,25 @@ class CentralControlService(ControlPlaneService):
             jobs, self._leading = self._leading, []
         for job in jobs:
             job.stop()
+
+    def _partitions_changed(self, held: frozenset[int]) -> None:
+        """Learn from the partitions this replica holds now: one learner each, from the cursor the log
+        holds (`BanditLearner(partition=...)`)."""
+        with self._learners_lock:
+            for partition in sorted(set(self.learners) - held):
+                self.learners.pop(partition).stop()
+            for partition in sorted(held - set(self.learners)):
+                learner = BanditLearner(
+                    self.store,
+                    self.local_events,
+                    self._push_lock,
+                    self.cache.notify,
+                    schedule=self._bandit_schedule,
+                    partition=partition,
+                    retry_on=(LogConflict, LogUnavailable),
+                )
+                self.learners[partition] = learner
+                learner.start()
 
     # --- forwarded events live in JetStream ---------------------------------------------------------
 

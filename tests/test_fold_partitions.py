@@ -1,8 +1,9 @@
 """Folding per partition of the events stream, without NATS (docs/central.md, "One lease per partition"):
 the local copy's index by partition, the folder working some partitions with one cursor each (every
 event folded once across folders, the upgrade from the global cursor, a batch dropped when another
-replica's commit moved a cursor meanwhile), the jobs' cursors carried by snapshots, and retention bounded
-by the partitions' cursors."""
+replica's commit moved a cursor meanwhile), the jobs' cursors carried by snapshots, retention bounded
+by the partitions' cursors; and one bandit learner per partition publishing the posteriors one learner
+over every record would (a successor after a crash, a paused holder's publish refused)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
+
+import msgpack
 
 from edgewise.core.activity import Event
 from edgewise.core.records import decode_profile
+from edgewise.sync.bandit_learner import BanditLearner
+from edgewise.sync.bandit_learner import partition_cursor as bandit_cursor
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.event_partitions import partition_of
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.profile_folder import CURSOR, ProfileFolder, folded_upto, partition_cursor
+from tests.test_bandit_learner import FIRST, NEVER, SECOND, _arms
+from tests.test_bandit_learning import rules_doc
 
 P = 4
 USERS = [f"user-{n}" for n in range(12)]
@@ -174,3 +182,61 @@ def test_snapshots_carry_the_cursors(tmp_path: Path) -> None:
             cursors=cursors,
         )
         assert b.cursors() == cursors
+
+
+# --- learning per partition --------------------------------------------------------------------------
+
+
+def _learning_stores(root: Path) -> tuple[ControlStore, EventStore]:
+    store = ControlStore(root / "control", map_size=256 << 20)
+    store.commit([RecordChange("rules", "rules", msgpack.packb(rules_doc(), use_bin_type=True))], kind="push")
+    return store, EventStore(root / "events", map_size=256 << 20, partitions=P)
+
+
+def _learner(store: ControlStore, events: EventStore, partition: int | None) -> BanditLearner:
+    return BanditLearner(
+        store, events, threading.Lock(), lambda: None, schedule=NEVER, batch=7, partition=partition
+    )
+
+
+def _count_all(learner: BanditLearner) -> None:
+    while learner.read_once():
+        pass
+
+
+def test_learners_of_the_partitions_publish_the_posteriors_of_one_learner(tmp_path: Path) -> None:
+    store, events = _learning_stores(tmp_path / "one")
+    single = _learner(store, events, None)
+    for n, records in enumerate((FIRST, SECOND)):
+        events.ingest("edge-a", records)
+        _count_all(single)
+        single.publish(float(n))
+    expected = _arms(store)
+    assert expected != _arms_of(rules_doc())
+
+    store2, events2 = _learning_stores(tmp_path / "partitions")
+    learners = {p: _learner(store2, events2, p) for p in range(P)}
+    events2.ingest("edge-a", FIRST)
+    for learner in learners.values():
+        _count_all(learner)
+        learner.publish(0.0)
+    events2.ingest("edge-a", SECOND)
+    # partition 1's replica dies after counting, before publishing: its successor counts again
+    _count_all(learners[1])
+    learners[1] = _learner(store2, events2, 1)
+    # partition 2's lease moved while its holder was paused: both count, the later publish is refused
+    paused = learners[2]
+    _count_all(paused)
+    learners[2] = _learner(store2, events2, 2)
+    for p in (3, 2, 1, 0):
+        _count_all(learners[p])
+        learners[p].publish(1.0)
+    assert paused.publish(2.0) is None  # its cursor moved: it counts again from there
+    _count_all(paused)
+    paused.publish(3.0)  # nothing new since the successor's publish
+    assert _arms(store2) == expected
+    assert all(store2.cursor(bandit_cursor(p)) > 0 for p in range(P))
+
+
+def _arms_of(doc: dict[str, Any]) -> Any:
+    return doc["bandits"]["promo"]["arms"]
