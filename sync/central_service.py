@@ -44,6 +44,7 @@ __all__ = ["CentralControlService"]
 MAX_ATTEMPTS: Final = 50
 CATCH_UP_S: Final = 10.0
 RESUME_WAIT_S: Final = 5.0  # how long a Subscribe waits for the log to reach the edge's version
+FOLD_EVERY_S: Final = 0.1  # the change log's fold commits per second: about 1 / FOLD_EVERY_S
 SNAPSHOT_EVERY: Final = 1000  # commits between snapshots (and after every push or rollback)
 T = TypeVar("T")
 
@@ -91,6 +92,7 @@ class CentralControlService(ControlPlaneService):
             self.cache.notify,
             partitions=self.partition_leases.held,
             retry_on=(LogConflict, LogUnavailable),
+            catch_up=self._catch_up,
         )
         self._leading: list[ProfileFolder | BanditLearner] = []
         self._leading_lock = threading.Lock()
@@ -133,6 +135,11 @@ class CentralControlService(ControlPlaneService):
         self.follower.stop()
         self._snapshotter.join(10.0)
 
+    def _catch_up(self, refused: Exception) -> None:
+        """After the log refused a job's commit: until this replica applied the log up to where it is."""
+        if isinstance(refused, LogConflict):
+            self.replica.wait_position(refused.last, CATCH_UP_S)
+
     def _lease_jobs(self) -> list[ProfileFolder | BanditLearner]:
         """The jobs only the holder of the jobs lease runs: none of the tier's own any more (the folder and
         the learners work the partitions leased here, `_partitions_changed`)."""
@@ -154,7 +161,9 @@ class CentralControlService(ControlPlaneService):
 
     def _partitions_changed(self, held: frozenset[int]) -> None:
         """Learn from the partitions this replica holds now: one learner each, from the cursor the log
-        holds (`BanditLearner(partition=...)`)."""
+        holds (`BanditLearner(partition=...)`); and fold every 100 ms times the live replicas, so the
+        change log takes about ten fold commits a second however many replicas fold."""
+        self.folder.pace(FOLD_EVERY_S * max(1, self.partition_leases.members))
         with self._learners_lock:
             for partition in sorted(set(self.learners) - held):
                 self.learners.pop(partition).stop()

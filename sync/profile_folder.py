@@ -15,9 +15,11 @@ changed profiles of all of them in one commit that moves each one's cursor (thro
 every replica takes the cursors with the profiles). Under the lock it checks that no cursor it read
 moved meanwhile (another replica's commit for the partition applied here: a lease taken over from a
 paused holder), else it drops the batch and reads again; a commit the log refuses because it moved on
-(`retry_on`) is made again on the next tick from the cursors then applied. So every event is folded
-once whichever replica folds it. It commits at most every `interval` seconds, so the change log, which
-every replica's folds go through, is not flooded with small commits.
+(`retry_on`) is made again once this store applied what the log has (`catch_up`), on the profiles as
+they are then, without reading the records again. So every event is folded
+once whichever replica folds it. It commits at most every `interval` seconds (`pace`: a replica sets
+it to 100 ms times the live replicas), so the change log, which every replica's folds go through, takes
+about as many fold commits with any number of replicas, and two replicas' folds rarely race.
 
 A stored record it cannot use (`core/forwarded.record_problem`: a wrong type, an oversized key, a time
 out of range, bytes that do not decode; `Forward` refuses such records, an older version may have stored
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CURSOR", "ProfileFolder", "folded_upto", "partition_cursor"]
 
 CURSOR: Final = "profiles"
+_ATTEMPTS: Final = 5  # commits of one batch the change log may refuse before the tick gives up
 
 
 def partition_cursor(partition: int) -> str:
@@ -80,10 +83,12 @@ class ProfileFolder:
         limits: ActivityLimits | None = None,
         partitions: Callable[[], Collection[int]] | None = None,
         retry_on: tuple[type[Exception], ...] = (),
+        catch_up: Callable[[Exception], object] | None = None,
     ) -> None:
         self.store = store
         self.partitions = partitions  # None: one cursor over every record (the embedded control plane)
         self._retry_on = retry_on
+        self._catch_up = catch_up  # after a refused commit: until this store applied what the log has
         self.conflicts = 0  # commits the change log refused because it had moved on (central tier)
         self.events = events
         self._lock = lock
@@ -97,6 +102,10 @@ class ProfileFolder:
 
     def start(self) -> None:
         self._loop.start()
+
+    def pace(self, interval: float) -> None:
+        """Commit at most every `interval` seconds from now on."""
+        self._loop.interval = interval
 
     def stop(self, timeout: float = 5.0) -> None:
         self._loop.stop(timeout)
@@ -154,16 +163,26 @@ class ProfileFolder:
         rows.sort(key=lambda row: row[0])
         last = rows[-1][0]
         by_user = self._by_user(rows)
-        with self._lock:
-            if any(self.store.cursor(partition_cursor(p), start) != at for p, at in read.items()):
-                log.info("profile_fold_restarted", extra={"partitions": partitions})
-                return 0  # another replica folded some of them meanwhile: read again
-            info = self.store.commit_at(
-                self._changes(by_user),
-                kind="delta",
-                description=f"events folded in partitions {','.join(str(p) for p in partitions)}",
-                cursors=moved,
-            )
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._lock:
+                    if any(self.store.cursor(partition_cursor(p), start) != at for p, at in read.items()):
+                        log.info("profile_fold_restarted", extra={"partitions": partitions})
+                        return 0  # another replica folded some of them meanwhile: read again
+                    info = self.store.commit_at(
+                        self._changes(by_user),
+                        kind="delta",
+                        description=f"events folded in partitions {','.join(str(p) for p in partitions)}",
+                        cursors=moved,
+                    )
+                break
+            except self._retry_on as exc:
+                # another replica's commit came first: once it is applied here, fold the same records
+                # again on the profiles as they are then (the cursors are checked again)
+                if self._catch_up is None or attempt == _ATTEMPTS - 1:
+                    raise
+                self.conflicts += 1
+                self._catch_up(exc)
         return self._done(info, last, {"events": len(rows), "partitions": sorted(read)})
 
     def _done(self, info: CommitInfo | None, last: int, extra: dict[str, Any]) -> CommitInfo | int:

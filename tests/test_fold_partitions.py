@@ -240,3 +240,60 @@ def test_learners_of_the_partitions_publish_the_posteriors_of_one_learner(tmp_pa
 
 def _arms_of(doc: dict[str, Any]) -> Any:
     return doc["bandits"]["promo"]["arms"]
+
+
+def test_partition_learners_take_over_from_the_global_cursor(tmp_path: Path) -> None:
+    store, events = _learning_stores(tmp_path / "one")
+    single = _learner(store, events, None)
+    for n, records in enumerate((FIRST, SECOND)):
+        events.ingest("edge-a", records)
+        _count_all(single)
+        single.publish(float(n))
+    expected = _arms(store)
+
+    store2, events2 = _learning_stores(tmp_path / "upgraded")
+    before = _learner(store2, events2, None)  # the release before: one learner, the global cursor
+    events2.ingest("edge-a", FIRST)
+    _count_all(before)
+    before.publish(0.0)
+    events2.ingest("edge-a", SECOND)
+    for p in range(P):
+        learner = _learner(store2, events2, p)
+        assert learner.position == len(FIRST)  # starts where the global cursor is
+        _count_all(learner)
+        learner.publish(1.0)
+    assert _arms(store2) == expected
+
+
+class _Refused(Exception):
+    pass
+
+
+def test_a_commit_the_log_refuses_is_made_again_after_catching_up(tmp_path: Path) -> None:
+    with ControlStore(tmp_path / "c") as store, EventStore(tmp_path / "ev", partitions=P) as events:
+        _fill(events, 0, 24)
+        refusals = [2]  # the log refuses the next two commits (another replica's came first)
+        caught_up: list[Exception] = []
+
+        def publish(
+            info: CommitInfo, changes: list[RecordChange], position: int, cursors: dict[str, int]
+        ) -> int:
+            if refusals[0]:
+                refusals[0] -= 1
+                raise _Refused("the change log moved on")
+            return position + 1
+
+        store.on_commit = publish
+        folder = ProfileFolder(
+            store,
+            events,
+            threading.Lock(),
+            lambda: None,
+            partitions=lambda: range(P),
+            retry_on=(_Refused,),
+            catch_up=caught_up.append,
+        )
+        assert isinstance(folder.fold_once(), CommitInfo)
+        assert len(caught_up) == 2 and folder.conflicts == 2
+        assert _orders(store) == {user: 2 for user in USERS}
+        assert store.replicated_position() == 1
