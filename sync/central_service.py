@@ -8,6 +8,10 @@ now be refused), so two replicas taking pushes at once produce one total order a
 JetStream did not confirm in time answers UNAVAILABLE (it may still land: `ctl history` shows it).
 Subscribe, History, Status and Report read the local store, the materialized view of the log, as the
 embedded control plane reads its own.
+
+The jobs over forwarded events run on every replica, each over the partitions of the events stream it
+holds the leases of (`sync/central_partitions.py`): the profile folder over all of them, one bandit
+learner per partition; their commits go through the log like a push, with their cursors in them.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class CentralControlService(ControlPlaneService):
         super().__init__(
             store, events=events, bandit_schedule=bandit_schedule, retain_events_ms=retain_events_ms, **kwargs
         )
-        self.jobs = None  # the folder works the partitions leased here; the learner runs under the jobs lease
+        self.jobs = None  # the folder and the learners work the partitions leased here (`partition_leases`)
         self.replica = replica
         self.central_events = central_events
         self.local_events = events
