@@ -21,15 +21,17 @@ Each exposure counts for the posteriors that served it: the segment's named in i
 the global ones.
 
 On a central-tier replica (docs/central.md) there is one learner per partition of the events stream the
-replica holds the lease of (`partition`): it reads that partition's records alone (one user's exposures
-and outcomes are in one partition, so attribution by decision id or by user is the same as over every
-record), keeps its cursor `bandits.<p>` (starting at the global `bandits` cursor when absent: the
-upgrade), and adds its counts to the posteriors in the rules document: the Beta counts and the ridge sums
-A and b are sums, so the posteriors the edges read are those of one learner over every record. Before it
-publishes it checks, under the lock, that its cursor in the store is still the one it counted from;
-when another replica published for the partition meanwhile (a lease taken over from a paused holder), or
-when the commit failed (the change log moved on), it drops what it counted and counts again from the
-cursor in the store (`_restart`), so no count is lost or added twice.
+replica holds the lease of (`partition`): it reads that partition's records (one user's exposures and
+outcomes are in one partition, so attribution by decision id or by user is the same as over every record)
+and the outcomes tracked without a user id, which are in the partition of the empty user id (a click
+naming its decision but not the user: the learner whose exposure it names attributes it), keeps its cursor
+`bandits.<p>` (starting at the global `bandits` cursor when absent: the upgrade), and adds its counts to
+the posteriors in the rules document: the Beta counts and the ridge sums A and b are sums, so the
+posteriors the edges read are those of one learner over every record. Before it publishes it checks, under
+the lock, that its cursor in the store is still the one it counted from; when another replica published
+for the partition meanwhile (a lease taken over from a paused holder), or when the commit failed (the
+change log moved on), it drops what it counted and counts again from the cursor in the store (`_restart`),
+so no count is lost or added twice.
 
 A bandit exposure or a reward event it cannot use (`core/forwarded.record_problem`) is skipped and
 counted (`skipped`, logged as `forwarded_records_skipped`; the re-read at start skips them quietly): its
@@ -53,6 +55,7 @@ from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
 from edgewise.core.forwarded import UNREADABLE, latest_ms, record_problem
 from edgewise.core.linear_bandit_learning import LinearStats, update_linear_rules_doc
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
+from edgewise.sync.event_partitions import partition_of
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
 from edgewise.sync.skipped_records import SkippedRecords
@@ -118,10 +121,25 @@ class BanditLearner:
             return self.store.cursor(partition_cursor(self.partition), self.store.cursor(CURSOR))
         return self.store.cursor(CURSOR) or self.events.cursor(CURSOR)
 
-    def _batch(self, after: int) -> list[tuple[int, str, dict[str, Any]]]:
-        if self.partition is not None:
-            return self.events.batch_in(self.partition, after, self.batch)
-        return self.events.batch_after(after, self.batch)
+    def _batch(self, after: int) -> tuple[list[tuple[int, str, dict[str, Any]]], int]:
+        """The next records to count after sequence `after`, and the sequence read up to."""
+        if self.partition is None:
+            rows = self.events.batch_after(after, self.batch)
+            return rows, rows[-1][0] if rows else after
+        rows = self.events.batch_in(self.partition, after, self.batch)
+        anonymous = partition_of("", self.events.partitions)
+        if anonymous == self.partition:
+            return rows, rows[-1][0] if rows else after
+        # Outcomes tracked without a user id are in the partition of the empty user id; their decision
+        # id or session may name an exposure of this partition (the exposure of a logged-in user clicked
+        # before the click carried the user): they are read too, and attributed only when they do.
+        others = self.events.batch_in(anonymous, after, self.batch)
+        full = [part[-1][0] for part in (rows, others) if len(part) >= self.batch]
+        upto = min(full) if full else max([after] + [part[-1][0] for part in (rows, others) if part])
+        outcomes = [
+            r for r in others if r[0] <= upto and not r[2].get("u") and r[2].get("k") != EXPOSURE_KIND
+        ]
+        return sorted([r for r in rows if r[0] <= upto] + outcomes, key=lambda r: r[0]), upto
 
     def _restart(self) -> None:
         """Forget what was counted since the cursor in the store, and count again from it."""
@@ -145,11 +163,11 @@ class BanditLearner:
         published = self._position
         position = start = max(0, published - self.replay)
         while position < published:
-            rows = [r for r in self._batch(position) if r[0] <= published]
-            if not rows:
+            rows, upto = self._batch(position)
+            self._count([r for r in rows if r[0] <= published], replay=True)
+            if upto <= position:
                 break
-            self._count(rows, replay=True)
-            position = rows[-1][0]
+            position = min(upto, published)
         self.stats.take()  # these were published before: only the memory of them stays
         self.linear.take()
         self._resumed = True
@@ -174,13 +192,13 @@ class BanditLearner:
             log.info("bandits_publish_retry", extra={"partition": self.partition, "error": repr(exc)[:200]})
 
     def read_once(self) -> int:
-        """Count the next batch of stored records; return how many were read."""
+        """Count the next batch of stored records; return how many were counted (at least 1 when the
+        position moved past records it does not count)."""
         self._resume()
-        rows = self._batch(self._position)
+        rows, upto = self._batch(self._position)
         self._count(rows)
-        if rows:
-            self._position = rows[-1][0]
-        return len(rows)
+        advanced, self._position = upto > self._position, upto
+        return max(len(rows), int(advanced))
 
     def _count(self, rows: Sequence[tuple[int, str, Mapping[str, Any]]], *, replay: bool = False) -> None:
         latest = latest_ms(time.time_ns() // 1_000_000)

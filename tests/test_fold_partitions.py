@@ -25,7 +25,7 @@ from edgewise.sync.event_partitions import partition_of
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.profile_folder import CURSOR, ProfileFolder, folded_upto, partition_cursor
 from tests.test_bandit_learner import FIRST, NEVER, SECOND, _arms
-from tests.test_bandit_learning import rules_doc
+from tests.test_bandit_learning import T0, rules_doc
 
 P = 4
 USERS = [f"user-{n}" for n in range(12)]
@@ -297,3 +297,33 @@ def test_a_commit_the_log_refuses_is_made_again_after_catching_up(tmp_path: Path
         assert len(caught_up) == 2 and folder.conflicts == 2
         assert _orders(store) == {user: 2 for user in USERS}
         assert store.replicated_position() == 1
+
+
+def _anonymous_click(n: int) -> tuple[str, str, bytes]:
+    """A click naming its decision, tracked without the user id its exposure had."""
+    event = Event(
+        f"anon-click-{n}", "click", "", f"s{n}", "", f"d{n}", "promo_slot", 0.0, T0 + n * 1_000 + 500
+    )
+    return "event", event.event_id, event.encode()
+
+
+def test_clicks_without_a_user_id_are_attributed_by_the_learner_of_their_exposure(tmp_path: Path) -> None:
+    records = [r for r in FIRST if r[0] == "exposure"] + [_anonymous_click(n) for n in range(0, 40, 3)]
+    store, events = _learning_stores(tmp_path / "one")
+    events.ingest("edge-a", records)
+    single = _learner(store, events, None)
+    _count_all(single)
+    single.publish(0.0)
+    expected = _arms(store)
+
+    store2, events2 = _learning_stores(tmp_path / "partitions")
+    events2.ingest("edge-a", records)
+    anonymous = partition_of("", P)
+    assert {partition_of(f"u{n}", P) for n in range(0, 40, 3)} - {anonymous}, "clicks outside its partition"
+    for p in range(P):
+        learner = _learner(store2, events2, p)
+        _count_all(learner)
+        learner.publish(0.0)
+    assert _arms(store2) == expected
+    rewards = sum(a["alpha"] for a in expected) - sum(a["alpha"] for a in _arms_of(rules_doc()))
+    assert rewards == 14
