@@ -4,6 +4,9 @@ replicas as real processes, a real edge.
 - The partitions spread over the two replicas (each holds some, together all of them), and both fold.
 - A replica SIGKILLed: the other one takes its partitions over within seconds, and every event forwarded
   before and after the kill is folded exactly once (each user's order count exact on the edge).
+- Both replicas learn bandit posteriors from their partitions (logged-in users' decisions, clicks that
+  name the decision but not the user): the edge's posteriors hold every impression and click once,
+  before and after a replica is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -43,13 +46,13 @@ def replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Callable[...
         yield start
 
 
-def _held(replica: Process) -> tuple[float, set[int]]:
-    """(time of the last change, the partitions held) from the replica's `fold_partitions` lines."""
-    at, held = 0.0, set()
+def _held(replica: Process) -> set[int]:
+    """The partitions the replica holds, from its last `fold_partitions` line."""
+    held: set[int] = set()
     for event in replica.log_events():
         if event.get("event") == "fold_partitions":
-            at, held = time.time(), set(event["partitions"])
-    return at, held
+            held = set(event["partitions"])
+    return held
 
 
 def _folds(replica: Process) -> list[dict[str, Any]]:
@@ -101,11 +104,11 @@ def test_partitions_spread_over_replicas_and_a_killed_ones_are_taken_over_foldin
     wait_for(versions_reach([tmp_path / "edge"], version), 30, "the edge at the push")
 
     def spread() -> bool:
-        held_a, held_b = _held(a)[1], _held(b)[1]
+        held_a, held_b = _held(a), _held(b)
         return bool(held_a) and bool(held_b) and held_a | held_b == set(range(PARTITIONS))
 
     wait_for(spread, 20, "the partitions spread over both replicas")
-    held_a, held_b = _held(a)[1], _held(b)[1]
+    held_a, held_b = _held(a), _held(b)
     assert not held_a & held_b
     assert len(held_a) == len(held_b) == PARTITIONS // 2
 
@@ -116,7 +119,7 @@ def test_partitions_spread_over_replicas_and_a_killed_ones_are_taken_over_foldin
     b.stop(signal.SIGKILL)
     killed = time.monotonic()
     _buy(edge.address, _round("r2", 2))  # forwarded through A; half of them are in B's partitions
-    wait_for(lambda: _held(a)[1] == set(range(PARTITIONS)), 15, "A holding every partition")
+    wait_for(lambda: _held(a) == set(range(PARTITIONS)), 15, "A holding every partition")
     takeover_s = time.monotonic() - killed
     assert takeover_s < 8, takeover_s
     wait_for(lambda: _orders(tmp_path / "edge") == {u: 5 for u in USERS}, 30, "5 orders per user folded")
@@ -124,3 +127,34 @@ def test_partitions_spread_over_replicas_and_a_killed_ones_are_taken_over_foldin
     assert _orders(tmp_path / "edge") == {u: 5 for u in USERS}
     with ControlClient(a.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
         assert ops.status().events_total == len(USERS) * 5
+
+
+def test_learners_of_both_replicas_count_every_impression_and_click_once_across_a_kill(
+    replicas: Callable[..., Process],
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from tests.test_bandit_loop import LEARN_FAST, _arms, _learned_exactly, _serve_and_click
+
+    a = replicas("ra", *LEARN_FAST)
+    b = replicas("rb", *LEARN_FAST)
+    with ControlClient(a.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
+        version = ops.push(bundle_dir).version
+    edge = following_edge(edge_factory, tmp_path / "edge", a.address, "edge-l", EDGE)
+    wait_for(versions_reach([tmp_path / "edge"], version), 30, "the edge at the push")
+    wait_for(lambda: bool(_held(a)) and bool(_held(b)), 20, "the partitions spread over both replicas")
+    before = _arms(tmp_path / "edge")
+    served: dict[str, int] = {}
+    clicked: dict[str, int] = {}
+    # logged-in users (their exposures in 8 partitions); the clicks name the decision, not the user
+    _serve_and_click(edge.address, range(80), served, clicked, users=USERS)
+    wait_for(_learned_exactly(tmp_path / "edge", before, served, clicked), 40, "every impression and click")
+    publishers = [r for r in (a, b) if any(e.get("event") == "bandits_published" for e in r.log_events())]
+    assert len(publishers) == 2, "both replicas learned their partitions"
+
+    b.stop(signal.SIGKILL)
+    _serve_and_click(edge.address, range(80, 160), served, clicked, users=USERS)
+    wait_for(_learned_exactly(tmp_path / "edge", before, served, clicked), 40, "the same after the kill")
+    time.sleep(2.0)  # nothing counted twice shows up late
+    assert _learned_exactly(tmp_path / "edge", before, served, clicked)()
