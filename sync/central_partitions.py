@@ -2,7 +2,10 @@
 
 In the KV bucket `EDGEWISE_LEASES` (every key expires `LEASE_S` after it was last written):
 
-- `member.<replica id>`: each replica's heartbeat, written every `LEASE_S` / 3 seconds: the live members.
+- `member.<replica id>`: each replica's heartbeat, written every `LEASE_S` / 3 seconds: the live members;
+  its value is the replica's number of partitions. A replica that finds a member with another number
+  (`nats.partitions` differs) holds no partition and logs `partitions_differ` every round: two
+  partitionings of one stream would fold the same events twice.
 - `fold.<p>` for each partition p < `partitions`: the id of the replica that folds p, created only when
   absent (`create`) and renewed with its revision (`update(last=...)`), so two replicas never both
   renew it.
@@ -38,10 +41,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FOLD_PREFIX", "MEMBER_PREFIX", "PartitionLeases"]
+__all__ = ["FOLD_PREFIX", "MEMBER_PREFIX", "PartitionLeases", "PartitionsDiffer"]
 
 FOLD_PREFIX: Final = "fold."
 MEMBER_PREFIX: Final = "member."
+
+
+class PartitionsDiffer(RuntimeError):
+    """Another live replica works another number of partitions (the message says which)."""
 
 
 class PartitionLeases:
@@ -70,6 +77,7 @@ class PartitionLeases:
         self._held: frozenset[int] = frozenset()
         self._offset = int.from_bytes(hashlib.sha256(holder_id.encode()).digest()[:4], "big") % partitions
         self._kv: KeyValue | None = None
+        self._checked: set[str] = set()  # member keys whose partition count is ours
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="partition-leases", daemon=True)
 
@@ -95,10 +103,14 @@ class PartitionLeases:
         except Exception as exc:
             log.info("partition_release_failed", extra={"error": repr(exc)[:200]})
 
-    async def _release_all(self, kv: KeyValue, revisions: dict[int, int]) -> None:
+    async def _release_all(self, kv: KeyValue, revisions: dict[int, int], *, member: bool = True) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
         for partition, revision in revisions.items():
-            await kv.delete(f"{FOLD_PREFIX}{partition}", last=revision)
-        await kv.delete(f"{MEMBER_PREFIX}{self.holder_id}")
+            with contextlib.suppress(KeyWrongLastSequenceError):  # expired and taken meanwhile
+                await kv.delete(f"{FOLD_PREFIX}{partition}", last=revision)
+        if member:
+            await kv.delete(f"{MEMBER_PREFIX}{self.holder_id}")
 
     def _order(self) -> list[int]:
         """The partitions in this replica's order of preference (its offset first)."""
@@ -106,13 +118,13 @@ class PartitionLeases:
 
     async def _round(self, held: dict[int, int]) -> dict[int, int]:
         """One round over a copy of what we hold (partition -> revision); what we hold after it."""
-        from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
         if self._kv is None:
             self._kv = await lease_bucket(self.bridge, replicas=self.replicas, lease_s=self.lease_s)
         kv = self._kv
         value = self.holder_id.encode()
-        await kv.put(f"{MEMBER_PREFIX}{self.holder_id}", value)
+        await kv.put(f"{MEMBER_PREFIX}{self.holder_id}", str(self.partitions).encode())
         for partition, revision in list(held.items()):
             try:
                 held[partition] = await kv.update(f"{FOLD_PREFIX}{partition}", value, last=revision)
@@ -123,7 +135,22 @@ class PartitionLeases:
             keys = await kv.keys()
         except NoKeysError:
             keys = []
-        self.members = max(1, sum(k.startswith(MEMBER_PREFIX) for k in keys))
+        members = [k for k in keys if k.startswith(MEMBER_PREFIX)]
+        self.members = max(1, len(members))
+        for key in members:  # a member counting partitions otherwise would fold the same events again
+            if key in self._checked:
+                continue
+            with contextlib.suppress(KeyNotFoundError):  # expired meanwhile
+                entry = await kv.get(key)
+                theirs = (entry.value or b"").decode()
+                if theirs != str(self.partitions):
+                    await self._release_all(kv, held, member=False)
+                    raise PartitionsDiffer(
+                        f"replica {key[len(MEMBER_PREFIX) :]} works {theirs} partitions of the events "
+                        f"stream, this one {self.partitions} (nats.partitions): every replica of a cluster "
+                        "needs the same number; this replica folds and learns nothing until they agree"
+                    )
+            self._checked.add(key)
         taken = {k[len(FOLD_PREFIX) :] for k in keys if k.startswith(FOLD_PREFIX)}
         share = math.ceil(self.partitions / self.members)
         order = self._order()
@@ -160,6 +187,9 @@ class PartitionLeases:
         while not self._stop.is_set():
             try:
                 self._revisions = self.bridge.run(self._round(dict(self._revisions)), self.lease_s)
+            except PartitionsDiffer as exc:
+                log.error("partitions_differ", extra={"error": str(exc)})
+                self._revisions = {}
             except Exception as exc:
                 if self._revisions:
                     log.warning("fold_partitions_lost", extra={"error": repr(exc)[:200]})

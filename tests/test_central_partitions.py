@@ -158,3 +158,19 @@ def test_learners_of_both_replicas_count_every_impression_and_click_once_across_
     wait_for(_learned_exactly(tmp_path / "edge", before, served, clicked), 40, "the same after the kill")
     time.sleep(2.0)  # nothing counted twice shows up late
     assert _learned_exactly(tmp_path / "edge", before, served, clicked)()
+
+
+def test_a_replica_with_another_partition_count_makes_both_stop_folding_with_an_error(
+    replicas: Callable[..., Process],
+) -> None:
+    a = replicas("ra")
+    wait_for(lambda: _held(a) == set(range(PARTITIONS)), 20, "A holding every partition")
+    b = replicas("rb", "--nats-partitions", "4")
+
+    def refused(replica: Process) -> bool:
+        return any(e.get("event") == "partitions_differ" for e in replica.log_events())
+
+    wait_for(lambda: refused(a) and refused(b), 20, "both replicas saying the partition counts differ")
+    wait_for(lambda: not _held(a) and not _held(b), 10, "neither folding")
+    message = next(e["error"] for e in a.log_events() if e.get("event") == "partitions_differ")
+    assert "works 4 partitions" in message and "this one 8" in message
