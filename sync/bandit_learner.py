@@ -127,17 +127,18 @@ class BanditLearner:
             rows = self.events.batch_after(after, self.batch)
             return rows, rows[-1][0] if rows else after
         rows = self.events.batch_in(self.partition, after, self.batch)
-        anonymous = partition_of("", self.events.partitions)
-        if anonymous == self.partition:
-            return rows, rows[-1][0] if rows else after
-        # Outcomes tracked without a user id are in the partition of the empty user id; their decision
-        # id or session may name an exposure of this partition (the exposure of a logged-in user clicked
-        # before the click carried the user): they are read too, and attributed only when they do.
-        others = self.events.batch_in(anonymous, after, self.batch)
+        # The records without a user id (in the stream, in the partition of the empty user id) are indexed
+        # apart: that partition's learner counts them; every learner reads their outcomes, whose decision
+        # id or session may name one of its exposures (a logged-in user's exposure, clicked by a client
+        # that did not send the user id), and attributes those that do.
+        others = self.events.batch_in(self.events.anonymous, after, self.batch)
+        own = partition_of("", self.events.partitions) == self.partition
         full = [part[-1][0] for part in (rows, others) if len(part) >= self.batch]
         upto = min(full) if full else max([after] + [part[-1][0] for part in (rows, others) if part])
         outcomes = [
-            r for r in others if r[0] <= upto and not r[2].get("u") and r[2].get("k") != EXPOSURE_KIND
+            r
+            for r in others
+            if r[0] <= upto and (own or (r[2].get("k") != EXPOSURE_KIND and UNREADABLE not in r[2]))
         ]
         return sorted([r for r in rows if r[0] <= upto] + outcomes, key=lambda r: r[0]), upto
 

@@ -11,10 +11,10 @@ busy event stream never holds up pushes:
   `forget` deletes, without reading the whole log. A store from before it is indexed when opened
   (`meta` `users_indexed` marks it done).
 - `parts` (only when opened with `partitions` > 0: a central-tier replica's copy of the events stream):
-  2-byte big-endian partition (`sync/event_partitions.partition_of` of the record's user) + 8-byte
-  sequence -> empty: the records of one partition in order, so a job working some partitions reads only
-  theirs (`batch_in`). Built when opened if missing or made for another number of partitions (`meta`
-  `parts` says for which).
+  2-byte big-endian partition (`sync/event_partitions.partition_of` of the record's user; for a record
+  without a user id, `partitions`, the `anonymous` one) + 8-byte sequence -> empty: the records of one
+  partition in order, so a job working some partitions reads only theirs (`batch_in`). Built when
+  opened if missing or made for another number of partitions (`meta` `parts` says for which).
 - `meta`: `seq` -> the last sequence number.
 
 `ingest` stores a batch in one write transaction: an acknowledged batch is on disk, and a batch sent
@@ -150,13 +150,18 @@ class EventStore:
         except (OSError, lmdb.Error) as exc:
             raise EventStoreError(f"cannot open the event store at {self.path}: {exc}") from exc
 
+    @property
+    def anonymous(self) -> int:
+        """The index's own partition of the records without a user id (`partitions`: one past the last)."""
+        return self.partitions
+
     def _part_key(self, user: str, seq: bytes) -> bytes:
-        return _PART.pack(partition_of(user, self.partitions)) + seq
+        return _PART.pack(partition_of(user, self.partitions) if user else self.anonymous) + seq
 
     def _index_partitions(self) -> None:
         """Build the `parts` index when missing or made for another number of partitions (one write
         transaction)."""
-        wanted = _PART.pack(self.partitions)
+        wanted = _PART.pack(self.partitions) + b"+anonymous"
         with self._env.begin(write=True) as txn:
             if txn.get(_META_PARTS, db=self._meta) == wanted:
                 return
@@ -332,8 +337,8 @@ class EventStore:
 
     def batch_in(self, partition: int, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
         """The next `limit` records of `partition` after sequence `after` (the `parts` index; needs a store
-        opened with `partitions`)."""
-        if not 0 <= partition < self.partitions:
+        opened with `partitions`). The records without a user id are indexed apart, under `anonymous`."""
+        if not 0 <= partition <= self.anonymous:
             raise EventStoreError(f"partition {partition} is not one of this store's {self.partitions}")
         prefix = _PART.pack(partition)
         out: list[tuple[int, str, dict[str, Any]]] = []

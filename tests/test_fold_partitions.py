@@ -92,12 +92,15 @@ def test_the_index_reads_one_partition_in_order_and_follows_forget_and_reopening
             after = rows[2][0]
             assert events.batch_in(p, after, 2) == [r for r in rows if r[0] > after][:2]
         assert sorted(seen) == list(range(1, 61))
+        events.ingest("node", [_purchase(99, "")], seqs=[61])  # no user id: indexed apart
+        assert [seq for seq, _, _ in events.batch_in(events.anonymous, 0, 10)] == [61]
+        assert all(row[0] != 61 for p in range(P) for row in events.batch_in(p, 0, 1000))
         gone = USERS[3]
         assert events.forget(gone) == 5
         assert all(r["u"] != gone for p in range(P) for _, _, r in events.batch_in(p, 0, 1000))
     with EventStore(tmp_path / "ev", partitions=3) as events:  # another partition count: indexed again
         rows = [row for p in range(3) for row in events.batch_in(p, 0, 1000)]
-        assert len(rows) == 55
+        assert len(rows) == 55 and len(events.batch_in(events.anonymous, 0, 10)) == 1
         assert all(partition_of(r["u"], 3) == p for p in range(3) for _, _, r in events.batch_in(p, 0, 100))
 
 
