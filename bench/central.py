@@ -17,9 +17,10 @@ streams), `control serve --nats` replicas, an embedded `control serve`, and `edg
 2. Events stored and folded per second, with 1 and with 2 replicas: `--events` view events tracked into
    one edge per replica (split evenly), at full speed; stored = `events_total` (distinct records in the
    replica's copy of the events stream: it trails the stream by the copy's lag) reaching the count,
-   folded = the jobs holder's `profiles_folded` line covering the stream's last sequence. CPU seconds of
-   every replica process (utime + stime from /proc) over the stage, per 100k events, and the capacity
-   of a 16-core control machine from that per-event cost.
+   folded = the events of the replicas' `profiles_folded` lines summing to it (each replica folds the
+   partitions it holds the leases of). CPU seconds of every replica process (utime + stime from /proc)
+   over the stage, per 100k events, and the capacity of a 16-core control machine from that per-event
+   cost.
 3. Failover: a NATS server SIGKILLed while pushes go through a replica every 50 ms: the longest gap
    between acknowledged pushes (time until pushes are accepted again), and that no acknowledged push is
    missing from the history afterwards.
@@ -29,6 +30,10 @@ streams), `control serve --nats` replicas, an embedded `control serve`, and `edg
    the kill to its `sync_applied` of that push (its switch, resume and apply); then the killed replica is
    restarted on its port and cache (the edges stay where they are, so the next round kills the other
    one). Also counted: full snapshots the edges got after their first (a switch needs none).
+5. Partition takeover: replicas A and B (the events partitions spread over both, one lease each);
+   `--takeovers` times the replica holding the most is SIGKILLed and timed from the kill to the
+   survivor's `fold_partitions` line holding every partition, then restarted on its cache (and the
+   partitions spread again).
 """
 
 from __future__ import annotations
@@ -181,10 +186,8 @@ def stage_events(
         if stored_s is not None:
             for tail in tails:
                 tail.poll()
-            folded_to = max(
-                (int(doc.get("events_to", 0)) for tail in tails for doc in _folded_lines(tail)), default=0
-            )
-            if folded_to >= want:
+            folded = sum(int(doc.get("events", 0)) for tail in tails for doc in _folded_lines(tail))
+            if folded >= per_edge * len(edges):
                 folded_s = time.perf_counter() - t0
                 break
         time.sleep(0.05)
@@ -343,6 +346,53 @@ def stage_replica_failover(
     }
 
 
+def _held(process: Process) -> tuple[float, int]:
+    """(ts, partitions held) of a replica's last `fold_partitions` line ((0, 0) before one)."""
+    found = (0.0, 0)
+    for line in process.log_path.read_text(errors="replace").splitlines():
+        if '"fold_partitions"' in line:
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            found = (float(doc["ts"]), len(doc["partitions"]))
+    return found
+
+
+def _until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def stage_takeover(
+    procs: Processes, root: Path, cluster: NatsCluster, bundle: Path, rounds: int, partitions: int = 8
+) -> dict[str, Any]:
+    replicas = {
+        name: _control(procs, f"t{name}", root / f"t{name}", "--nats", cluster.url_list)[0] for name in "ab"
+    }
+    takeover_ms: list[float] = []
+    for r in range(rounds):
+        _until(
+            lambda: all(_held(p)[1] == partitions // 2 for p in replicas.values()), 60, "partitions spread"
+        )
+        time.sleep(1.0)
+        victim = "a" if r % 2 == 0 else "b"
+        other = "b" if victim == "a" else "a"
+        killed = time.time()
+        replicas[victim].stop(signal.SIGKILL)
+        survivor = replicas[other]
+        _until(lambda: _held(survivor)[1] == partitions, 30, "the survivor holding every partition")  # noqa: B023
+        takeover_ms.append((_held(survivor)[0] - killed) * 1000)
+        data = root / f"t{victim}"
+        replicas[victim] = _control(procs, f"t{victim}{r}", data, "--nats", cluster.url_list)[0]
+    for p in replicas.values():
+        p.stop()
+    return {"rounds": rounds, "kill_to_all_partitions_held_ms": _percentiles(takeover_ms)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.central", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -353,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only-replica-failover", action="store_true", help="run the replica failover stage alone"
     )
+    parser.add_argument("--takeovers", type=int, default=None, help="replicas killed in the takeover stage")
+    parser.add_argument(
+        "--only-events", action="store_true", help="run the events stages (1 and 2 replicas) alone"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     deltas = args.deltas or (10 if args.quick else 40)
@@ -360,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-central-"))
     edges_n = args.edges or (4 if args.quick else 6)
     rounds = args.rounds or (3 if args.quick else 8)
+    takeovers = args.takeovers or (2 if args.quick else 6)
     result: dict[str, Any] = {"machine": _machine(), "deltas": deltas, "events": events}
     try:
         bundle = synth_bundle(root / "bundle", users=2000, items=500, seed=5)
@@ -373,12 +428,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _log(f"replica failover: {result['replica_failover']}")
                 print(json.dumps(result, indent=None if args.json else 2))
                 return 0
-            result["push"] = stage_push(procs, root / "push", cluster, bundle, deltas)
-            _log(f"push -> applied: {json.dumps(result['push'])}")
+            if not args.only_events:
+                result["push"] = stage_push(procs, root / "push", cluster, bundle, deltas)
+                _log(f"push -> applied: {json.dumps(result['push'])}")
             result["events_1"] = stage_events(procs, root / "ev1", cluster, bundle, events, 1, "a")
             _log(f"events, 1 replica: {result['events_1']}")
             result["events_2"] = stage_events(procs, root / "ev2", cluster, bundle, events, 2, "b")
             _log(f"events, 2 replicas: {result['events_2']}")
+            if args.only_events:
+                print(json.dumps(result, indent=None if args.json else 2))
+                return 0
+            result["takeover"] = stage_takeover(procs, root / "to", cluster, bundle, takeovers)
+            _log(f"partition takeover: {result['takeover']}")
             result["failover"] = stage_failover(procs, root / "fo", cluster, bundle)
             _log(f"failover: {result['failover']}")
             result["replica_failover"] = stage_replica_failover(

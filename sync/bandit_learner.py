@@ -20,6 +20,19 @@ published before the crash still rewards it, and a reward already published is n
 Each exposure counts for the posteriors that served it: the segment's named in its record (`bs`), else
 the global ones.
 
+On a central-tier replica (docs/central.md) there is one learner per partition of the events stream the
+replica holds the lease of (`partition`): it reads that partition's records (one user's exposures and
+outcomes are in one partition, so attribution by decision id or by user is the same as over every record)
+and the outcomes tracked without a user id, which are in the partition of the empty user id (a click
+naming its decision but not the user: the learner whose exposure it names attributes it), keeps its cursor
+`bandits.<p>` (starting at the global `bandits` cursor when absent: the upgrade), and adds its counts to
+the posteriors in the rules document: the Beta counts and the ridge sums A and b are sums, so the
+posteriors the edges read are those of one learner over every record. Before it publishes it checks, under
+the lock, that its cursor in the store is still the one it counted from; when another replica published
+for the partition meanwhile (a lease taken over from a paused holder), or when the commit failed (the
+change log moved on), it drops what it counted and counts again from the cursor in the store (`_restart`),
+so no count is lost or added twice.
+
 A bandit exposure or a reward event it cannot use (`core/forwarded.record_problem`) is skipped and
 counted (`skipped`, logged as `forwarded_records_skipped`; the re-read at start skips them quietly): its
 position moves past it like past any other record.
@@ -42,15 +55,23 @@ from edgewise.core.exposure import EXPOSURE_KIND, exposure_from_record
 from edgewise.core.forwarded import UNREADABLE, latest_ms, record_problem
 from edgewise.core.linear_bandit_learning import LinearStats, update_linear_rules_doc
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
+from edgewise.sync.event_partitions import partition_of
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
 from edgewise.sync.skipped_records import SkippedRecords
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CURSOR", "BanditLearner"]
+__all__ = ["CURSOR", "BanditLearner", "partition_cursor"]
 
 CURSOR: Final = "bandits"
+
+
+def partition_cursor(partition: int) -> str:
+    """The name of the learner's cursor of one partition of the events stream."""
+    return f"{CURSOR}.{partition}"
+
+
 REPLAY_RECORDS: Final = 200_000
 """Records before the published cursor re-read at start (the attributor remembers at most 200,000
 decisions and event ids, so older records no longer change what it attributes)."""
@@ -69,8 +90,12 @@ class BanditLearner:
         interval: float = 0.5,
         batch: int = 20_000,
         replay: int = REPLAY_RECORDS,
+        partition: int | None = None,
+        retry_on: tuple[type[Exception], ...] = (),
     ) -> None:
         self.store = store
+        self.partition = partition  # None: every record, cursor `bandits` (the embedded control plane)
+        self._retry_on = retry_on  # commit failures that are retried quietly (the change log moved on)
         self.events = events
         self._lock = lock
         self._on_commit = on_commit
@@ -86,9 +111,45 @@ class BanditLearner:
         # The published cursor: the last record read (and counted). The records before it are re-read
         # by the first read or publish (`_resume`, on the learner's thread once started), not here: the
         # control plane starts serving without waiting for them.
-        self._position = store.cursor(CURSOR) or events.cursor(CURSOR)
+        self._position = self._published = self._stored_cursor()
         self._resumed = False
         self._loop = Periodic("bandit-learn", interval, self._tick, "bandit_learning_failed")
+
+    def _stored_cursor(self) -> int:
+        """The published cursor as the store has it now."""
+        if self.partition is not None:
+            return self.store.cursor(partition_cursor(self.partition), self.store.cursor(CURSOR))
+        return self.store.cursor(CURSOR) or self.events.cursor(CURSOR)
+
+    def _batch(self, after: int) -> tuple[list[tuple[int, str, dict[str, Any]]], int]:
+        """The next records to count after sequence `after`, and the sequence read up to."""
+        if self.partition is None:
+            rows = self.events.batch_after(after, self.batch)
+            return rows, rows[-1][0] if rows else after
+        rows = self.events.batch_in(self.partition, after, self.batch)
+        # The records without a user id (in the stream, in the partition of the empty user id) are indexed
+        # apart: that partition's learner counts them; every learner reads their outcomes, whose decision
+        # id or session may name one of its exposures (a logged-in user's exposure, clicked by a client
+        # that did not send the user id), and attributes those that do.
+        others = self.events.batch_in(self.events.anonymous, after, self.batch)
+        own = partition_of("", self.events.partitions) == self.partition
+        full = [part[-1][0] for part in (rows, others) if len(part) >= self.batch]
+        upto = min(full) if full else max([after] + [part[-1][0] for part in (rows, others) if part])
+        outcomes = [
+            r
+            for r in others
+            if r[0] <= upto and (own or (r[2].get("k") != EXPOSURE_KIND and UNREADABLE not in r[2]))
+        ]
+        return sorted([r for r in rows if r[0] <= upto] + outcomes, key=lambda r: r[0]), upto
+
+    def _restart(self) -> None:
+        """Forget what was counted since the cursor in the store, and count again from it."""
+        self.stats = BanditStats()
+        self.linear = LinearStats()
+        self.attributor = Attributor()
+        self._position = self._published = self._stored_cursor()
+        self._resumed = False
+        log.info("bandits_restarted", extra={"partition": self.partition, "position": self._position})
 
     @property
     def position(self) -> int:
@@ -103,11 +164,11 @@ class BanditLearner:
         published = self._position
         position = start = max(0, published - self.replay)
         while position < published:
-            rows = [r for r in self.events.batch_after(position, self.batch) if r[0] <= published]
-            if not rows:
+            rows, upto = self._batch(position)
+            self._count([r for r in rows if r[0] <= published], replay=True)
+            if upto <= position:
                 break
-            self._count(rows, replay=True)
-            position = rows[-1][0]
+            position = min(upto, published)
         self.stats.take()  # these were published before: only the memory of them stays
         self.linear.take()
         self._resumed = True
@@ -126,16 +187,19 @@ class BanditLearner:
                 pass
         finally:
             self.skipped.flush()
-        self.publish_if_due(time.monotonic())
+        try:
+            self.publish_if_due(time.monotonic())
+        except self._retry_on as exc:  # counted again from the cursor (`_restart`), published next time
+            log.info("bandits_publish_retry", extra={"partition": self.partition, "error": repr(exc)[:200]})
 
     def read_once(self) -> int:
-        """Count the next batch of stored records; return how many were read."""
+        """Count the next batch of stored records; return how many were counted (at least 1 when the
+        position moved past records it does not count)."""
         self._resume()
-        rows = self.events.batch_after(self._position, self.batch)
+        rows, upto = self._batch(self._position)
         self._count(rows)
-        if rows:
-            self._position = rows[-1][0]
-        return len(rows)
+        advanced, self._position = upto > self._position, upto
+        return max(len(rows), int(advanced))
 
     def _count(self, rows: Sequence[tuple[int, str, Mapping[str, Any]]], *, replay: bool = False) -> None:
         latest = latest_ms(time.time_ns() // 1_000_000)
@@ -177,6 +241,9 @@ class BanditLearner:
     def publish(self, now: float, reason: str = "asked") -> CommitInfo | None:
         self._resume()
         with self._lock:
+            if self._stored_cursor() != self._published:  # another replica published this partition
+                self._restart()
+                return None
             with self.store.read() as view:
                 raw = view.get("rules", "rules")
             if raw is None:
@@ -186,13 +253,18 @@ class BanditLearner:
             rules = update_linear_rules_doc(rules, linear)
             value = msgpack.packb(rules, use_bin_type=True)
             # The cursor moves with the posteriors: after a crash, counting starts again exactly here.
-            info = self.store.commit_at(
-                [RecordChange("rules", "rules", value)],
-                kind="delta",
-                description=f"bandit posteriors ({reason})",
-                cursor=CURSOR,
-                position=position,
-            )
+            try:
+                info = self.store.commit_at(
+                    [RecordChange("rules", "rules", value)],
+                    kind="delta",
+                    description=f"bandit posteriors ({reason})",
+                    cursor=CURSOR if self.partition is None else partition_cursor(self.partition),
+                    position=position,
+                )
+            except Exception:  # nothing landed, and the counts were taken: count again from the cursor
+                self._restart()
+                raise
+            self._published = position
         self.last_publish = now
         if info is not None:
             self.publishes += 1

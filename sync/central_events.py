@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from edgewise.sync.central_log import DUPLICATE_WINDOW_S, LogSettingsError, LogUnavailable, set_up
+from edgewise.sync.event_partitions import partition_of
 from edgewise.sync.event_store import IngestResult
 from edgewise.sync.nats_bridge import NatsBridge, follow_stream, transient_setup_error
 
@@ -53,10 +54,6 @@ StoredRecord = tuple[int, str, str, str, bytes]  # (stream sequence, node, kind,
 
 def user_token(user: str) -> str:
     return hashlib.sha256(user.encode()).hexdigest()[:32]
-
-
-def partition_of(user: str, partitions: int) -> int:
-    return int.from_bytes(hashlib.sha256(user.encode()).digest()[-4:], "big") % partitions
 
 
 class CentralEvents:

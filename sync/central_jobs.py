@@ -1,16 +1,17 @@
 """The central tier's work over forwarded events (docs/central.md): every replica keeps a local copy of the
-events stream; one replica at a time folds profiles and learns bandit posteriors from it.
+events stream; one replica at a time learns bandit posteriors from it (the profile folder works the
+partitions each replica holds the leases of: `sync/central_partitions.py`).
 
 - `EventsFollower`: follows the events stream (`sync/central_events.py`) into the replica's local event
   store under the stream's sequence numbers (de-duplicated by id), and records its place (`stream`
   cursor of the event store); Report, and the jobs, read that copy, so they give the same figures on
   every replica.
 - `JobsLease`: a lease in the KV bucket `EDGEWISE_LEASES` (key `jobs`, TTL `LEASE_S`): the replica holding
-  it runs the profile folder and the bandit learner (`on_gain`), renewing it every second; one that
-  cannot renew stops them (`on_loss`), and another takes the lease over once it expired, within
-  `LEASE_S` + 1 s of the holder's death.
+  it runs the jobs one replica runs at a time, the bandit learner (`on_gain`), renewing it every second;
+  one that cannot renew stops them (`on_loss`), and another takes the lease over once it expired, within
+  `LEASE_S` + 1 s of the holder's death. `lease_bucket` opens (or creates) the bucket.
 
-Effects exactly once: the folder and the learner commit through the change log with their cursor in the
+Effects exactly once: the learner (and the folder) commit through the change log with their cursor in the
 commit (`ControlStore.commit_at` -> the log message's cursors -> every replica's store), and a commit is
 taken by the log only at the position its state was read at. A new holder resumes from the cursor the
 last commit set; two holders at once (a lease expired while its holder was paused) cannot both fold the
@@ -35,12 +36,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FOLLOW_CURSOR", "LEASE_BUCKET", "LEASE_S", "EventsFollower", "JobsLease"]
+__all__ = ["FOLLOW_CURSOR", "LEASE_BUCKET", "LEASE_S", "EventsFollower", "JobsLease", "lease_bucket"]
 
 FOLLOW_CURSOR: Final = "stream"
 LEASE_BUCKET: Final = "EDGEWISE_LEASES"
 LEASE_S: Final = 3.0
 _BATCH: Final = 1000
+
+
+async def lease_bucket(bridge: NatsBridge, *, replicas: int, lease_s: float = LEASE_S) -> KeyValue:
+    """The KV bucket `EDGEWISE_LEASES` (created when missing): every key in it expires `lease_s` after it
+    was last written."""
+    from nats.js.api import KeyValueConfig, StorageType
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    try:
+        return await bridge.js.key_value(LEASE_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await bridge.js.create_key_value(
+            KeyValueConfig(bucket=LEASE_BUCKET, ttl=lease_s, replicas=replicas, storage=StorageType.FILE)
+        )
 
 
 class EventsFollower:
@@ -136,21 +151,8 @@ class JobsLease:
                 log.info("lease_release_failed", extra={"error": repr(exc)[:200]})
 
     async def _bucket(self) -> KeyValue:
-        from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BucketNotFoundError, NotFoundError
-
         if self._kv is None:
-            try:
-                self._kv = await self.bridge.js.key_value(LEASE_BUCKET)
-            except (BucketNotFoundError, NotFoundError):
-                self._kv = await self.bridge.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=LEASE_BUCKET,
-                        ttl=self.lease_s,
-                        replicas=self.replicas,
-                        storage=StorageType.FILE,
-                    )
-                )
+            self._kv = await lease_bucket(self.bridge, replicas=self.replicas, lease_s=self.lease_s)
         return self._kv
 
     async def _try(self) -> bool:

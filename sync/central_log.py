@@ -16,7 +16,8 @@ JetStream resources (created by the first replica, checked by every other one):
   carries `"r": object name` instead of `"c"`.
 - object store `EDGEWISE_SNAPSHOTS`, same replicas: `snapshot.<position>`, the full state at that log
   position (msgpack `{"l", "p", "commits": the newest commit infos, "forgotten": {user: version},
-  "records": [[namespace, key, value], ...]}`), and the payloads of large commits (`commit.<position>.<id>`).
+  "records": [[namespace, key, value], ...], "k": the jobs' cursors}`), and the payloads of large commits
+  (`commit.<position>.<id>`).
 
 Compaction (`put_snapshot`: after a snapshot, and with `keep=1` after a forget) purges the log messages
 up to the oldest kept snapshot and deletes the large-commit objects at those positions with them (and
@@ -144,6 +145,7 @@ class Snapshot:
     commits: list[CommitInfo]  # newest first
     forgotten: dict[str, int]
     records: list[RecordChange]
+    cursors: dict[str, int] | None = None  # the jobs' cursors at that state (None: an older snapshot)
 
 
 def _info_fields(info: CommitInfo) -> list[Any]:
@@ -178,6 +180,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             "commits": [_info_fields(c) for c in snapshot.commits],
             "forgotten": snapshot.forgotten,
             "records": [[r.namespace, r.key, r.value] for r in snapshot.records],
+            "k": snapshot.cursors,
         },
         use_bin_type=True,
     )
@@ -191,6 +194,7 @@ def decode_snapshot(raw: bytes) -> Snapshot:
         commits=[_info(c) for c in doc["commits"]],
         forgotten={str(k): int(v) for k, v in doc["forgotten"].items()},
         records=_changes(doc["records"]),
+        cursors=None if doc.get("k") is None else {str(k): int(v) for k, v in doc["k"].items()},
     )
 
 

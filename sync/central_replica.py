@@ -105,6 +105,7 @@ class Replica:
             records=snapshot.records,
             forgotten=snapshot.forgotten,
             position=snapshot.position,
+            cursors=snapshot.cursors,
         )
         log.info(
             "replica_bootstrapped",
@@ -229,7 +230,7 @@ class Replica:
         """Put the store's full state in the object store (for bootstrap and compaction), keeping the
         newest `keep` snapshots and the log after the oldest of them; its position."""
         with self._snapshot_lock:  # an older image is never stored after a newer one was
-            position, commits, forgotten, records = self.store.image()
+            position, commits, forgotten, records, cursors = self.store.image_and_cursors()
             self.central.put_snapshot(
                 Snapshot(
                     position=position,
@@ -237,6 +238,7 @@ class Replica:
                     commits=commits,
                     forgotten=forgotten,
                     records=records,
+                    cursors=cursors,
                 ),
                 keep=keep,
             )

@@ -8,6 +8,10 @@ now be refused), so two replicas taking pushes at once produce one total order a
 JetStream did not confirm in time answers UNAVAILABLE (it may still land: `ctl history` shows it).
 Subscribe, History, Status and Report read the local store, the materialized view of the log, as the
 embedded control plane reads its own.
+
+The jobs over forwarded events run on every replica, each over the partitions of the events stream it
+holds the leases of (`sync/central_partitions.py`): the profile folder over all of them, one bandit
+learner per partition; their commits go through the log like a push, with their cursors in them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from edgewise.sync.central_events import CentralEvents
 from edgewise.sync.central_fleet import FleetShare
 from edgewise.sync.central_jobs import EventsFollower, JobsLease
 from edgewise.sync.central_log import LogConflict, LogUnavailable
+from edgewise.sync.central_partitions import PartitionLeases
 from edgewise.sync.central_replica import Replica
 from edgewise.sync.control_server import ControlPlaneService, RolloutRequest
 from edgewise.sync.control_store import CommitInfo, ControlStore
@@ -35,7 +40,7 @@ from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
 from edgewise.sync.fleet import EdgeEntry
 from edgewise.sync.model_refresh import RefreshJob
 from edgewise.sync.model_refresh_jobs import refresh_jobs
-from edgewise.sync.profile_folder import ProfileFolder
+from edgewise.sync.profile_folder import ProfileFolder, folded_upto
 from edgewise.v1 import sync_pb2
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,7 @@ __all__ = ["CentralControlService"]
 MAX_ATTEMPTS: Final = 50
 CATCH_UP_S: Final = 10.0
 RESUME_WAIT_S: Final = 5.0  # how long a Subscribe waits for the log to reach the edge's version
+FOLD_EVERY_S: Final = 0.1  # the change log's fold commits per second: about 1 / FOLD_EVERY_S
 SNAPSHOT_EVERY: Final = 1000  # commits between snapshots (and after every push or rollback)
 COUNT_WAIT_S: Final = 3.0  # how long Status waits for the local copy of the events stream to catch up
 T = TypeVar("T")
@@ -65,7 +71,7 @@ class CentralControlService(ControlPlaneService):
         super().__init__(
             store, events=events, bandit_schedule=bandit_schedule, retain_events_ms=retain_events_ms, **kwargs
         )
-        self.jobs = None  # the folder and the learner run on the holder of the jobs lease only
+        self.jobs = None  # the folder and the learners work the partitions leased here (`partition_leases`)
         self.replica = replica
         self.central_events = central_events
         self.local_events = events
@@ -79,9 +85,34 @@ class CentralControlService(ControlPlaneService):
         self.shared_fleet = FleetShare(
             replica.central.bridge, self.fleet, self.lease.holder_id, replicas=replica.central.replicas
         )
+        self.partition_leases = PartitionLeases(
+            replica.central.bridge,
+            central_events.partitions,
+            self.lease.holder_id,
+            self._partitions_changed,  # the folder reads `held()` at each fold; the learners start here
+            replicas=replica.central.replicas,
+        )
+        self.folder = ProfileFolder(
+            store,
+            events,
+            self._push_lock,
+            self.cache.notify,
+            partitions=self.partition_leases.held,
+            retry_on=(LogConflict, LogUnavailable),
+            catch_up=self._catch_up,
+        )
         self._leading: list[ProfileFolder | BanditLearner | RefreshJob] = []
         self._leading_lock = threading.Lock()
-        self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
+        self.learners: dict[int, BanditLearner] = {}  # one per partition held here
+        self._learners_lock = threading.Lock()
+        partitions = range(central_events.partitions)
+        self.retention = (
+            EventRetention(
+                store, events, retain_events_ms, folded=lambda: folded_upto(self.store, events, partitions)
+            )
+            if retain_events_ms
+            else None
+        )
         self._snapshot_due = threading.Event()
         self._snapshotter = threading.Thread(target=self._snapshots, name="snapshots", daemon=True)
         self._stopping = threading.Event()
@@ -92,6 +123,8 @@ class CentralControlService(ControlPlaneService):
         if self.retention is not None:
             self.retention.start()
         self.lease.start()
+        self.partition_leases.start()
+        self.folder.start()
         self.shared_fleet.start()
         self._snapshotter.start()
 
@@ -99,30 +132,34 @@ class CentralControlService(ControlPlaneService):
         self._stopping.set()
         self._snapshot_due.set()
         self.lease.stop()
+        self.partition_leases.stop()
+        self.folder.stop()
         self.shared_fleet.stop()
         self._follow()
+        self._partitions_changed(frozenset())
         if self.retention is not None:
             self.retention.stop()
         self.follower.stop()
         self._snapshotter.join(10.0)
 
+    def _catch_up(self, refused: Exception) -> None:
+        """After the log refused a job's commit: until this replica applied the log up to where it is."""
+        if isinstance(refused, LogConflict):
+            self.replica.wait_position(refused.last, CATCH_UP_S)
+
+    def _lease_jobs(self) -> list[ProfileFolder | BanditLearner | RefreshJob]:
+        """The jobs only the holder of the jobs lease runs: the model refresh jobs, when `[refresh]` turns
+        any on (the folder and the learners work the partitions leased here, `_partitions_changed`)."""
+        if self.refresh_config is None:
+            return []
+        return list(
+            refresh_jobs(self.refresh_config, self.store, self.local_events, self._push_lock, self.cache.notify)
+        )
+
     def _lead(self) -> None:
-        """This replica took the jobs lease: fold and learn from the cursors the log holds."""
+        """This replica took the jobs lease: start the jobs one replica runs at a time."""
         with self._leading_lock:
-            self._leading = [
-                ProfileFolder(self.store, self.local_events, self._push_lock, self.cache.notify),
-                BanditLearner(
-                    self.store,
-                    self.local_events,
-                    self._push_lock,
-                    self.cache.notify,
-                    schedule=self._bandit_schedule,
-                ),
-            ]
-            if self.refresh_config is not None:  # the model refresh jobs run under the lease too
-                self._leading += refresh_jobs(
-                    self.refresh_config, self.store, self.local_events, self._push_lock, self.cache.notify
-                )
+            self._leading = self._lease_jobs()
             for job in self._leading:
                 job.start()
 
@@ -132,6 +169,27 @@ class CentralControlService(ControlPlaneService):
             jobs, self._leading = self._leading, []
         for job in jobs:
             job.stop()
+
+    def _partitions_changed(self, held: frozenset[int]) -> None:
+        """Learn from the partitions this replica holds now: one learner each, from the cursor the log
+        holds (`BanditLearner(partition=...)`); and fold every 100 ms times the live replicas, so the
+        change log takes about ten fold commits a second however many replicas fold."""
+        self.folder.pace(FOLD_EVERY_S * max(1, self.partition_leases.members))
+        with self._learners_lock:
+            for partition in sorted(set(self.learners) - held):
+                self.learners.pop(partition).stop()
+            for partition in sorted(held - set(self.learners)):
+                learner = BanditLearner(
+                    self.store,
+                    self.local_events,
+                    self._push_lock,
+                    self.cache.notify,
+                    schedule=self._bandit_schedule,
+                    partition=partition,
+                    retry_on=(LogConflict, LogUnavailable),
+                )
+                self.learners[partition] = learner
+                learner.start()
 
     # --- forwarded events live in JetStream ---------------------------------------------------------
 

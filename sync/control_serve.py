@@ -185,7 +185,11 @@ def run_control_serve(args: argparse.Namespace) -> int:
             return 2
         store = central.store
     try:
-        events = EventStore(data.dir / "events", map_size=data.map_size_mb << 20)
+        events = EventStore(
+            data.dir / "events",
+            map_size=data.map_size_mb << 20,
+            partitions=config.nats.partitions if central is not None else 0,  # indexed by partition
+        )
     except EventStoreError as exc:
         print(f"edgewise control serve: {exc}", file=sys.stderr)
         store.close()

@@ -45,7 +45,7 @@ import heapq
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,6 +319,17 @@ def _now_ms() -> int:
 def _meta_u64(txn: lmdb.Transaction[bytes], dbs: _Dbs, key: bytes) -> int:
     raw = txn.get(key, db=dbs.meta)
     return 0 if raw is None else _unpack_u64(raw)
+
+
+def _cursors(txn: lmdb.Transaction[bytes], dbs: _Dbs) -> dict[str, int]:
+    found: dict[str, int] = {}
+    with txn.cursor(db=dbs.meta) as cursor:
+        if cursor.set_range(_META_CURSOR):
+            for key, value in cursor.iternext():
+                if not key.startswith(_META_CURSOR):
+                    break
+                found[bytes(key[len(_META_CURSOR) :]).decode()] = _unpack_u64(value)
+    return found
 
 
 def _snapshot_list(txn: lmdb.Transaction[bytes], dbs: _Dbs) -> list[int]:
@@ -682,18 +693,22 @@ class ControlStore:
         cursor: str = "",
         position: int = 0,
         rollout: RolloutWrite | None = None,
+        cursors: Mapping[str, int] | None = None,
     ) -> CommitInfo | None:
-        """`commit`, and, in the same transaction, set the named `cursor` to `position`: a consumer that
-        turns an input stream into commits (the profile folder) moves its place in that stream exactly
-        when its commit lands, so after a crash it neither loses nor repeats any input."""
+        """`commit`, and, in the same transaction, set the named `cursor` to `position` (and each of
+        `cursors` to its position): a consumer that turns an input stream into commits (the profile
+        folder) moves its place in that stream exactly when its commit lands, so after a crash it neither
+        loses nor repeats any input."""
         _check_kind(kind)
         pending = _collapse(changes)
-        if not pending and not cursor:
+        moved = dict(cursors or {})
+        if cursor:
+            moved[cursor] = position
+        if not pending and not moved:
             return None
         with self._write() as txn:
             batch = _Batch(txn, self._dbs, self.on_commit)
-            if cursor:
-                batch.cursors[cursor] = position
+            batch.cursors.update(moved)
             for (namespace, key), (raw_key, value) in pending.items():
                 if value is None:
                     batch.delete(namespace, key, raw_key)
@@ -703,15 +718,20 @@ class ControlStore:
             if info is not None:
                 self._compact_in(txn)
             self._write_rollout(txn, rollout, info)
-            if cursor:
-                txn.put(_META_CURSOR + cursor.encode(), _pack_u64(position), db=self._dbs.meta)
+            for name, at in moved.items():
+                txn.put(_META_CURSOR + name.encode(), _pack_u64(at), db=self._dbs.meta)
         return info
 
-    def cursor(self, name: str) -> int:
-        """A consumer's position set by `commit_at` (0 at first)."""
+    def cursor(self, name: str, default: int = 0) -> int:
+        """A consumer's position set by `commit_at` (`default` when never set)."""
         with self._env.begin() as txn:
             raw = txn.get(_META_CURSOR + name.encode(), db=self._dbs.meta)
-        return _unpack_u64(raw) if raw is not None else 0
+        return _unpack_u64(raw) if raw is not None else default
+
+    def cursors(self) -> dict[str, int]:
+        """Every consumer's position set by `commit_at` (or `apply_commit`, `install_snapshot`)."""
+        with self._env.begin() as txn:
+            return _cursors(txn, self._dbs)
 
     def replace_all(
         self,
@@ -1138,10 +1158,12 @@ class ControlStore:
         records: Iterable[RecordChange],
         forgotten: dict[str, int],
         position: int,
+        cursors: Mapping[str, int] | None = None,
     ) -> None:
         """Replace everything with a full snapshot of another store in one write transaction: its lineage,
         state (`records`), forgotten users (user -> version of the forget), the newest `commits` (the head
-        first, for history) and the log position it was taken at. The log starts at the head."""
+        first, for history), the consumer cursors at that state (None: keep this store's) and the log
+        position it was taken at. The log starts at the head."""
         head = commits[0].version if commits else 0
         with self._write() as txn:
             dbs = self._dbs
@@ -1169,6 +1191,11 @@ class ControlStore:
             txn.put(_META_LOG_START, _pack_u64(head), db=dbs.meta)
             txn.put(_META_LINEAGE, lineage.encode(), db=dbs.meta)
             txn.put(_META_POSITION, _pack_u64(position), db=dbs.meta)
+            if cursors is not None:
+                for name in _cursors(txn, dbs):
+                    txn.delete(_META_CURSOR + name.encode(), db=dbs.meta)
+                for name, at in cursors.items():
+                    txn.put(_META_CURSOR + name.encode(), _pack_u64(at), db=dbs.meta)
             if head > 0:
                 self._save_snapshot(txn, head)
         self.lineage = lineage
@@ -1187,7 +1214,13 @@ class ControlStore:
     def image(self, commits: int = 50) -> tuple[int, list[CommitInfo], dict[str, int], list[RecordChange]]:
         """Everything a replica needs to start from this store, as of one read transaction: the
         replicated position, the newest `commits` (newest first), forgotten user -> version, and every
-        record of the state."""
+        record of the state (`image_and_cursors` adds the consumer cursors)."""
+        return self.image_and_cursors(commits)[:4]
+
+    def image_and_cursors(
+        self, commits: int = 50
+    ) -> tuple[int, list[CommitInfo], dict[str, int], list[RecordChange], dict[str, int]]:
+        """`image`, and the consumer cursors at that state (the same read transaction)."""
         with self._env.begin() as txn:
             dbs = self._dbs
             position = _meta_u64(txn, dbs, _META_POSITION)
@@ -1204,4 +1237,5 @@ class ControlStore:
                 for name in REPLICATED
                 for key, value in txn.cursor(db=dbs.state[name])
             ]
-        return position, infos, forgotten, records
+            cursors = _cursors(txn, dbs)
+        return position, infos, forgotten, records, cursors

@@ -36,6 +36,7 @@ class EventRetention:
         *,
         interval: float = 60.0,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        folded: Callable[[], int] | None = None,
     ) -> None:
         if retain_ms <= 0:
             raise ValueError(f"retain_ms must be positive, got {retain_ms}")
@@ -43,6 +44,9 @@ class EventRetention:
         self.events = events
         self.retain_ms = retain_ms
         self._clock_ms = clock_ms
+        # the last sequence up to which every record is folded (a central-tier replica's folder keeps one
+        # cursor per partition: `profile_folder.folded_upto`); by default the folder's cursor
+        self._folded = folded or (lambda: store.cursor(FOLDER_CURSOR))
         self.expired = 0  # records deleted since start
         self._loop = Periodic("event-retention", interval, self._tick, "event_retention_failed")
 
@@ -58,7 +62,7 @@ class EventRetention:
     def expire_once(self) -> int:
         """Delete every record past the retention that the folder has folded; return how many."""
         cutoff = self._clock_ms() - self.retain_ms
-        upto = self.store.cursor(FOLDER_CURSOR)
+        upto = self._folded()
         removed = 0
         while not self._loop.stopping:
             batch = self.events.expire(cutoff, upto, BATCH)

@@ -10,6 +10,11 @@ busy event stream never holds up pushes:
 - `users`: user id (UTF-8) -> the 8-byte sequences of that user's records (sorted duplicates): what
   `forget` deletes, without reading the whole log. A store from before it is indexed when opened
   (`meta` `users_indexed` marks it done).
+- `parts` (only when opened with `partitions` > 0: a central-tier replica's copy of the events stream):
+  2-byte big-endian partition (`sync/event_partitions.partition_of` of the record's user; for a record
+  without a user id, `partitions`, the `anonymous` one) + 8-byte sequence -> empty: the records of one
+  partition in order, so a job working some partitions reads only theirs (`batch_in`). Built when
+  opened if missing or made for another number of partitions (`meta` `parts` says for which).
 - `meta`: `seq` -> the last sequence number.
 
 `ingest` stores a batch in one write transaction: an acknowledged batch is on disk, and a batch sent
@@ -35,13 +40,16 @@ import lmdb
 import msgpack
 
 from edgewise.core.forwarded import UNREADABLE
+from edgewise.sync.event_partitions import partition_of
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EventStore", "EventStoreError", "IngestResult"]
 
 _SEQ: Final = struct.Struct(">Q")
+_PART: Final = struct.Struct(">H")
 _META_SEQ: Final = b"seq"
+_META_PARTS: Final = b"parts"
 _META_USERS_INDEXED: Final = b"users_indexed"
 MAX_ID_BYTES: Final = 400
 _MAX_KEY_BYTES: Final = 511  # LMDB's default key size limit
@@ -123,18 +131,47 @@ def _envelope(raw: bytes) -> tuple[str, dict[str, Any]]:
 
 
 class EventStore:
-    def __init__(self, path: str | Path, *, map_size: int = 64 << 30) -> None:
+    def __init__(self, path: str | Path, *, map_size: int = 64 << 30, partitions: int = 0) -> None:
+        if not 0 <= partitions <= 0xFFFF:
+            raise EventStoreError(f"partitions must be 0 to 65535, got {partitions}")
         self.path = Path(path)
+        self.partitions = partitions
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=5, sync=True, metasync=True)
+            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=6, sync=True, metasync=True)
             self._ids = self._env.open_db(b"ids")
             self._log = self._env.open_db(b"log")
             self._meta = self._env.open_db(b"meta")
             self._users = self._env.open_db(b"users", dupsort=True)
+            self._parts = self._env.open_db(b"parts")
             self._index_users()
+            if partitions:
+                self._index_partitions()
         except (OSError, lmdb.Error) as exc:
             raise EventStoreError(f"cannot open the event store at {self.path}: {exc}") from exc
+
+    @property
+    def anonymous(self) -> int:
+        """The index's own partition of the records without a user id (`partitions`: one past the last)."""
+        return self.partitions
+
+    def _part_key(self, user: str, seq: bytes) -> bytes:
+        return _PART.pack(partition_of(user, self.partitions) if user else self.anonymous) + seq
+
+    def _index_partitions(self) -> None:
+        """Build the `parts` index when missing or made for another number of partitions (one write
+        transaction)."""
+        wanted = _PART.pack(self.partitions) + b"+anonymous"
+        with self._env.begin(write=True) as txn:
+            if txn.get(_META_PARTS, db=self._meta) == wanted:
+                return
+            txn.drop(self._parts, delete=False)
+            with txn.cursor(db=self._log) as cursor:
+                for key, value in cursor:
+                    user = _envelope(value)[1].get("u")
+                    user = user if isinstance(user, str) else ""
+                    txn.put(self._part_key(user, bytes(key)), b"", db=self._parts)
+            txn.put(_META_PARTS, wanted, db=self._meta)
 
     def _index_users(self) -> None:
         """Build the `users` index of a store written before it (once, in one write transaction)."""
@@ -200,6 +237,8 @@ class EventStore:
                     index_key = _index_key(user)
                     if index_key is not None:
                         txn.put(index_key, _SEQ.pack(seq), db=self._users, dupdata=True)
+                    if self.partitions:
+                        txn.put(self._part_key(user, _SEQ.pack(seq)), b"", db=self._parts)
                 txn.put(_META_SEQ, _SEQ.pack(seq), db=self._meta)
         except lmdb.MapFullError as exc:
             raise EventStoreError(f"the event store at {self.path} is full: {exc}") from exc
@@ -248,6 +287,8 @@ class EventStore:
                 if id_key is not None:
                     txn.delete(id_key, db=self._ids)
                 txn.delete(seq, db=self._log)
+                if self.partitions:
+                    txn.delete(self._part_key(user_id, seq), db=self._parts)
                 removed += 1
         if unreadable:
             log.warning(
@@ -281,6 +322,8 @@ class EventStore:
                 index_key = _index_key(user) if isinstance(user, str) else None
                 if index_key is not None:
                     txn.delete(index_key, seq, db=self._users)
+                if self.partitions:  # an unreadable record's entry stays: `batch_in` skips it
+                    txn.delete(self._part_key(user if isinstance(user, str) else "", seq), db=self._parts)
                 cursor.delete()  # moves to the next record
                 removed += 1
                 positioned = bool(cursor.key())
@@ -291,6 +334,27 @@ class EventStore:
     def batch_after(self, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
         """The next `limit` records after sequence `after` (a consumer's position)."""
         return list(islice(self.events(after), limit))
+
+    def batch_in(self, partition: int, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The next `limit` records of `partition` after sequence `after` (the `parts` index; needs a store
+        opened with `partitions`). The records without a user id are indexed apart, under `anonymous`."""
+        if not 0 <= partition <= self.anonymous:
+            raise EventStoreError(f"partition {partition} is not one of this store's {self.partitions}")
+        prefix = _PART.pack(partition)
+        out: list[tuple[int, str, dict[str, Any]]] = []
+        with self._env.begin() as txn, txn.cursor(db=self._parts) as cursor:
+            if not cursor.set_range(prefix + _SEQ.pack(after + 1)):
+                return out
+            for key in cursor.iternext(values=False):
+                if not key.startswith(prefix) or len(out) >= limit:
+                    break
+                seq = key[len(prefix) :]
+                raw = txn.get(seq, db=self._log)
+                if raw is None:  # deleted (an unreadable record expired)
+                    continue
+                node, record = _envelope(raw)
+                out.append((_SEQ.unpack(seq)[0], node, record))
+        return out
 
     def last_seq(self) -> int:
         """The sequence number of the newest record stored (0 before the first): how many were ever
