@@ -152,9 +152,10 @@ class CentralControlService(ControlPlaneService):
         any on (the folder and the learners work the partitions leased here, `_partitions_changed`)."""
         if self.refresh_config is None:
             return []
-        return list(
-            refresh_jobs(self.refresh_config, self.store, self.local_events, self._push_lock, self.cache.notify)
+        jobs = refresh_jobs(
+            self.refresh_config, self.store, self.local_events, self._push_lock, self.cache.notify
         )
+        return list(jobs)
 
     def _lead(self) -> None:
         """This replica took the jobs lease: start the jobs one replica runs at a time."""
