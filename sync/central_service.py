@@ -30,6 +30,7 @@ from edgewise.sync.central_log import LogConflict, LogUnavailable
 from edgewise.sync.central_replica import Replica
 from edgewise.sync.control_server import ControlPlaneService, RolloutRequest
 from edgewise.sync.control_store import CommitInfo, ControlStore
+from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
 from edgewise.sync.fleet import EdgeEntry
@@ -79,7 +80,7 @@ class CentralControlService(ControlPlaneService):
         self.shared_fleet = FleetShare(
             replica.central.bridge, self.fleet, self.lease.holder_id, replicas=replica.central.replicas
         )
-        self._leading: list[ProfileFolder | BanditLearner | RefreshJob] = []
+        self._leading: list[ProfileFolder | BanditLearner | RefreshJob | EmbeddingRefreshJob] = []
         self._leading_lock = threading.Lock()
         self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
         self._snapshot_due = threading.Event()
