@@ -21,9 +21,10 @@ A tick: when no item event (view, click, add to cart, purchase) was stored since
 `refresh:embeddings`, nothing is trained and the cursor moves on; else the model is trained on every
 stored event (outside the lock), then, under the lock, the changes that differ from the store are
 committed with the cursor at the newest event read, in one transaction. A catalog that changed during
-training leaves the cursor where it was: the next tick trains again. Rolling back a refresh commit
-restores the arrays and the profiles' vectors; the cursor stays, so the next refresh comes with the
-next item event.
+training leaves the cursor where it was: the next tick trains again; so does a job stopped during
+training (`stop`, or a central-tier replica losing the jobs lease): it commits nothing. Rolling back a
+refresh commit restores the arrays and the profiles' vectors; the cursor stays, so the next refresh
+comes with the next item event.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class EmbeddingRefreshJob:
             self.store.commit_at([], kind=KIND, cursor=self.cursor, position=position)
             return position
         with self._lock:
+            if self._loop.stopping:  # stopped (or the lease lost) while training: commit nothing
+                return None
             try:
                 with self.store.read() as view:
                     changes = [

@@ -1,11 +1,13 @@
 """The embeddings refresh on the refresh framework's schedule (sync/embedding_refresh_job.py): its commit
 on a real control store and event store, the `[refresh] embeddings_*` keys, `control serve` without the
 `train` extra, and end to end: Track purchases on a real edge following a real control plane, the
-refresh commit in `ctl history`, the edge's arrays and a personalized Decide, then `ctl rollback`."""
+refresh commit in `ctl history`, the edge's arrays and a personalized Decide, then `ctl rollback`; and on
+the central tier (two `control serve --nats` replicas), where the jobs lease holder alone retrains."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -16,7 +18,10 @@ import grpc
 import numpy as np
 import pytest
 
+from edgewise.client import ControlClient
 from edgewise.core.store import Store
+from edgewise.nats_cluster import NatsCluster
+from edgewise.processes import Process, Processes
 from edgewise.sync.bundle import load_bundle
 from edgewise.sync.bundle_write import write_bundle
 from edgewise.sync.changes import bundle_records
@@ -29,12 +34,15 @@ from edgewise.sync.model_refresh_jobs import embedding_settings, refresh_jobs
 from edgewise.v1 import personalizer_pb2 as pb
 from edgewise.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.conftest import EdgeProcess
+from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
 from tests.refresh_support import RULES, T0, event, exposure, tiny_bundle
 from tests.sync_support import (
     ControlProcess,
     control_planes,
+    following_edge,
     ops_client,
     pushed_edge,
+    start_control,
     versions_reach,
     wait_for,
 )
@@ -98,6 +106,9 @@ def test_the_job_commits_a_refresh_once_per_new_item_event(stores: tuple[Control
     assert job.run_once() == n + 1  # an exposure only: the cursor moves, nothing is trained
     assert store.head_version() == info.version
     assert commits == [1]
+    job.stop()  # never started; a stopped job commits nothing, even with new events
+    events.ingest("n1", _purchases(CO_BOUGHT[1:], "q"))
+    assert job.run_once() is None and store.head_version() == info.version
 
 
 def test_the_refresh_keys_make_the_job_and_its_settings() -> None:
@@ -263,3 +274,37 @@ def test_purchases_on_an_edge_retrain_its_embeddings_and_roll_back(
     np.testing.assert_array_equal(items_back, items_before)
     assert u0_back == u0_before
     assert pushed < first
+
+
+EVERY_SECOND = ("--refresh-embeddings", "--refresh-embeddings-every", "1s")
+
+
+@pytest.mark.slow
+def test_on_the_central_tier_the_lease_holder_retrains_and_every_replica_gets_it(
+    tmp_path: Path,
+    nats_cluster: NatsCluster,  # noqa: F811
+    edge_factory: Callable[..., EdgeProcess],
+) -> None:
+    _implicit()
+    env = {**OPS, **EDGE}
+    with Processes(tmp_path / "run", env=env) as processes:
+        a, b = (
+            start_control(processes, tmp_path / name, "--nats", nats_cluster.url_list, *EVERY_SECOND, env=env)
+            for name in ("ra", "rb")
+        )
+        with ControlClient(a.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
+            pushed = ops.push(_bundle(tmp_path / "bundle")).version
+        edge = following_edge(edge_factory, tmp_path / "edge", b.address, "edge-c", EDGE)
+        wait_for(versions_reach([tmp_path / "edge"], pushed), 30, "the edge at the push")
+        _track(edge.address, CO_BOUGHT)
+        wait_for(lambda: _for_you(edge.address, "u0") == ["i4"], 60, "the retrained embeddings", 0.2)
+
+        def refreshes(replica: Process) -> list[tuple[int, str]]:
+            with ControlClient(replica.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
+                commits = ops.history(limit=100).commits
+            return [(c.version, c.description) for c in commits if c.kind == "refresh"]
+
+        wait_for(lambda: refreshes(a) == refreshes(b), 20, "both replicas with the same refresh commits")
+        # one replica trains (the lease holder): each commit read up to a later event than the one before
+        ends = [int(d.split("; events ")[1].split(" ")[0].split("..")[1]) for _, d in sorted(refreshes(a))]
+        assert ends and all(x < y for x, y in itertools.pairwise(ends)), ends
