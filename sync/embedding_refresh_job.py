@@ -17,7 +17,12 @@ runs outside the lock and is redone only when the catalog (item rows, dim) chang
 the profiles' `e` are written against the state under the lock, so a commit that landed meanwhile is
 kept.
 
-A tick: when no item event (view, click, add to cart, purchase) was stored since the cursor
+The schedule survives restarts and lease moves: a run is due `every` seconds after the last refresh
+commit of this model in the change log (the newest of the last 10,000 commits; none: at once), checked
+every `min(every, 60 s)`, then `every` after each run. (A `RefreshJob`'s first tick comes `every` after
+its start: with a daily schedule, a control plane restarted more often than daily would never retrain.)
+
+A run: when no item event (view, click, add to cart, purchase) was stored since the cursor
 `refresh:embeddings`, nothing is trained and the cursor moves on; else the model is trained on every
 stored event (outside the lock), then, under the lock, the changes that differ from the store are
 committed with the cursor at the newest event read, in one transaction. A catalog that changed during
@@ -30,6 +35,7 @@ comes with the next item event.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -53,6 +59,8 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "EmbeddingRefreshJob"]
 
 NAME: Final = "embeddings"
+CHECK_SECONDS: Final = 60.0  # how often a long schedule checks whether a run is due
+_HISTORY: Final = 10_000  # commits searched for the last refresh at start
 
 
 class EmbeddingRefreshJob:
@@ -76,7 +84,10 @@ class EmbeddingRefreshJob:
         self.name = NAME
         self.cursor = CURSOR_PREFIX + NAME
         self.commits = 0  # refresh commits published since start
-        self._loop = Periodic(f"refresh-{NAME}", every, self._tick, "model_refresh_failed")
+        self.every = every
+        self._last_ms: int | None = None  # the last run's time (None: look it up in the change log)
+        check = min(every, CHECK_SECONDS)
+        self._loop = Periodic(f"refresh-{NAME}", check, self._tick, "model_refresh_failed")
 
     def start(self) -> None:
         self._loop.start()
@@ -85,7 +96,21 @@ class EmbeddingRefreshJob:
         self._loop.stop(timeout)
 
     def _tick(self) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        if self._last_ms is None:
+            self._last_ms = self.last_refresh_ms()
+        if now_ms - self._last_ms < self.every * 1000:
+            return
+        self._last_ms = now_ms
         self.run_once()
+
+    def last_refresh_ms(self) -> int:
+        """The time of this model's newest refresh commit among the last 10,000 commits (0: none)."""
+        prefix = f"refresh {NAME}:"
+        for info in self.store.history(_HISTORY):
+            if info.kind == KIND and info.description.startswith(prefix):
+                return info.created_at_ms
+        return 0
 
     def run_once(self) -> CommitInfo | int | None:
         """Retrain when an item event arrived since the last run: the commit, the position read when

@@ -111,6 +111,29 @@ def test_the_job_commits_a_refresh_once_per_new_item_event(stores: tuple[Control
     assert job.run_once() is None and store.head_version() == info.version
 
 
+def test_the_schedule_counts_from_the_last_refresh_commit(stores: tuple[ControlStore, EventStore]) -> None:
+    _implicit()
+    store, events = stores
+    settings = embedding_settings(RefreshConfig(embeddings=True, embeddings_iterations=20))
+
+    def job(every: float) -> EmbeddingRefreshJob:
+        return EmbeddingRefreshJob(store, events, threading.Lock(), lambda: None, settings, every=every)
+
+    daily = job(86_400)
+    assert daily.last_refresh_ms() == 0
+    events.ingest("n1", _purchases(CO_BOUGHT, "p"))
+    daily._tick()  # no refresh in the log: due at once
+    (last,) = [c for c in store.history(5) if c.kind == "refresh"]
+    assert daily.last_refresh_ms() == last.created_at_ms
+    events.ingest("n1", _purchases(CO_BOUGHT[1:], "q"))
+    daily._tick()
+    restarted = job(86_400)  # a restart (or the lease moving) does not restart the clock
+    restarted._tick()
+    assert store.head_version() == last.version
+    job(0.001)._tick()  # due: the new events retrain
+    assert store.head_version() > last.version
+
+
 def test_the_refresh_keys_make_the_job_and_its_settings() -> None:
     config, _ = load_config(
         None,
@@ -133,7 +156,7 @@ def test_the_refresh_keys_make_the_job_and_its_settings() -> None:
     assert embedding_settings(RefreshConfig()).half_life_days == 90.0
     jobs = refresh_jobs(refresh, None, None, threading.Lock(), lambda: None)  # type: ignore[arg-type]
     assert [type(job) for job in jobs] == [EmbeddingRefreshJob]
-    assert jobs[0]._loop.interval == 3600.0
+    assert jobs[0].every == 3600.0 and jobs[0]._loop.interval == 60.0  # checks whether due every minute
     assert refresh_jobs(RefreshConfig(), None, None, threading.Lock(), lambda: None) == []  # type: ignore[arg-type]
 
 
