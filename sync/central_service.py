@@ -35,6 +35,7 @@ from edgewise.sync.central_partitions import PartitionLeases
 from edgewise.sync.central_replica import Replica
 from edgewise.sync.control_server import ControlPlaneService, RolloutRequest
 from edgewise.sync.control_store import CommitInfo, ControlStore
+from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
 from edgewise.sync.fleet import EdgeEntry
@@ -101,7 +102,7 @@ class CentralControlService(ControlPlaneService):
             retry_on=(LogConflict, LogUnavailable),
             catch_up=self._catch_up,
         )
-        self._leading: list[ProfileFolder | BanditLearner | RefreshJob] = []
+        self._leading: list[ProfileFolder | BanditLearner | RefreshJob | EmbeddingRefreshJob] = []
         self._leading_lock = threading.Lock()
         self.learners: dict[int, BanditLearner] = {}  # one per partition held here
         self._learners_lock = threading.Lock()
@@ -147,7 +148,7 @@ class CentralControlService(ControlPlaneService):
         if isinstance(refused, LogConflict):
             self.replica.wait_position(refused.last, CATCH_UP_S)
 
-    def _lease_jobs(self) -> list[ProfileFolder | BanditLearner | RefreshJob]:
+    def _lease_jobs(self) -> list[ProfileFolder | BanditLearner | RefreshJob | EmbeddingRefreshJob]:
         """The jobs only the holder of the jobs lease runs: the model refresh jobs, when `[refresh]` turns
         any on (the folder and the learners work the partitions leased here, `_partitions_changed`)."""
         if self.refresh_config is None:

@@ -478,6 +478,81 @@ class RefreshConfig:
             metavar="N",
         ),
     )
+    embeddings: bool = field(
+        default=False,
+        metadata=meta(
+            "retrain item_embeddings and the profiles' embeddings from forwarded events with implicit "
+            "(needs pip install 'edgewise[train]'; docs/embeddings.md)",
+            flag="--refresh-embeddings",
+        ),
+    )
+    embeddings_every: timedelta = field(
+        default=timedelta(hours=24),
+        metadata=meta("how often", min=1, flag="--refresh-embeddings-every", metavar="DURATION"),
+    )
+    embeddings_method: Literal["als", "bpr"] = field(
+        default="als",
+        metadata=meta(
+            "implicit's ALS (weighted implicit feedback) or BPR (pairwise ranking)",
+            flag="--refresh-embeddings-method",
+        ),
+    )
+    embeddings_iterations: int = field(
+        default=15,
+        metadata=meta(
+            "training iterations (ALS sweeps, BPR epochs)",
+            min=1,
+            max=10_000,
+            flag="--refresh-embeddings-iterations",
+            metavar="N",
+        ),
+    )
+    embeddings_regularization: float = field(
+        default=0.1,
+        metadata=meta(
+            "L2 regularization of the factors",
+            min=0.0,
+            flag="--refresh-embeddings-regularization",
+            metavar="LAMBDA",
+        ),
+    )
+    embeddings_alpha: float = field(
+        default=20.0,
+        metadata=meta(
+            "ALS: an interaction's confidence is alpha times its weight (BPR ignores it)",
+            above=0.0,
+            flag="--refresh-embeddings-alpha",
+            metavar="ALPHA",
+        ),
+    )
+    embeddings_learning_rate: float = field(
+        default=0.05,
+        metadata=meta(
+            "BPR: the SGD step (ALS ignores it)",
+            above=0.0,
+            flag="--refresh-embeddings-learning-rate",
+            metavar="RATE",
+        ),
+    )
+    embeddings_half_life: timedelta = field(
+        default=timedelta(days=90),
+        metadata=meta(
+            "an event's weight in training halves every this long (0: no decay)",
+            min=0,
+            flag="--refresh-embeddings-half-life",
+            metavar="DURATION",
+        ),
+    )
+    embeddings_seed: int = field(
+        default=0,
+        metadata=meta(
+            "the training's random seed (same events and seed: same vectors)",
+            min=0,
+            max=2**31 - 1,
+            flag="--refresh-embeddings-seed",
+            metavar="N",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
 from edgewise.sync.control_config import RefreshConfig
 from edgewise.sync.control_store import ControlStore
+from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS, EventRetention
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.model_refresh import RefreshJob
@@ -26,6 +27,8 @@ from edgewise.sync.model_refresh_jobs import refresh_jobs
 from edgewise.sync.profile_folder import ProfileFolder
 
 __all__ = ["ControlJobs"]
+
+_Job = ProfileFolder | BanditLearner | EventRetention | RefreshJob | EmbeddingRefreshJob
 
 
 class ControlJobs:
@@ -45,8 +48,13 @@ class ControlJobs:
         self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
         self.refresh = refresh_jobs(refresh, store, events, lock, on_commit) if refresh is not None else []
 
-    def _jobs(self) -> list[ProfileFolder | BanditLearner | EventRetention | RefreshJob]:
-        jobs: list[ProfileFolder | BanditLearner | EventRetention | RefreshJob] = [self.folder, self.learner]
+    def _jobs(
+        self,
+    ) -> list[ProfileFolder | BanditLearner | EventRetention | RefreshJob | EmbeddingRefreshJob]:
+        jobs: list[ProfileFolder | BanditLearner | EventRetention | RefreshJob | EmbeddingRefreshJob] = [
+            self.folder,
+            self.learner,
+        ]
         if self.retention is not None:
             jobs.append(self.retention)
         return [*jobs, *self.refresh]

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from edgewise.config import DurationError
 from edgewise.config import duration_ms as config_duration_ms
 from edgewise.core.bandit_learning import LearningSchedule
+from edgewise.core.embedding_training import TrainingUnavailable, import_implicit
 from edgewise.logs import configure_logging
 from edgewise.metrics_http import serve_metrics
 from edgewise.sync.admission import EdgeAdmission, EdgeLimits, control_grpc_server
@@ -113,6 +114,12 @@ def run_control_serve(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     configure_logging(config.log.level)
+    if config.refresh.embeddings:  # the embeddings refresh trains with implicit: the `train` extra
+        try:
+            import_implicit()
+        except TrainingUnavailable as exc:
+            print(f"edgewise control serve: refresh.embeddings: {exc}", file=sys.stderr)
+            return 2
     data, tls = config.data, config.tls
 
     def open_store() -> ControlStore:

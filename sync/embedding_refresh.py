@@ -22,8 +22,10 @@ Two steps, so that training (seconds) never holds the push lock:
    profile folder creates profiles, with their consent. If the catalog changed since training (a push
    moved rows or the dim), `CatalogChanged` is raised and nothing is written; the next run retrains.
 
-`refresh_embeddings(store, events, lock, settings)` is both steps and the commit, for a scheduled job:
-step 1 outside `lock` (the service's push lock), step 2 and the commit under it.
+`refresh_embeddings(store, events, lock, settings)` is both steps and the commit (kind "delta"): step 1
+outside `lock` (the service's push lock), step 2 and the commit under it. The control plane's scheduled
+refresh (`[refresh] embeddings`) is `sync/embedding_refresh_job.EmbeddingRefreshJob`, which runs the two
+steps the same way and commits them as kind "refresh" with its cursor, as the other refresh jobs do.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class TrainedRefresh:
     items_trained: int
     items_carried: int
     seconds: float  # reading and training
+    first_ms: int = 0  # the times of the oldest and newest usable events read (0: none)
+    last_ms: int = 0
 
 
 def _catalog(view: StateReader) -> dict[str, int]:
@@ -144,9 +148,17 @@ def train_refresh(
     if previous is not None and previous.shape[0] > n_items:
         previous = previous[:n_items]  # rows past the catalog's (a shrunk catalog): not items any more
     skipped = [0]
+    span: list[int] = []  # [oldest, newest] event time read
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+
+    def spanned() -> Iterator[tuple[str, str, str, int]]:
+        for event in _usable_events(events, skipped):
+            ts = event[3]
+            span[:] = [min(span[0], ts), max(span[1], ts)] if span else [ts, ts]
+            yield event
+
     interactions = interactions_from_events(
-        _usable_events(events, skipped),
+        spanned(),
         rows,
         now_ms=now,
         event_weights=settings.event_weights,
@@ -180,6 +192,8 @@ def train_refresh(
         items_trained=int(result.trained.sum()),
         items_carried=result.carried,
         seconds=time.perf_counter() - started,
+        first_ms=span[0] if span else 0,
+        last_ms=span[1] if span else 0,
     )
 
 

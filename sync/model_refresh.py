@@ -1,7 +1,7 @@
 """The control plane's model refresh jobs: forwarded events become model deltas (docs/refresh.md).
 
 One `RefreshJob` per model (`core/model_refresh.ModelRefresh`: popularity, trending, neighbours; the
-embeddings refresh plugs in the same way), a thread of its own (`sync/periodic.py`) ticking every
+embeddings: `sync/embedding_refresh_job.py`), a thread of its own (`sync/periodic.py`) ticking every
 `every` seconds. A tick reads the forwarded events the model needs (an incremental model: those stored
 since its cursor `refresh:<name>`, in batches; a windowed model: every stored event of its window, when
 an item event arrived since its last run), turns them into `RefreshEvent`s, asks the model for the new

@@ -98,6 +98,15 @@ FLAG_DEFAULTS = {
     "--refresh-neighbors-window": ("refresh.neighbors_window", timedelta(days=30)),
     "--refresh-neighbors-k": ("refresh.neighbors_k", 20),
     "--refresh-neighbors-min-support": ("refresh.neighbors_min_support", 2),
+    "--refresh-embeddings": ("refresh.embeddings", False),
+    "--refresh-embeddings-every": ("refresh.embeddings_every", timedelta(hours=24)),
+    "--refresh-embeddings-method": ("refresh.embeddings_method", "als"),
+    "--refresh-embeddings-iterations": ("refresh.embeddings_iterations", 15),
+    "--refresh-embeddings-regularization": ("refresh.embeddings_regularization", 0.1),
+    "--refresh-embeddings-alpha": ("refresh.embeddings_alpha", 20.0),
+    "--refresh-embeddings-learning-rate": ("refresh.embeddings_learning_rate", 0.05),
+    "--refresh-embeddings-half-life": ("refresh.embeddings_half_life", timedelta(days=90)),
+    "--refresh-embeddings-seed": ("refresh.embeddings_seed", 0),
 }
 
 
@@ -267,6 +276,43 @@ BAD_VALUES: list[tuple[str | None, dict[str, str], dict[str, object], str]] = [
         {"EDGEWISE_CONTROL_LOG_LEVEL": "loud"},
         {},
         'log.level = "loud" (from EDGEWISE_CONTROL_LOG_LEVEL): must be one of',
+    ),
+    (
+        None,
+        {},
+        {"refresh.embeddings_method": "svd"},
+        'refresh.embeddings_method = "svd" (from --refresh-embeddings-method): must be one of',
+    ),
+    (
+        "[refresh]\nembeddings_alpha = 0.0\n",
+        {},
+        {},
+        "refresh.embeddings_alpha = 0.0 (from {path}): must be > 0",
+    ),
+    (
+        None,
+        {"EDGEWISE_CONTROL_REFRESH_EMBEDDINGS_ITERATIONS": "0"},
+        {},
+        "refresh.embeddings_iterations = 0 (from EDGEWISE_CONTROL_REFRESH_EMBEDDINGS_ITERATIONS): "
+        "must be >= 1",
+    ),
+    (
+        None,
+        {},
+        {"refresh.embeddings_regularization": "-0.5"},
+        "refresh.embeddings_regularization = -0.5 (from --refresh-embeddings-regularization): must be >= 0",
+    ),
+    (
+        None,
+        {},
+        {"refresh.embeddings_every": "0"},
+        'refresh.embeddings_every = "0" (from --refresh-embeddings-every): must be >= 1',
+    ),
+    (
+        None,
+        {},
+        {"refresh.embeddings_seed": "-1"},
+        "refresh.embeddings_seed = -1 (from --refresh-embeddings-seed): must be >= 0",
     ),
 ]
 

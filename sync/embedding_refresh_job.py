@@ -1,0 +1,178 @@
+"""The embeddings refresh on the refresh framework's schedule (docs/refresh.md, docs/embeddings.md).
+
+`EmbeddingRefreshJob` retrains `models/item_embeddings` and the profiles' `e` from the forwarded events
+every `every` seconds (`[refresh] embeddings`, `sync/model_refresh_jobs.py` builds it), with
+`sync/embedding_refresh.py`'s two steps, and publishes the result as one commit of kind "refresh"
+through the change log, as the other refresh jobs (`sync/model_refresh.RefreshJob`) do: versioned,
+listed by `ctl history` as "refresh embeddings: ...; events A..B (time window)", rolled back like any
+push, sent to the edges like any commit.
+
+It is not a `core/model_refresh.ModelRefresh` run by a `RefreshJob`, for three reasons: training reads
+every stored event with its purpose (only `personalization` events train a user's vector), which a
+`RefreshEvent` does not carry; carrying the vectors of profiles whose user had no event into the new
+factor space needs every profile's current `e`, which a `ModelState` does not hold; and a `RefreshJob`
+computes again when any commit (the profile folder's, every few seconds) landed during its run, and
+the third time under the push lock, which for a training of seconds would stall pushes. Here training
+runs outside the lock and is redone only when the catalog (item rows, dim) changed (`CatalogChanged`);
+the profiles' `e` are written against the state under the lock, so a commit that landed meanwhile is
+kept.
+
+The schedule survives restarts and lease moves: a run is due `every` seconds after the last refresh
+commit of this model in the change log (the newest of the last 10,000 commits; none: at once), checked
+every `min(every, 60 s)`, then `every` after each run. (A `RefreshJob`'s first tick comes `every` after
+its start: with a daily schedule, a control plane restarted more often than daily would never retrain.)
+
+A run: when no item event (view, click, add to cart, purchase) was stored since the cursor
+`refresh:embeddings`, nothing is trained and the cursor moves on; else the model is trained on every
+stored event (outside the lock), then, under the lock, the changes that differ from the store are
+committed with the cursor at the newest event read, in one transaction. A catalog that changed during
+training leaves the cursor where it was: the next tick trains again; so does a job stopped during
+training (`stop`, or a central-tier replica losing the jobs lease): it commits nothing. Rolling back a
+refresh commit restores the arrays and the profiles' vectors; the cursor stays, so the next refresh
+comes with the next item event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Final
+
+from edgewise.core.model_refresh import ITEM_EVENT_TYPES
+from edgewise.sync.control_store import CommitInfo, ControlStore
+from edgewise.sync.embedding_refresh import (
+    CatalogChanged,
+    EmbeddingRefreshSettings,
+    TrainedRefresh,
+    refresh_changes,
+    train_refresh,
+)
+from edgewise.sync.event_store import EventStore
+from edgewise.sync.model_refresh import CURSOR_PREFIX, KIND
+from edgewise.sync.periodic import Periodic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NAME", "EmbeddingRefreshJob"]
+
+NAME: Final = "embeddings"
+CHECK_SECONDS: Final = 60.0  # how often a long schedule checks whether a run is due
+_HISTORY: Final = 10_000  # commits searched for the last refresh at start
+
+
+class EmbeddingRefreshJob:
+    """The embeddings refresh on a schedule (see the module doc)."""
+
+    def __init__(
+        self,
+        store: ControlStore,
+        events: EventStore,
+        lock: AbstractContextManager[object],
+        on_commit: Callable[[], None],
+        settings: EmbeddingRefreshSettings,
+        *,
+        every: float,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self._lock = lock
+        self._on_commit = on_commit
+        self.settings = settings
+        self.name = NAME
+        self.cursor = CURSOR_PREFIX + NAME
+        self.commits = 0  # refresh commits published since start
+        self.every = every
+        self._last_ms: int | None = None  # the last run's time (None: look it up in the change log)
+        check = min(every, CHECK_SECONDS)
+        self._loop = Periodic(f"refresh-{NAME}", check, self._tick, "model_refresh_failed")
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._loop.stop(timeout)
+
+    def _tick(self) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        if self._last_ms is None:
+            self._last_ms = self.last_refresh_ms()
+        if now_ms - self._last_ms < self.every * 1000:
+            return
+        self._last_ms = now_ms
+        self.run_once()
+
+    def last_refresh_ms(self) -> int:
+        """The time of this model's newest refresh commit among the last 10,000 commits (0: none)."""
+        prefix = f"refresh {NAME}:"
+        for info in self.store.history(_HISTORY):
+            if info.kind == KIND and info.description.startswith(prefix):
+                return info.created_at_ms
+        return 0
+
+    def run_once(self) -> CommitInfo | int | None:
+        """Retrain when an item event arrived since the last run: the commit, the position read when
+        nothing changed (or nothing could be trained), None when there was nothing new or the catalog
+        changed during training."""
+        after = self.store.cursor(self.cursor)
+        position = self.events.last_seq()
+        if position <= after:
+            return None
+        if not any(record.get("t") in ITEM_EVENT_TYPES for _, _, record in self.events.events(after)):
+            self.store.commit_at([], kind=KIND, cursor=self.cursor, position=position)
+            return position  # exposures only: nothing to retrain
+        first = next((seq for seq, _, _ in self.events.events(0)), position)
+        with self.store.read() as view:
+            trained = train_refresh(view, self.events, self.settings)
+        if trained is None:  # no catalog, no dim or no usable event: wait for the next item event
+            self.store.commit_at([], kind=KIND, cursor=self.cursor, position=position)
+            return position
+        with self._lock:
+            if self._loop.stopping:  # stopped (or the lease lost) while training: commit nothing
+                return None
+            try:
+                with self.store.read() as view:
+                    changes = [
+                        change
+                        for change in refresh_changes(view, trained)
+                        if change.value != view.get(change.namespace, change.key)
+                    ]
+            except CatalogChanged as exc:
+                log.warning("embeddings_refresh_skipped", extra={"reason": str(exc)})
+                return None
+            info = self.store.commit_at(
+                changes,
+                kind=KIND,
+                description=self._description(trained, first, position),
+                cursor=self.cursor,
+                position=position,
+            )
+        if info is None:
+            return position
+        self.commits += 1
+        log.info(
+            "model_refreshed",
+            extra={
+                "model": NAME,
+                "version": info.version,
+                "changes": info.changes,
+                "new_items": 0,
+                "events_to": position,
+            },
+        )
+        self._on_commit()
+        return info
+
+    def _description(self, trained: TrainedRefresh, first: int, last: int) -> str:
+        window = f"{_iso(trained.first_ms)}..{_iso(trained.last_ms)}" if trained.last_ms else "no item events"
+        return (
+            f"refresh {NAME}: {self.settings.training.method} on {trained.events} events, "
+            f"{len(trained.user_vectors)} users, {trained.items_trained} items trained; "
+            f"events {first}..{last} ({window})"
+        )
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
