@@ -90,6 +90,12 @@ def test_a_shadow_candidate_on_a_real_edge(
         assert shadow.served_latency_us_sum > 0 and shadow.shadow_latency_us_sum > 0
         assert beat.serving.version == served and beat.serving.decisions == CALLS  # what was served
 
+        # the supervisor's sums behind /metrics are refreshed on its own period: wait for them
+        wait_for(
+            lambda: _metrics(metrics_address)["edgewise_shadow_sampled_total"] == CALLS,
+            20,
+            "the shadow figures on /metrics",
+        )
         exposed = _metrics(metrics_address)
         assert exposed["edgewise_shadow_candidate_version"] == candidate
         assert exposed["edgewise_shadow_sample"] == 1.0

@@ -190,7 +190,7 @@ def test_ctl_prints_what_it_did(
     assert table[1].split() == ["version", "kind", "changes", "created", "(UTC)", "description"]
     assert table[-1].split()[:2] == [str(v1), "push"] and table[-1].endswith("  first")
     status = json.loads(ctl(address, "status", "--json", env=OPS).stdout)
-    assert status == {"head_version": v3, "events_total": 0, "edges": []}
+    assert status == {"head_version": v3, "events_total": 0, "edges": [], "rollout": None}
     text = ctl(address, "status", env=OPS).stdout
     assert text.startswith(f"head version {v3}; 0 edges; 0 events stored upstream\nnode ")
 
