@@ -36,8 +36,8 @@ import msgpack
 
 from edgewise.core.records import check_profile
 from edgewise.core.snapshot_info import SnapshotInfo
-from edgewise.core.store import PER_USER, ReadView, Store
-from edgewise.core.version_state import build_state
+from edgewise.core.store import CATALOG_NAMESPACES, NOT_CATALOG, PER_USER, ReadView, Store
+from edgewise.core.version_state import build_state, check_models
 from edgewise.sync.auth import bearer_metadata, open_channel
 from edgewise.sync.control_replicas import ControlReplicas, loses_replica
 from edgewise.sync.shadow_candidate import Candidate, ShadowCandidates
@@ -142,13 +142,26 @@ class _ShadowIntake:
         self._error = ""
 
 
-def _check_state(changes: list[tuple[str, bytes, bytes | None]], rebuild: bool) -> Callable[[ReadView], None]:
+def _check_state(
+    changes: list[tuple[str, bytes, bytes | None]], rebuild: bool, snapshot: bool = True
+) -> Callable[[ReadView], None]:
+    """The check of a commit's new state, inside its write transaction: its profiles decode, and the
+    version state a worker builds from it builds. A commit that changes neither items nor rules (a model
+    refresh) leaves the catalog half as the last commit checked it: only the model half is built, as the
+    workers do then (`check_models`)."""
+    catalog = snapshot or any(
+        ns in CATALOG_NAMESPACES and (ns, key) not in NOT_CATALOG for ns, key, _ in changes
+    )
+    embeddings = any(ns == "models" and key == b"item_embeddings" for ns, key, _ in changes)
+
     def check(view: ReadView) -> None:
         for namespace, key, value in changes:
             if namespace == "profiles" and value is not None:
                 check_profile(key.decode(), value)
-        if rebuild:
+        if rebuild and catalog:
             build_state(view)
+        elif rebuild:
+            check_models(view, embeddings=embeddings)
 
     return check
 
@@ -443,7 +456,7 @@ class EdgeSyncer:
                 changes,
                 snapshot=commit.snapshot,
                 info=info,
-                check=_check_state(changes, rebuild),
+                check=_check_state(changes, rebuild, commit.snapshot),
             )
         except Exception as exc:
             self._nack(commit.version, f"commit {commit.version} refused, nothing applied: {exc}")
