@@ -10,6 +10,8 @@ nothing.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -18,7 +20,7 @@ import numpy as np
 from edgewise.core.decisions import Context, DecideRequest, DecideResponse, PlacementRequest
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.records import encode_array
-from edgewise.core.store import Change, Store
+from edgewise.core.store import Change, ReadView, Store
 from edgewise.core.version_state import VersionState, build_state, check_models
 from edgewise.sync.bundle import load_bundle
 from edgewise.sync.snapshot import apply_bundle
@@ -183,3 +185,64 @@ def test_a_profile_commit_changes_no_generation(tmp_path: Path, bundle_dir: Path
         _apply(store, [("profiles", user.encode(), value)])
         with store.read() as view:
             assert (view.generation, view.catalog_generation()) == (generation, catalog)
+
+
+def test_deciding_while_models_flip_never_mixes_versions(tmp_path: Path, bundle_dir: Path) -> None:
+    """Threads decide while a writer flips the popularity and neighbours between two contents (each flip a
+    new generation, the catalog the same): every decision is the one a fresh pipeline makes for the content
+    its view reads, never the other one's or a mix."""
+    requests = _requests(bundle_dir)[:6]
+    with _store(tmp_path, bundle_dir) as store:
+        with store.read() as view:
+            original = [
+                ("models", name.encode(), encode_array(np.ascontiguousarray(view.array(name))))
+                for name in ("item_popularity", "item_neighbors")
+            ]
+        flipped = [_reversed_array(store, "item_popularity"), _reversed_array(store, "item_neighbors")]
+        expected: dict[bytes, list[DecideResponse]] = {}
+        for changes in (flipped, original):
+            _apply(store, changes)
+            with store.read() as view:
+                key = _content_key(view)
+            expected[key] = _decisions(store, Pipeline(), requests)
+        assert len(expected) == 2 and len({str(v) for v in expected.values()}) == 2
+
+        shared = Pipeline()
+        stop = threading.Event()
+        problems: list[str] = []
+        decided = [0]
+
+        def decide() -> None:
+            while not stop.is_set():
+                with store.read() as view:
+                    key = _content_key(view)
+                    for i, request in enumerate(requests):
+                        decision = shared.decide(view, request)
+                        want = expected[key][i]
+                        if decision.snapshot_version != view.version or (
+                            decision.placements,
+                            decision.segments,
+                        ) != (want.placements, want.segments):
+                            problems.append(f"generation {view.generation}, request {i}")
+                decided[0] += 1
+
+        threads = [threading.Thread(target=decide) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for flip in range(30):
+                _apply(store, flipped if flip % 2 == 0 else original)
+                time.sleep(0.005)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        assert not problems, problems[:5]
+        assert decided[0] > 0
+
+
+def _content_key(view: ReadView) -> bytes:
+    """Which of the two contents a view reads (its popularity array's first bytes)."""
+    array = view.array("item_popularity")
+    assert array is not None
+    return bytes(np.ascontiguousarray(array[:8]).view(np.uint8))
