@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -105,8 +106,9 @@ _SNAPSHOT_KEY: Final = b"snapshot"
 _U64: Final = struct.Struct("<Q")
 _GEN_VERSION: Final = struct.Struct("<QQ")
 # meta `catalog`: the generation at which the items or the rules (with the schema and saved groups) last
-# changed; a version state built at an older generation with the same catalog generation can keep its
-# catalog half (core/version_state.py). Absent (a store written before it): unknown, rebuild everything.
+# changed, and 8 random bytes (so two stores never share one); a version state built at an older
+# generation with the same catalog key can keep its catalog half (core/version_state.py). Absent (a store
+# written before it): unknown, rebuild everything.
 _CATALOG_KEY: Final = b"catalog"
 _CATALOG: Final = struct.Struct("<Q")
 CATALOG_NAMESPACES: Final = frozenset({"items", "rules"})
@@ -321,12 +323,12 @@ class ReadView:
                 names.append(name)
         return names
 
-    def catalog_generation(self) -> int:
-        """The generation at which the items or the rules last changed (0: unknown, a store written
-        before edgewise recorded it): two views with the same non-zero value hold the same items, rules,
-        schema and saved groups."""
+    def catalog_key(self) -> bytes:
+        """Which catalog this view reads: the generation at which the items or the rules last changed
+        and a random token (b"": unknown, a store written before edgewise recorded it). Two views with
+        the same non-empty key hold the same items, rules, schema and saved groups."""
         buf = self._txn.get(_CATALOG_KEY, db=self._dbs["meta"])
-        return 0 if buf is None else int(_CATALOG.unpack(bytes(buf))[0])
+        return b"" if buf is None else bytes(buf)
 
     def snapshot_info(self) -> SnapshotInfo:
         """What the data came from (`SnapshotInfo()` before anything was applied)."""
@@ -465,7 +467,7 @@ class Store:
         per-user records change (`PER_USER`: profiles, forgotten users; a snapshot always), so a profile
         delta or a forget does not make workers rebuild their version state; `meta/catalog` records the
         generation at which the items or rules last changed, so a commit of model arrays alone lets them
-        keep the catalog half of it (`ReadView.catalog_generation`). Users with a new
+        keep the catalog half of it (`ReadView.catalog_key`). Users with a new
         `forgotten` record (or new in a legacy forgotten list) have their profile, live activity and
         queued outbox entries purged (`forget_users`) once the changes are in: after the apply no such
         user has any. `check` sees the new state inside the transaction before it commits; if it raises,
@@ -525,7 +527,7 @@ class Store:
                 if touched_shared or generation == 0:
                     generation += 1
                     if touched_catalog or generation == 1 or txn.get(_CATALOG_KEY, db=meta) is None:
-                        txn.put(_CATALOG_KEY, _CATALOG.pack(generation), db=meta)
+                        txn.put(_CATALOG_KEY, _CATALOG.pack(generation) + os.urandom(8), db=meta)
                 txn.put(_VERSION_KEY, _GEN_VERSION.pack(generation, version), db=meta)
                 txn.put(_SNAPSHOT_KEY, info.encode(), db=meta)
                 if check is not None:

@@ -92,9 +92,9 @@ class VersionState:
     chunked_models: frozenset[str]  # model arrays whose row chunks match their record (ReadView.rows)
     filters: FilterIndex  # rows by category, tag and flag (what filters and boosts select)
     derived_cache: DerivedCache  # values derived on first use (`derived`)
-    # ReadView.catalog_generation of the view this was built from (0: unknown): a newer generation with
-    # the same catalog keeps the catalog half of this state (build_state's `previous`)
-    catalog_generation: int = 0
+    # ReadView.catalog_key of the view this was built from (b"": unknown): another generation with the
+    # same catalog key keeps the catalog half of this state (build_state's `previous`)
+    catalog_key: bytes = b""
 
     @property
     def n_items(self) -> int:
@@ -169,14 +169,14 @@ def build_state(view: ReadView, previous: VersionState | None = None) -> Version
     """Decode the per-version state of the snapshot `view` reads.
 
     With `previous`, the state of an older generation of the same store: when the view's catalog (items,
-    rules, schema, saved groups: `ReadView.catalog_generation`) is the one `previous` was built from, its
+    rules, schema, saved groups: `ReadView.catalog_key`) is the one `previous` was built from, its
     catalog half is kept and only the model half is built again, and the embedding structures too when
     `item_embeddings` is byte for byte the one `previous` copied. A model refresh commits model arrays
     alone, so a worker switches to its new version in milliseconds instead of decoding every item again
     while requests wait (BENCHMARKS.md, "Model refresh applied during Decide"). The result equals a full
     build (tests/test_version_state_reuse.py)."""
-    catalog_generation = view.catalog_generation()
-    if previous is not None and catalog_generation != 0 and previous.catalog_generation == catalog_generation:
+    catalog_key = view.catalog_key()
+    if previous is not None and catalog_key and previous.catalog_key == catalog_key:
         catalog = _Catalog.of_state(previous)
     else:
         catalog = _Catalog.build(view)
@@ -210,7 +210,7 @@ def build_state(view: ReadView, previous: VersionState | None = None) -> Version
         chunked_models=models.chunked,
         filters=catalog.filters,
         derived_cache=DerivedCache(derived_max_bytes(n)),
-        catalog_generation=catalog_generation,
+        catalog_key=catalog_key,
     )
 
 

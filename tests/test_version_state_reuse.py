@@ -1,6 +1,7 @@
 """A new version's state keeps the catalog half of the last one when only model arrays changed.
 
-`Store.apply_replicated` records in `meta/catalog` the generation at which items or rules last changed;
+`Store.apply_replicated` records in `meta/catalog` the generation at which items or rules last changed
+(with a random token);
 `build_state(view, previous)` keeps `previous`'s decoded items, rules and filter index when the catalog is
 the same, and its embedding structures when `item_embeddings` is byte for byte the same. Whatever it
 keeps, a worker that switched versions this way decides exactly as one that built the new version from
@@ -110,7 +111,7 @@ def test_a_models_only_commit_keeps_the_catalog_and_decides_as_a_full_build(
             ],
         )
         with store.read() as view:
-            assert view.catalog_generation() == old.catalog_generation != 0
+            assert view.catalog_key() == old.catalog_key != b""
             assert view.generation == old.generation + 1
             check_models(view, embeddings=False)
         new = _state(store, old)
@@ -158,7 +159,7 @@ def test_an_item_or_rules_change_rebuilds_the_catalog(tmp_path: Path, bundle_dir
         record["cat"] = "changed/by/a/delta"
         _apply(store, [("items", item_id.encode(), msgpack.packb(record, use_bin_type=True))])
         with store.read() as view:
-            assert view.catalog_generation() == view.generation > old.catalog_generation
+            assert view.catalog_key() not in (old.catalog_key, b"")
         new = _state(store, old)
         assert new.item_ids is not old.item_ids
         assert new.prices[0] == np.float32(12345.0) and new.categories[0] == "changed/by/a/delta"
@@ -170,21 +171,34 @@ def test_an_item_or_rules_change_rebuilds_the_catalog(tmp_path: Path, bundle_dir
         before = _state(store)
         _apply(store, [("rules", b"rules", msgpack.packb(rules, use_bin_type=True))])
         after = _state(store, before)
-        assert after.rules is not before.rules and after.catalog_generation > before.catalog_generation
+        assert after.rules is not before.rules and after.catalog_key != before.catalog_key
         _assert_same_as_fresh(store, warm, [DecideRequest(placements=(PlacementRequest("home", 7),))])
+
+
+def test_another_store_with_the_same_generations_is_not_taken_for_the_same_catalog(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    with _store(tmp_path / "a", bundle_dir) as a, _store(tmp_path / "b", bundle_dir) as b:
+        state_a = _state(a)
+        _apply(b, [_reversed_array(b, "item_popularity")])
+        with b.read() as view:
+            assert view.generation == state_a.generation + 1
+            assert view.catalog_key()[:8] == state_a.catalog_key[:8]  # the same generation...
+            assert view.catalog_key() != state_a.catalog_key  # ...but another store's catalog
+        assert _state(b, state_a).item_ids is not state_a.item_ids
 
 
 def test_a_profile_commit_changes_no_generation(tmp_path: Path, bundle_dir: Path) -> None:
     with _store(tmp_path, bundle_dir) as store:
         with store.read() as view:
-            generation, catalog = view.generation, view.catalog_generation()
+            generation, catalog = view.generation, view.catalog_key()
             user = json.loads((bundle_dir / "profiles.jsonl").read_text().splitlines()[0])["id"]
             raw = view.profile_bytes(user)
             assert raw is not None
             value = bytes(raw)
         _apply(store, [("profiles", user.encode(), value)])
         with store.read() as view:
-            assert (view.generation, view.catalog_generation()) == (generation, catalog)
+            assert (view.generation, view.catalog_key()) == (generation, catalog)
 
 
 def test_deciding_while_models_flip_never_mixes_versions(tmp_path: Path, bundle_dir: Path) -> None:
