@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -64,9 +65,11 @@ if TYPE_CHECKING:
     from lmdb import _Database as Database
 
 __all__ = [
+    "CATALOG_NAMESPACES",
     "DERIVED",
     "EDGE_LOCAL",
     "NAMESPACES",
+    "NOT_CATALOG",
     "PER_USER",
     "REPLICATED",
     "ROW_CHUNKED",
@@ -102,6 +105,16 @@ LEGACY_FORGOTTEN_KEY: Final = b"forgotten"
 _SNAPSHOT_KEY: Final = b"snapshot"
 _U64: Final = struct.Struct("<Q")
 _GEN_VERSION: Final = struct.Struct("<QQ")
+# meta `catalog`: the generation at which the items or the rules (with the schema and saved groups) last
+# changed, and 8 random bytes (so two stores never share one); a version state built at an older
+# generation with the same catalog key can keep its catalog half (core/version_state.py). Absent (a store
+# written before it): unknown, rebuild everything.
+_CATALOG_KEY: Final = b"catalog"
+_CATALOG: Final = struct.Struct("<Q")
+CATALOG_NAMESPACES: Final = frozenset({"items", "rules"})
+# ("rules", "manifest"): the bundle facts a control plane sends with every model refresh; the syncer reads
+# them into the SnapshotInfo (meta), which every build reads again: not part of the catalog.
+NOT_CATALOG: Final = frozenset({("rules", b"manifest")})
 
 DEFAULT_MAP_SIZE: Final = 8 << 30
 
@@ -310,6 +323,13 @@ class ReadView:
                 names.append(name)
         return names
 
+    def catalog_key(self) -> bytes:
+        """Which catalog this view reads: the generation at which the items or the rules last changed
+        and a random token (b"": unknown, a store written before edgewise recorded it). Two views with
+        the same non-empty key hold the same items, rules, schema and saved groups."""
+        buf = self._txn.get(_CATALOG_KEY, db=self._dbs["meta"])
+        return b"" if buf is None else bytes(buf)
+
     def snapshot_info(self) -> SnapshotInfo:
         """What the data came from (`SnapshotInfo()` before anything was applied)."""
         buf = self._txn.get(_SNAPSHOT_KEY, db=self._dbs["meta"])
@@ -445,7 +465,9 @@ class Store:
         transaction (a bundle's records stream from their generator). A `snapshot` replaces every
         replicated namespace. The generation (the per-version cache key) is bumped when anything but
         per-user records change (`PER_USER`: profiles, forgotten users; a snapshot always), so a profile
-        delta or a forget does not make workers rebuild their version state. Users with a new
+        delta or a forget does not make workers rebuild their version state; `meta/catalog` records the
+        generation at which the items or rules last changed, so a commit of model arrays alone lets them
+        keep the catalog half of it (`ReadView.catalog_key`). Users with a new
         `forgotten` record (or new in a legacy forgotten list) have their profile, live activity and
         queued outbox entries purged (`forget_users`) once the changes are in: after the apply no such
         user has any. `check` sees the new state inside the transaction before it commits; if it raises,
@@ -453,7 +475,7 @@ class Store:
         """
         dbs = self._dbs
         forgotten_db, rules_db = dbs["forgotten"], dbs["rules"]
-        touched_shared = snapshot
+        touched_shared = touched_catalog = snapshot
         try:
             with self._env.begin(write=True) as txn:
                 legacy_before = txn.get(LEGACY_FORGOTTEN_KEY, db=rules_db)
@@ -472,6 +494,8 @@ class Store:
                         raise ValueError(f"not a replicated namespace: {namespace!r}")
                     if namespace not in PER_USER:
                         touched_shared = True
+                    if namespace in CATALOG_NAMESPACES and (namespace, key) not in NOT_CATALOG:
+                        touched_catalog = True
                     if namespace == "models":
                         models_changed.add(key.decode(errors="replace"))
                     if value is None:
@@ -502,6 +526,8 @@ class Store:
                 generation = _GEN_VERSION.unpack(raw)[0] if raw is not None else 0
                 if touched_shared or generation == 0:
                     generation += 1
+                    if touched_catalog or generation == 1 or txn.get(_CATALOG_KEY, db=meta) is None:
+                        txn.put(_CATALOG_KEY, _CATALOG.pack(generation) + os.urandom(8), db=meta)
                 txn.put(_VERSION_KEY, _GEN_VERSION.pack(generation, version), db=meta)
                 txn.put(_SNAPSHOT_KEY, info.encode(), db=meta)
                 if check is not None:

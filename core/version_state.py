@@ -46,6 +46,7 @@ __all__ = [
     "VersionCache",
     "VersionState",
     "build_state",
+    "check_models",
     "derived_max_bytes",
     "read_only_copy",
 ]
@@ -91,6 +92,9 @@ class VersionState:
     chunked_models: frozenset[str]  # model arrays whose row chunks match their record (ReadView.rows)
     filters: FilterIndex  # rows by category, tag and flag (what filters and boosts select)
     derived_cache: DerivedCache  # values derived on first use (`derived`)
+    # ReadView.catalog_key of the view this was built from (b"": unknown): another generation with the
+    # same catalog key keeps the catalog half of this state (build_state's `previous`)
+    catalog_key: bytes = b""
 
     @property
     def n_items(self) -> int:
@@ -161,65 +165,188 @@ GROUP_CACHE: Final = GroupCache()
 """This process's saved groups across versions: a group is read again only when its summary changes."""
 
 
-def build_state(view: ReadView) -> VersionState:
-    """Decode the per-version state of the snapshot `view` reads."""
-    records: list[ItemRecord] = sorted(view.items(), key=lambda r: r.row)
-    n = len(records)
-    if any(r.row != i for i, r in enumerate(records)):
-        raise ValueError(f"version {view.version}: item rows are not 0..{n - 1}")
-    item_ids = tuple(r.id for r in records)
-    everywhere = np.fromiter(("*" in r.regions for r in records), dtype=np.uint8, count=n)
-    countries = sorted({c for r in records for c in r.regions if c != "*"})
-    regions: dict[str, NDArray[np.uint8]] = {}
-    for country in countries:
-        mask = everywhere.copy()
-        mask[[i for i, r in enumerate(records) if country in r.regions]] = 1
-        regions[country] = mask
-    embeddings = view.array("item_embeddings")
-    valid = embeddings is not None and embeddings.ndim == 2 and embeddings.dtype == np.float32
-    dim = int(embeddings.shape[1]) if embeddings is not None and embeddings.ndim == 2 else 0
-    partition = None
-    if valid and embeddings is not None and use_partition(n) and embeddings.shape[0] == n:
-        partition = build_partition(np.ascontiguousarray(embeddings))
-    usable = valid and embeddings is not None and partition is None
-    half = half_index(np.ascontiguousarray(embeddings)) if usable and embeddings is not None else None
-    neighbors, neighbor_scores = _neighbor_copies(view, n)
-    schema: Any = view.schema_doc() or {}
-    fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
-    purposes = {name: str(spec.get("purpose", "")) for name, spec in fields.items() if isinstance(spec, dict)}
-    scopes = frozenset(name.removeprefix(POPULARITY_PREFIX) for name in view.model_names(POPULARITY_PREFIX))
-    categories = tuple(r.category for r in records)
-    tags = tuple(frozenset(r.tags) for r in records)
-    flags = tuple(r.flags for r in records)
+def build_state(view: ReadView, previous: VersionState | None = None) -> VersionState:
+    """Decode the per-version state of the snapshot `view` reads.
+
+    With `previous`, the state of an older generation of the same store: when the view's catalog (items,
+    rules, schema, saved groups: `ReadView.catalog_key`) is the one `previous` was built from, its
+    catalog half is kept and only the model half is built again, and the embedding structures too when
+    `item_embeddings` is byte for byte the one `previous` copied. A model refresh commits model arrays
+    alone, so a worker switches to its new version in milliseconds instead of decoding every item again
+    while requests wait (BENCHMARKS.md, "Model refresh applied during Decide"). The result equals a full
+    build (tests/test_version_state_reuse.py)."""
+    catalog_key = view.catalog_key()
+    if previous is not None and catalog_key and previous.catalog_key == catalog_key:
+        catalog = _Catalog.of_state(previous)
+    else:
+        catalog = _Catalog.build(view)
+    n = len(catalog.item_ids)
+    models = _Models.build(view, n, previous if catalog.reused else None)
     return VersionState(
         generation=view.generation,
         version=view.version,
-        item_ids=item_ids,
-        rows={item_id: i for i, item_id in enumerate(item_ids)},
-        prices=np.fromiter((r.price for r in records), dtype=np.float32, count=n),
-        categories=categories,
-        tags=tags,
-        flags=flags,
-        replenish_days={r.id: d for r in records if (d := replenish_days(r.flags)) is not None},
-        everywhere=everywhere,
-        regions=regions,
-        rules=compile_rules(
-            view.rules_doc(), GROUP_CACHE.groups(view.saved_group_summaries(), view.saved_group_members)
+        item_ids=catalog.item_ids,
+        rows=catalog.rows,
+        prices=catalog.prices,
+        categories=catalog.categories,
+        tags=catalog.tags,
+        flags=catalog.flags,
+        replenish_days=catalog.replenish_days,
+        everywhere=catalog.everywhere,
+        regions=catalog.regions,
+        rules=catalog.rules,
+        dim=models.dim,
+        field_purposes=catalog.field_purposes,
+        popularity_scopes=models.scopes,
+        segment_scopes=tuple(
+            sorted(s.removeprefix("segment:") for s in models.scopes if s.startswith("segment:"))
         ),
-        dim=dim,
-        field_purposes=purposes,
-        popularity_scopes=scopes,
-        segment_scopes=tuple(sorted(s.removeprefix("segment:") for s in scopes if s.startswith("segment:"))),
         daily_counts_end_ms=view.snapshot_info().daily_counts_end_ms,
-        half_embeddings=half if half is not None and half.rows == n else None,
-        partition=partition,
-        embeddings=_copy(embeddings) if valid and embeddings is not None else None,
-        neighbors=neighbors,
-        neighbor_scores=neighbor_scores,
-        chunked_models=frozenset(name for name in ROW_CHUNKED if view.chunks_match(name)),
-        filters=build_filter_index(categories, tags, flags),
+        half_embeddings=models.half_embeddings,
+        partition=models.partition,
+        embeddings=models.embeddings,
+        neighbors=models.neighbors,
+        neighbor_scores=models.neighbor_scores,
+        chunked_models=models.chunked,
+        filters=catalog.filters,
         derived_cache=DerivedCache(derived_max_bytes(n)),
+        catalog_key=catalog_key,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Catalog:
+    """The half of a version state decoded from the items and the rules (and the schema, saved groups)."""
+
+    item_ids: tuple[str, ...]
+    rows: Mapping[str, int]
+    prices: NDArray[np.float32]
+    categories: tuple[str, ...]
+    tags: tuple[frozenset[str], ...]
+    flags: tuple[Mapping[str, Any], ...]
+    replenish_days: Mapping[str, float]
+    everywhere: NDArray[np.uint8]
+    regions: Mapping[str, NDArray[np.uint8]]
+    rules: Ruleset
+    field_purposes: Mapping[str, str]
+    filters: FilterIndex
+    reused: bool
+
+    @staticmethod
+    def of_state(state: VersionState) -> _Catalog:
+        return _Catalog(
+            state.item_ids,
+            state.rows,
+            state.prices,
+            state.categories,
+            state.tags,
+            state.flags,
+            state.replenish_days,
+            state.everywhere,
+            state.regions,
+            state.rules,
+            state.field_purposes,
+            state.filters,
+            reused=True,
+        )
+
+    @staticmethod
+    def build(view: ReadView) -> _Catalog:
+        records: list[ItemRecord] = sorted(view.items(), key=lambda r: r.row)
+        n = len(records)
+        if any(r.row != i for i, r in enumerate(records)):
+            raise ValueError(f"version {view.version}: item rows are not 0..{n - 1}")
+        item_ids = tuple(r.id for r in records)
+        everywhere = np.fromiter(("*" in r.regions for r in records), dtype=np.uint8, count=n)
+        countries = sorted({c for r in records for c in r.regions if c != "*"})
+        regions: dict[str, NDArray[np.uint8]] = {}
+        for country in countries:
+            mask = everywhere.copy()
+            mask[[i for i, r in enumerate(records) if country in r.regions]] = 1
+            regions[country] = mask
+        schema: Any = view.schema_doc() or {}
+        fields = schema.get("profile_fields", {}) if isinstance(schema, dict) else {}
+        purposes = {
+            name: str(spec.get("purpose", "")) for name, spec in fields.items() if isinstance(spec, dict)
+        }
+        categories = tuple(r.category for r in records)
+        tags = tuple(frozenset(r.tags) for r in records)
+        flags = tuple(r.flags for r in records)
+        return _Catalog(
+            item_ids=item_ids,
+            rows={item_id: i for i, item_id in enumerate(item_ids)},
+            prices=np.fromiter((r.price for r in records), dtype=np.float32, count=n),
+            categories=categories,
+            tags=tags,
+            flags=flags,
+            replenish_days={r.id: d for r in records if (d := replenish_days(r.flags)) is not None},
+            everywhere=everywhere,
+            regions=regions,
+            rules=compile_rules(
+                view.rules_doc(), GROUP_CACHE.groups(view.saved_group_summaries(), view.saved_group_members)
+            ),
+            field_purposes=purposes,
+            filters=build_filter_index(categories, tags, flags),
+            reused=False,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Models:
+    """The half of a version state made from the model arrays."""
+
+    dim: int
+    half_embeddings: HalfIndex | None
+    partition: Partition | None
+    embeddings: NDArray[np.float32] | None
+    neighbors: NDArray[np.int32] | None
+    neighbor_scores: NDArray[np.float32] | None
+    scopes: frozenset[str]
+    chunked: frozenset[str]
+
+    @staticmethod
+    def build(view: ReadView, n: int, previous: VersionState | None, *, embeddings: bool = True) -> _Models:
+        """The model half for `n` items; `previous` (a state of the same catalog) lends its embedding
+        structures when `item_embeddings` is unchanged; `embeddings=False` leaves them out (a check)."""
+        array = view.array("item_embeddings") if embeddings else None
+        valid = array is not None and array.ndim == 2 and array.dtype == np.float32
+        dim = int(array.shape[1]) if array is not None and array.ndim == 2 else 0
+        if previous is not None and valid and array is not None and _same_bytes(previous.embeddings, array):
+            partition, half, copy = previous.partition, previous.half_embeddings, previous.embeddings
+        else:
+            partition = None
+            if valid and array is not None and use_partition(n) and array.shape[0] == n:
+                partition = build_partition(np.ascontiguousarray(array))
+            usable = valid and array is not None and partition is None
+            half = half_index(np.ascontiguousarray(array)) if usable and array is not None else None
+            copy = _copy(array) if valid and array is not None else None
+        neighbors, neighbor_scores = _neighbor_copies(view, n)
+        return _Models(
+            dim=dim,
+            half_embeddings=half if half is not None and half.rows == n else None,
+            partition=partition,
+            embeddings=copy,
+            neighbors=neighbors,
+            neighbor_scores=neighbor_scores,
+            scopes=frozenset(
+                name.removeprefix(POPULARITY_PREFIX) for name in view.model_names(POPULARITY_PREFIX)
+            ),
+            chunked=frozenset(name for name in ROW_CHUNKED if view.chunks_match(name)),
+        )
+
+
+def check_models(view: ReadView, *, embeddings: bool) -> None:
+    """Build the model half of the state `view` reads, as a worker would, for a commit that changes no
+    item and no rule (the catalog half is the last commit's, already checked); `embeddings`: whether
+    `item_embeddings` changed too (else its structures were checked with the commit that wrote it)."""
+    _Models.build(view, view.count("items"), None, embeddings=embeddings)
+
+
+def _same_bytes(copy: NDArray[Any] | None, array: NDArray[Any]) -> bool:
+    """Whether `copy` (a previous version's copy of a model array) holds exactly `array`'s bytes."""
+    if copy is None or copy.shape != array.shape or copy.dtype != array.dtype:
+        return False
+    return bool(np.array_equal(copy.view(np.uint8), np.ascontiguousarray(array).view(np.uint8)))
 
 
 def derived_max_bytes(n_items: int) -> int:
@@ -270,6 +397,6 @@ class VersionCache:
         with self._lock:
             state = self._state
             if state is None or state.generation != view.generation:
-                state = build_state(view)
+                state = build_state(view, state)
                 self._state = state
             return state
