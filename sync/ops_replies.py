@@ -10,8 +10,10 @@ know.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, fields
+from typing import Final, TypeVar
+
+from google.protobuf.message import Message
 
 from edgewise.v1 import sync_pb2
 
@@ -223,44 +225,24 @@ def push_result_from_pb(reply: sync_pb2.PushReply, bundle: BundleInfo | None = N
     )
 
 
+_Plain = TypeVar("_Plain", "RolloutHealth", "ServingStats", "ShadowStats")
+
+
+def _copied(cls: type[_Plain], message: Message) -> _Plain:
+    """The dataclass `cls` from a message whose fields have the same names and plain (scalar) values."""
+    return cls(**{f.name: getattr(message, f.name) for f in fields(cls)})
+
+
 def _health(h: sync_pb2.RolloutHealth) -> RolloutHealth:
-    return RolloutHealth(
-        edges=h.edges,
-        decisions=h.decisions,
-        placements=h.placements,
-        fallback_rate=h.fallback_rate,
-        error_rate=h.error_rate,
-        latency_p99_us=h.latency_p99_us,
-    )
+    return _copied(RolloutHealth, h)
 
 
 def _serving(s: sync_pb2.ServingStats) -> ServingStats:
-    return ServingStats(
-        version=s.version,
-        decisions=s.decisions,
-        placements=s.placements,
-        fallbacks=s.fallbacks,
-        errors=s.errors,
-        latency_p50_us=s.latency_p50_us,
-        latency_p99_us=s.latency_p99_us,
-    )
+    return _copied(ServingStats, s)
 
 
 def _shadow(s: sync_pb2.ShadowStats) -> ShadowStats:
-    return ShadowStats(
-        version=s.version,
-        base_version=s.base_version,
-        sampled=s.sampled,
-        placements=s.placements,
-        item_placements=s.item_placements,
-        overlap_sum=s.overlap_sum,
-        variant_changes=s.variant_changes,
-        new_fallbacks=s.new_fallbacks,
-        fixed_fallbacks=s.fixed_fallbacks,
-        errors=s.errors,
-        served_latency_us_sum=s.served_latency_us_sum,
-        shadow_latency_us_sum=s.shadow_latency_us_sum,
-    )
+    return _copied(ShadowStats, s)
 
 
 def rollout_from_pb(r: sync_pb2.Rollout) -> Rollout:
