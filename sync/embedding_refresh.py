@@ -22,10 +22,9 @@ Two steps, so that training (seconds) never holds the push lock:
    profile folder creates profiles, with their consent. If the catalog changed since training (a push
    moved rows or the dim), `CatalogChanged` is raised and nothing is written; the next run retrains.
 
-`refresh_embeddings(store, events, lock, settings)` is both steps and the commit (kind "delta"): step 1
-outside `lock` (the service's push lock), step 2 and the commit under it. The control plane's scheduled
-refresh (`[refresh] embeddings`) is `sync/embedding_refresh_job.EmbeddingRefreshJob`, which runs the two
-steps the same way and commits them as kind "refresh" with its cursor, as the other refresh jobs do.
+The control plane's scheduled refresh (`[refresh] embeddings`) is
+`sync/embedding_refresh_job.EmbeddingRefreshJob`: step 1 outside the service's push lock, step 2 and the
+commit (kind "refresh", with its cursor, as the other refresh jobs do) under it.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +51,7 @@ from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.forwarded import latest_ms, record_problem
 from edgewise.core.records import RecordError, decode_array, decode_item, encode_array
 from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, StateReader
-from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
+from edgewise.sync.control_store import RecordChange
 from edgewise.sync.event_store import EventStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,6 @@ __all__ = [
     "EmbeddingRefreshSettings",
     "TrainedRefresh",
     "refresh_changes",
-    "refresh_embeddings",
     "train_refresh",
 ]
 
@@ -263,28 +260,3 @@ def _stored_vector(raw: bytes) -> NDArray[np.float32] | None:
     if not isinstance(e, bytes) or len(e) % 4:
         return None
     return np.frombuffer(e, dtype="<f4")
-
-
-def refresh_embeddings(
-    store: ControlStore,
-    events: EventStore,
-    lock: AbstractContextManager[object],
-    settings: EmbeddingRefreshSettings,
-    *,
-    now_ms: int | None = None,
-) -> CommitInfo | None:
-    """Train from the event store and commit the delta (kind "delta"); None when there was nothing to
-    train, nothing changed, or a push changed the catalog meanwhile (logged; the next run retrains)."""
-    with store.read() as view:
-        trained = train_refresh(view, events, settings, now_ms=now_ms)
-    if trained is None:
-        return None
-    with lock:
-        try:
-            with store.read() as view:
-                changes = refresh_changes(view, trained)
-        except CatalogChanged as exc:
-            log.warning("embeddings_refresh_skipped", extra={"reason": str(exc)})
-            return None
-        description = f"embeddings retrained ({trained.events} events, {settings.training.method})"
-        return store.commit(changes, kind="delta", description=description)

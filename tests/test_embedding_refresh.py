@@ -26,16 +26,16 @@ from edgewise.offline.synth import synth_bundle
 from edgewise.sync.bundle import load_bundle
 from edgewise.sync.changes import bundle_records
 from edgewise.sync.control_server import ControlPlaneService
-from edgewise.sync.control_store import ControlStore, RecordChange
+from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange
 from edgewise.sync.edge_forward import OutboxForwarder
 from edgewise.sync.edge_sync import SyncTarget
 from edgewise.sync.embedding_refresh import (
     CatalogChanged,
     EmbeddingRefreshSettings,
     refresh_changes,
-    refresh_embeddings,
     train_refresh,
 )
+from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.shard import Shard
 from edgewise.v1 import sync_pb2_grpc
@@ -216,7 +216,11 @@ def test_catalog_change_between_training_and_writing_is_refused(plane: Plane, tm
 def test_nothing_to_train_is_no_refresh(plane: Plane) -> None:
     with plane.store.read() as view:
         assert train_refresh(view, plane.events, SETTINGS, now_ms=NOW_MS) is None
-    assert refresh_embeddings(plane.store, plane.events, threading.Lock(), SETTINGS) is None
+    assert _job(plane).run_once() is None
+
+
+def _job(plane: Plane) -> EmbeddingRefreshJob:
+    return EmbeddingRefreshJob(plane.store, plane.events, threading.Lock(), lambda: None, SETTINGS, every=60)
 
 
 def test_one_call_trains_and_commits_under_the_lock(plane: Plane, tmp_path: Path) -> None:
@@ -224,9 +228,9 @@ def test_one_call_trains_and_commits_under_the_lock(plane: Plane, tmp_path: Path
     events, _ = planted_events(plane, users)
     forward(plane, tmp_path / "edge", events)
     head = plane.store.head_version()
-    info = refresh_embeddings(plane.store, plane.events, threading.Lock(), SETTINGS, now_ms=NOW_MS)
-    assert info is not None and info.kind == "delta" and info.base_version == head
+    info = _job(plane).run_once()
+    assert isinstance(info, CommitInfo) and info.kind == "refresh" and info.base_version == head
     (commit,) = plane.store.history(limit=1)
-    assert commit.version == info.version and "embeddings retrained" in commit.description
+    assert commit.version == info.version and commit.description.startswith("refresh embeddings: als")
     # 1 array + the 30 seen users + the other profiles carrying a vector (synthetic profiles all do)
     assert info.changes == 1 + len(_profiles(plane.store))
