@@ -130,17 +130,9 @@ def judged(policy: RolloutPolicy, canary_calls: int, rest_calls: int) -> bool:
     return canary_calls >= policy.min_decisions and rest_calls >= policy.min_decisions
 
 
-_SHADOW_SUMS = (
-    "sampled",
-    "placements",
-    "item_placements",
-    "overlap_sum",
-    "variant_changes",
-    "new_fallbacks",
-    "fixed_fallbacks",
-    "errors",
-    "served_latency_us_sum",
-    "shadow_latency_us_sum",
+#: The ShadowStats fields that add up over edges: every one but the two versions.
+_SHADOW_SUMS = tuple(
+    f.name for f in sync_pb2.ShadowStats.DESCRIPTOR.fields if f.name not in ("version", "base_version")
 )
 
 
