@@ -48,13 +48,8 @@ class ControlJobs:
         self.retention = EventRetention(store, events, retain_events_ms) if retain_events_ms else None
         self.refresh = refresh_jobs(refresh, store, events, lock, on_commit) if refresh is not None else []
 
-    def _jobs(
-        self,
-    ) -> list[ProfileFolder | BanditLearner | EventRetention | RefreshJob | EmbeddingRefreshJob]:
-        jobs: list[ProfileFolder | BanditLearner | EventRetention | RefreshJob | EmbeddingRefreshJob] = [
-            self.folder,
-            self.learner,
-        ]
+    def _jobs(self) -> list[_Job]:
+        jobs: list[_Job] = [self.folder, self.learner]
         if self.retention is not None:
             jobs.append(self.retention)
         return [*jobs, *self.refresh]
