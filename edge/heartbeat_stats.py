@@ -5,45 +5,28 @@ version, edge/shadow_stats.py). The control plane compares canary edges with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from edgewise.core.store import Store
 from edgewise.edge.metrics import NodeMetrics
-from edgewise.edge.serving_stats import ServingCounter, ServingReading
+from edgewise.edge.serving_stats import ServingCounter
 from edgewise.edge.shadow_stats import ShadowCounter, ShadowReading
 from edgewise.sync.edge_sync import EdgeSyncer
+from edgewise.sync.ops_replies import ServingStats
 from edgewise.v1 import sync_pb2
 
 __all__ = ["NodeCounters", "attach_heartbeat_stats", "serving_proto", "shadow_proto"]
 
 
-def serving_proto(reading: ServingReading) -> sync_pb2.ServingStats:
-    return sync_pb2.ServingStats(
-        version=reading.version,
-        decisions=reading.decisions,
-        placements=reading.placements,
-        fallbacks=reading.fallbacks,
-        errors=reading.errors,
-        latency_p50_us=reading.latency_p50_us,
-        latency_p99_us=reading.latency_p99_us,
-    )
+def serving_proto(reading: ServingStats) -> sync_pb2.ServingStats:
+    return sync_pb2.ServingStats(**asdict(reading))
 
 
 def shadow_proto(reading: ShadowReading) -> sync_pb2.ShadowStats:
-    return sync_pb2.ShadowStats(
-        version=reading.version,
-        base_version=reading.base_version,
-        sampled=reading.sampled,
-        placements=reading.placements,
-        item_placements=reading.item_placements,
-        overlap_sum=reading.overlap_sum,
-        variant_changes=reading.variant_changes,
-        new_fallbacks=reading.new_fallbacks,
-        fixed_fallbacks=reading.fixed_fallbacks,
-        errors=reading.errors,
-        served_latency_us_sum=reading.served_latency_us_sum,
-        shadow_latency_us_sum=reading.shadow_latency_us_sum,
-    )
+    """The heartbeat's ShadowStats: every field of the message from the reading of the same name (the
+    reading's `sample` and `dropped` are the node's own, for `edge status`)."""
+    names = sync_pb2.ShadowStats.DESCRIPTOR.fields_by_name
+    return sync_pb2.ShadowStats(**{name: getattr(reading, name) for name in names})
 
 
 @dataclass(frozen=True, slots=True)

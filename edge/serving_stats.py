@@ -22,36 +22,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from edgewise.edge.metrics import BUCKETS, FALLBACK_REASONS, STATUS_CODES, NodeMetrics, Series
+from edgewise.sync.ops_replies import ServingStats
 
-__all__ = ["ServingCounter", "ServingReading", "histogram_quantile"]
+__all__ = ["ServingCounter", "histogram_quantile"]
 
 #: Decide codes that are not the served version's fault.
 _NOT_ERRORS = frozenset({"OK", "INVALID_ARGUMENT"})
-
-
-@dataclass(frozen=True, slots=True)
-class ServingReading:
-    """Counters of the version served, since the node applied it (the heartbeat's ServingStats)."""
-
-    version: int
-    decisions: int
-    placements: int
-    fallbacks: int
-    errors: int
-    latency_p50_us: int
-    latency_p99_us: int
-
-    @property
-    def fallback_rate(self) -> float:
-        return self.fallbacks / self.placements if self.placements else 0.0
-
-    @property
-    def error_rate(self) -> float:
-        calls = self.decisions + self.errors
-        return self.errors / calls if calls else 0.0
 
 
 def histogram_quantile(q: float, counts: Sequence[float], bounds: Sequence[float] = BUCKETS) -> float:
@@ -105,13 +83,13 @@ class ServingCounter:
         with self._lock:
             self._version, self._base = version, base
 
-    def reading(self) -> ServingReading:
+    def reading(self) -> ServingStats:
         now = _decide_series(self._node.totals()[0])
         with self._lock:
             version, base = self._version, self._base
         diff = {key: max(0.0, now[key] - base.get(key, 0.0)) for key in now}
         buckets = [diff[f"bucket{i}"] for i in range(len(BUCKETS) + 1)]
-        return ServingReading(
+        return ServingStats(
             version=version,
             decisions=int(diff["decisions"]),
             placements=int(diff["placements"]),

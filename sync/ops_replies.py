@@ -80,6 +80,15 @@ class ServingStats:
     latency_p50_us: int
     latency_p99_us: int
 
+    @property
+    def fallback_rate(self) -> float:
+        return self.fallbacks / self.placements if self.placements else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        calls = self.decisions + self.errors
+        return self.errors / calls if calls else 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class ShadowStats:
