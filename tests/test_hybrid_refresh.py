@@ -6,6 +6,7 @@ from co-purchase; a rollback restores the bundle's arrays; and none of it needs 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from edgewise.offline.retail import REQUIRED_COLUMNS, description_similarity, de
 from edgewise.sync.bundle import Bundle, load_bundle
 from edgewise.sync.changes import bundle_records
 from edgewise.sync.control_config import RefreshConfig
+from edgewise.sync.control_serve import add_control_serve_arguments, run_control_serve
 from edgewise.sync.control_store import ControlStore
 from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
 from edgewise.sync.event_store import EventStore
@@ -311,3 +313,24 @@ def test_settings_config_and_limits() -> None:
             previous=None,
             settings=TrainingSettings(method="hybrid"),
         )
+
+
+def test_control_serve_with_the_hybrid_needs_no_train_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("implicit", "implicit.cpu", "implicit.cpu.als", "implicit.cpu.bpr"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises
+    parser = argparse.ArgumentParser()
+    add_control_serve_arguments(parser)
+    missing = tmp_path / "no-such-token"
+    args = parser.parse_args(
+        [
+            *("--data", str(tmp_path / "ctl"), "--refresh-embeddings"),
+            *("--refresh-embeddings-method", "hybrid", "--edge-token-file", str(missing)),
+        ]
+    )
+    # Past the `train` extra's check: what stops it is the next check, the token file (als would stop
+    # at the first, test_embedding_refresh_job.py).
+    assert run_control_serve(args) == 2
+    err = capsys.readouterr().err
+    assert "no-such-token" in err and "implicit" not in err
