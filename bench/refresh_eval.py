@@ -10,22 +10,27 @@ time); cancellations have no event type and are not replayed (the held-out sets 
 `edgewise eval offline`). Two parts:
 
 1. Static split (the split of `edgewise eval offline`, 2011-10-01): the retail bundle's model against
-   implicit's ALS and BPR trained on the purchase events before the split (`core/embedding_training.py`,
-   the code the refresh runs), each user scored over the bundle's catalog. The protocol is evaluation.py's
+   implicit's ALS and BPR and the hybrid model (the bundle's own model, `core/hybrid_embeddings.py`)
+   trained on the purchase events before the split (`core/embedding_training.py`, the code the refresh
+   runs), each user scored over the bundle's catalog. The protocol is evaluation.py's
    (new items only, training purchases excluded, NDCG@10 with binary relevance), computed in NumPy with
    the pipeline's ranking for the `home` placement (profile embedding . item embedding, top k; without a
    profile vector the popularity order, ties to the lower row): the popular and retail rows reproduce
    the pipeline's figures of BENCHMARKS.md.
 2. Refresh replay: from T0 = the split, periods of 7 days to the end of the data. The frozen models are
    trained once on the events before T0; the refreshed ones at the start of every period on the events
-   before it (ALS and BPR warm: the previous period's item rows carried, as the control plane's refresh
-   does; the retail model rebuilt from the invoices before the period). Each is evaluated on the period's
-   purchases: users = customers with a purchase before the period and one of an item they had not bought
-   before it, in the catalog as of the period's start; every purchase before the period excluded. A
-   frozen model has no vector for a customer who first bought after T0, or for items first sold after
-   it: that customer gets the frozen popularity list, as an edge serves them. NDCG@10 of refreshed
-   against frozen: the ratio of means with a 95% cluster bootstrap interval over users (all of a user's
-   periods resampled together; 1,000 resamples).
+   before it (ALS, BPR and the hybrid warm: the previous period's item rows carried, as the control
+   plane's refresh does; the retail model rebuilt from the invoices before the period). The hybrid is
+   what the control plane's refresh with method `hybrid` computes: the purchase events (the largest
+   decayed weight per pair), the catalog's tags as of the period's start (the tags a bundle or delta of
+   the current catalog would carry: the importer's `tags_for` of each product's most common description)
+   and the popularity as of the period's start (the popularity refresh keeps the state's array current).
+   Each is evaluated on the period's purchases: users = customers with a purchase before the period and
+   one of an item they had not bought before it, in the catalog as of the period's start; every purchase
+   before the period excluded. A frozen model has no vector for a customer who first bought after T0, or
+   for items first sold after it: that customer gets the frozen popularity list, as an edge serves them.
+   NDCG@10 of refreshed against frozen: the ratio of means with a 95% cluster bootstrap interval over
+   users (all of a user's periods resampled together; 1,000 resamples).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from edgewise.offline.retail import (
     profile_id_for,
     read_invoice_lines,
     retail_bundle,
+    tags_for,
 )
 from edgewise.sync.bundle import load_bundle
 
@@ -77,6 +83,8 @@ BOOTSTRAP_ROUNDS: Final = 1000
 # Chosen on the validation period (--validation's static split, BENCHMARKS.md), never on the test period.
 ALS: Final = TrainingSettings(method="als", iterations=15, regularization=0.1, alpha=20.0)
 BPR: Final = TrainingSettings(method="bpr", iterations=300, regularization=0.1, learning_rate=0.05)
+# The retail importer's model with its defaults (chosen on its validation folds, BENCHMARKS.md).
+HYBRID: Final = TrainingSettings(method="hybrid")
 HALF_LIFE_DAYS: Final = 90.0  # the retail model's history half-life
 
 
@@ -184,6 +192,23 @@ class Replay:
         codes = sorted({line.stock_code for line in self.before(day) if line.quantity > 0})
         return [item_id_for(code) for code in codes]
 
+    def tags(self, day: date, item_ids: Sequence[str]) -> list[list[str]]:
+        """Each item's tags as a bundle of the catalog as of `day` stores them (`tags_for` of the product's
+        most common description on the purchase lines before `day`, as the importer picks it)."""
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        for line in self.before(day):
+            if line.quantity > 0 and line.description:
+                seen = counts[item_id_for(line.stock_code)]
+                seen[line.description] = seen.get(line.description, 0) + 1
+        out = []
+        for item in item_ids:
+            seen = counts.get(item, {})
+            text = (
+                max(seen, key=lambda d: seen[d]) if seen else ""
+            )  # first of the most common: Counter's pick
+            out.append(tags_for(text))
+        return out
+
     def events(self, day: date) -> list[tuple[str, str, str, int]]:
         """The purchase events before `day`: (profile id, item id, "purchase", Unix ms)."""
         return [
@@ -236,15 +261,23 @@ def trained_model(
     name: str,
     previous: Model | None = None,
 ) -> Model:
-    """implicit's model trained on the purchase events before `day`, over the catalog as of `day`: the
-    previous model's rows first (in its order), then items first sold since, as the refresh appends them."""
+    """The model of `settings` (implicit's ALS or BPR, or the hybrid) trained on the purchase events before
+    `day`, over the catalog as of `day`: the previous model's rows first (in its order), then items
+    first sold since, as the refresh appends them. The hybrid also reads the items' tags and popularity
+    as of `day`."""
     item_ids = list(previous.item_ids) if previous is not None else []
     known = set(item_ids)
     item_ids += [item for item in replay.catalog(day) if item not in known]
     rows = {item: r for r, item in enumerate(item_ids)}
+    hybrid = settings.method == "hybrid"
     interactions = interactions_from_events(
-        replay.events(day), rows, now_ms=_ms(_midnight(day)), half_life_days=HALF_LIFE_DAYS
+        replay.events(day),
+        rows,
+        now_ms=_ms(_midnight(day)),
+        half_life_days=HALF_LIFE_DAYS,
+        combine="max" if hybrid else "sum",
     )
+    popularity = replay.popularity(day, item_ids)
     result = train_embeddings(
         interactions.users,
         interactions.items,
@@ -253,9 +286,11 @@ def trained_model(
         dim=DIM,
         previous=previous.items if previous is not None else None,
         settings=settings,
+        item_terms=replay.tags(day, item_ids) if hybrid else None,
+        popularity=popularity if hybrid else None,
     )
     users = {interactions.user_ids[int(u)]: result.users[j] for j, u in enumerate(result.user_rows)}
-    return Model(name, item_ids, result.items, users, replay.popularity(day, item_ids))
+    return Model(name, item_ids, result.items, users, popularity)
 
 
 def popularity_model(replay: Replay, day: date, name: str) -> Model:
@@ -281,6 +316,7 @@ def static_split(replay: Replay, split: date, end: date, workdir: Path, bpr: boo
     retail = retail_model(replay, split, workdir, "retail (bundle)")
     models = [popularity_model(replay, split, "popular"), retail]
     models.append(trained_model(replay, split, ALS, "implicit ALS"))
+    models.append(trained_model(replay, split, HYBRID, "hybrid (events)"))
     if bpr:
         models.append(trained_model(replay, split, BPR, "implicit BPR"))
     catalog = set(retail.item_ids)
@@ -322,7 +358,7 @@ def refresh_replay(
     ]
     if bpr:
         frozen.append(trained_model(replay, start, BPR, "BPR (frozen)"))
-    names = [m.name for m in frozen] + ["popular (refreshed)", "ALS (refreshed)"]
+    names = [m.name for m in frozen] + ["popular (refreshed)", "ALS (refreshed)", "hybrid (refreshed)"]
     names += ["BPR (refreshed)"] if bpr else []
     names += ["retail (refreshed)"] if retail else []
     scores = {name: ModelScores(name) for name in names}
@@ -330,8 +366,10 @@ def refresh_replay(
     periods = []
     als: Model | None = None
     bpr_model: Model | None = None
+    hybrid: Model | None = None
     day = start
     train_seconds = 0.0
+    hybrid_seconds = 0.0
     while day < end:
         stop = min(day + timedelta(days=PERIOD_DAYS), end)
         started = time.perf_counter()
@@ -343,6 +381,10 @@ def refresh_replay(
             )
             refreshed.append(bpr_model)
         train_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        hybrid = trained_model(replay, day, HYBRID, "hybrid (refreshed)", previous=hybrid)
+        hybrid_seconds += time.perf_counter() - started
+        refreshed.append(hybrid)
         if retail:
             refreshed.append(retail_model(replay, day, workdir, "retail (refreshed)"))
         catalog = set(refreshed[0].item_ids)
@@ -370,6 +412,7 @@ def refresh_replay(
         )
         day = stop
     comparisons = [
+        ("hybrid (refreshed)", "retail (frozen)"),
         ("ALS (refreshed)", "retail (frozen)"),
         ("ALS (refreshed)", "ALS (frozen)"),
         ("popular (refreshed)", "popular (frozen)"),
@@ -379,6 +422,7 @@ def refresh_replay(
     if retail:
         comparisons.append(("retail (refreshed)", "retail (frozen)"))
         comparisons.append(("ALS (refreshed)", "retail (refreshed)"))
+        comparisons.append(("hybrid (refreshed)", "retail (refreshed)"))
     return {
         "start": start.isoformat(),
         "end": end.isoformat(),
@@ -393,6 +437,7 @@ def refresh_replay(
             for a, b in comparisons
         ],
         "train_seconds_per_refresh": train_seconds / max(len(periods), 1),
+        "hybrid_seconds_per_refresh": hybrid_seconds / max(len(periods), 1),
     }
 
 
@@ -446,7 +491,8 @@ def format_result(result: Mapping[str, Any]) -> str:
     parts.append(
         f"\nRefresh replay {replay['start']} .. {replay['end']}, periods of {PERIOD_DAYS} days: "
         f"{replay['observations']} (user, period) observations, {replay['users']} users; "
-        f"training {replay['train_seconds_per_refresh']:.2f} s per refresh\n"
+        f"training {replay['train_seconds_per_refresh']:.2f} s per refresh (ALS, BPR), "
+        f"{replay['hybrid_seconds_per_refresh']:.2f} s (hybrid)\n"
     )
     names = list(replay["models"])
     parts.append("| period | users | no frozen profile | " + " | ".join(names) + " |")

@@ -1,11 +1,12 @@
-"""Item and user embeddings trained from interactions with `implicit` (ALS or BPR): the embeddings half
-of the control plane's model refresh, and the offline comparison of it with the bundle's model.
+"""Item and user embeddings trained from interactions with `implicit` (ALS or BPR) or the hybrid model
+of `core/hybrid_embeddings.py` (NumPy only): the embeddings half of the control plane's model refresh,
+and the offline comparison of it with the bundle's model.
 
 Pure apart from the library call: `train_embeddings` takes (user index, item index, weight)
 interactions, the catalog's row count, the item embeddings the state holds now (or None) and the
 embedding dim the bundle uses, and returns new item embeddings [n_items, dim] float32 and the vectors of
-the users seen. `implicit` is an optional extra (`pip install 'edgewise[train]'`), imported only when a
-model is trained; without it `TrainingUnavailable` says how to install it.
+the users seen. `implicit` is an optional extra (`pip install 'edgewise[train]'`), imported only when an
+ALS or BPR model is trained; without it `TrainingUnavailable` says how to install it.
 
 - ALS (Hu, Koren, Volinsky 2008; `implicit.cpu.als`, conjugate-gradient solver): the weights are the
   confidences (times `alpha`); every factor of the dim is a latent factor.
@@ -13,7 +14,14 @@ model is trained; without it `TrainingUnavailable` says how to install it.
   `implicit` adds an item bias as an extra column (users get a constant 1 there), so it trains
   `dim - 1` factors and the bias fills the last coordinate.
 
-Both run on one thread with BLAS limited to one thread: the result is the same for the same seed and
+- hybrid (`core/hybrid_embeddings.py`, the retail bundle's model): the weights (the largest decayed
+  event weight per pair, `interactions_from_events(combine="max")`) smoothed through an item similarity,
+  half co-purchase cosine and half the cosine of the items' words (`item_terms`: the catalog's tags),
+  then a truncated SVD: `dim - 1` factors and a popularity prior (`popularity`) in the last coordinate.
+  Every item gets a row, also one nobody interacted with (from its words); its scale is the bundle's
+  (a kNN score with a maximum of 1 per user plus a prior in [0, 1]), so it is not rescaled.
+
+ALS and BPR run on one thread with BLAS limited to one thread: the result is the same for the same seed and
 input (BPR's SGD is Hogwild on more threads, and so not repeatable), and the control plane shares its
 cores with serving.
 
@@ -38,7 +46,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Final
@@ -46,8 +54,17 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core.hybrid_embeddings import (
+    MAX_DENSE_CELLS,
+    HybridParams,
+    dense_cells,
+    hybrid_embeddings,
+    item_similarity,
+)
+
 __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
+    "IMPLICIT_METHODS",
     "METHODS",
     "TRAIN_EXTRA_HINT",
     "Interactions",
@@ -60,7 +77,8 @@ __all__ = [
     "train_embeddings",
 ]
 
-METHODS: Final = ("als", "bpr")
+METHODS: Final = ("als", "bpr", "hybrid")
+IMPLICIT_METHODS: Final = ("als", "bpr")  # the methods that need the `train` extra
 TRAIN_EXTRA_HINT: Final = "pip install 'edgewise[train]'"
 TARGET_SCORE: Final = 1.0  # the median score of a user's own training pairs after rescaling
 _MIN_CARRY_FACTOR: Final = 2  # the carry map needs this many shared items per dimension
@@ -95,8 +113,9 @@ def import_implicit() -> tuple[ModuleType, ModuleType, ModuleType]:
 
 @dataclass(frozen=True, slots=True)
 class TrainingSettings:
-    """How to train. `factors` 0: as many as the dim allows (dim for ALS, dim - 1 for BPR); fewer leave
-    the remaining coordinates 0."""
+    """How to train. `factors` 0: as many as the dim allows (dim for ALS, dim - 1 for BPR and the hybrid);
+    fewer leave the remaining coordinates 0 (ALS, BPR; the hybrid always uses dim - 1). `hybrid`: the
+    hybrid model's knobs (ALS and BPR ignore them)."""
 
     method: str = "als"
     factors: int = 0
@@ -105,6 +124,7 @@ class TrainingSettings:
     alpha: float = 20.0  # ALS: confidence = alpha * weight (BPR ignores it)
     learning_rate: float = 0.05  # BPR's SGD step (ALS ignores it)
     seed: int = 0
+    hybrid: HybridParams = field(default_factory=HybridParams)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -125,13 +145,15 @@ class TrainingSettings:
 
     def factors_for(self, dim: int) -> int:
         """The latent factors trained for `dim` (BPR's item bias takes one coordinate)."""
-        room = dim - 1 if self.method == "bpr" else dim
+        room = dim if self.method == "als" else dim - 1
         if room < 1:
             raise ValueError(f"{self.method} needs an embedding dim of at least {dim - room + 1}, got {dim}")
         if self.factors > room:
             raise ValueError(
                 f"{self.method} with dim {dim} trains at most {room} factors, got {self.factors}"
             )
+        if self.method == "hybrid" and self.factors not in (0, room):
+            raise ValueError(f"hybrid with dim {dim} trains {room} factors (dim - 1), got {self.factors}")
         return self.factors or room
 
 
@@ -143,8 +165,8 @@ class TrainedEmbeddings:
     trained: NDArray[np.bool_]  # [n_items]: rows trained from interactions (else carried or 0)
     carried: int  # rows without interactions that kept a previous vector
     carry_map: NDArray[np.float64] | None  # [dim, dim]: previous item vector -> new (None: kept as is)
-    scale: float  # the factor the raw scores were multiplied by
-    seconds: float  # the library's fit
+    scale: float  # the factor the raw scores were multiplied by (the hybrid: 1, not rescaled)
+    seconds: float  # the library's fit (the hybrid: the whole model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,16 +189,22 @@ def interactions_from_events(
     now_ms: int,
     event_weights: Mapping[str, float] = DEFAULT_EVENT_WEIGHTS,
     half_life_days: float | None = None,
+    combine: str = "sum",
 ) -> Interactions:
     """(user id, item id, event type, Unix ms) events -> summed weights per (user, item).
 
     An event counts `event_weights[type]` (types not listed, and events without a user or an item, do not
     count), times 0.5 ** (age in days / `half_life_days`) with a half-life (age from `now_ms`; events
-    from the future count as new; pairs whose sum decayed below 1e-6 are dropped). Items not in
+    from the future count as new; pairs whose sum decayed below 1e-6 are dropped). `combine` "max": a
+    pair weighs its largest decayed event weight instead of the sum (the hybrid model: a purchase weighs
+    0.5 ** (age of the last one / half-life), as in the retail importer). Items not in
     `item_rows` are counted in `unknown_items`, not trained. Users are numbered in order of their ids
     (sorted), so the same events give the same numbering."""
     if half_life_days is not None and not half_life_days > 0.0:
         raise ValueError(f"half_life_days must be > 0, got {half_life_days!r}")
+    if combine not in ("sum", "max"):
+        raise ValueError(f"combine must be 'sum' or 'max', got {combine!r}")
+    take_max = combine == "max"
     summed: dict[tuple[str, int], float] = {}
     unknown: dict[str, int] = {}
     counted = 0
@@ -191,7 +219,10 @@ def interactions_from_events(
         if half_life_days is not None:
             weight *= 0.5 ** (max(now_ms - ts, 0) / _DAY_MS / half_life_days)
         key = (user, row)
-        summed[key] = summed.get(key, 0.0) + weight
+        if take_max:
+            summed[key] = max(summed.get(key, 0.0), weight)
+        else:
+            summed[key] = summed.get(key, 0.0) + weight
         counted += 1
     summed = {key: w for key, w in summed.items() if w >= _MIN_WEIGHT}  # decayed to nothing
     user_ids = tuple(sorted({user for user, _ in summed}))
@@ -309,6 +340,43 @@ def carry_users(vectors: NDArray[Any], carry_map: NDArray[np.float64] | None) ->
     return carried
 
 
+def _hybrid(
+    users: NDArray[np.int64],
+    items: NDArray[np.int64],
+    weights: NDArray[np.float32],
+    n_users: int,
+    n_items: int,
+    dim: int,
+    settings: TrainingSettings,
+    item_terms: Sequence[Sequence[str]] | None,
+    popularity: NDArray[Any] | None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """(user vectors, item vectors, seconds) of the hybrid model (`core/hybrid_embeddings.py`)."""
+    cells = dense_cells(n_users, n_items)
+    if cells > MAX_DENSE_CELLS:
+        raise ValueError(
+            f"hybrid embeddings for {n_users} users x {n_items} items need {cells * 8 >> 20} MiB of dense "
+            f"arrays (limit {MAX_DENSE_CELLS * 8 >> 20} MiB): use the als method for a catalog this large"
+        )
+    if item_terms is not None and len(item_terms) != n_items:
+        raise ValueError(f"item_terms must have one entry per item row ({n_items}), got {len(item_terms)}")
+    if popularity is None:
+        prior = np.bincount(items, minlength=n_items).astype(np.float32)  # pairs are unique per user
+    else:
+        prior = np.asarray(popularity, dtype=np.float32)
+        if prior.shape != (n_items,) or not np.all(np.isfinite(prior)) or float(prior.min(initial=0.0)) < 0:
+            raise ValueError(f"popularity must be [{n_items}] finite and >= 0, got shape {list(prior.shape)}")
+    started = time.perf_counter()
+    matrix = np.zeros((n_users, n_items))
+    np.add.at(matrix, (users, items), weights.astype(np.float64))
+    terms: Sequence[Sequence[str]] = item_terms if item_terms is not None else [()] * n_items
+    similarity = item_similarity(matrix > 0, terms, settings.hybrid)
+    new_users, new_items = hybrid_embeddings(
+        matrix, similarity, prior, dim, settings.hybrid, seed=settings.seed
+    )
+    return new_users, new_items, time.perf_counter() - started
+
+
 def train_embeddings(
     users: NDArray[Any],
     items: NDArray[Any],
@@ -318,14 +386,19 @@ def train_embeddings(
     dim: int,
     previous: NDArray[Any] | None,
     settings: TrainingSettings,
+    item_terms: Sequence[Sequence[str]] | None = None,
+    popularity: NDArray[Any] | None = None,
 ) -> TrainedEmbeddings:
     """Item embeddings [n_items, dim] and the seen users' vectors from (user, item, weight) interactions.
 
     `users` are indices from 0 (any numbering the caller keeps; `user_rows` of the result says which
     were seen), `items` are item rows < `n_items`. `previous`: the item embeddings now ([rows, dim], rows
     may be fewer than `n_items` when the catalog grew), whose rows without interactions are carried
-    over (module doc); rows neither trained nor in `previous` are 0. Raises ValueError for bad input or
-    no interactions, TrainingUnavailable without `implicit`.
+    over (module doc); rows neither trained nor in `previous` are 0. The hybrid method also takes
+    `item_terms` (the words of each row's item; None: no words, co-purchase alone) and `popularity` (per
+    row, the prior; None: distinct users per item in the interactions). Raises ValueError for bad input
+    or no interactions (and the hybrid for a model past `MAX_DENSE_CELLS`), TrainingUnavailable without
+    `implicit` (ALS, BPR).
     """
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
@@ -337,24 +410,33 @@ def train_embeddings(
             raise ValueError(
                 f"previous item embeddings must be [at most {n_items}, {dim}], got {list(previous.shape)}"
             )
-    _, _, sparse = import_implicit()
     user_rows, user_of = np.unique(u, return_inverse=True)
-    matrix = _interaction_matrix(sparse, user_of.astype(np.int64), i, w, len(user_rows), n_items)
-    raw_users, raw_items, seconds = _fit(settings, matrix, factors)
-    if not (np.all(np.isfinite(raw_users)) and np.all(np.isfinite(raw_items))):
-        raise ValueError(f"{settings.method} diverged (non-finite factors): lower the learning rate or alpha")
-    width = raw_items.shape[1]  # factors (+ BPR's bias column)
-    new_users = np.zeros((len(user_rows), dim))
-    new_items = np.zeros((n_items, dim))
-    new_users[:, :width] = raw_users
-    new_items[:, :width] = raw_items
-    if settings.method == "bpr":  # implicit puts the bias last: move it to the last coordinate
-        new_users[:, [width - 1, dim - 1]] = new_users[:, [dim - 1, width - 1]]
-        new_items[:, [width - 1, dim - 1]] = new_items[:, [dim - 1, width - 1]]
-    trained = np.zeros(n_items, dtype=np.bool_)
-    trained[i] = True
-    new_items[~trained] = 0.0
-    new_users, new_items, scale = _rescale(new_users, new_items, user_of.astype(np.int64), i)
+    if settings.method == "hybrid":
+        new_users, new_items, seconds = _hybrid(
+            user_of.astype(np.int64), i, w, len(user_rows), n_items, dim, settings, item_terms, popularity
+        )
+        trained = np.any(new_items[:, : dim - 1] != 0.0, axis=1)  # rows with factors (else the prior only)
+        scale = 1.0
+    else:
+        _, _, sparse = import_implicit()
+        matrix = _interaction_matrix(sparse, user_of.astype(np.int64), i, w, len(user_rows), n_items)
+        raw_users, raw_items, seconds = _fit(settings, matrix, factors)
+        if not (np.all(np.isfinite(raw_users)) and np.all(np.isfinite(raw_items))):
+            raise ValueError(
+                f"{settings.method} diverged (non-finite factors): lower the learning rate or alpha"
+            )
+        width = raw_items.shape[1]  # factors (+ BPR's bias column)
+        new_users = np.zeros((len(user_rows), dim))
+        new_items = np.zeros((n_items, dim))
+        new_users[:, :width] = raw_users
+        new_items[:, :width] = raw_items
+        if settings.method == "bpr":  # implicit puts the bias last: move it to the last coordinate
+            new_users[:, [width - 1, dim - 1]] = new_users[:, [dim - 1, width - 1]]
+            new_items[:, [width - 1, dim - 1]] = new_items[:, [dim - 1, width - 1]]
+        trained = np.zeros(n_items, dtype=np.bool_)
+        trained[i] = True
+        new_items[~trained] = 0.0
+        new_users, new_items, scale = _rescale(new_users, new_items, user_of.astype(np.int64), i)
     carry_map = None
     carried = 0
     if previous is not None and previous.shape[0] > 0:

@@ -481,8 +481,8 @@ class RefreshConfig:
     embeddings: bool = field(
         default=False,
         metadata=meta(
-            "retrain item_embeddings and the profiles' embeddings from forwarded events with implicit "
-            "(needs pip install 'edgewise[train]'; docs/embeddings.md)",
+            "retrain item_embeddings and the profiles' embeddings from forwarded events (als, bpr: "
+            "implicit, pip install 'edgewise[train]'; hybrid: NumPy; docs/embeddings.md)",
             flag="--refresh-embeddings",
         ),
     )
@@ -490,10 +490,11 @@ class RefreshConfig:
         default=timedelta(hours=24),
         metadata=meta("how often", min=1, flag="--refresh-embeddings-every", metavar="DURATION"),
     )
-    embeddings_method: Literal["als", "bpr"] = field(
+    embeddings_method: Literal["als", "bpr", "hybrid"] = field(
         default="als",
         metadata=meta(
-            "implicit's ALS (weighted implicit feedback) or BPR (pairwise ranking)",
+            "implicit's ALS (weighted implicit feedback) or BPR (pairwise ranking), or hybrid (the retail "
+            "bundle's model: purchases smoothed through co-purchase and tag similarity; NumPy only)",
             flag="--refresh-embeddings-method",
         ),
     )

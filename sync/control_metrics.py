@@ -10,8 +10,9 @@ Two parts, served together by `edgewise.metrics_http` (`control serve --metrics-
 - `ControlCollector` reads the rest when scraped: the head and the oldest version of the change log, the
   fleet (edges by state, how far the connected ones are behind the head, NACKs), the open Subscribe
   streams and Forward calls, the event store (records stored, the profile folder's and the bandit
-  learner's backlog, records skipped, expired), the folds, and the forget backlog (forgotten users some
-  known edge has not applied yet).
+  learner's backlog, records skipped, expired), the folds, the model refresh jobs (runs, failures, the
+  last run's duration and the last version committed, per model), and the forget backlog (forgotten
+  users some known edge has not applied yet).
 
 The families are a public contract for dashboards and alerts (docs/operations.md, "Control plane
 metrics"; examples/prometheus/ and examples/grafana/ use them). No user, item or node id is a label.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import grpc
@@ -33,6 +34,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from edgewise.sync.admission import EdgeAdmission
 from edgewise.sync.auth import CONTROL_PLANE_SERVICE, METHOD_NAMES
 from edgewise.sync.control_server import ControlPlaneService
+from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
+from edgewise.sync.model_refresh import RefreshJob
 from edgewise.v1 import sync_pb2
 
 __all__ = [
@@ -399,6 +402,46 @@ class ControlCollector(Collector):
             "Stored records deleted by retention since start (events.retain).",
             jobs.retention.expired if jobs.retention is not None else 0,
         )
+        yield from _refresh_families(jobs.refresh)
+
+
+def _refresh_families(jobs: Sequence[RefreshJob | EmbeddingRefreshJob]) -> Iterator[Metric]:
+    """The model refresh jobs' figures since start, one sample per model switched on."""
+    if not jobs:
+        return
+    runs = CounterMetricFamily(
+        "edgewise_control_refresh_runs_total",
+        "Scheduled runs of a model refresh job since start (the embeddings: runs that were due).",
+        labels=["model"],
+    )
+    failures = CounterMetricFamily(
+        "edgewise_control_refresh_failures_total",
+        "Runs that failed (logged as model_refresh_failed; the next run comes as planned).",
+        labels=["model"],
+    )
+    commits = CounterMetricFamily(
+        "edgewise_control_refresh_commits_total",
+        "Refresh commits a job published since start.",
+        labels=["model"],
+    )
+    seconds = GaugeMetricFamily(
+        "edgewise_control_refresh_last_run_seconds",
+        "How long the last run took, failed or not (NaN before the first).",
+        labels=["model"],
+    )
+    version = GaugeMetricFamily(
+        "edgewise_control_refresh_last_version",
+        "Version of the last refresh commit a job published since start (0: none yet).",
+        labels=["model"],
+    )
+    for job in jobs:
+        stats, model = job.stats, [job.name]
+        runs.add_metric(model, stats.runs)
+        failures.add_metric(model, stats.failures)
+        commits.add_metric(model, stats.commits)
+        seconds.add_metric(model, stats.last_seconds)
+        version.add_metric(model, stats.last_version)
+    yield from (runs, failures, commits, seconds, version)
 
 
 def control_registry(

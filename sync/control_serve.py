@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from edgewise.config import DurationError
 from edgewise.config import duration_ms as config_duration_ms
 from edgewise.core.bandit_learning import LearningSchedule
-from edgewise.core.embedding_training import TrainingUnavailable, import_implicit
+from edgewise.core.embedding_training import IMPLICIT_METHODS, TrainingUnavailable, import_implicit
 from edgewise.logs import configure_logging
 from edgewise.metrics_http import serve_metrics
 from edgewise.sync.admission import EdgeAdmission, EdgeLimits, control_grpc_server
@@ -114,7 +114,8 @@ def run_control_serve(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     configure_logging(config.log.level)
-    if config.refresh.embeddings:  # the embeddings refresh trains with implicit: the `train` extra
+    # ALS and BPR train with implicit (the `train` extra); the hybrid method needs NumPy only.
+    if config.refresh.embeddings and config.refresh.embeddings_method in IMPLICIT_METHODS:
         try:
             import_implicit()
         except TrainingUnavailable as exc:

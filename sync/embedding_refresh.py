@@ -8,9 +8,14 @@ Two steps, so that training (seconds) never holds the push lock:
    `core/forwarded.record_problem` refuses are skipped, and so is every event its caller did not give the
    `personalization` purpose, which is what training a user's vector is for); weighs them per
    (user, item) (`core/embedding_training.interactions_from_events`: purchase 1, add_to_cart 0.5, click
-   0.25, view 0.1, with a half-life) and trains (`train_embeddings`: implicit's ALS or BPR). Events of
-   items not in the catalog are counted, not trained (rows for new items come from the refresh that adds
-   them to `items`; the next embeddings refresh then trains them).
+   0.25, view 0.1, with a half-life; summed for ALS and BPR, the largest for the hybrid) and trains
+   (`train_embeddings`: implicit's ALS or BPR, or the hybrid model of `core/hybrid_embeddings.py`, which
+   also reads each item's tags (its words; none for an item made from events, whose one tag
+   `from_events` says nothing about it) and `models/item_popularity` (the prior; distinct users per item
+   in the events when the state has no such array of one entry per row)). Events of items not in the
+   catalog are counted, not trained (rows for new items come from the refresh that adds them to `items`;
+   the next embeddings refresh then trains them; the hybrid gives every row of the catalog a vector,
+   also an item without events, from its tags).
 2. `refresh_changes(view, trained)`, under the lock, on the state it will commit to: the record changes
    for one commit of kind "delta": `models/item_embeddings` whole (rows of items without interactions
    carried over, see core/embedding_training.py), and the profiles' `e`. A seen user's profile gets the
@@ -49,8 +54,9 @@ from edgewise.core.embedding_training import (
 )
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.forwarded import latest_ms, record_problem
+from edgewise.core.model_refresh import NEW_ITEM_FLAG
 from edgewise.core.records import RecordError, decode_array, decode_item, encode_array
-from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, StateReader
+from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, POPULARITY, StateReader
 from edgewise.sync.control_store import RecordChange
 from edgewise.sync.event_store import EventStore
 
@@ -106,6 +112,30 @@ def _catalog(view: StateReader) -> dict[str, int]:
     return rows
 
 
+def _item_terms(view: StateReader, n_items: int) -> list[tuple[str, ...]]:
+    """Each row's words for the hybrid model: its item's tags (none for an item made from events)."""
+    terms: list[tuple[str, ...]] = [()] * n_items
+    for item_id, raw in view.items("items"):
+        record = decode_item(item_id, raw)  # decodes: `_catalog` read the same records
+        if 0 <= record.row < n_items and not record.flags.get(NEW_ITEM_FLAG):
+            terms[record.row] = record.tags
+    return terms
+
+
+def _popularity(view: StateReader, n_items: int) -> NDArray[np.float32] | None:
+    """`models/item_popularity` as the hybrid's prior, when it has one finite entry >= 0 per row."""
+    raw = view.get("models", POPULARITY)
+    if raw is None:
+        return None
+    array = decode_array(raw)
+    if array.ndim != 1 or array.shape[0] != n_items:
+        return None
+    values = np.asarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(values)) or float(values.min(initial=0.0)) < 0.0:
+        return None
+    return values.copy()
+
+
 def _current(view: StateReader) -> tuple[NDArray[np.float32] | None, int]:
     """The stored item embeddings (None: none) and the dim (theirs, else the manifest's; 0: unknown)."""
     raw = view.get("models", EMBEDDINGS)
@@ -154,12 +184,14 @@ def train_refresh(
             span[:] = [min(span[0], ts), max(span[1], ts)] if span else [ts, ts]
             yield event
 
+    hybrid = settings.training.method == "hybrid"
     interactions = interactions_from_events(
         spanned(),
         rows,
         now_ms=now,
         event_weights=settings.event_weights,
         half_life_days=settings.half_life_days,
+        combine="max" if hybrid else "sum",
     )
     if skipped[0]:
         log.warning(
@@ -175,6 +207,8 @@ def train_refresh(
         dim=dim,
         previous=previous,
         settings=settings.training,
+        item_terms=_item_terms(view, n_items) if hybrid else None,
+        popularity=_popularity(view, n_items) if hybrid else None,
     )
     users = {interactions.user_ids[int(u)]: result.users[j] for j, u in enumerate(result.user_rows)}
     return TrainedRefresh(

@@ -19,8 +19,8 @@ kept.
 
 The schedule survives restarts and lease moves: a run is due `every` seconds after the last refresh
 commit of this model in the change log (the newest of the last 10,000 commits; none: at once), checked
-every `min(every, 60 s)`, then `every` after each run. (A `RefreshJob`'s first tick comes `every` after
-its start: with a daily schedule, a control plane restarted more often than daily would never retrain.)
+at start and then every `min(every, 60 s)`, then `every` after each run. `stats` (`RefreshStats`)
+counts the runs that were due, their failures and durations, and the last version committed.
 
 A run: when no item event (view, click, add to cart, purchase) was stored since the cursor
 `refresh:embeddings`, nothing is trained and the cursor moves on; else the model is trained on every
@@ -51,7 +51,7 @@ from edgewise.sync.embedding_refresh import (
     train_refresh,
 )
 from edgewise.sync.event_store import EventStore
-from edgewise.sync.model_refresh import CURSOR_PREFIX, KIND
+from edgewise.sync.model_refresh import CURSOR_PREFIX, KIND, RefreshStats
 from edgewise.sync.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -83,17 +83,22 @@ class EmbeddingRefreshJob:
         self.settings = settings
         self.name = NAME
         self.cursor = CURSOR_PREFIX + NAME
-        self.commits = 0  # refresh commits published since start
+        self.stats = RefreshStats()  # for the control plane's /metrics
         self.every = every
         self._last_ms: int | None = None  # the last run's time (None: look it up in the change log)
         check = min(every, CHECK_SECONDS)
-        self._loop = Periodic(f"refresh-{NAME}", check, self._tick, "model_refresh_failed")
+        self._loop = Periodic(f"refresh-{NAME}", check, self._tick, "model_refresh_failed", first_now=True)
 
     def start(self) -> None:
         self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._loop.stop(timeout)
+
+    @property
+    def commits(self) -> int:
+        """Refresh commits published since start."""
+        return self.stats.commits
 
     def _tick(self) -> None:
         now_ms = time.time_ns() // 1_000_000
@@ -102,6 +107,9 @@ class EmbeddingRefreshJob:
         if now_ms - self._last_ms < self.every * 1000:
             return
         self._last_ms = now_ms
+        self.stats.run(self._run)
+
+    def _run(self) -> None:
         self.run_once()
 
     def last_refresh_ms(self) -> int:
@@ -151,7 +159,7 @@ class EmbeddingRefreshJob:
             )
         if info is None:
             return position
-        self.commits += 1
+        self.stats.committed(info.version)
         log.info(
             "model_refreshed",
             extra={

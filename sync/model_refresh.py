@@ -1,15 +1,17 @@
 """The control plane's model refresh jobs: forwarded events become model deltas (docs/refresh.md).
 
 One `RefreshJob` per model (`core/model_refresh.ModelRefresh`: popularity, trending, neighbours; the
-embeddings: `sync/embedding_refresh_job.py`), a thread of its own (`sync/periodic.py`) ticking every
-`every` seconds. A tick reads the forwarded events the model needs (an incremental model: those stored
-since its cursor `refresh:<name>`, in batches; a windowed model: every stored event of its window, when
-an item event arrived since its last run), turns them into `RefreshEvent`s, asks the model for the new
-state, and commits what changed as one commit of kind "refresh" through the change log (so it is
-versioned, listed by `ctl history`, rolled back like any push and sent to the edges like any commit),
-with its cursor moved in the same transaction (`ControlStore.commit_at`): each event counts once, also
-across crashes and lease moves. Only arrays (and manifest keys, profiles) whose bytes differ are
-committed; a run that changes nothing commits nothing (its cursor still moves).
+embeddings: `sync/embedding_refresh_job.py`), a thread of its own (`sync/periodic.py`) ticking at start
+and then every `every` seconds (`RefreshStats`: runs, failures, the last run's duration and the last
+version committed, which the control plane's /metrics shows per model). A tick reads the forwarded
+events the model needs (an incremental model: those stored since its cursor `refresh:<name>`, in
+batches; a windowed model: every stored event of its window, when an item event arrived since its last
+run), turns them into `RefreshEvent`s, asks the model for the new state, and commits what changed as one
+commit of kind "refresh" through the change log (so it is versioned, listed by `ctl history`, rolled
+back like any push and sent to the edges like any commit), with its cursor moved in the same transaction
+(`ControlStore.commit_at`): each event counts once, also across crashes and lease moves. Only arrays
+(and manifest keys, profiles) whose bytes differ are committed; a run that changes nothing commits
+nothing (its cursor still moves).
 
 The model is computed outside the push lock (neighbours take a while); the commit is made under it,
 and only if no other commit landed since the state was read, else the run is made again under the lock.
@@ -29,11 +31,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -69,12 +72,42 @@ from edgewise.sync.skipped_records import SkippedRecords
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CURSOR_PREFIX", "EventContext", "RefreshJob"]
+__all__ = ["CURSOR_PREFIX", "EventContext", "RefreshJob", "RefreshStats"]
 
 CURSOR_PREFIX: Final = "refresh:"
 KIND: Final = "refresh"
 _CONTEXTS: Final = 100_000
 _ATTEMPTS: Final = 3
+
+
+@dataclass(slots=True)
+class RefreshStats:
+    """A refresh job's figures since start (the control plane's /metrics, per model): scheduled runs
+    (ticks that computed), runs that raised, the last run's seconds (NaN before the first), the version
+    of the last refresh commit it published (0: none yet) and its commits."""
+
+    runs: int = 0
+    failures: int = 0
+    last_seconds: float = math.nan
+    last_version: int = 0
+    commits: int = 0
+
+    def run(self, work: Callable[[], None]) -> None:
+        """Call `work` as one run: counted, timed, and counted as a failure when it raises (re-raised).
+        Written by the job's thread only; a scrape reads the fields as they are."""
+        started = time.perf_counter()
+        self.runs += 1
+        try:
+            work()
+        except Exception:
+            self.failures += 1
+            raise
+        finally:
+            self.last_seconds = time.perf_counter() - started
+
+    def committed(self, version: int) -> None:
+        self.commits += 1
+        self.last_version = version
 
 
 class EventContext:
@@ -150,9 +183,11 @@ class RefreshJob:
         self.cursor = CURSOR_PREFIX + model.name
         self.context = EventContext()
         self.skipped = SkippedRecords(f"refresh_{model.name}")
-        self.commits = 0  # refresh commits published since start (for metrics)
+        self.stats = RefreshStats()  # for the control plane's /metrics
         self.items_added = 0
-        self._loop = Periodic(f"refresh-{model.name}", every, self._tick, "model_refresh_failed")
+        self._loop = Periodic(
+            f"refresh-{model.name}", every, self._tick, "model_refresh_failed", first_now=True
+        )
 
     def start(self) -> None:
         self._loop.start()
@@ -160,12 +195,25 @@ class RefreshJob:
     def stop(self, timeout: float = 5.0) -> None:
         self._loop.stop(timeout)
 
+    @property
+    def name(self) -> str:
+        """The model's name (the `model` label of the refresh metrics)."""
+        return self.model.name
+
+    @property
+    def commits(self) -> int:
+        """Refresh commits published since start."""
+        return self.stats.commits
+
     def _tick(self) -> None:
         try:
-            while self.run_once() is not None and not self.model.window_ms and not self._loop.stopping:
-                pass
+            self.stats.run(self._cycle)
         finally:
             self.skipped.flush()
+
+    def _cycle(self) -> None:
+        while self.run_once() is not None and not self.model.window_ms and not self._loop.stopping:
+            pass
 
     # ---- one run
 
@@ -225,7 +273,7 @@ class RefreshJob:
                 break
         if info is None:
             return position
-        self.commits += 1
+        self.stats.committed(info.version)
         self.items_added += len(ready)
         log.info(
             "model_refreshed",

@@ -1,4 +1,5 @@
-"""A background loop for the control plane's jobs: call `tick` every `interval` seconds until stopped."""
+"""A background loop for the control plane's jobs: call `tick` every `interval` seconds until stopped
+(with `first_now`, also once at start)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,20 @@ __all__ = ["Periodic"]
 
 
 class Periodic:
-    """A daemon thread calling `tick` every `interval` seconds; a tick that raises is logged as
-    `failure_event` and the next one runs as planned."""
+    """A daemon thread calling `tick` every `interval` seconds (`first_now`: the first call at start, not
+    one interval after); a tick that raises is logged as `failure_event` and the next one runs as planned."""
 
-    def __init__(self, name: str, interval: float, tick: Callable[[], None], failure_event: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        tick: Callable[[], None],
+        failure_event: str,
+        *,
+        first_now: bool = False,
+    ) -> None:
         self.interval = interval
+        self.first_now = first_now
         self._tick = tick
         self._failure_event = failure_event
         self._stop = threading.Event()
@@ -36,8 +46,13 @@ class Periodic:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        if self.first_now and not self._stop.is_set():
+            self._call()
         while not self._stop.wait(self.interval):
-            try:
-                self._tick()
-            except Exception as exc:  # a bad batch must not end the job; it is logged
-                log.error(self._failure_event, extra={"error": repr(exc)})
+            self._call()
+
+    def _call(self) -> None:
+        try:
+            self._tick()
+        except Exception as exc:  # a bad batch must not end the job; it is logged
+            log.error(self._failure_event, extra={"error": repr(exc)})

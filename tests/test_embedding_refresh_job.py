@@ -257,13 +257,23 @@ def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["als", "hybrid"])
 def test_purchases_on_an_edge_retrain_its_embeddings_and_roll_back(
     control_factory: Callable[..., ControlProcess],
     edge_factory: Callable[..., EdgeProcess],
     tmp_path: Path,
+    method: str,
 ) -> None:
-    _implicit()
-    control = control_factory(None, "--refresh-embeddings", "--refresh-embeddings-every", "1s")
+    if method != "hybrid":  # the hybrid needs NumPy only
+        _implicit()
+    control = control_factory(
+        None,
+        "--refresh-embeddings",
+        "--refresh-embeddings-every",
+        "1s",
+        "--refresh-embeddings-method",
+        method,
+    )
     bundle = _bundle(tmp_path / "bundle")
     pushed, edge = pushed_edge(control.address, edge_factory, bundle, tmp_path / "edge", "edge-e", OPS, EDGE)
     items_before, u0_before = _edge_model(tmp_path / "edge")
@@ -281,7 +291,7 @@ def test_purchases_on_an_edge_retrain_its_embeddings_and_roll_back(
     # the edge serves u0 what its co-buyers bought (i4; i5 is bought already), from the new vectors
     wait_for(lambda: _for_you(edge.address, "u0") == ["i4"], 60, "the retrained embeddings on the edge", 0.2)
     done = refreshes()
-    assert done and all(d.startswith("refresh embeddings: als on ") for _, d in done)
+    assert done and all(d.startswith(f"refresh embeddings: {method} on ") for _, d in done)
     items_after, u0_after = _edge_model(tmp_path / "edge")
     assert items_after.shape == items_before.shape and not np.array_equal(items_after, items_before)
     assert u0_after is not None and u0_after != u0_before

@@ -40,9 +40,11 @@ Models, NumPy only (SciPy is not a runtime dependency):
 
 - `item_popularity`: distinct shoppers per item in the training period: customers whose net
   quantity is > 0, plus one per anonymous invoice that bought it.
-- Embeddings (`hybrid_embeddings`): the customer x product matrix (purchases weighted by age) is
-  smoothed through an item x item similarity, half co-purchase cosine, half cosine of the
-  descriptions' idf-weighted words, and the smoothed matrix is factorized by a truncated SVD
+- Embeddings (`hybrid_embeddings`, in `edgewise.core.hybrid_embeddings`, which the control plane's
+  embeddings refresh with method `hybrid` runs on events and the items' tags): the customer x product
+  matrix (purchases weighted by age) is smoothed through an item x item similarity, half co-purchase
+  cosine, half cosine of the descriptions' idf-weighted words (`description_terms`), and the smoothed
+  matrix is factorized by a truncated SVD
   (randomized, in NumPy, seeded by `seed`: 0.3 s where a full `eigh` of the 3k x 3k Gram matrix takes
   11 s on a 2-core machine). `dim - 1` coordinates hold the factors, the last one a popularity prior,
   so `user . item` is the rank-limited item-kNN score plus a weighted prior. Why this and not a plain
@@ -76,6 +78,14 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core.hybrid_embeddings import (
+    HybridParams,
+    copurchase_similarity,
+    hybrid_embeddings,
+    item_similarity,
+    term_similarity,
+    top_right_singular_vectors,
+)
 from edgewise.sync.bundle_write import write_bundle
 
 __all__ = [
@@ -94,6 +104,7 @@ __all__ = [
     "copurchase_neighbors",
     "copurchase_similarity",
     "description_similarity",
+    "description_terms",
     "hybrid_embeddings",
     "item_id_for",
     "profile_id_for",
@@ -101,6 +112,7 @@ __all__ = [
     "retail_bundle",
     "retail_rules",
     "retail_schema",
+    "tags_for",
     "top_right_singular_vectors",
 ]
 
@@ -454,6 +466,12 @@ def category_for(description: str) -> str:
     return "other"
 
 
+def tags_for(description: str) -> list[str]:
+    """An item's tags as the bundle stores them: the description's words in lower case, three letters or
+    more, no stopword, at most 8 (the control plane's hybrid refresh reads them as the item's words)."""
+    return _tags(description)
+
+
 def _tags(description: str) -> list[str]:
     tags: list[str] = []
     for word in _words(description):
@@ -512,102 +530,27 @@ class ModelParams:
             if not ok or not math.isfinite(value):
                 raise ValueError(f"model parameter {name}: out of range, got {value!r}")
 
+    def hybrid(self) -> HybridParams:
+        """The embedding model's knobs (`core.hybrid_embeddings`, shared with the control plane's refresh)."""
+        return HybridParams(
+            copurchase_weight=self.copurchase_weight,
+            copurchase_shrink=self.copurchase_shrink,
+            popularity_weight=self.popularity_weight,
+            similar_scale=self.similar_scale,
+        )
 
-def copurchase_similarity(bought: NDArray[np.bool_], shrink: float) -> FloatArray:
-    """Item x item cosine of the customer sets, shrunk: co(i, j) / (sqrt(n_i * n_j) + shrink).
 
-    The diagonal is 0 (an item is not its own neighbor).
-    """
-    binary = bought.astype(np.float64)
-    co = binary.T @ binary
-    buyers = np.diag(co).copy()
-    sim: FloatArray = co / (np.sqrt(np.outer(buyers, buyers)) + shrink + 1e-12)
-    np.fill_diagonal(sim, 0.0)
-    return sim
+def description_terms(description: str) -> list[str]:
+    """The words of a description that count in the item similarity: upper case, two letters or more,
+    no stopword (the bundle's tags are the lower-case ones of three letters or more, at most 8)."""
+    return [word for word in _words(description) if len(word) >= 2 and word not in _TAG_STOPWORDS]
 
 
 def description_similarity(descriptions: Sequence[str]) -> FloatArray:
     """Item x item cosine of the descriptions' words, idf-weighted (product lines such as SPACEBOY,
-    RETROSPOT or WOODLAND share rare words). The diagonal is 0."""
-    vocabulary: dict[str, int] = {}
-    rows: list[int] = []
-    cols: list[int] = []
-    for row, description in enumerate(descriptions):
-        for word in sorted(set(_words(description))):
-            if len(word) >= 2 and word not in _TAG_STOPWORDS:
-                rows.append(row)
-                cols.append(vocabulary.setdefault(word, len(vocabulary)))
-    n_items = len(descriptions)
-    terms = np.zeros((n_items, max(len(vocabulary), 1)))
-    terms[rows, cols] = 1.0
-    idf = np.log((n_items + 1.0) / (terms.sum(axis=0) + 1.0))
-    weighted = terms * idf[None, :]
-    weighted /= np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-12)
-    sim: FloatArray = weighted @ weighted.T
-    np.fill_diagonal(sim, 0.0)
-    return sim
-
-
-def top_right_singular_vectors(matrix: FloatArray, rank: int, seed: int) -> FloatArray:
-    """The top `rank` right singular vectors of `matrix` [m, n] as columns of an [n, rank] array.
-
-    Randomized SVD (Halko, Martinsson, Tropp 2011: Gaussian range finder, 10 extra columns, 6 power
-    iterations with re-orthonormalization), far cheaper than a full `eigh` of the n x n Gram matrix
-    (0.3 s against 11 s for 3k items on a 2-core machine). On the retail data the rank-31 projection
-    it gives differs from `eigh`'s by 2% (relative Frobenius norm of the projected scores).
-    Deterministic for a seed; each vector's sign is fixed so that its largest entry is positive.
-    """
-    n = matrix.shape[1]
-    width = min(rank + 10, min(matrix.shape))
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(matrix @ rng.standard_normal((n, width)))
-    for _ in range(6):
-        row_basis, _ = np.linalg.qr(matrix.T @ basis)
-        basis, _ = np.linalg.qr(matrix @ row_basis)
-    _, _, vt = np.linalg.svd(basis.T @ matrix, full_matrices=False)
-    vectors: FloatArray = vt[:rank].T.copy()
-    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
-    vectors *= np.where(signs == 0, 1.0, signs)[None, :]
-    return vectors
-
-
-def hybrid_embeddings(
-    weights: FloatArray,
-    similarity: FloatArray,
-    popularity: NDArray[np.float32],
-    dim: int,
-    params: ModelParams,
-    *,
-    seed: int = 0,
-) -> tuple[FloatArray, FloatArray]:
-    """User and item vectors whose dot product is the model's score.
-
-    `weights` [users, items]: each customer's purchases, weighted by age. `similarity` [items, items].
-    The customer x product matrix is smoothed through the item similarity (X = weights @ similarity,
-    each row scaled to a maximum of 1: the item-kNN score), then factorized by a truncated SVD (the
-    top `dim - 1` right singular vectors V of X, `top_right_singular_vectors`). The last coordinate
-    carries a popularity prior p = log(1 + popularity) / max. Item vector [c V_i, p_i], user vector
-    [X_u V / c, w], so user . item = X_u V V_i^T + w p_i: the rank-(dim-1) kNN score plus w times the
-    prior (w = `params.popularity_weight`). `c` scales the item factor rows to an RMS norm of
-    `params.similar_scale`; it cancels out of user . item and only sets how strongly the mean of seed
-    item vectors (pdp_similar) weighs similarity against the prior.
-    """
-    n_users, n_items = weights.shape
-    rank = min(dim - 1, n_users, n_items)
-    smoothed = weights @ similarity
-    smoothed /= np.maximum(np.abs(smoothed).max(axis=1, keepdims=True), 1e-12)
-    users = np.zeros((n_users, dim))
-    items = np.zeros((n_items, dim))
-    if rank > 0:
-        vectors = top_right_singular_vectors(smoothed, rank, seed)
-        scale = params.similar_scale * math.sqrt(n_items / rank)
-        items[:, :rank] = vectors * scale
-        users[:, :rank] = (smoothed @ vectors) / scale
-    prior = np.log1p(popularity.astype(np.float64))
-    top = float(prior.max()) if n_items else 0.0
-    items[:, dim - 1] = prior / top if top > 0 else 0.0
-    users[:, dim - 1] = params.popularity_weight
-    return users, items
+    RETROSPOT or WOODLAND share rare words): `core.hybrid_embeddings.term_similarity` of
+    `description_terms`. The diagonal is 0."""
+    return term_similarity([description_terms(description) for description in descriptions])
 
 
 def copurchase_neighbors(
@@ -1005,14 +948,14 @@ def retail_bundle(
     say(f"profiles: {len(customers.ids)} customers")
 
     say(f"embeddings: {len(customers.ids)} x {len(catalog.ids)}, dim {dim}")
-    copurchase = copurchase_similarity(customers.weights > 0, params.copurchase_shrink)
-    w = params.copurchase_weight
-    similarity = w * copurchase + (1.0 - w) * description_similarity(catalog.descriptions)
+    purchased = customers.weights > 0
+    terms = [description_terms(description) for description in catalog.descriptions]
+    similarity = item_similarity(purchased, terms, params.hybrid())
     users, items = hybrid_embeddings(
-        customers.weights, similarity, catalog.popularity, dim, params, seed=seed
+        customers.weights, similarity, catalog.popularity, dim, params.hybrid(), seed=seed
     )
-    if params.neighbor_shrink != params.copurchase_shrink:
-        copurchase = copurchase_similarity(customers.weights > 0, params.neighbor_shrink)
+    del similarity
+    copurchase = copurchase_similarity(purchased, params.neighbor_shrink)
     neighbors, neighbor_scores = copurchase_neighbors(copurchase, NEIGHBORS)
 
     test: dict[str, tuple[str, ...]] = {}
