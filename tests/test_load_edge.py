@@ -116,9 +116,13 @@ def test_deadline_exceeded_calls_count_as_timeouts(edge_address: str) -> None:
         )
     )
     o = report.overall
-    assert o.timeouts > 0 and o.error_count == 0
+    assert o.timeouts > 0
+    # A loaded edge may shed a call that arrives with almost none of its time left (RESOURCE_EXHAUSTED):
+    # an error, not a timeout.
+    assert set(o.failures) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+    assert o.error_count == o.failures.get("RESOURCE_EXHAUSTED", 0)
     assert o.sent == o.ok + o.error_count + o.timeouts + o.unfinished
-    assert report.errors == {"DEADLINE_EXCEEDED": o.timeouts}
+    assert report.errors == dict(o.failures)
     _adds_up(report.to_dict()["overall"])
     assert report.users_source == "flag"
 
