@@ -115,7 +115,7 @@ def test_acknowledged_track_events_survive_kill_9_of_the_node(
 ) -> None:
     data = tmp_path / "data"
     acked: list[str] = []
-    cycles = int(os.environ.get("EDGEWISE_KILL_CYCLES", "20"))
+    cycles = int(os.environ.get("EDGEWISE_KILL_CYCLES", "10"))  # more: EDGEWISE_KILL_CYCLES=100
     for cycle in range(cycles):
         edge = start_edge(processes, data, bundle_dir, "--workers", "1")
         try:
