@@ -3,7 +3,8 @@
 following one replica. The rollout state travels in the change log, so whichever replica takes the push,
 the promote or the abort, every replica's fan-out holds the edges outside the canary set at the base
 version; the canary by percent counts the edges of both replicas; the automatic abort judges the edges
-of both and runs once; the rollout survives a SIGKILL of the replica that took the push."""
+of both and runs once; the rollout survives a SIGKILL of the replica that took the push; a shadow pushed
+through one replica is decided by the edges of both and summed through either."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from edgewise.client import ControlClient, EdgeClient, FallbackReason
 from edgewise.nats_cluster import NatsCluster
 from edgewise.processes import Process, Processes
+from edgewise.sync.shadow_candidate import read_candidate
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
 from tests.sync_support import (
@@ -222,3 +224,54 @@ def test_a_version_that_makes_every_placement_fall_back_is_aborted_once_whicheve
         with _ops(a) as ops:  # one abort, whichever replica held the jobs lease
             aborts = [c for c in ops.history(50).commits if c.description.startswith("abort the rollout")]
             assert len(aborts) == 1, aborts
+
+
+def test_a_shadow_rollout_through_one_replica_is_decided_by_the_edges_of_both(
+    tmp_path: Path,
+    nats_cluster: NatsCluster,  # noqa: F811
+    edge_factory: Callable[..., EdgeProcess],
+    bundle_dir: Path,
+) -> None:
+    with Processes(tmp_path / "run", env=ENV) as processes:
+        a, b = _replicas(processes, nats_cluster, tmp_path)
+        with _ops(a) as ops:
+            v1 = ops.push(bundle_dir).version
+        edges = _edges(edge_factory, tmp_path, {"edge-a": a.address, "edge-b": b.address}, v1)
+        _connected(a, 2)
+        with _ops(a) as ops:  # a shadow alone: every edge stays at v1 and decides every request with v2 too
+            pushed = ops.push_delta(
+                _delta(tmp_path / "d.jsonl", "shadow-item"), shadow=True, shadow_sample=1.0
+            )
+        v2 = pushed.version
+        assert pushed.rollout is not None and pushed.rollout.shadow and pushed.rollout.canary_nodes == ()
+        wait_for(
+            lambda: all((c := read_candidate(tmp_path / n)) is not None and c.version == v2 for n in edges),
+            20,
+            "both edges holding the candidate",
+        )
+        for edge in edges.values():
+            wait_for(
+                lambda: any(e.get("event") == "shadow_opened" for e in edge.log_events()),  # noqa: B023
+                10,
+                "the edge's worker opening the candidate",
+            )
+        request = {"consent": ["personalization"], "placements": [{"placement_id": "home", "count": 5}]}
+        for edge in edges.values():
+            with EdgeClient(edge.address) as client:
+                for u in range(20):
+                    assert client.decide({**request, "user_id": f"u{u}"}).snapshot_version == v1
+
+        def summed() -> int:  # through the replica that did not take the push: both edges' figures
+            with _ops(b) as ops:
+                rollout = ops.status().rollout
+            return 0 if rollout is None else rollout.shadow_stats.sampled
+
+        wait_for(lambda: summed() == 40, 20, "both edges' shadow decisions summed", interval=0.3)
+        assert all(edge_state(tmp_path / n)[0] == v1 for n in edges)
+        with _ops(b) as ops:
+            promoted = ops.promote()
+        assert promoted.rollout is not None and promoted.rollout.shadow_stats.sampled == 40
+        wait_for(versions_reach([tmp_path / n for n in edges], v2), 20, "every edge at the promoted version")
+        wait_for(
+            lambda: all(read_candidate(tmp_path / n) is None for n in edges), 10, "the candidates dropped"
+        )
