@@ -1,20 +1,26 @@
 """The rollout state in the central tier's change log, without a cluster (docs/rollouts.md, "The NATS
 central tier"): what a store publishes with a canary push, a promote and an abort rebuilds the same
 rollout record on another store; the log messages and snapshots carry it; the shared fleet carries the
-edges' serving figures; the gate holds every edge while a replica applies rollout state."""
+edges' serving figures; the gate holds every edge while a replica applies rollout state; a fan-out never
+sends an edge outside the canary a candidate that committed after it read its plan."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from edgewise.sync.central_fleet import decode_entry, encode_entry
 from edgewise.sync.central_log import CentralLog, Snapshot, decode_snapshot, encode_snapshot
+from edgewise.sync.commit_cache import CommitCache
 from edgewise.sync.control_store import CommitInfo, ControlStore, RecordChange, RolloutWritten
-from edgewise.sync.fleet import EdgeEntry
+from edgewise.sync.fanout import Fanout
+from edgewise.sync.fleet import EdgeEntry, Fleet
 from edgewise.sync.rollout import ABORTED, CANARY, PROMOTED, Rollout, decode_rollout, encode_rollout
-from edgewise.sync.rollout_gate import RolloutGate
+from edgewise.sync.rollout_gate import Plan, RolloutGate
+from edgewise.sync.shard import Shard
 from edgewise.v1 import sync_pb2
 
 Published = tuple[CommitInfo | None, list[RecordChange], int, dict[str, int], RolloutWritten | None]
@@ -142,3 +148,48 @@ def test_the_gate_holds_every_edge_while_rollout_state_is_applied(tmp_path: Path
         assert gate.plan("edge-a").limit == 7 and gate.rollout is None
         gate.release()
         assert gate.plan("edge-a").limit is None
+
+
+class _CandidateAfterPlan(RolloutGate):
+    """A gate whose first plan is read just before a canary push commits (the push lands between the plan
+    and what the fan-out sends): the candidate commits, with its rollout, right after the plan is made."""
+
+    def __init__(self, store: ControlStore, changes: list[RecordChange]) -> None:
+        super().__init__(store)
+        self.store = store
+        self.changes = changes
+        self.candidate = 0
+
+    def plan(self, node_id: str) -> Plan:
+        plan = super().plan(node_id)
+        if not self.candidate:
+
+            def start(info: CommitInfo | None) -> RolloutWritten | None:
+                assert info is not None
+                return encode_rollout(Rollout(info.version, info.base_version, CANARY, ("canary",))), None
+
+            info = self.store.commit(self.changes, kind="delta", rollout=start)
+            assert info is not None
+            self.candidate = info.version
+            self.reload(self.store)
+        return plan
+
+
+@pytest.mark.parametrize("sent", ["nothing (a full snapshot)", "the first commit (deltas)"])
+def test_a_candidate_that_commits_after_the_plan_is_not_sent_to_an_edge_outside_the_canary(
+    tmp_path: Path, sent: str
+) -> None:
+    with ControlStore(tmp_path / "a") as store:
+        first = store.commit([_item("i1", b"one"), RecordChange("rules", "rules", b"r")], kind="delta")
+        base = store.commit([_item("i2", b"two")], kind="delta")
+        assert first is not None and base is not None
+        gate = _CandidateAfterPlan(store, [_item("i3", b"candidate")])
+        fleet = Fleet()
+        fanout = Fanout(CommitCache(store), fleet, heartbeat_seconds=60, gate=gate)
+        edge_at = 0 if sent.startswith("nothing") else first.version
+        entry = fleet.connect("other", "all", "p", edge_at)
+        deadline = time.monotonic() + 1.5  # the stream ends then: every message it had for the edge
+        stream = fanout.stream(entry, Shard(), edge_at, store.lineage, lambda: time.monotonic() < deadline)
+        versions = [m.commit.version for m in stream if m.WhichOneof("kind") == "commit"]
+        assert gate.candidate > base.version
+        assert versions and max(versions) == base.version, versions  # held at the base, never the candidate
