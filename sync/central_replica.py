@@ -19,8 +19,9 @@ publishes the rollout document (and the abort's skip) in its commit's message, a
 of its own (`ControlStore.on_rollout`), and every replica stores it in the transaction that applies the
 message. Before applying a message that carries rollout state, the follower asks the service to hold
 every edge at the current head (`hold`), and releases it once the store and the service's rollout gate
-have the new state (`rollout_applied`): an edge outside the canary set is never sent the candidate in
-between.
+have the new state (`rollout_applied`), all under the lock: an edge outside the canary set is never
+sent the candidate in between, and a promote, abort or push made under the lock never judges the
+rollout by a gate older than the store.
 
 At start (`open`) the cache is checked against the log: a cache of another lineage (another cluster), or
 ahead of the log, is rebuilt (emptied and bootstrapped: `CacheMismatch` tells `control serve` to do it);
@@ -232,27 +233,29 @@ class Replica:
             assert entry.info is not None  # a message without a commit carries rollout state
             with self.lock:
                 return self.store.apply_commit(entry.info, entry.changes, position, entry.cursors)
-        self.hold(self.store.head_version())
-        try:
-            with self.lock:
+        # Under the lock (the service's push lock) until the gate has the new state too: a promote, abort
+        # or push that waited for the lock judges the rollout by the gate, which must not lag the store.
+        with self.lock:
+            self.hold(self.store.head_version())
+            try:
                 if entry.info is None:
                     doc, skip = entry.rollout
                     return self.store.apply_rollout(doc, skip, position)
                 return self.store.apply_commit(
                     entry.info, entry.changes, position, entry.cursors, rollout=entry.rollout
                 )
-        finally:
-            self.rollout_applied()
+            finally:
+                self.rollout_applied()
 
     def _install_held(self, snapshot: Snapshot) -> None:
-        """Install a snapshot while serving (its rollout record with it): the edges held at the head until
-        the service's gate has the new rollout state."""
-        self.hold(self.store.head_version())
-        try:
-            with self.lock:
+        """Install a snapshot while serving (its rollout record with it): the edges held at the head, and
+        the lock held, until the service's gate has the new rollout state."""
+        with self.lock:
+            self.hold(self.store.head_version())
+            try:
                 self._install(snapshot)
-        finally:
-            self.rollout_applied()
+            finally:
+                self.rollout_applied()
 
     def wait_position(self, position: int, timeout: float) -> bool:
         """Until the store is at log position `position` or later; False after `timeout` seconds."""

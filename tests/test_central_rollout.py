@@ -4,19 +4,23 @@ following one replica. The rollout state travels in the change log, so whichever
 the promote or the abort, every replica's fan-out holds the edges outside the canary set at the base
 version; the canary by percent counts the edges of both replicas; the automatic abort judges the edges
 of both and runs once; the rollout survives a SIGKILL of the replica that took the push; a shadow pushed
-through one replica is decided by the edges of both and summed through either."""
+through one replica is decided by the edges of both and summed through either; a promote and an abort
+through the two replicas at once end the rollout once."""
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
-from edgewise.client import ControlClient, EdgeClient, FallbackReason
+from edgewise.client import ClientError, ControlClient, EdgeClient, FallbackReason
+from edgewise.client import Rollout as RolloutStatus
 from edgewise.nats_cluster import NatsCluster
 from edgewise.processes import Process, Processes
 from edgewise.sync.shadow_candidate import read_candidate
@@ -275,3 +279,54 @@ def test_a_shadow_rollout_through_one_replica_is_decided_by_the_edges_of_both(
         wait_for(
             lambda: all(read_candidate(tmp_path / n) is None for n in edges), 10, "the candidates dropped"
         )
+
+
+def _rollout_on(replica: Process) -> RolloutStatus | None:
+    with _ops(replica) as ops:
+        return ops.status().rollout
+
+
+def _promote_and_abort_at_once(a: Process, b: Process) -> dict[str, object]:
+    """A promote through `a` and an abort through `b` at the same time: what each answered."""
+    results: dict[str, object] = {}
+
+    def end(name: str, replica: Process) -> None:
+        with _ops(replica) as ops:
+            try:
+                results[name] = ops.promote() if name == "promote" else ops.abort(reason="race")
+            except ClientError as exc:
+                results[name] = exc
+
+    threads = [threading.Thread(target=end, args=(n, r)) for n, r in (("promote", a), ("abort", b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_a_promote_and_an_abort_through_two_replicas_at_once_end_the_rollout_once(
+    tmp_path: Path,
+    nats_cluster: NatsCluster,  # noqa: F811
+    bundle_dir: Path,
+) -> None:
+    with Processes(tmp_path / "run", env=ENV) as processes:
+        a, b = _replicas(processes, nats_cluster, tmp_path)
+        with _ops(a) as ops:
+            ops.push(bundle_dir)
+        for round_ in range(3):
+            with _ops(a) as ops:  # a canary of an edge not connected yet: allowed, it gets it when it comes
+                v = ops.push_delta(_delta(tmp_path / "d.jsonl", f"item-{round_}"), canary_nodes=["x"]).version
+            wait_for(lambda: getattr(_rollout_on(b), "version", 0) == v, 10, "the rollout on B")  # noqa: B023
+            results = _promote_and_abort_at_once(a, b)
+            refused = [r for r in results.values() if isinstance(r, ClientError)]
+            assert len(results) == 2 and len(refused) == 1, results
+            assert refused[0].code is grpc.StatusCode.FAILED_PRECONDITION
+            assert "no rollout in progress" in refused[0].details
+            state = "aborted" if isinstance(results["promote"], ClientError) else "promoted"
+            for replica in (a, b):
+                wait_for(
+                    lambda r=replica, s=state: getattr(_rollout_on(r), "state", "") == s,  # type: ignore[misc]
+                    10,
+                    f"the rollout {state} on both replicas",
+                )
