@@ -29,6 +29,7 @@ from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
 from tests.sync_support import (
     applied_events,
     check_applied_order,
+    ctl,
     edge_state,
     following_edge,
     start_control,
@@ -118,6 +119,10 @@ def test_a_canary_pushed_through_one_replica_reaches_only_its_edges_and_a_promot
             assert status.rollout is not None and status.rollout.state == "canary"
             assert status.rollout.version == v2 and status.rollout.base_version == v1
             assert {e.node_id for e in status.edges if e.canary} == set(canary)
+            text = ctl(b.address, "status", env=OPS).stdout  # the CLI through B, as on the embedded plane
+            assert "[canary]" in text and f"rollout of version {v2} over {v1}: canary" in text
+            report = json.loads(ctl(b.address, "report", "--rollout", "--format", "json", env=OPS).stdout)
+            assert report["state"] == "canary" and report["canary_nodes"] == canary
             promoted = ops.promote()
         assert promoted.rollout is not None and promoted.rollout.state == "promoted"
         wait_for(versions_reach([tmp_path / n for n in edges], v2), 20, "every edge at the promoted version")
