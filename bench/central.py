@@ -34,6 +34,12 @@ streams), `control serve --nats` replicas, an embedded `control serve`, and `edg
    `--takeovers` times the replica holding the most is SIGKILLed and timed from the kill to the
    survivor's `fold_partitions` line holding every partition, then restarted on its cache (and the
    partitions spread again).
+6. Canary rollouts (`--only-rollout` runs it alone): the embedded control plane with 2 edges against
+   replicas A and B with one edge each. `--rollouts` rounds, alternating sides: a small delta pushed with
+   `--canary-nodes` = the edge on B (through A on the central tier), timed from the Push call to the
+   canary edge's `sync_applied` (from the call, not its return: the edge on B may apply the candidate
+   before A's reply arrives); then `ctl promote` (through B), timed from the call to the other edge's (the
+   one on A) `sync_applied`, which held at the base version meanwhile.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from edgewise.bench.sync import (
     track_all,
     track_requests,
 )
+from edgewise.client import ControlClient
 from edgewise.nats_cluster import NatsCluster
 from edgewise.offline.synth import synth_bundle
 from edgewise.processes import Process, Processes, wait_ready
@@ -139,6 +146,58 @@ def stage_push(
     j99 = float(out["jetstream"]["push_to_applied_ms"]["p99"])
     out["p99_ratio"] = round(j99 / max(e99, 1e-6), 2)
     return out
+
+
+def stage_rollout(
+    procs: Processes, root: Path, cluster: NatsCluster, bundle: Path, rounds: int
+) -> dict[str, Any]:
+    _, e_addr = _control(procs, "embedded", root / "embedded")
+    _, a_addr = _control(procs, "ra", root / "ra", "--nats", cluster.url_list)
+    _, b_addr = _control(procs, "rb", root / "rb", "--nats", cluster.url_list)
+    sides = {
+        "embedded": (ControlClient(e_addr, token=OPS_TOKEN), ControlClient(e_addr, token=OPS_TOKEN)),
+        "jetstream": (ControlClient(a_addr, token=OPS_TOKEN), ControlClient(b_addr, token=OPS_TOKEN)),
+    }
+    edges: dict[str, tuple[list[Process], list[LogTail]]] = {}
+    for side, prefix, addresses in (
+        ("embedded", "re", [e_addr, e_addr]),
+        ("jetstream", "rj", [a_addr, b_addr]),
+    ):
+        base = sides[side][0].push(bundle).version
+        edges[side] = _edges(procs, root, prefix, addresses, base)
+    users = _user_ids(bundle, 200)
+    rng = random.Random(11)
+    canary_ms: dict[str, list[float]] = {"embedded": [], "jetstream": []}
+    promote_ms: dict[str, list[float]] = {"embedded": [], "jetstream": []}
+    time.sleep(1.0)
+    for i in range(rounds):
+        for side, prefix in (("embedded", "re"), ("jetstream", "rj")):
+            pusher, promoter = sides[side]
+            (procs_other, procs_canary), (tail_other, tail_canary) = edges[side]  # on A, on B
+            delta = root / f"{side}-{i}.jsonl"
+            delta.write_bytes(small_delta(users, i, 5, rng))
+            called = time.time()  # the edge on B may apply it before A's reply arrives
+            pushed = pusher.push_delta(delta, canary_nodes=[f"{prefix}1"])
+            _wait_applied([tail_canary], [procs_canary], pushed.version, 30)
+            canary_ms[side].append((_applied_at(tail_canary, pushed.version).ts - called) * 1000)
+            tail_other.poll()
+            if tail_other.latest() >= pushed.version:
+                raise BenchError(f"{side}: the edge outside the canary applied the candidate")
+            called = time.time()
+            promoter.promote(pushed.version)
+            _wait_applied([tail_other], [procs_other], pushed.version, 30)
+            promote_ms[side].append((_applied_at(tail_other, pushed.version).ts - called) * 1000)
+            time.sleep(rng.uniform(0.02, 0.05))
+    for pair in sides.values():
+        for client in pair:
+            client.close()
+    return {
+        side: {
+            "canary_push_call_to_applied_ms": _percentiles(canary_ms[side]),
+            "promote_call_to_applied_ms": _percentiles(promote_ms[side]),
+        }
+        for side in sides
+    }
 
 
 def stage_events(
@@ -407,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only-events", action="store_true", help="run the events stages (1 and 2 replicas) alone"
     )
+    parser.add_argument("--rollouts", type=int, default=None, help="rounds of the rollout stage")
+    parser.add_argument("--only-rollout", action="store_true", help="run the rollout stage alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     deltas = args.deltas or (10 if args.quick else 40)
@@ -415,12 +476,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     edges_n = args.edges or (4 if args.quick else 6)
     rounds = args.rounds or (3 if args.quick else 8)
     takeovers = args.takeovers or (2 if args.quick else 6)
+    rollouts = args.rollouts or (5 if args.quick else 20)
     result: dict[str, Any] = {"machine": _machine(), "deltas": deltas, "events": events}
     try:
         bundle = synth_bundle(root / "bundle", users=2000, items=500, seed=5)
         env = {"EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN, "PYTHONUNBUFFERED": "1"}
         with NatsCluster(root / "nats", size=3).start() as cluster, Processes(root / "run", env) as procs:
             _log(f"cluster up: {cluster.url_list}")
+            if args.only_rollout:
+                result["rollout"] = stage_rollout(procs, root / "ro", cluster, bundle, rollouts)
+                _log(f"rollouts: {result['rollout']}")
+                print(json.dumps(result, indent=None if args.json else 2))
+                return 0
             if args.only_replica_failover:
                 result["replica_failover"] = stage_replica_failover(
                     procs, root / "rf", cluster, bundle, edges_n, rounds
@@ -446,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 procs, root / "rf", cluster, bundle, edges_n, rounds
             )
             _log(f"replica failover: {result['replica_failover']}")
+            result["rollout"] = stage_rollout(procs, root / "ro", cluster, bundle, rollouts)
+            _log(f"rollouts: {result['rollout']}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result, indent=None if args.json else 2))

@@ -3,9 +3,11 @@
 
 Each replica keeps its own registry (`sync/fleet.py`) of the edges subscribed or forwarding to it, and
 every `PUBLISH_S` puts each entry in the KV bucket `EDGEWISE_FLEET` (key: `edge.<hex of the node id>`,
-value: msgpack of the entry, the replica's id and the time it was published). `edges()` merges the local
+value: msgpack of the entry, its `serving` and `shadow` figures as their protobuf bytes, the replica's id
+and the time it was published). `edges()` merges the local
 registry with the bucket: per node, the entry heard of last; an entry another replica stopped refreshing
-for `STALE_S` (the replica died) shows as disconnected.
+for `STALE_S` (the replica died) shows as disconnected. The rollout watch reads the canary and the other
+edges' figures from there, whichever replica they follow (docs/rollouts.md).
 """
 
 from __future__ import annotations
@@ -20,18 +22,45 @@ import msgpack
 
 from edgewise.sync.fleet import EdgeEntry, Fleet
 from edgewise.sync.nats_bridge import NatsBridge
+from edgewise.v1 import sync_pb2
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FLEET_BUCKET", "FleetShare"]
+__all__ = ["FLEET_BUCKET", "FleetShare", "decode_entry", "encode_entry"]
 
 FLEET_BUCKET: Final = "EDGEWISE_FLEET"
 PUBLISH_S: Final = 1.0
 STALE_S: Final = 5.0
 _FIELDS: Final = [f.name for f in dataclasses.fields(EdgeEntry)]
+_MESSAGES: Final[dict[str, type[sync_pb2.ServingStats] | type[sync_pb2.ShadowStats]]] = {
+    "serving": sync_pb2.ServingStats,
+    "shadow": sync_pb2.ShadowStats,
+}  # kept as their protobuf bytes
+
+
+def encode_entry(entry: EdgeEntry, replica_id: str, now_ms: int) -> bytes:
+    """An edge's entry as the bucket holds it."""
+    doc: dict[str, object] = {name: getattr(entry, name) for name in _FIELDS if name not in _MESSAGES}
+    for name in _MESSAGES:
+        stats = getattr(entry, name)
+        doc[name] = None if stats is None else stats.SerializeToString()
+    doc["replica"], doc["published_ms"] = replica_id, now_ms
+    packed: bytes = msgpack.packb(doc, use_bin_type=True)
+    return packed
+
+
+def decode_entry(raw: bytes) -> tuple[EdgeEntry, str, int]:
+    """(the entry, the replica that published it, when) from the bucket."""
+    doc = msgpack.unpackb(raw, raw=False)
+    fields = {name: doc[name] for name in _FIELDS if name in doc and name not in _MESSAGES}
+    entry = EdgeEntry(**fields)
+    for name, message in _MESSAGES.items():
+        if doc.get(name) is not None:
+            setattr(entry, name, message.FromString(doc[name]))
+    return entry, str(doc.get("replica", "")), int(doc.get("published_ms", 0))
 
 
 def _now_ms() -> int:
@@ -73,9 +102,7 @@ class FleetShare:
         kv = await self._bucket()
         now = _now_ms()
         for entry in entries:
-            doc = {name: getattr(entry, name) for name in _FIELDS}
-            doc["replica"], doc["published_ms"] = self.replica_id, now
-            await kv.put(f"edge.{entry.node_id.encode().hex()}", msgpack.packb(doc, use_bin_type=True))
+            await kv.put(f"edge.{entry.node_id.encode().hex()}", encode_entry(entry, self.replica_id, now))
 
     def _run(self) -> None:
         while not self._stop.wait(PUBLISH_S):
@@ -98,13 +125,8 @@ class FleetShare:
             entry = await kv.get(key)
             if not entry.value:
                 continue
-            doc = msgpack.unpackb(entry.value, raw=False)
-            stale = (
-                doc.get("replica") != self.replica_id
-                and now - int(doc.get("published_ms", 0)) > STALE_S * 1000
-            )
-            fields = {name: doc[name] for name in _FIELDS if name in doc}
-            shared = EdgeEntry(**fields)
+            shared, replica, published_ms = decode_entry(entry.value)
+            stale = replica != self.replica_id and now - published_ms > STALE_S * 1000
             if stale:
                 shared.connected = False
             out.append(shared)

@@ -10,13 +10,20 @@ JetStream resources (created by the first replica, checked by every other one):
   replica cache of another cluster is found and rebuilt). One message per commit: msgpack
   `{"l": lineage, "i": [version, base_version, first_seq, changes, kind, created_at_ms, description],
   "c": [[namespace, key, value or nil], ...], "k": {consumer cursor: position}}` (the cursors a job's
-  commit moves: the profile folder's and bandit learner's place in the events stream); a commit over
+  commit moves: the profile folder's and bandit learner's place in the events stream), and, for a
+  commit that starts or aborts a canary rollout, `"ro": the rollout document` (sync/rollout.py) and
+  `"sk": [base version, rollback version]` (an abort's skip); rollout state written without a commit
+  (a promote) is a message of its own, `{"l", "ro", "sk"}` without `"i"`. Keeping the rollout state in
+  the log, with the commit it belongs to, is what makes every replica hold the edges outside the canary
+  set back from the first moment it has the candidate (docs/rollouts.md, "The NATS central tier"); a
+  commit over
   `INLINE_BYTES` is put in the object store as `commit.<position>.<message id>` (the position it is
   published at: `Nats-Expected-Last-Sequence` makes it the only one it can land at) and the message
   carries `"r": object name` instead of `"c"`.
 - object store `EDGEWISE_SNAPSHOTS`, same replicas: `snapshot.<position>`, the full state at that log
   position (msgpack `{"l", "p", "commits": the newest commit infos, "forgotten": {user: version},
-  "records": [[namespace, key, value], ...], "k": the jobs' cursors}`), and the payloads of large commits
+  "records": [[namespace, key, value], ...], "k": the jobs' cursors, "ro": the rollout document or nil,
+  "sk": the skips of aborted candidates (msgpack) or nil}`), and the payloads of large commits
   (`commit.<position>.<id>`).
 
 Compaction (`put_snapshot`: after a snapshot, and with `keep=1` after a forget) purges the log messages
@@ -44,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from edgewise.sync.control_store import CommitInfo, RecordChange
+from edgewise.sync.control_store import CommitInfo, RecordChange, RolloutWritten
 from edgewise.sync.nats_bridge import NatsBridge, NatsUnavailable, follow_stream, transient_setup_error
 
 if TYPE_CHECKING:
@@ -131,11 +138,15 @@ class LogSettingsError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
+    """One message of the log: a commit (`info`, `changes`, the `cursors` it moves) with the rollout state
+    it writes (`rollout`: the document and an abort's skip), or rollout state alone (`info` None)."""
+
     position: int
     lineage: str
-    info: CommitInfo
+    info: CommitInfo | None
     changes: list[RecordChange]
     cursors: dict[str, int]
+    rollout: RolloutWritten | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +157,7 @@ class Snapshot:
     forgotten: dict[str, int]
     records: list[RecordChange]
     cursors: dict[str, int] | None = None  # the jobs' cursors at that state (None: an older snapshot)
+    rollout: tuple[bytes | None, bytes | None] | None = None  # the rollout record (None: an older snapshot)
 
 
 def _info_fields(info: CommitInfo) -> list[Any]:
@@ -181,6 +193,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             "forgotten": snapshot.forgotten,
             "records": [[r.namespace, r.key, r.value] for r in snapshot.records],
             "k": snapshot.cursors,
+            **({} if snapshot.rollout is None else {"ro": snapshot.rollout[0], "sk": snapshot.rollout[1]}),
         },
         use_bin_type=True,
     )
@@ -195,7 +208,26 @@ def decode_snapshot(raw: bytes) -> Snapshot:
         forgotten={str(k): int(v) for k, v in doc["forgotten"].items()},
         records=_changes(doc["records"]),
         cursors=None if doc.get("k") is None else {str(k): int(v) for k, v in doc["k"].items()},
+        rollout=None if "ro" not in doc else (_optional_bytes(doc["ro"]), _optional_bytes(doc.get("sk"))),
     )
+
+
+def _optional_bytes(raw: Any) -> bytes | None:
+    return None if raw is None else bytes(raw)
+
+
+def _rollout_fields(written: RolloutWritten | None) -> dict[str, Any]:
+    if written is None:
+        return {}
+    doc, skip = written
+    return {"ro": doc, "sk": None if skip is None else list(skip)}
+
+
+def _rollout(doc: dict[str, Any]) -> RolloutWritten | None:
+    if doc.get("ro") is None:
+        return None
+    skip = doc.get("sk")
+    return bytes(doc["ro"]), (None if skip is None else (int(skip[0]), int(skip[1])))
 
 
 def _snapshot_name(position: int) -> str:
@@ -296,12 +328,22 @@ class CentralLog:
     # -- appending -------------------------------------------------------------------------------------
 
     def encode(
-        self, info: CommitInfo, changes: list[RecordChange], cursors: dict[str, int]
+        self,
+        info: CommitInfo,
+        changes: list[RecordChange],
+        cursors: dict[str, int],
+        rollout: RolloutWritten | None = None,
     ) -> tuple[dict[str, Any], bytes | None]:
         """The message of a commit (without its changes when they are too large to inline) and the
         changes to put in the object store first, if so."""
         body = [[c.namespace, c.key, c.value] for c in changes]
-        head: dict[str, Any] = {"f": _FORMAT, "l": self.lineage, "i": _info_fields(info), "k": cursors}
+        head: dict[str, Any] = {
+            "f": _FORMAT,
+            "l": self.lineage,
+            "i": _info_fields(info),
+            "k": cursors,
+            **_rollout_fields(rollout),
+        }
         packed = msgpack.packb(body, use_bin_type=True)
         if len(packed) <= INLINE_BYTES:
             return {**head, "c": body}, None
@@ -314,27 +356,28 @@ class CentralLog:
         expected: int,
         cursors: dict[str, int] | None = None,
         deadline_s: float = 15.0,
+        rollout: RolloutWritten | None = None,
     ) -> int:
-        """Append one commit made at log position `expected`; its position once JetStream stored it.
-        LogConflict when the log is past `expected`; LogUnavailable when no acknowledgement came before
-        the deadline (the commit may or may not be in the log: the caller's state follows the log)."""
-        return self.bridge.run(
-            self._append(info, changes, expected, cursors or {}, deadline_s), deadline_s + 5
-        )
+        """Append one commit made at log position `expected` (with the rollout state it writes, if any);
+        its position once JetStream stored it. LogConflict when the log is past `expected`;
+        LogUnavailable when no acknowledgement came before the deadline (the commit may or may not be in
+        the log: the caller's state follows the log)."""
+        doc, payload = self.encode(info, changes, cursors or {}, rollout)
+        return self.bridge.run(self._append(doc, payload, expected, deadline_s), deadline_s + 5)
+
+    def append_rollout(self, rollout: RolloutWritten, expected: int, deadline_s: float = 15.0) -> int:
+        """Append rollout state written without a commit (a promote) at log position `expected`, as
+        `append` does a commit (the same LogConflict and LogUnavailable)."""
+        doc = {"f": _FORMAT, "l": self.lineage, **_rollout_fields(rollout)}
+        return self.bridge.run(self._append(doc, None, expected, deadline_s), deadline_s + 5)
 
     async def _append(
-        self,
-        info: CommitInfo,
-        changes: list[RecordChange],
-        expected: int,
-        cursors: dict[str, int],
-        deadline_s: float,
+        self, doc: dict[str, Any], payload: bytes | None, expected: int, deadline_s: float
     ) -> int:
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
-        doc, payload = self.encode(info, changes, cursors)
         msg_id = uuid.uuid4().hex
         if payload is not None:
             name = _commit_name(expected + 1, msg_id)
@@ -409,13 +452,15 @@ class CentralLog:
         """The commit of the message at `position`; CommitCompacted when its changes are in an object that
         compaction deleted (install the newest snapshot instead)."""
         doc = msgpack.unpackb(data, raw=False)
+        if "i" not in doc:  # rollout state alone (a promote)
+            return LogEntry(position, str(doc["l"]), None, [], {}, _rollout(doc))
         if "r" in doc:
             result = self.bridge.run(self._get_commit(position, str(doc["r"])), 40.0)
             body = msgpack.unpackb(result.data or b"", raw=False)
         else:
             body = doc["c"]
         cursors = {str(k): int(v) for k, v in (doc.get("k") or {}).items()}
-        return LogEntry(position, str(doc["l"]), _info(doc["i"]), _changes(body), cursors)
+        return LogEntry(position, str(doc["l"]), _info(doc["i"]), _changes(body), cursors, _rollout(doc))
 
     def follow(self, start: int, deliver: Callable[[int, bytes], None]) -> Callable[[], None]:
         """Deliver every message from position `start` on, in order, to `deliver(position, data)` (called

@@ -14,6 +14,15 @@ Two writers meet in the local store, serialized by LMDB's write lock:
   the store already has (made here) are skipped by position. So every replica holds the same commits at
   the same versions, and an edge can follow any of them.
 
+Rollout state (docs/rollouts.md) travels the same way: a push that starts a canary rollout, or an abort,
+publishes the rollout document (and the abort's skip) in its commit's message, a promote in a message
+of its own (`ControlStore.on_rollout`), and every replica stores it in the transaction that applies the
+message. Before applying a message that carries rollout state, the follower asks the service to hold
+every edge at the current head (`hold`), and releases it once the store and the service's rollout gate
+have the new state (`rollout_applied`), all under the lock: an edge outside the canary set is never
+sent the candidate in between, and a promote, abort or push made under the lock never judges the
+rollout by a gate older than the store.
+
 At start (`open`) the cache is checked against the log: a cache of another lineage (another cluster), or
 ahead of the log, is rebuilt (emptied and bootstrapped: `CacheMismatch` tells `control serve` to do it);
 a cache behind the log's first message (compacted away) or an empty one on a log that was compacted is
@@ -37,7 +46,13 @@ from edgewise.sync.central_log import (
     LogUnavailable,
     Snapshot,
 )
-from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
+from edgewise.sync.control_store import (
+    CommitInfo,
+    ControlStore,
+    ControlStoreError,
+    RecordChange,
+    RolloutWritten,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +72,8 @@ class Replica:
         self.store = store
         self.central = central
         self.notify: Callable[[], None] = lambda: None  # wakes the subscriptions after an applied commit
+        self.hold: Callable[[int], None] = lambda version: None  # before a message with rollout state
+        self.rollout_applied: Callable[[], None] = lambda: None  # after it (applied or not)
         # Held by whoever prepares a local commit (the service's push lock): a delta is validated on a read
         # view, then committed; a commit of another replica applied in between would be overwritten.
         self.lock: threading.Lock = threading.Lock()
@@ -97,6 +114,7 @@ class Replica:
         elif not has_state:
             self.store.adopt_lineage(lineage)
         self.store.on_commit = self._publish
+        self.store.on_rollout = self._publish_rollout
 
     def _install(self, snapshot: Snapshot) -> None:
         self.store.install_snapshot(
@@ -106,6 +124,7 @@ class Replica:
             forgotten=snapshot.forgotten,
             position=snapshot.position,
             cursors=snapshot.cursors,
+            rollout=snapshot.rollout,
         )
         log.info(
             "replica_bootstrapped",
@@ -136,14 +155,27 @@ class Replica:
     # -- publishing (inside the store's write transaction) ----------------------------------------------
 
     def _publish(
-        self, info: CommitInfo, changes: list[RecordChange], position: int, cursors: dict[str, int]
+        self,
+        info: CommitInfo,
+        changes: list[RecordChange],
+        position: int,
+        cursors: dict[str, int],
+        rollout: RolloutWritten | None = None,
     ) -> int:
         try:
-            return self.central.append(info, changes, position, cursors)
+            return self.central.append(info, changes, position, cursors, rollout=rollout)
         except (LogConflict, LogUnavailable):
             raise
         except Exception as exc:  # TimeoutError is an OSError: never let it read as a bad pushed file
             raise LogUnavailable(f"JetStream did not store the commit: {type(exc).__name__}: {exc}") from exc
+
+    def _publish_rollout(self, doc: bytes, skip: tuple[int, int] | None, position: int) -> int:
+        try:
+            return self.central.append_rollout((doc, skip), position)
+        except (LogConflict, LogUnavailable):
+            raise
+        except Exception as exc:
+            raise LogUnavailable(f"JetStream did not store the rollout: {type(exc).__name__}: {exc}") from exc
 
     # -- following --------------------------------------------------------------------------------------
 
@@ -182,8 +214,7 @@ class Replica:
                 raise ControlStoreError(
                     f"the log skips from position {current} to {position} and no snapshot covers the gap"
                 )
-            with self.lock:
-                self._install(snapshot)
+            self._install_held(snapshot)
             if position <= snapshot.position:
                 return True
         try:
@@ -194,13 +225,37 @@ class Replica:
                 raise ControlStoreError(
                     f"log position {position} was compacted and no snapshot covers it"
                 ) from None
-            with self.lock:
-                self._install(snapshot)
+            self._install_held(snapshot)
             return True
         if entry.lineage != self.store.lineage:
             raise ControlStoreError(f"log position {position} is of lineage {entry.lineage}, not ours")
+        if entry.rollout is None:
+            assert entry.info is not None  # a message without a commit carries rollout state
+            with self.lock:
+                return self.store.apply_commit(entry.info, entry.changes, position, entry.cursors)
+        # Under the lock (the service's push lock) until the gate has the new state too: a promote, abort
+        # or push that waited for the lock judges the rollout by the gate, which must not lag the store.
         with self.lock:
-            return self.store.apply_commit(entry.info, entry.changes, position, entry.cursors)
+            self.hold(self.store.head_version())
+            try:
+                if entry.info is None:
+                    doc, skip = entry.rollout
+                    return self.store.apply_rollout(doc, skip, position)
+                return self.store.apply_commit(
+                    entry.info, entry.changes, position, entry.cursors, rollout=entry.rollout
+                )
+            finally:
+                self.rollout_applied()
+
+    def _install_held(self, snapshot: Snapshot) -> None:
+        """Install a snapshot while serving (its rollout record with it): the edges held at the head, and
+        the lock held, until the service's gate has the new rollout state."""
+        with self.lock:
+            self.hold(self.store.head_version())
+            try:
+                self._install(snapshot)
+            finally:
+                self.rollout_applied()
 
     def wait_position(self, position: int, timeout: float) -> bool:
         """Until the store is at log position `position` or later; False after `timeout` seconds."""
@@ -230,7 +285,7 @@ class Replica:
         """Put the store's full state in the object store (for bootstrap and compaction), keeping the
         newest `keep` snapshots and the log after the oldest of them; its position."""
         with self._snapshot_lock:  # an older image is never stored after a newer one was
-            position, commits, forgotten, records, cursors = self.store.image_and_cursors()
+            position, commits, forgotten, records, cursors, rollout = self.store.replica_image()
             self.central.put_snapshot(
                 Snapshot(
                     position=position,
@@ -239,6 +294,7 @@ class Replica:
                     forgotten=forgotten,
                     records=records,
                     cursors=cursors,
+                    rollout=rollout,
                 ),
                 keep=keep,
             )

@@ -9,6 +9,15 @@ JetStream did not confirm in time answers UNAVAILABLE (it may still land: `ctl h
 Subscribe, History, Status and Report read the local store, the materialized view of the log, as the
 embedded control plane reads its own.
 
+Canary and shadow rollouts (docs/rollouts.md) work as on the embedded control plane, their state in the
+change log with the commits it belongs to (`sync/central_log.py`): every replica's store, and so its
+rollout gate and fan-out, holds the same rollout at the same log position, whichever replica took the
+push, the promote or the abort (a promote or abort through two replicas at once: the log takes one, the
+other is refused once it caught up, "no rollout in progress"). The canary set by percent counts the
+edges of every replica (the shared fleet), and the watch that judges the canary against the rest, from
+every replica's edges' heartbeats, runs on the holder of the `jobs` lease only; its abort goes through
+the log like any, so even two holders at once (a lease handed over) end the rollout once.
+
 The jobs over forwarded events run on every replica, each over the partitions of the events stream it
 holds the leases of (`sync/central_partitions.py`): the profile folder over all of them, one bandit
 learner per partition; their commits go through the log like a push, with their cursors in them.
@@ -78,6 +87,8 @@ class CentralControlService(ControlPlaneService):
         self.local_events = events
         replica.notify = self._notify
         replica.lock = self._push_lock  # see Replica.lock
+        replica.hold = self.gate.hold
+        replica.rollout_applied = self._rollout_applied
         self._bandit_schedule = bandit_schedule
         self.follower = EventsFollower(central_events, events)
         self.lease = JobsLease(
@@ -128,10 +139,12 @@ class CentralControlService(ControlPlaneService):
         self.folder.start()
         self.shared_fleet.start()
         self._snapshotter.start()
+        self._rollout_watch.start()
 
     def stop_background(self) -> None:
         self._stopping.set()
         self._snapshot_due.set()
+        self._rollout_watch.stop()
         self.lease.stop()
         self.partition_leases.stop()
         self.folder.stop()
@@ -259,23 +272,48 @@ class CentralControlService(ControlPlaneService):
         staging: Path,
         refuse: Callable[[grpc.StatusCode, str], NoReturn],
         *,
-        rollout: RolloutRequest | None = None,  # never given: `_rollouts_refusal` refuses rollouts first
+        rollout: RolloutRequest | None = None,
     ) -> tuple[CommitInfo | None, str]:
         result = self._through_log(
-            lambda: super(CentralControlService, self)._apply_push(kind, description, files, staging, refuse),
-            "push",
+            lambda: super(CentralControlService, self)._apply_push(
+                kind, description, files, staging, refuse, rollout=rollout
+            ),
+            "canary push" if rollout is not None else "push",
             refuse,
         )
         if result[0] is not None and result[0].kind == "push":
             self._snapshot_due.set()
         return result
 
-    def _rollouts_refusal(self) -> str | None:
-        return (
-            "canary and shadow rollouts are not available on the NATS central tier (control serve --nats) "
-            "yet: push without --canary/--canary-nodes/--shadow, or run them on an embedded control plane "
-            "(docs/rollouts.md)"
+    # --- rollouts: their state in the change log ----------------------------------------------------
+
+    def _rollout_applied(self) -> None:
+        """The follower applied a log message with rollout state (or a snapshot): the gate takes it from the
+        store, then releases the edges it held meanwhile (`Replica.hold`)."""
+        self.gate.reload(self.store)
+        self.gate.release()
+
+    def Promote(self, request: sync_pb2.PromoteRequest, context: grpc.ServicerContext) -> sync_pb2.PushReply:
+        return self._through_log(
+            lambda: super(CentralControlService, self).Promote(request, context), "promote", context.abort
         )
+
+    def Abort(self, request: sync_pb2.AbortRequest, context: grpc.ServicerContext) -> sync_pb2.PushReply:
+        reply = self._through_log(
+            lambda: super(CentralControlService, self).Abort(request, context), "abort", context.abort
+        )
+        self._snapshot_due.set()
+        return reply
+
+    def check_rollout(self) -> None:
+        """The watch runs on the holder of the jobs lease (the figures are every replica's edges'). A
+        promote or abort another replica's appended first: judged again, on the log's state, next time."""
+        if not self.lease.held:
+            return
+        try:
+            super().check_rollout()
+        except LogConflict as conflict:
+            self.replica.wait_position(conflict.last, CATCH_UP_S)
 
     def Rollback(
         self, request: sync_pb2.RollbackRequest, context: grpc.ServicerContext

@@ -24,7 +24,7 @@ from edgewise.sync.shard import Shard
 from edgewise.sync.wire import DEFAULT_CHUNK_BYTES, encode_commit
 from edgewise.v1 import sync_pb2
 
-__all__ = ["SNAPSHOT_NAMESPACES", "CommitCache", "commit_proto"]
+__all__ = ["SNAPSHOT_NAMESPACES", "CommitCache", "HeadMoved", "commit_proto"]
 
 SNAPSHOT_NAMESPACES = ("rules", "models", "items", "profiles", "forgotten")
 """What a full snapshot holds, in the order it is sent."""
@@ -40,6 +40,10 @@ def commit_proto(info: CommitInfo, lineage: str = "") -> sync_pb2.Commit:
         created_at_ms=info.created_at_ms,
         description=info.description,
     )
+
+
+class HeadMoved(Exception):
+    """A snapshot of the head was asked for no newer than a version, and the head is past it already."""
 
 
 class CommitCache:
@@ -99,16 +103,25 @@ class CommitCache:
         return messages
 
     def snapshot(
-        self, shard: Shard, at: int | None = None, *, shadow_sample: float = 0.0, shadow_base: int = 0
+        self,
+        shard: Shard,
+        at: int | None = None,
+        *,
+        shadow_sample: float = 0.0,
+        shadow_base: int = 0,
+        upto: int | None = None,
     ) -> Generator[sync_pb2.SyncMessage, None, int]:
         """A full snapshot for one shard of the head (`at` None) or of the older version `at` (an edge
         held at a rollout's base version), read from one read view held while it streams; returns the
         version it holds. `shadow_sample` > 0: a shadow candidate (Commit.shadow, Chunk.shadow) that the
         edge decides that share of requests with and never serves (docs/rollouts.md), over the version
-        `shadow_base` the edge serves meanwhile."""
+        `shadow_base` the edge serves meanwhile. `upto`: HeadMoved, before anything is sent, when the head
+        is past it (a commit landed since the caller planned, maybe a rollout's candidate)."""
         context = self.store.read() if at is None else self.store.read_at(at)
         with context as view:
             version = view.version
+            if upto is not None and version > upto:
+                raise HeadMoved(f"the head is at version {version}, past {upto}")
             newest = self.store.history(1)
             shadow = shadow_sample > 0
             commit = sync_pb2.Commit(

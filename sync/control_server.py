@@ -338,9 +338,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
             kind, description, files = self._receive(request_iterator, staging, refuse, first)
             wanted = _rollout_request(first[0], refuse) if first else None
             if wanted is not None:
-                refusal = self._rollouts_refusal()
-                if refusal is not None:
-                    refuse(grpc.StatusCode.FAILED_PRECONDITION, refusal)
                 info, summary = self._apply_push(kind, description, files, staging, refuse, rollout=wanted)
             else:
                 info, summary = self._apply_push(kind, description, files, staging, refuse)
@@ -369,10 +366,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 },
             )
         return reply
-
-    def _rollouts_refusal(self) -> str | None:
-        """Why this control plane cannot run rollouts (None: it can; the central tier cannot yet)."""
-        return None
 
     def _in_progress_refusal(self, what: str) -> str | None:
         """The FAILED_PRECONDITION message for `what` while a rollout is in progress (None: none is)."""
@@ -408,6 +401,9 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         def write(info: CommitInfo | None) -> tuple[bytes, tuple[int, int] | None] | None:
             if info is None:
                 return None  # nothing changed: no candidate, no rollout
+            # Inside the commit's write transaction: until the gate has this rollout (`_apply_push`), no
+            # edge is sent anything past the base version.
+            self.gate.hold(info.base_version)
             rollout = Rollout(
                 version=info.version,
                 base_version=info.base_version,
@@ -474,8 +470,10 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
                 )
             except ControlStoreError as exc:
                 refuse(grpc.StatusCode.FAILED_PRECONDITION, f"push not applied: {exc}")
-            if rollout is not None:
-                self.gate.reload(self.store)
+            finally:
+                if rollout is not None:
+                    self.gate.reload(self.store)
+                    self.gate.release()
         return info, summary
 
     def _receive(
@@ -635,9 +633,6 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
 
     def _current_rollout(self, version: int, context: grpc.ServicerContext, what: str) -> Rollout:
         """The rollout in progress, checked against the version the caller named (0: any)."""
-        refusal = self._rollouts_refusal()
-        if refusal is not None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         rollout = self.gate.rollout
         if rollout is None or not rollout.in_progress:
             last = (

@@ -69,7 +69,9 @@ __all__ = [
     "LogCompacted",
     "PastView",
     "RecordChange",
+    "RolloutHook",
     "RolloutWrite",
+    "RolloutWritten",
 ]
 
 REPLICATED: Final = ("profiles", "items", "models", "rules", "forgotten")
@@ -122,19 +124,28 @@ class CommitInfo:
     description: str
 
 
-CommitHook = Callable[[CommitInfo, list[RecordChange], int, dict[str, int]], int]
+RolloutWritten = tuple[bytes, "tuple[int, int] | None"]
+"""The rollout state a commit writes: the rollout document and, for an abort, the skip (base version,
+rollback version) to add."""
+
+CommitHook = Callable[[CommitInfo, list[RecordChange], int, dict[str, int], RolloutWritten | None], int]
 """Called inside the write transaction of every new commit, before it commits, with the commit, its
-changes in seq order, the store's replicated position and the consumer cursors the commit moves
-(`commit_at`); returns the new position, written in the same transaction. Raising aborts the
-transaction: nothing of the commit lands (the central tier publishes each commit to its JetStream change
-log this way, docs/central.md)."""
+changes in seq order, the store's replicated position, the consumer cursors the commit moves
+(`commit_at`) and the rollout state written with it (None: none); returns the new position, written in
+the same transaction. Raising aborts the transaction: nothing of the commit lands (the central tier
+publishes each commit to its JetStream change log this way, docs/central.md)."""
+
+RolloutHook = Callable[[bytes, "tuple[int, int] | None", int], int]
+"""Like CommitHook, for rollout state written without a commit (a promote; an abort with nothing to roll
+back): called with the document, the skip and the replicated position inside the write transaction;
+returns the new position (the central tier publishes it to the change log)."""
 
 
-RolloutWrite = Callable[[CommitInfo | None], "tuple[bytes, tuple[int, int] | None] | None"]
+RolloutWrite = Callable[[CommitInfo | None], "RolloutWritten | None"]
 """Called inside the write transaction of a push, rollback or abort with its commit (None: nothing
-changed); returns the rollout document to store with it and, for an abort, the skip (base version,
-rollback version) to add, or None to store nothing: the rollout state lands with its commit or not at
-all."""
+changed), before the commit hook; returns the rollout document to store with it and, for an abort, the
+skip (base version, rollback version) to add, or None to store nothing: the rollout state lands with
+its commit or not at all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,12 +393,20 @@ def _delete_prefix(txn: lmdb.Transaction[bytes], db: Database, prefix: bytes) ->
 class _Batch:
     """The changes of one commit, written inside one write transaction; no-ops are not logged."""
 
-    __slots__ = ("_dbs", "_hook", "_logged", "_txn", "base_version", "cursors", "seq")
+    __slots__ = ("_dbs", "_hook", "_logged", "_rollout", "_txn", "base_version", "cursors", "seq", "written")
 
-    def __init__(self, txn: lmdb.Transaction[bytes], dbs: _Dbs, hook: CommitHook | None = None) -> None:
+    def __init__(
+        self,
+        txn: lmdb.Transaction[bytes],
+        dbs: _Dbs,
+        hook: CommitHook | None = None,
+        rollout: RolloutWrite | None = None,
+    ) -> None:
         self._txn = txn
         self._dbs = dbs
         self._hook = hook
+        self._rollout = rollout
+        self.written: RolloutWritten | None = None  # what `rollout` returned for the commit (finish)
         self._logged: list[RecordChange] = []
         self.cursors: dict[str, int] = {}  # consumer cursors this commit moves (commit_at), for the hook
         self.base_version = _meta_u64(txn, dbs, _META_HEAD)
@@ -461,9 +480,14 @@ class _Batch:
         )
         self._txn.put(_pack_u64(info.version), _encode_commit(info), db=self._dbs.commits, append=True)
         self._txn.put(_META_HEAD, _pack_u64(info.version), db=self._dbs.meta)
+        self.written = self._rollout(info) if self._rollout is not None else None
         if self._hook is not None:
             position = self._hook(
-                info, self._logged, _meta_u64(self._txn, self._dbs, _META_POSITION), self.cursors
+                info,
+                self._logged,
+                _meta_u64(self._txn, self._dbs, _META_POSITION),
+                self.cursors,
+                self.written,
             )
             self._txn.put(_META_POSITION, _pack_u64(position), db=self._dbs.meta)
         return info
@@ -564,6 +588,7 @@ class ControlStore:
         self._check_layout()
         self.lineage: str = self._lineage()
         self.on_commit: CommitHook | None = None  # see CommitHook; set by the central tier
+        self.on_rollout: RolloutHook | None = None  # see RolloutHook; set by the central tier
 
     def _open(self) -> tuple[lmdb.Environment, _Dbs]:
         try:
@@ -707,7 +732,7 @@ class ControlStore:
         if not pending and not moved:
             return None
         with self._write() as txn:
-            batch = _Batch(txn, self._dbs, self.on_commit)
+            batch = _Batch(txn, self._dbs, self.on_commit, rollout)
             batch.cursors.update(moved)
             for (namespace, key), (raw_key, value) in pending.items():
                 if value is None:
@@ -717,7 +742,7 @@ class ControlStore:
             info = batch.finish(kind, description)
             if info is not None:
                 self._compact_in(txn)
-            self._write_rollout(txn, rollout, info)
+            self._finish_rollout(txn, rollout, info, batch.written)
             for name, at in moved.items():
                 txn.put(_META_CURSOR + name.encode(), _pack_u64(at), db=self._dbs.meta)
         return info
@@ -745,9 +770,7 @@ class ControlStore:
         and keep a snapshot of it. Streams: memory grows with the number of keys, not value bytes."""
         _check_kind(kind)
         with self._write() as txn:
-            info = self._replace_in(txn, records, kind, description)
-            self._write_rollout(txn, rollout, info)
-            return info
+            return self._replace_in(txn, records, kind, description, rollout)
 
     def rollback(
         self, version: int, *, description: str | None = None, rollout: RolloutWrite | None = None
@@ -758,21 +781,37 @@ class ControlStore:
             head = _meta_u64(txn, self._dbs, _META_HEAD)
             self._check_rollback_target(txn, version, head)
             if version == head:
-                self._write_rollout(txn, rollout, None)
+                self._finish_rollout(txn, rollout, None, None)
                 return None
             base = self._reconstruction_base(txn, version)
             overlay = self._log_overlay(txn, base, version)
             records = self._state_at(txn, base, overlay)
-            info = self._replace_in(txn, records, "rollback", text)
-            self._write_rollout(txn, rollout, info)
-            return info
+            return self._replace_in(txn, records, "rollback", text, rollout)
 
     # -- rollouts (sync/rollout.py) --------------------------------------------------------------------
 
-    def _write_rollout(
-        self, txn: lmdb.Transaction[bytes], rollout: RolloutWrite | None, info: CommitInfo | None
+    def _finish_rollout(
+        self,
+        txn: lmdb.Transaction[bytes],
+        rollout: RolloutWrite | None,
+        info: CommitInfo | None,
+        written: RolloutWritten | None,
     ) -> None:
-        written = rollout(info) if rollout is not None else None
+        """Store the rollout state of a push, rollback or abort: `written`, what `rollout(info)` returned
+        when its commit was made (and the commit hook got with it); without a commit, `rollout(None)`,
+        which goes to the rollout hook by itself."""
+        if info is None:
+            written = rollout(None) if rollout is not None else None
+            if written is not None:
+                self._publish_rollout(txn, written)
+        self._store_rollout(txn, written)
+
+    def _publish_rollout(self, txn: lmdb.Transaction[bytes], written: RolloutWritten) -> None:
+        if self.on_rollout is not None:
+            position = self.on_rollout(written[0], written[1], _meta_u64(txn, self._dbs, _META_POSITION))
+            txn.put(_META_POSITION, _pack_u64(position), db=self._dbs.meta)
+
+    def _store_rollout(self, txn: lmdb.Transaction[bytes], written: RolloutWritten | None) -> None:
         if written is None:
             return
         doc, skip = written
@@ -780,13 +819,25 @@ class ControlStore:
         if skip is not None:
             raw = txn.get(_META_SKIPS, db=self._dbs.meta)
             skips = [] if raw is None else [tuple(p) for p in msgpack.unpackb(raw)]
-            skips.append(skip)
+            if tuple(skip) not in skips:
+                skips.append(tuple(skip))
             txn.put(_META_SKIPS, msgpack.packb(sorted(skips)), db=self._dbs.meta)
 
     def put_rollout(self, doc: bytes) -> None:
         """Store the rollout document (a promote, or a rollout ended without a commit)."""
         with self._write() as txn:
-            txn.put(_META_ROLLOUT, doc, db=self._dbs.meta)
+            self._publish_rollout(txn, (doc, None))
+            self._store_rollout(txn, (doc, None))
+
+    def apply_rollout(self, doc: bytes, skip: tuple[int, int] | None, position: int) -> bool:
+        """The central tier: store rollout state another replica published by itself (a promote), and set
+        the replicated position to `position`, in one write transaction; False when already past it."""
+        with self._write() as txn:
+            if _meta_u64(txn, self._dbs, _META_POSITION) >= position:
+                return False
+            self._store_rollout(txn, (doc, skip))
+            txn.put(_META_POSITION, _pack_u64(position), db=self._dbs.meta)
+        return True
 
     def rollout_record(self) -> tuple[bytes | None, bytes | None]:
         """The stored rollout document and the skips of aborted candidates (msgpack [[base, to], ...])."""
@@ -903,9 +954,14 @@ class ControlStore:
             return self._compact_in(txn)
 
     def _replace_in(
-        self, txn: lmdb.Transaction[bytes], records: Iterable[RecordChange], kind: str, description: str
+        self,
+        txn: lmdb.Transaction[bytes],
+        records: Iterable[RecordChange],
+        kind: str,
+        description: str,
+        rollout: RolloutWrite | None = None,
     ) -> CommitInfo | None:
-        batch = _Batch(txn, self._dbs, self.on_commit)
+        batch = _Batch(txn, self._dbs, self.on_commit, rollout)
         seen: dict[str, set[bytes]] = {name: set() for name in REPLICATED}
         for record in records:
             raw_key = _encode_key(record.namespace, record.key)
@@ -930,6 +986,7 @@ class ControlStore:
         if info is not None:
             self._save_snapshot(txn, info.version)
             self._compact_in(txn)
+        self._finish_rollout(txn, rollout, info, batch.written)
         return info
 
     def _save_snapshot(self, txn: lmdb.Transaction[bytes], version: int) -> None:
@@ -1093,11 +1150,12 @@ class ControlStore:
         changes: list[RecordChange],
         position: int,
         cursors: dict[str, int] | None = None,
+        rollout: RolloutWritten | None = None,
     ) -> bool:
-        """Apply a commit made by another replica, verbatim (its version, seqs, time and kind), and set the
-        replicated position to `position`, in one write transaction. False (nothing written) when the
-        store is already at or past `position`. A commit that does not continue the head raises: the
-        store is not the log's materialized view any more (rebuild it)."""
+        """Apply a commit made by another replica, verbatim (its version, seqs, time and kind), with the
+        rollout state it wrote, and set the replicated position to `position`, in one write transaction.
+        False (nothing written) when the store is already at or past `position`. A commit that does not
+        continue the head raises: the store is not the log's materialized view any more (rebuild it)."""
         if len(changes) != info.changes or info.version != info.base_version + info.changes:
             raise ControlStoreError(
                 f"commit {info.version} carries {len(changes)} changes for {info.changes} "
@@ -1148,6 +1206,7 @@ class ControlStore:
             if info.kind in ("push", "rollback"):
                 self._save_snapshot(txn, info.version)
             self._compact_in(txn)
+            self._store_rollout(txn, rollout)
         return True
 
     def install_snapshot(
@@ -1159,11 +1218,13 @@ class ControlStore:
         forgotten: dict[str, int],
         position: int,
         cursors: Mapping[str, int] | None = None,
+        rollout: tuple[bytes | None, bytes | None] | None = None,
     ) -> None:
         """Replace everything with a full snapshot of another store in one write transaction: its lineage,
         state (`records`), forgotten users (user -> version of the forget), the newest `commits` (the head
-        first, for history), the consumer cursors at that state (None: keep this store's) and the log
-        position it was taken at. The log starts at the head."""
+        first, for history), the consumer cursors at that state (None: keep this store's), its rollout
+        record (`rollout_record()`'s pair; None: keep this store's) and the log position it was taken at.
+        The log starts at the head."""
         head = commits[0].version if commits else 0
         with self._write() as txn:
             dbs = self._dbs
@@ -1196,6 +1257,12 @@ class ControlStore:
                     txn.delete(_META_CURSOR + name.encode(), db=dbs.meta)
                 for name, at in cursors.items():
                     txn.put(_META_CURSOR + name.encode(), _pack_u64(at), db=dbs.meta)
+            if rollout is not None:
+                for meta, raw in zip((_META_ROLLOUT, _META_SKIPS), rollout, strict=True):
+                    if raw is None:
+                        txn.delete(meta, db=dbs.meta)
+                    else:
+                        txn.put(meta, raw, db=dbs.meta)
             if head > 0:
                 self._save_snapshot(txn, head)
         self.lineage = lineage
@@ -1221,6 +1288,19 @@ class ControlStore:
         self, commits: int = 50
     ) -> tuple[int, list[CommitInfo], dict[str, int], list[RecordChange], dict[str, int]]:
         """`image`, and the consumer cursors at that state (the same read transaction)."""
+        return self.replica_image(commits)[:5]
+
+    def replica_image(
+        self, commits: int = 50
+    ) -> tuple[
+        int,
+        list[CommitInfo],
+        dict[str, int],
+        list[RecordChange],
+        dict[str, int],
+        tuple[bytes | None, bytes | None],
+    ]:
+        """`image_and_cursors`, and the rollout record at that state (the same read transaction)."""
         with self._env.begin() as txn:
             dbs = self._dbs
             position = _meta_u64(txn, dbs, _META_POSITION)
@@ -1238,4 +1318,7 @@ class ControlStore:
                 for key, value in txn.cursor(db=dbs.state[name])
             ]
             cursors = _cursors(txn, dbs)
-        return position, infos, forgotten, records, cursors
+            doc = txn.get(_META_ROLLOUT, db=dbs.meta)
+            skips = txn.get(_META_SKIPS, db=dbs.meta)
+        rollout = (None if doc is None else bytes(doc)), (None if skips is None else bytes(skips))
+        return position, infos, forgotten, records, cursors, rollout

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Final
 
-from edgewise.sync.commit_cache import CommitCache
+from edgewise.sync.commit_cache import CommitCache, HeadMoved
 from edgewise.sync.control_store import ControlStoreError, LogCompacted
 from edgewise.sync.fleet import EdgeEntry, Fleet
 from edgewise.sync.rollout_gate import RolloutGate
@@ -81,8 +81,11 @@ class Fanout:
         shadow_held = 0  # the shadow candidate this stream sent the edge (0: none)
         shadow_failed = 0  # a candidate whose state could not be rebuilt (not tried again)
         while active():
-            plan = self.gate.plan(entry.node_id)
+            # The head before the plan, and nothing past `target` sent: a commit that starts a rollout is
+            # visible only once the gate holds the edges back (RolloutGate.hold), so a plan read after
+            # the head covers every version up to it.
             head = store.head_version()
+            plan = self.gate.plan(entry.node_id)
             target = head if plan.limit is None else min(head, plan.limit)
             if shadow_held and shadow_held != plan.shadow_version:
                 yield self.cache.shadow_drop(shadow_held)  # the shadow ended: promoted or aborted
@@ -96,8 +99,10 @@ class Fanout:
                 if not self._snapshots.acquire(timeout=1.0):
                     raise SnapshotsBusy("too many full snapshots streaming; retry with backoff")
                 try:
-                    sent = yield from self.cache.snapshot(shard, plan.limit)
+                    sent = yield from self.cache.snapshot(shard, plan.limit, upto=target)
                     need_snapshot = False
+                except HeadMoved:  # nothing sent yet: plan again
+                    continue
                 except ControlStoreError as exc:  # the base version cannot be rebuilt any more
                     log.error("rollout_base_unavailable", extra={"node": entry.node_id, "error": str(exc)})
                     retry_at = time.monotonic() + MAX_NACK_BACKOFF_SECONDS  # until promote or abort
@@ -107,7 +112,7 @@ class Fanout:
                 continue
             if not need_snapshot and target > sent:
                 try:
-                    sent = yield from self._deltas(entry, shard, sent, plan.limit, plan.skips, active)
+                    sent = yield from self._deltas(entry, shard, sent, target, plan.skips, active)
                 except LogCompacted:
                     need_snapshot = True
                 last_beat = time.monotonic()
@@ -142,14 +147,14 @@ class Fanout:
         entry: EdgeEntry,
         shard: Shard,
         sent: int,
-        limit: int | None,
+        limit: int,
         skips: dict[int, int],
         active: Callable[[], bool],
     ) -> Generator[sync_pb2.SyncMessage, None, int]:
-        """The commits after `sent` up to `limit` (None: the head), an aborted candidate replaced by its
-        collapsed commit; returns the version sent last."""
+        """The commits after `sent` up to `limit`, an aborted candidate replaced by its collapsed commit;
+        returns the version sent last."""
         for info, changes in self.store.commits_after(sent):
-            if not active() or entry.nack_pending or (limit is not None and info.version > limit):
+            if not active() or entry.nack_pending or info.version > limit:
                 break
             skip_to = skips.get(sent)
             if skip_to is not None and info.version <= skip_to:

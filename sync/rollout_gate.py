@@ -8,6 +8,10 @@ shadow candidate it should hold (version and sample share, for the edges outside
 shadow rollout), and the skips of aborted candidates (an edge at a skip's base version moves to its
 rollback version by one collapsed commit). Thread-safe; the service replaces the state under its push
 lock after the store has it.
+
+`hold(version)` holds every edge at `version` at most until `release()`: a central-tier replica holds its
+edges at its head while it applies a log message that carries rollout state, so no edge is sent a commit
+of that message before the gate has the rollout state that came with it (sync/central_replica.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class RolloutGate:
         self._rollout: Rollout | None = None
         self._skips: dict[int, int] = {}
         self._canary: frozenset[str] = frozenset()
+        self._hold: int | None = None
         self.reload(store)
 
     def reload(self, store: ControlStore) -> None:
@@ -46,6 +51,15 @@ class RolloutGate:
             self._rollout = rollout
             self._skips = decode_skips(skips)
             self._canary = frozenset(rollout.canary_nodes) if rollout is not None else frozenset()
+
+    def hold(self, version: int) -> None:
+        """Send no edge anything past `version` until `release()`."""
+        with self._lock:
+            self._hold = version
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold = None
 
     @property
     def rollout(self) -> Rollout | None:
@@ -61,10 +75,10 @@ class RolloutGate:
         with self._lock:
             rollout = self._rollout
             if rollout is None or not rollout.in_progress or node_id in self._canary:
-                return Plan(skips=self._skips)
+                return Plan(limit=self._hold, skips=self._skips)
             sample = rollout.shadow_sample or self._default_sample
             return Plan(
-                limit=rollout.base_version,
+                limit=rollout.base_version if self._hold is None else min(self._hold, rollout.base_version),
                 shadow_version=rollout.version if rollout.shadow else 0,
                 shadow_sample=sample if rollout.shadow else 0.0,
                 skips=self._skips,

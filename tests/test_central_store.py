@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
+from edgewise.sync.control_store import (
+    CommitInfo,
+    ControlStore,
+    ControlStoreError,
+    RecordChange,
+    RolloutWritten,
+)
 from tests.sync_support import control_state_digest
 
 Published = tuple[CommitInfo, list[RecordChange], int, dict[str, int]]
@@ -16,7 +22,13 @@ Published = tuple[CommitInfo, list[RecordChange], int, dict[str, int]]
 def _recording(store: ControlStore) -> list[Published]:
     log: list[Published] = []
 
-    def hook(info: CommitInfo, changes: list[RecordChange], position: int, cursors: dict[str, int]) -> int:
+    def hook(
+        info: CommitInfo,
+        changes: list[RecordChange],
+        position: int,
+        cursors: dict[str, int],
+        rollout: RolloutWritten | None = None,
+    ) -> int:
         log.append((info, list(changes), position + 1, dict(cursors)))
         return position + 1
 
@@ -54,7 +66,11 @@ def test_a_hook_that_raises_leaves_nothing(tmp_path: Path) -> None:
     with ControlStore(tmp_path / "a") as a:
 
         def refuse(
-            info: CommitInfo, changes: list[RecordChange], position: int, cursors: dict[str, int]
+            info: CommitInfo,
+            changes: list[RecordChange],
+            position: int,
+            cursors: dict[str, int],
+            rollout: RolloutWritten | None = None,
         ) -> int:
             raise RuntimeError("the log moved on")
 

@@ -279,7 +279,11 @@ def test_a_commit_the_log_refuses_is_made_again_after_catching_up(tmp_path: Path
         caught_up: list[Exception] = []
 
         def publish(
-            info: CommitInfo, changes: list[RecordChange], position: int, cursors: dict[str, int]
+            info: CommitInfo,
+            changes: list[RecordChange],
+            position: int,
+            cursors: dict[str, int],
+            rollout: object = None,
         ) -> int:
             if refusals[0]:
                 refusals[0] -= 1

@@ -16,8 +16,6 @@ import grpc
 import pytest
 
 from edgewise.client import ClientError
-from edgewise.nats_cluster import NatsCluster
-from edgewise.processes import Processes
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
 from tests.sync_support import (
@@ -29,7 +27,6 @@ from tests.sync_support import (
     edge_state,
     following_edge,
     ops_client,
-    start_control,
     versions_reach,
     wait_for,
 )
@@ -218,28 +215,3 @@ def test_a_version_that_makes_every_placement_fall_back_is_rolled_back_automatic
     wait_for(versions_reach([tmp_path / n for n in edges], rollout.rollback_version), 20, "rollback")
     assert edge_state(tmp_path / "edge-b")[1] == base_digest
     assert v2 not in _applied(edges["edge-b"])
-
-
-def test_a_nats_replica_refuses_rollouts_and_still_takes_plain_pushes(
-    nats_cluster: NatsCluster,  # noqa: F811
-    bundle_dir: Path,
-    tmp_path: Path,
-) -> None:
-    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
-        replica = start_control(
-            processes, tmp_path / "replica", "--nats", nats_cluster.url_list, env={**OPS, **EDGE}
-        )
-        with ops_client(replica.address, OPS) as ops:
-            for attempt in (
-                lambda: ops.push(bundle_dir, canary_nodes=["edge-a"]),
-                lambda: ops.push(bundle_dir, canary_percent=10),
-                lambda: ops.push(bundle_dir, shadow=True),
-                lambda: ops.promote(),
-                lambda: ops.abort(),
-            ):
-                with pytest.raises(ClientError) as refused:
-                    attempt()
-                assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
-                assert "not available on the NATS central tier" in refused.value.details
-            assert ops.history().head_version == 0  # nothing of the refused pushes landed
-            assert ops.push(bundle_dir).version > 0

@@ -382,13 +382,6 @@ def test_canary_percent_picks_from_connected_edges_and_abort_by_ops(
         ops.close()
 
 
-def test_the_nats_central_tier_refuses_rollouts_with_a_clear_message() -> None:
-    from edgewise.sync.central_service import CentralControlService
-
-    refusal = CentralControlService._rollouts_refusal(object())  # type: ignore[arg-type]
-    assert refusal is not None and "--nats" in refusal and "docs/rollouts.md" in refusal
-
-
 def test_a_healthy_canary_is_promoted_after_the_soak_time_when_configured(
     tmp_path: Path, bundle_dir: Path
 ) -> None:
