@@ -259,7 +259,8 @@ class CentralControlService(ControlPlaneService):
                 fail(
                     grpc.StatusCode.UNAVAILABLE,
                     f"{what}: the change log (NATS JetStream) did not confirm it in time, so it may or may "
-                    "not have landed: check `edgewise ctl history`, then retry",
+                    "not have landed: check `edgewise ctl history` (`ctl status` for a promote or an abort's "
+                    "rollout), then retry",
                 )
         fail(grpc.StatusCode.ABORTED, f"{what} not applied: the change log kept moving; retry")
         raise AssertionError("unreachable")
