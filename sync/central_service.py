@@ -171,6 +171,12 @@ class CentralControlService(ControlPlaneService):
         )
         return list(jobs)
 
+    def refresh_jobs(self) -> list[RefreshJob | EmbeddingRefreshJob]:
+        """The model refresh jobs this replica runs now: none unless it holds the jobs lease; their figures
+        count from when it took the lease."""
+        with self._leading_lock:
+            return [job for job in self._leading if isinstance(job, RefreshJob | EmbeddingRefreshJob)]
+
     def _lead(self) -> None:
         """This replica took the jobs lease: start the jobs one replica runs at a time."""
         with self._leading_lock:

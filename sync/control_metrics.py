@@ -225,6 +225,7 @@ class ControlCollector(Collector):
         yield from self._log()
         yield from self._fleet()
         yield from self._events()
+        yield from _refresh_families(self.service.refresh_jobs())
 
     def _calls(self) -> Iterator[Metric]:
         calls = CounterMetricFamily(
@@ -402,7 +403,6 @@ class ControlCollector(Collector):
             "Stored records deleted by retention since start (events.retain).",
             jobs.retention.expired if jobs.retention is not None else 0,
         )
-        yield from _refresh_families(jobs.refresh)
 
 
 def _refresh_families(jobs: Sequence[RefreshJob | EmbeddingRefreshJob]) -> Iterator[Metric]:

@@ -57,10 +57,12 @@ from edgewise.sync.commit_cache import CommitCache, commit_proto
 from edgewise.sync.control_config import RefreshConfig
 from edgewise.sync.control_jobs import ControlJobs
 from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
+from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
 from edgewise.sync.event_store import MAX_ID_BYTES, EventStore, EventStoreError, IngestResult
 from edgewise.sync.fanout import Fanout, SnapshotsBusy
 from edgewise.sync.fleet import DEFAULT_EXPIRE_AFTER_MS, DEFAULT_MAX_ENTRIES, EdgeEntry, Fleet
+from edgewise.sync.model_refresh import RefreshJob
 from edgewise.sync.periodic import Periodic
 from edgewise.sync.push_staging import PushLayout, clean_staging
 from edgewise.sync.rollout import (
@@ -188,6 +190,10 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self._rollout_watch.stop()
         if self.jobs is not None:
             self.jobs.stop()
+
+    def refresh_jobs(self) -> list[RefreshJob | EmbeddingRefreshJob]:
+        """The model refresh jobs this process runs now (their figures go to /metrics)."""
+        return list(self.jobs.refresh) if self.jobs is not None else []
 
     def _notify(self) -> None:
         """Wake the subscriptions: a commit was written, or an edge NACKed."""

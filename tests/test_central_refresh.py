@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import itertools
 import re
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgewise.client import ControlClient
 from edgewise.nats_cluster import NatsCluster
@@ -53,7 +55,8 @@ def _counted(description: str) -> tuple[int, tuple[int, int]]:
 def test_one_replica_refreshes_once_and_every_edge_gets_it(
     replicas: Callable[..., Process], edge_factory: Callable[..., EdgeProcess], tmp_path: Path
 ) -> None:
-    a, b = replicas("ra", *REFRESH_FLAGS), replicas("rb", *REFRESH_FLAGS)
+    metrics = ("--metrics-listen", "127.0.0.1:0")
+    a, b = replicas("ra", *REFRESH_FLAGS, *metrics), replicas("rb", *REFRESH_FLAGS, *metrics)
     with ControlClient(a.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
         pushed = ops.push(tiny_bundle(tmp_path / "bundle")).version
     edge = following_edge(edge_factory, tmp_path / "edge", b.address, "edge-c", EDGE)
@@ -66,3 +69,23 @@ def test_one_replica_refreshes_once_and_every_edge_gets_it(
     ranges = sorted(r for _, r in popularity)
     assert all(x[1] < y[0] for x, y in itertools.pairwise(ranges)), ranges
     wait_for(lambda: _refreshes(b) == _refreshes(a), 20, "both replicas with the same refresh commits")
+    # the refresh figures are on the /metrics of the replica running the jobs (the one holding the jobs
+    # lease, which made the commits), and the other shows none
+    runs = {name: _refresh_runs(replica) for name, replica in (("a", a), ("b", b))}
+    holders = [name for name, by_model in runs.items() if by_model]
+    assert len(holders) == 1, runs
+    held = runs[holders[0]]
+    assert set(held) == {"popularity", "neighbors"} and held["popularity"] >= 1, runs
+
+
+def _refresh_runs(replica: Process) -> dict[str, float]:
+    """edgewise_control_refresh_runs_total per model on the replica's /metrics."""
+    url = f"http://{replica.wait_ready()['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        s.labels["model"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "edgewise_control_refresh_runs_total"
+    }
