@@ -518,17 +518,14 @@ class ModelParams:
 
     def __post_init__(self) -> None:
         checks = {
-            "copurchase_weight": 0.0 <= self.copurchase_weight <= 1.0,
-            "copurchase_shrink": self.copurchase_shrink >= 0.0,
             "neighbor_shrink": self.neighbor_shrink >= 0.0,
             "history_half_life_days": self.history_half_life_days > 0.0,
-            "popularity_weight": self.popularity_weight >= 0.0,
-            "similar_scale": self.similar_scale > 0.0,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
             if not ok or not math.isfinite(value):
                 raise ValueError(f"model parameter {name}: out of range, got {value!r}")
+        self.hybrid()  # checks the embedding model's knobs
 
     def hybrid(self) -> HybridParams:
         """The embedding model's knobs (`core.hybrid_embeddings`, shared with the control plane's refresh)."""
