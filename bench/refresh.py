@@ -60,7 +60,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgewise.bench.node import _figures, _load
+from edgewise.bench.node import ServerCpu, _figures, _load
 from edgewise.bench.pipeline import prepare_bundle
 from edgewise.client import ControlClient
 from edgewise.core.activity import Event
@@ -255,8 +255,11 @@ def run(
                     order = list(edges) if r % 2 == 0 else list(edges)[::-1]  # alternate who goes first
                     for name in order:
                         edge = _only(edges, name, ops)
+                        meter = _Cpu(edge, control)
                         figures = _figures(_load(edge.address, open_loop, tmp / f"quiet-{name}-{r}.json"))
-                        quiet[name].append({**figures, "load_avg_1m": round(os.getloadavg()[0], 2)})
+                        quiet[name].append(
+                            {**figures, "load_avg_1m": round(os.getloadavg()[0], 2), "cpu_s": meter.used()}
+                        )
                         refresh[name].append(
                             _refresh_round(
                                 edge,
@@ -300,6 +303,25 @@ def _summary(quiet: list[dict[str, Any]], refresh: list[dict[str, Any]]) -> dict
         "target_p99_ratio": TARGET_P99_RATIO,
         "met": ratio is not None and ratio <= TARGET_P99_RATIO,
     }
+
+
+class _Cpu:
+    """CPU seconds the edge's supervisor (its syncer), its workers and the control plane use from now on
+    (`used`): where a round's CPU went, the load clients and other programs aside."""
+
+    def __init__(self, edge: Process, control: Process) -> None:
+        self._edge, self._control = ServerCpu(edge.pid), ServerCpu(control.pid)
+        self._before = (self._edge.sample(), self._control.sample())
+
+    def used(self) -> dict[str, float]:
+        edge, control = self._edge.sample(), self._control.sample()
+        supervisor, workers = self._edge._delta(self._before[0], edge)
+        control_root, control_children = self._control._delta(self._before[1], control)
+        return {
+            "edge_supervisor": round(supervisor, 2),
+            "edge_workers": round(workers, 2),
+            "control": round(control_root + control_children, 2),
+        }
 
 
 def _signal_group(edge: Process, sig: int) -> None:
@@ -357,8 +379,10 @@ def _refresh_round(
         time.sleep(1.0 + LEAD_S)  # the load's warm-up, then into the measured part
     finally:
         triggered = time.time()
+        meter = _Cpu(edge, control)
         os.kill(edge.pid, signal.SIGCONT)
     _, err = load.communicate(timeout=duration + 600)
+    cpu = meter.used()
     if load.returncode not in (0, 1) or not out.exists():
         raise RuntimeError(f"bench load failed ({load.returncode}): {err[-2000:]}")
     ended = started + 1.0 + duration
@@ -370,6 +394,7 @@ def _refresh_round(
     row = {
         **figures,
         "load_avg_1m": round(os.getloadavg()[0], 2),  # at the end of the load
+        "cpu_s": cpu,  # from the resume to the end of the load
         "compute_s": compute,
         "commits": [
             {"version": c.version, "kind": c.kind, "changes": c.changes, "description": c.description}
@@ -415,8 +440,8 @@ def _format(r: dict[str, Any]) -> str:
     for name, run in runs:
         lines.append(f"{name}: round        p50 ms   p99 ms  p99.9 ms  commits applied (apply ms)")
         for i, (q, f) in enumerate(zip(run["quiet"], run["refresh"], strict=True)):
-            load = q.get("load_avg_1m")
-            lines.append(f"quiet {i:<5} {q['p50_ms']:>7} {q['p99_ms']:>8} {q['p999_ms']:>9}  load {load}")
+            where = f"load {q.get('load_avg_1m')}, cpu {q.get('cpu_s')}"
+            lines.append(f"quiet {i:<5} {q['p50_ms']:>7} {q['p99_ms']:>8} {q['p999_ms']:>9}  {where}")
             apply = ", ".join(f"{m:.0f}" for m in f["apply_ms"])
             row = f"refresh {i:<3} {f['p50_ms']:>7} {f['p99_ms']:>8} {f['p999_ms']:>9}"
             late = (
@@ -424,7 +449,8 @@ def _format(r: dict[str, Any]) -> str:
                 if f["applied_after_load"]
                 else ""
             )
-            lines.append(f"{row}  {len(f['apply_ms'])} ({apply}){late}  load {f.get('load_avg_1m')}")
+            where = f"load {f.get('load_avg_1m')}, cpu {f.get('cpu_s')}"
+            lines.append(f"{row}  {len(f['apply_ms'])} ({apply}){late}  {where}")
         lines.append(
             f"{name}: p99 median: quiet {run['p99_quiet_ms']} ms, refresh {run['p99_refresh_ms']} ms: ratio "
             f"{run['p99_ratio']} (target <= {run['target_p99_ratio']}: {'met' if run['met'] else 'NOT met'})"

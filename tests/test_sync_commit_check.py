@@ -10,6 +10,10 @@ steps below the process and in the lowest best-effort I/O level, so the workers'
 from __future__ import annotations
 
 import os
+import random
+import signal
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from edgewise.core.records import ProfileRecord, RecordError, encode_profile
+from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Store
 from edgewise.sync import edge_sync
 from edgewise.sync.edge_sync import EdgeSyncer, SyncTarget
@@ -65,3 +70,112 @@ def test_the_syncer_thread_runs_at_a_lower_cpu_and_io_priority(tmp_path: Path) -
             syncer.stop()
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller's unchanged
     assert io_priority(threading.get_native_id()) == my_io
+
+
+# --- one commit, one write transaction: a kill -9 mid-apply leaves the old state or the new ---------------
+
+_APPLY = """
+import sys, threading
+from edgewise.core.profile_check import check_profiles
+from edgewise.core.snapshot_info import SnapshotInfo
+from edgewise.core.snapshot_info import SnapshotInfo
+from edgewise.core.store import Store
+from edgewise.sync.edge_sync import SYNC_NICE
+from edgewise.sync.thread_priority import lower_cpu_priority, lower_io_priority
+from tests.test_sync_commit_check import profile_commit
+
+path, version, seed, users = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+changes = profile_commit(users, seed)
+store = Store(path)
+
+def apply():  # as the syncer does: its thread lowered, the check before the write transaction
+    lower_cpu_priority(SYNC_NICE)
+    lower_io_priority()
+    check_profiles(changes)
+    print("applying", flush=True)
+    store.apply_replicated(version, changes, snapshot=False, info=SnapshotInfo(version=version))
+    print("applied", flush=True)
+
+thread = threading.Thread(target=apply)
+thread.start()
+thread.join()
+"""
+USERS = 40_000  # about 8 MB of profile records: a write transaction of a few hundred ms
+
+
+def profile_commit(users: int, seed: int) -> Changes:
+    """Every profile upserted with a new embedding: the state after it depends on `seed` alone."""
+    rng = random.Random(seed)
+    changes: Changes = []
+    for i in range(users):
+        embedding = struct.pack("<32f", *(rng.random() for _ in range(32)))
+        record = ProfileRecord(f"u{i}", 1, {"seed": seed, "n": i}, {"p": 1}, embedding)
+        changes.append(("profiles", record.id.encode(), encode_profile(record)))
+    return changes
+
+
+def _state(path: Path) -> tuple[int, str]:
+    with Store(path) as store, store.read() as view:
+        return view.version, view.replicated_digest()
+
+
+def _apply_in_child(path: Path, version: int, seed: int) -> subprocess.Popen[str]:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.Popen(
+        [sys.executable, "-c", _APPLY, str(path), str(version), str(seed), str(USERS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+
+
+def _wait_line(child: subprocess.Popen[str], line: str) -> None:
+    assert child.stdout is not None
+    got = child.stdout.readline().strip()
+    assert got == line, f"the child said {got!r}, not {line!r} (exit {child.poll()})"
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_large_profile_commit_leaves_the_old_or_the_new_state(tmp_path: Path) -> None:
+    # the digest after each commit (it depends on the commit alone: every profile is upserted)
+    digests = {}
+    for seed in (1, 2):
+        with Store(tmp_path / f"ref-{seed}") as ref:
+            ref.apply_replicated(1, profile_commit(USERS, seed), snapshot=True, info=SnapshotInfo(version=1))
+        digests[seed] = _state(tmp_path / f"ref-{seed}")[1]
+    assert digests[1] != digests[2]
+    path = tmp_path / "edge"
+    with Store(path) as store:
+        store.apply_replicated(1, profile_commit(USERS, 1), snapshot=True, info=SnapshotInfo(version=1))
+    # how long the apply takes here: the kills spread over 0.1-1.5x of it after "applying"
+    child = _apply_in_child(path, 2, 2)
+    _wait_line(child, "applying")
+    t0 = time.monotonic()
+    _wait_line(child, "applied")
+    apply_s = time.monotonic() - t0
+    assert child.wait(30) == 0
+    version, seed = 2, 2
+    assert _state(path) == (2, digests[2])
+    rng = random.Random(5)
+    delays = [apply_s * (0.1 + 0.2 * i) * rng.uniform(0.9, 1.1) for i in range(8)]
+    rng.shuffle(delays)
+    outcomes = []
+    for delay in delays:
+        new_seed = 3 - seed
+        child = _apply_in_child(path, version + 1, new_seed)
+        _wait_line(child, "applying")
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        state = _state(path)
+        assert state in ((version, digests[seed]), (version + 1, digests[new_seed])), (
+            f"a kill {delay:.3f} s into the apply left version {state[0]} with neither state"
+        )
+        if state[0] == version + 1:
+            outcomes.append(f"{delay:.3f}s:new")
+            version, seed = version + 1, new_seed
+        else:
+            outcomes.append(f"{delay:.3f}s:old")
+    print(f"apply {apply_s:.3f} s; kills: {', '.join(outcomes)}")
+    assert any(o.endswith("old") for o in outcomes), f"no kill landed before the commit: {outcomes}"
