@@ -1,7 +1,8 @@
 """Decide latency while a model refresh applies on the edge: the issue's "a model delta for 10k items and
 100k users computed and applied on every edge without raising Decide p99 by more than 10%".
 
-    python -m bench.refresh              # about 4 minutes; --quick for a smoke run, --json for a report
+    python -m bench.refresh              # about 6 minutes; --quick for a smoke run, --json for a report
+    python -m bench.refresh --baseline DIR   # the same, and an edge running the code installed in DIR
 
 Real processes on loopback: `edgewise control serve` with the popularity, trending and neighbours
 refresh on (every second), holding the synthetic bundle `python -m bench.pipeline` caches (100k users x
@@ -27,6 +28,13 @@ inside the round (the edge's `sync_applied` log lines) and reports their apply t
 computes while no load runs because here it shares the edge's two cores; in a deployment it runs
 elsewhere, and the figure is about what applying the refresh costs the edge's Decide.
 
+`--baseline DIR` measures a second edge beside it, running the edgewise package installed in DIR
+(`pip install --no-deps --target DIR <a checkout of the code before a change>`: the same interpreter and
+dependencies, its package first on PYTHONPATH): both follow the same control plane, the rounds alternate
+between them (this code's edge first in even rounds, the baseline's in odd ones), and each is measured
+while the other's processes are stopped (SIGSTOP to its process group), after it caught up with the
+commits the other's rounds made. So a before/after comes from one run, under the same machine load.
+
 The figure: `p99_ratio` = median over rounds of the refresh rounds' Decide p99 / median of the quiet
 rounds' (one run, alternating rounds, so drifting machine load hits both). During a refresh round the
 control plane still streams the commits (the 100k profiles are about 40 MB) and folds the events into
@@ -36,6 +44,7 @@ profiles on the same cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -51,7 +60,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgewise.bench.node import _figures, _load
+from edgewise.bench.node import ServerCpu, _figures, _load
 from edgewise.bench.pipeline import prepare_bundle
 from edgewise.client import ControlClient
 from edgewise.core.activity import Event
@@ -63,6 +72,10 @@ OPS_TOKEN: Final = "bench-refresh-ops"
 EDGE_TOKEN: Final = "bench-refresh-edge"
 START_TIMEOUT_S: Final = 180.0
 LEAD_S: Final = 2.0
+CATCH_UP_TIMEOUT_S: Final = 300.0
+SETTLE_S: Final = 1.0
+THIS: Final = "this"
+BASELINE: Final = "baseline"
 COMPUTE_TIMEOUT_S: Final = 600.0
 MODELS: Final = frozenset(
     {"popularity", "trending", "neighbors"}
@@ -145,7 +158,15 @@ def _wait_applied(edge: Process, version: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def run(duration: float, rounds: int, clients: int, quick: bool, *, profiles: bool = True) -> dict[str, Any]:
+def run(
+    duration: float,
+    rounds: int,
+    clients: int,
+    quick: bool,
+    *,
+    profiles: bool = True,
+    baseline: Path | None = None,
+) -> dict[str, Any]:
     users_n, items_n = (20_000, 2_000) if quick else (100_000, 10_000)
     bundle, _, _ = prepare_bundle(None, users_n, items_n, 7)
     root = Path(bundle.path)
@@ -153,66 +174,173 @@ def run(duration: float, rounds: int, clients: int, quick: bool, *, profiles: bo
     common = ["--duration", str(duration), "--warmup", "1", "--clients", str(clients)]
     common += ["--users", str(users_n), "--items", str(items_n), "--mix", "decide=1"]
     env = {"PYTHONUNBUFFERED": "1", "EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN}
+    # (name, the edge's extra environment): this code's edge, and the baseline's (its package first on the
+    # path, workers included: they inherit the environment)
+    specs: list[tuple[str, dict[str, str]]] = [(THIS, {})]
+    if baseline is not None:
+        specs.append((BASELINE, {"PYTHONPATH": str(baseline)}))
     results: dict[str, Any] = {
         "bundle": str(root),
         "duration_s": duration,
         "rounds": rounds,
         "clients": clients,
+        "baseline": str(baseline) if baseline is not None else None,
     }
     with (
         tempfile.TemporaryDirectory(prefix="edgewise-bench-refresh-") as tmp_name,
         Processes(Path(tmp_name) / "procs", env, grace=10) as procs,
     ):
         tmp = Path(tmp_name)
-        deltas: list[Path | None] = []
+        deltas: dict[tuple[int, str], Path | None] = {}
+        lines = 0
         for r in range(rounds):
-            path = tmp / f"profiles-{r}.jsonl"
-            lines = _profiles_delta(root, path, bundle.dim, seed=r) if profiles else 0
-            deltas.append(path if profiles else None)
+            for i, (name, _) in enumerate(specs):
+                path = tmp / f"profiles-{name}-{r}.jsonl"
+                seed = r * len(specs) + i
+                lines = _profiles_delta(root, path, bundle.dim, seed=seed) if profiles else 0
+                deltas[r, name] = path if profiles else None
         results["profile_upserts"] = lines
         control_cmd = ["control", "serve", "--data", str(tmp / "control"), "--listen", "127.0.0.1:0"]
         control = procs.serve(
             "control", [*control_cmd, "--heartbeat", "0.5", *REFRESH_FLAGS], timeout=START_TIMEOUT_S
         )
-        with ControlClient(control.address, token=OPS_TOKEN, timeout=600) as ops:
-            pushed = ops.push(root).version
-            edge_cmd = ["edge", "serve", "--data", str(tmp / "edge"), "--control", control.address]
-            edge = procs.serve(
-                "edge",
-                [*edge_cmd, "--node-id", "bench-edge", "--workers", "2", "--listen", "127.0.0.1:0"],
-                {"EDGEWISE_TRACK_QUEUE_EXPOSURES": "never"},
-                timeout=START_TIMEOUT_S,
-            )
-            _wait_applied(edge, pushed, START_TIMEOUT_S)
-            _log(f"control plane at {control.address}, edge at {edge.address}, bundle version {pushed}")
-            capacity = _figures(_load(edge.address, [*common, "--concurrency", "32"], tmp / "capacity.json"))
-            rate = max(50, int(capacity["ok_per_s"] * 0.5))
-            results["edge_capacity_per_s"] = capacity["ok_per_s"]
-            results["open_rate"] = rate
-            open_loop = [*common, "--rate", str(rate)]
-            quiet: list[dict[str, Any]] = []
-            refresh: list[dict[str, Any]] = []
-            for r in range(rounds):
-                quiet.append(_figures(_load(edge.address, open_loop, tmp / f"quiet-{r}.json")))
-                refresh.append(
-                    _refresh_round(edge, ops, control, open_loop, tmp, r, items, users, deltas[r], duration)
+        edges: dict[str, Process] = {}
+        try:
+            with ControlClient(control.address, token=OPS_TOKEN, timeout=600) as ops:
+                pushed = ops.push(root).version
+                for name, extra in specs:
+                    edge_cmd = [
+                        "edge",
+                        "serve",
+                        "--data",
+                        str(tmp / f"edge-{name}"),
+                        "--control",
+                        control.address,
+                    ]
+                    edges[name] = procs.serve(
+                        f"edge-{name}",
+                        [
+                            *edge_cmd,
+                            "--node-id",
+                            f"bench-edge-{name}",
+                            "--workers",
+                            "2",
+                            "--listen",
+                            "127.0.0.1:0",
+                        ],
+                        {"EDGEWISE_TRACK_QUEUE_EXPOSURES": "never", **extra},
+                        timeout=START_TIMEOUT_S,
+                    )
+                for edge in edges.values():
+                    _wait_applied(edge, pushed, START_TIMEOUT_S)
+                _log(
+                    f"control plane at {control.address}, "
+                    + ", ".join(f"edge {n} at {e.address}" for n, e in edges.items())
+                    + f", bundle version {pushed}"
                 )
+                capacity: dict[str, float] = {}
+                for name in edges:
+                    edge = _only(edges, name, ops)
+                    figures = _figures(
+                        _load(edge.address, [*common, "--concurrency", "32"], tmp / f"cap-{name}.json")
+                    )
+                    capacity[name] = figures["ok_per_s"]
+                rate = max(50, int(min(capacity.values()) * 0.5))  # one rate for every edge compared
+                results["edge_capacity_per_s"] = capacity[THIS]
+                results["open_rate"] = rate
+                open_loop = [*common, "--rate", str(rate)]
+                quiet: dict[str, list[dict[str, Any]]] = {name: [] for name in edges}
+                refresh: dict[str, list[dict[str, Any]]] = {name: [] for name in edges}
+                for r in range(rounds):
+                    order = list(edges) if r % 2 == 0 else list(edges)[::-1]  # alternate who goes first
+                    for name in order:
+                        edge = _only(edges, name, ops)
+                        meter = _Cpu(edge, control)
+                        figures = _figures(_load(edge.address, open_loop, tmp / f"quiet-{name}-{r}.json"))
+                        quiet[name].append(
+                            {**figures, "load_avg_1m": round(os.getloadavg()[0], 2), "cpu_s": meter.used()}
+                        )
+                        refresh[name].append(
+                            _refresh_round(
+                                edge,
+                                ops,
+                                control,
+                                open_loop,
+                                tmp,
+                                r,
+                                items,
+                                users,
+                                deltas[r, name],
+                                duration,
+                                name,
+                            )
+                        )
+        finally:
+            for edge in edges.values():
+                _signal_group(edge, signal.SIGCONT)  # a stopped process would not stop on SIGTERM
         results["control_log"] = [
             {k: e.get(k) for k in ("ts", "event", "model", "version", "changes", "error")}
             for e in control.log_events()
             if e.get("event") in ("model_refreshed", "model_refresh_failed")
         ]
-    results["quiet"] = quiet
-    results["refresh"] = refresh
+    results.update(_summary(quiet[THIS], refresh[THIS]))
+    if baseline is not None:
+        results["baseline_capacity_per_s"] = capacity[BASELINE]
+        results["baseline_run"] = _summary(quiet[BASELINE], refresh[BASELINE])
+    return results
+
+
+def _summary(quiet: list[dict[str, Any]], refresh: list[dict[str, Any]]) -> dict[str, Any]:
     p99_quiet = statistics.median(q["p99_ms"] for q in quiet)
     p99_refresh = statistics.median(r["p99_ms"] for r in refresh)
     ratio = round(p99_refresh / p99_quiet, 3) if p99_quiet else None
-    results["p99_quiet_ms"] = p99_quiet
-    results["p99_refresh_ms"] = p99_refresh
-    results["p99_ratio"] = ratio
-    results["target_p99_ratio"] = TARGET_P99_RATIO
-    results["met"] = ratio is not None and ratio <= TARGET_P99_RATIO
-    return results
+    return {
+        "quiet": quiet,
+        "refresh": refresh,
+        "p99_quiet_ms": p99_quiet,
+        "p99_refresh_ms": p99_refresh,
+        "p99_ratio": ratio,
+        "target_p99_ratio": TARGET_P99_RATIO,
+        "met": ratio is not None and ratio <= TARGET_P99_RATIO,
+    }
+
+
+class _Cpu:
+    """CPU seconds the edge's supervisor (its syncer), its workers and the control plane use from now on
+    (`used`): where a round's CPU went, the load clients and other programs aside."""
+
+    def __init__(self, edge: Process, control: Process) -> None:
+        self._edge, self._control = ServerCpu(edge.pid), ServerCpu(control.pid)
+        self._before = (self._edge.sample(), self._control.sample())
+
+    def used(self) -> dict[str, float]:
+        edge, control = self._edge.sample(), self._control.sample()
+        supervisor, workers = self._edge._delta(self._before[0], edge)
+        control_root, control_children = self._control._delta(self._before[1], control)
+        return {
+            "edge_supervisor": round(supervisor, 2),
+            "edge_workers": round(workers, 2),
+            "control": round(control_root + control_children, 2),
+        }
+
+
+def _signal_group(edge: Process, sig: int) -> None:
+    """`sig` to the edge's process group: its supervisor and its workers."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(edge.pid, sig)
+
+
+def _only(edges: dict[str, Process], name: str, ops: ControlClient) -> Process:
+    """Make `name` the one edge running: resume it, let it apply every commit so far (the other edge's
+    refresh rounds), then stop every other edge's processes, so they take no CPU while it is measured."""
+    edge = edges[name]
+    _signal_group(edge, signal.SIGCONT)
+    _wait_applied(edge, _head(ops), CATCH_UP_TIMEOUT_S)
+    for other, process in edges.items():
+        if other != name:
+            _signal_group(process, signal.SIGSTOP)
+    time.sleep(SETTLE_S)
+    return edge
 
 
 def _refresh_round(
@@ -226,11 +354,12 @@ def _refresh_round(
     users: Sequence[str],
     delta: Path | None,
     duration: float,
+    name: str = THIS,
 ) -> dict[str, Any]:
     """One open-loop load during which the edge applies a model refresh (see the module doc)."""
-    out = tmp / f"refresh-{r}.json"
+    out = tmp / f"refresh-{name}-{r}.json"
     head = _head(ops)
-    records = _item_events(items, users, f"round{r}", seed=r)
+    records = _item_events(items, users, f"round{r}-{name}", seed=r * 2 + (name != THIS))
     os.kill(edge.pid, signal.SIGSTOP)  # the edge's syncer (its supervisor) waits; its workers serve on
     try:
         computed = time.time()
@@ -250,8 +379,10 @@ def _refresh_round(
         time.sleep(1.0 + LEAD_S)  # the load's warm-up, then into the measured part
     finally:
         triggered = time.time()
+        meter = _Cpu(edge, control)
         os.kill(edge.pid, signal.SIGCONT)
     _, err = load.communicate(timeout=duration + 600)
+    cpu = meter.used()
     if load.returncode not in (0, 1) or not out.exists():
         raise RuntimeError(f"bench load failed ({load.returncode}): {err[-2000:]}")
     ended = started + 1.0 + duration
@@ -262,6 +393,8 @@ def _refresh_round(
     late = [a for a in applied if float(a.get("ts", 0)) > ended]
     row = {
         **figures,
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # at the end of the load
+        "cpu_s": cpu,  # from the resume to the end of the load
         "compute_s": compute,
         "commits": [
             {"version": c.version, "kind": c.kind, "changes": c.changes, "description": c.description}
@@ -272,7 +405,7 @@ def _refresh_round(
         "applied_after_load": len(late),
     }
     _log(
-        f"refresh round {r}: p99 {figures['p99_ms']} ms, {len(applied)} commits applied "
+        f"{name} refresh round {r}: p99 {figures['p99_ms']} ms, {len(applied)} commits applied "
         f"({', '.join(f'{m:.0f}' for m in row['apply_ms'])} ms), the last {row['applied_s_after_resume']} s "
         f"after the resume, {len(late)} after the load; computed in {compute} s"
     )
@@ -298,23 +431,30 @@ def _wait_refreshed(control: Process, after: int, timeout: float) -> dict[str, f
 def _format(r: dict[str, Any]) -> str:
     lines = [
         f"bundle {r['bundle']}; edge capacity {r['edge_capacity_per_s']}/s; open loop at {r['open_rate']}/s, "
-        f"{r['duration_s']} s per round, {r['rounds']} rounds of each",
-        "round        p50 ms   p99 ms  p99.9 ms  commits applied (apply ms)",
+        f"{r['duration_s']} s per round, {r['rounds']} rounds of each"
     ]
-    for i, (q, f) in enumerate(zip(r["quiet"], r["refresh"], strict=True)):
-        lines.append(f"quiet {i:<5} {q['p50_ms']:>7} {q['p99_ms']:>8} {q['p999_ms']:>9}")
-        apply = ", ".join(f"{m:.0f}" for m in f["apply_ms"])
-        row = f"refresh {i:<3} {f['p50_ms']:>7} {f['p99_ms']:>8} {f['p999_ms']:>9}"
-        late = (
-            f" ({f['applied_after_load']} applied after the load: make the rounds longer)"
-            if f["applied_after_load"]
-            else ""
+    runs = [(THIS, r)]
+    if r.get("baseline_run"):
+        lines.append(f"baseline {r['baseline']}: edge capacity {r['baseline_capacity_per_s']}/s")
+        runs.append((BASELINE, r["baseline_run"]))
+    for name, run in runs:
+        lines.append(f"{name}: round        p50 ms   p99 ms  p99.9 ms  commits applied (apply ms)")
+        for i, (q, f) in enumerate(zip(run["quiet"], run["refresh"], strict=True)):
+            where = f"load {q.get('load_avg_1m')}, cpu {q.get('cpu_s')}"
+            lines.append(f"quiet {i:<5} {q['p50_ms']:>7} {q['p99_ms']:>8} {q['p999_ms']:>9}  {where}")
+            apply = ", ".join(f"{m:.0f}" for m in f["apply_ms"])
+            row = f"refresh {i:<3} {f['p50_ms']:>7} {f['p99_ms']:>8} {f['p999_ms']:>9}"
+            late = (
+                f" ({f['applied_after_load']} applied after the load: make the rounds longer)"
+                if f["applied_after_load"]
+                else ""
+            )
+            where = f"load {f.get('load_avg_1m')}, cpu {f.get('cpu_s')}"
+            lines.append(f"{row}  {len(f['apply_ms'])} ({apply}){late}  {where}")
+        lines.append(
+            f"{name}: p99 median: quiet {run['p99_quiet_ms']} ms, refresh {run['p99_refresh_ms']} ms: ratio "
+            f"{run['p99_ratio']} (target <= {run['target_p99_ratio']}: {'met' if run['met'] else 'NOT met'})"
         )
-        lines.append(f"{row}  {len(f['apply_ms'])} ({apply}){late}")
-    lines.append(
-        f"p99 median: quiet {r['p99_quiet_ms']} ms, refresh {r['p99_refresh_ms']} ms: ratio {r['p99_ratio']} "
-        f"(target <= {r['target_p99_ratio']}: {'met' if r['met'] else 'NOT met'})"
-    )
     return "\n".join(lines)
 
 
@@ -329,11 +469,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-profiles", action="store_true", help="refresh the item models only (no 100k profile embeddings)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also measure an edge running the edgewise package installed in DIR (`pip install --target DIR "
+        "<another checkout>`), in rounds alternating with this code's edge, each measured while the other "
+        "is stopped: a before/after in one run",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (20.0 if args.quick else 45.0)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
-    results = run(duration, rounds, args.clients, args.quick, profiles=not args.no_profiles)
+    results = run(
+        duration, rounds, args.clients, args.quick, profiles=not args.no_profiles, baseline=args.baseline
+    )
     print(json.dumps(results, indent=2) if args.json else _format(results))
     return 0
 

@@ -16,6 +16,12 @@ follows. Between sessions it waits a jittered exponential backoff (0.2 s doublin
 that heard from its replica, or ended early by `wake`: the forwarder's first ACK after failures), so a
 fleet does not stampede a replica and an outage of every replica costs little.
 
+The syncer thread runs SYNC_NICE steps below the process and in the lowest best-effort I/O level
+(sync/thread_priority.py, Linux): the workers serving Decide on the same cores go first. A commit's profile
+records are checked before its write transaction by a scan of their bytes in C, without the GIL
+(core/profile_check.py: the records refused, and the errors, are `check_profile`'s). A commit is still
+one write transaction, however large: atomicity is not traded for latency.
+
 It keeps serving its last state through an outage of any length; `state()` reports READY, STALE (no contact
 for `stale_after` seconds) or NOT_SERVING (nothing applied yet).
 """
@@ -23,10 +29,8 @@ for `stale_after` seconds) or NOT_SERVING (nothing applied yet).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +40,7 @@ from typing import Any, Final
 import grpc
 import msgpack
 
-from edgewise.core.records import check_profile
+from edgewise.core.profile_check import check_profiles
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import CATALOG_NAMESPACES, NOT_CATALOG, PER_USER, ReadView, Store
 from edgewise.core.version_state import build_state, check_models
@@ -44,6 +48,7 @@ from edgewise.sync.auth import bearer_metadata, open_channel
 from edgewise.sync.control_replicas import ControlReplicas, loses_replica
 from edgewise.sync.shadow_candidate import Candidate, ShadowCandidates
 from edgewise.sync.shard import Shard
+from edgewise.sync.thread_priority import lower_cpu_priority, lower_io_priority
 from edgewise.sync.wire import Assembler, FramingError
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 
@@ -51,10 +56,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Backoff", "EdgeSyncer", "HeartbeatStats", "SyncTarget", "rpc_error_text"]
 
-# A commit with this many profile upserts has them decoded before its write transaction in a thread
-# CHECK_NICE steps nicer than the syncer (`_check_profiles`).
-LOW_PRIORITY_PROFILES: Final = 1000
-CHECK_NICE: Final = 10
+SYNC_NICE: Final = 10
+"""How many nice steps the syncer thread runs below the process (`EdgeSyncer._run`)."""
 
 HeartbeatStats = Callable[[], tuple[sync_pb2.ServingStats | None, sync_pb2.ShadowStats | None]]
 """What the node adds to each heartbeat: how the version it serves is doing, and its shadow decisions
@@ -156,8 +159,8 @@ def _check_state(
     *,
     profiles: bool = True,
 ) -> Callable[[ReadView], None]:
-    """The check of a commit's new state, inside its write transaction: its profiles decode (unless
-    `profiles` is False: checked before the transaction, `_check_profiles`), and the version state a
+    """The check of a commit's new state, inside its write transaction: its profile records are ones this
+    code reads (unless `profiles` is False: checked before the transaction), and the version state a
     worker builds from it builds. A commit that changes neither items nor rules (a model refresh) leaves
     the catalog half as the last commit checked it: only the model half is built, as the workers do then
     (`check_models`)."""
@@ -168,54 +171,13 @@ def _check_state(
 
     def check(view: ReadView) -> None:
         if profiles:
-            _profiles_decode(changes)
+            check_profiles(changes)
         if rebuild and catalog:
             build_state(view)
         elif rebuild:
             check_models(view, embeddings=embeddings)
 
     return check
-
-
-def _profiles_decode(changes: list[tuple[str, bytes, bytes | None]]) -> None:
-    for namespace, key, value in changes:
-        if namespace == "profiles" and value is not None:
-            check_profile(key.decode(), value)
-
-
-def _check_profiles(changes: list[tuple[str, bytes, bytes | None]]) -> None:
-    """Decode a commit's profile records before its write transaction; a commit of many (a refresh of
-    user embeddings: 100k records, about 0.7 s of CPU) in a thread at a lower CPU priority, so the
-    workers' requests go first on a busy machine and the write lock is held for the writes alone
-    (BENCHMARKS.md, "Model refresh applied during Decide"). Raises what `check_profile` raises."""
-    if sum(1 for ns, _, value in changes if ns == "profiles" and value is not None) < LOW_PRIORITY_PROFILES:
-        _profiles_decode(changes)
-        return
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        _lower_priority()
-        try:
-            _profiles_decode(changes)
-        except BaseException as exc:  # re-raised in the syncer's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="edge-sync-check", daemon=True)
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
-
-
-def _lower_priority() -> None:
-    """Raise this thread's nice value by CHECK_NICE (Linux: per thread; elsewhere left alone)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + CHECK_NICE))
-    except OSError as exc:
-        log.debug("sync_check_priority_unchanged", extra={"error": repr(exc)})
 
 
 class EdgeSyncer:
@@ -300,6 +262,11 @@ class EdgeSyncer:
     # --- the loop ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Everything this thread does (receive, assemble and check commits, write them, fsync) can wait;
+        # the workers' requests on the same cores and disk cannot (thread_priority.py; BENCHMARKS.md,
+        # "Model refresh applied during Decide").
+        lower_cpu_priority(SYNC_NICE)
+        lower_io_priority()
         backoff = Backoff()
         while not self._stop.is_set():
             self._heard = False
@@ -503,7 +470,7 @@ class EdgeSyncer:
         try:
             info = self._info(commit, changes, SnapshotInfo() if commit.snapshot else stored, address)
             rebuild = commit.snapshot or any(ns not in PER_USER for ns, _, _ in changes)
-            _check_profiles(changes)
+            check_profiles(changes)  # before the write lock: scanned in C without the GIL
             self.store.apply_replicated(
                 commit.version,
                 changes,
