@@ -1546,7 +1546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only the contextual bandit's choice cost (8 arms, 32 features): seconds, no bundle",
     )
+    parser.add_argument(
+        "--placement",
+        choices=["compiled", "reference"],
+        default="compiled",
+        help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
+    )
     args = parser.parse_args(argv)
+    if args.placement == "reference":
+        vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference  # what Pipeline calls
     if args.contextual_bandit:
         cb = measure_contextual_bandit(1000 if args.quick else 5000, 2 if args.quick else 5, args.seed)
         print(

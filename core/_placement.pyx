@@ -10,7 +10,8 @@ Python steps and 5-10 NumPy calls per placement, each with a typed memoryview se
   blocks, the neighbor lists) and of the thread's scratch buffers, made when the version or the
   buffers change, not per call; base masks and score vectors are looked up by the array's identity
   (the version's own arrays: the same objects on every call) and their views kept with them;
-- the mask: the country's availability copied, then the request's candidates, its excluded ids, the
+- the mask: the base copied (the country's availability narrowed by the strategy's filters that
+  depend on the version alone, made once per version by the caller), then the request's candidates, its excluded ids, the
   viewed and bought rows cleared (row lookups in the version's id -> row dict);
 - the strategy: personalized (the profile's vector, or the mean of the viewed items' vectors),
   similar (the seeds' neighbor lists, filled up by the mean of their vectors), popular and trending
@@ -21,7 +22,7 @@ Python steps and 5-10 NumPy calls per placement, each with a typed memoryview se
 
 What it does not cover returns None before anything but the thread's scratch mask is written, and the
 caller ranks in Python: an explanation asked for (so explain output is the reference's, unchanged),
-filters, boosts, promotions, diversity, the cart and replenish strategies, a partitioned catalog,
+a request's own filter, a filter on the shopper's history, boosts, promotions, diversity, the cart and replenish strategies, a partitioned catalog,
 model arrays only in the store (no version copy), a fetch larger than the scratch buffers, an input
 the reference would reject. tests/test_placement_compiled.py compares both paths on generated
 versions and requests; `mean_rows` is tested against NumPy's `mean(axis=0)`, bit for bit.
@@ -56,7 +57,10 @@ cdef bint _LITTLE = sys.byteorder == "little"  # profile vectors are float32 lit
 
 cdef enum:
     _SORTED_WALK = 2048  # item_ranking._SORTED_WALK: entries of an order walked before a full scan
-    _VIEWS_KEPT = 64  # arrays whose views a Placer keeps (the version's masks and score vectors)
+    # Arrays whose views a Placer keeps (the version's masks, score vectors and orders); when full, it
+    # starts again: it holds these arrays alive, and the derived cache must stay the one that bounds
+    # how many score vectors are kept.
+    _VIEWS_KEPT = 32
 
 
 cdef class _Mask:
@@ -132,7 +136,11 @@ cdef class Placer:
         self.query = scratch.query
         self.seeds = np.zeros(self.n, dtype=np.int32)
         emb = state.embeddings
-        self.has_emb = emb is not None and emb.shape[0] == self.n and emb.shape[1] == self.d
+        # Vectors of fewer than 2 dimensions stay with the reference: NumPy's mean of rows sums a
+        # single column pairwise (see mean_rows)
+        self.has_emb = (
+            emb is not None and emb.shape[0] == self.n and emb.shape[1] == self.d and self.d >= 2
+        )
         if self.has_emb:
             self.emb = emb
             half = state.half_embeddings
@@ -173,11 +181,14 @@ cdef class Placer:
         if m.v.shape[0] != self.n:
             return None
         m.array = array
-        if len(self.views) < _VIEWS_KEPT:
-            self.views[id(array)] = m
+        if len(self.views) >= _VIEWS_KEPT:
+            self.views.clear()
+        self.views[id(array)] = m
         return m
 
-    cdef _Vec _vec_of(self, object array):
+    cdef _Vec _vec_of(self, object array, bint keep):
+        """The view of a score vector; kept only when `keep` (a version's derived scores: a vector
+        without an order may be the store's, valid only in this read transaction)."""
         cdef object kept = self.views.get(id(array))
         cdef _Vec s
         if type(kept) is _Vec and (<_Vec>kept).array is array:
@@ -188,7 +199,9 @@ cdef class Placer:
         except (TypeError, ValueError, BufferError):
             return None
         s.array = array
-        if len(self.views) < _VIEWS_KEPT:
+        if keep:
+            if len(self.views) >= _VIEWS_KEPT:
+                self.views.clear()
             self.views[id(array)] = s
         return s
 
@@ -203,8 +216,9 @@ cdef class Placer:
         except (TypeError, ValueError, BufferError):
             return None
         o.array = array
-        if len(self.views) < _VIEWS_KEPT:
-            self.views[id(array)] = o
+        if len(self.views) >= _VIEWS_KEPT:
+            self.views.clear()
+        self.views[id(array)] = o
         return o
 
 
@@ -253,19 +267,18 @@ cdef extern from *:
 
 def mean_rows(const float[:, ::1] matrix, list rows, float[::1] out):
     """NumPy's `np.mean(matrix[rows], axis=0, out=out)` for float32 (rows: a non-empty list of valid
-    row numbers, repeats allowed; out: [d]), computed in C as `place` does."""
+    row numbers, repeats allowed; out: [d]), computed in C as `place` does. At least 2 columns: with
+    one, NumPy's reduction runs along the rows and sums them pairwise, which this does not follow."""
     cdef Py_ssize_t m = len(rows), i
     cdef Py_ssize_t n = matrix.shape[0]
     cdef Py_ssize_t d = matrix.shape[1]
-    if m == 0 or out.shape[0] != d:
-        raise ValueError("rows must not be empty; out must have the matrix's d entries")
+    if m == 0 or out.shape[0] != d or d < 2:
+        raise ValueError("rows must not be empty; out must have the matrix's d >= 2 entries")
     cdef Py_ssize_t[::1] picked = _index_array(m)
     for i in range(m):
         picked[i] = rows[i]
         if picked[i] < 0 or picked[i] >= n:
             raise ValueError("every row must be in [0, n)")
-    if d == 0:
-        return
     with nogil:
         _mean_rows(&matrix[0, 0], d, &picked[0], m, &out[0])
 
@@ -318,11 +331,12 @@ def place(
 ):
     """`rank_items`'s (items, strategy, fallback) for a placement without explanation, or None: a case
     this path leaves to `rank_items` (see the module's docstring). `base`: the availability mask of the
-    request's country (one of the version's arrays); `scored(view, state, strategy, scope,
+    request's country narrowed by the strategy's filters (one of the version's arrays: `item_ranking`'s
+    `_base_mask`); `scored(view, state, strategy, scope,
     half_life_days, shopper, country, now_ms)`: the (scores, order) of popularity or trending, or None."""
     if not p.usable or count < 0:
         return None
-    if serve.filters or serve.boosts or serve.promotions is not None or serve.diversity is not None:
+    if serve.boosts or serve.promotions is not None or serve.diversity is not None:
         return None
     cdef str strategy = serve.strategy
     if strategy != "personalized" and strategy != "similar" and strategy != "popular" and strategy != "trending":
@@ -465,7 +479,7 @@ def place(
     cdef _Vec sv = None
     cdef _Order ov = None
     if scores_obj is not None:
-        sv = p._vec_of(scores_obj)
+        sv = p._vec_of(scores_obj, order_obj is not None)
         if sv is None or sv.v.shape[0] != n:
             return None  # another dtype or layout: the reference converts it (or names the error)
         if order_obj is not None:

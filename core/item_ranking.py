@@ -60,6 +60,9 @@ _SORTED_WALK: Final = 2048  # rows of a precomputed order walked before falling 
 _FIRST_ROWS: Final = np.arange(64, dtype=np.int32)  # 0..63, sliced per request instead of np.arange
 _FIRST_ROWS.flags.writeable = False
 _NO_ROWS: Final[frozenset[int]] = frozenset()
+# Filters that depend on the version only (not on the shopper): a strategy's own are applied once per
+# version and country, to the base mask of the compiled placement (`_base_mask`).
+_VERSION_FILTERS: Final = frozenset({"category", "price", "region", "flag", "tag"})
 
 
 class Scratch(threading.local):
@@ -161,10 +164,10 @@ def _drop(state: VersionState, item_ids: Sequence[str], mask: NDArray[np.uint8])
         mask[_rows(state, item_ids)] = 0
 
 
-def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shopper: Shopper) -> None:
+def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shopper: Shopper | None) -> None:
     """Narrow the candidate `mask` by the filter `f`. A category, tag or flag filter keeps the rows the
     version's index gives its value (a lookup: whatever value a caller chooses, nothing is built or
-    cached for it)."""
+    cached for it). `shopper`: None for the filters of the version alone (`_VERSION_FILTERS`)."""
     p = f.params
     if f.name == "category":
         keep_rows(mask, state.filters.category_rows(p["category"]))
@@ -179,10 +182,10 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
         keep_rows(mask, state.filters.flag_rows(p["flag"], p.get("value", "")))
     elif f.name == "tag":
         keep_rows(mask, state.filters.tag_rows(p["tag"]))
-    elif f.name == "exclude_purchased" and shopper.activity is not None:
+    elif f.name == "exclude_purchased" and shopper is not None and shopper.activity is not None:
         if bought := _rows_of_pairs(state, shopper.activity.purchases):
             mask[bought] = 0
-    elif f.name == "exclude_viewed" and shopper.activity is not None:
+    elif f.name == "exclude_viewed" and shopper is not None and shopper.activity is not None:
         mask[shopper.viewed_rows(state)] = 0
 
 
@@ -349,6 +352,31 @@ def _scored(
     return _popularity(view, state, scope, shopper, country)
 
 
+def _base_mask(state: VersionState, country: str, filters: tuple[Filter, ...]) -> NDArray[np.uint8] | None:
+    """The items available in `country` that pass a strategy's `filters`, built once per version, country
+    and filters (the strategies' filters come from the rules: a bounded set; a request's own filter is
+    never cached). None: a filter depends on the shopper (the reference applies it)."""
+    available = state.availability(country)
+    if not filters:
+        return available
+    key = []
+    for f in filters:
+        if f.name not in _VERSION_FILTERS:
+            return None
+        key.append((f.name, tuple(sorted(f.params.items()))))
+    region = country.upper() if country.upper() in state.regions else ""
+
+    def build() -> NDArray[np.uint8]:
+        mask = available.copy()
+        for f in filters:
+            apply_filter(state, f, mask, None)
+        mask.flags.writeable = False
+        return mask
+
+    base: NDArray[np.uint8] = state.derived(("base_mask", region, tuple(key)), build)
+    return base
+
+
 def rank_items(
     view: ReadView,
     state: VersionState,
@@ -376,14 +404,15 @@ def rank_items(
     are ranked by one compiled call, `_placement.place`; the others, and whatever that call leaves, by
     `rank_items_reference`, which it is tested against.
     """
-    if why is None and request_filter is None:
+    base = _base_mask(state, country, serve.filters) if why is None and request_filter is None else None
+    if base is not None:
         placer = scratch.placer
         if placer is None or placer.state is not state:
             placer = scratch.placer = Placer(state, scratch)
         placed = place(
             placer,
             view,
-            state.availability(country),
+            base,
             ask,
             count,
             serve,

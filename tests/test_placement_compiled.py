@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgewise.core import _placement
+from edgewise.core import _placement, item_ranking
 from edgewise.core.decisions import PlacementRequest
 from edgewise.core.item_ranking import (
     Scratch,
@@ -30,7 +30,7 @@ from edgewise.core.pipeline import _NO_FEATURES
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.segments import SegmentMemo
 from edgewise.core.store import ReadView, Store
-from edgewise.core.strategies import Diversity, ItemServe
+from edgewise.core.strategies import Diversity, Filter, ItemServe
 from edgewise.core.version_state import VersionState, build_state
 from edgewise.sync.bundle import load_bundle
 from edgewise.sync.snapshot import apply_bundle
@@ -42,7 +42,7 @@ from edgewise.sync.snapshot import apply_bundle
 @given(
     matrix=hnp.arrays(
         np.float32,
-        st.tuples(st.integers(1, 12), st.integers(0, 40)),
+        st.tuples(st.integers(1, 12), st.integers(2, 40)),
         elements=st.floats(-1e6, 1e6, width=32) | st.sampled_from([0.0, -0.0, 1e-40, -3e-39]),
     ),
     data=st.data(),
@@ -64,6 +64,8 @@ def test_the_mean_refuses_what_it_cannot_read() -> None:
         _placement.mean_rows(matrix, [3], np.zeros(4, dtype=np.float32))
     with pytest.raises(ValueError):
         _placement.mean_rows(matrix, [0], np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError):  # one column: NumPy sums it pairwise
+        _placement.mean_rows(matrix[:, :1].copy(), [0], np.zeros(1, dtype=np.float32))
 
 
 # --- whole placements on the synthetic catalog ---------------------------------------------------------
@@ -114,7 +116,19 @@ def _case(draw: st.DrawFn, state: VersionState) -> dict[str, Any]:
     if draw(st.booleans()):
         profile = ProfileRecord("u1", 1, {}, {"personalization": 1}, embedding or None, None)
     allowed = draw(st.booleans())
+    tags = sorted(set().union(*state.tags[:20])) or ["none"]
+    filters = [
+        Filter("flag", {"flag": "sale"}),
+        Filter("category", {"category": state.categories[0].split("/")[0]}),
+        Filter("tag", {"tag": tags[0]}),
+        Filter("price", {"min": "10", "max": "120"}),
+        Filter("price", {"max": "60"}),
+        Filter("region", {"country": "DE"}),
+        Filter("exclude_viewed"),
+        Filter("exclude_purchased"),
+    ]
     serve = ItemServe(
+        filters=tuple(draw(st.lists(st.sampled_from(filters), max_size=2))),
         strategy=draw(st.sampled_from(["personalized", "similar", "popular", "trending"])),
         method=draw(st.sampled_from(["auto", "embedding", "cooccurrence"])),
         scope=draw(st.sampled_from(["global", "country", "segment"])),
@@ -233,3 +247,29 @@ def test_the_common_placements_take_the_compiled_path(version: tuple[ReadView, V
         )
         is None
     )
+
+
+def test_a_strategys_own_filters_are_applied_once_per_version(
+    version: tuple[ReadView, VersionState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view, state = version
+    scratch = Scratch()
+    scratch.ensure(state.n_items, 10, state.dim)
+    shopper = _shopper(state, (False, False, None, None))
+    sale = ItemServe("popular", filters=(Filter("flag", {"flag": "sale"}),))
+    kwargs: dict[str, Any] = dict(
+        ask=PlacementRequest("p"), count=10, serve=sale, default=sale, request_filter=None, shopper=shopper
+    )
+    expected = rank_items_reference(view, state, scratch, **kwargs, country="DE", now_ms=0, why=None)
+
+    def reference(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("ranked in Python")
+
+    monkeypatch.setattr(item_ranking, "rank_items_reference", reference)
+    for _ in range(2):  # the second call reuses the version's filtered mask
+        assert rank_items(view, state, scratch, **kwargs, country="DE", now_ms=0, why=None) == expected
+    assert all(state.flags[state.rows[i.id]].get("sale") for i in expected.items)
+    # a filter on the shopper's history is the reference's
+    viewed = dataclasses.replace(sale, filters=(Filter("exclude_viewed"),))
+    with pytest.raises(AssertionError, match="ranked in Python"):
+        rank_items(view, state, scratch, **{**kwargs, "serve": viewed}, country="DE", now_ms=0, why=None)
