@@ -20,12 +20,14 @@ Python steps and 5-10 NumPy calls per placement, each with a typed memoryview se
 - the kernels of `edgewise.core._scoring` called directly, `nogil`, on those views;
 - rotation (rows shown too often without a click sink, stable), then the `ItemResult`s made in C.
 
-What it does not cover returns None before anything but the thread's scratch mask is written, and the
-caller ranks in Python: an explanation asked for (so explain output is the reference's, unchanged),
-a request's own filter, a filter on the shopper's history, boosts, promotions, diversity, the cart and replenish strategies, a partitioned catalog,
-model arrays only in the store (no version copy), a fetch larger than the scratch buffers, an input
-the reference would reject. tests/test_placement_compiled.py compares both paths on generated
-versions and requests; `mean_rows` is tested against NumPy's `mean(axis=0)`, bit for bit.
+A partitioned catalog (core/partition.py) is scanned by its kernel, as the reference does. What the
+call does not cover returns None before anything but the thread's scratch is written, and the caller
+ranks in Python: an explanation asked for (so explain output is the reference's, unchanged), a
+request's own filter, a filter on the shopper's history, boosts, promotions, diversity, the cart and
+replenish strategies, model arrays only in the store (no version copy), a fetch larger than the
+scratch buffers, an input the reference would reject. tests/test_placement_compiled.py compares both
+paths on generated versions and requests; `mean_rows` is tested against NumPy's `mean(axis=0)`, bit
+for bit.
 """
 
 import sys
@@ -39,6 +41,7 @@ from edgewise.core._scoring cimport (
     neighbor_candidates_kernel,
     topk_dot_kernel,
     topk_half_kernel,
+    topk_partition_kernel,
     topk_pairs_kernel,
     topk_scores_kernel,
     topk_sorted_kernel,
@@ -86,10 +89,19 @@ cdef class Placer:
     cdef readonly object state
     cdef readonly bint usable
     cdef Py_ssize_t n, d, cold_min
-    cdef bint has_emb, has_half, has_nbr
+    cdef bint has_emb, has_half, has_nbr, has_part
     cdef const float[:, ::1] emb
     cdef const uint16_t[:, :, ::1] blocks
     cdef const float[::1] absmax
+    # a large catalog's partition (core/partition.py), and this thread's buffers for its lists
+    cdef const float[:, ::1] centroids
+    cdef const int32_t[::1] starts
+    cdef const uint16_t[:, :, ::1] part_blocks
+    cdef const int32_t[::1] members
+    cdef const float[::1] part_absmax
+    cdef Py_ssize_t probes
+    cdef float[::1] list_scores
+    cdef int32_t[::1] list_order
     cdef const int32_t[:, ::1] nbr
     cdef const float[:, ::1] nbr_w
     cdef uint8_t[::1] mask
@@ -114,8 +126,7 @@ cdef class Placer:
         self.d = state.dim
         self.views = {}
         self.usable = (
-            state.partition is None
-            and type(state.rows) is dict
+            type(state.rows) is dict
             and type(state.item_ids) is tuple
             and scratch.mask.shape[0] == self.n
             and scratch.query.shape[0] == self.d
@@ -155,6 +166,10 @@ cdef class Placer:
             if self.has_half:
                 self.blocks = half.blocks
                 self.absmax = half.col_absmax
+            if state.partition is not None:
+                self.has_part = self._bind_partition(state.partition)
+                # an invalid partition: the reference raises what is wrong with it
+                self.usable = self.has_part
         nbr, nbr_w = state.neighbors, state.neighbor_scores
         self.has_nbr = (
             nbr is not None
@@ -166,6 +181,42 @@ cdef class Placer:
         if self.has_nbr:
             self.nbr = nbr
             self.nbr_w = nbr_w
+
+    cdef bint _bind_partition(self, object part) except? -1:
+        """Views of the partition's arrays, when they are what topk_partition_into accepts."""
+        import numpy as np
+
+        cdef Py_ssize_t lists = part.centroids.shape[0]
+        cdef Py_ssize_t l
+        try:
+            self.centroids = part.centroids
+            self.starts = part.starts
+            self.part_blocks = part.blocks
+            self.members = part.members
+            self.part_absmax = part.col_absmax
+        except (TypeError, ValueError, BufferError):
+            return False
+        if (
+            part.rows != self.n
+            or self.centroids.shape[1] != self.d
+            or self.starts.shape[0] != lists + 1
+            or self.part_blocks.shape[1] != self.d
+            or self.part_blocks.shape[2] != 8
+            or self.members.shape[0] != self.part_blocks.shape[0] * 8
+            or self.part_absmax.shape[0] != self.d
+            or self.work.shape[0] < self.n
+            or self.cand.shape[0] < self.n
+            or part.probes < 0
+            or (lists and self.starts[0] != 0)
+        ):
+            return False
+        for l in range(lists):
+            if self.starts[l + 1] < self.starts[l] or self.starts[l + 1] > self.part_blocks.shape[0]:
+                return False
+        self.probes = part.probes
+        self.list_scores = np.zeros(lists, dtype=np.float32)
+        self.list_order = np.zeros(lists, dtype=np.int32)
+        return True
 
     cdef _Mask _mask_of(self, object array):
         """The view of a base mask, kept when it is one of the version's (None: not a usable mask)."""
@@ -501,7 +552,12 @@ def place(
             fetch = 0
     if fetch > 0 and has_query:
         with nogil:
-            if p.has_half:
+            if p.has_part:  # a large catalog: the lists nearest the query
+                got = topk_partition_kernel(
+                    p.centroids, p.starts, p.part_blocks, p.members, p.part_absmax, p.emb, p.query, p.mask,
+                    fetch, p.probes, p.list_scores, p.list_order, p.work, p.cand, p.idx, p.out_scores
+                )
+            elif p.has_half:
                 got = topk_half_kernel(
                     p.blocks, p.absmax, p.emb, p.query, p.mask, fetch, p.work, p.cand, p.idx, p.out_scores
                 )

@@ -1,7 +1,8 @@
 """The item placement ranked by one compiled call (core/_placement.pyx) against the Python reference,
 `item_ranking.rank_items_reference`: the same items (ids, scores to the bit, reasons), strategy and
 fallback reason on generated shoppers, requests and strategies over the synthetic catalog, with and
-without the half-precision index; and its mean of rows against NumPy's `mean(axis=0)`, bit for bit."""
+without the half-precision index, and with a partition of the catalog (the large catalogs' scan); and
+its mean of rows against NumPy's `mean(axis=0)`, bit for bit."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from edgewise.core.item_ranking import (
     rank_items,
     rank_items_reference,
 )
+from edgewise.core.partition import build_partition
 from edgewise.core.pipeline import _NO_FEATURES
 from edgewise.core.records import Activity, ProfileRecord
 from edgewise.core.segments import SegmentMemo
@@ -199,6 +201,18 @@ def test_without_the_half_precision_index_too(
     view, state = version
     plain = dataclasses.replace(state, half_embeddings=None)
     _both(view, plain, data.draw(_case(plain)))
+
+
+@settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_with_a_partition_of_the_catalog_too(
+    version: tuple[ReadView, VersionState], data: st.DataObject
+) -> None:
+    view, state = version
+    assert state.embeddings is not None
+    partitioned = dataclasses.replace(state, partition=build_partition(state.embeddings))
+    assert partitioned.partition is not None and partitioned.partition.lists > 1
+    _both(view, partitioned, data.draw(_case(partitioned)))
 
 
 def test_the_common_placements_take_the_compiled_path(version: tuple[ReadView, VersionState]) -> None:
