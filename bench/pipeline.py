@@ -479,6 +479,7 @@ def instrumented() -> Iterator[None]:
         (pipeline_mod, "rank_items", "rank"),
         (pipeline_mod, "assign", "assign"),
         (item_ranking_mod, "_top", "top"),
+        (item_ranking_mod, "place", "top"),  # the compiled placement: mask, strategy and top-k in one call
         (item_ranking_mod, "topk_dot_into", "kernel"),
         (item_ranking_mod, "topk_half_into", "kernel"),
         (item_ranking_mod, "topk_partition_into", "kernel"),
@@ -513,14 +514,14 @@ STAGES: Final = (
     ("view_setup", "    feature view, memo, shopper, holdout, scratch"),
     ("home.campaigns", "(c) home: campaigns (segments, experiment)"),
     ("home.rank", "(d) home: rank_items"),
-    ("home.mask", "      mask + strategy + query"),
-    ("home.kernel", "      top-k kernel call"),
-    ("home.post", "      rest of top-k stage (rotation, ItemResult)"),
+    ("home.mask", "      mask + strategy + query (compiled: the Python around `place`)"),
+    ("home.kernel", "      top-k kernel call (Python path only)"),
+    ("home.post", "      rest of top-k stage (compiled: all of `place`)"),
     ("pdp_similar.campaigns", "(c) pdp_similar: campaigns"),
     ("pdp_similar.rank", "(d) pdp_similar: rank_items"),
-    ("pdp_similar.mask", "      mask + seeds + query"),
-    ("pdp_similar.kernel", "      top-k kernel calls (neighbors, fill-up)"),
-    ("pdp_similar.post", "      rest of top-k stage (ItemResult)"),
+    ("pdp_similar.mask", "      mask + seeds + query (compiled: the Python around `place`)"),
+    ("pdp_similar.kernel", "      top-k kernel calls (Python path only)"),
+    ("pdp_similar.post", "      rest of top-k stage (compiled: all of `place`)"),
     ("hero_banner.content", "(e) hero_banner: content placement"),
     ("txn_close", "    read txn close"),
     ("segments", "    all placements: segment evaluation"),
@@ -1545,7 +1546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only the contextual bandit's choice cost (8 arms, 32 features): seconds, no bundle",
     )
+    parser.add_argument(
+        "--placement",
+        choices=["compiled", "reference"],
+        default="compiled",
+        help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
+    )
     args = parser.parse_args(argv)
+    if args.placement == "reference":
+        vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference  # what Pipeline calls
     if args.contextual_bandit:
         cb = measure_contextual_bandit(1000 if args.quick else 5000, 2 if args.quick else 5, args.seed)
         print(

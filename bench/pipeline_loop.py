@@ -4,6 +4,7 @@ Run from the repository root:
 
     python -m bench.pipeline_loop setup                  # once: store + requests under $TMPDIR (~10 s)
     python -m bench.pipeline_loop time 3000              # median / p90 of 3000 requests x --rounds
+    python -m bench.pipeline_loop time 3000 --placement reference   # the same with rank_items_reference
     python -m bench.pipeline_loop profile 3000           # cProfile of 3000 requests, by own time
     OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind \\
         python -m bench.pipeline_loop loop 400           # instructions: run with 0 and 400, subtract
@@ -32,6 +33,8 @@ from typing import Final
 
 import numpy as np
 
+import edgewise.core.item_ranking as item_ranking_mod
+import edgewise.core.pipeline as pipeline_mod
 from edgewise.bench import pipeline as bench_pipeline
 from edgewise.core.decisions import DecideRequest
 from edgewise.core.pipeline import Pipeline
@@ -118,6 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--placement",
+        choices=["compiled", "reference"],
+        default="compiled",
+        help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
+    )
     parser.add_argument("--bundle", type=Path, help="setup: bench.pipeline's --bundle (default: its cache)")
     args = parser.parse_args(argv)
     if args.mode == "setup":
@@ -126,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (args.dir / "requests.pkl").exists():
         raise SystemExit(f"{args.dir}: no setup yet (python -m bench.pipeline_loop setup)")
+    if args.placement == "reference":
+        vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference  # what Pipeline calls
     run(args.mode, args.dir, args.n, args.warmup, args.rounds)
 
 

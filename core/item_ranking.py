@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core._placement import Placer, place
 from edgewise.core._results import item_results
 from edgewise.core.decisions import (
     FallbackReason,
@@ -49,7 +50,7 @@ from edgewise.core.store import ReadView
 from edgewise.core.strategies import Filter, ItemServe
 from edgewise.core.version_state import POPULARITY_PREFIX, VersionState, read_only_copy
 
-__all__ = ["Ranked", "Scratch", "Shopper", "rank_items"]
+__all__ = ["Ranked", "Scratch", "Shopper", "rank_items", "rank_items_reference"]
 
 DAY_MS: Final = 86_400_000
 SIMILAR_SEEDS_FROM_HISTORY: Final = 1  # without explicit seeds: neighbors of the last viewed item
@@ -59,6 +60,9 @@ _SORTED_WALK: Final = 2048  # rows of a precomputed order walked before falling 
 _FIRST_ROWS: Final = np.arange(64, dtype=np.int32)  # 0..63, sliced per request instead of np.arange
 _FIRST_ROWS.flags.writeable = False
 _NO_ROWS: Final[frozenset[int]] = frozenset()
+# Filters that depend on the version only (not on the shopper): a strategy's own are applied once per
+# version and country, to the base mask of the compiled placement (`_base_mask`).
+_VERSION_FILTERS: Final = frozenset({"category", "price", "region", "flag", "tag"})
 
 
 class Scratch(threading.local):
@@ -77,8 +81,11 @@ class Scratch(threading.local):
         self.query: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self.lists = PartitionScratch()
         self.rng = np.random.default_rng()
+        self.placer: Placer | None = None  # typed views of these buffers and a version's arrays
 
     def ensure(self, n_items: int, k: int, dim: int) -> None:
+        if self.mask.shape[0] != n_items or self.idx.shape[0] < k or self.query.shape[0] != dim:
+            self.placer = None  # its views are of the buffers replaced below
         if self.mask.shape[0] != n_items:
             self.mask = np.zeros(n_items, dtype=np.uint8)
             padded = -(-n_items // BLOCK) * BLOCK  # topk_half_into scores whole blocks of 8
@@ -105,15 +112,22 @@ class Shopper:
     activity: Activity | None
     memo: SegmentMemo  # segments of this request, evaluated on first use
     _viewed_rows: NDArray[np.intp] | None = None  # viewed_rows, once per request
+    _viewed_list: list[int] | None = None  # viewed_list, once per request
 
-    def viewed_rows(self, state: VersionState) -> NDArray[np.intp]:
+    def viewed_list(self, state: VersionState) -> list[int]:
         """Rows of the recently viewed items this version knows, oldest first (looked up once per
         request: every placement that excludes viewed items or averages them reuses it)."""
-        rows = self._viewed_rows
+        rows = self._viewed_list
         if rows is None:
             views = self.activity.views if self.activity is not None else ()
-            rows = np.array(_rows_of_pairs(state, views), dtype=np.intp)
-            self._viewed_rows = rows
+            rows = self._viewed_list = _rows_of_pairs(state, views)
+        return rows
+
+    def viewed_rows(self, state: VersionState) -> NDArray[np.intp]:
+        """`viewed_list` as an array (for NumPy's fancy indexing)."""
+        rows = self._viewed_rows
+        if rows is None:
+            rows = self._viewed_rows = np.array(self.viewed_list(state), dtype=np.intp)
         return rows
 
     def scope_segment(self, state: VersionState) -> str:
@@ -150,10 +164,10 @@ def _drop(state: VersionState, item_ids: Sequence[str], mask: NDArray[np.uint8])
         mask[_rows(state, item_ids)] = 0
 
 
-def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shopper: Shopper) -> None:
+def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shopper: Shopper | None) -> None:
     """Narrow the candidate `mask` by the filter `f`. A category, tag or flag filter keeps the rows the
     version's index gives its value (a lookup: whatever value a caller chooses, nothing is built or
-    cached for it)."""
+    cached for it). `shopper`: None for the filters of the version alone (`_VERSION_FILTERS`)."""
     p = f.params
     if f.name == "category":
         keep_rows(mask, state.filters.category_rows(p["category"]))
@@ -168,10 +182,10 @@ def apply_filter(state: VersionState, f: Filter, mask: NDArray[np.uint8], shoppe
         keep_rows(mask, state.filters.flag_rows(p["flag"], p.get("value", "")))
     elif f.name == "tag":
         keep_rows(mask, state.filters.tag_rows(p["tag"]))
-    elif f.name == "exclude_purchased" and shopper.activity is not None:
+    elif f.name == "exclude_purchased" and shopper is not None and shopper.activity is not None:
         if bought := _rows_of_pairs(state, shopper.activity.purchases):
             mask[bought] = 0
-    elif f.name == "exclude_viewed" and shopper.activity is not None:
+    elif f.name == "exclude_viewed" and shopper is not None and shopper.activity is not None:
         mask[shopper.viewed_rows(state)] = 0
 
 
@@ -322,6 +336,47 @@ def _user_query(
     return None, miss_reason(shopper)
 
 
+def _scored(
+    view: ReadView,
+    state: VersionState,
+    strategy: str,
+    scope: str,
+    half_life_days: float,
+    shopper: Shopper,
+    country: str,
+    now_ms: int,
+) -> Scored | None:
+    """The scores (and order) of popularity or trending, for `_placement.place`."""
+    if strategy == "trending":
+        return _trending(view, state, half_life_days, now_ms)
+    return _popularity(view, state, scope, shopper, country)
+
+
+def _base_mask(state: VersionState, country: str, filters: tuple[Filter, ...]) -> NDArray[np.uint8] | None:
+    """The items available in `country` that pass a strategy's `filters`, built once per version, country
+    and filters (the strategies' filters come from the rules: a bounded set; a request's own filter is
+    never cached). None: a filter depends on the shopper (the reference applies it)."""
+    available = state.availability(country)
+    if not filters:
+        return available
+    key = []
+    for f in filters:
+        if f.name not in _VERSION_FILTERS:
+            return None
+        key.append((f.name, tuple(sorted(f.params.items()))))
+    region = country.upper() if country.upper() in state.regions else ""
+
+    def build() -> NDArray[np.uint8]:
+        mask = available.copy()
+        for f in filters:
+            apply_filter(state, f, mask, None)
+        mask.flags.writeable = False
+        return mask
+
+    base: NDArray[np.uint8] = state.derived(("base_mask", region, tuple(key)), build)
+    return base
+
+
 def rank_items(
     view: ReadView,
     state: VersionState,
@@ -344,7 +399,63 @@ def rank_items(
     items must be available in `country`; `now_ms` is the decision time (trending decay, replenishment);
     `why`, when given, collects the explanation. The keywords name what the caller passes (no object is
     built per call: this runs for every item placement of every Decide).
+
+    The common placements (no explanation, filter, boost, promotion or diversity; see core/_placement.pyx)
+    are ranked by one compiled call, `_placement.place`; the others, and whatever that call leaves, by
+    `rank_items_reference`, which it is tested against.
     """
+    base = _base_mask(state, country, serve.filters) if why is None and request_filter is None else None
+    if base is not None:
+        placer = scratch.placer
+        if placer is None or placer.state is not state:
+            placer = scratch.placer = Placer(state, scratch)
+        placed = place(
+            placer,
+            view,
+            base,
+            ask,
+            count,
+            serve,
+            default,
+            shopper,
+            country,
+            now_ms,
+            _scored,
+        )
+        if placed is not None:
+            return Ranked(*placed)
+    return rank_items_reference(
+        view,
+        state,
+        scratch,
+        ask=ask,
+        count=count,
+        serve=serve,
+        default=default,
+        request_filter=request_filter,
+        shopper=shopper,
+        country=country,
+        now_ms=now_ms,
+        why=why,
+    )
+
+
+def rank_items_reference(
+    view: ReadView,
+    state: VersionState,
+    scratch: Scratch,
+    *,
+    ask: PlacementRequest,
+    count: int,
+    serve: ItemServe,
+    default: ItemServe,
+    request_filter: Filter | None,
+    shopper: Shopper,
+    country: str,
+    now_ms: int,
+    why: PlacementExplanation | None,
+) -> Ranked:
+    """`rank_items` in Python and NumPy: every case, and the reference of `_placement.place`."""
     mask = scratch.mask
     np.copyto(mask, state.availability(country))
     if request_filter is not None:
