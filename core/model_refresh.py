@@ -444,13 +444,15 @@ class NeighborsRefresh:
 
 class NewItems:
     """Item ids that events name but the catalog does not have, counted per distinct unit: an id seen
-    from `min_units` units is `ready` for a row. In memory, the oldest ids forgotten past `capacity`
-    (a restart counts again from zero: a new item then waits for `min_units` more units)."""
+    from `min_units` units is `ready` for a row. The oldest ids are forgotten past `capacity`. The
+    refresh job keeps the counts in the control store beside its cursor (`entries` / `load`), so a
+    restart neither loses nor repeats them (docs/refresh.md, "New items")."""
 
     def __init__(self, min_units: int, capacity: int = 100_000) -> None:
         self.min_units = min_units
         self.capacity = capacity
         self._seen: OrderedDict[str, tuple[int, set[str]]] = OrderedDict()  # id -> (first ms, units)
+        self.changes = 0  # mutations since made: whether the counts changed since a caller last looked
 
     def observe(self, events: Iterable[RefreshEvent], known: Container[str]) -> dict[str, int]:
         """Count the events' unknown items; return the ids now ready, with their first time (ms)."""
@@ -461,6 +463,7 @@ class NewItems:
             first, units = self._seen.pop(event.item, (event.ts_ms, set()))
             units.add(event.unit)
             first = min(first, event.ts_ms)
+            self.changes += 1
             if len(units) >= self.min_units:
                 ready[event.item] = first
                 continue
@@ -471,6 +474,18 @@ class NewItems:
 
     def pending(self) -> int:
         return len(self._seen)
+
+    def entries(self) -> list[tuple[str, int, list[str]]]:
+        """The counts, oldest id first: (id, first time ms, its units sorted)."""
+        return [(item, first, sorted(units)) for item, (first, units) in self._seen.items()]
+
+    def load(self, entries: Iterable[tuple[str, int, Iterable[str]]]) -> None:
+        """Replace the counts with `entries` (as `entries` gives them, oldest first; the newest
+        `capacity` kept)."""
+        self._seen = OrderedDict((item, (int(first), set(units))) for item, first, units in entries)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        self.changes += 1
 
 
 def new_item_record(item_id: str, first_ms: int) -> dict[str, Any]:

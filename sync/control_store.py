@@ -26,7 +26,8 @@ completely or not at all, and a reader sees a consistent state and version):
   "forget" commit); `lineage` -> a random id made when the store is created (versions are only
   comparable within one lineage: an edge whose version came from another store gets a snapshot);
   `head` and `log_start` -> 8-byte big-endian; `snapshots` -> msgpack list of
-  the retained snapshot versions, ascending.
+  the retained snapshot versions, ascending; `cursor:<name>` -> a consumer's 8-byte position and
+  `consumer_state:<name>` -> the state it keeps beside it (`commit_at`).
 
 The namespace byte of a snapshot key is the namespace's index in `REPLICATED` (append only: never
 reorder it). Keys are limited to `MAX_KEY_BYTES` of UTF-8 so that every key fits a snapshot key.
@@ -91,6 +92,7 @@ _META_LAYOUT: Final = b"layout"
 _META_HEAD: Final = b"head"
 _META_LINEAGE: Final = b"lineage"
 _META_CURSOR: Final = b"cursor:"  # + consumer name -> 8-byte position in its input (commit_at)
+_META_CONSUMER: Final = b"consumer_state:"  # + consumer name -> its state bytes (commit_at), not replicated
 _META_LOG_START: Final = b"log_start"
 _META_SNAPSHOTS: Final = b"snapshots"
 _META_POSITION: Final = b"replicated_position"  # where this store is in an external log (central tier)
@@ -719,17 +721,20 @@ class ControlStore:
         position: int = 0,
         rollout: RolloutWrite | None = None,
         cursors: Mapping[str, int] | None = None,
+        consumer_state: Mapping[str, bytes] | None = None,
     ) -> CommitInfo | None:
         """`commit`, and, in the same transaction, set the named `cursor` to `position` (and each of
         `cursors` to its position): a consumer that turns an input stream into commits (the profile
         folder) moves its place in that stream exactly when its commit lands, so after a crash it neither
-        loses nor repeats any input."""
+        loses nor repeats any input. `consumer_state`: consumer name -> bytes a consumer keeps beside its
+        cursor (`consumer_state`), written in the same transaction; local to this store (no commit, no
+        commit hook: the central tier's log does not carry it)."""
         _check_kind(kind)
         pending = _collapse(changes)
         moved = dict(cursors or {})
         if cursor:
             moved[cursor] = position
-        if not pending and not moved:
+        if not pending and not moved and not consumer_state:
             return None
         with self._write() as txn:
             batch = _Batch(txn, self._dbs, self.on_commit, rollout)
@@ -745,7 +750,15 @@ class ControlStore:
             self._finish_rollout(txn, rollout, info, batch.written)
             for name, at in moved.items():
                 txn.put(_META_CURSOR + name.encode(), _pack_u64(at), db=self._dbs.meta)
+            for name, value in (consumer_state or {}).items():
+                txn.put(_META_CONSUMER + name.encode(), value, db=self._dbs.meta)
         return info
+
+    def consumer_state(self, name: str) -> bytes | None:
+        """The state bytes a consumer last wrote with `commit_at` (None: never)."""
+        with self._env.begin(buffers=False) as txn:
+            raw = txn.get(_META_CONSUMER + name.encode(), db=self._dbs.meta)
+        return bytes(raw) if raw is not None else None
 
     def cursor(self, name: str, default: int = 0) -> int:
         """A consumer's position set by `commit_at` (`default` when never set)."""

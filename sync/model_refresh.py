@@ -25,6 +25,12 @@ New items (`new_items`, the popularity job only): an item id that events name an
 gets a record (`core/model_refresh.new_item_record`) once `NewItems` has seen it from enough units; the
 records are made as delta upserts (`sync/changes.parse_delta`), which give the item the next row and
 grow every per-item array as a delta would, then the model refreshes the grown state, in one commit.
+The counts per unknown id are kept in the control store beside the cursor (`consumer_state`
+`new_items:<model>`: msgpack `[cursor position, [[id, first ms, [units]], ...]]`, oldest id first),
+written in the same transaction as the commit and the cursor move, so a crash neither loses nor repeats
+a unit. A job loads them when its counts are not those of the store's cursor (at start; when another
+replica moved the cursor through the central tier's log, which does not carry them); when the record
+is missing or as of another position, it rebuilds them from the stored events up to the cursor.
 """
 
 from __future__ import annotations
@@ -72,12 +78,15 @@ from edgewise.sync.skipped_records import SkippedRecords
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CURSOR_PREFIX", "EventContext", "RefreshJob", "RefreshStats"]
+__all__ = ["CURSOR_PREFIX", "NEW_ITEMS_STATE", "EventContext", "RefreshJob", "RefreshStats"]
 
 CURSOR_PREFIX: Final = "refresh:"
 KIND: Final = "refresh"
 _CONTEXTS: Final = 100_000
 _ATTEMPTS: Final = 3
+NEW_ITEMS_STATE: Final = "new_items:"  # + model name: the consumer state of its new-item counts
+_REBUILD_BATCH: Final = 10_000
+_PAIR: Final = b"\x92"  # msgpack: an array of two elements (the new-item counts' record)
 
 
 @dataclass(slots=True)
@@ -185,6 +194,9 @@ class RefreshJob:
         self.skipped = SkippedRecords(f"refresh_{model.name}")
         self.stats = RefreshStats()  # for the control plane's /metrics
         self.items_added = 0
+        self._new_items_state = NEW_ITEMS_STATE + model.name
+        self._new_items_at: int | None = None  # the cursor position `new_items` counts are as of
+        self._packed: tuple[int, bytes] | None = None  # (new_items.changes, its packed ids) last written
         self._loop = Periodic(
             f"refresh-{model.name}", every, self._tick, "model_refresh_failed", first_now=True
         )
@@ -220,13 +232,25 @@ class RefreshJob:
     def run_once(self) -> CommitInfo | int | None:
         """Refresh from the events the model needs: the commit, the position read when nothing changed,
         or None when no event arrived since the last run."""
+        try:
+            return self._run_once()
+        except BaseException:
+            self._new_items_at = None  # counts may be ahead of the store: load them again
+            raise
+
+    def _run_once(self) -> CommitInfo | int | None:
         after = self.store.cursor(self.cursor)
+        if self.new_items is not None and self._new_items_at != after:
+            self._load_new_items(after)
         if self.model.window_ms:
             last = self.events.last_seq()
             if last <= after:
                 return None
             if not self._item_event_after(after):  # exposures only (most records): nothing to recompute
-                self.store.commit_at([], kind=KIND, cursor=self.cursor, position=last)
+                self.store.commit_at(
+                    [], kind=KIND, cursor=self.cursor, position=last, consumer_state=self._counts_at(last)
+                )
+                self._moved(last)
                 return last
             rows = list(self.events.events(0))
         else:
@@ -256,21 +280,23 @@ class RefreshJob:
                 for item, ms in self.new_items.observe(events, known).items()
                 if _id_problem(item) is None
             }
+        counts = self._counts_at(position)  # packed outside the push lock (100k ids: ~0.2 s)
         info: CommitInfo | None = None
         for attempt in range(_ATTEMPTS):
             last_try = attempt == _ATTEMPTS - 1
             if last_try:
                 with self._lock:
                     changes, description = self._changes(events, ready, first_seq, position)
-                    info = self._commit(changes, description, position)
+                    info = self._commit(changes, description, position, counts)
                 break
             version = self.store.head_version()
             changes, description = self._changes(events, ready, first_seq, position)
             with self._lock:
                 if self.store.head_version() != version:
                     continue  # a push or another job committed meanwhile: compute again on the new state
-                info = self._commit(changes, description, position)
+                info = self._commit(changes, description, position, counts)
                 break
+        self._moved(position)
         if info is None:
             return position
         self.stats.committed(info.version)
@@ -320,9 +346,95 @@ class RefreshJob:
             return ""
         return country if isinstance(country, str) else ""
 
-    def _commit(self, changes: list[RecordChange], description: str, position: int) -> CommitInfo | None:
+    def _commit(
+        self,
+        changes: list[RecordChange],
+        description: str,
+        position: int,
+        counts: Mapping[str, bytes] | None,
+    ) -> CommitInfo | None:
         return self.store.commit_at(
-            changes, kind=KIND, description=description, cursor=self.cursor, position=position
+            changes,
+            kind=KIND,
+            description=description,
+            cursor=self.cursor,
+            position=position,
+            consumer_state=counts,
+        )
+
+    # ---- new-item counts kept beside the cursor
+
+    def _counts_at(self, position: int) -> dict[str, bytes] | None:
+        """The consumer state to write with a cursor move to `position` (None without new items):
+        msgpack `[position, [[id, first ms, [units]], ...]]`, the ids packed again only when they changed."""
+        if self.new_items is None:
+            return None
+        if self._packed is None or self._packed[0] != self.new_items.changes:
+            self._packed = (
+                self.new_items.changes,
+                msgpack.packb(self.new_items.entries(), use_bin_type=True),
+            )
+        return {self._new_items_state: _PAIR + msgpack.packb(position) + self._packed[1]}
+
+    def _moved(self, position: int) -> None:
+        if self.new_items is not None:
+            self._new_items_at = position
+
+    def _load_new_items(self, at: int) -> None:
+        """Make the in-memory counts those of cursor position `at`: the stored record when it is as of
+        `at`, else rebuilt from the stored events up to `at`."""
+        assert self.new_items is not None
+        raw = self.store.consumer_state(self._new_items_state)
+        doc: object = None
+        try:
+            doc = msgpack.unpackb(raw, raw=False) if raw is not None else None
+            if isinstance(doc, list) and len(doc) == 2 and doc[0] == at:
+                self.new_items.load(
+                    (str(i), int(first), [str(u) for u in units]) for i, first, units in doc[1]
+                )
+                self._new_items_at = at
+                log.info(
+                    "new_items_loaded",
+                    extra={"model": self.model.name, "events_to": at, "pending": self.new_items.pending()},
+                )
+                return
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            log.warning("new_items_unreadable", extra={"model": self.model.name, "error": str(exc)})
+        self._rebuild_new_items(at, stored_at=doc[0] if isinstance(doc, list) and doc else None)
+
+    def _rebuild_new_items(self, at: int, stored_at: object) -> None:
+        """Count the unknown ids of the stored events up to position `at` (the ids already ready then:
+        their row was rolled back or their id is refused, start over)."""
+        assert self.new_items is not None
+        started = time.perf_counter()
+        self.new_items.load([])
+        with self.store.read() as view:
+            known = {key for key, _ in view.items("items")}
+        latest = latest_ms(time.time_ns() // 1_000_000)
+        batch: list[RefreshEvent] = []
+        read = 0
+        for seq, _, record in self.events.events(0):
+            if seq > at:
+                break
+            read += 1
+            event = _item_event(record, latest)
+            if event is not None and event.item not in known:
+                batch.append(event)
+            if len(batch) >= _REBUILD_BATCH:
+                self.new_items.observe(batch, known)
+                batch.clear()
+        self.new_items.observe(batch, known)
+        self._new_items_at = at
+        log.info(
+            "new_items_rebuilt",
+            extra={
+                "model": self.model.name,
+                "events_to": at,
+                "stored_at": stored_at,
+                "records": read,
+                "pending": self.new_items.pending(),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
         )
 
     def _changes(
@@ -398,6 +510,18 @@ class RefreshJob:
             staged[("profiles", user)] = encode_profile(
                 replace(decode_profile(user, raw), embedding=embedding)
             )
+
+
+def _item_event(record: Mapping[str, Any], latest: int) -> RefreshEvent | None:
+    """A stored record as the new-item counts read it (no context), None when it is not a usable item
+    event."""
+    kind, item = record.get("t"), record.get("i")
+    unit = str(record.get("u") or record.get("s") or "")
+    if record.get("k") == EXPOSURE_KIND or kind not in ITEM_EVENT_TYPES or not isinstance(item, str):
+        return None
+    if not item or not unit or record_problem(record, latest) is not None:
+        return None
+    return RefreshEvent(str(kind), unit, item, int(record.get("ts", 0)))
 
 
 def _manifest(view: ControlView) -> dict[str, Any]:
