@@ -35,6 +35,12 @@ between them (this code's edge first in even rounds, the baseline's in odd ones)
 while the other's processes are stopped (SIGSTOP to its process group), after it caught up with the
 commits the other's rounds made. So a before/after comes from one run, under the same machine load.
 
+`--mix decide=9,track=1` puts Track calls in the open loop (the load's `--mix`): each Track is a durable
+write of the worker's own, so it waits for the LMDB write lock while the syncer's write transaction holds
+it; the report adds Track's p50, p99 and max per round (`track`) and their medians (`track_quiet`,
+`track_refresh`). The Decide figures stay Decide's alone. `--baseline` may be given more than once (edges
+`baseline`, `baseline2`, ...: the rounds rotate which edge goes first).
+
 The figure: `p99_ratio` = median over rounds of the refresh rounds' Decide p99 / median of the quiet
 rounds' (one run, alternating rounds, so drifting machine load hits both). During a refresh round the
 control plane still streams the commits (the 100k profiles are about 40 MB) and folds the events into
@@ -165,26 +171,28 @@ def run(
     quick: bool,
     *,
     profiles: bool = True,
-    baseline: Path | None = None,
+    baselines: Sequence[Path] = (),
+    mix: str = "decide=1",
 ) -> dict[str, Any]:
     users_n, items_n = (20_000, 2_000) if quick else (100_000, 10_000)
     bundle, _, _ = prepare_bundle(None, users_n, items_n, 7)
     root = Path(bundle.path)
     users, items = _ids(root / "profiles.jsonl"), _ids(root / "items.jsonl")
     common = ["--duration", str(duration), "--warmup", "1", "--clients", str(clients)]
-    common += ["--users", str(users_n), "--items", str(items_n), "--mix", "decide=1"]
+    common += ["--users", str(users_n), "--items", str(items_n), "--mix", mix]
     env = {"PYTHONUNBUFFERED": "1", "EDGEWISE_OPS_TOKEN": OPS_TOKEN, "EDGEWISE_EDGE_TOKEN": EDGE_TOKEN}
     # (name, the edge's extra environment): this code's edge, and the baseline's (its package first on the
     # path, workers included: they inherit the environment)
     specs: list[tuple[str, dict[str, str]]] = [(THIS, {})]
-    if baseline is not None:
-        specs.append((BASELINE, {"PYTHONPATH": str(baseline)}))
+    for i, path in enumerate(baselines):
+        specs.append((BASELINE if i == 0 else f"{BASELINE}{i + 1}", {"PYTHONPATH": str(path)}))
     results: dict[str, Any] = {
         "bundle": str(root),
         "duration_s": duration,
         "rounds": rounds,
         "clients": clients,
-        "baseline": str(baseline) if baseline is not None else None,
+        "mix": mix,
+        "baseline": str(baselines[0]) if baselines else None,
     }
     with (
         tempfile.TemporaryDirectory(prefix="edgewise-bench-refresh-") as tmp_name,
@@ -241,7 +249,7 @@ def run(
                 capacity: dict[str, float] = {}
                 for name in edges:
                     edge = _only(edges, name, ops)
-                    figures = _figures(
+                    figures = _round_figures(
                         _load(edge.address, [*common, "--concurrency", "32"], tmp / f"cap-{name}.json")
                     )
                     capacity[name] = figures["ok_per_s"]
@@ -252,11 +260,14 @@ def run(
                 quiet: dict[str, list[dict[str, Any]]] = {name: [] for name in edges}
                 refresh: dict[str, list[dict[str, Any]]] = {name: [] for name in edges}
                 for r in range(rounds):
-                    order = list(edges) if r % 2 == 0 else list(edges)[::-1]  # alternate who goes first
+                    names = list(edges)
+                    order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
                     for name in order:
                         edge = _only(edges, name, ops)
                         meter = _Cpu(edge, control)
-                        figures = _figures(_load(edge.address, open_loop, tmp / f"quiet-{name}-{r}.json"))
+                        figures = _round_figures(
+                            _load(edge.address, open_loop, tmp / f"quiet-{name}-{r}.json")
+                        )
                         quiet[name].append(
                             {**figures, "load_avg_1m": round(os.getloadavg()[0], 2), "cpu_s": meter.used()}
                         )
@@ -284,17 +295,43 @@ def run(
             if e.get("event") in ("model_refreshed", "model_refresh_failed")
         ]
     results.update(_summary(quiet[THIS], refresh[THIS]))
-    if baseline is not None:
+    if baselines:
         results["baseline_capacity_per_s"] = capacity[BASELINE]
         results["baseline_run"] = _summary(quiet[BASELINE], refresh[BASELINE])
+        results["baselines"] = [
+            {
+                "name": name,
+                "dir": str(path),
+                "capacity_per_s": capacity[name],
+                "run": _summary(quiet[name], refresh[name]),
+            }
+            for (name, _), path in zip(specs[1:], baselines, strict=True)
+        ]
     return results
+
+
+def _round_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """A load's Decide figures (`_figures`), and Track's p50/p99/max as `track` when the mix has it."""
+    rpcs = report.get("rpcs", {})
+    figures = _figures(report, "Decide") if "Decide" in rpcs else _figures(report)
+    if "Track" in rpcs:
+        track = _figures(report, "Track")
+        figures["track"] = {k: track[k] for k in ("ok_per_s", "p50_ms", "p99_ms", "max_ms")}
+    return figures
 
 
 def _summary(quiet: list[dict[str, Any]], refresh: list[dict[str, Any]]) -> dict[str, Any]:
     p99_quiet = statistics.median(q["p99_ms"] for q in quiet)
     p99_refresh = statistics.median(r["p99_ms"] for r in refresh)
     ratio = round(p99_refresh / p99_quiet, 3) if p99_quiet else None
+    track: dict[str, Any] = {}
+    if all("track" in row for row in (*quiet, *refresh)):
+        for kind, rows in (("track_quiet", quiet), ("track_refresh", refresh)):
+            track[kind] = {
+                k: statistics.median(row["track"][k] for row in rows) for k in ("p50_ms", "p99_ms", "max_ms")
+            }
     return {
+        **track,
         "quiet": quiet,
         "refresh": refresh,
         "p99_quiet_ms": p99_quiet,
@@ -386,7 +423,7 @@ def _refresh_round(
     if load.returncode not in (0, 1) or not out.exists():
         raise RuntimeError(f"bench load failed ({load.returncode}): {err[-2000:]}")
     ended = started + 1.0 + duration
-    figures = _figures(json.loads(out.read_text()))
+    figures = _round_figures(json.loads(out.read_text()))
     last = max(c.version for c in commits)
     _wait_applied(edge, max(last, pushed), 120)
     applied = _applied(edge, head)
@@ -434,14 +471,16 @@ def _format(r: dict[str, Any]) -> str:
         f"{r['duration_s']} s per round, {r['rounds']} rounds of each"
     ]
     runs = [(THIS, r)]
-    if r.get("baseline_run"):
-        lines.append(f"baseline {r['baseline']}: edge capacity {r['baseline_capacity_per_s']}/s")
-        runs.append((BASELINE, r["baseline_run"]))
+    for b in r.get("baselines", []):
+        lines.append(f"{b['name']} {b['dir']}: edge capacity {b['capacity_per_s']}/s")
+        runs.append((b["name"], b["run"]))
     for name, run in runs:
         lines.append(f"{name}: round        p50 ms   p99 ms  p99.9 ms  commits applied (apply ms)")
         for i, (q, f) in enumerate(zip(run["quiet"], run["refresh"], strict=True)):
             where = f"load {q.get('load_avg_1m')}, cpu {q.get('cpu_s')}"
-            lines.append(f"quiet {i:<5} {q['p50_ms']:>7} {q['p99_ms']:>8} {q['p999_ms']:>9}  {where}")
+            lines.append(
+                f"quiet {i:<5} {q['p50_ms']:>7} {q['p99_ms']:>8} {q['p999_ms']:>9}  {where}{_track(q)}"
+            )
             apply = ", ".join(f"{m:.0f}" for m in f["apply_ms"])
             row = f"refresh {i:<3} {f['p50_ms']:>7} {f['p99_ms']:>8} {f['p999_ms']:>9}"
             late = (
@@ -450,12 +489,24 @@ def _format(r: dict[str, Any]) -> str:
                 else ""
             )
             where = f"load {f.get('load_avg_1m')}, cpu {f.get('cpu_s')}"
-            lines.append(f"{row}  {len(f['apply_ms'])} ({apply}){late}  {where}")
+            lines.append(f"{row}  {len(f['apply_ms'])} ({apply}){late}  {where}{_track(f)}")
         lines.append(
             f"{name}: p99 median: quiet {run['p99_quiet_ms']} ms, refresh {run['p99_refresh_ms']} ms: ratio "
             f"{run['p99_ratio']} (target <= {run['target_p99_ratio']}: {'met' if run['met'] else 'NOT met'})"
         )
+        if "track_quiet" in run:
+            lines.append(
+                f"{name}: Track medians (p50/p99/max ms): quiet "
+                + "/".join(str(run["track_quiet"][k]) for k in ("p50_ms", "p99_ms", "max_ms"))
+                + ", refresh "
+                + "/".join(str(run["track_refresh"][k]) for k in ("p50_ms", "p99_ms", "max_ms"))
+            )
     return "\n".join(lines)
+
+
+def _track(row: dict[str, Any]) -> str:
+    t = row.get("track")
+    return f"  Track p50/p99/max {t['p50_ms']}/{t['p99_ms']}/{t['max_ms']} ms" if t else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,20 +521,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-profiles", action="store_true", help="refresh the item models only (no 100k profile embeddings)"
     )
     parser.add_argument(
+        "--mix",
+        default="decide=1",
+        help="the open loop's request mix (`edgewise bench load --mix`), e.g. decide=9,track=1 "
+        "(default decide=1)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
-        default=None,
+        action="append",
+        default=[],
         metavar="DIR",
         help="also measure an edge running the edgewise package installed in DIR (`pip install --target DIR "
         "<another checkout>`), in rounds alternating with this code's edge, each measured while the other "
-        "is stopped: a before/after in one run",
+        "is stopped: a before/after in one run (may be given more than once)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (20.0 if args.quick else 45.0)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     results = run(
-        duration, rounds, args.clients, args.quick, profiles=not args.no_profiles, baseline=args.baseline
+        duration,
+        rounds,
+        args.clients,
+        args.quick,
+        profiles=not args.no_profiles,
+        baselines=args.baseline,
+        mix=args.mix,
     )
     print(json.dumps(results, indent=2) if args.json else _format(results))
     return 0

@@ -19,8 +19,11 @@ fleet does not stampede a replica and an outage of every replica costs little.
 The syncer thread runs SYNC_NICE steps below the process and in the lowest best-effort I/O level
 (sync/thread_priority.py, Linux): the workers serving Decide on the same cores go first. A commit's profile
 records are checked before its write transaction by a scan of their bytes in C, without the GIL
-(core/profile_check.py: the records refused, and the errors, are `check_profile`'s). A commit is still
-one write transaction, however large: atomicity is not traded for latency.
+(core/profile_check.py: the records refused, and the errors, are `check_profile`'s). The write
+transaction itself (apply, the state check, commit and fsync) runs on a writer thread at the process's
+own priority (sync/commit_writer.py), the syncer waiting for it: the transaction holds the LMDB write lock
+the workers' Track writes wait for, so it must not run at the lowered priority (priority inversion). A
+commit is still one write transaction, however large: atomicity is not traded for latency.
 
 It keeps serving its last state through an outage of any length; `state()` reports READY, STALE (no contact
 for `stale_after` seconds) or NOT_SERVING (nothing applied yet).
@@ -45,6 +48,7 @@ from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import CATALOG_NAMESPACES, NOT_CATALOG, PER_USER, ReadView, Store
 from edgewise.core.version_state import build_state, check_models
 from edgewise.sync.auth import bearer_metadata, open_channel
+from edgewise.sync.commit_writer import CommitWriter
 from edgewise.sync.control_replicas import ControlReplicas, loses_replica
 from edgewise.sync.shadow_candidate import Candidate, ShadowCandidates
 from edgewise.sync.shard import Shard
@@ -198,6 +202,8 @@ class EdgeSyncer:
         self._wake = threading.Event()  # set by wake() and stop(): ends a backoff wait early
         self._thread = threading.Thread(target=self._run, name="edge-sync", daemon=True)
         self._watch = threading.Thread(target=self._watch_sessions, name="edge-sync-watch", daemon=True)
+        # The write transactions, at the priority of the thread calling start() (sync/commit_writer.py).
+        self._writer = CommitWriter()
         self._outbox: queue.Queue[sync_pb2.SubscribeRequest | None] = queue.Queue()
         self._call: Any = None
         self._lock = threading.Lock()
@@ -221,6 +227,7 @@ class EdgeSyncer:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._writer.start()  # first, from this thread: the syncer thread lowers itself (and what it starts)
         self._thread.start()
         self._watch.start()
 
@@ -234,6 +241,7 @@ class EdgeSyncer:
         self._outbox.put(None)
         self._thread.join(timeout)
         self._watch.join(timeout)
+        self._writer.stop(timeout)  # after the syncer: a transaction it waits for finishes first
 
     def wake(self) -> None:
         """Reconnect now with a fresh backoff: a control plane answers again (the forwarder got an ACK)."""
@@ -262,9 +270,10 @@ class EdgeSyncer:
     # --- the loop ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        # Everything this thread does (receive, assemble and check commits, write them, fsync) can wait;
-        # the workers' requests on the same cores and disk cannot (thread_priority.py; BENCHMARKS.md,
-        # "Model refresh applied during Decide").
+        # What this thread does (receive, assemble and check commits) can wait; the workers' requests on
+        # the same cores and disk cannot (thread_priority.py; BENCHMARKS.md, "Profile records scanned in C,
+        # the syncer below the workers"). The write transactions run on `_writer`, not lowered: the
+        # workers' Track writes wait for the LMDB write lock they hold.
         lower_cpu_priority(SYNC_NICE)
         lower_io_priority()
         backoff = Backoff()
@@ -471,12 +480,12 @@ class EdgeSyncer:
             info = self._info(commit, changes, SnapshotInfo() if commit.snapshot else stored, address)
             rebuild = commit.snapshot or any(ns not in PER_USER for ns, _, _ in changes)
             check_profiles(changes)  # before the write lock: scanned in C without the GIL
-            self.store.apply_replicated(
-                commit.version,
-                changes,
-                snapshot=commit.snapshot,
-                info=info,
-                check=_check_state(changes, rebuild, commit.snapshot, profiles=False),
+            check = _check_state(changes, rebuild, commit.snapshot, profiles=False)
+            # the one write transaction, at the process's priority: it holds the lock Track waits for
+            self._writer.call(
+                lambda: self.store.apply_replicated(
+                    commit.version, changes, snapshot=commit.snapshot, info=info, check=check
+                )
             )
         except Exception as exc:
             self._nack(commit.version, f"commit {commit.version} refused, nothing applied: {exc}")

@@ -4,7 +4,9 @@ it runs at.
 A record that is not a profile record this code reads refuses the whole commit (the syncer NACKs it and
 applies nothing), as it did inside the transaction; the records are scanned in C
 (tests/test_profile_check.py compares that scan with `check_profile`). The syncer thread runs SYNC_NICE
-steps below the process and in the lowest best-effort I/O level, so the workers' requests go first.
+steps below the process and in the lowest best-effort I/O level, so the workers' requests go first; its
+write transactions run on a writer thread at the process's priority (sync/commit_writer.py), as they hold
+the LMDB write lock the workers' Track writes wait for.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from edgewise.core.records import ProfileRecord, RecordError, encode_profile
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Store
 from edgewise.sync import edge_sync
+from edgewise.sync.commit_writer import CommitWriter, WriterStopped
 from edgewise.sync.edge_sync import EdgeSyncer, SyncTarget
 from edgewise.sync.shard import Shard
 from edgewise.sync.thread_priority import IOPRIO_LOWEST_BEST_EFFORT, io_priority
@@ -66,10 +69,35 @@ def test_the_syncer_thread_runs_at_a_lower_cpu_and_io_priority(tmp_path: Path) -
             assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, mine + edge_sync.SYNC_NICE)
             if my_io is not None:  # ioprio_get answers on this machine
                 assert io_priority(tid) == IOPRIO_LOWEST_BEST_EFFORT
+            # the write transactions' thread is not lowered: it holds the lock Track waits for
+            writer = syncer._writer.native_id
+            assert writer is not None
+            assert os.getpriority(os.PRIO_PROCESS, writer) == mine
+            assert io_priority(writer) == my_io
         finally:
             syncer.stop()
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller's unchanged
     assert io_priority(threading.get_native_id()) == my_io
+
+
+def test_the_commit_writer_runs_calls_in_its_thread_and_refuses_them_once_stopped() -> None:
+    writer = CommitWriter()
+    with pytest.raises(WriterStopped):
+        writer.call(lambda: 1)  # not started
+    writer.start()
+    try:
+        assert writer.call(threading.get_native_id) == writer.native_id != threading.get_native_id()
+
+        def fail() -> None:
+            raise ValueError("refused")
+
+        with pytest.raises(ValueError, match="refused"):
+            writer.call(fail)
+        assert writer.call(lambda: "still serving") == "still serving"
+    finally:
+        writer.stop()
+    with pytest.raises(WriterStopped):
+        writer.call(lambda: 1)
 
 
 # --- one commit, one write transaction: a kill -9 mid-apply leaves the old state or the new ---------------
@@ -78,8 +106,8 @@ _APPLY = """
 import sys, threading
 from edgewise.core.profile_check import check_profiles
 from edgewise.core.snapshot_info import SnapshotInfo
-from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Store
+from edgewise.sync.commit_writer import CommitWriter
 from edgewise.sync.edge_sync import SYNC_NICE
 from edgewise.sync.thread_priority import lower_cpu_priority, lower_io_priority
 from tests.test_sync_commit_check import profile_commit
@@ -87,13 +115,18 @@ from tests.test_sync_commit_check import profile_commit
 path, version, seed, users = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 changes = profile_commit(users, seed)
 store = Store(path)
+writer = CommitWriter()
+writer.start()  # from the main thread, at its priority, as EdgeSyncer.start does
 
-def apply():  # as the syncer does: its thread lowered, the check before the write transaction
+def apply():  # as the syncer does: its thread lowered, the check before the write transaction, which
+    # the writer thread runs
     lower_cpu_priority(SYNC_NICE)
     lower_io_priority()
     check_profiles(changes)
     print("applying", flush=True)
-    store.apply_replicated(version, changes, snapshot=False, info=SnapshotInfo(version=version))
+    writer.call(
+        lambda: store.apply_replicated(version, changes, snapshot=False, info=SnapshotInfo(version=version))
+    )
     print("applied", flush=True)
 
 thread = threading.Thread(target=apply)
