@@ -42,6 +42,7 @@ from edgewise.sync.central_jobs import EventsFollower, JobsLease
 from edgewise.sync.central_log import LogConflict, LogUnavailable
 from edgewise.sync.central_partitions import PartitionLeases
 from edgewise.sync.central_replica import Replica
+from edgewise.sync.control_jobs import JobFigures
 from edgewise.sync.control_server import ControlPlaneService, RolloutRequest
 from edgewise.sync.control_store import CommitInfo, ControlStore
 from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
@@ -117,6 +118,8 @@ class CentralControlService(ControlPlaneService):
         self._leading_lock = threading.Lock()
         self.learners: dict[int, BanditLearner] = {}  # one per partition held here
         self._learners_lock = threading.Lock()
+        self._gone_publishes = 0  # of the learners of partitions this replica gave up (for /metrics)
+        self._gone_skipped = 0
         partitions = range(central_events.partitions)
         self.retention = (
             EventRetention(
@@ -171,6 +174,25 @@ class CentralControlService(ControlPlaneService):
         )
         return list(jobs)
 
+    def job_figures(self) -> JobFigures:
+        """The folder's and this replica's learners' figures since start (a learner's stay counted once
+        its partition moves elsewhere). No backlogs: the records not read yet are per partition here."""
+        with self._learners_lock:
+            learners = list(self.learners.values())
+            publishes, skipped = self._gone_publishes, self._gone_skipped
+        published = [t for t in (learner.last_publish for learner in learners) if t is not None]
+        return JobFigures(
+            fold_backlog=None,
+            folds=self.folder.commits,
+            folded_profiles=self.folder.profiles,
+            learner_backlog=None,
+            bandit_publishes=publishes + sum(learner.publishes for learner in learners),
+            last_publish=max(published) if published else None,
+            folder_skipped=self.folder.skipped.total,
+            learner_skipped=skipped + sum(learner.skipped.total for learner in learners),
+            expired=self.retention.expired if self.retention is not None else 0,
+        )
+
     def refresh_jobs(self) -> list[RefreshJob | EmbeddingRefreshJob]:
         """The model refresh jobs this replica runs now: none unless it holds the jobs lease; their figures
         count from when it took the lease."""
@@ -198,7 +220,10 @@ class CentralControlService(ControlPlaneService):
         self.folder.pace(FOLD_EVERY_S * max(1, self.partition_leases.members))
         with self._learners_lock:
             for partition in sorted(set(self.learners) - held):
-                self.learners.pop(partition).stop()
+                gone = self.learners.pop(partition)
+                gone.stop()
+                self._gone_publishes += gone.publishes
+                self._gone_skipped += gone.skipped.total
             for partition in sorted(held - set(self.learners)):
                 learner = BanditLearner(
                     self.store,

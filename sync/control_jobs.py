@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.sync.bandit_learner import DEFAULT_SCHEDULE, BanditLearner
@@ -26,9 +27,25 @@ from edgewise.sync.model_refresh import RefreshJob
 from edgewise.sync.model_refresh_jobs import refresh_jobs
 from edgewise.sync.profile_folder import ProfileFolder
 
-__all__ = ["ControlJobs"]
+__all__ = ["ControlJobs", "JobFigures"]
 
 _Job = ProfileFolder | BanditLearner | EventRetention | RefreshJob | EmbeddingRefreshJob
+
+
+@dataclass(frozen=True, slots=True)
+class JobFigures:
+    """What the folder, the learners and retention did since start (the control plane's /metrics).
+    A backlog is None where the process cannot count it cheaply (a central-tier replica)."""
+
+    fold_backlog: int | None  # stored records the profile folder has not read yet
+    folds: int  # commits of folded profiles
+    folded_profiles: int
+    learner_backlog: int | None  # stored records the bandit learner has not read yet
+    bandit_publishes: int
+    last_publish: float | None  # time.monotonic() of the last publish
+    folder_skipped: int
+    learner_skipped: int
+    expired: int  # stored records deleted by retention
 
 
 class ControlJobs:

@@ -342,7 +342,7 @@ class ControlCollector(Collector):
         )
 
     def _events(self) -> Iterator[Metric]:
-        events, jobs = self.service.events, self.service.jobs
+        events = self.service.events
         if events is None:
             return
         last = events.last_seq()
@@ -356,35 +356,37 @@ class ControlCollector(Collector):
             "Records stored since the event store was created (its last sequence number).",
             last,
         )
-        if jobs is None:
+        figures = self.service.job_figures()
+        if figures is None:
             return
-        folder, learner = jobs.folder, jobs.learner
-        yield GaugeMetricFamily(
-            "edgewise_control_fold_backlog_records",
-            "Stored records the profile folder has not read yet.",
-            max(0, last - self.service.store.cursor("profiles")),
-        )
+        if figures.fold_backlog is not None:
+            yield GaugeMetricFamily(
+                "edgewise_control_fold_backlog_records",
+                "Stored records the profile folder has not read yet.",
+                figures.fold_backlog,
+            )
         yield CounterMetricFamily(
             "edgewise_control_folds_total",
             "Commits of folded profiles the profile folder published since start.",
-            folder.commits,
+            figures.folds,
         )
         yield CounterMetricFamily(
             "edgewise_control_folded_profiles_total",
             "Profile changes those commits carried since start.",
-            folder.profiles,
+            figures.folded_profiles,
         )
-        yield GaugeMetricFamily(
-            "edgewise_control_learner_backlog_records",
-            "Stored records the bandit learner has not read yet.",
-            max(0, last - learner.position),
-        )
+        if figures.learner_backlog is not None:
+            yield GaugeMetricFamily(
+                "edgewise_control_learner_backlog_records",
+                "Stored records the bandit learner has not read yet.",
+                figures.learner_backlog,
+            )
         yield CounterMetricFamily(
             "edgewise_control_bandit_publishes_total",
             "Commits of bandit posteriors the learner published since start.",
-            learner.publishes,
+            figures.bandit_publishes,
         )
-        published = learner.last_publish
+        published = figures.last_publish
         yield GaugeMetricFamily(
             "edgewise_control_bandit_publish_age_seconds",
             "Seconds since the learner last published (NaN before the first).",
@@ -395,13 +397,13 @@ class ControlCollector(Collector):
             "Stored records a consumer could not use and skipped, by consumer.",
             labels=["consumer"],
         )
-        skipped.add_metric(["profile_folder"], folder.skipped.total)
-        skipped.add_metric(["bandit_learner"], learner.skipped.total)
+        skipped.add_metric(["profile_folder"], figures.folder_skipped)
+        skipped.add_metric(["bandit_learner"], figures.learner_skipped)
         yield skipped
         yield CounterMetricFamily(
             "edgewise_control_events_expired_total",
             "Stored records deleted by retention since start (events.retain).",
-            jobs.retention.expired if jobs.retention is not None else 0,
+            figures.expired,
         )
 
 

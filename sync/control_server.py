@@ -55,7 +55,7 @@ from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.changes import bundle_records, parse_delta
 from edgewise.sync.commit_cache import CommitCache, commit_proto
 from edgewise.sync.control_config import RefreshConfig
-from edgewise.sync.control_jobs import ControlJobs
+from edgewise.sync.control_jobs import ControlJobs, JobFigures
 from edgewise.sync.control_store import CommitInfo, ControlStore, ControlStoreError, RecordChange
 from edgewise.sync.embedding_refresh_job import EmbeddingRefreshJob
 from edgewise.sync.event_retention import DEFAULT_RETAIN_MS
@@ -190,6 +190,25 @@ class ControlPlaneService(sync_pb2_grpc.ControlPlaneServicer):
         self._rollout_watch.stop()
         if self.jobs is not None:
             self.jobs.stop()
+
+    def job_figures(self) -> JobFigures | None:
+        """The background jobs' figures since start (None without an event store)."""
+        jobs, events = self.jobs, self.events
+        if jobs is None or events is None:
+            return None
+        last = events.last_seq()
+        folder, learner = jobs.folder, jobs.learner
+        return JobFigures(
+            fold_backlog=max(0, last - self.store.cursor("profiles")),
+            folds=folder.commits,
+            folded_profiles=folder.profiles,
+            learner_backlog=max(0, last - learner.position),
+            bandit_publishes=learner.publishes,
+            last_publish=learner.last_publish,
+            folder_skipped=folder.skipped.total,
+            learner_skipped=learner.skipped.total,
+            expired=jobs.retention.expired if jobs.retention is not None else 0,
+        )
 
     def refresh_jobs(self) -> list[RefreshJob | EmbeddingRefreshJob]:
         """The model refresh jobs this process runs now (their figures go to /metrics)."""

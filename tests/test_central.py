@@ -20,10 +20,12 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgewise.client import ControlClient, PushResult
 from edgewise.nats_cluster import NatsCluster
@@ -306,7 +308,8 @@ def test_forwarded_events_are_stored_once_and_folded_once_whichever_replica_take
 ) -> None:
     import signal
 
-    a, b = replicas("ra"), replicas("rb")
+    metrics = ("--metrics-listen", "127.0.0.1:0")
+    a, b = replicas("ra", *metrics), replicas("rb", *metrics)
     with _ops(a) as ops:
         version = ops.push(bundle_dir).version
     edge_a = following_edge(edge_factory, tmp_path / "edge-a", a.address, "edge-a", EDGE)
@@ -324,6 +327,13 @@ def test_forwarded_events_are_stored_once_and_folded_once_whichever_replica_take
     wait_for(lambda: _orders(datas[1], user) == before + 4, 20, "the purchases folded, seen on edge b")
     # edge a follows the other replica: the fold commit reaches it through that replica's log follower
     wait_for(lambda: _orders(datas[0], user) == before + 4, 20, "the purchases folded, seen on edge a")
+    # the replicas' /metrics show the folds (whichever replica folded: the sum of both), and no backlog
+    # (a replica's records not read yet are per partition)
+    scraped = [_scrape(a), _scrape(b)]
+    assert sum(m["edgewise_control_folds_total"] for m in scraped) >= 1, scraped
+    assert sum(m["edgewise_control_folded_profiles_total"] for m in scraped) >= 1, scraped
+    assert all("edgewise_control_bandit_publishes_total" in m for m in scraped)
+    assert not any("edgewise_control_fold_backlog_records" in m for m in scraped)
 
     # the replica folding (the jobs lease holder) dies: the other one takes over, folds the rest once
     holder, other, other_edge = (a, b, 1) if _holds_lease(a) else (b, a, 0)
@@ -348,6 +358,18 @@ def test_forwarded_events_are_stored_once_and_folded_once_whichever_replica_take
     assert _profile_copies(nats_cluster, user) == (0, 0)
     with _ops(other) as ops:  # the log still takes commits after its compaction
         ops.push_delta(_item_delta(9), name="after-forget.jsonl")
+
+
+def _scrape(replica: Process) -> dict[str, float]:
+    """The replica's /metrics, each family's samples summed by name."""
+    url = f"http://{replica.wait_ready()['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
 
 
 def _holds_lease(replica: Process) -> bool:
