@@ -187,3 +187,8 @@ def test_the_nats_demo_shows_the_killed_replicas_edge_failing_over() -> None:
     assert "edge-a failed over to replica B (" in out and "NOT moved" not in out, out
     assert "full snapshots after the first: 0; identical data: yes" in out, out
     assert "(500 distinct ids: counted once)" in out, out
+    # a canary pushed through replica A reaches edge-a only, and a promote through replica B every edge
+    canary = out.split("\n7. A canary rollout")[1].split("after the promotion: ")
+    assert "edge-a at version" in canary[0] and "edge-b still at version" in canary[0], out
+    assert "NO" not in canary[0] and "promoted: every edge gets it now" in canary[0], out
+    assert canary[1].startswith("yes"), out

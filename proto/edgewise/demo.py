@@ -334,14 +334,24 @@ def _fleet(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path) -
     _loop(env, address, edges, tmp, bundle_dir)
 
 
-def _canary(env: dict[str, str], address: str, tmp: Path, edges: list[str]) -> None:
-    """A canary rollout (docs/rollouts.md): a delta to edge-a only, then promoted to every edge."""
+def _canary(
+    env: dict[str, str],
+    address: str,
+    tmp: Path,
+    edges: list[str],
+    *,
+    step: str = "6b.",
+    promote_address: str | None = None,
+) -> None:
+    """A canary rollout (docs/rollouts.md): a delta to edge-a only, pushed through `address`, then
+    promoted to every edge through `promote_address` (the same control plane, or another replica)."""
+    promote_address = promote_address or address
     delta = tmp / "canary.jsonl"
     item = {"id": "demo-canary-item", "category": "new/arrivals", "price": 9.9, "regions": ["*"]}
     delta.write_text(json.dumps({"op": "upsert", "item": item}) + "\n")
     datas = {name: tmp / f"{name}-data" for name in edges}
     base = _edge_version(datas["edge-b"])
-    _say("6b. A canary rollout: a delta to edge-a only; edge-b stays on the version it serves")
+    _say(f"{step} A canary rollout: a delta to edge-a only; edge-b stays on the version it serves")
     _say(f"   $ edgewise ctl --control {address} push-delta canary.jsonl --canary-nodes edge-a")
     printed = _ctl(env, address, "push-delta", str(delta), "--canary-nodes", "edge-a", "--quiet")
     for line in printed.splitlines():
@@ -357,8 +367,8 @@ def _canary(env: dict[str, str], address: str, tmp: Path, edges: list[str]) -> N
     for line in _ctl(env, address, "status").splitlines():
         if "[canary]" in line or line.lstrip().startswith(("rollout", "canary", "group", "rest")):
             _say(f"   {line.strip()}")
-    _say(f"   $ edgewise ctl --control {address} promote")
-    _say(f"   {_ctl(env, address, 'promote')}")
+    _say(f"   $ edgewise ctl --control {promote_address} promote")
+    _say(f"   {_ctl(env, promote_address, 'promote')}")
     both = _wait(lambda: all(_edge_version(d) >= version for d in datas.values()), 10)
     _say(f"   both edges at version {version} after the promotion: {'yes' if both is not None else 'NO'}")
     _say()
@@ -627,6 +637,8 @@ def _central(env: dict[str, str], procs: Processes, tmp: Path, bundle_dir: Path)
         for line in _ctl(env, b.address, "status").splitlines():
             _say(f"   {line}")
         _say()
+        _say("   (the canary is pushed through replica A, promoted through replica B)")
+        _canary(env, a2.address, tmp, list(edges), step="7.", promote_address=b.address)
         return 1
     finally:
         procs.stop_all()  # the replicas first, while NATS still answers
