@@ -51,7 +51,9 @@ from edgewise.sync.event_store import EventStore, EventStoreError, IngestResult
 from edgewise.sync.fleet import EdgeEntry
 from edgewise.sync.model_refresh import RefreshJob
 from edgewise.sync.model_refresh_jobs import refresh_jobs
+from edgewise.sync.profile_folder import CURSOR as FOLD_CURSOR
 from edgewise.sync.profile_folder import ProfileFolder, folded_upto
+from edgewise.sync.profile_folder import partition_cursor as fold_partition_cursor
 from edgewise.v1 import sync_pb2
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ CATCH_UP_S: Final = 10.0
 RESUME_WAIT_S: Final = 5.0  # how long a Subscribe waits for the log to reach the edge's version
 FOLD_EVERY_S: Final = 0.1  # the change log's fold commits per second: about 1 / FOLD_EVERY_S
 SNAPSHOT_EVERY: Final = 1000  # commits between snapshots (and after every push or rollback)
+BACKLOG_COUNT_LIMIT: Final = 1_000_000  # a backlog past it shows as this (a scrape walks the index)
 COUNT_WAIT_S: Final = 3.0  # how long Status waits for the local copy of the events stream to catch up
 T = TypeVar("T")
 
@@ -176,21 +179,35 @@ class CentralControlService(ControlPlaneService):
 
     def job_figures(self) -> JobFigures:
         """The folder's and this replica's learners' figures since start (a learner's stay counted once
-        its partition moves elsewhere). No backlogs: the records not read yet are per partition here."""
+        its partition moves elsewhere), and the backlogs of the partitions it works: the records of each
+        that its folder or learner has not read yet, counted up to `BACKLOG_COUNT_LIMIT`."""
         with self._learners_lock:
-            learners = list(self.learners.values())
+            learners = dict(self.learners)
             publishes, skipped = self._gone_publishes, self._gone_skipped
-        published = [t for t in (learner.last_publish for learner in learners) if t is not None]
+        published = [t for t in (learner.last_publish for learner in learners.values()) if t is not None]
+        start = self.store.cursor(FOLD_CURSOR)
+        fold_backlogs = {
+            p: self.local_events.count_in(
+                p, self.store.cursor(fold_partition_cursor(p), start), BACKLOG_COUNT_LIMIT
+            )
+            for p in sorted(self.partition_leases.held())
+        }
+        learner_backlogs = {
+            p: self.local_events.count_in(p, learner.position, BACKLOG_COUNT_LIMIT)
+            for p, learner in sorted(learners.items())
+        }
         return JobFigures(
             fold_backlog=None,
             folds=self.folder.commits,
             folded_profiles=self.folder.profiles,
             learner_backlog=None,
-            bandit_publishes=publishes + sum(learner.publishes for learner in learners),
+            bandit_publishes=publishes + sum(learner.publishes for learner in learners.values()),
             last_publish=max(published) if published else None,
             folder_skipped=self.folder.skipped.total,
-            learner_skipped=skipped + sum(learner.skipped.total for learner in learners),
+            learner_skipped=skipped + sum(learner.skipped.total for learner in learners.values()),
             expired=self.retention.expired if self.retention is not None else 0,
+            fold_backlogs=fold_backlogs,
+            learner_backlogs=learner_backlogs,
         )
 
     def refresh_jobs(self) -> list[RefreshJob | EmbeddingRefreshJob]:

@@ -12,7 +12,7 @@ all and returns when each thread ended (or its timeout passed).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -35,7 +35,8 @@ _Job = ProfileFolder | BanditLearner | EventRetention | RefreshJob | EmbeddingRe
 @dataclass(frozen=True, slots=True)
 class JobFigures:
     """What the folder, the learners and retention did since start (the control plane's /metrics).
-    A backlog is None where the process cannot count it cheaply (a central-tier replica)."""
+    A backlog is one figure on the embedded control plane (None on a central-tier replica, whose records
+    not read yet are per partition: `fold_backlogs` / `learner_backlogs`, of the partitions it works)."""
 
     fold_backlog: int | None  # stored records the profile folder has not read yet
     folds: int  # commits of folded profiles
@@ -46,6 +47,8 @@ class JobFigures:
     folder_skipped: int
     learner_skipped: int
     expired: int  # stored records deleted by retention
+    fold_backlogs: Mapping[int, int] | None = None  # partition -> records its folder has not read yet
+    learner_backlogs: Mapping[int, int] | None = None  # partition -> records its learner has not read yet
 
 
 class ControlJobs:

@@ -10,7 +10,8 @@ Two parts, served together by `edgewise.metrics_http` (`control serve --metrics-
 - `ControlCollector` reads the rest when scraped: the head and the oldest version of the change log, the
   fleet (edges by state, how far the connected ones are behind the head, NACKs), the open Subscribe
   streams and Forward calls, the event store (records stored, the profile folder's and the bandit
-  learner's backlog, records skipped, expired), the folds, the model refresh jobs (runs, failures, the
+  learner's backlog (on a central-tier replica, per partition of the events stream it works), records
+  skipped, expired), the folds, the model refresh jobs (runs, failures, the
   last run's duration and the last version committed, per model), and the forget backlog (forgotten
   users some known edge has not applied yet).
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import grpc
@@ -359,12 +360,12 @@ class ControlCollector(Collector):
         figures = self.service.job_figures()
         if figures is None:
             return
-        if figures.fold_backlog is not None:
-            yield GaugeMetricFamily(
-                "edgewise_control_fold_backlog_records",
-                "Stored records the profile folder has not read yet.",
-                figures.fold_backlog,
-            )
+        yield from _backlog(
+            "edgewise_control_fold_backlog_records",
+            "Stored records the profile folder has not read yet",
+            figures.fold_backlog,
+            figures.fold_backlogs,
+        )
         yield CounterMetricFamily(
             "edgewise_control_folds_total",
             "Commits of folded profiles the profile folder published since start.",
@@ -375,12 +376,12 @@ class ControlCollector(Collector):
             "Profile changes those commits carried since start.",
             figures.folded_profiles,
         )
-        if figures.learner_backlog is not None:
-            yield GaugeMetricFamily(
-                "edgewise_control_learner_backlog_records",
-                "Stored records the bandit learner has not read yet.",
-                figures.learner_backlog,
-            )
+        yield from _backlog(
+            "edgewise_control_learner_backlog_records",
+            "Stored records the bandit learner has not read yet",
+            figures.learner_backlog,
+            figures.learner_backlogs,
+        )
         yield CounterMetricFamily(
             "edgewise_control_bandit_publishes_total",
             "Commits of bandit posteriors the learner published since start.",
@@ -453,3 +454,21 @@ def control_registry(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ControlCollector(service, meter, admission))
     return registry
+
+
+def _backlog(
+    name: str, documentation: str, whole: int | None, partitions: Mapping[int, int] | None
+) -> Iterator[GaugeMetricFamily]:
+    """One backlog family: one figure (the embedded control plane), or one per partition a central-tier
+    replica works (label `partition`; none while it works none)."""
+    if whole is not None:
+        yield GaugeMetricFamily(name, f"{documentation}.", whole)
+    elif partitions is not None:
+        family = GaugeMetricFamily(
+            name,
+            f"{documentation}, per partition of the events stream this replica works.",
+            labels=["partition"],
+        )
+        for partition, count in partitions.items():
+            family.add_metric([str(partition)], count)
+        yield family

@@ -356,6 +356,22 @@ class EventStore:
                 out.append((_SEQ.unpack(seq)[0], node, record))
         return out
 
+    def count_in(self, partition: int, after: int, limit: int) -> int:
+        """How many records of `partition` the `parts` index holds after sequence `after`, counted up to
+        `limit` (a walk over index keys, no record read): a consumer's backlog in that partition."""
+        if not 0 <= partition <= self.anonymous:
+            raise EventStoreError(f"partition {partition} is not one of this store's {self.partitions}")
+        prefix = _PART.pack(partition)
+        counted = 0
+        with self._env.begin() as txn, txn.cursor(db=self._parts) as cursor:
+            if not cursor.set_range(prefix + _SEQ.pack(after + 1)):
+                return 0
+            for key in cursor.iternext(values=False):
+                if counted >= limit or not key.startswith(prefix):
+                    break
+                counted += 1
+        return counted
+
     def last_seq(self) -> int:
         """The sequence number of the newest record stored (0 before the first): how many were ever
         stored, deleted ones included."""

@@ -327,13 +327,26 @@ def test_forwarded_events_are_stored_once_and_folded_once_whichever_replica_take
     wait_for(lambda: _orders(datas[1], user) == before + 4, 20, "the purchases folded, seen on edge b")
     # edge a follows the other replica: the fold commit reaches it through that replica's log follower
     wait_for(lambda: _orders(datas[0], user) == before + 4, 20, "the purchases folded, seen on edge a")
-    # the replicas' /metrics show the folds (whichever replica folded: the sum of both), and no backlog
-    # (a replica's records not read yet are per partition)
+    # the replicas' /metrics show the folds (whichever replica folded: the sum of both), and the backlogs
+    # per partition of the partitions each works: together every partition once, nothing left to read
     scraped = [_scrape(a), _scrape(b)]
     assert sum(m["edgewise_control_folds_total"] for m in scraped) >= 1, scraped
     assert sum(m["edgewise_control_folded_profiles_total"] for m in scraped) >= 1, scraped
     assert all("edgewise_control_bandit_publishes_total" in m for m in scraped)
-    assert not any("edgewise_control_fold_backlog_records" in m for m in scraped)
+
+    def backlogs() -> list[dict[str, float]]:
+        return [_labelled(r, "edgewise_control_fold_backlog_records", "partition") for r in (a, b)]
+
+    wait_for(
+        lambda: (
+            sorted(p for b in backlogs() for p in b) == sorted(str(p) for p in range(8))
+        ),  # the default `nats.partitions`
+        20,
+        "each partition's fold backlog on the replica that works it",
+    )
+    wait_for(lambda: all(v == 0 for b in backlogs() for v in b.values()), 20, "nothing left to fold")
+    learners = [_labelled(r, "edgewise_control_learner_backlog_records", "partition") for r in (a, b)]
+    assert all(v >= 0 for b in learners for v in b.values()), learners
 
     # the replica folding (the jobs lease holder) dies: the other one takes over, folds the rest once
     holder, other, other_edge = (a, b, 1) if _holds_lease(a) else (b, a, 0)
@@ -370,6 +383,19 @@ def _scrape(replica: Process) -> dict[str, float]:
         for sample in family.samples:
             sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
     return sums
+
+
+def _labelled(replica: Process, name: str, label: str) -> dict[str, float]:
+    """One family's samples on the replica's /metrics, by the value of `label`."""
+    url = f"http://{replica.wait_ready()['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.labels[label]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def _holds_lease(replica: Process) -> bool:

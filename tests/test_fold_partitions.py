@@ -98,6 +98,13 @@ def test_the_index_reads_one_partition_in_order_and_follows_forget_and_reopening
         gone = USERS[3]
         assert events.forget(gone) == 5
         assert all(r["u"] != gone for p in range(P) for _, _, r in events.batch_in(p, 0, 1000))
+        for p in range(P):  # a consumer's backlog in a partition: what batch_in would still read
+            rows = events.batch_in(p, 0, 1000)
+            assert events.count_in(p, 0, 1000) == len(rows)
+            assert events.count_in(p, rows[1][0], 1000) == len(rows) - 2
+            assert events.count_in(p, 0, 3) == 3  # counted up to the limit
+            assert events.count_in(p, rows[-1][0], 1000) == 0
+        assert events.count_in(events.anonymous, 0, 10) == 1
     with EventStore(tmp_path / "ev", partitions=3) as events:  # another partition count: indexed again
         rows = [row for p in range(3) for row in events.batch_in(p, 0, 1000)]
         assert len(rows) == 55 and len(events.batch_in(events.anonymous, 0, 10)) == 1
