@@ -23,10 +23,9 @@ def serving_proto(reading: ServingStats) -> sync_pb2.ServingStats:
 
 
 def shadow_proto(reading: ShadowReading) -> sync_pb2.ShadowStats:
-    """The heartbeat's ShadowStats: every field of the message from the reading of the same name (the
-    reading's `sample` and `dropped` are the node's own, for `edge status`)."""
-    names = sync_pb2.ShadowStats.DESCRIPTOR.fields_by_name
-    return sync_pb2.ShadowStats(**{name: getattr(reading, name) for name in names})
+    """The heartbeat's ShadowStats (the reading's `sample` and `dropped` are the node's own, for `edge
+    status`)."""
+    return sync_pb2.ShadowStats(**asdict(reading.stats))
 
 
 @dataclass(frozen=True, slots=True)

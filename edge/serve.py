@@ -732,7 +732,9 @@ def _run_until_stopped(
             return
         reading = counters.shadow.reading()
         if node_metrics is not None:
-            node_metrics.set_shadow(reading.version if reading else 0, reading.sample if reading else 0.0)
+            node_metrics.set_shadow(
+                reading.stats.version if reading else 0, reading.sample if reading else 0.0
+            )
         candidate = sync.syncer.shadow.current() if sync is not None else None
         if reading is not None and candidate is not None:
             write_status(config.data.dir, reading, candidate)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edgewise.edge.metrics import SHADOW_COUNTERS, NodeMetrics
+from edgewise.sync.ops_replies import ShadowStats
 from edgewise.sync.shadow_candidate import SHADOW_DIR, Candidate
 
 __all__ = ["STATUS_FILE", "ShadowCounter", "ShadowReading", "read_status", "write_status"]
@@ -30,27 +31,22 @@ STATUS_FILE: Final = "stats.json"
 
 @dataclass(frozen=True, slots=True)
 class ShadowReading:
-    """Shadow decisions with one candidate, since the node received it (the heartbeat's ShadowStats)."""
+    """Shadow decisions with one candidate, since the node received it: the heartbeat's ShadowStats, and
+    what only `edge status` shows."""
 
-    version: int  # the candidate
-    base_version: int  # the version served now
+    stats: ShadowStats
     sample: float  # the share of requests decided again (the candidate's, capped by the node's config)
-    sampled: int
-    placements: int
-    item_placements: int
-    overlap_sum: float
-    variant_changes: int
-    new_fallbacks: int
-    fixed_fallbacks: int
-    errors: int
-    served_latency_us_sum: int  # pipeline CPU time of the sampled requests with the served version
-    shadow_latency_us_sum: int  # and with the candidate
     dropped: int  # sampled requests not decided again: a worker's shadow queue was full
 
     @property
     def mean_overlap(self) -> float:
         """Mean overlap@k over the placements with items in both answers (1.0 when there were none)."""
-        return self.overlap_sum / self.item_placements if self.item_placements else 1.0
+        stats = self.stats
+        return stats.overlap_sum / stats.item_placements if stats.item_placements else 1.0
+
+    def status_doc(self) -> dict[str, Any]:
+        """The reading as `stats.json` holds it: the ShadowStats fields, `sample` and `dropped`."""
+        return {**asdict(self.stats), "sample": self.sample, "dropped": self.dropped}
 
 
 def _shadow_sums(node: NodeMetrics) -> dict[str, float]:
@@ -95,10 +91,9 @@ class ShadowCounter:
                 self._key, self._base = candidate.dir, now
             base = self._base
         d = {name: max(0.0, now[name] - base[name]) for name in SHADOW_COUNTERS}
-        return ShadowReading(
+        stats = ShadowStats(
             version=candidate.version,
             base_version=self._served_version(),
-            sample=min(candidate.sample, self._max_sample),
             sampled=int(d["sampled"]),
             placements=int(d["placements"]),
             item_placements=int(d["item_placements"]),
@@ -109,8 +104,8 @@ class ShadowCounter:
             errors=int(d["errors"]),
             served_latency_us_sum=round(d["served_us"]),
             shadow_latency_us_sum=round(d["shadow_us"]),
-            dropped=int(d["dropped"]),
         )
+        return ShadowReading(stats, min(candidate.sample, self._max_sample), int(d["dropped"]))
 
 
 def write_status(data_dir: Path, reading: ShadowReading, candidate: Candidate) -> None:
@@ -120,7 +115,7 @@ def write_status(data_dir: Path, reading: ShadowReading, candidate: Candidate) -
         return  # dropped meanwhile
     tmp = path.with_name(STATUS_FILE + ".tmp")
     with contextlib.suppress(OSError):  # the candidate dropped while we wrote: nothing to report
-        tmp.write_text(json.dumps({"candidate": asdict(candidate), "stats": asdict(reading)}))
+        tmp.write_text(json.dumps({"candidate": asdict(candidate), "stats": reading.status_doc()}))
         os.replace(tmp, path)
 
 

@@ -26,6 +26,7 @@ from edgewise.core.pipeline import Pipeline
 from edgewise.core.shadow_compare import compare, overlap_at_k
 from edgewise.core.snapshot_info import SnapshotInfo
 from edgewise.core.store import Change, Store
+from edgewise.edge.heartbeat_stats import shadow_proto
 from edgewise.edge.metrics import MetricsLayout, NodeMetrics, WorkerMetrics
 from edgewise.edge.servicer import PersonalizerServicer
 from edgewise.edge.shadow import ShadowDecider
@@ -36,6 +37,7 @@ from edgewise.sync.shadow_candidate import SHADOW_DIR, ShadowCandidates, read_ca
 from edgewise.sync.shard import parse_shard
 from edgewise.sync.snapshot import apply_bundle
 from edgewise.sync.wire import Assembler
+from edgewise.v1 import sync_pb2
 from tests.rollout_support import failing_bundle, recording_control_plane, shadow_messages
 from tests.sync_support import wait_for
 
@@ -298,15 +300,17 @@ def test_shadow_decisions_count_what_the_candidate_changes(
         wait_for(lambda: decider.decided == 120, 20, "120 shadow decisions")
         reading = counter.reading()
         assert reading is not None
-        assert (reading.version, reading.sampled, reading.placements, reading.errors) == (50, 120, 240, 0)
-        assert reading.new_fallbacks == 240 - served_fallbacks and reading.fixed_fallbacks == 0
-        assert reading.variant_changes > 0  # the candidate's campaigns differ
+        stats = reading.stats
+        assert (stats.version, stats.sampled, stats.placements, stats.errors) == (50, 120, 240, 0)
+        assert stats.new_fallbacks == 240 - served_fallbacks and stats.fixed_fallbacks == 0
+        assert stats.variant_changes > 0  # the candidate's campaigns differ
         assert reading.mean_overlap < 0.9
-        assert reading.served_latency_us_sum > 0 and reading.shadow_latency_us_sum > 0
-        assert reading.dropped == 0
+        assert stats.served_latency_us_sum > 0 and stats.shadow_latency_us_sum > 0
+        assert reading.dropped == 0 and reading.sample == 1.0
+        assert shadow_proto(reading) == sync_pb2.ShadowStats(**asdict(stats))  # the heartbeat's
 
         write_status(live.path, reading, candidate)
-        assert read_status(live.path, candidate) == asdict(reading)
+        assert read_status(live.path, candidate) == {**asdict(stats), "sample": 1.0, "dropped": 0}
 
         same = candidates.install(51, live.version(), 1.0, candidate_changes(bundle_dir, 51), SnapshotInfo())
         counter.received(same)
@@ -315,9 +319,13 @@ def test_shadow_decisions_count_what_the_candidate_changes(
             servicer.decide(ask(user))
         wait_for(lambda: decider.decided == 180, 20, "60 more")
         reading = counter.reading()
-        assert reading is not None and (reading.version, reading.sampled) == (51, 60)  # counted from 0 again
-        assert reading.item_placements > 0 and reading.mean_overlap == 1.0  # the same data: the same items
-        assert reading.new_fallbacks == reading.fixed_fallbacks == reading.variant_changes == 0
+        assert reading is not None and (reading.stats.version, reading.stats.sampled) == (
+            51,
+            60,
+        )  # from 0 again
+        stats = reading.stats
+        assert stats.item_placements > 0 and reading.mean_overlap == 1.0  # the same data: the same items
+        assert stats.new_fallbacks == stats.fixed_fallbacks == stats.variant_changes == 0
 
         candidates.drop()
         counter.received(None)
