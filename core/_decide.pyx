@@ -1,0 +1,415 @@
+# cython: language_level=3, auto_pickle=False
+"""`Pipeline.decide`'s per-request orchestration as one typed call: `Decider.decide`, the common path.
+
+`Pipeline._decide_reference` (core/pipeline.py) is the reference: placements resolved, the consent gate,
+the feature view, segment memo and shopper, the global holdout, then per placement the campaign walk
+(`_eligible`: channels, schedule, audience and excluded segments), experiment assignment and the
+`PlacementDecision`, a few hundred interpreter steps per request. Here the same steps run over a
+`DecidePlan`, made once per snapshot version (`VersionState.derived`): per placement its counts, default
+experience and campaigns as typed records (segment ids, channels, the experiment's salts and layer
+range, the variants' item strategies), so the walk is C loops over those records:
+
+- the placements resolved by a dict lookup in the plan (an unknown placement, a count over the maximum,
+  an explanation asked for: `decide` returns None before anything is read, and the reference answers);
+- the consent gate through the reference's own `_consented_inputs` (the profile cache, the activity
+  merge and expiry are Python either way: one call);
+- segments evaluated through the request's `SegmentMemo` dict itself (its predicate called at most
+  once, the result stored where `SegmentMemo.matches` would store it), so memo, explanation-free
+  `segments` of the response and any Python path that follows see the same results;
+- an experiment's unit assigned with the compiled MurmurHash3 (`_hashing.salted_bucket`), layer range
+  first, and its `Assignment` read from the experiment's per-bucket table; a forced variant (QA
+  attribute), GrowthBook bucketing or a bucket not yet in the table calls `experiments.assign`;
+- the local time (`_local_time`, a datetime) computed only when a schedule or a Python path needs it;
+- `PlacementDecision`s and the `DecideResponse` made with their slots filled (`_results.filled`).
+
+What this does not cover goes to the reference's own methods, per placement, with the same inputs:
+a placement with a bandit campaign or a request filter (`Pipeline._placement`), a unit in the global
+holdout (`Pipeline._default`). Items are ranked by the `rank` the caller passes (`rank_items`, itself
+the compiled placement with its reference behind it). tests/test_decide_compiled.py compares whole
+decisions of both paths on generated rules, requests, profiles and activity.
+"""
+
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+
+from edgewise.core._hashing cimport salted_bucket
+
+from edgewise.core._results import filled
+from edgewise.core.decisions import DecideResponse, FallbackReason, PlacementDecision
+from edgewise.core.experiments import FORCE_ATTRIBUTE_PREFIX as _FORCE_PREFIX
+from edgewise.core.experiments import assign
+
+cdef object _NONE = FallbackReason.NONE
+cdef object _NO_CONSENT = FallbackReason.NO_CONSENT
+cdef object _UNKNOWN_USER = FallbackReason.UNKNOWN_USER
+cdef object _HOLDOUT = FallbackReason.HOLDOUT
+cdef object _ASSIGN = assign
+cdef object _DECISION = PlacementDecision
+cdef object _RESPONSE = DecideResponse
+cdef frozenset _NOTHING = frozenset()
+
+cdef enum:
+    _CONTENT = 0
+    _EXPERIMENT = 1
+    _ITEMS = 2
+    _BANDIT = 3
+
+
+cdef class _Campaign:
+    """One campaign of a placement, as the walk reads it."""
+    cdef str id
+    cdef int kind
+    cdef object channels  # frozenset, None: every channel
+    cdef object schedule  # rules.Schedule or None
+    cdef tuple audience
+    cdef tuple exclude
+    cdef str content_id
+    cdef object items  # ItemServe
+    # experiments
+    cdef object experiment
+    cdef str experiment_id
+    cdef object layer_salt  # str or None
+    cdef int layer_start, layer_end
+    cdef str salt
+    cdef list by_bucket  # Experiment._by_bucket: the Assignment of each bucket, filled by `assign`
+    cdef bint simple  # murmur3 bucketing (no GrowthBook)
+    cdef str force_key  # context attribute that forces a variant ("" when not allowed)
+    cdef dict variant_items  # variant id -> ItemServe (item placements)
+
+    def __init__(self, campaign, rules, bint content):
+        self.id = campaign.id
+        self.channels = campaign.channels if campaign.channels else None
+        self.schedule = campaign.schedule
+        self.audience = tuple(campaign.audience)
+        self.exclude = tuple(campaign.exclude)
+        self.content_id = campaign.content_id
+        self.items = campaign.items
+        self.experiment_id = campaign.experiment_id
+        self.force_key = ""
+        self.variant_items = {}
+        if campaign.experiment_id:
+            self.kind = _EXPERIMENT
+            experiment = rules.experiments[campaign.experiment_id]
+            self.experiment = experiment
+            layer = experiment.layer
+            self.layer_salt = None if layer is None else layer.salt
+            self.layer_start, self.layer_end = experiment.layer_range
+            self.salt = experiment.salt
+            self.by_bucket = experiment._by_bucket
+            self.simple = experiment.growthbook is None
+            if experiment.allow_forced:
+                self.force_key = _FORCE_PREFIX + experiment.id
+            if not content:
+                for variant in experiment.variants:
+                    key = (experiment.id, variant.id)
+                    if key in rules.variant_items:
+                        self.variant_items[variant.id] = rules.variant_items[key]
+        elif campaign.bandit_id:
+            self.kind = _BANDIT
+        elif campaign.content_id:
+            self.kind = _CONTENT
+        else:
+            self.kind = _ITEMS
+
+
+cdef class _Placement:
+    """One placement of the rules, as the request path reads it."""
+    cdef object placement  # rules.Placement
+    cdef str id
+    cdef bint content
+    cdef Py_ssize_t default_count, max_count
+    cdef str default_content
+    cdef object default_items
+    cdef tuple campaigns  # of _Campaign, by priority
+    cdef bint python  # a bandit campaign: the reference's `_placement` serves it
+
+    def __init__(self, placement, rules):
+        self.placement = placement
+        self.id = placement.id
+        self.content = placement.kind == "content"
+        self.default_count = placement.default_count
+        self.max_count = placement.max_count
+        self.default_content = placement.default_content
+        self.default_items = placement.default_items
+        self.campaigns = tuple(_Campaign(c, rules, self.content) for c in placement.campaigns)
+        self.python = any((<_Campaign>c).kind == _BANDIT for c in self.campaigns)
+
+
+cdef class DecidePlan:
+    """What `Decider.decide` reads of one snapshot version's rules, made once per version."""
+    cdef dict placements  # placement id -> _Placement
+    cdef object holdout_salt  # str or None: no holdout (or an empty one)
+    cdef int holdout_buckets
+    cdef object segments  # SegmentSet
+    cdef dict predicates  # segment id -> compiled condition
+    cdef Py_ssize_t n_items, dim
+
+    def __init__(self, state):
+        rules = state.rules
+        self.placements = {pid: _Placement(p, rules) for pid, p in rules.placements.items()}
+        holdout = rules.holdout
+        self.holdout_salt = holdout.salt if holdout is not None and holdout.buckets > 0 else None
+        self.holdout_buckets = holdout.buckets if holdout is not None else 0
+        self.segments = rules.segments
+        self.predicates = rules.segments._predicates
+        self.n_items = state.n_items
+        self.dim = state.dim
+
+
+cdef class Decider:
+    """The compiled `decide` of one `Pipeline`: its scratch, profile cache and the reference's functions
+    it shares (`consented_inputs`, `local_time`, `resolve` and the feature classes), bound once."""
+    cdef object pipeline
+    cdef object scratch
+    cdef object profiles
+    cdef object consented
+    cdef object local_time
+    cdef object resolve
+    cdef object feature_view
+    cdef object memo_class
+    cdef object shopper_class
+
+    def __init__(
+        self, pipeline, scratch, profiles, consented, local_time, resolve, feature_view, memo_class,
+        shopper_class,
+    ):
+        self.pipeline = pipeline
+        self.scratch = scratch
+        self.profiles = profiles
+        self.consented = consented
+        self.local_time = local_time
+        self.resolve = resolve
+        self.feature_view = feature_view
+        self.memo_class = memo_class
+        self.shopper_class = shopper_class
+
+    def decide(self, view, state, DecidePlan plan not None, request, rank):
+        """`Pipeline._decide_reference(view, state, request)`, or None (before anything is read): an
+        explanation asked for, an unknown placement or a count over the maximum (the reference raises
+        the `RequestError`). `rank`: `rank_items`."""
+        if request.explain:
+            return None
+        cdef tuple asks = request.placements
+        cdef Py_ssize_t n = len(asks), i, count, most = 0
+        cdef list places = [None] * n
+        cdef list counts = [None] * n
+        cdef list filters = None
+        cdef _Placement pp
+        cdef PyObject* found
+        for i in range(n):
+            ask = asks[i]
+            found = PyDict_GetItem(plan.placements, ask.placement_id)
+            if found is NULL:
+                return None
+            pp = <_Placement>found
+            count = ask.count or pp.default_count
+            if count > pp.max_count:
+                return None
+            if ask.filter:
+                if filters is None:
+                    filters = [None] * n
+                filters[i] = self.resolve(state, i, ask)[2]  # raises the reference's RequestError
+            places[i] = pp
+            counts[i] = count
+            if count > most:
+                most = count
+        user_id = request.user_id
+        unit = user_id or request.session_id
+        profile, activity, allowed_obj = self.consented(view, request, self.profiles)
+        cdef bint allowed = allowed_obj
+        context = request.context
+        features = self.feature_view(
+            state,
+            context,
+            request.now_ms,
+            user_id if allowed else "",
+            profile,
+            activity,
+            request.consent if allowed else _NOTHING,
+            False,
+        )
+        memo = self.memo_class(plan.segments, features)
+        cdef dict results = memo._results
+        shopper = self.shopper_class(allowed, profile is not None, profile, activity, memo)
+        cdef bint holdout = (
+            allowed and bool(unit) and plan.holdout_salt is not None
+            and salted_bucket(plan.holdout_salt, unit) < plan.holdout_buckets
+        )
+        self.scratch.ensure(plan.n_items, most, plan.dim)
+        cdef list outputs = [None] * n
+        cdef _Walk walk = _Walk.__new__(_Walk)
+        walk.d = self
+        walk.view = view
+        walk.state = state
+        walk.plan = plan
+        walk.request = request
+        walk.rank = rank
+        walk.shopper = shopper
+        walk.memo = memo
+        walk.features = features
+        walk.results = results
+        walk.unit = unit
+        walk.allowed = allowed
+        walk.channel = context.channel
+        walk.now_ms = request.now_ms
+        walk.has_local = False
+        walk.local = None
+        for i in range(n):
+            pp = <_Placement>places[i]
+            ask = asks[i]
+            request_filter = None if filters is None else filters[i]
+            if holdout:
+                out = self.pipeline._default(
+                    view, state, pp.placement, ask, request_filter, counts[i], shopper, request, None
+                )
+                out.fallback = _HOLDOUT
+            elif pp.python or request_filter is not None:
+                out = self.pipeline._placement(
+                    view, state, pp.placement, ask, request_filter, counts[i], shopper, memo, request,
+                    unit, walk.local_time(), None,
+                )
+            else:
+                out = walk.placement(pp, ask, counts[i])
+            outputs[i] = out
+        matched = sorted([sid for sid, result in results.items() if result])
+        return filled(_RESPONSE, (view.version, outputs, None, tuple(matched), ""))
+
+
+cdef class _Walk:
+    """One request's inputs, for the campaign walk of each of its placements."""
+    cdef Decider d
+    cdef object view, state, request, rank, shopper, memo, features, unit, channel, now_ms, local
+    cdef DecidePlan plan
+    cdef dict results
+    cdef bint allowed, has_local
+
+    cdef object local_time(self):
+        if not self.has_local:
+            self.local = self.d.local_time(self.request)
+            self.has_local = True
+        return self.local
+
+    cdef bint matches(self, str segment_id) except -1:
+        """`SegmentMemo.matches`: the memo's own results dict, each predicate called at most once."""
+        cdef PyObject* found = PyDict_GetItem(self.results, segment_id)
+        if found is not NULL and <object>found is not None:
+            return bool(<object>found)
+        found = PyDict_GetItem(self.plan.predicates, segment_id)
+        if found is NULL:
+            return bool(self.memo.matches(segment_id))  # raises the memo's KeyError
+        result = (<object>found)(self.features)
+        self.results[segment_id] = result
+        return bool(result)
+
+    cdef bint eligible(self, _Campaign c) except -1:
+        if c.channels is not None and self.channel not in c.channels:
+            return False
+        if c.schedule is not None and not c.schedule.active(self.now_ms, self.local_time()):
+            return False
+        for segment_id in c.audience:
+            if not self.matches(segment_id):
+                return False
+        for segment_id in c.exclude:
+            if self.matches(segment_id):
+                return False
+        return True
+
+    cdef object assignment(self, _Campaign c):
+        """`experiments.assign(c.experiment, unit, attributes)`."""
+        cdef int b
+        cdef PyObject* cached
+        if c.force_key:
+            forced = self.request.context.attributes.get(c.force_key)
+            if forced:
+                return _assign(c.experiment, self.unit, self.request.context.attributes)
+        if not c.simple:
+            return _assign(c.experiment, self.unit, self.request.context.attributes)
+        if c.layer_salt is not None:
+            b = salted_bucket(c.layer_salt, self.unit)
+            if b < c.layer_start or b >= c.layer_end:
+                return None
+        b = salted_bucket(c.salt, self.unit)
+        assignment = c.by_bucket[b]
+        if assignment is None:  # first unit of this bucket: `assign` builds and stores it
+            return _assign(c.experiment, self.unit, self.request.context.attributes)
+        return assignment
+
+    cdef object placement(self, _Placement pp, ask, Py_ssize_t count):
+        """`Pipeline._placement` without explanation, for a placement without bandits or request filter."""
+        skipped = _NONE
+        cdef _Campaign c
+        for c in pp.campaigns:
+            if not self.eligible(c):
+                continue
+            if c.kind == _EXPERIMENT and not (self.allowed and self.unit):
+                if skipped is _NONE:
+                    skipped = _NO_CONSENT if not self.allowed else _UNKNOWN_USER
+                continue
+            if c.kind == _EXPERIMENT:
+                assignment = self.assignment(c)
+                if assignment is None:
+                    continue
+                variant = assignment.variant
+                if variant is None:
+                    continue
+                experiment = assignment.experiment
+                out = _decision(pp.id, c.id)
+                out.experiment_id = experiment.id
+                out.variant_id = variant.id
+                out.propensity = 1.0 if assignment.forced else variant.propensity
+                if pp.content:
+                    out.content_id = variant.content_id
+                    out.strategy = "experiment"
+                    return out
+                serve = c.variant_items.get(variant.id)
+                if serve is None:  # the reference's lookup (and its KeyError)
+                    serve = self.state.rules.variant_items[(experiment.id, variant.id)]
+                return self.items(pp, ask, count, serve, out)
+            out = _decision(pp.id, c.id)
+            if c.kind == _CONTENT:
+                out.content_id = c.content_id
+                out.strategy = "content"
+                return out
+            return self.items(pp, ask, count, c.items, out)
+        out = _decision(pp.id, "")
+        out.strategy = "default"
+        if pp.content:
+            out.content_id = pp.default_content
+        else:
+            ranked = self._rank(ask, count, pp.default_items, pp.default_items)
+            out.items = ranked.items
+            out.strategy = ranked.strategy
+        out.fallback = skipped
+        return out
+
+    cdef object items(self, _Placement pp, ask, Py_ssize_t count, serve, out):
+        ranked = self._rank(ask, count, serve, pp.default_items)
+        out.items = ranked.items
+        out.strategy = ranked.strategy
+        out.fallback = ranked.fallback
+        return out
+
+    cdef object _rank(self, ask, Py_ssize_t count, serve, default):
+        return self.rank(
+            self.view,
+            self.state,
+            self.d.scratch,
+            ask=ask,
+            count=count,
+            serve=serve,
+            default=default,
+            request_filter=None,
+            shopper=self.shopper,
+            country=self.request.context.country,
+            now_ms=self.now_ms,
+            why=None,
+        )
+
+
+cdef inline object _decision(str placement_id, str campaign_id):
+    """`PlacementDecision(placement_id, campaign=campaign_id)`."""
+    return filled(_DECISION, (placement_id, [], "", "", "", 1.0, "", _NONE, campaign_id, "", ()))
+
+
+cdef inline object _assign(experiment, unit, attributes):
+    return _ASSIGN(experiment, unit, attributes)
