@@ -30,23 +30,79 @@ decisions of both paths on generated rules, requests, profiles and activity.
 """
 
 from cpython.dict cimport PyDict_GetItem
-from cpython.ref cimport PyObject
+from cpython.ref cimport Py_INCREF, PyObject
 
 from edgewise.core._hashing cimport salted_bucket
 
 from edgewise.core._results import filled
 from edgewise.core.decisions import DecideResponse, FallbackReason, PlacementDecision
 from edgewise.core.experiments import FORCE_ATTRIBUTE_PREFIX as _FORCE_PREFIX
-from edgewise.core.experiments import assign
+from edgewise.core.experiments import Assignment, assign
+from edgewise.core import item_ranking as _item_ranking
+from edgewise.core._placement import Placer, place
 
 cdef object _NONE = FallbackReason.NONE
 cdef object _NO_CONSENT = FallbackReason.NO_CONSENT
 cdef object _UNKNOWN_USER = FallbackReason.UNKNOWN_USER
 cdef object _HOLDOUT = FallbackReason.HOLDOUT
 cdef object _ASSIGN = assign
+cdef object _ASSIGNMENT = Assignment
+cdef object _RANK_ITEMS = _item_ranking.rank_items
+cdef object _RANK_REFERENCE = _item_ranking.rank_items_reference
+cdef object _BASE_MASK = _item_ranking._base_mask
+cdef object _SCORED = _item_ranking._scored
+cdef object _PLACER = Placer
+cdef object _PLACE = place
 cdef object _DECISION = PlacementDecision
 cdef object _RESPONSE = DecideResponse
 cdef frozenset _NOTHING = frozenset()
+cdef tuple _PLAN_KEY = ("decide_plan",)  # its key in VersionState.derived
+
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyTypeObject
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    object PyType_GenericAlloc(PyTypeObject*, Py_ssize_t)
+
+
+cdef class _Maker:
+    """Instances of a plain `__slots__` class (no base but `object`, no `__dict__`) made with every
+    slot filled directly, as its `__init__` would fill them: the request's `FeatureView` and
+    `SegmentMemo`, one Python `__init__` frame each saved. A class whose slots are not exactly `names`
+    is refused when the `Decider` is made, not on a request."""
+    cdef object cls
+    cdef Py_ssize_t n
+    cdef Py_ssize_t at[8]
+
+    def __init__(self, cls, tuple names):
+        if cls.__mro__ != (cls, object) or sorted(cls.__slots__) != sorted(names) or len(names) > 8:
+            raise TypeError(f"{cls.__name__}: expected a __slots__ class of exactly {names}")
+        self.cls = cls
+        self.n = len(names)
+        for i, name in enumerate(names):
+            descr = cls.__dict__[name]
+            if type(descr).__name__ != "member_descriptor":
+                raise TypeError(f"{cls.__name__}.{name} is not a slot")
+            self.at[i] = (<PyMemberDescrObject*>descr).d_member.offset
+
+    cdef object make(self, tuple values):
+        cdef Py_ssize_t i
+        obj = PyType_GenericAlloc(<PyTypeObject*>self.cls, 0)
+        for i in range(self.n):
+            value = values[i]
+            Py_INCREF(value)
+            (<PyObject**>((<char*><PyObject*>obj) + self.at[i]))[0] = <PyObject*>value
+        return obj
+
+
+# The slots of the request's feature view and segment memo, in the order `Decider.decide` gives them.
+_FEATURE_VIEW_SLOTS = ("_state", "_context", "_now_ms", "_user_id", "_profile", "_activity", "_granted", "reads")
+_MEMO_SLOTS = ("_segments", "_source", "_results")
+
 
 cdef enum:
     _CONTENT = 0
@@ -71,7 +127,9 @@ cdef class _Campaign:
     cdef object layer_salt  # str or None
     cdef int layer_start, layer_end
     cdef str salt
-    cdef list by_bucket  # Experiment._by_bucket: the Assignment of each bucket, filled by `assign`
+    cdef list by_bucket  # Experiment._by_bucket: the Assignment of each bucket, filled on first use
+    cdef int traffic
+    cdef tuple variants  # of (bucket_start, bucket_end, Variant)
     cdef bint simple  # murmur3 bucketing (no GrowthBook)
     cdef str force_key  # context attribute that forces a variant ("" when not allowed)
     cdef dict variant_items  # variant id -> ItemServe (item placements)
@@ -97,6 +155,8 @@ cdef class _Campaign:
             self.salt = experiment.salt
             self.by_bucket = experiment._by_bucket
             self.simple = experiment.growthbook is None
+            self.traffic = experiment.traffic
+            self.variants = tuple((v.bucket_start, v.bucket_end, v) for v in experiment.variants)
             if experiment.allow_forced:
                 self.force_key = _FORCE_PREFIX + experiment.id
             if not content:
@@ -165,9 +225,10 @@ cdef class Decider:
     cdef object consented
     cdef object local_time
     cdef object resolve
-    cdef object feature_view
-    cdef object memo_class
+    cdef _Maker feature_view
+    cdef _Maker memo
     cdef object shopper_class
+    cdef tuple last  # (state, plan): the plan of the version the last request read
 
     def __init__(
         self, pipeline, scratch, profiles, consented, local_time, resolve, feature_view, memo_class,
@@ -179,9 +240,19 @@ cdef class Decider:
         self.consented = consented
         self.local_time = local_time
         self.resolve = resolve
-        self.feature_view = feature_view
-        self.memo_class = memo_class
+        self.feature_view = _Maker(feature_view, _FEATURE_VIEW_SLOTS)
+        self.memo = _Maker(memo_class, _MEMO_SLOTS)
         self.shopper_class = shopper_class
+        self.last = (None, None)
+
+    def plan(self, state):
+        """The version's `DecidePlan` (`state.derived`), kept for the next request of the version."""
+        last = self.last
+        if last[0] is state:
+            return last[1]
+        plan = state.derived(_PLAN_KEY, lambda: DecidePlan(state))
+        self.last = (state, plan)
+        return plan
 
     def decide(self, view, state, DecidePlan plan not None, request, rank):
         """`Pipeline._decide_reference(view, state, request)`, or None (before anything is read): an
@@ -218,19 +289,23 @@ cdef class Decider:
         profile, activity, allowed_obj = self.consented(view, request, self.profiles)
         cdef bint allowed = allowed_obj
         context = request.context
-        features = self.feature_view(
-            state,
-            context,
-            request.now_ms,
-            user_id if allowed else "",
-            profile,
-            activity,
-            request.consent if allowed else _NOTHING,
-            False,
+        features = self.feature_view.make(  # FeatureView(state, context, ..., record_reads=False)
+            (
+                state,
+                context,
+                request.now_ms,
+                user_id if allowed else "",
+                profile,
+                activity,
+                request.consent if allowed else _NOTHING,
+                None,
+            )
         )
-        memo = self.memo_class(plan.segments, features)
-        cdef dict results = memo._results
-        shopper = self.shopper_class(allowed, profile is not None, profile, activity, memo)
+        cdef dict results = {}
+        memo = self.memo.make((plan.segments, features, results))  # SegmentMemo(segments, features)
+        shopper = filled(  # Shopper(allowed, known, profile, activity, memo)
+            self.shopper_class, (allowed, profile is not None, profile, activity, memo, None, None)
+        )
         cdef bint holdout = (
             allowed and bool(unit) and plan.holdout_salt is not None
             and salted_bucket(plan.holdout_salt, unit) < plan.holdout_buckets
@@ -254,6 +329,9 @@ cdef class Decider:
         walk.now_ms = request.now_ms
         walk.has_local = False
         walk.local = None
+        walk.country = context.country
+        walk.available = None
+        walk.direct = rank is _RANK_ITEMS
         for i in range(n):
             pp = <_Placement>places[i]
             ask = asks[i]
@@ -279,9 +357,10 @@ cdef class _Walk:
     """One request's inputs, for the campaign walk of each of its placements."""
     cdef Decider d
     cdef object view, state, request, rank, shopper, memo, features, unit, channel, now_ms, local
+    cdef object country, available  # the request's country; its availability mask (None: not yet read)
     cdef DecidePlan plan
     cdef dict results
-    cdef bint allowed, has_local
+    cdef bint allowed, has_local, direct
 
     cdef object local_time(self):
         if not self.has_local:
@@ -330,8 +409,15 @@ cdef class _Walk:
                 return None
         b = salted_bucket(c.salt, self.unit)
         assignment = c.by_bucket[b]
-        if assignment is None:  # first unit of this bucket: `assign` builds and stores it
-            return _assign(c.experiment, self.unit, self.request.context.attributes)
+        if assignment is None:  # first unit of this bucket: `Assignment(experiment, variant_at(b), b)`
+            variant = None
+            if b < c.traffic:
+                for start, end, v in c.variants:
+                    if <int>start <= b < <int>end:
+                        variant = v
+                        break
+            assignment = filled(_ASSIGNMENT, (c.experiment, variant, b, False))
+            c.by_bucket[b] = assignment
         return assignment
 
     cdef object placement(self, _Placement pp, ask, Py_ssize_t count):
@@ -377,19 +463,61 @@ cdef class _Walk:
             out.content_id = pp.default_content
         else:
             ranked = self._rank(ask, count, pp.default_items, pp.default_items)
-            out.items = ranked.items
-            out.strategy = ranked.strategy
+            if type(ranked) is tuple:
+                out.items, out.strategy = (<tuple>ranked)[0], (<tuple>ranked)[1]
+            else:
+                out.items = ranked.items
+                out.strategy = ranked.strategy
         out.fallback = skipped
         return out
 
     cdef object items(self, _Placement pp, ask, Py_ssize_t count, serve, out):
         ranked = self._rank(ask, count, serve, pp.default_items)
-        out.items = ranked.items
-        out.strategy = ranked.strategy
-        out.fallback = ranked.fallback
+        if type(ranked) is tuple:
+            out.items, out.strategy, out.fallback = <tuple>ranked
+        else:
+            out.items = ranked.items
+            out.strategy = ranked.strategy
+            out.fallback = ranked.fallback
         return out
 
     cdef object _rank(self, ask, Py_ssize_t count, serve, default):
+        """`rank(...)`'s `Ranked`, or its (items, strategy, fallback): when `rank` is `rank_items`, its
+        common path is taken here, without its frame: the base mask (the country's availability, read
+        once per request, when the strategy has no filters), the thread's `Placer` and `place`; what
+        `place` leaves goes to `rank_items_reference`, as in `rank_items`."""
+        if self.direct:
+            if not serve.filters:
+                base = self.available
+                if base is None:
+                    base = self.available = self.state.availability(self.country)
+            else:
+                base = _BASE_MASK(self.state, self.country, serve.filters)
+            if base is not None:
+                scratch = self.d.scratch
+                placer = scratch.placer
+                if placer is None or (<object>placer).state is not self.state:
+                    placer = scratch.placer = _PLACER(self.state, scratch)
+                placed = _PLACE(
+                    placer, self.view, base, ask, count, serve, default, self.shopper, self.country,
+                    self.now_ms, _SCORED,
+                )
+                if placed is not None:
+                    return placed
+            return _RANK_REFERENCE(
+                self.view,
+                self.state,
+                self.d.scratch,
+                ask=ask,
+                count=count,
+                serve=serve,
+                default=default,
+                request_filter=None,
+                shopper=self.shopper,
+                country=self.country,
+                now_ms=self.now_ms,
+                why=None,
+            )
         return self.rank(
             self.view,
             self.state,
@@ -400,7 +528,7 @@ cdef class _Walk:
             default=default,
             request_filter=None,
             shopper=self.shopper,
-            country=self.request.context.country,
+            country=self.country,
             now_ms=self.now_ms,
             why=None,
         )

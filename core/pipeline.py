@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
-from typing import Final
 
-from edgewise.core._decide import DecidePlan, Decider
+from edgewise.core._decide import Decider
 from edgewise.core.activity import ActivityLimits, activity_key, expire, merge_activity
 from edgewise.core.decisions import (
     PERSONALIZATION,
@@ -75,7 +74,6 @@ class _NoFeatures:
 
 _NO_FEATURES = _NoFeatures()
 _NOTHING: frozenset[str] = frozenset()  # the purposes granted without consent
-_PLAN: Final = ("decide_plan",)  # VersionState.derived key of the version's DecidePlan
 
 
 class SnapshotMissing(RuntimeError):
@@ -110,8 +108,8 @@ class Pipeline:
     def decide(self, view: ReadView, request: DecideRequest) -> DecideResponse:
         state = self.state(view)
         if self.compiled:
-            plan: DecidePlan = state.derived(_PLAN, partial(DecidePlan, state))
-            decided = self._decider.decide(view, state, plan, request, rank_items)
+            decider = self._decider
+            decided = decider.decide(view, state, decider.plan(state), request, rank_items)
             if decided is not None:
                 return decided
         return self._decide_reference(view, state, request)

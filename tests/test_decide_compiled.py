@@ -227,3 +227,21 @@ def test_a_context_without_a_country_or_time_and_every_placement(
             placements=tuple(PlacementRequest(pid) for pid in PLACEMENTS),
         )
         _both(store, request, compiled, reference)
+
+
+def test_a_feature_class_with_other_slots_is_refused_when_the_decider_is_made() -> None:
+    from edgewise.core._decide import Decider
+    from edgewise.core.feature_view import FeatureView
+    from edgewise.core.item_ranking import Scratch, Shopper
+    from edgewise.core.segments import SegmentMemo
+
+    class Wider(FeatureView):
+        __slots__ = ("extra",)
+
+    def nothing() -> None:
+        return None
+
+    Decider(None, Scratch(), None, nothing, nothing, nothing, FeatureView, SegmentMemo, Shopper)
+    for view, memo in ((Wider, SegmentMemo), (FeatureView, Wider)):
+        with pytest.raises(TypeError, match="expected a __slots__ class"):
+            Decider(None, Scratch(), None, nothing, nothing, nothing, view, memo, Shopper)
