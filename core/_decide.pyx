@@ -69,17 +69,33 @@ cdef extern from "Python.h":
     object PyType_GenericAlloc(PyTypeObject*, Py_ssize_t)
 
 
+cdef enum:
+    _MAX_SLOTS = 12
+
+
 cdef class _Maker:
     """Instances of a plain `__slots__` class (no base but `object`, no `__dict__`) made with every
-    slot filled directly, as its `__init__` would fill them: the request's `FeatureView` and
-    `SegmentMemo`, one Python `__init__` frame each saved. A class whose slots are not exactly `names`
-    is refused when the `Decider` is made, not on a request."""
+    slot filled directly, as its `__init__` would fill them: the request's `FeatureView`, `SegmentMemo`
+    and `Shopper`, its `PlacementDecision`s and `DecideResponse` (one Python `__init__` frame each
+    saved; `_results.filled` does the same for any slots dataclass, through a Python call). A class
+    whose slots are not exactly `names` (for a dataclass: its fields, in order, all set by `__init__`,
+    no `__post_init__`) is refused when the `Decider` is made, not on a request."""
     cdef object cls
     cdef Py_ssize_t n
-    cdef Py_ssize_t at[8]
+    cdef Py_ssize_t at[_MAX_SLOTS]
 
     def __init__(self, cls, tuple names):
-        if cls.__mro__ != (cls, object) or sorted(cls.__slots__) != sorted(names) or len(names) > 8:
+        import dataclasses
+
+        ok = cls.__mro__ == (cls, object) and sorted(cls.__slots__) == sorted(names)
+        if ok and dataclasses.is_dataclass(cls):
+            fields = dataclasses.fields(cls)
+            ok = (
+                tuple(f.name for f in fields) == names
+                and all(f.init for f in fields)
+                and not hasattr(cls, "__post_init__")
+            )
+        if not ok or len(names) > _MAX_SLOTS:
             raise TypeError(f"{cls.__name__}: expected a __slots__ class of exactly {names}")
         self.cls = cls
         self.n = len(names)
@@ -102,6 +118,12 @@ cdef class _Maker:
 # The slots of the request's feature view and segment memo, in the order `Decider.decide` gives them.
 _FEATURE_VIEW_SLOTS = ("_state", "_context", "_now_ms", "_user_id", "_profile", "_activity", "_granted", "reads")
 _MEMO_SLOTS = ("_segments", "_source", "_results")
+_SHOPPER_FIELDS = ("allowed", "known", "profile", "activity", "memo", "_viewed_rows", "_viewed_list")
+_DECISION_FIELDS = (
+    "placement_id", "items", "content_id", "experiment_id", "variant_id", "propensity", "strategy",
+    "fallback", "campaign", "bandit_segment", "context_vector",
+)
+_RESPONSE_FIELDS = ("snapshot_version", "placements", "explanation", "segments", "decision_id")
 
 
 cdef enum:
@@ -227,7 +249,10 @@ cdef class Decider:
     cdef object resolve
     cdef _Maker feature_view
     cdef _Maker memo
-    cdef object shopper_class
+    cdef _Maker shopper
+    cdef _Maker decision
+    cdef _Maker response
+    cdef object versions  # the pipeline's VersionCache
     cdef tuple last  # (state, plan): the plan of the version the last request read
 
     def __init__(
@@ -242,7 +267,10 @@ cdef class Decider:
         self.resolve = resolve
         self.feature_view = _Maker(feature_view, _FEATURE_VIEW_SLOTS)
         self.memo = _Maker(memo_class, _MEMO_SLOTS)
-        self.shopper_class = shopper_class
+        self.shopper = _Maker(shopper_class, _SHOPPER_FIELDS)
+        self.decision = _Maker(_DECISION, _DECISION_FIELDS)
+        self.response = _Maker(_RESPONSE, _RESPONSE_FIELDS)
+        self.versions = pipeline._cache if pipeline is not None else None
         self.last = (None, None)
 
     def plan(self, state):
@@ -254,10 +282,22 @@ cdef class Decider:
         self.last = (state, plan)
         return plan
 
+    def decide_view(self, view, request, rank):
+        """(state, `decide(view, state, plan, request, rank)`): the version's state as `Pipeline.state`
+        gives it (read from the pipeline's cache while the view's generation is the cached one; else
+        `Pipeline.state` builds it, or raises SnapshotMissing) and its plan."""
+        state = self.versions._state
+        if state is None or state.generation != view.generation:
+            state = self.pipeline.state(view)
+        return state, self._decide(view, state, self.plan(state), request, rank)
+
     def decide(self, view, state, DecidePlan plan not None, request, rank):
         """`Pipeline._decide_reference(view, state, request)`, or None (before anything is read): an
         explanation asked for, an unknown placement or a count over the maximum (the reference raises
         the `RequestError`). `rank`: `rank_items`."""
+        return self._decide(view, state, plan, request, rank)
+
+    cdef object _decide(self, view, state, DecidePlan plan, request, rank):
         if request.explain:
             return None
         cdef tuple asks = request.placements
@@ -303,8 +343,8 @@ cdef class Decider:
         )
         cdef dict results = {}
         memo = self.memo.make((plan.segments, features, results))  # SegmentMemo(segments, features)
-        shopper = filled(  # Shopper(allowed, known, profile, activity, memo)
-            self.shopper_class, (allowed, profile is not None, profile, activity, memo, None, None)
+        shopper = self.shopper.make(  # Shopper(allowed, known, profile, activity, memo)
+            (allowed, profile is not None, profile, activity, memo, None, None)
         )
         cdef bint holdout = (
             allowed and bool(unit) and plan.holdout_salt is not None
@@ -350,7 +390,7 @@ cdef class Decider:
                 out = walk.placement(pp, ask, counts[i])
             outputs[i] = out
         matched = sorted([sid for sid, result in results.items() if result])
-        return filled(_RESPONSE, (view.version, outputs, None, tuple(matched), ""))
+        return self.response.make((view.version, outputs, None, tuple(matched), ""))
 
 
 cdef class _Walk:
@@ -439,7 +479,7 @@ cdef class _Walk:
                 if variant is None:
                     continue
                 experiment = assignment.experiment
-                out = _decision(pp.id, c.id)
+                out = _decision(self.d.decision, pp.id, c.id)
                 out.experiment_id = experiment.id
                 out.variant_id = variant.id
                 out.propensity = 1.0 if assignment.forced else variant.propensity
@@ -451,13 +491,13 @@ cdef class _Walk:
                 if serve is None:  # the reference's lookup (and its KeyError)
                     serve = self.state.rules.variant_items[(experiment.id, variant.id)]
                 return self.items(pp, ask, count, serve, out)
-            out = _decision(pp.id, c.id)
+            out = _decision(self.d.decision, pp.id, c.id)
             if c.kind == _CONTENT:
                 out.content_id = c.content_id
                 out.strategy = "content"
                 return out
             return self.items(pp, ask, count, c.items, out)
-        out = _decision(pp.id, "")
+        out = _decision(self.d.decision, pp.id, "")
         out.strategy = "default"
         if pp.content:
             out.content_id = pp.default_content
@@ -534,9 +574,9 @@ cdef class _Walk:
         )
 
 
-cdef inline object _decision(str placement_id, str campaign_id):
+cdef inline object _decision(_Maker decision, str placement_id, str campaign_id):
     """`PlacementDecision(placement_id, campaign=campaign_id)`."""
-    return filled(_DECISION, (placement_id, [], "", "", "", 1.0, "", _NONE, campaign_id, "", ()))
+    return decision.make((placement_id, [], "", "", "", 1.0, "", _NONE, campaign_id, "", ()))
 
 
 cdef inline object _assign(experiment, unit, attributes):

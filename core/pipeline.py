@@ -106,12 +106,12 @@ class Pipeline:
         return self._cache.get(view)
 
     def decide(self, view: ReadView, request: DecideRequest) -> DecideResponse:
-        state = self.state(view)
         if self.compiled:
-            decider = self._decider
-            decided = decider.decide(view, state, decider.plan(state), request, rank_items)
+            state, decided = self._decider.decide_view(view, request, rank_items)
             if decided is not None:
                 return decided
+        else:
+            state = self.state(view)
         return self._decide_reference(view, state, request)
 
     def _decide_reference(
