@@ -300,7 +300,8 @@ cdef class Decider:
     cdef object _decide(self, view, state, DecidePlan plan, request, rank):
         if request.explain:
             return None
-        cdef tuple asks = request.placements
+        placements = request.placements
+        cdef tuple asks = placements if type(placements) is tuple else tuple(placements)
         cdef Py_ssize_t n = len(asks), i, count, most = 0
         cdef list places = [None] * n
         cdef list counts = [None] * n
@@ -313,9 +314,10 @@ cdef class Decider:
             if found is NULL:
                 return None
             pp = <_Placement>found
-            count = ask.count or pp.default_count
-            if count > pp.max_count:
+            wanted = ask.count or pp.default_count
+            if wanted > pp.max_count:  # compared as Python ints: a count of any size is the reference's error
                 return None
+            count = wanted
             if ask.filter:
                 if filters is None:
                     filters = [None] * n

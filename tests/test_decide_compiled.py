@@ -152,7 +152,9 @@ def _changed(draw: st.DrawFn, requests: list[DecideRequest]) -> DecideRequest:
             asks.append(ask)
         if draw(st.integers(0, 19)) == 0:
             asks.append(PlacementRequest("no_such_placement"))
-        placements = tuple(asks)
+        if draw(st.integers(0, 19)) == 0:
+            asks.append(PlacementRequest("home", 10**30))  # no C integer holds it: the reference's error
+        placements = tuple(asks) if draw(st.booleans()) else asks  # type: ignore[assignment]
     consent = draw(st.sampled_from([request.consent, frozenset(), frozenset({"personalization"})]))
     user_id, session_id = request.user_id, request.session_id
     if draw(st.integers(0, 4)) == 0:
