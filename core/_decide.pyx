@@ -17,16 +17,20 @@ range, the variants' item strategies), so the walk is C loops over those records
   once, the result stored where `SegmentMemo.matches` would store it), so memo, explanation-free
   `segments` of the response and any Python path that follows see the same results;
 - an experiment's unit assigned with the compiled MurmurHash3 (`_hashing.salted_bucket`), layer range
-  first, and its `Assignment` read from the experiment's per-bucket table; a forced variant (QA
-  attribute), GrowthBook bucketing or a bucket not yet in the table calls `experiments.assign`;
+  first, and its `Assignment` read from the experiment's per-bucket table (built here for a bucket not
+  yet in it, as `assign` builds it); a forced variant (QA attribute) or GrowthBook bucketing calls
+  `experiments.assign`;
 - the local time (`_local_time`, a datetime) computed only when a schedule or a Python path needs it;
-- `PlacementDecision`s and the `DecideResponse` made with their slots filled (`_results.filled`).
+- the request's `FeatureView`, `SegmentMemo` and `Shopper`, its `PlacementDecision`s and the
+  `DecideResponse` made with their slots filled (`_Maker`; layouts checked when the `Decider` is made);
+- items ranked by `rank_items`'s common path without its frame (base mask, the thread's `Placer`,
+  `_placement.place`; `rank_items_reference` for what `place` leaves), or by the `rank` the caller
+  passes when it is another function.
 
 What this does not cover goes to the reference's own methods, per placement, with the same inputs:
 a placement with a bandit campaign or a request filter (`Pipeline._placement`), a unit in the global
-holdout (`Pipeline._default`). Items are ranked by the `rank` the caller passes (`rank_items`, itself
-the compiled placement with its reference behind it). tests/test_decide_compiled.py compares whole
-decisions of both paths on generated rules, requests, profiles and activity.
+holdout (`Pipeline._default`). tests/test_decide_compiled.py compares whole decisions of both paths on
+generated rules, requests, profiles and activity.
 """
 
 from cpython.dict cimport PyDict_GetItem
