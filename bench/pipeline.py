@@ -127,6 +127,8 @@ SHARE_REPLENISH: Final = 0.03
 SHARE_IMPRESSIONS: Final = 0.15
 
 REFERENCE_MS: Final = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)  # synth's reference day
+# Pipeline(**PIPELINE_OPTIONS) is what the measurements decide with: --decide reference sets compiled=False.
+PIPELINE_OPTIONS: dict[str, bool] = {}
 NOW_MS: Final = REFERENCE_MS + 12 * 3_600_000
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -349,7 +351,7 @@ def returning_shoppers(
 def measure_returning(store: Store, requests: Sequence[DecideRequest], passes: int) -> dict[str, float]:
     """Whole requests (read transaction + `Pipeline.decide`) for the returning shoppers, `passes` times
     over them after one warm-up pass."""
-    pipeline = Pipeline()
+    pipeline = Pipeline(**PIPELINE_OPTIONS)
     decide = pipeline.decide
     times: list[int] = []
     for n in range(passes + 1):
@@ -706,7 +708,7 @@ def measure_pipeline(
     """Time the real pass (`repeats` times) and the staged pass over `requests`, interleaved in `rounds`
     chunks. `decide` and `request` come from the first real pass; `request_min` is each request's best
     over the real passes; `noise` times `noise_probe` after each request of the second real pass."""
-    pipeline = Pipeline()
+    pipeline = Pipeline(**PIPELINE_OPTIONS)
     result = PipelineResult(samples={key: [] for key, _ in STAGES})
     samples = result.samples
     decide = pipeline.decide
@@ -1552,7 +1554,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="compiled",
         help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
     )
+    parser.add_argument(
+        "--decide",
+        choices=["compiled", "reference"],
+        default="compiled",
+        help="Pipeline.decide: the compiled orchestration (core/_decide.pyx) or the Python reference (A/B)",
+    )
     args = parser.parse_args(argv)
+    PIPELINE_OPTIONS["compiled"] = args.decide == "compiled"
     if args.placement == "reference":
         vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference  # what Pipeline calls
     if args.contextual_bandit:

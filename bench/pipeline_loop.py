@@ -5,6 +5,7 @@ Run from the repository root:
     python -m bench.pipeline_loop setup                  # once: store + requests under $TMPDIR (~10 s)
     python -m bench.pipeline_loop time 3000              # median / p90 of 3000 requests x --rounds
     python -m bench.pipeline_loop time 3000 --placement reference   # the same with rank_items_reference
+    python -m bench.pipeline_loop time 3000 --decide reference      # Pipeline._decide_reference
     python -m bench.pipeline_loop profile 3000           # cProfile of 3000 requests, by own time
     OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind \\
         python -m bench.pipeline_loop loop 400           # instructions: run with 0 and 400, subtract
@@ -72,13 +73,13 @@ def _decide_all(store: Store, pipeline: Pipeline, requests: list[DecideRequest])
             decide(view, request)
 
 
-def run(mode: str, directory: Path, n: int, warmup: int, rounds: int) -> None:
+def run(mode: str, directory: Path, n: int, warmup: int, rounds: int, compiled: bool = True) -> None:
     requests: list[DecideRequest] = pickle.loads((directory / "requests.pkl").read_bytes())
     if warmup + n > len(requests):
         raise SystemExit(f"at most {len(requests) - warmup} measured requests after {warmup} warm-up")
     store = Store(directory / "store", map_size=MAP_SIZE)
     try:
-        pipeline = Pipeline()
+        pipeline = Pipeline(compiled=compiled)
         _decide_all(store, pipeline, requests[:warmup])
         gc.collect()
         gc.freeze()  # as edge workers do once their state is built
@@ -127,6 +128,12 @@ def main(argv: list[str] | None = None) -> None:
         default="compiled",
         help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
     )
+    parser.add_argument(
+        "--decide",
+        choices=["compiled", "reference"],
+        default="compiled",
+        help="Pipeline.decide: the compiled orchestration (core/_decide.pyx) or the Python reference (A/B)",
+    )
     parser.add_argument("--bundle", type=Path, help="setup: bench.pipeline's --bundle (default: its cache)")
     args = parser.parse_args(argv)
     if args.mode == "setup":
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.dir}: no setup yet (python -m bench.pipeline_loop setup)")
     if args.placement == "reference":
         vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference  # what Pipeline calls
-    run(args.mode, args.dir, args.n, args.warmup, args.rounds)
+    run(args.mode, args.dir, args.n, args.warmup, args.rounds, args.decide == "compiled")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@
    enforces per-field consent). It serves fixed content, an experiment's variant, a bandit's arm, or an
    item strategy (see `item_ranking`). No eligible campaign: the placement's default.
 5. A personalization miss is never an error: the default experience plus a `FallbackReason` saying why.
+
+`decide` runs the common path as one typed call (core/_decide.pyx `Decider.decide`, over a per-version
+`DecidePlan`); `_decide_reference` is the Python reference it is tested against, and what answers
+whatever that call leaves (an explanation, an invalid request). `Pipeline(compiled=False)` decides
+every request with the reference (benchmarks' A/B).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import partial
 
+from edgewise.core._decide import Decider
 from edgewise.core.activity import ActivityLimits, activity_key, expire, merge_activity
 from edgewise.core.decisions import (
     PERSONALIZATION,
@@ -77,10 +83,22 @@ class SnapshotMissing(RuntimeError):
 class Pipeline:
     """Decides requests against read views of one store; safe to share between threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool = True) -> None:
         self._cache = VersionCache()
         self._scratch = Scratch()
         self._profiles = ProfileCache()
+        self.compiled = compiled  # False: every request by `_decide_reference`
+        self._decider = Decider(
+            self,
+            self._scratch,
+            self._profiles,
+            _consented_inputs,
+            _local_time,
+            _resolve,
+            FeatureView,
+            SegmentMemo,
+            Shopper,
+        )
 
     def state(self, view: ReadView) -> VersionState:
         if view.generation == 0:
@@ -88,7 +106,17 @@ class Pipeline:
         return self._cache.get(view)
 
     def decide(self, view: ReadView, request: DecideRequest) -> DecideResponse:
-        state = self.state(view)
+        if self.compiled:
+            state, decided = self._decider.decide_view(view, request, rank_items)
+            if decided is not None:
+                return decided
+        else:
+            state = self.state(view)
+        return self._decide_reference(view, state, request)
+
+    def _decide_reference(
+        self, view: ReadView, state: VersionState, request: DecideRequest
+    ) -> DecideResponse:
         asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
         unit = request.user_id or request.session_id
         profile, activity, allowed = _consented_inputs(view, request, self._profiles)

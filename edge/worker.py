@@ -75,7 +75,8 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
         os.sched_setaffinity(0, {spec.pin_cpu})
     parent = os.getppid()
     store = Store(spec.data_dir, map_size=spec.map_size)
-    pipeline = Pipeline()
+    # benchmarks only: EDGEWISE_DECIDE=reference decides with the Python reference (bench.node's A/B)
+    pipeline = Pipeline(compiled=os.environ.get("EDGEWISE_DECIDE", "compiled") != "reference")
     with store.read() as view:
         pipeline.state(view)  # decode the snapshot before reporting SERVING
     configure_logging(spec.log_level)
