@@ -42,12 +42,15 @@ from datetime import UTC, datetime
 from typing import Final
 
 from edgewise.core.model_refresh import ITEM_EVENT_TYPES
-from edgewise.sync.control_store import CommitInfo, ControlStore
+from edgewise.sync.control_store import CommitInfo, ControlStore, ControlView, RecordChange
 from edgewise.sync.embedding_refresh import (
     CatalogChanged,
     EmbeddingRefreshSettings,
+    StagingPlan,
     TrainedRefresh,
-    refresh_changes,
+    flip_changes,
+    plan_staging,
+    staging_changes,
     train_refresh,
 )
 from edgewise.sync.event_store import EventStore
@@ -60,6 +63,9 @@ __all__ = ["NAME", "EmbeddingRefreshJob"]
 
 NAME: Final = "embeddings"
 CHECK_SECONDS: Final = 60.0  # how often a long schedule checks whether a run is due
+DEFAULT_COMMIT_PROFILES: Final = 5000
+DEFAULT_COMMIT_PAUSE: Final = 1.0
+_PAUSE_STEP: Final = 0.05
 _HISTORY: Final = 10_000  # commits searched for the last refresh at start
 
 
@@ -75,6 +81,8 @@ class EmbeddingRefreshJob:
         settings: EmbeddingRefreshSettings,
         *,
         every: float,
+        commit_profiles: int = DEFAULT_COMMIT_PROFILES,
+        commit_pause: float = DEFAULT_COMMIT_PAUSE,
     ) -> None:
         self.store = store
         self.events = events
@@ -85,6 +93,8 @@ class EmbeddingRefreshJob:
         self.cursor = CURSOR_PREFIX + NAME
         self.stats = RefreshStats()  # for the control plane's /metrics
         self.every = every
+        self.commit_profiles = commit_profiles  # profiles per staging commit (0: the whole run in one)
+        self.commit_pause = commit_pause  # seconds between two commits of a run
         self._last_ms: int | None = None  # the last run's time (None: look it up in the change log)
         check = min(every, CHECK_SECONDS)
         self._loop = Periodic(f"refresh-{NAME}", check, self._tick, "model_refresh_failed", first_now=True)
@@ -137,26 +147,33 @@ class EmbeddingRefreshJob:
         if trained is None:  # no catalog, no dim or no usable event: wait for the next item event
             self.store.commit_at([], kind=KIND, cursor=self.cursor, position=position)
             return position
-        with self._lock:
-            if self._loop.stopping:  # stopped (or the lease lost) while training: commit nothing
+        try:
+            with self.store.read() as view:
+                plan = plan_staging(view, trained)
+            paced = self.commit_profiles > 0  # else the whole run in one commit
+            for i, users in enumerate(plan.batches(self.commit_profiles) if paced else []):
+                if i and not self._pause():
+                    return None  # stopped (or the lease lost) between commits: the next run stages again
+                if not self._stage(trained, plan, users, i):
+                    return None
+            if paced and plan.users and not self._pause():
                 return None
-            try:
+            with self._lock:
+                if self._loop.stopping:  # stopped (or the lease lost) while training: commit nothing
+                    return None
                 with self.store.read() as view:
-                    changes = [
-                        change
-                        for change in refresh_changes(view, trained)
-                        if change.value != view.get(change.namespace, change.key)
-                    ]
-            except CatalogChanged as exc:
-                log.warning("embeddings_refresh_skipped", extra={"reason": str(exc)})
-                return None
-            info = self.store.commit_at(
-                changes,
-                kind=KIND,
-                description=self._description(trained, first, position),
-                cursor=self.cursor,
-                position=position,
-            )
+                    staged = [] if paced else staging_changes(view, trained, plan, plan.users)
+                    changes = _changed(view, [*staged, *flip_changes(view, trained, plan)])
+                info = self.store.commit_at(
+                    changes,
+                    kind=KIND,
+                    description=self._description(trained, plan, first, position),
+                    cursor=self.cursor,
+                    position=position,
+                )
+        except CatalogChanged as exc:
+            log.warning("embeddings_refresh_skipped", extra={"reason": str(exc)})
+            return None
         if info is None:
             return position
         self.stats.committed(info.version)
@@ -173,13 +190,49 @@ class EmbeddingRefreshJob:
         self._on_commit()
         return info
 
-    def _description(self, trained: TrainedRefresh, first: int, last: int) -> str:
+    def _stage(self, trained: TrainedRefresh, plan: StagingPlan, users: tuple[str, ...], batch: int) -> bool:
+        """One staging commit: `users`' vectors of the plan's generation (the push lock held for it only);
+        False when the job was stopped first."""
+        with self._lock:
+            if self._loop.stopping:
+                return False
+            with self.store.read() as view:
+                changes = _changed(view, staging_changes(view, trained, plan, users))
+            info = self.store.commit_at(
+                changes,
+                kind=KIND,
+                description=(
+                    f"refresh {NAME} staging: generation {plan.generation}, batch {batch + 1}, "
+                    f"profiles {users[0]}..{users[-1]}"
+                ),
+            )
+        if info is not None:
+            self.stats.staged += 1
+            self._on_commit()
+        return True
+
+    def _pause(self) -> bool:
+        """Wait `commit_pause` seconds between two commits; False when the job was stopped meanwhile."""
+        deadline = time.monotonic() + self.commit_pause
+        while not self._loop.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, _PAUSE_STEP))
+        return False
+
+    def _description(self, trained: TrainedRefresh, plan: StagingPlan, first: int, last: int) -> str:
         window = f"{_iso(trained.first_ms)}..{_iso(trained.last_ms)}" if trained.last_ms else "no item events"
         return (
             f"refresh {NAME}: {self.settings.training.method} on {trained.events} events, "
-            f"{len(trained.user_vectors)} users, {trained.items_trained} items trained; "
-            f"events {first}..{last} ({window})"
+            f"{len(trained.user_vectors)} users, {trained.items_trained} items trained, "
+            f"generation {plan.generation}; events {first}..{last} ({window})"
         )
+
+
+def _changed(view: ControlView, changes: list[RecordChange]) -> list[RecordChange]:
+    """The changes that differ from the store."""
+    return [change for change in changes if change.value != view.get(change.namespace, change.key)]
 
 
 def _iso(ms: int) -> str:
