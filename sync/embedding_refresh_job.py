@@ -1,11 +1,16 @@
 """The embeddings refresh on the refresh framework's schedule (docs/refresh.md, docs/embeddings.md).
 
-`EmbeddingRefreshJob` retrains `models/item_embeddings` and the profiles' `e` from the forwarded events
-every `every` seconds (`[refresh] embeddings`, `sync/model_refresh_jobs.py` builds it), with
-`sync/embedding_refresh.py`'s two steps, and publishes the result as one commit of kind "refresh"
-through the change log, as the other refresh jobs (`sync/model_refresh.RefreshJob`) do: versioned,
-listed by `ctl history` as "refresh embeddings: ...; events A..B (time window)", rolled back like any
-push, sent to the edges like any commit.
+`EmbeddingRefreshJob` retrains `models/item_embeddings` and the profiles' vectors from the forwarded
+events every `every` seconds (`[refresh] embeddings`, `sync/model_refresh_jobs.py` builds it), with
+`sync/embedding_refresh.py`'s two steps, and publishes the result through the change log as commits of
+kind "refresh", as the other refresh jobs (`sync/model_refresh.RefreshJob`) do: versioned, listed by
+`ctl history`, rolled back like any push, sent to the edges like any commit. A run makes the next
+embedding generation (core/embedding_slots.py) in paced commits, so that no edge applies 100k profiles
+at once: staging commits of at most `commit_profiles` profiles each ("refresh embeddings staging:
+generation G, batch B, profiles FIRST..LAST"), inert on the edges, `commit_pause` seconds apart, each
+under the push lock alone (a push or another job may land between them), then one flip commit of the
+item vectors and the generation ("refresh embeddings: ...; events A..B (time window)") with the job's
+cursor. `commit_profiles` 0: the whole run in one commit.
 
 It is not a `core/model_refresh.ModelRefresh` run by a `RefreshJob`, for three reasons: training reads
 every stored event with its purpose (only `personalization` events train a user's vector), which a
@@ -17,19 +22,22 @@ runs outside the lock and is redone only when the catalog (item rows, dim) chang
 the profiles' `e` are written against the state under the lock, so a commit that landed meanwhile is
 kept.
 
-The schedule survives restarts and lease moves: a run is due `every` seconds after the last refresh
+The schedule survives restarts and lease moves: a run is due `every` seconds after the last flip
 commit of this model in the change log (the newest of the last 10,000 commits; none: at once), checked
 at start and then every `min(every, 60 s)`, then `every` after each run. `stats` (`RefreshStats`)
 counts the runs that were due, their failures and durations, and the last version committed.
 
 A run: when no item event (view, click, add to cart, purchase) was stored since the cursor
 `refresh:embeddings`, nothing is trained and the cursor moves on; else the model is trained on every
-stored event (outside the lock), then, under the lock, the changes that differ from the store are
-committed with the cursor at the newest event read, in one transaction. A catalog that changed during
-training leaves the cursor where it was: the next tick trains again; so does a job stopped during
-training (`stop`, or a central-tier replica losing the jobs lease): it commits nothing. Rolling back a
-refresh commit restores the arrays and the profiles' vectors; the cursor stays, so the next refresh
-comes with the next item event.
+stored event (outside the lock), then the staging commits and the flip are written, each against the
+state under the lock (the changes that differ from the store), and the cursor moves to the newest event
+read with the flip only. A catalog or active generation that changed since training
+(`CatalogChanged`), a job stopped (`stop`, or a central-tier replica losing the jobs lease) or a process
+killed before the flip leave the active generation and the cursor where they were: the edges keep
+deciding with it, and the next run trains and stages again (replacing the vectors staged before).
+Rolling back the flip restores the item arrays and the generation, so the edges use the users' vectors
+of the generation before again (still in their records); the cursor stays, so the next refresh comes
+with the next item event.
 """
 
 from __future__ import annotations
