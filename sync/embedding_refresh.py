@@ -310,6 +310,27 @@ def _check_catalog(view: StateReader, trained: TrainedRefresh, plan: StagingPlan
         )
 
 
+def _check_staging(view: StateReader, trained: TrainedRefresh, plan: StagingPlan) -> None:
+    """`CatalogChanged` unless the dim and the active generation are the plan's (cheap: a staging commit
+    checks it; the item rows, decoded from every item, are the flip's check)."""
+    raw = view.get("models", EMBEDDINGS)
+    dim = _dim_of(raw) if raw is not None else _current(view)[1]
+    if dim != trained.dim:
+        raise CatalogChanged(f"the embedding dim changed from {trained.dim} to {dim} since training")
+    active = stored_generation(view)
+    if active != plan.active:
+        raise CatalogChanged(f"the active embedding generation changed from {plan.active} to {active}")
+
+
+def _dim_of(raw: bytes) -> int:
+    """The columns of a stored 2-d float32 array, from its header (0: not one)."""
+    try:
+        array = decode_array(raw)
+    except RecordError:
+        return 0
+    return int(array.shape[1]) if array.ndim == 2 and array.dtype == np.float32 else 0
+
+
 def _with_slot(raw: bytes, plan: StagingPlan, vector: NDArray[np.float32] | None) -> bytes | None:
     """The profile record `raw` with its vector of `plan.generation` set (the active generation's slot
     kept, every other key byte for byte: the msgpack map is edited, not re-encoded from a schema); None
@@ -330,14 +351,15 @@ def staging_changes(
 ) -> list[RecordChange]:
     """The changes of one staging commit, against the state in `view`: the vectors of `plan.generation`
     of `users` (module doc). A seen user's profile gets the new vector; a profile whose user was not seen
-    gets its active vector carried into the new space (`carry_users`), or none when the spaces cannot be
-    related (`carry_map` None). A profile with no vector to stage and none of that generation already
-    (a run killed before) is not written; one deleted since the plan is skipped. `CatalogChanged`
-    when the catalog or the active generation changed since the plan."""
-    _check_catalog(view, trained, plan)
-    changes: list[RecordChange] = []
-    undecodable = carried = cleared = 0
-    vector: NDArray[np.float32] | None
+    gets its active vector carried into the new space (`carry_users`, one product for the batch), or none
+    when the spaces cannot be related (`carry_map` None). A profile with no vector to stage and none of
+    that generation already (a run killed before) is not written; one deleted since the plan is skipped.
+    `CatalogChanged` when the dim or the active generation changed since the plan (the item rows matter
+    to the flip only: `flip_changes` checks them)."""
+    _check_staging(view, trained, plan)
+    undecodable = cleared = 0
+    staged: list[tuple[str, bytes, NDArray[np.float32] | None]] = []  # (user, record, vector)
+    carry: list[tuple[int, NDArray[np.float32]]] = []  # (index in staged, active vector) to carry
     for user_id in users:
         raw = view.get("profiles", user_id)
         if raw is None:
@@ -345,19 +367,26 @@ def staging_changes(
         raw = bytes(raw)
         new = trained.user_vectors.get(user_id)
         if new is not None:
-            vector = new
+            staged.append((user_id, raw, new))
+            continue
+        slots = _slots(raw)
+        if slots is None:
+            undecodable += 1
+            continue
+        old = _vector(vector_for(slots, plan.active), trained.dim)
+        if old is not None and trained.carry_map is not None:
+            carry.append((len(staged), old))
+        elif not any(generation == plan.generation for generation, _ in slots):
+            continue  # nothing to stage, nothing stale to clear
         else:
-            slots = _slots(raw)
-            if slots is None:
-                undecodable += 1
-                continue
-            old = _vector(vector_for(slots, plan.active), trained.dim)
-            if old is not None and trained.carry_map is not None:
-                vector, carried = carry_users(old[None, :], trained.carry_map)[0], carried + 1
-            else:
-                if not any(generation == plan.generation for generation, _ in slots):
-                    continue  # nothing to stage, nothing stale to clear
-                vector, cleared = None, cleared + (old is not None)
+            cleared += old is not None
+        staged.append((user_id, raw, None))
+    if carry:
+        carried = carry_users(np.stack([old for _, old in carry]), trained.carry_map)
+        for (i, _), vector in zip(carry, carried, strict=True):
+            staged[i] = (staged[i][0], staged[i][1], vector)
+    changes: list[RecordChange] = []
+    for user_id, raw, vector in staged:
         record = _with_slot(raw, plan, vector)
         if record is None:
             undecodable += 1
@@ -368,7 +397,7 @@ def staging_changes(
         extra={
             "generation": plan.generation,
             "profiles": len(changes),
-            "profiles_carried": carried,
+            "profiles_carried": len(carry),
             "profiles_cleared": cleared,
             "profiles_undecodable": undecodable,
         },
