@@ -21,7 +21,8 @@ the bundle, timed now) in the control plane's event store, as `Forward` stores t
 plane's refresh jobs recompute `item_popularity` and its scopes, `item_daily_counts` and the neighbours
 and commit them (the item half of the model delta, computed by the real jobs: their compute times are
 reported), and (2) the user half: the control plane's own embeddings refresh (`[refresh] embeddings`,
-method `hybrid` by default, `--embeddings-method`), which trains on every stored event and stages every
+method `als` by default, `--embeddings-method`: the `train` extra; the hybrid's dense item x item arrays
+do not fit 10k items in its memory limit), which trains on every stored event and stages every
 profile's vector of the next embedding generation (the bundle's 100k users: the seen ones get new
 vectors, the others theirs carried into the new space) in paced commits of `--commit-profiles` (5000)
 `--commit-pause` (1 s) apart, then flips `item_embeddings` and the generation in one commit
@@ -201,7 +202,7 @@ def run(
     baselines: Sequence[Path] = (),
     mix: str = "decide=1",
     stand_in: bool = False,
-    method: str = "hybrid",
+    method: str = "als",
     commit_profiles: int = 5000,
     commit_pause: float = 1.0,
 ) -> dict[str, Any]:
@@ -615,9 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--embeddings-method",
-        default="hybrid",
-        choices=("hybrid", "als", "bpr"),
-        help="the embeddings refresh's method (default hybrid: NumPy only; als, bpr: the train extra)",
+        default="als",
+        choices=("als", "bpr", "hybrid"),
+        help="the embeddings refresh's method (default als; als, bpr: the train extra; hybrid: NumPy only, "
+        "up to a few thousand items)",
     )
     parser.add_argument(
         "--commit-profiles",
