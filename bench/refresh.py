@@ -530,10 +530,11 @@ def _wait_refreshed(
 
 
 def _staged_since(control: Process, after: int) -> bool:
-    """Whether the embeddings refresh committed a staging batch after version `after` (its commit hook's
-    log has no version: the history says)."""
+    """Whether the embeddings refresh committed a staging batch (or, unpaced, its one commit) after
+    version `after` (the history says)."""
     with ControlClient(control.address, token=OPS_TOKEN, timeout=60) as ops:
-        return any(c.version > after and c.description.startswith(STAGING) for c in ops.history(50).commits)
+        commits = ops.history(50).commits
+    return any(c.version > after and c.description.startswith((STAGING, FLIP)) for c in commits)
 
 
 def _wait_flip(control: Process, after: int, timeout: float) -> int:

@@ -331,15 +331,12 @@ def _dim_of(raw: bytes) -> int:
     return int(array.shape[1]) if array.ndim == 2 and array.dtype == np.float32 else 0
 
 
-def _with_slot(raw: bytes, plan: StagingPlan, vector: NDArray[np.float32] | None) -> bytes | None:
-    """The profile record `raw` with its vector of `plan.generation` set (the active generation's slot
-    kept, every other key byte for byte: the msgpack map is edited, not re-encoded from a schema); None
-    when it is not a profile record's map."""
-    try:
-        doc: Any = msgpack.unpackb(raw, raw=False)
-        slots = vector_slots(doc)
-    except Exception:  # msgpack raises several unrelated types on corrupt input; a map without `e`
-        return None
+def _with_slot(
+    doc: dict[str, Any], slots: tuple[Slot, ...], plan: StagingPlan, vector: NDArray[np.float32] | None
+) -> bytes:
+    """The profile record of map `doc` (its vector slots `slots`) with its vector of `plan.generation`
+    set, the active generation's slot kept, every other key as it was (the msgpack map is edited, not
+    re-encoded from a schema)."""
     staged = None if vector is None else vector.astype("<f4").tobytes()
     set_vector_slots(doc, slot_with(slots, plan.generation, staged, keep=plan.active))
     packed: bytes = msgpack.packb(doc, use_bin_type=True)
@@ -350,48 +347,46 @@ def staging_changes(
     view: StateReader, trained: TrainedRefresh, plan: StagingPlan, users: Sequence[str]
 ) -> list[RecordChange]:
     """The changes of one staging commit, against the state in `view`: the vectors of `plan.generation`
-    of `users` (module doc). A seen user's profile gets the new vector; a profile whose user was not seen
-    gets its active vector carried into the new space (`carry_users`, one product for the batch), or none
-    when the spaces cannot be related (`carry_map` None). A profile with no vector to stage and none of
-    that generation already (a run killed before) is not written; one deleted since the plan is skipped.
-    `CatalogChanged` when the dim or the active generation changed since the plan (the item rows matter
-    to the flip only: `flip_changes` checks them)."""
+    of `users` (module doc), the records that change only. A seen user's profile gets the new vector; a
+    profile whose user was not seen gets its active vector carried into the new space (`carry_users`, one
+    product for the batch), or none when the spaces cannot be related (`carry_map` None). A profile with
+    no vector to stage and none of that generation already (a run killed before) is not written; one
+    deleted since the plan is skipped. `CatalogChanged` when the dim or the active generation changed
+    since the plan (the item rows matter to the flip only: `flip_changes` checks them)."""
     _check_staging(view, trained, plan)
     undecodable = cleared = 0
-    staged: list[tuple[str, bytes, NDArray[np.float32] | None]] = []  # (user, record, vector)
+    # (user, stored record, its map and slots, the vector to stage): each record unpacked once
+    staged: list[tuple[str, bytes, dict[str, Any], tuple[Slot, ...], NDArray[np.float32] | None]] = []
     carry: list[tuple[int, NDArray[np.float32]]] = []  # (index in staged, active vector) to carry
     for user_id in users:
         raw = view.get("profiles", user_id)
         if raw is None:
             continue
         raw = bytes(raw)
-        new = trained.user_vectors.get(user_id)
-        if new is not None:
-            staged.append((user_id, raw, new))
-            continue
-        slots = _slots(raw)
-        if slots is None:
+        decoded = _profile_map(raw)
+        if decoded is None:
             undecodable += 1
             continue
-        old = _vector(vector_for(slots, plan.active), trained.dim)
-        if old is not None and trained.carry_map is not None:
-            carry.append((len(staged), old))
-        elif not any(generation == plan.generation for generation, _ in slots):
-            continue  # nothing to stage, nothing stale to clear
-        else:
-            cleared += old is not None
-        staged.append((user_id, raw, None))
+        doc, slots = decoded
+        new = trained.user_vectors.get(user_id)
+        if new is None:
+            old = _vector(vector_for(slots, plan.active), trained.dim)
+            if old is not None and trained.carry_map is not None:
+                carry.append((len(staged), old))
+            elif not any(generation == plan.generation for generation, _ in slots):
+                continue  # nothing to stage, nothing stale to clear
+            else:
+                cleared += old is not None
+        staged.append((user_id, raw, doc, slots, new))
     if carry:
         carried = carry_users(np.stack([old for _, old in carry]), trained.carry_map)
         for (i, _), vector in zip(carry, carried, strict=True):
-            staged[i] = (staged[i][0], staged[i][1], vector)
+            staged[i] = (*staged[i][:4], vector)
     changes: list[RecordChange] = []
-    for user_id, raw, vector in staged:
-        record = _with_slot(raw, plan, vector)
-        if record is None:
-            undecodable += 1
-            continue
-        changes.append(RecordChange("profiles", user_id, record))
+    for user_id, raw, doc, slots, vector in staged:
+        record = _with_slot(doc, slots, plan, vector)
+        if record != raw:
+            changes.append(RecordChange("profiles", user_id, record))
     log.info(
         "embeddings_staged",
         extra={
@@ -435,10 +430,11 @@ def refresh_changes(view: StateReader, trained: TrainedRefresh) -> list[RecordCh
     return [*staging_changes(view, trained, plan, plan.users), *flip_changes(view, trained, plan)]
 
 
-def _slots(raw: bytes) -> tuple[Slot, ...] | None:
+def _profile_map(raw: bytes) -> tuple[dict[str, Any], tuple[Slot, ...]] | None:
+    """A profile record's msgpack map and its vector slots; None when it is not one."""
     try:
         doc: Any = msgpack.unpackb(raw, raw=False)
-        return vector_slots(doc) if isinstance(doc, dict) else None
+        return (doc, vector_slots(doc)) if isinstance(doc, dict) else None
     except Exception:  # msgpack raises several unrelated types on corrupt input; a map without `e`
         return None
 

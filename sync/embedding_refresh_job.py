@@ -7,8 +7,9 @@ kind "refresh", as the other refresh jobs (`sync/model_refresh.RefreshJob`) do: 
 `ctl history`, rolled back like any push, sent to the edges like any commit. A run makes the next
 embedding generation (core/embedding_slots.py) in paced commits, so that no edge applies 100k profiles
 at once: staging commits of at most `commit_profiles` profiles each ("refresh embeddings staging:
-generation G, batch B, profiles FIRST..LAST"), inert on the edges, `commit_pause` seconds apart, each
-under the push lock alone (a push or another job may land between them), then one flip commit of the
+generation G, batch B of K, N profiles"; no user id, which a forget could not take back), inert on the
+edges, `commit_pause` seconds apart, each under the push lock alone (a push or another job may land
+between them), then one flip commit of the
 item vectors and the generation ("refresh embeddings: ...; events A..B (time window)") with the job's
 cursor. `commit_profiles` 0: the whole run in one commit.
 
@@ -159,10 +160,11 @@ class EmbeddingRefreshJob:
             with self.store.read() as view:
                 plan = plan_staging(view, trained)
             paced = self.commit_profiles > 0  # else the whole run in one commit
-            for i, users in enumerate(plan.batches(self.commit_profiles) if paced else []):
+            batches = plan.batches(self.commit_profiles) if paced else []
+            for i, users in enumerate(batches):
                 if i and not self._pause():
                     return None  # stopped (or the lease lost) between commits: the next run stages again
-                if not self._stage(trained, plan, users, i):
+                if not self._stage(trained, plan, users, f"batch {i + 1} of {len(batches)}"):
                     return None
             if paced and plan.users and not self._pause():
                 return None
@@ -198,20 +200,19 @@ class EmbeddingRefreshJob:
         self._on_commit()
         return info
 
-    def _stage(self, trained: TrainedRefresh, plan: StagingPlan, users: tuple[str, ...], batch: int) -> bool:
+    def _stage(self, trained: TrainedRefresh, plan: StagingPlan, users: tuple[str, ...], batch: str) -> bool:
         """One staging commit: `users`' vectors of the plan's generation (the push lock held for it only);
         False when the job was stopped first."""
         with self._lock:
             if self._loop.stopping:
                 return False
             with self.store.read() as view:
-                changes = _changed(view, staging_changes(view, trained, plan, users))
+                changes = staging_changes(view, trained, plan, users)  # the records that change only
             info = self.store.commit_at(
                 changes,
                 kind=KIND,
                 description=(
-                    f"refresh {NAME} staging: generation {plan.generation}, batch {batch + 1}, "
-                    f"profiles {users[0]}..{users[-1]}"
+                    f"refresh {NAME} staging: generation {plan.generation}, {batch}, {len(users)} profiles"
                 ),
             )
         if info is not None:

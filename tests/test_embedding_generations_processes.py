@@ -89,5 +89,5 @@ def test_a_control_plane_killed_mid_staging_keeps_the_generation_and_a_later_run
     # same vectors trained from the same events, changed nothing: no commit) and then flipped
     versions = {d: v for v, d in done}
     assert staged in versions.values() and versions[flips[0]] > staged
-    assert any(d.startswith(STAGING + "generation 1, batch 4,") for d in versions)
+    assert any(d.startswith(STAGING + "generation 1, batch 4 of 4,") for d in versions)
     assert pushed < min(v for v, _ in done)

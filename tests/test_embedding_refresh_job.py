@@ -111,8 +111,8 @@ def test_the_job_commits_a_refresh_once_per_new_item_event(stores: tuple[Control
         f"events 1..{n} (2025-11-24T16:00:00Z..2025-11-24T16:00:00Z)"
     )
     assert [c.description for c in store.history(4)][1:] == [
-        f"refresh embeddings staging: generation 1, batch {b}, profiles {users}"
-        for b, users in ((3, "u8..u9"), (2, "u4..u7"), (1, "u0..u3"))
+        f"refresh embeddings staging: generation 1, batch {b} of 3, {n} profiles"
+        for b, n in ((3, 2), (2, 4), (1, 4))
     ]
     changed = {(c.namespace, c.key) for _, changes in store.commits_after(head) for c in changes}
     assert ("models", "item_embeddings") in changed and ("profiles", "u0") in changed
