@@ -118,6 +118,18 @@ def _log(message: str) -> None:
     print(f"[bench.refresh] {message}", file=sys.stderr, flush=True)
 
 
+def _autogroup_nice(pid: int, nice: int) -> int | None:
+    """Set the CPU weight of the process's scheduler autogroup (its session: the control plane and its
+    threads) to `nice` (Linux with `sched_autogroup`: nice values of processes in different sessions do
+    not order them, their autogroups' do); the value set, None when it cannot be."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
+    except (OSError, ValueError, IndexError) as exc:
+        _log(f"cannot set the control plane's autogroup nice: {exc}")
+        return None
+
+
 def _embedding_flags(method: str, commit_profiles: int, commit_pause: float) -> tuple[str, ...]:
     """The control plane's embeddings refresh: due whenever an item event arrived (checked every second),
     paced as asked."""
@@ -205,6 +217,7 @@ def run(
     method: str = "als",
     commit_profiles: int = 5000,
     commit_pause: float = 1.0,
+    control_nice: int = 0,
 ) -> dict[str, Any]:
     users_n, items_n = (20_000, 2_000) if quick else (100_000, 10_000)
     bundle, _, _ = prepare_bundle(None, users_n, items_n, 7)
@@ -255,6 +268,8 @@ def run(
         control = procs.serve(
             "control", [*control_cmd, "--heartbeat", "0.5", *flags], timeout=START_TIMEOUT_S
         )
+        if control_nice:
+            results["control_nice"] = _autogroup_nice(control.pid, control_nice)
         edges: dict[str, Process] = {}
         try:
             with ControlClient(control.address, token=OPS_TOKEN, timeout=600) as ops:
@@ -650,6 +665,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "<another checkout>`), in rounds alternating with this code's edge, each measured while the other "
         "is stopped: a before/after in one run (may be given more than once)",
     )
+    parser.add_argument(
+        "--control-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the control plane's session at this nice (its scheduler autogroup, Linux): it then uses "
+        "the CPU the edge leaves, closer to a control plane on other machines than the default, where it "
+        "competes with the edge on the same cores (default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (20.0 if args.quick else 45.0)
@@ -666,6 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         method=args.embeddings_method,
         commit_profiles=args.commit_profiles,
         commit_pause=args.commit_pause,
+        control_nice=args.control_nice,
     )
     print(json.dumps(results, indent=2) if args.json else _format(results))
     return 0
