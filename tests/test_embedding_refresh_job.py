@@ -104,6 +104,7 @@ def test_the_job_commits_a_refresh_once_per_new_item_event(stores: tuple[Control
     assert info is not None and not isinstance(info, int)
     # the 10 profiles' new vectors in 3 staging commits of at most 4, then the flip
     assert info.kind == "refresh" and commits == [1] * 4
+    assert (job.stats.staged, job.stats.commits) == (3, 1)  # the /metrics figures: staging commits, flips
     assert len([c for c in store.history(10) if c.version > head]) == 4
     n = len(CO_BOUGHT)
     assert info.description == (
