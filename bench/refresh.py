@@ -20,13 +20,23 @@ syncer paused (SIGSTOP to its supervisor; its workers serve on), the bench (1) s
 the bundle, timed now) in the control plane's event store, as `Forward` stores them, so the control
 plane's refresh jobs recompute `item_popularity` and its scopes, `item_daily_counts` and the neighbours
 and commit them (the item half of the model delta, computed by the real jobs: their compute times are
-reported), and (2) pushes a delta of 100,000 profile upserts with new 32-dim embeddings (the user half:
-a synthetic stand-in for the ALS user factors the embeddings refresh commits; the same profile records
-on the edge, so the same apply cost). Two seconds into the round's load the syncer resumes (SIGCONT)
-and the edge receives and applies every commit while the load runs; the bench checks that each landed
-inside the round (the edge's `sync_applied` log lines) and reports their apply times. The control plane
-computes while no load runs because here it shares the edge's two cores; in a deployment it runs
-elsewhere, and the figure is about what applying the refresh costs the edge's Decide.
+reported), and (2) the user half: the control plane's own embeddings refresh (`[refresh] embeddings`,
+method `als` by default, `--embeddings-method`: the `train` extra; the hybrid's dense item x item arrays
+do not fit 10k items in its memory limit), which trains on every stored event and stages every
+profile's vector of the next embedding generation (the bundle's 100k users: the seen ones get new
+vectors, the others theirs carried into the new space) in paced commits of `--commit-profiles` (5000)
+`--commit-pause` (1 s) apart, then flips `item_embeddings` and the generation in one commit
+(docs/refresh.md). The bench waits for the item models' commits and the first staging commit (the
+training done), then stops the control plane too (SIGSTOP) until the load starts, so that the staging
+commits reach the edge at their pace during the load, not as a backlog. `--stand-in` pushes instead a
+delta of 100,000 profile upserts with new 32-dim embeddings in one commit (the stand-in of the runs
+before the paced refresh existed). Two seconds into the round's load the syncer (and the control plane)
+resume (SIGCONT) and the edge receives and applies every commit while the load runs; the bench checks
+that each landed inside the round (the edge's `sync_applied` log lines; the flip included) and reports
+their apply times. The control plane computes the item models and trains while no load runs because
+here it shares the edge's two cores; in a deployment it runs elsewhere, and the figure is about what
+applying the refresh costs the edge's Decide (the control plane's encoding of the paced commits does run
+during the load here, on the same cores).
 
 `--baseline DIR` measures a second edge beside it, running the edgewise package installed in DIR
 (`pip install --no-deps --target DIR <a checkout of the code before a change>`: the same interpreter and
@@ -83,6 +93,8 @@ SETTLE_S: Final = 1.0
 THIS: Final = "this"
 BASELINE: Final = "baseline"
 COMPUTE_TIMEOUT_S: Final = 600.0
+STAGING: Final = "refresh embeddings staging: "  # the embeddings refresh's commits (its job's module doc)
+FLIP: Final = "refresh embeddings: "
 MODELS: Final = frozenset(
     {"popularity", "trending", "neighbors"}
 )  # into a refresh round before the refresh starts
@@ -104,6 +116,34 @@ REFRESH_FLAGS: Final = (
 
 def _log(message: str) -> None:
     print(f"[bench.refresh] {message}", file=sys.stderr, flush=True)
+
+
+def _autogroup_nice(pid: int, nice: int) -> int | None:
+    """Set the CPU weight of the process's scheduler autogroup (its session: the control plane and its
+    threads) to `nice` (Linux with `sched_autogroup`: nice values of processes in different sessions do
+    not order them, their autogroups' do); the value set, None when it cannot be."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
+    except (OSError, ValueError, IndexError) as exc:
+        _log(f"cannot set the control plane's autogroup nice: {exc}")
+        return None
+
+
+def _embedding_flags(method: str, commit_profiles: int, commit_pause: float) -> tuple[str, ...]:
+    """The control plane's embeddings refresh: due whenever an item event arrived (checked every second),
+    paced as asked."""
+    return (
+        "--refresh-embeddings",
+        "--refresh-embeddings-every",
+        "1s",
+        "--refresh-embeddings-method",
+        method,
+        "--refresh-embeddings-commit-profiles",
+        str(commit_profiles),
+        "--refresh-embeddings-commit-pause",
+        f"{commit_pause:g}s" if commit_pause else "0",
+    )
 
 
 def _profiles_delta(bundle: Path, out: Path, dim: int, seed: int) -> int:
@@ -173,6 +213,11 @@ def run(
     profiles: bool = True,
     baselines: Sequence[Path] = (),
     mix: str = "decide=1",
+    stand_in: bool = False,
+    method: str = "als",
+    commit_profiles: int = 5000,
+    commit_pause: float = 1.0,
+    control_nice: int = 0,
 ) -> dict[str, Any]:
     users_n, items_n = (20_000, 2_000) if quick else (100_000, 10_000)
     bundle, _, _ = prepare_bundle(None, users_n, items_n, 7)
@@ -193,7 +238,15 @@ def run(
         "clients": clients,
         "mix": mix,
         "baseline": str(baselines[0]) if baselines else None,
+        "user_half": ("stand-in delta" if stand_in else "embeddings refresh") if profiles else None,
     }
+    embeddings = profiles and not stand_in
+    if embeddings:
+        results["embeddings"] = {
+            "method": method,
+            "commit_profiles": commit_profiles,
+            "commit_pause_s": commit_pause,
+        }
     with (
         tempfile.TemporaryDirectory(prefix="edgewise-bench-refresh-") as tmp_name,
         Processes(Path(tmp_name) / "procs", env, grace=10) as procs,
@@ -205,13 +258,18 @@ def run(
             for i, (name, _) in enumerate(specs):
                 path = tmp / f"profiles-{name}-{r}.jsonl"
                 seed = r * len(specs) + i
-                lines = _profiles_delta(root, path, bundle.dim, seed=seed) if profiles else 0
-                deltas[r, name] = path if profiles else None
+                lines = _profiles_delta(root, path, bundle.dim, seed=seed) if profiles and stand_in else 0
+                deltas[r, name] = path if profiles and stand_in else None
         results["profile_upserts"] = lines
         control_cmd = ["control", "serve", "--data", str(tmp / "control"), "--listen", "127.0.0.1:0"]
+        flags = [*REFRESH_FLAGS]
+        if embeddings:
+            flags += _embedding_flags(method, commit_profiles, commit_pause)
         control = procs.serve(
-            "control", [*control_cmd, "--heartbeat", "0.5", *REFRESH_FLAGS], timeout=START_TIMEOUT_S
+            "control", [*control_cmd, "--heartbeat", "0.5", *flags], timeout=START_TIMEOUT_S
         )
+        if control_nice:
+            results["control_nice"] = _autogroup_nice(control.pid, control_nice)
         edges: dict[str, Process] = {}
         try:
             with ControlClient(control.address, token=OPS_TOKEN, timeout=600) as ops:
@@ -284,15 +342,19 @@ def run(
                                 deltas[r, name],
                                 duration,
                                 name,
+                                embeddings=embeddings,
                             )
                         )
         finally:
             for edge in edges.values():
                 _signal_group(edge, signal.SIGCONT)  # a stopped process would not stop on SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(control.pid, signal.SIGCONT)
         results["control_log"] = [
             {k: e.get(k) for k in ("ts", "event", "model", "version", "changes", "error")}
             for e in control.log_events()
-            if e.get("event") in ("model_refreshed", "model_refresh_failed")
+            if e.get("event")
+            in ("model_refreshed", "model_refresh_failed", "embeddings_staged", "embeddings_refresh_skipped")
         ]
     results.update(_summary(quiet[THIS], refresh[THIS]))
     if baselines:
@@ -392,10 +454,13 @@ def _refresh_round(
     delta: Path | None,
     duration: float,
     name: str = THIS,
+    *,
+    embeddings: bool = False,
 ) -> dict[str, Any]:
     """One open-loop load during which the edge applies a model refresh (see the module doc)."""
     out = tmp / f"refresh-{name}-{r}.json"
     head = _head(ops)
+    control_stopped = False
     records = _item_events(items, users, f"round{r}-{name}", seed=r * 2 + (name != THIS))
     os.kill(edge.pid, signal.SIGSTOP)  # the edge's syncer (its supervisor) waits; its workers serve on
     try:
@@ -405,9 +470,12 @@ def _refresh_round(
         pushed = 0
         if delta is not None:
             pushed = ops.push_delta(delta, description=f"bench: synthetic user embeddings, round {r}").version
-        done = _wait_refreshed(control, head, COMPUTE_TIMEOUT_S)
+        done = _wait_refreshed(control, head, COMPUTE_TIMEOUT_S, staging=embeddings)
         compute = {m: round(ts - computed, 2) for m, ts in done.items()}
-        commits = [c for c in ops.history(50).commits if c.version > head]
+        if embeddings:  # trained, staging: the rest of its commits at their pace during the load
+            os.kill(control.pid, signal.SIGSTOP)
+            control_stopped = True
+        commits = [c for c in ops.history(50).commits if c.version > head] if not embeddings else []
         cmd = edgewise_command(
             "bench", "load", "--target", edge.address, *open_loop, "--quiet", "--json", str(out)
         )
@@ -417,6 +485,8 @@ def _refresh_round(
     finally:
         triggered = time.time()
         meter = _Cpu(edge, control)
+        if control_stopped:
+            os.kill(control.pid, signal.SIGCONT)
         os.kill(edge.pid, signal.SIGCONT)
     _, err = load.communicate(timeout=duration + 600)
     cpu = meter.used()
@@ -424,6 +494,9 @@ def _refresh_round(
         raise RuntimeError(f"bench load failed ({load.returncode}): {err[-2000:]}")
     ended = started + 1.0 + duration
     figures = _round_figures(json.loads(out.read_text()))
+    if embeddings:  # the refresh's flip ends it (it may land after the load: reported)
+        _wait_flip(control, head, COMPUTE_TIMEOUT_S)
+        commits = [c for c in ops.history(200).commits if c.version > head]
     last = max(c.version for c in commits)
     _wait_applied(edge, max(last, pushed), 120)
     applied = _applied(edge, head)
@@ -449,8 +522,12 @@ def _refresh_round(
     return row
 
 
-def _wait_refreshed(control: Process, after: int, timeout: float) -> dict[str, float]:
-    """Wait until every refresh job committed after version `after`; when each did (its log line's ts)."""
+def _wait_refreshed(
+    control: Process, after: int, timeout: float, *, staging: bool = False
+) -> dict[str, float]:
+    """Wait until every refresh job committed after version `after`, and with `staging` until the
+    embeddings refresh committed its first staging batch (its training done); when each did (the log
+    line's ts; `embeddings_staging`: when the bench saw it)."""
     deadline = time.monotonic() + timeout
     while True:
         done = {
@@ -458,10 +535,37 @@ def _wait_refreshed(control: Process, after: int, timeout: float) -> dict[str, f
             for e in control.log_events()
             if e.get("event") == "model_refreshed" and int(e.get("version", 0)) > after
         }
-        if set(done) >= MODELS:
+        if set(done) >= MODELS and (not staging or _staged_since(control, after)):
+            if staging:
+                done["embeddings_staging"] = time.time()
             return done
         if time.monotonic() > deadline:
             raise RuntimeError(f"refresh commits after {after}: only {sorted(done)} in {timeout:g} s")
+        time.sleep(0.2)
+
+
+def _staged_since(control: Process, after: int) -> bool:
+    """Whether the embeddings refresh committed a staging batch (or, unpaced, its one commit) after
+    version `after` (the history says)."""
+    with ControlClient(control.address, token=OPS_TOKEN, timeout=60) as ops:
+        commits = ops.history(50).commits
+    return any(c.version > after and c.description.startswith((STAGING, FLIP)) for c in commits)
+
+
+def _wait_flip(control: Process, after: int, timeout: float) -> int:
+    """Wait for the embeddings refresh's flip after version `after`; its version."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with ControlClient(control.address, token=OPS_TOKEN, timeout=60) as ops:
+            flips = [
+                c.version
+                for c in ops.history(200).commits
+                if c.version > after and c.description.startswith(FLIP)
+            ]
+        if flips:
+            return max(flips)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no embeddings flip after version {after} in {timeout:g} s")
         time.sleep(0.2)
 
 
@@ -521,6 +625,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-profiles", action="store_true", help="refresh the item models only (no 100k profile embeddings)"
     )
     parser.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="the user half as a pushed delta of every profile with a new embedding, in one commit (the "
+        "runs before the paced embeddings refresh), instead of the control plane's embeddings refresh",
+    )
+    parser.add_argument(
+        "--embeddings-method",
+        default="als",
+        choices=("als", "bpr", "hybrid"),
+        help="the embeddings refresh's method (default als; als, bpr: the train extra; hybrid: NumPy only, "
+        "up to a few thousand items)",
+    )
+    parser.add_argument(
+        "--commit-profiles",
+        type=int,
+        default=5000,
+        help="profiles per staging commit of the embeddings refresh (default 5000; 0: one commit)",
+    )
+    parser.add_argument(
+        "--commit-pause",
+        type=float,
+        default=1.0,
+        help="seconds between two commits of the embeddings refresh (default 1; 0 or >= 1)",
+    )
+    parser.add_argument(
         "--mix",
         default="decide=1",
         help="the open loop's request mix (`edgewise bench load --mix`), e.g. decide=9,track=1 "
@@ -536,6 +665,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "<another checkout>`), in rounds alternating with this code's edge, each measured while the other "
         "is stopped: a before/after in one run (may be given more than once)",
     )
+    parser.add_argument(
+        "--control-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the control plane's session at this nice (its scheduler autogroup, Linux): it then uses "
+        "the CPU the edge leaves, closer to a control plane on other machines than the default, where it "
+        "competes with the edge on the same cores (default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (20.0 if args.quick else 45.0)
@@ -548,6 +686,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles=not args.no_profiles,
         baselines=args.baseline,
         mix=args.mix,
+        stand_in=args.stand_in,
+        method=args.embeddings_method,
+        commit_profiles=args.commit_profiles,
+        commit_pause=args.commit_pause,
+        control_nice=args.control_nice,
     )
     print(json.dumps(results, indent=2) if args.json else _format(results))
     return 0

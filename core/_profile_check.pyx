@@ -14,6 +14,11 @@ with its own message. So a record is refused exactly when it was before, with th
 only has to be right when it says 1 (tests/test_profile_check.py: against the reference on random,
 truncated, mutated and hostile records, and against `check_profile`).
 
+The embedding generation keys (core/embedding_slots.py) are checked as `check_profile` checks them:
+`eg` and `ng` an int in 0..2**31-1 (the scan vouches for a positive fixint or a uint 8/16/32 only), `n`
+nil or bin of a multiple of 4 bytes, `n` and `ng` together, and `ng` not `eg`'s generation; a record
+that repeats one of these keys is left to `check_profile`.
+
 What the scan leaves to `check_profile` (answers 0): ext types (msgpack's timestamps and ExtType,
 which refuses codes below 0), nesting deeper than MAX_DEPTH, a schema value other than 1 written as an
 int, true, or a float 1.0 (the values `obj.get("s") != 1` lets through), keys or values that are not
@@ -249,11 +254,47 @@ cdef int _schema_is_one(ptr_t p, Py_ssize_t pos, Py_ssize_t end) noexcept nogil:
     return 0
 
 
+cdef long long _generation_at(ptr_t p, Py_ssize_t pos, Py_ssize_t end) noexcept nogil:
+    """The generation the object at p[pos:end] stores, when the scan vouches for it: a fixint or a uint
+    8/16/32 in 0..2**31-1; -1 otherwise (not sure)."""
+    cdef uint8_t b = p[pos]
+    cdef Py_ssize_t size = end - pos
+    cdef uint32_t value
+    if b <= 0x7F:
+        return b
+    if b == 0xCC and size == 2:
+        return p[pos + 1]
+    if b == 0xCD and size == 3:
+        return _be16(p + pos + 1)
+    if b == 0xCE and size == 5:
+        value = _be32(p + pos + 1)
+        return value if value <= 0x7FFFFFFF else -1
+    return -1
+
+
+cdef int _vector_ok(ptr_t p, Py_ssize_t pos, Py_ssize_t end) noexcept nogil:
+    """1 iff the object at p[pos:end] is nil or a bin of a multiple of 4 bytes (a float32 vector)."""
+    cdef uint8_t b = p[pos]
+    cdef Py_ssize_t header
+    if b == 0xC0:
+        return 1
+    if b == 0xC4:
+        header = 2
+    elif b == 0xC5:
+        header = 3
+    elif b == 0xC6:
+        header = 5
+    else:
+        return 0
+    return (end - pos - header) % 4 == 0
+
+
 cdef int _profile_ok(ptr_t p, Py_ssize_t n) noexcept nogil:
     """1 iff `check_profile` certainly accepts the record p[:n] (see the module doc); 0: not sure."""
     cdef Py_ssize_t pos = 0, count, i, start, size, value_end
     cdef Py_ssize_t schema = -1, schema_end = -1
-    cdef int seen = 0
+    cdef int seen = 0, slot_keys = 0
+    cdef long long eg = 0, ng = -1
     cdef uint8_t b
     if n < 1:
         return 0
@@ -294,6 +335,26 @@ cdef int _profile_ok(ptr_t p, Py_ssize_t n) noexcept nogil:
                     seen |= HAS_C
                 elif b == 0x65:  # "e"
                     seen |= HAS_E
+                elif b == 0x6E:  # "n": a second vector
+                    if slot_keys & 1 or not _vector_ok(p, start + 1, value_end):
+                        return 0
+                    slot_keys |= 1
+            elif size == 2 and p[start + 1] == 0x67 and (p[start] == 0x65 or p[start] == 0x6E):
+                # "eg", "ng": a slot's generation
+                if p[start] == 0x65:
+                    if slot_keys & 2:
+                        return 0
+                    slot_keys |= 2
+                    eg = _generation_at(p, start + 2, value_end)
+                    if eg < 0:
+                        return 0
+                else:
+                    if slot_keys & 4:
+                        return 0
+                    slot_keys |= 4
+                    ng = _generation_at(p, start + 2, value_end)
+                    if ng < 0:
+                        return 0
             pos = value_end
             continue
         if start == -2:
@@ -306,6 +367,8 @@ cdef int _profile_ok(ptr_t p, Py_ssize_t n) noexcept nogil:
             return 0
     if pos != n or seen != HAS_ALL or schema < 0:
         return 0
+    if (slot_keys & 1) != ((slot_keys & 4) >> 2) or (slot_keys & 1 and ng == eg):
+        return 0  # `n` without `ng` (or the reverse), or both slots of one generation
     return _schema_is_one(p, schema, schema_end)
 
 

@@ -119,7 +119,9 @@ class Pipeline:
     ) -> DecideResponse:
         asks = [_resolve(state, i, ask) for i, ask in enumerate(request.placements)]
         unit = request.user_id or request.session_id
-        profile, activity, allowed = _consented_inputs(view, request, self._profiles)
+        profile, activity, allowed = _consented_inputs(
+            view, request, self._profiles, state.embedding_generation
+        )
         features = FeatureView(  # state, context, now_ms, user_id, profile, activity, granted, record_reads
             state,
             request.context,
@@ -386,19 +388,20 @@ class Pipeline:
 
 
 def _consented_inputs(
-    view: ReadView, request: DecideRequest, profiles: ProfileCache | None = None
+    view: ReadView, request: DecideRequest, profiles: ProfileCache | None = None, generation: int = 0
 ) -> tuple[ProfileRecord | None, Activity | None, bool]:
     """(profile, activity, allowed): nothing about the user is read without the purpose. `profiles`:
-    decoded profiles kept between requests (None: decode the stored record)."""
+    decoded profiles kept between requests (None: decode the stored record); `generation`: the version's
+    embedding generation, whose vector the profile's `embedding` is (core/embedding_slots.py)."""
     if PERSONALIZATION not in request.consent:
         return None, None, False
     user_id = request.user_id
     if not user_id:
         profile = None
     elif profiles is not None:
-        profile = profiles.profile(view, user_id)
+        profile = profiles.profile(view, user_id, generation)
     else:
-        profile = view.profile(user_id)
+        profile = view.profile(user_id, generation)
     if profile is not None and PERSONALIZATION not in profile.consent:
         return None, None, False
     unit = request.user_id or request.session_id

@@ -85,6 +85,7 @@ def _profile(buf: bytes) -> bool:
     count, pos = _container(buf, 0)
     schema: bytes | None = None
     seen: set[bytes] = set()
+    slots: dict[bytes, bytes] = {}  # b"eg", b"n", b"ng" -> the value's bytes
     for _ in range(count):
         start, end = _string(buf, pos)
         if start is not None:
@@ -94,10 +95,46 @@ def _profile(buf: bytes) -> bool:
                 schema = buf[end:value_end]  # the last one wins, as in a dict
             elif name in _REQUIRED:
                 seen.add(name)
+            elif name in _SLOT_KEYS:
+                if name in slots:
+                    raise _Unsure  # a repeated slot key: left to check_profile
+                slots[name] = buf[end:value_end]
             pos = value_end
         else:
             pos = _skip(buf, _key(buf, pos), 1)
-    return pos == len(buf) and seen == _REQUIRED and schema in _ONE
+    return pos == len(buf) and seen == _REQUIRED and schema in _ONE and _slots_ok(slots)
+
+
+_SLOT_KEYS: Final = frozenset({b"eg", b"n", b"ng"})
+
+
+def _slots_ok(slots: dict[bytes, bytes]) -> bool:
+    """The embedding generation keys as `check_profile` accepts them (the scan's subset: module doc of
+    core/_profile_check.pyx)."""
+    eg = _generation(slots[b"eg"]) if b"eg" in slots else 0
+    if eg < 0 or (b"n" in slots) != (b"ng" in slots):
+        return False
+    if b"n" not in slots:
+        return True
+    ng, vector = _generation(slots[b"ng"]), slots[b"n"]
+    if vector == b"\xc0":
+        vector_ok = True
+    else:
+        header = {0xC4: 2, 0xC5: 3, 0xC6: 5}.get(vector[0], 0)
+        vector_ok = header > 0 and (len(vector) - header) % 4 == 0
+    return ng >= 0 and ng != eg and vector_ok
+
+
+def _generation(value: bytes) -> int:
+    """The int in 0..2**31-1 a fixint or uint 8/16/32 holds; -1 for anything else."""
+    b = value[0]
+    if b <= 0x7F:
+        return b
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4}.get(b, 0)
+    if not width or len(value) != 1 + width:
+        return -1
+    number = int.from_bytes(value[1:], "big")
+    return number if number <= 0x7FFFFFFF else -1
 
 
 def _is_container(b: int, *, maps: bool) -> bool:

@@ -76,7 +76,10 @@ def fold_profile(
         activity = apply_event(activity or Activity(), event, limits)
     if consent == dict(profile.consent) and activity == profile.activity and attributes == profile.attributes:
         return None
-    updated = ProfileRecord(profile.id, profile.version, attributes, consent, profile.embedding, activity)
+    # every embedding slot as stored (`vectors`): a staged generation survives the fold
+    updated = ProfileRecord(
+        profile.id, profile.version, attributes, consent, profile.embedding, activity, profile.vectors
+    )
     return encode_profile(updated)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgewise.core._records import well_typed_pairs
+from edgewise.core.embedding_slots import MAX_GENERATION, Slot, vector_for
 
 __all__ = [
     "PROFILE_SCHEMA",
@@ -39,6 +40,8 @@ __all__ = [
     "encode_array",
     "encode_item",
     "encode_profile",
+    "set_vector_slots",
+    "vector_slots",
 ]
 
 PROFILE_SCHEMA: Final = 1
@@ -73,10 +76,23 @@ class ProfileRecord:
     version: int
     attributes: Mapping[str, Any]
     consent: Mapping[str, int]  # purpose -> grant time (Unix ms)
-    embedding: bytes | None  # float32 little-endian, or None
+    # The vector of the generation the record was read for (`decode_profile`'s `generation`, the active
+    # one on the edge: core/embedding_slots.py), float32 little-endian, or None. A record made in code
+    # with no `vectors` stores this one as generation 0's.
+    embedding: bytes | None
     # Fleet-wide activity the control plane folded from every edge's events (None: none yet); merged
     # with the edge's own live activity when deciding.
     activity: Activity | None = None
+    # The stored vector slots, (generation, vector) each, at most two (`e`/`eg` first, then `n`/`ng`);
+    # what `encode_profile` writes when not empty. `decode_profile` fills them for a record with
+    # generation keys, so a record decoded and encoded again keeps every slot (set a vector with
+    # `embedding_slots.slot_with` on `stored_vectors()`); () for one without (generation 0's `e` alone).
+    vectors: tuple[Slot, ...] = ()
+
+    def stored_vectors(self) -> tuple[Slot, ...]:
+        """The slots as stored, for a record decoded for generation 0 (the writers' default) or made in
+        code: `vectors`, else `embedding` as generation 0's vector."""
+        return self.vectors or ((0, self.embedding),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +116,8 @@ def encode_profile(record: ProfileRecord) -> bytes:
         "c": dict(record.consent),
         "e": record.embedding,
     }
+    if record.vectors:
+        set_vector_slots(doc, record.vectors)
     if record.activity is not None:  # absent, not null: profiles without it encode as before
         doc["act"] = _activity_doc(record.activity)
     return msgpack.packb(doc, use_bin_type=True)
@@ -115,13 +133,48 @@ def _unpack(buf: bytes | memoryview, what: str, *, use_list: bool = True) -> dic
     return obj
 
 
-def decode_profile(user_id: str, buf: bytes | memoryview) -> ProfileRecord:
+def decode_profile(user_id: str, buf: bytes | memoryview, generation: int = 0) -> ProfileRecord:
+    """The record, its `embedding` the vector of embedding `generation` (the active one, on the edge)."""
     obj = _unpack(buf, "profile")
     if obj.get("s") != PROFILE_SCHEMA:
         raise RecordError(f"profile {user_id!r}: unknown schema {obj.get('s')!r}")
     act = obj.get("act")
     activity = _activity_of(act) if isinstance(act, dict) else None
-    return ProfileRecord(user_id, obj["v"], obj["a"], obj["c"], obj["e"], activity)
+    if "eg" not in obj and "n" not in obj:  # generation 0's `e` alone, as before generations existed
+        return ProfileRecord(
+            user_id, obj["v"], obj["a"], obj["c"], obj["e"] if generation == 0 else None, activity
+        )
+    slots = vector_slots(obj)
+    embedding = vector_for(slots, generation)
+    return ProfileRecord(user_id, obj["v"], obj["a"], obj["c"], embedding, activity, slots)
+
+
+def vector_slots(obj: Mapping[str, Any]) -> tuple[Slot, ...]:
+    """The (generation, vector) slots of a profile record's map (`e` alone: generation 0's)."""
+    e = obj["e"]
+    if "eg" not in obj and "n" not in obj:
+        return ((0, e),)
+    first: Slot = (_generation_of(obj.get("eg", 0)), e)
+    return (first, (_generation_of(obj.get("ng")), obj["n"])) if "n" in obj else (first,)
+
+
+def set_vector_slots(doc: dict[str, Any], slots: tuple[Slot, ...]) -> None:
+    """Write `slots` (one or two) into a profile record's map, replacing its `e`, `eg`, `n`, `ng`;
+    generation 0 alone is written as `e` only, as before generations existed."""
+    for key in ("eg", "n", "ng"):
+        doc.pop(key, None)
+    doc["e"] = slots[0][1]
+    if slots == ((0, slots[0][1]),):
+        return
+    doc["eg"] = slots[0][0]
+    if len(slots) > 1:
+        doc["n"], doc["ng"] = slots[1][1], slots[1][0]
+
+
+def _generation_of(value: Any) -> int:
+    """A slot's generation as stored; -1 (matches no generation) when it is not one (check_profile
+    refuses such records; a decoder never raises for it)."""
+    return value if type(value) is int and 0 <= value <= MAX_GENERATION else -1
 
 
 def check_profile(user_id: str, buf: bytes | memoryview) -> None:
@@ -129,6 +182,28 @@ def check_profile(user_id: str, buf: bytes | memoryview) -> None:
     obj = _unpack(buf, "profile")
     if obj.get("s") != PROFILE_SCHEMA or not {"v", "a", "c", "e"} <= obj.keys():
         raise RecordError(f"profile {user_id!r}: not a profile record of schema {PROFILE_SCHEMA}")
+    problem = _slots_problem(obj)
+    if problem is not None:
+        raise RecordError(f"profile {user_id!r}: {problem}")
+
+
+def _slots_problem(obj: Mapping[str, Any]) -> str | None:
+    """What is wrong with the record's embedding generation keys (`eg`, `n`, `ng`), None if nothing."""
+    for key in ("eg", "ng"):
+        if key in obj:
+            value = obj[key]
+            if type(value) is not int or not 0 <= value <= MAX_GENERATION:
+                bound = f"an int in 0..{MAX_GENERATION}"
+                return f"{key!r} must be an embedding generation ({bound}), got {value!r}"
+    if ("n" in obj) != ("ng" in obj):
+        return "'n' (a second embedding) and 'ng' (its generation) go together, one is missing"
+    if "n" in obj:
+        vector = obj["n"]
+        if vector is not None and (type(vector) is not bytes or len(vector) % 4):
+            return "'n' must be float32 little-endian bytes (a multiple of 4 long) or nil"
+        if obj["ng"] == obj.get("eg", 0):
+            return f"'e' and 'n' hold the same embedding generation {obj['ng']}: one vector per generation"
+    return None
 
 
 def encode_item(record: ItemRecord) -> bytes:

@@ -194,9 +194,10 @@ class ReadView:
         self.generation: int = generation
         self.version: int = version
 
-    def profile(self, user_id: str) -> ProfileRecord | None:
+    def profile(self, user_id: str, generation: int = 0) -> ProfileRecord | None:
+        """The user's profile, its `embedding` that of embedding `generation` (core/embedding_slots.py)."""
         buf = self._txn.get(user_id.encode(), db=self._dbs["profiles"])
-        return None if buf is None else decode_profile(user_id, buf)
+        return None if buf is None else decode_profile(user_id, buf, generation)
 
     def profile_bytes(self, user_id: str) -> bytes | memoryview | None:
         """The user's stored profile record, undecoded: valid only inside this view's `with` block

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgewise.core.derived_cache import DerivedCache
+from edgewise.core.embedding_slots import GENERATION_MODEL, active_generation
 from edgewise.core.features import replenish_days
 from edgewise.core.filter_index import FilterIndex, build_filter_index
 from edgewise.core.partition import Partition, build_partition, use_partition
@@ -95,6 +96,9 @@ class VersionState:
     # ReadView.catalog_key of the view this was built from (b"": unknown): another generation with the
     # same catalog key keeps the catalog half of this state (build_state's `previous`)
     catalog_key: bytes = b""
+    # the embedding generation `item_embeddings` belong to: the profiles' vectors of it are used
+    # (models/embedding_generation, core/embedding_slots.py; 0: the bundle's)
+    embedding_generation: int = 0
 
     @property
     def n_items(self) -> int:
@@ -211,6 +215,7 @@ def build_state(view: ReadView, previous: VersionState | None = None) -> Version
         filters=catalog.filters,
         derived_cache=DerivedCache(derived_max_bytes(n)),
         catalog_key=catalog_key,
+        embedding_generation=active_generation(view.array(GENERATION_MODEL)),
     )
 
 

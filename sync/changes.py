@@ -21,6 +21,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core.embedding_slots import GENERATION_MODEL, active_generation, slot_with
 from edgewise.core.records import (
     ItemRecord,
     ProfileRecord,
@@ -391,11 +392,18 @@ class _Delta:
         embedding: bytes | None = None
         if "embedding" in doc:
             embedding = self._vector(where, doc["embedding"], self._dim()).tobytes()
-        else:
-            current = self._profile_exists(profile.id)
-            if current is not None:
-                embedding = decode_profile(profile.id, current).embedding
-        record = ProfileRecord(profile.id, RECORD_VERSION, profile.attributes, profile.consent, embedding)
+        # the stored vector slots are kept (a refresh may be staging the next embedding generation); a
+        # given embedding is the active generation's (core/embedding_slots.py)
+        current = self._profile_exists(profile.id)
+        slots = decode_profile(profile.id, current).stored_vectors() if current is not None else ()
+        if "embedding" in doc:
+            raw = self._get("models", GENERATION_MODEL)
+            active = active_generation(decode_array(raw)) if raw is not None else 0
+            staged = next((g for g, _ in slots if g != active), -1)
+            slots = slot_with(slots, active, embedding, keep=staged)
+        record = ProfileRecord(
+            profile.id, RECORD_VERSION, profile.attributes, profile.consent, embedding, vectors=slots
+        )
         self.profiles[profile.id] = encode_profile(record)
 
     def _delete_profile(self, where: str, profile_id: Any) -> None:

@@ -554,6 +554,25 @@ class RefreshConfig:
             metavar="N",
         ),
     )
+    embeddings_commit_profiles: int = field(
+        default=5000,
+        metadata=meta(
+            "profiles' new vectors per staging commit (paced: each edge applies one commit of them at a "
+            "time; the new generation is switched on by one last commit); 0: the whole refresh in one commit",
+            min=0,
+            flag="--refresh-embeddings-commit-profiles",
+            metavar="N",
+        ),
+    )
+    embeddings_commit_pause: timedelta = field(
+        default=timedelta(seconds=1),
+        metadata=meta(
+            "the pause between two commits of one embeddings refresh",
+            min=0,
+            flag="--refresh-embeddings-commit-pause",
+            metavar="DURATION",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

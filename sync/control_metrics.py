@@ -427,6 +427,12 @@ def _refresh_families(jobs: Sequence[RefreshJob | EmbeddingRefreshJob]) -> Itera
         "Refresh commits a job published since start.",
         labels=["model"],
     )
+    staged = CounterMetricFamily(
+        "edgewise_control_refresh_staging_commits_total",
+        "Staging commits of the embeddings refresh since start (the users' vectors of the next generation, "
+        "before its flip; docs/refresh.md); 0 for the other models.",
+        labels=["model"],
+    )
     seconds = GaugeMetricFamily(
         "edgewise_control_refresh_last_run_seconds",
         "How long the last run took, failed or not (NaN before the first).",
@@ -442,9 +448,10 @@ def _refresh_families(jobs: Sequence[RefreshJob | EmbeddingRefreshJob]) -> Itera
         runs.add_metric(model, stats.runs)
         failures.add_metric(model, stats.failures)
         commits.add_metric(model, stats.commits)
+        staged.add_metric(model, stats.staged)
         seconds.add_metric(model, stats.last_seconds)
         version.add_metric(model, stats.last_version)
-    yield from (runs, failures, commits, seconds, version)
+    yield from (runs, failures, commits, staged, seconds, version)
 
 
 def control_registry(

@@ -16,27 +16,38 @@ Two steps, so that training (seconds) never holds the push lock:
    catalog are counted, not trained (rows for new items come from the refresh that adds them to `items`;
    the next embeddings refresh then trains them; the hybrid gives every row of the catalog a vector,
    also an item without events, from its tags).
-2. `refresh_changes(view, trained)`, under the lock, on the state it will commit to: the record changes
-   for one commit of kind "delta": `models/item_embeddings` whole (rows of items without interactions
-   carried over, see core/embedding_training.py), and the profiles' `e`. A seen user's profile gets the
-   new vector; a profile whose user was not seen keeps a vector carried into the new factor space
-   (`carry_users`), or, when the spaces cannot be related (`carry_map` None: too few items known to both
-   models), loses it (`e` None: the edge ranks by the mean of recent views or falls back; a
-   personalization miss, never an error). Everything else in a profile record is kept byte for byte
-   (the msgpack map is edited, not re-encoded from a schema). Users seen without a profile get none: the
-   profile folder creates profiles, with their consent. If the catalog changed since training (a push
-   moved rows or the dim), `CatalogChanged` is raised and nothing is written; the next run retrains.
+2. Under the lock, on the state each commit is written to, in paced commits (core/embedding_slots.py):
+   `plan_staging(view, trained)`: the run stages embedding generation G = active + 1 (the active one is
+   `models/embedding_generation`, 0 when absent: the bundle's) for the profiles there are now;
+   `staging_changes(view, trained, plan, users)`, one commit per batch of users
+   (`[refresh] embeddings_commit_profiles`): each profile's vector of generation G, written into the slot
+   that does not hold the active generation's vector, so the edge keeps using the active one (inert until
+   the flip). A seen user's profile gets the new vector; a profile whose user was not seen gets its
+   active vector carried into the new factor space (`carry_users`), or, when the spaces cannot be related
+   (`carry_map` None: too few items known to both models), none (the edge then ranks by the mean of
+   recent views or falls back; a personalization miss, never an error). A vector of generation G a run
+   killed before this one left in a profile is replaced, or cleared when this run has none for it.
+   Everything else in a profile record is kept byte for byte (the msgpack map is edited, not re-encoded
+   from a schema). Users seen without a profile get none: the profile folder creates profiles, with
+   their consent. Then `flip_changes(view, trained, plan)`, one commit: `models/item_embeddings` whole
+   (rows of items without interactions carried over, see core/embedding_training.py) and
+   `models/embedding_generation` = G together: from that version on the edge scores users and items of
+   generation G, never one against the other's space. A profile created after the plan has no vector of
+   G (a miss until the next refresh). If the catalog (a push moved rows or the dim) or the active
+   generation (a rollback, a snapshot) changed since training or planning, `CatalogChanged` is raised and
+   nothing more is written; the next run trains and stages again. `refresh_changes(view, trained)`: all
+   of a run in one commit.
 
 The control plane's scheduled refresh (`[refresh] embeddings`) is
-`sync/embedding_refresh_job.EmbeddingRefreshJob`: step 1 outside the service's push lock, step 2 and the
-commit (kind "refresh", with its cursor, as the other refresh jobs do) under it.
+`sync/embedding_refresh_job.EmbeddingRefreshJob`: step 1 outside the service's push lock, each commit of
+step 2 under it (kind "refresh"; the flip with the job's cursor, as the other refresh jobs do).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +56,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgewise.core.activity import Event
+from edgewise.core.embedding_slots import (
+    GENERATION_MODEL,
+    MAX_GENERATION,
+    Slot,
+    active_generation,
+    encode_generation,
+    slot_with,
+    vector_for,
+)
 from edgewise.core.embedding_training import (
     DEFAULT_EVENT_WEIGHTS,
     TrainingSettings,
@@ -55,7 +75,14 @@ from edgewise.core.embedding_training import (
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.forwarded import latest_ms, record_problem
 from edgewise.core.model_refresh import NEW_ITEM_FLAG
-from edgewise.core.records import RecordError, decode_array, decode_item, encode_array
+from edgewise.core.records import (
+    RecordError,
+    decode_array,
+    decode_item,
+    encode_array,
+    set_vector_slots,
+    vector_slots,
+)
 from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, POPULARITY, StateReader
 from edgewise.sync.control_store import RecordChange
 from edgewise.sync.event_store import EventStore
@@ -65,8 +92,14 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CatalogChanged",
     "EmbeddingRefreshSettings",
+    "StagingPlan",
     "TrainedRefresh",
+    "flip_changes",
+    "plan_staging",
     "refresh_changes",
+    "staging_batches",
+    "staging_changes",
+    "stored_generation",
     "train_refresh",
 ]
 
@@ -228,69 +261,186 @@ def train_refresh(
     )
 
 
-def _with_embedding(raw: bytes, vector: NDArray[np.float32] | None) -> bytes | None:
-    """The profile record `raw` with its `e` replaced; None when it is not a msgpack map."""
-    try:
-        doc: Any = msgpack.unpackb(raw, raw=False)
-    except Exception:  # msgpack raises several unrelated types on corrupt input
-        return None
-    if not isinstance(doc, dict):
-        return None
-    doc["e"] = None if vector is None else vector.astype("<f4").tobytes()
-    packed: bytes = msgpack.packb(doc, use_bin_type=True)
-    return packed
+def stored_generation(view: StateReader) -> int:
+    """The active embedding generation of the state in `view` (`models/embedding_generation`; 0: none)."""
+    raw = view.get("models", GENERATION_MODEL)
+    return active_generation(decode_array(raw)) if raw is not None else 0
 
 
-def refresh_changes(view: StateReader, trained: TrainedRefresh) -> list[RecordChange]:
-    """Step 2 (module doc): the changes of the refresh commit, against the state in `view`."""
+@dataclass(frozen=True, slots=True)
+class StagingPlan:
+    """What one run stages: the users' vectors of `generation` beside those of `active`, the generation
+    active when the run planned (module doc); `users`: the profiles then, in key order."""
+
+    active: int
+    generation: int
+    users: tuple[str, ...]
+
+    def batches(self, size: int) -> list[tuple[str, ...]]:
+        """The users in batches of `size` (0: one batch), one staging commit each."""
+        return staging_batches(self.users, size)
+
+
+def staging_batches(users: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    """`users` in order, cut into batches of at most `size` (0: one batch; no users: none)."""
+    if not users:
+        return []
+    if size <= 0:
+        return [tuple(users)]
+    return [tuple(users[i : i + size]) for i in range(0, len(users), size)]
+
+
+def plan_staging(view: StateReader, trained: TrainedRefresh) -> StagingPlan:
+    """The plan of a run against the state in `view` (`CatalogChanged` if it is not the trained one's)."""
+    _check_catalog(view, trained)
+    active = stored_generation(view)
+    if active >= MAX_GENERATION:
+        raise CatalogChanged(f"the embedding generation {active} is the last one")
+    return StagingPlan(active, active + 1, tuple(user_id for user_id, _ in view.items("profiles")))
+
+
+def _check_catalog(view: StateReader, trained: TrainedRefresh, plan: StagingPlan | None = None) -> None:
     rows = _catalog(view)
     _, dim = _current(view)
     if rows != trained.item_rows or dim != trained.dim:
         raise CatalogChanged("the catalog changed since the embeddings were trained")
-    changes = [RecordChange("models", EMBEDDINGS, encode_array(trained.item_embeddings))]
-    undecodable = carried = cleared = 0
-    vector: NDArray[np.float32] | None
-    for user_id, raw in view.items("profiles"):
-        new = trained.user_vectors.get(user_id)
-        if new is not None:
-            vector = new
-        else:
-            old = _stored_vector(raw)
-            if old is None or old.shape[0] != trained.dim:
-                continue  # no vector (or not one of this dim): nothing to carry
-            if trained.carry_map is None:
-                vector, cleared = None, cleared + 1
-            else:
-                vector, carried = carry_users(old[None, :], trained.carry_map)[0], carried + 1
-        record = _with_embedding(raw, vector)
-        if record is None:
+    if plan is not None and stored_generation(view) != plan.active:
+        raise CatalogChanged(
+            f"the active embedding generation changed from {plan.active} to {stored_generation(view)}"
+        )
+
+
+def _check_staging(view: StateReader, trained: TrainedRefresh, plan: StagingPlan) -> None:
+    """`CatalogChanged` unless the dim and the active generation are the plan's (cheap: a staging commit
+    checks it; the item rows, decoded from every item, are the flip's check)."""
+    raw = view.get("models", EMBEDDINGS)
+    dim = _dim_of(raw) if raw is not None else _current(view)[1]
+    if dim != trained.dim:
+        raise CatalogChanged(f"the embedding dim changed from {trained.dim} to {dim} since training")
+    active = stored_generation(view)
+    if active != plan.active:
+        raise CatalogChanged(f"the active embedding generation changed from {plan.active} to {active}")
+
+
+def _dim_of(raw: bytes) -> int:
+    """The columns of a stored 2-d float32 array, from its header (0: not one)."""
+    try:
+        array = decode_array(raw)
+    except RecordError:
+        return 0
+    return int(array.shape[1]) if array.ndim == 2 and array.dtype == np.float32 else 0
+
+
+def _with_slot(
+    doc: dict[str, Any], slots: tuple[Slot, ...], plan: StagingPlan, vector: NDArray[np.float32] | None
+) -> bytes:
+    """The profile record of map `doc` (its vector slots `slots`) with its vector of `plan.generation`
+    set, the active generation's slot kept, every other key as it was (the msgpack map is edited, not
+    re-encoded from a schema)."""
+    staged = None if vector is None else vector.astype("<f4").tobytes()
+    set_vector_slots(doc, slot_with(slots, plan.generation, staged, keep=plan.active))
+    packed: bytes = msgpack.packb(doc, use_bin_type=True)
+    return packed
+
+
+def staging_changes(
+    view: StateReader, trained: TrainedRefresh, plan: StagingPlan, users: Sequence[str]
+) -> list[RecordChange]:
+    """The changes of one staging commit, against the state in `view`: the vectors of `plan.generation`
+    of `users` (module doc), the records that change only. A seen user's profile gets the new vector; a
+    profile whose user was not seen gets its active vector carried into the new space (`carry_users`, one
+    product for the batch), or none when the spaces cannot be related (`carry_map` None). A profile with
+    no vector to stage and none of that generation already (a run killed before) is not written; one
+    deleted since the plan is skipped. `CatalogChanged` when the dim or the active generation changed
+    since the plan (the item rows matter to the flip only: `flip_changes` checks them)."""
+    _check_staging(view, trained, plan)
+    undecodable = cleared = 0
+    # (user, stored record, its map and slots, the vector to stage): each record unpacked once
+    staged: list[tuple[str, bytes, dict[str, Any], tuple[Slot, ...], NDArray[np.float32] | None]] = []
+    carry: list[tuple[int, NDArray[np.float32]]] = []  # (index in staged, active vector) to carry
+    for user_id in users:
+        raw = view.get("profiles", user_id)
+        if raw is None:
+            continue
+        raw = bytes(raw)
+        decoded = _profile_map(raw)
+        if decoded is None:
             undecodable += 1
             continue
-        changes.append(RecordChange("profiles", user_id, record))
+        doc, slots = decoded
+        new = trained.user_vectors.get(user_id)
+        if new is None:
+            old = _vector(vector_for(slots, plan.active), trained.dim)
+            if old is not None and trained.carry_map is not None:
+                carry.append((len(staged), old))
+            elif not any(generation == plan.generation for generation, _ in slots):
+                continue  # nothing to stage, nothing stale to clear
+            else:
+                cleared += old is not None
+        staged.append((user_id, raw, doc, slots, new))
+    if carry:
+        carried = carry_users(np.stack([old for _, old in carry]), trained.carry_map)
+        for (i, _), vector in zip(carry, carried, strict=True):
+            staged[i] = (*staged[i][:4], vector)
+    changes: list[RecordChange] = []
+    for user_id, raw, doc, slots, vector in staged:
+        record = _with_slot(doc, slots, plan, vector)
+        if record != raw:
+            changes.append(RecordChange("profiles", user_id, record))
     log.info(
-        "embeddings_refresh_planned",
+        "embeddings_staged",
         extra={
-            "items": len(rows),
-            "items_trained": trained.items_trained,
-            "items_carried": trained.items_carried,
-            "profiles": len(changes) - 1,
-            "profiles_carried": carried,
+            "generation": plan.generation,
+            "profiles": len(changes),
+            "profiles_carried": len(carry),
             "profiles_cleared": cleared,
             "profiles_undecodable": undecodable,
-            "events": trained.events,
-            "unknown_items": trained.unknown_items,
-            "seconds": round(trained.seconds, 3),
         },
     )
     return changes
 
 
-def _stored_vector(raw: bytes) -> NDArray[np.float32] | None:
+def flip_changes(view: StateReader, trained: TrainedRefresh, plan: StagingPlan) -> list[RecordChange]:
+    """The changes of the flip commit: `models/item_embeddings` and `models/embedding_generation`
+    together, so the edge switches items and users to the new space at one version (`CatalogChanged`
+    as `staging_changes`)."""
+    _check_catalog(view, trained, plan)
+    log.info(
+        "embeddings_refresh_flip",
+        extra={
+            "generation": plan.generation,
+            "items": len(trained.item_rows),
+            "items_trained": trained.items_trained,
+            "items_carried": trained.items_carried,
+            "events": trained.events,
+            "unknown_items": trained.unknown_items,
+            "seconds": round(trained.seconds, 3),
+        },
+    )
+    return [
+        RecordChange("models", EMBEDDINGS, encode_array(trained.item_embeddings)),
+        RecordChange("models", GENERATION_MODEL, encode_array(encode_generation(plan.generation))),
+    ]
+
+
+def refresh_changes(view: StateReader, trained: TrainedRefresh) -> list[RecordChange]:
+    """Every change of a run in one commit (`[refresh] embeddings_commit_profiles = 0`): the staging of
+    every profile and the flip, against the state in `view`."""
+    plan = plan_staging(view, trained)
+    return [*staging_changes(view, trained, plan, plan.users), *flip_changes(view, trained, plan)]
+
+
+def _profile_map(raw: bytes) -> tuple[dict[str, Any], tuple[Slot, ...]] | None:
+    """A profile record's msgpack map and its vector slots; None when it is not one."""
     try:
         doc: Any = msgpack.unpackb(raw, raw=False)
-    except Exception:  # msgpack raises several unrelated types on corrupt input
+        return (doc, vector_slots(doc)) if isinstance(doc, dict) else None
+    except Exception:  # msgpack raises several unrelated types on corrupt input; a map without `e`
         return None
-    e = doc.get("e") if isinstance(doc, dict) else None
-    if not isinstance(e, bytes) or len(e) % 4:
+
+
+def _vector(raw: bytes | None, dim: int) -> NDArray[np.float32] | None:
+    """A stored vector of `dim` float32 (None: none, or not one of that dim)."""
+    if not isinstance(raw, bytes) or len(raw) != 4 * dim:
         return None
-    return np.frombuffer(e, dtype="<f4")
+    return np.frombuffer(raw, dtype="<f4")

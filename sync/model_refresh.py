@@ -50,6 +50,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core.embedding_slots import slot_with
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.forwarded import latest_ms, record_problem
 from edgewise.core.model_refresh import (
@@ -72,6 +73,7 @@ from edgewise.core.records import (
 from edgewise.sync.bundle import _id_problem
 from edgewise.sync.changes import MANIFEST_KEY, parse_delta
 from edgewise.sync.control_store import CommitInfo, ControlStore, ControlView, RecordChange
+from edgewise.sync.embedding_refresh import stored_generation
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
 from edgewise.sync.skipped_records import SkippedRecords
@@ -100,6 +102,7 @@ class RefreshStats:
     last_seconds: float = math.nan
     last_version: int = 0
     commits: int = 0
+    staged: int = 0  # the embeddings refresh's staging commits (core/embedding_slots.py)
 
     def run(self, work: Callable[[], None]) -> None:
         """Call `work` as one run: counted, timed, and counted as a failure when it raises (re-raised).
@@ -502,14 +505,17 @@ class RefreshJob:
         if result.manifest:
             manifest = {**state.manifest, **result.manifest}
             staged[("rules", MANIFEST_KEY)] = msgpack.packb(manifest, use_bin_type=True)
+        active = stored_generation(view) if result.profile_embeddings else 0
         for user, vector in result.profile_embeddings.items():
             raw = view.get("profiles", user)
             if raw is None:
                 continue  # no profile (and no consent) to carry it
             embedding = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
-            staged[("profiles", user)] = encode_profile(
-                replace(decode_profile(user, raw), embedding=embedding)
-            )
+            # the vector of the active embedding generation; a slot a refresh is staging is kept
+            profile = decode_profile(user, raw)
+            other = next((g for g, _ in profile.stored_vectors() if g != active), -1)
+            slots = slot_with(profile.stored_vectors(), active, embedding, keep=other)
+            staged[("profiles", user)] = encode_profile(replace(profile, embedding=embedding, vectors=slots))
 
 
 def _item_event(record: Mapping[str, Any], latest: int) -> RefreshEvent | None:

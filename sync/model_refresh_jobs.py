@@ -55,7 +55,16 @@ def refresh_jobs(
     if config.embeddings:
         every = config.embeddings_every.total_seconds()
         jobs.append(
-            EmbeddingRefreshJob(store, events, lock, on_commit, embedding_settings(config), every=every)
+            EmbeddingRefreshJob(
+                store,
+                events,
+                lock,
+                on_commit,
+                embedding_settings(config),
+                every=every,
+                commit_profiles=config.embeddings_commit_profiles,
+                commit_pause=config.embeddings_commit_pause.total_seconds(),
+            )
         )
     return jobs
 

@@ -107,6 +107,8 @@ FLAG_DEFAULTS = {
     "--refresh-embeddings-learning-rate": ("refresh.embeddings_learning_rate", 0.05),
     "--refresh-embeddings-half-life": ("refresh.embeddings_half_life", timedelta(days=90)),
     "--refresh-embeddings-seed": ("refresh.embeddings_seed", 0),
+    "--refresh-embeddings-commit-profiles": ("refresh.embeddings_commit_profiles", 5000),
+    "--refresh-embeddings-commit-pause": ("refresh.embeddings_commit_pause", timedelta(seconds=1)),
 }
 
 

@@ -173,7 +173,8 @@ def test_refresh_from_forwarded_events(plane: Plane, tmp_path: Path) -> None:
         with edge.read() as edge_view:
             state = build_state(edge_view)
             assert state.embeddings is not None and state.embeddings.shape == (ITEMS, DIM)
-            profile = edge_view.profile(seen[0])
+            assert state.embedding_generation == 1  # the refresh's, switched on with its item vectors
+            profile = edge_view.profile(seen[0], state.embedding_generation)
             assert profile is not None and profile.embedding == trained.user_vectors[seen[0]].tobytes()
 
     rows = _rows(plane.store)
@@ -181,16 +182,21 @@ def test_refresh_from_forwarded_events(plane: Plane, tmp_path: Path) -> None:
         items = decode_array(view.get("models", "item_embeddings") or b"")
         after = {key: raw for key, raw in view.items("profiles")}
     assert items.shape == (ITEMS, DIM) and items.dtype == np.float32
-    # every profile still decodes and differs from before only in `e`
+    # every profile still decodes and differs from before only in its vector slots (`e`, `eg`, `n`, `ng`),
+    # the bundle's vector kept as generation 0's
+    slot_keys = {"e", "eg", "n", "ng"}
     for user, raw in after.items():
         old, new = msgpack.unpackb(before[user]), msgpack.unpackb(raw)
-        assert {k: v for k, v in old.items() if k != "e"} == {k: v for k, v in new.items() if k != "e"}
-        profile = decode_profile(user, raw)
+        assert {k: v for k, v in old.items() if k not in slot_keys} == {
+            k: v for k, v in new.items() if k not in slot_keys
+        }
+        assert decode_profile(user, raw, 0).embedding == decode_profile(user, before[user]).embedding
+        profile = decode_profile(user, raw, 1)
         assert profile.embedding is None or len(profile.embedding) == 4 * DIM
     # the planted groups come back through the stored records: each seen user's top items are its group's
     hits = 0
     for user in seen:
-        vector = np.frombuffer(decode_profile(user, after[user]).embedding or b"", dtype="<f4")
+        vector = np.frombuffer(decode_profile(user, after[user], 1).embedding or b"", dtype="<f4")
         top = np.argsort(-(items @ vector))[:5]
         hits += sum(_group(int(r)) == group_of[user] for r in top)
     assert hits / (5 * len(seen)) >= 0.9
@@ -220,7 +226,19 @@ def test_nothing_to_train_is_no_refresh(plane: Plane) -> None:
 
 
 def _job(plane: Plane) -> EmbeddingRefreshJob:
-    return EmbeddingRefreshJob(plane.store, plane.events, threading.Lock(), lambda: None, SETTINGS, every=60)
+    return EmbeddingRefreshJob(
+        plane.store,
+        plane.events,
+        threading.Lock(),
+        lambda: None,
+        SETTINGS,
+        every=60,
+        commit_profiles=PER_COMMIT,
+        commit_pause=0,
+    )
+
+
+PER_COMMIT = 64
 
 
 def test_one_call_trains_and_commits_under_the_lock(plane: Plane, tmp_path: Path) -> None:
@@ -229,8 +247,14 @@ def test_one_call_trains_and_commits_under_the_lock(plane: Plane, tmp_path: Path
     forward(plane, tmp_path / "edge", events)
     head = plane.store.head_version()
     info = _job(plane).run_once()
-    assert isinstance(info, CommitInfo) and info.kind == "refresh" and info.base_version == head
-    (commit,) = plane.store.history(limit=1)
+    assert isinstance(info, CommitInfo) and info.kind == "refresh"
+    commit, *staged = [c for c in plane.store.history(limit=100) if c.version > head]
     assert commit.version == info.version and commit.description.startswith("refresh embeddings: als")
-    # 1 array + the 30 seen users + the other profiles carrying a vector (synthetic profiles all do)
-    assert info.changes == 1 + len(_profiles(plane.store))
+    # the flip: the item vectors and their generation; before it, the profiles' vectors of generation 1 in
+    # paced commits of at most PER_COMMIT: the 30 seen users + the other profiles carrying a vector
+    # (synthetic profiles all do)
+    assert info.changes == 2 and "generation 1" in commit.description
+    n = len(_profiles(plane.store))
+    assert len(staged) == -(-n // PER_COMMIT) and sum(c.changes for c in staged) == n
+    assert all(c.kind == "refresh" and c.changes <= PER_COMMIT for c in staged)
+    assert all(c.description.startswith("refresh embeddings staging: generation 1, batch ") for c in staged)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from edgewise.client import ControlClient
+from edgewise.core.embedding_slots import GENERATION_MODEL, active_generation
 from edgewise.core.store import Store
 from edgewise.nats_cluster import NatsCluster
 from edgewise.processes import Process, Processes
@@ -86,18 +87,34 @@ def test_the_job_commits_a_refresh_once_per_new_item_event(stores: tuple[Control
     store, events = stores
     commits: list[int] = []
     settings = embedding_settings(RefreshConfig(embeddings=True, embeddings_iterations=20))
-    job = EmbeddingRefreshJob(store, events, threading.Lock(), lambda: commits.append(1), settings, every=60)
+    job = EmbeddingRefreshJob(
+        store,
+        events,
+        threading.Lock(),
+        lambda: commits.append(1),
+        settings,
+        every=60,
+        commit_profiles=4,
+        commit_pause=0,
+    )
     assert job.run_once() is None  # no events yet
     events.ingest("n1", _purchases(CO_BOUGHT, "p"))
     head = store.head_version()
     info = job.run_once()
     assert info is not None and not isinstance(info, int)
-    assert info.kind == "refresh" and info.base_version == head and commits == [1]
+    # the 10 profiles' new vectors in 3 staging commits of at most 4, then the flip
+    assert info.kind == "refresh" and commits == [1] * 4
+    assert (job.stats.staged, job.stats.commits) == (3, 1)  # the /metrics figures: staging commits, flips
+    assert len([c for c in store.history(10) if c.version > head]) == 4
     n = len(CO_BOUGHT)
     assert info.description == (
-        f"refresh embeddings: als on {n} events, 10 users, 6 items trained; "
+        f"refresh embeddings: als on {n} events, 10 users, 6 items trained, generation 1; "
         f"events 1..{n} (2025-11-24T16:00:00Z..2025-11-24T16:00:00Z)"
     )
+    assert [c.description for c in store.history(4)][1:] == [
+        f"refresh embeddings staging: generation 1, batch {b} of 3, {n} profiles"
+        for b, n in ((3, 2), (2, 4), (1, 4))
+    ]
     changed = {(c.namespace, c.key) for _, changes in store.commits_after(head) for c in changes}
     assert ("models", "item_embeddings") in changed and ("profiles", "u0") in changed
     assert store.cursor("refresh:embeddings") == n
@@ -105,7 +122,7 @@ def test_the_job_commits_a_refresh_once_per_new_item_event(stores: tuple[Control
     events.ingest("n1", [exposure("d1", "u0", "DE", [])])
     assert job.run_once() == n + 1  # an exposure only: the cursor moves, nothing is trained
     assert store.head_version() == info.version
-    assert commits == [1]
+    assert commits == [1] * 4
     job.stop()  # never started; a stopped job commits nothing, even with new events
     events.ingest("n1", _purchases(CO_BOUGHT[1:], "q"))
     assert job.run_once() is None and store.head_version() == info.version
@@ -117,13 +134,15 @@ def test_the_schedule_counts_from_the_last_refresh_commit(stores: tuple[ControlS
     settings = embedding_settings(RefreshConfig(embeddings=True, embeddings_iterations=20))
 
     def job(every: float) -> EmbeddingRefreshJob:
-        return EmbeddingRefreshJob(store, events, threading.Lock(), lambda: None, settings, every=every)
+        return EmbeddingRefreshJob(
+            store, events, threading.Lock(), lambda: None, settings, every=every, commit_pause=0
+        )
 
     daily = job(86_400)
     assert daily.last_refresh_ms() == 0
     events.ingest("n1", _purchases(CO_BOUGHT, "p"))
     daily._tick()  # no refresh in the log: due at once
-    (last,) = [c for c in store.history(5) if c.kind == "refresh"]
+    (last,) = [c for c in store.history(5) if c.description.startswith("refresh embeddings:")]
     assert daily.last_refresh_ms() == last.created_at_ms
     events.ingest("n1", _purchases(CO_BOUGHT[1:], "q"))
     daily._tick()
@@ -243,7 +262,7 @@ def _edge_model(data: Path) -> tuple[np.ndarray, bytes | None]:
     """The edge's item_embeddings and u0's profile vector, read from outside."""
     with Store(data, readonly=True) as store, store.read() as view:
         items = view.array("item_embeddings")
-        profile = view.profile("u0")
+        profile = view.profile("u0", active_generation(view.array(GENERATION_MODEL)))
         assert items is not None and profile is not None
         # copies: the view's arrays are LMDB's memory, gone once the read ends
         vector = None if profile.embedding is None else bytes(profile.embedding)
@@ -291,7 +310,8 @@ def test_purchases_on_an_edge_retrain_its_embeddings_and_roll_back(
     # the edge serves u0 what its co-buyers bought (i4; i5 is bought already), from the new vectors
     wait_for(lambda: _for_you(edge.address, "u0") == ["i4"], 60, "the retrained embeddings on the edge", 0.2)
     done = refreshes()
-    assert done and all(d.startswith(f"refresh embeddings: {method} on ") for _, d in done)
+    flips = [d for _, d in done if not d.startswith("refresh embeddings staging: ")]
+    assert flips and all(d.startswith(f"refresh embeddings: {method} on ") for d in flips)
     items_after, u0_after = _edge_model(tmp_path / "edge")
     assert items_after.shape == items_before.shape and not np.array_equal(items_after, items_before)
     assert u0_after is not None and u0_after != u0_before
@@ -335,7 +355,11 @@ def test_on_the_central_tier_the_lease_holder_retrains_and_every_replica_gets_it
         def refreshes(replica: Process) -> list[tuple[int, str]]:
             with ControlClient(replica.address, token=OPS["EDGEWISE_OPS_TOKEN"], timeout=60) as ops:
                 commits = ops.history(limit=100).commits
-            return [(c.version, c.description) for c in commits if c.kind == "refresh"]
+            return [
+                (c.version, c.description)
+                for c in commits
+                if c.kind == "refresh" and not c.description.startswith("refresh embeddings staging:")
+            ]
 
         wait_for(lambda: refreshes(a) == refreshes(b), 20, "both replicas with the same refresh commits")
         # one replica trains (the lease holder): each commit read up to a later event than the one before

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pytest
 
 from edgewise.core.activity import Event
+from edgewise.core.embedding_slots import GENERATION_MODEL, active_generation
 from edgewise.core.embedding_training import TrainingSettings, interactions_from_events, train_embeddings
 from edgewise.core.hybrid_embeddings import HybridParams, dense_cells, item_similarity, term_similarity
 from edgewise.core.model_refresh import NewItems, PopularityRefresh
-from edgewise.core.records import decode_array, decode_item
+from edgewise.core.records import decode_array, decode_item, decode_profile
 from edgewise.offline.retail import REQUIRED_COLUMNS, description_similarity, description_terms, retail_bundle
 from edgewise.sync.bundle import Bundle, load_bundle
 from edgewise.sync.changes import bundle_records
@@ -103,7 +103,9 @@ def plane(tmp_path: Path) -> Iterator[Plane]:
 
 def _hybrid_job(plane: Plane) -> EmbeddingRefreshJob:
     settings = embedding_settings(RefreshConfig(embeddings=True, embeddings_method="hybrid"))
-    return EmbeddingRefreshJob(plane.store, plane.events, threading.Lock(), lambda: None, settings, every=60)
+    return EmbeddingRefreshJob(
+        plane.store, plane.events, threading.Lock(), lambda: None, settings, every=60, commit_pause=0
+    )
 
 
 def _head_array(store: ControlStore, name: str) -> np.ndarray:
@@ -114,10 +116,13 @@ def _head_array(store: ControlStore, name: str) -> np.ndarray:
 
 
 def _vector(store: ControlStore, user: str) -> np.ndarray | None:
+    """The user's vector of the active embedding generation (core/embedding_slots.py)."""
     with store.read() as view:
         raw = view.get("profiles", user)
+        generation = view.get("models", GENERATION_MODEL)
     assert raw is not None
-    e = msgpack.unpackb(raw, raw=False).get("e")
+    active = active_generation(decode_array(generation)) if generation is not None else 0
+    e = decode_profile(user, raw, active).embedding
     return None if e is None else np.frombuffer(e, dtype="<f4")
 
 
@@ -133,7 +138,8 @@ def test_the_job_publishes_the_importers_vectors_from_replayed_events(
     assert info is not None and not isinstance(info, int) and info.kind == "refresh"
     n_users = len({customer for customer, _, _ in plane.purchases})
     assert info.description.startswith(
-        f"refresh embeddings: hybrid on {len(plane.purchases)} events, {n_users} users, 16 items trained; "
+        f"refresh embeddings: hybrid on {len(plane.purchases)} events, {n_users} users, 16 items trained, "
+        "generation 1; "
     )
     items = _head_array(store, "item_embeddings")
     assert items.shape == bundle.item_embeddings.shape == (16, DIM)

@@ -46,6 +46,10 @@ schemas = st.one_of(
     st.sampled_from([1, True, 1.0, 2, 0, False, "1", None, -1, 1.5, b"\x01", 2**64 - 1]),
     values,
 )
+generations = st.one_of(
+    st.sampled_from([0, 1, 2, 127, 128, 2**16, 2**31 - 1, 2**31, -1, True, None, 1.0, "1"]),
+    st.integers(-(2**33), 2**33),
+)
 record_docs = st.fixed_dictionaries(
     {},
     optional={
@@ -56,6 +60,10 @@ record_docs = st.fixed_dictionaries(
         "e": st.one_of(st.none(), st.binary(min_size=0, max_size=64)),
         "act": values,
         "x": values,
+        # the embedding generation slots (core/embedding_slots.py)
+        "eg": generations,
+        "n": st.one_of(st.none(), st.binary(max_size=12), values),
+        "ng": generations,
     },
 )
 

@@ -114,6 +114,7 @@ def test_refresh_figures_are_on_the_metrics(
     after = _samples(collector)
     assert after[("edgewise_control_refresh_runs_total", "popularity")] == 1
     assert after[("edgewise_control_refresh_commits_total", "popularity")] == 1
+    assert after[("edgewise_control_refresh_staging_commits_total", "popularity")] == 0  # embeddings only
     assert after[("edgewise_control_refresh_last_version", "popularity")] == committed
     assert after[("edgewise_control_refresh_failures_total", "popularity")] == 0
     assert after[("edgewise_control_refresh_runs_total", "trending")] == 1
