@@ -332,7 +332,9 @@ cdef class Decider:
                 most = count
         user_id = request.user_id
         unit = user_id or request.session_id
-        profile, activity, allowed_obj = self.consented(view, request, self.profiles)
+        profile, activity, allowed_obj = self.consented(  # the profile's vector of the version's generation
+            view, request, self.profiles, state.embedding_generation
+        )
         cdef bint allowed = allowed_obj
         context = request.context
         features = self.feature_view.make(  # FeatureView(state, context, ..., record_reads=False)
