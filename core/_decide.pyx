@@ -552,21 +552,8 @@ cdef class _Walk:
                 )
                 if placed is not None:
                     return placed
-            return _RANK_REFERENCE(
-                self.view,
-                self.state,
-                self.d.scratch,
-                ask=ask,
-                count=count,
-                serve=serve,
-                default=default,
-                request_filter=None,
-                shopper=self.shopper,
-                country=self.country,
-                now_ms=self.now_ms,
-                why=None,
-            )
-        return self.rank(
+        rank = _RANK_REFERENCE if self.direct else self.rank  # what `place` left, or the caller's `rank`
+        return rank(
             self.view,
             self.state,
             self.d.scratch,
