@@ -110,7 +110,8 @@ def recording_control_plane(data: Path, heartbeat_seconds: float = 0.2) -> Itera
     """A `RecordingControlPlane` over a control store in `data`, served on 127.0.0.1 (no tokens)."""
     store = ControlStore(data)
     service = RecordingControlPlane(store, heartbeat_seconds=heartbeat_seconds)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="control"))
+    pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="control")
+    server = grpc.server(pool)
     sync_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -119,6 +120,9 @@ def recording_control_plane(data: Path, heartbeat_seconds: float = 0.2) -> Itera
         yield service
     finally:
         server.stop(0).wait()
+        pool.shutdown(
+            wait=True
+        )  # the handlers end (a Subscribe at its next heartbeat) before the store closes
         store.close()
 
 
