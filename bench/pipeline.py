@@ -1524,6 +1524,31 @@ def _format(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_ab_options(parser: argparse.ArgumentParser) -> None:
+    """`--placement` and `--decide`: the compiled paths (what the edge runs) or their Python references,
+    for A/B runs (this bench and bench.pipeline_loop)."""
+    parser.add_argument(
+        "--placement",
+        choices=["compiled", "reference"],
+        default="compiled",
+        help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
+    )
+    parser.add_argument(
+        "--decide",
+        choices=["compiled", "reference"],
+        default="compiled",
+        help="Pipeline.decide: the compiled orchestration (core/_decide.pyx) or the Python reference (A/B)",
+    )
+
+
+def apply_ab_options(args: argparse.Namespace) -> bool:
+    """Put `--placement reference` in place (the `rank_items` Pipeline calls); `Pipeline(compiled=...)`'s
+    value for `--decide`."""
+    if args.placement == "reference":
+        vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference
+    return bool(args.decide == "compiled")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.pipeline", description=(__doc__ or "").split("\n")[0]
@@ -1548,22 +1573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only the contextual bandit's choice cost (8 arms, 32 features): seconds, no bundle",
     )
-    parser.add_argument(
-        "--placement",
-        choices=["compiled", "reference"],
-        default="compiled",
-        help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
-    )
-    parser.add_argument(
-        "--decide",
-        choices=["compiled", "reference"],
-        default="compiled",
-        help="Pipeline.decide: the compiled orchestration (core/_decide.pyx) or the Python reference (A/B)",
-    )
+    add_ab_options(parser)
     args = parser.parse_args(argv)
-    PIPELINE_OPTIONS["compiled"] = args.decide == "compiled"
-    if args.placement == "reference":
-        vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference  # what Pipeline calls
+    PIPELINE_OPTIONS["compiled"] = apply_ab_options(args)
     if args.contextual_bandit:
         cb = measure_contextual_bandit(1000 if args.quick else 5000, 2 if args.quick else 5, args.seed)
         print(

@@ -34,8 +34,6 @@ from typing import Final
 
 import numpy as np
 
-import edgewise.core.item_ranking as item_ranking_mod
-import edgewise.core.pipeline as pipeline_mod
 from edgewise.bench import pipeline as bench_pipeline
 from edgewise.core.decisions import DecideRequest
 from edgewise.core.pipeline import Pipeline
@@ -122,18 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--placement",
-        choices=["compiled", "reference"],
-        default="compiled",
-        help="item placements: the compiled call (what the pipeline runs) or rank_items_reference (for A/B)",
-    )
-    parser.add_argument(
-        "--decide",
-        choices=["compiled", "reference"],
-        default="compiled",
-        help="Pipeline.decide: the compiled orchestration (core/_decide.pyx) or the Python reference (A/B)",
-    )
+    bench_pipeline.add_ab_options(parser)
     parser.add_argument("--bundle", type=Path, help="setup: bench.pipeline's --bundle (default: its cache)")
     args = parser.parse_args(argv)
     if args.mode == "setup":
@@ -142,9 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (args.dir / "requests.pkl").exists():
         raise SystemExit(f"{args.dir}: no setup yet (python -m bench.pipeline_loop setup)")
-    if args.placement == "reference":
-        vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference  # what Pipeline calls
-    run(args.mode, args.dir, args.n, args.warmup, args.rounds, args.decide == "compiled")
+    run(args.mode, args.dir, args.n, args.warmup, args.rounds, bench_pipeline.apply_ab_options(args))
 
 
 if __name__ == "__main__":
