@@ -34,9 +34,10 @@ generated rules, requests, profiles and activity.
 """
 
 from cpython.dict cimport PyDict_GetItem
-from cpython.ref cimport Py_INCREF, PyObject
+from cpython.ref cimport PyObject
 
 from edgewise.core._hashing cimport salted_bucket
+from edgewise.core._slots cimport allocate, put_slot, slot_offset
 
 from edgewise.core._results import filled
 from edgewise.core.decisions import DecideResponse, FallbackReason, PlacementDecision
@@ -62,15 +63,6 @@ cdef object _RESPONSE = DecideResponse
 cdef frozenset _NOTHING = frozenset()
 cdef tuple _PLAN_KEY = ("decide_plan",)  # its key in VersionState.derived
 
-
-
-cdef extern from "Python.h":
-    ctypedef struct PyTypeObject
-    ctypedef struct PyMemberDef:
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    object PyType_GenericAlloc(PyTypeObject*, Py_ssize_t)
 
 
 cdef enum:
@@ -104,18 +96,13 @@ cdef class _Maker:
         self.cls = cls
         self.n = len(names)
         for i, name in enumerate(names):
-            descr = cls.__dict__[name]
-            if type(descr).__name__ != "member_descriptor":
-                raise TypeError(f"{cls.__name__}.{name} is not a slot")
-            self.at[i] = (<PyMemberDescrObject*>descr).d_member.offset
+            self.at[i] = slot_offset(cls, name)
 
     cdef object make(self, tuple values):
         cdef Py_ssize_t i
-        obj = PyType_GenericAlloc(<PyTypeObject*>self.cls, 0)
+        obj = allocate(self.cls)
         for i in range(self.n):
-            value = values[i]
-            Py_INCREF(value)
-            (<PyObject**>((<char*><PyObject*>obj) + self.at[i]))[0] = <PyObject*>value
+            put_slot(obj, self.at[i], values[i])
         return obj
 
 

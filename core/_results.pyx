@@ -11,44 +11,21 @@ object pointers, at the offsets its member descriptors give; `item_results` read
 the class is what it expects (its `__init__` is the dataclass one: no `__post_init__`, nothing else set).
 """
 
-from cpython.ref cimport Py_INCREF
-
-
-cdef extern from "Python.h":
-    ctypedef struct PyObject
-    ctypedef struct PyTypeObject
-    ctypedef struct PyMemberDef:
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    object PyType_GenericAlloc(PyTypeObject*, Py_ssize_t)
-    int T_OBJECT_EX
+from edgewise.core._slots cimport allocate, put_slot, slot_offset
 
 
 cdef object _cls = None
 cdef Py_ssize_t _id_at, _score_at, _reason_at, _promoted_at
 
 
-cdef Py_ssize_t _offset(object cls, str name) except -1:
-    descr = cls.__dict__[name]
-    if type(descr).__name__ != "member_descriptor":
-        raise TypeError(f"{cls.__name__}.{name} is not a slot")
-    return (<PyMemberDescrObject*>descr).d_member.offset
-
-
 cdef int _bind(object cls) except -1:
     global _cls, _id_at, _score_at, _reason_at, _promoted_at
     if tuple(cls.__slots__) != ("id", "score", "reason", "promoted") or hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} is not the slots dataclass item_results fills")
-    _id_at, _score_at = _offset(cls, "id"), _offset(cls, "score")
-    _reason_at, _promoted_at = _offset(cls, "reason"), _offset(cls, "promoted")
+    _id_at, _score_at = slot_offset(cls, "id"), slot_offset(cls, "score")
+    _reason_at, _promoted_at = slot_offset(cls, "reason"), slot_offset(cls, "promoted")
     _cls = cls
     return 0
-
-
-cdef inline void _put(object obj, Py_ssize_t at, object value):
-    Py_INCREF(value)
-    (<PyObject**>((<char*><PyObject*>obj) + at))[0] = <PyObject*>value
 
 
 def item_results(object cls, object item_ids, list rows, list values, str reason) -> list:
@@ -62,11 +39,11 @@ def item_results(object cls, object item_ids, list rows, list values, str reason
         raise ValueError("rows and values differ in length")
     for i in range(n):
         item_id = item_ids[rows[i]]
-        obj = PyType_GenericAlloc(<PyTypeObject*>cls, 0)
-        _put(obj, _id_at, item_id)
-        _put(obj, _score_at, values[i])
-        _put(obj, _reason_at, reason)
-        _put(obj, _promoted_at, False)
+        obj = allocate(cls)
+        put_slot(obj, _id_at, item_id)
+        put_slot(obj, _score_at, values[i])
+        put_slot(obj, _reason_at, reason)
+        put_slot(obj, _promoted_at, False)
         out[i] = obj
     return out
 
@@ -90,7 +67,7 @@ cdef tuple _layout(object cls):
                 f"{cls.__name__} is a class `filled` cannot make (not a slots dataclass, or one with "
                 "__post_init__)"
             )
-        offsets = tuple(_offset(cls, name) for name in slots)
+        offsets = tuple(slot_offset(cls, name) for name in slots)
         _layouts[cls] = offsets
     return offsets
 
@@ -103,7 +80,7 @@ def filled(object cls, tuple values) -> object:
     cdef Py_ssize_t i, n = len(offsets)
     if len(values) != n:
         raise TypeError(f"{cls.__name__} has {n} fields, {len(values)} values given")
-    obj = PyType_GenericAlloc(<PyTypeObject*>cls, 0)
+    obj = allocate(cls)
     for i in range(n):
-        _put(obj, <Py_ssize_t>offsets[i], values[i])
+        put_slot(obj, <Py_ssize_t>offsets[i], values[i])
     return obj
