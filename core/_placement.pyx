@@ -232,10 +232,15 @@ cdef class Placer:
         if m.v.shape[0] != self.n:
             return None
         m.array = array
+        self._keep(array, m)
+        return m
+
+    cdef int _keep(self, object array, object view) except -1:
+        """Keep `view` of `array` for the next calls (at most `_VIEWS_KEPT`; all dropped past that)."""
         if len(self.views) >= _VIEWS_KEPT:
             self.views.clear()
-        self.views[id(array)] = m
-        return m
+        self.views[id(array)] = view
+        return 0
 
     cdef _Vec _vec_of(self, object array, bint keep):
         """The view of a score vector; kept only when `keep` (a version's derived scores: a vector
@@ -251,9 +256,7 @@ cdef class Placer:
             return None
         s.array = array
         if keep:
-            if len(self.views) >= _VIEWS_KEPT:
-                self.views.clear()
-            self.views[id(array)] = s
+            self._keep(array, s)
         return s
 
     cdef _Order _order_of(self, object array):
@@ -267,9 +270,7 @@ cdef class Placer:
         except (TypeError, ValueError, BufferError):
             return None
         o.array = array
-        if len(self.views) >= _VIEWS_KEPT:
-            self.views.clear()
-        self.views[id(array)] = o
+        self._keep(array, o)
         return o
 
 

@@ -128,6 +128,28 @@ cdef Py_ssize_t _str_at(ptr_t p, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t* lengt
     return start
 
 
+cdef Py_ssize_t _entries_at(
+    ptr_t p, Py_ssize_t pos, Py_ssize_t n, uint8_t fix, uint8_t of16, Py_ssize_t* count
+) noexcept nogil:
+    """Where the entries start of the map (`fix` 0x80, `of16` 0xDE) or array (0x90, 0xDC) whose header
+    is at `pos` (< n), their count in `count`; -1: another type, or the header is cut short."""
+    cdef uint8_t b = p[pos]
+    if (b & 0xF0) == fix:
+        count[0] = b & 0x0F
+        return pos + 1
+    if b == of16:
+        if pos + 3 > n:
+            return -1
+        count[0] = _be16(p + pos + 1)
+        return pos + 3
+    if b == of16 + 1:  # the 32-bit form
+        if pos + 5 > n:
+            return -1
+        count[0] = _be32(p + pos + 1)
+        return pos + 5
+    return -1
+
+
 cdef Py_ssize_t _skip(ptr_t p, Py_ssize_t pos, Py_ssize_t n, int depth) noexcept nogil:
     """The offset just past the msgpack object at `pos`, -1 if the scan is not sure of it."""
     cdef uint8_t b
@@ -138,17 +160,8 @@ cdef Py_ssize_t _skip(ptr_t p, Py_ssize_t pos, Py_ssize_t n, int depth) noexcept
     if b <= 0x7F or b >= 0xE0 or b == 0xC0 or b == 0xC2 or b == 0xC3:
         return pos + 1  # fixint, negative fixint, nil, false, true
     if b <= 0x8F or b == 0xDE or b == 0xDF:  # map
-        if b <= 0x8F:
-            count, pos = b & 0x0F, pos + 1
-        elif b == 0xDE:
-            if pos + 3 > n:
-                return -1
-            count, pos = _be16(p + pos + 1), pos + 3
-        else:
-            if pos + 5 > n:
-                return -1
-            count, pos = _be32(p + pos + 1), pos + 5
-        if depth >= MAX_DEPTH_C or count > (n - pos) // 2:
+        pos = _entries_at(p, pos, n, 0x80, 0xDE, &count)
+        if pos < 0 or depth >= MAX_DEPTH_C or count > (n - pos) // 2:
             return -1
         for i in range(count):
             pos = _key(p, pos, n)
@@ -159,17 +172,8 @@ cdef Py_ssize_t _skip(ptr_t p, Py_ssize_t pos, Py_ssize_t n, int depth) noexcept
                 return -1
         return pos
     if b <= 0x9F or b == 0xDC or b == 0xDD:  # array
-        if b <= 0x9F:
-            count, pos = b & 0x0F, pos + 1
-        elif b == 0xDC:
-            if pos + 3 > n:
-                return -1
-            count, pos = _be16(p + pos + 1), pos + 3
-        else:
-            if pos + 5 > n:
-                return -1
-            count, pos = _be32(p + pos + 1), pos + 5
-        if depth >= MAX_DEPTH_C or count > n - pos:
+        pos = _entries_at(p, pos, n, 0x90, 0xDC, &count)
+        if pos < 0 or depth >= MAX_DEPTH_C or count > n - pos:
             return -1
         for i in range(count):
             pos = _skip(p, pos, n, depth + 1)
@@ -298,21 +302,9 @@ cdef int _profile_ok(ptr_t p, Py_ssize_t n) noexcept nogil:
     cdef uint8_t b
     if n < 1:
         return 0
-    b = p[0]
-    if b <= 0x8F and b >= 0x80:
-        count, pos = b & 0x0F, 1
-    elif b == 0xDE:
-        if n < 3:
-            return 0
-        count, pos = _be16(p + 1), 3
-    elif b == 0xDF:
-        if n < 5:
-            return 0
-        count, pos = _be32(p + 1), 5
-    else:
+    pos = _entries_at(p, 0, n, 0x80, 0xDE, &count)
+    if pos < 0 or count > (n - pos) // 2:
         return 0  # not a map (or not sure)
-    if count > (n - pos) // 2:
-        return 0
     for i in range(count):
         if pos >= n:
             return 0
