@@ -36,6 +36,7 @@ __all__ = [
     "encode_generation",
     "slot_with",
     "vector_for",
+    "with_active_vector",
 ]
 
 GENERATION_MODEL: Final = "embedding_generation"  # models/embedding_generation
@@ -59,6 +60,13 @@ def slot_with(slots: Sequence[Slot], generation: int, vector: bytes | None, keep
     the slot a refresh may be staging (`keep` = the other slot's generation)."""
     kept = [slot for slot in slots if slot[0] == keep and keep != generation][:1]
     return (*kept, (generation, vector))
+
+
+def with_active_vector(slots: Sequence[Slot], active: int, vector: bytes | None) -> tuple[Slot, ...]:
+    """The slots after a push or a fold sets the `active` generation's vector: the slot of another
+    generation (one a refresh may be staging) is kept."""
+    staged = next((generation for generation, _ in slots if generation != active), -1)
+    return slot_with(slots, active, vector, keep=staged)
 
 
 def encode_generation(generation: int) -> NDArray[np.int32]:

@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.core.embedding_slots import GENERATION_MODEL, active_generation, slot_with
+from edgewise.core.embedding_slots import GENERATION_MODEL, active_generation, with_active_vector
 from edgewise.core.records import (
     ItemRecord,
     ProfileRecord,
@@ -69,6 +69,7 @@ __all__ = [
     "bundle_records",
     "manifest_doc",
     "parse_delta",
+    "stored_generation",
     "swap_remove_neighbors",
 ]
 
@@ -101,6 +102,12 @@ class StateReader(Protocol):
     def get(self, namespace: str, key: str) -> bytes | None: ...
 
     def items(self, namespace: str) -> Iterator[tuple[str, bytes]]: ...
+
+
+def stored_generation(view: StateReader) -> int:
+    """The active embedding generation of the state in `view` (`models/embedding_generation`; 0: none)."""
+    raw = view.get("models", GENERATION_MODEL)
+    return active_generation(decode_array(raw)) if raw is not None else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -397,10 +404,7 @@ class _Delta:
         current = self._profile_exists(profile.id)
         slots = decode_profile(profile.id, current).stored_vectors() if current is not None else ()
         if "embedding" in doc:
-            raw = self._get("models", GENERATION_MODEL)
-            active = active_generation(decode_array(raw)) if raw is not None else 0
-            staged = next((g for g, _ in slots if g != active), -1)
-            slots = slot_with(slots, active, embedding, keep=staged)
+            slots = with_active_vector(slots, stored_generation(self.state), embedding)
         record = ProfileRecord(
             profile.id, RECORD_VERSION, profile.attributes, profile.consent, embedding, vectors=slots
         )

@@ -60,7 +60,6 @@ from edgewise.core.embedding_slots import (
     GENERATION_MODEL,
     MAX_GENERATION,
     Slot,
-    active_generation,
     encode_generation,
     slot_with,
     vector_for,
@@ -83,7 +82,7 @@ from edgewise.core.records import (
     set_vector_slots,
     vector_slots,
 )
-from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, POPULARITY, StateReader
+from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, POPULARITY, StateReader, stored_generation
 from edgewise.sync.control_store import RecordChange
 from edgewise.sync.event_store import EventStore
 
@@ -99,7 +98,6 @@ __all__ = [
     "refresh_changes",
     "staging_batches",
     "staging_changes",
-    "stored_generation",
     "train_refresh",
 ]
 
@@ -259,12 +257,6 @@ def train_refresh(
         first_ms=span[0] if span else 0,
         last_ms=span[1] if span else 0,
     )
-
-
-def stored_generation(view: StateReader) -> int:
-    """The active embedding generation of the state in `view` (`models/embedding_generation`; 0: none)."""
-    raw = view.get("models", GENERATION_MODEL)
-    return active_generation(decode_array(raw)) if raw is not None else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.core.embedding_slots import slot_with
+from edgewise.core.embedding_slots import with_active_vector
 from edgewise.core.exposure import EXPOSURE_KIND
 from edgewise.core.forwarded import latest_ms, record_problem
 from edgewise.core.model_refresh import (
@@ -71,9 +71,8 @@ from edgewise.core.records import (
     encode_profile,
 )
 from edgewise.sync.bundle import _id_problem
-from edgewise.sync.changes import MANIFEST_KEY, parse_delta
+from edgewise.sync.changes import MANIFEST_KEY, parse_delta, stored_generation
 from edgewise.sync.control_store import CommitInfo, ControlStore, ControlView, RecordChange
-from edgewise.sync.embedding_refresh import stored_generation
 from edgewise.sync.event_store import EventStore
 from edgewise.sync.periodic import Periodic
 from edgewise.sync.skipped_records import SkippedRecords
@@ -513,8 +512,7 @@ class RefreshJob:
             embedding = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
             # the vector of the active embedding generation; a slot a refresh is staging is kept
             profile = decode_profile(user, raw)
-            other = next((g for g, _ in profile.stored_vectors() if g != active), -1)
-            slots = slot_with(profile.stored_vectors(), active, embedding, keep=other)
+            slots = with_active_vector(profile.stored_vectors(), active, embedding)
             staged[("profiles", user)] = encode_profile(replace(profile, embedding=embedding, vectors=slots))
 
 

@@ -44,7 +44,7 @@ from edgewise.core.records import (
 from edgewise.core.store import Store
 from edgewise.sync.bundle import load_bundle
 from edgewise.sync.bundle_write import write_bundle
-from edgewise.sync.changes import bundle_records, parse_delta
+from edgewise.sync.changes import bundle_records, parse_delta, stored_generation
 from edgewise.sync.control_store import ControlStore, RecordChange
 from edgewise.sync.embedding_refresh import (
     CatalogChanged,
@@ -55,7 +55,6 @@ from edgewise.sync.embedding_refresh import (
     refresh_changes,
     staging_batches,
     staging_changes,
-    stored_generation,
 )
 from tests.refresh_support import RULES, T0
 from tests.test_embedding_refresh import apply_on_edge, load_edge
