@@ -126,6 +126,15 @@ def recording_control_plane(data: Path, heartbeat_seconds: float = 0.2) -> Itera
         store.close()
 
 
+def item_delta(path: Path, item: str) -> Path:
+    """A delta file at `path` upserting one item available everywhere."""
+    path.write_text(
+        json.dumps({"op": "upsert", "item": {"id": item, "category": "x/y", "price": 2.5, "regions": ["*"]}})
+        + "\n"
+    )
+    return path
+
+
 def shadow_messages(bundle: Path | None, version: int, sample: float) -> list[sync_pb2.SyncMessage]:
     """A shadow commit of `version`: the full snapshot of `bundle` for every shard, encoded by the commit
     cache and flagged shadow (chunks and marker), deciding `sample` of the requests again; `bundle`

@@ -90,6 +90,21 @@ def start_control(
     return processes.serve("control", args, env=env, timeout=timeout)
 
 
+@contextmanager
+def nats_replicas(
+    directory: Path, urls: str, env: Mapping[str, str], *common: str, timeout: float = 30
+) -> Iterator[Callable[..., ControlProcess]]:
+    """A starter of `control serve --nats URLS` replicas in one `Processes` under `directory`:
+    `start(name, *extra)`, its data in directory/name, `common` and `extra` added to its flags."""
+    with Processes(directory / "run", env=dict(env)) as processes:
+
+        def start(name: str, *extra: str) -> ControlProcess:
+            flags = ("--nats", urls, *common, *extra)
+            return start_control(processes, directory / name, *flags, env=env, timeout=timeout)
+
+        yield start
+
+
 def ctl(
     address: str, *args: str, env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -167,6 +182,13 @@ def check_applied_order(versions: list[int]) -> None:
     """Commits were applied in increasing version order, none twice."""
     assert len(versions) == len(set(versions)), f"a version was applied twice: {versions}"
     assert versions == sorted(versions), f"versions applied out of order: {versions}"
+
+
+def applied_versions(edge: EdgeProcess) -> list[int]:
+    """The versions the edge applied, in order, checked to be increasing and applied once each."""
+    versions = [int(str(e["version"])) for e in applied_events(edge)]
+    check_applied_order(versions)
+    return versions
 
 
 def control_state_digest(store: Any) -> tuple[int, str]:

@@ -32,7 +32,14 @@ from edgewise.nats_cluster import NatsCluster
 from edgewise.processes import Process, Processes
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
-from tests.sync_support import edge_state, following_edge, start_control, versions_reach, wait_for
+from tests.sync_support import (
+    edge_state,
+    following_edge,
+    nats_replicas,
+    start_control,
+    versions_reach,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +50,7 @@ EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-secret-c"}
 @pytest.fixture
 def replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Callable[..., Process]]:  # noqa: F811
     """A starter of replicas on the test's cluster (`start(name, *extra)`, data under tmp_path/name)."""
-    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
-
-        def start(name: str, *extra: str) -> Process:
-            return start_control(
-                processes, tmp_path / name, "--nats", nats_cluster.url_list, *extra, env={**OPS, **EDGE}
-            )
-
+    with nats_replicas(tmp_path, nats_cluster.url_list, {**OPS, **EDGE}) as start:
         yield start
 
 

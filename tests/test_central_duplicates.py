@@ -18,10 +18,10 @@ import pytest
 
 from edgewise.client import ControlClient
 from edgewise.nats_cluster import NatsCluster
-from edgewise.processes import Process, Processes
+from edgewise.processes import Process
 from edgewise.v1 import sync_pb2, sync_pb2_grpc
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
-from tests.sync_support import start_control, wait_for
+from tests.sync_support import nats_replicas, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,8 @@ WINDOW_S = 1.0
 
 @pytest.fixture
 def replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Callable[..., Process]]:  # noqa: F811
-    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
-
-        def start(name: str) -> Process:
-            args = ["--nats", nats_cluster.url_list, "--nats-duplicate-window", f"{WINDOW_S:g}s"]
-            return start_control(processes, tmp_path / name, *args, env={**OPS, **EDGE}, timeout=60)
-
+    window = ("--nats-duplicate-window", f"{WINDOW_S:g}s")
+    with nats_replicas(tmp_path, nats_cluster.url_list, {**OPS, **EDGE}, *window, timeout=60) as start:
         yield start
 
 

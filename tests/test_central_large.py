@@ -20,10 +20,16 @@ import pytest
 from edgewise.client import ControlClient
 from edgewise.nats_cluster import NatsCluster
 from edgewise.offline.synth import synth_bundle
-from edgewise.processes import Process, Processes
+from edgewise.processes import Process
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
-from tests.sync_support import edge_state, following_edge, start_control, versions_reach, wait_for
+from tests.sync_support import (
+    edge_state,
+    following_edge,
+    nats_replicas,
+    versions_reach,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +39,7 @@ EDGE = {"EDGEWISE_EDGE_TOKEN": "edge-secret-l"}
 
 @pytest.fixture
 def replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Callable[..., Process]]:  # noqa: F811
-    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
-
-        def start(name: str) -> Process:
-            return start_control(
-                processes, tmp_path / name, "--nats", nats_cluster.url_list, env={**OPS, **EDGE}, timeout=60
-            )
-
+    with nats_replicas(tmp_path, nats_cluster.url_list, {**OPS, **EDGE}, timeout=60) as start:
         yield start
 
 

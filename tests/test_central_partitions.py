@@ -21,10 +21,10 @@ import pytest
 
 from edgewise.client import ControlClient
 from edgewise.nats_cluster import NatsCluster
-from edgewise.processes import Process, Processes
+from edgewise.processes import Process
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
-from tests.sync_support import following_edge, start_control, versions_reach, wait_for
+from tests.sync_support import following_edge, nats_replicas, versions_reach, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +36,7 @@ USERS = [f"buyer-{n}" for n in range(32)]
 
 @pytest.fixture
 def replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Callable[..., Process]]:  # noqa: F811
-    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
-
-        def start(name: str, *extra: str) -> Process:
-            return start_control(
-                processes, tmp_path / name, "--nats", nats_cluster.url_list, *extra, env={**OPS, **EDGE}
-            )
-
+    with nats_replicas(tmp_path, nats_cluster.url_list, {**OPS, **EDGE}) as start:
         yield start
 
 

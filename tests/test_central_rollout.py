@@ -26,9 +26,9 @@ from edgewise.processes import Process, Processes
 from edgewise.sync.shadow_candidate import read_candidate
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
+from tests.rollout_support import item_delta
 from tests.sync_support import (
-    applied_events,
-    check_applied_order,
+    applied_versions,
     ctl,
     edge_state,
     following_edge,
@@ -77,20 +77,6 @@ def _connected(replica: Process, count: int) -> None:
     wait_for(check, 20, f"{count} edges connected in {replica.address}'s fleet", interval=0.2)
 
 
-def _delta(path: Path, item: str) -> Path:
-    path.write_text(
-        json.dumps({"op": "upsert", "item": {"id": item, "category": "x/y", "price": 2.5, "regions": ["*"]}})
-        + "\n"
-    )
-    return path
-
-
-def _applied(edge: EdgeProcess) -> list[int]:
-    versions = [int(str(e["version"])) for e in applied_events(edge)]
-    check_applied_order(versions)
-    return versions
-
-
 def test_a_canary_pushed_through_one_replica_reaches_only_its_edges_and_a_promote_through_the_other_all(
     tmp_path: Path,
     nats_cluster: NatsCluster,  # noqa: F811
@@ -106,7 +92,7 @@ def test_a_canary_pushed_through_one_replica_reaches_only_its_edges_and_a_promot
         edges = _edges(edge_factory, tmp_path, follow, v1)
         _connected(a, 3)
         with _ops(a) as ops:
-            pushed = ops.push_delta(_delta(tmp_path / "d.jsonl", "canary-item"), canary_percent=67)
+            pushed = ops.push_delta(item_delta(tmp_path / "d.jsonl", "canary-item"), canary_percent=67)
         v2 = pushed.version
         assert pushed.rollout is not None and len(pushed.rollout.canary_nodes) == 2, pushed.rollout
         canary = sorted(pushed.rollout.canary_nodes)
@@ -130,9 +116,9 @@ def test_a_canary_pushed_through_one_replica_reaches_only_its_edges_and_a_promot
         assert len(digests) == 1
         with _ops(a) as ops:  # promoted for A too: a plain push is taken, and reaches everyone
             wait_for(lambda: (r := ops.status().rollout) is not None and r.state == "promoted", 10, "A")
-            v3 = ops.push_delta(_delta(tmp_path / "e.jsonl", "after-item")).version
+            v3 = ops.push_delta(item_delta(tmp_path / "e.jsonl", "after-item")).version
         wait_for(versions_reach([tmp_path / n for n in edges], v3), 20, "every edge at the next push")
-        assert v2 in _applied(edges[other])
+        assert v2 in applied_versions(edges[other])
 
 
 def test_an_aborted_rollout_survives_a_kill_of_the_replica_that_took_it_and_never_reaches_the_rest(
@@ -150,7 +136,7 @@ def test_an_aborted_rollout_survives_a_kill_of_the_replica_that_took_it_and_neve
         edges = _edges(edge_factory, tmp_path, follow, v1)
         _, base_digest = edge_state(tmp_path / "edge-b")
         with _ops(a) as ops:
-            pushed = ops.push_delta(_delta(tmp_path / "d.jsonl", "canary-item"), canary_nodes=["edge-a"])
+            pushed = ops.push_delta(item_delta(tmp_path / "d.jsonl", "canary-item"), canary_nodes=["edge-a"])
         v2 = pushed.version
         wait_for(versions_reach([tmp_path / "edge-a"], v2), 20, "the canary (on B) at the candidate")
         assert edge_state(tmp_path / "edge-a")[1] != base_digest
@@ -170,8 +156,8 @@ def test_an_aborted_rollout_survives_a_kill_of_the_replica_that_took_it_and_neve
         wait_for(versions_reach([tmp_path / n for n in edges], v3), 30, "both edges at the rollback")
         assert edge_state(tmp_path / "edge-a") == (v3, base_digest)
         assert edge_state(tmp_path / "edge-b") == (v3, base_digest)
-        assert v2 in _applied(edges["edge-a"])
-        assert v2 not in _applied(edges["edge-b"]) and _applied(edges["edge-b"])[-1] == v3
+        assert v2 in applied_versions(edges["edge-a"])
+        assert v2 not in applied_versions(edges["edge-b"]) and applied_versions(edges["edge-b"])[-1] == v3
 
         a2 = start_control(
             processes, a.data, "--nats", nats_cluster.url_list, listen=f"127.0.0.1:{a.port}", env=ENV
@@ -229,7 +215,7 @@ def test_a_version_that_makes_every_placement_fall_back_is_aborted_once_whicheve
         assert rollout.canary.edges == 1 and rollout.rest.edges == 1  # one edge on each replica
         wait_for(versions_reach([tmp_path / n for n in edges], rollout.rollback_version), 20, "the rollback")
         assert edge_state(tmp_path / "edge-b")[1] == base_digest
-        assert v2 not in _applied(edges["edge-b"])
+        assert v2 not in applied_versions(edges["edge-b"])
         with _ops(a) as ops:  # one abort, whichever replica held the jobs lease
             aborts = [c for c in ops.history(50).commits if c.description.startswith("abort the rollout")]
             assert len(aborts) == 1, aborts
@@ -249,7 +235,7 @@ def test_a_shadow_rollout_through_one_replica_is_decided_by_the_edges_of_both(
         _connected(a, 2)
         with _ops(a) as ops:  # a shadow alone: every edge stays at v1 and decides every request with v2 too
             pushed = ops.push_delta(
-                _delta(tmp_path / "d.jsonl", "shadow-item"), shadow=True, shadow_sample=1.0
+                item_delta(tmp_path / "d.jsonl", "shadow-item"), shadow=True, shadow_sample=1.0
             )
         v2 = pushed.version
         assert pushed.rollout is not None and pushed.rollout.shadow and pushed.rollout.canary_nodes == ()
@@ -321,7 +307,8 @@ def test_a_promote_and_an_abort_through_two_replicas_at_once_end_the_rollout_onc
             ops.push(bundle_dir)
         for round_ in range(3):
             with _ops(a) as ops:  # a canary of an edge not connected yet: allowed, it gets it when it comes
-                v = ops.push_delta(_delta(tmp_path / "d.jsonl", f"item-{round_}"), canary_nodes=["x"]).version
+                delta = item_delta(tmp_path / "d.jsonl", f"item-{round_}")
+                v = ops.push_delta(delta, canary_nodes=["x"]).version
             wait_for(lambda: getattr(_rollout_on(b), "version", 0) == v, 10, "the rollout on B")  # noqa: B023
             results = _promote_and_abort_at_once(a, b)
             refused = [r for r in results.values() if isinstance(r, ClientError)]

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgewise.client import ControlClient
 from edgewise.nats_cluster import NatsCluster
-from edgewise.processes import Process, Processes
+from edgewise.processes import Process
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
 from tests.refresh_support import tiny_bundle
@@ -22,8 +22,8 @@ from tests.sync_support import (
     ControlProcess,
     control_planes,
     following_edge,
+    nats_replicas,
     pushed_edge,
-    start_control,
     versions_reach,
     wait_for,
 )
@@ -72,13 +72,7 @@ def test_the_counts_survive_a_killed_control_plane(
 
 @pytest.fixture
 def replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Callable[..., Process]]:  # noqa: F811
-    with Processes(tmp_path / "run", env={**OPS, **EDGE}) as processes:
-
-        def start(name: str, *extra: str) -> Process:
-            return start_control(
-                processes, tmp_path / name, "--nats", nats_cluster.url_list, *extra, env={**OPS, **EDGE}
-            )
-
+    with nats_replicas(tmp_path, nats_cluster.url_list, {**OPS, **EDGE}) as start:
         yield start
 
 

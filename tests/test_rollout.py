@@ -18,10 +18,10 @@ import pytest
 from edgewise.client import ClientError
 from tests.conftest import EdgeProcess
 from tests.nats_support import nats_cluster  # noqa: F401  (fixture)
+from tests.rollout_support import item_delta
 from tests.sync_support import (
     ControlProcess,
-    applied_events,
-    check_applied_order,
+    applied_versions,
     control_planes,
     ctl,
     edge_state,
@@ -43,14 +43,6 @@ def control_factory(tmp_path: Path) -> Iterator[Callable[..., ControlProcess]]:
         yield start
 
 
-def _delta(path: Path, item: str) -> Path:
-    path.write_text(
-        json.dumps({"op": "upsert", "item": {"id": item, "category": "x/y", "price": 2.5, "regions": ["*"]}})
-        + "\n"
-    )
-    return path
-
-
 def _two_edges(
     control: ControlProcess, edge_factory: Callable[..., EdgeProcess], tmp_path: Path, version: int
 ) -> dict[str, EdgeProcess]:
@@ -60,12 +52,6 @@ def _two_edges(
     }
     wait_for(versions_reach([tmp_path / n for n in edges], version), 30, "both edges at the first push")
     return edges
-
-
-def _applied(edge: EdgeProcess) -> list[int]:
-    versions = [int(str(e["version"])) for e in applied_events(edge)]
-    check_applied_order(versions)
-    return versions
 
 
 def test_canary_nodes_survive_a_restart_and_abort_never_reaches_the_rest(
@@ -80,7 +66,7 @@ def test_canary_nodes_survive_a_restart_and_abort_never_reaches_the_rest(
     edges = _two_edges(control, edge_factory, tmp_path, v1)
     _, base_digest = edge_state(tmp_path / "edge-b")
     with ops_client(control.address, OPS) as ops:
-        pushed = ops.push_delta(_delta(tmp_path / "d.jsonl", "canary-item"), canary_nodes=["edge-a"])
+        pushed = ops.push_delta(item_delta(tmp_path / "d.jsonl", "canary-item"), canary_nodes=["edge-a"])
     v2 = pushed.version
     assert pushed.rollout is not None and pushed.rollout.canary_nodes == ("edge-a",)
     wait_for(versions_reach([tmp_path / "edge-a"], v2), 20, "the canary at the candidate")
@@ -95,7 +81,7 @@ def test_canary_nodes_survive_a_restart_and_abort_never_reaches_the_rest(
         assert status.rollout is not None and status.rollout.state == "canary"
         assert {e.node_id: e.canary for e in status.edges} == {"edge-a": True, "edge-b": False}
         with pytest.raises(ClientError) as refused:
-            ops.push_delta(_delta(tmp_path / "e.jsonl", "other"))
+            ops.push_delta(item_delta(tmp_path / "e.jsonl", "other"))
         assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
         assert "ctl promote" in refused.value.details
         time.sleep(1.5)  # heartbeats at 0.5 s: edge-b had every chance to get the candidate
@@ -107,8 +93,8 @@ def test_canary_nodes_survive_a_restart_and_abort_never_reaches_the_rest(
     wait_for(versions_reach([tmp_path / n for n in edges], v3), 30, "both edges at the rollback")
     assert edge_state(tmp_path / "edge-a") == (v3, base_digest)
     assert edge_state(tmp_path / "edge-b") == (v3, base_digest)
-    assert v2 in _applied(edges["edge-a"])
-    assert v2 not in _applied(edges["edge-b"]) and _applied(edges["edge-b"])[-1] == v3
+    assert v2 in applied_versions(edges["edge-a"])
+    assert v2 not in applied_versions(edges["edge-b"]) and applied_versions(edges["edge-b"])[-1] == v3
 
 
 def test_canary_percent_then_promote_through_the_cli(
@@ -123,9 +109,8 @@ def test_canary_percent_then_promote_through_the_cli(
     with ops_client(control.address, OPS) as ops:
         v1 = ops.history().head_version
     edges = _two_edges(control, edge_factory, tmp_path, v1)
-    done = ctl(
-        control.address, "push-delta", str(_delta(tmp_path / "d.jsonl", "p-item")), "--canary", "50", env=env
-    )
+    delta = item_delta(tmp_path / "d.jsonl", "p-item")
+    done = ctl(control.address, "push-delta", str(delta), "--canary", "50", env=env)
     assert "rollout of version" in done.stdout and "ctl promote" in done.stdout
     with ops_client(control.address, OPS) as ops:
         rollout = ops.status().rollout
@@ -147,7 +132,7 @@ def test_canary_percent_then_promote_through_the_cli(
     wait_for(versions_reach([tmp_path / n for n in edges], v2), 20, "every edge at the promoted version")
     assert edge_state(tmp_path / canary)[1] == edge_state(tmp_path / other)[1]
     # the rollout is over: a plain push reaches everyone
-    v3_done = ctl(control.address, "push-delta", str(_delta(tmp_path / "e.jsonl", "q-item")), env=env)
+    v3_done = ctl(control.address, "push-delta", str(item_delta(tmp_path / "e.jsonl", "q-item")), env=env)
     assert "version" in v3_done.stdout
     with ops_client(control.address, OPS) as ops:
         v3 = ops.history().head_version
@@ -214,4 +199,4 @@ def test_a_version_that_makes_every_placement_fall_back_is_rolled_back_automatic
     assert rollout is not None and rollout.state == "aborted" and "fallback" in rollout.reason
     wait_for(versions_reach([tmp_path / n for n in edges], rollout.rollback_version), 20, "rollback")
     assert edge_state(tmp_path / "edge-b")[1] == base_digest
-    assert v2 not in _applied(edges["edge-b"])
+    assert v2 not in applied_versions(edges["edge-b"])
