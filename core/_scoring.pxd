@@ -42,6 +42,21 @@ cdef Py_ssize_t topk_half_kernel(
     float[::1] out_scores,
 ) noexcept nogil
 
+cdef Py_ssize_t topk_int8_kernel(
+    const uint8_t[:, :, ::1] blocks,
+    const float[::1] scale,
+    const float[::1] tl1,
+    float err_ratio,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
 cdef Py_ssize_t topk_partition_kernel(
     const float[:, ::1] centroids,
     const int32_t[::1] starts,

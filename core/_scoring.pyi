@@ -34,6 +34,45 @@ def topk_half_into(
     out_idx: NDArray[np.int32],
     out_scores: NDArray[np.float32],
 ) -> int: ...
+def topk_int8_into(
+    blocks: NDArray[np.uint8],
+    scale: NDArray[np.float32],
+    tl1: NDArray[np.float32],
+    err_ratio: float,
+    matrix: NDArray[np.float32],
+    query: NDArray[np.float32],
+    mask: NDArray[np.uint8],
+    k: int,
+    work: NDArray[np.float32],
+    cand: NDArray[np.int32],
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
+def int8_bounds_into(
+    blocks: NDArray[np.uint8],
+    scale: NDArray[np.float32],
+    tl1: NDArray[np.float32],
+    err_ratio: float,
+    query: NDArray[np.float32],
+    qbytes: NDArray[np.int8],
+    dots: NDArray[np.int32],
+    hi: NDArray[np.float32],
+    lo: NDArray[np.float32],
+) -> int: ...
+def int8_candidates(
+    blocks: NDArray[np.uint8],
+    scale: NDArray[np.float32],
+    tl1: NDArray[np.float32],
+    err_ratio: float,
+    query: NDArray[np.float32],
+    mask: NDArray[np.uint8],
+    k: int,
+    work: NDArray[np.float32],
+    cand: NDArray[np.int32],
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
+def set_int8_path(level: int) -> int: ...
 def topk_partition_into(
     centroids: NDArray[np.float32],
     starts: NDArray[np.int32],

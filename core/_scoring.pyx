@@ -14,8 +14,8 @@
 # ranks strictly better: score > root score, or an equal score with a lower index. The heap lives in the
 # caller's out buffers (no allocation) and is heap-sorted in place at the end: score desc, index asc.
 
-from libc.stdint cimport int32_t, uint8_t, uint16_t
-from libc.math cimport INFINITY, fabsf
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
+from libc.math cimport INFINITY, fabs, fabsf, rint
 
 # The C side lives in _simd.h (next to this file; shipped with the package): the prefetch macro and the
 # half-precision blocked scan, with its AVX2/FMA/F16C version chosen at run time (see the header).
@@ -26,6 +26,14 @@ cdef extern from "_simd.h":
                         float* out) noexcept nogil
     unsigned ew_ge8(const float* s, float thr) noexcept nogil
     Py_ssize_t ew_ctz(unsigned x) noexcept nogil
+    int ew_i8_forced
+    int ew_i8_level() noexcept nogil
+    int ew_i8_qmax(int level) noexcept nogil
+    void ew_i8_dots(int level, const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
+                    Py_ssize_t n_blocks, int32_t* out) noexcept nogil
+    void ew_i8_bounds(const int32_t* dots, const float* scale, const float* tl1, Py_ssize_t count,
+                      int32_t corr, float sq, float big_k, float c2, float c0, float* hi,
+                      float* lo) noexcept nogil
 
 cdef enum:
     # Rows per block of the dot-product loop: four rows share every load of the query, which keeps the
@@ -536,6 +544,197 @@ cdef Py_ssize_t topk_partition_kernel(
     return size
 
 
+cdef struct _Int8Query:
+    # A query quantized for the int8 scan: q ~= sq * qb, the correction of the unsigned row bytes, and
+    # the coefficients of the per-row error bound (see topk_int8_kernel).
+    int level
+    int32_t corr
+    float sq
+    float big_k
+    float c2
+    float c0
+
+
+cdef enum:
+    # The int8 scan quantizes the query into a buffer on the stack: at most this many dimensions.
+    INT8_MAX_DIMS = 4096
+
+# Magnitudes the int8 scan handles (beyond them it rescores every candidate exactly): the largest |value|
+# of a query, and of each nonzero row of the matrix (scoring.int8_index), in [2^-50, 2^50]; so no
+# product overflows and the scales stay normal floats.
+cdef double _I8_LO = 2.0 ** -50
+cdef double _I8_HI = 2.0 ** 50
+
+
+cdef bint _int8_query(
+    const float* q, Py_ssize_t d, Py_ssize_t groups, float err_ratio, int8_t* qb, _Int8Query* out
+) noexcept nogil:
+    """Quantize q into qb[groups * 4] (zero padded) and compute the bound's coefficients. False when the
+    query is outside what the scan handles (all zero, beyond the magnitudes, too many dimensions)."""
+    cdef double mq = 0, l1q = 0, q1 = 0, f = 0, fmax = 0, v, sq, grow, dd = <double>d
+    cdef int qmax, r
+    cdef int32_t qsum = 0
+    cdef Py_ssize_t j
+    if groups * 4 > INT8_MAX_DIMS or d == 0:
+        return False
+    for j in range(d):
+        v = fabs(<double>q[j])
+        l1q += v
+        if v > mq:
+            mq = v
+    if not (mq >= _I8_LO and mq <= _I8_HI):
+        return False
+    out.level = ew_i8_level()
+    qmax = ew_i8_qmax(out.level)
+    sq = <double><float>(mq / qmax)
+    for j in range(groups * 4):
+        qb[j] = 0
+    for j in range(d):
+        r = <int>rint(q[j] / sq)
+        if r > qmax:
+            r = qmax
+        elif r < -qmax:
+            r = -qmax
+        qb[j] = <int8_t>r
+        qsum += r
+        q1 += r if r >= 0 else -r
+        f = fabs(<double>q[j] - sq * r)  # exact: sq * r and q[j] fit a double's mantissa
+        if f > fmax:
+            fmax = f
+    # Bound of |exact - approximate| for row r (x ~= s_r * x~, |x - s_r x~| <= e_r <= E s_r, t_r >= s_r |x~|_1):
+    #   quantization: e_r |q|_1 + F s_r |x~|_1, with F = max |q - s_q q^|;
+    #   float rounding of the exact dot (any order, FMA or not): <= 2 (d + 8) 2^-24 sum |x q|, and
+    #   sum |x q| <= (127 s_r + e_r) |q|_1; of the approximate score and its bounds (a few roundings of
+    #   |A| <= 127 s_r s_q sum|q^| and of B): covered by the same term and the factor (1 + 2^-18);
+    #   flushed subnormals (a -ffast-math build may set FTZ/DAZ): 2^-118 (d + |q|_1) and the d 2^-118
+    #   terms, each larger than what can flush.
+    grow = 1 + 2.0 ** -18
+    rel = (dd + 8) * 2.0 ** -23
+    out.corr = 128 * qsum
+    out.sq = <float>sq
+    out.c2 = <float>(fmax * grow)
+    out.big_k = <float>(
+        ((l1q * (1 + rel) + dd * 2.0 ** -118) * err_ratio + 127 * (l1q + sq * q1) * rel + 128 * dd * 2.0 ** -118)
+        * grow
+    )
+    out.c0 = <float>((dd + l1q) * 2.0 ** -118 * grow)
+    return True
+
+
+cdef Py_ssize_t _int8_scan(
+    const uint8_t* blocks,
+    Py_ssize_t groups,
+    Py_ssize_t n_blocks,
+    const float* scale,
+    const float* tl1,
+    const int8_t* qb,
+    const _Int8Query* qq,
+    const uint8_t* m,
+    Py_ssize_t n,
+    Py_ssize_t k,
+    float* hs,
+    int32_t* hi,
+    float* w,
+    int32_t* c,
+) noexcept nogil:
+    # Steps 1-2 of topk_int8_kernel: notes every candidate whose upper bound reaches the heap's worst
+    # lower bound, then keeps the notes whose upper bound reaches the final heap's worst. Returns how many.
+    cdef int32_t dots[_HALF_CHUNK * 8]
+    cdef float up[_HALF_CHUNK * 8]
+    cdef float low[_HALF_CHUNK * 8]
+    cdef Py_ssize_t b0 = 0, nb, g, j, i, size = 0, found = 0, kept = 0
+    cdef float limit
+    cdef unsigned bits
+    while b0 < n_blocks:
+        nb = n_blocks - b0 if n_blocks - b0 < _HALF_CHUNK else _HALF_CHUNK
+        ew_i8_dots(qq.level, blocks + b0 * groups * 32, qb, groups, nb, dots)
+        ew_i8_bounds(
+            dots, scale + b0 * 8, tl1 + b0 * 8, nb * 8, qq.corr, qq.sq, qq.big_k, qq.c2, qq.c0, up, low
+        )
+        for g in range(nb):
+            limit = hs[0] if size == k else -INFINITY
+            bits = ew_ge8(up + g * 8, limit)
+            while bits:
+                j = ew_ctz(bits)
+                bits &= bits - 1
+                i = (b0 + g) * 8 + j
+                if i >= n:
+                    break  # padding rows of the last group
+                if m[i]:
+                    c[found] = <int32_t>i
+                    w[found] = up[g * 8 + j]
+                    found += 1
+                    size = _offer(hs, hi, size, k, low[g * 8 + j], <int32_t>i)
+        b0 += nb
+    limit = hs[0] if size == k else -INFINITY
+    for j in range(found):
+        if w[j] >= limit:
+            c[kept] = c[j]
+            kept += 1
+    return kept
+
+
+cdef Py_ssize_t topk_int8_kernel(
+    const uint8_t[:, :, ::1] blocks,
+    const float[::1] scale,
+    const float[::1] tl1,
+    float err_ratio,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil:
+    # Exact top-k by dot(matrix[i], query), like topk_half_kernel, scanning an int8 copy (a quarter of the
+    # float32 bytes plus 8 per row). For every row the scan computes from integer dot products an
+    # approximate score A and a bound B with lo = A - B <= exact <= hi = A + B (exact: `_dot`'s float32
+    # result, the score returned; the bound is rigorous, see _int8_query):
+    # 1. a heap keeps the k best lower bounds; every candidate whose upper bound reaches the heap's worst
+    #    lower bound is noted with its upper bound (all of them while the heap is not full);
+    # 2. the notes are filtered again with the final heap's worst T (it only grows: every row that passes
+    #    was noted);
+    # 3. those rows are scored exactly from the float32 matrix; top k with the usual order.
+    # A row with hi < T is not in the exact top k: k rows have exact >= lo >= T > hi >= its exact score.
+    # A query the scan does not handle (zero, huge or tiny magnitudes) has every candidate rescored.
+    cdef Py_ssize_t n = matrix.shape[0]
+    cdef Py_ssize_t d = matrix.shape[1]
+    if k <= 0 or n == 0:
+        return 0
+    cdef float* hs = &out_scores[0]
+    cdef int32_t* hi = &out_idx[0]
+    cdef const uint8_t* m = &mask[0]
+    cdef int32_t* c = &cand[0]
+    cdef int8_t qb[INT8_MAX_DIMS]
+    cdef _Int8Query qq
+    cdef Py_ssize_t kept = 0, size = 0, i, j
+    cdef const float* q
+    cdef const float* base
+    if d == 0:
+        return _topk_no_dims(m, n, k, hs, hi)
+    q = &query[0]
+    base = &matrix[0, 0]
+    if _int8_query(q, d, blocks.shape[1], err_ratio, qb, &qq):
+        kept = _int8_scan(
+            &blocks[0, 0, 0], blocks.shape[1], blocks.shape[0], &scale[0], &tl1[0], qb, &qq, m, n, k,
+            hs, hi, &work[0], c
+        )
+    else:
+        for i in range(n):
+            if m[i]:
+                c[kept] = <int32_t>i
+                kept += 1
+    for j in range(kept):  # scattered rows of the float32 matrix (not read by the scan): ask for all first
+        EDGEWISE_PREFETCH(base + c[j] * d)
+    for j in range(kept):
+        i = c[j]
+        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
+    _sort_heap(hs, hi, size)
+    return size
+
+
 cdef Py_ssize_t neighbor_candidates_kernel(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,
@@ -773,6 +972,136 @@ def topk_partition_into(
             list_scores, list_order, work, cand, out_idx, out_scores
         )
     return written
+
+
+cdef int _check_int8(
+    const uint8_t[:, :, ::1] blocks,
+    const float[::1] scale,
+    const float[::1] tl1,
+    Py_ssize_t n,
+    Py_ssize_t d,
+    Py_ssize_t query_len,
+) except -1:
+    if (
+        blocks.shape[2] != 32
+        or blocks.shape[1] != (d + 3) // 4
+        or blocks.shape[0] != (n + 7) // 8
+        or scale.shape[0] != blocks.shape[0] * 8
+        or tl1.shape[0] != blocks.shape[0] * 8
+        or query_len != d
+    ):
+        raise ValueError(
+            "invalid sizes: blocks [ceil(n/8), ceil(d/4), 32], scale and tl1 [n_blocks * 8], query [d]"
+        )
+    return 0
+
+
+def topk_int8_into(
+    const uint8_t[:, :, ::1] blocks,
+    const float[::1] scale,
+    const float[::1] tl1,
+    float err_ratio,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+):
+    """Exact top-k by dot(matrix[i], query) among mask != 0, scanning the int8 blocked copy."""
+    cdef Py_ssize_t n = matrix.shape[0]
+    cdef Py_ssize_t d = matrix.shape[1]
+    _check_int8(blocks, scale, tl1, n, d, query.shape[0])
+    if work.shape[0] < n or cand.shape[0] < n:
+        raise ValueError("invalid sizes: work and cand >= n")
+    _check_sizes(n, mask.shape[0], k, out_idx.shape[0], out_scores.shape[0])
+    cdef Py_ssize_t written
+    with nogil:
+        written = topk_int8_kernel(
+            blocks, scale, tl1, err_ratio, matrix, query, mask, k, work, cand, out_idx, out_scores
+        )
+    return written
+
+
+def int8_bounds_into(
+    const uint8_t[:, :, ::1] blocks,
+    const float[::1] scale,
+    const float[::1] tl1,
+    float err_ratio,
+    const float[::1] query,
+    int8_t[::1] qbytes,
+    int32_t[::1] dots,
+    float[::1] hi,
+    float[::1] lo,
+):
+    """The int8 scan's quantized query (qbytes), integer dots (x~ . q^, corrected) and per-row bounds
+    (hi, lo; n_blocks * 8 each, padding rows included). Returns the code path (2 AVX-VNNI, 1 AVX2, 0
+    portable), or -1 when the scan does not handle the query (then nothing is written). For tests and
+    benchmarks: the scan itself never materializes these."""
+    cdef Py_ssize_t d = query.shape[0]
+    cdef Py_ssize_t nb = blocks.shape[0]
+    cdef Py_ssize_t groups = blocks.shape[1]
+    cdef Py_ssize_t i
+    cdef int8_t qb[INT8_MAX_DIMS]
+    cdef _Int8Query qq
+    _check_int8(blocks, scale, tl1, nb * 8 if nb else 0, d, d)
+    if qbytes.shape[0] < groups * 4 or dots.shape[0] < nb * 8 or hi.shape[0] < nb * 8 or lo.shape[0] < nb * 8:
+        raise ValueError("invalid sizes: qbytes >= groups * 4, dots, hi and lo >= n_blocks * 8")
+    if d == 0 or not _int8_query(&query[0], d, groups, err_ratio, qb, &qq):
+        return -1
+    for i in range(groups * 4):
+        qbytes[i] = qb[i]
+    if nb:
+        ew_i8_dots(qq.level, &blocks[0, 0, 0], qb, groups, nb, &dots[0])
+        for i in range(nb * 8):
+            dots[i] -= qq.corr
+        ew_i8_bounds(&dots[0], &scale[0], &tl1[0], nb * 8, 0, qq.sq, qq.big_k, qq.c2, qq.c0, &hi[0], &lo[0])
+    return qq.level
+
+
+def int8_candidates(
+    const uint8_t[:, :, ::1] blocks,
+    const float[::1] scale,
+    const float[::1] tl1,
+    float err_ratio,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+):
+    """How many rows the int8 scan would rescore exactly for this query (-1: it rescores every
+    candidate, a query it does not handle). For benchmarks: the looseness of the bound."""
+    cdef Py_ssize_t n = mask.shape[0]
+    cdef Py_ssize_t d = query.shape[0]
+    cdef int8_t qb[INT8_MAX_DIMS]
+    cdef _Int8Query qq
+    _check_int8(blocks, scale, tl1, n, d, d)
+    if work.shape[0] < n or cand.shape[0] < n:
+        raise ValueError("invalid sizes: work and cand >= n")
+    _check_sizes(n, n, k, out_idx.shape[0], out_scores.shape[0])
+    if k <= 0 or n == 0:
+        return 0
+    if d == 0 or not _int8_query(&query[0], d, blocks.shape[1], err_ratio, qb, &qq):
+        return -1
+    return _int8_scan(
+        &blocks[0, 0, 0], blocks.shape[1], blocks.shape[0], &scale[0], &tl1[0], qb, &qq, &mask[0], n, k,
+        &out_scores[0], &out_idx[0], &work[0], &cand[0]
+    )
+
+
+def set_int8_path(int level):
+    """Force the int8 scan's code path down to `level` (0 portable, 1 AVX2; -1: the fastest, default).
+
+    For tests: every path must give the same results. Returns the previous setting."""
+    global ew_i8_forced
+    previous = ew_i8_forced
+    ew_i8_forced = level
+    return previous
 
 
 def neighbor_candidates_into(

@@ -161,4 +161,136 @@ static void ew_half_scores(const uint16_t* blocks, const float* q, Py_ssize_t d,
     ew_half_scores_generic(blocks, q, d, n_blocks, out);
 }
 
+/* Int8 blocked scan (edgewise.core.scoring.int8_index, topk_int8_kernel in _scoring.pyx): each row is
+ * stored as unsigned bytes u = x~ + 128 with x ~= s_r * x~, |x~| <= 127, grouped 8 rows at a time and
+ * 4 dimensions at a time: a block is [groups, 8 rows, 4 dims] bytes, so 32 bytes hold 4 dimensions of 8
+ * rows, one 256-bit register. The query is quantized per call to signed bytes q^ (q ~= s_q * q^); one
+ * `vpdpbusd` per group adds u . q^ over the 4 dimensions into each row's int32 lane, and the caller
+ * subtracts 128 * sum(q^) (the same for every row) to get x~ . q^ exactly. Three code paths give the same
+ * integers: AVX-VNNI (`_mm256_dpbusd_avx_epi32`), AVX2 (`_mm256_maddubs_epi16` + `_mm256_madd_epi16`,
+ * which needs |q^| <= 63 so a pair of u8 x s8 products cannot saturate int16: 2 * 255 * 63 < 32767),
+ * and portable C. `ew_i8_level()` says which one runs (2, 1, 0), checked once at run time; the caller
+ * quantizes the query to `ew_i8_qmax(level)` levels. `ew_i8_forced` >= 0 forces a level (tests). */
+static int ew_i8_forced = -1;
+
+static void ew_i8_dots_generic(const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
+                               Py_ssize_t n_blocks, int32_t* out) {
+    for (Py_ssize_t b = 0; b < n_blocks; b++) {
+        const uint8_t* p = blocks + b * groups * 32;
+        int32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (Py_ssize_t g = 0; g < groups; g++)
+            for (int l = 0; l < 8; l++)
+                for (int t = 0; t < 4; t++) acc[l] += (int32_t)p[g * 32 + l * 4 + t] * (int32_t)q[g * 4 + t];
+        memcpy(out + b * 8, acc, sizeof acc);
+    }
+}
+
+#ifdef EW_HAVE_V3
+static inline int32_t ew_load_i32(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return v; }
+
+/* Four blocks at a time: four independent accumulator chains hide the instruction latency. */
+#define EW_I8_BODY(MAC)                                                                                 \
+    const Py_ssize_t stride = groups * 32;                                                              \
+    Py_ssize_t b = 0, g;                                                                                \
+    for (; b + 4 <= n_blocks; b += 4) {                                                                 \
+        const uint8_t* p0 = blocks + b * stride;                                                        \
+        const uint8_t* p1 = p0 + stride;                                                                \
+        const uint8_t* p2 = p1 + stride;                                                                \
+        const uint8_t* p3 = p2 + stride;                                                                \
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;                                 \
+        for (g = 0; g < groups; g++) {                                                                  \
+            const __m256i qv = _mm256_set1_epi32(ew_load_i32(q + g * 4));                               \
+            a0 = MAC(a0, _mm256_loadu_si256((const __m256i*)(p0 + g * 32)), qv);                        \
+            a1 = MAC(a1, _mm256_loadu_si256((const __m256i*)(p1 + g * 32)), qv);                        \
+            a2 = MAC(a2, _mm256_loadu_si256((const __m256i*)(p2 + g * 32)), qv);                        \
+            a3 = MAC(a3, _mm256_loadu_si256((const __m256i*)(p3 + g * 32)), qv);                        \
+        }                                                                                               \
+        _mm256_storeu_si256((__m256i*)(out + b * 8), a0);                                               \
+        _mm256_storeu_si256((__m256i*)(out + b * 8 + 8), a1);                                           \
+        _mm256_storeu_si256((__m256i*)(out + b * 8 + 16), a2);                                          \
+        _mm256_storeu_si256((__m256i*)(out + b * 8 + 24), a3);                                          \
+    }                                                                                                   \
+    for (; b < n_blocks; b++) {                                                                         \
+        const uint8_t* p0 = blocks + b * stride;                                                        \
+        __m256i a0 = _mm256_setzero_si256();                                                            \
+        for (g = 0; g < groups; g++)                                                                    \
+            a0 = MAC(a0, _mm256_loadu_si256((const __m256i*)(p0 + g * 32)),                             \
+                     _mm256_set1_epi32(ew_load_i32(q + g * 4)));                                        \
+        _mm256_storeu_si256((__m256i*)(out + b * 8), a0);                                               \
+    }
+
+#define EW_MAC_AVX2(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), ones))
+__attribute__((target("avx2")))
+static void ew_i8_dots_avx2(const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
+                            Py_ssize_t n_blocks, int32_t* out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    EW_I8_BODY(EW_MAC_AVX2)
+}
+#undef EW_MAC_AVX2
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define EW_HAVE_VNNI 1
+#define EW_MAC_VNNI(acc, u, s) _mm256_dpbusd_avx_epi32((acc), (u), (s))
+__attribute__((target("avx2,avxvnni")))
+static void ew_i8_dots_vnni(const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
+                            Py_ssize_t n_blocks, int32_t* out) {
+    EW_I8_BODY(EW_MAC_VNNI)
+}
+#undef EW_MAC_VNNI
+#endif
+#undef EW_I8_BODY
+
+static int ew_avxvnni_supported(void) {
+    static int known = -1;
+    if (known < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        /* CPUID leaf 7 sub-leaf 1, EAX bit 4: AVX-VNNI (VEX-encoded; the OS state is AVX2's) */
+        known = ew_v3_supported() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+    }
+    return known;
+}
+#endif
+
+/* The code path the int8 scan runs: 2 AVX-VNNI, 1 AVX2, 0 portable. */
+static int ew_i8_level(void) {
+    int best = 0;
+#ifdef EW_HAVE_V3
+    if (!ew_portable_only && ew_v3_supported()) {
+        best = 1;
+#ifdef EW_HAVE_VNNI
+        if (ew_avxvnni_supported()) best = 2;
+#endif
+    }
+#endif
+    if (ew_i8_forced >= 0 && ew_i8_forced < best) return ew_i8_forced;
+    return best;
+}
+
+/* Largest |q^| of the query's quantization on a code path (see above). */
+static inline int ew_i8_qmax(int level) { return level == 1 ? 63 : 127; }
+
+static void ew_i8_dots(int level, const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
+                       Py_ssize_t n_blocks, int32_t* out) {
+#ifdef EW_HAVE_VNNI
+    if (level == 2) { ew_i8_dots_vnni(blocks, q, groups, n_blocks, out); return; }
+#endif
+#ifdef EW_HAVE_V3
+    if (level >= 1) { ew_i8_dots_avx2(blocks, q, groups, n_blocks, out); return; }
+#endif
+    ew_i8_dots_generic(blocks, q, groups, n_blocks, out);
+}
+
+/* Approximate scores' upper and lower bounds of `count` rows from their int8 dots (see topk_int8_kernel):
+ * A = s_r * (s_q * (dot - corr)), B = s_r * K + t_r * c2 + c0, hi = A + B, lo = A - B. A plain loop the
+ * compiler vectorizes. */
+static void ew_i8_bounds(const int32_t* dots, const float* scale, const float* tl1, Py_ssize_t count,
+                         int32_t corr, float sq, float big_k, float c2, float c0, float* hi, float* lo) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const float a = scale[i] * (sq * (float)(dots[i] - corr));
+        const float b = scale[i] * big_k + tl1[i] * c2 + c0;
+        hi[i] = a + b;
+        lo[i] = a - b;
+    }
+}
+
 #endif  /* EDGEWISE_SIMD_H */

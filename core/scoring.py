@@ -34,10 +34,15 @@ from edgewise.core import _scoring
 __all__ = [
     "BLOCK",
     "HALF_MAX",
+    "INT8_MAX_DIMS",
     "MAX_ROWS",
     "HalfIndex",
+    "Int8Index",
     "block_rows",
     "half_index",
+    "int8_bounds_reference",
+    "int8_index",
+    "int8_query_reference",
     "neighbor_candidates_into",
     "neighbor_candidates_reference",
     "score_order",
@@ -45,6 +50,8 @@ __all__ = [
     "topk_dot_into",
     "topk_dot_reference",
     "topk_half_into",
+    "topk_int8_into",
+    "topk_int8_reference",
     "topk_pairs_into",
     "topk_pairs_reference",
     "topk_scores",
@@ -263,6 +270,174 @@ def topk_half_into(
                 f"work needs {index.blocks.shape[0] * BLOCK} floats and cand {matrix.shape[0]} ints"
             ) from exc
         raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+INT8_MAX_DIMS: Final = 4096
+"""Matrices with more dimensions get no int8 index (the scan quantizes the query on the stack)."""
+
+_INT8_LO: Final = 2.0**-50
+_INT8_HI: Final = 2.0**50
+
+
+@dataclass(frozen=True, slots=True)
+class Int8Index:
+    """An int8 copy of an embedding matrix with a scale per row, for `topk_int8_into`.
+
+    Row r is x ~= scale[r] * x~ with |x~| <= 127, stored as the unsigned bytes x~ + 128 in blocks of 8 rows
+    by groups of 4 dimensions: blocks[b, g] holds dimensions 4g..4g+3 of rows 8b..8b+7, row-major (one
+    256-bit register, what one `vpdpbusd` multiplies). Rows and dimensions are padded with x~ = 0.
+    """
+
+    blocks: NDArray[np.uint8]  # [ceil(n / 8), ceil(d / 4), 32]: x~ + 128
+    scale: Float32Array  # [n_blocks * 8] s_r (0 for a zero row and for padding)
+    tl1: Float32Array  # [n_blocks * 8] >= s_r * sum |x~| (rounded up)
+    err_ratio: float  # E: |x - s_r x~| <= E * s_r for every element of every row (rounded up)
+    rows: int
+    dims: int
+
+
+def _round_up_f32(exact: NDArray[np.float64]) -> Float32Array:
+    """The float32 values >= `exact` nearest to it."""
+    out: Float32Array = exact.astype(np.float32)
+    low = out.astype(np.float64) < exact
+    out[low] = np.nextafter(out[low], np.float32(np.inf))
+    return out
+
+
+def int8_index(matrix: Float32Array) -> Int8Index | None:
+    """The int8 index of `matrix`, or None when the scan does not handle it: more than INT8_MAX_DIMS
+    dimensions, or a nonzero row whose largest |value| is outside [2^-50, 2^50]."""
+    _check_array("matrix", matrix, _F32, 2)
+    n, d = matrix.shape
+    if d > INT8_MAX_DIMS:
+        return None
+    x = matrix.astype(np.float64)
+    rowmax = np.abs(x).max(axis=1) if d else np.zeros(n)
+    nonzero = rowmax > 0
+    if np.any(nonzero & ((rowmax < _INT8_LO) | (rowmax > _INT8_HI))):
+        return None
+    scale = (rowmax / 127).astype(np.float32)
+    s64 = scale.astype(np.float64)
+    safe = np.where(nonzero, s64, 1.0)
+    quant = np.clip(np.rint(x / safe[:, None]), -127, 127)
+    # |x - s_r x~| exactly (s_r x~ fits a double), as a ratio of s_r, rounded up
+    err = np.abs(x - s64[:, None] * quant).max(axis=1) if d else np.zeros(n)
+    ratio = float(_round_up_f32(np.array([(err / safe).max() if n else 0.5]))[0])
+    l1 = np.abs(quant).sum(axis=1)
+    n_blocks, groups = -(-n // BLOCK), -(-d // 4)
+    padded = np.full((n_blocks * BLOCK, groups * 4), 128, dtype=np.uint8)
+    padded[:n, :d] = (quant + 128).astype(np.uint8)
+    blocks = padded.reshape(n_blocks, BLOCK, groups, 4).transpose(0, 2, 1, 3).reshape(n_blocks, groups, 32)
+    scales = np.zeros(n_blocks * BLOCK, dtype=np.float32)
+    scales[:n] = scale
+    tl1 = np.zeros(n_blocks * BLOCK, dtype=np.float32)
+    tl1[:n] = _round_up_f32(s64 * l1)
+    return Int8Index(np.ascontiguousarray(blocks), scales, tl1, ratio, n, d)
+
+
+def topk_int8_into(
+    index: Int8Index,
+    matrix: Float32Array,
+    query: Float32Array,
+    mask: UInt8Array,
+    k: int,
+    work: Float32Array,
+    cand: Int32Array,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+) -> int:
+    """`topk_dot_into`'s result (same contract, order and scores to the bit as `topk_half_into`), scanning
+    the int8 copy: every row gets an interval [A - B, A + B] around the exact score from integer dot
+    products, and only the candidates whose interval reaches the k-th best lower bound are scored exactly
+    from `matrix` (the float32 matrix `index` was built from). `work` (at least n floats) and `cand` (at
+    least n ints) are scratch buffers."""
+    _check_k(k)
+    try:
+        return _scoring.topk_int8_into(
+            index.blocks,
+            index.scale,
+            index.tl1,
+            index.err_ratio,
+            matrix,
+            query,
+            mask,
+            k,
+            work,
+            cand,
+            out_idx,
+            out_scores,
+        )
+    except (ValueError, TypeError, BufferError) as exc:
+        _validate_dot(matrix, query, mask, k, out_idx, out_scores)
+        if index.rows != matrix.shape[0] or index.dims != matrix.shape[1]:
+            raise ValueError(
+                f"index was built for {index.rows} x {index.dims}, matrix is {matrix.shape}"
+            ) from exc
+        _check_array("work", work, _F32, 1, writable=True)
+        _check_array("cand", cand, _I32, 1, writable=True)
+        if work.shape[0] < matrix.shape[0] or cand.shape[0] < matrix.shape[0]:
+            raise ValueError(f"work needs {matrix.shape[0]} floats and cand {matrix.shape[0]} ints") from exc
+        raise ValueError(f"invalid arguments: {exc}") from exc
+
+
+def int8_query_reference(
+    query: Float32Array, qmax: int = 127
+) -> tuple[NDArray[np.int8], float, float] | None:
+    """NumPy reference of the scan's query quantization: (q^, s_q, F = max |q - s_q q^|) with
+    |q^| <= qmax (127; 63 on the AVX2 path), or None for a query the scan rescores entirely."""
+    q = query.astype(np.float64)
+    mq = float(np.abs(q).max()) if q.size else 0.0
+    if q.size == 0 or q.size > INT8_MAX_DIMS or not (_INT8_LO <= mq <= _INT8_HI):
+        return None
+    sq = float(np.float32(mq / qmax))
+    quant = np.clip(np.rint(q / sq), -qmax, qmax)
+    return quant.astype(np.int8), sq, float(np.abs(q - sq * quant).max())
+
+
+def int8_bounds_reference(
+    index: Int8Index, query: Float32Array, qmax: int = 127
+) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """NumPy reference of the scan's per-row interval (lo, hi) around the exact score, in float64 (the
+    kernel computes the same formula in float32), for the index's rows; None when the scan would rescore
+    every candidate. Bound: e_r |q|_1 + F s_r |x~|_1 (quantization) + float rounding terms (_int8_query)."""
+    quantized = int8_query_reference(query, qmax)
+    if quantized is None:
+        return None
+    qhat, sq, fmax = quantized
+    n, d = index.rows, index.dims
+    groups = index.blocks.shape[1]
+    rows = index.blocks.reshape(-1, groups, BLOCK, 4).transpose(0, 2, 1, 3).reshape(-1, groups * 4)
+    xq = rows[:n, :d].astype(np.int64) - 128
+    dots = xq @ qhat.astype(np.int64)
+    s = index.scale[:n].astype(np.float64)
+    l1q = float(np.abs(query.astype(np.float64)).sum())
+    grow, rel, tiny = 1 + 2.0**-18, (d + 8) * 2.0**-23, 2.0**-118
+    big_k = (
+        (l1q * (1 + rel) + d * tiny) * index.err_ratio
+        + 127 * (l1q + sq * float(np.abs(qhat.astype(np.int64)).sum())) * rel
+        + 128 * d * tiny
+    ) * grow
+    bound = s * big_k + index.tl1[:n].astype(np.float64) * fmax * grow + (d + l1q) * tiny * grow
+    approx = s * sq * dots
+    return approx - bound, approx + bound
+
+
+def topk_int8_reference(
+    index: Int8Index, matrix: Float32Array, query: Float32Array, mask: UInt8Array, k: int, qmax: int = 127
+) -> tuple[Int32Array, Float32Array, int]:
+    """NumPy reference of the int8 scan: (rows, scores, how many rows were rescored). Candidates whose
+    upper bound reaches the k-th best lower bound are scored exactly (matrix @ query), then ranked by
+    (-score, row)."""
+    _check_reference_inputs(matrix.shape[0], mask, k)
+    bounds = int8_bounds_reference(index, query, qmax)
+    candidates = np.flatnonzero(mask)
+    if bounds is not None and k > 0 and candidates.size >= k:
+        lo, hi = bounds
+        threshold = np.sort(lo[candidates])[::-1][k - 1]
+        candidates = candidates[hi[candidates] >= threshold]
+    scores: Float32Array = matrix[candidates] @ query
+    order = np.lexsort((candidates, -scores))[:k]
+    return candidates[order].astype(np.int32), scores[order].astype(np.float32), int(candidates.size)
 
 
 def neighbor_candidates_into(
