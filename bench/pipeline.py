@@ -79,6 +79,7 @@ import edgewise.core.item_ranking as item_ranking_mod
 import edgewise.core.pipeline as pipeline_mod
 import edgewise.offline.synth as synth_mod
 from edgewise.bench import large_catalog
+from edgewise.core._placement import set_scan
 from edgewise.core.activity import ActivityLimits, Event
 from edgewise.core.condition_codegen import compile_condition
 from edgewise.core.decisions import (
@@ -1539,13 +1540,20 @@ def add_ab_options(parser: argparse.ArgumentParser) -> None:
         default="compiled",
         help="Pipeline.decide: the compiled orchestration (core/_decide.pyx) or the Python reference (A/B)",
     )
+    parser.add_argument(
+        "--scan",
+        choices=["int8", "half"],
+        default="int8",
+        help="the personalized scan: int8 rows with a per-row scale, or half precision (A/B; same results)",
+    )
 
 
 def apply_ab_options(args: argparse.Namespace) -> bool:
-    """Put `--placement reference` in place (the `rank_items` Pipeline calls); `Pipeline(compiled=...)`'s
-    value for `--decide`."""
+    """Put `--placement reference` and `--scan` in place (the `rank_items` Pipeline calls, the scan
+    `_placement.set_scan` chooses); `Pipeline(compiled=...)`'s value for `--decide`."""
     if args.placement == "reference":
         vars(pipeline_mod)["rank_items"] = item_ranking_mod.rank_items_reference
+    set_scan(args.scan)
     return bool(args.decide == "compiled")
 
 

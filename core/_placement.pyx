@@ -6,8 +6,8 @@ chosen, a kernel entry point of `edgewise.core.scoring` called, the results post
 Python steps and 5-10 NumPy calls per placement, each with a typed memoryview set up per array argument.
 `place` does the same work for the placements every Decide has, in C over views set up once:
 
-- a `Placer` holds one thread's typed views of one version's arrays (embeddings, their half-precision
-  blocks, the neighbor lists) and of the thread's scratch buffers, made when the version or the
+- a `Placer` holds one thread's typed views of one version's arrays (embeddings, their int8 and
+  half-precision blocks, the neighbor lists) and of the thread's scratch buffers, made when the version or the
   buffers change, not per call; base masks and score vectors are looked up by the array's identity
   (the version's own arrays: the same objects on every call) and their views kept with them;
 - the mask: the base copied (the country's availability narrowed by the strategy's filters that
@@ -41,6 +41,7 @@ from edgewise.core._scoring cimport (
     neighbor_candidates_kernel,
     topk_dot_kernel,
     topk_half_kernel,
+    topk_int8_kernel,
     topk_partition_kernel,
     topk_pairs_kernel,
     topk_scores_kernel,
@@ -57,6 +58,24 @@ cdef object _COLD_START = FallbackReason.COLD_START
 cdef object _MODEL_UNAVAILABLE = FallbackReason.MODEL_UNAVAILABLE
 cdef object _ITEM_RESULT = ItemResult
 cdef bint _LITTLE = sys.byteorder == "little"  # profile vectors are float32 little-endian
+# The personalized scan of a version with both copies: the int8 one (default) or the half-precision one
+# (set_scan; benchmarks' A/B). Both return the float32 top k: the choice is speed, never results.
+cdef bint _use_int8 = True
+
+
+def set_scan(str name):
+    """Choose the personalized scan for this process: "int8" or "half"; returns the previous choice."""
+    global _use_int8
+    if name not in ("int8", "half"):
+        raise ValueError(f"scan must be 'int8' or 'half', got {name!r}")
+    previous = "int8" if _use_int8 else "half"
+    _use_int8 = name == "int8"
+    return previous
+
+
+def scan():
+    """The personalized scan this process uses where a version has both copies: "int8" or "half"."""
+    return "int8" if _use_int8 else "half"
 
 cdef enum:
     _SORTED_WALK = 2048  # item_ranking._SORTED_WALK: entries of an order walked before a full scan
@@ -89,10 +108,14 @@ cdef class Placer:
     cdef readonly object state
     cdef readonly bint usable
     cdef Py_ssize_t n, d, cold_min
-    cdef bint has_emb, has_half, has_nbr, has_part
+    cdef bint has_emb, has_half, has_int8, has_nbr, has_part
     cdef const float[:, ::1] emb
     cdef const uint16_t[:, :, ::1] blocks
     cdef const float[::1] absmax
+    cdef const uint8_t[:, :, ::1] i8_blocks
+    cdef const float[::1] i8_scale
+    cdef const float[::1] i8_tl1
+    cdef float i8_err
     # a large catalog's partition (core/partition.py), and this thread's buffers for its lists
     cdef const float[:, ::1] centroids
     cdef const int32_t[::1] starts
@@ -166,6 +189,22 @@ cdef class Placer:
             if self.has_half:
                 self.blocks = half.blocks
                 self.absmax = half.col_absmax
+            small = state.int8_embeddings
+            self.has_int8 = (
+                small is not None
+                and small.blocks.shape[0] == (self.n + 7) // 8
+                and small.blocks.shape[1] == (self.d + 3) // 4
+                and small.blocks.shape[2] == 32
+                and small.scale.shape[0] == small.blocks.shape[0] * 8
+                and small.tl1.shape[0] == small.blocks.shape[0] * 8
+                and self.work.shape[0] >= self.n
+                and self.cand.shape[0] >= self.n
+            )
+            if self.has_int8:
+                self.i8_blocks = small.blocks
+                self.i8_scale = small.scale
+                self.i8_tl1 = small.tl1
+                self.i8_err = small.err_ratio
             if state.partition is not None:
                 self.has_part = self._bind_partition(state.partition)
                 # an invalid partition: the reference raises what is wrong with it
@@ -557,6 +596,11 @@ def place(
                 got = topk_partition_kernel(
                     p.centroids, p.starts, p.part_blocks, p.members, p.part_absmax, p.emb, p.query, p.mask,
                     fetch, p.probes, p.list_scores, p.list_order, p.work, p.cand, p.idx, p.out_scores
+                )
+            elif p.has_int8 and (_use_int8 or not p.has_half):
+                got = topk_int8_kernel(
+                    p.i8_blocks, p.i8_scale, p.i8_tl1, p.i8_err, p.emb, p.query, p.mask, fetch, p.work,
+                    p.cand, p.idx, p.out_scores
                 )
             elif p.has_half:
                 got = topk_half_kernel(

@@ -55,10 +55,13 @@ def int8_bounds_into(
     err_ratio: float,
     query: NDArray[np.float32],
     qbytes: NDArray[np.int8],
-    dots: NDArray[np.int32],
     hi: NDArray[np.float32],
     lo: NDArray[np.float32],
 ) -> int: ...
+def int8_dots_into(
+    blocks: NDArray[np.uint8], qbytes: NDArray[np.int8], level: int, out: NDArray[np.float32]
+) -> None: ...
+def int8_level() -> int: ...
 def int8_candidates(
     blocks: NDArray[np.uint8],
     scale: NDArray[np.float32],

@@ -14,6 +14,8 @@
 # ranks strictly better: score > root score, or an equal score with a lower index. The heap lives in the
 # caller's out buffers (no allocation) and is heap-sorted in place at the end: score desc, index asc.
 
+import array as _array
+
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
 from libc.math cimport INFINITY, fabs, fabsf, rint
 
@@ -29,11 +31,9 @@ cdef extern from "_simd.h":
     int ew_i8_forced
     int ew_i8_level() noexcept nogil
     int ew_i8_qmax(int level) noexcept nogil
-    void ew_i8_dots(int level, const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
-                    Py_ssize_t n_blocks, int32_t* out) noexcept nogil
-    void ew_i8_bounds(const int32_t* dots, const float* scale, const float* tl1, Py_ssize_t count,
-                      int32_t corr, float sq, float big_k, float c2, float c0, float* hi,
-                      float* lo) noexcept nogil
+    void ew_i8_chunk(int level, const uint8_t* blocks, const int8_t* q, Py_ssize_t groups, Py_ssize_t n_blocks,
+                     const float* scale, const float* tl1, int32_t corr, float sq, float big_k, float c2,
+                     float c0, float limit, float* hi, uint8_t* masks) noexcept nogil
 
 cdef enum:
     # Rows per block of the dot-product loop: four rows share every load of the query, which keeps the
@@ -639,32 +639,37 @@ cdef Py_ssize_t _int8_scan(
 ) noexcept nogil:
     # Steps 1-2 of topk_int8_kernel: notes every candidate whose upper bound reaches the heap's worst
     # lower bound, then keeps the notes whose upper bound reaches the final heap's worst. Returns how many.
-    cdef int32_t dots[_HALF_CHUNK * 8]
+    # A chunk computes every row's upper bound and flags the lanes reaching the threshold as it was when
+    # the chunk started (it only grows: a flag is checked again with the current one); a flagged row's
+    # lower bound is up - 2 B (B recomputed here: its rounding is within the bound's slack).
     cdef float up[_HALF_CHUNK * 8]
-    cdef float low[_HALF_CHUNK * 8]
-    cdef Py_ssize_t b0 = 0, nb, g, j, i, size = 0, found = 0, kept = 0
-    cdef float limit
+    cdef uint8_t flags[_HALF_CHUNK]
+    cdef Py_ssize_t b0 = 0, nb, g, j, i, r, size = 0, found = 0, kept = 0
+    cdef float limit, u, bnd
     cdef unsigned bits
     while b0 < n_blocks:
         nb = n_blocks - b0 if n_blocks - b0 < _HALF_CHUNK else _HALF_CHUNK
-        ew_i8_dots(qq.level, blocks + b0 * groups * 32, qb, groups, nb, dots)
-        ew_i8_bounds(
-            dots, scale + b0 * 8, tl1 + b0 * 8, nb * 8, qq.corr, qq.sq, qq.big_k, qq.c2, qq.c0, up, low
+        limit = hs[0] if size == k else -INFINITY
+        ew_i8_chunk(
+            qq.level, blocks + b0 * groups * 32, qb, groups, nb, scale + b0 * 8, tl1 + b0 * 8, qq.corr,
+            qq.sq, qq.big_k, qq.c2, qq.c0, limit, up, flags
         )
         for g in range(nb):
-            limit = hs[0] if size == k else -INFINITY
-            bits = ew_ge8(up + g * 8, limit)
+            bits = flags[g]
             while bits:
                 j = ew_ctz(bits)
                 bits &= bits - 1
-                i = (b0 + g) * 8 + j
+                r = g * 8 + j
+                i = b0 * 8 + r
                 if i >= n:
                     break  # padding rows of the last group
-                if m[i]:
+                u = up[r]
+                if m[i] and (size < k or u >= hs[0]):
                     c[found] = <int32_t>i
-                    w[found] = up[g * 8 + j]
+                    w[found] = u
                     found += 1
-                    size = _offer(hs, hi, size, k, low[g * 8 + j], <int32_t>i)
+                    bnd = scale[i] * qq.big_k + tl1[i] * qq.c2 + qq.c0
+                    size = _offer(hs, hi, size, k, u - 2 * bnd, <int32_t>i)
         b0 += nb
     limit = hs[0] if size == k else -INFINITY
     for j in range(found):
@@ -1032,12 +1037,11 @@ def int8_bounds_into(
     float err_ratio,
     const float[::1] query,
     int8_t[::1] qbytes,
-    int32_t[::1] dots,
     float[::1] hi,
     float[::1] lo,
 ):
-    """The int8 scan's quantized query (qbytes), integer dots (x~ . q^, corrected) and per-row bounds
-    (hi, lo; n_blocks * 8 each, padding rows included). Returns the code path (2 AVX-VNNI, 1 AVX2, 0
+    """The int8 scan's quantized query (qbytes) and per-row bounds (hi, lo; n_blocks * 8 each, padding
+    rows included), computed as the scan does on its code path, which is returned (2 AVX-VNNI, 1 AVX2, 0
     portable), or -1 when the scan does not handle the query (then nothing is written). For tests and
     benchmarks: the scan itself never materializes these."""
     cdef Py_ssize_t d = query.shape[0]
@@ -1046,19 +1050,41 @@ def int8_bounds_into(
     cdef Py_ssize_t i
     cdef int8_t qb[INT8_MAX_DIMS]
     cdef _Int8Query qq
-    _check_int8(blocks, scale, tl1, nb * 8 if nb else 0, d, d)
-    if qbytes.shape[0] < groups * 4 or dots.shape[0] < nb * 8 or hi.shape[0] < nb * 8 or lo.shape[0] < nb * 8:
-        raise ValueError("invalid sizes: qbytes >= groups * 4, dots, hi and lo >= n_blocks * 8")
+    cdef uint8_t[::1] flags = bytearray(nb + 1)
+    _check_int8(blocks, scale, tl1, nb * 8, d, d)
+    if qbytes.shape[0] < groups * 4 or hi.shape[0] < nb * 8 or lo.shape[0] < nb * 8:
+        raise ValueError("invalid sizes: qbytes >= groups * 4, hi and lo >= n_blocks * 8")
     if d == 0 or not _int8_query(&query[0], d, groups, err_ratio, qb, &qq):
         return -1
     for i in range(groups * 4):
         qbytes[i] = qb[i]
     if nb:
-        ew_i8_dots(qq.level, &blocks[0, 0, 0], qb, groups, nb, &dots[0])
+        ew_i8_chunk(
+            qq.level, &blocks[0, 0, 0], qb, groups, nb, &scale[0], &tl1[0], qq.corr, qq.sq, qq.big_k,
+            qq.c2, qq.c0, -INFINITY, &hi[0], &flags[0]
+        )
         for i in range(nb * 8):
-            dots[i] -= qq.corr
-        ew_i8_bounds(&dots[0], &scale[0], &tl1[0], nb * 8, 0, qq.sq, qq.big_k, qq.c2, qq.c0, &hi[0], &lo[0])
+            lo[i] = hi[i] - 2 * (scale[i] * qq.big_k + tl1[i] * qq.c2 + qq.c0)
     return qq.level
+
+
+def int8_dots_into(const uint8_t[:, :, ::1] blocks, const int8_t[::1] qbytes, int level, float[::1] out):
+    """The integer dots (x~ + 128) . q^ of every row on code path `level` (2, 1, 0), as floats (exact below
+    2^24): the scan's chunk with unit scales and no bound. For tests: every path must give the same."""
+    cdef Py_ssize_t nb = blocks.shape[0]
+    cdef Py_ssize_t groups = blocks.shape[1]
+    if blocks.shape[2] != 32 or qbytes.shape[0] < groups * 4 or out.shape[0] < nb * 8:
+        raise ValueError("invalid sizes: blocks [b, g, 32], qbytes >= g * 4, out >= b * 8")
+    if level < 0 or level > ew_i8_level():
+        raise ValueError("this CPU does not run that code path")
+    cdef float[::1] ones = _array.array("f", [1.0]) * (nb * 8 + 1)
+    cdef float[::1] zeros = _array.array("f", [0.0]) * (nb * 8 + 1)
+    cdef uint8_t[::1] flags = bytearray(nb + 1)
+    if nb:
+        ew_i8_chunk(
+            level, &blocks[0, 0, 0], &qbytes[0], groups, nb, &ones[0], &zeros[0], 0, 1, 0, 0, 0, 0,
+            &out[0], &flags[0]
+        )
 
 
 def int8_candidates(
@@ -1092,6 +1118,11 @@ def int8_candidates(
         &blocks[0, 0, 0], blocks.shape[1], blocks.shape[0], &scale[0], &tl1[0], qb, &qq, &mask[0], n, k,
         &out_scores[0], &out_idx[0], &work[0], &cand[0]
     )
+
+
+def int8_level():
+    """The int8 scan's code path on this CPU (and setting): 2 AVX-VNNI, 1 AVX2, 0 portable."""
+    return ew_i8_level()
 
 
 def set_int8_path(int level):

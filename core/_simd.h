@@ -188,9 +188,24 @@ static void ew_i8_dots_generic(const uint8_t* blocks, const int8_t* q, Py_ssize_
 #ifdef EW_HAVE_V3
 static inline int32_t ew_load_i32(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return v; }
 
+/* Per 8-row block the approximate score's upper bound hi = A + B (see ew_i8_chunk) from the int32 dots
+ * in `acc`, stored, and the lanes with hi >= limit as a bit mask. */
+#define EW_I8_FINISH(acc, bb)                                                                           \
+    do {                                                                                                \
+        const __m256 sc = _mm256_loadu_ps(scale + (bb) * 8);                                            \
+        const __m256 a = _mm256_mul_ps(sc, _mm256_mul_ps(vsq, _mm256_cvtepi32_ps(_mm256_sub_epi32((acc), vcorr)))); \
+        const __m256 bnd = _mm256_fmadd_ps(sc, vk, _mm256_fmadd_ps(_mm256_loadu_ps(tl1 + (bb) * 8), vc2, vc0)); \
+        const __m256 h = _mm256_add_ps(a, bnd);                                                         \
+        _mm256_storeu_ps(hi + (bb) * 8, h);                                                             \
+        masks[bb] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(h, vlim, _CMP_GE_OQ));                    \
+    } while (0)
+
 /* Four blocks at a time: four independent accumulator chains hide the instruction latency. */
 #define EW_I8_BODY(MAC)                                                                                 \
     const Py_ssize_t stride = groups * 32;                                                              \
+    const __m256i vcorr = _mm256_set1_epi32(corr);                                                      \
+    const __m256 vsq = _mm256_set1_ps(sq), vk = _mm256_set1_ps(big_k), vc2 = _mm256_set1_ps(c2);        \
+    const __m256 vc0 = _mm256_set1_ps(c0), vlim = _mm256_set1_ps(limit);                                \
     Py_ssize_t b = 0, g;                                                                                \
     for (; b + 4 <= n_blocks; b += 4) {                                                                 \
         const uint8_t* p0 = blocks + b * stride;                                                        \
@@ -205,10 +220,10 @@ static inline int32_t ew_load_i32(const int8_t* p) { int32_t v; memcpy(&v, p, 4)
             a2 = MAC(a2, _mm256_loadu_si256((const __m256i*)(p2 + g * 32)), qv);                        \
             a3 = MAC(a3, _mm256_loadu_si256((const __m256i*)(p3 + g * 32)), qv);                        \
         }                                                                                               \
-        _mm256_storeu_si256((__m256i*)(out + b * 8), a0);                                               \
-        _mm256_storeu_si256((__m256i*)(out + b * 8 + 8), a1);                                           \
-        _mm256_storeu_si256((__m256i*)(out + b * 8 + 16), a2);                                          \
-        _mm256_storeu_si256((__m256i*)(out + b * 8 + 24), a3);                                          \
+        EW_I8_FINISH(a0, b);                                                                            \
+        EW_I8_FINISH(a1, b + 1);                                                                        \
+        EW_I8_FINISH(a2, b + 2);                                                                        \
+        EW_I8_FINISH(a3, b + 3);                                                                        \
     }                                                                                                   \
     for (; b < n_blocks; b++) {                                                                         \
         const uint8_t* p0 = blocks + b * stride;                                                        \
@@ -216,13 +231,16 @@ static inline int32_t ew_load_i32(const int8_t* p) { int32_t v; memcpy(&v, p, 4)
         for (g = 0; g < groups; g++)                                                                    \
             a0 = MAC(a0, _mm256_loadu_si256((const __m256i*)(p0 + g * 32)),                             \
                      _mm256_set1_epi32(ew_load_i32(q + g * 4)));                                        \
-        _mm256_storeu_si256((__m256i*)(out + b * 8), a0);                                               \
+        EW_I8_FINISH(a0, b);                                                                            \
     }
 
+#define EW_I8_ARGS const uint8_t* blocks, const int8_t* q, Py_ssize_t groups, Py_ssize_t n_blocks,        \
+    const float* scale, const float* tl1, int32_t corr, float sq, float big_k, float c2, float c0,       \
+    float limit, float* hi, uint8_t* masks
+
 #define EW_MAC_AVX2(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), ones))
-__attribute__((target("avx2")))
-static void ew_i8_dots_avx2(const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
-                            Py_ssize_t n_blocks, int32_t* out) {
+__attribute__((target("avx2,fma")))
+static void ew_i8_chunk_avx2(EW_I8_ARGS) {
     const __m256i ones = _mm256_set1_epi16(1);
     EW_I8_BODY(EW_MAC_AVX2)
 }
@@ -231,14 +249,14 @@ static void ew_i8_dots_avx2(const uint8_t* blocks, const int8_t* q, Py_ssize_t g
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define EW_HAVE_VNNI 1
 #define EW_MAC_VNNI(acc, u, s) _mm256_dpbusd_avx_epi32((acc), (u), (s))
-__attribute__((target("avx2,avxvnni")))
-static void ew_i8_dots_vnni(const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
-                            Py_ssize_t n_blocks, int32_t* out) {
+__attribute__((target("avx2,fma,avxvnni")))
+static void ew_i8_chunk_vnni(EW_I8_ARGS) {
     EW_I8_BODY(EW_MAC_VNNI)
 }
 #undef EW_MAC_VNNI
 #endif
 #undef EW_I8_BODY
+#undef EW_I8_FINISH
 
 static int ew_avxvnni_supported(void) {
     static int known = -1;
@@ -269,27 +287,35 @@ static int ew_i8_level(void) {
 /* Largest |q^| of the query's quantization on a code path (see above). */
 static inline int ew_i8_qmax(int level) { return level == 1 ? 63 : 127; }
 
-static void ew_i8_dots(int level, const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
-                       Py_ssize_t n_blocks, int32_t* out) {
+/* One chunk of the scan: for each of the n_blocks * 8 rows the upper bound hi = A + B of its exact score,
+ * A = s_r * (s_q * (dot - corr)), B = s_r * K + t_r * c2 + c0 (topk_int8_kernel), and per block the
+ * bit mask of the lanes with hi >= limit. */
+static void ew_i8_chunk(int level, const uint8_t* blocks, const int8_t* q, Py_ssize_t groups,
+                        Py_ssize_t n_blocks, const float* scale, const float* tl1, int32_t corr, float sq,
+                        float big_k, float c2, float c0, float limit, float* hi, uint8_t* masks) {
 #ifdef EW_HAVE_VNNI
-    if (level == 2) { ew_i8_dots_vnni(blocks, q, groups, n_blocks, out); return; }
+    if (level == 2) {
+        ew_i8_chunk_vnni(blocks, q, groups, n_blocks, scale, tl1, corr, sq, big_k, c2, c0, limit, hi, masks);
+        return;
+    }
 #endif
 #ifdef EW_HAVE_V3
-    if (level >= 1) { ew_i8_dots_avx2(blocks, q, groups, n_blocks, out); return; }
+    if (level >= 1) {
+        ew_i8_chunk_avx2(blocks, q, groups, n_blocks, scale, tl1, corr, sq, big_k, c2, c0, limit, hi, masks);
+        return;
+    }
 #endif
-    ew_i8_dots_generic(blocks, q, groups, n_blocks, out);
-}
-
-/* Approximate scores' upper and lower bounds of `count` rows from their int8 dots (see topk_int8_kernel):
- * A = s_r * (s_q * (dot - corr)), B = s_r * K + t_r * c2 + c0, hi = A + B, lo = A - B. A plain loop the
- * compiler vectorizes. */
-static void ew_i8_bounds(const int32_t* dots, const float* scale, const float* tl1, Py_ssize_t count,
-                         int32_t corr, float sq, float big_k, float c2, float c0, float* hi, float* lo) {
-    for (Py_ssize_t i = 0; i < count; i++) {
-        const float a = scale[i] * (sq * (float)(dots[i] - corr));
-        const float b = scale[i] * big_k + tl1[i] * c2 + c0;
-        hi[i] = a + b;
-        lo[i] = a - b;
+    int32_t dots[8];
+    for (Py_ssize_t b = 0; b < n_blocks; b++) {
+        unsigned bits = 0;
+        ew_i8_dots_generic(blocks + b * groups * 32, q, groups, 1, dots);
+        for (int l = 0; l < 8; l++) {
+            const Py_ssize_t i = b * 8 + l;
+            const float a = scale[i] * (sq * (float)(dots[l] - corr));
+            hi[i] = a + (scale[i] * big_k + tl1[i] * c2 + c0);
+            bits |= (unsigned)(hi[i] >= limit) << l;
+        }
+        masks[b] = (uint8_t)bits;
     }
 }
 

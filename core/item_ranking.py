@@ -2,8 +2,9 @@
 
 Candidates are a uint8 mask over item rows (availability in the request's country, filters, rerank
 candidates, exclusions), built with NumPy into per-thread scratch buffers. Scores come from the
-strategy: embedding dot products (the half-precision scan with exact rescoring, `topk_half_into`; for
-large catalogs the same scan over the lists of a partition nearest the query, `topk_partition_into`),
+strategy: embedding dot products (the int8 scan with exact rescoring, `topk_int8_into`, or the
+half-precision one, `topk_half_into`, as the process chose: `_placement.set_scan`; for large catalogs
+the half-precision scan over the lists of a partition nearest the query, `topk_partition_into`),
 co-purchase neighbors (the seeds' rows merged and ranked in the kernel), popularity (global, per
 country, per segment) and trending (daily counts with exponential time decay), both ranked by walking
 a per-version order, the cart, or items due for replenishment. Boosts add a per-item vector; pinned
@@ -23,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edgewise.core._placement import Placer, place
+from edgewise.core._placement import Placer, place, scan
 from edgewise.core._results import item_results
 from edgewise.core.decisions import (
     FallbackReason,
@@ -41,6 +42,7 @@ from edgewise.core.scoring import (
     score_order,
     topk_dot_into,
     topk_half_into,
+    topk_int8_into,
     topk_pairs_into,
     topk_scores_into,
     topk_sorted_into,
@@ -647,6 +649,18 @@ def _top(
                     mask,
                     fetch,
                     scratch.lists,
+                    scratch.padded,
+                    scratch.cand,
+                    scratch.idx,
+                    scratch.scores,
+                )
+            elif state.int8_embeddings is not None and (half is None or scan() == "int8"):
+                n = topk_int8_into(
+                    state.int8_embeddings,
+                    embeddings,
+                    query,
+                    mask,
+                    fetch,
                     scratch.padded,
                     scratch.cand,
                     scratch.idx,

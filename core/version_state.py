@@ -7,11 +7,13 @@ use (boost vectors, popularity orders, trending scores: a cache bounded by bytes
 out first, `edgewise.core.derived_cache`), the compiled rules and the profile fields' consent purposes.
 Model arrays are read zero-copy from each request's own read transaction, with two additions, both
 made once per version. One is a half-precision copy of the item embeddings in the blocked layout the
-scoring kernel scans (`edgewise.core.scoring.half_index`, half the size of the matrix). The
-personalized scan reads it instead of the float32 matrix and rescores a few rows exactly from the
-matrix, so results are the float32 ones (a catalog of PARTITION_MIN_ROWS items or more gets a
-partition of the embeddings into lists instead, `edgewise.core.partition`: a query scans a few lists,
-so its results are the float32 ones within them). The other is copies of the float32 matrix itself and of the
+scoring kernel scans (`edgewise.core.scoring.half_index`, half the size of the matrix), and an int8
+copy with a scale per row (`int8_index`, about 40% of the matrix's bytes at 32 dimensions). The
+personalized scan reads one of them (the int8 one unless the process chose the half scan) instead
+of the float32 matrix and rescores a few rows exactly from the matrix, so results are the float32
+ones (a catalog of PARTITION_MIN_ROWS items or more gets a partition of the embeddings into lists
+instead, `edgewise.core.partition`: a query scans a few lists, so its results are the float32 ones
+within them). The other is copies of the float32 matrix itself and of the
 neighbor arrays, each at most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns
 (to take page faults without the GIL), so a request that read them from the store would pay for
 every page of the matrix for the few rows it needs (BENCHMARKS.md, "Eighth measurement").
@@ -35,7 +37,7 @@ from edgewise.core.partition import Partition, build_partition, use_partition
 from edgewise.core.records import ItemRecord
 from edgewise.core.rules import Ruleset, compile_rules
 from edgewise.core.saved_groups import GroupCache
-from edgewise.core.scoring import HalfIndex, half_index
+from edgewise.core.scoring import HalfIndex, Int8Index, half_index, int8_index
 from edgewise.core.store import ROW_CHUNKED, ReadView
 from edgewise.core.strategies import Boost
 
@@ -99,6 +101,10 @@ class VersionState:
     # the embedding generation `item_embeddings` belong to: the profiles' vectors of it are used
     # (models/embedding_generation, core/embedding_slots.py; 0: the bundle's)
     embedding_generation: int = 0
+    # item_embeddings as int8 with a scale per row, blocked for the int8 scan (edgewise.core.scoring
+    # .int8_index; None where half_embeddings is None, or values it cannot scale). The personalized scan
+    # reads it instead of half_embeddings unless the process chose the half scan (_placement.set_scan).
+    int8_embeddings: Int8Index | None = None
 
     @property
     def n_items(self) -> int:
@@ -207,6 +213,7 @@ def build_state(view: ReadView, previous: VersionState | None = None) -> Version
         ),
         daily_counts_end_ms=view.snapshot_info().daily_counts_end_ms,
         half_embeddings=models.half_embeddings,
+        int8_embeddings=models.int8_embeddings,
         partition=models.partition,
         embeddings=models.embeddings,
         neighbors=models.neighbors,
@@ -302,6 +309,7 @@ class _Models:
 
     dim: int
     half_embeddings: HalfIndex | None
+    int8_embeddings: Int8Index | None
     partition: Partition | None
     embeddings: NDArray[np.float32] | None
     neighbors: NDArray[np.int32] | None
@@ -318,17 +326,20 @@ class _Models:
         dim = int(array.shape[1]) if array is not None and array.ndim == 2 else 0
         if previous is not None and valid and array is not None and _same_bytes(previous.embeddings, array):
             partition, half, copy = previous.partition, previous.half_embeddings, previous.embeddings
+            small = previous.int8_embeddings
         else:
             partition = None
             if valid and array is not None and use_partition(n) and array.shape[0] == n:
                 partition = build_partition(np.ascontiguousarray(array))
             usable = valid and array is not None and partition is None
             half = half_index(np.ascontiguousarray(array)) if usable and array is not None else None
+            small = int8_index(np.ascontiguousarray(array)) if usable and array is not None else None
             copy = _copy(array) if valid and array is not None else None
         neighbors, neighbor_scores = _neighbor_copies(view, n)
         return _Models(
             dim=dim,
             half_embeddings=half if half is not None and half.rows == n else None,
+            int8_embeddings=small if small is not None and small.rows == n else None,
             partition=partition,
             embeddings=copy,
             neighbors=neighbors,

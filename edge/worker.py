@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 
+from edgewise.core._placement import set_scan
 from edgewise.core.activity import ActivityLimits
 from edgewise.core.pipeline import Pipeline
 from edgewise.core.store import Store
@@ -77,6 +78,8 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     store = Store(spec.data_dir, map_size=spec.map_size)
     # benchmarks only: EDGEWISE_DECIDE=reference decides with the Python reference (bench.node's A/B)
     pipeline = Pipeline(compiled=os.environ.get("EDGEWISE_DECIDE", "compiled") != "reference")
+    # benchmarks only: EDGEWISE_SCAN=half scans the half-precision copy instead of the int8 one (same results)
+    set_scan(os.environ.get("EDGEWISE_SCAN", "int8"))
     with store.read() as view:
         pipeline.state(view)  # decode the snapshot before reporting SERVING
     configure_logging(spec.log_level)

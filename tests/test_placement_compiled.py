@@ -205,6 +205,52 @@ def test_without_the_half_precision_index_too(
 
 @settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
+def test_without_either_scan_copy_too(version: tuple[ReadView, VersionState], data: st.DataObject) -> None:
+    view, state = version
+    plain = dataclasses.replace(state, half_embeddings=None, int8_embeddings=None)
+    _both(view, plain, data.draw(_case(plain)))
+
+
+@settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_with_the_half_precision_scan_chosen_too(
+    version: tuple[ReadView, VersionState], data: st.DataObject
+) -> None:
+    view, state = version
+    assert state.int8_embeddings is not None and state.half_embeddings is not None
+    case = data.draw(_case(state))
+    previous = _placement.set_scan("half")
+    try:
+        _both(view, state, case)
+        half = _ranked(view, state, case)
+    finally:
+        _placement.set_scan(previous)
+    _placement.set_scan("int8")
+    try:
+        small = _ranked(view, state, case)
+    finally:
+        _placement.set_scan(previous)
+    # the two scans: the same items and scores, bit for bit
+    assert small == half
+
+
+def _ranked(view: ReadView, state: VersionState, case: dict[str, Any]) -> list[tuple[str, int]]:
+    scratch = Scratch()
+    scratch.ensure(state.n_items, case["count"], state.dim)
+    kwargs = dict(case, request_filter=None, why=None)
+    kwargs["shopper"] = _shopper(state, case["shopper"])
+    ranked = rank_items(view, state, scratch, **kwargs)
+    return [(i.id, int(np.float32(i.score).view(np.uint32))) for i in ranked.items]
+
+
+def test_the_scan_choice_is_checked() -> None:
+    with pytest.raises(ValueError, match="scan must be 'int8' or 'half'"):
+        _placement.set_scan("float")
+    assert _placement.scan() in ("int8", "half")
+
+
+@settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
 def test_with_a_partition_of_the_catalog_too(
     version: tuple[ReadView, VersionState], data: st.DataObject
 ) -> None:
