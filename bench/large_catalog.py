@@ -6,12 +6,13 @@ run, with the bytes of the embedding copies the state holds (float32 matrix, hal
 partition).
 
 `measure_scan_ab`: for a catalog of PARTITION_MIN_ROWS items or more (the version state holds a
-partition, `edgewise.core.partition`), the same requests decided with the partitioned scan and with the
+partition, `edgewise.core.partition`), the same requests decided with the partitioned scan, with the
 full half-precision scan of every row (the same state with the partition swapped for a half-precision
-index), alternating in rounds so a noisy neighbour hurts both alike; medians of the whole request (read
-transaction + `Pipeline.decide`) and their ratio, and how the decisions compare: the share of requests
-decided identically, and the share of the full scan's personalized home items that the partitioned
-scan also returned (the recall of what shoppers see).
+index) and with the full int8 scan (swapped for an int8 index; exact like the half one), alternating
+in rounds so a noisy neighbour hurts all alike; medians of the whole request (read transaction +
+`Pipeline.decide`) and their ratios, and how the decisions compare: the share of requests decided
+identically, and the share of the full scan's personalized home items that the partitioned scan also
+returned (the recall of what shoppers see).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from edgewise.core.decisions import DecideRequest, DecideResponse
 from edgewise.core.partition import PARTITION_MIN_ROWS
 from edgewise.core.pipeline import Pipeline
-from edgewise.core.scoring import half_index
+from edgewise.core.scoring import half_index, int8_index
 from edgewise.core.store import Store
 from edgewise.core.version_state import VersionState
 
@@ -90,15 +91,17 @@ def _key(decision: DecideResponse) -> tuple[Any, ...]:
 def measure_scan_ab(
     store: Store, requests: Sequence[DecideRequest], rounds: int = AB_ROUNDS
 ) -> dict[str, Any]:
-    """Partitioned scan vs the full half-precision scan on the same requests (see the module doc)."""
+    """Partitioned scan vs the full half-precision and int8 scans on the same requests (module doc)."""
     pipeline = Pipeline()
     with store.read() as view:
         state = pipeline.state(view)
     part = state.partition
     if part is None or state.embeddings is None:
         return {"skipped": f"no partition: the catalog has fewer than {PARTITION_MIN_ROWS} items"}
-    half = half_index(np.ascontiguousarray(state.embeddings))
-    variants = {"partition": (part, None), "full": (None, half)}
+    matrix = np.ascontiguousarray(state.embeddings)
+    half, small = half_index(matrix), int8_index(matrix)
+    variants = {"partition": (part, None, None), "full": (None, half, None), "int8": (None, None, small)}
+    names = list(variants)
     times: dict[str, list[int]] = {name: [] for name in variants}
     # what is compared, not the decisions themselves (kept objects would make the cyclic GC run more)
     decisions: dict[str, list[tuple[tuple[Any, ...], list[str]]]] = {name: [] for name in variants}
@@ -107,9 +110,10 @@ def measure_scan_ab(
     try:
         for r in range(rounds):
             part_requests = requests[r * chunk : (r + 1) * chunk]
-            order = ("partition", "full") if r % 2 == 0 else ("full", "partition")
+            order = names[r % 3 :] + names[: r % 3]
             for name in order:
-                state.partition, state.half_embeddings = variants[name]
+                state.partition, state.half_embeddings, state.int8_embeddings = variants[name]
+                pipeline._scratch.placer = None  # the compiled placement binds the scan's arrays anew
                 for request in part_requests:  # a warm-up pass, then the measured one
                     with store.read() as view:
                         decide(view, request)
@@ -120,11 +124,15 @@ def measure_scan_ab(
                     times[name].append(time.perf_counter_ns() - t0)
                     decisions[name].append((_key(decision), _home_items(decision)))
     finally:
-        state.partition, state.half_embeddings = part, None
-    # decisions[name] are in request order per round: the two lists line up
-    same = shown = found = 0
-    for (key_a, home_a), (key_b, home_b) in zip(decisions["partition"], decisions["full"], strict=True):
+        state.partition, state.half_embeddings, state.int8_embeddings = part, None, None
+        pipeline._scratch.placer = None
+    # decisions[name] are in request order per round: the lists line up
+    same = shown = found = exact_same = 0
+    for (key_a, home_a), (key_b, home_b), (key_c, _) in zip(
+        decisions["partition"], decisions["full"], decisions["int8"], strict=True
+    ):
         same += key_a == key_b
+        exact_same += key_b == key_c
         shown += len(home_b)
         found += len(set(home_b) & set(home_a))
     medians = {name: statistics.median(t) / 1000 for name, t in times.items()}
@@ -136,6 +144,9 @@ def measure_scan_ab(
         "partition_median_us": round(medians["partition"], 1),
         "full_median_us": round(medians["full"], 1),
         "full_over_partition": round(medians["full"] / medians["partition"], 2),
+        "int8_median_us": round(medians["int8"], 1),
+        "int8_over_partition": round(medians["int8"] / medians["partition"], 2),
+        "int8_same_as_full": round(exact_same / len(times["partition"]), 4),
         "same_decisions": round(same / len(times["partition"]), 4),
         "home_items_recall": round(found / shown, 4) if shown else None,
         "home_items_compared": shown,
@@ -164,5 +175,10 @@ def format_lines(memory: dict[str, Any] | None, ab: dict[str, Any] | None) -> li
                 f"(full / partitioned {ab['full_over_partition']}x); decisions identical "
                 f"{ab['same_decisions']:.1%}, personalized home items of the full scan also returned "
                 f"{ab['home_items_recall']:.1%} (of {ab['home_items_compared']})"
+            )
+            lines.append(
+                f"full int8 scan (exact), same requests: request median {ab['int8_median_us']} us "
+                f"(int8 / partitioned {ab['int8_over_partition']}x); decisions identical to the full "
+                f"half-precision scan's {ab['int8_same_as_full']:.1%}"
             )
     return lines

@@ -11,6 +11,9 @@ every contender alike:
 
 - kernel: `edgewise.core.scoring.topk_dot_into` with preallocated output buffers, as the decision
   pipeline calls it (its argument checks included); `raw` is the compiled entry point alone.
+- half scan / int8 scan: `topk_half_into` and `topk_int8_into` (the pipeline's scans: an approximate
+  pass over a half-precision or int8 copy, then the exact rescoring of the rows that may be in the top
+  k; `rescored` is how many rows the int8 scan rescored for the query).
 - numpy: `topk_dot_numpy` (bench/numpy_topk.py: matmul, compaction to the candidates, argpartition,
   sort of the k) with the BLAS thread count numpy starts with; `numpy 1t` is the same with BLAS limited
   to one thread, as in a worker process pinned to one core (only when OpenBLAS's thread control can be
@@ -47,7 +50,7 @@ import numpy as np
 from edgewise.bench._probes import stream_sum
 from edgewise.bench.numpy_topk import topk_dot_numpy
 from edgewise.core import _scoring
-from edgewise.core.scoring import half_index, topk_dot_into, topk_half_into
+from edgewise.core.scoring import half_index, int8_index, topk_dot_into, topk_half_into, topk_int8_into
 
 __all__ = ["main", "run"]
 
@@ -129,6 +132,7 @@ class Row:
     timings: dict[str, Timing] = field(default_factory=dict)
     dram_bound_us: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
+    int8_rescored: int = 0  # rows the int8 scan scored exactly for this query (its bound's looseness)
 
 
 def _cpu_model() -> str:
@@ -234,10 +238,30 @@ def bench_size(n: int, d: int, reps: int, dram_bw: float, blas: Blas, seed: int 
     ):
         raise AssertionError(f"half-precision scan and kernel disagree at n={n} d={d}")
 
+    # The int8 scan (the pipeline's default since the int8 index, same results bit for bit as the half one).
+    small = int8_index(matrix)
+    assert small is not None
+    work8 = np.empty(n, dtype=np.float32)
+    i8_idx = np.empty(K, dtype=np.int32)
+    i8_scores = np.empty(K, dtype=np.float32)
+    if (
+        topk_int8_into(small, matrix, query, mask, K, work8, cand, i8_idx, i8_scores) != written
+        or not (i8_idx[:written] == half_idx[:written]).all()
+        or not (i8_scores[:written] == half_scores[:written]).all()
+    ):
+        raise AssertionError(f"int8 and half-precision scans disagree at n={n} d={d}")
+    rescored = _scoring.int8_candidates(
+        small.blocks, small.scale, small.tl1, small.err_ratio, query, mask, K, work8, cand, i8_idx, i8_scores
+    )
+
     contenders: dict[str, Contender] = {
         "kernel": (lambda: topk_dot_into(matrix, query, mask, K, out_idx, out_scores), nullcontext),
         "half scan": (
             lambda: topk_half_into(half, matrix, query, mask, K, work, cand, half_idx, half_scores),
+            nullcontext,
+        ),
+        "int8 scan": (
+            lambda: topk_int8_into(small, matrix, query, mask, K, work8, cand, i8_idx, i8_scores),
             nullcontext,
         ),
         "raw": (lambda: _scoring.topk_dot_into(matrix, query, mask, K, out_idx, out_scores), nullcontext),
@@ -248,6 +272,7 @@ def bench_size(n: int, d: int, reps: int, dram_bw: float, blas: Blas, seed: int 
     contenders["hot read"] = (lambda: stream_sum(flat), nullcontext)
 
     row = Row(n=n, d=d, matrix_mb=matrix.nbytes / 1e6, candidates=int(np.count_nonzero(mask)))
+    row.int8_rescored = int(rescored)
     row.timings = _time_interleaved(contenders, reps)
     row.dram_bound_us = matrix.nbytes / dram_bw * 1e6
     kernel = row.timings["kernel"].median_us
@@ -257,6 +282,7 @@ def bench_size(n: int, d: int, reps: int, dram_bw: float, blas: Blas, seed: int 
     row.ratios["kernel/hot"] = kernel / row.timings["hot read"].median_us
     row.ratios["kernel/dram"] = kernel / row.dram_bound_us
     row.ratios["kernel/half"] = kernel / row.timings["half scan"].median_us
+    row.ratios["half/int8"] = row.timings["half scan"].median_us / row.timings["int8 scan"].median_us
     return row
 
 
@@ -296,11 +322,11 @@ def _format(result: dict[str, Any]) -> str:
         "times in us: median / p99 over interleaved rounds; ratios from medians",
         "",
     ]
-    names = ["kernel", "half scan", "raw", "numpy", "numpy 1t", "hot read"]
+    names = ["kernel", "half scan", "int8 scan", "raw", "numpy", "numpy 1t", "hot read"]
     present = [name for name in names if name in result["rows"][0]["timings"]]
     header = f"{'n':>7} {'d':>3} {'MB':>6} |" + "".join(f" {name:>17}" for name in present)
     header += f" {'DRAM bound':>10} | {'np/kern':>7} {'np1t/kern':>9} {'kern/hot':>8} {'kern/DRAM':>9}"
-    header += f" {'kern/half':>9}"
+    header += f" {'kern/half':>9} {'half/int8':>9} {'rescored':>8}"
     lines.append(header)
     lines.append("-" * len(header))
     for row in result["rows"]:
@@ -313,7 +339,8 @@ def _format(result: dict[str, Any]) -> str:
         lines.append(
             f"{row['n']:>7} {row['d']:>3} {row['matrix_mb']:>6.2f} |{cells} {row['dram_bound_us']:>10.1f}"
             f" | {r['numpy/kernel']:>7.2f} {np1t} {r['kernel/hot']:>8.2f} {r['kernel/dram']:>9.2f}"
-            f" {r.get('kernel/half', float('nan')):>9.2f}"
+            f" {r.get('kernel/half', float('nan')):>9.2f} {r.get('half/int8', float('nan')):>9.2f}"
+            f" {row.get('int8_rescored', 0):>8}"
         )
     return "\n".join(lines)
 

@@ -46,6 +46,9 @@ cdef enum:
     _LINE_FLOATS = 16
     # Groups of 8 rows scored per call of the half-precision scan: 1 KB of scores, stays in L1.
     _HALF_CHUNK = 32
+    # Groups of 8 rows per chunk of the int8 scan: its flags use the threshold of the chunk's start, so
+    # short chunks flag fewer rows that the current threshold then rejects.
+    _INT8_CHUNK = 32
 
 
 cdef inline bint _worse(float s_a, int32_t i_a, float s_b, int32_t i_b) noexcept nogil:
@@ -642,13 +645,13 @@ cdef Py_ssize_t _int8_scan(
     # A chunk computes every row's upper bound and flags the lanes reaching the threshold as it was when
     # the chunk started (it only grows: a flag is checked again with the current one); a flagged row's
     # lower bound is up - 2 B (B recomputed here: its rounding is within the bound's slack).
-    cdef float up[_HALF_CHUNK * 8]
-    cdef uint8_t flags[_HALF_CHUNK]
+    cdef float up[_INT8_CHUNK * 8]
+    cdef uint8_t flags[_INT8_CHUNK]
     cdef Py_ssize_t b0 = 0, nb, g, j, i, r, size = 0, found = 0, kept = 0
     cdef float limit, u, bnd
     cdef unsigned bits
     while b0 < n_blocks:
-        nb = n_blocks - b0 if n_blocks - b0 < _HALF_CHUNK else _HALF_CHUNK
+        nb = n_blocks - b0 if n_blocks - b0 < _INT8_CHUNK else _INT8_CHUNK
         limit = hs[0] if size == k else -INFINITY
         ew_i8_chunk(
             qq.level, blocks + b0 * groups * 32, qb, groups, nb, scale + b0 * 8, tl1 + b0 * 8, qq.corr,
