@@ -42,6 +42,7 @@ from edgewise.core._scoring cimport (
     topk_dot_kernel,
     topk_half_kernel,
     topk_int8_kernel,
+    topk_partition_int8_kernel,
     topk_partition_kernel,
     topk_pairs_kernel,
     topk_scores_kernel,
@@ -123,6 +124,11 @@ cdef class Placer:
     cdef const int32_t[::1] members
     cdef const float[::1] part_absmax
     cdef Py_ssize_t probes
+    cdef bint has_part_int8
+    cdef const uint8_t[:, :, ::1] part_i8_blocks
+    cdef const float[::1] part_i8_scale
+    cdef const float[::1] part_i8_tl1
+    cdef float part_i8_err
     cdef float[::1] list_scores
     cdef int32_t[::1] list_order
     cdef const int32_t[:, ::1] nbr
@@ -255,6 +261,20 @@ cdef class Placer:
         self.probes = part.probes
         self.list_scores = np.zeros(lists, dtype=np.float32)
         self.list_order = np.zeros(lists, dtype=np.int32)
+        small = part.int8
+        self.has_part_int8 = (
+            small is not None
+            and small.blocks.shape[0] == self.part_blocks.shape[0]
+            and small.blocks.shape[1] == (self.d + 3) // 4
+            and small.blocks.shape[2] == 32
+            and small.scale.shape[0] == self.part_blocks.shape[0] * 8
+            and small.tl1.shape[0] == self.part_blocks.shape[0] * 8
+        )
+        if self.has_part_int8:
+            self.part_i8_blocks = small.blocks
+            self.part_i8_scale = small.scale
+            self.part_i8_tl1 = small.tl1
+            self.part_i8_err = small.err_ratio
         return True
 
     cdef _Mask _mask_of(self, object array):
@@ -592,7 +612,13 @@ def place(
             fetch = 0
     if fetch > 0 and has_query:
         with nogil:
-            if p.has_part:  # a large catalog: the lists nearest the query
+            if p.has_part and p.has_part_int8 and _use_int8:  # a large catalog: the lists nearest the query
+                got = topk_partition_int8_kernel(
+                    p.centroids, p.starts, p.part_blocks, p.members, p.part_absmax, p.part_i8_blocks,
+                    p.part_i8_scale, p.part_i8_tl1, p.part_i8_err, p.emb, p.query, p.mask, fetch, p.probes,
+                    p.list_scores, p.list_order, p.work, p.cand, p.idx, p.out_scores
+                )
+            elif p.has_part:
                 got = topk_partition_kernel(
                     p.centroids, p.starts, p.part_blocks, p.members, p.part_absmax, p.emb, p.query, p.mask,
                     fetch, p.probes, p.list_scores, p.list_order, p.work, p.cand, p.idx, p.out_scores

@@ -76,6 +76,29 @@ cdef Py_ssize_t topk_partition_kernel(
     float[::1] out_scores,
 ) noexcept nogil
 
+cdef Py_ssize_t topk_partition_int8_kernel(
+    const float[:, ::1] centroids,
+    const int32_t[::1] starts,
+    const uint16_t[:, :, ::1] blocks,
+    const int32_t[::1] members,
+    const float[::1] col_absmax,
+    const uint8_t[:, :, ::1] i8_blocks,
+    const float[::1] i8_scale,
+    const float[::1] i8_tl1,
+    float err_ratio,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t probes,
+    float[::1] list_scores,
+    int32_t[::1] list_order,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil
+
 cdef Py_ssize_t neighbor_candidates_kernel(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,

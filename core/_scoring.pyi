@@ -94,6 +94,28 @@ def topk_partition_into(
     out_idx: NDArray[np.int32],
     out_scores: NDArray[np.float32],
 ) -> int: ...
+def topk_partition_int8_into(
+    centroids: NDArray[np.float32],
+    starts: NDArray[np.int32],
+    blocks: NDArray[np.uint16],
+    members: NDArray[np.int32],
+    col_absmax: NDArray[np.float32],
+    i8_blocks: NDArray[np.uint8],
+    i8_scale: NDArray[np.float32],
+    i8_tl1: NDArray[np.float32],
+    err_ratio: float,
+    matrix: NDArray[np.float32],
+    query: NDArray[np.float32],
+    mask: NDArray[np.uint8],
+    k: int,
+    probes: int,
+    list_scores: NDArray[np.float32],
+    list_order: NDArray[np.int32],
+    work: NDArray[np.float32],
+    cand: NDArray[np.int32],
+    out_idx: NDArray[np.int32],
+    out_scores: NDArray[np.float32],
+) -> int: ...
 def neighbor_candidates_into(
     neighbors: NDArray[np.int32],
     weights: NDArray[np.float32],

@@ -743,6 +743,194 @@ cdef Py_ssize_t topk_int8_kernel(
     return size
 
 
+cdef inline Py_ssize_t _int8_list_scan(
+    const uint8_t* blocks,
+    Py_ssize_t groups,
+    Py_ssize_t n_blocks,
+    const float* scale,
+    const float* tl1,
+    const int32_t* slot_rows,
+    const int8_t* qb,
+    const _Int8Query* qq,
+    const uint8_t* m,
+    Py_ssize_t n,
+    Py_ssize_t cap,
+    Py_ssize_t k,
+    float* hs,
+    int32_t* hi,
+    Py_ssize_t* size,
+    float* w,
+    int32_t* c,
+    Py_ssize_t found,
+    Py_ssize_t* masked,
+    const char* pf,
+    const char* pf_end,
+) noexcept nogil:
+    # _half_margin_scan's job on the int8 copy of the lists: the same slots (slot_rows: -1 padding), the
+    # same notes (with each row's upper bound), heap of lower bounds, stopping count and prefetch of the
+    # next list; the flags as in _int8_scan.
+    cdef float up[_INT8_CHUNK * 8]
+    cdef uint8_t flags[_INT8_CHUNK]
+    cdef Py_ssize_t b0 = 0, nb, g, j, s
+    cdef Py_ssize_t block_bytes = groups * 32
+    cdef const char* pf_stop
+    cdef int32_t r
+    cdef float limit, u, bnd
+    cdef unsigned bits
+    while b0 < n_blocks:
+        nb = n_blocks - b0 if n_blocks - b0 < _INT8_CHUNK else _INT8_CHUNK
+        pf_stop = pf + nb * block_bytes
+        if pf_stop > pf_end:
+            pf_stop = pf_end
+        while pf < pf_stop:
+            EDGEWISE_PREFETCH(pf)
+            pf += 64
+        limit = hs[0] if size[0] == k else -INFINITY
+        ew_i8_chunk(
+            qq.level, blocks + b0 * block_bytes, qb, groups, nb, scale + b0 * 8, tl1 + b0 * 8, qq.corr,
+            qq.sq, qq.big_k, qq.c2, qq.c0, limit, up, flags
+        )
+        for g in range(nb):
+            bits = flags[g]
+            while bits:
+                j = ew_ctz(bits)
+                bits &= bits - 1
+                s = (b0 + g) * 8 + j
+                r = slot_rows[s]
+                u = up[g * 8 + j]
+                if r >= 0 and r < n and m[r] and found < cap and (size[0] < k or u >= hs[0]):
+                    c[found] = r
+                    w[found] = u
+                    found += 1
+                    bnd = scale[s] * qq.big_k + tl1[s] * qq.c2 + qq.c0
+                    size[0] = _offer(hs, hi, size[0], k, u - 2 * bnd, r)
+            if masked[0] >= k:
+                continue
+            for j in range(8):
+                r = slot_rows[(b0 + g) * 8 + j]
+                if r >= 0 and r < n and m[r]:
+                    masked[0] += 1
+        b0 += nb
+    return found
+
+
+cdef Py_ssize_t topk_partition_int8_kernel(
+    const float[:, ::1] centroids,
+    const int32_t[::1] starts,
+    const uint16_t[:, :, ::1] blocks,
+    const int32_t[::1] members,
+    const float[::1] col_absmax,
+    const uint8_t[:, :, ::1] i8_blocks,
+    const float[::1] i8_scale,
+    const float[::1] i8_tl1,
+    float err_ratio,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t probes,
+    float[::1] list_scores,
+    int32_t[::1] list_order,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+) noexcept nogil:
+    # topk_partition_kernel with the lists scanned from their int8 copy (i8_* : the same slots as
+    # `blocks`, scoring.int8_index of the slot-ordered rows): the same lists in the same order, the same
+    # stopping rule, exact rescoring of the rows whose upper bound reaches the k-th lower bound, so the
+    # same result. A query the int8 scan does not handle goes to topk_partition_kernel.
+    cdef Py_ssize_t n = matrix.shape[0]
+    cdef Py_ssize_t d = matrix.shape[1]
+    cdef Py_ssize_t lists = centroids.shape[0]
+    cdef Py_ssize_t groups = i8_blocks.shape[1]
+    if k <= 0 or n == 0 or lists == 0:
+        return 0
+    cdef int8_t qb[INT8_MAX_DIMS]
+    cdef _Int8Query qq
+    if d == 0 or i8_blocks.shape[0] == 0 or not _int8_query(&query[0], d, groups, err_ratio, qb, &qq):
+        return topk_partition_kernel(
+            centroids, starts, blocks, members, col_absmax, matrix, query, mask, k, probes, list_scores,
+            list_order, work, cand, out_idx, out_scores
+        )
+    cdef float* hs = &out_scores[0]
+    cdef int32_t* hi = &out_idx[0]
+    cdef const uint8_t* m = &mask[0]
+    cdef float* ls = &list_scores[0]
+    cdef int32_t* lo = &list_order[0]
+    cdef float* w = &work[0]
+    cdef int32_t* c = &cand[0]
+    cdef Py_ssize_t cap = work.shape[0] if work.shape[0] < cand.shape[0] else cand.shape[0]
+    cdef const uint8_t* bbase = &i8_blocks[0, 0, 0]
+    cdef const float* sbase = &i8_scale[0]
+    cdef const float* tbase = &i8_tl1[0]
+    cdef const int32_t* mbase = &members[0]
+    cdef const float* q = &query[0]
+    cdef const float* base = &matrix[0, 0]
+    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, j, i, nxt
+    cdef Py_ssize_t block_bytes = groups * 32
+    cdef const char* pf
+    cdef const char* pf_end
+    cdef float limit
+    first = probes if probes < lists else lists
+    for l in range(lists if first > 0 else 0):
+        order_n = _offer(ls, lo, order_n, first, _dot(&centroids[l, 0], q, d), <int32_t>l)
+    _sort_heap(ls, lo, order_n)
+    p = 0
+    while p < lists:
+        if p >= probes and masked >= k:
+            break
+        if p == order_n:
+            order_n = 0
+            for l in range(lists):
+                order_n = _offer(ls, lo, order_n, lists, _dot(&centroids[l, 0], q, d), <int32_t>l)
+            _sort_heap(ls, lo, order_n)
+        l = lo[p]
+        if p + 1 < order_n:
+            nxt = lo[p + 1]
+            pf = <const char*>(bbase + starts[nxt] * block_bytes)
+            pf_end = <const char*>(bbase + starts[nxt + 1] * block_bytes)
+        else:
+            pf = pf_end = NULL
+        found = _int8_list_scan(
+            bbase + starts[l] * block_bytes,
+            groups,
+            starts[l + 1] - starts[l],
+            sbase + starts[l] * 8,
+            tbase + starts[l] * 8,
+            mbase + starts[l] * 8,
+            qb,
+            &qq,
+            m,
+            n,
+            cap,
+            k,
+            hs,
+            hi,
+            &size,
+            w,
+            c,
+            found,
+            &masked,
+            pf,
+            pf_end,
+        )
+        p += 1
+    limit = hs[0] if size == k else -INFINITY
+    for j in range(found):
+        if w[j] >= limit:
+            c[kept] = c[j]
+            kept += 1
+    for j in range(kept):
+        EDGEWISE_PREFETCH(base + c[j] * d)
+    size = 0
+    for j in range(kept):
+        i = c[j]
+        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
+    _sort_heap(hs, hi, size)
+    return size
+
+
 cdef Py_ssize_t neighbor_candidates_kernel(
     const int32_t[:, ::1] neighbors,
     const float[:, ::1] weights,
@@ -1136,6 +1324,53 @@ def set_int8_path(int level):
     previous = ew_i8_forced
     ew_i8_forced = level
     return previous
+
+
+def topk_partition_int8_into(
+    const float[:, ::1] centroids,
+    const int32_t[::1] starts,
+    const uint16_t[:, :, ::1] blocks,
+    const int32_t[::1] members,
+    const float[::1] col_absmax,
+    const uint8_t[:, :, ::1] i8_blocks,
+    const float[::1] i8_scale,
+    const float[::1] i8_tl1,
+    float err_ratio,
+    const float[:, ::1] matrix,
+    const float[::1] query,
+    const uint8_t[::1] mask,
+    Py_ssize_t k,
+    Py_ssize_t probes,
+    float[::1] list_scores,
+    int32_t[::1] list_order,
+    float[::1] work,
+    int32_t[::1] cand,
+    int32_t[::1] out_idx,
+    float[::1] out_scores,
+):
+    """topk_partition_into's result, the lists scanned from their int8 copy."""
+    cdef Py_ssize_t d = matrix.shape[1]
+    if (
+        i8_blocks.shape[0] != blocks.shape[0]
+        or i8_blocks.shape[1] != (d + 3) // 4
+        or i8_blocks.shape[2] != 32
+        or i8_scale.shape[0] != blocks.shape[0] * 8
+        or i8_tl1.shape[0] != blocks.shape[0] * 8
+    ):
+        raise ValueError("invalid sizes: int8 blocks [b, ceil(d/4), 32], scale and tl1 [b * 8]")
+    # the checks of the half-precision entry point (and its answer for an invalid partition), then the
+    # int8 kernel on the same arguments
+    topk_partition_into(
+        centroids, starts, blocks, members, col_absmax, matrix, query, mask, 0, probes, list_scores,
+        list_order, work, cand, out_idx, out_scores
+    )
+    cdef Py_ssize_t written
+    with nogil:
+        written = topk_partition_int8_kernel(
+            centroids, starts, blocks, members, col_absmax, i8_blocks, i8_scale, i8_tl1, err_ratio, matrix,
+            query, mask, k, probes, list_scores, list_order, work, cand, out_idx, out_scores
+        )
+    return written
 
 
 def neighbor_candidates_into(

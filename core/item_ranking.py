@@ -4,7 +4,7 @@ Candidates are a uint8 mask over item rows (availability in the request's countr
 candidates, exclusions), built with NumPy into per-thread scratch buffers. Scores come from the
 strategy: embedding dot products (the int8 scan with exact rescoring, `topk_int8_into`, or the
 half-precision one, `topk_half_into`, as the process chose: `_placement.set_scan`; for large catalogs
-the half-precision scan over the lists of a partition nearest the query, `topk_partition_into`),
+the same scan over the lists of a partition nearest the query, `topk_partition_into`),
 co-purchase neighbors (the seeds' rows merged and ranked in the kernel), popularity (global, per
 country, per segment) and trending (daily counts with exponential time decay), both ranked by walking
 a per-version order, the cart, or items due for replenishment. Boosts add a per-item vector; pinned
@@ -653,6 +653,7 @@ def _top(
                     scratch.cand,
                     scratch.idx,
                     scratch.scores,
+                    int8=scan() == "int8",
                 )
             elif state.int8_embeddings is not None and (half is None or scan() == "int8"):
                 n = topk_int8_into(

@@ -5,8 +5,8 @@ At 100k items the half-precision scan of every row (`edgewise.core.scoring.topk_
 partition groups the rows into about sqrt(n) lists around centroids (k-means on the embeddings, built
 once per snapshot version); a query scores the centroids and scans only the rows of the lists whose
 centroids score best, at least `probes` lists and on until those lists hold k candidates. Within the
-lists scanned the result is exact (the half-precision scan with exact rescoring, the same kernel
-code); rows of the other lists are never candidates, so the result is the float32 top k only where
+lists scanned the result is exact (the int8 or half-precision scan with exact rescoring, the same
+kernel code); rows of the other lists are never candidates, so the result is the float32 top k only where
 every one of those rows lies in a list scanned. tests/test_partition.py measures recall@20 against the
 exact float32 ranking on the synthetic bundle (>= 0.98 required).
 
@@ -30,12 +30,14 @@ from edgewise.core.scoring import (
     BLOCK,
     HALF_MAX,
     Float32Array,
+    Int8Index,
     Int32Array,
     UInt8Array,
     _check_array,
     _check_k,
     _validate_dot,
     block_rows,
+    int8_index,
 )
 
 __all__ = [
@@ -83,6 +85,9 @@ class Partition:
     col_absmax: Float32Array  # [d] largest |value| of each column of the matrix (bounds the rounding)
     rows: int
     probes: int  # lists scanned per query, at least
+    # the same slots as int8 rows with a scale each (scoring.int8_index of the slot-ordered rows; None:
+    # values it cannot scale): the lists' scan reads these unless the process chose the half scan
+    int8: Int8Index | None = None
 
     @property
     def lists(self) -> int:
@@ -90,7 +95,11 @@ class Partition:
 
     @property
     def nbytes(self) -> int:
-        return int(self.centroids.nbytes + self.starts.nbytes + self.blocks.nbytes + self.members.nbytes)
+        small = self.int8
+        extra = 0 if small is None else small.blocks.nbytes + small.scale.nbytes + small.tl1.nbytes
+        return int(
+            self.centroids.nbytes + self.starts.nbytes + self.blocks.nbytes + self.members.nbytes + extra
+        )
 
 
 def _assign(matrix: Float32Array, centroids: Float32Array) -> NDArray[np.intp]:
@@ -148,9 +157,10 @@ def partition_from_assignment(
     list_of = assignment[order]
     slots = starts[list_of].astype(np.int64) * BLOCK + (np.arange(n) - first[list_of])
     members[slots] = order
-    padded = np.zeros((members.shape[0], d), dtype=np.float16)
-    padded[slots] = matrix[order].astype(np.float16)
-    blocks = block_rows(padded).view(np.uint16)
+    slot_rows = np.zeros((members.shape[0], d), dtype=np.float32)
+    slot_rows[slots] = matrix[order]
+    blocks = block_rows(slot_rows.astype(np.float16)).view(np.uint16)
+    small = int8_index(slot_rows)
     return Partition(
         centroids=np.ascontiguousarray(centroids),
         starts=starts,
@@ -159,6 +169,7 @@ def partition_from_assignment(
         col_absmax=np.ascontiguousarray(col_absmax),
         rows=n,
         probes=probes,
+        int8=small,
     )
 
 
@@ -199,11 +210,15 @@ def topk_partition_into(
     cand: Int32Array,
     out_idx: Int32Array,
     out_scores: Float32Array,
+    *,
+    int8: bool = True,
 ) -> int:
     """The top k by dot(matrix[i], query) among mask != 0 within the lists scanned (see the module doc).
 
     Same output contract and order as `edgewise.core.scoring.topk_dot_into`; `matrix` is the float32
-    matrix the partition was built from (rescoring reads it). `work` and `cand` need n entries.
+    matrix the partition was built from (rescoring reads it). `work` and `cand` need n entries. The
+    lists are scanned in int8 where the partition has them and `int8` is true, else in half precision:
+    the same result either way.
     """
     _check_k(k)
     if type(matrix) is not np.ndarray or matrix.ndim != 2 or matrix.shape[0] != partition.rows:
@@ -213,7 +228,31 @@ def topk_partition_into(
             f"matrix is {matrix.shape}"
         )
     scratch.ensure(partition.lists)
+    small = partition.int8 if int8 else None
     try:
+        if small is not None:
+            return _scoring.topk_partition_int8_into(
+                partition.centroids,
+                partition.starts,
+                partition.blocks,
+                partition.members,
+                partition.col_absmax,
+                small.blocks,
+                small.scale,
+                small.tl1,
+                small.err_ratio,
+                matrix,
+                query,
+                mask,
+                k,
+                partition.probes,
+                scratch.list_scores,
+                scratch.list_order,
+                work,
+                cand,
+                out_idx,
+                out_scores,
+            )
         return _scoring.topk_partition_into(
             partition.centroids,
             partition.starts,
