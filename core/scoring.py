@@ -276,6 +276,7 @@ INT8_MAX_DIMS: Final = 4096
 """Matrices with more dimensions get no int8 index (the scan quantizes the query on the stack)."""
 
 _INT8_LO: Final = 2.0**-50
+_INT8_BUILD_ROWS: Final = 4096
 _INT8_HI: Final = 2.0**50
 
 
@@ -311,27 +312,36 @@ def int8_index(matrix: Float32Array) -> Int8Index | None:
     n, d = matrix.shape
     if d > INT8_MAX_DIMS:
         return None
-    x = matrix.astype(np.float64)
-    rowmax = np.abs(x).max(axis=1) if d else np.zeros(n)
-    nonzero = rowmax > 0
-    if np.any(nonzero & ((rowmax < _INT8_LO) | (rowmax > _INT8_HI))):
-        return None
-    scale = (rowmax / 127).astype(np.float32)
-    s64 = scale.astype(np.float64)
-    safe = np.where(nonzero, s64, 1.0)
-    quant = np.clip(np.rint(x / safe[:, None]), -127, 127)
-    # |x - s_r x~| exactly (s_r x~ fits a double), as a ratio of s_r, rounded up
-    err = np.abs(x - s64[:, None] * quant).max(axis=1) if d else np.zeros(n)
-    ratio = float(_round_up_f32(np.array([(err / safe).max() if n else 0.5]))[0])
-    l1 = np.abs(quant).sum(axis=1)
+    scale = np.zeros(n, dtype=np.float32)
+    quant = np.zeros((n, d), dtype=np.int8)
+    ratio, t_exact = 0.0, np.zeros(n)
+    # In chunks of rows: float64 temporaries of the whole matrix would cost more in page faults than in
+    # arithmetic (100k x 32: 0.45 s against 0.05 s).
+    for start in range(0, n, _INT8_BUILD_ROWS):
+        x = matrix[start : start + _INT8_BUILD_ROWS].astype(np.float64)
+        rowmax = np.abs(x).max(axis=1) if d else np.zeros(x.shape[0])
+        nonzero = rowmax > 0
+        if np.any(nonzero & ((rowmax < _INT8_LO) | (rowmax > _INT8_HI))):
+            return None
+        part_scale = (rowmax / 127).astype(np.float32)
+        s64 = part_scale.astype(np.float64)
+        safe = np.where(nonzero, s64, 1.0)
+        part = np.clip(np.rint(x / safe[:, None]), -127, 127)
+        # |x - s_r x~| exactly (s_r x~ fits a double), as a ratio of s_r
+        if d and x.shape[0]:
+            ratio = max(ratio, float((np.abs(x - s64[:, None] * part).max(axis=1) / safe).max()))
+        scale[start : start + x.shape[0]] = part_scale
+        quant[start : start + x.shape[0]] = part
+        t_exact[start : start + x.shape[0]] = s64 * np.abs(part).sum(axis=1)
+    ratio = float(_round_up_f32(np.array([ratio if n else 0.5]))[0])
     n_blocks, groups = -(-n // BLOCK), -(-d // 4)
     padded = np.full((n_blocks * BLOCK, groups * 4), 128, dtype=np.uint8)
-    padded[:n, :d] = (quant + 128).astype(np.uint8)
+    padded[:n, :d] = (quant.astype(np.int16) + 128).astype(np.uint8)
     blocks = padded.reshape(n_blocks, BLOCK, groups, 4).transpose(0, 2, 1, 3).reshape(n_blocks, groups, 32)
     scales = np.zeros(n_blocks * BLOCK, dtype=np.float32)
     scales[:n] = scale
     tl1 = np.zeros(n_blocks * BLOCK, dtype=np.float32)
-    tl1[:n] = _round_up_f32(s64 * l1)
+    tl1[:n] = _round_up_f32(t_exact)
     return Int8Index(np.ascontiguousarray(blocks), scales, tl1, ratio, n, d)
 
 
