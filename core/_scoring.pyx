@@ -1364,6 +1364,7 @@ def topk_partition_int8_into(
         centroids, starts, blocks, members, col_absmax, matrix, query, mask, 0, probes, list_scores,
         list_order, work, cand, out_idx, out_scores
     )
+    _check_sizes(matrix.shape[0], mask.shape[0], k, out_idx.shape[0], out_scores.shape[0])
     cdef Py_ssize_t written
     with nogil:
         written = topk_partition_int8_kernel(

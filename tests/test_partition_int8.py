@@ -5,6 +5,7 @@ same exact rescoring, so the same result bit for bit, on every code path of the 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,3 +101,18 @@ def test_int8_lists_at_a_larger_size_and_odd_queries() -> None:
             _same(
                 _run(part, matrix, query, mask, k, int8=True), _run(part, matrix, query, mask, k, int8=False)
             )
+
+
+def test_int8_lists_check_the_output_buffers_against_k() -> None:
+    rng = np.random.default_rng(9)
+    matrix = rng.standard_normal((200, 8)).astype(np.float32)
+    part = partition_from_assignment(matrix, rng.integers(0, 5, size=200), matrix[:5].copy(), 2)
+    assert part is not None and part.int8 is not None
+    query = np.ones(8, dtype=np.float32)
+    mask = np.ones(200, dtype=np.uint8)
+    work, cand = np.zeros(200, np.float32), np.zeros(200, np.int32)
+    short_idx, short_scores = np.zeros(3, np.int32), np.zeros(3, np.float32)
+    with pytest.raises(ValueError):
+        topk_partition_into(
+            part, matrix, query, mask, 10, PartitionScratch(), work, cand, short_idx, short_scores
+        )
