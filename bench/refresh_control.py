@@ -14,7 +14,8 @@ them, each timed by this thread's CPU clock and by the wall clock: `train_refres
 `plan_staging`, then per batch of `--commit-profiles` users `staging_changes` and `commit_at`, the
 commit read back from the log and encoded as the Subscribe stream sends it (`CommitCache.encoded`), and
 the flip. The edge's share: one staging commit's messages serialized, parsed, assembled, checked and
-applied to an edge store (`Store.apply_replicated`). Nothing here runs beside a load: BENCHMARKS.md,
+applied to an edge store (`Store.apply_replicated`). "cpu" is this thread's CPU time, "process cpu"
+every thread's (numpy's BLAS workers too). Nothing here runs beside a load: BENCHMARKS.md,
 "Model refresh applied during Decide", has the figures with Decide running (python -m bench.refresh).
 """
 
@@ -68,13 +69,15 @@ class _Phases:
 
     def __init__(self) -> None:
         self.cpu: dict[str, list[float]] = {}
+        self.process: dict[str, list[float]] = {}  # every thread's: BLAS's workers too
         self.wall: dict[str, list[float]] = {}
 
     def timed(self, name: str, fn: Callable[[], T]) -> T:
-        c, w = _cpu_s(), time.perf_counter()
+        c, p, w = _cpu_s(), time.process_time(), time.perf_counter()
         out = fn()
         self.wall.setdefault(name, []).append(time.perf_counter() - w)
         self.cpu.setdefault(name, []).append(_cpu_s() - c)
+        self.process.setdefault(name, []).append(time.process_time() - p)
         return out
 
     def table(self) -> dict[str, dict[str, float]]:
@@ -82,6 +85,7 @@ class _Phases:
             name: {
                 "calls": len(cpu),
                 "cpu_ms": round(1000 * sum(cpu), 1),
+                "process_cpu_ms": round(1000 * sum(self.process[name]), 1),
                 "wall_ms": round(1000 * sum(self.wall[name]), 1),
                 "cpu_ms_median": round(1000 * statistics.median(cpu), 2),
             }
@@ -216,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"-- {title}")
         for name, t in table.items():
             print(
-                f"{name:45s} calls {t['calls']:>3}  cpu {t['cpu_ms']:>9} ms  wall {t['wall_ms']:>9} ms  "
+                f"{name:45s} calls {t['calls']:>3}  cpu {t['cpu_ms']:>9} ms  process cpu "
+                f"{t['process_cpu_ms']:>9} ms  wall {t['wall_ms']:>9} ms  "
                 f"median cpu {t['cpu_ms_median']:>8} ms"
             )
     if "profile_staging_changes" in report:
