@@ -45,6 +45,12 @@ between them (this code's edge first in even rounds, the baseline's in odd ones)
 while the other's processes are stopped (SIGSTOP to its process group), after it caught up with the
 commits the other's rounds made. So a before/after comes from one run, under the same machine load.
 
+`--edge-held` keeps the edge's syncer stopped through each refresh round's load (resumed after it, so
+every commit lands after the load): the control plane still trains, stages and streams the refresh
+during the load, the edge applies none of it, so the rounds show the control plane's share of the cost
+alone on these cores (as far as gRPC's flow control lets the stream run ahead of an edge that reads
+nothing).
+
 `--mix decide=9,track=1` puts Track calls in the open loop (the load's `--mix`): each Track is a durable
 write of the worker's own, so it waits for the LMDB write lock while the syncer's write transaction holds
 it; the report adds Track's p50, p99 and max per round (`track`) and their medians (`track_quiet`,
@@ -218,6 +224,7 @@ def run(
     commit_profiles: int = 5000,
     commit_pause: float = 1.0,
     control_nice: int = 0,
+    edge_held: bool = False,
 ) -> dict[str, Any]:
     users_n, items_n = (20_000, 2_000) if quick else (100_000, 10_000)
     bundle, _, _ = prepare_bundle(None, users_n, items_n, 7)
@@ -270,6 +277,7 @@ def run(
         )
         if control_nice:
             results["control_nice"] = _autogroup_nice(control.pid, control_nice)
+        results["edge_held"] = edge_held
         edges: dict[str, Process] = {}
         try:
             with ControlClient(control.address, token=OPS_TOKEN, timeout=600) as ops:
@@ -343,6 +351,7 @@ def run(
                                 duration,
                                 name,
                                 embeddings=embeddings,
+                                edge_held=edge_held,
                             )
                         )
         finally:
@@ -456,8 +465,11 @@ def _refresh_round(
     name: str = THIS,
     *,
     embeddings: bool = False,
+    edge_held: bool = False,
 ) -> dict[str, Any]:
-    """One open-loop load during which the edge applies a model refresh (see the module doc)."""
+    """One open-loop load during which the edge applies a model refresh (see the module doc); with
+    `edge_held`, during which the control plane makes and streams it while the edge's syncer stays
+    stopped (it applies the refresh after the load)."""
     out = tmp / f"refresh-{name}-{r}.json"
     head = _head(ops)
     control_stopped = False
@@ -487,9 +499,14 @@ def _refresh_round(
         meter = _Cpu(edge, control)
         if control_stopped:
             os.kill(control.pid, signal.SIGCONT)
-        os.kill(edge.pid, signal.SIGCONT)
-    _, err = load.communicate(timeout=duration + 600)
-    cpu = meter.used()
+        if not edge_held:
+            os.kill(edge.pid, signal.SIGCONT)
+    try:
+        _, err = load.communicate(timeout=duration + 600)
+        cpu = meter.used()
+    finally:
+        if edge_held:  # the load is over: the edge applies the refresh now
+            os.kill(edge.pid, signal.SIGCONT)
     if load.returncode not in (0, 1) or not out.exists():
         raise RuntimeError(f"bench load failed ({load.returncode}): {err[-2000:]}")
     ended = started + 1.0 + duration
@@ -674,6 +691,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the CPU the edge leaves, closer to a control plane on other machines than the default, where it "
         "competes with the edge on the same cores (default 0)",
     )
+    parser.add_argument(
+        "--edge-held",
+        action="store_true",
+        help="keep the edge's syncer stopped through each refresh round's load (it applies the refresh "
+        "after it): the rounds then show what the control plane's making and streaming of the refresh "
+        "costs Decide on these cores, without the edge's applying",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (20.0 if args.quick else 45.0)
@@ -691,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commit_profiles=args.commit_profiles,
         commit_pause=args.commit_pause,
         control_nice=args.control_nice,
+        edge_held=args.edge_held,
     )
     print(json.dumps(results, indent=2) if args.json else _format(results))
     return 0

@@ -31,7 +31,6 @@ from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZ
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp
 
-ctypedef const uint8_t* ptr_t
 
 cdef enum:
     MAX_DEPTH_C = 32

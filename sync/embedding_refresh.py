@@ -28,7 +28,8 @@ Two steps, so that training (seconds) never holds the push lock:
    recent views or falls back; a personalization miss, never an error). A vector of generation G a run
    killed before this one left in a profile is replaced, or cleared when this run has none for it.
    Everything else in a profile record is kept byte for byte (the msgpack map is edited, not re-encoded
-   from a schema). Users seen without a profile get none: the profile folder creates profiles, with
+   from a schema: core/slot_edit.py edits it in its bytes, in C, for every record its walk is sure of).
+   Users seen without a profile get none: the profile folder creates profiles, with
    their consent. Then `flip_changes(view, trained, plan)`, one commit: `models/item_embeddings` whole
    (rows of items without interactions carried over, see core/embedding_training.py) and
    `models/embedding_generation` = G together: from that version on the edge scores users and items of
@@ -45,11 +46,12 @@ step 2 under it (kind "refresh"; the flip with the job's cursor, as the other re
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack
 import numpy as np
@@ -79,9 +81,8 @@ from edgewise.core.records import (
     decode_array,
     decode_item,
     encode_array,
-    set_vector_slots,
-    vector_slots,
 )
+from edgewise.core.slot_edit import record_slots, record_with_slots
 from edgewise.sync.changes import EMBEDDINGS, MANIFEST_KEY, POPULARITY, StateReader, stored_generation
 from edgewise.sync.control_store import RecordChange
 from edgewise.sync.event_store import EventStore
@@ -323,18 +324,6 @@ def _dim_of(raw: bytes) -> int:
     return int(array.shape[1]) if array.ndim == 2 and array.dtype == np.float32 else 0
 
 
-def _with_slot(
-    doc: dict[str, Any], slots: tuple[Slot, ...], plan: StagingPlan, vector: NDArray[np.float32] | None
-) -> bytes:
-    """The profile record of map `doc` (its vector slots `slots`) with its vector of `plan.generation`
-    set, the active generation's slot kept, every other key as it was (the msgpack map is edited, not
-    re-encoded from a schema)."""
-    staged = None if vector is None else vector.astype("<f4").tobytes()
-    set_vector_slots(doc, slot_with(slots, plan.generation, staged, keep=plan.active))
-    packed: bytes = msgpack.packb(doc, use_bin_type=True)
-    return packed
-
-
 def staging_changes(
     view: StateReader, trained: TrainedRefresh, plan: StagingPlan, users: Sequence[str]
 ) -> list[RecordChange]:
@@ -347,36 +336,44 @@ def staging_changes(
     since the plan (the item rows matter to the flip only: `flip_changes` checks them)."""
     _check_staging(view, trained, plan)
     undecodable = cleared = 0
-    # (user, stored record, its map and slots, the vector to stage): each record unpacked once
-    staged: list[tuple[str, bytes, dict[str, Any], tuple[Slot, ...], NDArray[np.float32] | None]] = []
-    carry: list[tuple[int, NDArray[np.float32]]] = []  # (index in staged, active vector) to carry
+    size = 4 * trained.dim  # a stored vector's bytes
+    carry_ok = trained.carry_map is not None
+    # (user, stored record, its slots, the vector to stage): each record's slots read once
+    staged: list[tuple[str, bytes, tuple[Slot, ...], bytes | None]] = []
+    carry: list[int] = []  # the indexes in `staged` whose active vector is carried
+    carry_from: list[bytes] = []  # their active vectors
     for user_id in users:
         raw = view.get("profiles", user_id)
         if raw is None:
             continue
-        raw = bytes(raw)
-        decoded = _profile_map(raw)
-        if decoded is None:
+        slots = record_slots(raw)
+        if slots is None:
             undecodable += 1
             continue
-        doc, slots = decoded
         new = trained.user_vectors.get(user_id)
-        if new is None:
-            old = _vector(vector_for(slots, plan.active), trained.dim)
-            if old is not None and trained.carry_map is not None:
-                carry.append((len(staged), old))
-            elif not any(generation == plan.generation for generation, _ in slots):
-                continue  # nothing to stage, nothing stale to clear
-            else:
-                cleared += old is not None
-        staged.append((user_id, raw, doc, slots, new))
-    if carry:
-        carried = carry_users(np.stack([old for _, old in carry]), trained.carry_map)
-        for (i, _), vector in zip(carry, carried, strict=True):
-            staged[i] = (*staged[i][:4], vector)
+        if new is not None:
+            staged.append((user_id, raw, slots, new.astype("<f4").tobytes()))
+            continue
+        old = vector_for(slots, plan.active)
+        if not (isinstance(old, bytes) and len(old) == size):
+            old = None  # none, or not a vector of the dim: nothing to carry
+        if old is not None and carry_ok:
+            carry.append(len(staged))
+            carry_from.append(old)
+        elif not any(generation == plan.generation for generation, _ in slots):
+            continue  # nothing to stage, nothing stale to clear
+        else:
+            cleared += old is not None
+        staged.append((user_id, raw, slots, None))
+    if carry:  # one product for the batch, its rows' bytes cut from one buffer
+        olds = np.frombuffer(b"".join(carry_from), dtype="<f4").reshape(len(carry), trained.dim)
+        with _one_blas_thread():
+            carried = carry_users(olds, trained.carry_map).astype("<f4").tobytes()
+        for j, i in enumerate(carry):
+            staged[i] = (*staged[i][:3], carried[j * size : (j + 1) * size])
     changes: list[RecordChange] = []
-    for user_id, raw, doc, slots, vector in staged:
-        record = _with_slot(doc, slots, plan, vector)
+    for user_id, raw, slots, vector in staged:
+        record = record_with_slots(raw, slot_with(slots, plan.generation, vector, keep=plan.active))
         if record != raw:
             changes.append(RecordChange("profiles", user_id, record))
     log.info(
@@ -422,17 +419,14 @@ def refresh_changes(view: StateReader, trained: TrainedRefresh) -> list[RecordCh
     return [*staging_changes(view, trained, plan, plan.users), *flip_changes(view, trained, plan)]
 
 
-def _profile_map(raw: bytes) -> tuple[dict[str, Any], tuple[Slot, ...]] | None:
-    """A profile record's msgpack map and its vector slots; None when it is not one."""
+def _one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS on this thread alone while a staging commit carries its batch (a 5,000 x 32 product and the
+    pseudo-inverse of a 32 x 32 map: too small to share). OpenBLAS's workers spin-wait after each call;
+    with them, 20 carries cost the process ~0.55 s of CPU on the other cores instead of ~0.05 s.
+    threadpoolctl comes with implicit (the `train` extra); without it, BLAS as it is."""
     try:
-        doc: Any = msgpack.unpackb(raw, raw=False)
-        return (doc, vector_slots(doc)) if isinstance(doc, dict) else None
-    except Exception:  # msgpack raises several unrelated types on corrupt input; a map without `e`
-        return None
-
-
-def _vector(raw: bytes | None, dim: int) -> NDArray[np.float32] | None:
-    """A stored vector of `dim` float32 (None: none, or not one of that dim)."""
-    if not isinstance(raw, bytes) or len(raw) != 4 * dim:
-        return None
-    return np.frombuffer(raw, dtype="<f4")
+        threadpoolctl = importlib.import_module("threadpoolctl")
+    except ImportError:
+        return nullcontext()
+    limits: AbstractContextManager[object] = threadpoolctl.threadpool_limits(1, "blas")
+    return limits

@@ -65,26 +65,41 @@ def encode_commit(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[sync_pb2.SyncMessage]:
-    """The messages of one commit: its chunks, then its marker (with `chunks` and `changes` filled in)."""
+    """The messages of one commit: its chunks, then its marker (with `chunks` and `changes` filled in).
+    Each change is written once, into its chunk's message (no standalone `Change` copied in, no chunk
+    copied into its `SyncMessage`), and the chunk's digest is made from the values as they go in (the
+    bytes `chunk_digest` reads back from the chunk)."""
     index = 0
     count = 0
-    pending: list[sync_pb2.Change] = []
+    pending: list[tuple[int, str, bytes, bool, bool]] = []  # namespace, key, value part, deleted, more
+    digest: list[bytes] = []
     size = 0
 
     def flush() -> sync_pb2.SyncMessage:
-        nonlocal index, pending, size
-        chunk = sync_pb2.Chunk(version=commit.version, snapshot=commit.snapshot, index=index, changes=pending)
-        chunk.sha256 = chunk_digest(chunk.changes)
+        nonlocal index, pending, digest, size
+        message = sync_pb2.SyncMessage()
+        chunk = message.chunk
+        chunk.version, chunk.snapshot, chunk.index = commit.version, commit.snapshot, index
+        add = chunk.changes.add
+        for ns, key, part, deleted, more in pending:
+            if deleted:
+                add(namespace=ns, key=key, deleted=True)
+            else:
+                add(namespace=ns, key=key, value=part, more=more)
+        chunk.sha256 = hashlib.sha256(b"".join(digest)).digest()
         index += 1
         pending = []
+        digest = []
         size = 0
-        return sync_pb2.SyncMessage(chunk=chunk)
+        return message
 
     for namespace, key, value in changes:
         count += 1
         ns = NAMESPACE_IDS[namespace]
+        key_bytes = key.encode()
         if value is None:
-            pending.append(sync_pb2.Change(namespace=ns, key=key, deleted=True))
+            pending.append((ns, key, b"", True, False))
+            digest += (_HEAD.pack(ns & 0xFF, len(key_bytes)), key_bytes, _FLAGS_LEN.pack(1, 0))
             size += len(key) + 16
         else:
             offset = 0
@@ -93,7 +108,9 @@ def encode_commit(
                 part = value[offset : offset + room]
                 offset += len(part)
                 more = offset < len(value)
-                pending.append(sync_pb2.Change(namespace=ns, key=key, value=part, more=more))
+                pending.append((ns, key, part, False, more))
+                head = _HEAD.pack(ns & 0xFF, len(key_bytes))
+                digest += (head, key_bytes, _FLAGS_LEN.pack(2 if more else 0, len(part)), part)
                 size += len(part) + len(key) + 16
                 if not more:
                     break

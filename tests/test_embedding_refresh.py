@@ -32,6 +32,7 @@ from edgewise.sync.edge_sync import SyncTarget
 from edgewise.sync.embedding_refresh import (
     CatalogChanged,
     EmbeddingRefreshSettings,
+    _one_blas_thread,
     refresh_changes,
     train_refresh,
 )
@@ -258,3 +259,17 @@ def test_one_call_trains_and_commits_under_the_lock(plane: Plane, tmp_path: Path
     assert len(staged) == -(-n // PER_COMMIT) and sum(c.changes for c in staged) == n
     assert all(c.kind == "refresh" and c.changes <= PER_COMMIT for c in staged)
     assert all(c.description.startswith("refresh embeddings staging: generation 1, batch ") for c in staged)
+
+
+def test_the_carry_runs_on_one_blas_thread_and_leaves_blas_as_it_was() -> None:
+    """A staging commit's carry product (sync/embedding_refresh.py) holds BLAS to one thread, so numpy's
+    OpenBLAS workers do not spin on the other cores after it, and gives the limit back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")  # comes with implicit (the `train` extra)
+
+    def blas_threads() -> list[int]:
+        return [int(p["num_threads"]) for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    with _one_blas_thread():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
