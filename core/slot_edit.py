@@ -4,11 +4,12 @@ bytes: what the control plane's embeddings refresh does to every profile of a st
 
 `record_slots(raw)` and `record_with_slots(raw, slots)` try the byte-level walk in C first
 (core/_slot_edit.pyx: the top-level map's entries found by their encoded lengths, every entry but the
-slot keys copied verbatim, the new slots written, the map header fixed; ~10x less CPU than unpacking
-and repacking) and fall back to the Python path for any record the walk is not sure of (malformed, ext
-types, a key written twice, ...). The Python path, `record_slots_py` and `record_with_slots_py`, is the
-reference the walk is tested against (tests/test_slot_edit.py): both give records that decode equal,
-byte-equal when the stored record is canonical msgpack (what `core.records.encode_profile` writes).
+slot keys copied verbatim, the new slots written, the map header fixed; 0.3 + 0.4 us a profile record
+instead of ~2.9 us to unpack and repack it) and fall back to the Python path for any record the walk is
+not sure of (malformed, ext types, a key written twice, ...). The Python path, `record_slots_py` and
+`record_with_slots_py`, is the reference the walk is tested against (tests/test_slot_edit.py): both give
+records that decode equal, byte-equal when the stored record is canonical msgpack (what
+`core.records.encode_profile` writes).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def record_slots(raw: bytes) -> tuple[Slot, ...] | None:
 
 
 def record_with_slots(raw: bytes, slots: tuple[Slot, ...]) -> bytes:
-    """The record `raw` (one `record_slots` read) with its vector slots set to `slots`, every other
-    entry kept; `RecordError`-free: raises what msgpack raises for a record that is not a map."""
+    """The record `raw` (one `record_slots` could read) with its vector slots set to `slots`, every
+    other entry kept (for a record `record_slots` could not read: what msgpack raises)."""
     record = with_slots(raw, slots)
     return record if record is not None else record_with_slots_py(raw, slots)
 
