@@ -214,8 +214,9 @@ def test_the_syncer_keeps_a_shadow_commit_apart_and_acks_nothing_for_it(
                 served,
             )
             control.send("n1", shadow_messages(None, served + 2, 0.0))
-            wait_for(lambda: syncer.shadow.current() is None, 20, "the candidate dropped")
-            assert seen[-1] is None
+            # the syncer drops the candidate, then tells its hook: wait for the hook, not only the drop
+            wait_for(lambda: seen[-1] is None, 20, "the candidate dropped")
+            assert syncer.shadow.current() is None
 
             control.send("n1", shadow_messages(bundle_dir, 10**9, 1.0))
             wait_for(lambda: syncer.shadow.current() is not None, 20, "a new candidate")
