@@ -192,7 +192,7 @@ def test_the_syncer_keeps_a_shadow_commit_apart_and_acks_nothing_for_it(
             with store.read() as view:
                 digest = view.replicated_digest()
             control.send("n1", shadow_messages(bad_bundle, served + 2, 0.5))
-            wait_for(lambda: syncer.shadow.current() is not None, 20, "the candidate")
+            wait_for(lambda: len(seen) == 1, 20, "the candidate")  # installed, then the hook told
             candidate = syncer.shadow.current()
             assert candidate is not None
             assert (candidate.version, candidate.base_version, candidate.sample) == (served + 2, served, 0.5)
