@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from edgewise.bench.node import _CLK_TCK, ServerCpu, _load, _server
+from edgewise.bench.node import _CLK_TCK, STAGE_ORDER, ServerCpu, _load, _server, _stage_totals
 from edgewise.bench.pipeline import prepare_bundle
 from edgewise.processes import Processes
 
@@ -81,11 +81,13 @@ def _round(
 ) -> dict[str, Any]:
     workers = [p for p in cpu.sample().by_pid if p != cpu.root]
     names, gc_before = _stage_files(stage_dir)
+    stages_before = _stage_totals(stage_dir)
     threads_before = _thread_cpu(workers, names)
     before = cpu.sample()
     report = _load(target, load, out)
     after = cpu.sample()
     names, gc_after = _stage_files(stage_dir)
+    stages_after = _stage_totals(stage_dir)
     threads_after = _thread_cpu(workers, names)
     calls = sum(int(c["completed"]) for c in report["clients"])
     server = cpu.per_call(before, after, calls)
@@ -100,6 +102,13 @@ def _round(
         "us_per_call": server["us_per_call"],
         "workers_us_per_call": server["workers_us_per_call"],
         "threads_us_per_call": {g: us for g, us in sorted(threads.items(), key=lambda kv: -kv[1]) if us > 0},
+        # the edge's stage counters (edge/stage_times.py), µs per call: its own work on its threads
+        "stages_us_per_call": {
+            stage: round((stages_after.get(stage, 0) - stages_before.get(stage, 0)) / calls / 1000, 1)
+            for stage in STAGE_ORDER
+        }
+        if calls
+        else {},
         "gc_per_1000_calls": [
             round(1000 * (a - b) / calls, 2) for a, b in zip(gc_after, gc_before, strict=True)
         ]
@@ -166,6 +175,9 @@ def run(rounds: int, duration: float, concurrency: int, clients: int, quick: boo
                 g: statistics.median(r["threads_us_per_call"].get(g, 0.0) for r in mine)
                 for g in sorted(groups)
             },
+            "stages_us_per_call": {
+                s: statistics.median(r["stages_us_per_call"].get(s, 0.0) for r in mine) for s in STAGE_ORDER
+            },
             "gc_per_1000_calls": [
                 statistics.median(r["gc_per_1000_calls"][k] for r in mine) for k in range(3)
             ],
@@ -191,6 +203,11 @@ def _format(result: dict[str, Any]) -> str:
         lines.append(
             f"  {'  thread ' + g:34s}"
             + "".join(f"{m[v]['threads_us_per_call'].get(g, 0.0):>10.1f}" for v in VARIANTS)
+        )
+    for stage in STAGE_ORDER:
+        lines.append(
+            f"  {'  stage ' + stage:34s}"
+            + "".join(f"{m[v]['stages_us_per_call'].get(stage, 0.0):>10.1f}" for v in VARIANTS)
         )
     for k in range(3):
         lines.append(
