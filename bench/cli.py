@@ -396,6 +396,12 @@ def add_floor_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="once every worker serves, write {address, port, pid, workers, worker_pids} as JSON here",
     )
+    parser.add_argument(
+        "--metered",
+        action="store_true",
+        help="serve behind the edge's call meter (its interceptor and a metrics file), as an edge worker "
+        "serves Decide: the cost of that wrapping against the plain floor",
+    )
 
 
 def run_floor_cli(args: argparse.Namespace) -> int:
@@ -408,6 +414,7 @@ def run_floor_cli(args: argparse.Namespace) -> int:
         pin=args.pin,
         grace=args.grace,
         ready_file=args.ready_file,
+        metered=args.metered,
     )
     try:
         return serve_floor(config)

@@ -21,8 +21,10 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -37,6 +39,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgewise.edge.metrics import MetricsLayout, WorkerMetrics
+from edgewise.edge.server import _CallMeter
+from edgewise.edge.stage_times import stage_times_from_env
 from edgewise.v1 import personalizer_pb2 as _pb
 from edgewise.v1 import personalizer_pb2_grpc as _pb_grpc
 
@@ -73,6 +78,9 @@ class FloorConfig:
     pin: bool = False  # pin worker i to CPU i
     grace: float = 2.0  # seconds to drain in-flight calls on shutdown
     ready_file: Path | None = None
+    # Behind the edge's `_CallMeter` (edge/server.py) with a metrics file, as an edge worker serves
+    # Decide: the cost of the edge's transport wrapping, measured against the plain floor.
+    metered: bool = False
 
     def validated(self) -> FloorConfig:
         host, sep, port = self.listen.rpartition(":")
@@ -100,6 +108,7 @@ class _WorkerSpec:
     max_in_flight: int
     pin_cpu: int | None
     grace: float
+    metered: bool = False
 
 
 def floor_worker_main(spec: _WorkerSpec, ready: Connection) -> None:
@@ -114,12 +123,14 @@ def floor_worker_main(spec: _WorkerSpec, ready: Connection) -> None:
     parent = os.getppid()
     if spec.pin_cpu is not None:
         os.sched_setaffinity(0, {spec.pin_cpu})
+    metrics_dir = Path(tempfile.mkdtemp(prefix="edgewise-floor-metrics-")) if spec.metered else None
     try:
-        server, health_servicer = _build_server(spec)
+        server, health_servicer = _build_server(spec, metrics_dir)
     except Exception as exc:  # reported to the parent, which names it
         ready.send(("error", f"worker {spec.index}: {exc}"))
         ready.close()
         return
+    stages = stage_times_from_env()  # benchmarks: the worker's threads and GC collections (no stages)
     server.start()
     _set_serving(health_servicer, True)
     ready.send(("ready", os.getpid()))
@@ -127,8 +138,14 @@ def floor_worker_main(spec: _WorkerSpec, ready: Connection) -> None:
     while not stop.wait(0.2):
         if os.getppid() != parent:  # the parent is gone: do not linger
             break
+        if stages is not None:
+            stages.write()
     health_servicer.enter_graceful_shutdown()
     server.stop(spec.grace).wait()
+    if stages is not None:
+        stages.write()
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 class FloorServicer(_pb_grpc.PersonalizerServicer):
@@ -141,7 +158,12 @@ class FloorServicer(_pb_grpc.PersonalizerServicer):
         return _pb.TrackResponse(accepted=len(request.events))
 
 
-def _build_server(spec: _WorkerSpec) -> tuple[grpc.Server, health.HealthServicer]:
+def _build_server(spec: _WorkerSpec, metrics_dir: Path | None) -> tuple[grpc.Server, health.HealthServicer]:
+    meter = (
+        _CallMeter(WorkerMetrics(metrics_dir / "metrics.bin", MetricsLayout(())), MAX_MESSAGE_BYTES)
+        if metrics_dir is not None
+        else None
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=spec.threads, thread_name_prefix="rpc"),
         options=[
@@ -150,7 +172,10 @@ def _build_server(spec: _WorkerSpec) -> tuple[grpc.Server, health.HealthServicer
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
         maximum_concurrent_rpcs=spec.max_in_flight,
+        interceptors=[meter] if meter is not None else None,
     )
+    if meter is not None:
+        meter.bind(server)
     _pb_grpc.add_PersonalizerServicer_to_server(FloorServicer(), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -223,6 +248,7 @@ class FloorServer:
                     max_in_flight=config.max_in_flight,
                     pin_cpu=cpus[i % len(cpus)] if config.pin else None,
                     grace=config.grace,
+                    metered=config.metered,
                 )
                 receive, send = ctx.Pipe(duplex=False)
                 process = ctx.Process(

@@ -321,7 +321,7 @@ def _stage_totals(directory: Path) -> dict[str, int]:
         except (OSError, ValueError):
             continue
         for key, value in values.items():
-            if key != "pid":
+            if key in STAGE_ORDER or key == "calls":
                 sums[key] = sums.get(key, 0) + int(value)
     return sums
 

@@ -24,6 +24,7 @@ variable unset), the servicer and the interceptor test one attribute per call an
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -86,7 +87,14 @@ class StageTimes:
 
     def write(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.totals()))
+        written: dict[str, object] = {
+            **self.totals(),
+            # the cyclic collector's collections so far, by generation, and the Python threads by their
+            # kernel id (bench.transport reads each thread's CPU from /proc/<pid>/task/<id>)
+            "gc_collections": [generation["collections"] for generation in gc.get_stats()],
+            "threads": {str(t.native_id): t.name for t in threading.enumerate() if t.native_id is not None},
+        }
+        tmp.write_text(json.dumps(written))
         os.replace(tmp, self.path)
 
 
