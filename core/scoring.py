@@ -24,7 +24,7 @@ compare the kernel against (the benchmark's fast NumPy baseline lives in bench/n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NoReturn, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -258,18 +258,36 @@ def topk_half_into(
             index.blocks, index.col_absmax, matrix, query, mask, k, work, cand, out_idx, out_scores
         )
     except (ValueError, TypeError, BufferError) as exc:
-        _validate_dot(matrix, query, mask, k, out_idx, out_scores)
-        if index.rows != matrix.shape[0] or index.blocks.shape[1] != matrix.shape[1]:
-            raise ValueError(
-                f"index was built for {index.rows} x {index.blocks.shape[1]}, matrix is {matrix.shape}"
-            ) from exc
-        _check_array("work", work, _F32, 1, writable=True)
-        _check_array("cand", cand, _I32, 1, writable=True)
-        if work.shape[0] < index.blocks.shape[0] * BLOCK or cand.shape[0] < matrix.shape[0]:
-            raise ValueError(
-                f"work needs {index.blocks.shape[0] * BLOCK} floats and cand {matrix.shape[0]} ints"
-            ) from exc
-        raise ValueError(f"invalid arguments: {exc}") from exc
+        built = (index.rows, index.blocks.shape[1])
+        _raise_scan_error(
+            exc, built, index.blocks.shape[0] * BLOCK, matrix, query, mask, k, work, cand, out_idx, out_scores
+        )
+
+
+def _raise_scan_error(
+    exc: Exception,
+    built: tuple[int, int],
+    work_floats: int,
+    matrix: Float32Array,
+    query: Float32Array,
+    mask: UInt8Array,
+    k: int,
+    work: Float32Array,
+    cand: Int32Array,
+    out_idx: Int32Array,
+    out_scores: Float32Array,
+) -> NoReturn:
+    """What is wrong with the arguments of a scan over an index (`topk_half_into`, `topk_int8_into`)
+    whose kernel refused them with `exc`: the index built for `built` (rows, dims) and needing
+    `work_floats` floats of `work`."""
+    _validate_dot(matrix, query, mask, k, out_idx, out_scores)
+    if built != matrix.shape:
+        raise ValueError(f"index was built for {built[0]} x {built[1]}, matrix is {matrix.shape}") from exc
+    _check_array("work", work, _F32, 1, writable=True)
+    _check_array("cand", cand, _I32, 1, writable=True)
+    if work.shape[0] < work_floats or cand.shape[0] < matrix.shape[0]:
+        raise ValueError(f"work needs {work_floats} floats and cand {matrix.shape[0]} ints") from exc
+    raise ValueError(f"invalid arguments: {exc}") from exc
 
 
 INT8_MAX_DIMS: Final = 4096
@@ -378,16 +396,10 @@ def topk_int8_into(
             out_scores,
         )
     except (ValueError, TypeError, BufferError) as exc:
-        _validate_dot(matrix, query, mask, k, out_idx, out_scores)
-        if index.rows != matrix.shape[0] or index.dims != matrix.shape[1]:
-            raise ValueError(
-                f"index was built for {index.rows} x {index.dims}, matrix is {matrix.shape}"
-            ) from exc
-        _check_array("work", work, _F32, 1, writable=True)
-        _check_array("cand", cand, _I32, 1, writable=True)
-        if work.shape[0] < matrix.shape[0] or cand.shape[0] < matrix.shape[0]:
-            raise ValueError(f"work needs {matrix.shape[0]} floats and cand {matrix.shape[0]} ints") from exc
-        raise ValueError(f"invalid arguments: {exc}") from exc
+        built = (index.rows, index.dims)
+        _raise_scan_error(
+            exc, built, matrix.shape[0], matrix, query, mask, k, work, cand, out_idx, out_scores
+        )
 
 
 def int8_query_reference(
