@@ -101,6 +101,19 @@ cdef class _Order:
     cdef const int32_t[::1] v
 
 
+cdef bint _int8_fits(object small, Py_ssize_t n_blocks, Py_ssize_t d):
+    """Whether `small` (a scoring.Int8Index, or None) has the layout the int8 kernels read for n_blocks
+    blocks of 8 rows of d dimensions."""
+    return (
+        small is not None
+        and small.blocks.shape[0] == n_blocks
+        and small.blocks.shape[1] == (d + 3) // 4
+        and small.blocks.shape[2] == 32
+        and small.scale.shape[0] == n_blocks * 8
+        and small.tl1.shape[0] == n_blocks * 8
+    )
+
+
 cdef class Placer:
     """One thread's views of one version's arrays and of its scratch buffers (`item_ranking.Scratch`),
     for `place`. `usable` is False when the version has something `place` does not cover everywhere
@@ -197,12 +210,7 @@ cdef class Placer:
                 self.absmax = half.col_absmax
             small = state.int8_embeddings
             self.has_int8 = (
-                small is not None
-                and small.blocks.shape[0] == (self.n + 7) // 8
-                and small.blocks.shape[1] == (self.d + 3) // 4
-                and small.blocks.shape[2] == 32
-                and small.scale.shape[0] == small.blocks.shape[0] * 8
-                and small.tl1.shape[0] == small.blocks.shape[0] * 8
+                _int8_fits(small, (self.n + 7) // 8, self.d)
                 and self.work.shape[0] >= self.n
                 and self.cand.shape[0] >= self.n
             )
@@ -262,14 +270,7 @@ cdef class Placer:
         self.list_scores = np.zeros(lists, dtype=np.float32)
         self.list_order = np.zeros(lists, dtype=np.int32)
         small = part.int8
-        self.has_part_int8 = (
-            small is not None
-            and small.blocks.shape[0] == self.part_blocks.shape[0]
-            and small.blocks.shape[1] == (self.d + 3) // 4
-            and small.blocks.shape[2] == 32
-            and small.scale.shape[0] == self.part_blocks.shape[0] * 8
-            and small.tl1.shape[0] == self.part_blocks.shape[0] * 8
-        )
+        self.has_part_int8 = _int8_fits(small, self.part_blocks.shape[0], self.d)
         if self.has_part_int8:
             self.part_i8_blocks = small.blocks
             self.part_i8_scale = small.scale

@@ -332,8 +332,9 @@ class _Models:
             if valid and array is not None and use_partition(n) and array.shape[0] == n:
                 partition = build_partition(np.ascontiguousarray(array))
             usable = valid and array is not None and partition is None
-            half = half_index(np.ascontiguousarray(array)) if usable and array is not None else None
-            small = int8_index(np.ascontiguousarray(array)) if usable and array is not None else None
+            matrix = np.ascontiguousarray(array) if usable and array is not None else None
+            half = half_index(matrix) if matrix is not None else None
+            small = int8_index(matrix) if matrix is not None else None
             copy = _copy(array) if valid and array is not None else None
         neighbors, neighbor_scores = _neighbor_copies(view, n)
         return _Models(
