@@ -48,15 +48,16 @@ class FramingError(ValueError):
 
 def chunk_digest(changes: Iterable[sync_pb2.Change]) -> bytes:
     parts: list[bytes] = []
-    append = parts.append
     for change in changes:
-        key = change.key.encode()
-        value = change.value
-        append(_HEAD.pack(change.namespace & 0xFF, len(key)))
-        append(key)
-        append(_FLAGS_LEN.pack((1 if change.deleted else 0) | (2 if change.more else 0), len(value)))
-        append(value)
+        flags = (1 if change.deleted else 0) | (2 if change.more else 0)
+        parts += _digested(change.namespace, change.key.encode(), flags, change.value)
     return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _digested(namespace: int, key: bytes, flags: int, value: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """The bytes one change adds to its chunk's digest (module doc): namespace and key length, key,
+    flags and value length, value."""
+    return _HEAD.pack(namespace & 0xFF, len(key)), key, _FLAGS_LEN.pack(flags, len(value)), value
 
 
 def encode_commit(
@@ -99,7 +100,7 @@ def encode_commit(
         key_bytes = key.encode()
         if value is None:
             pending.append((ns, key, b"", True, False))
-            digest += (_HEAD.pack(ns & 0xFF, len(key_bytes)), key_bytes, _FLAGS_LEN.pack(1, 0))
+            digest += _digested(ns, key_bytes, 1, b"")
             size += len(key) + 16
         else:
             offset = 0
@@ -109,8 +110,7 @@ def encode_commit(
                 offset += len(part)
                 more = offset < len(value)
                 pending.append((ns, key, part, False, more))
-                head = _HEAD.pack(ns & 0xFF, len(key_bytes))
-                digest += (head, key_bytes, _FLAGS_LEN.pack(2 if more else 0, len(part)), part)
+                digest += _digested(ns, key_bytes, 2 if more else 0, part)
                 size += len(part) + len(key) + 16
                 if not more:
                     break
