@@ -23,6 +23,7 @@ from edgewise.core.profile_check import (
     unsure_profiles,
 )
 from edgewise.core.records import Activity, ProfileRecord, check_profile, encode_profile
+from tests.profile_bytes_support import GOOD, good_with, raw_map
 
 Change = tuple[str, bytes, Any]
 
@@ -143,52 +144,33 @@ def _valid_utf8(raw: bytes) -> bool:
     return True
 
 
-def _map(entries: list[tuple[bytes, bytes]]) -> bytes:
-    return bytes([0x80 | len(entries)]) + b"".join(k + v for k, v in entries)
-
-
-# a good record's entries: "s": 1, "v": 1, "a": {}, "c": {}, "e": None
-GOOD = [
-    (b"\xa1s", b"\x01"),
-    (b"\xa1v", b"\x01"),
-    (b"\xa1a", b"\x80"),
-    (b"\xa1c", b"\x80"),
-    (b"\xa1e", b"\xc0"),
-]
-
-
-def _with(key: bytes, value: bytes) -> bytes:
-    """The good record with one more entry (last)."""
-    return _map([*GOOD, (key, value)])
-
-
 @pytest.mark.parametrize(
     ("value", "vouched"),
     [
-        (_map(GOOD), True),
-        (_map(GOOD[1:]), False),  # no schema
-        (_map(GOOD[:4]), False),  # no "e"
-        (_map([(b"\xc4\x01s", b"\x01"), *GOOD[1:]]), False),  # b"s" (bin) is not the key "s"
-        (_with(b"\xa1s", b"\x02"), False),  # the last "s" wins: 2
-        (_map([(b"\xa1s", b"\x02"), *GOOD]), True),  # ... here 1
-        (_with(b"\xa1s", b"\xc3"), True),  # true == 1
-        (_with(b"\xa1s", b"\xcb" + struct.pack(">d", 1.0)), True),
-        (_with(b"\xa1s", b"\xca" + struct.pack(">f", 1.0)), True),
-        (_with(b"\xa1s", b"\xd3" + (1).to_bytes(8, "big")), True),
-        (_with(b"\xa1s", b"\xa11"), False),  # "1"
-        (_with(b"\x01", b"\x01"), False),  # an int key: msgpack's strict_map_key refuses it
-        (_with(b"\xa1x", b"\xc1"), False),  # the byte never used
-        (_with(b"\xa1x", b"\xd4\x01\x00"), False),  # an ext type: left to msgpack (which takes it)
-        (_with(b"\xa1x", b"\xd6\xff\x00\x00\x00\x00"), False),  # a timestamp: left to msgpack
-        (_with(b"\xa1x", b"\xc7\x01\xf0\x00"), False),  # ext code -16: msgpack refuses it
-        (_with(b"\xa1x", b"\xdb\xff\xff\xff\xff"), False),  # a str of 4 GiB
-        (_with(b"\xa1x", b"\xc6\xff\xff\xff\xff"), False),  # a bin of 4 GiB
-        (_with(b"\xa1x", b"\xdd\xff\xff\xff\xff"), False),  # an array of 4G entries
-        (_with(b"\xa1x", b"\xdf\xff\xff\xff\xff"), False),  # a map of 4G entries
-        (b"\xdf\xff\xff\xff\xff" + _map(GOOD)[1:], False),  # the record's own map header lies
-        (b"\xde\x00\x05" + _map(GOOD)[1:], True),  # map16 of 5 entries
-        (_map(GOOD) + b"\x00", False),  # a byte left over
-        (_map(GOOD)[:-1], False),  # truncated
+        (raw_map(GOOD), True),
+        (raw_map(GOOD[1:]), False),  # no schema
+        (raw_map(GOOD[:4]), False),  # no "e"
+        (raw_map([(b"\xc4\x01s", b"\x01"), *GOOD[1:]]), False),  # b"s" (bin) is not the key "s"
+        (good_with(b"\xa1s", b"\x02"), False),  # the last "s" wins: 2
+        (raw_map([(b"\xa1s", b"\x02"), *GOOD]), True),  # ... here 1
+        (good_with(b"\xa1s", b"\xc3"), True),  # true == 1
+        (good_with(b"\xa1s", b"\xcb" + struct.pack(">d", 1.0)), True),
+        (good_with(b"\xa1s", b"\xca" + struct.pack(">f", 1.0)), True),
+        (good_with(b"\xa1s", b"\xd3" + (1).to_bytes(8, "big")), True),
+        (good_with(b"\xa1s", b"\xa11"), False),  # "1"
+        (good_with(b"\x01", b"\x01"), False),  # an int key: msgpack's strict_map_key refuses it
+        (good_with(b"\xa1x", b"\xc1"), False),  # the byte never used
+        (good_with(b"\xa1x", b"\xd4\x01\x00"), False),  # an ext type: left to msgpack (which takes it)
+        (good_with(b"\xa1x", b"\xd6\xff\x00\x00\x00\x00"), False),  # a timestamp: left to msgpack
+        (good_with(b"\xa1x", b"\xc7\x01\xf0\x00"), False),  # ext code -16: msgpack refuses it
+        (good_with(b"\xa1x", b"\xdb\xff\xff\xff\xff"), False),  # a str of 4 GiB
+        (good_with(b"\xa1x", b"\xc6\xff\xff\xff\xff"), False),  # a bin of 4 GiB
+        (good_with(b"\xa1x", b"\xdd\xff\xff\xff\xff"), False),  # an array of 4G entries
+        (good_with(b"\xa1x", b"\xdf\xff\xff\xff\xff"), False),  # a map of 4G entries
+        (b"\xdf\xff\xff\xff\xff" + raw_map(GOOD)[1:], False),  # the record's own map header lies
+        (b"\xde\x00\x05" + raw_map(GOOD)[1:], True),  # map16 of 5 entries
+        (raw_map(GOOD) + b"\x00", False),  # a byte left over
+        (raw_map(GOOD)[:-1], False),  # truncated
         (b"", False),
         (b"\x95\x01\x02\x03\x04\x05", False),  # an array
     ],
@@ -201,9 +183,9 @@ def test_nesting_past_the_limit_is_left_to_msgpack() -> None:
     def nested(depth: int) -> bytes:
         return b"\x91" * depth + b"\x01"
 
-    assert _agree(b"u", _with(b"\xa1x", nested(MAX_DEPTH - 1)))
-    assert not _agree(b"u", _with(b"\xa1x", nested(MAX_DEPTH)))  # accepted by msgpack, not vouched for
-    assert not _agree(b"u", _with(b"\xa1x", nested(100_000)))  # refused by msgpack (its stack)
+    assert _agree(b"u", good_with(b"\xa1x", nested(MAX_DEPTH - 1)))
+    assert not _agree(b"u", good_with(b"\xa1x", nested(MAX_DEPTH)))  # accepted by msgpack, not vouched for
+    assert not _agree(b"u", good_with(b"\xa1x", nested(100_000)))  # refused by msgpack (its stack)
 
 
 def test_every_record_the_control_plane_writes_is_vouched_for() -> None:

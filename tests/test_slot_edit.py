@@ -26,6 +26,7 @@ from edgewise.core.slot_edit import (
     record_with_slots,
     record_with_slots_py,
 )
+from tests.profile_bytes_support import GOOD, good_with, raw_map
 
 scalars = st.one_of(
     st.none(),
@@ -173,53 +174,36 @@ def test_a_staged_record_decodes_with_the_generation_slots() -> None:
     assert back == raw == record_with_slots_py(flipped, ((0, vector),))
 
 
-def _map(entries: list[tuple[bytes, bytes]]) -> bytes:
-    return bytes([0x80 | len(entries)]) + b"".join(k + v for k, v in entries)
-
-
-GOOD = [
-    (b"\xa1s", b"\x01"),
-    (b"\xa1v", b"\x01"),
-    (b"\xa1a", b"\x80"),
-    (b"\xa1c", b"\x80"),
-    (b"\xa1e", b"\xc0"),
-]
-
-
-def _with(key: bytes, value: bytes) -> bytes:
-    return _map([*GOOD, (key, value)])
-
-
 @pytest.mark.parametrize(
     ("value", "sure"),
     [
-        (_map(GOOD), True),
-        (_map(GOOD[1:]), False),  # no schema: `_profile_ok` does not vouch, Python edits it
-        (_map(GOOD[:4]), False),  # no "e"
-        (_with(b"\xa1v", b"\x02"), False),  # a key written twice (the last one wins in a dict)
-        (_with(b"\xa1e", b"\xc0"), False),  # "e" written twice
-        (_with(b"\xc4\x01e", b"\x01"), True),  # b"e" (bin) is not the key "e"
-        (_with(b"\xd9\x01x", b"\x01"), True),  # a str8 key: not canonical, kept as it is
-        (_with(b"\xa1x", b"\xca" + struct.pack(">f", 1.5)), True),  # a float32: kept as it is
-        (_map([*GOOD[:4], (b"\xa1e", b"\xa3abc")]), False),  # an "e" that is not bin or nil
-        (_map([*GOOD[:4], (b"\xa1e", b"\x01")]), False),
-        (_with(b"\xa2eg", b"\xcf" + (1).to_bytes(8, "big")), False),  # a generation as uint64
-        (_with(b"\xa2eg", b"\xff"), False),  # a negative generation
-        (_with(b"\xa1n", b"\xc4\x04abcd"), False),  # "n" without "ng"
-        (_map([*GOOD, (b"\xa1n", b"\xc4\x04abcd"), (b"\xa2ng", b"\x00")]), False),  # both generation 0
-        (_map([*GOOD, (b"\xa1n", b"\xc4\x04abcd"), (b"\xa2ng", b"\x03")]), True),
-        (_with(b"\x01", b"\x01"), False),  # an int key
-        (_with(b"\xa1x", b"\xc1"), False),  # the byte never used
-        (_with(b"\xa1x", b"\xd4\x01\x00"), False),  # an ext type
-        (_with(b"\xa1x", b"\xd6\xff\x00\x00\x00\x00"), False),  # a timestamp
-        (_with(b"\xa1x", b"\xdb\xff\xff\xff\xff"), False),  # a str of 4 GiB
-        (_with(b"\xa1x", b"\xc6\xff\xff\xff\xff"), False),  # a bin of 4 GiB
-        (_with(b"\xa1x", b"\xdd\xff\xff\xff\xff"), False),  # an array of 4G entries
-        (b"\xdf\xff\xff\xff\xff" + _map(GOOD)[1:], False),  # the record's own map header lies
-        (b"\xde\x00\x05" + _map(GOOD)[1:], True),  # map16 of 5 entries
-        (_map(GOOD) + b"\x00", False),  # a byte left over
-        (_map(GOOD)[:-1], False),  # truncated
-        (_with(b"\xa1x", b"\xa2\xed\xa0"), False),  # a str that is not UTF-8
+        (raw_map(GOOD), True),
+        (raw_map(GOOD[1:]), False),  # no schema: `_profile_ok` does not vouch, Python edits it
+        (raw_map(GOOD[:4]), False),  # no "e"
+        (good_with(b"\xa1v", b"\x02"), False),  # a key written twice (the last one wins in a dict)
+        (good_with(b"\xa1e", b"\xc0"), False),  # "e" written twice
+        (good_with(b"\xc4\x01e", b"\x01"), True),  # b"e" (bin) is not the key "e"
+        (good_with(b"\xd9\x01x", b"\x01"), True),  # a str8 key: not canonical, kept as it is
+        (good_with(b"\xa1x", b"\xca" + struct.pack(">f", 1.5)), True),  # a float32: kept as it is
+        (raw_map([*GOOD[:4], (b"\xa1e", b"\xa3abc")]), False),  # an "e" that is not bin or nil
+        (raw_map([*GOOD[:4], (b"\xa1e", b"\x01")]), False),
+        (good_with(b"\xa2eg", b"\xcf" + (1).to_bytes(8, "big")), False),  # a generation as uint64
+        (good_with(b"\xa2eg", b"\xff"), False),  # a negative generation
+        (good_with(b"\xa1n", b"\xc4\x04abcd"), False),  # "n" without "ng"
+        (raw_map([*GOOD, (b"\xa1n", b"\xc4\x04abcd"), (b"\xa2ng", b"\x00")]), False),  # both generation 0
+        (raw_map([*GOOD, (b"\xa1n", b"\xc4\x04abcd"), (b"\xa2ng", b"\x03")]), True),
+        (good_with(b"\x01", b"\x01"), False),  # an int key
+        (good_with(b"\xa1x", b"\xc1"), False),  # the byte never used
+        (good_with(b"\xa1x", b"\xd4\x01\x00"), False),  # an ext type
+        (good_with(b"\xa1x", b"\xd6\xff\x00\x00\x00\x00"), False),  # a timestamp
+        (good_with(b"\xa1x", b"\xdb\xff\xff\xff\xff"), False),  # a str of 4 GiB
+        (good_with(b"\xa1x", b"\xc6\xff\xff\xff\xff"), False),  # a bin of 4 GiB
+        (good_with(b"\xa1x", b"\xdd\xff\xff\xff\xff"), False),  # an array of 4G entries
+        (b"\xdf\xff\xff\xff\xff" + raw_map(GOOD)[1:], False),  # the record's own map header lies
+        (b"\xde\x00\x05" + raw_map(GOOD)[1:], True),  # map16 of 5 entries
+        (raw_map(GOOD) + b"\x00", False),  # a byte left over
+        (raw_map(GOOD)[:-1], False),  # truncated
+        (good_with(b"\xa1x", b"\xa2\xed\xa0"), False),  # a str that is not UTF-8
         (b"", False),
         (b"\x95\x01\x02\x03\x04\x05", False),  # an array
     ],
@@ -239,13 +223,13 @@ def test_many_keys_and_deep_nesting_go_the_python_way() -> None:
     assert (
         len(msgpack.unpackb(with_slots(fewer, ((1, None), (0, b"abcd"))) or b"", raw=False)) == MAX_KEYS + 3
     )
-    deep = _with(b"\xa1x", b"\x91" * 40 + b"\x01")
+    deep = good_with(b"\xa1x", b"\x91" * 40 + b"\x01")
     assert record_slots_py(deep) is not None
     assert not _agree(deep, ((0, None),))
 
 
 def test_slots_that_are_not_generation_and_bytes_go_the_python_way() -> None:
-    raw = _map(GOOD)
+    raw = raw_map(GOOD)
     for slots in [(), ((0, None),) * 3, ((True, None),), ((-1, None),), ((2**31, None),), ((0, "x"),)]:
         assert with_slots(raw, slots) is None
     assert with_slots(bytearray(raw), ((0, None),)) is None
