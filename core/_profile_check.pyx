@@ -47,14 +47,6 @@ cdef enum:
     HAS_ALL = 15
 
 
-cdef inline uint32_t _be16(ptr_t p) noexcept nogil:
-    return (<uint32_t>p[0] << 8) | p[1]
-
-
-cdef inline uint32_t _be32(ptr_t p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
 cdef int _utf8_ok(ptr_t s, Py_ssize_t n) noexcept nogil:
     """1 iff s[:n] is valid UTF-8 as Python's strict decoder reads it: no overlong forms, no surrogates
     (U+D800-DFFF), nothing past U+10FFFF."""

@@ -21,10 +21,20 @@ an `e` that is not bin or nil, or slots that are not (int generation, bytes or N
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_CheckExact
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t
 from libc.string cimport memcmp, memcpy
 
-from edgewise.core._profile_check cimport _entries_at, _generation_at, _key, _profile_ok, _skip, _str_at, ptr_t
+from edgewise.core._profile_check cimport (
+    _be16,
+    _be32,
+    _entries_at,
+    _generation_at,
+    _key,
+    _profile_ok,
+    _skip,
+    _str_at,
+    ptr_t,
+)
 
 cdef enum:
     MAX_KEYS_C = 32
@@ -48,14 +58,6 @@ cdef struct Entry:
     Py_ssize_t name_size
     int is_str
     int kind  # OTHER, E, EG, N, NG
-
-
-cdef inline uint32_t _be16(ptr_t p) noexcept nogil:
-    return (<uint32_t>p[0] << 8) | p[1]
-
-
-cdef inline uint32_t _be32(ptr_t p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
 cdef Py_ssize_t _bin_start(ptr_t p, Py_ssize_t pos) noexcept nogil:
