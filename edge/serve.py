@@ -58,6 +58,7 @@ from edgewise.edge.sync_setup import NodeSync, SyncSetupError, start_syncer
 from edgewise.edge.worker import WorkerSpec, worker_main
 from edgewise.logs import configure_logging
 from edgewise.metrics_http import serve_metrics
+from edgewise.stacks import bound_the_exit, dump_stacks_on_sigusr1
 from edgewise.sync.bundle import BundleError, load_bundle
 from edgewise.sync.edge_sync import EdgeSyncer
 from edgewise.sync.snapshot import apply_bundle
@@ -146,6 +147,10 @@ def _reserve_port(host: str, port: int = 0) -> tuple[socket.socket, int]:
 class _PortInUse(OSError):
     """Another program (another edge node, say) listens on the port or holds it bound."""
 
+
+EXIT_MARGIN_S: Final = 60.0
+"""How long past `server.grace_seconds` a stopping node may take (its workers are killed at grace + 5 s,
+its syncer stops within 15 s) before it writes every thread's stack to the log and exits 1."""
 
 _PORT_WAIT_S: Final = 2.0
 """How long a node waits for its port to come free before refusing it: the workers of a previous run
@@ -330,6 +335,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
     registers what it acquires (store, signal handlers, syncer, port, metrics endpoint, workers) on one
     exit stack, which releases it exactly once, newest first, on every path."""
     configure_logging(config.log.level)
+    dump_stacks_on_sigusr1()
     with contextlib.ExitStack() as acquired:
         try:
             _refuse_a_taken_port(config.server.listen)
@@ -363,6 +369,7 @@ def serve(config: EdgeConfig, ready_file: Path | None = None) -> int:
         _announce(store, supervisor, address, port, metrics_address, ready_file, http_address)
         _run_until_stopped(store, config, signals, sync, supervisor, node_metrics, limits, counters)
         log.info("stopping", extra={"grace_seconds": config.server.grace_seconds})
+        bound_the_exit(config.server.grace_seconds + EXIT_MARGIN_S)
     log.info("stopped")
     return 0
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
+from typing import Final
 
 from edgewise.core._placement import set_scan
 from edgewise.core.activity import ActivityLimits
@@ -31,8 +32,13 @@ from edgewise.edge.servicer import PersonalizerServicer, ServingOptions
 from edgewise.edge.shadow import ShadowDecider
 from edgewise.edge.stage_times import stage_times_from_env
 from edgewise.logs import configure_logging
+from edgewise.stacks import bound_the_exit, dump_stacks_on_sigusr1
 
 log = logging.getLogger(__name__)
+
+WORKER_EXIT_MARGIN_S: Final = 4.0
+"""How long past its grace a stopping worker may take before it writes every thread's stack to the log and
+exits 1 (the supervisor kills it a second later)."""
 
 __all__ = ["WorkerSpec", "worker_main"]
 
@@ -83,6 +89,7 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     with store.read() as view:
         pipeline.state(view)  # decode the snapshot before reporting SERVING
     configure_logging(spec.log_level)
+    dump_stacks_on_sigusr1()
     metrics = (
         WorkerMetrics(spec.metrics_path, MetricsLayout(spec.placements))
         if spec.metrics_path is not None
@@ -166,6 +173,8 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
                 shadow.refresh()  # a shadow candidate appeared, changed or went
             except Exception as exc:  # the worker serves on without shadow decisions
                 log.error("shadow_refresh_failed", extra={"worker": spec.index, "error": repr(exc)})
+    # the supervisor kills a worker still running `grace` + 5 s after its SIGTERM: its stacks first
+    bound_the_exit(spec.grace + WORKER_EXIT_MARGIN_S)
     http_stop = None
     if gateway is not None:  # drains beside the gRPC server, in the same grace period
         http_stop = threading.Thread(target=gateway.stop, args=(spec.grace,), name="http-stop")

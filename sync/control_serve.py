@@ -25,6 +25,7 @@ from edgewise.core.bandit_learning import LearningSchedule
 from edgewise.core.embedding_training import IMPLICIT_METHODS, TrainingUnavailable, import_implicit
 from edgewise.logs import configure_logging
 from edgewise.metrics_http import serve_metrics
+from edgewise.stacks import bound_the_exit, dump_stacks_on_sigusr1
 from edgewise.sync.admission import EdgeAdmission, EdgeLimits, control_grpc_server
 from edgewise.sync.auth import (
     EDGE_TOKEN_ENV,
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 SERVICE_NAME: Final = "edgewise.v1.ControlPlane"
+EXIT_BOUND_S: Final = 60.0
+"""How long a stopping control plane may take (calls drain for 2 s, each background job stops within 5 s)
+before it writes every thread's stack to the log and exits 1."""
 
 CONTROL_SERVE_DOC = """Run the control plane: its own LMDB store (current state per namespace, a change log
 with a sequence number per accepted change, tombstones, retained full snapshots for rollback) and the
@@ -114,6 +118,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     configure_logging(config.log.level)
+    dump_stacks_on_sigusr1()
     # ALS and BPR train with implicit (the `train` extra); the hybrid method needs NumPy only.
     if config.refresh.embeddings and config.refresh.embeddings_method in IMPLICIT_METHODS:
         try:
@@ -312,6 +317,7 @@ def run_control_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_stop)
     stop.wait()
     log.info("control_stopping")
+    bound_the_exit(EXIT_BOUND_S)
     health_servicer.enter_graceful_shutdown()
     server.stop(2.0).wait(5.0)
     if metrics_server is not None:

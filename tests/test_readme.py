@@ -5,11 +5,15 @@ synthetic bundle's placements are named the same everywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +81,21 @@ def test_the_quickstart_and_the_fleet_walkthrough_run_pasted_in_order(tmp_path: 
     # The tokens and changes.jsonl are written to the working directory: ROOT's .venv is activated
     # through an absolute path instead of the README's relative one.
     script = script.replace(". .venv/bin/activate", f". {ROOT}/.venv/bin/activate")
-    wrapped = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
-    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    done = subprocess.run(
-        ["bash", "-c", wrapped], cwd=work, env=env, capture_output=True, text=True, timeout=180, check=False
+    # Each command is traced to fd 9 with the seconds since the start, so a slow step or a process that
+    # does not exit names itself in the failure message.
+    trace = tmp_path / "trace"
+    wrapped = (
+        f"exec 9>{trace}\nBASH_XTRACEFD=9\nPS4='+ $SECONDS '\nset -ex\n"
+        "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    done = _run_walkthrough(wrapped, work, env, tmp_path, trace)
+    state = _walkthrough_state(tmp_path, trace, []) if done.returncode else ""
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + state
     assert "Traceback" not in done.stderr
+    # A process that needed its exit bound (edgewise/stacks.py) wrote its stacks to its log and exited 1
+    stuck = [log.name for log in tmp_path.glob("*.log") if "(most recent call first)" in log.read_text()]
+    assert not stuck, _walkthrough_state(tmp_path, trace, [], log_lines=120)
 
     first, tracked, after = _documents(done.stdout)[:3]
     home = [i["id"] for i in first["placements"][0]["items"]]
@@ -106,3 +118,64 @@ def test_the_quickstart_and_the_fleet_walkthrough_run_pasted_in_order(tmp_path: 
     assert re.search(r"^version \d+: bundle version 1: 2000 items, 10000 profiles$", done.stdout, re.M)
     assert re.search(r"^pop-fra-1 \d+ \d+ ", done.stdout, re.M)
     assert re.search(r"TrackResponse\(accepted=1", done.stdout)
+
+
+def _run_walkthrough(
+    script: str, work: Path, env: dict[str, str], tmp_path: Path, trace: Path, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run `script` in bash; the whole walk-through, the background processes' exits included (they hold
+    its stdout), within `timeout` s, or fail with the trace, the logs and the processes still running."""
+    shell = subprocess.Popen(
+        ["bash", "-c", script], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert shell.stdout is not None
+    pipe = f"pipe:[{os.fstat(shell.stdout.fileno()).st_ino}]"
+    try:
+        stdout, stderr = shell.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        holders = _holders(pipe)
+        for pid in holders:  # the edges' and control plane's stacks to their logs (docs/operations.md)
+            with contextlib.suppress(OSError):
+                if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes() or _is_edgewise(pid):
+                    os.kill(pid, signal.SIGUSR1)
+        time.sleep(1)
+        state = _walkthrough_state(tmp_path, trace, holders, log_lines=120)
+        for pid in holders:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shell.kill()
+        shell.communicate()
+        pytest.fail(f"the walk-through took over {timeout} s (bash exit status {shell.returncode})\n{state}")
+    return subprocess.CompletedProcess(shell.args, shell.returncode, stdout, stderr)
+
+
+def _holders(pipe: str) -> list[int]:
+    """The processes other than this one holding `pipe` open (the shell, its background processes and
+    theirs: the walk-through is over when none is left)."""
+    found = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == pipe:
+                found.add(int(fd.parent.parent.name))
+    return sorted(found - {os.getpid()})
+
+
+def _is_edgewise(pid: int) -> bool:
+    return b"bin/edgewise\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _walkthrough_state(tmp_path: Path, trace: Path, pids: list[int], log_lines: int = 15) -> str:
+    """The trace's last lines, each log's last lines and the processes `pids`, for a failure."""
+    parts = ["--- trace (+ seconds since start, command) ---", *_tail(trace, 40)]
+    for log in sorted(tmp_path.glob("*.log")):
+        parts += [f"--- {log.name} ---", *_tail(log, log_lines)]
+    parts.append("--- still running ---")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            parts.append(f"{pid}: {command[:200].decode(errors='replace')}")
+    return "\n".join(parts)
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    return path.read_text(errors="replace").splitlines()[-lines:] if path.is_file() else [f"({path} missing)"]
