@@ -6,7 +6,9 @@ bundle is refused with a message naming file, record and field, and the last goo
 serving. It starts `--workers` processes (spawn) that share the port with SO_REUSEPORT and read the
 same LMDB environment: a new snapshot is visible to every worker the moment it commits. A worker that
 dies is restarted. SIGTERM / SIGINT: every worker turns health NOT_SERVING, drains in-flight calls for
-`--grace` seconds and exits; then the supervisor exits 0.
+`--grace` seconds and exits; then the supervisor exits 0. SIGUSR1 (to the supervisor or a worker) writes
+every thread's stack to stderr and it goes on; a stop that takes over `--grace` + 60 s writes the stacks
+and exits 1 instead of hanging.
 """
 
 from __future__ import annotations

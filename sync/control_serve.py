@@ -74,6 +74,9 @@ id and shards; with the shared edge token any holder can act as any node (a warn
 any token, authentication is off (a warning is logged): use that on loopback only. The health service
 answers without a token.
 
+Signals: SIGTERM / SIGINT stop it (calls drain for 2 s; exit 0); SIGUSR1 writes every thread's stack to
+stderr and it goes on. A stop that takes over 60 s writes the stacks and exits 1 instead of hanging.
+
 examples:
   edgewise control serve --data /var/lib/edgewise-control --listen 0.0.0.0:50061 \\
       --edge-token-file /etc/edgewise/edge.token --ops-token-file /etc/edgewise/ops.token
