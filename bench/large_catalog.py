@@ -2,8 +2,8 @@
 
 `memory_figures`: the store's size (the LMDB data file on disk, the pages the snapshot takes) and the
 process's resident memory (VmRSS now, VmHWM its peak) once the version state is built and requests have
-run, with the bytes of the embedding copies the state holds (float32 matrix, half-precision index or
-partition).
+run, with the bytes of the embedding copies the state holds (float32 matrix, int8 and half-precision
+indexes, or partition).
 
 `measure_scan_ab`: for a catalog of PARTITION_MIN_ROWS items or more (the version state holds a
 partition, `edgewise.core.partition`), the same requests decided with the partitioned scan, with the
@@ -47,11 +47,14 @@ def _proc_status_kb(field: str) -> int:
 
 
 def _embedding_bytes(state: VersionState) -> dict[str, float]:
-    out = {"float32_mb": 0.0, "half_index_mb": 0.0, "partition_mb": 0.0}
+    out = {"float32_mb": 0.0, "half_index_mb": 0.0, "int8_index_mb": 0.0, "partition_mb": 0.0}
     if state.embeddings is not None:
         out["float32_mb"] = round(state.embeddings.nbytes / _MB, 2)
     if state.half_embeddings is not None:
         out["half_index_mb"] = round(state.half_embeddings.blocks.nbytes / _MB, 2)
+    small = state.int8_embeddings
+    if small is not None:
+        out["int8_index_mb"] = round((small.blocks.nbytes + small.scale.nbytes + small.tl1.nbytes) / _MB, 2)
     if state.partition is not None:
         out["partition_mb"] = round(state.partition.nbytes / _MB, 2)
     return out
@@ -162,7 +165,8 @@ def format_lines(memory: dict[str, Any] | None, ab: dict[str, Any] | None) -> li
             f"memory: store data file {memory['store_file_mb']} MB ({memory['store_on_disk_mb']} MB on disk, "
             f"snapshot pages {memory['store_snapshot_mb']} MB, all pages {memory['store_used_mb']} MB); "
             f"RSS {memory['rss_mb']} MB (peak {memory['rss_peak_mb']} MB); embeddings float32 "
-            f"{e['float32_mb']} MB, half-precision index {e['half_index_mb']} MB, partition "
+            f"{e['float32_mb']} MB, half-precision index {e['half_index_mb']} MB, int8 index "
+            f"{e['int8_index_mb']} MB, partition "
             f"{e['partition_mb']} MB" + (f" ({p['lists']} lists, {p['probes']} scanned)" if p else "")
         )
     if ab is not None:

@@ -65,7 +65,9 @@ cdef bint _use_int8 = True
 
 
 def set_scan(str name):
-    """Choose the personalized scan for this process: "int8" or "half"; returns the previous choice."""
+    """Choose the personalized scan for this process: "int8" or "half"; returns the previous choice.
+    A version state has the half-precision copy only when built after "half" was chosen (or when it
+    cannot have the int8 one): choose before the states are built."""
     global _use_int8
     if name not in ("int8", "half"):
         raise ValueError(f"scan must be 'int8' or 'half', got {name!r}")

@@ -6,17 +6,18 @@ filter value a request chooses costs a lookup: `edgewise.core.filter_index`), va
 use (boost vectors, popularity orders, trending scores: a cache bounded by bytes, least recently used
 out first, `edgewise.core.derived_cache`), the compiled rules and the profile fields' consent purposes.
 Model arrays are read zero-copy from each request's own read transaction, with two additions, both
-made once per version. One is a half-precision copy of the item embeddings in the blocked layout the
-scoring kernel scans (`edgewise.core.scoring.half_index`, half the size of the matrix), and an int8
-copy with a scale per row (`int8_index`, about 40% of the matrix's bytes at 32 dimensions). The
-personalized scan reads one of them (the int8 one unless the process chose the half scan) instead
-of the float32 matrix and rescores a few rows exactly from the matrix, so results are the float32
-ones (a catalog of PARTITION_MIN_ROWS items or more gets a partition of the embeddings into lists
-instead, `edgewise.core.partition`: a query scans a few lists, so its results are the float32 ones
-within them). The other is copies of the float32 matrix itself and of the
-neighbor arrays, each at most MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns
-(to take page faults without the GIL), so a request that read them from the store would pay for
-every page of the matrix for the few rows it needs (BENCHMARKS.md, "Eighth measurement").
+made once per version. One is an int8 copy of the item embeddings with a scale per row, in the blocked
+layout the scoring kernel scans (`edgewise.core.scoring.int8_index`, about 40% of the matrix's bytes at
+32 dimensions). The personalized scan reads it instead of the float32 matrix and rescores a few rows
+exactly from the matrix, so results are the float32 ones. A half-precision copy (`half_index`, half the
+size of the matrix) is made too where the int8 one cannot be (values it cannot scale), and where the
+process chose the half scan before the version was built (`_placement.set_scan`: benchmarks' A/B). A
+catalog of PARTITION_MIN_ROWS items or more gets a partition of the embeddings into lists instead
+(`edgewise.core.partition`: a query scans a few lists, so its results are the float32 ones within
+them). The other is copies of the float32 matrix itself and of the neighbor arrays, each at most
+MODEL_COPY_MAX_BYTES: py-lmdb touches every page of a value it returns (to take page faults without
+the GIL), so a request that read them from the store would pay for every page of the matrix for the
+few rows it needs (BENCHMARKS.md, "Eighth measurement").
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edgewise.core._placement import scan
 from edgewise.core.derived_cache import DerivedCache
 from edgewise.core.embedding_slots import GENERATION_MODEL, active_generation
 from edgewise.core.features import replenish_days
@@ -83,7 +85,9 @@ class VersionState:
     popularity_scopes: frozenset[str]  # e.g. {"country:DE", "segment:vip"}
     segment_scopes: tuple[str, ...]  # segment ids with their own popularity, sorted
     daily_counts_end_ms: int  # the day the last column of item_daily_counts ends (0 = no such model)
-    half_embeddings: HalfIndex | None  # item_embeddings, half precision, blocked (None: none or too large)
+    # item_embeddings, half precision, blocked (None: none, too large, or not wanted: only built for the
+    # half scan, or where int8_embeddings cannot be made)
+    half_embeddings: HalfIndex | None
     # Catalogs of PARTITION_MIN_ROWS items or more: the embeddings in lists (edgewise.core.partition),
     # scanned instead of half_embeddings (then None: the partition holds the same half-precision rows).
     partition: Partition | None
@@ -102,8 +106,8 @@ class VersionState:
     # (models/embedding_generation, core/embedding_slots.py; 0: the bundle's)
     embedding_generation: int = 0
     # item_embeddings as int8 with a scale per row, blocked for the int8 scan (edgewise.core.scoring
-    # .int8_index; None where half_embeddings is None, or values it cannot scale). The personalized scan
-    # reads it instead of half_embeddings unless the process chose the half scan (_placement.set_scan).
+    # .int8_index; None: no usable matrix, a partition instead, or values it cannot scale). The personalized
+    # scan reads it unless the process chose the half scan (_placement.set_scan) and half_embeddings is here.
     int8_embeddings: Int8Index | None = None
 
     @property
@@ -333,8 +337,11 @@ class _Models:
                 partition = build_partition(np.ascontiguousarray(array))
             usable = valid and array is not None and partition is None
             matrix = np.ascontiguousarray(array) if usable and array is not None else None
-            half = half_index(matrix) if matrix is not None else None
             small = int8_index(matrix) if matrix is not None else None
+            # the half-precision copy only where it is scanned: the process chose the half scan, or the
+            # int8 copy could not be made (values it cannot scale)
+            wanted = matrix is not None and (small is None or scan() == "half")
+            half = half_index(matrix) if wanted and matrix is not None else None
             copy = _copy(array) if valid and array is not None else None
         neighbors, neighbor_scores = _neighbor_copies(view, n)
         return _Models(

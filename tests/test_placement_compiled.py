@@ -1,7 +1,8 @@
 """The item placement ranked by one compiled call (core/_placement.pyx) against the Python reference,
 `item_ranking.rank_items_reference`: the same items (ids, scores to the bit, reasons), strategy and
-fallback reason on generated shoppers, requests and strategies over the synthetic catalog, with and
-without the half-precision index, and with a partition of the catalog (the large catalogs' scan); and
+fallback reason on generated shoppers, requests and strategies over the synthetic catalog, with the int8
+index, the half-precision one, both or neither, and with a partition of the catalog (the large catalogs'
+scan); and
 its mean of rows against NumPy's `mean(axis=0)`, bit for bit."""
 
 from __future__ import annotations
@@ -84,6 +85,28 @@ def version(
             yield view, build_state(view)
     finally:
         store.close()
+
+
+@pytest.fixture(scope="module")
+def both(version: tuple[ReadView, VersionState]) -> tuple[ReadView, VersionState]:
+    """The same version built after the half scan was chosen: it has both scan copies."""
+    view, _ = version
+    previous = _placement.set_scan("half")
+    try:
+        return view, build_state(view)
+    finally:
+        _placement.set_scan(previous)
+
+
+def test_the_half_precision_copy_is_made_only_for_the_half_scan(
+    version: tuple[ReadView, VersionState], both: tuple[ReadView, VersionState]
+) -> None:
+    _, state = version
+    assert _placement.scan() == "int8"
+    assert state.int8_embeddings is not None and state.half_embeddings is None
+    _, chosen = both
+    assert chosen.int8_embeddings is not None and chosen.half_embeddings is not None
+    assert chosen.half_embeddings.rows == chosen.int8_embeddings.rows == state.n_items
 
 
 UNKNOWN = "no-such-item"
@@ -195,12 +218,13 @@ def test_the_compiled_placement_equals_the_reference(
 
 @settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_without_the_half_precision_index_too(
-    version: tuple[ReadView, VersionState], data: st.DataObject
+def test_with_the_half_precision_index_alone_too(
+    both: tuple[ReadView, VersionState], data: st.DataObject
 ) -> None:
-    view, state = version
-    plain = dataclasses.replace(state, half_embeddings=None)
-    _both(view, plain, data.draw(_case(plain)))
+    """A version whose int8 copy could not be made (values it cannot scale) scans the half copy."""
+    view, state = both
+    alone = dataclasses.replace(state, int8_embeddings=None)
+    _both(view, alone, data.draw(_case(alone)))
 
 
 @settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -214,9 +238,9 @@ def test_without_either_scan_copy_too(version: tuple[ReadView, VersionState], da
 @settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_with_the_half_precision_scan_chosen_too(
-    version: tuple[ReadView, VersionState], data: st.DataObject
+    both: tuple[ReadView, VersionState], data: st.DataObject
 ) -> None:
-    view, state = version
+    view, state = both
     assert state.int8_embeddings is not None and state.half_embeddings is not None
     case = data.draw(_case(state))
     previous = _placement.set_scan("half")

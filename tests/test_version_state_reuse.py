@@ -116,7 +116,8 @@ def test_a_models_only_commit_keeps_the_catalog_and_decides_as_a_full_build(
             check_models(view, embeddings=False)
         new = _state(store, old)
         assert new.item_ids is old.item_ids and new.rules is old.rules and new.filters is old.filters
-        assert new.embeddings is old.embeddings and new.half_embeddings is old.half_embeddings
+        assert new.embeddings is old.embeddings and new.int8_embeddings is old.int8_embeddings
+        assert new.half_embeddings is old.half_embeddings
         assert new.neighbors is not None and old.neighbors is not None
         assert not np.array_equal(new.neighbors, old.neighbors)
         assert new.generation == old.generation + 1
@@ -138,7 +139,7 @@ def test_new_embeddings_are_rebuilt_and_the_catalog_kept(tmp_path: Path, bundle_
         _apply(store, [("models", b"item_embeddings", encode_array(changed))])
         new = _state(store, old)
         assert new.item_ids is old.item_ids
-        assert new.embeddings is not old.embeddings and new.half_embeddings is not old.half_embeddings
+        assert new.embeddings is not old.embeddings and new.int8_embeddings is not old.int8_embeddings
         assert new.embeddings is not None
         np.testing.assert_array_equal(new.embeddings, changed)
         _assert_same_as_fresh(store, warm, requests)
