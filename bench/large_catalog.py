@@ -52,9 +52,8 @@ def _embedding_bytes(state: VersionState) -> dict[str, float]:
         out["float32_mb"] = round(state.embeddings.nbytes / _MB, 2)
     if state.half_embeddings is not None:
         out["half_index_mb"] = round(state.half_embeddings.blocks.nbytes / _MB, 2)
-    small = state.int8_embeddings
-    if small is not None:
-        out["int8_index_mb"] = round((small.blocks.nbytes + small.scale.nbytes + small.tl1.nbytes) / _MB, 2)
+    if state.int8_embeddings is not None:
+        out["int8_index_mb"] = round(state.int8_embeddings.nbytes / _MB, 2)
     if state.partition is not None:
         out["partition_mb"] = round(state.partition.nbytes / _MB, 2)
     return out

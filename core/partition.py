@@ -95,8 +95,7 @@ class Partition:
 
     @property
     def nbytes(self) -> int:
-        small = self.int8
-        extra = 0 if small is None else small.blocks.nbytes + small.scale.nbytes + small.tl1.nbytes
+        extra = 0 if self.int8 is None else self.int8.nbytes
         return int(
             self.centroids.nbytes + self.starts.nbytes + self.blocks.nbytes + self.members.nbytes + extra
         )

@@ -314,6 +314,11 @@ class Int8Index:
     rows: int
     dims: int
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of its arrays."""
+        return int(self.blocks.nbytes + self.scale.nbytes + self.tl1.nbytes)
+
 
 def _round_up_f32(exact: NDArray[np.float64]) -> Float32Array:
     """The float32 values >= `exact` nearest to it."""

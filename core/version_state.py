@@ -340,8 +340,7 @@ class _Models:
             small = int8_index(matrix) if matrix is not None else None
             # the half-precision copy only where it is scanned: the process chose the half scan, or the
             # int8 copy could not be made (values it cannot scale)
-            wanted = matrix is not None and (small is None or scan() == "half")
-            half = half_index(matrix) if wanted and matrix is not None else None
+            half = half_index(matrix) if matrix is not None and (small is None or scan() == "half") else None
             copy = _copy(array) if valid and array is not None else None
         neighbors, neighbor_scores = _neighbor_copies(view, n)
         return _Models(
