@@ -144,6 +144,34 @@ cdef inline float _dot(const float* row, const float* q, Py_ssize_t d) noexcept 
     return acc
 
 
+cdef inline Py_ssize_t _keep_reaching(
+    const float* w, int32_t* c, Py_ssize_t found, float limit
+) noexcept nogil:
+    """The notes c[:found] whose score or upper bound w[j] reaches `limit`, moved to the front of c, in
+    order; their count."""
+    cdef Py_ssize_t j, kept = 0
+    for j in range(found):
+        if w[j] >= limit:
+            c[kept] = c[j]
+            kept += 1
+    return kept
+
+
+cdef inline Py_ssize_t _rescore(
+    const float* base, const float* q, Py_ssize_t d, const int32_t* c, Py_ssize_t kept, Py_ssize_t k,
+    float* hs, int32_t* hi
+) noexcept nogil:
+    """The top k of the rows c[:kept] by their exact score `_dot(row, q)`, sorted into (hs, hi); its size.
+    The rows are scattered in the float32 matrix at `base`: all are prefetched first."""
+    cdef Py_ssize_t j, size = 0
+    for j in range(kept):
+        EDGEWISE_PREFETCH(base + c[j] * d)
+    for j in range(kept):
+        size = _offer(hs, hi, size, k, _dot(base + c[j] * d, q, d), c[j])
+    _sort_heap(hs, hi, size)
+    return size
+
+
 cdef inline void _dot4(
     const float* r0,
     const float* r1,
@@ -349,17 +377,8 @@ cdef Py_ssize_t topk_half_kernel(
                     found += 1
                     size = _offer(hs, hi, size, k, sc, <int32_t>i)
         b0 += nb
-    limit = hs[0] - margin if size == k else -INFINITY
-    for j in range(found):
-        if w[j] >= limit:
-            c[kept] = c[j]
-            kept += 1
-    size = 0
-    for j in range(kept):
-        i = c[j]
-        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
-    _sort_heap(hs, hi, size)
-    return size
+    kept = _keep_reaching(w, c, found, hs[0] - margin if size == k else -INFINITY)
+    return _rescore(base, q, d, c, kept, k, hs, hi)
 
 
 cdef inline Py_ssize_t _half_margin_scan(
@@ -473,10 +492,10 @@ cdef Py_ssize_t topk_partition_kernel(
     cdef const int32_t* mbase = &members[0] if members.shape[0] > 0 else NULL
     cdef const float* q
     cdef const float* base
-    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, j, i, nxt
+    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, j, nxt
     cdef const char* pf
     cdef const char* pf_end
-    cdef float spread = 0, qsum = 0, margin, limit
+    cdef float spread = 0, qsum = 0, margin
     if d == 0:
         return _topk_no_dims(m, n, k, hs, hi)
     q = &query[0]
@@ -532,19 +551,8 @@ cdef Py_ssize_t topk_partition_kernel(
         )
         p += 1
     # 3. exact rescoring of the rows that may be in the top k
-    limit = hs[0] - margin if size == k else -INFINITY
-    for j in range(found):
-        if w[j] >= limit:
-            c[kept] = c[j]
-            kept += 1
-    for j in range(kept):  # scattered rows of the float32 matrix: ask for all of them first
-        EDGEWISE_PREFETCH(base + c[j] * d)
-    size = 0
-    for j in range(kept):
-        i = c[j]
-        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
-    _sort_heap(hs, hi, size)
-    return size
+    kept = _keep_reaching(w, c, found, hs[0] - margin if size == k else -INFINITY)
+    return _rescore(base, q, d, c, kept, k, hs, hi)
 
 
 cdef struct _Int8Query:
@@ -647,7 +655,7 @@ cdef Py_ssize_t _int8_scan(
     # lower bound is up - 2 B (B recomputed here: its rounding is within the bound's slack).
     cdef float up[_INT8_CHUNK * 8]
     cdef uint8_t flags[_INT8_CHUNK]
-    cdef Py_ssize_t b0 = 0, nb, g, j, i, r, size = 0, found = 0, kept = 0
+    cdef Py_ssize_t b0 = 0, nb, g, j, i, r, size = 0, found = 0
     cdef float limit, u, bnd
     cdef unsigned bits
     while b0 < n_blocks:
@@ -674,12 +682,7 @@ cdef Py_ssize_t _int8_scan(
                     bnd = scale[i] * qq.big_k + tl1[i] * qq.c2 + qq.c0
                     size = _offer(hs, hi, size, k, u - 2 * bnd, <int32_t>i)
         b0 += nb
-    limit = hs[0] if size == k else -INFINITY
-    for j in range(found):
-        if w[j] >= limit:
-            c[kept] = c[j]
-            kept += 1
-    return kept
+    return _keep_reaching(w, c, found, hs[0] if size == k else -INFINITY)
 
 
 cdef Py_ssize_t topk_int8_kernel(
@@ -717,7 +720,7 @@ cdef Py_ssize_t topk_int8_kernel(
     cdef int32_t* c = &cand[0]
     cdef int8_t qb[INT8_MAX_DIMS]
     cdef _Int8Query qq
-    cdef Py_ssize_t kept = 0, size = 0, i, j
+    cdef Py_ssize_t kept = 0, i
     cdef const float* q
     cdef const float* base
     if d == 0:
@@ -734,13 +737,7 @@ cdef Py_ssize_t topk_int8_kernel(
             if m[i]:
                 c[kept] = <int32_t>i
                 kept += 1
-    for j in range(kept):  # scattered rows of the float32 matrix (not read by the scan): ask for all first
-        EDGEWISE_PREFETCH(base + c[j] * d)
-    for j in range(kept):
-        i = c[j]
-        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
-    _sort_heap(hs, hi, size)
-    return size
+    return _rescore(base, q, d, c, kept, k, hs, hi)
 
 
 cdef inline Py_ssize_t _int8_list_scan(
@@ -867,11 +864,10 @@ cdef Py_ssize_t topk_partition_int8_kernel(
     cdef const int32_t* mbase = &members[0]
     cdef const float* q = &query[0]
     cdef const float* base = &matrix[0, 0]
-    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, j, i, nxt
+    cdef Py_ssize_t size = 0, found = 0, kept = 0, masked = 0, order_n = 0, first, p, l, nxt
     cdef Py_ssize_t block_bytes = groups * 32
     cdef const char* pf
     cdef const char* pf_end
-    cdef float limit
     first = probes if probes < lists else lists
     for l in range(lists if first > 0 else 0):
         order_n = _offer(ls, lo, order_n, first, _dot(&centroids[l, 0], q, d), <int32_t>l)
@@ -916,19 +912,8 @@ cdef Py_ssize_t topk_partition_int8_kernel(
             pf_end,
         )
         p += 1
-    limit = hs[0] if size == k else -INFINITY
-    for j in range(found):
-        if w[j] >= limit:
-            c[kept] = c[j]
-            kept += 1
-    for j in range(kept):
-        EDGEWISE_PREFETCH(base + c[j] * d)
-    size = 0
-    for j in range(kept):
-        i = c[j]
-        size = _offer(hs, hi, size, k, _dot(base + i * d, q, d), <int32_t>i)
-    _sort_heap(hs, hi, size)
-    return size
+    kept = _keep_reaching(w, c, found, hs[0] if size == k else -INFINITY)
+    return _rescore(base, q, d, c, kept, k, hs, hi)
 
 
 cdef Py_ssize_t neighbor_candidates_kernel(
